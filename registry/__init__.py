@@ -1,0 +1,3 @@
+"""prompt-registry: versioned prompts and model configs, experiments and completions."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,92 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from litestar import Litestar, Router
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.routes import HTTPRoute
+
+from registry import __version__
+from registry.auth.access import SCOPE_OPT, authorize_request
+from registry.auth.controller import ApiKeyController, AuditController
+from registry.auth.keys import Scope
+from registry.completions.controller import BudgetController, CompletionController, UsageController
+from registry.configs.controller import ConfigController
+from registry.deps import COMMON_DEPENDENCIES
+from registry.experiments.controller import (
+    EventController,
+    ExperimentController,
+    ExposureController,
+    MetricController,
+    UnitController,
+)
+from registry.feed.controller import ChangeFeedController
+from registry.lib.errors import exception_to_response
+from registry.lib.http import RequestContextMiddleware
+from registry.lib.logging import configure_logging
+from registry.prompts.controller import PromptController
+from registry.runtime import Runtime
+from registry.settings import Settings, get_settings
+from registry.system.controller import SystemController
+from registry.webhooks.controller import WebhookController
+
+API_PREFIX = "/v1"
+API_CONTROLLERS = [
+    PromptController,
+    ConfigController,
+    ApiKeyController,
+    AuditController,
+    WebhookController,
+    ChangeFeedController,
+    ExperimentController,
+    MetricController,
+    EventController,
+    ExposureController,
+    UnitController,
+    CompletionController,
+    UsageController,
+    BudgetController,
+]
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    configure_logging(settings)
+    runtime = Runtime.build(settings)
+    api = Router(path=API_PREFIX, route_handlers=API_CONTROLLERS, before_request=authorize_request)
+    app = Litestar(
+        route_handlers=[SystemController, api],
+        dependencies=COMMON_DEPENDENCIES,
+        exception_handlers={Exception: exception_to_response},
+        state=State({"runtime": runtime}),
+        on_startup=[runtime.start],
+        on_shutdown=[runtime.stop],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="prompt-registry",
+            version=__version__,
+            description="Versioned prompts and model configs, A/B experiments and completions through vLLM.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+        ),
+        logging_config=None,
+    )
+    ensure_scopes_declared(app)
+    app.asgi_handler = RequestContextMiddleware(
+        app.asgi_handler, metrics=runtime.http_metrics, access_log=settings.access_log, state={"runtime": runtime}
+    )
+    return app
+
+
+def ensure_scopes_declared(app: Litestar) -> None:
+    """Refuse to start if an API route forgot its scope: a new route cannot ship unguarded."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or not route.path.startswith(API_PREFIX):
+            continue
+        for handler in route.route_handlers:
+            if getattr(handler, "http_methods", None) == {"OPTIONS"}:
+                continue  # Litestar's automatic OPTIONS answer: lists methods, returns no data
+            if not isinstance(handler.opt.get(SCOPE_OPT), Scope):
+                raise RuntimeError(f"{route.path} ({handler.handler_name}) declares no scope in opt")

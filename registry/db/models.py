@@ -1,0 +1,52 @@
+"""Every ORM model, imported in one place so the metadata is complete (Alembic, tests)."""
+
+from registry.auth.models import ApiKey, AuditEntry
+from registry.completions.models import ApiKeyBudget, CompletionRecord
+from registry.configs.models import ModelConfig, ModelConfigTransition, ModelConfigVersion
+from registry.db.base import Base
+from registry.experiments.models import (
+    Experiment,
+    ExperimentMetric,
+    ExperimentMetricSums,
+    ExperimentPhase,
+    ExperimentUnit,
+    ExperimentVariant,
+    ExperimentVariantCount,
+    Exposure,
+    Metric,
+    OutcomeEvent,
+    UnitChange,
+    UnitMetricValue,
+)
+from registry.outbox.models import OutboxEvent
+from registry.prompts.models import Prompt, PromptTransition, PromptVersion
+from registry.webhooks.models import Webhook, WebhookDelivery
+
+__all__ = [
+    "ApiKey",
+    "ApiKeyBudget",
+    "AuditEntry",
+    "Base",
+    "CompletionRecord",
+    "Experiment",
+    "ExperimentMetric",
+    "ExperimentMetricSums",
+    "ExperimentPhase",
+    "ExperimentUnit",
+    "ExperimentVariant",
+    "ExperimentVariantCount",
+    "Exposure",
+    "Metric",
+    "ModelConfig",
+    "ModelConfigTransition",
+    "ModelConfigVersion",
+    "OutboxEvent",
+    "OutcomeEvent",
+    "Prompt",
+    "PromptTransition",
+    "PromptVersion",
+    "UnitChange",
+    "UnitMetricValue",
+    "Webhook",
+    "WebhookDelivery",
+]

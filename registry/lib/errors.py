@@ -1,0 +1,275 @@
+"""Domain errors and their RFC 9457 problem+json rendering.
+
+Every error a client can see is a ``RegistryError`` subclass carrying its HTTP
+status and a stable ``type`` slug. Domain errors live beside their services;
+this module holds the base classes and the one handler that renders them.
+Errors of lower layers (Litestar validation, SQLAlchemy connectivity) are
+translated here, where they enter the HTTP boundary.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import (
+    ClientException,
+    HTTPException,
+    MethodNotAllowedException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.exceptions.base_exceptions import SerializationException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from sqlalchemy import exc as sa_exc
+
+logger = structlog.get_logger("registry.errors")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPES: dict[str, type[RegistryError]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    message: str
+
+
+class RegistryError(Exception):
+    """An internal error. Subclasses set ``status_code``, ``type`` and ``title``."""
+
+    status_code: int = 500
+    type: str = "internal_error"
+    title: str = "Internal server error"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        PROBLEM_TYPES.setdefault(cls.type, cls)
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: Sequence[FieldError] = (),
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = list(errors)
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+
+PROBLEM_TYPES[RegistryError.type] = RegistryError
+
+
+class BadRequestError(RegistryError):
+    """The request could not be read: malformed JSON or an unusable parameter."""
+
+    status_code = 400
+    type = "bad_request"
+    title = "Bad request"
+
+
+class MalformedJsonError(BadRequestError):
+    """The request body is not valid JSON."""
+
+    type = "malformed_json"
+    title = "Malformed JSON"
+
+
+class UnauthorizedError(RegistryError):
+    """No API key, or a key that is unknown, revoked or expired."""
+
+    status_code = 401
+    type = "unauthorized"
+    title = "Unauthorized"
+
+
+class ForbiddenError(RegistryError):
+    """The API key is valid but lacks the scope the route requires."""
+
+    status_code = 403
+    type = "forbidden"
+    title = "Forbidden"
+
+
+class NotFoundError(RegistryError):
+    """The resource does not exist."""
+
+    status_code = 404
+    type = "not_found"
+    title = "Not found"
+
+
+class MethodNotAllowedError(RegistryError):
+    """The route exists but not for this HTTP method."""
+
+    status_code = 405
+    type = "method_not_allowed"
+    title = "Method not allowed"
+
+
+class ConflictError(RegistryError):
+    """The request conflicts with the current state of the resource."""
+
+    status_code = 409
+    type = "conflict"
+    title = "Conflict"
+
+
+class PayloadTooLargeError(RegistryError):
+    """The request body is over the configured limit."""
+
+    status_code = 413
+    type = "payload_too_large"
+    title = "Payload too large"
+
+
+class UnsupportedMediaTypeError(RegistryError):
+    """Request bodies must be JSON (``Content-Type: application/json``)."""
+
+    status_code = 415
+    type = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
+class InvalidInputError(RegistryError):
+    """The request is well-formed but its content is invalid; ``errors`` lists each field."""
+
+    status_code = 422
+    type = "validation_error"
+    title = "Validation failed"
+
+
+class RateLimitedError(RegistryError):
+    """Too many requests or over budget; retry after ``Retry-After`` seconds."""
+
+    status_code = 429
+    type = "rate_limited"
+    title = "Too many requests"
+
+
+class ServiceUnavailableError(RegistryError):
+    """A dependency the request needs is unreachable; retry shortly."""
+
+    status_code = 503
+    type = "service_unavailable"
+    title = "Service unavailable"
+
+
+class DatabaseUnavailableError(ServiceUnavailableError):
+    """The database cannot be reached or has no free connection."""
+
+    type = "database_unavailable"
+    title = "Database unavailable"
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def problem_body(error: RegistryError, request: Request[Any, Any, Any] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": f"/problems/{error.type}",
+        "title": error.title,
+        "status": error.status_code,
+        "detail": error.detail,
+    }
+    if request is not None:
+        body["instance"] = request.url.path
+        request_id = request.scope.get("state", {}).get("request_id")
+        if request_id:
+            body["request_id"] = request_id
+    if error.errors:
+        body["errors"] = [{"field": e.field, "message": e.message} for e in error.errors]
+    body.update(error.extra)
+    return body
+
+
+def problem_response(error: RegistryError, request: Request[Any, Any, Any] | None) -> Response[Any]:
+    return Response(
+        content=problem_body(error, request),
+        status_code=error.status_code,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=error.headers,
+    )
+
+
+_MSGSPEC_PATH = re.compile(r" - at `\$(?:\.data)?\.?([^`]*)`$")
+
+
+def _validation_errors(exc: ValidationException) -> list[FieldError]:
+    """Field errors from Litestar's validation exception, with JSON paths from msgspec."""
+    cause = exc.__cause__
+    if isinstance(cause, msgspec.ValidationError):
+        message = str(cause)
+        match = _MSGSPEC_PATH.search(message)
+        field = match.group(1) if match and match.group(1) else "body"
+        return [FieldError(field, message[: match.start()] if match else message)]
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    return [
+        FieldError(str(item.get("key") or item.get("source") or "request"), str(item.get("message", "")))
+        for item in extra
+        if isinstance(item, dict)
+    ] or [FieldError("request", exc.detail)]
+
+
+def translate_exception(exc: Exception) -> RegistryError:
+    """Map any exception reaching the HTTP boundary onto a ``RegistryError``."""
+    if isinstance(exc, RegistryError):
+        return exc
+    if isinstance(exc, ValidationException):
+        errors = _validation_errors(exc)
+        location = (
+            "query"
+            if any(item.get("source") == "query" for item in (exc.extra or []) if isinstance(item, dict))
+            else "body"
+        )
+        return InvalidInputError(f"the request {location} is invalid", errors=errors)
+    if isinstance(exc, NotAuthorizedException):
+        return UnauthorizedError(exc.detail or "authentication required", headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, PermissionDeniedException):
+        return ForbiddenError(exc.detail)
+    if isinstance(exc, NotFoundException):
+        return NotFoundError("no route matches this path" if exc.detail == "Not Found" else exc.detail)
+    if isinstance(exc, MethodNotAllowedException):
+        return MethodNotAllowedError(exc.detail, headers=exc.headers or {})
+    if isinstance(exc, RequestEntityTooLarge):
+        return PayloadTooLargeError("the request body is over the size limit")
+    if isinstance(exc, ClientException) and isinstance(exc.__cause__, SerializationException):
+        reason = str(exc.detail).replace("JSON is malformed: ", "")
+        return MalformedJsonError(f"the body is not valid JSON: {reason}")
+    if isinstance(exc, HTTPException) and exc.status_code < 500:
+        error = BadRequestError(exc.detail, headers=exc.headers or {})
+        error.status_code = exc.status_code
+        return error
+    if isinstance(
+        exc, sa_exc.TimeoutError | sa_exc.OperationalError | sa_exc.InterfaceError | ConnectionError | OSError
+    ):
+        return DatabaseUnavailableError("the database is unreachable; retry shortly", headers={"Retry-After": "1"})
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return DatabaseUnavailableError("the database connection was lost; retry", headers={"Retry-After": "1"})
+    if isinstance(exc, sa_exc.IntegrityError):
+        return ConflictError("the change conflicts with a concurrent change; retry")
+    return RegistryError("an unexpected error occurred; the request id identifies it in the logs")
+
+
+def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """The single exception handler of the app: everything becomes problem+json."""
+    error = translate_exception(exc)
+    if error.status_code >= 500:
+        logger.error(
+            "request failed",
+            error_type=error.type,
+            path=request.url.path,
+            exc_info=exc if not isinstance(exc, RegistryError) else None,
+        )
+    return problem_response(error, request)

@@ -1,0 +1,184 @@
+"""The outermost ASGI layer: request ids, encoded-slash paths, JSON-only bodies, metrics.
+
+It wraps Litestar's own handler so that it also sees requests that match no
+route (404/405), which Litestar's per-route middleware never does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+import time
+from typing import Any
+from urllib.parse import unquote
+
+import msgspec
+import structlog
+from litestar.enums import ScopeType
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
+
+from registry.lib.errors import PROBLEM_MEDIA_TYPE
+from registry.lib.logging import request_id_var
+from registry.lib.metrics import HttpMetrics
+
+logger = structlog.get_logger("registry.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Generated ids: a random per-process prefix and a counter, unique without a system call per request.
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count(1)
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+ENCODED_SLASH = "%2F"
+
+
+def path_keeping_encoded_slashes(raw_path: bytes) -> str:
+    """Decode a raw path, except ``%2F`` inside a segment, which stays encoded.
+
+    Prompt names may contain ``/`` (``support/summarize``); clients encode it as
+    ``%2F`` (as GitLab does for project paths) so the name stays one segment.
+    """
+    text = raw_path.decode("latin-1")
+    if text.count("%") == text.count("%2F") + text.count("%2f"):  # the common case: no other escapes
+        return text.replace("%2f", ENCODED_SLASH)
+    return "/".join(unquote(segment).replace("/", ENCODED_SLASH) for segment in text.split("/"))
+
+
+def decode_name(name: str) -> str:
+    """A ``{name}`` path parameter, with ``%2F`` (kept encoded through routing) back to ``/``."""
+    return name.replace(ENCODED_SLASH, "/")
+
+
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: HttpMetrics, access_log: bool, state: dict[str, Any]) -> None:
+        """``state`` is copied into each request's scope state (the runtime, for handlers to reach cheaply)."""
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        raw_path = scope.get("raw_path")
+        if raw_path:
+            raw_path = raw_path.split(b"?", 1)[0]  # some clients (httpx's test transport) include the query
+            if b"%2F" in raw_path or b"%2f" in raw_path:
+                scope["path"] = path_keeping_encoded_slashes(raw_path)
+
+        request_id = ""
+        content_type = b""
+        has_body = False
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                request_id = candidate if _REQUEST_ID.match(candidate) else ""
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"content-length":
+                has_body = value not in (b"0", b"")
+            elif name == b"transfer-encoding":
+                has_body = True
+        request_id = request_id or f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
+        scope_state = scope["state"]
+        scope_state.update(self.state)
+        scope_state["request_id"] = request_id
+
+        status = 500
+        request_id_header = (b"x-request-id", request_id.encode())
+
+        async def send_with_context(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), request_id_header]
+            await send(message)
+
+        started = time.perf_counter()
+        request_id_token = request_id_var.set(request_id)
+        try:
+            if method in _BODY_METHODS and has_body and not _is_json(content_type):
+                await _send_unsupported_media_type(scope, send_with_context, request_id)
+            else:
+                await self.app(scope, receive, send_with_context)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("path_template") or "unmatched"
+            self.metrics.observe(method, route, status, elapsed)
+            if self.access_log:
+                logger.info(
+                    "request",
+                    method=method,
+                    path=scope["path"],
+                    route=route,
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 3),
+                )
+            request_id_var.reset(request_id_token)
+
+
+async def _send_unsupported_media_type(scope: Scope, send: Send, request_id: str) -> None:
+    body: dict[str, Any] = {
+        "type": "/problems/unsupported_media_type",
+        "title": "Unsupported media type",
+        "status": 415,
+        "detail": "request bodies must be JSON: send Content-Type: application/json",
+        "instance": scope["path"],
+        "request_id": request_id,
+    }
+    payload = msgspec.json.encode(body)
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": 415,
+        "headers": [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(payload)).encode())],
+    }
+    body_event: HTTPResponseBodyEvent = {"type": "http.response.body", "body": payload, "more_body": False}
+    await send(start)
+    await send(body_event)
+
+
+class JsonResponse:
+    """A JSON body already encoded, sent straight over ASGI.
+
+    The fast path (resolve, render) returns this instead of a Litestar
+    ``Response``: building one (layered headers, cookies, encoders) costs more
+    than rendering a prompt. Handlers declare their real schema with ``responses=``.
+    """
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, body: bytes, *, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        self.body = body
+        self.status = status
+        self.headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.status == 304:
+            headers = self.headers
+            body = b""
+        else:
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(self.body)),
+                *self.headers,
+            ]
+            body = self.body
+        start: HTTPResponseStartEvent = {"type": "http.response.start", "status": self.status, "headers": headers}
+        end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
+        await send(start)
+        await send(end)

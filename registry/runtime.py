@@ -1,0 +1,174 @@
+"""Process-wide components, built once by the app factory and shared by every request.
+
+One engine, one Redis pool, one HTTP client (pooled connections to completion
+backends), one change bus, the caches, and the periodic background jobs
+(buffer flushes). Started and stopped with the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import structlog
+from litestar.connection import ASGIConnection
+from prometheus_client import CollectorRegistry
+from prompt_registry_client.templating import RenderLimits
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from registry.auth.verifier import ApiKeyVerifier
+from registry.completions.components import Completions
+from registry.completions.upstream import http_client_for
+from registry.db.engine import create_engine, create_sessionmaker
+from registry.experiments.live import LiveExperiments
+from registry.feed.hub import FeedHub
+from registry.lib.changes import ChangeBus
+from registry.lib.http_client import HttpClient
+from registry.lib.jobs import PeriodicJob
+from registry.lib.metrics import HttpMetrics
+from registry.lib.redis import create_redis
+from registry.prompts.catalog import PromptCatalog
+from registry.prompts.service import PromptLimits
+from registry.settings import Settings
+from registry.webhooks.dispatcher import DeliveryPolicy, WebhookDispatcher
+
+logger = structlog.get_logger("registry.runtime")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    read_engine: AsyncEngine  # the primary itself unless a read replica is configured
+    read_sessionmaker: async_sessionmaker[AsyncSession]
+    redis: Redis | None
+    http: HttpClient
+    bus: ChangeBus
+    metrics_registry: CollectorRegistry
+    http_metrics: HttpMetrics
+    key_verifier: ApiKeyVerifier
+    prompts: PromptCatalog
+    prompt_limits: PromptLimits
+    feed: FeedHub
+    webhooks: WebhookDispatcher
+    experiments: LiveExperiments
+    completions: Completions
+    jobs: list[PeriodicJob] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        engine = create_engine(settings)
+        sessionmaker = create_sessionmaker(engine)
+        read_engine = create_engine(settings, url=settings.database_read_url) if settings.database_read_url else engine
+        redis = create_redis(settings)
+        http = http_client_for(settings.backends)
+        bus = ChangeBus(redis, f"{settings.redis_key_prefix}changes")
+        metrics_registry = CollectorRegistry(auto_describe=True)
+        runtime = cls(
+            settings=settings,
+            engine=engine,
+            sessionmaker=sessionmaker,
+            read_engine=read_engine,
+            read_sessionmaker=create_sessionmaker(read_engine) if read_engine is not engine else sessionmaker,
+            redis=redis,
+            http=http,
+            bus=bus,
+            metrics_registry=metrics_registry,
+            http_metrics=HttpMetrics(metrics_registry),
+            key_verifier=ApiKeyVerifier(sessionmaker, bus, cache_seconds=settings.api_key_cache_seconds),
+            prompts=PromptCatalog(
+                sessionmaker,
+                bus,
+                ttl=settings.cache_ttl_seconds,
+                degraded_ttl=settings.cache_degraded_ttl_seconds,
+                max_prompts=settings.cache_max_prompts,
+                limits=RenderLimits(
+                    max_output_chars=settings.render_max_output_chars,
+                    timeout_seconds=settings.render_timeout_ms / 1000,
+                    max_iterations=settings.render_max_iterations,
+                ),
+            ),
+            prompt_limits=PromptLimits(max_template_chars=settings.max_template_chars),
+            feed=FeedHub(bus),
+            webhooks=WebhookDispatcher(
+                sessionmaker,
+                http,
+                DeliveryPolicy(
+                    timeout_seconds=settings.webhook_timeout_seconds,
+                    max_attempts=settings.webhook_max_attempts,
+                    retry_base_seconds=settings.webhook_retry_base_seconds,
+                    retry_max_seconds=settings.webhook_retry_max_seconds,
+                ),
+                metrics_registry,
+            ),
+            experiments=LiveExperiments(settings, sessionmaker, bus, metrics_registry),
+            completions=Completions.build(settings, sessionmaker, redis, bus, metrics_registry, http),
+        )
+        runtime.prompts.router = runtime.experiments.router
+        runtime.jobs.append(PeriodicJob("api-key-last-used", 30.0, runtime.key_verifier.flush_last_used))
+        runtime.jobs += runtime.experiments.jobs()
+        runtime.jobs.append(
+            PeriodicJob(
+                "webhooks",
+                settings.webhook_dispatch_interval_seconds,
+                runtime.webhooks.run_once,
+                shared=True,
+                run_at_shutdown=False,
+            )
+        )
+        runtime.jobs += runtime.completions.jobs()
+        runtime.jobs = [job for job in runtime.jobs if job.runs_in(settings.role)]
+        return runtime
+
+    async def start(self) -> None:
+        # Everything alive now (modules, app, compiled templates) lives as long as the process: moving it
+        # out of the collector's reach keeps full collections short, which is most of the tail latency.
+        gc.collect()
+        gc.freeze()
+        await self.bus.start()
+        await self.experiments.start()
+        self._tasks = [asyncio.create_task(self._every(job), name=job.name) for job in self.jobs]
+
+    async def stop(self) -> None:
+        """End open change feeds, stop jobs, then run flush jobs once more so buffered data is written."""
+        self.feed.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.experiments.stop()
+        for job in self.jobs:
+            if not job.run_at_shutdown:
+                continue
+            try:
+                await job.run()
+            except Exception:
+                logger.exception("final flush failed", job=job.name)
+        await self.http.close()
+        await self.bus.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
+
+    async def _every(self, job: PeriodicJob) -> None:
+        while True:
+            await asyncio.sleep(job.interval)
+            try:
+                await job.run()
+            except Exception:
+                logger.exception("background job failed", job=job.name)
+
+
+def runtime_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Runtime:
+    """The app's runtime; the request-context middleware puts it in the scope, which is cheaper than app.state."""
+    runtime: Runtime | None = connection.scope["state"].get("runtime")
+    return runtime if runtime is not None else cast("Runtime", connection.app.state.runtime)

@@ -1,0 +1,190 @@
+"""All configuration, read once from ``REGISTRY_*`` environment variables.
+
+Nothing else in the service reads the environment: components receive the
+``Settings`` object (or a part of it) from the app factory.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from registry.lib.jobs import Role
+
+DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./registry.db"
+
+
+class BackendSettings(BaseModel):
+    """One OpenAI-compatible completion backend (a vLLM server), named in ``REGISTRY_BACKENDS``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(description="Base URL of the server, without /v1, e.g. http://vllm:8000.")
+    api_key: str | None = Field(None, description="Sent as a bearer token when set (vLLM --api-key).")
+    connect_timeout: float = Field(2.0, gt=0, description="Seconds to open a connection.")
+    first_token_timeout: float = Field(30.0, gt=0, description="Seconds from sending a request to its first token.")
+    total_timeout: float = Field(120.0, gt=0, description="Seconds for a whole completion.")
+    max_concurrency: int = Field(32, ge=1, description="Requests in flight to this backend at once.")
+    max_queue: int = Field(64, ge=0, description="Requests waiting for a slot; beyond that, 503 at once.")
+    max_retries: int = Field(2, ge=0, le=10, description="Retries after connection errors, 429 and 503.")
+    retry_base_delay: float = Field(0.1, ge=0, description="Seconds before the first retry; doubles each time.")
+    retry_max_delay: float = Field(2.0, ge=0, description="Longest wait between two retries.")
+    breaker_failures: int = Field(5, ge=1, description="Consecutive failures that open the circuit breaker.")
+    breaker_cooldown: float = Field(10.0, gt=0, description="Seconds the breaker stays open before a probe.")
+
+
+class Settings(BaseSettings):
+    """Service settings. Each field is the variable ``REGISTRY_<FIELD NAME IN CAPITALS>``."""
+
+    model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore", frozen=True)
+
+    # -- storage
+    database_url: str = Field(
+        DEFAULT_SQLITE_URL,
+        description="SQLAlchemy URL. PostgreSQL: postgresql+asyncpg://user@host/db. Default: a SQLite file.",
+    )
+    database_read_url: str | None = Field(
+        None,
+        description="A read replica for analytics reads (experiment results, exports, usage); unset: the primary.",
+    )
+    database_pool_size: int = Field(10, ge=1, description="Connections kept open per process (PostgreSQL).")
+    database_max_overflow: int = Field(10, ge=0, description="Extra connections allowed under bursts (PostgreSQL).")
+    database_pool_timeout: float = Field(
+        3.0, gt=0, description="Seconds a request waits for a free connection before a 503."
+    )
+    database_connect_timeout: float = Field(
+        3.0, gt=0, description="Seconds to open a connection; keeps writes failing fast while the database is down."
+    )
+    database_statement_timeout_ms: int = Field(
+        15_000, ge=0, description="PostgreSQL statement_timeout for request queries (0 disables)."
+    )
+    database_echo: bool = Field(False, description="Log every SQL statement (debugging only).")
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL for the shared cache, cross-replica invalidation and rate limits. "
+        "Unset: in-process only (one replica).",
+    )
+    redis_key_prefix: str = Field("registry:", description="Prefix of every Redis key and channel.")
+    redis_max_connections: int = Field(64, ge=1, description="Size of the blocking Redis connection pool.")
+    redis_timeout: float = Field(0.5, gt=0, description="Seconds for one Redis command before it counts as down.")
+
+    # -- server
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=1, le=65535, description="Port to bind.")
+    workers: int = Field(1, ge=1, description="Server worker processes.")
+    server: Literal["granian", "uvicorn"] = Field("granian", description="ASGI server used by `registry serve`.")
+    role: Role = Field(
+        "all",
+        description="Background work of this process: all (one process does everything), api (serves requests, "
+        "flushes its own buffers), worker (statistics, webhooks, retention; `registry worker`).",
+    )
+    bootstrap_admin_key: bool = Field(
+        True, description="On a first start with no API keys at all, create an admin key and print it once."
+    )
+
+    # -- limits
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body; larger ones get 413.")
+    max_page_size: int = Field(200, ge=1, description="Largest `limit` accepted by list endpoints.")
+    render_max_output_chars: int = Field(
+        200_000, ge=1, description="Largest rendered prompt; larger renders fail with 422."
+    )
+    render_timeout_ms: int = Field(250, ge=1, description="Wall-time budget of one render.")
+    render_max_iterations: int = Field(100_000, ge=1, description="Loop iterations and calls one render may perform.")
+    max_template_chars: int = Field(100_000, ge=1, description="Largest template (or chat message) accepted.")
+
+    # -- caches
+    cache_ttl_seconds: float = Field(
+        300.0, gt=0, description="Longest time a cached prompt is served without re-reading it."
+    )
+    cache_degraded_ttl_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Cache lifetime while invalidations cannot be received (Redis configured but unreachable).",
+    )
+    cache_max_prompts: int = Field(10_000, ge=1, description="Prompts kept in the in-process cache.")
+    api_key_cache_seconds: float = Field(60.0, ge=0, description="How long a verified API key is trusted in memory.")
+
+    # -- experiments
+    experiment_exposure_flush_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="How often buffered first exposures are written. A hard kill loses at most this much "
+        "(a graceful stop loses nothing).",
+    )
+    experiment_exposure_buffer_size: int = Field(
+        50_000,
+        ge=2,
+        description="First exposures held in memory between writes (a write starts when half full); "
+        "beyond it new ones are dropped and counted.",
+    )
+    experiment_statistics_seconds: float = Field(
+        2.0, gt=0, description="How often new exposures and events are folded into the experiments' statistics."
+    )
+    experiment_statistics_batch: int = Field(2000, ge=1, description="Units recomputed per statistics transaction.")
+    experiment_refresh_seconds: float = Field(
+        30.0, gt=0, description="Re-read the running experiments at least this often, in case a change was missed."
+    )
+    experiment_exposure_grace_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="Outcomes timestamped up to this long before a unit's first exposure still count as after it "
+        "(apps' clocks run behind).",
+    )
+    event_max_age_days: int = Field(90, ge=1, description="Outcome events older than this are rejected.")
+    event_max_future_seconds: int = Field(
+        300, ge=0, description="Outcome events timestamped further than this in the future are rejected."
+    )
+
+    # -- webhooks and change feed
+    webhook_timeout_seconds: float = Field(5.0, gt=0, description="Time a webhook receiver has to answer.")
+    webhook_max_attempts: int = Field(10, ge=1, description="Attempts before a delivery is marked dead.")
+    webhook_retry_base_seconds: float = Field(
+        5.0, gt=0, description="First retry delay; it doubles per attempt (with jitter)."
+    )
+    webhook_retry_max_seconds: float = Field(3600.0, gt=0, description="Longest delay between two attempts.")
+    webhook_dispatch_interval_seconds: float = Field(1.0, gt=0, description="How often pending deliveries are sent.")
+    feed_heartbeat_seconds: float = Field(15.0, gt=0, description="Keep-alive comment interval on the change feed.")
+
+    # -- completions
+    backends: dict[str, BackendSettings] = Field(
+        default_factory=dict,
+        description='Completion backends by name, as JSON: {"local": {"url": "http://127.0.0.1:8000"}}. '
+        "A model config names its backend.",
+    )
+    completion_usage_flush_seconds: float = Field(
+        2.0, gt=0, description="How often buffered usage records are written to the database."
+    )
+    completion_cache_ttl_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="Lifetime of cached responses to deterministic requests (temperature 0 or a seed); 0 disables.",
+    )
+    completion_io_retention_days: float = Field(
+        30.0, gt=0, description="Days stored prompts and completion texts are kept (prompts with store_io)."
+    )
+    completion_io_purge_seconds: float = Field(3600.0, gt=0, description="How often expired texts are purged.")
+
+    # -- observability
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_json: bool = Field(True, description="JSON log lines (false: human-readable console lines).")
+    access_log: bool = Field(True, description="Log one line per request.")
+
+    @field_validator("database_url", "database_read_url")
+    @classmethod
+    def _known_driver(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError("database_url must use postgresql+asyncpg:// or sqlite+aiosqlite://")
+        return url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

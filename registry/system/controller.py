@@ -1,0 +1,78 @@
+"""Unauthenticated operational routes: liveness, readiness, metrics, problem types."""
+
+from __future__ import annotations
+
+import asyncio
+
+from litestar import Controller, Response, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from registry.lib.errors import PROBLEM_TYPES, NotFoundError
+from registry.lib.schema import Output
+from registry.runtime import Runtime
+
+
+class HealthOut(Output):
+    status: str
+
+
+class ReadinessOut(Output):
+    status: str
+    database: str
+    redis: str
+
+
+class ProblemTypeOut(Output):
+    type: str
+    title: str
+    status: int
+    description: str
+
+
+class SystemController(Controller):
+    path = "/"
+    tags = ["operations"]
+    include_in_schema = True
+
+    @get("/health", operation_id="health", summary="The process is up")
+    async def health(self) -> HealthOut:
+        return HealthOut(status="ok")
+
+    @get("/ready", operation_id="ready", summary="The database (and Redis, when configured) answer")
+    async def ready(self, runtime: NamedDependency[Runtime]) -> Response[ReadinessOut]:
+        database = redis = "ok"
+        try:
+            async with asyncio.timeout(2), runtime.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception as exc:
+            database = f"unavailable: {type(exc).__name__}"
+        if runtime.redis is None:
+            redis = "not configured"
+        else:
+            try:
+                async with asyncio.timeout(2):
+                    await runtime.redis.ping()
+            except Exception as exc:
+                redis = f"unavailable: {type(exc).__name__}"
+        ready = database == "ok" and redis in ("ok", "not configured")
+        body = ReadinessOut(status="ready" if ready else "not ready", database=database, redis=redis)
+        return Response(body, status_code=200 if ready else 503)
+
+    @get("/metrics", operation_id="metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def metrics(self, runtime: NamedDependency[Runtime]) -> Response[bytes]:
+        return Response(generate_latest(runtime.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+    @get("/problems/{problem_type:str}", operation_id="problemType", summary="What a problem type means")
+    async def problem_type(self, problem_type: FromPath[str]) -> ProblemTypeOut:
+        error = PROBLEM_TYPES.get(problem_type)
+        if error is None:
+            raise NotFoundError(f"no problem type '{problem_type}'")
+        return ProblemTypeOut(
+            type=f"/problems/{error.type}",
+            title=error.title,
+            status=error.status_code,
+            description=" ".join((error.__doc__ or "").split()),
+        )
