@@ -1,0 +1,141 @@
+"""Authenticates API keys on every request without a database round trip when warm.
+
+Verified keys are cached for ``api_key_cache_seconds``; a revocation reaches
+every replica at once through the change bus. ``last_used_at`` is buffered
+and written in batches rather than on each request.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from registry.auth.keys import parse_key, secret_matches
+from registry.auth.principal import Principal
+from registry.auth.repository import ApiKeyRepository
+from registry.db.base import utcnow
+from registry.lib.cache import TTLCache
+from registry.lib.changes import Change, ChangeBus
+from registry.lib.errors import UnauthorizedError, translate_exception
+
+logger = structlog.get_logger("registry.auth")
+
+_NEGATIVE_TTL = 5.0
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedKey:
+    secret_hash: str
+    principal: Principal
+    usable_until: datetime | None  # expiry
+    revoked: bool
+
+
+# Cached for unknown public ids, so a flood of made-up keys does not reach the database.
+_UNKNOWN = _CachedKey("", Principal(0, "", "", frozenset()), None, True)
+
+
+class ApiKeyVerifier:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        bus: ChangeBus,
+        *,
+        cache_seconds: float,
+        max_entries: int = 10_000,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._cache: TTLCache[str, _CachedKey] = TTLCache(max_entries)
+        self._cache_seconds = cache_seconds
+        self._last_used: dict[int, float] = {}
+        # Verified Authorization headers, so a warm request skips parsing and hashing. Only a header
+        # whose secret matched is ever stored here.
+        self._verified: dict[str, tuple[Principal, float, datetime | None]] = {}
+        self._max_entries = max_entries
+        bus.subscribe(self._on_change)
+
+    def _on_change(self, change: Change) -> None:
+        if change.kind == "api_key":
+            self._cache.pop(change.name)
+            self._verified = {h: v for h, v in self._verified.items() if v[0].public_id != change.name}
+        elif change.kind == "reset":
+            self._cache.clear()
+            self._verified.clear()
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        verified = self._verified.get(authorization) if authorization else None
+        if verified is not None:
+            principal, fresh_until, usable_until = verified
+            if fresh_until > time.monotonic() and (usable_until is None or usable_until > utcnow()):
+                self._last_used[principal.key_id] = time.time()
+                return principal
+            del self._verified[authorization]  # type: ignore[arg-type]
+        return await self._authenticate(authorization)
+
+    async def _authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise UnauthorizedError("send an API key: Authorization: Bearer <key>", headers=_CHALLENGE)
+        scheme, _, token = authorization.partition(" ")
+        parsed = parse_key(token.strip()) if scheme.lower() == "bearer" else None
+        if parsed is None:
+            raise UnauthorizedError("the Authorization header is not 'Bearer <API key>'", headers=_CHALLENGE)
+        public_id, secret = parsed
+        cached = self._cache.get(public_id)
+        if cached is None:
+            cached = await self._load(public_id)
+        if (
+            not secret_matches(secret, cached.secret_hash)
+            or cached.revoked
+            or (cached.usable_until is not None and cached.usable_until <= utcnow())
+        ):
+            raise UnauthorizedError("the API key is invalid, revoked or expired", headers=_CHALLENGE)
+        self._last_used[cached.principal.key_id] = time.time()
+        if self._cache_seconds > 0 and authorization is not None:
+            if len(self._verified) >= self._max_entries:
+                self._verified.clear()
+            self._verified[authorization] = (
+                cached.principal,
+                time.monotonic() + self._cache_seconds,
+                cached.usable_until,
+            )
+        return cached.principal
+
+    async def _load(self, public_id: str) -> _CachedKey:
+        try:
+            async with self._sessionmaker() as session:
+                key = await ApiKeyRepository(session).get_by_public_id(public_id)
+        except (SQLAlchemyError, OSError) as exc:
+            raise translate_exception(exc) from exc
+        if key is None:
+            self._cache.set(public_id, _UNKNOWN, _NEGATIVE_TTL)
+            return _UNKNOWN
+        entry = _CachedKey(
+            secret_hash=key.secret_hash,
+            principal=Principal(key.id, key.public_id, key.name, frozenset(key.scopes)),
+            usable_until=key.expires_at,
+            revoked=key.revoked_at is not None,
+        )
+        if self._cache_seconds > 0:
+            self._cache.set(public_id, entry, self._cache_seconds)
+        return entry
+
+    async def flush_last_used(self) -> None:
+        """Write buffered last-used times; on failure they are kept for the next flush."""
+        if not self._last_used:
+            return
+        pending, self._last_used = self._last_used, {}
+        try:
+            async with self._sessionmaker() as session, session.begin():
+                await ApiKeyRepository(session).set_last_used(
+                    {key_id: datetime.fromtimestamp(at, UTC) for key_id, at in pending.items()}
+                )
+        except Exception as exc:
+            for key_id, at in pending.items():
+                self._last_used.setdefault(key_id, at)
+            logger.warning("could not record API key use; will retry", error=str(exc))

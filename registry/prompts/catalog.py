@@ -1,0 +1,357 @@
+"""The read fast path: resolve and render prompts from an in-process cache.
+
+A prompt is loaded with one query (its production, staging and latest versions
+with their configs), compiled once, and its resolve response encoded once. A
+change published on the bus drops the entry here and on every replica. Entries
+past their lifetime are re-read; if the database cannot be reached then, the
+old entry keeps being served, marked stale, so apps keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+import structlog
+from prompt_registry_client.templating import (
+    ChatMessage,
+    CompiledPrompt,
+    RenderError,
+    RenderLimits,
+    VariablesInvalidError,
+    compile_prompt,
+)
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from registry.lib.changes import Change, ChangeBus
+from registry.lib.errors import DatabaseUnavailableError, translate_exception
+from registry.lib.promotion import State
+from registry.lib.versioned import LabelNotSetError
+from registry.prompts.errors import (
+    PromptNotFoundError,
+    PromptVersionNotFoundError,
+    RenderFailedError,
+    VariablesInvalidHttpError,
+)
+from registry.prompts.models import Prompt, PromptVersion
+from registry.prompts.repository import PromptCatalogRepository
+from registry.prompts.schemas import (
+    ConfigUsed,
+    ExperimentOut,
+    Labels,
+    LinkedConfig,
+    Message,
+    PromptVersionOut,
+    RenderOut,
+    ResolvedPromptOut,
+)
+
+logger = structlog.get_logger("registry.prompts.catalog")
+
+_NEGATIVE_TTL = 2.0
+_MAX_VERSIONS_PER_ENTRY = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedVersion:
+    number: int
+    state: State
+    kind: str
+    compiled: CompiledPrompt
+    config: LinkedConfig | None
+    body: bytes  # the encoded resolve response
+    etag: str
+
+
+def _config_used(config: LinkedConfig | None) -> ConfigUsed | None:
+    if config is None:
+        return None
+    return ConfigUsed(name=config.name, version=config.version, model=config.model)
+
+
+@dataclass(slots=True)
+class PromptEntry:
+    prompt_id: int
+    name: str
+    description: str
+    tags: list[str]
+    labels: Labels
+    versions: dict[int, ResolvedVersion] = field(default_factory=dict)
+    store_io: bool = False  # completions keep their redacted texts
+    fresh_until: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    entry: PromptEntry
+    version: ResolvedVersion
+    stale: bool
+    config: LinkedConfig | None  # what to run with: the version's config, or a variant's override
+    experiment: ExperimentOut | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rendering:
+    out: RenderOut
+    resolution: Resolution
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Where an experiment sends a unit: a version (and optionally another config), or nowhere special."""
+
+    experiment: ExperimentOut
+    version: int | None  # None: the unit is outside the experiment and gets the production version
+    config: LinkedConfig | None = None
+
+
+class VariantRouter(Protocol):
+    """Chooses the version a unit sees while an experiment runs on a prompt (see the experiments domain).
+
+    Called on the fast path: it must not touch the database.
+    """
+
+    def route(self, prompt: str, unit: str) -> Routing | None: ...
+
+
+def _build_version(entry: PromptEntry, version: PromptVersion) -> ResolvedVersion:
+    compiled = compile_prompt(
+        "chat" if version.kind == "chat" else "text",
+        template=version.template,
+        messages=version.messages,
+        input_schema=version.input_schema,
+    )
+    config = LinkedConfig.of(version.config_version)
+    body = msgspec.json.encode(
+        ResolvedPromptOut(
+            name=entry.name,
+            description=entry.description,
+            tags=entry.tags,
+            labels=entry.labels,
+            version=PromptVersionOut.of(entry.name, version, compiled.variables),
+        )
+    )
+    return ResolvedVersion(
+        number=version.number,
+        state=State(version.state),
+        kind=version.kind,
+        compiled=compiled,
+        config=config,
+        body=body,
+        etag=f'"{hashlib.sha256(body).hexdigest()[:32]}"',
+    )
+
+
+def _build_entry(prompt: Prompt, versions: list[PromptVersion]) -> PromptEntry:
+    by_state = {v.state: v.number for v in versions}
+    entry = PromptEntry(
+        prompt_id=prompt.id,
+        name=prompt.name,
+        description=prompt.description,
+        tags=list(prompt.tags),
+        labels=Labels(
+            production=by_state.get(State.PRODUCTION.value),
+            staging=by_state.get(State.STAGING.value),
+            latest=prompt.latest_version or None,
+        ),
+        store_io=prompt.store_io,
+    )
+    for version in versions:
+        entry.versions[version.number] = _build_version(entry, version)
+    return entry
+
+
+class PromptCatalog:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        bus: ChangeBus,
+        *,
+        ttl: float,
+        degraded_ttl: float,
+        max_prompts: int,
+        limits: RenderLimits,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._bus = bus
+        self._ttl = ttl
+        self._degraded_ttl = degraded_ttl
+        self._max_prompts = max_prompts
+        self.limits = limits
+        self._entries: OrderedDict[str, PromptEntry | float] = OrderedDict()  # float: "absent until"
+        self._loading: dict[str, asyncio.Future[PromptEntry | None]] = {}
+        self._generation = 0
+        self.router: VariantRouter | None = None
+        bus.subscribe(self._on_change)
+
+    def _on_change(self, change: Change) -> None:
+        """Expire (rather than drop) what changed: the old copy is still the best answer if the database is down."""
+        if change.kind == "prompt":
+            self._expire(change.name)
+        elif change.kind == "reset":
+            for name in list(self._entries):
+                self._expire(name)
+        else:
+            return
+        self._generation += 1
+
+    def _expire(self, name: str) -> None:
+        cached = self._entries.get(name)
+        if isinstance(cached, PromptEntry):
+            cached.fresh_until = 0.0
+        else:
+            self._entries.pop(name, None)
+
+    def _lifetime(self) -> float:
+        return self._ttl if self._bus.connected else self._degraded_ttl
+
+    # -- resolution
+
+    async def resolve(
+        self, name: str, *, label: str | None = None, version: int | None = None, unit: str | None = None
+    ) -> Resolution:
+        """The version to serve. Experiments route units only on production traffic:
+        an explicit version or another label bypasses them."""
+        entry, stale = await self._entry(name)
+        if version is not None:
+            resolved = await self._version(entry, version)
+            return Resolution(entry, resolved, stale, resolved.config)
+        label = label or State.PRODUCTION.value
+        routing = None
+        if unit is not None and label == State.PRODUCTION.value and self.router is not None:
+            routing = self.router.route(name, unit)
+        if routing is not None and routing.version is not None:
+            resolved = await self._version(entry, routing.version)
+            return Resolution(entry, resolved, stale, routing.config or resolved.config, routing.experiment)
+        number = getattr(entry.labels, label)
+        if number is None:
+            no_versions = label == "latest"
+            raise LabelNotSetError(
+                f"prompt '{name}' has no versions yet" if no_versions else f"prompt '{name}' has no {label} version"
+            )
+        resolved = entry.versions[number]
+        return Resolution(entry, resolved, stale, resolved.config, routing.experiment if routing else None)
+
+    async def _version(self, entry: PromptEntry, number: int) -> ResolvedVersion:
+        return entry.versions.get(number) or await self._load_version(entry, number)
+
+    async def render(
+        self,
+        name: str,
+        variables: Mapping[str, Any],
+        *,
+        label: str | None = None,
+        version: int | None = None,
+        unit: str | None = None,
+    ) -> Rendering:
+        """Render a prompt; the resolution says which version and config, and if the copy is stale."""
+        resolution = await self.resolve(name, label=label, version=version, unit=unit)
+        resolved = resolution.version
+        try:
+            rendered = resolved.compiled.render(variables, self.limits)
+        except VariablesInvalidError as exc:
+            raise VariablesInvalidHttpError.of(exc) from exc
+        except RenderError as exc:
+            raise RenderFailedError.of(exc) from exc
+        is_chat = isinstance(rendered, list)
+        out = RenderOut(
+            prompt=name,
+            version=resolved.number,
+            state=resolved.state,
+            kind=resolved.kind,
+            text=None if is_chat else str(rendered),
+            messages=[Message(role=m.role, content=m.content) for m in rendered if isinstance(m, ChatMessage)]
+            if is_chat
+            else None,
+            config=_config_used(resolution.config),
+            experiment=resolution.experiment,
+        )
+        return Rendering(out, resolution)
+
+    # -- cache
+
+    async def _entry(self, name: str) -> tuple[PromptEntry, bool]:
+        cached = self._entries.get(name)
+        now = time.monotonic()
+        if isinstance(cached, PromptEntry):
+            if cached.fresh_until >= now:
+                return cached, False
+        elif isinstance(cached, float) and cached >= now:
+            raise PromptNotFoundError(f"no prompt is named '{name}'")
+        try:
+            entry = await self._load_coalesced(name)
+        except DatabaseUnavailableError:
+            if isinstance(cached, PromptEntry):
+                logger.warning("serving a stale prompt: the database is unreachable", prompt=name)
+                return cached, True
+            raise
+        if entry is None:
+            raise PromptNotFoundError(f"no prompt is named '{name}'")
+        return entry, False
+
+    async def _load_coalesced(self, name: str) -> PromptEntry | None:
+        """One database read per prompt however many requests miss at once."""
+        pending = self._loading.get(name)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[PromptEntry | None] = asyncio.get_running_loop().create_future()
+        self._loading[name] = future
+        try:
+            entry = await self._load(name)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters may be none
+            raise
+        else:
+            future.set_result(entry)
+            return entry
+        finally:
+            del self._loading[name]
+
+    async def _load(self, name: str) -> PromptEntry | None:
+        generation = self._generation
+        try:
+            async with self._sessionmaker() as session:
+                prompt, versions = await PromptCatalogRepository(session).load_labelled(name)
+        except (SQLAlchemyError, OSError) as exc:
+            raise translate_exception(exc) from exc
+        if prompt is None:
+            if generation == self._generation:
+                self._store(name, time.monotonic() + _NEGATIVE_TTL)
+            return None
+        entry = _build_entry(prompt, list(versions))
+        entry.fresh_until = time.monotonic() + self._lifetime()
+        if generation == self._generation:  # no change arrived while reading
+            self._store(name, entry)
+        return entry
+
+    async def _load_version(self, entry: PromptEntry, number: int) -> ResolvedVersion:
+        generation = self._generation
+        try:
+            async with self._sessionmaker() as session:
+                version = await PromptCatalogRepository(session).load_version(entry.prompt_id, number)
+        except (SQLAlchemyError, OSError) as exc:
+            raise translate_exception(exc) from exc
+        if version is None:
+            raise PromptVersionNotFoundError(f"prompt '{entry.name}' has no version {number}")
+        resolved = _build_version(entry, version)
+        if generation == self._generation:
+            if len(entry.versions) >= _MAX_VERSIONS_PER_ENTRY:
+                labelled = {entry.labels.production, entry.labels.staging, entry.labels.latest}
+                for old in [n for n in entry.versions if n not in labelled][:1]:
+                    del entry.versions[old]
+            entry.versions[number] = resolved
+        return resolved
+
+    def _store(self, name: str, value: PromptEntry | float) -> None:
+        self._entries[name] = value
+        self._entries.move_to_end(name)
+        while len(self._entries) > self._max_prompts:
+            self._entries.popitem(last=False)

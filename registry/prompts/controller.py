@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, get, patch, post
+from litestar.di import NamedDependency, Provide
+from litestar.openapi import ResponseSpec
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.auth.keys import Scope
+from registry.auth.principal import Actor
+from registry.deps import provide_resource_name
+from registry.lib.errors import FieldError, InvalidInputError
+from registry.lib.http import JsonResponse, decode_name
+from registry.lib.pagination import PageRequest, encode_cursor
+from registry.lib.promotion import State
+from registry.lib.schema import paginate
+from registry.lib.versioned_controller import VersionedResourceController
+from registry.lib.versioned_schemas import (
+    Label,
+)
+from registry.prompts.schemas import (
+    CreatePromptVersion,
+    ExperimentOut,
+    PromptDiff,
+    PromptOut,
+    PromptVersionOut,
+    PromptVersionPage,
+    RenderOut,
+    RenderRequest,
+    ResolvedPromptOut,
+    UpdatePrompt,
+)
+from registry.prompts.service import PromptService, variables_of
+from registry.runtime import Runtime, runtime_of
+
+STALE_HEADER = "X-Registry-Stale"
+EXPERIMENT_HEADER = "X-Registry-Experiment"
+
+
+def experiment_headers(experiment: ExperimentOut | None) -> dict[str, str]:
+    """The experiment a unit was routed through, for the resolve response (its body is shared by all units)."""
+    if experiment is None:
+        return {}
+    headers = {
+        EXPERIMENT_HEADER: experiment.key,
+        f"{EXPERIMENT_HEADER}-Phase": str(experiment.phase),
+        "X-Registry-In-Experiment": "true" if experiment.in_experiment else "false",
+    }
+    if experiment.variant is not None:
+        headers["X-Registry-Variant"] = experiment.variant
+    return headers
+
+
+def provide_prompt_service(
+    db_session: NamedDependency[AsyncSession], runtime: NamedDependency[Runtime]
+) -> PromptService:
+    return PromptService(db_session, runtime.prompt_limits)
+
+
+def label_or_version(label: str | None, version: int | None) -> None:
+    if label is not None and version is not None:
+        raise InvalidInputError(
+            "give a label or a version, not both", errors=[FieldError("version", "cannot be combined with label")]
+        )
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in candidates or etag in candidates
+
+
+class PromptController(VersionedResourceController):
+    path = "/prompts"
+    tags = ["prompts"]
+    dependencies = {
+        "service": Provide(provide_prompt_service, sync_to_thread=False),
+        "resource_name": Provide(provide_resource_name, sync_to_thread=False),
+    }
+
+    @get(
+        "/{name:str}",
+        opt={"scope": Scope.READ},
+        operation_id="resolvePrompt",
+        summary="Resolve a prompt by label or version",
+        description="Defaults to the production version. Sends an ETag; `If-None-Match` gives 304. With `unit`, "
+        "a running experiment may route the unit to a variant's version, named in `X-Registry-Experiment`, "
+        "`-Phase`, `X-Registry-Variant` and `X-Registry-In-Experiment`.",
+        responses={200: ResponseSpec(ResolvedPromptOut, description="The resolved version with its config.")},
+    )
+    async def resolve_prompt(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        label: FromQuery[Label | None] = None,
+        version: Annotated[int | None, QueryParameter(ge=1)] = None,
+        if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match")] = None,
+        unit: Annotated[
+            str | None, QueryParameter(min_length=1, max_length=256, description="The unit (user, session) to assign.")
+        ] = None,
+    ) -> JsonResponse:
+        # The fast path takes no injected dependencies: resolving them costs more than the work itself.
+        label_or_version(label, version)
+        catalog = runtime_of(request).prompts
+        resolution = await catalog.resolve(decode_name(name), label=label, version=version, unit=unit)
+        headers = {
+            "ETag": resolution.version.etag,
+            "Cache-Control": "no-cache",
+            **experiment_headers(resolution.experiment),
+        }
+        if resolution.stale:
+            headers[STALE_HEADER] = "true"
+        if etag_matches(if_none_match, resolution.version.etag):
+            return JsonResponse(b"", status=304, headers=headers)
+        return JsonResponse(resolution.version.body, headers=headers)
+
+    @patch(
+        "/{name:str}",
+        opt={"scope": Scope.WRITE},
+        operation_id="updatePrompt",
+        summary="Update description, tags or storage policy",
+    )
+    async def update_resource(  # replaces the shared handler: prompts also have a storage policy
+        self,
+        resource_name: NamedDependency[str],
+        data: JSONBody[UpdatePrompt],
+        service: NamedDependency[PromptService],
+        current_actor: NamedDependency[Actor],
+    ) -> PromptOut:
+        prompt = await service.update_prompt(
+            resource_name, current_actor, description=data.description, tags=data.tags, store_io=data.store_io
+        )
+        return PromptOut.of_prompt(prompt)
+
+    @post(
+        "/{name:str}/versions",
+        opt={"scope": Scope.WRITE},
+        operation_id="createPromptVersion",
+        summary="Create a version (201), or get the newest if identical (200)",
+    )
+    async def create_version(
+        self,
+        resource_name: NamedDependency[str],
+        data: JSONBody[CreatePromptVersion],
+        service: NamedDependency[PromptService],
+        current_actor: NamedDependency[Actor],
+    ) -> Response[PromptVersionOut]:
+        version, created = await service.create_version(resource_name, data, current_actor)
+        body = PromptVersionOut.of(resource_name, version, variables_of(version))
+        return Response(body, status_code=201 if created else 200)
+
+    @get("/{name:str}/versions", opt={"scope": Scope.READ}, operation_id="listPromptVersions", summary="List versions")
+    async def list_versions(
+        self,
+        resource_name: NamedDependency[str],
+        service: NamedDependency[PromptService],
+        page: NamedDependency[PageRequest],
+        in_state: Annotated[
+            State | None, QueryParameter(name="state", description="Only versions in this state.")
+        ] = None,
+    ) -> PromptVersionPage:
+        rows = await service.workflow.list_versions(resource_name, page, state=in_state)
+        items, cursor = paginate(rows, page.limit, lambda v: encode_cursor(v.number))
+        return PromptVersionPage(
+            items=[PromptVersionOut.of(resource_name, v, variables_of(v)) for v in items], next_cursor=cursor
+        )
+
+    @get(
+        "/{name:str}/versions/{version:int}",
+        opt={"scope": Scope.READ},
+        operation_id="getPromptVersion",
+        summary="Get one version",
+    )
+    async def get_version(
+        self, resource_name: NamedDependency[str], version: FromPath[int], service: NamedDependency[PromptService]
+    ) -> PromptVersionOut:
+        row = await service.get_version(resource_name, version)
+        return PromptVersionOut.of(resource_name, row, variables_of(row))
+
+    @get("/{name:str}/diff", opt={"scope": Scope.READ}, operation_id="diffPromptVersions", summary="Diff two versions")
+    async def diff_versions(
+        self,
+        resource_name: NamedDependency[str],
+        service: NamedDependency[PromptService],
+        from_version: Annotated[int, QueryParameter(name="from", ge=1)],
+        to_version: Annotated[int, QueryParameter(name="to", ge=1)],
+    ) -> PromptDiff:
+        return await service.diff(resource_name, from_version, to_version)
+
+    @post(
+        "/{name:str}/render",
+        opt={"scope": Scope.READ},
+        operation_id="renderPrompt",
+        summary="Render a prompt with variables",
+        status_code=200,
+        responses={200: ResponseSpec(RenderOut, description="The rendered prompt and the versions used.")},
+    )
+    async def render(
+        self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[RenderRequest]
+    ) -> JsonResponse:
+        label_or_version(data.label, data.version)
+        rendering = await runtime_of(request).prompts.render(
+            decode_name(name), data.variables, label=data.label, version=data.version, unit=data.unit
+        )
+        headers = {STALE_HEADER: "true"} if rendering.resolution.stale else None
+        return JsonResponse(msgspec.json.encode(rendering.out), headers=headers)
