@@ -1,0 +1,141 @@
+"""From one unit's exposures and observations to its contribution to the sufficient statistics.
+
+Pure functions, used by the aggregator for every unit it recomputes:
+
+- ``standing``: which variant a unit counts in for a phase (``None`` when it was
+  seen in several: it is then excluded, and counted as such);
+- ``unit_value``: a metric's per-unit value after exposure, and the same
+  metric before exposure (the CUPED covariate);
+- ``Sums``: what a unit adds to its variant's sums, so the aggregator can take
+  a unit's old contribution out and put its new one in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+# Aggregations where a unit with no observations counts as 0 (and so every exposed unit counts).
+ZERO_FILLED = frozenset({"sum", "count", "any"})
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One value of one metric for a unit (an outcome event today; completions later)."""
+
+    metric_id: int
+    occurred_at: datetime
+    value: float
+    experiment_id: int | None = None  # set when the event names one experiment: it counts for that one only
+
+
+@dataclass(frozen=True, slots=True)
+class MetricRule:
+    metric_id: int
+    aggregation: str
+
+    @property
+    def zero_filled(self) -> bool:
+        return self.aggregation in ZERO_FILLED
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Which observations count: after exposure until the phase ends, and the lookback before it.
+
+    ``grace`` tolerates clocks of apps that run slightly behind the service's:
+    an outcome reported a few seconds "before" the exposure is still an outcome.
+    """
+
+    first_exposed_at: datetime
+    phase_ended_at: datetime | None
+    grace: timedelta
+    lookback: timedelta
+
+    def is_post(self, at: datetime) -> bool:
+        return at >= self.first_exposed_at - self.grace and (self.phase_ended_at is None or at < self.phase_ended_at)
+
+    def is_pre(self, at: datetime) -> bool:
+        return self.first_exposed_at - self.lookback <= at < self.first_exposed_at - self.grace
+
+
+def aggregate(values: Sequence[float], aggregation: str) -> float | None:
+    """A unit's value from its observations; ``None`` (no value) only for mean and max without observations."""
+    if aggregation == "sum":
+        return float(sum(values))
+    if aggregation == "count":
+        return float(len(values))
+    if aggregation == "any":
+        return 1.0 if any(v > 0 for v in values) else 0.0
+    if not values:
+        return None
+    if aggregation == "mean":
+        return float(sum(values)) / len(values)
+    if aggregation == "max":
+        return float(max(values))
+    raise ValueError(f"unknown aggregation {aggregation!r}")
+
+
+def unit_value(
+    observations: Iterable[Observation], rule: MetricRule, window: Window, experiment_id: int
+) -> tuple[float | None, float]:
+    """The unit's (post-exposure value, pre-exposure covariate) for one metric in one experiment phase."""
+    post: list[float] = []
+    pre: list[float] = []
+    for observation in observations:
+        if observation.metric_id != rule.metric_id:
+            continue
+        if observation.experiment_id is not None and observation.experiment_id != experiment_id:
+            continue
+        if window.is_post(observation.occurred_at):
+            post.append(observation.value)
+        elif window.is_pre(observation.occurred_at):
+            pre.append(observation.value)
+    return aggregate(post, rule.aggregation), aggregate(pre, rule.aggregation) or 0.0
+
+
+def standing(variants: Iterable[str]) -> str | None:
+    """The one variant a unit was seen in, or None when it was seen in several."""
+    distinct = set(variants)
+    return distinct.pop() if len(distinct) == 1 else None
+
+
+@dataclass(frozen=True, slots=True)
+class Sums:
+    """Sufficient statistics of some units' values: the unit of addition for the per-variant rows."""
+
+    n: int = 0
+    sum: float = 0.0
+    sum_squares: float = 0.0
+    pre_sum: float = 0.0
+    pre_sum_squares: float = 0.0
+    cross_sum: float = 0.0
+
+    @classmethod
+    def of(cls, value: float, pre: float) -> Sums:
+        return cls(1, value, value * value, pre, pre * pre, value * pre)
+
+    def __add__(self, other: Sums) -> Sums:
+        return Sums(
+            self.n + other.n,
+            self.sum + other.sum,
+            self.sum_squares + other.sum_squares,
+            self.pre_sum + other.pre_sum,
+            self.pre_sum_squares + other.pre_sum_squares,
+            self.cross_sum + other.cross_sum,
+        )
+
+    def __neg__(self) -> Sums:
+        return Sums(-self.n, -self.sum, -self.sum_squares, -self.pre_sum, -self.pre_sum_squares, -self.cross_sum)
+
+    @property
+    def is_zero(self) -> bool:
+        return self == Sums()
+
+
+def worth_storing(value: float | None, pre: float, zero_filled: bool) -> bool:
+    """A unit's metric row is kept only when it changes the sums: zeros of a zero-filled metric add nothing."""
+    if value is None:
+        return False
+    return not zero_filled or value != 0 or pre != 0

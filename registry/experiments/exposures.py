@@ -1,0 +1,149 @@
+"""First exposures, deduplicated in memory and written in batches, off the render path.
+
+Rendering a prompt in an experiment must not cost a database round trip, so
+the router only records ``(experiment, phase, unit, variant)`` here. Repeats of
+a pending or recently written exposure are dropped in memory; the rest are
+written by a periodic job with ``INSERT ... ON CONFLICT DO NOTHING`` (another
+replica may have written the same unit), and queued for the aggregator.
+
+Durability: pending exposures are written every
+``experiment_exposure_flush_seconds``, when the buffer is half full, and once
+more on a graceful shutdown (``Runtime.stop`` runs every job a last time), so
+a graceful stop or restart loses nothing. A hard kill (SIGKILL, power loss)
+loses the exposures first seen since the last flush: at most one flush
+interval's worth, and never more than ``experiment_exposure_buffer_size``.
+A unit whose exposure was lost is recorded again, with the later time, the
+next time it is routed. When the buffer is full (the database unreachable for
+long), new exposures are dropped and counted in
+``registry_experiment_exposures_dropped_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from registry.experiments.repository import IngestRepository
+
+logger = structlog.get_logger("registry.experiments.exposures")
+
+ExposureKey = tuple[int, int, str, str]  # experiment id, phase, unit, variant key
+_WRITTEN_PER_PENDING = 2  # how many written keys are remembered, per slot of the pending buffer
+
+
+class ExposureBuffer:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        max_pending: int,
+        metrics_registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._max_pending = max_pending
+        self._pending: dict[ExposureKey, float] = {}  # first seen, as a Unix time
+        self._written: OrderedDict[ExposureKey, None] = OrderedDict()
+        self._lock = asyncio.Lock()
+        self._early_flush: asyncio.Task[Any] | None = None
+        self.dropped = 0
+        self._recorded_since_flush = 0
+        self._recorded = Counter(
+            "registry_experiment_exposures_total", "First exposures buffered for writing.", registry=metrics_registry
+        )
+        self._dropped = Counter(
+            "registry_experiment_exposures_dropped_total",
+            "First exposures dropped because the buffer was full.",
+            registry=metrics_registry,
+        )
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def record(self, experiment_id: int, phase: int, unit: str, variant: str) -> None:
+        """Remember a first exposure (cheap, synchronous: called while routing a render)."""
+        key = (experiment_id, phase, unit, variant)
+        if key in self._pending or key in self._written:
+            return
+        if len(self._pending) >= self._max_pending:
+            self.dropped += 1
+            self._dropped.inc()
+            return
+        self._pending[key] = time.time()  # a float: cheaper than a datetime on the render path
+        self._recorded_since_flush += 1
+        if len(self._pending) >= self._max_pending // 2:
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if self._early_flush is not None and not self._early_flush.done():
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop: the periodic flush will do
+            self._early_flush = asyncio.get_running_loop().create_task(self._flush_logged())
+
+    async def _flush_logged(self) -> None:
+        try:
+            await self.flush()
+        except Exception as exc:
+            logger.warning("early exposure flush failed; the periodic flush retries", error=str(exc))
+
+    async def flush(self) -> int:
+        """Write pending exposures; on failure they are kept (within the bound) for the next flush."""
+        async with self._lock:
+            if not self._pending:
+                return 0
+            batch, self._pending = self._pending, {}
+            self._recorded.inc(self._recorded_since_flush)
+            self._recorded_since_flush = 0
+            rows = [
+                {"experiment_id": e, "phase": p, "unit": u, "variant": v, "exposed_at": datetime.fromtimestamp(at, UTC)}
+                for (e, p, u, v), at in batch.items()
+            ]
+            try:
+                async with self._sessionmaker() as session, session.begin():
+                    repository = IngestRepository(session)
+                    await repository.insert_exposures(rows)
+                    await repository.mark_units_changed({u for (_, _, u, _) in batch})
+            except BaseException:
+                self._restore(batch)
+                raise
+            for key in batch:
+                self._written[key] = None
+            while len(self._written) > self._max_pending * _WRITTEN_PER_PENDING:
+                self._written.popitem(last=False)
+            return len(rows)
+
+    def _restore(self, batch: dict[ExposureKey, float]) -> None:
+        for key, at in batch.items():
+            if key in self._pending:
+                self._pending[key] = min(self._pending[key], at)
+            elif len(self._pending) < self._max_pending:
+                self._pending[key] = at
+            else:
+                self.dropped += 1
+                self._dropped.inc()
+
+    def forget_unit(self, unit: str) -> int:
+        """Drop a unit's buffered exposures (its data is being erased); returns how many were pending."""
+        pending = [key for key in self._pending if key[2] == unit]
+        for key in pending:
+            del self._pending[key]
+        for key in [key for key in self._written if key[2] == unit]:
+            del self._written[key]
+        return len(pending)
+
+    def pending_for_unit(self, unit: str) -> int:
+        return sum(1 for key in self._pending if key[2] == unit)
+
+    async def stop(self) -> None:
+        if self._early_flush is not None:
+            self._early_flush.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._early_flush

@@ -1,0 +1,147 @@
+"""Outcome events and app-reported exposures coming in."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.db.base import utcnow
+from registry.experiments.exposures import ExposureBuffer
+from registry.experiments.repository import ExperimentRepository, IngestRepository, MetricRepository
+from registry.experiments.router import ExperimentRouter
+from registry.experiments.schemas import (
+    EventBatch,
+    EventBatchOut,
+    EventIn,
+    EventResultOut,
+    ExposureBatch,
+    ExposureBatchOut,
+    ItemErrorOut,
+)
+from registry.lib.errors import FieldError, InvalidInputError
+
+_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+
+
+@dataclass(frozen=True, slots=True)
+class EventLimits:
+    max_age: timedelta
+    max_future: timedelta
+
+
+def _decoding_error(exc: msgspec.ValidationError) -> ItemErrorOut:
+    message = str(exc)
+    match = _PATH.search(message)
+    return ItemErrorOut(
+        field=match.group(1) if match and match.group(1) else "event",
+        message=message[: match.start()] if match else message,
+    )
+
+
+class EventService:
+    """Validates a batch item by item: good events are kept even when others are rejected."""
+
+    def __init__(self, session: AsyncSession, limits: EventLimits) -> None:
+        self.ingest = IngestRepository(session)
+        self.metrics = MetricRepository(session)
+        self.experiments = ExperimentRepository(session)
+        self.limits = limits
+
+    async def record(self, batch: EventBatch) -> EventBatchOut:
+        now = utcnow()
+        results: dict[int, EventResultOut] = {}
+        events: dict[int, EventIn] = {}
+        for index, raw in enumerate(batch.events):
+            try:
+                events[index] = msgspec.convert(raw, EventIn)
+            except msgspec.ValidationError as exc:
+                results[index] = EventResultOut(index=index, status="rejected", errors=[_decoding_error(exc)])
+        metrics = await self.metrics.by_keys({e.metric for e in events.values()})
+        experiments = await self.experiments.ids_by_keys({e.experiment for e in events.values() if e.experiment})
+
+        rows: dict[int, dict[str, Any]] = {}
+        keys_in_batch: set[str] = set()
+        for index, event in events.items():
+            problems = self._problems(event, metrics, experiments, now)
+            if problems:
+                results[index] = EventResultOut(index=index, status="rejected", errors=problems)
+            elif event.idempotency_key in keys_in_batch:
+                results[index] = EventResultOut(index=index, status="duplicate")
+            else:
+                keys_in_batch.add(event.idempotency_key)
+                rows[index] = {
+                    "idempotency_key": event.idempotency_key,
+                    "unit": event.unit,
+                    "metric_id": metrics[event.metric].id,
+                    "value": event.value,
+                    "occurred_at": event.timestamp,
+                    "received_at": now,
+                    "experiment_id": experiments[event.experiment] if event.experiment else None,
+                }
+        inserted = await self.ingest.insert_events(list(rows.values())) if rows else set()
+        await self.ingest.mark_units_changed(
+            {row["unit"] for row in rows.values() if row["idempotency_key"] in inserted}
+        )
+        for index, row in rows.items():
+            status: Literal["accepted", "duplicate"] = "accepted" if row["idempotency_key"] in inserted else "duplicate"
+            results[index] = EventResultOut(index=index, status=status)
+
+        items = [results[i] for i in range(len(batch.events))]
+        return EventBatchOut(
+            accepted=sum(1 for r in items if r.status == "accepted"),
+            duplicates=sum(1 for r in items if r.status == "duplicate"),
+            rejected=sum(1 for r in items if r.status == "rejected"),
+            items=items,
+        )
+
+    def _problems(
+        self, event: EventIn, metrics: Mapping[str, Any], experiments: Mapping[str, int], now: datetime
+    ) -> list[ItemErrorOut]:
+        problems: list[ItemErrorOut] = []
+        metric = metrics.get(event.metric)
+        if metric is None:
+            problems.append(ItemErrorOut(field="metric", message=f"no metric is named '{event.metric}'"))
+        if event.experiment is not None and event.experiment not in experiments:
+            problems.append(ItemErrorOut(field="experiment", message=f"no experiment is named '{event.experiment}'"))
+        if event.timestamp > now + self.limits.max_future:
+            problems.append(ItemErrorOut(field="timestamp", message="is in the future"))
+        elif event.timestamp < now - self.limits.max_age:
+            problems.append(ItemErrorOut(field="timestamp", message=f"is older than {self.limits.max_age.days} days"))
+        if not math.isfinite(event.value):
+            problems.append(ItemErrorOut(field="value", message="must be a finite number"))
+        elif metric is not None and metric.kind == "binomial" and event.value not in (0.0, 1.0):
+            problems.append(ItemErrorOut(field="value", message="a binomial metric takes 0 or 1"))
+        return problems
+
+
+class ExposureService:
+    """Exposures of units that apps assigned themselves, with the same algorithm (see the client's ``assignment``)."""
+
+    def __init__(self, router: ExperimentRouter, buffer: ExposureBuffer) -> None:
+        self.router = router
+        self.buffer = buffer
+
+    def record(self, batch: ExposureBatch) -> ExposureBatchOut:
+        problems: list[FieldError] = []
+        resolved = []
+        for index, exposure in enumerate(batch.exposures):
+            experiment = self.router.running(exposure.experiment)
+            if experiment is None:
+                problems.append(FieldError(f"exposures[{index}].experiment", "is not a running experiment"))
+                continue
+            if exposure.variant not in {v.key for v in experiment.variants}:
+                problems.append(FieldError(f"exposures[{index}].variant", "is not a variant of the experiment"))
+                continue
+            resolved.append((experiment, exposure))
+        if problems:
+            raise InvalidInputError(f"{len(problems)} exposure(s) are invalid; none were recorded", errors=problems)
+        for experiment, exposure in resolved:
+            self.buffer.record(experiment.id, experiment.phase, exposure.unit, exposure.variant)
+        return ExposureBatchOut(recorded=len(resolved))

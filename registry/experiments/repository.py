@@ -1,0 +1,523 @@
+"""Every query of the experiments domain.
+
+Bulk writes use the dialect's ``INSERT ... ON CONFLICT`` (PostgreSQL and
+SQLite both have it), so repeated exposures, duplicate events and
+concurrent upserts of the same unit are resolved by the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, delete, exists, func, literal, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload, selectinload
+
+from registry.configs.models import ModelConfigVersion
+from registry.db.base import utcnow
+from registry.experiments.aggregation import Observation, Sums
+from registry.experiments.models import (
+    Experiment,
+    ExperimentMetric,
+    ExperimentMetricSums,
+    ExperimentPhase,
+    ExperimentUnit,
+    ExperimentVariant,
+    ExperimentVariantCount,
+    Exposure,
+    Metric,
+    OutcomeEvent,
+    UnitChange,
+    UnitMetricValue,
+)
+from registry.lib.pagination import PageRequest
+from registry.prompts.models import Prompt
+
+# Bound parameters per statement stay far below the limits of asyncpg (32767) and SQLite (32766).
+CHUNK = 1000
+# Taken by whoever changes the derived statistics (aggregator, unit erasure, rebuilds) on PostgreSQL.
+STATISTICS_LOCK = 0x5245_4758_5354_4154  # "REGXSTAT"
+
+EXPERIMENT_LOADS = (
+    joinedload(Experiment.prompt),
+    selectinload(Experiment.variants)
+    .joinedload(ExperimentVariant.config_version)
+    .joinedload(ModelConfigVersion.config),
+    selectinload(Experiment.metrics).joinedload(ExperimentMetric.metric),
+    selectinload(Experiment.phases),
+)
+
+
+def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class _Repository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.session.get_bind().dialect.name == "postgresql"
+
+    def insert(self, model: Any) -> Any:
+        """The dialect's INSERT (with ON CONFLICT) on the model's table, for Core executemany.
+
+        Executed with a list of rows, SQLAlchemy compiles it once and sends the rows
+        in batched multi-row VALUES ("insertmanyvalues"), RETURNING included.
+        """
+        table = model.__table__
+        return postgresql_insert(table) if self.is_postgresql else sqlite_insert(table)
+
+    async def execute_many(self, statement: Any, rows: Sequence[dict[str, Any]]) -> Any:
+        return await self.session.execute(statement, list(rows)) if rows else None
+
+    async def add(self, row: Any) -> None:
+        self.session.add(row)
+        await self.session.flush()
+
+
+class MetricRepository(_Repository):
+    async def get(self, key: str) -> Metric | None:
+        return (await self.session.execute(select(Metric).where(Metric.key == key))).scalar_one_or_none()
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self.session.scalar(select(exists().where(Metric.key == key))))
+
+    async def by_keys(self, keys: Collection[str]) -> dict[str, Metric]:
+        if not keys:
+            return {}
+        rows = (await self.session.scalars(select(Metric).where(Metric.key.in_(keys)))).all()
+        return {m.key: m for m in rows}
+
+    async def list_metrics(self, page: PageRequest) -> Sequence[Metric]:
+        query = select(Metric).order_by(Metric.key).limit(page.limit + 1)
+        if page.after is not None:
+            query = query.where(Metric.key > page.after[0])
+        return (await self.session.scalars(query)).all()
+
+
+class ExperimentRepository(_Repository):
+    async def get(self, key: str, *, for_update: bool = False) -> Experiment | None:
+        query = select(Experiment).where(Experiment.key == key).options(*EXPERIMENT_LOADS)
+        if for_update:
+            query = query.with_for_update(of=Experiment)
+        return (await self.session.execute(query)).unique().scalar_one_or_none()
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self.session.scalar(select(exists().where(Experiment.key == key))))
+
+    async def ids_by_keys(self, keys: Collection[str]) -> dict[str, int]:
+        if not keys:
+            return {}
+        rows = (await self.session.execute(select(Experiment.key, Experiment.id).where(Experiment.key.in_(keys)))).all()
+        return {key: id_ for key, id_ in rows}
+
+    async def list_experiments(
+        self, page: PageRequest, *, status: str | None, prompt: str | None
+    ) -> Sequence[Experiment]:
+        query = select(Experiment).order_by(Experiment.key).limit(page.limit + 1).options(*EXPERIMENT_LOADS)
+        if page.after is not None:
+            query = query.where(Experiment.key > page.after[0])
+        if status is not None:
+            query = query.where(Experiment.status == status)
+        if prompt is not None:
+            query = query.join(Prompt, Prompt.id == Experiment.prompt_id).where(Prompt.name == prompt)
+        return (await self.session.execute(query)).unique().scalars().all()
+
+    async def live(self) -> Sequence[Experiment]:
+        """Experiments the router needs: running ones, and drafts (QA units may be forced into them)."""
+        query = select(Experiment).where(Experiment.status.in_(("running", "draft"))).options(*EXPERIMENT_LOADS)
+        return (await self.session.execute(query)).unique().scalars().all()
+
+    async def running_on_prompt(self, prompt_id: int, *, other_than: int) -> str | None:
+        query = select(Experiment.key).where(
+            Experiment.prompt_id == prompt_id, Experiment.status == "running", Experiment.id != other_than
+        )
+        return (await self.session.execute(query.limit(1))).scalar_one_or_none()
+
+    async def running_in_namespace(self, namespace: str, *, other_than: int) -> list[tuple[str, float, float]]:
+        """Running experiments of a namespace with their ranges [start, end)."""
+        query = select(Experiment.key, Experiment.namespace_start, Experiment.namespace_end).where(
+            Experiment.namespace == namespace, Experiment.status == "running", Experiment.id != other_than
+        )
+        return [
+            (key, start, end)
+            for key, start, end in (await self.session.execute(query)).all()
+            if start is not None and end is not None
+        ]
+
+
+class IngestRepository(_Repository):
+    """Writes of raw facts: outcome events and first exposures, each marking its units for the aggregator."""
+
+    async def insert_events(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+        """Insert events, skipping idempotency keys already stored; returns the keys inserted now."""
+        if not rows:
+            return set()
+        table = OutcomeEvent.__table__
+        statement = (
+            self.insert(OutcomeEvent)
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(table.c.idempotency_key)
+        )
+        return set((await self.session.execute(statement, list(rows))).scalars().all())
+
+    async def insert_exposures(self, rows: Sequence[dict[str, Any]]) -> None:
+        await self.execute_many(self.insert(Exposure).on_conflict_do_nothing(), rows)
+
+    async def mark_units_changed(self, units: Collection[str]) -> None:
+        """Queue units for the aggregator, in the same transaction as the facts that changed them.
+
+        An existing queue row is updated, not skipped: the update locks it, so an
+        aggregator claiming it waits for this transaction and then sees its facts.
+        Units are sorted so concurrent writers lock rows in one order (no deadlocks).
+        """
+        now = utcnow()
+        statement = self.insert(UnitChange)
+        statement = statement.on_conflict_do_update(
+            index_elements=["unit"], set_={"changed_at": statement.excluded.changed_at}
+        )
+        await self.execute_many(statement, [{"unit": u, "changed_at": now} for u in sorted(set(units))])
+
+
+class StatisticsRepository(_Repository):
+    """Reads and writes of the derived statistics (aggregator, rebuilds, results)."""
+
+    async def lock(self, *, wait: bool) -> bool:
+        """Take the statistics lock for this transaction (PostgreSQL; SQLite serializes writers itself)."""
+        if not self.is_postgresql:
+            return True
+        if wait:
+            await self.session.execute(select(func.pg_advisory_xact_lock(STATISTICS_LOCK)))
+            return True
+        return bool(await self.session.scalar(select(func.pg_try_advisory_xact_lock(STATISTICS_LOCK))))
+
+    async def claim_changed_units(self, limit: int) -> list[str]:
+        oldest = select(UnitChange.unit).order_by(UnitChange.changed_at).limit(limit).with_for_update(skip_locked=True)
+        statement = delete(UnitChange).where(UnitChange.unit.in_(oldest)).returning(UnitChange.unit)
+        return list((await self.session.execute(statement)).scalars().all())
+
+    async def mark_experiment_units_changed(self, experiment_id: int) -> None:
+        units = select(Exposure.unit, literal(utcnow())).where(Exposure.experiment_id == experiment_id).distinct()
+        statement = self.insert(UnitChange).from_select(["unit", "changed_at"], units)
+        statement = statement.on_conflict_do_update(
+            index_elements=["unit"], set_={"changed_at": statement.excluded.changed_at}
+        )
+        await self.session.execute(statement)
+
+    async def forget_metric_values(self, experiment_id: int) -> None:
+        """Drop an experiment's metric values and sums (its metrics changed); the aggregator rebuilds them."""
+        await self.session.execute(delete(UnitMetricValue).where(UnitMetricValue.experiment_id == experiment_id))
+        await self.session.execute(
+            delete(ExperimentMetricSums).where(ExperimentMetricSums.experiment_id == experiment_id)
+        )
+
+    async def exposures_of(self, units: Sequence[str]) -> list[Exposure]:
+        rows: list[Exposure] = []
+        for chunk in chunks(units):
+            rows += (await self.session.scalars(select(Exposure).where(Exposure.unit.in_(chunk)))).all()
+        return rows
+
+    async def standings_of(self, units: Sequence[str]) -> list[ExperimentUnit]:
+        rows: list[ExperimentUnit] = []
+        for chunk in chunks(units):
+            rows += (await self.session.scalars(select(ExperimentUnit).where(ExperimentUnit.unit.in_(chunk)))).all()
+        return rows
+
+    async def metric_values_of(self, units: Sequence[str]) -> list[UnitMetricValue]:
+        rows: list[UnitMetricValue] = []
+        for chunk in chunks(units):
+            query = select(UnitMetricValue).where(UnitMetricValue.unit.in_(chunk))
+            rows += (await self.session.scalars(query)).all()
+        return rows
+
+    async def experiments_by_id(self, ids: Collection[int]) -> dict[int, Experiment]:
+        if not ids:
+            return {}
+        query = (
+            select(Experiment)
+            .where(Experiment.id.in_(ids))
+            .options(
+                selectinload(Experiment.metrics).joinedload(ExperimentMetric.metric), selectinload(Experiment.phases)
+            )
+        )
+        return {e.id: e for e in (await self.session.execute(query)).unique().scalars().all()}
+
+    async def event_observations(
+        self, units: Sequence[str], metric_ids: Collection[int]
+    ) -> dict[str, list[Observation]]:
+        found: dict[str, list[Observation]] = {}
+        if not metric_ids:
+            return found
+        for chunk in chunks(units):
+            query = select(
+                OutcomeEvent.unit,
+                OutcomeEvent.metric_id,
+                OutcomeEvent.occurred_at,
+                OutcomeEvent.value,
+                OutcomeEvent.experiment_id,
+            ).where(OutcomeEvent.unit.in_(chunk), OutcomeEvent.metric_id.in_(metric_ids))
+            for unit, metric_id, occurred_at, value, experiment_id in (await self.session.execute(query)).all():
+                found.setdefault(unit, []).append(Observation(metric_id, occurred_at, value, experiment_id))
+        return found
+
+    async def replace_unit_rows(
+        self, units: Sequence[str], standings: Sequence[dict[str, Any]], values: Sequence[dict[str, Any]]
+    ) -> None:
+        for chunk in chunks(units):
+            await self.session.execute(delete(ExperimentUnit).where(ExperimentUnit.unit.in_(chunk)))
+            await self.session.execute(delete(UnitMetricValue).where(UnitMetricValue.unit.in_(chunk)))
+        await self.execute_many(self.insert(ExperimentUnit), standings)
+        await self.execute_many(self.insert(UnitMetricValue), values)
+
+    async def add_counts(self, deltas: Mapping[tuple[int, int, str], int]) -> None:
+        rows = [{"experiment_id": e, "phase": p, "variant": v, "units": d} for (e, p, v), d in sorted(deltas.items())]
+        statement = self.insert(ExperimentVariantCount)
+        statement = statement.on_conflict_do_update(
+            index_elements=["experiment_id", "phase", "variant"],
+            set_={"units": ExperimentVariantCount.__table__.c.units + statement.excluded.units},
+        )
+        await self.execute_many(statement, rows)
+
+    async def add_sums(self, deltas: Mapping[tuple[int, int, str, int], Sums]) -> None:
+        rows = [
+            {
+                "experiment_id": e,
+                "phase": p,
+                "variant": v,
+                "metric_id": m,
+                "n": s.n,
+                "sum": s.sum,
+                "sum_squares": s.sum_squares,
+                "pre_sum": s.pre_sum,
+                "pre_sum_squares": s.pre_sum_squares,
+                "cross_sum": s.cross_sum,
+            }
+            for (e, p, v, m), s in sorted(deltas.items())
+        ]
+        columns = ExperimentMetricSums.__table__.c
+        statement = self.insert(ExperimentMetricSums)
+        excluded = statement.excluded
+        statement = statement.on_conflict_do_update(
+            index_elements=["experiment_id", "phase", "variant", "metric_id"],
+            set_={
+                name: columns[name] + excluded[name]
+                for name in ("n", "sum", "sum_squares", "pre_sum", "pre_sum_squares", "cross_sum")
+            },
+        )
+        await self.execute_many(statement, rows)
+
+    async def add_multi_variant_units(self, deltas: Mapping[tuple[int, int], int]) -> None:
+        for (experiment_id, phase), delta in sorted(deltas.items()):
+            await self.session.execute(
+                update(ExperimentPhase)
+                .where(ExperimentPhase.experiment_id == experiment_id, ExperimentPhase.number == phase)
+                .values(units_in_multiple_variants=ExperimentPhase.units_in_multiple_variants + delta)
+            )
+
+    async def rebuild_sums(self, experiment_id: int) -> None:
+        """Recompute an experiment's counts and sums from its per-unit rows in one pass each.
+
+        The aggregator keeps them by differences; this recomputation gives the same numbers (up to
+        floating-point rounding of the running sums) and is how a bulk load of per-unit rows is summed.
+        """
+        counts, sums, units, values = (
+            ExperimentVariantCount,
+            ExperimentMetricSums,
+            ExperimentUnit,
+            UnitMetricValue,
+        )
+        await self.session.execute(delete(counts).where(counts.experiment_id == experiment_id))
+        await self.session.execute(delete(sums).where(sums.experiment_id == experiment_id))
+        counted = (
+            select(units.experiment_id, units.phase, units.variant, func.count())
+            .where(units.experiment_id == experiment_id, units.variant.is_not(None))
+            .group_by(units.experiment_id, units.phase, units.variant)
+        )
+        await self.session.execute(
+            self.insert(counts).from_select(["experiment_id", "phase", "variant", "units"], counted)
+        )
+        summed = (
+            select(
+                values.experiment_id,
+                values.phase,
+                values.variant,
+                values.metric_id,
+                func.count(),
+                func.sum(values.value),
+                func.sum(values.value * values.value),
+                func.sum(values.pre_value),
+                func.sum(values.pre_value * values.pre_value),
+                func.sum(values.value * values.pre_value),
+            )
+            .where(values.experiment_id == experiment_id, values.variant.is_not(None), values.value.is_not(None))
+            .group_by(values.experiment_id, values.phase, values.variant, values.metric_id)
+        )
+        columns = ["experiment_id", "phase", "variant", "metric_id", "n", "sum", "sum_squares"]
+        columns += ["pre_sum", "pre_sum_squares", "cross_sum"]
+        await self.session.execute(self.insert(sums).from_select(columns, summed))
+        multi = (
+            select(func.count())
+            .where(
+                units.experiment_id == experiment_id,
+                units.phase == ExperimentPhase.number,
+                units.variant.is_(None),
+            )
+            .scalar_subquery()
+        )
+        await self.session.execute(
+            update(ExperimentPhase)
+            .where(ExperimentPhase.experiment_id == experiment_id)
+            .values(units_in_multiple_variants=multi)
+        )
+
+    async def variant_counts(self, experiment_id: int, phase: int) -> dict[str, int]:
+        query = select(ExperimentVariantCount.variant, ExperimentVariantCount.units).where(
+            ExperimentVariantCount.experiment_id == experiment_id, ExperimentVariantCount.phase == phase
+        )
+        return {variant: int(units) for variant, units in (await self.session.execute(query)).all()}
+
+    async def metric_sums(self, experiment_id: int, phase: int) -> dict[tuple[str, int], Sums]:
+        table = ExperimentMetricSums
+        query = select(table).where(table.experiment_id == experiment_id, table.phase == phase)
+        return {
+            (row.variant, row.metric_id): Sums(
+                row.n, row.sum, row.sum_squares, row.pre_sum, row.pre_sum_squares, row.cross_sum
+            )
+            for row in (await self.session.scalars(query)).all()
+        }
+
+    async def pending_units(self, experiment_id: int, phase: int) -> int:
+        query = (
+            select(func.count(func.distinct(UnitChange.unit)))
+            .join(Exposure, Exposure.unit == UnitChange.unit)
+            .where(Exposure.experiment_id == experiment_id, Exposure.phase == phase)
+        )
+        return int(await self.session.scalar(query) or 0)
+
+    async def changed_units_count(self) -> int:
+        return int(await self.session.scalar(select(func.count()).select_from(UnitChange)) or 0)
+
+
+class UnitDataRepository(_Repository):
+    """A unit's data across the domain, to show it (privacy access) or erase it."""
+
+    async def exposures(self, unit: str) -> Sequence[Row[str, int, str, datetime]]:
+        query = (
+            select(Experiment.key, Exposure.phase, Exposure.variant, Exposure.exposed_at)
+            .join(Experiment, Experiment.id == Exposure.experiment_id)
+            .where(Exposure.unit == unit)
+            .order_by(Exposure.exposed_at)
+        )
+        return (await self.session.execute(query)).all()
+
+    async def events(self, unit: str) -> Sequence[Row[str, float, datetime, str, str, datetime]]:
+        query = (
+            select(
+                Metric.key,
+                OutcomeEvent.value,
+                OutcomeEvent.occurred_at,
+                OutcomeEvent.idempotency_key,
+                Experiment.key,
+                OutcomeEvent.received_at,
+            )
+            .join(Metric, Metric.id == OutcomeEvent.metric_id)
+            .outerjoin(Experiment, Experiment.id == OutcomeEvent.experiment_id)
+            .where(OutcomeEvent.unit == unit)
+            .order_by(OutcomeEvent.occurred_at, OutcomeEvent.id)
+        )
+        return (await self.session.execute(query)).all()
+
+    async def standings(self, unit: str) -> Sequence[Row[int, str, int, str | None, datetime]]:
+        query = (
+            select(
+                ExperimentUnit.experiment_id,
+                Experiment.key,
+                ExperimentUnit.phase,
+                ExperimentUnit.variant,
+                ExperimentUnit.first_exposed_at,
+            )
+            .join(Experiment, Experiment.id == ExperimentUnit.experiment_id)
+            .where(ExperimentUnit.unit == unit)
+            .order_by(Experiment.key, ExperimentUnit.phase)
+        )
+        return (await self.session.execute(query)).all()
+
+    async def metric_values(self, unit: str) -> Sequence[Row[int, int, str, float | None, float]]:
+        query = (
+            select(
+                UnitMetricValue.experiment_id,
+                UnitMetricValue.phase,
+                Metric.key,
+                UnitMetricValue.value,
+                UnitMetricValue.pre_value,
+            )
+            .join(Metric, Metric.id == UnitMetricValue.metric_id)
+            .where(UnitMetricValue.unit == unit)
+        )
+        return (await self.session.execute(query)).all()
+
+    async def delete_facts(self, unit: str) -> tuple[int, int]:
+        """Delete the unit's exposures and events; returns how many of each."""
+        exposures = await self.session.execute(delete(Exposure).where(Exposure.unit == unit))
+        events = await self.session.execute(delete(OutcomeEvent).where(OutcomeEvent.unit == unit))
+        return _rowcount(exposures), _rowcount(events)
+
+    async def delete_change_marker(self, unit: str) -> None:
+        await self.session.execute(delete(UnitChange).where(UnitChange.unit == unit))
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+class ExportRepository(_Repository):
+    async def unit_rows(
+        self, experiment_id: int, phase: int, *, exposed_from: datetime | None, exposed_to: datetime | None
+    ) -> AsyncIterator[Row[str, str | None, datetime, int | None, float | None]]:
+        """Units of a phase with their metric values, one row per (unit, metric), ordered by unit."""
+        query = (
+            select(
+                ExperimentUnit.unit,
+                ExperimentUnit.variant,
+                ExperimentUnit.first_exposed_at,
+                UnitMetricValue.metric_id,
+                UnitMetricValue.value,
+            )
+            .outerjoin(
+                UnitMetricValue,
+                (UnitMetricValue.experiment_id == ExperimentUnit.experiment_id)
+                & (UnitMetricValue.phase == ExperimentUnit.phase)
+                & (UnitMetricValue.unit == ExperimentUnit.unit),
+            )
+            .where(ExperimentUnit.experiment_id == experiment_id, ExperimentUnit.phase == phase)
+            .order_by(ExperimentUnit.unit)
+        )
+        query = _exposed_between(query, exposed_from, exposed_to)
+        result = await self.session.stream(query.execution_options(yield_per=CHUNK))
+        async for row in result:
+            yield row
+
+
+def _exposed_between(query: Any, exposed_from: datetime | None, exposed_to: datetime | None) -> Any:
+    if exposed_from is not None:
+        query = query.where(ExperimentUnit.first_exposed_at >= exposed_from)
+    if exposed_to is not None:
+        query = query.where(ExperimentUnit.first_exposed_at < exposed_to)
+    return query
+
+
+__all__ = [
+    "ExperimentRepository",
+    "ExportRepository",
+    "IngestRepository",
+    "MetricRepository",
+    "StatisticsRepository",
+    "UnitDataRepository",
+]

@@ -1,0 +1,636 @@
+"""Metrics and experiments: definitions, the draft → running → stopped lifecycle, phases, results."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from msgspec import UNSET
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.auth.audit import AuditLog
+from registry.auth.principal import Actor
+from registry.configs.models import ModelConfigVersion
+from registry.configs.schemas import ConfigRef
+from registry.db.base import utcnow
+from registry.experiments.errors import (
+    ExperimentConflictError,
+    ExperimentExistsError,
+    ExperimentInvalidError,
+    ExperimentNotFoundError,
+    ExperimentStateError,
+    MetricExistsError,
+    MetricInvalidError,
+    MetricNotFoundError,
+    PhaseNotFoundError,
+)
+from registry.experiments.export import ExportColumn, ExportFormat, ExportPlan
+from registry.experiments.models import (
+    Experiment,
+    ExperimentMetric,
+    ExperimentPhase,
+    ExperimentVariant,
+    Metric,
+)
+from registry.experiments.repository import ExperimentRepository, MetricRepository, StatisticsRepository
+from registry.experiments.results import Analysis, MetricDefinition, PhaseData, build_results
+from registry.experiments.router import normalized
+from registry.experiments.schemas import (
+    CreateExperiment,
+    CreateMetric,
+    NamespaceIn,
+    PromotedVersion,
+    ResultsOut,
+    StopExperiment,
+    UpdateExperiment,
+    UpdateMetric,
+    VariantIn,
+)
+from registry.experiments.sources import ObservationSource
+from registry.lib.changes import Change, record_change
+from registry.lib.errors import FieldError, ForbiddenError, InvalidInputError
+from registry.lib.pagination import PageRequest
+from registry.lib.promotion import State
+from registry.lib.versioned_schemas import PromoteRequest, RollbackRequest
+from registry.outbox.events import emit_event
+from registry.prompts.models import Prompt, PromptVersion
+from registry.prompts.schemas import CreatePromptVersion, MessageIn
+from registry.prompts.service import PromptLimits, PromptService
+
+DEFAULT_AGGREGATION = {"binomial": "any", "continuous": "sum"}
+ALLOWED_AGGREGATIONS = {"binomial": {"any"}, "continuous": {"sum", "mean", "count", "max"}}
+
+
+class MetricService:
+    def __init__(self, session: AsyncSession, sources: Mapping[str, ObservationSource]) -> None:
+        self.session = session
+        self.repository = MetricRepository(session)
+        self.sources = sources
+        self.audit = AuditLog(session)
+
+    async def create(self, data: CreateMetric, actor: Actor) -> Metric:
+        aggregation = data.aggregation or DEFAULT_AGGREGATION[data.kind]
+        problems: list[FieldError] = []
+        if aggregation not in ALLOWED_AGGREGATIONS[data.kind]:
+            allowed = ", ".join(sorted(ALLOWED_AGGREGATIONS[data.kind]))
+            problems.append(FieldError("aggregation", f"a {data.kind} metric aggregates with: {allowed}"))
+        source = self.sources.get(data.source)
+        if source is None:
+            problems.append(FieldError("source", f"unknown source; available: {', '.join(sorted(self.sources))}"))
+        elif not source.accepts_field(data.source_field):
+            problems.append(FieldError("source_field", f"is not a field of source '{data.source}'"))
+        if problems:
+            raise MetricInvalidError("the metric is invalid", errors=problems)
+        if await self.repository.exists(data.key):
+            raise MetricExistsError(f"a metric named '{data.key}' already exists")
+        metric = Metric(
+            key=data.key,
+            kind=data.kind,
+            aggregation=aggregation,
+            direction=data.direction,
+            description=data.description,
+            source=data.source,
+            source_field=data.source_field,
+            created_by=actor.name,
+            updated_by=actor.name,
+        )
+        await self.repository.add(metric)
+        await self.audit.record(actor, "metric.create", "metric", metric.key, after=_metric_snapshot(metric))
+        return metric
+
+    async def require(self, key: str) -> Metric:
+        metric = await self.repository.get(key)
+        if metric is None:
+            raise MetricNotFoundError(f"no metric is named '{key}'")
+        return metric
+
+    async def list_metrics(self, page: PageRequest) -> Sequence[Metric]:
+        return await self.repository.list_metrics(page)
+
+    async def update(self, key: str, data: UpdateMetric, actor: Actor) -> Metric:
+        """Only the description changes: a metric's meaning is fixed once results may depend on it."""
+        metric = await self.require(key)
+        before = _metric_snapshot(metric)
+        metric.description = data.description
+        metric.updated_at = utcnow()
+        metric.updated_by = actor.name
+        await self.session.flush()
+        await self.audit.record(actor, "metric.update", "metric", key, before=before, after=_metric_snapshot(metric))
+        return metric
+
+
+def _metric_snapshot(metric: Metric) -> dict[str, Any]:
+    return {
+        "kind": metric.kind,
+        "aggregation": metric.aggregation,
+        "direction": metric.direction,
+        "description": metric.description,
+        "source": metric.source,
+        "source_field": metric.source_field,
+    }
+
+
+def _snapshot(experiment: Experiment) -> dict[str, Any]:
+    return {
+        "status": experiment.status,
+        "phase": experiment.phase,
+        "variants": {v.key: {"prompt_version": v.prompt_version, "weight": v.weight} for v in experiment.variants},
+        "coverage": experiment.coverage,
+        "hash_seed": experiment.hash_seed,
+        "namespace": None
+        if experiment.namespace is None
+        else [experiment.namespace, experiment.namespace_start, experiment.namespace_end],
+        "forced_variants": len(experiment.forced_variants),
+        "metrics": {m.metric.key: m.role for m in experiment.metrics},
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _UpdatePlan:
+    """Checked replacements: None leaves the variants (or the metrics) as they are."""
+
+    variants: list[ExperimentVariant] | None
+    metrics: list[ExperimentMetric] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _TrafficChange:
+    new_phase: bool
+    changed: bool
+
+
+class ExperimentService:
+    def __init__(self, session: AsyncSession, prompt_limits: PromptLimits) -> None:
+        self.session = session
+        self.repository = ExperimentRepository(session)
+        self.metrics = MetricRepository(session)
+        self.statistics = StatisticsRepository(session)
+        self.prompts = PromptService(session, prompt_limits)
+        self.audit = AuditLog(session)
+
+    # -- reading
+
+    async def require(self, key: str, *, for_update: bool = False) -> Experiment:
+        experiment = await self.repository.get(key, for_update=for_update)
+        if experiment is None:
+            raise ExperimentNotFoundError(f"no experiment is named '{key}'")
+        return experiment
+
+    async def list_experiments(
+        self, page: PageRequest, *, status: str | None, prompt: str | None
+    ) -> Sequence[Experiment]:
+        return await self.repository.list_experiments(page, status=status, prompt=prompt)
+
+    # -- definitions
+
+    async def create(self, data: CreateExperiment, actor: Actor) -> Experiment:
+        problems: list[FieldError] = []
+        prompt = await self.prompts.repository.get_resource(data.prompt)
+        if prompt is None:
+            problems.append(FieldError("prompt", f"no prompt is named '{data.prompt}'"))
+        variants = await self._variants(prompt, data.variants, problems)
+        problems += _namespace_problems(data.namespace)
+        problems += _forced_problems(data.forced_variants, [v.key for v in data.variants])
+        links = await self._metric_links(data.primary_metric, data.guardrail_metrics, problems)
+        if problems:
+            raise ExperimentInvalidError("the experiment is invalid", errors=problems)
+        assert prompt is not None
+        if await self.repository.exists(data.key):
+            raise ExperimentExistsError(f"an experiment named '{data.key}' already exists")
+        experiment = Experiment(
+            key=data.key,
+            description=data.description,
+            prompt_id=prompt.id,
+            status="draft",
+            phase=0,
+            coverage=data.coverage,
+            hash_seed=data.hash_seed or data.key,
+            hash_attribute=data.hash_attribute,
+            hash_version=data.hash_version,
+            forced_variants=dict(data.forced_variants),
+            correction=data.correction,
+            alpha=data.alpha,
+            sequential=data.sequential,
+            sequential_tuning=data.sequential_tuning,
+            cuped=data.cuped,
+            cuped_lookback_days=data.cuped_lookback_days,
+            created_by=actor.name,
+            updated_by=actor.name,
+            variants=variants,
+            metrics=links,
+            phases=[],
+        )
+        _set_namespace(experiment, data.namespace)
+        await self.repository.add(experiment)
+        experiment = await self.require(data.key)
+        await self.audit.record(actor, "experiment.create", "experiment", data.key, after=_snapshot(experiment))
+        self._changed(experiment, "created")
+        return experiment
+
+    async def _variants(
+        self, prompt: Prompt | None, specs: Sequence[VariantIn], problems: list[FieldError]
+    ) -> list[ExperimentVariant]:
+        keys = [v.key for v in specs]
+        if len(set(keys)) != len(keys):
+            problems.append(FieldError("variants", "variant keys must be unique"))
+        variants: list[ExperimentVariant] = []
+        for index, spec in enumerate(specs):
+            config: ModelConfigVersion | None = None
+            if prompt is not None and await self.prompts.repository.get_version(prompt.id, spec.prompt_version) is None:
+                problems.append(
+                    FieldError(f"variants[{index}].prompt_version", f"prompt has no version {spec.prompt_version}")
+                )
+            if spec.config is not None:
+                try:
+                    config = await self.prompts.configs.resolve_ref(spec.config)
+                except InvalidInputError as exc:
+                    problems.append(FieldError(f"variants[{index}].config", exc.detail))
+            variants.append(
+                ExperimentVariant(
+                    position=index,
+                    key=spec.key,
+                    prompt_version=spec.prompt_version,
+                    config_version_id=config.id if config is not None else None,
+                    weight=spec.weight,
+                )
+            )
+        return variants
+
+    async def _metric_links(
+        self, primary: str | None, guardrails: Sequence[str], problems: list[FieldError]
+    ) -> list[ExperimentMetric]:
+        wanted = ([primary] if primary else []) + list(guardrails)
+        if len(set(wanted)) != len(wanted):
+            problems.append(FieldError("guardrail_metrics", "a metric may appear only once (primary or guardrail)"))
+            return []
+        found = await self.metrics.by_keys(wanted)
+        problems += [FieldError("metrics", f"no metric is named '{key}'") for key in wanted if key not in found]
+        return [
+            ExperimentMetric(
+                metric_id=found[key].id,
+                metric=found[key],
+                role="primary" if primary and position == 0 else "guardrail",
+                position=position,
+            )
+            for position, key in enumerate(wanted)
+            if key in found
+        ]
+
+    async def update(self, key: str, data: UpdateExperiment, actor: Actor, *, may_change_traffic: bool) -> Experiment:
+        experiment = await self.require(key, for_update=True)
+        before = _snapshot(experiment)
+        status = experiment.status
+        plan = await self._check_update(experiment, data)
+        if plan.variants is not None:
+            experiment.variants.clear()
+            await self.session.flush()  # old keys leave before new ones arrive (unique per experiment)
+            experiment.variants.extend(plan.variants)
+        traffic = self._apply_traffic(experiment, data)
+        if traffic.changed and status == "running" and not may_change_traffic:
+            raise ForbiddenError("changing the traffic of a running experiment needs the 'promote' scope")
+        if traffic.new_phase:
+            if data.namespace is not UNSET:
+                await self._check_namespace(experiment)
+            self._start_phase(experiment, data.reason or "traffic changed")
+        elif traffic.changed and status == "running":
+            experiment.phases[-1].coverage = experiment.coverage
+        if data.forced_variants is not UNSET:
+            experiment.forced_variants = dict(data.forced_variants)
+        for name in ("description", "correction", "alpha", "sequential", "sequential_tuning", "cuped"):
+            value = getattr(data, name)
+            if value is not UNSET:
+                setattr(experiment, name, value)
+        rebuild = plan.metrics is not None
+        if data.cuped_lookback_days is not UNSET and data.cuped_lookback_days != experiment.cuped_lookback_days:
+            experiment.cuped_lookback_days = data.cuped_lookback_days
+            rebuild = True
+        if plan.metrics is not None:
+            experiment.metrics.clear()
+            await self.session.flush()
+            experiment.metrics.extend(plan.metrics)
+        experiment.updated_at = utcnow()
+        experiment.updated_by = actor.name
+        await self.session.flush()
+        if rebuild and status != "draft":
+            await self._rebuild_statistics(experiment)
+        experiment = await self._reloaded(experiment)
+        await self.audit.record(
+            actor, "experiment.update", "experiment", key, before=before, after=_snapshot(experiment)
+        )
+        self._changed(experiment, "updated")
+        return experiment
+
+    async def _check_update(self, experiment: Experiment, data: UpdateExperiment) -> _UpdatePlan:
+        """Refuse what the status does not allow, and every invalid field at once, before anything changes."""
+        if experiment.status != "draft" and (data.variants is not UNSET or data.hash_version is not UNSET):
+            raise ExperimentStateError("variants and hash version can only change while the experiment is a draft")
+        traffic_fields = (data.weights, data.coverage, data.hash_seed, data.namespace, data.forced_variants)
+        if experiment.status == "stopped" and any(f is not UNSET for f in traffic_fields):
+            raise ExperimentStateError("a stopped experiment's traffic can no longer change")
+        problems: list[FieldError] = []
+        variant_keys = [v.key for v in experiment.variants]
+        variants = None
+        if data.variants is not UNSET:
+            variants = await self._variants(experiment.prompt, data.variants, problems)
+            variant_keys = [v.key for v in data.variants]
+        if data.weights is not UNSET and set(data.weights) != set(variant_keys):
+            problems.append(FieldError("weights", f"give a weight for each variant: {', '.join(variant_keys)}"))
+        if data.namespace is not UNSET:
+            problems += _namespace_problems(data.namespace)
+        forced = experiment.forced_variants if data.forced_variants is UNSET else data.forced_variants
+        problems += _forced_problems(forced, variant_keys)
+        metrics = None
+        if data.primary_metric is not UNSET or data.guardrail_metrics is not UNSET:
+            primary = next((m.metric.key for m in experiment.metrics if m.role == "primary"), None)
+            guardrails = [m.metric.key for m in experiment.metrics if m.role == "guardrail"]
+            metrics = await self._metric_links(
+                primary if data.primary_metric is UNSET else data.primary_metric,
+                guardrails if data.guardrail_metrics is UNSET else data.guardrail_metrics,
+                problems,
+            )
+        if problems:
+            raise ExperimentInvalidError("the update is invalid", errors=problems)
+        return _UpdatePlan(variants=variants, metrics=metrics)
+
+    def _apply_traffic(self, experiment: Experiment, data: UpdateExperiment) -> _TrafficChange:
+        """Apply weights, seed, namespace and coverage; say whether the running phase must end."""
+        new_phase = changed = False
+        if data.weights is not UNSET:
+            old = normalized([v.weight for v in experiment.variants])
+            for variant in experiment.variants:
+                variant.weight = data.weights[variant.key]
+            if normalized([v.weight for v in experiment.variants]) != old:
+                new_phase = changed = True
+        if data.hash_seed is not UNSET and data.hash_seed != experiment.hash_seed:
+            experiment.hash_seed = data.hash_seed
+            new_phase = changed = True
+        if data.namespace is not UNSET and _namespace_of(experiment) != data.namespace:
+            _set_namespace(experiment, data.namespace)
+            new_phase = changed = True
+        if data.coverage is not UNSET and data.coverage != experiment.coverage:
+            # Wider coverage widens every variant's bucket range: units already in keep their variant.
+            # Narrower coverage drops units that were exposed, so their outcomes would mix: new phase.
+            new_phase = new_phase or data.coverage < experiment.coverage
+            experiment.coverage = data.coverage
+            changed = True
+        return _TrafficChange(new_phase=new_phase and experiment.status == "running", changed=changed)
+
+    def _start_phase(self, experiment: Experiment, reason: str) -> None:
+        now = utcnow()
+        if experiment.phases:
+            experiment.phases[-1].ended_at = now
+        experiment.phase += 1
+        experiment.phases.append(
+            ExperimentPhase(
+                number=experiment.phase,
+                started_at=now,
+                reason=reason[:200],
+                seed=experiment.hash_seed,
+                weights=normalized([v.weight for v in experiment.variants]),
+                coverage=experiment.coverage,
+            )
+        )
+
+    async def _rebuild_statistics(self, experiment: Experiment) -> None:
+        await self.statistics.lock(wait=True)
+        await self.statistics.forget_metric_values(experiment.id)
+        await self.statistics.mark_experiment_units_changed(experiment.id)
+
+    async def _reloaded(self, experiment: Experiment) -> Experiment:
+        self.session.expunge(experiment)
+        return await self.require(experiment.key)
+
+    # -- lifecycle
+
+    async def start(self, key: str, actor: Actor) -> Experiment:
+        experiment = await self.require(key, for_update=True)
+        if experiment.status != "draft":
+            raise ExperimentStateError(f"experiment '{key}' is {experiment.status}; only a draft can start")
+        if not any(m.role == "primary" for m in experiment.metrics):
+            raise ExperimentInvalidError(
+                "an experiment needs a primary metric to start",
+                errors=[FieldError("primary_metric", "is required to start")],
+            )
+        other = await self.repository.running_on_prompt(experiment.prompt_id, other_than=experiment.id)
+        if other is not None:
+            raise ExperimentConflictError(
+                f"experiment '{other}' is already running on prompt '{experiment.prompt.name}'"
+            )
+        await self._check_namespace(experiment)
+        before = _snapshot(experiment)
+        experiment.status = "running"
+        experiment.started_at = experiment.updated_at = utcnow()
+        experiment.updated_by = actor.name
+        self._start_phase(experiment, "started")
+        await self.session.flush()
+        await self.audit.record(
+            actor, "experiment.start", "experiment", key, before=before, after=_snapshot(experiment)
+        )
+        await emit_event(
+            self.session,
+            "experiment.started",
+            key,
+            {"experiment": key, "prompt": experiment.prompt.name, "variants": [v.key for v in experiment.variants]},
+            actor,
+        )
+        self._changed(experiment, "started")
+        return experiment
+
+    async def _check_namespace(self, experiment: Experiment) -> None:
+        if experiment.namespace_range is None:
+            return
+        name, start, end = experiment.namespace_range
+        for other, other_start, other_end in await self.repository.running_in_namespace(name, other_than=experiment.id):
+            if start < other_end and other_start < end:
+                raise ExperimentConflictError(
+                    f"namespace '{name}' range [{start}, {end}) overlaps running experiment "
+                    f"'{other}' [{other_start}, {other_end})"
+                )
+
+    async def stop(self, key: str, data: StopExperiment, actor: Actor) -> tuple[Experiment, PromotedVersion | None]:
+        """Stop the experiment; with a winner, promote its version to production (history and audit included)."""
+        experiment = await self.require(key, for_update=True)
+        if experiment.status != "running":
+            raise ExperimentStateError(f"experiment '{key}' is {experiment.status}; only a running one can stop")
+        winner = None
+        if data.winner is not None:
+            winner = next((v for v in experiment.variants if v.key == data.winner), None)
+            if winner is None:
+                raise ExperimentInvalidError(
+                    "the winner is not a variant of the experiment",
+                    errors=[FieldError("winner", f"is not one of {', '.join(v.key for v in experiment.variants)}")],
+                )
+        before = _snapshot(experiment)
+        now = utcnow()
+        experiment.status = "stopped"
+        experiment.stopped_at = experiment.updated_at = now
+        experiment.updated_by = actor.name
+        experiment.winner = data.winner
+        experiment.stop_reason = data.reason
+        if experiment.phases:
+            experiment.phases[-1].ended_at = now
+        await self.session.flush()
+        promoted = await self._promote(experiment, winner, actor) if winner is not None else None
+        after = {**_snapshot(experiment), "winner": data.winner, "reason": data.reason}
+        await self.audit.record(actor, "experiment.stop", "experiment", key, before=before, after=after)
+        await emit_event(
+            self.session,
+            "experiment.stopped",
+            key,
+            {
+                "experiment": key,
+                "prompt": experiment.prompt.name,
+                "winner": data.winner,
+                "reason": data.reason,
+                "promoted_version": promoted.version if promoted else None,
+            },
+            actor,
+        )
+        self._changed(experiment, "stopped")
+        return experiment, promoted
+
+    async def _promote(self, experiment: Experiment, winner: ExperimentVariant, actor: Actor) -> PromotedVersion:
+        workflow = self.prompts.workflow
+        prompt = experiment.prompt
+        version: PromptVersion = await workflow.require_version(prompt, winner.prompt_version)
+        created = False
+        if winner.config_version_id is not None and winner.config_version_id != version.config_version_id:
+            # The variant ran the version with another config: production gets a version carrying that config.
+            version, created = await self.prompts.create_version(
+                prompt.name, _version_with_config(version, winner, experiment.key), actor
+            )
+        reason = f"experiment '{experiment.key}' concluded: variant '{winner.key}' won"
+        holders = await workflow.repository.holders(prompt.id)
+        current = holders.get(State.PRODUCTION)
+        expected = current.number if current is not None else None
+        if State(version.state) == State.ARCHIVED:
+            promotion = await workflow.rollback(
+                prompt.name, RollbackRequest(reason=reason, version=version.number, expected_current=expected), actor
+            )
+        else:
+            promotion = await workflow.promote(
+                prompt.name,
+                version.number,
+                PromoteRequest(to="production", expected_current=expected, reason=reason),
+                actor,
+            )
+        return PromotedVersion(
+            prompt=prompt.name, version=version.number, created_version=created, changed=bool(promotion.changes)
+        )
+
+    # -- results
+
+    @staticmethod
+    def _phase(experiment: Experiment, phase: int | None) -> ExperimentPhase:
+        if not experiment.phases:
+            raise ExperimentStateError(f"experiment '{experiment.key}' has not started: it has no data yet")
+        number = phase if phase is not None else experiment.phase
+        record = next((p for p in experiment.phases if p.number == number), None)
+        if record is None:
+            raise PhaseNotFoundError(f"experiment '{experiment.key}' has no phase {number}")
+        return record
+
+    async def results(self, key: str, phase: int | None) -> ResultsOut:
+        experiment = await self.require(key)
+        record = self._phase(experiment, phase)
+        number = record.number
+        variants = [v.key for v in experiment.variants]
+        data = PhaseData(
+            experiment=key,
+            phase=number,
+            status=experiment.status,
+            variants=variants,
+            weights=record.weights,
+            units=await self.statistics.variant_counts(experiment.id, number),
+            units_in_multiple_variants=record.units_in_multiple_variants,
+            pending_units=await self.statistics.pending_units(experiment.id, number),
+            metrics=[
+                MetricDefinition(
+                    id=link.metric.id,
+                    key=link.metric.key,
+                    role=link.role,
+                    kind=link.metric.kind,
+                    aggregation=link.metric.aggregation,
+                    direction=link.metric.direction,
+                )
+                for link in experiment.metrics
+            ],
+            sums=await self.statistics.metric_sums(experiment.id, number),
+        )
+        analysis = Analysis(
+            alpha=experiment.alpha,
+            correction=experiment.correction,  # type: ignore[arg-type]
+            sequential=experiment.sequential,
+            sequential_tuning=experiment.sequential_tuning,
+            cuped=experiment.cuped,
+        )
+        return build_results(data, analysis, utcnow())
+
+    async def export_plan(
+        self,
+        key: str,
+        *,
+        phase: int | None,
+        exposed_from: datetime | None,
+        exposed_to: datetime | None,
+        format: ExportFormat,
+    ) -> ExportPlan:
+        experiment = await self.require(key)
+        record = self._phase(experiment, phase)
+        return ExportPlan(
+            experiment_id=experiment.id,
+            experiment=key,
+            phase=record.number,
+            columns=[ExportColumn(m.metric.id, m.metric.key, m.metric.aggregation) for m in experiment.metrics],
+            exposed_from=exposed_from,
+            exposed_to=exposed_to,
+            format=format,
+        )
+
+    def _changed(self, experiment: Experiment, action: str) -> None:
+        record_change(self.session, Change("experiment", experiment.key, action))
+
+
+def _version_with_config(version: PromptVersion, winner: ExperimentVariant, experiment: str) -> CreatePromptVersion:
+    config = winner.config_version
+    assert config is not None
+    return CreatePromptVersion(
+        kind="chat" if version.kind == "chat" else "text",
+        template=version.template,
+        messages=[MessageIn(role=m["role"], content=m["content"]) for m in version.messages]  # type: ignore[arg-type]
+        if version.messages
+        else None,
+        input_schema=version.input_schema,
+        config=ConfigRef(name=config.config.name, version=config.number),
+        commit_message=f"version {version.number} with config {config.config.name}@{config.number}: "
+        f"winner of experiment '{experiment}'",
+    )
+
+
+def _namespace_problems(namespace: NamespaceIn | None) -> list[FieldError]:
+    if namespace is not None and namespace.start >= namespace.end:
+        return [FieldError("namespace", "start must be below end")]
+    return []
+
+
+def _forced_problems(forced: Mapping[str, str], variant_keys: Sequence[str]) -> list[FieldError]:
+    return [
+        FieldError(f"forced_variants.{unit}", f"'{key}' is not a variant")
+        for unit, key in forced.items()
+        if key not in variant_keys
+    ]
+
+
+def _namespace_of(experiment: Experiment) -> NamespaceIn | None:
+    if experiment.namespace_range is None:
+        return None
+    name, start, end = experiment.namespace_range
+    return NamespaceIn(name=name, start=start, end=end)
+
+
+def _set_namespace(experiment: Experiment, namespace: NamespaceIn | None) -> None:
+    experiment.namespace = namespace.name if namespace else None
+    experiment.namespace_start = namespace.start if namespace else None
+    experiment.namespace_end = namespace.end if namespace else None

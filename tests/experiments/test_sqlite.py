@@ -1,0 +1,82 @@
+"""The embedded default (SQLite, no Redis) runs experiments end to end."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from registry.app import create_app
+from registry.auth.keys import Scope
+from registry.auth.service import ApiKeyService
+from registry.db import migrate
+from registry.db.engine import create_engine, create_sessionmaker
+from registry.settings import Settings
+from tests.conftest import TEST_ACTOR, serve_in_process
+from tests.experiments.conftest import (
+    Client,
+    flush_and_aggregate,
+    in_app,
+    make_experiment,
+    make_metric,
+    make_prompt,
+    runtime_of,
+)
+
+
+@pytest.fixture
+async def sqlite_settings(tmp_path: Path) -> Settings:
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
+        access_log=False,
+        log_level="WARNING",
+        bootstrap_admin_key=False,
+        experiment_exposure_flush_seconds=3600.0,
+        experiment_statistics_seconds=3600.0,
+    )
+    engine = create_engine(settings)
+    await migrate.upgrade(engine)
+    await engine.dispose()
+    return settings
+
+
+@pytest.fixture
+async def sqlite_client(sqlite_settings: Settings) -> AsyncIterator[tuple[Client, dict[str, str]]]:
+    engine = create_engine(sqlite_settings)
+    async with create_sessionmaker(engine)() as session, session.begin():
+        _, secret = await ApiKeyService(session).create_key("admin", [Scope.ADMIN], TEST_ACTOR)
+    await engine.dispose()
+    async with serve_in_process(create_app(sqlite_settings)) as client:
+        yield client, {"Authorization": f"Bearer {secret}"}
+
+
+async def test_an_experiment_runs_end_to_end_on_sqlite(sqlite_client: tuple[Client, dict[str, str]]) -> None:
+    client, admin = sqlite_client
+    await make_prompt(client, admin, "greet")
+    await make_metric(client, admin, "converted")
+    await make_experiment(client, admin, "greet-test", "greet")
+    now = datetime.now(UTC).isoformat()
+    for i in range(30):
+        await client.post("/v1/prompts/greet/render", json={"variables": {"x": "a"}, "unit": f"u{i}"}, headers=admin)
+    events = [
+        {"unit": f"u{i}", "metric": "converted", "idempotency_key": f"k{i}", "timestamp": now} for i in range(0, 30, 2)
+    ]
+    assert (await client.post("/v1/events", json={"events": events}, headers=admin)).json()["accepted"] == 15
+    assert (await client.post("/v1/events", json={"events": events}, headers=admin)).json()["duplicates"] == 15
+    await flush_and_aggregate(client)
+    results = (await client.get("/v1/experiments/greet-test/results", headers=admin)).json()
+    assert results["units"] == 30
+    converted = sum(round(r["mean"] * r["units"]) for r in results["metrics"][0]["variants"])
+    assert converted == 15
+    await in_app(client, lambda: runtime_of(client.app).experiments.aggregator.rebuild(1))
+    assert (await client.get("/v1/experiments/greet-test/results", headers=admin)).json() | {"computed_at": 0} == (
+        results | {"computed_at": 0}
+    )
+    assert (await client.delete("/v1/units/u0", headers=admin)).json()["events"] == 1
+    assert (await client.get("/v1/experiments/greet-test/results", headers=admin)).json()["units"] == 29
+    export = await client.get("/v1/experiments/greet-test/export", headers=admin)
+    assert export.text.count("\n") == 30
+    stopped = await client.post("/v1/experiments/greet-test/stop", json={"winner": "treatment"}, headers=admin)
+    assert stopped.json()["promoted"]["version"] == 2

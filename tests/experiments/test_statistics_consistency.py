@@ -1,0 +1,105 @@
+"""The per-variant sums stay exact while events arrive concurrently with the aggregator."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.experiments.conftest import Client, flush_and_aggregate, in_app, make_experiment, make_metric, runtime_of
+
+
+def totals(results: dict[str, Any]) -> dict[tuple[str, str], tuple[int, float]]:
+    """(metric, variant) -> (units, sum of per-unit values) as the results report them."""
+    return {
+        (metric["metric"], row["variant"]): (row["units"], row["mean"] * row["units"])
+        for metric in results["metrics"]
+        for row in metric["variants"]
+    }
+
+
+async def test_sums_match_a_recomputation_after_concurrent_ingestion(
+    client: Client, setup: dict[str, str], clean_database: AsyncEngine
+) -> None:
+    await make_metric(client, setup, "spend", kind="continuous", aggregation="sum")
+    await make_experiment(client, setup, "greet-test", "greet", guardrail_metrics=["spend"])
+    units = [f"user-{i}" for i in range(80)]
+    variant = {}
+    for unit in units:
+        response = await client.post(
+            "/v1/prompts/greet/render", json={"variables": {"x": "a"}, "unit": unit}, headers=setup
+        )
+        variant[unit] = response.json()["experiment"]["variant"]
+    await flush_and_aggregate(client)
+
+    rng = random.Random(5)
+    now = datetime.now(UTC).isoformat()
+    batches = [
+        [
+            {
+                "unit": rng.choice(units),
+                "metric": "spend",
+                "value": round(rng.uniform(0, 20), 3),
+                "idempotency_key": f"s-{b}-{i}",
+                "timestamp": now,
+            }
+            for i in range(40)
+        ]
+        + [{"unit": rng.choice(units), "metric": "converted", "idempotency_key": f"c-{b}", "timestamp": now}]
+        for b in range(30)
+    ]
+    aggregator = runtime_of(client.app).experiments.aggregator
+    ingesting = True
+
+    async def aggregate_meanwhile() -> int:
+        runs = 0
+        while ingesting:
+            await in_app(client, aggregator.run_once)
+            runs += 1
+        return runs
+
+    background = asyncio.create_task(aggregate_meanwhile())
+    responses = await asyncio.gather(*(client.post("/v1/events", json={"events": b}, headers=setup) for b in batches))
+    ingesting = False
+    assert await background > 0
+    assert all(r.status_code == 200 for r in responses)
+    await flush_and_aggregate(client)
+    incremental = (await client.get("/v1/experiments/greet-test/results", headers=setup)).json()
+
+    expected: dict[tuple[str, str], float] = {}
+    converted: dict[str, set[str]] = {}
+    for batch in batches:
+        for event in batch:
+            key = (event["metric"], variant[event["unit"]])
+            if event["metric"] == "spend":
+                expected[key] = expected.get(key, 0.0) + event["value"]
+            else:
+                converted.setdefault(variant[event["unit"]], set()).add(event["unit"])
+    for (metric, arm), (_, total) in totals(incremental).items():
+        if metric == "spend":
+            assert total == pytest.approx(expected[(metric, arm)], abs=1e-6)
+        else:
+            assert round(total) == len(converted.get(arm, ()))
+
+    # Summing the per-unit rows afresh gives the same totals as the running sums.
+    async with clean_database.connect() as connection:
+        experiment_id = (await connection.execute(text("SELECT id FROM experiments"))).scalar_one()
+    await in_app(client, lambda: aggregator.rebuild(experiment_id))
+    summed = (await client.get("/v1/experiments/greet-test/results", headers=setup)).json()
+    for key, (count, total) in totals(summed).items():
+        assert totals(incremental)[key][0] == count
+        assert totals(incremental)[key][1] == pytest.approx(total, abs=1e-6)
+
+    # Changing the metrics recomputes every unit from the raw events: the sums must not move.
+    await client.patch("/v1/experiments/greet-test", json={"guardrail_metrics": []}, headers=setup)
+    await client.patch("/v1/experiments/greet-test", json={"guardrail_metrics": ["spend"]}, headers=setup)
+    await flush_and_aggregate(client)
+    rebuilt = (await client.get("/v1/experiments/greet-test/results", headers=setup)).json()
+    for key, (count, total) in totals(rebuilt).items():
+        assert totals(incremental)[key][0] == count
+        assert totals(incremental)[key][1] == pytest.approx(total, abs=1e-6)
