@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get, post, put
+from litestar.di import NamedDependency, Provide
+from litestar.openapi import ResponseSpec
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.response import Stream
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.auth.keys import Scope
+from registry.auth.principal import Actor, Principal
+from registry.completions.schemas import (
+    BudgetOut,
+    CompleteRequest,
+    CompletionOut,
+    SetBudget,
+    UsageDimension,
+    UsageReport,
+)
+from registry.completions.service import BudgetService, Caller, CompletionService, CompletionStream, UsageService
+from registry.completions.sse import encode_event
+from registry.deps import provide_resource_name
+from registry.lib.errors import FieldError, InvalidInputError
+from registry.lib.http import decode_name
+from registry.prompts.controller import label_or_version
+from registry.runtime import Runtime, runtime_of
+
+DEFAULT_GROUP_BY: list[UsageDimension] = ["prompt", "version", "config", "key", "day"]
+MAX_USAGE_ROWS = 10_000
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def provide_completion_service(runtime: NamedDependency[Runtime]) -> CompletionService:
+    return CompletionService(runtime.completions, runtime.prompts)
+
+
+def provide_usage_service(
+    read_session: NamedDependency[AsyncSession], runtime: NamedDependency[Runtime]
+) -> UsageService:
+    """Usage reports read from the read replica, when one is configured."""
+    return UsageService(read_session, runtime.completions)
+
+
+def provide_budget_service(
+    db_session: NamedDependency[AsyncSession], runtime: NamedDependency[Runtime]
+) -> BudgetService:
+    return BudgetService(db_session, runtime.completions.budgets)
+
+
+async def server_sent_events(stream: CompletionStream) -> AsyncIterator[bytes]:
+    """Our events as bytes; the metadata leaves in the same write as the first token."""
+    head = encode_event("metadata", stream.meta)
+    async for name, data in stream.events:
+        yield head + encode_event(name, data)
+        head = b""
+    if head:
+        yield head
+
+
+async def started(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``events``, already started: its first part (buffered, so at once) is taken here.
+
+    asyncio closes a started generator that is dropped, which closes the
+    upstream connection and frees its slot even if the response never begins
+    streaming; a generator that was never started would be dropped silently.
+    """
+    first = await anext(events)
+
+    async def relay() -> AsyncIterator[bytes]:
+        yield first
+        async for part in events:
+            yield part
+
+    return relay()
+
+
+class CompletionController(Controller):
+    path = "/prompts"
+    tags = ["completions"]
+    dependencies = {
+        "service": Provide(provide_completion_service, sync_to_thread=False),
+        "resource_name": Provide(provide_resource_name, sync_to_thread=False),
+    }
+
+    @post(
+        "/{name:str}/complete",
+        opt={"scope": Scope.READ},
+        operation_id="completePrompt",
+        summary="Render a prompt and run it on its model config's backend",
+        description="With `stream: true` the answer is `text/event-stream`: a `metadata` event, `delta` events "
+        "with text as it is generated, then `done` with usage (or `error`).",
+        status_code=200,
+        responses={200: ResponseSpec(CompletionOut, description="The completion and the versions that made it.")},
+    )
+    async def complete(
+        self, request: Request[Principal, Any, Any], name: FromPath[str], data: JSONBody[CompleteRequest]
+    ) -> Response[Any]:
+        # Like render, the fast path takes no injected dependencies.
+        label_or_version(data.label, data.version)
+        runtime = runtime_of(request)
+        service = CompletionService(runtime.completions, runtime.prompts)
+        resource_name = decode_name(name)
+        caller = Caller(key=request.user.public_id, request_id=request.scope["state"].get("request_id"))
+        if not data.stream:
+            return Response(await service.complete(resource_name, data, caller))
+        stream = await service.open_stream(resource_name, data, caller)
+        events = await started(server_sent_events(stream))
+        return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+class UsageController(Controller):
+    path = "/usage"
+    tags = ["completions"]
+    dependencies = {"service": Provide(provide_usage_service, sync_to_thread=False)}
+
+    @get("/", opt={"scope": Scope.ANALYZE}, operation_id="completionUsage", summary="Completion usage and cost")
+    async def usage(
+        self,
+        service: NamedDependency[UsageService],
+        group_by: Annotated[
+            list[UsageDimension] | None,
+            QueryParameter(
+                description="Dimensions to group by (repeat the parameter). Default: prompt, version, config, key, day."
+            ),
+        ] = None,
+        since: Annotated[date | None, QueryParameter(description="First day (UTC); default: 30 days ago.")] = None,
+        until: Annotated[date | None, QueryParameter(description="Last day (UTC), inclusive; default: today.")] = None,
+        prompt: Annotated[str | None, QueryParameter(max_length=128)] = None,
+        key: Annotated[str | None, QueryParameter(max_length=16, description="An API key id.")] = None,
+    ) -> UsageReport:
+        today = datetime.now(UTC).date()
+        last = until or today
+        first = since or (last - timedelta(days=30))
+        if first > last:
+            raise InvalidInputError("since is after until", errors=[FieldError("since", "must not be after until")])
+        dimensions: list[str] = list(dict.fromkeys(group_by or DEFAULT_GROUP_BY))
+        start = datetime(first.year, first.month, first.day, tzinfo=UTC)
+        end = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
+        items, truncated = await service.report(
+            dimensions, since=start, until=end, prompt=prompt, key=key, limit=MAX_USAGE_ROWS
+        )
+        return UsageReport(group_by=dimensions, since=start, until=end, items=items, truncated=truncated)
+
+
+class BudgetController(Controller):
+    path = "/keys/{key_id:str}/budget"
+    tags = ["access"]
+    dependencies = {"service": Provide(provide_budget_service, sync_to_thread=False)}
+
+    @get("/", opt={"scope": Scope.ADMIN}, operation_id="getKeyBudget", summary="A key's monthly budget and spend")
+    async def get_budget(self, key_id: FromPath[str], service: NamedDependency[BudgetService]) -> BudgetOut:
+        return await service.get(key_id)
+
+    @put("/", opt={"scope": Scope.ADMIN}, operation_id="setKeyBudget", summary="Set a key's monthly budget")
+    async def set_budget(
+        self,
+        key_id: FromPath[str],
+        data: JSONBody[SetBudget],
+        service: NamedDependency[BudgetService],
+        current_actor: NamedDependency[Actor],
+    ) -> BudgetOut:
+        return await service.set(key_id, data, current_actor)

@@ -1,0 +1,68 @@
+"""Prometheus metrics of completions, on the app's registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from registry.completions.policy import BreakerStatus
+from registry.lib.metrics import LATENCY_BUCKETS
+
+BREAKER_VALUES = {BreakerStatus.CLOSED: 0, BreakerStatus.HALF_OPEN: 1, BreakerStatus.OPEN: 2}
+
+
+class CompletionMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.upstream_latency = Histogram(
+            "registry_upstream_latency_seconds",
+            "Time from sending a completion request to the backend to its last token.",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_ttft = Histogram(
+            "registry_upstream_ttft_seconds",
+            "Time from sending a completion request to the backend to its first token.",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "registry_completion_tokens_total",
+            "Tokens processed by backends, by direction (input, output).",
+            ["backend", "direction"],
+            registry=registry,
+        )
+        self.cost = Counter(
+            "registry_completion_cost_total", "Cost of completions from config prices.", ["backend"], registry=registry
+        )
+        self.completions = Counter(
+            "registry_completions_total",
+            "Completions by status (ok, error, cancelled) and whether cached or served by a fallback.",
+            ["status", "cached", "fallback"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "registry_completion_errors_total", "Failed completions by problem type.", ["type"], registry=registry
+        )
+        self.upstream_errors = Counter(
+            "registry_upstream_errors_total",
+            "Failed upstream attempts (retried ones included) by backend and problem type.",
+            ["backend", "type"],
+            registry=registry,
+        )
+        self.retries = Counter("registry_upstream_retries_total", "Upstream retries.", ["backend"], registry=registry)
+        self.breaker_state = Gauge(
+            "registry_backend_breaker_state",
+            "Circuit breaker of each backend: 0 closed, 1 half-open, 2 open.",
+            ["backend"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "registry_backend_in_flight", "Requests in flight to each backend.", ["backend"], registry=registry
+        )
+        self.queue_depth = Gauge(
+            "registry_backend_queue_depth", "Requests waiting for a backend slot.", ["backend"], registry=registry
+        )
+
+    def breaker_changed(self, backend: str, status: BreakerStatus) -> None:
+        self.breaker_state.labels(backend).set(BREAKER_VALUES[status])

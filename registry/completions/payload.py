@@ -1,0 +1,102 @@
+"""The upstream request for a rendered prompt, and the facts derived from it. Pure functions.
+
+The registry always streams from the backend (``stream_options.include_usage``),
+also for callers that want one JSON answer: that measures time to first token
+for every completion and lets the first-token timeout apply everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from registry.configs.schemas import SamplingParams
+from registry.lib.errors import FieldError
+from registry.lib.hashing import content_sha256
+
+# Config params copied into the request as they are; ``extra`` is merged last.
+SAMPLING_KEYS = tuple(name for name in SamplingParams.__struct_fields__ if name != "extra")
+# Template tokens a chat template adds around each message (role markers, separators), generously.
+_TOKENS_PER_MESSAGE = 8
+_TOKENS_PER_PROMPT = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """What a caller may change per request: never raise cost or loosen the config's limits."""
+
+    max_tokens: int | None = None
+    seed: int | None = None
+    user: str | None = None
+
+
+def override_problems(params: Mapping[str, Any], overrides: Overrides) -> list[FieldError]:
+    configured = params.get("max_tokens")
+    if overrides.max_tokens is not None and configured is not None and overrides.max_tokens > configured:
+        return [FieldError("max_tokens", f"may only lower the config's max_tokens ({configured})")]
+    return []
+
+
+def build_payload(
+    *,
+    model: str,
+    text: str | None,
+    messages: Sequence[Mapping[str, str]] | None,
+    params: Mapping[str, Any],
+    overrides: Overrides,
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {"model": model}
+    if messages is not None:
+        payload["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages]
+    else:
+        payload["prompt"] = text or ""
+    for key in SAMPLING_KEYS:
+        if params.get(key) is not None:
+            payload[key] = params[key]
+    payload.update(params.get("extra") or {})
+    if overrides.max_tokens is not None:
+        payload["max_tokens"] = overrides.max_tokens
+    if overrides.seed is not None:
+        payload["seed"] = overrides.seed
+    if overrides.user is not None:
+        payload["user"] = overrides.user
+    payload["stream"] = True
+    payload["stream_options"] = {"include_usage": True}
+    return payload
+
+
+def upstream_path(payload: Mapping[str, Any]) -> str:
+    return "/v1/chat/completions" if "messages" in payload else "/v1/completions"
+
+
+def token_upper_bound(payload: Mapping[str, Any]) -> int:
+    """At least as many tokens as the prompt can have: one per UTF-8 byte, plus template tokens.
+
+    Byte-level tokenizers (BPE, SentencePiece with byte fallback) never make a
+    token out of less than one byte, so a prompt under the limit by this bound
+    fits without asking the backend to count.
+    """
+    if "messages" in payload:
+        return _TOKENS_PER_PROMPT + sum(_TOKENS_PER_MESSAGE + len(m["content"].encode()) for m in payload["messages"])
+    return _TOKENS_PER_PROMPT + len(str(payload.get("prompt", "")).encode())
+
+
+def context_problem(prompt_tokens: int, max_tokens: int | None, limit: int) -> str | None:
+    """Why the request does not fit the context window, or None."""
+    wanted = prompt_tokens + (max_tokens or 0)
+    if prompt_tokens >= limit or wanted > limit:
+        extra = f" plus max_tokens {max_tokens}" if max_tokens else ""
+        return f"the prompt has {prompt_tokens} tokens{extra}; the model's context holds {limit}"
+    return None
+
+
+def is_deterministic(payload: Mapping[str, Any]) -> bool:
+    """Greedy decoding or a fixed seed: the same request gives the same answer, so it may be cached."""
+    return payload.get("temperature") == 0 or payload.get("seed") is not None
+
+
+def cache_key(*, prompt: str, version: int, config: str, config_version: int, payload: Mapping[str, Any]) -> str:
+    """Exact-match key: the versions and the full request (rendered prompt, params), not the end user."""
+    request = {k: v for k, v in payload.items() if k not in ("user", "stream", "stream_options")}
+    return content_sha256({"prompt": [prompt, version], "config": [config, config_version], "request": request})

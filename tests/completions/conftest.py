@@ -1,0 +1,244 @@
+"""Fixtures for completions: a real vLLM (CPU), our fault server, and the registry on a real port.
+
+The registry runs under uvicorn in a thread so tests talk to it over real HTTP:
+streams arrive as they are sent and a client can hang up mid-stream, which an
+in-memory test client cannot show.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from registry.app import create_app
+from registry.prompts.catalog import VariantRouter
+from registry.settings import BackendSettings, Settings
+from tests.completions.fault_server import FaultServer
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+VLLM_SCRIPT = ROOT / "scripts" / "vllm-cpu.sh"
+
+
+@contextmanager
+def serve_in_thread(app: Any, *, lifespan: str = "on") -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port; yields its base URL."""
+    # An explicit protocol, so asyncio recognises a TCP socket and sets TCP_NODELAY on its connections
+    # (without it every small response waits for a delayed ACK, about 40 ms).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        lifespan=lifespan,
+        log_level="critical",
+        ws="none",
+        loop="asyncio",
+        timeout_graceful_shutdown=2,
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def fault() -> Iterator[FaultServer]:
+    server = FaultServer()
+    with serve_in_thread(server, lifespan="off") as url:
+        server.url = url  # type: ignore[attr-defined]
+        yield server
+
+
+@pytest.fixture(scope="session")
+def vllm_url() -> Iterator[str]:
+    """A real vLLM on the CPU (installed on first use); REGISTRY_TEST_VLLM_URL reuses a running one."""
+    existing = os.environ.get("REGISTRY_TEST_VLLM_URL")
+    if existing:
+        yield existing
+        return
+    port = free_port()
+    started = subprocess.run(
+        [str(VLLM_SCRIPT), "start", str(port)], capture_output=True, text=True, timeout=900, check=False
+    )
+    if started.returncode != 0:
+        pytest.fail(f"could not start vLLM:\n{started.stderr[-4000:]}")
+    try:
+        yield started.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([str(VLLM_SCRIPT), "stop", str(port)], capture_output=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="session")
+def closed_port_url() -> str:
+    """An address where nothing listens: connections are refused at once."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="session")
+def blackhole_url() -> Iterator[str]:
+    """A listener that never accepts, with its backlog full: new connections hang until they time out."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    for filler in fillers:
+        filler.close()
+    listener.close()
+
+
+def backend(url: str, **options: Any) -> BackendSettings:
+    fast = {"connect_timeout": 1.0, "first_token_timeout": 5.0, "total_timeout": 10.0, "retry_base_delay": 0.01}
+    return BackendSettings(url=url, **(fast | options))
+
+
+RegistryFactory = Callable[..., Awaitable[httpx.AsyncClient]]
+
+
+@pytest.fixture
+async def registry(settings: Settings, clean_database: AsyncEngine) -> AsyncIterator[RegistryFactory]:
+    """Start the registry with the given backends (and settings); returns a client bound to it."""
+    stack: list[Any] = []
+
+    async def factory(
+        backends: dict[str, BackendSettings], *, router: VariantRouter | None = None, **overrides: Any
+    ) -> httpx.AsyncClient:
+        app = create_app(settings.model_copy(update={"backends": backends, **overrides}))
+        app.state.runtime.prompts.router = router
+        served = serve_in_thread(app)
+        url = served.__enter__()
+        client = httpx.AsyncClient(base_url=url, timeout=30)
+        stack.append((served, client))
+        return client
+
+    yield factory
+    for served, client in reversed(stack):
+        await client.aclose()
+        served.__exit__(None, None, None)
+
+
+def unique(behaviour: str) -> str:
+    """A fault-server model name whose counters no other test shares."""
+    return f"{behaviour}/{uuid.uuid4().hex[:8]}"
+
+
+async def publish(
+    http: httpx.AsyncClient,
+    headers: dict[str, str],
+    *,
+    backend: str,
+    model: str,
+    prompt: str | None = "greet",
+    config: str = "cfg",
+    kind: str = "chat",
+    params: dict[str, Any] | None = None,
+    max_context_tokens: int | None = None,
+    fallback: dict[str, Any] | None = None,
+    prices: tuple[float, float] = (0.0, 0.0),
+    store_io: bool = False,
+    template: str = "Say hello to {{ name }}.",
+    create_config: bool = True,
+) -> None:
+    """Create a config and a prompt linked to it, both in production."""
+
+    async def ok(response: httpx.Response) -> dict[str, Any]:
+        assert response.status_code in (200, 201), response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    if create_config:
+        await ok(await http.post("/v1/configs/", json={"name": config}, headers=headers))
+    version = await ok(
+        await http.post(
+            f"/v1/configs/{config}/versions",
+            json={
+                "backend": backend,
+                "model": model,
+                "params": params if params is not None else {"max_tokens": 8},
+                "max_context_tokens": max_context_tokens,
+                "input_price_per_mtok": prices[0],
+                "output_price_per_mtok": prices[1],
+                **({"fallback": fallback} if fallback else {}),
+            },
+            headers=headers,
+        )
+    )
+    number = version["version"]
+    await ok(
+        await http.post(
+            f"/v1/configs/{config}/versions/{number}/promote",
+            json={"to": "production", "expected_current": None if number == 1 else number - 1},
+            headers=headers,
+        )
+    )
+    if prompt is None:
+        return
+    await ok(await http.post("/v1/prompts/", json={"name": prompt}, headers=headers))
+    content: dict[str, Any] = (
+        {"kind": "chat", "messages": [{"role": "user", "content": template}]}
+        if kind == "chat"
+        else {"kind": "text", "template": template}
+    )
+    await ok(
+        await http.post(
+            f"/v1/prompts/{prompt}/versions",
+            json={**content, "config": {"name": config, "version": number}},
+            headers=headers,
+        )
+    )
+    await ok(
+        await http.post(
+            f"/v1/prompts/{prompt}/versions/1/promote",
+            json={"to": "production", "expected_current": None},
+            headers=headers,
+        )
+    )
+    if store_io:
+        await ok(await http.patch(f"/v1/prompts/{prompt}", json={"store_io": True}, headers=headers))
+
+
+def parse_sse(raw: str) -> list[tuple[str, Any]]:
+    """Our stream as (event, data) pairs."""
+    import json
+
+    events = []
+    for block in raw.split("\n\n"):
+        if not block.strip():
+            continue
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events

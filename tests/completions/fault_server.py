@@ -1,0 +1,170 @@
+"""An OpenAI-compatible server that misbehaves on cue, for the resilience tests.
+
+A real engine cannot be made to time out or reset mid-stream when a test
+wants it to, so this one does. The request's model name picks the behaviour:
+
+    ok                      three tokens, usage, [DONE]
+    status:CODE:N           answer CODE to the first N requests (N may be "all"), then ok
+    slow-headers:S          wait S seconds before answering at all
+    slow-first:S            answer at once, but wait S seconds before the first token
+    trickle:S               one token every S seconds (max_tokens of them, default 100)
+    reset-after:K           K tokens, then drop the connection
+    malformed               a chunk that is not JSON
+    malformed-after:K       K tokens, then a chunk that is not JSON
+    malformed-joined:K      the same, all in one write (so one read upstream sees it all)
+
+Anything after a "/" is a tag that keeps the counters of different tests apart.
+``/tokenize`` counts words (plus 3 for chat) and reports a context of 4096.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+TOKENS = ["Hello", " from", " the", " fault", " server"]
+
+
+@dataclass
+class SeenRequest:
+    path: str
+    model: str
+    payload: dict[str, Any]
+    disconnected: bool = False
+    finished: bool = False
+
+
+@dataclass
+class FaultServer:
+    requests: list[SeenRequest] = field(default_factory=list)
+    counters: Counter[str] = field(default_factory=Counter)
+
+    def seen(self, model: str, path: str | None = None) -> list[SeenRequest]:
+        return [r for r in self.requests if r.model == model and (path is None or r.path == path)]
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        payload = json.loads(body or b"{}")
+        seen = SeenRequest(scope["path"], str(payload.get("model", "")), payload)
+        self.requests.append(seen)
+        if scope["path"] == "/tokenize":
+            await self._tokenize(send, payload)
+            return
+        number = self.counters[seen.model]
+        self.counters[seen.model] += 1
+        behaviour = seen.model.split("/", 1)[0]
+        name, _, arg = behaviour.partition(":")
+        try:
+            await self._complete(send, receive, seen, name, arg, number)
+        finally:
+            seen.finished = True
+
+    async def _tokenize(self, send: Any, payload: dict[str, Any]) -> None:
+        if "messages" in payload:
+            count = 3 + sum(len(m["content"].split()) for m in payload["messages"])
+        else:
+            count = len(str(payload.get("prompt", "")).split())
+        await _json(send, 200, {"count": count, "max_model_len": 4096, "tokens": []})
+
+    async def _complete(self, send: Any, receive: Any, seen: SeenRequest, name: str, arg: str, number: int) -> None:
+        chat = seen.path == "/v1/chat/completions"
+        max_tokens = int(seen.payload.get("max_tokens") or 100)
+        if name == "status":
+            code, _, times = arg.partition(":")
+            if times == "all" or number < int(times or 1):
+                headers = [(b"retry-after", b"0")] if code in ("429", "503") else []
+                await _json(send, int(code), {"error": {"message": f"injected {code}"}}, headers)
+                return
+        if name == "slow-headers":
+            await asyncio.sleep(float(arg))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        if chat:
+            await _event(send, {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+        if name == "malformed":
+            await send({"type": "http.response.body", "body": b"data: {not json\n\n", "more_body": True})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+            return
+        if name == "slow-first":
+            await asyncio.sleep(float(arg))
+        if name == "trickle":
+            count, interval = max_tokens, float(arg)
+        elif name == "malformed-joined":
+            chunks = [{"choices": [_choice(token, chat)]} for token in TOKENS[: int(arg)]]
+            events = b"".join(b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in chunks)
+            body = events + b"data: {not json\n\ndata: [DONE]\n\n"
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        elif name in ("reset-after", "malformed-after"):
+            count, interval = int(arg), 0.0
+        else:
+            count, interval = min(max_tokens, 3), 0.0
+        disconnect = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            for index in range(count):
+                if interval:
+                    await asyncio.sleep(interval)
+                if disconnect.done():
+                    seen.disconnected = True
+                    return
+                token = TOKENS[index % len(TOKENS)]
+                await _event(send, {"choices": [_choice(token, chat)]})
+            if name == "reset-after":
+                raise ConnectionResetError("injected reset")
+            if name == "malformed-after":
+                await send({"type": "http.response.body", "body": b"data: {not json\n\n", "more_body": True})
+                await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+                return
+            last = {"index": 0, "finish_reason": "length" if count >= max_tokens else "stop"}
+            last |= {"text": ""} if not chat else {"delta": {}}
+            await _event(send, {"choices": [last]})
+            prompt_tokens = 7
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": count, "total_tokens": prompt_tokens + count}
+            await _event(send, {"choices": [], "usage": usage})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        except OSError:
+            seen.disconnected = True
+        finally:
+            disconnect.cancel()
+
+
+async def _wait_disconnect(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _choice(token: str, chat: bool) -> dict[str, Any]:
+    return {"index": 0, "delta": {"content": token}} if chat else {"index": 0, "text": token}
+
+
+async def _event(send: Any, data: dict[str, Any]) -> None:
+    await send(
+        {"type": "http.response.body", "body": b"data: " + json.dumps(data).encode() + b"\n\n", "more_body": True}
+    )
+
+
+async def _json(send: Any, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    raw = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *(headers or [])],
+        }
+    )
+    await send({"type": "http.response.body", "body": raw, "more_body": False})
