@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from litestar import Controller, delete, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody, QueryParameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.auth.keys import Scope
+from registry.auth.principal import Actor
+from registry.lib.pagination import PageRequest, encode_cursor
+from registry.lib.schema import paginate
+from registry.webhooks.schemas import CreatedWebhook, CreateWebhook, DeliveryOut, DeliveryPage, WebhookOut, WebhookPage
+from registry.webhooks.service import WebhookService
+
+DeliveryStatus = Literal["pending", "retrying", "succeeded", "dead"]
+
+
+def provide_webhook_service(db_session: NamedDependency[AsyncSession]) -> WebhookService:
+    return WebhookService(db_session)
+
+
+class WebhookController(Controller):
+    path = "/webhooks"
+    tags = ["webhooks"]
+    dependencies = {"service": Provide(provide_webhook_service, sync_to_thread=False)}
+
+    @post(
+        "/",
+        opt={"scope": Scope.ADMIN},
+        operation_id="createWebhook",
+        summary="Subscribe a URL to events",
+        description="The response holds the signing secret; it is never shown again.",
+    )
+    async def create_webhook(
+        self,
+        data: JSONBody[CreateWebhook],
+        service: NamedDependency[WebhookService],
+        current_actor: NamedDependency[Actor],
+    ) -> CreatedWebhook:
+        webhook = await service.create(data.url, data.events, data.description, current_actor)
+        return CreatedWebhook(secret=webhook.secret, webhook=WebhookOut.of(webhook))
+
+    @get("/", opt={"scope": Scope.ADMIN}, operation_id="listWebhooks", summary="List webhooks")
+    async def list_webhooks(
+        self, service: NamedDependency[WebhookService], page: NamedDependency[PageRequest]
+    ) -> WebhookPage:
+        rows = await service.list(page)
+        items, cursor = paginate(rows, page.limit, lambda w: encode_cursor(w.id))
+        return WebhookPage(items=[WebhookOut.of(w) for w in items], next_cursor=cursor)
+
+    @get("/{webhook_id:int}", opt={"scope": Scope.ADMIN}, operation_id="getWebhook", summary="Get a webhook")
+    async def get_webhook(self, webhook_id: FromPath[int], service: NamedDependency[WebhookService]) -> WebhookOut:
+        return WebhookOut.of(await service.require(webhook_id))
+
+    @delete("/{webhook_id:int}", opt={"scope": Scope.ADMIN}, operation_id="deleteWebhook", summary="Delete a webhook")
+    async def delete_webhook(
+        self, webhook_id: FromPath[int], service: NamedDependency[WebhookService], current_actor: NamedDependency[Actor]
+    ) -> None:
+        await service.delete(webhook_id, current_actor)
+
+    @get(
+        "/{webhook_id:int}/deliveries",
+        opt={"scope": Scope.ADMIN},
+        operation_id="listWebhookDeliveries",
+        summary="The delivery log, newest first",
+    )
+    async def deliveries(
+        self,
+        webhook_id: FromPath[int],
+        service: NamedDependency[WebhookService],
+        page: NamedDependency[PageRequest],
+        status: Annotated[DeliveryStatus | None, QueryParameter()] = None,
+    ) -> DeliveryPage:
+        rows = await service.deliveries(webhook_id, page, status=status)
+        items, cursor = paginate(rows, page.limit, lambda d: encode_cursor(d.id))
+        return DeliveryPage(items=[DeliveryOut.of(d) for d in items], next_cursor=cursor)
+
+    @post(
+        "/{webhook_id:int}/ping",
+        opt={"scope": Scope.ADMIN},
+        operation_id="pingWebhook",
+        summary="Queue a signed test delivery",
+        status_code=202,
+    )
+    async def ping(
+        self, webhook_id: FromPath[int], service: NamedDependency[WebhookService], current_actor: NamedDependency[Actor]
+    ) -> None:
+        await service.ping(webhook_id, current_actor)

@@ -1,0 +1,157 @@
+"""Delivers webhooks: fans outbox events out to subscribers, then sends due deliveries.
+
+Runs as a periodic job in every replica. Rows are claimed with
+``FOR UPDATE SKIP LOCKED`` and a lease, so replicas share the work and a crashed
+replica's claims expire; no network call happens inside a transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import aiohttp
+import structlog
+from prometheus_client import CollectorRegistry, Counter
+from prompt_registry_client.webhooks import SIGNATURE_HEADER, signature_header
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from registry import __version__
+from registry.db.base import utcnow
+from registry.lib.http_client import HttpClient
+from registry.webhooks.models import Webhook, WebhookDelivery
+from registry.webhooks.repository import WebhookRepository
+from registry.webhooks.rules import retry_delay, subscribes
+from registry.webhooks.service import delivery_body
+
+logger = structlog.get_logger("registry.webhooks")
+
+LEASE = timedelta(seconds=60)
+BATCH = 50
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    timeout_seconds: float
+    max_attempts: int
+    retry_base_seconds: float
+    retry_max_seconds: float
+
+
+class WebhookDispatcher:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        http: HttpClient,
+        policy: DeliveryPolicy,
+        registry: CollectorRegistry,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._http = http
+        self._policy = policy
+        self._clock = clock
+        self._jitter = jitter
+        self._outcomes = Counter(
+            "registry_webhook_deliveries_total", "Webhook delivery attempts by outcome.", ["outcome"], registry=registry
+        )
+
+    async def run_once(self) -> None:
+        await self.fan_out()
+        await self.deliver_due()
+
+    async def fan_out(self) -> int:
+        """Turn new outbox events into one pending delivery per subscribed webhook."""
+        async with self._sessionmaker() as session, session.begin():
+            repository = WebhookRepository(session)
+            events = await repository.claim_undispatched_events(200)
+            if not events:
+                return 0
+            webhooks = await repository.all()
+            rows: list[dict[str, object]] = [
+                {
+                    "webhook_id": webhook.id,
+                    "event_id": event.event_id,
+                    "event_type": event.type,
+                    "body": delivery_body(event.event_id, event.type, event.subject, event.actor, event.payload),
+                }
+                for event in events
+                for webhook in webhooks
+                if subscribes(webhook.event_types, event.type)
+            ]
+            await repository.add_deliveries(rows)
+            await repository.mark_dispatched([e.id for e in events], self._clock())
+            return len(rows)
+
+    async def deliver_due(self) -> int:
+        now = self._clock()
+        async with self._sessionmaker() as session, session.begin():
+            repository = WebhookRepository(session)
+            due = await repository.claim_due(now, now + LEASE, BATCH)
+            webhooks = await repository.webhooks_by_id({d.webhook_id for d in due}) if due else {}
+        outcomes = await asyncio.gather(
+            *(self._attempt(d, webhooks[d.webhook_id]) for d in due if d.webhook_id in webhooks)
+        )
+        async with self._sessionmaker() as session, session.begin():
+            repository = WebhookRepository(session)
+            for delivery_id, values in outcomes:
+                await repository.record_attempt(delivery_id, values)
+        return len(outcomes)
+
+    async def _attempt(self, delivery: WebhookDelivery, webhook: Webhook) -> tuple[int, dict[str, object]]:
+        body = json.dumps(delivery.body, separators=(",", ":")).encode()
+        sent_at = self._clock()
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"prompt-registry-webhooks/{__version__}",
+            "X-Registry-Event": delivery.event_type,
+            "X-Registry-Delivery": str(delivery.id),
+            SIGNATURE_HEADER: signature_header(webhook.secret, int(sent_at.timestamp()), body),
+        }
+        status_code: int | None = None
+        error: str | None = None
+        try:
+            async with self._http.session.post(
+                webhook.url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self._policy.timeout_seconds),
+                allow_redirects=False,
+            ) as response:
+                status_code = response.status
+                answer = (await response.read())[:200].decode(errors="replace")
+            if 200 <= status_code < 300:
+                self._outcomes.labels("succeeded").inc()
+                values: dict[str, object] = {
+                    "status": "succeeded",
+                    "attempts": delivery.attempts + 1,
+                    "last_status_code": status_code,
+                    "last_error": None,
+                    "delivered_at": sent_at,
+                    "locked_until": None,
+                }
+                return delivery.id, values
+            error = f"HTTP {status_code}: {answer}"
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        attempts = delivery.attempts + 1
+        dead = attempts >= self._policy.max_attempts
+        self._outcomes.labels("dead" if dead else "retrying").inc()
+        delay = retry_delay(
+            attempts, base=self._policy.retry_base_seconds, cap=self._policy.retry_max_seconds, jitter=self._jitter()
+        )
+        logger.info("webhook delivery failed", webhook=webhook.id, delivery=delivery.id, attempts=attempts, error=error)
+        return delivery.id, {
+            "status": "dead" if dead else "retrying",
+            "attempts": attempts,
+            "last_status_code": status_code,
+            "last_error": error,
+            "next_attempt_at": sent_at + timedelta(seconds=delay),
+            "locked_until": None,
+        }

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.auth.audit import AuditLog
+from registry.auth.principal import Actor
+from registry.db.base import utcnow
+from registry.lib.errors import FieldError, InvalidInputError, NotFoundError
+from registry.lib.pagination import PageRequest
+from registry.webhooks.models import Webhook, WebhookDelivery
+from registry.webhooks.repository import WebhookRepository
+from registry.webhooks.rules import pattern_problem
+
+
+class WebhookNotFoundError(NotFoundError):
+    """No webhook has this id."""
+
+    type = "webhook_not_found"
+    title = "Webhook not found"
+
+
+def delivery_body(
+    event_id: str, event_type: str, subject: str, actor: str, data: dict[str, object]
+) -> dict[str, object]:
+    return {
+        "id": event_id,
+        "type": event_type,
+        "subject": subject,
+        "actor": actor,
+        "created_at": utcnow().isoformat(),
+        "data": data,
+    }
+
+
+class WebhookService:
+    def __init__(self, session: AsyncSession) -> None:
+        self.repository = WebhookRepository(session)
+        self.audit = AuditLog(session)
+
+    async def create(self, url: str, event_types: list[str], description: str, actor: Actor) -> Webhook:
+        problems = [
+            FieldError(f"events[{i}]", problem)
+            for i, pattern in enumerate(event_types)
+            if (problem := pattern_problem(pattern)) is not None
+        ]
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(FieldError("url", "must be an absolute http:// or https:// URL"))
+        if problems:
+            raise InvalidInputError("the webhook is invalid", errors=problems)
+        webhook = await self.repository.add(
+            Webhook(
+                url=url,
+                event_types=sorted(set(event_types)),
+                secret=f"whsec_{secrets.token_urlsafe(32)}",
+                description=description,
+                created_by=actor.name,
+            )
+        )
+        await self.audit.record(
+            actor, "webhook.create", "webhook", str(webhook.id), after={"url": url, "events": webhook.event_types}
+        )
+        return webhook
+
+    async def require(self, webhook_id: int) -> Webhook:
+        webhook = await self.repository.get(webhook_id)
+        if webhook is None:
+            raise WebhookNotFoundError(f"no webhook has id {webhook_id}")
+        return webhook
+
+    async def list(self, page: PageRequest) -> Sequence[Webhook]:
+        return await self.repository.list_page(page)
+
+    async def delete(self, webhook_id: int, actor: Actor) -> None:
+        webhook = await self.require(webhook_id)
+        await self.repository.remove(webhook)
+        await self.audit.record(actor, "webhook.delete", "webhook", str(webhook_id), before={"url": webhook.url})
+
+    async def deliveries(self, webhook_id: int, page: PageRequest, *, status: str | None) -> Sequence[WebhookDelivery]:
+        await self.require(webhook_id)
+        return await self.repository.deliveries(webhook_id, page, status=status)
+
+    async def ping(self, webhook_id: int, actor: Actor) -> None:
+        """Queue a ``ping`` delivery, to check the receiver and its signature check."""
+        await self.require(webhook_id)
+        event_id = str(uuid.uuid4())
+        await self.repository.add_deliveries(
+            [
+                {
+                    "webhook_id": webhook_id,
+                    "event_id": event_id,
+                    "event_type": "ping",
+                    "body": delivery_body(event_id, "ping", "webhook", actor.name, {"webhook_id": webhook_id}),
+                }
+            ]
+        )
