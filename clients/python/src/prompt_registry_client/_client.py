@@ -1,0 +1,503 @@
+"""The synchronous client: ``httpx.Client``, and threads for the work it does in the background."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Hashable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any, Literal, TypeVar, overload
+
+import httpx
+
+from prompt_registry_client._base import BaseClient, ClientOptions, register_at_exit
+from prompt_registry_client._config import DEFAULT_TIMEOUT, BatchPolicy, CachePolicy, RetryPolicy
+from prompt_registry_client._core import (
+    Flow,
+    Label,
+    Need,
+    Read,
+    Send,
+    Sleep,
+    Spawn,
+    encode_name,
+    error_from_response,
+    run_sync,
+)
+from prompt_registry_client._models import (
+    Completion,
+    Experiment,
+    ExperimentResults,
+    FallbackTemplate,
+    Prompt,
+    RenderedPrompt,
+    completion_from_json,
+    results_from_json,
+)
+from prompt_registry_client._sse import SSEParser
+from prompt_registry_client._streams import CompletionStream
+from prompt_registry_client.templating import RenderLimits
+
+T = TypeVar("T")
+Resource = Literal["prompts", "configs"]
+_UNSET: Any = object()
+logger = logging.getLogger("prompt_registry_client")
+
+
+def satisfy_sync(http: httpx.Client, need: Need) -> Any:
+    """Do what a flow asks with a sync httpx client (background work excepted)."""
+    if isinstance(need, Send):
+        return http.send(need.request, stream=need.stream)
+    if isinstance(need, Read):
+        need.response.read()
+        need.response.close()
+        return need.response
+    if isinstance(need, Sleep):
+        time.sleep(need.seconds)
+        return None
+    need.flow.close()  # no background here: skip it
+    return None
+
+
+def _interrupt(response: httpx.Response) -> None:
+    """Wake the thread blocked reading ``response``: closing a socket does not, shutting it down does."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class RegistryClient(BaseClient):
+    """The registry from Python, built so that it is never the reason an app fails.
+
+    Prompts are cached locally (``CachePolicy``): a fresh copy is served without a
+    request, an older one at once while it revalidates in the background, and the
+    change feed makes promotions and rollbacks arrive within moments. When the service
+    cannot be reached the cached copy, or else the caller's fallback template, is
+    served. Rendering and experiment assignment happen locally, with the service's
+    own code. ``base_url`` and ``api_key`` default to REGISTRY_URL and REGISTRY_API_KEY.
+
+    Example::
+
+        from prompt_registry_client import RegistryClient
+
+        with RegistryClient("http://registry:8000", api_key="prk_...") as registry:
+            rendered = registry.render("support/summarize", {"ticket": "..."}, unit="user-42")
+            reply = my_llm(rendered.to_messages())
+            registry.track("user-42", "thumbs_up")
+
+    The client is thread-safe; make one per process and share it.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        completion_timeout: float | httpx.Timeout = 120.0,
+        retries: RetryPolicy | None = None,
+        cache: CachePolicy | None = None,
+        batches: BatchPolicy | None = None,
+        fallbacks: Mapping[str, FallbackTemplate] | None = None,
+        render_limits: RenderLimits | None = None,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._options = options = ClientOptions(
+            base_url,
+            api_key,
+            timeout=timeout,
+            completion_timeout=completion_timeout,
+            retries=retries,
+            cache=cache,
+            batches=batches,
+            fallbacks=fallbacks,
+            render_limits=render_limits,
+            headers=headers,
+        )
+        self._http = httpx.Client(
+            base_url=options.base_url, headers=options.headers, timeout=options.timeout, transport=transport
+        )
+        self._core = options.core(self._http.build_request, on_cached=self._watch, on_queued=self._queued)
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._closed = False
+        self._background: set[Hashable] = set()
+        self._executor: ThreadPoolExecutor | None = None
+        self._sender: threading.Thread | None = None
+        self._send_now = threading.Event()
+        self._send_lock = threading.Lock()
+        self._close_deadline = 0.0
+        self._watcher: threading.Thread | None = None
+        self._feed: httpx.Response | None = None
+        self._at_exit = register_at_exit(self, RegistryClient.close)
+
+    # -- prompts
+
+    def get_prompt(
+        self,
+        name: str,
+        *,
+        label: Label | None = None,
+        version: int | None = None,
+        unit: str | None = None,
+        fallback: FallbackTemplate | None = None,
+    ) -> Prompt:
+        """The production version of ``name`` (or ``label``, or ``version``), from the cache when it can be.
+
+        With ``unit``, a running experiment on the prompt routes the unit to its variant's
+        version, assigned locally exactly as the service assigns (the exposure is reported in
+        the background). ``fallback`` (text, or chat messages) is served when the service
+        cannot be reached and nothing is cached; without one that raises ``ServiceUnavailable``.
+
+        Example::
+
+            prompt = registry.get_prompt("greet", unit="user-42", fallback="Hello {{ name }}!")
+            prompt.render({"name": "Ada"}).text
+        """
+        return self._run(self._core.get_prompt(name, label=label, version=version, unit=unit, fallback=fallback))
+
+    def render(
+        self,
+        name: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        unit: str | None = None,
+        label: Label | None = None,
+        version: int | None = None,
+        fallback: FallbackTemplate | None = None,
+    ) -> RenderedPrompt:
+        """``get_prompt(...)`` rendered locally with ``variables``: no request when the prompt is cached.
+
+        Raises ``VariablesInvalid`` (every problem in ``errors``) or ``RenderFailed``, as the service would.
+
+        Example::
+
+            rendered = registry.render("support/summarize", {"ticket": text, "max_words": 20}, unit=user_id)
+            rendered.messages, rendered.version, rendered.experiment
+        """
+        prompt = self.get_prompt(name, label=label, version=version, unit=unit, fallback=fallback)
+        return prompt.render(variables, limits=self._options.render_limits)
+
+    # -- completions
+
+    @overload
+    def complete(
+        self,
+        name: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        unit: str | None = None,
+        label: Label | None = None,
+        version: int | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        user: str | None = None,
+        stream: Literal[False] = False,
+    ) -> Completion: ...
+
+    @overload
+    def complete(
+        self,
+        name: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        unit: str | None = None,
+        label: Label | None = None,
+        version: int | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        user: str | None = None,
+        stream: Literal[True],
+    ) -> CompletionStream: ...
+
+    def complete(
+        self,
+        name: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        unit: str | None = None,
+        label: Label | None = None,
+        version: int | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        user: str | None = None,
+        stream: bool = False,
+    ) -> Completion | CompletionStream:
+        """Render ``name`` on the service and run it with its model config.
+
+        With ``stream=True`` the answer is a ``CompletionStream`` of typed events. Only
+        refusals that prove nothing ran (429, 503 with ``Retry-After``, no connection)
+        are retried.
+
+        Example::
+
+            completion = registry.complete("greet", {"name": "Ada"}, unit="user-42")
+            completion.text, completion.usage.total_tokens, completion.cost
+        """
+        if label is not None and version is not None:
+            raise ValueError("give a label or a version, not both")
+        flow = self._core.complete(
+            name,
+            variables,
+            stream=stream,
+            unit=unit,
+            label=label,
+            version=version,
+            max_tokens=max_tokens,
+            seed=seed,
+            user=user,
+        )
+        response = self._run(flow)
+        if stream:
+            return CompletionStream(response)
+        return completion_from_json(response.json())
+
+    # -- experiments
+
+    def get_experiment(self, key: str) -> Experiment:
+        """An experiment's definition; ``.assign(unit)`` gives the variant the service would."""
+        return self._run(self._core.get_experiment(key))
+
+    def experiment_results(self, key: str, *, phase: int | None = None) -> ExperimentResults:
+        """Results per metric and variant (the key needs the ``analyze`` scope); ``.to_pandas()`` for a table."""
+        params = {"phase": phase} if phase is not None else {}
+        response = self._run(self._core.call("GET", f"/v1/experiments/{encode_name(key)}/results", params=params))
+        return results_from_json(response.json())
+
+    # -- background work
+
+    def flush(self) -> bool:
+        """Send every queued event and exposure now; False if the service could not take them all."""
+        with self._send_lock:
+            return self._run(self._core.send_batches()) and self._core.outbox.pending == 0
+
+    def close(self) -> None:
+        """Send what is queued (for up to ``BatchPolicy.close_timeout``), stop the background work, disconnect."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._close_deadline = time.monotonic() + self._options.batches.close_timeout
+        self._closing.set()
+        if self._feed is not None:
+            _interrupt(self._feed)
+        sender = self._sender
+        if sender is not None:
+            self._send_now.set()
+            sender.join(self._options.batches.close_timeout + 1)
+        elif self._core.outbox.pending:
+            try:
+                self.flush()
+            except Exception as exc:
+                logger.error("could not send %d events before closing: %s", self._core.outbox.pending, exc)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._watcher is not None:
+            self._watcher.join(1.0)
+        self._http.close()
+        atexit.unregister(self._at_exit)
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _run(self, flow: Flow[T]) -> T:
+        return run_sync(flow, self._satisfy)
+
+    def _satisfy(self, need: Need) -> Any:
+        if isinstance(need, Spawn):
+            self._spawn(need)
+            return None
+        return satisfy_sync(self._http, need)
+
+    def _spawn(self, need: Spawn) -> None:
+        with self._lock:
+            if self._closed or need.key in self._background:
+                need.flow.close()
+                return
+            self._background.add(need.key)
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prompt-registry-refresh")
+            self._executor.submit(self._run_in_background, need)
+
+    def _run_in_background(self, need: Spawn) -> None:
+        try:
+            self._run(need.flow)
+        except Exception as exc:
+            logger.debug("background refresh failed: %r", exc)
+        finally:
+            with self._lock:
+                self._background.discard(need.key)
+
+    def _queued(self) -> None:
+        with self._lock:
+            if self._sender is None and not self._closed:
+                self._sender = threading.Thread(target=self._send_loop, name="prompt-registry-events", daemon=True)
+                self._sender.start()
+        if self._core.outbox.full_batch_waiting():
+            self._send_now.set()
+
+    def _send_loop(self) -> None:
+        failures = 0
+        policy = self._options.batches
+        while True:
+            wait = policy.flush_interval if failures == 0 else min(policy.flush_interval * 2.0**failures, 30.0)
+            if self._closing.is_set():
+                wait = min(wait, 0.2)
+            self._send_now.wait(wait)
+            self._send_now.clear()
+            closing = self._closing.is_set()
+            try:
+                sent = self.flush()
+            except Exception as exc:
+                logger.warning("could not send events: %r", exc)
+                sent = False
+            failures = 0 if sent else failures + 1
+            if closing and (sent or time.monotonic() > self._close_deadline):
+                if not sent:
+                    logger.error("closing with %d events not sent", self._core.outbox.pending)
+                return
+
+    def _watch(self) -> None:
+        if not self._options.cache.watch_changes:
+            return
+        with self._lock:
+            if self._watcher is not None or self._closed:
+                return
+            self._watcher = threading.Thread(target=self._watch_loop, name="prompt-registry-changes", daemon=True)
+            self._watcher.start()
+
+    def _watch_loop(self) -> None:
+        attempt = 0
+        while not self._closing.is_set():
+            try:
+                for connected in self._follow_changes():
+                    if connected:
+                        attempt = 0
+            except Exception as exc:
+                logger.debug("the change feed dropped: %r", exc)
+            if self._closing.wait(self._core.feed_backoff(attempt)):
+                return
+            attempt += 1
+
+    def _follow_changes(self) -> Iterator[bool]:
+        response = self._http.send(self._core.feed_request(), stream=True)
+        self._feed = response
+        try:
+            if self._closing.is_set():  # close() may have looked for the feed before it was set
+                return
+            if response.status_code != 200:
+                response.read()
+                raise error_from_response(response)
+            parser = SSEParser()
+            for line in response.iter_lines():
+                event = parser.feed(line)
+                if event is None:
+                    continue
+                for spawn in self._core.on_change(event):
+                    self._spawn(spawn)
+                yield event.event == "hello"
+        finally:
+            self._feed = None
+            response.close()
+
+    # -- management (the API's JSON, for tools such as the ``registry`` command)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send one request (retried as the policy says); error answers raise the matching ``RegistryError``."""
+        return self._run(self._core.call(method, path, **kwargs))
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(method, path, **kwargs).json()
+        return result
+
+    def _pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        cursor: str | None = None
+        while True:
+            query = {k: v for k, v in {**params, "cursor": cursor}.items() if v is not None}
+            page = self._json("GET", path, params=query)
+            yield from page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def list_resources(
+        self, resource: Resource = "prompts", *, prefix: str | None = None, tag: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        return self._pages(f"/v1/{resource}", {"prefix": prefix, "tag": tag, "limit": 200})
+
+    def list_versions(
+        self, name: str, resource: Resource = "prompts", *, state: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        return self._pages(f"/v1/{resource}/{encode_name(name)}/versions", {"state": state, "limit": 200})
+
+    def current_version(self, name: str, state: str, resource: Resource = "prompts") -> int | None:
+        """The version holding ``state`` (staging or production), or None."""
+        for version in self.list_versions(name, resource, state=state):
+            return int(version["version"])
+        return None
+
+    def promote(
+        self,
+        name: str,
+        version: int,
+        to: str,
+        resource: Resource = "prompts",
+        *,
+        expected_current: int | None = _UNSET,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Move ``version`` to ``to``. Without ``expected_current``, the holder is read first."""
+        if expected_current is _UNSET and to in ("staging", "production"):
+            expected_current = self.current_version(name, to, resource)
+        body: dict[str, Any] = {"to": to, "reason": reason}
+        if expected_current is not _UNSET:
+            body["expected_current"] = expected_current
+        return self._json("POST", f"/v1/{resource}/{encode_name(name)}/versions/{version}/promote", json=body)
+
+    def rollback(
+        self, name: str, reason: str, version: int | None = None, resource: Resource = "prompts"
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"reason": reason, "version": version}
+        return self._json("POST", f"/v1/{resource}/{encode_name(name)}/rollback", json=body)
+
+    def history(self, name: str, resource: Resource = "prompts") -> Iterator[dict[str, Any]]:
+        return self._pages(f"/v1/{resource}/{encode_name(name)}/history", {"limit": 200})
+
+    def diff(self, name: str, from_version: int, to_version: int, resource: Resource = "prompts") -> dict[str, Any]:
+        params = {"from": from_version, "to": to_version}
+        return self._json("GET", f"/v1/{resource}/{encode_name(name)}/diff", params=params)
+
+    def create_experiment(self, definition: dict[str, Any]) -> dict[str, Any]:
+        """Create an experiment (a draft) from the body ``POST /v1/experiments`` takes."""
+        return self._json("POST", "/v1/experiments", json=definition)
+
+    def list_experiments(self, *, status: str | None = None, prompt: str | None = None) -> Iterator[dict[str, Any]]:
+        return self._pages("/v1/experiments", {"status": status, "prompt": prompt, "limit": 200})
+
+    def update_experiment(self, key: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return self._json("PATCH", f"/v1/experiments/{encode_name(key)}", json=changes)
+
+    def start_experiment(self, key: str) -> dict[str, Any]:
+        return self._json("POST", f"/v1/experiments/{encode_name(key)}/start")
+
+    def stop_experiment(self, key: str, *, winner: str | None = None, reason: str | None = None) -> dict[str, Any]:
+        """Stop; with ``winner``, that variant's version becomes production."""
+        body = {k: v for k, v in {"winner": winner, "reason": reason}.items() if v is not None}
+        return self._json("POST", f"/v1/experiments/{encode_name(key)}/stop", json=body)
+
+    def record_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        """Record outcome events now (up to 1000); each item of the answer says accepted, duplicate or rejected."""
+        return self._json("POST", "/v1/events", json={"events": events})

@@ -1,0 +1,595 @@
+"""What both clients do, written once, without I/O.
+
+Every operation is a generator (a *flow*) that yields what it needs done: send a
+request, read a streamed body, sleep, start a background flow. The sync client
+drives flows with ``httpx.Client`` and threads, the async client with
+``httpx.AsyncClient`` and tasks; retries, the cache, local assignment and batching
+are the same code in both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Generator, Hashable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol, TypeVar, cast
+from urllib.parse import quote
+
+import httpx
+
+from prompt_registry_client._cache import CacheEntry, Freshness, TtlCache
+from prompt_registry_client._config import (
+    COMPLETION_RETRY_STATUSES,
+    RETRY_STATUSES,
+    BatchPolicy,
+    CachePolicy,
+    RetryPolicy,
+    parse_retry_after,
+)
+from prompt_registry_client._errors import (
+    NotFound,
+    RegistryError,
+    ServiceUnavailable,
+    error_from_problem,
+    is_outage,
+)
+from prompt_registry_client._models import (
+    CompletionEvent,
+    Experiment,
+    ExperimentAssignment,
+    FallbackTemplate,
+    Prompt,
+    TextDelta,
+    Variant,
+    done_from_json,
+    experiment_from_json,
+    fallback_prompt,
+    metadata_from_json,
+    prompt_from_json,
+)
+from prompt_registry_client._outbox import KINDS, BatchKind, Outbox
+from prompt_registry_client._sse import ServerSentEvent
+from prompt_registry_client.templating import RenderLimits
+
+logger = logging.getLogger("prompt_registry_client")
+
+T = TypeVar("T")
+V = TypeVar("V")
+DEFAULT_URL = "http://127.0.0.1:8000"
+Label = Literal["production", "staging", "latest"]
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_EXPOSURE_ATTEMPTS = 3  # sends of an exposure refused because its experiment is not running (yet) there
+
+
+def encode_name(name: str) -> str:
+    """Names may contain '/'; the API takes it encoded as %2F so the name stays one path segment."""
+    return quote(name, safe="")
+
+
+def connection(
+    base_url: str | None, api_key: str | None, headers: Mapping[str, str] | None
+) -> tuple[str, dict[str, str]]:
+    """The service's URL and the headers of every request (REGISTRY_URL and REGISTRY_API_KEY by default)."""
+    url = (base_url or os.environ.get("REGISTRY_URL") or DEFAULT_URL).rstrip("/")
+    key = api_key if api_key is not None else os.environ.get("REGISTRY_API_KEY")
+    merged = {"User-Agent": "prompt-registry-client", **(headers or {})}
+    if key:
+        merged["Authorization"] = f"Bearer {key}"
+    return url, merged
+
+
+# --------------------------------------------------------------------------- what flows ask for
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    request: httpx.Request
+    stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Read a streamed response's body and release its connection."""
+
+    response: httpx.Response
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    """Run ``flow`` in the background, unless one with the same ``key`` is running."""
+
+    key: Hashable
+    flow: Flow[Any]
+
+
+Need = Send | Read | Sleep | Spawn
+Flow = Generator[Need, Any, T]
+
+
+def run_sync(flow: Flow[T], satisfy: Callable[[Need], Any]) -> T:
+    """Drive ``flow``: do what it asks, give it the result, or throw it the error."""
+    value: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            need = flow.send(value) if error is None else flow.throw(error)
+        except StopIteration as stop:
+            return cast(T, stop.value)
+        value, error = None, None
+        try:
+            value = satisfy(need)
+        except Exception as exc:
+            error = exc
+
+
+async def run_async(flow: Flow[T], satisfy: Callable[[Need], Awaitable[Any]]) -> T:
+    value: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            need = flow.send(value) if error is None else flow.throw(error)
+        except StopIteration as stop:
+            return cast(T, stop.value)
+        value, error = None, None
+        try:
+            value = await satisfy(need)
+        except Exception as exc:
+            error = exc
+
+
+def error_from_response(response: httpx.Response) -> RegistryError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"detail": response.text[:500]}
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    return error_from_problem(response.status_code, body if isinstance(body, dict) else {}, retry_after=retry_after)
+
+
+def stream_event(event: ServerSentEvent) -> CompletionEvent | None:
+    """One event of a completion stream; an ``error`` event raises its typed error."""
+    data = json.loads(event.data)
+    if event.event == "metadata":
+        return metadata_from_json(data)
+    if event.event == "delta":
+        return TextDelta(data["text"])
+    if event.event == "done":
+        return done_from_json(data)
+    if event.event == "error":
+        raise error_from_problem(int(data.get("status") or 502), data)
+    return None  # an event this client does not know yet
+
+
+class BuildRequest(Protocol):
+    def __call__(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Any = ...,
+        json: Any = ...,
+        headers: Any = ...,
+        timeout: Any = ...,
+    ) -> httpx.Request: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKey:
+    name: str
+    label: str | None  # None when a version is asked for
+    version: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Where a running experiment sends a unit; ``exposure`` when it counts (hashed, not forced)."""
+
+    assignment: ExperimentAssignment
+    variant: Variant | None
+    exposure: bool
+
+
+# --------------------------------------------------------------------------- the core
+
+
+class Core:
+    """State shared by a client's calls (caches, outbox) and the flows that use it."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        build: BuildRequest,
+        retries: RetryPolicy,
+        cache: CachePolicy,
+        batches: BatchPolicy,
+        render_limits: RenderLimits | None,
+        fallbacks: Mapping[str, FallbackTemplate] | None,
+        completion_timeout: httpx.Timeout,
+        on_cached: Callable[[], None],
+        on_queued: Callable[[], None],
+    ) -> None:
+        self.base_url = base_url
+        self.build = build
+        self.retries = retries
+        self.cache_policy = cache
+        self.render_limits = render_limits
+        self.fallbacks = dict(fallbacks or {})
+        self.completion_timeout = completion_timeout
+        self.on_cached = on_cached
+        self.on_queued = on_queued
+        self.prompts: TtlCache[CacheKey, Prompt] = TtlCache(
+            ttl=cache.ttl, max_entries=cache.max_entries, group=lambda key: key.name
+        )
+        self.experiments: TtlCache[str, tuple[Experiment, ...]] = TtlCache(
+            ttl=cache.ttl, max_entries=cache.max_entries, group=lambda name: name
+        )
+        self.outbox = Outbox(batches)
+        self.unreachable_until = 0.0  # monotonic time until which calls with a fallback do not wait for the service
+
+    # -- requests
+
+    def send(
+        self,
+        request: httpx.Request,
+        *,
+        idempotent: bool = True,
+        retry_statuses: frozenset[int] = RETRY_STATUSES,
+        stream: bool = False,
+    ) -> Flow[httpx.Response]:
+        """Send with retries; the last response is returned whatever its status.
+
+        Connection errors that happened before the request left are always retried;
+        others only for idempotent requests. A Retry-After longer than the policy allows
+        ends the retries at once.
+        """
+        attempt = 0
+        while True:
+            try:
+                response: httpx.Response = yield Send(request, stream)
+            except httpx.TransportError as exc:
+                retryable = idempotent or isinstance(exc, _NOT_SENT)
+                delay = self.retries.delay(attempt) if retryable else None
+                if delay is None:
+                    raise ServiceUnavailable(f"cannot reach the registry at {self.base_url}: {exc!r}") from exc
+            else:
+                if response.status_code not in retry_statuses:
+                    return response
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                delay = self.retries.delay(attempt, retry_after=retry_after)
+                if delay is None:
+                    return response
+                if stream:
+                    yield Read(response)
+            attempt += 1
+            yield Sleep(delay)
+
+    def call(
+        self, method: str, path: str, *, idempotent: bool | None = None, stream: bool = False, **options: Any
+    ) -> Flow[httpx.Response]:
+        """Send and raise the typed error of an error answer."""
+        request = self.build(method, path, **options)
+        retry_safe = method in ("GET", "HEAD", "PUT", "DELETE") if idempotent is None else idempotent
+        response = yield from self.send(request, idempotent=retry_safe, stream=stream)
+        if response.status_code >= 400:
+            if stream:
+                yield Read(response)
+            raise error_from_response(response)
+        return response
+
+    # -- prompts
+
+    def get_prompt(
+        self,
+        name: str,
+        *,
+        label: Label | None = None,
+        version: int | None = None,
+        unit: str | None = None,
+        fallback: FallbackTemplate | None = None,
+    ) -> Flow[Prompt]:
+        if label is not None and version is not None:
+            raise ValueError("give a label or a version, not both")
+        if fallback is None:
+            fallback = self.fallbacks.get(name)
+        routed = None
+        if unit is not None and version is None and label in (None, "production"):
+            routed = yield from self._route(name, unit)
+        if routed is not None and routed.variant is not None:
+            key = CacheKey(name, None, routed.variant.prompt_version)
+        else:
+            key = CacheKey(name, None if version is not None else label or "production", version)
+        prompt = yield from self._prompt(key, fallback)
+        if routed is None or prompt.fallback:
+            return prompt
+        assignment, variant = routed.assignment, routed.variant
+        if routed.exposure and variant is not None and unit is not None:
+            self._expose(assignment, unit, variant)
+        return replace(prompt, experiment=assignment, variant_config=variant.config if variant else None)
+
+    def _expose(self, assignment: ExperimentAssignment, unit: str, variant: Variant) -> None:
+        if self.outbox.add_exposure(assignment.key, assignment.phase, unit, variant.key):
+            self.on_queued()
+
+    def _prompt(self, key: CacheKey, fallback: FallbackTemplate | None) -> Flow[Prompt]:
+        freshness, entry = self.prompts.lookup(key)
+        if entry is not None and freshness is Freshness.FRESH:
+            return entry.value
+        if entry is not None and freshness is Freshness.EXPIRED:
+            yield Spawn(("prompt", key), self._quietly(self._load_prompt(key, entry)))
+            return entry.value
+        if (entry is not None or fallback is not None) and self._unreachable():
+            yield Spawn(("prompt", key), self._quietly(self._load_prompt(key, entry)))  # is it back?
+            return self._instead(key, entry, fallback)
+        try:
+            return (yield from self._load_prompt(key, entry))
+        except RegistryError as exc:
+            if not is_outage(exc):
+                raise
+            self.unreachable_until = time.monotonic() + self.retries.cooldown
+            if entry is None and fallback is None:
+                raise
+            logger.warning(
+                "the registry cannot be reached (%s): serving %r from the cache or its fallback", exc.detail, key.name
+            )
+            return self._instead(key, entry, fallback)
+
+    def _unreachable(self) -> bool:
+        return time.monotonic() < self.unreachable_until
+
+    @staticmethod
+    def _instead(key: CacheKey, entry: CacheEntry[Prompt] | None, fallback: FallbackTemplate | None) -> Prompt:
+        """What serves while the registry cannot answer: the cached copy, else the fallback."""
+        if entry is not None:
+            return replace(entry.value, stale=True)
+        assert fallback is not None
+        return fallback_prompt(key.name, fallback)
+
+    def _refresh_prompt(self, key: CacheKey) -> Flow[Prompt]:
+        """Revalidate whatever copy is cached when the refresh starts (a 304 if nothing changed)."""
+        return (yield from self._load_prompt(key, self.prompts.lookup(key)[1]))
+
+    def _load_prompt(self, key: CacheKey, entry: CacheEntry[Prompt] | None) -> Flow[Prompt]:
+        token = self.prompts.token()
+        params = {"version": key.version} if key.version is not None else {"label": key.label}
+        headers = {"If-None-Match": entry.etag} if entry is not None and entry.etag else {}
+        request = self.build("GET", f"/v1/prompts/{encode_name(key.name)}", params=params, headers=headers)
+        response = yield from self.send(request)
+        if response.status_code == 304 and entry is not None:
+            self.unreachable_until = 0.0
+            renewed = self.prompts.renew(key, token=token)
+            return (renewed or entry).value
+        if response.status_code >= 300:
+            error = error_from_response(response)
+            if isinstance(error, NotFound):
+                self.prompts.discard(key)
+            raise error
+        prompt = prompt_from_json(response.json())
+        self.prompts.store(key, prompt, etag=response.headers.get("ETag"), token=token)
+        self.unreachable_until = 0.0
+        self.on_cached()
+        return prompt
+
+    # -- local assignment
+
+    def _route(self, name: str, unit: str) -> Flow[Routed | None]:
+        """As the service routes: the first running experiment on the prompt, else a draft's QA unit."""
+        experiments = yield from self._experiments(name)
+        for experiment in experiments:
+            routed = experiment.route(unit)
+            if routed is not None:
+                assignment, exposure = routed
+                variant = experiment.variant(assignment.variant) if assignment.variant is not None else None
+                return Routed(assignment, variant, exposure)
+        return None
+
+    def _experiments(self, name: str) -> Flow[tuple[Experiment, ...]]:
+        freshness, entry = self.experiments.lookup(name)
+        if entry is not None and freshness is Freshness.FRESH:
+            return entry.value
+        if entry is not None and freshness is Freshness.EXPIRED:
+            yield Spawn(("experiments", name), self._quietly(self._load_experiments(name)))
+            return entry.value
+        if self._unreachable():
+            return entry.value if entry is not None else ()
+        try:
+            return (yield from self._load_experiments(name))
+        except RegistryError as exc:
+            if is_outage(exc):
+                self.unreachable_until = time.monotonic() + self.retries.cooldown
+            # Without the experiments the unit gets the production version: the app keeps working.
+            logger.warning("cannot read the experiments of prompt %r, so units are not routed: %s", name, exc.detail)
+            return entry.value if entry is not None else ()
+
+    def _load_experiments(self, name: str) -> Flow[tuple[Experiment, ...]]:
+        token = self.experiments.token()
+        found: list[Experiment] = []
+        cursor: str | None = None
+        while True:
+            params = {"prompt": name, "limit": 200, **({"cursor": cursor} if cursor else {})}
+            page = (yield from self.call("GET", "/v1/experiments", params=params)).json()
+            found += [experiment_from_json(item) for item in page["items"]]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                break
+        live = [e for e in found if e.status == "running" or (e.status == "draft" and e.forced_variants)]
+        ordered = tuple(sorted(live, key=lambda e: (e.status != "running", e.key)))
+        self.experiments.store(name, ordered, etag=None, token=token)
+        self.on_cached()
+        return ordered
+
+    def get_experiment(self, key: str) -> Flow[Experiment]:
+        response = yield from self.call("GET", f"/v1/experiments/{encode_name(key)}")
+        return experiment_from_json(response.json())
+
+    # -- completions
+
+    def complete(
+        self,
+        name: str,
+        variables: Mapping[str, Any] | None,
+        *,
+        stream: bool,
+        **fields: Any,
+    ) -> Flow[httpx.Response]:
+        """The completion's response: its JSON, or (``stream``) an open event stream."""
+        body = {"variables": dict(variables or {}), "stream": stream}
+        body.update({k: v for k, v in fields.items() if v is not None})
+        request = self.build(
+            "POST", f"/v1/prompts/{encode_name(name)}/complete", json=body, timeout=self.completion_timeout
+        )
+        response = yield from self.send(
+            request, idempotent=False, retry_statuses=COMPLETION_RETRY_STATUSES, stream=stream
+        )
+        if response.status_code >= 400:
+            if stream:
+                yield Read(response)
+            raise error_from_response(response)
+        return response
+
+    # -- events and exposures
+
+    def track(
+        self,
+        unit: str,
+        metric: str,
+        value: float,
+        *,
+        experiment: str | None,
+        timestamp: datetime | None,
+        idempotency_key: str | None,
+    ) -> str:
+        if not unit or not metric:
+            raise ValueError("unit and metric must not be empty")
+        when = timestamp or datetime.now(UTC)
+        if when.tzinfo is None:
+            raise ValueError("timestamp needs a time zone")
+        key = idempotency_key or uuid.uuid4().hex
+        event: dict[str, Any] = {
+            "unit": unit,
+            "metric": metric,
+            "value": float(value),
+            "idempotency_key": key,
+            "timestamp": when.isoformat(),
+        }
+        if experiment is not None:
+            event["experiment"] = experiment
+        if self.outbox.add("events", event):
+            self.on_queued()
+        else:
+            logger.warning("dropped a tracked event: %d are waiting to be sent", self.outbox.policy.max_pending)
+        return key
+
+    def send_batches(self) -> Flow[bool]:
+        """Send what is queued; False when some of it must wait (it stays queued, to be sent again later)."""
+        for kind in KINDS:
+            while batch := self.outbox.take(kind):
+                body = [{k: v for k, v in item.items() if not k.startswith("_")} for item in batch]
+                request = self.build("POST", f"/v1/{kind}", json={kind: body})
+                try:
+                    response = yield from self.send(request)  # idempotent: events by key, exposures by unit
+                except ServiceUnavailable:
+                    self.outbox.give_back(kind, batch)
+                    return False
+                if response.status_code >= 500 or response.status_code == 429:
+                    self.outbox.give_back(kind, batch)
+                    return False
+                if not self._settle(kind, batch, response):
+                    return False
+        return True
+
+    def _settle(self, kind: BatchKind, batch: list[dict[str, Any]], response: httpx.Response) -> bool:
+        """Account for a batch the service answered; False when part of it waits to be sent again later."""
+        outbox = self.outbox
+        if response.status_code < 300:
+            items = response.json().get("items") if kind == "events" else None
+            rejected = [item for item in items or [] if item.get("status") == "rejected"]
+            for item in rejected:
+                logger.warning("the registry rejected an event: %s", item.get("errors"))
+            outbox.rejected += len(rejected)
+            outbox.sent += len(batch) - len(rejected)
+            return True
+        error = error_from_response(response)
+        invalid = _invalid_indexes(kind, error) if response.status_code == 422 else {}
+        if not invalid:
+            outbox.rejected += len(batch)
+            logger.error("the registry refused a batch of %d %s: %s", len(batch), kind, error.detail)
+            return True
+        # Exposures are all or nothing: the valid ones go again. An experiment this client saw running
+        # may not have reached the replica that answered yet, so those wait and go again a few times.
+        again, dropped = [], 0
+        for index, item in enumerate(batch):
+            problem = invalid.get(index)
+            attempts = int(item.get("_attempts", 0))
+            if problem is None:
+                again.append(item)
+            elif "not a running experiment" in problem and attempts < _EXPOSURE_ATTEMPTS:
+                again.append({**item, "_attempts": attempts + 1})
+            else:
+                dropped += 1
+                logger.warning("the registry rejected an exposure: %s", problem)
+        outbox.give_back(kind, again)
+        outbox.rejected += dropped
+        return len(again) == len(batch) - len(invalid)
+
+    # -- the change feed
+
+    def feed_request(self) -> httpx.Request:
+        timeout = httpx.Timeout(self.cache_policy.feed_read_timeout, connect=5.0)
+        return self.build("GET", "/v1/changes", headers={"Accept": "text/event-stream"}, timeout=timeout)
+
+    def feed_backoff(self, attempt: int) -> float:
+        ceiling = min(self.cache_policy.feed_max_backoff, 0.25 * 2.0**attempt)
+        return ceiling / 2 + random.random() * ceiling / 2
+
+    def on_change(self, event: ServerSentEvent) -> list[Spawn]:
+        """Apply one change-feed event; returns the refreshes to start at once.
+
+        ``hello`` (every connect and reconnect) and ``reset`` mean changes may have been
+        missed: every copy is revalidated before it is served again.
+        """
+        prompts: list[CacheKey] = []
+        experiments: list[str] = []
+        if event.event in ("hello", "reset"):
+            prompts, experiments = self.prompts.invalidate_all(), self.experiments.invalidate_all()
+        elif event.event == "change":
+            change = json.loads(event.data)
+            if change.get("kind") == "prompt":
+                prompts = self.prompts.invalidate(str(change.get("name")))
+            elif change.get("kind") == "experiment":
+                experiments = self.experiments.invalidate_all()  # the change names the experiment, not its prompt
+        return [Spawn(("prompt", key), self._quietly(self._refresh_prompt(key))) for key in prompts] + [
+            Spawn(("experiments", name), self._quietly(self._load_experiments(name))) for name in experiments
+        ]
+
+    @staticmethod
+    def _quietly(flow: Flow[V]) -> Flow[V | None]:
+        try:
+            return (yield from flow)
+        except RegistryError as exc:
+            logger.debug("background refresh failed: %s", exc.detail)
+            return None
+
+
+def _invalid_indexes(kind: BatchKind, error: RegistryError) -> dict[int, str]:
+    """The items a 422 names (``exposures[3].experiment``), with what is wrong with each."""
+    prefix = f"{kind}["
+    invalid: dict[int, str] = {}
+    for problem in error.errors:
+        where = str(problem.get("field", ""))
+        if where.startswith(prefix) and "]" in where:
+            index = where[len(prefix) : where.index("]")]
+            if index.isdigit():
+                invalid[int(index)] = str(problem.get("message", ""))
+    return invalid

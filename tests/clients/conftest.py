@@ -1,0 +1,214 @@
+"""The Python client against a live registry: real sockets, real PostgreSQL and Redis.
+
+The registry runs under uvicorn in a thread of its own, so a sync client may block
+the test while the service answers, and a test can stop the service under a
+running client.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from registry.app import create_app
+from registry.settings import Settings
+from tests.api import path
+from tests.completions.fault_server import FaultServer
+
+
+class ThreadedServer:
+    """uvicorn in a thread of its own, on a port that stays the same across restarts."""
+
+    def __init__(self, app: Any, *, lifespan: str = "on") -> None:
+        self.app = app
+        self.lifespan = lifespan
+        self.port = 0
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> str:
+        # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and without
+        # it every answer written in two parts waits ~40 ms for the client's delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            lifespan=self.lifespan,
+            log_level="critical",
+            ws="none",
+            loop="asyncio",
+            timeout_graceful_shutdown=0.5,
+            access_log=False,
+        )
+        self._socket = sock
+        self._server = server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "the server did not start in time"
+            assert self._thread.is_alive(), "the server stopped while starting"
+            time.sleep(0.01)
+        return self.url
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(10)
+            assert not self._thread.is_alive(), "the server did not stop"
+            if self._socket is not None:
+                self._socket.close()
+            self._server = self._thread = None
+
+
+@dataclass
+class Live:
+    """A registry serving on a real port; ``admin`` is an HTTP client with an admin key."""
+
+    key: str
+    settings: Settings
+    admin: httpx.Client = field(init=False)
+    server: ThreadedServer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.server = ThreadedServer(create_app(self.settings))
+        self.server.start()
+        self.admin = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"})
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def restart(self) -> None:
+        """Stop, then serve a new instance of the registry on the same port."""
+        port = self.server.port
+        self.stop()
+        self.server = ThreadedServer(create_app(self.settings))
+        self.server.port = port
+        self.server.start()
+
+    # -- setting up content, the way a caller would
+
+    def ok(self, response: httpx.Response) -> dict[str, Any]:
+        assert response.status_code in (200, 201, 207), response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def prompt(self, name: str, *versions: dict[str, Any], production: int | None = 1, **fields: Any) -> None:
+        """Create ``name`` with ``versions`` (content bodies); put ``production`` in production."""
+        self.ok(self.admin.post("/v1/prompts", json={"name": name, **fields}))
+        for content in versions:
+            self.ok(self.admin.post(f"/v1/prompts/{path(name)}/versions", json=content))
+        if production is not None:
+            self.promote(name, production)
+
+    def promote(self, name: str, version: int, to: str = "production") -> None:
+        current = self.ok(self.admin.get(f"/v1/prompts/{path(name)}/versions", params={"state": to}))["items"]
+        body = {"to": to, "expected_current": current[0]["version"] if current else None}
+        self.ok(self.admin.post(f"/v1/prompts/{path(name)}/versions/{version}/promote", json=body))
+
+
+def text(template: str) -> dict[str, Any]:
+    return {"kind": "text", "template": template}
+
+
+LiveFactory = Callable[..., Live]
+
+
+@pytest.fixture
+def live_registry(settings: Settings, clean_database: AsyncEngine, admin: dict[str, str]) -> Iterator[LiveFactory]:
+    """Start the registry (with settings overrides) on a free port; stopped after the test."""
+    started: list[Live] = []
+
+    def start(**overrides: Any) -> Live:
+        live = Live(admin["Authorization"].removeprefix("Bearer "), settings.model_copy(update=overrides))
+        started.append(live)
+        return live
+
+    yield start
+    for live in reversed(started):
+        live.admin.close()
+        live.stop()
+
+
+@pytest.fixture
+def live(live_registry: LiveFactory) -> Live:
+    return live_registry()
+
+
+@dataclass
+class Recorder:
+    """Counts what a client sends, by method and path, and the statuses it gets back."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def saw(self, request: httpx.Request, status: int | None) -> None:
+        key = f"{request.method} {request.url.path}"
+        with self.lock:
+            self.requests[key] += 1
+            if status is not None:
+                self.statuses[f"{key} {status}"] += 1
+
+    def count(self, prefix: str) -> int:
+        with self.lock:
+            return sum(n for key, n in self.requests.items() if key.startswith(prefix))
+
+
+class RecordingTransport(httpx.HTTPTransport):
+    """The real transport, counting requests; ``fail_after`` drops answers of requests it names."""
+
+    def __init__(self, recorder: Recorder, lose_answer: Callable[[httpx.Request], bool] | None = None) -> None:
+        super().__init__()
+        self.recorder = recorder
+        self.lose_answer = lose_answer
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        self.recorder.saw(request, response.status_code)
+        if self.lose_answer is not None and self.lose_answer(request):
+            response.close()
+            raise httpx.ReadError("the answer was lost on the way back", request=request)
+        return response
+
+
+class AsyncRecordingTransport(httpx.AsyncHTTPTransport):
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        self.recorder.saw(request, response.status_code)
+        return response
+
+
+@pytest.fixture(scope="session")
+def fault() -> Iterator[FaultServer]:
+    """An OpenAI-compatible backend that streams on cue (see tests/completions/fault_server.py)."""
+    fault = FaultServer()
+    server = ThreadedServer(fault, lifespan="off")
+    fault.url = server.start()  # type: ignore[attr-defined]
+    yield fault
+    server.stop()

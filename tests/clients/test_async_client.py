@@ -1,0 +1,56 @@
+"""The asyncio client keeps the same promises: cache, background refresh, change feed, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+from prompt_registry_client import AsyncRegistryClient, CachePolicy, RetryPolicy, ServiceUnavailable
+
+from tests.clients.conftest import AsyncRecordingTransport, Live, Recorder, text
+
+
+async def seconds_until(check: Callable[[], Awaitable[bool]], limit: float) -> float:
+    started = time.perf_counter()
+    while not await check():
+        assert time.perf_counter() - started < limit, "not within the time allowed"
+        await asyncio.sleep(0.005)
+    return time.perf_counter() - started
+
+
+async def test_the_async_client_caches_refreshes_in_the_background_and_follows_the_feed(live: Live) -> None:
+    live.prompt("greet", text("v1 {{ name }}"), text("v2 {{ name }}"), text("v3 {{ name }}"))
+    recorder = Recorder()
+    transport = AsyncRecordingTransport(recorder)
+    async with AsyncRegistryClient(live.url, live.key, transport=transport, cache=CachePolicy(ttl=0.2)) as registry:
+        assert (await registry.render("greet", {"name": "Ada"})).text == "v1 Ada"
+        assert (await registry.get_prompt("greet")).version == 1
+        assert recorder.count("GET /v1/prompts/greet") == 1
+        await asyncio.sleep(0.3)  # expired; the feed has connected meanwhile
+        live.promote("greet", 2)
+        feed_in = await seconds_until(lambda: _version_is(registry, 2), limit=2)
+        live.promote("greet", 3)
+        await seconds_until(lambda: _version_is(registry, 3), limit=2)
+    assert feed_in < 2
+    assert recorder.count("GET /v1/changes") == 1
+
+
+async def _version_is(registry: AsyncRegistryClient, version: int) -> bool:
+    return (await registry.get_prompt("greet")).version == version
+
+
+async def test_the_async_client_serves_the_cache_then_the_fallback_when_the_service_is_stopped(live: Live) -> None:
+    live.prompt("greet", text("Hello {{ name }}!"))
+    fast = RetryPolicy(attempts=2, backoff=0.01)
+    async with AsyncRegistryClient(live.url, live.key, retries=fast, cache=CachePolicy(ttl=0.05)) as registry:
+        await registry.get_prompt("greet")
+        live.stop()
+        await asyncio.sleep(0.1)
+        cached = await registry.render("greet", {"name": "Ada"})
+        fallback = await registry.render("farewell", {"name": "Ada"}, fallback="Bye {{ name }}")
+        with pytest.raises(ServiceUnavailable):
+            await registry.get_prompt("farewell")
+    assert cached.text == "Hello Ada!"
+    assert (fallback.text, fallback.fallback) == ("Bye Ada", True)
