@@ -1,0 +1,235 @@
+"""CPU per request of the fast path, in process: steadier than load tests on a shared machine.
+
+Calls the ASGI app directly (no sockets, no load generator), so the numbers are
+the service's own work per request: the bare route (our middleware and Litestar),
+resolve, render, render with a new unit per request (assignment and a first
+exposure), and a streamed 32-token completion against a stand-in backend (the
+fault server of the tests, in its own process). ``--profile SCENARIO`` prints a
+cProfile of that scenario, which is how the fast path was tuned (see
+BENCHMARKS.md, "What was removed from the fast path").
+
+Run: ``make bench-cpu`` (or ``python bench/fast_path_cpu.py``); PostgreSQL and Redis at 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import pstats
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import PATH, PROMPT, REDIS_URL, admin, database_url, free_port, machine, prepare, write_section  # noqa: E402
+
+SECTION = "## Fast path, CPU per request"
+FAULT_SERVER = (
+    "import sys, uvicorn; sys.path.insert(0, sys.argv[2]); "
+    "from tests.completions.fault_server import FaultServer; "
+    "uvicorn.run(FaultServer(), host='127.0.0.1', port=int(sys.argv[1]), log_level='warning')"
+)
+Call = Callable[[], Awaitable[int]]
+
+
+def asgi_call(app: Any, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> Call:
+    """One request straight into the ASGI app; receive says 'disconnect' once the response is sent, as servers do."""
+
+    async def call() -> int:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path.replace("%2F", "/"),
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [*headers, (b"content-length", str(len(body)).encode())] if body else headers,
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+        done = asyncio.Event()
+        delivered = False
+        status = 0
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif not message.get("more_body"):
+                done.set()
+
+        await app(scope, receive, send)
+        return status
+
+    return call
+
+
+async def publish(app: Any, secret: str) -> None:
+    headers = {"Authorization": f"Bearer {secret}"}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://bench", headers=headers) as http:
+        for method, path, body in [
+            ("POST", "/v1/configs", {"name": "stand-in"}),
+            ("POST", "/v1/configs/stand-in/versions", {
+                "backend": "stand-in", "model": "trickle:0", "params": {"max_tokens": 32},
+            }),
+            ("POST", "/v1/prompts", {"name": PROMPT}),
+            ("POST", f"/v1/prompts/{PATH}/versions", {"kind": "text", "template": "Hello {{ name }}, how can I help?"}),
+            ("POST", f"/v1/prompts/{PATH}/versions", {"kind": "text", "template": "Hi {{ name }}! What do you need?"}),
+            ("POST", f"/v1/prompts/{PATH}/versions/1/promote", {"to": "production", "expected_current": None}),
+            ("POST", "/v1/metrics", {"key": "bench_converted", "kind": "binomial"}),
+            ("POST", "/v1/experiments", {
+                "key": "bench-greeting", "prompt": PROMPT, "primary_metric": "bench_converted",
+                "variants": [{"key": "a", "prompt_version": 1}, {"key": "b", "prompt_version": 2}],
+            }),
+            ("POST", "/v1/experiments/bench-greeting/start", None),
+            ("POST", "/v1/prompts", {"name": "bench/complete"}),
+            ("POST", "/v1/prompts/bench%2Fcomplete/versions", {
+                "kind": "chat", "messages": [{"role": "user", "content": "Hi {{ name }}"}],
+                "config": {"name": "stand-in", "version": 1},
+            }),
+            ("POST", "/v1/prompts/bench%2Fcomplete/versions/1/promote", {"to": "production", "expected_current": None}),
+        ]:  # fmt: skip
+            response = await http.request(method, path, json=body)
+            response.raise_for_status()
+    await asyncio.sleep(0.3)  # the experiment reaches the router
+
+
+async def measure(requests: int, profile: str | None, port: int) -> dict[str, float]:
+    name = f"registry_cpu_{uuid.uuid4().hex[:8]}"
+    await admin(f'CREATE DATABASE "{name}"')
+    os.environ.update(
+        REGISTRY_DATABASE_URL=database_url(name),
+        REGISTRY_REDIS_URL=REDIS_URL,
+        REGISTRY_REDIS_KEY_PREFIX=f"cpu-{uuid.uuid4().hex[:8]}:",
+        REGISTRY_ACCESS_LOG="false",
+        REGISTRY_LOG_LEVEL="WARNING",
+        REGISTRY_ROLE="api",
+        REGISTRY_BACKENDS=json.dumps({"stand-in": {"url": f"http://127.0.0.1:{port}"}}),
+    )
+    from bench.app import create_bench_app
+    from registry.settings import Settings
+
+    secret = await prepare(Settings())
+    app = create_bench_app()
+    runtime = app.state.runtime
+    await runtime.start()
+    try:
+        await publish(app, secret)
+        auth = [(b"authorization", f"Bearer {secret}".encode())]
+        json_auth = [*auth, (b"content-type", b"application/json")]
+        units = iter(range(10**9))
+        scenarios: dict[str, Callable[[], Call]] = {
+            "bare": lambda: asgi_call(app, "GET", "/bench/bare", []),
+            "resolve": lambda: asgi_call(app, "GET", f"/v1/prompts/{PATH}", auth),
+            "render": lambda: asgi_call(
+                app, "POST", f"/v1/prompts/{PATH}/render", json_auth, b'{"variables": {"name": "Ada"}}'
+            ),
+            "render+unit": lambda: asgi_call(
+                app,
+                "POST",
+                f"/v1/prompts/{PATH}/render",
+                json_auth,
+                b'{"variables": {"name": "Ada"}, "unit": "u%d"}' % next(units),
+            ),
+            "complete (stream, 32 tokens)": lambda: asgi_call(
+                app,
+                "POST",
+                "/v1/prompts/bench%2Fcomplete/complete",
+                json_auth,
+                b'{"variables": {"name": "Ada"}, "stream": true}',
+            ),
+        }
+        for label, make in scenarios.items():
+            assert await make()() == 200, label
+        results: dict[str, float] = {}
+        for label, make in scenarios.items():
+            count = requests if "complete" not in label else max(requests // 20, 50)
+            rounds = []
+            for _ in range(3):
+                calls = [make() for _ in range(count)]
+                started = time.process_time()
+                for call in calls:
+                    await call()
+                rounds.append((time.process_time() - started) / count * 1e6)
+            results[label] = statistics.median(rounds)
+        if profile:
+            profiler = cProfile.Profile()
+            calls = [scenarios[profile]() for _ in range(2000)]
+            profiler.enable()
+            for call in calls:
+                await call()
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        return results
+    finally:
+        await runtime.stop()
+        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def report(results: dict[str, float], requests: int) -> str:
+    bare = results["bare"]
+    lines = [
+        SECTION,
+        "",
+        "CPU time of this process per request, calling the ASGI app directly (no sockets, no load "
+        "generator): medians of 3 rounds. The completion's stand-in backend runs in another process "
+        "and is not counted.",
+        "",
+        "| scenario | µs CPU per request | bare / scenario |",
+        "| --- | ---: | ---: |",
+        *(f"| {label} | {us:,.1f} | {bare / us:.0%} |" for label, us in results.items()),
+        "",
+        f"- command: `make bench-cpu` (`python bench/fast_path_cpu.py --requests {requests}`)",
+        f"- machine: {machine()}",
+        f"- measured: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--requests", type=int, default=6000, help="Requests per round and scenario.")
+    parser.add_argument("--profile", help="Print a cProfile of this scenario (e.g. 'render+unit').")
+    parser.add_argument("--no-write", action="store_true", help="Print only.")
+    args = parser.parse_args()
+    port = free_port()
+    stand_in = subprocess.Popen([sys.executable, "-c", FAULT_SERVER, str(port), str(ROOT)])
+    try:
+        results = asyncio.run(measure(args.requests, args.profile, port))
+    finally:
+        stand_in.terminate()
+        stand_in.wait(timeout=10)
+    body = report(results, args.requests)
+    print(body)
+    if not args.no_write:
+        write_section(SECTION, body)
+
+
+if __name__ == "__main__":
+    main()
