@@ -85,12 +85,14 @@ def tool_version(command: list[str]) -> str:
 def write_section(section: str, body: str, path: Path = BENCHMARKS) -> None:
     """Replace (or append) the ``## section`` of BENCHMARKS.md with ``body``."""
     before = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = before.find(section)
-    if start < 0:
+    # Only a heading line counts: prose elsewhere may quote the section's title.
+    heading = re.search(rf"^{re.escape(section)}$", before, flags=re.MULTILINE)
+    if heading is None:
         updated = before.rstrip("\n") + "\n\n" + body
     else:
-        end = before.find("\n## ", start + len(section))
-        updated = before[:start] + body + ("" if end < 0 else before[end:])
+        start = heading.start()
+        end = before.find("\n## ", heading.end())
+        updated = before[:start] + body.rstrip("\n") + "\n" + ("" if end < 0 else before[end:])
     path.write_text(updated.rstrip("\n") + "\n")
 
 

@@ -14,7 +14,7 @@ Scenarios run interleaved for several rounds; medians are reported with the rati
 the bare handler, and the exposures written are checked against the requests served.
 Event ingestion (``POST /v1/events``, batches of 500) is measured separately.
 
-Run: ``make bench`` (or ``python bench/hot_path.py``); results go to BENCHMARKS.md.
+Run: ``make bench-fast`` (or ``python bench/hot_path.py``); results go to BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def report(results: dict[str, dict[str, object]], args: argparse.Namespace) -> s
         )
     lines += [
         "",
-        f"- command: `make bench` (`python bench/hot_path.py --servers {' '.join(args.servers)} "
+        f"- command: `make bench-fast` (`python bench/hot_path.py --servers {' '.join(args.servers)} "
         f"--workers {args.workers} --seconds {args.seconds:g} --rounds {args.rounds}`)",
         f"- machine: {machine()}; {tool_version(['wrk', '--version'])}",
         f"- measured: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",

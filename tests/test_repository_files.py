@@ -72,3 +72,19 @@ def test_every_benchmark_script_starts(script: str) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
+
+
+def test_a_benchmark_replaces_only_its_own_section(tmp_path: Path) -> None:
+    """Hand-written sections may quote a generated section's title; only the heading line is replaced."""
+    from bench.common import write_section
+
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Benchmarks\n\n## Notes\n\nSee `## Speed` below.\n\n## Speed\n\nold\n\n## Memory\n\nkept\n")
+
+    write_section("## Speed", "## Speed\n\nnew\n", path)
+    write_section("## Extra", "## Extra\n\nappended\n", path)
+
+    assert path.read_text() == (
+        "# Benchmarks\n\n## Notes\n\nSee `## Speed` below.\n\n## Speed\n\nnew\n\n## Memory\n\nkept\n\n"
+        "## Extra\n\nappended\n"
+    )
