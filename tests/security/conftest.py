@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from registry.settings import Settings
 from tests.conftest import REDIS_URL, create_database, drop_database, make_key_on
@@ -42,6 +43,13 @@ def server_env(database_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
+async def delete_redis_keys(prefix: str) -> None:
+    redis = Redis.from_url(REDIS_URL)
+    async for key in redis.scan_iter(match=f"{prefix}*"):
+        await redis.delete(key)
+    await redis.aclose()
+
+
 @pytest.fixture
 def live_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A granian server on its own database; ``@pytest.mark.parametrize('live_server', [{...}], indirect=True)``
@@ -64,3 +72,4 @@ def live_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         stdout.close()
         stderr.close()
         asyncio.run(drop_database(name))
+        asyncio.run(delete_redis_keys(env["REGISTRY_REDIS_KEY_PREFIX"]))
