@@ -26,6 +26,7 @@ from registry.feed.controller import ChangeFeedController
 from registry.lib.errors import exception_to_response
 from registry.lib.http import RequestContextMiddleware
 from registry.lib.logging import configure_logging
+from registry.lib.openapi import declare_problem_responses
 from registry.prompts.controller import PromptController
 from registry.runtime import Runtime
 from registry.settings import Settings, get_settings
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,
     )
     ensure_scopes_declared(app)
+    declare_problem_responses(app, API_PREFIX)
     app.asgi_handler = RequestContextMiddleware(
         app.asgi_handler, metrics=runtime.http_metrics, access_log=settings.access_log, state={"runtime": runtime}
     )

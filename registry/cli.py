@@ -167,6 +167,7 @@ def run_server(settings: Settings) -> None:
     if settings.server == "granian":
         from granian import Granian
         from granian.constants import Interfaces
+        from granian.http import HTTP1Settings
 
         Granian(
             target,
@@ -176,6 +177,7 @@ def run_server(settings: Settings) -> None:
             interface=Interfaces.ASGI,
             workers=settings.workers,
             log_access=False,
+            http1_settings=HTTP1Settings(header_read_timeout=round(settings.header_read_timeout_seconds * 1000)),
         ).serve()
     else:
         import uvicorn
@@ -188,6 +190,7 @@ def run_server(settings: Settings) -> None:
             workers=settings.workers,
             access_log=False,
             log_level="warning",
+            timeout_keep_alive=max(1, round(settings.header_read_timeout_seconds)),
         )
 
 

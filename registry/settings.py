@@ -81,6 +81,13 @@ class Settings(BaseSettings):
         description="Background work of this process: all (one process does everything), api (serves requests, "
         "flushes its own buffers), worker (statistics, webhooks, retention; `registry worker`).",
     )
+    header_read_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=60,
+        description="Seconds a client has to send a request's headers before the server closes the connection "
+        "(slow-loris defence).",
+    )
     bootstrap_admin_key: bool = Field(
         True, description="On a first start with no API keys at all, create an admin key and print it once."
     )

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -30,11 +31,17 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, env: dict[str, str], port: int) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        port: int,
+        *,
+        stdout: IO[str] | int = subprocess.DEVNULL,
+        stderr: IO[str] | int = subprocess.PIPE,
+    ) -> None:
+        """``stdout`` and ``stderr`` may be files, for servers that log more than a pipe holds."""
         self.url = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen(
-            [REGISTRY, "serve"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
-        )
+        self.process = subprocess.Popen([REGISTRY, "serve"], env=env, stderr=stderr, stdout=stdout, text=True)
         self.stderr_lines: list[str] = []
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -22,6 +22,8 @@ SCOPE_OPT = "scope"
 
 async def authorize_request(request: Request[Any, Any, Any]) -> None:
     handler = request.route_handler
+    if handler.http_methods == {"OPTIONS"}:
+        return  # Litestar's automatic OPTIONS answer lists the allowed methods and returns no data
     required = handler.opt.get(SCOPE_OPT)
     if not isinstance(required, Scope):
         raise RegistryError(f"route {handler.handler_name} declares no scope")

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from litestar import Response, get, post
 from litestar.di import NamedDependency, Provide
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -57,6 +58,9 @@ class ConfigController(VersionedResourceController):
         opt={"scope": Scope.WRITE},
         operation_id="createConfigVersion",
         summary="Create a version (201), or get the newest if identical (200)",
+        responses={
+            200: ResponseSpec(ConfigVersionOut, description="Identical to the newest version, which is returned.")
+        },
     )
     async def create_version(
         self,

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -294,6 +295,8 @@ class EventController(Controller):
         summary="Record outcome events (up to 1000)",
         description="Each event is accepted, a duplicate (its idempotency key was seen before: ignored) or "
         "rejected with its errors; the others are kept. 200 when none is rejected, 207 otherwise.",
+        status_code=200,
+        responses={207: ResponseSpec(EventBatchOut, description="Some events were rejected; each lists its errors.")},
     )
     async def record_events(
         self, data: JSONBody[EventBatch], service: NamedDependency[EventService]

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from litestar import Controller, get
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from registry.auth.keys import Scope
@@ -51,6 +52,7 @@ class ChangeFeedController(Controller):
             "Events: `hello` on connect; `change` with `{kind, name, action}`; `reset` when changes may have been "
             "missed (drop every cached copy). A comment is sent every `REGISTRY_FEED_HEARTBEAT_SECONDS`."
         ),
+        responses={200: ResponseSpec(None, media_type="text/event-stream", description="An endless event stream.")},
     )
     async def changes(self, runtime: NamedDependency[Runtime]) -> ServerSentEvent:
         return ServerSentEvent(feed_messages(runtime), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 import structlog
+from asyncpg.exceptions import DataError as AsyncpgDataError
 from litestar import Request, Response
 from litestar.exceptions import (
     ClientException,
@@ -255,11 +256,29 @@ def translate_exception(exc: Exception) -> RegistryError:
         exc, sa_exc.TimeoutError | sa_exc.OperationalError | sa_exc.InterfaceError | ConnectionError | OSError
     ):
         return DatabaseUnavailableError("the database is unreachable; retry shortly", headers={"Retry-After": "1"})
+    if isinstance(exc, sa_exc.DBAPIError) and _is_unstorable_value(exc):
+        return InvalidInputError("a value in the request is out of range or cannot be stored")
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return DatabaseUnavailableError("the database connection was lost; retry", headers={"Retry-After": "1"})
     if isinstance(exc, sa_exc.IntegrityError):
         return ConflictError("the change conflicts with a concurrent change; retry")
     return RegistryError("an unexpected error occurred; the request id identifies it in the logs")
+
+
+def _is_unstorable_value(exc: sa_exc.DBAPIError) -> bool:
+    """A parameter the database cannot take: an integer past its column's range, a NUL in text.
+
+    asyncpg raises its ``DataError`` while encoding such a parameter, before the query is sent;
+    SQLAlchemy passes it on as a generic ``DBAPIError``, so the cause chain is checked.
+    """
+    if isinstance(exc, sa_exc.DataError):
+        return True
+    cause: BaseException | None = exc.orig
+    while cause is not None:
+        if isinstance(cause, AsyncpgDataError):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

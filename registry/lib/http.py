@@ -38,6 +38,12 @@ _ID_PREFIX = secrets.token_hex(8)
 _ID_COUNTER = itertools.count(1)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 ENCODED_SLASH = "%2F"
+# An API key pasted into a URL by mistake is redacted before the path is logged.
+_KEY_IN_PATH = re.compile(r"prk_[a-z2-9]{12}_[A-Za-z0-9_-]{43}")
+
+
+def loggable_path(path: str) -> str:
+    return _KEY_IN_PATH.sub("prk_[redacted]", path) if "prk_" in path else path
 
 
 def path_keeping_encoded_slashes(raw_path: bytes) -> str:
@@ -124,7 +130,7 @@ class RequestContextMiddleware:
                 logger.info(
                     "request",
                     method=method,
-                    path=scope["path"],
+                    path=loggable_path(scope["path"]),
                     route=route,
                     status=status,
                     duration_ms=round(elapsed * 1000, 3),

@@ -90,7 +90,10 @@ class PromptController(VersionedResourceController):
         description="Defaults to the production version. Sends an ETag; `If-None-Match` gives 304. With `unit`, "
         "a running experiment may route the unit to a variant's version, named in `X-Registry-Experiment`, "
         "`-Phase`, `X-Registry-Variant` and `X-Registry-In-Experiment`.",
-        responses={200: ResponseSpec(ResolvedPromptOut, description="The resolved version with its config.")},
+        responses={
+            200: ResponseSpec(ResolvedPromptOut, description="The resolved version with its config."),
+            304: ResponseSpec(None, description="The version in `If-None-Match` is still current."),
+        },
     )
     async def resolve_prompt(
         self,
@@ -141,6 +144,9 @@ class PromptController(VersionedResourceController):
         opt={"scope": Scope.WRITE},
         operation_id="createPromptVersion",
         summary="Create a version (201), or get the newest if identical (200)",
+        responses={
+            200: ResponseSpec(PromptVersionOut, description="Identical to the newest version, which is returned.")
+        },
     )
     async def create_version(
         self,

@@ -6,6 +6,7 @@ import asyncio
 
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -41,7 +42,12 @@ class SystemController(Controller):
     async def health(self) -> HealthOut:
         return HealthOut(status="ok")
 
-    @get("/ready", operation_id="ready", summary="The database (and Redis, when configured) answer")
+    @get(
+        "/ready",
+        operation_id="ready",
+        summary="The database (and Redis, when configured) answer",
+        responses={503: ResponseSpec(ReadinessOut, description="A dependency does not answer; each is named.")},
+    )
     async def ready(self, runtime: NamedDependency[Runtime]) -> Response[ReadinessOut]:
         database = redis = "ok"
         try:
