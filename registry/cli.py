@@ -219,7 +219,12 @@ def keys() -> None:
     help=f"Comma-separated, from: {', '.join(SCOPES)} (admin implies all).",
 )
 @click.option("--expires-in-days", type=click.IntRange(min=1), help="Expire the key after this many days.")
-def keys_create(name: str, scopes: str, expires_in_days: int | None) -> None:
+@click.option(
+    "--rate-limit",
+    type=click.IntRange(min=0, max=10_000_000),
+    help="Requests per minute (0: unlimited; default: REGISTRY_RATE_LIMIT_PER_MINUTE).",
+)
+def keys_create(name: str, scopes: str, expires_in_days: int | None, rate_limit: int | None) -> None:
     """Create a key and print its secret (shown only once)."""
     wanted = [s.strip() for s in scopes.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in SCOPES]
@@ -229,7 +234,7 @@ def keys_create(name: str, scopes: str, expires_in_days: int | None) -> None:
 
     async def work(session: AsyncSession) -> tuple[str, str]:
         key, secret = await ApiKeyService(session).create_key(
-            name, [Scope(s) for s in wanted], cli_actor(), expires_at=expires_at
+            name, [Scope(s) for s in wanted], cli_actor(), expires_at=expires_at, rate_limit_per_minute=rate_limit
         )
         return key.public_id, secret
 

@@ -20,6 +20,7 @@ from prompt_registry_client.templating import RenderLimits
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from registry.auth.rate_limit import RateLimiter
 from registry.auth.verifier import ApiKeyVerifier
 from registry.completions.components import Completions
 from registry.completions.upstream import http_client_for
@@ -52,6 +53,7 @@ class Runtime:
     metrics_registry: CollectorRegistry
     http_metrics: HttpMetrics
     key_verifier: ApiKeyVerifier
+    rate_limiter: RateLimiter
     prompts: PromptCatalog
     prompt_limits: PromptLimits
     feed: FeedHub
@@ -82,6 +84,9 @@ class Runtime:
             metrics_registry=metrics_registry,
             http_metrics=HttpMetrics(metrics_registry),
             key_verifier=ApiKeyVerifier(sessionmaker, bus, cache_seconds=settings.api_key_cache_seconds),
+            rate_limiter=RateLimiter(
+                redis, settings.redis_key_prefix, default_per_minute=settings.rate_limit_per_minute
+            ),
             prompts=PromptCatalog(
                 sessionmaker,
                 bus,
@@ -112,6 +117,11 @@ class Runtime:
         )
         runtime.prompts.router = runtime.experiments.router
         runtime.jobs.append(PeriodicJob("api-key-last-used", 30.0, runtime.key_verifier.flush_last_used))
+        runtime.jobs.append(
+            PeriodicJob(
+                "rate-limits", settings.rate_limit_sync_seconds, runtime.rate_limiter.sync, run_at_shutdown=False
+            )
+        )
         runtime.jobs += runtime.experiments.jobs()
         runtime.jobs.append(
             PeriodicJob(

@@ -113,6 +113,17 @@ class Settings(BaseSettings):
     )
     cache_max_prompts: int = Field(10_000, ge=1, description="Prompts kept in the in-process cache.")
     api_key_cache_seconds: float = Field(60.0, ge=0, description="How long a verified API key is trusted in memory.")
+    rate_limit_per_minute: int = Field(
+        0,
+        ge=0,
+        description="Requests per minute per API key unless the key sets its own; 0 is unlimited. Over it: 429.",
+    )
+    rate_limit_sync_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="How often each process adds its admissions to the shared Redis counters; between two syncs "
+        "replicas do not see each other's requests.",
+    )
 
     # -- experiments
     experiment_exposure_flush_seconds: float = Field(

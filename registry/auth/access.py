@@ -32,7 +32,9 @@ async def authorize_request(request: Request[Any, Any, Any]) -> None:
         if name == b"authorization":
             authorization = value.decode("latin-1")
             break
-    principal = await runtime_of(request).key_verifier.authenticate(authorization)
+    runtime = runtime_of(request)
+    principal = await runtime.key_verifier.authenticate(authorization)
     if not grants(principal.scopes, required):
         raise ForbiddenError(f"this API key lacks the '{required.value}' scope")
+    runtime.rate_limiter.admit(principal)
     request.scope["user"] = principal

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, delete, get, post
+from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -10,7 +10,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from registry.auth.audit import AuditLog
 from registry.auth.keys import Scope
 from registry.auth.principal import Actor
-from registry.auth.schemas import ApiKeyOut, ApiKeyPage, AuditEntryOut, AuditPage, CreateApiKey, CreatedApiKey
+from registry.auth.schemas import (
+    ApiKeyOut,
+    ApiKeyPage,
+    AuditEntryOut,
+    AuditPage,
+    CreateApiKey,
+    CreatedApiKey,
+    SetRateLimit,
+)
 from registry.auth.service import ApiKeyService
 from registry.lib.pagination import PageRequest, encode_cursor
 from registry.lib.schema import paginate
@@ -42,7 +50,13 @@ class ApiKeyController(Controller):
         service: NamedDependency[ApiKeyService],
         current_actor: NamedDependency[Actor],
     ) -> CreatedApiKey:
-        key, secret = await service.create_key(data.name, data.scopes, current_actor, expires_at=data.expires_at)
+        key, secret = await service.create_key(
+            data.name,
+            data.scopes,
+            current_actor,
+            expires_at=data.expires_at,
+            rate_limit_per_minute=data.rate_limit_per_minute,
+        )
         return CreatedApiKey(key=secret, api_key=ApiKeyOut.of(key))
 
     @get("/", opt={"scope": Scope.ADMIN}, operation_id="listApiKeys", summary="List API keys")
@@ -55,6 +69,22 @@ class ApiKeyController(Controller):
         rows = await service.list_keys(page, include_revoked=include_revoked)
         items, cursor = paginate(rows, page.limit, lambda k: encode_cursor(k.id))
         return ApiKeyPage(items=[ApiKeyOut.of(k) for k in items], next_cursor=cursor)
+
+    @put(
+        "/{key_id:str}/rate-limit",
+        opt={"scope": Scope.ADMIN},
+        operation_id="setApiKeyRateLimit",
+        summary="Set a key's requests per minute",
+        description="Takes effect on every replica at once; `null` returns the key to the deployment's default.",
+    )
+    async def set_rate_limit(
+        self,
+        key_id: FromPath[str],
+        data: JSONBody[SetRateLimit],
+        service: NamedDependency[ApiKeyService],
+        current_actor: NamedDependency[Actor],
+    ) -> ApiKeyOut:
+        return ApiKeyOut.of(await service.set_rate_limit(key_id, data.per_minute, current_actor))
 
     @delete(
         "/{key_id:str}",

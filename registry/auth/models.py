@@ -24,6 +24,7 @@ class ApiKey(IdMixin, Base):
     revoked_at: Mapped[datetime | None]
     revoked_by: Mapped[str | None] = mapped_column(String(128))
     last_used_at: Mapped[datetime | None]
+    rate_limit_per_minute: Mapped[int | None]  # None: the deployment's default; 0: unlimited
 
 
 class AuditEntry(IdMixin, Base):

@@ -11,6 +11,7 @@ class Principal:
     public_id: str
     name: str
     scopes: frozenset[str]
+    rate_limit_per_minute: int | None = None  # None: the deployment's default; 0: unlimited
 
 
 @dataclass(frozen=True, slots=True)

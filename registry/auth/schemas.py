@@ -10,12 +10,25 @@ from registry.auth.models import ApiKey, AuditEntry
 from registry.lib.schema import Input, Output
 
 KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+RequestsPerMinute = Annotated[
+    int,
+    msgspec.Meta(
+        ge=0,
+        le=10_000_000,
+        description="Requests per minute this key may make; 0 is unlimited; null uses the deployment's default.",
+    ),
+]
 
 
 class CreateApiKey(Input):
     name: KeyName
     scopes: Annotated[list[Scope], msgspec.Meta(min_length=1)]
     expires_at: datetime | None = None
+    rate_limit_per_minute: RequestsPerMinute | None = None
+
+
+class SetRateLimit(Input):
+    per_minute: RequestsPerMinute | None
 
 
 class ApiKeyOut(Output):
@@ -27,6 +40,7 @@ class ApiKeyOut(Output):
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    rate_limit_per_minute: int | None
 
     @classmethod
     def of(cls, key: ApiKey) -> ApiKeyOut:
@@ -39,6 +53,7 @@ class ApiKeyOut(Output):
             expires_at=key.expires_at,
             revoked_at=key.revoked_at,
             last_used_at=key.last_used_at,
+            rate_limit_per_minute=key.rate_limit_per_minute,
         )
 
 

@@ -24,7 +24,13 @@ class ApiKeyNotFoundError(NotFoundError):
 
 
 def key_snapshot(key: ApiKey) -> dict[str, object]:
-    return {"id": key.public_id, "name": key.name, "scopes": key.scopes, "revoked": key.revoked_at is not None}
+    return {
+        "id": key.public_id,
+        "name": key.name,
+        "scopes": key.scopes,
+        "revoked": key.revoked_at is not None,
+        "rate_limit_per_minute": key.rate_limit_per_minute,
+    }
 
 
 class ApiKeyService:
@@ -34,7 +40,13 @@ class ApiKeyService:
         self.audit = AuditLog(session)
 
     async def create_key(
-        self, name: str, scopes: Sequence[Scope], actor: Actor, *, expires_at: datetime | None = None
+        self,
+        name: str,
+        scopes: Sequence[Scope],
+        actor: Actor,
+        *,
+        expires_at: datetime | None = None,
+        rate_limit_per_minute: int | None = None,
     ) -> tuple[ApiKey, str]:
         """Create a key; the full secret is returned here and never again."""
         if expires_at is not None and expires_at <= utcnow():
@@ -48,6 +60,7 @@ class ApiKeyService:
                 scopes=sorted({s.value for s in scopes}),
                 created_by=actor.name,
                 expires_at=expires_at,
+                rate_limit_per_minute=rate_limit_per_minute,
             )
         )
         await self.audit.record(actor, "api_key.create", "api_key", public_id, after=key_snapshot(key))
@@ -56,10 +69,26 @@ class ApiKeyService:
     async def list_keys(self, page: PageRequest, *, include_revoked: bool) -> Sequence[ApiKey]:
         return await self.repository.list(page, include_revoked=include_revoked)
 
-    async def revoke_key(self, public_id: str, actor: Actor) -> ApiKey:
+    async def set_rate_limit(self, public_id: str, per_minute: int | None, actor: Actor) -> ApiKey:
+        """Change a key's requests per minute (None: the default); every replica drops its cached copy."""
+        key = await self._get(public_id)
+        before = key_snapshot(key)
+        key.rate_limit_per_minute = per_minute
+        await self.session.flush()
+        await self.audit.record(
+            actor, "api_key.rate_limit", "api_key", public_id, before=before, after=key_snapshot(key)
+        )
+        record_change(self.session, Change("api_key", public_id, "rate_limit"))
+        return key
+
+    async def _get(self, public_id: str) -> ApiKey:
         key = await self.repository.get_by_public_id(public_id)
         if key is None:
             raise ApiKeyNotFoundError(f"no API key has id '{public_id}'")
+        return key
+
+    async def revoke_key(self, public_id: str, actor: Actor) -> ApiKey:
+        key = await self._get(public_id)
         if key.revoked_at is None:
             before = key_snapshot(key)
             key.revoked_at = utcnow()

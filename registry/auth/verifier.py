@@ -117,7 +117,7 @@ class ApiKeyVerifier:
             return _UNKNOWN
         entry = _CachedKey(
             secret_hash=key.secret_hash,
-            principal=Principal(key.id, key.public_id, key.name, frozenset(key.scopes)),
+            principal=Principal(key.id, key.public_id, key.name, frozenset(key.scopes), key.rate_limit_per_minute),
             usable_until=key.expires_at,
             revoked=key.revoked_at is not None,
         )
