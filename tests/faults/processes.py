@@ -221,6 +221,7 @@ class LoadResult:
     ended: float
     status: int  # 0: no HTTP answer at all
     stale: bool = False
+    label: str = ""  # what ``Load.inspect`` saw in the response
 
 
 @dataclass
@@ -231,6 +232,7 @@ class Load:
     base_url: str
     headers: dict[str, str]
     threads: int = 4
+    inspect: Callable[[httpx.Response], str] | None = None
     results: list[LoadResult] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -255,7 +257,11 @@ class Load:
                 try:
                     response = self.send(http, number * 1_000_000 + count)
                     result = LoadResult(
-                        started, time.monotonic(), response.status_code, "x-registry-stale" in response.headers
+                        started,
+                        time.monotonic(),
+                        response.status_code,
+                        "x-registry-stale" in response.headers,
+                        self.inspect(response) if self.inspect else "",
                     )
                 except httpx.TransportError:
                     result = LoadResult(started, time.monotonic(), 0)
@@ -297,3 +303,63 @@ def promote_to_production(
 ) -> httpx.Response:
     body = {"to": "production", "expected_current": expected_current}
     return http.post(f"/v1/prompts/{name}/versions/{version}/promote", json=body)
+
+
+class BackendProcess:
+    """An OpenAI-compatible fault server (``tests/completions/fault_server.py``) in its own process."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.faults.fault_backend", str(self.port)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._answers, timeout=15, message="the fault server did not start")
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        assert self.process.poll() is None, "the fault server exited"
+        try:
+            return httpx.post(f"{self.url}/tokenize", json={"prompt": "x"}, timeout=0.5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+
+def publish_completion_prompt(
+    http: httpx.Client,
+    *,
+    prompt: str | None,
+    config: str,
+    backend: str,
+    model: str = "ok",
+    max_tokens: int = 8,
+    fallback: str | None = None,
+) -> None:
+    """A chat prompt in production, linked to a config (in production) that runs on ``backend``."""
+    ok(http.post("/v1/configs", json={"name": config}))
+    body: dict[str, Any] = {"backend": backend, "model": model, "params": {"max_tokens": max_tokens}}
+    if fallback:
+        body["fallback"] = {"name": fallback, "version": 1}
+    ok(http.post(f"/v1/configs/{config}/versions", json=body))
+    ok(http.post(f"/v1/configs/{config}/versions/1/promote", json={"to": "production", "expected_current": None}))
+    if prompt:
+        ok(http.post("/v1/prompts", json={"name": prompt}))
+        version = {
+            "kind": "chat",
+            "messages": [{"role": "user", "content": "Say hello to {{ name }}."}],
+            "config": {"name": config, "version": 1},
+        }
+        ok(http.post(f"/v1/prompts/{prompt}/versions", json=version))
+        ok(promote_to_production(http, prompt, 1, expected_current=None))
