@@ -255,11 +255,21 @@ def translate_exception(exc: Exception) -> RegistryError:
         exc, sa_exc.TimeoutError | sa_exc.OperationalError | sa_exc.InterfaceError | ConnectionError | OSError
     ):
         return DatabaseUnavailableError("the database is unreachable; retry shortly", headers={"Retry-After": "1"})
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+    if isinstance(exc, sa_exc.DBAPIError) and (exc.connection_invalidated or _is_unavailable_state(exc)):
         return DatabaseUnavailableError("the database connection was lost; retry", headers={"Retry-After": "1"})
     if isinstance(exc, sa_exc.IntegrityError):
         return ConflictError("the change conflicts with a concurrent change; retry")
     return RegistryError("an unexpected error occurred; the request id identifies it in the logs")
+
+
+# SQLSTATEs of a server going away or not yet there: connection exceptions (08) and shutdown or startup
+# (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now), not query cancellation (57014).
+_UNAVAILABLE_SQLSTATES = ("08", "57P")
+
+
+def _is_unavailable_state(exc: sa_exc.DBAPIError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
 
 
 def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
