@@ -36,8 +36,8 @@ from tests.faults.processes import (
 
 PROMPTS = [f"kill-{n}" for n in range(4)]
 CLIENTS = 6
-EXPOSURE_FLUSH_SECONDS = 0.5
-EXPOSURE_LOSS_BOUND_SECONDS = 3.0  # the flush interval, plus a flush's own time on a busy machine
+EXPOSURE_FLUSH_SECONDS = 1.5  # long enough that a kill usually lands with some exposures unwritten
+EXPOSURE_LOSS_BOUND_SECONDS = EXPOSURE_FLUSH_SECONDS + 2.5  # plus a flush's own time on a busy machine
 SHUTDOWN_BOUND_SECONDS = 10.0
 
 
