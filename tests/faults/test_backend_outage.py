@@ -55,7 +55,7 @@ def registry(
     main, spare = backends
     fast = {"connect_timeout": 1.0, "first_token_timeout": 5.0, "total_timeout": 30.0, "retry_base_delay": 0.01}
     configured = {
-        "main": {**fast, "url": main.url, "max_retries": 1, "breaker_failures": 3, "breaker_cooldown": 2.0},
+        "main": {**fast, "url": main.url, "max_retries": 1, "breaker_failures": 3, "breaker_cooldown": 3.0},
         "spare": {**fast, "url": spare.url},
     }
     env = registry_env(postgres.url, None, backends=json.dumps(configured))
@@ -133,9 +133,9 @@ def test_a_killed_backend_fails_fast_opens_the_breaker_falls_back_and_recovers(
             killed_at = time.monotonic()
             main.kill()
             stream.join(10)
-            time.sleep(1.5)
-            breaker_during = breaker_state(http)
-            time.sleep(1.5)
+            time.sleep(max(0.0, killed_at + 1.0 - time.monotonic()))
+            breaker_during = breaker_state(http)  # well within the cooldown of the breaker's opening
+            time.sleep(max(0.0, killed_at + 3.0 - time.monotonic()))
             restarted_at = time.monotonic()
             main.start()
             recovered_after = wait_until(

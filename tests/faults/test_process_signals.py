@@ -308,6 +308,9 @@ def test_sigterm_finishes_a_streamed_completion_flushes_exposures_and_exits_with
             )
             feed = StreamReader(server.url, headers, "GET", "/v1/changes")
             feed.start()
+            units = [f"term-unit-{n}" for n in range(20)]
+            for unit in units:
+                ok(http.post("/v1/prompts/term/render", json={"variables": {"x": "y"}, "unit": unit}))
             completion = StreamReader(
                 server.url,
                 headers,
@@ -318,9 +321,6 @@ def test_sigterm_finishes_a_streamed_completion_flushes_exposures_and_exits_with
             completion.start()
             wait_until(lambda: feed.lines > 0 or feed.ended_at > 0, timeout=10, message="the change feed did not open")
             wait_until(lambda: len(completion.events) >= 3, timeout=10, message="the completion did not start")
-            units = [f"term-unit-{n}" for n in range(20)]
-            for unit in units:
-                ok(http.post("/v1/prompts/term/render", json={"variables": {"x": "y"}, "unit": unit}))
         deltas_before_sigterm = sum(1 for name, _ in completion.events if name == "delta")
         shutdown_seconds = server.terminate()
         completion.join(10)

@@ -72,7 +72,7 @@ def test_renders_writes_and_events_keep_succeeding_while_redis_is_down_and_inval
         make_prompt(one, "notes", versions=1)
         ok(one.post("/v1/metrics", json={"key": "converted", "kind": "binomial"}), 201)
         assert rendered_version(two) == 1
-        assert subscribers(redis_server, channel) == 2
+        wait_until(lambda: subscribers(redis_server, channel) == 2, timeout=10, message="a replica did not subscribe")
 
         def render(http: httpx.Client, _: int) -> httpx.Response:
             return http.post("/v1/prompts/greet/render", json={"variables": {"x": "y"}})
