@@ -290,9 +290,9 @@ class EventController(Controller):
         description="Each event is accepted, a duplicate (its idempotency key was seen before: ignored) or "
         "rejected with its errors; the others are kept. 200 when none is rejected, 207 otherwise.\n\n"
         "While the database is unreachable, events that pass the checks needing no database are held in memory "
-        "(up to `experiment_event_buffer_size`) and answered 202 with status `buffered`; they are written when the "
-        "database returns, with the same checks and idempotency-key deduplication, or discarded then if their "
-        "metric or experiment does not exist. A batch that does not fit gets 503 `database_unavailable` "
+        "(up to `REGISTRY_EXPERIMENT_EVENT_BUFFER_SIZE`) and answered 202 with status `buffered`; they are "
+        "written when the database returns, with the same checks and idempotency-key deduplication, or discarded "
+        "then if their metric or experiment does not exist. A batch that does not fit gets 503 `database_unavailable` "
         "(send it again). Held events are lost if the process is killed before the database returns.",
     )
     async def record_events(
