@@ -32,6 +32,7 @@ from registry.lib.http_client import HttpClient
 from registry.lib.jobs import PeriodicJob
 from registry.lib.metrics import HttpMetrics
 from registry.lib.redis import create_redis
+from registry.lib.shutdown import StopSignalHook
 from registry.prompts.catalog import PromptCatalog
 from registry.prompts.service import PromptLimits
 from registry.settings import Settings
@@ -61,6 +62,7 @@ class Runtime:
     experiments: LiveExperiments
     completions: Completions
     jobs: list[PeriodicJob] = field(default_factory=list)
+    _stop_signal: StopSignalHook | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -141,12 +143,17 @@ class Runtime:
         # out of the collector's reach keeps full collections short, which is most of the tail latency.
         gc.collect()
         gc.freeze()
+        # Open change feeds end as soon as a stop is requested, so the server's drain does not wait on them.
+        self._stop_signal = StopSignalHook(self.feed.close)
+        self._stop_signal.install()
         await self.bus.start()
         await self.experiments.start()
         self._tasks = [asyncio.create_task(self._every(job), name=job.name) for job in self.jobs]
 
     async def stop(self) -> None:
         """End open change feeds, stop jobs, then run flush jobs once more so buffered data is written."""
+        if self._stop_signal is not None:
+            self._stop_signal.remove()
         self.feed.close()
         for task in self._tasks:
             task.cancel()

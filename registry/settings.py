@@ -138,6 +138,15 @@ class Settings(BaseSettings):
         description="First exposures held in memory between writes (a write starts when half full); "
         "beyond it new ones are dropped and counted.",
     )
+    experiment_event_buffer_size: int = Field(
+        10_000,
+        ge=1,
+        description="Outcome events held in memory while the database is unreachable (answered 202, written when "
+        "it returns); a batch beyond it gets 503 and is counted in registry_experiment_events_dropped_total.",
+    )
+    experiment_event_retry_seconds: float = Field(
+        1.0, gt=0, description="How often outcome events held while the database was unreachable are written."
+    )
     experiment_statistics_seconds: float = Field(
         2.0, gt=0, description="How often new exposures and events are folded into the experiments' statistics."
     )

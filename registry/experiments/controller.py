@@ -75,12 +75,7 @@ def provide_metric_service(
 
 
 def provide_event_service(db_session: NamedDependency[AsyncSession], runtime: NamedDependency[Runtime]) -> EventService:
-    settings = runtime.settings
-    limits = EventLimits(
-        max_age=timedelta(days=settings.event_max_age_days),
-        max_future=timedelta(seconds=settings.event_max_future_seconds),
-    )
-    return EventService(db_session, limits)
+    return EventService(db_session, EventLimits.of(runtime.settings), runtime.experiments.events)
 
 
 def provide_unit_service(
@@ -294,15 +289,23 @@ class EventController(Controller):
         operation_id="recordEvents",
         summary="Record outcome events (up to 1000)",
         description="Each event is accepted, a duplicate (its idempotency key was seen before: ignored) or "
-        "rejected with its errors; the others are kept. 200 when none is rejected, 207 otherwise.",
+        "rejected with its errors; the others are kept. 200 when none is rejected, 207 otherwise.\n\n"
+        "While the database is unreachable, events that pass the checks needing no database are held in memory "
+        "(up to `REGISTRY_EXPERIMENT_EVENT_BUFFER_SIZE`) and answered 202 with status `buffered`; they are "
+        "written when the database returns, with the same checks and idempotency-key deduplication, or discarded "
+        "then if their metric or experiment does not exist. A batch that does not fit gets 503 `database_unavailable` "
+        "(send it again). Held events are lost if the process is killed before the database returns.",
         status_code=200,
-        responses={207: ResponseSpec(EventBatchOut, description="Some events were rejected; each lists its errors.")},
+        responses={
+            202: ResponseSpec(EventBatchOut, description="The database is unreachable; the events are held in memory."),
+            207: ResponseSpec(EventBatchOut, description="Some events were rejected; each lists its errors."),
+        },
     )
     async def record_events(
         self, data: JSONBody[EventBatch], service: NamedDependency[EventService]
     ) -> Response[EventBatchOut]:
         result = await service.record(data)
-        return Response(result, status_code=207 if result.rejected else 200)
+        return Response(result, status_code=202 if result.buffered else 207 if result.rejected else 200)
 
 
 class ExposureController(Controller):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Mapping
@@ -10,9 +11,11 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.db.base import utcnow
+from registry.experiments.event_buffer import EventBuffer, HeldBatch
 from registry.experiments.exposures import ExposureBuffer
 from registry.experiments.repository import ExperimentRepository, IngestRepository, MetricRepository
 from registry.experiments.router import ExperimentRouter
@@ -25,7 +28,8 @@ from registry.experiments.schemas import (
     ExposureBatchOut,
     ItemErrorOut,
 )
-from registry.lib.errors import FieldError, InvalidInputError
+from registry.lib.errors import DatabaseUnavailableError, FieldError, InvalidInputError, translate_exception
+from registry.settings import Settings
 
 _PATH = re.compile(r" - at `\$\.?([^`]*)`$")
 
@@ -34,6 +38,13 @@ _PATH = re.compile(r" - at `\$\.?([^`]*)`$")
 class EventLimits:
     max_age: timedelta
     max_future: timedelta
+
+    @classmethod
+    def of(cls, settings: Settings) -> EventLimits:
+        return cls(
+            max_age=timedelta(days=settings.event_max_age_days),
+            max_future=timedelta(seconds=settings.event_max_future_seconds),
+        )
 
 
 def _decoding_error(exc: msgspec.ValidationError) -> ItemErrorOut:
@@ -46,13 +57,19 @@ def _decoding_error(exc: msgspec.ValidationError) -> ItemErrorOut:
 
 
 class EventService:
-    """Validates a batch item by item: good events are kept even when others are rejected."""
+    """Validates a batch item by item: good events are kept even when others are rejected.
 
-    def __init__(self, session: AsyncSession, limits: EventLimits) -> None:
+    With a ``buffer``, a batch that meets an unreachable database is held in memory instead
+    (see ``registry/experiments/event_buffer.py``) and its items answered ``buffered``.
+    """
+
+    def __init__(self, session: AsyncSession, limits: EventLimits, buffer: EventBuffer | None = None) -> None:
+        self.session = session
         self.ingest = IngestRepository(session)
         self.metrics = MetricRepository(session)
         self.experiments = ExperimentRepository(session)
         self.limits = limits
+        self.buffer = buffer
 
     async def record(self, batch: EventBatch) -> EventBatchOut:
         now = utcnow()
@@ -63,13 +80,35 @@ class EventService:
                 events[index] = msgspec.convert(raw, EventIn)
             except msgspec.ValidationError as exc:
                 results[index] = EventResultOut(index=index, status="rejected", errors=[_decoding_error(exc)])
+        try:
+            results |= await self.store(events, now)
+        except (SQLAlchemyError, OSError) as exc:
+            error = translate_exception(exc)
+            if self.buffer is None or not isinstance(error, DatabaseUnavailableError):
+                raise
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                await self.session.rollback()
+            results |= self._hold(events, now, self.buffer)
+
+        items = [results[i] for i in range(len(batch.events))]
+        return EventBatchOut(
+            accepted=sum(1 for r in items if r.status == "accepted"),
+            duplicates=sum(1 for r in items if r.status == "duplicate"),
+            rejected=sum(1 for r in items if r.status == "rejected"),
+            buffered=sum(1 for r in items if r.status == "buffered"),
+            items=items,
+        )
+
+    async def store(self, events: Mapping[int, EventIn], now: datetime) -> dict[int, EventResultOut]:
+        """Check the events against metrics and experiments and insert the good ones; a result per index."""
+        results: dict[int, EventResultOut] = {}
         metrics = await self.metrics.by_keys({e.metric for e in events.values()})
         experiments = await self.experiments.ids_by_keys({e.experiment for e in events.values() if e.experiment})
 
         rows: dict[int, dict[str, Any]] = {}
         keys_in_batch: set[str] = set()
         for index, event in events.items():
-            problems = self._problems(event, metrics, experiments, now)
+            problems = self._problems(event, now, metrics, experiments)
             if problems:
                 results[index] = EventResultOut(index=index, status="rejected", errors=problems)
             elif event.idempotency_key in keys_in_batch:
@@ -92,23 +131,37 @@ class EventService:
         for index, row in rows.items():
             status: Literal["accepted", "duplicate"] = "accepted" if row["idempotency_key"] in inserted else "duplicate"
             results[index] = EventResultOut(index=index, status=status)
+        return results
 
-        items = [results[i] for i in range(len(batch.events))]
-        return EventBatchOut(
-            accepted=sum(1 for r in items if r.status == "accepted"),
-            duplicates=sum(1 for r in items if r.status == "duplicate"),
-            rejected=sum(1 for r in items if r.status == "rejected"),
-            items=items,
-        )
+    def _hold(self, events: Mapping[int, EventIn], now: datetime, buffer: EventBuffer) -> dict[int, EventResultOut]:
+        """Reject what can be judged without the database; hold the rest (503 when the buffer has no room)."""
+        results: dict[int, EventResultOut] = {}
+        held: list[EventIn] = []
+        for index, event in events.items():
+            problems = self._problems(event, now)
+            if problems:
+                results[index] = EventResultOut(index=index, status="rejected", errors=problems)
+            else:
+                held.append(event)
+                results[index] = EventResultOut(index=index, status="buffered")
+        buffer.hold(held, now)
+        return results
 
     def _problems(
-        self, event: EventIn, metrics: Mapping[str, Any], experiments: Mapping[str, int], now: datetime
+        self,
+        event: EventIn,
+        now: datetime,
+        metrics: Mapping[str, Any] | None = None,
+        experiments: Mapping[str, int] | None = None,
     ) -> list[ItemErrorOut]:
+        """What is wrong with an event; without ``metrics`` and ``experiments``, only what needs no database."""
         problems: list[ItemErrorOut] = []
-        metric = metrics.get(event.metric)
-        if metric is None:
-            problems.append(ItemErrorOut(field="metric", message=f"no metric is named '{event.metric}'"))
-        if event.experiment is not None and event.experiment not in experiments:
+        metric = None
+        if metrics is not None:
+            metric = metrics.get(event.metric)
+            if metric is None:
+                problems.append(ItemErrorOut(field="metric", message=f"no metric is named '{event.metric}'"))
+        if experiments is not None and event.experiment is not None and event.experiment not in experiments:
             problems.append(ItemErrorOut(field="experiment", message=f"no experiment is named '{event.experiment}'"))
         if event.timestamp > now + self.limits.max_future:
             problems.append(ItemErrorOut(field="timestamp", message="is in the future"))
@@ -119,6 +172,16 @@ class EventService:
         elif metric is not None and metric.kind == "binomial" and event.value not in (0.0, 1.0):
             problems.append(ItemErrorOut(field="value", message="a binomial metric takes 0 or 1"))
         return problems
+
+
+async def write_held_events(session: AsyncSession, batches: list[HeldBatch], *, limits: EventLimits) -> int:
+    """Write events held while the database was down, each batch checked as of its arrival; returns rejections."""
+    service = EventService(session, limits)
+    rejected = 0
+    for batch in batches:
+        results = await service.store(dict(enumerate(batch.events)), batch.received_at)
+        rejected += sum(1 for result in results.values() if result.status == "rejected")
+    return rejected
 
 
 class ExposureService:

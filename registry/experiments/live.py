@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 
 import structlog
@@ -9,7 +10,9 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.experiments.aggregator import StatisticsAggregator
+from registry.experiments.event_buffer import EventBuffer
 from registry.experiments.exposures import ExposureBuffer
+from registry.experiments.ingest import EventLimits, write_held_events
 from registry.experiments.router import ExperimentRouter
 from registry.experiments.sources import ObservationSource, default_sources
 from registry.lib.changes import ChangeBus
@@ -34,6 +37,12 @@ class LiveExperiments:
         self.exposures = ExposureBuffer(
             sessionmaker, max_pending=settings.experiment_exposure_buffer_size, metrics_registry=metrics_registry
         )
+        self.events = EventBuffer(
+            sessionmaker,
+            functools.partial(write_held_events, limits=EventLimits.of(settings)),
+            max_pending=settings.experiment_event_buffer_size,
+            metrics_registry=metrics_registry,
+        )
         self.router = ExperimentRouter(sessionmaker, bus, self.exposures)
         self.aggregator = StatisticsAggregator(
             sessionmaker,
@@ -49,6 +58,7 @@ class LiveExperiments:
         settings = self.settings
         return [
             PeriodicJob("experiment-exposures", settings.experiment_exposure_flush_seconds, self.flush_exposures),
+            PeriodicJob("experiment-events", settings.experiment_event_retry_seconds, self.flush_events),
             PeriodicJob(
                 "experiment-statistics", settings.experiment_statistics_seconds, self.update_statistics, shared=True
             ),
@@ -57,6 +67,9 @@ class LiveExperiments:
 
     async def flush_exposures(self) -> None:
         await self.exposures.flush()
+
+    async def flush_events(self) -> None:
+        await self.events.flush()
 
     async def update_statistics(self) -> None:
         await self.aggregator.run()

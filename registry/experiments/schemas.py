@@ -424,7 +424,7 @@ class ItemErrorOut(Output):
 
 class EventResultOut(Output):
     index: int
-    status: Literal["accepted", "duplicate", "rejected"]
+    status: Literal["accepted", "duplicate", "rejected", "buffered"]
     errors: list[ItemErrorOut] | None = None
 
 
@@ -433,6 +433,7 @@ class EventBatchOut(Output):
     duplicates: int
     rejected: int
     items: list[EventResultOut]
+    buffered: int = 0  # held in memory while the database is unreachable (answered 202)
 
 
 class ExposureIn(Input):

@@ -39,6 +39,7 @@ class Listener:
 class FeedHub:
     def __init__(self, bus: ChangeBus) -> None:
         self._listeners: set[Listener] = set()
+        self.closed = False
         bus.subscribe(self._on_change)
 
     def _on_change(self, change: Change) -> None:
@@ -54,13 +55,16 @@ class FeedHub:
     def listen(self) -> Listener:
         listener = Listener()
         self._listeners.add(listener)
+        if self.closed:
+            listener.offer(FeedItem(change=None))
         return listener
 
     def forget(self, listener: Listener) -> None:
         self._listeners.discard(listener)
 
     def close(self) -> None:
-        """End every open feed (graceful shutdown must not wait on idle listeners)."""
+        """End every open feed, and any opened from now on (graceful shutdown must not wait on listeners)."""
+        self.closed = True
         for listener in list(self._listeners):
             listener.offer(FeedItem(change=None))
 

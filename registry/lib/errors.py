@@ -258,7 +258,7 @@ def translate_exception(exc: Exception) -> RegistryError:
         return DatabaseUnavailableError("the database is unreachable; retry shortly", headers={"Retry-After": "1"})
     if isinstance(exc, sa_exc.DBAPIError) and _is_unstorable_value(exc):
         return InvalidInputError("a value in the request is out of range or cannot be stored")
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+    if isinstance(exc, sa_exc.DBAPIError) and (exc.connection_invalidated or _is_unavailable_state(exc)):
         return DatabaseUnavailableError("the database connection was lost; retry", headers={"Retry-After": "1"})
     if isinstance(exc, sa_exc.IntegrityError):
         return ConflictError("the change conflicts with a concurrent change; retry")
@@ -279,6 +279,16 @@ def _is_unstorable_value(exc: sa_exc.DBAPIError) -> bool:
             return True
         cause = cause.__cause__
     return False
+
+
+# SQLSTATEs of a server going away or not yet there: connection exceptions (08) and shutdown or startup
+# (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now), not query cancellation (57014).
+_UNAVAILABLE_SQLSTATES = ("08", "57P")
+
+
+def _is_unavailable_state(exc: sa_exc.DBAPIError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
 
 
 def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
