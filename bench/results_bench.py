@@ -147,16 +147,7 @@ async def aggregator_throughput(settings: Settings, units: int) -> float:
         ingest = IngestRepository(session)
         names = [f"agg-{i}" for i in range(units)]
         await ingest.insert_exposures(
-            [
-                {
-                    "experiment_id": experiment_id,
-                    "phase": 1,
-                    "unit": u,
-                    "variant": ("control", "treatment")[i % 2],
-                    "exposed_at": now,
-                }
-                for i, u in enumerate(names)
-            ]
+            [(experiment_id, 1, u, ("control", "treatment")[i % 2], now.timestamp()) for i, u in enumerate(names)]
         )
         await ingest.insert_events(
             [

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -102,10 +101,7 @@ class ExposureBuffer:
             batch, self._pending = self._pending, {}
             self._recorded.inc(self._recorded_since_flush)
             self._recorded_since_flush = 0
-            rows = [
-                {"experiment_id": e, "phase": p, "unit": u, "variant": v, "exposed_at": datetime.fromtimestamp(at, UTC)}
-                for (e, p, u, v), at in batch.items()
-            ]
+            rows = [(e, p, u, v, at) for (e, p, u, v), at in batch.items()]
             try:
                 async with self._sessionmaker() as session, session.begin():
                     repository = IngestRepository(session)

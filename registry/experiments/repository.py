@@ -8,10 +8,11 @@ concurrent upserts of the same unit are resolved by the database.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, exists, func, literal, select, update
+import msgspec
+from sqlalchemy import Row, delete, exists, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -153,6 +154,23 @@ class ExperimentRepository(_Repository):
         ]
 
 
+ExposureRow = tuple[int, int, str, str, float]  # experiment id, phase, unit, variant, first seen (Unix time)
+
+_INSERT_EXPOSURES_POSTGRESQL = text(
+    "INSERT INTO exposures (experiment_id, phase, unit, variant, exposed_at) "
+    "SELECT (r->>0)::bigint, (r->>1)::integer, r->>2, r->>3, to_timestamp((r->>4)::float8) "
+    "FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS r "
+    "ON CONFLICT DO NOTHING"
+)
+# In order, so concurrent writers lock queue rows in one order.
+_MARK_UNITS_CHANGED_POSTGRESQL = text(
+    "INSERT INTO unit_changes (unit, changed_at) "
+    "SELECT unit, CAST(:now AS timestamptz) FROM jsonb_array_elements_text(CAST(:units AS jsonb)) "
+    "WITH ORDINALITY AS u(unit, position) ORDER BY position "
+    "ON CONFLICT (unit) DO UPDATE SET changed_at = excluded.changed_at"
+)
+
+
 class IngestRepository(_Repository):
     """Writes of raw facts: outcome events and first exposures, each marking its units for the aggregator."""
 
@@ -168,8 +186,25 @@ class IngestRepository(_Repository):
         )
         return set((await self.session.execute(statement, list(rows))).scalars().all())
 
-    async def insert_exposures(self, rows: Sequence[dict[str, Any]]) -> None:
-        await self.execute_many(self.insert(Exposure).on_conflict_do_nothing(), rows)
+    async def insert_exposures(self, rows: Sequence[ExposureRow]) -> None:
+        """Insert first exposures, skipping those already stored (another replica may have written them).
+
+        On PostgreSQL the rows go as one JSON document that the server unpacks: msgspec encodes it
+        in C, where a multi-row VALUES costs SQLAlchemy about 10 µs of Python per row (and array
+        parameters about 5), on the event loop that serves renders.
+        """
+        if not rows:
+            return
+        if self.is_postgresql:
+            await self.session.execute(_INSERT_EXPOSURES_POSTGRESQL, {"rows": msgspec.json.encode(rows).decode()})
+            return
+        await self.execute_many(
+            self.insert(Exposure).on_conflict_do_nothing(),
+            [
+                {"experiment_id": e, "phase": p, "unit": u, "variant": v, "exposed_at": datetime.fromtimestamp(at, UTC)}
+                for e, p, u, v, at in rows
+            ],
+        )
 
     async def mark_units_changed(self, units: Collection[str]) -> None:
         """Queue units for the aggregator, in the same transaction as the facts that changed them.
@@ -179,6 +214,10 @@ class IngestRepository(_Repository):
         Units are sorted so concurrent writers lock rows in one order (no deadlocks).
         """
         now = utcnow()
+        if self.is_postgresql:
+            units_json = msgspec.json.encode(sorted(set(units))).decode()
+            await self.session.execute(_MARK_UNITS_CHANGED_POSTGRESQL, {"units": units_json, "now": now})
+            return
         statement = self.insert(UnitChange)
         statement = statement.on_conflict_do_update(
             index_elements=["unit"], set_={"changed_at": statement.excluded.changed_at}

@@ -22,6 +22,7 @@ from registry.lib.versioned_schemas import (
     Label,
 )
 from registry.prompts.schemas import (
+    UNIT_PATTERN,
     CreatePromptVersion,
     ExperimentOut,
     PromptDiff,
@@ -103,7 +104,10 @@ class PromptController(VersionedResourceController):
         version: Annotated[int | None, QueryParameter(ge=1)] = None,
         if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match")] = None,
         unit: Annotated[
-            str | None, QueryParameter(min_length=1, max_length=256, description="The unit (user, session) to assign.")
+            str | None,
+            QueryParameter(
+                min_length=1, max_length=256, pattern=UNIT_PATTERN, description="The unit (user, session) to assign."
+            ),
         ] = None,
     ) -> JsonResponse:
         # The fast path takes no injected dependencies: resolving them costs more than the work itself.

@@ -134,7 +134,12 @@ class ResolvedPromptOut(Output):
     version: PromptVersionOut
 
 
-UnitId = Annotated[str, msgspec.Meta(min_length=1, max_length=256, description="The unit (user, session) to assign.")]
+# No NUL: a unit is stored as text, and PostgreSQL text cannot hold one (it would fail a whole batch of exposures).
+UNIT_PATTERN = r"^[^\x00]+$"
+UnitId = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=256, pattern=UNIT_PATTERN, description="The unit (user, session) to assign."),
+]
 
 
 class RenderRequest(Input):

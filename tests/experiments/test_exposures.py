@@ -132,3 +132,21 @@ async def test_the_buffer_is_bounded_while_the_database_is_unreachable(settings:
     assert buffer.pending == 10
     assert buffer.dropped == 15
     await unreachable.dispose()
+
+
+async def test_a_unit_with_a_nul_character_is_refused_before_it_reaches_the_buffer(
+    client: Client, setup: dict[str, str], clean_database: AsyncEngine
+) -> None:
+    """PostgreSQL text cannot hold NUL: one such unit in a batch would fail every exposure written with it."""
+    await make_experiment(client, setup, "greet-test", "greet")
+    await render(client, setup, "fine-unit")
+
+    rendered = await client.post(
+        "/v1/prompts/greet/render", json={"variables": {"x": "a"}, "unit": "bad\u0000unit"}, headers=setup
+    )
+    resolved = await client.get("/v1/prompts/greet", params={"unit": "bad\u0000unit"}, headers=setup)
+    await flush_and_aggregate(client)
+
+    assert rendered.status_code == 422
+    assert resolved.status_code == 422
+    assert await exposures_per_unit(clean_database) == {"fine-unit": 1}
