@@ -230,18 +230,24 @@ class CompletionService:
         try:
             return await self.upstream.open_stream(plan.backend, plan.path, plan.payload)
         except FALLBACK_ERRORS as exc:
-            fallback = plan.config.fallback
-            if fallback is None:
+            if not self._use_fallback(run, overrides, exc):
                 raise
-            logger.warning(
-                "backend failed; using the fallback config",
-                backend=plan.backend.name,
-                error=exc.type,
-                fallback=f"{fallback.name}@{fallback.version}",
-            )
-            run.plan = self._plan(fallback, run.rendering.out, overrides)
-            run.fallback_used = True
             return await self.upstream.open_stream(run.plan.backend, run.plan.path, run.plan.payload)
+
+    def _use_fallback(self, run: Run, overrides: Overrides, error: RegistryError) -> bool:
+        """Move the run to its config's fallback, once; False when there is none to move to."""
+        fallback = run.plan.config.fallback
+        if fallback is None or run.fallback_used:
+            return False
+        logger.warning(
+            "backend failed; using the fallback config",
+            backend=run.plan.backend.name,
+            error=error.type,
+            fallback=f"{fallback.name}@{fallback.version}",
+        )
+        run.plan = self._plan(fallback, run.rendering.out, overrides)
+        run.fallback_used = True
+        return True
 
     def _cache_key(self, run: Run) -> str | None:
         if not self.completions.cache.enabled or not is_deterministic(run.plan.payload):
@@ -314,23 +320,35 @@ class CompletionService:
             return self._result(run)
         try:
             upstream = await self._open(run, overrides)
+            try:
+                await self._collect(run, upstream)
+            except UpstreamUnavailableError as exc:
+                # The backend failed mid-answer, but nothing has reached the caller yet: the whole
+                # completion can still run on the fallback.
+                if not self._use_fallback(run, overrides, exc):
+                    raise
+                run.parts.clear()
+                plan = run.plan
+                await self._collect(run, await self.upstream.open_stream(plan.backend, plan.path, plan.payload))
+            run.status = "ok"
         except RECORDED_ERRORS as exc:
             self._fail(run, exc)
             raise
+        finally:
+            self._record(run)
+        await self._store_in_cache(run, key)
+        return self._result(run)
+
+    @staticmethod
+    async def _collect(run: Run, upstream: UpstreamStream) -> None:
+        """Read a whole upstream answer into the run."""
         try:
             async for chunk in upstream.chunks():
                 if chunk.text:
                     run.parts.append(chunk.text)
-            run.status = "ok"
-        except UpstreamError as exc:
-            self._fail(run, exc)
-            raise
         finally:
             run.absorb(upstream)
-            self._record(run)
             await upstream.close()
-        await self._store_in_cache(run, key)
-        return self._result(run)
 
     async def open_stream(self, name: str, data: CompleteRequest, caller: Caller) -> CompletionStream:
         """Prepare and start a completion; errors until the first token are raised here, as problems."""

@@ -297,6 +297,27 @@ async def test_fallback_config_serves_while_the_breaker_is_open(
     assert len(fault.seen(failing)) == 1
 
 
+async def test_a_backend_failing_mid_answer_falls_back_unless_tokens_were_streamed(
+    registry: RegistryFactory, admin: dict[str, str], fault: FaultServer
+) -> None:
+    url = fault.url  # type: ignore[attr-defined]
+    client = await registry({"flaky": backend(url, max_retries=3), "fault": backend(url)})
+    await publish(client, admin, backend="fault", model=unique("ok"), config="spare", prompt=None)
+    failing = unique("reset-after:2")
+    await publish(client, admin, backend="flaky", model=failing, fallback={"name": "spare"}, max_context_tokens=4096)
+
+    whole = await client.post(COMPLETE, json=REQUEST, headers=admin)
+    streamed = await stream_events(client, admin)
+
+    assert whole.status_code == 200, whole.text
+    assert whole.json()["fallback_used"] is True
+    assert whole.json()["text"] == "Hello from the"  # the fallback's answer only, not the failed one's start
+    names = [name for name, _ in streamed]
+    assert names[0] == "metadata"
+    assert names[-1] == "error"  # tokens had reached the caller: no second answer spliced on
+    assert len(fault.seen(failing)) == 2  # one per request: a mid-answer failure is never retried
+
+
 async def test_full_queue_answers_503_with_retry_after_at_once(
     registry: RegistryFactory, admin: dict[str, str], fault: FaultServer
 ) -> None:
