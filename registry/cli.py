@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from registry import __version__
 from registry.auth.keys import Scope
 from registry.auth.principal import Actor
+from registry.auth.schemas import MAX_REQUESTS_PER_MINUTE
 from registry.auth.service import ApiKeyService
 from registry.db import migrate as migrations
 from registry.db.base import utcnow
@@ -221,7 +222,7 @@ def keys() -> None:
 @click.option("--expires-in-days", type=click.IntRange(min=1), help="Expire the key after this many days.")
 @click.option(
     "--rate-limit",
-    type=click.IntRange(min=0, max=10_000_000),
+    type=click.IntRange(min=0, max=MAX_REQUESTS_PER_MINUTE),
     help="Requests per minute (0: unlimited; default: REGISTRY_RATE_LIMIT_PER_MINUTE).",
 )
 def keys_create(name: str, scopes: str, expires_in_days: int | None, rate_limit: int | None) -> None:

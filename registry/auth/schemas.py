@@ -10,11 +10,12 @@ from registry.auth.models import ApiKey, AuditEntry
 from registry.lib.schema import Input, Output
 
 KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+MAX_REQUESTS_PER_MINUTE = 10_000_000
 RequestsPerMinute = Annotated[
     int,
     msgspec.Meta(
         ge=0,
-        le=10_000_000,
+        le=MAX_REQUESTS_PER_MINUTE,
         description="Requests per minute this key may make; 0 is unlimited; null uses the deployment's default.",
     ),
 ]

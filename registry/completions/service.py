@@ -226,13 +226,15 @@ class CompletionService:
     # -- running
 
     async def _open(self, run: Run, overrides: Overrides) -> UpstreamStream:
-        plan = run.plan
         try:
-            return await self.upstream.open_stream(plan.backend, plan.path, plan.payload)
+            return await self._start(run.plan)
         except FALLBACK_ERRORS as exc:
             if not self._use_fallback(run, overrides, exc):
                 raise
-            return await self.upstream.open_stream(run.plan.backend, run.plan.path, run.plan.payload)
+            return await self._start(run.plan)
+
+    async def _start(self, plan: Plan) -> UpstreamStream:
+        return await self.upstream.open_stream(plan.backend, plan.path, plan.payload)
 
     def _use_fallback(self, run: Run, overrides: Overrides, error: RegistryError) -> bool:
         """Move the run to its config's fallback, once; False when there is none to move to."""
@@ -328,8 +330,7 @@ class CompletionService:
                 if not self._use_fallback(run, overrides, exc):
                     raise
                 run.parts.clear()
-                plan = run.plan
-                await self._collect(run, await self.upstream.open_stream(plan.backend, plan.path, plan.payload))
+                await self._collect(run, await self._start(run.plan))
             run.status = "ok"
         except RECORDED_ERRORS as exc:
             self._fail(run, exc)

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from registry.auth.keys import Scope, grants
 from registry.auth.principal import Actor, Principal
 from registry.experiments.export import ExportFormat, ExportService
-from registry.experiments.ingest import EventLimits, EventService, ExposureService
+from registry.experiments.ingest import EventService, ExposureService
 from registry.experiments.privacy import UnitDataService
 from registry.experiments.schemas import (
     CreateExperiment,
@@ -75,7 +75,7 @@ def provide_metric_service(
 
 
 def provide_event_service(db_session: NamedDependency[AsyncSession], runtime: NamedDependency[Runtime]) -> EventService:
-    return EventService(db_session, EventLimits.of(runtime.settings), runtime.experiments.events)
+    return EventService(db_session, runtime.experiments.event_limits, runtime.experiments.events)
 
 
 def provide_unit_service(

@@ -37,9 +37,10 @@ class LiveExperiments:
         self.exposures = ExposureBuffer(
             sessionmaker, max_pending=settings.experiment_exposure_buffer_size, metrics_registry=metrics_registry
         )
+        self.event_limits = EventLimits.of(settings)
         self.events = EventBuffer(
             sessionmaker,
-            functools.partial(write_held_events, limits=EventLimits.of(settings)),
+            functools.partial(write_held_events, limits=self.event_limits),
             max_pending=settings.experiment_event_buffer_size,
             metrics_registry=metrics_registry,
         )
