@@ -94,6 +94,7 @@ async def test_a_key_can_override_the_default_and_admins_can_change_it(
     changed = await client.put(f"/v1/keys/{key_id}/rate-limit", json={"per_minute": 0}, headers=admin)
     unlimited = [await client.get(LIST, headers=key) for _ in range(5)]
     bad = await client.put(f"/v1/keys/{key_id}/rate-limit", json={"per_minute": -1}, headers=admin)
+    unknown = await client.put("/v1/keys/nosuchkey/rate-limit", json={"per_minute": 5}, headers=admin)
     audit = (await client.get("/v1/audit", headers=admin)).json()["items"]
 
     assert statuses(limited) == [200, 200, 429]
@@ -101,6 +102,8 @@ async def test_a_key_can_override_the_default_and_admins_can_change_it(
     assert changed.json()["rate_limit_per_minute"] == 0
     assert statuses(unlimited) == [200] * 5  # the change dropped the cached key, so it applies at once
     assert bad.status_code == 422
+    assert unknown.status_code == 404
+    assert problem(unknown)["type"] == "/problems/api_key_not_found"
     assert any(entry["action"] == "api_key.rate_limit" for entry in audit)
     assert statuses([await client.get(LIST, headers=admin) for _ in range(5)]) == [200] * 5  # default: off
 
