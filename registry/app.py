@@ -28,6 +28,7 @@ from registry.lib.http import RequestContextMiddleware
 from registry.lib.logging import configure_logging
 from registry.lib.openapi import declare_problem_responses
 from registry.prompts.controller import PromptController
+from registry.prompts.fast_path import PromptFastPath
 from registry.runtime import Runtime
 from registry.settings import Settings, get_settings
 from registry.system.controller import SystemController
@@ -76,8 +77,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     ensure_scopes_declared(app)
     declare_problem_responses(app, API_PREFIX)
+    handler = app.asgi_handler
+    if settings.fast_path:
+        handler = PromptFastPath.in_front_of(app, handler, runtime, API_PREFIX)
     app.asgi_handler = RequestContextMiddleware(
-        app.asgi_handler, metrics=runtime.http_metrics, access_log=settings.access_log, state={"runtime": runtime}
+        handler, metrics=runtime.http_metrics, access_log=settings.access_log, state={"runtime": runtime}
     )
     return app
 

@@ -26,7 +26,7 @@ from registry.completions.sse import encode_event
 from registry.deps import provide_resource_name
 from registry.lib.errors import FieldError, InvalidInputError
 from registry.lib.http import decode_name
-from registry.prompts.controller import label_or_version
+from registry.prompts.fast_path import label_or_version
 from registry.runtime import Runtime, runtime_of
 
 DEFAULT_GROUP_BY: list[UsageDimension] = ["prompt", "version", "config", "key", "day"]

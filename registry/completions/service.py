@@ -386,7 +386,7 @@ class CompletionService:
         except UpstreamError as exc:
             run.absorb(upstream)
             self._fail(run, exc)
-            yield "error", problem_body(exc, None)
+            yield "error", problem_body(exc)
         finally:
             # A client that went away lands here (cancelled): record, then close the upstream connection.
             if not run.recorded:

@@ -177,18 +177,17 @@ class DatabaseUnavailableError(ServiceUnavailableError):
 # --------------------------------------------------------------------------- rendering
 
 
-def problem_body(error: RegistryError, request: Request[Any, Any, Any] | None) -> dict[str, Any]:
+def problem_body(error: RegistryError, *, instance: str | None = None, request_id: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": f"/problems/{error.type}",
         "title": error.title,
         "status": error.status_code,
         "detail": error.detail,
     }
-    if request is not None:
-        body["instance"] = request.url.path
-        request_id = request.scope.get("state", {}).get("request_id")
-        if request_id:
-            body["request_id"] = request_id
+    if instance is not None:
+        body["instance"] = instance
+    if request_id:
+        body["request_id"] = request_id
     if error.errors:
         body["errors"] = [{"field": e.field, "message": e.message} for e in error.errors]
     body.update(error.extra)
@@ -196,8 +195,13 @@ def problem_body(error: RegistryError, request: Request[Any, Any, Any] | None) -
 
 
 def problem_response(error: RegistryError, request: Request[Any, Any, Any] | None) -> Response[Any]:
+    content = (
+        problem_body(error)
+        if request is None
+        else problem_body(error, instance=request.url.path, request_id=request.scope.get("state", {}).get("request_id"))
+    )
     return Response(
-        content=problem_body(error, request),
+        content=content,
         status_code=error.status_code,
         media_type=PROBLEM_MEDIA_TYPE,
         headers=error.headers,
@@ -293,12 +297,17 @@ def _is_unavailable_state(exc: sa_exc.DBAPIError) -> bool:
 
 def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """The single exception handler of the app: everything becomes problem+json."""
+    return problem_response(translate_and_log(exc, request.url.path), request)
+
+
+def translate_and_log(exc: Exception, path: str) -> RegistryError:
+    """``translate_exception``, logging what the server is to blame for (5xx) with its traceback if unexpected."""
     error = translate_exception(exc)
     if error.status_code >= 500:
         logger.error(
             "request failed",
             error_type=error.type,
-            path=request.url.path,
+            path=path,
             exc_info=exc if not isinstance(exc, RegistryError) else None,
         )
-    return problem_response(error, request)
+    return error

@@ -10,6 +10,7 @@ import itertools
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -166,11 +167,19 @@ class JsonResponse:
     than rendering a prompt. Handlers declare their real schema with ``responses=``.
     """
 
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("body", "headers", "media_type", "status")
 
-    def __init__(self, body: bytes, *, status: int = 200, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        body: bytes,
+        *,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: bytes = b"application/json",
+    ) -> None:
         self.body = body
         self.status = status
+        self.media_type = media_type
         self.headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -179,7 +188,7 @@ class JsonResponse:
             body = b""
         else:
             headers = [
-                (b"content-type", b"application/json"),
+                (b"content-type", self.media_type),
                 (b"content-length", b"%d" % len(self.body)),
                 *self.headers,
             ]

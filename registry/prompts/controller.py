@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import msgspec
 from litestar import Request, Response, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
@@ -12,8 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from registry.auth.keys import Scope
 from registry.auth.principal import Actor
 from registry.deps import provide_resource_name
-from registry.lib.errors import FieldError, InvalidInputError
-from registry.lib.http import JsonResponse, decode_name
+from registry.lib.http import JsonResponse
 from registry.lib.pagination import PageRequest, encode_cursor
 from registry.lib.promotion import State
 from registry.lib.schema import paginate
@@ -21,10 +19,10 @@ from registry.lib.versioned_controller import VersionedResourceController
 from registry.lib.versioned_schemas import (
     Label,
 )
+from registry.prompts.fast_path import render_response, resolve_response
 from registry.prompts.schemas import (
     UNIT_PATTERN,
     CreatePromptVersion,
-    ExperimentOut,
     PromptDiff,
     PromptOut,
     PromptVersionOut,
@@ -37,42 +35,11 @@ from registry.prompts.schemas import (
 from registry.prompts.service import PromptService, variables_of
 from registry.runtime import Runtime, runtime_of
 
-STALE_HEADER = "X-Registry-Stale"
-EXPERIMENT_HEADER = "X-Registry-Experiment"
-
-
-def experiment_headers(experiment: ExperimentOut | None) -> dict[str, str]:
-    """The experiment a unit was routed through, for the resolve response (its body is shared by all units)."""
-    if experiment is None:
-        return {}
-    headers = {
-        EXPERIMENT_HEADER: experiment.key,
-        f"{EXPERIMENT_HEADER}-Phase": str(experiment.phase),
-        "X-Registry-In-Experiment": "true" if experiment.in_experiment else "false",
-    }
-    if experiment.variant is not None:
-        headers["X-Registry-Variant"] = experiment.variant
-    return headers
-
 
 def provide_prompt_service(
     db_session: NamedDependency[AsyncSession], runtime: NamedDependency[Runtime]
 ) -> PromptService:
     return PromptService(db_session, runtime.prompt_limits)
-
-
-def label_or_version(label: str | None, version: int | None) -> None:
-    if label is not None and version is not None:
-        raise InvalidInputError(
-            "give a label or a version, not both", errors=[FieldError("version", "cannot be combined with label")]
-        )
-
-
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    if not if_none_match:
-        return False
-    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-    return "*" in candidates or etag in candidates
 
 
 class PromptController(VersionedResourceController):
@@ -110,20 +77,15 @@ class PromptController(VersionedResourceController):
             ),
         ] = None,
     ) -> JsonResponse:
-        # The fast path takes no injected dependencies: resolving them costs more than the work itself.
-        label_or_version(label, version)
-        catalog = runtime_of(request).prompts
-        resolution = await catalog.resolve(decode_name(name), label=label, version=version, unit=unit)
-        headers = {
-            "ETag": resolution.version.etag,
-            "Cache-Control": "no-cache",
-            **experiment_headers(resolution.experiment),
-        }
-        if resolution.stale:
-            headers[STALE_HEADER] = "true"
-        if etag_matches(if_none_match, resolution.version.etag):
-            return JsonResponse(b"", status=304, headers=headers)
-        return JsonResponse(resolution.version.body, headers=headers)
+        # Served by ``PromptFastPath`` unless it hands the request on; no injected dependencies either way.
+        return await resolve_response(
+            runtime_of(request).prompts,
+            name,
+            label=label,
+            version=version,
+            unit=unit,
+            if_none_match=if_none_match,
+        )
 
     @patch(
         "/{name:str}",
@@ -212,9 +174,5 @@ class PromptController(VersionedResourceController):
     async def render(
         self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[RenderRequest]
     ) -> JsonResponse:
-        label_or_version(data.label, data.version)
-        rendering = await runtime_of(request).prompts.render(
-            decode_name(name), data.variables, label=data.label, version=data.version, unit=data.unit
-        )
-        headers = {STALE_HEADER: "true"} if rendering.resolution.stale else None
-        return JsonResponse(msgspec.json.encode(rendering.out), headers=headers)
+        # Served by ``PromptFastPath`` unless it hands the request on.
+        return await render_response(runtime_of(request).prompts, name, data)

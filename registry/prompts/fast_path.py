@@ -1,0 +1,311 @@
+"""Resolve and render, the two calls apps make on every request, served in front of Litestar.
+
+Litestar's per-request work for a route (routing, a ``Request``, the signature
+model that parses and validates kwargs, the ``before_request`` hook, the
+response object) costs more CPU than resolving and rendering a cached prompt.
+This ASGI layer serves the well-formed common case of those two routes
+directly: it decodes the body or query with the same msgspec types, checks
+the key with the same ``authorize``, and builds the response with the same
+functions as the Litestar handlers below it.
+
+Anything it does not fully understand (another path or method, a root path,
+a body it cannot decode strictly, a repeated or percent-encoded query
+parameter, an invalid Host header) is handed to Litestar untouched, body
+included, so malformed requests get Litestar's validation errors. Once a
+request is accepted here, errors raised while serving it (an unknown key or
+prompt, invalid variables) are rendered as the same problem documents the
+app's exception handler writes. ``REGISTRY_FAST_PATH=false`` turns it off;
+``tests/prompts/test_fast_path.py`` checks that both paths answer alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Litestar
+from litestar._asgi.utils import is_valid_host
+from litestar.enums import ScopeType
+from litestar.routes import HTTPRoute
+from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
+
+from registry.auth.access import SCOPE_OPT, authorize
+from registry.auth.keys import Scope as KeyScope
+from registry.lib.errors import PROBLEM_MEDIA_TYPE, FieldError, InvalidInputError, problem_body, translate_and_log
+from registry.lib.http import JsonResponse, decode_name
+from registry.lib.versioned_schemas import Label, VersionNumber
+from registry.prompts.catalog import PromptCatalog
+from registry.prompts.schemas import ExperimentOut, RenderRequest, UnitId
+from registry.runtime import Runtime
+
+STALE_HEADER = "X-Registry-Stale"
+EXPERIMENT_HEADER = "X-Registry-Experiment"
+RESOLVE_OPERATION = "resolvePrompt"
+RENDER_OPERATION = "renderPrompt"
+_PROBLEM_MEDIA_TYPE = PROBLEM_MEDIA_TYPE.encode()
+
+
+# --------------------------------------------------------------------------- the responses of both paths
+
+
+def label_or_version(label: str | None, version: int | None) -> None:
+    if label is not None and version is not None:
+        raise InvalidInputError(
+            "give a label or a version, not both", errors=[FieldError("version", "cannot be combined with label")]
+        )
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in candidates or etag in candidates
+
+
+def experiment_headers(experiment: ExperimentOut | None) -> dict[str, str]:
+    """The experiment a unit was routed through, for the resolve response (its body is shared by all units)."""
+    if experiment is None:
+        return {}
+    headers = {
+        EXPERIMENT_HEADER: experiment.key,
+        f"{EXPERIMENT_HEADER}-Phase": str(experiment.phase),
+        "X-Registry-In-Experiment": "true" if experiment.in_experiment else "false",
+    }
+    if experiment.variant is not None:
+        headers["X-Registry-Variant"] = experiment.variant
+    return headers
+
+
+async def resolve_response(
+    catalog: PromptCatalog,
+    name: str,
+    *,
+    label: str | None,
+    version: int | None,
+    unit: str | None,
+    if_none_match: str | None,
+) -> JsonResponse:
+    label_or_version(label, version)
+    resolution = await catalog.resolve(decode_name(name), label=label, version=version, unit=unit)
+    headers = {
+        "ETag": resolution.version.etag,
+        "Cache-Control": "no-cache",
+        **experiment_headers(resolution.experiment),
+    }
+    if resolution.stale:
+        headers[STALE_HEADER] = "true"
+    if etag_matches(if_none_match, resolution.version.etag):
+        return JsonResponse(b"", status=304, headers=headers)
+    return JsonResponse(resolution.version.body, headers=headers)
+
+
+async def render_response(catalog: PromptCatalog, name: str, data: RenderRequest) -> JsonResponse:
+    label_or_version(data.label, data.version)
+    rendering = await catalog.render(
+        decode_name(name), data.variables, label=data.label, version=data.version, unit=data.unit
+    )
+    headers = {STALE_HEADER: "true"} if rendering.resolution.stale else None
+    return JsonResponse(msgspec.json.encode(rendering.out), headers=headers)
+
+
+# --------------------------------------------------------------------------- the ASGI layer
+
+
+class ResolveQuery(msgspec.Struct):
+    """The resolve route's query, with the constraints its Litestar handler declares (or tighter)."""
+
+    label: Label | None = None
+    version: VersionNumber | None = None
+    unit: UnitId | None = None
+
+
+_RESOLVE_QUERY_KEYS = frozenset(ResolveQuery.__struct_fields__)
+
+
+def _resolve_query(query_string: bytes) -> ResolveQuery | None:
+    """The query if it is plain (no escapes, no repeats, no blank values); None hands the request to Litestar."""
+    if not query_string:
+        return ResolveQuery()
+    if b"%" in query_string or b"+" in query_string:
+        return None
+    values: dict[str, str] = {}
+    for pair in query_string.decode("latin-1").split("&"):
+        key, sep, value = pair.partition("=")
+        if key not in _RESOLVE_QUERY_KEYS:
+            continue  # Litestar ignores parameters a handler does not declare
+        if not sep or not value or key in values:
+            return None
+        values[key] = value
+    try:
+        return msgspec.convert(values, ResolveQuery, strict=False)
+    except msgspec.ValidationError:
+        return None
+
+
+def _replaying(messages: list[ReceiveMessage], receive: Receive) -> Receive:
+    """``receive`` that first hands back the messages already read, for a request passed on to Litestar."""
+    pending = list(messages)
+
+    async def replay() -> Any:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
+class PromptFastPath:
+    def __init__(
+        self,
+        app: ASGIApp,
+        runtime: Runtime,
+        *,
+        prefix: str,
+        resolve_template: str,
+        render_template: str,
+        resolve_scope: KeyScope,
+        render_scope: KeyScope,
+        max_body_bytes: int,
+    ) -> None:
+        self.app = app
+        self._runtime = runtime
+        self._prefix = prefix  # "/v1/prompts/"
+        self._resolve_template = resolve_template
+        self._render_template = render_template
+        self._resolve_scope = resolve_scope
+        self._render_scope = render_scope
+        self._max_body_bytes = max_body_bytes
+        self.served = 0  # requests answered here; the rest went on to Litestar
+
+    @classmethod
+    def in_front_of(cls, litestar: Litestar, app: ASGIApp, runtime: Runtime, api_prefix: str) -> PromptFastPath:
+        """Built from the Litestar routes it stands in for; refuses to start if they moved or changed shape."""
+        prefix = f"{api_prefix}/prompts/"
+        found: dict[str, tuple[str, str, KeyScope]] = {}  # the route's path, its template in metrics, its scope
+        for route in litestar.routes:
+            if isinstance(route, HTTPRoute):
+                for handler in route.route_handlers:
+                    if handler.operation_id in (RESOLVE_OPERATION, RENDER_OPERATION):
+                        found[str(handler.operation_id)] = (route.path, route.path_format, handler.opt[SCOPE_OPT])
+        expected = {RESOLVE_OPERATION: f"{prefix}{{name:str}}", RENDER_OPERATION: f"{prefix}{{name:str}}/render"}
+        for operation, path in expected.items():
+            if operation not in found or found[operation][0] != path:
+                raise RuntimeError(f"the fast path serves {operation} at {path}, which the app no longer routes")
+        return cls(
+            app,
+            runtime,
+            prefix=prefix,
+            resolve_template=found[RESOLVE_OPERATION][1],
+            render_template=found[RENDER_OPERATION][1],
+            resolve_scope=found[RESOLVE_OPERATION][2],
+            render_scope=found[RENDER_OPERATION][2],
+            max_body_bytes=runtime.settings.max_body_bytes,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = self._match(scope)
+        if match is not None:
+            is_render, name = match
+            if not is_render:
+                if await self._resolve(scope, name, receive, send):
+                    return
+            else:
+                passed_on = await self._render(scope, name, receive, send)
+                if passed_on is None:
+                    return
+                receive = passed_on
+        await self.app(scope, receive, send)
+
+    def _match(self, scope: Scope) -> tuple[bool, str] | None:
+        """(is it a render, the name segment) for the two routes served here, else None."""
+        if scope["type"] != ScopeType.HTTP or scope.get("root_path"):
+            return None
+        path = scope["path"]
+        if not path.startswith(self._prefix):
+            return None
+        name, slash, tail = path[len(self._prefix) :].partition("/")
+        if not name or not _plain_request(scope):
+            return None
+        method = scope["method"]
+        if method == "GET" and not slash:
+            return False, name
+        if method == "POST" and tail == "render":
+            return True, name
+        return None
+
+    async def _resolve(self, scope: Scope, name: str, receive: Receive, send: Send) -> bool:
+        query = _resolve_query(scope["query_string"])
+        if query is None:
+            return False
+        if_none_match = None
+        for header, value in scope["headers"]:
+            if header == b"if-none-match":
+                if if_none_match is not None:
+                    return False
+                if_none_match = value.decode("latin-1")
+        scope["path_template"] = self._resolve_template
+        self.served += 1
+        runtime = self._runtime
+        try:
+            await authorize(runtime, scope["headers"], self._resolve_scope)
+            response = await resolve_response(
+                runtime.prompts,
+                name,
+                label=query.label,
+                version=query.version,
+                unit=query.unit,
+                if_none_match=if_none_match,
+            )
+        except Exception as exc:
+            response = _problem(exc, scope)
+        await response(scope, receive, send)
+        return True
+
+    async def _render(self, scope: Scope, name: str, receive: Receive, send: Send) -> Receive | None:
+        """Serve a render; or return the ``receive`` to hand the request to Litestar with, body unread."""
+        messages: list[ReceiveMessage] = []
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return _replaying(messages, receive)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body_bytes:
+                return _replaying(messages, receive)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        try:
+            data = msgspec.json.decode(b"".join(chunks), type=RenderRequest)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return _replaying(messages, receive)
+        scope["path_template"] = self._render_template
+        self.served += 1
+        runtime = self._runtime
+        try:
+            await authorize(runtime, scope["headers"], self._render_scope)
+            response = await render_response(runtime.prompts, name, data)
+        except Exception as exc:
+            response = _problem(exc, scope)
+        await response(scope, receive, send)
+        return None
+
+
+def _plain_request(scope: Scope) -> bool:
+    """A request whose headers Litestar would accept as is (its Host check)."""
+    for header, value in scope["headers"]:
+        if header == b"host":
+            return is_valid_host(value)
+    return True
+
+
+def _problem(exc: Exception, scope: Scope) -> JsonResponse:
+    """The problem document Litestar's exception handler (``exception_to_response``) would write."""
+    error = translate_and_log(exc, scope["path"])
+    document = problem_body(error, instance=scope["path"], request_id=scope["state"].get("request_id"))
+    return JsonResponse(
+        msgspec.json.encode(document), status=error.status_code, headers=error.headers, media_type=_PROBLEM_MEDIA_TYPE
+    )
