@@ -156,10 +156,11 @@ class ExperimentRepository(_Repository):
 
 ExposureRow = tuple[int, int, str, str, float]  # experiment id, phase, unit, variant, first seen (Unix time)
 
+# In the order given (sorted by key), so replicas writing the same exposures at once lock them in one order.
 _INSERT_EXPOSURES_POSTGRESQL = text(
     "INSERT INTO exposures (experiment_id, phase, unit, variant, exposed_at) "
     "SELECT (r->>0)::bigint, (r->>1)::integer, r->>2, r->>3, to_timestamp((r->>4)::float8) "
-    "FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS r "
+    "FROM jsonb_array_elements(CAST(:rows AS jsonb)) WITH ORDINALITY AS e(r, position) ORDER BY position "
     "ON CONFLICT DO NOTHING"
 )
 # In order, so concurrent writers lock queue rows in one order.
@@ -175,26 +176,33 @@ class IngestRepository(_Repository):
     """Writes of raw facts: outcome events and first exposures, each marking its units for the aggregator."""
 
     async def insert_events(self, rows: Sequence[dict[str, Any]]) -> set[str]:
-        """Insert events, skipping idempotency keys already stored; returns the keys inserted now."""
+        """Insert events, skipping idempotency keys already stored; returns the keys inserted now.
+
+        Sorted by key, as exposures are: a batch retried through another replica must not deadlock.
+        """
         if not rows:
             return set()
+        rows = sorted(rows, key=lambda row: row["idempotency_key"])
         table = OutcomeEvent.__table__
         statement = (
             self.insert(OutcomeEvent)
             .on_conflict_do_nothing(index_elements=["idempotency_key"])
             .returning(table.c.idempotency_key)
         )
-        return set((await self.session.execute(statement, list(rows))).scalars().all())
+        return set((await self.session.execute(statement, rows)).scalars().all())
 
     async def insert_exposures(self, rows: Sequence[ExposureRow]) -> None:
         """Insert first exposures, skipping those already stored (another replica may have written them).
 
-        On PostgreSQL the rows go as one JSON document that the server unpacks: msgspec encodes it
-        in C, where a multi-row VALUES costs SQLAlchemy about 10 µs of Python per row (and array
-        parameters about 5), on the event loop that serves renders.
+        Rows are written sorted by key: replicas often hold the same exposures (a user's requests
+        reach several), and two writers taking the same unique-index entries in different orders
+        deadlock. On PostgreSQL the rows go as one JSON document that the server unpacks: msgspec
+        encodes it in C, where a multi-row VALUES costs SQLAlchemy about 10 µs of Python per row
+        (and array parameters about 5), on the event loop that serves renders.
         """
         if not rows:
             return
+        rows = sorted(rows)
         if self.is_postgresql:
             await self.session.execute(_INSERT_EXPOSURES_POSTGRESQL, {"rows": msgspec.json.encode(rows).decode()})
             return

@@ -150,3 +150,24 @@ async def test_a_unit_with_a_nul_character_is_refused_before_it_reaches_the_buff
     assert rendered.status_code == 422
     assert resolved.status_code == 422
     assert await exposures_per_unit(clean_database) == {"fine-unit": 1}
+
+
+async def test_replicas_flushing_the_same_units_at_once_do_not_deadlock(
+    client: Client, setup: dict[str, str], sessionmaker: async_sessionmaker[AsyncSession], clean_database: AsyncEngine
+) -> None:
+    """A user's requests reach several replicas, so their buffers often hold the same exposures.
+
+    Written in the order each replica saw them, two flushes at once lock the same
+    index entries in opposite orders and PostgreSQL aborts one as a deadlock.
+    """
+    await make_experiment(client, setup, "greet-test", "greet")
+    experiment = await experiment_id(clean_database)
+    for round_number in range(3):
+        units = [f"user-{round_number}-{i}" for i in range(5000)]
+        replicas = [ExposureBuffer(sessionmaker, max_pending=10_000) for _ in range(2)]
+        for unit in units:
+            replicas[0].record(experiment, 1, unit, "control")
+        for unit in reversed(units):
+            replicas[1].record(experiment, 1, unit, "control")
+        await asyncio.gather(*(replica.flush() for replica in replicas))
+    assert await count_rows(clean_database, "exposures") == 15_000
