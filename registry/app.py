@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from litestar import Litestar, Router
+from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
@@ -27,6 +27,7 @@ from registry.lib.errors import exception_to_response
 from registry.lib.http import RequestContextMiddleware
 from registry.lib.logging import configure_logging
 from registry.lib.openapi import declare_problem_responses
+from registry.lib.routing import ApiRouter
 from registry.prompts.controller import PromptController
 from registry.prompts.fast_path import PromptFastPath
 from registry.runtime import Runtime
@@ -57,7 +58,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     configure_logging(settings)
     runtime = Runtime.build(settings)
-    api = Router(path=API_PREFIX, route_handlers=API_CONTROLLERS, before_request=authorize_request)
+    api = ApiRouter(path=API_PREFIX, route_handlers=API_CONTROLLERS, before_request=authorize_request)
     app = Litestar(
         route_handlers=[SystemController, api],
         dependencies=COMMON_DEPENDENCIES,

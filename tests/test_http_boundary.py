@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 from litestar import Litestar
+from litestar.routes import HTTPRoute
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.app import create_app
@@ -74,6 +76,23 @@ async def test_unknown_routes_and_methods_are_problems(client: Client, admin: He
     wrong_method = await client.delete("/v1/prompts", headers=admin)
     assert wrong_method.status_code == 405
     problem(wrong_method)
+
+
+async def test_options_lists_the_methods_served_at_the_collection_path(client: Client) -> None:
+    response = await client.options("/v1/prompts")
+    assert response.status_code == 204
+    assert set(response.headers["allow"].split(", ")) == {"GET", "POST", "OPTIONS"}
+
+
+async def test_options_lists_every_method_served_at_each_path(client: Client, app: Litestar) -> None:
+    routes = [route for route in app.routes if isinstance(route, HTTPRoute)]
+    assert len(routes) >= 40
+    for route in routes:
+        served = {method for handler in route.route_handlers for method in handler.http_methods}
+        concrete = re.sub(r"\{(\w+):int\}", "1", re.sub(r"\{(\w+):str\}", "anything", route.path))
+        response = await client.options(concrete)
+        assert response.status_code == 204, (route.path, response.text)
+        assert set(response.headers["allow"].split(", ")) == served, route.path
 
 
 async def test_malformed_json_is_400(client: Client, admin: Headers, clean_database: AsyncEngine) -> None:

@@ -1,0 +1,45 @@
+"""A router whose automatic OPTIONS answers list every method served at a path.
+
+Litestar 2 builds a route for each handler it registers and gives it an OPTIONS handler
+that answers with *that* route's methods. A controller registers its handlers one by one,
+so a path served by several handlers (``GET`` and ``POST /v1/prompts``) is rebuilt for each,
+and every rebuilt route keeps the OPTIONS handler of the first one: ``Allow`` then lists the
+first handler's method only (litestar-org/litestar#4169, fixed in Litestar 3).
+
+``ApiRouter`` drops those automatic handlers from the routes it takes in and hands on, so
+each route built from them, its own and the app's, makes a fresh one from its full set of methods.
+"""
+
+from __future__ import annotations
+
+from litestar import Router
+from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
+from litestar.routes import HTTPRoute
+from litestar.types import RouteHandlerMapItem, RouteHandlerType
+
+_AUTOMATIC_OPTIONS = f"{HTTPRoute.create_options_handler.__qualname__}.<locals>.options_handler"
+
+
+def is_automatic_options(handler: BaseRouteHandler) -> bool:
+    """Whether ``handler`` is the OPTIONS answer Litestar adds to a route, not one the app declares."""
+    return isinstance(handler, HTTPRouteHandler) and getattr(handler.fn, "__qualname__", "") == _AUTOMATIC_OPTIONS
+
+
+def _without_automatic_options(handler_map: dict[str, RouteHandlerMapItem]) -> dict[str, RouteHandlerMapItem]:
+    return {
+        path: {method: handler for method, handler in handlers.items() if not is_automatic_options(handler)}
+        for path, handlers in handler_map.items()
+    }
+
+
+class ApiRouter(Router):
+    @classmethod
+    def get_route_handler_map(cls, value: RouteHandlerType | Router) -> dict[str, RouteHandlerMapItem]:
+        """What a registered controller or router serves, less the OPTIONS answers of its partial routes."""
+        return _without_automatic_options(super().get_route_handler_map(value))
+
+    @property
+    def route_handler_method_map(self) -> dict[str, RouteHandlerMapItem]:
+        """What this router serves, less its OPTIONS answers: a route rebuilt from it (here when a second
+        controller shares a path, or in the app) makes its own."""
+        return _without_automatic_options(super().route_handler_method_map)
