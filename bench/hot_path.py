@@ -14,7 +14,7 @@ granian or uvicorn with a bare JSON route added, publishes a prompt with a runni
 
 Scenarios run interleaved for several rounds; medians are reported with the ratio to
 the bare handler, and the exposures written are checked against the requests served.
-Event ingestion (``POST /v1/events``, batches of 500) is measured separately.
+Event ingestion (``POST /v1/events``, batches of 500) is measured separately, and the events stored are counted.
 
 Run: ``make bench-fast`` (or ``python bench/hot_path.py``); results go to BENCHMARKS.md.
 """
@@ -53,6 +53,7 @@ from bench.common import (  # noqa: E402
 )
 
 SECTION = "## Fast path"
+EVENT_RUNS, EVENT_BATCHES, EVENT_BATCH_SIZE = 3, 40, 500
 
 RENDER_UNIT_LUA = """
 local counter = 0
@@ -106,10 +107,10 @@ def wrk(url: str, seconds: float, connections: int, headers: dict[str, str], scr
     return parse_wrk(output)
 
 
-async def count_exposures(url: str) -> int:
+async def count_rows(url: str, table: str) -> int:
     engine = create_async_engine(url, poolclass=NullPool)
     async with engine.connect() as connection:
-        count = int((await connection.execute(text("SELECT count(*) FROM exposures"))).scalar_one())
+        count = int((await connection.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
     await engine.dispose()
     return count
 
@@ -193,13 +194,17 @@ def run(server: str, workers: int, seconds: float, rounds: int, connections: int
                 results[scenario_name].append(wrk(target, seconds, connections, scenario_headers, script))
         time.sleep(3)  # the exposure buffer flushes every second
         unit_requests = sum(r.requests - r.errors for r in results["render+unit"])
-        exposures = asyncio.run(count_exposures(service.database_url))
-        events_per_second = ingest_events(base, headers, batches=40, size=500)
+        exposures = asyncio.run(count_rows(service.database_url, "exposures"))
+        events_per_second = statistics.median(
+            ingest_events(base, headers, batches=EVENT_BATCHES, size=EVENT_BATCH_SIZE) for _ in range(EVENT_RUNS)
+        )
+        events_stored = asyncio.run(count_rows(service.database_url, "outcome_events"))
     return {
         "medians": {name: median_run(runs) for name, runs in results.items()},
         "exposures": exposures,
         "unit_requests": unit_requests,
         "events_per_second": events_per_second,
+        "events_stored": events_stored,
     }
 
 
@@ -232,8 +237,9 @@ def report(results: dict[str, dict[str, object]], args: argparse.Namespace) -> s
         lines.append(
             f"- {label}: every request of `render+unit` was a new unit; exposures written: "
             f"{result['exposures']:,} for {result['unit_requests']:,} successful requests. "
-            f"Event ingestion (`POST /v1/events`, batches of 500, 4 concurrent senders): "
-            f"{result['events_per_second']:,.0f} events/s."
+            f"Event ingestion (`POST /v1/events`, batches of {EVENT_BATCH_SIZE}, 4 concurrent senders, median of "
+            f"{EVENT_RUNS} runs of {EVENT_BATCHES} batches): {result['events_per_second']:,.0f} events/s; stored: "
+            f"{result['events_stored']:,} of {EVENT_RUNS * EVENT_BATCHES * EVENT_BATCH_SIZE:,} sent."
         )
     lines += [
         "",

@@ -163,6 +163,14 @@ _INSERT_EXPOSURES_POSTGRESQL = text(
     "FROM jsonb_array_elements(CAST(:rows AS jsonb)) WITH ORDINALITY AS e(r, position) ORDER BY position "
     "ON CONFLICT DO NOTHING"
 )
+# Events as a JSON array of objects, inserted in the order given (sorted by idempotency key).
+_INSERT_EVENTS_POSTGRESQL = text(
+    "INSERT INTO outcome_events (idempotency_key, unit, metric_id, value, occurred_at, received_at, experiment_id) "
+    "SELECT r->>'idempotency_key', r->>'unit', (r->>'metric_id')::bigint, (r->>'value')::float8, "
+    "(r->>'occurred_at')::timestamptz, (r->>'received_at')::timestamptz, (r->>'experiment_id')::bigint "
+    "FROM jsonb_array_elements(CAST(:rows AS jsonb)) WITH ORDINALITY AS e(r, position) ORDER BY position "
+    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key"
+)
 # In order, so concurrent writers lock queue rows in one order.
 _MARK_UNITS_CHANGED_POSTGRESQL = text(
     "INSERT INTO unit_changes (unit, changed_at) "
@@ -179,10 +187,15 @@ class IngestRepository(_Repository):
         """Insert events, skipping idempotency keys already stored; returns the keys inserted now.
 
         Sorted by key, as exposures are: a batch retried through another replica must not deadlock.
+        On PostgreSQL the batch goes as one JSON document, for the reason given at ``insert_exposures``:
+        SQLAlchemy's multi-row VALUES took about a third of the API's CPU per ingested event.
         """
         if not rows:
             return set()
         rows = sorted(rows, key=lambda row: row["idempotency_key"])
+        if self.is_postgresql:
+            document = msgspec.json.encode(rows).decode()
+            return set((await self.session.execute(_INSERT_EVENTS_POSTGRESQL, {"rows": document})).scalars().all())
         table = OutcomeEvent.__table__
         statement = (
             self.insert(OutcomeEvent)

@@ -10,7 +10,7 @@ from msgspec import UNSET, UnsetType
 
 from registry.configs.schemas import ConfigRef
 from registry.experiments.models import Experiment, ExperimentPhase, ExperimentVariant, Metric
-from registry.lib.schema import Description, Input, Output, Reason, ResourceName
+from registry.lib.schema import NO_NUL_PATTERN, Description, Input, Output, Reason, ResourceName
 from registry.lib.versioned_schemas import VersionNumber
 from registry.prompts.schemas import ConfigUsed, UnitId
 from registry.stats import Correction
@@ -406,7 +406,7 @@ MAX_EVENTS = 1000
 class EventIn(Input):
     unit: UnitId
     metric: MetricKey
-    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=NO_NUL_PATTERN)]
     timestamp: Annotated[datetime, msgspec.Meta(tz=True, description="When it happened, with a time zone.")]
     value: float = 1.0
     experiment: ResourceName | None = None

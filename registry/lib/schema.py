@@ -9,6 +9,9 @@ import msgspec
 
 T = TypeVar("T")
 
+# No NUL: PostgreSQL text cannot hold one. For text written in batches (units, event keys), where one such
+# value would fail the whole batch at the database, the check is made per item.
+NO_NUL_PATTERN = r"^[^\x00]+$"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$"
 ResourceName = Annotated[
     str,

@@ -8,7 +8,7 @@ import msgspec
 from registry.configs.models import ModelConfigVersion
 from registry.configs.schemas import CommitMessage, ConfigRef, FieldChange
 from registry.lib.promotion import State
-from registry.lib.schema import Input, Output
+from registry.lib.schema import NO_NUL_PATTERN, Input, Output
 from registry.lib.versioned_schemas import Label, ResourceOut, UpdateResource, VersionNumber
 from registry.prompts.models import Prompt, PromptVersion
 
@@ -134,8 +134,7 @@ class ResolvedPromptOut(Output):
     version: PromptVersionOut
 
 
-# No NUL: a unit is stored as text, and PostgreSQL text cannot hold one (it would fail a whole batch of exposures).
-UNIT_PATTERN = r"^[^\x00]+$"
+UNIT_PATTERN = NO_NUL_PATTERN
 UnitId = Annotated[
     str,
     msgspec.Meta(min_length=1, max_length=256, pattern=UNIT_PATTERN, description="The unit (user, session) to assign."),

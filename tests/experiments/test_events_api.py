@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.auth.keys import Scope
 from tests.conftest import KeyFactory, count_rows, problem
-from tests.experiments.conftest import Client, make_experiment
+from tests.experiments.conftest import Client, make_experiment, make_metric
 
 
 def event(key: str, unit: str = "user-1", metric: str = "converted", **extra: Any) -> dict[str, Any]:
@@ -71,6 +72,53 @@ async def test_an_idempotency_key_is_recorded_once(
     assert again.status_code == 200
     assert [i["status"] for i in again.json()["items"]] == ["duplicate", "accepted"]
     assert await count_rows(clean_database, "outcome_events") == 3
+
+
+async def test_stored_events_keep_every_value_exactly(
+    client: Client, setup: dict[str, str], clean_database: AsyncEngine
+) -> None:
+    """Text, numbers and times arrive in the database as sent (events are written as one document)."""
+    await make_metric(client, setup, "revenue", kind="continuous")
+    await make_experiment(client, setup, "greet-test", "greet")
+    sent = [
+        event('quote " back \\ zoë 😀', unit="ünït \t 😀", metric="revenue", value=0.1 + 0.2,
+              timestamp="2026-11-20T10:11:12.345678+05:30"),
+        event("tiny", metric="revenue", value=-1e-300, timestamp="2026-11-20T23:59:59Z"),
+        event("huge", metric="revenue", value=1.7976931348623157e308, experiment="greet-test"),
+        event("a\u0000b"),
+    ]  # fmt: skip
+    response = await client.post("/v1/events", json={"events": sent}, headers=setup)
+    assert [i["status"] for i in response.json()["items"]] == ["accepted", "accepted", "accepted", "rejected"]
+    assert response.json()["items"][3]["errors"][0]["field"] == "idempotency_key"
+    async with clean_database.connect() as connection:
+        rows = (
+            await connection.execute(
+                text(
+                    "SELECT e.idempotency_key, e.unit, m.key, e.value, e.occurred_at, x.key FROM outcome_events e "
+                    "JOIN metrics m ON m.id = e.metric_id LEFT JOIN experiments x ON x.id = e.experiment_id "
+                    "ORDER BY e.value"
+                )
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [
+        ("tiny", "user-1", "revenue", -1e-300, datetime(2026, 11, 20, 23, 59, 59, tzinfo=UTC), None),
+        (
+            'quote " back \\ zoë 😀',
+            "ünït \t 😀",
+            "revenue",
+            0.1 + 0.2,
+            datetime(2026, 11, 20, 4, 41, 12, 345678, tzinfo=UTC),
+            None,
+        ),
+        (
+            "huge",
+            "user-1",
+            "revenue",
+            1.7976931348623157e308,
+            datetime.fromisoformat(sent[2]["timestamp"]),
+            "greet-test",
+        ),
+    ]
 
 
 async def test_events_may_name_their_experiment(client: Client, setup: dict[str, str]) -> None:
