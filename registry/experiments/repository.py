@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, delete, exists, func, literal, select, text, update
+from sqlalchemy import ARRAY, Row, String, bindparam, delete, exists, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -77,6 +77,17 @@ class _Repository:
 
     async def execute_many(self, statement: Any, rows: Sequence[dict[str, Any]]) -> Any:
         return await self.session.execute(statement, list(rows)) if rows else None
+
+    def among(self, column: Any, values: Sequence[str]) -> Any:
+        """``column IN values``; on PostgreSQL ``column IN (SELECT unnest(array))``, one parameter for all.
+
+        An expanded IN renders a bound parameter per value on every execution: for the aggregator's
+        batches of units that rendering was a third of its Python time. Not ``= ANY(array)``: after
+        five executions PostgreSQL's generic plan for it scanned whole tables (100 times slower).
+        """
+        if self.is_postgresql:
+            return column.in_(select(func.unnest(bindparam(None, list(values), type_=ARRAY(String)))))
+        return column.in_(values)
 
     async def add(self, row: Any) -> None:
         self.session.add(row)
@@ -278,23 +289,21 @@ class StatisticsRepository(_Repository):
             delete(ExperimentMetricSums).where(ExperimentMetricSums.experiment_id == experiment_id)
         )
 
-    async def exposures_of(self, units: Sequence[str]) -> list[Exposure]:
-        rows: list[Exposure] = []
-        for chunk in chunks(units):
-            rows += (await self.session.scalars(select(Exposure).where(Exposure.unit.in_(chunk)))).all()
-        return rows
+    async def exposures_of(self, units: Sequence[str]) -> list[Row[Any]]:
+        return await self._rows_of_units(Exposure, units)
 
-    async def standings_of(self, units: Sequence[str]) -> list[ExperimentUnit]:
-        rows: list[ExperimentUnit] = []
-        for chunk in chunks(units):
-            rows += (await self.session.scalars(select(ExperimentUnit).where(ExperimentUnit.unit.in_(chunk)))).all()
-        return rows
+    async def standings_of(self, units: Sequence[str]) -> list[Row[Any]]:
+        return await self._rows_of_units(ExperimentUnit, units)
 
-    async def metric_values_of(self, units: Sequence[str]) -> list[UnitMetricValue]:
-        rows: list[UnitMetricValue] = []
+    async def metric_values_of(self, units: Sequence[str]) -> list[Row[Any]]:
+        return await self._rows_of_units(UnitMetricValue, units)
+
+    async def _rows_of_units(self, model: Any, units: Sequence[str]) -> list[Row[Any]]:
+        """A table's rows for these units, as plain rows: the aggregator reads thousands and changes none."""
+        table = model.__table__
+        rows: list[Row[Any]] = []
         for chunk in chunks(units):
-            query = select(UnitMetricValue).where(UnitMetricValue.unit.in_(chunk))
-            rows += (await self.session.scalars(query)).all()
+            rows += (await self.session.execute(select(*table.c).where(self.among(table.c.unit, chunk)))).all()
         return rows
 
     async def experiments_by_id(self, ids: Collection[int]) -> dict[int, Experiment]:
@@ -322,7 +331,7 @@ class StatisticsRepository(_Repository):
                 OutcomeEvent.occurred_at,
                 OutcomeEvent.value,
                 OutcomeEvent.experiment_id,
-            ).where(OutcomeEvent.unit.in_(chunk), OutcomeEvent.metric_id.in_(metric_ids))
+            ).where(self.among(OutcomeEvent.unit, chunk), OutcomeEvent.metric_id.in_(metric_ids))
             for unit, metric_id, occurred_at, value, experiment_id in (await self.session.execute(query)).all():
                 found.setdefault(unit, []).append(Observation(metric_id, occurred_at, value, experiment_id))
         return found
@@ -331,8 +340,10 @@ class StatisticsRepository(_Repository):
         self, units: Sequence[str], standings: Sequence[dict[str, Any]], values: Sequence[dict[str, Any]]
     ) -> None:
         for chunk in chunks(units):
-            await self.session.execute(delete(ExperimentUnit).where(ExperimentUnit.unit.in_(chunk)))
-            await self.session.execute(delete(UnitMetricValue).where(UnitMetricValue.unit.in_(chunk)))
+            for model in (ExperimentUnit, UnitMetricValue):
+                # Not synchronized with the session (which holds none of these rows): that fetches every deleted key.
+                statement = delete(model).where(self.among(model.unit, chunk))
+                await self.session.execute(statement.execution_options(synchronize_session=False))
         await self.execute_many(self.insert(ExperimentUnit), standings)
         await self.execute_many(self.insert(UnitMetricValue), values)
 

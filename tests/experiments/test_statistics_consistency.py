@@ -103,3 +103,40 @@ async def test_sums_match_a_recomputation_after_concurrent_ingestion(
     for key, (count, total) in totals(rebuilt).items():
         assert totals(incremental)[key][0] == count
         assert totals(incremental)[key][1] == pytest.approx(total, abs=1e-6)
+
+
+async def test_batches_larger_than_a_query_chunk_are_folded_in_whole(client: Client, setup: dict[str, str]) -> None:
+    """2,500 units: the aggregator's batch (2,000) spans two query chunks, and a second batch follows."""
+    await make_experiment(client, setup, "greet-test", "greet")
+    units = [f"user-{i}" for i in range(2500)]
+    variant = {unit: ("control", "treatment")[i % 3 == 0] for i, unit in enumerate(units)}
+    for start in range(0, len(units), 1000):
+        exposures = [
+            {"experiment": "greet-test", "unit": unit, "variant": variant[unit]} for unit in units[start : start + 1000]
+        ]
+        assert (await client.post("/v1/exposures", json={"exposures": exposures}, headers=setup)).status_code == 202
+    now = datetime.now(UTC).isoformat()
+    converted = units[::7]  # in both chunks of the first batch and in the second batch
+    events = [{"unit": u, "metric": "converted", "idempotency_key": f"c-{u}", "timestamp": now} for u in converted]
+    assert (await client.post("/v1/events", json={"events": events}, headers=setup)).status_code == 200
+    await flush_and_aggregate(client)
+
+    def expected(converting: list[str]) -> dict[tuple[str, str], tuple[int, float]]:
+        return {
+            ("converted", arm): (
+                sum(1 for u in units if variant[u] == arm),
+                float(sum(1 for u in converting if variant[u] == arm)),
+            )
+            for arm in ("control", "treatment")
+        }
+
+    results = (await client.get("/v1/experiments/greet-test/results", headers=setup)).json()
+    assert {k: (n, round(total)) for k, (n, total) in totals(results).items()} == expected(converted)
+
+    # Recomputing units already counted replaces their rows: units are not counted twice.
+    later = [u for u in units[1::7] if u not in converted][:600]
+    events = [{"unit": u, "metric": "converted", "idempotency_key": f"l-{u}", "timestamp": now} for u in later]
+    assert (await client.post("/v1/events", json={"events": events}, headers=setup)).status_code == 200
+    await flush_and_aggregate(client)
+    results = (await client.get("/v1/experiments/greet-test/results", headers=setup)).json()
+    assert {k: (n, round(total)) for k, (n, total) in totals(results).items()} == expected(converted + later)
