@@ -21,7 +21,7 @@ from registry.lib.versioned_schemas import (
 )
 from registry.prompts.fast_path import render_response, resolve_response
 from registry.prompts.schemas import (
-    UNIT_PATTERN,
+    UNIT_CONSTRAINTS,
     CreatePromptVersion,
     PromptDiff,
     PromptOut,
@@ -70,12 +70,7 @@ class PromptController(VersionedResourceController):
         label: FromQuery[Label | None] = None,
         version: Annotated[int | None, QueryParameter(ge=1)] = None,
         if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match")] = None,
-        unit: Annotated[
-            str | None,
-            QueryParameter(
-                min_length=1, max_length=256, pattern=UNIT_PATTERN, description="The unit (user, session) to assign."
-            ),
-        ] = None,
+        unit: Annotated[str | None, QueryParameter(**UNIT_CONSTRAINTS)] = None,
     ) -> JsonResponse:
         # Served by ``PromptFastPath`` unless it hands the request on; no injected dependencies either way.
         return await resolve_response(

@@ -134,11 +134,14 @@ class ResolvedPromptOut(Output):
     version: PromptVersionOut
 
 
-UNIT_PATTERN = NO_NUL_PATTERN
-UnitId = Annotated[
-    str,
-    msgspec.Meta(min_length=1, max_length=256, pattern=UNIT_PATTERN, description="The unit (user, session) to assign."),
-]
+# Shared by the msgspec type and the resolve route's query parameter (Litestar's OpenAPI does not read msgspec.Meta).
+UNIT_CONSTRAINTS: dict[str, Any] = {
+    "min_length": 1,
+    "max_length": 256,
+    "pattern": NO_NUL_PATTERN,
+    "description": "The unit (user, session) to assign.",
+}
+UnitId = Annotated[str, msgspec.Meta(**UNIT_CONSTRAINTS)]
 
 
 class RenderRequest(Input):
