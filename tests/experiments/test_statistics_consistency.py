@@ -121,11 +121,12 @@ async def test_batches_larger_than_a_query_chunk_are_folded_in_whole(client: Cli
     assert (await client.post("/v1/events", json={"events": events}, headers=setup)).status_code == 200
     await flush_and_aggregate(client)
 
-    def expected(converting: list[str]) -> dict[tuple[str, str], tuple[int, float]]:
+    def expected(converting: list[str]) -> dict[tuple[str, str], tuple[int, int]]:
+        """(metric, variant) -> (units, converted units)."""
         return {
             ("converted", arm): (
                 sum(1 for u in units if variant[u] == arm),
-                float(sum(1 for u in converting if variant[u] == arm)),
+                sum(1 for u in converting if variant[u] == arm),
             )
             for arm in ("control", "treatment")
         }
