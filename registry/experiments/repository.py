@@ -234,16 +234,19 @@ class IngestRepository(_Repository):
         aggregator claiming it waits for this transaction and then sees its facts.
         Units are sorted so concurrent writers lock rows in one order (no deadlocks).
         """
+        ordered = sorted(set(units))
+        if not ordered:
+            return
         now = utcnow()
         if self.is_postgresql:
-            units_json = msgspec.json.encode(sorted(set(units))).decode()
+            units_json = msgspec.json.encode(ordered).decode()
             await self.session.execute(_MARK_UNITS_CHANGED_POSTGRESQL, {"units": units_json, "now": now})
             return
         statement = self.insert(UnitChange)
         statement = statement.on_conflict_do_update(
             index_elements=["unit"], set_={"changed_at": statement.excluded.changed_at}
         )
-        await self.execute_many(statement, [{"unit": u, "changed_at": now} for u in sorted(set(units))])
+        await self.execute_many(statement, [{"unit": u, "changed_at": now} for u in ordered])
 
 
 class StatisticsRepository(_Repository):
