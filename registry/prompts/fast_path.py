@@ -20,6 +20,7 @@ app's exception handler writes. ``REGISTRY_FAST_PATH=false`` turns it off;
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -243,22 +244,16 @@ class PromptFastPath:
                 if if_none_match is not None:
                     return False
                 if_none_match = value.decode("latin-1")
-        scope["path_template"] = self._resolve_template
-        self.served += 1
-        runtime = self._runtime
-        try:
-            await authorize(runtime, scope["headers"], self._resolve_scope)
-            response = await resolve_response(
-                runtime.prompts,
-                name,
-                label=query.label,
-                version=query.version,
-                unit=query.unit,
-                if_none_match=if_none_match,
-            )
-        except Exception as exc:
-            response = _problem(exc, scope)
-        await response(scope, receive, send)
+        await self._answer(
+            scope,
+            receive,
+            send,
+            self._resolve_template,
+            self._resolve_scope,
+            lambda catalog: resolve_response(
+                catalog, name, label=query.label, version=query.version, unit=query.unit, if_none_match=if_none_match
+            ),
+        )
         return True
 
     async def _render(self, scope: Scope, name: str, receive: Receive, send: Send) -> Receive | None:
@@ -282,16 +277,34 @@ class PromptFastPath:
             data = msgspec.json.decode(b"".join(chunks), type=RenderRequest)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return _replaying(messages, receive)
-        scope["path_template"] = self._render_template
+        await self._answer(
+            scope,
+            receive,
+            send,
+            self._render_template,
+            self._render_scope,
+            lambda catalog: render_response(catalog, name, data),
+        )
+        return None
+
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        template: str,
+        required: KeyScope,
+        respond: Callable[[PromptCatalog], Awaitable[JsonResponse]],
+    ) -> None:
+        """Answer an accepted request: the key's check, then ``respond``; errors as the app's problem documents."""
+        scope["path_template"] = template
         self.served += 1
-        runtime = self._runtime
         try:
-            await authorize(runtime, scope["headers"], self._render_scope)
-            response = await render_response(runtime.prompts, name, data)
+            await authorize(self._runtime, scope["headers"], required)
+            response = await respond(self._runtime.prompts)
         except Exception as exc:
             response = _problem(exc, scope)
         await response(scope, receive, send)
-        return None
 
 
 def _plain_request(scope: Scope) -> bool:
