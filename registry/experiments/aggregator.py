@@ -56,6 +56,7 @@ class UnitRecomputer:
 
     async def recompute(self, units: Sequence[str]) -> None:
         repository = self.repository
+        await repository.plan_each_statement(True)
         exposures = await repository.exposures_of(units)
         old_standings = await repository.standings_of(units)
         old_values = await repository.metric_values_of(units)
@@ -126,7 +127,9 @@ class UnitRecomputer:
             if row.variant is not None and row.value is not None:
                 sums[(row.experiment_id, row.phase, row.variant, row.metric_id)] += -Sums.of(row.value, row.pre_value)
 
-        await repository.replace_unit_rows(units, standings, values)
+        await repository.delete_unit_rows(units)
+        await repository.plan_each_statement(False)
+        await repository.insert_unit_rows(standings, values)
         await repository.add_counts({k: d for k, d in counts.items() if d})
         await repository.add_multi_variant_units({k: d for k, d in multi.items() if d})
         await repository.add_sums({k: s for k, s in sums.items() if not s.is_zero})

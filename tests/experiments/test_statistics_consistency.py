@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from registry.experiments.repository import StatisticsRepository
 from tests.experiments.conftest import Client, flush_and_aggregate, in_app, make_experiment, make_metric, runtime_of
 
 
@@ -141,3 +142,59 @@ async def test_batches_larger_than_a_query_chunk_are_folded_in_whole(client: Cli
     await flush_and_aggregate(client)
     results = (await client.get("/v1/experiments/greet-test/results", headers=setup)).json()
     assert {k: (n, round(total)) for k, (n, total) in totals(results).items()} == expected(converted + later)
+
+
+async def test_derived_rows_are_stored_exactly_as_computed(
+    client: Client, setup: dict[str, str], clean_database: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Standings and metric values reach the database as the aggregator computed them (one document each)."""
+    await make_metric(client, setup, "revenue", kind="continuous")
+    await make_experiment(client, setup, "greet-test", "greet", guardrail_metrics=["revenue"])
+    odd_unit = 'ünït \t 😀 " \\'
+    exposures = [
+        {"experiment": "greet-test", "unit": odd_unit, "variant": "control"},
+        {"experiment": "greet-test", "unit": "huge", "variant": "treatment"},
+        {"experiment": "greet-test", "unit": "both", "variant": "control"},
+        {"experiment": "greet-test", "unit": "both", "variant": "treatment"},
+    ]
+    assert (await client.post("/v1/exposures", json={"exposures": exposures}, headers=setup)).status_code == 202
+    await flush_and_aggregate(client)
+    now = datetime.now(UTC)
+    at, before = now.isoformat(), (now - timedelta(hours=1)).isoformat()
+    events = [
+        {"unit": odd_unit, "metric": "revenue", "value": 0.1 + 0.2, "idempotency_key": "a", "timestamp": at},
+        {"unit": odd_unit, "metric": "revenue", "value": -1e-300, "idempotency_key": "b", "timestamp": before},
+        {"unit": "huge", "metric": "revenue", "value": 1.7976931348623157e308, "idempotency_key": "c",
+         "timestamp": now.isoformat()},
+        {"unit": "both", "metric": "converted", "idempotency_key": "d", "timestamp": now.isoformat()},
+    ]  # fmt: skip
+    assert (await client.post("/v1/events", json={"events": events}, headers=setup)).status_code == 200
+
+    computed: dict[str, list[dict[str, Any]]] = {"standings": [], "values": []}
+    insert = StatisticsRepository.insert_unit_rows
+
+    async def recording(self: StatisticsRepository, standings: Any, values: Any) -> None:
+        computed["standings"] += standings
+        computed["values"] += values
+        await insert(self, standings, values)
+
+    monkeypatch.setattr(StatisticsRepository, "insert_unit_rows", recording)
+    await flush_and_aggregate(client)
+
+    async with clean_database.connect() as connection:
+        standings = (await connection.execute(text("SELECT * FROM experiment_units"))).mappings().all()
+        values = (await connection.execute(text("SELECT * FROM unit_metric_values"))).mappings().all()
+
+    def as_set(rows: Any) -> set[tuple[Any, ...]]:
+        return {tuple(sorted(dict(row).items())) for row in rows}
+
+    assert as_set(standings) == as_set(computed["standings"])
+    assert as_set(values) == as_set(computed["values"])
+    assert {row["unit"]: row["variant"] for row in standings} == {
+        odd_unit: "control",
+        "huge": "treatment",
+        "both": None,
+    }
+    revenue = {(row["unit"], row["value"], row["pre_value"]) for row in values if row["unit"] != "both"}
+    assert (odd_unit, 0.1 + 0.2, -1e-300) in revenue
+    assert ("huge", 1.7976931348623157e308, 0.0) in revenue
