@@ -56,7 +56,6 @@ class UnitRecomputer:
 
     async def recompute(self, units: Sequence[str]) -> None:
         repository = self.repository
-        await repository.plan_each_statement(True)
         exposures = await repository.exposures_of(units)
         old_standings = await repository.standings_of(units)
         old_values = await repository.metric_values_of(units)
@@ -128,7 +127,6 @@ class UnitRecomputer:
                 sums[(row.experiment_id, row.phase, row.variant, row.metric_id)] += -Sums.of(row.value, row.pre_value)
 
         await repository.delete_unit_rows(units)
-        await repository.plan_each_statement(False)
         await repository.insert_unit_rows(standings, values)
         await repository.add_counts({k: d for k, d in counts.items() if d})
         await repository.add_multi_variant_units({k: d for k, d in multi.items() if d})

@@ -81,8 +81,11 @@ class _Repository:
     def among(self, column: Any, values: Sequence[str]) -> Any:
         """``column IN values``; on PostgreSQL ``column = ANY(array)``, one parameter for all of them.
 
-        An expanded IN renders and casts a bound parameter per value on every execution, which
-        was two-fifths of the aggregator's Python time. See ``plan_each_statement`` for its plans.
+        An expanded IN renders and casts a bound parameter per value on every execution, which was
+        two-fifths of the aggregator's Python time. PostgreSQL's generic plan for ``= ANY($1)``
+        (taken after five executions) assumes a short array and reads the unit index; an IN list
+        of 1,000 units, planned with its values, fell to a sequential scan of a 200,000-row table,
+        four times slower.
         """
         if self.is_postgresql:
             return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
@@ -282,19 +285,6 @@ class StatisticsRepository(_Repository):
             await self.session.execute(select(func.pg_advisory_xact_lock(STATISTICS_LOCK)))
             return True
         return bool(await self.session.scalar(select(func.pg_try_advisory_xact_lock(STATISTICS_LOCK))))
-
-    async def plan_each_statement(self, planned_each: bool) -> None:
-        """Whether PostgreSQL plans each statement of this transaction for its own parameters.
-
-        On for the aggregator's reads and deletes, which pass a unit list as one array (``among``):
-        after five executions PostgreSQL switches to a generic plan, and for ``= ANY($1)`` that plan
-        scanned whole tables (three times slower at 20,000 units). A custom plan sees the array as
-        it sees an expanded IN list. Off again for the inserts: their foreign-key checks, one cached
-        query per row, took three times as long when each was planned afresh.
-        """
-        if self.is_postgresql:
-            mode = "force_custom_plan" if planned_each else "DEFAULT"
-            await self.session.execute(text(f"SET LOCAL plan_cache_mode TO {mode}"))
 
     async def claim_changed_units(self, limit: int) -> list[str]:
         oldest = select(UnitChange.unit).order_by(UnitChange.changed_at).limit(limit).with_for_update(skip_locked=True)
