@@ -5,7 +5,8 @@ the service's own work per request: the bare route (our middleware and Litestar)
 the raw bare route (our middleware only, where the fast path sits), resolve,
 render, render with a new unit per request (assignment and a first exposure), and
 a streamed 32-token completion against a stand-in backend (the fault server of
-the tests, in its own process). ``--profile SCENARIO`` prints a cProfile of that
+the tests, in its own process), and a batch of 500 outcome events through
+``POST /v1/events`` (the database's own CPU is not counted). ``--profile SCENARIO`` prints a cProfile of that
 scenario, which is how the fast path was tuned (see BENCHMARKS.md, "What was
 removed from the fast path").
 
@@ -45,6 +46,10 @@ FAULT_SERVER = (
 )
 Call = Callable[[], Awaitable[int]]
 ROUNDS = 5
+EVENT_BATCH = 500
+# Scenarios that cost far more per request run fewer requests per round: complete, events.
+SLOWER = {"complete": 20, "events": 200}
+EVENTS = f"events (batch of {EVENT_BATCH})"
 
 
 def asgi_call(app: Any, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> Call:
@@ -145,6 +150,23 @@ async def measure(requests: int, profile: str | None, port: int) -> dict[str, fl
         auth = [(b"authorization", f"Bearer {secret}".encode())]
         json_auth = [*auth, (b"content-type", b"application/json")]
         units = iter(range(10**9))
+        batches = iter(range(10**9))
+        now = datetime.now(UTC).isoformat()
+
+        def events_body() -> bytes:
+            """A batch of new events (new idempotency keys and units), as apps send them."""
+            batch = next(batches)
+            events = [
+                {
+                    "unit": f"e{batch}-{i}",
+                    "metric": "bench_converted",
+                    "idempotency_key": f"e{batch}-{i}",
+                    "timestamp": now,
+                }
+                for i in range(EVENT_BATCH)
+            ]
+            return json.dumps({"events": events}).encode()
+
         scenarios: dict[str, Callable[[], Call]] = {
             "bare": lambda: asgi_call(app, "GET", "/bench/bare", []),
             "bare (raw ASGI)": lambda: asgi_call(app, "GET", "/bench/raw", []),
@@ -166,13 +188,14 @@ async def measure(requests: int, profile: str | None, port: int) -> dict[str, fl
                 json_auth,
                 b'{"variables": {"name": "Ada"}, "stream": true}',
             ),
+            EVENTS: lambda: asgi_call(app, "POST", "/v1/events", json_auth, events_body()),
         }
         for label, make in scenarios.items():
             assert await make()() == 200, label
         rounds: dict[str, list[float]] = {label: [] for label in scenarios}
         for round_number in range(ROUNDS + 1):  # interleaved, so a slow spell of the machine hits every scenario
             for label, make in scenarios.items():
-                count = requests if "complete" not in label else max(requests // 20, 50)
+                count = max(requests // SLOWER.get(label.split(" ")[0], 1), 20)
                 calls = [make() for _ in range(count)]
                 started = time.process_time()
                 for call in calls:
@@ -208,6 +231,8 @@ def report(results: dict[str, float], requests: int) -> str:
         "| --- | ---: | ---: | ---: |",
         *(f"| {label} | {us:,.1f} | {bare / us:.0%} | {raw / us:.0%} |" for label, us in results.items()),
         "",
+        f"- events: {results[EVENTS] / EVENT_BATCH:,.1f} µs of the API's CPU per event, validation, idempotency "
+        "and the unit queue included (PostgreSQL's own CPU is not counted)",
         f"- command: `make bench-cpu` (`python bench/fast_path_cpu.py --requests {requests}`)",
         f"- machine: {machine()}",
         f"- measured: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
