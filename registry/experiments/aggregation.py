@@ -20,9 +20,13 @@ from datetime import datetime, timedelta
 ZERO_FILLED = frozenset({"sum", "count", "any"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Observation:
-    """One value of one metric for a unit (an outcome event today; completions later)."""
+    """One value of one metric for a unit (an outcome event today; completions later).
+
+    Not frozen, though never changed: the aggregator builds one per event, and a frozen dataclass
+    costs four times as much to construct (about 2 µs against 0.5).
+    """
 
     metric_id: int
     occurred_at: datetime
@@ -101,9 +105,12 @@ def standing(variants: Iterable[str]) -> str | None:
     return distinct.pop() if len(distinct) == 1 else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sums:
-    """Sufficient statistics of some units' values: the unit of addition for the per-variant rows."""
+    """Sufficient statistics of some units' values: the unit of addition for the per-variant rows.
+
+    Never changed in place (``+`` makes a new one); not frozen for the reason given at ``Observation``.
+    """
 
     n: int = 0
     sum: float = 0.0

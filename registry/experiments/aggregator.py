@@ -62,6 +62,11 @@ class UnitRecomputer:
         experiment_ids = {e.experiment_id for e in exposures} | {s.experiment_id for s in old_standings}
         experiments = await repository.experiments_by_id(experiment_ids)
         observations = await self._observations(units, experiments.values())
+        # Per experiment, once per batch rather than per unit: reading them goes through the ORM's attributes.
+        rules = {
+            experiment_id: [MetricRule(link.metric_id, link.metric.aggregation) for link in experiment.metrics]
+            for experiment_id, experiment in experiments.items()
+        }
 
         seen: dict[tuple[int, int, str], list[tuple[str, datetime]]] = defaultdict(list)
         for exposure in exposures:
@@ -98,8 +103,7 @@ class UnitRecomputer:
                 grace=self.grace,
                 lookback=timedelta(days=experiment.cuped_lookback_days),
             )
-            for link in experiment.metrics:
-                rule = MetricRule(link.metric_id, link.metric.aggregation)
+            for rule in rules[experiment_id]:
                 value, pre = unit_value(observations.get(unit, ()), rule, window, experiment_id)
                 if not worth_storing(value, pre, rule.zero_filled):
                     continue
