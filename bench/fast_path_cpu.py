@@ -6,9 +6,9 @@ the raw bare route (our middleware only, where the fast path sits), resolve,
 render, render with a new unit per request (assignment and a first exposure), and
 a streamed 32-token completion against a stand-in backend (the fault server of
 the tests, in its own process), and a batch of 500 outcome events through
-``POST /v1/events`` (the database's own CPU is not counted). ``--profile SCENARIO`` prints a cProfile of that
-scenario, which is how the fast path was tuned (see BENCHMARKS.md, "What was
-removed from the fast path").
+``POST /v1/events`` (the database's own CPU is not counted). ``--profile SCENARIO``
+prints a cProfile of that scenario, which is how the fast path was tuned (see
+BENCHMARKS.md, "What was removed from the fast path").
 
 Run: ``make bench-cpu`` (or ``python bench/fast_path_cpu.py``); PostgreSQL and Redis at 127.0.0.1.
 """

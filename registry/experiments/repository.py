@@ -85,7 +85,7 @@ class _Repository:
         two-fifths of the aggregator's Python time. PostgreSQL's generic plan for ``= ANY($1)``
         (taken after five executions) assumes a short array and reads the unit index; an IN list
         of 1,000 units, planned with its values, fell to a sequential scan of a 200,000-row table,
-        four times slower.
+        nearly four times slower.
         """
         if self.is_postgresql:
             return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
@@ -364,7 +364,7 @@ class StatisticsRepository(_Repository):
         """Insert units' standings and metric values (deleted first with ``delete_unit_rows``).
 
         On PostgreSQL each table's rows go as one JSON document, as exposures and events do:
-        SQLAlchemy's multi-row VALUES took twice the time for the aggregator's thousands of rows.
+        SQLAlchemy's multi-row VALUES took 1.5 to 1.8 times as long for the aggregator's thousands of rows.
         """
         if not self.is_postgresql:
             await self.execute_many(self.insert(ExperimentUnit), standings)

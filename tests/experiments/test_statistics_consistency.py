@@ -164,9 +164,8 @@ async def test_derived_rows_are_stored_exactly_as_computed(
     events = [
         {"unit": odd_unit, "metric": "revenue", "value": 0.1 + 0.2, "idempotency_key": "a", "timestamp": at},
         {"unit": odd_unit, "metric": "revenue", "value": -1e-300, "idempotency_key": "b", "timestamp": before},
-        {"unit": "huge", "metric": "revenue", "value": 1.7976931348623157e308, "idempotency_key": "c",
-         "timestamp": now.isoformat()},
-        {"unit": "both", "metric": "converted", "idempotency_key": "d", "timestamp": now.isoformat()},
+        {"unit": "huge", "metric": "revenue", "value": 1.7976931348623157e308, "idempotency_key": "c", "timestamp": at},
+        {"unit": "both", "metric": "converted", "idempotency_key": "d", "timestamp": at},
     ]  # fmt: skip
     assert (await client.post("/v1/events", json={"events": events}, headers=setup)).status_code == 200
 
