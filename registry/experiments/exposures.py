@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
 from typing import Any
 
 import structlog
@@ -35,7 +34,6 @@ from registry.experiments.repository import IngestRepository
 logger = structlog.get_logger("registry.experiments.exposures")
 
 ExposureKey = tuple[int, int, str, str]  # experiment id, phase, unit, variant key
-_WRITTEN_PER_PENDING = 2  # how many written keys are remembered, per slot of the pending buffer
 
 
 class ExposureBuffer:
@@ -49,7 +47,11 @@ class ExposureBuffer:
         self._sessionmaker = sessionmaker
         self._max_pending = max_pending
         self._pending: dict[ExposureKey, float] = {}  # first seen, as a Unix time
-        self._written: OrderedDict[ExposureKey, None] = OrderedDict()
+        # Recently written keys in two generations: when the newer reaches a buffer's worth it becomes the
+        # older and the older is forgotten, so at least a buffer's worth (and under three) are remembered,
+        # updated at C speed (an LRU updated key by key cost a flush of a second's exposures 2 ms).
+        self._written: set[ExposureKey] = set()
+        self._written_before: set[ExposureKey] = set()
         self._lock = asyncio.Lock()
         self._early_flush: asyncio.Task[Any] | None = None
         self.dropped = 0
@@ -70,7 +72,7 @@ class ExposureBuffer:
     def record(self, experiment_id: int, phase: int, unit: str, variant: str) -> None:
         """Remember a first exposure (cheap, synchronous: called while routing a render)."""
         key = (experiment_id, phase, unit, variant)
-        if key in self._pending or key in self._written:
+        if key in self._pending or key in self._written or key in self._written_before:
             return
         if len(self._pending) >= self._max_pending:
             self.dropped += 1
@@ -110,10 +112,9 @@ class ExposureBuffer:
             except BaseException:
                 self._restore(batch)
                 raise
-            for key in batch:
-                self._written[key] = None
-            while len(self._written) > self._max_pending * _WRITTEN_PER_PENDING:
-                self._written.popitem(last=False)
+            self._written.update(batch)
+            if len(self._written) >= self._max_pending:
+                self._written_before, self._written = self._written, set()
             return len(rows)
 
     def _restore(self, batch: dict[ExposureKey, float]) -> None:
@@ -131,8 +132,8 @@ class ExposureBuffer:
         pending = [key for key in self._pending if key[2] == unit]
         for key in pending:
             del self._pending[key]
-        for key in [key for key in self._written if key[2] == unit]:
-            del self._written[key]
+        for written in (self._written, self._written_before):
+            written.difference_update([key for key in written if key[2] == unit])
         return len(pending)
 
     def pending_for_unit(self, unit: str) -> int:

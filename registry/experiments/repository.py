@@ -169,26 +169,30 @@ class ExperimentRepository(_Repository):
 
 ExposureRow = tuple[int, int, str, str, float]  # experiment id, phase, unit, variant, first seen (Unix time)
 
-# In the order given (sorted by key), so replicas writing the same exposures at once lock them in one order.
+# Rows are ordered by the statement (byte order, as "C" collates), not by the caller: replicas writing the
+# same exposures at once must lock them in one order, and a sort of a second's exposures in Python stalled
+# the event loop that serves renders for milliseconds.
 _INSERT_EXPOSURES_POSTGRESQL = text(
     "INSERT INTO exposures (experiment_id, phase, unit, variant, exposed_at) "
-    "SELECT (r->>0)::bigint, (r->>1)::integer, r->>2, r->>3, to_timestamp((r->>4)::float8) "
-    "FROM jsonb_array_elements(CAST(:rows AS jsonb)) WITH ORDINALITY AS e(r, position) ORDER BY position "
+    "SELECT experiment_id, phase, unit, variant, exposed_at FROM ("
+    "SELECT (r->>0)::bigint AS experiment_id, (r->>1)::integer AS phase, r->>2 AS unit, r->>3 AS variant, "
+    "to_timestamp((r->>4)::float8) AS exposed_at FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS e(r)"
+    ') AS batch ORDER BY experiment_id, phase, unit COLLATE "C", variant COLLATE "C" '
     "ON CONFLICT DO NOTHING"
 )
-# Events as a JSON array of objects, inserted in the order given (sorted by idempotency key).
+# Events as a JSON array of objects, inserted in idempotency-key order for the same reason.
 _INSERT_EVENTS_POSTGRESQL = text(
     "INSERT INTO outcome_events (idempotency_key, unit, metric_id, value, occurred_at, received_at, experiment_id) "
     "SELECT r->>'idempotency_key', r->>'unit', (r->>'metric_id')::bigint, (r->>'value')::float8, "
     "(r->>'occurred_at')::timestamptz, (r->>'received_at')::timestamptz, (r->>'experiment_id')::bigint "
-    "FROM jsonb_array_elements(CAST(:rows AS jsonb)) WITH ORDINALITY AS e(r, position) ORDER BY position "
+    "FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS e(r) ORDER BY r->>'idempotency_key' COLLATE \"C\" "
     "ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key"
 )
-# In order, so concurrent writers lock queue rows in one order.
+# In unit order, so concurrent writers lock queue rows in one order.
 _MARK_UNITS_CHANGED_POSTGRESQL = text(
     "INSERT INTO unit_changes (unit, changed_at) "
-    "SELECT unit, CAST(:now AS timestamptz) FROM jsonb_array_elements_text(CAST(:units AS jsonb)) "
-    "WITH ORDINALITY AS u(unit, position) ORDER BY position "
+    "SELECT unit, CAST(:now AS timestamptz) FROM jsonb_array_elements_text(CAST(:units AS jsonb)) AS u(unit) "
+    'ORDER BY unit COLLATE "C" '
     "ON CONFLICT (unit) DO UPDATE SET changed_at = excluded.changed_at"
 )
 # The aggregator's derived rows, a batch as one JSON array of objects (see ``insert_unit_rows``).
@@ -211,13 +215,12 @@ class IngestRepository(_Repository):
     async def insert_events(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         """Insert events, skipping idempotency keys already stored; returns the keys inserted now.
 
-        Sorted by key, as exposures are: a batch retried through another replica must not deadlock.
-        On PostgreSQL the batch goes as one JSON document, for the reason given at ``insert_exposures``:
-        SQLAlchemy's multi-row VALUES took about a third of the API's CPU per ingested event.
+        On PostgreSQL the batch goes as one JSON document, for the reason given at ``insert_exposures``
+        (SQLAlchemy's multi-row VALUES took about a third of the API's CPU per ingested event), and the
+        statement inserts it in key order: a batch retried through another replica must not deadlock.
         """
         if not rows:
             return set()
-        rows = sorted(rows, key=lambda row: row["idempotency_key"])
         if self.is_postgresql:
             document = msgspec.json.encode(rows).decode()
             return set((await self.session.execute(_INSERT_EVENTS_POSTGRESQL, {"rows": document})).scalars().all())
@@ -232,15 +235,15 @@ class IngestRepository(_Repository):
     async def insert_exposures(self, rows: Sequence[ExposureRow]) -> None:
         """Insert first exposures, skipping those already stored (another replica may have written them).
 
-        Rows are written sorted by key: replicas often hold the same exposures (a user's requests
-        reach several), and two writers taking the same unique-index entries in different orders
-        deadlock. On PostgreSQL the rows go as one JSON document that the server unpacks: msgspec
-        encodes it in C, where a multi-row VALUES costs SQLAlchemy about 10 µs of Python per row
-        (and array parameters about 5), on the event loop that serves renders.
+        On PostgreSQL the rows go as one JSON document that the server unpacks and inserts in key
+        order: msgspec encodes it in C, where a multi-row VALUES costs SQLAlchemy about 10 µs of
+        Python per row (and array parameters about 5), on the event loop that serves renders. The
+        order matters because replicas often hold the same exposures (a user's requests reach
+        several), and two writers taking the same unique-index entries in different orders deadlock.
+        SQLite serializes writers, so there the order given is kept.
         """
         if not rows:
             return
-        rows = sorted(rows)
         if self.is_postgresql:
             await self.session.execute(_INSERT_EXPOSURES_POSTGRESQL, {"rows": msgspec.json.encode(rows).decode()})
             return
@@ -257,21 +260,22 @@ class IngestRepository(_Repository):
 
         An existing queue row is updated, not skipped: the update locks it, so an
         aggregator claiming it waits for this transaction and then sees its facts.
-        Units are sorted so concurrent writers lock rows in one order (no deadlocks).
+        On PostgreSQL the statement takes them in unit order, so concurrent writers lock rows in one
+        order (no deadlocks).
         """
-        ordered = sorted(set(units))
-        if not ordered:
+        distinct = list(set(units))
+        if not distinct:
             return
         now = utcnow()
         if self.is_postgresql:
-            units_json = msgspec.json.encode(ordered).decode()
+            units_json = msgspec.json.encode(distinct).decode()
             await self.session.execute(_MARK_UNITS_CHANGED_POSTGRESQL, {"units": units_json, "now": now})
             return
         statement = self.insert(UnitChange)
         statement = statement.on_conflict_do_update(
             index_elements=["unit"], set_={"changed_at": statement.excluded.changed_at}
         )
-        await self.execute_many(statement, [{"unit": u, "changed_at": now} for u in ordered])
+        await self.execute_many(statement, [{"unit": u, "changed_at": now} for u in distinct])
 
 
 class StatisticsRepository(_Repository):
