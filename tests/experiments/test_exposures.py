@@ -119,6 +119,32 @@ async def test_repeats_are_dropped_in_memory(
     assert buffer.pending == 0
 
 
+async def test_written_exposures_are_remembered_for_at_least_a_buffers_worth_and_then_forgotten(
+    client: Client, setup: dict[str, str], clean_database: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """Repeats of written exposures are dropped in memory, within a bound: older ones are written again (a no-op)."""
+    await make_experiment(client, setup, "greet-test", "greet")
+    experiment = await experiment_id(clean_database)
+    buffer = ExposureBuffer(sessionmaker, max_pending=100)
+
+    async def write(units: range) -> None:
+        for start in range(units.start, units.stop, 40):  # under half the buffer: no early flush in between
+            for i in range(start, min(start + 40, units.stop)):
+                buffer.record(experiment, 1, f"user-{i}", "control")
+            await buffer.flush()
+
+    await write(range(0, 150))
+    for i in range(150):  # all of them still remembered
+        buffer.record(experiment, 1, f"user-{i}", "control")
+    assert buffer.pending == 0
+    await write(range(150, 250))
+    buffer.record(experiment, 1, "user-0", "control")  # two buffers' worth later: forgotten
+    buffer.record(experiment, 1, "user-149", "control")
+    assert buffer.pending == 1
+    assert await buffer.flush() == 1
+    assert await count_rows(clean_database, "exposures") == 250
+
+
 async def test_the_buffer_is_bounded_while_the_database_is_unreachable(settings: Settings) -> None:
     unreachable = create_engine(
         settings.model_copy(update={"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/none"})
