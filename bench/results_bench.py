@@ -164,7 +164,6 @@ async def aggregator_throughput(settings: Settings, units: int) -> float:
                 for m in ("converted", "latency", "spend")
             ]
         )
-        await ingest.mark_units_changed(names)
     aggregator = StatisticsAggregator(
         sessionmaker, default_sources(), batch_size=2000, grace=timedelta(seconds=60), time_budget=3600
     )

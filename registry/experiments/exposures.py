@@ -4,7 +4,8 @@ Rendering a prompt in an experiment must not cost a database round trip, so
 the router only records ``(experiment, phase, unit, variant)`` here. Repeats of
 a pending or recently written exposure are dropped in memory; the rest are
 written by a periodic job with ``INSERT ... ON CONFLICT DO NOTHING`` (another
-replica may have written the same unit), and queued for the aggregator.
+replica may have written the same unit), and the units of those inserted are
+queued for the aggregator.
 
 Durability: pending exposures are written every
 ``experiment_exposure_flush_seconds``, when the buffer is half full, and once
@@ -106,9 +107,7 @@ class ExposureBuffer:
             rows = [(e, p, u, v, at) for (e, p, u, v), at in batch.items()]
             try:
                 async with self._sessionmaker() as session, session.begin():
-                    repository = IngestRepository(session)
-                    await repository.insert_exposures(rows)
-                    await repository.mark_units_changed({u for (_, _, u, _) in batch})
+                    await IngestRepository(session).insert_exposures(rows)
             except BaseException:
                 self._restore(batch)
                 raise

@@ -169,16 +169,21 @@ class ExperimentRepository(_Repository):
 
 ExposureRow = tuple[int, int, str, str, float]  # experiment id, phase, unit, variant, first seen (Unix time)
 
-# Rows are ordered by the statement (byte order, as "C" collates), not by the caller: replicas writing the
-# same exposures at once must lock them in one order, and a sort of a second's exposures in Python stalled
-# the event loop that serves renders for milliseconds.
+# Exposures as one JSON document; the units of those inserted now (not of those another replica wrote first) are
+# queued for the aggregator in the same statement. Rows are ordered by the statement (byte order, as "C"
+# collates), not by the caller: replicas writing the same exposures at once must lock them in one order, and a
+# sort of a second's exposures in Python stalled the event loop that serves renders for milliseconds.
 _INSERT_EXPOSURES_POSTGRESQL = text(
+    "WITH inserted AS ("
     "INSERT INTO exposures (experiment_id, phase, unit, variant, exposed_at) "
     "SELECT experiment_id, phase, unit, variant, exposed_at FROM ("
     "SELECT (r->>0)::bigint AS experiment_id, (r->>1)::integer AS phase, r->>2 AS unit, r->>3 AS variant, "
     "to_timestamp((r->>4)::float8) AS exposed_at FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS e(r)"
     ') AS batch ORDER BY experiment_id, phase, unit COLLATE "C", variant COLLATE "C" '
-    "ON CONFLICT DO NOTHING"
+    "ON CONFLICT DO NOTHING RETURNING unit) "
+    "INSERT INTO unit_changes (unit, changed_at) "
+    'SELECT unit, CAST(:now AS timestamptz) FROM inserted GROUP BY unit ORDER BY unit COLLATE "C" '
+    "ON CONFLICT (unit) DO UPDATE SET changed_at = excluded.changed_at"
 )
 # Events as a JSON array of objects, inserted in idempotency-key order for the same reason.
 _INSERT_EVENTS_POSTGRESQL = text(
@@ -233,27 +238,31 @@ class IngestRepository(_Repository):
         return set((await self.session.execute(statement, rows)).scalars().all())
 
     async def insert_exposures(self, rows: Sequence[ExposureRow]) -> None:
-        """Insert first exposures, skipping those already stored (another replica may have written them).
+        """Insert first exposures, skipping those already stored (another replica may have written them),
+        and queue the units of those inserted for the aggregator.
 
-        On PostgreSQL the rows go as one JSON document that the server unpacks and inserts in key
-        order: msgspec encodes it in C, where a multi-row VALUES costs SQLAlchemy about 10 µs of
-        Python per row (and array parameters about 5), on the event loop that serves renders. The
-        order matters because replicas often hold the same exposures (a user's requests reach
+        On PostgreSQL this is one statement, sent as one JSON document that the server unpacks and
+        inserts in key order: msgspec encodes it in C, where a multi-row VALUES costs SQLAlchemy about
+        10 µs of Python per row (and array parameters about 5), on the event loop that serves renders.
+        The order matters because replicas often hold the same exposures (a user's requests reach
         several), and two writers taking the same unique-index entries in different orders deadlock.
         SQLite serializes writers, so there the order given is kept.
         """
         if not rows:
             return
         if self.is_postgresql:
-            await self.session.execute(_INSERT_EXPOSURES_POSTGRESQL, {"rows": msgspec.json.encode(rows).decode()})
+            document = msgspec.json.encode(rows).decode()
+            await self.session.execute(_INSERT_EXPOSURES_POSTGRESQL, {"rows": document, "now": utcnow()})
             return
-        await self.execute_many(
-            self.insert(Exposure).on_conflict_do_nothing(),
+        statement = self.insert(Exposure).on_conflict_do_nothing().returning(Exposure.__table__.c.unit)
+        inserted = await self.execute_many(
+            statement,
             [
                 {"experiment_id": e, "phase": p, "unit": u, "variant": v, "exposed_at": datetime.fromtimestamp(at, UTC)}
                 for e, p, u, v, at in rows
             ],
         )
+        await self.mark_units_changed(set(inserted.scalars().all()))
 
     async def mark_units_changed(self, units: Collection[str]) -> None:
         """Queue units for the aggregator, in the same transaction as the facts that changed them.

@@ -8,7 +8,10 @@ from typing import Any, TypeVar
 
 import pytest
 from litestar import Litestar
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from registry.experiments.exposures import ExposureBuffer
 from registry.runtime import Runtime
 from registry.settings import Settings
 from tests.conftest import AppClient
@@ -94,6 +97,25 @@ async def flush_and_aggregate(client: Client) -> None:
         await experiments.aggregator.drain()
 
     await in_app(client, work)
+
+
+async def units_queued_by_a_second_writer(sessionmaker: async_sessionmaker[AsyncSession]) -> set[str]:
+    """Two replicas write overlapping exposures one after the other (the aggregator drains the queue in
+    between); the units the second one queues. Needs exactly one experiment defined."""
+    async with sessionmaker() as session:
+        experiment = int((await session.execute(text("SELECT id FROM experiments"))).scalar_one())
+    first, second = (ExposureBuffer(sessionmaker, max_pending=100) for _ in range(2))
+    for unit in ("user-1", "user-2"):
+        first.record(experiment, 1, unit, "control")
+    await first.flush()
+    async with sessionmaker() as session, session.begin():
+        await session.execute(text("DELETE FROM unit_changes"))  # as the aggregator does when it claims them
+    second.record(experiment, 1, "user-1", "control")  # stored already: nothing changed for the aggregator
+    second.record(experiment, 1, "user-3", "control")  # new, in two variants: queued once
+    second.record(experiment, 1, "user-3", "treatment")
+    assert await second.flush() == 3
+    async with sessionmaker() as session:
+        return set((await session.execute(text("SELECT unit FROM unit_changes"))).scalars().all())
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from registry.db.engine import create_engine, create_sessionmaker
 from registry.experiments.exposures import ExposureBuffer
 from registry.settings import Settings
 from tests.conftest import count_rows, serve_in_process
-from tests.experiments.conftest import Client, flush_and_aggregate, make_experiment
+from tests.experiments.conftest import Client, flush_and_aggregate, make_experiment, units_queued_by_a_second_writer
 
 
 async def render(client: Client, headers: dict[str, str], unit: str) -> str:
@@ -143,6 +143,15 @@ async def test_written_exposures_are_remembered_for_at_least_a_buffers_worth_and
     assert buffer.pending == 1
     assert await buffer.flush() == 1
     assert await count_rows(clean_database, "exposures") == 250
+
+
+async def test_only_the_exposures_stored_now_queue_their_units_for_the_aggregator(
+    client: Client, setup: dict[str, str], clean_database: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """Replicas often write the same exposures; only the first write changes anything to aggregate."""
+    await make_experiment(client, setup, "greet-test", "greet")
+    assert await units_queued_by_a_second_writer(sessionmaker) == {"user-3"}
+    assert await count_rows(clean_database, "exposures") == 4
 
 
 async def test_the_buffer_is_bounded_while_the_database_is_unreachable(settings: Settings) -> None:

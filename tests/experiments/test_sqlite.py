@@ -23,6 +23,7 @@ from tests.experiments.conftest import (
     make_metric,
     make_prompt,
     runtime_of,
+    units_queued_by_a_second_writer,
 )
 
 
@@ -80,3 +81,17 @@ async def test_an_experiment_runs_end_to_end_on_sqlite(sqlite_client: tuple[Clie
     assert export.text.count("\n") == 30
     stopped = await client.post("/v1/experiments/greet-test/stop", json={"winner": "treatment"}, headers=admin)
     assert stopped.json()["promoted"]["version"] == 2
+
+
+async def test_only_the_exposures_stored_now_queue_their_units_on_sqlite(
+    sqlite_client: tuple[Client, dict[str, str]], sqlite_settings: Settings
+) -> None:
+    client, admin = sqlite_client
+    await make_prompt(client, admin, "greet")
+    await make_metric(client, admin, "converted")
+    await make_experiment(client, admin, "greet-test", "greet")
+    engine = create_engine(sqlite_settings)
+    try:
+        assert await units_queued_by_a_second_writer(create_sessionmaker(engine)) == {"user-3"}
+    finally:
+        await engine.dispose()
