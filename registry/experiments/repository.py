@@ -38,7 +38,7 @@ from registry.experiments.models import (
 from registry.lib.pagination import PageRequest
 from registry.prompts.models import Prompt
 
-# Bound parameters per statement stay far below the limits of asyncpg (32767) and SQLite (32766).
+# Bound parameters per statement stay far below SQLite's limit (32766); also the rows fetched at a time.
 CHUNK = 1000
 # Taken by whoever changes the derived statistics (aggregator, unit erasure, rebuilds) on PostgreSQL.
 STATISTICS_LOCK = 0x5245_4758_5354_4154  # "REGXSTAT"
@@ -51,11 +51,6 @@ EXPERIMENT_LOADS = (
     selectinload(Experiment.metrics).joinedload(ExperimentMetric.metric),
     selectinload(Experiment.phases),
 )
-
-
-def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class _Repository:
@@ -77,6 +72,14 @@ class _Repository:
 
     async def execute_many(self, statement: Any, rows: Sequence[dict[str, Any]]) -> Any:
         return await self.session.execute(statement, list(rows)) if rows else None
+
+    def unit_lists(self, units: Sequence[str]) -> Iterable[Sequence[str]]:
+        """``units`` in lists for ``among``: one on PostgreSQL (one array parameter), chunks on SQLite."""
+        if self.is_postgresql:
+            yield units
+            return
+        for start in range(0, len(units), CHUNK):
+            yield units[start : start + CHUNK]
 
     def among(self, column: Any, values: Sequence[str]) -> Any:
         """``column IN values``; on PostgreSQL ``column = ANY(array)``, one parameter for all of them.
@@ -332,7 +335,7 @@ class StatisticsRepository(_Repository):
         """A table's rows for these units, as plain rows: the aggregator reads thousands and changes none."""
         table = model.__table__
         rows: list[Row[Any]] = []
-        for chunk in chunks(units):
+        for chunk in self.unit_lists(units):
             rows += (await self.session.execute(select(*table.c).where(self.among(table.c.unit, chunk)))).all()
         return rows
 
@@ -354,7 +357,7 @@ class StatisticsRepository(_Repository):
         found: dict[str, list[Observation]] = {}
         if not metric_ids:
             return found
-        for chunk in chunks(units):
+        for chunk in self.unit_lists(units):
             query = select(
                 OutcomeEvent.unit,
                 OutcomeEvent.metric_id,
@@ -367,7 +370,7 @@ class StatisticsRepository(_Repository):
         return found
 
     async def delete_unit_rows(self, units: Sequence[str]) -> None:
-        for chunk in chunks(units):
+        for chunk in self.unit_lists(units):
             for model in (ExperimentUnit, UnitMetricValue):
                 # Not synchronized with the session (which holds none of these rows): that fetches every deleted key.
                 statement = delete(model).where(self.among(model.unit, chunk))
