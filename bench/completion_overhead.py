@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import platform
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +48,8 @@ sys.path.insert(0, str(ROOT))
 from bench.common import free_port, machine, write_section  # noqa: E402
 
 SECTION = "## Completion proxy overhead"
+JSON = {"Content-Type": "application/json"}
+DATABASE = "bench.db"  # the registry's, in the run's scratch directory
 VLLM_SCRIPT = ROOT / "scripts" / "vllm-cpu.sh"
 PROMPT = "Summarize the following in one line: {{ text }}"
 TEXT = "the registry renders prompts and forwards them to the engine"
@@ -56,6 +60,7 @@ class Sample:
     ttft: float
     latency: float
     tokens: int
+    request_id: str | None = None  # the registry's, to find what it recorded for this completion
 
 
 @dataclass
@@ -72,6 +77,10 @@ class Level:
     ttft_p99_ms: float
     requests_per_s: float
     tokens_per_s: float
+    # Registry path only: the caller's latency (and time to first token) minus what the registry recorded for the
+    # same completion, from its handler's start to the last (first) upstream token; medians over the requests.
+    edge_p50_ms: float | None = None
+    edge_ttft_p50_ms: float | None = None
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -94,43 +103,70 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def direct(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> Sample:
+async def direct(session: aiohttp.ClientSession, url: str, payload: bytes) -> Sample:
+    """vLLM's stream, parsed only as far as the numbers need: the first chunks up to the first token, then the usage."""
     started = time.perf_counter()
     ttft, tokens = 0.0, 0
-    async with client.stream("POST", f"{url}/v1/chat/completions", json=payload) as response:
+    async with session.post(f"{url}/v1/chat/completions", data=payload, headers=JSON) as response:
         response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+        async for line in response.content:
+            if not line.startswith(b"data: {"):
                 continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content") and not ttft:
-                ttft = time.perf_counter() - started
-    return Sample(ttft, time.perf_counter() - started, tokens)
-
-
-async def via_registry(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> Sample:
-    started = time.perf_counter()
-    ttft, tokens, event = 0.0, 0, ""
-    body = {"variables": {"text": TEXT}, "stream": True}
-    async with client.stream("POST", f"{url}/v1/prompts/bench/complete", json=body, headers=headers) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                if event == "delta" and not ttft:
+            if not ttft:
+                choices = json.loads(line[6:])["choices"]
+                if choices and choices[0]["delta"].get("content"):
                     ttft = time.perf_counter() - started
-                elif event == "done":
-                    tokens = json.loads(line[6:])["usage"]["output_tokens"]
-                elif event == "error":
-                    raise RuntimeError(line)
+            if b'"usage":{' in line:
+                tokens = json.loads(line[6:])["usage"]["completion_tokens"]
     return Sample(ttft, time.perf_counter() - started, tokens)
+
+
+async def via_registry(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Sample:
+    started = time.perf_counter()
+    ttft, tokens, event = 0.0, 0, b""
+    body = json.dumps({"variables": {"text": TEXT}, "stream": True}).encode()
+    async with session.post(f"{url}/v1/prompts/bench/complete", data=body, headers={**headers, **JSON}) as response:
+        response.raise_for_status()
+        request_id = response.headers.get("x-request-id")
+        async for line in response.content:
+            if line.startswith(b"event: "):
+                event = line[7:].rstrip()
+            elif line.startswith(b"data: "):
+                if event == b"delta" and not ttft:
+                    ttft = time.perf_counter() - started
+                elif event == b"done":
+                    tokens = json.loads(line[6:])["usage"]["output_tokens"]
+                elif event == b"error":
+                    raise RuntimeError(line.decode())
+    return Sample(ttft, time.perf_counter() - started, tokens, request_id)
+
+
+async def recorded(database: Path, request_ids: list[str]) -> dict[str, tuple[float, float]]:
+    """What the registry recorded per completion (time to first token, latency; ms), once its buffer is written."""
+    found: dict[str, tuple[float, float]] = {}
+    placeholders = ",".join("?" * len(request_ids))
+    deadline = time.monotonic() + 30
+    while len(found) < len(request_ids) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        with sqlite3.connect(database) as connection:
+            rows = connection.execute(
+                f"SELECT request_id, ttft_ms, latency_ms FROM completions WHERE request_id IN ({placeholders})",
+                request_ids,
+            ).fetchall()
+        found = {request_id: (ttft, latency) for request_id, ttft, latency in rows}
+    if len(found) < len(request_ids):
+        raise RuntimeError(f"the registry recorded {len(found)} of {len(request_ids)} completions")
+    return found
 
 
 async def measure(
-    path: str, concurrency: int, requests: int, call: Any, registry_pid: int | None = None, round_number: int = 0
+    path: str,
+    concurrency: int,
+    requests: int,
+    call: Any,
+    registry_pid: int | None = None,
+    round_number: int = 0,
+    database: Path | None = None,
 ) -> Level:
     samples: list[Sample] = []
 
@@ -148,6 +184,14 @@ async def measure(
     registry_cpu = process_cpu_seconds(registry_pid) - registry_cpu if registry_pid else 0.0
     latencies = [s.latency * 1000 for s in samples]
     ttfts = [s.ttft * 1000 for s in samples]
+    edges: list[tuple[float, float]] = []
+    if database is not None:
+        inside = await recorded(database, [s.request_id for s in samples if s.request_id])
+        edges = [
+            (s.latency * 1000 - inside[s.request_id][1], s.ttft * 1000 - inside[s.request_id][0])
+            for s in samples
+            if s.request_id
+        ]
     return Level(
         round=round_number,
         path=path,
@@ -161,6 +205,8 @@ async def measure(
         ttft_p99_ms=round(percentile(ttfts, 0.99), 2),
         requests_per_s=round(len(samples) / elapsed, 2),
         tokens_per_s=round(sum(s.tokens for s in samples) / elapsed, 1),
+        edge_p50_ms=round(statistics.median(e for e, _ in edges), 2) if edges else None,
+        edge_ttft_p50_ms=round(statistics.median(e for _, e in edges), 2) if edges else None,
     )
 
 
@@ -171,7 +217,7 @@ def start_registry(vllm_url: str, workdir: Path, tokens: int) -> tuple[subproces
     port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("REGISTRY_")}
     env |= {
-        "REGISTRY_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'bench.db'}",
+        "REGISTRY_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / DATABASE}",
         "REGISTRY_BACKENDS": json.dumps({"local": {"url": vllm_url, "max_concurrency": 256, "max_queue": 256}}),
         "REGISTRY_ACCESS_LOG": "false",
         "REGISTRY_LOG_LEVEL": "WARNING",
@@ -217,7 +263,12 @@ def start_registry(vllm_url: str, workdir: Path, tokens: int) -> tuple[subproces
 
 
 async def run(
-    args: argparse.Namespace, vllm_url: str, registry_url: str, headers: dict[str, str], registry_pid: int
+    args: argparse.Namespace,
+    vllm_url: str,
+    registry_url: str,
+    headers: dict[str, str],
+    registry_pid: int,
+    database: Path,
 ) -> list[Level]:
     payload = {
         "model": "tiny",
@@ -228,13 +279,14 @@ async def run(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    body = json.dumps(payload).encode()
     # Idle connections expire before the servers' 5 s keep-alive, so none is reused as it closes.
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512, keepalive_expiry=2.0)
+    connector = aiohttp.TCPConnector(limit=512, keepalive_timeout=2.0)
     results: list[Level] = []
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
         calls = {
-            "direct": lambda: direct(client, vllm_url, payload),
-            "registry": lambda: via_registry(client, registry_url, headers),
+            "direct": lambda: direct(session, vllm_url, body),
+            "registry": lambda: via_registry(session, registry_url, headers),
         }
         for name in calls:  # warm up connections, caches and the engine
             await measure(name, 4, 16, calls[name])
@@ -243,8 +295,8 @@ async def run(
                 order = ["direct", "registry"] if round_number % 2 == 0 else ["registry", "direct"]
                 for name in order:
                     requests = max(args.requests, concurrency * 3)
-                    pid = registry_pid if name == "registry" else None
-                    level = await measure(name, concurrency, requests, calls[name], pid, round_number + 1)
+                    pid, db = (registry_pid, database) if name == "registry" else (None, None)
+                    level = await measure(name, concurrency, requests, calls[name], pid, round_number + 1, db)
                     results.append(level)
                     print(f"round {round_number + 1} {json.dumps(asdict(level))}", file=sys.stderr)
     return results
@@ -259,6 +311,13 @@ def summarize(results: list[Level], levels: list[int]) -> list[dict[str, Any]]:
             for metric in ("p50_ms", "p99_ms", "ttft_p50_ms", "ttft_p99_ms", "requests_per_s", "tokens_per_s"):
                 row[f"{path}_{metric}"] = round(statistics.median(getattr(r, metric) for r in runs), 2)
             row[f"{path}_client_cpu_ms"] = round(statistics.median(r.client_cpu_ms for r in runs), 2)
+        for metric in ("edge_p50_ms", "edge_ttft_p50_ms"):
+            row[f"registry_{metric}"] = round(
+                statistics.median(
+                    getattr(r, metric) or 0.0 for r in results if r.path == "registry" and r.concurrency == concurrency
+                ),
+                2,
+            )
         row["registry_cpu_ms"] = round(
             statistics.median(
                 r.registry_cpu_ms or 0.0 for r in results if r.path == "registry" and r.concurrency == concurrency
@@ -289,8 +348,8 @@ def markdown(table: list[dict[str, Any]]) -> str:
     lines = [
         "| streams | p50 direct / registry (ms) | p99 direct / registry (ms) | TTFT p50 direct / registry (ms) "
         "| tokens/s direct / registry | added p50 | added TTFT p50 | throughput ratio (range) "
-        "| registry CPU per completion |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| registry CPU per completion | registry's own time, p50 (end / first token) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in table:
         lines.append(
@@ -300,7 +359,8 @@ def markdown(table: list[dict[str, Any]]) -> str:
             f"| {row['direct_tokens_per_s']} / {row['registry_tokens_per_s']} "
             f"| {row['added_p50_ms']} ms | {row['added_ttft_p50_ms']} ms "
             f"| {row['throughput_ratio']} ({row['throughput_ratio_range'][0]}-{row['throughput_ratio_range'][1]}) "
-            f"| {row['registry_cpu_ms']} ms |"
+            f"| {row['registry_cpu_ms']} ms "
+            f"| {row['registry_edge_p50_ms']} / {row['registry_edge_ttft_p50_ms']} ms |"
         )
     return "\n".join(lines)
 
@@ -336,7 +396,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         registry, registry_url, headers = start_registry(vllm_url, Path(workdir), args.tokens)
         try:
-            results = asyncio.run(run(args, vllm_url, registry_url, headers, registry.pid))
+            results = asyncio.run(run(args, vllm_url, registry_url, headers, registry.pid, Path(workdir) / DATABASE))
         finally:
             registry.terminate()
             registry.wait(10)
