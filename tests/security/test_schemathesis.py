@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 from tests.security.conftest import LiveServer
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "st")
@@ -23,14 +25,15 @@ CHECKS = ",".join(
 )
 
 
-def test_generated_requests_get_no_5xx_and_only_declared_responses(live_server: LiveServer, tmp_path: Path) -> None:
+def schemathesis(live_server: LiveServer, key: str, cwd: Path, *operations: str) -> tuple[int, int]:
+    """Run schemathesis with ``key`` and the operation filters given; (generated, passed), after a clean exit."""
     result = subprocess.run(
         [
             SCHEMATHESIS,
             "run",
             f"{live_server.url}/schema/openapi.json",
             "--header",
-            f"Authorization: Bearer {live_server.admin_key}",
+            f"Authorization: Bearer {key}",
             "--checks",
             CHECKS,
             "--phases",
@@ -46,22 +49,48 @@ def test_generated_requests_get_no_5xx_and_only_declared_responses(live_server: 
             "none",
             "--request-timeout",
             "10",
-            # Revoking its own key would turn every later request into a 401 (tests/auth covers revocation).
-            "--exclude-operation-id",
-            "revokeApiKey",
-            # An endless server-sent event stream: each case would wait for its timeout (tests/feed covers it).
-            "--exclude-operation-id",
-            "changeFeed",
+            *operations,
             "--no-color",
         ],
         capture_output=True,
         text=True,
         timeout=240,
-        cwd=tmp_path,
+        cwd=cwd,
     )
     summary = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
     assert result.returncode == 0, result.stdout[-6000:]
     assert summary, result.stdout[-6000:]
-    generated, passed = int(summary.group(1)), int(summary.group(2))
+    return int(summary.group(1)), int(summary.group(2))
+
+
+def test_generated_requests_get_no_5xx_and_only_declared_responses(live_server: LiveServer, tmp_path: Path) -> None:
+    generated, passed = schemathesis(
+        live_server,
+        live_server.admin_key,
+        tmp_path,
+        # Revoking its own key would turn every later request into a 401 (the next test runs it alone).
+        "--exclude-operation-id",
+        "revokeApiKey",
+        # An endless server-sent event stream: each case would wait for its timeout (tests/feed covers it).
+        "--exclude-operation-id",
+        "changeFeed",
+    )
     assert generated == passed >= 1000
     print(f"schemathesis: {generated} cases, {passed} passed, 0 with a 5xx")
+
+
+def test_generated_key_revocations_get_no_5xx_and_only_declared_responses(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    """Revocation on its own, with an admin key made for it: a case that revokes the key it runs with cannot
+    turn the main run's requests into 401s."""
+    created = httpx.post(
+        f"{live_server.url}/v1/keys",
+        json={"name": "schemathesis-revoker", "scopes": ["admin"]},
+        headers={"Authorization": f"Bearer {live_server.admin_key}"},
+    )
+    assert created.status_code == 201, created.text
+    key = created.json()["key"]
+    generated, passed = schemathesis(live_server, key, tmp_path, "--include-operation-id", "revokeApiKey")
+    assert generated == passed >= 10
+    print(f"schemathesis (revokeApiKey): {generated} cases, {passed} passed, 0 with a 5xx")
