@@ -146,7 +146,7 @@ async def aggregator_throughput(settings: Settings, units: int) -> float:
         metric_ids = {k: v for k, v in (await session.execute(text("SELECT key, id FROM metrics"))).all()}
         ingest = IngestRepository(session)
         names = [f"agg-{i}" for i in range(units)]
-        await ingest.insert_exposures(
+        await ingest.insert_exposures_and_queue_units(
             [(experiment_id, 1, u, ("control", "treatment")[i % 2], now.timestamp()) for i, u in enumerate(names)]
         )
         await ingest.insert_events(

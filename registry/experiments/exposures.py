@@ -107,7 +107,7 @@ class ExposureBuffer:
             rows = [(e, p, u, v, at) for (e, p, u, v), at in batch.items()]
             try:
                 async with self._sessionmaker() as session, session.begin():
-                    await IngestRepository(session).insert_exposures(rows)
+                    await IngestRepository(session).insert_exposures_and_queue_units(rows)
             except BaseException:
                 self._restore(batch)
                 raise

@@ -223,9 +223,10 @@ class IngestRepository(_Repository):
     async def insert_events(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         """Insert events, skipping idempotency keys already stored; returns the keys inserted now.
 
-        On PostgreSQL the batch goes as one JSON document, for the reason given at ``insert_exposures``
-        (SQLAlchemy's multi-row VALUES took about a third of the API's CPU per ingested event), and the
-        statement inserts it in key order: a batch retried through another replica must not deadlock.
+        On PostgreSQL the batch goes as one JSON document, for the reason given at
+        ``insert_exposures_and_queue_units`` (SQLAlchemy's multi-row VALUES took about a third of the API's
+        CPU per ingested event), and the statement inserts it in key order: a batch retried through another
+        replica must not deadlock.
         """
         if not rows:
             return set()
@@ -240,7 +241,7 @@ class IngestRepository(_Repository):
         )
         return set((await self.session.execute(statement, rows)).scalars().all())
 
-    async def insert_exposures(self, rows: Sequence[ExposureRow]) -> None:
+    async def insert_exposures_and_queue_units(self, rows: Sequence[ExposureRow]) -> None:
         """Insert first exposures, skipping those already stored (another replica may have written them),
         and queue the units of those inserted for the aggregator.
 
