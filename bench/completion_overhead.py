@@ -50,6 +50,12 @@ from bench.common import free_port, machine, write_section  # noqa: E402
 SECTION = "## Completion proxy overhead"  # granian's; other servers' sections add the name
 JSON = {"Content-Type": "application/json"}
 DATABASE = "bench.db"  # the registry's, in the run's scratch directory
+# Columns measured on the registry path only: the summary's key and the ``Level`` field it is the median of.
+REGISTRY_ONLY = {
+    "registry_cpu_ms": "registry_cpu_ms",
+    "registry_edge_p50_ms": "edge_p50_ms",
+    "registry_edge_ttft_p50_ms": "edge_ttft_p50_ms",
+}
 VLLM_SCRIPT = ROOT / "scripts" / "vllm-cpu.sh"
 PROMPT = "Summarize the following in one line: {{ text }}"
 TEXT = "the registry renders prompts and forwards them to the engine"
@@ -314,19 +320,9 @@ def summarize(results: list[Level], levels: list[int]) -> list[dict[str, Any]]:
             for metric in ("p50_ms", "p99_ms", "ttft_p50_ms", "ttft_p99_ms", "requests_per_s", "tokens_per_s"):
                 row[f"{path}_{metric}"] = round(statistics.median(getattr(r, metric) for r in runs), 2)
             row[f"{path}_client_cpu_ms"] = round(statistics.median(r.client_cpu_ms for r in runs), 2)
-        for metric in ("edge_p50_ms", "edge_ttft_p50_ms"):
-            row[f"registry_{metric}"] = round(
-                statistics.median(
-                    getattr(r, metric) or 0.0 for r in results if r.path == "registry" and r.concurrency == concurrency
-                ),
-                2,
-            )
-        row["registry_cpu_ms"] = round(
-            statistics.median(
-                r.registry_cpu_ms or 0.0 for r in results if r.path == "registry" and r.concurrency == concurrency
-            ),
-            2,
-        )
+        registry_runs = [r for r in results if r.path == "registry" and r.concurrency == concurrency]
+        for key, metric in REGISTRY_ONLY.items():
+            row[key] = round(statistics.median(getattr(r, metric) or 0.0 for r in registry_runs), 2)
         pairs = [
             (d, r)
             for d in results
