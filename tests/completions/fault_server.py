@@ -7,7 +7,7 @@ wants it to, so this one does. The request's model name picks the behaviour:
     status:CODE:N           answer CODE to the first N requests (N may be "all"), then ok
     slow-headers:S          wait S seconds before answering at all
     slow-first:S            answer at once, but wait S seconds before the first token
-    trickle:S               one token every S seconds (max_tokens of them, default 100)
+    trickle:S               one token every S seconds (max_tokens of them, default 100), on a fixed schedule
     reset-after:K           K tokens, then drop the connection
     malformed               a chunk that is not JSON
     malformed-after:K       K tokens, then a chunk that is not JSON
@@ -115,10 +115,12 @@ class FaultServer:
         else:
             count, interval = min(max_tokens, 3), 0.0
         disconnect = asyncio.ensure_future(_wait_disconnect(receive))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             for index in range(count):
-                if interval:
-                    await asyncio.sleep(interval)
+                if interval:  # on a fixed schedule: a late wake-up does not delay the tokens after it
+                    await asyncio.sleep(max(0.0, started + (index + 1) * interval - loop.time()))
                 if disconnect.done():
                     seen.disconnected = True
                     return
