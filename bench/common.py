@@ -36,6 +36,12 @@ REDIS_URL = os.environ.get("REGISTRY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 PROMPT = "bench/greeting"
 PATH = "bench%2Fgreeting"  # the prompt's name in URLs
+# The tests' fault server (an OpenAI-compatible stand-in backend) on a port: python -c FAULT_SERVER PORT ROOT
+FAULT_SERVER = (
+    "import sys, uvicorn; sys.path.insert(0, sys.argv[2]); "
+    "from tests.completions.fault_server import FaultServer; "
+    "uvicorn.run(FaultServer(), host='127.0.0.1', port=int(sys.argv[1]), log_level='warning')"
+)
 
 
 def database_url(name: str) -> str:

@@ -29,12 +29,16 @@ import asyncio
 import json
 import os
 import platform
+import re
+import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +50,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, machine, write_section  # noqa: E402
+from bench.common import FAULT_SERVER, free_port, machine, write_section  # noqa: E402
 
 SECTION = "## Completion proxy overhead"  # granian's; other servers' sections add the name
 JSON = {"Content-Type": "application/json"}
@@ -54,6 +58,7 @@ DATABASE = "bench.db"  # the registry's, in the run's scratch directory
 VLLM_SCRIPT = ROOT / "scripts" / "vllm-cpu.sh"
 BENCH_APP = "bench.app:create_bench_app"  # the service plus bare routes, served as `registry serve` serves it
 PATHS = ("direct", "relay", "registry")
+USAGE = re.compile(rb'"usage": ?\{')  # the closing chunk's (vLLM writes compact JSON, the stand-in json.dumps')
 # (path, baseline) pairs reported: what the registry adds, the server's floor, and the registry's own work over it.
 COMPARISONS = (("registry", "direct"), ("relay", "direct"), ("registry", "relay"))
 PROMPT = "Summarize the following in one line: {{ text }}"
@@ -130,7 +135,7 @@ async def direct(session: aiohttp.ClientSession, endpoint: str, payload: bytes) 
                 choices = json.loads(line[6:])["choices"]
                 if choices and choices[0]["delta"].get("content"):
                     ttft = time.perf_counter() - started
-            if b'"usage":{' in line:
+            if USAGE.search(line):
                 tokens = json.loads(line[6:])["usage"]["completion_tokens"]
     return Sample(ttft, time.perf_counter() - started, tokens, recorded=recorded)
 
@@ -225,7 +230,7 @@ async def measure(
 
 
 def start_registry(
-    vllm_url: str, workdir: Path, tokens: int, server: str
+    upstream_url: str, model: str, workdir: Path, tokens: int, server: str
 ) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
     from registry.cli import bootstrap_admin_key_for, migrate_database
     from registry.settings import Settings
@@ -234,13 +239,13 @@ def start_registry(
     env = {name: value for name, value in os.environ.items() if not name.startswith("REGISTRY_")}
     env |= {
         "REGISTRY_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / DATABASE}",
-        "REGISTRY_BACKENDS": json.dumps({"local": {"url": vllm_url, "max_concurrency": 256, "max_queue": 256}}),
+        "REGISTRY_BACKENDS": json.dumps({"local": {"url": upstream_url, "max_concurrency": 256, "max_queue": 256}}),
         "REGISTRY_ACCESS_LOG": "false",
         "REGISTRY_LOG_LEVEL": "WARNING",
         "REGISTRY_PORT": str(port),
         "REGISTRY_SERVER": server,
         "REGISTRY_BOOTSTRAP_ADMIN_KEY": "false",
-        "BENCH_RELAY_UPSTREAM": vllm_url,  # bench/app.py's relay: the same server's floor
+        "BENCH_RELAY_UPSTREAM": upstream_url,  # bench/app.py's relay: the same server's floor
         "PYTHONPATH": str(ROOT),
     }
     settings = Settings(database_url=env["REGISTRY_DATABASE_URL"])
@@ -262,7 +267,7 @@ def start_registry(
         params = {"max_tokens": tokens, "temperature": 0.8, "extra": {"ignore_eos": True}}
         steps = [
             ("/v1/configs/", {"name": "bench"}),
-            ("/v1/configs/bench/versions", {"backend": "local", "model": "tiny", "params": params}),
+            ("/v1/configs/bench/versions", {"backend": "local", "model": model, "params": params}),
             ("/v1/configs/bench/versions/1/promote", {"to": "production", "expected_current": None}),
             ("/v1/prompts/", {"name": "bench"}),
             (
@@ -282,14 +287,15 @@ def start_registry(
 
 async def run(
     args: argparse.Namespace,
-    vllm_url: str,
+    upstream_url: str,
+    model: str,
     registry_url: str,
     headers: dict[str, str],
     registry_pid: int,
     database: Path,
 ) -> list[Level]:
     payload = {
-        "model": "tiny",
+        "model": model,
         "messages": [{"role": "user", "content": PROMPT.replace("{{ text }}", TEXT)}],
         "max_tokens": args.tokens,
         "temperature": 0.8,
@@ -303,7 +309,7 @@ async def run(
     results: list[Level] = []
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
         calls = {
-            "direct": lambda: direct(session, f"{vllm_url}/v1/chat/completions", body),
+            "direct": lambda: direct(session, f"{upstream_url}/v1/chat/completions", body),
             "relay": lambda: direct(session, f"{registry_url}/bench/relay", body),
             "registry": lambda: via_registry(session, registry_url, headers),
         }
@@ -379,16 +385,18 @@ def markdown(table: list[dict[str, Any]]) -> str:
     lines += [
         "",
         "The same server's floor: a bare relay (`/bench/relay`, bench/app.py) in the registry's process, which "
-        "streams vLLM's bytes back unchanged, measured in the same rounds.",
+        "streams the backend's bytes back unchanged, measured in the same rounds.",
         "",
-        "| streams | own time p50, relay / registry (end) | own time p50, relay / registry (first token) "
-        "| CPU per completion, relay / registry | throughput ratio relay / direct "
-        "| throughput ratio registry / relay |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| streams | relay's added p50 / TTFT p50 | own time p50, relay / registry (end) "
+        "| own time p50, relay / registry (first token) | CPU per completion, relay / registry "
+        "| throughput ratio relay / direct | throughput ratio registry / relay |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in table:
+        floor = row["relay_vs_direct"]
         lines.append(
-            f"| {row['concurrency']} | {row['relay_edge_p50_ms']} / {row['registry_edge_p50_ms']} ms "
+            f"| {row['concurrency']} | {floor['added_p50_ms']} / {floor['added_ttft_p50_ms']} ms "
+            f"| {row['relay_edge_p50_ms']} / {row['registry_edge_p50_ms']} ms "
             f"| {row['relay_edge_ttft_p50_ms']} / {row['registry_edge_ttft_p50_ms']} ms "
             f"| {row['relay_cpu_ms']} / {row['registry_cpu_ms']} ms "
             f"| {ratio(row['relay_vs_direct'])} | {ratio(row['registry_vs_relay'])} |"
@@ -401,6 +409,47 @@ def ratio(comparison: dict[str, Any]) -> str:
     return f"{comparison['throughput_ratio']} ({low}-{high})"
 
 
+@contextmanager
+def upstream(args: argparse.Namespace, cores: list[int]) -> Iterator[tuple[str, str]]:
+    """The backend's URL and model name: a vLLM (started here unless ``--vllm-url``), or the stand-in."""
+    pin = ["taskset", "-c", str(cores[0])] if args.pin else []
+    if args.stand_in is not None:
+        port = free_port()
+        stand_in = subprocess.Popen([*pin, sys.executable, "-c", FAULT_SERVER, str(port), str(ROOT)])
+        try:
+            wait_listening(port)
+            yield f"http://127.0.0.1:{port}", f"trickle:{args.stand_in}"
+        finally:
+            stand_in.terminate()
+            stand_in.wait(10)
+        return
+    if args.vllm_url:
+        yield args.vllm_url, "tiny"
+        return
+    port = free_port()
+    env = dict(os.environ)
+    if args.pin:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = str(cores[0])
+    started = subprocess.run(
+        [*pin, str(VLLM_SCRIPT), "start", str(port)], capture_output=True, text=True, check=True, env=env
+    )
+    try:
+        yield started.stdout.strip().splitlines()[-1], "tiny"
+    finally:
+        subprocess.run([str(VLLM_SCRIPT), "stop", str(port)], check=False)
+
+
+def wait_listening(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("the stand-in backend did not start")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -408,8 +457,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48, help="Requests per level (at least 3 per stream).")
     parser.add_argument("--tokens", type=int, default=32, help="Tokens generated per completion.")
     parser.add_argument("--vllm-url", help="Use this running vLLM instead of starting one.")
+    parser.add_argument(
+        "--stand-in",
+        type=float,
+        metavar="SECONDS",
+        help="Instead of vLLM, the fault server's trickle backend: one token every SECONDS, so timings do not "
+        "move with an engine's speed and the paths' differences are the proxies' own.",
+    )
     parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian", help="The registry's server.")
-    parser.add_argument("--pin", action="store_true", help="vLLM on core 0; the registry and the client on the rest.")
+    parser.add_argument(
+        "--pin", action="store_true", help="The backend on core 0; the registry and the client on the rest."
+    )
     parser.add_argument("--no-write", action="store_true", help="Print only.")
     args = parser.parse_args()
     args.levels = [int(level) for level in args.levels.split(",")]
@@ -417,28 +475,20 @@ def main() -> None:
     if args.pin and len(cores) < 2:
         parser.error("--pin needs at least two cores")
 
-    vllm_port = None
-    vllm_url = args.vllm_url
-    if not vllm_url:
-        vllm_port = free_port()
-        command = [str(VLLM_SCRIPT), "start", str(vllm_port)]
-        env = dict(os.environ)
+    with upstream(args, cores) as (upstream_url, model):
         if args.pin:
-            command = ["taskset", "-c", str(cores[0]), *command]
-            env["VLLM_CPU_OMP_THREADS_BIND"] = str(cores[0])
-        started = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
-        vllm_url = started.stdout.strip().splitlines()[-1]
-    if args.pin:
-        os.sched_setaffinity(0, cores[1:])  # the registry (a child) inherits it
-    with tempfile.TemporaryDirectory() as workdir:
-        registry, registry_url, headers = start_registry(vllm_url, Path(workdir), args.tokens, args.server)
-        try:
-            results = asyncio.run(run(args, vllm_url, registry_url, headers, registry.pid, Path(workdir) / DATABASE))
-        finally:
-            registry.terminate()
-            registry.wait(10)
-            if vllm_port is not None:
-                subprocess.run([str(VLLM_SCRIPT), "stop", str(vllm_port)], check=False)
+            os.sched_setaffinity(0, cores[1:])  # the registry (a child) inherits it
+        with tempfile.TemporaryDirectory() as workdir:
+            registry, registry_url, headers = start_registry(
+                upstream_url, model, Path(workdir), args.tokens, args.server
+            )
+            try:
+                results = asyncio.run(
+                    run(args, upstream_url, model, registry_url, headers, registry.pid, Path(workdir) / DATABASE)
+                )
+            finally:
+                registry.terminate()
+                registry.wait(10)
     table = summarize(results, args.levels)
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
@@ -458,24 +508,34 @@ def main() -> None:
     print(body)
     print(f"(raw results: {path.relative_to(ROOT)})")
     if not args.no_write:
-        write_section(section_title(args.server), body)
+        write_section(section_title(args.server, args.stand_in), body)
 
 
-def section_title(server: str) -> str:
+def section_title(server: str, stand_in: float | None) -> str:
+    if stand_in is not None:
+        return f"{SECTION}, stand-in backend ({server})"
     return SECTION if server == "granian" else f"{SECTION} ({server})"
 
 
 def section(table: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    backend = "vLLM" if args.stand_in is None else "the stand-in"
     placement = (
-        "vLLM pinned to core 0; the registry and the load generator on the other cores"
+        f"{backend} pinned to core 0; the registry and the load generator on the other cores"
         if args.pin
-        else "vLLM, the registry and the load generator sharing every core"
+        else f"{backend}, the registry and the load generator sharing every core"
+    )
+    engine = (
+        "`vllm-cpu` serving the tiny random-weight Llama of `scripts/make_tiny_model.py`"
+        if args.stand_in is None
+        else f"the tests' fault server (`tests/completions/fault_server.py`, `trickle:{args.stand_in}`: one token "
+        f"every {args.stand_in * 1000:g} ms, served by uvicorn), in place of vLLM so that the timings do not move "
+        "with an engine's speed"
     )
     command = " ".join(["python bench/completion_overhead.py", *sys.argv[1:]])
-    return f"""{section_title(args.server)}
+    return f"""{section_title(args.server, args.stand_in)}
 
-What the registry adds over calling vLLM directly: the same streamed chat completion ({args.tokens} tokens,
-`ignore_eos`, so every path does identical engine work), sent directly to vLLM's `/v1/chat/completions`,
+What the registry adds over calling the backend directly: the same streamed chat completion ({args.tokens} tokens,
+`ignore_eos`, so every path does identical engine work), sent directly to the backend's `/v1/chat/completions`,
 through `POST /v1/prompts/{{name}}/complete` with `stream: true` and through a bare relay, side by side in
 one run. Each of {args.rounds} rounds measures the three paths at {", ".join(map(str, args.levels))} concurrent streams,
 rotating which path goes first. The added p50, added TTFT and throughput ratios are medians of the
@@ -483,19 +543,23 @@ per-round differences (the runs of a round share the machine's conditions); the 
 medians over the rounds. Registry CPU is read from `/proc` for the registry process and its workers.
 The registry's own time is the caller's latency (and time to first token) minus what the registry
 recorded for the same request (found by `X-Request-ID`), from its handler's start to the last (first)
-upstream token: what it adds around the engine call, whatever the engine's speed (an upper bound: it also
-holds the load generator's own handling of one request, which a direct call has too). The load generator
-(aiohttp) parses only what it measures. The second table measures the same server's floor: a bare relay
-(`/bench/relay` in bench/app.py, in the registry's process) posts the body to vLLM with aiohttp and streams
-its bytes back unchanged, timing itself as the registry does; its own time and CPU are what any proxy on
-this server, client library and machine costs, and the registry's columns beside them are what its work adds.
-Engine: `vllm-cpu` serving the tiny random-weight Llama of `scripts/make_tiny_model.py`; registry:
+upstream token: what it adds around its own clock, whatever the engine's speed. It is not the whole
+overhead (what the registry does inside that clock, such as the upstream request and relaying each
+token, is left out) and not only the registry's (it holds the load generator's handling of one request,
+which a direct call has too). Against the stand-in backend, whose timing does not vary, the added p50
+and TTFT measure the whole overhead directly. The load generator (aiohttp) parses only what it measures.
+The second table measures the same server's floor: a bare relay (`/bench/relay` in bench/app.py, in the
+registry's process) posts the body upstream with aiohttp and streams the bytes back unchanged, timing
+itself as the registry does. What it adds and costs, any proxy on this server, client library and
+machine adds and costs at least; the registry's columns beside it show what the registry's work adds.
+Backend: {engine}; registry:
 `bench/app.py` served as `registry serve` serves the app ({args.server}, one worker, SQLite, usage recorded as
 in production); {placement}.
 
 {markdown(table)}
 
-- command: `{command}` (`make bench-completions` runs it with `--pin`, under granian and uvicorn)
+- command: `{command}` (`make bench-completions` runs it with `--pin` under granian and uvicorn, against
+  vLLM and against the stand-in)
 - machine: {machine()}
 - measured: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC
 """

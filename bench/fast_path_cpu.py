@@ -36,14 +36,20 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import PATH, PROMPT, REDIS_URL, admin, database_url, free_port, machine, prepare, write_section  # noqa: E402
+from bench.common import (  # noqa: E402
+    FAULT_SERVER,
+    PATH,
+    PROMPT,
+    REDIS_URL,
+    admin,
+    database_url,
+    free_port,
+    machine,
+    prepare,
+    write_section,
+)
 
 SECTION = "## Fast path, CPU per request"
-FAULT_SERVER = (
-    "import sys, uvicorn; sys.path.insert(0, sys.argv[2]); "
-    "from tests.completions.fault_server import FaultServer; "
-    "uvicorn.run(FaultServer(), host='127.0.0.1', port=int(sys.argv[1]), log_level='warning')"
-)
 Call = Callable[[], Awaitable[int]]
 ROUNDS = 5
 EVENT_BATCH = 500
