@@ -1,22 +1,24 @@
-"""What the registry adds over calling vLLM directly, measured side by side in one run.
+"""What the registry adds over calling the backend directly, measured side by side in one run.
 
-Starts (or reuses) a vLLM on the CPU and the registry as a real server process
-(served as `registry serve` serves it, one worker, SQLite; granian, or uvicorn with ``--server uvicorn``), then
-streams the same chat completion three ways at each concurrency level: directly, through the registry, and
-through a bare relay in the registry's process (``/bench/relay`` of bench/app.py: the floor of any proxy on the
-same server and HTTP client), rotating the order round by round. Reported per level: p50/p99 latency, p50/p99
-time to first token and throughput, as medians over the rounds. The overheads (added p50, added TTFT,
-throughput ratios) are medians of the per-round differences, since the runs of one round share the machine's
-conditions.
+Starts (or reuses) a vLLM on the CPU, or with ``--stand-in`` the tests' fault server streaming tokens on a fixed
+schedule (so that the engine's varying speed does not hide the proxies' differences), and the registry as a real
+server process (served as `registry serve` serves it, one worker, SQLite; granian, or uvicorn with
+``--server uvicorn``), then streams the same chat completion three ways at each concurrency level:
+directly, through the registry, and through a bare relay in the registry's process (``/bench/relay`` of
+bench/app.py: the floor of any proxy on the same server and HTTP client), rotating the order round by round.
+Reported per level: p50/p99 latency, p50/p99 time to first token and throughput, as medians over the rounds.
+The overheads (added p50, added TTFT, throughput ratios) are medians of the per-round differences, since the
+runs of one round share the machine's conditions.
 
-    python bench/completion_overhead.py [--rounds 3] [--levels 1,16,64] [--vllm-url URL] [--server uvicorn]
+    python bench/completion_overhead.py [--rounds 3] [--levels 1,16,64] [--vllm-url URL | --stand-in 0.01]
+        [--server uvicorn] [--pin]
 
 Every completion generates exactly ``--tokens`` tokens (``ignore_eos``), so
 every path does the same engine work. Results go to bench/results/ as JSON and are
 printed as a Markdown table.
 
 On a small machine the engine, the registry and this load generator compete
-for the same cores. ``--pin`` gives vLLM the first core and the registry and
+for the same cores. ``--pin`` gives the backend the first core and the registry and
 the load generator the others (as in production, where the engine has its own
 GPU machine); without it they all share every core. The registry's own CPU
 time per completion is reported either way.
@@ -117,9 +119,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def direct(session: aiohttp.ClientSession, endpoint: str, payload: bytes) -> Sample:
-    """vLLM's stream, parsed only as far as the numbers need: the first chunks up to the first token, then the usage.
+    """The backend's stream, parsed only as far as the numbers need: the chunks up to the first token, then the usage.
 
-    ``endpoint`` is vLLM's ``/v1/chat/completions`` or the bench app's relay of it.
+    ``endpoint`` is the backend's ``/v1/chat/completions`` or the bench app's relay of it.
     """
     started = time.perf_counter()
     ttft, tokens, recorded = 0.0, 0, None
