@@ -8,7 +8,6 @@ from litestar import Controller, Request, Response, get, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
-from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.keys import Scope
@@ -26,6 +25,7 @@ from registry.completions.sse import encode_event
 from registry.deps import provide_resource_name
 from registry.lib.errors import FieldError, InvalidInputError
 from registry.lib.http import decode_name
+from registry.lib.streaming import PrimedStream
 from registry.prompts.fast_path import label_or_version
 from registry.runtime import Runtime, runtime_of
 
@@ -61,21 +61,14 @@ async def server_sent_events(stream: CompletionStream) -> AsyncIterator[bytes]:
         yield head
 
 
-async def started(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``events``, already started: its first part (buffered, so at once) is taken here.
+async def started(events: AsyncIterator[bytes]) -> tuple[bytes, AsyncIterator[bytes]]:
+    """The first part of ``events`` (buffered, so at once) and the started generator, for the rest.
 
     asyncio closes a started generator that is dropped, which closes the
     upstream connection and frees its slot even if the response never begins
     streaming; a generator that was never started would be dropped silently.
     """
-    first = await anext(events)
-
-    async def relay() -> AsyncIterator[bytes]:
-        yield first
-        async for part in events:
-            yield part
-
-    return relay()
+    return await anext(events), events
 
 
 class CompletionController(Controller):
@@ -108,8 +101,8 @@ class CompletionController(Controller):
         if not data.stream:
             return Response(await service.complete(resource_name, data, caller))
         stream = await service.open_stream(resource_name, data, caller)
-        events = await started(server_sent_events(stream))
-        return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        first, rest = await started(server_sent_events(stream))
+        return PrimedStream(first, rest, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 class UsageController(Controller):
