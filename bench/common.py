@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +37,7 @@ BENCHMARKS = ROOT / "BENCHMARKS.md"
 PROMPT = "bench/greeting"
 PATH = "bench%2Fgreeting"  # the prompt's name in URLs
 # The tests' fault server (an OpenAI-compatible stand-in backend) on a port: python -c FAULT_SERVER PORT ROOT
-FAULT_SERVER = (
+_FAULT_SERVER = (
     "import sys, uvicorn; sys.path.insert(0, sys.argv[2]); "
     "from tests.completions.fault_server import FaultServer; "
     "uvicorn.run(FaultServer(), host='127.0.0.1', port=int(sys.argv[1]), log_level='warning')"
@@ -59,6 +59,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def fault_server(prefix: Sequence[str] = ()) -> Iterator[str]:
+    """The tests' fault server in its own process (started through ``prefix``, e.g. taskset), once it accepts
+    connections: its URL. Stopped on exit."""
+    port = free_port()
+    process = subprocess.Popen([*prefix, sys.executable, "-c", _FAULT_SERVER, str(port), str(ROOT)])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the fault server did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def require_wrk() -> None:

@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import re
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -52,7 +51,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import FAULT_SERVER, free_port, machine, write_section  # noqa: E402
+from bench.common import fault_server, free_port, machine, write_section  # noqa: E402
 
 SECTION = "## Completion proxy overhead"  # granian's; other servers' sections add the name
 JSON = {"Content-Type": "application/json"}
@@ -416,14 +415,8 @@ def upstream(args: argparse.Namespace, cores: list[int]) -> Iterator[tuple[str, 
     """The backend's URL and model name: a vLLM (started here unless ``--vllm-url``), or the stand-in."""
     pin = ["taskset", "-c", str(cores[0])] if args.pin else []
     if args.stand_in is not None:
-        port = free_port()
-        stand_in = subprocess.Popen([*pin, sys.executable, "-c", FAULT_SERVER, str(port), str(ROOT)])
-        try:
-            wait_listening(port)
-            yield f"http://127.0.0.1:{port}", f"trickle:{args.stand_in}"
-        finally:
-            stand_in.terminate()
-            stand_in.wait(10)
+        with fault_server(pin) as url:
+            yield url, f"trickle:{args.stand_in}"
         return
     if args.vllm_url:
         yield args.vllm_url, "tiny"
@@ -439,17 +432,6 @@ def upstream(args: argparse.Namespace, cores: list[int]) -> Iterator[tuple[str, 
         yield started.stdout.strip().splitlines()[-1], "tiny"
     finally:
         subprocess.run([str(VLLM_SCRIPT), "stop", str(port)], check=False)
-
-
-def wait_listening(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("the stand-in backend did not start")
 
 
 def main() -> None:

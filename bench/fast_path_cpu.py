@@ -22,7 +22,6 @@ import json
 import os
 import pstats
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -37,13 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
-    FAULT_SERVER,
     PATH,
     PROMPT,
     REDIS_URL,
     admin,
     database_url,
-    free_port,
+    fault_server,
     machine,
     prepare,
     write_section,
@@ -132,7 +130,7 @@ async def publish(app: Any, secret: str) -> None:
     await asyncio.sleep(0.3)  # the experiment reaches the router
 
 
-async def measure(requests: int, profile: str | None, port: int) -> dict[str, float]:
+async def measure(requests: int, profile: str | None, stand_in: str) -> dict[str, float]:
     name = f"registry_cpu_{uuid.uuid4().hex[:8]}"
     await admin(f'CREATE DATABASE "{name}"')
     os.environ.update(
@@ -142,7 +140,7 @@ async def measure(requests: int, profile: str | None, port: int) -> dict[str, fl
         REGISTRY_ACCESS_LOG="false",
         REGISTRY_LOG_LEVEL="WARNING",
         REGISTRY_ROLE="api",
-        REGISTRY_BACKENDS=json.dumps({"stand-in": {"url": f"http://127.0.0.1:{port}"}}),
+        REGISTRY_BACKENDS=json.dumps({"stand-in": {"url": stand_in}}),
     )
     from bench.app import create_bench_app
     from registry.settings import Settings
@@ -253,13 +251,8 @@ def main() -> None:
     parser.add_argument("--profile", help="Print a cProfile of this scenario (e.g. 'render+unit').")
     parser.add_argument("--no-write", action="store_true", help="Print only.")
     args = parser.parse_args()
-    port = free_port()
-    stand_in = subprocess.Popen([sys.executable, "-c", FAULT_SERVER, str(port), str(ROOT)])
-    try:
-        results = asyncio.run(measure(args.requests, args.profile, port))
-    finally:
-        stand_in.terminate()
-        stand_in.wait(timeout=10)
+    with fault_server() as stand_in:
+        results = asyncio.run(measure(args.requests, args.profile, stand_in))
     body = report(results, args.requests)
     print(body)
     if not args.no_write:
