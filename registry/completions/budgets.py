@@ -1,10 +1,16 @@
 """Per-key monthly budgets, checked before each completion without a database read when warm.
 
 Budgets are cached briefly and dropped when changed (through the change bus,
-so on every replica); spend is the database's total for the month plus what
-this process has buffered but not written yet. Other replicas' unwritten
-spend is missed for at most one flush interval, so a key may overshoot its
-budget by a few requests: budgets are a guard rail, not an invoice.
+so on every replica); spend is the database's total for the month as of one
+read plus everything this process recorded after that read: what a flush wrote
+since moves into the cached total in the step that takes it off the buffer's
+count, so a flush never makes spend drop. A read that a flush overlapped is
+ambiguous (it may or may not include the batch), so it is read again.
+
+Within one process a key overshoots only by the completions already running
+when it reaches its limit (each is checked before it starts and charged after
+it ends). Other replicas' unwritten spend is missed for at most one flush
+interval: budgets are a guard rail, not an invoice.
 """
 
 from __future__ import annotations
@@ -16,13 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from registry.completions.errors import OverBudgetError
 from registry.completions.pricing import budget_problem, month_start
 from registry.completions.repository import CompletionRepository
-from registry.completions.usage import UsageRecorder
+from registry.completions.usage import Spend, UsageRecorder
 from registry.db.base import utcnow
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, ChangeBus
 
 _BUDGET_SECONDS = 30.0
 _SPEND_SECONDS = 5.0
+_READ_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,13 +45,22 @@ class Budget:
 UNLIMITED = Budget(None, None)
 
 
+@dataclass(slots=True)
+class _Written:
+    """A key's spend in the database as of one read, plus the batches this process wrote since."""
+
+    tokens: int
+    cost: float
+
+
 class BudgetGuard:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], bus: ChangeBus, recorder: UsageRecorder) -> None:
         self._sessionmaker = sessionmaker
         self._recorder = recorder
         self._budgets: TTLCache[str, Budget] = TTLCache(10_000)
-        self._spend: TTLCache[str, tuple[int, float]] = TTLCache(10_000)
+        self._spend: TTLCache[str, _Written] = TTLCache(10_000)
         bus.subscribe(self._on_change)
+        recorder.on_written(self._on_written)
 
     def _on_change(self, change: Change) -> None:
         if change.kind == "api_key":
@@ -52,6 +68,14 @@ class BudgetGuard:
             self._spend.pop(change.name)
         elif change.kind == "reset":
             self._budgets.clear()
+
+    def _on_written(self, written: Spend) -> None:
+        """A flush moved this spend from the buffer to the database: count it in the cached totals instead."""
+        for key, (tokens, cost) in written.items():
+            total = self._spend.get(key)
+            if total is not None:
+                total.tokens += tokens
+                total.cost += cost
 
     async def check(self, key: str) -> None:
         """Raise ``OverBudgetError`` when ``key`` has used up a monthly budget."""
@@ -73,15 +97,36 @@ class BudgetGuard:
                 headers={"Retry-After": str(_seconds_to_next_month())},
             )
 
-    async def spend(self, key: str) -> tuple[int, float]:
-        """Tokens and cost of ``key`` this month: written plus buffered."""
+    async def spend(self, key: str, *, session: AsyncSession | None = None) -> tuple[int, float]:
+        """Tokens and cost of ``key`` this month: written plus buffered.
+
+        A caller inside a request passes its ``session``: a second one would wait for the pool
+        while the request holds a connection (SQLite's pool has only one).
+        """
         written = self._spend.get(key)
         if written is None:
-            async with self._sessionmaker() as session:
-                written = await CompletionRepository(session).month_usage(key, month_start(utcnow()))
-            self._spend.set(key, written, _SPEND_SECONDS)
+            written = await self._read_written(key, session)
         pending_tokens, pending_cost = self._recorder.pending_spend(key)
-        return written[0] + pending_tokens, written[1] + pending_cost
+        return written.tokens + pending_tokens, written.cost + pending_cost
+
+    async def _read_written(self, key: str, session: AsyncSession | None) -> _Written:
+        """The month's total in the database, read when no flush of this process overlapped the read."""
+        for _ in range(_READ_ATTEMPTS):
+            epoch = self._recorder.write_epoch
+            tokens, cost = await self._month_usage(key, session)
+            if epoch % 2 == 0 and self._recorder.write_epoch == epoch:
+                written = _Written(tokens, cost)
+                self._spend.set(key, written, _SPEND_SECONDS)
+                return written
+        # Flushes kept overlapping: use the last read once, uncached (it may miss one batch).
+        return _Written(tokens, cost)
+
+    async def _month_usage(self, key: str, session: AsyncSession | None) -> tuple[int, float]:
+        since = month_start(utcnow())
+        if session is not None:
+            return await CompletionRepository(session).month_usage(key, since)
+        async with self._sessionmaker() as own_session:
+            return await CompletionRepository(own_session).month_usage(key, since)
 
 
 def _seconds_to_next_month() -> int:
