@@ -37,6 +37,7 @@ from registry.prompts.catalog import PromptCatalog
 from registry.prompts.service import PromptLimits
 from registry.settings import Settings
 from registry.webhooks.dispatcher import DeliveryPolicy, WebhookDispatcher
+from registry.webhooks.guard import AddressGuard, WebhookHttp
 
 logger = structlog.get_logger("registry.runtime")
 
@@ -105,7 +106,9 @@ class Runtime:
             feed=FeedHub(bus),
             webhooks=WebhookDispatcher(
                 sessionmaker,
-                http,
+                WebhookHttp(
+                    AddressGuard(settings.webhook_allowed_networks, resolve_timeout=settings.webhook_timeout_seconds)
+                ),
                 DeliveryPolicy(
                     timeout_seconds=settings.webhook_timeout_seconds,
                     max_attempts=settings.webhook_max_attempts,
@@ -169,6 +172,7 @@ class Runtime:
             except Exception:
                 logger.exception("final flush failed", job=job.name)
         await self.http.close()
+        await self.webhooks.close()
         await self.bus.stop()
         if self.redis is not None:
             await self.redis.aclose()

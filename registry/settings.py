@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.lib.jobs import Role
@@ -178,6 +178,12 @@ class Settings(BaseSettings):
     )
     webhook_retry_max_seconds: float = Field(3600.0, gt=0, description="Longest delay between two attempts.")
     webhook_dispatch_interval_seconds: float = Field(1.0, gt=0, description="How often pending deliveries are sent.")
+    webhook_allowed_networks: tuple[IPvAnyNetwork, ...] = Field(
+        (),
+        description='Non-public networks webhooks may reach, as a JSON list of CIDRs, e.g. ["10.20.0.0/16"]. '
+        "Every other loopback, link-local, private or reserved address is refused, when a webhook is "
+        "created and again at each delivery.",
+    )
     feed_heartbeat_seconds: float = Field(15.0, gt=0, description="Keep-alive comment interval on the change feed.")
 
     # -- completions

@@ -14,6 +14,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from ipaddress import ip_network
 from typing import Any
 
 import httpx
@@ -113,6 +114,8 @@ def settings(database_url: str, redis_prefix: str) -> Settings:
         render_timeout_ms=5000,
         # Tests run the webhook dispatcher themselves, so the periodic one stays out of the way.
         webhook_dispatch_interval_seconds=3600,
+        # The webhook tests' receivers listen on this machine, which webhooks may not reach by default.
+        webhook_allowed_networks=(ip_network("127.0.0.0/8"),),
     )
 
 

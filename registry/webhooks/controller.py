@@ -11,14 +11,17 @@ from registry.auth.keys import Scope
 from registry.auth.principal import Actor
 from registry.lib.pagination import PageRequest, encode_cursor
 from registry.lib.schema import paginate
+from registry.runtime import Runtime
 from registry.webhooks.schemas import CreatedWebhook, CreateWebhook, DeliveryOut, DeliveryPage, WebhookOut, WebhookPage
 from registry.webhooks.service import WebhookService
 
 DeliveryStatus = Literal["pending", "retrying", "succeeded", "dead"]
 
 
-def provide_webhook_service(db_session: NamedDependency[AsyncSession]) -> WebhookService:
-    return WebhookService(db_session)
+def provide_webhook_service(
+    db_session: NamedDependency[AsyncSession], runtime: NamedDependency[Runtime]
+) -> WebhookService:
+    return WebhookService(db_session, runtime.webhooks.guard)
 
 
 class WebhookController(Controller):

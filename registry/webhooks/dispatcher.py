@@ -19,10 +19,11 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter
 from prompt_registry_client.webhooks import SIGNATURE_HEADER, signature_header
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from yarl import URL
 
 from registry import __version__
 from registry.db.base import utcnow
-from registry.lib.http_client import HttpClient
+from registry.webhooks.guard import AddressGuard, AddressRefusedError, WebhookHttp
 from registry.webhooks.models import Webhook, WebhookDelivery
 from registry.webhooks.repository import WebhookRepository
 from registry.webhooks.rules import retry_delay, subscribes
@@ -46,7 +47,7 @@ class WebhookDispatcher:
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
-        http: HttpClient,
+        http: WebhookHttp,
         policy: DeliveryPolicy,
         registry: CollectorRegistry,
         *,
@@ -61,6 +62,14 @@ class WebhookDispatcher:
         self._outcomes = Counter(
             "registry_webhook_deliveries_total", "Webhook delivery attempts by outcome.", ["outcome"], registry=registry
         )
+
+    @property
+    def guard(self) -> AddressGuard:
+        """The address rules webhooks are created and delivered under."""
+        return self._http.guard
+
+    async def close(self) -> None:
+        await self._http.close()
 
     async def run_once(self) -> None:
         await self.fan_out()
@@ -117,6 +126,8 @@ class WebhookDispatcher:
         status_code: int | None = None
         error: str | None = None
         try:
+            # A name is checked by the connector's resolver; an address in the URL never reaches it.
+            self._http.guard.check_literal(URL(webhook.url).raw_host or "")
             async with self._http.session.post(
                 webhook.url,
                 data=body,
@@ -138,6 +149,8 @@ class WebhookDispatcher:
                 }
                 return delivery.id, values
             error = f"HTTP {status_code}: {answer}"
+        except AddressRefusedError as exc:
+            return delivery.id, self._refused(delivery, webhook, exc.reason)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
         attempts = delivery.attempts + 1
@@ -153,5 +166,17 @@ class WebhookDispatcher:
             "last_status_code": status_code,
             "last_error": error,
             "next_attempt_at": sent_at + timedelta(seconds=delay),
+            "locked_until": None,
+        }
+
+    def _refused(self, delivery: WebhookDelivery, webhook: Webhook, reason: str) -> dict[str, object]:
+        """A delivery to a refused address is dead at once: a retry would only knock on the same door."""
+        self._outcomes.labels("refused").inc()
+        logger.warning("webhook delivery refused", webhook=webhook.id, delivery=delivery.id, reason=reason)
+        return {
+            "status": "dead",
+            "attempts": delivery.attempts + 1,
+            "last_status_code": None,
+            "last_error": f"refused: {reason}"[:500],
             "locked_until": None,
         }

@@ -12,6 +12,7 @@ from registry.auth.principal import Actor
 from registry.db.base import utcnow
 from registry.lib.errors import FieldError, InvalidInputError, NotFoundError
 from registry.lib.pagination import PageRequest
+from registry.webhooks.guard import AddressGuard
 from registry.webhooks.models import Webhook, WebhookDelivery
 from registry.webhooks.repository import WebhookRepository
 from registry.webhooks.rules import pattern_problem
@@ -38,9 +39,10 @@ def delivery_body(
 
 
 class WebhookService:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, guard: AddressGuard) -> None:
         self.repository = WebhookRepository(session)
         self.audit = AuditLog(session)
+        self.guard = guard
 
     async def create(self, url: str, event_types: list[str], description: str, actor: Actor) -> Webhook:
         problems = [
@@ -48,9 +50,7 @@ class WebhookService:
             for i, pattern in enumerate(event_types)
             if (problem := pattern_problem(pattern)) is not None
         ]
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            problems.append(FieldError("url", "must be an absolute http:// or https:// URL"))
+        problems += await self._url_problems(url)
         if problems:
             raise InvalidInputError("the webhook is invalid", errors=problems)
         webhook = await self.repository.add(
@@ -66,6 +66,20 @@ class WebhookService:
             actor, "webhook.create", "webhook", str(webhook.id), after={"url": url, "events": webhook.event_types}
         )
         return webhook
+
+    async def _url_problems(self, url: str) -> list[FieldError]:
+        try:
+            parts = urlsplit(url)
+            _ = parts.port  # reading it validates it
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            return [FieldError("url", "must be an absolute http:// or https:// URL")]
+        try:
+            refusal = await self.guard.url_refusal(url)
+        except ValueError:
+            return [FieldError("url", "the host is neither a name nor an IP address")]
+        return [] if refusal is None else [FieldError("url", refusal)]
 
     async def require(self, webhook_id: int) -> Webhook:
         webhook = await self.repository.get(webhook_id)
