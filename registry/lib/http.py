@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 import msgspec
 import structlog
+from litestar import Request
 from litestar.enums import ScopeType
 from litestar.types import (
     ASGIApp,
@@ -27,7 +28,7 @@ from litestar.types import (
     Send,
 )
 
-from registry.lib.errors import PROBLEM_MEDIA_TYPE
+from registry.lib.errors import PROBLEM_MEDIA_TYPE, MalformedJsonError
 from registry.lib.logging import request_id_var
 from registry.lib.metrics import HttpMetrics
 
@@ -157,6 +158,27 @@ async def _send_unsupported_media_type(scope: Scope, send: Send, request_id: str
     body_event: HTTPResponseBodyEvent = {"type": "http.response.body", "body": payload, "more_body": False}
     await send(start)
     await send(body_event)
+
+
+def json_error_detail(exc: RecursionError | UnicodeDecodeError) -> str:
+    """What msgspec's decoder raises outside its ``DecodeError``: a body nested too deep, or not UTF-8."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"the body is not valid JSON: it is not UTF-8 (byte {exc.start})"
+    return "the body is not valid JSON: it is nested too deeply"
+
+
+class RegistryRequest(Request[Any, Any, Any]):
+    """Litestar's request, with every body it cannot decode reported as malformed JSON (400), not as a 500.
+
+    Litestar turns msgspec's ``DecodeError`` into a 400 but lets through the ``RecursionError`` of a body
+    nested about 1,000 levels deep and the ``UnicodeDecodeError`` of one that is not UTF-8.
+    """
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except (RecursionError, UnicodeDecodeError) as exc:
+            raise MalformedJsonError(json_error_detail(exc)) from None
 
 
 class JsonResponse:

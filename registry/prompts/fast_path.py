@@ -275,8 +275,8 @@ class PromptFastPath:
                 break
         try:
             data = msgspec.json.decode(b"".join(chunks), type=RenderRequest)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return _replaying(messages, receive)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+            return _replaying(messages, receive)  # Litestar answers it with the problem a malformed body gets
         await self._answer(
             scope,
             receive,
