@@ -24,7 +24,7 @@ from registry.experiments.controller import (
 )
 from registry.feed.controller import ChangeFeedController
 from registry.lib.errors import exception_to_response
-from registry.lib.http import RequestContextMiddleware
+from registry.lib.http import RegistryRequest, RequestContextMiddleware
 from registry.lib.logging import configure_logging
 from registry.lib.openapi import declare_problem_responses
 from registry.lib.routing import ApiRouter
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         on_startup=[runtime.start],
         on_shutdown=[runtime.stop],
         request_max_body_size=settings.max_body_bytes,
+        request_class=RegistryRequest,
         openapi_config=OpenAPIConfig(
             title="prompt-registry",
             version=__version__,
