@@ -9,10 +9,14 @@ wants it to, so this one does. The request's model name picks the behaviour:
     slow-first:S            answer at once, but wait S seconds before the first token
     trickle:S               one token every S seconds (max_tokens of them, default 100), on a fixed schedule
     reset-after:K           K tokens, then drop the connection
+    stall-after:K           K tokens in one write, then nothing until the client goes away
     malformed               a chunk that is not JSON
     malformed-after:K       K tokens, then a chunk that is not JSON
     malformed-joined:K      the same, all in one write (so one read upstream sees it all)
 
+Like vLLM, every chunk carries the usage so far when the request asks for
+``stream_options.continuous_usage_stats``; a behaviour ending in "+usage-at-end"
+ignores that, like a server that only reports usage in its last chunk.
 Anything after a "/" is a tag that keeps the counters of different tests apart.
 ``/tokenize`` counts words (plus 3 for chat) and reports a context of 4096.
 """
@@ -35,6 +39,7 @@ class SeenRequest:
     payload: dict[str, Any]
     disconnected: bool = False
     finished: bool = False
+    sent: int = 0  # tokens streamed to the client
 
 
 @dataclass
@@ -68,10 +73,14 @@ class FaultServer:
             return
         number = self.counters[seen.model]
         self.counters[seen.model] += 1
-        behaviour = seen.model.split("/", 1)[0]
+        behaviour, _, _tag = seen.model.partition("/")
+        behaviour, _, modifier = behaviour.partition("+")
         name, _, arg = behaviour.partition(":")
+        options = seen.payload.get("stream_options") or {}
+        continuous = bool(options.get("include_usage") and options.get("continuous_usage_stats"))
+        reply = _Reply(send, seen, continuous=continuous and modifier != "usage-at-end")
         try:
-            await self._complete(send, receive, seen, name, arg, number)
+            await self._complete(reply, receive, seen, name, arg, number)
         finally:
             seen.finished = True
 
@@ -82,8 +91,8 @@ class FaultServer:
             count = len(str(payload.get("prompt", "")).split())
         await _json(send, 200, {"count": count, "max_model_len": 4096, "tokens": []})
 
-    async def _complete(self, send: Any, receive: Any, seen: SeenRequest, name: str, arg: str, number: int) -> None:
-        chat = seen.path == "/v1/chat/completions"
+    async def _complete(self, reply: _Reply, receive: Any, seen: SeenRequest, name: str, arg: str, number: int) -> None:
+        send = reply.send
         max_tokens = int(seen.payload.get("max_tokens") or 100)
         if name == "status":
             code, _, times = arg.partition(":")
@@ -94,8 +103,7 @@ class FaultServer:
         if name == "slow-headers":
             await asyncio.sleep(float(arg))
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-        if chat:
-            await _event(send, {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+        await reply.role()
         if name == "malformed":
             await send({"type": "http.response.body", "body": b"data: {not json\n\n", "more_body": True})
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
@@ -105,12 +113,11 @@ class FaultServer:
         if name == "trickle":
             count, interval = max_tokens, float(arg)
         elif name == "malformed-joined":
-            chunks = [{"choices": [_choice(token, chat)]} for token in TOKENS[: int(arg)]]
-            events = b"".join(b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in chunks)
+            events = b"".join(reply.token_event(index) for index in range(int(arg)))
             body = events + b"data: {not json\n\ndata: [DONE]\n\n"
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
-        elif name in ("reset-after", "malformed-after"):
+        elif name in ("reset-after", "malformed-after", "stall-after"):
             count, interval = int(arg), 0.0
         else:
             count, interval = min(max_tokens, 3), 0.0
@@ -118,26 +125,26 @@ class FaultServer:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
+            if name == "stall-after":
+                body = b"".join(reply.token_event(index) for index in range(count))
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                await disconnect
+                seen.disconnected = True
+                return
             for index in range(count):
                 if interval:  # on a fixed schedule: a late wake-up does not delay the tokens after it
                     await asyncio.sleep(max(0.0, started + (index + 1) * interval - loop.time()))
                 if disconnect.done():
                     seen.disconnected = True
                     return
-                token = TOKENS[index % len(TOKENS)]
-                await _event(send, {"choices": [_choice(token, chat)]})
+                await send({"type": "http.response.body", "body": reply.token_event(index), "more_body": True})
             if name == "reset-after":
                 raise ConnectionResetError("injected reset")
             if name == "malformed-after":
                 await send({"type": "http.response.body", "body": b"data: {not json\n\n", "more_body": True})
                 await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
                 return
-            last = {"index": 0, "finish_reason": "length" if count >= max_tokens else "stop"}
-            last |= {"text": ""} if not chat else {"delta": {}}
-            await _event(send, {"choices": [last]})
-            prompt_tokens = 7
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": count, "total_tokens": prompt_tokens + count}
-            await _event(send, {"choices": [], "usage": usage})
+            await reply.finish("length" if count >= max_tokens else "stop")
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
         except OSError:
             seen.disconnected = True
@@ -145,13 +152,49 @@ class FaultServer:
             disconnect.cancel()
 
 
+PROMPT_TOKENS = 7
+
+
+class _Reply:
+    """The chunks of one streamed answer, in the endpoint's shape, with vLLM's usage reporting."""
+
+    def __init__(self, send: Any, seen: SeenRequest, *, continuous: bool) -> None:
+        self.send = send
+        self.seen = seen
+        self.chat = seen.path == "/v1/chat/completions"
+        self.continuous = continuous
+
+    def _chunk(self, choices: list[dict[str, Any]]) -> bytes:
+        chunk: dict[str, Any] = {"choices": choices}
+        if self.continuous:
+            chunk["usage"] = _usage(self.seen.sent)
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+    async def role(self) -> None:
+        if self.chat:
+            body = self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}}])
+            await self.send({"type": "http.response.body", "body": body, "more_body": True})
+
+    def token_event(self, index: int) -> bytes:
+        """The event of token ``index``; counted as sent when made (it is sent right after)."""
+        token = TOKENS[index % len(TOKENS)]
+        self.seen.sent += 1
+        return self._chunk([{"index": 0, "delta": {"content": token}} if self.chat else {"index": 0, "text": token}])
+
+    async def finish(self, reason: str) -> None:
+        last = {"index": 0, "finish_reason": reason} | ({"delta": {}} if self.chat else {"text": ""})
+        await _event(self.send, {"choices": [last], **({"usage": _usage(self.seen.sent)} if self.continuous else {})})
+        await _event(self.send, {"choices": [], "usage": _usage(self.seen.sent)})
+
+
+def _usage(completion_tokens: int) -> dict[str, int]:
+    total = PROMPT_TOKENS + completion_tokens
+    return {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion_tokens, "total_tokens": total}
+
+
 async def _wait_disconnect(receive: Any) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-def _choice(token: str, chat: bool) -> dict[str, Any]:
-    return {"index": 0, "delta": {"content": token}} if chat else {"index": 0, "text": token}
 
 
 async def _event(send: Any, data: dict[str, Any]) -> None:
