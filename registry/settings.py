@@ -178,8 +178,8 @@ class Settings(BaseSettings):
     )
     webhook_retry_max_seconds: float = Field(3600.0, gt=0, description="Longest delay between two attempts.")
     webhook_dispatch_interval_seconds: float = Field(1.0, gt=0, description="How often pending deliveries are sent.")
-    webhook_allowed_networks: tuple[IPvAnyNetwork, ...] = Field(
-        (),
+    webhook_allowed_networks: list[IPvAnyNetwork] = Field(
+        default_factory=list,
         description='Non-public networks webhooks may reach, as a JSON list of CIDRs, e.g. ["10.20.0.0/16"]. '
         "Every other loopback, link-local, private or reserved address is refused, when a webhook is "
         "created and again at each delivery.",

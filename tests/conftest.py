@@ -115,7 +115,7 @@ def settings(database_url: str, redis_prefix: str) -> Settings:
         # Tests run the webhook dispatcher themselves, so the periodic one stays out of the way.
         webhook_dispatch_interval_seconds=3600,
         # The webhook tests' receivers listen on this machine, which webhooks may not reach by default.
-        webhook_allowed_networks=(ip_network("127.0.0.0/8"),),
+        webhook_allowed_networks=[ip_network("127.0.0.0/8")],
     )
 
 

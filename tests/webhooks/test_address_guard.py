@@ -35,7 +35,7 @@ PUBLIC = "93.184.216.34"
 @pytest.fixture
 def strict_settings(settings: Settings) -> Settings:
     """The default: no non-public network allowed."""
-    return settings.model_copy(update={"webhook_allowed_networks": ()})
+    return settings.model_copy(update={"webhook_allowed_networks": []})
 
 
 @dataclass
@@ -144,7 +144,7 @@ async def test_a_name_that_resolves_to_a_private_address_is_refused_when_created
 async def test_listed_networks_are_allowed(
     strict_settings: Settings, admin: Headers, clean_database: AsyncEngine
 ) -> None:
-    allowed = strict_settings.model_copy(update={"webhook_allowed_networks": (ip_network("10.20.0.0/16"),)})
+    allowed = strict_settings.model_copy(update={"webhook_allowed_networks": [ip_network("10.20.0.0/16")]})
     async with serve_in_process(create_app(allowed)) as client:
         await subscribe(client, admin, "http://10.20.30.40:9000/hook", ["*"])
         outside = await client.post("/v1/webhooks", json={"url": "http://10.21.0.1/", "events": ["*"]}, headers=admin)
@@ -153,7 +153,7 @@ async def test_listed_networks_are_allowed(
 
 def test_allowed_networks_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REGISTRY_WEBHOOK_ALLOWED_NETWORKS", '["10.20.0.0/16", "fd00::/8"]')
-    assert Settings().webhook_allowed_networks == (ip_network("10.20.0.0/16"), ip_network("fd00::/8"))
+    assert Settings().webhook_allowed_networks == [ip_network("10.20.0.0/16"), ip_network("fd00::/8")]
 
 
 async def test_a_name_rebound_to_loopback_after_creation_is_never_connected(
