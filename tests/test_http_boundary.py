@@ -25,7 +25,7 @@ async def test_health_needs_no_key(client: Client) -> None:
 async def test_ready_checks_database_and_redis(client: Client) -> None:
     response = await client.get("/ready")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "database": "ok", "redis": "ok"}
+    assert response.json() == {"status": "ready", "database": "ok", "redis": "ok", "experiments_unloadable": []}
 
 
 async def test_ready_is_503_when_the_database_is_unreachable(settings: Settings, clean_database: AsyncEngine) -> None:

@@ -1,11 +1,12 @@
 """HTTP routes of experiments, metrics, outcome events, exposures and unit data.
 
 Scopes:
-- ``read``: list and show experiments and metrics; post outcome events and
+- ``read``: list and show experiments and metrics, preview a unit's variant; post outcome events and
   exposures (the apps that render prompts report what happened, without the
   power to change prompts that ``write`` would give them);
-- ``write``: define metrics, create and edit experiments (a running
-  experiment's traffic also needs ``promote``);
+- ``write``: define metrics, create and edit experiments (drafts never route
+  units; on a running experiment, whatever changes the version a unit gets,
+  forced variants included, also needs ``promote``);
 - ``promote``: start and stop experiments (stopping with a winner promotes);
 - ``analyze``: results, exports, and the data held on a unit;
 - ``admin``: erasing a unit's data.
@@ -39,6 +40,7 @@ from registry.experiments.schemas import (
     ExposureBatchOut,
     MetricOut,
     MetricPage,
+    PreviewRequest,
     ResultsOut,
     Status,
     StopExperiment,
@@ -52,6 +54,7 @@ from registry.experiments.service import ExperimentService, MetricService
 from registry.lib.http import ENCODED_SLASH
 from registry.lib.pagination import PageRequest, encode_cursor
 from registry.lib.schema import paginate
+from registry.prompts.schemas import RenderOut
 from registry.runtime import Runtime
 
 
@@ -193,7 +196,8 @@ class ExperimentController(Controller):
         operation_id="updateExperiment",
         summary="Change an experiment",
         description="On a running experiment, new weights, seed or namespace, or a lower coverage, start a new "
-        "phase; a higher coverage keeps it. Changing a running experiment's traffic also needs `promote`.",
+        "phase; a higher coverage keeps it. On a running experiment, a change of what units get (weights, "
+        "coverage, seed, namespace, forced variants) also needs `promote` (403 otherwise); drafts route no one.",
     )
     async def update_experiment(
         self,
@@ -203,8 +207,28 @@ class ExperimentController(Controller):
         current_actor: NamedDependency[Actor],
         may_promote: NamedDependency[bool],
     ) -> ExperimentDefinition:
-        experiment = await service.update(experiment_key, data, current_actor, may_change_traffic=may_promote)
+        experiment = await service.update(experiment_key, data, current_actor, may_change_routing=may_promote)
         return ExperimentDefinition.of(experiment)
+
+    @post(
+        "/{key:str}/preview",
+        opt={"scope": Scope.READ},
+        operation_id="previewExperiment",
+        summary="Render the prompt as the experiment would for a unit (drafts included)",
+        description="The unit's forced variant, else the variant its hash picks (outside the coverage or "
+        "namespace: the production version), rendered with the variant's version and config. Production "
+        "renders never route through a draft; this is how QA sees one. Nothing is recorded. `read` suffices: "
+        "such a key may already render any version by number.",
+        status_code=200,
+    )
+    async def preview_experiment(
+        self,
+        experiment_key: NamedDependency[str],
+        data: JSONBody[PreviewRequest],
+        service: NamedDependency[ExperimentService],
+        runtime: NamedDependency[Runtime],
+    ) -> RenderOut:
+        return await service.preview(experiment_key, data, runtime.prompts)
 
     @post(
         "/{key:str}/start",

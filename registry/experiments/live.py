@@ -44,7 +44,7 @@ class LiveExperiments:
             max_pending=settings.experiment_event_buffer_size,
             metrics_registry=metrics_registry,
         )
-        self.router = ExperimentRouter(sessionmaker, bus, self.exposures)
+        self.router = ExperimentRouter(sessionmaker, bus, self.exposures, metrics_registry)
         self.aggregator = StatisticsAggregator(
             sessionmaker,
             self.sources,

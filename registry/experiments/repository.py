@@ -18,7 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
-from registry.configs.models import ModelConfigVersion
+from registry.configs.repository import CONFIG_VERSION_LOADS
 from registry.db.base import utcnow
 from registry.experiments.aggregation import Observation, Sums
 from registry.experiments.models import (
@@ -45,9 +45,8 @@ STATISTICS_LOCK = 0x5245_4758_5354_4154  # "REGXSTAT"
 
 EXPERIMENT_LOADS = (
     joinedload(Experiment.prompt),
-    selectinload(Experiment.variants)
-    .joinedload(ExperimentVariant.config_version)
-    .joinedload(ModelConfigVersion.config),
+    # A variant's config is read with its fallback: a completion routed to the variant falls back to it.
+    selectinload(Experiment.variants).joinedload(ExperimentVariant.config_version).options(*CONFIG_VERSION_LOADS),
     selectinload(Experiment.metrics).joinedload(ExperimentMetric.metric),
     selectinload(Experiment.phases),
 )
@@ -147,10 +146,14 @@ class ExperimentRepository(_Repository):
             query = query.join(Prompt, Prompt.id == Experiment.prompt_id).where(Prompt.name == prompt)
         return (await self.session.execute(query)).unique().scalars().all()
 
-    async def live(self) -> Sequence[Experiment]:
-        """Experiments the router needs: running ones, and drafts (QA units may be forced into them)."""
-        query = select(Experiment).where(Experiment.status.in_(("running", "draft"))).options(*EXPERIMENT_LOADS)
+    async def running(self) -> Sequence[Experiment]:
+        """The experiments the router needs: running ones (drafts never route)."""
+        query = select(Experiment).where(Experiment.status == "running").options(*EXPERIMENT_LOADS)
         return (await self.session.execute(query)).unique().scalars().all()
+
+    async def running_keys(self) -> Sequence[str]:
+        query = select(Experiment.key).where(Experiment.status == "running").order_by(Experiment.key)
+        return (await self.session.execute(query)).scalars().all()
 
     async def running_on_prompt(self, prompt_id: int, *, other_than: int) -> str | None:
         query = select(Experiment.key).where(

@@ -1,10 +1,14 @@
-"""Routes units to variants on the render path, from an in-process copy of the live experiments.
+"""Routes units to variants on the render path, from an in-process copy of the running experiments.
 
-No database read happens while routing: running experiments (and drafts with
-forced QA units) are held in memory and re-read on every change published on
-the bus (locally at once, on other replicas through Redis), after a bus
-reconnection, and every ``experiment_refresh_seconds`` in case a notification
-was missed. A reload is one query; until it completes the previous copy serves.
+No database read happens while routing: running experiments are held in memory and re-read on
+every change published on the bus (locally at once, on other replicas through Redis), after a bus
+reconnection, and every ``experiment_refresh_seconds`` in case a notification was missed. A reload
+is one query; until it completes the previous copy serves. Drafts never route: their forced units
+are seen only through an explicit preview (``POST /v1/experiments/{key}/preview``).
+
+Each experiment is turned into its routing copy on its own: one that cannot be (a defect in
+loading its data) keeps its previous copy, or is not routed if it has none, and is counted in
+``registry_experiments_unloadable`` and ``/ready``, while every other experiment keeps routing.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import structlog
+from prometheus_client import CollectorRegistry, Gauge
 from prompt_registry_client.assignment import Assignment, BucketRange, Namespace, assign_variation, get_bucket_ranges
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -22,6 +27,7 @@ from registry.experiments.exposures import ExposureBuffer
 from registry.experiments.models import Experiment
 from registry.experiments.repository import ExperimentRepository
 from registry.lib.changes import Change, ChangeBus
+from registry.lib.errors import DatabaseUnavailableError, translate_exception
 from registry.prompts.catalog import Routing
 from registry.prompts.schemas import ExperimentOut, LinkedConfig
 
@@ -49,7 +55,6 @@ class LiveExperiment:
     id: int
     key: str
     prompt: str
-    running: bool
     phase: int
     seed: str
     hash_version: int
@@ -74,7 +79,6 @@ class LiveExperiment:
             id=experiment.id,
             key=experiment.key,
             prompt=experiment.prompt.name,
-            running=experiment.status == "running",
             phase=experiment.phase,
             seed=experiment.hash_seed,
             hash_version=experiment.hash_version,
@@ -116,12 +120,22 @@ class ExperimentRouter:
     """The catalog's ``VariantRouter``: assigns units and buffers their first exposures."""
 
     def __init__(
-        self, sessionmaker: async_sessionmaker[AsyncSession], bus: ChangeBus, exposures: ExposureBuffer
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        bus: ChangeBus,
+        exposures: ExposureBuffer,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._exposures = exposures
-        self._by_prompt: dict[str, list[LiveExperiment]] = {}
+        self._by_prompt: dict[str, LiveExperiment] = {}  # one running experiment per prompt
         self._by_key: dict[str, LiveExperiment] = {}
+        self._unloadable: dict[str, str] = {}  # key: why, as last logged
+        self._unloadable_gauge = Gauge(
+            "registry_experiments_unloadable",
+            "Running experiments that could not be loaded: each keeps its previous copy, or is not routed.",
+            registry=metrics_registry,
+        )
         self._reload_wanted = False
         self._reloading: asyncio.Task[None] | None = None
         bus.subscribe(self._on_change)
@@ -129,37 +143,25 @@ class ExperimentRouter:
     # -- the render path
 
     def route(self, prompt: str, unit: str) -> Routing | None:
-        for experiment in self._by_prompt.get(prompt, ()):
-            if experiment.running:
-                return self._route_running(experiment, unit)
-            variation = experiment.forced.get(unit)
-            if variation is not None:  # a QA unit previews a draft
-                return self._routing(experiment, variation)
-        return None
+        experiment = self._by_prompt.get(prompt)
+        return None if experiment is None else self._route_running(experiment, unit)
 
     def _route_running(self, experiment: LiveExperiment, unit: str) -> Routing:
         assignment = experiment.assign(unit)
         if assignment.variation < 0:
-            return experiment.outside or self._routing(experiment, -1)
+            return experiment.outside or routing_of(experiment, -1)
         if assignment.hash_used:  # forced QA units are not part of the randomized sample
             variant = experiment.variants[assignment.variation]
             self._exposures.record(experiment.id, experiment.phase, unit, variant.key)
-        return self._routing(experiment, assignment.variation)
-
-    @staticmethod
-    def _routing(experiment: LiveExperiment, variation: int) -> Routing:
-        if variation < 0:
-            outside = ExperimentOut(key=experiment.key, phase=experiment.phase, variant=None, in_experiment=False)
-            return Routing(outside, None)
-        if experiment.routings:
-            return experiment.routings[variation]
-        variant = experiment.variants[variation]
-        out = ExperimentOut(key=experiment.key, phase=experiment.phase, variant=variant.key, in_experiment=True)
-        return Routing(out, variant.version, variant.config)
+        return routing_of(experiment, assignment.variation)
 
     def running(self, key: str) -> LiveExperiment | None:
-        experiment = self._by_key.get(key)
-        return experiment if experiment is not None and experiment.running else None
+        return self._by_key.get(key)
+
+    @property
+    def unloadable(self) -> list[str]:
+        """Keys of running experiments the last reload could not turn into a routing copy."""
+        return sorted(self._unloadable)
 
     # -- keeping the copy current
 
@@ -185,14 +187,62 @@ class ExperimentRouter:
                 return
 
     async def reload(self) -> None:
+        """Re-read the running experiments; raises only when the database cannot be read at all."""
+        experiments, failures = await self._load()
+        live: dict[str, LiveExperiment] = {}
+        for experiment in experiments:
+            try:
+                live[experiment.key] = LiveExperiment.of(experiment)
+            except Exception as exc:
+                failures[experiment.key] = f"{type(exc).__name__}: {exc}"
+        for key in failures:  # one that cannot be loaded now routes as it did, if it did
+            previous = self._by_key.get(key)
+            if previous is not None:
+                live[key] = previous
+        self._by_key = live
+        self._by_prompt = {e.prompt: e for e in live.values()}
+        self._note_unloadable(failures)
+
+    async def _load(self) -> tuple[list[Experiment], dict[str, str]]:
+        """Running experiments, in one query, and those that could not be read (key: why).
+
+        If the query fails for a reason other than the database being unreachable, each experiment
+        is read on its own, so one that cannot be read does not hide the others.
+        """
+        try:
+            async with self._sessionmaker() as session:
+                return list(await ExperimentRepository(session).running()), {}
+        except Exception as exc:
+            if isinstance(translate_exception(exc), DatabaseUnavailableError):
+                raise
         async with self._sessionmaker() as session:
-            experiments = await ExperimentRepository(session).live()
-        live = [LiveExperiment.of(e) for e in experiments if e.status == "running" or e.forced_variants]
-        by_prompt: dict[str, list[LiveExperiment]] = {}
-        for experiment in sorted(live, key=lambda e: (not e.running, e.key)):
-            by_prompt.setdefault(experiment.prompt, []).append(experiment)
-        self._by_prompt = by_prompt
-        self._by_key = {e.key: e for e in live}
+            keys = await ExperimentRepository(session).running_keys()
+        experiments: list[Experiment] = []
+        failures: dict[str, str] = {}
+        for key in keys:
+            try:
+                async with self._sessionmaker() as session:
+                    experiment = await ExperimentRepository(session).get(key)
+            except Exception as exc:
+                if isinstance(translate_exception(exc), DatabaseUnavailableError):
+                    raise
+                failures[key] = f"{type(exc).__name__}: {exc}"
+                continue
+            if experiment is not None and experiment.status == "running":
+                experiments.append(experiment)
+        return experiments, failures
+
+    def _note_unloadable(self, failures: dict[str, str]) -> None:
+        """Log an experiment when it becomes unloadable (or its reason changes) and when it loads again:
+        not on every periodic refresh."""
+        for key, reason in failures.items():
+            if self._unloadable.get(key) != reason:
+                routed = "as last loaded" if key in self._by_key else "no"
+                logger.error("experiment cannot be loaded", experiment=key, error=reason, routed=routed)
+        for key in self._unloadable.keys() - failures.keys():
+            logger.warning("experiment loaded again", experiment=key)
+        self._unloadable = failures
+        self._unloadable_gauge.set(len(failures))
 
     async def settled(self) -> None:
         """Wait for reloads already requested (tests, and callers that need their change applied here)."""
@@ -204,3 +254,15 @@ class ExperimentRouter:
             self._reloading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reloading
+
+
+def routing_of(experiment: LiveExperiment, variation: int) -> Routing:
+    """The routing of a variation (-1: outside the experiment, production version)."""
+    if variation < 0:
+        outside = ExperimentOut(key=experiment.key, phase=experiment.phase, variant=None, in_experiment=False)
+        return Routing(outside, None)
+    if experiment.routings:
+        return experiment.routings[variation]
+    variant = experiment.variants[variation]
+    out = ExperimentOut(key=experiment.key, phase=experiment.phase, variant=variant.key, in_experiment=True)
+    return Routing(out, variant.version, variant.config)

@@ -144,6 +144,17 @@ class UpdateExperiment(Input):
     reason: Reason | None = None
 
 
+class PreviewRequest(Input):
+    """Render the prompt as the experiment would for ``unit``: its forced variant, else its hashed one.
+
+    The explicit way to see a draft's (or a running experiment's) variants before they reach anyone:
+    production renders never route through drafts. Nothing is recorded (no exposure).
+    """
+
+    unit: UnitId
+    variables: Annotated[dict[str, Any], msgspec.Meta(max_length=1000)] = msgspec.field(default_factory=dict)
+
+
 class StopExperiment(Input):
     """Stop; with a ``winner``, its prompt version (with its config) becomes production."""
 

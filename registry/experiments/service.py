@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from msgspec import UNSET
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -36,11 +37,12 @@ from registry.experiments.models import (
 )
 from registry.experiments.repository import ExperimentRepository, MetricRepository, StatisticsRepository
 from registry.experiments.results import Analysis, MetricDefinition, PhaseData, build_results
-from registry.experiments.router import normalized
+from registry.experiments.router import LiveExperiment, normalized, routing_of
 from registry.experiments.schemas import (
     CreateExperiment,
     CreateMetric,
     NamespaceIn,
+    PreviewRequest,
     PromotedVersion,
     ResultsOut,
     StopExperiment,
@@ -55,8 +57,9 @@ from registry.lib.pagination import PageRequest
 from registry.lib.promotion import State
 from registry.lib.versioned_schemas import PromoteRequest, RollbackRequest
 from registry.outbox.events import emit_event
+from registry.prompts.catalog import PromptCatalog
 from registry.prompts.models import Prompt, PromptVersion
-from registry.prompts.schemas import CreatePromptVersion, MessageIn
+from registry.prompts.schemas import ConfigUsed, CreatePromptVersion, MessageIn, RenderOut
 from registry.prompts.service import PromptLimits, PromptService
 
 DEFAULT_AGGREGATION = {"binomial": "any", "continuous": "sum"}
@@ -278,18 +281,24 @@ class ExperimentService:
             if key in found
         ]
 
-    async def update(self, key: str, data: UpdateExperiment, actor: Actor, *, may_change_traffic: bool) -> Experiment:
+    async def update(self, key: str, data: UpdateExperiment, actor: Actor, *, may_change_routing: bool) -> Experiment:
+        """Apply a change. Only a running experiment routes units (drafts never do, stopped ones no longer),
+        so on a running one whatever would change the version a unit gets needs ``may_change_routing``
+        (the ``promote`` scope, as starting does); a draft is anyone's with ``write`` to edit."""
         experiment = await self.require(key, for_update=True)
         before = _snapshot(experiment)
         status = experiment.status
         plan = await self._check_update(experiment, data)
+        if status == "running" and not may_change_routing and changes_routing(experiment, data):
+            raise ForbiddenError(
+                "changing which version a running experiment's units get needs the 'promote' scope "
+                "(weights, coverage, seed, namespace, forced variants)"
+            )
         if plan.variants is not None:
             experiment.variants.clear()
             await self.session.flush()  # old keys leave before new ones arrive (unique per experiment)
             experiment.variants.extend(plan.variants)
         traffic = self._apply_traffic(experiment, data)
-        if traffic.changed and status == "running" and not may_change_traffic:
-            raise ForbiddenError("changing the traffic of a running experiment needs the 'promote' scope")
         if traffic.new_phase:
             if data.namespace is not UNSET:
                 await self._check_namespace(experiment)
@@ -401,6 +410,27 @@ class ExperimentService:
     async def _reloaded(self, experiment: Experiment) -> Experiment:
         self.session.expunge(experiment)
         return await self.require(experiment.key)
+
+    async def preview(self, key: str, data: PreviewRequest, catalog: PromptCatalog) -> RenderOut:
+        """The render ``data.unit`` would get from this experiment if it ran now, forced variants included.
+
+        Read from the database, not the router: a draft is never in the router, and a preview must show
+        the definition as saved. The unit gets no exposure.
+        """
+        experiment = await self.require(key)
+        if experiment.status == "stopped":
+            raise ExperimentStateError(f"experiment '{key}' is stopped; it routes no unit any more")
+        live = LiveExperiment.of(experiment)
+        routing = routing_of(live, live.assign(data.unit).variation)
+        rendering = await catalog.render(experiment.prompt.name, data.variables, version=routing.version)
+        config = routing.config
+        return msgspec.structs.replace(
+            rendering.out,
+            config=rendering.out.config
+            if config is None
+            else ConfigUsed(name=config.name, version=config.version, model=config.model),
+            experiment=routing.experiment,
+        )
 
     # -- lifecycle
 
@@ -606,6 +636,25 @@ def _version_with_config(version: PromptVersion, winner: ExperimentVariant, expe
         config=ConfigRef(name=config.config.name, version=config.number),
         commit_message=f"version {version.number} with config {config.config.name}@{config.number}: "
         f"winner of experiment '{experiment}'",
+    )
+
+
+def changes_routing(experiment: Experiment, data: UpdateExperiment) -> bool:
+    """Whether the update would change the variant (so the version or config) some unit gets.
+
+    Variants and hash version cannot change once running (refused before this is asked). Values
+    equal to the current ones change nothing, so a client may send the whole definition back.
+    """
+    if data.weights is not UNSET:
+        current = {v.key: v.weight for v in experiment.variants}
+        keys = list(current)
+        if normalized([data.weights[k] for k in keys]) != normalized([current[k] for k in keys]):
+            return True
+    return (
+        (data.hash_seed is not UNSET and data.hash_seed != experiment.hash_seed)
+        or (data.coverage is not UNSET and data.coverage != experiment.coverage)
+        or (data.namespace is not UNSET and data.namespace != _namespace_of(experiment))
+        or (data.forced_variants is not UNSET and dict(data.forced_variants) != experiment.forced_variants)
     )
 
 

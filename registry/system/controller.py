@@ -24,6 +24,9 @@ class ReadinessOut(Output):
     status: str
     database: str
     redis: str
+    # Running experiments this replica could not load (each routes as last loaded, or not at all). They do not
+    # make the replica unready: every replica reads the same rows, so taking this one out would help no one.
+    experiments_unloadable: list[str]
 
 
 class ProblemTypeOut(Output):
@@ -64,7 +67,12 @@ class SystemController(Controller):
             except Exception as exc:
                 redis = f"unavailable: {type(exc).__name__}"
         ready = database == "ok" and redis in ("ok", "not configured")
-        body = ReadinessOut(status="ready" if ready else "not ready", database=database, redis=redis)
+        body = ReadinessOut(
+            status="ready" if ready else "not ready",
+            database=database,
+            redis=redis,
+            experiments_unloadable=runtime.experiments.router.unloadable,
+        )
         return Response(body, status_code=200 if ready else 503)
 
     @get("/metrics", operation_id="metrics", summary="Prometheus metrics", include_in_schema=False)

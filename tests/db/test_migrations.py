@@ -105,4 +105,9 @@ async def test_the_embedded_default_serves_the_whole_flow(sqlite_settings: Setti
         assert tagged.status_code == 201
         by_tag = (await http.get("/v1/prompts", params={"tag": "x"}, headers=admin)).json()["items"]
         assert [p["name"] for p in by_tag] == ["tagged"]
-        assert (await http.get("/ready")).json() == {"status": "ready", "database": "ok", "redis": "not configured"}
+        assert (await http.get("/ready")).json() == {
+            "status": "ready",
+            "database": "ok",
+            "redis": "not configured",
+            "experiments_unloadable": [],
+        }

@@ -307,9 +307,18 @@ async def test_overlapping_namespace_ranges_cannot_run_together(client: Client, 
 
 async def test_forced_units_see_their_variant_and_are_not_counted(client: Client, setup: dict[str, str]) -> None:
     await make_experiment(client, setup, "greet-test", "greet", start=False, forced_variants={"qa-1": "treatment"})
-    preview = await render(client, setup, "qa-1")
-    assert preview["version"] == 2
-    assert preview["experiment"] == {"key": "greet-test", "phase": 0, "variant": "treatment", "in_experiment": True}
+    preview = await client.post(
+        "/v1/experiments/greet-test/preview", json={"unit": "qa-1", "variables": {"x": "hi"}}, headers=setup
+    )
+    assert preview.status_code == 200, preview.text
+    assert preview.json()["version"] == 2
+    assert preview.json()["experiment"] == {
+        "key": "greet-test",
+        "phase": 0,
+        "variant": "treatment",
+        "in_experiment": True,
+    }
+    assert (await render(client, setup, "qa-1"))["experiment"] is None  # a draft routes no production render
     assert (await render(client, setup, "someone"))["experiment"] is None
     await client.post("/v1/experiments/greet-test/start", headers=setup)
     await settle(client)
