@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +23,7 @@ from prompt_registry_client import (
 )
 from prompt_registry_client._cache import Freshness
 from prompt_registry_client._config import parse_retry_after
-from prompt_registry_client._core import CacheKey
+from prompt_registry_client._core import CacheKey, Need, Sleep
 from prompt_registry_client._sse import ServerSentEvent
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -84,6 +84,19 @@ def client(script: Script, **options: Any) -> RegistryClient:
     return RegistryClient("http://registry.test", "prk_test", transport=httpx.MockTransport(script), **options)
 
 
+def recording_sleeps(registry: RegistryClient, happened: list[str | float]) -> Callable[[Need], Any]:
+    """The client's way of doing what its flows ask, except that a sleep is recorded instead of waited."""
+    satisfy = registry._satisfy
+
+    def record(need: Need) -> Any:
+        if isinstance(need, Sleep):
+            happened.append(need.seconds)
+            return None
+        return satisfy(need)
+
+    return record
+
+
 # --------------------------------------------------------------------------- retries
 
 
@@ -94,14 +107,18 @@ def test_a_connection_error_is_retried() -> None:
     assert len(script.requests) == 2
 
 
-def test_503_is_retried_after_the_delay_the_service_asks_for() -> None:
+def test_503_is_retried_after_the_delay_the_service_asks_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    happened: list[str | float] = []
     script = Script(httpx.Response(503, headers={"Retry-After": "0.05"}), httpx.Response(200, json=resolved()))
-    with client(script) as registry:
-        started = time.perf_counter()
+
+    def send(request: httpx.Request) -> httpx.Response:
+        happened.append(request.method)
+        return script(request)
+
+    with client(Script(send)) as registry:
+        monkeypatch.setattr(registry, "_satisfy", recording_sleeps(registry, happened))
         registry.get_prompt("greet")
-        waited = time.perf_counter() - started
-    assert len(script.requests) == 2
-    assert waited >= 0.05
+    assert happened == ["GET", 0.05, "GET"]
 
 
 def test_a_retry_after_beyond_the_policy_raises_at_once_with_the_delay() -> None:
@@ -213,20 +230,30 @@ def test_without_the_service_the_fallback_serves_and_without_one_a_typed_error()
 
 
 def test_once_the_service_is_found_unreachable_fallbacks_serve_at_once_for_a_while() -> None:
-    def blackhole(request: httpx.Request) -> httpx.Response:
-        time.sleep(0.1)
+    """Counts the tries the caller's own thread makes (background probes run on other threads)."""
+    caller = threading.get_ident()
+    tries_by_caller: list[str] = []
+
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        if threading.get_ident() == caller:
+            tries_by_caller.append(request.url.path)
         raise httpx.ConnectTimeout("no answer", request=request)
 
-    with client(Script(blackhole), fallbacks={"greet": "Hi", "other": "Hey"}) as registry:
-        started = time.perf_counter()
+    now = [1000.0]
+    with client(Script(unreachable), fallbacks={"greet": "Hi", "other": "Hey"}) as registry:
+        registry._core.clock = lambda: now[0]
         registry.get_prompt("greet")
-        first = time.perf_counter() - started
-        started = time.perf_counter()
+        first = len(tries_by_caller)
+        now[0] += QUICK.cooldown - 0.1
         served = [registry.get_prompt(name) for name in ("greet", "other", "greet")]
-        then = time.perf_counter() - started
-    assert first >= 0.3, "the first call waited for every try"
-    assert then < 0.05, "the next ones did not wait"
+        meanwhile = len(tries_by_caller) - first
+        now[0] += 0.2  # the cooldown is over: the next call asks the service again
+        registry.get_prompt("other")
+        after = len(tries_by_caller) - first - meanwhile
+    assert first == QUICK.attempts, "the first call waited for every try"
+    assert meanwhile == 0, "the next ones did not wait"
     assert [p.template for p in served] == ["Hi", "Hey", "Hi"]
+    assert after == QUICK.attempts
 
 
 def test_an_unknown_prompt_is_an_error_even_with_a_fallback() -> None:

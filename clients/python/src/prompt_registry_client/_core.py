@@ -236,7 +236,8 @@ class Core:
             ttl=cache.ttl, max_entries=cache.max_entries, group=lambda name: name
         )
         self.outbox = Outbox(batches)
-        self.unreachable_until = 0.0  # monotonic time until which calls with a fallback do not wait for the service
+        self.unreachable_until = 0.0  # clock time until which calls with a fallback do not wait for the service
+        self.clock: Callable[[], float] = time.monotonic  # a seam: tests move time instead of waiting
 
     # -- requests
 
@@ -337,7 +338,7 @@ class Core:
         except RegistryError as exc:
             if not is_outage(exc):
                 raise
-            self.unreachable_until = time.monotonic() + self.retries.cooldown
+            self.unreachable_until = self.clock() + self.retries.cooldown
             if entry is None and fallback is None:
                 raise
             logger.warning(
@@ -346,7 +347,7 @@ class Core:
             return self._instead(key, entry, fallback)
 
     def _unreachable(self) -> bool:
-        return time.monotonic() < self.unreachable_until
+        return self.clock() < self.unreachable_until
 
     @staticmethod
     def _instead(key: CacheKey, entry: CacheEntry[Prompt] | None, fallback: FallbackTemplate | None) -> Prompt:
@@ -407,7 +408,7 @@ class Core:
             return (yield from self._load_experiments(name))
         except RegistryError as exc:
             if is_outage(exc):
-                self.unreachable_until = time.monotonic() + self.retries.cooldown
+                self.unreachable_until = self.clock() + self.retries.cooldown
             # Without the experiments the unit gets the production version: the app keeps working.
             logger.warning("cannot read the experiments of prompt %r, so units are not routed: %s", name, exc.detail)
             return entry.value if entry is not None else ()
