@@ -86,7 +86,12 @@ class Runtime:
             bus=bus,
             metrics_registry=metrics_registry,
             http_metrics=HttpMetrics(metrics_registry),
-            key_verifier=ApiKeyVerifier(sessionmaker, bus, cache_seconds=settings.api_key_cache_seconds),
+            key_verifier=ApiKeyVerifier(
+                sessionmaker,
+                bus,
+                cache_seconds=settings.api_key_cache_seconds,
+                stale_seconds=settings.api_key_stale_seconds,
+            ),
             rate_limiter=RateLimiter(
                 redis, settings.redis_key_prefix, default_per_minute=settings.rate_limit_per_minute
             ),

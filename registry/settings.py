@@ -118,6 +118,12 @@ class Settings(BaseSettings):
         "validation (same answers, less CPU); false sends every request through Litestar.",
     )
     api_key_cache_seconds: float = Field(60.0, ge=0, description="How long a verified API key is trusted in memory.")
+    api_key_stale_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="While the database is unreachable, a key this process verified within this long keeps "
+        "working (revocations still apply through Redis); a key never seen before gets 503.",
+    )
     rate_limit_per_minute: int = Field(
         0,
         ge=0,

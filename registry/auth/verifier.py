@@ -3,11 +3,18 @@
 Verified keys are cached for ``api_key_cache_seconds``; a revocation reaches
 every replica at once through the change bus. ``last_used_at`` is buffered
 and written in batches rather than on each request.
+
+When the database cannot be reached to verify a key again, a key this process
+verified within ``api_key_stale_seconds`` keeps working, so cached renders go
+on through a database outage. That holds only while revocations still arrive
+(the change bus is connected): a revoked key is dropped at once and then needs
+the database, as does a key never seen before (503).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,11 +28,12 @@ from registry.auth.repository import ApiKeyRepository
 from registry.db.base import utcnow
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, ChangeBus
-from registry.lib.errors import UnauthorizedError, translate_exception
+from registry.lib.errors import DatabaseUnavailableError, UnauthorizedError, translate_exception
 
 logger = structlog.get_logger("registry.auth")
 
 _NEGATIVE_TTL = 5.0
+_STALE_RECHECK_SECONDS = 5.0  # while the database is unreachable, a trusted key is re-checked at most this often
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
@@ -35,6 +43,15 @@ class _CachedKey:
     principal: Principal
     usable_until: datetime | None  # expiry
     revoked: bool
+    loaded_at: float = 0.0  # when the database said so; what the key is trusted from
+
+
+@dataclass(frozen=True, slots=True)
+class _VerifiedHeader:
+    principal: Principal
+    fresh_until: float  # trusted without the database until then
+    stale_until: float  # trusted when the database is unreachable until then
+    usable_until: datetime | None  # expiry
 
 
 # Cached for unknown public ids, so a flood of made-up keys does not reach the database.
@@ -48,35 +65,63 @@ class ApiKeyVerifier:
         bus: ChangeBus,
         *,
         cache_seconds: float,
+        stale_seconds: float = 3600.0,
         max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessionmaker = sessionmaker
-        self._cache: TTLCache[str, _CachedKey] = TTLCache(max_entries)
+        self._bus = bus
+        self._clock = clock
+        self._cache: TTLCache[str, _CachedKey] = TTLCache(max_entries, clock)
         self._cache_seconds = cache_seconds
+        self._stale_seconds = max(stale_seconds, cache_seconds)
         self._last_used: dict[int, float] = {}
         # Verified Authorization headers, so a warm request skips parsing and hashing. Only a header
         # whose secret matched is ever stored here.
-        self._verified: dict[str, tuple[Principal, float, datetime | None]] = {}
+        self._verified: dict[str, _VerifiedHeader] = {}
         self._max_entries = max_entries
+        self._trusting_stale = False
         bus.subscribe(self._on_change)
 
     def _on_change(self, change: Change) -> None:
         if change.kind == "api_key":
             self._cache.pop(change.name)
-            self._verified = {h: v for h, v in self._verified.items() if v[0].public_id != change.name}
+            self._verified = {h: v for h, v in self._verified.items() if v.principal.public_id != change.name}
         elif change.kind == "reset":
+            # Changes may have been missed: every key is verified in the database again, stale ones too.
             self._cache.clear()
             self._verified.clear()
 
     async def authenticate(self, authorization: str | None) -> Principal:
         verified = self._verified.get(authorization) if authorization else None
         if verified is not None:
-            principal, fresh_until, usable_until = verified
-            if fresh_until > time.monotonic() and (usable_until is None or usable_until > utcnow()):
-                self._last_used[principal.key_id] = time.time()
-                return principal
-            del self._verified[authorization]  # type: ignore[arg-type]
-        return await self._authenticate(authorization)
+            if verified.usable_until is not None and verified.usable_until <= utcnow():
+                del self._verified[authorization]  # type: ignore[arg-type]
+                verified = None
+            elif verified.fresh_until > self._clock():
+                self._last_used[verified.principal.key_id] = time.time()
+                return verified.principal
+        try:
+            return await self._authenticate(authorization)
+        except DatabaseUnavailableError:
+            # Trusted only while revocations still arrive: a revoked key has left ``_verified`` by then.
+            if authorization is None or verified is None or verified.stale_until <= self._clock():
+                raise
+            if not self._bus.connected:
+                raise
+            return self._trust_stale(authorization, verified)
+
+    def _trust_stale(self, authorization: str, verified: _VerifiedHeader) -> Principal:
+        """Serve a key verified before the database became unreachable; ask the database again in a while."""
+        if not self._trusting_stale:
+            logger.warning("database unreachable; API keys verified earlier are trusted until it is back")
+            self._trusting_stale = True
+        recheck_at = min(self._clock() + _STALE_RECHECK_SECONDS, verified.stale_until)
+        self._verified[authorization] = _VerifiedHeader(
+            verified.principal, recheck_at, verified.stale_until, verified.usable_until
+        )
+        self._last_used[verified.principal.key_id] = time.time()
+        return verified.principal
 
     async def _authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -96,12 +141,13 @@ class ApiKeyVerifier:
         ):
             raise UnauthorizedError("the API key is invalid, revoked or expired", headers=_CHALLENGE)
         self._last_used[cached.principal.key_id] = time.time()
-        if self._cache_seconds > 0 and authorization is not None:
+        if self._stale_seconds > 0 and authorization is not None:
             if len(self._verified) >= self._max_entries:
                 self._verified.clear()
-            self._verified[authorization] = (
+            self._verified[authorization] = _VerifiedHeader(
                 cached.principal,
-                time.monotonic() + self._cache_seconds,
+                cached.loaded_at + self._cache_seconds,
+                cached.loaded_at + self._stale_seconds,
                 cached.usable_until,
             )
         return cached.principal
@@ -112,6 +158,7 @@ class ApiKeyVerifier:
                 key = await ApiKeyRepository(session).get_by_public_id(public_id)
         except (SQLAlchemyError, OSError) as exc:
             raise translate_exception(exc) from exc
+        self._trusting_stale = False
         if key is None:
             self._cache.set(public_id, _UNKNOWN, _NEGATIVE_TTL)
             return _UNKNOWN
@@ -120,6 +167,7 @@ class ApiKeyVerifier:
             principal=Principal(key.id, key.public_id, key.name, frozenset(key.scopes), key.rate_limit_per_minute),
             usable_until=key.expires_at,
             revoked=key.revoked_at is not None,
+            loaded_at=self._clock(),
         )
         if self._cache_seconds > 0:
             self._cache.set(public_id, entry, self._cache_seconds)
