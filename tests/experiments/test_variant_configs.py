@@ -10,9 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import InvalidRequestError
 
 from registry.experiments import router as router_module
 from registry.experiments.models import Experiment
+from registry.experiments.repository import ExperimentRepository
+from registry.experiments.router import ExperimentRouter
 from tests.experiments.conftest import Client, make_experiment, make_prompt, runtime_of, settle
 
 
@@ -169,3 +172,32 @@ async def test_an_unloadable_experiment_is_logged_once_per_change(
     assert calls == 3
     assert log.about("broken") == ["experiment cannot be loaded"]
     assert router.running("broken") is not None  # it routes as it was last loaded
+
+
+async def test_when_the_one_query_fails_each_experiment_is_read_on_its_own(
+    client: Client, with_configs: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    headers = with_configs
+    await make_experiment(client, headers, "broken", "greet")
+    await make_experiment(client, headers, "plain", "other")
+    read_one = ExperimentRepository.get
+
+    async def cannot_read_all(self: ExperimentRepository) -> Any:
+        raise InvalidRequestError("a row cannot be read")
+
+    async def cannot_read_broken(self: ExperimentRepository, key: str, *, for_update: bool = False) -> Any:
+        if key == "broken":
+            raise InvalidRequestError("this row cannot be read")
+        return await read_one(self, key, for_update=for_update)
+
+    monkeypatch.setattr(ExperimentRepository, "running", cannot_read_all)
+    monkeypatch.setattr(ExperimentRepository, "get", cannot_read_broken)
+    runtime = runtime_of(client.app)
+    fresh = ExperimentRouter(runtime.sessionmaker, runtime.bus, runtime.experiments.exposures)  # a new process
+
+    await fresh.reload()
+
+    assert fresh.running("plain") is not None
+    assert fresh.running("broken") is None
+    assert fresh.unloadable == ["broken"]
+    assert fresh.route("other", "someone") is not None
