@@ -158,11 +158,26 @@ def live(live_registry: LiveFactory) -> Live:
 
 @dataclass
 class Recorder:
-    """Counts what a client sends, by method and path, and the statuses it gets back."""
+    """Counts what a client sends, by method and path, and the statuses it gets back.
+
+    ``requests`` counts answered requests; ``attempts`` every request the client tried
+    to send, answered or not, with the thread that sent it (the caller's, or a
+    background refresh's).
+    """
 
     requests: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
+    attempts: list[tuple[str, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def tried(self, request: httpx.Request) -> None:
+        with self.lock:
+            self.attempts.append((f"{request.method} {request.url.path}", threading.get_ident()))
+
+    def tries(self, prefix: str, *, thread: int | None = None) -> int:
+        """Requests tried whose method and path start with ``prefix``, from ``thread`` if given."""
+        with self.lock:
+            return sum(1 for key, sender in self.attempts if key.startswith(prefix) and thread in (None, sender))
 
     def saw(self, request: httpx.Request, status: int | None) -> None:
         key = f"{request.method} {request.url.path}"
@@ -185,6 +200,7 @@ class RecordingTransport(httpx.HTTPTransport):
         self.lose_answer = lose_answer
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.recorder.tried(request)
         response = super().handle_request(request)
         self.recorder.saw(request, response.status_code)
         if self.lose_answer is not None and self.lose_answer(request):
@@ -199,6 +215,7 @@ class AsyncRecordingTransport(httpx.AsyncHTTPTransport):
         self.recorder = recorder
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.recorder.tried(request)
         response = await super().handle_async_request(request)
         self.recorder.saw(request, response.status_code)
         return response

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 import pytest
 from prompt_registry_client import AsyncRegistryClient, CachePolicy, RetryPolicy, ServiceUnavailable
 
 from tests.clients.conftest import AsyncRecordingTransport, Live, Recorder, text
-
-
-async def seconds_until(check: Callable[[], Awaitable[bool]], limit: float) -> float:
-    started = time.perf_counter()
-    while not await check():
-        assert time.perf_counter() - started < limit, "not within the time allowed"
-        await asyncio.sleep(0.005)
-    return time.perf_counter() - started
+from tests.waiting import eventually_async
 
 
 async def test_the_async_client_caches_refreshes_in_the_background_and_follows_the_feed(live: Live) -> None:
@@ -28,13 +20,20 @@ async def test_the_async_client_caches_refreshes_in_the_background_and_follows_t
         assert (await registry.render("greet", {"name": "Ada"})).text == "v1 Ada"
         assert (await registry.get_prompt("greet")).version == 1
         assert recorder.count("GET /v1/prompts/greet") == 1
-        await asyncio.sleep(0.3)  # expired; the feed has connected meanwhile
+        await eventually_async(_changes_connected(recorder), "the change feed connecting")
+        await asyncio.sleep(0.25)  # the copy expires (ttl 0.2)
         live.promote("greet", 2)
-        feed_in = await seconds_until(lambda: _version_is(registry, 2), limit=2)
+        await eventually_async(lambda: _version_is(registry, 2), "the promotion to 2 reaching the client")
         live.promote("greet", 3)
-        await seconds_until(lambda: _version_is(registry, 3), limit=2)
-    assert feed_in < 2
+        await eventually_async(lambda: _version_is(registry, 3), "the promotion to 3 reaching the client")
     assert recorder.count("GET /v1/changes") == 1
+
+
+def _changes_connected(recorder: Recorder) -> Callable[[], Awaitable[bool]]:
+    async def connected() -> bool:
+        return recorder.count("GET /v1/changes") == 1
+
+    return connected
 
 
 async def _version_is(registry: AsyncRegistryClient, version: int) -> bool:

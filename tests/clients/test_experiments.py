@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from prompt_registry_client import BatchPolicy, CachePolicy, RegistryClient
 
 from tests.clients.conftest import Live, LiveFactory, Recorder, RecordingTransport, text
+from tests.waiting import eventually
 
 CASES = json.loads((Path(__file__).parents[1] / "experiments" / "cases" / "growthbook.json").read_text())["assign"]
 # Every case the service can express: it needs a unit id and at least two variants.
@@ -93,11 +93,9 @@ def test_a_locally_assigned_render_reports_its_exposure_in_a_batch(live_registry
     )
     assert recorder.count("POST /v1/prompts/greet/render") == 0, "assigned and rendered locally"
     assert recorder.statuses["POST /v1/exposures 202"] == 1, "recorded in one batch"
-    deadline = time.monotonic() + 5
     for unit, rendered in shown.items():
-        while not (exposures := recorded_exposures(live, unit)):
-            assert time.monotonic() < deadline, f"no exposure recorded for {unit}"
-            time.sleep(0.05)
+        eventually(lambda unit=unit: bool(recorded_exposures(live, unit)), f"an exposure recorded for {unit}")
+        exposures = recorded_exposures(live, unit)
         assert rendered.experiment is not None
         assert [(e["experiment"], e["variant"]) for e in exposures] == [("tone", rendered.experiment.variant)]
 
