@@ -83,19 +83,21 @@ class WebhookDispatcher:
             if not events:
                 return 0
             webhooks = await repository.all()
+            now = self._clock()
             rows: list[dict[str, object]] = [
                 {
                     "webhook_id": webhook.id,
                     "event_id": event.event_id,
                     "event_type": event.type,
                     "body": delivery_body(event.event_id, event.type, event.subject, event.actor, event.payload),
+                    "next_attempt_at": now,
                 }
                 for event in events
                 for webhook in webhooks
                 if subscribes(webhook.event_types, event.type)
             ]
             await repository.add_deliveries(rows)
-            await repository.mark_dispatched([e.id for e in events], self._clock())
+            await repository.mark_dispatched([e.id for e in events], now)
             return len(rows)
 
     async def deliver_due(self) -> int:

@@ -1,16 +1,22 @@
-"""Fixtures of the webhook tests: a receiver on this machine that answers from a script."""
+"""Fixtures of the webhook tests: a receiver on this machine that answers from a script, and dispatchers."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pytest
 from litestar import Litestar, Request, post
 from litestar.exceptions import HTTPException
+from prometheus_client import CollectorRegistry
 
+from registry.db.base import utcnow
+from registry.runtime import Runtime
+from registry.webhooks.dispatcher import DeliveryPolicy, WebhookDispatcher
+from registry.webhooks.guard import AddressGuard, WebhookHttp
 from tests.conftest import serve_over_http
 
 
@@ -41,3 +47,28 @@ async def receiver() -> AsyncIterator[Receiver]:
     async with serve_over_http(Litestar([hook])) as base:
         state.url = f"{base}/hook"
         yield state
+
+
+def replace_dispatcher(
+    app: Litestar, *, guard: AddressGuard | None = None, clock: Callable[[], datetime] = utcnow
+) -> WebhookDispatcher:
+    """Give the app a dispatcher built as the runtime builds it, with a stand-in resolver or clock.
+
+    The service checks new webhooks with the same dispatcher's guard, so creation and
+    delivery see the same resolver.
+    """
+    runtime: Runtime = app.state.runtime
+    settings = runtime.settings
+    runtime.webhooks = WebhookDispatcher(
+        runtime.sessionmaker,
+        WebhookHttp(guard or AddressGuard(settings.webhook_allowed_networks)),
+        DeliveryPolicy(
+            timeout_seconds=settings.webhook_timeout_seconds,
+            max_attempts=settings.webhook_max_attempts,
+            retry_base_seconds=settings.webhook_retry_base_seconds,
+            retry_max_seconds=settings.webhook_retry_max_seconds,
+        ),
+        CollectorRegistry(),
+        clock=clock,
+    )
+    return runtime.webhooks

@@ -16,17 +16,15 @@ from typing import Any
 
 import pytest
 from litestar import Litestar
-from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.app import create_app
 from registry.settings import Settings
 from registry.webhooks.addresses import IPNetwork
-from registry.webhooks.dispatcher import DeliveryPolicy, WebhookDispatcher
-from registry.webhooks.guard import AddressGuard, WebhookHttp
+from registry.webhooks.guard import AddressGuard
 from tests.api import Client, Headers
 from tests.conftest import count_rows, problem, serve_in_process
-from tests.webhooks.conftest import Receiver
+from tests.webhooks.conftest import Receiver, replace_dispatcher
 from tests.webhooks.test_webhooks_api import runtime_of, subscribe
 
 PUBLIC = "93.184.216.34"
@@ -73,20 +71,8 @@ class ScriptedResolver:
 
 
 def use_resolver(app: Litestar, resolver: ScriptedResolver, allowed: Sequence[IPNetwork] = ()) -> None:
-    """Put a dispatcher whose host lookups go to ``resolver`` into the app, for creation and delivery alike."""
-    runtime = runtime_of(app)
-    settings = runtime.settings
-    runtime.webhooks = WebhookDispatcher(
-        runtime.sessionmaker,
-        WebhookHttp(AddressGuard(allowed, resolve=resolver)),
-        DeliveryPolicy(
-            timeout_seconds=settings.webhook_timeout_seconds,
-            max_attempts=settings.webhook_max_attempts,
-            retry_base_seconds=settings.webhook_retry_base_seconds,
-            retry_max_seconds=settings.webhook_retry_max_seconds,
-        ),
-        CollectorRegistry(),
-    )
+    """Send the app's host lookups, for creation and delivery alike, to ``resolver``."""
+    replace_dispatcher(app, guard=AddressGuard(allowed, resolve=resolver))
 
 
 async def deliveries(client: Client, admin: Headers, webhook_id: int) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -13,11 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.app import create_app
 from registry.auth.keys import Scope
+from registry.db.base import utcnow
 from registry.runtime import Runtime
 from registry.settings import Settings
 from tests.api import Client, Headers, create_prompt, create_version, promote
 from tests.conftest import KeyFactory, count_rows, problem, serve_in_process
-from tests.webhooks.conftest import Receiver
+from tests.webhooks.conftest import Receiver, replace_dispatcher
 
 
 def runtime_of(app: Litestar) -> Runtime:
@@ -73,20 +75,22 @@ async def test_only_subscribed_events_are_sent(
 async def test_failed_deliveries_are_retried_with_backoff_then_succeed(
     settings: Settings, admin: Headers, receiver: Receiver, clean_database: AsyncEngine
 ) -> None:
-    app = create_app(settings.model_copy(update={"webhook_retry_base_seconds": 0.3, "webhook_retry_max_seconds": 0.3}))
+    app = create_app(settings.model_copy(update={"webhook_retry_base_seconds": 30, "webhook_retry_max_seconds": 30}))
     receiver.script = [500, 503]
+    now = [utcnow()]
+    dispatcher = replace_dispatcher(app, clock=lambda: now[0])
     async with serve_in_process(app) as client:
         created = await subscribe(client, admin, receiver.url, ["*"])
         await create_prompt(client, admin, "greeting")
         await create_version(client, admin, "greeting")
-        dispatcher = runtime_of(app).webhooks
         await dispatcher.run_once()
         log = (await client.get(f"/v1/webhooks/{created['webhook']['id']}/deliveries", headers=admin)).json()["items"]
         assert (log[0]["status"], log[0]["attempts"], log[0]["last_status_code"]) == ("retrying", 1, 500)
-        await dispatcher.run_once()  # not due yet: nothing is sent before the delay
+        now[0] += timedelta(seconds=14)  # the first delay is 15 to 30 s (jitter): not due yet
+        await dispatcher.run_once()
         assert len(receiver.received) == 1
         for _ in range(2):
-            await asyncio.sleep(0.31)
+            now[0] += timedelta(seconds=31)
             await dispatcher.run_once()
         log = (await client.get(f"/v1/webhooks/{created['webhook']['id']}/deliveries", headers=admin)).json()["items"]
     assert (log[0]["status"], log[0]["attempts"]) == ("succeeded", 3)
