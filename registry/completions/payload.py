@@ -2,7 +2,10 @@
 
 The registry always streams from the backend (``stream_options.include_usage``),
 also for callers that want one JSON answer: that measures time to first token
-for every completion and lets the first-token timeout apply everywhere.
+for every completion and lets the first-token timeout apply everywhere. It also
+asks for ``continuous_usage_stats`` (vLLM puts the usage so far in every chunk), so
+a completion cut short by a failure or by its caller is still charged for what
+the backend generated.
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ def build_payload(
     if overrides.user is not None:
         payload["user"] = overrides.user
     payload["stream"] = True
-    payload["stream_options"] = {"include_usage": True}
+    # The usage at the end, and (vLLM) the usage so far in every chunk.
+    payload["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
     return payload
 
 

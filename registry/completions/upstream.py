@@ -233,7 +233,8 @@ class UpstreamStream:
         self.ttft: float | None = None
         self.finish_reason: str | None = None
         self.input_tokens = 0
-        self.output_tokens = 0
+        self._reported_output_tokens = 0  # the backend's last usage report
+        self._unreported_deltas = 0  # text deltas after it
         self.done = False
         self.outcome: StreamOutcome | None = None
         self._pending_error: MalformedStreamError | None = None
@@ -280,11 +281,24 @@ class UpstreamStream:
             finish_reason = chunk.finish_reason or finish_reason
             if chunk.input_tokens is not None:
                 self.input_tokens = chunk.input_tokens
-                self.output_tokens = chunk.output_tokens or 0
+                self._reported_output_tokens = chunk.output_tokens or 0
+                self._unreported_deltas = 0
+            elif chunk.text:
+                self._unreported_deltas += 1
         self.finish_reason = finish_reason or self.finish_reason
         if self.done and not text:
             return None
         return Chunk(text="".join(text), finish_reason=finish_reason)
+
+    @property
+    def output_tokens(self) -> int:
+        """Tokens generated so far: as the backend reported them, plus one per text delta since its last report.
+
+        vLLM reports the usage in every chunk (``continuous_usage_stats``), so a
+        completion cut short is counted exactly; a backend that reports it only
+        at the end is counted by its deltas until then.
+        """
+        return self._reported_output_tokens + self._unreported_deltas
 
     async def read_head(self) -> None:
         """Read up to the first token (or the end); the caller bounds this with the first-token timeout."""
@@ -449,11 +463,12 @@ class UpstreamClient:
     def finished(self, stream: UpstreamStream, outcome: StreamOutcome) -> None:
         backend = stream.backend
         backend.limiter.release()
+        # Tokens a backend generated count whether or not the completion finished.
+        self.metrics.tokens.labels(backend.name, "input").inc(stream.input_tokens)
+        self.metrics.tokens.labels(backend.name, "output").inc(stream.output_tokens)
         if outcome == "ok":
             backend.breaker.record(failed=False)
             self.metrics.upstream_latency.labels(backend.name).observe(time.monotonic() - stream.started)
-            self.metrics.tokens.labels(backend.name, "input").inc(stream.input_tokens)
-            self.metrics.tokens.labels(backend.name, "output").inc(stream.output_tokens)
         elif outcome == "failed":
             backend.breaker.record(failed=True)
         else:

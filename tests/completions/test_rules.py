@@ -119,7 +119,7 @@ def test_payload_takes_config_params_and_allowed_overrides() -> None:
         "seed": 7,
         "user": "u-1",
         "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
     assert upstream_path(payload) == "/v1/chat/completions"
 

@@ -7,6 +7,7 @@ usage, streaming order, determinism, limits — not the text.
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 
 import httpx
 import pytest
@@ -146,10 +147,50 @@ async def test_sixteen_concurrent_completions_all_succeed(
     assert streamed == 8
 
 
-async def _vllm_requests(vllm_url: str) -> float:
-    """Requests vLLM has finished, from its Prometheus metrics."""
+async def test_a_stream_the_caller_leaves_records_the_tokens_vllm_generated(
+    vllm: httpx.AsyncClient, admin: dict[str, str], vllm_url: str, admin_engine: AsyncEngine
+) -> None:
+    params = {"max_tokens": 400, "temperature": 0.8, "extra": {"ignore_eos": True}}
+    await publish(vllm, admin, backend="local", model="tiny", params=params, prices=(1.0, 2.0))
+    before = await _vllm_metrics(vllm_url)
+
+    deltas = 0
+    request = {"variables": {"name": "Ada"}, "stream": True}
+    async with vllm.stream("POST", "/v1/prompts/greet/complete", json=request, headers=admin) as response:
+        async for line in response.aiter_lines():
+            deltas += line == "event: delta"
+            if deltas == 3:
+                break
+    for _ in range(200):  # vLLM aborts the request when the registry closes its connection
+        after = await _vllm_metrics(vllm_url)
+        if after["vllm:num_requests_running"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    await vllm.get("/v1/usage", headers=admin)  # flushes the usage buffer
+    async with admin_engine.connect() as connection:
+        query = text("SELECT status, input_tokens, output_tokens, cost FROM completions")
+        status, input_tokens, output_tokens, cost = (await connection.execute(query)).one()
+
+    generated = after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
+    assert after["vllm:num_requests_running"] == 0
+    assert status == "cancelled"
+    assert input_tokens == after["vllm:prompt_tokens_total"] - before["vllm:prompt_tokens_total"]
+    assert 3 <= output_tokens <= generated < 400  # what the registry read of what vLLM made before it stopped
+    assert cost == pytest.approx((input_tokens * 1.0 + output_tokens * 2.0) / 1e6)
+
+
+async def _vllm_metrics(vllm_url: str) -> dict[str, float]:
+    """vLLM's Prometheus series, summed over their labels."""
     async with httpx.AsyncClient() as client:
         metrics = (await client.get(f"{vllm_url}/metrics")).text
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("vllm:request_success_total{")
-    )
+    totals: dict[str, float] = defaultdict(float)
+    for line in metrics.splitlines():
+        if line.startswith("vllm:"):
+            series, value = line.rsplit(" ", 1)
+            totals[series.split("{", 1)[0]] += float(value)
+    return totals
+
+
+async def _vllm_requests(vllm_url: str) -> float:
+    """Requests vLLM has finished, from its Prometheus metrics."""
+    return (await _vllm_metrics(vllm_url))["vllm:request_success_total"]
