@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
@@ -23,7 +24,8 @@ from registry.completions.schemas import (
 from registry.completions.service import BudgetService, Caller, CompletionService, CompletionStream, UsageService
 from registry.completions.sse import encode_event
 from registry.deps import provide_resource_name
-from registry.lib.errors import FieldError, InvalidInputError
+from registry.lib.disconnect import cancel_on_disconnect
+from registry.lib.errors import FieldError, InvalidInputError, RegistryError, exception_to_response
 from registry.lib.http import decode_name
 from registry.lib.streaming import PrimedStream
 from registry.prompts.fast_path import label_or_version
@@ -51,12 +53,18 @@ def provide_budget_service(
     return BudgetService(db_session, runtime.completions.budgets)
 
 
-async def server_sent_events(stream: CompletionStream) -> AsyncIterator[bytes]:
-    """Our events as bytes; the metadata leaves in the same write as the first token."""
+async def server_sent_events(stream: CompletionStream, request: Request[Any, Any, Any]) -> AsyncIterator[bytes]:
+    """Our events as bytes; the metadata leaves in the same write as the first token.
+
+    A failure becomes the problem body (``instance``, ``request_id`` and all) that the
+    same failure before the first token is answered with, and is logged the same way.
+    """
     head = encode_event("metadata", stream.meta)
-    async for name, data in stream.events:
-        yield head + encode_event(name, data)
-        head = b""
+    async with aclosing(stream.events) as events:  # closed here, wherever a disconnect stops the response
+        async for name, data in events:
+            body = exception_to_response(request, data).content if isinstance(data, RegistryError) else data
+            yield head + encode_event(name, body)
+            head = b""
     if head:
         yield head
 
@@ -99,9 +107,9 @@ class CompletionController(Controller):
         resource_name = decode_name(name)
         caller = Caller(key=request.user.public_id, request_id=request.scope["state"].get("request_id"))
         if not data.stream:
-            return Response(await service.complete(resource_name, data, caller))
-        stream = await service.open_stream(resource_name, data, caller)
-        first, rest = await started(server_sent_events(stream))
+            return Response(await cancel_on_disconnect(request.receive, service.complete(resource_name, data, caller)))
+        stream = await cancel_on_disconnect(request.receive, service.open_stream(resource_name, data, caller))
+        first, rest = await started(server_sent_events(stream, request))
         return PrimedStream(first, rest, media_type="text/event-stream", headers=SSE_HEADERS)
 
 

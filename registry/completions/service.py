@@ -7,8 +7,9 @@ periodic job writes.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -62,7 +63,7 @@ from registry.completions.schemas import (
 from registry.completions.upstream import Backend, UpstreamStream
 from registry.db.base import utcnow
 from registry.lib.changes import Change, record_change
-from registry.lib.errors import InvalidInputError, RegistryError, problem_body
+from registry.lib.errors import InvalidInputError, RegistryError
 from registry.lib.schema import Output
 from registry.prompts.catalog import PromptCatalog, Rendering
 from registry.prompts.schemas import LinkedConfig, RenderOut
@@ -91,6 +92,20 @@ class Plan:
     path: str
 
 
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """Tokens a backend generated for a request, and their cost at the prices of the config that ran."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+
+    def __add__(self, other: Spend) -> Spend:
+        return Spend(
+            self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens, self.cost + other.cost
+        )
+
+
 @dataclass(slots=True)
 class Run:
     """What one completion request did, filled in as it goes and recorded once at the end."""
@@ -112,22 +127,34 @@ class Run:
     latency: float | None = None
     parts: list[str] = field(default_factory=list)
     recorded: bool = False
+    # What an attempt given up mid-answer generated (its fallback answered instead): spent all the same.
+    set_aside: Spend = field(default_factory=Spend)
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
 
-    @property
-    def cost(self) -> float:
-        if self.cached:
-            return 0.0
+    def spend(self) -> Spend:
+        """Every token the request had a backend generate; for a cache hit, the cached answer's."""
         config = self.plan.config
-        return completion_cost(
+        cost = completion_cost(
             self.input_tokens,
             self.output_tokens,
             input_price_per_mtok=config.input_price_per_mtok,
             output_price_per_mtok=config.output_price_per_mtok,
         )
+        return self.set_aside + Spend(self.input_tokens, self.output_tokens, cost)
+
+    @property
+    def cost(self) -> float:
+        return 0.0 if self.cached else round(self.spend().cost, 12)
+
+    def set_aside_attempt(self) -> None:
+        """Start the answer again on another config: the text goes, what it cost stays charged."""
+        self.set_aside = self.spend()
+        self.input_tokens = self.output_tokens = 0
+        self.finish_reason = None
+        self.parts.clear()
 
     def absorb(self, upstream: UpstreamStream) -> None:
         self.finish_reason = upstream.finish_reason
@@ -137,17 +164,22 @@ class Run:
             self.ttft = upstream.started + upstream.ttft - self.started
 
     def usage(self) -> UsageOut:
+        spend = self.spend()
         return UsageOut(
-            input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens,
-            total_tokens=self.input_tokens + self.output_tokens,
+            input_tokens=spend.input_tokens,
+            output_tokens=spend.output_tokens,
+            total_tokens=spend.input_tokens + spend.output_tokens,
         )
+
+
+# A stream's events: metadata, deltas and done are schemas; a failure after the first token is the error itself.
+StreamEvents = AsyncGenerator[tuple[str, Output | RegistryError], None]
 
 
 @dataclass(frozen=True, slots=True)
 class CompletionStream:
     meta: CompletionMeta
-    events: AsyncIterator[tuple[str, Output | dict[str, Any]]]
+    events: StreamEvents
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -247,6 +279,7 @@ class CompletionService:
             error=error.type,
             fallback=f"{fallback.name}@{fallback.version}",
         )
+        run.set_aside_attempt()
         run.plan = self._plan(fallback, run.rendering.out, overrides)
         run.fallback_used = True
         return True
@@ -329,7 +362,6 @@ class CompletionService:
                 # completion can still run on the fallback.
                 if not self._use_fallback(run, overrides, exc):
                     raise
-                run.parts.clear()
                 await self._collect(run, await self._start(run.plan))
             run.status = "ok"
         except RECORDED_ERRORS as exc:
@@ -362,16 +394,17 @@ class CompletionService:
         except RECORDED_ERRORS as exc:
             self._fail(run, exc)
             raise
+        except asyncio.CancelledError:
+            self._record(run)  # the caller went away before the first token
+            raise
         return CompletionStream(self._meta(run), self._relay(run, upstream, key))
 
-    async def _replay(self, run: Run) -> AsyncIterator[tuple[str, Output | dict[str, Any]]]:
+    async def _replay(self, run: Run) -> StreamEvents:
         self._record(run)
         yield "delta", DeltaEvent(text=run.text)
         yield "done", self._done(run)
 
-    async def _relay(
-        self, run: Run, upstream: UpstreamStream, key: str | None
-    ) -> AsyncIterator[tuple[str, Output | dict[str, Any]]]:
+    async def _relay(self, run: Run, upstream: UpstreamStream, key: str | None) -> StreamEvents:
         """Token deltas as they come; a failure after the first token becomes an ``error`` event."""
         try:
             async for chunk in upstream.chunks():
@@ -386,7 +419,7 @@ class CompletionService:
         except UpstreamError as exc:
             run.absorb(upstream)
             self._fail(run, exc)
-            yield "error", problem_body(exc)
+            yield "error", exc
         finally:
             # A client that went away lands here (cancelled): record, then close the upstream connection.
             if not run.recorded:
@@ -410,6 +443,7 @@ class CompletionService:
         out, config, metrics = run.rendering.out, run.plan.config, self.completions.metrics
         experiment = out.experiment
         store = run.rendering.resolution.entry.store_io
+        spend = Spend() if run.cached else run.spend()  # a cache hit used no backend
         cost = run.cost
         self.completions.recorder.add(
             {
@@ -430,8 +464,8 @@ class CompletionService:
                 "status": run.status,
                 "error_type": run.error_type,
                 "finish_reason": run.finish_reason,
-                "input_tokens": 0 if run.cached else run.input_tokens,
-                "output_tokens": 0 if run.cached else run.output_tokens,
+                "input_tokens": spend.input_tokens,
+                "output_tokens": spend.output_tokens,
                 "cost": cost,
                 "latency_ms": _ms(run.latency),
                 "ttft_ms": _ms(run.ttft),

@@ -36,12 +36,20 @@ class _FirstPartFirst(ASGIStreamingResponse):
         self.first = first
 
     async def send_body(self, send: Send, receive: Receive) -> None:
-        await send({"type": "http.response.body", "body": self.first, "more_body": True})
-        await super().send_body(send, receive)
+        try:
+            await send({"type": "http.response.body", "body": self.first, "more_body": True})
+            await super().send_body(send, receive)
+        finally:
+            # A disconnect that cancels the response while it waits on a write leaves the parts'
+            # generator suspended, holding what it streams from, until it is garbage collected.
+            close = getattr(self.iterator, "aclose", None)
+            if close is not None:
+                await close()
 
 
 class PrimedStream(Stream):
-    """``first``, then the parts of ``rest``; for a client that goes away, Litestar's disconnect handling as usual."""
+    """``first``, then the parts of ``rest``; for a client that goes away, Litestar's disconnect handling as usual,
+    and ``rest`` is closed when the response ends, however it ends."""
 
     __slots__ = ("first",)
 

@@ -1,0 +1,261 @@
+"""Completions cut short, by the backend failing or by the caller going away, against our fault server.
+
+Whatever the backend generated before the end is recorded and charged; a caller
+that goes away aborts the upstream request in both modes; a problem reported
+inside a stream has the fields of one answered before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.completions.conftest import RegistryFactory, backend, parse_sse, publish, unique
+from tests.completions.fault_server import PROMPT_TOKENS, FaultServer, SeenRequest
+from tests.conftest import problem
+
+COMPLETE = "/v1/prompts/greet/complete"
+REQUEST = {"variables": {"name": "Ada"}}
+PRICES = (1.0, 3.0)  # per million input and output tokens
+
+
+def cost(input_tokens: int, output_tokens: int, prices: tuple[float, float] = PRICES) -> float:
+    return (input_tokens * prices[0] + output_tokens * prices[1]) / 1e6
+
+
+async def start(
+    registry: RegistryFactory, admin: dict[str, str], fault: FaultServer, model: str, **options: Any
+) -> httpx.AsyncClient:
+    client = await registry({"fault": backend(fault.url, **options)})  # type: ignore[attr-defined]
+    await publish(
+        client, admin, backend="fault", model=model, params={"max_tokens": 64}, max_context_tokens=4096, prices=PRICES
+    )
+    return client
+
+
+async def usage_rows(client: httpx.AsyncClient, admin: dict[str, str], engine: AsyncEngine) -> list[dict[str, Any]]:
+    """Every usage record (GET /v1/usage writes the buffer first)."""
+    assert (await client.get("/v1/usage", headers=admin)).status_code == 200
+    query = text(
+        "SELECT status, error_type, input_tokens, output_tokens, cost, stream, fallback_used, config "
+        "FROM completions ORDER BY id"
+    )
+    async with engine.connect() as connection:
+        return [dict(row._mapping) for row in (await connection.execute(query)).all()]
+
+
+async def stream_events(client: httpx.AsyncClient, headers: dict[str, str]) -> tuple[httpx.Response, list[Any]]:
+    async with client.stream("POST", COMPLETE, json={**REQUEST, "stream": True}, headers=headers) as response:
+        assert response.status_code == 200
+        return response, parse_sse("".join([chunk async for chunk in response.aiter_text()]))
+
+
+async def until(condition: Any, what: str, seconds: float = 10) -> None:
+    """Wait for ``condition()`` (the servers run on other threads' loops, so poll); fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def finished(fault: FaultServer, model: str) -> SeenRequest:
+    """The one request the fault server saw for ``model``, once its handler has returned."""
+
+    async def done() -> bool:
+        return len(fault.seen(model)) == 1 and fault.seen(model)[0].finished
+
+    await until(done, "the backend's request to end")
+    return fault.seen(model)[0]
+
+
+# -- item 4: tokens generated before a failure are counted and charged
+
+
+async def test_a_stream_cut_by_a_backend_failure_records_and_charges_the_tokens_it_sent(
+    registry: RegistryFactory, admin: dict[str, str], fault: FaultServer, admin_engine: AsyncEngine
+) -> None:
+    model = unique("reset-after:12")
+    client = await start(registry, admin, fault, model)
+
+    _, events = await stream_events(client, admin)
+
+    assert [name for name, _ in events][-1] == "error"
+    assert len([name for name, _ in events if name == "delta"]) >= 1
+    assert fault.seen(model)[0].payload["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    [row] = await usage_rows(client, admin, admin_engine)
+    assert (row["status"], row["error_type"]) == ("error", "upstream_unavailable")
+    assert (row["input_tokens"], row["output_tokens"]) == (PROMPT_TOKENS, 12)
+    assert row["cost"] == pytest.approx(cost(PROMPT_TOKENS, 12))
+    metrics = (await client.get("/metrics")).text
+    assert 'registry_completion_tokens_total{backend="fault",direction="output"} 12.0' in metrics
+
+
+async def test_a_whole_answer_cut_by_a_backend_failure_records_and_charges_the_tokens_it_read(
+    registry: RegistryFactory, admin: dict[str, str], fault: FaultServer, admin_engine: AsyncEngine
+) -> None:
+    client = await start(registry, admin, fault, unique("reset-after:12"))
+
+    response = await client.post(COMPLETE, json=REQUEST, headers=admin)
+
+    assert response.status_code == 502
+    [row] = await usage_rows(client, admin, admin_engine)
+    assert (row["status"], row["input_tokens"], row["output_tokens"]) == ("error", PROMPT_TOKENS, 12)
+    assert row["cost"] == pytest.approx(cost(PROMPT_TOKENS, 12))
+
+
+async def test_a_backend_that_reports_usage_only_at_the_end_is_charged_for_the_deltas_it_sent(
+    registry: RegistryFactory, admin: dict[str, str], fault: FaultServer, admin_engine: AsyncEngine
+) -> None:
+    client = await start(registry, admin, fault, unique("reset-after:12+usage-at-end"))
+
+    _, events = await stream_events(client, admin)
+
+    assert events[-1][0] == "error"
+    [row] = await usage_rows(client, admin, admin_engine)
+    assert (row["input_tokens"], row["output_tokens"]) == (0, 12)  # the prompt was never counted: not charged
+    assert row["cost"] == pytest.approx(cost(0, 12))
+
+
+async def test_a_fallback_after_a_failure_mid_answer_charges_both_attempts(
+    registry: RegistryFactory, admin: dict[str, str], fault: FaultServer, admin_engine: AsyncEngine
+) -> None:
+    url = fault.url  # type: ignore[attr-defined]
+    client = await registry({"flaky": backend(url), "fault": backend(url)})
+    spare_prices = (10.0, 30.0)
+    await publish(client, admin, backend="fault", model=unique("ok"), config="spare", prompt=None, prices=spare_prices)
+    failing = unique("reset-after:2")
+    await publish(
+        client,
+        admin,
+        backend="flaky",
+        model=failing,
+        fallback={"name": "spare"},
+        max_context_tokens=4096,
+        prices=PRICES,
+    )
+
+    response = await client.post(COMPLETE, json=REQUEST, headers=admin)
+
+    body = response.json()
+    assert body["fallback_used"] is True
+    assert body["text"] == "Hello from the"
+    charged = cost(PROMPT_TOKENS, 2) + cost(PROMPT_TOKENS, 3, spare_prices)
+    assert body["usage"] == {"input_tokens": 14, "output_tokens": 5, "total_tokens": 19}
+    assert body["cost"] == pytest.approx(charged)
+    [row] = await usage_rows(client, admin, admin_engine)
+    assert (row["status"], row["config"], row["fallback_used"]) == ("ok", "spare", True)
+    assert (row["input_tokens"], row["output_tokens"]) == (14, 5)
+    assert row["cost"] == pytest.approx(charged)
+
+
+# -- item 5: a caller that goes away aborts the upstream request
+
+
+async def test_a_caller_leaving_a_whole_answer_aborts_the_backend_and_is_recorded_cancelled_with_its_tokens(
+    registry: RegistryFactory, admin: dict[str, str], fault: FaultServer, admin_engine: AsyncEngine
+) -> None:
+    model = unique("stall-after:3")
+    client = await start(registry, admin, fault, model, total_timeout=120)
+    request = asyncio.create_task(client.post(COMPLETE, json=REQUEST, headers=admin))
+
+    async def first_token_read() -> bool:  # the three tokens come in one write: read together with the first
+        metrics = (await client.get("/metrics")).text
+        return 'registry_upstream_ttft_seconds_count{backend="fault"} 1.0' in metrics
+
+    await until(first_token_read, "the registry to read the first token")
+    request.cancel()
+    seen = await finished(fault, model)
+
+    assert seen.disconnected  # the registry closed its upstream connection: vLLM aborts the request
+    assert len(fault.seen(model)) == 1
+    [row] = await usage_rows(client, admin, admin_engine)
+    assert (row["status"], row["stream"], row["input_tokens"], row["output_tokens"]) == (
+        "cancelled",
+        False,
+        PROMPT_TOKENS,
+        3,
+    )
+    assert row["cost"] == pytest.approx(cost(PROMPT_TOKENS, 3))
+
+
+async def test_a_caller_leaving_a_stream_aborts_the_backend_and_is_recorded_cancelled_with_its_tokens(
+    registry: RegistryFactory, admin: dict[str, str], fault: FaultServer, admin_engine: AsyncEngine
+) -> None:
+    model = unique("stall-after:3")
+    client = await start(registry, admin, fault, model, total_timeout=120)
+
+    received = ""
+    async with client.stream("POST", COMPLETE, json={**REQUEST, "stream": True}, headers=admin) as response:
+        async for line in response.aiter_lines():
+            if line.startswith('data: {"text"'):
+                received += parse_sse(f"event: delta\n{line}\n\n")[0][1]["text"]
+            if received == "Hello from the":
+                break
+    seen = await finished(fault, model)
+
+    assert seen.disconnected
+    [row] = await usage_rows(client, admin, admin_engine)
+    assert (row["status"], row["stream"], row["input_tokens"], row["output_tokens"]) == (
+        "cancelled",
+        True,
+        PROMPT_TOKENS,
+        3,
+    )
+    assert row["cost"] == pytest.approx(cost(PROMPT_TOKENS, 3))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole answer", "stream"])
+async def test_a_caller_leaving_before_the_first_token_aborts_the_backend_and_is_recorded_cancelled(
+    registry: RegistryFactory, admin: dict[str, str], fault: FaultServer, admin_engine: AsyncEngine, stream: bool
+) -> None:
+    model = unique("stall-after:0")
+    client = await start(registry, admin, fault, model, first_token_timeout=120, total_timeout=120)
+    request = asyncio.create_task(client.post(COMPLETE, json={**REQUEST, "stream": stream}, headers=admin))
+
+    async def requested() -> bool:
+        return len(fault.seen(model)) == 1
+
+    await until(requested, "the registry to call the backend")
+    request.cancel()
+    seen = await finished(fault, model)
+
+    assert seen.disconnected
+    assert seen.sent == 0
+    [row] = await usage_rows(client, admin, admin_engine)
+    assert (row["status"], row["stream"], row["output_tokens"], row["cost"]) == ("cancelled", stream, 0, 0)
+    metrics = (await client.get("/metrics")).text
+    assert 'registry_backend_in_flight{backend="fault"} 0.0' in metrics
+    assert 'registry_completions_total{cached="false",fallback="false",status="cancelled"} 1.0' in metrics
+
+
+# -- item 9: a problem inside a stream has the fields of one before it
+
+
+async def test_an_error_event_has_the_same_fields_as_a_problem_answered_before_the_first_token(
+    registry: RegistryFactory, admin: dict[str, str], fault: FaultServer
+) -> None:
+    url = fault.url  # type: ignore[attr-defined]
+    client = await registry({"fault": backend(url, max_retries=0)})
+    await publish(client, admin, backend="fault", model=unique("reset-after:2"), max_context_tokens=4096)
+    await publish(
+        client, admin, backend="fault", model=unique("status:500:all"), prompt="early", config="cfg2", template="hi"
+    )
+
+    response, events = await stream_events(client, admin)
+    before = await client.post("/v1/prompts/early/complete", json={"stream": True}, headers=admin)
+
+    name, error = events[-1]
+    early = problem(before)
+    assert name == "error"
+    assert set(error) == set(early)
+    assert error["type"] == early["type"] == "/problems/upstream_unavailable"
+    assert error["instance"] == COMPLETE
+    assert early["instance"] == "/v1/prompts/early/complete"
+    assert error["request_id"] == response.headers["x-request-id"]
+    assert early["request_id"] == before.headers["x-request-id"]
