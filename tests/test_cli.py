@@ -53,11 +53,11 @@ class Server:
                 time.sleep(0.2)
         raise AssertionError("the server did not become healthy in 30 s")
 
-    def stop(self) -> tuple[int, float, str]:
-        started = time.monotonic()
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM, then the exit status and stderr; a server that never exits fails after 30 s."""
         self.process.send_signal(signal.SIGTERM)
         _, stderr = self.process.communicate(timeout=30)
-        return self.process.returncode, time.monotonic() - started, stderr
+        return self.process.returncode, stderr
 
 
 @pytest.fixture
@@ -89,11 +89,10 @@ def run_cli(*args: str, url: str, key: str) -> tuple[int, str]:
 def test_serve_migrates_prints_an_admin_key_once_and_the_cli_drives_it(
     server: Server, embedded_env: dict[str, str]
 ) -> None:
-    code, elapsed, stderr = server.stop()
+    code, stderr = server.stop()
     keys = sorted(set(KEY.findall(stderr)))
     assert len(keys) == 1, stderr
-    assert code == 0
-    assert elapsed < 10
+    assert code == 0, "SIGTERM ends the server cleanly"
 
     again = Server(embedded_env, int(embedded_env["REGISTRY_PORT"]))
     try:
@@ -147,7 +146,7 @@ def test_serve_migrates_prints_an_admin_key_once_and_the_cli_drives_it(
         assert "error:" in out
         http.close()
     finally:
-        code, _, stderr = again.stop()
+        code, stderr = again.stop()
     assert code == 0
     assert not KEY.findall(stderr), "a second start must not create another admin key"
 
