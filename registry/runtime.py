@@ -24,6 +24,7 @@ from registry.auth.rate_limit import RateLimiter
 from registry.auth.verifier import ApiKeyVerifier
 from registry.completions.components import Completions
 from registry.completions.upstream import http_client_for
+from registry.db.change_log import ChangeLogReader
 from registry.db.engine import create_engine, create_sessionmaker
 from registry.experiments.live import LiveExperiments
 from registry.feed.hub import FeedHub
@@ -62,6 +63,7 @@ class Runtime:
     webhooks: WebhookDispatcher
     experiments: LiveExperiments
     completions: Completions
+    change_log: ChangeLogReader | None = None  # without Redis: what other processes changed
     jobs: list[PeriodicJob] = field(default_factory=list)
     _stop_signal: StopSignalHook | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -143,6 +145,9 @@ class Runtime:
             )
         )
         runtime.jobs += runtime.completions.jobs()
+        if redis is None:
+            runtime.change_log = ChangeLogReader(sessionmaker, bus)
+            runtime.jobs += runtime.change_log.jobs(settings.change_log_poll_seconds)
         runtime.jobs = [job for job in runtime.jobs if job.runs_in(settings.role)]
         return runtime
 
@@ -155,6 +160,8 @@ class Runtime:
         self._stop_signal = StopSignalHook(self.feed.close)
         self._stop_signal.install()
         await self.bus.start()
+        if self.change_log is not None:
+            await self.change_log.start()
         await self.experiments.start()
         self._tasks = [asyncio.create_task(self._every(job), name=job.name) for job in self.jobs]
 

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     redis_key_prefix: str = Field("registry:", description="Prefix of every Redis key and channel.")
     redis_max_connections: int = Field(64, ge=1, description="Size of the blocking Redis connection pool.")
     redis_timeout: float = Field(0.5, gt=0, description="Seconds for one Redis command before it counts as down.")
+    change_log_poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="Without Redis: how often each process reads the changes other processes (CLI commands, "
+        "other workers) committed to the database's change log, so their caches drop what changed.",
+    )
 
     # -- server
     host: str = Field("127.0.0.1", description="Address to bind.")

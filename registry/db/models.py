@@ -4,6 +4,7 @@ from registry.auth.models import ApiKey, AuditEntry
 from registry.completions.models import ApiKeyBudget, CompletionRecord
 from registry.configs.models import ModelConfig, ModelConfigTransition, ModelConfigVersion
 from registry.db.base import Base
+from registry.db.change_log import ChangeLogEntry
 from registry.experiments.models import (
     Experiment,
     ExperimentMetric,
@@ -27,6 +28,7 @@ __all__ = [
     "ApiKeyBudget",
     "AuditEntry",
     "Base",
+    "ChangeLogEntry",
     "CompletionRecord",
     "Experiment",
     "ExperimentMetric",

@@ -2,6 +2,8 @@
 
 Services only ``flush()``; the boundary commits, then publishes the changes the
 services recorded, so caches elsewhere never see a state that was rolled back.
+Without Redis the changes are also appended to the change log in the same
+transaction, so other processes (servers, when a CLI command wrote) read them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from registry.db.change_log import ChangeLogRepository
 from registry.lib.changes import ChangeBus, pending_changes
 
 
@@ -23,6 +26,9 @@ async def unit_of_work(sessionmaker: async_sessionmaker[AsyncSession], bus: Chan
             await session.rollback()
             pending_changes(session)
             raise
+        recorded = session.info.get("changes")
+        if recorded and not bus.shared:
+            await ChangeLogRepository(session).append(recorded, bus.origin)
         await session.commit()
         for change in pending_changes(session):
             await bus.publish(change)

@@ -2,7 +2,9 @@
 
 Services record changes on the session (``record_change``); they are published
 only after the transaction commits, so no replica re-reads and caches a state
-that was later rolled back. Without Redis, notifications stay in-process.
+that was later rolled back. Without Redis, the transaction also appends them to
+the database's change log, which the other processes read
+(``registry.db.change_log``).
 """
 
 from __future__ import annotations
@@ -63,12 +65,26 @@ class ChangeBus:
         self._stopping = False
         self.connected = redis is None
 
+    @property
+    def origin(self) -> str:
+        """This bus's id: a change it published itself is not delivered to it again."""
+        return self._origin
+
+    @property
+    def shared(self) -> bool:
+        """Whether published changes reach other processes through Redis (else the change log carries them)."""
+        return self._redis is not None
+
     def subscribe(self, handler: ChangeHandler) -> None:
         self._handlers.append(handler)
 
     def unsubscribe(self, handler: ChangeHandler) -> None:
         with contextlib.suppress(ValueError):
             self._handlers.remove(handler)
+
+    def deliver(self, change: Change) -> None:
+        """Hand a change that another process published (read from the change log) to this process's handlers."""
+        self._dispatch(change)
 
     def _dispatch(self, change: Change) -> None:
         for handler in list(self._handlers):
