@@ -24,9 +24,9 @@ from registry.experiments.controller import (
 )
 from registry.feed.controller import ChangeFeedController
 from registry.lib.errors import exception_to_response
-from registry.lib.http import RegistryRequest, RequestContextMiddleware
+from registry.lib.http import RegistryRequest, RequestContextMiddleware, RequestLimits
 from registry.lib.logging import configure_logging
-from registry.lib.openapi import declare_problem_responses
+from registry.lib.openapi import SchemaRouter, declare_problem_responses
 from registry.lib.routing import ApiRouter
 from registry.prompts.controller import PromptController
 from registry.prompts.fast_path import PromptFastPath
@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             version=__version__,
             description="Versioned prompts and model configs, A/B experiments and completions through vLLM.",
             path="/schema",
+            openapi_router=SchemaRouter("/schema"),
             render_plugins=[ScalarRenderPlugin()],
         ),
         logging_config=None,
@@ -83,7 +84,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
     if settings.fast_path:
         handler = PromptFastPath.in_front_of(app, handler, runtime, API_PREFIX)
     app.asgi_handler = RequestContextMiddleware(
-        handler, metrics=runtime.http_metrics, access_log=settings.access_log, state={"runtime": runtime}
+        handler,
+        metrics=runtime.http_metrics,
+        access_log=settings.access_log,
+        state={"runtime": runtime},
+        limits=RequestLimits(
+            max_url_bytes=settings.max_url_bytes,
+            max_headers=settings.max_request_headers,
+            max_header_bytes=settings.max_header_bytes,
+            body_read_timeout=settings.body_read_timeout_seconds,
+        ),
     )
     return app
 

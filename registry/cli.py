@@ -36,6 +36,7 @@ from registry.db.session import unit_of_work
 from registry.lib.changes import ChangeBus
 from registry.lib.logging import configure_logging
 from registry.lib.redis import create_redis
+from registry.lib.server import connection_limit, raise_open_file_limit
 from registry.promptfiles.sync import run_export, run_sync
 from registry.runtime import Runtime
 from registry.settings import Settings
@@ -164,10 +165,14 @@ async def run_worker(settings: Settings) -> None:
 
 
 def run_server(settings: Settings, target: str = "registry.app:create_app") -> None:
-    """Serve the app factory ``target`` as ``serve`` does (the benchmarks pass their own, with bare routes)."""
+    """Serve the app factory ``target`` as ``serve`` does (the benchmarks pass their own, with bare routes).
+
+    Both servers close idle and slow connections and cap them per worker (``registry.lib.server``).
+    """
+    max_connections = connection_limit(settings.max_connections_per_worker, raise_open_file_limit())
     if settings.server == "granian":
         from granian import Granian
-        from granian.constants import Interfaces
+        from granian.constants import HTTPModes, Interfaces
         from granian.http import HTTP1Settings
 
         Granian(
@@ -178,6 +183,9 @@ def run_server(settings: Settings, target: str = "registry.app:create_app") -> N
             interface=Interfaces.ASGI,
             workers=settings.workers,
             log_access=False,
+            # HTTP/1 only: the automatic mode waits for a connection's first bytes without a deadline.
+            http=HTTPModes.http1,
+            backpressure=max_connections,
             http1_settings=HTTP1Settings(header_read_timeout=round(settings.header_read_timeout_seconds * 1000)),
         ).serve()
     else:
@@ -191,6 +199,7 @@ def run_server(settings: Settings, target: str = "registry.app:create_app") -> N
             workers=settings.workers,
             access_log=False,
             log_level="warning",
+            http="registry.lib.server:GuardedHttpToolsProtocol",
             timeout_keep_alive=max(1, round(settings.header_read_timeout_seconds)),
         )
 

@@ -91,8 +91,28 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         le=60,
-        description="Seconds a client has to send a request's headers before the server closes the connection "
-        "(slow-loris defence).",
+        description="Seconds a connection may sit without a whole request's headers, from when it opens or its "
+        "last response ends (idle, keep-alive and slow-loris connections), before the server closes it.",
+    )
+    body_read_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="Seconds a client has to send a whole request body once its headers arrived; a slower "
+        "body gets 408 and the connection is closed.",
+    )
+    max_connections_per_worker: int = Field(
+        1000,
+        ge=8,
+        description="Open connections one worker keeps; past it new ones are refused at once (uvicorn) or wait "
+        "in the listen backlog (granian). Lowered at start to half the open-file limit if that is smaller.",
+    )
+    max_url_bytes: int = Field(8192, ge=256, le=60_000, description="Longest request target; longer ones get 414.")
+    max_request_headers: int = Field(
+        64, ge=16, le=96, description="Most request header lines; more get 431 (granian itself refuses over 100)."
+    )
+    max_header_bytes: int = Field(
+        16_384, ge=1024, le=262_144, description="Largest total size of the request headers; larger get 431."
     )
     bootstrap_admin_key: bool = Field(
         True, description="On a first start with no API keys at all, create an admin key and print it once."

@@ -119,6 +119,14 @@ class MethodNotAllowedError(RegistryError):
     title = "Method not allowed"
 
 
+class RequestTimeoutError(RegistryError):
+    """The request body did not arrive in time; the connection is closed after this answer."""
+
+    status_code = 408
+    type = "request_timeout"
+    title = "Request timeout"
+
+
 class ConflictError(RegistryError):
     """The request conflicts with the current state of the resource."""
 
@@ -141,6 +149,22 @@ class UnsupportedMediaTypeError(RegistryError):
     status_code = 415
     type = "unsupported_media_type"
     title = "Unsupported media type"
+
+
+class UriTooLongError(RegistryError):
+    """The request target (path and query) is over the configured limit."""
+
+    status_code = 414
+    type = "uri_too_long"
+    title = "URI too long"
+
+
+class HeadersTooLargeError(RegistryError):
+    """The request has more header lines, or more header bytes, than the configured limits."""
+
+    status_code = 431
+    type = "headers_too_large"
+    title = "Request header fields too large"
 
 
 class InvalidInputError(RegistryError):

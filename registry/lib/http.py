@@ -1,4 +1,4 @@
-"""The outermost ASGI layer: request ids, encoded-slash paths, JSON-only bodies, metrics.
+"""The outermost ASGI layer: request ids, encoded-slash paths, JSON-only bodies, request limits, metrics.
 
 It wraps Litestar's own handler so that it also sees requests that match no
 route (404/405), which Litestar's per-route middleware never does.
@@ -6,11 +6,13 @@ route (404/405), which Litestar's per-route middleware never does.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import secrets
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -28,7 +30,16 @@ from litestar.types import (
     Send,
 )
 
-from registry.lib.errors import PROBLEM_MEDIA_TYPE, MalformedJsonError
+from registry.lib.errors import (
+    PROBLEM_MEDIA_TYPE,
+    HeadersTooLargeError,
+    MalformedJsonError,
+    RegistryError,
+    RequestTimeoutError,
+    UnsupportedMediaTypeError,
+    UriTooLongError,
+    problem_body,
+)
 from registry.lib.logging import request_id_var
 from registry.lib.metrics import HttpMetrics
 
@@ -70,13 +81,36 @@ def _is_json(content_type: bytes) -> bool:
     return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
 
 
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Limits checked before a request reaches a route, set below the HTTP server's own.
+
+    The server answers what is over its own limits itself, with an empty body; set lower, these
+    limits let the app answer first, with a problem document.
+    """
+
+    max_url_bytes: int = 8192
+    max_headers: int = 64
+    max_header_bytes: int = 16_384
+    body_read_timeout: float = 30.0
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: HttpMetrics, access_log: bool, state: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: HttpMetrics,
+        access_log: bool,
+        state: dict[str, Any],
+        limits: RequestLimits | None = None,
+    ) -> None:
         """``state`` is copied into each request's scope state (the runtime, for handlers to reach cheaply)."""
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
         self.state = state
+        self.limits = limits or RequestLimits()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -92,7 +126,10 @@ class RequestContextMiddleware:
         request_id = ""
         content_type = b""
         has_body = False
+        header_count = header_bytes = 0
         for name, value in scope["headers"]:
+            header_count += 1
+            header_bytes += len(name) + len(value)
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")
                 request_id = candidate if _REQUEST_ID.match(candidate) else ""
@@ -107,7 +144,7 @@ class RequestContextMiddleware:
         scope_state.update(self.state)
         scope_state["request_id"] = request_id
 
-        status = 500
+        status = 0
         request_id_header = (b"x-request-id", request_id.encode())
 
         async def send_with_context(message: Message) -> None:
@@ -120,11 +157,22 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         request_id_token = request_id_var.set(request_id)
         try:
-            if method in _BODY_METHODS and has_body and not _is_json(content_type):
-                await _send_unsupported_media_type(scope, send_with_context, request_id)
+            target_bytes = len(raw_path or scope["path"]) + len(scope["query_string"])
+            body_method = has_body and method in _BODY_METHODS
+            refusal = self._refusal(target_bytes, header_count, header_bytes, body_method, content_type)
+            if refusal is not None:
+                await send_problem(refusal, scope, send_with_context)
             else:
-                await self.app(scope, receive, send_with_context)
+                if body_method:
+                    receive = _within_deadline(receive, self.limits.body_read_timeout)
+                try:
+                    await self.app(scope, receive, send_with_context)
+                except RequestTimeoutError as exc:
+                    if status:  # the response had begun: nothing to answer with
+                        raise
+                    await send_problem(exc, scope, send_with_context)
         finally:
+            status = status or 500
             elapsed = time.perf_counter() - started
             route = scope.get("path_template") or "unmatched"
             self.metrics.observe(method, route, status, elapsed)
@@ -139,21 +187,60 @@ class RequestContextMiddleware:
                 )
             request_id_var.reset(request_id_token)
 
+    def _refusal(
+        self, target_bytes: int, header_count: int, header_bytes: int, body_method: bool, content_type: bytes
+    ) -> RegistryError | None:
+        """The problem a request gets before any route sees it, if any."""
+        limits = self.limits
+        if target_bytes > limits.max_url_bytes:
+            return UriTooLongError(f"the request target is over {limits.max_url_bytes} bytes")
+        if header_count > limits.max_headers or header_bytes > limits.max_header_bytes:
+            return HeadersTooLargeError(
+                f"send at most {limits.max_headers} header lines of at most {limits.max_header_bytes} bytes in all"
+            )
+        if body_method and not _is_json(content_type):
+            return UnsupportedMediaTypeError("request bodies must be JSON: send Content-Type: application/json")
+        return None
 
-async def _send_unsupported_media_type(scope: Scope, send: Send, request_id: str) -> None:
-    body: dict[str, Any] = {
-        "type": "/problems/unsupported_media_type",
-        "title": "Unsupported media type",
-        "status": 415,
-        "detail": "request bodies must be JSON: send Content-Type: application/json",
-        "instance": scope["path"],
-        "request_id": request_id,
-    }
+
+def _within_deadline(receive: Receive, seconds: float) -> Receive:
+    """``receive`` that raises ``RequestTimeoutError`` if the whole body has not arrived ``seconds`` from now.
+
+    Servers close connections that are slow to send their headers, not those slow to send a body:
+    without this, a client trickling a body holds a connection (and a task) for as long as it likes.
+    """
+    deadline = asyncio.get_running_loop().time() + seconds
+    body_done = False
+
+    async def receive_before_deadline() -> Any:
+        nonlocal body_done
+        if body_done:
+            return await receive()  # after the body, only a disconnect: no deadline
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the request body did not arrive within {seconds:g} s", headers={"Connection": "close"}
+            ) from None
+        body_done = message["type"] != "http.request" or not message.get("more_body", False)
+        return message
+
+    return receive_before_deadline
+
+
+async def send_problem(error: RegistryError, scope: Scope, send: Send) -> None:
+    """Answer with ``error``'s problem document, for requests refused before Litestar sees them."""
+    body = problem_body(error, instance=scope["path"], request_id=scope["state"].get("request_id"))
     payload = msgspec.json.encode(body)
     start: HTTPResponseStartEvent = {
         "type": "http.response.start",
-        "status": 415,
-        "headers": [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(payload)).encode())],
+        "status": error.status_code,
+        "headers": [
+            (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+            (b"content-length", str(len(payload)).encode()),
+            *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items()),
+        ],
     }
     body_event: HTTPResponseBodyEvent = {"type": "http.response.body", "body": payload, "more_body": False}
     await send(start)
