@@ -1,0 +1,171 @@
+"""Holding connections open must not take a worker offline (issue 17 item 1), under both servers.
+
+A client with no key opens 200 connections that send a render's headers then trickle its body,
+and 2,000 that send nothing. Renders on an ordinary keep-alive connection keep answering all
+along; every held connection is then closed by the server (the client sees EOF), and a new
+client is served. The server runs with small limits (1 s deadlines, 300 connections) so the
+test waits on events, not on the 10 s defaults; the only clock is a generous overall timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import statistics
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from tests.faults.processes import make_prompt, record_figures
+from tests.security.conftest import LiveServer
+
+IDLE_CONNECTIONS = 2000
+SLOW_BODY_CONNECTIONS = 200
+MAX_CONNECTIONS = 300
+# Far longer than the attack needs (about 10 s): reached only if the server never closes a connection.
+OVERALL_TIMEOUT = 240.0
+SERVER_SETTINGS = {
+    "REGISTRY_HEADER_READ_TIMEOUT_SECONDS": "1",
+    "REGISTRY_BODY_READ_TIMEOUT_SECONDS": "1",
+    "REGISTRY_MAX_CONNECTIONS_PER_WORKER": str(MAX_CONNECTIONS),
+    "REGISTRY_ACCESS_LOG": "false",
+}
+RENDER = {"variables": {"x": "hi"}}
+
+
+@dataclass
+class Renders:
+    """Renders sent one after another on one keep-alive connection, until stopped."""
+
+    url: str
+    headers: dict[str, str]
+    statuses: Counter[int] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=30) as http:
+            while not self.stop.is_set():
+                started = time.perf_counter()
+                try:
+                    status = http.post("/v1/prompts/greeting/render", json=RENDER).status_code
+                except httpx.TransportError:
+                    status = 0
+                self.latencies.append(time.perf_counter() - started)
+                self.statuses[status] += 1
+                time.sleep(0.02)
+
+
+async def hold_idle(port: int) -> bytes:
+    """Connect, send nothing, and return what the server sent before it closed the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        return await reader.read()
+    except ConnectionResetError:
+        return b""
+    finally:
+        writer.close()
+
+
+async def trickle_body(port: int) -> bytes:
+    """Send a render's headers, then its body a byte every 200 ms, until the server answers and closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v1/prompts/greeting/render HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{"
+    )
+    answer = asyncio.ensure_future(reader.read())
+    try:
+        while not answer.done():
+            await asyncio.wait([answer], timeout=0.2)
+            if not answer.done():
+                writer.write(b" ")
+                await writer.drain()
+        return answer.result()
+    except (ConnectionResetError, BrokenPipeError):
+        return await answer if answer.done() and not answer.exception() else b""
+    finally:
+        answer.cancel()
+        writer.close()
+
+
+async def attack(port: int) -> tuple[list[bytes], list[bytes], float]:
+    started = time.monotonic()
+    slow = [asyncio.ensure_future(trickle_body(port)) for _ in range(SLOW_BODY_CONNECTIONS)]
+    await asyncio.sleep(0.2)  # the slow bodies are in before the idle flood
+    idle = [asyncio.ensure_future(hold_idle(port)) for _ in range(IDLE_CONNECTIONS)]
+    slow_answers = await asyncio.wait_for(asyncio.gather(*slow), OVERALL_TIMEOUT)
+    idle_answers = await asyncio.wait_for(asyncio.gather(*idle), OVERALL_TIMEOUT)
+    return slow_answers, idle_answers, time.monotonic() - started
+
+
+def status_of(answer: bytes) -> str:
+    return answer.split(b" ", 2)[1].decode() if answer.startswith(b"HTTP/1.1 ") else "closed"
+
+
+@pytest.fixture(autouse=True)
+def enough_open_files() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = IDLE_CONNECTIONS + SLOW_BODY_CONNECTIONS + 500
+    if soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"the test holds {needed} sockets; the open-file limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+@pytest.mark.parametrize(
+    "live_server",
+    [{**SERVER_SETTINGS, "REGISTRY_SERVER": "granian"}, {**SERVER_SETTINGS, "REGISTRY_SERVER": "uvicorn"}],
+    ids=["granian", "uvicorn"],
+    indirect=True,
+)
+def test_held_connections_are_closed_and_renders_keep_answering(live_server: LiveServer) -> None:
+    headers = {"Authorization": f"Bearer {live_server.admin_key}"}
+    with httpx.Client(base_url=live_server.url, headers=headers) as http:
+        make_prompt(http, "greeting", versions=1)
+    port = int(live_server.url.rsplit(":", 1)[1])
+    renders = Renders(live_server.url, headers)
+    worker = threading.Thread(target=renders.run, daemon=True)
+    worker.start()
+    try:
+        slow_answers, idle_answers, attack_seconds = asyncio.run(attack(port))
+    finally:
+        renders.stop.set()
+        worker.join(30)
+    with httpx.Client(base_url=live_server.url, headers=headers, timeout=30) as fresh:
+        after = fresh.post("/v1/prompts/greeting/render", json=RENDER)
+
+    slow_statuses = Counter(status_of(answer) for answer in slow_answers)
+    idle_statuses = Counter(status_of(answer) for answer in idle_answers)
+    server = live_server.env["REGISTRY_SERVER"]
+    record_figures(
+        f"connection exhaustion ({server})",
+        {
+            "idle": IDLE_CONNECTIONS,
+            "slow_bodies": SLOW_BODY_CONNECTIONS,
+            "all_closed_after_s": round(attack_seconds, 1),
+            "slow_answers": dict(slow_statuses),
+            "idle_answers": dict(idle_statuses),
+            "renders": dict(renders.statuses),
+            "render_p50_ms": round(statistics.median(renders.latencies) * 1000, 1),
+            "render_max_ms": round(max(renders.latencies) * 1000, 1),
+        },
+    )
+    # Every held connection was closed by the server (gather returned: each saw EOF or a reset).
+    assert len(slow_answers) == SLOW_BODY_CONNECTIONS
+    assert len(idle_answers) == IDLE_CONNECTIONS
+    # Slow bodies are cut off with a 408 (uvicorn may refuse some at once, with a 503, once at its limit).
+    assert set(slow_statuses) <= {"408", "503"}
+    assert slow_statuses["408"] >= 1
+    # Idle connections are closed without an answer, or (uvicorn, past the limit) refused with a 503.
+    assert set(idle_statuses) <= {"closed", "503"}
+    if server == "uvicorn":
+        assert idle_statuses["503"] >= IDLE_CONNECTIONS - MAX_CONNECTIONS
+    # The ordinary connection was served all along, and a new one is served afterwards.
+    assert set(renders.statuses) == {200}
+    assert renders.statuses[200] >= 5
+    assert after.status_code == 200
