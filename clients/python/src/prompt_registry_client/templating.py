@@ -7,27 +7,37 @@ locally gets byte-identical output. Templates are written by people with the
 * no escape to Python internals (Jinja2's immutable sandbox, plus an allowlist
   of string methods), and a missing variable is an error (``StrictUndefined``);
 * bounded work: every loop iteration, call and string-building operation is
-  charged to a per-render budget (iterations, wall time), and no single
-  operation may build a string larger than the output cap. That keeps one
-  hostile template from starving the process that renders it.
+  charged to a per-render budget (iterations, wall time, characters built), and
+  every operation whose output can outgrow its inputs (``indent``, ``tojson``,
+  ``*``, printing a list that repeats one large string...) is sized from its
+  arguments before it runs, so no single step builds more than the output cap.
+  That keeps one hostile template from starving the process that renders it.
+
+Templates are also checked when saved: constructs the sandbox would refuse at
+every render (``name.__class__``) and nesting deep enough to exhaust Python's
+recursion are refused up front, naming the line.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, Sized, ValuesView
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, Final, Literal
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2 import Environment, StrictUndefined, TemplateSyntaxError, meta, nodes, pass_environment
 from jinja2.compiler import CodeGenerator, Frame
-from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
-from jinja2.runtime import Context
+from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.filters import make_attrgetter
+from jinja2.parser import Parser
+from jinja2.runtime import BlockReference, Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import Namespace
 
 __all__ = [
     "ChatMessage",
@@ -44,6 +54,7 @@ __all__ = [
     "infer_input_schema",
     "input_schema_problems",
     "template_variables",
+    "unsafe_constructs",
     "variable_problems",
 ]
 
@@ -146,11 +157,17 @@ class VariableProblem:
 
 @dataclass(frozen=True, slots=True)
 class RenderLimits:
-    """Bounds on one render. The defaults suit prompts; the service makes them configurable."""
+    """Bounds on one render. The defaults suit prompts; the service makes them configurable.
+
+    ``max_built_chars`` bounds all the text one render builds, printed or not, so a
+    template that builds many large values it never prints stops too (default: 100 times
+    ``max_output_chars``).
+    """
 
     max_output_chars: int = 200_000
     timeout_seconds: float = 0.25
     max_iterations: int = 100_000
+    max_built_chars: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,11 +182,14 @@ class ChatMessage:
 class _Budget:
     """Work left for the render in progress; charged by every guarded operation."""
 
-    __slots__ = ("deadline", "iterations_left", "limits")
+    __slots__ = ("built_left", "deadline", "iterations_left", "limits")
 
     def __init__(self, limits: RenderLimits) -> None:
         self.limits = limits
         self.iterations_left = limits.max_iterations
+        self.built_left = (
+            limits.max_built_chars if limits.max_built_chars is not None else 100 * limits.max_output_chars
+        )
         self.deadline = time.perf_counter() + limits.timeout_seconds
 
     def charge(self, units: int = 1) -> None:
@@ -192,6 +212,13 @@ class _Budget:
                 reason="output_too_large",
             )
 
+    def reserve(self, size: int) -> None:
+        """An operation is about to build ``size`` characters (or list items): refuse it before it runs."""
+        self.check_size(size)
+        self.built_left -= size
+        if self.built_left < 0:
+            raise RenderError("template built too much text in all (printed or not)", reason="render_limit")
+
 
 _active_budget: ContextVar[_Budget | None] = ContextVar("prompt_render_budget", default=None)
 
@@ -203,20 +230,441 @@ def _budget() -> _Budget:
     return budget
 
 
-def _approx_size(value: Any) -> int:
-    """Characters ``value`` would take once printed, without building the text for strings."""
+# --------------------------------------------------------------------------- sizing
+#
+# Everything below estimates, from an operation's arguments, how much it will build,
+# so the operation is refused before it runs. Estimates are upper bounds within a small
+# constant factor; the exact size of what was built is checked again afterwards.
+
+_END: Final = object()
+_MAX_INT_BITS: Final = 4096
+_COMMON_ESCAPES: Final = str.maketrans("", "", "\n\r\t")
+_Quoting = Literal["str", "repr", "json"]
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _length(value: Any) -> int:
+    return len(value) if isinstance(value, Sized) else 0
+
+
+def _string_size(text: str, quoting: _Quoting | None) -> int:
+    """Characters ``text`` takes printed bare, as ``repr`` (inside a printed list) or as JSON."""
+    if quoting is None:
+        return len(text)
+    size = len(text) + 2 + text.count("\\") + text.count("'" if quoting == "repr" else '"')
+    if quoting == "json":  # tojson escapes <, >, & and ' as \u00XX, and non-ASCII as \uXXXX
+        size += 5 * (text.count("<") + text.count(">") + text.count("&") + text.count("'"))
+        if not text.isascii():
+            non_ascii = len(text) - len(text.encode("ascii", "ignore"))
+            astral = len(text.encode("utf-16-le", "surrogatepass")) // 2 - len(text)
+            size += 5 * non_ascii + 6 * astral
+    if not text.isprintable():
+        size += text.count("\n") + text.count("\r") + text.count("\t")
+        if not text.translate(_COMMON_ESCAPES).isprintable():
+            size += 9 * len(text)  # other control characters print as \x.., \u.... or \U........
+    return size
+
+
+def _printed_size(value: Any, *, quoting: _Quoting = "str", indent: int = 0) -> int:
+    """About how many characters ``str(value)`` (or pprint, or JSON) writes, without writing them.
+
+    A list can repeat one large string many times at the cost of one reference each, so
+    its text can be far larger than its memory. The walk stops as soon as it passes the
+    output limit, which bounds its own work too. ``indent`` adds that many characters per
+    nesting level to every item (pprint, tojson with an indent).
+    """
+    limit = _budget().limits.max_output_chars
+    total = 0
+    stack: list[tuple[Iterator[Any], int]] = [(iter((value,)), 0)]
+    while stack:
+        items, depth = stack[-1]
+        item = next(items, _END)
+        if item is _END:
+            stack.pop()
+            continue
+        if depth:
+            total += 2 + indent * depth  # separator, line break and indentation
+        if isinstance(item, str):
+            total += _string_size(item, quoting if depth or quoting != "str" else None)
+        elif isinstance(item, bool) or item is None:
+            total += 5
+        elif isinstance(item, int):
+            total += item.bit_length() // 3 + 2
+        elif isinstance(item, float):
+            total += 24
+        elif isinstance(item, Mapping | ItemsView):
+            total += 2
+            pairs = item.items() if isinstance(item, Mapping) else item
+            stack.append((itertools.chain.from_iterable(pairs), depth + 1))
+        elif isinstance(item, list | tuple | set | frozenset | KeysView | ValuesView):
+            total += 2 + (0 if type(item) in (list, tuple) else len(type(item).__name__) + 2)
+            stack.append((iter(item), depth + 1))
+        elif isinstance(item, Namespace):
+            total += 12  # "<Namespace {...}>" around its attributes
+            stack.append((iter((item._Namespace__attrs,)), depth))
+        else:  # macros, loops, ranges, iterators: short fixed texts
+            total += len(repr(item))
+        if total > limit:
+            break
+    return total
+
+
+def _text_size(value: Any) -> int:
+    """Characters of ``str(value)``."""
+    return len(value) if isinstance(value, str) else _printed_size(value)
+
+
+def _escaped_size(value: Any) -> int:
+    """Characters of ``escape(value)``: each of ``&<>"'`` becomes an entity of up to five characters."""
     if isinstance(value, str):
-        return len(value)
-    if isinstance(value, int | float | bool) or value is None:
-        return 24
-    return len(repr(value))
+        return len(value) + 4 * sum(value.count(c) for c in "&<>\"'")
+    return 5 * _printed_size(value)
+
+
+def _replaced_size(text: Any, old: Any, new: Any, count: Any = None) -> int:
+    """Characters of ``str(text).replace(str(old), str(new), count)``."""
+    size = _text_size(text)
+    old_size, new_size = _text_size(old), _text_size(new)
+    if new_size <= old_size:
+        return size
+    if not old_size:
+        occurrences = size + 1
+    elif isinstance(text, str) and isinstance(old, str):
+        occurrences = text.count(old)
+    else:
+        occurrences = size // old_size
+    if _int(count) > 0 or count == 0:
+        occurrences = min(occurrences, _int(count))
+    return size + occurrences * (new_size - old_size)
+
+
+def _printf_size(template: Any, args: Any) -> int:
+    """Characters of ``template % args``: each conversion may print the largest argument, padded to its width."""
+    if not isinstance(template, str):
+        return 0
+    values = list(args.values()) if isinstance(args, Mapping) else list(args) if isinstance(args, tuple) else [args]
+    largest = 0
+    for value in values:
+        largest = max(largest, _printed_size(value, quoting="repr"))
+    size = len(template)
+    for width, precision in _PRINTF_WIDTH.findall(template):
+        if "*" in (width, precision):
+            raise SecurityError("'*' widths are not allowed in format strings")
+        size += int(width or 0) + int(precision or 0) + largest
+    return size
+
+
+def _no_growth(*args: Any, **kwargs: Any) -> int:
+    """Returns one of its inputs, a number, a bool or a lazy iterator: nothing to size."""
+    return 0
+
+
+def _stringified(value: Any, *args: Any, **kwargs: Any) -> int:
+    """Reads ``str(value)``, which for anything but a string is built first."""
+    return 0 if isinstance(value, str) else _printed_size(value)
+
+
+def _same_text(value: Any, *args: Any, **kwargs: Any) -> int:
+    """Builds a new text as long as ``str(value)`` (case changes, trimming, marking safe)."""
+    return _text_size(value)
+
+
+def _items_sorted(value: Any, *args: Any, **kwargs: Any) -> int:
+    """Sorts or groups a copy of its input: work and size grow with its length."""
+    size = _length(value)
+    _budget().charge(size)
+    return size
+
+
+def _items_listed(value: Any, *args: Any, **kwargs: Any) -> int:
+    return _length(value)
+
+
+def _size_batch(value: Any, linecount: Any, fill_with: Any = None) -> int:
+    return _length(value) + (max(_int(linecount), 0) if fill_with is not None else 0)
+
+
+def _size_slice(value: Any, slices: Any, fill_with: Any = None) -> int:
+    count = max(_int(slices), 0)
+    budget = _budget()
+    budget.check_size(_length(value) + count)
+    budget.charge(count)  # a Python loop builds one list per slice, filled or not
+    return _length(value) + count
+
+
+def _size_center(value: Any, width: Any = 80) -> int:
+    return max(_text_size(value), _int(width))
+
+
+def _size_indent(s: Any, width: Any = 4, first: Any = False, blank: Any = False) -> int:
+    size = _text_size(s)
+    lines = s.count("\n") + 1 if isinstance(s, str) else size + 1
+    pad = len(width) if isinstance(width, str) else max(_int(width), 0)
+    return size + (lines + 1) * pad
+
+
+def _size_join(value: Any, d: Any = "", attribute: Any = None) -> int:
+    limit = _budget().limits.max_output_chars
+    items = value if isinstance(value, list) else []
+    size = _text_size(d) * max(len(items) - 1, 0)
+    for item in items:
+        size += _text_size(item)
+        if size > limit:
+            break
+    return size
+
+
+def _size_format(value: Any, *args: Any, **kwargs: Any) -> int:
+    return _printf_size(value, kwargs or args)
+
+
+def _size_pprint(value: Any) -> int:
+    return _printed_size(value, quoting="repr", indent=1)
+
+
+def _size_round(value: Any, precision: Any = 0, method: Any = "common") -> int:
+    return abs(_int(precision))  # floor and ceil compute 10 ** precision
+
+
+def _size_tojson(value: Any, indent: Any = None) -> int:
+    width = len(indent) if isinstance(indent, str) else max(_int(indent), 0)
+    return _printed_size(value, quoting="json", indent=width)
+
+
+def _size_truncate(s: Any, length: Any = 255, killwords: Any = False, end: Any = "...", leeway: Any = None) -> int:
+    return _text_size(s) + _text_size(end)
+
+
+def _size_urlencode(value: Any) -> int:
+    if isinstance(value, str):
+        return 3 * len(value.encode("utf-8", "surrogatepass"))
+    return 12 * _printed_size(value)  # a character is up to four UTF-8 bytes, each written %XX
+
+
+def _size_urlize(
+    value: Any,
+    trim_url_limit: Any = None,
+    nofollow: Any = False,
+    target: Any = None,
+    rel: Any = None,
+    extra_schemes: Any = None,
+) -> int:
+    if isinstance(value, str):  # only words with a dot, an @ or a scheme's colon can become links
+        links = sum(1 for word in value.split() if "." in word or "@" in word or ":" in word)
+    else:
+        links = _text_size(value) // 4 + 1
+    per_link = 60 + sum(_text_size(a) for a in (target, rel) if a is not None)
+    return 2 * _escaped_size(value) + links * per_link
+
+
+def _size_wordwrap(
+    s: Any,
+    width: Any = 79,
+    break_long_words: Any = True,
+    wrapstring: Any = None,
+    break_on_hyphens: Any = True,
+) -> int:
+    size = _text_size(s)
+    breaks = s.count("\n") if isinstance(s, str) else 0
+    lines = min(size, 2 * size // max(_int(width), 1) + breaks) + 1
+    _budget().charge(lines)  # textwrap works line by line in Python
+    return size + lines * (_text_size(wrapstring) if wrapstring is not None else 1)
+
+
+def _size_xmlattr(d: Any, autospace: Any = True) -> int:
+    if not isinstance(d, Mapping):
+        return 0
+    return sum(_text_size(key) + _escaped_size(value) + 4 for key, value in d.items())
+
+
+def _size_modulo(value: Any, num: Any = 2) -> int:
+    """``odd``, ``even`` and ``divisibleby`` compute ``value % num``: on a string, that formats."""
+    return _printf_size(value, num)
+
+
+@pass_environment
+def _linear_sum(environment: Environment, iterable: Iterable[Any], attribute: Any = None, start: Any = 0) -> Any:
+    """Jinja's ``sum``, linear for lists: the built-in copies the growing list at every step."""
+    if attribute is not None:
+        iterable = map(make_attrgetter(environment, attribute), iterable)
+    items = list(iterable)
+    budget = _budget()
+    budget.charge(len(items))
+    if isinstance(start, list | tuple) and set(map(type, items)) <= {type(start)}:
+        budget.reserve(len(start) + sum(map(len, items)))
+        return type(start)(itertools.chain(start, *items))
+    return sum(items, start)
+
+
+Estimate = Callable[..., int]
+
+# How much each built-in filter may build, from its own arguments (without the context
+# Jinja passes first). Every filter of the sandbox needs an entry: one without is removed.
+FILTER_SIZES: Final[Mapping[str, Estimate]] = {
+    "abs": _no_growth,
+    "attr": _no_growth,
+    "batch": _size_batch,
+    "capitalize": _same_text,
+    "center": _size_center,
+    "count": _no_growth,
+    "d": _no_growth,
+    "default": _no_growth,
+    "dictsort": _items_sorted,
+    "e": _escaped_size,
+    "escape": _escaped_size,
+    "filesizeformat": _no_growth,
+    "first": _no_growth,
+    "float": _no_growth,
+    "forceescape": _escaped_size,
+    "format": _size_format,
+    "groupby": _items_sorted,
+    "indent": _size_indent,
+    "int": _no_growth,
+    "items": _no_growth,
+    "join": _size_join,
+    "last": _no_growth,
+    "length": _no_growth,
+    "list": _items_listed,
+    "lower": _same_text,
+    "map": _no_growth,
+    "max": _no_growth,
+    "min": _no_growth,
+    "pprint": _size_pprint,
+    "random": _no_growth,
+    "reject": _no_growth,
+    "rejectattr": _no_growth,
+    "replace": _replaced_size,
+    "reverse": _same_text,
+    "round": _size_round,
+    "safe": _same_text,
+    "select": _no_growth,
+    "selectattr": _no_growth,
+    "slice": _size_slice,
+    "sort": _items_sorted,
+    "string": _stringified,
+    "striptags": _same_text,
+    "sum": _no_growth,  # replaced by _linear_sum, which sizes what it concatenates
+    "title": _same_text,
+    "tojson": _size_tojson,
+    "trim": _same_text,
+    "truncate": _size_truncate,
+    "unique": _no_growth,
+    "upper": _same_text,
+    "urlencode": _size_urlencode,
+    "urlize": _size_urlize,
+    "wordcount": _stringified,
+    "wordwrap": _size_wordwrap,
+    "xmlattr": _size_xmlattr,
+}
+
+# The same for the built-in tests (``is odd``...); most return a bool from what they are given.
+_BOOLEAN_TESTS: Final = (
+    "!=", "<", "<=", "==", ">", ">=", "boolean", "callable", "defined", "eq", "equalto", "escaped", "false",
+    "filter", "float", "ge", "greaterthan", "gt", "in", "integer", "iterable", "le", "lessthan", "lt", "mapping",
+    "ne", "none", "number", "sameas", "sequence", "string", "test", "true", "undefined",
+)  # fmt: skip
+TEST_SIZES: Final[Mapping[str, Estimate]] = {
+    **dict.fromkeys(_BOOLEAN_TESTS, _no_growth),
+    "divisibleby": _size_modulo,
+    "even": _size_modulo,
+    "odd": _size_modulo,
+    "lower": _stringified,
+    "upper": _stringified,
+}
+_MATERIALIZED: Final = frozenset({"join"})  # estimated from their items, so a lazy input is listed first
+
+
+def _guarded(name: str, func: Callable[..., Any], estimate: Estimate) -> Callable[..., Any]:
+    """Wrap a built-in filter or test: charge the budget and size what it will build before it runs."""
+    skip = 1 if hasattr(func, "jinja_pass_arg") else 0  # the context, eval context or environment Jinja passes
+    materialize = name in _MATERIALIZED
+
+    @wraps(func)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        budget = _budget()
+        budget.charge()
+        if materialize and len(args) > skip and not isinstance(args[skip], list):
+            items = list(args[skip])
+            budget.charge(len(items))
+            args = (*args[:skip], items, *args[skip + 1 :])
+        budget.reserve(estimate(*args[skip:], **kwargs))
+        result = func(*args, **kwargs)
+        if isinstance(result, str | list):
+            budget.check_size(len(result))
+        return result
+
+    return guarded
+
+
+def _guarded_all(functions: Mapping[str, Any], sizes: Mapping[str, Estimate]) -> dict[str, Any]:
+    """Every function guarded by its estimate; one without an estimate (new in a Jinja release) is left out."""
+    return {name: _guarded(name, func, sizes[name]) for name, func in functions.items() if name in sizes}
+
+
+class _SizedBuffer(list[str]):
+    """The text a macro, call, filter or set block collects, sized as it grows.
+
+    Jinja joins these only when the block ends, so a loop inside one could otherwise
+    collect far more than the output limit before anything is checked.
+    """
+
+    __slots__ = ("_budget", "_size")
+
+    def __init__(self, budget: _Budget) -> None:
+        super().__init__()
+        self._budget = budget
+        self._size = 0
+
+    def _grow(self, size: int) -> None:
+        self._size += size
+        self._budget.reserve(size)
+        self._budget.check_size(self._size)
+
+    def append(self, chunk: str) -> None:
+        self._grow(len(chunk))
+        super().append(chunk)
+
+    def extend(self, chunks: Iterable[str]) -> None:
+        pieces = tuple(chunks)
+        self._grow(sum(len(piece) for piece in pieces))
+        super().extend(pieces)
+
+
+def _sized_output(value: Any) -> Any:
+    """Size a value before ``{{ }}`` turns it into text: a list may repeat one large string many times."""
+    if not isinstance(value, str | int | float | bool):
+        budget = _active_budget.get()
+        if budget is not None:  # None while Jinja folds constants when compiling: those come from the source
+            budget.reserve(_printed_size(value))
+    return value
+
+
+def _check_str_method(name: str, text: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Size an allowed ``str`` method's result before it runs; returns the arguments to call it with."""
+    budget = _budget()
+    if name in {"center", "ljust", "rjust", "zfill"} and args:
+        budget.reserve(max(len(text), _int(args[0])))
+    elif name == "expandtabs":
+        tab_size = _int(args[0]) if args else 8
+        budget.reserve(len(text) + text.count("\t") * max(tab_size, 0))
+    elif name == "replace" and len(args) >= 2:
+        budget.reserve(_replaced_size(text, args[0], args[1], args[2] if len(args) > 2 else -1))
+    elif name == "join" and args:
+        items = list(args[0])  # listed once, so a lazy iterable is not consumed by the check
+        budget.charge(len(items))
+        budget.reserve(_size_join(items, text))
+        return (items, *args[1:])
+    return args
 
 
 # --------------------------------------------------------------------------- sandbox
 
 
 class _GuardedCodeGenerator(CodeGenerator):
-    """Routes loops and ``~`` concatenation through the environment's guards."""
+    """Routes loops, ``~`` concatenation and block output through the environment's guards."""
 
     def visit_For(self, node: nodes.For, frame: Frame) -> None:  # noqa: N802 - Jinja2's visitor name
         node.iter = nodes.Call(nodes.EnvironmentAttribute("guard_iteration"), [node.iter], [], None, None)
@@ -229,65 +677,9 @@ class _GuardedCodeGenerator(CodeGenerator):
             self.write(", ")
         self.write("))")
 
-
-def _check_printf(template: str, args: Any) -> None:
-    budget = _budget()
-    for width, precision in _PRINTF_WIDTH.findall(template):
-        for number in (width, precision):
-            if number == "*":
-                raise SecurityError("'*' widths are not allowed in format strings")
-            if number:
-                budget.check_size(int(number))
-    budget.check_size(len(template) + _approx_size(args))
-
-
-def _check_str_method(name: str, text: str, args: tuple[Any, ...]) -> None:
-    budget = _budget()
-    if name in {"center", "ljust", "rjust", "zfill"} and args:
-        budget.check_size(int(args[0]))
-    elif name == "expandtabs":
-        tab_size = int(args[0]) if args else 8
-        budget.check_size(len(text) + text.count("\t") * max(tab_size, 0))
-    elif name == "replace" and len(args) >= 2:
-        old, new = str(args[0]), str(args[1])
-        count = text.count(old) if old else len(text) + 1
-        if len(args) >= 3 and int(args[2]) >= 0:
-            count = min(count, int(args[2]))
-        budget.check_size(len(text) + count * max(len(new) - len(old), 0))
-    elif name == "join" and args:
-        items = list(args[0])
-        budget.charge(len(items))
-        budget.check_size(sum(_approx_size(i) for i in items) + len(text) * len(items))
-
-
-def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a built-in filter: charge the budget, size amplifying arguments, size the result."""
-
-    @wraps(func)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        budget = _budget()
-        budget.charge()
-        positional = [a for a in args if not isinstance(a, Context | ImmutableSandboxedEnvironment)]
-        if name in {"center", "indent", "wordwrap", "truncate", "slice", "batch"}:
-            for number in [*positional[1:], *kwargs.values()]:
-                if isinstance(number, int) and not isinstance(number, bool):
-                    budget.check_size(abs(number) * (_approx_size(positional[0]) if name == "indent" else 1))
-        elif name == "format" and positional:
-            _check_printf(str(positional[0]), positional[1:])
-        elif name == "replace" and len(positional) >= 3:
-            _check_str_method("replace", str(positional[0]), tuple(positional[1:]))
-        elif name == "join" and positional:
-            items = list(positional[0])
-            budget.charge(len(items))
-            sep = positional[1] if len(positional) > 1 else kwargs.get("d", "")
-            budget.check_size(sum(_approx_size(i) for i in items) + len(str(sep)) * len(items))
-            args = (*args[: len(args) - len(positional)], items, *positional[1:])
-        result = func(*args, **kwargs)
-        if isinstance(result, str | list | tuple | dict):
-            budget.check_size(len(result))
-        return result
-
-    return guarded
+    def buffer(self, frame: Frame) -> None:
+        frame.buffer = self.temporary_identifier()
+        self.writeline(f"{frame.buffer} = environment.output_buffer()")
 
 
 class PromptSandbox(ImmutableSandboxedEnvironment):
@@ -303,10 +695,13 @@ class PromptSandbox(ImmutableSandboxedEnvironment):
             keep_trailing_newline=True,
             auto_reload=False,
             cache_size=0,
+            finalize=_sized_output,
         )
         for name in _REMOVED_GLOBALS:
             self.globals.pop(name, None)
-        self.filters = {name: _guard_filter(name, func) for name, func in self.filters.items()}
+        self.filters["sum"] = _linear_sum
+        self.filters = _guarded_all(self.filters, FILTER_SIZES)
+        self.tests = _guarded_all(self.tests, TEST_SIZES)
 
     # -- hooks called by generated code
 
@@ -319,9 +714,11 @@ class PromptSandbox(ImmutableSandboxedEnvironment):
     def guard_concat(self, parts: Sequence[Any]) -> str:
         budget = _budget()
         budget.charge()
-        pieces = [p if isinstance(p, str) else str(p) for p in parts]
-        budget.check_size(sum(len(p) for p in pieces))
-        return "".join(pieces)
+        budget.reserve(sum(_text_size(p) for p in parts))
+        return "".join(p if isinstance(p, str) else str(p) for p in parts)
+
+    def output_buffer(self) -> _SizedBuffer:
+        return _SizedBuffer(_budget())
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         budget = _budget()
@@ -329,16 +726,19 @@ class PromptSandbox(ImmutableSandboxedEnvironment):
         if operator == "**":
             if isinstance(left, int | float) and isinstance(right, int | float):
                 magnitude = abs(float(right)) * math.log2(abs(float(left)) + 2)
-                if magnitude > 4096:
+                if magnitude > _MAX_INT_BITS:
                     raise RenderError("exponent too large", reason="render_limit")
         elif operator == "*":
+            bits = left.bit_length() + right.bit_length() if isinstance(left, int) and isinstance(right, int) else 0
+            if bits > _MAX_INT_BITS:
+                raise RenderError("product too large", reason="render_limit")
             for seq, times in ((left, right), (right, left)):
                 if isinstance(seq, str | list | tuple) and isinstance(times, int):
-                    budget.check_size(_approx_size(seq) * max(times, 0))
+                    budget.reserve(len(seq) * max(times, 0))
         elif operator == "+" and isinstance(left, str | list | tuple):
-            budget.check_size(_approx_size(left) + _approx_size(right))
+            budget.reserve(len(left) + _length(right))
         elif operator == "%" and isinstance(left, str):
-            _check_printf(left, right)
+            budget.reserve(_printf_size(left, right))
         return super().call_binop(context, operator, left, right)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
@@ -363,11 +763,21 @@ class PromptSandbox(ImmutableSandboxedEnvironment):
         budget.charge()
         owner = getattr(__obj, "__self__", None)
         if isinstance(owner, str):
-            _check_str_method(getattr(__obj, "__name__", ""), owner, args)
+            args = _check_str_method(getattr(__obj, "__name__", ""), owner, args)
+        elif isinstance(__obj, BlockReference) and not args and not kwargs:
+            return _render_block(__obj, budget)
         result = super().call(__context, __obj, *args, **kwargs)
         if isinstance(result, str):
             budget.check_size(len(result))
         return result
+
+
+def _render_block(block: BlockReference, budget: _Budget) -> str:
+    """``self.name()``: a block's text, collected in a sized buffer (Jinja joins it unsized)."""
+    collected = _SizedBuffer(budget)
+    for chunk in block._stack[block._depth](block._context):  # what BlockReference.__call__ joins unsized
+        collected.append(chunk)
+    return "".join(collected)
 
 
 _SANDBOX = PromptSandbox()
@@ -375,12 +785,73 @@ _SANDBOX = PromptSandbox()
 
 # --------------------------------------------------------------------------- analysis
 
+# Jinja parses and compiles templates recursively: brackets cost about 14 Python frames
+# a level, blocks about 4, and the compiler a few per tree level. These bounds keep a
+# template far from Python's recursion limit wherever it is compiled (service, CLI, apps).
+MAX_BRACKET_DEPTH: Final = 20
+MAX_BLOCK_DEPTH: Final = 40
+MAX_TREE_DEPTH: Final = 80
+_OPENING_TAGS: Final = frozenset({"if", "for", "macro", "call", "filter", "with", "autoescape", "block", "set"})
+_OPENING_BRACKETS: Final = frozenset({"lparen", "lbracket", "lbrace"})
+_CLOSING_BRACKETS: Final = frozenset({"rparen", "rbracket", "rbrace"})
+
+
+def _too_deep(message: str, line: int | None, location: str) -> TemplateProblemError:
+    return TemplateProblemError([TemplateProblem(f"the template nests too deeply: {message}", line, location)])
+
+
+def _check_nesting(source: str, location: str) -> None:
+    """Refuse brackets and blocks nested past the bounds, from the tokens, before the recursive parser runs."""
+    brackets = blocks = 0
+    tag: str | None = None  # the name of the block tag being read
+    assigns = False
+    try:
+        for token in _SANDBOX.lexer.tokenize(source):
+            if token.type in _OPENING_BRACKETS:
+                brackets += 1
+                if brackets > MAX_BRACKET_DEPTH:
+                    raise _too_deep(f"brackets nest more than {MAX_BRACKET_DEPTH} levels", token.lineno, location)
+            elif token.type in _CLOSING_BRACKETS:
+                brackets -= 1
+            elif token.type == "block_begin":
+                tag, assigns = "", False
+            elif tag == "" and token.type == "name":
+                tag = token.value
+            elif tag is not None and token.type == "assign":
+                assigns = True
+            elif token.type == "block_end" and tag is not None:
+                if tag in _OPENING_TAGS and not (tag == "set" and assigns):
+                    blocks += 1
+                    if blocks > MAX_BLOCK_DEPTH:
+                        raise _too_deep(f"blocks nest more than {MAX_BLOCK_DEPTH} levels", token.lineno, location)
+                elif tag.startswith("end"):
+                    blocks -= 1
+                tag = None
+    except TemplateSyntaxError:
+        return  # the parser reports it, with its line
+
+
+def _check_tree_depth(ast: nodes.Template, location: str) -> None:
+    """Refuse expressions nested past the bound (5,000 chained filters parse in a loop but compile recursively)."""
+    stack: list[tuple[nodes.Node, int]] = [(ast, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_TREE_DEPTH:
+            line = getattr(node, "lineno", None)
+            raise _too_deep(f"expressions and blocks nest more than {MAX_TREE_DEPTH} levels", line, location)
+        stack.extend((child, depth + 1) for child in node.iter_child_nodes())
+
 
 def _parse(source: str, location: str) -> nodes.Template:
+    _check_nesting(source, location)
+    parser = Parser(_SANDBOX, source)
     try:
-        ast = _SANDBOX.parse(source)
+        ast = parser.parse()
     except TemplateSyntaxError as exc:
         raise TemplateProblemError([TemplateProblem(exc.message or str(exc), exc.lineno, location)]) from exc
+    except RecursionError as exc:  # unary chains (not not not ...) recurse in the parser
+        raise _too_deep("operators nest too deeply to parse", parser.stream.current.lineno, location) from exc
+    _check_tree_depth(ast, location)
     for tag in (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends):
         found = next(iter(ast.find_all(tag)), None)
         if found is not None:
@@ -392,6 +863,94 @@ def _parse(source: str, location: str) -> nodes.Template:
                 ]
             )
     return ast
+
+
+# Methods the sandbox refuses to call: those that change a list, dict or set, str.format,
+# and the str methods outside the allowlist.
+_REFUSED_METHODS: Final = frozenset(
+    {
+        "add", "append", "clear", "difference_update", "discard", "extend", "insert", "intersection_update",
+        "pop", "popitem", "remove", "reverse", "setdefault", "sort", "symmetric_difference_update", "update",
+        "format", "format_map",
+        *(name for name in dir(str) if not name.startswith("_") and name not in _SAFE_STR_METHODS),
+    }
+)  # fmt: skip
+_UNSAFE_ATTRIBUTES: Final = frozenset({"gi_frame", "gi_code", "cr_frame", "cr_code", "ag_code", "ag_frame"})
+# Filters that read an attribute named by an argument: the position of that argument after
+# the filtered value (None: only the ``attribute=`` keyword).
+_ATTRIBUTE_ARGUMENTS: Final[Mapping[str, int | None]] = {
+    "attr": 0,
+    "selectattr": 0,
+    "rejectattr": 0,
+    "groupby": 0,
+    "sum": 0,
+    "join": 1,
+    "unique": 1,
+    "min": 1,
+    "max": 1,
+    "sort": 2,
+    "map": None,
+}
+
+
+def _unsafe_name(name: Any) -> bool:
+    return isinstance(name, str) and any(part.startswith("_") or part in _UNSAFE_ATTRIBUTES for part in name.split("."))
+
+
+def _described(node: nodes.Node) -> str:
+    """A short text for the object an attribute is read from: ``name``, ``name.attr`` or ``...``."""
+    if isinstance(node, nodes.Name):
+        return node.name
+    if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name):
+        return f"{node.node.name}.{node.attr}"
+    return "..."
+
+
+def _unsafe_in(ast: nodes.Template, location: str) -> list[TemplateProblem]:
+    problems: list[TemplateProblem] = []
+
+    def refuse(node: nodes.Node, message: str) -> None:
+        problems.append(TemplateProblem(f"{message}, which the sandbox refuses", node.lineno, location))
+
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter, nodes.Call, nodes.Mod)):
+        if isinstance(node, nodes.Getattr) and _unsafe_name(node.attr):
+            refuse(node, f"'{_described(node.node)}.{node.attr}' reads an internal attribute")
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and _unsafe_name(node.arg.value):
+            refuse(node, f"'{_described(node.node)}[{node.arg.value!r}]' reads an internal attribute")
+        elif isinstance(node, nodes.Filter) and node.name in _ATTRIBUTE_ARGUMENTS:
+            position = _ATTRIBUTE_ARGUMENTS[node.name]
+            named = [k.value for k in node.kwargs if k.key == "attribute"]
+            if position is not None and len(node.args) > position:
+                named.append(node.args[position])
+            for argument in named:
+                if isinstance(argument, nodes.Const) and _unsafe_name(argument.value):
+                    refuse(node, f"'|{node.name}({argument.value!r})' reads an internal attribute")
+        elif isinstance(node, nodes.Filter) and node.name == "format" and _star_width(node.node):
+            refuse(node, "'|format' with a '*' width")
+        elif isinstance(node, nodes.Mod) and _star_width(node.left):
+            refuse(node, "'%' formatting with a '*' width")
+        elif (
+            isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr) and node.node.attr in _REFUSED_METHODS
+        ):
+            refuse(node, f"'{_described(node.node.node)}.{node.node.attr}()' calls a method")
+    return problems
+
+
+def _star_width(node: nodes.Node | None) -> bool:
+    if not (isinstance(node, nodes.Const) and isinstance(node.value, str)):
+        return False
+    return any("*" in spec for spec in _PRINTF_WIDTH.findall(node.value))
+
+
+def unsafe_constructs(source: str, *, location: str = "template") -> list[TemplateProblem]:
+    """Constructs the sandbox would refuse at every render, found when the template is saved.
+
+    Attribute reads of names starting with ``_`` (``name.__class__``, ``name['__class__']``,
+    ``|attr('__class__')``, ``|map(attribute='_x')``), calls of methods that change values or
+    format strings (``.append()``, ``.format()``), and ``'*'`` printf widths. A pure walk
+    of the template's syntax tree: nothing runs.
+    """
+    return _unsafe_in(_parse(source, location), location)
 
 
 def template_variables(source: str, *, location: str = "template") -> dict[str, bool]:
@@ -749,17 +1308,20 @@ def _render_one(template: Any, variables: Mapping[str, Any], budget: _Budget) ->
         raise RenderError("template recursed too deeply", reason="render_limit") from exc
     except MemoryError as exc:
         raise RenderError("template used too much memory", reason="render_limit") from exc
-    except (TemplateError, ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as exc:
+    except Exception as exc:  # a filter's own checks (an assert in truncate, a bad argument): the template's fault
         raise RenderError(f"template failed: {exc}") from exc
     return "".join(chunks)
 
 
 def _compile(source: str, location: str) -> Any:
-    _parse(source, location)
+    ast = _parse(source, location)
     try:
-        template = _SANDBOX.from_string(source)
+        code = _SANDBOX.compile(ast)
     except TemplateSyntaxError as exc:
         raise TemplateProblemError([TemplateProblem(exc.message or str(exc), exc.lineno, location)]) from exc
+    except (RecursionError, SyntaxError, MemoryError) as exc:  # Python's own limits on the generated code
+        raise _too_deep("the compiled template is too deeply nested", None, location) from exc
+    template = _SANDBOX.template_class.from_code(_SANDBOX, code, _SANDBOX.make_globals(None), None)
     # Jinja2 keeps a template's globals in a ChainMap and copies them into every render's context;
     # copying a plain dict of the same names is much cheaper, and resolves names the same way.
     template.globals = dict(template.globals)
@@ -772,8 +1334,14 @@ def compile_prompt(
     template: str | None = None,
     messages: Sequence[Mapping[str, str]] | None = None,
     input_schema: Mapping[str, Any] | None = None,
+    refuse_unsafe: bool = False,
 ) -> CompiledPrompt:
-    """Check and compile a prompt's templates; raise ``TemplateProblemError`` listing all problems."""
+    """Check and compile a prompt's templates; raise ``TemplateProblemError`` listing all problems.
+
+    ``refuse_unsafe`` (when a version is saved) also refuses the constructs the sandbox
+    would refuse at every render (see ``unsafe_constructs``), so they are never stored.
+    Versions already stored compile without it, so they keep rendering as before.
+    """
     if kind == "text":
         if template is None:
             raise TemplateProblemError([TemplateProblem("a text prompt needs a template")])
@@ -793,6 +1361,9 @@ def compile_prompt(
             compiled.append((role, _compile(source, location)))
         except TemplateProblemError as exc:
             problems += exc.problems
+            continue
+        if refuse_unsafe:
+            problems += unsafe_constructs(source, location=location)
     if problems:
         raise TemplateProblemError(problems)
     if input_schema is None:
