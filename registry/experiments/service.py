@@ -62,6 +62,8 @@ from registry.prompts.models import Prompt, PromptVersion
 from registry.prompts.schemas import ConfigUsed, CreatePromptVersion, MessageIn, RenderOut
 from registry.prompts.service import PromptLimits, PromptService
 
+# Fields an update sets as given: none changes which variant a unit gets.
+DEFINITION_FIELDS = ("description", "correction", "alpha", "sequential", "sequential_tuning", "cuped")
 DEFAULT_AGGREGATION = {"binomial": "any", "continuous": "sum"}
 ALLOWED_AGGREGATIONS = {"binomial": {"any"}, "continuous": {"sum", "mean", "count", "max"}}
 
@@ -307,7 +309,8 @@ class ExperimentService:
             experiment.phases[-1].coverage = experiment.coverage
         if data.forced_variants is not UNSET:
             experiment.forced_variants = dict(data.forced_variants)
-        for name in ("description", "correction", "alpha", "sequential", "sequential_tuning", "cuped"):
+        # Hash version and attribute reach this point only on a draft (refused once running, as variants are).
+        for name in (*DEFINITION_FIELDS, "hash_version", "hash_attribute"):
             value = getattr(data, name)
             if value is not UNSET:
                 setattr(experiment, name, value)
@@ -333,8 +336,11 @@ class ExperimentService:
 
     async def _check_update(self, experiment: Experiment, data: UpdateExperiment) -> _UpdatePlan:
         """Refuse what the status does not allow, and every invalid field at once, before anything changes."""
-        if experiment.status != "draft" and (data.variants is not UNSET or data.hash_version is not UNSET):
-            raise ExperimentStateError("variants and hash version can only change while the experiment is a draft")
+        identity = (data.variants, data.hash_version, data.hash_attribute)  # what a unit is and which variants exist
+        if experiment.status != "draft" and any(f is not UNSET for f in identity):
+            raise ExperimentStateError(
+                "variants, hash version and hash attribute can only change while the experiment is a draft"
+            )
         traffic_fields = (data.weights, data.coverage, data.hash_seed, data.namespace, data.forced_variants)
         if experiment.status == "stopped" and any(f is not UNSET for f in traffic_fields):
             raise ExperimentStateError("a stopped experiment's traffic can no longer change")

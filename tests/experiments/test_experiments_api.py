@@ -505,3 +505,18 @@ async def test_an_invalid_update_changes_nothing(client: Client, setup: dict[str
     assert response.status_code == 422
     assert {e["field"] for e in problem(response)["errors"]} == {"weights", "metrics"}
     assert (await client.get("/v1/experiments/greet-test", headers=setup)).json() == before
+
+
+async def test_hash_version_and_attribute_change_on_a_draft_only(client: Client, setup: dict[str, str]) -> None:
+    await make_experiment(client, setup, "greet-test", "greet", start=False)
+    changed = await client.patch(
+        "/v1/experiments/greet-test", json={"hash_version": 1, "hash_attribute": "user_id"}, headers=setup
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["assignment"]["hashVersion"] == 1
+    assert changed.json()["assignment"]["hashAttribute"] == "user_id"
+    await client.post("/v1/experiments/greet-test/start", headers=setup)
+    for field, value in (("hash_version", 2), ("hash_attribute", "id")):
+        refused = await client.patch("/v1/experiments/greet-test", json={field: value}, headers=setup)
+        assert refused.status_code == 409, field
+        assert problem(refused)["type"] == "/problems/experiment_state"

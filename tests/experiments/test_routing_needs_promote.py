@@ -64,7 +64,7 @@ RUNNING_UPDATES = [
     running("forced_variants", {"qa-1": "control"}, 200),
     running("variants", [*TWO_VARIANTS[:1], {"key": "candidate", "prompt_version": 2, "weight": 5}], 409),
     running("hash_version", 1, 409),
-    running("hash_attribute", "user_id", 200),
+    running("hash_attribute", "user_id", 409),
     running("description", "why we test", 200),
     running("primary_metric", "latency", 200),
     running("guardrail_metrics", ["converted"], 200),
@@ -82,6 +82,7 @@ DRAFT_UPDATES = [
     draft("coverage", 1.0),
     draft("hash_seed", "seed-2"),
     draft("hash_version", 1),
+    draft("hash_attribute", "user_id"),
     draft("namespace", {"name": "ns", "start": 0.7, "end": 1}),
     draft("variants", [{"key": "control", "prompt_version": 2}, {"key": "candidate", "prompt_version": 2}]),
 ]
