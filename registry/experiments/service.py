@@ -648,8 +648,8 @@ def _version_with_config(version: PromptVersion, winner: ExperimentVariant, expe
 def changes_routing(experiment: Experiment, data: UpdateExperiment) -> bool:
     """Whether the update would change the variant (so the version or config) some unit gets.
 
-    Variants and hash version cannot change once running (refused before this is asked). Values
-    equal to the current ones change nothing, so a client may send the whole definition back.
+    Variants, hash version and hash attribute cannot change once running (refused before this is
+    asked). Values equal to the current ones change nothing, so a client may send the definition back.
     """
     if data.weights is not UNSET:
         current = {v.key: v.weight for v in experiment.variants}
