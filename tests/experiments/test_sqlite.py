@@ -95,3 +95,26 @@ async def test_only_the_exposures_stored_now_queue_their_units_on_sqlite(
         assert await units_queued_by_a_second_writer(create_sessionmaker(engine)) == {"user-3"}
     finally:
         await engine.dispose()
+
+
+async def test_a_variant_whose_config_has_a_fallback_routes_on_sqlite(
+    sqlite_client: tuple[Client, dict[str, str]],
+) -> None:
+    client, admin = sqlite_client
+    await make_prompt(client, admin, "greet")
+    await make_metric(client, admin, "converted")
+    for name, fallback in (("spare", None), ("b", {"name": "spare", "version": 1})):
+        await client.post("/v1/configs", json={"name": name}, headers=admin)
+        version = {"backend": "vllm", "model": f"{name}-model", **({"fallback": fallback} if fallback else {})}
+        assert (await client.post(f"/v1/configs/{name}/versions", json=version, headers=admin)).status_code == 201
+    variants = [
+        {"key": "c", "prompt_version": 1},
+        {"key": "t", "prompt_version": 2, "config": {"name": "b", "version": 1}},
+    ]
+    await make_experiment(client, admin, "tone", "greet", variants=variants, forced_variants={"qa": "t"})
+
+    body = {"variables": {"x": "a"}, "unit": "qa"}
+    rendered = await client.post("/v1/prompts/greet/render", json=body, headers=admin)
+
+    assert rendered.json()["experiment"]["variant"] == "t"
+    assert rendered.json()["config"]["name"] == "b"
