@@ -790,6 +790,7 @@ _SANDBOX = PromptSandbox()
 # template far from Python's recursion limit wherever it is compiled (service, CLI, apps).
 MAX_BRACKET_DEPTH: Final = 20
 MAX_BLOCK_DEPTH: Final = 40
+MAX_LOOP_DEPTH: Final = 16  # each loop is a Python block, and Python allows 20 nested blocks
 MAX_TREE_DEPTH: Final = 80
 _OPENING_TAGS: Final = frozenset({"if", "for", "macro", "call", "filter", "with", "autoescape", "block", "set"})
 _OPENING_BRACKETS: Final = frozenset({"lparen", "lbracket", "lbrace"})
@@ -802,7 +803,8 @@ def _too_deep(message: str, line: int | None, location: str) -> TemplateProblemE
 
 def _check_nesting(source: str, location: str) -> None:
     """Refuse brackets and blocks nested past the bounds, from the tokens, before the recursive parser runs."""
-    brackets = blocks = 0
+    brackets = 0
+    open_tags: list[str] = []
     tag: str | None = None  # the name of the block tag being read
     assigns = False
     try:
@@ -821,11 +823,13 @@ def _check_nesting(source: str, location: str) -> None:
                 assigns = True
             elif token.type == "block_end" and tag is not None:
                 if tag in _OPENING_TAGS and not (tag == "set" and assigns):
-                    blocks += 1
-                    if blocks > MAX_BLOCK_DEPTH:
+                    open_tags.append(tag)
+                    if len(open_tags) > MAX_BLOCK_DEPTH:
                         raise _too_deep(f"blocks nest more than {MAX_BLOCK_DEPTH} levels", token.lineno, location)
-                elif tag.startswith("end"):
-                    blocks -= 1
+                    if tag == "for" and open_tags.count("for") > MAX_LOOP_DEPTH:
+                        raise _too_deep(f"loops nest more than {MAX_LOOP_DEPTH} levels", token.lineno, location)
+                elif tag.startswith("end") and open_tags:
+                    open_tags.pop()
                 tag = None
     except TemplateSyntaxError:
         return  # the parser reports it, with its line
@@ -898,12 +902,33 @@ def _unsafe_name(name: Any) -> bool:
 
 
 def _described(node: nodes.Node) -> str:
-    """A short text for the object an attribute is read from: ``name``, ``name.attr`` or ``...``."""
+    """A short text for the object an attribute is read from: ``name``, ``name.attr``, a constant or ``(...)``."""
     if isinstance(node, nodes.Name):
         return node.name
+    if isinstance(node, nodes.Const) and isinstance(node.value, str) and len(node.value) <= 20:
+        return f'"{node.value}"'
     if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name):
         return f"{node.node.name}.{node.attr}"
-    return "..."
+    return "(...)"
+
+
+def _unsafe_read(node: nodes.Node) -> str | None:
+    """The construct when ``node`` reads an internal attribute by a constant name (``x.__class__``, ``x['_y']``)."""
+    if isinstance(node, nodes.Getattr) and _unsafe_name(node.attr):
+        return f"{_described(node.node)}.{node.attr}"
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and _unsafe_name(node.arg.value):
+        return f"{_described(node.node)}[{node.arg.value!r}]"
+    return None
+
+
+def _inside_unsafe_read(node: nodes.Getattr | nodes.Getitem) -> bool:
+    """Whether a read further in the same chain is already unsafe (report a chain once, at its first read)."""
+    inner: Any = node.node
+    while isinstance(inner, nodes.Getattr | nodes.Getitem | nodes.Call | nodes.Filter):
+        if _unsafe_read(inner) is not None:
+            return True
+        inner = inner.node
+    return False
 
 
 def _unsafe_in(ast: nodes.Template, location: str) -> list[TemplateProblem]:
@@ -913,10 +938,10 @@ def _unsafe_in(ast: nodes.Template, location: str) -> list[TemplateProblem]:
         problems.append(TemplateProblem(f"{message}, which the sandbox refuses", node.lineno, location))
 
     for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter, nodes.Call, nodes.Mod)):
-        if isinstance(node, nodes.Getattr) and _unsafe_name(node.attr):
-            refuse(node, f"'{_described(node.node)}.{node.attr}' reads an internal attribute")
-        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and _unsafe_name(node.arg.value):
-            refuse(node, f"'{_described(node.node)}[{node.arg.value!r}]' reads an internal attribute")
+        if isinstance(node, nodes.Getattr | nodes.Getitem):
+            construct = _unsafe_read(node)
+            if construct is not None and not _inside_unsafe_read(node):
+                refuse(node, f"'{construct}' reads an internal attribute")
         elif isinstance(node, nodes.Filter) and node.name in _ATTRIBUTE_ARGUMENTS:
             position = _ATTRIBUTE_ARGUMENTS[node.name]
             named = [k.value for k in node.kwargs if k.key == "attribute"]
