@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     bootstrap_admin_key: bool = Field(
         True, description="On a first start with no API keys at all, create an admin key and print it once."
     )
+    console_session_minutes: int = Field(
+        480, ge=1, le=43_200, description="How long a console sign-in lasts before the key must be entered again."
+    )
 
     # -- limits
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body; larger ones get 413.")

@@ -81,6 +81,11 @@ def _is_json(content_type: bytes) -> bool:
     return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
 
 
+def _is_form_for(path: str, content_type: bytes, limits: RequestLimits) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/x-www-form-urlencoded" and path.startswith(limits.form_path_prefixes)
+
+
 @dataclass(frozen=True, slots=True)
 class RequestLimits:
     """Limits checked before a request reaches a route, set below the HTTP server's own.
@@ -93,6 +98,8 @@ class RequestLimits:
     max_headers: int = 64
     max_header_bytes: int = 16_384
     body_read_timeout: float = 30.0
+    # Paths under these prefixes (the console's HTML forms) may also send urlencoded form bodies.
+    form_path_prefixes: tuple[str, ...] = ()
 
 
 class RequestContextMiddleware:
@@ -159,7 +166,7 @@ class RequestContextMiddleware:
         try:
             target_bytes = len(raw_path or scope["path"]) + len(scope["query_string"])
             body_method = has_body and method in _BODY_METHODS
-            refusal = self._refusal(target_bytes, header_count, header_bytes, body_method, content_type)
+            refusal = self._refusal(target_bytes, header_count, header_bytes, body_method, content_type, scope["path"])
             if refusal is not None:
                 await send_problem(refusal, scope, send_with_context)
             else:
@@ -188,7 +195,13 @@ class RequestContextMiddleware:
             request_id_var.reset(request_id_token)
 
     def _refusal(
-        self, target_bytes: int, header_count: int, header_bytes: int, body_method: bool, content_type: bytes
+        self,
+        target_bytes: int,
+        header_count: int,
+        header_bytes: int,
+        body_method: bool,
+        content_type: bytes,
+        path: str,
     ) -> RegistryError | None:
         """The problem a request gets before any route sees it, if any."""
         limits = self.limits
@@ -198,7 +211,7 @@ class RequestContextMiddleware:
             return HeadersTooLargeError(
                 f"send at most {limits.max_headers} header lines of at most {limits.max_header_bytes} bytes in all"
             )
-        if body_method and not _is_json(content_type):
+        if body_method and not _is_json(content_type) and not _is_form_for(path, content_type, limits):
             return UnsupportedMediaTypeError("request bodies must be JSON: send Content-Type: application/json")
         return None
 
