@@ -18,6 +18,7 @@ from registry.prompts.schemas import ExperimentOut
 from tests.completions.conftest import RegistryFactory, backend, parse_sse, publish, unique
 from tests.completions.fault_server import FaultServer
 from tests.conftest import KeyFactory, count_rows, problem
+from tests.waiting import PATIENCE_SECONDS
 
 COMPLETE = "/v1/prompts/greet/complete"
 REQUEST = {"variables": {"name": "Ada"}}
@@ -374,7 +375,7 @@ async def test_stored_texts_are_purged_after_the_retention_period(
         )
 
     stored: list[Any] = []
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + PATIENCE_SECONDS  # a hang guard only
     while time.monotonic() < deadline:
         async with admin_engine.connect() as connection:
             query = text("SELECT prompt_text IS NOT NULL FROM completions ORDER BY id")

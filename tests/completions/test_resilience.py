@@ -12,6 +12,7 @@ import pytest
 from tests.completions.conftest import RegistryFactory, backend, parse_sse, publish, unique
 from tests.completions.fault_server import FaultServer
 from tests.conftest import problem
+from tests.waiting import PATIENCE_SECONDS
 
 COMPLETE = "/v1/prompts/greet/complete"
 REQUEST = {"variables": {"name": "Ada"}}
@@ -98,12 +99,10 @@ async def test_slow_first_token_times_out_without_retry(
     model = unique("slow-first:3")
     client = await start(registry, admin, fault, model, first_token_timeout=0.3, max_retries=2)
 
-    started = time.monotonic()
     response = await client.post(COMPLETE, json=REQUEST, headers=admin)
 
-    assert response.status_code == 504
+    assert response.status_code == 504  # the first token would have come after 3 s, with a 200
     assert problem(response)["type"] == "/problems/upstream_timeout"
-    assert time.monotonic() - started < 2
     assert len(fault.seen(model)) == 1
 
 
@@ -146,12 +145,12 @@ async def test_connect_timeout_is_retried_then_answers_upstream_timeout(
     client = await registry({"hole": backend(blackhole_url, connect_timeout=0.2, max_retries=1)})
     await publish(client, admin, backend="hole", model="any", max_context_tokens=4096)
 
-    started = time.monotonic()
     response = await client.post(COMPLETE, json=REQUEST, headers=admin)
 
     assert response.status_code == 504
     assert "connecting" in problem(response)["detail"]
-    assert 0.4 <= time.monotonic() - started < 3
+    metrics = (await client.get("/metrics")).text
+    assert 'registry_upstream_retries_total{backend="hole"} 1.0' in metrics  # two tries: max_retries=1
 
 
 async def test_refused_connection_answers_upstream_unavailable(
@@ -324,19 +323,20 @@ async def test_full_queue_answers_503_with_retry_after_at_once(
     client = await start(registry, admin, fault, unique("trickle:0.05"), max_concurrency=1, max_queue=1)
     body = {**REQUEST, "max_tokens": 8}
 
-    async def timed() -> tuple[httpx.Response, float]:
-        started = time.monotonic()
+    answered: list[int] = []
+
+    async def complete() -> httpx.Response:
         response = await client.post(COMPLETE, json=body, headers=admin)
-        return response, time.monotonic() - started
+        answered.append(response.status_code)
+        return response
 
-    results = await asyncio.gather(*(timed() for _ in range(3)))
+    results = await asyncio.gather(*(complete() for _ in range(3)))
 
-    statuses = sorted(r.status_code for r, _ in results)
-    assert statuses == [200, 200, 503]
-    busy, elapsed = next((r, t) for r, t in results if r.status_code == 503)
+    assert sorted(r.status_code for r in results) == [200, 200, 503]
+    busy = next(r for r in results if r.status_code == 503)
     assert problem(busy)["type"] == "/problems/backend_busy"
     assert busy.headers["retry-after"] == "1"
-    assert elapsed < 0.3
+    assert answered[0] == 503, "the refusal did not wait for a slot: it came before both completions"
 
 
 async def test_client_disconnect_cancels_the_upstream_request(
@@ -349,7 +349,7 @@ async def test_client_disconnect_cancels_the_upstream_request(
         lines = response.aiter_lines()
         while "delta" not in await anext(lines):
             pass
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + PATIENCE_SECONDS  # a hang guard only
     # The fault server runs on another thread's loop: poll rather than share an asyncio.Event.
     while not fault.seen(model)[0].finished and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
