@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -62,3 +64,25 @@ async def test_the_budget_reports_the_true_spend_right_after_a_flush(
         used.append((before_flush, after_flush))
 
     assert used == [(n * TOKENS_PER_COMPLETION, n * TOKENS_PER_COMPLETION) for n in (1, 2, 3)]
+
+
+async def test_concurrent_completions_overshoot_a_budget_by_at_most_those_in_flight(
+    client: httpx.AsyncClient, admin: dict[str, str], make_key: KeyFactory
+) -> None:
+    app_key = await make_key(Scope.READ, name="app")
+    key_id = (await client.get("/v1/keys/", headers=admin)).json()["items"][-1]["id"]
+    budget, in_flight = 25, 3
+    assert (await client.put(f"/v1/keys/{key_id}/budget", json={"monthly_tokens": budget}, headers=admin)).is_success
+
+    allowed = 0
+    for _ in range(5):  # rounds of concurrent completions, usage written after each
+        answers = await asyncio.gather(
+            *(client.post(COMPLETE, json=REQUEST, headers=app_key) for _ in range(in_flight))
+        )
+        allowed += sum(answer.status_code == 200 for answer in answers)
+        await write_usage(client, admin)
+
+    used = (await client.get(f"/v1/keys/{key_id}/budget", headers=admin)).json()["used_tokens"]
+    assert used == allowed * TOKENS_PER_COMPLETION
+    # Under the budget before the last round started; that round's completions were all in flight.
+    assert used - in_flight * TOKENS_PER_COMPLETION < budget
