@@ -52,7 +52,11 @@ def cli_actor() -> Actor:
 
 
 async def with_session(settings: Settings, work: Callable[[AsyncSession], Coroutine[Any, Any, T]]) -> T:
-    """Run ``work`` in one transaction; changes are published (to Redis too) after commit."""
+    """Run ``work`` in one transaction; its changes reach running servers as the API's do.
+
+    That is through Redis when it is configured, else through the database's change log
+    (``registry.db.change_log``), which servers without Redis read every second.
+    """
     engine = create_engine(settings)
     redis = create_redis(settings)
     try:
