@@ -7,6 +7,7 @@ in-memory test client cannot show.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -21,12 +22,13 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.app import create_app
 from registry.prompts.catalog import VariantRouter
 from registry.settings import BackendSettings, Settings
-from tests.completions.fault_server import FaultServer
+from tests.completions.fault_server import CHAT, FaultServer, SeenRequest
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -242,3 +244,33 @@ def parse_sse(raw: str) -> list[tuple[str, Any]]:
         fields = dict(line.split(": ", 1) for line in block.splitlines())
         events.append((fields["event"], json.loads(fields["data"])))
     return events
+
+
+async def usage_rows(client: httpx.AsyncClient, admin: dict[str, str], engine: AsyncEngine) -> list[dict[str, Any]]:
+    """Every usage record (GET /v1/usage writes the buffer first)."""
+    assert (await client.get("/v1/usage", headers=admin)).status_code == 200
+    query = text(
+        "SELECT status, error_type, input_tokens, output_tokens, cost, stream, fallback_used, config "
+        "FROM completions ORDER BY id"
+    )
+    async with engine.connect() as connection:
+        return [dict(row._mapping) for row in (await connection.execute(query)).all()]
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str, seconds: float = 10) -> None:
+    """Wait for ``condition()`` (the servers run on other threads' loops, so poll); fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def finished(fault: FaultServer, model: str) -> SeenRequest:
+    """The one completion request the fault server saw for ``model``, once its handler has returned."""
+
+    async def done() -> bool:
+        seen = fault.seen(model, CHAT)
+        return len(seen) == 1 and seen[0].finished
+
+    await until(done, "the backend's request to end")
+    return fault.seen(model, CHAT)[0]

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TOKENS = ["Hello", " from", " the", " fault", " server"]
+CHAT = "/v1/chat/completions"
 
 
 @dataclass
@@ -161,7 +162,7 @@ class _Reply:
     def __init__(self, send: Any, seen: SeenRequest, *, continuous: bool) -> None:
         self.send = send
         self.seen = seen
-        self.chat = seen.path == "/v1/chat/completions"
+        self.chat = seen.path == CHAT
         self.continuous = continuous
 
     def _chunk(self, choices: list[dict[str, Any]]) -> bytes:

@@ -8,16 +8,14 @@ inside a stream has the fields of one answered before it.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.completions.conftest import RegistryFactory, backend, parse_sse, publish, unique
-from tests.completions.fault_server import PROMPT_TOKENS, FaultServer, SeenRequest
+from tests.completions.conftest import RegistryFactory, backend, finished, parse_sse, publish, unique, until, usage_rows
+from tests.completions.fault_server import CHAT, PROMPT_TOKENS, FaultServer
 from tests.conftest import problem
 
 COMPLETE = "/v1/prompts/greet/complete"
@@ -39,39 +37,10 @@ async def start(
     return client
 
 
-async def usage_rows(client: httpx.AsyncClient, admin: dict[str, str], engine: AsyncEngine) -> list[dict[str, Any]]:
-    """Every usage record (GET /v1/usage writes the buffer first)."""
-    assert (await client.get("/v1/usage", headers=admin)).status_code == 200
-    query = text(
-        "SELECT status, error_type, input_tokens, output_tokens, cost, stream, fallback_used, config "
-        "FROM completions ORDER BY id"
-    )
-    async with engine.connect() as connection:
-        return [dict(row._mapping) for row in (await connection.execute(query)).all()]
-
-
 async def stream_events(client: httpx.AsyncClient, headers: dict[str, str]) -> tuple[httpx.Response, list[Any]]:
     async with client.stream("POST", COMPLETE, json={**REQUEST, "stream": True}, headers=headers) as response:
         assert response.status_code == 200
         return response, parse_sse("".join([chunk async for chunk in response.aiter_text()]))
-
-
-async def until(condition: Any, what: str, seconds: float = 10) -> None:
-    """Wait for ``condition()`` (the servers run on other threads' loops, so poll); fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not await condition():
-        assert time.monotonic() < deadline, f"still waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
-async def finished(fault: FaultServer, model: str) -> SeenRequest:
-    """The one request the fault server saw for ``model``, once its handler has returned."""
-
-    async def done() -> bool:
-        return len(fault.seen(model)) == 1 and fault.seen(model)[0].finished
-
-    await until(done, "the backend's request to end")
-    return fault.seen(model)[0]
 
 
 # -- item 4: tokens generated before a failure are counted and charged
@@ -173,7 +142,7 @@ async def test_a_caller_leaving_a_whole_answer_aborts_the_backend_and_is_recorde
     seen = await finished(fault, model)
 
     assert seen.disconnected  # the registry closed its upstream connection: vLLM aborts the request
-    assert len(fault.seen(model)) == 1
+    assert len(fault.seen(model, CHAT)) == 1
     [row] = await usage_rows(client, admin, admin_engine)
     assert (row["status"], row["stream"], row["input_tokens"], row["output_tokens"]) == (
         "cancelled",
@@ -219,7 +188,7 @@ async def test_a_caller_leaving_before_the_first_token_aborts_the_backend_and_is
     request = asyncio.create_task(client.post(COMPLETE, json={**REQUEST, "stream": stream}, headers=admin))
 
     async def requested() -> bool:
-        return len(fault.seen(model)) == 1
+        return len(fault.seen(model, CHAT)) == 1
 
     await until(requested, "the registry to call the backend")
     request.cancel()
