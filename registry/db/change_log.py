@@ -68,20 +68,29 @@ class ChangeLogReader:
         self._sessionmaker = sessionmaker
         self._bus = bus
         self._last_id: int | None = None
+        self._failing = False
 
     def jobs(self, poll_seconds: float) -> list[PeriodicJob]:
         """Every serving process reads the log; one process (the worker role) purges it."""
         return [
-            PeriodicJob("change-log", poll_seconds, self.poll, run_at_shutdown=False),
+            PeriodicJob("change-log", poll_seconds, self._poll_every_interval, run_at_shutdown=False),
             PeriodicJob("change-log-retention", _PURGE_SECONDS, self.purge, shared=True, run_at_shutdown=False),
         ]
 
     async def start(self) -> None:
         """Read from the end of the log as it is now: this process's caches start empty anyway."""
+        await self._poll_every_interval()
+
+    async def _poll_every_interval(self) -> None:
+        """``poll``, logging once per outage (not every second) while the database is unreachable."""
         try:
             await self.poll()
-        except Exception as exc:  # the database may not be up yet; the periodic poll retries
-            logger.warning("could not read the change log at start; the periodic poll retries", error=str(exc))
+        except Exception as exc:
+            if not self._failing:
+                logger.warning("could not read the change log; retrying every poll", error=str(exc))
+            self._failing = True
+        else:
+            self._failing = False
 
     async def poll(self) -> int:
         """Deliver what was appended since the last poll; returns how many changes were delivered."""
