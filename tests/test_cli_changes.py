@@ -101,3 +101,25 @@ async def test_a_key_revoked_with_the_cli_is_refused_by_a_running_server_at_once
     assert change == Change("api_key", public_id, "revoked")
     refused = await client.get("/v1/keys", headers=admin)
     assert refused.status_code == 401
+
+
+async def test_without_redis_a_revocation_through_one_worker_reaches_another(embedded_settings: Settings) -> None:
+    """Two worker processes of one embedded server share no memory, only the database."""
+    engine = create_engine(embedded_settings)
+    try:
+        admin = await create_key(engine, (Scope.ADMIN,), "admin")
+        app_key = await create_key(engine, (Scope.READ,), "app")
+    finally:
+        await engine.dispose()
+    public_id = parse_key(app_key["Authorization"].removeprefix("Bearer "))[0]  # type: ignore[index]
+    async with (
+        serve_in_process(create_app(embedded_settings)) as first,
+        serve_in_process(create_app(embedded_settings)) as second,
+    ):
+        assert (await second.get("/v1/prompts", headers=app_key)).status_code == 200  # cached by the second
+        arrived = await next_change(second, "api_key")
+
+        assert (await first.delete(f"/v1/keys/{public_id}", headers=admin)).status_code == 200
+        await asyncio.wait_for(arrived, ARRIVAL_TIMEOUT)
+
+        assert (await second.get("/v1/prompts", headers=app_key)).status_code == 401
