@@ -558,7 +558,7 @@ class BudgetService:
         return await self._out(public_id, budget)
 
     async def _out(self, public_id: str, budget: ApiKeyBudget | None) -> BudgetOut:
-        tokens, cost = await self.budgets.spend(public_id)
+        tokens, cost = await self.budgets.spend(public_id, session=self.session)
         return BudgetOut(
             key=public_id,
             monthly_tokens=budget.monthly_tokens if budget else None,

@@ -191,8 +191,6 @@ def registry_env(database_url: str, redis_url: str | None, **overrides: str) -> 
         REGISTRY_ACCESS_LOG="false",
         REGISTRY_BOOTSTRAP_ADMIN_KEY="false",
         REGISTRY_LOG_LEVEL="WARNING",
-        # A key verified before an outage stays trusted through it (the default is 60 s).
-        REGISTRY_API_KEY_CACHE_SECONDS="3600",
         REGISTRY_WEBHOOK_DISPATCH_INTERVAL_SECONDS="3600",
     )
     if redis_url:
