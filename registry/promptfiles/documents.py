@@ -234,13 +234,14 @@ def _config_ref(raw: Any, problems: list[str]) -> ConfigRef | None:
 
 
 def _check_templates(document: PromptDocument, source: str) -> None:
-    """Compile with the service's own code, so a broken template fails before anything is written."""
+    """Compile and analyse with the service's own code: a template it would refuse fails before anything is written."""
     try:
         compile_prompt(
             document.kind,
             template=document.template,
             messages=[{"role": r, "content": c} for r, c in document.messages] if document.messages else None,
             input_schema=document.input_schema,
+            refuse_unsafe=True,
         )
     except TemplateProblemError as exc:
         raise DocumentError(source, [p.describe() for p in exc.problems]) from exc

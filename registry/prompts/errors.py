@@ -26,7 +26,8 @@ PROMPT_ERRORS = ResourceErrors(PromptNotFoundError, PromptVersionNotFoundError, 
 
 
 class TemplateInvalidError(InvalidInputError):
-    """A template does not compile, or the input schema is outside the supported subset."""
+    """A template does not compile, nests too deeply, uses a construct the sandbox refuses at every render,
+    or the input schema is outside the supported subset. Each error names the template, line and construct."""
 
     type = "template_invalid"
     title = "Template invalid"

@@ -108,7 +108,13 @@ class PromptService(VersionedResourceService[Prompt, PromptVersion, PromptTransi
         self._check_content(data)
         messages = [{"role": m.role, "content": m.content} for m in data.messages] if data.messages else None
         try:
-            compile_prompt(data.kind, template=data.template, messages=messages, input_schema=data.input_schema)
+            compile_prompt(
+                data.kind,
+                template=data.template,
+                messages=messages,
+                input_schema=data.input_schema,
+                refuse_unsafe=True,
+            )
         except TemplateProblemError as exc:
             raise TemplateInvalidError.of(exc) from exc
         config_version = await self.configs.resolve_ref(data.config) if data.config else None
