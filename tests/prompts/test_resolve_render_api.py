@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from registry.lib.changes import Change
 from registry.settings import Settings
 from tests.api import Client, Headers, create_config, create_prompt, create_version, promote
 from tests.conftest import KeyFactory, problem, serve_in_process
+from tests.waiting import eventually_async
 
 SANDBOX_CASES = json.loads((Path(__file__).parents[2] / "clients/python/tests/cases/sandbox.json").read_text())
 
@@ -166,16 +166,14 @@ async def test_sandbox_escapes_are_refused_over_the_api(
         assert problem(response)["type"] == "/problems/template_invalid"
         return
     assert response.status_code == 201, response.text
-    started = time.perf_counter()
     rendered = await client.post(
         "/v1/prompts/hostile/render", json={"variables": variables, "version": 1}, headers=admin
     )
     assert rendered.status_code == 422
     body = problem(rendered)
     assert body["type"] == "/problems/render_failed"
-    assert body["reason"] == reason
+    assert body["reason"] == reason  # a count-based limit stopped it, not the time budget (render_timeout)
     assert "Traceback" not in rendered.text
-    assert time.perf_counter() - started < 2.0
     healthy = await client.get("/health")
     assert healthy.status_code == 200
 
@@ -223,13 +221,13 @@ async def test_a_promotion_on_one_replica_reaches_another_through_redis(
         assert warm.json()["version"] == 1
         await create_version(client, admin, "greeting", "Bye {{ name }}!")
         await promote(client, admin, "greeting", 2)
-        deadline = time.monotonic() + 1.0
-        while True:
+
+        async def sees_version_2() -> bool:
             seen = await replica.post("/v1/prompts/greeting/render", json={"variables": {"name": "A"}}, headers=admin)
-            if seen.json()["version"] == 2:
-                break
-            assert time.monotonic() < deadline, "the other replica still serves version 1 after 1 s"
-            await asyncio.sleep(0.02)
+            return bool(seen.json()["version"] == 2)
+
+        # The replica caches for 300 s: only the change published through Redis can make it re-read.
+        await eventually_async(sees_version_2, "the promotion reaching the other replica")
 
 
 async def test_read_scope_resolves_and_renders_but_cannot_write(
