@@ -5,8 +5,8 @@ Cases live in JSON files beside this one so other implementations can reuse them
 
 from __future__ import annotations
 
+import itertools
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +42,10 @@ SANDBOX, SANDBOX_IDS = cases("sandbox.json")
 @pytest.mark.parametrize(("template", "variables", "reason"), SANDBOX, ids=SANDBOX_IDS)
 def test_hostile_templates_are_refused(template: str, variables: dict[str, Any], reason: str) -> None:
     compiled = compile_prompt("text", template=template, input_schema={"additionalProperties": True})
-    started = time.perf_counter()
     with pytest.raises(RenderError) as caught:
         compiled.render(variables, LOADED_MACHINE_LIMITS)
+    # The reason shows a count-based limit stopped it, not the wall-time budget (that would be render_timeout).
     assert caught.value.reason == reason, str(caught.value)
-    assert time.perf_counter() - started < 2.0, "a refused template must fail fast"
 
 
 RENDER, RENDER_IDS = cases("render.json")
@@ -139,13 +138,15 @@ def test_limits_are_configurable() -> None:
     assert compiled.render({"text": "x" * 100}, RenderLimits(max_output_chars=100)) == "x" * 100
 
 
-def test_render_timeout_bounds_wall_time() -> None:
+def test_render_timeout_bounds_wall_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake clock that reads 1 ms later each time: the render stops at its first reading past the 20 ms budget."""
+    readings = itertools.count()
+    monkeypatch.setattr("prompt_registry_client.templating.time.perf_counter", lambda: next(readings) / 1000)
     compiled = compile_prompt("text", template="{% for i in range(100000) %}{{ i|string|length }}{% endfor %}")
-    started = time.perf_counter()
     with pytest.raises(RenderError) as caught:
         compiled.render({}, RenderLimits(timeout_seconds=0.02, max_iterations=10_000_000, max_output_chars=10_000_000))
     assert caught.value.reason == "render_timeout"
-    assert time.perf_counter() - started < 0.5
+    assert next(readings) <= 25, "the render went on reading the clock long past its deadline"
 
 
 @pytest.mark.parametrize(("schema", "variables", "problems"), VALIDATION, ids=VALIDATION_IDS)
