@@ -14,6 +14,7 @@ from registry.auth.controller import ApiKeyController, AuditController
 from registry.auth.keys import Scope
 from registry.completions.controller import BudgetController, CompletionController, UsageController
 from registry.configs.controller import ConfigController
+from registry.console.controller import CONSOLE_PREFIX, console_routers, console_template_config
 from registry.deps import COMMON_DEPENDENCIES
 from registry.experiments.controller import (
     EventController,
@@ -60,7 +61,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     runtime = Runtime.build(settings)
     api = ApiRouter(path=API_PREFIX, route_handlers=API_CONTROLLERS, before_request=authorize_request)
     app = Litestar(
-        route_handlers=[SystemController, api],
+        route_handlers=[SystemController, api, *console_routers()],
+        template_config=console_template_config(),
         dependencies=COMMON_DEPENDENCIES,
         exception_handlers={Exception: exception_to_response},
         state=State({"runtime": runtime}),
@@ -93,6 +95,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             max_headers=settings.max_request_headers,
             max_header_bytes=settings.max_header_bytes,
             body_read_timeout=settings.body_read_timeout_seconds,
+            form_path_prefixes=(f"{CONSOLE_PREFIX}/",),
         ),
     )
     return app

@@ -3,6 +3,7 @@
 from registry.auth.models import ApiKey, AuditEntry
 from registry.completions.models import ApiKeyBudget, CompletionRecord
 from registry.configs.models import ModelConfig, ModelConfigTransition, ModelConfigVersion
+from registry.console.models import ConsoleSession
 from registry.db.base import Base
 from registry.db.change_log import ChangeLogEntry
 from registry.experiments.models import (
@@ -30,6 +31,7 @@ __all__ = [
     "Base",
     "ChangeLogEntry",
     "CompletionRecord",
+    "ConsoleSession",
     "Experiment",
     "ExperimentMetric",
     "ExperimentMetricSums",

@@ -1,0 +1,432 @@
+"""The console's pages: server-rendered HTML under ``/console``, plain links and forms.
+
+Every route names its scope in ``opt`` as the API's routes do (or ``public`` for sign-in); the
+router's ``before_request`` hook checks the session's key against it with the API's own check and
+verifies the CSRF token of every form before the handler runs, so a control the page hides is
+refused by the server as well.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlencode
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from litestar import Controller, Request, Response, Router, get, post
+from litestar.datastructures import Cookie
+from litestar.di import NamedDependency, Provide
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, FromPath, QueryParameter
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect, Template
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.auth.access import SCOPE_OPT
+from registry.auth.keys import Scope
+from registry.console import tokens
+from registry.console.schemas import PromoteForm, RollbackForm, SignInForm, SignOutForm
+from registry.console.service import ConsoleService, prompt_path
+from registry.console.sessions import ConsoleSessions, Viewer
+from registry.deps import provide_resource_name
+from registry.lib.errors import ForbiddenError, RegistryError, UnauthorizedError, translate_and_log
+from registry.lib.pagination import PageRequest
+from registry.lib.promotion import State
+from registry.runtime import Runtime, runtime_of
+
+CONSOLE_PREFIX = "/console"
+SESSION_COOKIE = "registry_console"
+SIGN_IN_COOKIE = "registry_console_sign_in"
+PUBLIC_OPT = "public"
+_VIEWER = "console_viewer"
+_HERE = Path(__file__).parent
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_SIGN_IN_MINUTES = 30
+
+# Scripts only from the service itself (today there are none), nothing inline, no framing.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+Form = Body(media_type=RequestEncodingType.URL_ENCODED)
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def format_time(value: datetime | None) -> str:
+    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def console_template_config() -> TemplateConfig[JinjaTemplateEngine]:
+    """Jinja2 with autoescaping on: everything a page shows from the database is text, never markup."""
+    environment = Environment(
+        loader=FileSystemLoader(_HERE / "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["segment"] = lambda value: quote(str(value), safe="")
+    environment.filters["when"] = format_time
+    environment.globals["prompt_path"] = prompt_path
+    return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
+
+
+def render(request: Request[Any, Any, Any], template: str, *, status_code: int = 200, **context: Any) -> Template:
+    viewer: Viewer | None = request.scope["state"].get(_VIEWER)
+    return Template(
+        template_name=template,
+        context={"viewer": viewer, "path": request.url.path, **context},
+        status_code=status_code,
+        headers=SECURITY_HEADERS,
+    )
+
+
+def see_other(location: str, **kwargs: Any) -> Redirect:
+    return Redirect(location, status_code=303, headers=SECURITY_HEADERS, **kwargs)
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def is_tls(request: Request[Any, Any, Any]) -> bool:
+    """TLS to this process, or to a proxy that says so (trusting the header only ever adds ``Secure``)."""
+    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "").lower() == "https"
+
+
+def sessions_of(runtime: Runtime) -> ConsoleSessions:
+    return ConsoleSessions(runtime, lifetime=timedelta(minutes=runtime.settings.console_session_minutes))
+
+
+def cookie(request: Request[Any, Any, Any], key: str, value: str, *, minutes: int) -> Cookie:
+    return Cookie(
+        key=key,
+        value=value,
+        path=CONSOLE_PREFIX,
+        max_age=minutes * 60,
+        httponly=True,
+        secure=is_tls(request),
+        samesite="strict",
+    )
+
+
+def local_target(candidate: str | None) -> str:
+    """Where to go after sign-in: a console page only, never another site."""
+    if (
+        candidate
+        and candidate.startswith(f"{CONSOLE_PREFIX}/")
+        and "\\" not in candidate
+        and not candidate.startswith(f"{CONSOLE_PREFIX}/login")
+    ):
+        return candidate
+    return f"{CONSOLE_PREFIX}/prompts"
+
+
+def sign_in_redirect(request: Request[Any, Any, Any]) -> Redirect:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    query = urlencode({"next": target}) if request.method in _SAFE_METHODS else ""
+    response = see_other(f"{CONSOLE_PREFIX}/login" + (f"?{query}" if query else ""))
+    if SESSION_COOKIE in request.cookies:
+        response.delete_cookie(SESSION_COOKIE, path=CONSOLE_PREFIX)
+    return response
+
+
+async def admit_viewer(request: Request[Any, Any, Any]) -> Redirect | None:
+    """Before every console handler: the session's key checked for the route's scope, then the form's CSRF token."""
+    handler = request.route_handler
+    if handler.opt.get(PUBLIC_OPT):
+        return None
+    required = handler.opt.get(SCOPE_OPT)
+    if not isinstance(required, Scope):
+        raise RegistryError(f"console route {handler.handler_name} declares no scope")
+    token = request.cookies.get(SESSION_COOKIE)
+    principal = await sessions_of(runtime_of(request)).admit(token, required) if token else None
+    if token is None or principal is None:
+        return sign_in_redirect(request)
+    if request.method not in _SAFE_METHODS:
+        form = await request.form()
+        if not tokens.csrf_matches(token, form.get("csrf")):
+            raise ForbiddenError("this form is out of date or was not sent by the console; reload the page")
+    request.scope["user"] = principal
+    request.scope["state"][_VIEWER] = Viewer(
+        principal, tokens.csrf_token(token), request.scope["state"].get("request_id")
+    )
+    return None
+
+
+def console_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Errors as pages (the API's problem+json is for programs); a lost session goes back to sign-in."""
+    error = translate_and_log(exc, request.url.path)
+    if isinstance(error, UnauthorizedError):
+        return sign_in_redirect(request)
+    return render(
+        request,
+        "error.html",
+        status_code=error.status_code,
+        error=error,
+        request_id=request.scope["state"].get("request_id"),
+    )
+
+
+def provide_viewer(request: Request[Any, Any, Any]) -> Viewer:
+    viewer: Viewer = request.scope["state"][_VIEWER]
+    return viewer
+
+
+def provide_console_service(
+    db_session: NamedDependency[AsyncSession], runtime: NamedDependency[Runtime]
+) -> ConsoleService:
+    return ConsoleService(db_session, runtime.prompt_limits)
+
+
+# --------------------------------------------------------------------------- pages
+
+
+class SignInController(Controller):
+    path = CONSOLE_PREFIX
+    opt = {PUBLIC_OPT: True}
+
+    @get("/login", operation_id="consoleSignInPage", include_in_schema=False)
+    async def sign_in_page(
+        self,
+        request: Request[Any, Any, Any],
+        next_path: Annotated[str | None, QueryParameter(name="next", max_length=2000)] = None,
+        signed_out: Annotated[bool, QueryParameter(name="signed_out")] = False,
+    ) -> Template:
+        return self._form(request, next_path=next_path, notice="You are signed out." if signed_out else None)
+
+    @post("/login", operation_id="consoleSignIn", include_in_schema=False)
+    async def sign_in(
+        self,
+        request: Request[Any, Any, Any],
+        data: Annotated[SignInForm, Form],
+        runtime: NamedDependency[Runtime],
+    ) -> Response[Any]:
+        next_path = data.next
+        pending = request.cookies.get(SIGN_IN_COOKIE)
+        if pending is None or not tokens.csrf_matches(pending, data.csrf, login=True):
+            return self._form(
+                request, next_path=next_path, error="The sign-in form expired. Please try again.", status_code=403
+            )
+        try:
+            token = await sessions_of(runtime).sign_in(data.api_key)
+        except UnauthorizedError:
+            return self._form(
+                request,
+                next_path=next_path,
+                error="That API key is not valid, or it was revoked or has expired.",
+                status_code=401,
+            )
+        except ForbiddenError:
+            return self._form(
+                request,
+                next_path=next_path,
+                error="That API key cannot read prompts, so it cannot use the console.",
+                status_code=403,
+            )
+        response = see_other(local_target(next_path))
+        response.set_cookie(cookie(request, SESSION_COOKIE, token, minutes=runtime.settings.console_session_minutes))
+        response.delete_cookie(SIGN_IN_COOKIE, path=CONSOLE_PREFIX)
+        return response
+
+    def _form(
+        self,
+        request: Request[Any, Any, Any],
+        *,
+        next_path: str | None,
+        error: str | None = None,
+        notice: str | None = None,
+        status_code: int = 200,
+    ) -> Template:
+        pending = request.cookies.get(SIGN_IN_COOKIE) or tokens.new_token()
+        response = render(
+            request,
+            "login.html",
+            status_code=status_code,
+            csrf=tokens.csrf_token(pending, login=True),
+            next_path=local_target(next_path),
+            error=error,
+            notice=notice,
+        )
+        response.set_cookie(cookie(request, SIGN_IN_COOKIE, pending, minutes=_SIGN_IN_MINUTES))
+        return response
+
+
+class ConsoleController(Controller):
+    path = CONSOLE_PREFIX
+    dependencies = {
+        "viewer": Provide(provide_viewer, sync_to_thread=False),
+        "console": Provide(provide_console_service, sync_to_thread=False),
+        "resource_name": Provide(provide_resource_name, sync_to_thread=False),
+    }
+
+    @get("/", opt={SCOPE_OPT: Scope.READ}, operation_id="consoleHome", include_in_schema=False)
+    async def home(self) -> Redirect:
+        return see_other(f"{CONSOLE_PREFIX}/prompts")
+
+    @post("/logout", opt={SCOPE_OPT: Scope.READ}, operation_id="consoleSignOut", include_in_schema=False)
+    async def sign_out(
+        self, request: Request[Any, Any, Any], data: Annotated[SignOutForm, Form], runtime: NamedDependency[Runtime]
+    ) -> Redirect:
+        await sessions_of(runtime).sign_out(request.cookies[SESSION_COOKIE])
+        response = see_other(f"{CONSOLE_PREFIX}/login?signed_out=true")
+        response.delete_cookie(SESSION_COOKIE, path=CONSOLE_PREFIX)
+        return response
+
+    @get("/prompts", opt={SCOPE_OPT: Scope.READ}, operation_id="consolePrompts", include_in_schema=False)
+    async def prompts(
+        self,
+        request: Request[Any, Any, Any],
+        console: NamedDependency[ConsoleService],
+        page: NamedDependency[PageRequest],
+        prefix: Annotated[str, QueryParameter(name="q", max_length=128)] = "",
+        tag: Annotated[str, QueryParameter(max_length=64)] = "",
+    ) -> Template:
+        listing = await console.list_prompts(page, prefix=prefix.strip(), tag=tag.strip())
+        return render(request, "prompts.html", listing=listing, section="prompts")
+
+    @get("/prompts/{name:str}", opt={SCOPE_OPT: Scope.READ}, operation_id="consolePrompt", include_in_schema=False)
+    async def prompt(
+        self,
+        request: Request[Any, Any, Any],
+        resource_name: NamedDependency[str],
+        console: NamedDependency[ConsoleService],
+        changed: Annotated[int | None, QueryParameter(ge=1)] = None,
+        to: Annotated[Literal["staging", "production", "archived"] | None, QueryParameter()] = None,
+    ) -> Template:
+        view = await console.prompt_page(resource_name)
+        notice = f"Version {changed} is now {to}." if changed and to else None
+        return render(request, "prompt.html", prompt=view, notice=notice, section="prompts")
+
+    @get("/prompts/{name:str}/diff", opt={SCOPE_OPT: Scope.READ}, operation_id="consoleDiff", include_in_schema=False)
+    async def diff(
+        self,
+        request: Request[Any, Any, Any],
+        resource_name: NamedDependency[str],
+        console: NamedDependency[ConsoleService],
+        from_version: Annotated[int, QueryParameter(name="from", ge=1, le=2_147_483_647)],
+        to_version: Annotated[int, QueryParameter(name="to", ge=1, le=2_147_483_647)],
+    ) -> Template:
+        view = await console.diff(resource_name, from_version, to_version)
+        return render(request, "diff.html", diff=view, section="prompts")
+
+    @get(
+        "/prompts/{name:str}/versions/{version:int}/promote",
+        opt={SCOPE_OPT: Scope.PROMOTE},
+        operation_id="consolePromotePlan",
+        include_in_schema=False,
+    )
+    async def promote_plan(
+        self,
+        request: Request[Any, Any, Any],
+        resource_name: NamedDependency[str],
+        version: FromPath[int],
+        console: NamedDependency[ConsoleService],
+        to: Annotated[Literal["staging", "production", "archived"], QueryParameter()] = "production",
+    ) -> Template:
+        plan = await console.plan_promotion(resource_name, version, State(to))
+        return render(request, "change.html", plan=plan, section="prompts")
+
+    @post(
+        "/prompts/{name:str}/versions/{version:int}/promote",
+        opt={SCOPE_OPT: Scope.PROMOTE},
+        operation_id="consolePromote",
+        include_in_schema=False,
+    )
+    async def promote(
+        self,
+        request: Request[Any, Any, Any],
+        resource_name: NamedDependency[str],
+        version: FromPath[int],
+        data: Annotated[PromoteForm, Form],
+        console: NamedDependency[ConsoleService],
+        viewer: NamedDependency[Viewer],
+    ) -> Response[Any]:
+        conflict = await console.promote(
+            resource_name,
+            version,
+            State(data.to),
+            expected=data.expected(),
+            reason=data.reason.strip(),
+            actor=viewer.actor,
+        )
+        if conflict is not None:
+            return render(request, "conflict.html", status_code=409, conflict=conflict, section="prompts")
+        return see_other(f"{prompt_path(resource_name)}?{urlencode({'changed': version, 'to': data.to})}")
+
+    @get(
+        "/prompts/{name:str}/rollback",
+        opt={SCOPE_OPT: Scope.PROMOTE},
+        operation_id="consoleRollbackPlan",
+        include_in_schema=False,
+    )
+    async def rollback_plan(
+        self,
+        request: Request[Any, Any, Any],
+        resource_name: NamedDependency[str],
+        console: NamedDependency[ConsoleService],
+        version: Annotated[int | None, QueryParameter(ge=1, le=2_147_483_647)] = None,
+    ) -> Template:
+        plan = await console.plan_rollback(resource_name, version)
+        return render(request, "change.html", plan=plan, section="prompts")
+
+    @post(
+        "/prompts/{name:str}/rollback",
+        opt={SCOPE_OPT: Scope.PROMOTE},
+        operation_id="consoleRollback",
+        include_in_schema=False,
+    )
+    async def rollback(
+        self,
+        request: Request[Any, Any, Any],
+        resource_name: NamedDependency[str],
+        data: Annotated[RollbackForm, Form],
+        console: NamedDependency[ConsoleService],
+        viewer: NamedDependency[Viewer],
+    ) -> Response[Any]:
+        number = int(data.version)
+        conflict = await console.rollback(
+            resource_name, number, expected=data.expected(), reason=data.reason.strip(), actor=viewer.actor
+        )
+        if conflict is not None:
+            return render(request, "conflict.html", status_code=409, conflict=conflict, section="prompts")
+        return see_other(f"{prompt_path(resource_name)}?{urlencode({'changed': number, 'to': 'production'})}")
+
+    @get("/audit", opt={SCOPE_OPT: Scope.ADMIN}, operation_id="consoleAudit", include_in_schema=False)
+    async def audit(
+        self,
+        request: Request[Any, Any, Any],
+        console: NamedDependency[ConsoleService],
+        page: NamedDependency[PageRequest],
+        actor: Annotated[str, QueryParameter(max_length=128)] = "",
+        resource_type: Annotated[str, QueryParameter(max_length=32)] = "",
+        resource: Annotated[str, QueryParameter(max_length=256)] = "",
+    ) -> Template:
+        listing = await console.audit_log(
+            page, actor=actor.strip(), resource_type=resource_type.strip(), resource_name=resource.strip()
+        )
+        return render(request, "audit.html", listing=listing, section="audit")
+
+
+def console_routers() -> list[Router]:
+    """The console's pages and its static files, for the app factory."""
+    pages = Router(
+        path="/",
+        route_handlers=[SignInController, ConsoleController],
+        before_request=admit_viewer,
+        exception_handlers={Exception: console_error},
+        include_in_schema=False,
+    )
+    static = create_static_files_router(
+        path=f"{CONSOLE_PREFIX}/static", directories=[_HERE / "static"], include_in_schema=False
+    )
+    return [pages, static]

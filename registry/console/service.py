@@ -1,0 +1,261 @@
+"""What the console's pages show and do, through the prompt and audit services the API uses.
+
+No query or rule of its own: listing, diffing, promoting and rolling back are the prompt
+service's; this module shapes their results for pages and turns a stale ``expected_current``
+into a ``Conflict`` that says who moved the version.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlencode
+
+from msgspec import UNSET
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.auth.audit import AuditLog
+from registry.auth.principal import Actor
+from registry.console.diff import side_by_side
+from registry.console.schemas import (
+    AuditList,
+    AuditRow,
+    Conflict,
+    FieldChangeRow,
+    HistoryRow,
+    PlannedChange,
+    PromotionPlan,
+    PromptList,
+    PromptPage,
+    PromptRow,
+    VersionRow,
+    as_text,
+)
+from registry.console.schemas import DiffPage as DiffView
+from registry.lib.errors import RegistryError
+from registry.lib.pagination import PageRequest, encode_cursor
+from registry.lib.promotion import StaleExpectationError, State, StateChange, plan_promotion, plan_rollback
+from registry.lib.schema import paginate
+from registry.lib.versioned_schemas import PromoteRequest, RollbackRequest
+from registry.prompts.models import Prompt, PromptVersion
+from registry.prompts.service import PromptLimits, PromptService
+
+VERSIONS_SHOWN = 100
+HISTORY_SHOWN = 50
+
+
+def prompt_path(name: str) -> str:
+    """A prompt's console URL; ``/`` in names is sent as ``%2F``, as on the API."""
+    return f"/console/prompts/{quote(name, safe='')}"
+
+
+def _planned(changes: list[StateChange]) -> list[PlannedChange]:
+    return [PlannedChange(c.number, c.from_state.value, c.to_state.value, c.action) for c in changes]
+
+
+def _version_row(version: PromptVersion) -> VersionRow:
+    config = version.config_version
+    return VersionRow(
+        number=version.number,
+        state=version.state,
+        kind=version.kind,
+        author=version.author,
+        created_at=version.created_at,
+        commit_message=version.commit_message,
+        config=f"{config.config.name}@{config.number}" if config is not None else None,
+    )
+
+
+class ConsoleService:
+    def __init__(self, session: AsyncSession, limits: PromptLimits) -> None:
+        self.prompts = PromptService(session, limits)
+        self.audit = AuditLog(session)
+
+    async def _holders(self, prompt: Prompt) -> dict[State, int]:
+        holders = await self.prompts.repository.holders(prompt.id)
+        return {state: version.number for state, version in holders.items()}
+
+    # -- reading
+
+    async def list_prompts(self, page: PageRequest, *, prefix: str, tag: str) -> PromptList:
+        found = await self.prompts.list_resources(page, prefix=prefix or None, tag=tag or None)
+        items, cursor = paginate(found, page.limit, lambda p: encode_cursor(p.name))
+        rows = []
+        for prompt in items:
+            holders = await self._holders(prompt)
+            rows.append(
+                PromptRow(
+                    name=prompt.name,
+                    description=prompt.description,
+                    tags=list(prompt.tags),
+                    latest_version=prompt.latest_version,
+                    production=holders.get(State.PRODUCTION),
+                    staging=holders.get(State.STAGING),
+                    updated_at=prompt.updated_at,
+                    updated_by=prompt.updated_by,
+                )
+            )
+        return PromptList(rows=rows, next_cursor=cursor, prefix=prefix, tag=tag)
+
+    async def prompt_page(self, name: str) -> PromptPage:
+        workflow = self.prompts.workflow
+        prompt = await workflow.require(name)
+        versions = await workflow.list_versions(name, PageRequest(limit=VERSIONS_SHOWN, after=None), state=None)
+        history = await workflow.history(name, PageRequest(limit=HISTORY_SHOWN, after=None))
+        holders = await self._holders(prompt)
+        return PromptPage(
+            name=prompt.name,
+            description=prompt.description,
+            tags=list(prompt.tags),
+            latest_version=prompt.latest_version,
+            updated_at=prompt.updated_at,
+            updated_by=prompt.updated_by,
+            production=holders.get(State.PRODUCTION),
+            staging=holders.get(State.STAGING),
+            versions=[_version_row(v) for v in versions[:VERSIONS_SHOWN]],
+            history=[
+                HistoryRow(t.version_number, t.action, t.from_state, t.to_state, t.reason, t.actor, t.created_at)
+                for t in history[:HISTORY_SHOWN]
+            ],
+            rollback_candidates=await self._rollback_candidates(prompt, holders),
+        )
+
+    async def _rollback_candidates(self, prompt: Prompt, holders: dict[State, int]) -> list[int]:
+        current = holders.get(State.PRODUCTION)
+        return [n for n in await self.prompts.repository.production_numbers(prompt.id) if n != current]
+
+    async def diff(self, name: str, from_version: int, to_version: int) -> DiffView:
+        found = await self.prompts.diff(name, from_version, to_version)
+        prompt = await self.prompts.workflow.require(name)
+        return DiffView(
+            name=name,
+            from_version=from_version,
+            to_version=to_version,
+            version_numbers=list(range(prompt.latest_version, 0, -1)),
+            kind_changed=found.kind_changed,
+            hunks=side_by_side(found.content_diff),
+            schema_changes=[
+                FieldChangeRow(c.field, as_text(c.before), as_text(c.after)) for c in found.input_schema_changes
+            ],
+            config_from=f"{found.config_from.name}@{found.config_from.version}" if found.config_from else None,
+            config_to=f"{found.config_to.name}@{found.config_to.version}" if found.config_to else None,
+            config_changes=[FieldChangeRow(c.field, as_text(c.before), as_text(c.after)) for c in found.config_changes],
+        )
+
+    async def audit_log(self, page: PageRequest, *, actor: str, resource_type: str, resource_name: str) -> AuditList:
+        found = await self.audit.list(
+            page, actor=actor or None, resource_type=resource_type or None, resource_name=resource_name or None
+        )
+        items, cursor = paginate(found, page.limit, lambda e: encode_cursor(e.id))
+        return AuditList(
+            rows=[
+                AuditRow(
+                    e.id,
+                    e.created_at,
+                    e.actor,
+                    e.action,
+                    e.resource_type,
+                    e.resource_name,
+                    as_text(e.before) if e.before else "",
+                    as_text(e.after) if e.after else "",
+                )
+                for e in items
+            ],
+            next_cursor=cursor,
+            actor=actor,
+            resource_type=resource_type,
+            resource_name=resource_name,
+        )
+
+    # -- planning: what a confirmation shows, computed by the same pure rules the change applies
+
+    async def plan_promotion(self, name: str, number: int, to: State) -> PromotionPlan:
+        workflow = self.prompts.workflow
+        prompt = await workflow.require(name)
+        target = await workflow.require_version(prompt, number)
+        holders = await self._holders(prompt)
+        expected = holders.get(to)
+        try:
+            changes = plan_promotion(
+                target=number,
+                target_state=State(target.state),
+                to=to,
+                holders=holders,
+                expected_current=expected,
+                check_expected=False,
+            )
+        except RegistryError as exc:
+            return PromotionPlan(name, "promote", number, to.value, expected, [], problem=exc.detail)
+        problem = None if changes else f"version {number} is already {to.value}"
+        return PromotionPlan(name, "promote", number, to.value, expected, _planned(changes), problem=problem)
+
+    async def plan_rollback(self, name: str, number: int | None) -> PromotionPlan:
+        workflow = self.prompts.workflow
+        prompt = await workflow.require(name)
+        holders = await self._holders(prompt)
+        current = holders.get(State.PRODUCTION)
+        candidates = await self._rollback_candidates(prompt, holders)
+        number = number if number is not None else (candidates[0] if candidates else None)
+        if number is None:
+            return PromotionPlan(
+                name, "rollback", None, "production", current, [], "no earlier production version to roll back to"
+            )
+        target = await workflow.require_version(prompt, number)
+        try:
+            changes = plan_rollback(
+                target=number,
+                target_state=State(target.state),
+                holders=holders,
+                expected_current=current,
+                check_expected=False,
+                was_in_production=number in candidates,
+            )
+        except RegistryError as exc:
+            return PromotionPlan(name, "rollback", number, "production", current, [], exc.detail, candidates)
+        return PromotionPlan(name, "rollback", number, "production", current, _planned(changes), None, candidates)
+
+    # -- changing
+
+    async def promote(
+        self, name: str, number: int, to: State, *, expected: int | None, reason: str, actor: Actor
+    ) -> Conflict | None:
+        """Promote as the API does; a ``Conflict`` when the state moved since the page was read."""
+        request = PromoteRequest(
+            to=to.value,  # type: ignore[arg-type]  # State values are the Literal's
+            expected_current=expected if to in (State.STAGING, State.PRODUCTION) else UNSET,
+            reason=reason or None,
+        )
+        try:
+            await self.prompts.workflow.promote(name, number, request, actor)
+        except StaleExpectationError as exc:
+            query = urlencode({"to": to.value})
+            return await self._conflict(
+                name, to, expected, exc, f"{prompt_path(name)}/versions/{number}/promote?{query}"
+            )
+        return None
+
+    async def rollback(
+        self, name: str, number: int, *, expected: int | None, reason: str, actor: Actor
+    ) -> Conflict | None:
+        request = RollbackRequest(reason=reason, version=number, expected_current=expected)
+        try:
+            await self.prompts.workflow.rollback(name, request, actor)
+        except StaleExpectationError as exc:
+            retry = f"{prompt_path(name)}/rollback?{urlencode({'version': number})}"
+            return await self._conflict(name, State.PRODUCTION, expected, exc, retry)
+        return None
+
+    async def _conflict(
+        self, name: str, state: State, expected: int | None, exc: StaleExpectationError, retry_url: str
+    ) -> Conflict:
+        """Who moved ``state`` last, from the prompt's history."""
+        history = await self.prompts.workflow.history(name, PageRequest(limit=HISTORY_SHOWN, after=None))
+        last = next((t for t in history if state.value in (t.to_state, t.from_state)), None)
+        return Conflict(
+            name=name,
+            state=state.value,
+            expected=expected,
+            current=exc.extra.get("current"),
+            moved_by=last.actor if last else None,
+            moved_at=last.created_at if last else None,
+            reason=last.reason if last else None,
+            retry_url=retry_url,
+        )
