@@ -10,12 +10,14 @@ test waits on events, not on the 10 s defaults; the only clock is a generous ove
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import statistics
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -37,19 +39,40 @@ SERVER_SETTINGS = {
 RENDER = {"variables": {"x": "hi"}}
 
 
+def tree_rss_bytes(root: int) -> int:
+    """Resident memory of a process and its descendants (the server and its workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, pending = 0, [root]
+    while pending:
+        pid = pending.pop()
+        pending.extend(children.get(pid, []))
+        with contextlib.suppress(OSError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * resource.getpagesize()
+    return total
+
+
 @dataclass
 class Renders:
-    """Renders sent one after another on one keep-alive connection, until stopped."""
+    """Renders sent one after another on one keep-alive connection, until stopped; samples the server's memory."""
 
     url: str
     headers: dict[str, str]
+    server_pid: int
     statuses: Counter[int] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+    peak_rss: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
         with httpx.Client(base_url=self.url, headers=self.headers, timeout=30) as http:
             while not self.stop.is_set():
+                self.peak_rss = max(self.peak_rss, tree_rss_bytes(self.server_pid))
                 started = time.perf_counter()
                 try:
                     status = http.post("/v1/prompts/greeting/render", json=RENDER).status_code
@@ -128,7 +151,9 @@ def test_held_connections_are_closed_and_renders_keep_answering(live_server: Liv
     with httpx.Client(base_url=live_server.url, headers=headers) as http:
         make_prompt(http, "greeting", versions=1)
     port = int(live_server.url.rsplit(":", 1)[1])
-    renders = Renders(live_server.url, headers)
+    server_pid = live_server.server.process.pid
+    rss_before = tree_rss_bytes(server_pid)
+    renders = Renders(live_server.url, headers, server_pid)
     worker = threading.Thread(target=renders.run, daemon=True)
     worker.start()
     try:
@@ -153,6 +178,8 @@ def test_held_connections_are_closed_and_renders_keep_answering(live_server: Liv
             "renders": dict(renders.statuses),
             "render_p50_ms": round(statistics.median(renders.latencies) * 1000, 1),
             "render_max_ms": round(max(renders.latencies) * 1000, 1),
+            "server_rss_mb_before": round(rss_before / 2**20),
+            "server_rss_mb_peak": round(renders.peak_rss / 2**20),
         },
     )
     # Every held connection was closed by the server (gather returned: each saw EOF or a reset).
