@@ -105,7 +105,7 @@ class Settings(BaseSettings):
         1000,
         ge=8,
         description="Open connections one worker keeps; past it new ones are refused at once (uvicorn) or wait "
-        "in the listen backlog (granian). Lowered at start to half the open-file limit if that is smaller.",
+        "in the listen backlog (granian). Lowered at start to about half the open-file limit if that is smaller.",
     )
     max_url_bytes: int = Field(8192, ge=256, le=60_000, description="Longest request target; longer ones get 414.")
     max_request_headers: int = Field(
