@@ -9,7 +9,6 @@ whose last field is a string is harmless by construction and must render exactly
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +49,14 @@ async def test_injection_is_refused_or_fails_cleanly(
         problem(created)
         return
     assert created.status_code == 201, created.text
-    started = time.perf_counter()
     rendered = await client.post(
         "/v1/prompts/hostile/render", json={"variables": variables, "version": 1}, headers=admin
     )
-    assert time.perf_counter() - started < 3.0
     if harmless is not None:
         assert rendered.json()["text"] == harmless
         return
     assert 400 <= rendered.status_code < 500, rendered.text
     assert problem(rendered)["type"] == "/problems/render_failed"
+    # Stopped by the sandbox or a count-based limit, not by running into the wall-time budget.
+    assert problem(rendered)["reason"] != "render_timeout"
     assert_no_leak(rendered.text, settings)
