@@ -9,7 +9,7 @@ from urllib.parse import quote
 import httpx
 
 
-async def unique(prefix: str) -> str:
+def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 

@@ -1,0 +1,163 @@
+"""Prompts in the console: promote and roll back with confirmation, concurrent promotions, read-only keys."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from tests.console.conftest import Console, LiveRegistry, screenshot
+from tests.console.seed import create_version, history, prompt_with_versions, states
+
+
+def words(text: str) -> str:
+    """Text as read aloud: the layout's line breaks between inline parts become single spaces."""
+    return " ".join(text.split())
+
+
+def prompt_url(name: str) -> str:
+    return f"/console/prompts/{quote(name, safe='')}"
+
+
+async def test_promote_then_roll_back_with_a_reason(console: Console, live: LiveRegistry) -> None:
+    async with live.api() as api:
+        name = await prompt_with_versions(
+            api, "support/summarize", 1, description="Summarizes a support ticket.", tags=["team:support", "tier:1"]
+        )
+        await create_version(
+            api,
+            name,
+            "Summarize {{ ticket }} in at most {{ max_words }} words.\nSecond line.",
+            commit_message="Ask for a word limit",
+            input_schema={
+                "properties": {"ticket": {"type": "string"}, "max_words": {"type": "integer"}},
+                "required": ["max_words"],
+            },
+        )
+    page = await console.signed_in("alice")
+    await page.goto(prompt_url(name))
+    await screenshot(page, "prompt")
+
+    await page.get_by_role("link", name="Promote v2 to production").click()
+    dialog = page.get_by_role("region", name="Promote v2 to production?")
+    assert [words(await item.inner_text()) for item in await dialog.get_by_role("listitem").all()] == [
+        "v1 production → archived (displaced)",
+        "v2 draft → production",
+    ]
+    await screenshot(page, "promote-confirm")
+    await page.get_by_label("Reason").fill("Word limits read better")
+    await page.get_by_role("button", name="Promote to production").click()
+    await page.wait_for_url(f"**{prompt_url(name)}?changed=2&to=production")
+    assert await page.get_by_role("status").inner_text() == "Version 2 is now production."
+    async with live.api() as api:
+        assert await states(api, name) == {2: "production", 1: "archived"}
+
+    await page.get_by_role("link", name="Roll back production…").click()
+    await page.get_by_role("button", name="Roll back").click()  # no reason yet: the browser refuses to send it
+    assert page.url.endswith(f"{prompt_url(name)}/rollback")
+    await page.get_by_label("Reason").fill("Summaries got longer")
+    await screenshot(page, "rollback-confirm")
+    await page.get_by_role("button", name="Roll back").click()
+    await page.wait_for_url(f"**{prompt_url(name)}?changed=1&to=production")
+    async with live.api() as api:
+        assert await states(api, name) == {2: "archived", 1: "production"}
+        latest = (await history(api, name))[0]
+    assert (latest["version"], latest["action"], latest["reason"], latest["actor"]) == (
+        1,
+        "rollback",
+        "Summaries got longer",
+        "alice",
+    )
+    timeline = page.get_by_role("region", name="History")
+    assert "Summaries got longer" in await timeline.inner_text()
+    await screenshot(page, "prompt-after-rollback")
+
+    await page.goto(f"{prompt_url(name)}/diff?from=1&to=2")
+    template = page.get_by_role("region", name="Template")
+    assert "Summarize {{ ticket }} in at most {{ max_words }} words." in await template.inner_text()
+    schema = page.get_by_role("region", name="Input schema")
+    assert "required" in await schema.inner_text()
+    await screenshot(page, "diff")
+
+
+async def test_the_second_of_two_concurrent_promotions_is_told_who_moved_it(
+    console: Console, live: LiveRegistry
+) -> None:
+    async with live.api() as api:
+        name = await prompt_with_versions(api, "checkout/upsell", 3)
+    alice = await console.signed_in("alice")
+    bob = await console.signed_in("bob")
+    await alice.goto(f"{prompt_url(name)}/versions/2/promote?to=production")
+    await bob.goto(f"{prompt_url(name)}/versions/3/promote?to=production")
+
+    await alice.get_by_label("Reason").fill("Shorter upsell")
+    await alice.get_by_role("button", name="Promote to production").click()
+    await alice.wait_for_url("**?changed=2&to=production")
+    async with bob.expect_response(f"**{prompt_url(name)}/versions/3/promote") as answer:
+        await bob.get_by_role("button", name="Promote to production").click()
+    assert (await answer.value).status == 409
+
+    conflict = bob.get_by_role("alertdialog")
+    text = words(await conflict.inner_text())
+    assert "Production is now held by v2, not v1 as your page showed." in text
+    assert "Moved by alice" in text
+    assert "Shorter upsell" in text
+    await screenshot(bob, "promote-conflict")
+    async with live.api() as api:
+        assert (await states(api, name))[3] == "draft"
+    await conflict.get_by_role("link", name=f"Reload {name}").click()
+    await bob.wait_for_url(f"**{prompt_url(name)}")
+
+
+async def test_a_read_only_key_sees_no_controls_and_a_forged_promotion_is_refused(
+    console: Console, live: LiveRegistry
+) -> None:
+    async with live.api() as api:
+        name = await prompt_with_versions(api, "search/rerank", 2)
+    page = await console.signed_in("reader")
+    await page.goto(prompt_url(name))
+    assert await page.get_by_role("link", name="Promote v2 to production").count() == 0
+    assert await page.get_by_role("link", name="Roll back production…").count() == 0
+    assert await page.get_by_role("link", name="Audit log").count() == 0
+    await screenshot(page, "prompt-read-only")
+
+    opened = await page.goto(f"{prompt_url(name)}/versions/2/promote?to=production")
+    assert opened is not None
+    assert opened.status == 403
+    await screenshot(page, "forbidden")
+    # A forged form with this session's own valid CSRF token: the scope check still refuses it.
+    await page.goto(prompt_url(name))
+    csrf = await page.locator("input[name=csrf]").first.get_attribute("value")
+    forged = await page.request.post(
+        f"{prompt_url(name)}/versions/2/promote",
+        form={"csrf": csrf or "", "to": "production", "expected_current": "1"},
+        max_redirects=0,
+    )
+    assert forged.status == 403
+    async with live.api() as api:
+        assert await states(api, name) == {2: "draft", 1: "production"}
+
+
+async def test_a_form_without_the_session_token_is_refused(console: Console, live: LiveRegistry) -> None:
+    async with live.api() as api:
+        name = await prompt_with_versions(api, "search/expand", 2)
+    page = await console.signed_in("alice")
+    forged = await page.request.post(
+        f"{prompt_url(name)}/versions/2/promote",
+        form={"csrf": "0" * 64, "to": "production", "expected_current": "1"},
+        max_redirects=0,
+    )
+    assert forged.status == 403
+    async with live.api() as api:
+        assert await states(api, name) == {2: "draft", 1: "production"}
+
+
+async def test_the_audit_log_filters_by_resource(console: Console, live: LiveRegistry) -> None:
+    async with live.api() as api:
+        name = await prompt_with_versions(api, "billing/explain", 1)
+    page = await console.signed_in("admin")
+    await page.get_by_role("link", name="Audit log").click()
+    await page.get_by_label("Resource name").fill(name)
+    await page.get_by_role("button", name="Filter").click()
+    rows = page.get_by_role("row")
+    actions = [await row.get_by_role("cell").nth(2).inner_text() for row in (await rows.all())[1:]]
+    assert actions == ["prompt.promote", "prompt.version.create", "prompt.create"]
+    await screenshot(page, "audit")
