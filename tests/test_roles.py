@@ -75,6 +75,7 @@ async def test_a_worker_process_delivers_what_an_api_process_recorded(
             REGISTRY_REDIS_URL=settings.redis_url or "",
             REGISTRY_REDIS_KEY_PREFIX=redis_prefix,
             REGISTRY_WEBHOOK_DISPATCH_INTERVAL_SECONDS="0.2",
+            REGISTRY_WEBHOOK_ALLOWED_NETWORKS='["127.0.0.0/8"]',  # the receiver listens on this machine
         )
         worker = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "registry"), "worker", env=env, stderr=asyncio.subprocess.PIPE
