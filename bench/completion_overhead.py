@@ -302,7 +302,7 @@ async def run(
         "temperature": 0.8,
         "ignore_eos": True,
         "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
     body = json.dumps(payload).encode()
     # Idle connections expire before the servers' 5 s keep-alive, so none is reused as it closes.
