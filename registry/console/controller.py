@@ -26,7 +26,7 @@ from litestar.template.config import TemplateConfig
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.access import SCOPE_OPT
-from registry.auth.keys import Scope
+from registry.auth.keys import Scope, grants
 from registry.console import tokens
 from registry.console.schemas import PromoteForm, RollbackForm, SignInForm, SignOutForm
 from registry.console.service import ConsoleService, prompt_path
@@ -149,17 +149,19 @@ async def admit_viewer(request: Request[Any, Any, Any]) -> Redirect | None:
     if not isinstance(required, Scope):
         raise RegistryError(f"console route {handler.handler_name} declares no scope")
     token = request.cookies.get(SESSION_COOKIE)
-    principal = await sessions_of(runtime_of(request)).admit(token, required) if token else None
+    principal = await sessions_of(runtime_of(request)).admit(token) if token else None
     if token is None or principal is None:
         return sign_in_redirect(request)
-    if request.method not in _SAFE_METHODS:
-        form = await request.form()
-        if not tokens.csrf_matches(token, form.get("csrf")):
-            raise ForbiddenError("this form is out of date or was not sent by the console; reload the page")
     request.scope["user"] = principal
     request.scope["state"][_VIEWER] = Viewer(
         principal, tokens.csrf_token(token), request.scope["state"].get("request_id")
     )
+    if not grants(principal.scopes, required):
+        raise ForbiddenError(f"this API key lacks the '{required.value}' scope")
+    if request.method not in _SAFE_METHODS:
+        form = await request.form()
+        if not tokens.csrf_matches(token, form.get("csrf")):
+            raise ForbiddenError("this form is out of date or was not sent by the console; reload the page")
     return None
 
 

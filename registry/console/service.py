@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.audit import AuditLog
 from registry.auth.principal import Actor
-from registry.console.diff import side_by_side
+from registry.console.diff import content_lines, side_by_side
 from registry.console.schemas import (
     AuditList,
     AuditRow,
@@ -125,13 +125,17 @@ class ConsoleService:
     async def diff(self, name: str, from_version: int, to_version: int) -> DiffView:
         found = await self.prompts.diff(name, from_version, to_version)
         prompt = await self.prompts.workflow.require(name)
+        before = await self.prompts.workflow.require_version(prompt, from_version)
+        after = await self.prompts.workflow.require_version(prompt, to_version)
         return DiffView(
             name=name,
             from_version=from_version,
             to_version=to_version,
             version_numbers=list(range(prompt.latest_version, 0, -1)),
             kind_changed=found.kind_changed,
-            hunks=side_by_side(found.content_diff),
+            hunks=side_by_side(
+                content_lines(before.template, before.messages), content_lines(after.template, after.messages)
+            ),
             schema_changes=[
                 FieldChangeRow(c.field, as_text(c.before), as_text(c.after)) for c in found.input_schema_changes
             ],

@@ -18,7 +18,7 @@ from registry.console import tokens
 from registry.console.models import ConsoleSession
 from registry.console.repository import ConsoleSessionRepository
 from registry.db.base import utcnow
-from registry.lib.errors import UnauthorizedError
+from registry.lib.errors import ForbiddenError, UnauthorizedError
 from registry.runtime import Runtime
 
 Credentials = tuple[tuple[bytes, bytes], ...]
@@ -69,10 +69,11 @@ class ConsoleSessions:
             )
         return token
 
-    async def admit(self, token: str, required: Scope, *, now: datetime | None = None) -> Principal | None:
-        """The session's key, checked for ``required``; None when the session or its key is no longer valid.
+    async def admit(self, token: str, *, now: datetime | None = None) -> Principal | None:
+        """The session's key, checked as the API checks a reading key; None once the session or key is not valid.
 
-        A key that lacks ``required`` raises ``ForbiddenError``, exactly as on the API.
+        Every console page reads, so this is the check of every request; a route that needs more
+        also checks ``grants`` (as ``authorize`` does) for its own scope.
         """
         async with self.runtime.sessionmaker() as session:
             row = await ConsoleSessionRepository(session).get_live(tokens.token_digest(token), now or utcnow())
@@ -80,8 +81,8 @@ class ConsoleSessions:
         if sealed is None:
             return None
         try:
-            return await authorize(self.runtime, credentials_for(tokens.unseal(token, sealed)), required)
-        except UnauthorizedError:
+            return await authorize(self.runtime, credentials_for(tokens.unseal(token, sealed)), Scope.READ)
+        except (UnauthorizedError, ForbiddenError):
             await self.sign_out(token)
             return None
 

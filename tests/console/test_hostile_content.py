@@ -1,0 +1,72 @@
+"""Hostile text (markup, quotes, javascript: URLs) in every field a page shows appears as text and runs nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from tests.console.conftest import HOSTILE_KEY_NAME, Console, LiveRegistry, screenshot
+from tests.console.seed import create_prompt, create_version, promote, unique
+
+DESCRIPTION = "<script>alert('description')</script> \"double\" 'single' <img src=x onerror=alert('img')>"
+TEMPLATE = "<script>alert('template')</script> {{ name }} <a href=\"javascript:alert('link')\">click</a>"
+COMMIT = "\"><img src=x onerror=alert('commit')> javascript:alert('commit')"
+REASON = "</blockquote><script>alert('reason')</script>"
+SEARCH = "\"><script>alert('search')</script>"
+
+
+async def assert_inert(page: Any, *texts: str) -> None:
+    """The page holds no script, no event handler attribute and no javascript: link, and shows ``texts`` as text."""
+    assert await page.locator("script").count() == 0
+    assert await page.locator("[onerror], [onload], [onclick]").count() == 0
+    assert await page.locator("a[href^='javascript:' i]").count() == 0
+    body = await page.locator("body").inner_text()
+    for text in texts:
+        assert text in body, text
+
+
+async def test_hostile_text_is_shown_as_text_on_every_page(console: Console, live: LiveRegistry) -> None:
+    name = unique("hostile/content")
+    async with live.api() as api, live.api("hostile") as hostile:
+        await create_prompt(api, name, description=DESCRIPTION, tags=["team:red"])
+        await create_version(api, name, "Hello {{ name }}", commit_message="first")
+        await create_version(api, name, TEMPLATE, commit_message=COMMIT)
+        await promote(hostile, name, 1, "production", None, reason=REASON)
+    base = f"/console/prompts/{quote(name, safe='')}"
+    page = await console.signed_in("alice")
+
+    await page.goto(f"/console/prompts?{urlencode({'q': SEARCH, 'tag': 'javascript:alert(1)'})}")
+    await assert_inert(page)
+    assert await page.get_by_label("Name starts with").input_value() == SEARCH
+    await page.goto(f"/console/prompts?{urlencode({'q': 'hostile/'})}")
+    await assert_inert(page, DESCRIPTION)
+    await screenshot(page, "hostile-prompts")
+
+    await page.goto(base)
+    await assert_inert(page, DESCRIPTION, COMMIT, REASON, HOSTILE_KEY_NAME)
+    await screenshot(page, "hostile-prompt")
+
+    await page.goto(f"{base}/diff?from=1&to=2")
+    await assert_inert(page, "<script>alert('template')</script>")
+    await screenshot(page, "hostile-diff")
+
+    await page.goto(f"{base}/versions/2/promote?to=production")
+    await assert_inert(page)
+    # Someone else moves production first: the conflict page names them and their reason, as text.
+    async with live.api("hostile") as hostile:
+        await promote(hostile, name, 2, "staging", None, reason=REASON)
+        await promote(hostile, name, 2, "production", 1, reason=REASON)
+    await page.get_by_role("button", name="Promote to production").click()
+    await assert_inert(page, HOSTILE_KEY_NAME, REASON)
+    await screenshot(page, "hostile-conflict")
+
+    await page.goto(f"{base}/rollback")
+    await assert_inert(page)
+    await page.goto("/console/prompts/%3Cscript%3Ealert('missing')%3C%2Fscript%3E")
+    await assert_inert(page, "<script>alert('missing')</script>")
+    await screenshot(page, "not-found")
+
+    admin = await console.signed_in("admin")
+    await admin.goto(f"/console/audit?{urlencode({'resource': name})}")
+    await assert_inert(admin, HOSTILE_KEY_NAME)
+    await screenshot(admin, "hostile-audit")
