@@ -56,7 +56,10 @@ class AddressGuard:
 
     def check_literal(self, host: str) -> IPAddress | None:
         """The address ``host`` spells, once checked; None for a name (resolve it with ``addresses``)."""
-        address = literal_address(host)
+        try:
+            address = literal_address(host)
+        except ValueError as exc:
+            raise AddressRefusedError(f"{host} is neither a host name nor an IP address") from exc
         if address is not None:
             self._check(host, address)
         return address

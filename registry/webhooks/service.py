@@ -75,10 +75,7 @@ class WebhookService:
             parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             return [FieldError("url", "must be an absolute http:// or https:// URL")]
-        try:
-            refusal = await self.guard.url_refusal(url)
-        except ValueError:
-            return [FieldError("url", "the host is neither a name nor an IP address")]
+        refusal = await self.guard.url_refusal(url)
         return [] if refusal is None else [FieldError("url", refusal)]
 
     async def require(self, webhook_id: int) -> Webhook:

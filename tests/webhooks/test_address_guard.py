@@ -95,6 +95,7 @@ async def deliveries(client: Client, admin: Headers, webhook_id: int) -> list[di
         ("https://192.168.1.1/hook", "private"),
         ("http://[::1]:8000/hook", "loopback"),
         ("http://[fe80::1]/hook", "link-local"),
+        ("http://[fe80::1%25eth0]/hook", "link-local"),
         ("http://[fd00::1]/hook", "private"),
         ("http://[::ffff:127.0.0.1]/hook", "loopback (IPv4 inside IPv6)"),
         ("http://[::ffff:169.254.169.254]/hook", "link-local (IPv4 inside IPv6)"),

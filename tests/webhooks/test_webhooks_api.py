@@ -150,6 +150,8 @@ async def test_a_refused_change_emits_no_event(
     [
         ({"url": "ftp://example.com/x", "events": ["*"]}, "url"),
         ({"url": "not a url", "events": ["*"]}, "url"),
+        ({"url": "http://[zz::1]/x", "events": ["*"]}, "url"),
+        ({"url": "http://example.com:port/x", "events": ["*"]}, "url"),
         ({"url": "https://example.com/x", "events": ["prompt.deleted"]}, "events[0]"),
         ({"url": "https://example.com/x", "events": []}, "events"),
     ],
