@@ -8,7 +8,7 @@ refused by the server as well.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
@@ -27,12 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.access import SCOPE_OPT
 from registry.auth.keys import Scope, grants
-from registry.console import tokens
+from registry.console import formatting, tokens
 from registry.console.schemas import PromoteForm, RollbackForm, SignInForm, SignOutForm
-from registry.console.service import ConsoleService, prompt_path
+from registry.console.service import ConsoleExperiments, ConsoleService, prompt_path
 from registry.console.sessions import ConsoleSessions, Viewer
 from registry.deps import provide_resource_name
 from registry.lib.errors import ForbiddenError, RegistryError, UnauthorizedError, translate_and_log
+from registry.lib.http import decode_name
 from registry.lib.pagination import PageRequest
 from registry.lib.promotion import State
 from registry.runtime import Runtime, runtime_of
@@ -62,10 +63,6 @@ Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 # --------------------------------------------------------------------------- templates
 
 
-def format_time(value: datetime | None) -> str:
-    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
-
-
 def console_template_config() -> TemplateConfig[JinjaTemplateEngine]:
     """Jinja2 with autoescaping on: everything a page shows from the database is text, never markup."""
     environment = Environment(
@@ -76,7 +73,10 @@ def console_template_config() -> TemplateConfig[JinjaTemplateEngine]:
         lstrip_blocks=True,
     )
     environment.filters["segment"] = lambda value: quote(str(value), safe="")
-    environment.filters["when"] = format_time
+    environment.filters["when"] = formatting.when
+    environment.filters["number"] = formatting.number
+    environment.filters["percent"] = formatting.percent
+    environment.filters["signed_percent"] = formatting.signed_percent
     environment.globals["prompt_path"] = prompt_path
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
 
@@ -193,6 +193,13 @@ def provide_console_service(
 # --------------------------------------------------------------------------- pages
 
 
+def provide_console_experiments(
+    read_session: NamedDependency[AsyncSession], runtime: NamedDependency[Runtime]
+) -> ConsoleExperiments:
+    """On the read replica, as the API's results; a page using it takes no other session (one SQLite connection)."""
+    return ConsoleExperiments(read_session, runtime.prompt_limits)
+
+
 class SignInController(Controller):
     path = CONSOLE_PREFIX
     opt = {PUBLIC_OPT: True}
@@ -268,6 +275,7 @@ class ConsoleController(Controller):
     dependencies = {
         "viewer": Provide(provide_viewer, sync_to_thread=False),
         "console": Provide(provide_console_service, sync_to_thread=False),
+        "experiments": Provide(provide_console_experiments, sync_to_thread=False),
         "resource_name": Provide(provide_resource_name, sync_to_thread=False),
     }
 
@@ -417,6 +425,33 @@ class ConsoleController(Controller):
             page, actor=actor.strip(), resource_type=resource_type.strip(), resource_name=resource.strip()
         )
         return render(request, "audit.html", listing=listing, section="audit")
+
+    @get("/experiments", opt={SCOPE_OPT: Scope.READ}, operation_id="consoleExperiments", include_in_schema=False)
+    async def experiment_list(
+        self,
+        request: Request[Any, Any, Any],
+        experiments: NamedDependency[ConsoleExperiments],
+        page: NamedDependency[PageRequest],
+        status: Annotated[Literal["draft", "running", "stopped", ""], QueryParameter()] = "",
+    ) -> Template:
+        listing = await experiments.list_experiments(page, status=status)
+        return render(request, "experiments.html", listing=listing, section="experiments")
+
+    @get(
+        "/experiments/{key:str}",
+        opt={SCOPE_OPT: Scope.ANALYZE},
+        operation_id="consoleExperimentResults",
+        include_in_schema=False,
+    )
+    async def experiment_results(
+        self,
+        request: Request[Any, Any, Any],
+        key: FromPath[str],
+        experiments: NamedDependency[ConsoleExperiments],
+        phase: Annotated[int | None, QueryParameter(ge=1, le=2_147_483_647)] = None,
+    ) -> Template:
+        view = await experiments.results(decode_name(key), phase)
+        return render(request, "experiment.html", view=view, section="experiments")
 
 
 def console_routers() -> list[Router]:

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from registry.console.diff import DiffHunk
+from registry.experiments.schemas import ExperimentDefinition, ResultsOut
 from registry.lib.schema import Reason
 
 # -- forms (every one carries the session's CSRF token, checked before the handler runs)
@@ -191,3 +192,18 @@ class AuditList:
     actor: str
     resource_type: str
     resource_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentList:
+    rows: list[ExperimentDefinition]
+    next_cursor: str | None
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentResults:
+    """The experiment and its results exactly as ``GET /v1/experiments/{key}/results`` returns them."""
+
+    experiment: ExperimentDefinition
+    results: ResultsOut

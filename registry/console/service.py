@@ -19,6 +19,8 @@ from registry.console.schemas import (
     AuditList,
     AuditRow,
     Conflict,
+    ExperimentList,
+    ExperimentResults,
     FieldChangeRow,
     HistoryRow,
     PlannedChange,
@@ -30,6 +32,8 @@ from registry.console.schemas import (
     as_text,
 )
 from registry.console.schemas import DiffPage as DiffView
+from registry.experiments.schemas import ExperimentDefinition
+from registry.experiments.service import ExperimentService
 from registry.lib.errors import RegistryError
 from registry.lib.pagination import PageRequest, encode_cursor
 from registry.lib.promotion import StaleExpectationError, State, StateChange, plan_promotion, plan_rollback
@@ -263,3 +267,20 @@ class ConsoleService:
             reason=last.reason if last else None,
             retry_url=retry_url,
         )
+
+
+class ConsoleExperiments:
+    """Experiment pages, from the experiment service the API uses: the results page shows the API's own results."""
+
+    def __init__(self, session: AsyncSession, limits: PromptLimits) -> None:
+        self.experiments = ExperimentService(session, limits)
+
+    async def list_experiments(self, page: PageRequest, *, status: str) -> ExperimentList:
+        found = await self.experiments.list_experiments(page, status=status or None, prompt=None)
+        items, cursor = paginate(found, page.limit, lambda e: encode_cursor(e.key))
+        return ExperimentList([ExperimentDefinition.of(e) for e in items], cursor, status)
+
+    async def results(self, key: str, phase: int | None) -> ExperimentResults:
+        results = await self.experiments.results(key, phase)
+        definition = ExperimentDefinition.of(await self.experiments.require(key))
+        return ExperimentResults(definition, results)

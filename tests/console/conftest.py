@@ -88,6 +88,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRegistry]:
         webhook_dispatch_interval_seconds=3600,
         # Each test signs in afresh; a key verified a moment ago by another context stays valid.
         api_key_cache_seconds=0,
+        # Exposures and events reach the results soon, so a test waits few polls for them.
+        experiment_exposure_flush_seconds=0.1,
+        experiment_statistics_seconds=0.1,
     )
     keys = _in_own_loop(
         lambda: _prepare(
@@ -98,6 +101,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRegistry]:
                 "bob": (Scope.READ, Scope.PROMOTE),
                 "reader": (Scope.READ,),
                 "writer": (Scope.WRITE,),
+                "analyst": (Scope.READ, Scope.ANALYZE),
                 "hostile": (Scope.READ, Scope.PROMOTE),
             },
         )
