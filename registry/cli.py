@@ -40,6 +40,7 @@ from registry.lib.server import connection_limit, raise_open_file_limit
 from registry.promptfiles.sync import run_export, run_sync
 from registry.runtime import Runtime
 from registry.settings import Settings
+from registry.system.probes import ProbeListener
 
 T = TypeVar("T")
 Resource = Literal["prompts", "configs"]
@@ -143,10 +144,11 @@ def serve(host: str | None, port: int | None, workers: int | None, server: str |
 
 @main.command()
 def worker() -> None:
-    """Run the shared background work (statistics, webhook deliveries, retention) without serving HTTP.
+    """Run the shared background work (statistics, webhook deliveries, retention) without serving the API.
 
     Deployments with several API replicas (REGISTRY_ROLE=api) run one or more of these; they
-    coordinate through the database, so running two is safe. Stops on SIGTERM or Ctrl-C.
+    coordinate through the database, so running two is safe. /health, /ready and /metrics are
+    served on REGISTRY_WORKER_PORT. Stops on SIGTERM or Ctrl-C.
     """
     os.environ["REGISTRY_ROLE"] = "worker"
     settings = Settings()
@@ -161,10 +163,17 @@ async def run_worker(settings: Settings) -> None:
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stopping.set)
     await runtime.start()
-    click.echo(f"prompt-registry {__version__} worker: {', '.join(job.name for job in runtime.jobs)}", err=True)
+    probes = ProbeListener(runtime, settings.host, settings.worker_port)
     try:
+        await probes.start()
+        click.echo(
+            f"prompt-registry {__version__} worker: {', '.join(job.name for job in runtime.jobs)}; "
+            f"probes on http://{settings.host}:{settings.worker_port}",
+            err=True,
+        )
         await stopping.wait()
     finally:
+        await probes.stop()
         await runtime.stop()
 
 

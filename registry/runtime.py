@@ -65,6 +65,7 @@ class Runtime:
     completions: Completions
     change_log: ChangeLogReader | None = None  # without Redis: what other processes changed
     jobs: list[PeriodicJob] = field(default_factory=list)
+    draining: bool = False  # a SIGTERM arrived: /ready answers 503 while the server drains
     _stop_signal: StopSignalHook | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -157,13 +158,17 @@ class Runtime:
         gc.collect()
         gc.freeze()
         # Open change feeds end as soon as a stop is requested, so the server's drain does not wait on them.
-        self._stop_signal = StopSignalHook(self.feed.close)
+        self._stop_signal = StopSignalHook(self._stop_requested, drain_seconds=self.settings.shutdown_drain_seconds)
         self._stop_signal.install()
         await self.bus.start()
         if self.change_log is not None:
             await self.change_log.start()
         await self.experiments.start()
         self._tasks = [asyncio.create_task(self._every(job), name=job.name) for job in self.jobs]
+
+    def _stop_requested(self) -> None:
+        self.draining = True
+        self.feed.close()
 
     async def stop(self) -> None:
         """End open change feeds, stop jobs, then run flush jobs once more so buffered data is written."""

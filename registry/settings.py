@@ -114,6 +114,16 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(
         16_384, ge=1024, le=262_144, description="Largest total size of the request headers; larger get 431."
     )
+    shutdown_drain_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=300,
+        description="On SIGTERM, how long /ready answers 503 while the server keeps serving, before it stops "
+        "accepting connections, so load balancers stop sending first (SIGINT stops at once).",
+    )
+    worker_port: int = Field(
+        8001, ge=1, le=65535, description="Port of the worker's /health, /ready and /metrics (`registry worker`)."
+    )
     bootstrap_admin_key: bool = Field(
         True, description="On a first start with no API keys at all, create an admin key and print it once."
     )

@@ -212,6 +212,11 @@ class PromptCatalog:
     def _lifetime(self) -> float:
         return self._ttl if self._bus.connected else self._degraded_ttl
 
+    @property
+    def loaded(self) -> int:
+        """Prompts held, fresh or not: what this process can still serve while the database is unreachable."""
+        return sum(1 for entry in self._entries.values() if isinstance(entry, PromptEntry))
+
     # -- resolution
 
     async def resolve(

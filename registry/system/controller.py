@@ -21,12 +21,32 @@ class HealthOut(Output):
 
 
 class ReadinessOut(Output):
-    status: str
+    status: str  # ready, degraded (serving with a dependency down), not ready, draining
     database: str
     redis: str
     # Running experiments this replica could not load (each routes as last loaded, or not at all). They do not
     # make the replica unready: every replica reads the same rows, so taking this one out would help no one.
     experiments_unloadable: list[str]
+
+
+async def _database_state(runtime: Runtime) -> str:
+    try:
+        async with asyncio.timeout(2), runtime.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        return f"unavailable: {type(exc).__name__}"
+    return "ok"
+
+
+async def _redis_state(runtime: Runtime) -> str:
+    if runtime.redis is None:
+        return "not configured"
+    try:
+        async with asyncio.timeout(2):
+            await runtime.redis.ping()
+    except Exception as exc:
+        return f"unavailable: {type(exc).__name__}"
+    return "ok"
 
 
 class ProblemTypeOut(Output):
@@ -48,32 +68,29 @@ class SystemController(Controller):
     @get(
         "/ready",
         operation_id="ready",
-        summary="The database (and Redis, when configured) answer",
-        responses={503: ResponseSpec(ReadinessOut, description="A dependency does not answer; each is named.")},
+        summary="This replica can serve its read path; each dependency's state",
+        description="200 `ready`, or 200 `degraded` while the database or Redis is unreachable but the replica "
+        "still serves (from its cache, without cross-replica invalidation). 503 only when it cannot serve (the "
+        "database is unreachable and nothing is cached) and while it drains after SIGTERM.",
+        responses={503: ResponseSpec(ReadinessOut, description="Cannot serve, or draining; each dependency named.")},
     )
     async def ready(self, runtime: NamedDependency[Runtime]) -> Response[ReadinessOut]:
-        database = redis = "ok"
-        try:
-            async with asyncio.timeout(2), runtime.engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-        except Exception as exc:
-            database = f"unavailable: {type(exc).__name__}"
-        if runtime.redis is None:
-            redis = "not configured"
+        database, redis = await asyncio.gather(_database_state(runtime), _redis_state(runtime))
+        if runtime.draining:
+            status = "draining"
+        elif database != "ok" and not runtime.prompts.loaded:
+            status = "not ready"
+        elif database != "ok" or redis.startswith("unavailable"):
+            status = "degraded"
         else:
-            try:
-                async with asyncio.timeout(2):
-                    await runtime.redis.ping()
-            except Exception as exc:
-                redis = f"unavailable: {type(exc).__name__}"
-        ready = database == "ok" and redis in ("ok", "not configured")
+            status = "ready"
         body = ReadinessOut(
-            status="ready" if ready else "not ready",
+            status=status,
             database=database,
             redis=redis,
             experiments_unloadable=runtime.experiments.router.unloadable,
         )
-        return Response(body, status_code=200 if ready else 503)
+        return Response(body, status_code=503 if status in ("draining", "not ready") else 200)
 
     @get("/metrics", operation_id="metrics", summary="Prometheus metrics", include_in_schema=False)
     async def metrics(self, runtime: NamedDependency[Runtime]) -> Response[bytes]:
