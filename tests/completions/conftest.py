@@ -26,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.app import create_app
+from registry.completions.upstream import UpstreamClient
 from registry.prompts.catalog import VariantRouter
 from registry.settings import BackendSettings, Settings
 from tests.completions.fault_server import CHAT, FaultServer, SeenRequest
@@ -137,10 +138,20 @@ async def registry(settings: Settings, clean_database: AsyncEngine) -> AsyncIter
     stack: list[Any] = []
 
     async def factory(
-        backends: dict[str, BackendSettings], *, router: VariantRouter | None = None, **overrides: Any
+        backends: dict[str, BackendSettings],
+        *,
+        router: VariantRouter | None = None,
+        clock: Callable[[], float] | None = None,
+        **overrides: Any,
     ) -> httpx.AsyncClient:
         app = create_app(settings.model_copy(update={"backends": backends, **overrides}))
         app.state.runtime.prompts.router = router
+        if clock is not None:
+            # The backends' breakers read this clock instead of the machine's, so a test moves time itself.
+            completions = app.state.runtime.completions
+            completions.upstream = UpstreamClient(
+                completions.upstream.http, completions.settings.backends, completions.metrics, clock=clock
+            )
         served = serve_in_thread(app)
         url = served.__enter__()
         client = httpx.AsyncClient(base_url=url, timeout=30)

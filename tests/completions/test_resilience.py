@@ -237,12 +237,17 @@ async def test_breaker_opens_after_consecutive_failures_and_recovers_after_a_pro
     registry: RegistryFactory, admin: dict[str, str], fault: FaultServer
 ) -> None:
     model = unique("status:500:2")
-    client = await start(registry, admin, fault, model, breaker_failures=2, breaker_cooldown=0.5, max_retries=0)
+    now = [1_000.0]
+    client = await registry(
+        {"fault": backend(fault.url, breaker_failures=2, breaker_cooldown=0.5, max_retries=0)},  # type: ignore[attr-defined]
+        clock=lambda: now[0],
+    )
+    await publish(client, admin, backend="fault", model=model, max_context_tokens=4096)
 
     failures = [await client.post(COMPLETE, json=REQUEST, headers=admin) for _ in range(2)]
     refused = await client.post(COMPLETE, json=REQUEST, headers=admin)
     metrics = (await client.get("/metrics")).text
-    await asyncio.sleep(0.6)
+    now[0] += 0.6  # past the cooldown, however long the requests above took
     probe = await client.post(COMPLETE, json=REQUEST, headers=admin)
     after = await client.post(COMPLETE, json=REQUEST, headers=admin)
 
