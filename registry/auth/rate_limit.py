@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -40,8 +41,16 @@ class _Window:
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis | None, key_prefix: str, *, default_per_minute: int) -> None:
+    def __init__(
+        self,
+        redis: Redis | None,
+        key_prefix: str,
+        *,
+        default_per_minute: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._redis = redis
+        self.clock = clock  # the calendar clock that picks the minute; tests hold it still
         self._prefix = f"{key_prefix}rate:"
         self._default = default_per_minute
         self._windows: dict[int, _Window] = {}
@@ -51,7 +60,7 @@ class RateLimiter:
         limit = self._default if principal.rate_limit_per_minute is None else principal.rate_limit_per_minute
         if limit <= 0:
             return
-        now = time.time()
+        now = self.clock()
         minute = int(now // WINDOW_SECONDS)
         window = self._windows.get(principal.key_id)
         if window is None or window.minute != minute:
@@ -66,7 +75,7 @@ class RateLimiter:
 
     async def sync(self) -> None:
         """Add this process's admissions to the shared counters and learn every replica's totals."""
-        minute = int(time.time() // WINDOW_SECONDS)
+        minute = int(self.clock() // WINDOW_SECONDS)
         for key_id in [k for k, w in self._windows.items() if w.minute < minute]:
             del self._windows[key_id]
         if not self._windows:

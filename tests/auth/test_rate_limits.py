@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -24,11 +23,9 @@ LIST = "/v1/prompts"
 Serve = Callable[..., Awaitable[AppClient]]
 
 
-async def clear_of_a_minute_boundary() -> None:
-    """Windows are calendar minutes: a test that straddles one would see its count reset."""
-    left = WINDOW_SECONDS - time.time() % WINDOW_SECONDS
-    if left < 5:
-        await asyncio.sleep(left + 0.1)
+def mid_minute() -> float:
+    """A clock held in the middle of one calendar minute: a test that took longer than a minute sees no reset."""
+    return 1_800_000_000.0 + WINDOW_SECONDS / 2
 
 
 @pytest.fixture
@@ -43,9 +40,9 @@ async def serve(settings: Settings, clean_database: AsyncEngine) -> AsyncIterato
         async def start(**overrides: object) -> AppClient:
             options: dict[str, object] = {"rate_limit_sync_seconds": 3600, "redis_key_prefix": prefix, **overrides}
             app = create_app(settings.model_copy(update=options))
+            app.state.runtime.rate_limiter.clock = mid_minute
             return await stack.enter_async_context(serve_in_process(app))
 
-        await clear_of_a_minute_boundary()
         yield start
 
 
@@ -151,9 +148,8 @@ async def test_redis_going_away_falls_back_to_counting_in_process(serve: Serve, 
 async def test_admissions_made_during_a_sync_are_not_lost(redis_prefix: str) -> None:
     redis = Redis.from_url(REDIS_URL)
     prefix = f"{redis_prefix}{uuid.uuid4().hex[:8]}:"
-    limiter = RateLimiter(redis, prefix, default_per_minute=5)
+    limiter = RateLimiter(redis, prefix, default_per_minute=5, clock=mid_minute)
     principal = Principal(1, "abc", "k", frozenset({"read"}))
-    await clear_of_a_minute_boundary()
     try:
         limiter.admit(principal)
         limiter.admit(principal)
@@ -170,3 +166,19 @@ async def test_admissions_made_during_a_sync_are_not_lost(redis_prefix: str) -> 
         assert [int(v) for v in await redis.mget(await redis.keys(f"{prefix}rate:1:*"))] == [3]
     finally:
         await redis.aclose()
+
+
+async def test_a_new_calendar_minute_admits_a_key_again_with_retry_after_up_to_it() -> None:
+    now = [mid_minute()]
+    limiter = RateLimiter(None, "unused:", default_per_minute=2, clock=lambda: now[0])
+    principal = Principal(1, "abc", "k", frozenset({"read"}))
+    limiter.admit(principal)
+    limiter.admit(principal)
+
+    with pytest.raises(RateLimitedError) as refused:
+        limiter.admit(principal)
+    now[0] += WINDOW_SECONDS / 2
+    await limiter.sync()
+    limiter.admit(principal)
+
+    assert refused.value.headers == {"Retry-After": str(int(WINDOW_SECONDS / 2))}
