@@ -120,7 +120,7 @@ TOO_DEEP = {
 
 @pytest.mark.parametrize("source", AT_THE_LIMIT.values(), ids=AT_THE_LIMIT.keys())
 def test_nesting_up_to_the_limit_compiles(source: str) -> None:
-    compile_prompt("text", template=source, input_schema={"additionalProperties": True})
+    compile_prompt("text", template=source, input_schema={"additionalProperties": True}, refuse_unsafe=True)
 
 
 @pytest.mark.parametrize("source", TOO_DEEP.values(), ids=TOO_DEEP.keys())
@@ -131,9 +131,29 @@ def test_nesting_too_deep_is_a_template_problem(source: str, kind: str) -> None:
     else:
         prompt = {"messages": [{"role": "system", "content": "ok"}, {"role": "user", "content": source}]}
     with pytest.raises(TemplateProblemError) as caught:
-        compile_prompt(kind, **prompt)  # type: ignore[arg-type]
+        compile_prompt(kind, **prompt, refuse_unsafe=True)  # type: ignore[arg-type]
     (problem,) = caught.value.problems
     assert problem.message.startswith("the template nests too deeply"), problem.message
     assert problem.location == ("template" if kind == "text" else "messages[1]")
     if kind == "text":
         assert problem.line == 2
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (nested_brackets(MAX_BRACKET_DEPTH + 5), " y "),
+        (nested_ifs(MAX_BLOCK_DEPTH + 5), "y"),
+        (chained_filters(MAX_TREE_DEPTH + 20), "y"),
+    ],
+    ids=["brackets", "ifs", "filters"],
+)
+def test_a_stored_version_past_the_bounds_still_compiles(source: str, expected: str) -> None:
+    """The bounds apply when saving; a version stored before them keeps loading and rendering."""
+    compiled = compile_prompt("text", template=source, input_schema={"additionalProperties": True})
+    assert compiled.render({"x": " y "}) == expected
+
+
+def test_past_pythons_recursion_limit_a_stored_template_is_still_a_template_problem() -> None:
+    with pytest.raises(TemplateProblemError, match="nests too deeply"):
+        compile_prompt("text", template=nested_brackets(300))

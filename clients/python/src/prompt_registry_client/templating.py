@@ -846,26 +846,29 @@ def _check_tree_depth(ast: nodes.Template, location: str) -> None:
         stack.extend((child, depth + 1) for child in node.iter_child_nodes())
 
 
-def _parse(source: str, location: str) -> nodes.Template:
-    _check_nesting(source, location)
+def _parse(source: str, location: str, *, bounded: bool = False) -> nodes.Template:
+    """Parse one template; ``bounded`` (when saving) also enforces the nesting bounds above.
+
+    Stored versions parse without the bounds, so a version saved before they existed keeps
+    loading; Python's own recursion limit is still reported as a template problem.
+    """
+    if bounded:
+        _check_nesting(source, location)
     parser = Parser(_SANDBOX, source)
     try:
         ast = parser.parse()
+        if bounded:
+            _check_tree_depth(ast, location)
+        composing = next(iter(ast.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends))), None)
     except TemplateSyntaxError as exc:
         raise TemplateProblemError([TemplateProblem(exc.message or str(exc), exc.lineno, location)]) from exc
     except RecursionError as exc:  # unary chains (not not not ...) recurse in the parser
         raise _too_deep("operators nest too deeply to parse", parser.stream.current.lineno, location) from exc
-    _check_tree_depth(ast, location)
-    for tag in (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends):
-        found = next(iter(ast.find_all(tag)), None)
-        if found is not None:
-            raise TemplateProblemError(
-                [
-                    TemplateProblem(
-                        f"'{tag.__name__.lower()}' is not supported in prompt templates", found.lineno, location
-                    )
-                ]
-            )
+    if composing is not None:
+        tag = type(composing).__name__.lower()
+        raise TemplateProblemError(
+            [TemplateProblem(f"'{tag}' is not supported in prompt templates", composing.lineno, location)]
+        )
     return ast
 
 
@@ -975,7 +978,7 @@ def unsafe_constructs(source: str, *, location: str = "template") -> list[Templa
     format strings (``.append()``, ``.format()``), and ``'*'`` printf widths. A pure walk
     of the template's syntax tree: nothing runs.
     """
-    return _unsafe_in(_parse(source, location), location)
+    return _unsafe_in(_parse(source, location, bounded=True), location)
 
 
 def template_variables(source: str, *, location: str = "template") -> dict[str, bool]:
@@ -1338,8 +1341,8 @@ def _render_one(template: Any, variables: Mapping[str, Any], budget: _Budget) ->
     return "".join(chunks)
 
 
-def _compile(source: str, location: str) -> Any:
-    ast = _parse(source, location)
+def _compile(source: str, location: str, *, bounded: bool) -> Any:
+    ast = _parse(source, location, bounded=bounded)
     try:
         code = _SANDBOX.compile(ast)
     except TemplateSyntaxError as exc:
@@ -1364,8 +1367,9 @@ def compile_prompt(
     """Check and compile a prompt's templates; raise ``TemplateProblemError`` listing all problems.
 
     ``refuse_unsafe`` (when a version is saved) also refuses the constructs the sandbox
-    would refuse at every render (see ``unsafe_constructs``), so they are never stored.
-    Versions already stored compile without it, so they keep rendering as before.
+    would refuse at every render (see ``unsafe_constructs``) and nesting past the bounds
+    (``MAX_BRACKET_DEPTH``...), so they are never stored. Versions already stored compile
+    without it, so they keep rendering as before.
     """
     if kind == "text":
         if template is None:
@@ -1383,7 +1387,7 @@ def compile_prompt(
     compiled: list[tuple[str, Any]] = []
     for role, (location, source) in zip(roles, sources.items(), strict=True):
         try:
-            compiled.append((role, _compile(source, location)))
+            compiled.append((role, _compile(source, location, bounded=refuse_unsafe)))
         except TemplateProblemError as exc:
             problems += exc.problems
             continue
