@@ -1,9 +1,10 @@
 """The console's pages: server-rendered HTML under ``/console``, plain links and forms.
 
-Every route names its scope in ``opt`` as the API's routes do (or ``public`` for sign-in); the
-router's ``before_request`` hook checks the session's key against it with the API's own check and
-verifies the CSRF token of every form before the handler runs, so a control the page hides is
-refused by the server as well.
+Every route names its scope in ``opt`` as the API's routes do (or ``public`` for sign-in). The
+router's ``before_request`` hook runs before any handler: it checks the session's key with the
+API's own ``authorize``, then the route's scope with ``grants`` (as ``authorize`` does), then the
+CSRF token of every form; so a control a page hides is refused by the server as well. It runs
+before the page's transaction opens, since the embedded default has a single connection.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 from tests.console.conftest import Console, LiveRegistry, screenshot
@@ -161,3 +162,37 @@ async def test_the_audit_log_filters_by_resource(console: Console, live: LiveReg
     actions = [await row.get_by_role("cell").nth(2).inner_text() for row in (await rows.all())[1:]]
     assert actions == ["prompt.promote", "prompt.version.create", "prompt.create"]
     await screenshot(page, "audit")
+
+
+async def tab_to(page: Any, target: Any, *, limit: int = 80) -> None:
+    """Press Tab until ``target`` has the focus, as a keyboard user would."""
+    for _ in range(limit):
+        await page.keyboard.press("Tab")
+        if await target.evaluate("element => element === document.activeElement"):
+            return
+    raise AssertionError(f"{target} cannot be reached with Tab")
+
+
+async def test_signing_in_and_promoting_work_with_the_keyboard_alone(console: Console, live: LiveRegistry) -> None:
+    async with live.api() as api:
+        name = await prompt_with_versions(api, "keyboard/only", 2)
+    page = await console.page()
+    await page.goto("/console/login")
+    await tab_to(page, page.get_by_label("API key"))
+    await page.keyboard.type(live.keys["alice"])
+    await page.keyboard.press("Enter")
+    await page.wait_for_url("**/console/prompts")
+    await tab_to(page, page.get_by_role("link", name=name))
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(f"**{prompt_url(name)}")
+
+    await tab_to(page, page.get_by_role("link", name="Promote v2 to production"))
+    await page.keyboard.press("Enter")
+    await page.wait_for_url("**/versions/2/promote?to=production")
+    await tab_to(page, page.get_by_label("Reason"))
+    await page.keyboard.type("Checked with the keyboard")
+    await tab_to(page, page.get_by_role("button", name="Promote to production"))
+    await page.keyboard.press("Enter")
+    await page.wait_for_url("**?changed=2&to=production")
+    async with live.api() as api:
+        assert await states(api, name) == {2: "production", 1: "archived"}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from registry.console.sessions import ConsoleSessions
 from tests.api import Client, Headers, create_prompt, create_version
 
 _CSRF = re.compile(r'name="csrf" value="([0-9a-f]{64})"')
@@ -45,3 +47,13 @@ async def test_a_session_is_stored_sealed_and_ends_when_its_key_is_revoked(
     assert after.headers["location"].startswith("/console/login")
     async with clean_database.connect() as connection:
         assert (await connection.execute(text("SELECT count(*) FROM console_sessions"))).scalar_one() == 0
+
+
+async def test_a_session_ends_when_its_lifetime_is_over(
+    client: Client, admin: Headers, clean_database: AsyncEngine
+) -> None:
+    sessions = ConsoleSessions(client.app.state.runtime, lifetime=timedelta(minutes=10))
+    signed_in_at = datetime.now(UTC)
+    token = await sessions.sign_in(admin["Authorization"].removeprefix("Bearer "), now=signed_in_at)
+    assert await sessions.admit(token, now=signed_in_at + timedelta(minutes=9)) is not None
+    assert await sessions.admit(token, now=signed_in_at + timedelta(minutes=10)) is None
