@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEPS_HASH := $(shell cat pyproject.toml clients/python/pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: install run test browser check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-completions vllm-cpu clean
+.PHONY: install run test browser compose-cli check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-completions vllm-cpu clean
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,12 +23,21 @@ run: install
 	$(BIN)/registry serve
 
 ## Lint, type-check and run every test (PostgreSQL and Redis at 127.0.0.1)
-test: check browser
+test: check browser compose-cli
 	$(BIN)/python -m pytest
 
 ## Debian's Chromium, which the console's browser tests drive through Playwright (installed when missing)
 browser:
 	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+## A compose CLI for the test that parses docker-compose.yml (`config` needs no Docker daemon): Docker's
+## plugin, or Debian's small docker-compose package (installed when missing, as root)
+compose-cli:
+	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1 || \
+	      { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1; }; }; } || \
+	  echo "no compose CLI: tests/test_operations.py skips its docker compose config tests"
 
 check: lint typecheck
 
