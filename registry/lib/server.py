@@ -4,7 +4,7 @@ Without them a client with no key takes a worker offline by holding about 1,030 
 connections: neither server closed a connection that never sent a byte (granian's automatic
 HTTP/1-or-2 detection waits for the first bytes without a deadline; uvicorn arms its
 keep-alive timer only after a first response), uvicorn had no deadline for headers at all, and
-past the open-file limit the accept loop fails. So:
+nothing kept a worker's connections under its open-file limit (1,024 by default). So:
 
 - Idle connections, partial headers and keep-alive waits are closed after
   ``header_read_timeout_seconds``: granian runs HTTP/1 only, where hyper's header timer starts
@@ -19,6 +19,7 @@ past the open-file limit the accept loop fails. So:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import resource
 from typing import Any
@@ -39,15 +40,24 @@ from registry.settings import get_settings
 
 # Descriptors a worker needs besides its clients' connections: database and Redis pools, backends, files.
 _RESERVED_FILES = 256
+# What an unlimited open-file limit counts as (Linux's default ceiling, fs.nr_open).
+_UNLIMITED_FILES = 1 << 20
+
+
+def open_file_limit() -> int:
+    """This process's soft open-file limit, an unlimited one counted as ``_UNLIMITED_FILES``."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return _UNLIMITED_FILES if soft == resource.RLIM_INFINITY else soft
 
 
 def raise_open_file_limit() -> int:
-    """Raise this process's soft open-file limit to its hard limit (workers inherit it); returns the new soft."""
+    """Raise the soft open-file limit to the hard one (workers inherit it); returns the limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+    target = _UNLIMITED_FILES if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):  # a ceiling below the hard limit: keep the soft one
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return open_file_limit()
 
 
 def connection_limit(wanted: int, open_files: int) -> int:
@@ -77,8 +87,8 @@ _OVER_CAPACITY = raw_problem(
 def _uvicorn_limits() -> tuple[float, int]:
     """(header timeout, connections per worker) for this worker, from its environment."""
     settings = get_settings()
-    open_files, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return settings.header_read_timeout_seconds, connection_limit(settings.max_connections_per_worker, open_files)
+    max_connections = connection_limit(settings.max_connections_per_worker, open_file_limit())
+    return settings.header_read_timeout_seconds, max_connections
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):

@@ -36,3 +36,4 @@ def test_serve_raises_the_soft_open_file_limit_to_the_hard_one() -> None:
     raised, soft_now, hard_seen = (int(value) for value in output.split())
     assert soft_now == hard_seen
     assert raised == (hard_seen if hard_seen != resource.RLIM_INFINITY else 1 << 20)
+    assert raised >= 256
