@@ -32,6 +32,12 @@ from tests.conftest import free_port
 
 CHROMIUM = os.environ.get("REGISTRY_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("REGISTRY_SCREENSHOT_DIR", Path(__file__).parent / "screenshots"))
+AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
+AXE_SOURCE = AXE.read_text()
+# WCAG 2.1 A and AA rules and axe's best practices; a serious or critical violation fails the test.
+AXE_RUN = (
+    "axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']}})"
+)
 T = TypeVar("T")
 _FAILED_LOAD = "Failed to load resource: the server responded with a status of 4"
 HOSTILE_KEY_NAME = "<script>alert('key')</script>"
@@ -191,9 +197,18 @@ async def sign_in(page: Any, key: str) -> None:
     await page.wait_for_url("**/console/prompts**")
 
 
-async def screenshot(page: Any, name: str) -> None:
-    """A full-page PNG in ``REGISTRY_SCREENSHOT_DIR`` (default tests/console/screenshots), for people to look at."""
+async def check_page(page: Any, name: str) -> None:
+    """Write a full-page screenshot to look at, and fail on any serious or critical accessibility violation."""
     await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    # Evaluated through the devtools protocol, which the page's Content-Security-Policy does not govern.
+    await page.evaluate(AXE_SOURCE)
+    results = await page.evaluate(AXE_RUN)
+    serious = [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[node['target'] for node in v['nodes']]}"
+        for v in results["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+    assert serious == [], f"{name}: {serious}"
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from urllib.parse import quote
 import httpx
 
 from registry.console.formatting import number, percent, signed_percent
-from tests.console.conftest import Console, LiveRegistry, screenshot
+from tests.console.conftest import Console, LiveRegistry, check_page
 from tests.console.seed import create_prompt, create_version, promote, unique
 
 UNITS = 40
@@ -92,7 +92,7 @@ async def test_the_results_page_shows_the_numbers_of_the_results_api(console: Co
     await page.get_by_role("link", name="Experiments").click()
     await page.get_by_label("Status").select_option("running")
     await page.get_by_role("button", name="Filter").click()
-    await screenshot(page, "experiments")
+    await check_page(page, "experiments")
     await page.get_by_role("link", name=key).click()
 
     assert "The split is healthy" in await page.get_by_role("status").inner_text()
@@ -104,7 +104,7 @@ async def test_the_results_page_shows_the_numbers_of_the_results_api(console: Co
     (metric,) = results["metrics"]
     shown = page.get_by_role("region", name=metric["metric"])
     assert await table_rows(shown) == [expected_row(v) for v in metric["variants"]]
-    await screenshot(page, "experiment-results")
+    await check_page(page, "experiment-results")
 
 
 async def test_a_key_without_analyze_sees_the_list_but_not_the_results(console: Console, live: LiveRegistry) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from tests.console.conftest import HOSTILE_KEY_NAME, Console, LiveRegistry, screenshot
+from tests.console.conftest import HOSTILE_KEY_NAME, Console, LiveRegistry, check_page
 from tests.console.seed import create_prompt, create_version, promote, unique
 
 DESCRIPTION = "<script>alert('description')</script> \"double\" 'single' <img src=x onerror=alert('img')>"
@@ -40,15 +40,15 @@ async def test_hostile_text_is_shown_as_text_on_every_page(console: Console, liv
     assert await page.get_by_label("Name starts with").input_value() == SEARCH
     await page.goto(f"/console/prompts?{urlencode({'q': 'hostile/'})}")
     await assert_inert(page, DESCRIPTION)
-    await screenshot(page, "hostile-prompts")
+    await check_page(page, "hostile-prompts")
 
     await page.goto(base)
     await assert_inert(page, DESCRIPTION, COMMIT, REASON, HOSTILE_KEY_NAME)
-    await screenshot(page, "hostile-prompt")
+    await check_page(page, "hostile-prompt")
 
     await page.goto(f"{base}/diff?from=1&to=2")
     await assert_inert(page, "<script>alert('template')</script>")
-    await screenshot(page, "hostile-diff")
+    await check_page(page, "hostile-diff")
 
     await page.goto(f"{base}/versions/2/promote?to=production")
     await assert_inert(page)
@@ -58,15 +58,15 @@ async def test_hostile_text_is_shown_as_text_on_every_page(console: Console, liv
         await promote(hostile, name, 2, "production", 1, reason=REASON)
     await page.get_by_role("button", name="Promote to production").click()
     await assert_inert(page, HOSTILE_KEY_NAME, REASON)
-    await screenshot(page, "hostile-conflict")
+    await check_page(page, "hostile-conflict")
 
     await page.goto(f"{base}/rollback")
     await assert_inert(page)
     await page.goto("/console/prompts/%3Cscript%3Ealert('missing')%3C%2Fscript%3E")
     await assert_inert(page, "<script>alert('missing')</script>")
-    await screenshot(page, "not-found")
+    await check_page(page, "not-found")
 
     admin = await console.signed_in("admin")
     await admin.goto(f"/console/audit?{urlencode({'resource': name})}")
     await assert_inert(admin, HOSTILE_KEY_NAME)
-    await screenshot(admin, "hostile-audit")
+    await check_page(admin, "hostile-audit")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from tests.console.conftest import Console, LiveRegistry, screenshot
+from tests.console.conftest import Console, LiveRegistry, check_page
 from tests.console.seed import create_version, history, prompt_with_versions, states
 
 
@@ -35,7 +35,7 @@ async def test_promote_then_roll_back_with_a_reason(console: Console, live: Live
         )
     page = await console.signed_in("alice")
     await page.goto(prompt_url(name))
-    await screenshot(page, "prompt")
+    await check_page(page, "prompt")
 
     await page.get_by_role("link", name="Promote v2 to production").click()
     dialog = page.get_by_role("region", name="Promote v2 to production?")
@@ -43,7 +43,7 @@ async def test_promote_then_roll_back_with_a_reason(console: Console, live: Live
         "v1 production → archived (displaced)",
         "v2 draft → production",
     ]
-    await screenshot(page, "promote-confirm")
+    await check_page(page, "promote-confirm")
     await page.get_by_label("Reason").fill("Word limits read better")
     await page.get_by_role("button", name="Promote to production").click()
     await page.wait_for_url(f"**{prompt_url(name)}?changed=2&to=production")
@@ -55,7 +55,7 @@ async def test_promote_then_roll_back_with_a_reason(console: Console, live: Live
     await page.get_by_role("button", name="Roll back").click()  # no reason yet: the browser refuses to send it
     assert page.url.endswith(f"{prompt_url(name)}/rollback")
     await page.get_by_label("Reason").fill("Summaries got longer")
-    await screenshot(page, "rollback-confirm")
+    await check_page(page, "rollback-confirm")
     await page.get_by_role("button", name="Roll back").click()
     await page.wait_for_url(f"**{prompt_url(name)}?changed=1&to=production")
     async with live.api() as api:
@@ -69,14 +69,14 @@ async def test_promote_then_roll_back_with_a_reason(console: Console, live: Live
     )
     timeline = page.get_by_role("region", name="History")
     assert "Summaries got longer" in await timeline.inner_text()
-    await screenshot(page, "prompt-after-rollback")
+    await check_page(page, "prompt-after-rollback")
 
     await page.goto(f"{prompt_url(name)}/diff?from=1&to=2")
     template = page.get_by_role("region", name="Template")
     assert "Summarize {{ ticket }} in at most {{ max_words }} words." in await template.inner_text()
     schema = page.get_by_role("region", name="Input schema")
     assert "required" in await schema.inner_text()
-    await screenshot(page, "diff")
+    await check_page(page, "diff")
 
 
 async def test_the_second_of_two_concurrent_promotions_is_told_who_moved_it(
@@ -101,7 +101,7 @@ async def test_the_second_of_two_concurrent_promotions_is_told_who_moved_it(
     assert "Production is now held by v2, not v1 as your page showed." in text
     assert "Moved by alice" in text
     assert "Shorter upsell" in text
-    await screenshot(bob, "promote-conflict")
+    await check_page(bob, "promote-conflict")
     async with live.api() as api:
         assert (await states(api, name))[3] == "draft"
     await conflict.get_by_role("link", name=f"Reload {name}").click()
@@ -118,12 +118,12 @@ async def test_a_read_only_key_sees_no_controls_and_a_forged_promotion_is_refuse
     assert await page.get_by_role("link", name="Promote v2 to production").count() == 0
     assert await page.get_by_role("link", name="Roll back production…").count() == 0
     assert await page.get_by_role("link", name="Audit log").count() == 0
-    await screenshot(page, "prompt-read-only")
+    await check_page(page, "prompt-read-only")
 
     opened = await page.goto(f"{prompt_url(name)}/versions/2/promote?to=production")
     assert opened is not None
     assert opened.status == 403
-    await screenshot(page, "forbidden")
+    await check_page(page, "forbidden")
     # A forged form with this session's own valid CSRF token: the scope check still refuses it.
     await page.goto(prompt_url(name))
     csrf = await page.locator("input[name=csrf]").first.get_attribute("value")
@@ -161,7 +161,7 @@ async def test_the_audit_log_filters_by_resource(console: Console, live: LiveReg
     rows = page.get_by_role("row")
     actions = [await row.get_by_role("cell").nth(2).inner_text() for row in (await rows.all())[1:]]
     assert actions == ["prompt.promote", "prompt.version.create", "prompt.create"]
-    await screenshot(page, "audit")
+    await check_page(page, "audit")
 
 
 async def tab_to(page: Any, target: Any, *, limit: int = 80) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -63,3 +64,9 @@ def test_csrf_tokens_belong_to_one_session_and_one_purpose() -> None:
 )
 def test_after_sign_in_only_console_pages_are_targets(candidate: str, expected: str) -> None:
     assert local_target(candidate) == expected
+
+
+def test_the_vendored_axe_core_is_the_published_4_14_1() -> None:
+    script = (Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js").read_bytes()
+    assert script.startswith(b"/*! axe v4.14.1")
+    assert hashlib.sha256(script).hexdigest() == "29348999450cdf2849a8e70b7912fc2da85a849da39c0d0d5394f51d4a9ed95c"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.console.conftest import Console, LiveRegistry, screenshot, sign_in
+from tests.console.conftest import Console, LiveRegistry, check_page, sign_in
 from tests.console.seed import prompt_with_versions
 
 
@@ -14,12 +14,12 @@ async def test_sign_in_shows_prompts_and_sign_out_ends_the_session(console: Cons
     page = await console.page()
     await page.goto("/console/prompts")
     await page.wait_for_url("**/console/login?next=%2Fconsole%2Fprompts")
-    await screenshot(page, "sign-in")
+    await check_page(page, "sign-in")
 
     await sign_in(page, live.keys["alice"])
     assert await page.get_by_role("heading", name="Prompts").is_visible()
     assert live.keys["alice"] not in await page.content()
-    await screenshot(page, "prompts")
+    await check_page(page, "prompts")
     session_cookie = next(c for c in await page.context.cookies() if c["name"] == "registry_console")
     assert session_cookie["httpOnly"] is True
     assert session_cookie["sameSite"] == "Strict"
@@ -49,7 +49,7 @@ async def test_a_wrong_key_is_refused_and_not_echoed(console: Console, live: Liv
     assert alert == "That API key is not valid, or it was revoked or has expired."
     assert wrong not in await page.content()
     assert "registry_console" not in {c["name"] for c in await page.context.cookies()}
-    await screenshot(page, "sign-in-refused")
+    await check_page(page, "sign-in-refused")
 
 
 async def test_pages_carry_a_content_security_policy_without_inline_script(live: LiveRegistry) -> None:
