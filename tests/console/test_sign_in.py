@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+from litestar.routes import HTTPRoute
+
+from registry.app import create_app
+from registry.auth.access import SCOPE_OPT
+from registry.auth.keys import Scope
+from registry.console.controller import PUBLIC_OPT
+from registry.settings import Settings
 from tests.console.conftest import Console, LiveRegistry, check_page, sign_in
 from tests.console.seed import prompt_with_versions
 
@@ -75,3 +83,25 @@ async def test_sign_in_without_the_form_token_is_refused(live: LiveRegistry) -> 
         response = await http.post("/console/login", data={"api_key": live.keys["alice"]})
     assert response.status_code == 403
     assert "registry_console=" not in response.headers.get("set-cookie", "")
+
+
+async def test_a_key_that_cannot_read_cannot_sign_in(live: LiveRegistry) -> None:
+    async with live.http() as http:
+        form = await http.get("/console/login")
+        csrf = re.search(r'name="csrf" value="([0-9a-f]{64})"', form.text)
+        assert csrf is not None
+        answer = await http.post("/console/login", data={"api_key": live.keys["writer"], "csrf": csrf.group(1)})
+    assert answer.status_code == 403
+    assert "cannot read prompts" in answer.text
+    assert "registry_console=" not in answer.headers.get("set-cookie", "")
+
+
+def test_every_console_route_declares_a_scope_or_is_public(tmp_path: Path) -> None:
+    app = create_app(Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", redis_url=None))
+    routes = [r for r in app.routes if isinstance(r, HTTPRoute) and r.path.startswith("/console")]
+    assert len(routes) > 10
+    for route in routes:
+        for handler in route.route_handlers:
+            if route.path.startswith("/console/static") or handler.http_methods == {"OPTIONS"}:
+                continue
+            assert handler.opt.get(PUBLIC_OPT) or isinstance(handler.opt.get(SCOPE_OPT), Scope), route.path
