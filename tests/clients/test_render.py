@@ -64,10 +64,12 @@ def test_local_variable_errors_equal_the_services(live: Live) -> None:
 
 
 def test_a_sandbox_refusal_is_render_failed_with_its_reason_locally_and_remotely(live: Live) -> None:
-    live.prompt("hostile", {**text("{{ ''.__class__ }}"), "input_schema": {"additionalProperties": True}})
+    # The attribute's name comes from the variables: a constant one is refused when the version is saved.
+    live.prompt("hostile", {**text("{{ ''|attr(name) }}"), "input_schema": {"additionalProperties": True}})
+    variables = {"name": "__class__"}
     with RegistryClient(live.url, live.key, cache=CachePolicy(watch_changes=False)) as registry:
         with pytest.raises(RenderFailed) as local:
-            registry.render("hostile")
+            registry.render("hostile", variables)
         with pytest.raises(RenderFailed) as remote:
-            registry.request("POST", "/v1/prompts/hostile/render", json={"variables": {}})
+            registry.request("POST", "/v1/prompts/hostile/render", json={"variables": variables})
     assert local.value.reason == remote.value.reason
