@@ -15,6 +15,9 @@ from registry.lib.errors import PROBLEM_TYPES, NotFoundError
 from registry.lib.schema import Output
 from registry.runtime import Runtime
 
+# Litestar appends the response's charset to text media types; prometheus_client's names it already.
+METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.removesuffix("; charset=utf-8")
+
 
 class HealthOut(Output):
     status: str
@@ -94,7 +97,7 @@ class SystemController(Controller):
 
     @get("/metrics", operation_id="metrics", summary="Prometheus metrics", include_in_schema=False)
     async def metrics(self, runtime: NamedDependency[Runtime]) -> Response[bytes]:
-        return Response(generate_latest(runtime.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(runtime.metrics_registry), media_type=METRICS_MEDIA_TYPE)
 
     @get("/problems/{problem_type:str}", operation_id="problemType", summary="What a problem type means")
     async def problem_type(self, problem_type: FromPath[str]) -> ProblemTypeOut:
