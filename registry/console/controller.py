@@ -37,6 +37,7 @@ from registry.lib.errors import ForbiddenError, RegistryError, UnauthorizedError
 from registry.lib.http import decode_name
 from registry.lib.pagination import PageRequest
 from registry.lib.promotion import State
+from registry.lib.routing import ApiRouter
 from registry.runtime import Runtime, runtime_of
 
 CONSOLE_PREFIX = "/console"
@@ -144,8 +145,8 @@ def sign_in_redirect(request: Request[Any, Any, Any]) -> Redirect:
 async def admit_viewer(request: Request[Any, Any, Any]) -> Redirect | None:
     """Before every console handler: the session's key checked for the route's scope, then the form's CSRF token."""
     handler = request.route_handler
-    if handler.opt.get(PUBLIC_OPT):
-        return None
+    if handler.opt.get(PUBLIC_OPT) or handler.http_methods == {"OPTIONS"}:
+        return None  # sign-in, and Litestar's automatic OPTIONS answer (lists the methods, returns no data)
     required = handler.opt.get(SCOPE_OPT)
     if not isinstance(required, Scope):
         raise RegistryError(f"console route {handler.handler_name} declares no scope")
@@ -457,7 +458,8 @@ class ConsoleController(Controller):
 
 def console_routers() -> list[Router]:
     """The console's pages and its static files, for the app factory."""
-    pages = Router(
+    # ApiRouter: its OPTIONS answers list every method of a path (GET and POST /console/login).
+    pages = ApiRouter(
         path="/",
         route_handlers=[SignInController, ConsoleController],
         before_request=admit_viewer,
@@ -467,4 +469,4 @@ def console_routers() -> list[Router]:
     static = create_static_files_router(
         path=f"{CONSOLE_PREFIX}/static", directories=[_HERE / "static"], include_in_schema=False
     )
-    return [pages, static]
+    return [pages, ApiRouter(path="/", route_handlers=[static], include_in_schema=False)]
