@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from functools import wraps
 from pathlib import Path
@@ -139,7 +142,22 @@ def serve(host: str | None, port: int | None, workers: int | None, server: str |
     if settings.bootstrap_admin_key:
         print_bootstrap_key(asyncio.run(bootstrap_admin_key_for(settings)))
     click.echo(f"prompt-registry {__version__} on http://{settings.host}:{settings.port} ({settings.server})", err=True)
-    run_server(settings)
+    with process_group_metrics_dir(settings):
+        run_server(Settings())
+
+
+@contextmanager
+def process_group_metrics_dir(settings: Settings) -> Iterator[None]:
+    """With several workers, a fresh folder where each publishes its metrics (see ProcessGroupMetrics)."""
+    if settings.workers < 2 or settings.metrics_dir:
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="registry-metrics-")
+    os.environ["REGISTRY_METRICS_DIR"] = directory
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @main.command()

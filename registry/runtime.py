@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import structlog
@@ -31,7 +32,7 @@ from registry.feed.hub import FeedHub
 from registry.lib.changes import ChangeBus
 from registry.lib.http_client import HttpClient
 from registry.lib.jobs import PeriodicJob
-from registry.lib.metrics import HttpMetrics
+from registry.lib.metrics import HttpMetrics, ProcessGroupMetrics
 from registry.lib.redis import create_redis
 from registry.lib.shutdown import StopSignalHook
 from registry.prompts.catalog import PromptCatalog
@@ -64,6 +65,7 @@ class Runtime:
     experiments: LiveExperiments
     completions: Completions
     change_log: ChangeLogReader | None = None  # without Redis: what other processes changed
+    process_group_metrics: ProcessGroupMetrics | None = None  # several server workers: /metrics merges them
     jobs: list[PeriodicJob] = field(default_factory=list)
     draining: bool = False  # a SIGTERM arrived: /ready answers 503 while the server drains
     _stop_signal: StopSignalHook | None = None
@@ -150,6 +152,9 @@ class Runtime:
             runtime.change_log = ChangeLogReader(sessionmaker, bus)
             runtime.jobs += runtime.change_log.jobs(settings.change_log_poll_seconds)
         runtime.jobs = [job for job in runtime.jobs if job.runs_in(settings.role)]
+        if settings.metrics_dir:
+            runtime.process_group_metrics = ProcessGroupMetrics(metrics_registry, Path(settings.metrics_dir))
+            runtime.jobs.append(PeriodicJob("metrics-snapshot", 1.0, runtime.process_group_metrics.publish_async))
         return runtime
 
     async def start(self) -> None:

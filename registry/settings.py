@@ -254,6 +254,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_json: bool = Field(True, description="JSON log lines (false: human-readable console lines).")
     access_log: bool = Field(True, description="Log one line per request.")
+    metrics_dir: str | None = Field(
+        None,
+        description="Folder where each worker process of one server publishes its metrics, so /metrics reports "
+        "the whole process group; `registry serve` sets a fresh one when REGISTRY_WORKERS is above 1.",
+    )
 
     @field_validator("database_url", "database_read_url")
     @classmethod

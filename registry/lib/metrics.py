@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -62,3 +67,103 @@ class HttpMetrics(Collector):
                 cumulative.append((bound, running))
             latency.add_metric([method, route], cumulative, observed.total)
         yield latency
+
+
+# Sample name suffixes that are timestamps, not amounts: merged by taking the earliest.
+_TIMESTAMP_SUFFIXES = ("_created",)
+_SUMMED_TYPES = frozenset({"counter", "histogram", "summary", "gaugehistogram"})
+
+
+class ProcessGroupMetrics:
+    """Metrics of every worker process of one server, as one scrape.
+
+    A server with several worker processes answers each scrape from one of them;
+    reporting only that worker's counts makes totals jump between scrapes, which
+    Prometheus reads as counter resets. So each worker publishes a snapshot of its
+    registry to ``directory`` (every second and before answering a scrape), and a
+    scrape merges all of them: counters and histograms are summed, gauges are kept
+    per worker (a ``worker`` label) for workers still running. Snapshots of workers
+    that exited stay, so their counts are never subtracted from the totals.
+    """
+
+    def __init__(self, registry: CollectorRegistry, directory: Path) -> None:
+        self._registry = registry
+        self._directory = directory
+        self._pid = os.getpid()
+        self._path = directory / f"{self._pid}.json"
+
+    def publish(self) -> None:
+        snapshot = [
+            {
+                "name": family.name,
+                "type": family.type,
+                "documentation": family.documentation,
+                "samples": [[sample.name, sample.labels, sample.value] for sample in family.samples],
+            }
+            for family in self._registry.collect()
+        ]
+        partial = self._path.with_suffix(".tmp")
+        partial.write_text(json.dumps(snapshot))
+        os.replace(partial, self._path)  # readers see a whole snapshot or the previous one
+
+    async def publish_async(self) -> None:
+        self.publish()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of the whole process group, with this worker's counts as of now."""
+        self.publish()
+        snapshots: dict[int, list[dict[str, Any]]] = {}
+        for path in self._directory.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                snapshots[int(path.stem)] = json.loads(path.read_text())
+        merged = CollectorRegistry(auto_describe=False)
+        merged.register(_MergedSnapshots(merge_snapshots(snapshots, running=_running)))
+        return generate_latest(merged)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def merge_snapshots(snapshots: dict[int, list[dict[str, Any]]], *, running: Callable[[int], bool]) -> list[Metric]:
+    """One family per metric name: amounts summed across workers, gauges labelled by worker (running ones only)."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for pid in sorted(snapshots):
+        for family in snapshots[pid]:
+            name, kind = family["name"], family["type"]
+            summed = kind in _SUMMED_TYPES
+            if not summed and not running(pid):
+                continue
+            if name not in families:
+                families[name] = Metric(name, family["documentation"], kind)
+                values[name] = {}
+            for sample_name, labels, value in family["samples"]:
+                if not summed:
+                    labels = {**labels, "worker": str(pid)}
+                key = (sample_name, tuple(sorted(labels.items())))
+                earlier = values[name].get(key)
+                if earlier is None:
+                    values[name][key] = value
+                elif sample_name.endswith(_TIMESTAMP_SUFFIXES):
+                    values[name][key] = min(earlier, value)
+                else:
+                    values[name][key] = earlier + value
+    for name, merged in families.items():
+        for (sample_name, labels), value in values[name].items():
+            merged.add_sample(sample_name, dict(labels), value)
+    return list(families.values())
+
+
+class _MergedSnapshots(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)

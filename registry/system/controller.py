@@ -97,7 +97,9 @@ class SystemController(Controller):
 
     @get("/metrics", operation_id="metrics", summary="Prometheus metrics", include_in_schema=False)
     async def metrics(self, runtime: NamedDependency[Runtime]) -> Response[bytes]:
-        return Response(generate_latest(runtime.metrics_registry), media_type=METRICS_MEDIA_TYPE)
+        group = runtime.process_group_metrics
+        body = group.exposition() if group is not None else generate_latest(runtime.metrics_registry)
+        return Response(body, media_type=METRICS_MEDIA_TYPE)
 
     @get("/problems/{problem_type:str}", operation_id="problemType", summary="What a problem type means")
     async def problem_type(self, problem_type: FromPath[str]) -> ProblemTypeOut:
