@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tests.console.conftest import Console, LiveRegistry, check_page
-from tests.console.seed import create_version, history, prompt_with_versions, states
+from tests.console.seed import create_prompt, create_version, history, prompt_with_versions, states, unique
 
 
 def words(text: str) -> str:
@@ -71,11 +71,41 @@ async def test_promote_then_roll_back_with_a_reason(console: Console, live: Live
     assert "Summaries got longer" in await timeline.inner_text()
     await check_page(page, "prompt-after-rollback")
 
-    await page.goto(f"{prompt_url(name)}/diff?from=1&to=2")
+
+async def test_the_diff_shows_template_input_schema_and_model_config_side_by_side(
+    console: Console, live: LiveRegistry
+) -> None:
+    name, config = unique("support/reply"), unique("small")
+    async with live.api() as api:
+        assert (await api.post("/v1/configs", json={"name": config})).status_code == 201
+        for temperature in (0.2, 0.7):
+            body = {"backend": "local", "model": "tiny", "params": {"temperature": temperature}}
+            assert (await api.post(f"/v1/configs/{config}/versions", json=body)).status_code == 201
+        await create_prompt(api, name)
+        await create_version(api, name, "Reply to {{ ticket }}.\nBe brief.", config={"name": config, "version": 1})
+        await create_version(
+            api,
+            name,
+            "Reply to {{ ticket }} in {{ language }}.\nBe brief.",
+            config={"name": config, "version": 2},
+            input_schema={"properties": {"ticket": {"type": "string"}, "language": {"type": "string"}}},
+        )
+    page = await console.signed_in("reader")
+    await page.goto(prompt_url(name))
+    await page.get_by_role("button", name="Show diff").click()
+    await page.wait_for_url("**/diff?from=1&to=2")
+
     template = page.get_by_role("region", name="Template")
-    assert "Summarize {{ ticket }} in at most {{ max_words }} words." in await template.inner_text()
+    assert await template.locator("tr.diff-changed td.code-left").text_content() == "removed: Reply to {{ ticket }}."
+    assert await template.locator("tr.diff-changed td.code-right").text_content() == (
+        "added: Reply to {{ ticket }} in {{ language }}."
+    )
+    assert await template.locator("tr.diff-same td.code-right").text_content() == "Be brief."
     schema = page.get_by_role("region", name="Input schema")
-    assert "required" in await schema.inner_text()
+    assert "language" in await schema.inner_text()
+    model_config = page.get_by_role("region", name="Model config")
+    assert words(await model_config.locator("tbody tr").inner_text()) == "params.temperature 0.2 0.7"
+    assert f"{config}@1 → {config}@2" in await model_config.inner_text()
     await check_page(page, "diff")
 
 
