@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,15 @@ def _content_text(version: PromptVersion) -> list[str]:
         lines.append(f"[{message['role']}]\n")
         lines += [line if line.endswith("\n") else f"{line}\n" for line in message["content"].splitlines(keepends=True)]
     return lines
+
+
+def _diff_lines(lines: Iterable[str]) -> Iterator[str]:
+    """End every diff line, marking a last line that had no newline as ``diff`` and git do."""
+    for line in lines:
+        if line.endswith("\n"):
+            yield line
+        else:
+            yield f"{line}\n\\ No newline at end of file\n"
 
 
 def _config_used(version: ModelConfigVersion | None) -> ConfigUsed | None:
@@ -148,11 +158,13 @@ class PromptService(VersionedResourceService[Prompt, PromptVersion, PromptTransi
         before = await self.workflow.require_version(prompt, from_number)
         after = await self.workflow.require_version(prompt, to_number)
         content_diff = "".join(
-            difflib.unified_diff(
-                _content_text(before),
-                _content_text(after),
-                fromfile=f"{name}@{from_number}",
-                tofile=f"{name}@{to_number}",
+            _diff_lines(
+                difflib.unified_diff(
+                    _content_text(before),
+                    _content_text(after),
+                    fromfile=f"{name}@{from_number}",
+                    tofile=f"{name}@{to_number}",
+                )
             )
         )
         config_before = stored_content(before.config_version) if before.config_version else {}

@@ -178,3 +178,19 @@ async def test_diff_needs_both_versions(client: Client, admin: Headers) -> None:
     assert response.status_code == 422
     response = await client.get("/v1/prompts/greeting/diff", params={"from": 1, "to": 5}, headers=admin)
     assert response.status_code == 404
+
+
+async def test_a_changed_last_line_without_a_newline_diffs_on_lines_of_its_own(client: Client, admin: Headers) -> None:
+    await create_prompt(client, admin, "greeting")
+    await create_version(client, admin, "greeting", "Hello {{ name }}\nBye")
+    await create_version(client, admin, "greeting", "Hello {{ name }}\nSee you")
+
+    diff = (await client.get("/v1/prompts/greeting/diff", params={"from": 1, "to": 2}, headers=admin)).json()
+
+    assert diff["content_diff"].splitlines()[-5:] == [
+        " Hello {{ name }}",
+        "-Bye",
+        "\\ No newline at end of file",
+        "+See you",
+        "\\ No newline at end of file",
+    ]
