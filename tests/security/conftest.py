@@ -59,17 +59,16 @@ def live_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     database_url = asyncio.run(create_database(name))
     env = server_env(database_url, **extra)
     log_dir = tmp_path_factory.mktemp("server")
-    stdout = (log_dir / "stdout.log").open("w")
-    stderr = (log_dir / "stderr.log").open("w")
-    server = Server(env, int(env["REGISTRY_PORT"]), stdout=stdout, stderr=stderr)
-    try:
-        settings = Settings(database_url=database_url)
-        headers = asyncio.run(make_key_on(settings))
-        yield LiveServer(server, settings, headers["Authorization"].removeprefix("Bearer "), env, log_dir)
-    finally:
-        if server.process.poll() is None:
-            server.stop()
-        stdout.close()
-        stderr.close()
-        asyncio.run(drop_database(name))
-        asyncio.run(delete_redis_keys(env["REGISTRY_REDIS_KEY_PREFIX"]))
+    server: Server | None = None
+    # The logs are closed and the database dropped even if the server never became healthy.
+    with (log_dir / "stdout.log").open("w") as stdout, (log_dir / "stderr.log").open("w") as stderr:
+        try:
+            server = Server(env, int(env["REGISTRY_PORT"]), stdout=stdout, stderr=stderr)
+            settings = Settings(database_url=database_url)
+            headers = asyncio.run(make_key_on(settings))
+            yield LiveServer(server, settings, headers["Authorization"].removeprefix("Bearer "), env, log_dir)
+        finally:
+            if server is not None and server.process.poll() is None:
+                server.stop()
+            asyncio.run(drop_database(name))
+            asyncio.run(delete_redis_keys(env["REGISTRY_REDIS_KEY_PREFIX"]))
