@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import structlog
 from litestar.connection import ASGIConnection
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prompt_registry_client.templating import RenderLimits
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -32,7 +32,7 @@ from registry.feed.hub import FeedHub
 from registry.lib.changes import ChangeBus
 from registry.lib.http_client import HttpClient
 from registry.lib.jobs import PeriodicJob
-from registry.lib.metrics import HttpMetrics, ProcessGroupMetrics
+from registry.lib.metrics import HttpMetrics, ProcessGroupMetrics, RuntimeStateMetrics
 from registry.lib.redis import create_redis
 from registry.lib.shutdown import StopSignalHook
 from registry.prompts.catalog import PromptCatalog
@@ -131,6 +131,17 @@ class Runtime:
             completions=Completions.build(settings, sessionmaker, redis, bus, metrics_registry, http),
         )
         runtime.prompts.router = runtime.experiments.router
+        ProcessCollector(registry=metrics_registry)
+        pools: dict[str, object] = {"primary": engine.pool}
+        if read_engine is not engine:
+            pools["read"] = read_engine.pool
+        metrics_registry.register(
+            RuntimeStateMetrics(
+                pools=pools,
+                redis_connected=(lambda: bus.connected) if redis is not None else None,
+                prompt_cache=runtime.prompts,
+            )
+        )
         runtime.jobs.append(PeriodicJob("api-key-last-used", 30.0, runtime.key_verifier.flush_last_used))
         runtime.jobs.append(
             PeriodicJob(

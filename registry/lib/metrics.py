@@ -9,10 +9,10 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -67,6 +67,69 @@ class HttpMetrics(Collector):
                 cumulative.append((bound, running))
             latency.add_metric([method, route], cumulative, observed.total)
         yield latency
+
+
+@runtime_checkable
+class PoolState(Protocol):
+    """What SQLAlchemy's queue pools report (SQLite's pools do not)."""
+
+    def size(self) -> int: ...
+    def checkedout(self) -> int: ...
+    def checkedin(self) -> int: ...
+    def overflow(self) -> int: ...
+
+
+class PromptCacheState(Protocol):
+    hits: int
+    stale_hits: int
+    misses: int
+
+    @property
+    def loaded(self) -> int: ...
+
+
+@dataclass(eq=False)  # registries keep collectors in a dict
+class RuntimeStateMetrics(Collector):
+    """Database pools, the Redis subscription and the prompt cache, read when scraped (nothing on the request path)."""
+
+    pools: dict[str, object]  # by database role ("primary", "read"); only queue pools are reported
+    redis_connected: Callable[[], bool] | None  # None: Redis is not configured
+    prompt_cache: PromptCacheState
+
+    def collect(self) -> Iterator[Metric]:
+        connections = GaugeMetricFamily(
+            "registry_db_pool_connections",
+            "Database connections of this process by pool and state (checked_out, idle, overflow).",
+            labels=["database", "state"],
+        )
+        size = GaugeMetricFamily("registry_db_pool_size", "Connections a pool keeps open.", labels=["database"])
+        for database, pool in self.pools.items():
+            if not isinstance(pool, PoolState):
+                continue
+            connections.add_metric([database, "checked_out"], pool.checkedout())
+            connections.add_metric([database, "idle"], pool.checkedin())
+            connections.add_metric([database, "overflow"], max(pool.overflow(), 0))
+            size.add_metric([database], pool.size())
+        yield connections
+        yield size
+        if self.redis_connected is not None:
+            yield GaugeMetricFamily(
+                "registry_redis_connected",
+                "1 while this process receives changes through Redis; 0 while Redis is unreachable (caches then "
+                "expire after REGISTRY_CACHE_DEGRADED_TTL_SECONDS).",
+                value=1 if self.redis_connected() else 0,
+            )
+        cache = self.prompt_cache
+        lookups = CounterMetricFamily(
+            "registry_prompt_cache_lookups",
+            "Prompt cache lookups by result: hit (fresh), stale (served while the database is unreachable), miss "
+            "(read from the database).",
+            labels=["result"],
+        )
+        for result, count in (("hit", cache.hits), ("stale", cache.stale_hits), ("miss", cache.misses)):
+            lookups.add_metric([result], count)
+        yield lookups
+        yield GaugeMetricFamily("registry_prompt_cache_entries", "Prompts held in this process's cache.", cache.loaded)
 
 
 # Sample name suffixes that are timestamps, not amounts: merged by taking the earliest.

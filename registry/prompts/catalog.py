@@ -189,6 +189,8 @@ class PromptCatalog:
         self._loading: dict[str, asyncio.Future[PromptEntry | None]] = {}
         self._generation = 0
         self.router: VariantRouter | None = None
+        # Lookups by outcome, read by /metrics: plain integers, cheaper than the client library's counters.
+        self.hits = self.stale_hits = self.misses = 0
         bus.subscribe(self._on_change)
 
     def _on_change(self, change: Change) -> None:
@@ -287,14 +289,18 @@ class PromptCatalog:
         now = time.monotonic()
         if isinstance(cached, PromptEntry):
             if cached.fresh_until >= now:
+                self.hits += 1
                 return cached, False
         elif isinstance(cached, float) and cached >= now:
+            self.hits += 1
             raise PromptNotFoundError(f"no prompt is named '{name}'")
+        self.misses += 1
         try:
             entry = await self._load_coalesced(name)
         except DatabaseUnavailableError:
             if isinstance(cached, PromptEntry):
                 logger.warning("serving a stale prompt: the database is unreachable", prompt=name)
+                self.stale_hits += 1
                 return cached, True
             raise
         if entry is None:
