@@ -25,6 +25,13 @@ class WebhookNotFoundError(NotFoundError):
     title = "Webhook not found"
 
 
+class DeliveryNotFoundError(NotFoundError):
+    """The webhook has no delivery with this id."""
+
+    type = "webhook_delivery_not_found"
+    title = "Webhook delivery not found"
+
+
 def delivery_body(
     event_id: str, event_type: str, subject: str, actor: str, data: dict[str, object]
 ) -> dict[str, object]:
@@ -95,6 +102,28 @@ class WebhookService:
     async def deliveries(self, webhook_id: int, page: PageRequest, *, status: str | None) -> Sequence[WebhookDelivery]:
         await self.require(webhook_id)
         return await self.repository.deliveries(webhook_id, page, status=status)
+
+    async def redeliver(self, webhook_id: int, delivery_id: int, actor: Actor) -> WebhookDelivery:
+        """Send a delivery again from its first attempt, with the same event id (receivers deduplicate on it)."""
+        await self.require(webhook_id)
+        delivery = await self.repository.get_delivery(webhook_id, delivery_id)
+        if delivery is None:
+            raise DeliveryNotFoundError(f"webhook {webhook_id} has no delivery {delivery_id}")
+        before = {"status": delivery.status, "attempts": delivery.attempts}
+        delivery.status = "pending"
+        delivery.attempts = 0
+        delivery.next_attempt_at = utcnow()
+        delivery.locked_until = None
+        await self.repository.session.flush()
+        await self.audit.record(
+            actor,
+            "webhook.redeliver",
+            "webhook",
+            str(webhook_id),
+            before={"delivery": delivery_id, **before},
+            after={"delivery": delivery_id, "status": "pending", "attempts": 0},
+        )
+        return delivery
 
     async def ping(self, webhook_id: int, actor: Actor) -> None:
         """Queue a ``ping`` delivery, to check the receiver and its signature check."""
