@@ -9,11 +9,12 @@ before the page's transaction opens, since the embedded default has a single con
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
+import msgspec
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from litestar import Controller, Request, Response, Router, get, post
 from litestar.datastructures import Cookie
@@ -28,9 +29,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.access import SCOPE_OPT
 from registry.auth.keys import Scope, grants
+from registry.auth.schemas import MAX_REQUESTS_PER_MINUTE, CreateApiKey
+from registry.completions.schemas import SetBudget
 from registry.console import formatting, tokens
-from registry.console.schemas import PromoteForm, RollbackForm, SignInForm, SignOutForm
-from registry.console.service import ConsoleExperiments, ConsoleService, prompt_path
+from registry.console.schemas import (
+    BudgetForm,
+    CreateKeyForm,
+    PromoteForm,
+    RateLimitForm,
+    RedeliverForm,
+    RevokeKeyForm,
+    RollbackForm,
+    SignInForm,
+    SignOutForm,
+)
+from registry.console.service import ConsoleAccess, ConsoleExperiments, ConsoleService, ConsoleWebhooks, prompt_path
 from registry.console.sessions import ConsoleSessions, Viewer
 from registry.deps import provide_resource_name
 from registry.lib.errors import ForbiddenError, RegistryError, UnauthorizedError, translate_and_log
@@ -77,6 +90,11 @@ def console_template_config() -> TemplateConfig[JinjaTemplateEngine]:
     environment.filters["segment"] = lambda value: quote(str(value), safe="")
     environment.filters["when"] = formatting.when
     environment.filters["number"] = formatting.number
+    environment.filters["estimate"] = formatting.estimate
+    environment.filters["p_value"] = formatting.p_value
+    environment.filters["count"] = formatting.count
+    environment.filters["cost"] = formatting.cost
+    environment.filters["day"] = formatting.day
     environment.filters["percent"] = formatting.percent
     environment.filters["signed_percent"] = formatting.signed_percent
     environment.globals["prompt_path"] = prompt_path
@@ -456,12 +474,293 @@ class ConsoleController(Controller):
         return render(request, "experiment.html", view=view, section="experiments")
 
 
+def provide_console_access(
+    db_session: NamedDependency[AsyncSession], runtime: NamedDependency[Runtime]
+) -> ConsoleAccess:
+    return ConsoleAccess(db_session, runtime.completions)
+
+
+def provide_console_usage(
+    read_session: NamedDependency[AsyncSession], runtime: NamedDependency[Runtime]
+) -> ConsoleAccess:
+    """On the read replica, as ``GET /v1/usage``; the usage page takes no other session."""
+    return ConsoleAccess(read_session, runtime.completions)
+
+
+def provide_console_webhooks(
+    db_session: NamedDependency[AsyncSession], runtime: NamedDependency[Runtime]
+) -> ConsoleWebhooks:
+    return ConsoleWebhooks(db_session, runtime.webhooks.guard)
+
+
+class FormProblemError(ValueError):
+    """A console form's value the API would refuse, in words for the page."""
+
+
+def optional_int(value: str, field: str, *, maximum: int) -> int | None:
+    text = value.strip().replace(",", "").replace("_", "")
+    if not text:
+        return None
+    if not text.isdigit() or int(text) > maximum:
+        raise FormProblemError(f"{field} must be a whole number from 0 to {maximum:,}, or empty")
+    return int(text)
+
+
+def optional_cost(value: str) -> float | None:
+    text = value.strip().lstrip("$").replace(",", "")
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        number = -1.0
+    if not (0 <= number < 1e12):
+        raise FormProblemError("Monthly cost must be a non-negative amount, or empty")
+    return number
+
+
+def new_key_request(form: CreateKeyForm) -> CreateApiKey:
+    """The API's own request, so the console refuses exactly what ``POST /v1/keys`` refuses."""
+    if not form.scopes():
+        raise FormProblemError("Choose at least one scope")
+    per_minute = optional_int(form.rate_limit_per_minute, "Rate limit", maximum=MAX_REQUESTS_PER_MINUTE)
+    try:
+        return msgspec.convert(
+            {"name": form.name.strip(), "scopes": form.scopes(), "rate_limit_per_minute": per_minute}, CreateApiKey
+        )
+    except msgspec.ValidationError as exc:
+        raise FormProblemError(
+            "A name is 1 to 64 letters, digits, '.', '_' or '-', and starts with a letter or digit"
+            if "$.name" in str(exc)
+            else str(exc)
+        ) from exc
+
+
+USAGE_WINDOWS = (7, 30, 90)
+
+
+class OperationsController(Controller):
+    """Usage and budgets, API keys and webhooks: the pages of the people who run the service."""
+
+    path = CONSOLE_PREFIX
+    dependencies = {
+        "viewer": Provide(provide_viewer, sync_to_thread=False),
+        "access": Provide(provide_console_access, sync_to_thread=False),
+        "usage": Provide(provide_console_usage, sync_to_thread=False),
+        "webhooks": Provide(provide_console_webhooks, sync_to_thread=False),
+    }
+
+    @get("/usage", opt={SCOPE_OPT: Scope.ANALYZE}, operation_id="consoleUsage", include_in_schema=False)
+    async def usage_page(
+        self,
+        request: Request[Any, Any, Any],
+        usage: NamedDependency[ConsoleAccess],
+        viewer: NamedDependency[Viewer],
+        by: Annotated[Literal["prompt", "key"], QueryParameter()] = "prompt",
+        days: Annotated[Literal[7, 30, 90], QueryParameter()] = 30,
+    ) -> Template:
+        view = await usage.usage_page(
+            by=by, days=days, last=datetime.now(UTC).date(), show_keys=viewer.can(Scope.ADMIN)
+        )
+        return render(request, "usage.html", view=view, windows=USAGE_WINDOWS, section="usage")
+
+    # -- API keys (admin only, as on the API)
+
+    @get("/keys", opt={SCOPE_OPT: Scope.ADMIN}, operation_id="consoleKeys", include_in_schema=False)
+    async def keys_page(
+        self,
+        request: Request[Any, Any, Any],
+        access: NamedDependency[ConsoleAccess],
+        page: NamedDependency[PageRequest],
+        revoked: Annotated[bool, QueryParameter()] = False,
+        notice: Annotated[Literal["revoked", ""], QueryParameter()] = "",
+    ) -> Template:
+        return await self._keys(request, access, page, include_revoked=revoked, notice=notice)
+
+    async def _keys(
+        self,
+        request: Request[Any, Any, Any],
+        access: ConsoleAccess,
+        page: PageRequest,
+        *,
+        include_revoked: bool = False,
+        notice: str = "",
+        error: str | None = None,
+        form: CreateKeyForm | None = None,
+    ) -> Template:
+        listing = await access.keys_page(page, include_revoked=include_revoked)
+        return render(
+            request,
+            "keys.html",
+            status_code=400 if error else 200,
+            listing=listing,
+            notice="The key is revoked." if notice == "revoked" else None,
+            error=error,
+            form=form or CreateKeyForm(),
+            section="keys",
+        )
+
+    @post("/keys", opt={SCOPE_OPT: Scope.ADMIN}, operation_id="consoleCreateKey", include_in_schema=False)
+    async def create_key(
+        self,
+        request: Request[Any, Any, Any],
+        data: Annotated[CreateKeyForm, Form],
+        access: NamedDependency[ConsoleAccess],
+        page: NamedDependency[PageRequest],
+        viewer: NamedDependency[Viewer],
+    ) -> Template:
+        try:
+            wanted = new_key_request(data)
+        except FormProblemError as problem:
+            return await self._keys(request, access, page, error=str(problem), form=data)
+        key, secret = await access.create_key(wanted, viewer.actor)
+        # The secret is in this response only: not in a URL, a redirect, a log or the database.
+        return render(request, "key-created.html", key=key, secret=secret, section="keys")
+
+    @get("/keys/{key_id:str}", opt={SCOPE_OPT: Scope.ADMIN}, operation_id="consoleKey", include_in_schema=False)
+    async def key_page(
+        self,
+        request: Request[Any, Any, Any],
+        key_id: FromPath[str],
+        access: NamedDependency[ConsoleAccess],
+        saved: Annotated[Literal["rate-limit", "budget", ""], QueryParameter()] = "",
+    ) -> Template:
+        notice = {"rate-limit": "The rate limit is saved.", "budget": "The budget is saved."}.get(saved)
+        return render(request, "key.html", key=await access.key(key_id), notice=notice, error=None, section="keys")
+
+    async def _key_problem(
+        self, request: Request[Any, Any, Any], access: ConsoleAccess, key_id: str, problem: FormProblemError
+    ) -> Template:
+        key = await access.key(key_id)
+        return render(request, "key.html", status_code=400, key=key, notice=None, error=str(problem), section="keys")
+
+    @post(
+        "/keys/{key_id:str}/rate-limit",
+        opt={SCOPE_OPT: Scope.ADMIN},
+        operation_id="consoleSetRateLimit",
+        include_in_schema=False,
+    )
+    async def set_rate_limit(
+        self,
+        request: Request[Any, Any, Any],
+        key_id: FromPath[str],
+        data: Annotated[RateLimitForm, Form],
+        access: NamedDependency[ConsoleAccess],
+        viewer: NamedDependency[Viewer],
+    ) -> Response[Any]:
+        try:
+            per_minute = optional_int(data.per_minute, "Requests per minute", maximum=MAX_REQUESTS_PER_MINUTE)
+        except FormProblemError as problem:
+            return await self._key_problem(request, access, key_id, problem)
+        await access.set_rate_limit(key_id, per_minute, viewer.actor)
+        return see_other(f"{CONSOLE_PREFIX}/keys/{quote(key_id, safe='')}?saved=rate-limit")
+
+    @post(
+        "/keys/{key_id:str}/budget",
+        opt={SCOPE_OPT: Scope.ADMIN},
+        operation_id="consoleSetBudget",
+        include_in_schema=False,
+    )
+    async def set_budget(
+        self,
+        request: Request[Any, Any, Any],
+        key_id: FromPath[str],
+        data: Annotated[BudgetForm, Form],
+        access: NamedDependency[ConsoleAccess],
+        viewer: NamedDependency[Viewer],
+    ) -> Response[Any]:
+        try:
+            budget = SetBudget(
+                monthly_tokens=optional_int(data.monthly_tokens, "Monthly tokens", maximum=2**62),
+                monthly_cost=optional_cost(data.monthly_cost),
+            )
+        except FormProblemError as problem:
+            return await self._key_problem(request, access, key_id, problem)
+        await access.set_budget(key_id, budget, viewer.actor)
+        return see_other(f"{CONSOLE_PREFIX}/keys/{quote(key_id, safe='')}?saved=budget")
+
+    @get(
+        "/keys/{key_id:str}/revoke",
+        opt={SCOPE_OPT: Scope.ADMIN},
+        operation_id="consoleRevokePlan",
+        include_in_schema=False,
+    )
+    async def revoke_plan(
+        self, request: Request[Any, Any, Any], key_id: FromPath[str], access: NamedDependency[ConsoleAccess]
+    ) -> Template:
+        return render(request, "revoke.html", key=await access.key(key_id), section="keys")
+
+    @post(
+        "/keys/{key_id:str}/revoke",
+        opt={SCOPE_OPT: Scope.ADMIN},
+        operation_id="consoleRevokeKey",
+        include_in_schema=False,
+    )
+    async def revoke_key(
+        self,
+        key_id: FromPath[str],
+        data: Annotated[RevokeKeyForm, Form],
+        access: NamedDependency[ConsoleAccess],
+        viewer: NamedDependency[Viewer],
+    ) -> Redirect:
+        await access.revoke_key(key_id, viewer.actor)
+        return see_other(f"{CONSOLE_PREFIX}/keys?notice=revoked")
+
+    # -- webhooks (admin only, as on the API)
+
+    @get("/webhooks", opt={SCOPE_OPT: Scope.ADMIN}, operation_id="consoleWebhooks", include_in_schema=False)
+    async def webhook_list(
+        self,
+        request: Request[Any, Any, Any],
+        webhooks: NamedDependency[ConsoleWebhooks],
+        page: NamedDependency[PageRequest],
+    ) -> Template:
+        rows, cursor = await webhooks.list_webhooks(page)
+        return render(request, "webhooks.html", rows=rows, next_cursor=cursor, section="webhooks")
+
+    @get(
+        "/webhooks/{webhook_id:int}",
+        opt={SCOPE_OPT: Scope.ADMIN},
+        operation_id="consoleWebhook",
+        include_in_schema=False,
+    )
+    async def webhook_page(
+        self,
+        request: Request[Any, Any, Any],
+        webhook_id: FromPath[int],
+        webhooks: NamedDependency[ConsoleWebhooks],
+        page: NamedDependency[PageRequest],
+        status: Annotated[Literal["pending", "retrying", "succeeded", "dead", ""], QueryParameter()] = "",
+        redelivered: Annotated[int | None, QueryParameter(ge=1)] = None,
+    ) -> Template:
+        view = await webhooks.webhook_page(webhook_id, page, status=status)
+        notice = f"Delivery {redelivered} will be sent again shortly." if redelivered else None
+        return render(request, "webhook.html", view=view, notice=notice, section="webhooks")
+
+    @post(
+        "/webhooks/{webhook_id:int}/deliveries/{delivery_id:int}/redeliver",
+        opt={SCOPE_OPT: Scope.ADMIN},
+        operation_id="consoleRedeliver",
+        include_in_schema=False,
+    )
+    async def redeliver(
+        self,
+        webhook_id: FromPath[int],
+        delivery_id: FromPath[int],
+        data: Annotated[RedeliverForm, Form],
+        webhooks: NamedDependency[ConsoleWebhooks],
+        viewer: NamedDependency[Viewer],
+    ) -> Redirect:
+        await webhooks.redeliver(webhook_id, delivery_id, viewer.actor)
+        return see_other(f"{CONSOLE_PREFIX}/webhooks/{webhook_id}?{urlencode({'redelivered': delivery_id})}")
+
+
 def console_routers() -> list[Router]:
     """The console's pages and its static files, for the app factory."""
     # ApiRouter: its OPTIONS answers list every method of a path (GET and POST /console/login).
     pages = ApiRouter(
         path="/",
-        route_handlers=[SignInController, ConsoleController],
+        route_handlers=[SignInController, ConsoleController, OperationsController],
         before_request=admit_viewer,
         exception_handlers={Exception: console_error},
         include_in_schema=False,

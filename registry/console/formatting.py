@@ -1,17 +1,69 @@
-"""How numbers and times read on console pages; the browser tests format the API's values with these too."""
+"""How numbers and times read on console pages; the browser tests format the API's values with these too.
+
+One precision per kind of number, so a column reads the same on every row: estimates (means,
+interval ends) at four significant digits with their trailing zeros, p-values at four decimals,
+shares and effects as percentages at two decimals, counts with thousands separators.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+
+_SMALLEST_P = 1e-4
+_SMALLEST_COST = 1e-4
 
 
 def when(value: datetime | None) -> str:
     return "—" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
 
 
+def day(value: date) -> str:
+    return value.strftime("%Y-%m-%d")
+
+
 def number(value: float | None) -> str:
-    """Four significant digits: enough to compare variants, short enough to scan."""
+    """A setting such as alpha or a threshold: as short as it was written (0.05, 0.001)."""
     return "—" if value is None else f"{value:.4g}"
+
+
+def estimate(value: float | None) -> str:
+    """A mean or an interval end: four significant digits, trailing zeros kept (0.3810, 0.09175, 12.00)."""
+    if value is None:
+        return "—"
+    if value == 0:
+        return "0.000"
+    if abs(value) >= 10_000:
+        return f"{value:,.0f}"
+    if abs(value) < 0.001:
+        return f"{value:.3e}"
+    return f"{value:#.4g}".rstrip(".")
+
+
+def p_value(value: float | None) -> str:
+    """Four decimals; below that, an upper bound (a p-value of exactly 0 is never meant)."""
+    if value is None:
+        return "—"
+    return f"< {_SMALLEST_P:.4f}" if value < _SMALLEST_P else f"{value:.4f}"
+
+
+def count(value: int | None) -> str:
+    return "—" if value is None else f"{value:,}"
+
+
+def cost(value: float | None) -> str:
+    """Money in the deployment's price unit: cents from a dollar up, four decimals below (a cent's hundredths)."""
+    if value is None:
+        return "—"
+    if value == 0:
+        return "$0.00"
+    if abs(value) < _SMALLEST_COST:
+        return f"< ${_SMALLEST_COST:.4f}"
+    return f"${value:,.2f}" if abs(value) >= 1 else f"${value:.4f}"
+
+
+def cost_tick(value: float) -> str:
+    """A chart axis's money: as few digits as the tick needs ($0.02, $0.0375, $150)."""
+    return f"${value:,.4g}"
 
 
 def percent(value: float | None) -> str:

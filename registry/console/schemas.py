@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from registry.console.diff import DiffHunk
+from registry.console.usage import UsageFigures
 from registry.experiments.schemas import ExperimentDefinition, ResultsOut
 from registry.lib.schema import Reason
 
@@ -207,3 +208,128 @@ class ExperimentResults:
 
     experiment: ExperimentDefinition
     results: ResultsOut
+
+
+# -- usage, API keys and webhooks
+
+
+class CreateKeyForm(msgspec.Struct, kw_only=True):
+    """A new API key; one checkbox per scope (a form sends a lone checkbox as a string, not a list)."""
+
+    csrf: str = ""
+    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    scope_read: str = ""
+    scope_write: str = ""
+    scope_promote: str = ""
+    scope_analyze: str = ""
+    scope_admin: str = ""
+    rate_limit_per_minute: Annotated[str, msgspec.Meta(max_length=12)] = ""
+
+    def scopes(self) -> list[str]:
+        chosen = {"read": self.scope_read, "write": self.scope_write, "promote": self.scope_promote}
+        chosen |= {"analyze": self.scope_analyze, "admin": self.scope_admin}
+        return [scope for scope, ticked in chosen.items() if ticked]
+
+
+class RevokeKeyForm(msgspec.Struct, kw_only=True):
+    csrf: str = ""
+
+
+class RateLimitForm(msgspec.Struct, kw_only=True):
+    csrf: str = ""
+    per_minute: Annotated[str, msgspec.Meta(max_length=12)] = ""  # empty: the deployment's default
+
+
+class BudgetForm(msgspec.Struct, kw_only=True):
+    csrf: str = ""
+    monthly_tokens: Annotated[str, msgspec.Meta(max_length=20)] = ""  # empty: no limit
+    monthly_cost: Annotated[str, msgspec.Meta(max_length=20)] = ""
+
+
+class RedeliverForm(msgspec.Struct, kw_only=True):
+    csrf: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRow:
+    """A key's monthly budget and the share of it used this month."""
+
+    key: str
+    name: str
+    monthly_tokens: int | None
+    monthly_cost: float | None
+    used_tokens: int
+    used_cost: float
+    month_start: datetime
+
+    @property
+    def token_share(self) -> float | None:
+        return None if not self.monthly_tokens else self.used_tokens / self.monthly_tokens
+
+    @property
+    def cost_share(self) -> float | None:
+        return None if not self.monthly_cost else self.used_cost / self.monthly_cost
+
+
+@dataclass(frozen=True, slots=True)
+class UsagePage:
+    by: str
+    days: int
+    first: date
+    last: date
+    figures: UsageFigures
+    truncated: bool
+    budgets: list[BudgetRow] | None  # None: the key may not read budgets (admin only, as on the API)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    id: str
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    created_by: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    rate_limit_per_minute: int | None
+    budget: BudgetRow | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeysPage:
+    rows: list[KeyRow]
+    next_cursor: str | None
+    include_revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRow:
+    id: int
+    url: str
+    events: list[str]
+    description: str
+    created_at: datetime
+    created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    id: int
+    event_id: str
+    event_type: str
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookPage:
+    webhook: WebhookRow
+    deliveries: list[DeliveryRow]
+    next_cursor: str | None
+    status: str

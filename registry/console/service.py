@@ -7,31 +7,46 @@ into a ``Conflict`` that says who moved the version.
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, timedelta
 from urllib.parse import quote, urlencode
 
 from msgspec import UNSET
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.audit import AuditLog
+from registry.auth.models import ApiKey
 from registry.auth.principal import Actor
+from registry.auth.schemas import CreateApiKey
+from registry.auth.service import ApiKeyNotFoundError, ApiKeyService
+from registry.completions.components import Completions
+from registry.completions.schemas import BudgetOut, SetBudget
+from registry.completions.service import BudgetService, UsageService
 from registry.console.diff import content_lines, side_by_side
 from registry.console.schemas import (
     AuditList,
     AuditRow,
+    BudgetRow,
     Conflict,
+    DeliveryRow,
     ExperimentList,
     ExperimentResults,
     FieldChangeRow,
     HistoryRow,
+    KeyRow,
+    KeysPage,
     PlannedChange,
     PromotionPlan,
     PromptList,
     PromptPage,
     PromptRow,
+    UsagePage,
     VersionRow,
+    WebhookPage,
+    WebhookRow,
     as_text,
 )
 from registry.console.schemas import DiffPage as DiffView
+from registry.console.usage import UsageBy, usage_figures
 from registry.experiments.schemas import ExperimentDefinition
 from registry.experiments.service import ExperimentService
 from registry.lib.errors import RegistryError
@@ -41,6 +56,9 @@ from registry.lib.schema import paginate
 from registry.lib.versioned_schemas import PromoteRequest, RollbackRequest
 from registry.prompts.models import Prompt, PromptVersion
 from registry.prompts.service import PromptLimits, PromptService
+from registry.webhooks.guard import AddressGuard
+from registry.webhooks.models import Webhook, WebhookDelivery
+from registry.webhooks.service import WebhookService
 
 VERSIONS_SHOWN = 100
 HISTORY_SHOWN = 50
@@ -284,3 +302,146 @@ class ConsoleExperiments:
         results = await self.experiments.results(key, phase)
         definition = ExperimentDefinition.of(await self.experiments.require(key))
         return ExperimentResults(definition, results)
+
+
+USAGE_ROWS = 10_000  # as GET /v1/usage: a window with more (day, group) rows says so
+KEYS_SHOWN = 500
+
+
+def _budget_row(budget: BudgetOut, name: str) -> BudgetRow:
+    return BudgetRow(
+        key=budget.key,
+        name=name,
+        monthly_tokens=budget.monthly_tokens,
+        monthly_cost=budget.monthly_cost,
+        used_tokens=budget.used_tokens,
+        used_cost=budget.used_cost,
+        month_start=budget.month_start,
+    )
+
+
+def _key_row(key: ApiKey, budget: BudgetRow | None) -> KeyRow:
+    return KeyRow(
+        id=key.public_id,
+        name=key.name,
+        scopes=list(key.scopes),
+        created_at=key.created_at,
+        created_by=key.created_by,
+        expires_at=key.expires_at,
+        revoked_at=key.revoked_at,
+        last_used_at=key.last_used_at,
+        rate_limit_per_minute=key.rate_limit_per_minute,
+        budget=budget,
+    )
+
+
+class ConsoleAccess:
+    """Usage, budgets and API keys, through the usage, budget and key services the API uses."""
+
+    def __init__(self, session: AsyncSession, completions: Completions) -> None:
+        self.usage = UsageService(session, completions)
+        self.budgets = BudgetService(session, completions.budgets)
+        self.keys = ApiKeyService(session)
+
+    async def usage_page(self, *, by: UsageBy, days: int, last: date, show_keys: bool) -> UsagePage:
+        """Tokens and cost per day of the ``days`` ending ``last``; key names and budgets for admins only."""
+        first = last - timedelta(days=days - 1)
+        rows, truncated = await self.usage.report(
+            ["day", by],
+            since=datetime(first.year, first.month, first.day, tzinfo=UTC),
+            until=datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1),
+            prompt=None,
+            key=None,
+            limit=USAGE_ROWS,
+        )
+        keys = await self._all_keys(include_revoked=True) if show_keys else []
+        labels = {k.public_id: f"{k.name} ({k.public_id})" for k in keys} if by == "key" else {}
+        figures = usage_figures(rows, by=by, first=first, last=last, labels=labels)
+        budgets = None
+        if show_keys:
+            rows_by_key = await self._budgets([k for k in keys if k.revoked_at is None])
+            budgets = [b for b in rows_by_key.values() if b.monthly_tokens is not None or b.monthly_cost is not None]
+        return UsagePage(by, days, first, last, figures, truncated, budgets)
+
+    async def _all_keys(self, *, include_revoked: bool) -> list[ApiKey]:
+        found = await self.keys.list_keys(PageRequest(limit=KEYS_SHOWN, after=None), include_revoked=include_revoked)
+        return list(found[:KEYS_SHOWN])
+
+    async def _budgets(self, keys: list[ApiKey]) -> dict[str, BudgetRow]:
+        return {k.public_id: _budget_row(await self.budgets.get(k.public_id), k.name) for k in keys}
+
+    async def keys_page(self, page: PageRequest, *, include_revoked: bool) -> KeysPage:
+        found = await self.keys.list_keys(page, include_revoked=include_revoked)
+        items, cursor = paginate(found, page.limit, lambda k: encode_cursor(k.id))
+        budgets = await self._budgets([k for k in items if k.revoked_at is None])
+        return KeysPage([_key_row(k, budgets.get(k.public_id)) for k in items], cursor, include_revoked)
+
+    async def key(self, public_id: str) -> KeyRow:
+        key = await self.keys.repository.get_by_public_id(public_id)
+        if key is None:
+            raise ApiKeyNotFoundError(f"no API key has id '{public_id}'")
+        budget = _budget_row(await self.budgets.get(public_id), key.name) if key.revoked_at is None else None
+        return _key_row(key, budget)
+
+    async def create_key(self, data: CreateApiKey, actor: Actor) -> tuple[KeyRow, str]:
+        """The new key and its secret, which the page shows once and nothing stores."""
+        key, secret = await self.keys.create_key(
+            data.name, data.scopes, actor, rate_limit_per_minute=data.rate_limit_per_minute
+        )
+        return _key_row(key, None), secret
+
+    async def revoke_key(self, public_id: str, actor: Actor) -> None:
+        await self.keys.revoke_key(public_id, actor)
+
+    async def set_rate_limit(self, public_id: str, per_minute: int | None, actor: Actor) -> None:
+        await self.keys.set_rate_limit(public_id, per_minute, actor)
+
+    async def set_budget(self, public_id: str, budget: SetBudget, actor: Actor) -> None:
+        await self.budgets.set(public_id, budget, actor)
+
+
+def _delivery_row(delivery: WebhookDelivery) -> DeliveryRow:
+    return DeliveryRow(
+        id=delivery.id,
+        event_id=delivery.event_id,
+        event_type=delivery.event_type,
+        status=delivery.status,
+        attempts=delivery.attempts,
+        last_status_code=delivery.last_status_code,
+        last_error=delivery.last_error,
+        next_attempt_at=delivery.next_attempt_at,
+        created_at=delivery.created_at,
+        delivered_at=delivery.delivered_at,
+    )
+
+
+def _webhook_row(webhook: Webhook) -> WebhookRow:
+    """Everything but the signing secret, which only its creation response shows."""
+    return WebhookRow(
+        id=webhook.id,
+        url=webhook.url,
+        events=list(webhook.event_types),
+        description=webhook.description,
+        created_at=webhook.created_at,
+        created_by=webhook.created_by,
+    )
+
+
+class ConsoleWebhooks:
+    """Webhooks and their delivery log, through the webhook service the API uses."""
+
+    def __init__(self, session: AsyncSession, guard: AddressGuard) -> None:
+        self.webhooks = WebhookService(session, guard)
+
+    async def list_webhooks(self, page: PageRequest) -> tuple[list[WebhookRow], str | None]:
+        items, cursor = paginate(await self.webhooks.list(page), page.limit, lambda w: encode_cursor(w.id))
+        return [_webhook_row(w) for w in items], cursor
+
+    async def webhook_page(self, webhook_id: int, page: PageRequest, *, status: str) -> WebhookPage:
+        webhook = await self.webhooks.require(webhook_id)
+        found = await self.webhooks.deliveries(webhook_id, page, status=status or None)
+        items, cursor = paginate(found, page.limit, lambda d: encode_cursor(d.id))
+        return WebhookPage(_webhook_row(webhook), [_delivery_row(d) for d in items], cursor, status)
+
+    async def redeliver(self, webhook_id: int, delivery_id: int, actor: Actor) -> None:
+        await self.webhooks.redeliver(webhook_id, delivery_id, actor)

@@ -4,6 +4,8 @@ The server runs under uvicorn in its own thread and event loop on a free port, a
 would; Chromium is Debian's (``/usr/bin/chromium``), driven by Playwright's async API on the tests'
 loop, one browser for the whole session and a fresh context (cookies) per test.
 Every test fails if a page opened a JavaScript dialog, logged an error or raised one.
+Completions run on the fault server (``tests/completions/fault_server.py``), the backend ``fault``,
+so usage pages show real recorded usage; webhooks may reach loopback addresses.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 import pytest
@@ -27,7 +29,8 @@ from registry.auth.principal import Actor
 from registry.auth.service import ApiKeyService
 from registry.db import migrate
 from registry.db.engine import create_engine, create_sessionmaker
-from registry.settings import Settings
+from registry.settings import BackendSettings, Settings
+from tests.completions.fault_server import FaultServer
 from tests.conftest import free_port
 
 CHROMIUM = os.environ.get("REGISTRY_CHROMIUM", "/usr/bin/chromium")
@@ -47,6 +50,7 @@ HOSTILE_KEY_NAME = "<script>alert('key')</script>"
 class LiveRegistry:
     url: str
     keys: dict[str, str]  # role -> full API key
+    fault_url: str  # the completion backend named "fault"
 
     def http(self) -> httpx.AsyncClient:
         """A client without a key, as a browser that never signed in (or a forger) would send."""
@@ -81,10 +85,23 @@ def _in_own_loop(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return result[0]
 
 
+def serve(app: Any, *, lifespan: Literal["on", "off"], name: str) -> tuple[uvicorn.Server, threading.Thread, str]:
+    """An ASGI app under uvicorn on a free loopback port, in a thread of its own; returns its base URL too."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan))
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), f"{name} failed to start"
+        thread.join(0.02)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRegistry]:
     directory = tmp_path_factory.mktemp("console")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    fault, fault_thread, fault_url = serve(FaultServer(), lifespan="off", name="console-fault-backend")
     settings = Settings(
         database_url=f"sqlite+aiosqlite:///{directory / 'registry.db'}",
         redis_url=None,
@@ -97,6 +114,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRegistry]:
         # Exposures and events reach the results soon, so a test waits few polls for them.
         experiment_exposure_flush_seconds=0.1,
         experiment_statistics_seconds=0.1,
+        backends={"fault": BackendSettings(url=fault_url, max_retries=0)},
+        webhook_allowed_networks=["127.0.0.0/8"],
     )
     keys = _in_own_loop(
         lambda: _prepare(
@@ -112,20 +131,14 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRegistry]:
             },
         )
     )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, name="console-live-server", daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "the live server failed to start"
-        thread.join(0.02)
+    server, thread, url = serve(create_app(settings), lifespan="on", name="console-live-server")
     try:
-        yield LiveRegistry(url=f"http://127.0.0.1:{port}", keys=keys)
+        yield LiveRegistry(url=url, keys=keys, fault_url=fault_url)
     finally:
         server.should_exit = True
         thread.join(30)
+        fault.should_exit = True
+        fault_thread.join(30)
 
 
 @dataclass

@@ -60,3 +60,33 @@ async def prompt_with_versions(api: httpx.AsyncClient, prefix: str, count: int, 
         )
     await promote(api, name, 1, "production", None)
     return name
+
+
+async def prompt_on_fault_backend(api: httpx.AsyncClient, name: str, *, prices: tuple[float, float]) -> None:
+    """A prompt in production whose model config runs on the fault server (three tokens per answer), priced."""
+    config = unique("fault-config")
+    assert (await api.post("/v1/configs", json={"name": config})).status_code == 201
+    created = await api.post(
+        f"/v1/configs/{config}/versions",
+        json={
+            "backend": "fault",
+            "model": f"ok/{config}",
+            "params": {"max_tokens": 8},
+            "input_price_per_mtok": prices[0],
+            "output_price_per_mtok": prices[1],
+        },
+    )
+    assert created.status_code == 201, created.text
+    promoted = await api.post(
+        f"/v1/configs/{config}/versions/1/promote", json={"to": "production", "expected_current": None}
+    )
+    assert promoted.status_code == 200, promoted.text
+    await create_prompt(api, name)
+    await create_version(api, name, "Say hello to {{ who }}.", config={"name": config, "version": 1})
+    await promote(api, name, 1, "production", None)
+
+
+async def complete(api: httpx.AsyncClient, name: str, times: int) -> None:
+    for _ in range(times):
+        response = await api.post(f"/v1/prompts/{quote(name, safe='')}/complete", json={"variables": {"who": "Ada"}})
+        assert response.status_code == 200, response.text

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import httpx
 
-from registry.console.formatting import number, percent, signed_percent
+from registry.console.formatting import count, estimate, p_value, percent, signed_percent
 from tests.console.conftest import Console, LiveRegistry, check_page
 from tests.console.seed import create_prompt, create_version, promote, unique
 
@@ -60,19 +60,19 @@ async def run_experiment(api: httpx.AsyncClient) -> str:
 
 def expected_row(variant: dict[str, Any]) -> list[str]:
     """A metric row as the page must show it, from the API's numbers."""
-    cells = [variant["variant"], str(variant["units"]), number(variant["mean"])]
-    cells.append(f"{number(variant['ci_low'])} {DASH} {number(variant['ci_high'])}")
+    cells = [variant["variant"], count(variant["units"]), estimate(variant["mean"])]
+    cells.append(f"{estimate(variant['ci_low'])} {DASH} {estimate(variant['ci_high'])}")
     versus = variant["vs_control"]
     if versus is None:
         return [*cells, "control"]
     effect = versus["relative"] or versus["absolute"]
-    show = signed_percent if versus["relative"] else number
-    estimate = show(effect["estimate"]) + (" significant" if versus["significant"] else "")
+    show = signed_percent if versus["relative"] else estimate
+    effect_text = show(effect["estimate"]) + (" significant" if versus["significant"] else "")
     return [
         *cells,
-        estimate,
+        effect_text,
         f"{show(effect['ci_low'])} {DASH} {show(effect['ci_high'])}",
-        number(versus["p_value_adjusted"]),
+        p_value(versus["p_value_adjusted"]),
         percent(versus["chance_to_beat_control"]),
     ]
 
@@ -98,7 +98,7 @@ async def test_the_results_page_shows_the_numbers_of_the_results_api(console: Co
     assert "The split is healthy" in await page.get_by_role("status").inner_text()
     units = page.get_by_role("region", name="Units per variant")
     assert await table_rows(units) == [
-        [v["variant"], str(v["units"]), percent(v["expected_share"]), percent(v["observed_share"])]
+        [v["variant"], count(v["units"]), percent(v["expected_share"]), percent(v["observed_share"])]
         for v in results["variants"]
     ]
     (metric,) = results["metrics"]
