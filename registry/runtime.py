@@ -174,7 +174,9 @@ class Runtime:
         gc.collect()
         gc.freeze()
         # Open change feeds end as soon as a stop is requested, so the server's drain does not wait on them.
-        self._stop_signal = StopSignalHook(self._stop_requested, drain_seconds=self.settings.shutdown_drain_seconds)
+        # The worker role takes no traffic, so it has nothing to drain.
+        drain_seconds = 0.0 if self.settings.role == "worker" else self.settings.shutdown_drain_seconds
+        self._stop_signal = StopSignalHook(self._stop_requested, drain_seconds=drain_seconds)
         self._stop_signal.install()
         await self.bus.start()
         if self.change_log is not None:

@@ -32,6 +32,20 @@ class ReadinessOut(Output):
     experiments_unloadable: list[str]
 
 
+UNREADY = frozenset({"not ready", "draining"})
+
+
+def readiness(*, database_up: bool, redis_up: bool, prompts_cached: bool, draining: bool) -> str:
+    """Whether this replica can serve its read path: cached prompts still render while the database is down."""
+    if draining:
+        return "draining"
+    if not database_up and not prompts_cached:
+        return "not ready"
+    if not (database_up and redis_up):
+        return "degraded"
+    return "ready"
+
+
 async def _database_state(runtime: Runtime) -> str:
     try:
         async with asyncio.timeout(2), runtime.engine.connect() as connection:
@@ -79,21 +93,19 @@ class SystemController(Controller):
     )
     async def ready(self, runtime: NamedDependency[Runtime]) -> Response[ReadinessOut]:
         database, redis = await asyncio.gather(_database_state(runtime), _redis_state(runtime))
-        if runtime.draining:
-            status = "draining"
-        elif database != "ok" and not runtime.prompts.loaded:
-            status = "not ready"
-        elif database != "ok" or redis.startswith("unavailable"):
-            status = "degraded"
-        else:
-            status = "ready"
+        status = readiness(
+            database_up=database == "ok",
+            redis_up=not redis.startswith("unavailable"),
+            prompts_cached=runtime.prompts.loaded > 0,
+            draining=runtime.draining,
+        )
         body = ReadinessOut(
             status=status,
             database=database,
             redis=redis,
             experiments_unloadable=runtime.experiments.router.unloadable,
         )
-        return Response(body, status_code=503 if status in ("draining", "not ready") else 200)
+        return Response(body, status_code=503 if status in UNREADY else 200)
 
     @get("/metrics", operation_id="metrics", summary="Prometheus metrics", include_in_schema=False)
     async def metrics(self, runtime: NamedDependency[Runtime]) -> Response[bytes]:

@@ -166,7 +166,8 @@ def test_registry_worker_serves_health_ready_and_metrics_on_its_own_port(
 ) -> None:
     import subprocess
 
-    env = registry_env(postgres.url, None, worker_port=str(free_port()))
+    # A drain no test could wait out: the worker takes no traffic, so it stops without one.
+    env = registry_env(postgres.url, None, worker_port=str(free_port()), shutdown_drain_seconds="300")
     url = f"http://127.0.0.1:{env['REGISTRY_WORKER_PORT']}"
     log_path = tmp_path / "worker.log"
     with log_path.open("ab") as log:
