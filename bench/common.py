@@ -222,7 +222,8 @@ def deployment(server: str = "granian", workers: int = 1) -> Iterator[Deployment
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     api = subprocess.Popen(server_command(server, workers, port), env={**env, "REGISTRY_ROLE": "api"}, cwd=ROOT)
-    worker = subprocess.Popen([sys.executable, "-m", "registry", "worker"], env=env, cwd=ROOT)
+    worker_env = {**env, "REGISTRY_WORKER_PORT": str(free_port())}  # its probes, on a port nothing else holds
+    worker = subprocess.Popen([sys.executable, "-m", "registry", "worker"], env=worker_env, cwd=ROOT)
     try:
         wait_healthy(base, api)
         publish(base, headers)
