@@ -16,7 +16,7 @@ from registry.lib.jobs import PeriodicJob, Role
 from registry.runtime import Runtime
 from registry.settings import Settings
 from tests.api import Headers, create_prompt, create_version
-from tests.conftest import serve_in_process, serve_over_http
+from tests.conftest import free_port, serve_in_process, serve_over_http
 
 SHARED = {"experiment-statistics", "webhooks", "completion-text-retention"}
 
@@ -76,6 +76,7 @@ async def test_a_worker_process_delivers_what_an_api_process_recorded(
             REGISTRY_REDIS_KEY_PREFIX=redis_prefix,
             REGISTRY_WEBHOOK_DISPATCH_INTERVAL_SECONDS="0.2",
             REGISTRY_WEBHOOK_ALLOWED_NETWORKS='["127.0.0.0/8"]',  # the receiver listens on this machine
+            REGISTRY_WORKER_PORT=str(free_port()),  # not the default, which another test run may hold
         )
         worker = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "registry"), "worker", env=env, stderr=asyncio.subprocess.PIPE
