@@ -61,9 +61,13 @@ def stacked_bars(
     x_label: str,
     y_label: str,
     format_value: Callable[[float], str],
-    format_tick: Callable[[float], str] | None = None,
+    format_tick: Callable[[float, float], str],
 ) -> Markup:
-    """A stacked bar chart: one bar per category, one segment per series, each segment with its own title."""
+    """A stacked bar chart: one bar per category, one segment per series, each segment with its own title.
+
+    ``format_value`` writes a segment's value in its title; ``format_tick`` an axis tick, given the step
+    between ticks, so that every tick has the same decimals.
+    """
     plot_width = _WIDTH - _LEFT - _RIGHT
     plot_height = _HEIGHT - _TOP - _BOTTOM
     totals = [sum(s.values[i] for s in series) for i in range(len(categories))]
@@ -75,12 +79,13 @@ def stacked_bars(
         f'<title id="{ident}-title">{escape(title)}</title>',
         f'<desc id="{ident}-desc">{escape(description)}</desc>',
     ]
-    for tick in axis_ticks(top):
+    ticks = axis_ticks(top)
+    for tick in ticks:
         y = _TOP + plot_height * (1 - tick / top)
         parts.append(
             f'<line class="chart-grid" x1="{_LEFT}" x2="{_WIDTH - _RIGHT}" y1="{_number(y)}" y2="{_number(y)}"/>'
             f'<text class="chart-tick" x="{_LEFT - 8}" y="{_number(y + 4)}" text-anchor="end">'
-            f"{escape((format_tick or format_value)(tick))}</text>"
+            f"{escape(format_tick(tick, ticks[1]))}</text>"
         )
     band = plot_width / max(len(categories), 1)
     bar = max(band * 0.7, 1.0)

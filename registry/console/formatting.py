@@ -7,6 +7,7 @@ shares and effects as percentages at two decimals, counts with thousands separat
 
 from __future__ import annotations
 
+import math
 from datetime import date, datetime
 
 _SMALLEST_P = 1e-4
@@ -61,9 +62,18 @@ def cost(value: float | None) -> str:
     return f"${value:,.2f}" if abs(value) >= 1 else f"${value:.4f}"
 
 
-def cost_tick(value: float) -> str:
-    """A chart axis's money: as few digits as the tick needs ($0.02, $0.0375, $150)."""
-    return f"${value:,.4g}"
+def decimals_for(step: float) -> int:
+    """Decimals that tell apart ticks ``step`` apart (0 for whole steps)."""
+    return 0 if step >= 1 else math.ceil(-math.log10(step) - 1e-9)
+
+
+def count_tick(value: float, step: float) -> str:
+    return f"{value:,.{decimals_for(step)}f}"
+
+
+def cost_tick(value: float, step: float) -> str:
+    """A chart axis's money, every tick with the same decimals: $0.00, $0.02 … or $0.000002, $0.000004 …"""
+    return f"${value:,.{max(2, decimals_for(step))}f}"
 
 
 def percent(value: float | None) -> str:

@@ -129,6 +129,7 @@ def usage_figures(
             x_label="Day (UTC)",
             y_label="Tokens",
             format_value=lambda value: formatting.count(round(value)),
+            format_tick=formatting.count_tick,
         ),
         cost_chart=stacked_bars(
             chart_id="cost-chart",

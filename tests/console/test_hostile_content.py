@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from tests.console.conftest import HOSTILE_KEY_NAME, Console, LiveRegistry, check_page
-from tests.console.seed import create_prompt, create_version, promote, unique
+from tests.console.seed import complete, create_prompt, create_version, promote, prompt_on_fault_backend, unique
 
 DESCRIPTION = "<script>alert('description')</script> \"double\" 'single' <img src=x onerror=alert('img')>"
 TEMPLATE = "<script>alert('template')</script> {{ name }} <a href=\"javascript:alert('link')\">click</a>"
@@ -70,3 +70,46 @@ async def test_hostile_text_is_shown_as_text_on_every_page(console: Console, liv
     await admin.goto(f"/console/audit?{urlencode({'resource': name})}")
     await assert_inert(admin, HOSTILE_KEY_NAME)
     await check_page(admin, "hostile-audit")
+
+
+async def test_hostile_text_is_shown_as_text_on_the_usage_key_and_webhook_pages(
+    console: Console, live: LiveRegistry
+) -> None:
+    name = unique("hostile/usage")
+    hostile_id = live.keys["hostile"].split("_")[1]
+    url = f"{live.fault_url}/hooks/x?q=%22%3E%3Cscript%3Ealert('url')%3C/script%3E"
+    async with live.api() as api, live.api("hostile") as hostile:
+        await prompt_on_fault_backend(api, name, prices=(1.0, 1.0))
+        await complete(hostile, name, 1)
+        assert (await api.put(f"/v1/keys/{hostile_id}/budget", json={"monthly_tokens": 100})).status_code == 200
+        created = await api.post("/v1/webhooks", json={"url": url, "events": ["prompt.*"], "description": DESCRIPTION})
+        assert created.status_code == 201, created.text
+        webhook_id = created.json()["webhook"]["id"]
+        assert (await api.post(f"/v1/webhooks/{webhook_id}/ping")).status_code == 202
+    admin = await console.signed_in("admin")
+
+    await admin.goto("/console/usage?by=key")
+    await assert_inert(admin, f"{HOSTILE_KEY_NAME} ({hostile_id})")
+    assert await admin.locator("svg script, svg [onload], svg a").count() == 0
+    assert HOSTILE_KEY_NAME in await admin.get_by_role("region", name="Budgets this month").inner_text()
+    await check_page(admin, "hostile-usage")
+
+    await admin.goto("/console/keys")
+    await assert_inert(admin, HOSTILE_KEY_NAME)
+    await admin.goto(f"/console/keys/{hostile_id}")
+    await assert_inert(admin, HOSTILE_KEY_NAME)
+    await check_page(admin, "hostile-key")
+    await admin.goto(f"/console/keys/{hostile_id}/revoke")
+    await assert_inert(admin, HOSTILE_KEY_NAME)
+    # A refused form shows the name as typed, in the field, not as markup.
+    await admin.goto("/console/keys")
+    await admin.get_by_label("Name").fill(SEARCH)
+    await admin.get_by_role("button", name="Create key").click()
+    await assert_inert(admin)
+    assert await admin.get_by_label("Name").input_value() == SEARCH
+
+    await admin.goto("/console/webhooks")
+    await assert_inert(admin, DESCRIPTION)
+    await admin.goto(f"/console/webhooks/{webhook_id}")
+    await assert_inert(admin, DESCRIPTION, url)
+    await check_page(admin, "hostile-webhook")

@@ -79,7 +79,7 @@ async def test_the_diff_shows_template_input_schema_and_model_config_side_by_sid
     async with live.api() as api:
         assert (await api.post("/v1/configs", json={"name": config})).status_code == 201
         for temperature in (0.2, 0.7):
-            body = {"backend": "local", "model": "tiny", "params": {"temperature": temperature}}
+            body = {"backend": "fault", "model": "tiny", "params": {"temperature": temperature}}
             assert (await api.post(f"/v1/configs/{config}/versions", json=body)).status_code == 201
         await create_prompt(api, name)
         await create_version(api, name, "Reply to {{ ticket }}.\nBe brief.", config={"name": config, "version": 1})
