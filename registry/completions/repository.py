@@ -102,6 +102,13 @@ class CompletionRepository:
     async def get_budget(self, key_id: int) -> ApiKeyBudget | None:
         return await self.session.get(ApiKeyBudget, key_id)
 
+    async def budgets_of(self, key_ids: Sequence[int]) -> list[ApiKeyBudget]:
+        """The budgets of these keys, in one query (keys without one have no row)."""
+        if not key_ids:
+            return []
+        query = select(ApiKeyBudget).where(ApiKeyBudget.api_key_id.in_(key_ids))
+        return list((await self.session.scalars(query)).all())
+
     async def budget_of(self, public_id: str) -> ApiKeyBudget | None:
         query = (
             select(ApiKeyBudget).join(ApiKey, ApiKey.id == ApiKeyBudget.api_key_id).where(ApiKey.public_id == public_id)

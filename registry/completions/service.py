@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.audit import AuditLog
+from registry.auth.models import ApiKey
 from registry.auth.principal import Actor
 from registry.auth.service import ApiKeyNotFoundError
 from registry.completions.budgets import BudgetGuard
@@ -530,6 +531,12 @@ class BudgetService:
             raise ApiKeyNotFoundError(f"no API key has id '{public_id}'")
         budget = await self.repository.get_budget(key.id)
         return await self._out(public_id, budget)
+
+    async def budgeted(self, keys: Sequence[ApiKey]) -> list[BudgetOut]:
+        """The budgets and spend of those of ``keys`` that have a budget: one query, then each key's spend."""
+        public_ids = {key.id: key.public_id for key in keys}
+        budgets = await self.repository.budgets_of(list(public_ids))
+        return [await self._out(public_ids[budget.api_key_id], budget) for budget in budgets]
 
     async def set(self, public_id: str, data: SetBudget, actor: Actor) -> BudgetOut:
         key = await self.repository.get_key(public_id)
