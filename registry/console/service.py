@@ -359,8 +359,7 @@ class ConsoleAccess:
         figures = usage_figures(rows, by=by, first=first, last=last, labels=labels)
         budgets = None
         if show_keys:
-            rows_by_key = await self._budgets([k for k in keys if k.revoked_at is None])
-            budgets = [b for b in rows_by_key.values() if b.monthly_tokens is not None or b.monthly_cost is not None]
+            budgets = list((await self._budgets([k for k in keys if k.revoked_at is None])).values())
         return UsagePage(by, days, first, last, figures, truncated, budgets)
 
     async def _all_keys(self, *, include_revoked: bool) -> list[ApiKey]:
@@ -368,7 +367,9 @@ class ConsoleAccess:
         return list(found[:KEYS_SHOWN])
 
     async def _budgets(self, keys: list[ApiKey]) -> dict[str, BudgetRow]:
-        return {k.public_id: _budget_row(await self.budgets.get(k.public_id), k.name) for k in keys}
+        """Budgeted keys only: one query for the budgets, then each budgeted key's spend."""
+        names = {k.public_id: k.name for k in keys}
+        return {b.key: _budget_row(b, names[b.key]) for b in await self.budgets.budgeted(keys)}
 
     async def keys_page(self, page: PageRequest, *, include_revoked: bool) -> KeysPage:
         found = await self.keys.list_keys(page, include_revoked=include_revoked)

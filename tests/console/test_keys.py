@@ -25,7 +25,11 @@ async def test_create_a_key_see_its_secret_once_set_limits_and_revoke_it(console
     await page.get_by_role("checkbox", name="analyze").check()
     await page.get_by_label("Requests per minute").fill("120")
     await check_page(page, "keys")
-    await page.get_by_role("button", name="Create key").click()
+    async with page.expect_response(lambda r: r.url.endswith("/console/keys") and r.request.method == "POST") as info:
+        await page.get_by_role("button", name="Create key").click()
+    answered = await info.value
+    assert answered.status == 200  # the page itself, not a redirect to a URL that would carry or re-show it
+    assert answered.headers["cache-control"] == "no-store"
 
     secret = await page.get_by_label("API key").input_value()
     assert secret.startswith("prk_")
