@@ -81,6 +81,23 @@ class WebhookController(Controller):
         return DeliveryPage(items=[DeliveryOut.of(d) for d in items], next_cursor=cursor)
 
     @post(
+        "/{webhook_id:int}/deliveries/{delivery_id:int}/redeliver",
+        opt={"scope": Scope.ADMIN},
+        operation_id="redeliverWebhookDelivery",
+        summary="Send a delivery again",
+        description="The delivery starts over from its first attempt, with the same event id and body.",
+        status_code=200,
+    )
+    async def redeliver(
+        self,
+        webhook_id: FromPath[int],
+        delivery_id: FromPath[int],
+        service: NamedDependency[WebhookService],
+        current_actor: NamedDependency[Actor],
+    ) -> DeliveryOut:
+        return DeliveryOut.of(await service.redeliver(webhook_id, delivery_id, current_actor))
+
+    @post(
         "/{webhook_id:int}/ping",
         opt={"scope": Scope.ADMIN},
         operation_id="pingWebhook",
