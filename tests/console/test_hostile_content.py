@@ -77,7 +77,7 @@ async def test_hostile_text_is_shown_as_text_on_the_usage_key_and_webhook_pages(
 ) -> None:
     name = unique("hostile/usage")
     hostile_id = live.keys["hostile"].split("_")[1]
-    url = f"{live.fault_url}/hooks/x?q=%22%3E%3Cscript%3Ealert('url')%3C/script%3E"
+    url = f"{live.fault_url}/hooks/x?q=\"><script>alert('url')</script>"
     async with live.api() as api, live.api("hostile") as hostile:
         await prompt_on_fault_backend(api, name, prices=(1.0, 1.0))
         await complete(hostile, name, 1)
