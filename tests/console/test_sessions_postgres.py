@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.console.sessions import ConsoleSessions
 from tests.api import Client, Headers, create_prompt, create_version
+from tests.conftest import AppClient
 
 _CSRF = re.compile(r'name="csrf" value="([0-9a-f]{64})"')
 
@@ -50,7 +51,7 @@ async def test_a_session_is_stored_sealed_and_ends_when_its_key_is_revoked(
 
 
 async def test_a_session_ends_when_its_lifetime_is_over(
-    client: Client, admin: Headers, clean_database: AsyncEngine
+    client: AppClient, admin: Headers, clean_database: AsyncEngine
 ) -> None:
     sessions = ConsoleSessions(client.app.state.runtime, lifetime=timedelta(minutes=10))
     signed_in_at = datetime.now(UTC)
