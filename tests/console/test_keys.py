@@ -104,3 +104,18 @@ async def test_a_key_without_admin_sees_no_key_pages_and_a_forged_post_is_refuse
         listed = (await api.get("/v1/keys", params={"limit": 200})).json()["items"]
     assert "forged" not in [k["name"] for k in listed]
     assert reader_id in [k["id"] for k in listed]
+
+
+async def test_an_admin_form_without_the_session_csrf_token_is_refused(console: Console, live: LiveRegistry) -> None:
+    page = await console.signed_in("admin")
+    reader_id = live.keys["reader"].split("_")[1]
+    for path, form in (
+        ("/console/keys", {"name": "no-token", "scope_read": "on"}),
+        (f"/console/keys/{reader_id}/revoke", {"csrf": "not-the-token"}),
+    ):
+        response = await page.request.post(path, form=form, max_redirects=0)
+        assert response.status == 403, path
+    async with live.api() as api:
+        listed = (await api.get("/v1/keys", params={"limit": 200})).json()["items"]
+    assert "no-token" not in [k["name"] for k in listed]
+    assert reader_id in [k["id"] for k in listed]
