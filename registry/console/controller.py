@@ -537,6 +537,7 @@ def new_key_request(form: CreateKeyForm) -> CreateApiKey:
 
 
 USAGE_WINDOWS = (7, 30, 90)
+MAX_MONTHLY_TOKENS = 2_147_483_647  # the budget table's column is a 32-bit integer
 
 
 class OperationsController(Controller):
@@ -671,7 +672,7 @@ class OperationsController(Controller):
     ) -> Response[Any]:
         try:
             budget = SetBudget(
-                monthly_tokens=optional_int(data.monthly_tokens, "Monthly tokens", maximum=2**62),
+                monthly_tokens=optional_int(data.monthly_tokens, "Tokens per month", maximum=MAX_MONTHLY_TOKENS),
                 monthly_cost=optional_cost(data.monthly_cost),
             )
         except FormProblemError as problem:

@@ -119,3 +119,26 @@ async def test_an_admin_form_without_the_session_csrf_token_is_refused(console: 
         listed = (await api.get("/v1/keys", params={"limit": 200})).json()["items"]
     assert "no-token" not in [k["name"] for k in listed]
     assert reader_id in [k["id"] for k in listed]
+
+
+async def test_a_budget_or_rate_limit_out_of_range_is_refused_with_the_reason(
+    console: Console, live: LiveRegistry
+) -> None:
+    writer_id = live.keys["writer"].split("_")[1]
+    page = await console.signed_in("admin")
+    await page.goto(f"/console/keys/{writer_id}")
+    await page.get_by_label("Tokens per month").fill("3000000000")
+    await page.get_by_role("button", name="Save budget").click()
+    assert (
+        "Tokens per month must be a whole number from 0 to 2,147,483,647"
+        in await page.get_by_role("alert").inner_text()
+    )
+    await page.get_by_label("Cost per month").fill("-1")
+    await page.get_by_role("button", name="Save budget").click()
+    assert "Monthly cost must be a non-negative amount" in await page.get_by_role("alert").inner_text()
+    await page.get_by_label("Requests per minute").fill("lots")
+    await page.get_by_role("button", name="Save rate limit").click()
+    assert "Requests per minute must be a whole number" in await page.get_by_role("alert").inner_text()
+    async with live.api() as api:
+        budget = (await api.get(f"/v1/keys/{writer_id}/budget")).json()
+    assert (budget["monthly_tokens"], budget["monthly_cost"]) == (None, None)
