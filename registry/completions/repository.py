@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, case, cast, func, insert, select, update
+from sqlalchemy import ColumnElement, Date, Integer, case, cast, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.models import ApiKey
@@ -24,9 +24,10 @@ class CompletionRepository:
             await self.session.execute(insert(CompletionRecord), list(rows))
 
     def _day(self) -> ColumnElement[Any]:
+        """The UTC day of a record, typed as a date: SQLite's ``date()`` returns text that ``Date`` parses."""
         if self.session.get_bind().dialect.name == "postgresql":
-            return func.date(func.timezone("UTC", C.created_at))
-        return func.date(C.created_at)
+            return func.date(func.timezone("UTC", C.created_at), type_=Date)
+        return func.date(C.created_at, type_=Date)
 
     async def aggregate(
         self,

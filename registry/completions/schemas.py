@@ -108,10 +108,13 @@ class UsageReport(Output):
     truncated: bool
 
 
+MAX_MONTHLY_TOKENS = 2_147_483_647  # the budget table's column is a 32-bit integer
+
+
 class SetBudget(Input):
     """Monthly limits (UTC calendar month); null removes a limit."""
 
-    monthly_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    monthly_tokens: Annotated[int, msgspec.Meta(ge=0, le=MAX_MONTHLY_TOKENS)] | None = None
     monthly_cost: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
