@@ -229,15 +229,19 @@ class Core:
         self.completion_timeout = completion_timeout
         self.on_cached = on_cached
         self.on_queued = on_queued
+        self.clock: Callable[[], float] = time.monotonic  # a seam: tests move time instead of waiting
         self.prompts: TtlCache[CacheKey, Prompt] = TtlCache(
-            ttl=cache.ttl, max_entries=cache.max_entries, group=lambda key: key.name
+            ttl=cache.ttl, max_entries=cache.max_entries, group=lambda key: key.name, clock=self._now
         )
         self.experiments: TtlCache[str, tuple[Experiment, ...]] = TtlCache(
-            ttl=cache.ttl, max_entries=cache.max_entries, group=lambda name: name
+            ttl=cache.ttl, max_entries=cache.max_entries, group=lambda name: name, clock=self._now
         )
         self.outbox = Outbox(batches)
         self.unreachable_until = 0.0  # clock time until which calls with a fallback do not wait for the service
-        self.clock: Callable[[], float] = time.monotonic  # a seam: tests move time instead of waiting
+        self.registry_down = False  # the last request for a prompt or experiments found the registry unreachable
+
+    def _now(self) -> float:
+        return self.clock()
 
     # -- requests
 
@@ -329,7 +333,8 @@ class Core:
             return entry.value
         if entry is not None and freshness is Freshness.EXPIRED:
             yield Spawn(("prompt", key), self._quietly(self._load_prompt(key, entry)))
-            return entry.value
+            # Past its lifetime and the registry cannot confirm it: the caller is told (``stale``).
+            return replace(entry.value, stale=True) if self.registry_down else entry.value
         if (entry is not None or fallback is not None) and self._unreachable():
             yield Spawn(("prompt", key), self._quietly(self._load_prompt(key, entry)))  # is it back?
             return self._instead(key, entry, fallback)
@@ -338,7 +343,6 @@ class Core:
         except RegistryError as exc:
             if not is_outage(exc):
                 raise
-            self.unreachable_until = self.clock() + self.retries.cooldown
             if entry is None and fallback is None:
                 raise
             logger.warning(
@@ -348,6 +352,14 @@ class Core:
 
     def _unreachable(self) -> bool:
         return self.clock() < self.unreachable_until
+
+    def _found_unreachable(self) -> None:
+        self.registry_down = True
+        self.unreachable_until = self.clock() + self.retries.cooldown
+
+    def _found_reachable(self) -> None:
+        self.registry_down = False
+        self.unreachable_until = 0.0
 
     @staticmethod
     def _instead(key: CacheKey, entry: CacheEntry[Prompt] | None, fallback: FallbackTemplate | None) -> Prompt:
@@ -362,13 +374,22 @@ class Core:
         return (yield from self._load_prompt(key, self.prompts.lookup(key)[1]))
 
     def _load_prompt(self, key: CacheKey, entry: CacheEntry[Prompt] | None) -> Flow[Prompt]:
+        """Fetch or revalidate, noting whether the registry answered (background refreshes included)."""
+        try:
+            return (yield from self._fetch_prompt(key, entry))
+        except RegistryError as exc:
+            if is_outage(exc):
+                self._found_unreachable()
+            raise
+
+    def _fetch_prompt(self, key: CacheKey, entry: CacheEntry[Prompt] | None) -> Flow[Prompt]:
         token = self.prompts.token()
         params = {"version": key.version} if key.version is not None else {"label": key.label}
         headers = {"If-None-Match": entry.etag} if entry is not None and entry.etag else {}
         request = self.build("GET", f"/v1/prompts/{encode_name(key.name)}", params=params, headers=headers)
         response = yield from self.send(request)
         if response.status_code == 304 and entry is not None:
-            self.unreachable_until = 0.0
+            self._found_reachable()
             renewed = self.prompts.renew(key, token=token)
             return (renewed or entry).value
         if response.status_code >= 300:
@@ -378,7 +399,7 @@ class Core:
             raise error
         prompt = prompt_from_json(response.json())
         self.prompts.store(key, prompt, etag=response.headers.get("ETag"), token=token)
-        self.unreachable_until = 0.0
+        self._found_reachable()
         self.on_cached()
         return prompt
 
@@ -408,7 +429,7 @@ class Core:
             return (yield from self._load_experiments(name))
         except RegistryError as exc:
             if is_outage(exc):
-                self.unreachable_until = self.clock() + self.retries.cooldown
+                self._found_unreachable()
             # Without the experiments the unit gets the production version: the app keeps working.
             logger.warning("cannot read the experiments of prompt %r, so units are not routed: %s", name, exc.detail)
             return entry.value if entry is not None else ()
