@@ -45,12 +45,14 @@ from registry.experiments.schemas import (
     Status,
     StopExperiment,
     StopOut,
+    TimeseriesOut,
     UnitDataOut,
     UnitErasedOut,
     UpdateExperiment,
     UpdateMetric,
 )
 from registry.experiments.service import ExperimentService, MetricService
+from registry.experiments.timeseries import Interval
 from registry.lib.http import ENCODED_SLASH
 from registry.lib.pagination import PageRequest, encode_cursor
 from registry.lib.schema import paginate
@@ -275,6 +277,24 @@ class ExperimentController(Controller):
         phase: Annotated[int | None, QueryParameter(ge=1)] = None,
     ) -> ResultsOut:
         return await analysis.results(experiment_key, phase)
+
+    @get(
+        "/{key:str}/results/timeseries",
+        opt={"scope": Scope.ANALYZE},
+        operation_id="experimentTimeseries",
+        summary="Units and the primary metric per variant over time (default: the current phase)",
+        description="Cumulative by the hour or day (UTC) of each unit's first exposure, with each unit's metric "
+        "value as it stands now, so a variant's last point is its units and mean in the results. Without "
+        "`interval`, a phase shorter than three days is given by the hour, a longer one by the day.",
+    )
+    async def timeseries(
+        self,
+        experiment_key: NamedDependency[str],
+        analysis: NamedDependency[ExperimentService],
+        phase: Annotated[int | None, QueryParameter(ge=1)] = None,
+        interval: Annotated[Interval | None, QueryParameter(description="hour or day")] = None,
+    ) -> TimeseriesOut:
+        return await analysis.timeseries(experiment_key, phase, interval)
 
     @get(
         "/{key:str}/export",

@@ -511,6 +511,43 @@ class StatisticsRepository(_Repository):
             for row in (await self.session.scalars(query)).all()
         }
 
+    async def exposure_timeline(
+        self, experiment_id: int, phase: int, metric_id: int | None, *, bucket: str
+    ) -> list[tuple[datetime, str, int, int, float]]:
+        """Per (``bucket`` of first exposure, variant): the units, how many have a value of the metric, its sum.
+
+        ``bucket`` is ``hour`` or ``day`` (UTC). Units seen in several variants are left out, as in the
+        results. One grouped pass over the phase's units (the primary key leads with experiment and
+        phase), each joined to its metric value by that table's primary key.
+        """
+        units, values = ExperimentUnit, UnitMetricValue
+        if self.is_postgresql:
+            truncated: Any = func.date_trunc(bucket, func.timezone("UTC", units.first_exposed_at))
+        else:  # stored as naive UTC text; strftime reads it
+            truncated = func.strftime(
+                "%Y-%m-%d %H:00:00" if bucket == "hour" else "%Y-%m-%d 00:00:00", units.first_exposed_at
+            )
+        at = truncated.label("at")
+        query = (
+            select(
+                at, units.variant, func.count(), func.count(values.value), func.coalesce(func.sum(values.value), 0.0)
+            )
+            .outerjoin(
+                values,
+                (values.experiment_id == units.experiment_id)
+                & (values.phase == units.phase)
+                & (values.metric_id == (metric_id if metric_id is not None else -1))
+                & (values.unit == units.unit),
+            )
+            .where(units.experiment_id == experiment_id, units.phase == phase, units.variant.is_not(None))
+            .group_by(at, units.variant)
+            .order_by(at, units.variant)
+        )
+        return [
+            (_utc(when), variant, int(count), int(valued), float(total))
+            for when, variant, count, valued, total in (await self.session.execute(query)).all()
+        ]
+
     async def pending_units(self, experiment_id: int, phase: int) -> int:
         query = (
             select(func.count(func.distinct(UnitChange.unit)))
@@ -589,6 +626,12 @@ class UnitDataRepository(_Repository):
 
     async def delete_change_marker(self, unit: str) -> None:
         await self.session.execute(delete(UnitChange).where(UnitChange.unit == unit))
+
+
+def _utc(value: datetime | str) -> datetime:
+    """A bucket's start as an aware UTC datetime (PostgreSQL gives a naive timestamp, SQLite text)."""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _rowcount(result: Any) -> int:

@@ -409,6 +409,29 @@ class ResultsOut(Output):
     computed_at: datetime
 
 
+class TimePointOut(Output):
+    at: datetime  # start of the bucket (UTC)
+    units: int  # first exposed in this bucket
+    cumulative_units: int
+    mean: float | None  # the metric's mean over the units first exposed so far (None: no metric, or no data yet)
+
+
+class VariantSeriesOut(Output):
+    variant: str
+    points: list[TimePointOut]
+
+
+class TimeseriesOut(Output):
+    """Units and the primary metric per variant, cumulative by first exposure; the last points match the results."""
+
+    experiment: str
+    phase: int
+    interval: Literal["hour", "day"]
+    metric: str | None  # the primary metric
+    aggregation: str | None
+    variants: list[VariantSeriesOut]
+
+
 # --------------------------------------------------------------------------- events and exposures
 
 MAX_EVENTS = 1000

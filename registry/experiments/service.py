@@ -46,11 +46,22 @@ from registry.experiments.schemas import (
     PromotedVersion,
     ResultsOut,
     StopExperiment,
+    TimePointOut,
+    TimeseriesOut,
     UpdateExperiment,
     UpdateMetric,
     VariantIn,
+    VariantSeriesOut,
 )
 from registry.experiments.sources import ObservationSource
+from registry.experiments.timeseries import (
+    MAX_POINTS,
+    Interval,
+    TimelineRow,
+    cumulative_series,
+    default_interval,
+    point_count,
+)
 from registry.lib.changes import Change, record_change
 from registry.lib.errors import FieldError, ForbiddenError, InvalidInputError
 from registry.lib.pagination import PageRequest
@@ -603,6 +614,38 @@ class ExperimentService:
             cuped=experiment.cuped,
         )
         return build_results(data, analysis, utcnow())
+
+    async def timeseries(self, key: str, phase: int | None, interval: Interval | None) -> TimeseriesOut:
+        """Units and the primary metric per variant over the phase, by the hour or day of first exposure."""
+        experiment = await self.require(key)
+        record = self._phase(experiment, phase)
+        chosen = interval or default_interval(record.started_at, record.ended_at or utcnow())
+        primary = next((link.metric for link in experiment.metrics if link.role == "primary"), None)
+        found = await self.statistics.exposure_timeline(
+            experiment.id, record.number, primary.id if primary else None, bucket=chosen
+        )
+        rows = [TimelineRow(*row) for row in found]
+        if point_count(rows, chosen) > MAX_POINTS:
+            raise InvalidInputError(
+                f"this phase spans more than {MAX_POINTS} {chosen}s; ask for interval=day",
+                errors=[FieldError("interval", f"gives more than {MAX_POINTS} points")],
+            )
+        aggregation = primary.aggregation if primary else None
+        series = cumulative_series(rows, [v.key for v in experiment.variants], chosen, aggregation)
+        return TimeseriesOut(
+            experiment=key,
+            phase=record.number,
+            interval=chosen,
+            metric=primary.key if primary else None,
+            aggregation=aggregation,
+            variants=[
+                VariantSeriesOut(
+                    variant=variant,
+                    points=[TimePointOut(p.at, p.units, p.cumulative_units, p.mean) for p in points],
+                )
+                for variant, points in series.items()
+            ],
+        )
 
     async def export_plan(
         self,
