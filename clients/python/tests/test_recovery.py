@@ -5,11 +5,13 @@ Time is a fake clock and sleeps are recorded, never waited; the transport is the
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import httpx
-from prompt_registry_client import CachePolicy, RegistryClient, RetryPolicy
+from prompt_registry_client import CachePolicy, Forbidden, RegistryClient, RetryPolicy
+from prompt_registry_client._core import FeedReconnects
 from test_resilience import Script, resolved
 
 QUICK = RetryPolicy(attempts=2, backoff=0.001, max_backoff=0.01)
@@ -58,3 +60,76 @@ def test_an_expired_copy_served_while_the_registry_is_unreachable_is_marked_stal
     assert [r.text for r in during] == 3 * ["Hello Ada!"]
     assert later.stale, "still unreachable after the cooldown"
     assert not back.stale, "revalidated: fresh again"
+
+
+# --------------------------------------------------------------------------- the change feed
+
+
+FEED = CachePolicy(ttl=600, feed_reconnect_delay=0.5, feed_fast_reconnects_for=60, feed_max_backoff=30)
+HELLO = b'event: hello\ndata: {"at": "2026-01-01T00:00:00Z"}\n\n'
+
+
+def test_reconnect_delays_stay_under_a_second_until_the_registry_has_been_down_for_long() -> None:
+    clock = FakeClock()
+    reconnects = FeedReconnects(FEED, clock, rand=lambda: 1.0)
+    delays: list[float] = []
+    while clock.now < 1000 + 120:
+        delays.append(reconnects.after_drop(None))
+        clock.now += delays[-1]
+    quick = [d for d in delays if d <= FEED.feed_reconnect_delay]
+    assert len(quick) == 120, "one every half second for the first 60 s"
+    assert delays[120:126] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0], "then they double"
+    assert max(delays) == FEED.feed_max_backoff
+    reconnects.connected()
+    assert reconnects.after_drop(None) == FEED.feed_reconnect_delay, "up again: quick again"
+    jittered = FeedReconnects(FEED, clock, rand=lambda: 0.0)
+    assert jittered.after_drop(None) == FEED.feed_reconnect_delay / 2
+
+
+def test_a_feed_the_registry_refuses_is_not_retried_quickly() -> None:
+    reconnects = FeedReconnects(FEED, FakeClock(), rand=lambda: 1.0)
+    refused = reconnects.after_drop(Forbidden("the key lacks the scope", status=403))
+    assert refused > FEED.feed_reconnect_delay
+
+
+def test_after_an_outage_the_feed_reconnects_within_a_second_and_every_cached_prompt_is_revalidated() -> None:
+    clock = FakeClock()
+    back_at = clock.now + 8.0  # the registry is down for 8 s after the feed's first connection ends
+    cached = threading.Event()
+    hellos: list[float] = []
+    feed_tries: list[float] = []
+    revalidated: list[tuple[str, int]] = []  # (prompt, connections of the feed so far)
+
+    def registry_side(request: httpx.Request) -> httpx.Response:
+        name = request.url.path.rsplit("/", 1)[1]
+        if name == "changes":
+            assert cached.wait(10)
+            feed_tries.append(clock.now)
+            if hellos and clock.now < back_at:
+                raise httpx.ConnectError("refused", request=request)
+            hellos.append(clock.now)
+            return httpx.Response(200, content=HELLO, headers={"content-type": "text/event-stream"})
+        if request.headers.get("If-None-Match"):
+            revalidated.append((name, len(hellos)))
+            return httpx.Response(304, headers={"ETag": f'"{name}"'})
+        return httpx.Response(200, json=resolved(name=name), headers={"ETag": f'"{name}"'})
+
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> bool:
+        pauses.append(seconds)
+        clock.now += seconds
+        return len(hellos) == 2  # the reconnect after the outage was the last one to watch
+
+    with client(registry_side, clock, cache=FEED) as registry:
+        registry._pause = pause  # type: ignore[method-assign]
+        for name in ("greet", "farewell", "summary"):
+            registry.get_prompt(name)
+        cached.set()
+        assert registry._watcher is not None
+        registry._watcher.join(10)
+        assert not registry._watcher.is_alive()
+    assert hellos[1] - back_at < 1.0, "reconnected within a second of the registry's return"
+    assert len(feed_tries) == len(pauses), "one try after each pause"
+    assert all(FEED.feed_reconnect_delay / 2 <= p <= FEED.feed_reconnect_delay for p in pauses)
+    assert sorted(name for name, connections in revalidated if connections == 2) == ["farewell", "greet", "summary"]

@@ -344,16 +344,23 @@ class AsyncRegistryClient(BaseClient):
         self._watcher = asyncio.get_running_loop().create_task(self._watch_loop())
 
     async def _watch_loop(self) -> None:
-        attempt = 0
+        reconnects = self._core.feed_reconnects()
         while not self._closed:
+            error: Exception | None = None
             try:
-                async for connected in self._follow_changes():
+                async for connected in self._follow_changes():  # each connect revalidates every cached copy
                     if connected:
-                        attempt = 0
+                        reconnects.connected()
             except Exception as exc:
                 logger.debug("the change feed dropped: %r", exc)
-            await asyncio.sleep(self._core.feed_backoff(attempt))
-            attempt += 1
+                error = exc
+            if await self._pause(reconnects.after_drop(error)):
+                return
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait before reconnecting the feed; True when the client closed meanwhile (a seam for tests)."""
+        await asyncio.sleep(seconds)
+        return self._closed
 
     async def _follow_changes(self) -> AsyncIterator[bool]:
         response = await self._http.send(self._core.feed_request(), stream=True)

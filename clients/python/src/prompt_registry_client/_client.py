@@ -380,17 +380,22 @@ class RegistryClient(BaseClient):
             self._watcher.start()
 
     def _watch_loop(self) -> None:
-        attempt = 0
+        reconnects = self._core.feed_reconnects()
         while not self._closing.is_set():
+            error: Exception | None = None
             try:
-                for connected in self._follow_changes():
+                for connected in self._follow_changes():  # each connect revalidates every cached copy
                     if connected:
-                        attempt = 0
+                        reconnects.connected()
             except Exception as exc:
                 logger.debug("the change feed dropped: %r", exc)
-            if self._closing.wait(self._core.feed_backoff(attempt)):
+                error = exc
+            if self._pause(reconnects.after_drop(error)):
                 return
-            attempt += 1
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait before reconnecting the feed; True when the client closes meanwhile (a seam for tests)."""
+        return self._closing.wait(seconds)
 
     def _follow_changes(self) -> Iterator[bool]:
         response = self._http.send(self._core.feed_request(), stream=True)

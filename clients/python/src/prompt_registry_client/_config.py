@@ -73,8 +73,12 @@ class CachePolicy:
     once while it is revalidated in the background (``If-None-Match``: an unchanged
     prompt costs a 304). With ``watch_changes`` the client listens to the service's change
     feed, so a promotion or rollback reaches it within moments instead of ``ttl``; the
-    feed is one connection, opened when the first prompt is cached, reconnected with
-    backoff up to ``feed_max_backoff``.
+    feed is one connection, opened when the first prompt is cached. When it drops it is
+    reconnected within ``feed_reconnect_delay`` (jittered: half of it to all of it) for as long
+    as the registry has been gone less than ``feed_fast_reconnects_for``, so a restart or a short
+    outage costs about a second; only a longer outage makes the pauses double, up to
+    ``feed_max_backoff``. Every reconnect revalidates every cached copy, since changes may have
+    been missed meanwhile.
 
     Example::
 
@@ -85,6 +89,8 @@ class CachePolicy:
     max_entries: int = 1000  # prompts (per label or version) and experiment lists kept; least recently used go
     watch_changes: bool = True
     feed_read_timeout: float = 60.0  # a silent feed is reconnected after this (the service sends keep-alives)
+    feed_reconnect_delay: float = 0.8  # the longest pause between reconnects while the registry was up recently
+    feed_fast_reconnects_for: float = 60.0  # gone longer than this: pauses double, up to feed_max_backoff
     feed_max_backoff: float = 30.0
 
 

@@ -343,6 +343,7 @@ class Core:
         except RegistryError as exc:
             if not is_outage(exc):
                 raise
+            self._found_unreachable()
             if entry is None and fallback is None:
                 raise
             logger.warning(
@@ -379,7 +380,7 @@ class Core:
             return (yield from self._fetch_prompt(key, entry))
         except RegistryError as exc:
             if is_outage(exc):
-                self._found_unreachable()
+                self.registry_down = True  # the cooldown is the caller's to start: it waited for this
             raise
 
     def _fetch_prompt(self, key: CacheKey, entry: CacheEntry[Prompt] | None) -> Flow[Prompt]:
@@ -571,9 +572,8 @@ class Core:
         timeout = httpx.Timeout(self.cache_policy.feed_read_timeout, connect=5.0)
         return self.build("GET", "/v1/changes", headers={"Accept": "text/event-stream"}, timeout=timeout)
 
-    def feed_backoff(self, attempt: int) -> float:
-        ceiling = min(self.cache_policy.feed_max_backoff, 0.25 * 2.0**attempt)
-        return ceiling / 2 + random.random() * ceiling / 2
+    def feed_reconnects(self) -> FeedReconnects:
+        return FeedReconnects(self.cache_policy, self._now)
 
     def on_change(self, event: ServerSentEvent) -> list[Spawn]:
         """Apply one change-feed event; returns the refreshes to start at once.
@@ -602,6 +602,42 @@ class Core:
         except RegistryError as exc:
             logger.debug("background refresh failed: %s", exc.detail)
             return None
+
+
+class FeedReconnects:
+    """When to reconnect the change feed after it dropped.
+
+    Quickly (within ``feed_reconnect_delay``, jittered so that clients do not all come back at
+    once) while the registry was up recently: a restart or a short outage then delays a
+    promotion by about a second. Only once it has been gone for ``feed_fast_reconnects_for`` do
+    the pauses double, up to ``feed_max_backoff``; a registry that answers but refuses the feed
+    (a key without the scope) gets the long pauses at once.
+    """
+
+    def __init__(self, policy: CachePolicy, clock: Callable[[], float], *, rand: Callable[[], float] = random.random):
+        self._policy = policy
+        self._clock = clock
+        self._rand = rand
+        self._down_since: float | None = None
+        self._slow_pauses = 0
+
+    def connected(self) -> None:
+        self._down_since = None
+        self._slow_pauses = 0
+
+    def after_drop(self, error: Exception | None) -> float:
+        """Seconds to wait before the next try; ``error`` is why the feed dropped, if it failed."""
+        policy, now = self._policy, self._clock()
+        if self._down_since is None:
+            self._down_since = now
+        if isinstance(error, RegistryError) and not is_outage(error):
+            self._down_since = now - policy.feed_fast_reconnects_for
+        if now - self._down_since < policy.feed_fast_reconnects_for:
+            ceiling = policy.feed_reconnect_delay
+        else:
+            self._slow_pauses += 1
+            ceiling = min(policy.feed_max_backoff, policy.feed_reconnect_delay * 2.0**self._slow_pauses)
+        return ceiling / 2 + self._rand() * ceiling / 2
 
 
 def _invalid_indexes(kind: BatchKind, error: RegistryError) -> dict[int, str]:
