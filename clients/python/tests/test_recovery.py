@@ -5,12 +5,13 @@ Time is a fake clock and sleeps are recorded, never waited; the transport is the
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import httpx
-from prompt_registry_client import CachePolicy, Forbidden, RegistryClient, RetryPolicy
+from prompt_registry_client import AsyncRegistryClient, CachePolicy, Forbidden, RegistryClient, RetryPolicy
 from prompt_registry_client._core import FeedReconnects
 from test_resilience import Script, resolved
 
@@ -133,3 +134,46 @@ def test_after_an_outage_the_feed_reconnects_within_a_second_and_every_cached_pr
     assert len(feed_tries) == len(pauses), "one try after each pause"
     assert all(FEED.feed_reconnect_delay / 2 <= p <= FEED.feed_reconnect_delay for p in pauses)
     assert sorted(name for name, connections in revalidated if connections == 2) == ["farewell", "greet", "summary"]
+
+
+async def test_the_async_client_s_feed_also_reconnects_within_a_second_and_revalidates_every_copy() -> None:
+    clock = FakeClock()
+    back_at = clock.now + 3.0
+    cached = asyncio.Event()
+    hellos: list[float] = []
+    revalidated: list[tuple[str, int]] = []
+
+    async def registry_side(request: httpx.Request) -> httpx.Response:
+        name = request.url.path.rsplit("/", 1)[1]
+        if name == "changes":
+            await cached.wait()
+            if hellos and clock.now < back_at:
+                raise httpx.ConnectError("refused", request=request)
+            hellos.append(clock.now)
+            return httpx.Response(200, content=HELLO, headers={"content-type": "text/event-stream"})
+        if request.headers.get("If-None-Match"):
+            revalidated.append((name, len(hellos)))
+            return httpx.Response(304, headers={"ETag": f'"{name}"'})
+        return httpx.Response(200, json=resolved(name=name), headers={"ETag": f'"{name}"'})
+
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> bool:
+        pauses.append(seconds)
+        clock.now += seconds
+        return len(hellos) == 2
+
+    transport = httpx.MockTransport(registry_side)
+    async with AsyncRegistryClient("http://registry.test", "prk_test", transport=transport, cache=FEED) as registry:
+        registry._core.clock = clock
+        registry._pause = pause  # type: ignore[method-assign]
+        for name in ("greet", "farewell"):
+            await registry.get_prompt(name)
+        cached.set()
+        assert registry._watcher is not None
+        await asyncio.wait_for(registry._watcher, 10)
+        while registry._background:
+            await asyncio.gather(*registry._background.values())
+    assert hellos[1] - back_at < 1.0
+    assert all(p <= FEED.feed_reconnect_delay for p in pauses)
+    assert sorted(name for name, connections in revalidated if connections == 2) == ["farewell", "greet"]
