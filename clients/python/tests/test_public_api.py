@@ -19,8 +19,10 @@ EXPORTED = [
     "Comparison",
     "CompiledPrompt",
     "Completion",
+    "CompletionBackend",
     "CompletionDone",
     "CompletionEvent",
+    "CompletionFallback",
     "CompletionMetadata",
     "CompletionStream",
     "ConfigInfo",
@@ -83,7 +85,8 @@ SIGNATURES = {
     "complete": (
         "(self, name: 'str', variables: 'Mapping[str, Any] | None' = None, *, unit: 'str | None' = None, "
         "label: 'Label | None' = None, version: 'int | None' = None, max_tokens: 'int | None' = None, "
-        "seed: 'int | None' = None, user: 'str | None' = None, stream: 'bool' = False) -> '{completion}'"
+        "seed: 'int | None' = None, user: 'str | None' = None, stream: 'bool' = False, "
+        "fallback: 'CompletionFallback | None' = None) -> '{completion}'"
     ),
     "track": (
         "(self, unit: 'str', metric: 'str', value: 'float' = 1.0, *, experiment: 'str | None' = None, "

@@ -6,14 +6,25 @@ Time is a fake clock and sleeps are recorded, never waited; the transport is the
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
-from prompt_registry_client import AsyncRegistryClient, CachePolicy, Forbidden, RegistryClient, RetryPolicy
+import pytest
+from prompt_registry_client import (
+    AsyncRegistryClient,
+    CachePolicy,
+    CompletionBackend,
+    Forbidden,
+    RegistryClient,
+    RetryPolicy,
+    ServiceUnavailable,
+    VariablesInvalid,
+)
 from prompt_registry_client._core import FeedReconnects
-from test_resilience import Script, resolved
+from test_resilience import Script, problem, resolved
 
 QUICK = RetryPolicy(attempts=2, backoff=0.001, max_backoff=0.01)
 
@@ -177,3 +188,92 @@ async def test_the_async_client_s_feed_also_reconnects_within_a_second_and_reval
     assert hellos[1] - back_at < 1.0
     assert all(p <= FEED.feed_reconnect_delay for p in pauses)
     assert sorted(name for name, connections in revalidated if connections == 2) == ["farewell", "greet"]
+
+
+# --------------------------------------------------------------------------- completions without the registry
+
+
+def backend_answer(text: str) -> httpx.Response:
+    """An OpenAI-compatible chat completion."""
+    return httpx.Response(
+        200,
+        json={
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6},
+        },
+    )
+
+
+def test_a_completion_falls_back_to_the_app_s_callable_when_the_registry_is_unreachable() -> None:
+    script = Script(httpx.ConnectError("refused"))
+    asked: list[tuple[str, dict[str, Any]]] = []
+
+    def canned(name: str, variables: Mapping[str, Any]) -> str:
+        asked.append((name, dict(variables)))
+        return f"Sorry {variables['name']}, later."
+
+    with client(script, FakeClock()) as registry:
+        completion = registry.complete("greet", {"name": "Ada"}, fallback=canned)
+        tried = len(script.requests)
+        registry.complete("greet", {"name": "Ada"}, fallback=canned)
+        assert len(script.requests) == tried, "found unreachable moments ago: the fallback answers at once"
+        with pytest.raises(ServiceUnavailable):
+            registry.complete("greet", {"name": "Ada"})
+    assert completion.fallback_used
+    assert (completion.text, completion.prompt, completion.version, completion.config) == (
+        "Sorry Ada, later.",
+        "greet",
+        None,
+        None,
+    )
+    assert asked == 2 * [("greet", {"name": "Ada"})]
+    assert len(script.requests) == 2 * QUICK.attempts, "without a fallback the call waits for the registry"
+
+
+def test_a_completion_falls_back_to_a_backend_with_the_cached_prompt_rendered_locally() -> None:
+    sent_to_backend: list[httpx.Request] = []
+    registry_up = [True]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "backend.test":
+            sent_to_backend.append(request)
+            return backend_answer("Hi Ada!")
+        if not registry_up[0]:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json=resolved())
+
+    backend = CompletionBackend(url="http://backend.test", model="small", api_key="sk-own", params={"temperature": 0})
+    with client(handler, FakeClock()) as registry:
+        registry.get_prompt("greet")
+        registry_up[0] = False
+        completion = registry.complete("greet", {"name": "Ada"}, max_tokens=8, fallback=backend)
+    assert completion.fallback_used
+    assert (completion.text, completion.version, completion.finish_reason) == ("Hi Ada!", 1, "stop")
+    assert completion.usage.total_tokens == 6
+    [request] = sent_to_backend
+    assert request.url.path == "/v1/chat/completions"
+    assert request.headers["Authorization"] == "Bearer sk-own", "the registry's key never goes to the backend"
+    assert json.loads(request.content) == {
+        "model": "small",
+        "messages": [{"role": "user", "content": "Hello Ada!"}],
+        "temperature": 0,
+        "max_tokens": 8,
+    }
+
+
+def test_a_fallback_does_not_hide_the_caller_s_own_errors() -> None:
+    script = Script(problem(422, "variables_invalid", errors=[{"field": "variables.name", "message": "is required"}]))
+    with client(script, FakeClock()) as registry, pytest.raises(VariablesInvalid):
+        registry.complete("greet", {}, fallback=lambda name, variables: "never")
+
+
+async def test_the_async_client_s_completion_falls_back_too() -> None:
+    async def canned(name: str, variables: Mapping[str, Any]) -> str:
+        return f"later, {variables['name']}"
+
+    transport = httpx.MockTransport(Script(httpx.ConnectError("refused")))
+    async with AsyncRegistryClient("http://registry.test", transport=transport, retries=QUICK) as registry:
+        completion = await registry.complete("greet", {"name": "Ada"}, fallback=canned)
+        with pytest.raises(ServiceUnavailable):
+            await registry.complete("greet", {"name": "Ada"})
+    assert (completion.text, completion.fallback_used) == ("later, Ada", True)

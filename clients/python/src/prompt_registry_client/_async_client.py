@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Hashable, Mapping
@@ -17,6 +18,7 @@ from prompt_registry_client._base import BaseClient, ClientOptions, register_at_
 from prompt_registry_client._client import satisfy_sync
 from prompt_registry_client._config import DEFAULT_TIMEOUT, BatchPolicy, CachePolicy, RetryPolicy
 from prompt_registry_client._core import (
+    Call,
     Flow,
     Label,
     Need,
@@ -31,6 +33,7 @@ from prompt_registry_client._core import (
 )
 from prompt_registry_client._models import (
     Completion,
+    CompletionFallback,
     Experiment,
     ExperimentResults,
     FallbackTemplate,
@@ -160,6 +163,7 @@ class AsyncRegistryClient(BaseClient):
         seed: int | None = None,
         user: str | None = None,
         stream: Literal[False] = False,
+        fallback: CompletionFallback | None = None,
     ) -> Completion: ...
 
     @overload
@@ -175,6 +179,7 @@ class AsyncRegistryClient(BaseClient):
         seed: int | None = None,
         user: str | None = None,
         stream: Literal[True],
+        fallback: None = None,
     ) -> AsyncCompletionStream: ...
 
     async def complete(
@@ -189,8 +194,11 @@ class AsyncRegistryClient(BaseClient):
         seed: int | None = None,
         user: str | None = None,
         stream: bool = False,
+        fallback: CompletionFallback | None = None,
     ) -> Completion | AsyncCompletionStream:
         """As ``RegistryClient.complete``; with ``stream=True`` an ``AsyncCompletionStream``.
+
+        A ``fallback`` function may be a coroutine function: it is awaited.
 
         Example::
 
@@ -201,6 +209,15 @@ class AsyncRegistryClient(BaseClient):
         """
         if label is not None and version is not None:
             raise ValueError("give a label or a version, not both")
+        if fallback is not None:
+            if stream:
+                raise ValueError("a fallback answers whole completions: use it with stream=False")
+            options = {"max_tokens": max_tokens, "seed": seed, "user": user}
+            return await self._run(
+                self._core.complete_or_fallback(
+                    name, variables, fallback=fallback, unit=unit, label=label, version=version, **options
+                )
+            )
         flow = self._core.complete(
             name,
             variables,
@@ -291,6 +308,9 @@ class AsyncRegistryClient(BaseClient):
         if isinstance(need, Sleep):
             await asyncio.sleep(need.seconds)
             return None
+        if isinstance(need, Call):
+            result = need.function(*need.args)
+            return await result if inspect.isawaitable(result) else result
         self._spawn(need)
         return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import inspect
 import logging
 import socket
 import threading
@@ -18,6 +19,7 @@ import httpx
 from prompt_registry_client._base import BaseClient, ClientOptions, register_at_exit
 from prompt_registry_client._config import DEFAULT_TIMEOUT, BatchPolicy, CachePolicy, RetryPolicy
 from prompt_registry_client._core import (
+    Call,
     Flow,
     Label,
     Need,
@@ -31,6 +33,7 @@ from prompt_registry_client._core import (
 )
 from prompt_registry_client._models import (
     Completion,
+    CompletionFallback,
     Experiment,
     ExperimentResults,
     FallbackTemplate,
@@ -60,6 +63,11 @@ def satisfy_sync(http: httpx.Client, need: Need) -> Any:
     if isinstance(need, Sleep):
         time.sleep(need.seconds)
         return None
+    if isinstance(need, Call):
+        result = need.function(*need.args)
+        if inspect.isawaitable(result):
+            raise TypeError("the sync client's fallback must return the text, not a coroutine")
+        return result
     need.flow.close()  # no background here: skip it
     return None
 
@@ -201,6 +209,7 @@ class RegistryClient(BaseClient):
         seed: int | None = None,
         user: str | None = None,
         stream: Literal[False] = False,
+        fallback: CompletionFallback | None = None,
     ) -> Completion: ...
 
     @overload
@@ -216,6 +225,7 @@ class RegistryClient(BaseClient):
         seed: int | None = None,
         user: str | None = None,
         stream: Literal[True],
+        fallback: None = None,
     ) -> CompletionStream: ...
 
     def complete(
@@ -230,20 +240,35 @@ class RegistryClient(BaseClient):
         seed: int | None = None,
         user: str | None = None,
         stream: bool = False,
+        fallback: CompletionFallback | None = None,
     ) -> Completion | CompletionStream:
         """Render ``name`` on the service and run it with its model config.
 
         With ``stream=True`` the answer is a ``CompletionStream`` of typed events. Only
         refusals that prove nothing ran (429, 503 with ``Retry-After``, no connection)
-        are retried.
+        are retried. ``fallback`` answers a whole completion when the registry cannot (no
+        connection, 5xx), with ``fallback_used`` set: a function of ``(name, variables)``
+        returning the text, or a ``CompletionBackend`` of the app's own, sent the prompt
+        rendered locally from the cache. Without one, that raises ``ServiceUnavailable``.
 
         Example::
 
             completion = registry.complete("greet", {"name": "Ada"}, unit="user-42")
             completion.text, completion.usage.total_tokens, completion.cost
+            backend = CompletionBackend(url="http://vllm:8000", model="Qwen/Qwen2.5-0.5B-Instruct")
+            registry.complete("greet", {"name": "Ada"}, fallback=backend).fallback_used
         """
         if label is not None and version is not None:
             raise ValueError("give a label or a version, not both")
+        if fallback is not None:
+            if stream:
+                raise ValueError("a fallback answers whole completions: use it with stream=False")
+            options = {"max_tokens": max_tokens, "seed": seed, "user": user}
+            return self._run(
+                self._core.complete_or_fallback(
+                    name, variables, fallback=fallback, unit=unit, label=label, version=version, **options
+                )
+            )
         flow = self._core.complete(
             name,
             variables,

@@ -40,21 +40,28 @@ from prompt_registry_client._errors import (
     is_outage,
 )
 from prompt_registry_client._models import (
+    Completion,
+    CompletionBackend,
     CompletionEvent,
+    CompletionFallback,
     Experiment,
     ExperimentAssignment,
     FallbackTemplate,
     Prompt,
     TextDelta,
+    Usage,
     Variant,
+    completion_from_json,
     done_from_json,
     experiment_from_json,
+    fallback_completion,
     fallback_prompt,
     metadata_from_json,
     prompt_from_json,
 )
 from prompt_registry_client._outbox import KINDS, BatchKind, Outbox
 from prompt_registry_client._sse import ServerSentEvent
+from prompt_registry_client._tracing import with_trace_context
 from prompt_registry_client.templating import RenderLimits
 
 logger = logging.getLogger("prompt_registry_client")
@@ -113,7 +120,15 @@ class Spawn:
     flow: Flow[Any]
 
 
-Need = Send | Read | Sleep | Spawn
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Call the app's own function (a completion fallback); the async client awaits what it returns."""
+
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+
+
+Need = Send | Read | Sleep | Spawn | Call
 Flow = Generator[Need, Any, T]
 
 
@@ -221,7 +236,7 @@ class Core:
         on_queued: Callable[[], None],
     ) -> None:
         self.base_url = base_url
-        self.build = build
+        self.build = with_trace_context(build)  # the app's traceparent, when it uses OpenTelemetry
         self.retries = retries
         self.cache_policy = cache
         self.render_limits = render_limits
@@ -481,6 +496,66 @@ class Core:
             raise error_from_response(response)
         return response
 
+    def complete_or_fallback(
+        self,
+        name: str,
+        variables: Mapping[str, Any] | None,
+        *,
+        fallback: CompletionFallback,
+        unit: str | None,
+        label: Label | None,
+        version: int | None,
+        **fields: Any,
+    ) -> Flow[Completion]:
+        """A whole completion from the registry, or from ``fallback`` when the registry cannot answer.
+
+        Only outages (no connection, 5xx) fall back: the caller's own errors (invalid variables,
+        unknown prompt, budget) are raised as they are. Once the registry was found unreachable,
+        the fallback answers at once for ``RetryPolicy.cooldown``.
+        """
+        started = time.perf_counter()
+        if self._unreachable():
+            error: RegistryError = ServiceUnavailable(f"the registry at {self.base_url} was unreachable moments ago")
+        else:
+            try:
+                flow = self.complete(name, variables, stream=False, unit=unit, label=label, version=version, **fields)
+                return completion_from_json((yield from flow).json())
+            except RegistryError as exc:
+                if not is_outage(exc):
+                    raise
+                if exc.status is None:  # no answer at all, not a 5xx of a registry that answers
+                    self._found_unreachable()
+                error = exc
+        logger.warning("completing %r with the app's fallback: %s", name, error.detail)
+        if not isinstance(fallback, CompletionBackend):
+            text = yield Call(fallback, (name, dict(variables or {})))
+            return fallback_completion(name, str(text), latency_ms=_since(started))
+        try:
+            prompt = yield from self.get_prompt(name, label=label, version=version, unit=unit)
+        except ServiceUnavailable:
+            raise error from None  # nothing cached to render, and no fallback template
+        rendered = prompt.render(variables, limits=self.render_limits)
+        body = {"model": fallback.model, "messages": rendered.to_messages(), **fallback.params}
+        body.update({k: v for k, v in fields.items() if v is not None})
+        url = f"{fallback.url.rstrip('/')}/v1/chat/completions"
+        request = self.build("POST", url, json=body, timeout=self.completion_timeout)
+        request.headers.pop("Authorization", None)  # the registry's key is not the backend's
+        if fallback.api_key:
+            request.headers["Authorization"] = f"Bearer {fallback.api_key}"
+        response = yield from self.send(request, idempotent=False, retry_statuses=COMPLETION_RETRY_STATUSES)
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        answer = response.json()
+        choice, usage = answer["choices"][0], answer.get("usage") or {}
+        return fallback_completion(
+            name,
+            choice["message"].get("content") or "",
+            rendered=rendered,
+            finish_reason=choice.get("finish_reason"),
+            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), usage.get("total_tokens", 0)),
+            latency_ms=_since(started),
+        )
+
     # -- events and exposures
 
     def track(
@@ -638,6 +713,10 @@ class FeedReconnects:
             self._slow_pauses += 1
             ceiling = min(policy.feed_max_backoff, policy.feed_reconnect_delay * 2.0**self._slow_pauses)
         return ceiling / 2 + self._rand() * ceiling / 2
+
+
+def _since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
 
 
 def _invalid_indexes(kind: BatchKind, error: RegistryError) -> dict[int, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -211,11 +211,16 @@ CompletionEvent = CompletionMetadata | TextDelta | CompletionDone
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Completion:
-    """A whole completion, with the versions that made it and what it cost."""
+    """A whole completion, with the versions that made it and what it cost.
+
+    ``fallback_used`` is set when a fallback answered: the config's own (its backend failed; ``config``
+    names the fallback config), or the app's when the registry could not be reached (``config`` is then
+    None, and so is ``version`` unless a cached copy of the prompt was rendered for the app's backend).
+    """
 
     prompt: str
-    version: int
-    config: ConfigInfo
+    version: int | None
+    config: ConfigInfo | None
     experiment: ExperimentAssignment | None
     fallback_used: bool
     cached: bool
@@ -225,6 +230,56 @@ class Completion:
     cost: float
     latency_ms: float
     ttft_ms: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompletionBackend:
+    """An OpenAI-compatible server the client calls itself when the registry cannot be reached.
+
+    The prompt is rendered locally from the cached copy (or the client's fallback template) and
+    sent to ``{url}/v1/chat/completions`` with ``model`` and ``params``; the registry's API key
+    is never sent there, ``api_key`` is.
+
+    Example::
+
+        backend = CompletionBackend(url="http://vllm:8000", model="Qwen/Qwen2.5-0.5B-Instruct")
+        registry.complete("greet", {"name": "Ada"}, fallback=backend).fallback_used
+    """
+
+    url: str
+    model: str
+    api_key: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)  # temperature, top_p, ...
+
+
+CompletionFallback = CompletionBackend | Callable[[str, Mapping[str, Any]], "str | Awaitable[str]"]
+"""What answers a completion when the registry cannot: a backend of the app's own, or a function of
+``(prompt name, variables)`` that returns the text (the async client awaits it if it is a coroutine)."""
+
+
+def fallback_completion(
+    name: str,
+    text: str,
+    *,
+    rendered: RenderedPrompt | None = None,
+    finish_reason: str | None = None,
+    usage: Usage | None = None,
+    latency_ms: float,
+) -> Completion:
+    return Completion(
+        prompt=name,
+        version=rendered.version if rendered else None,
+        config=None,
+        experiment=rendered.experiment if rendered else None,
+        fallback_used=True,
+        cached=False,
+        text=text,
+        finish_reason=finish_reason,
+        usage=usage or Usage(0, 0, 0),
+        cost=0.0,
+        latency_ms=latency_ms,
+        ttft_ms=None,
+    )
 
 
 # --------------------------------------------------------------------------- experiments
