@@ -47,7 +47,6 @@ from registry.console.service import ConsoleAccess, ConsoleExperiments, ConsoleS
 from registry.console.sessions import ConsoleSessions, Viewer
 from registry.deps import provide_resource_name
 from registry.lib.errors import ForbiddenError, RegistryError, UnauthorizedError, translate_and_log
-from registry.lib.http import decode_name
 from registry.lib.pagination import PageRequest
 from registry.lib.promotion import State
 from registry.lib.routing import ApiRouter
@@ -295,7 +294,6 @@ class ConsoleController(Controller):
     dependencies = {
         "viewer": Provide(provide_viewer, sync_to_thread=False),
         "console": Provide(provide_console_service, sync_to_thread=False),
-        "experiments": Provide(provide_console_experiments, sync_to_thread=False),
         "resource_name": Provide(provide_resource_name, sync_to_thread=False),
     }
 
@@ -445,33 +443,6 @@ class ConsoleController(Controller):
             page, actor=actor.strip(), resource_type=resource_type.strip(), resource_name=resource.strip()
         )
         return render(request, "audit.html", listing=listing, section="audit")
-
-    @get("/experiments", opt={SCOPE_OPT: Scope.READ}, operation_id="consoleExperiments", include_in_schema=False)
-    async def experiment_list(
-        self,
-        request: Request[Any, Any, Any],
-        experiments: NamedDependency[ConsoleExperiments],
-        page: NamedDependency[PageRequest],
-        status: Annotated[Literal["draft", "running", "stopped", ""], QueryParameter()] = "",
-    ) -> Template:
-        listing = await experiments.list_experiments(page, status=status)
-        return render(request, "experiments.html", listing=listing, section="experiments")
-
-    @get(
-        "/experiments/{key:str}",
-        opt={SCOPE_OPT: Scope.ANALYZE},
-        operation_id="consoleExperimentResults",
-        include_in_schema=False,
-    )
-    async def experiment_results(
-        self,
-        request: Request[Any, Any, Any],
-        key: FromPath[str],
-        experiments: NamedDependency[ConsoleExperiments],
-        phase: Annotated[int | None, QueryParameter(ge=1, le=2_147_483_647)] = None,
-    ) -> Template:
-        view = await experiments.results(decode_name(key), phase)
-        return render(request, "experiment.html", view=view, section="experiments")
 
 
 def provide_console_access(
@@ -758,10 +729,13 @@ class OperationsController(Controller):
 
 def console_routers() -> list[Router]:
     """The console's pages and its static files, for the app factory."""
+    # Imported here: the experiment pages use this module's helpers.
+    from registry.console.experiments_controller import ExperimentPagesController
+
     # ApiRouter: its OPTIONS answers list every method of a path (GET and POST /console/login).
     pages = ApiRouter(
         path="/",
-        route_handlers=[SignInController, ConsoleController, OperationsController],
+        route_handlers=[SignInController, ConsoleController, OperationsController, ExperimentPagesController],
         before_request=admit_viewer,
         exception_handlers={Exception: console_error},
         include_in_schema=False,

@@ -1,0 +1,277 @@
+"""Experiment pages: the form's saves, start and stop through the experiment service, and the results' figures.
+
+The service is the API's (``ExperimentService``), so the console refuses exactly what the API
+refuses; its field errors are put next to the form's fields. A refused change is rolled back
+before the form is shown again, so nothing of it is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from markupsafe import Markup
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.auth.principal import Actor
+from registry.console import formatting
+from registry.console.charts import IntervalRow, LineSeries, interval_plot, line_chart
+from registry.console.experiments_form import (
+    ExperimentForm,
+    ExperimentFormError,
+    create_request,
+    service_errors,
+    update_request,
+)
+from registry.console.experiments_form import FormData as SentForm
+from registry.experiments.errors import ExperimentExistsError
+from registry.experiments.schemas import (
+    ComparisonOut,
+    EffectOut,
+    ExperimentDefinition,
+    MetricResultOut,
+    ResultsOut,
+    StopExperiment,
+    TimeseriesOut,
+)
+from registry.experiments.service import ExperimentService
+from registry.lib.errors import RegistryError
+from registry.lib.pagination import PageRequest
+from registry.prompts.service import PromptLimits
+
+METRICS_OFFERED = 500
+
+
+# --------------------------------------------------------------------------- figures (pure)
+
+
+@dataclass(frozen=True, slots=True)
+class ShownEffect:
+    """The effect a metric row shows: relative when there is one, sequential when the experiment is."""
+
+    effect: EffectOut
+    relative: bool
+
+    @classmethod
+    def of(cls, comparison: ComparisonOut) -> ShownEffect:
+        source = comparison.sequential or comparison
+        if source.relative is not None:
+            return cls(source.relative, True)
+        return cls(source.absolute, False)
+
+    def text(self, value: float) -> str:
+        return formatting.signed_percent(value) if self.relative else formatting.estimate(value)
+
+    @property
+    def interval(self) -> str:
+        return f"{self.text(self.effect.ci_low)} to {self.text(self.effect.ci_high)}"
+
+
+def effect_chart(metric: MetricResultOut, results: ResultsOut, chart_id: str) -> Markup | None:
+    """Each variant's effect on the metric against control, with its interval; None with nothing to compare."""
+    shown = [(i, v, ShownEffect.of(v.vs_control)) for i, v in enumerate(metric.variants) if v.vs_control]
+    if not shown:
+        return None
+    relative = all(s.relative for _, _, s in shown)
+    kind = "always-valid sequential" if results.sequential else f"{(1 - results.alpha) * 100:g}%"
+    rows = [
+        IntervalRow(
+            label=v.variant,
+            estimate=s.effect.estimate,
+            low=s.effect.ci_low,
+            high=s.effect.ci_high,
+            colour=i,
+            text=f"{v.variant}: {s.text(s.effect.estimate)} ({s.interval})",
+        )
+        for i, v, s in shown
+    ]
+    better = "right" if metric.direction == "higher" else "left"
+    return interval_plot(
+        chart_id=chart_id,
+        title=f"{'Relative' if relative else 'Absolute'} effect on {metric.metric}, with {kind} intervals",
+        description=f"Each variant against {metric.variants[0].variant}; the line marks no effect and {better} of it "
+        f"is better. " + "; ".join(r.text for r in rows) + ".",
+        rows=rows,
+        x_label=f"{'Relative' if relative else 'Absolute'} difference from {metric.variants[0].variant}",
+        format_tick=(lambda v, _: f"{v * 100:+.0f}%" if v else "0%")
+        if relative
+        else (lambda v, step: formatting.count_tick(v, step)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRow:
+    at: str
+    cells: list[tuple[int, float | None]]  # per variant: cumulative units and mean
+
+
+@dataclass(frozen=True, slots=True)
+class TimeFigures:
+    units_chart: Markup
+    metric_chart: Markup | None
+    variants: list[str]
+    rows: list[SeriesRow]  # the charts' numbers as a table
+
+
+def _bucket_label(series: TimeseriesOut) -> str:
+    return "%m-%d %H:00" if series.interval == "hour" else "%m-%d"
+
+
+def time_figures(series: TimeseriesOut) -> TimeFigures | None:
+    """Cumulative units and the primary metric's mean per variant, over the phase; None before any exposure."""
+    if not series.variants or not series.variants[0].points:
+        return None
+    when = _bucket_label(series)
+    categories = [p.at.strftime(when) for p in series.variants[0].points]
+    unit = "hour" if series.interval == "hour" else "day"
+    axis = f"First exposure, by {unit} (UTC)"
+    units = line_chart(
+        chart_id="units-over-time",
+        title="Units per variant over time",
+        description=f"Units first exposed so far, per variant, by {unit}; at the end: "
+        + "; ".join(f"{s.variant} {formatting.count(s.points[-1].cumulative_units)}" for s in series.variants)
+        + ". The table below holds every point.",
+        categories=categories,
+        series=[
+            LineSeries(s.variant, [float(p.cumulative_units) for p in s.points], i)
+            for i, s in enumerate(series.variants)
+        ],
+        x_label=axis,
+        y_label="Units",
+        format_value=lambda v: formatting.count(int(v)),
+        format_tick=formatting.count_tick,
+    )
+    metric = None
+    if series.metric is not None:
+        metric = line_chart(
+            chart_id="metric-over-time",
+            title=f"{series.metric} per variant over time",
+            description=f"Mean of {series.metric} over the units first exposed so far, per variant, by {unit}; "
+            "at the end: "
+            + "; ".join(f"{s.variant} {formatting.estimate(s.points[-1].mean)}" for s in series.variants)
+            + ". The table below holds every point.",
+            categories=categories,
+            series=[LineSeries(s.variant, [p.mean for p in s.points], i) for i, s in enumerate(series.variants)],
+            x_label=axis,
+            y_label=f"Mean {series.metric}",
+            format_value=formatting.estimate,
+            format_tick=lambda v, step: f"{v:.{max(formatting.decimals_for(step), 0)}f}",
+        )
+    rows = [
+        SeriesRow(category, [(s.points[i].cumulative_units, s.points[i].mean) for s in series.variants])
+        for i, category in enumerate(categories)
+    ]
+    return TimeFigures(units, metric, [s.variant for s in series.variants], rows)
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsPage:
+    """The experiment, and once it has started, its results exactly as ``GET .../results`` returns them."""
+
+    experiment: ExperimentDefinition
+    results: ResultsOut | None
+    effects: dict[str, Markup] = field(default_factory=dict)  # per metric key
+    over_time: TimeFigures | None = None
+
+
+# --------------------------------------------------------------------------- pages
+
+
+@dataclass(frozen=True, slots=True)
+class FormPage:
+    """The form to show: its values, the problems by field, and what the page may offer."""
+
+    form: ExperimentForm
+    errors: dict[str, str]
+    metrics: Sequence[str]
+    experiment: ExperimentDefinition | None = None  # None: a new experiment
+
+
+class ExperimentPages:
+    def __init__(self, session: AsyncSession, limits: PromptLimits) -> None:
+        self.session = session
+        self.experiments = ExperimentService(session, limits)
+
+    async def definition(self, key: str) -> ExperimentDefinition:
+        return ExperimentDefinition.of(await self.experiments.require(key))
+
+    async def metric_keys(self) -> list[str]:
+        found = await self.experiments.metrics.list_metrics(PageRequest(limit=METRICS_OFFERED, after=None))
+        return [m.key for m in found[:METRICS_OFFERED]]
+
+    async def results(self, key: str, phase: int | None) -> ResultsPage:
+        experiment = await self.definition(key)
+        if not experiment.phases:
+            return ResultsPage(experiment, None)
+        results = await self.experiments.results(key, phase)
+        series = await self.experiments.timeseries(key, phase, None)
+        effects = {
+            m.metric: chart
+            for index, m in enumerate(results.metrics)
+            if (chart := effect_chart(m, results, f"effect-{index + 1}")) is not None
+        }
+        return ResultsPage(experiment, results, effects, time_figures(series))
+
+    async def new_form(self, form: ExperimentForm, errors: dict[str, str] | None = None) -> FormPage:
+        return FormPage(form, errors or {}, await self.metric_keys())
+
+    async def edit_form(
+        self, key: str, form: ExperimentForm | None = None, errors: dict[str, str] | None = None
+    ) -> FormPage:
+        experiment = await self.definition(key)
+        return FormPage(form or ExperimentForm.of(experiment), errors or {}, await self.metric_keys(), experiment)
+
+    async def create(self, form: ExperimentForm, actor: Actor) -> FormPage | None:
+        """Create the draft; the form again with its problems when it is refused (nothing kept)."""
+        try:
+            await self.experiments.create(create_request(form), actor)
+        except ExperimentFormError as exc:
+            return await self.new_form(form, exc.errors)
+        except ExperimentExistsError as exc:
+            await self.session.rollback()
+            return await self.new_form(form, {"key": exc.detail})
+        except RegistryError as exc:
+            if exc.status_code != 422:
+                raise
+            await self.session.rollback()
+            return await self.new_form(form, service_errors(exc.errors) or {"form": exc.detail})
+        return None
+
+    async def update(
+        self, key: str, form: ExperimentForm, sent: SentForm, actor: Actor, *, may_change_routing: bool
+    ) -> FormPage | None:
+        """Apply the form as ``PATCH`` would; a key without ``promote`` changing a running one's routing gets 403."""
+        status = (await self.experiments.require(key)).status
+        try:
+            request = update_request(form, status=status, sent=sent)
+            await self.experiments.update(key, request, actor, may_change_routing=may_change_routing)
+        except ExperimentFormError as exc:
+            return await self.edit_form(key, form, exc.errors)
+        except RegistryError as exc:
+            if exc.status_code not in (409, 422):
+                raise
+            await self.session.rollback()
+            return await self.edit_form(key, form, service_errors(exc.errors) or {"form": exc.detail})
+        return None
+
+    async def start(self, key: str, actor: Actor) -> str | None:
+        """Start; the reason it cannot when it is refused (a missing primary metric, another one running)."""
+        try:
+            await self.experiments.start(key, actor)
+        except RegistryError as exc:
+            if exc.status_code not in (409, 422):
+                raise
+            await self.session.rollback()
+            return "; ".join([exc.detail, *(f"{e.field} {e.message}" for e in exc.errors)])
+        return None
+
+    async def stop(self, key: str, data: StopExperiment, actor: Actor) -> str | None:
+        """Stop, promoting the winner's version; the reason when refused."""
+        try:
+            await self.experiments.stop(key, data, actor)
+        except RegistryError as exc:
+            if exc.status_code not in (409, 422):
+                raise
+            await self.session.rollback()
+            return exc.detail
+        return None
