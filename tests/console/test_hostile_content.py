@@ -113,3 +113,43 @@ async def test_hostile_text_is_shown_as_text_on_the_usage_key_and_webhook_pages(
     await admin.goto(f"/console/webhooks/{webhook_id}")
     await assert_inert(admin, DESCRIPTION, url)
     await check_page(admin, "hostile-webhook")
+
+
+async def test_hostile_text_is_shown_as_text_on_the_experiment_pages(console: Console, live: LiveRegistry) -> None:
+    prompt, key, unit = unique("hostile/experiment"), unique("hostile-test"), "<script>alert('unit')</script>"
+    async with live.api() as api:
+        await create_prompt(api, prompt, description=DESCRIPTION)
+        await create_version(api, prompt, "Hello {{ name }}")
+        await create_version(api, prompt, TEMPLATE)
+        await promote(api, prompt, 1, "production", None)
+        body = {
+            "key": key,
+            "prompt": prompt,
+            "description": DESCRIPTION,
+            "variants": [{"key": "control", "prompt_version": 1}, {"key": "treatment", "prompt_version": 2}],
+            "forced_variants": {unit: "treatment"},
+        }
+        created = await api.post("/v1/experiments", json=body)
+        assert created.status_code == 201, created.text
+    admin = await console.signed_in("admin")
+
+    await admin.goto("/console/experiments")
+    await assert_inert(admin, DESCRIPTION)
+    await admin.goto(f"/console/experiments/{key}")
+    await assert_inert(admin, DESCRIPTION)
+    await admin.goto(f"/console/experiments/{key}/edit")
+    await assert_inert(admin)
+    assert await admin.get_by_label("Description").input_value() == DESCRIPTION
+    assert await admin.get_by_label("Forced variants").input_value() == f"{unit} = treatment"
+    await check_page(admin, "hostile-experiment-edit")
+    await admin.goto(f"/console/experiments/{key}/start")
+    await assert_inert(admin)
+    # A refused form shows what was typed in its fields and its errors as text, never as markup.
+    await admin.goto("/console/experiments/new")
+    await admin.get_by_label("Key", exact=True).fill(SEARCH)
+    await admin.get_by_label("Prompt", exact=True).fill(SEARCH)
+    await admin.get_by_label("Variant 1 config").fill(SEARCH)
+    await admin.get_by_role("button", name="Create draft").click()
+    await assert_inert(admin)
+    assert await admin.get_by_label("Key", exact=True).input_value() == SEARCH
+    assert await admin.locator("#error-key").count() == 1
