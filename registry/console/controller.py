@@ -729,13 +729,20 @@ class OperationsController(Controller):
 
 def console_routers() -> list[Router]:
     """The console's pages and its static files, for the app factory."""
-    # Imported here: the experiment pages use this module's helpers.
+    # Imported here: the experiment and playground pages use this module's helpers.
     from registry.console.experiments_controller import ExperimentPagesController
+    from registry.console.playground_controller import PlaygroundController
 
     # ApiRouter: its OPTIONS answers list every method of a path (GET and POST /console/login).
     pages = ApiRouter(
         path="/",
-        route_handlers=[SignInController, ConsoleController, OperationsController, ExperimentPagesController],
+        route_handlers=[
+            SignInController,
+            ConsoleController,
+            OperationsController,
+            ExperimentPagesController,
+            PlaygroundController,
+        ],
         before_request=admit_viewer,
         exception_handlers={Exception: console_error},
         include_in_schema=False,

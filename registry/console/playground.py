@@ -1,0 +1,345 @@
+"""The playground: one prompt version, or two side by side, rendered and run on the same variables.
+
+Nothing here renders or runs by itself. Rendering is the prompt catalog's (what ``POST .../render``
+answers); running is ``CompletionService.open_stream`` with the signed-in key as the caller, so a
+run is budgeted, priced, recorded (also when the page is left: ``cancelled``) and counted in usage
+exactly as ``POST .../complete`` with ``stream: true``. The one thing the API does not take per
+request, running a version with another model config version, goes through the same service with a
+catalog view that substitutes the config, as an experiment variant's config does.
+
+The database is read in a short session of its own that is closed before the catalog is asked:
+the catalog may open a session to load a version, and on the embedded default the pool holds a
+single connection. How the runs reach the page is the controller's (``playground_controller``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, replace
+from typing import Any, cast
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from registry.completions.components import Completions
+from registry.completions.schemas import CompleteRequest
+from registry.completions.service import Caller, CompletionService, CompletionStream
+from registry.configs.service import ConfigService
+from registry.console.playground_form import VariableField, merged_fields, variables_for
+from registry.console.playground_repository import PlaygroundRepository
+from registry.lib.errors import FieldError, InvalidInputError, RegistryError
+from registry.lib.pagination import PageRequest
+from registry.lib.promotion import State
+from registry.lib.schema import Output
+from registry.prompts.catalog import PromptCatalog, Rendering
+from registry.prompts.models import PromptVersion
+from registry.prompts.schemas import ConfigUsed, LinkedConfig, RenderOut
+from registry.prompts.service import PromptLimits, PromptService, compile_version
+
+VERSIONS_LISTED = 100
+CONFIG_VERSIONS_LISTED = 300
+SIDE_KEYS = ("a", "b")
+
+
+# --------------------------------------------------------------------------- what the page shows
+
+
+@dataclass(frozen=True, slots=True)
+class VersionChoice:
+    number: int
+    state: str
+    config: str | None  # "name@version" of its linked config
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChoice:
+    value: str  # "name@version", as the picker sends it
+    name: str
+    version: int
+    state: str
+    backend: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What the pickers chose: a version and optionally another config for it, and the same for a second one."""
+
+    version: int | None = None
+    config: str = ""  # "name@version"; empty: the version's own
+    compare_version: int | None = None
+    compare_config: str = ""
+
+    def query(self) -> dict[str, str | int]:
+        """As the picker's query string, without the empty choices."""
+        values = {
+            "version": self.version,
+            "config": self.config,
+            "compare_version": self.compare_version,
+            "compare_config": self.compare_config,
+        }
+        return {name: value for name, value in values.items() if value}
+
+
+def config_label(config: LinkedConfig | None) -> str | None:
+    return f"{config.name}@{config.version}" if config is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """One version as it renders and runs: its column on the page."""
+
+    key: str  # "a" or "b"
+    version: int
+    state: str
+    kind: str
+    schema: dict[str, Any]
+    own_config: LinkedConfig | None
+    chosen_config: LinkedConfig | None = None  # another config version to run with
+
+    @property
+    def config(self) -> LinkedConfig | None:
+        """What a run uses."""
+        return self.chosen_config or self.own_config
+
+    @property
+    def config_text(self) -> str | None:
+        return config_label(self.config)
+
+
+@dataclass(frozen=True, slots=True)
+class PlaygroundView:
+    name: str
+    selection: Selection
+    versions: list[VersionChoice]
+    configs: list[ConfigChoice]
+    sides: list[Side]
+    fields: list[VariableField]
+
+
+@dataclass(frozen=True, slots=True)
+class RenderResult:
+    side: Side
+    out: RenderOut | None
+    error: RegistryError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedRun:
+    """A run that started (its stream), or the problem that stopped it before its first token."""
+
+    side: Side
+    stream: CompletionStream | None
+    error: RegistryError | None = None
+
+
+# --------------------------------------------------------------------------- running with another config
+
+
+class _CatalogWithConfig:
+    """The catalog as the completion service reads it, but running the rendered version with ``config``.
+
+    The service only renders through its catalog; anything else is the real catalog's.
+    """
+
+    def __init__(self, catalog: PromptCatalog, config: LinkedConfig) -> None:
+        self._catalog = catalog
+        self._config = config
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._catalog, name)
+
+    async def render(
+        self,
+        name: str,
+        variables: Mapping[str, Any],
+        *,
+        label: str | None = None,
+        version: int | None = None,
+        unit: str | None = None,
+    ) -> Rendering:
+        rendering = await self._catalog.render(name, variables, label=label, version=version, unit=unit)
+        config = self._config
+        used = ConfigUsed(name=config.name, version=config.version, model=config.model)
+        return Rendering(
+            msgspec.structs.replace(rendering.out, config=used), replace(rendering.resolution, config=config)
+        )
+
+
+# --------------------------------------------------------------------------- the service
+
+
+def _split_config(value: str) -> tuple[str, int]:
+    name, _, number = value.rpartition("@")
+    if not name or not number.isdigit() or not 0 < int(number) < 2**31:
+        raise InvalidInputError(
+            f"'{value}' is not a config version", errors=[FieldError("config", "must read name@version")]
+        )
+    return name, int(number)
+
+
+class Playground:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        catalog: PromptCatalog,
+        completions: Completions,
+        limits: PromptLimits,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.catalog = catalog
+        self.completions = completions
+        self.limits = limits
+
+    async def view(self, name: str, selection: Selection) -> PlaygroundView:
+        """The pickers' choices and the versions they chose; the version defaults to production, else the latest."""
+        async with self.sessionmaker() as session:
+            workflow = PromptService(session, self.limits).workflow
+            prompt = await workflow.require(name)
+            listed = list(
+                (await workflow.list_versions(name, PageRequest(limit=VERSIONS_LISTED, after=None), state=None))[
+                    :VERSIONS_LISTED
+                ]
+            )
+            configs = await PlaygroundRepository(session).config_versions(CONFIG_VERSIONS_LISTED)
+            by_number = {version.number: version for version in listed}
+            production = next((v.number for v in listed if v.state == State.PRODUCTION.value), None)
+            first = selection.version or production or (prompt.latest_version or None)
+            if first is None:
+                raise InvalidInputError(f"prompt '{name}' has no versions yet; create one to try it here")
+            wanted = [(SIDE_KEYS[0], first, selection.config)]
+            if selection.compare_version:
+                wanted.append((SIDE_KEYS[1], selection.compare_version, selection.compare_config))
+            sides = []
+            for key, number, config in wanted:
+                version = by_number.get(number) or await workflow.require_version(prompt, number)
+                if number not in by_number:  # older than the versions listed: listed as well, so the picker shows it
+                    by_number[number] = version
+                    listed.append(version)
+                sides.append(await self._side(session, key, version, config))
+        chosen = replace(selection, version=first)
+        return PlaygroundView(
+            name=prompt.name,
+            selection=chosen,
+            versions=[
+                VersionChoice(v.number, v.state, config_label(LinkedConfig.of(v.config_version))) for v in listed
+            ],
+            configs=[
+                ConfigChoice(f"{config}@{v.number}", config, v.number, v.state, v.backend, v.model)
+                for config, v in configs
+            ],
+            sides=sides,
+            fields=merged_fields(side.schema for side in sides),
+        )
+
+    async def _side(self, session: AsyncSession, key: str, version: PromptVersion, config: str) -> Side:
+        chosen = None
+        if config:
+            config_name, number = _split_config(config)
+            _, found = await ConfigService(session).workflow.resolve(config_name, version=number, label=None)
+            chosen = LinkedConfig.of(found)
+        return Side(
+            key=key,
+            version=version.number,
+            state=version.state,
+            kind=version.kind,
+            schema=compile_version(version).input_schema,
+            own_config=LinkedConfig.of(version.config_version),
+            chosen_config=chosen,
+        )
+
+    async def render(self, view: PlaygroundView, variables: Mapping[str, Any]) -> list[RenderResult]:
+        """Each side rendered by the catalog with the variables its schema takes."""
+        results = []
+        for side in view.sides:
+            try:
+                rendering = await self.catalog.render(
+                    view.name, variables_for(side.schema, variables), version=side.version
+                )
+            except RegistryError as exc:
+                results.append(RenderResult(side, None, exc))
+            else:
+                results.append(RenderResult(side, rendering.out))
+        return results
+
+    def _service(self, side: Side) -> CompletionService:
+        if side.chosen_config is None:
+            return CompletionService(self.completions, self.catalog)
+        # Not a PromptCatalog, but all the service asks of one (render); see _CatalogWithConfig.
+        return CompletionService(
+            self.completions, cast(PromptCatalog, _CatalogWithConfig(self.catalog, side.chosen_config))
+        )
+
+    async def open_runs(
+        self, view: PlaygroundView, variables: Mapping[str, Any], caller: Caller, *, max_tokens: int | None
+    ) -> list[OpenedRun]:
+        """Start every side's completion at once; a side that fails before its first token carries its problem."""
+
+        async def open_one(side: Side) -> OpenedRun:
+            request = CompleteRequest(
+                variables=variables_for(side.schema, variables),
+                version=side.version,
+                stream=True,
+                max_tokens=max_tokens,
+            )
+            try:
+                return OpenedRun(side, await self._service(side).open_stream(view.name, request, caller))
+            except RegistryError as exc:
+                return OpenedRun(side, None, exc)
+
+        return list(await asyncio.gather(*(open_one(side) for side in view.sides)))
+
+
+# --------------------------------------------------------------------------- side by side
+
+
+@dataclass(frozen=True, slots=True)
+class SideEvent:
+    """One event of one side's stream: the service's ``delta``, ``done`` or ``error``, then ``end``."""
+
+    side: str
+    name: str
+    data: Output | RegistryError | None = None
+
+
+class Interleaved:
+    """The events of every started run as they come, each side's in order; each side ends with ``end``.
+
+    Each stream is read by a task of its own, started here (so every stream is read, and so
+    recorded, even if the page is never sent) and closed by that task however the reading stops:
+    ``close`` (the page was left, or written) cancels the tasks, and the service records a run
+    still going as cancelled. ``on_failure`` turns an unexpected exception into the problem shown.
+    """
+
+    def __init__(self, runs: Sequence[OpenedRun], on_failure: Callable[[Exception], RegistryError]) -> None:
+        self._queue: asyncio.Queue[SideEvent] = asyncio.Queue()
+        self._on_failure = on_failure
+        self._tasks = [
+            asyncio.create_task(self._read(run.side.key, run.stream)) for run in runs if run.stream is not None
+        ]
+
+    async def _read(self, key: str, stream: CompletionStream) -> None:
+        try:
+            async with aclosing(stream.events) as events:
+                async for name, data in events:
+                    self._queue.put_nowait(SideEvent(key, name, data))
+        except Exception as exc:
+            self._queue.put_nowait(SideEvent(key, "error", self._on_failure(exc)))
+        finally:
+            self._queue.put_nowait(SideEvent(key, "end"))
+
+    async def events(self) -> AsyncIterator[SideEvent]:
+        remaining = len(self._tasks)
+        while remaining:
+            event = await self._queue.get()
+            if event.name == "end":
+                remaining -= 1
+            else:
+                yield event
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
