@@ -29,6 +29,7 @@ from registry.lib.http import RegistryRequest, RequestContextMiddleware, Request
 from registry.lib.logging import configure_logging
 from registry.lib.openapi import SchemaRouter, declare_problem_responses
 from registry.lib.routing import ApiRouter
+from registry.lib.tracing import Tracing
 from registry.prompts.controller import PromptController
 from registry.prompts.fast_path import PromptFastPath
 from registry.runtime import Runtime
@@ -55,10 +56,13 @@ API_CONTROLLERS = [
 ]
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
+def create_app(settings: Settings | None = None, *, tracing: Tracing | None = None) -> Litestar:
+    """``tracing`` defaults to what the ``OTEL_*`` variables configure (off unless an exporter is set)."""
     settings = settings or get_settings()
     configure_logging(settings)
     runtime = Runtime.build(settings)
+    tracing = tracing or Tracing.from_environ()
+    runtime.completions.upstream.tracing = tracing
     api = ApiRouter(path=API_PREFIX, route_handlers=API_CONTROLLERS, before_request=authorize_request)
     app = Litestar(
         route_handlers=[SystemController, api, *console_routers()],
@@ -67,7 +71,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers={Exception: exception_to_response},
         state=State({"runtime": runtime}),
         on_startup=[runtime.start],
-        on_shutdown=[runtime.stop],
+        on_shutdown=[runtime.stop, tracing.shutdown],
         request_max_body_size=settings.max_body_bytes,
         request_class=RegistryRequest,
         openapi_config=OpenAPIConfig(
@@ -84,7 +88,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     declare_problem_responses(app, API_PREFIX)
     handler = app.asgi_handler
     if settings.fast_path:
-        handler = PromptFastPath.in_front_of(app, handler, runtime, API_PREFIX)
+        handler = PromptFastPath.in_front_of(app, handler, runtime, API_PREFIX, tracer=tracing.tracer)
     app.asgi_handler = RequestContextMiddleware(
         handler,
         metrics=runtime.http_metrics,
@@ -98,6 +102,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             form_path_prefixes=(f"{CONSOLE_PREFIX}/",),
         ),
     )
+    app.asgi_handler = tracing.wrap(app.asgi_handler)  # the request span, outside all else; nothing when off
     return app
 
 

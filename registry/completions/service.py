@@ -66,7 +66,15 @@ from registry.db.base import utcnow
 from registry.lib.changes import Change, record_change
 from registry.lib.errors import InvalidInputError, RegistryError
 from registry.lib.schema import Output
+from registry.lib.tracing import (
+    annotate_current_span,
+    config_attributes,
+    gen_ai_request_attributes,
+    gen_ai_usage_attributes,
+    outcome_attributes,
+)
 from registry.prompts.catalog import PromptCatalog, Rendering
+from registry.prompts.fast_path import rendered_attributes, traced_render
 from registry.prompts.schemas import LinkedConfig, RenderOut
 
 logger = structlog.get_logger("registry.completions")
@@ -198,14 +206,15 @@ class CompletionService:
         self.completions = completions
         self.upstream = completions.upstream
         self.catalog = catalog
+        self.tracer = completions.upstream.tracing.tracer  # None when tracing is off
 
     # -- preparing
 
     async def _prepare(self, name: str, data: CompleteRequest, caller: Caller) -> tuple[Run, Overrides]:
         if caller.key is not None:
             await self.completions.budgets.check(caller.key)
-        rendering = await self.catalog.render(
-            name, data.variables, label=data.label, version=data.version, unit=data.unit
+        rendering = await traced_render(
+            self.catalog, self.tracer, name, data.variables, label=data.label, version=data.version, unit=data.unit
         )
         config = rendering.resolution.config
         if config is None:
@@ -481,6 +490,28 @@ class CompletionService:
             metrics.errors.labels(run.error_type).inc()
         if cost:
             metrics.cost.labels(config.backend).inc(cost)
+        if self.tracer is not None:
+            self._annotate(run, spend, cost)
+
+    @staticmethod
+    def _annotate(run: Run, spend: Spend, cost: float) -> None:
+        """The completion on the request's span: GenAI conventions plus prompt, config and experiment."""
+        out, plan = run.rendering.out, run.plan
+        annotate_current_span(
+            {
+                **gen_ai_request_attributes(plan.path, plan.payload),
+                **gen_ai_usage_attributes(spend.input_tokens, spend.output_tokens, run.finish_reason),
+                **rendered_attributes(out),
+                **config_attributes(config=plan.config.name, version=plan.config.version, backend=plan.config.backend),
+                **outcome_attributes(
+                    status=run.status,
+                    error_type=run.error_type,
+                    cached=run.cached,
+                    fallback_used=run.fallback_used,
+                    cost=cost,
+                ),
+            }
+        )
 
 
 class UsageService:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import aiohttp
 import msgspec
 import structlog
+from opentelemetry.trace import Span, SpanKind
 
 from registry.completions.errors import (
     BackendBusyError,
@@ -42,6 +43,15 @@ from registry.completions.policy import (
 )
 from registry.completions.sse import DONE, Chunk, MalformedStreamError, SSEDecoder, SSEEvent, decode_chunk
 from registry.lib.http_client import HttpClient
+from registry.lib.tracing import (
+    Tracing,
+    end_span,
+    gen_ai_request_attributes,
+    gen_ai_usage_attributes,
+    inject_trace_context,
+    server_attributes,
+    upstream_span_name,
+)
 from registry.settings import BackendSettings
 
 logger = structlog.get_logger("registry.completions.upstream")
@@ -238,6 +248,7 @@ class UpstreamStream:
         self.done = False
         self.outcome: StreamOutcome | None = None
         self._pending_error: MalformedStreamError | None = None
+        self.span: Span | None = None  # the upstream call's span, ended with the stream
 
     async def _read_events(self) -> list[SSEEvent]:
         """The events of the next read(s) from the socket: at least one."""
@@ -344,6 +355,9 @@ class UpstreamStream:
             return
         self.outcome = outcome
         self._client.finished(self, outcome)
+        if self.span is not None:
+            usage = gen_ai_usage_attributes(self.input_tokens, self.output_tokens, self.finish_reason)
+            end_span(self.span, usage, error_type=None if outcome == "ok" else f"stream_{outcome}")
         if outcome == "ok":
             self._response.release()  # read to the end: the connection goes back to the pool
         else:
@@ -363,6 +377,7 @@ class UpstreamClient:
         self.http = http
         self.metrics = metrics
         self._jitter = jitter
+        self.tracing = Tracing()  # off; the app sets the process's own
         self.backends = {
             name: Backend(
                 name,
@@ -398,12 +413,42 @@ class UpstreamClient:
         settings = backend.settings
         deadline = time.monotonic() + settings.total_timeout
         body = _json.encode(payload)
+        headers = backend.headers()
+        span = self._start_span(backend, path, payload, headers)
+        try:
+            stream = await self._open_stream(backend, path, body, headers, deadline, span)
+        except BaseException as exc:
+            if span is not None:
+                end_span(span, {}, error_type=getattr(exc, "type", None) or type(exc).__name__)
+            raise
+        stream.span = span
+        return stream
+
+    def _start_span(
+        self, backend: Backend, path: str, payload: Mapping[str, Any], headers: dict[str, str]
+    ) -> Span | None:
+        """The upstream call's span (a child of the request's), its context sent on as ``traceparent``."""
+        tracer = self.tracing.tracer
+        if tracer is None:
+            return None
+        span = tracer.start_span(
+            upstream_span_name(path, str(payload.get("model", ""))),
+            kind=SpanKind.CLIENT,
+            attributes={**gen_ai_request_attributes(path, payload), **server_attributes(backend.settings.url)},
+        )
+        inject_trace_context(headers, span)
+        return span
+
+    async def _open_stream(
+        self, backend: Backend, path: str, body: bytes, headers: dict[str, str], deadline: float, span: Span | None
+    ) -> UpstreamStream:
+        settings = backend.settings
         await backend.limiter.acquire()
         try:
             for attempt in range(settings.max_retries + 1):
                 backend.breaker.admit(backend.name)
                 try:
-                    return await self._attempt(backend, path, body, deadline)
+                    return await self._attempt(backend, path, body, headers, deadline)
                 except UpstreamError as exc:
                     backend.breaker.record(failed=exc.counts_against_breaker)
                     self.metrics.upstream_errors.labels(backend.name, exc.type).inc()
@@ -417,6 +462,8 @@ class UpstreamClient:
                     if not exc.retryable or attempt == settings.max_retries or time.monotonic() + wait > deadline:
                         raise
                     self.metrics.retries.labels(backend.name).inc()
+                    if span is not None:
+                        span.add_event("retry", {"attempt": attempt + 1, "error.type": exc.type})
                     logger.info("retrying upstream", backend=backend.name, attempt=attempt + 1, error=exc.type)
                     await asyncio.sleep(wait)
                 except ContextLengthExceededError:
@@ -430,7 +477,9 @@ class UpstreamClient:
             backend.limiter.release()
             raise
 
-    async def _attempt(self, backend: Backend, path: str, body: bytes, deadline: float) -> UpstreamStream:
+    async def _attempt(
+        self, backend: Backend, path: str, body: bytes, headers: Mapping[str, str], deadline: float
+    ) -> UpstreamStream:
         settings = backend.settings
         started = time.monotonic()
         timeout = aiohttp.ClientTimeout(
@@ -440,7 +489,7 @@ class UpstreamClient:
         try:
             async with asyncio.timeout(max(0.0, min(deadline, started + settings.first_token_timeout) - started)):
                 response = await self.http.session.post(
-                    settings.url + path, data=body, headers=backend.headers(), timeout=timeout
+                    settings.url + path, data=body, headers=headers, timeout=timeout
                 )
                 if response.status >= 300:
                     text = await response.text(errors="replace")

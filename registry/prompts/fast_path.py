@@ -29,14 +29,16 @@ from litestar._asgi.utils import is_valid_host
 from litestar.enums import ScopeType
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
+from opentelemetry.trace import Tracer
 
 from registry.auth.access import SCOPE_OPT, authorize
 from registry.auth.keys import Scope as KeyScope
 from registry.lib.errors import PROBLEM_MEDIA_TYPE, FieldError, InvalidInputError, problem_body, translate_and_log
 from registry.lib.http import JsonResponse, decode_name
+from registry.lib.tracing import RENDER_SPAN, Attributes, render_attributes
 from registry.lib.versioned_schemas import Label, VersionNumber
-from registry.prompts.catalog import PromptCatalog
-from registry.prompts.schemas import ExperimentOut, RenderRequest, UnitId
+from registry.prompts.catalog import PromptCatalog, Rendering
+from registry.prompts.schemas import ExperimentOut, RenderOut, RenderRequest, UnitId
 from registry.runtime import Runtime
 
 STALE_HEADER = "X-Registry-Stale"
@@ -100,10 +102,48 @@ async def resolve_response(
     return JsonResponse(resolution.version.body, headers=headers)
 
 
-async def render_response(catalog: PromptCatalog, name: str, data: RenderRequest) -> JsonResponse:
+def rendered_attributes(out: RenderOut) -> Attributes:
+    experiment = out.experiment
+    if experiment is None:
+        return render_attributes(prompt=out.prompt, version=out.version)
+    return render_attributes(
+        prompt=out.prompt,
+        version=out.version,
+        experiment=experiment.key,
+        phase=experiment.phase,
+        variant=experiment.variant,
+        in_experiment=experiment.in_experiment,
+    )
+
+
+async def traced_render(
+    catalog: PromptCatalog,
+    tracer: Tracer | None,
+    name: str,
+    variables: Any,
+    *,
+    label: str | None,
+    version: int | None,
+    unit: str | None,
+) -> Rendering:
+    """``catalog.render`` in a ``prompt.render`` span when tracing is on (for renders and completions alike).
+
+    Off, it is the plain call: no span, no context manager, nothing else on the fast path.
+    """
+    if tracer is None:
+        return await catalog.render(name, variables, label=label, version=version, unit=unit)
+    with tracer.start_as_current_span(RENDER_SPAN) as span:
+        rendering = await catalog.render(name, variables, label=label, version=version, unit=unit)
+        span.set_attributes(rendered_attributes(rendering.out))
+        return rendering
+
+
+async def render_response(
+    catalog: PromptCatalog, name: str, data: RenderRequest, *, tracer: Tracer | None = None
+) -> JsonResponse:
     label_or_version(data.label, data.version)
-    rendering = await catalog.render(
-        decode_name(name), data.variables, label=data.label, version=data.version, unit=data.unit
+    rendering = await traced_render(
+        catalog, tracer, decode_name(name), data.variables, label=data.label, version=data.version, unit=data.unit
     )
     headers = {STALE_HEADER: "true"} if rendering.resolution.stale else None
     return JsonResponse(msgspec.json.encode(rendering.out), headers=headers)
@@ -167,6 +207,7 @@ class PromptFastPath:
         resolve_scope: KeyScope,
         render_scope: KeyScope,
         max_body_bytes: int,
+        tracer: Tracer | None = None,
     ) -> None:
         self.app = app
         self._runtime = runtime
@@ -176,10 +217,13 @@ class PromptFastPath:
         self._resolve_scope = resolve_scope
         self._render_scope = render_scope
         self._max_body_bytes = max_body_bytes
+        self._tracer = tracer  # None when tracing is off: no span is made here at all
         self.served = 0  # requests answered here; the rest went on to Litestar
 
     @classmethod
-    def in_front_of(cls, litestar: Litestar, app: ASGIApp, runtime: Runtime, api_prefix: str) -> PromptFastPath:
+    def in_front_of(
+        cls, litestar: Litestar, app: ASGIApp, runtime: Runtime, api_prefix: str, *, tracer: Tracer | None = None
+    ) -> PromptFastPath:
         """Built from the Litestar routes it stands in for; refuses to start if they moved or changed shape."""
         prefix = f"{api_prefix}/prompts/"
         found: dict[str, tuple[str, str, KeyScope]] = {}  # the route's path, its template in metrics, its scope
@@ -201,6 +245,7 @@ class PromptFastPath:
             resolve_scope=found[RESOLVE_OPERATION][2],
             render_scope=found[RENDER_OPERATION][2],
             max_body_bytes=runtime.settings.max_body_bytes,
+            tracer=tracer,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -283,7 +328,7 @@ class PromptFastPath:
             send,
             self._render_template,
             self._render_scope,
-            lambda catalog: render_response(catalog, name, data),
+            lambda catalog: render_response(catalog, name, data, tracer=self._tracer),
         )
         return None
 

@@ -41,6 +41,7 @@ class SeenRequest:
     disconnected: bool = False
     finished: bool = False
     sent: int = 0  # tokens streamed to the client
+    headers: dict[str, str] = field(default_factory=dict)  # as received, names in lower case
 
 
 @dataclass
@@ -67,7 +68,8 @@ class FaultServer:
             if not message.get("more_body"):
                 break
         payload = json.loads(body or b"{}")
-        seen = SeenRequest(scope["path"], str(payload.get("model", "")), payload)
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        seen = SeenRequest(scope["path"], str(payload.get("model", "")), payload, headers=headers)
         self.requests.append(seen)
         if scope["path"] == "/tokenize":
             await self._tokenize(send, payload)
