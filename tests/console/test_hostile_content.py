@@ -153,3 +153,46 @@ async def test_hostile_text_is_shown_as_text_on_the_experiment_pages(console: Co
     await assert_inert(admin)
     assert await admin.get_by_label("Key", exact=True).input_value() == SEARCH
     assert await admin.locator("#error-key").count() == 1
+
+
+async def test_hostile_variables_templates_and_schemas_are_shown_as_text_in_the_playground(
+    console: Console, live: LiveRegistry
+) -> None:
+    name, config = unique("hostile/playground"), unique("hostile-config")
+    title, description = "\"><script>alert('title')</script>", "<img src=x onerror=alert('description')>"
+    variable = "<script>alert('variable')</script> \"quoted\" javascript:alert('v')"
+    model = "ok/<script>alert('model')</script>"
+    async with live.api() as api:
+        assert (await api.post("/v1/configs", json={"name": config})).status_code == 201
+        created = await api.post(f"/v1/configs/{config}/versions", json={"backend": "fault", "model": model})
+        assert created.status_code == 201, created.text
+        await create_prompt(api, name, description=DESCRIPTION)
+        schema = {
+            "properties": {
+                "name": {"type": "string", "title": title, "description": description},
+                "tone": {"enum": ["<script>alert('enum')</script>", "plain"]},
+            },
+            "required": ["name"],
+        }
+        await create_version(
+            api, name, TEMPLATE, commit_message=COMMIT, input_schema=schema, config={"name": config, "version": 1}
+        )
+    page = await console.signed_in("alice")
+    await page.goto(f"/console/prompts/{quote(name, safe='')}/playground")
+    await assert_inert(page, title, description, model)
+    assert await page.get_by_role("combobox", name="tone").locator("option").all_inner_texts() == [
+        "—",
+        "<script>alert('enum')</script>",
+        "plain",
+    ]
+
+    await page.get_by_label(title).fill(variable)
+    await page.get_by_role("button", name="Render").click()
+    await assert_inert(page, variable, "<script>alert('template')</script>")
+    assert await page.get_by_label(title).input_value() == variable
+
+    await page.get_by_role("button", name="Run", exact=True).click()
+    await page.locator("[data-usage='cost']").wait_for()
+    await assert_inert(page, model)
+    assert await page.locator("template script, [slot] script").count() == 0
+    await check_page(page, "hostile-playground")
