@@ -327,6 +327,12 @@ def keys_revoke(key_id: str) -> None:
 # --------------------------------------------------------------------------- product commands
 
 
+NO_API_KEY = (
+    "no API key: set REGISTRY_API_KEY (or pass --api-key); "
+    "an admin creates one with 'registry keys create --name NAME --scopes read'"
+)
+
+
 def api_command(func: Callable[..., None]) -> Callable[..., None]:
     """Add --url/--api-key/--json, open a client, and print API errors readably."""
 
@@ -341,6 +347,8 @@ def api_command(func: Callable[..., None]) -> Callable[..., None]:
             try:
                 func(client, as_json, **kwargs)
             except RegistryError as exc:
+                if exc.status == 401 and not api_key:
+                    raise click.ClickException(NO_API_KEY) from exc
                 click.echo(f"error: {exc.detail}", err=True)
                 for error in exc.errors:
                     click.echo(f"  {error.get('field')}: {error.get('message')}", err=True)

@@ -22,7 +22,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from registry.auth.keys import parse_key, secret_matches
+from registry.auth.keys import KEY_PREFIX, generate_key, parse_key, secret_matches
 from registry.auth.principal import Principal
 from registry.auth.repository import ApiKeyRepository
 from registry.db.base import utcnow
@@ -52,6 +52,47 @@ class _VerifiedHeader:
     fresh_until: float  # trusted without the database until then
     stale_until: float  # trusted when the database is unreachable until then
     usable_until: datetime | None  # expiry
+
+
+_KEY_LENGTH = len(generate_key()[2])
+_UNKNOWN_KEY = (
+    "unknown API key: no key has this id and secret; check REGISTRY_API_KEY or create one with "
+    "'registry keys create --name NAME --scopes read'"
+)
+
+
+def _key_of(authorization: str | None) -> tuple[str, str]:
+    """The public id and secret of a ``Bearer`` header, or a 401 saying which part is wrong.
+
+    Only the header's shape is judged here; whether the key exists is the database's answer.
+    Revoked and expired are told apart only once the secret matched, to the key's holder.
+    """
+    if not authorization:
+        raise UnauthorizedError(
+            "send an API key: Authorization: Bearer <key> (the CLI reads REGISTRY_API_KEY)", headers=_CHALLENGE
+        )
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer":
+        raise UnauthorizedError(
+            f"the Authorization header uses '{scheme[:20]}'; send 'Bearer <API key>'", headers=_CHALLENGE
+        )
+    if not token:
+        raise UnauthorizedError(
+            "the Authorization header has no API key after 'Bearer'; send 'Bearer prk_...'", headers=_CHALLENGE
+        )
+    parsed = parse_key(token)
+    if parsed is not None:
+        return parsed
+    if token.startswith(f"{KEY_PREFIX}_"):
+        raise UnauthorizedError(
+            f"malformed API key: keys are {_KEY_LENGTH} characters, prk_<12-character id>_<43-character secret>, "
+            f"and this one has {len(token)}; check it was copied whole",
+            headers=_CHALLENGE,
+        )
+    raise UnauthorizedError(
+        "not a prompt-registry API key (keys begin with 'prk_'); check REGISTRY_API_KEY", headers=_CHALLENGE
+    )
 
 
 # Cached for unknown public ids, so a flood of made-up keys does not reach the database.
@@ -124,22 +165,19 @@ class ApiKeyVerifier:
         return verified.principal
 
     async def _authenticate(self, authorization: str | None) -> Principal:
-        if not authorization:
-            raise UnauthorizedError("send an API key: Authorization: Bearer <key>", headers=_CHALLENGE)
-        scheme, _, token = authorization.partition(" ")
-        parsed = parse_key(token.strip()) if scheme.lower() == "bearer" else None
-        if parsed is None:
-            raise UnauthorizedError("the Authorization header is not 'Bearer <API key>'", headers=_CHALLENGE)
-        public_id, secret = parsed
+        public_id, secret = _key_of(authorization)
         cached = self._cache.get(public_id)
         if cached is None:
             cached = await self._load(public_id)
-        if (
-            not secret_matches(secret, cached.secret_hash)
-            or cached.revoked
-            or (cached.usable_until is not None and cached.usable_until <= utcnow())
-        ):
-            raise UnauthorizedError("the API key is invalid, revoked or expired", headers=_CHALLENGE)
+        if not secret_matches(secret, cached.secret_hash):
+            raise UnauthorizedError(_UNKNOWN_KEY, headers=_CHALLENGE)
+        if cached.revoked:
+            raise UnauthorizedError("this API key was revoked; ask an admin for a new one", headers=_CHALLENGE)
+        if cached.usable_until is not None and cached.usable_until <= utcnow():
+            raise UnauthorizedError(
+                f"this API key expired at {cached.usable_until.isoformat()}; ask an admin for a new one",
+                headers=_CHALLENGE,
+            )
         self._last_used[cached.principal.key_id] = time.time()
         if self._stale_seconds > 0 and authorization is not None:
             if len(self._verified) >= self._max_entries:

@@ -6,6 +6,8 @@ into these in ``upstream.py``, where they enter.
 
 from __future__ import annotations
 
+from typing import Any
+
 from registry.lib.errors import InvalidInputError, RateLimitedError, RegistryError, ServiceUnavailableError
 
 
@@ -83,3 +85,12 @@ class BackendNotConfiguredError(RegistryError):
     status_code = 503
     type = "backend_not_configured"
     title = "Backend not configured"
+
+    def __init__(self, detail: str, **kwargs: Any) -> None:
+        # Every raise site ends with what to do: the fix is the deployment's setting, not the request.
+        super().__init__(f"{detail}; {CONFIGURE_BACKENDS}", **kwargs)
+
+
+CONFIGURE_BACKENDS = (
+    'add it to REGISTRY_BACKENDS (JSON, e.g. {"local": {"url": "http://127.0.0.1:8001"}}) and restart the service'
+)

@@ -31,6 +31,8 @@ from litestar.exceptions.base_exceptions import SerializationException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from sqlalchemy import exc as sa_exc
 
+from registry.lib.routing import encoded_name_path
+
 logger = structlog.get_logger("registry.errors")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -321,7 +323,20 @@ def _is_unavailable_state(exc: sa_exc.DBAPIError) -> bool:
 
 def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """The single exception handler of the app: everything becomes problem+json."""
+    if isinstance(exc, NotFoundException) and exc.detail == "Not Found":
+        return problem_response(_route_not_found(request), request)
     return problem_response(translate_and_log(exc, request.url.path), request)
+
+
+def _route_not_found(request: Request[Any, Any, Any]) -> NotFoundError:
+    """No route serves the path; if the name's slashes were meant as ``%2F``, say so."""
+    meant = encoded_name_path(request.app, request.scope["path"], request.method)
+    if meant is None:
+        return NotFoundError("no route matches this path")
+    return NotFoundError(
+        f"no route matches this path; a name containing '/' is sent with each '/' as %2F, so it stays one "
+        f"path segment: {meant}"
+    )
 
 
 def translate_and_log(exc: Exception, path: str) -> RegistryError:

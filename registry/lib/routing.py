@@ -12,10 +12,11 @@ each route built from them, its own and the app's, makes a fresh one from its fu
 
 from __future__ import annotations
 
-from litestar import Router
+from litestar import Litestar, Router
+from litestar.exceptions import MethodNotAllowedException, NotFoundException
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.routes import HTTPRoute
-from litestar.types import RouteHandlerMapItem, RouteHandlerType
+from litestar.types import Method, RouteHandlerMapItem, RouteHandlerType
 
 _AUTOMATIC_OPTIONS = f"{HTTPRoute.create_options_handler.__qualname__}.<locals>.options_handler"
 
@@ -43,3 +44,29 @@ class ApiRouter(Router):
         """What this router serves, less its OPTIONS answers: a route rebuilt from it (here when a second
         controller shares a path, or in the app) makes its own."""
         return _without_automatic_options(super().route_handler_method_map)
+
+
+# Collections whose ``{name}`` may hold ``/``, sent as ``%2F`` so the name stays one path segment.
+NAMED_COLLECTIONS = ("/v1/prompts/", "/v1/configs/")
+
+
+def encoded_name_path(app: Litestar, path: str, method: Method) -> str | None:
+    """The path a client meant when it sent a name's slashes raw, if one of the app's routes serves it.
+
+    ``/v1/prompts/support/summarize/render`` matches no route; joining the first two segments
+    with ``%2F`` does. The shortest name that makes a served path is the likeliest one meant.
+    """
+    collection = next((prefix for prefix in NAMED_COLLECTIONS if path.startswith(prefix)), None)
+    if collection is None:
+        return None
+    segments = path[len(collection) :].split("/")
+    for name_length in range(2, len(segments) + 1):
+        candidate = collection + "/".join(["%2F".join(segments[:name_length]), *segments[name_length:]])
+        try:
+            app.asgi_router.handle_routing(candidate, method)
+        except NotFoundException:
+            continue
+        except MethodNotAllowedException:  # other methods are served there: the path itself is right
+            return candidate
+        return candidate
+    return None

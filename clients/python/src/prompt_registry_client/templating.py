@@ -1020,16 +1020,21 @@ def template_variables(source: str, *, location: str = "template") -> dict[str, 
     return {name: name not in structured for name in sorted(names)}
 
 
+# What a variable that is only printed may be: what ``{{ }}`` turns into text as a reader expects.
+PRINTABLE_TYPES: Final = ("string", "number", "boolean")
+
+
 def infer_input_schema(sources: Mapping[str, str]) -> dict[str, Any]:
     """The input schema used when a version declares none: every variable required.
 
-    Variables used only as text must be strings; the others may be any JSON value.
+    Variables used only as text must be what prints as text (a string, a number or a boolean);
+    the others may be any JSON value.
     """
     textual: dict[str, bool] = {}
     for location, source in sources.items():
         for name, only_text in template_variables(source, location=location).items():
             textual[name] = textual.get(name, True) and only_text
-    properties = {name: ({"type": "string"} if only_text else {}) for name, only_text in textual.items()}
+    properties = {name: ({"type": list(PRINTABLE_TYPES)} if only_text else {}) for name, only_text in textual.items()}
     return {
         "type": "object",
         "properties": properties,
