@@ -10,7 +10,7 @@ from registry.stats.effects import (
     credible_interval,
     welch_dof,
 )
-from registry.stats.moments import Arm, Covariate, Interval, Moments, covariance, mean_interval
+from registry.stats.moments import Arm, Covariate, Interval, Moments, covariance, mean_interval, wilson_interval
 
 __all__ = [
     "DEFAULT_SEQUENTIAL_TUNING",
@@ -32,4 +32,5 @@ __all__ = [
     "mean_interval",
     "srm_p_value",
     "welch_dof",
+    "wilson_interval",
 ]

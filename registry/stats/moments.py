@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from scipy.stats import norm
 from scipy.stats import t as student_t
 
 
@@ -88,9 +89,26 @@ class Interval:
 
 
 def mean_interval(moments: Moments, alpha: float = 0.05) -> Interval:
-    """The mean with its t interval (``n - 1`` degrees of freedom), as ``scipy.stats.t.interval`` gives."""
+    """The mean with its t interval (``n - 1`` degrees of freedom), as ``scipy.stats.t.interval`` gives.
+
+    A proportion gets its Wilson score interval instead: the t interval leaves [0, 1] at small ``n``
+    (2 of 3 units gave [-0.50, 1.84]) and has no width at 0 or 1. Only this per-variant interval
+    changes; the comparisons between variants keep GrowthBook's statistics.
+    """
     mean, std_dev = moments.mean, moments.std_dev
+    if moments.binomial and moments.n > 0:
+        low, high = wilson_interval(mean, moments.n, alpha)
+        return Interval(mean, std_dev, low, high)
     if moments.n <= 1 or std_dev == 0:
         return Interval(mean, std_dev, mean, mean)
     halfwidth = float(student_t.ppf(1 - alpha / 2, moments.n - 1)) * std_dev / math.sqrt(moments.n)
     return Interval(mean, std_dev, mean - halfwidth, mean + halfwidth)
+
+
+def wilson_interval(proportion: float, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson's score interval for a proportion of ``n`` units: always within [0, 1], never empty."""
+    z = float(norm.ppf(1 - alpha / 2))
+    z2_n = z * z / n
+    center = (proportion + z2_n / 2) / (1 + z2_n)
+    halfwidth = z / (1 + z2_n) * math.sqrt(proportion * (1 - proportion) / n + z2_n / (4 * n))
+    return max(center - halfwidth, 0.0), min(center + halfwidth, 1.0)
