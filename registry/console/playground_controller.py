@@ -71,6 +71,11 @@ STREAM_HEADERS = {**SECURITY_HEADERS, "X-Accel-Buffering": "no"}
 HTML = "text/html; charset=utf-8"
 
 
+def may_run(viewer: Viewer) -> bool:
+    """Whether the page offers Run: the key may call the completion API (the route checks it again)."""
+    return viewer.can(COMPLETE_SCOPE)
+
+
 def provide_playground(runtime: NamedDependency[Runtime]) -> Playground:
     return Playground(runtime.sessionmaker, runtime.prompts, runtime.completions, runtime.prompt_limits)
 
@@ -95,6 +100,11 @@ def selection_of(values: Mapping[str, Any]) -> Selection:
         compare_version=_number(values, "compare_version", maximum=2_147_483_647),
         compare_config=str(values.get("compare_config") or "").strip()[:300],
     )
+
+
+def submitted_values(form: Mapping[str, Any], view: PlaygroundView) -> dict[str, str]:
+    """Each variable's field as the form sent it (an unticked checkbox sends nothing: empty)."""
+    return {field.name: str(form.get(VARIABLE_PREFIX + field.name) or "") for field in view.fields}
 
 
 def _environment(request: Request[Any, Any, Any]) -> Environment:
@@ -158,7 +168,7 @@ class PlaygroundController(Controller):
     ) -> Template:
         form = await request.form()
         view = await playground.view(resource_name, selection_of(form))
-        values = {field.name: str(form.get(VARIABLE_PREFIX + field.name) or "") for field in view.fields}
+        values = submitted_values(form, view)
         variables, problems = parse_variables(view.fields, values)
         if problems:
             return self._page(request, view, viewer, values=values, problems=problems, status_code=400)
@@ -180,7 +190,7 @@ class PlaygroundController(Controller):
     ) -> Response[Any]:
         form = await request.form()
         view = await playground.view(resource_name, selection_of(form))
-        values = {field.name: str(form.get(VARIABLE_PREFIX + field.name) or "") for field in view.fields}
+        values = submitted_values(form, view)
         max_tokens_text = str(form.get("max_tokens") or "")
         variables, problems = parse_variables(view.fields, values)
         try:
@@ -246,7 +256,7 @@ class PlaygroundController(Controller):
             renders=renders,
             runs=runs,
             marker=Markup(marker) if marker else None,  # noqa: S704 - our own comment, random, no outside text
-            can_run=viewer.can(COMPLETE_SCOPE),
+            can_run=may_run(viewer),
             section="playground",
         )
 

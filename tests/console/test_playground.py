@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -222,3 +224,37 @@ async def test_a_forged_run_without_the_form_token_is_refused_and_runs_nothing(
     assert response.headers["location"].startswith("/console/login")
     async with live.api() as api:
         assert await usage_of(api, name, "key") == []
+
+
+async def cancelled_completions(live: LiveRegistry) -> float:
+    """The server's count of completions recorded as cancelled, from its metrics."""
+    async with live.http() as http:
+        exposition = (await http.get("/metrics")).text
+    pattern = r'^registry_completions_total\{[^}]*status="cancelled"[^}]*\} (\S+)$'
+    return sum(float(value) for value in re.findall(pattern, exposition, flags=re.MULTILINE))
+
+
+async def test_leaving_the_page_during_a_run_stops_it_and_records_it_as_cancelled(
+    console: Console, live: LiveRegistry
+) -> None:
+    name = unique("playground/leave")
+    async with live.api() as api:
+        config = await fault_config(api, "trickle:0.2", max_tokens=50, prices=(1.0, 1.0))
+        await create_prompt(api, name)
+        await create_version(api, name, "Hi {{ who }}.", config={"name": config, "version": 1})
+    before = await cancelled_completions(live)
+    page = await console.signed_in("reader")
+    await page.goto(playground_url(name))
+    await page.get_by_label("who").fill("Ada")
+    await page.get_by_role("button", name="Run", exact=True).click()
+    await page.locator("[slot='a']").first.wait_for()  # the first token is on the page
+    await page.goto("/console/playground")  # and the page is left while the others are coming
+    for _ in range(500):  # polls, not time: the server records the run once it sees the browser go
+        if await cancelled_completions(live) > before:
+            break
+        await asyncio.sleep(0.02)
+    assert await cancelled_completions(live) == before + 1
+    async with live.api() as api:
+        (row,) = await usage_of(api, name, "key")
+    assert row["requests"] == 1
+    assert 1 <= row["output_tokens"] < 50  # what was generated before the page was left, and no more

@@ -8,11 +8,14 @@ from typing import Any
 
 import pytest
 
+from registry.auth.principal import Principal
 from registry.completions.controller import CompletionController
 from registry.completions.schemas import DeltaEvent
-from registry.console.playground import SideEvent
-from registry.console.playground_controller import COMPLETE_SCOPE, PlaygroundController, stream_fragment
+from registry.console.controller import console_template_config
+from registry.console.playground import PlaygroundView, Selection, Side, SideEvent
+from registry.console.playground_controller import COMPLETE_SCOPE, PlaygroundController, may_run, stream_fragment
 from registry.console.playground_form import merged_fields, parse_variables, variable_fields, variables_for
+from registry.console.sessions import Viewer
 
 CASES = Path(__file__).parent / "cases"
 FIELD_CASES = json.loads((CASES / "playground_fields.json").read_text())
@@ -60,3 +63,34 @@ def test_a_streamed_delta_is_escaped_text_in_its_column() -> None:
 def test_a_run_needs_the_scope_of_the_completion_api() -> None:
     assert CompletionController.complete.opt["scope"] == COMPLETE_SCOPE
     assert PlaygroundController.run.opt["scope"] == COMPLETE_SCOPE
+
+
+def viewer(*scopes: str) -> Viewer:
+    return Viewer(Principal(key_id=1, public_id="abcdefghijkm", name="someone", scopes=frozenset(scopes)), csrf="c")
+
+
+@pytest.mark.parametrize(
+    ("scopes", "offered"),
+    [(("read",), True), (("admin",), True), (("write", "promote", "analyze"), False)],
+    ids=["read, as the completion API", "admin", "every scope but read"],
+)
+def test_run_is_offered_only_to_keys_the_completion_api_would_serve(scopes: tuple[str, ...], offered: bool) -> None:
+    assert may_run(viewer(*scopes)) is offered
+    side = Side(key="a", version=1, state="draft", kind="text", schema={}, own_config=None)
+    view = PlaygroundView("p", Selection(version=1), [], [], [side], [])
+    environment = console_template_config().engine_instance.engine
+    page = environment.get_template("playground.html").render(
+        viewer=viewer(*scopes),
+        path="/console/prompts/p/playground",
+        view=view,
+        values={},
+        max_tokens="",
+        problems={},
+        renders=None,
+        runs=None,
+        marker=None,
+        can_run=may_run(viewer(*scopes)),
+        section="playground",
+    )
+    assert ("/playground/run" in page) is offered
+    assert ">Render</button>" in page
