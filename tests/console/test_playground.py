@@ -86,6 +86,9 @@ async def test_a_version_renders_from_the_form_its_input_schema_builds(console: 
         await create_version(api, name, TEMPLATE, input_schema=SCHEMA)
     page = await console.signed_in("reader")
     await page.get_by_role("navigation", name="Main").get_by_role("link", name="Playground").click()
+    await page.get_by_role("search", name="Search prompts").get_by_label("Name starts with").fill("playground/")
+    await page.get_by_role("button", name="Search").click()
+    await check_page(page, "playground-prompts")
     await page.get_by_role("link", name=name, exact=True).click()
     await page.wait_for_url(f"**{playground_url(name)}")
     # Each type gets its own input.
