@@ -106,6 +106,7 @@ OTHER_ROUTES = [
     Attempt("list", "GET", "/v1/experiments", None, 403),
     Attempt("get", "GET", "/v1/experiments/live", None, 403),
     Attempt("results", "GET", "/v1/experiments/live/results", None, 403),
+    Attempt("results over time", "GET", "/v1/experiments/live/results/timeseries", None, 403),
     Attempt("export", "GET", "/v1/experiments/live/export", None, 403),
     Attempt("define a metric", "POST", "/v1/metrics", {"key": "clicks", "kind": "continuous"}, 201),
     Attempt("describe a metric", "PATCH", "/v1/metrics/converted", {"description": "d"}, 200),
