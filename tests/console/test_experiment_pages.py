@@ -193,3 +193,59 @@ async def test_the_results_page_plots_the_results_numbers_and_downloads_the_expo
             mine = pq.read_table(io.BytesIO(await downloaded.body()))
             assert mine.equals(pq.read_table(io.BytesIO(expected_bytes)))
             assert mine.num_rows == results["units"]
+
+
+async def running_experiment(api: httpx.AsyncClient, **fields: Any) -> str:
+    prompt, metric = await prompt_and_metric(api)
+    key = unique("running")
+    body = {
+        "key": key,
+        "prompt": prompt,
+        "variants": [{"key": "control", "prompt_version": 1}, {"key": "treatment", "prompt_version": 2}],
+        "primary_metric": metric,
+        **fields,
+    }
+    assert (await api.post("/v1/experiments", json=body)).status_code == 201
+    assert (await api.post(f"/v1/experiments/{key}/start")).status_code == 200
+    return key
+
+
+async def test_a_change_the_service_refuses_halfway_leaves_nothing_behind(console: Console, live: LiveRegistry) -> None:
+    namespace = unique("ns")
+    async with live.api() as api:
+        await running_experiment(api, namespace={"name": namespace, "start": 0, "end": 0.5})
+        key = await running_experiment(api)
+    page = await console.signed_in("admin")
+    await page.goto(f"/console/experiments/{key}/edit")
+    await page.get_by_label("Variant 1 weight").fill("25")
+    await page.get_by_label("Variant 2 weight").fill("75")
+    await page.get_by_label("Name", exact=True).fill(namespace)
+    await page.get_by_label("From %").fill("20")
+    await page.get_by_label("To %").fill("70")
+    await page.get_by_role("button", name="Save changes").click()
+    problems = await page.get_by_role("alert").inner_text()
+    assert "nothing was saved" in problems
+    assert "overlaps running experiment" in problems
+    assert await page.get_by_label("Variant 2 weight").input_value() == "75"  # what was typed stays
+    async with live.api() as api:
+        after = await definition(api, key)
+    assert [v["weight"] for v in after["variants"]] == [0.5, 0.5]
+    assert (after["namespace"], after["phase"], len(after["phases"])) == (None, 1, 1)
+
+
+async def test_starting_without_a_primary_metric_is_refused_with_the_reason(
+    console: Console, live: LiveRegistry
+) -> None:
+    async with live.api() as api:
+        prompt, _ = await prompt_and_metric(api)
+        key = unique("no-metric")
+        variants = [{"key": "control", "prompt_version": 1}, {"key": "treatment", "prompt_version": 2}]
+        created = await api.post("/v1/experiments", json={"key": key, "prompt": prompt, "variants": variants})
+        assert created.status_code == 201
+    page = await console.signed_in("alice")  # promote, but no analyze: changes land on the form page
+    await page.goto(f"/console/experiments/{key}/start")
+    await page.get_by_role("button", name="Start experiment").click()
+    assert "needs a primary metric to start" in await page.get_by_role("alert").inner_text()
+    await check_page(page, "experiment-start-refused")
+    async with live.api() as api:
+        assert (await definition(api, key))["status"] == "draft"
