@@ -261,3 +261,33 @@ async def test_leaving_the_page_during_a_run_stops_it_and_records_it_as_cancelle
         (row,) = await usage_of(api, name, "key")
     assert row["requests"] == 1
     assert 1 <= row["output_tokens"] < 50  # what was generated before the page was left, and no more
+
+
+async def test_a_chat_version_renders_its_messages_and_runs_on_the_chat_endpoint(
+    console: Console, live: LiveRegistry
+) -> None:
+    name = unique("playground/chat")
+    messages = [{"role": "system", "content": "Answer in {{ language }}."}, {"role": "user", "content": "{{ q }}"}]
+    async with live.api() as api:
+        config = await fault_config(api, "ok", max_tokens=8, prices=(1.0, 1.0))
+        await create_prompt(api, name)
+        response = await api.post(
+            f"/v1/prompts/{quote(name, safe='')}/versions",
+            json={"kind": "chat", "messages": messages, "config": {"name": config, "version": 1}},
+        )
+        assert response.status_code == 201, response.text
+    page = await console.signed_in("reader")
+    await page.goto(playground_url(name))
+    await page.get_by_label("language").fill("French")
+    await page.get_by_label("q").fill("Where is the station?")
+    await page.get_by_role("button", name="Render").click()
+    rendered = page.get_by_role("region", name="Rendered v1").get_by_role("listitem")
+    # The role reads in capitals, as the CSS shows it.
+    assert [" ".join((await item.inner_text()).split()) for item in await rendered.all()] == [
+        "SYSTEM Answer in French.",
+        "USER Where is the station?",
+    ]
+    await check_page(page, "playground-chat")
+    await page.get_by_role("button", name="Run", exact=True).click()
+    await page.locator("[data-usage='cost']").wait_for()
+    assert "Hello from the" in await column_text(page, "a")
