@@ -249,3 +249,20 @@ async def test_starting_without_a_primary_metric_is_refused_with_the_reason(
     await check_page(page, "experiment-start-refused")
     async with live.api() as api:
         assert (await definition(api, key))["status"] == "draft"
+
+
+async def test_more_variant_rows_keeps_what_was_typed_and_saves_nothing(console: Console, live: LiveRegistry) -> None:
+    key = unique("more-rows")
+    page = await console.signed_in("alice")
+    await page.goto("/console/experiments/new")
+    assert await page.locator("input[name^=variant_key_]").count() == 3  # two variants and a spare row
+    await page.get_by_label("Key", exact=True).fill(key)
+    await page.get_by_label("Variant 3 key").fill("third")
+    await page.get_by_label("Variant 3 prompt version").fill("2")
+    await page.get_by_label("Variant 3 weight").fill("10")
+    await page.get_by_role("button", name="More variant rows").click()
+    assert await page.locator("input[name^=variant_key_]").count() == 5
+    assert await page.get_by_label("Variant 3 key").input_value() == "third"
+    assert await page.get_by_label("Key", exact=True).input_value() == key
+    async with live.api() as api:
+        assert (await api.get(f"/v1/experiments/{key}")).status_code == 404
