@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from litestar import Litestar
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.handlers import BaseRouteHandler
 from litestar.routes import HTTPRoute
 
 from registry import __version__
@@ -27,7 +26,7 @@ from registry.feed.controller import ChangeFeedController
 from registry.lib.errors import exception_to_response
 from registry.lib.http import RegistryRequest, RequestContextMiddleware, RequestLimits
 from registry.lib.logging import configure_logging
-from registry.lib.openapi import SchemaRouter, declare_problem_responses
+from registry.lib.openapi import api_openapi_config, declare_problem_responses, document_operations
 from registry.lib.routing import ApiRouter
 from registry.lib.tracing import Tracing
 from registry.prompts.controller import PromptController
@@ -74,18 +73,12 @@ def create_app(settings: Settings | None = None, *, tracing: Tracing | None = No
         on_shutdown=[runtime.stop, tracing.shutdown],
         request_max_body_size=settings.max_body_bytes,
         request_class=RegistryRequest,
-        openapi_config=OpenAPIConfig(
-            title="prompt-registry",
-            version=__version__,
-            description="Versioned prompts and model configs, A/B experiments and completions through vLLM.",
-            path="/schema",
-            openapi_router=SchemaRouter("/schema"),
-            render_plugins=[ScalarRenderPlugin()],
-        ),
+        openapi_config=api_openapi_config(__version__),
         logging_config=None,
     )
     ensure_scopes_declared(app)
     declare_problem_responses(app, API_PREFIX)
+    document_operations(app, API_PREFIX, declared_scope)
     handler = app.asgi_handler
     if settings.fast_path:
         handler = PromptFastPath.in_front_of(app, handler, runtime, API_PREFIX, tracer=tracing.tracer)
@@ -106,6 +99,12 @@ def create_app(settings: Settings | None = None, *, tracing: Tracing | None = No
     return app
 
 
+def declared_scope(handler: BaseRouteHandler) -> str | None:
+    """The scope a handler names in ``opt``: what ``authorize_request`` checks and the OpenAPI shows."""
+    scope = handler.opt.get(SCOPE_OPT)
+    return scope.value if isinstance(scope, Scope) else None
+
+
 def ensure_scopes_declared(app: Litestar) -> None:
     """Refuse to start if an API route forgot its scope: a new route cannot ship unguarded."""
     for route in app.routes:
@@ -114,5 +113,5 @@ def ensure_scopes_declared(app: Litestar) -> None:
         for handler in route.route_handlers:
             if getattr(handler, "http_methods", None) == {"OPTIONS"}:
                 continue  # Litestar's automatic OPTIONS answer: lists methods, returns no data
-            if not isinstance(handler.opt.get(SCOPE_OPT), Scope):
+            if declared_scope(handler) is None:
                 raise RuntimeError(f"{route.path} ({handler.handler_name}) declares no scope in opt")

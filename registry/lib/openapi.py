@@ -8,17 +8,26 @@ they are added here once instead of on each handler. A handler's own
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
 import msgspec
-from litestar import Litestar, Router
+from litestar import Litestar
 from litestar._openapi.plugin import handle_schema_path_not_found
+from litestar.datastructures import CacheControlHeader
 from litestar.handlers import HTTPRouteHandler
-from litestar.openapi import ResponseSpec
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, Operation, Parameter, SecurityScheme
 from litestar.routes import BaseRoute, HTTPRoute
+from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
 from registry.lib.errors import PROBLEM_MEDIA_TYPE
+from registry.lib.operation_docs import NAME_PARAMETER_DESCRIPTION, OPERATION_DESCRIPTIONS
+from registry.lib.routing import ApiRouter
 
 
 class FieldErrorOut(msgspec.Struct, kw_only=True):
@@ -96,9 +105,108 @@ def declare_problem_responses(app: Litestar, api_prefix: str) -> None:
 
 
 _SCHEMA_NOT_FOUND = handle_schema_path_not_found.__qualname__
+SCHEMA_PATH = "/schema"
+
+# --------------------------------------------------------------------------- the documentation site
+
+# Swagger UI, vendored from the npm package swagger-ui-dist (LICENSE and NOTICE beside it), so the
+# page works offline and does not change under us. To update: replace the folder and this version.
+SWAGGER_UI_VERSION = "5.32.0"
+DOCS_ASSETS_DIRECTORY = Path(__file__).resolve().parents[1] / "static" / f"swagger-ui-{SWAGGER_UI_VERSION}"
+_ASSETS_UNDER_SCHEMA = f"/assets/swagger-ui-{SWAGGER_UI_VERSION}"
+DOCS_ASSETS_PATH = f"{SCHEMA_PATH}{_ASSETS_UNDER_SCHEMA}"
+BEARER_SCHEME = "apiKey"
 
 
-class SchemaRouter(Router):
+def docs_page() -> SwaggerRenderPlugin:
+    """The UI at ``/schema`` (and ``/schema/ui``), every asset served by this service."""
+    return SwaggerRenderPlugin(
+        js_url=f"{DOCS_ASSETS_PATH}/swagger-ui-bundle.js",
+        css_url=f"{DOCS_ASSETS_PATH}/swagger-ui.css",
+        standalone_preset_js_url=f"{DOCS_ASSETS_PATH}/swagger-ui-standalone-preset.js",
+        favicon=f"<link rel='icon' type='image/png' href='{DOCS_ASSETS_PATH}/favicon-32x32.png'>",
+        path="/ui",
+    )
+
+
+def api_openapi_config(version: str) -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="prompt-registry",
+        version=version,
+        description="Versioned prompts and model configs, A/B experiments and completions through vLLM. "
+        "Every `/v1` operation takes an API key as `Authorization: Bearer prk_...` and names the scope it "
+        "requires (`x-required-scope`); an `admin` key has every scope.",
+        path=SCHEMA_PATH,
+        openapi_router=SchemaRouter(SCHEMA_PATH),
+        render_plugins=[docs_page()],
+        components=Components(
+            security_schemes={
+                BEARER_SCHEME: SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    bearer_format="prk_<id>_<secret>",
+                    description="An API key: `registry keys create` makes one; `REGISTRY_API_KEY` for the CLI.",
+                )
+            }
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- operations
+
+
+@dataclass
+class DocumentedOperation(Operation):
+    """An operation whose description comes from ``OPERATION_DESCRIPTIONS`` when its handler gives none,
+    and whose ``{name}`` parameter says how to send a name containing ``/``."""
+
+    def __post_init__(self) -> None:
+        if self.description is None and self.operation_id is not None:
+            self.description = OPERATION_DESCRIPTIONS.get(self.operation_id)
+        for parameter in self.parameters or []:
+            if isinstance(parameter, Parameter) and parameter.param_in == "path" and parameter.name == "name":
+                parameter.description = NAME_PARAMETER_DESCRIPTION
+
+
+@dataclass
+class ScopedOperation(DocumentedOperation):
+    """An API operation: bearer security, and the scope the route's check requires, in the description and
+    as ``x-required-scope``. Subclassed once per scope (``operation_class_for``), since Litestar builds
+    operations from the class alone."""
+
+    scope: ClassVar[str]
+    required_scope: str | None = field(default=None, metadata={"alias": "x-required-scope"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.required_scope = self.scope
+        self.security = [{BEARER_SCHEME: []}]
+        note = f"Requires the `{self.scope}` scope (an `admin` key has every scope)."
+        if note not in (self.description or ""):
+            self.description = f"{self.description}\n\n{note}" if self.description else note
+
+
+_SCOPED_OPERATIONS: dict[str, type[ScopedOperation]] = {}
+
+
+def operation_class_for(scope: str) -> type[ScopedOperation]:
+    if scope not in _SCOPED_OPERATIONS:
+        _SCOPED_OPERATIONS[scope] = type(f"{scope.title()}ScopedOperation", (ScopedOperation,), {"scope": scope})
+    return _SCOPED_OPERATIONS[scope]
+
+
+def document_operations(app: Litestar, api_prefix: str, scope_of: Callable[[HTTPRouteHandler], str | None]) -> None:
+    """Give every operation its description, and each API operation its scope as ``scope_of`` reads it
+    from the handler: the same place the request check reads it, so the two cannot disagree."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            scope = scope_of(handler) if route.path.startswith(api_prefix) else None
+            handler.operation_class = DocumentedOperation if scope is None else operation_class_for(scope)
+
+
+class SchemaRouter(ApiRouter):
     """The router of the schema and its documentation site, without Litestar's HTML 404 page.
 
     Litestar answers unknown paths under ``/schema`` (``/schema/swagger``) with an HTML page; left
@@ -106,7 +214,14 @@ class SchemaRouter(Router):
     """
 
     def __init__(self, path: str) -> None:
-        super().__init__(path, route_handlers=[], include_in_schema=False, dto=None, return_dto=None)
+        assets = create_static_files_router(
+            _ASSETS_UNDER_SCHEMA,
+            directories=[DOCS_ASSETS_DIRECTORY],
+            include_in_schema=False,
+            # The folder's name carries the version: a new one is a new URL, so browsers may keep these.
+            cache_control=CacheControlHeader(public=True, max_age=86_400),
+        )
+        super().__init__(path, route_handlers=[assets], include_in_schema=False, dto=None, return_dto=None)
 
     def register(self, value: ControllerRouterHandler) -> list[BaseRoute]:
         if isinstance(value, HTTPRouteHandler) and getattr(value.fn, "__qualname__", "") == _SCHEMA_NOT_FOUND:
