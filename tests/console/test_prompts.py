@@ -149,6 +149,9 @@ async def test_a_read_only_key_sees_no_controls_and_a_forged_promotion_is_refuse
     assert await page.get_by_role("link", name="Roll back production…").count() == 0
     assert await page.get_by_role("link", name="Audit log").count() == 0
     await check_page(page, "prompt-read-only")
+    await page.get_by_role("link", name="Open in playground").click()
+    assert page.url.endswith(f"{prompt_url(name)}/playground")
+    await page.goto(prompt_url(name))
 
     opened = await page.goto(f"{prompt_url(name)}/versions/2/promote?to=production")
     assert opened is not None
