@@ -22,6 +22,7 @@ from registry.console.experiments_form import (
     create_request,
     service_errors,
     update_request,
+    without_unchanged,
 )
 from registry.console.experiments_form import FormData as SentForm
 from registry.experiments.errors import ExperimentExistsError
@@ -241,9 +242,9 @@ class ExperimentPages:
         self, key: str, form: ExperimentForm, sent: SentForm, actor: Actor, *, may_change_routing: bool
     ) -> FormPage | None:
         """Apply the form as ``PATCH`` would; a key without ``promote`` changing a running one's routing gets 403."""
-        status = (await self.experiments.require(key)).status
+        current = await self.definition(key)
         try:
-            request = update_request(form, status=status, sent=sent)
+            request = without_unchanged(update_request(form, status=current.status, sent=sent), current)
             await self.experiments.update(key, request, actor, may_change_routing=may_change_routing)
         except ExperimentFormError as exc:
             return await self.edit_form(key, form, exc.errors)

@@ -9,6 +9,7 @@ namespace ranges are percentages on the form and fractions in the API.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,13 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from registry.configs.schemas import ConfigRef
-from registry.experiments.schemas import CreateExperiment, ExperimentDefinition, UpdateExperiment, VariantIn
+from registry.experiments.schemas import (
+    CreateExperiment,
+    ExperimentDefinition,
+    NamespaceIn,
+    UpdateExperiment,
+    VariantIn,
+)
 from registry.lib.errors import FieldError
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -364,6 +371,33 @@ def update_request(form: ExperimentForm, *, status: str, sent: FormData) -> Upda
         if form.reason.strip():
             values["reason"] = checker.convert("reason", form.reason.strip(), UpdateExperiment, "reason")
     return _finish(checker, values, UpdateExperiment)
+
+
+def _close(a: float, b: float) -> bool:
+    """Equal at the form's precision: numbers are shown with six significant digits."""
+    return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-9)
+
+
+def without_unchanged(request: UpdateExperiment, current: ExperimentDefinition) -> UpdateExperiment:
+    """Leave out numbers the form sent back as shown: a rounded share must not start a new phase.
+
+    A running experiment's weights of 1 and 2 show as 33.3333 and 66.6667; sent back, they differ
+    from the stored ones in the seventh digit, which the service would rightly take for new weights.
+    """
+    changes: dict[str, Any] = {}
+    if request.weights is not msgspec.UNSET:
+        shares = {v.key: v.weight for v in current.variants}
+        total = sum(request.weights.values())
+        if all(_close(weight / total, shares.get(key, -1.0)) for key, weight in request.weights.items()):
+            changes["weights"] = msgspec.UNSET
+    for name in ("coverage", "alpha", "sequential_tuning"):
+        value = getattr(request, name)
+        if value is not msgspec.UNSET and _close(value, getattr(current, name)):
+            changes[name] = msgspec.UNSET
+    sent, now = request.namespace, current.namespace
+    if isinstance(sent, NamespaceIn) and now is not None and sent.name == now.name:
+        changes["namespace"] = msgspec.UNSET if _close(sent.start, now.start) and _close(sent.end, now.end) else sent
+    return msgspec.structs.replace(request, **changes) if changes else request
 
 
 def form_value(sent: FormData, name: str) -> str:

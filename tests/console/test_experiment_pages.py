@@ -266,3 +266,24 @@ async def test_more_variant_rows_keeps_what_was_typed_and_saves_nothing(console:
     assert await page.get_by_label("Key", exact=True).input_value() == key
     async with live.api() as api:
         assert (await api.get(f"/v1/experiments/{key}")).status_code == 404
+
+
+async def test_saving_a_running_experiment_unchanged_keeps_its_phase(console: Console, live: LiveRegistry) -> None:
+    """Weights of 1 and 2 show as 33.3333 and 66.6667, a third of coverage as 33.3333: sent back, nothing changes."""
+    namespace = unique("thirds")
+    async with live.api() as api:
+        key = await running_experiment(api, coverage=1 / 3, namespace={"name": namespace, "start": 1 / 3, "end": 2 / 3})
+        weights = {"weights": {"control": 1, "treatment": 2}, "reason": "thirds"}
+        assert (await api.patch(f"/v1/experiments/{key}", json=weights)).status_code == 200
+        before = await definition(api, key)
+    page = await console.signed_in("admin")
+    await page.goto(f"/console/experiments/{key}/edit")
+    assert await page.get_by_label("Variant 1 weight").input_value() == "33.3333"
+    await page.get_by_label("Description").fill("Only the words change")
+    await page.get_by_role("button", name="Save changes").click()
+    assert await page.locator("p.notice").inner_text() == "The changes are saved."
+    async with live.api() as api:
+        after = await definition(api, key)
+    assert after["description"] == "Only the words change"
+    assert (after["phase"], after["coverage"], after["namespace"]) == (before["phase"], 1 / 3, before["namespace"])
+    assert [v["weight"] for v in after["variants"]] == [v["weight"] for v in before["variants"]]
