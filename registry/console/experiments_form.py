@@ -394,6 +394,11 @@ def without_unchanged(request: UpdateExperiment, current: ExperimentDefinition) 
         value = getattr(request, name)
         if value is not msgspec.UNSET and _close(value, getattr(current, name)):
             changes[name] = msgspec.UNSET
+    if request.primary_metric is not msgspec.UNSET and request.primary_metric == current.primary_metric:
+        changes["primary_metric"] = msgspec.UNSET
+    # Metrics sent at all are relinked and the statistics rebuilt: only when they changed.
+    if request.guardrail_metrics is not msgspec.UNSET and list(request.guardrail_metrics) == current.guardrail_metrics:
+        changes["guardrail_metrics"] = msgspec.UNSET
     sent, now = request.namespace, current.namespace
     if isinstance(sent, NamespaceIn) and now is not None and sent.name == now.name:
         changes["namespace"] = msgspec.UNSET if _close(sent.start, now.start) and _close(sent.end, now.end) else sent
