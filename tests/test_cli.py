@@ -43,7 +43,7 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen([REGISTRY, "serve"], env=env, stderr=stderr, stdout=stdout, text=True)
         self.stderr_lines: list[str] = []
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.process.stderr.read() if self.process.stderr else ""
             try:
@@ -51,7 +51,7 @@ class Server:
                     return
             except httpx.TransportError:
                 time.sleep(0.2)
-        raise AssertionError("the server did not become healthy in 30 s")
+        raise AssertionError("the server did not become healthy in 90 s")
 
     def stop(self) -> tuple[int, str]:
         """SIGTERM, then the exit status and stderr; a server that never exits fails after 30 s."""

@@ -147,7 +147,7 @@ class RegistryProcess:
         self.process = subprocess.Popen(
             [REGISTRY, "serve"], env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
         )
-        wait_until(self._healthy, timeout=30, message=f"the registry did not become healthy\n{self.log()}")
+        wait_until(self._healthy, timeout=90, message=f"the registry did not become healthy\n{self.log()}")
 
     def _healthy(self) -> bool:
         assert self.process.poll() is None, f"the registry exited at start\n{self.log()}"

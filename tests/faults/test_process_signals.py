@@ -172,7 +172,14 @@ def test_sigkill_under_write_load_loses_nothing_acknowledged_and_exposures_only_
         )
         for client in clients:
             client.start()
-        time.sleep(4.0)
+        # Kill once enough is acknowledged, and some exposures flushed, for the checks below to mean
+        # something: counted, so a slow machine waits longer instead of failing them.
+        wait_until(
+            lambda: enough_acknowledged(acked) and rows(postgres.url, "SELECT count(*) FROM exposures")[0][0] > 0,
+            timeout=120,
+            interval=0.25,
+            message="the write load was not acknowledged",
+        )
         killed_at = time.monotonic()
         server.kill()
         stop.set()
@@ -232,6 +239,14 @@ def test_sigkill_under_write_load_loses_nothing_acknowledged_and_exposures_only_
     assert exposed, "the buffer was flushed at least once before the kill"
     missing_before_last_stored = [unit for unit, _ in acked_exposures[: last_stored + 1] if unit not in exposed]
     assert missing_before_last_stored == []
+
+
+def enough_acknowledged(acked: list[Acknowledged]) -> bool:
+    return (
+        sum(len(a.versions) for a in acked) > 10
+        and sum(len(a.promotions) for a in acked) > 5
+        and sum(len(a.events) for a in acked) > 50
+    )
 
 
 _VERSIONS = "SELECT p.name, v.number FROM prompt_versions v JOIN prompts p ON p.id = v.prompt_id"
