@@ -11,7 +11,7 @@ import msgspec
 
 from registry.console.diff import DiffHunk
 from registry.console.usage import UsageFigures
-from registry.experiments.schemas import ExperimentDefinition, ResultsOut
+from registry.experiments.schemas import ExperimentDefinition
 from registry.lib.schema import Reason
 
 # -- forms (every one carries the session's CSRF token, checked before the handler runs)
@@ -200,14 +200,6 @@ class ExperimentList:
     rows: list[ExperimentDefinition]
     next_cursor: str | None
     status: str
-
-
-@dataclass(frozen=True, slots=True)
-class ExperimentResults:
-    """The experiment and its results exactly as ``GET /v1/experiments/{key}/results`` returns them."""
-
-    experiment: ExperimentDefinition
-    results: ResultsOut
 
 
 # -- usage, API keys and webhooks

@@ -29,7 +29,6 @@ from registry.console.schemas import (
     Conflict,
     DeliveryRow,
     ExperimentList,
-    ExperimentResults,
     FieldChangeRow,
     HistoryRow,
     KeyRow,
@@ -288,7 +287,7 @@ class ConsoleService:
 
 
 class ConsoleExperiments:
-    """Experiment pages, from the experiment service the API uses: the results page shows the API's own results."""
+    """The experiment list, from the experiment service the API uses."""
 
     def __init__(self, session: AsyncSession, limits: PromptLimits) -> None:
         self.experiments = ExperimentService(session, limits)
@@ -297,11 +296,6 @@ class ConsoleExperiments:
         found = await self.experiments.list_experiments(page, status=status or None, prompt=None)
         items, cursor = paginate(found, page.limit, lambda e: encode_cursor(e.key))
         return ExperimentList([ExperimentDefinition.of(e) for e in items], cursor, status)
-
-    async def results(self, key: str, phase: int | None) -> ExperimentResults:
-        results = await self.experiments.results(key, phase)
-        definition = ExperimentDefinition.of(await self.experiments.require(key))
-        return ExperimentResults(definition, results)
 
 
 USAGE_ROWS = 10_000  # as GET /v1/usage: a window with more (day, group) rows says so
