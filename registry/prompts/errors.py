@@ -50,10 +50,7 @@ class VariablesInvalidHttpError(InvalidInputError):
             FieldError(f"variables.{p.field}" if p.field != "variables" else "variables", p.message)
             for p in exc.problems
         ]
-        named = "; ".join(
-            f"variable '{p.field}' {p.message}" if p.field != "variables" else p.message for p in exc.problems
-        )
-        return cls(f"the variables do not fit the prompt's input schema: {named}", errors=errors)
+        return cls(exc.detail, errors=errors)
 
 
 class RenderFailedError(InvalidInputError):

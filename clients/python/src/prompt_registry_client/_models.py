@@ -124,9 +124,7 @@ class Prompt:
                 {"field": f"variables.{p.field}" if p.field != "variables" else "variables", "message": p.message}
                 for p in exc.problems
             ]
-            raise VariablesInvalid(
-                f"{len(errors)} problem(s) with the variables", type="variables_invalid", errors=errors
-            ) from exc
+            raise VariablesInvalid(exc.detail, type="variables_invalid", errors=errors) from exc
         except RenderError as exc:
             raise RenderFailed(str(exc), type="render_failed", body={"reason": exc.reason}) from exc
         is_chat = isinstance(output, list)

@@ -135,6 +135,14 @@ class VariablesInvalidError(ValueError):
         self.problems = list(problems)
         super().__init__("; ".join(f"{p.field}: {p.message}" for p in self.problems))
 
+    @property
+    def detail(self) -> str:
+        """One sentence naming every variable at fault: the service's problem detail, and the client's local one."""
+        named = "; ".join(
+            f"variable '{p.field}' {p.message}" if p.field != "variables" else p.message for p in self.problems
+        )
+        return f"the variables do not fit the prompt's input schema: {named}"
+
 
 @dataclass(frozen=True, slots=True)
 class TemplateProblem:
