@@ -99,9 +99,10 @@ class ConsoleService:
     async def list_prompts(self, page: PageRequest, *, prefix: str, tag: str) -> PromptList:
         found = await self.prompts.list_resources(page, prefix=prefix or None, tag=tag or None)
         items, cursor = paginate(found, page.limit, lambda p: encode_cursor(p.name))
+        held = await self.prompts.repository.holder_numbers([prompt.id for prompt in items])
         rows = []
         for prompt in items:
-            holders = await self._holders(prompt)
+            holders = held[prompt.id]
             rows.append(
                 PromptRow(
                     name=prompt.name,
