@@ -321,7 +321,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="Prompts seeded at once.")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md", help="Markdown file to update.")
     parser.add_argument("--no-write", action="store_true", help="Print only.")
-    parser.add_argument("--keep-database", action="store_true", help="Keep the seeded database, to EXPLAIN its queries.")
+    parser.add_argument("--keep-database", action="store_true", help="Keep the seeded database (to EXPLAIN).")
     asyncio.run(run(parser.parse_args()))
 
 
