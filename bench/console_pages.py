@@ -53,7 +53,7 @@ WHY = """Where the time goes on the pages over the target:
 
 - **Experiment results** read the per-variant sufficient statistics (constant cost, see "Experiment results"),
   but the over-time charts group the per-unit rows (`experiment_units`, joined to `unit_metric_values` for the
-  primary metric) by hour: two scans of the experiment's units, linear in its units (about 0.35 ms per 1,000
+  primary metric) by hour: two scans of the experiment's units, linear in its units (about 0.5 ms per 1,000
   units here, so most of the page at 500,000 units; at 10,000 units the SQL is about half the page and the
   rest is the statistics and the charts). The fix is a per-hour aggregate the aggregator keeps up to date
   (units and metric sums per experiment, phase, variant and hour), read instead of the per-unit rows; that is a
@@ -64,7 +64,8 @@ WHY = """Where the time goes on the pages over the target:
   day, prompt, version, config and key) kept as completions are recorded.
 - Fixed here: the prompt list and the playground's prompt list read each listed prompt's production and
   staging versions with one query per listed prompt (52 statements for a page of 50); they now read them in one
-  (`VersionedRepository.holder_numbers`), which took those pages from about 115 ms to about 10 ms."""
+  (`VersionedRepository.holder_numbers`, 3 statements), which took those pages from 65 to 115 ms (over
+  several runs, some on a busy machine) to under 10 ms."""
 
 
 def named(prompt: int) -> str:
