@@ -34,7 +34,7 @@ from registry.console.experiments_form import CORRECTIONS, MAX_VARIANTS, Experim
 from registry.console.service import ConsoleExperiments
 from registry.console.sessions import Viewer
 from registry.experiments.export import ExportFormat, ExportService
-from registry.experiments.schemas import StopExperiment
+from registry.experiments.schemas import ExperimentDefinition, StopExperiment
 from registry.lib.http import decode_name
 from registry.lib.pagination import PageRequest
 from registry.lib.schema import Reason
@@ -198,6 +198,24 @@ class ExperimentPagesController(Controller):
 
     # -- start and stop (confirmation pages, as promote is for prompts)
 
+    @staticmethod
+    def _change_page(
+        request: Request[Any, Any, Any],
+        action: Literal["start", "stop"],
+        experiment: ExperimentDefinition,
+        problem: str | None = None,
+    ) -> Template:
+        """The confirmation page; shown again with 409 and the service's reason when the change was refused."""
+        return render(
+            request,
+            "experiment-change.html",
+            status_code=200 if problem is None else 409,
+            action=action,
+            e=experiment,
+            problem=problem,
+            section="experiments",
+        )
+
     @get("/{key:str}/start", opt={SCOPE_OPT: Scope.PROMOTE}, operation_id="consoleStartPlan", include_in_schema=False)
     async def start_plan(
         self,
@@ -205,10 +223,7 @@ class ExperimentPagesController(Controller):
         experiment_key: NamedDependency[str],
         pages: NamedDependency[ExperimentPages],
     ) -> Template:
-        experiment = await pages.definition(experiment_key)
-        return render(
-            request, "experiment-change.html", action="start", e=experiment, problem=None, section="experiments"
-        )
+        return self._change_page(request, "start", await pages.definition(experiment_key))
 
     @post("/{key:str}/start", opt={SCOPE_OPT: Scope.PROMOTE}, operation_id="consoleStart", include_in_schema=False)
     async def start(
@@ -221,16 +236,7 @@ class ExperimentPagesController(Controller):
     ) -> Response[Any]:
         problem = await pages.start(experiment_key, viewer.actor)
         if problem is not None:
-            experiment = await pages.definition(experiment_key)
-            return render(
-                request,
-                "experiment-change.html",
-                status_code=409,
-                action="start",
-                e=experiment,
-                problem=problem,
-                section="experiments",
-            )
+            return self._change_page(request, "start", await pages.definition(experiment_key), problem)
         return see_other(home_of(viewer, experiment_key, "started"))
 
     @get("/{key:str}/stop", opt={SCOPE_OPT: Scope.PROMOTE}, operation_id="consoleStopPlan", include_in_schema=False)
@@ -240,10 +246,7 @@ class ExperimentPagesController(Controller):
         experiment_key: NamedDependency[str],
         pages: NamedDependency[ExperimentPages],
     ) -> Template:
-        experiment = await pages.definition(experiment_key)
-        return render(
-            request, "experiment-change.html", action="stop", e=experiment, problem=None, section="experiments"
-        )
+        return self._change_page(request, "stop", await pages.definition(experiment_key))
 
     @post("/{key:str}/stop", opt={SCOPE_OPT: Scope.PROMOTE}, operation_id="consoleStop", include_in_schema=False)
     async def stop(
@@ -256,16 +259,7 @@ class ExperimentPagesController(Controller):
     ) -> Response[Any]:
         problem = await pages.stop(experiment_key, data.request(), viewer.actor)
         if problem is not None:
-            experiment = await pages.definition(experiment_key)
-            return render(
-                request,
-                "experiment-change.html",
-                status_code=409,
-                action="stop",
-                e=experiment,
-                problem=problem,
-                section="experiments",
-            )
+            return self._change_page(request, "stop", await pages.definition(experiment_key), problem)
         return see_other(home_of(viewer, experiment_key, "stopped"))
 
     # -- results and downloads
