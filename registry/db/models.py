@@ -6,6 +6,7 @@ from registry.configs.models import ModelConfig, ModelConfigTransition, ModelCon
 from registry.console.models import ConsoleSession
 from registry.db.base import Base
 from registry.db.change_log import ChangeLogEntry
+from registry.evals.models import EvalDataset, EvalDatasetItem, EvalDatasetVersion, EvalGate, EvalRun, EvalRunItem
 from registry.experiments.models import (
     Experiment,
     ExperimentMetric,
@@ -32,6 +33,12 @@ __all__ = [
     "ChangeLogEntry",
     "CompletionRecord",
     "ConsoleSession",
+    "EvalDataset",
+    "EvalDatasetItem",
+    "EvalDatasetVersion",
+    "EvalGate",
+    "EvalRun",
+    "EvalRunItem",
     "Experiment",
     "ExperimentMetric",
     "ExperimentMetricSums",
