@@ -139,10 +139,10 @@ def test_serve_migrates_prints_an_admin_key_once_and_the_cli_drives_it(
         assert rendered["version"] == 1
 
         code, out = run_cli("promote", "support/summarize", "9", "--to", "production", url=again.url, key=admin)
-        assert code == 1
+        assert code == 3, "not found"
         assert "error: prompt 'support/summarize' has no version 9" in out
         code, out = run_cli("prompts", "list", url=again.url, key="prk_aaaaaaaaaaaa_" + "x" * 43)
-        assert code == 1
+        assert code == 5, "unauthorized"
         assert "error:" in out
         http.close()
     finally:
@@ -173,4 +173,4 @@ def test_keys_commands_work_on_the_database(
     assert bad.exit_code == 2
     assert "unknown scope" in bad.output
     missing = runner.invoke(main, ["keys", "revoke", "nosuchkey123"])
-    assert missing.exit_code == 1
+    assert missing.exit_code == 3, "not found"

@@ -87,5 +87,5 @@ async def test_an_experiment_from_the_command_line(client: Client, admin: dict[s
     assert "greet v2 is now in production" in stopped.output
 
     bad = await cli(served, admin, "experiments", "start", "greet-test")
-    assert bad.exit_code == 1
+    assert bad.exit_code == 4, "a conflict"
     assert "only a draft can start" in bad.output

@@ -531,3 +531,97 @@ class RegistryClient(BaseClient):
     def record_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
         """Record outcome events now (up to 1000); each item of the answer says accepted, duplicate or rejected."""
         return self._json("POST", "/v1/events", json={"events": events})
+
+    # -- more management: what the ``registry`` command offers product people and analysts
+
+    def resolve(
+        self, name: str, resource: Resource = "prompts", *, label: str | None = None, version: int | None = None
+    ) -> dict[str, Any]:
+        """The version that ``label`` (default production) or ``version`` names, with the resource's labels.
+
+        Unlike ``get_prompt`` this always asks the service and caches nothing.
+        """
+        params = {k: v for k, v in {"label": label, "version": version}.items() if v is not None}
+        return self._json("GET", f"/v1/{resource}/{encode_name(name)}", params=params)
+
+    def create_resource(
+        self, name: str, resource: Resource = "prompts", *, description: str = "", tags: list[str] | None = None
+    ) -> dict[str, Any]:
+        body = {"name": name, "description": description, "tags": tags or []}
+        return self._json("POST", f"/v1/{resource}", json=body)
+
+    def get_version(self, name: str, version: int, resource: Resource = "prompts") -> dict[str, Any]:
+        return self._json("GET", f"/v1/{resource}/{encode_name(name)}/versions/{version}")
+
+    def create_version(self, name: str, body: Mapping[str, Any], resource: Resource = "prompts") -> dict[str, Any]:
+        """A new version from the body ``POST /v1/{resource}/{name}/versions`` takes (the newest, if identical)."""
+        return self._json("POST", f"/v1/{resource}/{encode_name(name)}/versions", json=dict(body))
+
+    def render_on_service(
+        self,
+        name: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        label: str | None = None,
+        version: int | None = None,
+        unit: str | None = None,
+    ) -> dict[str, Any]:
+        """The service's render (``POST .../render``): the text or messages and exactly which versions made them."""
+        body = {"variables": dict(variables or {}), "label": label, "version": version, "unit": unit}
+        return self._json("POST", f"/v1/prompts/{encode_name(name)}/render", json=body)
+
+    def list_metrics(self) -> Iterator[dict[str, Any]]:
+        return self._pages("/v1/metrics", {"limit": 200})
+
+    def create_metric(self, definition: Mapping[str, Any]) -> dict[str, Any]:
+        """Define a metric from the body ``POST /v1/metrics`` takes (``key``, ``kind``, ...)."""
+        return self._json("POST", "/v1/metrics", json=dict(definition))
+
+    def usage(self, **params: Any) -> dict[str, Any]:
+        """Completion usage and cost (``GET /v1/usage``; ``group_by`` may be a list), needs the ``analyze`` scope."""
+        query = {k: v for k, v in params.items() if v is not None}
+        return self._json("GET", "/v1/usage", params=query)
+
+    def audit(
+        self, *, actor: str | None = None, resource_type: str | None = None, resource_name: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The audit log, newest first (admin scope)."""
+        params = {"actor": actor, "resource_type": resource_type, "resource_name": resource_name, "limit": 200}
+        return self._pages("/v1/audit", params)
+
+    def list_webhooks(self) -> Iterator[dict[str, Any]]:
+        return self._pages("/v1/webhooks", {"limit": 200})
+
+    def webhook_deliveries(self, webhook_id: int, *, status: str | None = None) -> Iterator[dict[str, Any]]:
+        """A webhook's delivery log, newest first."""
+        return self._pages(f"/v1/webhooks/{webhook_id}/deliveries", {"status": status, "limit": 200})
+
+    def redeliver(self, webhook_id: int, delivery_id: int) -> dict[str, Any]:
+        """Send a delivery again from its first attempt, with the same event id and body."""
+        return self._json("POST", f"/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver")
+
+    def get_experiment_definition(self, key: str) -> dict[str, Any]:
+        """The experiment as the API returns it (``get_experiment`` gives a typed one that can assign)."""
+        return self._json("GET", f"/v1/experiments/{encode_name(key)}")
+
+    @contextlib.contextmanager
+    def export_experiment(
+        self, key: str, *, format: Literal["csv", "parquet"] = "csv", phase: int | None = None
+    ) -> Iterator[Iterator[bytes]]:
+        """The per-unit rows of a phase as CSV or Parquet bytes, streamed (``analyze`` scope).
+
+        Example::
+
+            with registry.export_experiment("greet-test") as chunks, open("units.csv", "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+        """
+        params: dict[str, Any] = {"format": format}
+        if phase is not None:
+            params["phase"] = phase
+        path = f"/v1/experiments/{encode_name(key)}/export"
+        response = self._run(self._core.call("GET", path, params=params, stream=True))
+        try:
+            yield response.iter_bytes()
+        finally:
+            response.close()

@@ -1,0 +1,79 @@
+"""Options and error handling of the commands that call the API.
+
+Everything here imports only click; the client (and httpx) are imported when a command runs,
+and the server's modules never are, so these commands start quickly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import TYPE_CHECKING, Any, Literal
+
+import click
+
+from registry.cli.output import ExitCode, exit_code_for_status, fail
+
+if TYPE_CHECKING:
+    from prompt_registry_client import RegistryClient, RegistryError
+
+Resource = Literal["prompts", "configs"]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+NO_API_KEY = (
+    "no API key: set REGISTRY_API_KEY (or pass --api-key); "
+    "an admin creates one with 'registry keys create --name NAME --scopes read'"
+)
+
+
+def open_client(url: str, api_key: str) -> RegistryClient:
+    """A client for one command: no change feed, no background work left behind."""
+    from prompt_registry_client import CachePolicy, RegistryClient
+
+    return RegistryClient(url, api_key, cache=CachePolicy(watch_changes=False))
+
+
+def report(exc: RegistryError, url: str) -> None:
+    """Print an error answer readably (one line, then one line per field) and exit with its code."""
+    if exc.status is None:
+        fail(f"{exc.detail} (the URL comes from --url or REGISTRY_URL)", ExitCode.UNAVAILABLE)
+    click.echo(f"error: {exc.detail}", err=True)
+    for error in exc.errors:
+        click.echo(f"  {error.get('field')}: {error.get('message')}", err=True)
+    if exc.status == 401:
+        click.echo("  (the key comes from --api-key or REGISTRY_API_KEY)", err=True)
+    raise SystemExit(int(exit_code_for_status(exc.status)))
+
+
+def api_command(func: Callable[..., None]) -> Callable[..., None]:
+    """Add --url/--api-key/--json, open a client, and turn API errors into a message and an exit code."""
+
+    @click.option(
+        "--url",
+        envvar="REGISTRY_URL",
+        default=DEFAULT_URL,
+        show_default=True,
+        help="Service URL; read from REGISTRY_URL when not given.",
+    )
+    @click.option("--api-key", envvar="REGISTRY_API_KEY", help="API key; read from REGISTRY_API_KEY when not given.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of text.")
+    @wraps(func)
+    def wrapper(url: str, api_key: str | None, as_json: bool, **kwargs: Any) -> None:
+        if not api_key:
+            fail(NO_API_KEY, ExitCode.UNAUTHORIZED)
+        from prompt_registry_client import RegistryError
+
+        with open_client(url, api_key) as client:
+            try:
+                func(client, as_json, **kwargs)
+            except RegistryError as exc:
+                report(exc, url)
+
+    return wrapper
+
+
+def resource_of(config: bool) -> Resource:
+    return "configs" if config else "prompts"
+
+
+config_flag = click.option("--config", is_flag=True, help="NAME is a model config, not a prompt.")
