@@ -23,10 +23,15 @@ The model config is a reference, never inline: configs are shared by many prompt
 and carry backends and prices, so they are versioned on their own; a label is
 resolved when syncing and the version it names is pinned, as the service does.
 Parsing, checking, digesting and writing documents is pure; ``sync`` talks to the API.
+
+Files are read as YAML 1.2 (``yes`` and ``on`` are text) and written back with ruamel.yaml's
+round trip: exporting over a hand-written file changes only the values that differ and keeps
+its comments, flow lists, quoting, indentation and long lines.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Mapping
@@ -34,8 +39,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from prompt_registry_client.templating import CHAT_ROLES, TemplateProblemError, compile_prompt
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.scalarstring import LiteralScalarString, ScalarString
 
 from registry.lib.hashing import content_sha256
 from registry.lib.schema import NAME_PATTERN
@@ -44,6 +52,7 @@ SUFFIXES = (".yaml", ".yml")
 KEYS = ("name", "description", "tags", "kind", "template", "messages", "input_schema", "config")
 LABELS = ("production", "staging", "latest")
 _NAME = re.compile(NAME_PATTERN)
+_BLOCK_SCALAR = re.compile(r"(^|[:-]\s)[|>][-+0-9]*$")
 
 
 class DocumentError(ValueError):
@@ -108,33 +117,210 @@ class PromptDocument:
         return replace(self, config=ConfigRef(self.config.name, version=version))
 
     def to_yaml(self, *, with_name: bool = False) -> str:
-        """The file: block scalars for multi-line text, defaults left out, keys in a fixed order."""
-        document: dict[str, Any] = {"name": self.name} if with_name else {}
+        """A new file: ``|`` blocks for multi-line text, tags as a flow list, defaults left out, keys in order."""
+        document = CommentedMap({"name": self.name} if with_name else {})
         if self.description:
-            document["description"] = self.description
+            document["description"] = _text(self.description)
         if self.tags:
-            document["tags"] = list(self.tags)
+            document["tags"] = _flow(list(self.tags))
         document["kind"] = self.kind
         if self.template is not None:
-            document["template"] = self.template
+            document["template"] = _text(self.template)
         if self.messages is not None:
-            document["messages"] = [{"role": r, "content": c} for r, c in self.messages]
+            document["messages"] = [CommentedMap(role=r, content=_text(c)) for r, c in self.messages]
         if self.input_schema is not None:
             document["input_schema"] = dict(self.input_schema)
         if self.config is not None:
-            document["config"] = self.config.as_dict()
-        return yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+            document["config"] = _flow(self.config.as_dict())
+        return _dump(document, Layout())
+
+    def rewrite(self, text: str) -> str:
+        """``text``, a file of this prompt, changed to hold this document: only the values that differ change.
+
+        Comments, flow or block style, quoting and line layout stay as they are; a config reference
+        stays a label where this document's config is one. ``text`` comes back unchanged (the same
+        string) when the file already says what this document says.
+        """
+        layout = Layout.of(text)
+        file = _round_trip(layout).load(text)
+        if not isinstance(file, CommentedMap):
+            return self.to_yaml()
+        changed = _set_text(file, "description", self.description, drop_empty=True)
+        changed |= _set_tags(file, self.tags)
+        if "kind" in file and file["kind"] != self.kind:
+            file["kind"] = self.kind
+            changed = True
+        content, other = ("template", "messages") if self.kind == "text" else ("messages", "template")
+        if content not in file:
+            file.insert(list(file).index(other) if other in file else len(file), content, None)
+        if other in file:
+            del file[other]
+            changed = True
+        if self.template is not None:
+            changed |= _set_text(file, "template", self.template)
+        if self.messages is not None:
+            changed |= _merge(file, "messages", [{"role": r, "content": c} for r, c in self.messages])
+        changed |= _merge(file, "input_schema", None if self.input_schema is None else dict(self.input_schema))
+        changed |= _set_config(file, self.config)
+        return _dump(file, layout) if changed else text
 
 
-class _Dumper(yaml.SafeDumper):
-    """Multi-line strings as ``|`` blocks, so templates read as they render (YAML quotes what a block cannot hold)."""
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How a file indents: a mapping's keys, a sequence's items, and the dash inside the item's indent."""
+
+    mapping: int = 2
+    sequence: int = 4
+    offset: int = 2
+
+    @classmethod
+    def of(cls, text: str) -> Layout:
+        """The indentation the file's own nested blocks use (the defaults where it has none)."""
+        mapping = sequence = offset = None
+        opener: int | None = None  # the indent of a line that opens a nested block (``key:``)
+        scalar: int | None = None  # the indent of a line that opens a block scalar, whose text is skipped
+        for line in text.splitlines():
+            stripped = line.strip()
+            indent = len(line) - len(line.lstrip(" "))
+            if not stripped or (scalar is not None and indent > scalar) or stripped.startswith("#"):
+                continue
+            scalar = None
+            if opener is not None and stripped.startswith("- ") and offset is None:
+                offset = indent - opener
+                sequence = offset + 2 + len(stripped[2:]) - len(stripped[2:].lstrip(" "))
+            elif opener is not None and indent > opener and mapping is None:
+                mapping = indent - opener
+            value = stripped.split(" #")[0].rstrip()
+            opener = indent if value.endswith(":") else None
+            if _BLOCK_SCALAR.search(value):
+                scalar = indent
+        default = cls()
+        offset = default.offset if offset is None else offset
+        return cls(mapping or default.mapping, sequence or default.sequence, offset)
 
 
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+def _round_trip(layout: Layout) -> YAML:
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 1 << 16  # never wrap: a long line stays one line
+    yaml.indent(mapping=layout.mapping, sequence=layout.sequence, offset=layout.offset)
+    return yaml
 
 
-_Dumper.add_representer(str, _represent_str)
+def _dump(document: Any, layout: Layout) -> str:
+    out = io.StringIO()
+    _round_trip(layout).dump(document, out)
+    return out.getvalue()
+
+
+def _text(value: str, like: Any = None) -> str:
+    """``value`` written as ``like`` was (literal, folded, quoted); multi-line text otherwise as a ``|`` block."""
+    if isinstance(like, ScalarString):
+        styled: str = type(like)(value)
+        return styled
+    return LiteralScalarString(value) if "\n" in value else value
+
+
+def _flow(value: Any) -> Any:
+    node = CommentedMap(value) if isinstance(value, dict) else CommentedSeq(value)
+    node.fa.set_flow_style()
+    return node
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON: ``1`` is not ``true``, a float is not an int."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _set_text(node: CommentedMap, key: str, value: str, *, drop_empty: bool = False) -> bool:
+    old = node.get(key)
+    if drop_empty and not value:
+        if key in node and old:
+            del node[key]
+            return True
+        return False
+    if isinstance(old, str) and old == value:
+        return False
+    if key in node:
+        node[key] = _text(value, old)
+    else:
+        node.insert(1 if next(iter(node), None) == "name" else 0, key, _text(value))
+    return True
+
+
+def _set_tags(node: CommentedMap, tags: tuple[str, ...]) -> bool:
+    old = node.get("tags") or []
+    if isinstance(old, list) and sorted(set(old)) == list(tags):
+        return False
+    if not tags:
+        del node["tags"]
+        return True
+    kept = [t for t in dict.fromkeys(old) if t in tags] if isinstance(old, list) else []
+    new = kept + [t for t in tags if t not in kept]
+    if isinstance(old, CommentedSeq):
+        old[:] = new
+    elif "tags" in node:
+        node["tags"] = _flow(new)
+    else:
+        node.insert(list(node).index("description") + 1 if "description" in node else 0, "tags", _flow(new))
+    return True
+
+
+def _merge(node: Any, key: Any, value: Any) -> bool:
+    """Set ``node[key]`` to ``value``, changing only what differs below it; False when nothing did."""
+    present = key in node if isinstance(node, dict) else key < len(node)
+    old = node[key] if present else None
+    if (present and _same(old, value)) or (not present and value is None):
+        return False
+    if value is None:
+        del node[key]
+    elif isinstance(old, dict) and isinstance(value, dict):
+        for gone in [k for k in old if k not in value]:
+            del old[gone]
+        for k, v in value.items():
+            _merge(old, k, v)
+    elif isinstance(old, list) and isinstance(value, list):
+        del old[len(value) :]
+        for index, item in enumerate(value):
+            if index < len(old):
+                _merge(old, index, item)
+            else:
+                old.append(_styled(item, old[-1] if old else None))
+    else:
+        node[key] = _styled(value, old)
+    return True
+
+
+def _styled(value: Any, like: Any = None) -> Any:
+    """``value`` as new YAML in the style of ``like`` (its neighbour or predecessor): flow or block, ``|``, quotes."""
+    if isinstance(value, str):
+        return _text(value, like)
+    if isinstance(value, dict):
+        node: CommentedMap | CommentedSeq = CommentedMap({k: _styled(v) for k, v in value.items()})
+    elif isinstance(value, list):
+        node = CommentedSeq([_styled(v) for v in value])
+    else:
+        return value
+    if isinstance(like, CommentedMap | CommentedSeq) and like.fa.flow_style():
+        node.fa.set_flow_style()
+    return node
+
+
+def _set_config(node: CommentedMap, config: ConfigRef | None) -> bool:
+    old = node.get("config")
+    if config is None:
+        if "config" in node:
+            del node["config"]
+            return True
+        return False
+    if old is not None and _config_ref(old, []) == config:
+        return False
+    if isinstance(old, CommentedMap):
+        old.pop("version" if config.version is None else "label", None)
+        _merge(node, "config", config.as_dict())
+    else:
+        node["config"] = _flow(config.as_dict())
+    return True
 
 
 def name_of(path: Path, root: Path) -> str:
@@ -150,8 +336,8 @@ def path_of(name: str, root: Path) -> Path:
 def parse_document(text: str, *, name: str, source: str) -> PromptDocument:
     """Read and check one file; every problem is reported at once (``DocumentError``)."""
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        raw = YAML(typ="safe", pure=True).load(text)
+    except YAMLError as exc:
         raise DocumentError(source, [f"not valid YAML: {exc}"]) from exc
     if not isinstance(raw, dict):
         raise DocumentError(source, ["must be a mapping of fields (description, kind, template or messages, ...)"])

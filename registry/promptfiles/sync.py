@@ -1,9 +1,16 @@
 """``registry sync`` and ``registry export``: prompt files to the registry and back, through its API.
 
-A sync changes a prompt only where its file differs: a new version when the
-content differs from the newest version (compared by the service's own digest),
-a metadata update when description or tags differ, nothing otherwise. So running
-it again, or right after ``export``, changes nothing.
+A sync changes a prompt only where its file differs: a new version when no
+version holds the file's content (compared by the service's own digest; archived
+versions do not count), a metadata update when description or tags differ, nothing
+otherwise. So running it again, or right after ``export``, changes nothing. The
+version a file holds is the newest one with its content: ``--promote`` moves that
+one or the one the sync created, never a version made outside the folder.
+
+``export`` writes what a label holds (production unless told otherwise) and
+changes a file already in the folder only where it differs (see
+``PromptDocument.rewrite``), so exporting a folder that is in sync leaves it
+byte for byte as it was.
 """
 
 from __future__ import annotations
@@ -11,9 +18,9 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prompt_registry_client import NotFound, RegistryClient, RegistryError, encode_name
 
@@ -22,13 +29,22 @@ from registry.promptfiles.documents import PromptDocument, document_of, load_fol
 
 @dataclass(frozen=True, slots=True)
 class Remote:
-    """What the registry holds of a prompt: nothing, a prompt without versions, or its newest version."""
+    """What the registry holds of a prompt: nothing, a prompt without a version at the label, or that version."""
 
     exists: bool
     document: PromptDocument | None = None
     version: int | None = None
     sha256: str | None = None
+    state: str | None = None
     labels: dict[str, int | None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The version that holds a file's content, and its state."""
+
+    version: int
+    state: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +53,12 @@ class Change:
 
     source: Path
     document: PromptDocument  # as it will be stored: the config pinned to a version
-    remote: Remote
+    remote: Remote  # the newest version
+    held: Held | None = None  # the version with the file's content, when there is one
 
     @property
     def new_version(self) -> bool:
-        return self.remote.sha256 != self.document.sha256()
+        return self.held is None
 
     @property
     def new_metadata(self) -> bool:
@@ -66,9 +83,11 @@ class Change:
             )
         if self.new_metadata:
             parts.append("description and tags")
+        held = self.held.version if self.held else None
         if not parts:
-            return f"= {name}: unchanged (version {remote.version})"
-        return f"~ {name}: {', '.join(parts)}"
+            newest = f", newest is {remote.version}" if held != remote.version else ""
+            return f"= {name}: unchanged (version {held}{newest})"
+        return f"~ {name}: {', '.join(parts)}" + (f" (version {held})" if held else "")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +95,7 @@ class Change:
             "file": str(self.source),
             "exists": self.remote.exists,
             "newest_version": self.remote.version,
+            "version": self.held.version if self.held else None,
             "new_version": self.new_version,
             "new_metadata": self.new_metadata,
         }
@@ -94,9 +114,9 @@ class Change:
         )
 
 
-def remote_of(client: RegistryClient, name: str) -> Remote:
+def remote_of(client: RegistryClient, name: str, label: str = "latest") -> Remote:
     try:
-        resolved = client.request("GET", f"/v1/prompts/{encode_name(name)}", params={"label": "latest"}).json()
+        resolved = client.request("GET", f"/v1/prompts/{encode_name(name)}", params={"label": label}).json()
     except NotFound as exc:
         if exc.type == "label_not_set":
             return Remote(exists=True)
@@ -108,8 +128,22 @@ def remote_of(client: RegistryClient, name: str) -> Remote:
         document=document_of(resolved),
         version=resolved["version"]["version"],
         sha256=resolved["version"]["sha256"],
+        state=resolved["version"]["state"],
         labels=resolved["labels"],
     )
+
+
+def held_by(client: RegistryClient, document: PromptDocument, newest: Remote) -> Held | None:
+    """The newest version with ``document``'s content (``document`` pinned), or None when none has it."""
+    if newest.version is None:
+        return None
+    sha256 = document.sha256()
+    if newest.sha256 == sha256 and newest.state is not None:
+        return Held(newest.version, newest.state)
+    for version in client.list_versions(document.name):
+        if version["sha256"] == sha256 and version["state"] != "archived":
+            return Held(int(version["version"]), version["state"])
+    return None
 
 
 def pinned(client: RegistryClient, document: PromptDocument) -> PromptDocument:
@@ -127,13 +161,19 @@ def plan(
     """One change per file, or the error that kept it from being planned (with the prompt's name)."""
     for source, document in files:
         try:
-            yield Change(source, pinned(client, document), remote_of(client, document.name))
+            document = pinned(client, document)
+            remote = remote_of(client, document.name)
+            yield Change(source, document, remote, held_by(client, document, remote))
         except RegistryError as exc:
             yield document.name, exc
 
 
 def apply(client: RegistryClient, change: Change, *, message: str, promote_to: str | None) -> list[str]:
-    """Make the registry match the file; returns what was done."""
+    """Make the registry match the file; returns what was done.
+
+    ``promote_to`` moves the version holding the file's content, the one this sync created or the
+    newest one with that content: a version made outside the folder is left where it is.
+    """
     document, remote, name = change.document, change.remote, change.document.name
     done = []
     path = f"/v1/prompts/{encode_name(name)}"
@@ -143,29 +183,67 @@ def apply(client: RegistryClient, change: Change, *, message: str, promote_to: s
     elif change.new_metadata:
         client.request("PATCH", path, json=metadata)
         done.append("description and tags updated")
-    version = remote.version
-    if change.new_version:
+    held = change.held
+    if held is None:
         created: dict[str, Any] = client.request("POST", f"{path}/versions", json=document.version_body(message)).json()
-        version = int(created["version"])
-        done.append(f"version {version} created")
-    labels = remote.labels or {}
-    if promote_to and version is not None and (change.new_version or labels.get(promote_to) != version):
-        client.promote(name, version, promote_to, reason=message)
-        done.append(f"version {version} promoted to {promote_to}")
+        held = Held(int(created["version"]), created["state"])
+        done.append(f"version {held.version} created")
+    if promote_to is None or (remote.labels or {}).get(promote_to) == held.version:
+        return done
+    if promote_to == "staging" and held.state == "production":
+        done.append(f"version {held.version} is in production, not moved back to staging")
+    else:
+        client.promote(name, held.version, promote_to, reason=message)
+        done.append(f"version {held.version} promoted to {promote_to}")
     return done
 
 
-def export(client: RegistryClient, root: Path, *, prefix: str | None = None) -> Iterator[tuple[str, Path | None]]:
-    """Write each prompt's newest version to ``root/<name>.yaml``; yields (name, path or None when it has none)."""
+Outcome = Literal["written", "unchanged", "skipped"]
+
+
+def export(
+    client: RegistryClient, root: Path, *, label: str = "production", prefix: str | None = None
+) -> Iterator[tuple[str, Path | None, Outcome]]:
+    """Write the version at ``label`` of each prompt to its file; yields (name, file, what happened).
+
+    A prompt already in the folder (as ``root/<name>.yaml`` or a file whose ``name:`` says so) keeps
+    its file, changed only where it differs; a config label in it stays a label while it names the
+    version this one pins. A prompt with no version at ``label`` is skipped (no file).
+    """
+    files, _ = load_folder(root)  # a bad file is written over as a new one
+    existing = {document.name: (path, document) for path, document in reversed(files)}
     for item in client.list_resources("prompts", prefix=prefix):
-        remote = remote_of(client, item["name"])
+        name = item["name"]
+        remote = remote_of(client, name, label)
         if remote.document is None:
-            yield item["name"], None
+            yield name, None, "skipped"
             continue
-        path = path_of(item["name"], root)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(remote.document.to_yaml())
-        yield item["name"], path
+        if name not in existing:
+            path = path_of(name, root)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(remote.document.to_yaml())
+            yield name, path, "written"
+            continue
+        path, local = existing[name]
+        text = path.read_text()
+        rewritten = _keeping_label(client, local, remote.document).rewrite(text)
+        if rewritten == text:
+            yield name, path, "unchanged"
+            continue
+        path.write_text(rewritten)
+        yield name, path, "written"
+
+
+def _keeping_label(client: RegistryClient, local: PromptDocument, exported: PromptDocument) -> PromptDocument:
+    """``exported`` with the file's config label where that label names the version ``exported`` pins."""
+    ref, pinned_ref = local.config, exported.config
+    if ref is None or ref.label is None or pinned_ref is None or ref.name != pinned_ref.name:
+        return exported
+    try:
+        resolved = pinned(client, local).config
+    except RegistryError:
+        return exported
+    return replace(exported, config=ref) if resolved == pinned_ref else exported
 
 
 Echo = Callable[[str], None]
@@ -187,6 +265,8 @@ def run_sync(
     ``as_json`` echoes one JSON object per prompt (what was planned, and ``done``) instead of text.
     """
     files, problems = load_folder(folder)
+    if not files and not problems:
+        problems = [f"{folder}: no prompt files (*.yaml, *.yml) in it, so nothing to sync"]
     for problem in problems:
         echo_error(f"error: {problem}")
     if problems:
@@ -216,18 +296,37 @@ def run_sync(
     return succeeded
 
 
-def run_export(client: RegistryClient, folder: Path, *, prefix: str | None, echo: Echo, as_json: bool = False) -> None:
-    written = 0
-    for name, path in export(client, folder, prefix=prefix):
-        written += path is not None
+def run_export(
+    client: RegistryClient,
+    folder: Path,
+    *,
+    prefix: str | None,
+    echo: Echo,
+    label: str = "production",
+    as_json: bool = False,
+) -> None:
+    """Export and say what happened to each prompt; a prompt with nothing at ``label`` is named, not an error.
+
+    Prompts still in development have no production version, so skipping them is what an export
+    of production should do; the summary counts them.
+    """
+    counts = {"written": 0, "unchanged": 0, "skipped": 0}
+    for name, path, outcome in export(client, folder, label=label, prefix=prefix):
+        counts[outcome] += 1
         if as_json:
-            echo(json.dumps({"prompt": name, "file": str(path) if path else None}))
+            echo(json.dumps({"prompt": name, "file": str(path) if path else None, "outcome": outcome}))
         elif path is None:
-            echo(f"- {name}: no versions yet, not exported")
+            echo(f"- {name}: no version in {label}, not exported")
+        elif outcome == "unchanged":
+            echo(f"= {name}: {path} unchanged")
         else:
             echo(f"{name} -> {path}")
     if not as_json:
-        echo(f"exported {written} prompt(s) to {folder}")
+        exported = counts["written"] + counts["unchanged"]
+        echo(
+            f"exported {exported} prompt(s) from {label} to {folder}: {counts['written']} file(s) written, "
+            f"{counts['unchanged']} unchanged, {counts['skipped']} prompt(s) with no version in {label}"
+        )
 
 
 def _report(echo_error: Echo, where: str, error: RegistryError) -> None:

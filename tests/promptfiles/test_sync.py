@@ -82,6 +82,7 @@ def test_sync_creates_prompts_then_changes_only_what_changed(live: Live, tmp_pat
         "file": str(tmp_path / "greet.yaml"),
         "exists": True,
         "newest_version": 1,
+        "version": 1,
         "new_version": False,
         "new_metadata": False,
         "done": [],
@@ -94,9 +95,8 @@ def test_sync_creates_prompts_then_changes_only_what_changed(live: Live, tmp_pat
         "~ greet: new version 2 (newest is 1), description and tags",
         "--- registry: greet@1",
         f"+++ {greet}",
-        "@@ -1,2 +1,4 @@",
-        "+tags:",
-        "+- greeting",
+        "@@ -1,2 +1,3 @@",
+        "+tags: [greeting]",
         " kind: text",
         "-template: Hello {{ name }}!",
         "+template: Hi there, {{ name }}!",
@@ -134,12 +134,12 @@ def test_export_then_sync_changes_nothing(live: Live, tmp_path: Path) -> None:
             "config": {"name": "small", "version": 1},
         },
     )
-    live.prompt("drafts", text("v1"), text("v2 {{ x }}"), production=1)  # the newest is not in production
+    live.prompt("drafts", text("v1"), text("v2 {{ x }}"), production=1)  # production's version 1 is exported
     live.ok(live.admin.post("/v1/prompts", json={"name": "empty"}))
 
     code, out, _ = registry_cli(live, "export", str(tmp_path / "first"))
     assert code == 0
-    assert "- empty: no versions yet, not exported" in out
+    assert "- empty: no version in production, not exported" in out
     assert sorted(p.relative_to(tmp_path / "first").as_posix() for p in (tmp_path / "first").rglob("*.yaml")) == [
         "drafts.yaml",
         "letters/thanks.yaml",
@@ -149,7 +149,7 @@ def test_export_then_sync_changes_nothing(live: Live, tmp_path: Path) -> None:
     code, out, _ = registry_cli(live, "sync", "--dry-run", str(tmp_path / "first"))
     assert code == 0
     assert out.splitlines() == [
-        "= drafts: unchanged (version 2)",
+        "= drafts: unchanged (version 1, newest is 2)",
         "= letters/thanks: unchanged (version 1)",
         "= support/triage: unchanged (version 1)",
     ]
