@@ -15,6 +15,7 @@ from registry.completions.controller import BudgetController, CompletionControll
 from registry.configs.controller import ConfigController
 from registry.console.controller import CONSOLE_PREFIX, console_routers, console_template_config
 from registry.deps import COMMON_DEPENDENCIES
+from registry.evals.controller import DatasetController, RunController
 from registry.experiments.controller import (
     EventController,
     ExperimentController,
@@ -52,6 +53,8 @@ API_CONTROLLERS = [
     CompletionController,
     UsageController,
     BudgetController,
+    DatasetController,
+    RunController,
 ]
 
 
@@ -93,6 +96,7 @@ def create_app(settings: Settings | None = None, *, tracing: Tracing | None = No
             max_header_bytes=settings.max_header_bytes,
             body_read_timeout=settings.body_read_timeout_seconds,
             form_path_prefixes=(f"{CONSOLE_PREFIX}/",),
+            upload_path_prefixes=(f"{API_PREFIX}/evals/datasets/",),
         ),
     )
     app.asgi_handler = tracing.wrap(app.asgi_handler)  # the request span, outside all else; nothing when off

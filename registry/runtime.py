@@ -12,7 +12,7 @@ import contextlib
 import gc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import structlog
 from litestar.connection import ASGIConnection
@@ -44,6 +44,14 @@ from registry.webhooks.guard import AddressGuard, WebhookHttp
 logger = structlog.get_logger("registry.runtime")
 
 
+class BackgroundWorker(Protocol):
+    """Work that owns tasks beyond its periodic jobs (the evaluation runs it executes), stopped with the runtime."""
+
+    def jobs(self) -> list[PeriodicJob]: ...
+
+    async def stop(self) -> None: ...
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -64,6 +72,7 @@ class Runtime:
     webhooks: WebhookDispatcher
     experiments: LiveExperiments
     completions: Completions
+    evals: BackgroundWorker  # registry.evals.runner.EvalWorker
     change_log: ChangeLogReader | None = None  # without Redis: what other processes changed
     process_group_metrics: ProcessGroupMetrics | None = None  # several server workers: /metrics merges them
     jobs: list[PeriodicJob] = field(default_factory=list)
@@ -129,7 +138,12 @@ class Runtime:
             ),
             experiments=LiveExperiments(settings, sessionmaker, bus, metrics_registry),
             completions=Completions.build(settings, sessionmaker, redis, bus, metrics_registry, http),
+            evals=None,  # type: ignore[arg-type]  # built below, from the completions and the catalog
         )
+        # Imported here: evaluations run completions, whose module imports the request checks, which import this.
+        from registry.evals.runner import EvalWorker
+
+        runtime.evals = EvalWorker(settings, sessionmaker, runtime.completions, runtime.prompts)
         runtime.prompts.router = runtime.experiments.router
         ProcessCollector(registry=metrics_registry)
         pools: dict[str, object] = {"primary": engine.pool}
@@ -159,6 +173,7 @@ class Runtime:
             )
         )
         runtime.jobs += runtime.completions.jobs()
+        runtime.jobs += runtime.evals.jobs()
         if redis is None:
             runtime.change_log = ChangeLogReader(sessionmaker, bus)
             runtime.jobs += runtime.change_log.jobs(settings.change_log_poll_seconds)
@@ -199,6 +214,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.experiments.stop()
+        await self.evals.stop()  # gives its runs' leases up, for another worker to take over at once
         for job in self.jobs:
             if not job.run_at_shutdown:
                 continue

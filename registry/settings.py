@@ -250,6 +250,22 @@ class Settings(BaseSettings):
     )
     completion_io_purge_seconds: float = Field(3600.0, gt=0, description="How often expired texts are purged.")
 
+    # -- evaluations
+    eval_poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="How often a worker looks for evaluation runs to take, and a run's event stream for progress.",
+    )
+    eval_lease_seconds: float = Field(
+        30.0, gt=0, description="How long a worker owns a run without renewing; then another worker takes it over."
+    )
+    eval_max_concurrency: int = Field(
+        8,
+        ge=1,
+        description="Completions all evaluation runs of one worker make at a time (each run has its own "
+        "lower limit too), so evaluations never take the backends from production traffic.",
+    )
+
     # -- observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_json: bool = Field(True, description="JSON log lines (false: human-readable console lines).")

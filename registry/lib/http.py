@@ -86,6 +86,14 @@ def _is_form_for(path: str, content_type: bytes, limits: RequestLimits) -> bool:
     return media == b"application/x-www-form-urlencoded" and path.startswith(limits.form_path_prefixes)
 
 
+UPLOAD_MEDIA_TYPES = (b"text/csv", b"application/x-ndjson", b"application/jsonl", b"application/jsonlines")
+
+
+def _is_upload_for(path: str, content_type: bytes, limits: RequestLimits) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media in UPLOAD_MEDIA_TYPES and path.startswith(limits.upload_path_prefixes)
+
+
 @dataclass(frozen=True, slots=True)
 class RequestLimits:
     """Limits checked before a request reaches a route, set below the HTTP server's own.
@@ -100,6 +108,8 @@ class RequestLimits:
     body_read_timeout: float = 30.0
     # Paths under these prefixes (the console's HTML forms) may also send urlencoded form bodies.
     form_path_prefixes: tuple[str, ...] = ()
+    # Paths under these prefixes (dataset uploads) may also send CSV or JSON lines.
+    upload_path_prefixes: tuple[str, ...] = ()
 
 
 class RequestContextMiddleware:
@@ -211,7 +221,12 @@ class RequestContextMiddleware:
             return HeadersTooLargeError(
                 f"send at most {limits.max_headers} header lines of at most {limits.max_header_bytes} bytes in all"
             )
-        if body_method and not _is_json(content_type) and not _is_form_for(path, content_type, limits):
+        if (
+            body_method
+            and not _is_json(content_type)
+            and not _is_form_for(path, content_type, limits)
+            and not _is_upload_for(path, content_type, limits)
+        ):
             return UnsupportedMediaTypeError("request bodies must be JSON: send Content-Type: application/json")
         return None
 

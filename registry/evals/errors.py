@@ -1,0 +1,37 @@
+"""Errors of the evaluations domain, each with its status."""
+
+from __future__ import annotations
+
+from registry.lib.errors import ConflictError, InvalidInputError, NotFoundError
+
+
+class DatasetNotFoundError(NotFoundError):
+    type = "dataset_not_found"
+    title = "Dataset not found"
+
+
+class DatasetVersionNotFoundError(NotFoundError):
+    type = "dataset_version_not_found"
+    title = "Dataset version not found"
+
+
+class DatasetExistsError(ConflictError):
+    type = "dataset_exists"
+    title = "Dataset exists"
+
+
+class RunNotFoundError(NotFoundError):
+    type = "eval_run_not_found"
+    title = "Evaluation run not found"
+
+
+class RunsNotComparableError(InvalidInputError):
+    """Two runs can be compared item by item only on the same dataset version."""
+
+    type = "runs_not_comparable"
+    title = "Runs not comparable"
+
+
+class GateNotFoundError(NotFoundError):
+    type = "gate_not_found"
+    title = "Gate not found"

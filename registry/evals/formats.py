@@ -1,0 +1,149 @@
+"""Dataset items to and from JSONL and CSV: pure functions, no I/O.
+
+JSONL: one JSON object per line, ``{"variables": {...}, "expected": "...", "tags": [...], "metadata": {...}}``;
+only ``variables`` is required. Blank lines are skipped.
+
+CSV (with a header row): ``expected`` (optional text), ``tags`` (a JSON array, or names separated by commas),
+``metadata`` (a JSON object). Variables come from ``var.NAME`` columns (text) and ``json.NAME`` columns
+(a JSON value, for numbers, booleans, lists and objects; an empty cell: no such variable); when there are
+neither, every other column is a text variable. An empty ``expected`` cell means no expected output.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import msgspec
+
+from registry.evals.schemas import DatasetItemIn, DatasetItemOut
+from registry.lib.errors import FieldError, InvalidInputError
+
+_RESERVED = ("expected", "tags", "metadata")
+_MAX_PROBLEMS = 20
+
+
+class DatasetFormatError(InvalidInputError):
+    """An uploaded dataset file cannot be read; ``errors`` names the lines (or rows) and what is wrong."""
+
+    type = "dataset_invalid"
+    title = "Dataset invalid"
+
+
+def _raise(problems: list[FieldError], what: str) -> None:
+    if problems:
+        raise DatasetFormatError(f"the {what} has {len(problems)} problem(s)", errors=problems[:_MAX_PROBLEMS])
+
+
+def parse_jsonl(raw: bytes) -> list[DatasetItemIn]:
+    items: list[DatasetItemIn] = []
+    problems: list[FieldError] = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            items.append(msgspec.json.decode(line, type=DatasetItemIn))
+        except msgspec.DecodeError as exc:
+            problems.append(FieldError(f"line {number}", str(exc)))
+    _raise(problems, "JSONL")
+    return items
+
+
+def _tags(cell: str) -> list[str]:
+    cell = cell.strip()
+    if not cell:
+        return []
+    if cell.startswith("["):
+        value = json.loads(cell)
+        if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
+            raise ValueError("tags must be a JSON array of strings")
+        return value
+    return [tag.strip() for tag in cell.split(",") if tag.strip()]
+
+
+def _csv_item(row: dict[str, str], variable_columns: list[tuple[str, str, bool]]) -> DatasetItemIn:
+    variables: dict[str, Any] = {}
+    for column, name, is_json in variable_columns:
+        cell = row.get(column) or ""
+        if is_json:
+            if cell:  # an empty JSON cell: the item has no such variable
+                variables[name] = json.loads(cell)
+        else:
+            variables[name] = cell
+    metadata_cell = (row.get("metadata") or "").strip()
+    fields = {
+        "variables": variables,
+        "expected": row.get("expected") or None,
+        "tags": _tags(row.get("tags") or ""),
+        "metadata": json.loads(metadata_cell) if metadata_cell else {},
+    }
+    return msgspec.convert(fields, DatasetItemIn)
+
+
+def parse_csv(raw: bytes) -> list[DatasetItemIn]:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetFormatError("the CSV is not UTF-8") from exc
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = reader.fieldnames or []
+    if not columns:
+        raise DatasetFormatError("the CSV has no header row")
+    prefixed = [
+        (c, c.partition(".")[2], c.startswith("json.")) for c in columns if c.startswith(("var.", "json.")) and "." in c
+    ]
+    variable_columns = prefixed or [(c, c, False) for c in columns if c not in _RESERVED]
+    items: list[DatasetItemIn] = []
+    problems: list[FieldError] = []
+    for number, row in enumerate(reader, start=2):
+        if None in row:
+            problems.append(FieldError(f"row {number}", "has more cells than the header has columns"))
+            continue
+        try:
+            items.append(_csv_item(row, variable_columns))
+        except (ValueError, msgspec.ValidationError) as exc:
+            problems.append(FieldError(f"row {number}", str(exc)))
+    _raise(problems, "CSV")
+    return items
+
+
+def to_jsonl(items: Iterable[DatasetItemOut]) -> Iterator[bytes]:
+    for item in items:
+        yield (
+            msgspec.json.encode(
+                {"variables": item.variables, "expected": item.expected, "tags": item.tags, "metadata": item.metadata}
+            )
+            + b"\n"
+        )
+
+
+def csv_header(variable_names: list[str]) -> list[str]:
+    return [*(f"json.{name}" for name in variable_names), "expected", "tags", "metadata"]
+
+
+def to_csv(items: Iterable[DatasetItemOut], variable_names: list[str]) -> Iterator[bytes]:
+    """The header, then one part per item; variables as ``json.NAME`` columns, so values keep their types."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(csv_header(variable_names))
+    yield buffer.getvalue().encode()  # the header, always its own part
+    buffer.seek(0)
+    buffer.truncate()
+    for item in items:
+        writer.writerow(
+            [
+                *(
+                    json.dumps(item.variables[name], ensure_ascii=False) if name in item.variables else ""
+                    for name in variable_names
+                ),
+                item.expected if item.expected is not None else "",
+                json.dumps(item.tags, ensure_ascii=False),
+                json.dumps(item.metadata, ensure_ascii=False),
+            ]
+        )
+        yield buffer.getvalue().encode()
+        buffer.seek(0)
+        buffer.truncate()

@@ -1,0 +1,264 @@
+"""All SQL of the evaluations domain: datasets and their items, runs, leases, scored items, gates."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import and_, exists, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.evals.models import EvalDataset, EvalDatasetItem, EvalDatasetVersion, EvalGate, EvalRun, EvalRunItem
+from registry.lib.pagination import PageRequest
+
+# Items go to PostgreSQL as one JSON document per chunk, unpacked by the server: a multi-row VALUES costs
+# SQLAlchemy several microseconds of Python per row, which for 100,000 items is seconds on the event loop.
+_INSERT_ITEMS_POSTGRESQL = text(
+    "INSERT INTO eval_dataset_items (version_id, position, variables, expected, tags, metadata) "
+    "SELECT :version_id, r.position, r.variables, r.expected, r.tags, r.metadata "
+    "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) "
+    "AS r(position integer, variables jsonb, expected text, tags jsonb, metadata jsonb)"
+)
+ITEM_CHUNK = 10_000
+PENDING_STATUSES = ("queued", "running")
+Outcome = tuple[int, bool, float | None, str]  # an item's position, passed, score and status
+
+
+class LeaseLostError(Exception):
+    """Another worker owns the run now: what this one was about to write is dropped."""
+
+
+class EvalRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.session.get_bind().dialect.name == "postgresql"
+
+    def _insert(self, model: Any) -> Any:
+        table = model.__table__
+        return postgresql_insert(table) if self.is_postgresql else sqlite_insert(table)
+
+    async def add(self, row: Any) -> None:
+        self.session.add(row)
+        await self.session.flush()
+
+    # -- datasets
+
+    async def get_dataset(self, name: str, *, for_update: bool = False) -> EvalDataset | None:
+        query = select(EvalDataset).where(EvalDataset.name == name)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def dataset_exists(self, name: str) -> bool:
+        return bool(await self.session.scalar(select(exists().where(EvalDataset.name == name))))
+
+    async def list_datasets(self, page: PageRequest, *, prefix: str | None) -> Sequence[EvalDataset]:
+        query = select(EvalDataset).order_by(EvalDataset.name).limit(page.limit + 1)
+        if page.after is not None:
+            query = query.where(EvalDataset.name > page.after[0])
+        if prefix:
+            query = query.where(EvalDataset.name.startswith(prefix, autoescape=True))
+        return (await self.session.scalars(query)).all()
+
+    async def get_version(self, dataset_id: int, number: int) -> EvalDatasetVersion | None:
+        query = select(EvalDatasetVersion).where(
+            EvalDatasetVersion.dataset_id == dataset_id, EvalDatasetVersion.number == number
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def version_by_id(self, version_id: int) -> EvalDatasetVersion | None:
+        return await self.session.get(EvalDatasetVersion, version_id)
+
+    async def list_versions(self, dataset_id: int, page: PageRequest) -> Sequence[EvalDatasetVersion]:
+        query = (
+            select(EvalDatasetVersion)
+            .where(EvalDatasetVersion.dataset_id == dataset_id)
+            .order_by(EvalDatasetVersion.number.desc())
+            .limit(page.limit + 1)
+        )
+        if page.after is not None:
+            query = query.where(EvalDatasetVersion.number < page.after[0])
+        return (await self.session.scalars(query)).all()
+
+    async def insert_items(self, version_id: int, rows: Sequence[dict[str, Any]]) -> None:
+        """Rows carry ``position``, ``variables``, ``expected``, ``tags`` and ``metadata``."""
+        for start in range(0, len(rows), ITEM_CHUNK):
+            chunk = rows[start : start + ITEM_CHUNK]
+            if self.is_postgresql:
+                document = msgspec.json.encode(chunk).decode()
+                await self.session.execute(_INSERT_ITEMS_POSTGRESQL, {"version_id": version_id, "rows": document})
+            else:
+                await self.session.execute(
+                    self._insert(EvalDatasetItem),
+                    [{**row, "version_id": version_id, "item_metadata": row["metadata"]} for row in chunk],
+                )
+
+    async def items(self, version_id: int, *, after: int, limit: int) -> Sequence[EvalDatasetItem]:
+        query = (
+            select(EvalDatasetItem)
+            .where(EvalDatasetItem.version_id == version_id, EvalDatasetItem.position > after)
+            .order_by(EvalDatasetItem.position)
+            .limit(limit)
+        )
+        return (await self.session.scalars(query)).all()
+
+    async def all_items(self, version_id: int, *, batch: int = 2000) -> AsyncIterator[Sequence[EvalDatasetItem]]:
+        after = 0
+        while True:
+            rows = await self.items(version_id, after=after, limit=batch)
+            if not rows:
+                return
+            yield rows
+            after = rows[-1].position
+
+    # -- runs
+
+    async def get_run(self, run_id: int) -> EvalRun | None:
+        return await self.session.get(EvalRun, run_id, populate_existing=True)
+
+    async def list_runs(self, page: PageRequest, *, prompt: str | None) -> Sequence[EvalRun]:
+        query = select(EvalRun).order_by(EvalRun.id.desc()).limit(page.limit + 1)
+        if page.after is not None:
+            query = query.where(EvalRun.id < page.after[0])
+        if prompt:
+            query = query.where(EvalRun.prompt == prompt)
+        return (await self.session.scalars(query)).all()
+
+    async def claimable(self, now: datetime, limit: int) -> list[int]:
+        """Runs waiting for an owner: queued ones, and running ones whose owner's lease expired."""
+        query = (
+            select(EvalRun.id)
+            .where(
+                EvalRun.status.in_(PENDING_STATUSES),
+                or_(EvalRun.lease_expires_at.is_(None), EvalRun.lease_expires_at < now),
+            )
+            .order_by(EvalRun.id)
+            .limit(limit)
+        )
+        return list((await self.session.scalars(query)).all())
+
+    async def claim(self, run_id: int, owner: str, now: datetime, expires: datetime) -> bool:
+        """Take the lease if nobody holds a live one; one statement, so two workers cannot both win."""
+        result = await self.session.execute(
+            update(EvalRun)
+            .where(
+                EvalRun.id == run_id,
+                EvalRun.status.in_(PENDING_STATUSES),
+                or_(EvalRun.lease_expires_at.is_(None), EvalRun.lease_expires_at < now),
+            )
+            .values(lease_owner=owner, lease_expires_at=expires)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def renew(self, run_id: int, owner: str, expires: datetime, **values: Any) -> bool:
+        result = await self.session.execute(
+            update(EvalRun)
+            .where(EvalRun.id == run_id, EvalRun.lease_owner == owner, EvalRun.status.in_(PENDING_STATUSES))
+            .values(lease_expires_at=expires, **values)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def release(self, run_id: int, owner: str, *, not_before: datetime | None, **values: Any) -> bool:
+        """Give the lease up; ``not_before`` keeps other workers off the run until then (a backend outage)."""
+        result = await self.session.execute(
+            update(EvalRun)
+            .where(EvalRun.id == run_id, EvalRun.lease_owner == owner)
+            .values(lease_owner=None, lease_expires_at=not_before, **values)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def pending_items(self, run: EvalRun, *, after: int, limit: int) -> Sequence[EvalDatasetItem]:
+        """The run's dataset items that have no outcome yet, in order."""
+        done = exists().where(EvalRunItem.run_id == run.id, EvalRunItem.position == EvalDatasetItem.position)
+        query = (
+            select(EvalDatasetItem)
+            .where(EvalDatasetItem.version_id == run.dataset_version_id, EvalDatasetItem.position > after, ~done)
+            .order_by(EvalDatasetItem.position)
+            .limit(limit)
+        )
+        return (await self.session.scalars(query)).all()
+
+    async def record_items(self, run_id: int, owner: str, rows: Sequence[dict[str, Any]]) -> int:
+        """Store outcomes not stored yet and add them to the run's counters, while ``owner`` holds the lease.
+
+        The primary key (run, position) drops an outcome already stored, so an item is counted
+        once however often a resumed run reaches it. Raises ``LeaseLostError`` (the caller rolls
+        back) when the lease moved to another worker.
+        """
+        if not rows:
+            return 0
+        inserted = (
+            await self.session.execute(
+                self._insert(EvalRunItem).on_conflict_do_nothing().returning(EvalRunItem.position), list(rows)
+            )
+        ).all()
+        positions = {row[0] for row in inserted}
+        new = [row for row in rows if row["position"] in positions]
+        result = await self.session.execute(
+            update(EvalRun)
+            .where(EvalRun.id == run_id, EvalRun.lease_owner == owner)
+            .values(
+                items_done=EvalRun.items_done + len(new),
+                items_passed=EvalRun.items_passed + sum(1 for r in new if r["passed"]),
+                items_invalid=EvalRun.items_invalid + sum(1 for r in new if r["status"] == "invalid"),
+                items_errored=EvalRun.items_errored + sum(1 for r in new if r["status"] == "error"),
+                cost=EvalRun.cost + sum(r["cost"] for r in new),
+                input_tokens=EvalRun.input_tokens + sum(r["input_tokens"] for r in new),
+                output_tokens=EvalRun.output_tokens + sum(r["output_tokens"] for r in new),
+            )
+        )
+        if not result.rowcount:  # type: ignore[attr-defined]
+            raise LeaseLostError(f"run {run_id} is no longer owned by {owner}")
+        return len(new)
+
+    async def run_items(self, run_id: int, page: PageRequest, *, failed_only: bool) -> Sequence[EvalRunItem]:
+        query = select(EvalRunItem).where(EvalRunItem.run_id == run_id).order_by(EvalRunItem.position)
+        if page.after is not None:
+            query = query.where(EvalRunItem.position > page.after[0])
+        if failed_only:
+            query = query.where(EvalRunItem.passed.is_(False))
+        return (await self.session.scalars(query.limit(page.limit + 1))).all()
+
+    async def outcomes(self, run_id: int) -> list[Outcome]:
+        """Every item's (position, passed, score, status), in order: what the statistics need."""
+        query = (
+            select(EvalRunItem.position, EvalRunItem.passed, EvalRunItem.score, EvalRunItem.status)
+            .where(EvalRunItem.run_id == run_id)
+            .order_by(EvalRunItem.position)
+        )
+        return [(p, bool(ok), s, st) for p, ok, s, st in (await self.session.execute(query)).all()]
+
+    async def latest_completed_run(
+        self, *, prompt: str, version: int, config: str | None, config_version: int | None, dataset_version_id: int
+    ) -> EvalRun | None:
+        conditions = [
+            EvalRun.prompt == prompt,
+            EvalRun.prompt_version == version,
+            EvalRun.dataset_version_id == dataset_version_id,
+            EvalRun.status == "completed",
+        ]
+        if config is not None:
+            conditions += [EvalRun.config == config, EvalRun.config_version == config_version]
+        query = select(EvalRun).where(and_(*conditions)).order_by(EvalRun.id.desc()).limit(1)
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    # -- gates
+
+    async def get_gate(self, prompt_id: int, state: str) -> EvalGate | None:
+        query = select(EvalGate).where(EvalGate.prompt_id == prompt_id, EvalGate.state == state)
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def count_items(self, version_id: int) -> int:
+        return int(
+            await self.session.scalar(
+                select(func.count()).select_from(EvalDatasetItem).where(EvalDatasetItem.version_id == version_id)
+            )
+            or 0
+        )

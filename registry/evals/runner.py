@@ -1,0 +1,507 @@
+"""Executing evaluation runs in the worker role: leases, items recorded as they finish, resuming.
+
+A worker takes a run by writing its lease (owner and expiry) in one conditional UPDATE, so one
+worker owns a run at a time across replicas; it renews the lease while it works, and a lease not
+renewed expires so another worker takes the run over. An item's outcome is stored under the primary
+key (run, item) together with the run's counters, and only while the lease is still this worker's:
+a resumed run skips the items already stored and scores each item exactly once.
+
+Completions go through ``CompletionService``, the path ``/complete`` takes (budget check, breaker,
+retries, fallback, cache at temperature 0, usage and cost recorded) and are charged to the key that
+started the run. A worker-wide limit and each run's own keep evaluations from taking the backends
+from production traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from registry.completions.components import Completions
+from registry.completions.errors import BackendNotConfiguredError, UpstreamBadRequestError
+from registry.completions.payload import Overrides
+from registry.completions.schemas import CompleteRequest, CompletionOut
+from registry.completions.service import RECORDED_ERRORS, Caller, CompletionService, Plan, Run
+from registry.configs.repository import ConfigRepository
+from registry.db.base import utcnow
+from registry.evals.models import EvalDatasetItem, EvalRun
+from registry.evals.repository import EvalRepository, LeaseLostError
+from registry.evals.scorers import (
+    Judge,
+    PassRule,
+    Score,
+    ScoreInput,
+    ScorerSpec,
+    combine,
+    judge_score,
+    parse_pass_rule,
+    parse_scorers,
+    score,
+)
+from registry.lib.errors import RegistryError
+from registry.lib.jobs import PeriodicJob
+from registry.prompts.catalog import PromptCatalog
+from registry.prompts.schemas import LinkedConfig, RenderOut
+from registry.settings import Settings
+
+logger = structlog.get_logger("registry.evals")
+
+BATCH = 200
+OUTAGE_BACKOFF_SECONDS = 5.0
+JUDGE_RESPONSE_FORMAT: dict[str, Any] = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "judgement",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {"score": {"type": "number", "minimum": 0, "maximum": 1}, "reason": {"type": "string"}},
+            "required": ["score", "reason"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+class BackendOutageError(Exception):
+    """The backend failed after its retries (and the fallback): the run waits and resumes, scoring nothing."""
+
+
+class RunFailedError(Exception):
+    """The run cannot go on (the key is over budget, a backend is not configured): it ends as failed."""
+
+
+class RunCompletions(CompletionService):
+    """The completion path with a run's own config version in place of the prompt version's.
+
+    ``config`` replaces the rendered version's config (None keeps it); ``response_format`` is added to
+    a payload that has none (a judge's structured answer).
+    """
+
+    def __init__(
+        self,
+        completions: Completions,
+        catalog: PromptCatalog,
+        *,
+        config: LinkedConfig | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(completions, catalog)
+        self.config = config
+        self.response_format = response_format
+
+    async def _prepare(self, name: str, data: CompleteRequest, caller: Caller) -> tuple[Run, Overrides]:
+        run, overrides = await super()._prepare(name, data, caller)
+        if self.config is not None and self.config != run.plan.config:
+            run.plan = self._plan(self.config, run.rendering.out, overrides)
+            await self._check_context(run.plan)
+        return run, overrides
+
+    def _plan(self, config: LinkedConfig, out: RenderOut, overrides: Overrides) -> Plan:
+        plan = super()._plan(config, out, overrides)
+        if self.response_format is not None and "response_format" not in plan.payload:
+            plan.payload["response_format"] = self.response_format
+        return plan
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeSetup:
+    spec: Judge
+    completions: RunCompletions
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """What executing one run needs, read once when a worker takes it."""
+
+    run_id: int
+    prompt: str
+    version: int
+    dataset_version_id: int
+    caller: Caller
+    specs: tuple[ScorerSpec, ...]
+    rule: PassRule
+    completions: RunCompletions
+    judges: Mapping[int, JudgeSetup]  # by the scorer's index
+    concurrency: int
+
+
+def _error_row(position: int, status: str, message: str, specs: Sequence[ScorerSpec]) -> dict[str, Any]:
+    scores = [score(spec, ScoreInput(output="", error=message)) for spec in specs]
+    return {
+        "position": position,
+        "status": status,
+        "output": None,
+        "scores": [_score_out(spec, s) for spec, s in zip(specs, scores, strict=True)],
+        "score": 0.0,
+        "passed": False,
+        "error": message,
+        "latency_ms": None,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cost": 0.0,
+        "cached": False,
+        "fallback_used": False,
+        "created_at": utcnow(),
+    }
+
+
+def _score_out(spec: ScorerSpec, result: Score, judge: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": spec.name or spec.kind,
+        "kind": spec.kind,
+        "value": result.value,
+        "passed": result.passed,
+        "reason": result.reason,
+    }
+    if judge is not None:
+        out["judge"] = dict(judge)
+    return out
+
+
+def parse_judgement(text: str) -> tuple[float, str] | None:
+    """The judge's structured answer, ``{"score": number, "reason": text}``; None when it is not that."""
+    try:
+        answer = msgspec.json.decode(text.strip())
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(answer, dict):
+        return None
+    value, reason = answer.get("score"), answer.get("reason", "")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not isinstance(reason, str):
+        return None
+    return float(value), reason
+
+
+class EvalWorker:
+    """Takes runs that need an owner, executes them, renews their leases; one per process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        completions: Completions,
+        catalog: PromptCatalog,
+        *,
+        owner: str | None = None,
+        max_runs: int = 4,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.completions = completions
+        self.catalog = catalog
+        self.owner = owner or f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease = timedelta(seconds=settings.eval_lease_seconds)
+        self.poll_seconds = settings.eval_poll_seconds
+        self.slots = asyncio.Semaphore(settings.eval_max_concurrency)
+        self.max_runs = max_runs
+        self.active: dict[int, asyncio.Task[None]] = {}
+
+    def jobs(self) -> list[PeriodicJob]:
+        return [PeriodicJob("eval-runs", self.poll_seconds, self.poll, shared=True, run_at_shutdown=False)]
+
+    async def poll(self) -> list[int]:
+        """Take runs that have no live owner, up to ``max_runs`` at a time; returns the runs taken now."""
+        for run_id in [r for r, task in self.active.items() if task.done()]:
+            del self.active[run_id]
+        room = self.max_runs - len(self.active)
+        if room <= 0:
+            return []
+        taken: list[int] = []
+        now = utcnow()
+        async with self.sessionmaker() as session, session.begin():
+            repository = EvalRepository(session)
+            for run_id in await repository.claimable(now, room):
+                if run_id not in self.active and await repository.claim(run_id, self.owner, now, now + self.lease):
+                    taken.append(run_id)
+        for run_id in taken:
+            self.active[run_id] = asyncio.create_task(self._own(run_id), name=f"eval-run-{run_id}")
+        return taken
+
+    async def stop(self) -> None:
+        """Stop executing and give the leases up, so another worker takes the runs over at once."""
+        tasks = list(self.active.items())
+        for _, task in tasks:
+            task.cancel()
+        for run_id, task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            with contextlib.suppress(Exception):
+                await self._release(run_id, not_before=None)
+        self.active.clear()
+
+    async def _own(self, run_id: int) -> None:
+        """Execute a run while renewing its lease; losing the lease stops the execution."""
+        execution = asyncio.create_task(self._execute(run_id))
+        try:
+            while not execution.done():
+                done, _ = await asyncio.wait({execution}, timeout=self.lease.total_seconds() / 3)
+                if done:
+                    break
+                if not await self._renew(run_id):
+                    logger.warning("lost the lease of an evaluation run", run=run_id, owner=self.owner)
+                    execution.cancel()
+                    break
+            with contextlib.suppress(asyncio.CancelledError):
+                await execution
+        finally:
+            if not execution.done():
+                execution.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await execution
+
+    async def _renew(self, run_id: int) -> bool:
+        async with self.sessionmaker() as session, session.begin():
+            return await EvalRepository(session).renew(run_id, self.owner, utcnow() + self.lease)
+
+    async def _release(self, run_id: int, *, not_before: datetime | None, **values: Any) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            await EvalRepository(session).release(run_id, self.owner, not_before=not_before, **values)
+
+    async def _execute(self, run_id: int) -> None:
+        try:
+            plan, status = await self._plan(run_id)
+            if status == "queued":
+                await self._validate(plan)
+            await self._score_pending(plan)
+            await self._finish(run_id, "completed", None)
+        except LeaseLostError:
+            logger.warning("another worker owns the evaluation run now", run=run_id)
+        except BackendOutageError as exc:
+            logger.warning("backend failing; the evaluation run waits", run=run_id, error=str(exc))
+            await self._release(
+                run_id,
+                not_before=utcnow() + timedelta(seconds=OUTAGE_BACKOFF_SECONDS),
+                error=f"waiting for the backend: {exc}",
+            )
+        except RunFailedError as exc:
+            await self._finish(run_id, "failed", str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception("evaluation run failed", run=run_id)
+            await self._finish(run_id, "failed", f"{type(exc).__name__}: {exc}")
+
+    async def _finish(self, run_id: int, status: str, error: str | None) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            repository = EvalRepository(session)
+            if not await repository.renew(
+                run_id, self.owner, utcnow(), status=status, finished_at=utcnow(), error=error
+            ):
+                raise LeaseLostError(f"run {run_id} is no longer owned by {self.owner}")
+            await repository.release(run_id, self.owner, not_before=None)
+
+    async def _plan(self, run_id: int) -> tuple[RunPlan, str]:
+        async with self.sessionmaker() as session, session.begin():
+            repository = EvalRepository(session)
+            run = await repository.get_run(run_id)
+            if run is None:
+                raise LeaseLostError(f"run {run_id} is gone")
+            specs = parse_scorers(run.scorers)
+            rule = parse_pass_rule(run.pass_rule, specs)
+            config = await self._linked_config(session, run.config, run.config_version)
+            judges: dict[int, JudgeSetup] = {}
+            for index, spec in enumerate(specs):
+                if isinstance(spec, Judge):
+                    judge_config = (
+                        await self._linked_config(session, spec.config, spec.config_version) if spec.config else None
+                    )
+                    judges[index] = JudgeSetup(
+                        spec,
+                        RunCompletions(
+                            self.completions,
+                            self.catalog,
+                            config=judge_config,
+                            response_format=JUDGE_RESPONSE_FORMAT,
+                        ),
+                    )
+            status = run.status
+            if status == "queued":
+                await repository.renew(run_id, self.owner, utcnow() + self.lease, status="running", started_at=utcnow())
+            plan = RunPlan(
+                run_id=run.id,
+                prompt=run.prompt,
+                version=run.prompt_version,
+                dataset_version_id=run.dataset_version_id,
+                caller=Caller(key=run.api_key_id, request_id=f"eval-run-{run.id}"),
+                specs=specs,
+                rule=rule,
+                completions=RunCompletions(self.completions, self.catalog, config=config),
+                judges=judges,
+                concurrency=run.concurrency,
+            )
+        return plan, status
+
+    @staticmethod
+    async def _linked_config(session: AsyncSession, name: str, number: int | None) -> LinkedConfig | None:
+        repository = ConfigRepository(session)
+        config = await repository.get_resource(name)
+        if config is None:
+            raise RunFailedError(f"config '{name}' no longer exists")
+        number = number or config.latest_version
+        version = await repository.get_version(config.id, number)
+        if version is None:
+            raise RunFailedError(f"config '{name}' has no version {number}")
+        return LinkedConfig.of(version)
+
+    async def _validate(self, plan: RunPlan) -> None:
+        """Check every item's variables against the prompt's input schema now; invalid ones are recorded."""
+        resolution = await self.catalog.resolve(plan.prompt, version=plan.version)
+        compiled = resolution.version.compiled
+        after = 0
+        while True:
+            async with self.sessionmaker() as session:
+                items = await EvalRepository(session).items(plan.dataset_version_id, after=after, limit=2000)
+            if not items:
+                return
+            rows = []
+            for item in items:
+                try:
+                    compiled.validate(item.variables)
+                except ValueError as exc:
+                    detail = getattr(exc, "detail", str(exc))
+                    rows.append(_error_row(item.position, "invalid", f"variables invalid: {detail}", plan.specs))
+            await self._record(plan.run_id, rows)
+            after = items[-1].position
+
+    async def _record(self, run_id: int, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        async with self.sessionmaker() as session, session.begin():
+            await EvalRepository(session).record_items(run_id, self.owner, rows)
+
+    async def _score_pending(self, plan: RunPlan) -> None:
+        run_slots = asyncio.Semaphore(plan.concurrency)
+
+        async def one(item: EvalDatasetItem) -> None:
+            async with run_slots, self.slots:
+                row = await self._score_item(plan, item)
+            await self._record(plan.run_id, [row])
+
+        after = 0
+        while True:
+            async with self.sessionmaker() as session:
+                run = EvalRun(id=plan.run_id, dataset_version_id=plan.dataset_version_id)
+                items = await EvalRepository(session).pending_items(run, after=after, limit=BATCH)
+            if not items:
+                return
+            async with asyncio.TaskGroup() as group:
+                for item in items:
+                    group.create_task(one(item))
+            after = items[-1].position
+
+    async def _complete(
+        self, completions: RunCompletions, prompt: str, request: CompleteRequest, caller: Caller
+    ) -> CompletionOut:
+        """One completion; backend failures the run waits out are told apart from an item's own problem."""
+        try:
+            return await completions.complete(prompt, request, caller)
+        except UpstreamBadRequestError:
+            raise
+        except BackendNotConfiguredError as exc:
+            raise RunFailedError(exc.detail) from exc
+        except RECORDED_ERRORS as exc:
+            raise BackendOutageError(exc.detail) from exc
+        except RegistryError as exc:
+            if exc.type == "over_budget":
+                raise RunFailedError(f"the key that started the run is over its budget: {exc.detail}") from exc
+            raise
+
+    async def _score_item(self, plan: RunPlan, item: EvalDatasetItem) -> dict[str, Any]:
+        request = CompleteRequest(variables=item.variables, version=plan.version)
+        try:
+            out = await self._complete(plan.completions, plan.prompt, request, plan.caller)
+        except (BackendOutageError, RunFailedError):
+            raise
+        except RegistryError as exc:
+            return _error_row(item.position, "error", f"{exc.type}: {exc.detail}", plan.specs)
+        inp = ScoreInput(
+            output=out.text,
+            expected=item.expected,
+            variables=item.variables,
+            latency_ms=out.latency_ms,
+            ttft_ms=out.ttft_ms,
+            input_tokens=out.usage.input_tokens,
+            output_tokens=out.usage.output_tokens,
+            cost=out.cost,
+        )
+        scores: list[dict[str, Any]] = []
+        results: list[Score] = []
+        cost, input_tokens, output_tokens = out.cost, out.usage.input_tokens, out.usage.output_tokens
+        for index, spec in enumerate(plan.specs):
+            setup = plan.judges.get(index)
+            if setup is None:
+                result = score(spec, inp)
+                scores.append(_score_out(spec, result))
+            else:
+                result, judge, spent = await self._judge(setup, plan, item, out)
+                scores.append(_score_out(spec, result, judge))
+                cost += spent.cost
+                input_tokens += spent.usage.input_tokens if spent.usage else 0
+                output_tokens += spent.usage.output_tokens if spent.usage else 0
+            results.append(result)
+        verdict = combine(plan.specs, results, plan.rule)
+        return {
+            "position": item.position,
+            "status": "scored",
+            "output": out.text,
+            "scores": scores,
+            "score": verdict.score,
+            "passed": verdict.passed,
+            "error": None,
+            "latency_ms": out.latency_ms,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cost": cost,
+            "cached": out.cached,
+            "fallback_used": out.fallback_used,
+            "created_at": utcnow(),
+        }
+
+    async def _judge(
+        self, setup: JudgeSetup, plan: RunPlan, item: EvalDatasetItem, out: CompletionOut
+    ) -> tuple[Score, dict[str, Any], _Spent]:
+        """Ask the judge prompt for ``{"score", "reason"}`` about the output; the score records which judge."""
+        spec = setup.spec
+        request = CompleteRequest(
+            variables={"output": out.text, "expected": item.expected, "variables": item.variables},
+            version=spec.version,
+            label=None if spec.version is not None else (spec.label or "production"),  # type: ignore[arg-type]
+        )
+        try:
+            answer = await self._complete(setup.completions, spec.prompt, request, plan.caller)
+        except (BackendOutageError, RunFailedError):
+            raise
+        except RegistryError as exc:
+            return Score(0.0, False, f"the judge failed: {exc.type}: {exc.detail}"), {"prompt": spec.prompt}, _Spent()
+        judge = {
+            "prompt": answer.prompt,
+            "version": answer.version,
+            "config": answer.config.name,
+            "config_version": answer.config.version,
+        }
+        spent = _Spent(answer.cost, answer.usage)
+        judgement = parse_judgement(answer.text)
+        if judgement is None:
+            return (
+                Score(0.0, False, f"the judge's answer is not a score and reason: {answer.text[:200]!r}"),
+                judge,
+                spent,
+            )
+        return judge_score(spec, *judgement), judge, spent
+
+
+@dataclass(frozen=True, slots=True)
+class _Spent:
+    cost: float = 0.0
+    usage: Any = None
