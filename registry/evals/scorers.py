@@ -16,12 +16,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 import jsonschema
+import regex
 from jsonschema.exceptions import best_match
 
 from registry.lib.errors import FieldError, InvalidInputError
 
 MAX_SCORERS = 20
 MAX_PATTERN_LENGTH = 1_000
+REGEX_TIMEOUT_S = 0.1
 _SHOWN_CHARACTERS = 60
 
 
@@ -188,15 +190,23 @@ def _absent(values: Sequence[str], output: str, case_sensitive: bool) -> list[st
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Regex(_Spec):
-    """The pattern is found somewhere in the output (``re.search``); anchor it with ``^``/``$``
-    (or ``\\A``/``\\Z``) to match the whole output."""
+    """The pattern is found somewhere in the output (a search, as ``re.search``); anchor it with
+    ``^``/``$`` (or ``\\A``/``\\Z``) to match the whole output.
+
+    Patterns run on the ``regex`` library (Python's ``re`` syntax) for its time limit: a search that
+    backtracks past ``REGEX_TIMEOUT_S`` fails the item instead of stalling the worker.
+    """
 
     kind: ClassVar[str] = "regex"
     pattern: str
     ignore_case: bool = False
 
     def score(self, inp: ScoreInput) -> Score:
-        found = re.search(self.pattern, inp.output, re.IGNORECASE if self.ignore_case else 0)
+        flags = regex.IGNORECASE if self.ignore_case else 0
+        try:
+            found = regex.search(self.pattern, inp.output, flags, timeout=REGEX_TIMEOUT_S)
+        except TimeoutError:
+            return _fail(f"searching /{self.pattern}/ took over {_number(REGEX_TIMEOUT_S)} s; simplify the pattern")
         if found:
             return _pass(f"matches {_show(found.group(0))}")
         return _fail(f"no match for /{self.pattern}/ in {_show(inp.output)}")
@@ -558,8 +568,8 @@ def _read_regex(r: _Reader) -> dict[str, Any]:
             r.problem("pattern", f"is {len(pattern)} characters, over the limit of {MAX_PATTERN_LENGTH}")
         else:
             try:
-                re.compile(pattern)
-            except re.error as exc:
+                regex.compile(pattern)
+            except regex.error as exc:
                 r.problem("pattern", f"not a valid regular expression: {exc}")
     return {"pattern": pattern, "ignore_case": r.flag("ignore_case", False)}
 
