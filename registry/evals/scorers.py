@@ -265,11 +265,12 @@ class Length(_Spec):
 
     def score(self, inp: ScoreInput) -> Score:
         length = len(inp.output.split()) if self.unit == "words" else len(inp.output)
+        shown = f"{length} {self.unit if length != 1 else self.unit[:-1]}"
         if self.min is not None and length < self.min:
-            return _fail(f"{length} {self.unit}, below the minimum {self.min}")
+            return _fail(f"{shown}, below the minimum {self.min}")
         if self.max is not None and length > self.max:
-            return _fail(f"{length} {self.unit}, above the maximum {self.max}")
-        return _pass(f"{length} {self.unit}")
+            return _fail(f"{shown}, above the maximum {self.max}")
+        return _pass(shown)
 
 
 # A decimal number, with optional thousands separators (1,234.5) and exponent; "-" counts as its sign.
