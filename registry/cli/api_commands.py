@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from prompt_registry_client._core import Label
 
 EVENT_BATCH = 1000  # the most POST /v1/events takes at once
+EVENT_FIELDS = (
+    "(an event has unit, metric and timestamp, ISO 8601 with a time zone such as 2026-01-31T12:00:00Z, "
+    "and may have value, experiment and idempotency_key)"
+)
 LABELS = click.Choice(["production", "staging", "latest"])
 
 # --------------------------------------------------------------------------- prompts and configs
@@ -73,6 +77,9 @@ def _show(
     result = client.resolve(name, resource, label=label, version=version)
 
     def render() -> None:
+        if resource == "configs":  # a config resolves to the version itself
+            _print_version(result)
+            return
         held = result["version"]
         labels = ", ".join(f"{k} v{v}" for k, v in (result.get("labels") or {}).items() if v is not None)
         click.echo(f"{result['name']} v{held['version']} ({held['state']})")
@@ -85,6 +92,15 @@ def _show(
         _print_version_content(held)
 
     emit(as_json, result, render)
+
+
+def _print_version(held: dict[str, Any]) -> None:
+    """One version of a prompt or a config: who made it, then its content."""
+    owner = held.get("prompt") or held.get("config")
+    click.echo(f"{owner} v{held['version']} ({held['state']}) by {held['author']}, {held['created_at']}")
+    if held.get("commit_message"):
+        click.echo(f"message: {held['commit_message']}")
+    _print_version_content(held)
 
 
 def _print_version_content(held: dict[str, Any]) -> None:
@@ -185,15 +201,7 @@ def versions_list(client: RegistryClient, as_json: bool, name: str, state: str |
 def versions_show(client: RegistryClient, as_json: bool, name: str, version: int, config: bool) -> None:
     """Show VERSION of NAME."""
     result = client.get_version(name, version, resource_of(config))
-
-    def render() -> None:
-        owner = result.get("prompt") or result.get("config")
-        click.echo(f"{owner} v{result['version']} ({result['state']}) by {result['author']}, {result['created_at']}")
-        if result.get("commit_message"):
-            click.echo(f"message: {result['commit_message']}")
-        _print_version_content(result)
-
-    emit(as_json, result, render)
+    emit(as_json, result, lambda: _print_version(result))
 
 
 def read_mapping(file: Path) -> dict[str, Any]:
@@ -613,6 +621,8 @@ def events_send(client: RegistryClient, as_json: bool, file: Path) -> None:
         for row in rejected:
             problems = "; ".join(f"{e['field']}: {e['message']}" for e in row["errors"])
             click.echo(f"line {row['line']}: {problems}", err=True)
+        if rejected:
+            click.echo(EVENT_FIELDS, err=True)
 
     emit(as_json, {"counts": counts, "rejected": rejected}, show)
     if rejected:
