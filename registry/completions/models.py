@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import Boolean, Double, ForeignKey, Index, String, Text
+from sqlalchemy import BigInteger, Boolean, Double, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from registry.db.base import Base, BigIntId, IdMixin, utcnow
@@ -50,6 +50,44 @@ class CompletionRecord(IdMixin, Base):
     # Only for prompts with store_io, redacted, and cleared after the retention period.
     prompt_text: Mapped[str | None] = mapped_column(Text)
     completion_text: Mapped[str | None] = mapped_column(Text)
+
+
+class DailyUsage(Base):
+    """Completions summed per UTC day and (prompt, version, config, config version, key, experiment, variant).
+
+    Written in the transaction that inserts the completions (``CompletionRepository.add_records``), so a
+    usage report over whole days reads a row per day and group instead of every completion. A dimension
+    that a completion has not (no config, no key, no experiment) is stored as ``''`` or ``0`` rather than
+    NULL, so each group has one row to add to (NULLs never conflict in a unique key); readers turn
+    them back into NULL. Means are kept as sums and counts.
+
+    Holds no unit and no text, so nothing here is personal data: should completions ever be deleted
+    (erasure of a unit's data, retention), these totals stay as they are, like any aggregate, and usage
+    reports over whole days keep counting those requests. Today nothing deletes completions; the
+    retention job only clears their stored texts.
+    """
+
+    __tablename__ = "usage_daily"
+
+    day: Mapped[date] = mapped_column(primary_key=True)
+    prompt: Mapped[str] = mapped_column(String(128), primary_key=True)
+    prompt_version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    config: Mapped[str] = mapped_column(String(128), primary_key=True)
+    config_version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    experiment_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    variant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached: Mapped[int] = mapped_column(BigInteger, default=0)
+    fallbacks: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost: Mapped[float] = mapped_column(Double, default=0.0)
+    latency_ms_sum: Mapped[float] = mapped_column(Double, default=0.0)
+    latency_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    ttft_ms_sum: Mapped[float] = mapped_column(Double, default=0.0)
+    ttft_count: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class ApiKeyBudget(Base):

@@ -3,25 +3,143 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime, time
 from typing import Any
 
-from sqlalchemy import ColumnElement, Date, Integer, case, cast, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Date,
+    Integer,
+    Select,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.models import ApiKey
-from registry.completions.models import ApiKeyBudget, CompletionRecord
+from registry.completions.models import ApiKeyBudget, CompletionRecord, DailyUsage
+from registry.db.base import utcnow
 
 C = CompletionRecord
+D = DailyUsage
+
+# The rollup's key columns, each with the completion column it copies and what stands for "none" (see DailyUsage),
+# written into the statement rather than bound, so PostgreSQL sees the same expression in SELECT and GROUP BY.
+_NO_NAME: ColumnElement[str] = literal_column("''")
+_NO_NUMBER: ColumnElement[int] = literal_column("0")
+ROLLUP_KEYS: dict[str, tuple[Any, Any]] = {
+    "prompt": (C.prompt, _NO_NAME),
+    "prompt_version": (C.prompt_version, _NO_NUMBER),
+    "config": (C.config, _NO_NAME),
+    "config_version": (C.config_version, _NO_NUMBER),
+    "api_key_id": (C.api_key_id, _NO_NAME),
+    "experiment_key": (C.experiment_key, _NO_NAME),
+    "variant": (C.variant, _NO_NAME),
+}
+ROLLUP_SUMS = (
+    "requests",
+    "errors",
+    "cached",
+    "fallbacks",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+    "latency_ms_sum",
+    "latency_count",
+    "ttft_ms_sum",
+    "ttft_count",
+)
+RollupKey = tuple[date, str, int, str, int, str, str, str]
+
+
+def rollup_deltas(records: Sequence[Mapping[str, Any]]) -> dict[RollupKey, list[float]]:
+    """What ``records`` add to each row of the daily rollup (``ROLLUP_SUMS`` in order), by UTC day and group."""
+    deltas: dict[RollupKey, list[float]] = {}
+    for record in records:
+        key: RollupKey = (
+            record["created_at"].astimezone(UTC).date(),
+            record["prompt"],
+            record.get("prompt_version") or 0,
+            record.get("config") or "",
+            record.get("config_version") or 0,
+            record.get("api_key_id") or "",
+            record.get("experiment_key") or "",
+            record.get("variant") or "",
+        )
+        latency, ttft = record.get("latency_ms"), record.get("ttft_ms")
+        added = (
+            1,
+            record.get("status") != "ok",
+            bool(record.get("cached")),
+            bool(record.get("fallback_used")),
+            record.get("input_tokens") or 0,
+            record.get("output_tokens") or 0,
+            record.get("cost") or 0.0,
+            latency or 0.0,
+            latency is not None,
+            ttft or 0.0,
+            ttft is not None,
+        )
+        row = deltas.setdefault(key, [0] * len(ROLLUP_SUMS))
+        for i, value in enumerate(added):
+            row[i] += value
+    return deltas
 
 
 class CompletionRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
+    @property
+    def is_postgresql(self) -> bool:
+        return self.session.get_bind().dialect.name == "postgresql"
+
     async def add_records(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        if rows:
-            await self.session.execute(insert(CompletionRecord), list(rows))
+        """Insert completions and add them to the daily rollup, in the caller's transaction.
+
+        The rollup's rows are upserted in key order, so replicas flushing at once lock them in one
+        order (no deadlocks); a record without ``created_at`` gets it here, so both agree on its day.
+        """
+        if not rows:
+            return
+        now = utcnow()
+        records = [row if row.get("created_at") else {**row, "created_at": now} for row in rows]
+        await self.session.execute(insert(CompletionRecord), records)
+        names = ["day", *ROLLUP_KEYS]
+        additions = [
+            {**dict(zip(names, key, strict=True)), **dict(zip(ROLLUP_SUMS, sums, strict=True))}
+            for key, sums in sorted(rollup_deltas(records).items())
+        ]
+        statement = (postgresql_insert if self.is_postgresql else sqlite_insert)(DailyUsage)
+        statement = statement.on_conflict_do_update(
+            index_elements=names,
+            set_={name: D.__table__.c[name] + statement.excluded[name] for name in ROLLUP_SUMS},
+        )
+        await self.session.execute(statement, additions)
+
+    async def rebuild_rollup(self) -> None:
+        """Recompute the daily rollup from every completion (bulk loads; the migration does the same once)."""
+        await self.session.execute(delete(DailyUsage))
+        day = self._day().label("day")
+        keys = [func.coalesce(column, none).label(name) for name, (column, none) in ROLLUP_KEYS.items()]
+        summed = select(
+            day,
+            *keys,
+            *self._measures(),
+            func.coalesce(func.sum(C.latency_ms), 0.0),
+            func.count(C.latency_ms),
+            func.coalesce(func.sum(C.ttft_ms), 0.0),
+            func.count(C.ttft_ms),
+        ).group_by(day, *keys)
+        await self.session.execute(insert(DailyUsage).from_select(["day", *ROLLUP_KEYS, *ROLLUP_SUMS], summed))
 
     def _day(self) -> ColumnElement[Any]:
         """The UTC day of a record, typed as a date: SQLite's ``date()`` returns text that ``Date`` parses."""
@@ -38,7 +156,53 @@ class CompletionRepository:
         prompt: str | None,
         key: str | None,
         limit: int,
+        from_completions: bool = False,
     ) -> list[dict[str, Any]]:
+        """Usage in ``[since, until)`` grouped by ``group_by``: from the daily rollup when both are UTC midnights.
+
+        The rollup gives the same groups in the same order as the completions would (a "none" stored as
+        ``''`` or ``0`` is read back as NULL before grouping and sorting), the same counts and token sums,
+        and costs and means summed in another order (equal up to floating-point rounding).
+        ``from_completions`` reads the completions whatever the window.
+        """
+        if from_completions or not (_is_midnight(since) and _is_midnight(until)):
+            query, prompt_column, key_column = self._from_completions(group_by, since, until), C.prompt, C.api_key_id
+        else:
+            query, prompt_column, key_column = self._from_rollup(group_by, since, until), D.prompt, D.api_key_id
+        query = query.limit(limit)
+        for column, value in ((prompt_column, prompt), (key_column, key)):
+            if value is not None:
+                query = query.where(column == value)
+        if group_by:
+            query = query.group_by(*query.selected_columns[: len(group_by)])
+            query = query.order_by(*query.selected_columns[: len(group_by)])
+        return [_counts_as_int(row._mapping) for row in (await self.session.execute(query)).all()]
+
+    def _from_rollup(self, group_by: Sequence[str], since: datetime, until: datetime) -> Select[Any]:
+        dimensions: dict[str, Any] = {
+            "prompt": D.prompt,
+            "version": func.nullif(D.prompt_version, 0),
+            "config": func.nullif(D.config, ""),
+            "config_version": func.nullif(D.config_version, 0),
+            "key": func.nullif(D.api_key_id, ""),
+            "day": D.day,
+            "experiment": func.nullif(D.experiment_key, ""),
+            "variant": func.nullif(D.variant, ""),
+        }
+        return select(
+            *(dimensions[name].label(name) for name in group_by),
+            func.coalesce(func.sum(D.requests), 0).label("requests"),
+            func.sum(D.errors).label("errors"),
+            func.sum(D.cached).label("cached"),
+            func.sum(D.fallbacks).label("fallbacks"),
+            func.coalesce(func.sum(D.input_tokens), 0).label("input_tokens"),
+            func.coalesce(func.sum(D.output_tokens), 0).label("output_tokens"),
+            func.coalesce(func.sum(D.cost), 0.0).label("cost"),
+            (func.sum(D.latency_ms_sum) / func.nullif(func.sum(D.latency_count), 0)).label("mean_latency_ms"),
+            (func.sum(D.ttft_ms_sum) / func.nullif(func.sum(D.ttft_count), 0)).label("mean_ttft_ms"),
+        ).where(D.day >= since.astimezone(UTC).date(), D.day < until.astimezone(UTC).date())
+
+    def _from_completions(self, group_by: Sequence[str], since: datetime, until: datetime) -> Select[Any]:
         dimensions: dict[str, Any] = {
             "prompt": C.prompt,
             "version": C.prompt_version,
@@ -49,30 +213,25 @@ class CompletionRepository:
             "experiment": C.experiment_key,
             "variant": C.variant,
         }
-        groups = [dimensions[name].label(name) for name in group_by]
-        query = (
-            select(
-                *groups,
-                func.count().label("requests"),
-                _count_where(C.status != "ok").label("errors"),
-                _count_where(C.cached.is_(True)).label("cached"),
-                _count_where(C.fallback_used.is_(True)).label("fallbacks"),
-                func.coalesce(func.sum(C.input_tokens), 0).label("input_tokens"),
-                func.coalesce(func.sum(C.output_tokens), 0).label("output_tokens"),
-                func.coalesce(func.sum(C.cost), 0.0).label("cost"),
-                func.avg(C.latency_ms).label("mean_latency_ms"),
-                func.avg(C.ttft_ms).label("mean_ttft_ms"),
-            )
-            .where(C.created_at >= since, C.created_at < until)
-            .limit(limit)
-        )
-        if prompt is not None:
-            query = query.where(C.prompt == prompt)
-        if key is not None:
-            query = query.where(C.api_key_id == key)
-        if groups:
-            query = query.group_by(*groups).order_by(*groups)
-        return [dict(row._mapping) for row in (await self.session.execute(query)).all()]
+        return select(
+            *(dimensions[name].label(name) for name in group_by),
+            *self._measures(),
+            func.avg(C.latency_ms).label("mean_latency_ms"),
+            func.avg(C.ttft_ms).label("mean_ttft_ms"),
+        ).where(C.created_at >= since, C.created_at < until)
+
+    @staticmethod
+    def _measures() -> list[ColumnElement[Any]]:
+        """Requests, errors, cache hits, fallbacks, tokens and cost of the completions grouped."""
+        return [
+            func.count().label("requests"),
+            _count_where(C.status != "ok").label("errors"),
+            _count_where(C.cached.is_(True)).label("cached"),
+            _count_where(C.fallback_used.is_(True)).label("fallbacks"),
+            func.coalesce(func.sum(C.input_tokens), 0).label("input_tokens"),
+            func.coalesce(func.sum(C.output_tokens), 0).label("output_tokens"),
+            func.coalesce(func.sum(C.cost), 0.0).label("cost"),
+        ]
 
     async def month_usage(self, key: str, since: datetime) -> tuple[int, float]:
         """Tokens and cost a key spent on the backends since ``since`` (cache hits cost nothing)."""
@@ -123,6 +282,16 @@ class CompletionRepository:
     async def delete_budget(self, budget: ApiKeyBudget) -> None:
         await self.session.delete(budget)
         await self.session.flush()
+
+
+def _is_midnight(moment: datetime) -> bool:
+    return moment.tzinfo is not None and moment.astimezone(UTC).time() == time(0)
+
+
+def _counts_as_int(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """PostgreSQL sums BIGINT columns into NUMERIC; the report's counts are integers, as the completions give them."""
+    counts = ("requests", "errors", "cached", "fallbacks", "input_tokens", "output_tokens")
+    return {name: int(value) if name in counts and value is not None else value for name, value in row.items()}
 
 
 def _count_where(condition: ColumnElement[bool]) -> ColumnElement[Any]:

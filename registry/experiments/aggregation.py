@@ -7,14 +7,15 @@ Pure functions, used by the aggregator for every unit it recomputes:
 - ``unit_value``: a metric's per-unit value after exposure, and the same
   metric before exposure (the CUPED covariate);
 - ``Sums``: what a unit adds to its variant's sums, so the aggregator can take
-  a unit's old contribution out and put its new one in.
+  a unit's old contribution out and put its new one in;
+- ``hour_of``: the hour (UTC) whose per-hour rows a unit counts in, by its first exposure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 # Aggregations where a unit with no observations counts as 0 (and so every exposed unit counts).
 ZERO_FILLED = frozenset({"sum", "count", "any"})
@@ -146,3 +147,8 @@ def worth_storing(value: float | None, pre: float, zero_filled: bool) -> bool:
     if value is None:
         return False
     return not zero_filled or value != 0 or pre != 0
+
+
+def hour_of(at: datetime) -> datetime:
+    """The start of ``at``'s hour in UTC: where a unit first exposed at ``at`` counts in the per-hour rows."""
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)

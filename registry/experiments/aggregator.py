@@ -35,7 +35,16 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from registry.experiments.aggregation import MetricRule, Observation, Sums, Window, standing, unit_value, worth_storing
+from registry.experiments.aggregation import (
+    MetricRule,
+    Observation,
+    Sums,
+    Window,
+    hour_of,
+    standing,
+    unit_value,
+    worth_storing,
+)
 from registry.experiments.repository import StatisticsRepository
 from registry.experiments.sources import MetricSource, ObservationSource
 
@@ -79,6 +88,9 @@ class UnitRecomputer:
         counts: Counter[tuple[int, int, str]] = Counter()
         multi: Counter[tuple[int, int]] = Counter()
         sums: defaultdict[tuple[int, int, str, int], Sums] = defaultdict(Sums)
+        # The same, by hour of first exposure, for the results over time.
+        hourly_units: Counter[tuple[int, int, str, datetime]] = Counter()
+        hourly_sums: defaultdict[tuple[int, int, str, int, datetime], Sums] = defaultdict(Sums)
 
         for (experiment_id, phase, unit), variants in seen.items():
             experiment = experiments[experiment_id]
@@ -93,10 +105,12 @@ class UnitRecomputer:
                     "first_exposed_at": first,
                 }
             )
+            hour = hour_of(first)
             if variant is None:
                 multi[(experiment_id, phase)] += 1
             else:
                 counts[(experiment_id, phase, variant)] += 1
+                hourly_units[(experiment_id, phase, variant, hour)] += 1
             window = Window(
                 first_exposed_at=first,
                 phase_ended_at=next((p.ended_at for p in experiment.phases if p.number == phase), None),
@@ -119,22 +133,33 @@ class UnitRecomputer:
                     }
                 )
                 if variant is not None and value is not None:
-                    sums[(experiment_id, phase, variant, rule.metric_id)] += Sums.of(value, pre)
+                    added = Sums.of(value, pre)
+                    sums[(experiment_id, phase, variant, rule.metric_id)] += added
+                    hourly_sums[(experiment_id, phase, variant, rule.metric_id, hour)] += added
 
+        old_hours: dict[tuple[int, int, str], datetime] = {}
         for old in old_standings:
+            old_hours[(old.experiment_id, old.phase, old.unit)] = hour_of(old.first_exposed_at)
             if old.variant is None:
                 multi[(old.experiment_id, old.phase)] -= 1
             else:
                 counts[(old.experiment_id, old.phase, old.variant)] -= 1
+                hourly_units[(old.experiment_id, old.phase, old.variant, hour_of(old.first_exposed_at))] -= 1
         for row in old_values:
             if row.variant is not None and row.value is not None:
-                sums[(row.experiment_id, row.phase, row.variant, row.metric_id)] += -Sums.of(row.value, row.pre_value)
+                taken = -Sums.of(row.value, row.pre_value)
+                sums[(row.experiment_id, row.phase, row.variant, row.metric_id)] += taken
+                # A value row is written with its unit's standing, so the standing gives its hour.
+                old_hour = old_hours[(row.experiment_id, row.phase, row.unit)]
+                hourly_sums[(row.experiment_id, row.phase, row.variant, row.metric_id, old_hour)] += taken
 
         await repository.delete_unit_rows(units)
         await repository.insert_unit_rows(standings, values)
         await repository.add_counts({k: d for k, d in counts.items() if d})
         await repository.add_multi_variant_units({k: d for k, d in multi.items() if d})
         await repository.add_sums({k: s for k, s in sums.items() if not s.is_zero})
+        await repository.add_hourly_units({k: d for k, d in hourly_units.items() if d})
+        await repository.add_hourly_sums({k: s for k, s in hourly_sums.items() if not s.is_zero})
 
     async def _observations(self, units: Sequence[str], experiments: Any) -> dict[str, list[Observation]]:
         by_source: dict[str, dict[int, MetricSource]] = defaultdict(dict)

@@ -2,7 +2,8 @@
 
 Raw facts (``exposures``, ``events``) are written by requests and the
 exposure buffer. Derived rows (``experiment_units``, ``unit_metric_values``,
-``experiment_variant_counts``, ``experiment_metric_sums``) are maintained by
+``experiment_variant_counts``, ``experiment_metric_sums`` and their per-hour
+``experiment_hourly_units``, ``experiment_hourly_metric_sums``) are maintained by
 the statistics aggregator only (see ``registry.experiments.aggregator``);
 ``unit_changes`` is its queue of units to recompute.
 """
@@ -303,3 +304,43 @@ class ExperimentMetricSums(Base):
     pre_sum: Mapped[float] = mapped_column(Double, default=0.0)
     pre_sum_squares: Mapped[float] = mapped_column(Double, default=0.0)
     cross_sum: Mapped[float] = mapped_column(Double, default=0.0)
+
+
+class ExperimentHourlyUnits(Base):
+    """Derived: units per hour (UTC) of first exposure, variant and phase, for the results over time.
+
+    Kept by the aggregator beside ``experiment_variant_counts`` and by the same differences, so the
+    charts read a few rows per hour instead of grouping the phase's per-unit rows. Units seen in
+    several variants are not counted, as in the results; a row may fall to zero units and stay.
+    """
+
+    __tablename__ = "experiment_hourly_units"
+
+    experiment_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    phase: Mapped[int] = mapped_column(Integer, primary_key=True)
+    variant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    units: Mapped[int] = mapped_column(BigIntId, default=0)
+
+
+class ExperimentHourlyMetricSums(Base):
+    """Derived: a metric's per-unit values summed by hour (UTC) of the unit's first exposure, variant and phase.
+
+    ``n`` counts the units with a stored value (as ``experiment_metric_sums`` does), so a zero-filled
+    metric's units without data are in ``experiment_hourly_units`` only.
+    """
+
+    __tablename__ = "experiment_hourly_metric_sums"
+
+    experiment_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    phase: Mapped[int] = mapped_column(Integer, primary_key=True)
+    variant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    metric_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("metrics.id", ondelete="CASCADE"), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    n: Mapped[int] = mapped_column(BigIntId, default=0)
+    sum: Mapped[float] = mapped_column(Double, default=0.0)
+    sum_squares: Mapped[float] = mapped_column(Double, default=0.0)
