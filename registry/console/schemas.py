@@ -9,10 +9,13 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from registry.auth.models import ApiKey
+from registry.auth.schemas import ApiKeyOut
 from registry.console.diff import DiffHunk
 from registry.console.usage import UsageFigures
 from registry.experiments.schemas import ExperimentDefinition
 from registry.lib.schema import Reason
+from registry.webhooks.schemas import DeliveryOut
 
 # -- forms (every one carries the session's CSRF token, checked before the handler runs)
 
@@ -274,18 +277,14 @@ class UsagePage:
     budgets: list[BudgetRow] | None  # None: the key may not read budgets (admin only, as on the API)
 
 
-@dataclass(frozen=True, slots=True)
-class KeyRow:
-    id: str
-    name: str
-    scopes: list[str]
-    created_at: datetime
-    created_by: str
-    expires_at: datetime | None
-    revoked_at: datetime | None
-    last_used_at: datetime | None
-    rate_limit_per_minute: int | None
-    budget: BudgetRow | None
+class KeyRow(ApiKeyOut, kw_only=True):
+    """A key as the API shows it, with its budget and spend (None: no budget, or the key is revoked)."""
+
+    budget: BudgetRow | None = None
+
+    @classmethod
+    def with_budget(cls, key: ApiKey, budget: BudgetRow | None) -> KeyRow:
+        return cls(**msgspec.structs.asdict(ApiKeyOut.of(key)), budget=budget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,22 +305,8 @@ class WebhookRow:
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryRow:
-    id: int
-    event_id: str
-    event_type: str
-    status: str
-    attempts: int
-    last_status_code: int | None
-    last_error: str | None
-    next_attempt_at: datetime
-    created_at: datetime
-    delivered_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
 class WebhookPage:
     webhook: WebhookRow
-    deliveries: list[DeliveryRow]
+    deliveries: list[DeliveryOut]
     next_cursor: str | None
     status: str

@@ -27,7 +27,6 @@ from registry.console.schemas import (
     AuditRow,
     BudgetRow,
     Conflict,
-    DeliveryRow,
     ExperimentList,
     FieldChangeRow,
     HistoryRow,
@@ -56,7 +55,8 @@ from registry.lib.versioned_schemas import PromoteRequest, RollbackRequest
 from registry.prompts.models import Prompt, PromptVersion
 from registry.prompts.service import PromptLimits, PromptService
 from registry.webhooks.guard import AddressGuard
-from registry.webhooks.models import Webhook, WebhookDelivery
+from registry.webhooks.models import Webhook
+from registry.webhooks.schemas import DeliveryOut
 from registry.webhooks.service import WebhookService
 
 VERSIONS_SHOWN = 100
@@ -315,21 +315,6 @@ def _budget_row(budget: BudgetOut, name: str) -> BudgetRow:
     )
 
 
-def _key_row(key: ApiKey, budget: BudgetRow | None) -> KeyRow:
-    return KeyRow(
-        id=key.public_id,
-        name=key.name,
-        scopes=list(key.scopes),
-        created_at=key.created_at,
-        created_by=key.created_by,
-        expires_at=key.expires_at,
-        revoked_at=key.revoked_at,
-        last_used_at=key.last_used_at,
-        rate_limit_per_minute=key.rate_limit_per_minute,
-        budget=budget,
-    )
-
-
 class ConsoleAccess:
     """Usage, budgets and API keys, through the usage, budget and key services the API uses."""
 
@@ -370,21 +355,21 @@ class ConsoleAccess:
         found = await self.keys.list_keys(page, include_revoked=include_revoked)
         items, cursor = paginate(found, page.limit, lambda k: encode_cursor(k.id))
         budgets = await self._budgets([k for k in items if k.revoked_at is None])
-        return KeysPage([_key_row(k, budgets.get(k.public_id)) for k in items], cursor, include_revoked)
+        return KeysPage([KeyRow.with_budget(k, budgets.get(k.public_id)) for k in items], cursor, include_revoked)
 
     async def key(self, public_id: str) -> KeyRow:
         key = await self.keys.repository.get_by_public_id(public_id)
         if key is None:
             raise ApiKeyNotFoundError(f"no API key has id '{public_id}'")
         budget = _budget_row(await self.budgets.get(public_id), key.name) if key.revoked_at is None else None
-        return _key_row(key, budget)
+        return KeyRow.with_budget(key, budget)
 
     async def create_key(self, data: CreateApiKey, actor: Actor) -> tuple[KeyRow, str]:
         """The new key and its secret, which the page shows once and nothing stores."""
         key, secret = await self.keys.create_key(
             data.name, data.scopes, actor, rate_limit_per_minute=data.rate_limit_per_minute
         )
-        return _key_row(key, None), secret
+        return KeyRow.with_budget(key, None), secret
 
     async def revoke_key(self, public_id: str, actor: Actor) -> None:
         await self.keys.revoke_key(public_id, actor)
@@ -394,21 +379,6 @@ class ConsoleAccess:
 
     async def set_budget(self, public_id: str, budget: SetBudget, actor: Actor) -> None:
         await self.budgets.set(public_id, budget, actor)
-
-
-def _delivery_row(delivery: WebhookDelivery) -> DeliveryRow:
-    return DeliveryRow(
-        id=delivery.id,
-        event_id=delivery.event_id,
-        event_type=delivery.event_type,
-        status=delivery.status,
-        attempts=delivery.attempts,
-        last_status_code=delivery.last_status_code,
-        last_error=delivery.last_error,
-        next_attempt_at=delivery.next_attempt_at,
-        created_at=delivery.created_at,
-        delivered_at=delivery.delivered_at,
-    )
 
 
 def _webhook_row(webhook: Webhook) -> WebhookRow:
@@ -437,7 +407,7 @@ class ConsoleWebhooks:
         webhook = await self.webhooks.require(webhook_id)
         found = await self.webhooks.deliveries(webhook_id, page, status=status or None)
         items, cursor = paginate(found, page.limit, lambda d: encode_cursor(d.id))
-        return WebhookPage(_webhook_row(webhook), [_delivery_row(d) for d in items], cursor, status)
+        return WebhookPage(_webhook_row(webhook), [DeliveryOut.of(d) for d in items], cursor, status)
 
     async def redeliver(self, webhook_id: int, delivery_id: int, actor: Actor) -> None:
         await self.webhooks.redeliver(webhook_id, delivery_id, actor)
