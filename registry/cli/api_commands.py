@@ -730,7 +730,7 @@ def webhooks_redeliver(client: RegistryClient, as_json: bool, webhook_id: int, d
     "--promote",
     "promote_to",
     type=click.Choice(["staging", "production"]),
-    help="Then move each prompt's newest version to this state.",
+    help="Then move the version each file holds (or the sync created) to this state.",
 )
 @click.option("--message", default="registry sync", show_default=True, help="Commit message of new versions.")
 @api_command
@@ -757,12 +757,22 @@ def sync(
 @click.command("export")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--prefix", help="Only prompts whose names start with this, e.g. a folder 'support/'.")
+@click.option(
+    "--label",
+    type=click.Choice(["production", "staging", "latest"]),
+    default="production",
+    show_default=True,
+    help="Export the version this label holds (latest: the newest); a prompt with none is named and skipped.",
+)
 @api_command
-def export_prompts(client: RegistryClient, as_json: bool, folder: Path, prefix: str | None) -> None:
-    """Write each prompt's newest version to FOLDER as prompt files (what `registry sync` reads)."""
+def export_prompts(client: RegistryClient, as_json: bool, folder: Path, prefix: str | None, label: str) -> None:
+    """Write the version LABEL holds of each prompt to FOLDER as prompt files (what `registry sync` reads).
+
+    A file already in FOLDER changes only where it differs: comments, layout and config labels stay.
+    """
     from registry.promptfiles.sync import run_export
 
-    run_export(client, folder, prefix=prefix, echo=click.echo, as_json=as_json)
+    run_export(client, folder, prefix=prefix, echo=click.echo, label=label, as_json=as_json)
 
 
 COMMANDS: list[click.Command] = [

@@ -186,3 +186,20 @@ def test_a_refused_prompt_fails_the_sync_and_the_others_still_go_through(live: L
     ]
     assert "+ c-third: new prompt, version 1" in out
     assert newest(live, "c-third")["version"]["version"] == 1
+
+
+def test_export_label_picks_the_version_and_a_prompt_without_one_is_skipped(live: Live, tmp_path: Path) -> None:
+    live.prompt("drafts", text("v1"), text("v2 {{ x }}"), production=1)
+    code, _, _ = registry_cli(live, "export", "--label", "latest", str(tmp_path / "latest"))
+    assert code == 0
+    assert (tmp_path / "latest" / "drafts.yaml").read_text() == "kind: text\ntemplate: v2 {{ x }}\n"
+    code, out, _ = registry_cli(live, "export", "--label", "staging", str(tmp_path / "staging"))
+    assert code == 0, "a prompt still in development is no error"
+    assert "- drafts: no version in staging, not exported" in out.splitlines()
+    assert not (tmp_path / "staging" / "drafts.yaml").exists()
+
+
+def test_syncing_an_empty_folder_fails_saying_so(live: Live, tmp_path: Path) -> None:
+    code, out, err = registry_cli(live, "sync", str(tmp_path))
+    assert (code, out) == (1, "")
+    assert "no prompt files (*.yaml, *.yml) in it" in err
