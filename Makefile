@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEPS_HASH := $(shell cat pyproject.toml clients/python/pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: install run run-vllm test browser compose-cli check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-console bench-completions vllm-cpu clean
+.PHONY: install run run-vllm test browser compose-cli check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-console bench-completions bench-cli vllm-cpu clean
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,7 @@ install: $(STAMP)
 
 ## Serve on the embedded default (SQLite file, in-process cache) at http://127.0.0.1:8000
 run: install
+	@echo "The registry command is $(BIN)/registry (or run 'source $(BIN)/activate' to have it on the PATH)."
 	$(BIN)/registry serve
 
 ## The same with a local vLLM on the CPU as the completion backend "local" (model "tiny"): installed on
@@ -61,8 +62,12 @@ bench-results: install
 bench-console: install
 	$(BIN)/python bench/console_pages.py
 
+## Start-up time of the registry command: --help and API commands against `registry serve` on the embedded default; updates BENCHMARKS.md
+bench-cli: install
+	$(BIN)/python bench/cli_startup.py
+
 ## Every benchmark (about 30 minutes; PostgreSQL and Redis at 127.0.0.1, wrk); results in BENCHMARKS.md
-bench: bench-fast bench-cpu bench-results bench-console bench-completions bench-soak
+bench: bench-fast bench-cpu bench-results bench-console bench-completions bench-soak bench-cli
 
 ## The fast path under wrk: bare handler, resolve, render, render with a unit; granian and uvicorn; event ingestion
 bench-fast: install
