@@ -72,7 +72,8 @@ def seconds(command: list[str], env: dict[str, str]) -> float:
 def measure(runs: int) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as folder:
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        # As installed: Python caches compiled modules (the warm-up round writes them) unless told not to.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_") and k != "PYTHONDONTWRITEBYTECODE"}
         env.update(
             REGISTRY_DATABASE_URL=f"sqlite+aiosqlite:///{folder}/registry.db",
             REGISTRY_PORT=str(port),
@@ -109,7 +110,7 @@ def p90(values: list[float]) -> float:
     return statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0]
 
 
-def report(times: dict[str, list[float]], runs: int) -> str:
+def report(times: dict[str, list[float]], runs: int, load: float) -> str:
     lines = [
         SECTION,
         "",
@@ -131,7 +132,7 @@ def report(times: dict[str, list[float]], runs: int) -> str:
         f"- the API commands' medians are {verdict} the {TARGET_SECONDS * 1000:.0f} ms target "
         f"(slowest: {max(api) * 1000:.0f} ms)",
         f"- command: `make bench-cli` (`python bench/cli_startup.py --runs {runs}`)",
-        f"- machine: {machine()}",
+        f"- machine: {machine()}; load average {load:.2f} when the runs began (the machine is shared)",
         f"- measured: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
     ]
     return "\n".join(lines) + "\n"
@@ -143,7 +144,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md", help="Markdown file to update.")
     parser.add_argument("--print-only", action="store_true", help="Print the section; leave BENCHMARKS.md alone.")
     args = parser.parse_args()
-    body = report(measure(args.runs), args.runs)
+    load = os.getloadavg()[0]
+    body = report(measure(args.runs), args.runs, load)
     print(body)
     if not args.print_only:
         write_section(SECTION, body, args.output)

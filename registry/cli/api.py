@@ -71,9 +71,10 @@ def api_command(func: Callable[..., None]) -> Callable[..., None]:
     def wrapper(url: str, api_key: str | None, as_json: bool, **kwargs: Any) -> None:
         if not api_key:
             fail(NO_API_KEY, ExitCode.UNAUTHORIZED)
+        client = open_client(url, api_key)
         from prompt_registry_client import RegistryError
 
-        with open_client(url, api_key) as client:
+        with client:
             try:
                 func(client, as_json, **kwargs)
             except RegistryError as exc:
