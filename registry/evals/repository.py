@@ -196,7 +196,8 @@ class EvalRepository:
             return 0
         inserted = (
             await self.session.execute(
-                self._insert(EvalRunItem).on_conflict_do_nothing().returning(EvalRunItem.position), list(rows)
+                self._insert(EvalRunItem).on_conflict_do_nothing().returning(EvalRunItem.position),
+                [{**row, "run_id": run_id} for row in rows],
             )
         ).all()
         positions = {row[0] for row in inserted}

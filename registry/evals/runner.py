@@ -184,6 +184,16 @@ def parse_judgement(text: str) -> tuple[float, str] | None:
     return float(value), reason
 
 
+def _decisive(failures: ExceptionGroup) -> Exception:
+    """The failure that decides what becomes of the run when several items failed at once."""
+    found = [e for e in failures.exceptions if isinstance(e, Exception)]
+    for kind in (LeaseLostError, RunFailedError, BackendOutageError):
+        for error in found:
+            if isinstance(error, kind):
+                return error
+    return found[0] if found else RuntimeError(str(failures))
+
+
 class EvalWorker:
     """Takes runs that need an owner, executes them, renews their leases; one per process."""
 
@@ -205,6 +215,7 @@ class EvalWorker:
         self.poll_seconds = settings.eval_poll_seconds
         self.slots = asyncio.Semaphore(settings.eval_max_concurrency)
         self.max_runs = max_runs
+        self.outage_backoff = timedelta(seconds=OUTAGE_BACKOFF_SECONDS)
         self.active: dict[int, asyncio.Task[None]] = {}
 
     def jobs(self) -> list[PeriodicJob]:
@@ -281,7 +292,7 @@ class EvalWorker:
             logger.warning("backend failing; the evaluation run waits", run=run_id, error=str(exc))
             await self._release(
                 run_id,
-                not_before=utcnow() + timedelta(seconds=OUTAGE_BACKOFF_SECONDS),
+                not_before=utcnow() + self.outage_backoff,
                 error=f"waiting for the backend: {exc}",
             )
         except RunFailedError as exc:
@@ -290,7 +301,8 @@ class EvalWorker:
             raise
         except Exception as exc:
             logger.exception("evaluation run failed", run=run_id)
-            await self._finish(run_id, "failed", f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(LeaseLostError):
+                await self._finish(run_id, "failed", f"{type(exc).__name__}: {exc}")
 
     async def _finish(self, run_id: int, status: str, error: str | None) -> None:
         async with self.sessionmaker() as session, session.begin():
@@ -382,10 +394,19 @@ class EvalWorker:
 
     async def _score_pending(self, plan: RunPlan) -> None:
         run_slots = asyncio.Semaphore(plan.concurrency)
+        # What stops the run (an outage, the budget): items already asked still finish and are recorded,
+        # since their completions were made and charged; no more are started.
+        stopped: list[Exception] = []
 
         async def one(item: EvalDatasetItem) -> None:
             async with run_slots, self.slots:
-                row = await self._score_item(plan, item)
+                if stopped:
+                    return
+                try:
+                    row = await self._score_item(plan, item)
+                except (BackendOutageError, RunFailedError) as exc:
+                    stopped.append(exc)
+                    return
             await self._record(plan.run_id, [row])
 
         after = 0
@@ -395,9 +416,14 @@ class EvalWorker:
                 items = await EvalRepository(session).pending_items(run, after=after, limit=BATCH)
             if not items:
                 return
-            async with asyncio.TaskGroup() as group:
-                for item in items:
-                    group.create_task(one(item))
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for item in items:
+                        group.create_task(one(item))
+            except ExceptionGroup as failures:
+                raise _decisive(failures) from None
+            if stopped:
+                raise _decisive(ExceptionGroup("the run stopped", stopped))
             after = items[-1].position
 
     async def _complete(
