@@ -47,6 +47,12 @@ def masked_url(url: str) -> str:
         return url
 
 
+def first_line(exc: BaseException) -> str:
+    """The driver's own message (SQLAlchemy wraps it in ``orig``), first line only; else the error's name."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
+
+
 def missing_sqlite_file(url: str) -> Path | None:
     """The file of a SQLite URL when it does not exist (opening it would create an empty database)."""
     from sqlalchemy.engine import make_url
@@ -100,8 +106,7 @@ async def check_connection(engine: Any, url: str) -> None:
         async with engine.connect():
             pass
     except (OSError, TimeoutError, DBAPIError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        raise DatabaseUnreachableError(f"cannot reach the database at {masked_url(url)}: {reason}") from exc
+        raise DatabaseUnreachableError(f"cannot open the database at {masked_url(url)}: {first_line(exc)}") from exc
 
 
 def on_database(settings: Settings, work: Callable[[AsyncSession], Coroutine[Any, Any, T]]) -> T:
@@ -109,6 +114,8 @@ def on_database(settings: Settings, work: Callable[[AsyncSession], Coroutine[Any
 
     A SQLite file that does not exist is not created here (only ``serve`` and ``migrate`` do that).
     """
+    from sqlalchemy.exc import DBAPIError
+
     from registry.lib.errors import RegistryError
 
     missing = missing_sqlite_file(settings.database_url)
@@ -124,6 +131,12 @@ def on_database(settings: Settings, work: Callable[[AsyncSession], Coroutine[Any
         fail(str(exc), ExitCode.UNAVAILABLE)
     except RegistryError as exc:
         fail(exc.detail, exit_code_for_status(exc.status_code))
+    except DBAPIError as exc:  # it opened, but the tables are not there (or not as this release needs)
+        fail(
+            f"the database at {masked_url(settings.database_url)} is not ready ({first_line(exc)}): "
+            "run 'registry migrate'",
+            ExitCode.UNAVAILABLE,
+        )
 
 
 def load_settings() -> Settings:
@@ -182,7 +195,10 @@ def run_migrations(settings: Settings, revision: str = "head") -> None:
     try:
         asyncio.run(migrate_database(settings, revision))
     except (OSError, TimeoutError, DBAPIError) as exc:
-        fail(f"cannot migrate the database at {masked_url(settings.database_url)}: {exc}", ExitCode.UNAVAILABLE)
+        fail(
+            f"cannot migrate the database at {masked_url(settings.database_url)}: {first_line(exc)}",
+            ExitCode.UNAVAILABLE,
+        )
 
 
 # --------------------------------------------------------------------------- serve, worker, migrate

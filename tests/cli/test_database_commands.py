@@ -44,7 +44,7 @@ def test_keys_on_a_postgres_that_does_not_answer_name_it_with_the_password_maske
     assert code == UNAVAILABLE
     (line,) = output.splitlines()
     assert line.startswith(
-        f"error: cannot reach the database at postgresql+asyncpg://postgres:***@127.0.0.1:{port}/test: "
+        f"error: cannot open the database at postgresql+asyncpg://postgres:***@127.0.0.1:{port}/test: "
     )
     assert "s3cret" not in output
     assert "Traceback" not in output
@@ -57,3 +57,13 @@ def test_migrate_still_creates_a_new_sqlite_database(monkeypatch: pytest.MonkeyP
     assert database.exists()
     code, output = run(monkeypatch, f"sqlite+aiosqlite:///{database}", "keys", "list")
     assert (code, output.splitlines()[-1]) == (0, "(none)")
+
+
+def test_keys_on_a_database_without_tables_say_to_migrate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    database = tmp_path / "registry.db"
+    database.touch()
+    code, output = run(monkeypatch, f"sqlite+aiosqlite:///{database}", "keys", "list")
+    assert code == UNAVAILABLE
+    (line,) = output.splitlines()
+    assert line.startswith(f"error: the database at sqlite+aiosqlite:///{database} is not ready (")
+    assert line.endswith("): run 'registry migrate'")
