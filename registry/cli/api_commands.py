@@ -14,7 +14,7 @@ import io
 import itertools
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -517,12 +517,21 @@ def metrics() -> None:
     """Metrics that experiments measure: list, create."""
 
 
-@metrics.command("list")
-@api_command
-def metrics_list(client: RegistryClient, as_json: bool) -> None:
-    """List metrics."""
-    rows = list(client.list_metrics())
-    emit(as_json, rows, lambda: table(rows, ["key", "kind", "aggregation", "direction", "description"]))
+def add_list_command(
+    group: click.Group, what: str, fetch: Callable[[RegistryClient], Iterable[dict[str, Any]]], columns: list[str]
+) -> None:
+    """``registry GROUP list``: every item the API lists, as a table (or --json)."""
+
+    @group.command("list", help=f"List {what}.")
+    @api_command
+    def listing(client: RegistryClient, as_json: bool) -> None:
+        rows = list(fetch(client))
+        emit(as_json, rows, lambda: table(rows, columns))
+
+
+add_list_command(
+    metrics, "metrics", lambda client: client.list_metrics(), ["key", "kind", "aggregation", "direction", "description"]
+)
 
 
 @metrics.command("create")
@@ -690,12 +699,9 @@ def webhooks() -> None:
     """Webhooks: list them, their deliveries, and send a delivery again (admin scope)."""
 
 
-@webhooks.command("list")
-@api_command
-def webhooks_list(client: RegistryClient, as_json: bool) -> None:
-    """List webhooks."""
-    rows = list(client.list_webhooks())
-    emit(as_json, rows, lambda: table(rows, ["id", "url", "events", "description", "created_at"]))
+add_list_command(
+    webhooks, "webhooks", lambda client: client.list_webhooks(), ["id", "url", "events", "description", "created_at"]
+)
 
 
 @webhooks.command("deliveries")
