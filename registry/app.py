@@ -15,7 +15,7 @@ from registry.completions.controller import BudgetController, CompletionControll
 from registry.configs.controller import ConfigController
 from registry.console.controller import CONSOLE_PREFIX, console_routers, console_template_config
 from registry.deps import COMMON_DEPENDENCIES
-from registry.evals.controller import DatasetController, RunController
+from registry.evals.controller import DatasetController, GateController, RunController
 from registry.experiments.controller import (
     EventController,
     ExperimentController,
@@ -55,6 +55,7 @@ API_CONTROLLERS = [
     BudgetController,
     DatasetController,
     RunController,
+    GateController,
 ]
 
 

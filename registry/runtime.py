@@ -35,6 +35,7 @@ from registry.lib.jobs import PeriodicJob
 from registry.lib.metrics import HttpMetrics, ProcessGroupMetrics, RuntimeStateMetrics
 from registry.lib.redis import create_redis
 from registry.lib.shutdown import StopSignalHook
+from registry.lib.versioned import PROMOTION_GATE
 from registry.prompts.catalog import PromptCatalog
 from registry.prompts.service import PromptLimits
 from registry.settings import Settings
@@ -141,9 +142,12 @@ class Runtime:
             evals=None,  # type: ignore[arg-type]  # built below, from the completions and the catalog
         )
         # Imported here: evaluations run completions, whose module imports the request checks, which import this.
+        from registry.evals.gates import EvalGateCheck
         from registry.evals.runner import EvalWorker
 
         runtime.evals = EvalWorker(settings, sessionmaker, runtime.completions, runtime.prompts)
+        # Every promotion made on the app's sessions passes the evaluation gates (see PROMOTION_GATE).
+        sessionmaker.configure(info={PROMOTION_GATE: EvalGateCheck()})
         runtime.prompts.router = runtime.experiments.router
         ProcessCollector(registry=metrics_registry)
         pools: dict[str, object] = {"primary": engine.pool}

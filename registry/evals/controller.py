@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
@@ -17,6 +17,7 @@ from registry.deps import provide_resource_name
 from registry.evals.events import run_events
 from registry.evals.export import stream_export
 from registry.evals.formats import parse_csv, parse_jsonl
+from registry.evals.gates import GateService
 from registry.evals.schemas import (
     ComparisonOut,
     CreateDataset,
@@ -28,10 +29,12 @@ from registry.evals.schemas import (
     DatasetPage,
     DatasetVersionOut,
     DatasetVersionPage,
+    GateOut,
     RunItemOut,
     RunItemPage,
     RunOut,
     RunPage,
+    SetGate,
 )
 from registry.evals.service import DatasetService, RunService
 from registry.lib.errors import FieldError, InvalidInputError, UnsupportedMediaTypeError
@@ -337,3 +340,66 @@ class RunController(Controller):
     ) -> ComparisonOut:
         paired, comparison = await service.compare(base, candidate)
         return ComparisonOut(base=base, candidate=candidate, paired_items=paired, comparison=comparison)
+
+
+def provide_gate_service(db_session: NamedDependency[AsyncSession]) -> GateService:
+    return GateService(db_session)
+
+
+class GateController(Controller):
+    path = "/prompts"
+    tags = ["evals"]
+    dependencies = {
+        "service": Provide(provide_gate_service, sync_to_thread=False),
+        "resource_name": Provide(provide_resource_name, sync_to_thread=False),
+    }
+
+    @put(
+        "/{name:str}/gates/{target_state:str}",
+        opt={"scope": Scope.ADMIN},
+        operation_id="setPromptGate",
+        summary="Gate a state on evaluation evidence",
+        description="From now on a version enters `target_state` (`staging` or `production`) only if a completed "
+        "run of exactly that version and its config on `dataset` (a version, or its latest when the promotion is "
+        "checked) has at least `min_pass_rate` and, with `no_regression`, no significant regression (one-sided "
+        "McNemar and paired t at `alpha`) against the run of the version holding that state on the same dataset "
+        "version. Otherwise the promotion is refused with 422 `gate_failed`, naming the evidence; an admin may "
+        "promote anyway with `override_gate` (a reason), kept in the history and the audit log.",
+    )
+    async def set_gate(
+        self,
+        resource_name: NamedDependency[str],
+        target_state: FromPath[str],
+        data: JSONBody[SetGate],
+        service: NamedDependency[GateService],
+        current_actor: NamedDependency[Actor],
+    ) -> GateOut:
+        return GateOut.of(resource_name, await service.put(resource_name, target_state, data, current_actor))
+
+    @get(
+        "/{name:str}/gates/{target_state:str}",
+        opt={"scope": Scope.READ},
+        operation_id="getPromptGate",
+        summary="A state's gate",
+        description="The gate on `target_state`; 404 `gate_not_found` when the state is not gated.",
+    )
+    async def get_gate(
+        self, resource_name: NamedDependency[str], target_state: FromPath[str], service: NamedDependency[GateService]
+    ) -> GateOut:
+        return GateOut.of(resource_name, await service.get(resource_name, target_state))
+
+    @delete(
+        "/{name:str}/gates/{target_state:str}",
+        opt={"scope": Scope.ADMIN},
+        operation_id="removePromptGate",
+        summary="Remove a state's gate",
+        description="Versions enter `target_state` without evaluation evidence again. Audited.",
+    )
+    async def remove_gate(
+        self,
+        resource_name: NamedDependency[str],
+        target_state: FromPath[str],
+        service: NamedDependency[GateService],
+        current_actor: NamedDependency[Actor],
+    ) -> None:
+        await service.delete(resource_name, target_state, current_actor)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from registry.lib.errors import ConflictError, InvalidInputError, NotFoundError
+from registry.lib.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 
 
 class DatasetNotFoundError(NotFoundError):
@@ -35,3 +35,15 @@ class RunsNotComparableError(InvalidInputError):
 class GateNotFoundError(NotFoundError):
     type = "gate_not_found"
     title = "Gate not found"
+
+
+class GateFailedError(InvalidInputError):
+    """A promotion into a gated state lacks the evidence the gate asks for; the problem names it."""
+
+    type = "gate_failed"
+    title = "Gate failed"
+
+
+class GateOverrideForbiddenError(ForbiddenError):
+    type = "gate_override_forbidden"
+    title = "Gate override forbidden"

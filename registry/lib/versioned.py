@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from msgspec import UNSET
 from sqlalchemy import CheckConstraint, Index, String, Text, UniqueConstraint, exists, func, select, text, type_coerce
@@ -259,6 +259,35 @@ class ResourceExistsError(ConflictError):
 
 
 @dataclass(frozen=True, slots=True)
+class GateCheck:
+    """A promotion about to happen, for a ``PromotionGate`` to allow or refuse."""
+
+    resource_type: str  # "prompt" or "config"
+    name: str
+    version: Any  # the version row being promoted
+    to: State
+    current: Any | None  # the version holding ``to`` now
+    actor: Actor
+    override_reason: str | None  # the promoter asks to override a failed gate, saying why
+
+
+class PromotionGate(Protocol):
+    """Evidence a promotion must show (evaluations provide one; the app wires it into the sessions).
+
+    ``check`` raises to refuse; when the promoter overrode a failed gate it returns a note for the
+    history, otherwise None.
+    """
+
+    async def check(self, session: AsyncSession, check: GateCheck) -> str | None: ...
+
+
+# The key of ``Session.info`` under which the app puts its ``PromotionGate``: every promotion made on
+# the app's sessions (the API, the console, an experiment's winner) passes it, and prompts and the
+# shared workflow never import the domain that provides it.
+PROMOTION_GATE = "promotion_gate"
+
+
+@dataclass(frozen=True, slots=True)
 class Promotion(Generic[V]):
     version: V
     changes: list[StateChange]
@@ -404,7 +433,14 @@ class VersionWorkflow(Generic[R, V, T]):
             expected_current=expected_current,
             check_expected=check_expected,
         )
-        await self._apply(resource, changes, [target, *holders.values()], request.reason, actor)
+        reason = request.reason
+        gate: PromotionGate | None = self.session.info.get(PROMOTION_GATE)
+        if gate is not None and changes:
+            check = GateCheck(self.resource_type, name, target, to, holders.get(to), actor, request.override_gate)
+            note = await gate.check(self.session, check)
+            if note:
+                reason = f"{reason} ({note})" if reason else note
+        await self._apply(resource, changes, [target, *holders.values()], reason, actor)
         return Promotion(target, changes)
 
     async def rollback(self, name: str, request: RollbackRequest, actor: Actor) -> Promotion[V]:

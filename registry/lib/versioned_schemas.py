@@ -60,6 +60,8 @@ class PromoteRequest(Input):
     to: Literal["staging", "production", "archived"]
     expected_current: VersionNumber | UnsetType | None = UNSET
     reason: Reason | None = None
+    # An admin promotes although the state's evaluation gate refuses, saying why (kept in history and audit).
+    override_gate: Reason | None = None
 
 
 class RollbackRequest(Input):

@@ -1,0 +1,198 @@
+"""Promotion gates: what a prompt version must show on a dataset before it enters a state.
+
+``EvalGateCheck`` is the ``PromotionGate`` the app puts in its sessions: the shared promotion
+workflow calls it for every promotion, so the API, the console, an experiment's winner and
+prompts-as-code (which promotes through the API) all pass the same gate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.auth.audit import AuditLog
+from registry.auth.keys import Scope, grants
+from registry.auth.models import ApiKey
+from registry.auth.principal import Actor
+from registry.db.base import utcnow
+from registry.evals.errors import GateFailedError, GateNotFoundError, GateOverrideForbiddenError
+from registry.evals.models import EvalGate, EvalRun
+from registry.evals.repository import EvalRepository
+from registry.evals.schemas import SetGate
+from registry.evals.service import DatasetService, by_position
+from registry.evals.statistics import Gate, PairedComparison, compare_paired, evaluate_gate, summarize
+from registry.lib.errors import InvalidInputError, NotFoundError
+from registry.lib.promotion import HELD_STATES
+from registry.lib.versioned import GateCheck
+from registry.prompts.errors import PROMPT_ERRORS
+from registry.prompts.models import Prompt, PromptVersion
+
+GATED_STATES = tuple(s.value for s in HELD_STATES)
+
+
+class GateService:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self.repository = EvalRepository(session)
+        self.audit = AuditLog(session)
+
+    async def _prompt(self, name: str) -> Prompt:
+        prompt = (await self.session.execute(select(Prompt).where(Prompt.name == name))).scalar_one_or_none()
+        if prompt is None:
+            raise PROMPT_ERRORS.resource_not_found(f"no prompt is named '{name}'")
+        return prompt
+
+    @staticmethod
+    def _state(state: str) -> str:
+        if state not in GATED_STATES:
+            raise InvalidInputError(f"only {' and '.join(GATED_STATES)} can be gated, not '{state}'")
+        return state
+
+    async def get(self, name: str, state: str) -> EvalGate:
+        gate = await self.repository.get_gate((await self._prompt(name)).id, self._state(state))
+        if gate is None:
+            raise GateNotFoundError(f"prompt '{name}' has no gate on {state}")
+        return gate
+
+    async def put(self, name: str, state: str, data: SetGate, actor: Actor) -> EvalGate:
+        prompt = await self._prompt(name)
+        await DatasetService(self.session).resolve(data.dataset)  # the dataset (and version) must exist now
+        gate = await self.repository.get_gate(prompt.id, self._state(state))
+        before = None if gate is None else _gate_summary(gate)
+        if gate is None:
+            gate = EvalGate(prompt_id=prompt.id, state=state)
+            self.session.add(gate)
+        gate.dataset = data.dataset.name
+        gate.dataset_version = data.dataset.version
+        gate.min_pass_rate = data.min_pass_rate
+        gate.no_regression = data.no_regression
+        gate.alpha = data.alpha
+        gate.updated_by = actor.name
+        gate.updated_at = utcnow()
+        await self.session.flush()
+        await self.audit.record(
+            actor, "prompt.gate.set", "prompt", name, before=before, after={"state": state, **_gate_summary(gate)}
+        )
+        return gate
+
+    async def delete(self, name: str, state: str, actor: Actor) -> None:
+        gate = await self.get(name, state)
+        await self.session.delete(gate)
+        await self.session.flush()
+        await self.audit.record(
+            actor, "prompt.gate.remove", "prompt", name, before={"state": state, **_gate_summary(gate)}
+        )
+
+
+def _gate_summary(gate: EvalGate) -> dict[str, Any]:
+    return {
+        "dataset": gate.dataset,
+        "dataset_version": gate.dataset_version,
+        "min_pass_rate": gate.min_pass_rate,
+        "no_regression": gate.no_regression,
+        "alpha": gate.alpha,
+    }
+
+
+def _config_of(version: PromptVersion) -> tuple[str | None, int | None]:
+    config = version.config_version
+    return (config.config.name, config.number) if config is not None else (None, None)
+
+
+class EvalGateCheck:
+    """The ``PromotionGate`` of evaluations: a completed run of exactly the version and its config on the
+    gate's dataset version must meet the gate, unless an admin overrides it with a reason."""
+
+    async def check(self, session: AsyncSession, check: GateCheck) -> str | None:
+        if check.resource_type != "prompt" or check.to.value not in GATED_STATES:
+            return None
+        version: PromptVersion = check.version
+        repository = EvalRepository(session)
+        gate = await repository.get_gate(version.prompt_id, check.to.value)
+        if gate is None:
+            return None
+        failures, evidence = await self._verdict(session, repository, gate, check)
+        if not failures:
+            return None
+        if check.override_reason is None:
+            raise GateFailedError(
+                f"prompt '{check.name}' version {version.number} may not enter {check.to.value}: "
+                + "; ".join(failures),
+                failures=failures,
+                evidence=evidence,
+            )
+        if not await _is_admin(session, check.actor):
+            raise GateOverrideForbiddenError("overriding a failed gate needs the 'admin' scope")
+        await AuditLog(session).record(
+            check.actor,
+            "prompt.gate_override",
+            "prompt",
+            check.name,
+            after={
+                "version": version.number,
+                "to": check.to.value,
+                "reason": check.override_reason,
+                "failures": failures,
+                "evidence": evidence,
+            },
+        )
+        return f"gate overridden: {check.override_reason}"
+
+    async def _verdict(
+        self, session: AsyncSession, repository: EvalRepository, gate: EvalGate, check: GateCheck
+    ) -> tuple[list[str], dict[str, Any]]:
+        version: PromptVersion = check.version
+        config, config_version = _config_of(version)
+        try:
+            dataset = await DatasetService(session).require(gate.dataset)
+            dataset_version = await DatasetService(session).require_version(dataset, gate.dataset_version)
+        except NotFoundError as exc:
+            return [exc.detail], {"dataset": gate.dataset, "dataset_version": gate.dataset_version}
+        where = f"{gate.dataset}@{dataset_version.number}"
+        evidence: dict[str, Any] = {"gate": {"state": check.to.value, **_gate_summary(gate)}, "dataset": where}
+        run = await repository.latest_completed_run(
+            prompt=check.name,
+            version=version.number,
+            config=config,
+            config_version=config_version,
+            dataset_version_id=dataset_version.id,
+        )
+        if run is None:
+            needed = f"version {version.number} with config {config}@{config_version}" if config else "this version"
+            return [f"no completed evaluation run of {needed} on dataset {where}"], evidence
+        outcomes = await repository.outcomes(run.id)
+        summary = summarize([ok for _, ok, _, _ in outcomes], [score or 0.0 for _, _, score, _ in outcomes])
+        comparison: PairedComparison[Any] | None = None
+        baseline_label = f"the {check.to.value} version"
+        current: PromptVersion | None = check.current
+        if gate.no_regression and current is not None:
+            base_config, base_config_version = _config_of(current)
+            baseline: EvalRun | None = await repository.latest_completed_run(
+                prompt=check.name,
+                version=current.number,
+                config=base_config,
+                config_version=base_config_version,
+                dataset_version_id=dataset_version.id,
+            )
+            baseline_label = f"{check.to.value} version {current.number}"
+            if baseline is not None:
+                baseline_label += f" (run {baseline.id})"
+                comparison = compare_paired(by_position(await repository.outcomes(baseline.id)), by_position(outcomes))
+        verdict = evaluate_gate(
+            Gate(min_pass_rate=gate.min_pass_rate, no_regression=gate.no_regression, alpha=gate.alpha),
+            summary,
+            comparison,
+            run_label=f"run {run.id}",
+            baseline_label=baseline_label,
+            baseline_exists=current is not None,
+        )
+        return list(verdict.failures), {**evidence, **verdict.evidence, "run_id": run.id}
+
+
+async def _is_admin(session: AsyncSession, actor: Actor) -> bool:
+    if actor.key_public_id is None:
+        return False
+    key = (await session.execute(select(ApiKey).where(ApiKey.public_id == actor.key_public_id))).scalar_one_or_none()
+    return key is not None and grants(frozenset(key.scopes), Scope.ADMIN)

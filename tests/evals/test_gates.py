@@ -1,0 +1,138 @@
+"""Promotion gates through the API: refused without evidence or on weak evidence, accepted on a run that
+meets the gate, overridden only by an admin with a reason; an experiment's winner passes the same gate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from registry.auth.keys import Scope
+from tests.conftest import AppClient, KeyFactory, problem
+from tests.evals.conftest import answers, dataset, finished, ok, publish, start_run
+
+Headers = dict[str, str]
+
+
+async def promote(
+    client: httpx.AsyncClient, headers: Headers, name: str, version: int, **fields: Any
+) -> httpx.Response:
+    current = (await client.get(f"/v1/prompts/{name}/versions", params={"state": "production"}, headers=headers)).json()
+    expected = current["items"][0]["version"] if current["items"] else None
+    body = {"to": "production", "expected_current": expected, **fields}
+    return await client.post(f"/v1/prompts/{name}/versions/{version}/promote", json=body, headers=headers)
+
+
+async def evaluate(client: httpx.AsyncClient, headers: Headers, prompt: str, version: int, data: str) -> dict[str, Any]:
+    run = await start_run(client, headers, prompt=prompt, version=version, dataset={"name": data})
+    return await finished(client, headers, run["id"])
+
+
+async def gate(client: httpx.AsyncClient, headers: Headers, prompt: str, **fields: Any) -> dict[str, Any]:
+    return await ok(await client.put(f"/v1/prompts/{prompt}/gates/production", json=fields, headers=headers))
+
+
+async def test_a_gate_refuses_a_version_without_a_run_and_accepts_it_once_a_run_meets_it(
+    evals: AppClient, admin: Headers
+) -> None:
+    version = await publish(evals, admin, "gated")
+    await dataset(evals, admin, "gated-cases", answers(*[("y", "y")] * 5))
+    body = await gate(evals, admin, "gated", dataset={"name": "gated-cases"}, min_pass_rate=0.8)
+    assert (body["dataset_version"], body["min_pass_rate"]) == (None, 0.8)
+    refused = await promote(evals, admin, "gated", version)
+    assert refused.status_code == 422
+    details = problem(refused)
+    assert details["type"] == "/problems/gate_failed"
+    assert "no completed evaluation run of version 1 with config gated-config@1" in details["detail"]
+    await evaluate(evals, admin, "gated", version, "gated-cases")
+    assert (await promote(evals, admin, "gated", version)).status_code == 200
+    assert (await evals.get("/v1/prompts/gated/gates/production", headers=admin)).json()["dataset"] == "gated-cases"
+    assert (await evals.get("/v1/prompts/gated/gates/staging", headers=admin)).status_code == 404
+
+
+async def test_a_pass_rate_below_the_minimum_is_refused_naming_the_run_and_its_numbers(
+    evals: AppClient, admin: Headers
+) -> None:
+    version = await publish(evals, admin, "weak")
+    await dataset(evals, admin, "weak-cases", answers(*[("y", "y")] * 7, *[("n", "y")] * 3))
+    await gate(evals, admin, "weak", dataset={"name": "weak-cases", "version": 1}, min_pass_rate=0.8)
+    run = await evaluate(evals, admin, "weak", version, "weak-cases")
+    refused = await promote(evals, admin, "weak", version)
+    details = problem(refused)
+    assert details["type"] == "/problems/gate_failed"
+    assert f"run {run['id']}, 7 of 10 items passed" in details["detail"]
+    assert details["evidence"]["run_id"] == run["id"]
+    assert details["evidence"]["pass_rate"] == 0.7
+    assert details["failures"] == [details["detail"].split(": ", 1)[1]]
+
+
+async def test_a_run_with_another_config_version_is_no_evidence(evals: AppClient, admin: Headers) -> None:
+    version = await publish(evals, admin, "other-config")
+    await publish(evals, admin, "other-config-2", config="other-config-config", params={"max_tokens": 32})
+    await dataset(evals, admin, "other-cases", answers(("y", "y")))
+    await gate(evals, admin, "other-config", dataset={"name": "other-cases"}, min_pass_rate=0.5)
+    run = await start_run(
+        evals, admin, prompt="other-config", version=version, config_version=2, dataset={"name": "other-cases"}
+    )
+    assert (await finished(evals, admin, run["id"]))["pass_rate"] == 1.0
+    assert (await promote(evals, admin, "other-config", version)).status_code == 422
+
+
+async def test_a_regression_against_production_is_refused_unless_an_admin_overrides_it_with_a_reason(
+    evals: AppClient, admin: Headers, make_key: KeyFactory
+) -> None:
+    items = [{"variables": {"answer": "ok", "other": "ok" if i >= 8 else "bad"}, "expected": "ok"} for i in range(12)]
+    await dataset(evals, admin, "regress-cases", items)
+    current = await publish(evals, admin, "regress", template="{{ answer }}{{ other[:0] }}")
+    candidate = await publish(evals, admin, "regress", template="{{ other }}{{ answer[:0] }}")
+    await evaluate(evals, admin, "regress", current, "regress-cases")
+    assert (await promote(evals, admin, "regress", current)).status_code == 200  # not gated yet
+    await gate(evals, admin, "regress", dataset={"name": "regress-cases"}, no_regression=True, alpha=0.05)
+    run = await evaluate(evals, admin, "regress", candidate, "regress-cases")
+
+    refused = await promote(evals, admin, "regress", candidate)
+    details = problem(refused)
+    assert refused.status_code == 422
+    assert "production version 1 (run 1)" in details["detail"]
+    regression = details["evidence"]["no_regression"]
+    assert (regression["pass_to_fail"], regression["fail_to_pass"]) == (8, 0)
+    assert regression["mcnemar_p_worse"] < 0.05
+    assert details["evidence"]["run_id"] == run["id"]
+
+    promoter = await make_key(Scope.PROMOTE, Scope.READ, name="promoter")
+    forbidden = await promote(evals, promoter, "regress", candidate, override_gate="ship it")
+    assert problem(forbidden)["type"] == "/problems/gate_override_forbidden"
+    overridden = await promote(evals, admin, "regress", candidate, reason="hotfix", override_gate="legal deadline")
+    assert overridden.status_code == 200, overridden.text
+    history = (await evals.get("/v1/prompts/regress/history", headers=admin)).json()["items"]
+    assert history[0]["reason"] == "hotfix (gate overridden: legal deadline)"
+    audit = (await evals.get("/v1/audit", params={"resource_name": "regress"}, headers=admin)).json()["items"]
+    overrides = [entry for entry in audit if entry["action"] == "prompt.gate_override"]
+    assert [entry["after"]["reason"] for entry in overrides] == ["legal deadline"]
+    assert overrides[0]["after"]["failures"] == details["failures"]
+
+
+async def test_an_experiment_winner_passes_the_same_gate(evals: AppClient, admin: Headers) -> None:
+    control = await publish(evals, admin, "duel")
+    treatment = await publish(evals, admin, "duel", template="{{ answer }}!")
+    assert (await promote(evals, admin, "duel", control)).status_code == 200
+    await dataset(evals, admin, "duel-cases", answers(("y", "y")))
+    await gate(evals, admin, "duel", dataset={"name": "duel-cases"}, min_pass_rate=1.0)
+    await ok(await evals.post("/v1/metrics", json={"key": "converted", "kind": "binomial"}, headers=admin))
+    experiment = {
+        "key": "duel-test",
+        "prompt": "duel",
+        "variants": [{"key": "control", "prompt_version": control}, {"key": "treatment", "prompt_version": treatment}],
+        "primary_metric": "converted",
+    }
+    await ok(await evals.post("/v1/experiments", json=experiment, headers=admin))
+    await ok(await evals.post("/v1/experiments/duel-test/start", headers=admin))
+    stop = {"winner": "treatment", "reason": "clear win"}
+    refused = await evals.post("/v1/experiments/duel-test/stop", json=stop, headers=admin)
+    assert problem(refused)["type"] == "/problems/gate_failed"
+    assert (await evals.get("/v1/experiments/duel-test", headers=admin)).json()["status"] == "running"
+    run = await evaluate(evals, admin, "duel", treatment, "duel-cases")
+    assert run["pass_rate"] == 0.0  # "y!" is not "y": still refused, on the evidence now
+    assert (
+        "pass rate" in problem(await evals.post("/v1/experiments/duel-test/stop", json=stop, headers=admin))["detail"]
+    )
