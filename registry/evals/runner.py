@@ -499,12 +499,17 @@ class EvalWorker:
     ) -> tuple[Score, dict[str, Any], _Spent]:
         """Ask the judge prompt for ``{"score", "reason"}`` about the output; the score records which judge."""
         spec = setup.spec
-        request = CompleteRequest(
-            variables={"output": out.text, "expected": item.expected, "variables": item.variables},
-            version=spec.version,
-            label=None if spec.version is not None else (spec.label or "production"),  # type: ignore[arg-type]
-        )
+        label = None if spec.version is not None else (spec.label or "production")
+        offered = {"output": out.text, "expected": item.expected, "variables": item.variables}
         try:
+            # The judge gets those of the output, the expected output and the item's variables its template uses.
+            judge_version = await self.catalog.resolve(spec.prompt, version=spec.version, label=label)
+            used = set(judge_version.version.compiled.variables)
+            request = CompleteRequest(
+                variables={name: value for name, value in offered.items() if name in used},
+                version=spec.version,
+                label=label,  # type: ignore[arg-type]
+            )
             answer = await self._complete(setup.completions, spec.prompt, request, plan.caller)
         except (BackendOutageError, RunFailedError):
             raise
