@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Date,
     Integer,
@@ -156,6 +157,8 @@ class CompletionRepository:
         prompt: str | None,
         key: str | None,
         limit: int,
+        among: tuple[str, Sequence[str | None]] | None = None,
+        excluding: bool = False,
         from_completions: bool = False,
     ) -> list[dict[str, Any]]:
         """Usage in ``[since, until)`` grouped by ``group_by``: from the daily rollup when both are UTC midnights.
@@ -163,20 +166,29 @@ class CompletionRepository:
         The rollup gives the same groups in the same order as the completions would (a "none" stored as
         ``''`` or ``0`` is read back as NULL before grouping and sorting), the same counts and token sums,
         and costs and means summed in another order (equal up to floating-point rounding).
-        ``from_completions`` reads the completions whatever the window.
+        ``among`` keeps the usage of some prompts or keys (``("key", [...])``, None for no key), or with
+        ``excluding`` the usage of all others. ``from_completions`` reads the completions whatever the window.
         """
+        columns: dict[str, Any]
+        stored: dict[str, Any]
         if from_completions or not (_is_midnight(since) and _is_midnight(until)):
-            query, prompt_column, key_column = self._from_completions(group_by, since, until), C.prompt, C.api_key_id
+            query, columns = self._from_completions(group_by, since, until), {"prompt": C.prompt, "key": C.api_key_id}
+            stored = {name: func.coalesce(column, _NO_NAME) for name, column in columns.items()}
         else:
-            query, prompt_column, key_column = self._from_rollup(group_by, since, until), D.prompt, D.api_key_id
+            query, columns = self._from_rollup(group_by, since, until), {"prompt": D.prompt, "key": D.api_key_id}
+            stored = columns
         query = query.limit(limit)
-        for column, value in ((prompt_column, prompt), (key_column, key)):
+        for name, value in (("prompt", prompt), ("key", key)):
             if value is not None:
-                query = query.where(column == value)
+                query = query.where(columns[name] == value)
+        if among is not None:
+            dimension, values = among
+            kept = stored[dimension].in_([value or "" for value in values])
+            query = query.where(~kept if excluding else kept)
         if group_by:
             query = query.group_by(*query.selected_columns[: len(group_by)])
             query = query.order_by(*query.selected_columns[: len(group_by)])
-        return [_counts_as_int(row._mapping) for row in (await self.session.execute(query)).all()]
+        return [dict(row._mapping) for row in (await self.session.execute(query)).all()]
 
     def _from_rollup(self, group_by: Sequence[str], since: datetime, until: datetime) -> Select[Any]:
         dimensions: dict[str, Any] = {
@@ -191,12 +203,7 @@ class CompletionRepository:
         }
         return select(
             *(dimensions[name].label(name) for name in group_by),
-            func.coalesce(func.sum(D.requests), 0).label("requests"),
-            func.sum(D.errors).label("errors"),
-            func.sum(D.cached).label("cached"),
-            func.sum(D.fallbacks).label("fallbacks"),
-            func.coalesce(func.sum(D.input_tokens), 0).label("input_tokens"),
-            func.coalesce(func.sum(D.output_tokens), 0).label("output_tokens"),
+            *(_total(D.__table__.c[name]).label(name) for name in _COUNTS),
             func.coalesce(func.sum(D.cost), 0.0).label("cost"),
             (func.sum(D.latency_ms_sum) / func.nullif(func.sum(D.latency_count), 0)).label("mean_latency_ms"),
             (func.sum(D.ttft_ms_sum) / func.nullif(func.sum(D.ttft_count), 0)).label("mean_ttft_ms"),
@@ -288,10 +295,18 @@ def _is_midnight(moment: datetime) -> bool:
     return moment.tzinfo is not None and moment.astimezone(UTC).time() == time(0)
 
 
-def _counts_as_int(row: Mapping[Any, Any]) -> dict[str, Any]:
-    """PostgreSQL sums BIGINT columns into NUMERIC; the report's counts are integers, as the completions give them."""
-    counts = ("requests", "errors", "cached", "fallbacks", "input_tokens", "output_tokens")
-    return {name: int(value) if name in counts and value is not None else value for name, value in row.items()}
+_COUNTS = ("requests", "errors", "cached", "fallbacks", "input_tokens", "output_tokens")
+
+
+def _total(column: Any) -> ColumnElement[Any]:
+    """A count column's sum as an integer, as the completions' counts are (PostgreSQL sums BIGINT into NUMERIC).
+
+    ``errors``, ``cached`` and ``fallbacks`` stay NULL over no rows, as the completions' sums of flags do.
+    """
+    total: ColumnElement[Any] = func.sum(column)
+    if column.name in ("requests", "input_tokens", "output_tokens"):
+        total = func.coalesce(total, 0)
+    return cast(total, BigInteger)
 
 
 def _count_where(condition: ColumnElement[bool]) -> ColumnElement[Any]:

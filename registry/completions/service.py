@@ -213,9 +213,7 @@ class CompletionService:
     async def _prepare(self, name: str, data: CompleteRequest, caller: Caller) -> tuple[Run, Overrides]:
         if caller.key is not None:
             await self.completions.budgets.check(caller.key)
-        rendering = await traced_render(
-            self.catalog, self.tracer, name, data.variables, label=data.label, version=data.version, unit=data.unit
-        )
+        rendering = await self._render(name, data)
         config = rendering.resolution.config
         if config is None:
             raise NoModelConfigError(
@@ -228,6 +226,12 @@ class CompletionService:
         plan = self._plan(config, rendering.out, overrides)
         await self._check_context(plan)
         return Run(rendering=rendering, caller=caller, stream=data.stream, plan=plan, unit=data.unit), overrides
+
+    async def _render(self, name: str, data: CompleteRequest) -> Rendering:
+        """What the completion runs: the prompt rendered (the OpenAI-compatible door adds the caller's turns)."""
+        return await traced_render(
+            self.catalog, self.tracer, name, data.variables, label=data.label, version=data.version, unit=data.unit
+        )
 
     def _plan(self, config: LinkedConfig, out: RenderOut, overrides: Overrides) -> Plan:
         configured = config.params.get("max_tokens")
@@ -460,7 +464,7 @@ class CompletionService:
                 "created_at": utcnow(),
                 "request_id": run.caller.request_id,
                 "prompt": out.prompt,
-                "prompt_version": out.version,
+                "prompt_version": out.version or None,  # 0: a config run without a prompt
                 "config": config.name,
                 "config_version": config.version,
                 "backend": config.backend,
@@ -528,11 +532,27 @@ class UsageService:
         prompt: str | None,
         key: str | None,
         limit: int,
+        among: tuple[str, Sequence[str | None]] | None = None,
+        excluding: bool = False,
+        flush: bool = True,
     ) -> tuple[list[UsageRow], bool]:
-        """Aggregates over the window; this process's buffered records are written first."""
-        await self.recorder.flush()
+        """Aggregates over the window; this process's buffered records are written first.
+
+        ``among`` and ``excluding`` narrow it to some prompts or keys, or to all others (``aggregate``).
+        ``flush=False`` for the further reports of one request: the flush takes a connection of its own,
+        so it must come before the request's session holds one.
+        """
+        if flush:
+            await self.recorder.flush()
         rows = await self.repository.aggregate(
-            group_by, since=since, until=until, prompt=prompt, key=key, limit=limit + 1
+            group_by,
+            since=since,
+            until=until,
+            prompt=prompt,
+            key=key,
+            limit=limit + 1,
+            among=among,
+            excluding=excluding,
         )
         items = [
             UsageRow(

@@ -8,6 +8,7 @@ into a ``Conflict`` that says who moved the version.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from msgspec import UNSET
@@ -19,7 +20,7 @@ from registry.auth.principal import Actor
 from registry.auth.schemas import CreateApiKey
 from registry.auth.service import ApiKeyNotFoundError, ApiKeyService
 from registry.completions.components import Completions
-from registry.completions.schemas import BudgetOut, SetBudget
+from registry.completions.schemas import BudgetOut, SetBudget, UsageRow
 from registry.completions.service import BudgetService, UsageService
 from registry.console.diff import content_lines, side_by_side
 from registry.console.schemas import (
@@ -44,7 +45,7 @@ from registry.console.schemas import (
     as_text,
 )
 from registry.console.schemas import DiffPage as DiffView
-from registry.console.usage import UsageBy, usage_figures
+from registry.console.usage import UsageBy, shown_groups, usage_figures
 from registry.experiments.schemas import ExperimentDefinition
 from registry.experiments.service import ExperimentService
 from registry.lib.errors import RegistryError
@@ -326,17 +327,27 @@ class ConsoleAccess:
     async def usage_page(self, *, by: UsageBy, days: int, last: date, show_keys: bool) -> UsagePage:
         """Tokens and cost per day of the ``days`` ending ``last``; key names and budgets for admins only."""
         first = last - timedelta(days=days - 1)
-        rows, truncated = await self.usage.report(
-            ["day", by],
-            since=datetime(first.year, first.month, first.day, tzinfo=UTC),
-            until=datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1),
-            prompt=None,
-            key=None,
-            limit=USAGE_ROWS,
-        )
+        window: dict[str, Any] = {
+            "since": datetime(first.year, first.month, first.day, tzinfo=UTC),
+            "until": datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1),
+            "prompt": None,
+            "key": None,
+            "limit": USAGE_ROWS,
+        }
+        # A row per day of the largest groups and one per day for the rest, not one per day and group.
+        totals, truncated = await self.usage.report([by], **window)  # first: it writes this process's buffer
+        window["flush"] = False
         keys = await self._all_keys(include_revoked=True) if show_keys else []
         labels = {k.public_id: f"{k.name} ({k.public_id})" for k in keys} if by == "key" else {}
-        figures = usage_figures(rows, by=by, first=first, last=last, labels=labels)
+        shown = shown_groups(totals, by=by, labels=labels)
+        among = None if shown is None else (by, shown)
+        rows, rows_truncated = await self.usage.report(["day", by], **window, among=among)
+        other: list[UsageRow] | None = None
+        if among is not None:
+            other, other_truncated = await self.usage.report(["day"], **window, among=among, excluding=True)
+            rows_truncated = rows_truncated or other_truncated
+        figures = usage_figures(rows, by=by, first=first, last=last, labels=labels, other=other)
+        truncated = truncated or rows_truncated
         budgets = None
         if show_keys:
             budgets = list((await self._budgets([k for k in keys if k.revoked_at is None])).values())

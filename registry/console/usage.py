@@ -2,7 +2,9 @@
 
 Rows come grouped by day and by one dimension (prompt or key); each day of the window gets a bar,
 each of the largest groups a layer of it, and the rest one "Other" layer, so a chart stays legible
-with a thousand prompts while its totals still add up to the report's.
+with a thousand prompts while its totals still add up to the report's. With many groups the page
+reads the per-day rows of the largest ones only (``shown_groups``, from the report by group) and
+the rest already summed per day, rather than a row per day and group.
 """
 
 from __future__ import annotations
@@ -66,25 +68,60 @@ def window(first: date, last: date) -> list[date]:
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
+def _label(row: UsageRow, by: UsageBy, labels: Mapping[str, str]) -> str:
+    value = row.prompt if by == "prompt" else row.key
+    return labels.get(value, value) if value is not None else NONE_LABEL
+
+
+def shown_groups(totals: Sequence[UsageRow], *, by: UsageBy, labels: Mapping[str, str]) -> list[str | None] | None:
+    """The prompts or keys the charts show apart, from the report grouped by them alone; None: all of them fit.
+
+    The same ranking as ``usage_figures``: most tokens, then most cost, then by label.
+    """
+    if len(totals) <= SERIES_COLOURS:
+        return None
+    ranked = sorted(
+        totals, key=lambda row: (-(row.input_tokens + row.output_tokens), -row.cost, _label(row, by, labels))
+    )
+    return [row.prompt if by == "prompt" else row.key for row in ranked[: SERIES_COLOURS - 1]]
+
+
 def usage_figures(
-    rows: Sequence[UsageRow], *, by: UsageBy, first: date, last: date, labels: Mapping[str, str]
+    rows: Sequence[UsageRow],
+    *,
+    by: UsageBy,
+    first: date,
+    last: date,
+    labels: Mapping[str, str],
+    other: Sequence[UsageRow] | None = None,
 ) -> UsageFigures:
-    """Totals, the largest groups (the rest as "Other"), per-day sums and the two charts."""
+    """Totals, the largest groups (the rest as "Other"), per-day sums and the two charts.
+
+    ``other``: the usage per day of the groups not in ``rows`` (``shown_groups``), the "Other" layer.
+    """
     days = window(first, last)
     index = {day: i for i, day in enumerate(days)}
     requests: defaultdict[str, int] = defaultdict(int)
+    day_requests = [0] * len(days)
     tokens: defaultdict[str, list[int]] = defaultdict(lambda: [0] * len(days))
     costs: defaultdict[str, list[float]] = defaultdict(lambda: [0.0] * len(days))
-    for row in rows:
-        value = row.prompt if by == "prompt" else row.key
-        label = labels.get(value, value) if value is not None else NONE_LABEL
+
+    def add(label: str, row: UsageRow) -> None:
         requests[label] += row.requests
         position = index.get(day_of(row.day))  # type: ignore[arg-type]  # None finds nothing
         if position is not None:
+            day_requests[position] += row.requests
             tokens[label][position] += row.input_tokens + row.output_tokens
             costs[label][position] += row.cost
+
+    for row in rows:
+        add(_label(row, by, labels), row)
     ranked = sorted(requests, key=lambda label: (-sum(tokens[label]), -sum(costs[label]), label))
-    if len(ranked) > SERIES_COLOURS:
+    if other is not None:
+        for row in other:
+            add(OTHER, row)
+        ranked.append(OTHER)
+    elif len(ranked) > SERIES_COLOURS:
         kept, rest = ranked[: SERIES_COLOURS - 1], ranked[SERIES_COLOURS - 1 :]
         requests[OTHER] = sum(requests[label] for label in rest)
         tokens[OTHER] = [sum(tokens[label][i] for label in rest) for i in range(len(days))]
@@ -105,7 +142,7 @@ def usage_figures(
     per_day = [
         UsageDay(
             day=day,
-            requests=sum(r.requests for r in rows if day_of(r.day) == day),
+            requests=day_requests[i],
             tokens=sum(tokens[label][i] for label in ranked),
             cost=sum(costs[label][i] for label in ranked),
         )

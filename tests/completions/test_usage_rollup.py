@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from registry.completions.models import DailyUsage
 from registry.completions.repository import CompletionRepository
 from registry.console.service import ConsoleAccess
+from registry.console.usage import OTHER, usage_figures
 from registry.db import migrate
 from registry.db.engine import create_engine, create_sessionmaker
 from registry.settings import Settings
@@ -155,3 +156,35 @@ async def test_the_usage_api_and_the_usage_page_agree_on_the_totals(client: AppC
     assert sum(item["input_tokens"] + item["output_tokens"] for item in items) == page.figures.tokens == tokens
     assert sum(item["cost"] for item in items) == page.figures.cost == sum(r["cost"] for r in records)
     assert {item["key"] for item in items} == {"k1", "k2", "k3", None}
+
+
+async def test_the_usage_page_with_many_groups_shows_what_one_row_per_day_and_group_shows(
+    client: AppClient,
+) -> None:
+    """Twelve prompts and twelve keys: the page reads the largest groups' days and the rest summed per day."""
+    runtime = runtime_of(client.app)
+    batch = [
+        completion(MIDNIGHT + timedelta(days=n % 3, hours=n % 24), f"p{n % 12:02d}", f"k{n % 12:02d}", n)
+        for n in range(1, 200)
+    ]
+    async with runtime.sessionmaker() as session, session.begin():
+        await CompletionRepository(session).add_records(batch)
+    last = FIRST + timedelta(days=3)
+    since = datetime(FIRST.year, FIRST.month, FIRST.day, tzinfo=UTC)
+
+    for by in ("prompt", "key"):
+        async with runtime.sessionmaker() as session:
+            access = ConsoleAccess(session, runtime.completions)
+            page = await access.usage_page(by=by, days=4, last=last, show_keys=False)
+            rows, _ = await access.usage.report(
+                ["day", by], since=since, until=since + timedelta(days=4), prompt=None, key=None, limit=1000
+            )
+        expected = usage_figures(rows, by=by, first=FIRST, last=last, labels={})
+
+        assert page.figures.groups == expected.groups
+        assert page.figures.groups[-1].label == OTHER
+        assert page.figures.days == expected.days
+        shown = (page.figures.requests, page.figures.tokens, page.figures.cost)
+        assert shown == (expected.requests, expected.tokens, expected.cost)
+        assert page.figures.tokens_chart == expected.tokens_chart
+        assert page.figures.cost_chart == expected.cost_chart
