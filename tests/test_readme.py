@@ -44,6 +44,7 @@ class Server:
     url: str
     key: str
     folder: Path
+    log: Path
 
 
 def newcomer_environment() -> dict[str, str]:
@@ -73,7 +74,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
             if key is None and (found := re.search(r"export REGISTRY_API_KEY=(prk_\S+)", log.read_text())):
                 key = found[1]
             time.sleep(0.1)
-        yield Server(url, key, folder)
+        yield Server(url, key, folder, log)
     finally:
         process.terminate()
         try:
@@ -99,7 +100,8 @@ def test_every_block_of_the_readme_runs_in_order(server: Server) -> None:
         replacements={"prk_...": server.key, "http://127.0.0.1:8000": server.url},
     )
     if failure is not None:
-        pytest.fail(str(failure), pytrace=False)
+        log = "".join(server.log.read_text().splitlines(keepends=True)[-40:])
+        pytest.fail(f"{failure}--- registry serve's log, last lines ---\n{log}", pytrace=False)
 
 
 def test_only_the_blocks_that_cannot_run_here_are_skipped_each_with_its_reason() -> None:
