@@ -30,6 +30,7 @@ from registry.lib.logging import configure_logging
 from registry.lib.openapi import api_openapi_config, declare_problem_responses, document_operations
 from registry.lib.routing import ApiRouter
 from registry.lib.tracing import Tracing
+from registry.openai_compat.controller import OpenAIController
 from registry.prompts.controller import PromptController
 from registry.prompts.fast_path import PromptFastPath
 from registry.runtime import Runtime
@@ -56,6 +57,7 @@ API_CONTROLLERS = [
     DatasetController,
     RunController,
     GateController,
+    OpenAIController,
 ]
 
 

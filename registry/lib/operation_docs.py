@@ -110,6 +110,19 @@ OPERATION_DESCRIPTIONS: Final[dict[str, str]] = {
     # completions
     "completionUsage": "Requests, errors, tokens, cost and latency per group (`group_by`: prompt, version, "
     "config, config_version, key, day, experiment, variant) over `since`..`until` (UTC). `day` is a date.",
+    # the OpenAI-compatible door
+    "createChatCompletion": "OpenAI's chat completion, for apps on an OpenAI SDK (`base_url` = this API). "
+    "`model` is `prompt:NAME` (production; `@staging`, `@latest` or `@VERSION` for another) or `config:NAME` "
+    "(the same suffixes). A prompt is rendered with `variables` (the SDKs send it through `extra_body`), "
+    "an experiment routes by `unit` (else `user`), and `messages` follow the prompt's; for a config the "
+    "messages go to its model as they are. Only `max_tokens` (lower than the config's), `seed` and `user` may be "
+    "set; other sampling fields are refused (422) as the config sets them. The answer's `registry` field and "
+    "`X-Registry-*` headers say which versions ran and the cost; a stream (`stream_options.include_usage` for "
+    "usage) carries the cost in its last chunk before `[DONE]`. Errors are OpenAI's error object; its `type` "
+    "and `code` are the problem type, with the status the rest of the API answers it with.",
+    "createCompletion": "OpenAI's text completion, as `createChatCompletion` for text prompts: the request's "
+    "`prompt` follows the rendered text (or, for a `config:` model, is all of it).",
+    "listModels": "The `prompt:` and `config:` models with a production version, in OpenAI's list shape.",
 }
 
 NAME_PARAMETER_DESCRIPTION: Final = f"The prompt or config name. {_NAME}"

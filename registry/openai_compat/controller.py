@@ -1,0 +1,127 @@
+"""``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models`` as OpenAI's SDKs call them.
+
+Errors, wherever they come from (the key's check, the body's validation, the
+completion path), are answered with OpenAI's error object and the status the rest
+of the API gives the same problem, so the SDKs raise their matching exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.openapi import ResponseSpec
+from litestar.params import JSONBody
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.auth.keys import Scope
+from registry.auth.principal import Principal
+from registry.completions.controller import SSE_HEADERS, started
+from registry.completions.service import Caller
+from registry.lib.disconnect import cancel_on_disconnect
+from registry.lib.errors import translate_and_log
+from registry.lib.streaming import PrimedStream
+from registry.openai_compat.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    ErrorOut,
+    ModelList,
+    TextCompletion,
+    TextCompletionRequest,
+)
+from registry.openai_compat.service import (
+    ChunkEncoder,
+    ConfigResolver,
+    ModelListing,
+    completion_answer,
+    error_answer,
+    openai_chunks,
+    prepare_call,
+    registry_headers,
+)
+from registry.runtime import runtime_of
+
+ERROR_STATUSES = (401, 403, 404, 422, 429, 502, 503, 504)
+_ANSWER = "The completion, with the registry's facts."
+_ERRORS = {
+    status: ResponseSpec(ErrorOut, description="OpenAI's error object; `type` and `code` are the problem type.")
+    for status in ERROR_STATUSES
+}
+
+
+def openai_error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Any failure as OpenAI's error object, with the status and headers (``Retry-After``...) of its problem."""
+    error = translate_and_log(exc, request.url.path)
+    body = error_answer(error, instance=request.url.path, request_id=request.scope["state"].get("request_id"))
+    return Response(
+        msgspec.json.encode(body), status_code=error.status_code, headers=error.headers, media_type="application/json"
+    )
+
+
+def provide_model_listing(read_session: NamedDependency[AsyncSession]) -> ModelListing:
+    return ModelListing(read_session)
+
+
+class OpenAIController(Controller):
+    path = "/"
+    tags = ["openai-compatible"]
+    exception_handlers = {Exception: openai_error_response}
+
+    @post(
+        "/chat/completions",
+        opt={"scope": Scope.READ},
+        operation_id="createChatCompletion",
+        summary="OpenAI-compatible chat completion of a prompt or a model config",
+        status_code=200,
+        responses={200: ResponseSpec(ChatCompletion, description=_ANSWER), **_ERRORS},
+    )
+    async def chat_completions(
+        self, request: Request[Principal, Any, Any], data: JSONBody[ChatCompletionRequest]
+    ) -> Response[Any]:
+        return await _answer(request, data)
+
+    @post(
+        "/completions",
+        opt={"scope": Scope.READ},
+        operation_id="createCompletion",
+        summary="OpenAI-compatible text completion of a prompt or a model config",
+        status_code=200,
+        responses={200: ResponseSpec(TextCompletion, description=_ANSWER), **_ERRORS},
+    )
+    async def completions(
+        self, request: Request[Principal, Any, Any], data: JSONBody[TextCompletionRequest]
+    ) -> Response[Any]:
+        return await _answer(request, data)
+
+    @get(
+        "/models",
+        opt={"scope": Scope.READ},
+        operation_id="listModels",
+        summary="The prompt: and config: models there are to call",
+        dependencies={"listing": Provide(provide_model_listing, sync_to_thread=False)},
+        responses=_ERRORS,
+    )
+    async def models(self, listing: NamedDependency[ModelListing]) -> ModelList:
+        return await listing.models()
+
+
+async def _answer(
+    request: Request[Principal, Any, Any], data: ChatCompletionRequest | TextCompletionRequest
+) -> Response[Any]:
+    runtime = runtime_of(request)
+    request_id = request.scope["state"].get("request_id")
+    call = prepare_call(
+        runtime.completions, runtime.prompts, ConfigResolver(runtime.sessionmaker), data, request_id=request_id
+    )
+    caller = Caller(key=request.user.public_id, request_id=request_id)
+    if not data.stream:
+        out = await cancel_on_disconnect(request.receive, call.service.complete(call.name, call.request, caller))
+        return Response(completion_answer(call, out), headers=registry_headers(out, out.cost))
+    stream = await cancel_on_disconnect(request.receive, call.service.open_stream(call.name, call.request, caller))
+    chunks = openai_chunks(stream, ChunkEncoder(call), instance=request.url.path, request_id=request_id)
+    first, rest = await started(chunks)
+    return PrimedStream(
+        first, rest, media_type="text/event-stream", headers={**SSE_HEADERS, **registry_headers(stream.meta)}
+    )

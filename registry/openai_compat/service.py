@@ -1,0 +1,451 @@
+"""The OpenAI-compatible door: OpenAI's requests in, the completion path run, OpenAI's answers out.
+
+Nothing here runs a completion: a request becomes a ``CompleteRequest`` for
+``CompletionService`` (budgets, breaker, retries, fallback, cache, usage), which a
+subclass feeds with the caller's own messages (after the prompt's) or, for a
+``config:`` model, with only those. The answers of both doors come from the same
+``CompletionOut`` and stream events.
+
+Streamed chunks are built from bytes made once per stream (everything around the
+text), so each token costs one JSON string encoding.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, cast
+
+import msgspec
+from prompt_registry_client.templating import compile_prompt
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from registry.completions.components import Completions
+from registry.completions.schemas import CompleteRequest, CompletionMeta, CompletionOut, DeltaEvent, DoneEvent
+from registry.completions.service import CompletionService, CompletionStream
+from registry.configs.repository import ConfigRepository
+from registry.configs.service import ConfigService
+from registry.lib.errors import FieldError, InvalidInputError, RegistryError, problem_body
+from registry.lib.pagination import PageRequest
+from registry.lib.promotion import State
+from registry.lib.versioned import VersionedRepository
+from registry.lib.versioned_schemas import Label
+from registry.openai_compat.errors import ModelNotFoundError, PromptKindMismatchError
+from registry.openai_compat.schemas import (
+    CONFIG_FIELDS,
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ErrorDetail,
+    ErrorOut,
+    ModelList,
+    ModelOut,
+    OpenAIRequest,
+    RegistryFacts,
+    TextChoice,
+    TextCompletion,
+    TextCompletionRequest,
+    Usage,
+)
+from registry.prompts.catalog import PromptCatalog, PromptEntry, Rendering, Resolution, ResolvedVersion
+from registry.prompts.fast_path import experiment_headers
+from registry.prompts.repository import PromptRepository
+from registry.prompts.schemas import Labels, LinkedConfig, Message, RenderOut
+
+OWNER = "prompt-registry"
+_MODEL = re.compile(r"^(prompt|config):([^@\s]+)(?:@(production|staging|latest|[1-9][0-9]{0,9}))?$")
+_LIST_PAGE = 500
+
+
+# --------------------------------------------------------------------------- the model a request names
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTarget:
+    """What ``model`` names: a prompt (rendered, then run with its config) or a config (the messages as sent)."""
+
+    kind: Literal["prompt", "config"]
+    name: str
+    label: Label | None = None
+    version: int | None = None
+
+
+def parse_model(model: str) -> ModelTarget:
+    match = _MODEL.match(model)
+    if match is None:
+        raise ModelNotFoundError(
+            f"the model '{model}' is not one this service runs: name 'prompt:NAME' or 'config:NAME', optionally "
+            "with '@production', '@staging', '@latest' or '@VERSION'; GET /v1/models lists them"
+        )
+    kind: Literal["prompt", "config"] = "prompt" if match[1] == "prompt" else "config"
+    name, ref = match[2], match[3]
+    if ref is None:
+        return ModelTarget(kind, name)
+    if ref.isdigit():
+        return ModelTarget(kind, name, version=int(ref))
+    return ModelTarget(kind, name, label=cast(Label, ref))
+
+
+def config_field_problems(data: OpenAIRequest) -> list[FieldError]:
+    """The sampling fields the caller sent that the model config sets (``/complete`` refuses them alike)."""
+    return [
+        FieldError(name, "is set by the model config; a request may only lower max_tokens and set seed and user")
+        for name in CONFIG_FIELDS
+        if getattr(data, name, None) is not None
+    ]
+
+
+def complete_request(target: ModelTarget, data: OpenAIRequest) -> CompleteRequest:
+    """The ``/complete`` request the OpenAI one amounts to; refuses what ``/complete`` would."""
+    problems = config_field_problems(data)
+    if data.max_tokens is not None and data.max_completion_tokens not in (None, data.max_tokens):
+        problems.append(FieldError("max_completion_tokens", "differs from max_tokens; send one of them"))
+    if target.kind == "config" and data.variables:
+        problems.append(FieldError("variables", "a config: model renders no prompt; send the messages only"))
+    if problems:
+        raise InvalidInputError("the request sets fields the model config decides", errors=problems)
+    return CompleteRequest(
+        variables=data.variables,
+        label=target.label,
+        version=target.version,
+        unit=data.unit or data.user,
+        stream=data.stream,
+        max_tokens=data.max_tokens or data.max_completion_tokens,
+        seed=data.seed,
+        user=data.user,
+    )
+
+
+# --------------------------------------------------------------------------- running it
+
+
+class ConfigResolver:
+    """A ``config:`` model's version, read from the database in a short session of its own."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self.sessionmaker = sessionmaker
+
+    async def __call__(self, target: ModelTarget) -> LinkedConfig:
+        async with self.sessionmaker() as session:
+            _, version = await ConfigService(session).workflow.resolve(
+                target.name, version=target.version, label=target.label
+            )
+            config = LinkedConfig.of(version)
+        assert config is not None  # a resolved version is never None
+        return config
+
+
+def _no_prompt() -> ResolvedVersion:
+    return ResolvedVersion(
+        number=0,
+        state=State.PRODUCTION,
+        kind="text",
+        compiled=compile_prompt("text", template=""),
+        config=None,
+        body=b"",
+        etag="",
+    )
+
+
+_NO_PROMPT = _no_prompt()
+
+
+def direct_rendering(config: LinkedConfig, *, messages: list[Message] | None, text: str | None) -> Rendering:
+    """A ``config:`` model's input as the completion path takes it: no prompt, version 0, texts not stored."""
+    entry = PromptEntry(
+        prompt_id=0, name="", description="", tags=[], labels=Labels(production=None, staging=None, latest=None)
+    )
+    out = RenderOut(
+        prompt="",
+        version=0,
+        state=State.PRODUCTION,
+        kind="chat" if messages is not None else "text",
+        text=text,
+        messages=messages,
+        config=None,
+    )
+    return Rendering(out, Resolution(entry=entry, version=_NO_PROMPT, stale=False, config=config))
+
+
+class OpenAICompletions(CompletionService):
+    """The completion path with the caller's input added to the prompt's, or standing alone for a config."""
+
+    def __init__(
+        self,
+        completions: Completions,
+        catalog: PromptCatalog,
+        *,
+        target: ModelTarget,
+        resolve_config: ConfigResolver,
+        messages: list[Message] | None = None,
+        text: str | None = None,
+    ) -> None:
+        super().__init__(completions, catalog)
+        self.target = target
+        self.resolve_config = resolve_config
+        self.messages = messages  # a chat request's turns
+        self.text = text  # a text request's prompt
+
+    async def _render(self, name: str, data: CompleteRequest) -> Rendering:
+        if self.target.kind == "config":
+            config = await self.resolve_config(self.target)
+            return direct_rendering(config, messages=self.messages, text=self.text)
+        rendering = await super()._render(name, data)
+        out = rendering.out
+        if self.messages is not None:
+            if out.messages is None:
+                raise PromptKindMismatchError(
+                    f"prompt '{name}' is a text prompt; run it with POST /v1/completions",
+                    errors=[FieldError("model", "names a text prompt")],
+                )
+            out = msgspec.structs.replace(out, messages=[*out.messages, *self.messages])
+        else:
+            if out.text is None:
+                raise PromptKindMismatchError(
+                    f"prompt '{name}' is a chat prompt; run it with POST /v1/chat/completions",
+                    errors=[FieldError("model", "names a chat prompt")],
+                )
+            out = msgspec.structs.replace(out, text=out.text + (self.text or ""))
+        return Rendering(out, rendering.resolution)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAICall:
+    """One request, ready to run: the service and what it was asked."""
+
+    service: OpenAICompletions
+    name: str
+    request: CompleteRequest
+    model: str
+    chat: bool
+    include_usage: bool
+    id: str
+    created: int
+
+
+def prepare_call(
+    completions: Completions,
+    catalog: PromptCatalog,
+    resolve_config: ConfigResolver,
+    data: ChatCompletionRequest | TextCompletionRequest,
+    *,
+    request_id: str | None,
+) -> OpenAICall:
+    target = parse_model(data.model)
+    request = complete_request(target, data)
+    messages, text = None, None
+    if isinstance(data, ChatCompletionRequest):
+        messages = [Message(role=m.role, content=m.text) for m in data.messages]
+    else:
+        text = data.text
+    chat = messages is not None
+    service = OpenAICompletions(
+        completions, catalog, target=target, resolve_config=resolve_config, messages=messages, text=text
+    )
+    prefix = "chatcmpl-" if chat else "cmpl-"
+    return OpenAICall(
+        service=service,
+        name=target.name,
+        request=request,
+        model=data.model,
+        chat=chat,
+        include_usage=data.include_usage,
+        id=prefix + (request_id or uuid.uuid4().hex),
+        created=int(time.time()),
+    )
+
+
+# --------------------------------------------------------------------------- the answers
+
+
+def registry_facts(meta: CompletionMeta, cost: float | None = None) -> RegistryFacts:
+    return RegistryFacts(
+        prompt=meta.prompt or None,
+        version=meta.version or None,
+        config=meta.config,
+        experiment=meta.experiment,
+        fallback_used=meta.fallback_used,
+        cached=meta.cached,
+        cost=cost,
+    )
+
+
+def registry_headers(meta: CompletionMeta, cost: float | None = None) -> dict[str, str]:
+    """The registry's facts as ``X-Registry-*`` headers (a stream's cost comes in its last chunk)."""
+    headers = {
+        "X-Registry-Config": meta.config.name,
+        "X-Registry-Config-Version": str(meta.config.version),
+        "X-Registry-Fallback-Used": "true" if meta.fallback_used else "false",
+        "X-Registry-Cached": "true" if meta.cached else "false",
+        **experiment_headers(meta.experiment),
+    }
+    if meta.prompt:
+        headers["X-Registry-Prompt"] = meta.prompt
+        headers["X-Registry-Prompt-Version"] = str(meta.version)
+    if cost is not None:
+        headers["X-Registry-Cost"] = repr(cost)
+    return headers
+
+
+def _usage(done: CompletionOut | DoneEvent) -> Usage:
+    return Usage(
+        prompt_tokens=done.usage.input_tokens,
+        completion_tokens=done.usage.output_tokens,
+        total_tokens=done.usage.total_tokens,
+    )
+
+
+def completion_answer(call: OpenAICall, out: CompletionOut) -> ChatCompletion | TextCompletion:
+    facts = registry_facts(out, out.cost)
+    finish_reason = out.finish_reason or "stop"
+    if call.chat:
+        return ChatCompletion(
+            id=call.id,
+            created=call.created,
+            model=call.model,
+            choices=[ChatChoice(index=0, message=AssistantMessage(content=out.text), finish_reason=finish_reason)],
+            usage=_usage(out),
+            registry=facts,
+        )
+    return TextCompletion(
+        id=call.id,
+        created=call.created,
+        model=call.model,
+        choices=[TextChoice(index=0, text=out.text, finish_reason=finish_reason)],
+        usage=_usage(out),
+        registry=facts,
+    )
+
+
+def error_answer(error: RegistryError, *, instance: str | None, request_id: str | None) -> ErrorOut:
+    """OpenAI's error object for a registry problem: ``type`` and ``code`` are the problem's type."""
+    return ErrorOut(
+        error=ErrorDetail(
+            message=error.detail,
+            type=error.type,
+            param=error.errors[0].field if error.errors else None,
+            code=error.type,
+            problem=problem_body(error, instance=instance, request_id=request_id),
+        )
+    )
+
+
+_encode = msgspec.json.Encoder().encode
+DONE = b"data: [DONE]\n\n"
+
+
+class ChunkEncoder:
+    """The bytes of one stream's chunks; what surrounds the text is encoded once, when the stream starts."""
+
+    def __init__(self, call: OpenAICall) -> None:
+        self.call = call
+        kind = b"chat.completion.chunk" if call.chat else b"text_completion"
+        self.head = (
+            b'data: {"id":'
+            + _encode(call.id)
+            + b',"object":"'
+            + kind
+            + b'","created":'
+            + str(call.created).encode()
+            + b',"model":'
+            + _encode(call.model)
+            + b',"choices":'
+        )
+        if call.chat:
+            self._before_text = b'[{"index":0,"delta":{"content":'
+            self._after_text = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+        else:
+            self._before_text = b'[{"index":0,"text":'
+            self._after_text = b',"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def start(self) -> bytes:
+        """A chat stream opens with the assistant's role, as OpenAI's does."""
+        if not self.call.chat:
+            return b""
+        return self.head + b'[{"index":0,"delta":{"role":"assistant","content":""}' + self._after_text[1:]
+
+    def delta(self, text: str) -> bytes:
+        return self.head + self._before_text + _encode(text) + self._after_text
+
+    def done(self, meta: CompletionMeta, event: DoneEvent) -> bytes:
+        finish = _encode(event.finish_reason or "stop")
+        empty = b'{"index":0,"delta":{}' if self.call.chat else b'{"index":0,"text":""'
+        facts = _encode(registry_facts(meta, event.cost))
+        last = self.head + b"[" + empty + b',"logprobs":null,"finish_reason":' + finish + b'}],"registry":' + facts
+        usage = b""
+        if self.call.include_usage:
+            usage = self.head + b'[],"usage":' + _encode(_usage(event)) + b"}\n\n"
+        return last + b"}\n\n" + usage + DONE
+
+    @staticmethod
+    def error(error: RegistryError, *, instance: str | None, request_id: str | None) -> bytes:
+        """A failure after the first token: OpenAI's error object as the last event (the SDKs raise it)."""
+        return b"data: " + _encode(error_answer(error, instance=instance, request_id=request_id)) + b"\n\n"
+
+
+async def openai_chunks(
+    stream: CompletionStream, encoder: ChunkEncoder, *, instance: str | None, request_id: str | None
+) -> AsyncIterator[bytes]:
+    """The completion path's events as OpenAI's chunks; the opening chunk leaves with the first token."""
+    head = encoder.start()
+    async with aclosing(stream.events) as events:  # closed here, wherever a disconnect stops the response
+        async for _, data in events:
+            if isinstance(data, DeltaEvent):
+                part = encoder.delta(data.text)
+            elif isinstance(data, DoneEvent):
+                part = encoder.done(stream.meta, data)
+            elif isinstance(data, RegistryError):
+                part = encoder.error(data, instance=instance, request_id=request_id)
+            else:
+                continue
+            yield head + part
+            head = b""
+    if head:
+        yield head
+
+
+# --------------------------------------------------------------------------- the models a key may call
+
+
+def _seconds(moment: datetime) -> int:
+    return calendar.timegm(moment.utctimetuple())
+
+
+class ModelListing:
+    """Every prompt and config with a production version, as OpenAI's model list."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.prompts = PromptRepository(session)
+        self.configs = ConfigRepository(session)
+
+    async def models(self) -> ModelList:
+        data = [
+            *await self._callable("prompt", self.prompts),
+            *await self._callable("config", self.configs),
+        ]
+        return ModelList(data=data)
+
+    @staticmethod
+    async def _callable(kind: str, repository: VersionedRepository[Any, Any, Any]) -> list[ModelOut]:
+        found: list[ModelOut] = []
+        page = PageRequest(limit=_LIST_PAGE, after=None)
+        while True:
+            rows = list(await repository.list_resources(page, prefix=None, tag=None))
+            more = len(rows) > _LIST_PAGE
+            rows = rows[:_LIST_PAGE]
+            held = await repository.holder_numbers([row.id for row in rows])
+            found += [
+                ModelOut(id=f"{kind}:{row.name}", created=_seconds(row.created_at), owned_by=OWNER)
+                for row in rows
+                if State.PRODUCTION in held[row.id]
+            ]
+            if not more:
+                return found
+            page = PageRequest(limit=_LIST_PAGE, after=(rows[-1].name,))
