@@ -282,8 +282,9 @@ class EvalWorker:
     async def _execute(self, run_id: int) -> None:
         try:
             plan, status = await self._plan(run_id)
-            if status == "queued":
+            if status == "queued":  # a worker that died validating left it queued: validating again is harmless
                 await self._validate(plan)
+                await self._started(run_id)
             await self._score_pending(plan)
             await self._finish(run_id, "completed", None)
         except LeaseLostError:
@@ -303,6 +304,14 @@ class EvalWorker:
             logger.exception("evaluation run failed", run=run_id)
             with contextlib.suppress(LeaseLostError):
                 await self._finish(run_id, "failed", f"{type(exc).__name__}: {exc}")
+
+    async def _started(self, run_id: int) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            now = utcnow()
+            if not await EvalRepository(session).renew(
+                run_id, self.owner, now + self.lease, status="running", started_at=now
+            ):
+                raise LeaseLostError(f"run {run_id} is no longer owned by {self.owner}")
 
     async def _finish(self, run_id: int, status: str, error: str | None) -> None:
         async with self.sessionmaker() as session, session.begin():
@@ -338,8 +347,6 @@ class EvalWorker:
                         ),
                     )
             status = run.status
-            if status == "queued":
-                await repository.renew(run_id, self.owner, utcnow() + self.lease, status="running", started_at=utcnow())
             plan = RunPlan(
                 run_id=run.id,
                 prompt=run.prompt,
@@ -450,7 +457,8 @@ class EvalWorker:
         except (BackendOutageError, RunFailedError):
             raise
         except RegistryError as exc:
-            return _error_row(item.position, "error", f"{exc.type}: {exc.detail}", plan.specs)
+            status = "invalid" if exc.type == "variables_invalid" else "error"
+            return _error_row(item.position, status, f"{exc.type}: {exc.detail}", plan.specs)
         inp = ScoreInput(
             output=out.text,
             expected=item.expected,
