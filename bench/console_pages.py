@@ -3,8 +3,9 @@
 The service runs in this process (Litestar's ASGI test client, lifespan on) on a scratch
 PostgreSQL database. Prompts, versions, configs and experiments are created through the API, as
 a client would; the 1,000,000 exposures (and the per-unit rows the aggregator would derive from
-them), completions and audit rows are loaded with ``INSERT ... SELECT generate_series`` and the
-experiments' statistics summed once (``rebuild_sums``), as ``bench/results_bench.py`` does.
+them), completions and audit rows are loaded with ``INSERT ... SELECT generate_series``, the
+experiments' statistics (overall and per hour) summed once (``rebuild_sums``), as ``bench/results_bench.py``
+does, and the daily usage rollup built once from the completions (``rebuild_rollup``).
 Then it signs in through ``/console/login`` with an admin key and requests each page N times
 in turn; a page's time is the request's wall time in this process on an otherwise quiet loop
 (the app records no server timing), so it is server time plus a fraction of a millisecond of
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import admin, database_url, machine, prepare, write_section  # noqa: E402
 from registry.app import create_app  # noqa: E402
+from registry.completions.repository import CompletionRepository  # noqa: E402
 from registry.db.engine import create_engine, create_sessionmaker  # noqa: E402
 from registry.experiments.repository import StatisticsRepository  # noqa: E402
 from registry.settings import Settings  # noqa: E402
@@ -48,24 +50,27 @@ TARGET_MS = 50.0
 BIG = "bench-exp-000"  # the experiment whose results page is measured: the largest share of the exposures
 
 
-# Why the pages over the target are over, from EXPLAIN ANALYZE on a database this script seeded (--keep-database).
-WHY = """Where the time goes on the pages over the target:
+# What the pages that were over the target read now, from EXPLAIN ANALYZE and cProfile on a database this script
+# seeded (--keep-database).
+WHY = """Where the time went on the pages that were over the target, and what they read now:
 
 - **Experiment results** read the per-variant sufficient statistics (constant cost, see "Experiment results"),
-  but the over-time charts group the per-unit rows (`experiment_units`, joined to `unit_metric_values` for the
-  primary metric) by hour: two scans of the experiment's units, linear in its units (about 0.5 ms per 1,000
-  units here, so most of the page at 500,000 units; at 10,000 units the SQL is about half the page and the
-  rest is the statistics and the charts). The fix is a per-hour aggregate the aggregator keeps up to date
-  (units and metric sums per experiment, phase, variant and hour), read instead of the per-unit rows; that is a
-  migration and an aggregator change, not done here.
-- **Usage** aggregates the raw `completions` rows of the window (a scan and sort of every completion in the
-  window, then one SVG bar per day and group), so it grows with traffic: with 100,000 completions in 30 days
-  the query alone is most of the page. The fix is the same kind of per-day rollup (tokens, cost, requests per
-  day, prompt, version, config and key) kept as completions are recorded.
-- Fixed here: the prompt list and the playground's prompt list read each listed prompt's production and
-  staging versions with one query per listed prompt (52 statements for a page of 50); they now read them in one
-  (`VersionedRepository.holder_numbers`, 3 statements), which took those pages from 65 to 115 ms (over
-  several runs, some on a busy machine) to under 10 ms."""
+  but the over-time charts grouped the per-unit rows (`experiment_units`, joined to `unit_metric_values` for
+  the primary metric) by hour: two scans of the experiment's units, about 0.5 ms per 1,000 units (291 ms at
+  500,000 units). They now read per-hour rollups (`experiment_hourly_units`, `experiment_hourly_metric_sums`:
+  units, and a metric's count, sum and sum of squares, per experiment, phase, variant and hour of first
+  exposure), which the aggregator keeps by the same differences and in the same transaction as the per-variant
+  sums, so the page costs the same at 10,000 and 500,000 units: a few hundred rows (seven days of hours, two
+  variants), the statistics and the SVG charts. Migration 0008 fills them from the per-unit rows.
+- **Usage** aggregated the raw `completions` rows of the window (a scan and sort of every completion, 168 ms
+  for 100,000) and then read a row per day and prompt. Completions are now also summed per UTC day, prompt,
+  version, config, key, experiment and variant (`usage_daily`) in the transaction that writes them; reports
+  over whole days (`GET /v1/usage`, the page) read those rows, and the page reads the totals per group, the
+  days of the seven largest groups and the rest summed per day instead of a row per day and group (6,000 rows
+  here; decoding them was most of the page once the scan was gone).
+- Fixed before: the prompt list and the playground's prompt list read each listed prompt's production and
+  staging versions with one query per listed prompt (52 statements for a page of 50); they read them in one
+  (`VersionedRepository.holder_numbers`, 3 statements)."""
 
 
 def named(prompt: int) -> str:
@@ -173,6 +178,9 @@ SEED_SQL = [
 ]
 
 
+SEEDED_TABLES = ("exposures", "experiment_units", "unit_metric_values", "completions", "audit_log")
+
+
 async def seed_sql(settings: Settings, exposures: int, completions: int, audit: int) -> None:
     engine = create_engine(settings)
     async with engine.connect() as connection:
@@ -181,13 +189,15 @@ async def seed_sql(settings: Settings, exposures: int, completions: int, audit: 
         for statement in SEED_SQL:
             await connection.execute(text(statement), {k: v for k, v in values.items() if f":{k}" in statement})
         await connection.commit()
-        for table in ("exposures", "experiment_units", "unit_metric_values", "completions", "audit_log"):
-            await connection.execute(text(f"ANALYZE {table}"))
-        await connection.commit()
         ids = (await connection.execute(text("SELECT id FROM experiments WHERE status = 'running'"))).scalars().all()
     async with create_sessionmaker(engine)() as session, session.begin():
         for experiment_id in ids:
             await StatisticsRepository(session).rebuild_sums(experiment_id)
+        await CompletionRepository(session).rebuild_rollup()
+    async with engine.connect() as connection:
+        for table in (*SEEDED_TABLES, "experiment_hourly_units", "experiment_hourly_metric_sums", "usage_daily"):
+            await connection.execute(text(f"ANALYZE {table}"))
+        await connection.commit()
     await engine.dispose()
 
 
