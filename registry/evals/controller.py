@@ -259,6 +259,20 @@ class RunController(Controller):
     ) -> RunOut:
         return RunOut.of(await service.create_run(data, current_actor))
 
+    @post(
+        "/runs/{run_id:int}/cancel",
+        opt={"scope": Scope.WRITE},
+        operation_id="cancelEvalRun",
+        summary="Cancel a run",
+        description="A queued or running run ends as `cancelled`; the items scored so far stay. Its worker "
+        "stops at its next write. A finished run is returned unchanged.",
+        status_code=200,
+    )
+    async def cancel_run(
+        self, run_id: FromPath[int], service: NamedDependency[RunService], current_actor: NamedDependency[Actor]
+    ) -> RunOut:
+        return RunOut.of(await service.cancel(run_id, current_actor))
+
     @get(
         "/runs",
         opt={"scope": Scope.READ},

@@ -204,7 +204,7 @@ class EvalRepository:
         new = [row for row in rows if row["position"] in positions]
         result = await self.session.execute(
             update(EvalRun)
-            .where(EvalRun.id == run_id, EvalRun.lease_owner == owner)
+            .where(EvalRun.id == run_id, EvalRun.lease_owner == owner, EvalRun.status.in_(PENDING_STATUSES))
             .values(
                 items_done=EvalRun.items_done + len(new),
                 items_passed=EvalRun.items_passed + sum(1 for r in new if r["passed"]),
@@ -216,8 +216,17 @@ class EvalRepository:
             )
         )
         if not result.rowcount:  # type: ignore[attr-defined]
-            raise LeaseLostError(f"run {run_id} is no longer owned by {owner}")
+            raise LeaseLostError(f"run {run_id} is no longer owned by {owner}, or was cancelled")
         return len(new)
+
+    async def cancel(self, run_id: int, now: datetime) -> bool:
+        """End a run that has not finished; its owner stops at its next write or lease renewal."""
+        result = await self.session.execute(
+            update(EvalRun)
+            .where(EvalRun.id == run_id, EvalRun.status.in_(PENDING_STATUSES))
+            .values(status="cancelled", finished_at=now, lease_owner=None, lease_expires_at=None)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def run_items(self, run_id: int, page: PageRequest, *, failed_only: bool) -> Sequence[EvalRunItem]:
         query = select(EvalRunItem).where(EvalRunItem.run_id == run_id).order_by(EvalRunItem.position)

@@ -401,20 +401,26 @@ class EvalWorker:
 
     async def _score_pending(self, plan: RunPlan) -> None:
         run_slots = asyncio.Semaphore(plan.concurrency)
-        # What stops the run (an outage, the budget): items already asked still finish and are recorded,
-        # since their completions were made and charged; no more are started.
+        # What stops the run (an outage, the budget, a lost lease or a cancellation): items already asked
+        # still finish (and are recorded while the lease holds), since their completions were made and
+        # charged; no more are started.
         stopped: list[Exception] = []
 
         async def one(item: EvalDatasetItem) -> None:
-            async with run_slots, self.slots:
+            async with run_slots:
                 if stopped:
                     return
                 try:
-                    row = await self._score_item(plan, item)
+                    async with self.slots:
+                        row = await self._score_item(plan, item)
                 except (BackendOutageError, RunFailedError) as exc:
                     stopped.append(exc)
                     return
-            await self._record(plan.run_id, [row])
+                # Recorded before the run's slot is free: a lost lease or a cancellation stops the next item.
+                try:
+                    await self._record(plan.run_id, [row])
+                except LeaseLostError as exc:
+                    stopped.append(exc)
 
         after = 0
         while True:

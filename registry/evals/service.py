@@ -263,6 +263,14 @@ class RunService:
             )
         return RunResults(out, passed, scores)
 
+    async def cancel(self, run_id: int, actor: Actor) -> EvalRun:
+        """Cancel a queued or running run; a finished one is left as it is (and returned)."""
+        run = await self.require(run_id)
+        if await self.repository.cancel(run.id, utcnow()):
+            await self.audit.record(actor, "eval_run.cancel", "eval_run", str(run.id), before={"status": run.status})
+            run = await self.require(run_id)
+        return run
+
     async def list_runs(self, page: PageRequest, *, prompt: str | None) -> Sequence[EvalRun]:
         return await self.repository.list_runs(page, prompt=prompt)
 

@@ -140,3 +140,20 @@ async def test_a_stopping_worker_gives_its_runs_up_at_once(
     done = await finished(client, admin, run["id"])
     assert (done["items_done"], done["items_passed"]) == (6, 6)
     await second.stop()
+
+
+async def test_a_cancelled_run_keeps_what_was_scored_and_its_worker_stops(
+    app: Litestar, client: AppClient, admin: dict[str, str], stand_in: tuple[StandIn, str]
+) -> None:
+    first = worker(app, "first")
+    run = await run_with_three_done(client, admin, first)
+    cancelled = await client.post(f"/v1/evals/runs/{run['id']}/cancel", headers=admin)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    stand_in[0].released.set()  # item 4 finishes; the cancelled run takes no more
+    for task in list(first.active.values()):
+        await task
+    body = (await client.get(f"/v1/evals/runs/{run['id']}", headers=admin)).json()
+    assert (body["status"], body["items_done"]) == ("cancelled", 3)
+    assert stand_in[0].asked("hold-e") == 0
+    assert await first.poll() == []
