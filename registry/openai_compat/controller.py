@@ -43,7 +43,8 @@ from registry.openai_compat.service import (
 )
 from registry.runtime import runtime_of
 
-ERROR_STATUSES = (401, 403, 404, 422, 429, 502, 503, 504)
+# What this door's handler answers; 414, 415 and 431 are refused before routing, as problem+json.
+ERROR_STATUSES = (400, 401, 403, 404, 408, 413, 422, 429, 502, 503, 504)
 _ANSWER = "The completion, with the registry's facts."
 _ERRORS = {
     status: ResponseSpec(ErrorOut, description="OpenAI's error object; `type` and `code` are the problem type.")

@@ -208,3 +208,12 @@ async def test_failure_after_the_first_token_ends_the_stream_with_an_error_the_s
     assert isinstance(raised.value.body, dict)
     assert raised.value.body["type"] == "upstream_unavailable"
     assert raised.value.body["problem"]["status"] == 502
+
+
+async def test_malformed_json_is_a_400_openai_error(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
+    response = await client.post(
+        CHAT, content=b'{"model": "prompt:greet", ', headers={**admin, "Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 400
+    assert openai_error(response)["code"] == "malformed_json"

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from registry.auth.keys import Scope
 from registry.prompts.catalog import Routing
 from registry.prompts.schemas import ExperimentOut
-from tests.completions.conftest import RegistryFactory, backend, publish, unique
+from tests.completions.conftest import RegistryFactory, backend, finished, publish, unique
 from tests.completions.fault_server import CHAT, FaultServer
 from tests.conftest import KeyFactory
 from tests.openai_compat.conftest import AsyncFactory, SyncFactory
@@ -311,3 +311,25 @@ async def test_experiments_route_by_unit_or_else_by_the_openai_user(
     assert [seen.payload["user"] for seen in fault.seen(model, CHAT)] == ["u-1", "someone"]
     rows = await records(client, admin, admin_engine)
     assert [(row["unit"], row["variant"]) for row in rows] == [("u-1", "b"), ("outsider", None)]
+
+
+async def test_a_caller_closing_the_stream_aborts_the_backend_and_is_charged_for_what_it_generated(
+    client: httpx.AsyncClient, admin: dict[str, str], fault: FaultServer, admin_engine: AsyncEngine, sdk: SyncFactory
+) -> None:
+    model = unique("stall-after:2")
+    await publish(client, admin, backend="fault", model=model, max_context_tokens=4096)
+    stream = sdk(client, admin).chat.completions.create(
+        model="prompt:greet", messages=[], stream=True, extra_body=VARIABLES
+    )
+
+    text = ""
+    for chunk in stream:  # the two tokens, then the backend stalls
+        text += chunk.choices[0].delta.content or ""
+        if text == "Hello from":
+            break
+    stream.close()
+    seen = await finished(fault, model)
+
+    assert seen.disconnected
+    [record] = await records(client, admin, admin_engine)
+    assert (record["status"], record["stream"], record["output_tokens"]) == ("cancelled", True, 2)
