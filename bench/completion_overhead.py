@@ -3,8 +3,9 @@
 Starts (or reuses) a vLLM on the CPU, or with ``--stand-in`` the tests' fault server streaming tokens on a fixed
 schedule (so that the engine's varying speed does not hide the proxies' differences), and the registry as a real
 server process (served as `registry serve` serves it, one worker, SQLite; granian, or uvicorn with
-``--server uvicorn``), then streams the same chat completion three ways at each concurrency level:
-directly, through the registry, and through a bare relay in the registry's process (``/bench/relay`` of
+``--server uvicorn``), then streams the same chat completion four ways at each concurrency level:
+directly, through the registry's ``/complete``, through its OpenAI-compatible ``/v1/chat/completions``
+(``model: prompt:bench``), and through a bare relay in the registry's process (``/bench/relay`` of
 bench/app.py: the floor of any proxy on the same server and HTTP client), rotating the order round by round.
 Reported per level: p50/p99 latency, p50/p99 time to first token and throughput, as medians over the rounds.
 The overheads (added p50, added TTFT, throughput ratios) are medians of the per-round differences, since the
@@ -58,10 +59,18 @@ JSON = {"Content-Type": "application/json"}
 DATABASE = "bench.db"  # the registry's, in the run's scratch directory
 VLLM_SCRIPT = ROOT / "scripts" / "vllm-cpu.sh"
 BENCH_APP = "bench.app:create_bench_app"  # the service plus bare routes, served as `registry serve` serves it
-PATHS = ("direct", "relay", "registry")
+PATHS = ("direct", "relay", "registry", "openai")
 USAGE = re.compile(rb'"usage": ?\{')  # the closing chunk's (vLLM writes compact JSON, the stand-in json.dumps')
-# (path, baseline) pairs reported: what the registry adds, the server's floor, and the registry's own work over it.
-COMPARISONS = (("registry", "direct"), ("relay", "direct"), ("registry", "relay"))
+# (path, baseline) pairs reported: what the registry adds, the server's floor, and the registry's own work over it
+# (through /complete and through the OpenAI-compatible endpoint).
+COMPARISONS = (
+    ("registry", "direct"),
+    ("relay", "direct"),
+    ("registry", "relay"),
+    ("openai", "direct"),
+    ("openai", "relay"),
+)
+RECORDED_PATHS = ("registry", "openai")  # the paths whose completions the registry records
 PROMPT = "Summarize the following in one line: {{ text }}"
 TEXT = "the registry renders prompts and forwards them to the engine"
 
@@ -117,15 +126,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def direct(session: aiohttp.ClientSession, endpoint: str, payload: bytes) -> Sample:
-    """The backend's stream, parsed only as far as the numbers need: the chunks up to the first token, then the usage.
+async def direct(
+    session: aiohttp.ClientSession, endpoint: str, payload: bytes, headers: dict[str, str] | None = None
+) -> Sample:
+    """An OpenAI stream, parsed only as far as the numbers need: the chunks up to the first token, then the usage.
 
-    ``endpoint`` is the backend's ``/v1/chat/completions`` or the bench app's relay of it.
+    ``endpoint`` is the backend's ``/v1/chat/completions``, the bench app's relay of it, or the registry's
+    OpenAI-compatible endpoint (with the key in ``headers``).
     """
     started = time.perf_counter()
     ttft, tokens, recorded = 0.0, 0, None
-    async with session.post(endpoint, data=payload, headers=JSON) as response:
+    async with session.post(endpoint, data=payload, headers={**JSON, **(headers or {})}) as response:
         response.raise_for_status()
+        request_id = response.headers.get("x-request-id")
         async for line in response.content:
             if line.startswith(b": relay "):  # the relay's own timings: ttft_ms=... latency_ms=...
                 ttft_ms, latency_ms = (float(field.split(b"=")[1]) for field in line[8:].split())
@@ -138,7 +151,7 @@ async def direct(session: aiohttp.ClientSession, endpoint: str, payload: bytes) 
                     ttft = time.perf_counter() - started
             if USAGE.search(line):
                 tokens = json.loads(line[6:])["usage"]["completion_tokens"]
-    return Sample(ttft, time.perf_counter() - started, tokens, recorded=recorded)
+    return Sample(ttft, time.perf_counter() - started, tokens, request_id, recorded=recorded)
 
 
 async def via_registry(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Sample:
@@ -305,6 +318,16 @@ async def run(
         "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
     body = json.dumps(payload).encode()
+    # The same completion through the OpenAI-compatible endpoint: the prompt's own message, rendered by the registry.
+    openai_body = json.dumps(
+        {
+            "model": "prompt:bench",
+            "messages": [],
+            "variables": {"text": TEXT},
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    ).encode()
     # Idle connections expire before the servers' 5 s keep-alive, so none is reused as it closes.
     connector = aiohttp.TCPConnector(limit=512, keepalive_timeout=2.0)
     results: list[Level] = []
@@ -313,6 +336,7 @@ async def run(
             "direct": lambda: direct(session, f"{upstream_url}/v1/chat/completions", body),
             "relay": lambda: direct(session, f"{registry_url}/bench/relay", body),
             "registry": lambda: via_registry(session, registry_url, headers),
+            "openai": lambda: direct(session, f"{registry_url}/v1/chat/completions", openai_body, headers),
         }
         for name in calls:  # warm up connections, caches and the engine
             await measure(name, 4, 16, calls[name])
@@ -322,7 +346,7 @@ async def run(
                 for name in PATHS[shift:] + PATHS[:shift]:
                     requests = max(args.requests, concurrency * 3)
                     pid = None if name == "direct" else registry_pid
-                    db = database if name == "registry" else None
+                    db = database if name in RECORDED_PATHS else None
                     level = await measure(name, concurrency, requests, calls[name], pid, round_number + 1, db)
                     results.append(level)
                     print(f"round {round_number + 1} {json.dumps(asdict(level))}", file=sys.stderr)
@@ -401,6 +425,29 @@ def markdown(table: list[dict[str, Any]]) -> str:
             f"| {row['relay_edge_ttft_p50_ms']} / {row['registry_edge_ttft_p50_ms']} ms "
             f"| {row['relay_cpu_ms']} / {row['registry_cpu_ms']} ms "
             f"| {ratio(row['relay_vs_direct'])} | {ratio(row['registry_vs_relay'])} |"
+        )
+    lines += [
+        "",
+        "The OpenAI-compatible endpoint (`POST /v1/chat/completions`, `model: prompt:bench`, `include_usage`) in "
+        "the same rounds, beside `/complete` and the relay: added p50 over the direct call, and CPU per completion "
+        "as a ratio to the relay's.",
+        "",
+        "| streams | added p50, OpenAI / `/complete` / relay | added TTFT p50, OpenAI / relay "
+        "| own time p50, OpenAI (end / first token) | CPU per completion, OpenAI / `/complete` / relay "
+        "| CPU ratio to the relay, OpenAI / `/complete` | throughput ratio OpenAI / direct |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in table:
+        door, complete, floor = row["openai_vs_direct"], row["registry_vs_direct"], row["relay_vs_direct"]
+        relay_cpu = row["relay_cpu_ms"] or float("nan")
+        lines.append(
+            f"| {row['concurrency']} "
+            f"| {door['added_p50_ms']} / {complete['added_p50_ms']} / {floor['added_p50_ms']} ms "
+            f"| {door['added_ttft_p50_ms']} / {floor['added_ttft_p50_ms']} ms "
+            f"| {row['openai_edge_p50_ms']} / {row['openai_edge_ttft_p50_ms']} ms "
+            f"| {row['openai_cpu_ms']} / {row['registry_cpu_ms']} / {row['relay_cpu_ms']} ms "
+            f"| {row['openai_cpu_ms'] / relay_cpu:.2f} / {row['registry_cpu_ms'] / relay_cpu:.2f} "
+            f"| {ratio(door)} |"
         )
     return "\n".join(lines)
 
@@ -520,8 +567,9 @@ def section(table: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 What the registry adds over calling the backend directly: the same streamed chat completion ({args.tokens} tokens,
 `ignore_eos`, so every path does identical engine work), sent directly to the backend's `/v1/chat/completions`,
-through `POST /v1/prompts/{{name}}/complete` with `stream: true` and through a bare relay, side by side in
-one run. Each of {args.rounds} rounds measures the three paths at {", ".join(map(str, args.levels))} concurrent streams,
+through `POST /v1/prompts/{{name}}/complete` with `stream: true`, through the OpenAI-compatible
+`POST /v1/chat/completions` and through a bare relay, side by side in
+one run. Each of {args.rounds} rounds measures the four paths at {", ".join(map(str, args.levels))} concurrent streams,
 rotating which path goes first. The added p50, added TTFT and throughput ratios are medians of the
 per-round differences (the runs of a round share the machine's conditions); the other columns are
 medians over the rounds. Registry CPU is read from `/proc` for the registry process and its workers.
@@ -536,6 +584,8 @@ The second table measures the same server's floor: a bare relay (`/bench/relay` 
 registry's process) posts the body upstream with aiohttp and streams the bytes back unchanged, timing
 itself as the registry does. What it adds and costs, any proxy on this server, client library and
 machine adds and costs at least; the registry's columns beside it show what the registry's work adds.
+The third table runs the same prompt through the OpenAI-compatible endpoint (the same completion path,
+OpenAI's chunks built around each token's text) and compares it with `/complete` and the relay.
 Backend: {engine}; registry:
 `bench/app.py` served as `registry serve` serves the app ({args.server}, one worker, SQLite, usage recorded as
 in production); {placement}.
