@@ -66,7 +66,10 @@ JUDGE_RESPONSE_FORMAT: dict[str, Any] = {
         "strict": True,
         "schema": {
             "type": "object",
-            "properties": {"score": {"type": "number", "minimum": 0, "maximum": 1}, "reason": {"type": "string"}},
+            "properties": {
+                "score": {"type": "number", "minimum": 0, "maximum": 1},
+                "reason": {"type": "string", "maxLength": 300},
+            },
             "required": ["score", "reason"],
             "additionalProperties": False,
         },
