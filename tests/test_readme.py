@@ -35,6 +35,7 @@ SKIPPED = Counter(
         "starts the server, which this test starts itself": 1,
         "serves until stopped": 1,
         "needs a local vLLM": 2,
+        "needs a backend": 1,  # an evaluation run: make run configures no completion backend
     }
 )
 
