@@ -10,7 +10,18 @@ from registry.stats.effects import (
     credible_interval,
     welch_dof,
 )
-from registry.stats.moments import Arm, Covariate, Interval, Moments, covariance, mean_interval, wilson_interval
+from registry.stats.moments import (
+    Arm,
+    Covariate,
+    Interval,
+    Moments,
+    Summary,
+    covariance,
+    mean_interval,
+    wilson_interval,
+)
+from registry.stats.quantiles import QuantileMoments
+from registry.stats.ratio import RatioMoments, variance_of_ratios
 
 __all__ = [
     "DEFAULT_SEQUENTIAL_TUNING",
@@ -23,6 +34,9 @@ __all__ = [
     "Interval",
     "Moments",
     "NotEnoughDataError",
+    "QuantileMoments",
+    "RatioMoments",
+    "Summary",
     "adjust",
     "benjamini_hochberg",
     "compare",
@@ -31,6 +45,7 @@ __all__ = [
     "holm",
     "mean_interval",
     "srm_p_value",
+    "variance_of_ratios",
     "welch_dof",
     "wilson_interval",
 ]

@@ -64,12 +64,19 @@ class _Adjusted:
     unadjusted_mean: float
 
 
+def _moments(arm: Arm) -> Moments:
+    """An arm's sums: CUPED adjusts means of per-unit values only (not ratios or quantiles)."""
+    if not isinstance(arm.post, Moments):
+        raise TypeError("CUPED needs the per-unit values' sums")
+    return arm.post
+
+
 def _theta(control: Arm, treatment: Arm) -> float:
     """gbstats ``compute_theta``: the regression slope of post on pre, both arms pooled."""
     assert control.covariate is not None
     assert treatment.covariate is not None
     n = control.n + treatment.n
-    post = control.post + treatment.post
+    post = _moments(control) + _moments(treatment)
     pre = control.covariate.pre + treatment.covariate.pre
     joint_post = Moments(n, post.sum, post.sum_squares, control.post.binomial)
     joint_pre = Moments(n, pre.sum, pre.sum_squares, control.covariate.pre.binomial)
@@ -80,9 +87,10 @@ def _theta(control: Arm, treatment: Arm) -> float:
 
 
 def _adjust(arm: Arm, theta: float) -> _Adjusted:
-    post = arm.post
     if arm.covariate is None or theta == 0:
-        return _Adjusted(post.n, post.mean, post.variance, post.mean)
+        summary = arm.post
+        return _Adjusted(summary.n, summary.mean, summary.variance, summary.mean)
+    post = _moments(arm)
     pre = arm.covariate.pre
     cov = covariance(arm.n, post, pre, arm.covariate.cross_sum)
     variance = post.variance + theta**2 * pre.variance - 2 * theta * cov if arm.n > 1 else 0.0
@@ -102,8 +110,8 @@ def _relative_variance(control: Arm, treatment: Arm, a: _Adjusted, b: _Adjusted,
     # gbstats frequentist_variance_relative_cuped
     base = a.unadjusted_mean
     pre_a, pre_b = control.covariate.pre, treatment.covariate.pre
-    cov_a = covariance(a.n, control.post, pre_a, control.covariate.cross_sum)
-    cov_b = covariance(b.n, treatment.post, pre_b, treatment.covariate.cross_sum)
+    cov_a = covariance(a.n, _moments(control), pre_a, control.covariate.cross_sum)
+    cov_b = covariance(b.n, _moments(treatment), pre_b, treatment.covariate.cross_sum)
     v_treatment = (treatment.post.variance + theta**2 * pre_b.variance - 2 * theta * cov_b) / (b.n * base**2)
     const = -treatment.post.mean
     v_control = (

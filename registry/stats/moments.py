@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 from scipy.stats import norm
 from scipy.stats import t as student_t
@@ -60,6 +61,26 @@ def covariance(n: int, post: Moments, pre: Moments, cross_sum: float) -> float:
     return (cross_sum - post.sum * pre.sum / n) / (n - 1)
 
 
+class Summary(Protocol):
+    """What a comparison reads of a variant: per-unit ``n``, mean and variance (``Moments``, ``RatioMoments``,
+    ``QuantileMoments``)."""
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def mean(self) -> float: ...
+
+    @property
+    def variance(self) -> float: ...
+
+    @property
+    def std_dev(self) -> float: ...
+
+    @property
+    def binomial(self) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Covariate:
     """CUPED: the same units' pre-exposure values, and the sum of post * pre products."""
@@ -70,9 +91,9 @@ class Covariate:
 
 @dataclass(frozen=True, slots=True)
 class Arm:
-    """One variant's data for one metric."""
+    """One variant's data for one metric; a covariate (CUPED) only with ``Moments``."""
 
-    post: Moments
+    post: Summary
     covariate: Covariate | None = None
 
     @property
@@ -88,7 +109,7 @@ class Interval:
     ci_high: float
 
 
-def mean_interval(moments: Moments, alpha: float = 0.05) -> Interval:
+def mean_interval(moments: Summary, alpha: float = 0.05) -> Interval:
     """The mean with its t interval (``n - 1`` degrees of freedom), as ``scipy.stats.t.interval`` gives.
 
     A proportion gets its Wilson score interval instead: the t interval leaves [0, 1] at small ``n``
