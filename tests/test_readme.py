@@ -92,12 +92,14 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def test_every_block_of_the_readme_runs_in_order(server: Server) -> None:
+def test_every_block_of_the_readme_runs_in_order(server: Server, tmp_path: Path) -> None:
     blocks = parse(README.read_text())
+    scratch = tmp_path / "tmp"  # what blocks write to $TMPDIR stays with this run
+    scratch.mkdir()
     failure = run_blocks(
         blocks,
         cwd=server.folder,
-        env=newcomer_environment(),
+        env={**newcomer_environment(), "TMPDIR": str(scratch)},
         replacements={"prk_...": server.key, "http://127.0.0.1:8000": server.url},
     )
     if failure is not None:
