@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEPS_HASH := $(shell cat pyproject.toml clients/python/pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: install run run-vllm test browser compose-cli check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-console bench-completions bench-cli vllm-cpu clean
+.PHONY: install run run-vllm test browser compose-cli check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-console bench-completions bench-cli bench-evals vllm-cpu clean
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,8 +66,12 @@ bench-console: install
 bench-cli: install
 	$(BIN)/python bench/cli_startup.py
 
+## An evaluation run of 10,000 items against the stand-in backend: items per second, CPU per item (PostgreSQL at 127.0.0.1); updates BENCHMARKS.md
+bench-evals: install
+	$(BIN)/python bench/eval_run.py
+
 ## Every benchmark (about 30 minutes; PostgreSQL and Redis at 127.0.0.1, wrk); results in BENCHMARKS.md
-bench: bench-fast bench-cpu bench-results bench-console bench-completions bench-soak bench-cli
+bench: bench-fast bench-cpu bench-results bench-console bench-completions bench-soak bench-cli bench-evals
 
 ## The fast path under wrk: bare handler, resolve, render, render with a unit; granian and uvicorn; event ingestion
 bench-fast: install
