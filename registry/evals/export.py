@@ -13,10 +13,17 @@ from registry.evals.schemas import DatasetItemOut
 
 
 async def _items(sessionmaker: async_sessionmaker[AsyncSession], version_id: int) -> AsyncIterator[DatasetItemOut]:
-    async with sessionmaker() as session:
-        async for rows in EvalRepository(session).all_items(version_id):
-            for row in rows:
-                yield DatasetItemOut.of(row)
+    """The items in order, a batch per session: no connection is held while a slow reader takes a batch."""
+    after = 0
+    while True:
+        async with sessionmaker() as session:
+            rows = await EvalRepository(session).items(version_id, after=after, limit=2000)
+            batch = [DatasetItemOut.of(row) for row in rows]
+        if not batch:
+            return
+        for item in batch:
+            yield item
+        after = batch[-1].position
 
 
 async def stream_export(
