@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -26,7 +26,6 @@ from registry.evals.schemas import (
     CreateDataset,
     CreateRun,
     DatasetItemIn,
-    DatasetItemOut,
     DatasetRef,
     Interval,
     RunOut,
@@ -143,10 +142,6 @@ class DatasetService:
     async def items(self, version: EvalDatasetVersion, page: PageRequest) -> Sequence[EvalDatasetItem]:
         after = int(page.after[0]) if page.after else 0
         return await self.repository.items(version.id, after=after, limit=page.limit + 1)
-
-    async def export(self, version: EvalDatasetVersion) -> AsyncIterator[list[DatasetItemOut]]:
-        async for rows in self.repository.all_items(version.id):
-            yield [DatasetItemOut.of(row) for row in rows]
 
     async def variable_names(self, version: EvalDatasetVersion) -> list[str]:
         """Every variable name some item of the version uses, sorted: the CSV export's columns."""
