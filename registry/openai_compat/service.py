@@ -109,8 +109,10 @@ def complete_request(target: ModelTarget, data: OpenAIRequest) -> CompleteReques
         problems.append(FieldError("max_completion_tokens", "differs from max_tokens; send one of them"))
     if target.kind == "config" and data.variables:
         problems.append(FieldError("variables", "a config: model renders no prompt; send the messages only"))
+    if target.kind == "config" and isinstance(data, ChatCompletionRequest) and not data.messages:
+        problems.append(FieldError("messages", "a config: model runs the request's messages; send at least one"))
     if problems:
-        raise InvalidInputError("the request sets fields the model config decides", errors=problems)
+        raise InvalidInputError("the request cannot run as it is", errors=problems)
     return CompleteRequest(
         variables=data.variables,
         label=target.label,

@@ -44,7 +44,13 @@ def openai_error(response: httpx.Response) -> dict[str, Any]:
         ({"model": "prompt:nope", "messages": []}, 404, "prompt_not_found", None, openai.NotFoundError),
         ({"model": "prompt:greet@7", "messages": []}, 404, "prompt_version_not_found", None, openai.NotFoundError),
         ({"model": "prompt:greet@staging", "messages": []}, 404, "label_not_set", None, openai.NotFoundError),
-        ({"model": "config:nope", "messages": []}, 404, "config_not_found", None, openai.NotFoundError),
+        (
+            {"model": "config:nope", "messages": [{"role": "user", "content": "Hi"}]},
+            404,
+            "config_not_found",
+            None,
+            openai.NotFoundError,
+        ),
         (
             {"model": "prompt:greet", "messages": []},
             422,
@@ -74,6 +80,13 @@ def openai_error(response: httpx.Response) -> dict[str, Any]:
             openai.UnprocessableEntityError,
         ),
         (
+            {"model": "config:cfg", "messages": []},
+            422,
+            "validation_error",
+            "messages",
+            openai.UnprocessableEntityError,
+        ),
+        (
             {"model": "prompt:greet", "messages": [{"role": "tool", "content": "x"}]},
             422,
             "validation_error",
@@ -93,6 +106,7 @@ def openai_error(response: httpx.Response) -> dict[str, Any]:
         "sampling field the config sets",
         "max_tokens above the config's",
         "variables for a config",
+        "a config without messages",
         "a role not taken",
         "more than one choice",
     ],
