@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from scipy import stats
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from registry.app import create_app
 from registry.auth.keys import Scope
-from tests.conftest import AppClient, KeyFactory, problem
+from registry.settings import Settings
+from tests.completions.conftest import backend
+from tests.conftest import AppClient, KeyFactory, problem, serve_in_process
 from tests.evals.conftest import answers, dataset, finished, ok, publish, start_run
 from tests.evals.stand_in import StandIn
 
@@ -151,3 +156,28 @@ async def test_compare_pairs_items_and_matches_mcnemar(evals: AppClient, admin: 
     assert comparison["improved"] == []
     expected = stats.binomtest(0, 6, 0.5).pvalue
     assert abs(comparison["mcnemar_p"] - expected) < 1e-9
+
+
+async def test_a_second_run_at_temperature_0_is_answered_from_the_cache(
+    settings: Settings, clean_database: AsyncEngine, admin: dict[str, str], stand_in: tuple[StandIn, str]
+) -> None:
+    server, url = stand_in
+    server.requests.clear()
+    overrides = {
+        "backends": {"stand-in": backend(url, max_retries=0)},
+        "eval_poll_seconds": 0.02,
+        "completion_cache_ttl_seconds": 60.0,
+        "redis_key_prefix": f"{settings.redis_key_prefix}cache-{uuid.uuid4().hex[:6]}:",
+    }
+    async with serve_in_process(create_app(settings.model_copy(update=overrides))) as client:
+        version = await publish(client, admin, "cached", prices=(1.0, 1.0))
+        await dataset(client, admin, "cached-cases", answers(("a", "a"), ("b", "b")))
+        runs = []
+        for _ in range(2):
+            run = await start_run(client, admin, prompt="cached", version=version, dataset={"name": "cached-cases"})
+            runs.append(await finished(client, admin, run["id"]))
+        items = (await client.get(f"/v1/evals/runs/{runs[1]['id']}/items", headers=admin)).json()["items"]
+    assert len(server.completions("echo")) == 2  # the second run asked the backend nothing
+    assert runs[0]["cost"] > 0
+    assert (runs[1]["items_passed"], runs[1]["cost"]) == (2, 0.0)
+    assert all(item["cached"] for item in items)
