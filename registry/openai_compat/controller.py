@@ -61,6 +61,27 @@ def openai_error_response(request: Request[Any, Any, Any], exc: Exception) -> Re
     )
 
 
+RESOLVER_STATE = "openai_config_resolver"
+
+
+def config_resolver(request: Request[Any, Any, Any]) -> ConfigResolver:
+    """The app's one resolver of ``config:`` models, made on first use (it subscribes to the change bus)."""
+    state = request.app.state
+    resolver: ConfigResolver | None = state.get(RESOLVER_STATE)
+    if resolver is None:
+        runtime = runtime_of(request)
+        settings = runtime.settings
+        resolver = ConfigResolver(
+            runtime.sessionmaker,
+            runtime.bus,
+            ttl=settings.cache_ttl_seconds,
+            degraded_ttl=settings.cache_degraded_ttl_seconds,
+            max_entries=settings.cache_max_prompts,
+        )
+        state[RESOLVER_STATE] = resolver
+    return resolver
+
+
 def provide_model_listing(read_session: NamedDependency[AsyncSession]) -> ModelListing:
     return ModelListing(read_session)
 
@@ -113,9 +134,7 @@ async def _answer(
 ) -> Response[Any]:
     runtime = runtime_of(request)
     request_id = request.scope["state"].get("request_id")
-    call = prepare_call(
-        runtime.completions, runtime.prompts, ConfigResolver(runtime.sessionmaker), data, request_id=request_id
-    )
+    call = prepare_call(runtime.completions, runtime.prompts, config_resolver(request), data, request_id=request_id)
     caller = Caller(key=request.user.public_id, request_id=request_id)
     if not data.stream:
         out = await cancel_on_disconnect(request.receive, call.service.complete(call.name, call.request, caller))

@@ -16,7 +16,8 @@ import calendar
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,7 @@ from typing import Any, Literal, cast
 
 import msgspec
 from prompt_registry_client.templating import compile_prompt
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.completions.components import Completions
@@ -31,7 +33,8 @@ from registry.completions.schemas import CompleteRequest, CompletionMeta, Comple
 from registry.completions.service import CompletionService, CompletionStream
 from registry.configs.repository import ConfigRepository
 from registry.configs.service import ConfigService
-from registry.lib.errors import FieldError, InvalidInputError, RegistryError, problem_body
+from registry.lib.changes import Change, ChangeBus
+from registry.lib.errors import DatabaseUnavailableError, FieldError, InvalidInputError, RegistryError, problem_body
 from registry.lib.pagination import PageRequest
 from registry.lib.promotion import State
 from registry.lib.versioned import VersionedRepository
@@ -129,12 +132,60 @@ def complete_request(target: ModelTarget, data: OpenAIRequest) -> CompleteReques
 
 
 class ConfigResolver:
-    """A ``config:`` model's version, read from the database in a short session of its own."""
+    """A ``config:`` model's version, kept in process as the catalog keeps prompts.
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    Read from the database on first use, in a short session of its own; a change to the config
+    (published on the bus, on every replica) drops what was kept of it. Past its lifetime an entry
+    is read again, and if the database cannot be reached then, the old copy keeps being served.
+    """
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        bus: ChangeBus,
+        *,
+        ttl: float,
+        degraded_ttl: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.sessionmaker = sessionmaker
+        self.bus = bus
+        self.ttl = ttl
+        self.degraded_ttl = degraded_ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: OrderedDict[ModelTarget, tuple[LinkedConfig, float]] = OrderedDict()
+        self.reads = 0  # database reads, for tests and metrics
+        bus.subscribe(self._on_change)
+
+    def _on_change(self, change: Change) -> None:
+        if change.kind == "reset":
+            self._entries.clear()
+        elif change.kind == "config":
+            for target in [t for t in self._entries if t.name == change.name]:
+                del self._entries[target]
 
     async def __call__(self, target: ModelTarget) -> LinkedConfig:
+        kept = self._entries.get(target)
+        if kept is not None and kept[1] > self.clock():
+            self._entries.move_to_end(target)
+            return kept[0]
+        try:
+            config = await self._read(target)
+        except (SQLAlchemyError, OSError, DatabaseUnavailableError):
+            if kept is None:
+                raise
+            return kept[0]  # stale, but what this config was: better than failing while the database is away
+        lifetime = self.ttl if self.bus.connected else self.degraded_ttl
+        self._entries[target] = (config, self.clock() + lifetime)
+        self._entries.move_to_end(target)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return config
+
+    async def _read(self, target: ModelTarget) -> LinkedConfig:
+        self.reads += 1
         async with self.sessionmaker() as session:
             _, version = await ConfigService(session).workflow.resolve(
                 target.name, version=target.version, label=target.label
