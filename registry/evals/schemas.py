@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from registry.evals.models import EvalDataset, EvalDatasetItem, EvalDatasetVersion, EvalGate, EvalRun, EvalRunItem
+from registry.evals.scorers import MAX_SCORERS
 from registry.lib.schema import Description, Input, Output, Reason, ResourceName, Tags
 
 MAX_ITEMS = 100_000
@@ -128,7 +129,7 @@ class CreateRun(Input):
     prompt: ResourceName
     version: VersionNumber
     dataset: DatasetRef
-    scorers: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1, max_length=32)]
+    scorers: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1, max_length=MAX_SCORERS)]
     config_version: VersionNumber | None = None
     pass_rule: dict[str, Any] | None = None
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
