@@ -231,3 +231,18 @@ async def test_malformed_json_is_a_400_openai_error(client: httpx.AsyncClient, a
 
     assert response.status_code == 400
     assert openai_error(response)["code"] == "malformed_json"
+
+
+async def test_openapi_declares_openai_shapes_for_answers_and_errors(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    chat = document["paths"]["/v1/chat/completions"]["post"]
+
+    assert chat["operationId"] == "createChatCompletion"
+    assert document["paths"]["/v1/completions"]["post"]["operationId"] == "createCompletion"
+    assert document["paths"]["/v1/models"]["get"]["operationId"] == "listModels"
+    assert "prompt:NAME" in chat["description"]
+    for status in ("404", "422", "429", "502"):
+        content = chat["responses"][status]["content"]
+        assert list(content) == ["application/json"]
+        assert content["application/json"]["schema"]["$ref"].endswith("/ErrorOut")
+    assert "application/problem+json" in chat["responses"]["415"]["content"]  # refused before routing
