@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import inspect
+import json
 import logging
 import socket
 import threading
@@ -31,6 +32,7 @@ from prompt_registry_client._core import (
     error_from_response,
     run_sync,
 )
+from prompt_registry_client._errors import NotFound
 from prompt_registry_client._models import (
     Completion,
     CompletionFallback,
@@ -488,11 +490,19 @@ class RegistryClient(BaseClient):
         *,
         expected_current: int | None = _UNSET,
         reason: str | None = None,
+        override_gate: str | None = None,
     ) -> dict[str, Any]:
-        """Move ``version`` to ``to``. Without ``expected_current``, the holder is read first."""
+        """Move ``version`` to ``to``. Without ``expected_current``, the holder is read first.
+
+        A gated state refuses a version without evaluation evidence (``ValidationFailed``, type
+        ``gate_failed``, its ``body`` holding ``failures`` and ``evidence``); an admin may pass
+        ``override_gate``, a reason kept in the history and the audit log.
+        """
         if expected_current is _UNSET and to in ("staging", "production"):
             expected_current = self.current_version(name, to, resource)
         body: dict[str, Any] = {"to": to, "reason": reason}
+        if override_gate is not None:
+            body["override_gate"] = override_gate
         if expected_current is not _UNSET:
             body["expected_current"] = expected_current
         return self._json("POST", f"/v1/{resource}/{encode_name(name)}/versions/{version}/promote", json=body)
@@ -625,3 +635,161 @@ class RegistryClient(BaseClient):
             yield response.iter_bytes()
         finally:
             response.close()
+
+    # -- evaluations: datasets, runs, gates
+
+    def list_datasets(self, *, prefix: str | None = None) -> Iterator[dict[str, Any]]:
+        return self._pages("/v1/evals/datasets", {"prefix": prefix, "limit": 200})
+
+    def get_dataset(self, name: str) -> dict[str, Any]:
+        """The dataset and its latest version number."""
+        return self._json("GET", f"/v1/evals/datasets/{encode_name(name)}")
+
+    def create_dataset(self, name: str, *, description: str = "") -> dict[str, Any]:
+        return self._json("POST", "/v1/evals/datasets", json={"name": name, "description": description})
+
+    def list_dataset_versions(self, name: str) -> Iterator[dict[str, Any]]:
+        """Versions newest first, with item counts and digests."""
+        return self._pages(f"/v1/evals/datasets/{encode_name(name)}/versions", {"limit": 200})
+
+    def get_dataset_version(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """A version (``None``: the latest)."""
+        return self._json("GET", f"/v1/evals/datasets/{encode_name(name)}/versions/{version or 'latest'}")
+
+    def push_dataset(
+        self,
+        name: str,
+        content: bytes,
+        *,
+        format: Literal["jsonl", "csv"] = "jsonl",
+        commit_message: str = "",
+        create: bool = True,
+    ) -> tuple[dict[str, Any], bool]:
+        """Upload JSONL or CSV items as a new version of ``name``; returns (the version, whether it is new).
+
+        The same items as the newest version create nothing (the service answers with that version),
+        so pushing a file again is safe. With ``create``, a dataset that does not exist yet is created.
+
+        Example::
+
+            version, created = registry.push_dataset("support-cases", Path("cases.jsonl").read_bytes())
+        """
+        path = f"/v1/evals/datasets/{encode_name(name)}/versions"
+        media = "text/csv" if format == "csv" else "application/x-ndjson"
+        send = {"content": content, "headers": {"Content-Type": media}, "params": {"commit_message": commit_message}}
+        try:
+            response = self.request("POST", path, **send)
+        except NotFound as exc:
+            if not create or exc.type != "dataset_not_found":
+                raise
+            self.create_dataset(name)
+            response = self.request("POST", path, **send)
+        return response.json(), response.status_code == 201
+
+    @contextlib.contextmanager
+    def export_dataset(
+        self, name: str, version: int | None = None, *, format: Literal["jsonl", "csv"] = "jsonl"
+    ) -> Iterator[Iterator[bytes]]:
+        """A dataset version (``None``: the latest) as JSONL or CSV bytes, streamed; either can be pushed back."""
+        path = f"/v1/evals/datasets/{encode_name(name)}/versions/{version or 'latest'}/export"
+        response = self._run(self._core.call("GET", path, params={"format": format}, stream=True))
+        try:
+            yield response.iter_bytes()
+        finally:
+            response.close()
+
+    def start_eval_run(
+        self,
+        prompt: str,
+        version: int,
+        dataset: str,
+        scorers: list[dict[str, Any]],
+        *,
+        dataset_version: int | None = None,
+        config_version: int | None = None,
+        pass_rule: Mapping[str, Any] | None = None,
+        concurrency: int | None = None,
+    ) -> dict[str, Any]:
+        """Start evaluating ``version`` of ``prompt`` on ``dataset`` (its latest version unless told); the run
+        is queued (``status``) and a worker of the service runs it. Follow it with ``eval_run_events``."""
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "version": version,
+            "dataset": {"name": dataset, "version": dataset_version},
+            "scorers": scorers,
+            "config_version": config_version,
+            "pass_rule": dict(pass_rule) if pass_rule is not None else None,
+        }
+        if concurrency is not None:
+            body["concurrency"] = concurrency
+        return self._json("POST", "/v1/evals/runs", json=body)
+
+    def get_eval_run(self, run_id: int) -> dict[str, Any]:
+        """Status, progress, and pass rate and mean score with 95% intervals."""
+        return self._json("GET", f"/v1/evals/runs/{run_id}")
+
+    def list_eval_runs(self, *, prompt: str | None = None) -> Iterator[dict[str, Any]]:
+        return self._pages("/v1/evals/runs", {"prompt": prompt, "limit": 200})
+
+    def eval_run_items(self, run_id: int, *, failed: bool = False) -> Iterator[dict[str, Any]]:
+        """Each item's output, scores with reasons, latency, tokens, cost; ``failed``: only those that did not pass."""
+        return self._pages(f"/v1/evals/runs/{run_id}/items", {"failed": "true" if failed else None, "limit": 200})
+
+    def eval_run_events(self, run_id: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(event, data) as the run advances: ``progress`` (items done, pass rate and cost so far) whenever it
+        changes, then ``done`` with the whole run, after which the iterator ends.
+
+        The service writes only when something changes, so the stream waits for it without a read timeout.
+
+        Example::
+
+            for event, data in registry.eval_run_events(run["id"]):
+                print(event, data["items_done"], "of", data["total_items"])
+        """
+        timeout = httpx.Timeout(self._options.timeout.connect, read=None)
+        response = self._run(self._core.call("GET", f"/v1/evals/runs/{run_id}/events", stream=True, timeout=timeout))
+        try:
+            parser = SSEParser()
+            for line in response.iter_lines():
+                event = parser.feed(line)
+                if event is None:
+                    continue
+                yield event.event, json.loads(event.data)
+                if event.event == "done":
+                    return
+        finally:
+            response.close()
+
+    def cancel_eval_run(self, run_id: int) -> dict[str, Any]:
+        return self._json("POST", f"/v1/evals/runs/{run_id}/cancel")
+
+    def compare_eval_runs(self, base: int, candidate: int) -> dict[str, Any]:
+        """Two runs on the same dataset version item by item: McNemar, paired t, and the items that changed."""
+        return self._json("GET", "/v1/evals/compare", params={"base": base, "candidate": candidate})
+
+    def get_gate(self, name: str, state: str) -> dict[str, Any]:
+        """The gate on ``state`` of prompt ``name``; ``NotFound`` (``gate_not_found``) when there is none."""
+        return self._json("GET", f"/v1/prompts/{encode_name(name)}/gates/{state}")
+
+    def set_gate(
+        self,
+        name: str,
+        state: str,
+        *,
+        dataset: str,
+        dataset_version: int | None = None,
+        min_pass_rate: float | None = None,
+        no_regression: bool = False,
+        alpha: float = 0.05,
+    ) -> dict[str, Any]:
+        """Gate ``state``: a version enters it only on a completed run that meets the gate (admin scope)."""
+        body = {
+            "dataset": {"name": dataset, "version": dataset_version},
+            "min_pass_rate": min_pass_rate,
+            "no_regression": no_regression,
+            "alpha": alpha,
+        }
+        return self._json("PUT", f"/v1/prompts/{encode_name(name)}/gates/{state}", json=body)
+
+    def delete_gate(self, name: str, state: str) -> None:
+        self.request("DELETE", f"/v1/prompts/{encode_name(name)}/gates/{state}")
