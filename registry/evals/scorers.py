@@ -667,7 +667,7 @@ def _parse_one(raw: Any, where: str, problems: list[FieldError]) -> ScorerSpec |
     kind = r.take("kind")
     if kind is _MISSING:
         return None
-    if kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:
         r.problem("kind", f"must be one of {', '.join(SCORER_KINDS)}, not {kind!r}")
         return None
     cls, read = _KINDS[kind]
