@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from registry.auth.rate_limit import RateLimiter
 from registry.auth.verifier import ApiKeyVerifier
 from registry.completions.components import Completions
+from registry.completions.observations import CompletionSource
 from registry.completions.upstream import http_client_for
 from registry.db.change_log import ChangeLogReader
 from registry.db.engine import create_engine, create_sessionmaker
@@ -149,6 +150,7 @@ class Runtime:
         # Every promotion made on the app's sessions passes the evaluation gates (see PROMOTION_GATE).
         sessionmaker.configure(info={PROMOTION_GATE: EvalGateCheck()})
         runtime.prompts.router = runtime.experiments.router
+        runtime.experiments.sources["completions"] = CompletionSource()
         ProcessCollector(registry=metrics_registry)
         pools: dict[str, object] = {"primary": engine.pool}
         if read_engine is not engine:

@@ -21,6 +21,8 @@ class CompletionRecord(IdMixin, Base):
         Index("ix_completions_prompt", "prompt", "prompt_version", "created_at"),
         Index("ix_completions_key", "api_key_id", "created_at"),
         Index("ix_completions_experiment", "experiment_key", "variant"),
+        # The experiments' aggregator reads a unit's completions (registry.completions.observations).
+        Index("ix_completions_unit", "unit", "created_at"),
     )
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -11,6 +11,7 @@ from sqlalchemy import (
     ColumnElement,
     Date,
     Integer,
+    Row,
     Select,
     case,
     cast,
@@ -28,8 +29,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from registry.auth.models import ApiKey
 from registry.completions.models import ApiKeyBudget, CompletionRecord, DailyUsage
 from registry.db.base import utcnow
+from registry.experiments.models import Experiment
 
 C = CompletionRecord
+_UNIT_CHUNK = 1000  # units per query: bound parameters stay far below SQLite's limit
 D = DailyUsage
 
 # The rollup's key columns, each with the completion column it copies and what stands for "none" (see DailyUsage),
@@ -248,6 +251,23 @@ class CompletionRepository:
         ).where(C.api_key_id == key, C.created_at >= since, C.cached.is_(False))
         tokens, cost = (await self.session.execute(query)).one()
         return int(tokens), float(cost)
+
+    async def measures_of_units(self, units: Sequence[str], columns: Sequence[str]) -> list[Row[Any]]:
+        """The units' completions: unit, time, experiment id (when it names one that exists) and ``columns``.
+
+        Read by the experiments' aggregator through ``registry.completions.observations``; the
+        ``(unit, created_at)`` index finds them.
+        """
+        rows: list[Row[Any]] = []
+        selected = [C.unit, C.created_at, Experiment.id, *(C.__table__.c[name] for name in columns)]
+        for start in range(0, len(units), _UNIT_CHUNK):
+            query = (
+                select(*selected)
+                .outerjoin(Experiment, Experiment.key == C.experiment_key)
+                .where(C.unit.in_(units[start : start + _UNIT_CHUNK]))
+            )
+            rows += (await self.session.execute(query)).all()
+        return rows
 
     async def purge_texts(self, before: datetime) -> int:
         """Clear stored prompts and completion texts older than ``before``; returns how many rows."""

@@ -21,6 +21,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.completions.repository import CompletionRepository
+from registry.experiments.repository import IngestRepository
 
 logger = structlog.get_logger("registry.completions.usage")
 
@@ -89,6 +90,8 @@ class UsageRecorder:
         try:
             async with self._sessionmaker() as session, session.begin():
                 await CompletionRepository(session).add_records(batch)
+                # Completions are observations of experiment metrics: the aggregator recomputes their units.
+                await IngestRepository(session).mark_units_changed({r["unit"] for r in batch if r.get("unit")})
         except Exception as exc:
             self._buffer[:0] = batch
             logger.warning("could not write usage records; will retry", error=str(exc), pending=len(self._buffer))

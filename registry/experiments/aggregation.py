@@ -33,16 +33,27 @@ class Observation:
     occurred_at: datetime
     value: float
     experiment_id: int | None = None  # set when the event names one experiment: it counts for that one only
+    denominator: float = 0.0  # a ratio metric's denominator, observed with its numerator ``value``
 
 
 @dataclass(frozen=True, slots=True)
 class MetricRule:
     metric_id: int
     aggregation: str
+    kind: str = "continuous"
 
     @property
     def zero_filled(self) -> bool:
-        return self.aggregation in ZERO_FILLED
+        """Units without data count as 0; never for ratios and quantiles, which are of units with data."""
+        return self.aggregation in ZERO_FILLED and self.kind not in ("ratio", "quantile")
+
+    @property
+    def is_ratio(self) -> bool:
+        return self.kind == "ratio"
+
+    @property
+    def is_quantile(self) -> bool:
+        return self.kind == "quantile"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +96,14 @@ def aggregate(values: Sequence[float], aggregation: str) -> float | None:
 def unit_value(
     observations: Iterable[Observation], rule: MetricRule, window: Window, experiment_id: int
 ) -> tuple[float | None, float]:
-    """The unit's (post-exposure value, pre-exposure covariate) for one metric in one experiment phase."""
+    """The unit's (post-exposure value, pre-exposure covariate) for one metric in one experiment phase.
+
+    For a ratio metric: (the numerators' sum, the denominators' sum) after exposure, or (None, 0)
+    when the unit has no observation then; ratios have no covariate.
+    """
     post: list[float] = []
     pre: list[float] = []
+    denominator = 0.0
     for observation in observations:
         if observation.metric_id != rule.metric_id:
             continue
@@ -95,8 +111,11 @@ def unit_value(
             continue
         if window.is_post(observation.occurred_at):
             post.append(observation.value)
+            denominator += observation.denominator
         elif window.is_pre(observation.occurred_at):
             pre.append(observation.value)
+    if rule.is_ratio:
+        return (float(sum(post)), denominator) if post else (None, 0.0)
     return aggregate(post, rule.aggregation), aggregate(pre, rule.aggregation) or 0.0
 
 

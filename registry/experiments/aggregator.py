@@ -47,6 +47,7 @@ from registry.experiments.aggregation import (
 )
 from registry.experiments.repository import StatisticsRepository
 from registry.experiments.sources import MetricSource, ObservationSource
+from registry.stats.quantiles import bucket_of
 
 logger = structlog.get_logger("registry.experiments.aggregator")
 
@@ -73,8 +74,14 @@ class UnitRecomputer:
         observations = await self._observations(units, experiments.values())
         # Per experiment, once per batch rather than per unit: reading them goes through the ORM's attributes.
         rules = {
-            experiment_id: [MetricRule(link.metric_id, link.metric.aggregation) for link in experiment.metrics]
+            experiment_id: [
+                MetricRule(link.metric_id, link.metric.aggregation, link.metric.analysis_kind)
+                for link in experiment.metrics
+            ]
             for experiment_id, experiment in experiments.items()
+        }
+        quantile_metrics = {
+            rule.metric_id for metric_rules in rules.values() for rule in metric_rules if rule.is_quantile
         }
 
         seen: dict[tuple[int, int, str], list[tuple[str, datetime]]] = defaultdict(list)
@@ -91,6 +98,8 @@ class UnitRecomputer:
         # The same, by hour of first exposure, for the results over time.
         hourly_units: Counter[tuple[int, int, str, datetime]] = Counter()
         hourly_sums: defaultdict[tuple[int, int, str, int, datetime], Sums] = defaultdict(Sums)
+        # Quantile metrics: units per histogram bucket of their values.
+        histograms: Counter[tuple[int, int, str, int, int]] = Counter()
 
         for (experiment_id, phase, unit), variants in seen.items():
             experiment = experiments[experiment_id]
@@ -136,6 +145,8 @@ class UnitRecomputer:
                     added = Sums.of(value, pre)
                     sums[(experiment_id, phase, variant, rule.metric_id)] += added
                     hourly_sums[(experiment_id, phase, variant, rule.metric_id, hour)] += added
+                    if rule.is_quantile:
+                        histograms[(experiment_id, phase, variant, rule.metric_id, bucket_of(value))] += 1
 
         old_hours: dict[tuple[int, int, str], datetime] = {}
         for old in old_standings:
@@ -152,6 +163,8 @@ class UnitRecomputer:
                 # A value row is written with its unit's standing, so the standing gives its hour.
                 old_hour = old_hours[(row.experiment_id, row.phase, row.unit)]
                 hourly_sums[(row.experiment_id, row.phase, row.variant, row.metric_id, old_hour)] += taken
+                if row.metric_id in quantile_metrics:
+                    histograms[(row.experiment_id, row.phase, row.variant, row.metric_id, bucket_of(row.value))] -= 1
 
         await repository.delete_unit_rows(units)
         await repository.insert_unit_rows(standings, values)
@@ -160,13 +173,16 @@ class UnitRecomputer:
         await repository.add_sums({k: s for k, s in sums.items() if not s.is_zero})
         await repository.add_hourly_units({k: d for k, d in hourly_units.items() if d})
         await repository.add_hourly_sums({k: s for k, s in hourly_sums.items() if not s.is_zero})
+        await repository.add_histograms({k: d for k, d in histograms.items() if d})
 
     async def _observations(self, units: Sequence[str], experiments: Any) -> dict[str, list[Observation]]:
         by_source: dict[str, dict[int, MetricSource]] = defaultdict(dict)
         for experiment in experiments:
             for link in experiment.metrics:
                 metric = link.metric
-                by_source[metric.source][metric.id] = MetricSource(metric.id, metric.source, metric.source_field)
+                by_source[metric.source][metric.id] = MetricSource(
+                    metric.id, metric.source, metric.source_field, metric.denominator_field
+                )
         found: dict[str, list[Observation]] = defaultdict(list)
         for name, metrics in by_source.items():
             source = self.sources.get(name)

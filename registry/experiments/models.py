@@ -40,6 +40,8 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 
 EXPERIMENT_STATUSES = ("draft", "running", "stopped")
 METRIC_KINDS = ("binomial", "continuous")
+# What the analysis compares: the mean of per-unit values, a ratio of two per-unit sums, or a quantile.
+METRIC_STATISTICS = ("mean", "ratio", "quantile")
 AGGREGATIONS = ("sum", "mean", "count", "max", "any")
 DIRECTIONS = ("higher", "lower")
 CORRECTIONS = ("holm", "benjamini-hochberg", "none")
@@ -47,7 +49,13 @@ METRIC_ROLES = ("primary", "guardrail")
 
 
 class Metric(IdMixin, Base):
-    """What an outcome is and how a unit's events become one number for the analysis."""
+    """What an outcome is and how a unit's events become one number for the analysis.
+
+    ``statistic`` says what the analysis compares: ``mean`` of the per-unit values, ``ratio`` (the
+    unit sums ``source_field`` as numerator and ``denominator_field`` as denominator, and variants
+    compare the ratios of their totals) or ``quantile`` (the ``quantile``, for example 0.95, of the
+    per-unit values across units). The API names a ratio's or a quantile's kind by its statistic.
+    """
 
     __tablename__ = "metrics"
     __table_args__ = (
@@ -63,10 +71,18 @@ class Metric(IdMixin, Base):
     direction: Mapped[str] = mapped_column(String(8))
     source: Mapped[str] = mapped_column(String(32), default="events")
     source_field: Mapped[str | None] = mapped_column(String(64))
+    statistic: Mapped[str] = mapped_column(String(16), default="mean", server_default="mean")
+    denominator_field: Mapped[str | None] = mapped_column(String(64))
+    quantile: Mapped[float | None] = mapped_column(Double)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_by: Mapped[str] = mapped_column(String(128))
+
+    @property
+    def analysis_kind(self) -> str:
+        """The kind the API shows and the results analyse: ``ratio``, ``quantile``, or the values' kind."""
+        return self.kind if self.statistic == "mean" else self.statistic
 
 
 class Experiment(IdMixin, Base):
@@ -256,6 +272,10 @@ class ExperimentUnit(Base):
 class UnitMetricValue(Base):
     """Derived: a unit's value of one metric after exposure, and before it (the CUPED covariate).
 
+    For a ``ratio`` metric ``value`` is the unit's numerator and ``pre_value`` its denominator (ratio
+    metrics have no covariate), so the sums' ``pre_*`` and ``cross_sum`` are the denominator's sums
+    and the sum of products that the delta method needs.
+
     ``variant`` is where this row was added to the sums (NULL: not counted), so
     the aggregator can take exactly that contribution out again.
     """
@@ -304,6 +324,24 @@ class ExperimentMetricSums(Base):
     pre_sum: Mapped[float] = mapped_column(Double, default=0.0)
     pre_sum_squares: Mapped[float] = mapped_column(Double, default=0.0)
     cross_sum: Mapped[float] = mapped_column(Double, default=0.0)
+
+
+class ExperimentMetricHistogram(Base):
+    """Derived: how many units' values of a ``quantile`` metric fall in each bucket of the fixed
+    log-spaced histogram (``registry.stats.quantiles``), per variant and phase. Kept by the aggregator
+    by the same differences as the sums; a bucket may fall to zero units and stay.
+    """
+
+    __tablename__ = "experiment_metric_histograms"
+
+    experiment_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    phase: Mapped[int] = mapped_column(Integer, primary_key=True)
+    variant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    metric_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("metrics.id", ondelete="CASCADE"), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    units: Mapped[int] = mapped_column(BigIntId, default=0)
 
 
 class ExperimentHourlyUnits(Base):

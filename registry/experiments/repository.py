@@ -7,9 +7,10 @@ concurrent upserts of the same unit are resolved by the database.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from sqlalchemy import ARRAY, Row, String, any_, bindparam, delete, exists, func, literal, select, text, update
@@ -26,6 +27,7 @@ from registry.experiments.models import (
     ExperimentHourlyMetricSums,
     ExperimentHourlyUnits,
     ExperimentMetric,
+    ExperimentMetricHistogram,
     ExperimentMetricSums,
     ExperimentPhase,
     ExperimentUnit,
@@ -39,6 +41,7 @@ from registry.experiments.models import (
 )
 from registry.lib.pagination import PageRequest
 from registry.prompts.models import Prompt
+from registry.stats.quantiles import bucket_of
 
 # Bound parameters per statement stay far below SQLite's limit (32766); also the rows fetched at a time.
 CHUNK = 1000
@@ -324,7 +327,7 @@ class StatisticsRepository(_Repository):
     async def forget_metric_values(self, experiment_id: int) -> None:
         """Drop an experiment's metric values and sums (its metrics changed); the aggregator rebuilds them."""
         await self.session.execute(delete(UnitMetricValue).where(UnitMetricValue.experiment_id == experiment_id))
-        for sums in (ExperimentMetricSums, ExperimentHourlyMetricSums):
+        for sums in (ExperimentMetricSums, ExperimentHourlyMetricSums, ExperimentMetricHistogram):
             await self.session.execute(delete(sums).where(sums.experiment_id == experiment_id))
 
     async def exposures_of(self, units: Sequence[str]) -> list[Row[Any]]:
@@ -454,6 +457,13 @@ class StatisticsRepository(_Repository):
         ]
         await self._add(ExperimentHourlyMetricSums, ("experiment_id", "phase", "variant", "metric_id", "hour"), rows)
 
+    async def add_histograms(self, deltas: Mapping[tuple[int, int, str, int, int], int]) -> None:
+        rows = [
+            {"experiment_id": e, "phase": p, "variant": v, "metric_id": m, "bucket": b, "units": d}
+            for (e, p, v, m, b), d in sorted(deltas.items())
+        ]
+        await self._add(ExperimentMetricHistogram, ("experiment_id", "phase", "variant", "metric_id", "bucket"), rows)
+
     async def add_multi_variant_units(self, deltas: Mapping[tuple[int, int], int]) -> None:
         for (experiment_id, phase), delta in sorted(deltas.items()):
             await self.session.execute(
@@ -514,6 +524,7 @@ class StatisticsRepository(_Repository):
         await self.session.execute(
             self.insert(ExperimentHourlyMetricSums).from_select([*columns[:4], "hour", *columns[4:]], hourly)
         )
+        await self._rebuild_histograms(experiment_id)
         multi = (
             select(func.count())
             .where(
@@ -528,6 +539,37 @@ class StatisticsRepository(_Repository):
             .where(ExperimentPhase.experiment_id == experiment_id)
             .values(units_in_multiple_variants=multi)
         )
+
+    async def _rebuild_histograms(self, experiment_id: int) -> None:
+        """The quantile metrics' histograms from the per-unit values (buckets computed here: SQLite has no log)."""
+        table = ExperimentMetricHistogram
+        await self.session.execute(delete(table).where(table.experiment_id == experiment_id))
+        values = UnitMetricValue
+        query = (
+            select(values.phase, values.variant, values.metric_id, values.value)
+            .join(Metric, Metric.id == values.metric_id)
+            .where(
+                values.experiment_id == experiment_id,
+                values.variant.is_not(None),
+                values.value.is_not(None),
+                Metric.statistic == "quantile",
+            )
+        )
+        counts: Counter[tuple[int, int, str, int, int]] = Counter()
+        for phase, variant, metric_id, value in (await self.session.execute(query)).all():
+            counts[(experiment_id, phase, str(variant), metric_id, bucket_of(cast(float, value)))] += 1
+        await self.add_histograms(counts)
+
+    async def histograms(self, experiment_id: int, phase: int) -> dict[tuple[str, int], dict[int, int]]:
+        """Per (variant, metric id): units per bucket of the quantile metrics' values."""
+        table = ExperimentMetricHistogram
+        query = select(table.variant, table.metric_id, table.bucket, table.units).where(
+            table.experiment_id == experiment_id, table.phase == phase, table.units != 0
+        )
+        found: dict[tuple[str, int], dict[int, int]] = {}
+        for variant, metric_id, bucket, units in (await self.session.execute(query)).all():
+            found.setdefault((variant, metric_id), {})[bucket] = int(units)
+        return found
 
     async def variant_counts(self, experiment_id: int, phase: int) -> dict[str, int]:
         query = select(ExperimentVariantCount.variant, ExperimentVariantCount.units).where(

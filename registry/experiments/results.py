@@ -5,6 +5,11 @@ already left out of the statistics; they are only counted here. For ``sum``,
 ``count`` and ``any`` metrics every analysed unit counts (no data is 0); for
 ``mean`` and ``max`` only units with data count.
 
+A ``ratio`` metric's variant value is its numerators' total over its denominators' total
+(gbstats ``RatioStatistic``, delta method), a ``quantile`` metric's the quantile of its units'
+values read from the variant's histogram (gbstats ``QuantileStatistic``, interval at 95% from
+the order statistics); both count units with data only and are never CUPED-adjusted.
+
 The p-value that decides (``significant``) is Welch's, or the sequential one
 when the experiment uses sequential testing; it is adjusted across all
 metrics and variants with the experiment's correction.
@@ -13,7 +18,7 @@ metrics and variants with the experiment's correction.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from registry.experiments.aggregation import ZERO_FILLED, Sums
@@ -34,8 +39,11 @@ from registry.stats import (
     Correction,
     Covariate,
     Estimate,
+    Interval,
     Moments,
     NotEnoughDataError,
+    QuantileMoments,
+    RatioMoments,
     adjust,
     compare,
     credible_interval,
@@ -52,6 +60,7 @@ class MetricDefinition:
     kind: str
     aggregation: str
     direction: str
+    quantile: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,7 @@ class PhaseData:
     pending_units: int
     metrics: Sequence[MetricDefinition]
     sums: Mapping[tuple[str, int], Sums]  # (variant, metric id)
+    histograms: Mapping[tuple[str, int], Mapping[int, int]] = field(default_factory=dict)  # quantile metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +99,28 @@ def _effect(estimate: Estimate) -> EffectOut:
 
 def _arm(data: PhaseData, metric: MetricDefinition, variant: str, cuped: bool) -> Arm:
     sums = data.sums.get((variant, metric.id), Sums())
+    if metric.kind == "ratio":
+        return Arm(
+            RatioMoments.of_sums(sums.n, sums.sum, sums.sum_squares, sums.pre_sum, sums.pre_sum_squares, sums.cross_sum)
+        )
+    if metric.kind == "quantile":
+        return Arm(QuantileMoments.of_histogram(data.histograms.get((variant, metric.id), {}), metric.quantile or 0.5))
     binomial = metric.kind == "binomial"
     n = data.units.get(variant, 0) if metric.aggregation in ZERO_FILLED else sums.n
     post = Moments(n, sums.sum, sums.sum_squares, binomial)
     if not cuped:
         return Arm(post)
     return Arm(post, Covariate(Moments(n, sums.pre_sum, sums.pre_sum_squares, binomial), sums.cross_sum))
+
+
+def _interval(arm: Arm, alpha: float) -> Interval:
+    """A variant's value with its interval; a quantile's is the order statistics' (95%, as gbstats)."""
+    post = arm.post
+    if isinstance(post, QuantileMoments):
+        if post.n == 0:
+            return Interval(0.0, 0.0, 0.0, 0.0)
+        return Interval(post.quantile_hat, post.std_dev, post.quantile_lower, post.quantile_upper)
+    return mean_interval(post, alpha)
 
 
 def _decision_p_value(comparison: Comparison, sequential: bool) -> float:
@@ -137,7 +163,7 @@ def build_results(data: PhaseData, analysis: Analysis, computed_at: datetime) ->
         rows: list[VariantMetricOut] = []
         for v, variant in enumerate(data.variants):
             arm = arms[(m, v)]
-            interval = mean_interval(arm.post, analysis.alpha)
+            interval = _interval(arm, analysis.alpha)
             comparison = comparisons.get((m, v))
             vs_control = None
             note = comparison if isinstance(comparison, str) else None
@@ -163,6 +189,7 @@ def build_results(data: PhaseData, analysis: Analysis, computed_at: datetime) ->
                 aggregation=metric.aggregation,
                 direction=metric.direction,
                 variants=rows,
+                quantile=metric.quantile,
             )
         )
 

@@ -23,7 +23,7 @@ Weight = Annotated[float, msgspec.Meta(gt=0, le=1_000_000)]
 Seed = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Alpha = Annotated[float, msgspec.Meta(gt=0, lt=0.5)]
 Status = Literal["draft", "running", "stopped"]
-MetricKind = Literal["binomial", "continuous"]
+MetricKind = Literal["binomial", "continuous", "ratio", "quantile"]
 Aggregation = Literal["sum", "mean", "count", "max", "any"]
 Direction = Literal["higher", "lower"]
 ForcedVariants = Annotated[dict[UnitId, VariantKey], msgspec.Meta(max_length=1000)]
@@ -40,6 +40,10 @@ class CreateMetric(Input):
     description: Description = ""
     source: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] = "events"
     source_field: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    # ratio: the field summed per unit as the denominator (source_field is the numerator)
+    denominator_field: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    # quantile: which quantile of the per-unit values, strictly between 0 and 1 (0.95 for a p95)
+    quantile: float | None = None
 
 
 class UpdateMetric(Input):
@@ -58,12 +62,14 @@ class MetricOut(Output):
     created_by: str
     updated_at: datetime
     updated_by: str
+    denominator_field: str | None = None
+    quantile: float | None = None
 
     @classmethod
     def of(cls, metric: Metric) -> MetricOut:
         return cls(
             key=metric.key,
-            kind=metric.kind,
+            kind=metric.analysis_kind,
             aggregation=metric.aggregation,
             direction=metric.direction,
             description=metric.description,
@@ -73,6 +79,8 @@ class MetricOut(Output):
             created_by=metric.created_by,
             updated_at=metric.updated_at,
             updated_by=metric.updated_by,
+            denominator_field=metric.denominator_field,
+            quantile=metric.quantile,
         )
 
 
@@ -371,12 +379,15 @@ class VariantMetricOut(Output):
 
 
 class MetricResultOut(Output):
+    """``mean`` of a variant is the ratio of totals for a ratio metric, the quantile for a quantile metric."""
+
     metric: str
     role: str
     kind: str
     aggregation: str
     direction: str
     variants: list[VariantMetricOut]
+    quantile: float | None = None
 
 
 class VariantUnitsOut(Output):

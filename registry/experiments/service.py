@@ -75,8 +75,14 @@ from registry.prompts.service import PromptLimits, PromptService
 
 # Fields an update sets as given: none changes which variant a unit gets.
 DEFINITION_FIELDS = ("description", "correction", "alpha", "sequential", "sequential_tuning", "cuped")
-DEFAULT_AGGREGATION = {"binomial": "any", "continuous": "sum"}
-ALLOWED_AGGREGATIONS = {"binomial": {"any"}, "continuous": {"sum", "mean", "count", "max"}}
+DEFAULT_AGGREGATION = {"binomial": "any", "continuous": "sum", "ratio": "sum", "quantile": "mean"}
+# A ratio sums its numerator and denominator per unit; a quantile is of units with data (their mean or max).
+ALLOWED_AGGREGATIONS = {
+    "binomial": {"any"},
+    "continuous": {"sum", "mean", "count", "max"},
+    "ratio": {"sum"},
+    "quantile": {"mean", "max"},
+}
 
 
 class MetricService:
@@ -97,18 +103,23 @@ class MetricService:
             problems.append(FieldError("source", f"unknown source; available: {', '.join(sorted(self.sources))}"))
         elif not source.accepts_field(data.source_field):
             problems.append(FieldError("source_field", f"is not a field of source '{data.source}'"))
+        problems += _kind_problems(data, source)
         if problems:
             raise MetricInvalidError("the metric is invalid", errors=problems)
         if await self.repository.exists(data.key):
             raise MetricExistsError(f"a metric named '{data.key}' already exists")
         metric = Metric(
             key=data.key,
-            kind=data.kind,
+            # Ratios and quantiles are of continuous values; the statistic says which (see ``Metric``).
+            kind="continuous" if data.kind in ("ratio", "quantile") else data.kind,
+            statistic=data.kind if data.kind in ("ratio", "quantile") else "mean",
             aggregation=aggregation,
             direction=data.direction,
             description=data.description,
             source=data.source,
             source_field=data.source_field,
+            denominator_field=data.denominator_field,
+            quantile=data.quantile,
             created_by=actor.name,
             updated_by=actor.name,
         )
@@ -137,14 +148,36 @@ class MetricService:
         return metric
 
 
+def _kind_problems(data: CreateMetric, source: ObservationSource | None) -> list[FieldError]:
+    """What a ratio's denominator and a quantile's level must be, each problem naming its field."""
+    problems: list[FieldError] = []
+    if data.kind == "ratio":
+        if data.source_field is None:
+            problems.append(FieldError("source_field", "a ratio metric needs a numerator field of its source"))
+        if data.denominator_field is None:
+            problems.append(FieldError("denominator_field", "a ratio metric needs a denominator field of its source"))
+        elif source is not None and not source.accepts_field(data.denominator_field):
+            problems.append(FieldError("denominator_field", f"is not a field of source '{data.source}'"))
+    elif data.denominator_field is not None:
+        problems.append(FieldError("denominator_field", "only a ratio metric has a denominator"))
+    if data.kind == "quantile":
+        if data.quantile is None or not 0 < data.quantile < 1:
+            problems.append(FieldError("quantile", "a quantile metric needs a quantile strictly between 0 and 1"))
+    elif data.quantile is not None:
+        problems.append(FieldError("quantile", "only a quantile metric has a quantile"))
+    return problems
+
+
 def _metric_snapshot(metric: Metric) -> dict[str, Any]:
     return {
-        "kind": metric.kind,
+        "kind": metric.analysis_kind,
         "aggregation": metric.aggregation,
         "direction": metric.direction,
         "description": metric.description,
         "source": metric.source,
         "source_field": metric.source_field,
+        "denominator_field": metric.denominator_field,
+        "quantile": metric.quantile,
     }
 
 
@@ -598,13 +631,15 @@ class ExperimentService:
                     id=link.metric.id,
                     key=link.metric.key,
                     role=link.role,
-                    kind=link.metric.kind,
+                    kind=link.metric.analysis_kind,
                     aggregation=link.metric.aggregation,
                     direction=link.metric.direction,
+                    quantile=link.metric.quantile,
                 )
                 for link in experiment.metrics
             ],
             sums=await self.statistics.metric_sums(experiment.id, number),
+            histograms=await self.statistics.histograms(experiment.id, number),
         )
         analysis = Analysis(
             alpha=experiment.alpha,
@@ -621,8 +656,10 @@ class ExperimentService:
         record = self._phase(experiment, phase)
         chosen = interval or default_interval(record.started_at, record.ended_at or utcnow())
         primary = next((link.metric for link in experiment.metrics if link.role == "primary"), None)
+        # The per-hour rollups hold means of per-unit values: a ratio or a quantile metric has no curve (units only).
+        charted = primary if primary is not None and primary.statistic == "mean" else None
         found = await self.statistics.exposure_timeline(
-            experiment.id, record.number, primary.id if primary else None, bucket=chosen
+            experiment.id, record.number, charted.id if charted else None, bucket=chosen
         )
         rows = [TimelineRow(*row) for row in found]
         if point_count(rows, chosen) > MAX_POINTS:
@@ -630,7 +667,7 @@ class ExperimentService:
                 f"this phase spans more than {MAX_POINTS} {chosen}s; ask for interval=day",
                 errors=[FieldError("interval", f"gives more than {MAX_POINTS} points")],
             )
-        aggregation = primary.aggregation if primary else None
+        aggregation = charted.aggregation if charted else None
         series = cumulative_series(rows, [v.key for v in experiment.variants], chosen, aggregation)
         return TimeseriesOut(
             experiment=key,

@@ -27,6 +27,7 @@ class MetricSource:
     metric_id: int
     source: str
     source_field: str | None
+    denominator_field: str | None = None  # ratio metrics: observations carry it as ``denominator``
 
 
 class ObservationSource(Protocol):

@@ -52,4 +52,5 @@ class RatioMoments:
 
     @property
     def std_dev(self) -> float:
-        return math.sqrt(self.variance)
+        # Rounding leaves a constant ratio's variance a hair below 0 (the comparison refuses it as no variance).
+        return math.sqrt(max(self.variance, 0.0))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from registry.experiments.exposures import ExposureBuffer
 from registry.runtime import Runtime
 from registry.settings import Settings
+from tests.completions.conftest import serve_in_thread
+from tests.completions.fault_server import FaultServer
 from tests.conftest import AppClient
 
 Client = AppClient
@@ -116,6 +118,14 @@ async def units_queued_by_a_second_writer(sessionmaker: async_sessionmaker[Async
     assert await second.flush() == 3
     async with sessionmaker() as session:
         return set((await session.execute(text("SELECT unit FROM unit_changes"))).scalars().all())
+
+
+@pytest.fixture(scope="session")
+def fault() -> Iterator[str]:
+    """The stand-in backend (``tests/completions/fault_server.py``): its URL. Model names script what it does."""
+    server = FaultServer()
+    with serve_in_thread(server, lifespan="off") as url:
+        yield url
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,8 +25,7 @@ from click.testing import CliRunner
 from registry.app import create_app
 from registry.cli import main
 from registry.settings import Settings
-from tests.completions.conftest import backend, serve_in_thread
-from tests.completions.fault_server import FaultServer
+from tests.completions.conftest import backend
 from tests.conftest import free_port, serve_in_process
 from tests.experiments.conftest import Client, flush_and_aggregate, make_metric, settle
 
@@ -38,13 +37,6 @@ VARIANTS = [
     {"key": "f", "prompt_version": 2, "config": {"name": "b", "version": 1}},
 ]
 RANDOM_UNITS = [f"user-{i}" for i in range(30)]
-
-
-@pytest.fixture(scope="module")
-def fault() -> Iterator[str]:
-    server = FaultServer()
-    with serve_in_thread(server, lifespan="off") as url:
-        yield url
 
 
 @pytest.fixture
