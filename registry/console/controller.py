@@ -36,6 +36,7 @@ from registry.console.schemas import (
     BudgetForm,
     CreateKeyForm,
     PromoteForm,
+    PromotionPlan,
     RateLimitForm,
     RedeliverForm,
     RevokeKeyForm,
@@ -96,6 +97,7 @@ def console_template_config() -> TemplateConfig[JinjaTemplateEngine]:
     environment.filters["day"] = formatting.day
     environment.filters["percent"] = formatting.percent
     environment.filters["signed_percent"] = formatting.signed_percent
+    environment.filters["pretty_json"] = formatting.pretty_json
     environment.globals["prompt_path"] = prompt_path
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
 
@@ -379,16 +381,19 @@ class ConsoleController(Controller):
         console: NamedDependency[ConsoleService],
         viewer: NamedDependency[Viewer],
     ) -> Response[Any]:
-        conflict = await console.promote(
+        outcome = await console.promote(
             resource_name,
             version,
             State(data.to),
             expected=data.expected(),
             reason=data.reason.strip(),
             actor=viewer.actor,
+            override_gate=data.override_gate.strip(),
         )
-        if conflict is not None:
-            return render(request, "conflict.html", status_code=409, conflict=conflict, section="prompts")
+        if isinstance(outcome, PromotionPlan):  # an evaluation gate refused it: the dialog again, with the evidence
+            return render(request, "change.html", status_code=422, plan=outcome, section="prompts")
+        if outcome is not None:
+            return render(request, "conflict.html", status_code=409, conflict=outcome, section="prompts")
         return see_other(f"{prompt_path(resource_name)}?{urlencode({'changed': version, 'to': data.to})}")
 
     @get(
@@ -730,6 +735,7 @@ class OperationsController(Controller):
 def console_routers() -> list[Router]:
     """The console's pages and its static files, for the app factory."""
     # Imported here: the experiment and playground pages use this module's helpers.
+    from registry.console.evals_controller import EvalPagesController
     from registry.console.experiments_controller import ExperimentPagesController
     from registry.console.playground_controller import PlaygroundController
 
@@ -741,6 +747,7 @@ def console_routers() -> list[Router]:
             ConsoleController,
             OperationsController,
             ExperimentPagesController,
+            EvalPagesController,
             PlaygroundController,
         ],
         before_request=admit_viewer,

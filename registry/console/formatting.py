@@ -7,6 +7,7 @@ shares and effects as percentages at two decimals, counts with thousands separat
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import date, datetime
 
@@ -83,3 +84,8 @@ def percent(value: float | None) -> str:
 def signed_percent(value: float | None) -> str:
     """A relative effect: +3.10% or -0.42%."""
     return "—" if value is None else f"{value * 100:+.2f}%"
+
+
+def pretty_json(value: object, indent: int | None = 2) -> str:
+    """A JSON value as text, characters as they are (the page escapes them): variables, evidence, rules."""
+    return json.dumps(value, indent=indent, ensure_ascii=False, sort_keys=True, default=str)

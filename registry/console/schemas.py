@@ -12,7 +12,9 @@ import msgspec
 from registry.auth.models import ApiKey
 from registry.auth.schemas import ApiKeyOut
 from registry.console.diff import DiffHunk
+from registry.console.evals import GateVerdictView
 from registry.console.usage import UsageFigures
+from registry.evals.schemas import GateOut
 from registry.experiments.schemas import ExperimentDefinition
 from registry.lib.schema import Reason
 from registry.webhooks.schemas import DeliveryOut
@@ -35,6 +37,7 @@ class PromoteForm(msgspec.Struct, kw_only=True):
     to: Literal["staging", "production", "archived"]
     expected_current: Annotated[str, msgspec.Meta(max_length=12, pattern=r"^[0-9]*$")] = ""
     reason: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+    override_gate: Annotated[str, msgspec.Meta(max_length=1000)] = ""  # an admin's reason to pass a failed gate
 
     def expected(self) -> int | None:
         """The version the page showed holding the state; empty when it showed none."""
@@ -109,6 +112,7 @@ class PromptPage:
     versions: list[VersionRow]
     history: list[HistoryRow]
     rollback_candidates: list[int]
+    gates: list[GateOut] = field(default_factory=list)  # the states gated on evaluation evidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +165,8 @@ class PromotionPlan:
     changes: list[PlannedChange]
     problem: str | None = None  # why it cannot be done now (the form is not offered)
     candidates: list[int] = field(default_factory=list)  # rollback: earlier production versions
+    gate: GateVerdictView | None = None  # promote into a gated state: whether the version meets the gate now
+    gate_refused: bool = False  # the promotion was just refused by that gate
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ into a ``Conflict`` that says who moved the version.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -23,6 +24,7 @@ from registry.completions.components import Completions
 from registry.completions.schemas import BudgetOut, SetBudget, UsageRow
 from registry.completions.service import BudgetService, UsageService
 from registry.console.diff import content_lines, side_by_side
+from registry.console.evals import gate_verdict, prompt_gates, refused_verdict
 from registry.console.schemas import (
     AuditList,
     AuditRow,
@@ -46,6 +48,7 @@ from registry.console.schemas import (
 )
 from registry.console.schemas import DiffPage as DiffView
 from registry.console.usage import UsageBy, shown_groups, usage_figures
+from registry.evals.errors import GateFailedError
 from registry.experiments.schemas import ExperimentDefinition
 from registry.experiments.service import ExperimentService
 from registry.lib.errors import RegistryError
@@ -88,6 +91,7 @@ def _version_row(version: PromptVersion) -> VersionRow:
 
 class ConsoleService:
     def __init__(self, session: AsyncSession, limits: PromptLimits) -> None:
+        self.session = session
         self.prompts = PromptService(session, limits)
         self.audit = AuditLog(session)
 
@@ -139,6 +143,7 @@ class ConsoleService:
                 for t in history[:HISTORY_SHOWN]
             ],
             rollback_candidates=await self._rollback_candidates(prompt, holders),
+            gates=await prompt_gates(self.session, prompt.name, prompt.id),
         )
 
     async def _rollback_candidates(self, prompt: Prompt, holders: dict[State, int]) -> list[int]:
@@ -212,7 +217,11 @@ class ConsoleService:
         except RegistryError as exc:
             return PromotionPlan(name, "promote", number, to.value, expected, [], problem=exc.detail)
         problem = None if changes else f"version {number} is already {to.value}"
-        return PromotionPlan(name, "promote", number, to.value, expected, _planned(changes), problem=problem)
+        gate = None
+        if problem is None:
+            current = (await self.prompts.repository.holders(prompt.id)).get(to)
+            gate = await gate_verdict(self.session, name, target, to, current)
+        return PromotionPlan(name, "promote", number, to.value, expected, _planned(changes), problem=problem, gate=gate)
 
     async def plan_rollback(self, name: str, number: int | None) -> PromotionPlan:
         workflow = self.prompts.workflow
@@ -242,16 +251,30 @@ class ConsoleService:
     # -- changing
 
     async def promote(
-        self, name: str, number: int, to: State, *, expected: int | None, reason: str, actor: Actor
-    ) -> Conflict | None:
-        """Promote as the API does; a ``Conflict`` when the state moved since the page was read."""
+        self,
+        name: str,
+        number: int,
+        to: State,
+        *,
+        expected: int | None,
+        reason: str,
+        actor: Actor,
+        override_gate: str = "",
+    ) -> Conflict | PromotionPlan | None:
+        """Promote as the API does; a ``Conflict`` when the state moved since the page was read, the plan
+        again with the gate's evidence when an evaluation gate refused it."""
         request = PromoteRequest(
             to=to.value,  # type: ignore[arg-type]  # State values are the Literal's
             expected_current=expected if to in (State.STAGING, State.PRODUCTION) else UNSET,
             reason=reason or None,
+            override_gate=override_gate or None,
         )
         try:
             await self.prompts.workflow.promote(name, number, request, actor)
+        except GateFailedError as refused:
+            plan = await self.plan_promotion(name, number, to)
+            verdict = refused_verdict(plan.gate.gate, refused) if plan.gate is not None else None
+            return replace(plan, gate=verdict, gate_refused=True)
         except StaleExpectationError as exc:
             query = urlencode({"to": to.value})
             return await self._conflict(

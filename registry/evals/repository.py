@@ -123,12 +123,14 @@ class EvalRepository:
     async def get_run(self, run_id: int) -> EvalRun | None:
         return await self.session.get(EvalRun, run_id, populate_existing=True)
 
-    async def list_runs(self, page: PageRequest, *, prompt: str | None) -> Sequence[EvalRun]:
+    async def list_runs(self, page: PageRequest, *, prompt: str | None, status: str | None = None) -> Sequence[EvalRun]:
         query = select(EvalRun).order_by(EvalRun.id.desc()).limit(page.limit + 1)
         if page.after is not None:
             query = query.where(EvalRun.id < page.after[0])
         if prompt:
             query = query.where(EvalRun.prompt == prompt)
+        if status:
+            query = query.where(EvalRun.status == status)
         return (await self.session.scalars(query)).all()
 
     async def claimable(self, now: datetime, limit: int) -> list[int]:

@@ -266,8 +266,8 @@ class RunService:
             run = await self.require(run_id)
         return run
 
-    async def list_runs(self, page: PageRequest, *, prompt: str | None) -> Sequence[EvalRun]:
-        return await self.repository.list_runs(page, prompt=prompt)
+    async def list_runs(self, page: PageRequest, *, prompt: str | None, status: str | None = None) -> Sequence[EvalRun]:
+        return await self.repository.list_runs(page, prompt=prompt, status=status)
 
     async def items(self, run_id: int, page: PageRequest, *, failed_only: bool) -> Sequence[EvalRunItem]:
         run = await self.require(run_id)

@@ -1,0 +1,381 @@
+"""Evaluation pages: runs, a run's results, the start form, comparisons, datasets and promotion gates.
+
+Everything goes through the evaluations services the API uses (``RunService``, ``DatasetService``,
+``GateService`` and the promotion gate ``EvalGateCheck``), so a page shows the API's numbers and a
+form is refused exactly where ``POST /v1/evals/runs`` would refuse it; this module only shapes
+their results for pages and reads the start form.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.auth.principal import Actor
+from registry.console.formatting import pretty_json
+from registry.evals.errors import GateFailedError
+from registry.evals.gates import GATED_STATES, EvalGateCheck
+from registry.evals.repository import EvalRepository
+from registry.evals.schemas import (
+    CreateRun,
+    DatasetItemOut,
+    DatasetOut,
+    DatasetVersionOut,
+    GateOut,
+    RunItemOut,
+    RunOut,
+)
+from registry.evals.service import DatasetService, RunService
+from registry.lib.errors import FieldError, RegistryError
+from registry.lib.pagination import PageRequest, encode_cursor
+from registry.lib.promotion import State
+from registry.lib.schema import paginate
+from registry.lib.versioned import GateCheck
+from registry.prompts.models import PromptVersion
+from registry.prompts.service import PromptLimits
+
+RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+RunStatus = Literal["queued", "running", "completed", "failed", "cancelled", ""]
+# Scorers the start form offers as check boxes; any other goes in its JSON field.
+COMMON_SCORERS: dict[str, dict[str, Any]] = {
+    "exact_match": {"kind": "exact_match"},
+    "exact_match_ci": {"kind": "exact_match", "name": "exact_match_ci", "case_sensitive": False},
+    "valid_json": {"kind": "valid_json"},
+}
+SCORER_LABELS = {
+    "exact_match": "Exact match with the expected answer",
+    "exact_match_ci": "Exact match, ignoring case",
+    "valid_json": "Answer is valid JSON",
+}
+CHANGED_SHOWN = 200
+_ALL_ITEMS = 1000  # a page size for reading every item of a run
+
+
+# --------------------------------------------------------------------------- views
+
+
+@dataclass(frozen=True, slots=True)
+class RunList:
+    rows: list[RunOut]
+    next_cursor: str | None
+    prompt: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScorerRate:
+    """One scorer of a run: how many of the items done it passed."""
+
+    name: str
+    kind: str
+    passed: int
+    scored: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.passed / self.scored if self.scored else None
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    run: RunOut
+    scorers: list[ScorerRate]
+    items: list[RunItemOut]
+    next_cursor: str | None
+    failed: bool
+
+    @property
+    def active(self) -> bool:
+        return self.run.status in ("queued", "running")
+
+
+@dataclass(frozen=True, slots=True)
+class ChangedItem:
+    position: int
+    direction: Literal["regressed", "improved"]
+    base: RunItemOut | None
+    candidate: RunItemOut | None
+
+
+@dataclass(frozen=True, slots=True)
+class CompareView:
+    base: RunOut
+    candidate: RunOut
+    comparison: dict[str, Any]
+    changed: list[ChangedItem]
+    more_changed: int  # changed items beyond those shown
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetList:
+    rows: list[DatasetOut]
+    next_cursor: str | None
+    prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetView:
+    dataset: DatasetOut
+    versions: list[DatasetVersionOut]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetVersionView:
+    dataset: DatasetOut
+    version: DatasetVersionOut
+    items: list[DatasetItemOut]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class GateVerdictView:
+    """Whether a version may enter a gated state now, and the evidence: what the promote dialog shows."""
+
+    gate: GateOut
+    met: bool
+    failures: list[str] = field(default_factory=list)
+    evidence: str = ""  # the refusal's evidence as indented JSON
+    run_id: int | None = None
+
+
+@dataclass
+class RunForm:
+    """The start form as sent: text as typed, so a refused form is shown again unchanged."""
+
+    prompt: str = ""
+    version: str = ""
+    config_version: str = ""
+    dataset: str = ""
+    dataset_version: str = ""
+    common: list[str] = field(default_factory=lambda: ["exact_match"])
+    scorers_json: str = ""
+    rule: Literal["all", "min_score", "min_passed"] = "all"
+    pass_value: str = ""
+    concurrency: str = "4"
+    problems: list[str] = field(default_factory=list)
+
+    @classmethod
+    def sent(cls, data: Mapping[str, Any], common: Sequence[str]) -> RunForm:
+        def text(name: str, default: str = "") -> str:
+            value = data.get(name, default)
+            return str(value).strip() if value is not None else default
+
+        rule = text("rule", "all")
+        return cls(
+            prompt=text("prompt"),
+            version=text("version"),
+            config_version=text("config_version"),
+            dataset=text("dataset"),
+            dataset_version=text("dataset_version"),
+            common=[c for c in common if c in COMMON_SCORERS],
+            scorers_json=text("scorers_json"),
+            rule=rule if rule in ("all", "min_score", "min_passed") else "all",  # type: ignore[arg-type]
+            pass_value=text("pass_value"),
+            concurrency=text("concurrency", "4") or "4",
+        )
+
+
+class RunFormError(ValueError):
+    """What the form lacks before the service is asked, in words for the page."""
+
+
+def _whole(value: str, label: str, *, required: bool) -> int | None:
+    if not value:
+        if required:
+            raise RunFormError(f"{label} is required")
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise RunFormError(f"{label} must be a whole number from 1")
+    return int(value)
+
+
+def run_request(form: RunForm) -> CreateRun:
+    """The API's own request body, so the service checks the rest exactly as ``createEvalRun`` does."""
+    scorers: list[Any] = [COMMON_SCORERS[c] for c in form.common]
+    if form.scorers_json:
+        try:
+            extra = json.loads(form.scorers_json)
+        except json.JSONDecodeError as exc:
+            raise RunFormError(f"More scorers is not JSON: {exc.msg} at character {exc.pos}") from exc
+        scorers.extend(extra if isinstance(extra, list) else [extra])
+    if not scorers:
+        raise RunFormError("Choose at least one scorer, or give one in JSON")
+    pass_rule: dict[str, Any] | None = None
+    if form.rule == "min_score":
+        try:
+            pass_rule = {"min_score": float(form.pass_value)}
+        except ValueError as exc:
+            raise RunFormError("Minimum score must be a number from 0 to 1") from exc
+    elif form.rule == "min_passed":
+        pass_rule = {"min_passed": _whole(form.pass_value, "Scorers to pass", required=True)}
+    body = {
+        "prompt": form.prompt,
+        "version": _whole(form.version, "Prompt version", required=True),
+        "config_version": _whole(form.config_version, "Config version", required=False),
+        "dataset": {"name": form.dataset, "version": _whole(form.dataset_version, "Dataset version", required=False)},
+        "scorers": scorers,
+        "pass_rule": pass_rule,
+        "concurrency": _whole(form.concurrency, "Concurrency", required=True),
+    }
+    try:
+        return msgspec.convert(body, CreateRun)
+    except msgspec.ValidationError as exc:
+        raise RunFormError(f"The form is not a run: {exc}") from exc
+
+
+def problems_of(error: RegistryError) -> list[str]:
+    """A service's refusal as lines for the page: its field errors, or its detail."""
+    if error.errors:
+        return [f"{e.field}: {e.message}" if isinstance(e, FieldError) else str(e) for e in error.errors]
+    return [error.detail]
+
+
+def scorer_rates(scorers: Sequence[Mapping[str, Any]], items: Iterable[RunItemOut]) -> list[ScorerRate]:
+    """Each scorer's passes over the items scored, in the run's scorer order (pure)."""
+    counts: dict[str, list[int]] = {str(s.get("name") or s["kind"]): [0, 0] for s in scorers}
+    kinds = {str(s.get("name") or s["kind"]): str(s["kind"]) for s in scorers}
+    for item in items:
+        for score in item.scores:
+            tally = counts.setdefault(str(score.get("name")), [0, 0])
+            kinds.setdefault(str(score.get("name")), str(score.get("kind", "")))
+            tally[1] += 1
+            tally[0] += bool(score.get("passed"))
+    return [ScorerRate(name, kinds[name], passed, scored) for name, (passed, scored) in counts.items()]
+
+
+# --------------------------------------------------------------------------- pages
+
+
+class EvalPages:
+    """What the evaluation pages show and do, on one session."""
+
+    def __init__(self, session: AsyncSession, limits: PromptLimits) -> None:
+        self.session = session
+        self.runs = RunService(session, limits)
+        self.datasets = DatasetService(session)
+
+    async def list_runs(self, page: PageRequest, *, prompt: str, status: str) -> RunList:
+        found = await self.runs.list_runs(page, prompt=prompt or None, status=status or None)
+        items, cursor = paginate(found, page.limit, lambda r: encode_cursor(r.id))
+        rows = [(await self.runs.results(r.id)).run for r in items]
+        return RunList(rows, cursor, prompt, status)
+
+    async def _all_items(self, run_id: int) -> list[RunItemOut]:
+        items: list[RunItemOut] = []
+        after: tuple[Any, ...] | None = None
+        while True:
+            rows = await self.runs.items(run_id, PageRequest(limit=_ALL_ITEMS, after=after), failed_only=False)
+            items.extend(RunItemOut.of(i) for i in rows[:_ALL_ITEMS])
+            if len(rows) <= _ALL_ITEMS:
+                return items
+            after = (rows[_ALL_ITEMS - 1].position,)
+
+    async def run_page(self, run_id: int, page: PageRequest, *, failed: bool) -> RunView:
+        results = await self.runs.results(run_id)
+        rows = await self.runs.items(run_id, page, failed_only=failed)
+        items, cursor = paginate(rows, page.limit, lambda i: encode_cursor(i.position))
+        rates = scorer_rates(results.run.scorers, await self._all_items(run_id))
+        return RunView(results.run, rates, [RunItemOut.of(i) for i in items], cursor, failed)
+
+    async def start(self, form: RunForm, actor: Actor) -> int | RunForm:
+        """The new run's id, or the form with what is wrong (nothing is saved then)."""
+        try:
+            run = await self.runs.create_run(run_request(form), actor)
+        except RunFormError as problem:
+            form.problems = [str(problem)]
+            return form
+        except RegistryError as error:
+            if error.status_code >= 500:
+                raise
+            await self.session.rollback()
+            form.problems = problems_of(error)
+            return form
+        return run.id
+
+    async def cancel(self, run_id: int, actor: Actor) -> None:
+        await self.runs.cancel(run_id, actor)
+
+    async def compare(self, base_id: int, candidate_id: int) -> CompareView:
+        _, found = await self.runs.compare(base_id, candidate_id)
+        comparison: dict[str, Any] = dict(found)
+        regressed: list[int] = comparison.pop("regressed")
+        improved: list[int] = comparison.pop("improved")
+        wanted: list[tuple[int, Literal["regressed", "improved"]]] = [(p, "regressed") for p in regressed]
+        wanted += [(p, "improved") for p in improved]
+        shown = wanted[:CHANGED_SHOWN]
+        positions = {p for p, _ in shown}
+        base_items = {i.position: i for i in await self._all_items(base_id) if i.position in positions}
+        candidate_items = {i.position: i for i in await self._all_items(candidate_id) if i.position in positions}
+        changed = [ChangedItem(p, direction, base_items.get(p), candidate_items.get(p)) for p, direction in shown]
+        return CompareView(
+            (await self.runs.results(base_id)).run,
+            (await self.runs.results(candidate_id)).run,
+            comparison,
+            changed,
+            len(wanted) - len(shown),
+        )
+
+    async def list_datasets(self, page: PageRequest, *, prefix: str) -> DatasetList:
+        found = await self.datasets.list_datasets(page, prefix=prefix or None)
+        items, cursor = paginate(found, page.limit, lambda d: encode_cursor(d.name))
+        return DatasetList([DatasetOut.of(d) for d in items], cursor, prefix)
+
+    async def dataset_page(self, name: str, page: PageRequest) -> DatasetView:
+        dataset = DatasetOut.of(await self.datasets.require(name))
+        found = await self.datasets.list_versions(name, page)
+        items, cursor = paginate(found, page.limit, lambda v: encode_cursor(v.number))
+        return DatasetView(dataset, [DatasetVersionOut.of(name, v) for v in items], cursor)
+
+    async def dataset_version_page(self, name: str, number: int, page: PageRequest) -> DatasetVersionView:
+        dataset = await self.datasets.require(name)
+        version = await self.datasets.require_version(dataset, number)
+        found = await self.datasets.items(version, page)
+        items, cursor = paginate(found, page.limit, lambda i: encode_cursor(i.position))
+        return DatasetVersionView(
+            DatasetOut.of(dataset),
+            DatasetVersionOut.of(name, version),
+            [DatasetItemOut.of(i) for i in items],
+            cursor,
+        )
+
+
+# --------------------------------------------------------------------------- gates on the prompt pages
+
+
+async def prompt_gates(session: AsyncSession, name: str, prompt_id: int) -> list[GateOut]:
+    repository = EvalRepository(session)
+    gates = [await repository.get_gate(prompt_id, state) for state in GATED_STATES]
+    return [GateOut.of(name, g) for g in gates if g is not None]
+
+
+async def gate_verdict(
+    session: AsyncSession, name: str, version: PromptVersion, to: State, current: PromptVersion | None
+) -> GateVerdictView | None:
+    """The gate on ``to`` judged now for ``version``, as the promotion will judge it; None when not gated."""
+    gate = await EvalRepository(session).get_gate(version.prompt_id, to.value)
+    if gate is None:
+        return None
+    check = GateCheck("prompt", name, version, to, current, Actor(name="console"), None)
+    try:
+        await EvalGateCheck().check(session, check)
+    except GateFailedError as refused:
+        return refused_verdict(GateOut.of(name, gate), refused)
+    return GateVerdictView(GateOut.of(name, gate), True)
+
+
+def refused_verdict(gate: GateOut, refused: GateFailedError) -> GateVerdictView:
+    evidence: dict[str, Any] = dict(refused.extra.get("evidence") or {})
+    run_id = evidence.get("run_id")
+    return GateVerdictView(
+        gate,
+        False,
+        [str(f) for f in refused.extra.get("failures") or [refused.detail]],
+        pretty_json(evidence),
+        run_id if isinstance(run_id, int) else None,
+    )
