@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,29 +18,36 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from registry.app import create_app
+from registry.auth.keys import Scope
+from registry.auth.service import ApiKeyService
 from registry.console import formatting
+from registry.db import migrate
+from registry.db.engine import create_engine, create_sessionmaker
 from registry.experiments.models import ExperimentMetricHistogram
 from registry.settings import Settings
 from registry.stats.quantiles import ACCURACY
 from tests.completions.conftest import backend, publish, unique
-from tests.conftest import problem
+from tests.conftest import TEST_ACTOR, problem, serve_in_process
 from tests.experiments.conftest import Client, in_app, make_prompt, runtime_of, settle
 
 UNITS = [f"user-{i}" for i in range(90)]
 STEADY_ERRORS, ERRING_ERRORS = 2, 16
 
 
-@pytest.fixture
-def settings(settings: Settings, fault: str) -> Settings:
+def stand_ins(fault: str) -> dict[str, Any]:
     """A stand-in backend per variant, without retries and with a breaker that never opens here:
     a scripted failure is exactly one failed completion."""
     stand_in = backend(fault, max_retries=0, breaker_failures=1000)
-    return settings.model_copy(
-        update={
-            "backends": {"steady": stand_in, "erring": stand_in, "slow": stand_in},
-            "completion_usage_flush_seconds": 3600.0,
-        }
-    )
+    return {
+        "backends": {"steady": stand_in, "erring": stand_in, "slow": stand_in},
+        "completion_usage_flush_seconds": 3600.0,
+    }
+
+
+@pytest.fixture
+def settings(settings: Settings, fault: str) -> Settings:
+    return settings.model_copy(update=stand_ins(fault))
 
 
 async def created(response: Any) -> dict[str, Any]:
@@ -79,8 +87,14 @@ async def fold_in(client: Client) -> None:
 
 @pytest.fixture
 async def guarded(client: Client, admin: dict[str, str]) -> dict[str, Any]:
-    """Experiment 'guard' on prompt 'greet': c (2 scripted failures), t (16), u (every answer 0.2 s late)."""
-    headers = admin
+    return await run_guarded(client, admin)
+
+
+async def run_guarded(client: Client, headers: dict[str, str]) -> dict[str, Any]:
+    """Experiment 'guard' on prompt 'greet': c (2 scripted failures), t (16), u (every answer 0.2 s late).
+
+    Returns the results by metric and variant.
+    """
     steady, erring, slow = (
         unique(f"status:500:{STEADY_ERRORS}"),
         unique(f"status:500:{ERRING_ERRORS}"),
@@ -319,3 +333,33 @@ async def test_a_ratio_primary_metric_has_no_curve_over_time_only_units(
     points = [p for v in series["variants"] for p in v["points"]]
     assert sum(p["units"] for p in points) == len(UNITS)
     assert all(p["mean"] is None for p in points)
+
+
+async def test_completion_metrics_on_the_embedded_default(tmp_path: Path, fault: str) -> None:
+    """SQLite: the source, the queueing at flush, the histograms and the results, as on PostgreSQL."""
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
+        access_log=False,
+        log_level="WARNING",
+        bootstrap_admin_key=False,
+        experiment_exposure_flush_seconds=3600.0,
+        experiment_statistics_seconds=3600.0,
+        **stand_ins(fault),
+    )
+    engine = create_engine(settings)
+    await migrate.upgrade(engine)
+    async with create_sessionmaker(engine)() as session, session.begin():
+        _, secret = await ApiKeyService(session).create_key("admin", [Scope.ADMIN], TEST_ACTOR)
+    await engine.dispose()
+    async with serve_in_process(create_app(settings)) as client:
+        results = await run_guarded(client, {"Authorization": f"Bearer {secret}"})
+        completions = await recorded(runtime_of(client.app).engine)
+
+    errors = {v: sum(status == "error" for status, _, _ in rows) for v, rows in completions.items()}
+    assert errors == {"c": STEADY_ERRORS, "t": ERRING_ERRORS, "u": 0}
+    for variant, rows in completions.items():
+        assert results["errors_per_completion"][variant]["mean"] == pytest.approx(errors[variant] / len(rows))
+        latencies = [latency for _, latency, _ in rows if latency is not None]
+        exact = float(np.quantile(latencies, 0.5, method="inverted_cdf"))
+        assert results["latency_p50"][variant]["mean"] == pytest.approx(exact, rel=ACCURACY)
+    assert results["latency_p50"]["u"]["vs_control"]["absolute"]["ci_low"] > 0
