@@ -20,6 +20,7 @@ from registry.auth.principal import Actor
 from registry.console.formatting import pretty_json
 from registry.evals.errors import GateFailedError
 from registry.evals.gates import GATED_STATES, EvalGateCheck
+from registry.evals.models import EvalRun
 from registry.evals.repository import EvalRepository
 from registry.evals.schemas import (
     CreateRun,
@@ -27,6 +28,7 @@ from registry.evals.schemas import (
     DatasetOut,
     DatasetVersionOut,
     GateOut,
+    Interval,
     RunItemOut,
     RunOut,
 )
@@ -38,6 +40,7 @@ from registry.lib.schema import paginate
 from registry.lib.versioned import GateCheck
 from registry.prompts.models import PromptVersion
 from registry.prompts.service import PromptLimits
+from registry.stats import wilson_interval
 
 RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 RunStatus = Literal["queued", "running", "completed", "failed", "cancelled", ""]
@@ -236,6 +239,16 @@ def problems_of(error: RegistryError) -> list[str]:
     return [error.detail]
 
 
+def listed(run: EvalRun) -> RunOut:
+    """A run for the list: its pass rate's Wilson interval (as the run's results give it) from its counters,
+    without reading its items."""
+    if not run.items_done:
+        return RunOut.of(run)
+    rate = run.items_passed / run.items_done
+    low, high = wilson_interval(rate, run.items_done)
+    return RunOut.of(run, pass_rate=Interval(estimate=rate, low=low, high=high))
+
+
 def scorer_rates(scorers: Sequence[Mapping[str, Any]], items: Iterable[RunItemOut]) -> list[ScorerRate]:
     """Each scorer's passes over the items scored, in the run's scorer order (pure)."""
     counts: dict[str, list[int]] = {str(s.get("name") or s["kind"]): [0, 0] for s in scorers}
@@ -263,8 +276,7 @@ class EvalPages:
     async def list_runs(self, page: PageRequest, *, prompt: str, status: str) -> RunList:
         found = await self.runs.list_runs(page, prompt=prompt or None, status=status or None)
         items, cursor = paginate(found, page.limit, lambda r: encode_cursor(r.id))
-        rows = [(await self.runs.results(r.id)).run for r in items]
-        return RunList(rows, cursor, prompt, status)
+        return RunList([listed(r) for r in items], cursor, prompt, status)
 
     async def _all_items(self, run_id: int) -> list[RunItemOut]:
         items: list[RunItemOut] = []
