@@ -12,7 +12,7 @@ import contextlib
 import gc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import structlog
 from litestar.connection import ASGIConnection
@@ -28,6 +28,8 @@ from registry.completions.observations import CompletionSource
 from registry.completions.upstream import http_client_for
 from registry.db.change_log import ChangeLogReader
 from registry.db.engine import create_engine, create_sessionmaker
+from registry.evals.gates import EvalGateCheck
+from registry.evals.runner import EvalWorker
 from registry.experiments.live import LiveExperiments
 from registry.feed.hub import FeedHub
 from registry.lib.changes import ChangeBus
@@ -44,14 +46,6 @@ from registry.webhooks.dispatcher import DeliveryPolicy, WebhookDispatcher
 from registry.webhooks.guard import AddressGuard, WebhookHttp
 
 logger = structlog.get_logger("registry.runtime")
-
-
-class BackgroundWorker(Protocol):
-    """Work that owns tasks beyond its periodic jobs (the evaluation runs it executes), stopped with the runtime."""
-
-    def jobs(self) -> list[PeriodicJob]: ...
-
-    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -74,7 +68,7 @@ class Runtime:
     webhooks: WebhookDispatcher
     experiments: LiveExperiments
     completions: Completions
-    evals: BackgroundWorker  # registry.evals.runner.EvalWorker
+    evals: EvalWorker  # executes evaluation runs (worker and all roles)
     change_log: ChangeLogReader | None = None  # without Redis: what other processes changed
     process_group_metrics: ProcessGroupMetrics | None = None  # several server workers: /metrics merges them
     jobs: list[PeriodicJob] = field(default_factory=list)
@@ -91,6 +85,19 @@ class Runtime:
         http = http_client_for(settings.backends)
         bus = ChangeBus(redis, f"{settings.redis_key_prefix}changes")
         metrics_registry = CollectorRegistry(auto_describe=True)
+        prompts = PromptCatalog(
+            sessionmaker,
+            bus,
+            ttl=settings.cache_ttl_seconds,
+            degraded_ttl=settings.cache_degraded_ttl_seconds,
+            max_prompts=settings.cache_max_prompts,
+            limits=RenderLimits(
+                max_output_chars=settings.render_max_output_chars,
+                timeout_seconds=settings.render_timeout_ms / 1000,
+                max_iterations=settings.render_max_iterations,
+            ),
+        )
+        completions = Completions.build(settings, sessionmaker, redis, bus, metrics_registry, http)
         runtime = cls(
             settings=settings,
             engine=engine,
@@ -111,18 +118,7 @@ class Runtime:
             rate_limiter=RateLimiter(
                 redis, settings.redis_key_prefix, default_per_minute=settings.rate_limit_per_minute
             ),
-            prompts=PromptCatalog(
-                sessionmaker,
-                bus,
-                ttl=settings.cache_ttl_seconds,
-                degraded_ttl=settings.cache_degraded_ttl_seconds,
-                max_prompts=settings.cache_max_prompts,
-                limits=RenderLimits(
-                    max_output_chars=settings.render_max_output_chars,
-                    timeout_seconds=settings.render_timeout_ms / 1000,
-                    max_iterations=settings.render_max_iterations,
-                ),
-            ),
+            prompts=prompts,
             prompt_limits=PromptLimits(max_template_chars=settings.max_template_chars),
             feed=FeedHub(bus),
             webhooks=WebhookDispatcher(
@@ -139,14 +135,9 @@ class Runtime:
                 metrics_registry,
             ),
             experiments=LiveExperiments(settings, sessionmaker, bus, metrics_registry),
-            completions=Completions.build(settings, sessionmaker, redis, bus, metrics_registry, http),
-            evals=None,  # type: ignore[arg-type]  # built below, from the completions and the catalog
+            completions=completions,
+            evals=EvalWorker(settings, sessionmaker, completions, prompts),
         )
-        # Imported here: evaluations run completions, whose module imports the request checks, which import this.
-        from registry.evals.gates import EvalGateCheck
-        from registry.evals.runner import EvalWorker
-
-        runtime.evals = EvalWorker(settings, sessionmaker, runtime.completions, runtime.prompts)
         # Every promotion made on the app's sessions passes the evaluation gates (see PROMOTION_GATE).
         sessionmaker.configure(info={PROMOTION_GATE: EvalGateCheck()})
         runtime.prompts.router = runtime.experiments.router

@@ -74,8 +74,8 @@ from registry.lib.tracing import (
     outcome_attributes,
 )
 from registry.prompts.catalog import PromptCatalog, Rendering
-from registry.prompts.fast_path import rendered_attributes, traced_render
 from registry.prompts.schemas import LinkedConfig, RenderOut
+from registry.prompts.traced import rendered_attributes, traced_render
 
 logger = structlog.get_logger("registry.completions")
 

@@ -35,10 +35,10 @@ from registry.auth.access import SCOPE_OPT, authorize
 from registry.auth.keys import Scope as KeyScope
 from registry.lib.errors import PROBLEM_MEDIA_TYPE, FieldError, InvalidInputError, problem_body, translate_and_log
 from registry.lib.http import JsonResponse, decode_name
-from registry.lib.tracing import RENDER_SPAN, Attributes, render_attributes
 from registry.lib.versioned_schemas import Label, VersionNumber
-from registry.prompts.catalog import PromptCatalog, Rendering
-from registry.prompts.schemas import ExperimentOut, RenderOut, RenderRequest, UnitId
+from registry.prompts.catalog import PromptCatalog
+from registry.prompts.schemas import ExperimentOut, RenderRequest, UnitId
+from registry.prompts.traced import traced_render
 from registry.runtime import Runtime
 
 STALE_HEADER = "X-Registry-Stale"
@@ -100,42 +100,6 @@ async def resolve_response(
     if etag_matches(if_none_match, resolution.version.etag):
         return JsonResponse(b"", status=304, headers=headers)
     return JsonResponse(resolution.version.body, headers=headers)
-
-
-def rendered_attributes(out: RenderOut) -> Attributes:
-    experiment = out.experiment
-    if experiment is None:
-        return render_attributes(prompt=out.prompt, version=out.version)
-    return render_attributes(
-        prompt=out.prompt,
-        version=out.version,
-        experiment=experiment.key,
-        phase=experiment.phase,
-        variant=experiment.variant,
-        in_experiment=experiment.in_experiment,
-    )
-
-
-async def traced_render(
-    catalog: PromptCatalog,
-    tracer: Tracer | None,
-    name: str,
-    variables: Any,
-    *,
-    label: str | None,
-    version: int | None,
-    unit: str | None,
-) -> Rendering:
-    """``catalog.render`` in a ``prompt.render`` span when tracing is on (for renders and completions alike).
-
-    Off, it is the plain call: no span, no context manager, nothing else on the fast path.
-    """
-    if tracer is None:
-        return await catalog.render(name, variables, label=label, version=version, unit=unit)
-    with tracer.start_as_current_span(RENDER_SPAN) as span:
-        rendering = await catalog.render(name, variables, label=label, version=version, unit=unit)
-        span.set_attributes(rendered_attributes(rendering.out))
-        return rendering
 
 
 async def render_response(
