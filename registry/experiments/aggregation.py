@@ -23,7 +23,7 @@ ZERO_FILLED = frozenset({"sum", "count", "any"})
 
 @dataclass(slots=True)
 class Observation:
-    """One value of one metric for a unit (an outcome event today; completions later).
+    """One value of one metric for a unit: an outcome event, or a completion (``registry.completions.observations``).
 
     Not frozen, though never changed: the aggregator builds one per event, and a frozen dataclass
     costs four times as much to construct (about 2 µs against 0.5).

@@ -20,7 +20,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from registry.experiments.aggregation import ZERO_FILLED
 from registry.experiments.repository import ExportRepository
 
 ExportFormat = Literal["csv", "parquet"]
@@ -30,9 +29,12 @@ _ROWS_PER_CHUNK = 5000
 
 @dataclass(frozen=True, slots=True)
 class ExportColumn:
+    """A metric's per-unit value; a ratio metric has a second column, ``<key>.denominator``."""
+
     metric_id: int
     key: str
-    aggregation: str
+    zero_filled: bool  # units without data are 0, not empty
+    denominator: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +85,17 @@ class ExportService:
 
     async def _rows(self, plan: ExportPlan) -> AsyncIterator[list[Any]]:
         """Rows of (unit, variant, first exposure, in analysis, *metric values), in batches."""
-        position = {c.metric_id: i for i, c in enumerate(plan.columns)}
-        empty = [0.0 if c.aggregation in ZERO_FILLED else None for c in plan.columns]
+        position: dict[tuple[int | None, bool], int] = {
+            (c.metric_id, c.denominator): i for i, c in enumerate(plan.columns)
+        }
+        empty = [0.0 if c.zero_filled else None for c in plan.columns]
         batch: list[Any] = []
         current: list[Any] | None = None
         async with self._sessionmaker() as session:
             rows = ExportRepository(session).unit_rows(
                 plan.experiment_id, plan.phase, exposed_from=plan.exposed_from, exposed_to=plan.exposed_to
             )
-            async for unit, variant, first, metric_id, value in rows:
+            async for unit, variant, first, metric_id, value, pre_value in rows:
                 if current is None or current[0] != unit:
                     if current is not None:
                         batch.append(current)
@@ -99,8 +103,10 @@ class ExportService:
                             yield batch
                             batch = []
                     current = [unit, variant, first, variant is not None, *empty]
-                if metric_id in position:
-                    current[4 + position[metric_id]] = value
+                if (metric_id, False) in position:
+                    current[4 + position[(metric_id, False)]] = value
+                if (metric_id, True) in position:
+                    current[4 + position[(metric_id, True)]] = pre_value
         if current is not None:
             batch.append(current)
         if batch:

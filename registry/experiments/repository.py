@@ -737,8 +737,9 @@ def _rowcount(result: Any) -> int:
 class ExportRepository(_Repository):
     async def unit_rows(
         self, experiment_id: int, phase: int, *, exposed_from: datetime | None, exposed_to: datetime | None
-    ) -> AsyncIterator[Row[str, str | None, datetime, int | None, float | None]]:
-        """Units of a phase with their metric values, one row per (unit, metric), ordered by unit."""
+    ) -> AsyncIterator[Row[str, str | None, datetime, int | None, float | None, float | None]]:
+        """Units of a phase with their metric values (and covariates: a ratio's denominators), one row per
+        (unit, metric), ordered by unit."""
         query = (
             select(
                 ExperimentUnit.unit,
@@ -746,6 +747,7 @@ class ExportRepository(_Repository):
                 ExperimentUnit.first_exposed_at,
                 UnitMetricValue.metric_id,
                 UnitMetricValue.value,
+                UnitMetricValue.pre_value,
             )
             .outerjoin(
                 UnitMetricValue,

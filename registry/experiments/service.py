@@ -16,6 +16,7 @@ from registry.auth.principal import Actor
 from registry.configs.models import ModelConfigVersion
 from registry.configs.schemas import ConfigRef
 from registry.db.base import utcnow
+from registry.experiments.aggregation import MetricRule
 from registry.experiments.errors import (
     ExperimentConflictError,
     ExperimentExistsError,
@@ -146,6 +147,12 @@ class MetricService:
         await self.session.flush()
         await self.audit.record(actor, "metric.update", "metric", key, before=before, after=_metric_snapshot(metric))
         return metric
+
+
+def _export_columns(metric: Metric) -> list[ExportColumn]:
+    rule = MetricRule(metric.id, metric.aggregation, metric.analysis_kind)
+    value = ExportColumn(metric.id, metric.key, rule.zero_filled)
+    return [value, ExportColumn(metric.id, f"{metric.key}.denominator", False, True)] if rule.is_ratio else [value]
 
 
 def _kind_problems(data: CreateMetric, source: ObservationSource | None) -> list[FieldError]:
@@ -699,7 +706,7 @@ class ExperimentService:
             experiment_id=experiment.id,
             experiment=key,
             phase=record.number,
-            columns=[ExportColumn(m.metric.id, m.metric.key, m.metric.aggregation) for m in experiment.metrics],
+            columns=[column for link in experiment.metrics for column in _export_columns(link.metric)],
             exposed_from=exposed_from,
             exposed_to=exposed_to,
             format=format,

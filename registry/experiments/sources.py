@@ -2,12 +2,13 @@
 
 ``events`` are the outcomes apps post to ``/v1/events``. Another domain adds
 a source by implementing ``ObservationSource`` and registering it on the
-runtime's ``experiments.sources`` (for example ``completions``, yielding
-latency, time to first token, tokens, cost and errors per unit, with the
-metric's ``source_field`` naming which); it must also queue the units it
-records with ``IngestRepository.mark_units_changed`` in the same transaction,
-so the aggregator folds them in. Metrics can only be defined on sources that
-are registered.
+runtime's ``experiments.sources``, as the runtime does with ``completions``
+(``registry.completions.observations``: latency, time to first token, tokens,
+cost, errors and fallbacks per completion, the metric's ``source_field``
+naming which); it must also queue the units it records with
+``IngestRepository.mark_units_changed`` in the same transaction, so the
+aggregator folds them in. Metrics can only be defined on sources that are
+registered. A ratio metric's observations carry its ``denominator_field`` too.
 """
 
 from __future__ import annotations

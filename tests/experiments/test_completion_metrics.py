@@ -8,6 +8,8 @@ between variants, never latencies with fixed bounds.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -363,3 +365,19 @@ async def test_completion_metrics_on_the_embedded_default(tmp_path: Path, fault:
         exact = float(np.quantile(latencies, 0.5, method="inverted_cdf"))
         assert results["latency_p50"][variant]["mean"] == pytest.approx(exact, rel=ACCURACY)
     assert results["latency_p50"]["u"]["vs_control"]["absolute"]["ci_low"] > 0
+
+
+async def test_the_export_has_a_ratios_numerator_and_denominator_per_unit(
+    client: Client, guarded: dict[str, Any], admin: dict[str, str], admin_engine: AsyncEngine
+) -> None:
+    response = await client.get("/v1/experiments/guard/export", params={"format": "csv"}, headers=admin)
+    assert response.status_code == 200, response.text
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+
+    assert "errors_per_completion.denominator" in rows[0]
+    assert "latency_p50.denominator" not in rows[0]
+    completions = await recorded(admin_engine)
+    for variant, recorded_rows in completions.items():
+        mine = [r for r in rows if r["variant"] == variant]
+        assert sum(float(r["errors_per_completion"]) for r in mine) == sum(s == "error" for s, _, _ in recorded_rows)
+        assert sum(float(r["errors_per_completion.denominator"]) for r in mine) == len(recorded_rows)
