@@ -3,9 +3,9 @@
 Operator commands (``serve``, ``worker``, ``migrate``, ``keys``; ``server_commands``) work on the
 database directly and import the server inside their handlers. Product commands (prompts,
 versions, configs, render, complete, metrics, events, usage, audit, webhooks, experiments, sync,
-export; ``api_commands`` and ``experiment_commands``) go through the REST API with an API key, so
-they work against any deployment, are checked and audited like any other caller, and start fast:
-they import only click, the Python client and these small modules.
+export, eval, datasets, gates; ``api_commands``, ``experiment_commands`` and ``eval_commands``) go
+through the REST API with an API key, so they work against any deployment, are checked and audited
+like any other caller, and start fast: they import only click, the Python client and these small modules.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from registry import __version__
-from registry.cli import api_commands, experiment_commands, server_commands
+from registry.cli import api_commands, eval_commands, experiment_commands, server_commands
 from registry.cli.output import EXIT_CODES_HELP
 
 
@@ -28,10 +28,15 @@ from registry.cli.output import EXIT_CODES_HELP
 )
 @click.version_option(__version__, prog_name="prompt-registry")
 def main() -> None:
-    """prompt-registry: serve the API, migrate, manage API keys, and work with prompts, configs and experiments."""
+    """prompt-registry: serve the API, migrate, manage keys; prompts, configs, experiments and evaluations."""
 
 
-for command in [*server_commands.COMMANDS, *api_commands.COMMANDS, experiment_commands.experiments]:
+for command in [
+    *server_commands.COMMANDS,
+    *api_commands.COMMANDS,
+    experiment_commands.experiments,
+    *eval_commands.COMMANDS,
+]:
     main.add_command(command)
 
 # Helpers that benchmarks and tests import from here (defined with the operator commands).

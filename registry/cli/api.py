@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
-from registry.cli.output import ExitCode, exit_code_for_status, fail
+from registry.cli.output import ExitCode, exit_code_for_status, fail, gate_evidence
 
 if TYPE_CHECKING:
     from prompt_registry_client import RegistryClient, RegistryError
@@ -50,6 +50,10 @@ def report(exc: RegistryError) -> None:
     click.echo(f"error: {exc.detail}", err=True)
     for error in exc.errors:
         click.echo(f"  {error.get('field')}: {error.get('message')}", err=True)
+    if exc.type == "gate_failed":
+        for line in gate_evidence(exc.body):
+            click.echo(f"  {line}", err=True)
+        click.echo("  (an admin may promote anyway: 'registry promote ... --override-gate --reason WHY')", err=True)
     if exc.status == 401:
         click.echo("  (the key comes from --api-key or REGISTRY_API_KEY)", err=True)
     raise SystemExit(int(exit_code_for_status(exc.status)))

@@ -204,18 +204,22 @@ def versions_show(client: RegistryClient, as_json: bool, name: str, version: int
     emit(as_json, result, lambda: _print_version(result))
 
 
-def read_mapping(file: Path) -> dict[str, Any]:
-    """A JSON or YAML file holding one object."""
+def read_document(file: Path) -> Any:
+    """What a JSON or YAML file (by its suffix; '-' is stdin, read as JSON) holds."""
     text = sys.stdin.read() if str(file) == "-" else file.read_text()
     try:
         if file.suffix in (".yaml", ".yml"):
             import yaml
 
-            loaded = yaml.safe_load(text)
-        else:
-            loaded = json.loads(text)
+            return yaml.safe_load(text)
+        return json.loads(text)
     except (ValueError, ImportError) as exc:
         fail(f"{file} is not valid {'YAML' if file.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}", ExitCode.USAGE)
+
+
+def read_mapping(file: Path) -> dict[str, Any]:
+    """A JSON or YAML file holding one object."""
+    loaded = read_document(file)
     if not isinstance(loaded, dict):
         fail(f"{file} must hold an object (a mapping)", ExitCode.USAGE)
     return loaded
@@ -281,7 +285,12 @@ def versions_create(
 @click.argument("version", type=click.IntRange(min=1))
 @click.option("--to", "to", required=True, type=click.Choice(["staging", "production", "archived"]))
 @click.option("--expected-current", type=int, help="Version you believe holds the state now (default: read it).")
-@click.option("--reason", help="Why, for the history.")
+@click.option("--reason", help="Why, for the history (with --override-gate: why the gate is overridden).")
+@click.option(
+    "--override-gate",
+    is_flag=True,
+    help="Promote although the state's evaluation gate refuses (admin scope; needs --reason, kept in the audit log).",
+)
 @config_flag
 @api_command
 def promote(
@@ -292,10 +301,17 @@ def promote(
     to: str,
     expected_current: int | None,
     reason: str | None,
+    override_gate: bool,
     config: bool,
 ) -> None:
-    """Move VERSION of NAME to staging, production or archived."""
-    kwargs: dict[str, Any] = {"reason": reason}
+    """Move VERSION of NAME to staging, production or archived.
+
+    A gated state refuses a version without evaluation evidence that meets the gate (exit 6, naming
+    the evidence); an admin may pass --override-gate with a --reason.
+    """
+    if override_gate and not reason:
+        raise click.UsageError("--override-gate needs --reason: why the gate is overridden")
+    kwargs: dict[str, Any] = {"reason": reason, "override_gate": reason if override_gate else None}
     if expected_current is not None:
         kwargs["expected_current"] = expected_current
     result = client.promote(name, version, to, resource_of(config), **kwargs)
@@ -743,11 +759,15 @@ def webhooks_redeliver(client: RegistryClient, as_json: bool, webhook_id: int, d
 def sync(
     client: RegistryClient, as_json: bool, folder: Path, dry_run: bool, promote_to: str | None, message: str
 ) -> None:
-    """Push the prompt files in FOLDER: a new version where a prompt changed, nothing where it did not."""
+    """Push the prompt files in FOLDER: a new version where a prompt changed, nothing where it did not.
+
+    Datasets in FOLDER/datasets/NAME.jsonl are pushed first (a new version only where the items
+    differ). Exits 6 when a gate refused a --promote (the evidence is printed), 1 on other failures.
+    """
     from registry.promptfiles.sync import run_sync
 
     echo, echo_error = click.echo, lambda line: click.echo(line, err=True)
-    if not run_sync(
+    result = run_sync(
         client,
         folder,
         dry_run=dry_run,
@@ -756,8 +776,9 @@ def sync(
         echo=echo,
         echo_error=echo_error,
         as_json=as_json,
-    ):
-        sys.exit(1)
+    )
+    if not result:
+        sys.exit(int(ExitCode.VALIDATION) if result.gate_refused else 1)
 
 
 @click.command("export")
@@ -775,6 +796,7 @@ def export_prompts(client: RegistryClient, as_json: bool, folder: Path, prefix: 
     """Write the version LABEL holds of each prompt to FOLDER as prompt files (what `registry sync` reads).
 
     A file already in FOLDER changes only where it differs: comments, layout and config labels stay.
+    Each dataset's latest version goes to FOLDER/datasets/NAME.jsonl (left as it is when it holds the same items).
     """
     from registry.promptfiles.sync import run_export
 

@@ -90,3 +90,21 @@ def echo_lines(text: str) -> None:
     """Print ``text`` so that every line ends with a newline, the last one included."""
     for line in text.splitlines():
         click.echo(line)
+
+
+def gate_evidence(problem: dict[str, Any]) -> list[str]:
+    """A refused promotion's evidence, readably: each failure, then the numbers the gate looked at."""
+    lines = [f"failed: {failure}" for failure in problem.get("failures") or []]
+    evidence = problem.get("evidence") or {}
+    gate = evidence.get("gate") or {}
+    if gate:
+        wanted = [f"dataset {evidence.get('dataset') or gate.get('dataset')}"]
+        if gate.get("min_pass_rate") is not None:
+            wanted.append(f"min pass rate {gate['min_pass_rate']:g}")
+        if gate.get("no_regression"):
+            wanted.append(f"no regression at alpha {gate.get('alpha', 0.05):g}")
+        lines.append(f"gate on {gate.get('state')}: {', '.join(wanted)}")
+    shown = {k: v for k, v in evidence.items() if k not in ("gate", "dataset")}
+    if shown:
+        lines.append("evidence: " + ", ".join(f"{k} {json.dumps(v, default=str)}" for k, v in shown.items()))
+    return lines

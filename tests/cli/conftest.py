@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from registry.cli import main
-from tests.clients.conftest import Live, fault, live, live_registry
+from tests.api import path
+from tests.clients.conftest import Live, LiveFactory, fault, live, live_registry
+from tests.completions.conftest import backend
+from tests.evals.conftest import stand_in
+from tests.evals.stand_in import StandIn
 
-__all__ = ["Ran", "fault", "live", "live_registry", "registry"]
+__all__ = ["Ran", "evals_live", "fault", "live", "live_registry", "registry", "stand_in"]
 
 
 @dataclass
@@ -37,3 +42,32 @@ class Registry:
 @pytest.fixture
 def registry(live: Live) -> Registry:
     return Registry(live)
+
+
+@pytest.fixture
+def evals_live(live_registry: LiveFactory, stand_in: tuple[StandIn, str]) -> Live:
+    """A live registry whose backend ``stand-in`` answers each item its own ``answer`` (tests/evals/stand_in.py)."""
+    server, url = stand_in
+    server.requests.clear()
+    server.released.clear()
+    return live_registry(
+        backends={"stand-in": backend(url, max_retries=0, breaker_cooldown=0.05)}, eval_poll_seconds=0.02
+    )
+
+
+def stand_in_prompt(live: Live, name: str, template: str = "{{ answer }}", *, model: str = "echo") -> int:
+    """A new version of ``name`` (created if need be) answering through the stand-in; returns its number."""
+    config = f"{name.replace('/', '-')}-config"
+    if live.admin.get(f"/v1/configs/{config}/versions").status_code == 404:
+        live.ok(live.admin.post("/v1/configs", json={"name": config}))
+    body: dict[str, Any] = {"backend": "stand-in", "model": model, "params": {"temperature": 0, "max_tokens": 64}}
+    config_version = live.ok(live.admin.post(f"/v1/configs/{config}/versions", json=body))["version"]
+    if live.admin.get(f"/v1/prompts/{path(name)}/versions").status_code == 404:
+        live.ok(live.admin.post("/v1/prompts", json={"name": name}))
+    content = {
+        "kind": "chat",
+        "messages": [{"role": "user", "content": template}],
+        "config": {"name": config, "version": config_version},
+    }
+    version: int = live.ok(live.admin.post(f"/v1/prompts/{path(name)}/versions", json=content))["version"]
+    return version

@@ -15,6 +15,7 @@ from tests.conftest import free_port
 COMMAND_GROUPS = [
     "serve", "worker", "migrate", "keys", "prompts", "versions", "configs", "promote", "rollback", "history",
     "diff", "render", "complete", "metrics", "events", "usage", "audit", "webhooks", "experiments", "sync", "export",
+    "eval", "datasets", "gates",
 ]  # fmt: skip
 
 

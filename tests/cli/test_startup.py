@@ -38,7 +38,13 @@ def run_and_list_modules(*args: str, url: str, key: str) -> tuple[int, list[str]
 
 def test_an_api_command_imports_the_client_and_not_the_server(live: Live) -> None:
     live.prompt("greet", {"kind": "text", "template": "Hello {{ name }}"})
-    for args in (["prompts", "list"], ["render", "greet", "--var", "name=Ada"], ["experiments", "list"]):
+    for args in (
+        ["prompts", "list"],
+        ["render", "greet", "--var", "name=Ada"],
+        ["experiments", "list"],
+        ["datasets", "list"],
+        ["eval", "list"],
+    ):
         code, modules, out = run_and_list_modules(*args, url=live.url, key=live.key)
         assert code == 0, out
         assert "prompt_registry_client" in modules, "the command ran through the client"
