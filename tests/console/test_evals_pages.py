@@ -334,13 +334,24 @@ async def test_the_promote_dialog_shows_the_gate_and_its_evidence_and_an_admin_m
         prompt, name = seed["prompt"], seed["dataset"]
         gate = {"dataset": {"name": name}, "min_pass_rate": 0.8}
         await ok(await api.put(f"/v1/prompts/{quote(prompt, safe='')}/gates/production", json=gate))
+        low = {"dataset": {"name": name, "version": seed["dataset_version"]}, "min_pass_rate": 0.3}
+        await ok(await api.put(f"/v1/prompts/{quote(prompt, safe='')}/gates/staging", json=low))
     base_run = seed["base"]["id"]
     prompt_url = f"/console/prompts/{quote(prompt, safe='')}"
 
     page = await evals_console.signed_in("alice")
     await page.goto(prompt_url)
-    assert await page.locator("#gates tbody tr").inner_text() == f"production\t{name}@latest\t80.00%\tnot required"
+    assert await page.locator("#gates tbody tr").all_inner_texts() == [
+        f"staging\t{name}@{seed['dataset_version']}\t30.00%\tnot required",
+        f"production\t{name}@latest\t80.00%\tnot required",
+    ]
     await check_page(page, "prompt-gates")
+    # v1 passed 40% of the items: enough for staging, whose dialog says so, and the promotion goes through.
+    await page.get_by_role("link", name="Promote v1 to staging").click()
+    assert await page.locator("#gate-verdict").inner_text() == "v1 meets the gate."
+    await check_page(page, "promote-gate-met")
+    await page.get_by_role("button", name="Promote to staging").click()
+    await page.wait_for_url("**?changed=1&to=staging")
     await page.get_by_role("link", name="Promote v1 to production").click()
     verdict = page.locator("#gate-verdict")
     assert "v1 does not meet the gate yet." in await verdict.inner_text()
@@ -355,7 +366,7 @@ async def test_the_promote_dialog_shows_the_gate_and_its_evidence_and_an_admin_m
     assert f'"run_id": {base_run}' in await page.locator("pre.evidence").inner_text()
     await check_page(page, "promote-gate-refused")
     async with live_evals.api() as api:
-        assert (await states(api, prompt))[1] == "draft"
+        assert (await states(api, prompt))[1] == "staging"
 
     admin = await evals_console.signed_in("admin")
     await admin.goto(f"{prompt_url}/versions/1/promote?to=production")
