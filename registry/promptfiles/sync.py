@@ -11,6 +11,11 @@ one or the one the sync created, never a version made outside the folder.
 changes a file already in the folder only where it differs (see
 ``PromptDocument.rewrite``), so exporting a folder that is in sync leaves it
 byte for byte as it was.
+
+Evaluation datasets travel with the prompts as ``datasets/NAME.jsonl`` (see ``datasets``):
+``sync`` pushes each file through the API's upload before the prompts (the service makes a
+version only when the items differ), and ``export`` writes each dataset's latest version,
+leaving a file that holds the same items untouched.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from typing import Any, Literal
 
 from prompt_registry_client import NotFound, RegistryClient, RegistryError, encode_name
 
+from registry.cli.output import gate_evidence
+from registry.promptfiles.datasets import dataset_path, load_datasets, same_items
 from registry.promptfiles.documents import PromptDocument, document_of, load_folder, path_of
 
 
@@ -249,6 +256,73 @@ def _keeping_label(client: RegistryClient, local: PromptDocument, exported: Prom
 Echo = Callable[[str], None]
 
 
+@dataclass(slots=True)
+class SyncResult:
+    """What went wrong in a sync; true when nothing did. ``gate_refused``: a promotion a gate refused."""
+
+    failed: bool = False
+    gate_refused: bool = False
+
+    def __bool__(self) -> bool:
+        return not self.failed
+
+    def record(self, error: RegistryError) -> None:
+        self.failed = True
+        self.gate_refused = self.gate_refused or error.type == "gate_failed"
+
+
+def _remote_dataset(client: RegistryClient, name: str) -> tuple[int | None, bytes | None]:
+    """The latest version of dataset ``name`` and its JSONL, or (None, None) when it has none."""
+    try:
+        with client.export_dataset(name) as chunks:
+            content = b"".join(chunks)
+        return int(client.get_dataset_version(name)["version"]), content
+    except NotFound as exc:
+        if exc.type in ("dataset_not_found", "dataset_version_not_found"):
+            return None, None
+        raise
+
+
+def sync_dataset(client: RegistryClient, name: str, source: Path, *, dry_run: bool, message: str) -> dict[str, Any]:
+    """Push one dataset file (a new version only when its items differ); what was or would be done."""
+    content = source.read_bytes()
+    if dry_run:
+        newest, remote = _remote_dataset(client, name)
+        unchanged = remote is not None and same_items(content, remote)
+        return {
+            "dataset": name,
+            "file": str(source),
+            "version": newest if unchanged else None,
+            "created": False,
+            "newest_version": newest,
+            "changed": not unchanged,
+        }
+    version, created = client.push_dataset(name, content, commit_message=message)
+    return {
+        "dataset": name,
+        "file": str(source),
+        "version": version["version"],
+        "created": created,
+        "newest_version": version["version"],
+        "changed": created,
+        "items": version["item_count"],
+    }
+
+
+def _dataset_summary(outcome: dict[str, Any], dry_run: bool) -> str:
+    name, newest = outcome["dataset"], outcome["newest_version"]
+    if not outcome["changed"]:
+        return f"= dataset {name}: unchanged (version {newest})"
+    if dry_run:
+        return (
+            f"+ dataset {name}: new dataset, version 1"
+            if newest is None
+            else (f"~ dataset {name}: new version {newest + 1} (newest is {newest})")
+        )
+    sign = "+" if outcome["version"] == 1 else "~"
+    return f"{sign} dataset {name}: version {outcome['version']} created ({outcome['items']} items)"
+
+
 def run_sync(
     client: RegistryClient,
     folder: Path,
@@ -259,24 +333,37 @@ def run_sync(
     echo: Echo,
     echo_error: Echo,
     as_json: bool = False,
-) -> bool:
-    """Check every file, then sync them one by one; False when anything failed (nothing is written if a file is bad).
+) -> SyncResult:
+    """Check every file, then sync the datasets and the prompts one by one; false when anything failed
+    (nothing is written if a file is bad).
 
-    ``as_json`` echoes one JSON object per prompt (what was planned, and ``done``) instead of text.
+    ``as_json`` echoes one JSON object per dataset and per prompt (what was planned, and ``done``)
+    instead of text.
     """
     files, problems = load_folder(folder)
-    if not files and not problems:
+    dataset_files, dataset_problems = load_datasets(folder)
+    problems += dataset_problems
+    if not files and not dataset_files and not problems:
         problems = [f"{folder}: no prompt files (*.yaml, *.yml) in it, so nothing to sync"]
     for problem in problems:
         echo_error(f"error: {problem}")
+    result = SyncResult()
     if problems:
-        return False
-    succeeded = True
+        result.failed = True
+        return result
+    for name, source in dataset_files:
+        try:
+            outcome = sync_dataset(client, name, source, dry_run=dry_run, message=message)
+        except RegistryError as refused:
+            _report(echo_error, f"dataset {name}", refused)
+            result.record(refused)
+            continue
+        echo(json.dumps(outcome) if as_json else _dataset_summary(outcome, dry_run))
     for planned in plan(client, files):
         if isinstance(planned, tuple):
             name, error = planned
             _report(echo_error, name, error)
-            succeeded = False
+            result.record(error)
             continue
         if not as_json:
             echo(planned.summary())
@@ -287,13 +374,34 @@ def run_sync(
             done = [] if dry_run else apply(client, planned, message=message, promote_to=promote_to)
         except RegistryError as error:
             _report(echo_error, planned.document.name, error)
-            succeeded = False
+            result.record(error)
         if as_json:
             echo(json.dumps({**planned.as_dict(), "done": done}))
         else:
             for line in done:
                 echo(f"  {line}")
-    return succeeded
+    return result
+
+
+def export_datasets(
+    client: RegistryClient, root: Path, *, prefix: str | None = None
+) -> Iterator[tuple[str, Path | None, Outcome]]:
+    """Write the latest version of each dataset to ``root/datasets/NAME.jsonl``; a file that holds the same
+    items is left as it is (byte for byte), a dataset without versions is skipped."""
+    for dataset in client.list_datasets(prefix=prefix):
+        name = dataset["name"]
+        if not dataset.get("latest_version"):
+            yield name, None, "skipped"
+            continue
+        with client.export_dataset(name) as chunks:
+            content = b"".join(chunks)
+        path = dataset_path(name, root)
+        if path.is_file() and same_items(path.read_bytes(), content):
+            yield name, path, "unchanged"
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        yield name, path, "written"
 
 
 def run_export(
@@ -313,23 +421,34 @@ def run_export(
     counts = {"written": 0, "unchanged": 0, "skipped": 0}
     for name, path, outcome in export(client, folder, label=label, prefix=prefix):
         counts[outcome] += 1
-        if as_json:
-            echo(json.dumps({"prompt": name, "file": str(path) if path else None, "outcome": outcome}))
-        elif path is None:
-            echo(f"- {name}: no version in {label}, not exported")
-        elif outcome == "unchanged":
-            echo(f"= {name}: {path} unchanged")
-        else:
-            echo(f"{name} -> {path}")
+        _say(echo, "prompt", name, path, outcome, as_json, missing=f"no version in {label}")
     if not as_json:
         exported = counts["written"] + counts["unchanged"]
         echo(
             f"exported {exported} prompt(s) from {label} to {folder}: {counts['written']} file(s) written, "
             f"{counts['unchanged']} unchanged, {counts['skipped']} prompt(s) with no version in {label}"
         )
+    for name, path, outcome in export_datasets(client, folder, prefix=prefix):
+        _say(echo, "dataset", name, path, outcome, as_json, missing="no version")
+
+
+def _say(echo: Echo, kind: str, name: str, path: Path | None, outcome: Outcome, as_json: bool, missing: str) -> None:
+    """One exported prompt or dataset: a JSON object, or a line (datasets named as such)."""
+    shown = name if kind == "prompt" else f"{kind} {name}"
+    if as_json:
+        echo(json.dumps({kind: name, "file": str(path) if path else None, "outcome": outcome}))
+    elif path is None:
+        echo(f"- {shown}: {missing}, not exported")
+    elif outcome == "unchanged":
+        echo(f"= {shown}: {path} unchanged")
+    else:
+        echo(f"{shown} -> {path}")
 
 
 def _report(echo_error: Echo, where: str, error: RegistryError) -> None:
     echo_error(f"error: {where}: {error.detail}")
     for problem in error.errors:
         echo_error(f"  {problem.get('field')}: {problem.get('message')}")
+    if error.type == "gate_failed":
+        for line in gate_evidence(error.body):
+            echo_error(f"  {line}")
