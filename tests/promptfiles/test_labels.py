@@ -27,7 +27,7 @@ def sync(client: RegistryClient, folder: Path, promote_to: str | None = None) ->
     ok = run_sync(
         client, folder, dry_run=False, promote_to=promote_to, message="sync", echo=out.append, echo_error=err.append
     )
-    return ok, out, err
+    return bool(ok), out, err
 
 
 def export(client: RegistryClient, folder: Path, label: str = "production") -> list[str]:
