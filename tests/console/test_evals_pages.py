@@ -365,6 +365,14 @@ async def test_the_promote_dialog_shows_the_gate_and_its_evidence_and_an_admin_m
     await page.get_by_text("Evidence", exact=True).click()
     assert f'"run_id": {base_run}' in await page.locator("pre.evidence").inner_text()
     await check_page(page, "promote-gate-refused")
+    # A forged override from a key without the admin scope is refused as the API refuses it.
+    csrf = await page.locator("input[name=csrf]").first.get_attribute("value")
+    forged = await page.request.post(
+        f"{prompt_url}/versions/1/promote",
+        form={"csrf": csrf or "", "to": "production", "override_gate": "I say so"},
+        max_redirects=0,
+    )
+    assert forged.status == 403
     async with live_evals.api() as api:
         assert (await states(api, prompt))[1] == "staging"
 
