@@ -1,0 +1,97 @@
+"""A progressive rollout's plan, without I/O: who gets the candidate, and what a check does next.
+
+- ``included_in_rollout`` is GrowthBook's percentage rollout (``isIncludedInRollout`` with a
+  coverage): a unit gets the candidate when its hash under the rollout's fixed seed is at most the
+  step's share. The seed never changes during a rollout, so a unit that got the candidate at 5% still
+  has it at 25%, 50% and 100%: the share only grows, and the same on every replica and after restarts.
+- ``next_action`` is what a check does, given the guardrails' decision: roll back at once when it says
+  so; otherwise move on once the step has lasted its minimum duration and reached its minimum units
+  (to the next step, or after the last one to the promotion), and hold until then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from prompt_registry_client.assignment import gb_hash
+
+from registry.stats.guardrails import GuardrailDecision
+
+HASH_VERSION = 2
+
+
+def included_in_rollout(seed: str, unit: str, share: float) -> bool:
+    """Whether ``unit`` gets the candidate at ``share`` (GrowthBook: no unit at 0, ``hash <= share`` otherwise)."""
+    if share <= 0 or not unit:
+        return False
+    bucket = gb_hash(seed, unit, HASH_VERSION)
+    return bucket is not None and bucket <= share
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A share of production traffic for the candidate, held for at least ``min_seconds`` and ``min_units``."""
+
+    share: float
+    min_seconds: float = 0.0
+    min_units: int = 0
+
+
+def step_problems(steps: Sequence[Step]) -> list[tuple[str, str]]:
+    """What is wrong with a plan, as (field, message): shares rising strictly within (0, 1] and ending at 1."""
+    if not steps:
+        return [("steps", "a rollout needs at least one step")]
+    problems: list[tuple[str, str]] = []
+    previous = 0.0
+    for i, step in enumerate(steps):
+        if not previous < step.share <= 1:
+            problems.append(
+                (f"steps[{i}].share", f"must be above the previous step's share ({previous:g}) and at most 1")
+            )
+        if step.min_seconds < 0:
+            problems.append((f"steps[{i}].min_seconds", "must not be negative"))
+        if step.min_units < 0:
+            problems.append((f"steps[{i}].min_units", "must not be negative"))
+        previous = max(previous, step.share)
+    if steps[-1].share != 1:
+        problems.append((f"steps[{len(steps) - 1}].share", "the last step gives the candidate all traffic (1)"))
+    return problems
+
+
+ActionKind = Literal["rollback", "hold", "advance", "promote"]
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: ActionKind
+    step: int  # the step the rollout is at after the action
+    reasons: list[str] = field(default_factory=list)
+
+
+def next_action(
+    steps: Sequence[Step],
+    current: int,
+    *,
+    started_at: datetime,
+    now: datetime,
+    units: int,
+    decision: GuardrailDecision,
+) -> Action:
+    """What a check does at step ``current`` (started at ``started_at``, ``units`` seen in it so far)."""
+    if decision.rollback:
+        return Action("rollback", current, decision.reasons)
+    step = steps[current]
+    waiting: list[str] = []
+    elapsed = (now - started_at).total_seconds()
+    if elapsed < step.min_seconds:
+        waiting.append(f"{step.min_seconds - elapsed:.0f} s of the step's minimum duration left")
+    if units < step.min_units:
+        waiting.append(f"{step.min_units - units} of the step's minimum units to go")
+    if waiting:
+        return Action("hold", current, waiting)
+    if current == len(steps) - 1:
+        return Action("promote", current)
+    return Action("advance", current + 1)
