@@ -6,9 +6,13 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
-from registry.cli.eval_commands import Progress
+import httpx
+
+from registry.cli.eval_commands import Progress, follow
 from tests.cli.conftest import Registry, stand_in_prompt
 from tests.cli.test_startup import HTTPX_COMMAND_LINE, SERVER_MODULES, run_and_list_modules
 from tests.clients.conftest import Live
@@ -236,3 +240,24 @@ def test_the_eval_commands_import_the_client_and_not_the_server(
         assert "prompt_registry_client" in modules
         loaded = [name for name in [*SERVER_MODULES, *HTTPX_COMMAND_LINE] if name in modules]
         assert loaded == [], f"registry {' '.join(args)} imported {loaded}"
+
+
+class DroppingStream:
+    """A client whose event stream drops once mid-run, then is followed again to the end."""
+
+    def __init__(self) -> None:
+        self.connects = 0
+
+    def eval_run_events(self, run_id: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        self.connects += 1
+        yield "progress", {"id": run_id, "status": "running", "items_done": self.connects, "total_items": 2}
+        if self.connects == 1:
+            raise httpx.ReadError("connection reset")
+        yield "done", {"id": run_id, "status": "completed", "items_done": 2, "total_items": 2}
+
+
+def test_a_dropped_event_stream_is_followed_again_to_the_end() -> None:
+    client, stream = DroppingStream(), io.StringIO()
+    final = follow(cast(Any, client), 5, Progress(stream, tty=False))
+    assert (client.connects, final["status"]) == (2, "completed")
+    assert [line.split(", ")[1] for line in stream.getvalue().splitlines()] == ["1/2 items", "2/2 items"]
