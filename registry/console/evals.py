@@ -56,7 +56,6 @@ SCORER_LABELS = {
     "valid_json": "Answer is valid JSON",
 }
 CHANGED_SHOWN = 200
-_ALL_ITEMS = 1000  # a page size for reading every item of a run
 
 
 # --------------------------------------------------------------------------- views
@@ -249,12 +248,14 @@ def listed(run: EvalRun) -> RunOut:
     return RunOut.of(run, pass_rate=Interval(estimate=rate, low=low, high=high))
 
 
-def scorer_rates(scorers: Sequence[Mapping[str, Any]], items: Iterable[RunItemOut]) -> list[ScorerRate]:
-    """Each scorer's passes over the items scored, in the run's scorer order (pure)."""
+def scorer_rates(
+    scorers: Sequence[Mapping[str, Any]], items: Iterable[Sequence[Mapping[str, Any]]]
+) -> list[ScorerRate]:
+    """Each scorer's passes over the items scored (each item's scores), in the run's scorer order (pure)."""
     counts: dict[str, list[int]] = {str(s.get("name") or s["kind"]): [0, 0] for s in scorers}
     kinds = {str(s.get("name") or s["kind"]): str(s["kind"]) for s in scorers}
     for item in items:
-        for score in item.scores:
+        for score in item:
             tally = counts.setdefault(str(score.get("name")), [0, 0])
             kinds.setdefault(str(score.get("name")), str(score.get("kind", "")))
             tally[1] += 1
@@ -278,21 +279,11 @@ class EvalPages:
         items, cursor = paginate(found, page.limit, lambda r: encode_cursor(r.id))
         return RunList([listed(r) for r in items], cursor, prompt, status)
 
-    async def _all_items(self, run_id: int) -> list[RunItemOut]:
-        items: list[RunItemOut] = []
-        after: tuple[Any, ...] | None = None
-        while True:
-            rows = await self.runs.items(run_id, PageRequest(limit=_ALL_ITEMS, after=after), failed_only=False)
-            items.extend(RunItemOut.of(i) for i in rows[:_ALL_ITEMS])
-            if len(rows) <= _ALL_ITEMS:
-                return items
-            after = (rows[_ALL_ITEMS - 1].position,)
-
     async def run_page(self, run_id: int, page: PageRequest, *, failed: bool) -> RunView:
         results = await self.runs.results(run_id)
         rows = await self.runs.items(run_id, page, failed_only=failed)
         items, cursor = paginate(rows, page.limit, lambda i: encode_cursor(i.position))
-        rates = scorer_rates(results.run.scorers, await self._all_items(run_id))
+        rates = scorer_rates(results.run.scorers, await self.runs.repository.item_scores(run_id))
         return RunView(results.run, rates, [RunItemOut.of(i) for i in items], cursor, failed)
 
     async def start(self, form: RunForm, actor: Actor) -> int | RunForm:
@@ -321,9 +312,10 @@ class EvalPages:
         wanted: list[tuple[int, Literal["regressed", "improved"]]] = [(p, "regressed") for p in regressed]
         wanted += [(p, "improved") for p in improved]
         shown = wanted[:CHANGED_SHOWN]
-        positions = {p for p, _ in shown}
-        base_items = {i.position: i for i in await self._all_items(base_id) if i.position in positions}
-        candidate_items = {i.position: i for i in await self._all_items(candidate_id) if i.position in positions}
+        positions = sorted(p for p, _ in shown)
+        repository = self.runs.repository
+        base_items = {i.position: RunItemOut.of(i) for i in await repository.run_items_at(base_id, positions)}
+        candidate_items = {i.position: RunItemOut.of(i) for i in await repository.run_items_at(candidate_id, positions)}
         changed = [ChangedItem(p, direction, base_items.get(p), candidate_items.get(p)) for p, direction in shown]
         return CompareView(
             (await self.runs.results(base_id)).run,

@@ -238,6 +238,22 @@ class EvalRepository:
             query = query.where(EvalRunItem.passed.is_(False))
         return (await self.session.scalars(query.limit(page.limit + 1))).all()
 
+    async def run_items_at(self, run_id: int, positions: Sequence[int]) -> Sequence[EvalRunItem]:
+        """The run's items at these dataset positions, in order."""
+        if not positions:
+            return []
+        query = (
+            select(EvalRunItem)
+            .where(EvalRunItem.run_id == run_id, EvalRunItem.position.in_(positions))
+            .order_by(EvalRunItem.position)
+        )
+        return (await self.session.scalars(query)).all()
+
+    async def item_scores(self, run_id: int) -> list[list[dict[str, Any]]]:
+        """Every item's scores (each scorer's name, kind, value, passed), without outputs: per-scorer rates."""
+        query = select(EvalRunItem.scores).where(EvalRunItem.run_id == run_id).order_by(EvalRunItem.position)
+        return [list(scores) for scores in (await self.session.scalars(query)).all()]
+
     async def outcomes(self, run_id: int) -> list[Outcome]:
         """Every item's (position, passed, score, status), in order: what the statistics need."""
         query = (

@@ -9,33 +9,16 @@ import pytest
 
 from registry.console.evals import RunForm, RunFormError, listed, run_request, scorer_rates
 from registry.evals.models import EvalRun
-from registry.evals.schemas import RunItemOut
 from registry.evals.statistics import summarize
 
 
-def item(position: int, *scores: tuple[str, bool]) -> RunItemOut:
-    return RunItemOut(
-        position=position,
-        status="scored",
-        output="x",
-        scores=[
-            {"name": name, "kind": "contains", "value": float(ok), "passed": ok, "reason": ""} for name, ok in scores
-        ],
-        score=None,
-        passed=all(ok for _, ok in scores),
-        error=None,
-        latency_ms=None,
-        input_tokens=0,
-        output_tokens=0,
-        cost=0.0,
-        cached=False,
-        fallback_used=False,
-    )
+def item(*scores: tuple[str, bool]) -> list[dict[str, Any]]:
+    return [{"name": name, "kind": "contains", "value": float(ok), "passed": ok, "reason": ""} for name, ok in scores]
 
 
 def test_scorer_rates_count_each_scorers_passes_in_the_runs_order() -> None:
     scorers = [{"kind": "exact_match"}, {"kind": "contains", "name": "mentions"}]
-    items = [item(1, ("exact_match", True), ("mentions", False)), item(2, ("exact_match", False), ("mentions", False))]
+    items = [item(("exact_match", True), ("mentions", False)), item(("exact_match", False), ("mentions", False))]
     rates = scorer_rates(scorers, items)
     assert [(r.name, r.kind, r.passed, r.scored, r.rate) for r in rates] == [
         ("exact_match", "exact_match", 1, 2, 0.5),
