@@ -50,6 +50,24 @@ def test_a_summary_has_the_t_interval_of_its_mean_score() -> None:
     assert summary.passed == 5
 
 
+def test_a_mean_score_interval_stays_within_the_scores_range() -> None:
+    scores = [1.0, 0.0, 1.0, 0.0, 0.0]
+    low, high = stats.t.interval(0.95, 4, loc=0.4, scale=stats.sem(scores))
+    assert (low < 0, high > 1) == (True, True)  # the plain t interval leaves [0, 1] at five items
+    summary = summarize([s == 1.0 for s in scores], scores)
+    assert summary.mean_score_ci == (0.0, 1.0)
+
+
+def test_a_mean_difference_interval_stays_within_minus_one_and_one() -> None:
+    base = {f"i{n}": Outcome(b == 1.0, b) for n, b in enumerate([1.0, 0.0, 1.0, 0.0, 0.0])}
+    candidate = {f"i{n}": Outcome(c == 1.0, c) for n, c in enumerate([0.0, 1.0, 0.0, 0.0, 1.0])}
+    plain = stats.ttest_rel([o.score for o in candidate.values()], [o.score for o in base.values()])
+    low, high = plain.confidence_interval(0.95)
+    assert (low < -1, high > 1) == (True, True)
+    comparison = compare_paired(base, candidate)
+    assert comparison.mean_difference_ci == (-1.0, 1.0)
+
+
 def test_a_summary_of_no_items_has_no_rates() -> None:
     summary = summarize([], [])
     assert summary.as_dict() == {
