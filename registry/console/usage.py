@@ -24,6 +24,8 @@ from registry.console.charts import SERIES_COLOURS, Series, stacked_bars
 UsageBy = Literal["prompt", "key"]
 OTHER = "Other"
 NONE_LABEL = "(none)"
+# Completions through the OpenAI door's ``config:`` models run no prompt; they are recorded with an empty one.
+NO_PROMPT_LABEL = "(config models, no prompt)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,11 @@ def window(first: date, last: date) -> list[date]:
 
 def _label(row: UsageRow, by: UsageBy, labels: Mapping[str, str]) -> str:
     value = row.prompt if by == "prompt" else row.key
-    return labels.get(value, value) if value is not None else NONE_LABEL
+    if value is None:
+        return NONE_LABEL
+    if by == "prompt" and value == "":
+        return NO_PROMPT_LABEL
+    return labels.get(value, value)
 
 
 def shown_groups(totals: Sequence[UsageRow], *, by: UsageBy, labels: Mapping[str, str]) -> list[str | None] | None:

@@ -13,7 +13,7 @@ import pytest
 from registry.completions.schemas import UsageRow
 from registry.console import formatting
 from registry.console.charts import Series, axis_ticks, nice_ceiling, stacked_bars
-from registry.console.usage import OTHER, usage_figures
+from registry.console.usage import NO_PROMPT_LABEL, OTHER, usage_figures
 
 CASES = json.loads((Path(__file__).parent / "cases" / "formatting.json").read_text())
 SVG = "{http://www.w3.org/2000/svg}"
@@ -96,3 +96,11 @@ def test_figures_add_up_to_the_rows_and_fold_small_groups_into_other() -> None:
     assert figures.groups[-1].tokens == 93 + 92 + 91
     assert [(d.day, d.tokens) for d in figures.days] == [(first, 955), (date(2026, 12, 2), 0), (last, 5)]
     assert sum(g.token_share for g in figures.groups) == pytest.approx(1)
+
+
+def test_completions_without_a_prompt_are_named_as_such() -> None:
+    day = date(2026, 12, 1)
+    figures = usage_figures(
+        [row(day, "", 10, 0.5), row(day, "p0", 5, 0.25)], by="prompt", first=day, last=day, labels={}
+    )
+    assert [g.label for g in figures.groups] == [NO_PROMPT_LABEL, "p0"]
