@@ -13,7 +13,8 @@ from registry.auth.controller import ApiKeyController, AuditController
 from registry.auth.keys import Scope
 from registry.completions.controller import BudgetController, CompletionController, UsageController
 from registry.configs.controller import ConfigController
-from registry.console.controller import CONSOLE_PREFIX, console_routers, console_template_config
+from registry.console.controller import CONSOLE_PREFIX, console_template_config
+from registry.console.routes import console_routers
 from registry.deps import COMMON_DEPENDENCIES
 from registry.evals.controller import DatasetController, GateController, RunController
 from registry.experiments.controller import (

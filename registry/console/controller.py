@@ -16,14 +16,13 @@ from urllib.parse import quote, urlencode
 
 import msgspec
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from litestar import Controller, Request, Response, Router, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
 from litestar.di import NamedDependency, Provide
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
-from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -50,7 +49,6 @@ from registry.deps import provide_resource_name
 from registry.lib.errors import ForbiddenError, RegistryError, UnauthorizedError, translate_and_log
 from registry.lib.pagination import PageRequest
 from registry.lib.promotion import State
-from registry.lib.routing import ApiRouter
 from registry.runtime import Runtime, runtime_of
 
 CONSOLE_PREFIX = "/console"
@@ -58,7 +56,7 @@ SESSION_COOKIE = "registry_console"
 SIGN_IN_COOKIE = "registry_console_sign_in"
 PUBLIC_OPT = "public"
 _VIEWER = "console_viewer"
-_HERE = Path(__file__).parent
+CONSOLE_DIR = Path(__file__).parent
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _SIGN_IN_MINUTES = 30
 
@@ -81,7 +79,7 @@ Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 def console_template_config() -> TemplateConfig[JinjaTemplateEngine]:
     """Jinja2 with autoescaping on: everything a page shows from the database is text, never markup."""
     environment = Environment(
-        loader=FileSystemLoader(_HERE / "templates"),
+        loader=FileSystemLoader(CONSOLE_DIR / "templates"),
         autoescape=True,
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -730,31 +728,3 @@ class OperationsController(Controller):
     ) -> Redirect:
         await webhooks.redeliver(webhook_id, delivery_id, viewer.actor)
         return see_other(f"{CONSOLE_PREFIX}/webhooks/{webhook_id}?{urlencode({'redelivered': delivery_id})}")
-
-
-def console_routers() -> list[Router]:
-    """The console's pages and its static files, for the app factory."""
-    # Imported here: the experiment and playground pages use this module's helpers.
-    from registry.console.evals_controller import EvalPagesController
-    from registry.console.experiments_controller import ExperimentPagesController
-    from registry.console.playground_controller import PlaygroundController
-
-    # ApiRouter: its OPTIONS answers list every method of a path (GET and POST /console/login).
-    pages = ApiRouter(
-        path="/",
-        route_handlers=[
-            SignInController,
-            ConsoleController,
-            OperationsController,
-            ExperimentPagesController,
-            EvalPagesController,
-            PlaygroundController,
-        ],
-        before_request=admit_viewer,
-        exception_handlers={Exception: console_error},
-        include_in_schema=False,
-    )
-    static = create_static_files_router(
-        path=f"{CONSOLE_PREFIX}/static", directories=[_HERE / "static"], include_in_schema=False
-    )
-    return [pages, ApiRouter(path="/", route_handlers=[static], include_in_schema=False)]
