@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import structlog
 from click.testing import CliRunner
 
 from registry.cli import main
@@ -45,14 +48,24 @@ def registry(live: Live) -> Registry:
 
 
 @pytest.fixture
-def evals_live(live_registry: LiveFactory, stand_in: tuple[StandIn, str]) -> Live:
-    """A live registry whose backend ``stand-in`` answers each item its own ``answer`` (tests/evals/stand_in.py)."""
+def evals_live(live_registry: LiveFactory, stand_in: tuple[StandIn, str]) -> Iterator[Live]:
+    """A live registry whose backend ``stand-in`` answers each item its own ``answer`` (tests/evals/stand_in.py).
+
+    It serves from a thread of this process, and its evaluation worker may warn (a lease lost on a busy
+    machine, a cancelled run let go) while a command runs under CliRunner, which swaps ``sys.stdout``: the
+    registry's log goes to the real stderr meanwhile, so a command's output is its own.
+    """
     server, url = stand_in
     server.requests.clear()
     server.released.clear()
-    return live_registry(
-        backends={"stand-in": backend(url, max_retries=0, breaker_cooldown=0.05)}, eval_poll_seconds=0.02
-    )
+    saved = structlog.get_config()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.__stderr__))
+    try:
+        yield live_registry(
+            backends={"stand-in": backend(url, max_retries=0, breaker_cooldown=0.05)}, eval_poll_seconds=0.02
+        )
+    finally:
+        structlog.configure(**saved)
 
 
 def stand_in_prompt(live: Live, name: str, template: str = "{{ answer }}", *, model: str = "echo") -> int:
