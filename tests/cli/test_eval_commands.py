@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import httpx
 
-from registry.cli.eval_commands import Progress, follow
+from registry.cli.eval_commands import Progress, follow, verdict
 from tests.cli.conftest import Registry, stand_in_prompt
 from tests.cli.test_startup import HTTPX_COMMAND_LINE, SERVER_MODULES, run_and_list_modules
 from tests.clients.conftest import Live
@@ -263,3 +263,13 @@ def test_a_dropped_event_stream_is_followed_again_to_the_end() -> None:
     final = follow(cast(Any, client), 5, Progress(stream, tty=False))
     assert (client.connects, final["status"]) == (2, "completed")
     assert [line.split(", ")[1] for line in stream.getvalue().splitlines()] == ["1/2 items", "2/2 items"]
+
+
+def test_a_run_that_failed_or_was_cancelled_does_not_pass_whatever_its_pass_rate() -> None:
+    run = {"id": 4, "pass_rate": 1.0, "error": None}
+    assert verdict({**run, "status": "failed", "error": "the key is over its budget"}, None) == (
+        "run 4 failed: the key is over its budget"
+    )
+    assert verdict({**run, "status": "cancelled"}, 0.5) == "run 4 cancelled"
+    assert verdict({**run, "status": "completed"}, 1.0) is None
+    assert verdict({**run, "status": "completed", "pass_rate": None}, 0.0) is not None, "no item done: no pass rate"
