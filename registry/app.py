@@ -32,6 +32,7 @@ from registry.lib.openapi import api_openapi_config, declare_problem_responses, 
 from registry.lib.routing import ApiRouter
 from registry.lib.tracing import Tracing
 from registry.openai_compat.controller import OpenAIController
+from registry.operations.controller import AdminController
 from registry.prompts.controller import PromptController
 from registry.prompts.fast_path import PromptFastPath
 from registry.runtime import Runtime
@@ -59,6 +60,7 @@ API_CONTROLLERS = [
     RunController,
     GateController,
     OpenAIController,
+    AdminController,
 ]
 
 

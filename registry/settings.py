@@ -127,6 +127,12 @@ class Settings(BaseSettings):
     bootstrap_admin_key: bool = Field(
         True, description="On a first start with no API keys at all, create an admin key and print it once."
     )
+    backup_max_age_hours: float = Field(
+        26.0,
+        gt=0,
+        description="`registry doctor` fails the backups check when the last `registry backup` of this database "
+        "(recorded in its audit log) is older than this.",
+    )
     console_session_minutes: int = Field(
         480, ge=1, le=43_200, description="How long a console sign-in lasts before the key must be entered again."
     )

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from registry import __version__
-from registry.cli import api_commands, eval_commands, experiment_commands, server_commands
+from registry.cli import admin_commands, api_commands, eval_commands, experiment_commands, server_commands
 from registry.cli.output import EXIT_CODES_HELP
 
 
@@ -33,6 +33,7 @@ def main() -> None:
 
 for command in [
     *server_commands.COMMANDS,
+    *admin_commands.COMMANDS,
     *api_commands.COMMANDS,
     experiment_commands.experiments,
     *eval_commands.COMMANDS,

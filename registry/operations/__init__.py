@@ -1,0 +1,1 @@
+"""Operating a deployment: backup and restore of the registry's state, and the readiness report (doctor)."""
