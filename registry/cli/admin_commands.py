@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -37,10 +37,6 @@ T = TypeVar("T")
 OPTIONAL_GROUPS = ("exposures", "events", "usage")  # registry.operations.tables.OPTIONAL_GROUPS, without importing it
 
 
-def _database_failure(settings: Settings, exc: BaseException) -> NoReturn:
-    fail(f"the database at {masked_url(settings.database_url)} failed: {first_line(exc)}", ExitCode.UNAVAILABLE)
-
-
 def on_engine(settings: Settings, work: Callable[[AsyncEngine], Coroutine[Any, Any, T]]) -> T:
     """Run ``work`` with an engine on the configured database; failures are one line and an exit code."""
     from sqlalchemy.exc import DBAPIError
@@ -63,7 +59,9 @@ def on_engine(settings: Settings, work: Callable[[AsyncEngine], Coroutine[Any, A
     except RegistryError as exc:
         fail(exc.detail, exit_code_for_status(exc.status_code))
     except DBAPIError as exc:
-        _database_failure(settings, exc)
+        fail(f"the database at {masked_url(settings.database_url)} failed: {first_line(exc)}", ExitCode.UNAVAILABLE)
+    except OSError as exc:  # the archive could not be written or read (disk full, permissions)
+        fail(f"cannot write or read the archive ({exc.filename or 'no file'}: {exc.strerror or exc})", ExitCode.ERROR)
 
 
 @click.command()

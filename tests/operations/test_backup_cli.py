@@ -96,3 +96,11 @@ def test_backup_refuses_an_unknown_group(workdir: Path) -> None:
     code, output = run("source.db", "backup", "b.tar.gz", "--include", "exposures,secrets")
     assert code == 2
     assert "unknown secrets" in output
+
+
+def test_an_archive_that_cannot_be_written_is_one_line(workdir: Path) -> None:
+    backed_up(workdir)
+    code, output = run("source.db", "backup", "/proc/registry-backup.tar.gz")  # a folder no one can write in
+    assert code == 1
+    assert len(output.strip().splitlines()) == 1
+    assert output.startswith("error: ")

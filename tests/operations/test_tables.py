@@ -7,9 +7,11 @@ from datetime import UTC, date, datetime
 import pytest
 from sqlalchemy import Column, Date, DateTime, Integer, LargeBinary, MetaData, String, Table
 
+from registry.cli import admin_commands
 from registry.db import models
 from registry.operations.tables import (
     EXCLUDED,
+    OPTIONAL_GROUPS,
     TABLE_GROUPS,
     UnclassifiedTableError,
     archived_tables,
@@ -55,6 +57,10 @@ def test_the_core_leaves_out_exposures_events_and_usage_unless_asked() -> None:
 def test_statistics_travel_only_with_both_their_sources() -> None:
     assert "statistics" not in groups_for(["exposures"])
     assert "statistics" in groups_for(["exposures", "events"])
+
+
+def test_the_command_offers_the_optional_groups_there_are() -> None:
+    assert admin_commands.OPTIONAL_GROUPS == OPTIONAL_GROUPS
 
 
 def test_an_unknown_group_is_refused() -> None:
