@@ -35,6 +35,7 @@ from registry.openai_compat.controller import OpenAIController
 from registry.operations.controller import AdminController
 from registry.prompts.controller import PromptController
 from registry.prompts.fast_path import PromptFastPath
+from registry.rollouts.controller import PromptRolloutController, RolloutController
 from registry.runtime import Runtime
 from registry.settings import Settings, get_settings
 from registry.system.controller import SystemController
@@ -59,6 +60,8 @@ API_CONTROLLERS = [
     DatasetController,
     RunController,
     GateController,
+    PromptRolloutController,
+    RolloutController,
     OpenAIController,
     AdminController,
 ]

@@ -38,9 +38,11 @@ from registry.lib.jobs import PeriodicJob
 from registry.lib.metrics import HttpMetrics, ProcessGroupMetrics, RuntimeStateMetrics
 from registry.lib.redis import create_redis
 from registry.lib.shutdown import StopSignalHook
-from registry.lib.versioned import PROMOTION_GATE
+from registry.lib.versioned import PROMOTION_GATE, PROMOTION_LOCK
 from registry.prompts.catalog import PromptCatalog
 from registry.prompts.service import PromptLimits
+from registry.rollouts.checker import RolloutChecker
+from registry.rollouts.service import RolloutLock
 from registry.settings import Settings
 from registry.webhooks.dispatcher import DeliveryPolicy, WebhookDispatcher
 from registry.webhooks.guard import AddressGuard, WebhookHttp
@@ -69,6 +71,7 @@ class Runtime:
     experiments: LiveExperiments
     completions: Completions
     evals: EvalWorker  # executes evaluation runs (worker and all roles)
+    rollouts: RolloutChecker  # checks running rollouts (worker and all roles)
     change_log: ChangeLogReader | None = None  # without Redis: what other processes changed
     process_group_metrics: ProcessGroupMetrics | None = None  # several server workers: /metrics merges them
     jobs: list[PeriodicJob] = field(default_factory=list)
@@ -137,9 +140,16 @@ class Runtime:
             experiments=LiveExperiments(settings, sessionmaker, bus, metrics_registry),
             completions=completions,
             evals=EvalWorker(settings, sessionmaker, completions, prompts),
+            rollouts=RolloutChecker(
+                sessionmaker,
+                bus,
+                PromptLimits(max_template_chars=settings.max_template_chars),
+                interval=settings.rollout_check_seconds,
+            ),
         )
-        # Every promotion made on the app's sessions passes the evaluation gates (see PROMOTION_GATE).
-        sessionmaker.configure(info={PROMOTION_GATE: EvalGateCheck()})
+        # Every promotion made on the app's sessions passes the evaluation gates (see PROMOTION_GATE), and
+        # none moves a prompt's production label while a rollout holds it (PROMOTION_LOCK).
+        sessionmaker.configure(info={PROMOTION_GATE: EvalGateCheck(), PROMOTION_LOCK: RolloutLock()})
         runtime.prompts.router = runtime.experiments.router
         runtime.experiments.sources["completions"] = CompletionSource()
         ProcessCollector(registry=metrics_registry)
@@ -171,6 +181,7 @@ class Runtime:
         )
         runtime.jobs += runtime.completions.jobs()
         runtime.jobs += runtime.evals.jobs()
+        runtime.jobs += runtime.rollouts.jobs()
         if redis is None:
             runtime.change_log = ChangeLogReader(sessionmaker, bus)
             runtime.jobs += runtime.change_log.jobs(settings.change_log_poll_seconds)

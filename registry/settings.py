@@ -210,6 +210,12 @@ class Settings(BaseSettings):
     experiment_refresh_seconds: float = Field(
         30.0, gt=0, description="Re-read the running experiments at least this often, in case a change was missed."
     )
+    rollout_check_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often the worker checks each running rollout's guardrails and steps (one checker per "
+        "rollout across replicas, by a lease).",
+    )
     experiment_exposure_grace_seconds: float = Field(
         60.0,
         ge=0,

@@ -23,6 +23,7 @@ from registry.experiments.models import (
 )
 from registry.outbox.models import OutboxEvent
 from registry.prompts.models import Prompt, PromptTransition, PromptVersion
+from registry.rollouts.models import Rollout, RolloutEvent
 from registry.webhooks.models import Webhook, WebhookDelivery
 
 __all__ = [
@@ -56,6 +57,8 @@ __all__ = [
     "Prompt",
     "PromptTransition",
     "PromptVersion",
+    "Rollout",
+    "RolloutEvent",
     "UnitChange",
     "UnitMetricValue",
     "Webhook",

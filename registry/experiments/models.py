@@ -118,6 +118,9 @@ class Experiment(IdMixin, Base):
     hash_seed: Mapped[str] = mapped_column(String(128))
     hash_attribute: Mapped[str] = mapped_column(String(64), default="id")
     hash_version: Mapped[int] = mapped_column(Integer, default=2)
+    # "rollout": the experiment backs a progressive rollout (registry.rollouts), whose units are routed by
+    # the rollout's percentage assignment (the candidate's share only grows) instead of bucket ranges.
+    kind: Mapped[str] = mapped_column(String(16), default="experiment", server_default="experiment")
     namespace: Mapped[str | None] = mapped_column(String(64))
     namespace_start: Mapped[float | None] = mapped_column(Double)
     namespace_end: Mapped[float | None] = mapped_column(Double)

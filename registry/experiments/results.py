@@ -97,7 +97,7 @@ def _effect(estimate: Estimate) -> EffectOut:
     )
 
 
-def _arm(data: PhaseData, metric: MetricDefinition, variant: str, cuped: bool) -> Arm:
+def variant_arm(data: PhaseData, metric: MetricDefinition, variant: str, cuped: bool) -> Arm:
     sums = data.sums.get((variant, metric.id), Sums())
     if metric.kind == "ratio":
         return Arm(
@@ -136,7 +136,7 @@ def build_results(data: PhaseData, analysis: Analysis, computed_at: datetime) ->
     arms: dict[tuple[int, int], Arm] = {}
     for m, metric in enumerate(data.metrics):
         for v, variant in enumerate(data.variants):
-            arms[(m, v)] = _arm(data, metric, variant, analysis.cuped)
+            arms[(m, v)] = variant_arm(data, metric, variant, analysis.cuped)
         for v in range(1, len(data.variants)):
             try:
                 comparisons[(m, v)] = compare(

@@ -30,6 +30,7 @@ from registry.lib.changes import Change, ChangeBus
 from registry.lib.errors import DatabaseUnavailableError, translate_exception
 from registry.prompts.catalog import Routing
 from registry.prompts.schemas import ExperimentOut, LinkedConfig
+from registry.rollouts.plan import included_in_rollout
 
 logger = structlog.get_logger("registry.experiments.router")
 
@@ -67,6 +68,7 @@ class LiveExperiment:
     ranges: tuple[BucketRange, ...] = ()
     routings: tuple[Routing, ...] = ()
     outside: Routing | None = None
+    rollout: bool = False  # backs a rollout: the candidate (second variant) by the rollout's percentage
 
     @classmethod
     def of(cls, experiment: Experiment) -> LiveExperiment:
@@ -86,6 +88,7 @@ class LiveExperiment:
             weights=weights,
             namespace=experiment.namespace_range,
             variants=variants,
+            rollout=experiment.kind == "rollout",
             forced={unit: index[key] for unit, key in experiment.forced_variants.items() if key in index},
             ranges=tuple(get_bucket_ranges(len(variants), experiment.coverage, weights)),
             routings=tuple(
@@ -102,6 +105,9 @@ class LiveExperiment:
         )
 
     def assign(self, unit: str) -> Assignment:
+        if self.rollout:  # the share only grows, so a unit that got the candidate keeps it (registry.rollouts.plan)
+            candidate = included_in_rollout(self.seed, unit, self.weights[-1])
+            return Assignment(1 if candidate else 0, True, True)
         return assign_variation(
             unit,
             key=self.key,

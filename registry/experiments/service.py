@@ -443,6 +443,16 @@ class ExperimentService:
             changed = True
         return _TrafficChange(new_phase=new_phase and experiment.status == "running", changed=changed)
 
+    async def set_weights(self, experiment: Experiment, weights: Sequence[float], reason: str) -> None:
+        """New variant weights on a running experiment, in a new phase (a rollout's next step)."""
+        for variant, weight in zip(experiment.variants, weights, strict=True):
+            variant.weight = weight
+        if experiment.status == "running":
+            self._start_phase(experiment, reason)
+        experiment.updated_at = utcnow()
+        await self.session.flush()
+        self._changed(experiment, "updated")
+
     def _start_phase(self, experiment: Experiment, reason: str) -> None:
         now = utcnow()
         if experiment.phases:
@@ -621,11 +631,23 @@ class ExperimentService:
 
     async def results(self, key: str, phase: int | None) -> ResultsOut:
         experiment = await self.require(key)
+        data = await self.phase_data(experiment, phase)
+        analysis = Analysis(
+            alpha=experiment.alpha,
+            correction=experiment.correction,  # type: ignore[arg-type]
+            sequential=experiment.sequential,
+            sequential_tuning=experiment.sequential_tuning,
+            cuped=experiment.cuped,
+        )
+        return build_results(data, analysis, utcnow())
+
+    async def phase_data(self, experiment: Experiment, phase: int | None) -> PhaseData:
+        """A phase's per-variant sufficient statistics (the current phase by default)."""
         record = self._phase(experiment, phase)
         number = record.number
         variants = [v.key for v in experiment.variants]
-        data = PhaseData(
-            experiment=key,
+        return PhaseData(
+            experiment=experiment.key,
             phase=number,
             status=experiment.status,
             variants=variants,
@@ -648,14 +670,6 @@ class ExperimentService:
             sums=await self.statistics.metric_sums(experiment.id, number),
             histograms=await self.statistics.histograms(experiment.id, number),
         )
-        analysis = Analysis(
-            alpha=experiment.alpha,
-            correction=experiment.correction,  # type: ignore[arg-type]
-            sequential=experiment.sequential,
-            sequential_tuning=experiment.sequential_tuning,
-            cuped=experiment.cuped,
-        )
-        return build_results(data, analysis, utcnow())
 
     async def timeseries(self, key: str, phase: int | None, interval: Interval | None) -> TimeseriesOut:
         """Units and the primary metric per variant over the phase, by the hour or day of first exposure."""

@@ -287,6 +287,23 @@ class PromotionGate(Protocol):
 PROMOTION_GATE = "promotion_gate"
 
 
+class PromotionLock(Protocol):
+    """Something that holds a resource's production label for a while (a rollout, see the rollouts domain):
+    ``check`` raises to refuse a promotion or rollback that would move it."""
+
+    async def check(self, session: AsyncSession, resource_type: str, name: str) -> None: ...
+
+
+# The key of ``Session.info`` under which the app puts its ``PromotionLock`` (wired like PROMOTION_GATE).
+PROMOTION_LOCK = "promotion_lock"
+
+
+async def _check_lock(session: AsyncSession, resource_type: str, name: str) -> None:
+    lock: PromotionLock | None = session.info.get(PROMOTION_LOCK)
+    if lock is not None:
+        await lock.check(session, resource_type, name)
+
+
 @dataclass(frozen=True, slots=True)
 class Promotion(Generic[V]):
     version: V
@@ -433,6 +450,8 @@ class VersionWorkflow(Generic[R, V, T]):
             expected_current=expected_current,
             check_expected=check_expected,
         )
+        if any(State.PRODUCTION in (c.from_state, c.to_state) for c in changes):
+            await _check_lock(self.session, self.resource_type, name)
         reason = request.reason
         gate: PromotionGate | None = self.session.info.get(PROMOTION_GATE)
         if gate is not None and changes:
@@ -449,6 +468,7 @@ class VersionWorkflow(Generic[R, V, T]):
         check_expected = request.expected_current is not UNSET
         expected_current = None if request.expected_current is UNSET else request.expected_current
         resource = await self.require(name, for_update=True)
+        await _check_lock(self.session, self.resource_type, name)  # a rollback always moves production
         holders = await self.repository.holders(resource.id)
         current = holders.get(State.PRODUCTION)
         earlier = [

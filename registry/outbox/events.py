@@ -19,6 +19,13 @@ EVENT_TYPES = (
     "config.rolled_back",
     "experiment.started",
     "experiment.stopped",
+    "rollout.started",
+    "rollout.paused",
+    "rollout.resumed",
+    "rollout.advanced",
+    "rollout.aborted",
+    "rollout.rolled_back",
+    "rollout.completed",
 )
 
 

@@ -1,0 +1,87 @@
+"""HTTP routes of rollouts: ``read`` to see them, ``promote`` to start and move them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody, QueryParameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.auth.keys import Scope
+from registry.auth.principal import Actor
+from registry.rollouts.schemas import CreateRollout, RolloutAction, RolloutOut, RolloutPage
+from registry.rollouts.service import RolloutService
+from registry.runtime import Runtime
+
+
+def provide_rollout_service(
+    db_session: NamedDependency[AsyncSession], runtime: NamedDependency[Runtime]
+) -> RolloutService:
+    return RolloutService(db_session, runtime.prompt_limits)
+
+
+class PromptRolloutController(Controller):
+    path = "/prompts/{name:str}/rollouts"
+    tags = ["rollouts"]
+    dependencies = {"service": Provide(provide_rollout_service, sync_to_thread=False)}
+
+    @post(
+        "/",
+        opt={"scope": Scope.PROMOTE},
+        operation_id="createRollout",
+        summary="Roll a candidate version out step by step, watched by guardrails",
+    )
+    async def create_rollout(
+        self,
+        name: FromPath[str],
+        data: JSONBody[CreateRollout],
+        service: NamedDependency[RolloutService],
+        current_actor: NamedDependency[Actor],
+    ) -> RolloutOut:
+        return RolloutOut.of(await service.create(name, data, current_actor))
+
+    @get("/", opt={"scope": Scope.READ}, operation_id="listRollouts", summary="A prompt's rollouts, newest first")
+    async def list_rollouts(
+        self,
+        name: FromPath[str],
+        service: NamedDependency[RolloutService],
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+    ) -> RolloutPage:
+        return RolloutPage(items=[RolloutOut.of(r) for r in await service.list_for_prompt(name, limit)])
+
+
+class RolloutController(Controller):
+    path = "/rollouts"
+    tags = ["rollouts"]
+    dependencies = {"service": Provide(provide_rollout_service, sync_to_thread=False)}
+
+    @get(
+        "/{rollout_id:int}",
+        opt={"scope": Scope.READ},
+        operation_id="getRollout",
+        summary="A rollout: its state, step, the last check's evidence and its history",
+    )
+    async def get_rollout(self, rollout_id: FromPath[int], service: NamedDependency[RolloutService]) -> RolloutOut:
+        rollout, events = await service.with_events(rollout_id)
+        return RolloutOut.of(rollout, events)
+
+    @post(
+        "/{rollout_id:int}/{action:str}",
+        opt={"scope": Scope.PROMOTE},
+        operation_id="moveRollout",
+        summary="Pause, resume, abort or advance a rollout by hand (recorded with the reason)",
+        description="`action` is `pause`, `resume`, `abort` or `advance` (to the next step at once; after the "
+        "last, the promotion). 409 when the rollout's status does not allow it.",
+        status_code=200,
+    )
+    async def move_rollout(
+        self,
+        rollout_id: FromPath[int],
+        action: FromPath[str],
+        service: NamedDependency[RolloutService],
+        current_actor: NamedDependency[Actor],
+        data: JSONBody[RolloutAction | None] = None,
+    ) -> RolloutOut:
+        return RolloutOut.of(await service.move(rollout_id, action, data.reason if data else None, current_actor))

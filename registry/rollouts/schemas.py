@@ -1,0 +1,110 @@
+"""Request and response bodies of rollouts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from registry.configs.schemas import ConfigRef
+from registry.experiments.schemas import Alpha, MetricKey
+from registry.lib.schema import Input, Output, Reason
+from registry.rollouts.models import Rollout, RolloutEvent
+
+Share = Annotated[float, msgspec.Meta(gt=0, le=1, description="The candidate's share of production traffic.")]
+
+
+class StepIn(Input):
+    share: Share
+    min_seconds: Annotated[float, msgspec.Meta(ge=0, le=30 * 86400)] = 0.0
+    min_units: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class GuardrailIn(Input):
+    """A metric the candidate must not make worse than production by more than ``tolerance``."""
+
+    metric: MetricKey
+    direction: Literal["lower", "higher"] = "lower"  # which values are better: errors, latency, cost are lower
+    tolerance: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    relative: bool = True  # the tolerance as a fraction of production's value (else in the metric's units)
+
+
+class CreateRollout(Input):
+    candidate_version: Annotated[int, msgspec.Meta(ge=1)]
+    steps: Annotated[list[StepIn], msgspec.Meta(min_length=1, max_length=20)]
+    guardrails: Annotated[list[GuardrailIn], msgspec.Meta(min_length=1, max_length=10)]
+    config: ConfigRef | None = None  # the candidate's model config version (default: the version's own)
+    alpha: Alpha = 0.05
+    on_complete: Literal["promote"] = "promote"
+    reason: Reason | None = None
+
+
+class RolloutAction(Input):
+    reason: Reason | None = None
+
+
+class RolloutEventOut(Output):
+    at: datetime
+    action: str
+    step: int
+    actor: str
+    detail: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: RolloutEvent) -> RolloutEventOut:
+        return cls(at=event.at, action=event.action, step=event.step, actor=event.actor, detail=event.detail)
+
+
+class RolloutOut(Output):
+    id: int
+    prompt: str
+    experiment: str  # the experiment backing the rollout: renders and completions name it with its variant
+    status: str
+    step: int
+    share: float
+    candidate_version: int
+    production_version: int | None
+    config: str | None
+    config_version: int | None
+    steps: list[dict[str, Any]]
+    guardrails: list[dict[str, Any]]
+    alpha: float
+    step_started_at: datetime
+    reason: str | None
+    evidence: dict[str, Any] | None
+    created_at: datetime
+    created_by: str
+    updated_at: datetime
+    ended_at: datetime | None
+    events: list[RolloutEventOut] | None = None
+
+    @classmethod
+    def of(cls, rollout: Rollout, events: list[RolloutEvent] | None = None) -> RolloutOut:
+        return cls(
+            id=rollout.id,
+            prompt=rollout.prompt.name,
+            experiment=rollout.experiment.key,
+            status=rollout.status,
+            step=rollout.step,
+            share=rollout.steps[rollout.step]["share"],
+            candidate_version=rollout.candidate_version,
+            production_version=rollout.production_version,
+            config=rollout.config,
+            config_version=rollout.config_version,
+            steps=rollout.steps,
+            guardrails=rollout.guardrails,
+            alpha=rollout.alpha,
+            step_started_at=rollout.step_started_at,
+            reason=rollout.reason,
+            evidence=rollout.evidence,
+            created_at=rollout.created_at,
+            created_by=rollout.created_by,
+            updated_at=rollout.updated_at,
+            ended_at=rollout.ended_at,
+            events=None if events is None else [RolloutEventOut.of(e) for e in events],
+        )
+
+
+class RolloutPage(Output):
+    items: list[RolloutOut]

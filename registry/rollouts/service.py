@@ -1,0 +1,378 @@
+"""Rollouts: creating them, moving them by hand, and the check that moves them on its own.
+
+A rollout is backed by an experiment of kind ``rollout`` (variants ``production`` and ``candidate``),
+created and started here through the experiments service: the experiments' router then routes the
+prompt's production traffic (renders and completions alike) by the rollout's percentage assignment,
+exposures and completion metrics are collected and aggregated as for any experiment, and each step
+is a phase, so a check compares units split at the current share. Ending a rollout stops that
+experiment (traffic returns to production); completing it stops it with the candidate as winner,
+which is the experiments' normal promotion, through the evaluation gate.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.auth.audit import AuditLog
+from registry.auth.principal import Actor
+from registry.db.base import utcnow
+from registry.experiments.models import Experiment
+from registry.experiments.results import variant_arm
+from registry.experiments.schemas import CreateExperiment, StopExperiment, VariantIn
+from registry.experiments.service import ExperimentService
+from registry.lib.changes import Change, record_change
+from registry.lib.errors import ConflictError, FieldError, InvalidInputError, NotFoundError, RegistryError
+from registry.lib.promotion import State
+from registry.outbox.events import emit_event
+from registry.prompts.schemas import LinkedConfig
+from registry.prompts.service import PromptLimits
+from registry.rollouts.models import Rollout, RolloutEvent
+from registry.rollouts.plan import Action, Step, next_action, step_problems
+from registry.rollouts.repository import RolloutRepository
+from registry.rollouts.schemas import CreateRollout
+from registry.stats.guardrails import Guardrail, GuardrailDecision, decide
+
+CHECKER = Actor("rollout-check")
+
+
+class RolloutNotFoundError(NotFoundError):
+    type = "rollout_not_found"
+    title = "Rollout not found"
+
+
+class RolloutActionNotFoundError(NotFoundError):
+    type = "rollout_action_not_found"
+    title = "No such rollout action"
+
+
+class RolloutConflictError(ConflictError):
+    """A rollout of the prompt is running (or paused): another rollout, a promotion or a rollback must wait."""
+
+    type = "rollout_conflict"
+    title = "Conflicts with a rollout"
+
+
+class RolloutStateError(ConflictError):
+    type = "rollout_state"
+    title = "Not allowed in the rollout's status"
+
+
+# Variant weights must be positive: at 100% production keeps this much, which no hash reaches (GrowthBook's
+# hashes are multiples of 1/10000 below 1, and the router compares them with the candidate's normalized weight).
+MIN_WEIGHT = 1e-6
+
+
+def weights_at(share: float) -> list[float]:
+    """The backing experiment's weights (production, candidate) at a share."""
+    return [max(1.0 - share, MIN_WEIGHT), share]
+
+
+def steps_of(rollout: Rollout) -> list[Step]:
+    return [Step(s["share"], s["min_seconds"], s["min_units"]) for s in rollout.steps]
+
+
+class RolloutLock:
+    """The ``PromotionLock`` of rollouts: while one runs, the prompt's production label is the rollout's."""
+
+    async def check(self, session: AsyncSession, resource_type: str, name: str) -> None:
+        if resource_type != "prompt":
+            return
+        active = await RolloutRepository(session).active_for_prompt(name)
+        if active is not None:
+            raise RolloutConflictError(
+                f"prompt '{name}' has rollout {active.id} {active.status} (candidate version "
+                f"{active.candidate_version}): abort it, or let it finish, before promoting or rolling back"
+            )
+
+
+class RolloutService:
+    def __init__(self, session: AsyncSession, prompt_limits: PromptLimits) -> None:
+        self.session = session
+        self.repository = RolloutRepository(session)
+        self.experiments = ExperimentService(session, prompt_limits)
+        self.audit = AuditLog(session)
+
+    # -- reading
+
+    async def require(self, rollout_id: int, *, for_update: bool = False) -> Rollout:
+        rollout = await self.repository.get(rollout_id, for_update=for_update)
+        if rollout is None:
+            raise RolloutNotFoundError(f"no rollout has id {rollout_id}")
+        return rollout
+
+    async def with_events(self, rollout_id: int) -> tuple[Rollout, list[RolloutEvent]]:
+        rollout = await self.require(rollout_id)
+        return rollout, list(await self.repository.events(rollout.id))
+
+    async def list_for_prompt(self, name: str, limit: int) -> Sequence[Rollout]:
+        prompt = await self.experiments.prompts.workflow.require(name)
+        return await self.repository.for_prompt(prompt.id, limit)
+
+    # -- creating
+
+    async def create(self, name: str, data: CreateRollout, actor: Actor) -> Rollout:
+        workflow = self.experiments.prompts.workflow
+        prompt = await workflow.require(name, for_update=True)  # serializes rollouts of one prompt
+        active = await self.repository.active_for_prompt(name)
+        if active is not None:
+            raise RolloutConflictError(f"rollout {active.id} is already {active.status} on prompt '{name}'")
+        steps = [Step(s.share, s.min_seconds, s.min_units) for s in data.steps]
+        problems = [FieldError(f, m) for f, m in step_problems(steps)]
+        metrics = [g.metric for g in data.guardrails]
+        if len(set(metrics)) != len(metrics):
+            problems.append(FieldError("guardrails", "each metric may be a guardrail once"))
+        production = (await workflow.repository.holders(prompt.id)).get(State.PRODUCTION)
+        if production is None:
+            problems.append(FieldError("candidate_version", f"prompt '{name}' has no production version to compare"))
+        elif production.number == data.candidate_version and data.config is None:
+            problems.append(FieldError("candidate_version", "is the production version already"))
+        if problems:
+            raise InvalidInputError("the rollout is invalid", errors=problems)
+        assert production is not None
+        key = f"rollout-{secrets.token_hex(6)}"
+        experiment = await self.experiments.create(
+            CreateExperiment(
+                key=key,
+                prompt=name,
+                description=f"rollout of version {data.candidate_version} of prompt '{name}'",
+                variants=[
+                    VariantIn(key="production", prompt_version=production.number),
+                    VariantIn(key="candidate", prompt_version=data.candidate_version, config=data.config),
+                ],
+                hash_seed=key,  # fixed for the rollout's life: a unit keeps its side as the share grows
+                primary_metric=metrics[0],
+                guardrail_metrics=metrics[1:],
+                correction="none",
+                alpha=data.alpha,
+                sequential=True,
+            ),
+            actor,
+        )
+        experiment.kind = "rollout"
+        for variant, weight in zip(experiment.variants, weights_at(steps[0].share), strict=True):
+            variant.weight = weight
+        experiment = await self.experiments.start(key, actor)
+        config = LinkedConfig.of(experiment.variants[1].config_version, with_fallback=False)
+        now = utcnow()
+        rollout = Rollout(
+            prompt_id=prompt.id,
+            experiment_id=experiment.id,
+            candidate_version=data.candidate_version,
+            production_version=production.number,
+            config=config.name if config else None,
+            config_version=config.version if config else None,
+            steps=[asdict(s) for s in steps],
+            guardrails=[msgspec.to_builtins(g) for g in data.guardrails],
+            alpha=data.alpha,
+            status="running",
+            step=0,
+            step_started_at=now,
+            created_at=now,
+            created_by=actor.name,
+            updated_at=now,
+            updated_by=actor.name,
+        )
+        await self.repository.add(rollout)
+        rollout = await self.require(rollout.id)
+        await self._record(rollout, "started", actor, {"reason": data.reason})
+        return rollout
+
+    # -- by hand
+
+    async def move(self, rollout_id: int, action: str, reason: str | None, actor: Actor) -> Rollout:
+        moves = {"pause": self.pause, "resume": self.resume, "abort": self.abort, "advance": self.advance}
+        move = moves.get(action)
+        if move is None:
+            raise RolloutActionNotFoundError(f"a rollout has no action '{action}'; use one of {', '.join(moves)}")
+        return await move(rollout_id, reason, actor)
+
+    async def pause(self, rollout_id: int, reason: str | None, actor: Actor) -> Rollout:
+        rollout = await self._active(rollout_id, "running")
+        rollout.status = "paused"
+        rollout.reason = reason
+        await self._record(rollout, "paused", actor, {"reason": reason})
+        return rollout
+
+    async def resume(self, rollout_id: int, reason: str | None, actor: Actor) -> Rollout:
+        rollout = await self._active(rollout_id, "paused")
+        rollout.status = "running"
+        rollout.reason = None
+        await self._record(rollout, "resumed", actor, {"reason": reason})
+        return rollout
+
+    async def abort(self, rollout_id: int, reason: str | None, actor: Actor) -> Rollout:
+        rollout = await self._active(rollout_id, "running", "paused")
+        await self._end(rollout, "aborted", reason or "aborted by hand", actor)
+        return rollout
+
+    async def advance(self, rollout_id: int, reason: str | None, actor: Actor) -> Rollout:
+        """The next step at once (after the last, the promotion), whatever the current step's minimums."""
+        rollout = await self._active(rollout_id, "running", "paused")
+        if rollout.step == len(rollout.steps) - 1:
+            await self._promote(rollout, actor, {"reason": reason, "by_hand": True})
+        else:
+            await self._set_step(rollout, rollout.step + 1, actor, {"reason": reason, "by_hand": True})
+        return rollout
+
+    async def _active(self, rollout_id: int, *statuses: str) -> Rollout:
+        rollout = await self.require(rollout_id, for_update=True)
+        if rollout.status not in statuses:
+            raise RolloutStateError(f"rollout {rollout_id} is {rollout.status}; this needs it {' or '.join(statuses)}")
+        return rollout
+
+    # -- the check
+
+    async def check(self, rollout_id: int, now: datetime) -> Action | None:
+        """Test the guardrails and the split at the current step, and act on the result (see ``next_action``)."""
+        rollout = await self.require(rollout_id, for_update=True)
+        if rollout.status != "running":
+            return None
+        experiment = await self.experiments.require(rollout.experiment.key)
+        decision, units = await self._decide(rollout, experiment)
+        steps = steps_of(rollout)
+        action = next_action(
+            steps, rollout.step, started_at=rollout.step_started_at, now=now, units=sum(units), decision=decision
+        )
+        evidence = _evidence(rollout, decision, units, action, now)
+        rollout.evidence = evidence
+        if action.kind == "rollback":
+            await self._end(rollout, "rolled_back", "; ".join(action.reasons), CHECKER, {"evidence": evidence})
+        elif action.kind == "advance":
+            await self._set_step(rollout, action.step, CHECKER, {"evidence": evidence}, now)
+        elif action.kind == "promote":
+            await self._promote(rollout, CHECKER, {"evidence": evidence})
+        else:
+            await self.session.flush()
+        return action
+
+    async def _decide(self, rollout: Rollout, experiment: Experiment) -> tuple[GuardrailDecision, tuple[int, int]]:
+        data = await self.experiments.phase_data(experiment, None)
+        units = (data.units.get("production", 0), data.units.get("candidate", 0))
+        share = rollout.steps[rollout.step]["share"]
+        if share >= 1:  # no production arm left to compare with: the last step only waits out its minimums
+            return GuardrailDecision(False, [], 1.0, False), units
+        by_key = {m.key: m for m in data.metrics}
+        arms = [
+            (
+                Guardrail(g["metric"], g["direction"] == "lower", g["tolerance"], g["relative"]),
+                variant_arm(data, by_key[g["metric"]], "production", False),
+                variant_arm(data, by_key[g["metric"]], "candidate", False),
+            )
+            for g in rollout.guardrails
+        ]
+        decision = decide(
+            arms,
+            units=units,
+            weights=(1.0 - share, share),
+            alpha=rollout.alpha,
+            tuning=experiment.sequential_tuning,
+        )
+        return decision, units
+
+    # -- moving
+
+    async def _set_step(
+        self, rollout: Rollout, step: int, actor: Actor, detail: dict[str, Any], now: datetime | None = None
+    ) -> None:
+        share = rollout.steps[step]["share"]
+        experiment = await self.experiments.require(rollout.experiment.key, for_update=True)
+        await self.experiments.set_weights(experiment, weights_at(share), f"rollout step {step + 1}: {share:g}")
+        rollout.step = step
+        rollout.step_started_at = now or utcnow()
+        await self._record(rollout, "advanced", actor, detail)
+
+    async def _end(
+        self, rollout: Rollout, status: str, reason: str, actor: Actor, detail: dict[str, Any] | None = None
+    ) -> None:
+        """Traffic back to production: the backing experiment stops without a winner."""
+        rollout.status = status
+        rollout.reason = reason
+        rollout.ended_at = utcnow()
+        rollout.lease_owner = None
+        await self.session.flush()
+        await self.experiments.stop(
+            rollout.experiment.key, StopExperiment(reason=f"rollout {status}: {reason}"[:1000]), actor
+        )
+        await self._record(rollout, status, actor, {"reason": reason, **(detail or {})})
+
+    async def _promote(self, rollout: Rollout, actor: Actor, detail: dict[str, Any]) -> None:
+        """The candidate (with its config) becomes production through the normal promotion and its gate.
+
+        A refused promotion pauses the rollout at full share with the refusal as its reason.
+        """
+        rollout.status = "completed"  # no longer holds the label: the promotion below may move it
+        await self.session.flush()
+        try:
+            async with self.session.begin_nested():
+                _, promoted = await self.experiments.stop(
+                    rollout.experiment.key,
+                    StopExperiment(winner="candidate", reason=f"rollout {rollout.id} completed"),
+                    actor,
+                )
+        except RegistryError as exc:
+            rollout.status = "paused"
+            rollout.reason = f"the candidate's promotion was refused: {exc}"
+            await self._record(rollout, "paused", actor, {**detail, "reason": rollout.reason})
+            return
+        rollout.ended_at = utcnow()
+        rollout.lease_owner = None
+        promoted_version = promoted.version if promoted is not None else None
+        await self._record(rollout, "completed", actor, {**detail, "promoted_version": promoted_version})
+
+    async def _record(self, rollout: Rollout, action: str, actor: Actor, detail: dict[str, Any]) -> None:
+        """The rollout's history, the prompt's audit log, a webhook event and the change feed."""
+        now = utcnow()
+        rollout.updated_at = now
+        rollout.updated_by = actor.name
+        name = rollout.prompt.name
+        share = rollout.steps[rollout.step]["share"]
+        await self.repository.add(
+            RolloutEvent(
+                rollout_id=rollout.id, at=now, action=action, step=rollout.step, actor=actor.name, detail=detail
+            )
+        )
+        summary = {
+            "rollout": rollout.id,
+            "prompt": name,
+            "status": rollout.status,
+            "step": rollout.step,
+            "share": share,
+            "candidate_version": rollout.candidate_version,
+            "production_version": rollout.production_version,
+            "reason": rollout.reason,
+        }
+        await self.audit.record(actor, f"rollout.{action}", "prompt", name, after={**summary, **detail})
+        await emit_event(self.session, f"rollout.{action}", name, {**summary, **detail}, actor)
+        record_change(self.session, Change("prompt", name, f"rollout_{action}"))
+
+
+def _evidence(
+    rollout: Rollout, decision: GuardrailDecision, units: tuple[int, int], action: Action, now: datetime
+) -> dict[str, Any]:
+    return {
+        "checked_at": now.isoformat(),
+        "step": rollout.step,
+        "share": rollout.steps[rollout.step]["share"],
+        "units": {"production": units[0], "candidate": units[1]},
+        "srm_p_value": decision.srm_p_value,
+        "srm_failed": decision.srm_failed,
+        "guardrails": [
+            {
+                "metric": c.metric,
+                "estimate": c.estimate,
+                "worst_bound": c.worst_bound,
+                "failed": c.failed,
+                "note": c.note,
+            }
+            for c in decision.checks
+        ],
+        "action": action.kind,
+        "reasons": action.reasons,
+    }

@@ -1,0 +1,64 @@
+"""Helpers for rollout tests: a prompt with two versions, metrics, rollouts, and the checker on demand."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from registry.db.base import utcnow
+from registry.rollouts.plan import Action
+from registry.settings import Settings
+from tests.experiments.conftest import Client, in_app, runtime_of, settle
+from tests.experiments.conftest import fault as fault  # the stand-in backend, for the simulations
+from tests.experiments.test_completion_metrics import fold_in as fold_in  # exposures, then completions
+
+STEPS = [{"share": 0.05}, {"share": 0.25}, {"share": 0.5}, {"share": 1.0}]
+
+
+class FakeClock:
+    """The checker's clock: moved by the test, never read from the machine after the start."""
+
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Background flushes, aggregation and checks only when a test asks, so tests are exact."""
+    return settings.model_copy(
+        update={
+            "experiment_exposure_flush_seconds": 3600.0,
+            "experiment_statistics_seconds": 3600.0,
+            "rollout_check_seconds": 3600.0,
+        }
+    )
+
+
+async def ok(response: Any, status: int = 200) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def start_rollout(client: Client, headers: dict[str, str], prompt: str = "greet", **extra: Any) -> dict[str, Any]:
+    body = {"candidate_version": 2, "steps": STEPS, "guardrails": [{"metric": "converted"}], **extra}
+    rollout = await ok(await client.post(f"/v1/prompts/{prompt}/rollouts", json=body, headers=headers), 201)
+    await settle(client)
+    return rollout
+
+
+async def check(client: Client, rollout_id: int, clock: FakeClock) -> Action | None:
+    """One check of the rollout, as the worker makes it, at the fake clock's time."""
+    checker = runtime_of(client.app).rollouts
+    checker.clock = clock
+    action = await in_app(client, lambda: checker.check(rollout_id))
+    await settle(client)
+    return action
