@@ -1,7 +1,8 @@
 """The ``registry`` command.
 
-Operator commands (``serve``, ``worker``, ``migrate``, ``keys``; ``server_commands``) work on the
-database directly and import the server inside their handlers. Product commands (prompts,
+Operator commands (``serve``, ``worker``, ``migrate``, ``keys``; ``server_commands``; ``backup``,
+``restore``, ``doctor``; ``admin_commands``) work on the database directly and import the server inside
+their handlers. Product commands (prompts,
 versions, configs, render, complete, metrics, events, usage, audit, webhooks, experiments, sync,
 export, eval, datasets, gates; ``api_commands``, ``experiment_commands`` and ``eval_commands``) go
 through the REST API with an API key, so they work against any deployment, are checked and audited
