@@ -17,6 +17,7 @@ from registry.app import create_app
 from registry.db import migrate
 from registry.db.engine import create_engine
 from registry.operations.backup import backup, restore
+from registry.operations.repository import TableRepository
 from registry.settings import Settings
 from tests.conftest import AppClient, create_database, drop_database, serve_in_process
 from tests.evals.conftest import answers, dataset
@@ -160,3 +161,30 @@ async def test_a_restored_database_answers_as_the_original(
             )
     finally:
         await drop_database(name)
+
+
+async def test_a_backup_is_one_snapshot_while_writes_go_on(
+    client: AppClient, admin: Headers, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prompt committed while the backup reads its first table is in the database but not in the archive."""
+    await ok(await client.post("/v1/prompts", json={"name": "before"}, headers=admin))
+    original_rows = TableRepository.rows
+    written: list[str] = []
+
+    async def rows_while_writing(self: TableRepository, table: Any, *, batch: int = 1000) -> AsyncIterator[Any]:
+        if not written:
+            written.append("during")
+            await ok(await client.post("/v1/prompts", json={"name": "during"}, headers=admin))
+        async for row in original_rows(self, table, batch=batch):
+            yield row
+
+    monkeypatch.setattr(TableRepository, "rows", rows_while_writing)
+    engine = create_engine(settings)
+    try:
+        summary = await backup(engine, tmp_path / "b.tar.gz", include=frozenset())
+    finally:
+        await engine.dispose()
+    assert written == ["during"]
+    assert summary.rows["prompts"] == 1
+    listed = (await ok(await client.get("/v1/prompts", headers=admin)))["items"]
+    assert sorted(p["name"] for p in listed) == ["before", "during"]
