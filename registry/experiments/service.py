@@ -339,6 +339,7 @@ class ExperimentService:
         so on a running one whatever would change the version a unit gets needs ``may_change_routing``
         (the ``promote`` scope, as starting does); a draft is anyone's with ``write`` to edit."""
         experiment = await self.require(key, for_update=True)
+        _refuse_rollout(experiment)
         before = _snapshot(experiment)
         status = experiment.status
         plan = await self._check_update(experiment, data)
@@ -546,9 +547,15 @@ class ExperimentService:
                     f"'{other}' [{other_start}, {other_end})"
                 )
 
-    async def stop(self, key: str, data: StopExperiment, actor: Actor) -> tuple[Experiment, PromotedVersion | None]:
-        """Stop the experiment; with a winner, promote its version to production (history and audit included)."""
+    async def stop(
+        self, key: str, data: StopExperiment, actor: Actor, *, for_rollout: bool = False
+    ) -> tuple[Experiment, PromotedVersion | None]:
+        """Stop the experiment; with a winner, promote its version to production (history and audit included).
+
+        An experiment backing a rollout stops only through the rollout (``for_rollout``)."""
         experiment = await self.require(key, for_update=True)
+        if not for_rollout:
+            _refuse_rollout(experiment)
         if experiment.status != "running":
             raise ExperimentStateError(f"experiment '{key}' is {experiment.status}; only a running one can stop")
         winner = None
@@ -728,6 +735,13 @@ class ExperimentService:
 
     def _changed(self, experiment: Experiment, action: str) -> None:
         record_change(self.session, Change("experiment", experiment.key, action))
+
+
+def _refuse_rollout(experiment: Experiment) -> None:
+    if experiment.kind == "rollout":
+        raise ExperimentStateError(
+            f"experiment '{experiment.key}' backs a rollout: pause, abort or advance it through /v1/rollouts"
+        )
 
 
 def _version_with_config(version: PromptVersion, winner: ExperimentVariant, experiment: str) -> CreatePromptVersion:

@@ -298,7 +298,10 @@ class RolloutService:
         rollout.lease_owner = None
         await self.session.flush()
         await self.experiments.stop(
-            rollout.experiment.key, StopExperiment(reason=f"rollout {status}: {reason}"[:1000]), actor
+            rollout.experiment.key,
+            StopExperiment(reason=f"rollout {status}: {reason}"[:1000]),
+            actor,
+            for_rollout=True,
         )
         await self._record(rollout, status, actor, {"reason": reason, **(detail or {})})
 
@@ -315,8 +318,12 @@ class RolloutService:
                     rollout.experiment.key,
                     StopExperiment(winner="candidate", reason=f"rollout {rollout.id} completed"),
                     actor,
+                    for_rollout=True,
                 )
         except RegistryError as exc:
+            # What the savepoint touched was expired by its rollback: read it back before it is read again.
+            await self.session.refresh(rollout.experiment)
+            await self.session.refresh(rollout.prompt)
             rollout.status = "paused"
             rollout.reason = f"the candidate's promotion was refused: {exc}"
             await self._record(rollout, "paused", actor, {**detail, "reason": rollout.reason})

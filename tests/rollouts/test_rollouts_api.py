@@ -150,3 +150,35 @@ async def test_an_experiment_cannot_start_on_a_prompt_in_rollout(client: Client,
     response = await client.post("/v1/experiments/greet-test/start", headers=setup)
     assert response.status_code == 409
     assert rollout["experiment"] in problem(response)["detail"]
+
+
+async def test_the_backing_experiment_moves_only_through_its_rollout(client: Client, setup: dict[str, str]) -> None:
+    rollout = await start_rollout(client, setup)
+    key = rollout["experiment"]
+    stop = await client.post(f"/v1/experiments/{key}/stop", json={"winner": "candidate"}, headers=setup)
+    assert stop.status_code == 409
+    assert "/v1/rollouts" in problem(stop)["detail"]
+    patch = await client.patch(
+        f"/v1/experiments/{key}", json={"weights": {"production": 1, "candidate": 1}}, headers=setup
+    )
+    assert patch.status_code == 409
+    experiment = await ok(await client.get(f"/v1/experiments/{key}", headers=setup))
+    assert experiment["status"] == "running"
+
+
+async def test_a_promotion_the_gate_refuses_pauses_the_rollout_at_its_last_step(
+    client: Client, setup: dict[str, str]
+) -> None:
+    await ok(await client.post("/v1/evals/datasets", json={"name": "cases"}, headers=setup), 201)
+    items = {"items": [{"variables": {"x": "a"}}]}
+    await ok(await client.post("/v1/evals/datasets/cases/versions", json=items, headers=setup), 201)
+    gate = {"dataset": {"name": "cases"}, "min_pass_rate": 0.5}  # no evaluation run of version 2 meets it
+    await ok(await client.put("/v1/prompts/greet/gates/production", json=gate, headers=setup))
+    rollout = await start_rollout(client, setup, steps=[{"share": 1.0}])
+    moved = await ok(await client.post(f"/v1/rollouts/{rollout['id']}/advance", headers=setup))
+    assert moved["status"] == "paused"
+    assert moved["reason"].startswith("the candidate's promotion was refused")
+    resolved = await ok(await client.get("/v1/prompts/greet", params={"label": "production"}, headers=setup))
+    assert resolved["version"]["version"] == 1
+    experiment = await ok(await client.get(f"/v1/experiments/{rollout['experiment']}", headers=setup))
+    assert experiment["status"] == "running"  # still at the candidate's full share, until aborted or resumed
