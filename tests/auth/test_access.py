@@ -16,6 +16,7 @@ from registry.app import API_PREFIX, ensure_scopes_declared
 from registry.auth.keys import Scope, grants, hash_secret, parse_key, secret_matches
 from registry.db.engine import create_engine, create_sessionmaker
 from registry.lib.errors import RegistryError
+from registry.openai_compat.controller import openai_error_response
 from registry.runtime import Runtime
 from tests.api import Client, Headers
 from tests.conftest import KeyFactory, count_rows, problem
@@ -33,6 +34,22 @@ def api_operations(app: Litestar) -> list[tuple[str, str, Scope]]:
                 if method != "OPTIONS":
                     operations.append((method, concrete, handler.opt["scope"]))
     return operations
+
+
+def refusal(response: Any, url: str, app: Litestar) -> dict[str, Any]:
+    """The problem document of a refusal: problem+json, or inside OpenAI's error object on the OpenAI door."""
+    openai_door = {
+        route.path
+        for route in app.routes
+        if isinstance(route, HTTPRoute)
+        and any(openai_error_response in h.resolve_exception_handlers().values() for h in route.route_handlers)
+    }
+    if url not in openai_door:
+        return problem(response)
+    error = response.json()["error"]
+    assert error["code"] == error["problem"]["type"].removeprefix("/problems/"), response.text
+    assert error["problem"]["status"] == response.status_code
+    return dict(error["problem"])
 
 
 async def test_the_route_table_has_no_unguarded_api_route(app: Litestar) -> None:
@@ -56,7 +73,7 @@ async def test_every_api_route_needs_a_key(client: Client, app: Litestar) -> Non
     for method, url, _ in api_operations(app):
         response = await client.request(method, url, json={} if method in ("POST", "PATCH") else None)
         assert response.status_code == 401, (method, url, response.text)
-        assert problem(response)["type"] == "/problems/unauthorized"
+        assert refusal(response, url, app)["type"] == "/problems/unauthorized"
         assert response.headers["www-authenticate"] == "Bearer"
 
 
@@ -70,7 +87,7 @@ async def test_every_api_route_checks_its_scope(client: Client, app: Litestar, m
                 method, url, json={} if method in ("POST", "PATCH") else None, headers=headers
             )
             assert response.status_code == 403, (method, url, scope, response.text)
-            assert f"'{required.value}' scope" in problem(response)["detail"]
+            assert f"'{required.value}' scope" in refusal(response, url, app)["detail"]
 
 
 @pytest.mark.parametrize(
