@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.keys import Scope
 from registry.auth.principal import Actor
+from registry.deps import provide_resource_name
 from registry.rollouts.schemas import CreateRollout, RolloutAction, RolloutOut, RolloutPage
 from registry.rollouts.service import RolloutService
 from registry.runtime import Runtime
@@ -25,7 +26,10 @@ def provide_rollout_service(
 class PromptRolloutController(Controller):
     path = "/prompts/{name:str}/rollouts"
     tags = ["rollouts"]
-    dependencies = {"service": Provide(provide_rollout_service, sync_to_thread=False)}
+    dependencies = {
+        "service": Provide(provide_rollout_service, sync_to_thread=False),
+        "resource_name": Provide(provide_resource_name, sync_to_thread=False),
+    }
 
     @post(
         "/",
@@ -35,21 +39,21 @@ class PromptRolloutController(Controller):
     )
     async def create_rollout(
         self,
-        name: FromPath[str],
+        resource_name: NamedDependency[str],
         data: JSONBody[CreateRollout],
         service: NamedDependency[RolloutService],
         current_actor: NamedDependency[Actor],
     ) -> RolloutOut:
-        return RolloutOut.of(await service.create(name, data, current_actor))
+        return RolloutOut.of(await service.create(resource_name, data, current_actor))
 
     @get("/", opt={"scope": Scope.READ}, operation_id="listRollouts", summary="A prompt's rollouts, newest first")
     async def list_rollouts(
         self,
-        name: FromPath[str],
+        resource_name: NamedDependency[str],
         service: NamedDependency[RolloutService],
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
     ) -> RolloutPage:
-        return RolloutPage(items=[RolloutOut.of(r) for r in await service.list_for_prompt(name, limit)])
+        return RolloutPage(items=[RolloutOut.of(r) for r in await service.list_for_prompt(resource_name, limit)])
 
 
 class RolloutController(Controller):

@@ -29,11 +29,22 @@ def settings(settings: Settings, fault: str) -> Settings:
     )
 
 
-async def prepare(client: Client, headers: dict[str, str], candidate_model: str) -> None:
+async def prepare(
+    client: Client, headers: dict[str, str], candidate_model: str, production_model: str = "status:500:2"
+) -> None:
     """Prompt 'greet' version 1 with config 'steady' in production; config 'candidate' for the candidate;
     the guardrail metric 'failed' (any failed completion of a unit)."""
-    await publish(client, headers, backend="steady", model=unique("status:500:2"), config="steady")
-    await publish(client, headers, backend="candidate", model=candidate_model, config="candidate", prompt=None)
+    limits = {"max_tokens": 100}
+    await publish(client, headers, backend="steady", model=unique(production_model), config="steady", params=limits)
+    await publish(
+        client,
+        headers,
+        backend="candidate",
+        model=candidate_model,
+        config="candidate",
+        prompt=None,
+        params=limits,
+    )
     metric = {"key": "failed", "kind": "binomial", "source": "completions", "source_field": "error"}
     await ok(await client.post("/v1/metrics", json={"direction": "lower", **metric}, headers=headers), 201)
 
@@ -53,9 +64,31 @@ async def start(client: Client, headers: dict[str, str], steps: list[dict[str, A
 async def complete(client: Client, headers: dict[str, str], units: range) -> None:
     for i in units:
         await client.post(
-            "/v1/prompts/greet/complete", json={"variables": {"name": "Ada"}, "unit": f"user-{i}"}, headers=headers
+            "/v1/prompts/greet/complete",
+            # 1 to 60 tokens: a trickling backend's answers take 1 to 60 of its intervals, so latencies spread
+            # (a quantile whose interval falls on one latency has no variance, and is not tested)
+            json={"variables": {"name": "Ada"}, "unit": f"user-{i}", "max_tokens": 1 + (7 * i) % 60},
+            headers=headers,
         )
     await fold_in(client)
+
+
+async def until_rolled_back(
+    client: Client, headers: dict[str, str], rollout_id: int, *, limit: int
+) -> tuple[int, dict[str, Any]]:
+    """Completions for new units in batches, a check after each, until a rollback or ``limit`` units;
+    the units sent and the rollout as it ended. Every other check holds (the step's minimum units are high)."""
+    clock = FakeClock()
+    sent = 0
+    while sent < limit:
+        await complete(client, headers, range(sent, sent + BATCH))
+        sent += BATCH
+        action = await check(client, rollout_id, clock)
+        assert action is not None
+        if action.kind == "rollback":
+            break
+        assert action.kind == "hold"
+    return sent, await ok(await client.get(f"/v1/rollouts/{rollout_id}", headers=headers))
 
 
 async def test_a_candidate_that_errs_is_rolled_back_with_its_evidence(
@@ -63,17 +96,7 @@ async def test_a_candidate_that_errs_is_rolled_back_with_its_evidence(
 ) -> None:
     await prepare(client, admin, unique("status:500:30"))  # its first 30 completions fail
     rollout = await start(client, admin, [{"share": 0.5, "min_units": 1000}, {"share": 1.0}])
-    clock = FakeClock()
-    sent = 0
-    while sent < 400:
-        await complete(client, admin, range(sent, sent + BATCH))
-        sent += BATCH
-        action = await check(client, rollout["id"], clock)
-        assert action is not None
-        if action.kind == "rollback":
-            break
-        assert action.kind == "hold"
-    shown = await ok(await client.get(f"/v1/rollouts/{rollout['id']}", headers=admin))
+    sent, shown = await until_rolled_back(client, admin, rollout["id"], limit=400)
     assert shown["status"] == "rolled_back"
     assert "guardrail 'failed' is significantly worse" in shown["reason"]
     evidence = shown["evidence"]
@@ -133,7 +156,8 @@ async def test_one_checker_acts_on_a_rollout_at_a_time(client: Client, admin: di
 
 
 async def test_a_candidate_slower_at_p95_is_rolled_back(client: Client, admin: dict[str, str]) -> None:
-    await prepare(client, admin, unique("slow-headers:0.05"))
+    # Answers of 3 to 180 ms against production's 1 to 60 ms.
+    await prepare(client, admin, unique("trickle:0.003"), production_model="trickle:0.001")
     metric = {"key": "latency_p95", "kind": "quantile", "quantile": 0.95, "source_field": "latency_ms"}
     await ok(
         await client.post("/v1/metrics", json={"source": "completions", "direction": "lower", **metric}, headers=admin),
@@ -147,18 +171,9 @@ async def test_a_candidate_slower_at_p95_is_rolled_back(client: Client, admin: d
     }
     rollout = await ok(await client.post("/v1/prompts/greet/rollouts", json=body, headers=admin), 201)
     await settle(client)
-    clock = FakeClock()
-    sent = 0
-    while sent < 300:
-        await complete(client, admin, range(sent, sent + BATCH))
-        sent += BATCH
-        action = await check(client, rollout["id"], clock)
-        assert action is not None
-        if action.kind == "rollback":
-            break
-    shown = await ok(await client.get(f"/v1/rollouts/{rollout['id']}", headers=admin))
-    assert shown["status"] == "rolled_back"
-    assert "guardrail 'latency_p95' is significantly worse" in shown["reason"]
+    sent, shown = await until_rolled_back(client, admin, rollout["id"], limit=300)
+    assert shown["status"] == "rolled_back", str(shown["evidence"]["guardrails"])
+    assert "guardrail 'latency_p95' is significantly worse" in shown["reason"], shown["evidence"]
     [guardrail] = shown["evidence"]["guardrails"]
     assert guardrail["worst_bound"] > 0.1
     print(f"rolled back after {sent} units, {shown['evidence']['units']['candidate']} of them on the candidate")

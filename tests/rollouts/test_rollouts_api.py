@@ -182,3 +182,17 @@ async def test_a_promotion_the_gate_refuses_pauses_the_rollout_at_its_last_step(
     assert resolved["version"]["version"] == 1
     experiment = await ok(await client.get(f"/v1/experiments/{rollout['experiment']}", headers=setup))
     assert experiment["status"] == "running"  # still at the candidate's full share, until aborted or resumed
+
+
+async def test_a_prompt_with_a_slash_in_its_name_takes_rollouts_encoded(client: Client, admin: dict[str, str]) -> None:
+    await ok(await client.post("/v1/prompts", json={"name": "team/greet"}, headers=admin), 201)
+    for template in ("v1 {{ x }}", "v2 {{ x }}"):
+        version = {"kind": "text", "template": template}
+        await ok(await client.post("/v1/prompts/team%2Fgreet/versions", json=version, headers=admin), 201)
+    promote = {"to": "production", "expected_current": None}
+    await ok(await client.post("/v1/prompts/team%2Fgreet/versions/1/promote", json=promote, headers=admin))
+    await make_metric(client, admin, "converted")
+    rollout = await start_rollout(client, admin, prompt="team%2Fgreet")
+    assert rollout["prompt"] == "team/greet"
+    listed = await ok(await client.get("/v1/prompts/team%2Fgreet/rollouts", headers=admin))
+    assert [r["id"] for r in listed["items"]] == [rollout["id"]]
