@@ -6,6 +6,8 @@ wants it to, so this one does. The request's model name picks the behaviour:
     ok                      three tokens, usage, [DONE]
     status:CODE:N           answer CODE to the first N requests (N may be "all"), then ok
     slow-headers:S          wait S seconds before answering at all
+    slow-headers:S:STEP     the same, plus STEP seconds times the request's number modulo 20 (a spread of
+                            delays that does not depend on how busy the machine is)
     slow-first:S            answer at once, but wait S seconds before the first token
     trickle:S               one token every S seconds (max_tokens of them, default 100), on a fixed schedule
     reset-after:K           K tokens, then drop the connection
@@ -104,7 +106,8 @@ class FaultServer:
                 await _json(send, int(code), {"error": {"message": f"injected {code}"}}, headers)
                 return
         if name == "slow-headers":
-            await asyncio.sleep(float(arg))
+            delay, _, step = arg.partition(":")
+            await asyncio.sleep(float(delay) + (number % 20) * float(step or 0))
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         await reply.role()
         if name == "malformed":
