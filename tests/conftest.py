@@ -219,6 +219,29 @@ async def count_rows(engine: AsyncEngine, table: str) -> int:
         return int((await connection.execute(text(f'SELECT count(*) FROM "{table}"'))).scalar_one())
 
 
+def openai_door_paths(app: Any) -> set[str]:
+    """Route paths answered by the OpenAI-compatible door, whose refusals are OpenAI's error object."""
+    from litestar.routes import HTTPRoute
+
+    from registry.openai_compat.controller import openai_error_response
+
+    return {
+        route.path
+        for route in app.routes
+        if isinstance(route, HTTPRoute)
+        and any(openai_error_response in h.resolve_exception_handlers().values() for h in route.route_handlers)
+    }
+
+
+def openai_problem(response: Any) -> dict[str, Any]:
+    """Assert OpenAI's error object holding the registry's problem, and return the problem."""
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    error = response.json()["error"]
+    assert error["code"] == error["problem"]["type"].removeprefix("/problems/"), response.text
+    assert error["problem"]["status"] == response.status_code
+    return dict(error["problem"])
+
+
 def problem(response: Any) -> dict[str, Any]:
     """Assert a problem+json response and return its body."""
     assert response.headers["content-type"].startswith("application/problem+json"), response.text

@@ -16,10 +16,9 @@ from registry.app import API_PREFIX, ensure_scopes_declared
 from registry.auth.keys import Scope, grants, hash_secret, parse_key, secret_matches
 from registry.db.engine import create_engine, create_sessionmaker
 from registry.lib.errors import RegistryError
-from registry.openai_compat.controller import openai_error_response
 from registry.runtime import Runtime
 from tests.api import Client, Headers
-from tests.conftest import KeyFactory, count_rows, problem
+from tests.conftest import KeyFactory, count_rows, openai_door_paths, openai_problem, problem
 
 
 def api_operations(app: Litestar) -> list[tuple[str, str, Scope]]:
@@ -38,18 +37,7 @@ def api_operations(app: Litestar) -> list[tuple[str, str, Scope]]:
 
 def refusal(response: Any, url: str, app: Litestar) -> dict[str, Any]:
     """The problem document of a refusal: problem+json, or inside OpenAI's error object on the OpenAI door."""
-    openai_door = {
-        route.path
-        for route in app.routes
-        if isinstance(route, HTTPRoute)
-        and any(openai_error_response in h.resolve_exception_handlers().values() for h in route.route_handlers)
-    }
-    if url not in openai_door:
-        return problem(response)
-    error = response.json()["error"]
-    assert error["code"] == error["problem"]["type"].removeprefix("/problems/"), response.text
-    assert error["problem"]["status"] == response.status_code
-    return dict(error["problem"])
+    return openai_problem(response) if url in openai_door_paths(app) else problem(response)
 
 
 async def test_the_route_table_has_no_unguarded_api_route(app: Litestar) -> None:
