@@ -17,6 +17,7 @@ from registry.console.usage import UsageFigures
 from registry.evals.schemas import GateOut
 from registry.experiments.schemas import ExperimentDefinition
 from registry.lib.schema import Reason
+from registry.rollouts.schemas import RolloutOut
 from registry.webhooks.schemas import DeliveryOut
 
 # -- forms (every one carries the session's CSRF token, checked before the handler runs)
@@ -113,6 +114,7 @@ class PromptPage:
     history: list[HistoryRow]
     rollback_candidates: list[int]
     gates: list[GateOut] = field(default_factory=list)  # the states gated on evaluation evidence
+    rollouts: list[RolloutOut] = field(default_factory=list)  # the newest first
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,8 @@ from registry.lib.schema import paginate
 from registry.lib.versioned_schemas import PromoteRequest, RollbackRequest
 from registry.prompts.models import Prompt, PromptVersion
 from registry.prompts.service import PromptLimits, PromptService
+from registry.rollouts.repository import RolloutRepository
+from registry.rollouts.schemas import RolloutOut
 from registry.webhooks.guard import AddressGuard
 from registry.webhooks.models import Webhook
 from registry.webhooks.schemas import DeliveryOut
@@ -65,6 +67,7 @@ from registry.webhooks.service import WebhookService
 
 VERSIONS_SHOWN = 100
 HISTORY_SHOWN = 50
+ROLLOUTS_SHOWN = 5
 
 
 def prompt_path(name: str) -> str:
@@ -144,6 +147,9 @@ class ConsoleService:
             ],
             rollback_candidates=await self._rollback_candidates(prompt, holders),
             gates=await prompt_gates(self.session, prompt.name, prompt.id),
+            rollouts=[
+                RolloutOut.of(r) for r in await RolloutRepository(self.session).for_prompt(prompt.id, ROLLOUTS_SHOWN)
+            ],
         )
 
     async def _rollback_candidates(self, prompt: Prompt, holders: dict[State, int]) -> list[int]:
