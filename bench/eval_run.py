@@ -18,6 +18,7 @@ import asyncio
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -119,7 +120,10 @@ def main() -> None:
         "| Items | Passed | Wall time | Items per second | Registry CPU per item |\n| --- | --- | --- | --- | --- |\n"
         f"| {args.items:,} | {run['items_passed']:,} | {wall:.1f} s | {args.items / wall:,.0f} "
         f"| {cpu / args.items * 1000:.2f} ms |\n\n"
-        f"Machine: {machine()}.\n"
+        f"- command: `make bench-evals` (`python bench/eval_run.py --items {args.items} "
+        f"--concurrency {args.concurrency}`)\n"
+        f"- machine: {machine()}\n"
+        f"- measured: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n"
     )
     if args.no_write:
         print(body)
