@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from registry.auth.keys import Scope
 from tests.conftest import KeyFactory, problem
 from tests.experiments.conftest import Client, make_metric, make_prompt, settle
-from tests.rollouts.conftest import STEPS, ok, start_rollout
+from tests.rollouts.conftest import STEPS, FakeClock, check, ok, start_rollout
 
 
 @pytest.fixture
@@ -80,6 +80,7 @@ async def test_pause_resume_advance_and_abort_are_each_recorded(
         "paused"
     )
     assert (await client.post(f"{path}/pause", headers=setup)).status_code == 409
+    assert await check(client, rollout["id"], FakeClock()) is None  # a paused rollout is not checked
     assert (await ok(await client.post(f"{path}/resume", headers=setup)))["status"] == "running"
     advanced = await ok(await client.post(f"{path}/advance", json={"reason": "looks fine"}, headers=setup))
     assert (advanced["step"], advanced["share"]) == (1, 0.25)
