@@ -3,6 +3,7 @@ gains the candidate as the share grows, and is the same on another app instance 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from registry.app import create_app
 from registry.rollouts.plan import included_in_rollout
 from registry.settings import Settings
 from tests.conftest import serve_in_process
-from tests.experiments.conftest import Client, make_metric, make_prompt, settle, until_running_here
+from tests.experiments.conftest import Client, make_metric, make_prompt, runtime_of, settle, until_running_here
 from tests.rollouts.conftest import ok, start_rollout
 
 UNITS = [f"user-{i}" for i in range(120)]
@@ -35,6 +36,17 @@ async def versions(client: Client, headers: dict[str, str]) -> dict[str, tuple[i
         )
         seen[unit] = (body["version"], body["experiment"])
     return seen
+
+
+async def until_phase_here(client: Client, key: str, phase: int) -> None:
+    """Wait until this app's router routes ``key`` in ``phase`` (the news of a step comes through Redis)."""
+    router = runtime_of(client.app).experiments.router
+    for _ in range(250):
+        running = router.running(key)
+        if running is not None and running.phase == phase:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"phase {phase} of {key} did not reach this replica's router")
 
 
 async def advance(client: Client, headers: dict[str, str], rollout: dict[str, Any]) -> dict[str, Any]:
@@ -71,12 +83,14 @@ async def test_a_unit_sees_the_same_version_on_another_instance_and_after_a_rest
     client: Client, setup: dict[str, str], settings: Settings
 ) -> None:
     rollout = await start_rollout(client, setup)
-    await advance(client, setup, rollout)
-    await advance(client, setup, rollout)  # 50%
-    here = await versions(client, setup)
     async with serve_in_process(create_app(settings)) as replica:
         await until_running_here(replica, rollout["experiment"])
-        assert await versions(replica, setup) == here
+        for step in range(3):  # 5%, 25%, 50%: the replica follows each step
+            if step:
+                await advance(client, setup, rollout)
+                await until_phase_here(replica, rollout["experiment"], step + 1)
+            here = await versions(client, setup)
+            assert await versions(replica, setup) == here
     async with serve_in_process(create_app(settings)) as restarted:  # a fresh process reads the rollout back
         await until_running_here(restarted, rollout["experiment"])
         assert await versions(restarted, setup) == here
