@@ -39,3 +39,15 @@ async def test_the_prompt_page_shows_each_rollout_with_its_steps_and_reason(
     assert "5.00% done 50.00% ended here 100.00%" in rows[1]
     assert rows[1].endswith("support saw longer answers")
     await check_page(page, "prompt-rollouts")
+
+    # The running rollout holds production: the page offers no move of it, and says why.
+    promote_v2 = page.get_by_role("link", name="Promote v2 to production")
+    assert "holds production" in await page.locator("#rollout-holds-production").inner_text()
+    assert await promote_v2.count() == 0
+    assert await page.get_by_role("link", name="Promote v2 to staging").count() == 1
+    async with live.api() as api:
+        ended = await api.post(f"/v1/rollouts/{second['id']}/abort", json={"reason": "done looking"})
+        assert ended.status_code == 200
+    await page.reload()
+    assert await page.locator("#rollout-holds-production").count() == 0
+    assert await promote_v2.count() == 1
