@@ -20,6 +20,7 @@ from registry.console.controller import (
 from registry.console.evals_controller import EvalPagesController
 from registry.console.experiments_controller import ExperimentPagesController
 from registry.console.playground_controller import PlaygroundController
+from registry.console.rollouts_controller import RolloutPagesController
 from registry.lib.routing import ApiRouter
 
 
@@ -35,6 +36,7 @@ def console_routers() -> list[Router]:
             ExperimentPagesController,
             EvalPagesController,
             PlaygroundController,
+            RolloutPagesController,
         ],
         before_request=admit_viewer,
         exception_handlers={Exception: console_error},

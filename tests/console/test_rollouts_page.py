@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
-from tests.console.conftest import Console, LiveRegistry, check_page
+from registry.console import formatting
+from registry.console.rollouts import checks_of, guardrail_chart
+from registry.rollouts.schemas import RolloutEventOut, RolloutOut
+from tests.console.conftest import HOSTILE_KEY_NAME, Console, LiveRegistry, check_page
 from tests.console.seed import prompt_with_versions, unique
 
 
@@ -51,3 +56,94 @@ async def test_the_prompt_page_shows_each_rollout_with_its_steps_and_reason(
     await page.reload()
     assert await page.locator("#rollout-holds-production").count() == 0
     assert await promote_v2.count() == 1
+
+
+REASON = "<img src=x onerror=alert('reason')> answers got longer"
+
+
+async def test_the_rollout_page_shows_its_steps_guardrails_and_history(console: Console, live: LiveRegistry) -> None:
+    async with live.api() as api, live.api("hostile") as hostile:
+        name = await prompt_with_versions(api, "support/rollout-page", 2)
+        metric = unique("errors")
+        assert (await api.post("/v1/metrics", json={"key": metric, "kind": "binomial"})).status_code == 201
+        body = {
+            "candidate_version": 2,
+            "steps": [{"share": 0.1, "min_units": 200}, {"share": 0.5}, {"share": 1.0}],
+            "guardrails": [{"metric": metric, "tolerance": 0.05, "relative": True}],
+        }
+        created = await hostile.post(f"/v1/prompts/{quote(name, safe='')}/rollouts", json=body)
+        assert created.status_code == 201, created.text
+        rollout_id = created.json()["id"]
+        assert (await hostile.post(f"/v1/rollouts/{rollout_id}/advance")).status_code == 200
+        assert (await hostile.post(f"/v1/rollouts/{rollout_id}/abort", json={"reason": REASON})).status_code == 200
+        shown = (await api.get(f"/v1/rollouts/{rollout_id}")).json()
+    page = await console.signed_in("alice")
+    await page.goto(f"/console/prompts/{quote(name, safe='')}")
+    await page.get_by_role("link", name=f"#{rollout_id}").click()
+    await page.wait_for_url(f"**/console/rollouts/{rollout_id}")
+
+    assert await page.locator("script").count() == 0
+    assert await page.locator("[onerror]").count() == 0
+    assert " ".join((await page.locator("h1").inner_text()).split()) == f"Rollout {rollout_id} aborted"
+    assert await page.locator("#rollout-reason").inner_text() == shown["reason"] == REASON
+    candidate = await page.locator("#rollout-candidate").inner_text()
+    assert candidate == f"v{shown['candidate_version']} against production v{shown['production_version']}"
+    assert name in await page.locator(".crumbs").inner_text()
+    steps = [" ".join(t.split()) for t in await page.locator("#rollout-steps tbody tr").all_inner_texts()]
+    assert steps == [
+        f"{i + 1} {formatting.percent(s['share'])} {formatting.number(s['min_seconds'])} "
+        f"{formatting.count(s['min_units'])} {progress}"
+        for i, (s, progress) in enumerate(zip(shown["steps"], ["done", "ended here", "—"], strict=True))
+    ]
+    guardrails = " ".join((await page.locator("#rollout-guardrails tbody tr").inner_text()).split())
+    assert guardrails == f"{metric} lower {formatting.percent(0.05)} — — not checked yet"
+    events = [" ".join(t.split()) for t in await page.locator("#rollout-events tbody tr").all_inner_texts()]
+    assert [e["action"] for e in shown["events"]] == ["started", "advanced", "aborted"]
+    assert len(events) == 3
+    for row, event in zip(events, shown["events"], strict=True):
+        assert f"{event['action']} {event['step'] + 1} {HOSTILE_KEY_NAME}" in row
+    assert events[2].endswith(REASON)
+    await check_page(page, "rollout")
+
+
+def _evidence(at: str, share: float, estimate: float, bound: float, failed: bool) -> dict[str, Any]:
+    return {
+        "checked_at": at,
+        "step": 0,
+        "share": share,
+        "units": {"production": 900, "candidate": 100},
+        "srm_p_value": 0.5,
+        "srm_failed": False,
+        "guardrails": [
+            {"metric": "errors", "estimate": estimate, "worst_bound": bound, "failed": failed, "note": None}
+        ],
+        "action": "rollback" if failed else "advance",
+        "reasons": [],
+    }
+
+
+def test_each_check_is_plotted_once_with_its_worst_bound_and_the_tolerance() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    advanced = _evidence("2026-01-01T00:00:00", 0.1, 0.01, -0.02, False)
+    failed = _evidence("2026-01-01T01:00:00", 0.5, 0.09, 0.07, True)
+    events = [
+        RolloutEventOut(at=now, action="started", step=0, actor="a", detail={"reason": None}),
+        RolloutEventOut(at=now, action="advanced", step=1, actor="a", detail={"evidence": advanced}),
+        RolloutEventOut(at=now, action="rolled_back", step=1, actor="a", detail={"evidence": failed}),
+    ]
+    rollout = RolloutOut(
+        id=1, prompt="p", experiment="e", status="rolled_back", step=1, share=0.5, candidate_version=2,
+        production_version=1, config=None, config_version=None, steps=[], guardrails=[], alpha=0.05,
+        step_started_at=now, reason="r", evidence=failed, created_at=now, created_by="a", updated_at=now,
+        ended_at=now, events=events,
+    )  # fmt: skip
+    checks = checks_of(rollout)
+    assert checks == [advanced, failed]  # the latest check is the rollback's: shown once
+    guardrail = {"metric": "errors", "direction": "lower", "tolerance": 0.05, "relative": True}
+    chart = str(guardrail_chart(guardrail, checks, "g"))
+    assert '<title id="g-title">Relative effect on errors' in chart
+    assert "check 1 · 10%: +1.00%, worst bound -2.00%" in chart
+    assert "check 2 · 50%: +9.00%, worst bound +7.00% (failed)" in chart
+    assert "tolerated worse: +5.00%" in chart
+    assert chart.count("<circle") == 3
+    assert guardrail_chart(guardrail, [], "g") is None
