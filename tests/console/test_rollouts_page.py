@@ -105,6 +105,11 @@ async def test_the_rollout_page_shows_its_steps_guardrails_and_history(console: 
     assert events[2].endswith(REASON)
     await check_page(page, "rollout")
 
+    missing = await page.goto("/console/rollouts/2147483000")
+    assert missing is not None
+    assert missing.status == 404
+    assert "no rollout has id 2147483000" in await page.locator("main").inner_text()
+
 
 def _evidence(at: str, share: float, estimate: float, bound: float, failed: bool) -> dict[str, Any]:
     return {
