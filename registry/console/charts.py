@@ -177,17 +177,20 @@ def interval_plot(
     x_label: str,
     format_tick: Callable[[float, float], str],
     width: int = 1160,
+    reference: tuple[float, str] | None = None,
 ) -> Markup:
     """Estimates with their intervals, one row each, against a line at zero (no effect).
 
     A row whose interval is not finite is left out of the scale and drawn as its label and text only.
-    ``width`` is that of a full-width card, so its text shows at the page's size.
+    ``width`` is that of a full-width card, so its text shows at the page's size. ``reference`` is a
+    second, solid line at its value, its label as its title (a rollout's tolerated degradation).
     """
     top, bottom = 10, 46
     height = top + _ROW_HEIGHT * max(len(rows), 1) + bottom
     left, right = _LABELS_WIDTH, width - _RIGHT - 8
     drawable = [r for r in rows if all(math.isfinite(v) for v in (r.estimate, r.low, r.high))]
-    ticks = span_ticks(min([0.0, *(r.low for r in drawable)]), max([0.0, *(r.high for r in drawable)]))
+    marks = [0.0] if reference is None else [0.0, reference[0]]
+    ticks = span_ticks(min([*marks, *(r.low for r in drawable)]), max([*marks, *(r.high for r in drawable)]))
     low, high = ticks[0], ticks[-1]
 
     def x(value: float) -> float:
@@ -202,6 +205,11 @@ def interval_plot(
             f"{escape(format_tick(tick, ticks[1] - ticks[0]))}</text>"
         )
     parts.append(f'<line class="chart-zero" x1="{_number(x(0))}" x2="{_number(x(0))}" y1="{top}" y2="{axis_y}"/>')
+    if reference is not None:
+        at, label = _number(x(reference[0])), escape(reference[1])
+        parts.append(
+            f'<g class="chart-reference"><title>{label}</title><line x1="{at}" x2="{at}" y1="{top}" y2="{axis_y}"/></g>'
+        )
     for i, row in enumerate(rows):
         y = top + _ROW_HEIGHT * i + _ROW_HEIGHT / 2
         parts.append(

@@ -65,16 +65,16 @@ def guardrail_chart(guardrail: dict[str, Any], checks: list[dict[str, Any]], cha
     if not rows:
         return None
     reference = f"tolerated {'worse' if lower else 'lower'}: {text(limit)}"
-    rows.append(IntervalRow(label="tolerated", estimate=limit, low=limit, high=limit, colour=3, text=reference))
     kind = "Relative" if relative else "Absolute"
     return interval_plot(
         chart_id=chart_id,
         title=f"{kind} effect on {metric} at each check, with the always-valid worst bound",
         description=f"Candidate against production; the dashed line marks no effect, {'right' if lower else 'left'} "
-        f"of it is worse, and the worst bound must stay within the tolerated row. "
+        f"of it is worse, and the worst bound must stay within the solid red line ({reference}). "
         + "; ".join(r.text for r in rows)
         + ".",
         rows=rows,
+        reference=(limit, reference),
         x_label=f"{kind} difference from production",
         format_tick=(lambda v, _: f"{v * 100:+.0f}%" if v else "0%")
         if relative
