@@ -30,6 +30,20 @@ class TTLCache(Generic[K, V]):
         self._entries.move_to_end(key)
         return value
 
+    def peek(self, key: K) -> tuple[V, bool] | None:
+        """The value kept for ``key``, expired or not, and whether it is still fresh; a fresh one counts as used.
+
+        For callers that serve an expired value while its source cannot be read; ``get`` drops it instead.
+        """
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires_at, value = entry
+        fresh = expires_at >= self._clock()  # as ``get``: expired only past its time
+        if fresh:
+            self._entries.move_to_end(key)
+        return value, fresh
+
     def set(self, key: K, value: V, ttl: float) -> None:
         self._entries[key] = (self._clock() + ttl, value)
         self._entries.move_to_end(key)
@@ -38,6 +52,10 @@ class TTLCache(Generic[K, V]):
 
     def pop(self, key: K) -> None:
         self._entries.pop(key, None)
+
+    def pop_where(self, predicate: Callable[[K], bool]) -> None:
+        for key in [k for k in self._entries if predicate(k)]:
+            del self._entries[key]
 
     def clear(self) -> None:
         self._entries.clear()

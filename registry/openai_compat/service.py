@@ -16,7 +16,6 @@ import calendar
 import re
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from registry.completions.schemas import CompleteRequest, CompletionMeta, Comple
 from registry.completions.service import CompletionService, CompletionStream
 from registry.configs.repository import ConfigRepository
 from registry.configs.service import ConfigService
+from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, ChangeBus
 from registry.lib.errors import DatabaseUnavailableError, FieldError, InvalidInputError, RegistryError, problem_body
 from registry.lib.pagination import PageRequest
@@ -153,9 +153,7 @@ class ConfigResolver:
         self.bus = bus
         self.ttl = ttl
         self.degraded_ttl = degraded_ttl
-        self.max_entries = max_entries
-        self.clock = clock
-        self._entries: OrderedDict[ModelTarget, tuple[LinkedConfig, float]] = OrderedDict()
+        self._entries: TTLCache[ModelTarget, LinkedConfig] = TTLCache(max_entries, clock)
         self.reads = 0  # database reads, for tests and metrics
         bus.subscribe(self._on_change)
 
@@ -163,13 +161,11 @@ class ConfigResolver:
         if change.kind == "reset":
             self._entries.clear()
         elif change.kind == "config":
-            for target in [t for t in self._entries if t.name == change.name]:
-                del self._entries[target]
+            self._entries.pop_where(lambda target: target.name == change.name)
 
     async def __call__(self, target: ModelTarget) -> LinkedConfig:
-        kept = self._entries.get(target)
-        if kept is not None and kept[1] > self.clock():
-            self._entries.move_to_end(target)
+        kept = self._entries.peek(target)
+        if kept is not None and kept[1]:
             return kept[0]
         try:
             config = await self._read(target)
@@ -177,11 +173,7 @@ class ConfigResolver:
             if kept is None:
                 raise
             return kept[0]  # stale, but what this config was: better than failing while the database is away
-        lifetime = self.ttl if self.bus.connected else self.degraded_ttl
-        self._entries[target] = (config, self.clock() + lifetime)
-        self._entries.move_to_end(target)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self._entries.set(target, config, self.ttl if self.bus.connected else self.degraded_ttl)
         return config
 
     async def _read(self, target: ModelTarget) -> LinkedConfig:
