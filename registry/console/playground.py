@@ -4,8 +4,8 @@ Nothing here renders or runs by itself. Rendering is the prompt catalog's (what 
 answers); running is ``CompletionService.open_stream`` with the signed-in key as the caller, so a
 run is budgeted, priced, recorded (also when the page is left: ``cancelled``) and counted in usage
 exactly as ``POST .../complete`` with ``stream: true``. The one thing the API does not take per
-request, running a version with another model config version, goes through the same service with a
-catalog view that substitutes the config, as an experiment variant's config does.
+request, running a version with another model config version, is the same service told that config
+(it plans the completion with it in place of the version's own, as an evaluation run's config).
 
 The database is read in a short session of its own that is closed before the catalog is asked:
 the catalog may open a session to load a version, and on the embedded default the pool holds a
@@ -18,9 +18,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any
 
-import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.completions.components import Completions
@@ -33,9 +32,9 @@ from registry.lib.errors import FieldError, InvalidInputError, RegistryError
 from registry.lib.pagination import PageRequest
 from registry.lib.promotion import State
 from registry.lib.schema import Output
-from registry.prompts.catalog import PromptCatalog, Rendering
+from registry.prompts.catalog import PromptCatalog
 from registry.prompts.models import PromptVersion
-from registry.prompts.schemas import ConfigUsed, LinkedConfig, RenderOut
+from registry.prompts.schemas import LinkedConfig, RenderOut
 from registry.prompts.service import PromptLimits, PromptService, compile_version
 
 VERSIONS_LISTED = 100
@@ -135,39 +134,6 @@ class OpenedRun:
     error: RegistryError | None = None
 
 
-# --------------------------------------------------------------------------- running with another config
-
-
-class _CatalogWithConfig:
-    """The catalog as the completion service reads it, but running the rendered version with ``config``.
-
-    The service only renders through its catalog; anything else is the real catalog's.
-    """
-
-    def __init__(self, catalog: PromptCatalog, config: LinkedConfig) -> None:
-        self._catalog = catalog
-        self._config = config
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._catalog, name)
-
-    async def render(
-        self,
-        name: str,
-        variables: Mapping[str, Any],
-        *,
-        label: str | None = None,
-        version: int | None = None,
-        unit: str | None = None,
-    ) -> Rendering:
-        rendering = await self._catalog.render(name, variables, label=label, version=version, unit=unit)
-        config = self._config
-        used = ConfigUsed(name=config.name, version=config.version, model=config.model)
-        return Rendering(
-            msgspec.structs.replace(rendering.out, config=used), replace(rendering.resolution, config=config)
-        )
-
-
 # --------------------------------------------------------------------------- the service
 
 
@@ -265,12 +231,7 @@ class Playground:
         return results
 
     def _service(self, side: Side) -> CompletionService:
-        if side.chosen_config is None:
-            return CompletionService(self.completions, self.catalog)
-        # Not a PromptCatalog, but all the service asks of one (render); see _CatalogWithConfig.
-        return CompletionService(
-            self.completions, cast(PromptCatalog, _CatalogWithConfig(self.catalog, side.chosen_config))
-        )
+        return CompletionService(self.completions, self.catalog, config=side.chosen_config)
 
     async def open_runs(
         self, view: PlaygroundView, variables: Mapping[str, Any], caller: Caller, *, max_tokens: int | None

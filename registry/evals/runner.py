@@ -32,7 +32,7 @@ from registry.completions.components import Completions
 from registry.completions.errors import BackendNotConfiguredError, UpstreamBadRequestError
 from registry.completions.payload import Overrides
 from registry.completions.schemas import CompleteRequest, CompletionOut
-from registry.completions.service import RECORDED_ERRORS, Caller, CompletionService, Plan, Run
+from registry.completions.service import RECORDED_ERRORS, Caller, CompletionService, Plan
 from registry.configs.repository import ConfigRepository
 from registry.db.base import utcnow
 from registry.evals.models import EvalDatasetItem, EvalRun
@@ -88,8 +88,8 @@ class RunFailedError(Exception):
 class RunCompletions(CompletionService):
     """The completion path with a run's own config version in place of the prompt version's.
 
-    ``config`` replaces the rendered version's config (None keeps it); ``response_format`` is added to
-    a payload that has none (a judge's structured answer).
+    ``config`` replaces the rendered version's config (None keeps it), also for a version that links
+    none; ``response_format`` is added to a payload that has none (a judge's structured answer).
     """
 
     def __init__(
@@ -100,16 +100,8 @@ class RunCompletions(CompletionService):
         config: LinkedConfig | None = None,
         response_format: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(completions, catalog)
-        self.config = config
+        super().__init__(completions, catalog, config=config)
         self.response_format = response_format
-
-    async def _prepare(self, name: str, data: CompleteRequest, caller: Caller) -> tuple[Run, Overrides]:
-        run, overrides = await super()._prepare(name, data, caller)
-        if self.config is not None and self.config != run.plan.config:
-            run.plan = self._plan(self.config, run.rendering.out, overrides)
-            await self._check_context(run.plan)
-        return run, overrides
 
     def _plan(self, config: LinkedConfig, out: RenderOut, overrides: Overrides) -> Plan:
         plan = super()._plan(config, out, overrides)
