@@ -8,7 +8,6 @@ periodic job writes.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
@@ -62,11 +61,8 @@ from registry.completions.schemas import (
     UsageOut,
     UsageRow,
 )
-from registry.completions.semantic_cache import SemanticProbe
 from registry.completions.upstream import Backend, UpstreamStream
 from registry.db.base import utcnow
-from registry.guards.classifier import VERDICT_FORMAT, classify
-from registry.guards.engine import ContentBlockedError, Guarding, caller_texts, compile_guards, guard_columns
 from registry.lib.changes import Change, record_change
 from registry.lib.errors import InvalidInputError, RegistryError
 from registry.lib.schema import Output
@@ -131,9 +127,6 @@ class Run:
     started: float = field(default_factory=time.monotonic)
     fallback_used: bool = False
     cached: bool = False
-    similarity: float | None = None  # a semantic cache hit's
-    semantic: SemanticProbe | None = None  # the semantic cache's lookup, where the answer is kept on a miss
-    guarding: Guarding | None = None  # the config's guards (registry.guards) and what they did
     status: str = "cancelled"
     error_type: str | None = None
     finish_reason: str | None = None
@@ -235,44 +228,7 @@ class CompletionService:
             raise InvalidInputError("the overrides are not allowed by the model config", errors=problems)
         plan = self._plan(config, rendering.out, overrides)
         await self._check_context(plan)
-        run = Run(rendering=rendering, caller=caller, stream=data.stream, plan=plan, unit=data.unit)
-        await self._guard_input(run, data, overrides)
-        return run, overrides
-
-    classifying = False  # a model guard's classifier (ClassifierCompletions): model guards on its config are refused
-
-    def _caller_texts(self, data: CompleteRequest) -> list[str]:
-        """What the caller wrote, for the injection and delimiter guards (the OpenAI door adds its messages)."""
-        return caller_texts(data.variables)
-
-    async def _guard_input(self, run: Run, data: CompleteRequest, overrides: Overrides) -> None:
-        """The config's input guards: a redaction re-plans the request, a block is recorded and raised."""
-        guards = compile_guards(run.plan.config.guards)
-        if not guards:
-            return
-        complete = functools.partial(ClassifierCompletions(self.completions, self.catalog).complete, caller=run.caller)
-        run.guarding = Guarding(
-            guards,
-            functools.partial(classify, self.catalog, complete),
-            default_window=self.completions.settings.guard_stream_window,
-            classifying=self.classifying,
-        )
-        try:
-            out = await run.guarding.check_input(run.rendering.out, self._caller_texts(data))
-        except ContentBlockedError as exc:
-            self._fail(run, exc)
-            raise
-        if out is not run.rendering.out:
-            run.rendering = Rendering(out, run.rendering.resolution)
-            run.plan = self._plan(run.plan.config, out, overrides)
-
-    async def _guard_output(self, run: Run) -> None:
-        if run.guarding is not None:
-            try:
-                run.parts = [await run.guarding.check_output(run.text)]
-            except ContentBlockedError as exc:
-                self._fail(run, exc)
-                raise
+        return Run(rendering=rendering, caller=caller, stream=data.stream, plan=plan, unit=data.unit), overrides
 
     async def _render(self, name: str, data: CompleteRequest) -> Rendering:
         """What the completion runs: the prompt rendered (the OpenAI-compatible door adds the caller's turns)."""
@@ -358,20 +314,10 @@ class CompletionService:
             payload=run.plan.payload,
         )
 
-    async def _from_semantic_cache(self, run: Run, data: CompleteRequest) -> bool:
-        plan = run.plan
-        run.semantic = await self.completions.semantic.probe(run.rendering, plan.config, plan.payload, data.variables)
-        if run.semantic is None or run.semantic.hit is None:
-            return False
-        run.similarity = run.semantic.hit.similarity
-        return self._serve_cached(run, run.semantic.hit.completion)
-
     async def _from_cache(self, run: Run, key: str | None) -> bool:
         hit = await self.completions.cache.get(key) if key else None
-        return hit is not None and self._serve_cached(run, hit)
-
-    @staticmethod
-    def _serve_cached(run: Run, hit: CachedCompletion) -> bool:
+        if hit is None:
+            return False
         run.cached = True
         run.status = "ok"
         run.parts = [hit.text]
@@ -381,12 +327,10 @@ class CompletionService:
         return True
 
     async def _store_in_cache(self, run: Run, key: str | None) -> None:
-        if run.fallback_used:
-            return
-        completion = CachedCompletion(run.text, run.finish_reason, run.input_tokens, run.output_tokens)
-        if key is not None:
-            await self.completions.cache.set(key, completion)
-        await self.completions.semantic.store(run.semantic, completion)
+        if key is not None and not run.fallback_used:
+            await self.completions.cache.set(
+                key, CachedCompletion(run.text, run.finish_reason, run.input_tokens, run.output_tokens)
+            )
 
     def _meta(self, run: Run) -> CompletionMeta:
         out, config = run.rendering.out, run.plan.config
@@ -396,8 +340,7 @@ class CompletionService:
             config=ConfigRun(name=config.name, version=config.version, backend=config.backend, model=config.model),
             experiment=out.experiment,
             fallback_used=run.fallback_used,
-            cached="semantic" if run.similarity is not None else run.cached,
-            similarity=run.similarity,
+            cached=run.cached,
         )
 
     def _result(self, run: Run) -> CompletionOut:
@@ -424,7 +367,7 @@ class CompletionService:
     async def complete(self, name: str, data: CompleteRequest, caller: Caller) -> CompletionOut:
         run, overrides = await self._prepare(name, data, caller)
         key = self._cache_key(run)
-        if await self._from_cache(run, key) or await self._from_semantic_cache(run, data):
+        if await self._from_cache(run, key):
             self._record(run)
             return self._result(run)
         try:
@@ -437,7 +380,6 @@ class CompletionService:
                 if not self._use_fallback(run, overrides, exc):
                     raise
                 await self._collect(run, await self._start(run.plan))
-            await self._guard_output(run)
             run.status = "ok"
         except RECORDED_ERRORS as exc:
             self._fail(run, exc)
@@ -462,7 +404,7 @@ class CompletionService:
         """Prepare and start a completion; errors until the first token are raised here, as problems."""
         run, overrides = await self._prepare(name, data, caller)
         key = self._cache_key(run)
-        if await self._from_cache(run, key) or await self._from_semantic_cache(run, data):
+        if await self._from_cache(run, key):
             return CompletionStream(self._meta(run), self._replay(run))
         try:
             upstream = await self._open(run, overrides)
@@ -482,8 +424,7 @@ class CompletionService:
     async def _relay(self, run: Run, upstream: UpstreamStream, key: str | None) -> StreamEvents:
         """Token deltas as they come; a failure after the first token becomes an ``error`` event."""
         try:
-            # Output guards hold back a window of the text and release what they let through (registry.guards).
-            async for chunk in run.guarding.screen(upstream.chunks()) if run.guarding else upstream.chunks():
+            async for chunk in upstream.chunks():
                 if chunk.text:
                     run.parts.append(chunk.text)
                     yield "delta", DeltaEvent(text=chunk.text)
@@ -492,7 +433,7 @@ class CompletionService:
             self._record(run)
             await self._store_in_cache(run, key)
             yield "done", self._done(run)
-        except (UpstreamError, ContentBlockedError) as exc:
+        except UpstreamError as exc:
             run.absorb(upstream)
             self._fail(run, exc)
             yield "error", exc
@@ -506,7 +447,7 @@ class CompletionService:
     # -- recording
 
     def _fail(self, run: Run, error: RegistryError) -> None:
-        run.status = "blocked" if isinstance(error, ContentBlockedError) else "error"
+        run.status = "error"
         run.error_type = error.type
         self._record(run)
 
@@ -547,14 +488,10 @@ class CompletionService:
                 "ttft_ms": _ms(run.ttft),
                 "fallback_used": run.fallback_used,
                 "cached": run.cached,
-                "cache_similarity": run.similarity,
                 "prompt_text": redact(_prompt_text(out)) if store else None,
                 "completion_text": redact(run.text) if store and run.parts else None,
-                **guard_columns(run.guarding),
             }
         )
-        if run.guarding is not None:
-            metrics.count_guard_outcomes(run.guarding.log.outcomes)
         metrics.completions.labels(run.status, str(run.cached).lower(), str(run.fallback_used).lower()).inc()
         if run.error_type:
             metrics.errors.labels(run.error_type).inc()
@@ -582,17 +519,6 @@ class CompletionService:
                 ),
             }
         )
-
-
-class ClassifierCompletions(CompletionService):
-    """A model guard's classifier prompt on the completion path, answering in the verdict's JSON schema."""
-
-    classifying = True
-
-    def _plan(self, config: LinkedConfig, out: RenderOut, overrides: Overrides) -> Plan:
-        plan = super()._plan(config, out, overrides)
-        plan.payload.setdefault("response_format", VERDICT_FORMAT)
-        return plan
 
 
 class UsageService:
