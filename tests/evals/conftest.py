@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.app import create_app
-from registry.settings import Settings
+from registry.settings import BackendSettings, Settings
 from tests.completions.conftest import backend, serve_in_thread
 from tests.conftest import AppClient, serve_in_process
 from tests.evals.stand_in import StandIn
@@ -35,14 +36,14 @@ async def evals(
     server.requests.clear()
     server.released.clear()
     server.up.clear()
-    app = create_app(
-        settings.model_copy(
-            update={
-                "backends": {"stand-in": backend(url, max_retries=0, breaker_cooldown=0.05)},
-                "eval_poll_seconds": 0.02,
-            }
-        )
-    )
+    async with registry_on(settings, {"stand-in": backend(url, max_retries=0, breaker_cooldown=0.05)}) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def registry_on(settings: Settings, backends: dict[str, BackendSettings]) -> AsyncIterator[AppClient]:
+    """The registry served with ``backends``; its in-process worker polls often."""
+    app = create_app(settings.model_copy(update={"backends": backends, "eval_poll_seconds": 0.02}))
     async with serve_in_process(app) as client:
         yield client
 
