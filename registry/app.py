@@ -8,6 +8,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.routes import HTTPRoute
 
 from registry import __version__
+from registry.alerts.controller import AlertIncidentController, AlertRuleController
 from registry.auth.access import SCOPE_OPT, authorize_request
 from registry.auth.controller import ApiKeyController, AuditController
 from registry.auth.keys import Scope
@@ -62,6 +63,8 @@ API_CONTROLLERS = [
     GateController,
     PromptRolloutController,
     RolloutController,
+    AlertRuleController,
+    AlertIncidentController,
     OpenAIController,
     AdminController,
 ]

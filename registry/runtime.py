@@ -21,6 +21,7 @@ from prompt_registry_client.templating import RenderLimits
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from registry.alerts.evaluator import AlertEvaluator
 from registry.auth.rate_limit import RateLimiter
 from registry.auth.verifier import ApiKeyVerifier
 from registry.completions.components import Completions
@@ -72,6 +73,7 @@ class Runtime:
     completions: Completions
     evals: EvalWorker  # executes evaluation runs (worker and all roles)
     rollouts: RolloutChecker  # checks running rollouts (worker and all roles)
+    alerts: AlertEvaluator  # evaluates alert rules (worker and all roles)
     change_log: ChangeLogReader | None = None  # without Redis: what other processes changed
     process_group_metrics: ProcessGroupMetrics | None = None  # several server workers: /metrics merges them
     jobs: list[PeriodicJob] = field(default_factory=list)
@@ -146,6 +148,7 @@ class Runtime:
                 PromptLimits(max_template_chars=settings.max_template_chars),
                 interval=settings.rollout_check_seconds,
             ),
+            alerts=AlertEvaluator(sessionmaker, bus, settings.backends.keys(), interval=settings.alert_evaluate_seconds),
         )
         # Every promotion made on the app's sessions passes the evaluation gates (see PROMOTION_GATE), and
         # none moves a prompt's production label while a rollout holds it (PROMOTION_LOCK).
@@ -182,6 +185,7 @@ class Runtime:
         runtime.jobs += runtime.completions.jobs()
         runtime.jobs += runtime.evals.jobs()
         runtime.jobs += runtime.rollouts.jobs()
+        runtime.jobs += runtime.alerts.jobs()
         if redis is None:
             runtime.change_log = ChangeLogReader(sessionmaker, bus)
             runtime.jobs += runtime.change_log.jobs(settings.change_log_poll_seconds)

@@ -216,6 +216,12 @@ class Settings(BaseSettings):
         description="How often the worker checks each running rollout's guardrails and steps (one checker per "
         "rollout across replicas, by a lease).",
     )
+    alert_evaluate_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How often the worker evaluates each enabled alert rule (one evaluator per rule across "
+        "replicas, by a lease); a rule's window is measured back from each evaluation.",
+    )
     experiment_exposure_grace_seconds: float = Field(
         60.0,
         ge=0,

@@ -1,5 +1,6 @@
 """Every ORM model, imported in one place so the metadata is complete (Alembic, tests)."""
 
+from registry.alerts.models import AlertIncident, AlertRule
 from registry.auth.models import ApiKey, AuditEntry
 from registry.completions.models import ApiKeyBudget, CompletionRecord
 from registry.configs.models import ModelConfig, ModelConfigTransition, ModelConfigVersion
@@ -27,6 +28,8 @@ from registry.rollouts.models import Rollout, RolloutEvent
 from registry.webhooks.models import Webhook, WebhookDelivery
 
 __all__ = [
+    "AlertIncident",
+    "AlertRule",
     "ApiKey",
     "ApiKeyBudget",
     "AuditEntry",

@@ -47,6 +47,8 @@ TABLE_GROUPS: Mapping[str, str] = {
     "eval_run_items": "core",
     "rollouts": "core",
     "rollout_events": "core",
+    "alert_rules": "core",
+    "alert_incidents": "core",  # the alerts' history; a firing one resolves at the first evaluation that clears
     # exposures: who saw which variant
     "exposures": "exposures",
     "experiment_units": "exposures",

@@ -26,6 +26,8 @@ EVENT_TYPES = (
     "rollout.aborted",
     "rollout.rolled_back",
     "rollout.completed",
+    "alert.firing",
+    "alert.resolved",
 )
 
 

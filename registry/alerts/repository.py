@@ -1,0 +1,241 @@
+"""All SQL of alerts: rules, their leases, incidents, and the signals read from what the registry stores.
+
+Every window query reads completions by ``created_at`` (its own index, or the key's ``(api_key_id,
+created_at)`` one), budgets through the key's index, and rollbacks through ``rollout_events.at`` (added
+by migration 0014); tests/alerts/test_signal_indexes.py asks PostgreSQL's planner to confirm.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, case, delete, func, literal, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.alerts.evaluation import Window, quantile
+from registry.alerts.models import AlertIncident, AlertRule
+from registry.auth.models import ApiKey
+from registry.completions.models import ApiKeyBudget, CompletionRecord
+from registry.completions.pricing import month_start
+from registry.lib.pagination import PageRequest
+from registry.prompts.models import Prompt
+from registry.rollouts.models import Rollout, RolloutEvent
+
+C = CompletionRecord
+QUANTILE = 0.95
+QUANTILE_COLUMNS = {"latency_p95": C.latency_ms, "ttft_p95": C.ttft_ms}
+GROUP_COLUMNS = {"prompt": C.prompt, "backend": C.backend, "key": C.api_key_id}
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What a rule watches: its scope (each None means all) and how it splits into series."""
+
+    kind: str
+    prompt: str | None = None
+    backend: str | None = None
+    api_key: str | None = None
+    group_by: str | None = None
+
+    @classmethod
+    def of(cls, rule: AlertRule) -> Selection:
+        return cls(rule.kind, rule.prompt, rule.backend, rule.api_key, rule.group_by)
+
+
+def _subject(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _columns(*columns: Any) -> list[Any]:
+    return list(columns)
+
+
+def completion_query(selection: Selection, since: datetime, until: datetime, *, quantile_in_sql: bool) -> Select[Any]:
+    """The window's completions, per series, with what the rule's kind reads."""
+    group: ColumnElement[Any] = (
+        GROUP_COLUMNS[selection.group_by].label("subject") if selection.group_by else literal("").label("subject")
+    )
+    where: list[ColumnElement[bool]] = [C.created_at > since, C.created_at <= until]
+    if selection.prompt is not None:
+        where.append(C.prompt == selection.prompt)
+    if selection.backend is not None:
+        where.append(C.backend == selection.backend)
+    if selection.api_key is not None:
+        where.append(C.api_key_id == selection.api_key)
+    kind = selection.kind
+    if kind == "error_rate":
+        ended = func.coalesce(func.sum(case((C.status.in_(("ok", "error")), 1), else_=0)), 0)
+        failed = func.coalesce(func.sum(case((C.status == "error", 1), else_=0)), 0)
+        columns: list[Any] = [ended, failed]
+    elif kind in QUANTILE_COLUMNS:
+        measured = QUANTILE_COLUMNS[kind]
+        where += [C.status == "ok", measured.is_not(None)]
+        if not quantile_in_sql:  # SQLite has no percentile_cont: every value, folded in Python
+            return select(group, measured).where(*where)
+        columns = [func.count(measured), func.percentile_cont(QUANTILE).within_group(measured)]
+    elif kind == "cost_per_hour":
+        columns = [func.coalesce(func.sum(C.cost), 0.0)]
+    elif kind == "breaker_open":
+        columns = [func.count()]
+        where.append(C.error_type == "circuit_open")
+    else:
+        raise ValueError(f"{kind} is not read from completions")
+    query = select(group, *columns).where(*where)
+    return query.group_by(GROUP_COLUMNS[selection.group_by]) if selection.group_by else query
+
+
+def rollback_query(selection: Selection, since: datetime, until: datetime) -> Select[Any]:
+    """Rollouts rolled back in the window, per prompt (``rollout_events.at`` finds them)."""
+    query = (
+        select(*_columns(Prompt.name, func.count()))
+        .select_from(RolloutEvent)
+        .join(Rollout, Rollout.id == RolloutEvent.rollout_id)
+        .join(Prompt, Prompt.id == Rollout.prompt_id)
+        .where(RolloutEvent.action == "rolled_back", RolloutEvent.at > since, RolloutEvent.at <= until)
+        .group_by(Prompt.name)
+    )
+    return query.where(Prompt.name == selection.prompt) if selection.prompt is not None else query
+
+
+def budget_query(selection: Selection) -> Select[Any]:
+    columns: list[Any] = [ApiKey.public_id, ApiKeyBudget.monthly_tokens, ApiKeyBudget.monthly_cost]
+    query = select(*columns).join(ApiKey, ApiKey.id == ApiKeyBudget.api_key_id)
+    return query.where(ApiKey.public_id == selection.api_key) if selection.api_key is not None else query
+
+
+def month_spend_query(keys: Sequence[str], since: datetime) -> Select[Any]:
+    """Tokens and cost per key since ``since``, counted as the budget guard counts them (cache hits free)."""
+    return (
+        select(*_columns(C.api_key_id, func.coalesce(func.sum(C.input_tokens + C.output_tokens), 0), func.sum(C.cost)))
+        .where(C.api_key_id.in_(keys), C.created_at >= since, C.cached.is_(False))
+        .group_by(C.api_key_id)
+    )
+
+
+class AlertRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    # -- rules
+
+    async def add(self, row: AlertRule | AlertIncident) -> None:
+        self.session.add(row)
+        await self.session.flush()
+
+    async def get(self, rule_id: int, *, for_update: bool = False) -> AlertRule | None:
+        query = select(AlertRule).where(AlertRule.id == rule_id)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def by_name(self, name: str) -> AlertRule | None:
+        return (await self.session.execute(select(AlertRule).where(AlertRule.name == name))).scalar_one_or_none()
+
+    async def list_page(self, page: PageRequest) -> Sequence[AlertRule]:
+        query = select(AlertRule).order_by(AlertRule.id).limit(page.limit + 1)
+        if page.after is not None:
+            query = query.where(AlertRule.id > page.after[0])
+        return (await self.session.scalars(query)).all()
+
+    async def remove(self, rule: AlertRule) -> None:
+        await self.session.execute(delete(AlertRule).where(AlertRule.id == rule.id))
+
+    async def enabled_ids(self) -> Sequence[int]:
+        query = select(AlertRule.id).where(AlertRule.enabled.is_(True)).order_by(AlertRule.id)
+        return (await self.session.execute(query)).scalars().all()
+
+    async def claim(self, rule_id: int, owner: str, now: datetime, until: datetime) -> bool:
+        """Take the rule's lease (one evaluator across replicas), or renew one this owner holds."""
+        statement = (
+            update(AlertRule)
+            .where(
+                AlertRule.id == rule_id,
+                AlertRule.enabled.is_(True),
+                or_(
+                    AlertRule.lease_owner.is_(None),
+                    AlertRule.lease_owner == owner,
+                    AlertRule.lease_expires_at < now,
+                ),
+            )
+            .values(lease_owner=owner, lease_expires_at=until)
+            .execution_options(synchronize_session=False)
+        )
+        result = await self.session.execute(statement)
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def prompt_exists(self, name: str) -> bool:
+        return (await self.session.execute(select(Prompt.id).where(Prompt.name == name))).first() is not None
+
+    async def key_exists(self, public_id: str) -> bool:
+        return (await self.session.execute(select(ApiKey.id).where(ApiKey.public_id == public_id))).first() is not None
+
+    # -- incidents
+
+    async def open_incidents(self, rule_id: int) -> Sequence[AlertIncident]:
+        query = select(AlertIncident).where(AlertIncident.rule_id == rule_id, AlertIncident.status == "firing")
+        return (await self.session.execute(query)).scalars().all()
+
+    async def incidents(self, page: PageRequest, *, status: str | None, rule_id: int | None) -> Sequence[AlertIncident]:
+        """Newest first."""
+        query = select(AlertIncident).order_by(AlertIncident.id.desc()).limit(page.limit + 1)
+        if page.after is not None:
+            query = query.where(AlertIncident.id < page.after[0])
+        if status is not None:
+            query = query.where(AlertIncident.status == status)
+        if rule_id is not None:
+            query = query.where(AlertIncident.rule_id == rule_id)
+        return (await self.session.scalars(query)).all()
+
+    # -- signals
+
+    async def windows(self, selection: Selection, since: datetime, until: datetime) -> dict[str, Window]:
+        """Each series' observations in the window ``(since, until]``; an ungrouped rule has the one series ''."""
+        kind = selection.kind
+        if kind == "budget":
+            return await self._budgets(selection, until)
+        if kind == "rollout_rolled_back":
+            rows = (await self.session.execute(rollback_query(selection, since, until))).all()
+            if selection.group_by is None:
+                return {"": Window(events=sum(int(count) for _, count in rows))}
+            return {_subject(name): Window(events=int(count)) for name, count in rows}
+        in_sql = self.session.get_bind().dialect.name == "postgresql"
+        rows = (await self.session.execute(completion_query(selection, since, until, quantile_in_sql=in_sql))).all()
+        if kind in QUANTILE_COLUMNS and not in_sql:
+            values: dict[str, list[float]] = defaultdict(list)
+            for subject, value in rows:
+                values[_subject(subject)].append(float(value))
+            found = {s: Window(samples=len(v), quantile=quantile(v, QUANTILE)) for s, v in values.items()}
+            return found if selection.group_by else {"": found.get("", Window())}
+        windows: dict[str, Window] = {}
+        for subject, *measured in rows:
+            if kind == "error_rate":
+                window = Window(requests=int(measured[0] or 0), errors=int(measured[1] or 0))
+            elif kind in QUANTILE_COLUMNS:
+                samples, value = measured
+                window = Window(samples=int(samples), quantile=None if value is None else float(value))
+            elif kind == "cost_per_hour":
+                window = Window(cost=float(measured[0] or 0.0))
+            else:
+                window = Window(events=int(measured[0]))
+            windows[_subject(subject)] = window
+        return windows
+
+    async def _budgets(self, selection: Selection, now: datetime) -> dict[str, Window]:
+        """Each budgeted key's share of its budget this month (UTC), one series per key."""
+        budgets = (await self.session.execute(budget_query(selection))).all()
+        if not budgets:
+            return {}
+        keys = [key for key, _, _ in budgets]
+        spend = {
+            key: (int(tokens), float(cost or 0.0))
+            for key, tokens, cost in (await self.session.execute(month_spend_query(keys, month_start(now)))).all()
+        }
+        windows = {}
+        for key, token_budget, cost_budget in budgets:
+            tokens, cost = spend.get(key, (0, 0.0))
+            windows[key] = Window(tokens=tokens, cost=cost, token_budget=token_budget, cost_budget=cost_budget)
+        return windows
