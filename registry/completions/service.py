@@ -278,17 +278,35 @@ class CompletionService:
         try:
             return await self._start(run.plan)
         except FALLBACK_ERRORS as exc:
-            if not self._use_fallback(run, overrides, exc):
+            if not await self._use_fallback(run, overrides, exc):
                 raise
             return await self._start(run.plan)
 
     async def _start(self, plan: Plan) -> UpstreamStream:
         return await self.upstream.open_stream(plan.backend, plan.path, plan.payload)
 
-    def _use_fallback(self, run: Run, overrides: Overrides, error: RegistryError) -> bool:
-        """Move the run to its config's fallback, once; False when there is none to move to."""
+    async def _use_fallback(self, run: Run, overrides: Overrides, error: RegistryError) -> bool:
+        """Move the run to its config's fallback, once; False when there is none to move to.
+
+        The fallback's plan passes the same context check as the first. A request that fits the first config's
+        model but not the fallback's is not sent to the fallback: the caller gets the first backend's failure
+        (a 502, 503 or 504 that a retry may cure), not a 422 ``context_length_exceeded`` telling them to shorten
+        a request that the model they asked for can take.
+        """
         fallback = run.plan.config.fallback
         if fallback is None or run.fallback_used:
+            return False
+        plan = self._plan(fallback, run.rendering.out, overrides)
+        try:
+            await self._check_context(plan)
+        except ContextLengthExceededError as exc:
+            logger.warning(
+                "backend failed; the fallback config cannot hold the prompt",
+                backend=run.plan.backend.name,
+                error=error.type,
+                fallback=f"{fallback.name}@{fallback.version}",
+                problem=exc.detail,
+            )
             return False
         logger.warning(
             "backend failed; using the fallback config",
@@ -297,7 +315,7 @@ class CompletionService:
             fallback=f"{fallback.name}@{fallback.version}",
         )
         run.set_aside_attempt()
-        run.plan = self._plan(fallback, run.rendering.out, overrides)
+        run.plan = plan
         run.fallback_used = True
         return True
 
@@ -377,7 +395,7 @@ class CompletionService:
             except UpstreamUnavailableError as exc:
                 # The backend failed mid-answer, but nothing has reached the caller yet: the whole
                 # completion can still run on the fallback.
-                if not self._use_fallback(run, overrides, exc):
+                if not await self._use_fallback(run, overrides, exc):
                     raise
                 await self._collect(run, await self._start(run.plan))
             run.status = "ok"
