@@ -15,6 +15,14 @@ wants it to, so this one does. The request's model name picks the behaviour:
     malformed               a chunk that is not JSON
     malformed-after:K       K tokens, then a chunk that is not JSON
     malformed-joined:K      the same, all in one write (so one read upstream sees it all)
+    say:TEXT                answer TEXT (percent-encoded in the name, see ``say``), 3 characters a chunk
+    errors:R                answer 500 to about a fraction R of requests (errors:0.10: about 10%), ok otherwise
+    latency:LOW:HIGH        wait LOW to HIGH milliseconds (spread evenly) before answering, then ok
+    errors:R,latency:LOW:HIGH   both: the wait, then a 500 or ok
+
+``errors`` and ``latency`` draw each request's fate from a hash of the model name (tag included) and the
+request's number, never from the clock or a global random state: the same names give the same sequence in
+every run, and two names (two tags) give independent ones, as two versions of one backend would.
 
 Like vLLM, every chunk carries the usage so far when the request asks for
 ``stream_options.continuous_usage_stats``; a behaviour ending in "+usage-at-end"
@@ -26,7 +34,9 @@ Anything after a "/" is a tag that keeps the counters of different tests apart.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +115,12 @@ class FaultServer:
                 headers = [(b"retry-after", b"0")] if code in ("429", "503") else []
                 await _json(send, int(code), {"error": {"message": f"injected {code}"}}, headers)
                 return
+        if name in SPREAD:
+            failed, delay = spread(seen.model, f"{name}:{arg}", number)
+            await asyncio.sleep(delay)
+            if failed:
+                await _json(send, 500, {"error": {"message": "injected 500"}})
+                return
         if name == "slow-headers":
             delay, _, step = arg.partition(":")
             await asyncio.sleep(float(delay) + (number % 20) * float(step or 0))
@@ -112,6 +128,14 @@ class FaultServer:
         await reply.role()
         if name == "malformed":
             await send({"type": "http.response.body", "body": b"data: {not json\n\n", "more_body": True})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+            return
+        if name == "say":
+            text = urllib.parse.unquote(arg)
+            for start in range(0, len(text), SAY_CHUNK):
+                event = reply.text_event(text[start : start + SAY_CHUNK])
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await reply.finish("stop")
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
             return
         if name == "slow-first":
@@ -158,7 +182,37 @@ class FaultServer:
             disconnect.cancel()
 
 
+SPREAD = ("errors", "latency")
+
+
+def draw(model: str, number: int, what: str) -> float:
+    """A number in [0, 1) fixed by the model name, the request's number and what it decides."""
+    digest = hashlib.sha256(f"{model}|{number}|{what}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def spread(model: str, behaviour: str, number: int) -> tuple[bool, float]:
+    """Whether request ``number`` fails, and how long it waits (seconds), under ``errors:R,latency:LOW:HIGH``."""
+    failed, delay = False, 0.0
+    for part in behaviour.split(","):
+        name, _, arg = part.partition(":")
+        if name == "errors":
+            failed = draw(model, number, "errors") < float(arg)
+        elif name == "latency":
+            low, _, high = arg.partition(":")
+            delay = (float(low) + (float(high or low) - float(low)) * draw(model, number, "latency")) / 1000
+        else:
+            raise ValueError(f"unknown part {part!r} of {behaviour!r}")
+    return failed, delay
+
+
 PROMPT_TOKENS = 7
+SAY_CHUNK = 3
+
+
+def say(text: str) -> str:
+    """The behaviour that answers ``text``, in chunks of 3 characters (so a word often spans two)."""
+    return "say:" + urllib.parse.quote(text, safe="")
 
 
 class _Reply:
@@ -186,6 +240,11 @@ class _Reply:
         token = TOKENS[index % len(TOKENS)]
         self.seen.sent += 1
         return self._chunk([{"index": 0, "delta": {"content": token}} if self.chat else {"index": 0, "text": token}])
+
+    def text_event(self, text: str) -> bytes:
+        """An event carrying ``text``, counted as one token."""
+        self.seen.sent += 1
+        return self._chunk([{"index": 0, "delta": {"content": text}} if self.chat else {"index": 0, "text": text}])
 
     async def finish(self, reason: str) -> None:
         last = {"index": 0, "finish_reason": reason} | ({"delta": {}} if self.chat else {"text": ""})

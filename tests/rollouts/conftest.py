@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
-from registry.db.base import utcnow
 from registry.rollouts.plan import Action
 from registry.settings import Settings
 from tests.experiments.conftest import Client, in_app, runtime_of, settle
 from tests.experiments.conftest import fault as fault  # the stand-in backend, for the simulations
 from tests.experiments.test_completion_metrics import fold_in as fold_in  # exposures, then completions
+from tests.rollouts.simulation import FakeClock, ok
 
 STEPS = [{"share": 0.05}, {"share": 0.25}, {"share": 0.5}, {"share": 1.0}]
-
-
-class FakeClock:
-    """The checker's clock: moved by the test, never read from the machine after the start."""
-
-    def __init__(self) -> None:
-        self.now = utcnow()
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture
@@ -40,12 +26,6 @@ def settings(settings: Settings) -> Settings:
             "rollout_check_seconds": 3600.0,
         }
     )
-
-
-async def ok(response: Any, status: int = 200) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 async def start_rollout(client: Client, headers: dict[str, str], prompt: str = "greet", **extra: Any) -> dict[str, Any]:

@@ -1,11 +1,15 @@
-"""The rollout check against the stand-in backend: completions through the registry, per-version behaviour
-scripted by model names (``tests/completions/fault_server.py``), the checker driven by the test on a fake
-clock. A candidate that errs is rolled back at once with its evidence; an equal one reaches 100% and is
-promoted; one checker acts on a rollout at a time."""
+"""The rollout check against the stand-in backend, end to end: completions through the registry's own
+``/complete``, each version's error rate and latency spread scripted by its model name
+(``tests/completions/fault_server.py``: ``errors:R``, ``latency:LOW:HIGH``), the real checker on a fake clock.
+A candidate with five points more errors than production is rolled back, with the units it took in its
+evidence; one 20% slower at p95 likewise; an equal one reaches 100% and is promoted; one checker acts on a
+rollout at a time.
+
+The stand-in models carry fixed tags, so their error and latency sequences are the same in every run; only
+the rollout's seed (which units get the candidate) differs between runs.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -13,139 +17,136 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.rollouts.checker import RolloutChecker
 from registry.settings import Settings
-from tests.completions.conftest import backend, publish, unique
-from tests.experiments.conftest import Client, in_app, runtime_of, settle
-from tests.rollouts.conftest import FakeClock, check, fold_in, ok
+from tests.completions.conftest import backend
+from tests.experiments.conftest import Client, in_app, runtime_of
+from tests.rollouts.simulation import ERRORS_GUARDRAIL, LATENCY_GUARDRAIL, Simulation, create_metrics, ok
 
-BATCH = 20
+# Production fails 5% of its completions; answers take 100 to 500 ms, 120 to 600 ms (20% slower) for the slow one.
+PRODUCTION = "errors:0.05/rollout-check-production"
+MORE_ERRORS = "errors:0.10/rollout-check-more-errors"
+EQUAL = "errors:0.05/rollout-check-equal"
+PRODUCTION_LATENCY = "latency:100:500/rollout-check-production"
+SLOWER = "latency:120:600/rollout-check-slower"
+HOLD = [{"share": 0.5, "min_units": 1_000_000}, {"share": 1.0}]  # half the traffic until the guardrails decide
 
 
 @pytest.fixture
 def settings(settings: Settings, fault: str) -> Settings:
-    """A stand-in backend per config, without retries and with a breaker that never opens here."""
-    stand_in = backend(fault, max_retries=0, breaker_failures=1000)
-    return settings.model_copy(
-        update={"backends": {"steady": stand_in, "candidate": stand_in}, "completion_usage_flush_seconds": 3600.0}
-    )
+    """The stand-in backend, without retries and with a breaker that never opens here."""
+    stand_in = backend(fault, max_retries=0, breaker_failures=1_000_000)
+    return settings.model_copy(update={"backends": {"stand-in": stand_in}, "completion_usage_flush_seconds": 3600.0})
 
 
-async def prepare(
-    client: Client, headers: dict[str, str], candidate_model: str, production_model: str = "status:500:2"
-) -> None:
-    """Prompt 'greet' version 1 with config 'steady' in production; config 'candidate' for the candidate;
-    the guardrail metric 'failed' (any failed completion of a unit)."""
-    limits = {"max_tokens": 100}
-    await publish(client, headers, backend="steady", model=unique(production_model), config="steady", params=limits)
-    await publish(
-        client,
-        headers,
-        backend="candidate",
-        model=candidate_model,
-        config="candidate",
-        prompt=None,
-        params=limits,
-    )
-    metric = {"key": "failed", "kind": "binomial", "source": "completions", "source_field": "error"}
-    await ok(await client.post("/v1/metrics", json={"direction": "lower", **metric}, headers=headers), 201)
+async def simulation(client: Client, headers: dict[str, str], production: str, candidate: str) -> Simulation:
+    await create_metrics(client, headers)
+    sim = Simulation(client, client.app, headers)
+    await sim.prepare(production_model=production, candidate_model=candidate)
+    return sim
 
 
-async def start(client: Client, headers: dict[str, str], steps: list[dict[str, Any]]) -> dict[str, Any]:
-    body = {
-        "candidate_version": 1,
-        "config": {"name": "candidate", "version": 1},
-        "steps": steps,
-        "guardrails": [{"metric": "failed", "tolerance": 0.02, "relative": False}],  # two points more errors
-    }
-    rollout = await ok(await client.post("/v1/prompts/greet/rollouts", json=body, headers=headers), 201)
-    await settle(client)
-    return rollout
-
-
-async def complete(client: Client, headers: dict[str, str], units: range) -> None:
-    for i in units:
-        await client.post(
-            "/v1/prompts/greet/complete",
-            # 1 to 60 tokens: a trickling backend's answers take 1 to 60 of its intervals, so latencies spread
-            # (a quantile whose interval falls on one latency has no variance, and is not tested)
-            json={"variables": {"name": "Ada"}, "unit": f"user-{i}", "max_tokens": 1 + (7 * i) % 60},
-            headers=headers,
-        )
-    await fold_in(client)
-
-
-async def until_rolled_back(
-    client: Client, headers: dict[str, str], rollout_id: int, *, limit: int
-) -> tuple[int, dict[str, Any]]:
-    """Completions for new units in batches, a check after each, until a rollback or ``limit`` units;
-    the units sent and the rollout as it ended. Every other check holds (the step's minimum units are high)."""
-    clock = FakeClock()
-    sent = 0
-    while sent < limit:
-        await complete(client, headers, range(sent, sent + BATCH))
-        sent += BATCH
-        action = await check(client, rollout_id, clock)
-        assert action is not None
-        if action.kind == "rollback":
-            break
-        assert action.kind == "hold"
-    return sent, await ok(await client.get(f"/v1/rollouts/{rollout_id}", headers=headers))
-
-
-async def test_a_candidate_that_errs_is_rolled_back_with_its_evidence(
+async def test_a_candidate_with_five_points_more_errors_is_rolled_back_and_the_units_it_took_reported(
     client: Client, admin: dict[str, str], clean_database: AsyncEngine
 ) -> None:
-    await prepare(client, admin, unique("status:500:30"))  # its first 30 completions fail
-    rollout = await start(client, admin, [{"share": 0.5, "min_units": 1000}, {"share": 1.0}])
-    sent, shown = await until_rolled_back(client, admin, rollout["id"], limit=400)
-    assert shown["status"] == "rolled_back"
-    assert "guardrail 'failed' is significantly worse" in shown["reason"]
+    sim = await simulation(client, admin, PRODUCTION, MORE_ERRORS)
+    rollout = await sim.start(HOLD, [ERRORS_GUARDRAIL])
+    feed = sim.runtime.feed.listen()
+    outcome = await sim.run(rollout["id"], batch=100, limit=4000)
+    shown = outcome.rollout
+    assert outcome.status == "rolled_back", shown["evidence"]
+    assert set(outcome.actions[:-1]) <= {"hold"}
+    assert shown["reason"] == "guardrail 'failed' is significantly worse"
     evidence = shown["evidence"]
+    assert evidence["action"] == "rollback"
     [guardrail] = evidence["guardrails"]
+    assert guardrail["metric"] == "failed"
     assert guardrail["failed"]
-    assert guardrail["worst_bound"] > 0.02
-    taken = evidence["units"]["candidate"]
-    print(f"rolled back after {sent} units, {taken} of them on the candidate")
-    assert 0 < taken < sent
+    assert guardrail["worst_bound"] > 0 < guardrail["estimate"]
+    # The units it took: every unit sent, split between the two sides, is in the evidence.
+    units = evidence["units"]
+    assert units["production"] + units["candidate"] == outcome.units
+    assert 0 < units["candidate"] < outcome.units
+    print(f"rolled back after {outcome.units} units, {units['candidate']} of them on the candidate")
     assert [e["action"] for e in shown["events"]] == ["started", "rolled_back"]
+    assert shown["events"][-1]["detail"]["evidence"] == evidence
     # Traffic is production's again.
+    statuses = await sim.complete(40)
+    assert statuses.count(200) > 0
     body = await ok(
         await client.post(
             "/v1/prompts/greet/render", json={"variables": {"name": "Ada"}, "unit": "user-1"}, headers=admin
         )
     )
     assert body["experiment"] is None
+    assert body["version"] == 1
+    # The rollout's history (above), the prompt's audit log, the change feed and the webhooks' outbox say so.
+    # (The prompt's label history has nothing to say: a rollback moves no label, production never left v1.)
+    audit = await ok(await client.get("/v1/audit", params={"resource_type": "prompt"}, headers=admin))
+    [said] = [a for a in audit["items"] if a["action"] == "rollout.rolled_back"]
+    assert (said["resource_name"], said["actor"]) == ("greet", "rollout-check")
+    assert said["after"]["reason"] == shown["reason"]
+    assert said["after"]["evidence"] == evidence
+    changes = []
+    while not feed.queue.empty():
+        item = feed.queue.get_nowait()
+        if item.change is not None:
+            changes.append((item.change.kind, item.change.name, item.change.action))
+    assert ("prompt", "greet", "rollout_rolled_back") in changes
+    assert ("experiment", rollout["experiment"], "stopped") in changes
+    sim.runtime.feed.forget(feed)
     async with clean_database.connect() as connection:
-        types = (await connection.execute(text("SELECT type FROM outbox_events WHERE type LIKE 'rollout.%'"))).scalars()
-        assert list(types) == ["rollout.started", "rollout.rolled_back"]
+        rows = (
+            await connection.execute(
+                text("SELECT type, subject, payload FROM outbox_events WHERE type LIKE 'rollout.%' ORDER BY id")
+            )
+        ).all()
+    assert [(t, subject) for t, subject, _ in rows] == [("rollout.started", "greet"), ("rollout.rolled_back", "greet")]
+    webhook = rows[-1][2]
+    assert (webhook["status"], webhook["reason"], webhook["evidence"]) == ("rolled_back", shown["reason"], evidence)
+
+
+async def test_a_candidate_twenty_percent_slower_at_p95_is_rolled_back(client: Client, admin: dict[str, str]) -> None:
+    sim = await simulation(client, admin, PRODUCTION_LATENCY, SLOWER)
+    sim.concurrency, sim.spacing = 50, 0.01  # a request every 10 ms, as many in flight as that makes
+    rollout = await sim.start(HOLD, [LATENCY_GUARDRAIL])
+    outcome = await sim.run(rollout["id"], batch=50, limit=500)
+    shown = outcome.rollout
+    assert outcome.status == "rolled_back", shown["evidence"]["guardrails"]
+    assert shown["reason"] == "guardrail 'latency_p95' is significantly worse"
+    [guardrail] = shown["evidence"]["guardrails"]
+    assert guardrail["worst_bound"] > LATENCY_GUARDRAIL["tolerance"]
+    assert 0.1 < guardrail["estimate"] < 0.35, guardrail  # about +20%
+    print(f"rolled back after {outcome.units} units, {outcome.candidate_units} of them on the candidate")
 
 
 async def test_an_equal_candidate_reaches_all_traffic_and_is_promoted(client: Client, admin: dict[str, str]) -> None:
-    await prepare(client, admin, unique("ok"))
-    steps = [{"share": 0.5, "min_units": 30, "min_seconds": 60}, {"share": 1.0, "min_seconds": 60}]
-    rollout = await start(client, admin, steps)
-    clock = FakeClock()
-    await complete(client, admin, range(40))
-    assert (await check(client, rollout["id"], clock)).kind == "hold"  # type: ignore[union-attr]
-    clock.advance(61)
-    assert (await check(client, rollout["id"], clock)).kind == "advance"  # type: ignore[union-attr]
-    await complete(client, admin, range(40, 60))
-    assert (await check(client, rollout["id"], clock)).kind == "hold"  # type: ignore[union-attr]
-    clock.advance(61)
-    assert (await check(client, rollout["id"], clock)).kind == "promote"  # type: ignore[union-attr]
-    shown = await ok(await client.get(f"/v1/rollouts/{rollout['id']}", headers=admin))
-    assert shown["status"] == "completed"
-    assert [e["action"] for e in shown["events"]] == ["started", "advanced", "completed"]
+    sim = await simulation(client, admin, PRODUCTION, EQUAL)
+    steps = [
+        {"share": 0.05, "min_units": 100},
+        {"share": 0.25, "min_units": 100},
+        {"share": 0.5, "min_units": 100},
+        {"share": 1.0, "min_seconds": 120},
+    ]
+    rollout = await sim.start(steps, [ERRORS_GUARDRAIL])
+    outcome = await sim.run(rollout["id"], batch=50, limit=1000)
+    shown = outcome.rollout
+    assert outcome.status == "completed", shown["evidence"]
+    # Each step held until its minimum units, the last until its minimum duration on the fake clock.
+    assert outcome.actions == ["hold", "advance"] * 3 + ["hold", "promote"]
+    assert [e["action"] for e in shown["events"]] == ["started", "advanced", "advanced", "advanced", "completed"]
+    for event in shown["events"][1:4]:
+        [guardrail] = event["detail"]["evidence"]["guardrails"]
+        assert not guardrail["failed"]
     promoted = shown["events"][-1]["detail"]["promoted_version"]
     production = await ok(await client.get("/v1/prompts/greet", params={"label": "production"}, headers=admin))
     assert production["version"]["version"] == promoted == 2  # version 1 with the candidate's config
-    assert production["version"]["config"]["name"] == "candidate"
+    assert production["version"]["config"]["name"] == "greet-candidate"
     history = await ok(await client.get("/v1/prompts/greet/history", headers=admin))
     assert any(rollout["experiment"] in (t["reason"] or "") for t in history["items"])  # the normal promotion
 
 
 async def test_one_checker_acts_on_a_rollout_at_a_time(client: Client, admin: dict[str, str]) -> None:
-    await prepare(client, admin, unique("ok"))
-    rollout = await start(client, admin, [{"share": 0.5, "min_units": 10}, {"share": 1.0}])
+    sim = await simulation(client, admin, PRODUCTION, EQUAL)
+    rollout = await sim.start([{"share": 0.5, "min_units": 10}, {"share": 1.0}], [ERRORS_GUARDRAIL])
     runtime = runtime_of(client.app)
     first, second = (
         RolloutChecker(runtime.sessionmaker, runtime.bus, runtime.prompt_limits, interval=5.0) for _ in range(2)
@@ -153,27 +154,3 @@ async def test_one_checker_acts_on_a_rollout_at_a_time(client: Client, admin: di
     assert await in_app(client, lambda: first.check(rollout["id"])) is not None
     assert await in_app(client, lambda: second.check(rollout["id"])) is None  # the first holds the lease
     assert await in_app(client, lambda: first.check(rollout["id"])) is not None  # and renews it
-
-
-async def test_a_candidate_slower_at_p95_is_rolled_back(client: Client, admin: dict[str, str]) -> None:
-    # Answers of 3 to 180 ms against production's 1 to 60 ms.
-    await prepare(client, admin, unique("trickle:0.003"), production_model="trickle:0.001")
-    metric = {"key": "latency_p95", "kind": "quantile", "quantile": 0.95, "source_field": "latency_ms"}
-    await ok(
-        await client.post("/v1/metrics", json={"source": "completions", "direction": "lower", **metric}, headers=admin),
-        201,
-    )
-    body = {
-        "candidate_version": 1,
-        "config": {"name": "candidate", "version": 1},
-        "steps": [{"share": 0.5, "min_units": 1000}, {"share": 1.0}],
-        "guardrails": [{"metric": "latency_p95", "tolerance": 0.1}],  # up to 10% slower is accepted
-    }
-    rollout = await ok(await client.post("/v1/prompts/greet/rollouts", json=body, headers=admin), 201)
-    await settle(client)
-    sent, shown = await until_rolled_back(client, admin, rollout["id"], limit=300)
-    assert shown["status"] == "rolled_back", str(shown["evidence"]["guardrails"])
-    assert "guardrail 'latency_p95' is significantly worse" in shown["reason"], shown["evidence"]
-    [guardrail] = shown["evidence"]["guardrails"]
-    assert guardrail["worst_bound"] > 0.1
-    print(f"rolled back after {sent} units, {shown['evidence']['units']['candidate']} of them on the candidate")
