@@ -1,0 +1,66 @@
+"""The embedded default (SQLite, no Redis) evaluates alert rules: a p95 latency folded in Python (SQLite has no
+percentile_cont) fires with its webhook event and resolves when the window is clean."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from registry.app import create_app
+from registry.auth.keys import Scope
+from registry.auth.service import ApiKeyService
+from registry.db import migrate
+from registry.db.engine import create_engine, create_sessionmaker
+from registry.settings import Settings
+from tests.alerts.conftest import FakeClock, complete, create_rule, evaluate, ok
+from tests.completions.conftest import backend, publish, unique
+from tests.conftest import TEST_ACTOR, serve_in_process
+from tests.experiments.conftest import Client
+
+
+@pytest.fixture
+async def sqlite_client(tmp_path: Path, fault: str) -> AsyncIterator[tuple[Client, dict[str, str], Settings]]:
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
+        access_log=False,
+        log_level="WARNING",
+        bootstrap_admin_key=False,
+        backends={"steady": backend(fault, max_retries=0)},
+        completion_usage_flush_seconds=3600.0,
+        alert_evaluate_seconds=3600.0,
+    )
+    engine = create_engine(settings)
+    await migrate.upgrade(engine)
+    async with create_sessionmaker(engine)() as session, session.begin():
+        _, secret = await ApiKeyService(session).create_key("admin", [Scope.ADMIN], TEST_ACTOR)
+    await engine.dispose()
+    async with serve_in_process(create_app(settings)) as client:
+        yield client, {"Authorization": f"Bearer {secret}"}, settings
+
+
+async def test_a_latency_rule_fires_and_resolves_on_sqlite(
+    sqlite_client: tuple[Client, dict[str, str], Settings],
+) -> None:
+    client, admin, settings = sqlite_client
+    await publish(client, admin, backend="steady", model=unique("latency:40:60"))  # 40 to 60 ms each
+    rule = await create_rule(client, admin, "slow", "latency_p95", threshold=30, min_count=5, window_seconds=60)
+    assert await complete(client, admin, 4) == [200] * 4
+    clock = FakeClock()
+    assert await evaluate(client, clock) == {}  # 4 latencies: fewer than 5
+    assert await complete(client, admin, 1) == [200]
+    clock.advance(1)
+    assert await evaluate(client, clock) == {rule["id"]: [("", "fire")]}
+    [incident] = (await ok(await client.get("/v1/alerts/incidents", headers=admin)))["items"]
+    assert 40 <= incident["value"] < 1000
+    clock.advance(61)
+    assert await evaluate(client, clock) == {rule["id"]: [("", "resolve")]}
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as connection:
+            types = (await connection.execute(text("SELECT type FROM outbox_events ORDER BY id"))).scalars().all()
+    finally:
+        await engine.dispose()
+    assert [t for t in types if t.startswith("alert.")] == ["alert.firing", "alert.resolved"]
