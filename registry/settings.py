@@ -263,6 +263,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Lifetime of cached responses to deterministic requests (temperature 0 or a seed); 0 disables.",
     )
+    guard_stream_window: int = Field(
+        128,
+        ge=1,
+        le=4096,
+        description="Characters of a stream held back for its config's output guards, so a finding that long is "
+        "caught whole even across chunks (a guard's own window may raise it); the delay before the first token.",
+    )
     completion_io_retention_days: float = Field(
         30.0, gt=0, description="Days stored prompts and completion texts are kept (prompts with store_io)."
     )

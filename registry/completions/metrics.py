@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from registry.completions.policy import BreakerStatus
@@ -60,9 +63,21 @@ class CompletionMetrics:
         self.in_flight = Gauge(
             "registry_backend_in_flight", "Requests in flight to each backend.", ["backend"], registry=registry
         )
+        self.guard_outcomes = Counter(
+            "registry_guard_outcomes_total",
+            "What config guards did, by guard name, stage (input, output) and outcome "
+            "(blocked, redacted, flagged, passed, error).",
+            ["guard", "stage", "outcome"],
+            registry=registry,
+        )
         self.queue_depth = Gauge(
             "registry_backend_queue_depth", "Requests waiting for a backend slot.", ["backend"], registry=registry
         )
+
+    def count_guard_outcomes(self, outcomes: Sequence[Mapping[str, Any]]) -> None:
+        """One completion's guard outcomes (registry.guards.engine.GuardLog)."""
+        for outcome in outcomes:
+            self.guard_outcomes.labels(outcome["guard"], outcome["stage"], outcome["outcome"]).inc()
 
     def breaker_changed(self, backend: str, status: BreakerStatus) -> None:
         self.breaker_state.labels(backend).set(BREAKER_VALUES[status])

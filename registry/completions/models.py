@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Double, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Double, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column
 
-from registry.db.base import Base, BigIntId, IdMixin, utcnow
+from registry.db.base import Base, BigIntId, IdMixin, JSONValue, utcnow
 
 
 class CompletionRecord(IdMixin, Base):
@@ -49,6 +50,10 @@ class CompletionRecord(IdMixin, Base):
     ttft_ms: Mapped[float | None] = mapped_column(Double)
     fallback_used: Mapped[bool] = mapped_column(Boolean, default=False)
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What the config's guards found (registry.guards): outcomes per guard, the guard that blocked, any flag.
+    guard_outcomes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONValue)
+    guard_blocked: Mapped[str | None] = mapped_column(String(64))
+    guard_flagged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Only for prompts with store_io, redacted, and cleared after the retention period.
     prompt_text: Mapped[str | None] = mapped_column(Text)
     completion_text: Mapped[str | None] = mapped_column(Text)

@@ -8,6 +8,7 @@ periodic job writes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,8 @@ from registry.completions.schemas import (
 )
 from registry.completions.upstream import Backend, UpstreamStream
 from registry.db.base import utcnow
+from registry.guards.classifier import VERDICT_FORMAT, classify
+from registry.guards.engine import ContentBlockedError, Guarding, caller_texts, compile_guards, guard_columns
 from registry.lib.changes import Change, record_change
 from registry.lib.errors import InvalidInputError, RegistryError
 from registry.lib.schema import Output
@@ -127,6 +130,7 @@ class Run:
     started: float = field(default_factory=time.monotonic)
     fallback_used: bool = False
     cached: bool = False
+    guarding: Guarding | None = None  # the config's guards (registry.guards) and what they did
     status: str = "cancelled"
     error_type: str | None = None
     finish_reason: str | None = None
@@ -227,8 +231,45 @@ class CompletionService:
         if problems:
             raise InvalidInputError("the overrides are not allowed by the model config", errors=problems)
         plan = self._plan(config, rendering.out, overrides)
-        await self._check_context(plan)
-        return Run(rendering=rendering, caller=caller, stream=data.stream, plan=plan, unit=data.unit), overrides
+        run = Run(rendering=rendering, caller=caller, stream=data.stream, plan=plan, unit=data.unit)
+        await self._guard_input(run, data, overrides)
+        await self._check_context(run.plan)
+        return run, overrides
+
+    classifying = False  # a model guard's classifier (ClassifierCompletions): model guards on its config are refused
+
+    def _caller_texts(self, data: CompleteRequest) -> list[str]:
+        """What the caller wrote, for the injection and delimiter guards (the OpenAI door adds its messages)."""
+        return caller_texts(data.variables)
+
+    async def _guard_input(self, run: Run, data: CompleteRequest, overrides: Overrides) -> None:
+        """The config's input guards: a redaction re-plans the request, a block is recorded and raised."""
+        guards = compile_guards(run.plan.config.guards)
+        if not guards:
+            return
+        complete = functools.partial(ClassifierCompletions(self.completions, self.catalog).complete, caller=run.caller)
+        run.guarding = Guarding(
+            guards,
+            functools.partial(classify, self.catalog, complete),
+            default_window=self.completions.settings.guard_stream_window,
+            classifying=self.classifying,
+        )
+        try:
+            out = await run.guarding.check_input(run.rendering.out, self._caller_texts(data))
+        except ContentBlockedError as exc:
+            self._fail(run, exc)
+            raise
+        if out is not run.rendering.out:
+            run.rendering = Rendering(out, run.rendering.resolution)
+            run.plan = self._plan(run.plan.config, out, overrides)
+
+    async def _guard_output(self, run: Run) -> None:
+        if run.guarding is not None:
+            try:
+                run.parts = [await run.guarding.check_output(run.text)]
+            except ContentBlockedError as exc:
+                self._fail(run, exc)
+                raise
 
     async def _render(self, name: str, data: CompleteRequest) -> Rendering:
         """What the completion runs: the prompt rendered (the OpenAI-compatible door adds the caller's turns)."""
@@ -398,6 +439,7 @@ class CompletionService:
                 if not await self._use_fallback(run, overrides, exc):
                     raise
                 await self._collect(run, await self._start(run.plan))
+            await self._guard_output(run)
             run.status = "ok"
         except RECORDED_ERRORS as exc:
             self._fail(run, exc)
@@ -442,7 +484,8 @@ class CompletionService:
     async def _relay(self, run: Run, upstream: UpstreamStream, key: str | None) -> StreamEvents:
         """Token deltas as they come; a failure after the first token becomes an ``error`` event."""
         try:
-            async for chunk in upstream.chunks():
+            # Output guards hold back a window of the text and release what they let through (registry.guards).
+            async for chunk in run.guarding.screen(upstream.chunks()) if run.guarding else upstream.chunks():
                 if chunk.text:
                     run.parts.append(chunk.text)
                     yield "delta", DeltaEvent(text=chunk.text)
@@ -451,7 +494,7 @@ class CompletionService:
             self._record(run)
             await self._store_in_cache(run, key)
             yield "done", self._done(run)
-        except UpstreamError as exc:
+        except (UpstreamError, ContentBlockedError) as exc:
             run.absorb(upstream)
             self._fail(run, exc)
             yield "error", exc
@@ -465,7 +508,7 @@ class CompletionService:
     # -- recording
 
     def _fail(self, run: Run, error: RegistryError) -> None:
-        run.status = "error"
+        run.status = "blocked" if isinstance(error, ContentBlockedError) else "error"
         run.error_type = error.type
         self._record(run)
 
@@ -508,8 +551,11 @@ class CompletionService:
                 "cached": run.cached,
                 "prompt_text": redact(_prompt_text(out)) if store else None,
                 "completion_text": redact(run.text) if store and run.parts else None,
+                **guard_columns(run.guarding),
             }
         )
+        if run.guarding is not None:
+            metrics.count_guard_outcomes(run.guarding.log.outcomes)
         metrics.completions.labels(run.status, str(run.cached).lower(), str(run.fallback_used).lower()).inc()
         if run.error_type:
             metrics.errors.labels(run.error_type).inc()
@@ -537,6 +583,17 @@ class CompletionService:
                 ),
             }
         )
+
+
+class ClassifierCompletions(CompletionService):
+    """A model guard's classifier prompt on the completion path, answering in the verdict's JSON schema."""
+
+    classifying = True
+
+    def _plan(self, config: LinkedConfig, out: RenderOut, overrides: Overrides) -> Plan:
+        plan = super()._plan(config, out, overrides)
+        plan.payload.setdefault("response_format", VERDICT_FORMAT)
+        return plan
 
 
 class UsageService:

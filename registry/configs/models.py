@@ -34,6 +34,8 @@ class ModelConfigVersion(VersionMixin, Base):
     input_price_per_mtok: Mapped[float] = mapped_column(Double, default=0.0)
     output_price_per_mtok: Mapped[float] = mapped_column(Double, default=0.0)
     max_context_tokens: Mapped[int | None]
+    # Input and output guards (registry.guards.specs), frozen with the version; None: none.
+    guards: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONValue)
     # Used when this config's backend is failing (breaker open, retries exhausted); pinned like a prompt's config.
     fallback_version_id: Mapped[int | None] = mapped_column(
         BigIntId, ForeignKey("model_config_versions.id", ondelete="RESTRICT")

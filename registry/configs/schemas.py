@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from registry.configs.models import ModelConfigVersion
+from registry.guards.specs import Guards
 from registry.lib.promotion import State
 from registry.lib.schema import Input, Output, ResourceName
 from registry.lib.versioned_schemas import Label, VersionNumber
@@ -82,6 +83,7 @@ class CreateConfigVersion(Input):
     output_price_per_mtok: Price = 0.0
     max_context_tokens: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] | None = None
     fallback: ConfigRef | None = None
+    guards: Guards = msgspec.field(default_factory=list)
     commit_message: CommitMessage = ""
 
 
@@ -103,6 +105,7 @@ class ConfigVersionOut(Output):
     output_price_per_mtok: float
     max_context_tokens: int | None
     fallback: FallbackOut | None
+    guards: list[dict[str, Any]]
     commit_message: str
     author: str
     sha256: str
@@ -123,6 +126,7 @@ class ConfigVersionOut(Output):
             fallback=FallbackOut(config=version.fallback.config.name, version=version.fallback.number)
             if version.fallback
             else None,
+            guards=version.guards or [],
             commit_message=version.commit_message,
             author=version.author,
             sha256=version.content_sha256,

@@ -11,6 +11,7 @@ from registry.auth.principal import Actor
 from registry.configs.models import ModelConfig, ModelConfigTransition, ModelConfigVersion
 from registry.configs.repository import ConfigRepository
 from registry.configs.schemas import RESERVED_EXTRA_KEYS, ConfigRef, CreateConfigVersion, FieldChange
+from registry.guards.specs import guard_problems, guards_content
 from registry.lib.errors import FieldError, InvalidInputError, NotFoundError
 from registry.lib.hashing import content_sha256
 from registry.lib.versioned import ResourceErrors, VersionedResourceService
@@ -49,6 +50,8 @@ def config_content(data: CreateConfigVersion, fallback: ModelConfigVersion | Non
     }
     if fallback is not None:
         content["fallback"] = {"name": fallback.config.name, "version": fallback.number}
+    if data.guards:
+        content["guards"] = guards_content(data.guards)
     return content
 
 
@@ -108,6 +111,8 @@ def stored_content(version: ModelConfigVersion) -> dict[str, Any]:
     }
     if version.fallback is not None:
         content["fallback"] = {"name": version.fallback.config.name, "version": version.fallback.number}
+    if version.guards:
+        content["guards"] = version.guards
     return content
 
 
@@ -120,7 +125,7 @@ class ConfigService(VersionedResourceService[ModelConfig, ModelConfigVersion, Mo
     async def create_version(
         self, name: str, data: CreateConfigVersion, actor: Actor
     ) -> tuple[ModelConfigVersion, bool]:
-        problems = params_problems(data)
+        problems = params_problems(data) + guard_problems(data.guards)
         if self.backends and data.backend not in self.backends:
             known = ", ".join(sorted(self.backends))
             problems.append(FieldError("backend", f"is not a configured backend (configured: {known})"))
@@ -137,6 +142,7 @@ class ConfigService(VersionedResourceService[ModelConfig, ModelConfigVersion, Mo
             output_price_per_mtok=data.output_price_per_mtok,
             max_context_tokens=data.max_context_tokens,
             fallback=fallback,
+            guards=content.get("guards"),
             commit_message=data.commit_message,
             content_sha256=content_sha256(content),
         )

@@ -56,6 +56,7 @@ class LinkedConfig(Output):
     output_price_per_mtok: float
     max_context_tokens: int | None
     fallback: LinkedConfig | None = None  # one hop: a fallback's own fallback is not followed
+    guards: list[dict[str, Any]] = msgspec.field(default_factory=list)  # registry.guards.specs
 
     @classmethod
     def of(cls, version: ModelConfigVersion | None, *, with_fallback: bool = True) -> LinkedConfig | None:
@@ -71,6 +72,7 @@ class LinkedConfig(Output):
             output_price_per_mtok=version.output_price_per_mtok,
             max_context_tokens=version.max_context_tokens,
             fallback=cls.of(version.fallback, with_fallback=False) if with_fallback else None,
+            guards=version.guards or [],
         )
 
 
