@@ -16,7 +16,6 @@ wants it to, so this one does. The request's model name picks the behaviour:
     malformed-after:K       K tokens, then a chunk that is not JSON
     malformed-joined:K      the same, all in one write (so one read upstream sees it all)
     say:TEXT                answer TEXT (percent-encoded in the name, see ``say``), 3 characters a chunk
-    say:TEXT                answer TEXT (percent-encoded in the name, see ``say``), 3 characters a chunk
     errors:R                answer 500 to about a fraction R of requests (errors:0.10: about 10%), ok otherwise
     latency:LOW:HIGH        wait LOW to HIGH milliseconds (spread evenly) before answering, then ok
     errors:R,latency:LOW:HIGH   both: the wait, then a 500 or ok
@@ -37,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import urllib.parse
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
@@ -140,14 +138,6 @@ class FaultServer:
             await reply.finish("stop")
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
             return
-        if name == "say":
-            text = urllib.parse.unquote(arg)
-            for start in range(0, len(text), SAY_CHUNK):
-                event = reply.text_event(text[start : start + SAY_CHUNK])
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            await reply.finish("stop")
-            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
-            return
         if name == "slow-first":
             await asyncio.sleep(float(arg))
         if name == "trickle":
@@ -223,12 +213,6 @@ SAY_CHUNK = 3
 def say(text: str) -> str:
     """The behaviour that answers ``text``, in chunks of 3 characters (so a word often spans two)."""
     return "say:" + urllib.parse.quote(text, safe="")
-SAY_CHUNK = 3
-
-
-def say(text: str) -> str:
-    """The behaviour that answers ``text``, in chunks of 3 characters (so a word often spans two)."""
-    return "say:" + urllib.parse.quote(text, safe="")
 
 
 class _Reply:
@@ -256,11 +240,6 @@ class _Reply:
         token = TOKENS[index % len(TOKENS)]
         self.seen.sent += 1
         return self._chunk([{"index": 0, "delta": {"content": token}} if self.chat else {"index": 0, "text": token}])
-
-    def text_event(self, text: str) -> bytes:
-        """An event carrying ``text``, counted as one token."""
-        self.seen.sent += 1
-        return self._chunk([{"index": 0, "delta": {"content": text}} if self.chat else {"index": 0, "text": text}])
 
     def text_event(self, text: str) -> bytes:
         """An event carrying ``text``, counted as one token."""
