@@ -41,7 +41,7 @@ from registry.completions.policy import (
     breaker_retry_after,
     classify_status,
 )
-from registry.completions.sse import DONE, Chunk, MalformedStreamError, SSEDecoder, SSEEvent, decode_chunk
+from registry.completions.sse import DONE, Chunk, MalformedStreamError, SSEDecoder, decode_chunk
 from registry.lib.http_client import HttpClient
 from registry.lib.tracing import (
     Tracing,
@@ -249,18 +249,20 @@ class UpstreamStream:
         self.outcome: StreamOutcome | None = None
         self._pending_error: MalformedStreamError | None = None
         self.span: Span | None = None  # the upstream call's span, ended with the stream
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self.expired = False  # the deadline passed while the rest of the stream was read
 
-    async def _read_events(self) -> list[SSEEvent]:
-        """The events of the next read(s) from the socket: at least one."""
+    async def _read_events(self) -> list[bytes]:
+        """The data of the events of the next read(s) from the socket: at least one."""
         while True:
             try:
                 data = await anext(self._body)
             except StopAsyncIteration:
-                events = self._decoder.close()
-                if not events:
+                last = self._decoder.close()
+                if not last:
                     raise MalformedStreamError("the stream ended without [DONE]") from None
-                return events
-            events = self._decoder.feed(data)
+                return [event.data for event in last]
+            events = self._decoder.feed_data(data)
             if events:
                 return events
 
@@ -273,12 +275,12 @@ class UpstreamStream:
             return None
         text: list[str] = []
         finish_reason = None
-        for event in await self._read_events():
-            if event.data == DONE:
+        for data in await self._read_events():
+            if data == DONE:
                 self.done = True
                 break
             try:
-                chunk = decode_chunk(event.data)
+                chunk = decode_chunk(data)
                 if chunk.error is not None:
                     raise MalformedStreamError(f"error in stream: {chunk.error}")
             except MalformedStreamError as exc:
@@ -299,7 +301,7 @@ class UpstreamStream:
         self.finish_reason = finish_reason or self.finish_reason
         if self.done and not text:
             return None
-        return Chunk(text="".join(text), finish_reason=finish_reason)
+        return Chunk(text=text[0] if len(text) == 1 else "".join(text), finish_reason=finish_reason)
 
     @property
     def output_tokens(self) -> int:
@@ -327,33 +329,43 @@ class UpstreamStream:
         for chunk in self.head:
             yield chunk
         name = self.backend.name
+        # One timer for the rest of the stream, not one per read: at the deadline it closes the
+        # connection, which ends the read under way (or the next one) at once.
+        self._deadline_timer = asyncio.get_running_loop().call_later(
+            max(0.0, self.deadline - time.monotonic()), self._expire
+        )
         while not self.done:
             try:
-                async with asyncio.timeout(max(0.0, self.deadline - time.monotonic())):
-                    following = await self._next()
+                following = await self._next()
             except (aiohttp.ClientError, OSError, MalformedStreamError, TimeoutError) as exc:
                 await self.close("failed")
-                raise translate_transport_error(exc, name, before_first_token=False) from exc
+                cause = TimeoutError() if self.expired else exc  # the deadline closed the connection
+                raise translate_transport_error(cause, name, before_first_token=False) from exc
             if following is None:
                 break
             yield following
         await self._drain()
         await self.close("ok")
 
+    def _expire(self) -> None:
+        self.expired = True
+        self._response.close()
+
     async def _drain(self) -> None:
         """Read the body's end after [DONE], so the connection goes back to the pool instead of closing."""
         try:
-            async with asyncio.timeout(max(0.0, self.deadline - time.monotonic())):
-                async for _ in self._body:
-                    pass
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            pass  # the completion is whole; a connection that ends badly is just not reused
+            async for _ in self._body:
+                pass
+        except (aiohttp.ClientError, OSError):
+            pass  # the completion is whole; a connection that ends badly (or at the deadline) is just not reused
 
     async def close(self, outcome: StreamOutcome = "abandoned") -> None:
         """Release the slot and tell the breaker first: the close itself may be cancelled."""
         if self.outcome is not None:
             return
         self.outcome = outcome
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
         self._client.finished(self, outcome)
         if self.span is not None:
             usage = gen_ai_usage_attributes(self.input_tokens, self.output_tokens, self.finish_reason)
@@ -482,9 +494,9 @@ class UpstreamClient:
     ) -> UpstreamStream:
         settings = backend.settings
         started = time.monotonic()
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.connect_timeout, sock_read=settings.total_timeout
-        )
+        # No read timeout: the first token's deadline bounds the head, the stream's deadline the rest,
+        # and a read timeout would reset a timer on every packet.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout)
         response: aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout(max(0.0, min(deadline, started + settings.first_token_timeout) - started)):
