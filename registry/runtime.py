@@ -148,7 +148,13 @@ class Runtime:
                 PromptLimits(max_template_chars=settings.max_template_chars),
                 interval=settings.rollout_check_seconds,
             ),
-            alerts=AlertEvaluator(sessionmaker, bus, settings.backends.keys(), interval=settings.alert_evaluate_seconds),
+            alerts=AlertEvaluator(
+                sessionmaker,
+                bus,
+                settings.backends.keys(),
+                interval=settings.alert_evaluate_seconds,
+                metrics_registry=metrics_registry,
+            ),
         )
         # Every promotion made on the app's sessions passes the evaluation gates (see PROMOTION_GATE), and
         # none moves a prompt's production label while a rollout holds it (PROMOTION_LOCK).

@@ -16,9 +16,11 @@ from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 
 import structlog
+from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.alerts.evaluation import Transition
+from registry.alerts.metrics import AlertMetrics, SignalSnapshot
 from registry.alerts.repository import AlertRepository
 from registry.alerts.service import AlertService
 from registry.db.base import utcnow
@@ -38,6 +40,7 @@ class AlertEvaluator:
         *,
         interval: float,
         clock: Callable[[], datetime] = utcnow,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.bus = bus
@@ -45,6 +48,7 @@ class AlertEvaluator:
         self.interval = interval
         self.lease = timedelta(seconds=max(3 * interval, 30.0))
         self.clock = clock
+        self.metrics = AlertMetrics(metrics_registry)
         self.owner = f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(4)}"
 
     def jobs(self) -> list[PeriodicJob]:
@@ -63,7 +67,21 @@ class AlertEvaluator:
                 continue
             if transitions:
                 done[rule_id] = transitions
+        try:
+            await self.refresh_metrics()
+        except Exception:
+            logger.exception("alert metrics refresh failed")
         return done
+
+    async def refresh_metrics(self) -> None:
+        """What Prometheus cannot see otherwise: budgets used, rollbacks, the registry's own firing alerts."""
+        async with self.sessionmaker() as session:
+            repository = AlertRepository(session)
+            self.metrics.snapshot = SignalSnapshot(
+                budget_used=await repository.budget_shares(self.clock()),
+                rollouts_rolled_back=await repository.rollouts_rolled_back(),
+                firing=await repository.firing_counts(),
+            )
 
     async def evaluate(self, rule_id: int) -> list[tuple[str, Transition]] | None:
         """None when another evaluator holds the rule's lease."""

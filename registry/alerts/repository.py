@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, case, delete, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from registry.alerts.evaluation import Window, quantile
+from registry.alerts.evaluation import Window, quantile, signal_value
 from registry.alerts.models import AlertIncident, AlertRule
 from registry.auth.models import ApiKey
 from registry.completions.models import ApiKeyBudget, CompletionRecord
@@ -189,6 +189,26 @@ class AlertRepository:
         if rule_id is not None:
             query = query.where(AlertIncident.rule_id == rule_id)
         return (await self.session.scalars(query)).all()
+
+    async def firing_counts(self) -> dict[tuple[str, str], int]:
+        """Firing incidents per rule and kind (the partial index of firing incidents finds them)."""
+        query = (
+            select(*_columns(AlertIncident.rule_name, AlertIncident.kind, func.count()))
+            .where(AlertIncident.status == "firing")
+            .group_by(AlertIncident.rule_name, AlertIncident.kind)
+        )
+        return {(rule, kind): int(count) for rule, kind, count in (await self.session.execute(query)).all()}
+
+    async def rollouts_rolled_back(self) -> int:
+        """Rollouts ever rolled back (one row per rollout: a small table)."""
+        query = select(func.count()).select_from(Rollout).where(Rollout.status == "rolled_back")
+        return int((await self.session.execute(query)).scalar_one())
+
+    async def budget_shares(self, now: datetime) -> dict[str, float]:
+        """Every budgeted key's share of its monthly budget."""
+        windows = await self._budgets(Selection("budget", group_by="key"), now)
+        shares = {key: signal_value("budget", w, window_seconds=1, min_count=1) for key, w in windows.items()}
+        return {key: share for key, share in shares.items() if share is not None}
 
     # -- signals
 
