@@ -238,6 +238,11 @@ class OpenAICompletions(CompletionService):
         self.messages = messages  # a chat request's turns
         self.text = text  # a text request's prompt
 
+    def _caller_texts(self, data: CompleteRequest) -> list[str]:
+        """The caller's own messages (or prompt text) are its input too, for the injection and delimiter guards."""
+        own = [m.content for m in self.messages] if self.messages is not None else [self.text or ""]
+        return [*super()._caller_texts(data), *own]
+
     async def _render(self, name: str, data: CompleteRequest) -> Rendering:
         if self.target.kind == "config":
             config = await self.resolve_config(self.target)
