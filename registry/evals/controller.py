@@ -248,10 +248,14 @@ class RunController(Controller):
         opt={"scope": Scope.WRITE},
         operation_id="createEvalRun",
         summary="Start an evaluation run (202)",
-        description="Evaluates prompt `version` with its own config version (or `config_version` of the same "
-        "config) on a dataset version (`dataset.version`, default the latest), scoring each item with `scorers` "
-        "and passing it by `pass_rule`. A worker runs it in the background, at most `concurrency` completions at "
-        "a time, through the same backend path as `completePrompt`; usage and cost are charged to the calling key.",
+        description="Evaluates prompt `version` with a config version on a dataset version (`dataset.version`, "
+        "default the latest), scoring each item with `scorers` and passing it by `pass_rule`. The config is "
+        "`config` (any config: `{name, version}` or `{name, label}`, the label resolved and pinned now), else "
+        "`config_version` of the version's own config, else the version's own; a version that links no config "
+        "needs `config` (422). The run records the config version it ran with; only a run with the version's own "
+        "is evidence for its promotion gates, any run can be compared. A worker runs it in the background, at "
+        "most `concurrency` completions at a time, through the same backend path as `completePrompt`; usage and "
+        "cost are charged to the calling key.",
         status_code=202,
     )
     async def create_run(

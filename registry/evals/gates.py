@@ -101,6 +101,26 @@ def _config_of(version: PromptVersion) -> tuple[str | None, int | None]:
     return (config.config.name, config.number) if config is not None else (None, None)
 
 
+async def _own_config_run(
+    repository: EvalRepository, prompt: str, version: PromptVersion, dataset_version_id: int
+) -> EvalRun | None:
+    """The latest completed run of ``version`` with its own config version: what promotion puts into a state.
+
+    A run with another config (``config`` or ``config_version`` of ``createEvalRun``) is evidence for comparisons,
+    not for a gate; a version that links no config has no such run.
+    """
+    config, config_version = _config_of(version)
+    if config is None:
+        return None
+    return await repository.latest_completed_run(
+        prompt=prompt,
+        version=version.number,
+        config=config,
+        config_version=config_version,
+        dataset_version_id=dataset_version_id,
+    )
+
+
 class EvalGateCheck:
     """The ``PromotionGate`` of evaluations: a completed run of exactly the version and its config on the
     gate's dataset version must meet the gate, unless an admin overrides it with a reason."""
@@ -152,30 +172,24 @@ class EvalGateCheck:
             return [exc.detail], {"dataset": gate.dataset, "dataset_version": gate.dataset_version}
         where = f"{gate.dataset}@{dataset_version.number}"
         evidence: dict[str, Any] = {"gate": {"state": check.to.value, **_gate_summary(gate)}, "dataset": where}
-        run = await repository.latest_completed_run(
-            prompt=check.name,
-            version=version.number,
-            config=config,
-            config_version=config_version,
-            dataset_version_id=dataset_version.id,
-        )
+        run = await _own_config_run(repository, check.name, version, dataset_version.id)
         if run is None:
-            needed = f"version {version.number} with config {config}@{config_version}" if config else "this version"
-            return [f"no completed evaluation run of {needed} on dataset {where}"], evidence
+            if config is None:
+                return [
+                    f"version {version.number} links no model config, so no evaluation run shows what "
+                    f"{check.to.value} would run (a run with a config chosen for it is no evidence)"
+                ], evidence
+            return [
+                f"no completed evaluation run of version {version.number} with config {config}@{config_version} "
+                f"on dataset {where}"
+            ], evidence
         outcomes = await repository.outcomes(run.id)
         summary = summarize([ok for _, ok, _, _ in outcomes], [score or 0.0 for _, _, score, _ in outcomes])
         comparison: PairedComparison[Any] | None = None
         baseline_label = f"the {check.to.value} version"
         current: PromptVersion | None = check.current
         if gate.no_regression and current is not None:
-            base_config, base_config_version = _config_of(current)
-            baseline: EvalRun | None = await repository.latest_completed_run(
-                prompt=check.name,
-                version=current.number,
-                config=base_config,
-                config_version=base_config_version,
-                dataset_version_id=dataset_version.id,
-            )
+            baseline = await _own_config_run(repository, check.name, current, dataset_version.id)
             baseline_label = f"{check.to.value} version {current.number}"
             if baseline is not None:
                 baseline_label += f" (run {baseline.id})"

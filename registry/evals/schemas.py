@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from registry.configs.schemas import ConfigRef
 from registry.evals.models import EvalDataset, EvalDatasetItem, EvalDatasetVersion, EvalGate, EvalRun, EvalRunItem
 from registry.evals.scorers import MAX_SCORERS
 from registry.lib.schema import Description, Input, Output, Reason, ResourceName, Tags
@@ -124,12 +125,15 @@ class DatasetRef(Input):
 
 
 class CreateRun(Input):
-    """Evaluate one prompt version (with its own config version, or ``config_version`` of that config)."""
+    """Evaluate one prompt version with one config version: ``config`` (any config, by version or label, for a
+    version with or without a config of its own), else ``config_version`` of the version's own config, else the
+    version's own config version."""
 
     prompt: ResourceName
     version: VersionNumber
     dataset: DatasetRef
     scorers: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1, max_length=MAX_SCORERS)]
+    config: ConfigRef | None = None
     config_version: VersionNumber | None = None
     pass_rule: dict[str, Any] | None = None
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4

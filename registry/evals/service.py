@@ -34,6 +34,7 @@ from registry.evals.scorers import Judge, parse_pass_rule, parse_scorers
 from registry.evals.statistics import compare_paired, summarize
 from registry.lib.errors import FieldError, InvalidInputError
 from registry.lib.pagination import PageRequest
+from registry.prompts.models import PromptVersion
 from registry.prompts.service import PromptLimits, PromptService
 
 DATASET = "dataset"
@@ -178,18 +179,7 @@ class RunService:
         specs = parse_scorers(data.scorers)
         rule = parse_pass_rule(data.pass_rule, specs)
         prompt_version = await self.prompts.get_version(data.prompt, data.version)
-        own = prompt_version.config_version
-        if own is None:
-            raise InvalidInputError(
-                f"prompt '{data.prompt}' version {data.version} links no model config; link one to evaluate it",
-                errors=[FieldError("version", "links no model config")],
-            )
-        config, config_version = own.config.name, own.number
-        if data.config_version is not None:
-            workflow = self.configs.workflow
-            config_version = (
-                await workflow.require_version(await workflow.require(config), data.config_version)
-            ).number
+        config, config_version, own = await self._run_config(data, prompt_version)
         for index, spec in enumerate(specs):
             if isinstance(spec, Judge):
                 await self._check_judge(spec, index)
@@ -220,10 +210,42 @@ class RunService:
                 "prompt": run.prompt,
                 "version": run.prompt_version,
                 "config": f"{config}@{config_version}",
+                "own_config": own,
                 "dataset": f"{dataset.name}@{version.number}",
             },
         )
         return run
+
+    async def _run_config(self, data: CreateRun, prompt_version: PromptVersion) -> tuple[str, int, bool]:
+        """The config name and version number the run completes with, and whether they are the version's own.
+
+        ``config`` names any config version (by number, or a label resolved and pinned now), whether the prompt
+        version links a config or not; ``config_version`` another version of the version's own config; neither
+        the version's own. The run records the one chosen, and only a run with the version's own config is a
+        promotion gate's evidence (``registry.evals.gates``).
+        """
+        own = prompt_version.config_version
+        if data.config is not None:
+            if data.config_version is not None:
+                raise InvalidInputError(
+                    "give config (any config) or config_version (a version of the prompt version's own config), "
+                    "not both",
+                    errors=[FieldError("config_version", "not allowed with config")],
+                )
+            chosen = await self.configs.resolve_ref(data.config, field="config")
+            mine = own is not None and own.id == chosen.id
+            return data.config.name, chosen.number, mine
+        if own is None:
+            raise InvalidInputError(
+                f"prompt '{data.prompt}' version {data.version} links no model config: name the config to "
+                "evaluate it with in config",
+                errors=[FieldError("config", "required: the prompt version links no model config")],
+            )
+        if data.config_version is None:
+            return own.config.name, own.number, True
+        workflow = self.configs.workflow
+        chosen = await workflow.require_version(await workflow.require(own.config.name), data.config_version)
+        return own.config.name, chosen.number, chosen.id == own.id
 
     async def _check_judge(self, spec: Judge, index: int) -> None:
         field = f"scorers[{index}].prompt"

@@ -23,8 +23,11 @@ async def promote(
     return await client.post(f"/v1/prompts/{name}/versions/{version}/promote", json=body, headers=headers)
 
 
-async def evaluate(client: httpx.AsyncClient, headers: Headers, prompt: str, version: int, data: str) -> dict[str, Any]:
-    run = await start_run(client, headers, prompt=prompt, version=version, dataset={"name": data})
+async def evaluate(
+    client: httpx.AsyncClient, headers: Headers, prompt: str, version: int, data: str, **fields: Any
+) -> dict[str, Any]:
+    """The finished run of ``version`` on dataset ``data`` (``fields``: more of the run's body, e.g. its config)."""
+    run = await start_run(client, headers, prompt=prompt, version=version, dataset={"name": data}, **fields)
     return await finished(client, headers, run["id"])
 
 
@@ -76,6 +79,47 @@ async def test_a_run_with_another_config_version_is_no_evidence(evals: AppClient
     )
     assert (await finished(evals, admin, run["id"]))["pass_rate"] == 1.0
     assert (await promote(evals, admin, "other-config", version)).status_code == 422
+
+
+async def test_a_run_with_another_config_is_evidence_for_comparisons_not_for_the_gate(
+    evals: AppClient, admin: Headers
+) -> None:
+    version = await publish(evals, admin, "crossed")
+    await publish(evals, admin, "rival-holder", config="rival")  # config "rival" v1, on the same stand-in model
+    await dataset(evals, admin, "crossed-cases", answers(("y", "y"), ("y", "y")))
+    await gate(evals, admin, "crossed", dataset={"name": "crossed-cases"}, min_pass_rate=0.5)
+    rival = await evaluate(evals, admin, "crossed", version, "crossed-cases", config={"name": "rival", "version": 1})
+    assert rival["pass_rate"] == 1.0
+
+    refused = await promote(evals, admin, "crossed", version)
+    assert refused.status_code == 422
+    assert "no completed evaluation run of version 1 with config crossed-config@1" in problem(refused)["detail"]
+
+    own = await evaluate(evals, admin, "crossed", version, "crossed-cases")
+    compared = await evals.get("/v1/evals/compare", params={"base": own["id"], "candidate": rival["id"]}, headers=admin)
+    assert (await ok(compared))["paired_items"] == 2  # the same prompt version on two configs, item by item
+    assert (await promote(evals, admin, "crossed", version)).status_code == 200
+
+
+async def test_a_version_without_a_config_has_no_gate_evidence_from_a_run_with_a_config_chosen_for_it(
+    evals: AppClient, admin: Headers
+) -> None:
+    await publish(evals, admin, "lender", config="lent")
+    await ok(await evals.post("/v1/prompts", json={"name": "bare"}, headers=admin))
+    body = {"kind": "chat", "messages": [{"role": "user", "content": "{{ answer }}"}]}
+    version = (await ok(await evals.post("/v1/prompts/bare/versions", json=body, headers=admin)))["version"]
+    await dataset(evals, admin, "bare-cases", answers(("y", "y")))
+    await gate(evals, admin, "bare", dataset={"name": "bare-cases"}, min_pass_rate=0.5)
+    run = await evaluate(evals, admin, "bare", version, "bare-cases", config={"name": "lent", "version": 1})
+    assert run["pass_rate"] == 1.0
+
+    refused = await promote(evals, admin, "bare", version)
+
+    assert refused.status_code == 422
+    assert problem(refused)["failures"] == [
+        "version 1 links no model config, so no evaluation run shows what production would run "
+        "(a run with a config chosen for it is no evidence)"
+    ]
 
 
 async def test_a_regression_against_production_is_refused_unless_an_admin_overrides_it_with_a_reason(

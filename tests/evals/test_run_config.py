@@ -11,15 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from registry.evals.models import EvalDataset, EvalDatasetVersion, EvalRun
 from registry.settings import Settings
 from tests.completions.conftest import backend, serve_in_thread
 from tests.completions.fault_server import CHAT, FaultServer
-from tests.conftest import AppClient
-from tests.evals.conftest import Headers, dataset, finished, ok, registry_on, start_run
+from tests.conftest import AppClient, problem
+from tests.evals.conftest import Headers, answers, dataset, finished, ok, publish, registry_on, start_run
 from tests.evals.stand_in import StandIn
 
 # More bytes than the context limit below, so the upper bound cannot clear a prompt and the backend counts it;
@@ -64,38 +62,13 @@ async def prompt_version(
     return number
 
 
-async def queue_run(engine: AsyncEngine, *, prompt: str, version: int, config: str, config_version: int) -> int:
-    """A queued run of ``prompt`` version ``version`` with ``config@config_version`` on dataset ``{prompt}-cases``.
-
-    Written as a run row, as the API writes one: the API only takes runs of versions that link a config.
-    """
-    async with AsyncSession(engine) as session, session.begin():
-        found = (
-            await session.execute(
-                select(EvalDatasetVersion.id, EvalDatasetVersion.number, EvalDatasetVersion.item_count)
-                .join(EvalDataset, EvalDataset.id == EvalDatasetVersion.dataset_id)
-                .where(EvalDataset.name == f"{prompt}-cases")
-            )
-        ).one()
-        run = EvalRun(
-            prompt=prompt,
-            prompt_version=version,
-            config=config,
-            config_version=config_version,
-            dataset_version_id=found.id,
-            dataset=f"{prompt}-cases",
-            dataset_version=found.number,
-            scorers=[{"kind": "exact_match"}],
-            pass_rule=None,
-            concurrency=2,
-            status="queued",
-            total_items=found.item_count,
-            api_key_id=None,
-            created_by="test",
-        )
-        session.add(run)
-        await session.flush()
-        return run.id
+async def run_with(
+    client: httpx.AsyncClient, headers: Headers, prompt: str, version: int, config: dict[str, Any]
+) -> dict[str, Any]:
+    """A run of ``prompt`` version ``version`` with the run config ``config`` on dataset ``{prompt}-cases``."""
+    return await start_run(
+        client, headers, prompt=prompt, version=version, config=config, dataset={"name": f"{prompt}-cases"}
+    )
 
 
 def items_of(count: int) -> list[dict[str, Any]]:
@@ -103,7 +76,7 @@ def items_of(count: int) -> list[dict[str, Any]]:
 
 
 async def test_a_version_without_a_config_of_its_own_is_evaluated_with_the_runs_config(
-    fault_evals: tuple[AppClient, FaultServer], admin: Headers, clean_database: AsyncEngine
+    fault_evals: tuple[AppClient, FaultServer], admin: Headers
 ) -> None:
     client, server = fault_evals
     model = "ok/unlinked-run"
@@ -112,11 +85,11 @@ async def test_a_version_without_a_config_of_its_own_is_evaluated_with_the_runs_
     version = await prompt_version(client, admin, "unlinked", "{{ answer }}")
     await dataset(client, admin, "unlinked-cases", items_of(3))
 
-    run_id = await queue_run(
-        clean_database, prompt="unlinked", version=version, config="unlinked-run", config_version=1
-    )
+    run = await run_with(client, admin, "unlinked", version, {"name": "unlinked-run", "version": 1})
+    run_id = run["id"]
     done = await finished(client, admin, run_id)
 
+    assert (run["config"], run["config_version"]) == ("unlinked-run", 1)
     assert (done["status"], done["error"]) == ("completed", None)
     assert (done["items_done"], done["items_passed"], done["items_errored"]) == (3, 3, 0)
     items = (await client.get(f"/v1/evals/runs/{run_id}/items", headers=admin)).json()["items"]
@@ -155,6 +128,103 @@ async def test_a_run_config_replaces_the_versions_own_and_each_item_is_planned_o
     asked = server.seen(chosen, CHAT)
     assert len(asked) == 4
     assert {(r.payload["temperature"], r.payload["max_tokens"]) for r in asked} == {(0.3, 3)}
+
+
+async def test_a_version_with_a_config_of_its_own_runs_with_any_config_named_by_label(
+    fault_evals: tuple[AppClient, FaultServer], admin: Headers
+) -> None:
+    client, server = fault_evals
+    own, chosen = "ok/cross-own", "ok/cross-other"
+    await config_version(client, admin, "cross-own", {"model": own, "params": {"max_tokens": 3}})
+    await config_version(client, admin, "cross-other", {"model": "ok/cross-old", "params": {"max_tokens": 3}})
+    number = await config_version(client, admin, "cross-other", {"model": chosen, "params": {"max_tokens": 3}})
+    promote = {"to": "production", "expected_current": None}
+    await ok(await client.post(f"/v1/configs/cross-other/versions/{number}/promote", json=promote, headers=admin))
+    version = await prompt_version(client, admin, "crossed", "{{ answer }}", {"name": "cross-own", "version": 1})
+    await dataset(client, admin, "crossed-cases", items_of(2))
+
+    run = await run_with(client, admin, "crossed", version, {"name": "cross-other", "label": "production"})
+    done = await finished(client, admin, run["id"])
+
+    assert (done["config"], done["config_version"], done["items_passed"]) == ("cross-other", 2, 2)  # pinned
+    assert (server.seen(own), server.seen("ok/cross-old")) == ([], [])
+    assert len(server.seen(chosen, CHAT)) == 2
+    audit = (await client.get("/v1/audit", params={"resource_name": str(run["id"])}, headers=admin)).json()["items"]
+    created = [entry["after"] for entry in audit if entry["action"] == "eval_run.create"]
+    assert [(entry["config"], entry["own_config"]) for entry in created] == [("cross-other@2", False)]
+
+
+@pytest.mark.parametrize(
+    ("version_config", "run_fields", "field", "detail"),
+    [
+        (None, {}, "config", "links no model config: name the config to evaluate it with in config"),
+        (None, {"config_version": 1}, "config", "links no model config"),
+        (None, {"config": {"name": "nowhere"}}, "config", "nowhere"),
+        (None, {"config": {"name": "refusing-config", "version": 9}}, "config", "version 9"),
+        (None, {"config": {"name": "refusing-config", "label": "staging"}}, "config", "staging"),
+        (None, {"config": {"name": "refusing-config", "version": 1, "label": "latest"}}, "config", "not both"),
+        (
+            {"name": "refusing-config", "version": 1},
+            {"config": {"name": "refusing-config", "version": 1}, "config_version": 1},
+            "config_version",
+            "not both",
+        ),
+    ],
+    ids=[
+        "no-config-anywhere",
+        "config-version-without-own-config",
+        "unknown-config",
+        "unknown-config-version",
+        "label-not-set",
+        "version-and-label",
+        "config-and-config-version",
+    ],
+)
+async def test_a_run_config_that_cannot_be_used_is_refused_naming_the_field_and_nothing_is_queued(
+    evals: AppClient,
+    admin: Headers,
+    version_config: dict[str, Any] | None,
+    run_fields: dict[str, Any],
+    field: str,
+    detail: str,
+) -> None:
+    await config_version(evals, admin, "refusing-config", {"model": "echo"}, backend_name="stand-in")
+    version = await prompt_version(evals, admin, "refusing", "{{ answer }}", version_config)
+    await dataset(evals, admin, "refusing-cases", answers(("a", "a")))
+    body = {
+        "prompt": "refusing",
+        "version": version,
+        "dataset": {"name": "refusing-cases"},
+        "scorers": [{"kind": "exact_match"}],
+        **run_fields,
+    }
+
+    refused = await evals.post("/v1/evals/runs", json=body, headers=admin)
+
+    assert refused.status_code == 422, refused.text
+    found = problem(refused)
+    assert detail in found["detail"]
+    assert [error["field"] for error in found["errors"]] == [field]
+    assert (await evals.get("/v1/evals/runs", headers=admin)).json()["items"] == []
+
+
+async def test_a_runs_config_from_elsewhere_shows_on_the_run_and_runs_each_item(
+    evals: AppClient, admin: Headers, stand_in: tuple[StandIn, str]
+) -> None:
+    version = await publish(evals, admin, "elsewhere", model="down")  # its own config would never answer
+    await config_version(evals, admin, "borrowed", {"model": "echo"}, backend_name="stand-in")
+    promote = {"to": "production", "expected_current": None}
+    await ok(await evals.post("/v1/configs/borrowed/versions/1/promote", json=promote, headers=admin))
+    await dataset(evals, admin, "elsewhere-cases", answers(("a", "a"), ("b", "b")))
+
+    run = await run_with(evals, admin, "elsewhere", version, {"name": "borrowed"})
+    done = await finished(evals, admin, run["id"])
+
+    assert (run["config"], run["config_version"]) == ("borrowed", 1)  # no version, no label: production
+    assert (done["status"], done["items_passed"]) == ("completed", 2)
+    assert stand_in[0].completions("down") == []
+    listed = (await evals.get("/v1/evals/runs", params={"prompt": "elsewhere"}, headers=admin)).json()["items"]
+    assert [(r["config"], r["config_version"]) for r in listed] == [("borrowed", 1)]
 
 
 JUDGE = '{"score": 1, "reason": "graded {{ output }}"}'
