@@ -7,6 +7,8 @@ A metric names what it reads of each of a unit's completions with ``source_field
   (completions without one, such as failures before any token, give no observation);
 - ``input_tokens``, ``output_tokens``, ``cost``;
 - ``fallback_used``: 1 when the fallback config answered, else 0;
+- ``guard_blocked``: 1 when a guard of the config blocked the input or the answer, else 0;
+- ``guard_flagged``: 1 when a guard flagged it (and let it through), else 0;
 - ``completions``: 1 per completion (the denominator of "per completion" ratios).
 
 So ``error`` with aggregation ``any`` is "the unit saw an error", ``latency_ms`` as a quantile
@@ -45,6 +47,8 @@ FIELDS: dict[str, tuple[str, Callable[[Any], float | None]]] = {
     "output_tokens": ("output_tokens", _number),
     "cost": ("cost", _number),
     "fallback_used": ("fallback_used", _flag),
+    "guard_blocked": ("guard_blocked", _flag),  # the blocking guard's name, or NULL
+    "guard_flagged": ("guard_flagged", _flag),
     "completions": ("id", lambda _: 1.0),
 }
 
