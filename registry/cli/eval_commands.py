@@ -39,6 +39,21 @@ def dataset_ref(value: str, *, option: str = "--dataset") -> tuple[str, int | No
     return name, int(version)
 
 
+CONFIG_LABELS = ("production", "staging", "latest")
+
+
+def config_ref(value: str) -> dict[str, Any]:
+    """``NAME`` (its production version), ``NAME@VERSION`` or ``NAME@LABEL``: the API's config reference."""
+    name, at, which = value.rpartition("@")
+    if not at:
+        return {"name": value}
+    if name and which.isdigit() and int(which) >= 1:
+        return {"name": name, "version": int(which)}
+    if name and which in CONFIG_LABELS:
+        return {"name": name, "label": which}
+    raise click.BadParameter(f"'{value}' is not NAME, NAME@VERSION or NAME@LABEL", param_hint="--config")
+
+
 def json_value(text: str, option: str) -> Any:
     try:
         return json.loads(text)
@@ -167,7 +182,13 @@ def evals() -> None:
 @click.argument("prompt")
 @click.option("--version", "version", required=True, type=click.IntRange(min=1), help="The prompt version.")
 @click.option("--dataset", "dataset", required=True, help="NAME (its latest version) or NAME@VERSION.")
-@click.option("--config-version", type=click.IntRange(min=1), help="Another version of the prompt's config.")
+@click.option(
+    "--config",
+    "config",
+    help="Run with this config instead of the version's own (needed when it links none): NAME (its production "
+    f"version), NAME@VERSION or NAME@LABEL ({', '.join(CONFIG_LABELS)}).",
+)
+@click.option("--config-version", type=click.IntRange(min=1), help="Another version of the prompt's own config.")
 @click.option(
     "--scorer",
     "scorers",
@@ -194,6 +215,7 @@ def eval_run(
     prompt: str,
     version: int,
     dataset: str,
+    config: str | None,
     config_version: int | None,
     scorers: tuple[str, ...],
     scorers_file: Path | None,
@@ -209,6 +231,7 @@ def eval_run(
     Ctrl-C stops following (the run goes on; 'registry eval cancel RUN' stops it).
     """
     name, dataset_version = dataset_ref(dataset)
+    run_config = config_ref(config) if config is not None else None
     chosen = [json_value(s, "--scorer") for s in scorers]
     rule = json_value(pass_rule, "--pass-rule") if pass_rule else None
     if scorers_file is not None:
@@ -222,6 +245,7 @@ def eval_run(
         chosen or DEFAULT_SCORERS,
         dataset_version=dataset_version,
         config_version=config_version,
+        config=run_config,
         pass_rule=rule,
         concurrency=concurrency,
     )

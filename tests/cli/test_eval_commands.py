@@ -148,6 +148,29 @@ def test_each_kind_of_eval_failure_has_its_exit_code(registry: Registry, evals_l
     assert "line 2" in refused.err
 
 
+def test_a_version_without_a_config_runs_with_the_config_named_by_config(
+    registry: Registry, evals_live: Live, tmp_path: Path
+) -> None:
+    stand_in_prompt(evals_live, "lender")  # config lender-config v1 on the stand-in
+    evals_live.ok(evals_live.admin.post("/v1/prompts", json={"name": "bare"}))
+    content = {"kind": "chat", "messages": [{"role": "user", "content": "{{ answer }}"}]}
+    evals_live.ok(evals_live.admin.post("/v1/prompts/bare/versions", json=content))
+    registry("datasets", "push", "cases", str(cases(tmp_path, "y", "n")))
+    run = ["eval", "run", "bare", "--version", "1", "--dataset", "cases"]
+
+    ran = registry(*run, "--config", "lender-config@1")
+    refused = registry(*run)
+
+    assert ran.code == 0, ran.err
+    assert "completed, bare v1 with lender-config v1 on cases@1\n" in ran.out
+    assert "items: 2 of 2 done, 1 passed, 0 invalid, 0 errored\n" in ran.out
+    assert refused.code == 6
+    assert "links no model config: name the config to evaluate it with in config" in refused.err
+    assert registry(*run, "--config", "lender-config@someday").code == 2
+    label = registry(*run, "--config", "lender-config@staging")
+    assert (label.code, "has no staging version" in label.err) == (6, True)
+
+
 def test_a_scorers_file_gives_the_scorers_and_the_pass_rule(
     registry: Registry, evals_live: Live, tmp_path: Path
 ) -> None:

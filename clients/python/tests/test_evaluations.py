@@ -138,6 +138,20 @@ def test_a_run_is_started_with_the_api_body(client: RegistryClient, service: Ser
     assert service.sent() == ("POST", "/v1/evals/runs", body)
 
 
+def test_a_run_with_any_config_sends_it_as_a_reference(client: RegistryClient, service: Service) -> None:
+    client.start_eval_run("greet", 2, "cases", [{"kind": "exact_match"}], config={"name": "fast", "label": "staging"})
+    body = {
+        "prompt": "greet",
+        "version": 2,
+        "dataset": {"name": "cases", "version": None},
+        "scorers": [{"kind": "exact_match"}],
+        "config_version": None,
+        "pass_rule": None,
+        "config": {"name": "fast", "label": "staging"},
+    }
+    assert service.sent() == ("POST", "/v1/evals/runs", body)
+
+
 def test_a_run_is_read_its_items_paged_cancelled_and_compared(client: RegistryClient, service: Service) -> None:
     client.get_eval_run(7)
     assert service.sent() == ("GET", "/v1/evals/runs/7", None)

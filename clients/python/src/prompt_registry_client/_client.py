@@ -707,11 +707,15 @@ class RegistryClient(BaseClient):
         *,
         dataset_version: int | None = None,
         config_version: int | None = None,
+        config: Mapping[str, Any] | None = None,
         pass_rule: Mapping[str, Any] | None = None,
         concurrency: int | None = None,
     ) -> dict[str, Any]:
         """Start evaluating ``version`` of ``prompt`` on ``dataset`` (its latest version unless told); the run
-        is queued (``status``) and a worker of the service runs it. Follow it with ``eval_run_events``."""
+        is queued (``status``) and a worker of the service runs it. Follow it with ``eval_run_events``.
+
+        It runs with the version's own config version, or ``config_version`` of that config, or ``config``: any
+        config as ``{"name": ..., "version": N}`` or ``{"name": ..., "label": "production"}``."""
         body: dict[str, Any] = {
             "prompt": prompt,
             "version": version,
@@ -720,6 +724,8 @@ class RegistryClient(BaseClient):
             "config_version": config_version,
             "pass_rule": dict(pass_rule) if pass_rule is not None else None,
         }
+        if config is not None:
+            body["config"] = dict(config)
         if concurrency is not None:
             body["concurrency"] = concurrency
         return self._json("POST", "/v1/evals/runs", json=body)
