@@ -56,6 +56,7 @@ SCORER_LABELS = {
     "valid_json": "Answer is valid JSON",
 }
 CHANGED_SHOWN = 200
+CONFIG_LABELS = ("production", "staging", "latest")
 
 
 # --------------------------------------------------------------------------- views
@@ -152,7 +153,8 @@ class RunForm:
 
     prompt: str = ""
     version: str = ""
-    config_version: str = ""
+    config: str = ""  # any config's name; empty: the prompt version's own
+    config_version: str = ""  # a number, or with ``config`` a label too
     dataset: str = ""
     dataset_version: str = ""
     common: list[str] = field(default_factory=lambda: ["exact_match"])
@@ -172,6 +174,7 @@ class RunForm:
         return cls(
             prompt=text("prompt"),
             version=text("version"),
+            config=text("config"),
             config_version=text("config_version"),
             dataset=text("dataset"),
             dataset_version=text("dataset_version"),
@@ -197,6 +200,18 @@ def _whole(value: str, label: str, *, required: bool) -> int | None:
     return int(value)
 
 
+def run_config(form: RunForm) -> dict[str, Any]:
+    """The run's config fields: ``config`` (a number or a label picks its version; empty: its production
+    version), else ``config_version`` of the prompt version's own config."""
+    if not form.config:
+        return {"config_version": _whole(form.config_version, "Config version", required=False)}
+    which = form.config_version
+    if which in CONFIG_LABELS:
+        return {"config": {"name": form.config, "label": which}}
+    version = _whole(which, "Config version (a number or a label: production, staging, latest)", required=False)
+    return {"config": {"name": form.config, "version": version}}
+
+
 def run_request(form: RunForm) -> CreateRun:
     """The API's own request body, so the service checks the rest exactly as ``createEvalRun`` does."""
     scorers: list[Any] = [COMMON_SCORERS[c] for c in form.common]
@@ -219,7 +234,7 @@ def run_request(form: RunForm) -> CreateRun:
     body = {
         "prompt": form.prompt,
         "version": _whole(form.version, "Prompt version", required=True),
-        "config_version": _whole(form.config_version, "Config version", required=False),
+        **run_config(form),
         "dataset": {"name": form.dataset, "version": _whole(form.dataset_version, "Dataset version", required=False)},
         "scorers": scorers,
         "pass_rule": pass_rule,

@@ -134,8 +134,17 @@ class EvalPagesController(Controller):
         prompt: Annotated[str, QueryParameter(max_length=128)] = "",
         version: Annotated[int | None, QueryParameter(ge=1, le=2_147_483_647)] = None,
         dataset: Annotated[str, QueryParameter(max_length=128)] = "",
+        config: Annotated[str, QueryParameter(max_length=128)] = "",
+        config_version: Annotated[int | None, QueryParameter(ge=1, le=2_147_483_647)] = None,
     ) -> Template:
-        return self._form(request, RunForm(prompt=prompt, version=str(version or ""), dataset=dataset))
+        form = RunForm(
+            prompt=prompt,
+            version=str(version or ""),
+            config=config,
+            config_version=str(config_version or ""),
+            dataset=dataset,
+        )
+        return self._form(request, form)
 
     @post("/new", opt={SCOPE_OPT: Scope.WRITE}, operation_id="consoleStartEvalRun", include_in_schema=False)
     async def start_run(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
@@ -272,6 +272,38 @@ async def test_start_a_run_from_the_form_then_cancel_it_with_the_keyboard(
     stand_in.released.set()
     async with live.api() as api:
         assert (await api_get(api, f"/v1/evals/runs/{run_id}"))["status"] == "cancelled"
+
+
+async def test_a_version_without_a_config_is_started_with_the_config_named_in_the_form(
+    evals_console: Console, live_evals: LiveRegistry
+) -> None:
+    async with live_evals.api() as api:
+        lender = unique("lender")
+        await publish(api, {}, lender)  # config {lender}-config v1 on the stand-in
+        prompt = unique("bare")
+        await ok(await api.post("/v1/prompts", json={"name": prompt}))
+        content = {"kind": "chat", "messages": [{"role": "user", "content": "{{ answer }}"}]}
+        version = (await ok(await api.post(f"/v1/prompts/{quote(prompt, safe='')}/versions", json=content)))["version"]
+        name = unique("bare-cases")
+        await dataset(api, {}, name, answers(("y", "y")))
+    page = await evals_console.signed_in("alice")
+    await page.goto(f"/console/evals/new?{urlencode({'prompt': prompt, 'version': version, 'dataset': name})}")
+
+    await page.get_by_role("button", name="Start run").click()
+    assert "links no model config" in await page.get_by_role("alert").inner_text()
+    await page.locator("#f-config").fill(f"{lender}-config")
+    await page.locator("#f-config-version").fill("1")
+    await page.get_by_role("button", name="Start run").click()
+    await page.wait_for_url("**/console/evals/runs/*")
+
+    run_id = int(page.url.rsplit("/", 1)[1])
+    async with live_evals.api() as api:
+        run = await finished(api, {}, run_id)
+    assert (run["config"], run["config_version"], run["items_passed"]) == (f"{lender}-config", 1, 1)
+    assert f"with {lender}-config@1 on" in await page.locator("main").inner_text()
+    await page.get_by_role("link", name="Start a similar run").click()
+    assert await page.locator("#f-config").input_value() == f"{lender}-config"
+    assert await page.locator("#f-config-version").input_value() == "1"
 
 
 async def test_a_read_only_key_sees_no_run_controls_and_forged_posts_are_refused(

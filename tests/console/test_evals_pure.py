@@ -58,6 +58,27 @@ def test_the_form_becomes_the_apis_request_with_common_scorers_first() -> None:
 
 
 @pytest.mark.parametrize(
+    ("config", "config_version", "expected"),
+    [
+        ("", "", (None, None, None, None)),
+        ("", "2", (None, None, None, 2)),
+        ("fast", "", ("fast", None, None, None)),
+        ("fast", "3", ("fast", 3, None, None)),
+        ("fast", "staging", ("fast", None, "staging", None)),
+    ],
+    ids=["own-config", "own-config-version", "any-config-production", "any-config-version", "any-config-label"],
+)
+def test_the_forms_config_becomes_the_apis_config_or_config_version(
+    config: str, config_version: str, expected: tuple[Any, ...]
+) -> None:
+    form = RunForm(prompt="p", version="1", dataset="d", config=config, config_version=config_version)
+    request = run_request(form)
+    chosen = request.config
+    found = (None, None, None) if chosen is None else (chosen.name, chosen.version, chosen.label)
+    assert (*found, request.config_version) == expected
+
+
+@pytest.mark.parametrize(
     ("changes", "problem"),
     [
         ({"scorers_json": "[{"}, "More scorers is not JSON"),
@@ -66,6 +87,8 @@ def test_the_form_becomes_the_apis_request_with_common_scorers_first() -> None:
         ({"version": ""}, "Prompt version is required"),
         ({"rule": "min_score", "pass_value": "most"}, "Minimum score must be a number"),
         ({"concurrency": "100"}, "The form is not a run"),
+        ({"config_version": "staging"}, "Config version must be a whole number"),
+        ({"config": "fast", "config_version": "someday"}, "a number or a label"),
     ],
     ids=[
         "bad-json",
@@ -74,6 +97,8 @@ def test_the_form_becomes_the_apis_request_with_common_scorers_first() -> None:
         "no-version",
         "min-score-not-a-number",
         "concurrency-over-64",
+        "label-without-config",
+        "config-version-neither-number-nor-label",
     ],
 )
 def test_a_form_the_api_would_refuse_says_why(changes: dict[str, Any], problem: str) -> None:
