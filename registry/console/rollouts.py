@@ -10,6 +10,7 @@ the reference the worst bound must stay within.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from markupsafe import Markup
@@ -87,6 +88,12 @@ class RolloutPage:
     rollout: RolloutOut
     checks: list[dict[str, Any]]
     charts: dict[str, Markup | None]  # per guardrail metric
+
+    @property
+    def latest_check(self) -> datetime | None:
+        """When the latest check ran (the evidence keeps it as ISO 8601 text)."""
+        evidence = self.rollout.evidence
+        return datetime.fromisoformat(evidence["checked_at"]) if evidence else None
 
 
 class ConsoleRollouts:
