@@ -3,10 +3,14 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Double, ForeignKey, Index, Integer, String, Text, false
+from sqlalchemy import JSON, BigInteger, Boolean, Double, ForeignKey, Index, Integer, String, Text, false
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from registry.db.base import Base, BigIntId, IdMixin, JSONValue, utcnow
+from registry.db.base import Base, BigIntId, IdMixin, utcnow
+
+# None is SQL NULL (not JSON null), so "completions with guard outcomes" is ``guard_outcomes IS NOT NULL``.
+GUARD_OUTCOMES = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 class CompletionRecord(IdMixin, Base):
@@ -51,7 +55,7 @@ class CompletionRecord(IdMixin, Base):
     fallback_used: Mapped[bool] = mapped_column(Boolean, default=False)
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
     # What the config's guards found (registry.guards): outcomes per guard, the guard that blocked, any flag.
-    guard_outcomes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONValue)
+    guard_outcomes: Mapped[list[dict[str, Any]] | None] = mapped_column(GUARD_OUTCOMES)
     guard_blocked: Mapped[str | None] = mapped_column(String(64))
     guard_flagged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Only for prompts with store_io, redacted, and cleared after the retention period.

@@ -16,6 +16,7 @@ from registry.console.evals import GateVerdictView
 from registry.console.usage import UsageFigures
 from registry.evals.schemas import GateOut
 from registry.experiments.schemas import ExperimentDefinition
+from registry.guards.report import GuardCount
 from registry.lib.schema import Reason
 from registry.rollouts.schemas import RolloutOut
 from registry.webhooks.schemas import DeliveryOut
@@ -283,6 +284,16 @@ class UsagePage:
     figures: UsageFigures
     truncated: bool
     budgets: list[BudgetRow] | None  # None: the key may not read budgets (admin only, as on the API)
+    guards: GuardsSummary
+
+
+@dataclass(frozen=True, slots=True)
+class GuardsSummary:
+    """What config guards did in the period: outcomes per config and guard, over ``completions`` guarded ones."""
+
+    counts: list[GuardCount]
+    completions: int
+    truncated: bool  # more guarded completions than counted: these are the newest
 
 
 class KeyRow(ApiKeyOut, kw_only=True):

@@ -32,6 +32,7 @@ from registry.console.schemas import (
     Conflict,
     ExperimentList,
     FieldChangeRow,
+    GuardsSummary,
     HistoryRow,
     KeyRow,
     KeysPage,
@@ -51,6 +52,7 @@ from registry.console.usage import UsageBy, shown_groups, usage_figures
 from registry.evals.errors import GateFailedError
 from registry.experiments.schemas import ExperimentDefinition
 from registry.experiments.service import ExperimentService
+from registry.guards.report import GuardOutcomeRepository, count_outcomes
 from registry.lib.errors import RegistryError
 from registry.lib.pagination import PageRequest, encode_cursor
 from registry.lib.promotion import StaleExpectationError, State, StateChange, plan_promotion, plan_rollback
@@ -330,6 +332,7 @@ class ConsoleExperiments:
 
 
 USAGE_ROWS = 10_000  # as GET /v1/usage: a window with more (day, group) rows says so
+GUARDED_ROWS = 20_000  # guarded completions counted per guard on the usage page (the newest of the period)
 KEYS_SHOWN = 500
 
 
@@ -352,6 +355,7 @@ class ConsoleAccess:
         self.usage = UsageService(session, completions)
         self.budgets = BudgetService(session, completions.budgets)
         self.keys = ApiKeyService(session)
+        self.guard_outcomes = GuardOutcomeRepository(session)
 
     async def usage_page(self, *, by: UsageBy, days: int, last: date, show_keys: bool) -> UsagePage:
         """Tokens and cost per day of the ``days`` ending ``last``; key names and budgets for admins only."""
@@ -380,7 +384,11 @@ class ConsoleAccess:
         budgets = None
         if show_keys:
             budgets = list((await self._budgets([k for k in keys if k.revoked_at is None])).values())
-        return UsagePage(by, days, first, last, figures, truncated, budgets)
+        outcomes, guards_truncated = await self.guard_outcomes.outcomes(
+            since=window["since"], until=window["until"], limit=GUARDED_ROWS
+        )
+        guards = GuardsSummary(count_outcomes(outcomes), len(outcomes), guards_truncated)
+        return UsagePage(by, days, first, last, figures, truncated, budgets, guards)
 
     async def _all_keys(self, *, include_revoked: bool) -> list[ApiKey]:
         found = await self.keys.list_keys(PageRequest(limit=KEYS_SHOWN, after=None), include_revoked=include_revoked)
