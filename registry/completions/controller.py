@@ -17,12 +17,13 @@ from registry.completions.schemas import (
     BudgetOut,
     CompleteRequest,
     CompletionOut,
+    DeltaEvent,
     SetBudget,
     UsageDimension,
     UsageReport,
 )
 from registry.completions.service import BudgetService, Caller, CompletionService, CompletionStream, UsageService
-from registry.completions.sse import encode_event
+from registry.completions.sse import encode_delta, encode_event
 from registry.deps import provide_resource_name
 from registry.lib.disconnect import cancel_on_disconnect
 from registry.lib.errors import FieldError, InvalidInputError, RegistryError, exception_to_response
@@ -62,8 +63,13 @@ async def server_sent_events(stream: CompletionStream, request: Request[Any, Any
     head = encode_event("metadata", stream.meta)
     async with aclosing(stream.events) as events:  # closed here, wherever a disconnect stops the response
         async for name, data in events:
-            body = exception_to_response(request, data).content if isinstance(data, RegistryError) else data
-            yield head + encode_event(name, body)
+            if isinstance(data, DeltaEvent):
+                part = encode_delta(data.text)
+            elif isinstance(data, RegistryError):
+                part = encode_event(name, exception_to_response(request, data).content)
+            else:
+                part = encode_event(name, data)
+            yield head + part
             head = b""
     if head:
         yield head

@@ -114,7 +114,7 @@ _chunk_decoder = msgspec.json.Decoder(_Chunk)
 class Chunk(msgspec.Struct, frozen=True):
     """One upstream chunk: a text delta, and on the last ones the finish reason and usage.
 
-    A Struct rather than a dataclass: one is made per token, and a frozen dataclass costs ten times as much to make.
+    A Struct rather than a dataclass: one is made per token, and a frozen dataclass costs three times as much to make.
     """
 
     text: str = ""
@@ -151,3 +151,11 @@ _encoder = msgspec.json.Encoder()
 def encode_event(event: str, data: Any) -> bytes:
     """One event of our own stream: ``event: NAME`` and a JSON ``data`` line."""
     return b"event: " + event.encode() + b"\ndata: " + _encoder.encode(data) + b"\n\n"
+
+
+_DELTA = b'event: delta\ndata: {"text":'
+
+
+def encode_delta(text: str) -> bytes:
+    """``encode_event("delta", DeltaEvent(text=text))`` with only the text encoded: one is sent per upstream read."""
+    return _DELTA + _encoder.encode(text) + b"}\n\n"

@@ -142,12 +142,23 @@ class ConcurrencyLimiter:
         self._semaphore.release()
 
 
+class BackendMetrics:
+    """One backend's series of the per-completion metrics, looked up once: ``labels()`` costs more than the update."""
+
+    def __init__(self, metrics: CompletionMetrics, backend: str) -> None:
+        self.ttft = metrics.upstream_ttft.labels(backend)
+        self.latency = metrics.upstream_latency.labels(backend)
+        self.input_tokens = metrics.tokens.labels(backend, "input")
+        self.output_tokens = metrics.tokens.labels(backend, "output")
+
+
 @dataclass
 class Backend:
     name: str
     settings: BackendSettings
     breaker: CircuitBreaker
     limiter: ConcurrencyLimiter
+    metrics: BackendMetrics
     model_context: dict[str, int] = field(default_factory=dict)  # max_model_len by model, as the backend said
 
     def headers(self) -> dict[str, str]:
@@ -403,6 +414,7 @@ class UpstreamClient:
                 ConcurrencyLimiter(
                     name, max_concurrency=settings.max_concurrency, max_queue=settings.max_queue, metrics=metrics
                 ),
+                BackendMetrics(metrics, name),
             )
             for name, settings in backends.items()
         }
@@ -518,18 +530,18 @@ class UpstreamClient:
                 response.close()
             raise
         if stream.ttft is not None:
-            self.metrics.upstream_ttft.labels(backend.name).observe(stream.ttft)
+            backend.metrics.ttft.observe(stream.ttft)
         return stream
 
     def finished(self, stream: UpstreamStream, outcome: StreamOutcome) -> None:
         backend = stream.backend
         backend.limiter.release()
         # Tokens a backend generated count whether or not the completion finished.
-        self.metrics.tokens.labels(backend.name, "input").inc(stream.input_tokens)
-        self.metrics.tokens.labels(backend.name, "output").inc(stream.output_tokens)
+        backend.metrics.input_tokens.inc(stream.input_tokens)
+        backend.metrics.output_tokens.inc(stream.output_tokens)
         if outcome == "ok":
             backend.breaker.record(failed=False)
-            self.metrics.upstream_latency.labels(backend.name).observe(time.monotonic() - stream.started)
+            backend.metrics.latency.observe(time.monotonic() - stream.started)
         elif outcome == "failed":
             backend.breaker.record(failed=True)
         else:
