@@ -324,6 +324,7 @@ def registry_facts(meta: CompletionMeta, cost: float | None = None) -> RegistryF
         fallback_used=meta.fallback_used,
         cached=meta.cached,
         cost=cost,
+        similarity=meta.similarity,
     )
 
 
@@ -414,6 +415,7 @@ class ChunkEncoder:
         else:
             self._before_text = b'[{"index":0,"text":'
             self._after_text = b',"logprobs":null,"finish_reason":null}]}\n\n'
+        self._delta_head = self.head + self._before_text
 
     def start(self) -> bytes:
         """A chat stream opens with the assistant's role, as OpenAI's does."""
@@ -422,7 +424,7 @@ class ChunkEncoder:
         return self.head + b'[{"index":0,"delta":{"role":"assistant","content":""}' + self._after_text[1:]
 
     def delta(self, text: str) -> bytes:
-        return self.head + self._before_text + _encode(text) + self._after_text
+        return self._delta_head + _encode(text) + self._after_text
 
     def done(self, meta: CompletionMeta, event: DoneEvent) -> bytes:
         finish = _encode(event.finish_reason or "stop")
