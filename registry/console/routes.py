@@ -8,6 +8,7 @@ from __future__ import annotations
 from litestar import Router
 from litestar.static_files import create_static_files_router
 
+from registry.console.alerts_controller import AlertPagesController
 from registry.console.controller import (
     CONSOLE_DIR,
     CONSOLE_PREFIX,
@@ -37,6 +38,7 @@ def console_routers() -> list[Router]:
             EvalPagesController,
             PlaygroundController,
             RolloutPagesController,
+            AlertPagesController,
         ],
         before_request=admit_viewer,
         exception_handlers={Exception: console_error},

@@ -114,6 +114,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRegistry]:
         # Exposures and events reach the results soon, so a test waits few polls for them.
         experiment_exposure_flush_seconds=0.1,
         experiment_statistics_seconds=0.1,
+        # Alert rules fire soon after what they watch (only the alerts page's test makes rules, and removes them).
+        alert_evaluate_seconds=0.5,
         backends={"fault": BackendSettings(url=fault_url, max_retries=0)},
         webhook_allowed_networks=["127.0.0.0/8"],
     )
