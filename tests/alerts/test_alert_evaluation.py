@@ -31,6 +31,12 @@ async def test_an_error_rate_rule_fires_once_and_resolves_when_its_window_is_cle
     client: Client, admin: dict[str, str], clean_database: AsyncEngine
 ) -> None:
     await publish(client, admin, backend="steady", model=unique("status:500:all"))
+    hook = {"url": "http://127.0.0.1:9/alerts", "events": ["alert.*"]}
+    await ok(await client.post("/v1/webhooks", json=hook, headers=admin), 201)
+    other = {"url": "http://127.0.0.1:9/prompts", "events": ["prompt.*"]}
+    await ok(await client.post("/v1/webhooks", json=other, headers=admin), 201)
+    dispatcher = runtime_of(client.app).webhooks
+    await dispatcher.fan_out()  # the prompt's own events out of the way
     rule = await create_rule(
         client, admin, "greet-errors", "error_rate", threshold=0.05, window_seconds=300, scope={"prompt": PROMPT}
     )
@@ -46,6 +52,7 @@ async def test_an_error_rate_rule_fires_once_and_resolves_when_its_window_is_cle
         assert await evaluate(client, clock) == {}
     assert await alert_events(clean_database) == [("alert.firing", "greet-errors")]
     assert await alert_audit(clean_database) == [("alert.firing", "greet-errors")]
+    assert await dispatcher.fan_out() == 1  # one delivery, to the webhook subscribed to alerts
     [firing] = (await ok(await client.get("/v1/alerts/incidents", headers=admin)))["items"]
     assert (firing["status"], firing["value"], firing["threshold"], firing["rule"]) == (
         "firing",
@@ -62,6 +69,13 @@ async def test_an_error_rate_rule_fires_once_and_resolves_when_its_window_is_cle
     assert resolved["started_at"] < resolved["resolved_at"]
     assert await alert_events(clean_database) == [("alert.firing", "greet-errors"), ("alert.resolved", "greet-errors")]
     assert await alert_audit(clean_database) == [("alert.firing", "greet-errors"), ("alert.resolved", "greet-errors")]
+    assert await dispatcher.fan_out() == 1
+    deliveries = await rows(
+        clean_database, "SELECT event_type, body FROM webhook_deliveries WHERE event_type LIKE 'alert.%' ORDER BY id"
+    )
+    assert [t for t, _ in deliveries] == ["alert.firing", "alert.resolved"]
+    assert deliveries[0][1]["data"]["status"] == "firing"
+    assert deliveries[1][1]["data"]["resolved_at"] is not None
     [(payload,)] = await rows(clean_database, "SELECT payload FROM outbox_events WHERE type = 'alert.resolved'")
     assert payload["incident_id"] == firing["id"]
     assert (payload["value"], payload["threshold"], payload["kind"]) == (1.0, 0.05, "error_rate")
