@@ -21,6 +21,7 @@ from tests.conftest import KeyFactory
 from tests.experiments.conftest import Client
 
 RULES_FILE = Path(__file__).resolve().parents[2] / "deploy" / "prometheus-alerts.yml"
+RULES_TESTS = RULES_FILE.with_name("prometheus-alerts.test.yml")
 METRIC = re.compile(r"\bregistry_[a-z0-9_]+\b")
 DURATION = re.compile(r"^\d+[smhd]$")
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"), "gauge": ("",)}
@@ -85,10 +86,13 @@ async def test_every_metric_the_rules_use_is_exported(client: Client) -> None:
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (Debian: prometheus)")
-def test_promtool_accepts_the_rules() -> None:
-    checked = subprocess.run(
-        ["promtool", "check", "rules", str(RULES_FILE)], capture_output=True, text=True, timeout=60, check=False
-    )
+@pytest.mark.parametrize(
+    "command", [("check", "rules", RULES_FILE), ("test", "rules", RULES_TESTS)], ids=["check", "test"]
+)
+def test_promtool_accepts_the_rules_and_their_unit_tests_pass(command: tuple[str, str, Path]) -> None:
+    """The unit tests feed series (10% errors, a key at 85% then 100%, an open breaker, a rollback) and expect
+    each alert, with its labels and rendered annotations, at the minute it should fire and not before."""
+    checked = subprocess.run(["promtool", *map(str, command)], capture_output=True, text=True, timeout=60, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
