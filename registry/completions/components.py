@@ -12,8 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.completions.budgets import BudgetGuard
 from registry.completions.cache import ResponseCache
+from registry.completions.embeddings import EmbeddingClient
 from registry.completions.metrics import CompletionMetrics
 from registry.completions.repository import CompletionRepository
+from registry.completions.semantic_cache import SemanticCache
 from registry.completions.upstream import UpstreamClient
 from registry.completions.usage import UsageRecorder
 from registry.db.base import utcnow
@@ -32,6 +34,7 @@ class Completions:
     recorder: UsageRecorder
     budgets: BudgetGuard
     cache: ResponseCache
+    semantic: SemanticCache
     sessionmaker: async_sessionmaker[AsyncSession]
     settings: Settings
 
@@ -47,12 +50,22 @@ class Completions:
     ) -> Completions:
         metrics = CompletionMetrics(metrics_registry)
         recorder = UsageRecorder(sessionmaker)
+        upstream = UpstreamClient(http, settings.backends, metrics)
         return cls(
-            upstream=UpstreamClient(http, settings.backends, metrics),
+            upstream=upstream,
             metrics=metrics,
             recorder=recorder,
             budgets=BudgetGuard(sessionmaker, bus, recorder),
             cache=ResponseCache(redis, settings.redis_key_prefix, ttl=settings.completion_cache_ttl_seconds),
+            semantic=SemanticCache(
+                sessionmaker,
+                _embedding_client(settings, upstream, http),
+                metrics,
+                bus,
+                ttl=settings.semantic_cache_ttl_seconds,
+                max_candidates=settings.semantic_cache_max_candidates,
+                settings_ttl=settings.cache_ttl_seconds,
+            ),
             sessionmaker=sessionmaker,
             settings=settings,
         )
@@ -68,6 +81,13 @@ class Completions:
                 shared=True,
                 run_at_shutdown=False,
             ),
+            PeriodicJob(
+                "semantic-cache-purge",
+                self.settings.semantic_cache_purge_seconds,
+                self.semantic.purge_expired,
+                shared=True,
+                run_at_shutdown=False,
+            ),
         ]
 
     async def purge_expired_texts(self) -> None:
@@ -77,3 +97,16 @@ class Completions:
             purged = await CompletionRepository(session).purge_texts(before)
         if purged:
             logger.info("purged stored completion texts", rows=purged)
+
+
+def _embedding_client(settings: Settings, upstream: UpstreamClient, http: HttpClient) -> EmbeddingClient | None:
+    """The semantic cache's embedding backend; None (no semantic cache) unless a backend and model are set."""
+    if settings.semantic_cache_backend is None or settings.semantic_cache_model is None:
+        return None
+    backend = upstream.backends.get(settings.semantic_cache_backend)
+    if backend is None:
+        raise ValueError(
+            f"REGISTRY_SEMANTIC_CACHE_BACKEND names '{settings.semantic_cache_backend}', "
+            "which is not in REGISTRY_BACKENDS"
+        )
+    return EmbeddingClient(http, backend, settings.semantic_cache_model)

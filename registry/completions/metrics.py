@@ -74,6 +74,26 @@ class CompletionMetrics:
             "registry_backend_queue_depth", "Requests waiting for a backend slot.", ["backend"], registry=registry
         )
 
+        self.semantic_cache = Counter(
+            "registry_semantic_cache_lookups_total",
+            "Semantic cache lookups by outcome: hit, miss, or unavailable (the embedding backend or the database "
+            "failed, and the model answered as usual).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.semantic_similarity = Histogram(
+            "registry_semantic_cache_similarity",
+            "The best similarity each semantic cache lookup with candidates found, hit or not "
+            "(for choosing thresholds).",
+            buckets=(0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, 1.0),
+            registry=registry,
+        )
+        self.semantic_cache_store_errors = Counter(
+            "registry_semantic_cache_store_errors_total",
+            "Answers that could not be kept in the semantic cache (the database failed).",
+            registry=registry,
+        )
+
     def count_guard_outcomes(self, outcomes: Sequence[Mapping[str, Any]]) -> None:
         """One completion's guard outcomes (registry.guards.engine.GuardLog)."""
         for outcome in outcomes:

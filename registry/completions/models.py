@@ -3,11 +3,11 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Double, ForeignKey, Index, Integer, String, Text, false
+from sqlalchemy import JSON, BigInteger, Boolean, Double, ForeignKey, Index, Integer, LargeBinary, String, Text, false
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from registry.db.base import Base, BigIntId, IdMixin, utcnow
+from registry.db.base import Base, BigIntId, IdMixin, JSONValue, utcnow
 
 # None is SQL NULL (not JSON null), so "completions with guard outcomes" is ``guard_outcomes IS NOT NULL``.
 GUARD_OUTCOMES = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
@@ -58,6 +58,8 @@ class CompletionRecord(IdMixin, Base):
     guard_outcomes: Mapped[list[dict[str, Any]] | None] = mapped_column(GUARD_OUTCOMES)
     guard_blocked: Mapped[str | None] = mapped_column(String(64))
     guard_flagged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # A semantic cache hit: how similar its request was to the one answered (registry.completions.semantic_cache).
+    cache_similarity: Mapped[float | None] = mapped_column(Double)
     # Only for prompts with store_io, redacted, and cleared after the retention period.
     prompt_text: Mapped[str | None] = mapped_column(Text)
     completion_text: Mapped[str | None] = mapped_column(Text)
@@ -111,3 +113,45 @@ class ApiKeyBudget(Base):
     monthly_cost: Mapped[float | None] = mapped_column(Double)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_by: Mapped[str] = mapped_column(String(128))
+
+
+class SemanticCacheSettings(Base):
+    """A prompt's semantic cache: off unless a row says enabled (``PUT /v1/prompts/{name}/semantic-cache``)."""
+
+    __tablename__ = "semantic_cache_settings"
+
+    prompt_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("prompts.id", ondelete="CASCADE"), primary_key=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    threshold: Mapped[float] = mapped_column(Double)
+    exact_variables: Mapped[list[str]] = mapped_column(JSONValue)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(128))
+
+
+class SemanticCacheEntry(IdMixin, Base):
+    """One answered request of a prompt version and config version, with its request's embedding.
+
+    A lookup reads the newest entries of one ``scope`` (a hash of the prompt version, the config version,
+    the embedding model, the values of the exact variables and every request field but the text), so the
+    candidates are bounded however large the table grows; entries past ``expires_at`` are never served
+    and are deleted by a periodic job.
+    """
+
+    __tablename__ = "semantic_cache_entries"
+    __table_args__ = (
+        Index("ix_semantic_cache_entries_scope", "scope", "created_at"),
+        Index("ix_semantic_cache_entries_expires_at", "expires_at"),
+    )
+
+    scope: Mapped[str] = mapped_column(String(64))
+    prompt: Mapped[str] = mapped_column(String(128))
+    prompt_version: Mapped[int] = mapped_column(Integer)
+    config: Mapped[str] = mapped_column(String(128))
+    config_version: Mapped[int] = mapped_column(Integer)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian, unit length
+    text: Mapped[str] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    input_tokens: Mapped[int] = mapped_column(default=0)
+    output_tokens: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()

@@ -7,6 +7,9 @@ A metric names what it reads of each of a unit's completions with ``source_field
   (completions without one, such as failures before any token, give no observation);
 - ``input_tokens``, ``output_tokens``, ``cost``;
 - ``fallback_used``: 1 when the fallback config answered, else 0;
+- ``cached``: 1 when a cache answered (the exact one or the semantic one), else 0;
+- ``semantic_cache_hit``: 1 when the semantic cache answered, else 0;
+- ``cache_similarity``: a semantic cache hit's similarity (other completions give no observation);
 - ``guard_blocked``: 1 when a guard of the config blocked the input or the answer, else 0;
 - ``guard_flagged``: 1 when a guard flagged it (and let it through), else 0;
 - ``completions``: 1 per completion (the denominator of "per completion" ratios).
@@ -47,6 +50,9 @@ FIELDS: dict[str, tuple[str, Callable[[Any], float | None]]] = {
     "output_tokens": ("output_tokens", _number),
     "cost": ("cost", _number),
     "fallback_used": ("fallback_used", _flag),
+    "cached": ("cached", _flag),
+    "semantic_cache_hit": ("cache_similarity", lambda similarity: 0.0 if similarity is None else 1.0),
+    "cache_similarity": ("cache_similarity", _number),
     "guard_blocked": ("guard_blocked", _flag),  # the blocking guard's name, or NULL
     "guard_flagged": ("guard_flagged", _flag),
     "completions": ("id", lambda _: 1.0),

@@ -49,10 +49,12 @@ class CompletionMeta(Output):
     config: ConfigRun
     experiment: ExperimentOut | None
     fallback_used: bool
-    cached: bool
+    # true: the exact cache answered; "semantic": the semantic cache, from a request ``similarity`` away.
+    cached: bool | Literal["semantic"]
+    similarity: float | msgspec.UnsetType = msgspec.UNSET  # present on semantic hits only
 
 
-class CompletionOut(CompletionMeta):
+class CompletionOut(CompletionMeta, kw_only=True):
     text: str
     finish_reason: str | None
     usage: UsageOut
@@ -125,3 +127,34 @@ class BudgetOut(Output):
     used_tokens: int
     used_cost: float
     month_start: datetime
+
+
+SimilarityThreshold = Annotated[
+    float,
+    msgspec.Meta(
+        gt=0,
+        le=1,
+        description="Cosine similarity at or above which a cached answer is served; see BENCHMARKS.md for the "
+        "hit and wrong-hit rates it gives.",
+    ),
+]
+VariableName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+class SetSemanticCache(Input):
+    """A prompt's semantic cache. ``exact_variables`` must be equal for a cached answer to be reused (an
+    account id, a language); each must be a variable some version of the prompt uses."""
+
+    enabled: bool
+    threshold: SimilarityThreshold | None = None  # default: the measured default (similarity.DEFAULT_THRESHOLD)
+    exact_variables: Annotated[list[VariableName], msgspec.Meta(max_length=64)] = msgspec.field(default_factory=list)
+
+
+class SemanticCacheOut(Output):
+    prompt: str
+    enabled: bool
+    threshold: float
+    exact_variables: list[str]
+    backend_configured: bool  # false: REGISTRY_SEMANTIC_CACHE_BACKEND is unset, so nothing is cached yet
+    updated_at: datetime | None
+    updated_by: str | None

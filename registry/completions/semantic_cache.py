@@ -1,0 +1,202 @@
+"""Semantic cache: a deterministic completion whose request is close enough to one already answered, for the
+same prompt version and config version, is served that answer.
+
+Opt-in per prompt (``PUT /v1/prompts/{name}/semantic-cache``: enabled, threshold, exact variables). A request
+is embedded by the configured embedding backend; the candidates are the newest
+``REGISTRY_SEMANTIC_CACHE_MAX_CANDIDATES`` unexpired entries of its scope (``similarity.scope_key``: the prompt
+version, config version, embedding model, exact variables' values and request parameters), and the most
+similar one at or above the prompt's threshold answers. Entries live ``REGISTRY_SEMANTIC_CACHE_TTL_SECONDS``.
+
+A cache failure is never a request failure: an embedding backend that is down, or a database that cannot be
+read or written, leaves the completion to the model as usual, counted in
+``registry_semantic_cache_lookups_total{outcome="unavailable"}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from registry.completions.cache import CachedCompletion
+from registry.completions.embeddings import EmbeddingClient, EmbeddingUnavailableError
+from registry.completions.metrics import CompletionMetrics
+from registry.completions.models import SemanticCacheEntry
+from registry.completions.payload import is_deterministic
+from registry.completions.semantic_repository import SemanticCacheRepository
+from registry.completions.similarity import best_match, exact_values, pack, request_text, scope_key, unpack
+from registry.db.base import utcnow
+from registry.lib.cache import TTLCache
+from registry.lib.changes import Change, ChangeBus
+from registry.prompts.catalog import Rendering
+from registry.prompts.schemas import LinkedConfig
+
+logger = structlog.get_logger("registry.completions.semantic_cache")
+
+_DATABASE_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptCacheSettings:
+    prompt_id: int
+    enabled: bool
+    threshold: float
+    exact_variables: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticHit:
+    entry_id: int
+    similarity: float
+    completion: CachedCompletion
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticProbe:
+    """A looked-up request: where its answer is stored on a miss, and the hit if there was one."""
+
+    scope: str
+    embedding: bytes
+    prompt: str
+    version: int
+    config: LinkedConfig
+    hit: SemanticHit | None
+
+
+class SemanticCache:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        embeddings: EmbeddingClient | None,
+        metrics: CompletionMetrics,
+        bus: ChangeBus,
+        *,
+        ttl: float,
+        max_candidates: int,
+        settings_ttl: float,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self.embeddings = embeddings
+        self._metrics = metrics
+        self.ttl = ttl
+        self.max_candidates = max_candidates
+        self._settings_ttl = settings_ttl
+        # By prompt name: its settings (None: off), read once per lifetime and dropped when the prompt changes.
+        self._settings: TTLCache[str, tuple[PromptCacheSettings | None]] = TTLCache(10_000)
+        bus.subscribe(self._on_change)
+
+    @property
+    def enabled(self) -> bool:
+        return self.embeddings is not None
+
+    def _on_change(self, change: Change) -> None:
+        if change.kind == "prompt":
+            self._settings.pop(change.name)
+        elif change.kind == "reset":
+            self._settings.clear()
+
+    async def _prompt_settings(self, name: str) -> PromptCacheSettings | None:
+        kept = self._settings.peek(name)
+        if kept is not None and kept[1]:
+            return kept[0][0]
+        try:
+            async with self._sessionmaker() as session:
+                found = await SemanticCacheRepository(session).settings_of_prompt(name)
+        except _DATABASE_ERRORS as exc:
+            logger.warning("semantic cache settings unreadable; the cache is skipped", error=str(exc))
+            return kept[0][0] if kept is not None else None  # an older copy beats none while the database is away
+        settings = None
+        if found is not None and found[1] is not None:
+            row = found[1]
+            settings = PromptCacheSettings(found[0], row.enabled, row.threshold, tuple(row.exact_variables))
+        self._settings.set(name, (settings,), self._settings_ttl)
+        return settings
+
+    async def probe(
+        self, rendering: Rendering, config: LinkedConfig, payload: Mapping[str, Any], variables: Mapping[str, Any]
+    ) -> SemanticProbe | None:
+        """Look the request up; None when the cache does not apply to it (off, not deterministic, unavailable)."""
+        out = rendering.out
+        if self.embeddings is None or not out.version or not is_deterministic(payload):
+            return None
+        settings = await self._prompt_settings(out.prompt)
+        if settings is None or not settings.enabled:
+            return None
+        scope = scope_key(
+            prompt=out.prompt,
+            version=out.version,
+            config=config.name,
+            config_version=config.version,
+            model=self.embeddings.model,
+            exact=exact_values(variables, settings.exact_variables),
+            payload=payload,
+        )
+        try:
+            embedding = pack(await self.embeddings.embed(request_text(payload)))
+        except (EmbeddingUnavailableError, ValueError) as exc:
+            self._unavailable("embedding backend failed; the model answers", exc)
+            return None
+        try:
+            hit = await self._lookup(scope, embedding, settings.threshold)
+        except _DATABASE_ERRORS as exc:
+            self._unavailable("semantic cache unreadable; the model answers", exc)
+            return None
+        self._metrics.semantic_cache.labels("hit" if hit else "miss").inc()
+        return SemanticProbe(scope, embedding, out.prompt, out.version, config, hit)
+
+    def _unavailable(self, message: str, exc: Exception) -> None:
+        logger.warning(message, error=str(exc))
+        self._metrics.semantic_cache.labels("unavailable").inc()
+
+    async def _lookup(self, scope: str, embedding: bytes, threshold: float) -> SemanticHit | None:
+        async with self._sessionmaker() as session:
+            repository = SemanticCacheRepository(session)
+            rows = await repository.candidates(scope, now=utcnow(), limit=self.max_candidates)
+            query = unpack(embedding)
+            scored = best_match(query, ((row[0], unpack(row[1])) for row in rows), 0.0)
+            if scored is not None:
+                self._metrics.semantic_similarity.observe(scored[1])
+            if scored is None or scored[1] < threshold:
+                return None
+            entry = await repository.get_entry(scored[0])
+            if entry is None:  # purged in between
+                return None
+            completion = CachedCompletion(entry.text, entry.finish_reason, entry.input_tokens, entry.output_tokens)
+            return SemanticHit(entry.id, min(1.0, round(scored[1], 6)), completion)
+
+    async def store(self, probe: SemanticProbe | None, completion: CachedCompletion) -> None:
+        """Keep a miss's answer for the requests like it that follow."""
+        if probe is None or probe.hit is not None:
+            return
+        now = utcnow()
+        entry = SemanticCacheEntry(
+            scope=probe.scope,
+            prompt=probe.prompt,
+            prompt_version=probe.version,
+            config=probe.config.name,
+            config_version=probe.config.version,
+            embedding=probe.embedding,
+            text=completion.text,
+            finish_reason=completion.finish_reason,
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            created_at=now,
+            expires_at=now + timedelta(seconds=self.ttl),
+        )
+        try:
+            async with self._sessionmaker() as session, session.begin():
+                await SemanticCacheRepository(session).add_entry(entry)
+        except _DATABASE_ERRORS as exc:
+            logger.warning("could not keep the answer in the semantic cache", error=str(exc))
+            self._metrics.semantic_cache_store_errors.inc()
+
+    async def purge_expired(self) -> None:
+        async with self._sessionmaker() as session, session.begin():
+            purged = await SemanticCacheRepository(session).purge_expired(utcnow())
+        if purged:
+            logger.info("purged expired semantic cache entries", rows=purged)
