@@ -103,7 +103,7 @@ def rollback_query(selection: Selection, since: datetime, until: datetime) -> Se
 
 def budget_query(selection: Selection) -> Select[Any]:
     columns: list[Any] = [ApiKey.public_id, ApiKeyBudget.monthly_tokens, ApiKeyBudget.monthly_cost]
-    query = select(*columns).join(ApiKey, ApiKey.id == ApiKeyBudget.api_key_id)
+    query = select(*columns).join(ApiKey, ApiKey.id == ApiKeyBudget.api_key_id).where(ApiKey.revoked_at.is_(None))
     return query.where(ApiKey.public_id == selection.api_key) if selection.api_key is not None else query
 
 

@@ -125,12 +125,16 @@ async def test_a_budget_rule_fires_at_80_and_at_100_percent(
         ("budget-100", key_id, 1.0),
         ("budget-80", key_id, 0.8),
     ]
-    # A larger budget clears both.
+    # A larger budget clears both; a revoked key's budget is not watched.
     await ok(
         await client.put(f"/v1/keys/{key_id}/budget", json={"monthly_tokens": 100 * per_completion}, headers=admin)
     )
     clock.advance(30)
     assert await evaluate(client, clock) == {near["id"]: [(key_id, "resolve")], spent["id"]: [(key_id, "resolve")]}
+    await ok(await client.put(f"/v1/keys/{key_id}/budget", json=budget, headers=admin))
+    assert (await client.delete(f"/v1/keys/{key_id}", headers=admin)).status_code in (200, 204)
+    clock.advance(30)
+    assert await evaluate(client, clock) == {}
 
 
 async def test_an_open_breaker_fires_for_its_backend(
