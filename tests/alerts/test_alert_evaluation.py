@@ -175,7 +175,7 @@ async def test_a_rollout_rolled_back_fires_for_its_prompt(
     assert await alert_events(clean_database) == [("alert.firing", "rollbacks"), ("alert.resolved", "rollbacks")]
 
 
-async def test_disabling_a_firing_rule_resolves_its_incident(
+async def test_disabling_or_deleting_a_firing_rule_resolves_its_incident(
     client: Client, admin: dict[str, str], clean_database: AsyncEngine
 ) -> None:
     await publish(client, admin, backend="steady", model=unique("status:500:all"))
@@ -190,6 +190,19 @@ async def test_disabling_a_firing_rule_resolves_its_incident(
     assert (incident["status"], incident["resolution"]) == ("resolved", "rule_disabled")
     assert await evaluate(client, clock) == {}  # a disabled rule is not evaluated
     assert [t for t, _ in await alert_events(clean_database)] == ["alert.firing", "alert.resolved"]
+    await ok(await client.patch(f"/v1/alerts/rules/{rule['id']}", json={"enabled": True}, headers=admin))
+    assert await evaluate(client, clock) == {rule["id"]: [("", "fire")]}
+    assert (await client.delete(f"/v1/alerts/rules/{rule['id']}", headers=admin)).status_code == 204
+    second, first = (await ok(await client.get("/v1/alerts/incidents", headers=admin)))["items"]
+    assert (second["status"], second["resolution"], second["rule_id"], second["rule"]) == (
+        "resolved",
+        "rule_deleted",
+        None,
+        "errors",
+    )
+    assert first["id"] == incident["id"]  # incidents outlive their rule
+    assert [t for t, _ in await alert_events(clean_database)] == ["alert.firing", "alert.resolved"] * 2
+    assert await alert_audit(clean_database) == [(t, "errors") for t in ("alert.firing", "alert.resolved") * 2]
 
 
 async def test_one_evaluator_acts_on_a_rule_at_a_time(client: Client, admin: dict[str, str]) -> None:
