@@ -228,6 +228,43 @@ async def test_a_prompt_without_the_semantic_cache_never_looks_up(stage: Stage) 
     assert (await stage.metric("miss"), await stage.metric("hit")) == (0, 0)
 
 
+async def test_enabling_the_semantic_cache_takes_effect_on_the_next_completion(stage: Stage) -> None:
+    await stage.ask(QUESTION)  # off: the settings read as off are kept in the process
+
+    await stage.enable(threshold=0.8)
+    kept = await stage.ask(QUESTION)
+    reworded = await stage.ask(REWORDED)
+
+    assert (kept["cached"], reworded["cached"]) == (False, "semantic")
+    assert stage.backend_calls() == 2
+    assert (await stage.metric("miss"), await stage.metric("hit")) == (1, 1)
+
+
+async def test_an_expired_answer_is_not_served(
+    registry: RegistryFactory,
+    settings: Settings,
+    fault: FaultServer,
+    vllm_embeddings_url: str,
+    clean_database: AsyncEngine,
+) -> None:
+    headers = await make_key_on(settings)
+    http = await registry(
+        {"fault": backend(fault.url), "embed": backend(vllm_embeddings_url, first_token_timeout=30.0)},  # type: ignore[attr-defined]
+        semantic_cache_backend="embed",
+        semantic_cache_model=EMBEDDING_MODEL,
+        semantic_cache_ttl_seconds=1e-6,  # past before the next request
+    )
+    model = unique("ok")
+    await publish(http, headers, backend="fault", model=model, params=DETERMINISTIC, template=TEMPLATE)
+    stage = Stage(http, headers, fault, model)
+    await stage.enable(threshold=0.5)
+
+    answers = [await stage.ask(QUESTION) for _ in range(2)]
+
+    assert [a["cached"] for a in answers] == [False, False]
+    assert stage.backend_calls() == 2
+
+
 async def test_a_sampled_request_is_not_looked_up(stage: Stage) -> None:
     await stage.enable(threshold=0.5)
     response = await stage.http.post(

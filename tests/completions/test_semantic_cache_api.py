@@ -7,13 +7,23 @@ are in test_semantic_cache.py.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from registry.auth.keys import Scope
-from registry.completions.similarity import DEFAULT_THRESHOLD
+from registry.completions.models import SemanticCacheEntry
+from registry.completions.semantic_repository import SemanticCacheRepository
+from registry.completions.similarity import DEFAULT_THRESHOLD, pack
+from registry.db import migrate
+from registry.db.base import utcnow
+from registry.db.engine import create_sessionmaker
 from tests.completions.conftest import EMBEDDING_MODEL, RegistryFactory, backend, publish, unique
 from tests.completions.fault_server import CHAT, FaultServer
 from tests.conftest import KeyFactory, problem
@@ -158,3 +168,49 @@ async def test_an_embedding_backend_that_is_down_leaves_the_completion_to_the_mo
     assert [a.json()["cached"] for a in answers] == [False, False]
     assert len(fault.seen(model, CHAT)) == 2
     assert 'registry_semantic_cache_lookups_total{outcome="unavailable"} 2.0' in metrics
+
+
+# -- expiry
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def engine(
+    request: pytest.FixtureRequest, tmp_path: Path, clean_database: AsyncEngine
+) -> AsyncIterator[AsyncEngine]:
+    if request.param == "postgresql":
+        yield clean_database
+        return
+    sqlite = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}", poolclass=NullPool)
+    await migrate.upgrade(sqlite)
+    yield sqlite
+    await sqlite.dispose()
+
+
+async def test_the_purge_deletes_expired_answers_only(engine: AsyncEngine) -> None:
+    now = utcnow()
+    entry = {
+        "scope": "s",
+        "prompt": "p",
+        "prompt_version": 1,
+        "config": "c",
+        "config_version": 1,
+        "embedding": pack([1.0, 0.0]),
+        "text": "answer",
+        "created_at": now - timedelta(hours=2),
+    }
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session, session.begin():
+        repository = SemanticCacheRepository(session)
+        for hours in (-1, 1):
+            await repository.add_entry(SemanticCacheEntry(**entry, expires_at=now + timedelta(hours=hours)))
+    async with sessionmaker() as session:
+        served = await SemanticCacheRepository(session).candidates("s", now=now, limit=10)
+
+    async with sessionmaker() as session, session.begin():
+        purged = await SemanticCacheRepository(session).purge_expired(now)
+    async with sessionmaker() as session:
+        left = await SemanticCacheRepository(session).candidates("s", now=now - timedelta(days=1), limit=10)
+
+    assert [entry_id for entry_id, _ in served] == [2]
+    assert purged == 1
+    assert [entry_id for entry_id, _ in left] == [2]
