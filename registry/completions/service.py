@@ -377,7 +377,12 @@ class CompletionService:
             payload=run.plan.payload,
         )
 
+    # Whether a prompt's semantic cache may answer; an evaluation run measures the model's own answers.
+    semantic_cache = True
+
     async def _from_semantic_cache(self, run: Run, data: CompleteRequest) -> bool:
+        if not self.semantic_cache:
+            return False
         plan = run.plan
         run.semantic = await self.completions.semantic.probe(run.rendering, plan.config, plan.payload, data.variables)
         if run.semantic is None or run.semantic.hit is None:

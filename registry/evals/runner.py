@@ -89,8 +89,11 @@ class RunCompletions(CompletionService):
     """The completion path with a run's own config version in place of the prompt version's.
 
     ``config`` replaces the rendered version's config (None keeps it), also for a version that links
-    none; ``response_format`` is added to a payload that has none (a judge's structured answer).
+    none; ``response_format`` is added to a payload that has none (a judge's structured answer). A prompt's
+    semantic cache never answers a run: it would score a similar item's answer as this item's.
     """
+
+    semantic_cache = False
 
     def __init__(
         self,

@@ -23,7 +23,7 @@ from registry.completions.similarity import pack, request_text, similarity, unpa
 from registry.db import migrate
 from registry.experiments.sources import MetricSource
 from registry.settings import Settings
-from tests.completions.conftest import EMBEDDING_MODEL, RegistryFactory, backend, parse_sse, publish, unique
+from tests.completions.conftest import EMBEDDING_MODEL, RegistryFactory, backend, parse_sse, publish, unique, until
 from tests.completions.fault_server import CHAT, FaultServer
 from tests.conftest import make_key_on
 
@@ -263,6 +263,27 @@ async def test_an_expired_answer_is_not_served(
 
     assert [a["cached"] for a in answers] == [False, False]
     assert stage.backend_calls() == 2
+
+
+async def test_an_evaluation_run_is_never_answered_by_the_semantic_cache(stage: Stage) -> None:
+    await stage.enable(threshold=0.5)
+    await stage.ask(QUESTION)
+    http, headers = stage.http, stage.headers
+    assert (await http.post("/v1/evals/datasets", json={"name": "faq"}, headers=headers)).status_code == 201
+    items = [{"variables": {"question": q, "lang": "en"}, "expected": "Hello"} for q in (QUESTION, REWORDED)]
+    created = await http.post("/v1/evals/datasets/faq/versions", json={"items": items}, headers=headers)
+    assert created.status_code == 201, created.text
+    run = {"prompt": "greet", "version": 1, "dataset": {"name": "faq"}, "scorers": [{"kind": "exact_match"}]}
+    started = (await http.post("/v1/evals/runs", json=run, headers=headers)).json()
+
+    async def ended() -> bool:
+        found = (await http.get(f"/v1/evals/runs/{started['id']}", headers=headers)).json()
+        return found["status"] not in ("queued", "running")
+
+    await until(ended, "the evaluation run to end", seconds=60)
+
+    assert stage.backend_calls() == 3  # the first request, then both items
+    assert (await stage.metric("miss"), await stage.metric("hit")) == (1, 0)
 
 
 async def test_a_sampled_request_is_not_looked_up(stage: Stage) -> None:
