@@ -378,11 +378,12 @@ class GateController(Controller):
         operation_id="setPromptGate",
         summary="Gate a state on evaluation evidence",
         description="From now on a version enters `target_state` (`staging` or `production`) only if a completed "
-        "run of exactly that version and its config on `dataset` (a version, or its latest when the promotion is "
-        "checked) has at least `min_pass_rate` and, with `no_regression`, no significant regression (one-sided "
-        "McNemar and paired t at `alpha`) against the run of the version holding that state on the same dataset "
-        "version. Otherwise the promotion is refused with 422 `gate_failed`, naming the evidence; an admin may "
-        "promote anyway with `override_gate` (a reason), kept in the history and the audit log.",
+        "run of exactly that version and its config (any config for a version that links none) on `dataset` (a "
+        "version, or its latest when the promotion is checked) has at least `min_pass_rate` and, with "
+        "`no_regression`, no significant regression (one-sided McNemar and paired t at `alpha`) against the run of "
+        "the version holding that state on the same dataset version (with the same config version when either "
+        "links no config). Otherwise the promotion is refused with 422 `gate_failed`, naming the evidence; an "
+        "admin may promote anyway with `override_gate` (a reason), kept in the history and the audit log.",
     )
     async def set_gate(
         self,

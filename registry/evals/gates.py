@@ -101,17 +101,17 @@ def _config_of(version: PromptVersion) -> tuple[str | None, int | None]:
     return (config.config.name, config.number) if config is not None else (None, None)
 
 
-async def _own_config_run(
+async def _evidence_run(
     repository: EvalRepository, prompt: str, version: PromptVersion, dataset_version_id: int
 ) -> EvalRun | None:
-    """The latest completed run of ``version`` with its own config version: what promotion puts into a state.
+    """The latest completed run of ``version`` on the dataset version that a gate takes as its evidence.
 
-    A run with another config (``config`` or ``config_version`` of ``createEvalRun``) is evidence for comparisons,
-    not for a gate; a version that links no config has no such run.
+    A version with a config of its own needs a run with exactly that config version: what promotion puts
+    into the state (a run with another config is evidence for comparisons, not for a gate). A version that
+    links no config is rendered by the registry and run by the app on a model of its own, so a run with
+    any config counts.
     """
     config, config_version = _config_of(version)
-    if config is None:
-        return None
     return await repository.latest_completed_run(
         prompt=prompt,
         version=version.number,
@@ -121,9 +121,23 @@ async def _own_config_run(
     )
 
 
+def _baseline_config(candidate: PromptVersion, holder: PromptVersion, run: EvalRun) -> tuple[str, int, bool]:
+    """The config version of the holder's run that ``run`` of the candidate is paired with, and whether it
+    is the holder's own.
+
+    Two versions with configs of their own compare as each would run: the holder's own config. Otherwise
+    (either links none) the pair runs the same config version, so only the prompts differ.
+    """
+    own, own_version = _config_of(holder)
+    if own is not None and own_version is not None and _config_of(candidate)[0] is not None:
+        return own, own_version, True
+    return run.config, run.config_version, False
+
+
 class EvalGateCheck:
-    """The ``PromotionGate`` of evaluations: a completed run of exactly the version and its config on the
-    gate's dataset version must meet the gate, unless an admin overrides it with a reason."""
+    """The ``PromotionGate`` of evaluations: a completed run of the version on the gate's dataset version
+    (with exactly its own config version, or any config for a version that links none) must meet the gate,
+    unless an admin overrides it with a reason."""
 
     async def check(self, session: AsyncSession, check: GateCheck) -> str | None:
         if check.resource_type != "prompt" or check.to.value not in GATED_STATES:
@@ -172,25 +186,30 @@ class EvalGateCheck:
             return [exc.detail], {"dataset": gate.dataset, "dataset_version": gate.dataset_version}
         where = f"{gate.dataset}@{dataset_version.number}"
         evidence: dict[str, Any] = {"gate": {"state": check.to.value, **_gate_summary(gate)}, "dataset": where}
-        run = await _own_config_run(repository, check.name, version, dataset_version.id)
+        run = await _evidence_run(repository, check.name, version, dataset_version.id)
         if run is None:
+            needed = "any config" if config is None else f"config {config}@{config_version}"
+            failure = f"no completed evaluation run of version {version.number} with {needed} on dataset {where}"
             if config is None:
-                return [
-                    f"version {version.number} links no model config, so no evaluation run shows what "
-                    f"{check.to.value} would run (a run with a config chosen for it is no evidence)"
-                ], evidence
-            return [
-                f"no completed evaluation run of version {version.number} with config {config}@{config_version} "
-                f"on dataset {where}"
-            ], evidence
+                failure += " (it links no model config, so a run with any config counts)"
+            return [failure], evidence
         outcomes = await repository.outcomes(run.id)
         summary = summarize([ok for _, ok, _, _ in outcomes], [score or 0.0 for _, _, score, _ in outcomes])
         comparison: PairedComparison[Any] | None = None
         baseline_label = f"the {check.to.value} version"
         current: PromptVersion | None = check.current
         if gate.no_regression and current is not None:
-            baseline = await _own_config_run(repository, check.name, current, dataset_version.id)
+            paired, paired_version, holders_own = _baseline_config(version, current, run)
+            baseline = await repository.latest_completed_run(
+                prompt=check.name,
+                version=current.number,
+                config=paired,
+                config_version=paired_version,
+                dataset_version_id=dataset_version.id,
+            )
             baseline_label = f"{check.to.value} version {current.number}"
+            if not holders_own:
+                baseline_label += f" on config {paired}@{paired_version}"
             if baseline is not None:
                 baseline_label += f" (run {baseline.id})"
                 comparison = compare_paired(by_position(await repository.outcomes(baseline.id)), by_position(outcomes))
@@ -202,6 +221,7 @@ class EvalGateCheck:
             baseline_label=baseline_label,
             baseline_exists=current is not None,
         )
+        evidence["config"] = f"{run.config}@{run.config_version}"
         return list(verdict.failures), {**evidence, **verdict.evidence, "run_id": run.id}
 
 

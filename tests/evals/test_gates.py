@@ -101,25 +101,83 @@ async def test_a_run_with_another_config_is_evidence_for_comparisons_not_for_the
     assert (await promote(evals, admin, "crossed", version)).status_code == 200
 
 
-async def test_a_version_without_a_config_has_no_gate_evidence_from_a_run_with_a_config_chosen_for_it(
+async def bare_version(client: httpx.AsyncClient, headers: Headers, prompt: str, template: str = "{{ answer }}") -> int:
+    """A new version of ``prompt`` (created if need be) that links no model config: the app renders it only."""
+    if (await client.get(f"/v1/prompts/{prompt}/versions", headers=headers)).status_code == 404:
+        await ok(await client.post("/v1/prompts", json={"name": prompt}, headers=headers))
+    body = {"kind": "chat", "messages": [{"role": "user", "content": template}]}
+    number: int = (await ok(await client.post(f"/v1/prompts/{prompt}/versions", json=body, headers=headers)))["version"]
+    return number
+
+
+async def test_a_version_without_a_config_passes_its_gate_with_a_run_on_any_config(
     evals: AppClient, admin: Headers
 ) -> None:
     await publish(evals, admin, "lender", config="lent")
-    await ok(await evals.post("/v1/prompts", json={"name": "bare"}, headers=admin))
-    body = {"kind": "chat", "messages": [{"role": "user", "content": "{{ answer }}"}]}
-    version = (await ok(await evals.post("/v1/prompts/bare/versions", json=body, headers=admin)))["version"]
+    version = await bare_version(evals, admin, "bare")
     await dataset(evals, admin, "bare-cases", answers(("y", "y")))
     await gate(evals, admin, "bare", dataset={"name": "bare-cases"}, min_pass_rate=0.5)
-    run = await evaluate(evals, admin, "bare", version, "bare-cases", config={"name": "lent", "version": 1})
-    assert run["pass_rate"] == 1.0
 
     refused = await promote(evals, admin, "bare", version)
-
     assert refused.status_code == 422
     assert problem(refused)["failures"] == [
-        "version 1 links no model config, so no evaluation run shows what production would run "
-        "(a run with a config chosen for it is no evidence)"
+        "no completed evaluation run of version 1 with any config on dataset bare-cases@1 "
+        "(it links no model config, so a run with any config counts)"
     ]
+
+    run = await evaluate(evals, admin, "bare", version, "bare-cases", config={"name": "lent", "version": 1})
+    assert (run["pass_rate"], run["config"], run["config_version"]) == (1.0, "lent", 1)
+    assert (await promote(evals, admin, "bare", version)).status_code == 200
+
+
+async def test_a_version_without_a_config_is_judged_against_the_holders_run_on_the_same_config(
+    evals: AppClient, admin: Headers
+) -> None:
+    for config in ("left", "right", "solo"):
+        await publish(evals, admin, f"{config}-lender", config=config)
+    items = [{"variables": {"answer": "ok", "other": "ok" if i >= 8 else "bad"}, "expected": "ok"} for i in range(12)]
+    await dataset(evals, admin, "render-cases", items)
+    holder = await bare_version(evals, admin, "render", "{{ answer }}{{ other[:0] }}")
+    candidate = await bare_version(evals, admin, "render", "{{ other }}{{ answer[:0] }}")
+    right = await evaluate(evals, admin, "render", holder, "render-cases", config={"name": "right", "version": 1})
+    left = await evaluate(evals, admin, "render", holder, "render-cases", config={"name": "left", "version": 1})
+    assert (right["pass_rate"], left["pass_rate"]) == (1.0, 1.0)
+    assert (await promote(evals, admin, "render", holder)).status_code == 200  # not gated yet
+    await gate(evals, admin, "render", dataset={"name": "render-cases"}, no_regression=True, alpha=0.05)
+
+    await evaluate(evals, admin, "render", candidate, "render-cases", config={"name": "solo", "version": 1})
+    unpaired = problem(await promote(evals, admin, "render", candidate))
+    assert unpaired["failures"] == [
+        "production version 1 on config solo@1 has no completed run on this dataset version to compare with"
+    ]  # the holder's runs on left and right are not paired with a run on solo
+
+    run = await evaluate(evals, admin, "render", candidate, "render-cases", config={"name": "right", "version": 1})
+    refused = await promote(evals, admin, "render", candidate)
+    assert refused.status_code == 422
+    details = problem(refused)
+    regression = details["evidence"]["no_regression"]
+    assert regression["baseline"] == f"production version 1 on config right@1 (run {right['id']})"  # not {left}
+    assert (regression["pass_to_fail"], regression["fail_to_pass"]) == (8, 0)
+    assert (details["evidence"]["run_id"], details["evidence"]["config"]) == (run["id"], "right@1")
+
+
+async def test_a_version_with_a_config_is_judged_against_a_holder_without_one_on_its_own_config(
+    evals: AppClient, admin: Headers
+) -> None:
+    await dataset(evals, admin, "linked-cases", answers(("y", "y"), ("y", "y")))
+    holder = await bare_version(evals, admin, "linked")
+    candidate = await publish(evals, admin, "linked")  # config linked-config v1
+    assert (await promote(evals, admin, "linked", holder)).status_code == 200
+    await gate(evals, admin, "linked", dataset={"name": "linked-cases"}, no_regression=True, alpha=0.05)
+    await evaluate(evals, admin, "linked", candidate, "linked-cases")
+
+    refused = await promote(evals, admin, "linked", candidate)
+    assert problem(refused)["failures"] == [
+        "production version 1 on config linked-config@1 has no completed run on this dataset version to compare with"
+    ]
+
+    await evaluate(evals, admin, "linked", holder, "linked-cases", config={"name": "linked-config", "version": 1})
+    assert (await promote(evals, admin, "linked", candidate)).status_code == 200
 
 
 async def test_a_regression_against_production_is_refused_unless_an_admin_overrides_it_with_a_reason(
