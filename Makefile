@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEPS_HASH := $(shell cat pyproject.toml clients/python/pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: install run run-vllm test browser compose-cli check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-console bench-completions bench-cli bench-evals bench-rollouts bench-semantic-cache vllm-cpu clean
+.PHONY: install run run-vllm test browser compose-cli promtool check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-console bench-completions bench-cli bench-evals bench-rollouts bench-semantic-cache vllm-cpu clean
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ run-vllm: install
 	scripts/run-with-vllm.sh
 
 ## Lint, type-check and run every test (PostgreSQL and Redis at 127.0.0.1)
-test: check browser compose-cli
+test: check browser compose-cli promtool
 	$(BIN)/python -m pytest
 
 ## Debian's Chromium, which the console's browser tests drive through Playwright (installed when missing)
@@ -44,6 +44,15 @@ compose-cli:
 	    { apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1 || \
 	      { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1; }; }; } || \
 	  echo "no compose CLI: tests/test_operations.py skips its docker compose config tests"
+
+## promtool, which checks and unit-tests deploy/prometheus-alerts.yml: Debian's prometheus package (installed
+## when missing, as root, without starting a server)
+promtool:
+	@command -v promtool >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
+	      { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; }; }; } || \
+	  echo "no promtool: tests/alerts/test_prometheus_rules.py skips its promtool checks"
 
 check: lint typecheck
 
