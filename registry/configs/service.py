@@ -14,7 +14,9 @@ from registry.configs.schemas import RESERVED_EXTRA_KEYS, ConfigRef, CreateConfi
 from registry.guards.specs import guard_problems, guards_content
 from registry.lib.errors import FieldError, InvalidInputError, NotFoundError
 from registry.lib.hashing import content_sha256
+from registry.lib.promotion import State
 from registry.lib.versioned import ResourceErrors, VersionedResourceService
+from registry.prompts.repository import PromptRepository
 
 
 class ConfigNotFoundError(NotFoundError):
@@ -125,7 +127,7 @@ class ConfigService(VersionedResourceService[ModelConfig, ModelConfigVersion, Mo
     async def create_version(
         self, name: str, data: CreateConfigVersion, actor: Actor
     ) -> tuple[ModelConfigVersion, bool]:
-        problems = params_problems(data) + guard_problems(data.guards)
+        problems = params_problems(data) + guard_problems(data.guards) + await self._classifier_problems(data)
         if self.backends and data.backend not in self.backends:
             known = ", ".join(sorted(self.backends))
             problems.append(FieldError("backend", f"is not a configured backend (configured: {known})"))
@@ -147,6 +149,37 @@ class ConfigService(VersionedResourceService[ModelConfig, ModelConfigVersion, Mo
             content_sha256=content_sha256(content),
         )
         return await self.workflow.add_version(config, version, actor)
+
+    async def _classifier_problems(self, data: CreateConfigVersion) -> list[FieldError]:
+        """A model guard whose classifier prompt runs, as things stand, on a config with model guards itself.
+
+        A classifier prompt not made yet (or without that label) passes here; when it runs, the same
+        recursion is refused and the guard's ``on_error`` decides.
+        """
+        problems: list[FieldError] = []
+        prompts = PromptRepository(self.repository.session)
+        for i, guard in enumerate(data.guards):
+            if guard.kind != "model" or guard.prompt is None:
+                continue
+            prompt = await prompts.get_resource(guard.prompt)
+            if prompt is None:
+                continue
+            if guard.version is not None:
+                version = await prompts.get_version(prompt.id, guard.version)
+            elif guard.label == "latest":
+                version = await prompts.get_version(prompt.id, prompt.latest_version or 0)
+            else:
+                version = (await prompts.holders(prompt.id)).get(State(guard.label or State.PRODUCTION.value))
+            config = version.config_version if version is not None else None
+            if config is not None and any(g.get("kind") == "model" for g in config.guards or []):
+                problems.append(
+                    FieldError(
+                        f"guards[{i}].prompt",
+                        f"the classifier prompt '{guard.prompt}' runs on config '{config.config.name}' version "
+                        f"{config.number}, which has model guards of its own; a classifier's config may not",
+                    )
+                )
+        return problems
 
     async def resolve_ref(self, ref: ConfigRef, *, field: str = "config") -> ModelConfigVersion:
         """The version a prompt (or a fallback) links to; a label is resolved now and the number pinned."""

@@ -128,8 +128,9 @@ async def test_a_classifier_whose_config_has_model_guards_is_refused(
     on_error: str,
     status: int,
 ) -> None:
-    judge = await classifier(client, admin, CLEAN, guards=[moderation()])  # the classifier would grade itself
+    # Made in this order, neither config version can see the recursion when it is made; the run refuses it.
     await guarded(client, admin, model=unique("ok"), guards=[moderation(on_error=on_error)])
+    judge = await classifier(client, admin, CLEAN, guards=[moderation()])  # the classifier would grade itself
 
     response = await client.post(COMPLETE, json=ask("hello"), headers=admin)
 
@@ -197,3 +198,22 @@ async def test_an_output_block_mid_stream_on_the_openai_door_ends_with_an_openai
     assert text[: text.index("secret")].startswith(sent)
     assert events[-1]["error"]["code"] == "content_blocked"
     assert events[-1]["error"]["problem"]["guard"] == "no-secrets"
+
+
+async def test_a_config_whose_model_guard_names_a_classifier_running_on_model_guards_is_refused(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    await classifier(client, admin, CLEAN, guards=[moderation()])  # moderator's own config has a model guard
+    await client.post("/v1/configs/", json={"name": "cfg"}, headers=admin)
+
+    body = {"backend": "fault", "model": "ok", "guards": [{"name": "pii", "kind": "pii"}, moderation()]}
+    response = await client.post("/v1/configs/cfg/versions", json=body, headers=admin)
+    pinned = await client.post(
+        "/v1/configs/cfg/versions", json={**body, "guards": [moderation(label="staging")]}, headers=admin
+    )
+
+    assert response.status_code == 422
+    [error] = problem(response)["errors"]
+    assert error["field"] == "guards[1].prompt"
+    assert "judge" in error["message"]
+    assert pinned.status_code == 201, pinned.text  # moderator has no staging version: checked when it runs
