@@ -27,9 +27,7 @@ def upgrade() -> None:
     # the guard that blocked it, and whether any flagged it (read by metrics and experiments).
     op.add_column("completions", sa.Column("guard_outcomes", JSON, nullable=True))
     op.add_column("completions", sa.Column("guard_blocked", sa.String(length=64), nullable=True))
-    op.add_column(
-        "completions", sa.Column("guard_flagged", sa.Boolean(), server_default=sa.false(), nullable=False)
-    )
+    op.add_column("completions", sa.Column("guard_flagged", sa.Boolean(), server_default=sa.false(), nullable=False))
 
 
 def downgrade() -> None:
