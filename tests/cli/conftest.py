@@ -43,8 +43,14 @@ class Registry:
 
 
 @pytest.fixture
-def registry(live: Live) -> Registry:
-    return Registry(live)
+def registry(request: pytest.FixtureRequest) -> Registry:
+    """Commands against ``evals_live`` when the test uses it, else against ``live``; never a second registry.
+
+    Every registry serving the test's database runs an evaluation worker: a plain ``live`` next to
+    ``evals_live`` could take a run before the stand-in's worker does, and fail it for want of the
+    ``stand-in`` backend.
+    """
+    return Registry(request.getfixturevalue("evals_live" if "evals_live" in request.fixturenames else "live"))
 
 
 @pytest.fixture
