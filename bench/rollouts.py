@@ -178,7 +178,15 @@ def section(cases: dict[str, Case], args: argparse.Namespace) -> str:
     low, high = wilson_interval(share, len(aa.outcomes), 0.05)
     reasons = Counter(o.rollout["reason"] for o in aa.rolled_back)
     at_step = Counter(o.rollout["step"] + 1 for o in aa.rolled_back)
-    verdict = "at or under" if share <= ALPHA else "above"
+    if high <= ALPHA:
+        verdict = "The share wrongly rolled back is at or under alpha, its whole interval too."
+    elif share <= ALPHA:
+        verdict = (
+            f"The share wrongly rolled back is at or under alpha; its interval reaches {high:.1%}: "
+            f"{len(aa.outcomes)} rollouts cannot rule out a rate a little above alpha."
+        )
+    else:
+        verdict = "The share wrongly rolled back is above alpha."
     completed = sum(o.status == "completed" for o in aa.outcomes)
     aa_units = statistics.median(o.units for o in aa.outcomes)
     plan = ", ".join(f"{s['share']:.0%} (at least {s.get('min_units', 0):,} units)" for s in PLAN[:-1]) + ", 100%"
@@ -207,7 +215,7 @@ def section(cases: dict[str, Case], args: argparse.Namespace) -> str:
         f"| {len(aa.outcomes)} | {wrong} | {share:.1%} | {low:.1%} to {high:.1%} | {ALPHA:.0%} | {completed} "
         f"| {aa_units:,.0f} | {aa.seconds:.0f} s |",
         "",
-        f"The share wrongly rolled back is {verdict} alpha."
+        verdict
         + (
             " Rolled back: " + "; ".join(f"{n}: {r}" for r, n in reasons.items())
             + " (at step " + ", ".join(f"{s}: {n}" for s, n in sorted(at_step.items())) + ")."
