@@ -11,7 +11,7 @@ Reported per level: p50/p99 latency, p50/p99 time to first token and throughput,
 The overheads (added p50, added TTFT, throughput ratios) are medians of the per-round differences, since the
 runs of one round share the machine's conditions.
 
-    python bench/completion_overhead.py [--rounds 3] [--levels 1,16,64] [--vllm-url URL | --stand-in 0.01]
+    python bench/completion_overhead.py [--rounds 3] [--levels 1,16,64,128] [--vllm-url URL | --stand-in 0.01]
         [--server uvicorn] [--pin]
 
 Every completion generates exactly ``--tokens`` tokens (``ignore_eos``), so
@@ -104,6 +104,7 @@ class Level:
     # same completion, from its handler's start to the last (first) upstream token; medians over the requests.
     edge_p50_ms: float | None = None
     edge_ttft_p50_ms: float | None = None
+    broken: int = 0  # completions broken off mid-stream and sent again (their time counts, not their numbers)
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -202,10 +203,20 @@ async def measure(
     database: Path | None = None,
 ) -> Level:
     samples: list[Sample] = []
+    broken = 0
 
     async def worker(count: int) -> None:
-        for _ in range(count):
-            samples.append(await call())
+        nonlocal broken
+        done = 0
+        while done < count:
+            try:
+                samples.append(await call())
+            except aiohttp.ClientPayloadError:  # a connection broken off mid-stream (seen under heavy load): again
+                broken += 1
+                if broken > requests // 10:
+                    raise
+                continue
+            done += 1
 
     share, extra = divmod(requests, concurrency)
     registry_cpu = process_cpu_seconds(registry_pid) if registry_pid else 0.0
@@ -240,6 +251,7 @@ async def measure(
         tokens_per_s=round(sum(s.tokens for s in samples) / elapsed, 1),
         edge_p50_ms=round(statistics.median(e for e, _ in edges), 2) if edges else None,
         edge_ttft_p50_ms=round(statistics.median(e for _, e in edges), 2) if edges else None,
+        broken=broken,
     )
 
 
@@ -367,6 +379,7 @@ def summarize(results: list[Level], levels: list[int]) -> list[dict[str, Any]]:
     table = []
     for concurrency in levels:
         row: dict[str, Any] = {"concurrency": concurrency}
+        row["broken"] = sum(r.broken for r in results if r.concurrency == concurrency)
         for path in PATHS:
             runs = [r for r in results if r.path == path and r.concurrency == concurrency]
             for metric in ("p50_ms", "p99_ms", "ttft_p50_ms", "ttft_p99_ms", "requests_per_s", "tokens_per_s"):
@@ -376,6 +389,13 @@ def summarize(results: list[Level], levels: list[int]) -> list[dict[str, Any]]:
                 row[f"{path}_cpu_ms"] = round(statistics.median(r.registry_cpu_ms or 0.0 for r in runs), 2)
                 row[f"{path}_edge_p50_ms"] = round(statistics.median(r.edge_p50_ms or 0.0 for r in runs), 2)
                 row[f"{path}_edge_ttft_p50_ms"] = round(statistics.median(r.edge_ttft_p50_ms or 0.0 for r in runs), 2)
+        for path in RECORDED_PATHS:  # CPU per completion over the relay's, round by round (a round shares the load)
+            cpu = [
+                r.registry_cpu_ms / b.registry_cpu_ms
+                for b, r in paired(results, concurrency, "relay", path)
+                if r.registry_cpu_ms and b.registry_cpu_ms
+            ]
+            row[f"{path}_cpu_ratio"] = round(statistics.median(cpu), 2) if cpu else None
         for path, baseline in COMPARISONS:
             pairs = paired(results, concurrency, baseline, path)
             ratios = [r.tokens_per_s / b.tokens_per_s for b, r in pairs]
@@ -389,8 +409,32 @@ def summarize(results: list[Level], levels: list[int]) -> list[dict[str, Any]]:
     return table
 
 
+HEADLINE_PATHS = (("registry", "`/complete`"), ("openai", "OpenAI door"), ("relay", "bare relay"))
+
+
+def headline(table: list[dict[str, Any]]) -> str:
+    """The issue's table: per level, `/complete`, the OpenAI door and the bare relay against the direct call."""
+    lines = [
+        "| streams | path | added p50 | CPU per completion | CPU / relay's (median of rounds) | throughput / direct |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for row in table:
+        for path, label in HEADLINE_PATHS:
+            added = row[f"{path}_vs_direct"]
+            ratio_cell = "1" if path == "relay" else f"{row[f'{path}_cpu_ratio']}"
+            lines.append(
+                f"| {row['concurrency']} | {label} | {added['added_p50_ms']} ms | {row[f'{path}_cpu_ms']} ms "
+                f"| {ratio_cell} | {ratio(added)} |"
+            )
+    return "\n".join(lines)
+
+
 def markdown(table: list[dict[str, Any]]) -> str:
     lines = [
+        headline(table),
+        "",
+        "In detail, `/complete` against the direct call:",
+        "",
         "| streams | p50 direct / registry (ms) | p99 direct / registry (ms) | TTFT p50 direct / registry (ms) "
         "| tokens/s direct / registry | added p50 | added TTFT p50 | throughput ratio (range) "
         "| registry CPU per completion | registry's own time, p50 (end / first token) |",
@@ -484,7 +528,7 @@ def upstream(args: argparse.Namespace, cores: list[int]) -> Iterator[tuple[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--levels", default="1,16,64")
+    parser.add_argument("--levels", default="1,16,64,128")
     parser.add_argument("--requests", type=int, default=48, help="Requests per level (at least 3 per stream).")
     parser.add_argument("--tokens", type=int, default=32, help="Tokens generated per completion.")
     parser.add_argument("--vllm-url", help="Use this running vLLM instead of starting one.")
@@ -542,6 +586,14 @@ def main() -> None:
         write_section(section_title(args.server, args.stand_in), body)
 
 
+def broken(table: list[dict[str, Any]]) -> str:
+    count = sum(row["broken"] for row in table)
+    if not count:
+        return ""
+    levels = ", ".join(f"{row['broken']} at {row['concurrency']}" for row in table if row["broken"])
+    return f"\n- completions broken off mid-stream and sent again (their time and CPU count): {levels} streams"
+
+
 def section_title(server: str, stand_in: float | None) -> str:
     if stand_in is not None:
         return f"{SECTION}, stand-in backend ({server})"
@@ -580,21 +632,25 @@ overhead (what the registry does inside that clock, such as the upstream request
 token, is left out) and not only the registry's (it holds the load generator's handling of one request,
 which a direct call has too). Against the stand-in backend, whose timing does not vary, the added p50
 and TTFT measure the whole overhead directly. The load generator (aiohttp) parses only what it measures.
-The second table measures the same server's floor: a bare relay (`/bench/relay` in bench/app.py, in the
+The third table measures the same server's floor: a bare relay (`/bench/relay` in bench/app.py, in the
 registry's process) posts the body upstream with aiohttp and streams the bytes back unchanged, timing
 itself as the registry does. What it adds and costs, any proxy on this server, client library and
 machine adds and costs at least; the registry's columns beside it show what the registry's work adds.
-The third table runs the same prompt through the OpenAI-compatible endpoint (the same completion path,
+The fourth table runs the same prompt through the OpenAI-compatible endpoint (the same completion path,
 OpenAI's chunks built around each token's text) and compares it with `/complete` and the relay.
 Backend: {engine}; registry:
 `bench/app.py` served as `registry serve` serves the app ({args.server}, one worker, SQLite, usage recorded as
 in production); {placement}.
+The first table sets the three paths side by side at each level: what each adds to the direct call's p50,
+the registry process's CPU per completion, that CPU over the relay's of the same round (the median of the
+rounds' ratios: it holds on a shared machine, where the absolute figures move with the other work), and
+the throughput over the direct call's.
 
 {markdown(table)}
 
 - command: `{command}` (`make bench-completions` runs it with `--pin` under granian and uvicorn, against
   vLLM and against the stand-in)
-- machine: {machine()}
+- machine: {machine()}{broken(table)}
 - measured: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC
 """
 
