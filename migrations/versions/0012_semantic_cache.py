@@ -51,14 +51,21 @@ def upgrade() -> None:
         sa.Column("output_tokens", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        # The digest of the unit whose request it answered (registry.experiments.privacy.unit_digest), so
+        # erasing the unit's data deletes it; NULL for a request without a unit.
+        sa.Column("unit_digest", sa.String(length=48), nullable=True),
         sa.Column("id", BIGINT_ID, autoincrement=True, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_semantic_cache_entries")),
     )
     op.create_index("ix_semantic_cache_entries_scope", "semantic_cache_entries", ["scope", "created_at"], unique=False)
     op.create_index("ix_semantic_cache_entries_expires_at", "semantic_cache_entries", ["expires_at"], unique=False)
+    op.create_index("ix_semantic_cache_entries_unit_digest", "semantic_cache_entries", ["unit_digest"], unique=False)
+    op.create_index("ix_semantic_cache_entries_prompt", "semantic_cache_entries", ["prompt"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_semantic_cache_entries_prompt", table_name="semantic_cache_entries")
+    op.drop_index("ix_semantic_cache_entries_unit_digest", table_name="semantic_cache_entries")
     op.drop_index("ix_semantic_cache_entries_expires_at", table_name="semantic_cache_entries")
     op.drop_index("ix_semantic_cache_entries_scope", table_name="semantic_cache_entries")
     op.drop_table("semantic_cache_entries")

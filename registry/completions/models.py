@@ -141,6 +141,8 @@ class SemanticCacheEntry(IdMixin, Base):
     __table_args__ = (
         Index("ix_semantic_cache_entries_scope", "scope", "created_at"),
         Index("ix_semantic_cache_entries_expires_at", "expires_at"),
+        Index("ix_semantic_cache_entries_unit_digest", "unit_digest"),
+        Index("ix_semantic_cache_entries_prompt", "prompt"),
     )
 
     scope: Mapped[str] = mapped_column(String(64))
@@ -155,3 +157,5 @@ class SemanticCacheEntry(IdMixin, Base):
     output_tokens: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
+    # Whose request it answered (``unit_digest`` of the unit; None without one): erasing the unit deletes it.
+    unit_digest: Mapped[str | None] = mapped_column(String(48))

@@ -7,6 +7,11 @@ is embedded by the configured embedding backend; the candidates are the newest
 version, config version, embedding model, exact variables' values and request parameters), and the most
 similar one at or above the prompt's threshold answers. Entries live ``REGISTRY_SEMANTIC_CACHE_TTL_SECONDS``.
 
+Privacy: entries hold a prompt's answers and its requests' embeddings, so a prompt whose storage policy keeps
+no inputs and outputs (``store_io`` false) never looks up nor stores here (and cannot enable the cache,
+``semantic_settings``); each entry carries the ``unit_digest`` of the unit whose request it answered, so
+erasing that unit (``registry.experiments.privacy``) deletes it.
+
 A cache failure is never a request failure: an embedding backend that is down, or a database that cannot be
 read or written, leaves the completion to the model as usual, counted in
 ``registry_semantic_cache_lookups_total{outcome="unavailable"}``.
@@ -29,8 +34,9 @@ from registry.completions.metrics import CompletionMetrics
 from registry.completions.models import SemanticCacheEntry
 from registry.completions.payload import is_deterministic
 from registry.completions.semantic_repository import SemanticCacheRepository
-from registry.completions.similarity import best_match, exact_values, pack, request_text, scope_key, unpack
+from registry.completions.similarity import best_match, exact_values, pack, request_text, scope_key
 from registry.db.base import utcnow
+from registry.experiments.privacy import unit_digest
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, ChangeBus
 from registry.prompts.catalog import Rendering
@@ -66,6 +72,7 @@ class SemanticProbe:
     version: int
     config: LinkedConfig
     hit: SemanticHit | None
+    unit: str | None = None  # the request's unit, whose digest the stored answer carries
 
 
 class SemanticCache:
@@ -118,11 +125,20 @@ class SemanticCache:
         return settings
 
     async def probe(
-        self, rendering: Rendering, config: LinkedConfig, payload: Mapping[str, Any], variables: Mapping[str, Any]
+        self,
+        rendering: Rendering,
+        config: LinkedConfig,
+        payload: Mapping[str, Any],
+        variables: Mapping[str, Any],
+        *,
+        unit: str | None = None,
     ) -> SemanticProbe | None:
-        """Look the request up; None when the cache does not apply to it (off, not deterministic, unavailable)."""
+        """Look the request up; None when the cache does not apply to it (off, not deterministic, unavailable,
+        or a prompt that stores no inputs and outputs: its settings may still read as on for a moment)."""
         out = rendering.out
         if self.embeddings is None or not out.version or not is_deterministic(payload):
+            return None
+        if not rendering.resolution.entry.store_io:
             return None
         settings = await self._prompt_settings(out.prompt)
         if settings is None or not settings.enabled:
@@ -147,7 +163,7 @@ class SemanticCache:
             self._unavailable("semantic cache unreadable; the model answers", exc)
             return None
         self._metrics.semantic_cache.labels("hit" if hit else "miss").inc()
-        return SemanticProbe(scope, embedding, out.prompt, out.version, config, hit)
+        return SemanticProbe(scope, embedding, out.prompt, out.version, config, hit, unit)
 
     def _unavailable(self, message: str, exc: Exception) -> None:
         logger.warning(message, error=str(exc))
@@ -157,8 +173,7 @@ class SemanticCache:
         async with self._sessionmaker() as session:
             repository = SemanticCacheRepository(session)
             rows = await repository.candidates(scope, now=utcnow(), limit=self.max_candidates)
-            query = unpack(embedding)
-            scored = best_match(query, ((row[0], unpack(row[1])) for row in rows), 0.0)
+            scored = best_match(embedding, rows, 0.0)
             if scored is not None:
                 self._metrics.semantic_similarity.observe(scored[1])
             if scored is None or scored[1] < threshold:
@@ -187,6 +202,7 @@ class SemanticCache:
             output_tokens=completion.output_tokens,
             created_at=now,
             expires_at=now + timedelta(seconds=self.ttl),
+            unit_digest=None if probe.unit is None else unit_digest(probe.unit),
         )
         try:
             async with self._sessionmaker() as session, session.begin():

@@ -62,3 +62,17 @@ class SemanticCacheRepository:
     async def purge_expired(self, now: datetime) -> int:
         result = await self.session.execute(delete(E).where(E.expires_at <= now))
         return int(getattr(result, "rowcount", 0) or 0)
+
+    async def delete_of_prompt(self, prompt: str) -> int:
+        """Delete every entry of the prompt, of all its versions (its storage policy stopped keeping answers)."""
+        result = await self.session.execute(delete(E).where(E.prompt == prompt))
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    async def entries_of_unit(self, digest: str) -> Sequence[SemanticCacheEntry]:
+        """The entries that answered a unit's requests (by its digest), oldest first."""
+        query = select(E).where(E.unit_digest == digest).order_by(E.created_at, E.id)
+        return (await self.session.execute(query)).scalars().all()
+
+    async def delete_of_unit(self, digest: str) -> int:
+        result = await self.session.execute(delete(E).where(E.unit_digest == digest))
+        return int(getattr(result, "rowcount", 0) or 0)

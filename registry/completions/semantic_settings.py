@@ -10,6 +10,7 @@ from registry.auth.audit import AuditLog
 from registry.auth.principal import Actor
 from registry.completions.models import SemanticCacheSettings
 from registry.completions.schemas import SemanticCacheOut, SetSemanticCache
+from registry.completions.semantic_privacy import SemanticCacheNeedsStoreIoError
 from registry.completions.semantic_repository import SemanticCacheRepository
 from registry.completions.similarity import DEFAULT_THRESHOLD
 from registry.db.base import utcnow
@@ -38,6 +39,8 @@ class SemanticCacheSettingsService:
 
     async def put(self, name: str, data: SetSemanticCache, actor: Actor) -> SemanticCacheOut:
         prompt = await self._prompt(name)
+        if data.enabled and not prompt.store_io:
+            raise SemanticCacheNeedsStoreIoError.of(name)
         await self._check_variables(prompt, data.exact_variables)
         settings = await self.repository.get_settings(prompt.id)
         before = None if settings is None else _summary(settings)

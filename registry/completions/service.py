@@ -384,7 +384,9 @@ class CompletionService:
         if not self.semantic_cache:
             return False
         plan = run.plan
-        run.semantic = await self.completions.semantic.probe(run.rendering, plan.config, plan.payload, data.variables)
+        run.semantic = await self.completions.semantic.probe(
+            run.rendering, plan.config, plan.payload, data.variables, unit=run.unit
+        )
         if run.semantic is None or run.semantic.hit is None:
             return False
         run.similarity = run.semantic.hit.similarity

@@ -1,4 +1,8 @@
-"""A unit's data: everything held on it (access requests) and its erasure everywhere."""
+"""A unit's data: everything held on it (access requests) and its erasure everywhere.
+
+Besides the experiments' facts, that includes the semantic cache entries that answered the unit's requests
+(they carry the unit's digest, never the unit).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.audit import AuditLog
 from registry.auth.principal import Actor
+from registry.completions.semantic_repository import SemanticCacheRepository
 from registry.experiments.aggregator import UnitRecomputer
 from registry.experiments.errors import UnitNotFoundError
 from registry.experiments.repository import StatisticsRepository, UnitDataRepository
 from registry.experiments.router import UNIT_ERASED
 from registry.experiments.schemas import (
+    UnitCachedAnswerOut,
     UnitDataOut,
     UnitErasedOut,
     UnitEventOut,
@@ -38,12 +44,14 @@ class UnitDataService:
         self.statistics = StatisticsRepository(session)
         self.recomputer = UnitRecomputer(session, sources, grace=grace)
         self.audit = AuditLog(session)
+        self.semantic_cache = SemanticCacheRepository(session)
 
     async def describe(self, unit: str, *, pending_exposures: int) -> UnitDataOut:
         exposures = await self.repository.exposures(unit)
         events = await self.repository.events(unit)
         standings = await self.repository.standings(unit)
-        if not exposures and not events and not standings and not pending_exposures:
+        cached = await self.semantic_cache.entries_of_unit(unit_digest(unit))
+        if not exposures and not events and not standings and not pending_exposures and not cached:
             raise UnitNotFoundError("the service holds no data on this unit")
         values: dict[tuple[int, int], list[UnitMetricOut]] = {}
         for experiment_id, phase, metric, value, pre in await self.repository.metric_values(unit):
@@ -78,10 +86,23 @@ class UnitDataService:
                 for experiment_id, key, phase, variant, first in standings
             ],
             pending_exposures=pending_exposures,
+            cached_answers=[
+                UnitCachedAnswerOut(
+                    prompt=entry.prompt,
+                    version=entry.prompt_version,
+                    config=entry.config,
+                    config_version=entry.config_version,
+                    text=entry.text,
+                    created_at=entry.created_at,
+                    expires_at=entry.expires_at,
+                )
+                for entry in cached
+            ],
         )
 
     async def erase(self, unit: str, actor: Actor) -> UnitErasedOut:
-        """Delete the unit's exposures and events, take it out of every experiment's statistics, and audit.
+        """Delete the unit's exposures, events and cached answers, take it out of every experiment's statistics,
+        and audit.
 
         Idempotent: erasing a unit the service knows nothing of succeeds with zero counts.
         """
@@ -90,13 +111,16 @@ class UnitDataService:
         exposures, events = await self.repository.delete_facts(unit)
         await self.recomputer.recompute([unit])  # no facts left: its old contribution is subtracted
         await self.repository.delete_change_marker(unit)
-        erased = UnitErasedOut(unit=unit, exposures=exposures, events=events, derived_rows=derived)
+        cached = await self.semantic_cache.delete_of_unit(unit_digest(unit))
+        erased = UnitErasedOut(
+            unit=unit, exposures=exposures, events=events, derived_rows=derived, cached_answers=cached
+        )
         await self.audit.record(
             actor,
             "unit.erase",
             "unit",
             unit_digest(unit),
-            after={"exposures": exposures, "events": events, "derived_rows": derived},
+            after={"exposures": exposures, "events": events, "derived_rows": derived, "cached_answers": cached},
         )
         # Every replica drops the unit's buffered exposures, so none is written after the erasure.
         record_change(self.session, Change("experiment", unit, UNIT_ERASED))

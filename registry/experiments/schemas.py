@@ -530,6 +530,18 @@ class UnitStandingOut(Output):
     metrics: list[UnitMetricOut]
 
 
+class UnitCachedAnswerOut(Output):
+    """A semantic cache entry that answered one of the unit's requests (until it expires or is erased)."""
+
+    prompt: str
+    version: int
+    config: str
+    config_version: int
+    text: str
+    created_at: datetime
+    expires_at: datetime
+
+
 class UnitDataOut(Output):
     """Everything the service holds on a unit."""
 
@@ -538,6 +550,7 @@ class UnitDataOut(Output):
     events: list[UnitEventOut]
     experiments: list[UnitStandingOut]
     pending_exposures: int  # first exposures still buffered in this process
+    cached_answers: list[UnitCachedAnswerOut] = msgspec.field(default_factory=list)
 
 
 class UnitErasedOut(Output):
@@ -545,3 +558,4 @@ class UnitErasedOut(Output):
     exposures: int
     events: int
     derived_rows: int
+    cached_answers: int = 0  # semantic cache entries that answered its requests

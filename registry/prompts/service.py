@@ -9,6 +9,7 @@ from prompt_registry_client.templating import CompiledPrompt, TemplateProblemErr
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.principal import Actor
+from registry.completions.semantic_privacy import stop_keeping_answers
 from registry.configs.models import ModelConfigVersion
 from registry.configs.service import ConfigService, diff_fields, stored_content
 from registry.lib.errors import FieldError, InvalidInputError
@@ -74,7 +75,10 @@ class PromptService(VersionedResourceService[Prompt, PromptVersion, PromptTransi
     async def update_prompt(
         self, name: str, actor: Actor, *, description: str | None, tags: list[str] | None, store_io: bool | None
     ) -> Prompt:
-        """Update description and tags; a change of the storage policy is audited as its own action."""
+        """Update description and tags; a change of the storage policy is audited as its own action.
+
+        Turning ``store_io`` off also turns the prompt's semantic cache off and deletes its entries (audited).
+        """
         prompt = await self.workflow.update_resource(name, actor, description=description, tags=tags)
         if store_io is not None and store_io != prompt.store_io:
             prompt.store_io = store_io
@@ -87,6 +91,8 @@ class PromptService(VersionedResourceService[Prompt, PromptVersion, PromptTransi
                 before={"store_io": not store_io},
                 after={"store_io": store_io},
             )
+            if not store_io:  # nor does its semantic cache keep answers any more
+                await stop_keeping_answers(self.repository.session, prompt, actor)
         return prompt
 
     def _check_content(self, data: CreatePromptVersion) -> None:

@@ -121,7 +121,7 @@ async def stage(
         **overrides,
     )
     model = unique("ok")
-    await publish(http, headers, backend="fault", model=model, params=DETERMINISTIC, template=TEMPLATE)
+    await publish(http, headers, backend="fault", model=model, params=DETERMINISTIC, template=TEMPLATE, store_io=True)
     return Stage(http, headers, fault, model)
 
 
@@ -255,7 +255,7 @@ async def test_an_expired_answer_is_not_served(
         semantic_cache_ttl_seconds=1e-6,  # past before the next request
     )
     model = unique("ok")
-    await publish(http, headers, backend="fault", model=model, params=DETERMINISTIC, template=TEMPLATE)
+    await publish(http, headers, backend="fault", model=model, params=DETERMINISTIC, template=TEMPLATE, store_io=True)
     stage = Stage(http, headers, fault, model)
     await stage.enable(threshold=0.5)
 

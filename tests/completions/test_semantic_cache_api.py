@@ -43,7 +43,7 @@ async def client(registry: RegistryFactory, fault: FaultServer, closed_port_url:
 async def test_a_prompt_has_its_semantic_cache_off_at_the_default_threshold_until_set(
     client: httpx.AsyncClient, admin: dict[str, str]
 ) -> None:
-    await publish(client, admin, backend="fault", model="ok")
+    await publish(client, admin, backend="fault", model="ok", store_io=True)
 
     body = (await client.get("/v1/prompts/greet/semantic-cache", headers=admin)).json()
 
@@ -61,7 +61,7 @@ async def test_a_prompt_has_its_semantic_cache_off_at_the_default_threshold_unti
 async def test_setting_the_semantic_cache_is_audited_and_read_back(
     client: httpx.AsyncClient, admin: dict[str, str]
 ) -> None:
-    await publish(client, admin, backend="fault", model="ok")
+    await publish(client, admin, backend="fault", model="ok", store_io=True)
 
     response = await client.put(
         "/v1/prompts/greet/semantic-cache",
@@ -92,7 +92,7 @@ async def test_setting_the_semantic_cache_is_audited_and_read_back(
 async def test_bad_settings_are_refused_naming_the_field_and_nothing_changes(
     client: httpx.AsyncClient, admin: dict[str, str], body: dict[str, Any], field: str
 ) -> None:
-    await publish(client, admin, backend="fault", model="ok")
+    await publish(client, admin, backend="fault", model="ok", store_io=True)
 
     response = await client.put("/v1/prompts/greet/semantic-cache", json=body, headers=admin)
     read = (await client.get("/v1/prompts/greet/semantic-cache", headers=admin)).json()
@@ -107,7 +107,7 @@ async def test_bad_settings_are_refused_naming_the_field_and_nothing_changes(
 async def test_an_unknown_variable_is_refused_with_the_prompts_variables_named(
     client: httpx.AsyncClient, admin: dict[str, str]
 ) -> None:
-    await publish(client, admin, backend="fault", model="ok")
+    await publish(client, admin, backend="fault", model="ok", store_io=True)
 
     response = await client.put(
         "/v1/prompts/greet/semantic-cache", json={"enabled": True, "exact_variables": ["account"]}, headers=admin
@@ -140,7 +140,7 @@ async def test_changing_the_semantic_cache_takes_the_promote_scope(
     scopes: tuple[Scope, ...],
     status: int,
 ) -> None:
-    await publish(client, admin, backend="fault", model="ok")
+    await publish(client, admin, backend="fault", model="ok", store_io=True)
     headers = await make_key(*scopes)
 
     response = await client.put("/v1/prompts/greet/semantic-cache", json={"enabled": True}, headers=headers)
@@ -155,7 +155,7 @@ async def test_an_embedding_backend_that_is_down_leaves_the_completion_to_the_mo
     client: httpx.AsyncClient, admin: dict[str, str], fault: FaultServer
 ) -> None:
     model = unique("ok")
-    await publish(client, admin, backend="fault", model=model, params=DETERMINISTIC)
+    await publish(client, admin, backend="fault", model=model, params=DETERMINISTIC, store_io=True)
     await client.put("/v1/prompts/greet/semantic-cache", json={"enabled": True}, headers=admin)
 
     answers = [

@@ -60,7 +60,7 @@ def test_semantic_scope_from_cases(case: list[Any]) -> None:
 
 def test_semantic_best_match_from_cases(case: list[Any]) -> None:
     query, candidates, threshold, expected = case
-    found = best_match(query, [(name, vector) for name, vector in candidates], threshold)
+    found = best_match(pack(query), [(name, pack(vector)) for name, vector in candidates], threshold)
     if expected is None:
         assert found is None
     else:

@@ -45,7 +45,7 @@ async def test_erasing_a_unit_removes_its_data_and_its_share_of_the_statistics(
 
     response = await client.delete("/v1/units/user-3", headers=setup)
     assert response.status_code == 200
-    assert response.json() == {"unit": "user-3", "exposures": 1, "events": 1, "derived_rows": 2}
+    assert response.json() == {"unit": "user-3", "exposures": 1, "events": 1, "derived_rows": 2, "cached_answers": 0}
     assert (await client.get("/v1/units/user-3", headers=setup)).status_code == 404
 
     after = (await client.get("/v1/experiments/greet-test/results", headers=setup)).json()
@@ -66,7 +66,13 @@ async def test_erasing_a_unit_removes_its_data_and_its_share_of_the_statistics(
 async def test_erasing_is_idempotent(client: Client, setup: dict[str, str]) -> None:
     response = await client.delete("/v1/units/never-seen", headers=setup)
     assert response.status_code == 200
-    assert response.json() == {"unit": "never-seen", "exposures": 0, "events": 0, "derived_rows": 0}
+    assert response.json() == {
+        "unit": "never-seen",
+        "exposures": 0,
+        "events": 0,
+        "derived_rows": 0,
+        "cached_answers": 0,
+    }
 
 
 async def test_an_erased_units_buffered_exposure_is_never_written(
