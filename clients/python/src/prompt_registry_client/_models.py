@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from prompt_registry_client._errors import RenderFailed, VariablesInvalid
 from prompt_registry_client.assignment import assign_experiment
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import pandas
 
 PromptKind = Literal["text", "chat"]
+CacheHit = bool | Literal["semantic"]
+"""Which cache answered a completion: False (none), True (the exact cache) or "semantic"."""
 FallbackTemplate = str | Sequence[Mapping[str, str]] | Sequence[ChatMessage]
 """A caller's own template: text, or chat messages (``{"role": ..., "content": ...}``)."""
 
@@ -183,7 +185,10 @@ class CompletionMetadata:
     config: ConfigInfo
     experiment: ExperimentAssignment | None
     fallback_used: bool  # the config's fallback ran, because its backend failed
-    cached: bool  # the service's response cache answered
+    # True: the service's exact response cache answered; "semantic": its semantic cache, with the answer to a
+    # request ``similarity`` (cosine, at or above the prompt's threshold) away; False: the model answered.
+    cached: CacheHit
+    similarity: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,13 +226,14 @@ class Completion:
     config: ConfigInfo | None
     experiment: ExperimentAssignment | None
     fallback_used: bool
-    cached: bool
+    cached: CacheHit  # as in ``CompletionMetadata``
     text: str
     finish_reason: str | None
     usage: Usage
     cost: float
     latency_ms: float
     ttft_ms: float | None
+    similarity: float | None = None  # a semantic cache hit's
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -575,8 +581,16 @@ def metadata_from_json(body: Mapping[str, Any]) -> CompletionMetadata:
         config=config,
         experiment=assignment_from_json(body.get("experiment")),
         fallback_used=body["fallback_used"],
-        cached=body["cached"],
+        cached=cache_hit_from_json(body["cached"]),
+        similarity=body.get("similarity"),
     )
+
+
+def cache_hit_from_json(value: Any) -> CacheHit:
+    """``"semantic"`` as it is; any other cache the service may name later reads as True (a cache answered)."""
+    if isinstance(value, bool) or value == "semantic":
+        return cast("CacheHit", value)
+    return bool(value)
 
 
 def done_from_json(body: Mapping[str, Any]) -> CompletionDone:
@@ -604,6 +618,7 @@ def completion_from_json(body: Mapping[str, Any]) -> Completion:
         cost=done.cost,
         latency_ms=done.latency_ms,
         ttft_ms=done.ttft_ms,
+        similarity=meta.similarity,
     )
 
 
