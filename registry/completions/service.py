@@ -451,6 +451,7 @@ class CompletionService:
         run, overrides = await self._prepare(name, data, caller)
         key = self._cache_key(run)
         if await self._from_cache(run, key) or await self._from_semantic_cache(run, data):
+            await self._guard_output(run)  # a cached answer passes the output guards as the model's does
             self._record(run)
             return self._result(run)
         try:
@@ -489,6 +490,7 @@ class CompletionService:
         run, overrides = await self._prepare(name, data, caller)
         key = self._cache_key(run)
         if await self._from_cache(run, key) or await self._from_semantic_cache(run, data):
+            await self._guard_output(run)  # whole, before the replay: a block is a problem, not an error event
             return CompletionStream(self._meta(run), self._replay(run))
         try:
             upstream = await self._open(run, overrides)

@@ -6,6 +6,7 @@ end-to-end erasure answers with the real embedding model (``vllm_embeddings_url`
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +24,7 @@ from registry.experiments.privacy import unit_digest
 from registry.settings import Settings
 from tests.completions.conftest import EMBEDDING_MODEL, RegistryFactory, backend, publish, unique
 from tests.completions.fault_server import CHAT, FaultServer
+from tests.completions.semantic import ask_as, semantic_registry
 from tests.conftest import make_key_on, problem
 
 DETERMINISTIC = {"max_tokens": 8, "temperature": 0}
@@ -182,11 +184,7 @@ async def test_an_erased_units_answer_is_no_longer_served_to_anyone(
     registry: RegistryFactory, settings: Settings, fault: FaultServer, vllm_embeddings_url: str
 ) -> None:
     headers = await make_key_on(settings)
-    http = await registry(
-        {"fault": backend(fault.url), "embed": backend(vllm_embeddings_url, first_token_timeout=30.0)},  # type: ignore[attr-defined]
-        semantic_cache_backend="embed",
-        semantic_cache_model=EMBEDDING_MODEL,
-    )
+    http = await semantic_registry(registry, fault, vllm_embeddings_url)
     model = unique("ok")
     template = "{{ question }}"
     await publish(http, headers, backend="fault", model=model, params=DETERMINISTIC, template=template, store_io=True)
@@ -195,13 +193,7 @@ async def test_an_erased_units_answer_is_no_longer_served_to_anyone(
     )
     assert enabled.status_code == 200, enabled.text
 
-    async def ask(question: str, unit: str) -> dict[str, Any]:
-        body = {"variables": {"question": question}, "unit": unit}
-        response = await http.post("/v1/prompts/greet/complete", json=body, headers=headers)
-        assert response.status_code == 200, response.text
-        answer: dict[str, Any] = response.json()
-        return answer
-
+    ask = functools.partial(ask_as, http, headers)
     await ask(QUESTION, "carol")
     before = await ask(REWORDED, "dave")
     described = (await http.get("/v1/units/carol", headers=headers)).json()
