@@ -188,6 +188,9 @@ class SemanticCache:
         """Keep a miss's answer for the requests like it that follow."""
         if probe is None or probe.hit is not None:
             return
+        settings = await self._prompt_settings(probe.prompt)
+        if settings is None or not settings.enabled:  # turned off (or store_io turned off) while the model answered
+            return
         now = utcnow()
         entry = SemanticCacheEntry(
             scope=probe.scope,

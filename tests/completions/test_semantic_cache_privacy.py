@@ -6,6 +6,7 @@ end-to-end erasure answers with the real embedding model (``vllm_embeddings_url`
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from datetime import timedelta
 from typing import Any
@@ -22,7 +23,7 @@ from registry.db.base import utcnow
 from registry.db.engine import create_sessionmaker
 from registry.experiments.privacy import unit_digest
 from registry.settings import Settings
-from tests.completions.conftest import EMBEDDING_MODEL, RegistryFactory, backend, publish, unique
+from tests.completions.conftest import EMBEDDING_MODEL, RegistryFactory, backend, publish, unique, until
 from tests.completions.fault_server import CHAT, FaultServer
 from tests.completions.semantic import ask_as, semantic_registry
 from tests.conftest import make_key_on, problem
@@ -205,3 +206,34 @@ async def test_an_erased_units_answer_is_no_longer_served_to_anyone(
     assert erased["cached_answers"] == 1
     assert after["cached"] is False
     assert len(fault.seen(model, CHAT)) == 2
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(900)
+async def test_an_answer_that_arrives_after_store_io_was_turned_off_is_not_kept(
+    registry: RegistryFactory,
+    settings: Settings,
+    fault: FaultServer,
+    vllm_embeddings_url: str,
+    clean_database: AsyncEngine,
+) -> None:
+    headers = await make_key_on(settings)
+    http = await semantic_registry(registry, fault, vllm_embeddings_url)
+    model = unique("slow-first:1")  # the model starts answering a second after the request reaches it
+    template = "{{ question }}"
+    await publish(http, headers, backend="fault", model=model, params=DETERMINISTIC, template=template, store_io=True)
+    enabled = await http.put("/v1/prompts/greet/semantic-cache", json={"enabled": True}, headers=headers)
+    assert enabled.status_code == 200, enabled.text
+
+    asked = asyncio.create_task(ask_as(http, headers, QUESTION, "carol"))
+    await until(functools.partial(_seen, fault, model), "the request to reach the model", seconds=30)
+    turned_off = await http.patch("/v1/prompts/greet", json={"store_io": False}, headers=headers)
+    answer = await asked
+
+    assert turned_off.status_code == 200, turned_off.text
+    assert answer["cached"] is False
+    assert await entries(clean_database) == []
+
+
+async def _seen(fault: FaultServer, model: str) -> bool:
+    return bool(fault.seen(model, CHAT))
