@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -19,7 +20,8 @@ from registry.completions.semantic_cache import SemanticCache
 from registry.completions.upstream import UpstreamClient
 from registry.completions.usage import UsageRecorder
 from registry.db.base import utcnow
-from registry.lib.changes import ChangeBus
+from registry.experiments.router import UNIT_ERASED
+from registry.lib.changes import Change, ChangeBus
 from registry.lib.http_client import HttpClient
 from registry.lib.jobs import PeriodicJob
 from registry.settings import Settings
@@ -51,12 +53,14 @@ class Completions:
         metrics = CompletionMetrics(metrics_registry)
         recorder = UsageRecorder(sessionmaker)
         upstream = UpstreamClient(http, settings.backends, metrics)
+        cache = ResponseCache(redis, settings.redis_key_prefix, ttl=settings.completion_cache_ttl_seconds)
+        bus.subscribe(partial(_forget_erased_unit, recorder, cache))
         return cls(
             upstream=upstream,
             metrics=metrics,
             recorder=recorder,
             budgets=BudgetGuard(sessionmaker, bus, recorder),
-            cache=ResponseCache(redis, settings.redis_key_prefix, ttl=settings.completion_cache_ttl_seconds),
+            cache=cache,
             semantic=SemanticCache(
                 sessionmaker,
                 _embedding_client(settings, upstream, http),
@@ -97,6 +101,13 @@ class Completions:
             purged = await CompletionRepository(session).purge_texts(before)
         if purged:
             logger.info("purged stored completion texts", rows=purged)
+
+
+def _forget_erased_unit(recorder: UsageRecorder, cache: ResponseCache, change: Change) -> None:
+    """A unit was erased (``registry.experiments.privacy``): what this process still holds of it goes too."""
+    if change.kind == "experiment" and change.action == UNIT_ERASED:
+        recorder.forget_unit(change.name)
+        cache.on_unit_erased(change.name)
 
 
 def _embedding_client(settings: Settings, upstream: UpstreamClient, http: HttpClient) -> EmbeddingClient | None:

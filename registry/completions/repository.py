@@ -269,6 +269,32 @@ class CompletionRepository:
             rows += (await self.session.execute(query)).all()
         return rows
 
+    async def of_unit(
+        self, unit: str
+    ) -> Sequence[Row[str, int | None, str | None, int | None, datetime, str | None, str | None]]:
+        """The unit's completions, oldest first: prompt, version, config, config version, time and stored texts."""
+        texts = (C.prompt_text, C.completion_text)
+        query = select(C.prompt, C.prompt_version, C.config, C.config_version, C.created_at, *texts)
+        query = query.where(C.unit == unit).order_by(C.created_at, C.id)
+        return (await self.session.execute(query)).all()
+
+    async def anonymise_unit(self, unit: str) -> tuple[int, int]:
+        """Cut the unit's completions loose from it: the unit, the request id and the stored texts are cleared.
+
+        Returns how many completions were the unit's and how many of them held stored texts. What the usage, the
+        budgets, the daily rollup, the alerts and the guard reports count stays (see ``UnitDataService.erase``).
+        """
+        has_text = (C.prompt_text.is_not(None)) | (C.completion_text.is_not(None))
+        counted = select(func.count(), _count_where(has_text)).where(C.unit == unit)
+        total, with_text = (await self.session.execute(counted)).one()
+        if total:
+            await self.session.execute(
+                update(CompletionRecord)
+                .where(C.unit == unit)
+                .values(unit=None, request_id=None, prompt_text=None, completion_text=None)
+            )
+        return int(total), int(with_text or 0)
+
     async def purge_texts(self, before: datetime) -> int:
         """Clear stored prompts and completion texts older than ``before``; returns how many rows."""
         result = await self.session.execute(

@@ -367,6 +367,8 @@ class CompletionService:
     def _cache_key(self, run: Run) -> str | None:
         if not self.completions.cache.enabled or not is_deterministic(run.plan.payload):
             return None
+        if not run.rendering.resolution.entry.store_io:  # keeps no inputs and outputs (a config run: none either)
+            return None
         out = run.rendering.out
         config = run.plan.config
         return cache_key(
@@ -411,7 +413,7 @@ class CompletionService:
             return
         completion = CachedCompletion(run.text, run.finish_reason, run.input_tokens, run.output_tokens)
         if key is not None:
-            await self.completions.cache.set(key, completion)
+            await self.completions.cache.set(key, completion, unit=run.unit)
         await self.completions.semantic.store(run.semantic, completion)
 
     def _meta(self, run: Run) -> CompletionMeta:

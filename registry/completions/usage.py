@@ -78,6 +78,12 @@ class UsageRecorder:
             else:
                 self._pending.pop(key, None)
 
+    def forget_unit(self, unit: str) -> None:
+        """The unit was erased: its buffered completions are written without it, their request ids and texts."""
+        for record in self._buffer:
+            if record.get("unit") == unit:
+                record.update(unit=None, request_id=None, prompt_text=None, completion_text=None)
+
     def pending_spend(self, key: str) -> tuple[int, float]:
         """Tokens and cost of ``key`` that are buffered but not yet written (for budgets)."""
         return self._pending.get(key, (0, 0.0))

@@ -90,6 +90,7 @@ def provide_unit_service(
         db_session,
         runtime.experiments.sources,
         grace=timedelta(seconds=runtime.settings.experiment_exposure_grace_seconds),
+        cache=runtime.completions.cache,
     )
 
 
@@ -395,7 +396,9 @@ class UnitController(Controller):
         opt={"scope": Scope.ADMIN},
         operation_id="eraseUnitData",
         summary="Erase a unit's exposures and events everywhere",
-        description="Also takes the unit out of every experiment's statistics. Audited (by a digest of the unit id).",
+        description="Also takes the unit out of every experiment's statistics, clears the unit and the stored texts "
+        "of its completions (their usage stays counted) and deletes the cached answers of its requests. Audited (by "
+        "a digest of the unit id).",
         status_code=200,
     )
     async def erase_unit(

@@ -1,12 +1,12 @@
 """A unit's data: everything held on it (access requests) and its erasure everywhere.
 
-Besides the experiments' facts, that includes the semantic cache entries that answered the unit's requests
-(they carry the unit's digest, never the unit).
+Besides the experiments' facts, that includes the unit's completion records (and the texts those of prompts with
+``store_io`` keep), the semantic cache entries that answered the unit's requests and the exact cache entries its
+requests stored (both carry the unit's digest, never the unit).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from datetime import timedelta
 
@@ -14,44 +14,54 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.audit import AuditLog
 from registry.auth.principal import Actor
+from registry.completions.cache import ResponseCache
+from registry.completions.repository import CompletionRepository
 from registry.completions.semantic_repository import SemanticCacheRepository
 from registry.experiments.aggregator import UnitRecomputer
 from registry.experiments.errors import UnitNotFoundError
+from registry.experiments.privacy_digest import unit_digest as unit_digest
 from registry.experiments.repository import StatisticsRepository, UnitDataRepository
 from registry.experiments.router import UNIT_ERASED
 from registry.experiments.schemas import (
     UnitCachedAnswerOut,
+    UnitCompletionsOut,
     UnitDataOut,
     UnitErasedOut,
     UnitEventOut,
     UnitExposureOut,
     UnitMetricOut,
     UnitStandingOut,
+    UnitStoredTextOut,
 )
 from registry.experiments.sources import ObservationSource
 from registry.lib.changes import Change, record_change
 
 
-def unit_digest(unit: str) -> str:
-    """How the audit log names an erased unit: a digest, so the log does not keep what was erased."""
-    return "sha256:" + hashlib.sha256(unit.encode()).hexdigest()[:32]
-
-
 class UnitDataService:
-    def __init__(self, session: AsyncSession, sources: Mapping[str, ObservationSource], *, grace: timedelta) -> None:
+    def __init__(
+        self,
+        session: AsyncSession,
+        sources: Mapping[str, ObservationSource],
+        *,
+        grace: timedelta,
+        cache: ResponseCache | None = None,
+    ) -> None:
         self.session = session
         self.repository = UnitDataRepository(session)
         self.statistics = StatisticsRepository(session)
         self.recomputer = UnitRecomputer(session, sources, grace=grace)
         self.audit = AuditLog(session)
         self.semantic_cache = SemanticCacheRepository(session)
+        self.completions = CompletionRepository(session)
+        self.cache = cache  # the exact completion cache
 
     async def describe(self, unit: str, *, pending_exposures: int) -> UnitDataOut:
         exposures = await self.repository.exposures(unit)
         events = await self.repository.events(unit)
         standings = await self.repository.standings(unit)
         cached = await self.semantic_cache.entries_of_unit(unit_digest(unit))
-        if not exposures and not events and not standings and not pending_exposures and not cached:
+        completions = await self.completions.of_unit(unit)
+        if not (exposures or events or standings or pending_exposures or cached or completions):
             raise UnitNotFoundError("the service holds no data on this unit")
         values: dict[tuple[int, int], list[UnitMetricOut]] = {}
         for experiment_id, phase, metric, value, pre in await self.repository.metric_values(unit):
@@ -98,30 +108,80 @@ class UnitDataService:
                 )
                 for entry in cached
             ],
+            completions=UnitCompletionsOut(
+                count=len(completions),
+                stored_texts=[
+                    UnitStoredTextOut(
+                        prompt=prompt,
+                        version=version,
+                        config=config,
+                        config_version=config_version,
+                        created_at=created_at,
+                        prompt_text=prompt_text,
+                        completion_text=completion_text,
+                    )
+                    for prompt, version, config, config_version, created_at, prompt_text, completion_text in completions
+                    if prompt_text is not None or completion_text is not None
+                ],
+            ),
         )
 
     async def erase(self, unit: str, actor: Actor) -> UnitErasedOut:
-        """Delete the unit's exposures, events and cached answers, take it out of every experiment's statistics,
-        and audit.
+        """Delete the unit's exposures, events and cached answers, cut its completions loose from it, take it out
+        of every experiment's statistics, and audit; all in the request's transaction.
 
-        Idempotent: erasing a unit the service knows nothing of succeeds with zero counts.
+        Completion records are anonymised rather than deleted, column by column:
+
+        - ``unit`` is cleared: it is the identity itself. The completions observation source reads completions by
+          unit, so the unit's completions leave the experiments' results in the same recomputation that takes its
+          exposures and events out (as for those, its share of every sum is subtracted);
+        - ``prompt_text`` and ``completion_text`` are cleared: what the unit wrote and was answered;
+        - ``request_id`` is cleared: it links the record to request logs and traces that name the unit;
+        - everything counted is kept: time, prompt and config versions, backend, model, key, experiment and
+          variant, status, tokens, cost, latencies, cache and fallback flags, guard outcomes (kinds of findings,
+          never the text). Usage reports, key budgets (``month_usage`` sums completions), the daily rollup, alerts
+          and guard reports already counted these requests, and deleting the rows would change what they report
+          for the past and hand a key its spent budget back; without the unit and the texts, nothing left points
+          to the person.
+
+        Raises ``CacheUnavailableError`` (503) when the exact cache's Redis is unreachable: the transaction then
+        rolls back and nothing is erased. Idempotent: erasing a unit the service knows nothing of succeeds with
+        zero counts.
         """
         await self.statistics.lock(wait=True)
         derived = len(await self.statistics.standings_of([unit])) + len(await self.statistics.metric_values_of([unit]))
         exposures, events = await self.repository.delete_facts(unit)
+        completions, texts = await self.completions.anonymise_unit(unit)
         await self.recomputer.recompute([unit])  # no facts left: its old contribution is subtracted
         await self.repository.delete_change_marker(unit)
         cached = await self.semantic_cache.delete_of_unit(unit_digest(unit))
+        cached_completions = 0 if self.cache is None else await self.cache.erase_unit(unit)
         erased = UnitErasedOut(
-            unit=unit, exposures=exposures, events=events, derived_rows=derived, cached_answers=cached
+            unit=unit,
+            exposures=exposures,
+            events=events,
+            derived_rows=derived,
+            cached_answers=cached,
+            completions=completions,
+            completion_texts=texts,
+            cached_completions=cached_completions,
         )
         await self.audit.record(
             actor,
             "unit.erase",
             "unit",
             unit_digest(unit),
-            after={"exposures": exposures, "events": events, "derived_rows": derived, "cached_answers": cached},
+            after={
+                "exposures": exposures,
+                "events": events,
+                "derived_rows": derived,
+                "cached_answers": cached,
+                "completions": completions,
+                "completion_texts": texts,
+                "cached_completions": cached_completions,
+            },
         )
-        # Every replica drops the unit's buffered exposures, so none is written after the erasure.
+        # Every replica drops the unit's buffered exposures, so none is written after the erasure, and
+        # anonymises its buffered completions and drops its in-process cache entries (registry.completions).
         record_change(self.session, Change("experiment", unit, UNIT_ERASED))
         return erased

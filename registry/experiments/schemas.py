@@ -542,6 +542,25 @@ class UnitCachedAnswerOut(Output):
     expires_at: datetime
 
 
+class UnitStoredTextOut(Output):
+    """The redacted texts one of the unit's completions keeps (its prompt has ``store_io``, within retention)."""
+
+    prompt: str
+    version: int | None
+    config: str | None
+    config_version: int | None
+    created_at: datetime
+    prompt_text: str | None
+    completion_text: str | None
+
+
+class UnitCompletionsOut(Output):
+    """The unit's completion records: how many, and the texts those of prompts with ``store_io`` keep."""
+
+    count: int = 0
+    stored_texts: list[UnitStoredTextOut] = msgspec.field(default_factory=list)
+
+
 class UnitDataOut(Output):
     """Everything the service holds on a unit."""
 
@@ -551,6 +570,7 @@ class UnitDataOut(Output):
     experiments: list[UnitStandingOut]
     pending_exposures: int  # first exposures still buffered in this process
     cached_answers: list[UnitCachedAnswerOut] = msgspec.field(default_factory=list)
+    completions: UnitCompletionsOut = msgspec.field(default_factory=UnitCompletionsOut)
 
 
 class UnitErasedOut(Output):
@@ -559,3 +579,6 @@ class UnitErasedOut(Output):
     events: int
     derived_rows: int
     cached_answers: int = 0  # semantic cache entries that answered its requests
+    completions: int = 0  # completion records cut loose from the unit (their accounting stays)
+    completion_texts: int = 0  # of those, the ones whose stored texts were cleared
+    cached_completions: int = 0  # exact cache entries stored from its requests

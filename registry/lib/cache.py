@@ -57,6 +57,13 @@ class TTLCache(Generic[K, V]):
         for key in [k for k in self._entries if predicate(k)]:
             del self._entries[key]
 
+    def pop_values_where(self, predicate: Callable[[V], bool]) -> int:
+        """Drop every entry, fresh or expired, whose value matches; returns how many were fresh."""
+        now, fresh = self._clock(), 0
+        for key in [k for k, (_, value) in self._entries.items() if predicate(value)]:
+            fresh += self._entries.pop(key)[0] >= now
+        return fresh
+
     def clear(self) -> None:
         self._entries.clear()
 

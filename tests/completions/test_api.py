@@ -279,11 +279,19 @@ async def test_budget_of_an_unknown_key_is_404(client: httpx.AsyncClient, admin:
 # -- response cache
 
 
+async def publish_deterministic(client: httpx.AsyncClient, admin: dict[str, str]) -> str:
+    """Prompt greet at temperature 0 with store_io on (the exact cache keeps only such prompts' answers)."""
+    model = unique("ok")
+    await publish(
+        client, admin, backend="fault", model=model, params={"max_tokens": 8, "temperature": 0}, store_io=True
+    )
+    return model
+
+
 async def test_deterministic_request_is_answered_from_cache_the_second_time(
     client: httpx.AsyncClient, admin: dict[str, str], fault: FaultServer
 ) -> None:
-    model = unique("ok")
-    await publish(client, admin, backend="fault", model=model, params={"max_tokens": 8, "temperature": 0})
+    model = await publish_deterministic(client, admin)
 
     first = (await client.post(COMPLETE, json=REQUEST, headers=admin)).json()
     second = (await client.post(COMPLETE, json=REQUEST, headers=admin)).json()
@@ -304,8 +312,7 @@ async def test_deterministic_request_is_answered_from_cache_the_second_time(
 async def test_cached_completion_streams_like_any_other(
     client: httpx.AsyncClient, admin: dict[str, str], fault: FaultServer
 ) -> None:
-    model = unique("ok")
-    await publish(client, admin, backend="fault", model=model, params={"max_tokens": 8, "temperature": 0})
+    model = await publish_deterministic(client, admin)
     first = (await client.post(COMPLETE, json=REQUEST, headers=admin)).json()
 
     async with client.stream("POST", COMPLETE, json={**REQUEST, "stream": True}, headers=admin) as response:
@@ -322,7 +329,8 @@ async def test_sampled_requests_are_not_cached_unless_seeded(
     client: httpx.AsyncClient, admin: dict[str, str], fault: FaultServer
 ) -> None:
     model = unique("ok")
-    await publish(client, admin, backend="fault", model=model, params={"max_tokens": 8, "temperature": 0.7})
+    params = {"max_tokens": 8, "temperature": 0.7}
+    await publish(client, admin, backend="fault", model=model, params=params, store_io=True)
 
     unseeded = [(await client.post(COMPLETE, json=REQUEST, headers=admin)).json()["cached"] for _ in range(2)]
     seeded = [
@@ -331,6 +339,19 @@ async def test_sampled_requests_are_not_cached_unless_seeded(
 
     assert unseeded == [False, False]
     assert seeded == [False, True]
+
+
+async def test_a_prompt_that_stores_no_inputs_and_outputs_neither_stores_in_nor_reads_the_exact_cache(
+    client: httpx.AsyncClient, admin: dict[str, str], fault: FaultServer
+) -> None:
+    model = await publish_deterministic(client, admin)
+    assert (await client.post(COMPLETE, json=REQUEST, headers=admin)).json()["cached"] is False
+
+    assert (await client.patch("/v1/prompts/greet", json={"store_io": False}, headers=admin)).status_code == 200
+    while_off = [(await client.post(COMPLETE, json=REQUEST, headers=admin)).json()["cached"] for _ in range(2)]
+
+    assert while_off == [False, False]  # the answer kept while store_io was on is not read, nor are new ones kept
+    assert len(fault.seen(model, "/v1/chat/completions")) == 3
 
 
 # -- storage policy

@@ -173,7 +173,16 @@ async def test_a_units_cached_answers_are_described_and_erased_and_no_one_elses(
     assert [(a["prompt"], a["version"], a["config"], a["text"]) for a in answers] == [
         ("greet", 1, "cfg", "answer for carol")
     ]
-    assert erased.json() == {"unit": "carol", "exposures": 0, "events": 0, "derived_rows": 0, "cached_answers": 1}
+    assert erased.json() == {
+        "unit": "carol",
+        "exposures": 0,
+        "events": 0,
+        "derived_rows": 0,
+        "cached_answers": 1,
+        "completions": 0,
+        "completion_texts": 0,
+        "cached_completions": 0,
+    }
     assert again.status_code == 404
     assert await entries(clean_database) == [("greet", "answer for dave"), ("greet", "answer for None")]
     assert audit["items"][0]["after"]["cached_answers"] == 1

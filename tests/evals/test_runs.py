@@ -171,6 +171,9 @@ async def test_a_second_run_at_temperature_0_is_answered_from_the_cache(
     }
     async with serve_in_process(create_app(settings.model_copy(update=overrides))) as client:
         version = await publish(client, admin, "cached", prices=(1.0, 1.0))
+        # The exact cache keeps only the answers of prompts that store their inputs and outputs.
+        stored = await client.patch("/v1/prompts/cached", json={"store_io": True}, headers=admin)
+        assert stored.status_code == 200, stored.text
         await dataset(client, admin, "cached-cases", answers(("a", "a"), ("b", "b")))
         runs = []
         for _ in range(2):

@@ -45,7 +45,16 @@ async def test_erasing_a_unit_removes_its_data_and_its_share_of_the_statistics(
 
     response = await client.delete("/v1/units/user-3", headers=setup)
     assert response.status_code == 200
-    assert response.json() == {"unit": "user-3", "exposures": 1, "events": 1, "derived_rows": 2, "cached_answers": 0}
+    assert response.json() == {
+        "unit": "user-3",
+        "exposures": 1,
+        "events": 1,
+        "derived_rows": 2,
+        "cached_answers": 0,
+        "completions": 0,
+        "completion_texts": 0,
+        "cached_completions": 0,
+    }
     assert (await client.get("/v1/units/user-3", headers=setup)).status_code == 404
 
     after = (await client.get("/v1/experiments/greet-test/results", headers=setup)).json()
@@ -72,6 +81,9 @@ async def test_erasing_is_idempotent(client: Client, setup: dict[str, str]) -> N
         "events": 0,
         "derived_rows": 0,
         "cached_answers": 0,
+        "completions": 0,
+        "completion_texts": 0,
+        "cached_completions": 0,
     }
 
 

@@ -150,10 +150,27 @@ async def test_both_doors_fall_back_and_share_the_cache_alike(
         ("spare", True, False),
         ("spare", True, False),  # a fallback's answer is not cached
         ("spare", False, False),
-        ("spare", False, True),
+        ("spare", False, False),  # a config model has no prompt whose store_io lets the exact cache keep answers
     ]
     assert rows[1] == rows[0]
     assert fell_back.model_extra["registry"]["fallback_used"] is True  # type: ignore[index]
     assert spare_direct.model_extra["registry"]["cached"] is False  # type: ignore[index]
-    assert spare_again.model_extra["registry"]["cached"] is True  # type: ignore[index]
+    assert spare_again.model_extra["registry"]["cached"] is False  # type: ignore[index]
     assert spare_again.choices[0].message.content == spare_direct.choices[0].message.content
+    assert len(fault.seen(spare, "/v1/chat/completions")) == 4  # two fallbacks, two config requests
+
+
+async def test_both_doors_share_the_exact_cache_of_a_prompt_that_stores_its_inputs_and_outputs(
+    registry: RegistryFactory, fault: FaultServer, admin: dict[str, str], sdk: SyncFactory
+) -> None:
+    client = await registry({"fault": backend(fault.url)}, completion_cache_ttl_seconds=60)  # type: ignore[attr-defined]
+    model = unique("ok")
+    await publish(client, admin, backend="fault", model=model, params={"temperature": 0}, store_io=True)
+    request = {"model": "prompt:greet", "messages": [], "extra_body": {"variables": {"name": "Ada"}}}
+
+    await through_complete(client, admin, {})
+    answered = sdk(client, admin).chat.completions.with_raw_response.create(**request)
+
+    assert answered.parse().model_extra["registry"]["cached"] is True  # type: ignore[index]
+    assert answered.headers["x-registry-cached"] == "true"
+    assert len(fault.seen(model, "/v1/chat/completions")) == 1
