@@ -188,6 +188,8 @@ def section(cases: dict[str, Case], args: argparse.Namespace) -> str:
     else:
         verdict = "The share wrongly rolled back is above alpha."
     completed = sum(o.status == "completed" for o in aa.outcomes)
+    # The split's always-valid p-value at the end of each A/A rollout (the least over all its checks).
+    least_split = statistics.median(float(o.rollout["evidence"]["srm_p_value"]) for o in aa.outcomes)
     aa_units = statistics.median(o.units for o in aa.outcomes)
     plan = ", ".join(f"{s['share']:.0%} (at least {s.get('min_units', 0):,} units)" for s in PLAN[:-1]) + ", 100%"
     command = f"python bench/rollouts.py --errors {args.errors} --aa {args.aa} --p95 {args.p95} --limit {args.limit}"
@@ -198,7 +200,9 @@ def section(cases: dict[str, Case], args: argparse.Namespace) -> str:
         "error rate and latency spread set by its model name; completions for new units through the registry's "
         f"`/complete` (in this process, on PostgreSQL), a check by the real checker on a fake clock after every "
         f"{BATCH} units (50 for p95, whose requests start 10 ms apart). Guardrails at alpha {ALPHA}: `failed` "
-        "(any failed completion of a unit, absolute, tolerance 0), `latency_p95` (relative, tolerance 5%).",
+        "(any failed completion of a unit, absolute, tolerance 0), `latency_p95` (relative, tolerance 5%). The split "
+        "at every check: the always-valid sequential sample-ratio test (Dirichlet-multinomial Bayes factor, "
+        "concentration 1,000, carried across the steps), failing under p = 0.01.",
         "",
         "A worse candidate, held at 50% of the traffic until the guardrail decides:",
         "",
@@ -210,10 +214,11 @@ def section(cases: dict[str, Case], args: argparse.Namespace) -> str:
         f"A/A: the candidate is production's equal (5% errors each, separate streams) on the staged plan {plan}, "
         "through to its promotion:",
         "",
-        "| Rollouts | Wrongly rolled back | Share | Wilson 95% | alpha | Promoted | Units, median | Wall time |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| Rollouts | Wrongly rolled back | Share | Wilson 95% | alpha | Promoted | Units, median "
+        "| Split p (least over the checks), median | Wall time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| {len(aa.outcomes)} | {wrong} | {share:.1%} | {low:.1%} to {high:.1%} | {ALPHA:.0%} | {completed} "
-        f"| {aa_units:,.0f} | {aa.seconds:.0f} s |",
+        f"| {aa_units:,.0f} | {least_split:.2g} | {aa.seconds:.0f} s |",
         "",
         verdict
         + (

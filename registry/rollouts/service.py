@@ -41,6 +41,8 @@ from registry.stats.guardrails import Guardrail, GuardrailDecision, decide
 
 CHECKER = Actor("rollout-check")
 
+Units = tuple[int, int]  # (production, candidate)
+
 
 class RolloutNotFoundError(NotFoundError):
     type = "rollout_not_found"
@@ -235,12 +237,12 @@ class RolloutService:
         if rollout.status != "running":
             return None
         experiment = await self.experiments.require(rollout.experiment.key)
-        decision, units = await self._decide(rollout, experiment)
+        decision, units, totals = await self._decide(rollout, experiment)
         steps = steps_of(rollout)
         action = next_action(
             steps, rollout.step, started_at=rollout.step_started_at, now=now, units=sum(units), decision=decision
         )
-        evidence = _evidence(rollout, decision, units, action, now)
+        evidence = _evidence(rollout, decision, units, totals, action, now)
         rollout.evidence = evidence
         if action.kind == "rollback":
             await self._end(rollout, "rolled_back", "; ".join(action.reasons), CHECKER, {"evidence": evidence})
@@ -252,12 +254,16 @@ class RolloutService:
             await self.session.flush()
         return action
 
-    async def _decide(self, rollout: Rollout, experiment: Experiment) -> tuple[GuardrailDecision, tuple[int, int]]:
+    async def _decide(self, rollout: Rollout, experiment: Experiment) -> tuple[GuardrailDecision, Units, Units]:
+        """The decision, the units of the current step, and the units of all steps together (per variant)."""
         data = await self.experiments.phase_data(experiment, None)
         units = (data.units.get("production", 0), data.units.get("candidate", 0))
+        earlier = await self._earlier_splits(experiment, data.phase)
+        totals = (units[0] + sum(u[0] for u, _ in earlier), units[1] + sum(u[1] for u, _ in earlier))
         share = rollout.steps[rollout.step]["share"]
+        previous = _previous_srm_p_value(rollout)
         if share >= 1:  # no production arm left to compare with: the last step only waits out its minimums
-            return GuardrailDecision(False, [], 1.0, False), units
+            return GuardrailDecision(False, [], previous, False), units, totals
         by_key = {m.key: m for m in data.metrics}
         arms = [
             (
@@ -273,8 +279,28 @@ class RolloutService:
             weights=(1.0 - share, share),
             alpha=rollout.alpha,
             tuning=experiment.sequential_tuning,
+            earlier_splits=[(u, w) for u, w in earlier if min(w) > 10 * MIN_WEIGHT],
+            previous_srm_p_value=previous,
         )
-        return decision, units
+        return decision, units, totals
+
+    async def _earlier_splits(self, experiment: Experiment, current: int) -> list[tuple[Units, tuple[float, float]]]:
+        """Each earlier step's units (production, candidate) and weights, as its phase of the experiment recorded them.
+
+        Read from the database at every check, so the split's sequential test carries across steps (and restarts).
+        """
+        found = []
+        for phase in sorted(experiment.phases, key=lambda p: p.number):
+            if phase.number >= current:
+                continue
+            counts = await self.experiments.statistics.variant_counts(experiment.id, phase.number)
+            found.append(
+                (
+                    (counts.get("production", 0), counts.get("candidate", 0)),
+                    (float(phase.weights[0]), float(phase.weights[1])),
+                )
+            )
+        return found
 
     # -- moving
 
@@ -360,15 +386,29 @@ class RolloutService:
         record_change(self.session, Change("prompt", name, f"rollout_{action}"))
 
 
+def _previous_srm_p_value(rollout: Rollout) -> float:
+    """The split's always-valid p-value at the last check (recorded in the rollout's evidence), 1 before any.
+
+    Evidence without a Bayes factor came from the fixed-threshold test that preceded the sequential one: not carried.
+    """
+    evidence = rollout.evidence or {}
+    if "srm_log_bayes_factor" not in evidence:
+        return 1.0
+    return float(evidence["srm_p_value"])
+
+
 def _evidence(
-    rollout: Rollout, decision: GuardrailDecision, units: tuple[int, int], action: Action, now: datetime
+    rollout: Rollout, decision: GuardrailDecision, units: Units, totals: Units, action: Action, now: datetime
 ) -> dict[str, Any]:
     return {
         "checked_at": now.isoformat(),
         "step": rollout.step,
         "share": rollout.steps[rollout.step]["share"],
-        "units": {"production": units[0], "candidate": units[1]},
-        "srm_p_value": decision.srm_p_value,
+        "units": {"production": units[0], "candidate": units[1]},  # in the current step
+        # In all steps so far: each step's units summed (a unit seen in two steps counts in each).
+        "units_total": {"production": totals[0], "candidate": totals[1]},
+        "srm_p_value": decision.srm_p_value,  # always valid: the least over all checks of the rollout
+        "srm_log_bayes_factor": decision.srm_log_bayes_factor,
         "srm_failed": decision.srm_failed,
         "guardrails": [
             {

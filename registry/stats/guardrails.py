@@ -8,8 +8,14 @@ arXiv:2103.06476v7, tuned by the expected total units). A guardrail fails when t
 one-sided interval on the side of "worse" lies beyond the tolerated degradation: for a metric where
 lower is better (errors, latency, cost), the lower bound of candidate minus production exceeds the
 tolerance. The tolerance is relative (0.05: up to 5% worse is accepted) or absolute (0.02: up to two
-points more errors). The split is checked too: a sample ratio mismatch rolls back as well, since then
-no comparison can be trusted.
+points more errors).
+
+The split is checked too: a sample ratio mismatch rolls back as well, since then no comparison can be
+trusted. It is checked at every look as well, so a fixed-threshold chi-square test would wrongly fail
+an honest split more often the longer a rollout runs (its false alarms adding to the guardrails'). It
+is the always-valid sequential test of Lindon & Malek ("Anytime-valid inference for multinomial count
+data", NeurIPS 2022; the sequential SRM test of Optimizely's ``ssrm-test``): the Dirichlet-multinomial
+Bayes factor against the configured weights, whose inverse is a p-value valid at any number of looks.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from registry.stats.checks import SRM_THRESHOLD, srm_p_value
+from scipy.special import gammaln
+
 from registry.stats.effects import Estimate, NotEnoughDataError, compare
 from registry.stats.moments import Arm
 
@@ -35,6 +42,62 @@ def one_sided_halfwidth(std_error: float, n: int, alpha: float, tuning: float) -
     s2 = std_error**2 * n
     nr2 = n * rho**2 + 1
     return math.sqrt(s2 * 2 * nr2 / (n * rho) ** 2 * math.log(1 + math.sqrt(nr2) / (2 * alpha)))
+
+
+# The split's level: its false alarms add to the guardrails' (alpha, 0.05 by default), so it spends a fifth of that;
+# being always valid, it holds over every look of every step of a rollout, not at one look only.
+SEQUENTIAL_SRM_THRESHOLD = 0.01
+# The Dirichlet prior's concentration: the prior puts ``concentration * weight`` pseudo-units on each variant, so the
+# share it expects has a standard deviation of sqrt(w (1 - w) / 1001), 1.6 points at 50%: it is centred on splits off
+# by a point or two, the size a partly broken assignment or exposure log gives. At the 0.01 level a split of exactly
+# 52/48 is caught at 8,100 units with 1,000 (11,400 with a flat prior, concentration 2; 11,700 with 10,000), and a
+# gross break (1,300 against 1,000) still gives p = 2e-6.
+SRM_CONCENTRATION = 1000.0
+
+
+def srm_log_bayes_factor(
+    units: Sequence[int], weights: Sequence[float], concentration: float = SRM_CONCENTRATION
+) -> float:
+    """The log of the Dirichlet-multinomial Bayes factor of ``units`` against the split ``weights`` (Lindon & Malek).
+
+    Under the configured split each unit's variant is a draw from ``weights``; the alternative draws the split
+    itself from a Dirichlet with parameters ``concentration * weights`` (centred on the configured split). The
+    factor is the ratio of the two marginal likelihoods, a function of the counts alone:
+    ``Gamma(A) / Gamma(A + n) * prod(Gamma(a_i + x_i) / Gamma(a_i)) / prod(p_i ** x_i)``, ``A = sum(a_i)``.
+    """
+    if len(units) != len(weights) or any(w <= 0 for w in weights):
+        raise ValueError("the split needs a positive weight per variant")
+    total = sum(weights)
+    shares = [w / total for w in weights]
+    value = float(gammaln(concentration) - gammaln(concentration + sum(units)))
+    for count, share in zip(units, shares, strict=True):
+        if count:
+            prior = concentration * share
+            value += float(gammaln(prior + count) - gammaln(prior)) - count * math.log(share)
+    return value
+
+
+def sequential_srm_p_value(
+    units: Sequence[int],
+    weights: Sequence[float],
+    *,
+    earlier: Sequence[tuple[Sequence[int], Sequence[float]]] = (),
+    previous: float = 1.0,
+    concentration: float = SRM_CONCENTRATION,
+) -> tuple[float, float]:
+    """The always-valid p-value of the split, and its log Bayes factor: ``min(1, 1 / BF)``, least over the looks.
+
+    ``earlier`` are the earlier steps' final counts and weights (each step a phase split at its own weights),
+    whose Bayes factors multiply into this step's: each is a nonnegative martingale of mean 1 under an honest
+    split, so their product over the steps is one too, and by Ville's inequality it ever reaches 1/threshold
+    with probability at most the threshold. ``previous`` is the p-value of the last look; keeping the running
+    minimum makes repeated checks safe: the rollout may look after every unit and still wrongly fail an honest
+    split at most ``threshold`` of the time, over all of its looks and steps together.
+    """
+    log_factor = sum(srm_log_bayes_factor(u, w, concentration) for u, w in earlier)
+    log_factor += srm_log_bayes_factor(units, weights, concentration)
+    p_value = 1.0 if log_factor <= 0 else math.exp(-log_factor)
+    return min(previous, p_value), log_factor
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +125,9 @@ class GuardrailDecision:
 
     rollback: bool
     checks: list[GuardrailCheck]
-    srm_p_value: float
+    srm_p_value: float  # always valid, the least over the rollout's looks (``sequential_srm_p_value``)
     srm_failed: bool
+    srm_log_bayes_factor: float = 0.0
 
     @property
     def reasons(self) -> list[str]:
@@ -100,12 +164,18 @@ def decide(
     weights: tuple[float, float],
     alpha: float = 0.05,
     tuning: float = 5000.0,
-    srm_threshold: float = SRM_THRESHOLD,
+    srm_threshold: float = SEQUENTIAL_SRM_THRESHOLD,
+    earlier_splits: Sequence[tuple[Sequence[int], Sequence[float]]] = (),
+    previous_srm_p_value: float = 1.0,
 ) -> GuardrailDecision:
-    """Test every guardrail (production arm, candidate arm) and the split of ``units`` against ``weights``."""
+    """Test every guardrail (production arm, candidate arm) and the split of ``units`` against ``weights``.
+
+    The split's test is the always-valid sequential one (``sequential_srm_p_value``, with the earlier steps'
+    splits and the last look's p-value), so it may be repeated at every check.
+    """
     checks = [
         check_guardrail(g, production, candidate, alpha=alpha, tuning=tuning) for g, production, candidate in guardrails
     ]
-    srm = srm_p_value(list(units), list(weights)) if sum(units) else 1.0
+    srm, log_factor = sequential_srm_p_value(units, weights, earlier=earlier_splits, previous=previous_srm_p_value)
     srm_failed = srm < srm_threshold
-    return GuardrailDecision(any(c.failed for c in checks) or srm_failed, checks, srm, srm_failed)
+    return GuardrailDecision(any(c.failed for c in checks) or srm_failed, checks, srm, srm_failed, log_factor)

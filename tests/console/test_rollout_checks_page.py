@@ -100,6 +100,13 @@ async def test_the_rollout_page_plots_each_recorded_check_of_each_guardrail(
         assert [p.split(":")[0] for p in points] == ["check 1 · 30%", "check 2 · 40%", "check 3 · 50%"], points
     head = await page.locator("section[aria-labelledby='guardrails-title'] .card-head").inner_text()
     assert re.search(r"Latest check \d{4}-\d\d-\d\d \d\d:\d\d UTC: \d+ production and \d+ candidate units", head), head
+    # The units of the step it holds at (two checks of 300), and of all three steps together (300 + 300 + 600).
+    totals = re.search(
+        r"(\d+) production and (\d+) candidate units in this step \(([\d,]+) and ([\d,]+) in all steps\)", head
+    )
+    assert totals is not None, head
+    now, in_all = [int(totals[i]) for i in (1, 2)], [int(totals[i].replace(",", "")) for i in (3, 4)]
+    assert (sum(now), sum(in_all)) == (600, 1200), head
     captions = await page.locator("figure.chart-figure figcaption").all_inner_texts()
     assert [c.split(" ")[0] for c in captions] == ["failed", "latency_p95"]  # which guardrail each plot is
     await check_page(page, "rollout-checks-running")

@@ -196,3 +196,9 @@ class Outcome:
         """Units on the candidate in the step that ended it (the evidence of the last check)."""
         evidence = self.rollout["evidence"] or {}
         return int(evidence.get("units", {}).get("candidate", 0))
+
+    @property
+    def candidate_units_in_all_steps(self) -> int:
+        """Units on the candidate in all steps until the end (each step's summed, as the evidence counts them)."""
+        evidence = self.rollout["evidence"] or {}
+        return int(evidence.get("units_total", {}).get("candidate", 0))

@@ -65,6 +65,7 @@ async def test_a_candidate_with_five_points_more_errors_is_rolled_back_and_the_u
     units = evidence["units"]
     assert units["production"] + units["candidate"] == outcome.units
     assert 0 < units["candidate"] < outcome.units
+    assert evidence["units_total"] == units  # one step: all steps' units are this step's
     print(f"rolled back after {outcome.units} units, {units['candidate']} of them on the candidate")
     assert [e["action"] for e in shown["events"]] == ["started", "rolled_back"]
     assert shown["events"][-1]["detail"]["evidence"] == evidence
@@ -136,6 +137,15 @@ async def test_an_equal_candidate_reaches_all_traffic_and_is_promoted(client: Cl
     for event in shown["events"][1:4]:
         [guardrail] = event["detail"]["evidence"]["guardrails"]
         assert not guardrail["failed"]
+    # Every unit sent is in the units of all steps (each completed once, so in one step only), the candidate's
+    # too; and the split's always-valid p-value only ever fell, carried from check to check through the database.
+    totals = shown["evidence"]["units_total"]
+    assert totals["production"] + totals["candidate"] == outcome.units
+    assert outcome.candidate_units_in_all_steps == totals["candidate"] > shown["evidence"]["units"]["candidate"] > 0
+    checks = [e["detail"]["evidence"] for e in shown["events"][1:4]] + [shown["evidence"]]
+    p_values = [c["srm_p_value"] for c in checks]
+    assert p_values == sorted(p_values, reverse=True), p_values
+    assert all(c["srm_p_value"] >= 0.01 and not c["srm_failed"] for c in checks)
     promoted = shown["events"][-1]["detail"]["promoted_version"]
     production = await ok(await client.get("/v1/prompts/greet", params={"label": "production"}, headers=admin))
     assert production["version"]["version"] == promoted == 2  # version 1 with the candidate's config

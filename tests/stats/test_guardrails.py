@@ -5,13 +5,27 @@ The simulations count decisions (how many rollouts rolled back, after how many u
 
 from __future__ import annotations
 
+import json
+import math
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from scipy.integrate import quad
+from scipy.stats import beta
 
-from registry.stats import Arm, Moments, QuantileMoments, compare
-from registry.stats.guardrails import Guardrail, check_guardrail, decide, one_sided_halfwidth
+from registry.stats import Arm, Moments, QuantileMoments, compare, srm_p_value
+from registry.stats.guardrails import (
+    SEQUENTIAL_SRM_THRESHOLD,
+    Guardrail,
+    check_guardrail,
+    decide,
+    one_sided_halfwidth,
+    sequential_srm_p_value,
+    srm_log_bayes_factor,
+)
 from registry.stats.quantiles import bucket_of
 
 # gbstats tests/frequentist/test_tests.py, TestSequentialOneSided{Greater,Lesser}TTest (alpha 0.05, tuning 5000).
@@ -136,3 +150,110 @@ def test_equal_candidates_are_wrongly_rolled_back_at_most_alpha_of_the_time() ->
     latency_runs = [latency_rollout(rng, 1.0) for _ in range(100)]
     assert sum(n is not None for n in error_runs) <= ALPHA * len(error_runs)
     assert sum(n is not None for n in latency_runs) <= ALPHA * len(latency_runs)
+
+
+# ------------------------------------------------------------------ the split's sequential test (Lindon & Malek)
+
+SRM_CASES = json.loads((Path(__file__).parent / "cases" / "sequential_srm.json").read_text())["cases"]
+
+
+def rising_log_bayes_factor(units: list[int], weights: list[float], concentration: float) -> float:
+    """The same Bayes factor without any gamma function: Gamma(a + x) / Gamma(a) is a * (a + 1) * ... * (a + x - 1)."""
+    shares = [w / sum(weights) for w in weights]
+    terms = [-math.log(concentration + k) for k in range(sum(units))]
+    for count, share in zip(units, shares, strict=True):
+        terms += [math.log(concentration * share + k) - math.log(share) for k in range(count)]
+    return math.fsum(terms)
+
+
+def integrated_log_bayes_factor(units: list[int], weights: list[float], concentration: float) -> float:
+    """Two variants: the alternative's marginal likelihood integrated numerically over its Beta prior."""
+    (first, second), total = units, sum(weights)
+    share = weights[1] / total
+    prior = beta(concentration * share, concentration * (1 - share))
+
+    def log_ratio(q: float) -> float:
+        likelihood = second * math.log(q / share) + first * math.log((1 - q) / (1 - share))
+        return float(likelihood + prior.logpdf(q))
+
+    mode = (second + concentration * share - 1) / (sum(units) + concentration - 2)
+    peak = log_ratio(mode)
+    area, _ = quad(lambda q: math.exp(log_ratio(q) - peak), 0, 1, points=[mode], limit=500, epsabs=0, epsrel=1e-10)
+    return peak + math.log(area)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "srm_case" in metafunc.fixturenames:
+        metafunc.parametrize("srm_case", SRM_CASES, ids=[case[0] for case in SRM_CASES])
+
+
+def test_the_split_bayes_factor_matches_an_independent_computation(srm_case: list[Any]) -> None:
+    _, units, weights, concentration, expected = srm_case
+    value = srm_log_bayes_factor(units, weights, concentration)
+    assert value == pytest.approx(expected["log_bayes_factor"], abs=1e-8)
+    assert rising_log_bayes_factor(units, weights, concentration) == pytest.approx(
+        expected["log_bayes_factor"], abs=1e-8
+    )
+    if len(units) == 2 and sum(units):
+        assert integrated_log_bayes_factor(units, weights, concentration) == pytest.approx(value, abs=1e-6)
+    p_value, _ = sequential_srm_p_value(units, weights, concentration=concentration)
+    assert p_value == pytest.approx(expected["p_value"], rel=1e-8)
+
+
+def test_the_split_p_value_keeps_its_least_value_and_multiplies_in_earlier_steps() -> None:
+    gross, _ = sequential_srm_p_value([1000, 1300], [0.5, 0.5])
+    assert sequential_srm_p_value([500, 500], [0.5, 0.5], previous=0.02)[0] == 0.02  # the running minimum
+    carried, log_factor = sequential_srm_p_value([500, 500], [0.5, 0.5], earlier=[([1000, 1300], [0.5, 0.5])])
+    assert log_factor == pytest.approx(srm_log_bayes_factor([1000, 1300], [0.5, 0.5]) - 0.34669859024597827)
+    assert gross < carried < SEQUENTIAL_SRM_THRESHOLD
+
+
+def test_a_split_weight_of_zero_is_refused() -> None:
+    with pytest.raises(ValueError, match="positive weight"):
+        srm_log_bayes_factor([10, 0], [1.0, 0.0])
+
+
+# (candidate's configured share, its real share, units) per step: the bench's plan with 10,000 units in all.
+PLAN_SPLITS = [(0.05, 0.05, 400), (0.25, 0.25, 1_200), (0.5, 0.5, 8_400)]
+
+
+def looked_at_every(
+    rng: np.random.Generator, splits: list[tuple[float, float, int]], every: int
+) -> tuple[float, float]:
+    """One rollout's split looked at every ``every`` units of each step: the least sequential p-value (carried
+    across steps as the rollout carries it) and the least fixed-threshold chi-square p-value of the same looks."""
+    earlier: list[tuple[list[int], list[float]]] = []
+    least, least_fixed = 1.0, 1.0
+    for share, real, n in splits:
+        weights = [1 - share, share]
+        candidate = np.cumsum(rng.random(n) < real)
+        for look in range(every, n + 1, every):
+            units = [look - int(candidate[look - 1]), int(candidate[look - 1])]
+            least, _ = sequential_srm_p_value(units, weights, earlier=earlier, previous=least)
+            least_fixed = min(least_fixed, srm_p_value(units, weights))
+        earlier.append((units, weights))
+    return least, least_fixed
+
+
+def test_an_honest_split_looked_at_every_50_units_fails_at_most_its_threshold_of_the_time() -> None:
+    rng = np.random.default_rng(2022)
+    runs = [looked_at_every(rng, PLAN_SPLITS, 50) for _ in range(300)]  # 200 looks each
+    assert sum(p < SEQUENTIAL_SRM_THRESHOLD for p, _ in runs) <= SEQUENTIAL_SRM_THRESHOLD * len(runs)
+    # The fixed-threshold chi-square test at the same level, repeated over the same looks, fails far more often.
+    assert sum(p < SEQUENTIAL_SRM_THRESHOLD for _, p in runs) > 3 * SEQUENTIAL_SRM_THRESHOLD * len(runs)
+
+
+def test_a_real_52_48_split_is_caught_by_10000_units() -> None:
+    assert sequential_srm_p_value([4800, 5200], [0.5, 0.5])[0] < SEQUENTIAL_SRM_THRESHOLD
+    rng = np.random.default_rng(52)
+    caught = [looked_at_every(rng, [(0.5, 0.52, 10_000)], 100)[0] < SEQUENTIAL_SRM_THRESHOLD for _ in range(200)]
+    assert sum(caught) >= 0.6 * len(caught)  # at 10,000 units a 52/48 split is caught in most rollouts
+
+
+def test_a_split_mismatch_in_an_earlier_step_is_remembered_by_decide() -> None:
+    same = proportion(500, 0.05)
+    decision = decide(
+        [(ERRORS, same, same)], units=(500, 500), weights=(0.5, 0.5), earlier_splits=[((1000, 1300), (0.5, 0.5))]
+    )
+    assert decision.srm_failed
+    assert decision.srm_log_bayes_factor > math.log(1 / SEQUENTIAL_SRM_THRESHOLD)
