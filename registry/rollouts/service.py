@@ -4,7 +4,9 @@ A rollout is backed by an experiment of kind ``rollout`` (variants ``production`
 created and started here through the experiments service: the experiments' router then routes the
 prompt's production traffic (renders and completions alike) by the rollout's percentage assignment,
 exposures and completion metrics are collected and aggregated as for any experiment, and each step
-is a phase, so a check compares units split at the current share. Ending a rollout stops that
+is a phase, so a check compares units split at the current share; the split's sequential test carries
+across the steps (each earlier phase's Bayes factor multiplied in, the least p-value so far read back from
+the recorded evidence), so it may be repeated at every check of every step. Ending a rollout stops that
 experiment (traffic returns to production); completing it stops it with the candidate as winner,
 which is the experiments' normal promotion, through the evaluation gate.
 """

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.rollouts.checker import RolloutChecker
 from registry.settings import Settings
+from registry.stats.guardrails import sequential_srm_p_value, srm_log_bayes_factor
 from tests.completions.conftest import backend
 from tests.experiments.conftest import Client, in_app, runtime_of
 from tests.rollouts.simulation import ERRORS_GUARDRAIL, LATENCY_GUARDRAIL, Simulation, create_metrics, ok
@@ -164,3 +165,32 @@ async def test_one_checker_acts_on_a_rollout_at_a_time(client: Client, admin: di
     assert await in_app(client, lambda: first.check(rollout["id"])) is not None
     assert await in_app(client, lambda: second.check(rollout["id"])) is None  # the first holds the lease
     assert await in_app(client, lambda: first.check(rollout["id"])) is not None  # and renews it
+
+
+async def test_the_split_p_value_is_carried_from_the_recorded_evidence_to_a_checker_started_anew(
+    client: Client, admin: dict[str, str], clean_database: AsyncEngine
+) -> None:
+    sim = await simulation(client, admin, PRODUCTION, EQUAL)
+    rollout = await sim.start(HOLD, [ERRORS_GUARDRAIL])
+    await sim.complete(100)
+    assert (await sim.check(rollout["id"])) is not None
+    # The split's least p-value so far, as the database holds it, set just above the level.
+    async with clean_database.begin() as connection:
+        await connection.execute(
+            text("UPDATE rollouts SET evidence = jsonb_set(evidence, '{srm_p_value}', '0.011') WHERE id = :id"),
+            {"id": rollout["id"]},
+        )
+    # A restart: a new checker (nothing in memory) takes the rollout over once the old one's lease has run out.
+    runtime = runtime_of(client.app)
+    restarted = RolloutChecker(runtime.sessionmaker, runtime.bus, runtime.prompt_limits, interval=5.0)
+    sim.clock.advance(4 * 3600)
+    restarted.clock = sim.clock
+    await sim.complete(100)
+    action = await in_app(client, lambda: restarted.check(rollout["id"]))
+    assert action is not None
+    evidence = (await sim.rollout(rollout["id"]))["evidence"]
+    units = [evidence["units"]["production"], evidence["units"]["candidate"]]
+    assert sum(units) == 200
+    now, _ = sequential_srm_p_value(units, [0.5, 0.5])
+    assert evidence["srm_p_value"] == min(0.011, now)  # the least of the recorded one and this look's
+    assert evidence["srm_log_bayes_factor"] == pytest.approx(srm_log_bayes_factor(units, [0.5, 0.5]))
