@@ -261,7 +261,8 @@ class Settings(BaseSettings):
     completion_cache_ttl_seconds: float = Field(
         0.0,
         ge=0,
-        description="Lifetime of cached responses to deterministic requests (temperature 0 or a seed); 0 disables.",
+        description="Lifetime of cached responses to deterministic requests (temperature 0 or a seed) of prompts "
+        "with store_io; 0 disables.",
     )
     guard_stream_window: int = Field(
         128,

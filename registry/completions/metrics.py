@@ -88,6 +88,13 @@ class CompletionMetrics:
             buckets=(0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, 1.0),
             registry=registry,
         )
+        self.semantic_cache_skips = Counter(
+            "registry_semantic_cache_store_skips_total",
+            "Answers the semantic cache did not keep, by reason: personal_data (the request's variables or text, "
+            "or the answer, hold what the redaction detectors find; another unit's request could be served it).",
+            ["reason"],
+            registry=registry,
+        )
         self.semantic_cache_store_errors = Counter(
             "registry_semantic_cache_store_errors_total",
             "Answers that could not be kept in the semantic cache (the database failed).",

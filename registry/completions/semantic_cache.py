@@ -10,7 +10,9 @@ similar one at or above the prompt's threshold answers. Entries live ``REGISTRY_
 Privacy: entries hold a prompt's answers and its requests' embeddings, so a prompt whose storage policy keeps
 no inputs and outputs (``store_io`` false) never looks up nor stores here (and cannot enable the cache,
 ``semantic_settings``); each entry carries the ``unit_digest`` of the unit whose request it answered, so
-erasing that unit (``registry.experiments.privacy``) deletes it.
+erasing that unit (``registry.experiments.privacy``) deletes it. An answer may serve other units, so one whose
+request (variables or text) or text holds personal data is never stored (``semantic_privacy.holds_personal_data``;
+counted in ``registry_semantic_cache_store_skips_total{reason="personal_data"}``).
 
 A cache failure is never a request failure: an embedding backend that is down, or a database that cannot be
 read or written, leaves the completion to the model as usual, counted in
@@ -33,10 +35,11 @@ from registry.completions.embeddings import EmbeddingClient, EmbeddingUnavailabl
 from registry.completions.metrics import CompletionMetrics
 from registry.completions.models import SemanticCacheEntry
 from registry.completions.payload import is_deterministic
+from registry.completions.semantic_privacy import holds_personal_data
 from registry.completions.semantic_repository import SemanticCacheRepository
 from registry.completions.similarity import best_match, exact_values, pack, request_text, scope_key
 from registry.db.base import utcnow
-from registry.experiments.privacy import unit_digest
+from registry.experiments.privacy_digest import unit_digest
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, ChangeBus
 from registry.prompts.catalog import Rendering
@@ -73,6 +76,7 @@ class SemanticProbe:
     config: LinkedConfig
     hit: SemanticHit | None
     unit: str | None = None  # the request's unit, whose digest the stored answer carries
+    personal: bool = False  # the request holds personal data: its answer is not stored
 
 
 class SemanticCache:
@@ -163,7 +167,8 @@ class SemanticCache:
             self._unavailable("semantic cache unreadable; the model answers", exc)
             return None
         self._metrics.semantic_cache.labels("hit" if hit else "miss").inc()
-        return SemanticProbe(scope, embedding, out.prompt, out.version, config, hit, unit)
+        personal = hit is None and holds_personal_data(variables, request_text(payload))
+        return SemanticProbe(scope, embedding, out.prompt, out.version, config, hit, unit, personal)
 
     def _unavailable(self, message: str, exc: Exception) -> None:
         logger.warning(message, error=str(exc))
@@ -187,6 +192,9 @@ class SemanticCache:
     async def store(self, probe: SemanticProbe | None, completion: CachedCompletion) -> None:
         """Keep a miss's answer for the requests like it that follow."""
         if probe is None or probe.hit is not None:
+            return
+        if probe.personal or holds_personal_data({}, completion.text):  # it could reach another unit
+            self._metrics.semantic_cache_skips.labels("personal_data").inc()
             return
         settings = await self._prompt_settings(probe.prompt)
         if settings is None or not settings.enabled:  # turned off (or store_io turned off) while the model answered

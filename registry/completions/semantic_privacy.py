@@ -4,14 +4,22 @@ A prompt whose ``store_io`` is false keeps none of its inputs and outputs, so it
 enabling the cache on it is refused (``SemanticCacheNeedsStoreIoError``), and turning ``store_io`` off while the
 cache is on turns the cache off and deletes the prompt's entries in the same transaction, audited as
 ``prompt.semantic_cache.set`` with ``"reason": "store_io"`` and the number of entries deleted.
+
+An entry answers other units' similar requests, so an answer to a request holding personal data (what the
+storage policy's redaction detectors find, in the caller's variables or the rendered text), or an answer holding
+some itself, is never kept: it could reach another person (``holds_personal_data``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.audit import AuditLog
 from registry.auth.principal import Actor
+from registry.completions.redaction import redact
 from registry.completions.semantic_repository import SemanticCacheRepository
 from registry.db.base import utcnow
 from registry.lib.changes import Change, record_change
@@ -33,6 +41,26 @@ class SemanticCacheNeedsStoreIoError(InvalidInputError):
             '{"store_io": true}), or leave the semantic cache off',
             errors=[FieldError("enabled", "cannot be true while the prompt's store_io is false")],
         )
+
+
+def _strings(value: Any) -> Iterable[str]:
+    """Every string in a variable's value, however nested (numbers too: a phone or card number may be one)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield str(value)
+
+
+def holds_personal_data(variables: Mapping[str, Any], *texts: str) -> bool:
+    """Whether the redaction detectors (e-mail, phone, card, IBAN, SSN, IPv4) find anything in the variables'
+    values or the texts: such a request's answer is not kept in the semantic cache."""
+    return any(redact(text) != text for text in (*_strings(dict(variables)), *texts))
 
 
 async def stop_keeping_answers(session: AsyncSession, prompt: Prompt, actor: Actor) -> int:

@@ -334,7 +334,7 @@ def registry_headers(meta: CompletionMeta, cost: float | None = None) -> dict[st
         "X-Registry-Config": meta.config.name,
         "X-Registry-Config-Version": str(meta.config.version),
         "X-Registry-Fallback-Used": "true" if meta.fallback_used else "false",
-        "X-Registry-Cached": "true" if meta.cached else "false",
+        "X-Registry-Cached": "semantic" if meta.cached == "semantic" else "true" if meta.cached else "false",
         **experiment_headers(meta.experiment),
     }
     if meta.prompt:

@@ -279,6 +279,44 @@ async def test_a_semantic_hit_streams_through_the_openai_door_with_its_facts(gua
     facts = chunks[-1]["registry"]
     assert facts["cached"] == "semantic"
     assert facts["similarity"] >= 0.8
-    assert cached_header == "true"
+    assert cached_header == "semantic"  # as the registry field says
     assert lines[-1] == "data: [DONE]"
     assert guarded.backend_calls() == 1
+
+
+async def test_the_openai_doors_cached_header_says_semantic_on_a_semantic_hit(guarded: Guarded) -> None:
+    await guarded.publish(unique("ok"), [])
+    http, headers = guarded.http, guarded.headers
+
+    def request(question: str) -> dict[str, Any]:
+        return {"model": "prompt:greet", "messages": [], "variables": {"question": question}}
+
+    first = await http.post("/v1/chat/completions", json=request(QUESTION), headers=headers)
+    hit = await http.post("/v1/chat/completions", json=request(REWORDED), headers=headers)
+
+    assert first.headers["x-registry-cached"] == "false"
+    assert hit.json()["registry"]["cached"] == "semantic"
+    assert hit.headers["x-registry-cached"] == "semantic"
+    assert guarded.backend_calls() == 1
+
+
+# -- personal data
+
+
+async def test_an_answer_to_a_request_holding_personal_data_is_never_kept(
+    guarded: Guarded, clean_database: AsyncEngine
+) -> None:
+    """It would answer another unit's similar request: what reached one person could reach another."""
+    await guarded.publish(unique("ok"), [])
+
+    personal = await guarded.ask(f"{QUESTION} I am carol@example.com")
+    personal_again = await guarded.ask(f"{QUESTION} I am carol@example.com")
+    plain = await guarded.ask(QUESTION)
+    reworded = await guarded.ask(REWORDED)
+
+    cached = [r.json()["cached"] for r in (personal, personal_again, plain, reworded)]
+    assert cached == [False, False, False, "semantic"]
+    assert len(await kept_texts(clean_database)) == 1  # the plain question's answer only
+    assert guarded.backend_calls() == 3
+    skips = [line for line in (await guarded.http.get("/metrics")).text.splitlines() if "store_skips_total{" in line]
+    assert skips == ['registry_semantic_cache_store_skips_total{reason="personal_data"} 2.0']
