@@ -141,11 +141,12 @@ def scoring(url: str, pairs: list[dict[str, Any]]) -> dict[str, Any]:
     query, rows = packed[0], list(enumerate(packed[1:]))
     pure: list[float] = []
     vectorised: list[float] = []
+    measures: tuple[tuple[Callable[[], object], list[float]], ...] = (
+        (lambda: pure_best_match(query, rows), pure),
+        (lambda: best_match(query, rows, 0.0), vectorised),
+    )
     for _ in range(REPEATS):
-        for measure, runs in (
-            (lambda: pure_best_match(query, rows), pure),
-            (lambda: best_match(query, rows, 0.0), vectorised),
-        ):
+        for measure, runs in measures:
             started = time.perf_counter()
             measure()
             runs.append(time.perf_counter() - started)

@@ -54,7 +54,7 @@ async def test_chat_completion_of_a_prompt_streamed_and_not(
     assert facts["cost"] == pytest.approx((usage.prompt_tokens * 1.0 + usage.completion_tokens * 2.0) / 1e6)
     assert chunks[0].choices[0].delta.role == "assistant"
     deltas = [c.choices[0].delta.content for c in chunks[1:] if c.choices and c.choices[0].delta.content]
-    assert len(deltas) > 1
+    assert 1 <= len(deltas) <= 8  # tokens that arrive in one read go out as one chunk, so how many is timing
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] in (
         ["length"],
         ["stop"],
