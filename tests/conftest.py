@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from ipaddress import ip_network
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -87,6 +88,20 @@ async def clean_database(admin_engine: AsyncEngine) -> AsyncEngine:
     async with admin_engine.begin() as connection:
         await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     return admin_engine
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def migrated_engine(
+    request: pytest.FixtureRequest, tmp_path: Path, clean_database: AsyncEngine
+) -> AsyncIterator[AsyncEngine]:
+    """A migrated, empty database of each kind the registry runs on: the test's PostgreSQL, then a SQLite file."""
+    if request.param == "postgresql":
+        yield clean_database
+        return
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}", poolclass=NullPool)
+    await migrate.upgrade(engine)
+    yield engine
+    await engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -7,21 +7,17 @@ are in test_semantic_cache.py.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.auth.keys import Scope
 from registry.completions.models import SemanticCacheEntry
 from registry.completions.semantic_repository import SemanticCacheRepository
 from registry.completions.similarity import DEFAULT_THRESHOLD, pack
-from registry.db import migrate
 from registry.db.base import utcnow
 from registry.db.engine import create_sessionmaker
 from tests.completions.conftest import EMBEDDING_MODEL, RegistryFactory, backend, publish, unique
@@ -173,20 +169,7 @@ async def test_an_embedding_backend_that_is_down_leaves_the_completion_to_the_mo
 # -- expiry
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-async def engine(
-    request: pytest.FixtureRequest, tmp_path: Path, clean_database: AsyncEngine
-) -> AsyncIterator[AsyncEngine]:
-    if request.param == "postgresql":
-        yield clean_database
-        return
-    sqlite = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}", poolclass=NullPool)
-    await migrate.upgrade(sqlite)
-    yield sqlite
-    await sqlite.dispose()
-
-
-async def test_the_purge_deletes_expired_answers_only(engine: AsyncEngine) -> None:
+async def test_the_purge_deletes_expired_answers_only(migrated_engine: AsyncEngine) -> None:
     now = utcnow()
     entry = {
         "scope": "s",
@@ -198,7 +181,7 @@ async def test_the_purge_deletes_expired_answers_only(engine: AsyncEngine) -> No
         "text": "answer",
         "created_at": now - timedelta(hours=2),
     }
-    sessionmaker = create_sessionmaker(engine)
+    sessionmaker = create_sessionmaker(migrated_engine)
     async with sessionmaker() as session, session.begin():
         repository = SemanticCacheRepository(session)
         for hours in (-1, 1):

@@ -7,22 +7,18 @@ the exact cache entries its requests stored are deleted, from Redis and from the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.completions.cache import CachedCompletion, CacheUnavailableError, ResponseCache
 from registry.completions.observations import CompletionSource
 from registry.completions.repository import CompletionRepository
-from registry.db import migrate
 from registry.db.base import utcnow
 from registry.db.engine import create_sessionmaker
 from registry.experiments.privacy import UnitDataService
@@ -228,36 +224,26 @@ async def _add_completion(engine: AsyncEngine, unit: str) -> None:
         await CompletionRepository(session).add_records([{**record, "prompt_text": "Hi", "completion_text": "Hello"}])
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-async def engine(
-    request: pytest.FixtureRequest, tmp_path: Path, clean_database: AsyncEngine
-) -> AsyncIterator[AsyncEngine]:
-    if request.param == "postgresql":
-        yield clean_database
-        return
-    sqlite = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}", poolclass=NullPool)
-    await migrate.upgrade(sqlite)
-    yield sqlite
-    await sqlite.dispose()
-
-
 async def test_erasure_anonymises_completions_and_leaves_the_rollup_alike_on_both_databases(
-    engine: AsyncEngine,
+    migrated_engine: AsyncEngine,
 ) -> None:
-    await _add_completion(engine, "ada")
-    await _add_completion(engine, "bob")
+    await _add_completion(migrated_engine, "ada")
+    await _add_completion(migrated_engine, "bob")
     rollup = "SELECT requests, output_tokens, cost FROM usage_daily"
-    async with engine.connect() as connection:
+    async with migrated_engine.connect() as connection:
         before = (await connection.execute(text(rollup))).all()
     cache = ResponseCache(None, "p:", ttl=60)
     await cache.set("k", ANSWER, unit="ada")
 
-    async with create_sessionmaker(engine)() as session, session.begin():
+    async with create_sessionmaker(migrated_engine)() as session, session.begin():
         service = UnitDataService(session, {"completions": CompletionSource()}, grace=timedelta(0), cache=cache)
         erased = await service.erase("ada", TEST_ACTOR)
 
     assert (erased.completions, erased.completion_texts, erased.cached_completions) == (1, 1, 1)
-    assert [row[:4] for row in await records(engine)] == [(None, None, None, None), ("bob", None, "Hi", "Hello")]
-    async with engine.connect() as connection:
+    assert [row[:4] for row in await records(migrated_engine)] == [
+        (None, None, None, None),
+        ("bob", None, "Hi", "Hello"),
+    ]
+    async with migrated_engine.connect() as connection:
         assert (await connection.execute(text(rollup))).all() == before
-    assert await observed(engine, "ada") == 0
+    assert await observed(migrated_engine, "ada") == 0

@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import httpx
-import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.completions.repository import CompletionRepository
-from registry.db import migrate
 from registry.db.engine import create_sessionmaker
 from tests.conftest import problem
 
 NOON = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-async def migrated_engine(
-    request: pytest.FixtureRequest, tmp_path: Path, clean_database: AsyncEngine
-) -> AsyncIterator[AsyncEngine]:
-    if request.param == "postgresql":
-        yield clean_database
-        return
-    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}", poolclass=NullPool)
-    await migrate.upgrade(engine)
-    yield engine
-    await engine.dispose()
 
 
 async def test_usage_grouped_by_day_gives_dates_on_postgresql_and_sqlite(migrated_engine: AsyncEngine) -> None:
