@@ -39,7 +39,7 @@ from registry.rollouts.models import Rollout, RolloutEvent
 from registry.rollouts.plan import Action, Step, next_action, step_problems
 from registry.rollouts.repository import RolloutRepository
 from registry.rollouts.schemas import CreateRollout
-from registry.stats.guardrails import Guardrail, GuardrailDecision, decide
+from registry.stats.guardrails import Guardrail, GuardrailDecision, decide, rollout_levels
 
 CHECKER = Actor("rollout-check")
 
@@ -275,11 +275,14 @@ class RolloutService:
             )
             for g in rollout.guardrails
         ]
+        compared_steps = sum(1 for step in rollout.steps if step["share"] < 1)
+        level, split_level = rollout_levels(rollout.alpha, compared_steps=compared_steps, guardrails=len(arms))
         decision = decide(
             arms,
             units=units,
             weights=(1.0 - share, share),
-            alpha=rollout.alpha,
+            alpha=level,
+            srm_threshold=split_level,
             tuning=experiment.sequential_tuning,
             earlier_splits=[(u, w) for u, w in earlier if min(w) > 10 * MIN_WEIGHT],
             previous_srm_p_value=previous,
