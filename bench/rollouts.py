@@ -199,10 +199,12 @@ def section(cases: dict[str, Case], args: argparse.Namespace) -> str:
         "`make bench-rollouts`: rollouts end to end against the stand-in backend in its own process, each version's "
         "error rate and latency spread set by its model name; completions for new units through the registry's "
         f"`/complete` (in this process, on PostgreSQL), a check by the real checker on a fake clock after every "
-        f"{BATCH} units (50 for p95, whose requests start 10 ms apart). Guardrails at alpha {ALPHA}: `failed` "
-        "(any failed completion of a unit, absolute, tolerance 0), `latency_p95` (relative, tolerance 5%). The split "
-        "at every check: the always-valid sequential sample-ratio test (Dirichlet-multinomial Bayes factor, "
-        "concentration 1,000, carried across the steps), failing under p = 0.01.",
+        f"{BATCH} units (50 for p95, whose requests start 10 ms apart). Rollouts at alpha {ALPHA}, one budget for all "
+        "their tests: the split takes a fifth (the always-valid sequential sample-ratio test, Dirichlet-multinomial "
+        "Bayes factor, concentration 1,000, carried across the steps, failing under p = 0.01) and one guardrail at "
+        "each step before 100% the rest (0.04 for the worse candidates' one step, 0.0133 each for the A/A plan's "
+        "three). Guardrails: `failed` (any failed completion of a unit, absolute, tolerance 0), `latency_p95` "
+        "(relative, tolerance 5%).",
         "",
         "A worse candidate, held at 50% of the traffic until the guardrail decides:",
         "",
