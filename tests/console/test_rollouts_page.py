@@ -12,6 +12,8 @@ from registry.rollouts.schemas import RolloutEventOut, RolloutOut
 from tests.console.conftest import HOSTILE_KEY_NAME, Console, LiveRegistry, check_page
 from tests.console.seed import prompt_with_versions, unique
 
+HELD = 1_000_000  # more units than a test sends: the checker holds the step until a person moves it
+
 
 async def test_the_prompt_page_shows_each_rollout_with_its_steps_and_reason(
     console: Console, live: LiveRegistry
@@ -22,7 +24,8 @@ async def test_the_prompt_page_shows_each_rollout_with_its_steps_and_reason(
         assert (await api.post("/v1/metrics", json={"key": metric, "kind": "binomial"})).status_code == 201
         body = {
             "candidate_version": 2,
-            "steps": [{"share": 0.05}, {"share": 0.5}, {"share": 1.0}],
+            # The live registry's worker checks rollouts: steps it can never call done keep the page still.
+            "steps": [{"share": 0.05, "min_units": HELD}, {"share": 0.5, "min_units": HELD}, {"share": 1.0}],
             "guardrails": [{"metric": metric, "tolerance": 0.02, "relative": False}],
         }
         path = f"/v1/prompts/{quote(name, safe='')}/rollouts"
@@ -68,7 +71,7 @@ async def test_the_rollout_page_shows_its_steps_guardrails_and_history(console: 
         assert (await api.post("/v1/metrics", json={"key": metric, "kind": "binomial"})).status_code == 201
         body = {
             "candidate_version": 2,
-            "steps": [{"share": 0.1, "min_units": 200}, {"share": 0.5}, {"share": 1.0}],
+            "steps": [{"share": 0.1, "min_units": 200}, {"share": 0.5, "min_units": HELD}, {"share": 1.0}],
             "guardrails": [{"metric": metric, "tolerance": 0.05, "relative": True}],
         }
         created = await hostile.post(f"/v1/prompts/{quote(name, safe='')}/rollouts", json=body)
