@@ -9,36 +9,24 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from registry.app import create_app
-from registry.auth.keys import Scope
-from registry.auth.service import ApiKeyService
-from registry.db import migrate
-from registry.db.engine import create_engine, create_sessionmaker
+from registry.db.engine import create_engine
 from registry.settings import Settings
 from tests.alerts.conftest import FakeClock, complete, create_rule, evaluate, ok
 from tests.completions.conftest import backend, publish, unique
-from tests.conftest import TEST_ACTOR, serve_in_process
+from tests.embedded import embedded_settings, serve_embedded
 from tests.experiments.conftest import Client
 
 
 @pytest.fixture
 async def sqlite_client(tmp_path: Path, fault: str) -> AsyncIterator[tuple[Client, dict[str, str], Settings]]:
-    settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
-        access_log=False,
-        log_level="WARNING",
-        bootstrap_admin_key=False,
+    settings = embedded_settings(
+        tmp_path,
         backends={"steady": backend(fault, max_retries=0)},
         completion_usage_flush_seconds=3600.0,
         alert_evaluate_seconds=3600.0,
     )
-    engine = create_engine(settings)
-    await migrate.upgrade(engine)
-    async with create_sessionmaker(engine)() as session, session.begin():
-        _, secret = await ApiKeyService(session).create_key("admin", [Scope.ADMIN], TEST_ACTOR)
-    await engine.dispose()
-    async with serve_in_process(create_app(settings)) as client:
-        yield client, {"Authorization": f"Bearer {secret}"}, settings
+    async with serve_embedded(settings) as (client, admin):
+        yield client, admin, settings
 
 
 async def test_a_latency_rule_fires_and_resolves_on_sqlite(

@@ -15,15 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from registry.app import create_app
-from registry.auth.keys import Scope
-from registry.auth.service import ApiKeyService
-from registry.db import migrate
-from registry.db.engine import create_engine, create_sessionmaker
-from registry.settings import Settings
 from tests.completions.conftest import backend, fault  # noqa: F401  (the fault server fixture)
 from tests.completions.fault_server import FaultServer
-from tests.conftest import TEST_ACTOR, AppClient, serve_in_process
+from tests.conftest import AppClient
+from tests.embedded import embedded_settings, serve_embedded
 
 CHAT = {
     "kind": "chat",
@@ -45,22 +40,14 @@ NOW = datetime.now(UTC).isoformat()
 
 @pytest.fixture
 async def embedded(tmp_path: Path, fault: FaultServer) -> AsyncIterator[tuple[AppClient, dict[str, str]]]:  # noqa: F811
-    settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
-        access_log=False,
-        log_level="WARNING",
-        bootstrap_admin_key=False,
+    settings = embedded_settings(
+        tmp_path,
         database_pool_timeout=0.1,
         backends={"local": backend(fault.url)},  # type: ignore[attr-defined]
         webhook_dispatch_interval_seconds=3600,
     )
-    engine = create_engine(settings)
-    await migrate.upgrade(engine)
-    async with create_sessionmaker(engine)() as session, session.begin():
-        _, secret = await ApiKeyService(session).create_key("admin", [Scope.ADMIN], TEST_ACTOR)
-    await engine.dispose()
-    async with serve_in_process(create_app(settings)) as client:
-        yield client, {"Authorization": f"Bearer {secret}"}
+    async with serve_embedded(settings) as served:
+        yield served
 
 
 class Walk:

@@ -8,38 +8,25 @@ from pathlib import Path
 
 import pytest
 
-from registry.app import create_app
-from registry.auth.keys import Scope
-from registry.auth.service import ApiKeyService
-from registry.db import migrate
-from registry.db.engine import create_engine, create_sessionmaker
-from registry.settings import Settings
 from tests.completions.conftest import backend
-from tests.conftest import TEST_ACTOR, AppClient, serve_in_process
+from tests.conftest import AppClient
+from tests.embedded import embedded_settings, serve_embedded
 from tests.evals.conftest import answers, dataset, finished, ok, publish, start_run
 from tests.evals.stand_in import StandIn
 
 
 @pytest.fixture
 async def embedded(tmp_path: Path, stand_in: tuple[StandIn, str]) -> AsyncIterator[tuple[AppClient, dict[str, str]]]:
-    settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
-        access_log=False,
-        log_level="WARNING",
-        bootstrap_admin_key=False,
+    settings = embedded_settings(
+        tmp_path,
         database_pool_timeout=5.0,
         backends={"stand-in": backend(stand_in[1])},
         webhook_dispatch_interval_seconds=3600,
         eval_poll_seconds=0.02,
     )
     assert settings.role == "all"
-    engine = create_engine(settings)
-    await migrate.upgrade(engine)
-    async with create_sessionmaker(engine)() as session, session.begin():
-        _, secret = await ApiKeyService(session).create_key("admin", [Scope.ADMIN], TEST_ACTOR)
-    await engine.dispose()
-    async with serve_in_process(create_app(settings)) as client:
-        yield client, {"Authorization": f"Bearer {secret}"}
+    async with serve_embedded(settings) as served:
+        yield served
 
 
 async def test_the_embedded_default_runs_evaluations_and_gates_promotions(

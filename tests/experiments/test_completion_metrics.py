@@ -20,17 +20,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from registry.app import create_app
-from registry.auth.keys import Scope
-from registry.auth.service import ApiKeyService
 from registry.console import formatting
-from registry.db import migrate
-from registry.db.engine import create_engine, create_sessionmaker
 from registry.experiments.models import ExperimentMetricHistogram
 from registry.settings import Settings
 from registry.stats.quantiles import ACCURACY
 from tests.completions.conftest import backend, publish, unique
-from tests.conftest import TEST_ACTOR, problem, serve_in_process
+from tests.conftest import problem
+from tests.embedded import embedded_settings, serve_embedded
 from tests.experiments.conftest import Client, in_app, make_prompt, runtime_of, settle
 
 UNITS = [f"user-{i}" for i in range(90)]
@@ -339,22 +335,14 @@ async def test_a_ratio_primary_metric_has_no_curve_over_time_only_units(
 
 async def test_completion_metrics_on_the_embedded_default(tmp_path: Path, fault: str) -> None:
     """SQLite: the source, the queueing at flush, the histograms and the results, as on PostgreSQL."""
-    settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
-        access_log=False,
-        log_level="WARNING",
-        bootstrap_admin_key=False,
+    settings = embedded_settings(
+        tmp_path,
         experiment_exposure_flush_seconds=3600.0,
         experiment_statistics_seconds=3600.0,
         **stand_ins(fault),
     )
-    engine = create_engine(settings)
-    await migrate.upgrade(engine)
-    async with create_sessionmaker(engine)() as session, session.begin():
-        _, secret = await ApiKeyService(session).create_key("admin", [Scope.ADMIN], TEST_ACTOR)
-    await engine.dispose()
-    async with serve_in_process(create_app(settings)) as client:
-        results = await run_guarded(client, {"Authorization": f"Bearer {secret}"})
+    async with serve_embedded(settings) as (client, admin):
+        results = await run_guarded(client, admin)
         completions = await recorded(runtime_of(client.app).engine)
 
     errors = {v: sum(status == "error" for status, _, _ in rows) for v, rows in completions.items()}

@@ -1,0 +1,43 @@
+"""The embedded default (a SQLite file, no Redis, role all) served in the test's process with an admin key.
+
+Tests of what only SQLite shows build it the same way: settings for a file under the test's
+``tmp_path``, migrations applied with Alembic, an admin key created before the app starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from registry.app import create_app
+from registry.auth.keys import Scope
+from registry.db import migrate
+from registry.db.engine import create_engine
+from registry.settings import Settings
+from tests.conftest import AppClient, create_key, serve_in_process
+
+
+def embedded_settings(tmp_path: Path, **fields: Any) -> Settings:
+    """Settings for a SQLite file in ``tmp_path``, quiet, without the bootstrap key; ``fields`` add to them."""
+    return Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
+        access_log=False,
+        log_level="WARNING",
+        bootstrap_admin_key=False,
+        **fields,
+    )
+
+
+@asynccontextmanager
+async def serve_embedded(settings: Settings) -> AsyncIterator[tuple[AppClient, dict[str, str]]]:
+    """Migrate the database ``settings`` names, create an admin key, serve the app; yields the client and its header."""
+    engine = create_engine(settings)
+    try:
+        await migrate.upgrade(engine)
+        admin = await create_key(engine, (Scope.ADMIN,), "admin")
+    finally:
+        await engine.dispose()
+    async with serve_in_process(create_app(settings)) as client:
+        yield client, admin
