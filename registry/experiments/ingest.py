@@ -199,6 +199,16 @@ class ExposureService:
             if experiment is None:
                 problems.append(FieldError(f"exposures[{index}].experiment", "is not a running experiment"))
                 continue
+            if experiment.rollout:
+                # The service routes a rollout's units itself and records their exposures; a reported one could
+                # put a unit on the side its hash does not give it and move the rollout's split check.
+                problems.append(
+                    FieldError(
+                        f"exposures[{index}].experiment",
+                        "backs a rollout: the service routes its units and records their exposures",
+                    )
+                )
+                continue
             if exposure.variant not in {v.key for v in experiment.variants}:
                 problems.append(FieldError(f"exposures[{index}].variant", "is not a variant of the experiment"))
                 continue

@@ -13,6 +13,7 @@ from registry.experiments.models import Experiment, ExperimentPhase, ExperimentV
 from registry.lib.schema import NO_NUL_PATTERN, Description, Input, Output, Reason, ResourceName
 from registry.lib.versioned_schemas import VersionNumber
 from registry.prompts.schemas import ConfigUsed, UnitId
+from registry.rollouts.plan import rollout_ranges
 from registry.stats import Correction
 
 KEY_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
@@ -219,8 +220,12 @@ class PhaseOut(Output):
         )
 
 
-class GrowthBookExperiment(Output, rename="camel"):
-    """The experiment as a GrowthBook SDK takes it: with these fields any SDK assigns units as this service does."""
+class GrowthBookExperiment(Output, rename="camel", omit_defaults=True):
+    """The experiment as a GrowthBook SDK takes it: with these fields any SDK assigns units as this service does.
+
+    ``ranges`` only for an experiment backing a rollout, whose units are routed by the rollout's percentage
+    (the candidate below the share) rather than by the weights' bucket ranges.
+    """
 
     key: str
     variations: list[str]
@@ -231,6 +236,7 @@ class GrowthBookExperiment(Output, rename="camel"):
     coverage: float
     namespace: tuple[str, float, float] | None
     phase: str
+    ranges: list[tuple[float, float]] | None = None
 
 
 class ExperimentDefinition(Output):
@@ -313,6 +319,7 @@ class ExperimentDefinition(Output):
                 coverage=experiment.coverage,
                 namespace=namespace,
                 phase=str(experiment.phase),
+                ranges=rollout_ranges(weights[-1]) if experiment.kind == "rollout" else None,
             ),
         )
 

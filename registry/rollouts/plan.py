@@ -31,6 +31,24 @@ def included_in_rollout(seed: str, unit: str, share: float) -> bool:
     return bucket is not None and bucket <= share
 
 
+def rollout_ranges(share: float) -> list[tuple[float, float]]:
+    """``included_in_rollout`` as GrowthBook bucket ranges (production, candidate), for SDKs that assign locally.
+
+    The candidate's range is ``[0, end)`` where ``end`` is the least hash above ``share``: hashes of version 2
+    are multiples of 1/10000, so ``hash < end`` holds exactly when ``hash <= share``.
+    """
+    if share <= 0:
+        return [(0.0, 1.0), (0.0, 0.0)]
+    step = 10000
+    end = int(share * step)
+    while end / step <= share:
+        end += 1
+    while end > 0 and (end - 1) / step > share:
+        end -= 1
+    bound = min(end / step, 1.0)
+    return [(bound, 1.0), (0.0, bound)]
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """A share of production traffic for the candidate, held for at least ``min_seconds`` and ``min_units``."""

@@ -175,7 +175,8 @@ def assign_experiment(definition: Mapping[str, Any], unit: str) -> Assignment:
     """Assign ``unit`` with a GrowthBook-style experiment (the ``assignment`` block of an experiment from the API).
 
     Accepts the whole experiment as ``GET /v1/experiments/{key}`` returns it, or just its ``assignment``.
-    The whole experiment also pins its ``forced_variants`` (QA units), as the service does.
+    The whole experiment also pins its ``forced_variants`` (QA units), as the service does. Explicit
+    ``ranges`` (GrowthBook's, given for an experiment backing a rollout) replace those of the weights.
     """
     spec = definition.get("assignment", definition)
     namespace = spec.get("namespace")
@@ -192,4 +193,5 @@ def assign_experiment(definition: Mapping[str, Any], unit: str) -> Assignment:
         weights=spec.get("weights"),
         namespace=(namespace[0], namespace[1], namespace[2]) if namespace else None,
         forced=forced or None,
+        ranges=[(start, end) for start, end in spec["ranges"]] if spec.get("ranges") else None,
     )
