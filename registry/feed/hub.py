@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from registry.experiments.router import UNIT_ERASED
 from registry.lib.changes import Change, ChangeBus
 
 FEED_KINDS = frozenset({"prompt", "config", "experiment"})
+# Changes the replicas tell each other but listeners must not see: an erasure's names the erased unit.
+PRIVATE_ACTIONS = frozenset({UNIT_ERASED})
 QUEUE_SIZE = 1000
 
 
@@ -45,7 +48,7 @@ class FeedHub:
     def _on_change(self, change: Change) -> None:
         if change.kind == "reset":
             item = FeedItem(change=None, reset=True)
-        elif change.kind in FEED_KINDS:
+        elif change.kind in FEED_KINDS and change.action not in PRIVATE_ACTIONS:
             item = FeedItem(change=change)
         else:
             return
