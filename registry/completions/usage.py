@@ -59,8 +59,20 @@ class UsageRecorder:
         self._listeners.append(listener)
 
     def add(self, record: dict[str, Any]) -> None:
+        """Buffer one record; its spend is added to the pending totals in line (once per completion, so cheap)."""
         self._buffer.append(record)
-        self._move_pending(spend_of([record]), sign=1)
+        key = record.get("api_key_id")
+        if key and not record.get("cached"):  # what spend_of counts, without its dictionaries for one record
+            tokens = record.get("input_tokens", 0) + record.get("output_tokens", 0)
+            cost = record.get("cost", 0.0)
+            if tokens or cost:
+                pending_tokens, pending_cost = self._pending.get(key, (0, 0.0))
+                pending_tokens += int(tokens)
+                pending_cost += cost
+                if pending_tokens or abs(pending_cost) > _NO_COST:
+                    self._pending[key] = (pending_tokens, pending_cost)
+                else:
+                    self._pending.pop(key, None)
         if len(self._buffer) > self._max_buffered:
             overflow = len(self._buffer) - self._max_buffered
             self._move_pending(spend_of(self._buffer[:overflow]), sign=-1)

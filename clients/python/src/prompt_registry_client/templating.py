@@ -53,6 +53,8 @@ __all__ = [
     "compile_validator",
     "infer_input_schema",
     "input_schema_problems",
+    "repeatable_output",
+    "repeatable_template",
     "template_variables",
     "unsafe_constructs",
     "variable_problems",
@@ -1303,6 +1305,9 @@ class CompiledPrompt:
     declared_schema: bool
     _templates: tuple[tuple[str, Any], ...] = field(repr=False)
     _validator: Validator = field(repr=False)
+    # Whether a render is a function of the variables alone (see ``repeatable_template``), so that a
+    # render of the same variables may be reused; a use of the ``random`` filter makes it False.
+    repeatable: bool = False
 
     @property
     def variables(self) -> list[str]:
@@ -1331,8 +1336,13 @@ def _render_one(template: Any, variables: Mapping[str, Any], budget: _Budget) ->
     limit = budget.limits.max_output_chars
     size = 0
     chunks: list[str] = []
+    # What ``template.generate(variables)`` runs, without its copy of the variables and Jinja's traceback
+    # rewriting (every exception is turned into a RenderError below): about 1 us less per template.
+    parent = template.globals.copy()
+    parent.update(variables)
+    context = Context(_SANDBOX, parent, None, template.blocks, template.globals)
     try:
-        for chunk in template.generate(variables):
+        for chunk in template.root_render_func(context):
             size += len(chunk)
             if size > limit:
                 raise RenderError(f"rendered output exceeds the limit of {limit} characters", reason="output_too_large")
@@ -1354,8 +1364,45 @@ def _render_one(template: Any, variables: Mapping[str, Any], budget: _Budget) ->
     return "".join(chunks)
 
 
-def _compile(source: str, location: str, *, bounded: bool) -> Any:
+# Filters whose result is not a function of their arguments.
+_UNREPEATABLE_FILTERS: Final = frozenset({"random"})
+
+
+def repeatable_template(ast: nodes.Template) -> bool:
+    """Whether the template's output is a function of its variables alone, so a render may be reused.
+
+    The sandbox's globals (``range``, ``dict``, ``cycler``, ``joiner``, ``namespace``), its tests and
+    all its filters but ``random`` compute from their arguments only. ``random`` can be reached by its
+    name in a ``|random`` or ``{% filter random %}`` and through ``|map``, which calls the filter its first
+    argument names: a ``map`` whose name is not a constant other than ``random`` counts as unrepeatable.
+    (Printed objects whose text holds a memory address are caught on the output: ``repeatable_output``.)
+    """
+    for node in ast.find_all(nodes.Filter):
+        if node.name in _UNREPEATABLE_FILTERS:
+            return False
+        if node.name == "map":
+            if node.dyn_args is not None or node.dyn_kwargs is not None:
+                return False
+            if node.args:
+                name = node.args[0]
+                if not isinstance(name, nodes.Const) or name.value in _UNREPEATABLE_FILTERS:
+                    return False
+    return True
+
+
+def repeatable_output(text: str) -> bool:
+    """False for output that printed an object by its default ``repr`` (``<... at 0x7f...>``): the address
+    differs from render to render, so such an output is not reused even from a repeatable template."""
+    return " at 0x" not in text
+
+
+def _compile(source: str, location: str, *, bounded: bool) -> tuple[Any, bool]:
+    """The compiled template, and whether it is repeatable (read before compiling, which rewrites loops)."""
     ast = _parse(source, location, bounded=bounded)
+    try:
+        repeatable = repeatable_template(ast)
+    except RecursionError:  # a stored version nested past the bounds: compiling reports it, or it is not reused
+        repeatable = False
     try:
         code = _SANDBOX.compile(ast)
     except TemplateSyntaxError as exc:
@@ -1366,7 +1413,7 @@ def _compile(source: str, location: str, *, bounded: bool) -> Any:
     # Jinja2 keeps a template's globals in a ChainMap and copies them into every render's context;
     # copying a plain dict of the same names is much cheaper, and resolves names the same way.
     template.globals = dict(template.globals)
-    return template
+    return template, repeatable
 
 
 def compile_prompt(
@@ -1398,12 +1445,15 @@ def compile_prompt(
         roles = [m["role"] for m in messages]
     problems: list[TemplateProblem] = []
     compiled: list[tuple[str, Any]] = []
+    repeatable = True
     for role, (location, source) in zip(roles, sources.items(), strict=True):
         try:
-            compiled.append((role, _compile(source, location, bounded=refuse_unsafe)))
+            template, template_repeatable = _compile(source, location, bounded=refuse_unsafe)
         except TemplateProblemError as exc:
             problems += exc.problems
             continue
+        compiled.append((role, template))
+        repeatable = repeatable and template_repeatable
         if refuse_unsafe:
             problems += unsafe_constructs(source, location=location)
     if problems:
@@ -1428,4 +1478,4 @@ def compile_prompt(
                 ]
         if problems:
             raise TemplateProblemError(problems)
-    return CompiledPrompt(kind, schema, declared, tuple(compiled), compile_validator(schema))
+    return CompiledPrompt(kind, schema, declared, tuple(compiled), compile_validator(schema), repeatable)
