@@ -4,18 +4,26 @@ A cache failure is never a request failure: Redis errors count as misses.
 
 Privacy, as the semantic cache's rule (``registry.completions.semantic_privacy``): the completion path neither
 stores in nor reads from this cache for a prompt whose ``store_io`` is false, nor for a ``config:`` model of the
-OpenAI door (no prompt, so no storage policy to allow it: its completions keep no texts either). Entries stored
-before a prompt's ``store_io`` went off are never read again while it is off, and expire within the TTL.
+OpenAI door (no prompt, so no storage policy to allow it: its completions keep no texts either).
 
-Each entry remembers the ``unit_digest`` of the unit whose request stored it, so erasing the unit
-(``erase_unit``, called by ``registry.experiments.privacy``) deletes it:
+Each entry remembers its prompt and the ``unit_digest`` of the unit whose request stored it, so that
 
-- in Redis, an index per digest (a set of the keys its requests stored) is written in the same ``MULTI`` as the
-  entry and its expiry pushed to the cache's TTL on each write, so it outlives every entry it names; this holds
-  while Redis does not evict keys before they expire (``maxmemory-policy noeviction``, or memory enough): an
-  eviction policy may drop an index before its entries, which then live on until their TTL;
-- in-process, the entry itself carries the digest, and each replica drops its own entries when it hears of the
-  erasure (``on_unit_erased``, the experiments' ``unit_erased`` change).
+- turning the prompt's ``store_io`` off deletes the prompt's entries (``forget_prompt``, on the prompt's
+  ``store_io_off`` change, which every replica hears once the change commits), and
+- erasing the unit (``erase_unit``, called by ``registry.experiments.privacy``) deletes the unit's.
+
+In Redis, an index per prompt and one per digest (sets of the keys stored) are written in the same script as the
+entry, their expiry pushed to the cache's TTL on each write, so they outlive every entry they name; this holds while
+Redis does not evict keys before they expire (``maxmemory-policy noeviction``, or memory enough): an eviction policy
+may drop an index before its entries, which then live on until their TTL. In-process, the entry itself carries its
+prompt and digest, and each replica drops its own entries when it hears of the change (``on_change``).
+
+A completion may be in flight when its prompt's ``store_io`` goes off or its unit is erased, and try to store its
+answer after the deletion. So a deletion first leaves a tombstone (Redis key, or in-process) that refuses every
+write for that prompt or unit for ``IN_FLIGHT_SECONDS``, longer than any completion runs; in Redis the write checks
+the tombstones in the same script that writes, so a write lands either before the deletion (and is deleted) or
+after the tombstone (and is refused). Turning ``store_io`` back on lifts the prompt's tombstone; an erased unit's
+identical requests are simply not cached again until its tombstone expires.
 
 An entry answers the same request whoever sends it; erasing the unit that stored it deletes it (the next
 request asks the model again), and an identical request of another unit stores it afresh under that unit.
@@ -23,16 +31,43 @@ request asks the model again), and an identical request of another unit stores i
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.experiments.privacy_digest import unit_digest
 from registry.lib.cache import TTLCache
+from registry.lib.changes import Change, record_change
 from registry.lib.errors import ServiceUnavailableError
 
 logger = structlog.get_logger("registry.completions.cache")
+
+# Actions of a "prompt" change: its storage policy stopped (or started) keeping inputs and outputs.
+STORE_IO_OFF = "store_io_off"
+STORE_IO_ON = "store_io_on"
+
+# How long a deletion's tombstone refuses writes: longer than any completion runs (each attempt ends within its
+# backend's total_timeout, 120 s by default, and a completion makes at most a few, with its fallback's).
+IN_FLIGHT_SECONDS = 3600.0
+
+# KEYS: the entry, then (index, tombstone) for the prompt and for the unit where the write has them.
+# ARGV: the entry, its TTL in ms, its key, and how many (index, tombstone) pairs follow the entry in KEYS.
+_WRITE = """
+local pairs = tonumber(ARGV[4])
+for i = 1, pairs do
+    if redis.call('EXISTS', KEYS[2 * i + 1]) == 1 then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+for i = 1, pairs do
+    redis.call('SADD', KEYS[2 * i], ARGV[3])
+    redis.call('PEXPIRE', KEYS[2 * i], ARGV[2])
+end
+return 1
+"""
 
 
 class CachedCompletion(msgspec.Struct, array_like=True):
@@ -53,14 +88,25 @@ _decoder = msgspec.msgpack.Decoder(CachedCompletion)
 _encoder = msgspec.msgpack.Encoder()
 
 
+def record_storage_policy(session: AsyncSession, prompt: str, *, store_io: bool) -> None:
+    """The prompt's ``store_io`` changed: once that commits, every replica's exact cache deletes the prompt's
+    entries (off) or stores them again (on)."""
+    record_change(session, Change("prompt", prompt, STORE_IO_ON if store_io else STORE_IO_OFF))
+
+
 class ResponseCache:
     def __init__(self, redis: Redis | None, prefix: str, *, ttl: float, max_local: int = 10_000) -> None:
         self._redis = redis
         self._prefix = f"{prefix}completion:"
         self._units = f"{prefix}completion-unit:"  # + unit digest: the keys its requests stored
+        self._prompts = f"{prefix}completion-prompt:"  # + prompt name: the keys its requests stored
+        self._erased = f"{prefix}completion-erased:"  # + "unit:" digest or "prompt:" name: a deletion's tombstone
         self.ttl = ttl
-        # key -> (entry, digest of the unit whose request stored it)
-        self._local: TTLCache[str, tuple[bytes, str | None]] = TTLCache(max_local)
+        # key -> (entry, prompt, digest of the unit whose request stored it)
+        self._local: TTLCache[str, tuple[bytes, str | None, str | None]] = TTLCache(max_local)
+        self._local_erased: TTLCache[str, bool] = TTLCache(max_local)  # in-process tombstones, named as in Redis
+        self._write = None if redis is None else redis.register_script(_WRITE)
+        self._purges: set[asyncio.Task[None]] = set()
 
     @property
     def enabled(self) -> bool:
@@ -80,22 +126,47 @@ class ResponseCache:
             return None
         return _decoder.decode(raw.encode() if isinstance(raw, str) else raw)
 
-    async def set(self, key: str, value: CachedCompletion, *, unit: str | None = None) -> None:
+    async def set(
+        self, key: str, value: CachedCompletion, *, unit: str | None = None, prompt: str | None = None
+    ) -> None:
+        """Keep the answer, unless the prompt's entries or the unit's were deleted since it was asked for."""
         raw = _encoder.encode(value)
         digest = None if unit is None else unit_digest(unit)
-        if self._redis is None:
-            self._local.set(key, (raw, digest), self.ttl)
+        indexed: list[tuple[str, str]] = []  # (index, tombstone mark) of the prompt and of the unit
+        if prompt is not None:
+            indexed.append((self._prompts + prompt, f"prompt:{prompt}"))
+        if digest is not None:
+            indexed.append((self._units + digest, f"unit:{digest}"))
+        if self._redis is None or self._write is None:
+            if not any(self._local_erased.get(mark) for _, mark in indexed):
+                self._local.set(key, (raw, prompt, digest), self.ttl)
             return
-        ttl_ms = max(1, int(self.ttl * 1000))
+        keys = [self._prefix + key]
+        for index, mark in indexed:
+            keys += [index, self._erased + mark]
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(self._prefix + key, raw, px=ttl_ms)
-                if digest is not None:
-                    pipe.sadd(self._units + digest, key)
-                    pipe.pexpire(self._units + digest, ttl_ms)
-                await pipe.execute()
+            await self._write(keys=keys, args=[raw, max(1, int(self.ttl * 1000)), key, len(indexed)])
         except (RedisError, OSError) as exc:
             logger.warning("response cache unavailable", error=str(exc))
+
+    async def _delete_indexed(self, index: str, mark: str) -> int:
+        """Leave the tombstone, then delete the entries the index names and the index; returns how many were there.
+
+        The tombstone comes first: a write after it is refused, and one before it is in the index read after.
+        """
+        assert self._redis is not None
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._erased + mark, 1, px=int(IN_FLIGHT_SECONDS * 1000))
+            pipe.smembers(index)
+            _, members = await pipe.execute()
+        keys = [k.decode() if isinstance(k, bytes) else str(k) for k in members]
+        deleted = int(await self._redis.delete(*(self._prefix + k for k in keys))) if keys else 0
+        await self._redis.delete(index)
+        return deleted
+
+    def _forget_locally(self, mark: str, position: int, name: str) -> int:
+        self._local_erased.set(mark, True, IN_FLIGHT_SECONDS)
+        return self._local.pop_values_where(lambda kept: kept[position] == name)
 
     async def erase_unit(self, unit: str) -> int:
         """Delete the entries stored from the unit's requests; returns how many were still there.
@@ -105,20 +176,64 @@ class ResponseCache:
         """
         digest = unit_digest(unit)
         if self._redis is None:
-            return self._local.pop_values_where(lambda kept: kept[1] == digest)
-        index = self._units + digest
+            return self._forget_locally(f"unit:{digest}", 2, digest)
         try:
-            keys = [k.decode() if isinstance(k, bytes) else str(k) for k in await self._redis.smembers(index)]
-            deleted = int(await self._redis.delete(*(self._prefix + k for k in keys))) if keys else 0
-            await self._redis.delete(index)
+            return await self._delete_indexed(self._units + digest, f"unit:{digest}")
         except (RedisError, OSError) as exc:
             raise CacheUnavailableError(
                 "the completion cache could not be reached to delete the unit's cached answers; nothing was "
                 "erased, try again"
             ) from exc
-        return deleted
 
     def on_unit_erased(self, unit: str) -> None:
         """Another replica erased the unit: drop what this one keeps in-process (Redis was cleared there)."""
         if self._redis is None:
-            self._local.pop_values_where(lambda kept: kept[1] == unit_digest(unit))
+            digest = unit_digest(unit)
+            self._forget_locally(f"unit:{digest}", 2, digest)
+
+    async def forget_prompt(self, prompt: str) -> int:
+        """Delete the prompt's entries (its ``store_io`` went off); returns how many were there."""
+        if self._redis is None:
+            return self._forget_locally(f"prompt:{prompt}", 1, prompt)
+        return await self._delete_indexed(self._prompts + prompt, f"prompt:{prompt}")
+
+    async def keep_prompt(self, prompt: str) -> None:
+        """The prompt's ``store_io`` is on again: its answers may be stored again."""
+        if self._redis is None:
+            self._local_erased.pop(f"prompt:{prompt}")
+        else:
+            await self._redis.delete(self._erased + f"prompt:{prompt}")
+
+    def on_change(self, change: Change) -> None:
+        """A prompt's storage policy changed (committed, here or on another replica): follow it.
+
+        In-process at once; in Redis in a task of its own (change handlers do not wait), which every replica runs
+        alike (deleting twice deletes nothing more). A Redis failure leaves the entries to their TTL: they are not
+        read meanwhile, since the completion path reads no entry of a prompt whose ``store_io`` is off.
+        """
+        if change.kind != "prompt" or change.action not in (STORE_IO_OFF, STORE_IO_ON):
+            return
+        if self._redis is None:
+            if change.action == STORE_IO_OFF:
+                self._forget_locally(f"prompt:{change.name}", 1, change.name)
+            else:
+                self._local_erased.pop(f"prompt:{change.name}")
+            return
+        task = asyncio.get_running_loop().create_task(self._follow_policy(change))
+        self._purges.add(task)
+        task.add_done_callback(self._purges.discard)
+
+    async def _follow_policy(self, change: Change) -> None:
+        try:
+            if change.action == STORE_IO_OFF:
+                deleted = await self.forget_prompt(change.name)
+                logger.info("deleted a prompt's cached completions", prompt=change.name, entries=deleted)
+            else:
+                await self.keep_prompt(change.name)
+        except (RedisError, OSError) as exc:
+            logger.warning("could not follow a prompt's storage policy in the cache", error=str(exc))
+
+    async def settled(self) -> None:
+        """Wait for the storage-policy changes heard so far to be carried out (tests, shutdown)."""
+        while self._purges:
+            await asyncio.gather(*self._purges, return_exceptions=True)

@@ -55,6 +55,7 @@ class Completions:
         upstream = UpstreamClient(http, settings.backends, metrics)
         cache = ResponseCache(redis, settings.redis_key_prefix, ttl=settings.completion_cache_ttl_seconds)
         bus.subscribe(partial(_forget_erased_unit, recorder, cache))
+        bus.subscribe(cache.on_change)  # a prompt's store_io going off deletes its entries
         return cls(
             upstream=upstream,
             metrics=metrics,

@@ -413,7 +413,7 @@ class CompletionService:
             return
         completion = CachedCompletion(run.text, run.finish_reason, run.input_tokens, run.output_tokens)
         if key is not None:
-            await self.completions.cache.set(key, completion, unit=run.unit)
+            await self.completions.cache.set(key, completion, unit=run.unit, prompt=run.rendering.out.prompt)
         await self.completions.semantic.store(run.semantic, completion)
 
     def _meta(self, run: Run) -> CompletionMeta:

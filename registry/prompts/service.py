@@ -9,6 +9,7 @@ from prompt_registry_client.templating import CompiledPrompt, TemplateProblemErr
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.principal import Actor
+from registry.completions.cache import record_storage_policy
 from registry.completions.semantic_privacy import stop_keeping_answers
 from registry.configs.models import ModelConfigVersion
 from registry.configs.service import ConfigService, diff_fields, stored_content
@@ -91,6 +92,7 @@ class PromptService(VersionedResourceService[Prompt, PromptVersion, PromptTransi
                 before={"store_io": not store_io},
                 after={"store_io": store_io},
             )
+            record_storage_policy(self.repository.session, name, store_io=store_io)  # the exact cache follows
             if not store_io:  # nor does its semantic cache keep answers any more
                 await stop_keeping_answers(self.repository.session, prompt, actor)
         return prompt
