@@ -7,6 +7,7 @@ the exact cache entries its requests stored are deleted, from Redis and from the
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -43,6 +44,11 @@ async def client(request: pytest.FixtureRequest, registry: RegistryFactory, faul
         completion_usage_flush_seconds=3600.0,
         **shared,
     )
+
+
+def fresh_unit(name: str) -> str:
+    """A unit no other test of the run erased (an erasure refuses the unit's cache writes for a while)."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 async def complete_as(http: httpx.AsyncClient, headers: dict[str, str], unit: str, name: str) -> dict[str, Any]:
@@ -146,12 +152,13 @@ async def test_erasing_a_unit_deletes_the_exact_cache_entries_its_requests_store
     client: httpx.AsyncClient, admin: dict[str, str], fault: FaultServer
 ) -> None:
     model = unique("ok")
+    ada = fresh_unit("ada")  # an erased unit's requests are not cached for a while, and Redis outlives a test
     await publish(client, admin, backend="fault", model=model, params=DETERMINISTIC, store_io=True)
-    await complete_as(client, admin, "ada", "Ada")
-    again = await complete_as(client, admin, "ada", "Ada")
+    await complete_as(client, admin, ada, "Ada")
+    again = await complete_as(client, admin, ada, "Ada")
     await complete_as(client, admin, "bob", "Bob")
 
-    erased = (await client.delete("/v1/units/ada", headers=admin)).json()
+    erased = (await client.delete(f"/v1/units/{ada}", headers=admin)).json()
     after = await complete_as(client, admin, "erin", "Ada")
     others = await complete_as(client, admin, "bob", "Bob")
 
@@ -160,7 +167,7 @@ async def test_erasing_a_unit_deletes_the_exact_cache_entries_its_requests_store
     assert after["cached"] is False  # the model was asked again
     assert others["cached"] is True  # bob's entry stays
     assert len(fault.seen(model, CHAT)) == 3
-    audit = (await client.get("/v1/audit/", params={"resource_name": unit_digest("ada")}, headers=admin)).json()
+    audit = (await client.get("/v1/audit/", params={"resource_name": unit_digest(ada)}, headers=admin)).json()
     assert audit["items"][0]["after"]["cached_completions"] == 1
 
 
