@@ -10,7 +10,11 @@ similar one at or above the prompt's threshold answers. Entries live ``REGISTRY_
 Privacy: entries hold a prompt's answers and its requests' embeddings, so a prompt whose storage policy keeps
 no inputs and outputs (``store_io`` false) never looks up nor stores here (and cannot enable the cache,
 ``semantic_settings``); each entry carries the ``unit_digest`` of the unit whose request it answered, so
-erasing that unit (``registry.experiments.privacy``) deletes it. An answer may serve other units, so one whose
+erasing that unit (``registry.experiments.privacy``) deletes it, and an answer to a request looked up before the
+erasure is not stored after it (``store`` checks, in its transaction, for an erasure of the unit since the
+lookup, ``ERASURE_CLOCK_SKEW`` early; an erasure and a store of one unit take one lock on PostgreSQL, and SQLite
+runs one writing transaction at a time, so either the erasure deletes the entry or the store sees the erasure).
+An answer may serve other units, so one whose
 request (variables or text) or text holds personal data is never stored (``semantic_privacy.holds_personal_data``;
 counted in ``registry_semantic_cache_store_skips_total{reason="personal_data"}``).
 
@@ -22,8 +26,8 @@ read or written, leaves the completion to the model as usual, counted in
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -48,6 +52,10 @@ from registry.prompts.schemas import LinkedConfig
 logger = structlog.get_logger("registry.completions.semantic_cache")
 
 _DATABASE_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
+
+# How far apart two replicas' clocks may be: an erasure recorded up to this long before a lookup (by the erasing
+# replica's clock) still keeps that lookup's answer out; at worst an erased unit's next answers are not kept.
+ERASURE_CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +85,7 @@ class SemanticProbe:
     hit: SemanticHit | None
     unit: str | None = None  # the request's unit, whose digest the stored answer carries
     personal: bool = False  # the request holds personal data: its answer is not stored
+    looked_up_at: datetime = field(default_factory=utcnow)  # an erasure of the unit since then: not stored
 
 
 class SemanticCache:
@@ -217,7 +226,14 @@ class SemanticCache:
         )
         try:
             async with self._sessionmaker() as session, session.begin():
-                await SemanticCacheRepository(session).add_entry(entry)
+                repository = SemanticCacheRepository(session)
+                if entry.unit_digest is not None:
+                    await repository.lock_unit(entry.unit_digest, erasing=False)
+                    since = probe.looked_up_at - ERASURE_CLOCK_SKEW
+                    if await repository.unit_erased_since(entry.unit_digest, since):
+                        logger.info("the unit was erased while the model answered; the answer is not kept")
+                        return
+                await repository.add_entry(entry)
         except _DATABASE_ERRORS as exc:
             logger.warning("could not keep the answer in the semantic cache", error=str(exc))
             self._metrics.semantic_cache_store_errors.inc()

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from registry.auth.models import AuditEntry
 from registry.completions.models import SemanticCacheEntry, SemanticCacheSettings
 from registry.prompts.models import Prompt, PromptVersion
 
 E = SemanticCacheEntry
+
+
+def unit_lock_key(digest: str) -> int:
+    """The PostgreSQL advisory lock (a signed 64-bit key) that orders a unit's erasure and the answers stored
+    for it; another key sharing it only makes one wait for the other."""
+    hashed = hashlib.blake2b(f"semantic-cache-unit:{digest}".encode(), digest_size=8).digest()
+    return int.from_bytes(hashed, "big", signed=True)
 
 
 class SemanticCacheRepository:
@@ -72,6 +81,30 @@ class SemanticCacheRepository:
         """The entries that answered a unit's requests (by its digest), oldest first."""
         query = select(E).where(E.unit_digest == digest).order_by(E.created_at, E.id)
         return (await self.session.execute(query)).scalars().all()
+
+    async def lock_unit(self, digest: str, *, erasing: bool) -> None:
+        """Order this transaction with the unit's erasure: an erasure takes the lock alone, a store shares it.
+
+        PostgreSQL only (an advisory lock for the transaction); SQLite runs one writing transaction at a time.
+        """
+        if self.session.get_bind().dialect.name != "postgresql":
+            return
+        lock = func.pg_advisory_xact_lock if erasing else func.pg_advisory_xact_lock_shared
+        await self.session.execute(select(lock(unit_lock_key(digest))))
+
+    async def unit_erased_since(self, digest: str, since: datetime) -> bool:
+        """Whether the unit was erased at or after ``since``: its erasure's audit entry is the record of it."""
+        query = (
+            select(AuditEntry.id)
+            .where(
+                AuditEntry.resource_type == "unit",
+                AuditEntry.resource_name == digest,
+                AuditEntry.action == "unit.erase",
+                AuditEntry.created_at >= since,
+            )
+            .limit(1)
+        )
+        return (await self.session.execute(query)).first() is not None
 
     async def delete_of_unit(self, digest: str) -> int:
         result = await self.session.execute(delete(E).where(E.unit_digest == digest))

@@ -144,6 +144,10 @@ class UnitDataService:
           for the past and hand a key its spent budget back; without the unit and the texts, nothing left points
           to the person.
 
+        A completion of the unit in flight meanwhile keeps its answer in neither cache: the semantic cache's store
+        takes the unit's lock taken here and looks for this erasure's audit entry; the exact cache refuses the
+        unit's writes after its deletion (``registry.completions.cache``).
+
         Raises ``CacheUnavailableError`` (503) when the exact cache's Redis is unreachable: the transaction then
         rolls back and nothing is erased. Idempotent: erasing a unit the service knows nothing of succeeds with
         zero counts.
@@ -154,6 +158,8 @@ class UnitDataService:
         completions, texts = await self.completions.anonymise_unit(unit)
         await self.recomputer.recompute([unit])  # no facts left: its old contribution is subtracted
         await self.repository.delete_change_marker(unit)
+        # Alone on the unit's lock: an answer stored meanwhile is deleted here, one stored after sees the erasure.
+        await self.semantic_cache.lock_unit(unit_digest(unit), erasing=True)
         cached = await self.semantic_cache.delete_of_unit(unit_digest(unit))
         cached_completions = 0 if self.cache is None else await self.cache.erase_unit(unit)
         erased = UnitErasedOut(

@@ -1,0 +1,212 @@
+"""A unit's erasure wins over its completion in flight: an answer the model gives after the erasure is kept in
+neither cache.
+
+The backend holds the completion after its semantic cache lookup (an event, no timing), the unit is erased, then
+the backend answers: neither the semantic cache (on PostgreSQL and SQLite) nor the exact cache (in Redis and in the
+process) keeps anything of the unit, and a later identical request asks the model again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from registry.completions.cache import CachedCompletion, ResponseCache
+from registry.completions.metrics import CompletionMetrics
+from registry.completions.models import SemanticCacheSettings
+from registry.completions.semantic_cache import SemanticCache, SemanticProbe
+from registry.completions.similarity import pack
+from registry.db.engine import create_sessionmaker
+from registry.experiments.privacy import UnitDataService
+from registry.experiments.privacy_digest import unit_digest
+from registry.lib.changes import ChangeBus
+from registry.prompts.models import Prompt
+from registry.prompts.schemas import LinkedConfig
+from registry.settings import Settings
+from tests.completions.cached_registry import SHAPES, CachedRegistry, serve_cached_registry
+from tests.completions.conftest import backend, publish, serve_in_thread, unique, until
+from tests.completions.fault_server import CHAT, FaultServer
+from tests.conftest import REDIS_URL, TEST_ACTOR
+
+DETERMINISTIC = {"max_tokens": 8, "temperature": 0}
+ANSWER = CachedCompletion("hello", "stop", 3, 1)
+WAIT = 30.0  # seconds before a test that waits on an event gives up (fails), never a pause
+
+
+class HeldBackend:
+    """The fault server's answers, each chat completion held at the door until ``release`` is set; and
+    ``/v1/embeddings`` with one fixed vector, so the semantic cache runs without a model."""
+
+    def __init__(self) -> None:
+        self.fault = FaultServer()
+        self.arrived = threading.Event()  # a chat completion is waiting at the door
+        self.release = threading.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/v1/embeddings":
+            while (await receive()).get("more_body"):
+                pass
+            body = json.dumps({"data": [{"embedding": [1.0, 0.0, 0.0]}]}).encode()
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        if scope["path"] == CHAT:
+            self.arrived.set()
+            assert await asyncio.to_thread(self.release.wait, WAIT), "never released"
+        await self.fault(scope, receive, send)
+
+
+@pytest.fixture
+def held() -> Iterator[HeldBackend]:
+    server = HeldBackend()
+    with serve_in_thread(server, lifespan="off") as url:
+        server.url = url  # type: ignore[attr-defined]
+        yield server
+    server.release.set()
+
+
+@pytest.fixture(params=SHAPES)
+async def served(
+    request: pytest.FixtureRequest, settings: Settings, clean_database: AsyncEngine, tmp_path: Path, held: HeldBackend
+) -> AsyncIterator[CachedRegistry]:
+    fields = {
+        "backends": {"held": backend(held.url)},  # type: ignore[attr-defined]
+        "semantic_cache_backend": "held",
+        "semantic_cache_model": "fixed-vector",
+    }
+    async with serve_cached_registry(request.param, settings, tmp_path, **fields) as registry:
+        yield registry
+
+
+async def semantic_entries_of(engine: AsyncEngine, unit: str) -> int:
+    query = text("SELECT count(*) FROM semantic_cache_entries WHERE unit_digest = :digest")
+    async with engine.connect() as connection:
+        return int((await connection.execute(query, {"digest": unit_digest(unit)})).scalar_one())
+
+
+async def test_an_answer_that_arrives_after_its_units_erasure_is_kept_in_no_cache(
+    served: CachedRegistry, held: HeldBackend
+) -> None:
+    client, admin = served.client, served.admin
+    model = unique("ok")
+    await publish(client, admin, backend="held", model=model, params=DETERMINISTIC, store_io=True)
+    enabled = await client.put(
+        "/v1/prompts/greet/semantic-cache", json={"enabled": True, "threshold": 0.8}, headers=admin
+    )
+    assert enabled.status_code == 200, enabled.text
+    unit = f"ada-{uuid.uuid4().hex[:8]}"
+    body = {"variables": {"name": "Ada"}, "unit": unit}
+
+    in_flight = asyncio.create_task(client.post("/v1/prompts/greet/complete", json=body, headers=admin))
+    assert await asyncio.to_thread(held.arrived.wait, WAIT), "the completion never reached the backend"
+    erased = await asyncio.wait_for(client.delete(f"/v1/units/{unit}", headers=admin), WAIT)
+    held.release.set()
+    answered = await asyncio.wait_for(in_flight, WAIT)
+    again = await client.post("/v1/prompts/greet/complete", json={**body, "unit": "bob"}, headers=admin)
+
+    assert erased.status_code == 200, erased.text
+    assert (erased.json()["cached_answers"], erased.json()["cached_completions"]) == (0, 0)  # nothing yet
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["cached"] is False
+    assert await semantic_entries_of(served.engine, unit) == 0
+    assert again.json()["cached"] is False  # neither cache kept the erased unit's answer: the model answered
+    assert len(held.fault.seen(model, CHAT)) == 2
+    assert await semantic_entries_of(served.engine, "bob") == 1  # a request after the erasure is kept as ever
+    if served.settings.redis_url is not None:
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            index = f"{served.settings.redis_key_prefix}completion-unit:{unit_digest(unit)}"
+            assert await redis.exists(index) == 0
+        finally:
+            await redis.aclose()
+
+
+@pytest.mark.parametrize("where", ["redis", "in-process"])
+async def test_an_exact_cache_write_after_the_units_erasure_is_refused(where: str) -> None:
+    redis = Redis.from_url(REDIS_URL) if where == "redis" else None
+    prefix = f"test-{unique('cache').replace('/', '-')}:"
+    cache = ResponseCache(redis, prefix, ttl=60)
+    try:
+        await cache.set("before", ANSWER, unit="ada", prompt="greet")
+        assert await cache.erase_unit("ada") == 1
+        await cache.set("in-flight", ANSWER, unit="ada", prompt="greet")  # the model answered after the erasure
+        await cache.set("bob", ANSWER, unit="bob", prompt="greet")
+
+        assert [await cache.get(key) for key in ("before", "in-flight", "bob")] == [None, None, ANSWER]
+        if redis is not None:
+            assert await redis.exists(f"{prefix}completion-unit:{unit_digest('ada')}") == 0
+            assert await redis.smembers(f"{prefix}completion-prompt:greet") == {b"before", b"bob"}
+    finally:
+        if redis is not None:
+            await redis.delete(*[key async for key in redis.scan_iter(f"{prefix}*")] or ["none"])
+            await redis.aclose()
+
+
+async def waiting_for_an_advisory_lock(engine: AsyncEngine) -> bool:
+    query = text(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    async with engine.connect() as connection:
+        return int((await connection.execute(query)).scalar_one()) > 0
+
+
+async def test_on_postgresql_a_store_waits_for_the_erasure_in_progress_and_then_keeps_nothing(
+    clean_database: AsyncEngine,
+) -> None:
+    """The erasure has deleted the unit's entries but not committed: without the lock the store would not see
+    it, insert, and commit an entry the erasure never deletes."""
+    sessionmaker = create_sessionmaker(clean_database)
+    async with sessionmaker() as session, session.begin():
+        prompt = Prompt(name="greet", store_io=True, created_by="test", updated_by="test")
+        session.add(prompt)
+        await session.flush()
+        session.add(
+            SemanticCacheSettings(
+                prompt_id=prompt.id, enabled=True, threshold=0.8, exact_variables=[], updated_by="test"
+            )
+        )
+    cache = SemanticCache(
+        sessionmaker,
+        None,
+        CompletionMetrics(CollectorRegistry()),
+        ChangeBus(None, "changes"),
+        ttl=60,
+        max_candidates=10,
+        settings_ttl=60,
+    )
+    config = LinkedConfig(
+        name="cfg",
+        version=1,
+        backend="b",
+        model="m",
+        params={},
+        input_price_per_mtok=0.0,
+        output_price_per_mtok=0.0,
+        max_context_tokens=None,
+    )
+    looked_up = SemanticProbe("scope", pack([1.0, 0.0]), "greet", 1, config, None, unit="ada")
+
+    async with sessionmaker() as erasing, erasing.begin():
+        await UnitDataService(erasing, {}, grace=timedelta(0)).erase("ada", TEST_ACTOR)
+        storing = asyncio.create_task(cache.store(looked_up, ANSWER))
+        await until(lambda: waiting_for_an_advisory_lock(clean_database), "the store to wait for the erasure")
+        waited = not storing.done()
+    await asyncio.wait_for(storing, WAIT)
+
+    assert waited
+    assert await semantic_entries_of(clean_database, "ada") == 0
