@@ -32,7 +32,10 @@ def embedded_settings(tmp_path: Path, **fields: Any) -> Settings:
 
 @asynccontextmanager
 async def serve_embedded(settings: Settings) -> AsyncIterator[tuple[AppClient, dict[str, str]]]:
-    """Migrate the database ``settings`` names, create an admin key, serve the app; yields the client and its header."""
+    """Migrate the database ``settings`` names (SQLite or PostgreSQL), create an admin key, serve the app.
+
+    Yields the client and the admin key's Authorization header.
+    """
     engine = create_engine(settings)
     try:
         await migrate.upgrade(engine)

@@ -29,7 +29,7 @@ Outcome = tuple[int, bool, float | None, str]  # an item's position, passed, sco
 
 
 class LeaseLostError(Exception):
-    """Another worker owns the run now: what this one was about to write is dropped."""
+    """Another claim owns the run now (or it was cancelled): what this one was about to write is dropped."""
 
 
 class EvalRepository:
@@ -146,8 +146,12 @@ class EvalRepository:
         )
         return list((await self.session.scalars(query)).all())
 
-    async def claim(self, run_id: int, owner: str, now: datetime, expires: datetime) -> bool:
-        """Take the lease if nobody holds a live one; one statement, so two workers cannot both win."""
+    async def claim(self, run_id: int, lease: str, now: datetime, expires: datetime) -> bool:
+        """Take the lease if nobody holds a live one; one statement, so two workers cannot both win.
+
+        ``lease`` is a token new to this claim (the worker's name and a random part): every later write
+        of the run is conditional on it, so a worker whose lease was taken over, even by itself, writes nothing.
+        """
         result = await self.session.execute(
             update(EvalRun)
             .where(
@@ -155,23 +159,23 @@ class EvalRepository:
                 EvalRun.status.in_(PENDING_STATUSES),
                 or_(EvalRun.lease_expires_at.is_(None), EvalRun.lease_expires_at < now),
             )
-            .values(lease_owner=owner, lease_expires_at=expires)
+            .values(lease_owner=lease, lease_expires_at=expires)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def renew(self, run_id: int, owner: str, expires: datetime, **values: Any) -> bool:
+    async def renew(self, run_id: int, lease: str, expires: datetime, **values: Any) -> bool:
         result = await self.session.execute(
             update(EvalRun)
-            .where(EvalRun.id == run_id, EvalRun.lease_owner == owner, EvalRun.status.in_(PENDING_STATUSES))
+            .where(EvalRun.id == run_id, EvalRun.lease_owner == lease, EvalRun.status.in_(PENDING_STATUSES))
             .values(lease_expires_at=expires, **values)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def release(self, run_id: int, owner: str, *, not_before: datetime | None, **values: Any) -> bool:
+    async def release(self, run_id: int, lease: str, *, not_before: datetime | None, **values: Any) -> bool:
         """Give the lease up; ``not_before`` keeps other workers off the run until then (a backend outage)."""
         result = await self.session.execute(
             update(EvalRun)
-            .where(EvalRun.id == run_id, EvalRun.lease_owner == owner)
+            .where(EvalRun.id == run_id, EvalRun.lease_owner == lease)
             .values(lease_owner=None, lease_expires_at=not_before, **values)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -187,12 +191,13 @@ class EvalRepository:
         )
         return (await self.session.scalars(query)).all()
 
-    async def record_items(self, run_id: int, owner: str, rows: Sequence[dict[str, Any]]) -> int:
-        """Store outcomes not stored yet and add them to the run's counters, while ``owner`` holds the lease.
+    async def record_items(self, run_id: int, lease: str, rows: Sequence[dict[str, Any]]) -> int:
+        """Store outcomes not stored yet and add them to the run's counters, while ``lease`` is the run's.
 
         The primary key (run, position) drops an outcome already stored, so an item is counted
-        once however often a resumed run reaches it. Raises ``LeaseLostError`` (the caller rolls
-        back) when the lease moved to another worker.
+        once however often a resumed run reaches it; what a dropped outcome's completions cost is
+        still added to the run's cost, since it was spent. Raises ``LeaseLostError`` (the caller
+        rolls back, so the outcomes are not stored either) when the run was claimed anew or cancelled.
         """
         if not rows:
             return 0
@@ -206,20 +211,36 @@ class EvalRepository:
         new = [row for row in rows if row["position"] in positions]
         result = await self.session.execute(
             update(EvalRun)
-            .where(EvalRun.id == run_id, EvalRun.lease_owner == owner, EvalRun.status.in_(PENDING_STATUSES))
+            .where(EvalRun.id == run_id, EvalRun.lease_owner == lease, EvalRun.status.in_(PENDING_STATUSES))
             .values(
                 items_done=EvalRun.items_done + len(new),
                 items_passed=EvalRun.items_passed + sum(1 for r in new if r["passed"]),
                 items_invalid=EvalRun.items_invalid + sum(1 for r in new if r["status"] == "invalid"),
                 items_errored=EvalRun.items_errored + sum(1 for r in new if r["status"] == "error"),
-                cost=EvalRun.cost + sum(r["cost"] for r in new),
-                input_tokens=EvalRun.input_tokens + sum(r["input_tokens"] for r in new),
-                output_tokens=EvalRun.output_tokens + sum(r["output_tokens"] for r in new),
+                cost=EvalRun.cost + sum(r["cost"] for r in rows),
+                input_tokens=EvalRun.input_tokens + sum(r["input_tokens"] for r in rows),
+                output_tokens=EvalRun.output_tokens + sum(r["output_tokens"] for r in rows),
             )
         )
         if not result.rowcount:  # type: ignore[attr-defined]
-            raise LeaseLostError(f"run {run_id} is no longer owned by {owner}, or was cancelled")
+            raise LeaseLostError(f"run {run_id} is no longer held by lease {lease}, or was cancelled")
         return len(new)
+
+    async def charge_discarded(self, run_id: int, *, cost: float, input_tokens: int, output_tokens: int) -> None:
+        """Add what an attempt whose outcome was not stored spent to the run's cost, whoever holds the lease.
+
+        Not fenced: the completions were made and charged to the key, whatever became of the outcome,
+        so the run's cost says what the run spent, not only what its stored items cost.
+        """
+        await self.session.execute(
+            update(EvalRun)
+            .where(EvalRun.id == run_id)
+            .values(
+                cost=EvalRun.cost + cost,
+                input_tokens=EvalRun.input_tokens + input_tokens,
+                output_tokens=EvalRun.output_tokens + output_tokens,
+            )
+        )
 
     async def cancel(self, run_id: int, now: datetime) -> bool:
         """End a run that has not finished; its owner stops at its next write or lease renewal."""
@@ -248,6 +269,16 @@ class EvalRepository:
             .order_by(EvalRunItem.position)
         )
         return (await self.session.scalars(query)).all()
+
+    async def stored_spend(self, run_id: int) -> tuple[float, int, int]:
+        """What the run's stored outcomes cost: (cost, input tokens, output tokens)."""
+        query = select(
+            func.coalesce(func.sum(EvalRunItem.cost), 0.0),
+            func.coalesce(func.sum(EvalRunItem.input_tokens), 0),
+            func.coalesce(func.sum(EvalRunItem.output_tokens), 0),
+        ).where(EvalRunItem.run_id == run_id)
+        cost, input_tokens, output_tokens = (await self.session.execute(query)).one()
+        return float(cost), int(input_tokens), int(output_tokens)
 
     async def item_scores(self, run_id: int) -> list[list[dict[str, Any]]]:
         """Every item's scores (each scorer's name, kind, value, passed), without outputs: per-scorer rates."""

@@ -1,10 +1,19 @@
 """Executing evaluation runs in the worker role: leases, items recorded as they finish, resuming.
 
-A worker takes a run by writing its lease (owner and expiry) in one conditional UPDATE, so one
-worker owns a run at a time across replicas; it renews the lease while it works, and a lease not
-renewed expires so another worker takes the run over. An item's outcome is stored under the primary
-key (run, item) together with the run's counters, and only while the lease is still this worker's:
-a resumed run skips the items already stored and scores each item exactly once.
+A worker takes a run by writing its lease (a token new to this claim, and an expiry) in one
+conditional UPDATE, so one worker owns a run at a time across replicas; it renews the lease while it
+works, and a lease not renewed expires so another worker takes the run over. An item's outcome is
+stored under the primary key (run, item) together with the run's counters, in a transaction whose
+UPDATE of the run is conditional on the token: a worker that stalled past its lease and was taken over
+(even by itself) writes nothing, a resumed run skips the items already stored, and each item is
+scored exactly once.
+
+A stalled worker cannot know whether it was taken over until it asks, so before each completion it
+checks its lease (renewing it when it may have run out): once taken over it asks the backend nothing
+more. A completion already under way when the lease is lost still finishes, and the new owner makes
+it again; both were charged to the key, so what an attempt whose outcome is not stored spent is added
+to the run's cost and tokens: the run's cost is what the run spent, its items' costs what the stored
+outcomes cost.
 
 Completions go through ``CompletionService``, the path ``/complete`` takes (budget check, breaker,
 retries, fallback, cache at temperature 0, usage and cost recorded) and are charged to the key that
@@ -19,7 +28,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -113,6 +122,32 @@ class RunCompletions(CompletionService):
         return plan
 
 
+@dataclass(slots=True)
+class Lease:
+    """This worker's claim on a run: the token its writes are conditional on, and when it runs out."""
+
+    run_id: int
+    token: str
+    expires_at: datetime
+    lost: bool = False
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What one try at an item has spent so far: stored with its outcome, or charged to the run as discarded."""
+
+    completions: int = 0
+    cost: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def add(self, out: CompletionOut) -> None:
+        self.completions += 1
+        self.cost += out.cost
+        self.input_tokens += out.usage.input_tokens
+        self.output_tokens += out.usage.output_tokens
+
+
 @dataclass(frozen=True, slots=True)
 class JudgeSetup:
     spec: Judge
@@ -204,6 +239,7 @@ class EvalWorker:
         *,
         owner: str | None = None,
         max_runs: int = 4,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.completions = completions
@@ -214,7 +250,9 @@ class EvalWorker:
         self.slots = asyncio.Semaphore(settings.eval_max_concurrency)
         self.max_runs = max_runs
         self.outage_backoff = timedelta(seconds=OUTAGE_BACKOFF_SECONDS)
+        self.clock = clock
         self.active: dict[int, asyncio.Task[None]] = {}
+        self.leases: dict[int, Lease] = {}
 
     def jobs(self) -> list[PeriodicJob]:
         return [PeriodicJob("eval-runs", self.poll_seconds, self.poll, shared=True, run_at_shutdown=False)]
@@ -223,19 +261,24 @@ class EvalWorker:
         """Take runs that have no live owner, up to ``max_runs`` at a time; returns the runs taken now."""
         for run_id in [r for r, task in self.active.items() if task.done()]:
             del self.active[run_id]
+            self.leases.pop(run_id, None)
         room = self.max_runs - len(self.active)
         if room <= 0:
             return []
-        taken: list[int] = []
-        now = utcnow()
+        taken: list[Lease] = []
+        now = self.clock()
         async with self.sessionmaker() as session, session.begin():
             repository = EvalRepository(session)
             for run_id in await repository.claimable(now, room):
-                if run_id not in self.active and await repository.claim(run_id, self.owner, now, now + self.lease):
-                    taken.append(run_id)
-        for run_id in taken:
-            self.active[run_id] = asyncio.create_task(self._own(run_id), name=f"eval-run-{run_id}")
-        return taken
+                if run_id in self.active:
+                    continue
+                lease = Lease(run_id, f"{self.owner[:55]}/{uuid.uuid4().hex[:8]}", now + self.lease)
+                if await repository.claim(run_id, lease.token, now, lease.expires_at):
+                    taken.append(lease)
+        for lease in taken:
+            self.leases[lease.run_id] = lease
+            self.active[lease.run_id] = asyncio.create_task(self._own(lease), name=f"eval-run-{lease.run_id}")
+        return [lease.run_id for lease in taken]
 
     async def stop(self) -> None:
         """Stop executing and give the leases up, so another worker takes the runs over at once."""
@@ -245,22 +288,27 @@ class EvalWorker:
         for run_id, task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            with contextlib.suppress(Exception):
-                await self._release(run_id, not_before=None)
+            lease = self.leases.get(run_id)
+            if lease is not None:
+                with contextlib.suppress(Exception):
+                    await self._release(lease, not_before=None)
         self.active.clear()
+        self.leases.clear()
 
-    async def _own(self, run_id: int) -> None:
-        """Execute a run while renewing its lease; losing the lease stops the execution."""
-        execution = asyncio.create_task(self._execute(run_id))
+    async def _own(self, lease: Lease) -> None:
+        """Execute a run while renewing its lease.
+
+        Losing the lease starts no more completions (``_hold``); those under way finish, so that what
+        they spent is known and charged to the run, and their outcomes are refused.
+        """
+        execution = asyncio.create_task(self._execute(lease))
         try:
             while not execution.done():
                 done, _ = await asyncio.wait({execution}, timeout=self.lease.total_seconds() / 3)
                 if done:
                     break
-                if not await self._renew(run_id):
-                    logger.warning("lost the lease of an evaluation run", run=run_id, owner=self.owner)
-                    execution.cancel()
-                    break
+                if not lease.lost and not await self._renew(lease):
+                    logger.warning("lost the lease of an evaluation run", run=lease.run_id, lease=lease.token)
             with contextlib.suppress(asyncio.CancelledError):
                 await execution
         finally:
@@ -269,56 +317,73 @@ class EvalWorker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await execution
 
-    async def _renew(self, run_id: int) -> bool:
+    async def _renew(self, lease: Lease) -> bool:
+        """Extend the lease if it is still this claim's; a refusal marks it lost for good."""
+        expires = self.clock() + self.lease
         async with self.sessionmaker() as session, session.begin():
-            return await EvalRepository(session).renew(run_id, self.owner, utcnow() + self.lease)
+            held = await EvalRepository(session).renew(lease.run_id, lease.token, expires)
+        if held:
+            lease.expires_at = max(lease.expires_at, expires)
+        else:
+            lease.lost = True
+        return held
 
-    async def _release(self, run_id: int, *, not_before: datetime | None, **values: Any) -> None:
+    async def _hold(self, lease: Lease) -> None:
+        """Before a completion: raise ``LeaseLostError`` if the lease is lost, asking the database first when
+        the lease may have run out (this worker stalled), so a worker that was taken over asks nothing more."""
+        if not lease.lost and self.clock() + self.lease / 2 >= lease.expires_at:
+            await self._renew(lease)
+        if lease.lost:
+            raise LeaseLostError(f"run {lease.run_id} is no longer held by lease {lease.token}")
+
+    async def _release(self, lease: Lease, *, not_before: datetime | None, **values: Any) -> None:
         async with self.sessionmaker() as session, session.begin():
-            await EvalRepository(session).release(run_id, self.owner, not_before=not_before, **values)
+            await EvalRepository(session).release(lease.run_id, lease.token, not_before=not_before, **values)
 
-    async def _execute(self, run_id: int) -> None:
+    async def _execute(self, lease: Lease) -> None:
+        run_id = lease.run_id
         try:
             plan, status = await self._plan(run_id)
             if status == "queued":  # a worker that died validating left it queued: validating again is harmless
-                await self._validate(plan)
-                await self._started(run_id)
-            await self._score_pending(plan)
-            await self._finish(run_id, "completed", None)
+                await self._validate(plan, lease)
+                await self._started(lease)
+            await self._score_pending(plan, lease)
+            await self._finish(lease, "completed", None)
         except LeaseLostError:
+            lease.lost = True
             logger.warning("another worker owns the evaluation run now", run=run_id)
         except BackendOutageError as exc:
             logger.warning("backend failing; the evaluation run waits", run=run_id, error=str(exc))
             await self._release(
-                run_id,
-                not_before=utcnow() + self.outage_backoff,
+                lease,
+                not_before=self.clock() + self.outage_backoff,
                 error=f"waiting for the backend: {exc}",
             )
         except RunFailedError as exc:
-            await self._finish(run_id, "failed", str(exc))
+            await self._finish(lease, "failed", str(exc))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             logger.exception("evaluation run failed", run=run_id)
             with contextlib.suppress(LeaseLostError):
-                await self._finish(run_id, "failed", f"{type(exc).__name__}: {exc}")
+                await self._finish(lease, "failed", f"{type(exc).__name__}: {exc}")
 
-    async def _started(self, run_id: int) -> None:
+    async def _started(self, lease: Lease) -> None:
         async with self.sessionmaker() as session, session.begin():
-            now = utcnow()
+            now = self.clock()
             if not await EvalRepository(session).renew(
-                run_id, self.owner, now + self.lease, status="running", started_at=now
+                lease.run_id, lease.token, now + self.lease, status="running", started_at=now
             ):
-                raise LeaseLostError(f"run {run_id} is no longer owned by {self.owner}")
+                raise LeaseLostError(f"run {lease.run_id} is no longer held by lease {lease.token}")
+        lease.expires_at = max(lease.expires_at, now + self.lease)
 
-    async def _finish(self, run_id: int, status: str, error: str | None) -> None:
+    async def _finish(self, lease: Lease, status: str, error: str | None) -> None:
         async with self.sessionmaker() as session, session.begin():
             repository = EvalRepository(session)
-            if not await repository.renew(
-                run_id, self.owner, utcnow(), status=status, finished_at=utcnow(), error=error
-            ):
-                raise LeaseLostError(f"run {run_id} is no longer owned by {self.owner}")
-            await repository.release(run_id, self.owner, not_before=None)
+            now = self.clock()
+            if not await repository.renew(lease.run_id, lease.token, now, status=status, finished_at=now, error=error):
+                raise LeaseLostError(f"run {lease.run_id} is no longer held by lease {lease.token}")
+            await repository.release(lease.run_id, lease.token, not_before=None)
 
     async def _plan(self, run_id: int) -> tuple[RunPlan, str]:
         async with self.sessionmaker() as session, session.begin():
@@ -371,7 +436,7 @@ class EvalWorker:
             raise RunFailedError(f"config '{name}' has no version {number}")
         return LinkedConfig.of(version)
 
-    async def _validate(self, plan: RunPlan) -> None:
+    async def _validate(self, plan: RunPlan, lease: Lease) -> None:
         """Check every item's variables against the prompt's input schema now; invalid ones are recorded."""
         resolution = await self.catalog.resolve(plan.prompt, version=plan.version)
         compiled = resolution.version.compiled
@@ -388,37 +453,55 @@ class EvalWorker:
                 except ValueError as exc:
                     detail = getattr(exc, "detail", str(exc))
                     rows.append(_error_row(item.position, "invalid", f"variables invalid: {detail}", plan.specs))
-            await self._record(plan.run_id, rows)
+            await self._record(lease, rows)
             after = items[-1].position
 
-    async def _record(self, run_id: int, rows: Sequence[dict[str, Any]]) -> None:
+    async def _record(self, lease: Lease, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
             return
-        async with self.sessionmaker() as session, session.begin():
-            await EvalRepository(session).record_items(run_id, self.owner, rows)
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                await EvalRepository(session).record_items(lease.run_id, lease.token, rows)
+        except LeaseLostError:
+            lease.lost = True
+            raise
 
-    async def _score_pending(self, plan: RunPlan) -> None:
+    async def _charge_discarded(self, run_id: int, attempt: Attempt) -> None:
+        """What an attempt whose outcome is not stored spent, added to the run's cost (see the module's text)."""
+        if not attempt.completions:
+            return
+        logger.warning(
+            "an evaluation item's attempt was discarded; its cost is added to the run's",
+            run=run_id,
+            completions=attempt.completions,
+            cost=attempt.cost,
+        )
+        async with self.sessionmaker() as session, session.begin():
+            await EvalRepository(session).charge_discarded(
+                run_id, cost=attempt.cost, input_tokens=attempt.input_tokens, output_tokens=attempt.output_tokens
+            )
+
+    async def _score_pending(self, plan: RunPlan, lease: Lease) -> None:
         run_slots = asyncio.Semaphore(plan.concurrency)
         # What stops the run (an outage, the budget, a lost lease or a cancellation): items already asked
         # still finish (and are recorded while the lease holds), since their completions were made and
-        # charged; no more are started.
+        # charged; no more are started. An attempt stopped after some of its completions, or whose outcome
+        # is refused, is charged to the run as discarded.
         stopped: list[Exception] = []
 
         async def one(item: EvalDatasetItem) -> None:
             async with run_slots:
                 if stopped:
                     return
+                attempt = Attempt()
                 try:
                     async with self.slots:
-                        row = await self._score_item(plan, item)
-                except (BackendOutageError, RunFailedError) as exc:
+                        row = await self._score_item(plan, lease, item, attempt)
+                    # Recorded before the run's slot is free: a lost lease or a cancellation stops the next item.
+                    await self._record(lease, [row])
+                except (BackendOutageError, RunFailedError, LeaseLostError) as exc:
                     stopped.append(exc)
-                    return
-                # Recorded before the run's slot is free: a lost lease or a cancellation stops the next item.
-                try:
-                    await self._record(plan.run_id, [row])
-                except LeaseLostError as exc:
-                    stopped.append(exc)
+                    await self._charge_discarded(plan.run_id, attempt)
 
         after = 0
         while True:
@@ -438,11 +521,22 @@ class EvalWorker:
             after = items[-1].position
 
     async def _complete(
-        self, completions: RunCompletions, prompt: str, request: CompleteRequest, caller: Caller
+        self,
+        completions: RunCompletions,
+        prompt: str,
+        request: CompleteRequest,
+        caller: Caller,
+        *,
+        lease: Lease,
+        attempt: Attempt,
     ) -> CompletionOut:
-        """One completion; backend failures the run waits out are told apart from an item's own problem."""
+        """One completion, only while the lease holds; what it spent goes to ``attempt``.
+
+        Backend failures the run waits out are told apart from an item's own problem.
+        """
+        await self._hold(lease)
         try:
-            return await completions.complete(prompt, request, caller)
+            out = await completions.complete(prompt, request, caller)
         except UpstreamBadRequestError:
             raise
         except BackendNotConfiguredError as exc:
@@ -453,11 +547,15 @@ class EvalWorker:
             if exc.type == "over_budget":
                 raise RunFailedError(f"the key that started the run is over its budget: {exc.detail}") from exc
             raise
+        attempt.add(out)
+        return out
 
-    async def _score_item(self, plan: RunPlan, item: EvalDatasetItem) -> dict[str, Any]:
+    async def _score_item(self, plan: RunPlan, lease: Lease, item: EvalDatasetItem, attempt: Attempt) -> dict[str, Any]:
         request = CompleteRequest(variables=item.variables, version=plan.version)
         try:
-            out = await self._complete(plan.completions, plan.prompt, request, plan.caller)
+            out = await self._complete(
+                plan.completions, plan.prompt, request, plan.caller, lease=lease, attempt=attempt
+            )
         except (BackendOutageError, RunFailedError):
             raise
         except RegistryError as exc:
@@ -475,18 +573,14 @@ class EvalWorker:
         )
         scores: list[dict[str, Any]] = []
         results: list[Score] = []
-        cost, input_tokens, output_tokens = out.cost, out.usage.input_tokens, out.usage.output_tokens
         for index, spec in enumerate(plan.specs):
             setup = plan.judges.get(index)
             if setup is None:
                 result = score(spec, inp)
                 scores.append(_score_out(spec, result))
             else:
-                result, judge, spent = await self._judge(setup, plan, item, out)
+                result, judge = await self._judge(setup, plan, lease, item, out, attempt)
                 scores.append(_score_out(spec, result, judge))
-                cost += spent.cost
-                input_tokens += spent.usage.input_tokens if spent.usage else 0
-                output_tokens += spent.usage.output_tokens if spent.usage else 0
             results.append(result)
         verdict = combine(plan.specs, results, plan.rule)
         return {
@@ -498,17 +592,23 @@ class EvalWorker:
             "passed": verdict.passed,
             "error": None,
             "latency_ms": out.latency_ms,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "cost": cost,
+            "input_tokens": attempt.input_tokens,
+            "output_tokens": attempt.output_tokens,
+            "cost": attempt.cost,
             "cached": out.cached,
             "fallback_used": out.fallback_used,
             "created_at": utcnow(),
         }
 
     async def _judge(
-        self, setup: JudgeSetup, plan: RunPlan, item: EvalDatasetItem, out: CompletionOut
-    ) -> tuple[Score, dict[str, Any], _Spent]:
+        self,
+        setup: JudgeSetup,
+        plan: RunPlan,
+        lease: Lease,
+        item: EvalDatasetItem,
+        out: CompletionOut,
+        attempt: Attempt,
+    ) -> tuple[Score, dict[str, Any]]:
         """Ask the judge prompt for ``{"score", "reason"}`` about the output; the score records which judge."""
         spec = setup.spec
         label = None if spec.version is not None else (spec.label or "production")
@@ -522,29 +622,20 @@ class EvalWorker:
                 version=spec.version,
                 label=label,  # type: ignore[arg-type]
             )
-            answer = await self._complete(setup.completions, spec.prompt, request, plan.caller)
+            answer = await self._complete(
+                setup.completions, spec.prompt, request, plan.caller, lease=lease, attempt=attempt
+            )
         except (BackendOutageError, RunFailedError):
             raise
         except RegistryError as exc:
-            return Score(0.0, False, f"the judge failed: {exc.type}: {exc.detail}"), {"prompt": spec.prompt}, _Spent()
+            return Score(0.0, False, f"the judge failed: {exc.type}: {exc.detail}"), {"prompt": spec.prompt}
         judge = {
             "prompt": answer.prompt,
             "version": answer.version,
             "config": answer.config.name,
             "config_version": answer.config.version,
         }
-        spent = _Spent(answer.cost, answer.usage)
         judgement = parse_judgement(answer.text)
         if judgement is None:
-            return (
-                Score(0.0, False, f"the judge's answer is not a score and reason: {answer.text[:200]!r}"),
-                judge,
-                spent,
-            )
-        return judge_score(spec, *judgement), judge, spent
-
-
-@dataclass(frozen=True, slots=True)
-class _Spent:
-    cost: float = 0.0
-    usage: Any = None
+            return Score(0.0, False, f"the judge's answer is not a score and reason: {answer.text[:200]!r}"), judge
+        return judge_score(spec, *judgement), judge

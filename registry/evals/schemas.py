@@ -145,6 +145,19 @@ class Interval(Output):
     high: float | None
 
 
+class DiscardedSpend(Output):
+    """Completions made for items whose outcome was then not stored, already counted in the run's cost and tokens.
+
+    Their worker was taken over while it stalled (the new owner asked again), the run was cancelled
+    while they ran, or the backend failed before the item was scored (the item is asked again when the
+    run resumes). Both attempts were charged to the key, so the run's cost counts both.
+    """
+
+    cost: float
+    input_tokens: int
+    output_tokens: int
+
+
 class RunOut(Output):
     id: int
     status: Literal["queued", "running", "completed", "failed", "cancelled"]
@@ -173,6 +186,7 @@ class RunOut(Output):
     error: str | None
     pass_rate_interval: Interval | None = None
     mean_score_interval: Interval | None = None
+    discarded: DiscardedSpend | None = None  # on a single run's read
 
     @classmethod
     def of(cls, run: EvalRun, *, pass_rate: Interval | None = None, mean_score: Interval | None = None) -> RunOut:

@@ -27,6 +27,7 @@ from registry.evals.schemas import (
     CreateRun,
     DatasetItemIn,
     DatasetRef,
+    DiscardedSpend,
     Interval,
     RunOut,
 )
@@ -265,12 +266,21 @@ class RunService:
         return run
 
     async def results(self, run_id: int) -> RunResults:
-        """The run with its aggregates so far: pass rate and mean score, each with a 95% interval."""
+        """The run with its aggregates so far: pass rate and mean score, each with a 95% interval, and what
+        attempts whose outcomes were not stored spent (the run's cost less its stored outcomes')."""
         run = await self.require(run_id)
         outcomes = await self.repository.outcomes(run.id)
         passed = [ok for _, ok, _, _ in outcomes]
         scores = [score if score is not None else 0.0 for _, _, score, _ in outcomes]
-        out = RunOut.of(run)
+        stored_cost, stored_input, stored_output = await self.repository.stored_spend(run.id)
+        out = msgspec.structs.replace(
+            RunOut.of(run),
+            discarded=DiscardedSpend(
+                cost=max(0.0, round(run.cost - stored_cost, 9)),
+                input_tokens=run.input_tokens - stored_input,
+                output_tokens=run.output_tokens - stored_output,
+            ),
+        )
         if outcomes:
             summary = summarize(passed, scores)
             out = msgspec.structs.replace(
