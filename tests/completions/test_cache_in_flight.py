@@ -1,9 +1,9 @@
-"""A unit's erasure wins over its completion in flight: an answer the model gives after the erasure is kept in
+"""An answer that arrives after its unit's erasure, or after its prompt's ``store_io`` went off, is kept in
 neither cache.
 
-The backend holds the completion after its semantic cache lookup (an event, no timing), the unit is erased, then
-the backend answers: neither the semantic cache (on PostgreSQL and SQLite) nor the exact cache (in Redis and in the
-process) keeps anything of the unit, and a later identical request asks the model again.
+The backend holds the completion after its semantic cache lookup (an event, no timing), the unit is erased (or
+``store_io`` turned off), then the backend answers: neither the semantic cache (on PostgreSQL and SQLite) nor the
+exact cache (in Redis and in the process) keeps anything of it, and a later identical request asks the model again.
 """
 
 from __future__ import annotations
@@ -210,3 +210,34 @@ async def test_on_postgresql_a_store_waits_for_the_erasure_in_progress_and_then_
 
     assert waited
     assert await semantic_entries_of(clean_database, "ada") == 0
+
+
+async def test_an_answer_that_arrives_after_store_io_went_off_is_kept_in_no_cache(
+    served: CachedRegistry, held: HeldBackend
+) -> None:
+    client, admin = served.client, served.admin
+    model = unique("ok")
+    await publish(client, admin, backend="held", model=model, params=DETERMINISTIC, store_io=True)
+    settings = {"enabled": True, "threshold": 0.8}
+    assert (await client.put("/v1/prompts/greet/semantic-cache", json=settings, headers=admin)).status_code == 200
+    body = {"variables": {"name": "Ada"}, "unit": "u1"}
+
+    in_flight = asyncio.create_task(client.post("/v1/prompts/greet/complete", json=body, headers=admin))
+    assert await asyncio.to_thread(held.arrived.wait, WAIT), "the completion never reached the backend"
+    off = await asyncio.wait_for(client.patch("/v1/prompts/greet", json={"store_io": False}, headers=admin), WAIT)
+    await served.cache.settled()
+    held.release.set()
+    answered = await asyncio.wait_for(in_flight, WAIT)
+    await served.cache.settled()
+    on = await client.patch("/v1/prompts/greet", json={"store_io": True}, headers=admin)
+    await served.cache.settled()
+    again = await client.post("/v1/prompts/greet/complete", json=body, headers=admin)
+
+    assert (off.status_code, on.status_code) == (200, 200)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["cached"] is False
+    assert again.json()["cached"] is False  # the exact cache kept nothing: the model answered again
+    assert len(held.fault.seen(model, CHAT)) == 2
+    async with served.engine.connect() as connection:
+        stored = (await connection.execute(text("SELECT count(*) FROM semantic_cache_entries"))).scalar_one()
+    assert stored == 0  # nor the semantic cache (turned off with store_io, and not on again)
