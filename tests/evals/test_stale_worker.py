@@ -157,3 +157,28 @@ async def test_a_stalled_worker_that_was_taken_over_asks_the_backend_nothing(
     assert run["cost"] == pytest.approx(sum(cost for _, cost in costs))  # nothing was discarded
     assert run["discarded"] == {"cost": 0.0, "input_tokens": 0, "output_tokens": 0}
     assert await count_rows(migrated_engine, "eval_run_items") == 3
+
+
+async def test_a_completion_under_way_when_its_run_is_cancelled_is_charged_to_the_run_and_not_stored(
+    served: tuple[AppClient, dict[str, str]], migrated_engine: AsyncEngine, stand_in: tuple[StandIn, str]
+) -> None:
+    client, admin = served
+    first, _, _ = workers(client.app, "before_the_write", "second")
+    version = await publish(client, admin, "stale", prices=(100_000.0, 1_000_000.0))
+    await dataset(client, admin, "stale-cases", [{"variables": {"answer": a}, "expected": a} for a in ANSWERS])
+    run = await start_run(
+        client, admin, prompt="stale", version=version, dataset={"name": "stale-cases"}, concurrency=1
+    )
+    assert await first.poll() == [run["id"]]
+    await first.paused.wait()
+    cancelled = await client.post(f"/v1/evals/runs/{run['id']}/cancel", headers=admin)
+    assert cancelled.status_code == 200, cancelled.text
+    first.go_on.set()
+    await first.active[run["id"]]
+
+    body = (await client.get(f"/v1/evals/runs/{run['id']}", headers=admin)).json()
+    assert [stand_in[0].asked(a) for a in ANSWERS] == [1, 0, 0]
+    assert (body["status"], body["items_done"]) == ("cancelled", 0)
+    assert await count_rows(migrated_engine, "eval_run_items") == 0
+    assert body["cost"] > 0
+    assert body["discarded"] == {"cost": pytest.approx(body["cost"]), "input_tokens": 5, "output_tokens": 1}
