@@ -34,9 +34,9 @@ from registry.lib.errors import ConflictError, FieldError, InvalidInputError, No
 from registry.lib.promotion import State
 from registry.outbox.events import emit_event
 from registry.prompts.schemas import LinkedConfig
-from registry.prompts.service import PromptLimits
+from registry.prompts.service import PromptLimits, compile_version
 from registry.rollouts.models import Rollout, RolloutEvent
-from registry.rollouts.plan import Action, Step, next_action, step_problems
+from registry.rollouts.plan import Action, Step, next_action, step_problems, variable_conflicts
 from registry.rollouts.repository import RolloutRepository
 from registry.rollouts.schemas import CreateRollout
 from registry.stats.guardrails import Guardrail, GuardrailDecision, decide, rollout_levels
@@ -137,6 +137,16 @@ class RolloutService:
             problems.append(FieldError("candidate_version", f"prompt '{name}' has no production version to compare"))
         elif production.number == data.candidate_version and data.config is None:
             problems.append(FieldError("candidate_version", "is the production version already"))
+        else:
+            candidate = await workflow.repository.get_version(prompt.id, data.candidate_version)
+            if candidate is not None:
+                conflicts = variable_conflicts(
+                    compile_version(production).input_schema, compile_version(candidate).input_schema
+                )
+                problems += [
+                    FieldError("candidate_version", f"{conflict} (version {production.number}'s schema)")
+                    for conflict in conflicts
+                ]
         if problems:
             raise InvalidInputError("the rollout is invalid", errors=problems)
         assert production is not None
