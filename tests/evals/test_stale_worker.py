@@ -18,13 +18,13 @@ from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.evals.models import EvalDatasetItem
-from registry.evals.runner import Attempt, EvalWorker, Lease, RunPlan
+from registry.evals.runner import OUTAGE_BACKOFF_SECONDS, Attempt, EvalWorker, Lease, RunPlan
 from registry.runtime import Runtime
 from registry.settings import Settings
 from tests.completions.conftest import backend
 from tests.conftest import AppClient, count_rows
 from tests.embedded import embedded_settings, serve_embedded
-from tests.evals.conftest import dataset, publish, start_run
+from tests.evals.conftest import dataset, ok, publish, start_run
 from tests.evals.stand_in import StandIn
 from tests.rollouts.simulation import FakeClock
 
@@ -66,8 +66,9 @@ async def served(
     server, url = stand_in
     server.requests.clear()
     server.released.clear()
+    server.up.clear()
     fields: dict[str, Any] = {
-        "backends": {"stand-in": backend(url, max_retries=0)},
+        "backends": {"stand-in": backend(url, max_retries=0, breaker_cooldown=0.05)},
         "eval_poll_seconds": 3600.0,
         "eval_lease_seconds": LEASE_SECONDS,
     }
@@ -182,3 +183,44 @@ async def test_a_completion_under_way_when_its_run_is_cancelled_is_charged_to_th
     assert await count_rows(migrated_engine, "eval_run_items") == 0
     assert body["cost"] > 0
     assert body["discarded"] == {"cost": pytest.approx(body["cost"]), "input_tokens": 5, "output_tokens": 1}
+
+
+async def test_an_item_whose_judge_met_an_outage_is_asked_again_and_both_answers_are_charged(
+    served: tuple[AppClient, dict[str, str]], stand_in: tuple[StandIn, str]
+) -> None:
+    client, admin = served
+    runtime: Runtime = client.app.state.runtime
+    clock = FakeClock()
+    worker = EvalWorker(runtime.settings, runtime.sessionmaker, runtime.completions, runtime.prompts, clock=clock)
+    await publish(client, admin, "grader", template='{"score": 1, "reason": "fine"}', model="down-then-echo")
+    await ok(
+        await client.post(
+            "/v1/prompts/grader/versions/1/promote", json={"to": "production", "expected_current": None}, headers=admin
+        )
+    )
+    version = await publish(client, admin, "stale", prices=(100_000.0, 1_000_000.0))
+    await dataset(client, admin, "stale-cases", [{"variables": {"answer": a}, "expected": a} for a in ANSWERS])
+    run = await start_run(
+        client,
+        admin,
+        prompt="stale",
+        version=version,
+        dataset={"name": "stale-cases"},
+        concurrency=1,
+        scorers=[{"kind": "judge", "prompt": "grader"}],
+    )
+    assert await worker.poll() == [run["id"]]
+    await worker.active[run["id"]]  # the first item's answer came, its judge's did not: the run waits
+    stand_in[0].up.set()
+    clock.advance(OUTAGE_BACKOFF_SECONDS + 1)
+    assert await worker.poll() == [run["id"]]
+    await worker.active[run["id"]]
+
+    body = (await client.get(f"/v1/evals/runs/{run['id']}", headers=admin)).json()
+    assert (body["status"], body["items_done"], body["items_passed"]) == ("completed", 3, 3)
+    assert [stand_in[0].asked(a) for a in ANSWERS] == [2, 1, 1]
+    costs = await stored_costs(client, admin, run["id"])
+    item_cost = costs[0][1]  # the judge's config is free: an item costs its answer
+    assert item_cost > 0
+    assert body["cost"] == pytest.approx(4 * item_cost)
+    assert body["discarded"] == {"cost": pytest.approx(item_cost), "input_tokens": 5, "output_tokens": 1}
