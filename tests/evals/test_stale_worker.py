@@ -91,16 +91,21 @@ def workers(app: Litestar, pause: Pause, second_owner: str) -> tuple[PausingWork
     return first, second, clock
 
 
+async def three_item_run(client: AppClient, admin: dict[str, str], **fields: Any) -> dict[str, Any]:
+    """A run, one item at a time, of three items that pass, on a priced config (each answer costs the same)."""
+    version = await publish(client, admin, "stale", prices=(100_000.0, 1_000_000.0))
+    await dataset(client, admin, "stale-cases", [{"variables": {"answer": a}, "expected": a} for a in ANSWERS])
+    return await start_run(
+        client, admin, prompt="stale", version=version, dataset={"name": "stale-cases"}, concurrency=1, **fields
+    )
+
+
 async def taken_over(
     client: AppClient, admin: dict[str, str], first: PausingWorker, second: PausingWorker, clock: FakeClock
 ) -> dict[str, Any]:
     """A run of three items that the first worker takes and stalls in and the second takes over; the first
     goes on and ends, then the second finishes the run. Returns the run as it is once both are done."""
-    version = await publish(client, admin, "stale", prices=(100_000.0, 1_000_000.0))
-    await dataset(client, admin, "stale-cases", [{"variables": {"answer": a}, "expected": a} for a in ANSWERS])
-    run = await start_run(
-        client, admin, prompt="stale", version=version, dataset={"name": "stale-cases"}, concurrency=1
-    )
+    run = await three_item_run(client, admin)
     assert await first.poll() == [run["id"]]
     await first.paused.wait()
     assert await second.poll() == []  # the first worker's lease still holds
@@ -165,11 +170,7 @@ async def test_a_completion_under_way_when_its_run_is_cancelled_is_charged_to_th
 ) -> None:
     client, admin = served
     first, _, _ = workers(client.app, "before_the_write", "second")
-    version = await publish(client, admin, "stale", prices=(100_000.0, 1_000_000.0))
-    await dataset(client, admin, "stale-cases", [{"variables": {"answer": a}, "expected": a} for a in ANSWERS])
-    run = await start_run(
-        client, admin, prompt="stale", version=version, dataset={"name": "stale-cases"}, concurrency=1
-    )
+    run = await three_item_run(client, admin)
     assert await first.poll() == [run["id"]]
     await first.paused.wait()
     cancelled = await client.post(f"/v1/evals/runs/{run['id']}/cancel", headers=admin)
@@ -198,17 +199,7 @@ async def test_an_item_whose_judge_met_an_outage_is_asked_again_and_both_answers
             "/v1/prompts/grader/versions/1/promote", json={"to": "production", "expected_current": None}, headers=admin
         )
     )
-    version = await publish(client, admin, "stale", prices=(100_000.0, 1_000_000.0))
-    await dataset(client, admin, "stale-cases", [{"variables": {"answer": a}, "expected": a} for a in ANSWERS])
-    run = await start_run(
-        client,
-        admin,
-        prompt="stale",
-        version=version,
-        dataset={"name": "stale-cases"},
-        concurrency=1,
-        scorers=[{"kind": "judge", "prompt": "grader"}],
-    )
+    run = await three_item_run(client, admin, scorers=[{"kind": "judge", "prompt": "grader"}])
     assert await worker.poll() == [run["id"]]
     await worker.active[run["id"]]  # the first item's answer came, its judge's did not: the run waits
     stand_in[0].up.set()
