@@ -9,12 +9,13 @@ similar one at or above the prompt's threshold answers. Entries live ``REGISTRY_
 
 Privacy: entries hold a prompt's answers and its requests' embeddings, so a prompt whose storage policy keeps
 no inputs and outputs (``store_io`` false) never looks up nor stores here (and cannot enable the cache,
-``semantic_settings``); each entry carries the ``unit_digest`` of the unit whose request it answered, so
-erasing that unit (``registry.experiments.privacy``) deletes it, and an answer to a request looked up before the
-erasure is not stored after it (``store`` checks, in its transaction, for an erasure of the unit since the
-lookup, ``ERASURE_CLOCK_SKEW`` early; an erasure and a store of one unit take one lock on PostgreSQL, and SQLite
-runs one writing transaction at a time, so either the erasure deletes the entry or the store sees the erasure).
-An answer may serve other units, so one whose
+``semantic_settings``; a store reads the settings again in its transaction, under a shared lock on PostgreSQL,
+so an answer in flight when ``store_io`` goes off is not kept either). Each entry carries the ``unit_digest``
+of the unit whose request it answered, so erasing that unit (``registry.experiments.privacy``) deletes it, and
+an answer to a request looked up before the erasure is not stored after it (``store`` looks, in its
+transaction, for an erasure of the unit since the lookup, ``ERASURE_CLOCK_SKEW`` early; an erasure and a store
+of one unit take one lock on PostgreSQL, and SQLite runs one writing transaction at a time, so either the
+erasure deletes the entry or the store sees the erasure). An answer may serve other units, so one whose
 request (variables or text) or text holds personal data is never stored (``semantic_privacy.holds_personal_data``;
 counted in ``registry_semantic_cache_store_skips_total{reason="personal_data"}``).
 
@@ -233,6 +234,8 @@ class SemanticCache:
                     if await repository.unit_erased_since(entry.unit_digest, since):
                         logger.info("the unit was erased while the model answered; the answer is not kept")
                         return
+                if not await repository.keeps_answers(settings.prompt_id):  # turned off in the meantime
+                    return
                 await repository.add_entry(entry)
         except _DATABASE_ERRORS as exc:
             logger.warning("could not keep the answer in the semantic cache", error=str(exc))

@@ -70,7 +70,9 @@ async def stop_keeping_answers(session: AsyncSession, prompt: Prompt, actor: Act
     were left from an earlier time it was on).
     """
     repository = SemanticCacheRepository(session)
-    settings = await repository.get_settings(prompt.id)
+    # Locked before the entries are deleted: a store in progress finishes first (and its entry is deleted
+    # here), one that comes later waits and reads the cache off (``SemanticCache.store``).
+    settings = await repository.get_settings(prompt.id, for_update=True)
     was_on = settings is not None and settings.enabled
     deleted = await repository.delete_of_prompt(prompt.name)
     if settings is not None and settings.enabled:

@@ -34,8 +34,21 @@ class SemanticCacheRepository:
         query = select(PromptVersion).where(PromptVersion.prompt_id == prompt_id).order_by(PromptVersion.number)
         return (await self.session.execute(query)).scalars().all()
 
-    async def get_settings(self, prompt_id: int) -> SemanticCacheSettings | None:
-        return await self.session.get(SemanticCacheSettings, prompt_id)
+    async def get_settings(self, prompt_id: int, *, for_update: bool = False) -> SemanticCacheSettings | None:
+        query = select(SemanticCacheSettings).where(SemanticCacheSettings.prompt_id == prompt_id)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def keeps_answers(self, prompt_id: int) -> bool:
+        """Whether the prompt's cache is on, read under a shared lock on its settings (PostgreSQL): a store that
+        reads it waits for a change of the settings in progress, and one in progress waits for the store."""
+        query = (
+            select(SemanticCacheSettings.enabled)
+            .where(SemanticCacheSettings.prompt_id == prompt_id)
+            .with_for_update(read=True)
+        )
+        return bool((await self.session.execute(query)).scalar_one_or_none())
 
     async def settings_of_prompt(self, name: str) -> tuple[int, SemanticCacheSettings | None] | None:
         """The prompt's id and its settings (None: never set), or None when no prompt has that name."""

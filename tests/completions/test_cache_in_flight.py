@@ -25,9 +25,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.completions.cache import CachedCompletion, ResponseCache
 from registry.completions.metrics import CompletionMetrics
-from registry.completions.models import SemanticCacheSettings
+from registry.completions.models import SemanticCacheEntry, SemanticCacheSettings
 from registry.completions.semantic_cache import SemanticCache, SemanticProbe
+from registry.completions.semantic_privacy import stop_keeping_answers
+from registry.completions.semantic_repository import SemanticCacheRepository
 from registry.completions.similarity import pack
+from registry.db.base import utcnow
 from registry.db.engine import create_sessionmaker
 from registry.experiments.privacy import UnitDataService
 from registry.experiments.privacy_digest import unit_digest
@@ -156,21 +159,18 @@ async def test_an_exact_cache_write_after_the_units_erasure_is_refused(where: st
             await redis.aclose()
 
 
-async def waiting_for_an_advisory_lock(engine: AsyncEngine) -> bool:
+async def waiting_for_a_lock(engine: AsyncEngine) -> bool:
+    """Whether a session of the test's database waits for a lock (an advisory one, or a row's)."""
     query = text(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
     )
     async with engine.connect() as connection:
         return int((await connection.execute(query)).scalar_one()) > 0
 
 
-async def test_on_postgresql_a_store_waits_for_the_erasure_in_progress_and_then_keeps_nothing(
-    clean_database: AsyncEngine,
-) -> None:
-    """The erasure has deleted the unit's entries but not committed: without the lock the store would not see
-    it, insert, and commit an entry the erasure never deletes."""
-    sessionmaker = create_sessionmaker(clean_database)
+async def cached_prompt(engine: AsyncEngine) -> tuple[SemanticCache, SemanticProbe, Prompt]:
+    """Prompt ``greet`` with its semantic cache on, a semantic cache, and a miss looked up for unit ``ada``."""
+    sessionmaker = create_sessionmaker(engine)
     async with sessionmaker() as session, session.begin():
         prompt = Prompt(name="greet", store_io=True, created_by="test", updated_by="test")
         session.add(prompt)
@@ -199,17 +199,83 @@ async def test_on_postgresql_a_store_waits_for_the_erasure_in_progress_and_then_
         output_price_per_mtok=0.0,
         max_context_tokens=None,
     )
-    looked_up = SemanticProbe("scope", pack([1.0, 0.0]), "greet", 1, config, None, unit="ada")
+    return cache, SemanticProbe("scope", pack([1.0, 0.0]), "greet", 1, config, None, unit="ada"), prompt
 
-    async with sessionmaker() as erasing, erasing.begin():
+
+async def test_on_postgresql_a_store_waits_for_the_erasure_in_progress_and_then_keeps_nothing(
+    clean_database: AsyncEngine,
+) -> None:
+    """The erasure has deleted the unit's entries but not committed: without the lock the store would not see
+    it, insert, and commit an entry the erasure never deletes."""
+    cache, looked_up, _ = await cached_prompt(clean_database)
+
+    async with create_sessionmaker(clean_database)() as erasing, erasing.begin():
         await UnitDataService(erasing, {}, grace=timedelta(0)).erase("ada", TEST_ACTOR)
         storing = asyncio.create_task(cache.store(looked_up, ANSWER))
-        await until(lambda: waiting_for_an_advisory_lock(clean_database), "the store to wait for the erasure")
+        await until(lambda: waiting_for_a_lock(clean_database), "the store to wait for the erasure")
         waited = not storing.done()
     await asyncio.wait_for(storing, WAIT)
 
     assert waited
     assert await semantic_entries_of(clean_database, "ada") == 0
+
+
+async def test_on_postgresql_a_store_waits_for_store_io_going_off_and_then_keeps_nothing(
+    clean_database: AsyncEngine,
+) -> None:
+    """``store_io`` is going off (its entries deleted, not committed) while an answer is stored: the store waits on
+    the settings' lock and reads the cache off, where it would otherwise insert an entry nothing deletes."""
+    cache, looked_up, prompt = await cached_prompt(clean_database)
+    await cache._prompt_settings("greet")  # read before the change, as a completion in flight had
+
+    async with create_sessionmaker(clean_database)() as changing, changing.begin():
+        assert await stop_keeping_answers(changing, prompt, TEST_ACTOR) == 0
+        storing = asyncio.create_task(cache.store(looked_up, ANSWER))
+        await until(lambda: waiting_for_a_lock(clean_database), "the store to wait for the settings")
+        waited = not storing.done()
+    await asyncio.wait_for(storing, WAIT)
+
+    assert waited
+    async with clean_database.connect() as connection:
+        assert (await connection.execute(text("SELECT count(*) FROM semantic_cache_entries"))).scalar_one() == 0
+
+
+async def test_on_postgresql_store_io_going_off_waits_for_a_store_in_progress_and_deletes_its_entry(
+    clean_database: AsyncEngine,
+) -> None:
+    """A store has read the cache on (under its shared lock) and inserted, not committed: turning ``store_io`` off
+    locks the settings before deleting, so it deletes the entry once the store commits."""
+    _, _, prompt = await cached_prompt(clean_database)
+    sessionmaker = create_sessionmaker(clean_database)
+
+    async with sessionmaker() as storing, storing.begin():  # what ``SemanticCache.store`` does in its transaction
+        repository = SemanticCacheRepository(storing)
+        assert await repository.keeps_answers(prompt.id)
+        await repository.add_entry(
+            SemanticCacheEntry(
+                scope="scope",
+                prompt="greet",
+                prompt_version=1,
+                config="cfg",
+                config_version=1,
+                embedding=pack([1.0, 0.0]),
+                text="hello",
+                created_at=utcnow(),
+                expires_at=utcnow() + timedelta(hours=1),
+            )
+        )
+
+        async def turn_off() -> int:
+            async with sessionmaker() as changing, changing.begin():
+                return await stop_keeping_answers(changing, prompt, TEST_ACTOR)
+
+        changing = asyncio.create_task(turn_off())
+        await until(lambda: waiting_for_a_lock(clean_database), "store_io going off to wait for the store")
+    deleted = await asyncio.wait_for(changing, WAIT)
+
+    assert deleted == 1
+    async with clean_database.connect() as connection:
+        assert (await connection.execute(text("SELECT count(*) FROM semantic_cache_entries"))).scalar_one() == 0
 
 
 async def test_an_answer_that_arrives_after_store_io_went_off_is_kept_in_no_cache(
