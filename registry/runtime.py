@@ -242,6 +242,7 @@ class Runtime:
                 logger.exception("final flush failed", job=job.name)
         await self.http.close()
         await self.webhooks.close()
+        await self.completions.cache.settled()  # deletions of cached answers a store_io change started
         await self.bus.stop()
         if self.redis is not None:
             await self.redis.aclose()
