@@ -50,6 +50,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ID_PREFIX = secrets.token_hex(8)
 _ID_COUNTER = itertools.count(1)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_JSON = b"application/json"
 ENCODED_SLASH = "%2F"
 # An API key pasted into a URL by mistake is redacted before the path is logged.
 _KEY_IN_PATH = re.compile(r"prk_[a-z2-9]{12}_[A-Za-z0-9_-]{43}")
@@ -136,7 +137,8 @@ class RequestContextMiddleware:
         method = scope["method"]
         raw_path = scope.get("raw_path")
         if raw_path:
-            raw_path = raw_path.split(b"?", 1)[0]  # some clients (httpx's test transport) include the query
+            if b"?" in raw_path:  # some clients (httpx's test transport) include the query
+                raw_path = raw_path.split(b"?", 1)[0]
             if b"%2F" in raw_path or b"%2f" in raw_path:
                 scope["path"] = path_keeping_encoded_slashes(raw_path)
 
@@ -176,7 +178,15 @@ class RequestContextMiddleware:
         try:
             target_bytes = len(raw_path or scope["path"]) + len(scope["query_string"])
             body_method = has_body and method in _BODY_METHODS
-            refusal = self._refusal(target_bytes, header_count, header_bytes, body_method, content_type, scope["path"])
+            limits = self.limits
+            refusal = (
+                None  # the common case, without the call: within the limits, and no body or a JSON one
+                if target_bytes <= limits.max_url_bytes
+                and header_count <= limits.max_headers
+                and header_bytes <= limits.max_header_bytes
+                and (not body_method or content_type == _JSON)
+                else self._refusal(target_bytes, header_count, header_bytes, body_method, content_type, scope["path"])
+            )
             if refusal is not None:
                 await send_problem(refusal, scope, send_with_context)
             else:
