@@ -63,6 +63,7 @@ from registry.experiments.timeseries import (
     default_interval,
     point_count,
 )
+from registry.experiments.variables import variable_conflicts
 from registry.lib.changes import Change, record_change
 from registry.lib.errors import FieldError, ForbiddenError, InvalidInputError
 from registry.lib.pagination import PageRequest
@@ -72,7 +73,7 @@ from registry.outbox.events import emit_event
 from registry.prompts.catalog import PromptCatalog
 from registry.prompts.models import Prompt, PromptVersion
 from registry.prompts.schemas import ConfigUsed, CreatePromptVersion, MessageIn, RenderOut
-from registry.prompts.service import PromptLimits, PromptService
+from registry.prompts.service import PromptLimits, PromptService, compile_version
 
 # Fields an update sets as given: none changes which variant a unit gets.
 DEFINITION_FIELDS = ("description", "correction", "alpha", "sequential", "sequential_tuning", "cuped")
@@ -517,6 +518,7 @@ class ExperimentService:
                 f"experiment '{other}' is already running on prompt '{experiment.prompt.name}'"
             )
         await self._check_namespace(experiment)
+        await self._check_variables(experiment)
         before = _snapshot(experiment)
         experiment.status = "running"
         experiment.started_at = experiment.updated_at = utcnow()
@@ -535,6 +537,30 @@ class ExperimentService:
         )
         self._changed(experiment, "started")
         return experiment
+
+    async def _check_variables(self, experiment: Experiment) -> None:
+        """Refuse a variant that cannot render any request production's callers send (``variable_conflicts``)."""
+        workflow = self.prompts.workflow
+        production = (await workflow.repository.holders(experiment.prompt_id)).get(State.PRODUCTION)
+        if production is None:
+            return
+        schema = compile_version(production).input_schema
+        problems = []
+        for index, variant in enumerate(experiment.variants):
+            if variant.prompt_version == production.number:
+                continue
+            version = await workflow.repository.get_version(experiment.prompt_id, variant.prompt_version)
+            if version is None:
+                continue
+            problems += [
+                FieldError(f"variants[{index}].prompt_version", f"{conflict} (production: version {production.number})")
+                for conflict in variable_conflicts(schema, compile_version(version).input_schema)
+            ]
+        if problems:
+            raise ExperimentInvalidError(
+                "a variant cannot render what production's callers send; its units would all be refused",
+                errors=problems,
+            )
 
     async def _check_namespace(self, experiment: Experiment) -> None:
         if experiment.namespace_range is None:

@@ -11,10 +11,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from prompt_registry_client.assignment import gb_hash
 
@@ -47,31 +47,6 @@ def rollout_ranges(share: float) -> list[tuple[float, float]]:
         end -= 1
     bound = min(end / step, 1.0)
     return [(bound, 1.0), (0.0, bound)]
-
-
-def variable_conflicts(production: Mapping[str, Any], candidate: Mapping[str, Any]) -> list[str]:
-    """Why no request that production renders can render on the candidate, from their input schemas.
-
-    A variable the candidate requires that production refuses, or one production requires that the
-    candidate refuses: every caller sending what production takes would be refused on the candidate (422)
-    before a completion is recorded, so no guardrail would see those failures. Empty when some request
-    may render on both.
-    """
-
-    def accepts(schema: Mapping[str, Any], name: str) -> bool:
-        return name in schema.get("properties", {}) or schema.get("additionalProperties", True) is not False
-
-    conflicts = [
-        f"the candidate requires variable '{name}', which production refuses"
-        for name in candidate.get("required", [])
-        if not accepts(production, name)
-    ]
-    conflicts += [
-        f"production requires variable '{name}', which the candidate refuses"
-        for name in production.get("required", [])
-        if not accepts(candidate, name)
-    ]
-    return conflicts
 
 
 @dataclass(frozen=True, slots=True)

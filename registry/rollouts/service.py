@@ -29,6 +29,7 @@ from registry.experiments.models import Experiment
 from registry.experiments.results import variant_arm
 from registry.experiments.schemas import CreateExperiment, StopExperiment, VariantIn
 from registry.experiments.service import ExperimentService
+from registry.experiments.variables import variable_conflicts
 from registry.lib.changes import Change, record_change
 from registry.lib.errors import ConflictError, FieldError, InvalidInputError, NotFoundError, RegistryError
 from registry.lib.promotion import State
@@ -36,7 +37,7 @@ from registry.outbox.events import emit_event
 from registry.prompts.schemas import LinkedConfig
 from registry.prompts.service import PromptLimits, compile_version
 from registry.rollouts.models import Rollout, RolloutEvent
-from registry.rollouts.plan import Action, Step, next_action, step_problems, variable_conflicts
+from registry.rollouts.plan import Action, Step, next_action, step_problems
 from registry.rollouts.repository import RolloutRepository
 from registry.rollouts.schemas import CreateRollout
 from registry.stats.guardrails import Guardrail, GuardrailDecision, decide, rollout_levels
@@ -144,7 +145,7 @@ class RolloutService:
                     compile_version(production).input_schema, compile_version(candidate).input_schema
                 )
                 problems += [
-                    FieldError("candidate_version", f"{conflict} (version {production.number}'s schema)")
+                    FieldError("candidate_version", f"{conflict} (production: version {production.number})")
                     for conflict in conflicts
                 ]
         if problems:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from registry.rollouts.plan import variable_conflicts
+from registry.experiments.variables import variable_conflicts
 from tests.conftest import count_rows, problem
 from tests.experiments.conftest import Client, make_metric
 from tests.rollouts.conftest import STEPS, ok
@@ -82,3 +82,24 @@ def test_conflicts_are_what_no_request_can_satisfy_on_both_sides(
     production: dict[str, Any], candidate: dict[str, Any], conflicts: int
 ) -> None:
     assert len(variable_conflicts(production, candidate)) == conflicts
+
+
+async def test_an_experiment_with_a_variant_production_callers_cannot_render_does_not_start(
+    client: Client, admin: dict[str, str]
+) -> None:
+    await prompt_with(client, admin, {"template": "Hello {{ name }}"}, {"template": "Hello {{ person }}"})
+    experiment = {
+        "key": "tone",
+        "prompt": "greet",
+        "variants": [{"key": "a", "prompt_version": 1}, {"key": "b", "prompt_version": 2}],
+        "primary_metric": "converted",
+    }
+    await ok(await client.post("/v1/experiments", json=experiment, headers=admin), 201)
+    response = await client.post("/v1/experiments/tone/start", headers=admin)
+    assert response.status_code == 422
+    messages = {(e["field"], e["message"].split(" (")[0]) for e in problem(response)["errors"]}
+    assert messages == {
+        ("variants[1].prompt_version", "requires variable 'person', which production refuses"),
+        ("variants[1].prompt_version", "refuses variable 'name', which production requires"),
+    }
+    assert (await ok(await client.get("/v1/experiments/tone", headers=admin)))["status"] == "draft"
