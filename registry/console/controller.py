@@ -60,10 +60,11 @@ CONSOLE_DIR = Path(__file__).parent
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _SIGN_IN_MINUTES = 30
 
-# Scripts only from the service itself (today there are none), nothing inline, no framing.
+# Scripts only from the service itself (static/live.js, on pages of something still running), nothing inline,
+# requests from scripts only to the service (live.js fetching a page's parts), no framing.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",

@@ -84,6 +84,10 @@ class ScorerRate:
         return self.passed / self.scored if self.scored else None
 
 
+# How often a running run's page asks for its moving parts (static/live.js): items finish in seconds.
+RUN_REFRESH_MS = 2000
+
+
 @dataclass(frozen=True, slots=True)
 class RunView:
     run: RunOut

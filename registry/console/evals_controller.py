@@ -22,6 +22,7 @@ from registry.auth.keys import Scope
 from registry.console.controller import CONSOLE_PREFIX, SECURITY_HEADERS, Form, provide_viewer, render, see_other
 from registry.console.evals import (
     COMMON_SCORERS,
+    RUN_REFRESH_MS,
     RUN_STATUSES,
     SCORER_LABELS,
     EvalPages,
@@ -96,8 +97,27 @@ class EvalPagesController(Controller):
             "eval-run.html",
             view=view,
             notice="The run is cancelled." if notice else None,
+            refresh_ms=RUN_REFRESH_MS,
             section="evals",
         )
+
+    @get(
+        "/runs/{run_id:int}/live",
+        opt={SCOPE_OPT: Scope.READ},
+        operation_id="consoleEvalRunLive",
+        include_in_schema=False,
+    )
+    async def run_live(
+        self,
+        request: Request[Any, Any, Any],
+        run_id: FromPath[int],
+        reader: NamedDependency[EvalPages],
+        page: NamedDependency[PageRequest],
+        failed: Annotated[bool, QueryParameter()] = False,
+    ) -> Template:
+        """The run page's moving parts alone (same query as the page), for ``static/live.js`` while it runs."""
+        view = await reader.run_page(run_id, page, failed=failed)
+        return render(request, "eval-run-live.html", view=view)
 
     @post(
         "/runs/{run_id:int}/cancel",

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from registry.console import formatting
 from registry.console.charts import IntervalRow, interval_plot
 from registry.prompts.service import PromptLimits
+from registry.rollouts.models import ACTIVE_STATUSES
 from registry.rollouts.schemas import RolloutOut
 from registry.rollouts.service import RolloutService
 
@@ -83,11 +84,21 @@ def guardrail_chart(guardrail: dict[str, Any], checks: list[dict[str, Any]], cha
     )
 
 
+# How often a running rollout's page asks for its moving parts (static/live.js): checks run minutes apart,
+# a person's advance or abort shows within seconds.
+ROLLOUT_REFRESH_MS = 5000
+
+
 @dataclass(frozen=True, slots=True)
 class RolloutPage:
     rollout: RolloutOut
     checks: list[dict[str, Any]]
     charts: dict[str, Markup | None]  # per guardrail metric
+
+    @property
+    def active(self) -> bool:
+        """Still moving (a paused rollout may be resumed): its page refreshes itself."""
+        return self.rollout.status in ACTIVE_STATUSES
 
     @property
     def latest_check(self) -> datetime | None:
