@@ -199,19 +199,21 @@ class ExposureService:
             if experiment is None:
                 problems.append(FieldError(f"exposures[{index}].experiment", "is not a running experiment"))
                 continue
-            if experiment.rollout:
-                # The service routes a rollout's units itself and records their exposures; a reported one could
-                # put a unit on the side its hash does not give it and move the rollout's split check.
-                problems.append(
-                    FieldError(
-                        f"exposures[{index}].experiment",
-                        "backs a rollout: the service routes its units and records their exposures",
-                    )
-                )
-                continue
             if exposure.variant not in {v.key for v in experiment.variants}:
                 problems.append(FieldError(f"exposures[{index}].variant", "is not a variant of the experiment"))
                 continue
+            if experiment.rollout:
+                # A rollout's split check assumes every unit is on the side its hash gives it (the ranges of
+                # the experiment's assignment): an exposure on the other side would move it.
+                side = experiment.variants[experiment.assign(exposure.unit).variation].key
+                if exposure.variant != side:
+                    problems.append(
+                        FieldError(
+                            f"exposures[{index}].variant",
+                            f"is not the side the rollout routes this unit to ('{side}' at the current share)",
+                        )
+                    )
+                    continue
             resolved.append((experiment, exposure))
         if problems:
             raise InvalidInputError(f"{len(problems)} exposure(s) are invalid; none were recorded", errors=problems)

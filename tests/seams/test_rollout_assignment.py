@@ -49,15 +49,30 @@ async def test_an_sdk_given_the_experiment_assigns_every_unit_the_side_the_servi
         await settle(client)
 
 
-async def test_a_read_key_cannot_report_exposures_into_a_rollouts_experiment(
+async def test_reported_exposures_of_a_rollout_are_taken_only_on_the_side_it_routes_each_unit_to(
     client: Client, admin: dict[str, str], make_key: KeyFactory
 ) -> None:
     await make_prompt(client, admin, "greet")
     await make_metric(client, admin, "converted")
-    rollout = await start_rollout(client, admin)
+    rollout = await start_rollout(client, admin, steps=[{"share": 0.5}, {"share": 1.0}])
+    key = rollout["experiment"]
     reader = await make_key(Scope.READ, name="app")
-    fake = [{"experiment": rollout["experiment"], "unit": f"fake-{i}", "variant": "candidate"} for i in range(50)]
-    response = await client.post("/v1/exposures", json={"exposures": fake}, headers=reader)
+    units = [f"local-{i}" for i in range(40)]
+    sides = {}
+    for unit in units:
+        preview = {"unit": unit, "variables": {"x": "1"}}
+        sides[unit] = (await ok(await client.post(f"/v1/experiments/{key}/preview", json=preview, headers=admin)))[
+            "experiment"
+        ]["variant"]
+    assert set(sides.values()) == {"production", "candidate"}
+
+    forged = [{"experiment": key, "unit": unit, "variant": "candidate"} for unit in units]
+    response = await client.post("/v1/exposures", json={"exposures": forged}, headers=reader)
     assert response.status_code == 422
-    assert problem(response)["errors"][0]["field"] == "exposures[0].experiment"
-    assert (await client.get("/v1/units/fake-0", headers=admin)).status_code == 404  # nothing held on it
+    refused = {e["field"] for e in problem(response)["errors"]}
+    assert refused == {f"exposures[{i}].variant" for i, unit in enumerate(units) if sides[unit] == "production"}
+    assert (await client.get(f"/v1/units/{units[0]}", headers=admin)).status_code == 404  # none was recorded
+
+    honest = [{"experiment": key, "unit": unit, "variant": sides[unit]} for unit in units]
+    recorded = await ok(await client.post("/v1/exposures", json={"exposures": honest}, headers=reader), 202)
+    assert recorded["recorded"] == len(units)
