@@ -30,7 +30,8 @@ from registry.experiments.models import (
 )
 from registry.experiments.repository import IngestRepository, StatisticsRepository
 from registry.settings import Settings
-from tests.conftest import RUN_ID, create_database, drop_database, make_key_on, serve_in_process
+from tests.conftest import RUN_ID, create_database, drop_database, serve_in_process
+from tests.embedded import embedded_settings, serve_embedded
 from tests.experiments.conftest import (
     Client,
     flush_and_aggregate,
@@ -47,22 +48,11 @@ HOUR = timedelta(hours=1)
 async def rollup_settings(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Settings]:
     """A database of the test's own (it is migrated down and up at the end)."""
     name = f"registry_rollup_{RUN_ID}"
-    if request.param == "postgresql":
-        url = await create_database(name)
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
-    settings = Settings(
-        database_url=url,
-        redis_url=None,
-        access_log=False,
-        log_level="WARNING",
-        bootstrap_admin_key=False,
-        experiment_exposure_flush_seconds=3600.0,
-        experiment_statistics_seconds=3600.0,
+    settings = embedded_settings(
+        tmp_path, redis_url=None, experiment_exposure_flush_seconds=3600.0, experiment_statistics_seconds=3600.0
     )
-    engine = create_engine(settings)
-    await migrate.upgrade(engine)
-    await engine.dispose()
+    if request.param == "postgresql":
+        settings = settings.model_copy(update={"database_url": await create_database(name)})
     yield settings
     if request.param == "postgresql":
         await drop_database(name)
@@ -245,8 +235,7 @@ async def run_scenario(client: Client, headers: dict[str, str]) -> Scenario:
 
 
 async def test_the_hourly_rollup_gives_what_the_per_unit_rows_give(rollup_settings: Settings) -> None:
-    headers = await make_key_on(rollup_settings)
-    async with serve_in_process(create_app(rollup_settings)) as client:
+    async with serve_embedded(rollup_settings) as (client, headers):
         scenario = await run_scenario(client, headers)
         kept = await scenario.rollup_rows()
         assert kept["units"]

@@ -8,13 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from registry.app import create_app
-from registry.auth.keys import Scope
-from registry.auth.service import ApiKeyService
 from registry.db import migrate
 from registry.db.engine import create_engine, create_sessionmaker
 from registry.settings import Settings
-from tests.conftest import TEST_ACTOR, serve_in_process
+from tests.embedded import embedded_settings, serve_embedded
 from tests.experiments.conftest import (
     Client,
     flush_and_aggregate,
@@ -29,13 +26,8 @@ from tests.experiments.conftest import (
 
 @pytest.fixture
 async def sqlite_settings(tmp_path: Path) -> Settings:
-    settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
-        access_log=False,
-        log_level="WARNING",
-        bootstrap_admin_key=False,
-        experiment_exposure_flush_seconds=3600.0,
-        experiment_statistics_seconds=3600.0,
+    settings = embedded_settings(
+        tmp_path, experiment_exposure_flush_seconds=3600.0, experiment_statistics_seconds=3600.0
     )
     engine = create_engine(settings)
     await migrate.upgrade(engine)
@@ -45,12 +37,8 @@ async def sqlite_settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def sqlite_client(sqlite_settings: Settings) -> AsyncIterator[tuple[Client, dict[str, str]]]:
-    engine = create_engine(sqlite_settings)
-    async with create_sessionmaker(engine)() as session, session.begin():
-        _, secret = await ApiKeyService(session).create_key("admin", [Scope.ADMIN], TEST_ACTOR)
-    await engine.dispose()
-    async with serve_in_process(create_app(sqlite_settings)) as client:
-        yield client, {"Authorization": f"Bearer {secret}"}
+    async with serve_embedded(sqlite_settings) as client_and_admin:
+        yield client_and_admin
 
 
 async def test_an_experiment_runs_end_to_end_on_sqlite(sqlite_client: tuple[Client, dict[str, str]]) -> None:
