@@ -17,6 +17,10 @@ def _loaded() -> tuple[object, ...]:
     return (selectinload(Rollout.prompt), selectinload(Rollout.experiment))
 
 
+class RolloutLeaseLostError(Exception):
+    """Another claim holds the rollout's lease now (or it ended): the check that found it out changes nothing."""
+
+
 class RolloutRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -53,16 +57,36 @@ class RolloutRepository:
     async def running_ids(self) -> Sequence[int]:
         return (await self.session.execute(select(Rollout.id).where(Rollout.status == "running"))).scalars().all()
 
-    async def claim(self, rollout_id: int, owner: str, now: datetime, until: datetime) -> bool:
-        """Take the rollout's lease (one checker across replicas), or renew one this owner holds."""
+    async def claim(self, rollout_id: int, lease: str, now: datetime, until: datetime) -> bool:
+        """Take the rollout's lease if nobody holds a live one (one checker across replicas).
+
+        ``lease`` is a token new to this claim (the checker's name and a random part), so a live lease is
+        never taken again, not even by a checker of the same name; the check's transaction renews it
+        (``renew``) before it changes anything.
+        """
         statement = (
             update(Rollout)
             .where(
                 Rollout.id == rollout_id,
                 Rollout.status == "running",
-                or_(Rollout.lease_owner.is_(None), Rollout.lease_owner == owner, Rollout.lease_expires_at < now),
+                or_(Rollout.lease_owner.is_(None), Rollout.lease_expires_at < now),
             )
-            .values(lease_owner=owner, lease_expires_at=until)
+            .values(lease_owner=lease, lease_expires_at=until)
+            .execution_options(synchronize_session=False)
+        )
+        result = await self.session.execute(statement)
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def renew(self, rollout_id: int, lease: str, until: datetime) -> bool:
+        """Extend the lease if it is still this claim's: the fence of the check's transaction.
+
+        On PostgreSQL the UPDATE also locks the row until the check commits, so no claim can come between
+        this and what the check writes; false when another claim took the rollout over (or it ended).
+        """
+        statement = (
+            update(Rollout)
+            .where(Rollout.id == rollout_id, Rollout.lease_owner == lease)
+            .values(lease_expires_at=until)
             .execution_options(synchronize_session=False)
         )
         result = await self.session.execute(statement)

@@ -38,7 +38,7 @@ from registry.prompts.schemas import LinkedConfig
 from registry.prompts.service import PromptLimits, compile_version
 from registry.rollouts.models import Rollout, RolloutEvent
 from registry.rollouts.plan import Action, Step, next_action, step_problems
-from registry.rollouts.repository import RolloutRepository
+from registry.rollouts.repository import RolloutLeaseLostError, RolloutRepository
 from registry.rollouts.schemas import CreateRollout
 from registry.stats.guardrails import Guardrail, GuardrailDecision, decide, rollout_levels
 
@@ -244,8 +244,15 @@ class RolloutService:
 
     # -- the check
 
-    async def check(self, rollout_id: int, now: datetime) -> Action | None:
-        """Test the guardrails and the split at the current step, and act on the result (see ``next_action``)."""
+    async def check(self, rollout_id: int, now: datetime, *, lease: str, lease_until: datetime) -> Action | None:
+        """Test the guardrails and the split at the current step, and act on the result (see ``next_action``).
+
+        Only while ``lease`` is still the rollout's: renewed first, in this transaction, so a checker that
+        stalled past its lease and was taken over (even by one of its own name) raises
+        ``RolloutLeaseLostError`` before it reads or writes anything, and the caller rolls back.
+        """
+        if not await self.repository.renew(rollout_id, lease, lease_until):
+            raise RolloutLeaseLostError(f"rollout {rollout_id} is no longer held by lease {lease}")
         rollout = await self.require(rollout_id, for_update=True)
         if rollout.status != "running":
             return None
