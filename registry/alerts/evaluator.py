@@ -1,10 +1,13 @@
 """The alert evaluation, in the worker role: every ``alert_evaluate_seconds`` each enabled rule is evaluated.
 
 One evaluator acts on a rule at a time across replicas, by the rule's lease taken in one conditional
-UPDATE (as rollouts and evaluation runs are taken), renewed at every evaluation and left to expire
-when its holder stops, so another worker takes over. Each evaluation runs in its own transaction
-with the rule's row locked, committed like a request's: the incident, its outbox event and its audit
-entry together.
+UPDATE (as rollouts and evaluation runs are taken) that writes a token new to that claim (the
+evaluator's name and a random part), kept and renewed at every evaluation and left to expire when its
+holder stops, so another worker takes over. Each evaluation runs in its own transaction, committed like
+a request's: the incident, its outbox event and its audit entry together, after a first statement that
+renews the lease on the condition that the token is still the rule's. An evaluator that stalled past
+its lease and was taken over, even by one of its own name, so fires, resolves and notifies nothing, and
+a live lease is never taken again.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.alerts.evaluation import Transition
 from registry.alerts.metrics import AlertMetrics, SignalSnapshot
-from registry.alerts.repository import AlertRepository
+from registry.alerts.repository import AlertLeaseLostError, AlertRepository
 from registry.alerts.service import AlertService
 from registry.db.base import utcnow
 from registry.db.session import unit_of_work
@@ -41,6 +44,7 @@ class AlertEvaluator:
         interval: float,
         clock: Callable[[], datetime] = utcnow,
         metrics_registry: CollectorRegistry | None = None,
+        owner: str | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.bus = bus
@@ -49,7 +53,8 @@ class AlertEvaluator:
         self.lease = timedelta(seconds=max(3 * interval, 30.0))
         self.clock = clock
         self.metrics = AlertMetrics(metrics_registry)
-        self.owner = f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.owner = owner or f"{socket.gethostname()[:40]}-{os.getpid()}"
+        self.leases: dict[int, str] = {}  # the token of each rule this evaluator holds the lease of
 
     def jobs(self) -> list[PeriodicJob]:
         return [PeriodicJob("alert-evaluate", self.interval, self.run_once, shared=True, run_at_shutdown=False)]
@@ -84,10 +89,29 @@ class AlertEvaluator:
             )
 
     async def evaluate(self, rule_id: int) -> list[tuple[str, Transition]] | None:
-        """None when another evaluator holds the rule's lease."""
+        """None when another evaluator holds the rule's lease (or took it over from this one)."""
         now = self.clock()
+        lease = self.leases.get(rule_id) or await self._claim(rule_id, now)
+        if lease is None:
+            return None
+        try:
+            return await self._act(rule_id, lease, now)
+        except AlertLeaseLostError:
+            # Taken over (or the rule was deleted): the next evaluation claims anew if it may.
+            logger.warning("the alert rule's lease is no longer this evaluator's", rule=rule_id, lease=lease)
+            self.leases.pop(rule_id, None)
+            return None
+
+    async def _claim(self, rule_id: int, now: datetime) -> str | None:
+        """Take the lease with a token new to this claim (it fits the 64 characters of ``lease_owner``)."""
+        lease = f"{self.owner[:55]}/{secrets.token_hex(4)}"
         async with self.sessionmaker() as session, session.begin():
-            if not await AlertRepository(session).claim(rule_id, self.owner, now, now + self.lease):
+            if not await AlertRepository(session).claim(rule_id, lease, now, now + self.lease):
                 return None
+        self.leases[rule_id] = lease
+        return lease
+
+    async def _act(self, rule_id: int, lease: str, now: datetime) -> list[tuple[str, Transition]]:
         async with unit_of_work(self.sessionmaker, self.bus) as session:
-            return await AlertService(session, self.backends).evaluate(rule_id, now)
+            service = AlertService(session, self.backends)
+            return await service.evaluate(rule_id, now, lease=lease, lease_until=self.clock() + self.lease)

@@ -116,6 +116,10 @@ def month_spend_query(keys: Sequence[str], since: datetime) -> Select[Any]:
     )
 
 
+class AlertLeaseLostError(Exception):
+    """Another claim holds the rule's lease now (or the rule is gone): the evaluation changes nothing."""
+
+
 class AlertRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -148,20 +152,36 @@ class AlertRepository:
         query = select(AlertRule.id).where(AlertRule.enabled.is_(True)).order_by(AlertRule.id)
         return (await self.session.execute(query)).scalars().all()
 
-    async def claim(self, rule_id: int, owner: str, now: datetime, until: datetime) -> bool:
-        """Take the rule's lease (one evaluator across replicas), or renew one this owner holds."""
+    async def claim(self, rule_id: int, lease: str, now: datetime, until: datetime) -> bool:
+        """Take the rule's lease if nobody holds a live one (one evaluator across replicas).
+
+        ``lease`` is a token new to this claim (the evaluator's name and a random part), so a live lease is
+        never taken again, not even by an evaluator of the same name; the evaluation's transaction renews it
+        (``renew``) before it changes anything.
+        """
         statement = (
             update(AlertRule)
             .where(
                 AlertRule.id == rule_id,
                 AlertRule.enabled.is_(True),
-                or_(
-                    AlertRule.lease_owner.is_(None),
-                    AlertRule.lease_owner == owner,
-                    AlertRule.lease_expires_at < now,
-                ),
+                or_(AlertRule.lease_owner.is_(None), AlertRule.lease_expires_at < now),
             )
-            .values(lease_owner=owner, lease_expires_at=until)
+            .values(lease_owner=lease, lease_expires_at=until)
+            .execution_options(synchronize_session=False)
+        )
+        result = await self.session.execute(statement)
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def renew(self, rule_id: int, lease: str, until: datetime) -> bool:
+        """Extend the lease if it is still this claim's: the fence of the evaluation's transaction.
+
+        On PostgreSQL the UPDATE also locks the rule's row until the evaluation commits, so no claim comes
+        between this and the incidents and events it writes; false when another claim took the rule over.
+        """
+        statement = (
+            update(AlertRule)
+            .where(AlertRule.id == rule_id, AlertRule.lease_owner == lease)
+            .values(lease_expires_at=until)
             .execution_options(synchronize_session=False)
         )
         result = await self.session.execute(statement)

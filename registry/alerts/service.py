@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.alerts.evaluation import INACTIVE, Condition, SeriesState, Transition, signal_value, step
 from registry.alerts.models import AlertIncident, AlertRule
-from registry.alerts.repository import AlertRepository, Selection
+from registry.alerts.repository import AlertLeaseLostError, AlertRepository, Selection
 from registry.alerts.schemas import CreateRule, RuleScope, UpdateRule
 from registry.auth.audit import AuditLog
 from registry.auth.principal import Actor
@@ -213,8 +213,17 @@ class AlertService:
 
     # -- evaluation
 
-    async def evaluate(self, rule_id: int, now: datetime) -> list[tuple[str, Transition]]:
-        """Evaluate the rule at ``now``: the series that fired or resolved, in order."""
+    async def evaluate(
+        self, rule_id: int, now: datetime, *, lease: str, lease_until: datetime
+    ) -> list[tuple[str, Transition]]:
+        """Evaluate the rule at ``now``: the series that fired or resolved, in order.
+
+        Only while ``lease`` is still the rule's: renewed first, in this transaction, so an evaluator that
+        stalled past its lease and was taken over (even by one of its own name) raises ``AlertLeaseLostError``
+        before it opens or closes an incident or enqueues a notification, and the caller rolls back.
+        """
+        if not await self.repository.renew(rule_id, lease, lease_until):
+            raise AlertLeaseLostError(f"alert rule {rule_id} is no longer held by lease {lease}")
         rule = await self.repository.get(rule_id, for_update=True)
         if rule is None or not rule.enabled:
             return []
