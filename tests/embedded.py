@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from registry.app import create_app
 from registry.auth.keys import Scope
 from registry.db import migrate
@@ -44,3 +46,19 @@ async def serve_embedded(settings: Settings) -> AsyncIterator[tuple[AppClient, d
         await engine.dispose()
     async with serve_in_process(create_app(settings)) as client:
         yield client, admin
+
+
+@asynccontextmanager
+async def serve_on_engine_kind(
+    engine: AsyncEngine, settings: Settings, tmp_path: Path, **fields: Any
+) -> AsyncIterator[tuple[AppClient, dict[str, str]]]:
+    """``serve_embedded`` on a database of ``engine``'s kind (the ``migrated_engine`` fixture's), with ``fields``.
+
+    PostgreSQL: the test's ``settings``; SQLite: ``embedded_settings`` on the file ``migrated_engine`` made.
+    """
+    if engine.dialect.name == "sqlite":
+        chosen = embedded_settings(tmp_path, **fields)
+    else:
+        chosen = settings.model_copy(update=fields)
+    async with serve_embedded(chosen) as client_and_admin:
+        yield client_and_admin

@@ -25,7 +25,7 @@ from registry.settings import Settings
 from tests.alerts.conftest import FakeClock, alert_audit, alert_events, complete, create_rule, ok, rows
 from tests.completions.conftest import backend, publish, unique
 from tests.conftest import count_rows
-from tests.embedded import embedded_settings, serve_embedded
+from tests.embedded import serve_on_engine_kind
 from tests.experiments.conftest import Client, runtime_of
 
 INTERVAL = 1000.0  # the evaluators' lease is three intervals: it runs out only when the test moves the clock
@@ -58,11 +58,7 @@ async def served(
         "completion_usage_flush_seconds": 3600.0,
         "alert_evaluate_seconds": 3600.0,
     }
-    if migrated_engine.dialect.name == "sqlite":
-        chosen = embedded_settings(tmp_path, **fields)
-    else:
-        chosen = settings.model_copy(update=fields)
-    async with serve_embedded(chosen) as client_and_admin:
+    async with serve_on_engine_kind(migrated_engine, settings, tmp_path, **fields) as client_and_admin:
         yield client_and_admin
 
 

@@ -24,7 +24,7 @@ from registry.rollouts.checker import RolloutChecker
 from registry.rollouts.plan import Action
 from registry.settings import Settings
 from tests.conftest import count_rows
-from tests.embedded import embedded_settings, serve_embedded
+from tests.embedded import serve_on_engine_kind
 from tests.experiments.conftest import Client, make_metric, make_prompt, runtime_of
 from tests.rollouts.conftest import start_rollout
 from tests.rollouts.simulation import FakeClock, ok
@@ -58,11 +58,7 @@ async def served(
         "experiment_statistics_seconds": 3600.0,
         "rollout_check_seconds": 3600.0,
     }
-    if migrated_engine.dialect.name == "sqlite":
-        chosen = embedded_settings(tmp_path, **fields)
-    else:
-        chosen = settings.model_copy(update=fields)
-    async with serve_embedded(chosen) as client_and_admin:
+    async with serve_on_engine_kind(migrated_engine, settings, tmp_path, **fields) as client_and_admin:
         yield client_and_admin
 
 
