@@ -23,7 +23,7 @@ from registry.runtime import Runtime
 from registry.settings import Settings
 from tests.completions.conftest import backend
 from tests.conftest import AppClient, count_rows
-from tests.embedded import embedded_settings, serve_embedded
+from tests.embedded import serve_on_engine_kind
 from tests.evals.conftest import dataset, ok, publish, start_run
 from tests.evals.stand_in import StandIn
 from tests.rollouts.simulation import FakeClock
@@ -72,11 +72,7 @@ async def served(
         "eval_poll_seconds": 3600.0,
         "eval_lease_seconds": LEASE_SECONDS,
     }
-    if migrated_engine.dialect.name == "sqlite":
-        chosen = embedded_settings(tmp_path, **fields)
-    else:
-        chosen = settings.model_copy(update=fields)
-    async with serve_embedded(chosen) as client_and_admin:
+    async with serve_on_engine_kind(migrated_engine, settings, tmp_path, **fields) as client_and_admin:
         yield client_and_admin
 
 
