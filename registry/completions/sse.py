@@ -42,6 +42,16 @@ class SSEDecoder:
         A block that is one ``data: `` line (every chunk vLLM sends) is taken as it is, without
         splitting it into lines; any other is read in full, and refused as ``feed`` refuses it.
         """
+        # The usual read: one whole event of one data line, nothing held from the read before (its only
+        # newlines the last two, b"\n\n", not after a b"\r"). Taken without splitting; any other is split below.
+        if (
+            not self._buffer
+            and data.find(b"\n") == len(data) - 2
+            and data[-1] == 10
+            and data[-3] != 13
+            and data.startswith(b"data: ")
+        ):
+            return [data[6:-2]]
         found = []
         for block in self._blocks(data):
             if block.startswith(b"data: ") and b"\n" not in block:
@@ -132,17 +142,21 @@ def decode_chunk(data: bytes | str) -> Chunk:
         raise MalformedStreamError(f"not an OpenAI-compatible chunk: {exc}") from exc
     if chunk.error is not None:
         return Chunk(error=str(chunk.error.get("message") or chunk.error))
-    text, finish_reason = "", None
-    for choice in chunk.choices:
-        text += choice.text or (choice.delta.content if choice.delta else None) or ""
-        finish_reason = choice.finish_reason or finish_reason
+    choices = chunk.choices
+    if len(choices) == 1:  # every chunk of one answer
+        choice = choices[0]
+        delta = choice.delta
+        text = choice.text or (delta.content if delta is not None else None) or ""
+        finish_reason = choice.finish_reason
+    else:
+        text, finish_reason = "", None
+        for choice in choices:
+            text += choice.text or (choice.delta.content if choice.delta else None) or ""
+            finish_reason = choice.finish_reason or finish_reason
     usage = chunk.usage
-    return Chunk(
-        text=text,
-        finish_reason=finish_reason,
-        input_tokens=usage.prompt_tokens if usage else None,
-        output_tokens=usage.completion_tokens if usage else None,
-    )
+    if usage is None:
+        return Chunk(text=text, finish_reason=finish_reason)
+    return Chunk(text, finish_reason, usage.prompt_tokens, usage.completion_tokens)
 
 
 _encoder = msgspec.json.Encoder()

@@ -269,24 +269,45 @@ class UpstreamStream:
             try:
                 data = await anext(self._body)
             except StopAsyncIteration:
-                last = self._decoder.close()
-                if not last:
-                    raise MalformedStreamError("the stream ended without [DONE]") from None
-                return [event.data for event in last]
+                return self._last_events()
             events = self._decoder.feed_data(data)
             if events:
                 return events
 
+    def _last_events(self) -> list[bytes]:
+        """The events the body's end completes; none (the stream ended without ``[DONE]``) is an error."""
+        last = self._decoder.close()
+        if not last:
+            raise MalformedStreamError("the stream ended without [DONE]") from None
+        return [event.data for event in last]
+
     async def _next(self) -> Chunk | None:
-        """What arrived in one read, as one chunk: a backend (or a registry) that falls behind
-        catches up with fewer, larger writes to the caller instead of one per token."""
+        """What arrived in one read, as one chunk; None at the end."""
         if self._pending_error is not None:
             raise self._pending_error
         if self.done:
             return None
+        return self._take(await self._read_events())
+
+    def _take(self, events: list[bytes]) -> Chunk | None:
+        """The events of one read as one chunk: a backend (or a registry) that falls behind catches up
+        with fewer, larger writes to the caller instead of one per token. None: only ``[DONE]`` was left."""
+        if len(events) == 1 and events[0] != DONE:  # the usual read, one chunk: taken as it is
+            chunk = decode_chunk(events[0])
+            if chunk.error is not None:
+                raise MalformedStreamError(f"error in stream: {chunk.error}")
+            if chunk.input_tokens is not None:
+                self.input_tokens = chunk.input_tokens
+                self._reported_output_tokens = chunk.output_tokens or 0
+                self._unreported_deltas = 0
+            elif chunk.text:
+                self._unreported_deltas += 1
+            if chunk.finish_reason:
+                self.finish_reason = chunk.finish_reason
+            return chunk
         text: list[str] = []
         finish_reason = None
-        for data in await self._read_events():
+        for data in events:
             if data == DONE:
                 self.done = True
                 break
@@ -345,9 +366,19 @@ class UpstreamStream:
         self._deadline_timer = asyncio.get_running_loop().call_later(
             max(0.0, self.deadline - time.monotonic()), self._expire
         )
+        # As ``_next`` in a loop, the reads and the decoding inline: this runs once per token.
+        body, feed = self._body, self._decoder.feed_data
         while not self.done:
             try:
-                following = await self._next()
+                if self._pending_error is not None:
+                    raise self._pending_error
+                try:
+                    events = feed(await anext(body))
+                except StopAsyncIteration:
+                    events = self._last_events()
+                if not events:
+                    continue  # part of an event: the next read completes it
+                following = self._take(events)
             except (aiohttp.ClientError, OSError, MalformedStreamError, TimeoutError) as exc:
                 await self.close("failed")
                 cause = TimeoutError() if self.expired else exc  # the deadline closed the connection

@@ -1,0 +1,75 @@
+"""How the upstream's bytes are split into reads must not change the events the decoder finds.
+
+A read that is one whole ``data:`` event is taken without splitting it into lines (the usual
+case, once per token); these check that shortcut against the general reading of the same bytes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from registry.completions.sse import MalformedStreamError, SSEDecoder
+
+STREAMS = {
+    "one line per event": b'data: {"a":1}\n\ndata: {"b":"x y"}\n\ndata: [DONE]\n\n',
+    "crlf": b'data: {"a":1}\r\n\r\ndata: [DONE]\r\n\r\n',
+    "crlf then lf": b'data: {"a":1}\r\n\ndata: {"b":2}\n\n',
+    "a bare cr inside": b"data: a\rb\n\ndata: c\n\n",
+    "empty data": b"data: \n\ndata: x\n\n",
+    "named, two data lines and a comment": b": keep-alive\n\nevent: e\ndata: one\ndata: two\n\ndata: z\n\n",
+    "no space after the colon": b"data:{}\n\ndata: {}\n\n",
+}
+
+
+def general(stream: bytes) -> list[bytes]:
+    """The events' data read the long way: every block split into its lines."""
+    decoder = SSEDecoder()
+    return [event.data for event in decoder.feed(stream)]
+
+
+def fed(reads: list[bytes]) -> list[bytes]:
+    decoder = SSEDecoder()
+    return [data for read in reads for data in decoder.feed_data(read)]
+
+
+def events_of(stream: bytes) -> list[bytes]:
+    """The stream cut after every blank line: one event per read, as a backend writes them."""
+    normal = stream.replace(b"\r\n", b"\n")
+    if normal != stream:  # keep the original bytes: cut the CRLF stream where its events end
+        return [stream]
+    return [block + b"\n\n" for block in stream.split(b"\n\n")[:-1]]
+
+
+@pytest.mark.parametrize("stream", STREAMS.values(), ids=STREAMS.keys())
+def test_every_split_into_reads_finds_the_same_events(stream: bytes) -> None:
+    expected = general(stream)
+
+    assert fed([stream]) == expected
+    assert fed(events_of(stream)) == expected
+    for cut in range(1, len(stream)):
+        assert fed([stream[:cut], stream[cut:]]) == expected, cut
+    assert fed([bytes([byte]) for byte in stream]) == expected
+
+
+def test_a_whole_event_in_one_read_is_its_data() -> None:
+    decoder = SSEDecoder()
+
+    assert decoder.feed_data(b'data: {"choices":[]}\n\n') == [b'{"choices":[]}']
+    assert decoder.feed_data(b"data: x\r\n\n") == [b"x"]  # a CRLF before the blank line is a line end too
+    assert decoder.feed_data(b"data: [DONE]\n\n") == [b"[DONE]"]
+
+
+def test_a_read_that_ends_mid_event_is_held_for_the_next() -> None:
+    decoder = SSEDecoder()
+
+    assert decoder.feed_data(b"data: x\n") == []
+    assert decoder.feed_data(b"\ndata: y\n\n") == [b"x", b"y"]
+
+
+def test_a_line_that_is_not_sse_is_refused_whatever_the_reads() -> None:
+    with pytest.raises(MalformedStreamError):
+        SSEDecoder().feed_data(b"nonsense: 1\n\n")
+    decoder = SSEDecoder()
+    decoder.feed_data(b"data: x\n")
+    with pytest.raises(MalformedStreamError):
+        decoder.feed_data(b"bad\n\n")
