@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
@@ -17,12 +16,12 @@ from registry.completions.schemas import (
     BudgetOut,
     CompleteRequest,
     CompletionOut,
-    DeltaEvent,
+    DoneEvent,
     SetBudget,
     UsageDimension,
     UsageReport,
 )
-from registry.completions.service import BudgetService, Caller, CompletionService, CompletionStream, UsageService
+from registry.completions.service import BudgetService, Caller, CompletionService, UsageService
 from registry.completions.sse import encode_delta, encode_event
 from registry.deps import provide_resource_name
 from registry.lib.disconnect import cancel_on_disconnect
@@ -54,25 +53,24 @@ def provide_budget_service(
     return BudgetService(db_session, runtime.completions.budgets)
 
 
-async def server_sent_events(stream: CompletionStream, request: Request[Any, Any, Any]) -> AsyncIterator[bytes]:
-    """Our events as bytes; the metadata leaves in the same write as the first token.
+class ServerSentEvents:
+    """Our events as bytes (a ``StreamEncoder``); the metadata leaves in the same write as the first token.
 
     A failure becomes the problem body (``instance``, ``request_id`` and all) that the
     same failure before the first token is answered with, and is logged the same way.
     """
-    head = encode_event("metadata", stream.meta)
-    async with aclosing(stream.events) as events:  # closed here, wherever a disconnect stops the response
-        async for name, data in events:
-            if isinstance(data, DeltaEvent):
-                part = encode_delta(data.text)
-            elif isinstance(data, RegistryError):
-                part = encode_event(name, exception_to_response(request, data).content)
-            else:
-                part = encode_event(name, data)
-            yield head + part
-            head = b""
-    if head:
-        yield head
+
+    delta = staticmethod(encode_delta)
+
+    def __init__(self, request: Request[Any, Any, Any]) -> None:
+        self.request = request
+
+    @staticmethod
+    def done(event: DoneEvent) -> bytes:
+        return encode_event("done", event)
+
+    def error(self, error: RegistryError) -> bytes:
+        return encode_event("error", exception_to_response(self.request, error).content)
 
 
 async def started(events: AsyncIterator[bytes]) -> tuple[bytes, AsyncIterator[bytes]]:
@@ -81,8 +79,9 @@ async def started(events: AsyncIterator[bytes]) -> tuple[bytes, AsyncIterator[by
     asyncio closes a started generator that is dropped, which closes the
     upstream connection and frees its slot even if the response never begins
     streaming; a generator that was never started would be dropped silently.
+    The response closes it when it ends, however it ends (``PrimedStream``).
     """
-    return await anext(events), events
+    return await anext(events, b""), events
 
 
 class CompletionController(Controller):
@@ -115,8 +114,9 @@ class CompletionController(Controller):
         if not data.stream:
             return Response(await cancel_on_disconnect(request.receive, service.complete(resource_name, data, caller)))
         stream = await cancel_on_disconnect(request.receive, service.open_stream(resource_name, data, caller))
-        first, rest = await started(server_sent_events(stream, request))
-        return PrimedStream(first, rest, media_type="text/event-stream", headers=SSE_HEADERS)
+        first, rest = await started(stream.encoded(ServerSentEvents(request)))
+        head = encode_event("metadata", stream.meta)
+        return PrimedStream(head + first, rest, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 class UsageController(Controller):

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 import structlog
@@ -162,9 +162,9 @@ class Run:
         )
         return self.set_aside + Spend(self.input_tokens, self.output_tokens, cost)
 
-    @property
-    def cost(self) -> float:
-        return 0.0 if self.cached else round(self.spend().cost, 12)
+    def cost_of(self, spend: Spend) -> float:
+        """What the caller is charged for ``spend`` (this run's): nothing for a cache hit."""
+        return 0.0 if self.cached else round(spend.cost, 12)
 
     def set_aside_attempt(self) -> None:
         """Start the answer again on another config: the text goes, what it cost stays charged."""
@@ -180,8 +180,9 @@ class Run:
         if upstream.ttft is not None:
             self.ttft = upstream.started + upstream.ttft - self.started
 
-    def usage(self) -> UsageOut:
-        spend = self.spend()
+    def usage(self, spend: Spend | None = None) -> UsageOut:
+        if spend is None:
+            spend = self.spend()
         return UsageOut(
             input_tokens=spend.input_tokens,
             output_tokens=spend.output_tokens,
@@ -191,12 +192,57 @@ class Run:
 
 # A stream's events: metadata, deltas and done are schemas; a failure after the first token is the error itself.
 StreamEvents = AsyncGenerator[tuple[str, Output | RegistryError], None]
+Part = TypeVar("Part")
+Part_co = TypeVar("Part_co", covariant=True)
+
+
+class StreamEncoder(Protocol[Part_co]):
+    """What a stream's events become: the doors' bytes, or the schemas themselves (``EventTuples``).
+
+    The relay makes each part with it as the event comes, so the text of a delta goes into the
+    caller's bytes without an event object or another generator between them.
+    """
+
+    def delta(self, text: str) -> Part_co: ...
+
+    def done(self, event: DoneEvent) -> Part_co: ...
+
+    def error(self, error: RegistryError) -> Part_co: ...
+
+
+class EventTuples:
+    """The events as ``(name, schema)``, and a failure after the first token as the error itself."""
+
+    @staticmethod
+    def delta(text: str) -> tuple[str, Output | RegistryError]:
+        return "delta", DeltaEvent(text=text)
+
+    @staticmethod
+    def done(event: DoneEvent) -> tuple[str, Output | RegistryError]:
+        return "done", event
+
+    @staticmethod
+    def error(error: RegistryError) -> tuple[str, Output | RegistryError]:
+        return "error", error
 
 
 @dataclass(frozen=True, slots=True)
 class CompletionStream:
+    """A started completion: its metadata, and its events made with any encoder, once.
+
+    Until ``encoded`` (or ``events``) is called and its generator started, nothing reads the upstream
+    stream; a started generator that is dropped is closed by asyncio, which closes the upstream.
+    """
+
     meta: CompletionMeta
-    events: StreamEvents
+    source: Callable[[StreamEncoder[Any]], AsyncGenerator[Any, None]]
+
+    def encoded(self, encoder: StreamEncoder[Part]) -> AsyncGenerator[Part, None]:
+        return self.source(encoder)
+
+    @property
+    def events(self) -> StreamEvents:
+        return self.source(EventTuples())
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -409,7 +455,7 @@ class CompletionService:
         return True
 
     async def _store_in_cache(self, run: Run, key: str | None) -> None:
-        if run.fallback_used:
+        if run.fallback_used or (key is None and run.semantic is None):  # neither cache keeps this answer
             return
         completion = CachedCompletion(run.text, run.finish_reason, run.input_tokens, run.output_tokens)
         if key is not None:
@@ -430,21 +476,23 @@ class CompletionService:
 
     def _result(self, run: Run) -> CompletionOut:
         meta = self._meta(run)
+        spend = run.spend()
         return CompletionOut(
             **{name: getattr(meta, name) for name in meta.__struct_fields__},
             text=run.text,
             finish_reason=run.finish_reason,
-            usage=run.usage(),
-            cost=run.cost,
+            usage=run.usage(spend),
+            cost=run.cost_of(spend),
             latency_ms=_ms(run.latency) or 0.0,
             ttft_ms=_ms(run.ttft),
         )
 
     def _done(self, run: Run) -> DoneEvent:
+        spend = run.spend()
         return DoneEvent(
             finish_reason=run.finish_reason,
-            usage=run.usage(),
-            cost=run.cost,
+            usage=run.usage(spend),
+            cost=run.cost_of(spend),
             latency_ms=_ms(run.latency) or 0.0,
             ttft_ms=_ms(run.ttft),
         )
@@ -493,7 +541,7 @@ class CompletionService:
         key = self._cache_key(run)
         if await self._from_cache(run, key) or await self._from_semantic_cache(run, data):
             await self._guard_output(run)  # whole, before the replay: a block is a problem, not an error event
-            return CompletionStream(self._meta(run), self._replay(run))
+            return CompletionStream(self._meta(run), functools.partial(self._replay, run))
         try:
             upstream = await self._open(run, overrides)
         except RECORDED_ERRORS as exc:
@@ -502,30 +550,33 @@ class CompletionService:
         except asyncio.CancelledError:
             self._record(run)  # the caller went away before the first token
             raise
-        return CompletionStream(self._meta(run), self._relay(run, upstream, key))
+        return CompletionStream(self._meta(run), functools.partial(self._relay, run, upstream, key))
 
-    async def _replay(self, run: Run) -> StreamEvents:
+    async def _replay(self, run: Run, encoder: StreamEncoder[Part]) -> AsyncGenerator[Part, None]:
         self._record(run)
-        yield "delta", DeltaEvent(text=run.text)
-        yield "done", self._done(run)
+        yield encoder.delta(run.text)
+        yield encoder.done(self._done(run))
 
-    async def _relay(self, run: Run, upstream: UpstreamStream, key: str | None) -> StreamEvents:
+    async def _relay(
+        self, run: Run, upstream: UpstreamStream, key: str | None, encoder: StreamEncoder[Part]
+    ) -> AsyncGenerator[Part, None]:
         """Token deltas as they come; a failure after the first token becomes an ``error`` event."""
+        delta, parts = encoder.delta, run.parts  # used for every token: looked up once
         try:
             # Output guards hold back a window of the text and release what they let through (registry.guards).
             async for chunk in run.guarding.screen(upstream.chunks()) if run.guarding else upstream.chunks():
                 if chunk.text:
-                    run.parts.append(chunk.text)
-                    yield "delta", DeltaEvent(text=chunk.text)
+                    parts.append(chunk.text)
+                    yield delta(chunk.text)
             run.status = "ok"
             run.absorb(upstream)
             self._record(run)
             await self._store_in_cache(run, key)
-            yield "done", self._done(run)
+            yield encoder.done(self._done(run))
         except (UpstreamError, ContentBlockedError) as exc:
             run.absorb(upstream)
             self._fail(run, exc)
-            yield "error", exc
+            yield encoder.error(exc)
         finally:
             # A client that went away lands here (cancelled): record, then close the upstream connection.
             if not run.recorded:
@@ -550,7 +601,7 @@ class CompletionService:
         experiment = out.experiment
         store = run.rendering.resolution.entry.store_io
         spend = Spend() if run.cached else run.spend()  # a cache hit used no backend
-        cost = run.cost
+        cost = run.cost_of(spend)
         self.completions.recorder.add(
             {
                 "created_at": utcnow(),

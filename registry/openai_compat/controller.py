@@ -35,9 +35,9 @@ from registry.openai_compat.service import (
     ChunkEncoder,
     ConfigResolver,
     ModelListing,
+    OpenAIChunks,
     completion_answer,
     error_answer,
-    openai_chunks,
     prepare_call,
     registry_headers,
 )
@@ -140,8 +140,12 @@ async def _answer(
         out = await cancel_on_disconnect(request.receive, call.service.complete(call.name, call.request, caller))
         return Response(completion_answer(call, out), headers=registry_headers(out, out.cost))
     stream = await cancel_on_disconnect(request.receive, call.service.open_stream(call.name, call.request, caller))
-    chunks = openai_chunks(stream, ChunkEncoder(call), instance=request.url.path, request_id=request_id)
-    first, rest = await started(chunks)
+    encoder = ChunkEncoder(call)
+    chunks = OpenAIChunks(encoder, stream.meta, instance=request.url.path, request_id=request_id)
+    first, rest = await started(stream.encoded(chunks))
     return PrimedStream(
-        first, rest, media_type="text/event-stream", headers={**SSE_HEADERS, **registry_headers(stream.meta)}
+        encoder.start() + first,  # the opening chunk leaves with the first token
+        rest,
+        media_type="text/event-stream",
+        headers={**SSE_HEADERS, **registry_headers(stream.meta)},
     )

@@ -16,8 +16,7 @@ import calendar
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
@@ -28,8 +27,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.completions.components import Completions
-from registry.completions.schemas import CompleteRequest, CompletionMeta, CompletionOut, DeltaEvent, DoneEvent
-from registry.completions.service import CompletionService, CompletionStream
+from registry.completions.schemas import CompleteRequest, CompletionMeta, CompletionOut, DoneEvent
+from registry.completions.service import CompletionService
 from registry.configs.repository import ConfigRepository
 from registry.configs.service import ConfigService
 from registry.lib.cache import TTLCache
@@ -442,25 +441,25 @@ class ChunkEncoder:
         return b"data: " + _encode(error_answer(error, instance=instance, request_id=request_id)) + b"\n\n"
 
 
-async def openai_chunks(
-    stream: CompletionStream, encoder: ChunkEncoder, *, instance: str | None, request_id: str | None
-) -> AsyncIterator[bytes]:
-    """The completion path's events as OpenAI's chunks; the opening chunk leaves with the first token."""
-    head = encoder.start()
-    async with aclosing(stream.events) as events:  # closed here, wherever a disconnect stops the response
-        async for _, data in events:
-            if isinstance(data, DeltaEvent):
-                part = encoder.delta(data.text)
-            elif isinstance(data, DoneEvent):
-                part = encoder.done(stream.meta, data)
-            elif isinstance(data, RegistryError):
-                part = encoder.error(data, instance=instance, request_id=request_id)
-            else:
-                continue
-            yield head + part
-            head = b""
-    if head:
-        yield head
+class OpenAIChunks:
+    """One stream's events as OpenAI's chunks (a ``StreamEncoder``): ``encoder``'s, with the stream's facts."""
+
+    __slots__ = ("_encoder", "_instance", "_meta", "_request_id", "delta")
+
+    def __init__(
+        self, encoder: ChunkEncoder, meta: CompletionMeta, *, instance: str | None, request_id: str | None
+    ) -> None:
+        self.delta = encoder.delta  # made for every token: the encoder's own, called without a step between
+        self._encoder = encoder
+        self._meta = meta
+        self._instance = instance
+        self._request_id = request_id
+
+    def done(self, event: DoneEvent) -> bytes:
+        return self._encoder.done(self._meta, event)
+
+    def error(self, error: RegistryError) -> bytes:
+        return self._encoder.error(error, instance=self._instance, request_id=self._request_id)
 
 
 # --------------------------------------------------------------------------- the models a key may call
