@@ -27,6 +27,7 @@ from registry.app import create_app
 from registry.lib.http import JsonResponse, RequestContextMiddleware
 
 RAW_PATH = "/bench/raw"
+RELAY_STATE = "bench_relay"  # the app's Relay, in its state
 # A chunk with text (the first one carries only the role); vLLM writes compact JSON, the stand-in json.dumps'.
 FIRST_TOKEN = re.compile(rb'"content": ?"[^"]')
 
@@ -93,6 +94,7 @@ def create_bench_app() -> Litestar:
     if upstream := os.environ.get("BENCH_RELAY_UPSTREAM"):
         relay = Relay(upstream)
         app.register(relay_route(relay))
+        app.state[RELAY_STATE] = relay
         app.on_shutdown.append(relay.close)
     outer = app.asgi_handler
     assert isinstance(outer, RequestContextMiddleware)

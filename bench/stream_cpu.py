@@ -1,0 +1,331 @@
+"""CPU per streamed completion in process: the three paths of completion_overhead.py without an HTTP server.
+
+The app (bench/app.py, SQLite, usage recorded as in production) is called directly as ASGI, each response's
+parts collected in memory; the stand-in backend (the tests' fault server, ``trickle:S``) runs in its own process,
+so this process's CPU (``time.process_time``) is the registry's work and its upstream sockets only. The paths:
+the bare relay (``/bench/relay``), ``/complete`` streamed and the OpenAI door (``prompt:bench``, include_usage).
+Rounds rotate the order; reported per path: the median over rounds of the CPU per completion, and of its ratio to
+the relay's in the same round. ``--profile PATH`` runs that path once more under cProfile and prints the top.
+
+    python bench/stream_cpu.py [--rounds 5] [--streams 16] [--completions 160] [--stand-in 0.002] [--profile door]
+
+Without a server and sockets to the caller the figures are smaller than served ones and the ratios larger
+(the server's share, the same for every path, is left out): it compares the paths' own work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import fault_server  # noqa: E402
+
+PROMPT = "Summarize the following in one line: {{ text }}"
+TEXT = "the registry renders prompts and forwards them to the engine"
+PATHS = ("relay", "complete", "door")
+
+
+def token_events(tokens: int) -> list[bytes]:
+    """A chat stream as vLLM (and the stand-in) writes it with ``continuous_usage_stats``: one event per write."""
+
+    def event(choices: list[dict[str, Any]], sent: int) -> bytes:
+        usage = {"prompt_tokens": 7, "completion_tokens": sent, "total_tokens": 7 + sent}
+        return b"data: " + json.dumps({"choices": choices, "usage": usage}).encode() + b"\n\n"
+
+    words = ["Hello", " world", ",", " this", " is", " a", " token"]
+    events = [event([{"index": 0, "delta": {"role": "assistant", "content": ""}}], 0)]
+    events += [event([{"index": 0, "delta": {"content": words[i % len(words)]}}], i + 1) for i in range(tokens)]
+    events.append(event([{"index": 0, "delta": {}, "finish_reason": "length"}], tokens))
+    usage = {"prompt_tokens": 7, "completion_tokens": tokens, "total_tokens": 7 + tokens}
+    events.append(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n")
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+class FakeContent:
+    def __init__(self, events: list[bytes]) -> None:
+        self.events = events
+
+    async def _reads(self) -> AsyncIterator[bytes]:
+        for event in self.events:
+            await asyncio.sleep(0)  # a turn of the event loop per write, as a socket read per token costs one
+            yield event
+
+    def iter_any(self) -> AsyncIterator[bytes]:
+        return self._reads()
+
+
+class FakeResponse:
+    """What the registry and the relay use of aiohttp's response, with the events of ``token_events``."""
+
+    status = 200
+    headers: dict[str, str] = {}
+
+    def __init__(self, events: list[bytes]) -> None:
+        self.content = FakeContent(events)
+
+    def __await__(self) -> Any:
+        yield from asyncio.sleep(0).__await__()
+        return self
+
+    async def __aenter__(self) -> FakeResponse:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def raise_for_status(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class FakeSession:
+    """In place of an aiohttp session: every post answers the same stream, without a socket."""
+
+    def __init__(self, events: list[bytes]) -> None:
+        self.events = events
+        self.closed = False
+
+    def post(self, *args: Any, **kwargs: Any) -> FakeResponse:
+        return FakeResponse(self.events)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class Caller:
+    """Calls an ASGI app directly: one request, its response's status and body parts as they are sent."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        sent = False
+        finished = asyncio.Event()
+        status = 0
+        parts: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await finished.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                parts.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    finished.set()  # as a server does: the response is over, the connection's receive says so
+
+        raw = [(b"content-type", b"application/json"), (b"host", b"bench")]
+        raw += [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+        path_only, _, query = path.partition("?")
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path_only,
+            "raw_path": path_only.encode(),
+            "query_string": query.encode(),
+            "root_path": "",
+            "headers": raw,
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+            "state": {},
+        }
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            finished.set()
+        return status, b"".join(parts)
+
+
+async def lifespan(app: Any) -> Callable[[], Awaitable[None]]:
+    """Runs the app's startup; returns what runs its shutdown."""
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    task = asyncio.ensure_future(app({"type": "lifespan", "state": {}}, inbox.get, outbox.put))
+    await inbox.put({"type": "lifespan.startup"})
+    message = await outbox.get()
+    assert message["type"] == "lifespan.startup.complete", message
+
+    async def shutdown() -> None:
+        await inbox.put({"type": "lifespan.shutdown"})
+        await outbox.get()
+        await task
+
+    return shutdown
+
+
+async def setup(call: Caller, headers: dict[str, str], model: str, tokens: int) -> None:
+    params = {"max_tokens": tokens, "temperature": 0.8, "extra": {"ignore_eos": True}}
+    steps = [
+        ("/v1/configs/", {"name": "bench"}),
+        ("/v1/configs/bench/versions", {"backend": "local", "model": model, "params": params}),
+        ("/v1/configs/bench/versions/1/promote", {"to": "production", "expected_current": None}),
+        ("/v1/prompts/", {"name": "bench"}),
+        (
+            "/v1/prompts/bench/versions",
+            {
+                "kind": "chat",
+                "messages": [{"role": "user", "content": PROMPT}],
+                "config": {"name": "bench", "version": 1},
+            },
+        ),
+        ("/v1/prompts/bench/versions/1/promote", {"to": "production", "expected_current": None}),
+    ]
+    for path, body in steps:
+        status, answer = await call("POST", path, json.dumps(body).encode(), headers)
+        assert status < 300, (path, status, answer)
+
+
+def requests(model: str, tokens: int, headers: dict[str, str]) -> dict[str, tuple[str, bytes, dict[str, str]]]:
+    relay = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT.replace("{{ text }}", TEXT)}],
+        "max_tokens": tokens,
+        "temperature": 0.8,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+    door = {
+        "model": "prompt:bench",
+        "messages": [],
+        "variables": {"text": TEXT},
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    complete = {"variables": {"text": TEXT}, "stream": True}
+    return {
+        "relay": ("/bench/relay", json.dumps(relay).encode(), {}),
+        "complete": ("/v1/prompts/bench/complete", json.dumps(complete).encode(), headers),
+        "door": ("/v1/chat/completions", json.dumps(door).encode(), headers),
+    }
+
+
+async def drive(call: Caller, request: tuple[str, bytes, dict[str, str]], streams: int, completions: int) -> float:
+    """CPU seconds per completion of ``completions`` streamed through ``streams`` at a time."""
+    path, body, headers = request
+    left = completions
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            status, answer = await call("POST", path, body, headers)
+            if status >= 300 or (b"[DONE]" not in answer and b"event: done" not in answer):
+                raise RuntimeError(f"{path}: {status} {answer[-300:]!r}")
+
+    started = time.process_time()
+    await asyncio.gather(*(worker() for _ in range(streams)))
+    return (time.process_time() - started) / completions
+
+
+async def main_async(args: argparse.Namespace, upstream: str) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="stream_cpu_"))
+    os.environ |= {
+        "REGISTRY_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'bench.db'}",
+        "REGISTRY_BACKENDS": json.dumps({"local": {"url": upstream, "max_concurrency": 256, "max_queue": 256}}),
+        "REGISTRY_ACCESS_LOG": "false",
+        "REGISTRY_LOG_LEVEL": os.environ.get("REGISTRY_LOG_LEVEL", "WARNING"),
+        "REGISTRY_BOOTSTRAP_ADMIN_KEY": "false",
+        "BENCH_RELAY_UPSTREAM": upstream,
+    }
+    from bench.app import RELAY_STATE, create_bench_app
+    from registry.cli import bootstrap_admin_key_for, migrate_database
+    from registry.settings import Settings
+
+    settings = Settings(database_url=os.environ["REGISTRY_DATABASE_URL"])
+    await migrate_database(settings)
+    secret = await bootstrap_admin_key_for(settings)
+    assert secret
+    headers = {"Authorization": f"Bearer {secret}"}
+    app = create_bench_app()
+    shutdown = await lifespan(app)
+    call = Caller(app)
+    model = f"trickle:{args.stand_in}"
+    await setup(call, headers, model, args.tokens)
+    paths = requests(model, args.tokens, headers)
+    for name in PATHS:  # warm up (the backend's context size is learned on the first completion)
+        await drive(call, paths[name], min(4, args.streams), 8)
+    if args.fake_upstream:
+        fake = FakeSession(token_events(args.tokens))
+        app.state.runtime.completions.upstream.http._session = fake
+        app.state[RELAY_STATE].session = fake
+    results: dict[str, list[float]] = {name: [] for name in PATHS}
+    for round_number in range(args.rounds):
+        shift = round_number % len(PATHS)
+        for name in PATHS[shift:] + PATHS[:shift]:
+            results[name].append(await drive(call, paths[name], args.streams, args.completions))
+    for name in PATHS:
+        cpu = statistics.median(results[name]) * 1000
+        ratios = [mine / relay for mine, relay in zip(results[name], results["relay"], strict=True)]
+        print(
+            f"{name:9} CPU per completion {cpu:.3f} ms (rounds {', '.join(f'{r * 1000:.3f}' for r in results[name])})"
+            f"  / relay's: {statistics.median(ratios):.3f}"
+        )
+    if args.profile:
+        profile = cProfile.Profile(time.process_time)
+        profile.enable()
+        await drive(call, paths[args.profile], args.streams, args.completions)
+        profile.disable()
+        stats = pstats.Stats(profile).sort_stats(args.sort)
+        if args.dump:
+            stats.dump_stats(args.dump)
+        stats.print_stats(args.top)
+    await shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--streams", type=int, default=16)
+    parser.add_argument("--completions", type=int, default=160, help="Completions per path and round.")
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--stand-in", type=float, default=0.002, metavar="SECONDS", help="Seconds between tokens.")
+    parser.add_argument(
+        "--fake-upstream",
+        action="store_true",
+        help="Answer every upstream request in process (one event per turn of the loop, no sockets): the paths' "
+        "Python alone, repeatable.",
+    )
+    parser.add_argument("--profile", choices=PATHS, help="Profile this path after the rounds (cProfile).")
+    parser.add_argument("--sort", default="tottime", help="cProfile's sort key.")
+    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--dump", help="Write the profile's stats to this file (pstats).")
+    args = parser.parse_args()
+    with fault_server() as upstream:
+        asyncio.run(main_async(args, upstream))
+
+
+if __name__ == "__main__":
+    main()
