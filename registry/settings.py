@@ -136,6 +136,12 @@ class Settings(BaseSettings):
     console_session_minutes: int = Field(
         480, ge=1, le=43_200, description="How long a console sign-in lasts before the key must be entered again."
     )
+    console_experiment_refresh_seconds: float = Field(
+        10.0,
+        ge=1,
+        description="How often a running experiment's results page asks for newer results; never more often than "
+        "`experiment_statistics_seconds`, as the figures move no faster.",
+    )
 
     # -- limits
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body; larger ones get 413.")

@@ -165,6 +165,14 @@ def time_figures(series: TimeseriesOut) -> TimeFigures | None:
     return TimeFigures(units, metric, [s.variant for s in series.variants], rows)
 
 
+def results_refresh_ms(*, console_seconds: float, statistics_seconds: float) -> int:
+    """How often a running experiment's results page asks for its moving parts (``static/live.js``).
+
+    The service folds new exposures and events in every ``statistics_seconds``: asking sooner shows nothing new.
+    """
+    return round(max(console_seconds, statistics_seconds) * 1000)
+
+
 @dataclass(frozen=True, slots=True)
 class ResultsPage:
     """The experiment, and once it has started, its results exactly as ``GET .../results`` returns them."""
@@ -173,6 +181,11 @@ class ResultsPage:
     results: ResultsOut | None
     effects: dict[str, Markup] = field(default_factory=dict)  # per metric key
     over_time: TimeFigures | None = None
+
+    @property
+    def active(self) -> bool:
+        """Still taking exposures and events: its results page refreshes itself."""
+        return self.experiment.status == "running" and self.results is not None
 
 
 # --------------------------------------------------------------------------- pages

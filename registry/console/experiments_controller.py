@@ -2,7 +2,8 @@
 
 Scopes as on the API: ``read`` lists, ``write`` creates and edits (and on a running experiment,
 what changes the variant a unit gets also needs ``promote``, checked by the service), ``promote``
-starts and stops, ``analyze`` reads results and downloads them. The router's ``before_request``
+starts and stops, ``analyze`` reads results (and, while the experiment runs, their moving parts for the page's
+live refresh) and downloads them. The router's ``before_request``
 hook (``registry.console.controller.admit_viewer``) checks the scope and the CSRF token first.
 """
 
@@ -29,7 +30,7 @@ from registry.console.controller import (
     render,
     see_other,
 )
-from registry.console.experiments import ExperimentPages
+from registry.console.experiments import ExperimentPages, results_refresh_ms
 from registry.console.experiments_form import CORRECTIONS, MAX_VARIANTS, ExperimentForm, VariantRow
 from registry.console.service import ConsoleExperiments
 from registry.console.sessions import Viewer
@@ -270,11 +271,39 @@ class ExperimentPagesController(Controller):
         request: Request[Any, Any, Any],
         experiment_key: NamedDependency[str],
         analysis: NamedDependency[ExperimentPages],
+        runtime: NamedDependency[Runtime],
         phase: Annotated[int | None, QueryParameter(ge=1, le=2_147_483_647)] = None,
         notice: Notice = "",
     ) -> Template:
         view = await analysis.results(experiment_key, phase)
-        return render(request, "experiment.html", view=view, notice=NOTICES.get(notice), section="experiments")
+        refresh_ms = results_refresh_ms(
+            console_seconds=runtime.settings.console_experiment_refresh_seconds,
+            statistics_seconds=runtime.settings.experiment_statistics_seconds,
+        )
+        return render(
+            request,
+            "experiment.html",
+            view=view,
+            notice=NOTICES.get(notice),
+            refresh_ms=refresh_ms,
+            section="experiments",
+        )
+
+    @get(
+        "/{key:str}/live",
+        opt={SCOPE_OPT: Scope.ANALYZE},
+        operation_id="consoleExperimentResultsLive",
+        include_in_schema=False,
+    )
+    async def experiment_results_live(
+        self,
+        request: Request[Any, Any, Any],
+        experiment_key: NamedDependency[str],
+        analysis: NamedDependency[ExperimentPages],
+        phase: Annotated[int | None, QueryParameter(ge=1, le=2_147_483_647)] = None,
+    ) -> Template:
+        """The results page's moving parts alone (same query as the page), for ``static/live.js`` while it runs."""
+        return render(request, "experiment-live.html", view=await analysis.results(experiment_key, phase))
 
     @get(
         "/{key:str}/export",

@@ -1,4 +1,5 @@
-/* Live refresh for a console page of something still moving: a running evaluation run, a running rollout.
+/* Live refresh for a console page of something still moving: a running evaluation run, a running rollout, the results
+ * of a running experiment.
  *
  * The page opts in with one element: data-live-url (where its parts are served as HTML, same query as the
  * page), data-live-interval (milliseconds between polls) and data-live-state. Every element of the page
