@@ -57,6 +57,7 @@ from registry.prompts.schemas import (
 logger = structlog.get_logger("registry.prompts.catalog")
 
 _NEGATIVE_TTL = 2.0
+_PRODUCTION = State.PRODUCTION.value  # read per request: the enum's value property costs more than the check
 _MAX_VERSIONS_PER_ENTRY = 64
 # Renders kept for reuse (see PromptCatalog._rendered): how many, and the most characters of variables and of
 # output one may hold, so the cache stays under a few megabytes and long texts (a user's question) skip it.
@@ -146,6 +147,8 @@ class PromptEntry:
     versions: dict[int, ResolvedVersion] = field(default_factory=dict)
     store_io: bool = False  # completions keep their redacted texts
     fresh_until: float = 0.0
+    # The resolution of a label outside any experiment, by version: made once, as it is immutable.
+    resolutions: dict[int, Resolution] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,9 +295,9 @@ class PromptCatalog:
         if version is not None:
             resolved = await self._version(entry, version)
             return Resolution(entry, resolved, stale, resolved.config)
-        label = label or State.PRODUCTION.value
+        label = label or _PRODUCTION
         routing = None
-        if unit is not None and label == State.PRODUCTION.value and self.router is not None:
+        if unit is not None and label == _PRODUCTION and self.router is not None:
             routing = self.router.route(name, unit)
         if routing is not None and routing.version is not None:
             resolved = await self._version(entry, routing.version)
@@ -306,6 +309,11 @@ class PromptCatalog:
                 f"prompt '{name}' has no versions yet" if no_versions else f"prompt '{name}' has no {label} version"
             )
         resolved = entry.versions[number]
+        if routing is None and not stale:
+            plain = entry.resolutions.get(number)
+            if plain is None or plain.version is not resolved:
+                plain = entry.resolutions[number] = Resolution(entry, resolved, False, resolved.config)
+            return plain
         return Resolution(entry, resolved, stale, resolved.config, routing.experiment if routing else None)
 
     async def _version(self, entry: PromptEntry, number: int) -> ResolvedVersion:

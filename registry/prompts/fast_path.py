@@ -262,14 +262,16 @@ class PromptFastPath:
         if not path.startswith(self._prefix):
             return None
         name, slash, tail = path[len(self._prefix) :].partition("/")
-        if not name or not _plain_request(scope):
+        if not name:
             return None
         method = scope["method"]
         if method == "GET" and not slash:
-            return False, name
-        if method == "POST" and tail == "render":
-            return True, name
-        return None
+            is_render = False
+        elif method == "POST" and tail == "render":
+            is_render = True
+        else:
+            return None  # before the Host check: completions and the other routes under the prefix skip it
+        return (is_render, name) if _plain_request(scope) else None
 
     async def _resolve(self, scope: Scope, name: str, receive: Receive, send: Send) -> bool:
         query = _resolve_query(scope["query_string"])
