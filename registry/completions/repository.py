@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, time
 from typing import Any
 
+import msgspec
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -13,6 +14,8 @@ from sqlalchemy import (
     Integer,
     Row,
     Select,
+    String,
+    TextClause,
     case,
     cast,
     delete,
@@ -20,8 +23,10 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
+    text,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -102,6 +107,41 @@ _RECORDS_TABLE: Any = CompletionRecord.__table__  # Core statements on the table
 _ROLLUP_TABLE: Any = DailyUsage.__table__
 _INSERT_RECORDS = insert(_RECORDS_TABLE)
 _ROLLUP_UPSERTS: dict[bool, Any] = {}
+_RECORDS_FROM_JSON: dict[tuple[str, ...], tuple[TextClause, dict[str, Any]]] = {}
+
+
+def _records_from_json(names: tuple[str, ...]) -> tuple[TextClause, dict[str, Any]]:
+    """PostgreSQL's insert of records that have the columns ``names``, sent as one JSON array of objects,
+    and the columns' defaults that the records lack (added to each: a Core insert fills them in Python).
+
+    SQLAlchemy's executemany binds each value of each row in Python (about 20 us a record); msgspec
+    encodes the batch in C and ``jsonb_to_recordset`` unpacks it in the server, as exposures and events
+    are written (registry.experiments.repository). Text goes as ``text`` and is cast to the column on
+    insert, so a value too long fails as the bound one did; a JSON null is SQL NULL. Built once per set of names.
+    """
+    built = _RECORDS_FROM_JSON.get(names)
+    if built is None:
+        table = _RECORDS_TABLE
+        defaults: dict[str, Any] = {}
+        for column in table.c:
+            if column.name not in names and column.default is not None:
+                if not column.default.is_scalar:  # created_at: add_records stamps every record that lacks it
+                    raise ValueError(f"completion records must carry '{column.name}'")
+                defaults[column.name] = column.default.arg
+        dialect: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
+        quote = dialect.identifier_preparer.quote
+        columns = [table.c[name] for name in (*names, *defaults)]  # a name that is no column fails here
+        listed = ", ".join(quote(column.name) for column in columns)
+        typed = ", ".join(
+            f"{quote(column.name)} {'text' if isinstance(column.type, String) else column.type.compile(dialect)}"
+            for column in columns
+        )
+        statement = text(
+            f"INSERT INTO {quote(table.name)} ({listed}) SELECT {listed} "  # noqa: S608 - the table's own columns
+            f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r({typed})"
+        )
+        built = _RECORDS_FROM_JSON[names] = (statement, defaults)
+    return built
 
 
 def _rollup_upsert(postgresql: bool) -> Any:
@@ -140,14 +180,20 @@ class CompletionRepository:
         by_keys: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
         for record in records:
             by_keys.setdefault(tuple(record), []).append(record)
-        for group in by_keys.values():
-            await self.session.execute(_INSERT_RECORDS, group)
+        postgresql_bind = self.is_postgresql
+        for columns, group in by_keys.items():
+            if postgresql_bind:
+                statement, defaults = _records_from_json(columns)
+                rows_out = [{**defaults, **record} for record in group] if defaults else group
+                await self.session.execute(statement, {"rows": msgspec.json.encode(rows_out).decode()})
+            else:
+                await self.session.execute(_INSERT_RECORDS, group)
         names = ["day", *ROLLUP_KEYS]
         additions = [
             {**dict(zip(names, key, strict=True)), **dict(zip(ROLLUP_SUMS, sums, strict=True))}
             for key, sums in sorted(rollup_deltas(records).items())
         ]
-        await self.session.execute(_rollup_upsert(self.is_postgresql), additions)
+        await self.session.execute(_rollup_upsert(postgresql_bind), additions)
 
     async def rebuild_rollup(self) -> None:
         """Recompute the daily rollup from every completion (bulk loads; the migration does the same once)."""
