@@ -7,6 +7,7 @@ prompts-as-code (which promotes through the API) all pass the same gate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -101,24 +102,57 @@ def _config_of(version: PromptVersion) -> tuple[str | None, int | None]:
     return (config.config.name, config.number) if config is not None else (None, None)
 
 
-async def _evidence_run(
-    repository: EvalRepository, prompt: str, version: PromptVersion, dataset_version_id: int
-) -> EvalRun | None:
-    """The latest completed run of ``version`` on the dataset version that a gate takes as its evidence.
+def renders_alike(version: PromptVersion, other: PromptVersion) -> bool:
+    """Whether two versions of a prompt render the same text from the same variables: the same kind,
+    template, messages and input schema (their configs may differ)."""
+    return (
+        version.prompt_id == other.prompt_id
+        and version.kind == other.kind
+        and version.template == other.template
+        and version.messages == other.messages
+        and version.input_schema == other.input_schema
+    )
 
-    A version with a config of its own needs a run with exactly that config version: what promotion puts
-    into the state (a run with another config is evidence for comparisons, not for a gate). A version that
-    links no config is rendered by the registry and run by the app on a model of its own, so a run with
-    any config counts.
+
+async def _twins(repository: EvalRepository, version: PromptVersion) -> list[int]:
+    """The numbers of the prompt's other versions that render exactly as ``version`` does.
+
+    Promoting a version with another config (a rollout's candidate, an experiment's winner) creates such
+    a version: what was evaluated is the twin with that config, which the new version cannot have run yet.
     """
-    config, config_version = _config_of(version)
+    return [other.number for other in await repository.versions_alike(version) if renders_alike(version, other)]
+
+
+async def _evidence_run(
+    repository: EvalRepository,
+    prompt: str,
+    version: PromptVersion,
+    twins: Sequence[int],
+    config: tuple[str | None, int | None],
+    dataset_version_id: int,
+) -> EvalRun | None:
+    """The latest completed run, on the dataset version and with ``config`` (any config when it is None),
+    of ``version`` or one of its ``twins``: a run is of a rendering and a config, and a twin renders the same.
+
+    For the evidence a gate takes, ``config`` is the version's own config version: what promotion puts into
+    the state (a run with another config is evidence for comparisons, not for a gate). A version that links
+    no config is rendered by the registry and run by the app on a model of its own, so a run with any config
+    counts.
+    """
     return await repository.latest_completed_run(
         prompt=prompt,
-        version=version.number,
-        config=config,
-        config_version=config_version,
+        versions=[version.number, *twins],
+        config=config[0],
+        config_version=config[1],
         dataset_version_id=dataset_version_id,
     )
+
+
+def _run_label(run: EvalRun, version: PromptVersion) -> str:
+    """``run N``, naming the version it ran when that is a twin of ``version``."""
+    if run.prompt_version == version.number:
+        return f"run {run.id}"
+    return f"run {run.id} of same-content version {run.prompt_version}"
 
 
 def _baseline_config(candidate: PromptVersion, holder: PromptVersion, run: EvalRun) -> tuple[str, int, bool]:
@@ -137,7 +171,8 @@ def _baseline_config(candidate: PromptVersion, holder: PromptVersion, run: EvalR
 class EvalGateCheck:
     """The ``PromotionGate`` of evaluations: a completed run of the version on the gate's dataset version
     (with exactly its own config version, or any config for a version that links none) must meet the gate,
-    unless an admin overrides it with a reason."""
+    unless an admin overrides it with a reason. A run of a version with the same content (a twin) counts as
+    the version's own, with the same config condition."""
 
     async def check(self, session: AsyncSession, check: GateCheck) -> str | None:
         if check.resource_type != "prompt" or check.to.value not in GATED_STATES:
@@ -149,6 +184,9 @@ class EvalGateCheck:
             return None
         failures, evidence = await self._verdict(session, repository, gate, check)
         if not failures:
+            # Met on a twin's run: the history says which run, since the version's own runs do not show it.
+            if evidence["run_prompt_version"] != version.number:
+                return f"gate met by run {evidence['run_id']} of same-content version {evidence['run_prompt_version']}"
             return None
         if check.override_reason is None:
             raise GateFailedError(
@@ -186,10 +224,14 @@ class EvalGateCheck:
             return [exc.detail], {"dataset": gate.dataset, "dataset_version": gate.dataset_version}
         where = f"{gate.dataset}@{dataset_version.number}"
         evidence: dict[str, Any] = {"gate": {"state": check.to.value, **_gate_summary(gate)}, "dataset": where}
-        run = await _evidence_run(repository, check.name, version, dataset_version.id)
+        twins = await _twins(repository, version)
+        run = await _evidence_run(repository, check.name, version, twins, (config, config_version), dataset_version.id)
         if run is None:
             needed = "any config" if config is None else f"config {config}@{config_version}"
-            failure = f"no completed evaluation run of version {version.number} with {needed} on dataset {where}"
+            of = f"version {version.number}"
+            if twins:
+                of += f" or of same-content {_versions(twins)}"
+            failure = f"no completed evaluation run of {of} with {needed} on dataset {where}"
             if config is None:
                 failure += " (it links no model config, so a run with any config counts)"
             return [failure], evidence
@@ -200,29 +242,37 @@ class EvalGateCheck:
         current: PromptVersion | None = check.current
         if gate.no_regression and current is not None:
             paired, paired_version, holders_own = _baseline_config(version, current, run)
-            baseline = await repository.latest_completed_run(
-                prompt=check.name,
-                version=current.number,
-                config=paired,
-                config_version=paired_version,
-                dataset_version_id=dataset_version.id,
+            holder_twins = await _twins(repository, current)
+            baseline = await _evidence_run(
+                repository, check.name, current, holder_twins, (paired, paired_version), dataset_version.id
             )
             baseline_label = f"{check.to.value} version {current.number}"
             if not holders_own:
                 baseline_label += f" on config {paired}@{paired_version}"
             if baseline is not None:
-                baseline_label += f" (run {baseline.id})"
+                baseline_label += f" ({_run_label(baseline, current)})"
                 comparison = compare_paired(by_position(await repository.outcomes(baseline.id)), by_position(outcomes))
         verdict = evaluate_gate(
             Gate(min_pass_rate=gate.min_pass_rate, no_regression=gate.no_regression, alpha=gate.alpha),
             summary,
             comparison,
-            run_label=f"run {run.id}",
+            run_label=_run_label(run, version),
             baseline_label=baseline_label,
             baseline_exists=current is not None,
         )
         evidence["config"] = f"{run.config}@{run.config_version}"
-        return list(verdict.failures), {**evidence, **verdict.evidence, "run_id": run.id}
+        return list(verdict.failures), {
+            **evidence,
+            **verdict.evidence,
+            "run_id": run.id,
+            "run_prompt_version": run.prompt_version,
+        }
+
+
+def _versions(numbers: Sequence[int]) -> str:
+    if len(numbers) == 1:
+        return f"version {numbers[0]}"
+    return f"versions {', '.join(str(n) for n in numbers[:-1])} and {numbers[-1]}"
 
 
 async def _is_admin(session: AsyncSession, actor: Actor) -> bool:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.evals.models import EvalDataset, EvalDatasetItem, EvalDatasetVersion, EvalGate, EvalRun, EvalRunItem
 from registry.lib.pagination import PageRequest
+from registry.prompts.models import PromptVersion
 
 # Items go to PostgreSQL as one JSON document per chunk, unpacked by the server: a multi-row VALUES costs
 # SQLAlchemy several microseconds of Python per row, which for 100,000 items is seconds on the event loop.
@@ -295,11 +296,19 @@ class EvalRepository:
         return [(p, bool(ok), s, st) for p, ok, s, st in (await self.session.execute(query)).all()]
 
     async def latest_completed_run(
-        self, *, prompt: str, version: int, config: str | None, config_version: int | None, dataset_version_id: int
+        self,
+        *,
+        prompt: str,
+        versions: Sequence[int],
+        config: str | None,
+        config_version: int | None,
+        dataset_version_id: int,
     ) -> EvalRun | None:
+        """The newest completed run of any of ``versions`` on the dataset version (with exactly that config
+        version, or any config when ``config`` is None)."""
         conditions = [
             EvalRun.prompt == prompt,
-            EvalRun.prompt_version == version,
+            EvalRun.prompt_version.in_(versions),
             EvalRun.dataset_version_id == dataset_version_id,
             EvalRun.status == "completed",
         ]
@@ -307,6 +316,23 @@ class EvalRepository:
             conditions += [EvalRun.config == config, EvalRun.config_version == config_version]
         query = select(EvalRun).where(and_(*conditions)).order_by(EvalRun.id.desc()).limit(1)
         return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def versions_alike(self, version: PromptVersion) -> list[PromptVersion]:
+        """The prompt's other versions of the same kind and template: those whose messages and input schema
+        match too render exactly as ``version`` does (the caller compares those, as JSON)."""
+        template = PromptVersion.template
+        same_template = template.is_(None) if version.template is None else template == version.template
+        query = (
+            select(PromptVersion)
+            .where(
+                PromptVersion.prompt_id == version.prompt_id,
+                PromptVersion.id != version.id,
+                PromptVersion.kind == version.kind,
+                same_template,
+            )
+            .order_by(PromptVersion.number)
+        )
+        return list((await self.session.execute(query)).scalars())
 
     # -- gates
 

@@ -274,8 +274,8 @@ class GateCheck:
 class PromotionGate(Protocol):
     """Evidence a promotion must show (evaluations provide one; the app wires it into the sessions).
 
-    ``check`` raises to refuse; when the promoter overrode a failed gate it returns a note for the
-    history, otherwise None.
+    ``check`` raises to refuse; when the promoter overrode a failed gate, or the evidence is not the
+    version's own, it returns a note for the history, otherwise None.
     """
 
     async def check(self, session: AsyncSession, check: GateCheck) -> str | None: ...

@@ -165,7 +165,7 @@ async def test_a_version_with_a_config_is_judged_against_a_holder_without_one_on
     evals: AppClient, admin: Headers
 ) -> None:
     await dataset(evals, admin, "linked-cases", answers(("y", "y"), ("y", "y")))
-    holder = await bare_version(evals, admin, "linked")
+    holder = await bare_version(evals, admin, "linked", "{{ answer }} ")  # not the candidate's content
     candidate = await publish(evals, admin, "linked")  # config linked-config v1
     assert (await promote(evals, admin, "linked", holder)).status_code == 200
     await gate(evals, admin, "linked", dataset={"name": "linked-cases"}, no_regression=True, alpha=0.05)
@@ -238,3 +238,70 @@ async def test_an_experiment_winner_passes_the_same_gate(evals: AppClient, admin
     assert (
         "pass rate" in problem(await evals.post("/v1/experiments/duel-test/stop", json=stop, headers=admin))["detail"]
     )
+
+
+async def with_config(client: httpx.AsyncClient, headers: Headers, prompt: str, version: int, config: str) -> int:
+    """A new version of ``prompt`` with the content of ``version`` and config ``config``@1: what promoting the
+    version as a rollout's candidate or an experiment's variant with that config creates."""
+    content = await ok(await client.get(f"/v1/prompts/{prompt}/versions/{version}", headers=headers))
+    body = {"kind": content["kind"], "messages": content["messages"], "config": {"name": config, "version": 1}}
+    number: int = (await ok(await client.post(f"/v1/prompts/{prompt}/versions", json=body, headers=headers)))["version"]
+    return number
+
+
+async def test_a_version_passes_its_gate_on_the_run_of_a_version_with_the_same_content_and_its_config(
+    evals: AppClient, admin: Headers
+) -> None:
+    await publish(evals, admin, "alt-user", config="alt")
+    first = await publish(evals, admin, "twin")  # config twin-config@1
+    await dataset(evals, admin, "twin-cases", answers(("y", "y")))
+    await gate(evals, admin, "twin", dataset={"name": "twin-cases"}, min_pass_rate=1.0)
+    run = await evaluate(evals, admin, "twin", first, "twin-cases", config={"name": "alt", "version": 1})
+    assert run["pass_rate"] == 1.0
+    twin = await with_config(evals, admin, "twin", first, "alt")
+
+    refused = await promote(evals, admin, "twin", first)  # the same content was run, but with alt, not its config
+    assert problem(refused)["failures"] == [
+        f"no completed evaluation run of version {first} or of same-content version {twin} "
+        "with config twin-config@1 on dataset twin-cases@1"
+    ]
+
+    promoted = await promote(evals, admin, "twin", twin, reason="alt is cheaper")
+    assert promoted.status_code == 200, promoted.text
+    history = (await evals.get("/v1/prompts/twin/history", headers=admin)).json()["items"]
+    assert history[0]["reason"] == f"alt is cheaper (gate met by run {run['id']} of same-content version {first})"
+
+
+async def test_a_refusal_on_a_same_content_versions_run_names_that_run(evals: AppClient, admin: Headers) -> None:
+    await publish(evals, admin, "alt-user", config="alt")
+    first = await publish(evals, admin, "short")
+    await dataset(evals, admin, "short-cases", answers(("y", "y"), ("n", "y")))
+    await gate(evals, admin, "short", dataset={"name": "short-cases"}, min_pass_rate=1.0)
+    run = await evaluate(evals, admin, "short", first, "short-cases", config={"name": "alt", "version": 1})
+    twin = await with_config(evals, admin, "short", first, "alt")
+
+    details = problem(await promote(evals, admin, "short", twin))
+
+    assert f"(run {run['id']} of same-content version {first}, 1 of 2 items passed)" in details["detail"]
+    evidence = details["evidence"]
+    assert (evidence["run_id"], evidence["run_prompt_version"], evidence["config"]) == (run["id"], first, "alt@1")
+
+
+async def test_a_holder_is_judged_on_the_run_of_a_version_with_its_content_and_config(
+    evals: AppClient, admin: Headers
+) -> None:
+    await publish(evals, admin, "alt-user", config="alt")
+    items = [{"variables": {"answer": "ok", "other": "ok" if i >= 8 else "bad"}, "expected": "ok"} for i in range(12)]
+    await dataset(evals, admin, "held-cases", items)
+    first = await publish(evals, admin, "held", template="{{ answer }}{{ other[:0] }}")
+    holder = await with_config(evals, admin, "held", first, "alt")  # production carries alt, as a winner would
+    baseline = await evaluate(evals, admin, "held", first, "held-cases", config={"name": "alt", "version": 1})
+    assert (await promote(evals, admin, "held", holder)).status_code == 200  # not gated yet
+    await gate(evals, admin, "held", dataset={"name": "held-cases"}, no_regression=True, alpha=0.05)
+    candidate = await publish(evals, admin, "held", template="{{ other }}{{ answer[:0] }}")
+    await evaluate(evals, admin, "held", candidate, "held-cases")
+
+    details = problem(await promote(evals, admin, "held", candidate))
+
+    assert f"production version {holder} (run {baseline['id']} of same-content version {first})" in details["detail"]
+    assert details["evidence"]["no_regression"]["pass_to_fail"] == 8
