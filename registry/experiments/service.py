@@ -68,6 +68,7 @@ from registry.lib.changes import Change, record_change
 from registry.lib.errors import FieldError, ForbiddenError, InvalidInputError
 from registry.lib.pagination import PageRequest
 from registry.lib.promotion import State
+from registry.lib.versioned import PROMOTION_GATE, PROMOTION_LOCK, GateCheck, PromotionGate, PromotionLock
 from registry.lib.versioned_schemas import PromoteRequest, RollbackRequest
 from registry.outbox.events import emit_event
 from registry.prompts.catalog import PromptCatalog
@@ -187,6 +188,20 @@ def _metric_snapshot(metric: Metric) -> dict[str, Any]:
         "denominator_field": metric.denominator_field,
         "quantile": metric.quantile,
     }
+
+
+async def _gate(
+    session: AsyncSession, name: str, version: PromptVersion, current: PromptVersion | None, actor: Actor
+) -> str | None:
+    """The promotion gate's check of ``version`` entering production, as a promotion makes it: the lock first
+    (a rollout holding the label answers as it does to a promotion), then the gate; its note for the history."""
+    lock: PromotionLock | None = session.info.get(PROMOTION_LOCK)
+    if lock is not None:
+        await lock.check(session, "prompt", name)
+    gate: PromotionGate | None = session.info.get(PROMOTION_GATE)
+    if gate is None:
+        return None
+    return await gate.check(session, GateCheck("prompt", name, version, State.PRODUCTION, current, actor, None))
 
 
 def _snapshot(experiment: Experiment) -> dict[str, Any]:
@@ -636,6 +651,11 @@ class ExperimentService:
         current = holders.get(State.PRODUCTION)
         expected = current.number if current is not None else None
         if State(version.state) == State.ARCHIVED:
+            # Only a rollback brings an archived version back, and a rollback passes no gate (a person's way back
+            # in an emergency); a winner is a promotion all the same, so it shows the gate's evidence first.
+            note = await _gate(self.session, prompt.name, version, current, actor)
+            if note:
+                reason = f"{reason} ({note})"
             promotion = await workflow.rollback(
                 prompt.name, RollbackRequest(reason=reason, version=version.number, expected_current=expected), actor
             )
