@@ -8,13 +8,12 @@ results API to show them before it moves the page's clock.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
-from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import expect
 
 from registry.console.experiments import results_refresh_ms
@@ -24,7 +23,7 @@ from tests.console.conftest import Console, LiveRegistry, check_page
 from tests.console.seed import unique
 from tests.console.test_experiment_pages import prompt_and_metric
 from tests.console.test_experiments import table_rows
-from tests.console.test_live_refresh import count_polls, polled, settled, still_clock
+from tests.console.test_live_refresh import checked, count_polls, polled, settled, still_clock
 from tests.waiting import eventually_async
 
 # The console's floor: the console tests' registry recomputes results every 0.1 s, far more often.
@@ -83,31 +82,6 @@ async def results_with(api: httpx.AsyncClient, key: str, units: int) -> dict[str
 
     await eventually_async(folded, f"results of {key} with {units} units")
     return latest
-
-
-async def checked(page: Any, name: str, polls: list[str]) -> None:
-    """``check_page`` with the clock running (axe times its own work), then the clock still again, no poll out.
-
-    The clock stands still again a second past the page's own time, taken afresh if that second is already
-    gone by when the browser gets the order (a busy machine).
-    """
-    await page.clock.resume()
-    await check_page(page, name)
-    while True:
-        now = await page.evaluate("Date.now()")
-        try:
-            await page.clock.pause_at(datetime.fromtimestamp(now / 1000, UTC) + timedelta(seconds=1))
-            break
-        except PlaywrightError as error:
-            if "to the past" not in error.message:
-                raise
-    root = page.locator("[data-live-url]")
-    await expect(root).not_to_have_attribute("data-live-busy", "")
-
-    async def all_answered() -> bool:
-        return await root.get_attribute("data-live-polls") == str(len(polls))
-
-    await eventually_async(all_answered, "every poll answered")
 
 
 def unit_rows(results: dict[str, Any]) -> list[list[str]]:
