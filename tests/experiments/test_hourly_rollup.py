@@ -53,6 +53,9 @@ async def rollup_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Asy
     )
     if request.param == "postgresql":
         settings = settings.model_copy(update={"database_url": await create_database(name)})
+    engine = create_engine(settings)  # migrated here: tests/completions/test_usage_rollup.py seeds it directly
+    await migrate.upgrade(engine)
+    await engine.dispose()
     yield settings
     if request.param == "postgresql":
         await drop_database(name)
