@@ -185,10 +185,10 @@ class ResponseCache:
                 "erased, try again"
             ) from exc
 
-    def on_unit_erased(self, unit: str) -> None:
-        """Another replica erased the unit: drop what this one keeps in-process (Redis was cleared there)."""
+    def on_unit_erased(self, digest: str) -> None:
+        """A unit, of ``unit_digest`` ``digest``, was erased: drop what this replica keeps in-process (Redis was
+        cleared by the erasure)."""
         if self._redis is None:
-            digest = unit_digest(unit)
             self._forget_locally(f"unit:{digest}", 2, digest)
 
     async def forget_prompt(self, prompt: str) -> int:

@@ -105,7 +105,10 @@ class Completions:
 
 
 def _forget_erased_unit(recorder: UsageRecorder, cache: ResponseCache, change: Change) -> None:
-    """A unit was erased (``registry.experiments.privacy``): what this process still holds of it goes too."""
+    """A unit was erased (``registry.experiments.privacy``): what this process still holds of it goes too.
+
+    The change names the unit's digest, never the unit.
+    """
     if change.kind == "experiment" and change.action == UNIT_ERASED:
         recorder.forget_unit(change.name)
         cache.on_unit_erased(change.name)

@@ -91,6 +91,7 @@ def provide_unit_service(
         runtime.experiments.sources,
         grace=timedelta(seconds=runtime.settings.experiment_exposure_grace_seconds),
         cache=runtime.completions.cache,
+        usage=runtime.completions.recorder,
     )
 
 

@@ -30,6 +30,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from registry.experiments.privacy_digest import unit_digest
 from registry.experiments.repository import IngestRepository
 
 logger = structlog.get_logger("registry.experiments.exposures")
@@ -126,13 +127,20 @@ class ExposureBuffer:
                 self.dropped += 1
                 self._dropped.inc()
 
-    def forget_unit(self, unit: str) -> int:
-        """Drop a unit's buffered exposures (its data is being erased); returns how many were pending."""
-        pending = [key for key in self._pending if key[2] == unit]
+    def forget_unit(self, digest: str) -> int:
+        """Drop the buffered exposures of the unit of ``unit_digest`` ``digest`` (its data is being erased);
+        returns how many were pending."""
+        digests: dict[str, str] = {}
+
+        def of_unit(key: ExposureKey) -> bool:
+            unit = key[2]
+            return (digests.get(unit) or digests.setdefault(unit, unit_digest(unit))) == digest
+
+        pending = [key for key in self._pending if of_unit(key)]
         for key in pending:
             del self._pending[key]
         for written in (self._written, self._written_before):
-            written.difference_update([key for key in written if key[2] == unit])
+            written.difference_update([key for key in written if of_unit(key)])
         return len(pending)
 
     def pending_for_unit(self, unit: str) -> int:

@@ -17,6 +17,7 @@ from registry.auth.principal import Actor
 from registry.completions.cache import ResponseCache
 from registry.completions.repository import CompletionRepository
 from registry.completions.semantic_repository import SemanticCacheRepository
+from registry.completions.usage import UsageRecorder
 from registry.experiments.aggregator import UnitRecomputer
 from registry.experiments.errors import UnitNotFoundError
 from registry.experiments.privacy_digest import unit_digest as unit_digest
@@ -45,6 +46,7 @@ class UnitDataService:
         *,
         grace: timedelta,
         cache: ResponseCache | None = None,
+        usage: UsageRecorder | None = None,
     ) -> None:
         self.session = session
         self.repository = UnitDataRepository(session)
@@ -54,6 +56,7 @@ class UnitDataService:
         self.semantic_cache = SemanticCacheRepository(session)
         self.completions = CompletionRepository(session)
         self.cache = cache  # the exact completion cache
+        self.usage = usage  # this process's buffer of completion records not yet written
 
     async def describe(self, unit: str, *, pending_exposures: int) -> UnitDataOut:
         exposures = await self.repository.exposures(unit)
@@ -144,6 +147,13 @@ class UnitDataService:
           for the past and hand a key its spent budget back; without the unit and the texts, nothing left points
           to the person.
 
+        The counts include the unit's completions this process had buffered and not yet written (anonymised in
+        the buffer). First, before the session holds a connection, the usage buffer anonymises them and waits for
+        any batch being written, so that a batch taken before the erasure commits before the update here; a
+        completion in flight meanwhile is buffered without the unit, its request id and texts (and not counted).
+        Other replicas anonymise their buffered completions when the change reaches them (not counted here).
+        Should the erasure then fail and roll back, what the buffer anonymised stays so: the erasure was asked for.
+
         A completion of the unit in flight meanwhile keeps its answer in neither cache: the semantic cache's store
         takes the unit's lock taken here and looks for this erasure's audit entry; the exact cache refuses the
         unit's writes after its deletion (``registry.completions.cache``).
@@ -152,10 +162,12 @@ class UnitDataService:
         rolls back and nothing is erased. Idempotent: erasing a unit the service knows nothing of succeeds with
         zero counts.
         """
+        buffered, buffered_texts = (0, 0) if self.usage is None else await self.usage.erase_unit(unit)
         await self.statistics.lock(wait=True)
         derived = len(await self.statistics.standings_of([unit])) + len(await self.statistics.metric_values_of([unit]))
         exposures, events = await self.repository.delete_facts(unit)
-        completions, texts = await self.completions.anonymise_unit(unit)
+        written, written_texts = await self.completions.anonymise_unit(unit)
+        completions, texts = written + buffered, written_texts + buffered_texts
         await self.recomputer.recompute([unit])  # no facts left: its old contribution is subtracted
         await self.repository.delete_change_marker(unit)
         # Alone on the unit's lock: an answer stored meanwhile is deleted here, one stored after sees the erasure.
@@ -189,5 +201,6 @@ class UnitDataService:
         )
         # Every replica drops the unit's buffered exposures, so none is written after the erasure, and
         # anonymises its buffered completions and drops its in-process cache entries (registry.completions).
-        record_change(self.session, Change("experiment", unit, UNIT_ERASED))
+        # The change names the unit's digest: without Redis it is kept in the change log for a while.
+        record_change(self.session, Change("experiment", unit_digest(unit), UNIT_ERASED))
         return erased

@@ -34,7 +34,7 @@ from registry.rollouts.plan import included_in_rollout
 
 logger = structlog.get_logger("registry.experiments.router")
 
-UNIT_ERASED = "unit_erased"  # action of an "experiment" change whose name is a unit id, not an experiment key
+UNIT_ERASED = "unit_erased"  # action of an "experiment" change whose name is a unit's digest, not an experiment key
 
 
 def normalized(weights: list[float]) -> list[float]:

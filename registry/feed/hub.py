@@ -15,7 +15,7 @@ from registry.experiments.router import UNIT_ERASED
 from registry.lib.changes import Change, ChangeBus
 
 FEED_KINDS = frozenset({"prompt", "config", "experiment"})
-# Changes the replicas tell each other but listeners must not see: an erasure's names the erased unit.
+# Changes the replicas tell each other but listeners must not see: an erasure's names the erased unit (by digest).
 PRIVATE_ACTIONS = frozenset({UNIT_ERASED})
 QUEUE_SIZE = 1000
 

@@ -132,7 +132,7 @@ async def test_erasing_a_unit_clears_its_completions_identity_and_texts_and_keep
     assert "Lovelace" not in str(await records(clean_database))
 
 
-async def test_an_erased_units_buffered_completion_is_written_without_it(
+async def test_an_erased_units_buffered_completion_is_counted_and_written_without_it(
     client: httpx.AsyncClient, admin: dict[str, str], clean_database: AsyncEngine
 ) -> None:
     await publish(client, admin, backend="fault", model=unique("ok"), store_io=True, prices=(1.0, 3.0))
@@ -141,7 +141,9 @@ async def test_an_erased_units_buffered_completion_is_written_without_it(
     erased = await client.delete("/v1/units/carol", headers=admin)
     written = await usage(client, admin)
 
-    assert erased.json()["completions"] == 0
+    assert (erased.json()["completions"], erased.json()["completion_texts"]) == (1, 1)
+    audit = (await client.get("/v1/audit/", params={"resource_name": unit_digest("carol")}, headers=admin)).json()
+    assert (audit["items"][0]["after"]["completions"], audit["items"][0]["after"]["completion_texts"]) == (1, 1)
     assert written[0]["requests"] == 1
     rows = await records(clean_database)
     assert [row[:4] for row in rows] == [(None, None, None, None)]
@@ -202,7 +204,7 @@ async def test_the_in_process_cache_drops_a_units_entries_on_every_replica() -> 
         await cache.set("k2", ANSWER, unit="bob")
 
     assert await erasing.erase_unit("ada") == 1
-    other.on_unit_erased("ada")  # as the change bus tells it
+    other.on_unit_erased(unit_digest("ada"))  # as the change bus tells it: by digest
 
     for cache in (erasing, other):
         assert (await cache.get("k1"), await cache.get("k2")) == (None, ANSWER)
