@@ -70,10 +70,9 @@ async def test_every_column_is_stored_as_recorded(migrated_engine: AsyncEngine) 
     assert sparse.created_at is not None
 
 
-async def test_a_value_too_long_for_its_column_fails_the_batch_on_postgresql(migrated_engine: AsyncEngine) -> None:
-    if migrated_engine.dialect.name != "postgresql":
-        pytest.skip("SQLite does not bound VARCHAR")
+async def test_a_value_too_long_for_its_column_fails_the_batch_on_postgresql(clean_database: AsyncEngine) -> None:
+    """PostgreSQL only: SQLite does not bound VARCHAR."""
     with pytest.raises(DBAPIError):
-        async with async_sessionmaker(migrated_engine)() as session, session.begin():
+        async with async_sessionmaker(clean_database)() as session, session.begin():
             await CompletionRepository(session).add_records([SPARSE, {**SPARSE, "status": "x" * 17}])
-    assert await stored(migrated_engine) == []
+    assert await stored(clean_database) == []
