@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from redis.asyncio import Redis
@@ -131,6 +132,30 @@ async def prepare(settings: Settings) -> str:
         _, secret = await ApiKeyService(session).create_key("bench", [Scope.ADMIN], Actor(name="bench"))
     await engine.dispose()
     return secret
+
+
+COMPLETION_PROMPT = "Summarize the following in one line: {{ text }}"  # the completion benchmarks' prompt
+COMPLETION_TEXT = "the registry renders prompts and forwards them to the engine"
+
+
+def completion_setup(model: str, tokens: int) -> list[tuple[str, dict[str, Any]]]:
+    """The POSTs that make the completion benchmarks' config and prompt ``bench`` (``tokens`` each, to the end)."""
+    params = {"max_tokens": tokens, "temperature": 0.8, "extra": {"ignore_eos": True}}
+    return [
+        ("/v1/configs/", {"name": "bench"}),
+        ("/v1/configs/bench/versions", {"backend": "local", "model": model, "params": params}),
+        ("/v1/configs/bench/versions/1/promote", {"to": "production", "expected_current": None}),
+        ("/v1/prompts/", {"name": "bench"}),
+        (
+            "/v1/prompts/bench/versions",
+            {
+                "kind": "chat",
+                "messages": [{"role": "user", "content": COMPLETION_PROMPT}],
+                "config": {"name": "bench", "version": 1},
+            },
+        ),
+        ("/v1/prompts/bench/versions/1/promote", {"to": "production", "expected_current": None}),
+    ]
 
 
 def publish(base: str, headers: dict[str, str]) -> None:

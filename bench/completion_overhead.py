@@ -52,7 +52,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import fault_server, free_port, machine, write_section  # noqa: E402
+from bench.common import COMPLETION_PROMPT as PROMPT  # noqa: E402
+from bench.common import COMPLETION_TEXT as TEXT  # noqa: E402
+from bench.common import completion_setup, fault_server, free_port, machine, write_section  # noqa: E402
 
 SECTION = "## Completion proxy overhead"  # granian's; other servers' sections add the name
 JSON = {"Content-Type": "application/json"}
@@ -71,8 +73,6 @@ COMPARISONS = (
     ("openai", "relay"),
 )
 RECORDED_PATHS = ("registry", "openai")  # the paths whose completions the registry records
-PROMPT = "Summarize the following in one line: {{ text }}"
-TEXT = "the registry renders prompts and forwards them to the engine"
 
 
 @dataclass
@@ -290,22 +290,7 @@ def start_registry(
         except httpx.HTTPError:
             time.sleep(0.2)
     with httpx.Client(base_url=url, headers=headers) as client:
-        params = {"max_tokens": tokens, "temperature": 0.8, "extra": {"ignore_eos": True}}
-        steps = [
-            ("/v1/configs/", {"name": "bench"}),
-            ("/v1/configs/bench/versions", {"backend": "local", "model": model, "params": params}),
-            ("/v1/configs/bench/versions/1/promote", {"to": "production", "expected_current": None}),
-            ("/v1/prompts/", {"name": "bench"}),
-            (
-                "/v1/prompts/bench/versions",
-                {
-                    "kind": "chat",
-                    "messages": [{"role": "user", "content": PROMPT}],
-                    "config": {"name": "bench", "version": 1},
-                },
-            ),
-            ("/v1/prompts/bench/versions/1/promote", {"to": "production", "expected_current": None}),
-        ]
+        steps = completion_setup(model, tokens)
         for path, body in steps:
             client.post(path, json=body).raise_for_status()
     return process, url, headers

@@ -32,10 +32,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import fault_server  # noqa: E402
+from bench.common import COMPLETION_PROMPT as PROMPT  # noqa: E402
+from bench.common import COMPLETION_TEXT as TEXT  # noqa: E402
+from bench.common import completion_setup, fault_server  # noqa: E402
 
-PROMPT = "Summarize the following in one line: {{ text }}"
-TEXT = "the registry renders prompts and forwards them to the engine"
 PATHS = ("relay", "complete", "door")
 
 
@@ -186,22 +186,7 @@ async def lifespan(app: Any) -> Callable[[], Awaitable[None]]:
 
 
 async def setup(call: Caller, headers: dict[str, str], model: str, tokens: int) -> None:
-    params = {"max_tokens": tokens, "temperature": 0.8, "extra": {"ignore_eos": True}}
-    steps = [
-        ("/v1/configs/", {"name": "bench"}),
-        ("/v1/configs/bench/versions", {"backend": "local", "model": model, "params": params}),
-        ("/v1/configs/bench/versions/1/promote", {"to": "production", "expected_current": None}),
-        ("/v1/prompts/", {"name": "bench"}),
-        (
-            "/v1/prompts/bench/versions",
-            {
-                "kind": "chat",
-                "messages": [{"role": "user", "content": PROMPT}],
-                "config": {"name": "bench", "version": 1},
-            },
-        ),
-        ("/v1/prompts/bench/versions/1/promote", {"to": "production", "expected_current": None}),
-    ]
+    steps = completion_setup(model, tokens)
     for path, body in steps:
         status, answer = await call("POST", path, json.dumps(body).encode(), headers)
         assert status < 300, (path, status, answer)
