@@ -8,6 +8,7 @@ in-memory test client cannot show.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -301,3 +302,41 @@ async def finished(fault: FaultServer, model: str) -> SeenRequest:
 
     await until(done, "the backend's request to end")
     return fault.seen(model, CHAT)[0]
+
+
+WAIT = 30.0  # seconds before a test that waits on an event gives up (fails), never a pause
+
+
+class HeldBackend:
+    """The fault server's answers, each chat completion held at the door until ``release`` is set; and
+    ``/v1/embeddings`` with one fixed vector, so the semantic cache runs without a model."""
+
+    def __init__(self) -> None:
+        self.fault = FaultServer()
+        self.arrived = threading.Event()  # a chat completion is waiting at the door
+        self.release = threading.Event()
+        self.url = ""  # where it serves, once the ``held`` fixture started it
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/v1/embeddings":
+            while (await receive()).get("more_body"):
+                pass
+            body = json.dumps({"data": [{"embedding": [1.0, 0.0, 0.0]}]}).encode()
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        if scope["path"] == CHAT:
+            self.arrived.set()
+            assert await asyncio.to_thread(self.release.wait, WAIT), "never released"
+        await self.fault(scope, receive, send)
+
+
+@pytest.fixture
+def held() -> Iterator[HeldBackend]:
+    server = HeldBackend()
+    with serve_in_thread(server, lifespan="off") as url:
+        server.url = url
+        yield server
+    server.release.set()

@@ -9,13 +9,10 @@ exact cache (in Redis and in the process) keeps anything of it, and a later iden
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -39,47 +36,12 @@ from registry.prompts.models import Prompt
 from registry.prompts.schemas import LinkedConfig
 from registry.settings import Settings
 from tests.completions.cached_registry import SHAPES, CachedRegistry, serve_cached_registry
-from tests.completions.conftest import backend, publish, serve_in_thread, unique, until
-from tests.completions.fault_server import CHAT, FaultServer
+from tests.completions.conftest import WAIT, HeldBackend, backend, publish, unique, until
+from tests.completions.fault_server import CHAT
 from tests.conftest import REDIS_URL, TEST_ACTOR
 
 DETERMINISTIC = {"max_tokens": 8, "temperature": 0}
 ANSWER = CachedCompletion("hello", "stop", 3, 1)
-WAIT = 30.0  # seconds before a test that waits on an event gives up (fails), never a pause
-
-
-class HeldBackend:
-    """The fault server's answers, each chat completion held at the door until ``release`` is set; and
-    ``/v1/embeddings`` with one fixed vector, so the semantic cache runs without a model."""
-
-    def __init__(self) -> None:
-        self.fault = FaultServer()
-        self.arrived = threading.Event()  # a chat completion is waiting at the door
-        self.release = threading.Event()
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["path"] == "/v1/embeddings":
-            while (await receive()).get("more_body"):
-                pass
-            body = json.dumps({"data": [{"embedding": [1.0, 0.0, 0.0]}]}).encode()
-            await send(
-                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
-            )
-            await send({"type": "http.response.body", "body": body})
-            return
-        if scope["path"] == CHAT:
-            self.arrived.set()
-            assert await asyncio.to_thread(self.release.wait, WAIT), "never released"
-        await self.fault(scope, receive, send)
-
-
-@pytest.fixture
-def held() -> Iterator[HeldBackend]:
-    server = HeldBackend()
-    with serve_in_thread(server, lifespan="off") as url:
-        server.url = url  # type: ignore[attr-defined]
-        yield server
-    server.release.set()
 
 
 @pytest.fixture(params=SHAPES)
@@ -87,7 +49,7 @@ async def served(
     request: pytest.FixtureRequest, settings: Settings, clean_database: AsyncEngine, tmp_path: Path, held: HeldBackend
 ) -> AsyncIterator[CachedRegistry]:
     fields = {
-        "backends": {"held": backend(held.url)},  # type: ignore[attr-defined]
+        "backends": {"held": backend(held.url)},
         "semantic_cache_backend": "held",
         "semantic_cache_model": "fixed-vector",
     }

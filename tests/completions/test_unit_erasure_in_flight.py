@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,7 @@ from registry.experiments.privacy import UnitDataService
 from registry.experiments.privacy_digest import unit_digest
 from registry.settings import Settings
 from tests.completions.cached_registry import SHAPES, CachedRegistry, serve_cached_registry
-from tests.completions.conftest import backend, publish, serve_in_thread, unique, until
-from tests.completions.test_cache_in_flight import WAIT, HeldBackend
+from tests.completions.conftest import WAIT, HeldBackend, backend, publish, unique, until
 from tests.conftest import TEST_ACTOR
 
 ROWS = "SELECT unit, request_id, prompt_text, completion_text, output_tokens FROM completions ORDER BY id"
@@ -38,20 +37,11 @@ async def rows_of(engine: AsyncEngine) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in (await connection.execute(text(ROWS))).all()]
 
 
-@pytest.fixture
-def held() -> Iterator[HeldBackend]:
-    server = HeldBackend()
-    with serve_in_thread(server, lifespan="off") as url:
-        server.url = url  # type: ignore[attr-defined]
-        yield server
-    server.release.set()
-
-
 @pytest.fixture(params=SHAPES)
 async def served(
     request: pytest.FixtureRequest, settings: Settings, clean_database: AsyncEngine, tmp_path: Path, held: HeldBackend
 ) -> AsyncIterator[CachedRegistry]:
-    fields = {"backends": {"held": backend(held.url)}}  # type: ignore[attr-defined]
+    fields = {"backends": {"held": backend(held.url)}}
     async with serve_cached_registry(request.param, settings, tmp_path, **fields) as registry:
         yield registry
 
