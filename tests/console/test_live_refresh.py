@@ -123,7 +123,20 @@ def count_polls(page: Any, path: str) -> list[str]:
 async def still_clock(page: Any) -> None:
     """Playwright's clock in the page, standing still: timers fire only when the test runs the clock."""
     await page.clock.install(time=START)
-    await page.clock.pause_at(START)
+    await pause_soon(page)
+
+
+async def pause_soon(page: Any) -> None:
+    """Stop the page's running clock a second past its own time, taken afresh if that second is already gone by
+    when the browser gets the order (a busy machine: Playwright refuses to pause in the past)."""
+    while True:
+        now = await page.evaluate("Date.now()")
+        try:
+            await page.clock.pause_at(datetime.fromtimestamp(now / 1000, UTC) + timedelta(seconds=1))
+            return
+        except PlaywrightError as error:
+            if "to the past" not in error.message:
+                raise
 
 
 async def settled(page: Any, polls: int) -> None:
@@ -141,21 +154,10 @@ async def polled(polls: list[str], count: int) -> None:
 
 
 async def checked(page: Any, name: str, polls: list[str]) -> None:
-    """``check_page`` with the clock running (axe times its own work), then the clock still again, no poll out.
-
-    The clock stands still again a second past the page's own time, taken afresh if that second is already
-    gone by when the browser gets the order (a busy machine).
-    """
+    """``check_page`` with the clock running (axe times its own work), then the clock still again, no poll out."""
     await page.clock.resume()
     await check_page(page, name)
-    while True:
-        now = await page.evaluate("Date.now()")
-        try:
-            await page.clock.pause_at(datetime.fromtimestamp(now / 1000, UTC) + timedelta(seconds=1))
-            break
-        except PlaywrightError as error:
-            if "to the past" not in error.message:
-                raise
+    await pause_soon(page)
     root = page.locator("[data-live-url]")
     await expect(root).not_to_have_attribute("data-live-busy", "")
 
