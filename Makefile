@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEPS_HASH := $(shell cat pyproject.toml clients/python/pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: install run run-vllm test browser compose-cli promtool check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-console bench-completions bench-cli bench-evals bench-rollouts bench-semantic-cache vllm-cpu clean
+.PHONY: install run run-vllm test browser compose-cli promtool check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-console bench-completions bench-cli bench-evals bench-rollouts bench-semantic-cache bench-stream-cpu vllm-cpu clean
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -88,7 +88,7 @@ bench-rollouts: install
 	$(BIN)/python bench/rollouts.py
 
 ## Every benchmark (about 30 minutes; PostgreSQL and Redis at 127.0.0.1, wrk); results in BENCHMARKS.md
-bench: bench-fast bench-cpu bench-results bench-console bench-completions bench-soak bench-cli bench-evals bench-rollouts bench-semantic-cache
+bench: bench-fast bench-cpu bench-stream-cpu bench-results bench-console bench-completions bench-soak bench-cli bench-evals bench-rollouts bench-semantic-cache
 
 ## The fast path under wrk: bare handler, resolve, render, render with a unit; granian and uvicorn; event ingestion
 bench-fast: install
@@ -97,6 +97,10 @@ bench-fast: install
 ## CPU per request of the fast path and of a streamed completion, in process
 bench-cpu: install
 	$(BIN)/python bench/fast_path_cpu.py
+
+## CPU per streamed completion of the relay, /complete and the OpenAI door in process, upstream answered in process (printed; BENCHMARKS.md "Stream CPU in process" by hand)
+bench-stream-cpu: install
+	$(BIN)/python bench/stream_cpu.py --fake-upstream --streams 16 --completions 200 --rounds 3 --tokens 32
 
 ## RSS of the API process over 10 minutes of load
 bench-soak: install
