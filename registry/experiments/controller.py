@@ -92,6 +92,7 @@ def provide_unit_service(
         grace=timedelta(seconds=runtime.settings.experiment_exposure_grace_seconds),
         cache=runtime.completions.cache,
         usage=runtime.completions.recorder,
+        exposures=runtime.experiments.exposures,
     )
 
 

@@ -143,6 +143,12 @@ class ExposureBuffer:
             written.difference_update([key for key in written if of_unit(key)])
         return len(pending)
 
+    async def erase_unit(self, unit: str) -> int:
+        """This process erases ``unit``: ``forget_unit`` once no batch is being written (the flush's lock), so
+        that the erasure's delete, which follows, finds every exposure of it written before."""
+        async with self._lock:
+            return self.forget_unit(unit_digest(unit))
+
     def pending_for_unit(self, unit: str) -> int:
         return sum(1 for key in self._pending if key[2] == unit)
 

@@ -20,6 +20,7 @@ from registry.completions.semantic_repository import SemanticCacheRepository
 from registry.completions.usage import UsageRecorder
 from registry.experiments.aggregator import UnitRecomputer
 from registry.experiments.errors import UnitNotFoundError
+from registry.experiments.exposures import ExposureBuffer
 from registry.experiments.privacy_digest import unit_digest as unit_digest
 from registry.experiments.repository import StatisticsRepository, UnitDataRepository
 from registry.experiments.router import UNIT_ERASED
@@ -47,6 +48,7 @@ class UnitDataService:
         grace: timedelta,
         cache: ResponseCache | None = None,
         usage: UsageRecorder | None = None,
+        exposures: ExposureBuffer | None = None,
     ) -> None:
         self.session = session
         self.repository = UnitDataRepository(session)
@@ -57,6 +59,7 @@ class UnitDataService:
         self.completions = CompletionRepository(session)
         self.cache = cache  # the exact completion cache
         self.usage = usage  # this process's buffer of completion records not yet written
+        self.exposures = exposures  # this process's buffer of first exposures not yet written
 
     async def describe(self, unit: str, *, pending_exposures: int) -> UnitDataOut:
         exposures = await self.repository.exposures(unit)
@@ -163,6 +166,8 @@ class UnitDataService:
         zero counts.
         """
         buffered, buffered_texts = (0, 0) if self.usage is None else await self.usage.erase_unit(unit)
+        if self.exposures is not None:  # here at once, not when the change comes back: a read right after sees none
+            await self.exposures.erase_unit(unit)
         await self.statistics.lock(wait=True)
         derived = len(await self.statistics.standings_of([unit])) + len(await self.statistics.metric_values_of([unit]))
         exposures, events = await self.repository.delete_facts(unit)
