@@ -114,15 +114,21 @@ def completion(unit: str, name: str) -> dict[str, Any]:
     }
 
 
-async def test_a_usage_batch_being_written_during_this_processs_erasure_is_anonymised_and_counted(
-    migrated_engine: AsyncEngine,
-) -> None:
-    write = HeldWrite(migrated_engine)
+async def flush_held(engine: AsyncEngine) -> tuple[HeldWrite, UsageRecorder, asyncio.Task[None]]:
+    """A recorder holding ada's and bob's completions, its flush started and held at its write."""
+    write = HeldWrite(engine)
     recorder = UsageRecorder(write.sessionmaker)
     recorder.add(completion("ada", "Ada Lovelace"))
     recorder.add(completion("bob", "Bob"))
     flushing = asyncio.create_task(recorder.flush())
     await asyncio.wait_for(write.arrived.wait(), WAIT)
+    return write, recorder, flushing
+
+
+async def test_a_usage_batch_being_written_during_this_processs_erasure_is_anonymised_and_counted(
+    migrated_engine: AsyncEngine,
+) -> None:
+    write, recorder, flushing = await flush_held(migrated_engine)
 
     async def erase() -> Any:
         async with create_sessionmaker(migrated_engine)() as session, session.begin():
@@ -149,12 +155,7 @@ async def test_a_usage_batch_being_written_during_this_processs_erasure_is_anony
 async def test_a_usage_batch_being_written_when_another_replica_erases_its_unit_is_anonymised_once_written(
     migrated_engine: AsyncEngine,
 ) -> None:
-    write = HeldWrite(migrated_engine)
-    recorder = UsageRecorder(write.sessionmaker)
-    recorder.add(completion("ada", "Ada Lovelace"))
-    recorder.add(completion("bob", "Bob"))
-    flushing = asyncio.create_task(recorder.flush())
-    await asyncio.wait_for(write.arrived.wait(), WAIT)
+    write, recorder, flushing = await flush_held(migrated_engine)
 
     async with create_sessionmaker(migrated_engine)() as session, session.begin():  # the other replica
         erased = await UnitDataService(session, {}, grace=timedelta(0)).erase("ada", TEST_ACTOR)
