@@ -34,6 +34,7 @@ from registry.lib.changes import Change, record_change
 from registry.lib.errors import ConflictError, FieldError, InvalidInputError, NotFoundError, RegistryError
 from registry.lib.promotion import State
 from registry.outbox.events import emit_event
+from registry.prompts.models import PromptVersion
 from registry.prompts.schemas import LinkedConfig
 from registry.prompts.service import PromptLimits, compile_version
 from registry.rollouts.models import Rollout, RolloutEvent
@@ -140,7 +141,11 @@ class RolloutService:
             problems.append(FieldError("candidate_version", "is the production version already"))
         else:
             candidate = await workflow.repository.get_version(prompt.id, data.candidate_version)
-            if candidate is not None:
+            if candidate is None:
+                problems.append(
+                    FieldError("candidate_version", f"prompt '{name}' has no version {data.candidate_version}")
+                )
+            else:
                 conflicts = variable_conflicts(
                     compile_version(production).input_schema, compile_version(candidate).input_schema
                 )
@@ -148,6 +153,9 @@ class RolloutService:
                     FieldError("candidate_version", f"{conflict} (production: version {production.number})")
                     for conflict in conflicts
                 ]
+                unpromotable = await self._unpromotable(prompt.id, candidate)
+                if unpromotable is not None:
+                    problems.append(FieldError("candidate_version", unpromotable))
         if problems:
             raise InvalidInputError("the rollout is invalid", errors=problems)
         assert production is not None
@@ -256,6 +264,10 @@ class RolloutService:
         rollout = await self.require(rollout_id, for_update=True)
         if rollout.status != "running":
             return None
+        unpromotable = await self._candidate_unpromotable(rollout)
+        if unpromotable is not None:  # archived meanwhile: no traffic for a version that can never be promoted
+            await self._end(rollout, "rolled_back", unpromotable, CHECKER)
+            return Action("rollback", rollout.step, [unpromotable])
         experiment = await self.experiments.require(rollout.experiment.key)
         decision, units, totals = await self._decide(rollout, experiment)
         steps = steps_of(rollout)
@@ -357,8 +369,14 @@ class RolloutService:
     async def _promote(self, rollout: Rollout, actor: Actor, detail: dict[str, Any]) -> None:
         """The candidate (with its config) becomes production through the normal promotion and its gate.
 
-        A refused promotion pauses the rollout at full share with the refusal as its reason.
+        A refused promotion pauses the rollout at full share with the refusal as its reason; so does a candidate
+        archived meanwhile that was never in production, whose promotion (as a new version carrying the rollout's
+        config, or a rollback) would bring back a version taken out of use.
         """
+        unpromotable = await self._candidate_unpromotable(rollout)
+        if unpromotable is not None:
+            await self._refuse_promotion(rollout, actor, detail, unpromotable)
+            return
         rollout.status = "completed"  # no longer holds the label: the promotion below may move it
         await self.session.flush()
         try:
@@ -373,14 +391,34 @@ class RolloutService:
             # What the savepoint touched was expired by its rollback: read it back before it is read again.
             await self.session.refresh(rollout.experiment)
             await self.session.refresh(rollout.prompt)
-            rollout.status = "paused"
-            rollout.reason = f"the candidate's promotion was refused: {exc}"
-            await self._record(rollout, "paused", actor, {**detail, "reason": rollout.reason})
+            await self._refuse_promotion(rollout, actor, detail, str(exc))
             return
         rollout.ended_at = utcnow()
         rollout.lease_owner = None
         promoted_version = promoted.version if promoted is not None else None
         await self._record(rollout, "completed", actor, {**detail, "promoted_version": promoted_version})
+
+    async def _refuse_promotion(self, rollout: Rollout, actor: Actor, detail: dict[str, Any], refusal: str) -> None:
+        rollout.status = "paused"
+        rollout.reason = f"the candidate's promotion was refused: {refusal}"
+        await self._record(rollout, "paused", actor, {**detail, "reason": rollout.reason})
+
+    async def _unpromotable(self, prompt_id: int, candidate: PromptVersion) -> str | None:
+        """Why the candidate can never be promoted, or None: only a rollback brings an archived version back, and
+        only one that was in production before (a new version carrying the rollout's config would bring back,
+        under another number, a version taken out of use)."""
+        if State(candidate.state) != State.ARCHIVED:
+            return None
+        repository = self.experiments.prompts.workflow.repository
+        if candidate.number in await repository.production_numbers(prompt_id):
+            return None
+        return f"version {candidate.number} is archived and was never in production, so it cannot be promoted"
+
+    async def _candidate_unpromotable(self, rollout: Rollout) -> str | None:
+        workflow = self.experiments.prompts.workflow
+        return await self._unpromotable(
+            rollout.prompt_id, await workflow.require_version(rollout.prompt, rollout.candidate_version)
+        )
 
     async def _record(self, rollout: Rollout, action: str, actor: Actor, detail: dict[str, Any]) -> None:
         """The rollout's history, the prompt's audit log, a webhook event and the change feed."""
