@@ -13,6 +13,7 @@ from registry.auth.access import SCOPE_OPT, authorize_request
 from registry.auth.controller import ApiKeyController, AuditController
 from registry.auth.keys import Scope
 from registry.completions.controller import BudgetController, CompletionController, UsageController
+from registry.completions.fast_path import CompletionFastPath
 from registry.completions.semantic_controller import SemanticCacheController
 from registry.configs.controller import ConfigController
 from registry.console.controller import CONSOLE_PREFIX, console_template_config
@@ -34,6 +35,7 @@ from registry.lib.openapi import api_openapi_config, declare_problem_responses, 
 from registry.lib.routing import ApiRouter
 from registry.lib.tracing import Tracing
 from registry.openai_compat.controller import OpenAIController
+from registry.openai_compat.fast_path import OpenAIFastPath
 from registry.operations.controller import AdminController
 from registry.prompts.controller import PromptController
 from registry.prompts.fast_path import PromptFastPath
@@ -97,7 +99,9 @@ def create_app(settings: Settings | None = None, *, tracing: Tracing | None = No
     declare_problem_responses(app, API_PREFIX)
     document_operations(app, API_PREFIX, declared_scope)
     handler = app.asgi_handler
-    if settings.fast_path:
+    if settings.fast_path:  # the routes apps call on every request, served in front of Litestar
+        handler = OpenAIFastPath.in_front_of(app, handler, runtime, API_PREFIX)
+        handler = CompletionFastPath.in_front_of(app, handler, runtime, API_PREFIX)
         handler = PromptFastPath.in_front_of(app, handler, runtime, API_PREFIX, tracer=tracing.tracer)
     app.asgi_handler = RequestContextMiddleware(
         handler,

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
@@ -12,28 +11,25 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.keys import Scope
 from registry.auth.principal import Actor, Principal
+from registry.completions.fast_path import SSE_MEDIA_TYPE, Streamed, complete_answer
 from registry.completions.schemas import (
     BudgetOut,
     CompleteRequest,
     CompletionOut,
-    DoneEvent,
     SetBudget,
     UsageDimension,
     UsageReport,
 )
 from registry.completions.service import BudgetService, Caller, CompletionService, UsageService
-from registry.completions.sse import encode_delta, encode_event
 from registry.deps import provide_resource_name
-from registry.lib.disconnect import cancel_on_disconnect
-from registry.lib.errors import FieldError, InvalidInputError, RegistryError, exception_to_response
+from registry.lib.disconnect import DisconnectWatch
+from registry.lib.errors import FieldError, InvalidInputError
 from registry.lib.http import decode_name
 from registry.lib.streaming import PrimedStream
-from registry.prompts.fast_path import label_or_version
 from registry.runtime import Runtime, runtime_of
 
 DEFAULT_GROUP_BY: list[UsageDimension] = ["prompt", "version", "config", "key", "day"]
 MAX_USAGE_ROWS = 10_000
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def provide_completion_service(runtime: NamedDependency[Runtime]) -> CompletionService:
@@ -51,37 +47,6 @@ def provide_budget_service(
     db_session: NamedDependency[AsyncSession], runtime: NamedDependency[Runtime]
 ) -> BudgetService:
     return BudgetService(db_session, runtime.completions.budgets)
-
-
-class ServerSentEvents:
-    """Our events as bytes (a ``StreamEncoder``); the metadata leaves in the same write as the first token.
-
-    A failure becomes the problem body (``instance``, ``request_id`` and all) that the
-    same failure before the first token is answered with, and is logged the same way.
-    """
-
-    delta = staticmethod(encode_delta)
-
-    def __init__(self, request: Request[Any, Any, Any]) -> None:
-        self.request = request
-
-    @staticmethod
-    def done(event: DoneEvent) -> bytes:
-        return encode_event("done", event)
-
-    def error(self, error: RegistryError) -> bytes:
-        return encode_event("error", exception_to_response(self.request, error).content)
-
-
-async def started(events: AsyncIterator[bytes]) -> tuple[bytes, AsyncIterator[bytes]]:
-    """The first part of ``events`` (buffered, so at once) and the started generator, for the rest.
-
-    asyncio closes a started generator that is dropped, which closes the
-    upstream connection and frees its slot even if the response never begins
-    streaming; a generator that was never started would be dropped silently.
-    The response closes it when it ends, however it ends (``PrimedStream``).
-    """
-    return await anext(events, b""), events
 
 
 class CompletionController(Controller):
@@ -105,18 +70,18 @@ class CompletionController(Controller):
     async def complete(
         self, request: Request[Principal, Any, Any], name: FromPath[str], data: JSONBody[CompleteRequest]
     ) -> Response[Any]:
-        # Like render, the fast path takes no injected dependencies.
-        label_or_version(data.label, data.version)
+        # What the fast path (registry.completions.fast_path) serves, for the requests it hands on.
         runtime = runtime_of(request)
         service = CompletionService(runtime.completions, runtime.prompts)
-        resource_name = decode_name(name)
         caller = Caller(key=request.user.public_id, request_id=request.scope["state"].get("request_id"))
-        if not data.stream:
-            return Response(await cancel_on_disconnect(request.receive, service.complete(resource_name, data, caller)))
-        stream = await cancel_on_disconnect(request.receive, service.open_stream(resource_name, data, caller))
-        first, rest = await started(stream.encoded(ServerSentEvents(request)))
-        head = encode_event("metadata", stream.meta)
-        return PrimedStream(head + first, rest, media_type="text/event-stream", headers=SSE_HEADERS)
+        watch = DisconnectWatch(request.receive)
+        try:
+            answer = await complete_answer(service, decode_name(name), data, caller, watch, instance=request.url.path)
+        finally:
+            watch.stop()  # Litestar's stream listens for the disconnect itself
+        if isinstance(answer, Streamed):
+            return PrimedStream(answer.first, answer.rest, media_type=SSE_MEDIA_TYPE, headers=answer.headers)
+        return Response(answer)
 
 
 class UsageController(Controller):

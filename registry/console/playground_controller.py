@@ -34,7 +34,8 @@ from markupsafe import Markup, escape
 
 from registry.auth.access import SCOPE_OPT
 from registry.auth.keys import Scope
-from registry.completions.controller import CompletionController, started
+from registry.completions.controller import CompletionController
+from registry.completions.fast_path import started
 from registry.completions.schemas import DeltaEvent, DoneEvent
 from registry.completions.service import Caller
 from registry.console.controller import (

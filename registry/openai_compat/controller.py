@@ -18,11 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.keys import Scope
 from registry.auth.principal import Principal
-from registry.completions.controller import SSE_HEADERS, started
+from registry.completions.fast_path import SSE_MEDIA_TYPE, Streamed
 from registry.completions.service import Caller
-from registry.lib.disconnect import cancel_on_disconnect
+from registry.lib.disconnect import DisconnectWatch
 from registry.lib.errors import translate_and_log
 from registry.lib.streaming import PrimedStream
+from registry.openai_compat.fast_path import config_resolver, openai_answer
 from registry.openai_compat.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -31,16 +32,7 @@ from registry.openai_compat.schemas import (
     TextCompletion,
     TextCompletionRequest,
 )
-from registry.openai_compat.service import (
-    ChunkEncoder,
-    ConfigResolver,
-    ModelListing,
-    OpenAIChunks,
-    completion_answer,
-    error_answer,
-    prepare_call,
-    registry_headers,
-)
+from registry.openai_compat.service import ModelListing, error_answer
 from registry.runtime import runtime_of
 
 # What this door's handler answers; 414, 415 and 431 are refused before routing, as problem+json.
@@ -59,27 +51,6 @@ def openai_error_response(request: Request[Any, Any, Any], exc: Exception) -> Re
     return Response(
         msgspec.json.encode(body), status_code=error.status_code, headers=error.headers, media_type="application/json"
     )
-
-
-RESOLVER_STATE = "openai_config_resolver"
-
-
-def config_resolver(request: Request[Any, Any, Any]) -> ConfigResolver:
-    """The app's one resolver of ``config:`` models, made on first use (it subscribes to the change bus)."""
-    state = request.app.state
-    resolver: ConfigResolver | None = state.get(RESOLVER_STATE)
-    if resolver is None:
-        runtime = runtime_of(request)
-        settings = runtime.settings
-        resolver = ConfigResolver(
-            runtime.sessionmaker,
-            runtime.bus,
-            ttl=settings.cache_ttl_seconds,
-            degraded_ttl=settings.cache_degraded_ttl_seconds,
-            max_entries=settings.cache_max_prompts,
-        )
-        state[RESOLVER_STATE] = resolver
-    return resolver
 
 
 def provide_model_listing(read_session: NamedDependency[AsyncSession]) -> ModelListing:
@@ -132,20 +103,16 @@ class OpenAIController(Controller):
 async def _answer(
     request: Request[Principal, Any, Any], data: ChatCompletionRequest | TextCompletionRequest
 ) -> Response[Any]:
+    """What the fast path (registry.openai_compat.fast_path) serves, for the requests it hands on."""
     runtime = runtime_of(request)
-    request_id = request.scope["state"].get("request_id")
-    call = prepare_call(runtime.completions, runtime.prompts, config_resolver(request), data, request_id=request_id)
-    caller = Caller(key=request.user.public_id, request_id=request_id)
-    if not data.stream:
-        out = await cancel_on_disconnect(request.receive, call.service.complete(call.name, call.request, caller))
-        return Response(completion_answer(call, out), headers=registry_headers(out, out.cost))
-    stream = await cancel_on_disconnect(request.receive, call.service.open_stream(call.name, call.request, caller))
-    encoder = ChunkEncoder(call)
-    chunks = OpenAIChunks(encoder, stream.meta, instance=request.url.path, request_id=request_id)
-    first, rest = await started(stream.encoded(chunks))
-    return PrimedStream(
-        encoder.start() + first,  # the opening chunk leaves with the first token
-        rest,
-        media_type="text/event-stream",
-        headers={**SSE_HEADERS, **registry_headers(stream.meta)},
-    )
+    caller = Caller(key=request.user.public_id, request_id=request.scope["state"].get("request_id"))
+    resolver = config_resolver(request.app.state, runtime)
+    watch = DisconnectWatch(request.receive)
+    try:
+        answer = await openai_answer(runtime, resolver, data, caller, watch, instance=request.url.path)
+    finally:
+        watch.stop()  # Litestar's stream listens for the disconnect itself
+    if isinstance(answer, Streamed):
+        return PrimedStream(answer.first, answer.rest, media_type=SSE_MEDIA_TYPE, headers=answer.headers)
+    out, headers = answer
+    return Response(out, headers=headers)

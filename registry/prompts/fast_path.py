@@ -22,19 +22,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import msgspec
 from litestar import Litestar
-from litestar._asgi.utils import is_valid_host
 from litestar.enums import ScopeType
-from litestar.routes import HTTPRoute
-from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
 from opentelemetry.trace import Tracer
 
-from registry.auth.access import SCOPE_OPT, authorize
+from registry.auth.access import authorize
 from registry.auth.keys import Scope as KeyScope
-from registry.lib.errors import PROBLEM_MEDIA_TYPE, FieldError, InvalidInputError, problem_body, translate_and_log
+from registry.lib.errors import FieldError, InvalidInputError
+from registry.lib.front import DECODE_ERRORS, front_routes, plain_request, problem_response, read_body, replaying
 from registry.lib.http import JsonResponse, decode_name
 from registry.lib.versioned_schemas import Label, VersionNumber
 from registry.prompts.catalog import PromptCatalog, ResolvedVersion
@@ -46,7 +44,6 @@ STALE_HEADER = "X-Registry-Stale"
 EXPERIMENT_HEADER = "X-Registry-Experiment"
 RESOLVE_OPERATION = "resolvePrompt"
 RENDER_OPERATION = "renderPrompt"
-_PROBLEM_MEDIA_TYPE = PROBLEM_MEDIA_TYPE.encode()
 # Resolve bodies of versions run with a variant's config: (version's ETag, config's encoding) -> (body, ETag).
 _VARIANT_BODIES: dict[tuple[str, bytes], tuple[bytes, str]] = {}
 _MAX_VARIANT_BODIES = 256
@@ -175,18 +172,6 @@ def _resolve_query(query_string: bytes) -> ResolveQuery | None:
         return None
 
 
-def _replaying(messages: list[ReceiveMessage], receive: Receive) -> Receive:
-    """``receive`` that first hands back the messages already read, for a request passed on to Litestar."""
-    pending = list(messages)
-
-    async def replay() -> Any:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replay
-
-
 class PromptFastPath:
     def __init__(
         self,
@@ -218,24 +203,17 @@ class PromptFastPath:
     ) -> PromptFastPath:
         """Built from the Litestar routes it stands in for; refuses to start if they moved or changed shape."""
         prefix = f"{api_prefix}/prompts/"
-        found: dict[str, tuple[str, str, KeyScope]] = {}  # the route's path, its template in metrics, its scope
-        for route in litestar.routes:
-            if isinstance(route, HTTPRoute):
-                for handler in route.route_handlers:
-                    if handler.operation_id in (RESOLVE_OPERATION, RENDER_OPERATION):
-                        found[str(handler.operation_id)] = (route.path, route.path_format, handler.opt[SCOPE_OPT])
-        expected = {RESOLVE_OPERATION: f"{prefix}{{name:str}}", RENDER_OPERATION: f"{prefix}{{name:str}}/render"}
-        for operation, path in expected.items():
-            if operation not in found or found[operation][0] != path:
-                raise RuntimeError(f"the fast path serves {operation} at {path}, which the app no longer routes")
+        found = front_routes(
+            litestar, {RESOLVE_OPERATION: f"{prefix}{{name:str}}", RENDER_OPERATION: f"{prefix}{{name:str}}/render"}
+        )
         return cls(
             app,
             runtime,
             prefix=prefix,
-            resolve_template=found[RESOLVE_OPERATION][1],
-            render_template=found[RENDER_OPERATION][1],
-            resolve_scope=found[RESOLVE_OPERATION][2],
-            render_scope=found[RENDER_OPERATION][2],
+            resolve_template=found[RESOLVE_OPERATION].template,
+            render_template=found[RENDER_OPERATION].template,
+            resolve_scope=found[RESOLVE_OPERATION].scope,
+            render_scope=found[RENDER_OPERATION].scope,
             max_body_bytes=runtime.settings.max_body_bytes,
             tracer=tracer,
         )
@@ -256,7 +234,7 @@ class PromptFastPath:
 
     def _match(self, scope: Scope) -> tuple[bool, str] | None:
         """(is it a render, the name segment) for the two routes served here, else None."""
-        if scope["type"] != ScopeType.HTTP or scope.get("root_path"):
+        if scope["type"] != ScopeType.HTTP:
             return None
         path = scope["path"]
         if not path.startswith(self._prefix):
@@ -271,7 +249,7 @@ class PromptFastPath:
             is_render = True
         else:
             return None  # before the Host check: completions and the other routes under the prefix skip it
-        return (is_render, name) if _plain_request(scope) else None
+        return (is_render, name) if plain_request(scope) else None
 
     async def _resolve(self, scope: Scope, name: str, receive: Receive, send: Send) -> bool:
         query = _resolve_query(scope["query_string"])
@@ -297,25 +275,13 @@ class PromptFastPath:
 
     async def _render(self, scope: Scope, name: str, receive: Receive, send: Send) -> Receive | None:
         """Serve a render; or return the ``receive`` to hand the request to Litestar with, body unread."""
-        messages: list[ReceiveMessage] = []
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                return _replaying(messages, receive)
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self._max_body_bytes:
-                return _replaying(messages, receive)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        body, messages = await read_body(receive, self._max_body_bytes)
+        if body is None:
+            return replaying(messages, receive)
         try:
-            data = msgspec.json.decode(b"".join(chunks), type=RenderRequest)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
-            return _replaying(messages, receive)  # Litestar answers it with the problem a malformed body gets
+            data = msgspec.json.decode(body, type=RenderRequest)
+        except DECODE_ERRORS:
+            return replaying(messages, receive)  # Litestar answers it with the problem a malformed body gets
         await self._answer(
             scope,
             receive,
@@ -342,22 +308,5 @@ class PromptFastPath:
             await authorize(self._runtime, scope["headers"], required)
             response = await respond(self._runtime.prompts)
         except Exception as exc:
-            response = _problem(exc, scope)
+            response = problem_response(exc, scope)
         await response(scope, receive, send)
-
-
-def _plain_request(scope: Scope) -> bool:
-    """A request whose headers Litestar would accept as is (its Host check)."""
-    for header, value in scope["headers"]:
-        if header == b"host":
-            return is_valid_host(value)
-    return True
-
-
-def _problem(exc: Exception, scope: Scope) -> JsonResponse:
-    """The problem document Litestar's exception handler (``exception_to_response``) would write."""
-    error = translate_and_log(exc, scope["path"])
-    document = problem_body(error, instance=scope["path"], request_id=scope["state"].get("request_id"))
-    return JsonResponse(
-        msgspec.json.encode(document), status=error.status_code, headers=error.headers, media_type=_PROBLEM_MEDIA_TYPE
-    )

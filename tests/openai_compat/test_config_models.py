@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from registry.app import create_app
 from registry.db.engine import create_engine, create_sessionmaker
 from registry.lib.changes import ChangeBus
-from registry.openai_compat.controller import RESOLVER_STATE
+from registry.openai_compat.fast_path import RESOLVER_STATE
 from registry.openai_compat.service import ConfigResolver, ModelTarget
 from registry.settings import Settings
 from tests.completions.conftest import backend, publish, serve_in_thread, unique

@@ -1,0 +1,153 @@
+"""What the routes served in front of Litestar share: their discovery, the body's reading, problems and streams.
+
+A few routes carry nearly all of the traffic (resolve, render, complete and the
+OpenAI-compatible door). Litestar's per-request work for a route (routing, a
+``Request``, the signature model, the ``before_request`` hook, the response
+object, and for a stream a task group that listens for the disconnect) costs
+more CPU than serving such a request from the caches. Their fast paths
+(``registry.prompts.fast_path``, ``registry.completions.fast_path``,
+``registry.openai_compat.fast_path``) answer the well-formed common case
+directly over ASGI and hand anything else to Litestar, body included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from litestar import Litestar
+from litestar._asgi.utils import is_valid_host
+from litestar.enums import ScopeType
+from litestar.routes import HTTPRoute
+from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, ReceiveMessage, Scope, Send
+
+from registry.auth.access import SCOPE_OPT
+from registry.auth.keys import Scope as KeyScope
+from registry.lib.disconnect import DisconnectWatch
+from registry.lib.errors import PROBLEM_MEDIA_TYPE, problem_body, translate_and_log
+from registry.lib.http import JsonResponse
+
+_PROBLEM_MEDIA_TYPE = PROBLEM_MEDIA_TYPE.encode()
+
+
+@dataclass(frozen=True)
+class FrontRoute:
+    """A Litestar route a fast path stands in for: its path, its template in metrics, and the scope it requires."""
+
+    path: str
+    template: str
+    scope: KeyScope
+
+
+def front_routes(litestar: Litestar, expected: dict[str, str]) -> dict[str, FrontRoute]:
+    """The routes of ``expected`` (operation id -> path); refuses to start if one moved or is gone.
+
+    A fast path answers for its Litestar handler, which keeps the OpenAPI document, the
+    scope and the requests the fast path hands on; if the handler's path changed, the
+    fast path would serve a route the app no longer has.
+    """
+    found: dict[str, FrontRoute] = {}
+    for route in litestar.routes:
+        if isinstance(route, HTTPRoute):
+            for handler in route.route_handlers:
+                if handler.operation_id in expected:
+                    found[str(handler.operation_id)] = FrontRoute(route.path, route.path_format, handler.opt[SCOPE_OPT])
+    for operation, path in expected.items():
+        if operation not in found or found[operation].path != path:
+            raise RuntimeError(f"the fast path serves {operation} at {path}, which the app no longer routes")
+    return found
+
+
+def plain_request(scope: Scope) -> bool:
+    """An HTTP request on the app's root whose headers Litestar would accept as is (its Host check)."""
+    if scope["type"] != ScopeType.HTTP or scope.get("root_path"):
+        return False
+    for header, value in scope["headers"]:
+        if header == b"host":
+            return is_valid_host(value)
+    return True
+
+
+def replaying(messages: list[ReceiveMessage], receive: Receive) -> Receive:
+    """``receive`` that first hands back the messages already read, for a request passed on to Litestar."""
+    pending = list(messages)
+
+    async def replay() -> Any:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
+async def read_body(receive: Receive, max_bytes: int) -> tuple[bytes | None, list[ReceiveMessage]]:
+    """The whole body, or None (over ``max_bytes``, or a disconnect) with the messages read, to hand on."""
+    messages: list[ReceiveMessage] = []
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return None, messages
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            return None, messages
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), messages
+
+
+DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError)
+
+
+def problem_document(exc: Exception, scope: Scope) -> tuple[Any, dict[str, str], int]:
+    """The problem Litestar's exception handler (``exception_to_response``) would answer: body, headers, status."""
+    error = translate_and_log(exc, scope["path"])
+    document = problem_body(error, instance=scope["path"], request_id=scope["state"].get("request_id"))
+    return document, error.headers, error.status_code
+
+
+def problem_response(exc: Exception, scope: Scope) -> JsonResponse:
+    document, headers, status = problem_document(exc, scope)
+    return JsonResponse(msgspec.json.encode(document), status=status, headers=headers, media_type=_PROBLEM_MEDIA_TYPE)
+
+
+def encode_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+
+
+async def send_stream(
+    send: Send,
+    watch: DisconnectWatch,
+    headers: Iterable[tuple[bytes, bytes]],
+    first: bytes,
+    rest: AsyncIterator[bytes],
+) -> None:
+    """A 200 stream: the headers and ``first`` at once, then each part of ``rest`` as it comes.
+
+    As ``registry.lib.streaming.PrimedStream`` under Litestar: a client that goes away
+    (``watch`` cancels this task) ends the stream quietly, and ``rest`` is closed
+    however the stream ends, which closes the upstream connection it reads from.
+    """
+    start: HTTPResponseStartEvent = {"type": "http.response.start", "status": 200, "headers": list(headers)}
+    try:
+        if watch.disconnected:
+            return  # gone before the first token was sent: nobody to stream to
+        await send(start)
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        async for part in rest:
+            body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": part, "more_body": True}
+            await send(body)
+        watch.stop()  # the response is whole: a disconnect from here on cancels nothing
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except asyncio.CancelledError:
+        if not watch.left():
+            raise
+    finally:
+        watch.stop()
+        await rest.aclose()  # type: ignore[attr-defined]
