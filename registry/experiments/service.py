@@ -607,6 +607,7 @@ class ExperimentService:
                     "the winner is not a variant of the experiment",
                     errors=[FieldError("winner", f"is not one of {', '.join(v.key for v in experiment.variants)}")],
                 )
+            await self._check_winner(experiment, winner)
         before = _snapshot(experiment)
         now = utcnow()
         experiment.status = "stopped"
@@ -635,6 +636,26 @@ class ExperimentService:
         )
         self._changed(experiment, "stopped")
         return experiment, promoted
+
+    async def unpromotable(self, prompt_id: int, version: PromptVersion) -> str | None:
+        """Why ``version`` can never become production, or None: only a rollback brings an archived version back,
+        and only one that was in production before (a new version of its content carrying a variant's or a
+        rollout's config would bring back, under another number, a version taken out of use)."""
+        if State(version.state) != State.ARCHIVED:
+            return None
+        if version.number in await self.prompts.workflow.repository.production_numbers(prompt_id):
+            return None
+        return f"version {version.number} is archived and was never in production, so it cannot be promoted"
+
+    async def _check_winner(self, experiment: Experiment, winner: ExperimentVariant) -> None:
+        """Refuse, before anything is written, a winner whose version can never be promoted."""
+        version = await self.prompts.workflow.require_version(experiment.prompt, winner.prompt_version)
+        unpromotable = await self.unpromotable(experiment.prompt_id, version)
+        if unpromotable is not None:
+            refusal = f"{unpromotable}; stop without a winner to leave production as it is"
+            raise ExperimentInvalidError(
+                f"variant '{winner.key}' cannot win: {refusal}", errors=[FieldError("winner", refusal)]
+            )
 
     async def _promote(self, experiment: Experiment, winner: ExperimentVariant, actor: Actor) -> PromotedVersion:
         workflow = self.prompts.workflow

@@ -34,7 +34,6 @@ from registry.lib.changes import Change, record_change
 from registry.lib.errors import ConflictError, FieldError, InvalidInputError, NotFoundError, RegistryError
 from registry.lib.promotion import State
 from registry.outbox.events import emit_event
-from registry.prompts.models import PromptVersion
 from registry.prompts.schemas import LinkedConfig
 from registry.prompts.service import PromptLimits, compile_version
 from registry.rollouts.models import Rollout, RolloutEvent
@@ -153,7 +152,7 @@ class RolloutService:
                     FieldError("candidate_version", f"{conflict} (production: version {production.number})")
                     for conflict in conflicts
                 ]
-                unpromotable = await self._unpromotable(prompt.id, candidate)
+                unpromotable = await self.experiments.unpromotable(prompt.id, candidate)
                 if unpromotable is not None:
                     problems.append(FieldError("candidate_version", unpromotable))
         if problems:
@@ -403,20 +402,9 @@ class RolloutService:
         rollout.reason = f"the candidate's promotion was refused: {refusal}"
         await self._record(rollout, "paused", actor, {**detail, "reason": rollout.reason})
 
-    async def _unpromotable(self, prompt_id: int, candidate: PromptVersion) -> str | None:
-        """Why the candidate can never be promoted, or None: only a rollback brings an archived version back, and
-        only one that was in production before (a new version carrying the rollout's config would bring back,
-        under another number, a version taken out of use)."""
-        if State(candidate.state) != State.ARCHIVED:
-            return None
-        repository = self.experiments.prompts.workflow.repository
-        if candidate.number in await repository.production_numbers(prompt_id):
-            return None
-        return f"version {candidate.number} is archived and was never in production, so it cannot be promoted"
-
     async def _candidate_unpromotable(self, rollout: Rollout) -> str | None:
         workflow = self.experiments.prompts.workflow
-        return await self._unpromotable(
+        return await self.experiments.unpromotable(
             rollout.prompt_id, await workflow.require_version(rollout.prompt, rollout.candidate_version)
         )
 
