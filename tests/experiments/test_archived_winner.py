@@ -4,7 +4,8 @@ Only a rollback brings an archived version back, and only one that was in produc
 A winner whose version was archived while the experiment ran, and never was in production, can never be promoted:
 its stop is refused naming the winner, with nothing written, whether the variant ran the version with its own config
 (a rollback, refused) or with another one (which would have made a new version of the archived one's content).
-Stopping without a winner stays open, and leaves production as it is; the console's stop form says so.
+Stopping without a winner stays open, and leaves production as it is; the console's stop form says so
+(tests/console/test_experiment_stop_refusal.py).
 """
 
 from __future__ import annotations
@@ -17,13 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import problem
-from tests.console.conftest import Console, LiveRegistry, check_page
-from tests.console.conftest import browser as browser  # the console's fixtures: one Chromium, a live registry
-from tests.console.conftest import console as console
-from tests.console.conftest import live as live
-from tests.console.seed import promote, unique
-from tests.console.test_experiment_pages import definition, prompt_and_metric
-from tests.experiments.conftest import Client, experiment_body, make_experiment, make_metric, make_prompt, runtime_of
+from tests.experiments.conftest import Client, make_experiment, make_metric, make_prompt, runtime_of
 
 Headers = dict[str, str]
 REFUSAL = (
@@ -132,29 +127,3 @@ async def test_a_winner_archived_after_it_was_in_production_returns_to_productio
 
     assert stopped["promoted"] == {"prompt": "greet", "version": 1, "created_version": False, "changed": True}
     assert await states(client, setup) == {1: "production", 2: "archived"}
-
-
-async def test_the_consoles_stop_form_shows_the_refusal_of_an_archived_winner(
-    console: Console, live: LiveRegistry
-) -> None:
-    async with live.api() as api:
-        prompt, metric = await prompt_and_metric(api)
-        key = unique("archived-winner")
-        body = experiment_body(key, prompt, primary_metric=metric)
-        assert (await api.post("/v1/experiments", json=body)).status_code == 201
-        assert (await api.post(f"/v1/experiments/{key}/start")).status_code == 200
-        await promote(api, prompt, 2, "archived", None, reason="withdrawn")
-    page = await console.signed_in("admin")
-    await page.goto(f"/console/experiments/{key}/stop")
-
-    await page.get_by_role("radio", name="treatment").check()
-    await page.get_by_role("button", name="Stop experiment").click()
-
-    refusal = await page.get_by_role("alert").inner_text()
-    assert refusal == f"This cannot be done: variant 'treatment' cannot win: {REFUSAL}"
-    await check_page(page, "experiment-stop-archived-winner")
-    async with live.api() as api:
-        assert (await definition(api, key))["status"] == "running"
-    await page.get_by_role("radio", name="No winner").check()
-    await page.get_by_role("button", name="Stop experiment").click()
-    assert await page.locator("p.notice").inner_text() == "The experiment is stopped."
