@@ -175,12 +175,14 @@ class CompletionFastPath:
             service = CompletionService(runtime.completions, runtime.prompts)
             watch = DisconnectWatch(receive)
             answer = await complete_answer(service, decode_name(name), data, caller, watch, instance=scope["path"])
-            if isinstance(answer, Streamed):
-                await send_stream(send, watch, _SSE_HEADERS, answer.first, answer.rest)
-                return None
-            response = JsonResponse(_encode(answer))
+            if not isinstance(answer, Streamed):
+                response = JsonResponse(_encode(answer))
         except Exception as exc:
             response = problem_response(exc, scope)
+        else:
+            if isinstance(answer, Streamed):  # outside the ``except``: once a stream has begun, nothing else is sent
+                await send_stream(send, watch, _SSE_HEADERS, answer.first, answer.rest)
+                return None
         finally:
             if watch is not None:
                 watch.stop()

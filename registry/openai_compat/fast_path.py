@@ -162,14 +162,16 @@ class OpenAIFastPath:
             resolver = config_resolver(self._state, runtime)
             watch = DisconnectWatch(receive)
             answer = await openai_answer(runtime, resolver, data, caller, watch, instance=path)
-            if isinstance(answer, Streamed):
+            if not isinstance(answer, Streamed):
+                out, out_headers = answer
+                response = JsonResponse(_encode(out), headers=out_headers)
+        except Exception as exc:
+            response = error_document(exc, path, request_id)
+        else:
+            if isinstance(answer, Streamed):  # outside the ``except``: once a stream has begun, nothing else is sent
                 headers = [SSE_CONTENT_TYPE, *encode_headers(answer.headers)]
                 await send_stream(send, watch, headers, answer.first, answer.rest)
                 return None
-            out, out_headers = answer
-            response = JsonResponse(_encode(out), headers=out_headers)
-        except Exception as exc:
-            response = error_document(exc, path, request_id)
         finally:
             if watch is not None:
                 watch.stop()
