@@ -165,8 +165,8 @@ class Settings(BaseSettings):
     cache_max_prompts: int = Field(10_000, ge=1, description="Prompts kept in the in-process cache.")
     fast_path: bool = Field(
         True,
-        description="Serve well-formed resolve and render requests in front of Litestar's routing and "
-        "validation (same answers, less CPU); false sends every request through Litestar.",
+        description="Serve well-formed resolve, render, complete and OpenAI-compatible completion requests in front "
+        "of Litestar's routing and validation (same answers, less CPU); false sends every request through Litestar.",
     )
     api_key_cache_seconds: float = Field(60.0, ge=0, description="How long a verified API key is trusted in memory.")
     api_key_stale_seconds: float = Field(
