@@ -195,9 +195,9 @@ async def test_the_results_page_plots_the_results_numbers_and_downloads_the_expo
             assert mine.num_rows == results["units"]
 
 
-async def running_experiment(api: httpx.AsyncClient, **fields: Any) -> str:
+async def draft_experiment(api: httpx.AsyncClient, prefix: str = "draft", **fields: Any) -> str:
     prompt, metric = await prompt_and_metric(api)
-    key = unique("running")
+    key = unique(prefix)
     body = {
         "key": key,
         "prompt": prompt,
@@ -206,6 +206,11 @@ async def running_experiment(api: httpx.AsyncClient, **fields: Any) -> str:
         **fields,
     }
     assert (await api.post("/v1/experiments", json=body)).status_code == 201
+    return key
+
+
+async def running_experiment(api: httpx.AsyncClient, **fields: Any) -> str:
+    key = await draft_experiment(api, "running", **fields)
     assert (await api.post(f"/v1/experiments/{key}/start")).status_code == 200
     return key
 

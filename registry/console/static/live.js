@@ -6,6 +6,8 @@
  * with data-live-part and an id is a part; each poll fetches the parts and swaps in the ones that changed,
  * keeping the element itself (so a polite live region stays the same region), and the focus and open
  * <details> inside it when their ids come back. The answer's data-live-state="ended" stops the polls.
+ * The query parameters named in data-live-once (a notice after an action) belong to the page load alone: they are
+ * taken out of the address at once, so that neither the polls nor a reload carry them and the notice shows once.
  *
  * One poll at a time: the next is timed only once the last has answered. An error (a network failure,
  * 429, 5xx, no answer within a while) doubles the wait up to a ceiling; an answer that is not the parts
@@ -36,6 +38,25 @@
 
   function state(value) {
     root.setAttribute("data-live-state", value);
+  }
+
+  /* Out of the address, without a new history entry: the parameters the page names in data-live-once. */
+  function forget(names) {
+    if (!names || !window.URLSearchParams || !window.history.replaceState) {
+      return;
+    }
+    var query = new URLSearchParams(window.location.search);
+    var gone = names.split(/\s+/).filter(function (name) {
+      return name && query.has(name);
+    });
+    if (gone.length) {
+      gone.forEach(function (name) {
+        query.delete(name);
+      });
+      var rest = query.toString();
+      var address = window.location.pathname + (rest ? "?" + rest : "") + window.location.hash;
+      window.history.replaceState(window.history.state, "", address);
+    }
   }
 
   function swap(old, fresh) {
@@ -168,6 +189,7 @@
       });
   }
 
+  forget(root.getAttribute("data-live-once"));
   parts(document).forEach(function (part) {
     seen[part.id] = part.outerHTML;
   });
