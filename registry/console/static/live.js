@@ -5,7 +5,8 @@
  * page), data-live-interval (milliseconds between polls) and data-live-state. Every element of the page
  * with data-live-part and an id is a part; each poll fetches the parts and swaps in the ones that changed,
  * keeping the element itself (so a polite live region stays the same region), and the focus and open
- * <details> inside it when their ids come back. The answer's data-live-state="ended" stops the polls.
+ * <details> inside it when their ids come back, and the choice in a control the reader changed but did not send
+ * (a <select> of phases) when the same choice is still offered. The answer's data-live-state="ended" stops the polls.
  * The query parameters named in data-live-once (a notice after an action) belong to the page load alone: they are
  * taken out of the address at once, so that neither the polls nor a reload carry them and the notice shows once.
  *
@@ -59,6 +60,26 @@
     }
   }
 
+  /* A text field or <select> whose value the reader changed since the page (or the last swap) drew it. */
+  function edited(control) {
+    if (control.tagName === "SELECT") {
+      return Array.prototype.some.call(control.options, function (o) {
+        return o.selected !== o.defaultSelected;
+      });
+    }
+    return control.type !== "checkbox" && control.type !== "radio" && control.value !== control.defaultValue;
+  }
+
+  /* Whether the control can take the value again: a <select> only when the choice is still among its options. */
+  function offers(control, value) {
+    return (
+      control.tagName !== "SELECT" ||
+      Array.prototype.some.call(control.options, function (o) {
+        return o.value === value;
+      })
+    );
+  }
+
   function swap(old, fresh) {
     var active = document.activeElement;
     var within = Boolean(active && active !== document.body && old.contains(active));
@@ -66,6 +87,12 @@
     var open = [];
     Array.prototype.forEach.call(old.querySelectorAll("details[open][id]"), function (d) {
       open.push(d.id);
+    });
+    var values = [];
+    Array.prototype.forEach.call(old.querySelectorAll("select[id], input[id], textarea[id]"), function (c) {
+      if (edited(c)) {
+        values.push([c.id, c.value]);
+      }
     });
     Array.prototype.slice.call(old.attributes).forEach(function (a) {
       if (!fresh.hasAttribute(a.name)) {
@@ -85,6 +112,12 @@
       var d = document.getElementById(id);
       if (d && old.contains(d)) {
         d.open = true;
+      }
+    });
+    values.forEach(function (kept) {
+      var c = document.getElementById(kept[0]);
+      if (c && old.contains(c) && offers(c, kept[1])) {
+        c.value = kept[1];
       }
     });
     if (within) {
