@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from registry.console.formatting import count, signed_percent
 from tests.console.conftest import Console, LiveRegistry, check_page, sign_in
 from tests.console.seed import create_prompt, create_version, promote, states, unique
-from tests.console.test_experiments import run_experiment, settled_results
+from tests.console.test_experiments import run_experiment, settled_results, table_rows
 
 
 async def prompt_and_metric(api: httpx.AsyncClient) -> tuple[str, str]:
@@ -292,3 +292,21 @@ async def test_saving_a_running_experiment_unchanged_keeps_its_phase(console: Co
     assert after["description"] == "Only the words change"
     assert (after["phase"], after["coverage"], after["namespace"]) == (before["phase"], 1 / 3, before["namespace"])
     assert [v["weight"] for v in after["variants"]] == [v["weight"] for v in before["variants"]]
+
+
+async def test_a_variant_without_data_is_not_shown_as_the_control(console: Console, live: LiveRegistry) -> None:
+    """With no units yet, only the first variant is the control; the others are not compared yet, with the reason."""
+    async with live.api() as api:
+        key = await running_experiment(api)
+        results = (await api.get(f"/v1/experiments/{key}/results")).json()
+    (metric,) = results["metrics"]
+    assert [v["units"] for v in metric["variants"]] == [0, 0]
+    assert [v["vs_control"] for v in metric["variants"]] == [None, None]
+    page = await console.signed_in("analyst")
+    await page.goto(f"/console/experiments/{key}")
+    rows = await table_rows(page.get_by_role("region", name=metric["metric"]))
+    assert [row[-1] for row in rows] == [
+        "control: the baseline the others are compared with",
+        "not compared with control yet",
+    ]
+    assert rows[1][0] == f"treatment {metric['variants'][1]['note']}"

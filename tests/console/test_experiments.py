@@ -58,13 +58,16 @@ async def run_experiment(api: httpx.AsyncClient) -> str:
     return key
 
 
-def expected_row(variant: dict[str, Any]) -> list[str]:
-    """A metric row as the page must show it, from the API's numbers."""
+def expected_row(variant: dict[str, Any], *, control: bool) -> list[str]:
+    """A metric row as the page must show it, from the API's numbers (``control``: the first variant's)."""
     cells = [variant["variant"], count(variant["units"]), estimate(variant["mean"])]
     cells.append(f"{estimate(variant['ci_low'])} {DASH} {estimate(variant['ci_high'])}")
     versus = variant["vs_control"]
-    if versus is None:
-        return [*cells, "control"]
+    if versus is None:  # nothing to compare: the control itself, or a variant without enough data
+        return [
+            *cells,
+            "control: the baseline the others are compared with" if control else "not compared with control yet",
+        ]
     effect = versus["relative"] or versus["absolute"]
     show = signed_percent if versus["relative"] else estimate
     effect_text = show(effect["estimate"]) + (" significant" if versus["significant"] else "")
@@ -103,7 +106,7 @@ async def test_the_results_page_shows_the_numbers_of_the_results_api(console: Co
     ]
     (metric,) = results["metrics"]
     shown = page.get_by_role("region", name=metric["metric"])
-    assert await table_rows(shown) == [expected_row(v) for v in metric["variants"]]
+    assert await table_rows(shown) == [expected_row(v, control=i == 0) for i, v in enumerate(metric["variants"])]
     await check_page(page, "experiment-results")
 
 
