@@ -13,7 +13,9 @@ checks its lease (renewing it when it may have run out): once taken over it asks
 more. A completion already under way when the lease is lost still finishes, and the new owner makes
 it again; both were charged to the key, so what an attempt whose outcome is not stored spent is added
 to the run's cost and tokens: the run's cost is what the run spent, its items' costs what the stored
-outcomes cost.
+outcomes cost. A completion that ends without an answer (cancelled when the worker stops, failed
+mid-answer) spent what its usage record says (the tokens the backend reported before it ended), and
+that counts too.
 
 Completions go through ``CompletionService``, the path ``/complete`` takes (budget check, breaker,
 retries, fallback, cache at temperature 0, usage and cost recorded) and are charged to the key that
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import socket
 import uuid
@@ -41,7 +44,7 @@ from registry.completions.components import Completions
 from registry.completions.errors import BackendNotConfiguredError, UpstreamBadRequestError
 from registry.completions.payload import Overrides
 from registry.completions.schemas import CompleteRequest, CompletionOut
-from registry.completions.service import RECORDED_ERRORS, Caller, CompletionService, Plan
+from registry.completions.service import RECORDED_ERRORS, Caller, CompletionService, Plan, Run
 from registry.configs.repository import ConfigRepository
 from registry.db.base import utcnow
 from registry.evals.models import EvalDatasetItem, EvalRun
@@ -99,7 +102,9 @@ class RunCompletions(CompletionService):
 
     ``config`` replaces the rendered version's config (None keeps it), also for a version that links
     none; ``response_format`` is added to a payload that has none (a judge's structured answer). A prompt's
-    semantic cache never answers a run: it would score a similar item's answer as this item's.
+    semantic cache never answers a run: it would score a similar item's answer as this item's. A completion
+    recorded without an answer (cancelled, failed, blocked) adds what its record charged to the attempt
+    it was made for (``EvalWorker._complete``), since no ``CompletionOut`` says what it spent.
     """
 
     semantic_cache = False
@@ -120,6 +125,14 @@ class RunCompletions(CompletionService):
         if self.response_format is not None and "response_format" not in plan.payload:
             plan.payload["response_format"] = self.response_format
         return plan
+
+    def _record(self, run: Run) -> None:
+        first = not run.recorded
+        super()._record(run)
+        attempt = _attempt.get()
+        if first and attempt is not None and run.status != "ok":
+            spend = run.spend()  # as the record has it: a failed or cancelled run is never a cache hit
+            attempt.charge(spend.input_tokens, spend.output_tokens, run.cost_of(spend))
 
 
 @dataclass(slots=True)
@@ -142,10 +155,17 @@ class Attempt:
     output_tokens: int = 0
 
     def add(self, out: CompletionOut) -> None:
+        self.charge(out.usage.input_tokens, out.usage.output_tokens, out.cost)
+
+    def charge(self, input_tokens: int, output_tokens: int, cost: float) -> None:
         self.completions += 1
-        self.cost += out.cost
-        self.input_tokens += out.usage.input_tokens
-        self.output_tokens += out.usage.output_tokens
+        self.cost += cost
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+
+
+# The attempt whose completion is under way in this task (set around ``CompletionService.complete``).
+_attempt: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar("eval_attempt", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,6 +522,11 @@ class EvalWorker:
                 except (BackendOutageError, RunFailedError, LeaseLostError) as exc:
                     stopped.append(exc)
                     await self._charge_discarded(plan.run_id, attempt)
+                except asyncio.CancelledError:
+                    # The worker is stopping: the completion under way was cancelled and recorded with
+                    # what it had spent, and the item is asked again when the run resumes.
+                    await self._charge_discarded(plan.run_id, attempt)
+                    raise
 
         after = 0
         while True:
@@ -535,6 +560,7 @@ class EvalWorker:
         Backend failures the run waits out are told apart from an item's own problem.
         """
         await self._hold(lease)
+        spending = _attempt.set(attempt)
         try:
             out = await completions.complete(prompt, request, caller)
         except UpstreamBadRequestError:
@@ -547,6 +573,8 @@ class EvalWorker:
             if exc.type == "over_budget":
                 raise RunFailedError(f"the key that started the run is over its budget: {exc.detail}") from exc
             raise
+        finally:
+            _attempt.reset(spending)
         attempt.add(out)
         return out
 
@@ -560,7 +588,10 @@ class EvalWorker:
             raise
         except RegistryError as exc:
             status = "invalid" if exc.type == "variables_invalid" else "error"
-            return _error_row(item.position, status, f"{exc.type}: {exc.detail}", plan.specs)
+            row = _error_row(item.position, status, f"{exc.type}: {exc.detail}", plan.specs)
+            # What the failed completion spent (a blocked answer's tokens) is the stored outcome's cost.
+            row.update(input_tokens=attempt.input_tokens, output_tokens=attempt.output_tokens, cost=attempt.cost)
+            return row
         inp = ScoreInput(
             output=out.text,
             expected=item.expected,
