@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEPS_HASH := $(shell cat pyproject.toml clients/python/pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: install run run-vllm test browser compose-cli promtool check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-console bench-completions bench-cli bench-evals bench-rollouts bench-semantic-cache bench-stream-cpu vllm-cpu clean
+.PHONY: install run run-vllm test browser compose-cli promtool check lint typecheck format bench bench-fast bench-cpu bench-soak bench-results bench-console bench-completions bench-cli bench-evals bench-rollouts bench-semantic-cache bench-stream-cpu bench-stream-instructions vllm-cpu clean
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -101,6 +101,10 @@ bench-cpu: install
 ## CPU per streamed completion of the relay, /complete and the OpenAI door in process, upstream answered in process (printed; BENCHMARKS.md "Stream CPU in process" by hand)
 bench-stream-cpu: install
 	$(BIN)/python bench/stream_cpu.py --fake-upstream --streams 16 --completions 200 --rounds 3 --tokens 32
+
+## The same paths' instructions per completion under valgrind's callgrind, which load on the machine does not move (printed; a few minutes)
+bench-stream-instructions: install
+	$(BIN)/python bench/stream_cpu.py --instructions --streams 16 --completions 100 --rounds 5 --tokens 32
 
 ## RSS of the API process over 10 minutes of load
 bench-soak: install
