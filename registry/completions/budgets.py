@@ -7,6 +7,10 @@ since moves into the cached total in the step that takes it off the buffer's
 count, so a flush never makes spend drop. A read that a flush overlapped is
 ambiguous (it may or may not include the batch), so it is read again.
 
+A key's budget and its spend are each read once per expiry however many of its
+requests miss them together (``SingleFlight``): the others wait for that read, and
+share its failure when it fails (the request fails, as with a read of its own).
+
 Within one process a key overshoots only by the completions already running
 when it reaches its limit (each is checked before it starts and charged after
 it ends). Other replicas' unwritten spend is missed for at most one flush
@@ -15,6 +19,8 @@ interval: budgets are a guard rail, not an invoice.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -26,6 +32,7 @@ from registry.completions.usage import Spend, UsageRecorder
 from registry.db.base import utcnow
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, ChangeBus
+from registry.lib.single_flight import SingleFlight
 
 _BUDGET_SECONDS = 30.0
 _SPEND_SECONDS = 5.0
@@ -54,11 +61,21 @@ class _Written:
 
 
 class BudgetGuard:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], bus: ChangeBus, recorder: UsageRecorder) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        bus: ChangeBus,
+        recorder: UsageRecorder,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._sessionmaker = sessionmaker
         self._recorder = recorder
-        self._budgets: TTLCache[str, Budget] = TTLCache(10_000)
-        self._spend: TTLCache[str, _Written] = TTLCache(10_000)
+        self._budgets: TTLCache[str, Budget] = TTLCache(10_000, clock)
+        self._spend: TTLCache[str, _Written] = TTLCache(10_000, clock)
+        self._budget_reads: SingleFlight[str, Budget] = SingleFlight()
+        self._spend_reads: SingleFlight[str, _Written] = SingleFlight()
+        self._generation = 0  # changes seen: a read that a change overlapped is not cached
         bus.subscribe(self._on_change)
         recorder.on_written(self._on_written)
 
@@ -66,8 +83,14 @@ class BudgetGuard:
         if change.kind == "api_key":
             self._budgets.pop(change.name)
             self._spend.pop(change.name)
+            self._budget_reads.forget(change.name)
+            self._spend_reads.forget(change.name)
         elif change.kind == "reset":
             self._budgets.clear()
+            self._budget_reads.forget_all()
+        else:
+            return
+        self._generation += 1
 
     def _on_written(self, written: Spend) -> None:
         """A flush moved this spend from the buffer to the database: count it in the cached totals instead."""
@@ -81,10 +104,7 @@ class BudgetGuard:
         """Raise ``OverBudgetError`` when ``key`` has used up a monthly budget."""
         budget = self._budgets.get(key)
         if budget is None:
-            async with self._sessionmaker() as session:
-                row = await CompletionRepository(session).budget_of(key)
-            budget = Budget(row.monthly_tokens, row.monthly_cost) if row else UNLIMITED
-            self._budgets.set(key, budget, _BUDGET_SECONDS)
+            budget = await self._budget_reads.load(key, lambda: self._read_budget(key))
         if budget.unlimited:
             return
         tokens, cost = await self.spend(key)
@@ -97,15 +117,28 @@ class BudgetGuard:
                 headers={"Retry-After": str(_seconds_to_next_month())},
             )
 
+    async def _read_budget(self, key: str) -> Budget:
+        generation = self._generation
+        async with self._sessionmaker() as session:
+            row = await CompletionRepository(session).budget_of(key)
+        budget = Budget(row.monthly_tokens, row.monthly_cost) if row else UNLIMITED
+        if generation == self._generation:  # else a change overlapped the read: the next check reads again
+            self._budgets.set(key, budget, _BUDGET_SECONDS)
+        return budget
+
     async def spend(self, key: str, *, session: AsyncSession | None = None) -> tuple[int, float]:
         """Tokens and cost of ``key`` this month: written plus buffered.
 
         A caller inside a request passes its ``session``: a second one would wait for the pool
-        while the request holds a connection (SQLite's pool has only one).
+        while the request holds a connection (SQLite's pool has only one). Such a caller reads on
+        its own rather than wait for a shared read, which may be waiting for that very connection.
         """
         written = self._spend.get(key)
         if written is None:
-            written = await self._read_written(key, session)
+            if session is None:
+                written = await self._spend_reads.load(key, lambda: self._read_written(key, None))
+            else:
+                written = await self._read_written(key, session)
         pending_tokens, pending_cost = self._recorder.pending_spend(key)
         return written.tokens + pending_tokens, written.cost + pending_cost
 
