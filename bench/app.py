@@ -6,6 +6,9 @@ path sits (``registry.prompts.fast_path``): the ceiling for the requests it serv
 ``/bench/relay`` (when ``BENCH_RELAY_UPSTREAM`` names a vLLM) posts the request body to
 its ``/v1/chat/completions`` and streams the bytes back unchanged: the floor of any
 completion proxy on this server and HTTP client, with none of the registry's work.
+It is a Litestar route (a ``Stream``, as any handler would answer); ``/bench/raw-relay``
+is the same relay answered in front of Litestar, as ``/complete`` and the OpenAI-compatible
+door are (``registry.lib.front``): the floor of a proxy that skips Litestar too.
 """
 
 from __future__ import annotations
@@ -24,9 +27,13 @@ from litestar.response import Stream
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from registry.app import create_app
+from registry.lib.disconnect import DisconnectWatch
+from registry.lib.front import read_body, send_stream
 from registry.lib.http import JsonResponse, RequestContextMiddleware
 
 RAW_PATH = "/bench/raw"
+RAW_RELAY_PATH = "/bench/raw-relay"
+_SSE = [(b"content-type", b"text/event-stream; charset=utf-8")]
 RELAY_STATE = "bench_relay"  # the app's Relay, in its state
 # A chunk with text (the first one carries only the role); vLLM writes compact JSON, the stand-in json.dumps'.
 FIRST_TOKEN = re.compile(rb'"content": ?"[^"]')
@@ -77,13 +84,20 @@ def relay_route(relay: Relay) -> HTTPRouteHandler:
 
 
 class RawBare:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, relay: Relay | None) -> None:
         self.app = app
+        self.relay = relay
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP and scope["path"] == RAW_PATH:
             scope["path_template"] = RAW_PATH
             await JsonResponse(b'{"ok":true}')(scope, receive, send)
+            return
+        if scope["type"] == ScopeType.HTTP and scope["path"] == RAW_RELAY_PATH and self.relay is not None:
+            scope["path_template"] = RAW_RELAY_PATH
+            body, _ = await read_body(receive, 1 << 20)
+            watch = DisconnectWatch(receive)  # as the fast paths listen for a caller that leaves
+            await send_stream(send, watch, _SSE, b"", self.relay.stream(body or b"", time.monotonic()))
             return
         await self.app(scope, receive, send)
 
@@ -91,6 +105,7 @@ class RawBare:
 def create_bench_app() -> Litestar:
     app = create_app()
     app.register(bare)
+    relay = None
     if upstream := os.environ.get("BENCH_RELAY_UPSTREAM"):
         relay = Relay(upstream)
         app.register(relay_route(relay))
@@ -98,5 +113,5 @@ def create_bench_app() -> Litestar:
         app.on_shutdown.append(relay.close)
     outer = app.asgi_handler
     assert isinstance(outer, RequestContextMiddleware)
-    outer.app = RawBare(outer.app)
+    outer.app = RawBare(outer.app, relay)
     return app

@@ -1,9 +1,10 @@
-"""CPU per streamed completion in process: the three paths of completion_overhead.py without an HTTP server.
+"""CPU per streamed completion in process: the paths of completion_overhead.py without an HTTP server.
 
 The app (bench/app.py, SQLite, usage recorded as in production) is called directly as ASGI, each response's
 parts collected in memory; the stand-in backend (the tests' fault server, ``trickle:S``) runs in its own process,
 so this process's CPU (``time.process_time``) is the registry's work and its upstream sockets only. The paths:
-the bare relay (``/bench/relay``), ``/complete`` streamed and the OpenAI door (``prompt:bench``, include_usage).
+the bare relay (``/bench/relay``, a Litestar route), ``/complete`` streamed, the OpenAI door (``prompt:bench``,
+include_usage), and the same relay served in front of Litestar as those two are (``/bench/raw-relay``).
 Rounds rotate the order; reported per path: the median over rounds of the CPU per completion, and of its ratio to
 the relay's in the same round. ``--profile PATH`` runs that path once more under cProfile and prints the top.
 
@@ -50,7 +51,7 @@ from bench.common import COMPLETION_PROMPT as PROMPT  # noqa: E402
 from bench.common import COMPLETION_TEXT as TEXT  # noqa: E402
 from bench.common import admin, completion_setup, database_url, fault_server  # noqa: E402
 
-PATHS = ("relay", "complete", "door")
+PATHS = ("relay", "complete", "door", "raw-relay")
 CALLGRIND_DIR = "STREAM_CPU_CALLGRIND_DIR"  # set in the run under callgrind: where its dumps are written
 
 
@@ -227,6 +228,7 @@ def requests(model: str, tokens: int, headers: dict[str, str]) -> dict[str, tupl
     complete = {"variables": {"text": TEXT}, "stream": True}
     return {
         "relay": ("/bench/relay", json.dumps(relay).encode(), {}),
+        "raw-relay": ("/bench/raw-relay", json.dumps(relay).encode(), {}),
         "complete": ("/v1/prompts/bench/complete", json.dumps(complete).encode(), headers),
         "door": ("/v1/chat/completions", json.dumps(door).encode(), headers),
     }
