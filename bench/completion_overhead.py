@@ -61,7 +61,7 @@ JSON = {"Content-Type": "application/json"}
 DATABASE = "bench.db"  # the registry's, in the run's scratch directory
 VLLM_SCRIPT = ROOT / "scripts" / "vllm-cpu.sh"
 BENCH_APP = "bench.app:create_bench_app"  # the service plus bare routes, served as `registry serve` serves it
-PATHS = ("direct", "relay", "registry", "openai")
+PATHS = ("direct", "relay", "registry", "openai", "raw_relay")
 USAGE = re.compile(rb'"usage": ?\{')  # the closing chunk's (vLLM writes compact JSON, the stand-in json.dumps')
 # (path, baseline) pairs reported: what the registry adds, the server's floor, and the registry's own work over it
 # (through /complete and through the OpenAI-compatible endpoint).
@@ -71,6 +71,7 @@ COMPARISONS = (
     ("registry", "relay"),
     ("openai", "direct"),
     ("openai", "relay"),
+    ("raw_relay", "direct"),
 )
 RECORDED_PATHS = ("registry", "openai")  # the paths whose completions the registry records
 
@@ -334,6 +335,7 @@ async def run(
             "relay": lambda: direct(session, f"{registry_url}/bench/relay", body),
             "registry": lambda: via_registry(session, registry_url, headers),
             "openai": lambda: direct(session, f"{registry_url}/v1/chat/completions", openai_body, headers),
+            "raw_relay": lambda: direct(session, f"{registry_url}/bench/raw-relay", body),
         }
         for name in calls:  # warm up connections, caches and the engine
             await measure(name, 4, 16, calls[name])
@@ -374,13 +376,14 @@ def summarize(results: list[Level], levels: list[int]) -> list[dict[str, Any]]:
                 row[f"{path}_cpu_ms"] = round(statistics.median(r.registry_cpu_ms or 0.0 for r in runs), 2)
                 row[f"{path}_edge_p50_ms"] = round(statistics.median(r.edge_p50_ms or 0.0 for r in runs), 2)
                 row[f"{path}_edge_ttft_p50_ms"] = round(statistics.median(r.edge_ttft_p50_ms or 0.0 for r in runs), 2)
-        for path in RECORDED_PATHS:  # CPU per completion over the relay's, round by round (a round shares the load)
-            cpu = [
-                r.registry_cpu_ms / b.registry_cpu_ms
-                for b, r in paired(results, concurrency, "relay", path)
-                if r.registry_cpu_ms and b.registry_cpu_ms
-            ]
-            row[f"{path}_cpu_ratio"] = round(statistics.median(cpu), 2) if cpu else None
+        for path in RECORDED_PATHS:  # CPU per completion over the relays', round by round (a round shares the load)
+            for floor, key in (("relay", "cpu_ratio"), ("raw_relay", "cpu_ratio_raw")):
+                cpu = [
+                    r.registry_cpu_ms / b.registry_cpu_ms
+                    for b, r in paired(results, concurrency, floor, path)
+                    if r.registry_cpu_ms and b.registry_cpu_ms
+                ]
+                row[f"{path}_{key}"] = round(statistics.median(cpu), 2) if cpu else None
         for path, baseline in COMPARISONS:
             pairs = paired(results, concurrency, baseline, path)
             ratios = [r.tokens_per_s / b.tokens_per_s for b, r in pairs]
@@ -394,22 +397,29 @@ def summarize(results: list[Level], levels: list[int]) -> list[dict[str, Any]]:
     return table
 
 
-HEADLINE_PATHS = (("registry", "`/complete`"), ("openai", "OpenAI door"), ("relay", "bare relay"))
+HEADLINE_PATHS = (
+    ("registry", "`/complete`"),
+    ("openai", "OpenAI door"),
+    ("relay", "bare relay"),
+    ("raw_relay", "relay in front of Litestar"),
+)
 
 
 def headline(table: list[dict[str, Any]]) -> str:
-    """The issue's table: per level, `/complete`, the OpenAI door and the bare relay against the direct call."""
+    """The issue's table: per level, `/complete`, the OpenAI door and both relays against the direct call."""
     lines = [
-        "| streams | path | added p50 | CPU per completion | CPU / relay's (median of rounds) | throughput / direct |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| streams | path | added p50 | CPU per completion | CPU / relay's (median of rounds) "
+        "| CPU / relay in front of Litestar's | throughput / direct |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for row in table:
         for path, label in HEADLINE_PATHS:
             added = row[f"{path}_vs_direct"]
-            ratio_cell = "1" if path == "relay" else f"{row[f'{path}_cpu_ratio']}"
+            ratio_cell = {"relay": "1", "raw_relay": "-"}.get(path) or f"{row[f'{path}_cpu_ratio']}"
+            raw_cell = {"relay": "-", "raw_relay": "1"}.get(path) or f"{row[f'{path}_cpu_ratio_raw']}"
             lines.append(
                 f"| {row['concurrency']} | {label} | {added['added_p50_ms']} ms | {row[f'{path}_cpu_ms']} ms "
-                f"| {ratio_cell} | {ratio(added)} |"
+                f"| {ratio_cell} | {raw_cell} | {ratio(added)} |"
             )
     return "\n".join(lines)
 
@@ -605,8 +615,8 @@ def section(table: list[dict[str, Any]], args: argparse.Namespace) -> str:
 What the registry adds over calling the backend directly: the same streamed chat completion ({args.tokens} tokens,
 `ignore_eos`, so every path does identical engine work), sent directly to the backend's `/v1/chat/completions`,
 through `POST /v1/prompts/{{name}}/complete` with `stream: true`, through the OpenAI-compatible
-`POST /v1/chat/completions` and through a bare relay, side by side in
-one run. Each of {args.rounds} rounds measures the four paths at {", ".join(map(str, args.levels))} concurrent streams,
+`POST /v1/chat/completions` and through two bare relays, side by side in
+one run. Each of {args.rounds} rounds measures the five paths at {", ".join(map(str, args.levels))} concurrent streams,
 rotating which path goes first. The added p50, added TTFT and throughput ratios are medians of the
 per-round differences (the runs of a round share the machine's conditions); the other columns are
 medians over the rounds. Registry CPU is read from `/proc` for the registry process and its workers.
@@ -623,10 +633,14 @@ itself as the registry does. What it adds and costs, any proxy on this server, c
 machine adds and costs at least; the registry's columns beside it show what the registry's work adds.
 The fourth table runs the same prompt through the OpenAI-compatible endpoint (the same completion path,
 OpenAI's chunks built around each token's text) and compares it with `/complete` and the relay.
+The bare relay is a Litestar route; `/complete` and the door are served in front of Litestar
+(`registry/lib/front.py`), so the first table also gives each path's CPU over the same relay served
+that way (`/bench/raw-relay`, the same code answered over ASGI directly): the floor of a proxy that skips
+Litestar too.
 Backend: {engine}; registry:
 `bench/app.py` served as `registry serve` serves the app ({args.server}, one worker, SQLite, usage recorded as
 in production); {placement}.
-The first table sets the three paths side by side at each level: what each adds to the direct call's p50,
+The first table sets the paths side by side at each level: what each adds to the direct call's p50,
 the registry process's CPU per completion, that CPU over the relay's of the same round (the median of the
 rounds' ratios: it holds on a shared machine, where the absolute figures move with the other work), and
 the throughput over the direct call's.
