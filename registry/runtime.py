@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -50,6 +51,11 @@ from registry.webhooks.guard import AddressGuard, WebhookHttp
 
 logger = structlog.get_logger("registry.runtime")
 
+# How long a stop waits for background jobs that are running to end their current run. One cancelled mid-statement
+# can leave SQLite's write lock held by its closed connection, so the final flushes would fail behind it.
+JOB_STOP_WAIT_SECONDS = 10.0
+SQLITE_LOCK_WAIT_SECONDS = 10.0  # how long a stop waits for SQLite's write lock before its final flushes
+
 
 @dataclass
 class Runtime:
@@ -78,8 +84,11 @@ class Runtime:
     process_group_metrics: ProcessGroupMetrics | None = None  # several server workers: /metrics merges them
     jobs: list[PeriodicJob] = field(default_factory=list)
     draining: bool = False  # a SIGTERM arrived: /ready answers 503 while the server drains
+    job_stop_wait_seconds: float = JOB_STOP_WAIT_SECONDS
     _stop_signal: StopSignalHook | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _running_jobs: set[asyncio.Task[None]] = field(default_factory=set)  # those in a run, not asleep
+    _stopping: bool = False
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -215,6 +224,7 @@ class Runtime:
         if self.change_log is not None:
             await self.change_log.start()
         await self.experiments.start()
+        self._stopping = False
         self._tasks = [asyncio.create_task(self._every(job), name=job.name) for job in self.jobs]
 
     def _stop_requested(self) -> None:
@@ -226,13 +236,14 @@ class Runtime:
         if self._stop_signal is not None:
             self._stop_signal.remove()
         self.feed.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._stop_jobs()
+        # A reload under way ends rather than being cancelled mid-statement (see JOB_STOP_WAIT_SECONDS).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.experiments.router.settled(), self.job_stop_wait_seconds)
         await self.experiments.stop()
         await self.evals.stop()  # gives its runs' leases up, for another worker to take over at once
+        if self.settings.is_sqlite:
+            await self._await_sqlite_write_lock()
         for job in self.jobs:
             if not job.run_at_shutdown:
                 continue
@@ -250,13 +261,69 @@ class Runtime:
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()
 
+    async def _stop_jobs(self) -> None:
+        """Cancel the jobs that sleep; let those in a run end it (up to ``job_stop_wait_seconds``), then cancel."""
+        self._stopping = True
+        for task in self._tasks:
+            if task not in self._running_jobs:
+                task.cancel()
+        if not self._tasks:
+            return
+        _, overran = await asyncio.wait(self._tasks, timeout=self.job_stop_wait_seconds)
+        for task in overran:
+            logger.warning("background job still running at stop; cancelled", job=task.get_name())
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # A cancelled task keeps its error's traceback, which can hold the cursor of a statement it was cancelled in.
+        self._tasks = []
+
+    async def _await_sqlite_write_lock(self) -> None:
+        """Wait until no connection of this process holds SQLite's write lock any more.
+
+        A task cancelled while its statement ran in aiosqlite's thread leaves the statement's cursor alive:
+        its connection's close then leaves the connection open (SQLite closes it, and drops its lock, once
+        the last statement is finalised). Collecting the cancelled task's frames finalises it; the close
+        itself runs in that thread once the statement ends, so this polls, up to ``SQLITE_LOCK_WAIT_SECONDS``.
+        A lock another process holds waits the same bound, as the final flushes would.
+        """
+        path = self.engine.url.database
+        if not path or path == ":memory:" or path.startswith("file:"):
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SQLITE_LOCK_WAIT_SECONDS
+        while not await asyncio.to_thread(_sqlite_write_lock_free, path):
+            if loop.time() >= deadline:
+                logger.warning("database still locked at stop; final flushes may fail", database=path)
+                return
+            gc.collect()
+            await asyncio.sleep(0.05)
+
     async def _every(self, job: PeriodicJob) -> None:
-        while True:
+        task = cast("asyncio.Task[None]", asyncio.current_task())
+        while not self._stopping:
             await asyncio.sleep(job.interval)
+            self._running_jobs.add(task)
             try:
                 await job.run()
             except Exception:
                 logger.exception("background job failed", job=job.name)
+            finally:
+                self._running_jobs.discard(task)
+
+
+def _sqlite_write_lock_free(path: str) -> bool:
+    """Whether SQLite's write lock on ``path`` can be taken now (it is released at once)."""
+    connection = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        connection.close()
 
 
 def runtime_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Runtime:

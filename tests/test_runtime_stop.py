@@ -1,0 +1,181 @@
+"""A stop that finds a background job in the middle of a statement still writes what was buffered (``Runtime.stop``).
+
+On SQLite a job cancelled while its statement runs in aiosqlite's thread leaves the database's write lock held by
+its closed connection, and every later transaction of the process then waits out the busy timeout and fails
+("database is locked"): the final usage flush lost its records. The job here is held inside its statement by a
+SQL function that waits on an event, released when the stop begins (no timing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
+
+from registry.db import migrate
+from registry.db.engine import create_engine
+from registry.lib.jobs import PeriodicJob
+from registry.runtime import Runtime
+from registry.settings import Settings
+from tests.embedded import embedded_settings
+
+WAIT = 60.0  # bounds a wait that fails the test rather than hang it; never reached when it passes
+
+
+class HeldJob:
+    """A job whose first run holds a write transaction until ``release`` is set; ``inside`` is set once it is held.
+
+    ``in_statement`` (SQLite): held inside a statement, by a SQL function run in aiosqlite's thread; otherwise held
+    between two statements of the transaction (the same on both databases).
+    """
+
+    def __init__(self, runtime: Runtime, *, in_statement: bool) -> None:
+        self.runtime = runtime
+        self.in_statement = in_statement
+        self.inside = asyncio.Event()
+        self.release = threading.Event()
+        self.runs_ended = 0
+
+    async def run(self) -> None:
+        if self.runs_ended or self.inside.is_set():
+            return
+        loop = asyncio.get_running_loop()
+
+        def hold() -> int:
+            loop.call_soon_threadsafe(self.inside.set)
+            return int(self.release.wait(WAIT))
+
+        async with self.runtime.sessionmaker() as session, session.begin():
+            if self.in_statement:
+                connection = await session.connection()
+                raw = await connection.get_raw_connection()
+                await raw.driver_connection.create_function("hold", 0, hold)  # type: ignore[union-attr]
+                await session.execute(text("SELECT hold()"))
+            else:
+                await session.execute(text("SELECT 1"))
+                await asyncio.to_thread(hold)
+        self.runs_ended += 1
+
+
+@pytest.fixture
+async def sqlite_settings(tmp_path: Path) -> Settings:
+    # The periodic usage flush sleeps through the test: only the final flush writes the record.
+    settings = embedded_settings(tmp_path, completion_usage_flush_seconds=3600.0)
+    engine = create_engine(settings)
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    return settings
+
+
+def release_as_the_stop_begins(runtime: Runtime, held: HeldJob) -> None:
+    """Ending open change feeds is the stop's first step, before it decides what to do with running jobs."""
+    close_feeds = runtime.feed.close
+
+    def release_then_close() -> None:
+        held.release.set()
+        close_feeds()
+
+    runtime.feed.close = release_then_close  # type: ignore[method-assign]
+
+
+def release_when_cancelled(runtime: Runtime, held: HeldJob) -> None:
+    """A statement's task cancelled in it invalidates its connection, which then waits for the statement to end."""
+    event.listen(runtime.engine.sync_engine.pool, "invalidate", lambda *_: held.release.set())
+
+
+def fail_at_once_when_locked(dbapi_connection: Any, _record: object) -> None:
+    """After the engine's own setup: a transaction that finds the write lock held fails now, not after 15 s,
+    so a lock left held shows at once (and one waited out still shows)."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=0")
+    cursor.close()
+
+
+async def stop_while_held(runtime: Runtime, held: HeldJob, prompt: str = "greet") -> list[dict[str, object]]:
+    """Start ``runtime`` with the held job, buffer a usage record while the job is held, stop."""
+    if runtime.settings.is_sqlite:
+        event.listen(runtime.engine.sync_engine, "connect", fail_at_once_when_locked)
+    runtime.jobs.append(PeriodicJob("held", 0.0, held.run, run_at_shutdown=False))
+    await runtime.start()
+    await asyncio.wait_for(held.inside.wait(), WAIT)
+    runtime.completions.recorder.add({"prompt": prompt, "status": "ok", "output_tokens": 2, "cost": 0.5})
+    with capture_logs() as logs:
+        await runtime.stop()
+    return logs
+
+
+async def prompts_recorded(settings: Settings) -> list[str]:
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as connection:
+            return list((await connection.execute(text("SELECT prompt FROM completions"))).scalars())
+    finally:
+        await engine.dispose()
+
+
+def failures(logs: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Final flushes that failed (their error is in ``exc_info``) and writes that found the database locked."""
+    return [entry for entry in logs if entry["event"] == "final flush failed" or "database is locked" in str(entry)]
+
+
+async def test_a_job_inside_a_statement_at_stop_ends_its_run_and_the_final_flush_writes(
+    sqlite_settings: Settings,
+) -> None:
+    runtime = Runtime.build(sqlite_settings)
+    held = HeldJob(runtime, in_statement=True)
+    release_as_the_stop_begins(runtime, held)
+
+    logs = await stop_while_held(runtime, held)
+
+    assert await prompts_recorded(sqlite_settings) == ["greet"]
+    assert failures(logs) == []
+    assert held.runs_ended == 1
+
+
+async def test_a_job_cancelled_inside_a_statement_past_the_wait_leaves_the_final_flush_working(
+    sqlite_settings: Settings,
+) -> None:
+    runtime = Runtime.build(sqlite_settings)
+    runtime.job_stop_wait_seconds = 0.0  # no wait for running jobs: the held one is cancelled in its statement
+    held = HeldJob(runtime, in_statement=True)
+    release_when_cancelled(runtime, held)
+
+    logs = await stop_while_held(runtime, held)
+
+    assert await prompts_recorded(sqlite_settings) == ["greet"]
+    assert failures(logs) == []
+    assert held.runs_ended == 0
+    assert [entry["job"] for entry in logs if entry["event"] == "background job still running at stop; cancelled"] == [
+        "held"
+    ]
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def any_settings(
+    request: pytest.FixtureRequest, settings: Settings, clean_database: AsyncEngine, sqlite_settings: Settings
+) -> Settings:
+    if request.param == "sqlite":
+        return sqlite_settings
+    return settings.model_copy(update={"completion_usage_flush_seconds": 3600.0})
+
+
+async def test_a_job_in_a_transaction_at_stop_ends_its_run_before_the_final_flush(any_settings: Settings) -> None:
+    runtime = Runtime.build(any_settings)
+    held = HeldJob(runtime, in_statement=False)
+    release_as_the_stop_begins(runtime, held)
+    prompt = f"greet-{uuid.uuid4().hex[:8]}"
+
+    logs = await stop_while_held(runtime, held, prompt)
+
+    assert (await prompts_recorded(any_settings)).count(prompt) == 1
+    assert failures(logs) == []
+    assert held.runs_ended == 1
