@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from registry.experiments.privacy_digest import unit_digest
 from registry.experiments.repository import IngestRepository
 
+EARLY_FLUSH_STOP_SECONDS = 10.0  # how long stop lets an early flush under way finish
 logger = structlog.get_logger("registry.experiments.exposures")
 
 ExposureKey = tuple[int, int, str, str]  # experiment id, phase, unit, variant key
@@ -153,7 +154,13 @@ class ExposureBuffer:
         return sum(1 for key in self._pending if key[2] == unit)
 
     async def stop(self) -> None:
-        if self._early_flush is not None:
-            self._early_flush.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._early_flush
+        # An early flush under way is let finish, not cancelled: on SQLite a write cancelled mid-statement
+        # keeps the database's lock while anything references it, and the final flush would then fail.
+        # Bounded, as the runtime's jobs are (``registry.runtime``): a flush that overruns is cancelled as before.
+        early, self._early_flush = self._early_flush, None
+        if early is not None:
+            finished, _ = await asyncio.wait({early}, timeout=EARLY_FLUSH_STOP_SECONDS)
+            if not finished:
+                early.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await early

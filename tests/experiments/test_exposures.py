@@ -206,3 +206,23 @@ async def test_replicas_flushing_the_same_units_at_once_do_not_deadlock(
             replicas[1].record(experiment, 1, unit, "control")
         await asyncio.gather(*(replica.flush() for replica in replicas))
     assert await count_rows(clean_database, "exposures") == 15_000
+
+
+async def test_stop_lets_an_early_flush_under_way_finish_instead_of_cancelling_it(
+    client: Client, setup: dict[str, str], clean_database: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """On SQLite a write cancelled mid-statement keeps the database's lock, and the final flushes after it fail."""
+    await make_experiment(client, setup, "greet-test", "greet")
+    experiment = await experiment_id(clean_database)
+    buffer = ExposureBuffer(sessionmaker, max_pending=10)
+    async with buffer._lock:  # the early flush waits here, as it would inside its write
+        for i in range(5):  # half the bound: an early flush is started
+            buffer.record(experiment, 1, f"user-{i}", "control")
+        early = buffer._early_flush
+        assert early is not None
+        stopping = asyncio.ensure_future(buffer.stop())
+        await asyncio.sleep(0)
+        assert not stopping.done()  # stop waits for the flush under way
+    await stopping
+    assert not early.cancelled()
+    assert await count_rows(clean_database, "exposures") == 5
