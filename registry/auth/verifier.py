@@ -29,6 +29,7 @@ from registry.db.base import utcnow
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, ChangeBus
 from registry.lib.errors import DatabaseUnavailableError, UnauthorizedError, translate_exception
+from registry.lib.single_flight import SingleFlight
 
 logger = structlog.get_logger("registry.auth")
 
@@ -114,6 +115,8 @@ class ApiKeyVerifier:
         self._bus = bus
         self._clock = clock
         self._cache: TTLCache[str, _CachedKey] = TTLCache(max_entries, clock)
+        self._loading: SingleFlight[str, _CachedKey] = SingleFlight()  # one read per key however many miss it
+        self._generation = 0  # changes seen: a read that a change overlapped is not cached
         self._cache_seconds = cache_seconds
         self._stale_seconds = max(stale_seconds, cache_seconds)
         self._last_used: dict[int, float] = {}
@@ -127,11 +130,16 @@ class ApiKeyVerifier:
     def _on_change(self, change: Change) -> None:
         if change.kind == "api_key":
             self._cache.pop(change.name)
+            self._loading.forget(change.name)
             self._verified = {h: v for h, v in self._verified.items() if v.principal.public_id != change.name}
         elif change.kind == "reset":
             # Changes may have been missed: every key is verified in the database again, stale ones too.
             self._cache.clear()
+            self._loading.forget_all()
             self._verified.clear()
+        else:
+            return
+        self._generation += 1
 
     async def authenticate(self, authorization: str | None) -> Principal:
         verified = self._verified.get(authorization) if authorization else None
@@ -166,9 +174,10 @@ class ApiKeyVerifier:
 
     async def _authenticate(self, authorization: str | None) -> Principal:
         public_id, secret = _key_of(authorization)
+        generation = self._generation
         cached = self._cache.get(public_id)
         if cached is None:
-            cached = await self._load(public_id)
+            cached = await self._loading.load(public_id, lambda: self._load(public_id))
         if not secret_matches(secret, cached.secret_hash):
             raise UnauthorizedError(_UNKNOWN_KEY, headers=_CHALLENGE)
         if cached.revoked:
@@ -179,7 +188,7 @@ class ApiKeyVerifier:
                 headers=_CHALLENGE,
             )
         self._last_used[cached.principal.key_id] = time.time()
-        if self._stale_seconds > 0 and authorization is not None:
+        if self._stale_seconds > 0 and authorization is not None and generation == self._generation:
             if len(self._verified) >= self._max_entries:
                 self._verified.clear()
             self._verified[authorization] = _VerifiedHeader(
@@ -191,14 +200,17 @@ class ApiKeyVerifier:
         return cached.principal
 
     async def _load(self, public_id: str) -> _CachedKey:
+        generation = self._generation
         try:
             async with self._sessionmaker() as session:
                 key = await ApiKeyRepository(session).get_by_public_id(public_id)
         except (SQLAlchemyError, OSError) as exc:
             raise translate_exception(exc) from exc
         self._trusting_stale = False
+        keep = generation == self._generation  # else a change (a revocation) overlapped the read
         if key is None:
-            self._cache.set(public_id, _UNKNOWN, _NEGATIVE_TTL)
+            if keep:
+                self._cache.set(public_id, _UNKNOWN, _NEGATIVE_TTL)
             return _UNKNOWN
         entry = _CachedKey(
             secret_hash=key.secret_hash,
@@ -207,7 +219,7 @@ class ApiKeyVerifier:
             revoked=key.revoked_at is not None,
             loaded_at=self._clock(),
         )
-        if self._cache_seconds > 0:
+        if self._cache_seconds > 0 and keep:
             self._cache.set(public_id, entry, self._cache_seconds)
         return entry
 

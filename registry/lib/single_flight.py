@@ -54,5 +54,9 @@ class SingleFlight(Generic[K, V]):
         """Let the next call load ``key`` anew instead of joining a load that began before a change."""
         self._loading.pop(key, None)
 
+    def forget_where(self, predicate: Callable[[K], bool]) -> None:
+        for key in [k for k in self._loading if predicate(k)]:
+            del self._loading[key]
+
     def forget_all(self) -> None:
         self._loading.clear()
