@@ -36,6 +36,7 @@ from registry.lib.changes import Change, ChangeBus
 from registry.lib.errors import DatabaseUnavailableError, FieldError, InvalidInputError, RegistryError, problem_body
 from registry.lib.pagination import PageRequest
 from registry.lib.promotion import State
+from registry.lib.single_flight import SingleFlight
 from registry.lib.versioned import VersionedRepository
 from registry.lib.versioned_schemas import Label
 from registry.openai_compat.errors import ModelNotFoundError, PromptKindMismatchError
@@ -136,6 +137,7 @@ class ConfigResolver:
     Read from the database on first use, in a short session of its own; a change to the config
     (published on the bus, on every replica) drops what was kept of it. Past its lifetime an entry
     is read again, and if the database cannot be reached then, the old copy keeps being served.
+    Requests that miss the same entry together share one read (and its failure).
     """
 
     def __init__(
@@ -153,36 +155,44 @@ class ConfigResolver:
         self.ttl = ttl
         self.degraded_ttl = degraded_ttl
         self._entries: TTLCache[ModelTarget, LinkedConfig] = TTLCache(max_entries, clock)
+        self._reading: SingleFlight[ModelTarget, LinkedConfig] = SingleFlight()
+        self._generation = 0  # changes seen
         self.reads = 0  # database reads, for tests and metrics
         bus.subscribe(self._on_change)
 
     def _on_change(self, change: Change) -> None:
         if change.kind == "reset":
             self._entries.clear()
+            self._reading.forget_all()
         elif change.kind == "config":
             self._entries.pop_where(lambda target: target.name == change.name)
+            self._reading.forget_where(lambda target: target.name == change.name)
+        else:
+            return
+        self._generation += 1
 
     async def __call__(self, target: ModelTarget) -> LinkedConfig:
         kept = self._entries.peek(target)
         if kept is not None and kept[1]:
             return kept[0]
         try:
-            config = await self._read(target)
+            return await self._reading.load(target, lambda: self._read(target))
         except (SQLAlchemyError, OSError, DatabaseUnavailableError):
             if kept is None:
                 raise
             return kept[0]  # stale, but what this config was: better than failing while the database is away
-        self._entries.set(target, config, self.ttl if self.bus.connected else self.degraded_ttl)
-        return config
 
     async def _read(self, target: ModelTarget) -> LinkedConfig:
         self.reads += 1
+        generation = self._generation
         async with self.sessionmaker() as session:
             _, version = await ConfigService(session).workflow.resolve(
                 target.name, version=target.version, label=target.label
             )
             config = LinkedConfig.of(version)
         assert config is not None  # a resolved version is never None
+        if generation == self._generation:  # else a change overlapped the read: not kept
+            self._entries.set(target, config, self.ttl if self.bus.connected else self.degraded_ttl)
         return config
 
 
