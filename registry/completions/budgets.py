@@ -30,6 +30,7 @@ from registry.completions.pricing import budget_problem, month_start
 from registry.completions.repository import CompletionRepository
 from registry.completions.usage import Spend, UsageRecorder
 from registry.db.base import utcnow
+from registry.db.engine import READ_ONLY
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, ChangeBus
 from registry.lib.single_flight import SingleFlight
@@ -120,6 +121,7 @@ class BudgetGuard:
     async def _read_budget(self, key: str) -> Budget:
         generation = self._generation
         async with self._sessionmaker() as session:
+            await session.connection(execution_options=READ_ONLY)  # no write lock on SQLite for a read
             row = await CompletionRepository(session).budget_of(key)
         budget = Budget(row.monthly_tokens, row.monthly_cost) if row else UNLIMITED
         if generation == self._generation:  # else a change overlapped the read: the next check reads again
@@ -159,6 +161,7 @@ class BudgetGuard:
         if session is not None:
             return await CompletionRepository(session).month_usage(key, since)
         async with self._sessionmaker() as own_session:
+            await own_session.connection(execution_options=READ_ONLY)
             return await CompletionRepository(own_session).month_usage(key, since)
 
 

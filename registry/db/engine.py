@@ -9,6 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from registry.settings import Settings
 
+# Execution options for a session that only reads (``await session.connection(execution_options=READ_ONLY)``):
+# on SQLite its transaction begins deferred, so it takes no write lock (in WAL mode a reader neither waits for
+# nor holds up a writer). It must never write: a deferred transaction that writes can deadlock another process.
+# PostgreSQL ignores it.
+READ_ONLY = {"registry_read_only": True}
+
 
 def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
     """The engine for ``settings.database_url``, or for ``url`` (a read replica) with the same tuning."""
@@ -54,7 +60,8 @@ def _create_sqlite_engine(settings: Settings) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get("registry_read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 

@@ -90,8 +90,9 @@ async def test_concurrent_checks_after_the_budget_expired_read_it_once(engine: A
 
     assert statements.count("api_key_budgets") == 1
     assert statements.count("FROM completions") == 1
-    if engine.dialect.name == "sqlite":
-        assert statements.count("BEGIN IMMEDIATE") == 2  # one per read: budget, then spend
+    if engine.dialect.name == "sqlite":  # one read-only transaction per read (budget, then spend), no write lock
+        assert statements.seen.count("BEGIN") == 2
+        assert statements.count("BEGIN IMMEDIATE") == 0
 
 
 async def test_a_failed_budget_read_fails_every_waiting_check_once_and_the_next_check_reads_again(
@@ -149,3 +150,19 @@ async def test_a_check_cancelled_while_reading_leaves_the_read_to_the_waiting_ch
 
     assert first.cancelled()
     assert reads == 2  # the cancelled read, then one for all who waited
+
+
+async def test_on_sqlite_only_the_budget_reads_begin_deferred_and_a_write_still_takes_the_write_lock(
+    engine: AsyncEngine,
+) -> None:
+    statements = Statements(engine)
+    key = await budgeted_key(engine, monthly_tokens=1000)
+    written = list(statements.seen)
+    await guard_of(engine, FakeClock()).check(key)
+    read = statements.seen[len(written) :]
+
+    if engine.dialect.name == "sqlite":
+        assert (written.count("BEGIN IMMEDIATE"), written.count("BEGIN")) == (1, 0)
+        assert (read.count("BEGIN IMMEDIATE"), read.count("BEGIN")) == (0, 2)
+    else:
+        assert "BEGIN" not in written + read  # asyncpg begins its transactions itself
