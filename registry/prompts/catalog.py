@@ -9,7 +9,6 @@ old entry keeps being served, marked stale, so apps keep working.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections import OrderedDict
@@ -34,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from registry.lib.changes import Change, ChangeBus
 from registry.lib.errors import DatabaseUnavailableError, translate_exception
 from registry.lib.promotion import State
+from registry.lib.single_flight import SingleFlight
 from registry.lib.versioned import LabelNotSetError
 from registry.prompts.errors import (
     PromptNotFoundError,
@@ -249,7 +249,7 @@ class PromptCatalog:
         self._max_prompts = max_prompts
         self.limits = limits
         self._entries: OrderedDict[str, PromptEntry | float] = OrderedDict()  # float: "absent until"
-        self._loading: dict[str, asyncio.Future[PromptEntry | None]] = {}
+        self._loading: SingleFlight[str, PromptEntry | None] = SingleFlight()  # one read per prompt
         self._generation = 0
         self.router: VariantRouter | None = None
         # Renders of repeatable templates, by version (held, so its id is not reused) and variables.
@@ -263,6 +263,7 @@ class PromptCatalog:
         if change.kind == "prompt":
             self._expire(change.name)
         elif change.kind == "reset":
+            self._loading.forget_all()
             for name in list(self._entries):
                 self._expire(name)
         else:
@@ -270,6 +271,7 @@ class PromptCatalog:
         self._generation += 1
 
     def _expire(self, name: str) -> None:
+        self._loading.forget(name)  # a request from now on reads the prompt as changed
         cached = self._entries.get(name)
         if isinstance(cached, PromptEntry):
             cached.fresh_until = 0.0
@@ -391,7 +393,7 @@ class PromptCatalog:
             raise PromptNotFoundError(f"no prompt is named '{name}'")
         self.misses += 1
         try:
-            entry = await self._load_coalesced(name)
+            entry = await self._loading.load(name, lambda: self._load(name))
         except DatabaseUnavailableError:
             if isinstance(cached, PromptEntry):
                 logger.warning("serving a stale prompt: the database is unreachable", prompt=name)
@@ -401,25 +403,6 @@ class PromptCatalog:
         if entry is None:
             raise PromptNotFoundError(f"no prompt is named '{name}'")
         return entry, False
-
-    async def _load_coalesced(self, name: str) -> PromptEntry | None:
-        """One database read per prompt however many requests miss at once."""
-        pending = self._loading.get(name)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[PromptEntry | None] = asyncio.get_running_loop().create_future()
-        self._loading[name] = future
-        try:
-            entry = await self._load(name)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters may be none
-            raise
-        else:
-            future.set_result(entry)
-            return entry
-        finally:
-            del self._loading[name]
 
     async def _load(self, name: str) -> PromptEntry | None:
         generation = self._generation
