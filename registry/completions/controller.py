@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.keys import Scope
 from registry.auth.principal import Actor, Principal
-from registry.completions.fast_path import SSE_MEDIA_TYPE, Streamed, complete_answer
+from registry.completions.fast_path import complete_answer
 from registry.completions.schemas import (
     BudgetOut,
     CompleteRequest,
@@ -24,6 +24,7 @@ from registry.completions.service import BudgetService, Caller, CompletionServic
 from registry.deps import provide_resource_name
 from registry.lib.disconnect import DisconnectWatch
 from registry.lib.errors import FieldError, InvalidInputError
+from registry.lib.front import SSE_MEDIA_TYPE, Streamed
 from registry.lib.http import decode_name
 from registry.lib.streaming import PrimedStream
 from registry.runtime import Runtime, runtime_of

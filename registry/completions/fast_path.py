@@ -13,7 +13,6 @@ answers with ``complete_answer`` below. ``REGISTRY_FAST_PATH=false`` turns it of
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import msgspec
 from litestar import Litestar
@@ -29,13 +28,13 @@ from registry.lib.errors import RegistryError, problem_body, translate_and_log
 from registry.lib.front import (
     DECODE_ERRORS,
     FrontRoute,
-    encode_headers,
+    Streamed,
     front_routes,
     plain_request,
     problem_response,
     read_body,
     replaying,
-    send_stream,
+    serve,
 )
 from registry.lib.http import JsonResponse, decode_name
 from registry.prompts.fast_path import label_or_version
@@ -43,10 +42,6 @@ from registry.runtime import Runtime
 
 COMPLETE_OPERATION = "completePrompt"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-SSE_MEDIA_TYPE = "text/event-stream"
-# A stream's content type and headers as Litestar writes them for ``media_type=SSE_MEDIA_TYPE`` and ``SSE_HEADERS``.
-SSE_CONTENT_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
-_SSE_HEADERS = [SSE_CONTENT_TYPE, *encode_headers(SSE_HEADERS)]
 _decode_complete = msgspec.json.Decoder(CompleteRequest).decode
 _encode = msgspec.json.Encoder().encode
 
@@ -83,15 +78,6 @@ async def started(events: AsyncIterator[bytes]) -> tuple[bytes, AsyncIterator[by
     The response closes it when it ends, however it ends.
     """
     return await anext(events, b""), events
-
-
-@dataclass(frozen=True, slots=True)
-class Streamed:
-    """A stream that has its first part: sent with ``headers``, then the parts of ``rest``."""
-
-    first: bytes
-    rest: AsyncIterator[bytes]
-    headers: dict[str, str]
 
 
 async def complete_answer(
@@ -167,24 +153,13 @@ class CompletionFastPath:
         scope["path_template"] = self._route.template
         self.served += 1
         runtime = self._runtime
-        watch: DisconnectWatch | None = None
-        response: JsonResponse
-        try:
+
+        async def respond(watch: DisconnectWatch) -> JsonResponse | Streamed:
             principal = await authorize(runtime, scope["headers"], self._route.scope)
             caller = Caller(key=principal.public_id, request_id=scope["state"].get("request_id"))
             service = CompletionService(runtime.completions, runtime.prompts)
-            watch = DisconnectWatch(receive)
             answer = await complete_answer(service, decode_name(name), data, caller, watch, instance=scope["path"])
-            if not isinstance(answer, Streamed):
-                response = JsonResponse(_encode(answer))
-        except Exception as exc:
-            response = problem_response(exc, scope)
-        else:
-            if isinstance(answer, Streamed):  # outside the ``except``: once a stream has begun, nothing else is sent
-                await send_stream(send, watch, _SSE_HEADERS, answer.first, answer.rest)
-                return None
-        finally:
-            if watch is not None:
-                watch.stop()
-        await response(scope, receive, send)
+            return answer if isinstance(answer, Streamed) else JsonResponse(_encode(answer))
+
+        await serve(scope, receive, send, respond, lambda exc: problem_response(exc, scope))
         return None

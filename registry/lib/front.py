@@ -13,7 +13,7 @@ directly over ASGI and hand anything else to Litestar, body included.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,9 @@ from registry.lib.errors import PROBLEM_MEDIA_TYPE, problem_body, translate_and_
 from registry.lib.http import JsonResponse
 
 _PROBLEM_MEDIA_TYPE = PROBLEM_MEDIA_TYPE.encode()
+SSE_MEDIA_TYPE = "text/event-stream"
+# A stream's content type as Litestar writes it for ``media_type=SSE_MEDIA_TYPE``.
+_SSE_CONTENT_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,43 @@ def problem_response(exc: Exception, scope: Scope) -> JsonResponse:
 
 def encode_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """A server-sent event stream that has its first part: sent with ``headers``, then the parts of ``rest``."""
+
+    first: bytes
+    rest: AsyncIterator[bytes]
+    headers: dict[str, str]
+
+
+async def serve(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    respond: Callable[[DisconnectWatch], Awaitable[JsonResponse | Streamed]],
+    failed: Callable[[Exception], JsonResponse],
+) -> None:
+    """Answer a request whose body has been read: ``respond``'s answer, or ``failed``'s for what it raised.
+
+    ``respond`` runs under a ``DisconnectWatch`` (which it may pass to ``DisconnectWatch.until``), and the
+    same watch covers the stream it returns. Once a stream has begun, a failure propagates as it would
+    under Litestar: nothing else can be sent.
+    """
+    watch = DisconnectWatch(receive)
+    try:
+        answer = await respond(watch)
+    except Exception as exc:
+        answer = failed(exc)
+    else:
+        if isinstance(answer, Streamed):
+            headers = [_SSE_CONTENT_TYPE, *encode_headers(answer.headers)]
+            await send_stream(send, watch, headers, answer.first, answer.rest)
+            return
+    finally:
+        watch.stop()
+    await answer(scope, receive, send)
 
 
 async def send_stream(

@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.keys import Scope
 from registry.auth.principal import Principal
-from registry.completions.fast_path import SSE_MEDIA_TYPE, Streamed
 from registry.completions.service import Caller
 from registry.lib.disconnect import DisconnectWatch
 from registry.lib.errors import translate_and_log
+from registry.lib.front import SSE_MEDIA_TYPE, Streamed
 from registry.lib.streaming import PrimedStream
 from registry.openai_compat.fast_path import config_resolver, openai_answer
 from registry.openai_compat.schemas import (

@@ -19,19 +19,19 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from registry.auth.access import authorize
-from registry.completions.fast_path import SSE_CONTENT_TYPE, SSE_HEADERS, Streamed, started
+from registry.completions.fast_path import SSE_HEADERS, started
 from registry.completions.service import Caller
 from registry.lib.disconnect import DisconnectWatch
 from registry.lib.errors import translate_and_log
 from registry.lib.front import (
     DECODE_ERRORS,
     FrontRoute,
-    encode_headers,
+    Streamed,
     front_routes,
     plain_request,
     read_body,
     replaying,
-    send_stream,
+    serve,
 )
 from registry.lib.http import JsonResponse
 from registry.openai_compat.schemas import ChatCompletion, ChatCompletionRequest, TextCompletion, TextCompletionRequest
@@ -154,26 +154,16 @@ class OpenAIFastPath:
         self.served += 1
         runtime = self._runtime
         request_id = scope["state"].get("request_id")
-        watch: DisconnectWatch | None = None
-        response: JsonResponse
-        try:
+
+        async def respond(watch: DisconnectWatch) -> JsonResponse | Streamed:
             principal = await authorize(runtime, scope["headers"], route.scope)
             caller = Caller(key=principal.public_id, request_id=request_id)
             resolver = config_resolver(self._state, runtime)
-            watch = DisconnectWatch(receive)
             answer = await openai_answer(runtime, resolver, data, caller, watch, instance=path)
-            if not isinstance(answer, Streamed):
-                out, out_headers = answer
-                response = JsonResponse(_encode(out), headers=out_headers)
-        except Exception as exc:
-            response = error_document(exc, path, request_id)
-        else:
-            if isinstance(answer, Streamed):  # outside the ``except``: once a stream has begun, nothing else is sent
-                headers = [SSE_CONTENT_TYPE, *encode_headers(answer.headers)]
-                await send_stream(send, watch, headers, answer.first, answer.rest)
-                return None
-        finally:
-            if watch is not None:
-                watch.stop()
-        await response(scope, receive, send)
+            if isinstance(answer, Streamed):
+                return answer
+            out, headers = answer
+            return JsonResponse(_encode(out), headers=headers)
+
+        await serve(scope, receive, send, respond, lambda exc: error_document(exc, path, request_id))
         return None
