@@ -18,18 +18,11 @@ from registry.db.engine import create_engine, create_sessionmaker
 from registry.lib.changes import Change, ChangeBus
 from registry.lib.errors import UnauthorizedError
 from registry.settings import Settings
+from tests.auth.test_key_verification_outage import FakeClock
 from tests.conftest import KeyFactory
 
 CACHE_SECONDS = 60.0
 CONCURRENT = 16
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -22,16 +22,9 @@ from registry.db import migrate
 from registry.db.engine import create_engine, create_sessionmaker
 from registry.lib.changes import ChangeBus
 from registry.settings import Settings
+from tests.auth.test_key_verification_outage import FakeClock
 
 CONCURRENT = 16
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Statements:
