@@ -57,7 +57,8 @@ class Relay:
 
     async def stream(self, body: bytes, started: float) -> AsyncIterator[bytes]:
         if self.session is None:
-            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            # Idle connections expire before the backend's keep-alive (uvicorn's 5 s), so none is reused as it closes.
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=2.0))
         ttft = 0.0
         headers = {"Content-Type": "application/json"}
         async with self.session.post(self.endpoint, data=body, headers=headers) as response:
