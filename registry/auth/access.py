@@ -17,6 +17,7 @@ from litestar import Request
 from registry.auth.keys import Scope, grants
 from registry.auth.principal import Principal
 from registry.lib.errors import ForbiddenError, RegistryError
+from registry.lib.front import FrontRoute
 from registry.runtime import Runtime, runtime_of
 
 SCOPE_OPT = "scope"
@@ -30,6 +31,14 @@ async def authorize_request(request: Request[Any, Any, Any]) -> None:
     if not isinstance(required, Scope):
         raise RegistryError(f"route {handler.handler_name} declares no scope")
     request.scope["user"] = await authorize(runtime_of(request), request.scope["headers"], required)
+
+
+def required_scope(route: FrontRoute) -> Scope:
+    """The scope a route served in front of Litestar requires: the one its Litestar handler declares."""
+    required = route.opt.get(SCOPE_OPT)
+    if not isinstance(required, Scope):
+        raise RuntimeError(f"{route.path} declares no scope")
+    return required
 
 
 async def authorize(runtime: Runtime, headers: Iterable[tuple[bytes, bytes]], required: Scope) -> Principal:

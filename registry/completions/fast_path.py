@@ -19,7 +19,7 @@ from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from registry.auth.access import authorize
+from registry.auth.access import authorize, required_scope
 from registry.completions.schemas import CompleteRequest, CompletionOut, DoneEvent
 from registry.completions.service import Caller, CompletionService
 from registry.completions.sse import encode_delta, encode_event
@@ -104,6 +104,7 @@ class CompletionFastPath:
         self._runtime = runtime
         self._prefix = prefix  # "/v1/prompts/"
         self._route = route
+        self._scope = required_scope(route)
         self._max_body_bytes = max_body_bytes
         self.served = 0  # requests answered here; the rest went on to Litestar
 
@@ -155,7 +156,7 @@ class CompletionFastPath:
         runtime = self._runtime
 
         async def respond(watch: DisconnectWatch) -> JsonResponse | Streamed:
-            principal = await authorize(runtime, scope["headers"], self._route.scope)
+            principal = await authorize(runtime, scope["headers"], self._scope)
             caller = Caller(key=principal.public_id, request_id=scope["state"].get("request_id"))
             service = CompletionService(runtime.completions, runtime.prompts)
             answer = await complete_answer(service, decode_name(name), data, caller, watch, instance=scope["path"])

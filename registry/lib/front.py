@@ -13,7 +13,7 @@ directly over ASGI and hand anything else to Litestar, body included.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +24,6 @@ from litestar.enums import ScopeType
 from litestar.routes import HTTPRoute
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, ReceiveMessage, Scope, Send
 
-from registry.auth.access import SCOPE_OPT
-from registry.auth.keys import Scope as KeyScope
 from registry.lib.disconnect import DisconnectWatch
 from registry.lib.errors import PROBLEM_MEDIA_TYPE, problem_body, translate_and_log
 from registry.lib.http import JsonResponse
@@ -38,11 +36,12 @@ _SSE_CONTENT_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
 
 @dataclass(frozen=True)
 class FrontRoute:
-    """A Litestar route a fast path stands in for: its path, its template in metrics, and the scope it requires."""
+    """A Litestar route a fast path stands in for: its path, its template in metrics, and its handler's ``opt``
+    (where the scope it requires is declared: ``registry.auth.access.required_scope``)."""
 
     path: str
     template: str
-    scope: KeyScope
+    opt: Mapping[str, Any]
 
 
 def front_routes(litestar: Litestar, expected: dict[str, str]) -> dict[str, FrontRoute]:
@@ -57,7 +56,7 @@ def front_routes(litestar: Litestar, expected: dict[str, str]) -> dict[str, Fron
         if isinstance(route, HTTPRoute):
             for handler in route.route_handlers:
                 if handler.operation_id in expected:
-                    found[str(handler.operation_id)] = FrontRoute(route.path, route.path_format, handler.opt[SCOPE_OPT])
+                    found[str(handler.operation_id)] = FrontRoute(route.path, route.path_format, handler.opt)
     for operation, path in expected.items():
         if operation not in found or found[operation].path != path:
             raise RuntimeError(f"the fast path serves {operation} at {path}, which the app no longer routes")

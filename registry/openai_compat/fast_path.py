@@ -18,7 +18,7 @@ from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from registry.auth.access import authorize
+from registry.auth.access import authorize, required_scope
 from registry.completions.fast_path import SSE_HEADERS, started
 from registry.completions.service import Caller
 from registry.lib.disconnect import DisconnectWatch
@@ -111,6 +111,7 @@ class OpenAIFastPath:
         self._runtime = runtime
         self._state = state  # the app's, where the config resolver is kept
         self._routes = routes  # by path
+        self._scopes = {path: required_scope(route) for path, (route, _) in routes.items()}
         self._decoders = {path: msgspec.json.Decoder(kind).decode for path, (_, kind) in routes.items()}
         self._max_body_bytes = max_body_bytes
         self.served = 0  # requests answered here; the rest went on to Litestar
@@ -156,7 +157,7 @@ class OpenAIFastPath:
         request_id = scope["state"].get("request_id")
 
         async def respond(watch: DisconnectWatch) -> JsonResponse | Streamed:
-            principal = await authorize(runtime, scope["headers"], route.scope)
+            principal = await authorize(runtime, scope["headers"], self._scopes[path])
             caller = Caller(key=principal.public_id, request_id=request_id)
             resolver = config_resolver(self._state, runtime)
             answer = await openai_answer(runtime, resolver, data, caller, watch, instance=path)

@@ -29,7 +29,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 from opentelemetry.trace import Tracer
 
-from registry.auth.access import authorize
+from registry.auth.access import authorize, required_scope
 from registry.auth.keys import Scope as KeyScope
 from registry.lib.errors import FieldError, InvalidInputError
 from registry.lib.front import DECODE_ERRORS, front_routes, plain_request, problem_response, read_body, replaying
@@ -212,8 +212,8 @@ class PromptFastPath:
             prefix=prefix,
             resolve_template=found[RESOLVE_OPERATION].template,
             render_template=found[RENDER_OPERATION].template,
-            resolve_scope=found[RESOLVE_OPERATION].scope,
-            render_scope=found[RENDER_OPERATION].scope,
+            resolve_scope=required_scope(found[RESOLVE_OPERATION]),
+            render_scope=required_scope(found[RENDER_OPERATION]),
             max_body_bytes=runtime.settings.max_body_bytes,
             tracer=tracer,
         )
