@@ -9,16 +9,24 @@ SQL function that waits on an event, released when the stop begins (no timing).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
+import structlog
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
+import registry.auth.verifier
+import registry.completions.usage
+import registry.experiments.exposures
+import registry.runtime
 from registry.db import migrate
 from registry.db.engine import create_engine
 from registry.lib.jobs import PeriodicJob
@@ -108,9 +116,27 @@ async def stop_while_held(runtime: Runtime, held: HeldJob, prompt: str = "greet"
     await runtime.start()
     await asyncio.wait_for(held.inside.wait(), WAIT)
     runtime.completions.recorder.add({"prompt": prompt, "status": "ok", "output_tokens": 2, "cost": 0.5})
-    with capture_logs() as logs:
+    with captured_logs() as logs:
         await runtime.stop()
     return logs
+
+
+# The modules whose logs the tests read: the runtime's own, and the final flushes'.
+LOGGING_MODULES = (registry.runtime, registry.completions.usage, registry.auth.verifier, registry.experiments.exposures)
+
+
+@contextlib.contextmanager
+def captured_logs() -> Iterator[list[dict[str, object]]]:
+    """structlog's ``capture_logs``, with fresh loggers for ``LOGGING_MODULES``.
+
+    A module's logger is cached with the processors of its first use; once the app's logging has been
+    configured again since (another test's app), ``capture_logs`` no longer reaches it, and a check that
+    nothing failed would pass whatever happened.
+    """
+    with capture_logs() as logs, contextlib.ExitStack() as stack:
+        for module in LOGGING_MODULES:
+            stack.enter_context(patch.object(module, "logger", structlog.get_logger(module.__name__)))
+        yield logs
 
 
 async def prompts_recorded(settings: Settings) -> list[str]:
