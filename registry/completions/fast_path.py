@@ -26,14 +26,12 @@ from registry.completions.sse import encode_delta, encode_event
 from registry.lib.disconnect import DisconnectWatch
 from registry.lib.errors import RegistryError, problem_body, translate_and_log
 from registry.lib.front import (
-    DECODE_ERRORS,
     FrontRoute,
     Streamed,
     front_routes,
     plain_request,
     problem_response,
-    read_body,
-    replaying,
+    read_decoded,
     serve,
 )
 from registry.lib.http import JsonResponse, decode_name
@@ -144,13 +142,9 @@ class CompletionFastPath:
 
     async def _complete(self, scope: Scope, name: str, receive: Receive, send: Send) -> Receive | None:
         """Serve a completion; or return the ``receive`` to hand the request to Litestar with, body unread."""
-        body, messages = await read_body(receive, self._max_body_bytes)
-        if body is None:
-            return replaying(messages, receive)
-        try:
-            data = _decode_complete(body)
-        except DECODE_ERRORS:
-            return replaying(messages, receive)  # Litestar answers it with the problem a malformed body gets
+        data, handoff = await read_decoded(receive, self._max_body_bytes, _decode_complete)
+        if data is None:
+            return handoff
         scope["path_template"] = self._route.template
         self.served += 1
         runtime = self._runtime

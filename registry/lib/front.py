@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from litestar import Litestar
@@ -73,7 +73,7 @@ def plain_request(scope: Scope) -> bool:
     return True
 
 
-def replaying(messages: list[ReceiveMessage], receive: Receive) -> Receive:
+def _replaying(messages: list[ReceiveMessage], receive: Receive) -> Receive:
     """``receive`` that first hands back the messages already read, for a request passed on to Litestar."""
     pending = list(messages)
 
@@ -104,7 +104,25 @@ async def read_body(receive: Receive, max_bytes: int) -> tuple[bytes | None, lis
             return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), messages
 
 
-DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError)
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError)
+_Request = TypeVar("_Request")
+
+
+async def read_decoded(
+    receive: Receive, max_bytes: int, decode: Callable[[bytes], _Request]
+) -> tuple[_Request, None] | tuple[None, Receive]:
+    """The body decoded strictly by ``decode``; or, for any body it refuses (too large, malformed, the
+    client gone), the ``receive`` to hand the request on to Litestar with, body unread.
+
+    Litestar then answers with the problem such a body gets there, so a fast path never words one itself.
+    """
+    body, messages = await read_body(receive, max_bytes)
+    if body is None:
+        return None, _replaying(messages, receive)
+    try:
+        return decode(body), None
+    except _DECODE_ERRORS:
+        return None, _replaying(messages, receive)
 
 
 def problem_document(exc: Exception, scope: Scope) -> tuple[Any, dict[str, str], int]:

@@ -24,13 +24,11 @@ from registry.completions.service import Caller
 from registry.lib.disconnect import DisconnectWatch
 from registry.lib.errors import translate_and_log
 from registry.lib.front import (
-    DECODE_ERRORS,
     FrontRoute,
     Streamed,
     front_routes,
     plain_request,
-    read_body,
-    replaying,
+    read_decoded,
     serve,
 )
 from registry.lib.http import JsonResponse
@@ -143,13 +141,9 @@ class OpenAIFastPath:
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """Serve a completion; or return the ``receive`` to hand the request to Litestar with, body unread."""
         path: str = scope["path"]
-        body, messages = await read_body(receive, self._max_body_bytes)
-        if body is None:
-            return replaying(messages, receive)
-        try:
-            data = self._decoders[path](body)
-        except DECODE_ERRORS:
-            return replaying(messages, receive)  # Litestar answers with the error a malformed body gets
+        data, handoff = await read_decoded(receive, self._max_body_bytes, self._decoders[path])
+        if data is None:
+            return handoff
         route = self._routes[path][0]
         scope["path_template"] = route.template
         self.served += 1

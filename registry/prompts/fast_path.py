@@ -32,7 +32,7 @@ from opentelemetry.trace import Tracer
 from registry.auth.access import authorize, required_scope
 from registry.auth.keys import Scope as KeyScope
 from registry.lib.errors import FieldError, InvalidInputError
-from registry.lib.front import DECODE_ERRORS, front_routes, plain_request, problem_response, read_body, replaying
+from registry.lib.front import front_routes, plain_request, problem_response, read_decoded
 from registry.lib.http import JsonResponse, decode_name
 from registry.lib.versioned_schemas import Label, VersionNumber
 from registry.prompts.catalog import PromptCatalog, ResolvedVersion
@@ -47,6 +47,7 @@ RENDER_OPERATION = "renderPrompt"
 # Resolve bodies of versions run with a variant's config: (version's ETag, config's encoding) -> (body, ETag).
 _VARIANT_BODIES: dict[tuple[str, bytes], tuple[bytes, str]] = {}
 _MAX_VARIANT_BODIES = 256
+_decode_render = msgspec.json.Decoder(RenderRequest).decode
 
 
 # --------------------------------------------------------------------------- the responses of both paths
@@ -275,13 +276,9 @@ class PromptFastPath:
 
     async def _render(self, scope: Scope, name: str, receive: Receive, send: Send) -> Receive | None:
         """Serve a render; or return the ``receive`` to hand the request to Litestar with, body unread."""
-        body, messages = await read_body(receive, self._max_body_bytes)
-        if body is None:
-            return replaying(messages, receive)
-        try:
-            data = msgspec.json.decode(body, type=RenderRequest)
-        except DECODE_ERRORS:
-            return replaying(messages, receive)  # Litestar answers it with the problem a malformed body gets
+        data, handoff = await read_decoded(receive, self._max_body_bytes, _decode_render)
+        if data is None:
+            return handoff
         await self._answer(
             scope,
             receive,
