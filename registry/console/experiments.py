@@ -201,6 +201,15 @@ class FormPage:
     experiment: ExperimentDefinition | None = None  # None: a new experiment
 
 
+@dataclass(frozen=True, slots=True)
+class ChangePage:
+    """A start or stop confirmation: the experiment, and why each variant the stop would refuse as winner cannot win
+    (the stop form offers the others)."""
+
+    experiment: ExperimentDefinition
+    cannot_win: dict[str, str] = field(default_factory=dict)  # per variant key
+
+
 class ExperimentPages:
     def __init__(self, session: AsyncSession, limits: PromptLimits) -> None:
         self.session = session
@@ -208,6 +217,17 @@ class ExperimentPages:
 
     async def definition(self, key: str) -> ExperimentDefinition:
         return ExperimentDefinition.of(await self.experiments.require(key))
+
+    async def change_page(self, key: str) -> ChangePage:
+        """The experiment, and while it runs (the stop form shows), the service's reason for each variant it would
+        refuse as winner."""
+        experiment = await self.experiments.require(key)
+        cannot_win = {}
+        if experiment.status == "running":
+            for variant in experiment.variants:
+                if (reason := await self.experiments.cannot_win(experiment, variant)) is not None:
+                    cannot_win[variant.key] = reason
+        return ChangePage(ExperimentDefinition.of(experiment), cannot_win)
 
     async def metric_keys(self) -> list[str]:
         found = await self.experiments.metrics.list_metrics(PageRequest(limit=METRICS_OFFERED, after=None))

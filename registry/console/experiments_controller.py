@@ -30,12 +30,12 @@ from registry.console.controller import (
     render,
     see_other,
 )
-from registry.console.experiments import ExperimentPages, results_refresh_ms
+from registry.console.experiments import ChangePage, ExperimentPages, results_refresh_ms
 from registry.console.experiments_form import CORRECTIONS, MAX_VARIANTS, ExperimentForm, VariantRow
 from registry.console.service import ConsoleExperiments
 from registry.console.sessions import Viewer
 from registry.experiments.export import ExportFormat, ExportService
-from registry.experiments.schemas import ExperimentDefinition, StopExperiment
+from registry.experiments.schemas import StopExperiment
 from registry.lib.http import decode_name
 from registry.lib.pagination import PageRequest
 from registry.lib.schema import Reason
@@ -203,7 +203,7 @@ class ExperimentPagesController(Controller):
     def _change_page(
         request: Request[Any, Any, Any],
         action: Literal["start", "stop"],
-        experiment: ExperimentDefinition,
+        page: ChangePage,
         problem: str | None = None,
     ) -> Template:
         """The confirmation page; shown again with 409 and the service's reason when the change was refused."""
@@ -212,7 +212,8 @@ class ExperimentPagesController(Controller):
             "experiment-change.html",
             status_code=200 if problem is None else 409,
             action=action,
-            e=experiment,
+            e=page.experiment,
+            cannot_win=page.cannot_win,
             problem=problem,
             section="experiments",
         )
@@ -224,7 +225,7 @@ class ExperimentPagesController(Controller):
         experiment_key: NamedDependency[str],
         pages: NamedDependency[ExperimentPages],
     ) -> Template:
-        return self._change_page(request, "start", await pages.definition(experiment_key))
+        return self._change_page(request, "start", await pages.change_page(experiment_key))
 
     @post("/{key:str}/start", opt={SCOPE_OPT: Scope.PROMOTE}, operation_id="consoleStart", include_in_schema=False)
     async def start(
@@ -237,7 +238,7 @@ class ExperimentPagesController(Controller):
     ) -> Response[Any]:
         problem = await pages.start(experiment_key, viewer.actor)
         if problem is not None:
-            return self._change_page(request, "start", await pages.definition(experiment_key), problem)
+            return self._change_page(request, "start", await pages.change_page(experiment_key), problem)
         return see_other(home_of(viewer, experiment_key, "started"))
 
     @get("/{key:str}/stop", opt={SCOPE_OPT: Scope.PROMOTE}, operation_id="consoleStopPlan", include_in_schema=False)
@@ -247,7 +248,7 @@ class ExperimentPagesController(Controller):
         experiment_key: NamedDependency[str],
         pages: NamedDependency[ExperimentPages],
     ) -> Template:
-        return self._change_page(request, "stop", await pages.definition(experiment_key))
+        return self._change_page(request, "stop", await pages.change_page(experiment_key))
 
     @post("/{key:str}/stop", opt={SCOPE_OPT: Scope.PROMOTE}, operation_id="consoleStop", include_in_schema=False)
     async def stop(
@@ -260,7 +261,7 @@ class ExperimentPagesController(Controller):
     ) -> Response[Any]:
         problem = await pages.stop(experiment_key, data.request(), viewer.actor)
         if problem is not None:
-            return self._change_page(request, "stop", await pages.definition(experiment_key), problem)
+            return self._change_page(request, "stop", await pages.change_page(experiment_key), problem)
         return see_other(home_of(viewer, experiment_key, "stopped"))
 
     # -- results and downloads

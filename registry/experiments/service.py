@@ -647,10 +647,15 @@ class ExperimentService:
             return None
         return f"version {version.number} is archived and was never in production, so it cannot be promoted"
 
+    async def cannot_win(self, experiment: Experiment, variant: ExperimentVariant) -> str | None:
+        """Why ``variant`` would be refused as the winner, or None: the stop refuses it, and the console's stop form
+        does not offer it."""
+        version = await self.prompts.workflow.require_version(experiment.prompt, variant.prompt_version)
+        return await self.unpromotable(experiment.prompt_id, version)
+
     async def _check_winner(self, experiment: Experiment, winner: ExperimentVariant) -> None:
         """Refuse, before anything is written, a winner whose version can never be promoted."""
-        version = await self.prompts.workflow.require_version(experiment.prompt, winner.prompt_version)
-        unpromotable = await self.unpromotable(experiment.prompt_id, version)
+        unpromotable = await self.cannot_win(experiment, winner)
         if unpromotable is not None:
             refusal = f"{unpromotable}; stop without a winner to leave production as it is"
             raise ExperimentInvalidError(
