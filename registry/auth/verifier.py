@@ -26,6 +26,7 @@ from registry.auth.keys import KEY_PREFIX, generate_key, parse_key, secret_match
 from registry.auth.principal import Principal
 from registry.auth.repository import ApiKeyRepository
 from registry.db.base import utcnow
+from registry.db.engine import READ_ONLY
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, ChangeBus
 from registry.lib.errors import DatabaseUnavailableError, UnauthorizedError, translate_exception
@@ -203,6 +204,7 @@ class ApiKeyVerifier:
         generation = self._generation
         try:
             async with self._sessionmaker() as session:
+                await session.connection(execution_options=READ_ONLY)  # no write lock on SQLite for a read
                 key = await ApiKeyRepository(session).get_by_public_id(public_id)
         except (SQLAlchemyError, OSError) as exc:
             raise translate_exception(exc) from exc

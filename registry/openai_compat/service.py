@@ -31,6 +31,7 @@ from registry.completions.schemas import CompleteRequest, CompletionMeta, Comple
 from registry.completions.service import CompletionService
 from registry.configs.repository import ConfigRepository
 from registry.configs.service import ConfigService
+from registry.db.engine import READ_ONLY
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, ChangeBus
 from registry.lib.errors import DatabaseUnavailableError, FieldError, InvalidInputError, RegistryError, problem_body
@@ -186,6 +187,7 @@ class ConfigResolver:
         self.reads += 1
         generation = self._generation
         async with self.sessionmaker() as session:
+            await session.connection(execution_options=READ_ONLY)  # no write lock on SQLite for a read
             _, version = await ConfigService(session).workflow.resolve(
                 target.name, version=target.version, label=target.label
             )

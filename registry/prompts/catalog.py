@@ -30,6 +30,7 @@ from prompt_registry_client.templating import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from registry.db.engine import READ_ONLY
 from registry.lib.changes import Change, ChangeBus
 from registry.lib.errors import DatabaseUnavailableError, translate_exception
 from registry.lib.promotion import State
@@ -408,6 +409,7 @@ class PromptCatalog:
         generation = self._generation
         try:
             async with self._sessionmaker() as session:
+                await session.connection(execution_options=READ_ONLY)  # no write lock on SQLite for a read
                 prompt, versions = await PromptCatalogRepository(session).load_labelled(name)
         except (SQLAlchemyError, OSError) as exc:
             raise translate_exception(exc) from exc
@@ -425,6 +427,7 @@ class PromptCatalog:
         generation = self._generation
         try:
             async with self._sessionmaker() as session:
+                await session.connection(execution_options=READ_ONLY)
                 version = await PromptCatalogRepository(session).load_version(entry.prompt_id, number)
         except (SQLAlchemyError, OSError) as exc:
             raise translate_exception(exc) from exc
