@@ -15,7 +15,13 @@ it again; both were charged to the key, so what an attempt whose outcome is not 
 to the run's cost and tokens: the run's cost is what the run spent, its items' costs what the stored
 outcomes cost. A completion that ends without an answer (cancelled when the worker stops, failed
 mid-answer) spent what its usage record says (the tokens the backend reported before it ended), and
-that counts too.
+that counts too, as do the completions a model guard's classifier makes inside the run's (charged to
+the same key): the run's cost is what its completions' usage records charged the key.
+
+A worker that stops cancels the completions it is waiting for, but not a transaction in hand: a task
+cancelled mid-statement on SQLite keeps the database's write lock, and every later write of the
+process (the lease's release included) waits behind it and fails. Each run ends the item it is
+recording, starts no more, and gives its lease up itself (``EvalWorker.stop``).
 
 Completions go through ``CompletionService``, the path ``/complete`` takes (budget check, breaker,
 retries, fallback, cache at temperature 0, usage and cost recorded) and are charged to the key that
@@ -28,13 +34,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import os
 import socket
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import structlog
@@ -45,6 +52,8 @@ from registry.completions.errors import BackendNotConfiguredError, UpstreamBadRe
 from registry.completions.payload import Overrides
 from registry.completions.schemas import CompleteRequest, CompletionOut
 from registry.completions.service import RECORDED_ERRORS, Caller, CompletionService, Plan, Run
+from registry.completions.upstream import UpstreamStream
+from registry.completions.usage import UsageRecorder
 from registry.configs.repository import ConfigRepository
 from registry.db.base import utcnow
 from registry.evals.models import EvalDatasetItem, EvalRun
@@ -71,6 +80,8 @@ logger = structlog.get_logger("registry.evals")
 
 BATCH = 200
 OUTAGE_BACKOFF_SECONDS = 5.0
+# How long a stop waits for runs to reach a safe point (the item being recorded stored); then they are cancelled.
+STOP_WAIT_SECONDS = 10.0
 JUDGE_RESPONSE_FORMAT: dict[str, Any] = {
     "type": "json_schema",
     "json_schema": {
@@ -97,14 +108,20 @@ class RunFailedError(Exception):
     """The run cannot go on (the key is over budget, a backend is not configured): it ends as failed."""
 
 
+class WorkerStoppingError(Exception):
+    """The worker is stopping: the run starts nothing more and gives its lease up, for another worker to resume."""
+
+
 class RunCompletions(CompletionService):
     """The completion path with a run's own config version in place of the prompt version's.
 
     ``config`` replaces the rendered version's config (None keeps it), also for a version that links
     none; ``response_format`` is added to a payload that has none (a judge's structured answer). A prompt's
-    semantic cache never answers a run: it would score a similar item's answer as this item's. A completion
-    recorded without an answer (cancelled, failed, blocked) adds what its record charged to the attempt
-    it was made for (``EvalWorker._complete``), since no ``CompletionOut`` says what it spent.
+    semantic cache never answers a run: it would score a similar item's answer as this item's. Every
+    completion adds what its record charged to the attempt it was made for (``EvalWorker._complete``) as
+    it is recorded, answered or not (cancelled, failed, blocked): no ``CompletionOut`` says what those
+    spent, and a cancellation that comes after the record cannot lose it. Completions made inside it on
+    other services (a model guard's classifier) are recorded through ``ChargingRecorder``, and add theirs.
     """
 
     semantic_cache = False
@@ -117,7 +134,7 @@ class RunCompletions(CompletionService):
         config: LinkedConfig | None = None,
         response_format: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(completions, catalog, config=config)
+        super().__init__(charging(completions), catalog, config=config)
         self.response_format = response_format
 
     def _plan(self, config: LinkedConfig, out: RenderOut, overrides: Overrides) -> Plan:
@@ -126,13 +143,54 @@ class RunCompletions(CompletionService):
             plan.payload["response_format"] = self.response_format
         return plan
 
+    async def _start(self, plan: Plan) -> UpstreamStream:
+        with backend_wait(asking=True):
+            return await super()._start(plan)
+
+    @staticmethod
+    async def _collect(run: Run, upstream: UpstreamStream) -> None:
+        with backend_wait(asking=False):
+            await CompletionService._collect(run, upstream)
+
     def _record(self, run: Run) -> None:
         first = not run.recorded
-        super()._record(run)
         attempt = _attempt.get()
-        if first and attempt is not None and run.status != "ok":
-            spend = run.spend()  # as the record has it: a failed or cancelled run is never a cache hit
+        own = _attempt.set(None)  # charged below, with a cache hit's tokens as its answer has them
+        try:
+            super()._record(run)
+        finally:
+            _attempt.reset(own)
+        if first and attempt is not None:
+            spend = run.spend()
             attempt.charge(spend.input_tokens, spend.output_tokens, run.cost_of(spend))
+
+
+class ChargingRecorder:
+    """The usage recorder, also charging what each record charges the key to the attempt under way in this task.
+
+    A model guard's classifier runs on a completion service of its own inside the run's completion
+    (``CompletionService._guard_input``), charged to the run's key; its records pass through here.
+    """
+
+    def __init__(self, recorder: UsageRecorder) -> None:
+        self.recorder = recorder
+
+    def add(self, record: dict[str, Any]) -> None:
+        attempt = _attempt.get()
+        if attempt is not None:
+            attempt.charge(record.get("input_tokens", 0), record.get("output_tokens", 0), record.get("cost", 0.0))
+        self.recorder.add(record)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.recorder, name)
+
+
+def charging(completions: Completions) -> Completions:
+    """``completions`` recording through a ``ChargingRecorder`` (the same parts otherwise)."""
+    if isinstance(completions.recorder, ChargingRecorder):
+        return completions
+    recorder = cast("UsageRecorder", ChargingRecorder(completions.recorder))  # it records only through add
+    return dataclasses.replace(completions, recorder=recorder)
 
 
 @dataclass(slots=True)
@@ -147,15 +205,18 @@ class Lease:
 
 @dataclass(slots=True)
 class Attempt:
-    """What one try at an item has spent so far: stored with its outcome, or charged to the run as discarded."""
+    """What one try at an item has spent so far: stored with its outcome, or charged to the run as discarded.
+
+    ``waiting``: its completion waits on a backend now, where a stop may cancel it; ``stopping``: the worker
+    stops, so its completion asks no backend any more (``backend_wait``).
+    """
 
     completions: int = 0
     cost: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
-
-    def add(self, out: CompletionOut) -> None:
-        self.charge(out.usage.input_tokens, out.usage.output_tokens, out.cost)
+    waiting: bool = False
+    stopping: bool = False
 
     def charge(self, input_tokens: int, output_tokens: int, cost: float) -> None:
         self.completions += 1
@@ -166,6 +227,23 @@ class Attempt:
 
 # The attempt whose completion is under way in this task (set around ``CompletionService.complete``).
 _attempt: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar("eval_attempt", default=None)
+
+
+@contextlib.contextmanager
+def backend_wait(*, asking: bool) -> Iterator[None]:
+    """Around a run's completion waiting on its backend: the one place a stop cancels it (``EvalWorker.stop``),
+    since it holds no transaction there. Once the worker stops, no backend is asked (``asking``) any more."""
+    attempt = _attempt.get()
+    if attempt is None:
+        yield
+        return
+    if asking and attempt.stopping:
+        raise WorkerStoppingError("the worker stops; the item is asked again when the run resumes")
+    attempt.waiting = True
+    try:
+        yield
+    finally:
+        attempt.waiting = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +318,7 @@ def parse_judgement(text: str) -> tuple[float, str] | None:
 def _decisive(failures: ExceptionGroup) -> Exception:
     """The failure that decides what becomes of the run when several items failed at once."""
     found = [e for e in failures.exceptions if isinstance(e, Exception)]
-    for kind in (LeaseLostError, RunFailedError, BackendOutageError):
+    for kind in (LeaseLostError, RunFailedError, BackendOutageError, WorkerStoppingError):
         for error in found:
             if isinstance(error, kind):
                 return error
@@ -273,12 +351,17 @@ class EvalWorker:
         self.clock = clock
         self.active: dict[int, asyncio.Task[None]] = {}
         self.leases: dict[int, Lease] = {}
+        self.stop_wait_seconds = STOP_WAIT_SECONDS
+        self._stopping = False
+        self._asking: dict[asyncio.Task[Any], Attempt] = {}  # items' tasks in a completion (``_complete``)
 
     def jobs(self) -> list[PeriodicJob]:
         return [PeriodicJob("eval-runs", self.poll_seconds, self.poll, shared=True, run_at_shutdown=False)]
 
     async def poll(self) -> list[int]:
         """Take runs that have no live owner, up to ``max_runs`` at a time; returns the runs taken now."""
+        if self._stopping:
+            return []
         for run_id in [r for r, task in self.active.items() if task.done()]:
             del self.active[run_id]
             self.leases.pop(run_id, None)
@@ -301,19 +384,49 @@ class EvalWorker:
         return [lease.run_id for lease in taken]
 
     async def stop(self) -> None:
-        """Stop executing and give the leases up, so another worker takes the runs over at once."""
-        tasks = list(self.active.items())
-        for _, task in tasks:
-            task.cancel()
-        for run_id, task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            lease = self.leases.get(run_id)
-            if lease is not None:
-                with contextlib.suppress(Exception):
-                    await self._release(lease, not_before=None)
-        self.active.clear()
-        self.leases.clear()
+        """Stop executing and give the leases up, so another worker takes the runs over at once.
+
+        The completions under way are cancelled (what they spent is charged to their runs); a transaction
+        in hand (an item being recorded, a lease renewed) ends, since one cancelled mid-statement keeps
+        SQLite's write lock. Each run then starts nothing more and releases its lease itself
+        (``WorkerStoppingError``); one still running after ``stop_wait_seconds`` is cancelled, and its
+        lease released here (or left to expire, if the database refuses).
+        """
+        self._stopping = True
+        try:
+            for task, attempt in self._asking.items():
+                attempt.stopping = True
+                if attempt.waiting:
+                    task.cancel()
+            tasks = dict(self.active)
+            if not tasks:
+                return
+            _, overran = await asyncio.wait(tasks.values(), timeout=self.stop_wait_seconds)
+            for run_id, task in tasks.items():
+                if task in overran:
+                    logger.warning("evaluation run still working at stop; cancelled", run=run_id)
+                    task.cancel()
+            for run_id, task in tasks.items():
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:
+                    logger.exception("evaluation run failed at stop", run=run_id)
+                lease = self.leases.get(run_id)
+                if task in overran and lease is not None:
+                    try:
+                        await self._release(lease, not_before=None)
+                    except Exception:
+                        logger.exception("could not give up an evaluation run's lease; it expires", run=run_id)
+        finally:
+            self._stopping = False
+            self.active.clear()
+            self.leases.clear()
+
+    def _check_stopping(self, run_id: int) -> None:
+        if self._stopping:
+            raise WorkerStoppingError(f"the worker stops; run {run_id} resumes on another")
 
     async def _own(self, lease: Lease) -> None:
         """Execute a run while renewing its lease.
@@ -366,6 +479,7 @@ class EvalWorker:
             plan, status = await self._plan(run_id)
             if status == "queued":  # a worker that died validating left it queued: validating again is harmless
                 await self._validate(plan, lease)
+                self._check_stopping(run_id)
                 await self._started(lease)
             await self._score_pending(plan, lease)
             await self._finish(lease, "completed", None)
@@ -381,6 +495,8 @@ class EvalWorker:
             )
         except RunFailedError as exc:
             await self._finish(lease, "failed", str(exc))
+        except WorkerStoppingError:
+            await self._release(lease, not_before=None)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -462,6 +578,7 @@ class EvalWorker:
         compiled = resolution.version.compiled
         after = 0
         while True:
+            self._check_stopping(plan.run_id)
             async with self.sessionmaker() as session:
                 items = await EvalRepository(session).items(plan.dataset_version_id, after=after, limit=2000)
             if not items:
@@ -503,15 +620,15 @@ class EvalWorker:
 
     async def _score_pending(self, plan: RunPlan, lease: Lease) -> None:
         run_slots = asyncio.Semaphore(plan.concurrency)
-        # What stops the run (an outage, the budget, a lost lease or a cancellation): items already asked
-        # still finish (and are recorded while the lease holds), since their completions were made and
-        # charged; no more are started. An attempt stopped after some of its completions, or whose outcome
-        # is refused, is charged to the run as discarded.
+        # What stops the run (an outage, the budget, a lost lease or the worker stopping): items already
+        # asked still finish (and are recorded while the lease holds), since their completions were made
+        # and charged; no more are started. An attempt stopped after some of its completions, or whose
+        # outcome is refused, is charged to the run as discarded.
         stopped: list[Exception] = []
 
         async def one(item: EvalDatasetItem) -> None:
             async with run_slots:
-                if stopped:
+                if stopped or self._stopping:
                     return
                 attempt = Attempt()
                 try:
@@ -519,17 +636,18 @@ class EvalWorker:
                         row = await self._score_item(plan, lease, item, attempt)
                     # Recorded before the run's slot is free: a lost lease or a cancellation stops the next item.
                     await self._record(lease, [row])
-                except (BackendOutageError, RunFailedError, LeaseLostError) as exc:
+                except (BackendOutageError, RunFailedError, LeaseLostError, WorkerStoppingError) as exc:
                     stopped.append(exc)
                     await self._charge_discarded(plan.run_id, attempt)
                 except asyncio.CancelledError:
-                    # The worker is stopping: the completion under way was cancelled and recorded with
+                    # The worker is stopping: the completion it waited for was cancelled and recorded with
                     # what it had spent, and the item is asked again when the run resumes.
                     await self._charge_discarded(plan.run_id, attempt)
                     raise
 
         after = 0
         while True:
+            self._check_stopping(plan.run_id)
             async with self.sessionmaker() as session:
                 run = EvalRun(id=plan.run_id, dataset_version_id=plan.dataset_version_id)
                 items = await EvalRepository(session).pending_items(run, after=after, limit=BATCH)
@@ -555,11 +673,16 @@ class EvalWorker:
         lease: Lease,
         attempt: Attempt,
     ) -> CompletionOut:
-        """One completion, only while the lease holds; what it spent goes to ``attempt``.
+        """One completion, only while the lease holds and the worker is not stopping; what it spent goes to
+        ``attempt`` (``RunCompletions``). A stop cancels it while it waits on the backend (``backend_wait``).
 
         Backend failures the run waits out are told apart from an item's own problem.
         """
         await self._hold(lease)
+        self._check_stopping(lease.run_id)
+        task = asyncio.current_task()
+        assert task is not None
+        self._asking[task] = attempt
         spending = _attempt.set(attempt)
         try:
             out = await completions.complete(prompt, request, caller)
@@ -575,7 +698,7 @@ class EvalWorker:
             raise
         finally:
             _attempt.reset(spending)
-        attempt.add(out)
+            del self._asking[task]
         return out
 
     async def _score_item(self, plan: RunPlan, lease: Lease, item: EvalDatasetItem, attempt: Attempt) -> dict[str, Any]:

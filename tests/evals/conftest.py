@@ -66,6 +66,7 @@ async def publish(
     prices: tuple[float, float] = (0.0, 0.0),
     fallback: dict[str, Any] | None = None,
     params: dict[str, Any] | None = None,
+    guards: list[dict[str, Any]] | None = None,
 ) -> int:
     """A config on the stand-in and a new version of ``prompt`` linked to it; returns the prompt version."""
     config = config or f"{prompt}-config"
@@ -81,6 +82,7 @@ async def publish(
                 "input_price_per_mtok": prices[0],
                 "output_price_per_mtok": prices[1],
                 **({"fallback": fallback} if fallback else {}),
+                **({"guards": guards} if guards else {}),
             },
             headers=headers,
         )

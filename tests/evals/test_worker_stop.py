@@ -1,0 +1,225 @@
+"""A worker that stops while one item is being stored and another waits on the backend (``EvalWorker.stop``).
+
+The item being stored ends its transaction and is counted; the completion that waits is cancelled and charged
+to the run as discarded; the run gives its lease up, so another worker takes it over at once. Cancelling the
+storing item mid-statement (as the stop did) keeps SQLite's write lock past the cancellation, so the lease's
+release failed and the lease only expired. The item's transaction is held (inside a statement on SQLite, by a
+SQL function waiting on an event) until the stop has cancelled the waiting completion: no timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest.mock import patch
+
+import pytest
+import structlog
+from litestar import Litestar
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from structlog.testing import capture_logs
+
+import registry.evals.runner
+from registry.app import create_app
+from registry.auth.keys import Scope
+from registry.evals.repository import EvalRepository
+from registry.evals.runner import Attempt, EvalWorker, Lease
+from registry.settings import Settings
+from tests.completions.conftest import backend
+from tests.conftest import AppClient, create_key, serve_in_process
+from tests.embedded import embedded_settings
+from tests.evals.conftest import answers, dataset, publish, start_run
+from tests.evals.stand_in import StandIn
+from tests.test_runtime_stop import fail_at_once_when_locked
+from tests.waiting import eventually_async
+
+WAIT = 60.0  # bounds a wait that fails the test rather than hang it; never reached when it passes
+PRICES = (100_000.0, 1_000_000.0)  # per million tokens: 0.1 an input token, 1 an output token
+HELD = "hold b"  # the stand-in answers this item only once ``released`` is set
+
+
+@dataclass
+class Served:
+    app: Litestar
+    client: AppClient
+    admin: dict[str, str]
+    engine: AsyncEngine
+    server: StandIn
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+
+@pytest.fixture
+async def served(
+    migrated_engine: AsyncEngine, settings: Settings, tmp_path: Path, stand_in: tuple[StandIn, str]
+) -> AsyncIterator[Served]:
+    """The registry on each kind of database, with the stand-in as backend; its own worker takes no part."""
+    server, url = stand_in
+    server.requests.clear()
+    server.released.clear()
+    fields: dict[str, Any] = {
+        "backends": {"stand-in": backend(url, max_retries=0)},
+        "eval_poll_seconds": 3600.0,
+        "completion_usage_flush_seconds": 3600.0,
+    }
+    is_sqlite = migrated_engine.dialect.name == "sqlite"
+    chosen = embedded_settings(tmp_path, **fields) if is_sqlite else settings.model_copy(update=fields)
+    admin = await create_key(migrated_engine, (Scope.ADMIN,), "admin")
+    app = create_app(chosen)
+    try:
+        async with serve_in_process(app) as client:
+            yield Served(app, client, admin, migrated_engine, server)
+    finally:
+        server.released.set()  # the stand-in's held answer ends
+
+
+class HeldWorker(EvalWorker):
+    """A worker whose first item is stored in a transaction held open until ``release`` is set.
+
+    It stores only once the other item's completion waits on the backend (SQLite has one connection, which the
+    held transaction keeps); the transaction is held after its writes, inside a statement on SQLite. ``release``
+    is set when the stop has cancelled the waiting completion (its attempt is charged as discarded), unless
+    ``released_by_the_stop`` is False.
+    """
+
+    def __init__(self, *args: Any, server: StandIn, released_by_the_stop: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.server = server
+        self.released_by_the_stop = released_by_the_stop
+        self.inside = asyncio.Event()
+        self.release = threading.Event()
+        self.held_stored = False
+
+    async def _record(self, lease: Lease, rows: Sequence[dict[str, Any]]) -> None:
+        if self.inside.is_set() or not rows:  # validation records no rows: every item's variables are valid
+            await super()._record(lease, rows)
+            return
+        await eventually_async(self._held_item_asked, "the other item asking the backend")
+        async with self.sessionmaker() as session, session.begin():
+            await EvalRepository(session).record_items(lease.run_id, lease.token, rows)
+            await self._held(session)
+        self.held_stored = True
+
+    async def _held(self, session: AsyncSession) -> None:
+        loop = asyncio.get_running_loop()
+
+        def hold() -> int:
+            loop.call_soon_threadsafe(self.inside.set)
+            return int(self.release.wait(WAIT))
+
+        if session.get_bind().dialect.name == "sqlite":
+            raw = await (await session.connection()).get_raw_connection()
+            await raw.driver_connection.create_function("hold", 0, hold)  # type: ignore[union-attr]
+            await session.execute(text("SELECT hold()"))
+        else:
+            await asyncio.to_thread(hold)
+
+    async def _held_item_asked(self) -> bool:
+        return self.server.asked(HELD) == 1
+
+    async def _charge_discarded(self, run_id: int, attempt: Attempt) -> None:
+        if self.released_by_the_stop:
+            self.release.set()
+        await super()._charge_discarded(run_id, attempt)
+
+
+@contextlib.contextmanager
+def captured_logs() -> Iterator[list[dict[str, Any]]]:
+    """The worker's logs, through a fresh logger (a cached one can escape ``capture_logs``)."""
+    with capture_logs() as logs, patch.object(registry.evals.runner, "logger", structlog.get_logger("registry.evals")):
+        yield logs
+
+
+async def stored_items(engine: AsyncEngine, run_id: int) -> int:
+    async with engine.connect() as connection:
+        query = text("SELECT count(*) FROM eval_run_items WHERE run_id = :id")
+        return int((await connection.execute(query, {"id": run_id})).scalar_one())
+
+
+async def usage_records(served: Served) -> list[tuple[str, float]]:
+    await served.app.state.runtime.completions.recorder.flush()
+    async with served.engine.connect() as connection:
+        rows = await connection.execute(text("SELECT status, cost FROM completions ORDER BY id"))
+        return [(r.status, float(r.cost)) for r in rows]
+
+
+async def test_a_stop_mid_item_stores_the_item_in_hand_cancels_the_waiting_one_and_gives_the_lease_up(
+    served: Served,
+) -> None:
+    client, admin, runtime = served.client, served.admin, served.app.state.runtime
+    if served.is_sqlite:
+        event.listen(runtime.engine.sync_engine, "connect", fail_at_once_when_locked)
+    parts = (runtime.settings, runtime.sessionmaker, runtime.completions, runtime.prompts)
+    first, second = HeldWorker(*parts, owner="first", server=served.server), EvalWorker(*parts, owner="second")
+    name = f"stopping-{uuid.uuid4().hex[:8]}"
+    version = await publish(client, admin, name, prices=PRICES)
+    await dataset(client, admin, f"{name}-cases", answers(("a", "a"), (HELD, HELD)))
+    run = await start_run(client, admin, prompt=name, version=version, dataset={"name": f"{name}-cases"}, concurrency=2)
+
+    assert await first.poll() == [run["id"]]
+    await asyncio.wait_for(first.inside.wait(), WAIT)  # item "a" is being stored; item "hold b" waits on the backend
+    with captured_logs() as logs:
+        await first.stop()
+
+    assert first.held_stored
+    assert [entry for entry in logs if "database is locked" in str(entry) or entry["log_level"] == "error"] == []
+    stopped = (await client.get(f"/v1/evals/runs/{run['id']}", headers=admin)).json()
+    assert (stopped["status"], stopped["items_done"], stopped["items_passed"]) == ("running", 1, 1)
+    assert await stored_items(served.engine, run["id"]) == 1
+    records = await usage_records(served)
+    assert sorted(status for status, _ in records) == ["cancelled", "ok"]
+    assert stopped["cost"] == pytest.approx(sum(cost for _, cost in records))
+
+    assert await second.poll() == [run["id"]]  # at once: the stopped worker gave the lease up
+    served.server.released.set()
+    await asyncio.wait_for(second.active[run["id"]], WAIT)
+    done = (await client.get(f"/v1/evals/runs/{run['id']}", headers=admin)).json()
+    assert (done["status"], done["items_done"], done["items_passed"]) == ("completed", 2, 2)
+    assert await stored_items(served.engine, run["id"]) == 2
+    assert served.server.asked(HELD) == 2  # the cancelled item was asked again
+    assert served.server.asked("a") == 1  # the stored one was not
+    assert done["cost"] == pytest.approx(sum(cost for _, cost in await usage_records(served)))
+    await second.stop()
+
+
+# On SQLite the item is cancelled inside its statement, the very thing the wait avoids: the lease's release then
+# waits for the write lock, and the lease may only expire.
+@pytest.mark.parametrize("migrated_engine", ["postgresql"], indirect=True)
+async def test_a_run_that_reaches_no_safe_point_within_the_stop_wait_is_cancelled_and_its_lease_given_up(
+    served: Served,
+) -> None:
+    client, admin, runtime = served.client, served.admin, served.app.state.runtime
+    parts = (runtime.settings, runtime.sessionmaker, runtime.completions, runtime.prompts)
+    first = HeldWorker(*parts, owner="first", server=served.server, released_by_the_stop=False)
+    first.stop_wait_seconds = 0.0
+    second = EvalWorker(*parts, owner="second")
+    name = f"overrun-{uuid.uuid4().hex[:8]}"
+    version = await publish(client, admin, name)
+    await dataset(client, admin, f"{name}-cases", answers(("a", "a"), (HELD, HELD)))
+    run = await start_run(client, admin, prompt=name, version=version, dataset={"name": f"{name}-cases"}, concurrency=2)
+
+    assert await first.poll() == [run["id"]]
+    await asyncio.wait_for(first.inside.wait(), WAIT)
+    with captured_logs() as logs:
+        await first.stop()  # returns with the item's transaction still held: the stop's wait is bounded
+    held_at_stop = not first.release.is_set()
+    first.release.set()
+
+    assert held_at_stop
+    assert not first.held_stored
+    assert [e["run"] for e in logs if e["event"] == "evaluation run still working at stop; cancelled"] == [run["id"]]
+    assert await second.poll() == [run["id"]]
+    served.server.released.set()
+    await asyncio.wait_for(second.active[run["id"]], WAIT)
+    done = (await client.get(f"/v1/evals/runs/{run['id']}", headers=admin)).json()
+    assert (done["status"], done["items_done"], done["items_passed"]) == ("completed", 2, 2)
+    await second.stop()
