@@ -528,9 +528,8 @@ class CompletionService:
     async def _collect(run: Run, upstream: UpstreamStream) -> None:
         """Read a whole upstream answer into the run."""
         try:
-            async for chunk in upstream.chunks():
-                if chunk.text:
-                    run.parts.append(chunk.text)
+            async for text in upstream.texts():
+                run.parts.append(text)
         finally:
             run.absorb(upstream)
             await upstream.close()
@@ -564,10 +563,9 @@ class CompletionService:
         delta, parts = encoder.delta, run.parts  # used for every token: looked up once
         try:
             # Output guards hold back a window of the text and release what they let through (registry.guards).
-            async for chunk in run.guarding.screen(upstream.chunks()) if run.guarding else upstream.chunks():
-                if chunk.text:
-                    parts.append(chunk.text)
-                    yield delta(chunk.text)
+            async for text in run.guarding.screen(upstream.texts()) if run.guarding else upstream.texts():
+                parts.append(text)
+                yield delta(text)
             run.status = "ok"
             run.absorb(upstream)
             self._record(run)

@@ -121,42 +121,107 @@ class _Chunk(msgspec.Struct):
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
 
 
-class Chunk(msgspec.Struct, frozen=True):
-    """One upstream chunk: a text delta, and on the last ones the finish reason and usage.
+class ChunkReader(SSEDecoder):
+    """One upstream stream's chunks, read by read: the text each read brings, and what the chunks say besides.
 
-    A Struct rather than a dataclass: one is made per token, and a frozen dataclass costs three times as much to make.
+    Kept here as they come: the finish reason, the token counts and whether ``[DONE]`` has come. The events of one
+    read leave as one text: a backend (or a registry) that falls behind catches up with fewer, larger writes to the
+    caller instead of one per token. Strict: anything that is not a well-formed chunk raises
+    ``MalformedStreamError``, except after text in the same read, which is returned first and the error kept in
+    ``failure`` (how the bytes were split into reads must not decide what the caller sees); nothing more is read
+    after a failure. Pure: the caller does the reading. ``read`` runs once per streamed token.
     """
 
-    text: str = ""
-    finish_reason: str | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    error: str | None = None
+    def __init__(self) -> None:
+        super().__init__()
+        self.finish_reason: str | None = None
+        self.input_tokens = 0
+        self.reported_output_tokens = 0  # the backend's last usage report
+        self.unreported_deltas = 0  # text deltas after it
+        self.done = False
+        self.failure: MalformedStreamError | None = None
+
+    @property
+    def output_tokens(self) -> int:
+        """Tokens generated so far: as the backend reported them, plus one per text delta since its last report.
+
+        vLLM reports the usage in every chunk (``continuous_usage_stats``), so a completion cut short
+        is counted exactly; a backend that reports it only at the end is counted by its deltas until then.
+        """
+        return self.reported_output_tokens + self.unreported_deltas
+
+    def read(self, data: bytes) -> str:
+        """The text of the chunks ``data`` completes: "" for none (or part of one), or for chunks without text."""
+        # The usual read: one whole chunk, one data line, nothing held from the read before (its only newlines the
+        # last two, not after a b"\r"): decoded in place. Anything else goes through the event reader.
+        if (
+            not self._buffer
+            and data.startswith(b"data: {")
+            and data.find(b"\n") == len(data) - 2
+            and data[-1] == 10
+            and data[-3] != 13
+        ):
+            return self._take(_decode(data[6:-2]))
+        return self._take_events(self.feed_data(data))
+
+    def end(self) -> str:
+        """The text of an event the body's end completes (one with no blank line after it). A stream that ended
+        without ``[DONE]`` is malformed: that is raised, or kept in ``failure`` behind the text returned."""
+        last = self.close()
+        text = self._take_events([event.data for event in last]) if last else ""
+        if not self.done and self.failure is None:
+            self.failure = MalformedStreamError("the stream ended without [DONE]")
+        if not text and self.failure is not None:
+            raise self.failure
+        return text
+
+    def _take_events(self, events: list[bytes]) -> str:
+        texts: list[str] = []
+        for data in events:
+            if data == DONE:
+                self.done = True
+                break
+            try:
+                texts.append(self._take(_decode(data)))
+            except MalformedStreamError as exc:
+                if not any(texts):
+                    raise
+                self.failure = exc
+                break
+        return texts[0] if len(texts) == 1 else "".join(texts)
+
+    def _take(self, chunk: _Chunk) -> str:
+        """A chunk of ``/v1/chat/completions`` (``delta.content``) or ``/v1/completions`` (``text``): its text."""
+        if chunk.error is not None:
+            raise MalformedStreamError(f"error in stream: {chunk.error.get('message') or chunk.error}")
+        choices = chunk.choices
+        if len(choices) == 1:  # every chunk of one answer
+            choice = choices[0]
+            delta = choice.delta
+            text = choice.text or (delta.content if delta is not None else None) or ""
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+        else:
+            text = ""
+            for choice in choices:
+                text += choice.text or (choice.delta.content if choice.delta else None) or ""
+                if choice.finish_reason:
+                    self.finish_reason = choice.finish_reason
+        usage = chunk.usage
+        if usage is not None:
+            self.input_tokens = usage.prompt_tokens
+            self.reported_output_tokens = usage.completion_tokens
+            self.unreported_deltas = 0
+        elif text:
+            self.unreported_deltas += 1
+        return text
 
 
-def decode_chunk(data: bytes | str) -> Chunk:
-    """A chunk of ``/v1/chat/completions`` (``delta.content``) or ``/v1/completions`` (``text``)."""
+def _decode(data: bytes) -> _Chunk:
     try:
-        chunk = _chunk_decoder.decode(data)
+        return _chunk_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise MalformedStreamError(f"not an OpenAI-compatible chunk: {exc}") from exc
-    if chunk.error is not None:
-        return Chunk(error=str(chunk.error.get("message") or chunk.error))
-    choices = chunk.choices
-    if len(choices) == 1:  # every chunk of one answer
-        choice = choices[0]
-        delta = choice.delta
-        text = choice.text or (delta.content if delta is not None else None) or ""
-        finish_reason = choice.finish_reason
-    else:
-        text, finish_reason = "", None
-        for choice in choices:
-            text += choice.text or (choice.delta.content if choice.delta else None) or ""
-            finish_reason = choice.finish_reason or finish_reason
-    usage = chunk.usage
-    if usage is None:
-        return Chunk(text=text, finish_reason=finish_reason)
-    return Chunk(text, finish_reason, usage.prompt_tokens, usage.completion_tokens)
 
 
 _encoder = msgspec.json.Encoder()

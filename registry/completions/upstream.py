@@ -41,7 +41,7 @@ from registry.completions.policy import (
     breaker_retry_after,
     classify_status,
 )
-from registry.completions.sse import DONE, Chunk, MalformedStreamError, SSEDecoder, decode_chunk
+from registry.completions.sse import ChunkReader, MalformedStreamError
 from registry.lib.http_client import HttpClient
 from registry.lib.tracing import (
     Tracing,
@@ -247,145 +247,76 @@ class UpstreamStream:
         self.backend = backend
         self._response = response
         self._body = response.content.iter_any()
-        self._decoder = SSEDecoder()
+        self.reader = ChunkReader()  # what the chunks said so far: finish reason, tokens, the end
         self.started = started
         self.deadline = deadline
-        self.head: list[Chunk] = []
+        self.head: list[str] = []  # the text read up to the first token
         self.ttft: float | None = None
-        self.finish_reason: str | None = None
-        self.input_tokens = 0
-        self._reported_output_tokens = 0  # the backend's last usage report
-        self._unreported_deltas = 0  # text deltas after it
-        self.done = False
         self.outcome: StreamOutcome | None = None
-        self._pending_error: MalformedStreamError | None = None
         self.span: Span | None = None  # the upstream call's span, ended with the stream
         self._deadline_timer: asyncio.TimerHandle | None = None
         self.expired = False  # the deadline passed while the rest of the stream was read
 
-    async def _read_events(self) -> list[bytes]:
-        """The data of the events of the next read(s) from the socket: at least one."""
-        while True:
-            try:
-                data = await anext(self._body)
-            except StopAsyncIteration:
-                return self._last_events()
-            events = self._decoder.feed_data(data)
-            if events:
-                return events
+    @property
+    def finish_reason(self) -> str | None:
+        return self.reader.finish_reason
 
-    def _last_events(self) -> list[bytes]:
-        """The events the body's end completes; none (the stream ended without ``[DONE]``) is an error."""
-        last = self._decoder.close()
-        if not last:
-            raise MalformedStreamError("the stream ended without [DONE]") from None
-        return [event.data for event in last]
-
-    async def _next(self) -> Chunk | None:
-        """What arrived in one read, as one chunk; None at the end."""
-        if self._pending_error is not None:
-            raise self._pending_error
-        if self.done:
-            return None
-        return self._take(await self._read_events())
-
-    def _take(self, events: list[bytes]) -> Chunk | None:
-        """The events of one read as one chunk: a backend (or a registry) that falls behind catches up
-        with fewer, larger writes to the caller instead of one per token. None: only ``[DONE]`` was left."""
-        if len(events) == 1 and events[0] != DONE:  # the usual read, one chunk: taken as it is
-            chunk = decode_chunk(events[0])
-            if chunk.error is not None:
-                raise MalformedStreamError(f"error in stream: {chunk.error}")
-            if chunk.input_tokens is not None:
-                self.input_tokens = chunk.input_tokens
-                self._reported_output_tokens = chunk.output_tokens or 0
-                self._unreported_deltas = 0
-            elif chunk.text:
-                self._unreported_deltas += 1
-            if chunk.finish_reason:
-                self.finish_reason = chunk.finish_reason
-            return chunk
-        text: list[str] = []
-        finish_reason = None
-        for data in events:
-            if data == DONE:
-                self.done = True
-                break
-            try:
-                chunk = decode_chunk(data)
-                if chunk.error is not None:
-                    raise MalformedStreamError(f"error in stream: {chunk.error}")
-            except MalformedStreamError as exc:
-                if not any(text):
-                    raise
-                # Tokens that came in the same read as the bad event are delivered first:
-                # how the bytes were split into reads must not decide what the caller sees.
-                self._pending_error = exc
-                break
-            text.append(chunk.text)
-            finish_reason = chunk.finish_reason or finish_reason
-            if chunk.input_tokens is not None:
-                self.input_tokens = chunk.input_tokens
-                self._reported_output_tokens = chunk.output_tokens or 0
-                self._unreported_deltas = 0
-            elif chunk.text:
-                self._unreported_deltas += 1
-        self.finish_reason = finish_reason or self.finish_reason
-        if self.done and not text:
-            return None
-        return Chunk(text=text[0] if len(text) == 1 else "".join(text), finish_reason=finish_reason)
+    @property
+    def input_tokens(self) -> int:
+        return self.reader.input_tokens
 
     @property
     def output_tokens(self) -> int:
-        """Tokens generated so far: as the backend reported them, plus one per text delta since its last report.
+        """Tokens generated so far (``ChunkReader.output_tokens``): exact for a completion cut short."""
+        return self.reader.output_tokens
 
-        vLLM reports the usage in every chunk (``continuous_usage_stats``), so a
-        completion cut short is counted exactly; a backend that reports it only
-        at the end is counted by its deltas until then.
-        """
-        return self._reported_output_tokens + self._unreported_deltas
+    async def _read(self) -> str:
+        """The text of the next read from the socket (see ``ChunkReader.read``); at the body's end, its last."""
+        try:
+            data = await anext(self._body)
+        except StopAsyncIteration:
+            return self.reader.end()
+        return self.reader.read(data)
 
     async def read_head(self) -> None:
         """Read up to the first token (or the end); the caller bounds this with the first-token timeout."""
-        while True:
-            chunk = await self._next()
-            if chunk is None:
+        reader = self.reader
+        while not reader.done and reader.failure is None:
+            text = await self._read()
+            if text:
+                self.head.append(text)
                 break
-            self.head.append(chunk)
-            if chunk.text or chunk.finish_reason:
+            if reader.finish_reason:
                 break
         self.ttft = time.monotonic() - self.started
 
-    async def chunks(self) -> AsyncIterator[Chunk]:
-        """Every chunk, from the first; raises domain errors (never retried: tokens were sent)."""
-        for chunk in self.head:
-            yield chunk
-        name = self.backend.name
+    async def texts(self) -> AsyncIterator[str]:
+        """The answer's text as it comes, from the first token, one piece per read (never empty); raises domain
+        errors (never retried: tokens were sent)."""
+        for text in self.head:
+            yield text
+        name, reader = self.backend.name, self.reader
         # One timer for the rest of the stream, not one per read: at the deadline it closes the
         # connection, which ends the read under way (or the next one) at once.
         self._deadline_timer = asyncio.get_running_loop().call_later(
             max(0.0, self.deadline - time.monotonic()), self._expire
         )
-        # As ``_next`` in a loop, the reads and the decoding inline: this runs once per token.
-        body, feed = self._body, self._decoder.feed_data
-        while not self.done:
+        # As ``_read`` in a loop, inline: this runs once per token.
+        body, read = self._body, reader.read
+        while not reader.done:
             try:
-                if self._pending_error is not None:
-                    raise self._pending_error
+                if reader.failure is not None:
+                    raise reader.failure
                 try:
-                    events = feed(await anext(body))
+                    text = read(await anext(body))
                 except StopAsyncIteration:
-                    events = self._last_events()
-                if not events:
-                    continue  # part of an event: the next read completes it
-                following = self._take(events)
+                    text = reader.end()
             except (aiohttp.ClientError, OSError, MalformedStreamError, TimeoutError) as exc:
                 await self.close("failed")
                 cause = TimeoutError() if self.expired else exc  # the deadline closed the connection
                 raise translate_transport_error(cause, name, before_first_token=False) from exc
-            if following is None:
-                break
-            yield following
+            if text:
+                yield text
         await self._drain()
         await self.close("ok")
 

@@ -29,7 +29,6 @@ from typing import Any, Literal
 
 import msgspec
 
-from registry.completions.sse import Chunk
 from registry.guards.rules import (
     PII_KINDS,
     Finding,
@@ -291,17 +290,18 @@ class Guarding:
             await self._grade(guard, "output", released)
         return released
 
-    async def screen(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-        """``chunks`` with their text held back by the window and screened; the rest is released at the end."""
+    async def screen(self, texts: AsyncIterator[str]) -> AsyncIterator[str]:
+        """``texts`` held back by the window and screened; the rest is released at the end. Never yields ""."""
         if not self.screens_output:
-            async for chunk in chunks:
-                yield chunk
+            async for text in texts:
+                if text:
+                    yield text
             return
         held, context = "", ""
-        async for chunk in chunks:
-            if not chunk.text:
+        async for text in texts:
+            if not text:
                 continue
-            held += chunk.text
+            held += text
             # Screened once a quarter window of new text has come, not at every chunk: the scan reads the
             # whole window, so this keeps its cost per character flat; what is held stays at least the window.
             if self.window is None or len(held) < self.window + max(1, self.window // 4):
@@ -310,10 +310,10 @@ class Guarding:
             if released:
                 context = (context + held[: len(held) - len(kept)])[-self.window :]
                 held = kept
-                yield Chunk(text=released)
+                yield released
         released = await self.check_output(held, context)
         if released:
-            yield Chunk(text=released)
+            yield released
 
     def _release(self, held: str, context: str, *, final: bool) -> tuple[str, str]:
         """What of ``held`` may leave now (redacted) and what stays held; raises on a block.

@@ -29,7 +29,7 @@ from registry.completions.policy import (
 )
 from registry.completions.pricing import budget_problem, completion_cost
 from registry.completions.redaction import redact
-from registry.completions.sse import Chunk, MalformedStreamError, decode_chunk, decode_events
+from registry.completions.sse import ChunkReader, MalformedStreamError, decode_events
 
 CASES = Path(__file__).parent / "cases"
 
@@ -76,12 +76,23 @@ def test_sse_from_cases(case: list[Any]) -> None:
 
 
 def test_chunks_from_cases(case: list[Any]) -> None:
+    """Each chunk read whole (one read, one event) and through the event reader (CRLF line ends), as the same."""
     data, expected = case
-    if expected == "malformed":
-        with pytest.raises(MalformedStreamError):
-            decode_chunk(data)
-    else:
-        assert decode_chunk(data) == Chunk(**expected)
+    for read in (f"data: {data}\n\n", f"data: {data}\r\n\r\n"):
+        reader = ChunkReader()
+        if expected == "malformed" or "error" in expected:
+            message = (
+                "not an OpenAI-compatible chunk" if expected == "malformed" else f"error in stream: {expected['error']}"
+            )
+            with pytest.raises(MalformedStreamError, match=message):
+                reader.read(read.encode())
+            continue
+        assert reader.read(read.encode()) == expected.get("text", "")
+        assert reader.finish_reason == expected.get("finish_reason")
+        assert (reader.input_tokens, reader.output_tokens) == (
+            expected.get("input_tokens", 0),
+            expected.get("output_tokens", 1 if expected.get("text") else 0),  # a delta counts until usage comes
+        )
 
 
 def test_redaction_from_cases(case: list[Any]) -> None:

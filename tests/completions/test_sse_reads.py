@@ -6,9 +6,11 @@ case, once per token); these check that shortcut against the general reading of 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from registry.completions.sse import MalformedStreamError, SSEDecoder
+from registry.completions.sse import ChunkReader, MalformedStreamError, SSEDecoder
 
 STREAMS = {
     "one line per event": b'data: {"a":1}\n\ndata: {"b":"x y"}\n\ndata: [DONE]\n\n',
@@ -73,3 +75,66 @@ def test_a_line_that_is_not_sse_is_refused_whatever_the_reads() -> None:
     decoder.feed_data(b"data: x\n")
     with pytest.raises(MalformedStreamError):
         decoder.feed_data(b"bad\n\n")
+
+
+def chunk(text: str | None, *, finish: str | None = None, usage: tuple[int, int] | None = None) -> bytes:
+    delta = {} if text is None else {"content": text}
+    body: dict[str, object] = {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    if usage is not None:
+        body["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1]}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+ANSWER = [
+    chunk("", usage=(7, 0)),  # the role chunk: no text
+    chunk("Hel", usage=(7, 1)),
+    chunk('lo "wörld"', usage=(7, 2)),  # sent as JSON escapes
+    chunk(None, finish="length", usage=(7, 2)),
+    b"data: [DONE]\n\n",
+]
+
+
+def read_all(reads: list[bytes]) -> tuple[list[str], ChunkReader]:
+    reader = ChunkReader()
+    texts = [reader.read(data) for data in reads]
+    return [text for text in texts if text], reader
+
+
+@pytest.mark.parametrize("cut", range(1, len(b"".join(ANSWER))))
+def test_a_stream_read_any_way_gives_the_same_text_and_facts(cut: int) -> None:
+    stream = b"".join(ANSWER)
+
+    texts, reader = read_all([stream[:cut], stream[cut:]])
+
+    assert "".join(texts) == 'Hello "wörld"'
+    assert (reader.finish_reason, reader.input_tokens, reader.output_tokens, reader.done) == ("length", 7, 2, True)
+
+
+def test_each_event_read_alone_is_its_own_text_and_the_tokens_count_as_they_come() -> None:
+    reader = ChunkReader()
+
+    assert read_all([b"".join(ANSWER)])[0] == ['Hello "wörld"']  # the events of one read leave as one text
+    assert [reader.read(data) for data in ANSWER[:3]] == ["", "Hel", 'lo "wörld"']
+    assert (reader.input_tokens, reader.output_tokens, reader.done) == (7, 2, False)
+    reader.read(b'data: {"choices":[{"index":0,"delta":{"content":"!"}}]}\n\n')  # no usage: counted by its delta
+    assert reader.output_tokens == 3
+
+
+def test_text_that_came_before_a_bad_event_in_the_same_read_is_returned_and_the_error_kept() -> None:
+    reader = ChunkReader()
+
+    assert reader.read(ANSWER[1] + b"data: {not json\n\n") == "Hel"
+    assert isinstance(reader.failure, MalformedStreamError)
+    with pytest.raises(MalformedStreamError):
+        ChunkReader().read(b"data: {not json\n\n" + ANSWER[1])  # nothing before it: refused at once
+
+
+def test_a_stream_that_ends_without_done_is_refused_after_its_last_text() -> None:
+    reader = ChunkReader()
+    reader.read(ANSWER[1])
+
+    assert reader.read(ANSWER[2][:-2]) == ""  # the last event, its blank line never sent
+    assert reader.end() == 'lo "wörld"'
+    assert isinstance(reader.failure, MalformedStreamError)
+    with pytest.raises(MalformedStreamError, match="without \\[DONE\\]"):
+        ChunkReader().end()

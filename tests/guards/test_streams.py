@@ -14,23 +14,22 @@ from typing import Any
 
 import pytest
 
-from registry.completions.sse import Chunk
 from registry.guards.engine import ContentBlockedError, Guarding, compile_guards
 
 CASES = json.loads((Path(__file__).parent / "cases" / "streams.json").read_text())
 
 
-async def chunked(text: str, size: int) -> AsyncIterator[Chunk]:
+async def chunked(text: str, size: int) -> AsyncIterator[str]:
     for start in range(0, len(text), size):
-        yield Chunk(text=text[start : start + size])
+        yield text[start : start + size]
 
 
 async def screened(guarding: Guarding, text: str, size: int) -> tuple[str, str | None]:
     """What the screen released, and the guard that blocked (None: it ran to the end)."""
     released = ""
     try:
-        async for chunk in guarding.screen(chunked(text, size)):
-            released += chunk.text
+        async for piece in guarding.screen(chunked(text, size)):
+            released += piece
     except ContentBlockedError as exc:
         return released, exc.extra["guard"]
     return released, None
