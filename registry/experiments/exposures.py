@@ -17,6 +17,13 @@ A unit whose exposure was lost is recorded again, with the later time, the
 next time it is routed. When the buffer is full (the database unreachable for
 long), new exposures are dropped and counted in
 ``registry_experiment_exposures_dropped_total``.
+
+Erasure (``registry.experiments.privacy``): an erased unit's digest is remembered for
+``ERASURE_IN_FLIGHT_SECONDS``, and its exposures first seen before then are dropped when a batch is taken, so a
+request that routed the unit before the erasure and buffers its exposure after writes nothing. ``record`` pays
+nothing for it: the batch's units are hashed off the request path, and only while an erasure is remembered. A
+batch that was being written when the erasure reached this replica (committed after the erasure's delete) has
+the unit's facts erased again once it committed.
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from registry.experiments.privacy_digest import unit_digest
-from registry.experiments.repository import IngestRepository
+from registry.experiments.privacy_digest import ERASURE_IN_FLIGHT_SECONDS, unit_digest
+from registry.experiments.repository import IngestRepository, UnitDataRepository
 
 EARLY_FLUSH_STOP_SECONDS = 10.0  # how long stop lets an early flush under way finish
 logger = structlog.get_logger("registry.experiments.exposures")
@@ -56,6 +63,9 @@ class ExposureBuffer:
         self._written: set[ExposureKey] = set()
         self._written_before: set[ExposureKey] = set()
         self._lock = asyncio.Lock()
+        self._erased: dict[str, float] = {}  # digest of an erased unit -> until when (Unix time) its exposures drop
+        self._erased_while_writing: set[str] | None = None  # digests heard of while a batch is being written
+        self._erase_again: set[str] = set()  # units a batch wrote after their erasure, until that is undone
         self._early_flush: asyncio.Task[Any] | None = None
         self.dropped = 0
         self._recorded_since_flush = 0
@@ -101,22 +111,65 @@ class ExposureBuffer:
     async def flush(self) -> int:
         """Write pending exposures; on failure they are kept (within the bound) for the next flush."""
         async with self._lock:
+            if self._erase_again:
+                await self._erase_written_again()
+            if self._erased:
+                self._drop_erased()
             if not self._pending:
                 return 0
             batch, self._pending = self._pending, {}
             self._recorded.inc(self._recorded_since_flush)
             self._recorded_since_flush = 0
             rows = [(e, p, u, v, at) for (e, p, u, v), at in batch.items()]
+            erased_meanwhile: set[str] = set()
+            self._erased_while_writing = erased_meanwhile
             try:
                 async with self._sessionmaker() as session, session.begin():
                     await IngestRepository(session).insert_exposures_and_queue_units(rows)
             except BaseException:
-                self._restore(batch)
+                self._restore(batch)  # the next flush drops those of units erased meanwhile
                 raise
+            finally:
+                self._erased_while_writing = None
+            if erased_meanwhile:
+                written_after = {key for key in batch if unit_digest(key[2]) in erased_meanwhile}
+                self._erase_again.update(key[2] for key in written_after)
+                batch = {key: at for key, at in batch.items() if key not in written_after}
+                await self._erase_written_again()
             self._written.update(batch)
             if len(self._written) >= self._max_pending:
                 self._written_before, self._written = self._written, set()
             return len(rows)
+
+    def _drop_erased(self) -> None:
+        """Drop the pending exposures of units erased after they were first seen, or before: those of requests in
+        flight during the erasure. Then forget the erasures no such request can follow any more."""
+        now = time.time()
+        digests: dict[str, str] = {}
+        for key in [key for key, at in self._pending.items() if self._erased.get(self._digest(key, digests), 0) > at]:
+            del self._pending[key]
+        for expired in [digest for digest, until in self._erased.items() if until <= now]:
+            del self._erased[expired]
+
+    @staticmethod
+    def _digest(key: ExposureKey, digests: dict[str, str]) -> str:
+        unit = key[2]
+        return digests.get(unit) or digests.setdefault(unit, unit_digest(unit))
+
+    async def _erase_written_again(self) -> None:
+        """A batch committed after the erasure of some of its units (it was being written when the erasure
+        reached this replica): erase their facts again, and queue them so the aggregator takes their share out.
+        On failure they are kept for the next flush."""
+        units, self._erase_again = self._erase_again, set()
+        try:
+            async with self._sessionmaker() as session, session.begin():
+                facts = UnitDataRepository(session)
+                for unit in units:
+                    await facts.delete_facts(unit)
+                await IngestRepository(session).mark_units_changed(units)
+        except Exception as exc:
+            self._erase_again |= units
+            logger.error("could not erase the exposures of units erased during a write; retrying", error=str(exc))
 
     def _restore(self, batch: dict[ExposureKey, float]) -> None:
         for key, at in batch.items():
@@ -129,13 +182,16 @@ class ExposureBuffer:
                 self._dropped.inc()
 
     def forget_unit(self, digest: str) -> int:
-        """Drop the buffered exposures of the unit of ``unit_digest`` ``digest`` (its data is being erased);
-        returns how many were pending."""
+        """Drop the buffered exposures of the unit of ``unit_digest`` ``digest`` (its data is being erased), and
+        those buffered in the next ``ERASURE_IN_FLIGHT_SECONDS`` (requests in flight during the erasure); returns
+        how many were pending. Should the erasure then fail, they are dropped all the same: it was asked for."""
+        self._erased[digest] = max(self._erased.get(digest, 0.0), time.time() + ERASURE_IN_FLIGHT_SECONDS)
+        if self._erased_while_writing is not None:
+            self._erased_while_writing.add(digest)
         digests: dict[str, str] = {}
 
         def of_unit(key: ExposureKey) -> bool:
-            unit = key[2]
-            return (digests.get(unit) or digests.setdefault(unit, unit_digest(unit))) == digest
+            return self._digest(key, digests) == digest
 
         pending = [key for key in self._pending if of_unit(key)]
         for key in pending:
@@ -151,7 +207,9 @@ class ExposureBuffer:
             return self.forget_unit(unit_digest(unit))
 
     def pending_for_unit(self, unit: str) -> int:
-        return sum(1 for key in self._pending if key[2] == unit)
+        """The unit's pending exposures the next flush writes (not those of requests in flight at its erasure)."""
+        erased_until = self._erased.get(unit_digest(unit), 0.0)
+        return sum(1 for key, at in self._pending.items() if key[2] == unit and at >= erased_until)
 
     async def stop(self) -> None:
         # An early flush under way is let finish, not cancelled: on SQLite a write cancelled mid-statement
