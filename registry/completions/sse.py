@@ -97,22 +97,24 @@ def decode_events(lines: Iterable[str]) -> list[SSEEvent]:
     return [*decoder.feed("\n".join(lines).encode()), *decoder.close()]
 
 
-class _Delta(msgspec.Struct):
+# What a chunk is decoded into, once per token. ``gc=False``: the garbage collector does not track them (a fifth
+# of the decode's time); decoded from JSON, they can hold no reference cycle.
+class _Delta(msgspec.Struct, gc=False):
     content: str | None = None
 
 
-class _Choice(msgspec.Struct):
+class _Choice(msgspec.Struct, gc=False):
     text: str | None = None
     delta: _Delta | None = None
     finish_reason: str | None = None
 
 
-class _Usage(msgspec.Struct):
+class _Usage(msgspec.Struct, gc=False):
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
 
-class _Chunk(msgspec.Struct):
+class _Chunk(msgspec.Struct, gc=False):
     choices: list[_Choice] = msgspec.field(default_factory=list)
     usage: _Usage | None = None
     error: dict[str, Any] | None = None
