@@ -39,7 +39,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from registry.experiments.privacy_digest import unit_digest
+from registry.experiments.privacy_digest import ERASURE_IN_FLIGHT_SECONDS, unit_digest
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, record_change
 from registry.lib.errors import ServiceUnavailableError
@@ -52,7 +52,7 @@ STORE_IO_ON = "store_io_on"
 
 # How long a deletion's tombstone refuses writes: longer than any completion runs (each attempt ends within its
 # backend's total_timeout, 120 s by default, and a completion makes at most a few, with its fallback's).
-IN_FLIGHT_SECONDS = 3600.0
+IN_FLIGHT_SECONDS = ERASURE_IN_FLIGHT_SECONDS
 
 # KEYS: the entry, then (index, tombstone) for the prompt and for the unit where the write has them.
 # ARGV: the entry, its TTL in ms, its key, and how many (index, tombstone) pairs follow the entry in KEYS.

@@ -29,7 +29,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.completions.repository import CompletionRepository
-from registry.experiments.privacy_digest import unit_digest
+from registry.experiments.privacy_digest import ERASURE_IN_FLIGHT_SECONDS, unit_digest
 from registry.experiments.repository import IngestRepository
 
 logger = structlog.get_logger("registry.completions.usage")
@@ -37,7 +37,7 @@ logger = structlog.get_logger("registry.completions.usage")
 _NO_COST = 1e-12  # what is left of a cost after adding and taking away the same floats
 # How long an erased unit's records are anonymised as they come: longer than any completion runs (as the exact
 # cache's tombstones, registry.completions.cache.IN_FLIGHT_SECONDS).
-ERASED_SECONDS = 3600.0
+ERASED_SECONDS = ERASURE_IN_FLIGHT_SECONDS
 _ANONYMISED = {"unit": None, "request_id": None, "prompt_text": None, "completion_text": None}
 
 Spend = dict[str, tuple[int, float]]  # per API key: tokens and cost

@@ -80,7 +80,8 @@ def provide_metric_service(
 
 
 def provide_event_service(db_session: NamedDependency[AsyncSession], runtime: NamedDependency[Runtime]) -> EventService:
-    return EventService(db_session, runtime.experiments.event_limits, runtime.experiments.events)
+    experiments = runtime.experiments
+    return EventService(db_session, experiments.event_limits, experiments.events, experiments.erasures)
 
 
 def provide_unit_service(

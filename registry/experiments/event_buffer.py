@@ -17,6 +17,8 @@ Semantics:
   are discarded and counted in ``registry_experiment_buffered_events_rejected_total``.
 - Held in this process only: a graceful stop tries one last write; a hard kill,
   or a stop while the database is still down, loses what is held.
+- Erasure: held events of a unit erased since are not written (``EventService.store``); a write under way when
+  the erasure reaches this replica has the unit's facts erased again once it committed, as the exposure buffer's.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from registry.experiments.exposures import erase_written_again
+from registry.experiments.privacy_digest import RecentErasures, unit_digest
 from registry.experiments.schemas import EventIn
 from registry.lib.errors import DatabaseUnavailableError
 
@@ -55,10 +59,12 @@ class EventBuffer:
         writer: HeldEventWriter,
         *,
         max_pending: int,
+        erasures: RecentErasures | None = None,
         metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._writer = writer
+        self._erasures = RecentErasures() if erasures is None else erasures
         self._max_pending = max_pending
         self._held: list[HeldBatch] = []
         self._pending = 0
@@ -98,19 +104,28 @@ class EventBuffer:
         self._buffered.inc(len(events))
 
     async def flush(self) -> int:
-        """Write held events in one transaction; on failure they are kept for the next try. Returns events written."""
+        """Write held events in one transaction; on failure they are kept for the next try. Returns events written.
+
+        First, the facts of units that writes of this process (requests' events included) committed after their
+        erasure are erased again."""
         async with self._lock:
+            await erase_written_again(self._sessionmaker, self._erasures)
             if not self._held:
                 return 0
             batches, self._held = self._held, []
             count, self._pending = self._pending, 0
-            try:
-                async with self._sessionmaker() as session, session.begin():
-                    rejected = await self._writer(session, batches)
-            except BaseException:
-                self._held = batches + self._held
-                self._pending += count
-                raise
+            with self._erasures.watching() as erased_meanwhile:
+                try:
+                    async with self._sessionmaker() as session, session.begin():
+                        rejected = await self._writer(session, batches)
+                except BaseException:
+                    self._held = batches + self._held
+                    self._pending += count
+                    raise
+            if erased_meanwhile:
+                units = {event.unit for batch in batches for event in batch.events}
+                self._erasures.written_after.update(unit for unit in units if unit_digest(unit) in erased_meanwhile)
+                await erase_written_again(self._sessionmaker, self._erasures)
             self._rejected.inc(rejected)
             logger.info("buffered outcome events written", events=count, rejected=rejected)
             return count - rejected

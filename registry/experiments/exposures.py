@@ -19,8 +19,9 @@ long), new exposures are dropped and counted in
 ``registry_experiment_exposures_dropped_total``.
 
 Erasure (``registry.experiments.privacy``): an erased unit's digest is remembered for
-``ERASURE_IN_FLIGHT_SECONDS``, and its exposures first seen before then are dropped when a batch is taken, so a
-request that routed the unit before the erasure and buffers its exposure after writes nothing. ``record`` pays
+``ERASURE_IN_FLIGHT_SECONDS`` (``RecentErasures``, shared with the outcome events), and its exposures first seen
+before then are dropped when a batch is taken, so a request that routed the unit before the erasure and buffers
+its exposure after writes nothing. ``record`` pays
 nothing for it: the batch's units are hashed off the request path, and only while an erasure is remembered. A
 batch that was being written when the erasure reached this replica (committed after the erasure's delete) has
 the unit's facts erased again once it committed.
@@ -37,7 +38,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from registry.experiments.privacy_digest import ERASURE_IN_FLIGHT_SECONDS, unit_digest
+from registry.experiments.privacy_digest import RecentErasures, unit_digest
 from registry.experiments.repository import IngestRepository, UnitDataRepository
 
 EARLY_FLUSH_STOP_SECONDS = 10.0  # how long stop lets an early flush under way finish
@@ -52,6 +53,7 @@ class ExposureBuffer:
         sessionmaker: async_sessionmaker[AsyncSession],
         *,
         max_pending: int,
+        erasures: RecentErasures | None = None,
         metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
@@ -63,9 +65,7 @@ class ExposureBuffer:
         self._written: set[ExposureKey] = set()
         self._written_before: set[ExposureKey] = set()
         self._lock = asyncio.Lock()
-        self._erased: dict[str, float] = {}  # digest of an erased unit -> until when (Unix time) its exposures drop
-        self._erased_while_writing: set[str] | None = None  # digests heard of while a batch is being written
-        self._erase_again: set[str] = set()  # units a batch wrote after their erasure, until that is undone
+        self._erased = RecentErasures() if erasures is None else erasures
         self._early_flush: asyncio.Task[Any] | None = None
         self.dropped = 0
         self._recorded_since_flush = 0
@@ -111,8 +111,8 @@ class ExposureBuffer:
     async def flush(self) -> int:
         """Write pending exposures; on failure they are kept (within the bound) for the next flush."""
         async with self._lock:
-            if self._erase_again:
-                await self._erase_written_again()
+            if self._erased.written_after:
+                await erase_written_again(self._sessionmaker, self._erased)
             if self._erased:
                 self._drop_erased()
             if not self._pending:
@@ -121,21 +121,18 @@ class ExposureBuffer:
             self._recorded.inc(self._recorded_since_flush)
             self._recorded_since_flush = 0
             rows = [(e, p, u, v, at) for (e, p, u, v), at in batch.items()]
-            erased_meanwhile: set[str] = set()
-            self._erased_while_writing = erased_meanwhile
-            try:
-                async with self._sessionmaker() as session, session.begin():
-                    await IngestRepository(session).insert_exposures_and_queue_units(rows)
-            except BaseException:
-                self._restore(batch)  # the next flush drops those of units erased meanwhile
-                raise
-            finally:
-                self._erased_while_writing = None
+            with self._erased.watching() as erased_meanwhile:
+                try:
+                    async with self._sessionmaker() as session, session.begin():
+                        await IngestRepository(session).insert_exposures_and_queue_units(rows)
+                except BaseException:
+                    self._restore(batch)  # the next flush drops those of units erased meanwhile
+                    raise
             if erased_meanwhile:
                 written_after = {key for key in batch if unit_digest(key[2]) in erased_meanwhile}
-                self._erase_again.update(key[2] for key in written_after)
+                self._erased.written_after.update(key[2] for key in written_after)
                 batch = {key: at for key, at in batch.items() if key not in written_after}
-                await self._erase_written_again()
+                await erase_written_again(self._sessionmaker, self._erased)
             self._written.update(batch)
             if len(self._written) >= self._max_pending:
                 self._written_before, self._written = self._written, set()
@@ -144,32 +141,15 @@ class ExposureBuffer:
     def _drop_erased(self) -> None:
         """Drop the pending exposures of units erased after they were first seen, or before: those of requests in
         flight during the erasure. Then forget the erasures no such request can follow any more."""
-        now = time.time()
         digests: dict[str, str] = {}
-        for key in [key for key, at in self._pending.items() if self._erased.get(self._digest(key, digests), 0) > at]:
+        for key in [key for key, at in self._pending.items() if self._erased.covers(self._digest(key, digests), at)]:
             del self._pending[key]
-        for expired in [digest for digest, until in self._erased.items() if until <= now]:
-            del self._erased[expired]
+        self._erased.prune()
 
     @staticmethod
     def _digest(key: ExposureKey, digests: dict[str, str]) -> str:
         unit = key[2]
         return digests.get(unit) or digests.setdefault(unit, unit_digest(unit))
-
-    async def _erase_written_again(self) -> None:
-        """A batch committed after the erasure of some of its units (it was being written when the erasure
-        reached this replica): erase their facts again, and queue them so the aggregator takes their share out.
-        On failure they are kept for the next flush."""
-        units, self._erase_again = self._erase_again, set()
-        try:
-            async with self._sessionmaker() as session, session.begin():
-                facts = UnitDataRepository(session)
-                for unit in units:
-                    await facts.delete_facts(unit)
-                await IngestRepository(session).mark_units_changed(units)
-        except Exception as exc:
-            self._erase_again |= units
-            logger.error("could not erase the exposures of units erased during a write; retrying", error=str(exc))
 
     def _restore(self, batch: dict[ExposureKey, float]) -> None:
         for key, at in batch.items():
@@ -184,10 +164,9 @@ class ExposureBuffer:
     def forget_unit(self, digest: str) -> int:
         """Drop the buffered exposures of the unit of ``unit_digest`` ``digest`` (its data is being erased), and
         those buffered in the next ``ERASURE_IN_FLIGHT_SECONDS`` (requests in flight during the erasure); returns
-        how many were pending. Should the erasure then fail, they are dropped all the same: it was asked for."""
-        self._erased[digest] = max(self._erased.get(digest, 0.0), time.time() + ERASURE_IN_FLIGHT_SECONDS)
-        if self._erased_while_writing is not None:
-            self._erased_while_writing.add(digest)
+        how many were pending. Should the erasure then fail, they are dropped all the same: it was asked for.
+        This process's outcome events share the memory of the erasure (``RecentErasures``)."""
+        self._erased.remember(digest)
         digests: dict[str, str] = {}
 
         def of_unit(key: ExposureKey) -> bool:
@@ -208,7 +187,7 @@ class ExposureBuffer:
 
     def pending_for_unit(self, unit: str) -> int:
         """The unit's pending exposures the next flush writes (not those of requests in flight at its erasure)."""
-        erased_until = self._erased.get(unit_digest(unit), 0.0)
+        erased_until = self._erased.until(unit_digest(unit))
         return sum(1 for key, at in self._pending.items() if key[2] == unit and at >= erased_until)
 
     async def stop(self) -> None:
@@ -222,3 +201,21 @@ class ExposureBuffer:
                 early.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await early
+
+
+async def erase_written_again(sessionmaker: async_sessionmaker[AsyncSession], erasures: RecentErasures) -> None:
+    """Writes committed after the erasure of some of their units (under way when the erasure reached this
+    replica): erase those units' facts again, and queue them so the aggregator takes their share out. On failure
+    they are kept for the next flush."""
+    units, erasures.written_after = erasures.written_after, set()
+    if not units:
+        return
+    try:
+        async with sessionmaker() as session, session.begin():
+            facts = UnitDataRepository(session)
+            for unit in units:
+                await facts.delete_facts(unit)
+            await IngestRepository(session).mark_units_changed(units)
+    except Exception as exc:
+        erasures.written_after |= units
+        logger.error("could not erase the facts of units erased during a write; retrying", error=str(exc))

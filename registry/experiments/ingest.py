@@ -11,12 +11,15 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
+import sqlalchemy
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
 
 from registry.db.base import utcnow
 from registry.experiments.event_buffer import EventBuffer, HeldBatch
 from registry.experiments.exposures import ExposureBuffer
+from registry.experiments.privacy_digest import RecentErasures, unit_digest
 from registry.experiments.repository import ExperimentRepository, IngestRepository, MetricRepository
 from registry.experiments.router import ExperimentRouter
 from registry.experiments.schemas import (
@@ -61,15 +64,26 @@ class EventService:
 
     With a ``buffer``, a batch that meets an unreachable database is held in memory instead
     (see ``registry/experiments/event_buffer.py``) and its items answered ``buffered``.
+
+    With ``erasures`` (this process's), the events of a unit erased within ``ERASURE_IN_FLIGHT_SECONDS`` before
+    they were received are answered ``accepted`` and not written, as the exposures of requests in flight during an
+    erasure are dropped (``registry.experiments.exposures``).
     """
 
-    def __init__(self, session: AsyncSession, limits: EventLimits, buffer: EventBuffer | None = None) -> None:
+    def __init__(
+        self,
+        session: AsyncSession,
+        limits: EventLimits,
+        buffer: EventBuffer | None = None,
+        erasures: RecentErasures | None = None,
+    ) -> None:
         self.session = session
         self.ingest = IngestRepository(session)
         self.metrics = MetricRepository(session)
         self.experiments = ExperimentRepository(session)
         self.limits = limits
         self.buffer = buffer
+        self.erasures = erasures
 
     async def record(self, batch: EventBatch) -> EventBatchOut:
         now = utcnow()
@@ -80,15 +94,22 @@ class EventService:
                 events[index] = msgspec.convert(raw, EventIn)
             except msgspec.ValidationError as exc:
                 results[index] = EventResultOut(index=index, status="rejected", errors=[_decoding_error(exc)])
+        heard = None if self.erasures is None else self.erasures.watch()
         try:
             results |= await self.store(events, now)
         except (SQLAlchemyError, OSError) as exc:
+            self._unwatch(heard)
             error = translate_exception(exc)
             if self.buffer is None or not isinstance(error, DatabaseUnavailableError):
                 raise
             with contextlib.suppress(SQLAlchemyError, OSError):
                 await self.session.rollback()
             results |= self._hold(events, now, self.buffer)
+        except BaseException:
+            self._unwatch(heard)
+            raise
+        else:
+            self._erase_again_if_erased_before_commit(heard, {event.unit for event in events.values()})
 
         items = [results[i] for i in range(len(batch.events))]
         return EventBatchOut(
@@ -105,6 +126,7 @@ class EventService:
         metrics = await self.metrics.by_keys({e.metric for e in events.values()})
         experiments = await self.experiments.ids_by_keys({e.experiment for e in events.values() if e.experiment})
 
+        erased = self._erased_units({e.unit for e in events.values()}, now)
         rows: dict[int, dict[str, Any]] = {}
         keys_in_batch: set[str] = set()
         for index, event in events.items():
@@ -113,6 +135,8 @@ class EventService:
                 results[index] = EventResultOut(index=index, status="rejected", errors=problems)
             elif event.idempotency_key in keys_in_batch:
                 results[index] = EventResultOut(index=index, status="duplicate")
+            elif event.unit in erased:
+                results[index] = EventResultOut(index=index, status="accepted")  # and dropped
             else:
                 keys_in_batch.add(event.idempotency_key)
                 rows[index] = {
@@ -132,6 +156,35 @@ class EventService:
             status: Literal["accepted", "duplicate"] = "accepted" if row["idempotency_key"] in inserted else "duplicate"
             results[index] = EventResultOut(index=index, status=status)
         return results
+
+    def _erased_units(self, units: set[str], now: datetime) -> set[str]:
+        """The units whose erasure this process heard of within ``ERASURE_IN_FLIGHT_SECONDS`` before ``now``: events
+        of requests in flight during the erasure, or held since before it. Hashed only while one is remembered."""
+        if not self.erasures:
+            return set()
+        at = now.timestamp()
+        return {unit for unit in units if self.erasures.covers(unit_digest(unit), at)}
+
+    def _erase_again_if_erased_before_commit(self, heard: set[str] | None, units: set[str]) -> None:
+        """The events commit with the request, after this returns: an erasure of one of their units heard before
+        then may have deleted before they committed. Once the transaction ends, such units are queued for their
+        facts to be erased again (by the next flush: ``RecentErasures.written_after``)."""
+        transaction = self.session.sync_session.get_transaction()
+        erasures = self.erasures
+        if heard is None or erasures is None or transaction is None:
+            self._unwatch(heard)
+            return
+
+        def ended(_session: Session, ending: SessionTransaction) -> None:
+            if ending is transaction:
+                erasures.unwatch(heard)
+                erasures.written_after.update(unit for unit in units if unit_digest(unit) in heard)
+
+        sqlalchemy.event.listen(self.session.sync_session, "after_transaction_end", ended)
+
+    def _unwatch(self, heard: set[str] | None) -> None:
+        if heard is not None and self.erasures is not None:
+            self.erasures.unwatch(heard)
 
     def _hold(self, events: Mapping[int, EventIn], now: datetime, buffer: EventBuffer) -> dict[int, EventResultOut]:
         """Reject what can be judged without the database; hold the rest (503 when the buffer has no room)."""
@@ -174,9 +227,11 @@ class EventService:
         return problems
 
 
-async def write_held_events(session: AsyncSession, batches: list[HeldBatch], *, limits: EventLimits) -> int:
+async def write_held_events(
+    session: AsyncSession, batches: list[HeldBatch], *, limits: EventLimits, erasures: RecentErasures | None = None
+) -> int:
     """Write events held while the database was down, each batch checked as of its arrival; returns rejections."""
-    service = EventService(session, limits)
+    service = EventService(session, limits, erasures=erasures)
     rejected = 0
     for batch in batches:
         results = await service.store(dict(enumerate(batch.events)), batch.received_at)

@@ -13,6 +13,7 @@ from registry.experiments.aggregator import StatisticsAggregator
 from registry.experiments.event_buffer import EventBuffer
 from registry.experiments.exposures import ExposureBuffer
 from registry.experiments.ingest import EventLimits, write_held_events
+from registry.experiments.privacy_digest import RecentErasures
 from registry.experiments.router import ExperimentRouter
 from registry.experiments.sources import ObservationSource, default_sources
 from registry.lib.changes import ChangeBus
@@ -34,14 +35,19 @@ class LiveExperiments:
     ) -> None:
         self.settings = settings
         self.sources: dict[str, ObservationSource] = default_sources()
+        self.erasures = RecentErasures()  # what the exposures and the events of an erased unit look up
         self.exposures = ExposureBuffer(
-            sessionmaker, max_pending=settings.experiment_exposure_buffer_size, metrics_registry=metrics_registry
+            sessionmaker,
+            max_pending=settings.experiment_exposure_buffer_size,
+            erasures=self.erasures,
+            metrics_registry=metrics_registry,
         )
         self.event_limits = EventLimits.of(settings)
         self.events = EventBuffer(
             sessionmaker,
-            functools.partial(write_held_events, limits=self.event_limits),
+            functools.partial(write_held_events, limits=self.event_limits, erasures=self.erasures),
             max_pending=settings.experiment_event_buffer_size,
+            erasures=self.erasures,
             metrics_registry=metrics_registry,
         )
         self.router = ExperimentRouter(sessionmaker, bus, self.exposures, metrics_registry)

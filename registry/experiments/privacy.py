@@ -204,8 +204,8 @@ class UnitDataService:
                 "cached_completions": cached_completions,
             },
         )
-        # Every replica drops the unit's buffered exposures and those its requests in flight buffer after
-        # (registry.experiments.exposures), so none is written after the erasure, and
+        # Every replica drops the unit's buffered exposures, and the exposures and events its requests in flight
+        # record after (registry.experiments.exposures, .ingest), so none is written after the erasure, and
         # anonymises its buffered completions and drops its in-process cache entries (registry.completions).
         # The change names the unit's digest: without Redis it is kept in the change log for a while.
         record_change(self.session, Change("experiment", unit_digest(unit), UNIT_ERASED))

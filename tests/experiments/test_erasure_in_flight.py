@@ -118,7 +118,7 @@ async def test_once_no_request_of_the_erasure_can_be_in_flight_the_unit_is_recor
     experiment = await running_experiment(client, setup)
     unit = unique("back-later")
     replica = ExposureBuffer(runtime_of(client.app).sessionmaker, max_pending=100)
-    monkeypatch.setattr("registry.experiments.exposures.ERASURE_IN_FLIGHT_SECONDS", -60.0)  # long past when heard
+    monkeypatch.setattr("registry.experiments.privacy_digest.ERASURE_IN_FLIGHT_SECONDS", -60.0)  # long past when heard
     replica.forget_unit(unit_digest(unit))
     replica.record(experiment, 1, unit, "control")
 
