@@ -519,8 +519,15 @@ class CompletionService:
         except RECORDED_ERRORS as exc:
             self._fail(run, exc)
             raise
-        finally:
-            self._record(run)
+        except ContextLengthExceededError:
+            raise  # the backend found the input too long: an input error, not recorded (as on a stream)
+        except Exception as exc:
+            self._fail_unexpectedly(run, exc)
+            raise
+        except BaseException:
+            self._record(run)  # the caller went away: cancelled
+            raise
+        self._record(run)
         await self._store_in_cache(run, key)
         return self._result(run)
 
@@ -549,6 +556,11 @@ class CompletionService:
         except asyncio.CancelledError:
             self._record(run)  # the caller went away before the first token
             raise
+        except ContextLengthExceededError:
+            raise  # an input error: not recorded
+        except Exception as exc:
+            self._fail_unexpectedly(run, exc)
+            raise
         return CompletionStream(self._meta(run), functools.partial(self._relay, run, upstream, key))
 
     async def _replay(self, run: Run, encoder: StreamEncoder[Part]) -> AsyncGenerator[Part, None]:
@@ -575,6 +587,13 @@ class CompletionService:
             run.absorb(upstream)
             self._fail(run, exc)
             yield encoder.error(exc)
+        except Exception as exc:
+            # A defect of ours after the first token: logged and recorded, and the stream ends with an error
+            # event as for the backend's failures, not torn off mid-body.
+            logger.exception("a completion stream failed")
+            run.absorb(upstream)
+            self._fail_unexpectedly(run, exc)
+            yield encoder.error(RegistryError("an unexpected error occurred; the request id identifies it in the logs"))
         finally:
             # A client that went away lands here (cancelled): record, then close the upstream connection.
             if not run.recorded:
@@ -588,6 +607,14 @@ class CompletionService:
         run.status = "blocked" if isinstance(error, ContentBlockedError) else "error"
         run.error_type = error.type
         self._record(run)
+
+    def _fail_unexpectedly(self, run: Run, error: Exception) -> None:
+        """Any other failure (a defect of ours, say) is an error too, not a cancellation: error rates, and the
+        rollout guardrails that read them, see it."""
+        if not run.recorded:
+            run.status = "error"
+            run.error_type = error.type if isinstance(error, RegistryError) else RegistryError.type
+            self._record(run)
 
     def _record(self, run: Run) -> None:
         if run.recorded:
