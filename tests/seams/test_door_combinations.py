@@ -16,10 +16,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.completions.sse import ChunkReader
-from tests.completions.conftest import (  # noqa: F401 - registry: the fixture
+from tests.completions.conftest import (  # noqa: F401 - registry, held: fixtures
+    HeldBackend,
     RegistryFactory,
     backend,
     finished,
+    held,
     parse_sse,
     registry,
     serve_in_thread,
@@ -37,6 +39,7 @@ RECORDED = (
     "fallback_used, guard_blocked, guard_flagged, guard_outcomes"
 )
 SECRET = {"name": "no-secrets", "kind": "deny_patterns", "patterns": ["secret"], "on": "output", "window": 8}
+FLAGGED = '{"flagged": true, "category": "violence", "reason": "a threat"}'
 ANSWER = "Here is a long harmless start of an answer, and then the secret."
 
 
@@ -351,3 +354,80 @@ async def test_an_unexpected_failure_is_recorded_as_an_error_not_a_cancellation_
     by_complete, by_openai = await records(client, admin, admin_engine)
     assert by_openai == by_complete
     assert (by_complete["status"], by_complete["error_type"]) == ("error", "internal_error")
+
+
+# -- the semantic cache
+
+
+async def test_a_semantic_hit_streams_through_the_openai_door_with_its_usage_and_the_output_guard_rerun(
+    registry: RegistryFactory,  # noqa: F811
+    held: HeldBackend,  # noqa: F811
+    admin: dict[str, str],
+    admin_engine: AsyncEngine,
+) -> None:
+    held.release.set()  # answers at once; its fixed embedding makes every request of a scope a hit
+    stand_in = backend(held.url)
+    client = await registry(
+        {"fault": stand_in, "embed": stand_in}, semantic_cache_backend="embed", semantic_cache_model="fixed"
+    )
+    flag = {"name": "rude", "kind": "deny_patterns", "patterns": ["stupid"], "on": "output", "action": "flag"}
+    await guarded(client, admin, say("That is a stupid question."), [flag], params={"temperature": 0})
+    settings = {"enabled": True, "threshold": 0.8}
+    assert (await client.put("/v1/prompts/ask/semantic-cache", json=settings, headers=admin)).is_success
+
+    miss = (await client.post(COMPLETE, json={"variables": {"question": "story"}}, headers=admin)).json()
+    response = await client.post(CHAT, json=door(stream=True, include_usage=True), headers=admin)
+    hit = chunks(response)
+
+    assert miss["cached"] is False
+    assert response.headers["x-registry-cached"] == "semantic"
+    assert chunk_text(hit) == miss["text"] == "That is a stupid question."
+    assert hit[-1]["usage"] == {
+        "prompt_tokens": miss["usage"]["input_tokens"],
+        "completion_tokens": miss["usage"]["output_tokens"],
+        "total_tokens": miss["usage"]["total_tokens"],
+    }
+    facts = hit[-2]["registry"]
+    assert (facts["cached"], facts["similarity"], facts["cost"]) == ("semantic", 1.0, 0)
+    rows = await records(client, admin, admin_engine)
+    assert [(row["cached"], row["output_tokens"], row["guard_flagged"]) for row in rows] == [
+        (False, miss["usage"]["output_tokens"], True),
+        (True, 0, True),  # the cached answer passed the output guards again
+    ]
+
+
+# -- a model-graded output guard
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_model_output_guard_blocks_alike_through_both_doors_and_its_classifier_is_charged_to_the_key(
+    client: httpx.AsyncClient, admin: dict[str, str], admin_engine: AsyncEngine, stream: bool
+) -> None:
+    judge = {"backend": "fault", "model": unique(say(FLAGGED)), "params": {"max_tokens": 200}}
+    number = await config_version(client, admin, "judge", judge)
+    await prompt_on(client, admin, "moderator", "judge", number, "{{ text }}")
+    moderation = {"name": "moderation", "kind": "model", "prompt": "moderator", "on": "output"}
+    await guarded(client, admin, say("a violent answer"), [moderation], output_price_per_mtok=1000.0)
+    key_id = (await client.get("/v1/keys/", headers=admin)).json()["items"][-1]["id"]
+
+    ours = await client.post(COMPLETE, json={"variables": {"question": "story"}, "stream": stream}, headers=admin)
+    theirs = await client.post(CHAT, json=door(stream=stream, include_usage=stream), headers=admin)
+
+    if stream:  # held whole, so nothing of it was sent: the stream is its metadata, then the error
+        assert [name for name, _ in parse_sse(ours.text)] == ["metadata", "error"]
+        blocked = parse_sse(ours.text)[-1][1]
+        openai = chunks(theirs)
+        assert chunk_text(openai) == ""
+        assert openai[-1]["error"]["problem"]["guard"] == blocked["guard"] == "moderation"
+    else:
+        assert problem(ours)["guard"] == openai_problem(theirs)["guard"] == "moderation"
+    rows = await records(client, admin, admin_engine)
+    assert [(row["prompt"], row["status"]) for row in rows] == [
+        ("moderator", "ok"),
+        ("ask", "blocked"),
+        ("moderator", "ok"),
+        ("ask", "blocked"),
+    ]
+    assert rows[3] == rows[1]
+    used = (await client.get(f"/v1/keys/{key_id}/budget", headers=admin)).json()
+    assert used["used_tokens"] == sum(row["input_tokens"] + row["output_tokens"] for row in rows)
