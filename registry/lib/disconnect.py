@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from litestar.exceptions import InternalServerException
 from litestar.types import Receive
 
 from registry.lib.errors import RegistryError
@@ -27,6 +28,20 @@ class ClientDisconnectedError(RegistryError):
     status_code = 499  # as nginx logs a client that closed the request
     type = "client_closed_request"
     title = "Client closed request"
+
+
+# What Litestar's body read raises (a 500) when the client goes away before its body is whole.
+_LITESTAR_BODY_DISCONNECT = "client disconnected prematurely"
+
+
+def left_during_body(exc: Exception) -> Exception:
+    """``exc``, or ``ClientDisconnectedError`` for Litestar's error when a client hangs up while sending its body.
+
+    Answered as Litestar raises it, a client that hangs up mid-upload is a 500, logged with its traceback.
+    """
+    if isinstance(exc, InternalServerException) and exc.detail == _LITESTAR_BODY_DISCONNECT:
+        return ClientDisconnectedError("the client closed the connection while sending the request body")
+    return exc
 
 
 class DisconnectWatch:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 from litestar import Litestar
@@ -25,7 +25,7 @@ from litestar.routes import HTTPRoute
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, ReceiveMessage, Scope, Send
 
 from registry.lib.disconnect import DisconnectWatch
-from registry.lib.errors import PROBLEM_MEDIA_TYPE, problem_body, translate_and_log
+from registry.lib.errors import PROBLEM_MEDIA_TYPE, RequestTimeoutError, problem_body, translate_and_log
 from registry.lib.http import JsonResponse
 
 _PROBLEM_MEDIA_TYPE = PROBLEM_MEDIA_TYPE.encode()
@@ -85,23 +85,38 @@ def _replaying(messages: list[ReceiveMessage], receive: Receive) -> Receive:
     return replay
 
 
-async def read_body(receive: Receive, max_bytes: int) -> tuple[bytes | None, list[ReceiveMessage]]:
-    """The whole body, or None (over ``max_bytes``, or a disconnect) with the messages read, to hand on."""
+async def read_body(receive: Receive, max_bytes: int) -> tuple[bytes, None] | tuple[None, Receive]:
+    """The whole body; or, over ``max_bytes``, on a disconnect or past the body's deadline, the ``receive``
+    to hand the request on with, which gives the messages read first, then what stopped the read.
+
+    A body that misses its deadline (``registry.lib.http``) is handed on too: Litestar checks the key
+    before it reads a body, and its read then meets the same ``RequestTimeoutError``.
+    """
     messages: list[ReceiveMessage] = []
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        try:
+            message = await receive()
+        except RequestTimeoutError as exc:
+            return None, _replaying(messages, _failing(exc))
         messages.append(message)
         if message["type"] != "http.request":
-            return None, messages
+            return None, _replaying(messages, receive)
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
-            return None, messages
+            return None, _replaying(messages, receive)
         chunks.append(chunk)
         if not message.get("more_body", False):
-            return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), messages
+            return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), None
+
+
+def _failing(error: Exception) -> Receive:
+    async def fail() -> Any:
+        raise error
+
+    return fail
 
 
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError)
@@ -111,18 +126,19 @@ _Request = TypeVar("_Request")
 async def read_decoded(
     receive: Receive, max_bytes: int, decode: Callable[[bytes], _Request]
 ) -> tuple[_Request, None] | tuple[None, Receive]:
-    """The body decoded strictly by ``decode``; or, for any body it refuses (too large, malformed, the
-    client gone), the ``receive`` to hand the request on to Litestar with, body unread.
+    """The body decoded strictly by ``decode``; or, for any body it refuses (too large, malformed, too
+    slow, the client gone), the ``receive`` to hand the request on to Litestar with, body unread.
 
     Litestar then answers with the problem such a body gets there, so a fast path never words one itself.
     """
-    body, messages = await read_body(receive, max_bytes)
+    body, handoff = await read_body(receive, max_bytes)
     if body is None:
-        return None, _replaying(messages, receive)
+        return None, cast(Receive, handoff)
     try:
         return decode(body), None
     except _DECODE_ERRORS:
-        return None, _replaying(messages, receive)
+        whole: ReceiveMessage = {"type": "http.request", "body": body, "more_body": False}
+        return None, _replaying([whole], receive)
 
 
 def problem_document(exc: Exception, scope: Scope) -> tuple[Any, dict[str, str], int]:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from registry.auth.keys import Scope
 from registry.auth.principal import Principal
 from registry.completions.service import Caller
-from registry.lib.disconnect import DisconnectWatch
+from registry.lib.disconnect import DisconnectWatch, left_during_body
 from registry.lib.errors import translate_and_log
 from registry.lib.front import SSE_MEDIA_TYPE, Streamed
 from registry.lib.streaming import PrimedStream
@@ -46,7 +46,7 @@ _ERRORS = {
 
 def openai_error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """Any failure as OpenAI's error object, with the status and headers (``Retry-After``...) of its problem."""
-    error = translate_and_log(exc, request.url.path)
+    error = translate_and_log(left_during_body(exc), request.url.path)
     body = error_answer(error, instance=request.url.path, request_id=request.scope["state"].get("request_id"))
     return Response(
         msgspec.json.encode(body), status_code=error.status_code, headers=error.headers, media_type="application/json"

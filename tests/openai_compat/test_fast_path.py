@@ -216,3 +216,66 @@ def streamed_text(received: str) -> str:
         if isinstance(event["data"], dict)
         for choice in event["data"]["choices"]
     )
+
+
+# Bodies a careless or hostile client sends: valid JSON of the wrong shape, fields OpenAI has and the
+# door refuses by name, odd models and bytes that are not JSON. Answered alike, the field named.
+DEEP = (
+    b'{"model": "prompt:greet", "messages": [], "variables": {"name": "Ada", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
+)
+CARELESS_CASES: list[Case] = [
+    (
+        "reader",
+        CHAT,
+        chat("prompt:greet", messages=[{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]),
+        200,
+        True,
+    ),
+    ("reader", CHAT, chat("prompt:greet", messages=[{"role": "user", "content": 5}]), 422, False),
+    ("reader", CHAT, chat("prompt:greet", messages=[{"role": "user", "content": None}]), 422, False),
+    ("reader", CHAT, chat("prompt:greet", messages=[{"role": "user", "content": [{"type": "image_url"}]}]), 422, False),
+    ("reader", CHAT, chat("prompt:greet", messages=[{"role": "user", "content": [{"type": "text"}]}]), 422, False),
+    ("reader", CHAT, chat("prompt:greet", messages={"role": "user", "content": "Hi"}), 422, False),
+    ("reader", CHAT, chat("prompt:greet", n=1), 200, True),
+    ("reader", CHAT, chat("prompt:greet", logprobs=True), 422, True),
+    ("reader", CHAT, chat("prompt:greet", tools=[]), 422, True),
+    ("reader", CHAT, chat("prompt:greet", functions=[{"name": "f"}]), 422, False),
+    ("reader", CHAT, chat("prompt:greet", max_tokens=-1), 422, False),
+    ("reader", CHAT, chat("prompt:greet", max_tokens=10**30), 422, False),
+    ("reader", CHAT, chat("prompt:greet", temperature=7), 422, True),
+    ("reader", CHAT, chat("prompt:greet", temperature=None), 200, True),
+    ("reader", CHAT, chat("prompt:greet", stop="x"), 422, True),
+    ("reader", CHAT, chat("prompt:greet", stop=["x"]), 422, True),
+    ("reader", CHAT, chat("prompt:greet", user="u" * 257), 422, False),
+    ("reader", CHAT, chat(""), 422, False),
+    ("reader", CHAT, chat("prompt:"), 404, True),
+    ("reader", CHAT, chat("openai:gpt-4o"), 404, True),
+    ("reader", CHAT, chat("prompt:greet@not a label"), 404, True),
+    ("reader", CHAT, b"null", 422, False),
+    ("reader", CHAT, b'"text"', 422, False),
+    ("reader", CHAT, b"\xef\xbb\xbf" + encoded(chat("prompt:greet")), 400, False),
+    ("reader", CHAT, b'{"model": "prompt:greet", "messages": [], "variables": {"name": "\xff"}}', 400, False),
+    ("reader", CHAT, DEEP, 400, False),
+    (
+        "reader",
+        CHAT,
+        b'{"model": "gpt-4o", "model": "prompt:greet", "messages": [], "variables": {"name": "Ada"}}',
+        200,
+        True,
+    ),
+    ("reader", CHAT, encoded(chat("prompt:greet")) + b" trailing", 400, False),
+    ("reader", TEXT, text("prompt:essay", prompt=None), 422, False),
+    ("reader", TEXT, text("prompt:essay", prompt=[]), 422, False),
+]
+
+
+async def test_careless_bodies_are_answered_alike_naming_the_field(
+    client: AppClient, slow: AppClient, door: dict[str, dict[str, str]]
+) -> None:
+    answers = await answered_alike(client, slow, door, OpenAIFastPath, CARELESS_CASES, joined_chunks)
+    named = {}
+    for answer in answers:
+        if answer.status_code == 422:
+            named[answer.json()["error"]["param"]] = openai_problem(answer)["type"]
+    assert set(named) >= {"messages[0].content", "messages[0].content[0].type", "logprobs", "tools", "max_tokens"}
+    assert set(named) >= {"temperature", "stop", "user", "model", "body", "prompt"}
