@@ -43,12 +43,16 @@ FLAGGED = '{"flagged": true, "category": "violence", "reason": "a threat"}'
 ANSWER = "Here is a long harmless start of an answer, and then the secret."
 
 
-@pytest.fixture
-async def client(registry: RegistryFactory, fault: FaultServer) -> httpx.AsyncClient:  # noqa: F811
+@pytest.fixture(params=[True, False], ids=["fast-path", "litestar"])
+async def client(
+    registry: RegistryFactory,  # noqa: F811
+    fault: FaultServer,
+    request: pytest.FixtureRequest,
+) -> httpx.AsyncClient:
+    """The registry on the stand-in (``fault``, and ``flaky`` without retries), with the doors' fast paths or not."""
     url = fault.url  # type: ignore[attr-defined]
-    return await registry(
-        {"fault": backend(url), "flaky": backend(url, max_retries=0)}, completion_cache_ttl_seconds=60
-    )
+    backends = {"fault": backend(url), "flaky": backend(url, max_retries=0)}
+    return await registry(backends, completion_cache_ttl_seconds=60, fast_path=request.param)
 
 
 async def records(client: httpx.AsyncClient, headers: dict[str, str], engine: AsyncEngine) -> list[dict[str, Any]]:
@@ -57,6 +61,12 @@ async def records(client: httpx.AsyncClient, headers: dict[str, str], engine: As
     async with engine.connect() as connection:
         rows = await connection.execute(text(f"SELECT {RECORDED} FROM completions ORDER BY id"))
         return [dict(row._mapping) for row in rows.all()]
+
+
+def but_what_was_read(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without its output tokens and cost: a completion cut short counts what had been read by then,
+    which depends on how the answer was split into reads."""
+    return {name: value for name, value in record.items() if name not in ("output_tokens", "cost")}
 
 
 def chunks(response: httpx.Response) -> list[dict[str, Any]]:
@@ -116,14 +126,14 @@ async def test_a_stream_an_output_guard_blocks_is_recorded_and_charged_alike_thr
         "instance": None,
         "request_id": None,
     }
-    sent = "".join(data["text"] for name, data in events if name == "delta")
-    assert sent == chunk_text(openai)
-    assert ANSWER[: ANSWER.index("secret")].startswith(sent)
+    # How much of the harmless start leaves depends on how the answer was split into reads; none of the pattern.
+    for sent in ("".join(data["text"] for name, data in events if name == "delta"), chunk_text(openai)):
+        assert ANSWER[: ANSWER.index("secret")].startswith(sent)
     by_complete, by_openai = await records(client, admin, admin_engine)
-    assert by_openai == by_complete
+    assert but_what_was_read(by_openai) == but_what_was_read(by_complete)
     assert (by_complete["status"], by_complete["guard_blocked"]) == ("blocked", "no-secrets")
-    assert by_complete["output_tokens"] > 0
-    assert by_complete["cost"] > 0
+    assert min(by_complete["output_tokens"], by_openai["output_tokens"]) > 0
+    assert min(by_complete["cost"], by_openai["cost"]) > 0
 
 
 # -- the exact cache
@@ -320,22 +330,24 @@ async def test_a_request_the_backend_finds_too_long_is_refused_and_not_recorded_
 
 
 @pytest.fixture
-def reader_fails_on_fault(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stream reader raises an unexpected error (a defect, not the backend's) on the read bringing "fault"."""
+def reader_fails_on_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stream reader raises an unexpected error (a defect, not the backend's) on the read bringing " from"
+    (the stand-in's second token, whole in one event)."""
     read = ChunkReader.read
 
     def failing(self: ChunkReader, data: bytes) -> str:
         text = read(self, data)
-        if "fault" in text:
+        if " from" in text:
             raise IndexError("a defect of the reader")
         return text
 
     monkeypatch.setattr(ChunkReader, "read", failing)
 
 
-@pytest.mark.usefixtures("reader_fails_on_fault")
+@pytest.mark.usefixtures("reader_fails_on_from")
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("behaviour", ["say:the%20fault", "trickle:0.02"])  # at the first read; mid-answer
+# Most often at the first read (tokens sent at once), and mid-answer (one token every 20 ms); either way alike.
+@pytest.mark.parametrize("behaviour", ["ok", "trickle:0.02"])
 async def test_an_unexpected_failure_is_recorded_as_an_error_not_a_cancellation_through_both_doors(
     client: httpx.AsyncClient, admin: dict[str, str], admin_engine: AsyncEngine, stream: bool, behaviour: str
 ) -> None:
@@ -344,16 +356,23 @@ async def test_an_unexpected_failure_is_recorded_as_an_error_not_a_cancellation_
     ours = await client.post(COMPLETE, json={"variables": {"question": "story"}, "stream": stream}, headers=admin)
     theirs = await client.post(CHAT, json=door(stream=stream), headers=admin)
 
-    if not stream or ours.status_code == 500:  # a failure at the first read is answered before the stream starts
+    # A failure at the first read is answered before the stream starts; mid-answer, the stream ends with an
+    # error event, as for the backend's failures (each door's request splits into reads its own way).
+    if ours.status_code == 500 or not stream:
         assert problem(ours)["type"] == "/problems/internal_error"
-        assert openai_problem(theirs)["type"] == "/problems/internal_error"
-    else:  # mid-answer, the stream ends with an error event, as for the backend's failures
+    else:
         name, body = parse_sse(ours.text)[-1]
         assert (name, body["type"]) == ("error", "/problems/internal_error")
+    if theirs.status_code == 500 or not stream:
+        assert openai_problem(theirs)["type"] == "/problems/internal_error"
+    else:
         assert chunks(theirs)[-1]["error"]["code"] == "internal_error"
-    by_complete, by_openai = await records(client, admin, admin_engine)
-    assert by_openai == by_complete
-    assert (by_complete["status"], by_complete["error_type"]) == ("error", "internal_error")
+    rows = await records(client, admin, admin_engine)
+    # What had been read (tokens, finish reason) depends on the read that failed: at the first, none is counted.
+    outcome = ("prompt", "config", "stream", "status", "error_type", "cached", "fallback_used")
+    assert [tuple(row[name] for name in outcome) for row in rows] == [
+        ("ask", "cfg", stream, "error", "internal_error", False, False)
+    ] * 2
 
 
 # -- the semantic cache
