@@ -46,10 +46,10 @@ class SSEDecoder:
         # newlines the last two, b"\n\n", not after a b"\r"). Taken without splitting; any other is split below.
         if (
             not self._buffer
+            and data.startswith(b"data: ")
             and data.find(b"\n") == len(data) - 2
             and data[-1] == 10
             and data[-3] != 13
-            and data.startswith(b"data: ")
         ):
             return [data[6:-2]]
         found = []

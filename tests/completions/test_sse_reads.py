@@ -20,6 +20,7 @@ STREAMS = {
     "empty data": b"data: \n\ndata: x\n\n",
     "named, two data lines and a comment": b": keep-alive\n\nevent: e\ndata: one\ndata: two\n\ndata: z\n\n",
     "no space after the colon": b"data:{}\n\ndata: {}\n\n",
+    "extra blank lines between events": b"data: x\n\n\n\ndata: y\n\n\n\n",
 }
 
 
@@ -138,3 +139,13 @@ def test_a_stream_that_ends_without_done_is_refused_after_its_last_text() -> Non
     assert isinstance(reader.failure, MalformedStreamError)
     with pytest.raises(MalformedStreamError, match="without \\[DONE\\]"):
         ChunkReader().end()
+
+
+def test_a_read_that_is_only_a_blank_line_is_no_event() -> None:
+    """A backend (or a proxy before it) that ends an event with extra blank lines, read so that one arrives alone."""
+    reader = ChunkReader()
+
+    texts = [reader.read(ANSWER[1]), reader.read(b"\n\n"), reader.read(ANSWER[2]), reader.read(ANSWER[-1])]
+
+    assert texts == ["Hel", "", 'lo "wörld"', ""]
+    assert reader.done
