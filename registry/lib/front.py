@@ -87,29 +87,38 @@ def _replaying(messages: list[ReceiveMessage], receive: Receive) -> Receive:
 
 async def read_body(receive: Receive, max_bytes: int) -> tuple[bytes, None] | tuple[None, Receive]:
     """The whole body; or, over ``max_bytes``, on a disconnect or past the body's deadline, the ``receive``
-    to hand the request on with, which gives the messages read first, then what stopped the read.
+    to hand the request on with, which gives what was read first, then what stopped the read.
 
     A body that misses its deadline (``registry.lib.http``) is handed on too: Litestar checks the key
-    before it reads a body, and its read then meets the same ``RequestTimeoutError``.
+    before it reads a body, and its read then meets the same ``RequestTimeoutError``. A body sent in
+    many small messages is joined as it comes: kept as messages, each byte would hold a few hundred.
     """
-    messages: list[ReceiveMessage] = []
-    chunks: list[bytes] = []
-    size = 0
+    buffer: bytearray | None = None  # a body in several messages
     while True:
         try:
             message = await receive()
         except RequestTimeoutError as exc:
-            return None, _replaying(messages, _failing(exc))
-        messages.append(message)
+            return None, _replaying(_read_so_far(buffer, more_body=True), _failing(exc))
         if message["type"] != "http.request":
-            return None, _replaying(messages, receive)
+            return None, _replaying([*_read_so_far(buffer, more_body=True), message], receive)
         chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_bytes:
-            return None, _replaying(messages, receive)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), None
+        more_body = message.get("more_body", False)
+        if buffer is None:
+            if not more_body and len(chunk) <= max_bytes:
+                return chunk, None  # the common case: the whole body in one message
+            buffer = bytearray()
+        buffer += chunk
+        if len(buffer) > max_bytes:
+            return None, _replaying(_read_so_far(buffer, more_body=more_body), receive)
+        if not more_body:
+            return bytes(buffer), None
+
+
+def _read_so_far(buffer: bytearray | None, *, more_body: bool) -> list[ReceiveMessage]:
+    """What was read of a body, as the one message to replay before the rest."""
+    if buffer is None:
+        return []
+    return [{"type": "http.request", "body": bytes(buffer), "more_body": more_body}]
 
 
 def _failing(error: Exception) -> Receive:
