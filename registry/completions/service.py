@@ -318,6 +318,7 @@ class CompletionService:
             try:
                 run.parts = [await run.guarding.check_output(run.text)]
             except ContentBlockedError as exc:
+                run.parts.clear()  # none of a blocked answer reached the caller, so none of it is stored
                 self._fail(run, exc)
                 raise
 

@@ -136,6 +136,37 @@ async def test_a_stream_an_output_guard_blocks_is_recorded_and_charged_alike_thr
     assert min(by_complete["cost"], by_openai["cost"]) > 0
 
 
+async def test_of_a_blocked_answer_only_what_reached_the_caller_is_stored_whole_or_streamed_through_both_doors(
+    client: httpx.AsyncClient, admin: dict[str, str], admin_engine: AsyncEngine
+) -> None:
+    """A block keeps the answer from the caller; the stored texts (``store_io``) keep no more of it than the caller
+    got: nothing of a whole answer, the released start of a stream, never the blocked pattern."""
+    await guarded(client, admin, say(ANSWER), [SECRET])
+
+    whole = [
+        await client.post(COMPLETE, json={"variables": {"question": "story"}}, headers=admin),
+        await client.post(CHAT, json=door(stream=False), headers=admin),
+    ]
+    streamed = [
+        await client.post(COMPLETE, json={"variables": {"question": "story"}, "stream": True}, headers=admin),
+        await client.post(CHAT, json=door(stream=True), headers=admin),
+    ]
+
+    assert [response.status_code for response in whole] == [422, 422]
+    assert (await client.get("/v1/usage", headers=admin)).status_code == 200  # the buffer written
+    async with admin_engine.connect() as connection:
+        rows = await connection.execute(text("SELECT stream, status, completion_text FROM completions ORDER BY id"))
+        stored = [tuple(row) for row in rows.all()]
+    assert [(stream, status) for stream, status, _ in stored] == [(False, "blocked")] * 2 + [(True, "blocked")] * 2
+    assert [text_ for stream, _, text_ in stored if not stream] == [None, None]
+    sent = [
+        "".join(data["text"] for name, data in parse_sse(streamed[0].text) if name == "delta"),
+        chunk_text(chunks(streamed[1])),
+    ]
+    assert [text_ or "" for stream, _, text_ in stored if stream] == sent
+    assert all("secret" not in text_ for text_ in sent)
+
+
 # -- the exact cache
 
 
