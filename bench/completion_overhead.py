@@ -109,15 +109,20 @@ class Level:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User and system CPU of a process and its descendants (granian runs workers as children)."""
+    """The CPU time of a process (all its threads, ended ones included) and its descendants (granian runs workers
+    as children), to the nanosecond.
+
+    Read from the process's CPU clock (Linux: the clock id of ``clock_getcpuclockid``, the scheduler's own count),
+    not from ``/proc/PID/stat``, which counts in ticks of 10 ms: at 16 streams a level's 48 completions take
+    about 80 ms of the registry's CPU, so ticks would round each path's figure to an eighth of itself.
+    """
     total = 0.0
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = time.clock_gettime(((~pid) << 3) | 2)  # CPUCLOCK_SCHED of the whole process ``pid``
         for task in Path(f"/proc/{pid}/task").iterdir():
             for child in (task / "children").read_text().split():
                 total += process_cpu_seconds(int(child))
-    except (FileNotFoundError, ProcessLookupError):
+    except (FileNotFoundError, ProcessLookupError, OSError):
         pass
     return total
 
