@@ -624,7 +624,8 @@ through `POST /v1/prompts/{{name}}/complete` with `stream: true`, through the Op
 one run. Each of {args.rounds} rounds measures the five paths at {", ".join(map(str, args.levels))} concurrent streams,
 rotating which path goes first. The added p50, added TTFT and throughput ratios are medians of the
 per-round differences (the runs of a round share the machine's conditions); the other columns are
-medians over the rounds. Registry CPU is read from `/proc` for the registry process and its workers.
+medians over the rounds. Registry CPU is read from the CPU clocks of the registry process and its workers (to the
+nanosecond; sections measured before 2026-12-05 11:00 UTC read `/proc`, in ticks of 10 ms).
 The registry's own time is the caller's latency (and time to first token) minus what the registry
 recorded for the same request (found by `X-Request-ID`), from its handler's start to the last (first)
 upstream token: what it adds around its own clock, whatever the engine's speed. It is not the whole
