@@ -13,7 +13,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.keys import Scope
@@ -22,6 +22,7 @@ from registry.completions.service import Caller
 from registry.lib.disconnect import DisconnectWatch, left_during_body
 from registry.lib.errors import translate_and_log
 from registry.lib.front import SSE_MEDIA_TYPE, Streamed
+from registry.lib.http import decode_name
 from registry.lib.streaming import PrimedStream
 from registry.openai_compat.fast_path import config_resolver, openai_answer
 from registry.openai_compat.schemas import (
@@ -29,6 +30,7 @@ from registry.openai_compat.schemas import (
     ChatCompletionRequest,
     ErrorOut,
     ModelList,
+    ModelOut,
     TextCompletion,
     TextCompletionRequest,
 )
@@ -98,6 +100,18 @@ class OpenAIController(Controller):
     )
     async def models(self, listing: NamedDependency[ModelListing]) -> ModelList:
         return await listing.models()
+
+    @get(
+        "/models/{model:str}",
+        opt={"scope": Scope.READ},
+        operation_id="retrieveModel",
+        summary="One prompt: or config: model, if there is a version of it to call",
+        description="The SDK sends a `/` in the name as `%2F` (`prompt:support%2Fsummarize@staging`).",
+        dependencies={"listing": Provide(provide_model_listing, sync_to_thread=False)},
+        responses=_ERRORS,
+    )
+    async def model(self, listing: NamedDependency[ModelListing], model: FromPath[str]) -> ModelOut:
+        return await listing.model(decode_name(model))
 
 
 async def _answer(

@@ -30,15 +30,22 @@ from registry.completions.components import Completions
 from registry.completions.schemas import CompleteRequest, CompletionMeta, CompletionOut, DoneEvent
 from registry.completions.service import CompletionService
 from registry.configs.repository import ConfigRepository
-from registry.configs.service import ConfigService
+from registry.configs.service import CONFIG_ERRORS, ConfigService
 from registry.db.engine import READ_ONLY
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, ChangeBus
-from registry.lib.errors import DatabaseUnavailableError, FieldError, InvalidInputError, RegistryError, problem_body
+from registry.lib.errors import (
+    DatabaseUnavailableError,
+    FieldError,
+    InvalidInputError,
+    NotFoundError,
+    RegistryError,
+    problem_body,
+)
 from registry.lib.pagination import PageRequest
 from registry.lib.promotion import State
 from registry.lib.single_flight import SingleFlight
-from registry.lib.versioned import VersionedRepository
+from registry.lib.versioned import VersionedRepository, VersionWorkflow
 from registry.lib.versioned_schemas import Label
 from registry.openai_compat.errors import ModelNotFoundError, PromptKindMismatchError
 from registry.openai_compat.schemas import (
@@ -59,6 +66,7 @@ from registry.openai_compat.schemas import (
     Usage,
 )
 from registry.prompts.catalog import PromptCatalog, PromptEntry, Rendering, Resolution, ResolvedVersion
+from registry.prompts.errors import PROMPT_ERRORS
 from registry.prompts.fast_path import experiment_headers
 from registry.prompts.repository import PromptRepository
 from registry.prompts.schemas import Labels, LinkedConfig, Message, RenderOut
@@ -109,6 +117,8 @@ def config_field_problems(data: OpenAIRequest) -> list[FieldError]:
 def complete_request(target: ModelTarget, data: OpenAIRequest) -> CompleteRequest:
     """The ``/complete`` request the OpenAI one amounts to; refuses what ``/complete`` would."""
     problems = config_field_problems(data)
+    if data.stream_options is not None and not data.stream:
+        problems.append(FieldError("stream_options", "is only allowed when stream is true"))
     if data.max_tokens is not None and data.max_completion_tokens not in (None, data.max_tokens):
         problems.append(FieldError("max_completion_tokens", "differs from max_tokens; send one of them"))
     if target.kind == "config" and data.variables:
@@ -482,11 +492,26 @@ def _seconds(moment: datetime) -> int:
 
 
 class ModelListing:
-    """Every prompt and config with a production version, as OpenAI's model list."""
+    """Every prompt and config with a production version, as OpenAI's model list, and one model of them."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.prompts = PromptRepository(session)
         self.configs = ConfigRepository(session)
+        self._workflows: dict[str, VersionWorkflow[Any, Any, Any]] = {
+            "prompt": VersionWorkflow(session, self.prompts, change_kind="prompt", errors=PROMPT_ERRORS),
+            "config": VersionWorkflow(session, self.configs, change_kind="config", errors=CONFIG_ERRORS),
+        }
+
+    async def model(self, model: str) -> ModelOut:
+        """``model`` if a completion naming it would find its version (as ``models.retrieve`` expects), else 404."""
+        target = parse_model(model)
+        try:
+            resource, _ = await self._workflows[target.kind].resolve(
+                target.name, version=target.version, label=target.label
+            )
+        except NotFoundError as exc:
+            raise ModelNotFoundError(f"the model '{model}' does not exist: {exc.detail}") from exc
+        return ModelOut(id=model, created=_seconds(resource.created_at), owned_by=OWNER)
 
     async def models(self) -> ModelList:
         data = [

@@ -279,3 +279,26 @@ async def test_careless_bodies_are_answered_alike_naming_the_field(
             named[answer.json()["error"]["param"]] = openai_problem(answer)["type"]
     assert set(named) >= {"messages[0].content", "messages[0].content[0].type", "logprobs", "tools", "max_tokens"}
     assert set(named) >= {"temperature", "stop", "user", "model", "body", "prompt"}
+
+
+# stream_options without stream: true is refused as OpenAI refuses it, by name, on both paths; with it, served here.
+STREAM_OPTIONS_CASES: list[Case] = [
+    ("reader", CHAT, chat("prompt:greet", stream_options={"include_usage": True}), 422, True),
+    ("reader", CHAT, chat("prompt:greet", stream=False, stream_options={"include_usage": False}), 422, True),
+    ("reader", TEXT, text("prompt:essay", stream_options={}), 422, True),
+    ("reader", CHAT, {"model": "config:cfg", "messages": HI, "stream_options": {"include_usage": True}}, 422, True),
+    ("reader", CHAT, chat("prompt:greet", stream_options=None), 200, True),
+    ("reader", CHAT, chat("prompt:greet", **USAGE), 200, True),
+    ("reader", TEXT, text("prompt:essay", **USAGE), 200, True),
+]
+
+
+async def test_stream_options_without_stream_is_refused_alike_naming_it(
+    client: AppClient, slow: AppClient, door: dict[str, dict[str, str]]
+) -> None:
+    answers = await answered_alike(client, slow, door, OpenAIFastPath, STREAM_OPTIONS_CASES, joined_chunks)
+    for answer in answers:
+        if answer.status_code == 422:
+            assert openai_problem(answer)["type"] == "/problems/validation_error"
+            assert answer.json()["error"]["param"] == "stream_options"
+            assert "only allowed when stream is true" in answer.json()["error"]["problem"]["errors"][0]["message"]
