@@ -28,7 +28,7 @@ from registry.experiments.controller import (
     UnitController,
 )
 from registry.feed.controller import ChangeFeedController
-from registry.lib.errors import exception_to_response
+from registry.lib.errors import ErrorShape, RegistryError, exception_handler
 from registry.lib.http import RegistryRequest, RequestContextMiddleware, RequestLimits
 from registry.lib.logging import configure_logging
 from registry.lib.openapi import api_openapi_config, declare_problem_responses, document_operations
@@ -36,6 +36,8 @@ from registry.lib.routing import ApiRouter
 from registry.lib.tracing import Tracing
 from registry.openai_compat.controller import OpenAIController
 from registry.openai_compat.fast_path import OpenAIFastPath
+from registry.openai_compat.schemas import ErrorOut
+from registry.openai_compat.service import error_answer
 from registry.operations.controller import AdminController
 from registry.prompts.controller import PromptController
 from registry.prompts.fast_path import PromptFastPath
@@ -72,6 +74,13 @@ API_CONTROLLERS = [
     OpenAIController,
     AdminController,
 ]
+# The OpenAI-compatible door's paths (and those below them): every error there, refusals before routing
+# included, is OpenAI's error object.
+OPENAI_PATHS = tuple(f"{API_PREFIX}{path}" for path in ("/chat/completions", "/completions", "/models"))
+
+
+def openai_error(error: RegistryError, instance: str, request_id: str | None) -> ErrorOut:
+    return error_answer(error, instance=instance, request_id=request_id)
 
 
 def create_app(settings: Settings | None = None, *, tracing: Tracing | None = None) -> Litestar:
@@ -81,12 +90,13 @@ def create_app(settings: Settings | None = None, *, tracing: Tracing | None = No
     runtime = Runtime.build(settings)
     tracing = tracing or Tracing.from_environ()
     runtime.completions.upstream.tracing = tracing
+    openai_shape = ErrorShape(OPENAI_PATHS, openai_error)
     api = ApiRouter(path=API_PREFIX, route_handlers=API_CONTROLLERS, before_request=authorize_request)
     app = Litestar(
         route_handlers=[SystemController, api, *console_routers()],
         template_config=console_template_config(),
         dependencies=COMMON_DEPENDENCIES,
-        exception_handlers={Exception: exception_to_response},
+        exception_handlers={Exception: exception_handler(openai_shape)},
         state=State({"runtime": runtime}),
         on_startup=[runtime.start],
         on_shutdown=[runtime.stop, tracing.shutdown],
@@ -116,6 +126,7 @@ def create_app(settings: Settings | None = None, *, tracing: Tracing | None = No
             form_path_prefixes=(f"{CONSOLE_PREFIX}/",),
             upload_path_prefixes=(f"{API_PREFIX}/evals/datasets/",),
         ),
+        error_shape=openai_shape,
     )
     app.asgi_handler = tracing.wrap(app.asgi_handler)  # the request span, outside all else; nothing when off
     return app

@@ -17,30 +17,22 @@ from typing import TypeVar
 from litestar.exceptions import InternalServerException
 from litestar.types import Receive
 
-from registry.lib.errors import RegistryError
+from registry.lib.errors import ClientDisconnectedError, translate_exception
+
+__all__ = ["ClientDisconnectedError", "DisconnectWatch", "cancel_on_disconnect", "left_during_body"]
 
 T = TypeVar("T")
-
-
-class ClientDisconnectedError(RegistryError):
-    """The client closed the connection before the answer was ready; nobody receives this answer."""
-
-    status_code = 499  # as nginx logs a client that closed the request
-    type = "client_closed_request"
-    title = "Client closed request"
-
-
-# What Litestar's body read raises (a 500) when the client goes away before its body is whole.
-_LITESTAR_BODY_DISCONNECT = "client disconnected prematurely"
 
 
 def left_during_body(exc: Exception) -> Exception:
     """``exc``, or ``ClientDisconnectedError`` for Litestar's error when a client hangs up while sending its body.
 
-    Answered as Litestar raises it, a client that hangs up mid-upload is a 500, logged with its traceback.
+    Redundant now that ``translate_exception`` maps that error for every route; kept for its callers.
     """
-    if isinstance(exc, InternalServerException) and exc.detail == _LITESTAR_BODY_DISCONNECT:
-        return ClientDisconnectedError("the client closed the connection while sending the request body")
+    if isinstance(exc, InternalServerException):
+        translated = translate_exception(exc)
+        if isinstance(translated, ClientDisconnectedError):
+            return translated
     return exc
 
 

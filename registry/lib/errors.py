@@ -10,7 +10,7 @@ translated here, where they enter the HTTP boundary.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from litestar import Request, Response
 from litestar.exceptions import (
     ClientException,
     HTTPException,
+    InternalServerException,
     MethodNotAllowedException,
     NotAuthorizedException,
     NotFoundException,
@@ -185,6 +186,14 @@ class RateLimitedError(RegistryError):
     title = "Too many requests"
 
 
+class ClientDisconnectedError(RegistryError):
+    """The client closed the connection before the answer was ready; nobody receives this answer."""
+
+    status_code = 499  # as nginx logs a client that closed the request
+    type = "client_closed_request"
+    title = "Client closed request"
+
+
 class ServiceUnavailableError(RegistryError):
     """A dependency the request needs is unreachable; retry shortly."""
 
@@ -220,16 +229,47 @@ def problem_body(error: RegistryError, *, instance: str | None = None, request_i
     return body
 
 
-def problem_response(error: RegistryError, request: Request[Any, Any, Any] | None) -> Response[Any]:
-    content = (
-        problem_body(error)
-        if request is None
-        else problem_body(error, instance=request.url.path, request_id=request.scope.get("state", {}).get("request_id"))
-    )
+# The document a path answers an error with instead of problem+json: (error, instance, request id) -> document.
+ErrorDocument = Callable[[RegistryError, str, str | None], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorShape:
+    """Paths whose errors are answered in a document of their own (the OpenAI door's error object).
+
+    The app factory passes it in, to the exception handler and to what refuses requests before routing,
+    so a refusal there is shaped as the route's own errors are, without this layer knowing the domain.
+    """
+
+    paths: tuple[str, ...]  # each path, and every path below it
+    document: ErrorDocument
+    media_type: str = "application/json"
+
+    def covers(self, path: str) -> bool:
+        return any(path == own or path.startswith(f"{own}/") for own in self.paths)
+
+
+def error_content(
+    error: RegistryError, instance: str, request_id: str | None, shape: ErrorShape | None = None
+) -> tuple[Any, str]:
+    """The document and media type ``error`` is answered with on ``instance``: problem+json unless ``shape``'s."""
+    if shape is not None and shape.covers(instance):
+        return shape.document(error, instance, request_id), shape.media_type
+    return problem_body(error, instance=instance, request_id=request_id), PROBLEM_MEDIA_TYPE
+
+
+def problem_response(
+    error: RegistryError, request: Request[Any, Any, Any] | None, shape: ErrorShape | None = None
+) -> Response[Any]:
+    if request is None:
+        content, media_type = problem_body(error), PROBLEM_MEDIA_TYPE
+    else:
+        request_id = request.scope.get("state", {}).get("request_id")
+        content, media_type = error_content(error, request.url.path, request_id, shape)
     return Response(
         content=content,
         status_code=error.status_code,
-        media_type=PROBLEM_MEDIA_TYPE,
+        media_type=media_type,
         headers=error.headers,
     )
 
@@ -253,6 +293,10 @@ def _validation_errors(exc: ValidationException) -> list[FieldError]:
     ] or [FieldError("request", exc.detail)]
 
 
+# What Litestar's body read raises (a 500) when the client goes away before its body is whole.
+_LITESTAR_BODY_DISCONNECT = "client disconnected prematurely"
+
+
 def translate_exception(exc: Exception) -> RegistryError:
     """Map any exception reaching the HTTP boundary onto a ``RegistryError``."""
     if isinstance(exc, RegistryError):
@@ -273,6 +317,8 @@ def translate_exception(exc: Exception) -> RegistryError:
         return NotFoundError("no route matches this path" if exc.detail == "Not Found" else exc.detail)
     if isinstance(exc, MethodNotAllowedException):
         return MethodNotAllowedError(exc.detail, headers=exc.headers or {})
+    if isinstance(exc, InternalServerException) and exc.detail == _LITESTAR_BODY_DISCONNECT:
+        return ClientDisconnectedError("the client closed the connection while sending the request body")
     if isinstance(exc, RequestEntityTooLarge):
         return PayloadTooLargeError("the request body is over the size limit")
     if isinstance(exc, ClientException) and isinstance(exc.__cause__, SerializationException):
@@ -321,11 +367,21 @@ def _is_unavailable_state(exc: sa_exc.DBAPIError) -> bool:
     return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
 
 
-def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """The single exception handler of the app: everything becomes problem+json."""
-    if isinstance(exc, NotFoundException) and exc.detail == "Not Found":
-        return problem_response(_route_not_found(request), request)
-    return problem_response(translate_and_log(exc, request.url.path), request)
+ExceptionHandler = Callable[[Request[Any, Any, Any], Exception], Response[Any]]
+
+
+def exception_handler(shape: ErrorShape | None = None) -> ExceptionHandler:
+    """The single exception handler of an app: everything becomes problem+json, or ``shape``'s document on its paths."""
+
+    def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        if isinstance(exc, NotFoundException) and exc.detail == "Not Found":
+            return problem_response(_route_not_found(request), request, shape)
+        return problem_response(translate_and_log(exc, request.url.path), request, shape)
+
+    return exception_to_response
+
+
+exception_to_response = exception_handler()
 
 
 def _route_not_found(request: Request[Any, Any, Any]) -> NotFoundError:

@@ -31,14 +31,14 @@ from litestar.types import (
 )
 
 from registry.lib.errors import (
-    PROBLEM_MEDIA_TYPE,
+    ErrorShape,
     HeadersTooLargeError,
     MalformedJsonError,
     RegistryError,
     RequestTimeoutError,
     UnsupportedMediaTypeError,
     UriTooLongError,
-    problem_body,
+    error_content,
 )
 from registry.lib.logging import request_id_var
 from registry.lib.metrics import HttpMetrics
@@ -122,9 +122,12 @@ class RequestContextMiddleware:
         access_log: bool,
         state: dict[str, Any],
         limits: RequestLimits | None = None,
+        error_shape: ErrorShape | None = None,
     ) -> None:
-        """``state`` is copied into each request's scope state (the runtime, for handlers to reach cheaply)."""
+        """``state`` is copied into each request's scope state (the runtime, for handlers to reach cheaply);
+        ``error_shape``, the paths whose refusals are answered as their routes' errors are, not as problem+json."""
         self.app = app
+        self.error_shape = error_shape
         self.metrics = metrics
         self.access_log = access_log
         self.state = state
@@ -188,7 +191,7 @@ class RequestContextMiddleware:
                 else self._refusal(target_bytes, header_count, header_bytes, body_method, content_type, scope["path"])
             )
             if refusal is not None:
-                await send_problem(refusal, scope, send_with_context)
+                await send_problem(refusal, scope, send_with_context, self.error_shape)
             else:
                 if body_method:
                     receive = _within_deadline(receive, self.limits.body_read_timeout)
@@ -197,7 +200,7 @@ class RequestContextMiddleware:
                 except RequestTimeoutError as exc:
                     if status:  # the response had begun: nothing to answer with
                         raise
-                    await send_problem(exc, scope, send_with_context)
+                    await send_problem(exc, scope, send_with_context, self.error_shape)
         finally:
             status = status or 500
             elapsed = time.perf_counter() - started
@@ -267,15 +270,15 @@ def _within_deadline(receive: Receive, seconds: float) -> Receive:
     return receive_before_deadline
 
 
-async def send_problem(error: RegistryError, scope: Scope, send: Send) -> None:
-    """Answer with ``error``'s problem document, for requests refused before Litestar sees them."""
-    body = problem_body(error, instance=scope["path"], request_id=scope["state"].get("request_id"))
+async def send_problem(error: RegistryError, scope: Scope, send: Send, shape: ErrorShape | None = None) -> None:
+    """Answer with ``error``'s problem document (or ``shape``'s), for requests refused before Litestar sees them."""
+    body, media_type = error_content(error, scope["path"], scope["state"].get("request_id"), shape)
     payload = msgspec.json.encode(body)
     start: HTTPResponseStartEvent = {
         "type": "http.response.start",
         "status": error.status_code,
         "headers": [
-            (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+            (b"content-type", media_type.encode()),
             (b"content-length", str(len(payload)).encode()),
             *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items()),
         ],

@@ -58,8 +58,10 @@ async def test_a_body_that_misses_its_deadline_is_answered_alike_on_both_paths(
         assert fast.headers["connection"] == "close"
 
 
-async def hang_up_mid_body(app: Any, headers: dict[str, str], first: bytes) -> list[dict[str, Any]]:
-    """POST ``first`` as the start of a longer body, then the client's disconnect; what the app sent."""
+async def hang_up_mid_body(
+    app: Any, headers: dict[str, str], first: bytes, *, method: str = "POST", path: str = CHAT
+) -> list[dict[str, Any]]:
+    """Send ``first`` as the start of a longer body, then the client's disconnect; what the app sent."""
     sent: list[dict[str, Any]] = []
     messages = [
         {"type": "http.request", "body": first, "more_body": True},
@@ -76,10 +78,10 @@ async def hang_up_mid_body(app: Any, headers: dict[str, str], first: bytes) -> l
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "POST",
+        "method": method,
         "scheme": "http",
-        "path": CHAT,
-        "raw_path": CHAT.encode(),
+        "path": path,
+        "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
         "server": ("testserver", 80),
