@@ -27,17 +27,22 @@ def api_operations(app: Litestar) -> list[tuple[str, str, Scope]]:
     for route in app.routes:
         if not isinstance(route, HTTPRoute) or not route.path.startswith(API_PREFIX):
             continue
-        concrete = re.sub(r"\{(\w+):int\}", "1", re.sub(r"\{(\w+):str\}", "anything", route.path))
         for handler in route.route_handlers:
             for method in handler.http_methods:
                 if method != "OPTIONS":
-                    operations.append((method, concrete, handler.opt["scope"]))
+                    operations.append((method, concrete(route.path), handler.opt["scope"]))
     return operations
+
+
+def concrete(path: str) -> str:
+    """A route's path with its parameters filled in."""
+    return re.sub(r"\{(\w+):int\}", "1", re.sub(r"\{(\w+):str\}", "anything", path))
 
 
 def refusal(response: Any, url: str, app: Litestar) -> dict[str, Any]:
     """The problem document of a refusal: problem+json, or inside OpenAI's error object on the OpenAI door."""
-    return openai_problem(response) if url in openai_door_paths(app) else problem(response)
+    door = {concrete(path) for path in openai_door_paths(app)}
+    return openai_problem(response) if url in door else problem(response)
 
 
 async def test_the_route_table_has_no_unguarded_api_route(app: Litestar) -> None:
