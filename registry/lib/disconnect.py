@@ -14,26 +14,13 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from litestar.exceptions import InternalServerException
 from litestar.types import Receive
 
-from registry.lib.errors import ClientDisconnectedError, translate_exception
+from registry.lib.errors import ClientDisconnectedError
 
-__all__ = ["ClientDisconnectedError", "DisconnectWatch", "cancel_on_disconnect", "left_during_body"]
+__all__ = ["ClientDisconnectedError", "DisconnectWatch", "cancel_on_disconnect"]
 
 T = TypeVar("T")
-
-
-def left_during_body(exc: Exception) -> Exception:
-    """``exc``, or ``ClientDisconnectedError`` for Litestar's error when a client hangs up while sending its body.
-
-    Redundant now that ``translate_exception`` maps that error for every route; kept for its callers.
-    """
-    if isinstance(exc, InternalServerException):
-        translated = translate_exception(exc)
-        if isinstance(translated, ClientDisconnectedError):
-            return translated
-    return exc
 
 
 class DisconnectWatch:

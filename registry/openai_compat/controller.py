@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from registry.auth.keys import Scope
 from registry.auth.principal import Principal
 from registry.completions.service import Caller
-from registry.lib.disconnect import DisconnectWatch, left_during_body
+from registry.lib.disconnect import DisconnectWatch
 from registry.lib.errors import translate_and_log
 from registry.lib.front import SSE_MEDIA_TYPE, Streamed
 from registry.lib.http import decode_name
@@ -37,8 +37,9 @@ from registry.openai_compat.schemas import (
 from registry.openai_compat.service import ModelListing, error_answer
 from registry.runtime import runtime_of
 
-# What this door's handler answers; 414, 415 and 431 are refused before routing, as problem+json.
-ERROR_STATUSES = (400, 401, 403, 404, 408, 413, 422, 429, 502, 503, 504)
+# What this door answers, all as OpenAI's error object: its handler's failures, and the requests refused before
+# routing (414, 415, 431) or at it (405), shaped by the app's ErrorShape for the door's paths (registry.app).
+ERROR_STATUSES = (400, 401, 403, 404, 405, 408, 413, 414, 415, 422, 429, 431, 502, 503, 504)
 _ANSWER = "The completion, with the registry's facts."
 _ERRORS = {
     status: ResponseSpec(ErrorOut, description="OpenAI's error object; `type` and `code` are the problem type.")
@@ -48,7 +49,7 @@ _ERRORS = {
 
 def openai_error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """Any failure as OpenAI's error object, with the status and headers (``Retry-After``...) of its problem."""
-    error = translate_and_log(left_during_body(exc), request.url.path)
+    error = translate_and_log(exc, request.url.path)
     body = error_answer(error, instance=request.url.path, request_id=request.scope["state"].get("request_id"))
     return Response(
         msgspec.json.encode(body), status_code=error.status_code, headers=error.headers, media_type="application/json"

@@ -241,8 +241,7 @@ async def test_openapi_declares_openai_shapes_for_answers_and_errors(client: htt
     assert document["paths"]["/v1/completions"]["post"]["operationId"] == "createCompletion"
     assert document["paths"]["/v1/models"]["get"]["operationId"] == "listModels"
     assert "prompt:NAME" in chat["description"]
-    for status in ("404", "422", "429", "502"):
+    for status in ("404", "405", "414", "415", "422", "429", "431", "502"):  # refused before routing too
         content = chat["responses"][status]["content"]
         assert list(content) == ["application/json"]
         assert content["application/json"]["schema"]["$ref"].endswith("/ErrorOut")
-    assert "application/problem+json" in chat["responses"]["415"]["content"]  # refused before routing
