@@ -237,14 +237,16 @@ def test_held_connections_are_closed_and_renders_keep_answering(live_server: Liv
     assert partial == {"closed": OTHER_CONNECTIONS}
     assert kept_alive == {"200": OTHER_CONNECTIONS}
     assert idle.total() == IDLE_CONNECTIONS
+    # A body past its deadline is refused as Litestar refuses it, the key first: these have none, so 401 (once the
+    # deadline passed, and the connection closed all the same).
     if server == "granian":
         # Past its limit granian takes no new connection until one closes: every one is eventually served.
-        assert slow == {"408": SLOW_BODY_CONNECTIONS}
+        assert slow == {"401": SLOW_BODY_CONNECTIONS}
         assert idle == {"closed": IDLE_CONNECTIONS}
     else:
         # uvicorn refuses past its limit at once with a 503 (how many depends on how fast the flood arrives:
         # closing held connections frees places); the slow bodies were being read before the flood.
-        assert slow == {"408": SLOW_BODY_CONNECTIONS}
+        assert slow == {"401": SLOW_BODY_CONNECTIONS}
         assert set(idle) == {"closed", "503"}
     # The ordinary connection was served all along, renders sent and answered during the flood included,
     # and a new connection is served afterwards.
