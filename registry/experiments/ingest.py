@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,10 +30,14 @@ from registry.experiments.schemas import (
     ExposureBatchOut,
     ItemErrorOut,
 )
-from registry.lib.errors import DatabaseUnavailableError, FieldError, InvalidInputError, translate_exception
+from registry.lib.errors import (
+    DatabaseUnavailableError,
+    FieldError,
+    InvalidInputError,
+    field_error,
+    translate_exception,
+)
 from registry.settings import Settings
-
-_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +54,8 @@ class EventLimits:
 
 
 def _decoding_error(exc: msgspec.ValidationError) -> ItemErrorOut:
-    message = str(exc)
-    match = _PATH.search(message)
-    return ItemErrorOut(
-        field=match.group(1) if match and match.group(1) else "event",
-        message=message[: match.start()] if match else message,
-    )
+    error = field_error(exc, whole="event")
+    return ItemErrorOut(field=error.field, message=error.message)
 
 
 class EventService:

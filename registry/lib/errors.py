@@ -275,16 +275,27 @@ def problem_response(
 
 
 _MSGSPEC_PATH = re.compile(r" - at `\$(?:\.data)?\.?([^`]*)`$")
+# An object's field that is missing or not one of its own: msgspec names it in the message, not in the path.
+_MSGSPEC_NAMED_FIELD = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]+)`")
+
+
+def field_error(exc: msgspec.ValidationError, *, whole: str) -> FieldError:
+    """msgspec's refusal as the field it names (its JSON path, and a missing or unknown field's name), or ``whole``
+    for the document itself."""
+    message = str(exc)
+    match = _MSGSPEC_PATH.search(message)
+    text = message[: match.start()] if match else message
+    field = match.group(1) if match else ""
+    if named := _MSGSPEC_NAMED_FIELD.match(text):
+        field = f"{field}.{named[1]}" if field else named[1]
+    return FieldError(field or whole, text)
 
 
 def _validation_errors(exc: ValidationException) -> list[FieldError]:
     """Field errors from Litestar's validation exception, with JSON paths from msgspec."""
     cause = exc.__cause__
     if isinstance(cause, msgspec.ValidationError):
-        message = str(cause)
-        match = _MSGSPEC_PATH.search(message)
-        field = match.group(1) if match and match.group(1) else "body"
-        return [FieldError(field, message[: match.start()] if match else message)]
+        return [field_error(cause, whole="body")]
     extra = exc.extra if isinstance(exc.extra, list) else []
     return [
         FieldError(str(item.get("key") or item.get("source") or "request"), str(item.get("message", "")))

@@ -68,7 +68,7 @@ async def test_config_versions_store_params_and_prices(client: Client, admin: He
             "params.response_format.json_schema.schema",
         ),
         ({"params": {"response_format": {"type": "yaml"}}}, "params.response_format.type"),
-        ({"params": {"unknown": 1}}, "params"),
+        ({"params": {"unknown": 1}}, "params.unknown"),
         ({"input_price_per_mtok": -1}, "input_price_per_mtok"),
         ({"backend": "Has Space"}, "backend"),
         ({"model": ""}, "model"),

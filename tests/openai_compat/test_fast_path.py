@@ -278,7 +278,7 @@ async def test_careless_bodies_are_answered_alike_naming_the_field(
         if answer.status_code == 422:
             named[answer.json()["error"]["param"]] = openai_problem(answer)["type"]
     assert set(named) >= {"messages[0].content", "messages[0].content[0].type", "logprobs", "tools", "max_tokens"}
-    assert set(named) >= {"temperature", "stop", "user", "model", "body", "prompt"}
+    assert set(named) >= {"temperature", "stop", "user", "model", "body", "prompt", "functions"}
 
 
 # stream_options without stream: true is refused as OpenAI refuses it, by name, on both paths; with it, served here.

@@ -121,7 +121,7 @@ async def test_rollback_needs_a_reason_and_an_earlier_production_version(
     await prompt_with_versions(client, admin, 2)
     no_reason = await client.post("/v1/prompts/greeting/rollback", json={}, headers=admin)
     assert no_reason.status_code == 422
-    assert problem(no_reason)["errors"][0]["field"] == "body"
+    assert problem(no_reason)["errors"][0]["field"] == "reason"
     nothing_earlier = await client.post("/v1/prompts/greeting/rollback", json={"reason": "x"}, headers=admin)
     assert nothing_earlier.status_code == 422
     await promote(client, admin, "greeting", 1)

@@ -53,7 +53,7 @@ async def test_bad_names_are_refused_and_nothing_is_written(
     [
         ({"name": "ok", "tags": ["bad tag"]}, "tags[0]"),
         ({"name": "ok", "description": "x" * 2001}, "description"),
-        ({"name": "ok", "unknown": 1}, "body"),
+        ({"name": "ok", "unknown": 1}, "unknown"),
         ({"name": 5}, "name"),
     ],
 )
