@@ -110,7 +110,7 @@ def test_metrics_are_created_and_listed_and_events_sent_from_csv_and_jsonl(regis
     partly = registry("events", "send", str(events_jsonl))
     assert partly.code == 6, "a rejected event is a validation failure"
     assert partly.out == "1 accepted, 0 duplicate, 1 rejected\n"
-    assert partly.err.startswith("line 2: event: Object missing required field `timestamp`\n"), partly.err
+    assert partly.err.startswith("line 2: timestamp: Object missing required field `timestamp`\n"), partly.err
     assert "timestamp, ISO 8601 with a time zone" in partly.err
 
 
