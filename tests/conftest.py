@@ -43,6 +43,25 @@ RUN_ID = uuid.uuid4().hex[:10]
 TEST_ACTOR = Actor(name="test-admin")
 
 
+def http_scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """An ASGI HTTP scope as a server builds one, for tests that call an app directly with their own receive."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 50000),
+        "state": {},
+    }
+
+
 def _server_url(database: str) -> str:
     base, _, _ = POSTGRES_SERVER_URL.rpartition("/")
     return f"{base}/{database}"

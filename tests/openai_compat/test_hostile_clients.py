@@ -21,7 +21,7 @@ from tests.completions import test_fast_path as shared
 from tests.completions.conftest import WAIT, finished, publish, unique, until, usage_rows
 from tests.completions.fault_server import FaultServer
 from tests.completions.test_fast_path import ErrorLog, comparable, layer_of
-from tests.conftest import AppClient, openai_problem, serve_over_http
+from tests.conftest import AppClient, http_scope, openai_problem, serve_over_http
 from tests.openai_compat.test_fast_path import CHAT, chat
 
 client, slow, keys, error_log = shared.client, shared.slow, shared.keys, shared.error_log
@@ -74,21 +74,7 @@ async def hang_up_mid_body(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "server": ("testserver", 80),
-        "client": ("127.0.0.1", 50000),
-        "headers": [(name.lower().encode(), value.encode()) for name, value in headers.items()],
-        "state": {},
-    }
+    scope = http_scope(method, path, [(name.lower().encode(), value.encode()) for name, value in headers.items()])
     await app(scope, receive, send)
     return sent
 

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from registry.app import create_app
 from registry.settings import Settings
 from tests.api import Headers
-from tests.conftest import serve_in_process
+from tests.conftest import http_scope, serve_in_process
 
 # Only a guard against a hang: the deadline under test is REGISTRY_BODY_READ_TIMEOUT_SECONDS=0.2.
 GUARD_SECONDS = 30
@@ -45,21 +45,7 @@ async def send_a_stalled_body(
 
     raw_headers = [(b"content-type", b"application/json"), (b"content-length", b"100")]
     raw_headers += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": raw_headers,
-        "server": ("testserver", 80),
-        "client": ("127.0.0.1", 50000),
-        "state": {},
-    }
+    scope = http_scope(method, path, raw_headers)
     await asyncio.wait_for(app(scope, receive, send), GUARD_SECONDS)  # type: ignore[arg-type]
     start = next(message for message in sent if message["type"] == "http.response.start")
     body = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
