@@ -204,7 +204,7 @@ class FormPage:
 @dataclass(frozen=True, slots=True)
 class ChangePage:
     """A start or stop confirmation: the experiment, and why each variant the stop would refuse as winner cannot win
-    (the stop form offers the others)."""
+    (archived, or refused by the promotion gate; the stop form offers the others)."""
 
     experiment: ExperimentDefinition
     cannot_win: dict[str, str] = field(default_factory=dict)  # per variant key
@@ -218,15 +218,16 @@ class ExperimentPages:
     async def definition(self, key: str) -> ExperimentDefinition:
         return ExperimentDefinition.of(await self.experiments.require(key))
 
-    async def change_page(self, key: str) -> ChangePage:
+    async def start_page(self, key: str) -> ChangePage:
+        return ChangePage(await self.definition(key))
+
+    async def stop_page(self, key: str, actor: Actor) -> ChangePage:
         """The experiment, and while it runs (the stop form shows), the service's reason for each variant it would
-        refuse as winner."""
+        refuse as ``actor``'s winner: one that can never be promoted, or one the promotion gate refuses now."""
         experiment = await self.experiments.require(key)
         cannot_win = {}
         if experiment.status == "running":
-            for variant in experiment.variants:
-                if (reason := await self.experiments.cannot_win(experiment, variant)) is not None:
-                    cannot_win[variant.key] = reason
+            cannot_win = await self.experiments.winner_refusals(experiment, actor)
         return ChangePage(ExperimentDefinition.of(experiment), cannot_win)
 
     async def metric_keys(self) -> list[str]:

@@ -225,7 +225,7 @@ class ExperimentPagesController(Controller):
         experiment_key: NamedDependency[str],
         pages: NamedDependency[ExperimentPages],
     ) -> Template:
-        return self._change_page(request, "start", await pages.change_page(experiment_key))
+        return self._change_page(request, "start", await pages.start_page(experiment_key))
 
     @post("/{key:str}/start", opt={SCOPE_OPT: Scope.PROMOTE}, operation_id="consoleStart", include_in_schema=False)
     async def start(
@@ -238,7 +238,7 @@ class ExperimentPagesController(Controller):
     ) -> Response[Any]:
         problem = await pages.start(experiment_key, viewer.actor)
         if problem is not None:
-            return self._change_page(request, "start", await pages.change_page(experiment_key), problem)
+            return self._change_page(request, "start", await pages.start_page(experiment_key), problem)
         return see_other(home_of(viewer, experiment_key, "started"))
 
     @get("/{key:str}/stop", opt={SCOPE_OPT: Scope.PROMOTE}, operation_id="consoleStopPlan", include_in_schema=False)
@@ -247,8 +247,9 @@ class ExperimentPagesController(Controller):
         request: Request[Any, Any, Any],
         experiment_key: NamedDependency[str],
         pages: NamedDependency[ExperimentPages],
+        viewer: NamedDependency[Viewer],
     ) -> Template:
-        return self._change_page(request, "stop", await pages.change_page(experiment_key))
+        return self._change_page(request, "stop", await pages.stop_page(experiment_key, viewer.actor))
 
     @post("/{key:str}/stop", opt={SCOPE_OPT: Scope.PROMOTE}, operation_id="consoleStop", include_in_schema=False)
     async def stop(
@@ -261,7 +262,7 @@ class ExperimentPagesController(Controller):
     ) -> Response[Any]:
         problem = await pages.stop(experiment_key, data.request(), viewer.actor)
         if problem is not None:
-            return self._change_page(request, "stop", await pages.change_page(experiment_key), problem)
+            return self._change_page(request, "stop", await pages.stop_page(experiment_key, viewer.actor), problem)
         return see_other(home_of(viewer, experiment_key, "stopped"))
 
     # -- results and downloads

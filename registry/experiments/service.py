@@ -204,6 +204,22 @@ async def _gate(
     return await gate.check(session, GateCheck("prompt", name, version, State.PRODUCTION, current, actor, None))
 
 
+async def _gate_refusal(
+    session: AsyncSession, name: str, version: PromptVersion, current: PromptVersion | None, actor: Actor
+) -> str | None:
+    """The promotion gate's refusal of ``version`` entering production, judged now as ``_gate`` judges it, or None.
+
+    Nothing is written: a refusal raises before the gate records anything (only an override is audited)."""
+    gate: PromotionGate | None = session.info.get(PROMOTION_GATE)
+    if gate is None:
+        return None
+    try:
+        await gate.check(session, GateCheck("prompt", name, version, State.PRODUCTION, current, actor, None))
+    except InvalidInputError as refused:
+        return refused.detail
+    return None
+
+
 def _snapshot(experiment: Experiment) -> dict[str, Any]:
     return {
         "status": experiment.status,
@@ -652,6 +668,46 @@ class ExperimentService:
         does not offer it."""
         version = await self.prompts.workflow.require_version(experiment.prompt, variant.prompt_version)
         return await self.unpromotable(experiment.prompt_id, version)
+
+    async def winner_refusals(self, experiment: Experiment, actor: Actor) -> dict[str, str]:
+        """Why each variant the stop would refuse as winner now cannot win, by key: ``cannot_win``, else the refusal
+        of the promotion gate on production, judged as the promotion judges the version the win would put there.
+
+        For the console's stop form, read once per page (each variant's evidence once); the stop judges again when
+        sent, as the evidence may change in between."""
+        current = (await self.prompts.workflow.repository.holders(experiment.prompt_id)).get(State.PRODUCTION)
+        refusals = {}
+        for variant in experiment.variants:
+            refusal = await self.cannot_win(experiment, variant)
+            if refusal is None:
+                version = await self._winning_version(experiment, variant)
+                if current is None or version.id != current.id:  # the holder's win moves nothing: no gate
+                    refusal = await _gate_refusal(self.session, experiment.prompt.name, version, current, actor)
+            if refusal is not None:
+                refusals[variant.key] = refusal
+        return refusals
+
+    async def _winning_version(self, experiment: Experiment, winner: ExperimentVariant) -> PromptVersion:
+        """The version ``_promote`` would promote, without writing it: for a variant that ran its version with
+        another config, the version carrying that config (the identical newest one, or the next, not stored)."""
+        prompt = experiment.prompt
+        version = await self.prompts.workflow.require_version(prompt, winner.prompt_version)
+        if winner.config_version_id is None or winner.config_version_id == version.config_version_id:
+            return version
+        newest = await self.prompts.workflow.require_version(prompt, prompt.latest_version)
+        content = (version.kind, version.template, version.messages, version.input_schema, winner.config_version_id)
+        if (newest.kind, newest.template, newest.messages, newest.input_schema, newest.config_version_id) == content:
+            return newest
+        return PromptVersion(
+            prompt_id=prompt.id,
+            number=prompt.latest_version + 1,
+            kind=version.kind,
+            template=version.template,
+            messages=version.messages,
+            input_schema=version.input_schema,
+            config_version_id=winner.config_version_id,
+            config_version=winner.config_version,
+        )
 
     async def _check_winner(self, experiment: Experiment, winner: ExperimentVariant) -> None:
         """Refuse, before anything is written, a winner whose version can never be promoted."""
