@@ -304,6 +304,61 @@ def _validation_errors(exc: ValidationException) -> list[FieldError]:
     ] or [FieldError("request", exc.detail)]
 
 
+# Byte order marks a body may start with, which JSON does not allow (RFC 8259 8.1) and msgspec refuses at byte 0.
+_BYTE_ORDER_MARKS = (
+    (b"\xef\xbb\xbf", "a byte order mark (BOM); send UTF-8 JSON without one"),
+    (b"\xff\xfe", "a UTF-16 byte order mark; send UTF-8 JSON"),
+    (b"\xfe\xff", "a UTF-16 byte order mark; send UTF-8 JSON"),
+)
+# A backslash escape in a JSON string: \uXXXX (its code unit captured) or a backslash and any other byte.
+_JSON_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
+# What may still follow a high surrogate's escape in a body cut short before its low surrogate's escape.
+_LOW_SURROGATE_ESCAPE_START = re.compile(rb"(?:\\(?:u(?:[dD](?:[c-fC-F][0-9a-fA-F]{0,2})?)?)?)?")
+
+
+def _lone_surrogate(body: bytes) -> re.Match[bytes] | None:
+    """The first ``\\uXXXX`` escape of ``body`` that is half a UTF-16 surrogate pair without its other half.
+
+    A high surrogate at the very end of a body cut short is not one: its low surrogate may be what is missing.
+    """
+    high: re.Match[bytes] | None = None
+    for escape in _JSON_ESCAPE.finditer(body):
+        unit = int(escape[1], 16) if escape[1] else None
+        if high is not None:
+            if escape.start() == high.end() and unit is not None and 0xDC00 <= unit <= 0xDFFF:
+                high = None
+                continue
+            break
+        if unit is not None and 0xD800 <= unit <= 0xDBFF:
+            high = escape
+        elif unit is not None and 0xDC00 <= unit <= 0xDFFF:
+            return escape
+    if high is not None and _LOW_SURROGATE_ESCAPE_START.fullmatch(body, high.end()):
+        return None  # cut short where its low surrogate would be
+    return high
+
+
+def malformed_json_detail(body: bytes, exc: msgspec.DecodeError) -> str:
+    """Why ``body`` is not JSON, for msgspec's refusal ``exc`` of it.
+
+    msgspec words two careless bodies misleadingly: one that starts with a byte order mark is an
+    "invalid character (byte 0)", and a lone surrogate escape ("\\ud800") at the end of a string is
+    "truncated" (elsewhere an "invalid utf-16 surrogate pair", without saying which escape). Those are
+    named here; any other refusal keeps msgspec's words.
+    """
+    message = str(exc)
+    for mark, named in _BYTE_ORDER_MARKS:
+        if body.startswith(mark):
+            return f"the body is not valid JSON: it starts with {named}"
+    if ("truncated" in message or "surrogate" in message) and (lone := _lone_surrogate(body)):
+        return (
+            f"the body is not valid JSON: invalid \\u escape at byte {lone.start()}: {lone[0].decode('ascii')} is a "
+            "lone UTF-16 surrogate; a high surrogate (\\ud800-\\udbff) must be followed at once by a low one "
+            "(\\udc00-\\udfff)"
+        )
+    return f"the body is not valid JSON: {message.removeprefix('JSON is malformed: ')}"
+
+
 # What Litestar's body read raises (a 500) when the client goes away before its body is whole.
 _LITESTAR_BODY_DISCONNECT = "client disconnected prematurely"
 

@@ -20,6 +20,7 @@ import msgspec
 import structlog
 from litestar import Request
 from litestar.enums import ScopeType
+from litestar.exceptions import SerializationException
 from litestar.types import (
     ASGIApp,
     HTTPResponseBodyEvent,
@@ -39,6 +40,7 @@ from registry.lib.errors import (
     UnsupportedMediaTypeError,
     UriTooLongError,
     error_content,
+    malformed_json_detail,
 )
 from registry.lib.logging import request_id_var
 from registry.lib.metrics import HttpMetrics
@@ -299,7 +301,8 @@ class RegistryRequest(Request[Any, Any, Any]):
     """Litestar's request, with every body it cannot decode reported as malformed JSON (400), not as a 500.
 
     Litestar turns msgspec's ``DecodeError`` into a 400 but lets through the ``RecursionError`` of a body
-    nested about 1,000 levels deep and the ``UnicodeDecodeError`` of one that is not UTF-8.
+    nested about 1,000 levels deep and the ``UnicodeDecodeError`` of one that is not UTF-8. A ``DecodeError``
+    is worded here, where the body is at hand, as msgspec words some misleadingly (a leading BOM, a lone surrogate).
     """
 
     async def json(self) -> Any:
@@ -307,6 +310,10 @@ class RegistryRequest(Request[Any, Any, Any]):
             return await super().json()
         except (RecursionError, UnicodeDecodeError) as exc:
             raise MalformedJsonError(json_error_detail(exc)) from None
+        except SerializationException as exc:
+            if not isinstance(exc.__cause__, msgspec.DecodeError):
+                raise
+            raise MalformedJsonError(malformed_json_detail(await self.body(), exc.__cause__)) from None
 
 
 class JsonResponse:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from registry.completions.fast_path import CompletionFastPath
 from registry.openai_compat.fast_path import OpenAIFastPath
 from registry.settings import Settings
 from tests.completions import test_fast_path as shared
@@ -32,7 +33,7 @@ from tests.completions.test_fast_path import (
     sse_events,
     with_backends,
 )
-from tests.conftest import AppClient, KeyFactory, openai_problem
+from tests.conftest import AppClient, KeyFactory, openai_problem, problem
 
 # The apps, prompts and keys of the /complete cases (fixtures).
 client, slow, keys, error_log = shared.client, shared.slow, shared.keys, shared.error_log
@@ -279,6 +280,52 @@ async def test_careless_bodies_are_answered_alike_naming_the_field(
             named[answer.json()["error"]["param"]] = openai_problem(answer)["type"]
     assert set(named) >= {"messages[0].content", "messages[0].content[0].type", "logprobs", "tools", "max_tokens"}
     assert set(named) >= {"temperature", "stop", "user", "model", "body", "prompt", "functions"}
+
+
+# Bytes msgspec words misleadingly: a leading byte order mark is an "invalid character (byte 0)" to it, a lone
+# surrogate escape at the end of a string "truncated". Both are named, alike on /complete, on a route served by
+# Litestar alone, and at the door (in OpenAI's error object), whether the fast path or Litestar reads the body.
+BOM = b"\xef\xbb\xbf"
+LONE_HIGH = rb'{"model": "prompt:greet", "messages": [], "variables": {"name": "\ud800"}}'
+LONE_LOW = rb'{"model": "prompt:greet", "messages": [], "variables": {"name": "\udc00 and more"}}'
+COMPLETE = "/v1/prompts/greet/complete"
+UNREADABLE_CASES: list[Case] = [
+    ("reader", COMPLETE, BOM + encoded({"variables": ADA}), 400, False),
+    ("reader", COMPLETE, rb'{"variables": {"name": "\ud800"}}', 400, False),
+    ("admin", "/v1/prompts", BOM + encoded({"name": unique("bom")}), 400, False),
+    ("admin", "/v1/prompts", rb'{"name": "p", "description": "\ud800"}', 400, False),
+]
+DOOR_UNREADABLE_CASES: list[Case] = [
+    ("reader", CHAT, BOM + encoded(chat("prompt:greet")), 400, False),
+    ("reader", CHAT, LONE_HIGH, 400, False),
+    ("reader", CHAT, LONE_LOW, 400, False),
+    ("reader", TEXT, BOM + encoded(text("prompt:essay")), 400, False),
+]
+BOM_DETAIL = "the body is not valid JSON: it starts with a byte order mark (BOM); send UTF-8 JSON without one"
+
+
+def lone_surrogate_detail(escape: str, byte: int) -> str:
+    return (
+        f"the body is not valid JSON: invalid \\u escape at byte {byte}: {escape} is a lone UTF-16 surrogate; "
+        "a high surrogate (\\ud800-\\udbff) must be followed at once by a low one (\\udc00-\\udfff)"
+    )
+
+
+async def test_a_bom_or_a_lone_surrogate_is_named_alike_on_every_path(
+    client: AppClient, slow: AppClient, door: dict[str, dict[str, str]]
+) -> None:
+    answers = await answered_alike(client, slow, door, CompletionFastPath, UNREADABLE_CASES)
+    assert [problem(answer)["detail"] for answer in answers] == [
+        BOM_DETAIL,
+        lone_surrogate_detail("\\ud800", 24),
+        BOM_DETAIL,
+        lone_surrogate_detail("\\ud800", 30),
+    ]
+    door_answers = await answered_alike(client, slow, door, OpenAIFastPath, DOOR_UNREADABLE_CASES, joined_chunks)
+    details = [BOM_DETAIL, lone_surrogate_detail("\\ud800", 65), lone_surrogate_detail("\\udc00", 65), BOM_DETAIL]
+    assert [answer.json()["error"]["message"] for answer in door_answers] == details
+    assert [openai_problem(answer)["detail"] for answer in door_answers] == details
+    assert {openai_problem(answer)["type"] for answer in door_answers} == {"/problems/malformed_json"}
 
 
 # stream_options without stream: true is refused as OpenAI refuses it, by name, on both paths; with it, served here.
