@@ -242,6 +242,10 @@ class Runtime:
             await asyncio.wait_for(self.experiments.router.settled(), self.job_stop_wait_seconds)
         await self.experiments.stop()
         await self.evals.stop()  # gives its runs' leases up, for another worker to take over at once
+        # Completions left before their first token are recorded once their prompts are counted.
+        if self.completions.prefill is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.completions.prefill.settled(), self.job_stop_wait_seconds)
         if self.settings.is_sqlite:
             await self._await_sqlite_write_lock()
         for job in self.jobs:

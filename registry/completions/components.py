@@ -15,6 +15,7 @@ from registry.completions.budgets import BudgetGuard
 from registry.completions.cache import ResponseCache
 from registry.completions.embeddings import EmbeddingClient
 from registry.completions.metrics import CompletionMetrics
+from registry.completions.prefill import PrefillCounter
 from registry.completions.repository import CompletionRepository
 from registry.completions.semantic_cache import SemanticCache
 from registry.completions.upstream import UpstreamClient
@@ -34,6 +35,8 @@ class Completions:
     upstream: UpstreamClient
     metrics: CompletionMetrics
     recorder: UsageRecorder
+    # None where each record must be made at once (an evaluation run charges its attempt as it is recorded).
+    prefill: PrefillCounter | None
     budgets: BudgetGuard
     cache: ResponseCache
     semantic: SemanticCache
@@ -60,6 +63,7 @@ class Completions:
             upstream=upstream,
             metrics=metrics,
             recorder=recorder,
+            prefill=PrefillCounter(upstream),
             budgets=BudgetGuard(sessionmaker, bus, recorder),
             cache=cache,
             semantic=SemanticCache(

@@ -143,6 +143,7 @@ class Run:
     ttft: float | None = None
     latency: float | None = None
     parts: list[str] = field(default_factory=list)
+    sent: bool = False  # a request went to a backend: one left before any usage came is charged its prompt
     recorded: bool = False
     # What an attempt given up mid-answer generated (its fallback answered instead): spent all the same.
     set_aside: Spend = field(default_factory=Spend)
@@ -367,6 +368,7 @@ class CompletionService:
     # -- running
 
     async def _open(self, run: Run, overrides: Overrides) -> UpstreamStream:
+        run.sent = True
         try:
             return await self._start(run.plan)
         except FALLBACK_ERRORS as exc:
@@ -623,6 +625,17 @@ class CompletionService:
         run.recorded = True
         if run.latency is None:
             run.latency = time.monotonic() - run.started
+        prefill = self.completions.prefill
+        if prefill is not None and run.status == "cancelled" and run.sent and not run.input_tokens and not run.cached:
+            # Left during the prefill: no usage came, but the backend read the prompt (registry.completions.prefill).
+            prefill.count_then(run.plan.backend, run.plan.payload, functools.partial(self._add, run))
+            return
+        self._add(run)
+
+    def _add(self, run: Run, input_tokens: int | None = None) -> None:
+        """Add the run's usage record (with ``input_tokens`` counted after it ended, if given) and its metrics."""
+        if input_tokens is not None:
+            run.input_tokens = input_tokens
         out, config, metrics = run.rendering.out, run.plan.config, self.completions.metrics
         experiment = out.experiment
         store = run.rendering.resolution.entry.store_io

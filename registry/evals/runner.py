@@ -186,11 +186,16 @@ class ChargingRecorder:
 
 
 def charging(completions: Completions) -> Completions:
-    """``completions`` recording through a ``ChargingRecorder`` (the same parts otherwise)."""
+    """``completions`` recording through a ``ChargingRecorder`` (the same parts otherwise).
+
+    A completion left before any usage came is recorded at once, without waiting for its prompt to be counted
+    (``registry.completions.prefill``): the attempt it was made for is charged as it is recorded, so the run's
+    cost and the key's records agree. Only a stopping worker leaves a run's completions.
+    """
     if isinstance(completions.recorder, ChargingRecorder):
         return completions
     recorder = cast("UsageRecorder", ChargingRecorder(completions.recorder))  # it records only through add
-    return dataclasses.replace(completions, recorder=recorder)
+    return dataclasses.replace(completions, recorder=recorder, prefill=None)
 
 
 @dataclass(slots=True)

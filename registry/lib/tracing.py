@@ -222,8 +222,11 @@ def _headers_carrier(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
 
 
 def annotate_current_span(attributes: Attributes) -> None:
-    """Add attributes to the span the request runs in (its server span)."""
-    trace.get_current_span().set_attributes(attributes)
+    """Add attributes to the span the request runs in (its server span), unless it has ended (a completion whose
+    record waited for its prompt to be counted, ``registry.completions.prefill``)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes(attributes)
 
 
 def inject_trace_context(headers: dict[str, str], span: Span) -> None:

@@ -14,9 +14,10 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from registry.auth.keys import Scope
 from tests.completions.conftest import RegistryFactory, backend, finished, parse_sse, publish, unique, until, usage_rows
 from tests.completions.fault_server import CHAT, PROMPT_TOKENS, FaultServer
-from tests.conftest import problem
+from tests.conftest import KeyFactory, problem
 
 COMPLETE = "/v1/prompts/greet/complete"
 REQUEST = {"variables": {"name": "Ada"}}
@@ -180,9 +181,11 @@ async def test_a_caller_leaving_a_stream_aborts_the_backend_and_is_recorded_canc
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole answer", "stream"])
-async def test_a_caller_leaving_before_the_first_token_aborts_the_backend_and_is_recorded_cancelled(
+async def test_a_caller_leaving_before_the_first_token_aborts_the_backend_and_is_charged_its_prompt(
     registry: RegistryFactory, admin: dict[str, str], fault: FaultServer, admin_engine: AsyncEngine, stream: bool
 ) -> None:
+    """No usage came (the backend was still reading the prompt), but the prompt was read: it is counted by the
+    backend after the caller left, and recorded with its cost."""
     model = unique("stall-after:0")
     client = await start(registry, admin, fault, model, first_token_timeout=120, total_timeout=120)
     request = asyncio.create_task(client.post(COMPLETE, json={**REQUEST, "stream": stream}, headers=admin))
@@ -196,11 +199,68 @@ async def test_a_caller_leaving_before_the_first_token_aborts_the_backend_and_is
 
     assert seen.disconnected
     assert seen.sent == 0
+
+    async def recorded() -> bool:
+        return len(await usage_rows(client, admin, admin_engine)) == 1
+
+    await until(recorded, "the left completion to be recorded once its prompt is counted")
     [row] = await usage_rows(client, admin, admin_engine)
-    assert (row["status"], row["stream"], row["output_tokens"], row["cost"]) == ("cancelled", stream, 0, 0)
+    assert (row["status"], row["stream"], row["input_tokens"], row["output_tokens"]) == (
+        "cancelled",
+        stream,
+        PROMPT_TOKENS,
+        0,
+    )
+    assert row["cost"] == pytest.approx(cost(PROMPT_TOKENS, 0))
+    assert len(fault.seen(model, "/tokenize")) == 1  # counted after the caller left, not before sending
     metrics = (await client.get("/metrics")).text
     assert 'registry_backend_in_flight{backend="fault"} 0.0' in metrics
     assert 'registry_completions_total{cached="false",fallback="false",status="cancelled"} 1.0' in metrics
+
+
+async def test_a_client_leaving_every_request_before_its_first_token_still_reaches_its_token_budget(
+    registry: RegistryFactory, admin: dict[str, str], fault: FaultServer, make_key: KeyFactory
+) -> None:
+    """Each request read its prompt on the backend and was left during the prefill, by either door, streamed or
+    not: each is charged its prompt, so the key's budget refuses the next request once they add up to it."""
+    model = unique("stall-after:0")
+    client = await start(registry, admin, fault, model, first_token_timeout=120, total_timeout=120)
+    app_key = await make_key(Scope.READ, name="app")
+    key_id = (await client.get("/v1/keys/", headers=admin)).json()["items"][-1]["id"]
+    budget = 3 * PROMPT_TOKENS
+    assert (await client.put(f"/v1/keys/{key_id}/budget", json={"monthly_tokens": budget}, headers=admin)).is_success
+    door = {"model": "prompt:greet", "messages": [], "variables": {"name": "Ada"}}
+    requests = [
+        (COMPLETE, {**REQUEST, "stream": True}),
+        (COMPLETE, REQUEST),
+        ("/v1/chat/completions", {**door, "stream": True}),
+    ]
+
+    for number, (path, body) in enumerate(requests, start=1):
+        request = asyncio.create_task(client.post(path, json=body, headers=app_key))
+
+        async def requested(number: int = number) -> bool:
+            return len(fault.seen(model, CHAT)) == number
+
+        await until(requested, "the registry to call the backend")
+        request.cancel()
+
+        async def ended(number: int = number) -> bool:
+            seen = fault.seen(model, CHAT)[number - 1]
+            return seen.finished and seen.disconnected
+
+        await until(ended, "the registry to leave the backend's request")
+
+        async def charged(number: int = number) -> bool:
+            used = (await client.get(f"/v1/keys/{key_id}/budget", headers=admin)).json()["used_tokens"]
+            return bool(used == number * PROMPT_TOKENS)
+
+        await until(charged, "the left request's prompt to be charged to the key")
+
+    refused = await client.post(COMPLETE, json=REQUEST, headers=app_key)
+    assert refused.status_code == 429, refused.text
+    assert problem(refused)["type"] == "/problems/over_budget"
+    assert len(fault.seen(model, CHAT)) == len(requests)  # the refused request never reached the backend
 
 
 # -- item 9: a problem inside a stream has the fields of one before it

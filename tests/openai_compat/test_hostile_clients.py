@@ -128,12 +128,21 @@ async def test_a_stream_left_before_its_first_token_is_recorded_once_as_cancelle
         assert seen.disconnected
 
     assert layer_of(client.app, OpenAIFastPath).served == 1
-    await usage_rows(slow, keys["admin"], admin_engine)  # each app writes its own buffer of records
-    rows = [row for row in await usage_rows(client, keys["admin"], admin_engine) if row["config"] in models]
-    # No token came, so no usage either: the backend's prefill is not counted (as on /complete).
-    assert sorted((r["config"], r["status"], r["stream"], r["input_tokens"], r["output_tokens"]) for r in rows) == [
-        ("first-fast", "cancelled", True, 0, 0),
-        ("first-slow", "cancelled", True, 0, 0),
+
+    async def rows_written() -> list[dict[str, Any]]:
+        await usage_rows(slow, keys["admin"], admin_engine)  # each app writes its own buffer of records
+        return [row for row in await usage_rows(client, keys["admin"], admin_engine) if row["config"] in models]
+
+    async def both_recorded() -> bool:  # once the backend has counted each prompt (registry.completions.prefill)
+        return len(await rows_written()) == 2
+
+    await until(both_recorded, "both left completions to be recorded")
+    # No token came, so no usage either; the prompt the backend read is counted after the caller left (7 tokens).
+    assert sorted(
+        (r["config"], r["status"], r["stream"], r["input_tokens"], r["output_tokens"]) for r in await rows_written()
+    ) == [
+        ("first-fast", "cancelled", True, 7, 0),
+        ("first-slow", "cancelled", True, 7, 0),
     ]
     assert error_log.entries == []
 
