@@ -143,7 +143,7 @@ class Run:
     ttft: float | None = None
     latency: float | None = None
     parts: list[str] = field(default_factory=list)
-    sent: bool = False  # a request went to a backend: one left before any usage came is charged its prompt
+    sent: bool = False  # a backend took the request: one left before any usage came is charged its prompt
     recorded: bool = False
     # What an attempt given up mid-answer generated (its fallback answered instead): spent all the same.
     set_aside: Spend = field(default_factory=Spend)
@@ -166,6 +166,10 @@ class Run:
     def cost_of(self, spend: Spend) -> float:
         """What the caller is charged for ``spend`` (this run's): nothing for a cache hit."""
         return 0.0 if self.cached else round(spend.cost, 12)
+
+    def accepted(self) -> None:
+        """A backend took the request (``UpstreamClient.open_stream``): it reads the prompt from here on."""
+        self.sent = True
 
     def set_aside_attempt(self) -> None:
         """Start the answer again on another config: the text goes, what it cost stays charged."""
@@ -368,16 +372,16 @@ class CompletionService:
     # -- running
 
     async def _open(self, run: Run, overrides: Overrides) -> UpstreamStream:
-        run.sent = True
         try:
-            return await self._start(run.plan)
+            return await self._start(run)
         except FALLBACK_ERRORS as exc:
             if not await self._use_fallback(run, overrides, exc):
                 raise
-            return await self._start(run.plan)
+            return await self._start(run)
 
-    async def _start(self, plan: Plan) -> UpstreamStream:
-        return await self.upstream.open_stream(plan.backend, plan.path, plan.payload)
+    async def _start(self, run: Run) -> UpstreamStream:
+        plan = run.plan
+        return await self.upstream.open_stream(plan.backend, plan.path, plan.payload, accepted=run.accepted)
 
     async def _use_fallback(self, run: Run, overrides: Overrides, error: RegistryError) -> bool:
         """Move the run to its config's fallback, once; False when there is none to move to.
@@ -516,7 +520,7 @@ class CompletionService:
                 # completion can still run on the fallback.
                 if not await self._use_fallback(run, overrides, exc):
                     raise
-                await self._collect(run, await self._start(run.plan))
+                await self._collect(run, await self._start(run))
             await self._guard_output(run)
             run.status = "ok"
         except RECORDED_ERRORS as exc:

@@ -389,12 +389,21 @@ class UpstreamClient:
             raise BackendNotConfiguredError(f"the model config names backend '{name}', which is not configured")
         return backend
 
-    async def open_stream(self, backend: Backend, path: str, payload: Mapping[str, Any]) -> UpstreamStream:
+    async def open_stream(
+        self,
+        backend: Backend,
+        path: str,
+        payload: Mapping[str, Any],
+        *,
+        accepted: Callable[[], object] | None = None,
+    ) -> UpstreamStream:
         """Send a streaming completion request and wait for its first token.
 
         Connection errors, 429 and 503 are retried with backoff while no token
         has arrived; the breaker is asked before every attempt. The returned
-        stream holds a concurrency slot until it is closed.
+        stream holds a concurrency slot until it is closed. ``accepted`` is called
+        when the backend has taken the request (answered 200): from then on it reads
+        the prompt, whether or not a token follows.
         """
         settings = backend.settings
         deadline = time.monotonic() + settings.total_timeout
@@ -402,7 +411,7 @@ class UpstreamClient:
         headers = backend.headers()
         span = self._start_span(backend, path, payload, headers)
         try:
-            stream = await self._open_stream(backend, path, body, headers, deadline, span)
+            stream = await self._open_stream(backend, path, body, headers, deadline, span, accepted)
         except BaseException as exc:
             if span is not None:
                 end_span(span, {}, error_type=getattr(exc, "type", None) or type(exc).__name__)
@@ -426,7 +435,14 @@ class UpstreamClient:
         return span
 
     async def _open_stream(
-        self, backend: Backend, path: str, body: bytes, headers: dict[str, str], deadline: float, span: Span | None
+        self,
+        backend: Backend,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        deadline: float,
+        span: Span | None,
+        accepted: Callable[[], object] | None,
     ) -> UpstreamStream:
         settings = backend.settings
         await backend.limiter.acquire()
@@ -434,7 +450,7 @@ class UpstreamClient:
             for attempt in range(settings.max_retries + 1):
                 backend.breaker.admit(backend.name)
                 try:
-                    return await self._attempt(backend, path, body, headers, deadline)
+                    return await self._attempt(backend, path, body, headers, deadline, accepted)
                 except UpstreamError as exc:
                     backend.breaker.record(failed=exc.counts_against_breaker)
                     self.metrics.upstream_errors.labels(backend.name, exc.type).inc()
@@ -464,7 +480,13 @@ class UpstreamClient:
             raise
 
     async def _attempt(
-        self, backend: Backend, path: str, body: bytes, headers: Mapping[str, str], deadline: float
+        self,
+        backend: Backend,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        deadline: float,
+        accepted: Callable[[], object] | None,
     ) -> UpstreamStream:
         settings = backend.settings
         started = time.monotonic()
@@ -481,6 +503,8 @@ class UpstreamClient:
                     text = await response.text(errors="replace")
                     response.release()
                     raise _status_error(response.status, text, backend.name, response.headers.get("retry-after"))
+                if accepted is not None:
+                    accepted()
                 stream = UpstreamStream(self, backend, response, started=started, deadline=deadline)
                 await stream.read_head()
         except (aiohttp.ClientError, OSError, MalformedStreamError, TimeoutError) as exc:

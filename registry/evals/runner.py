@@ -143,9 +143,9 @@ class RunCompletions(CompletionService):
             plan.payload["response_format"] = self.response_format
         return plan
 
-    async def _start(self, plan: Plan) -> UpstreamStream:
+    async def _start(self, run: Run) -> UpstreamStream:
         with backend_wait(asking=True):
-            return await super()._start(plan)
+            return await super()._start(run)
 
     @staticmethod
     async def _collect(run: Run, upstream: UpstreamStream) -> None:

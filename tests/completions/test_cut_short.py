@@ -263,6 +263,66 @@ async def test_a_client_leaving_every_request_before_its_first_token_still_reach
     assert len(fault.seen(model, CHAT)) == len(requests)  # the refused request never reached the backend
 
 
+async def test_a_caller_leaving_while_queued_for_the_backend_is_not_charged_a_prompt_it_never_sent(
+    registry: RegistryFactory, admin: dict[str, str], fault: FaultServer, admin_engine: AsyncEngine
+) -> None:
+    """One slot: the first request holds it (the backend reads its prompt and sends nothing), the second waits in
+    the queue and is left there. Only the first is charged its prompt; the second never reached the backend."""
+    held, queued = unique("stall-after:0"), unique("ok")
+    client = await registry(  # type: ignore[attr-defined]
+        {"fault": backend(fault.url, max_concurrency=1, first_token_timeout=120, total_timeout=120)}
+    )
+    await publish(
+        client,
+        admin,
+        backend="fault",
+        model=held,
+        prompt="held",
+        config="c-held",
+        prices=PRICES,
+        max_context_tokens=4096,
+    )
+    await publish(
+        client,
+        admin,
+        backend="fault",
+        model=queued,
+        prompt="queued",
+        config="c-queued",
+        prices=PRICES,
+        max_context_tokens=4096,
+    )
+    first = asyncio.create_task(client.post("/v1/prompts/held/complete", json=REQUEST, headers=admin))
+
+    async def holding() -> bool:
+        return len(fault.seen(held, CHAT)) == 1
+
+    await until(holding, "the first request to reach the backend")
+    second = asyncio.create_task(client.post("/v1/prompts/queued/complete", json=REQUEST, headers=admin))
+
+    async def waiting() -> bool:
+        return 'registry_backend_queue_depth{backend="fault"} 1.0' in (await client.get("/metrics")).text
+
+    await until(waiting, "the second request to wait for the slot")
+    second.cancel()
+    first.cancel()
+    await finished(fault, held)
+
+    async def both_recorded() -> bool:
+        return len(await usage_rows(client, admin, admin_engine)) == 2
+
+    await until(both_recorded, "both left completions to be recorded")
+    rows = {row["config"]: row for row in await usage_rows(client, admin, admin_engine)}
+    assert (rows["c-queued"]["status"], rows["c-queued"]["input_tokens"], rows["c-queued"]["cost"]) == (
+        "cancelled",
+        0,
+        0,
+    )
+    assert (rows["c-held"]["status"], rows["c-held"]["input_tokens"]) == ("cancelled", PROMPT_TOKENS)
+    assert fault.seen(queued) == []  # neither the completion nor a count went to the backend for it
+    assert len(fault.seen(held, "/tokenize")) == 1
+
+
 # -- item 9: a problem inside a stream has the fields of one before it
 
 

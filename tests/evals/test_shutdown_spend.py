@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.app import create_app
-from registry.completions.service import Plan
+from registry.completions.service import Run
 from registry.completions.upstream import UpstreamStream
 from registry.evals.runner import OUTAGE_BACKOFF_SECONDS, EvalWorker, RunCompletions, RunPlan
 from registry.runtime import Runtime
@@ -70,8 +70,8 @@ class AnsweringCompletions(RunCompletions):
 
     answering: asyncio.Event
 
-    async def _start(self, plan: Plan) -> UpstreamStream:
-        stream = await super()._start(plan)
+    async def _start(self, run: Run) -> UpstreamStream:
+        stream = await super()._start(run)
         self.answering.set()
         return stream
 
