@@ -40,18 +40,9 @@ class SSEDecoder:
         """The ``data`` of each event completed by ``data``, whatever its name: what a relay of chunks needs.
 
         A block that is one ``data: `` line (every chunk vLLM sends) is taken as it is, without
-        splitting it into lines; any other is read in full, and refused as ``feed`` refuses it.
+        splitting it into lines; any other is read in full, and refused as ``feed`` refuses it. The usual
+        read, one whole chunk, does not come here: ``ChunkReader.read`` decodes it in place.
         """
-        # The usual read: one whole event of one data line, nothing held from the read before (its only
-        # newlines the last two, b"\n\n", not after a b"\r"). Taken without splitting; any other is split below.
-        if (
-            not self._buffer
-            and data.startswith(b"data: ")
-            and data.find(b"\n") == len(data) - 2
-            and data[-1] == 10
-            and data[-3] != 13
-        ):
-            return [data[6:-2]]
         found = []
         for block in self._blocks(data):
             if block.startswith(b"data: ") and b"\n" not in block:
