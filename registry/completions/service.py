@@ -175,6 +175,7 @@ class Run:
         """Start the answer again on another config: the text goes, what it cost stays charged."""
         self.set_aside = self.spend()
         self.input_tokens = self.output_tokens = 0
+        self.sent = False  # the next backend has not taken it yet
         self.finish_reason = None
         self.parts.clear()
 

@@ -124,6 +124,92 @@ async def test_a_fallback_after_a_failure_mid_answer_charges_both_attempts(
     assert row["cost"] == pytest.approx(charged)
 
 
+async def test_a_caller_leaving_during_the_fallbacks_prefill_is_charged_both_attempts(
+    registry: RegistryFactory, admin: dict[str, str], fault: FaultServer, admin_engine: AsyncEngine
+) -> None:
+    """The first backend breaks off after two tokens (charged as generated); the fallback takes the request and
+    sends nothing, and the caller leaves: the fallback's prompt is counted on its backend and charged at its
+    prices, beside the first attempt's spend."""
+    url = fault.url  # type: ignore[attr-defined]
+    client = await registry({"flaky": backend(url), "fault": backend(url, first_token_timeout=120, total_timeout=120)})
+    spare_prices, spare = (10.0, 30.0), unique("stall-after:0")
+    await publish(client, admin, backend="fault", model=spare, config="spare", prompt=None, prices=spare_prices)
+    await publish(
+        client,
+        admin,
+        backend="flaky",
+        model=unique("reset-after:2"),
+        fallback={"name": "spare"},
+        max_context_tokens=4096,
+        prices=PRICES,
+    )
+    request = asyncio.create_task(client.post(COMPLETE, json=REQUEST, headers=admin))
+
+    async def on_the_fallback() -> bool:
+        return len(fault.seen(spare, CHAT)) == 1
+
+    await until(on_the_fallback, "the fallback to get the request")
+    request.cancel()
+    await finished(fault, spare)
+
+    async def recorded() -> bool:
+        return len(await usage_rows(client, admin, admin_engine)) == 1
+
+    await until(recorded, "the left completion to be recorded")
+    [row] = await usage_rows(client, admin, admin_engine)
+    assert (row["status"], row["config"], row["fallback_used"]) == ("cancelled", "spare", True)
+    assert (row["input_tokens"], row["output_tokens"]) == (2 * PROMPT_TOKENS, 2)
+    assert row["cost"] == pytest.approx(cost(PROMPT_TOKENS, 2) + cost(PROMPT_TOKENS, 0, spare_prices))
+
+
+async def test_a_caller_leaving_while_the_fallback_waits_for_a_slot_is_charged_the_first_attempt_only(
+    registry: RegistryFactory, admin: dict[str, str], fault: FaultServer, admin_engine: AsyncEngine
+) -> None:
+    """The first backend breaks off after two tokens; the fallback's backend has one slot, held by another
+    request, so the fallback waits for it and the caller leaves there: its prompt never reached that backend."""
+    url = fault.url  # type: ignore[attr-defined]
+    one_slot = backend(url, max_concurrency=1, first_token_timeout=120, total_timeout=120)
+    client = await registry({"flaky": backend(url), "fault": one_slot})
+    holder, spare = unique("stall-after:0"), unique("ok")
+    await publish(
+        client, admin, backend="fault", model=holder, prompt="holder", config="holder", max_context_tokens=4096
+    )
+    await publish(client, admin, backend="fault", model=spare, config="spare", prompt=None, max_context_tokens=4096)
+    await publish(
+        client,
+        admin,
+        backend="flaky",
+        model=unique("reset-after:2"),
+        fallback={"name": "spare"},
+        max_context_tokens=4096,
+        prices=PRICES,
+    )
+    held = asyncio.create_task(client.post("/v1/prompts/holder/complete", json=REQUEST, headers=admin))
+
+    async def holding() -> bool:
+        return len(fault.seen(holder, CHAT)) == 1
+
+    await until(holding, "the other request to hold the fallback backend's slot")
+    request = asyncio.create_task(client.post(COMPLETE, json=REQUEST, headers=admin))
+
+    async def waiting() -> bool:
+        return 'registry_backend_queue_depth{backend="fault"} 1.0' in (await client.get("/metrics")).text
+
+    await until(waiting, "the fallback to wait for the slot")
+    request.cancel()
+    held.cancel()
+
+    async def recorded() -> bool:
+        return len(await usage_rows(client, admin, admin_engine)) == 2
+
+    await until(recorded, "both left completions to be recorded")
+    rows = {row["config"]: row for row in await usage_rows(client, admin, admin_engine)}
+    assert (rows["spare"]["status"], rows["spare"]["fallback_used"]) == ("cancelled", True)
+    assert (rows["spare"]["input_tokens"], rows["spare"]["output_tokens"]) == (PROMPT_TOKENS, 2)  # the first's only
+    assert rows["spare"]["cost"] == pytest.approx(cost(PROMPT_TOKENS, 2))
+    assert fault.seen(spare) == []
+
+
 # -- item 5: a caller that goes away aborts the upstream request
 
 
