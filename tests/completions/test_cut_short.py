@@ -44,6 +44,19 @@ async def stream_events(client: httpx.AsyncClient, headers: dict[str, str]) -> t
         return response, parse_sse("".join([chunk async for chunk in response.aiter_text()]))
 
 
+async def publish_breaking_off(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
+    """``greet`` on backend ``flaky``, which breaks off after two tokens, falling back to the config ``spare``."""
+    await publish(
+        client,
+        admin,
+        backend="flaky",
+        model=unique("reset-after:2"),
+        fallback={"name": "spare"},
+        max_context_tokens=4096,
+        prices=PRICES,
+    )
+
+
 # -- item 4: tokens generated before a failure are counted and charged
 
 
@@ -99,16 +112,7 @@ async def test_a_fallback_after_a_failure_mid_answer_charges_both_attempts(
     client = await registry({"flaky": backend(url), "fault": backend(url)})
     spare_prices = (10.0, 30.0)
     await publish(client, admin, backend="fault", model=unique("ok"), config="spare", prompt=None, prices=spare_prices)
-    failing = unique("reset-after:2")
-    await publish(
-        client,
-        admin,
-        backend="flaky",
-        model=failing,
-        fallback={"name": "spare"},
-        max_context_tokens=4096,
-        prices=PRICES,
-    )
+    await publish_breaking_off(client, admin)
 
     response = await client.post(COMPLETE, json=REQUEST, headers=admin)
 
@@ -134,15 +138,7 @@ async def test_a_caller_leaving_during_the_fallbacks_prefill_is_charged_both_att
     client = await registry({"flaky": backend(url), "fault": backend(url, first_token_timeout=120, total_timeout=120)})
     spare_prices, spare = (10.0, 30.0), unique("stall-after:0")
     await publish(client, admin, backend="fault", model=spare, config="spare", prompt=None, prices=spare_prices)
-    await publish(
-        client,
-        admin,
-        backend="flaky",
-        model=unique("reset-after:2"),
-        fallback={"name": "spare"},
-        max_context_tokens=4096,
-        prices=PRICES,
-    )
+    await publish_breaking_off(client, admin)
     request = asyncio.create_task(client.post(COMPLETE, json=REQUEST, headers=admin))
 
     async def on_the_fallback() -> bool:
@@ -175,15 +171,7 @@ async def test_a_caller_leaving_while_the_fallback_waits_for_a_slot_is_charged_t
         client, admin, backend="fault", model=holder, prompt="holder", config="holder", max_context_tokens=4096
     )
     await publish(client, admin, backend="fault", model=spare, config="spare", prompt=None, max_context_tokens=4096)
-    await publish(
-        client,
-        admin,
-        backend="flaky",
-        model=unique("reset-after:2"),
-        fallback={"name": "spare"},
-        max_context_tokens=4096,
-        prices=PRICES,
-    )
+    await publish_breaking_off(client, admin)
     held = asyncio.create_task(client.post("/v1/prompts/holder/complete", json=REQUEST, headers=admin))
 
     async def holding() -> bool:
