@@ -10,11 +10,20 @@ A flush moves spend from the buffer to the database, so it tells its listeners
 off the buffer's count: the sum never drops. ``write_epoch`` lets a reader of
 the database's total tell whether a write overlapped its read.
 
-An erased unit (``registry.experiments.privacy``) is remembered by its digest for ``ERASED_SECONDS``: a record of
-it added meanwhile (a completion in flight during the erasure) is buffered without the unit, its request id and
-texts, as are buffered ones and those of a batch taken before the erasure whose write failed; a batch whose write
-was under way is anonymised again once it committed, unless the erasure of this process waits for it
-(``erase_unit``), so that erasure's own update counts it.
+An erased unit (``registry.experiments.privacy``) is remembered by its digest for ``ERASED_SECONDS`` once its
+erasure committed (its change, heard here: ``forget_unit``): a record of it added meanwhile (a completion in flight
+during the erasure) is buffered without the unit, its request id and texts, as are buffered ones and those of a
+batch taken before the erasure whose write failed. The erasing process anonymises its buffered records and waits
+for the batches being written before its own update (``erase_unit``), so that update counts them.
+
+News of an erasure reaches the other replicas later (pub/sub), so a batch may be written after an erasure this
+replica has not heard of yet. Each batch, once committed, is checked against the durable record of erasures (their
+audit entries, by the digests of its units), and the completions of a unit erased within ``ERASED_SECONDS`` before
+they were created, or since, are anonymised again; a check that fails is retried by the next flush. It runs after
+the commit and shares ``ERASURE_LOCK``, which an erasure holds alone from before its update until it ends, for the
+reason given in ``registry.experiments.exposures``: on PostgreSQL (READ COMMITTED) an erasure's update does not see
+rows not yet committed, and the lock makes the check read after any erasure whose update may have missed the batch
+(SQLite runs one writing transaction at a time).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import asyncio
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -30,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.completions.repository import CompletionRepository
 from registry.experiments.privacy_digest import ERASURE_IN_FLIGHT_SECONDS, unit_digest
-from registry.experiments.repository import IngestRepository
+from registry.experiments.repository import IngestRepository, UnitDataRepository
 
 logger = structlog.get_logger("registry.completions.usage")
 
@@ -69,6 +79,7 @@ class UsageRecorder:
         self._erased: dict[str, float] = {}  # digest of an erased unit -> until when its records are anonymised
         self._erasing_here: Counter[str] = Counter()  # digests this process's erasures are anonymising in the database
         self._flushing: set[asyncio.Event] = set()  # one per batch being written, set once its write ended
+        self._to_check: dict[str, float] = {}  # units of committed batches -> first created (Unix time), until checked
 
     def on_written(self, listener: WrittenListener) -> None:
         """Call ``listener`` with the spend of each batch, in the step that takes it off the pending spend."""
@@ -109,13 +120,21 @@ class UsageRecorder:
                 self._pending.pop(key, None)
 
     def forget_unit(self, digest: str) -> tuple[int, int]:
-        """The unit of ``digest`` was erased: its buffered completions, and those recorded in the next
-        ``ERASED_SECONDS``, are written without it, their request ids and texts.
+        """The erasure of the unit of ``digest`` committed: its buffered completions, and those recorded in the
+        next ``ERASED_SECONDS``, are written without it, their request ids and texts.
 
         Returns how many buffered records were the unit's and how many of them held texts.
         """
+        self._remember(digest, time.time())
+        return self._anonymise_buffered(digest)
+
+    def _remember(self, digest: str, erased_at: float) -> None:
+        """Anonymise the unit's records until ``ERASED_SECONDS`` after its erasure (``erased_at``, Unix time)."""
         self._prune_erased()
-        self._erased[digest] = time.monotonic() + ERASED_SECONDS
+        until = time.monotonic() + (erased_at + ERASED_SECONDS - time.time())
+        self._erased[digest] = max(self._erased.get(digest, until), until)
+
+    def _anonymise_buffered(self, digest: str) -> tuple[int, int]:
         forgotten = with_text = 0
         digests: dict[str, str] = {}
         for record in self._buffer:
@@ -127,20 +146,23 @@ class UsageRecorder:
         return forgotten, with_text
 
     async def erase_unit(self, unit: str) -> tuple[int, int]:
-        """This process erases ``unit``: ``forget_unit``, after the batches being written meanwhile have ended.
+        """This process is about to erase ``unit``: anonymise its buffered records, wait for the batches being
+        written meanwhile to end, and anonymise those a failed write put back.
 
         Call it before the erasure's session holds a connection (a flush takes one of its own). Once it returns,
-        every record of the unit is either anonymised in the buffer (counted here) or committed with the unit,
-        for the erasure's update to anonymise and count; none is being written. Returns as ``forget_unit``.
+        every record of the unit then buffered is either anonymised in the buffer (counted here) or committed with
+        the unit, for the erasure's update to anonymise and count; none is being written. The erasure is not
+        remembered here: it may still fail and roll back (what was anonymised stays so: the erasure was asked
+        for). Once it commits, its change reaches ``forget_unit``. Returns as ``forget_unit``.
         """
         digest = unit_digest(unit)
         self._erasing_here[digest] += 1
         try:
-            forgotten, with_text = self.forget_unit(digest)
+            forgotten, with_text = self._anonymise_buffered(digest)
             writing = list(self._flushing)
             if writing:
                 await asyncio.gather(*(written.wait() for written in writing))
-                restored, restored_with_text = self.forget_unit(digest)  # a batch whose write failed is back
+                restored, restored_with_text = self._anonymise_buffered(digest)  # a batch whose write failed is back
                 forgotten, with_text = forgotten + restored, with_text + restored_with_text
         finally:
             self._erasing_here[digest] -= 1
@@ -174,7 +196,10 @@ class UsageRecorder:
         return self._pending.get(key, (0, 0.0))
 
     async def flush(self) -> None:
+        """Write the buffered records in one transaction (kept for the next flush on failure); then check the units
+        written, and those a failed check left, against the erasures committed meanwhile."""
         if not self._buffer:
+            await self._check_written()
             return
         batch, self._buffer = self._buffer, []
         if self._erased:  # records a failed write put back while an erasure here waited for it
@@ -183,7 +208,6 @@ class UsageRecorder:
         self.write_epoch += 1
         ended = asyncio.Event()
         self._flushing.add(ended)
-        erased_meanwhile: set[str] = set()
         try:
             async with self._sessionmaker() as session, session.begin():
                 await CompletionRepository(session).add_records(batch)
@@ -194,9 +218,6 @@ class UsageRecorder:
             self._buffer[:0] = batch
             logger.warning("could not write usage records; will retry", error=str(exc), pending=len(self._buffer))
             return
-        else:
-            if self._erased:
-                erased_meanwhile = self._erased_units(batch, skip_erasing_here=True)
         finally:
             self.write_epoch += 1
             self._flushing.discard(ended)
@@ -205,15 +226,40 @@ class UsageRecorder:
         self._move_pending(written, sign=-1)
         for listener in self._listeners:
             listener(written)
-        if erased_meanwhile:
-            await self._anonymise_written(erased_meanwhile)
+        now = time.time()
+        for record in batch:
+            if record.get("unit"):
+                created = record.get("created_at")
+                at = created.timestamp() if isinstance(created, datetime) else now
+                self._to_check[record["unit"]] = min(self._to_check.get(record["unit"], at), at)
+        await self._check_written()
 
-    async def _anonymise_written(self, units: set[str]) -> None:
-        """Units erased (on another replica) while their records were being written: anonymise them again."""
+    async def _check_written(self) -> None:
+        """Anonymise again the completions of the units of committed batches erased within ``ERASED_SECONDS``
+        before their records were created, or since (by the durable record of erasures: this replica may not have
+        heard of them yet); learn of those erasures. On failure the units are kept for the next flush."""
+        written, self._to_check = self._to_check, {}
+        if not written:
+            return
+        digests = {unit: unit_digest(unit) for unit in written}
         try:
             async with self._sessionmaker() as session, session.begin():
+                facts = UnitDataRepository(session)
+                await facts.lock_erasures(erasing=False)  # an erasure under way commits (or rolls back) first
+                since = datetime.fromtimestamp(min(written.values()) - ERASED_SECONDS, UTC)
+                erased = await facts.erasures_since(set(digests.values()), since)
+                units = {
+                    unit
+                    for unit, at in written.items()
+                    if digests[unit] in erased and erased[digests[unit]].timestamp() > at - ERASED_SECONDS
+                }
                 repository = CompletionRepository(session)
-                for unit in units:
+                for unit in sorted(units):
                     await repository.anonymise_unit(unit)
         except Exception as exc:
-            logger.error("could not anonymise the completions of units erased during a write", error=str(exc))
+            for unit, first in written.items():
+                self._to_check[unit] = min(self._to_check.get(unit, first), first)
+            logger.error("could not check written completions against the erasures; retrying", error=str(exc))
+            return
+        for digest, erased_at in erased.items():
+            self._remember(digest, erased_at.timestamp())

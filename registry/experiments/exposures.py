@@ -18,13 +18,23 @@ next time it is routed. When the buffer is full (the database unreachable for
 long), new exposures are dropped and counted in
 ``registry_experiment_exposures_dropped_total``.
 
-Erasure (``registry.experiments.privacy``): an erased unit's digest is remembered for
+Erasure (``registry.experiments.privacy``): once a unit's erasure commits, its digest is remembered for
 ``ERASURE_IN_FLIGHT_SECONDS`` (``RecentErasures``, shared with the outcome events), and its exposures first seen
 before then are dropped when a batch is taken, so a request that routed the unit before the erasure and buffers
-its exposure after writes nothing. ``record`` pays
-nothing for it: the batch's units are hashed off the request path, and only while an erasure is remembered. A
-batch that was being written when the erasure reached this replica (committed after the erasure's delete) has
-the unit's facts erased again once it committed.
+its exposure after writes nothing. ``record`` pays nothing for it: units are hashed off the request path.
+
+News of an erasure reaches the other replicas later (pub/sub), so a batch may be written after an erasure this
+replica has not heard of yet. Each batch, once committed, is checked against the durable record of erasures (their
+audit entries, by the digests of its units; ``erase_written_again``): the facts of a unit erased within the window
+are erased again and the aggregator takes its share out. Why after the commit, under a lock: on PostgreSQL (READ
+COMMITTED) the erasure's delete does not see rows not yet committed, and a check inside the write could run before
+the erasure commits and miss it; the check shares ``ERASURE_LOCK``, which an erasure holds alone from before its
+delete until it ends, so an erasure whose delete began before the batch committed has committed (or rolled back)
+when the check reads, and a later erasure's delete sees the batch. SQLite runs one writing transaction at a time
+(``BEGIN IMMEDIATE``), so an erasure either committed before the batch began or deletes it. The batch's rows are
+visible from their commit until the check, in the same flush; a check that fails is retried by the next flush.
+It costs each flush one more transaction: the batch's distinct units hashed, and looked up by digest (an index
+lookup each, in one statement on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -32,13 +42,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from registry.experiments.privacy_digest import RecentErasures, unit_digest
+from registry.experiments.privacy_digest import RecentErasures, unit_digest, window_start
 from registry.experiments.repository import IngestRepository, UnitDataRepository
 
 EARLY_FLUSH_STOP_SECONDS = 10.0  # how long stop lets an early flush under way finish
@@ -109,9 +120,10 @@ class ExposureBuffer:
             logger.warning("early exposure flush failed; the periodic flush retries", error=str(exc))
 
     async def flush(self) -> int:
-        """Write pending exposures; on failure they are kept (within the bound) for the next flush."""
+        """Write pending exposures; on failure they are kept (within the bound) for the next flush. Then check the
+        units written against the erasures committed meanwhile (``erase_written_again``)."""
         async with self._lock:
-            if self._erased.written_after:
+            if self._erased.written_after or self._erased.to_check:  # left by a check that failed, or by events
                 await erase_written_again(self._sessionmaker, self._erased)
             if self._erased:
                 self._drop_erased()
@@ -121,18 +133,22 @@ class ExposureBuffer:
             self._recorded.inc(self._recorded_since_flush)
             self._recorded_since_flush = 0
             rows = [(e, p, u, v, at) for (e, p, u, v), at in batch.items()]
-            with self._erased.watching() as erased_meanwhile:
-                try:
-                    async with self._sessionmaker() as session, session.begin():
-                        await IngestRepository(session).insert_exposures_and_queue_units(rows)
-                except BaseException:
-                    self._restore(batch)  # the next flush drops those of units erased meanwhile
-                    raise
-            if erased_meanwhile:
-                written_after = {key for key in batch if unit_digest(key[2]) in erased_meanwhile}
-                self._erased.written_after.update(key[2] for key in written_after)
-                batch = {key: at for key, at in batch.items() if key not in written_after}
-                await erase_written_again(self._sessionmaker, self._erased)
+            try:
+                async with self._sessionmaker() as session, session.begin():
+                    await IngestRepository(session).insert_exposures_and_queue_units(rows)
+            except BaseException:
+                self._restore(batch)  # the next flush drops those of units erased meanwhile
+                raise
+            first_seen: dict[str, float] = {}
+            for (_, _, unit, _), at in batch.items():
+                first_seen[unit] = min(first_seen.get(unit, at), at)
+            self._erased.check_later(first_seen)
+            await erase_written_again(self._sessionmaker, self._erased)
+            if self._erased:  # an erased unit's exposures are not remembered as written
+                digests: dict[str, str] = {}
+                batch = {
+                    key: at for key, at in batch.items() if not self._erased.covers(self._digest(key, digests), at)
+                }
             self._written.update(batch)
             if len(self._written) >= self._max_pending:
                 self._written_before, self._written = self._written, set()
@@ -162,10 +178,10 @@ class ExposureBuffer:
                 self._dropped.inc()
 
     def forget_unit(self, digest: str) -> int:
-        """Drop the buffered exposures of the unit of ``unit_digest`` ``digest`` (its data is being erased), and
-        those buffered in the next ``ERASURE_IN_FLIGHT_SECONDS`` (requests in flight during the erasure); returns
-        how many were pending. Should the erasure then fail, they are dropped all the same: it was asked for.
-        This process's outcome events share the memory of the erasure (``RecentErasures``)."""
+        """The erasure of the unit of ``unit_digest`` ``digest`` committed (its change, heard here): drop its
+        buffered exposures, and those buffered in the next ``ERASURE_IN_FLIGHT_SECONDS`` (requests in flight during
+        the erasure); returns how many were pending. This process's outcome events share the memory of the erasure
+        (``RecentErasures``)."""
         self._erased.remember(digest)
         digests: dict[str, str] = {}
 
@@ -179,11 +195,14 @@ class ExposureBuffer:
             written.difference_update([key for key in written if of_unit(key)])
         return len(pending)
 
-    async def erase_unit(self, unit: str) -> int:
-        """This process erases ``unit``: ``forget_unit`` once no batch is being written (the flush's lock), so
-        that the erasure's delete, which follows, finds every exposure of it written before."""
+    async def erase_unit(self, unit: str) -> None:
+        """This process is about to erase ``unit``: wait until no batch is being written (the flush's lock), so
+        that the erasure's delete, which follows, finds and counts every exposure of it written before.
+
+        Nothing is dropped or remembered here: the erasure may still fail and roll back. Once it commits, its
+        change reaches this process's handlers (``forget_unit``) before the erasure is answered."""
         async with self._lock:
-            return self.forget_unit(unit_digest(unit))
+            return
 
     def pending_for_unit(self, unit: str) -> int:
         """The unit's pending exposures the next flush writes (not those of requests in flight at its erasure)."""
@@ -204,18 +223,41 @@ class ExposureBuffer:
 
 
 async def erase_written_again(sessionmaker: async_sessionmaker[AsyncSession], erasures: RecentErasures) -> None:
-    """Writes committed after the erasure of some of their units (under way when the erasure reached this
-    replica): erase those units' facts again, and queue them so the aggregator takes their share out. On failure
-    they are kept for the next flush."""
+    """Writes committed after the erasure of some of their units: erase those units' facts again, and queue them
+    so the aggregator takes their share out. On failure they are kept for the next flush.
+
+    Those units are the ones queued in ``written_after`` (a write under way when the erasure was heard) and those
+    of ``to_check`` (units of committed writes) that the durable record shows erased within the window before they
+    were first seen, or since; the latter are learned (``RecentErasures.learn``), so this replica drops the unit's
+    data from then on even if the news never comes. The lookup shares ``ERASURE_LOCK`` (see the module's docstring
+    for why that is enough on PostgreSQL and SQLite).
+    """
     units, erasures.written_after = erasures.written_after, set()
-    if not units:
+    written, erasures.to_check = erasures.to_check, {}
+    if not units and not written:
         return
     try:
         async with sessionmaker() as session, session.begin():
             facts = UnitDataRepository(session)
-            for unit in units:
+            if written:
+                units = units | await erased_among(facts, erasures, written)
+            for unit in sorted(units):
                 await facts.delete_facts(unit)
             await IngestRepository(session).mark_units_changed(units)
     except Exception as exc:
         erasures.written_after |= units
-        logger.error("could not erase the facts of units erased during a write; retrying", error=str(exc))
+        erasures.check_later(written)
+        logger.error(
+            "could not check or erase again the facts of units erased during a write; retrying", error=str(exc)
+        )
+
+
+async def erased_among(facts: UnitDataRepository, erasures: RecentErasures, written: dict[str, float]) -> set[str]:
+    """The units of ``written`` (unit -> first seen, Unix time) whose committed erasure covers them, by the durable
+    record (learned into ``erasures``) or by the news heard here. Waits for an erasure under way (``ERASURE_LOCK``)."""
+    digests = {unit: unit_digest(unit) for unit in written}
+    await facts.lock_erasures(erasing=False)
+    since = datetime.fromtimestamp(window_start(min(written.values())), UTC)
+    found = await facts.erasures_since(set(digests.values()), since)
+    erasures.learn({digest: at.timestamp() for digest, at in found.items()})
+    return {unit for unit, at in written.items() if erasures.covers(digests[unit], at)}

@@ -13,7 +13,7 @@ import msgspec
 import sqlalchemy
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session
 
 from registry.db.base import utcnow
 from registry.experiments.event_buffer import EventBuffer, HeldBatch
@@ -66,7 +66,10 @@ class EventService:
 
     With ``erasures`` (this process's), the events of a unit erased within ``ERASURE_IN_FLIGHT_SECONDS`` before
     they were received are answered ``accepted`` and not written, as the exposures of requests in flight during an
-    erasure are dropped (``registry.experiments.exposures``).
+    erasure are dropped (``registry.experiments.exposures``). That looks only at the erasures this process heard
+    of (no database read per request); the units of the events written are queued, once their transaction
+    commits, for the next flush to check against the durable record of erasures and erase again those erased
+    meanwhile (``RecentErasures.to_check``), as exposure batches are.
     """
 
     def __init__(
@@ -93,22 +96,15 @@ class EventService:
                 events[index] = msgspec.convert(raw, EventIn)
             except msgspec.ValidationError as exc:
                 results[index] = EventResultOut(index=index, status="rejected", errors=[_decoding_error(exc)])
-        heard = None if self.erasures is None else self.erasures.watch()
         try:
             results |= await self.store(events, now)
         except (SQLAlchemyError, OSError) as exc:
-            self._unwatch(heard)
             error = translate_exception(exc)
             if self.buffer is None or not isinstance(error, DatabaseUnavailableError):
                 raise
             with contextlib.suppress(SQLAlchemyError, OSError):
                 await self.session.rollback()
             results |= self._hold(events, now, self.buffer)
-        except BaseException:
-            self._unwatch(heard)
-            raise
-        else:
-            self._erase_again_if_erased_before_commit(heard, {event.unit for event in events.values()})
 
         items = [results[i] for i in range(len(batch.events))]
         return EventBatchOut(
@@ -148,9 +144,9 @@ class EventService:
                     "experiment_id": experiments[event.experiment] if event.experiment else None,
                 }
         inserted = await self.ingest.insert_events(list(rows.values())) if rows else set()
-        await self.ingest.mark_units_changed(
-            {row["unit"] for row in rows.values() if row["idempotency_key"] in inserted}
-        )
+        written = {row["unit"] for row in rows.values() if row["idempotency_key"] in inserted}
+        await self.ingest.mark_units_changed(written)
+        self._check_once_committed(written, now)
         for index, row in rows.items():
             status: Literal["accepted", "duplicate"] = "accepted" if row["idempotency_key"] in inserted else "duplicate"
             results[index] = EventResultOut(index=index, status=status)
@@ -164,26 +160,19 @@ class EventService:
         at = now.timestamp()
         return {unit for unit in units if self.erasures.covers(unit_digest(unit), at)}
 
-    def _erase_again_if_erased_before_commit(self, heard: set[str] | None, units: set[str]) -> None:
-        """The events commit with the request, after this returns: an erasure of one of their units heard before
-        then may have deleted before they committed. Once the transaction ends, such units are queued for their
-        facts to be erased again (by the next flush: ``RecentErasures.written_after``)."""
-        transaction = self.session.sync_session.get_transaction()
+    def _check_once_committed(self, units: set[str], received_at: datetime) -> None:
+        """The events commit with the caller's transaction, after this returns: an erasure of one of their units
+        may commit meanwhile, unheard here yet. Once the transaction commits, their units are queued for the next
+        flush to check against the durable record of erasures (``RecentErasures.check_later``)."""
         erasures = self.erasures
-        if heard is None or erasures is None or transaction is None:
-            self._unwatch(heard)
+        if erasures is None or not units:
             return
+        first_seen = dict.fromkeys(units, received_at.timestamp())
 
-        def ended(_session: Session, ending: SessionTransaction) -> None:
-            if ending is transaction:
-                erasures.unwatch(heard)
-                erasures.written_after.update(unit for unit in units if unit_digest(unit) in heard)
+        def committed(_session: Session) -> None:
+            erasures.check_later(first_seen)
 
-        sqlalchemy.event.listen(self.session.sync_session, "after_transaction_end", ended)
-
-    def _unwatch(self, heard: set[str] | None) -> None:
-        if heard is not None and self.erasures is not None:
-            self.erasures.unwatch(heard)
+        sqlalchemy.event.listen(self.session.sync_session, "after_commit", committed, once=True)
 
     def _hold(self, events: Mapping[int, EventIn], now: datetime, buffer: EventBuffer) -> dict[int, EventResultOut]:
         """Reject what can be judged without the database; hold the rest (503 when the buffer has no room)."""

@@ -22,7 +22,7 @@ from registry.experiments.aggregator import UnitRecomputer
 from registry.experiments.errors import UnitNotFoundError
 from registry.experiments.exposures import ExposureBuffer
 from registry.experiments.privacy_digest import unit_digest as unit_digest
-from registry.experiments.repository import StatisticsRepository, UnitDataRepository
+from registry.experiments.repository import ERASURE_ACTION, StatisticsRepository, UnitDataRepository
 from registry.experiments.router import UNIT_ERASED
 from registry.experiments.schemas import (
     UnitCachedAnswerOut,
@@ -152,10 +152,20 @@ class UnitDataService:
 
         The counts include the unit's completions this process had buffered and not yet written (anonymised in
         the buffer). First, before the session holds a connection, the usage buffer anonymises them and waits for
-        any batch being written, so that a batch taken before the erasure commits before the update here; a
-        completion in flight meanwhile is buffered without the unit, its request id and texts (and not counted).
-        Other replicas anonymise their buffered completions when the change reaches them (not counted here).
-        Should the erasure then fail and roll back, what the buffer anonymised stays so: the erasure was asked for.
+        any batch being written, so that a batch taken before the erasure commits before the update here, and the
+        exposure buffer waits for a batch being written likewise. Should the erasure then fail and roll back, what
+        the usage buffer anonymised stays so (the erasure was asked for), but nothing else: the erasure is
+        remembered (the unit's exposures, events and completions recorded after it dropped or anonymised for
+        ``ERASURE_IN_FLIGHT_SECONDS``) only once it committed, when its change reaches every replica's handlers,
+        this one's included (before the erasure is answered). A completion in flight meanwhile is buffered without
+        the unit, its request id and texts (and not counted). Other replicas anonymise their buffered completions
+        when the change reaches them (not counted here).
+
+        The change may reach another replica after that replica wrote a batch of the unit's facts or completions.
+        So the erasure first takes ``ERASURE_LOCK`` alone, until it ends, and every write checks, once committed
+        and under that lock shared, the units it wrote against the erasures' audit entries (the durable record,
+        by digest), erasing again what an erasure missed (``registry.experiments.exposures``,
+        ``registry.completions.usage``).
 
         A completion of the unit in flight meanwhile keeps its answer in neither cache: the semantic cache's store
         takes the unit's lock taken here and looks for this erasure's audit entry; the exact cache refuses the
@@ -166,8 +176,9 @@ class UnitDataService:
         zero counts.
         """
         buffered, buffered_texts = (0, 0) if self.usage is None else await self.usage.erase_unit(unit)
-        if self.exposures is not None:  # here at once, not when the change comes back: a read right after sees none
+        if self.exposures is not None:
             await self.exposures.erase_unit(unit)
+        await self.repository.lock_erasures(erasing=True)  # before the deletes: see the docstring
         await self.statistics.lock(wait=True)
         derived = len(await self.statistics.standings_of([unit])) + len(await self.statistics.metric_values_of([unit]))
         exposures, events = await self.repository.delete_facts(unit)
@@ -191,7 +202,7 @@ class UnitDataService:
         )
         await self.audit.record(
             actor,
-            "unit.erase",
+            ERASURE_ACTION,  # the durable record of the erasure, which writes committed after it are checked against
             "unit",
             unit_digest(unit),
             after={
@@ -204,9 +215,10 @@ class UnitDataService:
                 "cached_completions": cached_completions,
             },
         )
-        # Every replica drops the unit's buffered exposures, and the exposures and events its requests in flight
-        # record after (registry.experiments.exposures, .ingest), so none is written after the erasure, and
-        # anonymises its buffered completions and drops its in-process cache entries (registry.completions).
-        # The change names the unit's digest: without Redis it is kept in the change log for a while.
+        # Once committed, every replica drops the unit's buffered exposures, and the exposures and events its
+        # requests in flight record after (registry.experiments.exposures, .ingest), so none is written after the
+        # erasure, and anonymises its buffered completions and drops its in-process cache entries
+        # (registry.completions). The change names the unit's digest: without Redis it is kept in the change log
+        # for a while.
         record_change(self.session, Change("experiment", unit_digest(unit), UNIT_ERASED))
         return erased

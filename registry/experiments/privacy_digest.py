@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 
@@ -21,27 +21,51 @@ def unit_digest(unit: str) -> str:
 ERASURE_IN_FLIGHT_SECONDS = 3600.0
 
 
-class RecentErasures:
-    """The units whose erasure reached this process in the last ``ERASURE_IN_FLIGHT_SECONDS``, by digest: one per
-    process, shared by what writes a unit's facts after a request (the exposure buffer, the outcome events).
+def window_start(first_seen: float) -> float:
+    """The earliest erasure (Unix time) that covers data first seen at ``first_seen``: one at most
+    ``ERASURE_IN_FLIGHT_SECONDS`` before it, or any later one."""
+    return first_seen - ERASURE_IN_FLIGHT_SECONDS
 
-    Data of such a unit received before the window ends (``covers``) is dropped, not written. A write under way when
-    an erasure is heard (``watching``) may commit after the erasure's delete: the units it wrote are then queued in
-    ``written_after``, whose facts the next flush erases again.
+
+class RecentErasures:
+    """The units whose committed erasure reached this process in the last ``ERASURE_IN_FLIGHT_SECONDS``, by digest:
+    one per process, shared by what writes a unit's facts after a request (the exposure buffer, the outcome events).
+
+    Data of such a unit received before the window ends (``covers``) is dropped, not written. News of an erasure
+    may come late (pub/sub), so every write, once committed, queues its units in ``to_check`` with when they were
+    first seen; the next flush looks them up in the durable record of erasures (their audit entries) and erases
+    again the facts of those erased within the window (``registry.experiments.exposures.erase_written_again``),
+    learning of the erasure meanwhile (``learn``). A write under way when an erasure is heard (``watching``) may
+    commit after the erasure's delete: the units it wrote are then queued in ``written_after``, whose facts the
+    next flush erases again.
     """
 
     def __init__(self) -> None:
         self._until: dict[str, float] = {}  # digest -> until when (Unix time) the unit's data is dropped
         self._watchers: dict[int, set[str]] = {}  # by id: two watchers' sets may be equal
         self.written_after: set[str] = set()  # units written after their erasure, until their facts are erased again
+        self.to_check: dict[str, float] = {}  # units of committed writes -> first seen (Unix time), until checked
 
     def __bool__(self) -> bool:
         return bool(self._until)
 
-    def remember(self, digest: str) -> None:
-        self._until[digest] = max(self._until.get(digest, 0.0), time.time() + ERASURE_IN_FLIGHT_SECONDS)
+    def remember(self, digest: str, *, erased_at: float | None = None) -> None:
+        """The unit's erasure committed (at ``erased_at``, Unix time; now when the news just came)."""
+        at = time.time() if erased_at is None else erased_at
+        self._until[digest] = max(self._until.get(digest, 0.0), at + ERASURE_IN_FLIGHT_SECONDS)
         for heard in self._watchers.values():
             heard.add(digest)
+
+    def learn(self, erased: Mapping[str, float]) -> None:
+        """Erasures read from the durable record (digest -> when, Unix time): remembered as if heard then."""
+        for digest, at in erased.items():
+            self.remember(digest, erased_at=at)
+
+    def check_later(self, first_seen: Mapping[str, float]) -> None:
+        """Units a write committed (unit -> first seen, Unix time): the next flush checks them against the durable
+        record of erasures."""
+        for unit, at in first_seen.items():
+            self.to_check[unit] = min(self.to_check.get(unit, at), at)
 
     def covers(self, digest: str, at: float) -> bool:
         """Whether data of the unit of ``digest`` first seen at ``at`` (Unix time) is to be dropped."""

@@ -19,6 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
+from registry.auth.models import AuditEntry
 from registry.configs.repository import CONFIG_VERSION_LOADS
 from registry.db.base import utcnow
 from registry.experiments.aggregation import Observation, Sums
@@ -47,6 +48,10 @@ from registry.stats.quantiles import bucket_of
 CHUNK = 1000
 # Taken by whoever changes the derived statistics (aggregator, unit erasure, rebuilds) on PostgreSQL.
 STATISTICS_LOCK = 0x5245_4758_5354_4154  # "REGXSTAT"
+# Taken by a unit erasure alone and shared by the checks of committed writes against erasures, on PostgreSQL
+# (``UnitDataRepository.lock_erasures``).
+ERASURE_LOCK = 0x5245_4758_4552_4153  # "REGXERAS"
+ERASURE_ACTION = "unit.erase"  # the audit action of a unit's erasure: its durable record, naming the unit's digest
 
 EXPERIMENT_LOADS = (
     joinedload(Experiment.prompt),
@@ -722,6 +727,35 @@ class UnitDataRepository(_Repository):
 
     async def delete_change_marker(self, unit: str) -> None:
         await self.session.execute(delete(UnitChange).where(UnitChange.unit == unit))
+
+    async def lock_erasures(self, *, erasing: bool) -> None:
+        """Order this transaction with the unit erasures under way (PostgreSQL; SQLite runs one writing
+        transaction at a time): an erasure takes the lock alone, from before its deletes until it ends; a check
+        of committed writes shares it, so it waits for an erasure under way to commit (or roll back) before it
+        reads the erasures."""
+        if not self.is_postgresql:
+            return
+        lock = func.pg_advisory_xact_lock if erasing else func.pg_advisory_xact_lock_shared
+        await self.session.execute(select(lock(ERASURE_LOCK)))
+
+    async def erasures_since(self, digests: Collection[str], since: datetime) -> dict[str, datetime]:
+        """When each unit of ``digests`` was last erased, of those erased at or after ``since``: from the audit
+        entries of the erasures, which name the unit by its digest (one index lookup per digest)."""
+        erased: dict[str, datetime] = {}
+        for chunk in self.unit_lists(sorted(digests)):
+            query = (
+                select(AuditEntry.resource_name, func.max(AuditEntry.created_at))
+                .where(
+                    AuditEntry.resource_type == "unit",
+                    self.among(AuditEntry.resource_name, chunk),
+                    AuditEntry.action == ERASURE_ACTION,
+                    AuditEntry.created_at >= since,
+                )
+                .group_by(AuditEntry.resource_name)
+            )
+            for digest, at in (await self.session.execute(query)).all():
+                erased[digest] = _utc(at)
+        return erased
 
 
 def _utc(value: datetime | str) -> datetime:
