@@ -215,6 +215,11 @@ async def send_stream(
     As ``registry.lib.streaming.PrimedStream`` under Litestar: a client that goes away
     (``watch`` cancels this task) ends the stream quietly, and ``rest`` is closed
     however the stream ends, which closes the upstream connection it reads from.
+
+    The parts of ``rest`` are sent from a task of their own, which this one awaits (a cancellation of this task
+    reaches it). Each wake-up of a stream (an upstream read, once per token) resumes the chain of coroutines
+    that awaits it: in this task that is every ASGI layer the request came through (the server's, Litestar's,
+    the middleware, the fast paths), in its own only the send loop and the stream's generators.
     """
     start: HTTPResponseStartEvent = {"type": "http.response.start", "status": 200, "headers": list(headers)}
     try:
@@ -222,9 +227,7 @@ async def send_stream(
             return  # gone before the first token was sent: nobody to stream to
         await send(start)
         await send({"type": "http.response.body", "body": first, "more_body": True})
-        async for part in rest:
-            body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": part, "more_body": True}
-            await send(body)
+        await asyncio.create_task(_send_parts(send, rest))
         watch.stop()  # the response is whole: a disconnect from here on cancels nothing
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:
@@ -233,3 +236,9 @@ async def send_stream(
     finally:
         watch.stop()
         await rest.aclose()  # type: ignore[attr-defined]
+
+
+async def _send_parts(send: Send, rest: AsyncIterator[bytes]) -> None:
+    async for part in rest:
+        body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": part, "more_body": True}
+        await send(body)
