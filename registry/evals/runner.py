@@ -18,10 +18,11 @@ mid-answer) spent what its usage record says (the tokens the backend reported be
 that counts too, as do the completions a model guard's classifier makes inside the run's (charged to
 the same key): the run's cost is what its completions' usage records charged the key.
 
-A worker that stops cancels the completions it is waiting for, but not a transaction in hand: a task
-cancelled mid-statement on SQLite keeps the database's write lock, and every later write of the
-process (the lease's release included) waits behind it and fails. Each run ends the item it is
-recording, starts no more, and gives its lease up itself (``EvalWorker.stop``).
+A worker that stops cancels the completions it is waiting for, but not a transaction in hand: each
+run ends the item it is recording, starts no more, and gives its lease up itself (``EvalWorker.stop``).
+A run still working when the stop has waited long enough is cancelled; its transactions end even then,
+rolled back, and their connections go back to the pool (``in_transaction``), so its lease is released
+at once, on SQLite too.
 
 Completions go through ``CompletionService``, the path ``/complete`` takes (budget check, breaker,
 retries, fallback, cache at temperature 0, usage and cost recorded) and are charged to the key that
@@ -35,13 +36,14 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import msgspec
 import structlog
@@ -77,6 +79,7 @@ from registry.prompts.schemas import LinkedConfig, RenderOut
 from registry.settings import Settings
 
 logger = structlog.get_logger("registry.evals")
+T = TypeVar("T")
 
 BATCH = 200
 OUTAGE_BACKOFF_SECONDS = 5.0
@@ -251,6 +254,44 @@ def backend_wait(*, asking: bool) -> Iterator[None]:
         attempt.waiting = False
 
 
+async def in_transaction(
+    sessionmaker: async_sessionmaker[AsyncSession], work: Callable[[AsyncSession], Awaitable[T]]
+) -> T:
+    """``work`` in a transaction of a task of its own, which ends (committed or rolled back, its connection back
+    in the pool) before a cancellation of the caller goes on.
+
+    SQLAlchemy answers a cancellation that reaches a statement by closing the connection, and on SQLite a
+    connection closed while a statement still has rows to give (``INSERT ... RETURNING``, a read) stays open,
+    its transaction and the database's write lock with it, until that statement is freed: every later write
+    (a lease's release included) is refused as locked. So the cancellation never reaches the statement: on
+    SQLite it interrupts it (SQLite stops it at once and rolls the transaction back); before the transaction
+    has its connection, and on PostgreSQL (asyncpg cancels a query cleanly), it cancels the task.
+    """
+    interrupt: list[Callable[[], Awaitable[None]]] = []  # SQLite's, once the transaction has its connection
+
+    async def transaction() -> T:
+        async with sessionmaker() as session, session.begin():
+            connection = await session.connection()
+            if connection.dialect.name == "sqlite":
+                driver = (await connection.get_raw_connection()).driver_connection
+                assert driver is not None  # a connection checked out of the pool has its driver's
+                interrupt.append(driver.interrupt)
+            return await work(session)
+
+    task = asyncio.create_task(transaction())
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved, even if nobody waits
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if interrupt:
+            with contextlib.suppress(ValueError):  # aiosqlite's, for a connection already closed
+                await interrupt[0]()
+        else:
+            task.cancel()
+        await asyncio.wait({task})
+        raise
+
+
 @dataclass(frozen=True, slots=True)
 class JudgeSetup:
     spec: Judge
@@ -373,16 +414,20 @@ class EvalWorker:
         room = self.max_runs - len(self.active)
         if room <= 0:
             return []
-        taken: list[Lease] = []
         now = self.clock()
-        async with self.sessionmaker() as session, session.begin():
+
+        async def claim(session: AsyncSession) -> list[Lease]:
             repository = EvalRepository(session)
+            taken: list[Lease] = []
             for run_id in await repository.claimable(now, room):
                 if run_id in self.active:
                     continue
                 lease = Lease(run_id, f"{self.owner[:55]}/{uuid.uuid4().hex[:8]}", now + self.lease)
                 if await repository.claim(run_id, lease.token, now, lease.expires_at):
                     taken.append(lease)
+            return taken
+
+        taken = await self._transaction(claim)
         for lease in taken:
             self.leases[lease.run_id] = lease
             self.active[lease.run_id] = asyncio.create_task(self._own(lease), name=f"eval-run-{lease.run_id}")
@@ -392,10 +437,10 @@ class EvalWorker:
         """Stop executing and give the leases up, so another worker takes the runs over at once.
 
         The completions under way are cancelled (what they spent is charged to their runs); a transaction
-        in hand (an item being recorded, a lease renewed) ends, since one cancelled mid-statement keeps
-        SQLite's write lock. Each run then starts nothing more and releases its lease itself
-        (``WorkerStoppingError``); one still running after ``stop_wait_seconds`` is cancelled, and its
-        lease released here (or left to expire, if the database refuses).
+        in hand (an item being recorded, a lease renewed) ends. Each run then starts nothing more and releases
+        its lease itself (``WorkerStoppingError``); one still running after ``stop_wait_seconds`` is
+        cancelled, its transaction in hand rolled back (``in_transaction``), and its lease released here (or
+        left to expire, if the database refuses).
         """
         self._stopping = True
         try:
@@ -429,6 +474,10 @@ class EvalWorker:
             self.active.clear()
             self.leases.clear()
 
+    async def _transaction(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """``work`` in a transaction that a cancellation (the stop's) ends rather than abandons (``in_transaction``)."""
+        return await in_transaction(self.sessionmaker, work)
+
     def _check_stopping(self, run_id: int) -> None:
         if self._stopping:
             raise WorkerStoppingError(f"the worker stops; run {run_id} resumes on another")
@@ -458,8 +507,9 @@ class EvalWorker:
     async def _renew(self, lease: Lease) -> bool:
         """Extend the lease if it is still this claim's; a refusal marks it lost for good."""
         expires = self.clock() + self.lease
-        async with self.sessionmaker() as session, session.begin():
-            held = await EvalRepository(session).renew(lease.run_id, lease.token, expires)
+        held = await self._transaction(
+            lambda session: EvalRepository(session).renew(lease.run_id, lease.token, expires)
+        )
         if held:
             lease.expires_at = max(lease.expires_at, expires)
         else:
@@ -475,8 +525,9 @@ class EvalWorker:
             raise LeaseLostError(f"run {lease.run_id} is no longer held by lease {lease.token}")
 
     async def _release(self, lease: Lease, *, not_before: datetime | None, **values: Any) -> None:
-        async with self.sessionmaker() as session, session.begin():
-            await EvalRepository(session).release(lease.run_id, lease.token, not_before=not_before, **values)
+        await self._transaction(
+            lambda session: EvalRepository(session).release(lease.run_id, lease.token, not_before=not_before, **values)
+        )
 
     async def _execute(self, lease: Lease) -> None:
         run_id = lease.run_id
@@ -510,60 +561,73 @@ class EvalWorker:
                 await self._finish(lease, "failed", f"{type(exc).__name__}: {exc}")
 
     async def _started(self, lease: Lease) -> None:
-        async with self.sessionmaker() as session, session.begin():
-            now = self.clock()
-            if not await EvalRepository(session).renew(
+        now = self.clock()
+        if not await self._transaction(
+            lambda session: EvalRepository(session).renew(
                 lease.run_id, lease.token, now + self.lease, status="running", started_at=now
-            ):
-                raise LeaseLostError(f"run {lease.run_id} is no longer held by lease {lease.token}")
+            )
+        ):
+            raise LeaseLostError(f"run {lease.run_id} is no longer held by lease {lease.token}")
         lease.expires_at = max(lease.expires_at, now + self.lease)
 
     async def _finish(self, lease: Lease, status: str, error: str | None) -> None:
-        async with self.sessionmaker() as session, session.begin():
+        async def finish(session: AsyncSession) -> None:
             repository = EvalRepository(session)
             now = self.clock()
             if not await repository.renew(lease.run_id, lease.token, now, status=status, finished_at=now, error=error):
                 raise LeaseLostError(f"run {lease.run_id} is no longer held by lease {lease.token}")
             await repository.release(lease.run_id, lease.token, not_before=None)
 
+        await self._transaction(finish)
+
     async def _plan(self, run_id: int) -> tuple[RunPlan, str]:
-        async with self.sessionmaker() as session, session.begin():
-            repository = EvalRepository(session)
-            run = await repository.get_run(run_id)
-            if run is None:
-                raise LeaseLostError(f"run {run_id} is gone")
-            specs = parse_scorers(run.scorers)
-            rule = parse_pass_rule(run.pass_rule, specs)
-            config = await self._linked_config(session, run.config, run.config_version)
-            judges: dict[int, JudgeSetup] = {}
-            for index, spec in enumerate(specs):
-                if isinstance(spec, Judge):
-                    judge_config = (
-                        await self._linked_config(session, spec.config, spec.config_version) if spec.config else None
-                    )
-                    judges[index] = JudgeSetup(
-                        spec,
-                        RunCompletions(
-                            self.completions,
-                            self.catalog,
-                            config=judge_config,
-                            response_format=JUDGE_RESPONSE_FORMAT,
-                        ),
-                    )
-            status = run.status
-            plan = RunPlan(
-                run_id=run.id,
-                prompt=run.prompt,
-                version=run.prompt_version,
-                dataset_version_id=run.dataset_version_id,
-                caller=Caller(key=run.api_key_id, request_id=f"eval-run-{run.id}"),
-                specs=specs,
-                rule=rule,
-                completions=RunCompletions(self.completions, self.catalog, config=config),
-                judges=judges,
-                concurrency=run.concurrency,
-            )
+        return await self._transaction(lambda session: self._read_plan(session, run_id))
+
+    async def _read_plan(self, session: AsyncSession, run_id: int) -> tuple[RunPlan, str]:
+        repository = EvalRepository(session)
+        run = await repository.get_run(run_id)
+        if run is None:
+            raise LeaseLostError(f"run {run_id} is gone")
+        specs = parse_scorers(run.scorers)
+        rule = parse_pass_rule(run.pass_rule, specs)
+        config = await self._linked_config(session, run.config, run.config_version)
+        judges: dict[int, JudgeSetup] = {}
+        for index, spec in enumerate(specs):
+            if isinstance(spec, Judge):
+                judge_config = (
+                    await self._linked_config(session, spec.config, spec.config_version) if spec.config else None
+                )
+                judges[index] = JudgeSetup(
+                    spec,
+                    RunCompletions(
+                        self.completions,
+                        self.catalog,
+                        config=judge_config,
+                        response_format=JUDGE_RESPONSE_FORMAT,
+                    ),
+                )
+        status = run.status
+        plan = RunPlan(
+            run_id=run.id,
+            prompt=run.prompt,
+            version=run.prompt_version,
+            dataset_version_id=run.dataset_version_id,
+            caller=Caller(key=run.api_key_id, request_id=f"eval-run-{run.id}"),
+            specs=specs,
+            rule=rule,
+            completions=RunCompletions(self.completions, self.catalog, config=config),
+            judges=judges,
+            concurrency=run.concurrency,
+        )
         return plan, status
+
+    @staticmethod
+    async def _items(session: AsyncSession, *, version_id: int, after: int, limit: int) -> Sequence[EvalDatasetItem]:
+        return await EvalRepository(session).items(version_id, after=after, limit=limit)
+
+    @staticmethod
+    async def _pending_items(session: AsyncSession, *, run: EvalRun, after: int) -> Sequence[EvalDatasetItem]:
+        return await EvalRepository(session).pending_items(run, after=after, limit=BATCH)
 
     @staticmethod
     async def _linked_config(session: AsyncSession, name: str, number: int | None) -> LinkedConfig | None:
@@ -584,8 +648,9 @@ class EvalWorker:
         after = 0
         while True:
             self._check_stopping(plan.run_id)
-            async with self.sessionmaker() as session:
-                items = await EvalRepository(session).items(plan.dataset_version_id, after=after, limit=2000)
+            items = await self._transaction(
+                functools.partial(self._items, version_id=plan.dataset_version_id, after=after, limit=2000)
+            )
             if not items:
                 return
             rows = []
@@ -602,8 +667,9 @@ class EvalWorker:
         if not rows:
             return
         try:
-            async with self.sessionmaker() as session, session.begin():
-                await EvalRepository(session).record_items(lease.run_id, lease.token, rows)
+            await self._transaction(
+                lambda session: EvalRepository(session).record_items(lease.run_id, lease.token, rows)
+            )
         except LeaseLostError:
             lease.lost = True
             raise
@@ -618,10 +684,11 @@ class EvalWorker:
             completions=attempt.completions,
             cost=attempt.cost,
         )
-        async with self.sessionmaker() as session, session.begin():
-            await EvalRepository(session).charge_discarded(
+        await self._transaction(
+            lambda session: EvalRepository(session).charge_discarded(
                 run_id, cost=attempt.cost, input_tokens=attempt.input_tokens, output_tokens=attempt.output_tokens
             )
+        )
 
     async def _score_pending(self, plan: RunPlan, lease: Lease) -> None:
         run_slots = asyncio.Semaphore(plan.concurrency)
@@ -653,9 +720,8 @@ class EvalWorker:
         after = 0
         while True:
             self._check_stopping(plan.run_id)
-            async with self.sessionmaker() as session:
-                run = EvalRun(id=plan.run_id, dataset_version_id=plan.dataset_version_id)
-                items = await EvalRepository(session).pending_items(run, after=after, limit=BATCH)
+            run = EvalRun(id=plan.run_id, dataset_version_id=plan.dataset_version_id)
+            items = await self._transaction(functools.partial(self._pending_items, run=run, after=after))
             if not items:
                 return
             try:

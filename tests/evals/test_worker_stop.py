@@ -1,10 +1,11 @@
 """A worker that stops while one item is being stored and another waits on the backend (``EvalWorker.stop``).
 
 The item being stored ends its transaction and is counted; the completion that waits is cancelled and charged
-to the run as discarded; the run gives its lease up, so another worker takes it over at once. Cancelling the
-storing item mid-statement (as the stop did) keeps SQLite's write lock past the cancellation, so the lease's
-release failed and the lease only expired. The item's transaction is held (inside a statement on SQLite, by a
-SQL function waiting on an event) until the stop has cancelled the waiting completion: no timing.
+to the run as discarded; the run gives its lease up, so another worker takes it over at once. The item's
+transaction is held (on SQLite inside a statement that runs until an event is set) until the stop has cancelled
+the waiting completion: no timing. A run the stop cancels, its item still storing, gives its lease up too: the
+transaction ends, rolled back, although on SQLite a statement is under way (a connection SQLAlchemy closes there
+kept SQLite's write lock, so the lease's release failed and the lease only expired).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -86,9 +88,9 @@ class HeldWorker(EvalWorker):
     """A worker whose first item is stored in a transaction held open until ``release`` is set.
 
     It stores only once the other item's completion waits on the backend (SQLite has one connection, which the
-    held transaction keeps); the transaction is held after its writes, inside a statement on SQLite. ``release``
-    is set when the stop has cancelled the waiting completion (its attempt is charged as discarded), unless
-    ``released_by_the_stop`` is False.
+    held transaction keeps); the transaction is held after its writes, on SQLite inside a statement that runs
+    until then (as a slow one would). ``release`` is set when the stop has cancelled the waiting completion (its
+    attempt is charged as discarded), unless ``released_by_the_stop`` is False.
     """
 
     def __init__(self, *args: Any, server: StandIn, released_by_the_stop: bool = True, **kwargs: Any) -> None:
@@ -104,24 +106,36 @@ class HeldWorker(EvalWorker):
             await super()._record(lease, rows)
             return
         await eventually_async(self._held_item_asked, "the other item asking the backend")
-        async with self.sessionmaker() as session, session.begin():
+
+        async def store(session: AsyncSession) -> None:
             await EvalRepository(session).record_items(lease.run_id, lease.token, rows)
             await self._held(session)
+
+        await self._transaction(store)
         self.held_stored = True
 
     async def _held(self, session: AsyncSession) -> None:
         loop = asyncio.get_running_loop()
+        give_up = time.monotonic() + WAIT
 
-        def hold() -> int:
+        def inside() -> int:
             loop.call_soon_threadsafe(self.inside.set)
-            return int(self.release.wait(WAIT))
+            return 1
+
+        def holding() -> int:
+            return int(not self.release.wait(0.001) and time.monotonic() < give_up)
 
         if session.get_bind().dialect.name == "sqlite":
-            raw = await (await session.connection()).get_raw_connection()
-            await raw.driver_connection.create_function("hold", 0, hold)  # type: ignore[union-attr]
-            await session.execute(text("SELECT hold()"))
+            raw = (await (await session.connection()).get_raw_connection()).driver_connection
+            assert raw is not None
+            await raw.create_function("inside", 0, inside)
+            await raw.create_function("holding", 0, holding)
+            # One row at a time, for as long as it is held: SQLite interrupts such a statement between rows.
+            held = "WITH RECURSIVE held(n) AS (SELECT inside() UNION ALL SELECT n + 1 FROM held WHERE holding())"
+            await session.execute(text(f"{held} SELECT max(n) FROM held"))
         else:
-            await asyncio.to_thread(hold)
+            inside()
+            await asyncio.to_thread(self.release.wait, WAIT)
 
     async def _held_item_asked(self) -> bool:
         return self.server.asked(HELD) == 1
@@ -191,13 +205,14 @@ async def test_a_stop_mid_item_stores_the_item_in_hand_cancels_the_waiting_one_a
     await second.stop()
 
 
-# On SQLite the item is cancelled inside its statement, the very thing the wait avoids: the lease's release then
-# waits for the write lock, and the lease may only expire.
-@pytest.mark.parametrize("migrated_engine", ["postgresql"], indirect=True)
+# On SQLite the item is cancelled inside its statement: the transaction still ends, rolled back, and the
+# database is writable at once (a lock left held fails the release at once: ``fail_at_once_when_locked``).
 async def test_a_run_that_reaches_no_safe_point_within_the_stop_wait_is_cancelled_and_its_lease_given_up(
     served: Served,
 ) -> None:
     client, admin, runtime = served.client, served.admin, served.app.state.runtime
+    if served.is_sqlite:
+        event.listen(runtime.engine.sync_engine, "connect", fail_at_once_when_locked)
     parts = (runtime.settings, runtime.sessionmaker, runtime.completions, runtime.prompts)
     first = HeldWorker(*parts, owner="first", server=served.server, released_by_the_stop=False)
     first.stop_wait_seconds = 0.0
@@ -217,7 +232,9 @@ async def test_a_run_that_reaches_no_safe_point_within_the_stop_wait_is_cancelle
     assert held_at_stop
     assert not first.held_stored
     assert [e["run"] for e in logs if e["event"] == "evaluation run still working at stop; cancelled"] == [run["id"]]
-    assert await second.poll() == [run["id"]]
+    assert [entry for entry in logs if "database is locked" in str(entry) or entry["log_level"] == "error"] == []
+    assert await stored_items(served.engine, run["id"]) == 0  # the item's transaction was rolled back
+    assert await second.poll() == [run["id"]]  # at once: the stop gave the lease up
     served.server.released.set()
     await asyncio.wait_for(second.active[run["id"]], WAIT)
     done = (await client.get(f"/v1/evals/runs/{run['id']}", headers=admin)).json()
