@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,16 +73,33 @@ def token_events(tokens: int) -> list[bytes]:
 
 
 class FakeContent:
+    """aiohttp's ``StreamReader`` as the registry and the relays read it: ``readany`` (a coroutine that waits for
+    a read) and ``iter_any`` (an iterator whose ``__anext__`` awaits ``readany``, aiohttp's ``AsyncStreamIterator``),
+    so either way of reading resumes as many coroutines per read as it does on a socket."""
+
     def __init__(self, events: list[bytes]) -> None:
-        self.events = events
+        self._events = iter(events)
 
-    async def _reads(self) -> AsyncIterator[bytes]:
-        for event in self.events:
-            await asyncio.sleep(0)  # a turn of the event loop per write, as a socket read per token costs one
-            yield event
+    async def readany(self) -> bytes:
+        await asyncio.sleep(0)  # a turn of the event loop per read, as a socket read per token costs one
+        return next(self._events, b"")
 
-    def iter_any(self) -> AsyncIterator[bytes]:
-        return self._reads()
+    def iter_any(self) -> FakeReads:
+        return FakeReads(self.readany)
+
+
+class FakeReads:
+    def __init__(self, read: Callable[[], Awaitable[bytes]]) -> None:
+        self._read = read
+
+    def __aiter__(self) -> FakeReads:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = await self._read()
+        if data == b"":
+            raise StopAsyncIteration
+        return data
 
 
 class FakeResponse:
