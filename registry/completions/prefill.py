@@ -59,11 +59,6 @@ class PrefillCounter:
         except Exception:
             logger.exception("recording a completion left before its first token failed")
 
-    @property
-    def pending(self) -> int:
-        """Counts not yet recorded."""
-        return len(self._tasks)
-
     async def settled(self) -> None:
         """Wait for the counts under way (each bounded by its backend's first-token timeout) to be recorded."""
         if self._tasks:
