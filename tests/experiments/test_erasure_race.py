@@ -148,13 +148,13 @@ async def test_an_exposure_written_by_a_replica_the_erasure_news_has_not_reached
     await assert_erased(client, admin, erased)
 
 
+# PostgreSQL only: SQLite runs one writing transaction at a time, so there the erasure waits for the batch to commit.
+@pytest.mark.parametrize("migrated_engine", ["postgresql"], indirect=True)
 async def test_a_batch_a_replica_commits_after_the_erasure_and_before_the_news_leaves_nothing_of_the_unit(
     served: tuple[Client, dict[str, str]], replica: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The erasure's delete misses the replica's batch (inserted, not yet committed) and commits first."""
     client, admin = served
-    if runtime_of(client.app).settings.is_sqlite:
-        pytest.skip("SQLite runs one writing transaction at a time: the erasure waits for the batch to commit")
     experiment = runtime_of(client.app).experiments.router.running("greet-test")
     assert experiment is not None
     erased = unique("in-flight")
@@ -180,14 +180,14 @@ async def test_a_batch_a_replica_commits_after_the_erasure_and_before_the_news_l
     await assert_erased(client, admin, erased)
 
 
+# PostgreSQL only: SQLite runs one writing transaction at a time, so there the batch waits for the erasure to commit.
+@pytest.mark.parametrize("migrated_engine", ["postgresql"], indirect=True)
 async def test_a_batch_committed_while_the_erasure_is_under_way_is_checked_once_the_erasure_commits(
     served: tuple[Client, dict[str, str]], replica: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The erasure deleted (missing the batch, not yet written) and has not committed when the replica's batch
     commits and is checked: the check waits for the erasure, then finds it."""
     client, admin = served
-    if runtime_of(client.app).settings.is_sqlite:
-        pytest.skip("SQLite runs one writing transaction at a time: the batch waits for the erasure to commit")
     experiment = runtime_of(client.app).experiments.router.running("greet-test")
     assert experiment is not None
     erased = unique("in-flight")
