@@ -346,26 +346,17 @@ async def test_a_caller_leaving_while_queued_for_the_backend_is_not_charged_a_pr
     client = await registry(  # type: ignore[attr-defined]
         {"fault": backend(fault.url, max_concurrency=1, first_token_timeout=120, total_timeout=120)}
     )
-    await publish(
-        client,
-        admin,
-        backend="fault",
-        model=held,
-        prompt="held",
-        config="c-held",
-        prices=PRICES,
-        max_context_tokens=4096,
-    )
-    await publish(
-        client,
-        admin,
-        backend="fault",
-        model=queued,
-        prompt="queued",
-        config="c-queued",
-        prices=PRICES,
-        max_context_tokens=4096,
-    )
+    for model, name in ((held, "held"), (queued, "queued")):
+        await publish(
+            client,
+            admin,
+            backend="fault",
+            model=model,
+            prompt=name,
+            config=f"c-{name}",
+            prices=PRICES,
+            max_context_tokens=4096,
+        )
     first = asyncio.create_task(client.post("/v1/prompts/held/complete", json=REQUEST, headers=admin))
 
     async def holding() -> bool:
