@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 import uuid
 from collections.abc import Iterator
@@ -31,7 +32,9 @@ from registry.db import migrate
 from registry.db.engine import create_engine
 from registry.lib.jobs import PeriodicJob
 from registry.runtime import Runtime
-from registry.settings import Settings
+from registry.settings import BackendSettings, Settings
+from tests.completions.conftest import serve_in_thread
+from tests.completions.fault_server import FaultServer
 from tests.embedded import embedded_settings
 
 WAIT = 60.0  # bounds a wait that fails the test rather than hang it; never reached when it passes
@@ -205,3 +208,77 @@ async def test_a_job_in_a_transaction_at_stop_ends_its_run_before_the_final_flus
     assert (await prompts_recorded(any_settings)).count(prompt) == 1
     assert failures(logs) == []
     assert held.runs_ended == 1
+
+
+class HeldCount(FaultServer):
+    """The fault server, its ``/tokenize`` answering only once ``release`` is set; ``asked`` once it is asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = threading.Event()
+        self.release = threading.Event()
+
+    async def _tokenize(self, send: Any, payload: dict[str, Any]) -> None:
+        self.asked.set()
+        await asyncio.to_thread(self.release.wait, WAIT)
+        await super()._tokenize(send, payload)
+
+
+async def test_a_left_completion_whose_prompt_is_counted_during_the_stop_is_written_by_the_final_flush(
+    tmp_path: Path,
+) -> None:
+    """A completion left during its prefill is recorded once the backend has counted its prompt
+    (``registry.completions.prefill``). A stop while that count is under way waits for it before the final flush.
+    The count is held until the stop waits for it, or until the usage's final flush begins (which, without that
+    wait, it does with the record still to come)."""
+    counter = HeldCount()
+    with serve_in_thread(counter, lifespan="off") as url:
+        settings = embedded_settings(
+            tmp_path, completion_usage_flush_seconds=3600.0, backends={"held": BackendSettings(url=url)}
+        )
+        engine = create_engine(settings)
+        try:
+            await migrate.upgrade(engine)
+        finally:
+            await engine.dispose()
+        runtime = Runtime.build(settings)
+        prefill = runtime.completions.prefill
+        assert prefill is not None
+        settled = prefill.settled
+
+        async def release_then_settle() -> None:
+            counter.release.set()
+            await settled()
+
+        prefill.settled = release_then_settle  # type: ignore[method-assign]
+        [usage] = [job for job in runtime.jobs if job.name == "completion-usage"]
+
+        async def release_then_flush() -> object:
+            counter.release.set()
+            return await usage.run()
+
+        runtime.jobs[runtime.jobs.index(usage)] = dataclasses.replace(usage, run=release_then_flush)
+        await runtime.start()
+        prompt = f"left-{uuid.uuid4().hex[:8]}"
+        payload = {"model": "m", "messages": [{"role": "user", "content": "one two three"}]}
+
+        def record(count: int) -> None:
+            runtime.completions.recorder.add({"prompt": prompt, "status": "cancelled", "input_tokens": count})
+
+        prefill.count_then(runtime.completions.upstream.backend("held"), payload, record)
+        assert await asyncio.to_thread(counter.asked.wait, WAIT)
+        with captured_logs() as logs:
+            await runtime.stop()
+
+    assert await input_tokens_recorded(settings, prompt) == [6]  # three words, plus 3 for a chat
+    assert failures(logs) == []
+
+
+async def input_tokens_recorded(settings: Settings, prompt: str) -> list[int]:
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as connection:
+            query = text("SELECT input_tokens FROM completions WHERE prompt = :prompt")
+            return list((await connection.execute(query, {"prompt": prompt})).scalars())
+    finally:
+        await engine.dispose()
