@@ -208,6 +208,7 @@ class ChangePage:
 
     experiment: ExperimentDefinition
     cannot_win: dict[str, str] = field(default_factory=dict)  # per variant key
+    production: int | None = None  # the number of the prompt's version in production (the stop form's)
 
 
 class ExperimentPages:
@@ -225,10 +226,12 @@ class ExperimentPages:
         """The experiment, and while it runs (the stop form shows), the service's reason for each variant it would
         refuse as ``actor``'s winner: one that can never be promoted, or one the promotion gate refuses now."""
         experiment = await self.experiments.require(key)
-        cannot_win = {}
+        cannot_win, production = {}, None
         if experiment.status == "running":
             cannot_win = await self.experiments.winner_refusals(experiment, actor)
-        return ChangePage(ExperimentDefinition.of(experiment), cannot_win)
+            current = await self.experiments.production_version(experiment)
+            production = current.number if current is not None else None
+        return ChangePage(ExperimentDefinition.of(experiment), cannot_win, production)
 
     async def metric_keys(self) -> list[str]:
         found = await self.experiments.metrics.list_metrics(PageRequest(limit=METRICS_OFFERED, after=None))

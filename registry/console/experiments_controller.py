@@ -214,6 +214,7 @@ class ExperimentPagesController(Controller):
             action=action,
             e=page.experiment,
             cannot_win=page.cannot_win,
+            production=page.production,
             problem=problem,
             section="experiments",
         )

@@ -675,7 +675,7 @@ class ExperimentService:
 
         For the console's stop form, read once per page (each variant's evidence once); the stop judges again when
         sent, as the evidence may change in between."""
-        current = (await self.prompts.workflow.repository.holders(experiment.prompt_id)).get(State.PRODUCTION)
+        current = await self.production_version(experiment)
         refusals = {}
         for variant in experiment.variants:
             refusal = await self.cannot_win(experiment, variant)
@@ -686,6 +686,10 @@ class ExperimentService:
             if refusal is not None:
                 refusals[variant.key] = refusal
         return refusals
+
+    async def production_version(self, experiment: Experiment) -> PromptVersion | None:
+        """The version of the experiment's prompt in production now, if any."""
+        return (await self.prompts.workflow.repository.holders(experiment.prompt_id)).get(State.PRODUCTION)
 
     async def _winning_version(self, experiment: Experiment, winner: ExperimentVariant) -> PromptVersion:
         """The version ``_promote`` would promote, without writing it: for a variant that ran its version with

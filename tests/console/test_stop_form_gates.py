@@ -92,6 +92,8 @@ async def test_the_stop_form_shows_a_variant_the_gate_refuses_disabled_with_the_
     assert served.status == 200
     form = StopForm(await served.text())
     assert form.offered() == ["", "control", "exclaim"]
+    offered = {key: form.texts[form.radios[key]["aria-describedby"] or ""] for key in ("control", "exclaim")}
+    assert offered == {"control": "v1 stays production", "exclaim": "v2 becomes production"}
     refusals = {
         "question": seed["question"],
         "exclaim-on-2": f"prompt '{prompt}' version 4 may not enter production: no completed evaluation run of "
