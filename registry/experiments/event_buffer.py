@@ -17,8 +17,9 @@ Semantics:
   are discarded and counted in ``registry_experiment_buffered_events_rejected_total``.
 - Held in this process only: a graceful stop tries one last write; a hard kill,
   or a stop while the database is still down, loses what is held.
-- Erasure: held events of a unit erased since are not written (``EventService.store``); a write under way when
-  the erasure reaches this replica has the unit's facts erased again once it committed, as the exposure buffer's.
+- Erasure: held events of a unit erased since are not written (``EventService.store``); once a write committed,
+  its units are checked against the durable record of erasures and the facts of those erased meanwhile are erased
+  again, as the exposure buffer's (``registry.experiments.exposures.erase_written_again``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.experiments.exposures import erase_written_again
-from registry.experiments.privacy_digest import RecentErasures, unit_digest
+from registry.experiments.privacy_digest import RecentErasures
 from registry.experiments.schemas import EventIn
 from registry.lib.errors import DatabaseUnavailableError
 
@@ -114,18 +115,16 @@ class EventBuffer:
                 return 0
             batches, self._held = self._held, []
             count, self._pending = self._pending, 0
-            with self._erasures.watching() as erased_meanwhile:
-                try:
-                    async with self._sessionmaker() as session, session.begin():
-                        rejected = await self._writer(session, batches)
-                except BaseException:
-                    self._held = batches + self._held
-                    self._pending += count
-                    raise
-            if erased_meanwhile:
-                units = {event.unit for batch in batches for event in batch.events}
-                self._erasures.written_after.update(unit for unit in units if unit_digest(unit) in erased_meanwhile)
-                await erase_written_again(self._sessionmaker, self._erasures)
+            try:
+                async with self._sessionmaker() as session, session.begin():
+                    rejected = await self._writer(session, batches)
+            except BaseException:
+                self._held = batches + self._held
+                self._pending += count
+                raise
+            # The writer queued the units it wrote, once committed, to be checked against the erasures
+            # (``EventService.store``): checked now, as an exposure batch is.
+            await erase_written_again(self._sessionmaker, self._erasures)
             self._rejected.inc(rejected)
             logger.info("buffered outcome events written", events=count, rejected=rejected)
             return count - rejected

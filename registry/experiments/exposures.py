@@ -226,7 +226,7 @@ async def erase_written_again(sessionmaker: async_sessionmaker[AsyncSession], er
     """Writes committed after the erasure of some of their units: erase those units' facts again, and queue them
     so the aggregator takes their share out. On failure they are kept for the next flush.
 
-    Those units are the ones queued in ``written_after`` (a write under way when the erasure was heard) and those
+    Those units are the ones queued in ``written_after`` (found erased by a check whose erasing failed) and those
     of ``to_check`` (units of committed writes) that the durable record shows erased within the window before they
     were first seen, or since; the latter are learned (``RecentErasures.learn``), so this replica drops the unit's
     data from then on even if the news never comes. The lookup shares ``ERASURE_LOCK`` (see the module's docstring

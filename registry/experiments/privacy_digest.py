@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
 
 def unit_digest(unit: str) -> str:
@@ -35,14 +34,12 @@ class RecentErasures:
     may come late (pub/sub), so every write, once committed, queues its units in ``to_check`` with when they were
     first seen; the next flush looks them up in the durable record of erasures (their audit entries) and erases
     again the facts of those erased within the window (``registry.experiments.exposures.erase_written_again``),
-    learning of the erasure meanwhile (``learn``). A write under way when an erasure is heard (``watching``) may
-    commit after the erasure's delete: the units it wrote are then queued in ``written_after``, whose facts the
-    next flush erases again.
+    learning of the erasure meanwhile (``learn``). Units found erased whose facts could not be erased again (the
+    write failed) wait in ``written_after`` for the next flush.
     """
 
     def __init__(self) -> None:
         self._until: dict[str, float] = {}  # digest -> until when (Unix time) the unit's data is dropped
-        self._watchers: dict[int, set[str]] = {}  # by id: two watchers' sets may be equal
         self.written_after: set[str] = set()  # units written after their erasure, until their facts are erased again
         self.to_check: dict[str, float] = {}  # units of committed writes -> first seen (Unix time), until checked
 
@@ -53,8 +50,6 @@ class RecentErasures:
         """The unit's erasure committed (at ``erased_at``, Unix time; now when the news just came)."""
         at = time.time() if erased_at is None else erased_at
         self._until[digest] = max(self._until.get(digest, 0.0), at + ERASURE_IN_FLIGHT_SECONDS)
-        for heard in self._watchers.values():
-            heard.add(digest)
 
     def learn(self, erased: Mapping[str, float]) -> None:
         """Erasures read from the durable record (digest -> when, Unix time): remembered as if heard then."""
@@ -79,21 +74,3 @@ class RecentErasures:
         now = time.time()
         for expired in [digest for digest, until in self._until.items() if until <= now]:
             del self._until[expired]
-
-    def watch(self) -> set[str]:
-        """Start collecting the digests of the erasures heard from now on, until ``unwatch``."""
-        heard: set[str] = set()
-        self._watchers[id(heard)] = heard
-        return heard
-
-    def unwatch(self, heard: set[str]) -> None:
-        self._watchers.pop(id(heard), None)
-
-    @contextmanager
-    def watching(self) -> Iterator[set[str]]:
-        """The digests of the erasures heard while the block runs (a write under way)."""
-        heard = self.watch()
-        try:
-            yield heard
-        finally:
-            self.unwatch(heard)
