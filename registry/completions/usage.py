@@ -32,7 +32,7 @@ import asyncio
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -244,10 +244,9 @@ class UsageRecorder:
         digests = {unit: unit_digest(unit) for unit in written}
         try:
             async with self._sessionmaker() as session, session.begin():
-                facts = UnitDataRepository(session)
-                await facts.lock_erasures(erasing=False)  # an erasure under way commits (or rolls back) first
-                since = datetime.fromtimestamp(min(written.values()) - ERASED_SECONDS, UTC)
-                erased = await facts.erasures_since(set(digests.values()), since)
+                erased = await UnitDataRepository(session).erasures_covering(
+                    set(digests.values()), min(written.values())
+                )
                 units = {
                     unit
                     for unit, at in written.items()

@@ -42,14 +42,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from registry.experiments.privacy_digest import RecentErasures, unit_digest, window_start
+from registry.experiments.privacy_digest import RecentErasures, unit_digest
 from registry.experiments.repository import IngestRepository, UnitDataRepository
 
 EARLY_FLUSH_STOP_SECONDS = 10.0  # how long stop lets an early flush under way finish
@@ -256,8 +255,6 @@ async def erased_among(facts: UnitDataRepository, erasures: RecentErasures, writ
     """The units of ``written`` (unit -> first seen, Unix time) whose committed erasure covers them, by the durable
     record (learned into ``erasures``) or by the news heard here. Waits for an erasure under way (``ERASURE_LOCK``)."""
     digests = {unit: unit_digest(unit) for unit in written}
-    await facts.lock_erasures(erasing=False)
-    since = datetime.fromtimestamp(window_start(min(written.values())), UTC)
-    found = await facts.erasures_since(set(digests.values()), since)
+    found = await facts.erasures_covering(set(digests.values()), min(written.values()))
     erasures.learn({digest: at.timestamp() for digest, at in found.items()})
     return {unit for unit, at in written.items() if erasures.covers(digests[unit], at)}

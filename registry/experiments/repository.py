@@ -40,6 +40,7 @@ from registry.experiments.models import (
     UnitChange,
     UnitMetricValue,
 )
+from registry.experiments.privacy_digest import window_start
 from registry.lib.pagination import PageRequest
 from registry.prompts.models import Prompt
 from registry.stats.quantiles import bucket_of
@@ -737,6 +738,13 @@ class UnitDataRepository(_Repository):
             return
         lock = func.pg_advisory_xact_lock if erasing else func.pg_advisory_xact_lock_shared
         await self.session.execute(select(lock(ERASURE_LOCK)))
+
+    async def erasures_covering(self, digests: Collection[str], first_seen: float) -> dict[str, datetime]:
+        """The erasures (digest -> when) of the units of ``digests`` that may cover data first seen at
+        ``first_seen`` (Unix time) or later: those within the window before it, or since. Read once any erasure
+        under way has committed or rolled back (``lock_erasures``, shared): a check of committed writes."""
+        await self.lock_erasures(erasing=False)
+        return await self.erasures_since(digests, datetime.fromtimestamp(window_start(first_seen), UTC))
 
     async def erasures_since(self, digests: Collection[str], since: datetime) -> dict[str, datetime]:
         """When each unit of ``digests`` was last erased, of those erased at or after ``since``: from the audit
