@@ -52,6 +52,7 @@ _ANONYMISED = {"unit": None, "request_id": None, "prompt_text": None, "completio
 
 Spend = dict[str, tuple[int, float]]  # per API key: tokens and cost
 WrittenListener = Callable[[Spend], None]
+AddedListener = Callable[[dict[str, Any]], None]
 
 
 def spend_of(records: Iterable[dict[str, Any]]) -> Spend:
@@ -72,6 +73,7 @@ class UsageRecorder:
         self._buffer: list[dict[str, Any]] = []
         self._pending: dict[str, tuple[int, float]] = {}
         self._listeners: list[WrittenListener] = []
+        self._added_listeners: list[AddedListener] = []
         # Odd while a batch is being written; a read that starts and ends on the same even value
         # saw no write begin or commit.
         self.write_epoch = 0
@@ -85,8 +87,19 @@ class UsageRecorder:
         """Call ``listener`` with the spend of each batch, in the step that takes it off the pending spend."""
         self._listeners.append(listener)
 
+    def on_added(self, listener: AddedListener) -> None:
+        """Call ``listener`` with each record as it is added, in line (once: a listener already here is not added).
+
+        An evaluation run charges each record made in its task to the attempt it was made for
+        (``registry.evals.runner.charge_attempt``), a model guard's classifier's records among them.
+        """
+        if listener not in self._added_listeners:
+            self._added_listeners.append(listener)
+
     def add(self, record: dict[str, Any]) -> None:
         """Buffer one record; its spend is added to the pending totals in line (once per completion, so cheap)."""
+        for listener in self._added_listeners:
+            listener(record)
         if self._erased and record.get("unit") and self._is_erased(record["unit"]):
             record.update(_ANONYMISED)  # its unit was erased while it ran
         self._buffer.append(record)

@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -55,7 +55,6 @@ from registry.completions.payload import Overrides
 from registry.completions.schemas import CompleteRequest, CompletionOut
 from registry.completions.service import RECORDED_ERRORS, Caller, CompletionService, Plan, Run
 from registry.completions.upstream import UpstreamStream
-from registry.completions.usage import UsageRecorder
 from registry.configs.repository import ConfigRepository
 from registry.db.base import utcnow
 from registry.evals.models import EvalDatasetItem, EvalRun
@@ -124,7 +123,7 @@ class RunCompletions(CompletionService):
     completion adds what its record charged to the attempt it was made for (``EvalWorker._complete``) as
     it is recorded, answered or not (cancelled, failed, blocked): no ``CompletionOut`` says what those
     spent, and a cancellation that comes after the record cannot lose it. Completions made inside it on
-    other services (a model guard's classifier) are recorded through ``ChargingRecorder``, and add theirs.
+    other services (a model guard's classifier) add theirs as they are recorded (``charge_attempt``).
     """
 
     semantic_cache = False
@@ -168,37 +167,29 @@ class RunCompletions(CompletionService):
             attempt.charge(spend.input_tokens, spend.output_tokens, run.cost_of(spend))
 
 
-class ChargingRecorder:
-    """The usage recorder, also charging what each record charges the key to the attempt under way in this task.
+def charge_attempt(record: dict[str, Any]) -> None:
+    """Charge what a usage record charges the key to the attempt under way in this task, if any.
 
-    A model guard's classifier runs on a completion service of its own inside the run's completion
-    (``CompletionService._guard_input``), charged to the run's key; its records pass through here.
+    Heard by the usage recorder as each record is added (``UsageRecorder.on_added``): a model guard's classifier
+    runs on a completion service of its own inside the run's completion (``CompletionService._guard_input``),
+    charged to the run's key, and its records are charged here. Outside a run's completion no attempt is set.
     """
-
-    def __init__(self, recorder: UsageRecorder) -> None:
-        self.recorder = recorder
-
-    def add(self, record: dict[str, Any]) -> None:
-        attempt = _attempt.get()
-        if attempt is not None:
-            attempt.charge(record.get("input_tokens", 0), record.get("output_tokens", 0), record.get("cost", 0.0))
-        self.recorder.add(record)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.recorder, name)
+    attempt = _attempt.get()
+    if attempt is not None:
+        attempt.charge(record.get("input_tokens", 0), record.get("output_tokens", 0), record.get("cost", 0.0))
 
 
 def charging(completions: Completions) -> Completions:
-    """``completions`` recording through a ``ChargingRecorder`` (the same parts otherwise).
+    """``completions`` with each record charged to its attempt as it is added (``charge_attempt``), made at once.
 
     A completion left before any usage came is recorded at once, without waiting for its prompt to be counted
     (``registry.completions.prefill``): the attempt it was made for is charged as it is recorded, so the run's
     cost and the key's records agree. Only a stopping worker leaves a run's completions.
     """
-    if isinstance(completions.recorder, ChargingRecorder):
+    completions.recorder.on_added(charge_attempt)
+    if completions.prefill is None:
         return completions
-    recorder = cast("UsageRecorder", ChargingRecorder(completions.recorder))  # it records only through add
-    return dataclasses.replace(completions, recorder=recorder, prefill=None)
+    return dataclasses.replace(completions, prefill=None)
 
 
 @dataclass(slots=True)
