@@ -198,10 +198,7 @@ async def _gate(
     lock: PromotionLock | None = session.info.get(PROMOTION_LOCK)
     if lock is not None:
         await lock.check(session, "prompt", name)
-    gate: PromotionGate | None = session.info.get(PROMOTION_GATE)
-    if gate is None:
-        return None
-    return await gate.check(session, GateCheck("prompt", name, version, State.PRODUCTION, current, actor, None))
+    return await _gate_check(session, name, version, current, actor)
 
 
 async def _gate_refusal(
@@ -210,14 +207,22 @@ async def _gate_refusal(
     """The promotion gate's refusal of ``version`` entering production, judged now as ``_gate`` judges it, or None.
 
     Nothing is written: a refusal raises before the gate records anything (only an override is audited)."""
-    gate: PromotionGate | None = session.info.get(PROMOTION_GATE)
-    if gate is None:
-        return None
     try:
-        await gate.check(session, GateCheck("prompt", name, version, State.PRODUCTION, current, actor, None))
+        await _gate_check(session, name, version, current, actor)
     except InvalidInputError as refused:
         return refused.detail
     return None
+
+
+async def _gate_check(
+    session: AsyncSession, name: str, version: PromptVersion, current: PromptVersion | None, actor: Actor
+) -> str | None:
+    """The session's promotion gate on ``version`` entering production (none installed: no check); it raises its
+    refusal, else returns its note."""
+    gate: PromotionGate | None = session.info.get(PROMOTION_GATE)
+    if gate is None:
+        return None
+    return await gate.check(session, GateCheck("prompt", name, version, State.PRODUCTION, current, actor, None))
 
 
 def _snapshot(experiment: Experiment) -> dict[str, Any]:
