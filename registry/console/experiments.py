@@ -228,8 +228,8 @@ class ExperimentPages:
         experiment = await self.experiments.require(key)
         cannot_win, production = {}, None
         if experiment.status == "running":
-            cannot_win = await self.experiments.winner_refusals(experiment, actor)
             current = await self.experiments.production_version(experiment)
+            cannot_win = await self.experiments.winner_refusals(experiment, current, actor)
             production = current.number if current is not None else None
         return ChangePage(ExperimentDefinition.of(experiment), cannot_win, production)
 

@@ -674,13 +674,15 @@ class ExperimentService:
         version = await self.prompts.workflow.require_version(experiment.prompt, variant.prompt_version)
         return await self.unpromotable(experiment.prompt_id, version)
 
-    async def winner_refusals(self, experiment: Experiment, actor: Actor) -> dict[str, str]:
+    async def winner_refusals(
+        self, experiment: Experiment, current: PromptVersion | None, actor: Actor
+    ) -> dict[str, str]:
         """Why each variant the stop would refuse as winner now cannot win, by key: ``cannot_win``, else the refusal
         of the promotion gate on production, judged as the promotion judges the version the win would put there.
 
-        For the console's stop form, read once per page (each variant's evidence once); the stop judges again when
-        sent, as the evidence may change in between."""
-        current = await self.production_version(experiment)
+        ``current`` is the version in production as the caller read it (``production_version``): the console's stop
+        form reads it once per page, for these refusals and for its "stays production" line alike, as it reads each
+        variant's evidence once; the stop judges again when sent, as the evidence may change in between."""
         refusals = {}
         for variant in experiment.variants:
             refusal = await self.cannot_win(experiment, variant)
