@@ -22,7 +22,8 @@ A worker that stops cancels the completions it is waiting for, but not a transac
 run ends the item it is recording, starts no more, and gives its lease up itself (``EvalWorker.stop``).
 A run still working when the stop has waited long enough is cancelled; its transactions end even then,
 rolled back, and their connections go back to the pool (``in_transaction``), so its lease is released
-at once, on SQLite too.
+at once, on SQLite too. What its discarded attempts spent is still charged to it: the stop waits for those
+charges.
 
 Completions go through ``CompletionService``, the path ``/complete`` takes (budget check, breaker,
 retries, fallback, cache at temperature 0, usage and cost recorded) and are charged to the key that
@@ -391,6 +392,7 @@ class EvalWorker:
         self.stop_wait_seconds = STOP_WAIT_SECONDS
         self._stopping = False
         self._asking: dict[asyncio.Task[Any], Attempt] = {}  # items' tasks in a completion (``_complete``)
+        self._charges: set[asyncio.Task[None]] = set()  # discarded attempts' charges under way (``_charge_discarded``)
 
     def jobs(self) -> list[PeriodicJob]:
         return [PeriodicJob("eval-runs", self.poll_seconds, self.poll, shared=True, run_at_shutdown=False)]
@@ -431,7 +433,8 @@ class EvalWorker:
         in hand (an item being recorded, a lease renewed) ends. Each run then starts nothing more and releases
         its lease itself (``WorkerStoppingError``); one still running after ``stop_wait_seconds`` is
         cancelled, its transaction in hand rolled back (``in_transaction``), and its lease released here (or
-        left to expire, if the database refuses).
+        left to expire, if the database refuses). The charges of discarded attempts are waited for, those of
+        a cancelled run too (``_charged``).
         """
         self._stopping = True
         try:
@@ -454,6 +457,8 @@ class EvalWorker:
                     pass
                 except Exception:
                     logger.exception("evaluation run failed at stop", run=run_id)
+            await self._charged()
+            for run_id, task in tasks.items():
                 lease = self.leases.get(run_id)
                 if task in overran and lease is not None:
                     try:
@@ -666,7 +671,12 @@ class EvalWorker:
             raise
 
     async def _charge_discarded(self, run_id: int, attempt: Attempt) -> None:
-        """What an attempt whose outcome is not stored spent, added to the run's cost (see the module's text)."""
+        """What an attempt whose outcome is not stored spent, added to the run's cost (see the module's text).
+
+        The charge is a task of its own, which the stop waits for (``_charged``): it may wait for the database
+        (SQLite's one connection, or the run's row, which the item in hand holds) while the stop cancels its run,
+        and a cancelled charge would be lost, its transaction rolled back.
+        """
         if not attempt.completions:
             return
         logger.warning(
@@ -675,11 +685,26 @@ class EvalWorker:
             completions=attempt.completions,
             cost=attempt.cost,
         )
-        await self._transaction(
-            lambda session: EvalRepository(session).charge_discarded(
-                run_id, cost=attempt.cost, input_tokens=attempt.input_tokens, output_tokens=attempt.output_tokens
-            )
+        charge = asyncio.create_task(
+            self._transaction(
+                lambda session: EvalRepository(session).charge_discarded(
+                    run_id, cost=attempt.cost, input_tokens=attempt.input_tokens, output_tokens=attempt.output_tokens
+                )
+            ),
+            name=f"eval-run-{run_id}-charge",
         )
+        self._charges.add(charge)
+        charge.add_done_callback(self._charges.discard)
+        await asyncio.shield(charge)
+
+    async def _charged(self) -> None:
+        """Wait for the charges of discarded attempts still under way, whose runs may have been cancelled."""
+        charges = list(self._charges)
+        for charge, outcome in zip(charges, await asyncio.gather(*charges, return_exceptions=True), strict=True):
+            if isinstance(outcome, Exception):
+                logger.error(
+                    "could not charge a discarded attempt to its run", charge=charge.get_name(), exc_info=outcome
+                )
 
     async def _score_pending(self, plan: RunPlan, lease: Lease) -> None:
         run_slots = asyncio.Semaphore(plan.concurrency)

@@ -100,6 +100,7 @@ class HeldWorker(EvalWorker):
         self.inside = asyncio.Event()
         self.release = threading.Event()
         self.held_stored = False
+        self.charges_cancelled = 0  # discarded attempts' charges whose item was cancelled while they were made
 
     async def _record(self, lease: Lease, rows: Sequence[dict[str, Any]]) -> None:
         if self.inside.is_set() or not rows:  # validation records no rows: every item's variables are valid
@@ -143,7 +144,11 @@ class HeldWorker(EvalWorker):
     async def _charge_discarded(self, run_id: int, attempt: Attempt) -> None:
         if self.released_by_the_stop:
             self.release.set()
-        await super()._charge_discarded(run_id, attempt)
+        try:
+            await super()._charge_discarded(run_id, attempt)
+        except asyncio.CancelledError:
+            self.charges_cancelled += 1
+            raise
 
 
 @contextlib.contextmanager
@@ -240,3 +245,47 @@ async def test_a_run_that_reaches_no_safe_point_within_the_stop_wait_is_cancelle
     done = (await client.get(f"/v1/evals/runs/{run['id']}", headers=admin)).json()
     assert (done["status"], done["items_done"], done["items_passed"]) == ("completed", 2, 2)
     await second.stop()
+
+
+# The charge of a discarded attempt waits for the item in hand to end (on SQLite for the one connection it holds, on
+# PostgreSQL for the run's row it updated); the stop cancels the run meanwhile, and the charge is still made.
+async def test_a_discarded_attempts_charge_waiting_for_the_database_survives_the_cancellation_of_its_run(
+    served: Served,
+) -> None:
+    client, admin, runtime = served.client, served.admin, served.app.state.runtime
+    if served.is_sqlite:
+        event.listen(runtime.engine.sync_engine, "connect", fail_at_once_when_locked)
+    parts = (runtime.settings, runtime.sessionmaker, runtime.completions, runtime.prompts)
+    first = HeldWorker(*parts, owner="first", server=served.server, released_by_the_stop=False)
+    first.stop_wait_seconds = 0.0
+    name = f"charged-{uuid.uuid4().hex[:8]}"
+    version = await publish(client, admin, name, prices=PRICES)
+    # The judge answers what the item expects: item "b"'s judge waits on the backend, after "b" was answered.
+    judge = await publish(client, admin, f"{name}-judge", template="{{ expected }}", prices=PRICES)
+    await dataset(client, admin, f"{name}-cases", answers(("a", "a"), ("b", HELD)))
+    scorers = [{"kind": "judge", "prompt": f"{name}-judge", "version": judge}]
+    run = await start_run(
+        client,
+        admin,
+        prompt=name,
+        version=version,
+        dataset={"name": f"{name}-cases"},
+        scorers=scorers,
+        concurrency=2,
+    )
+
+    assert await first.poll() == [run["id"]]
+    await asyncio.wait_for(first.inside.wait(), WAIT)  # item "a" is being stored; "b"'s judge waits on the backend
+    with captured_logs() as logs:
+        await first.stop()
+    first.release.set()
+
+    assert [e["run"] for e in logs if e["event"] == "evaluation run still working at stop; cancelled"] == [run["id"]]
+    assert first.charges_cancelled == 1  # "b"'s charge was under way when the stop cancelled the run
+    assert [entry for entry in logs if "database is locked" in str(entry) or entry["log_level"] == "error"] == []
+    assert await stored_items(served.engine, run["id"]) == 0  # the item in hand was rolled back, and charged
+    records = await usage_records(served)
+    assert sorted(status for status, _ in records) == ["cancelled", "ok", "ok", "ok"]
+    stopped = (await client.get(f"/v1/evals/runs/{run['id']}", headers=admin)).json()
+    assert stopped["cost"] == pytest.approx(sum(cost for _, cost in records))
+    assert stopped["cost"] == pytest.approx(3 * (5 * 0.1 + 1))  # three answers of a word; the held judge's none
