@@ -687,9 +687,13 @@ class ExperimentService:
         for variant in experiment.variants:
             refusal = await self.cannot_win(experiment, variant)
             if refusal is None:
-                version = await self._winning_version(experiment, variant)
-                if current is None or version.id != current.id:  # the holder's win moves nothing: no gate
-                    refusal = await _gate_refusal(self.session, experiment.prompt.name, version, current, actor)
+                try:
+                    version = await self._winning_version(experiment, variant)
+                except InvalidInputError as refused:  # the version the win would create is refused, as at the stop
+                    refusal = refused.detail
+                else:
+                    if current is None or version.id != current.id:  # the holder's win moves nothing: no gate
+                        refusal = await _gate_refusal(self.session, experiment.prompt.name, version, current, actor)
             if refusal is not None:
                 refusals[variant.key] = refusal
         return refusals
@@ -700,15 +704,16 @@ class ExperimentService:
 
     async def _winning_version(self, experiment: Experiment, winner: ExperimentVariant) -> PromptVersion:
         """The version ``_promote`` would promote, without writing it: for a variant that ran its version with
-        another config, the version carrying that config (the identical newest one, or the next, not stored)."""
+        another config, the version carrying that config that ``create_version`` would return (the identical newest
+        one, judged as it judges it) or store (the next, not stored). A refusal of that version raises as the stop's.
+        """
         prompt = experiment.prompt
         version = await self.prompts.workflow.require_version(prompt, winner.prompt_version)
         if winner.config_version_id is None or winner.config_version_id == version.config_version_id:
             return version
-        newest = await self.prompts.workflow.require_version(prompt, prompt.latest_version)
-        content = (version.kind, version.template, version.messages, version.input_schema, winner.config_version_id)
-        if (newest.kind, newest.template, newest.messages, newest.input_schema, newest.config_version_id) == content:
-            return newest
+        existing = await self.prompts.existing_version(prompt, _version_with_config(version, winner, experiment.key))
+        if existing is not None:
+            return existing
         return PromptVersion(
             prompt_id=prompt.id,
             number=prompt.latest_version + 1,

@@ -392,16 +392,23 @@ class VersionWorkflow(Generic[R, V, T]):
 
     # -- versions
 
+    async def identical_newest(self, resource: R, version: V) -> V | None:
+        """The newest version of ``resource`` when ``version``'s content is identical to it (the same digest), else
+        None: what ``add_version`` returns instead of storing ``version``, for those who predict it."""
+        if not resource.latest_version:
+            return None
+        newest = await self.require_version(resource, resource.latest_version)
+        return newest if newest.content_sha256 == version.content_sha256 else None
+
     async def add_version(self, resource: R, version: V, actor: Actor) -> tuple[V, bool]:
         """Number and store ``version``; return the newest instead when its content is identical.
 
         ``resource`` must have been read ``for_update``: the row lock serializes
         concurrent creates, so numbers have no gaps or duplicates.
         """
-        if resource.latest_version:
-            newest = await self.require_version(resource, resource.latest_version)
-            if newest.content_sha256 == version.content_sha256:
-                return newest, False
+        newest = await self.identical_newest(resource, version)
+        if newest is not None:
+            return newest, False
         resource.latest_version += 1
         setattr(version, self.repository.parent_column, resource.id)
         version.number = resource.latest_version

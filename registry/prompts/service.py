@@ -122,7 +122,20 @@ class PromptService(VersionedResourceService[Prompt, PromptVersion, PromptTransi
             raise InvalidInputError("the prompt version is invalid", errors=problems)
 
     async def create_version(self, name: str, data: CreatePromptVersion, actor: Actor) -> tuple[PromptVersion, bool]:
-        """Check, compile and store a version; an identical newest version is returned instead."""
+        """Check, compile and store a version; an identical newest version is returned instead
+        (``existing_version``)."""
+        version = await self._unsaved_version(data)
+        prompt = await self.workflow.require(name, for_update=True)
+        return await self.workflow.add_version(prompt, version, actor)
+
+    async def existing_version(self, prompt: Prompt, data: CreatePromptVersion) -> PromptVersion | None:
+        """The stored version ``create_version`` would return for ``data`` now, or None where it would store a new
+        one: the newest when identical, by the same digest. ``data`` is checked as ``create_version`` checks it (its
+        refusal raises); nothing is written, so a prediction of a create and the create itself cannot disagree."""
+        return await self.workflow.identical_newest(prompt, await self._unsaved_version(data))
+
+    async def _unsaved_version(self, data: CreatePromptVersion) -> PromptVersion:
+        """``data`` checked and compiled, as a version neither numbered nor stored, with the digest of its content."""
         self._check_content(data)
         messages = [{"role": m.role, "content": m.content} for m in data.messages] if data.messages else None
         try:
@@ -145,8 +158,7 @@ class PromptService(VersionedResourceService[Prompt, PromptVersion, PromptTransi
             if config_version is None
             else {"name": config_version.config.name, "version": config_version.number},
         }
-        prompt = await self.workflow.require(name, for_update=True)
-        version = PromptVersion(
+        return PromptVersion(
             kind=data.kind,
             template=data.template,
             messages=messages,
@@ -155,7 +167,6 @@ class PromptService(VersionedResourceService[Prompt, PromptVersion, PromptTransi
             commit_message=data.commit_message,
             content_sha256=content_sha256(content),
         )
-        return await self.workflow.add_version(prompt, version, actor)
 
     async def get_version(self, name: str, number: int) -> PromptVersion:
         prompt = await self.workflow.require(name)
