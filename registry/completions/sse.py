@@ -112,6 +112,7 @@ class _Chunk(msgspec.Struct, gc=False):
 
 
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
+_chunk_decode = _chunk_decoder.decode
 
 
 class ChunkReader(SSEDecoder):
@@ -154,7 +155,11 @@ class ChunkReader(SSEDecoder):
             and data[-1] == 10
             and data[-3] != 13
         ):
-            return self._take(_decode(data[6:-2]))
+            try:  # ``_decode``, inline
+                chunk = _chunk_decode(data[6:-2])
+            except msgspec.DecodeError as exc:
+                raise MalformedStreamError(f"not an OpenAI-compatible chunk: {exc}") from exc
+            return self._take(chunk)
         return self._take_events(self.feed_data(data))
 
     def end(self) -> str:
@@ -212,7 +217,7 @@ class ChunkReader(SSEDecoder):
 
 def _decode(data: bytes) -> _Chunk:
     try:
-        return _chunk_decoder.decode(data)
+        return _chunk_decode(data)
     except msgspec.DecodeError as exc:
         raise MalformedStreamError(f"not an OpenAI-compatible chunk: {exc}") from exc
 

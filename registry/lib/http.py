@@ -11,7 +11,7 @@ import itertools
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -171,12 +171,14 @@ class RequestContextMiddleware:
         status = 0
         request_id_header = (b"x-request-id", request_id.encode())
 
-        async def send_with_context(message: Message) -> None:
+        def send_with_context(message: Message) -> Awaitable[None]:
+            # Not a coroutine: it hands back the server's own ``send``, so each part of a stream (one per token)
+            # resumes one coroutine fewer.
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), request_id_header]
-            await send(message)
+            return send(message)
 
         started = time.perf_counter()
         request_id_token = request_id_var.set(request_id)
