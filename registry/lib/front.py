@@ -216,10 +216,12 @@ async def send_stream(
     (``watch`` cancels this task) ends the stream quietly, and ``rest`` is closed
     however the stream ends, which closes the upstream connection it reads from.
 
-    The parts of ``rest`` are sent from a task of their own, which this one awaits (a cancellation of this task
-    reaches it). Each wake-up of a stream (an upstream read, once per token) resumes the chain of coroutines
-    that awaits it: in this task that is every ASGI layer the request came through (the server's, Litestar's,
-    the middleware, the fast paths), in its own only the send loop and the stream's generators.
+    The parts of ``rest`` and the body's end are sent from a task of their own, which this one awaits (a
+    cancellation of this task reaches it). Each wake-up of a stream (an upstream read, once per token) resumes
+    the chain of coroutines that awaits it: in this task that is every ASGI layer the request came through (the
+    server's, Litestar's, the middleware, the fast paths), in its own only the send loop and the stream's
+    generators. The end is sent there too: this task resumes only a turn of the event loop after that one ends,
+    a turn that, under load, every other stream's token shares.
     """
     start: HTTPResponseStartEvent = {"type": "http.response.start", "status": 200, "headers": list(headers)}
     try:
@@ -227,9 +229,7 @@ async def send_stream(
             return  # gone before the first token was sent: nobody to stream to
         await send(start)
         await send({"type": "http.response.body", "body": first, "more_body": True})
-        await asyncio.create_task(_send_parts(send, rest))
-        watch.stop()  # the response is whole: a disconnect from here on cancels nothing
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await asyncio.create_task(_send_rest(send, watch, rest))
     except asyncio.CancelledError:
         if not watch.left():
             raise
@@ -238,7 +238,10 @@ async def send_stream(
         await rest.aclose()  # type: ignore[attr-defined]
 
 
-async def _send_parts(send: Send, rest: AsyncIterator[bytes]) -> None:
+async def _send_rest(send: Send, watch: DisconnectWatch, rest: AsyncIterator[bytes]) -> None:
+    """The parts of ``rest`` as they come, then the body's end."""
     async for part in rest:
         body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": part, "more_body": True}
         await send(body)
+    watch.stop()  # the response is whole: a disconnect from here on cancels nothing
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
