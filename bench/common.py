@@ -45,6 +45,27 @@ _FAULT_SERVER = (
 )
 
 
+def http_scope(
+    method: str, path: str, raw_path: bytes, headers: list[tuple[bytes, bytes]], query_string: bytes = b""
+) -> dict[str, Any]:
+    """The ASGI scope of one HTTP/1.1 request from a local client, as a server hands it to the app."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query_string,
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+
+
 def database_url(name: str) -> str:
     return f"{SERVER.rpartition('/')[0]}/{name}"
 

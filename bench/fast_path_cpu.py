@@ -42,6 +42,7 @@ from bench.common import (  # noqa: E402
     admin,
     database_url,
     fault_server,
+    http_scope,
     machine,
     prepare,
     write_section,
@@ -60,20 +61,8 @@ def asgi_call(app: Any, method: str, path: str, headers: list[tuple[bytes, bytes
     """One request straight into the ASGI app; receive says 'disconnect' once the response is sent, as servers do."""
 
     async def call() -> int:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path.replace("%2F", "/"),
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [*headers, (b"content-length", str(len(body)).encode())] if body else headers,
-            "client": ("127.0.0.1", 1),
-            "server": ("127.0.0.1", 80),
-        }
+        sent_headers = [*headers, (b"content-length", str(len(body)).encode())] if body else headers
+        scope = http_scope(method, path.replace("%2F", "/"), path.encode(), sent_headers)
         done = asyncio.Event()
         delivered = False
         status = 0

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import COMPLETION_PROMPT as PROMPT  # noqa: E402
 from bench.common import COMPLETION_TEXT as TEXT  # noqa: E402
-from bench.common import admin, completion_setup, database_url, fault_server  # noqa: E402
+from bench.common import admin, completion_setup, database_url, fault_server, http_scope  # noqa: E402
 
 PATHS = ("relay", "complete", "door", "raw-relay")
 CALLGRIND_DIR = "STREAM_CPU_CALLGRIND_DIR"  # set in the run under callgrind: where its dumps are written
@@ -179,21 +179,7 @@ class Caller:
         raw = [(b"content-type", b"application/json"), (b"host", b"bench")]
         raw += [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
         path_only, _, query = path.partition("?")
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path_only,
-            "raw_path": path_only.encode(),
-            "query_string": query.encode(),
-            "root_path": "",
-            "headers": raw,
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8000),
-            "state": {},
-        }
+        scope = http_scope(method, path_only, path_only.encode(), raw, query.encode())
         try:
             await self.app(scope, receive, send)
         finally:
