@@ -152,6 +152,16 @@ class RolloutService:
                     FieldError("candidate_version", f"{conflict} (production: version {production.number})")
                     for conflict in conflicts
                 ]
+                if candidate.kind != production.kind:
+                    # The OpenAI door runs a prompt only on its kind's endpoint, and apps that render expect
+                    # its kind's shape: every such caller routed to the candidate would be refused unseen.
+                    problems.append(
+                        FieldError(
+                            "candidate_version",
+                            f"is a {candidate.kind} version and production (version {production.number}) a "
+                            f"{production.kind} one: requests that production's callers send would be refused on it",
+                        )
+                    )
                 unpromotable = await self.experiments.unpromotable(prompt.id, candidate)
                 if unpromotable is not None:
                     problems.append(FieldError("candidate_version", unpromotable))

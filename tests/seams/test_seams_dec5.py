@@ -557,3 +557,34 @@ async def test_odd_units_are_refused_by_name_through_both_doors_and_the_longest_
         return shown == [{"unit": unit, "variant": side["variant"]}]
 
     await eventually(exposed, "the unit's one exposure to be written")
+
+
+async def test_a_rollout_of_a_candidate_of_another_kind_than_production_is_refused(
+    served: Served, admin: dict[str, str], clean_database: AsyncEngine
+) -> None:
+    """A text candidate of a chat prompt would refuse every request of its units through the door's chat endpoint
+    (and hand apps that render the chat messages they ask for a text): refused after the exposure, before a
+    completion is recorded, so no guardrail would see it, and at the end it would take all of production."""
+    client = await served()
+    await config(client, admin, "main", backend="fault", model=unique("ok"))
+    await prompt(client, admin, "Say hello to {{ name }}.")
+    text = {"kind": "text", "template": "Say hello to {{ name }}.", "config": {"name": "main"}}
+    await ok(await client.post("/v1/prompts/greet/versions", json=text, headers=admin))
+    await ok(await client.post("/v1/metrics", json={"key": "converted", "kind": "binomial"}, headers=admin))
+    body = {"candidate_version": 2, "steps": [{"share": 1.0}], "guardrails": [{"metric": "converted"}]}
+    refused = await client.post("/v1/prompts/greet/rollouts", json=body, headers=admin)
+    assert refused.status_code == 422, refused.text
+    assert [(e["field"], e["message"]) for e in problem(refused)["errors"]] == [
+        (
+            "candidate_version",
+            "is a text version and production (version 1) a chat one: requests that production's callers send "
+            "would be refused on it",
+        )
+    ]
+    assert await rows(clean_database, "SELECT id FROM rollouts") == []
+    assert await rows(clean_database, "SELECT id FROM experiments") == []
+    answer = await client.post(
+        CHAT, json={"model": "prompt:greet", "messages": [], "variables": ADA, "user": "u-1"}, headers=admin
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["registry"]["experiment"] is None
