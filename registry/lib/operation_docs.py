@@ -118,8 +118,8 @@ OPERATION_DESCRIPTIONS: Final[dict[str, str]] = {
     "messages go to its model as they are. Only `max_tokens` (lower than the config's), `seed` and `user` may be "
     "set; other sampling fields are refused (422) as the config sets them. The answer's `registry` field and "
     "`X-Registry-*` headers say which versions ran and the cost; a stream (`stream_options.include_usage` for "
-    "usage) carries the cost in its last chunk before `[DONE]`. Errors are OpenAI's error object; its `type` "
-    "and `code` are the problem type, with the status the rest of the API answers it with.",
+    "usage) carries the cost in the chunk with the `finish_reason`, before the usage chunk. Errors are OpenAI's "
+    "error object; its `type` and `code` are the problem type, with the status the rest of the API answers it with.",
     "createCompletion": "OpenAI's text completion, as `createChatCompletion` for text prompts: the request's "
     "`prompt` follows the rendered text (or, for a `config:` model, is all of it).",
     "listModels": "The `prompt:` and `config:` models with a production version, in OpenAI's list shape.",
