@@ -5,11 +5,14 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from registry.lib.schema import Input, Output
+from registry.lib.schema import NO_NUL_PATTERN, Input, Output
 from registry.lib.versioned_schemas import Label, VersionNumber
 from registry.prompts.schemas import ExperimentOut, UnitId
 
-EndUser = Annotated[str, msgspec.Meta(min_length=1, max_length=256, description="The end user, passed to vLLM.")]
+# No NUL: the OpenAI door records it as the unit when none is given.
+EndUser = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=256, pattern=NO_NUL_PATTERN, description="The end user, passed to vLLM.")
+]
 
 
 class CompleteRequest(Input):

@@ -39,6 +39,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.completions.repository import CompletionRepository
+from registry.db.batches import write_isolating
 from registry.experiments.privacy_digest import ERASURE_IN_FLIGHT_SECONDS, unit_digest
 from registry.experiments.repository import IngestRepository, UnitDataRepository
 
@@ -48,11 +49,37 @@ _NO_COST = 1e-12  # what is left of a cost after adding and taking away the same
 # How long an erased unit's records are anonymised as they come: longer than any completion runs (as the exact
 # cache's tombstones, registry.completions.cache.IN_FLIGHT_SECONDS).
 ERASED_SECONDS = ERASURE_IN_FLIGHT_SECONDS
+NUL = "\x00"
+REPLACEMENT_CHARACTER = "\ufffd"  # what a NUL in a record's text is stored as
 _ANONYMISED = {"unit": None, "request_id": None, "prompt_text": None, "completion_text": None}
 
 Spend = dict[str, tuple[int, float]]  # per API key: tokens and cost
 WrittenListener = Callable[[Spend], None]
 AddedListener = Callable[[dict[str, Any]], None]
+
+
+def storable(record: dict[str, Any]) -> None:
+    """Replace each NUL in the record's text (and in its JSON, the guards' outcomes) with U+FFFD, in place.
+
+    PostgreSQL text and JSON cannot hold a NUL, and some of a record's text cannot be refused at the door: the
+    model's answer, a prompt rendered from variables that held one. SQLite could store it; both store the same.
+    """
+    for name, value in record.items():
+        if value.__class__ is str:
+            if NUL in value:
+                record[name] = value.replace(NUL, REPLACEMENT_CHARACTER)
+        elif isinstance(value, dict | list):
+            record[name] = _without_nul(value)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace(NUL, REPLACEMENT_CHARACTER) if NUL in value else value
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 def spend_of(records: Iterable[dict[str, Any]]) -> Spend:
@@ -78,6 +105,7 @@ class UsageRecorder:
         # saw no write begin or commit.
         self.write_epoch = 0
         self.dropped = 0
+        self.refused = 0  # records the database refused (their data, not its state): dropped, logged with their ids
         self._erased: dict[str, float] = {}  # digest of an erased unit -> until when its records are anonymised
         self._erasing_here: Counter[str] = Counter()  # digests this process's erasures are anonymising in the database
         self._flushing: set[asyncio.Event] = set()  # one per batch being written, set once its write ended
@@ -210,7 +238,11 @@ class UsageRecorder:
 
     async def flush(self) -> None:
         """Write the buffered records in one transaction (kept for the next flush on failure); then check the units
-        written, and those a failed check left, against the erasures committed meanwhile."""
+        written, and those a failed check left, against the erasures committed meanwhile.
+
+        Their text is made storable first (``storable``). A batch the database refuses for its data is written in
+        parts (``write_isolating``): the records it refuses alone are dropped and logged with their request ids, so
+        one cannot hold back every later record; one that fails otherwise (the database unreachable) is kept."""
         if not self._buffer:
             await self._check_written()
             return
@@ -218,23 +250,37 @@ class UsageRecorder:
         if self._erased:  # records a failed write put back while an erasure here waited for it
             self._prune_erased()
             self._anonymise(batch, self._erased_units(batch))
+        for record in batch:
+            storable(record)
         self.write_epoch += 1
         ended = asyncio.Event()
         self._flushing.add(ended)
         try:
-            async with self._sessionmaker() as session, session.begin():
-                await CompletionRepository(session).add_records(batch)
-                # Completions are observations of experiment metrics: the aggregator recomputes their units.
-                await IngestRepository(session).mark_units_changed({r["unit"] for r in batch if r.get("unit")})
-        except Exception as exc:
-            self._anonymise(batch, self._erased_units(batch, skip_erasing_here=True))
-            self._buffer[:0] = batch
-            logger.warning("could not write usage records; will retry", error=str(exc), pending=len(self._buffer))
-            return
+            outcome = await write_isolating(batch, self._write)
+            if outcome.unwritten:
+                unwritten = outcome.unwritten
+                self._anonymise(unwritten, self._erased_units(unwritten, skip_erasing_here=True))
+                self._buffer[:0] = unwritten
+                logger.warning(
+                    "could not write usage records; will retry", error=str(outcome.error), pending=len(self._buffer)
+                )
         finally:
             self.write_epoch += 1
             self._flushing.discard(ended)
             ended.set()
+        if outcome.refused:
+            refused = [record for record, _ in outcome.refused]
+            self._move_pending(spend_of(refused), sign=-1)
+            self.refused += len(refused)
+            logger.error(
+                "usage records refused by the database; dropped",
+                request_ids=[record.get("request_id") for record in refused],
+                error=str(outcome.refused[0][1]),
+                dropped=len(refused),
+            )
+        batch = outcome.written
+        if not batch:
+            return
         written = spend_of(batch)
         self._move_pending(written, sign=-1)
         for listener in self._listeners:
@@ -246,6 +292,12 @@ class UsageRecorder:
                 at = created.timestamp() if isinstance(created, datetime) else now
                 self._to_check[record["unit"]] = min(self._to_check.get(record["unit"], at), at)
         await self._check_written()
+
+    async def _write(self, batch: list[dict[str, Any]]) -> None:
+        async with self._sessionmaker() as session, session.begin():
+            await CompletionRepository(session).add_records(batch)
+            # Completions are observations of experiment metrics: the aggregator recomputes their units.
+            await IngestRepository(session).mark_units_changed({r["unit"] for r in batch if r.get("unit")})
 
     async def _check_written(self) -> None:
         """Anonymise again the completions of the units of committed batches erased within ``ERASED_SECONDS``

@@ -48,8 +48,9 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from registry.db.batches import write_isolating
 from registry.experiments.privacy_digest import RecentErasures, unit_digest
-from registry.experiments.repository import IngestRepository, UnitDataRepository
+from registry.experiments.repository import ExposureRow, IngestRepository, UnitDataRepository
 
 EARLY_FLUSH_STOP_SECONDS = 10.0  # how long stop lets an early flush under way finish
 logger = structlog.get_logger("registry.experiments.exposures")
@@ -87,6 +88,12 @@ class ExposureBuffer:
             "First exposures dropped because the buffer was full.",
             registry=metrics_registry,
         )
+        self.refused = 0
+        self._refused = Counter(
+            "registry_experiment_exposures_refused_total",
+            "First exposures dropped because the database refused them (their data, not its state).",
+            registry=metrics_registry,
+        )
 
     @property
     def pending(self) -> int:
@@ -120,7 +127,11 @@ class ExposureBuffer:
 
     async def flush(self) -> int:
         """Write pending exposures; on failure they are kept (within the bound) for the next flush. Then check the
-        units written against the erasures committed meanwhile (``erase_written_again``)."""
+        units written against the erasures committed meanwhile (``erase_written_again``).
+
+        A batch the database refuses for its data is written in parts (``registry.db.batches``): the exposures it
+        refuses alone are dropped, logged and counted (``registry_experiment_exposures_refused_total``), so one
+        cannot hold back every later exposure."""
         async with self._lock:
             if self._erased.written_after or self._erased.to_check:  # left by a check that failed, or by events
                 await erase_written_again(self._sessionmaker, self._erased)
@@ -133,11 +144,21 @@ class ExposureBuffer:
             self._recorded_since_flush = 0
             rows = [(e, p, u, v, at) for (e, p, u, v), at in batch.items()]
             try:
-                async with self._sessionmaker() as session, session.begin():
-                    await IngestRepository(session).insert_exposures_and_queue_units(rows)
-            except BaseException:
+                outcome = await write_isolating(rows, self._write)
+            except BaseException:  # cancelled mid-write: nothing is known to be written
                 self._restore(batch)  # the next flush drops those of units erased meanwhile
                 raise
+            if outcome.refused:
+                self._refuse([row for row, _ in outcome.refused], outcome.refused[0][1])
+            if outcome.error is not None:
+                self._restore({row[:4]: row[4] for row in outcome.unwritten})
+                if not outcome.written:
+                    raise outcome.error
+                logger.warning("could not write some exposures; will retry", error=str(outcome.error))
+            if len(outcome.written) < len(rows):
+                written_keys = {row[:4] for row in outcome.written}
+                batch = {key: at for key, at in batch.items() if key in written_keys}
+            rows = outcome.written
             first_seen: dict[str, float] = {}
             for (_, _, unit, _), at in batch.items():
                 first_seen[unit] = min(first_seen.get(unit, at), at)
@@ -152,6 +173,21 @@ class ExposureBuffer:
             if len(self._written) >= self._max_pending:
                 self._written_before, self._written = self._written, set()
             return len(rows)
+
+    async def _write(self, rows: list[ExposureRow]) -> None:
+        async with self._sessionmaker() as session, session.begin():
+            await IngestRepository(session).insert_exposures_and_queue_units(rows)
+
+    def _refuse(self, rows: list[ExposureRow], error: BaseException) -> None:
+        """Drop exposures the database refused for their data: kept, they would fail every later batch."""
+        self.refused += len(rows)
+        self._refused.inc(len(rows))
+        logger.error(
+            "exposures refused by the database; dropped",
+            exposures=[{"experiment_id": e, "phase": p, "unit": u, "variant": v} for e, p, u, v, _ in rows[:20]],
+            dropped=len(rows),
+            error=str(error),
+        )
 
     def _drop_erased(self) -> None:
         """Drop the pending exposures of units erased after they were first seen, or before: those of requests in
