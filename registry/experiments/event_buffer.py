@@ -33,6 +33,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from registry.db.batches import write_isolating
 from registry.experiments.exposures import erase_written_again
 from registry.experiments.privacy_digest import RecentErasures
 from registry.experiments.schemas import EventIn
@@ -80,6 +81,11 @@ class EventBuffer:
             "Outcome events refused with 503 because the database was unreachable and the buffer was full.",
             registry=metrics_registry,
         )
+        self._refused = Counter(
+            "registry_experiment_buffered_events_refused_total",
+            "Buffered outcome events dropped because the database refused them (their data, not its state).",
+            registry=metrics_registry,
+        )
         self._rejected = Counter(
             "registry_experiment_buffered_events_rejected_total",
             "Buffered outcome events discarded when written (unknown metric or experiment).",
@@ -107,6 +113,9 @@ class EventBuffer:
     async def flush(self) -> int:
         """Write held events in one transaction; on failure they are kept for the next try. Returns events written.
 
+        Events the database refuses for their data (``registry.db.batches``) are dropped, logged and counted in
+        ``registry_experiment_buffered_events_refused_total``: kept, they would hold back every later event.
+
         First, the facts of units that writes of this process (requests' events included) committed after their
         erasure are erased again."""
         async with self._lock:
@@ -115,13 +124,50 @@ class EventBuffer:
                 return 0
             batches, self._held = self._held, []
             count, self._pending = self._pending, 0
-            try:
+            rejections: list[int] = []
+
+            async def write(part: list[HeldBatch]) -> None:
                 async with self._sessionmaker() as session, session.begin():
-                    rejected = await self._writer(session, batches)
-            except BaseException:
+                    rejected_here = await self._writer(session, part)
+                rejections.append(rejected_here)  # once committed
+
+            try:
+                outcome = await write_isolating(batches, write)
+                if outcome.error is not None:  # those of several events are tried apart next time
+                    outcome.unwritten += [batch for batch, _ in outcome.refused if len(batch.events) > 1]
+                    outcome.refused = [(batch, exc) for batch, exc in outcome.refused if len(batch.events) == 1]
+                elif any(len(batch.events) > 1 for batch, _ in outcome.refused):  # find the events it refused
+                    singles = [
+                        HeldBatch(batch.received_at, [event]) for batch, _ in outcome.refused for event in batch.events
+                    ]
+                    alone = await write_isolating(singles, write)
+                    outcome.written += alone.written
+                    outcome.refused = alone.refused
+                    outcome.unwritten += alone.unwritten
+                    outcome.error = outcome.error or alone.error
+            except BaseException:  # cancelled mid-write: nothing is known to be written
                 self._held = batches + self._held
                 self._pending += count
                 raise
+            rejected = sum(rejections)
+            if outcome.refused:
+                refused = [event for batch, _ in outcome.refused for event in batch.events]
+                count -= len(refused)
+                self._refused.inc(len(refused))
+                logger.error(
+                    "buffered outcome events refused by the database; dropped",
+                    idempotency_keys=[event.idempotency_key for event in refused[:20]],
+                    dropped=len(refused),
+                    error=str(outcome.refused[0][1]),
+                )
+            if outcome.error is not None:
+                unwritten = sum(len(batch.events) for batch in outcome.unwritten)
+                self._held = outcome.unwritten + self._held
+                self._pending += unwritten
+                count -= unwritten
+                if not outcome.written:
+                    raise outcome.error
+                logger.warning("could not write some buffered outcome events; will retry", error=str(outcome.error))
             # The writer queued the units it wrote, once committed, to be checked against the erasures
             # (``EventService.store``): checked now, as an exposure batch is.
             await erase_written_again(self._sessionmaker, self._erasures)

@@ -13,7 +13,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.completions.usage import UsageRecorder
-from registry.db.engine import create_sessionmaker
+from registry.db.engine import create_engine, create_sessionmaker
+from registry.settings import Settings
+from tests.conftest import free_port
 
 
 def completion(request_id: str, **fields: Any) -> dict[str, Any]:
@@ -86,3 +88,21 @@ async def test_a_nul_in_a_records_text_is_stored_as_the_replacement_character(mi
     outcomes = json.loads(rows[0][4]) if isinstance(rows[0][4], str) else rows[0][4]  # SQLite's JSON is text
     assert outcomes == [{"guard": "g\ufffd", "findings": {"k\ufffd": "v\ufffd"}}]
     assert recorder.refused == 0
+
+
+async def test_a_batch_the_database_could_not_take_is_kept_whole_for_the_next_flush(
+    migrated_engine: AsyncEngine,
+) -> None:
+    settings = Settings(database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/none")
+    unreachable = create_engine(settings)
+    recorder = UsageRecorder(create_sessionmaker(unreachable))
+    recorder.add(completion("req-a", api_key_id="k"))
+    recorder.add(completion("req-b", api_key_id="k"))
+    await recorder.flush()  # the database is not there: not a refusal of the data
+    await unreachable.dispose()
+
+    assert recorder.refused == 0
+    assert recorder.pending_spend("k") == (4, 1.0)
+    recorder._sessionmaker = create_sessionmaker(migrated_engine)  # the database is back
+    await recorder.flush()
+    assert await written(migrated_engine) == [("req-a",), ("req-b",)]
