@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from registry.completions.schemas import ConfigRun, EndUser
-from registry.lib.schema import Input, Output
+from registry.lib.schema import NO_NUL_PATTERN, Input, Output
 from registry.prompts.schemas import ExperimentOut, UnitId
 
 ModelRef = Annotated[
@@ -21,6 +21,7 @@ ModelRef = Annotated[
     msgspec.Meta(
         min_length=1,
         max_length=300,
+        pattern=NO_NUL_PATTERN,
         description="`prompt:NAME` (production), `prompt:NAME@staging`, `prompt:NAME@3`, or `config:NAME` "
         "(`@LABEL`, `@N`) to send the messages to a model config as they are.",
         examples=["prompt:support/summarize", "config:fast@staging"],

@@ -28,6 +28,8 @@ REFUSED: dict[str, tuple[str, dict[str, Any], str]] = {
     "chat user": (CHAT, {"model": "prompt:greet", "variables": ADA, "user": NUL}, "user"),
     "chat unit": (CHAT, {"model": "prompt:greet", "variables": ADA, "unit": NUL}, "unit"),
     "text user": (TEXT, {"model": "config:main", "prompt": "Hi", "user": NUL}, "user"),
+    "chat model": (CHAT, {"model": "prompt:gr\x00eet", "variables": ADA}, "model"),
+    "text model": (TEXT, {"model": "config:ma\x00in", "prompt": "Hi"}, "model"),
     "render unit": ("/v1/prompts/greet/render", {"variables": ADA, "unit": NUL}, "unit"),
     "exposure unit": (
         "/v1/exposures",
