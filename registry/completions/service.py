@@ -283,7 +283,10 @@ class CompletionService:
                 f"prompt '{name}' version {rendering.out.version} links no model config; link one to run it"
             )
         overrides = Overrides(max_tokens=data.max_tokens, seed=data.seed, user=data.user)
-        problems = override_problems(config.params, overrides)
+        # Judged by the config of the version the caller addressed: the one an experiment routed the unit to
+        # instead caps them in ``_plan``, as a fallback's does, so a unit's arm never decides whether it is refused.
+        addressed = self.config or rendering.resolution.addressed_config or config
+        problems = override_problems(addressed.params, overrides)
         if problems:
             raise InvalidInputError("the overrides are not allowed by the model config", errors=problems)
         plan = self._plan(config, rendering.out, overrides)

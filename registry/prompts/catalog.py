@@ -159,6 +159,9 @@ class Resolution:
     stale: bool
     config: LinkedConfig | None  # what to run with: the version's config, or a variant's override
     experiment: ExperimentOut | None = None
+    # Where an experiment routed the unit: the config of the version the caller addressed (production's), which
+    # judges the caller's overrides, as it would without the experiment; None: ``config`` itself.
+    addressed_config: LinkedConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +307,9 @@ class PromptCatalog:
             routing = self.router.route(name, unit)
         if routing is not None and routing.version is not None:
             resolved = await self._version(entry, routing.version)
-            return Resolution(entry, resolved, stale, routing.config or resolved.config, routing.experiment)
+            production = entry.labels.production
+            addressed = entry.versions[production].config if production is not None else None
+            return Resolution(entry, resolved, stale, routing.config or resolved.config, routing.experiment, addressed)
         number = getattr(entry.labels, label)
         if number is None:
             no_versions = label == "latest"

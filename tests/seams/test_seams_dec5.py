@@ -436,7 +436,7 @@ async def test_a_budget_set_while_a_stream_runs_is_used_up_by_it_and_then_refuse
     assert recorded[1]["api_key_id"] != key_id
 
 
-async def test_a_lowered_max_tokens_is_checked_against_the_variants_config_and_capped_by_its_fallbacks(
+async def test_a_lowered_max_tokens_is_checked_against_the_addressed_config_and_capped_by_the_variants_and_fallbacks(
     served: Served, admin: dict[str, str], clean_database: AsyncEngine, fault: FaultServer, fast_path: bool
 ) -> None:
     client = await served(fast_path=fast_path)
@@ -469,28 +469,29 @@ async def test_a_lowered_max_tokens_is_checked_against_the_variants_config_and_c
             (CHAT, {**door, "max_completion_tokens": max_tokens, "stream": True}),
         ]
 
-    # 6 is below the version's own config's 8, but above the treatment's config's 5: refused for its units only.
-    for path, body in requests(units["treatment"], 6):
-        refused = await client.post(path, json=body, headers=admin)
-        assert refused.status_code == 422, refused.text
-        found = problem(refused) if path == COMPLETE else openai_problem(refused)
-        assert [(e["field"], e["message"]) for e in found["errors"]] == [
-            ("max_tokens", "may only lower the config's max_tokens (5)")
-        ]
-    for path, body in requests(units["control"], 6):
-        assert (await client.post(path, json=body, headers=admin)).status_code == 200
-    # 4 passes the treatment's config; its fallback, whose own limit is 3, is asked for no more than 3.
-    for path, body in requests(units["treatment"], 4):
-        answered = await client.post(path, json=body, headers=admin)
-        assert answered.status_code == 200, answered.text
+    # 6 is below the addressed version's config's 8: every arm answers, the treatment's config (5) and its
+    # fallback (3) asking their backends for no more than their own limits, as a fallback's lower limit does.
+    for unit in (units["treatment"], units["control"]):
+        for path, body in requests(unit, 6):
+            answered = await client.post(path, json=body, headers=admin)
+            assert answered.status_code == 200, answered.text
+    # 9 is above the addressed version's config's 8: refused in every arm.
+    for unit in (units["treatment"], units["control"]):
+        for path, body in requests(unit, 9):
+            refused = await client.post(path, json=body, headers=admin)
+            assert refused.status_code == 422, refused.text
+            found = problem(refused) if path == COMPLETE else openai_problem(refused)
+            assert [(e["field"], e["message"]) for e in found["errors"]] == [
+                ("max_tokens", "may only lower the config's max_tokens (8)")
+            ]
     assert [r.payload["max_tokens"] for r in fault.seen(main, "/v1/chat/completions")] == [6, 6, 6]
-    assert [r.payload["max_tokens"] for r in fault.seen(small, "/v1/chat/completions")] == [4, 4, 4]
+    assert [r.payload["max_tokens"] for r in fault.seen(small, "/v1/chat/completions")] == [5, 5, 5]
     assert [r.payload["max_tokens"] for r in fault.seen(spare, "/v1/chat/completions")] == [3, 3, 3]
 
     await ok(await client.get("/v1/usage", headers=admin))
     recorded = await rows(clean_database, "SELECT variant, config, finish_reason FROM completions ORDER BY id")
-    assert [(r["variant"], r["config"]) for r in recorded] == [("control", "main")] * 3 + [("treatment", "spare")] * 3
-    assert {r["finish_reason"] for r in recorded[3:]} == {"length"}
+    assert [(r["variant"], r["config"]) for r in recorded] == [("treatment", "spare")] * 3 + [("control", "main")] * 3
+    assert {r["finish_reason"] for r in recorded[:3]} == {"length"}
 
 
 # (field, value) a careless or hostile client sends as its unit; the door takes ``user`` as the unit when ``unit`` is
