@@ -329,12 +329,17 @@ class ExperimentService:
         if len(set(keys)) != len(keys):
             problems.append(FieldError("variants", "variant keys must be unique"))
         variants: list[ExperimentVariant] = []
+        versions: list[tuple[int, str, PromptVersion]] = []
         for index, spec in enumerate(specs):
             config: ModelConfigVersion | None = None
-            if prompt is not None and await self.prompts.repository.get_version(prompt.id, spec.prompt_version) is None:
-                problems.append(
-                    FieldError(f"variants[{index}].prompt_version", f"prompt has no version {spec.prompt_version}")
-                )
+            if prompt is not None:
+                version = await self.prompts.repository.get_version(prompt.id, spec.prompt_version)
+                if version is None:
+                    problems.append(
+                        FieldError(f"variants[{index}].prompt_version", f"prompt has no version {spec.prompt_version}")
+                    )
+                else:
+                    versions.append((index, spec.key, version))
             if spec.config is not None:
                 try:
                     config = await self.prompts.configs.resolve_ref(spec.config)
@@ -349,6 +354,9 @@ class ExperimentService:
                     weight=spec.weight,
                 )
             )
+        if prompt is not None:
+            production = (await self.prompts.workflow.repository.holders(prompt.id)).get(State.PRODUCTION)
+            problems += _variant_kind_problems(versions, production)
         return variants
 
     async def _metric_links(
@@ -575,23 +583,29 @@ class ExperimentService:
         return experiment
 
     async def _check_variables(self, experiment: Experiment) -> None:
-        """Refuse a variant that cannot render any request production's callers send (``variable_conflicts``)."""
+        """Refuse a variant that cannot run any request production's callers send: one whose variables conflict
+        with production's (``variable_conflicts``), or one of another kind (``_variant_kind_problems``, judged
+        again here: production may have changed since the draft was saved)."""
         workflow = self.prompts.workflow
         production = (await workflow.repository.holders(experiment.prompt_id)).get(State.PRODUCTION)
-        if production is None:
-            return
-        schema = compile_version(production).input_schema
-        problems = []
+        versions: list[tuple[int, str, PromptVersion]] = []
         for index, variant in enumerate(experiment.variants):
-            if variant.prompt_version == production.number:
-                continue
             version = await workflow.repository.get_version(experiment.prompt_id, variant.prompt_version)
-            if version is None:
-                continue
-            problems += [
-                FieldError(f"variants[{index}].prompt_version", f"{conflict} (production: version {production.number})")
-                for conflict in variable_conflicts(schema, compile_version(version).input_schema)
-            ]
+            if version is not None:
+                versions.append((index, variant.key, version))
+        problems = []
+        if production is not None:
+            schema = compile_version(production).input_schema
+            for index, _, version in versions:
+                if version.number == production.number:
+                    continue
+                problems += [
+                    FieldError(
+                        f"variants[{index}].prompt_version", f"{conflict} (production: version {production.number})"
+                    )
+                    for conflict in variable_conflicts(schema, compile_version(version).input_schema)
+                ]
+        problems += _variant_kind_problems(versions, production)
         if problems:
             raise ExperimentInvalidError(
                 "a variant cannot render what production's callers send; its units would all be refused",
@@ -879,6 +893,30 @@ class ExperimentService:
 
     def _changed(self, experiment: Experiment, action: str) -> None:
         record_change(self.session, Change("experiment", experiment.key, action))
+
+
+def _variant_kind_problems(
+    versions: Sequence[tuple[int, str, PromptVersion]], production: PromptVersion | None
+) -> list[FieldError]:
+    """The variants (index, key, version) of another kind (text or chat) than production's, or, with no production,
+    than the first variant's. The OpenAI door runs a prompt only on its kind's endpoint, and apps that render expect
+    its kind's shape: every request of a unit routed to the odd one out would be refused after its exposure, before
+    any completion is recorded, and the experiment's arms would compare different callers (as a rollout's would)."""
+    if production is not None:
+        kind, named, runs = production.kind, f"production (version {production.number})", "production's callers send"
+    elif versions:
+        _, key, first = versions[0]
+        kind, named, runs = first.kind, f"variant '{key}' (version {first.number})", f"variant '{key}' runs"
+    else:
+        return []
+    return [
+        FieldError(
+            f"variants[{index}].prompt_version",
+            f"is a {version.kind} version and {named} a {kind} one: requests that {runs} would be refused on it",
+        )
+        for index, _, version in versions
+        if version.kind != kind
+    ]
 
 
 def _refuse_rollout(experiment: Experiment) -> None:
