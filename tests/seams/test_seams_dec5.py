@@ -75,10 +75,15 @@ def cost_at(config: str, input_tokens: int, output_tokens: int) -> float:
 
 
 async def one_unit_per_side(client: httpx.AsyncClient, admin: dict[str, str], experiment: str) -> dict[str, str]:
-    """A unit the experiment routes to each of its variants (by preview, which records nothing)."""
+    """A unit the experiment routes to each of its variants (by preview, which records nothing).
+
+    The units are this test's own: an erasure refuses its unit's exact-cache writes for an hour in the Redis the
+    whole run shares, so a unit another test erased (``user-0``, in tests/experiments/test_completion_metrics.py)
+    would find no cached answer here."""
     units: dict[str, str] = {}
+    prefix = unique("user").replace("/", "-")
     for i in range(60):
-        unit = f"user-{i}"
+        unit = f"{prefix}-{i}"
         body = {"unit": unit, "variables": ADA}
         preview = await ok(await client.post(f"/v1/experiments/{experiment}/preview", json=body, headers=admin))
         units.setdefault(preview["experiment"]["variant"], unit)
