@@ -17,7 +17,12 @@ READ_ONLY = {"registry_read_only": True}
 
 
 def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
-    """The engine for ``settings.database_url``, or for ``url`` (a read replica) with the same tuning."""
+    """The engine for ``settings.database_url``, or for ``url`` (a read replica) with the same tuning.
+
+    Its errors name a statement but not its values (``hide_parameters``): those are units, prompts and answers,
+    and an error is logged (a refused usage record, a failed flush), where an erasure cannot reach it. Only
+    ``database_echo``, which logs every statement for debugging, shows them.
+    """
     if url is not None and url != settings.database_url:
         settings = settings.model_copy(update={"database_url": url})
     if settings.is_sqlite:
@@ -28,6 +33,7 @@ def create_engine(settings: Settings, *, url: str | None = None) -> AsyncEngine:
     return create_async_engine(
         settings.database_url,
         echo=settings.database_echo,
+        hide_parameters=not settings.database_echo,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
         pool_timeout=settings.database_pool_timeout,
@@ -44,6 +50,7 @@ def _create_sqlite_engine(settings: Settings) -> AsyncEngine:
     engine = create_async_engine(
         settings.database_url,
         echo=settings.database_echo,
+        hide_parameters=not settings.database_echo,
         pool_size=1,
         max_overflow=0,
         pool_timeout=settings.database_pool_timeout * 10,
