@@ -179,12 +179,17 @@ class ExposureBuffer:
             await IngestRepository(session).insert_exposures_and_queue_units(rows)
 
     def _refuse(self, rows: list[ExposureRow], error: BaseException) -> None:
-        """Drop exposures the database refused for their data: kept, they would fail every later batch."""
+        """Drop exposures the database refused for their data: kept, they would fail every later batch.
+
+        The log names each unit by its digest (``unit_digest``): a log line outlives the unit's erasure."""
         self.refused += len(rows)
         self._refused.inc(len(rows))
         logger.error(
             "exposures refused by the database; dropped",
-            exposures=[{"experiment_id": e, "phase": p, "unit": u, "variant": v} for e, p, u, v, _ in rows[:20]],
+            exposures=[
+                {"experiment_id": e, "phase": p, "unit_digest": unit_digest(u), "variant": v}
+                for e, p, u, v, _ in rows[:20]
+            ],
             dropped=len(rows),
             error=str(error),
         )
