@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.completions.repository import CompletionRepository
 from registry.db.batches import write_isolating
+from registry.db.text import NUL, without_nul
 from registry.experiments.privacy_digest import ERASURE_IN_FLIGHT_SECONDS, unit_digest
 from registry.experiments.repository import IngestRepository, UnitDataRepository
 
@@ -49,8 +50,6 @@ _NO_COST = 1e-12  # what is left of a cost after adding and taking away the same
 # How long an erased unit's records are anonymised as they come: longer than any completion runs (as the exact
 # cache's tombstones, registry.completions.cache.IN_FLIGHT_SECONDS).
 ERASED_SECONDS = ERASURE_IN_FLIGHT_SECONDS
-NUL = "\x00"
-REPLACEMENT_CHARACTER = "\ufffd"  # what a NUL in a record's text is stored as
 _ANONYMISED = {"unit": None, "request_id": None, "prompt_text": None, "completion_text": None}
 
 Spend = dict[str, tuple[int, float]]  # per API key: tokens and cost
@@ -62,24 +61,14 @@ def storable(record: dict[str, Any]) -> None:
     """Replace each NUL in the record's text (and in its JSON, the guards' outcomes) with U+FFFD, in place.
 
     PostgreSQL text and JSON cannot hold a NUL, and some of a record's text cannot be refused at the door: the
-    model's answer, a prompt rendered from variables that held one. SQLite could store it; both store the same.
+    model's answer, a prompt rendered from variables that held one (``registry.db.text``).
     """
     for name, value in record.items():
         if value.__class__ is str:
             if NUL in value:
-                record[name] = value.replace(NUL, REPLACEMENT_CHARACTER)
+                record[name] = without_nul(value)
         elif isinstance(value, dict | list):
-            record[name] = _without_nul(value)
-
-
-def _without_nul(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace(NUL, REPLACEMENT_CHARACTER) if NUL in value else value
-    if isinstance(value, dict):
-        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_without_nul(item) for item in value]
-    return value
+            record[name] = without_nul(value)
 
 
 def spend_of(records: Iterable[dict[str, Any]]) -> Spend:

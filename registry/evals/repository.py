@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from registry.db.text import without_nul
 from registry.evals.models import EvalDataset, EvalDatasetItem, EvalDatasetVersion, EvalGate, EvalRun, EvalRunItem
 from registry.lib.pagination import PageRequest
 from registry.prompts.models import PromptVersion
@@ -165,19 +166,22 @@ class EvalRepository:
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def renew(self, run_id: int, lease: str, expires: datetime, **values: Any) -> bool:
+        """Extend the lease while it is ``lease``, writing ``values`` too (a run's error is stored as
+        ``record_items`` stores an outcome's: it may quote a backend's or the model's text)."""
         result = await self.session.execute(
             update(EvalRun)
             .where(EvalRun.id == run_id, EvalRun.lease_owner == lease, EvalRun.status.in_(PENDING_STATUSES))
-            .values(lease_expires_at=expires, **values)
+            .values(lease_expires_at=expires, **without_nul(values))
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def release(self, run_id: int, lease: str, *, not_before: datetime | None, **values: Any) -> bool:
-        """Give the lease up; ``not_before`` keeps other workers off the run until then (a backend outage)."""
+        """Give the lease up; ``not_before`` keeps other workers off the run until then (a backend outage).
+        ``values`` are written as ``renew`` writes them."""
         result = await self.session.execute(
             update(EvalRun)
             .where(EvalRun.id == run_id, EvalRun.lease_owner == lease)
-            .values(lease_owner=None, lease_expires_at=not_before, **values)
+            .values(lease_owner=None, lease_expires_at=not_before, **without_nul(values))
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -199,9 +203,13 @@ class EvalRepository:
         once however often a resumed run reaches it; what a dropped outcome's completions cost is
         still added to the run's cost, since it was spent. Raises ``LeaseLostError`` (the caller
         rolls back, so the outcomes are not stored either) when the run was claimed anew or cancelled.
+
+        An outcome's text holds the model's answer and what scorers and judges said of it, which cannot be refused:
+        a NUL in it is stored as U+FFFD (``registry.db.text``), else the run would fail on it.
         """
         if not rows:
             return 0
+        rows = [without_nul(row) for row in rows]
         inserted = (
             await self.session.execute(
                 self._insert(EvalRunItem).on_conflict_do_nothing().returning(EvalRunItem.position),

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from registry.configs.schemas import ConfigRef
+from registry.db.text import nul_location
 from registry.evals.models import EvalDataset, EvalDatasetItem, EvalDatasetVersion, EvalGate, EvalRun, EvalRunItem
 from registry.evals.scorers import MAX_SCORERS
 from registry.lib.schema import Description, Input, Output, Reason, ResourceName, Tags
@@ -32,6 +33,14 @@ class DatasetItemIn(Input):
     expected: Annotated[str, msgspec.Meta(max_length=1_000_000)] | None = None
     tags: Tags = msgspec.field(default_factory=list)
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse a NUL (U+0000), naming where: PostgreSQL cannot store one, and a dataset is the caller's own
+        cases, which a run must render as given (stored as U+FFFD, they would not be the cases uploaded)."""
+        for name in ("variables", "expected", "metadata"):
+            where = nul_location(getattr(self, name), name)
+            if where is not None:
+                raise ValueError(f"{where} holds a NUL (U+0000), which cannot be stored")
 
 
 class CreateDatasetVersion(Input):
