@@ -91,7 +91,8 @@ class CompletionMetrics:
         self.semantic_cache_skips = Counter(
             "registry_semantic_cache_store_skips_total",
             "Answers the semantic cache did not keep, by reason: personal_data (the request's variables or text, "
-            "or the answer, hold what the redaction detectors find; another unit's request could be served it).",
+            "or the answer, hold what the redaction detectors find; another unit's request could be served it), "
+            "nul (the answer holds a NUL, which PostgreSQL cannot store).",
             ["reason"],
             registry=registry,
         )

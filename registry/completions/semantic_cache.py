@@ -17,7 +17,9 @@ transaction, for an erasure of the unit since the lookup, ``ERASURE_CLOCK_SKEW``
 of one unit take one lock on PostgreSQL, and SQLite runs one writing transaction at a time, so either the
 erasure deletes the entry or the store sees the erasure). An answer may serve other units, so one whose
 request (variables or text) or text holds personal data is never stored (``semantic_privacy.holds_personal_data``;
-counted in ``registry_semantic_cache_store_skips_total{reason="personal_data"}``).
+counted in ``registry_semantic_cache_store_skips_total{reason="personal_data"}``). Nor is one holding a NUL
+(U+0000), which PostgreSQL cannot store: replayed with U+FFFD in its place, a hit would not be the model's answer
+(``reason="nul"``).
 
 A cache failure is never a request failure: an embedding backend that is down, or a database that cannot be
 read or written, leaves the completion to the model as usual, counted in
@@ -44,6 +46,7 @@ from registry.completions.semantic_privacy import holds_personal_data
 from registry.completions.semantic_repository import SemanticCacheRepository
 from registry.completions.similarity import best_match, exact_values, pack, request_text, scope_key
 from registry.db.base import utcnow
+from registry.db.text import holds_nul
 from registry.experiments.privacy_digest import unit_digest
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, ChangeBus
@@ -205,6 +208,10 @@ class SemanticCache:
             return
         if probe.personal or holds_personal_data({}, completion.text):  # it could reach another unit
             self._metrics.semantic_cache_skips.labels("personal_data").inc()
+            return
+        if holds_nul(completion.text) or holds_nul(completion.finish_reason):
+            # PostgreSQL cannot store a NUL, and a hit must replay the model's answer as it was, not as U+FFFD.
+            self._metrics.semantic_cache_skips.labels("nul").inc()
             return
         settings = await self._prompt_settings(probe.prompt)
         if settings is None or not settings.enabled:  # turned off (or store_io turned off) while the model answered
