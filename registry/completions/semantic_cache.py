@@ -46,7 +46,7 @@ from registry.completions.semantic_privacy import holds_personal_data
 from registry.completions.semantic_repository import SemanticCacheRepository
 from registry.completions.similarity import best_match, exact_values, pack, request_text, scope_key
 from registry.db.base import utcnow
-from registry.db.text import holds_nul
+from registry.db.text import NUL
 from registry.experiments.privacy_digest import unit_digest
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, ChangeBus
@@ -209,7 +209,7 @@ class SemanticCache:
         if probe.personal or holds_personal_data({}, completion.text):  # it could reach another unit
             self._metrics.semantic_cache_skips.labels("personal_data").inc()
             return
-        if holds_nul(completion.text) or holds_nul(completion.finish_reason):
+        if NUL in completion.text or NUL in (completion.finish_reason or ""):
             # PostgreSQL cannot store a NUL, and a hit must replay the model's answer as it was, not as U+FFFD.
             self._metrics.semantic_cache_skips.labels("nul").inc()
             return

@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.completions.repository import CompletionRepository
 from registry.db.batches import write_isolating
-from registry.db.text import NUL, without_nul
+from registry.db.text import NUL, holds_nul, without_nul
 from registry.experiments.privacy_digest import ERASURE_IN_FLIGHT_SECONDS, unit_digest
 from registry.experiments.repository import IngestRepository, UnitDataRepository
 
@@ -63,11 +63,12 @@ def storable(record: dict[str, Any]) -> None:
     PostgreSQL text and JSON cannot hold a NUL, and some of a record's text cannot be refused at the door: the
     model's answer, a prompt rendered from variables that held one (``registry.db.text``).
     """
-    for name, value in record.items():
-        if value.__class__ is str:
+    for name, value in record.items():  # once per completion: classes compared, a copy made only for a NUL
+        kind = value.__class__
+        if kind is str:
             if NUL in value:
                 record[name] = without_nul(value)
-        elif isinstance(value, dict | list):
+        elif (kind is list or kind is dict) and holds_nul(value):
             record[name] = without_nul(value)
 
 

@@ -26,7 +26,8 @@ def without_nul(value: Any) -> Any:
 
 
 def holds_nul(value: Any) -> bool:
-    """Whether ``value`` (a str, or a dict's keys and values or a list's items, at any depth) holds a NUL."""
+    """Whether ``value`` (a str, or a dict's keys and values or a list's items, at any depth) holds a NUL: as
+    ``nul_location``, without making the path, for a check made on every write."""
     if isinstance(value, str):
         return NUL in value
     if isinstance(value, dict):
