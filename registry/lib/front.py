@@ -220,8 +220,8 @@ async def send_stream(
     cancellation of this task reaches it). Each wake-up of a stream (an upstream read, once per token) resumes
     the chain of coroutines that awaits it: in this task that is every ASGI layer the request came through (the
     server's, Litestar's, the middleware, the fast paths), in its own only the send loop and the stream's
-    generators. The end is sent there too: this task resumes only a turn of the event loop after that one ends,
-    a turn that, under load, every other stream's token shares.
+    generators. The end leaves from there because this task resumes only a turn of the event loop after that one
+    ends, a turn that, under load, every other stream's token shares.
     """
     start: HTTPResponseStartEvent = {"type": "http.response.start", "status": 200, "headers": list(headers)}
     try:
