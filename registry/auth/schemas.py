@@ -9,7 +9,7 @@ from registry.auth.keys import Scope
 from registry.auth.models import ApiKey, AuditEntry
 from registry.lib.schema import Input, Output
 
-KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(?!\n)$")]
 MAX_REQUESTS_PER_MINUTE = 10_000_000
 RequestsPerMinute = Annotated[
     int,

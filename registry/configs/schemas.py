@@ -11,7 +11,7 @@ from registry.lib.promotion import State
 from registry.lib.schema import Input, Output, ResourceName
 from registry.lib.versioned_schemas import Label, VersionNumber
 
-BackendName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+BackendName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*(?!\n)$")]
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Price = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
 CommitMessage = Annotated[str, msgspec.Meta(max_length=1000)]
@@ -40,7 +40,7 @@ RESERVED_EXTRA_KEYS = frozenset(
 
 
 class JsonSchemaFormat(Input):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+(?!\n)$")]
     schema: dict[str, Any]
     strict: bool = True
 

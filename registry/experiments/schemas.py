@@ -16,7 +16,7 @@ from registry.prompts.schemas import ConfigUsed, UnitId
 from registry.rollouts.plan import rollout_ranges
 from registry.stats import Correction
 
-KEY_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+KEY_PATTERN = r"^[a-z0-9][a-z0-9_.-]*(?!\n)$"  # (?!\n): see NAME_PATTERN
 VariantKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=KEY_PATTERN, examples=["control"])]
 MetricKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=KEY_PATTERN, examples=["thumbs_up"])]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]

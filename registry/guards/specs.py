@@ -16,7 +16,7 @@ from registry.lib.errors import FieldError
 from registry.lib.schema import Input, ResourceName
 from registry.lib.versioned_schemas import Label, VersionNumber
 
-GuardName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+GuardName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*(?!\n)$")]
 GuardKind = Literal["deny_patterns", "pii", "injection", "delimiters", "model"]
 GuardStage = Literal["input", "output", "both"]
 GuardAction = Literal["block", "redact", "flag"]

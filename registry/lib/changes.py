@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -41,6 +41,19 @@ ChangeHandler = Callable[[Change], None]
 def record_change(session: AsyncSession, change: Change) -> None:
     """Queue ``change`` for publication once ``session`` commits."""
     session.info.setdefault("changes", []).append(change)
+
+
+@contextlib.asynccontextmanager
+async def savepoint(session: AsyncSession) -> AsyncIterator[None]:
+    """``session.begin_nested()`` whose recorded changes go with it when it rolls back: what it undid must not
+    be announced when the transaction around it commits."""
+    recorded = len(session.info.get("changes", []))
+    try:
+        async with session.begin_nested():
+            yield
+    except BaseException:
+        del session.info.get("changes", [])[recorded:]
+        raise
 
 
 def pending_changes(session: AsyncSession) -> list[Change]:

@@ -12,7 +12,10 @@ T = TypeVar("T")
 # No NUL: PostgreSQL text cannot hold one. For text written in batches (units, event keys), where one such
 # value would fail the whole batch at the database, the check is made per item.
 NO_NUL_PATTERN = r"^[^\x00]+$"
-NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$"
+# A pattern ends in ``(?!\n)$``: msgspec checks it with ``re.search``, whose ``$`` also matches before a final
+# newline, so "greet\n" passed ``...$`` (a name no URL, header or log line carries as is). The same text is the
+# OpenAPI pattern, where ``$`` alone is the end: the lookahead means the same in both.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*(?!\n)$"
 ResourceName = Annotated[
     str,
     msgspec.Meta(
@@ -23,7 +26,7 @@ ResourceName = Annotated[
         examples=["support/summarize"],
     ),
 ]
-Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*(?!\n)$")]
 Tags = Annotated[list[Tag], msgspec.Meta(max_length=32)]
 Description = Annotated[str, msgspec.Meta(max_length=2000)]
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]

@@ -90,7 +90,7 @@ class ModelTarget:
 
 
 def parse_model(model: str) -> ModelTarget:
-    match = _MODEL.match(model)
+    match = _MODEL.fullmatch(model)  # not match: its "$" also matches before a final newline
     if match is None:
         raise ModelNotFoundError(
             f"the model '{model}' is not one this service runs: name 'prompt:NAME' or 'config:NAME', optionally "

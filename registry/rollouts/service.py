@@ -30,7 +30,7 @@ from registry.experiments.results import variant_arm
 from registry.experiments.schemas import CreateExperiment, StopExperiment, VariantIn
 from registry.experiments.service import ExperimentService
 from registry.experiments.variables import variable_conflicts
-from registry.lib.changes import Change, record_change
+from registry.lib.changes import Change, record_change, savepoint
 from registry.lib.errors import ConflictError, FieldError, InvalidInputError, NotFoundError, RegistryError
 from registry.lib.promotion import State
 from registry.outbox.events import emit_event
@@ -389,7 +389,7 @@ class RolloutService:
         rollout.status = "completed"  # no longer holds the label: the promotion below may move it
         await self.session.flush()
         try:
-            async with self.session.begin_nested():
+            async with savepoint(self.session):
                 _, promoted = await self.experiments.stop(
                     rollout.experiment.key,
                     StopExperiment(winner="candidate", reason=f"rollout {rollout.id} completed"),
