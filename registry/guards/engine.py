@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
+import regex
 
 from registry.guards.rules import (
     PII_KINDS,
@@ -68,7 +68,7 @@ class Guard:
     kind: str
     on: str
     action: str
-    patterns: tuple[re.Pattern[str], ...] = ()
+    patterns: tuple[regex.Pattern[str], ...] = ()
     detectors: tuple[str, ...] = PII_KINDS
     prompt: str | None = None
     version: int | None = None

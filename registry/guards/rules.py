@@ -5,7 +5,8 @@ Each finding is a span of the text, the detector's kind (``email``, ``pattern:0`
 here reads the network or the clock, so the same text always gives the same findings;
 ``tests/guards/cases/rules.json`` pins them.
 
-- ``deny_patterns``: the guard's regular expressions (case-insensitive);
+- ``deny_patterns``: the guard's regular expressions (case-insensitive), each search cut off after
+  ``PATTERN_TIMEOUT_SECONDS`` (the one exception to "the same findings": see ``deny_findings``);
 - ``pii``: the personal data that stored texts are redacted of (``registry.completions.redaction``);
 - ``injection``: known phrasings that try to override the prompt's instructions;
 - ``delimiters``: a variable that brings its own role markers (``<|im_start|>``, ``### System:``,
@@ -19,9 +20,15 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import regex
+
 from registry.completions.redaction import _RULES as PII_RULES
 
 PII_KINDS = ("email", "iban", "card", "ssn", "ip", "phone")
+# A deny pattern runs over a caller's text on the request path. One that backtracks without end on some text
+# (``(a|aa)+$`` against a long run of "a" and a stop) would hold the event loop, and every request with it, for
+# minutes: each search is cut off after this long (``regex``'s time limit, as the evaluations' regex scorer has).
+PATTERN_TIMEOUT_SECONDS = 0.1
 DETERMINISTIC_KINDS = ("deny_patterns", "pii", "injection", "delimiters")
 
 
@@ -77,13 +84,18 @@ _TAG = re.compile(r"<(/?)([A-Za-z][\w:.-]{0,63})(?:\s[^<>]*)?>")
 _QUOTES = ('"""', "'''", "```", '"', "'", "`")
 
 
-def deny_findings(text: str, patterns: Sequence[re.Pattern[str]]) -> list[Finding]:
-    return [
-        Finding(m.start(), m.end(), f"pattern:{i}", "[BLOCKED]")
-        for i, pattern in enumerate(patterns)
-        for m in pattern.finditer(text)
-        if m.end() > m.start()
-    ]
+def deny_findings(text: str, patterns: Sequence[regex.Pattern[str]]) -> list[Finding]:
+    """The spans the patterns match. A pattern that cannot finish within ``PATTERN_TIMEOUT_SECONDS`` on ``text``
+    finds all of it: the guard fails closed (blocks, flags or redacts as it would a match) rather than letting a
+    text past, or the request wait, on a pattern that cannot decide."""
+    found: list[Finding] = []
+    for i, pattern in enumerate(patterns):
+        try:
+            matches = [m.span() for m in pattern.finditer(text, timeout=PATTERN_TIMEOUT_SECONDS)]
+        except TimeoutError:
+            matches = [(0, len(text))]
+        found += [Finding(start, end, f"pattern:{i}", "[BLOCKED]") for start, end in matches if end > start]
+    return found
 
 
 def pii_findings(text: str, detectors: Collection[str] = PII_KINDS) -> list[Finding]:
@@ -181,8 +193,8 @@ def redacted(text: str, findings: Sequence[Finding]) -> str:
     return "".join(parts)
 
 
-def compile_patterns(patterns: Sequence[str]) -> list[re.Pattern[str]]:
-    return [re.compile(pattern, re.IGNORECASE) for pattern in patterns]
+def compile_patterns(patterns: Sequence[str]) -> list[regex.Pattern[str]]:
+    return [regex.compile(pattern, regex.IGNORECASE) for pattern in patterns]
 
 
 def find(kind: str, text: str, options: Mapping[str, Any] | None = None) -> list[Finding]:

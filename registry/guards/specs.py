@@ -6,11 +6,11 @@ name the field as ``guards[i].field`` so a bad spec is a 422 that says where it 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
+import regex
 
 from registry.lib.errors import FieldError
 from registry.lib.schema import Input, ResourceName
@@ -71,8 +71,8 @@ def guard_problems(guards: Sequence[GuardSpec]) -> list[FieldError]:
                 problem("patterns", "a deny_patterns guard needs at least one pattern")
             for j, pattern in enumerate(guard.patterns or []):
                 try:
-                    re.compile(pattern)
-                except re.error as exc:
+                    regex.compile(pattern)  # as the guard compiles it (``rules.compile_patterns``)
+                except regex.error as exc:
                     problem(f"patterns[{j}]", f"not a valid regular expression: {exc}")
         elif guard.patterns is not None:
             problem("patterns", "only a deny_patterns guard has patterns")

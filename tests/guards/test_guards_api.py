@@ -102,6 +102,28 @@ async def test_an_input_block_answers_422_naming_the_guard_and_never_calls_the_b
     assert record["guard_outcomes"][0]["outcome"] == "blocked"
 
 
+@pytest.mark.timeout(60)
+async def test_a_deny_pattern_that_backtracks_without_end_on_a_callers_text_blocks_it_instead_of_holding_the_server(
+    client: httpx.AsyncClient, admin: dict[str, str], fault: FaultServer, admin_engine: AsyncEngine
+) -> None:
+    model = unique("ok")
+    runaway = {"name": "no-shouting", "kind": "deny_patterns", "patterns": [r"(a|aa)+$"]}
+    await guarded(client, admin, model=model, guards=[runaway])
+
+    hostile = await client.post(COMPLETE, json=ask("a" * 60 + "!"), headers=admin)
+    meanwhile = await client.get("/health")
+    plain = await client.post(COMPLETE, json=ask("a calm question"), headers=admin)
+
+    assert hostile.status_code == 422, hostile.text
+    assert (problem(hostile)["type"], problem(hostile)["guard"]) == ("/problems/content_blocked", "no-shouting")
+    assert meanwhile.status_code == 200
+    assert plain.status_code == 200, plain.text
+    assert not any("!" in str(seen.payload) for seen in fault.seen(model))  # the blocked text never reached it
+    blocked, answered = await records(client, admin, admin_engine)
+    assert (blocked["status"], blocked["guard_blocked"]) == ("blocked", "no-shouting")
+    assert answered["status"] == "ok"
+
+
 async def test_an_input_that_passes_completes_and_records_no_outcome(
     client: httpx.AsyncClient, admin: dict[str, str], admin_engine: AsyncEngine
 ) -> None:
