@@ -666,6 +666,7 @@ class ExperimentService:
                 "winner": data.winner,
                 "reason": data.reason,
                 "promoted_version": promoted.version if promoted else None,
+                "changed": promoted.changed if promoted else False,
             },
             actor,
         )

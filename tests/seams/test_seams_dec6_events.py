@@ -1,0 +1,62 @@
+"""What the change events of an experiment's stop say, read beside the stop's own answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from registry.settings import Settings
+from tests.conftest import AppClient
+from tests.experiments.conftest import make_experiment, make_metric, make_prompt
+from tests.seams.conftest import ok, rows
+
+Headers = dict[str, str]
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={"experiment_exposure_flush_seconds": 3600.0, "experiment_statistics_seconds": 3600.0}
+    )
+
+
+async def stopped_event(engine: AsyncEngine, key: str) -> dict[str, Any]:
+    found = await rows(
+        engine, "SELECT payload FROM outbox_events WHERE type = 'experiment.stopped' AND subject = :key", key=key
+    )
+    assert len(found) == 1, found
+    payload: dict[str, Any] = found[0]["payload"]
+    return payload
+
+
+async def test_the_stopped_event_says_whether_the_winner_changed_production_as_the_answer_does(
+    client: AppClient, admin: Headers, clean_database: AsyncEngine
+) -> None:
+    """A winner already in production moves nothing: the event says so (``changed``), as the stop's answer does;
+    ``promoted_version`` stays the winner's version, as ``promoted.version`` in the answer."""
+    await make_prompt(client, admin, "dec6-stop")
+    await make_metric(client, admin, "converted")
+    await make_experiment(client, admin, "dec6-held", "dec6-stop")
+    held = await ok(await client.post("/v1/experiments/dec6-held/stop", json={"winner": "control"}, headers=admin))
+    await make_experiment(client, admin, "dec6-moved", "dec6-stop")
+    moved = await ok(await client.post("/v1/experiments/dec6-moved/stop", json={"winner": "treatment"}, headers=admin))
+    await make_experiment(
+        client,
+        admin,
+        "dec6-none",
+        "dec6-stop",
+        variants=[{"key": "control", "prompt_version": 2}, {"key": "treatment", "prompt_version": 1}],
+    )
+    none = await ok(await client.post("/v1/experiments/dec6-none/stop", json={}, headers=admin))
+
+    for key, answer in (("dec6-held", held), ("dec6-moved", moved)):
+        event = await stopped_event(clean_database, key)
+        promoted = answer["promoted"]
+        assert (event["promoted_version"], event["changed"]) == (promoted["version"], promoted["changed"]), key
+    assert held["promoted"]["changed"] is False
+    assert moved["promoted"]["changed"] is True
+    assert none["promoted"] is None
+    event = await stopped_event(clean_database, "dec6-none")
+    assert (event["promoted_version"], event["changed"]) == (None, False)
