@@ -5,12 +5,18 @@ leaves it out of the analysis), its first exposure and each metric's value
 (0 for ``sum``/``count``/``any`` metrics without data, empty for ``mean`` and
 ``max``). Rows are read with a server-side cursor and written as they come,
 so memory stays flat whatever the number of units.
+
+Unit ids are the callers' text, and a spreadsheet runs a CSV cell that starts
+with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return as a formula: the
+CSV writes such a unit with a leading ``'`` (``csv_cell``), as spreadsheets
+themselves write text that is not a formula. Parquet keeps units as they are.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +31,16 @@ from registry.experiments.repository import ExportRepository
 ExportFormat = Literal["csv", "parquet"]
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
 _ROWS_PER_CHUNK = 5000
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_cell(text: str) -> str:
+    """``text`` as a spreadsheet shows it rather than runs it: with a leading ``'`` when it would start a formula
+    (a plain number such as ``-2`` is left alone: a spreadsheet reads it as the number it is)."""
+    if text.startswith(_FORMULA_STARTS) and not _NUMBER.fullmatch(text):
+        return f"'{text}"
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +145,7 @@ class ExportService:
         writer.writerow(self.header(plan))
         async for batch in self._rows(plan):
             for unit, variant, first, in_analysis, *values in batch:
-                writer.writerow([unit, variant or "", first.isoformat(), str(in_analysis).lower(), *values])
+                writer.writerow([csv_cell(unit), variant or "", first.isoformat(), str(in_analysis).lower(), *values])
             yield text.getvalue().encode()
             text.seek(0)
             text.truncate()

@@ -1,0 +1,55 @@
+"""An experiment's per-unit export read by spreadsheet users: unit ids are the callers' text."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pyarrow.parquet as pq
+import pytest
+
+from registry.settings import Settings
+from tests.conftest import AppClient
+from tests.experiments.conftest import flush_and_aggregate, make_experiment, make_metric, make_prompt
+from tests.seams.conftest import ok
+
+Headers = dict[str, str]
+
+# unit id -> its CSV cell: what would start a formula gets a leading ', plain numbers and other text stay
+UNITS = {
+    '=HYPERLINK("http://x.example","y")': '\'=HYPERLINK("http://x.example","y")',
+    "+cmd|' /C calc'!A0": "'+cmd|' /C calc'!A0",
+    "-2+3": "'-2+3",
+    "@SUM(A1:A9)": "'@SUM(A1:A9)",
+    "\tx": "'\tx",
+    "-2": "-2",
+    "+1.5e3": "+1.5e3",
+    'a,b"c\nd': 'a,b"c\nd',
+    "user=7": "user=7",
+}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={"experiment_exposure_flush_seconds": 3600.0, "experiment_statistics_seconds": 3600.0}
+    )
+
+
+async def test_a_unit_id_that_would_run_as_a_formula_is_exported_as_text(client: AppClient, admin: Headers) -> None:
+    await make_prompt(client, admin, "dec6-export")
+    await make_metric(client, admin, "converted")
+    await make_experiment(client, admin, "dec6-export-x", "dec6-export")
+    for unit in UNITS:
+        render = {"variables": {"x": "1"}, "unit": unit}
+        await ok(await client.post("/v1/prompts/dec6-export/render", json=render, headers=admin))
+    await flush_and_aggregate(client)
+
+    response = await client.get("/v1/experiments/dec6-export-x/export?format=csv", headers=admin)
+    assert response.status_code == 200, response.text
+    cells = [row["unit"] for row in csv.DictReader(io.StringIO(response.text, newline=""))]
+    assert sorted(cells) == sorted(UNITS.values())
+
+    response = await client.get("/v1/experiments/dec6-export-x/export?format=parquet", headers=admin)
+    assert response.status_code == 200, response.text
+    assert sorted(pq.read_table(io.BytesIO(response.content)).column("unit").to_pylist()) == sorted(UNITS)
