@@ -63,7 +63,7 @@ from registry.experiments.timeseries import (
     default_interval,
     point_count,
 )
-from registry.experiments.variables import variable_conflicts
+from registry.experiments.variables import VersionInputs, kind_refusal, production_refusals
 from registry.lib.changes import Change, record_change
 from registry.lib.errors import FieldError, ForbiddenError, InvalidInputError
 from registry.lib.pagination import PageRequest
@@ -583,9 +583,9 @@ class ExperimentService:
         return experiment
 
     async def _check_variables(self, experiment: Experiment) -> None:
-        """Refuse a variant that cannot run any request production's callers send: one whose variables conflict
-        with production's (``variable_conflicts``), or one of another kind (``_variant_kind_problems``, judged
-        again here: production may have changed since the draft was saved)."""
+        """Refuse a variant that cannot run any request production's callers send (``production_refusals``: its
+        variables conflict with production's, or it is of the other kind, judged again here: production may have
+        changed since the draft was saved); with no production, one of another kind than the first variant's."""
         workflow = self.prompts.workflow
         production = (await workflow.repository.holders(experiment.prompt_id)).get(State.PRODUCTION)
         versions: list[tuple[int, str, PromptVersion]] = []
@@ -593,19 +593,16 @@ class ExperimentService:
             version = await workflow.repository.get_version(experiment.prompt_id, variant.prompt_version)
             if version is not None:
                 versions.append((index, variant.key, version))
-        problems = []
-        if production is not None:
-            schema = compile_version(production).input_schema
-            for index, _, version in versions:
-                if version.number == production.number:
-                    continue
-                problems += [
-                    FieldError(
-                        f"variants[{index}].prompt_version", f"{conflict} (production: version {production.number})"
-                    )
-                    for conflict in variable_conflicts(schema, compile_version(version).input_schema)
-                ]
-        problems += _variant_kind_problems(versions, production)
+        if production is None:
+            problems = _variant_kind_problems(versions, None)
+        else:
+            served = version_inputs(production)
+            problems = [
+                FieldError(f"variants[{index}].prompt_version", refusal)
+                for index, _, version in versions
+                if version.number != production.number
+                for refusal in production_refusals(served, version_inputs(version))
+            ]
         if problems:
             raise ExperimentInvalidError(
                 "a variant cannot render what production's callers send; its units would all be refused",
@@ -896,28 +893,27 @@ class ExperimentService:
         record_change(self.session, Change("experiment", experiment.key, action))
 
 
+def version_inputs(version: PromptVersion) -> VersionInputs:
+    """What ``version`` takes from its callers, for ``production_refusals``."""
+    return VersionInputs(version.number, version.kind, compile_version(version).input_schema)
+
+
 def _variant_kind_problems(
     versions: Sequence[tuple[int, str, PromptVersion]], production: PromptVersion | None
 ) -> list[FieldError]:
     """The variants (index, key, version) of another kind (text or chat) than production's, or, with no production,
-    than the first variant's. The OpenAI door runs a prompt only on its kind's endpoint, and apps that render expect
-    its kind's shape: every request of a unit routed to the odd one out would be refused after its exposure, before
-    any completion is recorded, and the experiment's arms would compare different callers (as a rollout's would)."""
+    than the first variant's (``kind_refusal``): the experiment's arms would compare different callers, as a
+    rollout's would."""
     if production is not None:
-        kind, named, runs = production.kind, f"production (version {production.number})", "production's callers send"
+        reference, variant = production, None
     elif versions:
-        _, key, first = versions[0]
-        kind, named, runs = first.kind, f"variant '{key}' (version {first.number})", f"variant '{key}' runs"
+        _, variant, reference = versions[0]
     else:
         return []
-    return [
-        FieldError(
-            f"variants[{index}].prompt_version",
-            f"is a {version.kind} version and {named} a {kind} one: requests that {runs} would be refused on it",
-        )
-        for index, _, version in versions
-        if version.kind != kind
+    refusals = [
+        (index, kind_refusal(version.kind, reference.kind, reference.number, variant)) for index, _, version in versions
     ]
+    return [FieldError(f"variants[{index}].prompt_version", refusal) for index, refusal in refusals if refusal]
 
 
 def _refuse_rollout(experiment: Experiment) -> None:

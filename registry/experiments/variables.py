@@ -1,4 +1,4 @@
-"""Whether a version can serve production's callers, from input schemas alone (pure, no I/O).
+"""Whether a version can serve production's callers, from kinds and input schemas alone (pure, no I/O).
 
 Experiments and rollouts route a unit's production traffic to another version of the prompt. Callers send
 what production's version takes; a routed version that cannot render any such request refuses every one of
@@ -9,7 +9,44 @@ results and guardrails never see it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInputs:
+    """What a version takes from its callers: its number, its kind (text or chat) and its input schema."""
+
+    number: int
+    kind: str
+    input_schema: Mapping[str, Any]
+
+
+def production_refusals(production: VersionInputs, candidate: VersionInputs) -> list[str]:
+    """Why the candidate cannot run what production's callers send: its variable conflicts with production's, then
+    its kind when production's is the other one. Empty when it can serve them."""
+    refusals = [
+        f"{conflict} (production: version {production.number})"
+        for conflict in variable_conflicts(production.input_schema, candidate.input_schema)
+    ]
+    kind = kind_refusal(candidate.kind, production.kind, production.number)
+    return refusals if kind is None else [*refusals, kind]
+
+
+def kind_refusal(kind: str, reference_kind: str, reference_number: int, variant: str | None = None) -> str | None:
+    """Why a version of ``kind`` cannot run the requests of production's version (``reference_number``), or, with
+    ``variant``, of that variant's version (a prompt with no production); None when the kinds are the same.
+
+    The OpenAI door runs a prompt only on its kind's endpoint, and apps that render expect its kind's shape: every
+    such request routed to the version would be refused after its unit's exposure, before a completion is recorded.
+    """
+    if kind == reference_kind:
+        return None
+    if variant is None:
+        named, runs = f"production (version {reference_number})", "production's callers send"
+    else:
+        named, runs = f"variant '{variant}' (version {reference_number})", f"variant '{variant}' runs"
+    return f"is a {kind} version and {named} a {reference_kind} one: requests that {runs} would be refused on it"
 
 
 def variable_conflicts(production: Mapping[str, Any], candidate: Mapping[str, Any]) -> list[str]:

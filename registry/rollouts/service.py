@@ -28,14 +28,14 @@ from registry.db.base import utcnow
 from registry.experiments.models import Experiment
 from registry.experiments.results import variant_arm
 from registry.experiments.schemas import CreateExperiment, StopExperiment, VariantIn
-from registry.experiments.service import ExperimentService
-from registry.experiments.variables import variable_conflicts
+from registry.experiments.service import ExperimentService, version_inputs
+from registry.experiments.variables import production_refusals
 from registry.lib.changes import Change, record_change, savepoint
 from registry.lib.errors import ConflictError, FieldError, InvalidInputError, NotFoundError, RegistryError
 from registry.lib.promotion import State
 from registry.outbox.events import emit_event
 from registry.prompts.schemas import LinkedConfig
-from registry.prompts.service import PromptLimits, compile_version
+from registry.prompts.service import PromptLimits
 from registry.rollouts.models import Rollout, RolloutEvent
 from registry.rollouts.plan import Action, Step, next_action, step_problems
 from registry.rollouts.repository import RolloutLeaseLostError, RolloutRepository
@@ -145,23 +145,10 @@ class RolloutService:
                     FieldError("candidate_version", f"prompt '{name}' has no version {data.candidate_version}")
                 )
             else:
-                conflicts = variable_conflicts(
-                    compile_version(production).input_schema, compile_version(candidate).input_schema
-                )
                 problems += [
-                    FieldError("candidate_version", f"{conflict} (production: version {production.number})")
-                    for conflict in conflicts
+                    FieldError("candidate_version", refusal)
+                    for refusal in production_refusals(version_inputs(production), version_inputs(candidate))
                 ]
-                if candidate.kind != production.kind:
-                    # The OpenAI door runs a prompt only on its kind's endpoint, and apps that render expect
-                    # its kind's shape: every such caller routed to the candidate would be refused unseen.
-                    problems.append(
-                        FieldError(
-                            "candidate_version",
-                            f"is a {candidate.kind} version and production (version {production.number}) a "
-                            f"{production.kind} one: requests that production's callers send would be refused on it",
-                        )
-                    )
                 unpromotable = await self.experiments.unpromotable(prompt.id, candidate)
                 if unpromotable is not None:
                     problems.append(FieldError("candidate_version", unpromotable))

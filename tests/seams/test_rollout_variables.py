@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from registry.experiments.variables import variable_conflicts
+from registry.experiments.variables import VersionInputs, production_refusals, variable_conflicts
 from tests.conftest import count_rows, problem
 from tests.experiments.conftest import Client, make_metric
 from tests.rollouts.conftest import STEPS, ok
@@ -82,6 +82,18 @@ def test_conflicts_are_what_no_request_can_satisfy_on_both_sides(
     production: dict[str, Any], candidate: dict[str, Any], conflicts: int
 ) -> None:
     assert len(variable_conflicts(production, candidate)) == conflicts
+
+
+def test_a_candidate_is_refused_for_each_variable_conflict_then_for_its_kind() -> None:
+    production = VersionInputs(3, "chat", {"properties": {"a": {}}, "required": ["a"], "additionalProperties": False})
+    candidate = VersionInputs(4, "text", {"properties": {"b": {}}, "required": ["b"], "additionalProperties": False})
+    assert production_refusals(production, candidate) == [
+        "requires variable 'b', which production refuses (production: version 3)",
+        "refuses variable 'a', which production requires (production: version 3)",
+        "is a text version and production (version 3) a chat one: requests that production's callers send would be "
+        "refused on it",
+    ]
+    assert production_refusals(production, VersionInputs(4, "chat", {"properties": {"a": {}, "b": {}}})) == []
 
 
 async def test_an_experiment_with_a_variant_production_callers_cannot_render_does_not_start(
