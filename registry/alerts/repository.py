@@ -142,7 +142,7 @@ class AlertRepository:
     async def list_page(self, page: PageRequest) -> Sequence[AlertRule]:
         query = select(AlertRule).order_by(AlertRule.id).limit(page.limit + 1)
         if page.after is not None:
-            query = query.where(AlertRule.id > page.after[0])
+            query = query.where(AlertRule.id > page.after_number)
         return (await self.session.scalars(query)).all()
 
     async def remove(self, rule: AlertRule) -> None:
@@ -203,7 +203,7 @@ class AlertRepository:
         """Newest first."""
         query = select(AlertIncident).order_by(AlertIncident.id.desc()).limit(page.limit + 1)
         if page.after is not None:
-            query = query.where(AlertIncident.id < page.after[0])
+            query = query.where(AlertIncident.id < page.after_number)
         if status is not None:
             query = query.where(AlertIncident.status == status)
         if rule_id is not None:

@@ -29,7 +29,7 @@ class ApiKeyRepository:
     async def list(self, page: PageRequest, *, include_revoked: bool) -> Sequence[ApiKey]:
         query = select(ApiKey).order_by(ApiKey.id).limit(page.limit + 1)
         if page.after is not None:
-            query = query.where(ApiKey.id > page.after[0])
+            query = query.where(ApiKey.id > page.after_number)
         if not include_revoked:
             query = query.where(ApiKey.revoked_at.is_(None))
         return (await self.session.scalars(query)).all()
@@ -57,7 +57,7 @@ class AuditRepository:
     ) -> Sequence[AuditEntry]:
         query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(page.limit + 1)
         if page.after is not None:
-            query = query.where(AuditEntry.id < page.after[0])
+            query = query.where(AuditEntry.id < page.after_number)
         if actor is not None:
             query = query.where(AuditEntry.actor == actor)
         if resource_type is not None:

@@ -64,7 +64,7 @@ class EvalRepository:
     async def list_datasets(self, page: PageRequest, *, prefix: str | None) -> Sequence[EvalDataset]:
         query = select(EvalDataset).order_by(EvalDataset.name).limit(page.limit + 1)
         if page.after is not None:
-            query = query.where(EvalDataset.name > page.after[0])
+            query = query.where(EvalDataset.name > page.after_text)
         if prefix:
             query = query.where(EvalDataset.name.startswith(prefix, autoescape=True))
         return (await self.session.scalars(query)).all()
@@ -86,7 +86,7 @@ class EvalRepository:
             .limit(page.limit + 1)
         )
         if page.after is not None:
-            query = query.where(EvalDatasetVersion.number < page.after[0])
+            query = query.where(EvalDatasetVersion.number < page.after_number)
         return (await self.session.scalars(query)).all()
 
     async def insert_items(self, version_id: int, rows: Sequence[dict[str, Any]]) -> None:
@@ -128,7 +128,7 @@ class EvalRepository:
     async def list_runs(self, page: PageRequest, *, prompt: str | None, status: str | None = None) -> Sequence[EvalRun]:
         query = select(EvalRun).order_by(EvalRun.id.desc()).limit(page.limit + 1)
         if page.after is not None:
-            query = query.where(EvalRun.id < page.after[0])
+            query = query.where(EvalRun.id < page.after_number)
         if prompt:
             query = query.where(EvalRun.prompt == prompt)
         if status:
@@ -263,7 +263,7 @@ class EvalRepository:
     async def run_items(self, run_id: int, page: PageRequest, *, failed_only: bool) -> Sequence[EvalRunItem]:
         query = select(EvalRunItem).where(EvalRunItem.run_id == run_id).order_by(EvalRunItem.position)
         if page.after is not None:
-            query = query.where(EvalRunItem.position > page.after[0])
+            query = query.where(EvalRunItem.position > page.after_number)
         if failed_only:
             query = query.where(EvalRunItem.passed.is_(False))
         return (await self.session.scalars(query.limit(page.limit + 1))).all()

@@ -142,7 +142,7 @@ class DatasetService:
         return await self.require_version(await self.require(name), number)
 
     async def items(self, version: EvalDatasetVersion, page: PageRequest) -> Sequence[EvalDatasetItem]:
-        after = int(page.after[0]) if page.after else 0
+        after = page.after_number or 0
         return await self.repository.items(version.id, after=after, limit=page.limit + 1)
 
     async def variable_names(self, version: EvalDatasetVersion) -> list[str]:

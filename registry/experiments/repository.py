@@ -125,7 +125,7 @@ class MetricRepository(_Repository):
     async def list_metrics(self, page: PageRequest) -> Sequence[Metric]:
         query = select(Metric).order_by(Metric.key).limit(page.limit + 1)
         if page.after is not None:
-            query = query.where(Metric.key > page.after[0])
+            query = query.where(Metric.key > page.after_text)
         return (await self.session.scalars(query)).all()
 
 
@@ -150,7 +150,7 @@ class ExperimentRepository(_Repository):
     ) -> Sequence[Experiment]:
         query = select(Experiment).order_by(Experiment.key).limit(page.limit + 1).options(*EXPERIMENT_LOADS)
         if page.after is not None:
-            query = query.where(Experiment.key > page.after[0])
+            query = query.where(Experiment.key > page.after_text)
         if status is not None:
             query = query.where(Experiment.status == status)
         if prompt is not None:

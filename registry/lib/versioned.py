@@ -136,7 +136,7 @@ class VersionedRepository(Generic[R, V, T]):
         model = self.resource_model
         query = select(model).order_by(model.name).limit(page.limit + 1)
         if page.after is not None:
-            query = query.where(model.name > page.after[0])
+            query = query.where(model.name > page.after_text)
         if prefix:
             query = query.where(model.name.startswith(prefix, autoescape=True))
         if tag:
@@ -194,7 +194,7 @@ class VersionedRepository(Generic[R, V, T]):
             .options(*self.version_options)
         )
         if page.after is not None:
-            query = query.where(model.number < page.after[0])
+            query = query.where(model.number < page.after_number)
         if state is not None:
             query = query.where(model.state == state.value)
         rows: Sequence[V] = (await self.session.scalars(query)).all()
@@ -213,7 +213,7 @@ class VersionedRepository(Generic[R, V, T]):
             .limit(page.limit + 1)
         )
         if page.after is not None:
-            query = query.where(model.id < page.after[0])
+            query = query.where(model.id < page.after_number)
         rows: Sequence[T] = (await self.session.scalars(query)).all()
         return rows
 

@@ -28,7 +28,7 @@ class WebhookRepository:
     async def list_page(self, page: PageRequest) -> Sequence[Webhook]:
         query = select(Webhook).order_by(Webhook.id).limit(page.limit + 1)
         if page.after is not None:
-            query = query.where(Webhook.id > page.after[0])
+            query = query.where(Webhook.id > page.after_number)
         return (await self.session.scalars(query)).all()
 
     async def all(self) -> Sequence[Webhook]:
@@ -45,7 +45,7 @@ class WebhookRepository:
             .limit(page.limit + 1)
         )
         if page.after is not None:
-            query = query.where(WebhookDelivery.id < page.after[0])
+            query = query.where(WebhookDelivery.id < page.after_number)
         if status is not None:
             query = query.where(WebhookDelivery.status == status)
         return (await self.session.scalars(query)).all()
