@@ -53,6 +53,25 @@ async def ok(response: httpx.Response, status: int | None = None) -> dict[str, A
     return body
 
 
+async def started_experiment(
+    client: httpx.AsyncClient, admin: dict[str, str], key: str, treatment_config: dict[str, Any] | None = None
+) -> None:
+    """Metric ``converted`` and experiment ``key`` on prompt ``greet``, started: ``control`` runs version 1 and
+    ``treatment`` version 2 (with ``treatment_config``, a config reference, when given)."""
+    await ok(await client.post("/v1/metrics", json={"key": "converted", "kind": "binomial"}, headers=admin))
+    treatment: dict[str, Any] = {"key": "treatment", "prompt_version": 2}
+    if treatment_config is not None:
+        treatment["config"] = treatment_config
+    experiment = {
+        "key": key,
+        "prompt": "greet",
+        "variants": [{"key": "control", "prompt_version": 1}, treatment],
+        "primary_metric": "converted",
+    }
+    await ok(await client.post("/v1/experiments", json=experiment, headers=admin))
+    await ok(await client.post(f"/v1/experiments/{key}/start", headers=admin))
+
+
 async def eventually(condition: Callable[[], Awaitable[bool]], what: str, tries: int = 250) -> None:
     """Poll ``condition`` (the server runs on another thread's loop); fail after ``tries`` polls."""
     for _ in range(tries):

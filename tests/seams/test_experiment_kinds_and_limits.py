@@ -4,8 +4,6 @@ variant's lower ``max_tokens`` caps the callers routed to it instead of refusing
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,8 +11,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.completions.conftest import unique
 from tests.completions.fault_server import FaultServer
 from tests.conftest import openai_problem, problem
-from tests.seams.conftest import Served, ok, rows
-from tests.seams.test_seams_dec5 import ADA, CHAT, COMPLETE, config, one_unit_per_side, prompt, until_routed
+from tests.seams.conftest import Served, ok, rows, started_experiment
+from tests.seams.test_seams_dec5 import (
+    ADA,
+    COMPLETE,
+    config,
+    one_unit_per_side,
+    prompt,
+    requests,
+    until_routed,
+)
 
 METRIC = {"key": "converted", "kind": "binomial"}
 
@@ -109,16 +115,6 @@ async def test_variants_of_two_kinds_are_refused_on_a_prompt_without_production(
     assert await rows(clean_database, "SELECT id FROM experiments") == []
 
 
-def requests(unit: str, max_tokens: int) -> list[tuple[str, dict[str, Any]]]:
-    """The same request through /complete and the OpenAI door, whole and streamed."""
-    door = {"model": "prompt:greet", "messages": [], "variables": ADA, "user": unit}
-    return [
-        (COMPLETE, {"variables": ADA, "unit": unit, "max_tokens": max_tokens}),
-        (CHAT, {**door, "max_tokens": max_tokens}),
-        (CHAT, {**door, "max_completion_tokens": max_tokens, "stream": True}),
-    ]
-
-
 def variant_of(path: str, answered: httpx.Response) -> str:
     if path == COMPLETE:
         return str(answered.json()["experiment"]["variant"])
@@ -144,18 +140,7 @@ async def test_a_variants_lower_max_tokens_caps_its_callers_and_only_the_address
     own = "small" if routed_config == "variant version's own config" else "main"
     version = {"kind": "chat", "messages": [{"role": "user", "content": "Greet {{ name }}."}], "config": {"name": own}}
     await ok(await client.post("/v1/prompts/greet/versions", json=version, headers=admin))
-    treatment: dict[str, Any] = {"key": "treatment", "prompt_version": 2}
-    if own == "main":
-        treatment["config"] = {"name": "small", "version": 1}
-    await ok(await client.post("/v1/metrics", json=METRIC, headers=admin))
-    experiment = {
-        "key": "limits",
-        "prompt": "greet",
-        "variants": [{"key": "control", "prompt_version": 1}, treatment],
-        "primary_metric": "converted",
-    }
-    await ok(await client.post("/v1/experiments", json=experiment, headers=admin))
-    await ok(await client.post("/v1/experiments/limits/start", headers=admin))
+    await started_experiment(client, admin, "limits", {"name": "small", "version": 1} if own == "main" else None)
     units = await one_unit_per_side(client, admin, "limits")
     await until_routed(client, admin, units["control"])
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.completions.conftest import HeldBackend, backend, held, parse_sse, unique  # noqa: F401 - held: a fixture
 from tests.completions.fault_server import FaultServer
 from tests.conftest import openai_problem, problem
-from tests.seams.conftest import Served, eventually, ok, rows
+from tests.seams.conftest import Served, eventually, ok, rows, started_experiment
 
 COMPLETE = "/v1/prompts/greet/complete"
 CHAT = "/v1/chat/completions"
@@ -112,6 +112,16 @@ async def until_routed(client: httpx.AsyncClient, admin: dict[str, str], unit: s
     await eventually(routed, "the experiment to route")
 
 
+def requests(unit: str, max_tokens: int) -> list[tuple[str, dict[str, Any]]]:
+    """The same request through /complete and the OpenAI door, whole and streamed."""
+    door = {"model": "prompt:greet", "messages": [], "variables": ADA, "user": unit}
+    return [
+        (COMPLETE, {"variables": ADA, "unit": unit, "max_tokens": max_tokens}),
+        (CHAT, {**door, "max_tokens": max_tokens}),
+        (CHAT, {**door, "max_completion_tokens": max_tokens, "stream": True}),
+    ]
+
+
 def door_chunks(raw: str) -> list[dict[str, Any]]:
     assert raw.rstrip().endswith("data: [DONE]"), raw
     return [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: {")]
@@ -179,18 +189,7 @@ async def test_variants_with_their_own_configs_answer_record_and_charge_alike_fo
     await config(client, admin, "spare", backend="fault", model=unique("ok"))
     await config(client, admin, "big", backend="flaky", model=unique("status:500:all"), fallback={"name": "spare"})
     await prompt(client, admin, "Say hello to {{ name }}.", "Greet {{ name }}.")
-    await ok(await client.post("/v1/metrics", json={"key": "converted", "kind": "binomial"}, headers=admin))
-    experiment = {
-        "key": "sizes",
-        "prompt": "greet",
-        "variants": [
-            {"key": "control", "prompt_version": 1},
-            {"key": "treatment", "prompt_version": 2, "config": {"name": "big", "version": 1}},
-        ],
-        "primary_metric": "converted",
-    }
-    await ok(await client.post("/v1/experiments", json=experiment, headers=admin))
-    await ok(await client.post("/v1/experiments/sizes/start", headers=admin))
+    await started_experiment(client, admin, "sizes", {"name": "big", "version": 1})
     units = await one_unit_per_side(client, admin, "sizes")
     assert set(units) == {"control", "treatment"}
     key_id, app = await key_with_budget(client, admin, ["read"], monthly_cost=10.0)
@@ -255,18 +254,7 @@ async def test_only_production_traffic_is_routed_and_a_variants_cached_answer_st
     await config(client, admin, "main", create=False, prices=PRICES["main v2"], backend="fault", model=model)
     promote = {"to": "staging", "expected_current": None}
     await ok(await client.post("/v1/prompts/greet/versions/2/promote", json=promote, headers=admin))
-    await ok(await client.post("/v1/metrics", json={"key": "converted", "kind": "binomial"}, headers=admin))
-    experiment = {
-        "key": "prices",
-        "prompt": "greet",
-        "variants": [
-            {"key": "control", "prompt_version": 1},
-            {"key": "treatment", "prompt_version": 2, "config": {"name": "main", "version": 2}},
-        ],
-        "primary_metric": "converted",
-    }
-    await ok(await client.post("/v1/experiments", json=experiment, headers=admin))
-    await ok(await client.post("/v1/experiments/prices/start", headers=admin))
+    await started_experiment(client, admin, "prices", {"name": "main", "version": 2})
     unit = (await one_unit_per_side(client, admin, "prices"))["treatment"]
 
     async def door(model_name: str) -> dict[str, Any]:
@@ -451,28 +439,9 @@ async def test_a_lowered_max_tokens_is_checked_against_the_addressed_config_and_
     small_params = {"temperature": 0, "max_tokens": 5}
     await config(client, admin, "small", backend="flaky", model=small, params=small_params, fallback={"name": "spare"})
     await prompt(client, admin, "Say hello to {{ name }}.", "Greet {{ name }}.")
-    await ok(await client.post("/v1/metrics", json={"key": "converted", "kind": "binomial"}, headers=admin))
-    experiment = {
-        "key": "lengths",
-        "prompt": "greet",
-        "variants": [
-            {"key": "control", "prompt_version": 1},
-            {"key": "treatment", "prompt_version": 2, "config": {"name": "small", "version": 1}},
-        ],
-        "primary_metric": "converted",
-    }
-    await ok(await client.post("/v1/experiments", json=experiment, headers=admin))
-    await ok(await client.post("/v1/experiments/lengths/start", headers=admin))
+    await started_experiment(client, admin, "lengths", {"name": "small", "version": 1})
     units = await one_unit_per_side(client, admin, "lengths")
     await until_routed(client, admin, units["control"])
-
-    def requests(unit: str, max_tokens: int) -> list[tuple[str, dict[str, Any]]]:
-        door = {"model": "prompt:greet", "messages": [], "variables": ADA, "user": unit}
-        return [
-            (COMPLETE, {"variables": ADA, "unit": unit, "max_tokens": max_tokens}),
-            (CHAT, {**door, "max_tokens": max_tokens}),
-            (CHAT, {**door, "max_completion_tokens": max_tokens, "stream": True}),
-        ]
 
     # 6 is below the addressed version's config's 8: every arm answers, the treatment's config (5) and its
     # fallback (3) asking their backends for no more than their own limits, as a fallback's lower limit does.
@@ -520,15 +489,7 @@ async def test_odd_units_are_refused_by_name_through_both_doors_and_the_longest_
     client = await served(fast_path=fast_path, experiment_exposure_flush_seconds=0.05)
     await config(client, admin, "main", backend="fault", model=unique("ok"))
     await prompt(client, admin, "Say hello to {{ name }}.", "Greet {{ name }}.")
-    await ok(await client.post("/v1/metrics", json={"key": "converted", "kind": "binomial"}, headers=admin))
-    experiment = {
-        "key": "odd",
-        "prompt": "greet",
-        "variants": [{"key": "control", "prompt_version": 1}, {"key": "treatment", "prompt_version": 2}],
-        "primary_metric": "converted",
-    }
-    await ok(await client.post("/v1/experiments", json=experiment, headers=admin))
-    await ok(await client.post("/v1/experiments/odd/start", headers=admin))
+    await started_experiment(client, admin, "odd")
     await until_routed(client, admin, "someone")
     for field, value in ODD_UNITS:
         complete = await client.post(COMPLETE, json={"variables": ADA, field: value}, headers=admin)
