@@ -15,6 +15,11 @@ Within one process a key overshoots only by the completions already running
 when it reaches its limit (each is checked before it starts and charged after
 it ends). Other replicas' unwritten spend is missed for at most one flush
 interval: budgets are a guard rail, not an invoice.
+
+Spend in records that will never be written (the database refused them, a full
+buffer dropped them) is counted too, until their month ends
+(``UsageRecorder.unstored_spend``); it is known only to the process that gave
+them up, so other replicas, and this one after a restart, miss it.
 """
 
 from __future__ import annotations
@@ -129,7 +134,7 @@ class BudgetGuard:
         return budget
 
     async def spend(self, key: str, *, session: AsyncSession | None = None) -> tuple[int, float]:
-        """Tokens and cost of ``key`` this month: written plus buffered.
+        """Tokens and cost of ``key`` this month: written plus buffered, plus what this process could not write.
 
         A caller inside a request passes its ``session``: a second one would wait for the pool
         while the request holds a connection (SQLite's pool has only one). Such a caller reads on
@@ -142,7 +147,8 @@ class BudgetGuard:
             else:
                 written = await self._read_written(key, session)
         pending_tokens, pending_cost = self._recorder.pending_spend(key)
-        return written.tokens + pending_tokens, written.cost + pending_cost
+        unstored_tokens, unstored_cost = self._recorder.unstored_spend(key)
+        return written.tokens + pending_tokens + unstored_tokens, written.cost + pending_cost + unstored_cost
 
     async def _read_written(self, key: str, session: AsyncSession | None) -> _Written:
         """The month's total in the database, read when no flush of this process overlapped the read."""

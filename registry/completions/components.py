@@ -55,6 +55,7 @@ class Completions:
     ) -> Completions:
         metrics = CompletionMetrics(metrics_registry)
         recorder = UsageRecorder(sessionmaker)
+        recorder.on_unstored(metrics.count_unstored)
         upstream = UpstreamClient(http, settings.backends, metrics)
         cache = ResponseCache(redis, settings.redis_key_prefix, ttl=settings.completion_cache_ttl_seconds)
         bus.subscribe(partial(_forget_erased_unit, recorder, cache))

@@ -74,6 +74,21 @@ class CompletionMetrics:
             "registry_backend_queue_depth", "Requests waiting for a backend slot.", ["backend"], registry=registry
         )
 
+        self.usage_unstored = Counter(
+            "registry_usage_records_unstored_total",
+            "Usage records that will never be written, by reason: refused (the database refused the record's data; "
+            "logged with its request id) or overflow (the buffer was full while the database was unreachable).",
+            ["reason"],
+            registry=registry,
+        )
+        self.usage_unstored_cost = Counter(
+            "registry_usage_unstored_cost_total",
+            "Cost of the usage records that will never be written: missing from usage reports and alerts, still "
+            "counted against its key's budget by the process that gave them up, until the month ends.",
+            ["reason"],
+            registry=registry,
+        )
+
         self.semantic_cache = Counter(
             "registry_semantic_cache_lookups_total",
             "Semantic cache lookups by outcome: hit, miss, or unavailable (the embedding backend or the database "
@@ -92,7 +107,8 @@ class CompletionMetrics:
             "registry_semantic_cache_store_skips_total",
             "Answers the semantic cache did not keep, by reason: personal_data (the request's variables or text, "
             "or the answer, hold what the redaction detectors find; another unit's request could be served it), "
-            "nul (the answer holds a NUL, which PostgreSQL cannot store).",
+            "nul (the answer holds a NUL, which PostgreSQL cannot store), long_finish_reason (the backend's finish "
+            "reason is longer than its column).",
             ["reason"],
             registry=registry,
         )
@@ -106,6 +122,12 @@ class CompletionMetrics:
         """One completion's guard outcomes (registry.guards.engine.GuardLog)."""
         for outcome in outcomes:
             self.guard_outcomes.labels(outcome["guard"], outcome["stage"], outcome["outcome"]).inc()
+
+    def count_unstored(self, reason: str, records: int, cost: float) -> None:
+        """Usage records given up on (``UsageRecorder.on_unstored``)."""
+        self.usage_unstored.labels(reason).inc(records)
+        if cost > 0:
+            self.usage_unstored_cost.labels(reason).inc(cost)
 
     def breaker_changed(self, backend: str, status: BreakerStatus) -> None:
         self.breaker_state.labels(backend).set(BREAKER_VALUES[status])

@@ -19,7 +19,8 @@ erasure deletes the entry or the store sees the erasure). An answer may serve ot
 request (variables or text) or text holds personal data is never stored (``semantic_privacy.holds_personal_data``;
 counted in ``registry_semantic_cache_store_skips_total{reason="personal_data"}``). Nor is one holding a NUL
 (U+0000), which PostgreSQL cannot store: replayed with U+FFFD in its place, a hit would not be the model's answer
-(``reason="nul"``).
+(``reason="nul"``); nor one whose finish reason is longer than its column, cut to fit it would not be the backend's
+(``reason="long_finish_reason"``).
 
 A cache failure is never a request failure: an embedding backend that is down, or a database that cannot be
 read or written, leaves the completion to the model as usual, counted in
@@ -46,7 +47,7 @@ from registry.completions.semantic_privacy import holds_personal_data
 from registry.completions.semantic_repository import SemanticCacheRepository
 from registry.completions.similarity import best_match, exact_values, pack, request_text, scope_key
 from registry.db.base import utcnow
-from registry.db.text import NUL
+from registry.db.text import NUL, column_lengths
 from registry.experiments.privacy_digest import unit_digest
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, ChangeBus
@@ -56,6 +57,7 @@ from registry.prompts.schemas import LinkedConfig
 logger = structlog.get_logger("registry.completions.semantic_cache")
 
 _DATABASE_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
+_FINISH_REASON_LENGTH = column_lengths(SemanticCacheEntry)["finish_reason"]
 
 # How far apart two replicas' clocks may be: an erasure recorded up to this long before a lookup (by the erasing
 # replica's clock) still keeps that lookup's answer out; at worst an erased unit's next answers are not kept.
@@ -212,6 +214,9 @@ class SemanticCache:
         if NUL in completion.text or NUL in (completion.finish_reason or ""):
             # PostgreSQL cannot store a NUL, and a hit must replay the model's answer as it was, not as U+FFFD.
             self._metrics.semantic_cache_skips.labels("nul").inc()
+            return
+        if len(completion.finish_reason or "") > _FINISH_REASON_LENGTH:  # a backend's odd one, refused by PostgreSQL
+            self._metrics.semantic_cache_skips.labels("long_finish_reason").inc()
             return
         settings = await self._prompt_settings(probe.prompt)
         if settings is None or not settings.enabled:  # turned off (or store_io turned off) while the model answered

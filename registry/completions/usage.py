@@ -10,6 +10,14 @@ A flush moves spend from the buffer to the database, so it tells its listeners
 off the buffer's count: the sum never drops. ``write_epoch`` lets a reader of
 the database's total tell whether a write overlapped its read.
 
+A record that will never be written (the database refused it, or a full buffer dropped it) was still spent at the
+backend: its spend leaves the buffer's count for ``unstored_spend``, which budgets add for the rest of its calendar
+month (UTC), so a key cannot run past its budget through records the database would not take. That count is this
+process's own and lives in its memory: other replicas' budgets, the alerts (which read the database), usage reports
+and a restarted process do not see it; ``registry_usage_unstored_cost_total`` and the error log (with the request
+ids) do. The usual cause of a refusal, a backend's string longer than its column (a finish reason), no longer is
+one: ``storable`` cuts it to fit.
+
 An erased unit (``registry.experiments.privacy``) is remembered by its digest for ``ERASED_SECONDS`` once its
 erasure committed (its change, heard here: ``forget_unit``): a record of it added meanwhile (a completion in flight
 during the erasure) is buffered without the unit, its request id and texts, as are buffered ones and those of a
@@ -38,9 +46,12 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from registry.completions.models import CompletionRecord
+from registry.completions.pricing import month_start
 from registry.completions.repository import CompletionRepository
+from registry.db.base import utcnow
 from registry.db.batches import write_isolating
-from registry.db.text import NUL, holds_nul, without_nul
+from registry.db.text import NUL, column_lengths, holds_nul, without_nul
 from registry.experiments.privacy_digest import ERASURE_IN_FLIGHT_SECONDS, unit_digest
 from registry.experiments.repository import IngestRepository, UnitDataRepository
 
@@ -55,19 +66,29 @@ _ANONYMISED = {"unit": None, "request_id": None, "prompt_text": None, "completio
 Spend = dict[str, tuple[int, float]]  # per API key: tokens and cost
 WrittenListener = Callable[[Spend], None]
 AddedListener = Callable[[dict[str, Any]], None]
+UnstoredListener = Callable[[str, int, float], None]  # why (refused, overflow), how many records, their cost
+
+# The length of each of a record's varchar columns: a longer value is cut to it (``storable``).
+_COLUMN_LENGTHS = column_lengths(CompletionRecord)
 
 
 def storable(record: dict[str, Any]) -> None:
-    """Replace each NUL in the record's text (and in its JSON, the guards' outcomes) with U+FFFD, in place.
+    """Replace each NUL in the record's text (and in its JSON, the guards' outcomes) with U+FFFD, and cut each
+    string longer than its column to its length, in place.
 
-    PostgreSQL text and JSON cannot hold a NUL, and some of a record's text cannot be refused at the door: the
-    model's answer, a prompt rendered from variables that held one (``registry.db.text``).
+    PostgreSQL text and JSON cannot hold a NUL, nor a ``varchar(n)`` more than n characters, and some of a record's
+    text cannot be refused at the door: the model's answer, a prompt rendered from variables that held one, the
+    backend's finish reason (``registry.db.text``). Such a record was refused whole, and its tokens and cost were
+    missing from usage reports and alerts. What the caller names (prompt, unit, request id) is checked at the door.
     """
     for name, value in record.items():  # once per completion: classes compared, a copy made only for a NUL
         kind = value.__class__
         if kind is str:
             if NUL in value:
-                record[name] = without_nul(value)
+                value = record[name] = without_nul(value)
+            length = _COLUMN_LENGTHS.get(name)
+            if length is not None and len(value) > length:
+                record[name] = value[:length]
         elif (kind is list or kind is dict) and holds_nul(value):
             record[name] = without_nul(value)
 
@@ -91,6 +112,9 @@ class UsageRecorder:
         self._pending: dict[str, tuple[int, float]] = {}
         self._listeners: list[WrittenListener] = []
         self._added_listeners: list[AddedListener] = []
+        self._unstored_listeners: list[UnstoredListener] = []
+        # Per API key: the month (its start) and the tokens and cost of its records that will never be written.
+        self._unstored: dict[str, tuple[datetime, int, float]] = {}
         # Odd while a batch is being written; a read that starts and ends on the same even value
         # saw no write begin or commit.
         self.write_epoch = 0
@@ -104,6 +128,10 @@ class UsageRecorder:
     def on_written(self, listener: WrittenListener) -> None:
         """Call ``listener`` with the spend of each batch, in the step that takes it off the pending spend."""
         self._listeners.append(listener)
+
+    def on_unstored(self, listener: UnstoredListener) -> None:
+        """Call ``listener`` with why, how many and the cost of the records given up on (refused or dropped)."""
+        self._unstored_listeners.append(listener)
 
     def on_added(self, listener: AddedListener) -> None:
         """Call ``listener`` with each record as it is added, in line (once: a listener already here is not added).
@@ -135,7 +163,7 @@ class UsageRecorder:
                     self._pending.pop(key, None)
         if len(self._buffer) > self._max_buffered:
             overflow = len(self._buffer) - self._max_buffered
-            self._move_pending(spend_of(self._buffer[:overflow]), sign=-1)
+            self._give_up(self._buffer[:overflow], "overflow")
             del self._buffer[:overflow]
             self.dropped += overflow
             logger.warning("usage buffer full; oldest records dropped", dropped=overflow)
@@ -149,6 +177,31 @@ class UsageRecorder:
                 self._pending[key] = (pending_tokens, pending_cost)
             else:
                 self._pending.pop(key, None)
+
+    def _give_up(self, records: list[dict[str, Any]], reason: str) -> Spend:
+        """``records`` will never be written: their spend moves from the pending count to the unstored one, which
+        budgets keep counting until the month they were made in ends."""
+        spend = spend_of(records)
+        self._move_pending(spend, sign=-1)
+        current = month_start(utcnow())
+        for key in list(self._unstored):  # a past month's: its budget has reset
+            if self._unstored[key][0] != current:
+                del self._unstored[key]
+        for key, (tokens, cost) in spend_of(r for r in records if _month_of(r) == current).items():
+            _, unstored_tokens, unstored_cost = self._unstored.get(key, (current, 0, 0.0))
+            self._unstored[key] = (current, unstored_tokens + tokens, unstored_cost + cost)
+        total_cost = sum(cost for _, cost in spend.values())
+        for listener in self._unstored_listeners:
+            listener(reason, len(records), total_cost)
+        return spend
+
+    def unstored_spend(self, key: str) -> tuple[int, float]:
+        """Tokens and cost of ``key`` this month (UTC) in records this process gave up on: the database refused
+        them, or a full buffer dropped them. Spent at the backend all the same, so budgets count them."""
+        entry = self._unstored.get(key)
+        if entry is None or entry[0] != month_start(utcnow()):
+            return 0, 0.0
+        return entry[1], entry[2]
 
     def forget_unit(self, digest: str) -> tuple[int, int]:
         """The erasure of the unit of ``digest`` committed: its buffered completions, and those recorded in the
@@ -260,13 +313,14 @@ class UsageRecorder:
             ended.set()
         if outcome.refused:
             refused = [record for record, _ in outcome.refused]
-            self._move_pending(spend_of(refused), sign=-1)
+            unstored = self._give_up(refused, "refused")
             self.refused += len(refused)
             logger.error(
-                "usage records refused by the database; dropped",
+                "usage records refused by the database; dropped, their spend still counted against budgets here",
                 request_ids=[record.get("request_id") for record in refused],
                 error=str(outcome.refused[0][1]),
                 dropped=len(refused),
+                unstored={key: {"tokens": tokens, "cost": cost} for key, (tokens, cost) in unstored.items()},
             )
         batch = outcome.written
         if not batch:
@@ -317,3 +371,9 @@ class UsageRecorder:
             return
         for digest, erased_at in erased.items():
             self._remember(digest, erased_at.timestamp())
+
+
+def _month_of(record: dict[str, Any]) -> datetime:
+    """The start of the UTC month a record was made in (now, for one without a time of its own)."""
+    created = record.get("created_at")
+    return month_start(created if isinstance(created, datetime) and created.tzinfo is not None else utcnow())

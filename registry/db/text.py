@@ -1,13 +1,19 @@
-"""Text that PostgreSQL can store: its text and JSON types hold no NUL (U+0000).
+"""Text that PostgreSQL can store: its text and JSON types hold no NUL (U+0000), and a ``varchar(n)`` no more than
+n characters.
 
 Where a NUL cannot be refused at the door (the model's answer, a prompt rendered from variables that held one, what
 a scorer or a judge said about an answer), it is stored as U+FFFD, the character Unicode gives for one that cannot
-be represented. SQLite could store it; both store the same.
+be represented. SQLite could store it; both store the same. Where a string past its column's length cannot be
+refused at the door either (a backend's finish reason), it is stored cut to that length (``column_lengths``): a
+record kept whole but for the end of one odd string is worth more than a record refused (and its spend lost to
+usage reports and alerts). What a caller sends is refused with a 422 naming the field instead.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from sqlalchemy import String
 
 NUL = "\x00"
 REPLACEMENT_CHARACTER = "\ufffd"  # what a NUL is stored as
@@ -55,3 +61,19 @@ def nul_location(value: Any, path: str) -> str | None:
             if found is not None:
                 return found
     return None
+
+
+def column_lengths(model: type[Any]) -> dict[str, int]:
+    """The length of each of ``model``'s ``String(n)`` columns, by column name: for cutting what cannot be refused
+    at the door to fit (``fitted``)."""
+    return {
+        column.name: column.type.length
+        for column in model.__table__.columns
+        if isinstance(column.type, String) and column.type.length is not None
+    }
+
+
+def fitted(value: str, length: int) -> str:
+    """``value`` cut to at most ``length`` characters (PostgreSQL counts a ``varchar``'s length in characters, as
+    Python does: code points)."""
+    return value if len(value) <= length else value[:length]

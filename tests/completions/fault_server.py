@@ -16,6 +16,7 @@ wants it to, so this one does. The request's model name picks the behaviour:
     malformed-after:K       K tokens, then a chunk that is not JSON
     malformed-joined:K      the same, all in one write (so one read upstream sees it all)
     say:TEXT                answer TEXT (percent-encoded in the name, see ``say``), 3 characters a chunk
+    finish:N                as ok, with a finish reason of its own N characters long (digits, "0123456789...")
     errors:R                answer 500 to about a fraction R of requests (errors:0.10: about 10%), ok otherwise
     latency:LOW:HIGH        wait LOW to HIGH milliseconds (spread evenly) before answering, then ok
     errors:R,latency:LOW:HIGH   both: the wait, then a 500 or ok
@@ -174,7 +175,10 @@ class FaultServer:
                 await send({"type": "http.response.body", "body": b"data: {not json\n\n", "more_body": True})
                 await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
                 return
-            await reply.finish("length" if count >= max_tokens else "stop")
+            reason = "length" if count >= max_tokens else "stop"
+            if name == "finish":
+                reason = ("0123456789" * (int(arg) // 10 + 1))[: int(arg)]
+            await reply.finish(reason)
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
         except OSError:
             seen.disconnected = True
