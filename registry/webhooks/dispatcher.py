@@ -23,6 +23,7 @@ from yarl import URL
 
 from registry import __version__
 from registry.db.base import utcnow
+from registry.db.text import without_nul
 from registry.webhooks.guard import AddressGuard, AddressRefusedError, WebhookHttp
 from registry.webhooks.models import Webhook, WebhookDelivery
 from registry.webhooks.repository import WebhookRepository
@@ -150,11 +151,13 @@ class WebhookDispatcher:
                     "locked_until": None,
                 }
                 return delivery.id, values
-            error = f"HTTP {status_code}: {answer}"
+            # The receiver's text: a NUL in it, which PostgreSQL cannot store, failed the transaction that records
+            # the round's outcomes, so every delivery of the round was sent again once its lease ended, and again.
+            error = without_nul(f"HTTP {status_code}: {answer}")
         except AddressRefusedError as exc:
             return delivery.id, self._refused(delivery, webhook, exc.reason)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
+            error = without_nul(f"{type(exc).__name__}: {exc}"[:500])
         attempts = delivery.attempts + 1
         dead = attempts >= self._policy.max_attempts
         self._outcomes.labels("dead" if dead else "retrying").inc()

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from litestar import Litestar, Request, post
+from litestar import Litestar, Request, Response, post
 from litestar.exceptions import HTTPException
 from prometheus_client import CollectorRegistry
 
@@ -22,10 +22,12 @@ from tests.conftest import serve_over_http
 
 @dataclass
 class Receiver:
-    """A webhook receiver that answers from a script of status codes, then 200."""
+    """A webhook receiver that answers from a script of status codes, then 200; a failure with ``failure_body``
+    (bytes as they are) when one is given."""
 
     url: str = ""
     script: list[int] = field(default_factory=list)
+    failure_body: bytes | None = None
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
 
     def bodies(self) -> list[dict[str, Any]]:
@@ -37,12 +39,14 @@ async def receiver() -> AsyncIterator[Receiver]:
     state = Receiver()
 
     @post("/hook", status_code=200)
-    async def hook(request: Request[Any, Any, Any]) -> dict[str, str]:
+    async def hook(request: Request[Any, Any, Any]) -> Response[Any]:
         state.received.append((dict(request.headers), await request.body()))
         status = state.script.pop(0) if state.script else 200
+        if status != 200 and state.failure_body is not None:
+            return Response(state.failure_body, status_code=status, media_type="text/plain")
         if status != 200:
             raise HTTPException(status_code=status, detail="scripted failure")
-        return {"ok": "yes"}
+        return Response({"ok": "yes"})
 
     async with serve_over_http(Litestar([hook])) as base:
         state.url = f"{base}/hook"
