@@ -171,14 +171,30 @@ async def usage_records(served: Served) -> list[tuple[str, float]]:
         return [(r.status, float(r.cost)) for r in rows]
 
 
-async def test_a_stop_mid_item_stores_the_item_in_hand_cancels_the_waiting_one_and_gives_the_lease_up(
-    served: Served,
-) -> None:
-    client, admin, runtime = served.client, served.admin, served.app.state.runtime
+def workers(served: Served, *, overrun: bool = False) -> tuple[HeldWorker, EvalWorker]:
+    """Workers ``first`` (a ``HeldWorker``) and ``second`` on the app's runtime; on SQLite a write lock left held
+    fails at once. With ``overrun``, the stop of ``first`` does not wait for a safe point and does not release the
+    held item: its run is still working at the stop."""
+    runtime = served.app.state.runtime
     if served.is_sqlite:
         event.listen(runtime.engine.sync_engine, "connect", fail_at_once_when_locked)
     parts = (runtime.settings, runtime.sessionmaker, runtime.completions, runtime.prompts)
-    first, second = HeldWorker(*parts, owner="first", server=served.server), EvalWorker(*parts, owner="second")
+    first = HeldWorker(*parts, owner="first", server=served.server, released_by_the_stop=not overrun)
+    if overrun:
+        first.stop_wait_seconds = 0.0
+    return first, EvalWorker(*parts, owner="second")
+
+
+def errors_logged(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The errors among the worker's logs, a locked database's included."""
+    return [entry for entry in logs if "database is locked" in str(entry) or entry["log_level"] == "error"]
+
+
+async def test_a_stop_mid_item_stores_the_item_in_hand_cancels_the_waiting_one_and_gives_the_lease_up(
+    served: Served,
+) -> None:
+    client, admin = served.client, served.admin
+    first, second = workers(served)
     name = f"stopping-{uuid.uuid4().hex[:8]}"
     version = await publish(client, admin, name, prices=PRICES)
     await dataset(client, admin, f"{name}-cases", answers(("a", "a"), (HELD, HELD)))
@@ -190,7 +206,7 @@ async def test_a_stop_mid_item_stores_the_item_in_hand_cancels_the_waiting_one_a
         await first.stop()
 
     assert first.held_stored
-    assert [entry for entry in logs if "database is locked" in str(entry) or entry["log_level"] == "error"] == []
+    assert errors_logged(logs) == []
     stopped = (await client.get(f"/v1/evals/runs/{run['id']}", headers=admin)).json()
     assert (stopped["status"], stopped["items_done"], stopped["items_passed"]) == ("running", 1, 1)
     assert await stored_items(served.engine, run["id"]) == 1
@@ -215,13 +231,8 @@ async def test_a_stop_mid_item_stores_the_item_in_hand_cancels_the_waiting_one_a
 async def test_a_run_that_reaches_no_safe_point_within_the_stop_wait_is_cancelled_and_its_lease_given_up(
     served: Served,
 ) -> None:
-    client, admin, runtime = served.client, served.admin, served.app.state.runtime
-    if served.is_sqlite:
-        event.listen(runtime.engine.sync_engine, "connect", fail_at_once_when_locked)
-    parts = (runtime.settings, runtime.sessionmaker, runtime.completions, runtime.prompts)
-    first = HeldWorker(*parts, owner="first", server=served.server, released_by_the_stop=False)
-    first.stop_wait_seconds = 0.0
-    second = EvalWorker(*parts, owner="second")
+    client, admin = served.client, served.admin
+    first, second = workers(served, overrun=True)
     name = f"overrun-{uuid.uuid4().hex[:8]}"
     version = await publish(client, admin, name)
     await dataset(client, admin, f"{name}-cases", answers(("a", "a"), (HELD, HELD)))
@@ -237,7 +248,7 @@ async def test_a_run_that_reaches_no_safe_point_within_the_stop_wait_is_cancelle
     assert held_at_stop
     assert not first.held_stored
     assert [e["run"] for e in logs if e["event"] == "evaluation run still working at stop; cancelled"] == [run["id"]]
-    assert [entry for entry in logs if "database is locked" in str(entry) or entry["log_level"] == "error"] == []
+    assert errors_logged(logs) == []
     assert await stored_items(served.engine, run["id"]) == 0  # the item's transaction was rolled back
     assert await second.poll() == [run["id"]]  # at once: the stop gave the lease up
     served.server.released.set()
@@ -252,12 +263,8 @@ async def test_a_run_that_reaches_no_safe_point_within_the_stop_wait_is_cancelle
 async def test_a_discarded_attempts_charge_waiting_for_the_database_survives_the_cancellation_of_its_run(
     served: Served,
 ) -> None:
-    client, admin, runtime = served.client, served.admin, served.app.state.runtime
-    if served.is_sqlite:
-        event.listen(runtime.engine.sync_engine, "connect", fail_at_once_when_locked)
-    parts = (runtime.settings, runtime.sessionmaker, runtime.completions, runtime.prompts)
-    first = HeldWorker(*parts, owner="first", server=served.server, released_by_the_stop=False)
-    first.stop_wait_seconds = 0.0
+    client, admin = served.client, served.admin
+    first, _ = workers(served, overrun=True)
     name = f"charged-{uuid.uuid4().hex[:8]}"
     version = await publish(client, admin, name, prices=PRICES)
     # The judge answers what the item expects: item "b"'s judge waits on the backend, after "b" was answered.
@@ -282,7 +289,7 @@ async def test_a_discarded_attempts_charge_waiting_for_the_database_survives_the
 
     assert [e["run"] for e in logs if e["event"] == "evaluation run still working at stop; cancelled"] == [run["id"]]
     assert first.charges_cancelled == 1  # "b"'s charge was under way when the stop cancelled the run
-    assert [entry for entry in logs if "database is locked" in str(entry) or entry["log_level"] == "error"] == []
+    assert errors_logged(logs) == []
     assert await stored_items(served.engine, run["id"]) == 0  # the item in hand was rolled back, and charged
     records = await usage_records(served)
     assert sorted(status for status, _ in records) == ["cancelled", "ok", "ok", "ok"]
