@@ -17,6 +17,7 @@ class UpstreamError(RegistryError):
     retryable = False  # a connection error, 429 or 503 before any token: the same request may succeed
     counts_against_breaker = True  # says the backend is unhealthy (not a refusal or overload)
     retry_after: float | None = None  # what the backend asked for (429/503 Retry-After)
+    about_backend = True  # False: the request's own deadline ran out first; the breaker learns nothing from it
 
 
 class UpstreamTimeoutError(UpstreamError):

@@ -94,6 +94,16 @@ def breaker_record(state: BreakerState, *, failed: bool, now: float, threshold: 
     return replace(state, failures=failures)
 
 
+def breaker_answered(state: BreakerState) -> BreakerState:
+    """A request admitted by ``breaker_admit`` got its first token: a half-open breaker closes at once.
+
+    The backend answered its probe. Waiting for the probe's last token would refuse every other request
+    for as long as one completion takes (minutes) after the backend has recovered; a closed breaker still
+    counts the probe's outcome when it ends, as any request's.
+    """
+    return BreakerState() if state.status == BreakerStatus.HALF_OPEN else state
+
+
 def breaker_release(state: BreakerState) -> BreakerState:
     """A request ended without telling anything about the backend (cancelled): free the probe slot."""
     return replace(state, probing=False) if state.status == BreakerStatus.HALF_OPEN else state

@@ -36,6 +36,7 @@ from registry.completions.policy import (
     BreakerStatus,
     backoff_delay,
     breaker_admit,
+    breaker_answered,
     breaker_record,
     breaker_release,
     breaker_retry_after,
@@ -104,6 +105,10 @@ class CircuitBreaker:
     def record(self, *, failed: bool) -> None:
         self._set(breaker_record(self.state, failed=failed, now=self._clock(), threshold=self._threshold))
 
+    def answered(self) -> None:
+        """A first token came: a half-open breaker closes (``policy.breaker_answered``)."""
+        self._set(breaker_answered(self.state))
+
     def release(self) -> None:
         self._set(breaker_release(self.state))
 
@@ -119,7 +124,9 @@ class ConcurrencyLimiter:
         self._queue_gauge = metrics.queue_depth.labels(backend)
         self._in_flight = metrics.in_flight.labels(backend)
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> bool:
+        """Take a slot; True when the request had to wait for one."""
+        waited = False
         if self._semaphore.locked():
             if self.waiting >= self._max_queue:
                 raise BackendBusyError(
@@ -127,6 +134,7 @@ class ConcurrencyLimiter:
                     headers={"Retry-After": _BUSY_RETRY_AFTER},
                 )
             self.waiting += 1
+            waited = True
             self._queue_gauge.inc()
             try:
                 await self._semaphore.acquire()
@@ -136,6 +144,7 @@ class ConcurrencyLimiter:
         else:
             await self._semaphore.acquire()
         self._in_flight.inc()
+        return waited
 
     def release(self) -> None:
         self._in_flight.dec()
@@ -441,14 +450,19 @@ class UpstreamClient:
         accepted: Callable[[], object] | None,
     ) -> UpstreamStream:
         settings = backend.settings
-        await backend.limiter.acquire()
+        queued = await self._acquire(backend, deadline)
         try:
             for attempt in range(settings.max_retries + 1):
                 backend.breaker.admit(backend.name)
                 try:
-                    return await self._attempt(backend, path, body, headers, deadline, accepted)
+                    stream = await self._attempt(backend, path, body, headers, deadline, accepted, queued=queued)
+                    backend.breaker.answered()
+                    return stream
                 except UpstreamError as exc:
-                    backend.breaker.record(failed=exc.counts_against_breaker)
+                    if exc.about_backend:
+                        backend.breaker.record(failed=exc.counts_against_breaker)
+                    else:
+                        backend.breaker.release()
                     self.metrics.upstream_errors.labels(backend.name, exc.type).inc()
                     wait = backoff_delay(
                         attempt,
@@ -475,6 +489,24 @@ class UpstreamClient:
             backend.limiter.release()
             raise
 
+    async def _acquire(self, backend: Backend, deadline: float) -> bool:
+        """A concurrency slot, waited for until the deadline at most; True when the request had to wait.
+
+        A request still waiting at its deadline never reached the backend: it fails with a timeout that
+        says nothing about the backend's health, so the breaker does not count it.
+        """
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                return await backend.limiter.acquire()
+        except TimeoutError:
+            error = UpstreamTimeoutError(
+                f"backend '{backend.name}': no free slot within the timeout ({backend.settings.total_timeout:g} s); "
+                "it is busy"
+            )
+            error.about_backend = False
+            self.metrics.upstream_errors.labels(backend.name, error.type).inc()
+            raise error from None
+
     async def _attempt(
         self,
         backend: Backend,
@@ -483,6 +515,8 @@ class UpstreamClient:
         headers: Mapping[str, str],
         deadline: float,
         accepted: Callable[[], object] | None,
+        *,
+        queued: bool = False,
     ) -> UpstreamStream:
         settings = backend.settings
         started = time.monotonic()
@@ -506,7 +540,13 @@ class UpstreamClient:
         except (aiohttp.ClientError, OSError, MalformedStreamError, TimeoutError) as exc:
             if response is not None:
                 response.close()
-            raise translate_transport_error(exc, backend.name, before_first_token=True) from exc
+            error = translate_transport_error(exc, backend.name, before_first_token=True)
+            cut_short = started + settings.first_token_timeout > deadline
+            if queued and cut_short and not isinstance(exc, aiohttp.ClientError):
+                # The request's deadline cut the first token's time short, and the wait for a slot had spent
+                # it: the backend was not given its first_token_timeout, so its slowness is not known.
+                error.about_backend = False
+            raise error from exc
         except BaseException:
             if response is not None:
                 response.close()
