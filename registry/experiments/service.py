@@ -226,18 +226,40 @@ async def _gate_check(
 
 
 def _snapshot(experiment: Experiment) -> dict[str, Any]:
+    """What the audit log keeps of an experiment before and after a change: whatever decides what a unit gets and
+    how the results judge it, so that each change shows in its entry (forced units as a count: they are unit ids).
+    """
     return {
         "status": experiment.status,
         "phase": experiment.phase,
-        "variants": {v.key: {"prompt_version": v.prompt_version, "weight": v.weight} for v in experiment.variants},
+        "variants": {
+            v.key: {"prompt_version": v.prompt_version, "weight": v.weight, "config": _config_of(v)}
+            for v in experiment.variants
+        },
         "coverage": experiment.coverage,
         "hash_seed": experiment.hash_seed,
+        "hash_attribute": experiment.hash_attribute,
+        "hash_version": experiment.hash_version,
         "namespace": None
         if experiment.namespace is None
         else [experiment.namespace, experiment.namespace_start, experiment.namespace_end],
         "forced_variants": len(experiment.forced_variants),
         "metrics": {m.metric.key: m.role for m in experiment.metrics},
+        "analysis": {
+            "alpha": experiment.alpha,
+            "correction": experiment.correction,
+            "sequential": experiment.sequential,
+            "sequential_tuning": experiment.sequential_tuning,
+            "cuped": experiment.cuped,
+            "cuped_lookback_days": experiment.cuped_lookback_days,
+        },
     }
+
+
+def _config_of(variant: ExperimentVariant) -> str | None:
+    """The config version a variant runs with, as ``name@number`` (None: the prompt version's own)."""
+    config = variant.config_version
+    return None if config is None else f"{config.config.name}@{config.number}"
 
 
 @dataclass(frozen=True, slots=True)
