@@ -36,7 +36,7 @@ from registry.experiments.live import LiveExperiments
 from registry.feed.hub import FeedHub
 from registry.lib.changes import ChangeBus
 from registry.lib.http_client import HttpClient
-from registry.lib.jobs import PeriodicJob
+from registry.lib.jobs import PeriodicJob, failure_is_logged
 from registry.lib.metrics import HttpMetrics, ProcessGroupMetrics, RuntimeStateMetrics
 from registry.lib.redis import create_redis
 from registry.lib.shutdown import StopSignalHook
@@ -306,13 +306,20 @@ class Runtime:
 
     async def _every(self, job: PeriodicJob) -> None:
         task = cast("asyncio.Task[None]", asyncio.current_task())
+        failures = 0  # in a row
         while not self._stopping:
             await asyncio.sleep(job.interval)
             self._running_jobs.add(task)
             try:
                 await job.run()
             except Exception:
-                logger.exception("background job failed", job=job.name)
+                failures += 1
+                if failure_is_logged(failures):
+                    logger.exception("background job failed", job=job.name, consecutive_failures=failures)
+            else:
+                if failures:
+                    logger.info("background job recovered", job=job.name, consecutive_failures=failures)
+                failures = 0
             finally:
                 self._running_jobs.discard(task)
 

@@ -6,6 +6,9 @@ Nothing else in the service reads the environment: components receive the
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Literal
 
@@ -15,6 +18,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from registry.lib.jobs import Role
 
 DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./registry.db"
+
+# REGISTRY_* variables that are not settings: the API commands' address and key, the run-with-vllm script's
+# command, docker-compose.yml's interpolations; REGISTRY_TEST_* and REGISTRY_BENCH_* point tests and benchmarks.
+NOT_SETTINGS = frozenset(
+    {"REGISTRY_URL", "REGISTRY_API_KEY", "REGISTRY_COMMAND", "REGISTRY_IMAGE_TAG", "REGISTRY_PUBLIC_PORT"}
+)
+NOT_SETTINGS_PREFIXES = ("REGISTRY_TEST_", "REGISTRY_BENCH_")
 
 
 class BackendSettings(BaseModel):
@@ -34,6 +44,14 @@ class BackendSettings(BaseModel):
     retry_max_delay: float = Field(2.0, ge=0, description="Longest wait between two retries.")
     breaker_failures: int = Field(5, ge=1, description="Consecutive failures that open the circuit breaker.")
     breaker_cooldown: float = Field(10.0, gt=0, description="Seconds the breaker stays open before a probe.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        # Without a scheme every completion would fail on the first call, long after the start.
+        if re.fullmatch(r"https?://[^/\s]+(/\S*)?", url) is None:
+            raise ValueError("url must be http:// or https:// and a host, e.g. http://vllm:8000")
+        return url
 
 
 class Settings(BaseSettings):
@@ -336,6 +354,14 @@ class Settings(BaseSettings):
             raise ValueError("database_url must use postgresql+asyncpg:// or sqlite+aiosqlite://")
         return url
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        # Checked here, not when the pool is made at start, where it would be a traceback.
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return url
+
     @model_validator(mode="after")
     def _semantic_cache_backend_known(self) -> Settings:
         if (self.semantic_cache_backend is None) != (self.semantic_cache_model is None):
@@ -347,6 +373,23 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A line for each ``REGISTRY_*`` variable in ``environ`` that no setting reads, naming the likeliest intended.
+
+    Such a variable is ignored, so a typo (``REGISTRY_DATABSE_URL``) would leave the default in force unseen.
+    """
+    known = sorted({f"REGISTRY_{name.upper()}" for name in Settings.model_fields} | NOT_SETTINGS)
+    lines = []
+    for name in sorted(environ):
+        if not name.startswith("REGISTRY_") or name in known or name.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        # Compared without the common prefix, which would make every name look close.
+        close = difflib.get_close_matches(name[9:], [k[9:] for k in known], n=1, cutoff=0.75)
+        hint = f" (did you mean REGISTRY_{close[0]}?)" if close else ""
+        lines.append(f"{name} is not a setting and is ignored{hint}")
+    return lines
 
 
 @lru_cache(maxsize=1)

@@ -139,17 +139,30 @@ def on_database(settings: Settings, work: Callable[[AsyncSession], Coroutine[Any
         )
 
 
-def load_settings() -> Settings:
-    """The settings from REGISTRY_* variables; a wrong value is one line and the usage exit code."""
+def load_settings(*, warn_unknown: bool = True) -> Settings:
+    """The settings from REGISTRY_* variables; a wrong value is one line and the usage exit code.
+
+    A ``REGISTRY_*`` variable that is no setting is warned about (a typo would otherwise leave a default in force).
+    """
     from pydantic import ValidationError
 
-    from registry.settings import Settings
+    from registry.settings import Settings, unknown_variables
 
+    if warn_unknown:
+        for line in unknown_variables(os.environ):
+            click.echo(f"warning: {line}", err=True)
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(f"REGISTRY_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_setting_problem(e["loc"], e["msg"]) for e in exc.errors())
         fail(f"invalid settings: {problems}", ExitCode.USAGE)
+
+
+def _setting_problem(location: tuple[int | str, ...], message: str) -> str:
+    """The variable and, for a JSON setting (REGISTRY_BACKENDS), the path of the bad value inside it."""
+    variable = f"REGISTRY_{str(location[0]).upper()}" if location else "settings"
+    inside = ".".join(map(str, location[1:]))
+    return f"{variable}{f' ({inside})' if inside else ''}: {message}"
 
 
 async def migrate_database(settings: Settings, revision: str = "head") -> None:
@@ -222,7 +235,7 @@ def serve(host: str | None, port: int | None, workers: int | None, server: str |
         print_bootstrap_key(asyncio.run(bootstrap_admin_key_for(settings)))
     click.echo(f"prompt-registry {__version__} on http://{settings.host}:{settings.port} ({settings.server})", err=True)
     with process_group_metrics_dir(settings):
-        run_server(load_settings())
+        run_server(load_settings(warn_unknown=False))  # warned above
 
 
 @contextmanager

@@ -27,3 +27,12 @@ class PeriodicJob:
 
     def runs_in(self, role: Role) -> bool:
         return role == "all" or (role == "worker") == self.shared
+
+
+def failure_is_logged(consecutive: int) -> bool:
+    """Whether a job's ``consecutive``-th failure in a row is logged: the 1st, 2nd, 4th, 8th...
+
+    A job runs every second or so; through an outage of the database each run fails the same way, and a
+    traceback per run (several kilobytes, for each job) would bury everything else in the log.
+    """
+    return consecutive > 0 and consecutive & (consecutive - 1) == 0

@@ -33,6 +33,9 @@ class ReadinessOut(Output):
 
 
 UNREADY = frozenset({"not ready", "draining"})
+# The longest /ready waits on one dependency (both are checked at once): a probe must wait longer than this, or a
+# hung database reads as a failed check even where the answer would have been 200 degraded.
+READINESS_CHECK_SECONDS = 2.0
 
 
 def readiness(*, database_up: bool, redis_up: bool, prompts_cached: bool, draining: bool) -> str:
@@ -48,7 +51,7 @@ def readiness(*, database_up: bool, redis_up: bool, prompts_cached: bool, draini
 
 async def _database_state(runtime: Runtime) -> str:
     try:
-        async with asyncio.timeout(2), runtime.engine.connect() as connection:
+        async with asyncio.timeout(READINESS_CHECK_SECONDS), runtime.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
     except Exception as exc:
         return f"unavailable: {type(exc).__name__}"
@@ -59,7 +62,7 @@ async def _redis_state(runtime: Runtime) -> str:
     if runtime.redis is None:
         return "not configured"
     try:
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(READINESS_CHECK_SECONDS):
             await runtime.redis.ping()
     except Exception as exc:
         return f"unavailable: {type(exc).__name__}"

@@ -1,0 +1,89 @@
+"""What an operator meets first: settings refused or warned about at start, probes, and a quiet log in an outage."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from unittest.mock import patch
+
+import structlog
+from click.testing import CliRunner
+from structlog import make_filtering_bound_logger
+from structlog.testing import LogCapture
+
+import registry.runtime
+from registry.cli import main
+from registry.lib.jobs import PeriodicJob
+from registry.runtime import Runtime
+from registry.settings import unknown_variables
+from registry.system.controller import READINESS_CHECK_SECONDS
+from tests.embedded import embedded_settings
+from tests.test_operations import compose
+
+
+def test_a_misspelt_variable_is_warned_about_and_bad_urls_stop_the_start_naming_their_variable(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "REGISTRY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
+        "REGISTRY_DATABSE_URL": "postgresql+asyncpg://registry@db/registry",  # ignored, and said so
+        "REGISTRY_URL": "http://127.0.0.1:8000",  # the API commands' own variable: no warning
+        "REGISTRY_REDIS_URL": "localhost:6379",  # redis' own parser refused it at start, with a traceback
+        "REGISTRY_BACKENDS": '{"local": {"url": "vllm:8000"}}',  # every completion would have failed
+    }
+    result = CliRunner().invoke(main, ["migrate"], env=env, catch_exceptions=False)
+
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert (
+        "warning: REGISTRY_DATABSE_URL is not a setting and is ignored (did you mean REGISTRY_DATABASE_URL?)" in lines
+    )
+    assert "REGISTRY_URL " not in result.stderr
+    assert lines[-1] == (
+        "error: invalid settings: REGISTRY_REDIS_URL: Value error, redis_url must start with redis://, rediss:// "
+        "or unix://; REGISTRY_BACKENDS (local.url): Value error, url must be http:// or https:// and a host, "
+        "e.g. http://vllm:8000"
+    )
+    assert not (tmp_path / "registry.db").exists()
+
+
+def test_every_variable_the_compose_file_sets_is_a_setting_and_its_readiness_probe_outwaits_the_checks() -> None:
+    services = compose()["services"]
+    for name in ("migrate", "registry", "worker"):
+        environment = {key: str(value) for key, value in services[name]["environment"].items()}
+        assert unknown_variables(environment) == [], name
+    healthcheck = services["registry"]["healthcheck"]
+    probe_timeout = float(re.findall(r"timeout=([0-9.]+)", " ".join(healthcheck["test"]))[0])
+    # /ready answers only once a hung dependency's check gave up: a shorter wait fails a replica that serves.
+    assert READINESS_CHECK_SECONDS < probe_timeout < float(healthcheck["timeout"].rstrip("s"))
+
+
+async def test_a_job_failing_run_after_run_logs_its_failures_sparsely_and_its_recovery(tmp_path: Path) -> None:
+    runtime = Runtime.build(embedded_settings(tmp_path))
+    runs = 0
+
+    async def fail_nine_times() -> None:
+        nonlocal runs
+        runs += 1
+        if runs <= 9:
+            raise ConnectionRefusedError("the database is down")
+        runtime._stopping = True  # the loop ends after this run
+
+    # Every level, whatever level the logging of an app built earlier in this process left configured.
+    capture = LogCapture()
+    logger = structlog.wrap_logger(None, processors=[capture], wrapper_class=make_filtering_bound_logger(0))
+    try:
+        with patch.object(registry.runtime, "logger", logger):
+            await runtime._every(PeriodicJob("flaky", 0.0, fail_nine_times))
+    finally:
+        await runtime.engine.dispose()
+
+    seen: list[tuple[Any, ...]] = [(log["event"], log["consecutive_failures"]) for log in capture.entries]
+    assert seen == [
+        ("background job failed", 1),
+        ("background job failed", 2),
+        ("background job failed", 4),
+        ("background job failed", 8),
+        ("background job recovered", 9),
+    ]
