@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -227,8 +228,8 @@ async def _gate_check(
 
 def _snapshot(experiment: Experiment) -> dict[str, Any]:
     """What the audit log keeps of an experiment before and after a change: whatever decides what a unit gets and
-    how the results judge it, so that each change shows in its entry (forced units as a count: they are unit ids).
-    """
+    how the results judge it, so that each change shows in its entry (forced units are counted per variant: their
+    keys are unit ids)."""
     return {
         "status": experiment.status,
         "phase": experiment.phase,
@@ -243,7 +244,7 @@ def _snapshot(experiment: Experiment) -> dict[str, Any]:
         "namespace": None
         if experiment.namespace is None
         else [experiment.namespace, experiment.namespace_start, experiment.namespace_end],
-        "forced_variants": len(experiment.forced_variants),
+        "forced_variants": dict(sorted(Counter(experiment.forced_variants.values()).items())),
         "metrics": {m.metric.key: m.role for m in experiment.metrics},
         "analysis": {
             "alpha": experiment.alpha,
