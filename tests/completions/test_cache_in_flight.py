@@ -15,14 +15,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.completions.cache import CachedCompletion, ResponseCache
-from registry.completions.metrics import CompletionMetrics
-from registry.completions.models import SemanticCacheEntry, SemanticCacheSettings
+from registry.completions.models import SemanticCacheEntry
 from registry.completions.semantic_cache import SemanticCache, SemanticProbe
 from registry.completions.semantic_privacy import stop_keeping_answers
 from registry.completions.semantic_repository import SemanticCacheRepository
@@ -31,13 +29,12 @@ from registry.db.base import utcnow
 from registry.db.engine import create_sessionmaker
 from registry.experiments.privacy import UnitDataService
 from registry.experiments.privacy_digest import unit_digest
-from registry.lib.changes import ChangeBus
 from registry.prompts.models import Prompt
-from registry.prompts.schemas import LinkedConfig
 from registry.settings import Settings
 from tests.completions.cached_registry import SHAPES, CachedRegistry, serve_cached_registry
 from tests.completions.conftest import WAIT, HeldBackend, backend, publish, unique, until
 from tests.completions.fault_server import CHAT
+from tests.completions.semantic import miss_for, semantic_cache_on
 from tests.conftest import REDIS_URL, TEST_ACTOR
 
 DETERMINISTIC = {"max_tokens": 8, "temperature": 0}
@@ -132,36 +129,8 @@ async def waiting_for_a_lock(engine: AsyncEngine) -> bool:
 
 async def cached_prompt(engine: AsyncEngine) -> tuple[SemanticCache, SemanticProbe, Prompt]:
     """Prompt ``greet`` with its semantic cache on, a semantic cache, and a miss looked up for unit ``ada``."""
-    sessionmaker = create_sessionmaker(engine)
-    async with sessionmaker() as session, session.begin():
-        prompt = Prompt(name="greet", store_io=True, created_by="test", updated_by="test")
-        session.add(prompt)
-        await session.flush()
-        session.add(
-            SemanticCacheSettings(
-                prompt_id=prompt.id, enabled=True, threshold=0.8, exact_variables=[], updated_by="test"
-            )
-        )
-    cache = SemanticCache(
-        sessionmaker,
-        None,
-        CompletionMetrics(CollectorRegistry()),
-        ChangeBus(None, "changes"),
-        ttl=60,
-        max_candidates=10,
-        settings_ttl=60,
-    )
-    config = LinkedConfig(
-        name="cfg",
-        version=1,
-        backend="b",
-        model="m",
-        params={},
-        input_price_per_mtok=0.0,
-        output_price_per_mtok=0.0,
-        max_context_tokens=None,
-    )
-    return cache, SemanticProbe("scope", pack([1.0, 0.0]), "greet", 1, config, None, unit="ada"), prompt
+    cache, prompt = await semantic_cache_on(engine, "greet")
+    return cache, miss_for("greet", "ada"), prompt
 
 
 async def test_on_postgresql_a_store_waits_for_the_erasure_in_progress_and_then_keeps_nothing(
