@@ -127,6 +127,40 @@ def door_chunks(raw: str) -> list[dict[str, Any]]:
     return [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: {")]
 
 
+async def cached_on_held(
+    served: Served, admin: dict[str, str], stand_in: HeldBackend, fast_path: bool, *templates: str
+) -> httpx.AsyncClient:
+    """The registry with the exact cache on and ``stand_in`` as backend ``held``: config ``main`` on it, and
+    ``greet`` with a version per template, keeping its inputs and outputs (so its answers are cached)."""
+    backends = {"held": backend(stand_in.url)}
+    client = await served(fast_path=fast_path, completion_cache_ttl_seconds=60.0, backends=backends)
+    await config(client, admin, "main", backend="held", model=unique("ok"))
+    await prompt(client, admin, *templates)
+    await ok(await client.patch("/v1/prompts/greet", json={"store_io": True}, headers=admin))
+    return client
+
+
+async def stream_held_at_the_backend(
+    client: httpx.AsyncClient, stand_in: HeldBackend, headers: dict[str, str]
+) -> asyncio.Task[tuple[httpx.Headers, list[dict[str, Any]]]]:
+    """A stream of ``greet`` through the door, once it has reached ``stand_in``; it ends with the response's
+    headers and chunks, a 200, when ``stand_in`` is released."""
+
+    async def stream_through_the_door() -> tuple[httpx.Headers, list[dict[str, Any]]]:
+        body = {"model": "prompt:greet", "messages": [], "variables": ADA, "stream": True}
+        async with client.stream("POST", CHAT, json=body, headers=headers) as response:
+            assert response.status_code == 200
+            return response.headers, door_chunks((await response.aread()).decode())
+
+    in_flight = asyncio.create_task(stream_through_the_door())
+
+    async def arrived() -> bool:
+        return stand_in.arrived.is_set()
+
+    await eventually(arrived, "the stream to reach the backend")
+    return in_flight
+
+
 async def facts_of_every_way(client: httpx.AsyncClient, headers: dict[str, str], unit: str) -> list[dict[str, Any]]:
     """The same request four ways (door and /complete, whole and streamed): what each says ran, and its cost."""
     answers: list[dict[str, Any]] = []
@@ -318,28 +352,13 @@ async def test_a_stream_in_flight_across_a_promotion_keeps_its_version_and_its_c
     held: HeldBackend,  # noqa: F811 - the fixture
     fast_path: bool,
 ) -> None:
-    client = await served(fast_path=fast_path, completion_cache_ttl_seconds=60.0, backends={"held": backend(held.url)})
-    await config(client, admin, "main", backend="held", model=unique("ok"))
-    await prompt(client, admin, "Say hello to {{ name }}.", "Greet {{ name }}.")
-    await ok(await client.patch("/v1/prompts/greet", json={"store_io": True}, headers=admin))
-
-    async def stream_through_the_door() -> list[dict[str, Any]]:
-        body = {"model": "prompt:greet", "messages": [], "variables": ADA, "stream": True}
-        async with client.stream("POST", CHAT, json=body, headers=admin) as response:
-            assert response.status_code == 200
-            assert response.headers["x-registry-prompt-version"] == "1"
-            return door_chunks((await response.aread()).decode())
-
-    in_flight = asyncio.create_task(stream_through_the_door())
-
-    async def arrived() -> bool:
-        return held.arrived.is_set()
-
-    await eventually(arrived, "the stream to reach the backend")
+    client = await cached_on_held(served, admin, held, fast_path, "Say hello to {{ name }}.", "Greet {{ name }}.")
+    in_flight = await stream_held_at_the_backend(client, held, admin)
     promote = {"to": "production", "expected_current": 1}
     await ok(await client.post("/v1/prompts/greet/versions/2/promote", json=promote, headers=admin))
     held.release.set()
-    chunks = await in_flight
+    headers, chunks = await in_flight
+    assert headers["x-registry-prompt-version"] == "1"
     [finish] = [chunk for chunk in chunks if "registry" in chunk]
     assert (finish["registry"]["version"], finish["registry"]["cached"]) == (1, False)
     text = "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks if chunk["choices"])
@@ -366,28 +385,13 @@ async def test_a_budget_set_while_a_stream_runs_is_used_up_by_it_and_then_refuse
     held: HeldBackend,  # noqa: F811 - the fixture
     fast_path: bool,
 ) -> None:
-    client = await served(fast_path=fast_path, completion_cache_ttl_seconds=60.0, backends={"held": backend(held.url)})
-    await config(client, admin, "main", backend="held", model=unique("ok"))
-    await prompt(client, admin, "Say hello to {{ name }}.")
-    await ok(await client.patch("/v1/prompts/greet", json={"store_io": True}, headers=admin))
+    client = await cached_on_held(served, admin, held, fast_path, "Say hello to {{ name }}.")
     key_id, app = await key_with_budget(client, admin, ["read"])
-
-    async def stream_through_the_door() -> list[dict[str, Any]]:
-        body = {"model": "prompt:greet", "messages": [], "variables": ADA, "stream": True}
-        async with client.stream("POST", CHAT, json=body, headers=app) as response:
-            assert response.status_code == 200
-            return door_chunks((await response.aread()).decode())
-
-    in_flight = asyncio.create_task(stream_through_the_door())
-
-    async def arrived() -> bool:
-        return held.arrived.is_set()
-
-    await eventually(arrived, "the stream to reach the backend")
+    in_flight = await stream_held_at_the_backend(client, held, app)
     # 7 + 3 tokens: the stream now running uses it up exactly; it is not cut short for it.
     await ok(await client.put(f"/v1/keys/{key_id}/budget", json={"monthly_tokens": 10}, headers=admin))
     held.release.set()
-    chunks = await in_flight
+    _, chunks = await in_flight
     [finish] = [chunk for chunk in chunks if "registry" in chunk]
     assert finish["choices"][0]["finish_reason"] == "stop"
     spend = await ok(await client.get(f"/v1/keys/{key_id}/budget", headers=admin))
