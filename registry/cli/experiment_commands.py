@@ -139,7 +139,9 @@ def experiments_stop(client: RegistryClient, as_json: bool, key: str, winner: st
     def render() -> None:
         _print_experiment(result["experiment"])
         promoted = result.get("promoted")
-        if promoted:
+        if promoted and not promoted["changed"]:
+            click.echo(f"{promoted['prompt']} v{promoted['version']} was already in production: nothing was promoted")
+        elif promoted:
             made = " (a new version carrying the winning config)" if promoted["created_version"] else ""
             click.echo(f"{promoted['prompt']} v{promoted['version']} is now in production{made}")
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from registry.settings import Settings
 from tests.conftest import AppClient
 from tests.experiments.conftest import make_experiment, make_metric, make_prompt
+from tests.experiments.test_cli import cli, served  # noqa: F401 - the app served for the command line
 from tests.seams.conftest import ok, rows
 
 Headers = dict[str, str]
@@ -60,3 +61,17 @@ async def test_the_stopped_event_says_whether_the_winner_changed_production_as_t
     assert none["promoted"] is None
     event = await stopped_event(clean_database, "dec6-none")
     assert (event["promoted_version"], event["changed"]) == (None, False)
+
+
+async def test_the_command_line_says_a_winner_already_in_production_was_not_promoted(
+    client: AppClient,
+    admin: Headers,
+    served: str,  # noqa: F811 - the command line's app (tests.experiments)
+) -> None:
+    await make_prompt(client, admin, "dec6-cli")
+    await make_metric(client, admin, "converted")
+    await make_experiment(client, admin, "dec6-cli-x", "dec6-cli")
+    stopped = await cli(served, admin, "experiments", "stop", "dec6-cli-x", "--winner", "control")
+    assert stopped.exit_code == 0, stopped.output
+    assert "dec6-cli v1 was already in production: nothing was promoted" in stopped.output
+    assert "is now in production" not in stopped.output
