@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -145,6 +146,7 @@ def load_settings(*, warn_unknown: bool = True) -> Settings:
     A ``REGISTRY_*`` variable that is no setting is warned about (a typo would otherwise leave a default in force).
     """
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from registry.settings import Settings, unknown_variables
 
@@ -156,6 +158,10 @@ def load_settings(*, warn_unknown: bool = True) -> Settings:
     except ValidationError as exc:
         problems = "; ".join(_setting_problem(e["loc"], e["msg"]) for e in exc.errors())
         fail(f"invalid settings: {problems}", ExitCode.USAGE)
+    except SettingsError as exc:  # a JSON setting (REGISTRY_BACKENDS...) that is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        cause = f"not JSON ({exc.__cause__})" if exc.__cause__ is not None else str(exc)
+        fail(f"invalid settings: {_setting_problem((field[1],) if field else (), cause)}", ExitCode.USAGE)
 
 
 def _setting_problem(location: tuple[int | str, ...], message: str) -> str:
@@ -297,6 +303,7 @@ def run_server(settings: Settings, target: str = "registry.app:create_app") -> N
 
     Both servers close idle and slow connections and cap them per worker (``registry.lib.server``).
     """
+    from registry.lib.logging import granian_log_config
     from registry.lib.server import connection_limit, raise_open_file_limit
 
     max_connections = connection_limit(settings.max_connections_per_worker, raise_open_file_limit())
@@ -313,6 +320,7 @@ def run_server(settings: Settings, target: str = "registry.app:create_app") -> N
             interface=Interfaces.ASGI,
             workers=settings.workers,
             log_access=False,
+            log_dictconfig=granian_log_config(settings),
             # HTTP/1 only: the automatic mode waits for a connection's first bytes without a deadline.
             http=HTTPModes.http1,
             backpressure=max_connections,

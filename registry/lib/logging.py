@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import MutableMapping
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -45,3 +47,34 @@ def configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=max(level, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
     )
+
+
+class ServerLogFormatter(logging.Formatter):
+    """The ASGI server's own lines (listening, workers, stopping) as JSON, like the service's: with
+    ``REGISTRY_LOG_JSON`` stdout holds nothing else, so a log collector that parses JSON reads every line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "event": record.getMessage(),
+            "logger": record.name.lstrip("_"),
+            "level": record.levelname.lower(),
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def granian_log_config(settings: Settings) -> dict[str, Any] | None:
+    """Granian's ``log_dictconfig``: its loggers write JSON lines to stdout (None keeps its plain lines)."""
+    if not settings.log_json:
+        return None
+    handler = {"formatter": "json", "class": "logging.StreamHandler", "stream": "ext://sys.stdout"}
+    return {
+        "formatters": {"json": {"()": f"{__name__}.ServerLogFormatter"}},
+        "handlers": {"console": handler, "access": handler},
+        "loggers": {
+            "_granian": {"handlers": ["console"], "level": "INFO", "propagate": False},
+            "granian.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+        },
+    }

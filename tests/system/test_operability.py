@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import pydoc
 import re
 from pathlib import Path
 from typing import Any
@@ -9,12 +12,14 @@ from unittest.mock import patch
 
 import structlog
 from click.testing import CliRunner
+from granian.log import LOGGING_CONFIG as GRANIAN_LOGGING_CONFIG
 from structlog import make_filtering_bound_logger
 from structlog.testing import LogCapture
 
 import registry.runtime
 from registry.cli import main
 from registry.lib.jobs import PeriodicJob
+from registry.lib.logging import granian_log_config
 from registry.runtime import Runtime
 from registry.settings import unknown_variables
 from registry.system.controller import READINESS_CHECK_SECONDS
@@ -46,6 +51,14 @@ def test_a_misspelt_variable_is_warned_about_and_bad_urls_stop_the_start_naming_
         "e.g. http://vllm:8000"
     )
     assert not (tmp_path / "registry.db").exists()
+
+    # A list setting is JSON: a bare CIDR was a traceback from the settings' parser.
+    env = {"REGISTRY_DATABASE_URL": env["REGISTRY_DATABASE_URL"], "REGISTRY_WEBHOOK_ALLOWED_NETWORKS": "10.0.0.0/8"}
+    result = CliRunner().invoke(main, ["migrate"], env=env, catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[-1] == (
+        "error: invalid settings: REGISTRY_WEBHOOK_ALLOWED_NETWORKS: not JSON (Extra data: line 1 column 5 (char 4))"
+    )
 
 
 def test_every_variable_the_compose_file_sets_is_a_setting_and_its_readiness_probe_outwaits_the_checks() -> None:
@@ -87,3 +100,19 @@ async def test_a_job_failing_run_after_run_logs_its_failures_sparsely_and_its_re
         ("background job failed", 8),
         ("background job recovered", 9),
     ]
+
+
+def test_the_servers_own_lines_are_json_like_every_other_line_on_stdout(tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path)
+    config = granian_log_config(settings)
+    assert config is not None
+    assert config["loggers"].keys() == GRANIAN_LOGGING_CONFIG["loggers"].keys()
+    assert {handler["formatter"] for handler in config["handlers"].values()} == {"json"}
+    formatter = pydoc.locate(config["formatters"]["json"]["()"])()  # type: ignore[operator]
+    record = logging.LogRecord("_granian", logging.INFO, __file__, 1, 'Listening at: "%s"', ("http://x",), None)
+
+    line = json.loads(formatter.format(record))
+
+    assert line.items() >= {"event": 'Listening at: "http://x"', "logger": "granian", "level": "info"}.items()
+    assert line["timestamp"].endswith("Z")
+    assert granian_log_config(embedded_settings(tmp_path, log_json=False)) is None
