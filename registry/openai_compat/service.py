@@ -41,6 +41,7 @@ from registry.lib.errors import (
     NotFoundError,
     RegistryError,
     problem_body,
+    translate_and_log,
 )
 from registry.lib.pagination import PageRequest
 from registry.lib.promotion import State
@@ -481,7 +482,10 @@ class OpenAIChunks:
         return self._encoder.done(self._meta, event)
 
     def error(self, error: RegistryError) -> bytes:
-        return self._encoder.error(error, instance=self._instance, request_id=self._request_id)
+        """The failure's error object, logged as the same failure before the first token is (and as
+        ``/complete``'s ``error`` event is): its request id, which the caller gets, finds it in the log."""
+        translated = translate_and_log(error, self._instance or "")
+        return self._encoder.error(translated, instance=self._instance, request_id=self._request_id)
 
 
 # --------------------------------------------------------------------------- the models a key may call
