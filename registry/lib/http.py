@@ -47,7 +47,7 @@ from registry.lib.metrics import HttpMetrics
 
 logger = structlog.get_logger("registry.access")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # fullmatch: a "$" also matches before a final newline
 # Generated ids: a random per-process prefix and a counter, unique without a system call per request.
 _ID_PREFIX = secrets.token_hex(8)
 _ID_COUNTER = itertools.count(1)
@@ -156,7 +156,7 @@ class RequestContextMiddleware:
             header_bytes += len(name) + len(value)
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")
-                request_id = candidate if _REQUEST_ID.match(candidate) else ""
+                request_id = candidate if _REQUEST_ID.fullmatch(candidate) else ""
             elif name == b"content-type":
                 content_type = value
             elif name == b"content-length":
