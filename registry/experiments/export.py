@@ -31,8 +31,19 @@ from registry.experiments.repository import ExportRepository
 ExportFormat = Literal["csv", "parquet"]
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
 _ROWS_PER_CHUNK = 5000
+UNIT_COLUMNS = ("unit", "variant", "first_exposed_at", "in_analysis")
+DENOMINATOR_SUFFIX = ".denominator"
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def export_column_problem(key: str) -> str | None:
+    """Why a metric named ``key`` would share its export column's name with another column, or None."""
+    if key in UNIT_COLUMNS:
+        return f"'{key}' names a column of every export; choose another key"
+    if key.endswith(DENOMINATOR_SUFFIX):
+        return f"a key ending in '{DENOMINATOR_SUFFIX}' names a ratio metric's denominator column in exports"
+    return None
 
 
 def csv_cell(text: str) -> str:
@@ -45,7 +56,10 @@ def csv_cell(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ExportColumn:
-    """A metric's per-unit value; a ratio metric has a second column, ``<key>.denominator``."""
+    """A metric's per-unit value; a ratio metric has a second column, ``<key>.denominator``.
+
+    Column names are unique (a reader of a Parquet file with two alike cannot read it): no metric key is one of
+    ``UNIT_COLUMNS`` or ends in ``DENOMINATOR_SUFFIX`` (``export_column_problem``)."""
 
     metric_id: int
     key: str
@@ -129,7 +143,7 @@ class ExportService:
             yield batch
 
     def header(self, plan: ExportPlan) -> list[str]:
-        return ["unit", "variant", "first_exposed_at", "in_analysis", *(c.key for c in plan.columns)]
+        return [*UNIT_COLUMNS, *(c.key for c in plan.columns)]
 
     async def stream(self, plan: ExportPlan) -> AsyncIterator[bytes]:
         if plan.format == "csv":

@@ -29,7 +29,13 @@ from registry.experiments.errors import (
     MetricNotFoundError,
     PhaseNotFoundError,
 )
-from registry.experiments.export import ExportColumn, ExportFormat, ExportPlan
+from registry.experiments.export import (
+    DENOMINATOR_SUFFIX,
+    ExportColumn,
+    ExportFormat,
+    ExportPlan,
+    export_column_problem,
+)
 from registry.experiments.models import (
     Experiment,
     ExperimentMetric,
@@ -108,6 +114,9 @@ class MetricService:
         elif not source.accepts_field(data.source_field):
             problems.append(FieldError("source_field", f"is not a field of source '{data.source}'"))
         problems += _kind_problems(data, source)
+        column_problem = export_column_problem(data.key)
+        if column_problem is not None:
+            problems.append(FieldError("key", column_problem))
         if problems:
             raise MetricInvalidError("the metric is invalid", errors=problems)
         if await self.repository.exists(data.key):
@@ -155,7 +164,9 @@ class MetricService:
 def _export_columns(metric: Metric) -> list[ExportColumn]:
     rule = MetricRule(metric.id, metric.aggregation, metric.analysis_kind)
     value = ExportColumn(metric.id, metric.key, rule.zero_filled)
-    return [value, ExportColumn(metric.id, f"{metric.key}.denominator", False, True)] if rule.is_ratio else [value]
+    return (
+        [value, ExportColumn(metric.id, f"{metric.key}{DENOMINATOR_SUFFIX}", False, True)] if rule.is_ratio else [value]
+    )
 
 
 def _kind_problems(data: CreateMetric, source: ObservationSource | None) -> list[FieldError]:

@@ -7,9 +7,10 @@ import io
 
 import pyarrow.parquet as pq
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.settings import Settings
-from tests.conftest import AppClient
+from tests.conftest import AppClient, count_rows, problem
 from tests.experiments.conftest import flush_and_aggregate, make_experiment, make_metric, make_prompt
 from tests.seams.conftest import ok
 
@@ -53,3 +54,16 @@ async def test_a_unit_id_that_would_run_as_a_formula_is_exported_as_text(client:
     response = await client.get("/v1/experiments/dec6-export-x/export?format=parquet", headers=admin)
     assert response.status_code == 200, response.text
     assert sorted(pq.read_table(io.BytesIO(response.content)).column("unit").to_pylist()) == sorted(UNITS)
+
+
+async def test_a_metric_key_that_would_repeat_an_export_column_is_refused(
+    client: AppClient, admin: Headers, clean_database: AsyncEngine
+) -> None:
+    """A ratio metric ``epc`` exports ``epc.denominator`` beside ``epc``, and every export has the unit's columns:
+    a metric named as one of them made the CSV's header name two columns alike and the Parquet file unreadable."""
+    for key in ("epc.denominator", "variant", "unit", "in_analysis", "first_exposed_at"):
+        response = await client.post("/v1/metrics", json={"key": key, "kind": "binomial"}, headers=admin)
+        assert response.status_code == 422, response.text
+        assert [e["field"] for e in problem(response)["errors"]] == ["key"], key
+    assert await count_rows(clean_database, "metrics") == 0
+    await make_metric(client, admin, "denominator.epc")  # the suffix only
