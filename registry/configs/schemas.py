@@ -30,6 +30,10 @@ RESERVED_EXTRA_KEYS = frozenset(
         "top_p",
         "top_k",
         "max_tokens",
+        # vLLM reads it before max_tokens: the config's limit, a caller's lower one and the context check miss it.
+        "max_completion_tokens",
+        # Sequences generated beyond those returned cost what no usage reports (and vLLM does not stream them).
+        "best_of",
         "stop",
         "seed",
         "presence_penalty",
