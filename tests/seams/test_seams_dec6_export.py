@@ -67,3 +67,28 @@ async def test_a_metric_key_that_would_repeat_an_export_column_is_refused(
         assert [e["field"] for e in problem(response)["errors"]] == ["key"], key
     assert await count_rows(clean_database, "metrics") == 0
     await make_metric(client, admin, "denominator.epc")  # the suffix only
+
+
+async def test_an_export_window_without_a_time_zone_or_reversed_is_refused_before_the_file_starts(
+    client: AppClient, admin: Headers
+) -> None:
+    """A naive ``exposed_from`` failed the stream after its first bytes (a cut 200, no problem+json); a window
+    ending before it starts answered an empty file, as if no unit had been exposed."""
+    await make_prompt(client, admin, "dec6-window")
+    await make_metric(client, admin, "converted")
+    await make_experiment(client, admin, "dec6-window-x", "dec6-window")
+    cases = {
+        "exposed_from=2026-01-01T00:00:00": ["exposed_from"],
+        "exposed_from=2026-01-01T00:00:00Z&exposed_to=2026-02-01T00:00:00": ["exposed_to"],
+        "exposed_from=2026-02-01T00:00:00Z&exposed_to=2026-01-01T00:00:00Z": ["exposed_to"],
+    }
+    for query, fields in cases.items():
+        for export_format in ("csv", "parquet"):
+            path = f"/v1/experiments/dec6-window-x/export?format={export_format}&{query}"
+            response = await client.get(path, headers=admin)
+            assert response.status_code == 422, (query, response.text)
+            assert [e["field"] for e in problem(response)["errors"]] == fields, query
+    window = "exposed_from=2026-01-01T00:00:00%2B02:00&exposed_to=2026-01-01T00:00:00Z"
+    response = await client.get(f"/v1/experiments/dec6-window-x/export?{window}", headers=admin)
+    assert response.status_code == 200, response.text
+    assert response.text.splitlines()[0].startswith("unit,variant")
