@@ -313,7 +313,8 @@ def run_server(settings: Settings, target: str = "registry.app:create_app") -> N
         from granian.http import HTTP1Settings
 
         Granian(
-            target,
+            # Its workers start with the server's signal handlers: the app's own factory would lose a stop.
+            "registry.lib.shutdown:create_app_in_worker" if target == "registry.app:create_app" else target,
             factory=True,
             address=settings.host,
             port=settings.port,

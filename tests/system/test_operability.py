@@ -6,6 +6,9 @@ import json
 import logging
 import pydoc
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -18,6 +21,7 @@ from structlog.testing import LogCapture
 
 import registry.runtime
 from registry.cli import main
+from registry.cli.server_commands import run_server
 from registry.lib.jobs import PeriodicJob
 from registry.lib.logging import granian_log_config
 from registry.runtime import Runtime
@@ -116,3 +120,25 @@ def test_the_servers_own_lines_are_json_like_every_other_line_on_stdout(tmp_path
     assert line.items() >= {"event": 'Listening at: "http://x"', "logger": "granian", "level": "info"}.items()
     assert line["timestamp"].endswith("Z")
     assert granian_log_config(embedded_settings(tmp_path, log_json=False)) is None
+
+
+# A granian worker starts with its server's handlers, which only flag a stop in the server's state; the app's
+# factory is replaced by one that receives a SIGTERM while it runs, as a worker stopped during its start does.
+STOPPED_WHILE_STARTING = """
+import os, signal, sys, types
+signal.signal(signal.SIGTERM, lambda *_: None)
+sys.modules["registry.app"] = types.SimpleNamespace(create_app=lambda: os.kill(os.getpid(), signal.SIGTERM))
+from registry.lib.shutdown import create_app_in_worker
+create_app_in_worker()
+sys.exit(0)
+"""
+
+
+def test_a_granian_worker_stopped_while_it_builds_the_app_ends_instead_of_serving_on(tmp_path: Path) -> None:
+    # Before, the signal was lost: the worker served on, and `registry serve` waited for it forever.
+    finished = subprocess.run([sys.executable, "-c", STOPPED_WHILE_STARTING], capture_output=True, timeout=120)
+
+    assert finished.returncode == -signal.SIGTERM, finished.stderr.decode()
+    with patch("granian.Granian") as granian:
+        run_server(embedded_settings(tmp_path))
+    assert granian.call_args.args[0] == "registry.lib.shutdown:create_app_in_worker"
