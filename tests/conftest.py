@@ -101,11 +101,26 @@ async def admin_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+def _emptying_block() -> str:
+    """One round trip that empties every table and restarts every sequence, as ``TRUNCATE ... RESTART IDENTITY``.
+
+    Deleting the few rows a test leaves takes milliseconds; truncating some forty tables made each a new file and
+    took a few hundred, in the set-up of most tests. Foreign keys are not checked meanwhile (the replica role), so
+    no order is needed.
+    """
+    deletes = " ".join(f'DELETE FROM "{table.name}";' for table in Base.metadata.sorted_tables)
+    return (
+        "DO $$ DECLARE s record; BEGIN SET LOCAL session_replication_role = replica; "
+        f"{deletes} "
+        "FOR s IN SELECT schemaname, sequencename FROM pg_sequences WHERE schemaname = current_schema() LOOP "
+        "PERFORM setval(format('%I.%I', s.schemaname, s.sequencename), 1, false); END LOOP; END $$"
+    )
+
+
 @pytest.fixture
 async def clean_database(admin_engine: AsyncEngine) -> AsyncEngine:
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
     async with admin_engine.begin() as connection:
-        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        await connection.execute(text(_emptying_block()))
     return admin_engine
 
 
