@@ -23,7 +23,7 @@ from registry.auth.audit import AuditLog
 from registry.auth.models import ApiKey
 from registry.auth.principal import Actor
 from registry.auth.service import ApiKeyNotFoundError
-from registry.completions.budgets import BudgetGuard
+from registry.completions.budgets import BudgetGuard, Reservation
 from registry.completions.cache import CachedCompletion
 from registry.completions.components import Completions
 from registry.completions.errors import (
@@ -147,6 +147,7 @@ class Run:
     recorded: bool = False
     # What an attempt given up mid-answer generated (its fallback answered instead): spent all the same.
     set_aside: Spend = field(default_factory=Spend)
+    reservation: Reservation | None = None  # held against the key's budget until the run is recorded
 
     @property
     def text(self) -> str:
@@ -292,7 +293,6 @@ class CompletionService:
         plan = self._plan(config, rendering.out, overrides)
         run = Run(rendering=rendering, caller=caller, stream=data.stream, plan=plan, unit=data.unit)
         await self._guard_input(run, data, overrides)
-        await self._check_context(run.plan)
         return run, overrides
 
     classifying = False  # a model guard's classifier (ClassifierCompletions): model guards on its config are refused
@@ -373,6 +373,29 @@ class CompletionService:
         if problem is not None:
             raise ContextLengthExceededError(problem, prompt_tokens=count, max_context_tokens=limit)
 
+    async def _reserve(self, run: Run) -> None:
+        """Hold the most the run may spend against its key's budget until it is recorded (``BudgetGuard.reserve``):
+        its prompt's upper bound plus its max_tokens (else what the context leaves), at its config's prices."""
+        if run.caller.key is None or self.classifying:  # a classifier's run is bounded by the request it guards
+            return
+        plan = run.plan
+
+        def most() -> tuple[int, float]:
+            prompt = token_upper_bound(plan.payload)
+            output = plan.payload.get("max_tokens")
+            if output is None:
+                limit = plan.config.max_context_tokens or plan.backend.model_context.get(plan.config.model)
+                output = max(0, limit - prompt) if limit else 0
+            cost = completion_cost(
+                prompt,
+                output,
+                input_price_per_mtok=plan.config.input_price_per_mtok,
+                output_price_per_mtok=plan.config.output_price_per_mtok,
+            )
+            return prompt + output, cost
+
+        run.reservation = await self.completions.budgets.reserve(run.caller.key, most)
+
     # -- running
 
     async def _open(self, run: Run, overrides: Overrides) -> UpstreamStream:
@@ -435,6 +458,18 @@ class CompletionService:
             config_version=config.version,
             payload=run.plan.payload,
         )
+
+    async def _from_caches(self, run: Run, key: str | None, data: CompleteRequest) -> bool:
+        """Serve the run from the exact cache, else check that the request fits, else try the semantic cache.
+
+        An exact hit is the answer to this very request (config version and all), which fitted: counting its
+        prompt again would cost a backend round trip, and wait up to the first-token timeout on a hung backend,
+        for an answer already in hand.
+        """
+        if await self._from_cache(run, key):
+            return True
+        await self._check_context(run.plan)
+        return await self._from_semantic_cache(run, data)
 
     # Whether a prompt's semantic cache may answer; an evaluation run measures the model's own answers.
     semantic_cache = True
@@ -511,10 +546,11 @@ class CompletionService:
     async def complete(self, name: str, data: CompleteRequest, caller: Caller) -> CompletionOut:
         run, overrides = await self._prepare(name, data, caller)
         key = self._cache_key(run)
-        if await self._from_cache(run, key) or await self._from_semantic_cache(run, data):
+        if await self._from_caches(run, key, data):
             await self._guard_output(run)  # a cached answer passes the output guards as the model's does
             self._record(run)
             return self._result(run)
+        await self._reserve(run)
         try:
             upstream = await self._open(run, overrides)
             try:
@@ -531,6 +567,7 @@ class CompletionService:
             self._fail(run, exc)
             raise
         except ContextLengthExceededError:
+            self.completions.budgets.release(run.reservation)
             raise  # the backend found the input too long: an input error, not recorded (as on a stream)
         except Exception as exc:
             self._fail_unexpectedly(run, exc)
@@ -556,9 +593,10 @@ class CompletionService:
         """Prepare and start a completion; errors until the first token are raised here, as problems."""
         run, overrides = await self._prepare(name, data, caller)
         key = self._cache_key(run)
-        if await self._from_cache(run, key) or await self._from_semantic_cache(run, data):
+        if await self._from_caches(run, key, data):
             await self._guard_output(run)  # whole, before the replay: a block is a problem, not an error event
             return CompletionStream(self._meta(run), functools.partial(self._replay, run))
+        await self._reserve(run)
         try:
             upstream = await self._open(run, overrides)
         except RECORDED_ERRORS as exc:
@@ -568,6 +606,7 @@ class CompletionService:
             self._record(run)  # the caller went away before the first token
             raise
         except ContextLengthExceededError:
+            self.completions.budgets.release(run.reservation)
             raise  # an input error: not recorded
         except Exception as exc:
             self._fail_unexpectedly(run, exc)
@@ -681,6 +720,7 @@ class CompletionService:
                 **guard_columns(run.guarding),
             }
         )
+        self.completions.budgets.release(run.reservation)  # its spend is in the recorder's count from here on
         if run.guarding is not None:
             metrics.count_guard_outcomes(run.guarding.log.outcomes)
         metrics.completions.labels(run.status, str(run.cached).lower(), str(run.fallback_used).lower()).inc()
