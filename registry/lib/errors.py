@@ -30,6 +30,7 @@ from litestar.exceptions import (
 )
 from litestar.exceptions.base_exceptions import SerializationException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.params import ParameterKwarg
 from sqlalchemy import exc as sa_exc
 
 from registry.lib.routing import encoded_name_path
@@ -291,6 +292,11 @@ def field_error(exc: msgspec.ValidationError, *, whole: str) -> FieldError:
     return FieldError(field or whole, text)
 
 
+def _from_query(exc: ValidationException) -> bool:
+    """Whether Litestar refused a query parameter (else the body)."""
+    return any(item.get("source") == "query" for item in (exc.extra or []) if isinstance(item, dict))
+
+
 def _validation_errors(exc: ValidationException) -> list[FieldError]:
     """Field errors from Litestar's validation exception, with JSON paths from msgspec."""
     cause = exc.__cause__
@@ -369,12 +375,7 @@ def translate_exception(exc: Exception) -> RegistryError:
         return exc
     if isinstance(exc, ValidationException):
         errors = _validation_errors(exc)
-        location = (
-            "query"
-            if any(item.get("source") == "query" for item in (exc.extra or []) if isinstance(item, dict))
-            else "body"
-        )
-        return InvalidInputError(f"the request {location} is invalid", errors=errors)
+        return InvalidInputError(f"the request {'query' if _from_query(exc) else 'body'} is invalid", errors=errors)
     if isinstance(exc, NotAuthorizedException):
         return UnauthorizedError(exc.detail or "authentication required", headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, PermissionDeniedException):
@@ -442,12 +443,36 @@ def exception_handler(shape: ErrorShape | None = None) -> ExceptionHandler:
     def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
         if isinstance(exc, NotFoundException) and exc.detail == "Not Found":
             return problem_response(_route_not_found(request), request, shape)
-        return problem_response(translate_and_log(exc, request.url.path), request, shape)
+        error = translate_and_log(exc, request.url.path)
+        if isinstance(exc, ValidationException) and _from_query(exc):
+            error = _named_as_sent(request, error)
+        return problem_response(error, request, shape)
 
     return exception_to_response
 
 
 exception_to_response = exception_handler()
+
+
+def _query_names(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """The handler's arguments read from a query parameter of another name (``export_format`` from ``format``)."""
+    handler = request.scope.get("route_handler")
+    parameters = getattr(getattr(handler, "parsed_fn_signature", None), "parameters", {})
+    names = {}
+    for argument, parameter in parameters.items():
+        definition = parameter.kwarg_definition
+        sent_as = getattr(definition, "name", None) or getattr(definition, "query", None)
+        if isinstance(definition, ParameterKwarg) and isinstance(sent_as, str) and sent_as != argument:
+            names[argument] = sent_as
+    return names
+
+
+def _named_as_sent(request: Request[Any, Any, Any], error: RegistryError) -> RegistryError:
+    """Litestar names a refused query parameter by the handler's argument; the problem names it as the caller sent
+    it (``format``, never ``export_format``)."""
+    names = _query_names(request)
+    error.errors = [FieldError(names.get(e.field, e.field), e.message) for e in error.errors]
+    return error
 
 
 def _route_not_found(request: Request[Any, Any, Any]) -> NotFoundError:

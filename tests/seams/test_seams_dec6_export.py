@@ -92,3 +92,18 @@ async def test_an_export_window_without_a_time_zone_or_reversed_is_refused_befor
     response = await client.get(f"/v1/experiments/dec6-window-x/export?{window}", headers=admin)
     assert response.status_code == 200, response.text
     assert response.text.splitlines()[0].startswith("unit,variant")
+
+
+async def test_a_refused_query_parameter_is_named_as_the_caller_sent_it(client: AppClient, admin: Headers) -> None:
+    """``?format=json`` was refused naming ``export_format``, the handler's argument, a name the caller never sent."""
+    cases = {
+        "/v1/experiments/dec6-any/export?format=json": ["format"],
+        "/v1/evals/datasets/dec6-any/versions/1/export?format=xlsx": ["format"],
+        "/v1/prompts/dec6-any/diff?from=0&to=1": ["from"],
+        "/v1/prompts/dec6-any/versions?state=gone": ["state"],
+        "/v1/experiments/dec6-any/export?phase=0": ["phase"],
+    }
+    for path, fields in cases.items():
+        response = await client.get(path, headers=admin)
+        assert response.status_code == 422, (path, response.text)
+        assert [e["field"] for e in problem(response)["errors"]] == fields, path
