@@ -267,11 +267,15 @@ def worker() -> None:
     served on REGISTRY_WORKER_PORT. Stops on SIGTERM or Ctrl-C.
     """
     from registry.lib.logging import configure_logging
+    from registry.system.probes import ProbePortError
 
     os.environ["REGISTRY_ROLE"] = "worker"
     settings = load_settings()
     configure_logging(settings)
-    asyncio.run(run_worker(settings))
+    try:
+        asyncio.run(run_worker(settings))
+    except ProbePortError as exc:
+        fail(f"{exc} (REGISTRY_HOST, REGISTRY_WORKER_PORT)", ExitCode.ERROR)
 
 
 async def run_worker(settings: Settings) -> None:

@@ -34,6 +34,10 @@ def create_probe_app(runtime: Runtime) -> Litestar:
     )
 
 
+class ProbePortError(OSError):
+    """The worker's probe listener could not listen on its address (the port is taken, or not allowed)."""
+
+
 class _ProbeServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -59,12 +63,19 @@ class ProbeListener:
 
     async def start(self) -> None:
         """Listen, or raise if the port cannot be bound (a worker nobody can probe should not start)."""
-        self._task = asyncio.create_task(self._server.serve(), name="probe-listener")
+        self._task = asyncio.create_task(self._serve(), name="probe-listener")
         while not self._server.started:
             if self._task.done():
                 await self._task  # raises the bind error, if it raised one
                 raise RuntimeError(f"the worker's probe listener did not start on port {self._server.config.port}")
             await asyncio.sleep(0.01)
+
+    async def _serve(self) -> None:
+        try:
+            await self._server.serve()
+        except SystemExit as exc:  # uvicorn logs why it cannot bind, then exits the process (status 3)
+            config = self._server.config
+            raise ProbePortError(f"the worker's probes cannot listen on {config.host}:{config.port}") from exc
 
     async def stop(self) -> None:
         if self._task is None or self._task.done():

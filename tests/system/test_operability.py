@@ -7,12 +7,14 @@ import logging
 import pydoc
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
+import pytest
 import structlog
 from click.testing import CliRunner
 from granian.log import LOGGING_CONFIG as GRANIAN_LOGGING_CONFIG
@@ -27,6 +29,7 @@ from registry.lib.logging import granian_log_config
 from registry.runtime import Runtime
 from registry.settings import unknown_variables
 from registry.system.controller import READINESS_CHECK_SECONDS
+from registry.system.probes import ProbeListener, ProbePortError
 from tests.embedded import embedded_settings
 from tests.test_operations import compose
 
@@ -142,3 +145,15 @@ def test_a_granian_worker_stopped_while_it_builds_the_app_ends_instead_of_servin
     with patch("granian.Granian") as granian:
         run_server(embedded_settings(tmp_path))
     assert granian.call_args.args[0] == "registry.lib.shutdown:create_app_in_worker"
+
+
+async def test_a_worker_whose_probe_port_is_taken_fails_with_an_error_not_uvicorns_exit(tmp_path: Path) -> None:
+    # uvicorn exits the process when it cannot bind: `registry worker` ended with status 3 ("not found").
+    runtime = Runtime.build(embedded_settings(tmp_path))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        try:
+            with pytest.raises(ProbePortError, match=f"cannot listen on 127.0.0.1:{port}"):
+                await ProbeListener(runtime, "127.0.0.1", port).start()
+        finally:
+            await runtime.engine.dispose()
