@@ -11,10 +11,12 @@ A key's budget and its spend are each read once per expiry however many of its
 requests miss them together (``SingleFlight``): the others wait for that read, and
 share its failure when it fails (the request fails, as with a read of its own).
 
-Within one process a key overshoots only by the completions already running
-when it reaches its limit (each is checked before it starts and charged after
-it ends). Other replicas' unwritten spend is missed for at most one flush
-interval: budgets are a guard rail, not an invoice.
+A completion is charged after it ends, so each one running holds a reservation of the most it may spend
+(its prompt's upper bound plus its max_tokens, at its config's prices) until it is recorded: a key is refused
+while its spend plus its reservations reach a limit. Without them, every request a key sent at once passed
+the check before any was charged: twenty parallel requests on a budget of one spent twenty times it. Now
+within one process a key overshoots by at most one completion. Other replicas' reservations and unwritten
+spend are missed for at most one flush interval: budgets are a guard rail, not an invoice.
 
 Spend in records that will never be written (the database refused them, a full
 buffer dropped them) is counted too, until their month ends
@@ -56,6 +58,26 @@ class Budget:
 
 
 UNLIMITED = Budget(None, None)
+_IN_FLIGHT_RETRY_SECONDS = 1
+
+
+@dataclass(slots=True)
+class Reservation:
+    """The most a completion in flight may spend, counted against its key's budget until it is recorded."""
+
+    key: str
+    tokens: int
+    cost: float
+    released: bool = False
+
+
+@dataclass(slots=True)
+class _Held:
+    """A key's reservations: how many, and the tokens and cost they hold."""
+
+    count: int = 0
+    tokens: int = 0
+    cost: float = 0.0
 
 
 @dataclass(slots=True)
@@ -82,6 +104,7 @@ class BudgetGuard:
         self._budget_reads: SingleFlight[str, Budget] = SingleFlight()
         self._spend_reads: SingleFlight[str, _Written] = SingleFlight()
         self._generation = 0  # changes seen: a read that a change overlapped is not cached
+        self._held: dict[str, _Held] = {}  # by key: the reservations of its completions in flight
         bus.subscribe(self._on_change)
         recorder.on_written(self._on_written)
 
@@ -108,12 +131,67 @@ class BudgetGuard:
 
     async def check(self, key: str) -> None:
         """Raise ``OverBudgetError`` when ``key`` has used up a monthly budget."""
-        budget = self._budgets.get(key)
-        if budget is None:
-            budget = await self._budget_reads.load(key, lambda: self._read_budget(key))
+        budget = await self._budget(key)
         if budget.unlimited:
             return
         tokens, cost = await self.spend(key)
+        self._refuse_if_spent(budget, tokens, cost)
+
+    async def reserve(self, key: str, most: Callable[[], tuple[int, float]]) -> Reservation | None:
+        """Hold the tokens and cost ``most`` gives against ``key``'s budget until ``release``; None for a key
+        without one (``most`` is then not called).
+
+        Refused (``OverBudgetError``) when the key's spend plus the reservations of its completions already
+        in flight reach a limit; this one may then overshoot it, alone. From the spend read to the reservation
+        nothing is awaited, so requests reserving at once each see the others'.
+        """
+        budget = await self._budget(key)
+        if budget.unlimited:
+            return None
+        used_tokens, used_cost = await self.spend(key)
+        self._refuse_if_spent(budget, used_tokens, used_cost)
+        held = self._held.get(key) or _Held()
+        if budget_problem(
+            used_tokens=used_tokens + held.tokens,
+            used_cost=used_cost + held.cost,
+            token_budget=budget.monthly_tokens,
+            cost_budget=budget.monthly_cost,
+        ):
+            raise OverBudgetError(
+                f"this API key's {held.count} completion(s) in flight may use the rest of its monthly budget; "
+                "retry when they have ended",
+                headers={"Retry-After": str(_IN_FLIGHT_RETRY_SECONDS)},
+            )
+        tokens, cost = most()
+        held.count += 1
+        held.tokens += tokens
+        held.cost += cost
+        self._held[key] = held
+        return Reservation(key, tokens, cost)
+
+    def release(self, reservation: Reservation | None) -> None:
+        """The completion was recorded (its spend is counted now) or ended without running: drop its hold."""
+        if reservation is None or reservation.released:
+            return
+        reservation.released = True
+        held = self._held.get(reservation.key)
+        if held is None:
+            return
+        held.count -= 1
+        if held.count <= 0:
+            del self._held[reservation.key]  # no sum of float costs left behind
+        else:
+            held.tokens -= reservation.tokens
+            held.cost -= reservation.cost
+
+    async def _budget(self, key: str) -> Budget:
+        budget = self._budgets.get(key)
+        if budget is None:
+            budget = await self._budget_reads.load(key, lambda: self._read_budget(key))
+        return budget
+
+    @staticmethod
+    def _refuse_if_spent(budget: Budget, tokens: int, cost: float) -> None:
         problem = budget_problem(
             used_tokens=tokens, used_cost=cost, token_budget=budget.monthly_tokens, cost_budget=budget.monthly_cost
         )
