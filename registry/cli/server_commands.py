@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -235,6 +236,11 @@ def serve(host: str | None, port: int | None, workers: int | None, server: str |
     # Workers are separate processes that read settings from the environment.
     os.environ.update({f"REGISTRY_{k.upper()}": str(v) for k, v in overrides.items() if v is not None})
     settings = load_settings()
+    # Before migrating: taken, granian ends in a page of Rust backtrace and uvicorn with status 3 ("not found").
+    if (reason := cannot_listen(settings.host, settings.port)) is not None:
+        fail(
+            f"cannot listen on {settings.host}:{settings.port}: {reason} (REGISTRY_HOST, REGISTRY_PORT)", ExitCode.ERROR
+        )
     if migrate:
         run_migrations(settings)
     if settings.bootstrap_admin_key:
@@ -242,6 +248,17 @@ def serve(host: str | None, port: int | None, workers: int | None, server: str |
     click.echo(f"prompt-registry {__version__} on http://{settings.host}:{settings.port} ({settings.server})", err=True)
     with process_group_metrics_dir(settings):
         run_server(load_settings(warn_unknown=False))  # warned above
+
+
+def cannot_listen(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host:port`` now (the port is taken, the address is not this host's)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 @contextmanager

@@ -157,3 +157,17 @@ async def test_a_worker_whose_probe_port_is_taken_fails_with_an_error_not_uvicor
                 await ProbeListener(runtime, "127.0.0.1", port).start()
         finally:
             await runtime.engine.dispose()
+
+
+def test_serve_on_a_taken_port_says_so_in_one_line_before_touching_the_database(tmp_path: Path) -> None:
+    # Before: migrations and a first admin key, then a page of granian's Rust backtrace (uvicorn: status 3).
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = {"REGISTRY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}", "REGISTRY_PORT": str(port)}
+        result = CliRunner().invoke(main, ["serve"], env=env, catch_exceptions=False)
+
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines()[-1] == (
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use (REGISTRY_HOST, REGISTRY_PORT)"
+    )
+    assert not (tmp_path / "registry.db").exists()
