@@ -7,6 +7,7 @@ requests stored (both carry the unit's digest, never the unit).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from datetime import timedelta
 
@@ -18,6 +19,7 @@ from registry.completions.cache import ResponseCache
 from registry.completions.repository import CompletionRepository
 from registry.completions.semantic_repository import SemanticCacheRepository
 from registry.completions.usage import UsageRecorder
+from registry.db.base import utcnow
 from registry.experiments.aggregator import UnitRecomputer
 from registry.experiments.errors import UnitNotFoundError
 from registry.experiments.exposures import ExposureBuffer
@@ -31,6 +33,7 @@ from registry.experiments.schemas import (
     UnitErasedOut,
     UnitEventOut,
     UnitExposureOut,
+    UnitForcedOut,
     UnitMetricOut,
     UnitStandingOut,
     UnitStoredTextOut,
@@ -67,7 +70,8 @@ class UnitDataService:
         standings = await self.repository.standings(unit)
         cached = await self.semantic_cache.entries_of_unit(unit_digest(unit))
         completions = await self.completions.of_unit(unit)
-        if not (exposures or events or standings or pending_exposures or cached or completions):
+        forced = await self.repository.forced_in(unit)
+        if not (exposures or events or standings or pending_exposures or cached or completions or forced):
             raise UnitNotFoundError("the service holds no data on this unit")
         values: dict[tuple[int, int], list[UnitMetricOut]] = {}
         for experiment_id, phase, metric, value, pre in await self.repository.metric_values(unit):
@@ -130,11 +134,12 @@ class UnitDataService:
                     if prompt_text is not None or completion_text is not None
                 ],
             ),
+            forced_variants=[UnitForcedOut(experiment=e.key, variant=variant) for e, variant in forced],
         )
 
     async def erase(self, unit: str, actor: Actor) -> UnitErasedOut:
         """Delete the unit's exposures, events and cached answers, cut its completions loose from it, take it out
-        of every experiment's statistics, and audit; all in the request's transaction.
+        of every experiment's statistics and forced variants, and audit; all in the request's transaction.
 
         Completion records are anonymised rather than deleted, column by column:
 
@@ -179,6 +184,7 @@ class UnitDataService:
         if self.exposures is not None:
             await self.exposures.erase_unit(unit)
         await self.repository.lock_erasures(erasing=True)  # before the deletes: see the docstring
+        forced = await self._unpin(unit, actor)  # the experiments' rows before the statistics, as their updates do
         await self.statistics.lock(wait=True)
         derived = len(await self.statistics.standings_of([unit])) + len(await self.statistics.metric_values_of([unit]))
         exposures, events = await self.repository.delete_facts(unit)
@@ -199,6 +205,7 @@ class UnitDataService:
             completions=completions,
             completion_texts=texts,
             cached_completions=cached_completions,
+            forced_variants=forced,
         )
         await self.audit.record(
             actor,
@@ -213,6 +220,7 @@ class UnitDataService:
                 "completions": completions,
                 "completion_texts": texts,
                 "cached_completions": cached_completions,
+                "forced_variants": forced,
             },
         )
         # Once committed, every replica drops the unit's buffered exposures, and the exposures and events its
@@ -222,3 +230,29 @@ class UnitDataService:
         # for a while.
         record_change(self.session, Change("experiment", unit_digest(unit), UNIT_ERASED))
         return erased
+
+    async def _unpin(self, unit: str, actor: Actor) -> int:
+        """Take the unit out of every experiment's forced variants, which name it: each experiment's change is
+        audited (forced units counted per variant, as its updates are) and reaches the routers, which then hash the
+        unit like any other."""
+        pins = await self.repository.forced_in(unit, for_update=True)
+        for experiment, _ in pins:
+            before = _forced_counts(experiment.forced_variants)
+            experiment.forced_variants = {u: v for u, v in experiment.forced_variants.items() if u != unit}
+            experiment.updated_at = utcnow()
+            experiment.updated_by = actor.name
+            await self.session.flush()
+            await self.audit.record(
+                actor,
+                "experiment.update",
+                "experiment",
+                experiment.key,
+                before={"forced_variants": before},
+                after={"forced_variants": _forced_counts(experiment.forced_variants), "reason": "a unit was erased"},
+            )
+            record_change(self.session, Change("experiment", experiment.key, "updated"))
+        return len(pins)
+
+
+def _forced_counts(forced: Mapping[str, object]) -> dict[str, int]:
+    return dict(sorted(Counter(str(variant) for variant in forced.values()).items()))

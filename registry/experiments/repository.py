@@ -13,7 +13,22 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import msgspec
-from sqlalchemy import ARRAY, Row, String, any_, bindparam, delete, exists, func, literal, select, text, update
+from sqlalchemy import (
+    ARRAY,
+    Row,
+    String,
+    any_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    literal,
+    select,
+    text,
+    type_coerce,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -719,6 +734,17 @@ class UnitDataRepository(_Repository):
             .where(UnitMetricValue.unit == unit)
         )
         return (await self.session.execute(query)).all()
+
+    async def forced_in(self, unit: str, *, for_update: bool = False) -> list[tuple[Experiment, str]]:
+        """The experiments that pin ``unit`` to a variant (forced variants: QA units, named by their ids), each with
+        that variant. The pins are read from the experiments that have any: a few hundred small maps at most."""
+        query = select(Experiment).order_by(Experiment.key)
+        if self.is_postgresql:  # the JSONB key test; SQLite's JSON is read whole
+            query = query.where(type_coerce(Experiment.forced_variants, JSONB).has_key(unit))
+        if for_update:
+            query = query.with_for_update()
+        experiments = (await self.session.scalars(query)).all()
+        return [(e, str(e.forced_variants[unit])) for e in experiments if unit in e.forced_variants]
 
     async def delete_facts(self, unit: str) -> tuple[int, int]:
         """Delete the unit's exposures and events; returns how many of each."""

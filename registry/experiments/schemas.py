@@ -568,6 +568,13 @@ class UnitCompletionsOut(Output):
     stored_texts: list[UnitStoredTextOut] = msgspec.field(default_factory=list)
 
 
+class UnitForcedOut(Output):
+    """An experiment that pins the unit to a variant (its forced variants name the unit)."""
+
+    experiment: str
+    variant: str
+
+
 class UnitDataOut(Output):
     """Everything the service holds on a unit."""
 
@@ -578,6 +585,7 @@ class UnitDataOut(Output):
     pending_exposures: int  # first exposures still buffered in this process
     cached_answers: list[UnitCachedAnswerOut] = msgspec.field(default_factory=list)
     completions: UnitCompletionsOut = msgspec.field(default_factory=UnitCompletionsOut)
+    forced_variants: list[UnitForcedOut] = msgspec.field(default_factory=list)
 
 
 class UnitErasedOut(Output):
@@ -589,3 +597,4 @@ class UnitErasedOut(Output):
     completions: int = 0  # completion records cut loose from the unit (their accounting stays)
     completion_texts: int = 0  # of those, the ones whose stored texts were cleared
     cached_completions: int = 0  # exact cache entries stored from its requests
+    forced_variants: int = 0  # experiments' pins of the unit to a variant, removed

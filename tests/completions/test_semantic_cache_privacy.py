@@ -182,6 +182,7 @@ async def test_a_units_cached_answers_are_described_and_erased_and_no_one_elses(
         "completions": 0,
         "completion_texts": 0,
         "cached_completions": 0,
+        "forced_variants": 0,
     }
     assert again.status_code == 404
     assert await entries(clean_database) == [("greet", "answer for dave"), ("greet", "answer for None")]

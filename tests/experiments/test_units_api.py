@@ -54,6 +54,7 @@ async def test_erasing_a_unit_removes_its_data_and_its_share_of_the_statistics(
         "completions": 0,
         "completion_texts": 0,
         "cached_completions": 0,
+        "forced_variants": 0,
     }
     assert (await client.get("/v1/units/user-3", headers=setup)).status_code == 404
 
@@ -84,6 +85,7 @@ async def test_erasing_is_idempotent(client: Client, setup: dict[str, str]) -> N
         "completions": 0,
         "completion_texts": 0,
         "cached_completions": 0,
+        "forced_variants": 0,
     }
 
 
