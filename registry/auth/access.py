@@ -41,17 +41,20 @@ def required_scope(route: FrontRoute) -> Scope:
     return required
 
 
+def authorization_of(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The request's (first) ``Authorization`` header, as the key check reads it."""
+    for name, value in headers:
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return None
+
+
 async def authorize(runtime: Runtime, headers: Iterable[tuple[bytes, bytes]], required: Scope) -> Principal:
     """The caller's key, checked for ``required`` and counted against its rate limit.
 
     Shared by the Litestar hook and the fast path (``registry.prompts.fast_path``).
     """
-    authorization = None
-    for name, value in headers:
-        if name == b"authorization":
-            authorization = value.decode("latin-1")
-            break
-    principal = await runtime.key_verifier.authenticate(authorization)
+    principal = await runtime.key_verifier.authenticate(authorization_of(headers))
     if not grants(principal.scopes, required):
         raise ForbiddenError(f"this API key lacks the '{required.value}' scope")
     runtime.rate_limiter.admit(principal)

@@ -161,6 +161,17 @@ class ApiKeyVerifier:
                 raise
             return self._trust_stale(authorization, verified)
 
+    async def still_valid(self, authorization: str | None) -> bool:
+        """Whether a key let in earlier may go on with a response that outlives its check (the change feed):
+        False once it was revoked or expired (or deleted); True while the database cannot say."""
+        try:
+            await self.authenticate(authorization)
+        except UnauthorizedError:
+            return False
+        except DatabaseUnavailableError:
+            return True  # as a key verified before an outage: revocations heard meanwhile still end it
+        return True
+
     def _trust_stale(self, authorization: str, verified: _VerifiedHeader) -> Principal:
         """Serve a key verified before the database became unreachable; ask the database again in a while."""
         if not self._trusting_stale:

@@ -3,29 +3,38 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
-from litestar import Controller, get
+from litestar import Controller, Request, get
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
+from registry.auth.access import authorization_of
 from registry.auth.keys import Scope
 from registry.db.base import utcnow
 from registry.runtime import Runtime
 
 
-async def feed_messages(runtime: Runtime) -> AsyncIterator[ServerSentEventMessage]:
+async def feed_messages(runtime: Runtime, authorization: str | None) -> AsyncIterator[ServerSentEventMessage]:
+    """The feed's events while its key stays valid: one revoked or expired while listening ends it at its next
+    event or heartbeat, as the key check would refuse its next request (the feed is one request that lasts)."""
     hub = runtime.feed
     listener = hub.listen()
     heartbeat = runtime.settings.feed_heartbeat_seconds
+    verifier = runtime.key_verifier
     try:
         yield ServerSentEventMessage(event="hello", data=json.dumps({"at": utcnow().isoformat()}), retry=1000)
         while True:
             try:
                 item = await asyncio.wait_for(listener.queue.get(), timeout=heartbeat)
             except TimeoutError:
+                if not await verifier.still_valid(authorization):
+                    return
                 yield ServerSentEventMessage(comment="keep-alive", data=None)
                 continue
+            if not await verifier.still_valid(authorization):
+                return
             if item.reset:
                 yield ServerSentEventMessage(event="reset", data="{}")
             elif item.change is None:
@@ -50,9 +59,11 @@ class ChangeFeedController(Controller):
         summary="Server-sent events: which prompts, configs and experiments changed",
         description=(
             "Events: `hello` on connect; `change` with `{kind, name, action}`; `reset` when changes may have been "
-            "missed (drop every cached copy). A comment is sent every `REGISTRY_FEED_HEARTBEAT_SECONDS`."
+            "missed (drop every cached copy). A comment is sent every `REGISTRY_FEED_HEARTBEAT_SECONDS`. The "
+            "feed ends when its key is revoked or expires."
         ),
         responses={200: ResponseSpec(None, media_type="text/event-stream", description="An endless event stream.")},
     )
-    async def changes(self, runtime: NamedDependency[Runtime]) -> ServerSentEvent:
-        return ServerSentEvent(feed_messages(runtime), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    async def changes(self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]) -> ServerSentEvent:
+        messages = feed_messages(runtime, authorization_of(request.scope["headers"]))
+        return ServerSentEvent(messages, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
