@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import structlog
 from litestar.connection import ASGIConnection
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 from prompt_registry_client.templating import RenderLimits
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -80,6 +80,7 @@ class Runtime:
     evals: EvalWorker  # executes evaluation runs (worker and all roles)
     rollouts: RolloutChecker  # checks running rollouts (worker and all roles)
     alerts: AlertEvaluator  # evaluates alert rules (worker and all roles)
+    job_failures: Counter  # runs of a background job that raised, by job: the log shows only some of them
     change_log: ChangeLogReader | None = None  # without Redis: what other processes changed
     process_group_metrics: ProcessGroupMetrics | None = None  # several server workers: /metrics merges them
     jobs: list[PeriodicJob] = field(default_factory=list)
@@ -123,6 +124,13 @@ class Runtime:
             bus=bus,
             metrics_registry=metrics_registry,
             http_metrics=HttpMetrics(metrics_registry),
+            job_failures=Counter(
+                "registry_background_job_failures",
+                "Runs of a background job that raised, by job (the log has the 1st, 2nd, 4th, 8th... of a streak).",
+                # Not "job": Prometheus' own target label.
+                ["background_job"],
+                registry=metrics_registry,
+            ),
             key_verifier=ApiKeyVerifier(
                 sessionmaker,
                 bus,
@@ -313,6 +321,7 @@ class Runtime:
             try:
                 await job.run()
             except Exception:
+                self.job_failures.labels(job.name).inc()
                 failures += 1
                 if failure_is_logged(failures):
                     logger.exception("background job failed", job=job.name, consecutive_failures=failures)

@@ -100,6 +100,10 @@ async def test_a_job_failing_run_after_run_logs_its_failures_sparsely_and_its_re
         await runtime.engine.dispose()
 
     seen: list[tuple[Any, ...]] = [(log["event"], log["consecutive_failures"]) for log in capture.entries]
+    failures = runtime.metrics_registry.get_sample_value(
+        "registry_background_job_failures_total", {"background_job": "flaky"}
+    )
+    assert failures == 9  # each one counted, for alerts (deploy/prometheus-alerts.yml)
     assert seen == [
         ("background job failed", 1),
         ("background job failed", 2),
