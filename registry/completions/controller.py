@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post, put
@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from registry.auth.keys import Scope
 from registry.auth.principal import Actor, Principal
 from registry.completions.fast_path import complete_answer
+from registry.completions.report_window import usage_window
 from registry.completions.schemas import (
     BudgetOut,
     CompleteRequest,
@@ -23,7 +24,6 @@ from registry.completions.schemas import (
 from registry.completions.service import BudgetService, Caller, CompletionService, UsageService
 from registry.deps import provide_resource_name
 from registry.lib.disconnect import DisconnectWatch
-from registry.lib.errors import FieldError, InvalidInputError
 from registry.lib.front import SSE_MEDIA_TYPE, Streamed
 from registry.lib.http import decode_name
 from registry.lib.streaming import PrimedStream
@@ -105,14 +105,8 @@ class UsageController(Controller):
         prompt: Annotated[str | None, QueryParameter(max_length=128)] = None,
         key: Annotated[str | None, QueryParameter(max_length=16, description="An API key id.")] = None,
     ) -> UsageReport:
-        today = datetime.now(UTC).date()
-        last = until or today
-        first = since or (last - timedelta(days=30))
-        if first > last:
-            raise InvalidInputError("since is after until", errors=[FieldError("since", "must not be after until")])
+        start, end = usage_window(since, until, today=datetime.now(UTC).date())
         dimensions: list[str] = list(dict.fromkeys(group_by or DEFAULT_GROUP_BY))
-        start = datetime(first.year, first.month, first.day, tzinfo=UTC)
-        end = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
         items, truncated = await service.report(
             dimensions, since=start, until=end, prompt=prompt, key=key, limit=MAX_USAGE_ROWS
         )
