@@ -383,10 +383,11 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     known = sorted({f"REGISTRY_{name.upper()}" for name in Settings.model_fields} | NOT_SETTINGS)
     lines = []
     for name in sorted(environ):
-        if not name.startswith("REGISTRY_") or name in known or name.startswith(NOT_SETTINGS_PREFIXES):
+        upper = name.upper()  # settings are read whatever the case of their names
+        if not upper.startswith("REGISTRY_") or upper in known or upper.startswith(NOT_SETTINGS_PREFIXES):
             continue
         # Compared without the common prefix, which would make every name look close.
-        close = difflib.get_close_matches(name[9:], [k[9:] for k in known], n=1, cutoff=0.75)
+        close = difflib.get_close_matches(upper[9:], [k[9:] for k in known], n=1, cutoff=0.75)
         hint = f" (did you mean REGISTRY_{close[0]}?)" if close else ""
         lines.append(f"{name} is not a setting and is ignored{hint}")
     return lines

@@ -69,6 +69,10 @@ def test_a_misspelt_variable_is_warned_about_and_bad_urls_stop_the_start_naming_
 
 
 def test_every_variable_the_compose_file_sets_is_a_setting_and_its_readiness_probe_outwaits_the_checks() -> None:
+    # Settings are read whatever the case of their names; so is a misspelt one found.
+    assert unknown_variables({"registry_port": "8000", "registry_databse_url": "sqlite+aiosqlite://"}) == [
+        "registry_databse_url is not a setting and is ignored (did you mean REGISTRY_DATABASE_URL?)"
+    ]
     services = compose()["services"]
     for name in ("migrate", "registry", "worker"):
         environment = {key: str(value) for key, value in services[name]["environment"].items()}
