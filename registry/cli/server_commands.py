@@ -172,13 +172,14 @@ def _setting_problem(location: tuple[int | str, ...], message: str) -> str:
     return f"{variable}{f' ({inside})' if inside else ''}: {message}"
 
 
-async def migrate_database(settings: Settings, revision: str = "head") -> None:
+async def migrate_database(settings: Settings, revision: str = "head") -> str | None:
+    """Upgrade to ``revision``; the revision the database is at then."""
     from registry.db import migrate as migrations
     from registry.db.engine import create_engine
 
     engine = create_engine(settings)
     try:
-        await migrations.upgrade(engine, revision)
+        return await migrations.upgrade(engine, revision)
     finally:
         await engine.dispose()
 
@@ -208,17 +209,23 @@ async def bootstrap_admin_key_for(settings: Settings) -> str | None:
     return await with_session(settings, work)
 
 
-def run_migrations(settings: Settings, revision: str = "head") -> None:
-    """Migrate (creating a SQLite file if need be); a database that is down is one line, not a traceback."""
+def run_migrations(settings: Settings, revision: str = "head") -> str | None:
+    """Migrate (creating a SQLite file if need be); a database that is down is one line, not a traceback.
+
+    Returns the revision the database is at then.
+    """
+    from alembic.util import CommandError
     from sqlalchemy.exc import DBAPIError
 
     try:
-        asyncio.run(migrate_database(settings, revision))
+        return asyncio.run(migrate_database(settings, revision))
     except (OSError, TimeoutError, DBAPIError) as exc:
         fail(
             f"cannot migrate the database at {masked_url(settings.database_url)}: {first_line(exc)}",
             ExitCode.UNAVAILABLE,
         )
+    except CommandError as exc:  # an unknown revision
+        fail(f"cannot migrate to {revision}: {first_line(exc)}", ExitCode.USAGE)
 
 
 # --------------------------------------------------------------------------- serve, worker, migrate
@@ -370,8 +377,9 @@ def run_server(settings: Settings, target: str = "registry.app:create_app") -> N
 def migrate(revision: str, bootstrap_admin_key: bool) -> None:
     """Apply database migrations (a deployment runs this once, before the replicas start)."""
     settings = load_settings()
-    run_migrations(settings, revision)
-    click.echo(f"database at {revision}", err=True)
+    reached = run_migrations(settings, revision)
+    # Said as it is: an upgrade never goes down, so a database past an older --revision stays where it was.
+    click.echo(f"database at {reached}", err=True)
     if bootstrap_admin_key:
         print_bootstrap_key(asyncio.run(bootstrap_admin_key_for(settings)))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,19 +30,21 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    await _run(engine, lambda config: command.upgrade(config, revision))
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> str | None:
+    """Upgrade to ``revision`` (never down: a later database stays as it is); the revision it is at then."""
+    return await _run(engine, lambda config: command.upgrade(config, revision))
 
 
-async def downgrade(engine: AsyncEngine, revision: str) -> None:
-    await _run(engine, lambda config: command.downgrade(config, revision))
+async def downgrade(engine: AsyncEngine, revision: str) -> str | None:
+    return await _run(engine, lambda config: command.downgrade(config, revision))
 
 
-async def _run(engine: AsyncEngine, action: Callable[[Config], None]) -> None:
-    def run(connection: Connection) -> None:
+async def _run(engine: AsyncEngine, action: Callable[[Config], None]) -> str | None:
+    def run(connection: Connection) -> str | None:
         config = alembic_config()
         config.attributes["connection"] = connection
         action(config)
+        return MigrationContext.configure(connection).get_current_revision()
 
     async with engine.begin() as connection:
-        await connection.run_sync(run)
+        return await connection.run_sync(run)

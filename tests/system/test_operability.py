@@ -179,3 +179,17 @@ def test_serve_on_a_taken_port_says_so_in_one_line_before_touching_the_database(
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use (REGISTRY_HOST, REGISTRY_PORT)"
     )
     assert not (tmp_path / "registry.db").exists()
+
+
+def test_migrate_says_the_revision_the_database_is_at_and_refuses_an_unknown_one_in_a_line(tmp_path: Path) -> None:
+    env = {"REGISTRY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"}
+    runner = CliRunner()
+    said = [runner.invoke(main, ["migrate", "--revision", r], env=env).stderr for r in ("0002", "0001")]
+
+    # An upgrade never goes down: it said "database at 0001" of a database at 0002.
+    assert [text.splitlines()[-1] for text in said] == ["database at 0002", "database at 0002"]
+    unknown = runner.invoke(main, ["migrate", "--revision", "0002x"], env=env)
+    assert unknown.exit_code == 2, unknown.output  # was a traceback, status 1
+    assert (
+        unknown.stderr.splitlines()[-1] == "error: cannot migrate to 0002x: Can't locate revision identified by '0002x'"
+    )
