@@ -339,6 +339,7 @@ def run_server(settings: Settings, target: str = "registry.app:create_app") -> N
         from granian import Granian
         from granian.constants import HTTPModes, Interfaces
         from granian.http import HTTP1Settings
+        from granian.log import LogLevels
 
         Granian(
             # Its workers start with the server's signal handlers: the app's own factory would lose a stop.
@@ -349,6 +350,7 @@ def run_server(settings: Settings, target: str = "registry.app:create_app") -> N
             interface=Interfaces.ASGI,
             workers=settings.workers,
             log_access=False,
+            log_level=LogLevels(settings.log_level.lower()),
             log_dictconfig=granian_log_config(settings),
             # HTTP/1 only: the automatic mode waits for a connection's first bytes without a deadline.
             http=HTTPModes.http1,

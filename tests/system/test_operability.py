@@ -153,6 +153,8 @@ def test_a_granian_worker_stopped_while_it_builds_the_app_ends_instead_of_servin
     with patch("granian.Granian") as granian:
         run_server(embedded_settings(tmp_path))
     assert granian.call_args.args[0] == "registry.lib.shutdown:create_app_in_worker"
+    # Its own lines follow REGISTRY_LOG_LEVEL too (embedded_settings: WARNING), as JSON (the test below).
+    assert granian.call_args.kwargs["log_level"] == "warning"
 
 
 async def test_a_worker_whose_probe_port_is_taken_fails_with_an_error_not_uvicorns_exit(tmp_path: Path) -> None:
