@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from litestar import Controller, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.keys import Scope
 from registry.auth.principal import Actor
 from registry.deps import provide_resource_name
+from registry.lib.pagination import PageRequest, encode_cursor
+from registry.lib.schema import paginate
 from registry.rollouts.schemas import CreateRollout, RolloutAction, RolloutOut, RolloutPage
 from registry.rollouts.service import RolloutService
 from registry.runtime import Runtime
@@ -51,9 +51,11 @@ class PromptRolloutController(Controller):
         self,
         resource_name: NamedDependency[str],
         service: NamedDependency[RolloutService],
-        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        page: NamedDependency[PageRequest],
     ) -> RolloutPage:
-        return RolloutPage(items=[RolloutOut.of(r) for r in await service.list_for_prompt(resource_name, limit)])
+        rows = await service.list_for_prompt(resource_name, page)
+        items, cursor = paginate(rows, page.limit, lambda r: encode_cursor(r.id))
+        return RolloutPage(items=[RolloutOut.of(r) for r in items], next_cursor=cursor)
 
 
 class RolloutController(Controller):

@@ -44,7 +44,8 @@ class RolloutRepository:
         )
         return (await self.session.execute(query.limit(1))).scalar_one_or_none()
 
-    async def for_prompt(self, prompt_id: int, limit: int) -> Sequence[Rollout]:
+    async def for_prompt(self, prompt_id: int, limit: int, *, before: int | None = None) -> Sequence[Rollout]:
+        """The prompt's rollouts newest first, at most ``limit``, those older than rollout ``before`` if given."""
         query = (
             select(Rollout)
             .where(Rollout.prompt_id == prompt_id)
@@ -52,6 +53,8 @@ class RolloutRepository:
             .limit(limit)
             .options(*_loaded())  # type: ignore[arg-type]
         )
+        if before is not None:
+            query = query.where(Rollout.id < before)
         return (await self.session.execute(query)).scalars().all()
 
     async def running_ids(self) -> Sequence[int]:

@@ -108,3 +108,4 @@ class RolloutOut(Output):
 
 class RolloutPage(Output):
     items: list[RolloutOut]
+    next_cursor: str | None = None

@@ -32,6 +32,7 @@ from registry.experiments.service import ExperimentService, version_inputs
 from registry.experiments.variables import production_refusals
 from registry.lib.changes import Change, record_change, savepoint
 from registry.lib.errors import ConflictError, FieldError, InvalidInputError, NotFoundError, RegistryError
+from registry.lib.pagination import PageRequest
 from registry.lib.promotion import State
 from registry.outbox.events import emit_event
 from registry.prompts.schemas import LinkedConfig
@@ -116,9 +117,10 @@ class RolloutService:
         rollout = await self.require(rollout_id)
         return rollout, list(await self.repository.events(rollout.id))
 
-    async def list_for_prompt(self, name: str, limit: int) -> Sequence[Rollout]:
+    async def list_for_prompt(self, name: str, page: PageRequest) -> Sequence[Rollout]:
+        """A page of the prompt's rollouts, newest first: ``page.limit + 1`` rows, the extra saying there are more."""
         prompt = await self.experiments.prompts.workflow.require(name)
-        return await self.repository.for_prompt(prompt.id, limit)
+        return await self.repository.for_prompt(prompt.id, page.limit + 1, before=page.after_number)
 
     # -- creating
 
