@@ -8,8 +8,7 @@ transaction, so other processes (servers, when a CLI command wrote) read them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -17,18 +16,45 @@ from registry.db.change_log import ChangeLogRepository
 from registry.lib.changes import ChangeBus, pending_changes
 
 
-@asynccontextmanager
-async def unit_of_work(sessionmaker: async_sessionmaker[AsyncSession], bus: ChangeBus) -> AsyncIterator[AsyncSession]:
-    async with sessionmaker() as session:
+class UnitOfWork:
+    """``async with``: a session whose work is committed at the end (and its changes published), or rolled back.
+
+    A class rather than a generator context manager: Litestar never closes a generator dependency (the request's
+    ``db_session``) when a dependency resolved after it fails (a page ``limit`` out of range), so the garbage
+    collector finalized that dependency and the context manager's generator inside it at once, and the second
+    failed ("aclose(): asynchronous generator is already running", logged at ERROR for each such request).
+    """
+
+    __slots__ = ("_bus", "_session", "_sessionmaker")
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], bus: ChangeBus) -> None:
+        self._sessionmaker = sessionmaker
+        self._bus = bus
+        self._session: AsyncSession | None = None
+
+    async def __aenter__(self) -> AsyncSession:
+        self._session = self._sessionmaker()
+        return await self._session.__aenter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        session = self._session
+        assert session is not None  # entered
         try:
-            yield session
-        except BaseException:
-            await session.rollback()
-            pending_changes(session)
-            raise
-        recorded = session.info.get("changes")
-        if recorded and not bus.shared:
-            await ChangeLogRepository(session).append(recorded, bus.origin)
-        await session.commit()
-        for change in pending_changes(session):
-            await bus.publish(change)
+            if exc_type is not None:
+                await session.rollback()
+                pending_changes(session)
+                return
+            recorded = session.info.get("changes")
+            if recorded and not self._bus.shared:
+                await ChangeLogRepository(session).append(recorded, self._bus.origin)
+            await session.commit()
+            for change in pending_changes(session):
+                await self._bus.publish(change)
+        finally:
+            await session.__aexit__(exc_type, exc, traceback)
+
+
+def unit_of_work(sessionmaker: async_sessionmaker[AsyncSession], bus: ChangeBus) -> UnitOfWork:
+    return UnitOfWork(sessionmaker, bus)
