@@ -358,7 +358,7 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_scheme(cls, url: str | None) -> str | None:
         # Checked here, not when the pool is made at start, where it would be a traceback.
-        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):  # empty: unset, as None
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
         return url
 

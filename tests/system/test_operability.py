@@ -27,7 +27,7 @@ from registry.cli.server_commands import run_server
 from registry.lib.jobs import PeriodicJob
 from registry.lib.logging import granian_log_config
 from registry.runtime import Runtime
-from registry.settings import unknown_variables
+from registry.settings import Settings, unknown_variables
 from registry.system.controller import READINESS_CHECK_SECONDS
 from registry.system.probes import ProbeListener, ProbePortError
 from tests.embedded import embedded_settings
@@ -69,6 +69,7 @@ def test_a_misspelt_variable_is_warned_about_and_bad_urls_stop_the_start_naming_
 
 
 def test_every_variable_the_compose_file_sets_is_a_setting_and_its_readiness_probe_outwaits_the_checks() -> None:
+    assert Settings(redis_url="").redis_url == ""  # empty is unset (no Redis), not a bad URL
     # Settings are read whatever the case of their names; so is a misspelt one found.
     assert unknown_variables({"registry_port": "8000", "registry_databse_url": "sqlite+aiosqlite://"}) == [
         "registry_databse_url is not a setting and is ignored (did you mean REGISTRY_DATABASE_URL?)"
