@@ -200,7 +200,11 @@ class ApiKeyVerifier:
                 headers=_CHALLENGE,
             )
         self._last_used[cached.principal.key_id] = time.time()
-        if self._stale_seconds > 0 and authorization is not None and generation == self._generation:
+        # Only the header as clients write it is kept: the key's holder could otherwise fill the table with
+        # spellings of one key ("bearer", more spaces) until it is cleared, and every other key with it, which
+        # during a database outage is every key's trust (and a 503 for each).
+        canonical = authorization == f"Bearer {KEY_PREFIX}_{public_id}_{secret}"
+        if self._stale_seconds > 0 and authorization is not None and canonical and generation == self._generation:
             if len(self._verified) >= self._max_entries:
                 self._verified.clear()
             self._verified[authorization] = _VerifiedHeader(
