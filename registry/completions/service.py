@@ -67,7 +67,14 @@ from registry.completions.semantic_cache import SemanticProbe
 from registry.completions.upstream import Backend, UpstreamStream
 from registry.db.base import utcnow
 from registry.guards.classifier import VERDICT_FORMAT, classify
-from registry.guards.engine import ContentBlockedError, Guarding, caller_texts, compile_guards, guard_columns
+from registry.guards.engine import (
+    ContentBlockedError,
+    Guarding,
+    caller_texts,
+    compile_guards,
+    fallback_guards,
+    guard_columns,
+)
 from registry.lib.changes import Change, record_change
 from registry.lib.errors import InvalidInputError, RegistryError
 from registry.lib.schema import Output
@@ -134,7 +141,8 @@ class Run:
     cached: bool = False
     similarity: float | None = None  # a semantic cache hit's
     semantic: SemanticProbe | None = None  # the semantic cache's lookup, where the answer is kept on a miss
-    guarding: Guarding | None = None  # the config's guards (registry.guards) and what they did
+    # The config's guards (registry.guards) and what they did; its fallback's too once that serves.
+    guarding: Guarding | None = None
     status: str = "cancelled"
     error_type: str | None = None
     finish_reason: str | None = None
@@ -302,9 +310,14 @@ class CompletionService:
         return caller_texts(data.variables)
 
     async def _guard_input(self, run: Run, data: CompleteRequest, overrides: Overrides) -> None:
-        """The config's input guards: a redaction re-plans the request, a block is recorded and raised."""
-        guards = compile_guards(run.plan.config.guards)
-        if not guards:
+        """The config's input guards: a redaction re-plans the request, a block is recorded and raised.
+
+        A config whose fallback has guards gets a Guarding even with none of its own: it keeps the caller's
+        texts for the fallback's input guards, and the log that records them (``_use_fallback``).
+        """
+        config = run.plan.config
+        guards = compile_guards(config.guards)
+        if not guards and (config.fallback is None or not config.fallback.guards):
             return
         complete = functools.partial(ClassifierCompletions(self.completions, self.catalog).complete, caller=run.caller)
         run.guarding = Guarding(
@@ -417,11 +430,30 @@ class CompletionService:
         model but not the fallback's is not sent to the fallback: the caller gets the first backend's failure
         (a 502, 503 or 504 that a retry may cure), not a 422 ``context_length_exceeded`` telling them to shorten
         a request that the model they asked for can take.
+
+        The fallback's guards act beside the first config's (which have read the input): its input guards read the
+        input as those left it, and a block of theirs leaves the request unsent there, as above; its output guards
+        screen the answer with the first config's.
         """
         fallback = run.plan.config.fallback
         if fallback is None or run.fallback_used:
             return False
-        plan = self._plan(fallback, run.rendering.out, overrides)
+        out, guarding = run.rendering.out, run.guarding
+        if guarding is not None and fallback.guards:
+            # The fallback's own guards apply too: its input guards read the input as the first config's left it.
+            guarding = guarding.with_fallback(fallback_guards(fallback.guards, fallback.name, fallback.version))
+            try:
+                out = await guarding.check_input(out, guarding.callers)
+            except ContentBlockedError as exc:
+                logger.warning(
+                    "backend failed; a guard of the fallback config blocked the request",
+                    backend=run.plan.backend.name,
+                    error=error.type,
+                    fallback=f"{fallback.name}@{fallback.version}",
+                    guard=exc.extra.get("guard"),
+                )
+                return False  # the block is in the run's guard log, which it shares
+        plan = self._plan(fallback, out, overrides)
         try:
             await self._check_context(plan)
         except ContextLengthExceededError as exc:
@@ -441,6 +473,9 @@ class CompletionService:
         )
         run.set_aside_attempt()
         run.plan = plan
+        run.guarding = guarding
+        if out is not run.rendering.out:
+            run.rendering = Rendering(out, run.rendering.resolution)
         run.fallback_used = True
         return True
 

@@ -16,10 +16,15 @@ e-mail address of ordinary length, a spaced IBAN of 42, a card number with separ
 injection phrasings) at the cost of that many characters of delay before the first token; a guard's
 ``window`` raises it for longer deny patterns. A model-graded output guard needs
 the whole answer, so with one the stream is held until the answer is complete.
+
+A completion that moves to its config's fallback takes the fallback's guards on beside its own
+(``Guarding.with_fallback``): they read the input as the requested config's left it, then screen the
+answer with them; their outcomes name the fallback config, since guard names are unique only per config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -75,6 +80,10 @@ class Guard:
     label: str | None = None
     on_error: str = "allow"
     window: int | None = None
+    # The config version whose guard this is, set for a fallback config's (``fallback_guards``): two configs may
+    # each have a guard of one name, so the record says whose acted.
+    config: str | None = None
+    config_version: int | None = None
 
     def checks(self, stage: Stage) -> bool:
         return self.on in (stage, "both")
@@ -111,6 +120,11 @@ def compile_guards(specs: Sequence[dict[str, Any]]) -> tuple[Guard, ...]:
     return _compiled(json.dumps(list(specs), sort_keys=True)) if specs else ()
 
 
+def fallback_guards(specs: Sequence[dict[str, Any]], config: str, version: int) -> tuple[Guard, ...]:
+    """A fallback config version's guards, each naming that version: they act beside the requested config's."""
+    return tuple(dataclasses.replace(guard, config=config, config_version=version) for guard in compile_guards(specs))
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """A model-graded guard's classifier answer."""
@@ -136,13 +150,20 @@ class GuardLog:
         return any(o["outcome"] == "flagged" for o in self.outcomes)
 
     def add(self, guard: Guard, stage: Stage, outcome: str, kinds: Iterable[str] = (), **detail: Any) -> None:
+        owner = {} if guard.config is None else {"config": guard.config, "config_version": guard.config_version}
         for entry in self.outcomes:
-            if (entry["guard"], entry["stage"], entry["outcome"]) == (guard.name, stage, outcome):
+            if (entry["guard"], entry.get("config"), entry["stage"], entry["outcome"]) == (
+                guard.name,
+                guard.config,
+                stage,
+                outcome,
+            ):
                 entry["findings"] = sorted(set(entry["findings"]) | set(kinds))
                 return
         self.outcomes.append(
             {
                 "guard": guard.name,
+                **owner,
                 "kind": guard.kind,
                 "stage": stage,
                 "action": guard.action,
@@ -158,9 +179,12 @@ class GuardLog:
         self.blocked = guard.name
         what = "the request's input" if stage == "input" else "the model's answer"
         found = f" ({', '.join(kinds)})" if kinds else ""
+        owner: dict[str, Any] = {} if guard.config is None else {"config": guard.config}  # a fallback's guard
+        whose = "" if guard.config is None else f" of fallback config '{guard.config}'"
         return ContentBlockedError(
-            f"guard '{guard.name}' ({guard.kind}) blocked {what}{found}",
+            f"guard '{guard.name}'{whose} ({guard.kind}) blocked {what}{found}",
             guard=guard.name,
+            **owner,
             kind=guard.kind,
             stage=stage,
             findings=kinds,
@@ -191,18 +215,42 @@ class Guarding:
     """
 
     def __init__(
-        self, guards: Sequence[Guard], classify: Classify | None, *, default_window: int, classifying: bool = False
+        self,
+        guards: Sequence[Guard],
+        classify: Classify | None,
+        *,
+        default_window: int,
+        classifying: bool = False,
+        log: GuardLog | None = None,
     ) -> None:
         self.guards = tuple(guards)
         self.classify = classify
         self.classifying = classifying
-        self.log = GuardLog()
+        self.default_window = default_window
+        self.log = log if log is not None else GuardLog()
+        self.unchecked = self.guards  # those that have not read the input yet
+        self.callers: list[str] = []  # the caller's texts as the input guards left them
         output = [g for g in self.guards if g.checks("output")]
         self.output = [g for g in output if not g.graded]
         self.graded_output = [g for g in output if g.graded]
         windows = [g.window or default_window for g in self.output]
         # None: held to the end (a model-graded output guard reads the whole answer).
         self.window: int | None = None if self.graded_output else max(windows, default=0)
+
+    def with_fallback(self, guards: Sequence[Guard]) -> Guarding:
+        """These guards and a fallback config's (``fallback_guards``) as one, keeping the log: the run moving to
+        the fallback has its answer screened by both, in one window; ``check_input`` then runs only ``guards``,
+        on the input as these left it."""
+        joined = Guarding(
+            [*self.guards, *guards],
+            self.classify,
+            default_window=self.default_window,
+            classifying=self.classifying,
+            log=self.log,
+        )
+        joined.unchecked = tuple(guards)
+        joined.callers = list(self.callers)
+        return joined
 
     def _refuse_recursion(self) -> None:
         if self.classifying and any(g.graded for g in self.guards):
@@ -214,11 +262,14 @@ class Guarding:
     # -- input
 
     async def check_input(self, out: RenderOut, caller_texts: Sequence[str]) -> RenderOut:
-        """The rendering as sent after the input guards (redactions made); raises ContentBlockedError."""
+        """The rendering as sent after the input guards (redactions made); raises ContentBlockedError.
+
+        Each guard reads the input once: a second call (``with_fallback``'s) runs only those added since.
+        """
         self._refuse_recursion()
         texts = [m.content for m in out.messages] if out.messages is not None else [out.text or ""]
         callers = [t for t in caller_texts if t]
-        for guard in self.guards:
+        for guard in self.unchecked:
             if not guard.checks("input"):
                 continue
             if guard.graded:
@@ -244,6 +295,7 @@ class Guarding:
                 if guard.action == "redact":
                     texts = [redacted(text, findings) for text, findings in found]
             self._act(guard, "input", kinds)
+        self.unchecked, self.callers = (), callers
         return _with_texts(out, texts)
 
     @staticmethod

@@ -37,7 +37,8 @@ def count_outcomes(rows: Iterable[tuple[str | None, Sequence[dict[str, Any]]]]) 
     found: dict[tuple[str, str], GuardCount] = {}
     for config, outcomes in rows:
         for outcome in outcomes:
-            key = (config or "", str(outcome.get("guard", "")))
+            # A fallback config's guard names its config (registry.guards.engine.fallback_guards).
+            key = (str(outcome.get("config") or config or ""), str(outcome.get("guard", "")))
             count = found.setdefault(key, GuardCount(*key))
             kind = outcome.get("outcome")
             if kind in count.counts:
