@@ -325,7 +325,9 @@ async def test_forced_units_see_their_variant_and_are_not_counted(client: Client
     for _ in range(3):
         assert (await render(client, setup, "qa-1"))["experiment"]["variant"] == "treatment"
     await flush_and_aggregate(client)
-    assert (await client.get("/v1/units/qa-1", headers=setup)).status_code == 404
+    held = (await client.get("/v1/units/qa-1", headers=setup)).json()  # its pin only: no exposure, no standing
+    assert (held["exposures"], held["experiments"]) == ([], [])
+    assert held["forced_variants"] == [{"experiment": "greet-test", "variant": "treatment"}]
 
 
 async def test_stopping_with_a_winner_promotes_its_version(client: Client, setup: dict[str, str]) -> None:
