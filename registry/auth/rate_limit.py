@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from registry.auth.principal import Principal
 from registry.lib.errors import RateLimitedError
+from registry.lib.logging import error_text
 
 logger = structlog.get_logger("registry.auth")
 
@@ -93,7 +94,7 @@ class RateLimiter:
                     pipe.expire(name, 2 * WINDOW_SECONDS)
                 totals = (await pipe.execute())[::2]
         except (RedisError, OSError) as exc:
-            logger.warning("rate limits counted per process: Redis is unreachable", error=str(exc))
+            logger.warning("rate limits counted per process: Redis is unreachable", error=error_text(exc))
             self._count_locally()
             return
         for (_, window, count), total in zip(sent, totals, strict=True):

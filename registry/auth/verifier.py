@@ -30,6 +30,7 @@ from registry.db.engine import READ_ONLY
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, ChangeBus
 from registry.lib.errors import DatabaseUnavailableError, UnauthorizedError, translate_exception
+from registry.lib.logging import error_text
 from registry.lib.single_flight import SingleFlight
 
 logger = structlog.get_logger("registry.auth")
@@ -253,4 +254,4 @@ class ApiKeyVerifier:
         except Exception as exc:
             for key_id, at in pending.items():
                 self._last_used.setdefault(key_id, at)
-            logger.warning("could not record API key use; will retry", error=str(exc))
+            logger.warning("could not record API key use; will retry", error=error_text(exc))

@@ -43,6 +43,7 @@ from registry.experiments.privacy_digest import ERASURE_IN_FLIGHT_SECONDS, unit_
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, record_change
 from registry.lib.errors import ServiceUnavailableError
+from registry.lib.logging import error_text
 
 logger = structlog.get_logger("registry.completions.cache")
 
@@ -120,7 +121,7 @@ class ResponseCache:
             else:
                 raw = await self._redis.get(self._prefix + key)
         except (RedisError, OSError) as exc:
-            logger.warning("response cache unavailable", error=str(exc))
+            logger.warning("response cache unavailable", error=error_text(exc))
             return None
         if not raw:
             return None
@@ -147,7 +148,7 @@ class ResponseCache:
         try:
             await self._write(keys=keys, args=[raw, max(1, int(self.ttl * 1000)), key, len(indexed)])
         except (RedisError, OSError) as exc:
-            logger.warning("response cache unavailable", error=str(exc))
+            logger.warning("response cache unavailable", error=error_text(exc))
 
     async def _delete_indexed(self, index: str, mark: str) -> int:
         """Leave the tombstone, then delete the entries the index names and the index; returns how many were there.
@@ -231,7 +232,7 @@ class ResponseCache:
             else:
                 await self.keep_prompt(change.name)
         except (RedisError, OSError) as exc:
-            logger.warning("could not follow a prompt's storage policy in the cache", error=str(exc))
+            logger.warning("could not follow a prompt's storage policy in the cache", error=error_text(exc))
 
     async def settled(self) -> None:
         """Wait for the storage-policy changes heard so far to be carried out (tests, shutdown)."""

@@ -51,6 +51,7 @@ from registry.db.text import NUL, column_lengths
 from registry.experiments.privacy_digest import unit_digest
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, ChangeBus
+from registry.lib.logging import error_text
 from registry.prompts.catalog import Rendering
 from registry.prompts.schemas import LinkedConfig
 
@@ -134,7 +135,7 @@ class SemanticCache:
             async with self._sessionmaker() as session:
                 found = await SemanticCacheRepository(session).settings_of_prompt(name)
         except _DATABASE_ERRORS as exc:
-            logger.warning("semantic cache settings unreadable; the cache is skipped", error=str(exc))
+            logger.warning("semantic cache settings unreadable; the cache is skipped", error=error_text(exc))
             return kept[0][0] if kept is not None else None  # an older copy beats none while the database is away
         settings = None
         if found is not None and found[1] is not None:
@@ -186,7 +187,7 @@ class SemanticCache:
         return SemanticProbe(scope, embedding, out.prompt, out.version, config, hit, unit, personal)
 
     def _unavailable(self, message: str, exc: Exception) -> None:
-        logger.warning(message, error=str(exc))
+        logger.warning(message, error=error_text(exc))
         self._metrics.semantic_cache.labels("unavailable").inc()
 
     async def _lookup(self, scope: str, embedding: bytes, threshold: float) -> SemanticHit | None:
@@ -250,7 +251,7 @@ class SemanticCache:
                     return
                 await repository.add_entry(entry)
         except _DATABASE_ERRORS as exc:
-            logger.warning("could not keep the answer in the semantic cache", error=str(exc))
+            logger.warning("could not keep the answer in the semantic cache", error=error_text(exc))
             self._metrics.semantic_cache_store_errors.inc()
 
     async def purge_expired(self) -> None:

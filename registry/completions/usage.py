@@ -54,6 +54,7 @@ from registry.db.batches import write_isolating
 from registry.db.text import NUL, column_lengths, holds_nul, without_nul
 from registry.experiments.privacy_digest import ERASURE_IN_FLIGHT_SECONDS, unit_digest
 from registry.experiments.repository import IngestRepository, UnitDataRepository
+from registry.lib.logging import error_text
 
 logger = structlog.get_logger("registry.completions.usage")
 
@@ -367,7 +368,7 @@ class UsageRecorder:
         except Exception as exc:
             for unit, first in written.items():
                 self._to_check[unit] = min(self._to_check.get(unit, first), first)
-            logger.error("could not check written completions against the erasures; retrying", error=str(exc))
+            logger.error("could not check written completions against the erasures; retrying", error=error_text(exc))
             return
         for digest, erased_at in erased.items():
             self._remember(digest, erased_at.timestamp())

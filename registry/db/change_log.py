@@ -20,6 +20,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from registry.db.base import Base, IdMixin, utcnow
 from registry.lib.changes import RESET, Change, ChangeBus
 from registry.lib.jobs import PeriodicJob
+from registry.lib.logging import error_text
 
 logger = structlog.get_logger("registry.changes")
 
@@ -87,7 +88,7 @@ class ChangeLogReader:
             await self.poll()
         except Exception as exc:
             if not self._failing:
-                logger.warning("could not read the change log; retrying every poll", error=str(exc))
+                logger.warning("could not read the change log; retrying every poll", error=error_text(exc))
             self._failing = True
         else:
             self._failing = False

@@ -74,6 +74,7 @@ from registry.evals.scorers import (
 )
 from registry.lib.errors import RegistryError
 from registry.lib.jobs import PeriodicJob
+from registry.lib.logging import error_text
 from registry.prompts.catalog import PromptCatalog
 from registry.prompts.schemas import LinkedConfig, RenderOut
 from registry.settings import Settings
@@ -539,7 +540,7 @@ class EvalWorker:
             lease.lost = True
             logger.warning("another worker owns the evaluation run now", run=run_id)
         except BackendOutageError as exc:
-            logger.warning("backend failing; the evaluation run waits", run=run_id, error=str(exc))
+            logger.warning("backend failing; the evaluation run waits", run=run_id, error=error_text(exc))
             await self._release(
                 lease,
                 not_before=self.clock() + self.outage_backoff,

@@ -51,6 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from registry.db.batches import write_isolating
 from registry.experiments.privacy_digest import RecentErasures, unit_digest
 from registry.experiments.repository import ExposureRow, IngestRepository, UnitDataRepository
+from registry.lib.logging import error_text
 
 EARLY_FLUSH_STOP_SECONDS = 10.0  # how long stop lets an early flush under way finish
 logger = structlog.get_logger("registry.experiments.exposures")
@@ -123,7 +124,7 @@ class ExposureBuffer:
         try:
             await self.flush()
         except Exception as exc:
-            logger.warning("early exposure flush failed; the periodic flush retries", error=str(exc))
+            logger.warning("early exposure flush failed; the periodic flush retries", error=error_text(exc))
 
     async def flush(self) -> int:
         """Write pending exposures; on failure they are kept (within the bound) for the next flush. Then check the
@@ -191,7 +192,7 @@ class ExposureBuffer:
                 for e, p, u, v, _ in rows[:20]
             ],
             dropped=len(rows),
-            error=str(error),
+            error=error_text(error),
         )
 
     def _drop_erased(self) -> None:
@@ -288,7 +289,7 @@ async def erase_written_again(sessionmaker: async_sessionmaker[AsyncSession], er
         erasures.written_after |= units
         erasures.check_later(written)
         logger.error(
-            "could not check or erase again the facts of units erased during a write; retrying", error=str(exc)
+            "could not check or erase again the facts of units erased during a write; retrying", error=error_text(exc)
         )
 
 

@@ -18,6 +18,7 @@ from registry.experiments.router import ExperimentRouter
 from registry.experiments.sources import ObservationSource, default_sources
 from registry.lib.changes import ChangeBus
 from registry.lib.jobs import PeriodicJob
+from registry.lib.logging import error_text
 from registry.settings import Settings
 
 logger = structlog.get_logger("registry.experiments")
@@ -85,7 +86,7 @@ class LiveExperiments:
         try:
             await self.router.reload()
         except Exception as exc:
-            logger.warning("could not load experiments at start; the periodic refresh retries", error=str(exc))
+            logger.warning("could not load experiments at start; the periodic refresh retries", error=error_text(exc))
 
     async def stop(self) -> None:
         await self.router.stop()

@@ -28,6 +28,7 @@ from registry.experiments.models import Experiment
 from registry.experiments.repository import ExperimentRepository
 from registry.lib.changes import Change, ChangeBus
 from registry.lib.errors import DatabaseUnavailableError, translate_exception
+from registry.lib.logging import error_text
 from registry.prompts.catalog import Routing
 from registry.prompts.schemas import ExperimentOut, LinkedConfig
 from registry.rollouts.plan import included_in_rollout
@@ -189,7 +190,7 @@ class ExperimentRouter:
             try:
                 await self.reload()
             except Exception as exc:
-                logger.warning("could not reload experiments; the periodic refresh retries", error=str(exc))
+                logger.warning("could not reload experiments; the periodic refresh retries", error=error_text(exc))
                 return
 
     async def reload(self) -> None:

@@ -22,6 +22,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from registry.lib.logging import error_text
+
 logger = structlog.get_logger("registry.changes")
 
 ChangeKind = Literal["prompt", "config", "api_key", "experiment", "reset"]
@@ -114,7 +116,7 @@ class ChangeBus:
         try:
             await self._redis.publish(self._channel, message)
         except (RedisError, OSError) as exc:
-            logger.warning("could not publish change; other replicas rely on cache expiry", error=str(exc))
+            logger.warning("could not publish change; other replicas rely on cache expiry", error=error_text(exc))
 
     async def start(self) -> None:
         if self._redis is not None and self._task is None:
@@ -151,7 +153,7 @@ class ChangeBus:
                 raise
             except (RedisError, OSError) as exc:
                 if self.connected:
-                    logger.warning("change subscription lost; caches use their short lifetime", error=str(exc))
+                    logger.warning("change subscription lost; caches use their short lifetime", error=error_text(exc))
                 self.connected = False
             finally:
                 with contextlib.suppress(Exception):

@@ -18,6 +18,12 @@ from registry.settings import Settings
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
+def error_text(exc: BaseException) -> str:
+    """What a log line says of an exception: its message, else its type (a timeout's message is empty, and a
+    line saying ``"error": ""`` tells an operator nothing)."""
+    return str(exc) or type(exc).__name__
+
+
 def add_request_id(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     request_id = request_id_var.get()
     if request_id is not None:
