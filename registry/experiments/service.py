@@ -697,7 +697,7 @@ class ExperimentService:
         if experiment.phases:
             experiment.phases[-1].ended_at = now
         await self.session.flush()
-        promoted = await self._promote(experiment, winner, actor) if winner is not None else None
+        promoted = await self._promote_winner(experiment, winner, actor) if winner is not None else None
         after = {**_snapshot(experiment), "winner": data.winner, "reason": data.reason}
         await self.audit.record(actor, "experiment.stop", "experiment", key, before=before, after=after)
         await emit_event(
@@ -792,6 +792,15 @@ class ExperimentService:
             raise ExperimentInvalidError(
                 f"variant '{winner.key}' cannot win: {refusal}", errors=[FieldError("winner", refusal)]
             )
+
+    async def _promote_winner(self, experiment: Experiment, winner: ExperimentVariant, actor: Actor) -> PromotedVersion:
+        """``_promote``, its refusal naming ``winner`` (the promotion gate's names no field of the stop's)."""
+        try:
+            return await self._promote(experiment, winner, actor)
+        except InvalidInputError as refused:
+            if not refused.errors:
+                refused.errors = [FieldError("winner", f"variant '{winner.key}' cannot win: {refused.detail}")]
+            raise
 
     async def _promote(self, experiment: Experiment, winner: ExperimentVariant, actor: Actor) -> PromotedVersion:
         workflow = self.prompts.workflow
