@@ -142,7 +142,7 @@ class Runtime:
             ),
             prompts=prompts,
             prompt_limits=PromptLimits(max_template_chars=settings.max_template_chars),
-            feed=FeedHub(bus),
+            feed=FeedHub(bus, max_per_key=settings.feed_max_listeners_per_key),
             webhooks=WebhookDispatcher(
                 sessionmaker,
                 WebhookHttp(

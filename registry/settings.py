@@ -272,6 +272,12 @@ class Settings(BaseSettings):
         "created and again at each delivery.",
     )
     feed_heartbeat_seconds: float = Field(15.0, gt=0, description="Keep-alive comment interval on the change feed.")
+    feed_max_listeners_per_key: int = Field(
+        100,
+        ge=1,
+        description="Change feeds one API key may hold open on one process; more get 429. A feed never ends by "
+        "itself, so without a bound one key could hold every connection a worker keeps.",
+    )
 
     # -- completions
     backends: dict[str, BackendSettings] = Field(

@@ -12,15 +12,18 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from registry.auth.access import authorization_of
 from registry.auth.keys import Scope
+from registry.auth.principal import Principal
 from registry.db.base import utcnow
 from registry.runtime import Runtime
 
 
-async def feed_messages(runtime: Runtime, authorization: str | None) -> AsyncIterator[ServerSentEventMessage]:
+async def feed_messages(runtime: Runtime, authorization: str | None, key: str) -> AsyncIterator[ServerSentEventMessage]:
     """The feed's events while its key stays valid: one revoked or expired while listening ends it at its next
     event or heartbeat, as the key check would refuse its next request (the feed is one request that lasts)."""
     hub = runtime.feed
-    listener = hub.listen()
+    listener = hub.listen_for(key)
+    if listener is None:
+        return  # opened together with others of its key past its bound (FeedHub.admit refuses the rest)
     heartbeat = runtime.settings.feed_heartbeat_seconds
     verifier = runtime.key_verifier
     try:
@@ -64,6 +67,9 @@ class ChangeFeedController(Controller):
         ),
         responses={200: ResponseSpec(None, media_type="text/event-stream", description="An endless event stream.")},
     )
-    async def changes(self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]) -> ServerSentEvent:
-        messages = feed_messages(runtime, authorization_of(request.scope["headers"]))
+    async def changes(
+        self, request: Request[Principal, Any, Any], runtime: NamedDependency[Runtime]
+    ) -> ServerSentEvent:
+        runtime.feed.admit(request.user.public_id)
+        messages = feed_messages(runtime, authorization_of(request.scope["headers"]), request.user.public_id)
         return ServerSentEvent(messages, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

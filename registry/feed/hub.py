@@ -13,11 +13,20 @@ from dataclasses import dataclass
 
 from registry.experiments.router import UNIT_ERASED
 from registry.lib.changes import Change, ChangeBus
+from registry.lib.errors import RateLimitedError
 
 FEED_KINDS = frozenset({"prompt", "config", "experiment"})
 # Changes the replicas tell each other but listeners must not see: an erasure's names the erased unit (by digest).
 PRIVATE_ACTIONS = frozenset({UNIT_ERASED})
 QUEUE_SIZE = 1000
+_RETRY_SECONDS = 60
+
+
+class TooManyFeedsError(RateLimitedError):
+    """The key holds as many change feeds open on this process as it may."""
+
+    type = "too_many_feeds"
+    title = "Too many change feeds"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +36,8 @@ class FeedItem:
 
 
 class Listener:
-    def __init__(self) -> None:
+    def __init__(self, key: str = "") -> None:
+        self.key = key  # the API key's public id
         self.queue: asyncio.Queue[FeedItem] = asyncio.Queue(QUEUE_SIZE)
 
     def offer(self, item: FeedItem) -> None:
@@ -40,8 +50,10 @@ class Listener:
 
 
 class FeedHub:
-    def __init__(self, bus: ChangeBus) -> None:
+    def __init__(self, bus: ChangeBus, *, max_per_key: int = 100) -> None:
         self._listeners: set[Listener] = set()
+        self._per_key: dict[str, int] = {}
+        self.max_per_key = max_per_key
         self.closed = False
         bus.subscribe(self._on_change)
 
@@ -55,15 +67,41 @@ class FeedHub:
         for listener in list(self._listeners):
             listener.offer(item)
 
-    def listen(self) -> Listener:
-        listener = Listener()
+    def admit(self, key: str) -> None:
+        """Refuse (429) a feed for ``key`` when it holds as many as it may: a feed never ends by itself, so
+        one key could otherwise hold every connection the worker keeps."""
+        if self._per_key.get(key, 0) >= self.max_per_key:
+            raise TooManyFeedsError(
+                f"this API key holds {self.max_per_key} change feeds open here, as many as it may; close one",
+                headers={"Retry-After": str(_RETRY_SECONDS)},
+            )
+
+    def listen(self, key: str = "") -> Listener:
+        listener = Listener(key)
         self._listeners.add(listener)
+        if key:
+            self._per_key[key] = self._per_key.get(key, 0) + 1
         if self.closed:
             listener.offer(FeedItem(change=None))
         return listener
 
+    def listen_for(self, key: str) -> Listener | None:
+        """A listener for ``key``'s feed; None when the key holds as many as it may (feeds opened at once that
+        all passed ``admit``)."""
+        if self._per_key.get(key, 0) >= self.max_per_key:
+            return None
+        return self.listen(key)
+
     def forget(self, listener: Listener) -> None:
+        if listener not in self._listeners:
+            return
         self._listeners.discard(listener)
+        if listener.key:
+            left = self._per_key[listener.key] - 1
+            if left:
+                self._per_key[listener.key] = left
+            else:
+                del self._per_key[listener.key]
 
     def close(self) -> None:
         """End every open feed, and any opened from now on (graceful shutdown must not wait on listeners)."""
