@@ -29,7 +29,7 @@ from registry.db.base import utcnow
 from registry.db.engine import READ_ONLY
 from registry.lib.cache import TTLCache
 from registry.lib.changes import Change, ChangeBus
-from registry.lib.errors import DatabaseUnavailableError, UnauthorizedError, translate_exception
+from registry.lib.errors import DatabaseUnavailableError, RegistryError, UnauthorizedError, translate_exception
 from registry.lib.logging import error_text
 from registry.lib.single_flight import SingleFlight
 
@@ -169,8 +169,8 @@ class ApiKeyVerifier:
             await self.authenticate(authorization)
         except UnauthorizedError:
             return False
-        except DatabaseUnavailableError:
-            return True  # as a key verified before an outage: revocations heard meanwhile still end it
+        except RegistryError:  # the database unreachable (or failing): revocations heard meanwhile still end it
+            return True
         return True
 
     def _trust_stale(self, authorization: str, verified: _VerifiedHeader) -> Principal:
