@@ -26,6 +26,7 @@ from prompt_registry_client._core import (
     Send,
     Sleep,
     Spawn,
+    backoff,
     encode_name,
     error_from_response,
     run_async,
@@ -340,7 +341,7 @@ class AsyncRegistryClient(BaseClient):
         failures = 0
         policy = self._options.batches
         while True:
-            wait = policy.flush_interval if failures == 0 else min(policy.flush_interval * 2.0**failures, 30.0)
+            wait = backoff(policy.flush_interval, failures, 30.0)
             if self._closing.is_set():
                 wait = min(wait, 0.2)
             with contextlib.suppress(TimeoutError):
@@ -374,7 +375,11 @@ class AsyncRegistryClient(BaseClient):
             except Exception as exc:
                 logger.debug("the change feed dropped: %r", exc)
                 error = exc
-            if await self._pause(reconnects.after_drop(error)):
+            pause = reconnects.after_drop(error)
+            if pause is None:
+                logger.error("the change feed stops: the registry refused the client's key (%r)", error)
+                return
+            if await self._pause(pause):
                 return
 
     async def _pause(self, seconds: float) -> bool:

@@ -28,6 +28,7 @@ from prompt_registry_client._core import (
     Send,
     Sleep,
     Spawn,
+    backoff,
     encode_name,
     error_from_response,
     run_sync,
@@ -380,7 +381,7 @@ class RegistryClient(BaseClient):
         failures = 0
         policy = self._options.batches
         while True:
-            wait = policy.flush_interval if failures == 0 else min(policy.flush_interval * 2.0**failures, 30.0)
+            wait = backoff(policy.flush_interval, failures, 30.0)
             if self._closing.is_set():
                 wait = min(wait, 0.2)
             self._send_now.wait(wait)
@@ -417,7 +418,11 @@ class RegistryClient(BaseClient):
             except Exception as exc:
                 logger.debug("the change feed dropped: %r", exc)
                 error = exc
-            if self._pause(reconnects.after_drop(error)):
+            pause = reconnects.after_drop(error)
+            if pause is None:
+                logger.error("the change feed stops: the registry refused the client's key (%r)", error)
+                return
+            if self._pause(pause):
                 return
 
     def _pause(self, seconds: float) -> bool:

@@ -36,6 +36,7 @@ from prompt_registry_client._errors import (
     NotFound,
     RegistryError,
     ServiceUnavailable,
+    Unauthorized,
     error_from_problem,
     is_outage,
 )
@@ -72,6 +73,12 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 Label = Literal["production", "staging", "latest"]
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _EXPOSURE_ATTEMPTS = 3  # sends of an exposure refused because its experiment is not running (yet) there
+_MAX_DOUBLINGS = 64  # a backoff doubles at most this often: far past any ceiling, far below a float's range
+
+
+def backoff(base: float, failures: int, ceiling: float) -> float:
+    """``base`` doubled per failure, at most ``ceiling``; any number of failures (2.0**1024 overflows)."""
+    return min(ceiling, base * 2.0 ** min(failures, _MAX_DOUBLINGS))
 
 
 def encode_name(name: str) -> str:
@@ -686,7 +693,9 @@ class FeedReconnects:
     once) while the registry was up recently: a restart or a short outage then delays a
     promotion by about a second. Only once it has been gone for ``feed_fast_reconnects_for`` do
     the pauses double, up to ``feed_max_backoff``; a registry that answers but refuses the feed
-    (a key without the scope) gets the long pauses at once.
+    (a key without the scope) gets the long pauses at once. A key it no longer knows (401:
+    revoked or expired, which also ends a feed that is open) never becomes valid again, so the
+    feed is not reconnected at all.
     """
 
     def __init__(self, policy: CachePolicy, clock: Callable[[], float], *, rand: Callable[[], float] = random.random):
@@ -700,8 +709,10 @@ class FeedReconnects:
         self._down_since = None
         self._slow_pauses = 0
 
-    def after_drop(self, error: Exception | None) -> float:
-        """Seconds to wait before the next try; ``error`` is why the feed dropped, if it failed."""
+    def after_drop(self, error: Exception | None) -> float | None:
+        """Seconds to wait before the next try, None for none; ``error`` is why the feed dropped, if it failed."""
+        if isinstance(error, Unauthorized):
+            return None
         policy, now = self._policy, self._clock()
         if self._down_since is None:
             self._down_since = now
@@ -711,7 +722,7 @@ class FeedReconnects:
             ceiling = policy.feed_reconnect_delay
         else:
             self._slow_pauses += 1
-            ceiling = min(policy.feed_max_backoff, policy.feed_reconnect_delay * 2.0**self._slow_pauses)
+            ceiling = backoff(policy.feed_reconnect_delay, self._slow_pauses, policy.feed_max_backoff)
         return ceiling / 2 + self._rand() * ceiling / 2
 
 
