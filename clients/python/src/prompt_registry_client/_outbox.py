@@ -42,10 +42,14 @@ class Outbox:
         with self._lock:
             if seen in self._exposed:
                 return False
+            if self._pending() >= self.policy.max_pending:
+                self.dropped += 1  # not remembered: the unit's next exposure is queued once there is room
+                return False
             self._exposed[seen] = None
             if len(self._exposed) > _REMEMBERED_EXPOSURES:
                 self._exposed.popitem(last=False)
-        return self.add("exposures", {"experiment": experiment, "unit": unit, "variant": variant})
+            self._queues["exposures"].append({"experiment": experiment, "unit": unit, "variant": variant})
+            return True
 
     def take(self, kind: BatchKind) -> list[dict[str, Any]]:
         with self._lock:
