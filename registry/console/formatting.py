@@ -23,14 +23,29 @@ def day(value: date) -> str:
     return value.strftime("%Y-%m-%d")
 
 
+def _missing(value: float) -> bool:
+    """NaN or infinity (a statistic of too little data): no number to show, never 'nan' or 'inf'."""
+    return not math.isfinite(value)
+
+
+def _unsigned_zero(text: str) -> str:
+    """A value that rounds to zero reads as zero, not as '-0' or '-0.00%'."""
+    return text[1:] if text.startswith("-") and not text.strip("-0.%") else text
+
+
 def number(value: float | None) -> str:
-    """A setting such as alpha or a threshold: as short as it was written (0.05, 0.001)."""
-    return "—" if value is None else f"{value:.4g}"
+    """A setting such as alpha or a threshold: as short as it was written (0.05, 0.001); from a thousand up, whole
+    and grouped (86,400 seconds, not 8.64e+04)."""
+    if value is None or _missing(value):
+        return "—"
+    if abs(value) >= 1000:
+        return f"{round(value):,}"
+    return _unsigned_zero(f"{value:.4g}")
 
 
 def estimate(value: float | None) -> str:
     """A mean or an interval end: four significant digits, trailing zeros kept (0.3810, 0.09175, 12.00)."""
-    if value is None:
+    if value is None or _missing(value):
         return "—"
     if value == 0:
         return "0.000"
@@ -43,7 +58,7 @@ def estimate(value: float | None) -> str:
 
 def p_value(value: float | None) -> str:
     """Four decimals; below that, an upper bound (a p-value of exactly 0 is never meant)."""
-    if value is None:
+    if value is None or _missing(value):
         return "—"
     return f"< {_SMALLEST_P:.4f}" if value < _SMALLEST_P else f"{value:.4f}"
 
@@ -78,12 +93,15 @@ def cost_tick(value: float, step: float) -> str:
 
 
 def percent(value: float | None) -> str:
-    return "—" if value is None else f"{value * 100:.2f}%"
+    return "—" if value is None or _missing(value) else _unsigned_zero(f"{value * 100:.2f}%")
 
 
 def signed_percent(value: float | None) -> str:
     """A relative effect: +3.10% or -0.42%."""
-    return "—" if value is None else f"{value * 100:+.2f}%"
+    if value is None or _missing(value):
+        return "—"
+    text = f"{value * 100:+.2f}%"
+    return "0.00%" if text in ("+0.00%", "-0.00%") else text
 
 
 def pretty_json(value: object, indent: int | None = 2) -> str:
