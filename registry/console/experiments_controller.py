@@ -205,8 +205,10 @@ class ExperimentPagesController(Controller):
         action: Literal["start", "stop"],
         page: ChangePage,
         problem: str | None = None,
+        sent: StopForm | None = None,
     ) -> Template:
-        """The confirmation page; shown again with 409 and the service's reason when the change was refused."""
+        """The confirmation page; shown again with 409 and the service's reason when the change was refused, with
+        the winner and reason that were sent (a winner no longer offered falls back to none)."""
         return render(
             request,
             "experiment-change.html",
@@ -216,6 +218,7 @@ class ExperimentPagesController(Controller):
             cannot_win=page.cannot_win,
             production=page.production,
             problem=problem,
+            sent=sent or StopForm(),
             section="experiments",
         )
 
@@ -263,7 +266,8 @@ class ExperimentPagesController(Controller):
     ) -> Response[Any]:
         problem = await pages.stop(experiment_key, data.request(), viewer.actor)
         if problem is not None:
-            return self._change_page(request, "stop", await pages.stop_page(experiment_key, viewer.actor), problem)
+            page = await pages.stop_page(experiment_key, viewer.actor)
+            return self._change_page(request, "stop", page, problem, sent=data)
         return see_other(home_of(viewer, experiment_key, "stopped"))
 
     # -- results and downloads

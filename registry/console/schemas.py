@@ -170,6 +170,8 @@ class PromotionPlan:
     candidates: list[int] = field(default_factory=list)  # rollback: earlier production versions
     gate: GateVerdictView | None = None  # promote into a gated state: whether the version meets the gate now
     gate_refused: bool = False  # the promotion was just refused by that gate
+    reason: str = ""  # what was typed when the gate refused it, shown again in the form
+    override_gate: str = ""
 
 
 @dataclass(frozen=True, slots=True)

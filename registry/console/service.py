@@ -282,7 +282,7 @@ class ConsoleService:
         except GateFailedError as refused:
             plan = await self.plan_promotion(name, number, to)
             verdict = refused_verdict(plan.gate.gate, refused) if plan.gate is not None else None
-            return replace(plan, gate=verdict, gate_refused=True)
+            return replace(plan, gate=verdict, gate_refused=True, reason=reason, override_gate=override_gate)
         except StaleExpectationError as exc:
             query = urlencode({"to": to.value})
             return await self._conflict(
