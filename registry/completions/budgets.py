@@ -15,7 +15,8 @@ A completion is charged after it ends, so each one running holds a reservation o
 (its prompt's upper bound plus its max_tokens, at its config's prices) until it is recorded: a key is refused
 while its spend plus its reservations reach a limit. Without them, every request a key sent at once passed
 the check before any was charged: twenty parallel requests on a budget of one spent twenty times it. Now
-within one process a key overshoots by at most one completion. Other replicas' reservations and unwritten
+within one process a key overshoots by at most one completion (with configs that set max_tokens: one that
+does not holds its prompt only). Other replicas' reservations and unwritten
 spend are missed for at most one flush interval: budgets are a guard rail, not an invoice.
 
 Spend in records that will never be written (the database refused them, a full

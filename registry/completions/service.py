@@ -388,17 +388,16 @@ class CompletionService:
 
     async def _reserve(self, run: Run) -> None:
         """Hold the most the run may spend against its key's budget until it is recorded (``BudgetGuard.reserve``):
-        its prompt's upper bound plus its max_tokens (else what the context leaves), at its config's prices."""
+        its prompt's upper bound plus its max_tokens, at its config's prices. A config without max_tokens holds
+        its prompt only: what the context leaves (a hundred thousand tokens, say) held for every request would
+        refuse a key's parallel requests long before its budget is near."""
         if run.caller.key is None or self.classifying:  # a classifier's run is bounded by the request it guards
             return
         plan = run.plan
 
         def most() -> tuple[int, float]:
             prompt = token_upper_bound(plan.payload)
-            output = plan.payload.get("max_tokens")
-            if output is None:
-                limit = plan.config.max_context_tokens or plan.backend.model_context.get(plan.config.model)
-                output = max(0, limit - prompt) if limit else 0
+            output = plan.payload.get("max_tokens") or 0
             cost = completion_cost(
                 prompt,
                 output,
