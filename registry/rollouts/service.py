@@ -35,6 +35,7 @@ from registry.lib.errors import ConflictError, FieldError, InvalidInputError, No
 from registry.lib.pagination import PageRequest
 from registry.lib.promotion import State
 from registry.outbox.events import emit_event
+from registry.prompts.models import PromptVersion
 from registry.prompts.schemas import LinkedConfig
 from registry.prompts.service import PromptLimits
 from registry.rollouts.models import Rollout, RolloutEvent
@@ -177,6 +178,7 @@ class RolloutService:
             actor,
         )
         experiment.kind = "rollout"
+        await self._check_gate(experiment, production, actor)
         for variant, weight in zip(experiment.variants, weights_at(steps[0].share), strict=True):
             variant.weight = weight
         experiment = await self.experiments.start(key, actor)
@@ -204,6 +206,20 @@ class RolloutService:
         rollout = await self.require(rollout.id)
         await self._record(rollout, "started", actor, {"reason": data.reason})
         return rollout
+
+    async def _check_gate(self, experiment: Experiment, production: PromptVersion, actor: Actor) -> None:
+        """Refuse a candidate the promotion gate would refuse at the rollout's end, judged now as the end judges the
+        version it would promote (with the rollout's config): the rollout would carry it to every unit and pause
+        there, serving production's traffic with a version its evidence does not admit. A gate set or evidence
+        lost later still pauses the rollout at its end."""
+        refusal = (await self.experiments.winner_refusals(experiment, production, actor)).get("candidate")
+        if refusal is not None:
+            raise InvalidInputError(
+                "the rollout's candidate would be refused by the promotion gate",
+                errors=[
+                    FieldError("candidate_version", f"its promotion at the rollout's end would be refused: {refusal}")
+                ],
+            )
 
     # -- by hand
 

@@ -173,9 +173,9 @@ async def test_a_promotion_the_gate_refuses_pauses_the_rollout_at_its_last_step(
     await ok(await client.post("/v1/evals/datasets", json={"name": "cases"}, headers=setup), 201)
     items = {"items": [{"variables": {"x": "a"}}]}
     await ok(await client.post("/v1/evals/datasets/cases/versions", json=items, headers=setup), 201)
-    gate = {"dataset": {"name": "cases"}, "min_pass_rate": 0.5}  # no evaluation run of version 2 meets it
-    await ok(await client.put("/v1/prompts/greet/gates/production", json=gate, headers=setup))
     rollout = await start_rollout(client, setup, steps=[{"share": 1.0}])
+    gate = {"dataset": {"name": "cases"}, "min_pass_rate": 0.5}  # set since: no evaluation run of version 2 meets it
+    await ok(await client.put("/v1/prompts/greet/gates/production", json=gate, headers=setup))
     moved = await ok(await client.post(f"/v1/rollouts/{rollout['id']}/advance", headers=setup))
     assert moved["status"] == "paused"
     assert moved["reason"].startswith("the candidate's promotion was refused")

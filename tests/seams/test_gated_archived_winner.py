@@ -105,7 +105,8 @@ async def test_a_rollout_of_an_archived_version_without_an_evaluation_run_pauses
     evals: AppClient,  # noqa: F811
     admin: Headers,
 ) -> None:
-    """A rollout may bring back an earlier production version (archived): its promotion passes the gate too."""
+    """A rollout may bring back an earlier production version (archived): its promotion passes the gate too (set
+    here after the rollout started, which a gate refusing the candidate at once would have refused)."""
     await publish(evals, admin, "again")
     await publish(evals, admin, "again", template=" {{ answer }}")
     for number, holder in ((1, None), (2, 1)):
@@ -113,10 +114,10 @@ async def test_a_rollout_of_an_archived_version_without_an_evaluation_run_pauses
         await ok(await evals.post(f"/v1/prompts/again/versions/{number}/promote", json=promote, headers=admin))
     await ok(await evals.post("/v1/metrics", json={"key": "converted", "kind": "binomial"}, headers=admin))
     await dataset(evals, admin, "again-cases", answers(("y", "y")))
-    gate = {"dataset": {"name": "again-cases"}, "min_pass_rate": 1.0}
-    await ok(await evals.put("/v1/prompts/again/gates/production", json=gate, headers=admin))
     body = {"candidate_version": 1, "steps": [{"share": 1.0}], "guardrails": [{"metric": "converted"}]}
     rollout = await ok(await evals.post("/v1/prompts/again/rollouts", json=body, headers=admin))
+    gate = {"dataset": {"name": "again-cases"}, "min_pass_rate": 1.0}
+    await ok(await evals.put("/v1/prompts/again/gates/production", json=gate, headers=admin))
     moves = await history(evals, admin, "again")
 
     moved = await ok(await evals.post(f"/v1/rollouts/{rollout['id']}/advance", headers=admin))

@@ -111,21 +111,52 @@ async def test_an_experiment_variant_evaluated_with_its_config_passes_the_gate_a
     )
 
 
-async def test_a_candidate_evaluated_only_with_another_config_pauses_the_rollout_at_the_end(
+async def test_a_candidate_evaluated_only_with_another_config_is_refused_before_it_takes_traffic(
     evals: AppClient,  # noqa: F811
     admin: Headers,
 ) -> None:
     _, candidate = await gated(evals, admin, "roll")
     await evaluate(evals, admin, "roll", candidate)  # with its own config, not the rollout's
 
-    moved = await roll_out(evals, admin, "roll", candidate)
+    steps = [{"share": 0.1}, {"share": 1.0}]
+    body = {"candidate_version": candidate, "config": ALT, "steps": steps, "guardrails": [{"metric": "converted"}]}
+    refused = await evals.post("/v1/prompts/roll/rollouts", json=body, headers=admin)
+
+    assert refused.status_code == 422
+    [error] = problem(refused)["errors"]
+    assert error["field"] == "candidate_version"
+    assert error["message"].startswith("its promotion at the rollout's end would be refused")
+    assert (
+        f"no completed evaluation run of version 3 or of same-content version {candidate} with config alt@1"
+        in (error["message"])
+    )
+    assert (await ok(await evals.get("/v1/prompts/roll/rollouts", headers=admin)))["items"] == []
+    listed = await ok(await evals.get("/v1/experiments", headers=admin))
+    assert [e["key"] for e in listed["items"] if e["prompt"] == "roll"] == []  # its experiment went with it
+    assert await versions(evals, admin, "roll") == [1, 2]
+
+
+async def test_a_gate_set_during_the_rollout_pauses_it_at_the_end(
+    evals: AppClient,  # noqa: F811
+    admin: Headers,
+) -> None:
+    _, candidate = await gated(evals, admin, "roll")
+    await evaluate(evals, admin, "roll", candidate, config=ALT)  # the evidence the gate asks for at the start
+    body = {
+        "candidate_version": candidate,
+        "config": ALT,
+        "steps": [{"share": 1.0}],
+        "guardrails": [{"metric": "converted"}],
+    }
+    rollout = await ok(await evals.post("/v1/prompts/roll/rollouts", json=body, headers=admin))
+    await dataset(evals, admin, "roll-harder", answers(("y", "n")))  # no run of the candidate on these yet
+    gate = {"dataset": {"name": "roll-harder"}, "min_pass_rate": 1.0}
+    await ok(await evals.put("/v1/prompts/roll/gates/production", json=gate, headers=admin))
+
+    moved = await ok(await evals.post(f"/v1/rollouts/{rollout['id']}/advance", headers=admin))
 
     assert moved["status"] == "paused"
     assert moved["reason"].startswith("the candidate's promotion was refused")
-    assert (
-        f"no completed evaluation run of version 3 or of same-content version {candidate} with config alt@1"
-        in moved["reason"]
-    )
     assert (await production(evals, admin, "roll"))[0] == 1
     assert await versions(evals, admin, "roll") == [1, 2]  # the version carrying alt went with the refusal
 

@@ -208,8 +208,6 @@ async def test_a_rollout_whose_promotion_the_gate_refuses_announces_no_version_a
     await ok(await client.post("/v1/evals/datasets", json={"name": "cases"}, headers=admin))
     items = {"items": [{"variables": {"x": "a"}}]}
     await ok(await client.post("/v1/evals/datasets/cases/versions", json=items, headers=admin))
-    gate = {"dataset": {"name": "cases"}, "min_pass_rate": 0.5}  # no run of any version meets it
-    await ok(await client.put("/v1/prompts/greet/gates/production", json=gate, headers=admin))
     body = {
         "candidate_version": 2,
         "config": {"name": "fast", "version": 1},
@@ -217,6 +215,8 @@ async def test_a_rollout_whose_promotion_the_gate_refuses_announces_no_version_a
         "guardrails": [{"metric": "converted"}],
     }
     rollout = await ok(await client.post("/v1/prompts/greet/rollouts", json=body, headers=admin))
+    gate = {"dataset": {"name": "cases"}, "min_pass_rate": 0.5}  # set since: no run of any version meets it
+    await ok(await client.put("/v1/prompts/greet/gates/production", json=gate, headers=admin))
     await settle(client)
     heard: list[Change] = []
     runtime_of(client.app).bus.subscribe(heard.append)
