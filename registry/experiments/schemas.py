@@ -455,12 +455,22 @@ class TimeseriesOut(Output):
 MAX_EVENTS = 1000
 
 
+# The largest magnitude of an event's value. The statistics sum values and their squares: a value near the largest
+# float (1e308) made those sums infinite, the results then null where numbers belong, and a quantile metric's
+# histogram unreadable, which stopped the aggregator for every unit claimed with that one. 1e15 is more than any
+# count, duration or amount in cents needs, and squares of such values still sum without overflow.
+MAX_EVENT_VALUE = 1e15
+EventValue = Annotated[
+    float, msgspec.Meta(ge=-MAX_EVENT_VALUE, le=MAX_EVENT_VALUE, description="The outcome's value, within ±1e15.")
+]
+
+
 class EventIn(Input):
     unit: UnitId
     metric: MetricKey
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=NO_NUL_PATTERN)]
     timestamp: Annotated[datetime, msgspec.Meta(tz=True, description="When it happened, with a time zone.")]
-    value: float = 1.0
+    value: EventValue = 1.0
     experiment: ResourceName | None = None
 
 

@@ -57,8 +57,11 @@ def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
 
 
 def adjust(p_values: Sequence[float], correction: Correction) -> list[float]:
+    """Adjusted p-values; one that is not a number counts as 1 (no evidence), since ranking a NaN is undefined and
+    it set the adjusted p-values of unrelated metrics to 1."""
+    p_values = [p if 0.0 <= p <= 1.0 else 1.0 for p in p_values]
     if correction == "holm":
         return holm(p_values)
     if correction == "benjamini-hochberg":
         return benjamini_hochberg(p_values)
-    return list(p_values)
+    return p_values

@@ -162,6 +162,9 @@ def compare(
     cuped = control.covariate is not None and treatment.covariate is not None
     theta = _theta(control, treatment) if cuped else 0.0
     a, b = _adjust(control, theta), _adjust(treatment, theta)
+    if not all(math.isfinite(x) for x in (a.mean, a.variance, b.mean, b.variance)):
+        # Sums that overflowed: every number that follows would be NaN, and a NaN p-value upsets the others' correction.
+        raise NotEnoughDataError("a variant's values are too large to compare")
     if a.variance <= 0 or b.variance <= 0:
         raise NotEnoughDataError("a variant's values have no variance")
     dof = welch_dof(a.variance, a.n, b.variance, b.n)

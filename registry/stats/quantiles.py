@@ -28,6 +28,9 @@ ZERO = 1e-9  # values closer to 0 than this are counted as 0
 _LOG_GAMMA = math.log(GAMMA)
 _OFFSET = 100_000  # keeps the buckets of positive values, negative values and 0 apart
 _Z = float(norm.ppf(0.975))
+# Magnitudes beyond this share the last bucket: a bucket above it would read back as more than the largest float
+# (infinite, or OverflowError), and an infinite value (a sum that overflowed) would have no bucket at all.
+LARGEST = 1e300
 
 
 def bucket_of(value: float) -> int:
@@ -35,8 +38,10 @@ def bucket_of(value: float) -> int:
     magnitude = abs(value)
     if magnitude <= ZERO:
         return 0
+    if not magnitude <= LARGEST:  # NaN too
+        magnitude = LARGEST
     key = math.ceil(math.log(magnitude) / _LOG_GAMMA) + _OFFSET
-    return key if value > 0 else -key
+    return -key if value < 0 else key
 
 
 def value_of(bucket: int) -> float:
