@@ -265,7 +265,12 @@ class AsyncRegistryClient(BaseClient):
             self._watcher.cancel()
         if self._sender is not None:
             self._send_now.set()
-            await asyncio.gather(self._sender, return_exceptions=True)
+            # As the sync client: a request in flight to a registry that does not answer is not waited out.
+            done, _ = await asyncio.wait({self._sender}, timeout=self._options.batches.close_timeout + 1)
+            if not done:
+                self._sender.cancel()
+                await asyncio.gather(self._sender, return_exceptions=True)
+                logger.error("closing with %d events not sent", self._core.outbox.pending)
         elif self._core.outbox.pending:
             try:
                 await asyncio.wait_for(self.flush(), self._options.batches.close_timeout)

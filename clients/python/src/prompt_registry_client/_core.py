@@ -168,6 +168,9 @@ async def run_async(flow: Flow[T], satisfy: Callable[[Need], Awaitable[Any]]) ->
             value = await satisfy(need)
         except Exception as exc:
             error = exc
+        except BaseException:
+            flow.close()  # cancelled: the flow cleans up now (a batch in flight goes back to the outbox)
+            raise
 
 
 def error_from_response(response: httpx.Response) -> RegistryError:
@@ -607,6 +610,9 @@ class Core:
                 except ServiceUnavailable:
                     self.outbox.give_back(kind, batch)
                     return False
+                except GeneratorExit:
+                    self.outbox.give_back(kind, batch)  # abandoned (a close that waited long enough): still waiting
+                    raise
                 if response.status_code >= 500 or response.status_code == 429:
                     self.outbox.give_back(kind, batch)
                     return False
