@@ -331,8 +331,9 @@ class ConsoleController(Controller):
         console: NamedDependency[ConsoleService],
         changed: Annotated[int | None, QueryParameter(ge=1)] = None,
         to: Annotated[Literal["staging", "production", "archived"] | None, QueryParameter()] = None,
+        versions_after: Annotated[str | None, QueryParameter(name="cursor", max_length=200)] = None,
     ) -> Template:
-        view = await console.prompt_page(resource_name)
+        view = await console.prompt_page(resource_name, versions_after)
         notice = f"Version {changed} is now {to}." if changed and to else None
         return render(request, "prompt.html", prompt=view, notice=notice, section="prompts")
 

@@ -116,6 +116,8 @@ class PromptPage:
     rollback_candidates: list[int]
     gates: list[GateOut] = field(default_factory=list)  # the states gated on evaluation evidence
     rollouts: list[RolloutOut] = field(default_factory=list)  # the newest first
+    next_versions: str | None = None  # the cursor of the older versions past this page, if any
+    older_versions: bool = False  # this page starts past the newest versions
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ from registry.experiments.schemas import ExperimentDefinition
 from registry.experiments.service import ExperimentService
 from registry.guards.report import GuardOutcomeRepository, count_outcomes
 from registry.lib.errors import RegistryError
-from registry.lib.pagination import PageRequest, encode_cursor
+from registry.lib.pagination import PageRequest, decode_cursor, encode_cursor
 from registry.lib.promotion import StaleExpectationError, State, StateChange, plan_promotion, plan_rollback
 from registry.lib.schema import paginate
 from registry.lib.versioned_schemas import PromoteRequest, RollbackRequest
@@ -127,10 +127,16 @@ class ConsoleService:
             )
         return PromptList(rows=rows, next_cursor=cursor, prefix=prefix, tag=tag)
 
-    async def prompt_page(self, name: str) -> PromptPage:
+    async def prompt_page(self, name: str, versions_after: str | None = None) -> PromptPage:
+        """The prompt with a page of its versions, newest first: past the first hundred, ``versions_after`` (the
+        page's ``next_versions``) turns to the older ones, which are otherwise out of reach (their promote, archive
+        and compare among them)."""
         workflow = self.prompts.workflow
         prompt = await workflow.require(name)
-        versions = await workflow.list_versions(name, PageRequest(limit=VERSIONS_SHOWN, after=None), state=None)
+        shown = PageRequest(limit=VERSIONS_SHOWN, after=decode_cursor(versions_after, 1))
+        versions, next_versions = paginate(
+            await workflow.list_versions(name, shown, state=None), VERSIONS_SHOWN, lambda v: encode_cursor(v.number)
+        )
         history = await workflow.history(name, PageRequest(limit=HISTORY_SHOWN, after=None))
         holders = await self._holders(prompt)
         return PromptPage(
@@ -142,7 +148,9 @@ class ConsoleService:
             updated_by=prompt.updated_by,
             production=holders.get(State.PRODUCTION),
             staging=holders.get(State.STAGING),
-            versions=[_version_row(v) for v in versions[:VERSIONS_SHOWN]],
+            versions=[_version_row(v) for v in versions],
+            next_versions=next_versions,
+            older_versions=shown.after is not None,
             history=[
                 HistoryRow(t.version_number, t.action, t.from_state, t.to_state, t.reason, t.actor, t.created_at)
                 for t in history[:HISTORY_SHOWN]
