@@ -252,7 +252,10 @@ class PromptCatalog:
         self._degraded_ttl = degraded_ttl
         self._max_prompts = max_prompts
         self.limits = limits
-        self._entries: OrderedDict[str, PromptEntry | float] = OrderedDict()  # float: "absent until"
+        self._entries: OrderedDict[str, PromptEntry] = OrderedDict()
+        # Names found absent, until when: kept apart from the prompts, so a caller asking for made-up names
+        # cannot push real prompts out (their copies are what is served while the database is unreachable).
+        self._absent: OrderedDict[str, float] = OrderedDict()
         self._loading: SingleFlight[str, PromptEntry | None] = SingleFlight()  # one read per prompt
         self._generation = 0
         self.router: VariantRouter | None = None
@@ -268,6 +271,7 @@ class PromptCatalog:
             self._expire(change.name)
         elif change.kind == "reset":
             self._loading.forget_all()
+            self._absent.clear()
             for name in list(self._entries):
                 self._expire(name)
         else:
@@ -277,10 +281,9 @@ class PromptCatalog:
     def _expire(self, name: str) -> None:
         self._loading.forget(name)  # a request from now on reads the prompt as changed
         cached = self._entries.get(name)
-        if isinstance(cached, PromptEntry):
+        if cached is not None:
             cached.fresh_until = 0.0
-        else:
-            self._entries.pop(name, None)
+        self._absent.pop(name, None)
 
     def _lifetime(self) -> float:
         return self._ttl if self._bus.connected else self._degraded_ttl
@@ -288,7 +291,7 @@ class PromptCatalog:
     @property
     def loaded(self) -> int:
         """Prompts held, fresh or not: what this process can still serve while the database is unreachable."""
-        return sum(1 for entry in self._entries.values() if isinstance(entry, PromptEntry))
+        return len(self._entries)
 
     # -- resolution
 
@@ -390,18 +393,18 @@ class PromptCatalog:
     async def _entry(self, name: str) -> tuple[PromptEntry, bool]:
         cached = self._entries.get(name)
         now = time.monotonic()
-        if isinstance(cached, PromptEntry):
+        if cached is not None:
             if cached.fresh_until >= now:
                 self.hits += 1
                 return cached, False
-        elif isinstance(cached, float) and cached >= now:
+        elif self._absent.get(name, 0.0) >= now:
             self.hits += 1
             raise PromptNotFoundError(f"no prompt is named '{name}'")
         self.misses += 1
         try:
             entry = await self._loading.load(name, lambda: self._load(name))
         except DatabaseUnavailableError:
-            if isinstance(cached, PromptEntry):
+            if cached is not None:
                 logger.warning("serving a stale prompt: the database is unreachable", prompt=name)
                 self.stale_hits += 1
                 return cached, True
@@ -420,7 +423,7 @@ class PromptCatalog:
             raise translate_exception(exc) from exc
         if prompt is None:
             if generation == self._generation:
-                self._store(name, time.monotonic() + _NEGATIVE_TTL)
+                self._store_absent(name, time.monotonic() + _NEGATIVE_TTL)
             return None
         entry = _build_entry(prompt, list(versions))
         entry.fresh_until = time.monotonic() + self._lifetime()
@@ -447,8 +450,16 @@ class PromptCatalog:
             entry.versions[number] = resolved
         return resolved
 
-    def _store(self, name: str, value: PromptEntry | float) -> None:
-        self._entries[name] = value
+    def _store(self, name: str, entry: PromptEntry) -> None:
+        self._absent.pop(name, None)
+        self._entries[name] = entry
         self._entries.move_to_end(name)
         while len(self._entries) > self._max_prompts:
             self._entries.popitem(last=False)
+
+    def _store_absent(self, name: str, until: float) -> None:
+        self._entries.pop(name, None)  # deleted: its copy is not served, not even while the database is away
+        self._absent[name] = until
+        self._absent.move_to_end(name)
+        while len(self._absent) > self._max_prompts:
+            self._absent.popitem(last=False)
