@@ -22,7 +22,8 @@ MetricKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=KEY
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Weight = Annotated[float, msgspec.Meta(gt=0, le=1_000_000)]
 Seed = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-Alpha = Annotated[float, msgspec.Meta(gt=0, lt=0.5)]
+# At least 1e-6 (a 99.9999% interval): far smaller levels gave intervals too wide to be numbers (null in the results).
+Alpha = Annotated[float, msgspec.Meta(ge=1e-6, lt=0.5)]
 Status = Literal["draft", "running", "stopped"]
 MetricKind = Literal["binomial", "continuous", "ratio", "quantile"]
 Aggregation = Literal["sum", "mean", "count", "max", "any"]
