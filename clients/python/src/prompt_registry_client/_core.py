@@ -432,7 +432,7 @@ class Core:
     # -- local assignment
 
     def _route(self, name: str, unit: str) -> Flow[Routed | None]:
-        """As the service routes: the first running experiment on the prompt, else a draft's QA unit."""
+        """As the service routes: through the running experiment on the prompt (drafts route no one)."""
         experiments = yield from self._experiments(name)
         for experiment in experiments:
             routed = experiment.route(unit)
@@ -471,8 +471,8 @@ class Core:
             cursor = page.get("next_cursor")
             if not cursor:
                 break
-        live = [e for e in found if e.status == "running" or (e.status == "draft" and e.forced_variants)]
-        ordered = tuple(sorted(live, key=lambda e: (e.status != "running", e.key)))
+        # As the service: only a running experiment routes renders (a draft's QA units get production too).
+        ordered = tuple(sorted((e for e in found if e.status == "running"), key=lambda e: e.key))
         self.experiments.store(name, ordered, etag=None, token=token)
         self.on_cached()
         return ordered

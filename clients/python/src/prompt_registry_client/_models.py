@@ -325,11 +325,11 @@ class Experiment:
         return routed[0] if routed else None
 
     def route(self, unit: str) -> tuple[ExperimentAssignment, bool] | None:
-        """The assignment and whether it counts as an exposure (hashed; forced QA units do not)."""
+        """The assignment and whether it counts as an exposure (hashed; forced QA units do not).
+
+        None unless the experiment runs: renders never route through a draft, as the service's do not
+        (``POST /v1/experiments/{key}/preview`` shows a draft's variant to QA)."""
         if self.status != "running":
-            forced = self.forced_variants.get(unit)
-            if self.status == "draft" and forced is not None:  # a QA unit previews a draft
-                return ExperimentAssignment(key=self.key, phase=self.phase, variant=forced, in_experiment=True), False
             return None
         result = assign_experiment(self.raw, unit)
         variant = self.variants[result.variation].key if result.variation >= 0 else None
