@@ -132,4 +132,8 @@ def wilson_interval(proportion: float, n: int, alpha: float = 0.05) -> tuple[flo
     z2_n = z * z / n
     center = (proportion + z2_n / 2) / (1 + z2_n)
     halfwidth = z / (1 + z2_n) * math.sqrt(proportion * (1 - proportion) / n + z2_n / (4 * n))
-    return max(center - halfwidth, 0.0), min(center + halfwidth, 1.0)
+    # At 0 (or 1) the bound is exactly 0 (1), but rounding left it a hair inside (2.8e-17 for 0 of 12), so the
+    # interval no longer held its own proportion.
+    low = 0.0 if proportion <= 0 else max(center - halfwidth, 0.0)
+    high = 1.0 if proportion >= 1 else min(center + halfwidth, 1.0)
+    return low, high
