@@ -34,6 +34,7 @@ from prompt_registry_client._config import (
 )
 from prompt_registry_client._errors import (
     NotFound,
+    RateLimited,
     RegistryError,
     ServiceUnavailable,
     Unauthorized,
@@ -366,13 +367,14 @@ class Core:
         try:
             return (yield from self._load_prompt(key, entry))
         except RegistryError as exc:
-            if not is_outage(exc):
+            # A key over its rate limit is refused for the rest of its minute: for the app that is an outage too.
+            if not (is_outage(exc) or isinstance(exc, RateLimited)):
                 raise
             self._found_unreachable()
             if entry is None and fallback is None:
                 raise
             logger.warning(
-                "the registry cannot be reached (%s): serving %r from the cache or its fallback", exc.detail, key.name
+                "the registry cannot serve it (%s): serving %r from the cache or its fallback", exc.detail, key.name
             )
             return self._instead(key, entry, fallback)
 
