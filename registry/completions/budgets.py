@@ -27,13 +27,14 @@ them up, so other replicas, and this one after a restart, miss it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from registry.completions.errors import OverBudgetError
+from registry.completions.errors import BudgetHeldError, OverBudgetError
 from registry.completions.pricing import budget_problem, month_start
 from registry.completions.repository import CompletionRepository
 from registry.completions.usage import Spend, UsageRecorder
@@ -106,6 +107,7 @@ class BudgetGuard:
         self._spend_reads: SingleFlight[str, _Written] = SingleFlight()
         self._generation = 0  # changes seen: a read that a change overlapped is not cached
         self._held: dict[str, _Held] = {}  # by key: the reservations of its completions in flight
+        self._releases: dict[str, asyncio.Event] = {}  # by key: set when one of its reservations is released
         bus.subscribe(self._on_change)
         recorder.on_written(self._on_written)
 
@@ -142,9 +144,10 @@ class BudgetGuard:
         """Hold the tokens and cost ``most`` gives against ``key``'s budget until ``release``; None for a key
         without one (``most`` is then not called).
 
-        Refused (``OverBudgetError``) when the key's spend plus the reservations of its completions already
-        in flight reach a limit; this one may then overshoot it, alone. From the spend read to the reservation
-        nothing is awaited, so requests reserving at once each see the others'.
+        Refused (``OverBudgetError``) when the key's spend reaches a limit, and (``BudgetHeldError``) when its
+        spend plus the reservations of its completions already in flight do; this one may then overshoot it,
+        alone. From the spend read to the reservation nothing is awaited, so requests reserving at once each see
+        the others'.
         """
         budget = await self._budget(key)
         if budget.unlimited:
@@ -158,7 +161,7 @@ class BudgetGuard:
             token_budget=budget.monthly_tokens,
             cost_budget=budget.monthly_cost,
         ):
-            raise OverBudgetError(
+            raise BudgetHeldError(
                 f"this API key's {held.count} completion(s) in flight may use the rest of its monthly budget; "
                 "retry when they have ended",
                 headers={"Retry-After": str(_IN_FLIGHT_RETRY_SECONDS)},
@@ -175,6 +178,9 @@ class BudgetGuard:
         if reservation is None or reservation.released:
             return
         reservation.released = True
+        released = self._releases.pop(reservation.key, None)
+        if released is not None:
+            released.set()
         held = self._held.get(reservation.key)
         if held is None:
             return
@@ -184,6 +190,16 @@ class BudgetGuard:
         else:
             held.tokens -= reservation.tokens
             held.cost -= reservation.cost
+
+    async def released(self, key: str) -> None:
+        """Return when one of ``key``'s reservations is released (at once when it holds none): what a caller
+        refused with ``BudgetHeldError`` waits for before it asks again."""
+        if key not in self._held:
+            return
+        event = self._releases.get(key)
+        if event is None:
+            event = self._releases[key] = asyncio.Event()
+        await event.wait()
 
     async def _budget(self, key: str) -> Budget:
         budget = self._budgets.get(key)

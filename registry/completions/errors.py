@@ -73,6 +73,11 @@ class OverBudgetError(RateLimitedError):
     title = "Over budget"
 
 
+class BudgetHeldError(OverBudgetError):
+    """The key's completions in flight hold what is left of its budget: another may run when one has ended (same
+    problem type; an evaluation run waits for that instead of failing)."""
+
+
 class NoModelConfigError(InvalidInputError):
     """The prompt version links no model config, so there is nothing to run it with."""
 

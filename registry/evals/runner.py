@@ -51,7 +51,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.completions.components import Completions
-from registry.completions.errors import BackendNotConfiguredError, UpstreamBadRequestError
+from registry.completions.errors import BackendNotConfiguredError, BudgetHeldError, UpstreamBadRequestError
 from registry.completions.payload import Overrides
 from registry.completions.schemas import CompleteRequest, CompletionOut
 from registry.completions.service import RECORDED_ERRORS, Caller, CompletionService, Plan, Run
@@ -773,7 +773,7 @@ class EvalWorker:
         self._asking[task] = attempt
         spending = _attempt.set(attempt)
         try:
-            out = await completions.complete(prompt, request, caller)
+            out = await self._complete_within_budget(completions, prompt, request, caller)
         except UpstreamBadRequestError:
             raise
         except BackendNotConfiguredError as exc:
@@ -788,6 +788,20 @@ class EvalWorker:
             _attempt.reset(spending)
             del self._asking[task]
         return out
+
+    @staticmethod
+    async def _complete_within_budget(
+        completions: RunCompletions, prompt: str, request: CompleteRequest, caller: Caller
+    ) -> CompletionOut:
+        """The completion, once the run's own completions in flight leave room for it in its key's budget: each
+        holds the most it may spend until recorded, which near the limit refuses the next (``BudgetHeldError``)
+        long before the run's answers spend it. The run waits for one to end rather than fail."""
+        while True:
+            try:
+                return await completions.complete(prompt, request, caller)
+            except BudgetHeldError:
+                assert caller.key is not None  # only a key with a budget is refused
+                await completions.completions.budgets.released(caller.key)
 
     async def _score_item(self, plan: RunPlan, lease: Lease, item: EvalDatasetItem, attempt: Attempt) -> dict[str, Any]:
         request = CompleteRequest(variables=item.variables, version=plan.version)

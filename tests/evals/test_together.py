@@ -64,3 +64,32 @@ async def test_a_run_waits_out_a_backend_outage_and_then_finishes(
     stand_in[0].up.set()
     done = await finished(evals, admin, run["id"])
     assert (done["status"], done["items_done"], done["items_passed"]) == ("completed", 2, 2)
+
+
+async def test_a_run_near_its_keys_budget_waits_for_its_completions_in_flight_instead_of_failing(
+    evals: AppClient, admin: dict[str, str], make_key: KeyFactory, stand_in: tuple[StandIn, str]
+) -> None:
+    """Each completion in flight holds its prompt's upper bound and its 64 max_tokens against the key's budget
+    until recorded: with three held at the backend, the fourth item's completion is refused for them (not for
+    what was spent), and the run waits for one to end instead of failing with most of its budget unspent."""
+    version = await publish(evals, admin, "held")
+    await dataset(evals, admin, "held-cases", answers(*[(f"hold-{i}", f"hold-{i}") for i in range(4)]))
+    runner = await make_key(Scope.WRITE, name="held-evaluator")
+    key_id = next(
+        k["id"] for k in (await evals.get("/v1/keys/", headers=admin)).json()["items"] if k["name"] == "held-evaluator"
+    )
+    await ok(await evals.put(f"/v1/keys/{key_id}/budget", json={"monthly_tokens": 200}, headers=admin))
+
+    run = await start_run(evals, runner, prompt="held", version=version, dataset={"name": "held-cases"}, concurrency=4)
+    await eventually_async(lambda: _asked(stand_in[0], 3), "three items held at the backend")
+    stand_in[0].released.set()
+    done = await finished(evals, admin, run["id"])
+
+    assert (done["status"], done["items_done"], done["items_passed"]) == ("completed", 4, 4), done["error"]
+    assert len(stand_in[0].completions("echo")) == 4
+    budget = (await evals.get(f"/v1/keys/{key_id}/budget", headers=admin)).json()
+    assert 0 < budget["used_tokens"] < 100
+
+
+async def _asked(stand_in: StandIn, count: int) -> bool:
+    return len(stand_in.completions("echo")) >= count
