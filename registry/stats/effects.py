@@ -120,6 +120,27 @@ def _relative_variance(control: Arm, treatment: Arm, a: _Adjusted, b: _Adjusted,
     return v_treatment + v_control
 
 
+def _relative(
+    control: Arm, treatment: Arm, a: _Adjusted, b: _Adjusted, theta: float, dof: float, alpha: float
+) -> Estimate | None:
+    """The relative effect, or None when the control's mean is 0 or so close to it that its powers underflow.
+
+    A control mean of 1e-90 (one unit's tiny value) made ``mean ** 4`` exactly 0: ZeroDivisionError, and the
+    whole results answered 500. With no relative effect the comparison still has its absolute one.
+    """
+    if a.unadjusted_mean == 0:
+        return None
+    try:
+        variance = _relative_variance(control, treatment, a, b, theta)
+        estimate = (b.mean - a.mean) / abs(a.unadjusted_mean)
+    except (ZeroDivisionError, OverflowError):
+        return None
+    if not (variance > 0 and math.isfinite(variance) and math.isfinite(estimate)):
+        return None
+    relative = _two_sided(estimate, variance, dof, alpha)
+    return relative if math.isfinite(relative.ci_low) and math.isfinite(relative.ci_high) else None
+
+
 def _two_sided(estimate: float, variance: float, dof: float, alpha: float) -> Estimate:
     std_error = math.sqrt(variance)
     statistic = estimate / std_error
@@ -169,11 +190,7 @@ def compare(
         raise NotEnoughDataError("a variant's values have no variance")
     dof = welch_dof(a.variance, a.n, b.variance, b.n)
     absolute = _two_sided(b.mean - a.mean, b.variance / b.n + a.variance / a.n, dof, alpha)
-    relative = None
-    if a.unadjusted_mean != 0:
-        relative_variance = _relative_variance(control, treatment, a, b, theta)
-        if relative_variance > 0:
-            relative = _two_sided((b.mean - a.mean) / abs(a.unadjusted_mean), relative_variance, dof, alpha)
+    relative = _relative(control, treatment, a, b, theta, dof, alpha)
     basis = relative or absolute
     chance = float(norm.sf(0, loc=basis.estimate, scale=basis.std_error))
     sequential_absolute = sequential_relative = None

@@ -48,7 +48,10 @@ class RatioMoments:
         var_m = (m.sum_squares - m.sum**2 / n) / (n - 1)
         var_d = (d.sum_squares - d.sum**2 / n) / (n - 1)
         cov = covariance(n, m, d, self.cross_sum)
-        return variance_of_ratios(m.mean, var_m, d.mean, var_d, cov)
+        try:
+            return variance_of_ratios(m.mean, var_m, d.mean, var_d, cov)
+        except ZeroDivisionError:  # denominators so close to 0 that their mean's powers underflow: nothing to say
+            return 0.0
 
     @property
     def std_dev(self) -> float:
