@@ -603,13 +603,39 @@ class OperationsController(Controller):
         saved: Annotated[Literal["rate-limit", "budget", ""], QueryParameter()] = "",
     ) -> Template:
         notice = {"rate-limit": "The rate limit is saved.", "budget": "The budget is saved."}.get(saved)
-        return render(request, "key.html", key=await access.key(key_id), notice=notice, error=None, section="keys")
+        return render(
+            request,
+            "key.html",
+            key=await access.key(key_id),
+            notice=notice,
+            error=None,
+            sent_rate=None,
+            sent_budget=None,
+            section="keys",
+        )
 
     async def _key_problem(
-        self, request: Request[Any, Any, Any], access: ConsoleAccess, key_id: str, problem: FormProblemError
+        self,
+        request: Request[Any, Any, Any],
+        access: ConsoleAccess,
+        key_id: str,
+        problem: FormProblemError,
+        sent: RateLimitForm | BudgetForm,
     ) -> Template:
+        """The key's page again with the problem, and the refused form holding what was typed instead of the key's
+        stored values."""
         key = await access.key(key_id)
-        return render(request, "key.html", status_code=400, key=key, notice=None, error=str(problem), section="keys")
+        return render(
+            request,
+            "key.html",
+            status_code=400,
+            key=key,
+            notice=None,
+            error=str(problem),
+            sent_rate=sent if isinstance(sent, RateLimitForm) else None,
+            sent_budget=sent if isinstance(sent, BudgetForm) else None,
+            section="keys",
+        )
 
     @post(
         "/keys/{key_id:str}/rate-limit",
@@ -628,7 +654,7 @@ class OperationsController(Controller):
         try:
             per_minute = optional_int(data.per_minute, "Requests per minute", maximum=MAX_REQUESTS_PER_MINUTE)
         except FormProblemError as problem:
-            return await self._key_problem(request, access, key_id, problem)
+            return await self._key_problem(request, access, key_id, problem, data)
         await access.set_rate_limit(key_id, per_minute, viewer.actor)
         return see_other(f"{CONSOLE_PREFIX}/keys/{quote(key_id, safe='')}?saved=rate-limit")
 
@@ -652,7 +678,7 @@ class OperationsController(Controller):
                 monthly_cost=optional_cost(data.monthly_cost),
             )
         except FormProblemError as problem:
-            return await self._key_problem(request, access, key_id, problem)
+            return await self._key_problem(request, access, key_id, problem, data)
         await access.set_budget(key_id, budget, viewer.actor)
         return see_other(f"{CONSOLE_PREFIX}/keys/{quote(key_id, safe='')}?saved=budget")
 

@@ -133,6 +133,9 @@ async def test_a_budget_or_rate_limit_out_of_range_is_refused_with_the_reason(
         "Tokens per month must be a whole number from 0 to 2,147,483,647"
         in await page.get_by_role("alert").inner_text()
     )
+    # The refused value stays in the form to correct: cleared here, so the cost alone is refused next.
+    assert await page.get_by_label("Tokens per month").input_value() == "3000000000"
+    await page.get_by_label("Tokens per month").fill("")
     await page.get_by_label("Cost per month").fill("-1")
     await page.get_by_role("button", name="Save budget").click()
     assert "Monthly cost must be a non-negative amount" in await page.get_by_role("alert").inner_text()
