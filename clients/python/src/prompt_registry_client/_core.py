@@ -606,7 +606,14 @@ class Core:
         for kind in KINDS:
             while batch := self.outbox.take(kind):
                 body = [{k: v for k, v in item.items() if not k.startswith("_")} for item in batch]
-                request = self.build("POST", f"/v1/{kind}", json={kind: body})
+                try:
+                    request = self.build("POST", f"/v1/{kind}", json={kind: body})
+                except ValueError:  # a NaN or a lone surrogate: those items are dropped, not the whole batch
+                    kept = [item for item, sent in zip(batch, body, strict=True) if _encodable(sent)]
+                    self.outbox.rejected += len(batch) - len(kept)
+                    logger.error("dropped %d %s that are not valid JSON", len(batch) - len(kept), kind)
+                    self.outbox.give_back(kind, kept)
+                    continue
                 try:
                     response = yield from self.send(request)  # idempotent: events by key, exposures by unit
                 except ServiceUnavailable:
@@ -736,6 +743,15 @@ class FeedReconnects:
 
 def _since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
+
+
+def _encodable(item: Mapping[str, Any]) -> bool:
+    """Whether ``item`` can be sent as JSON (httpx refuses NaN and infinities, UTF-8 lone surrogates)."""
+    try:
+        json.dumps(item, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except ValueError:
+        return False
+    return True
 
 
 def _invalid_indexes(kind: BatchKind, error: RegistryError) -> dict[int, str]:
