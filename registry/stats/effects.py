@@ -98,8 +98,16 @@ def _adjust(arm: Arm, theta: float) -> _Adjusted:
 
 
 def welch_dof(var_a: float, n_a: int, var_b: float, n_b: int) -> float:
-    """Welch-Satterthwaite degrees of freedom."""
-    return (var_b / n_b + var_a / n_a) ** 2 / (var_b**2 / (n_b**2 * (n_b - 1)) + var_a**2 / (n_a**2 * (n_a - 1)))
+    """Welch-Satterthwaite degrees of freedom.
+
+    Computed on the two squared standard errors scaled by the larger (the formula depends on their ratio only):
+    their squares underflowed to 0 for values near 1e-100 (ZeroDivisionError, a 500 for the results) and would
+    overflow for values near 1e100.
+    """
+    s_a, s_b = var_a / n_a, var_b / n_b
+    scale = max(s_a, s_b)
+    a, b = s_a / scale, s_b / scale
+    return (a + b) ** 2 / (b**2 / (n_b - 1) + a**2 / (n_a - 1))
 
 
 def _relative_variance(control: Arm, treatment: Arm, a: _Adjusted, b: _Adjusted, theta: float) -> float:

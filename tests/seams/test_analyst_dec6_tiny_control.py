@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from registry.stats import RatioMoments
+import pytest
+
+from registry.stats import Arm, Moments, RatioMoments, compare, welch_dof
 from tests.conftest import AppClient
 from tests.experiments.conftest import flush_and_aggregate, make_experiment, make_metric, make_prompt
 
@@ -48,3 +50,12 @@ async def test_a_control_mean_of_1e_minus_91_gives_results_without_a_relative_ef
 
     # A ratio metric's denominators that close to 0 have no variance to speak of, rather than raising.
     assert RatioMoments.of_sums(3, 1.0, 1.0, 1e-90, 1e-180, 1e-90).variance == 0.0
+
+
+def test_values_near_1e_minus_100_are_compared_and_huge_variances_keep_their_degrees_of_freedom() -> None:
+    """Welch's degrees of freedom squared the squared standard errors: 1e-200 squared is 0, so metric values near
+    1e-100 raised ZeroDivisionError (the results answered 500); 1e200 squared is infinite (NaN degrees)."""
+    comparison = compare(Arm(Moments(3, 3e-100, 5e-200)), Arm(Moments(3, 4e-100, 7e-200)))
+    assert comparison.absolute.ci_low < comparison.absolute.estimate < comparison.absolute.ci_high
+    assert welch_dof(1e-200, 3, 2e-200, 3) == pytest.approx(welch_dof(1.0, 3, 2.0, 3)) == pytest.approx(3.6)
+    assert welch_dof(1e200, 3, 2e200, 3) == pytest.approx(3.6)
