@@ -65,3 +65,26 @@ def test_the_feed_still_reconnects_after_more_failed_tries_than_a_float_can_doub
         eventually(lambda: recorder.tries("GET /v1/changes") > 1100, "the feed retrying through a long outage")
         live.restart()
         eventually(lambda: recorder.statuses["GET /v1/changes 200"] == 2, "the feed back after the outage")
+
+
+def test_a_feed_refused_for_too_many_feeds_waits_as_long_as_retry_after_says(live_registry: LiveFactory) -> None:
+    live = live_registry(feed_max_listeners_per_key=1)
+    live.prompt("dec6-feeds", text("v1"))
+    recorder = Recorder()
+    pauses: list[float] = []
+    with (
+        RegistryClient(live.url, live.key, transport=RecordingTransport(recorder), cache=QUICK) as first,
+        RegistryClient(live.url, live.key, transport=RecordingTransport(recorder), cache=QUICK) as second,
+    ):
+        first.get_prompt("dec6-feeds")
+        eventually(lambda: recorder.statuses["GET /v1/changes 200"] == 1, "the first feed connecting")
+
+        def pause(seconds: float) -> bool:
+            pauses.append(seconds)
+            return second._closing.wait()
+
+        second._pause = pause  # type: ignore[method-assign]
+        second.get_prompt("dec6-feeds")
+        eventually(lambda: bool(pauses), "the second feed refused")
+    assert recorder.statuses["GET /v1/changes 429"] == 1
+    assert pauses[0] >= 60, "the pause after a 429 is at least its Retry-After (60 s)"

@@ -708,7 +708,8 @@ class FeedReconnects:
     once) while the registry was up recently: a restart or a short outage then delays a
     promotion by about a second. Only once it has been gone for ``feed_fast_reconnects_for`` do
     the pauses double, up to ``feed_max_backoff``; a registry that answers but refuses the feed
-    (a key without the scope) gets the long pauses at once. A key it no longer knows (401:
+    (a key without the scope) gets the long pauses at once, and never one shorter than the
+    ``Retry-After`` it answered with (a key holding too many feeds). A key it no longer knows (401:
     revoked or expired, which also ends a feed that is open) never becomes valid again, so the
     feed is not reconnected at all.
     """
@@ -738,7 +739,10 @@ class FeedReconnects:
         else:
             self._slow_pauses += 1
             ceiling = backoff(policy.feed_reconnect_delay, self._slow_pauses, policy.feed_max_backoff)
-        return ceiling / 2 + self._rand() * ceiling / 2
+        pause = ceiling / 2 + self._rand() * ceiling / 2
+        if isinstance(error, RegistryError) and error.retry_after is not None:  # too many feeds on the key: 429
+            return max(pause, error.retry_after)
+        return pause
 
 
 def _since(started: float) -> float:
