@@ -94,9 +94,7 @@ def effect_chart(metric: MetricResultOut, results: ResultsOut, chart_id: str) ->
         f"is better. " + "; ".join(r.text for r in rows) + ".",
         rows=rows,
         x_label=f"{'Relative' if relative else 'Absolute'} difference from {metric.variants[0].variant}",
-        format_tick=(lambda v, _: f"{v * 100:+.0f}%" if v else "0%")
-        if relative
-        else (lambda v, step: formatting.count_tick(v, step)),
+        format_tick=formatting.percent_tick if relative else (lambda v, step: formatting.count_tick(v, step)),
     )
 
 

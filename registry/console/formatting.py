@@ -92,6 +92,14 @@ def cost_tick(value: float, step: float) -> str:
     return f"${value:,.{max(2, decimals_for(step))}f}"
 
 
+def percent_tick(value: float, step: float) -> str:
+    """A relative effect's axis tick, with the decimals its step needs: -0.4%, -0.2%, 0%, +0.2% for effects under a
+    percent, where whole percents read -0%, -0%, 0%, +0%."""
+    if abs(value) < step / 2:
+        return "0%"
+    return f"{value * 100:+.{decimals_for(step * 100)}f}%"
+
+
 def percent(value: float | None) -> str:
     return "—" if value is None or _missing(value) else _unsigned_zero(f"{value * 100:.2f}%")
 

@@ -78,9 +78,7 @@ def guardrail_chart(guardrail: dict[str, Any], checks: list[dict[str, Any]], cha
         rows=rows,
         reference=(limit, reference),
         x_label=f"{kind} difference from production",
-        format_tick=(lambda v, _: f"{v * 100:+.0f}%" if v else "0%")
-        if relative
-        else (lambda v, step: formatting.count_tick(v, step)),
+        format_tick=formatting.percent_tick if relative else (lambda v, step: formatting.count_tick(v, step)),
     )
 
 
