@@ -35,12 +35,16 @@ def refused(status: int, settings: Settings, door: bool) -> Request:
             ("GET", "/v1/prompts", {"headers": many_headers}),
         ),
         405: (("GET", "/v1/chat/completions", {}), ("PUT", "/v1/prompts", {})),
+        400: (
+            ("GET", "/v1/models", {"params": {"after": "a\x00"}}),
+            ("GET", "/v1/prompts", {"params": {"prefix": "\x00"}}),
+        ),
     }
     return cases[status][0 if door else 1]
 
 
 @pytest.mark.parametrize("door", [True, False], ids=["door path", "other path"])
-@pytest.mark.parametrize("status", [415, 414, 431, 405])
+@pytest.mark.parametrize("status", [415, 414, 431, 405, 400])
 async def test_a_refusal_has_the_shape_of_its_paths_errors(
     client: AppClient, admin: dict[str, str], settings: Settings, status: int, door: bool
 ) -> None:
@@ -52,6 +56,24 @@ async def test_a_refusal_has_the_shape_of_its_paths_errors(
     assert document["instance"] == path
     if status == 405:
         assert response.headers["allow"]
+
+
+async def test_a_nul_in_the_path_or_a_query_parameter_is_refused_naming_where(
+    client: AppClient, admin: dict[str, str]
+) -> None:
+    """No name, key, cursor or value may hold a NUL, and the database cannot store one: a route answered a 422
+    naming no parameter (a list's prefix), or looked the name up (a key's budget, a render on the fast path)."""
+    requests = [
+        ("GET", "/v1/prompts?prefix=a%00&limit=5", "prefix"),
+        ("GET", "/v1/keys/%00/budget", "path"),
+        ("POST", "/v1/prompts/a%00b/render", "path"),
+        ("GET", "/v1/prompts?x%00=1", "x%00"),
+    ]
+    for method, path, where in requests:
+        response = await client.request(method, path, headers=admin, json={} if method == "POST" else None)
+
+        assert response.status_code == 400, (path, response.text)
+        assert [error["field"] for error in problem(response)["errors"]] == [where]
 
 
 def _concrete(route_path: str) -> str:

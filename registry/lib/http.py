@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 import msgspec
 import structlog
@@ -32,7 +32,9 @@ from litestar.types import (
 )
 
 from registry.lib.errors import (
+    BadRequestError,
     ErrorShape,
+    FieldError,
     HeadersTooLargeError,
     MalformedJsonError,
     RegistryError,
@@ -183,16 +185,19 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         request_id_token = request_id_var.set(request_id)
         try:
-            target_bytes = len(raw_path or scope["path"]) + len(scope["query_string"])
+            path, query = scope["path"], scope["query_string"]
+            target_bytes = len(raw_path or path) + len(query)
             body_method = has_body and method in _BODY_METHODS
             limits = self.limits
             refusal = (
-                None  # the common case, without the call: within the limits, and no body or a JSON one
+                None  # the common case, without the call: within the limits, no NUL, no body or a JSON one
                 if target_bytes <= limits.max_url_bytes
                 and header_count <= limits.max_headers
                 and header_bytes <= limits.max_header_bytes
                 and (not body_method or content_type == _JSON)
-                else self._refusal(target_bytes, header_count, header_bytes, body_method, content_type, scope["path"])
+                and "\x00" not in path
+                and b"%00" not in query
+                else self._refusal(target_bytes, header_count, header_bytes, body_method, content_type, path, query)
             )
             if refusal is not None:
                 await send_problem(refusal, scope, send_with_context, self.error_shape)
@@ -229,11 +234,20 @@ class RequestContextMiddleware:
         body_method: bool,
         content_type: bytes,
         path: str,
+        query: bytes,
     ) -> RegistryError | None:
         """The problem a request gets before any route sees it, if any."""
         limits = self.limits
         if target_bytes > limits.max_url_bytes:
             return UriTooLongError(f"the request target is over {limits.max_url_bytes} bytes")
+        holding_nul = _holding_nul(path, query)
+        if holding_nul:
+            # No name, key, cursor or value the API takes may hold one, and the database could not store it: a
+            # route would answer a 422 naming no parameter, or a 404 for a name no one can create.
+            return BadRequestError(
+                "the request's path or query holds a NUL character (%00)",
+                errors=[FieldError(name, "holds a NUL character (%00)") for name in holding_nul],
+            )
         if header_count > limits.max_headers or header_bytes > limits.max_header_bytes:
             return HeadersTooLargeError(
                 f"send at most {limits.max_headers} header lines of at most {limits.max_header_bytes} bytes in all"
@@ -246,6 +260,15 @@ class RequestContextMiddleware:
         ):
             return UnsupportedMediaTypeError("request bodies must be JSON: send Content-Type: application/json")
         return None
+
+
+def _holding_nul(path: str, query: bytes) -> list[str]:
+    """The parts of a request target that hold a NUL: ``path``, or a query parameter by its name."""
+    parts = ["path"] if "\x00" in path else []
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            parts.append(name.replace("\x00", "%00"))
+    return parts
 
 
 def _within_deadline(receive: Receive, seconds: float) -> Receive:
