@@ -1,4 +1,4 @@
-"""Closing the async client while its events are stuck on a registry that accepts connections and never answers."""
+"""Closing a client while its events or refreshes wait on a registry that does not answer."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from prompt_registry_client import AsyncRegistryClient, BatchPolicy, CachePolicy, RetryPolicy
+from prompt_registry_client import AsyncRegistryClient, BatchPolicy, CachePolicy, RegistryClient, RetryPolicy
 
-from tests.waiting import eventually_async
+from tests.clients.conftest import Live, text
+from tests.waiting import eventually, eventually_async
 
 
 @pytest.fixture
@@ -56,3 +57,42 @@ async def test_aclose_waits_for_a_stuck_batch_no_longer_than_the_close_timeout(
     await registry.aclose()
     assert len(accepted) == 1, "close gave up on the batch in flight instead of waiting out its tries"
     assert registry.pending_events == 1, "the abandoned batch is counted as not sent"
+
+
+class HungAfterFirstFetch(httpx.HTTPTransport):
+    """The registry answers the first prompt fetch, then never again: later ones time out after ``patience``."""
+
+    def __init__(self, patience: float) -> None:
+        super().__init__()
+        self.patience = patience
+        self.fetches = 0
+        self.release = threading.Event()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.fetches += 1
+        if self.fetches > 1:
+            self.release.wait(self.patience)
+            raise httpx.ReadTimeout("the registry did not answer", request=request)
+        return super().handle_request(request)
+
+
+def test_close_does_not_wait_out_a_background_refresh_on_a_registry_that_does_not_answer(live: Live) -> None:
+    live.prompt("dec6-refresh", text("v1"))
+    transport = HungAfterFirstFetch(patience=3.0)
+    registry = RegistryClient(
+        live.url,
+        live.key,
+        transport=transport,
+        retries=RetryPolicy(attempts=2, backoff=0.01),
+        batches=BatchPolicy(close_timeout=0.1),
+        cache=CachePolicy(ttl=0.0, watch_changes=False),  # every get after the first refreshes in the background
+    )
+    try:
+        registry.get_prompt("dec6-refresh")
+        assert registry.get_prompt("dec6-refresh").version == 1  # served at once; its refresh hangs
+        eventually(lambda: transport.fetches == 2, "the background refresh on its way")
+        registry.close()
+        tries_when_closed = transport.fetches
+    finally:
+        transport.release.set()
+    assert tries_when_closed == 2, "close gave up on the refresh instead of waiting out its second try"

@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Hashable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
@@ -142,6 +142,7 @@ class RegistryClient(BaseClient):
         self._closed = False
         self._background: set[Hashable] = set()
         self._executor: ThreadPoolExecutor | None = None
+        self._refreshes: set[Future[None]] = set()
         self._sender: threading.Thread | None = None
         self._send_now = threading.Event()
         self._send_lock = threading.Lock()
@@ -327,7 +328,12 @@ class RegistryClient(BaseClient):
             except Exception as exc:
                 logger.error("could not send %d events before closing: %s", self._core.outbox.pending, exc)
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            # A refresh waiting on a registry that does not answer is not waited out (its tries' timeouts):
+            # the client is closed once the close timeout has passed, and the refresh ends at its next read.
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            with self._lock:
+                running = list(self._refreshes)
+            wait(running, timeout=max(self._close_deadline - time.monotonic(), 0.0))
         if self._watcher is not None:
             self._watcher.join(1.0)
         self._http.close()
@@ -358,7 +364,9 @@ class RegistryClient(BaseClient):
             self._background.add(need.key)
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prompt-registry-refresh")
-            self._executor.submit(self._run_in_background, need)
+            refresh = self._executor.submit(self._run_in_background, need)
+            self._refreshes.add(refresh)
+            refresh.add_done_callback(self._refreshes.discard)
 
     def _run_in_background(self, need: Spawn) -> None:
         try:
