@@ -334,7 +334,7 @@ class ConsoleController(Controller):
         versions_after: Annotated[str | None, QueryParameter(name="cursor", max_length=200)] = None,
     ) -> Template:
         view = await console.prompt_page(resource_name, versions_after)
-        notice = f"Version {changed} is now {to}." if changed and to else None
+        notice = f"Version {changed} is now {to}." if changed and to and view.holds(changed, to) else None
         return render(request, "prompt.html", prompt=view, notice=notice, section="prompts")
 
     @get("/prompts/{name:str}/diff", opt={SCOPE_OPT: Scope.READ}, operation_id="consoleDiff", include_in_schema=False)

@@ -119,6 +119,15 @@ class PromptPage:
     next_versions: str | None = None  # the cursor of the older versions past this page, if any
     older_versions: bool = False  # this page starts past the newest versions
 
+    def holds(self, number: int, state: str) -> bool:
+        """Whether version ``number`` is in ``state`` as this page reads it (an archived version past this page's
+        rows is taken to be): a notice of a change someone has undone since is not shown again on a reload."""
+        if state == "production":
+            return self.production == number
+        if state == "staging":
+            return self.staging == number
+        return all(v.state == state for v in self.versions if v.number == number)
+
 
 @dataclass(frozen=True, slots=True)
 class FieldChangeRow:
