@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
+import pytest
 from prompt_registry_client import BatchPolicy, CachePolicy, RegistryClient, RetryPolicy
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.clients.conftest import LiveFactory, Recorder, RecordingTransport, text
+from tests.clients.conftest import Live, LiveFactory, Recorder, RecordingTransport, text
 from tests.clients.test_experiments import experiment_for, recorded_exposures, start_experiment
 from tests.conftest import count_rows
 from tests.waiting import eventually
@@ -61,3 +63,15 @@ def test_an_exposure_dropped_by_a_full_outbox_is_queued_when_its_unit_is_seen_ag
         queued = registry.pending_events
     assert (dropped, queued) == (1, 1)
     eventually(lambda: bool(recorded_exposures(live, "dec6-unit")), "the exposure recorded")
+
+
+def test_events_dropped_by_a_full_outbox_are_logged_sparsely(live: Live, caplog: pytest.LogCaptureFixture) -> None:
+    batches = BatchPolicy(flush_interval=30, max_pending=1)
+    with caplog.at_level(logging.WARNING, "prompt_registry_client"):
+        with RegistryClient(live.url, live.key, cache=NO_FEED, batches=batches) as registry:
+            for i in range(101):  # the first is queued, the other 100 dropped
+                registry.track(f"user-{i}", "dec6-dropped", 1.0)
+            dropped = registry.dropped_events
+        warnings = [r for r in caplog.records if r.getMessage().startswith("dropped ")]
+    assert dropped == 100
+    assert len(warnings) == 7, "the 1st, 2nd, 4th ... 64th drop are logged, not each of a long outage's"

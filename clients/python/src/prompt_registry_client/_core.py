@@ -597,8 +597,12 @@ class Core:
             event["experiment"] = experiment
         if self.outbox.add("events", event):
             self.on_queued()
-        else:
-            logger.warning("dropped a tracked event: %d are waiting to be sent", self.outbox.policy.max_pending)
+        elif (dropped := self.outbox.dropped) & (dropped - 1) == 0:  # the 1st, 2nd, 4th...: an outage is no log flood
+            logger.warning(
+                "dropped %d events and exposures so far: %d are waiting to be sent",
+                dropped,
+                self.outbox.policy.max_pending,
+            )
         return key
 
     def send_batches(self) -> Flow[bool]:
