@@ -8,22 +8,28 @@ combines the scorers of one item into a ``Verdict``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 import jsonschema
+import referencing.exceptions
 import regex
-from jsonschema.exceptions import best_match
+from jsonschema.exceptions import ValidationError, best_match
 
 from registry.lib.errors import FieldError, InvalidInputError
 
 MAX_SCORERS = 20
 MAX_PATTERN_LENGTH = 1_000
 REGEX_TIMEOUT_S = 0.1
+# What all of a JSON Schema's patterns may take on one output, together (``JsonSchema``).
+SCHEMA_PATTERNS_TIMEOUT_S = 0.5
 _SHOWN_CHARACTERS = 60
 
 
@@ -235,9 +241,107 @@ class ValidJson(_Spec):
         return _pass("valid JSON")
 
 
+class _PatternTimeoutError(Exception):
+    def __init__(self, pattern: str) -> None:
+        super().__init__(pattern)
+        self.pattern = pattern
+
+
+# When the JSON Schema validation under way must end its pattern searches (``_timed_search``).
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("schema_patterns_deadline", default=None)
+
+
+@contextlib.contextmanager
+def _patterns_deadline(deadline: float) -> Iterator[None]:
+    token = _deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def _timed_search(pattern: str, text: str) -> bool:
+    """``re.search`` as JSON Schema's keywords use it, on the ``regex`` library within what is left of the
+    validation's time (``_patterns_deadline``); past it, ``_PatternTimeoutError``."""
+    deadline = _deadline.get()
+    remaining = REGEX_TIMEOUT_S if deadline is None else deadline - time.monotonic()
+    if remaining <= 0:
+        raise _PatternTimeoutError(pattern)
+    try:
+        return regex.search(pattern, text, timeout=remaining) is not None
+    except TimeoutError:
+        raise _PatternTimeoutError(pattern) from None
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _timed_search(pattern, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(validator: Any, patterns: Mapping[str, Any], instance: Any, schema: Any) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _timed_search(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional_properties(validator: Any, additional: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    if "patternProperties" not in schema:  # no pattern: the library's own
+        yield from _LIBRARY_ADDITIONAL_PROPERTIES(validator, additional, instance, schema)
+        return
+    named, patterns = schema.get("properties", {}), list(schema["patternProperties"])
+    extras = [k for k in instance if k not in named and not any(_timed_search(p, k) for p in patterns)]
+    if validator.is_type(additional, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], additional, path=extra)
+    elif not additional and extras:
+        shown = ", ".join(repr(extra) for extra in sorted(extras))
+        yield ValidationError(f"{shown} not matched by any of the patterns {', '.join(map(repr, sorted(patterns)))}")
+
+
+_LIBRARY_ADDITIONAL_PROPERTIES = jsonschema.Draft202012Validator.VALIDATORS["additionalProperties"]
+_TIMED: dict[type, type] = {}
+
+
+def _timed_patterns(base: type) -> Any:
+    """The draft's validator whose pattern keywords search with a time limit (``_timed_search``): Python's
+    ``re``, which jsonschema uses, backtracks without end on a pattern such as ``^(a+)+$`` and holds the worker
+    (the whole process's event loop) meanwhile. ``unevaluatedProperties`` beside ``patternProperties`` is
+    refused when the scorer is read (``_read_json_schema``): the library matches those patterns itself."""
+    timed = _TIMED.get(base)
+    if timed is None:
+        keywords = {"pattern": _pattern, "patternProperties": _pattern_properties}
+        if "additionalProperties" in base.VALIDATORS:  # type: ignore[attr-defined]
+            keywords["additionalProperties"] = _additional_properties
+        timed = _TIMED[base] = jsonschema.validators.extend(base, keywords)  # type: ignore[no-untyped-call]
+    return timed
+
+
+def _has_keys(value: Any, keys: set[str]) -> set[str]:
+    """Which of ``keys`` appear as keywords anywhere in a schema."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        found |= keys & value.keys()
+        for item in value.values():
+            found |= _has_keys(item, keys)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _has_keys(item, keys)
+    return found
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JsonSchema(_Spec):
-    """The output is JSON valid against the schema (its draft from ``$schema``, the latest otherwise)."""
+    """The output is JSON valid against the schema (its draft from ``$schema``, the latest otherwise).
+
+    Its patterns run on the ``regex`` library with a time limit for them all (``SCHEMA_PATTERNS_TIMEOUT_S``),
+    and a schema that cannot be applied (a ``$ref`` that resolves to nothing or to itself without end) fails
+    the item with a reason rather than the run.
+    """
 
     kind: ClassVar[str] = "json_schema"
     schema: Mapping[str, Any]
@@ -247,8 +351,21 @@ class JsonSchema(_Spec):
             document = _load_json(inp.output)
         except ValueError as exc:
             return _fail(f"not valid JSON: {exc}")
-        validator = jsonschema.validators.validator_for(self.schema)(self.schema)
-        error = best_match(validator.iter_errors(document))
+        validator = _timed_patterns(jsonschema.validators.validator_for(self.schema))(self.schema)
+        try:
+            with _patterns_deadline(time.monotonic() + SCHEMA_PATTERNS_TIMEOUT_S):
+                error = best_match(validator.iter_errors(document))
+        except _PatternTimeoutError as exc:
+            return _fail(
+                f"the schema's patterns took over {_number(SCHEMA_PATTERNS_TIMEOUT_S)} s "
+                f"(at /{exc.pattern}/); simplify them"
+            )
+        except regex.error as exc:
+            return _fail(f"a pattern of the schema is not supported: {exc}")
+        except RecursionError:
+            return _fail("the schema refers to itself without end ($ref)")
+        except referencing.exceptions.Unresolvable as exc:
+            return _fail(f"the schema has a $ref that cannot be resolved: {exc}")
         if error is None:
             return _pass("valid against the schema")
         return _fail(f"at {error.json_path}: {error.message}")
@@ -586,6 +703,11 @@ def _read_json_schema(r: _Reader) -> dict[str, Any]:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         r.problem("schema", f"not a valid JSON Schema: {exc.message}")
+    if _has_keys(schema, {"unevaluatedProperties", "patternProperties"}) == {
+        "unevaluatedProperties",
+        "patternProperties",
+    }:
+        r.problem("schema", "unevaluatedProperties with patternProperties is not supported; use additionalProperties")
     return {"schema": schema}
 
 
