@@ -27,13 +27,25 @@ from registry.db.text import without_nul
 from registry.webhooks.guard import AddressGuard, AddressRefusedError, WebhookHttp
 from registry.webhooks.models import Webhook, WebhookDelivery
 from registry.webhooks.repository import WebhookRepository
-from registry.webhooks.rules import retry_delay, subscribes
+from registry.webhooks.rules import retry_after_seconds, retry_delay, subscribes
 from registry.webhooks.service import delivery_body
 
 logger = structlog.get_logger("registry.webhooks")
 
 LEASE = timedelta(seconds=60)
 BATCH = 50
+ANSWER_HEAD = 200  # bytes of a receiver's answer kept in the delivery log; the rest is never read
+
+
+async def _answer_head(response: aiohttp.ClientResponse) -> bytes:
+    """The first ``ANSWER_HEAD`` bytes of a failure's answer: one of gigabytes is not read whole into memory."""
+    head = b""
+    while len(head) < ANSWER_HEAD:
+        chunk = await response.content.read(ANSWER_HEAD - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return head
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +102,9 @@ class WebhookDispatcher:
                     "webhook_id": webhook.id,
                     "event_id": event.event_id,
                     "event_type": event.type,
-                    "body": delivery_body(event.event_id, event.type, event.subject, event.actor, event.payload),
+                    "body": delivery_body(
+                        event.event_id, event.type, event.subject, event.actor, event.payload, event.created_at
+                    ),
                     "next_attempt_at": now,
                 }
                 for event in events
@@ -128,6 +142,7 @@ class WebhookDispatcher:
         }
         status_code: int | None = None
         error: str | None = None
+        retry_after: float | None = None
         try:
             # A name is checked by the connector's resolver; an address in the URL never reaches it.
             self._http.guard.check_literal(URL(webhook.url).raw_host or "")
@@ -139,8 +154,11 @@ class WebhookDispatcher:
                 allow_redirects=False,
             ) as response:
                 status_code = response.status
-                answer = (await response.read())[:200].decode(errors="replace")
-            if 200 <= status_code < 300:
+                # A 2xx answer's body means nothing: its status is the receipt, however long the body trickles.
+                succeeded = 200 <= status_code < 300
+                answer = "" if succeeded else (await _answer_head(response)).decode(errors="replace")
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"), sent_at)
+            if succeeded:
                 self._outcomes.labels("succeeded").inc()
                 values: dict[str, object] = {
                     "status": "succeeded",
@@ -159,10 +177,15 @@ class WebhookDispatcher:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             error = without_nul(f"{type(exc).__name__}: {exc}"[:500])
         attempts = delivery.attempts + 1
-        dead = attempts >= self._policy.max_attempts
+        # 410 Gone: the receiver says the endpoint is gone for good, so retrying only knocks on a closed door.
+        dead = attempts >= self._policy.max_attempts or status_code == 410
         self._outcomes.labels("dead" if dead else "retrying").inc()
         delay = retry_delay(
-            attempts, base=self._policy.retry_base_seconds, cap=self._policy.retry_max_seconds, jitter=self._jitter()
+            attempts,
+            base=self._policy.retry_base_seconds,
+            cap=self._policy.retry_max_seconds,
+            jitter=self._jitter(),
+            retry_after=retry_after if status_code in (429, 503) else None,
         )
         logger.info("webhook delivery failed", webhook=webhook.id, delivery=delivery.id, attempts=attempts, error=error)
         return delivery.id, {

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 
 from registry.outbox.events import EVENT_TYPES
 
@@ -25,7 +28,31 @@ def subscribes(patterns: Sequence[str], event_type: str) -> bool:
     )
 
 
-def retry_delay(attempts: int, *, base: float, cap: float, jitter: float) -> float:
-    """Seconds before the next try after ``attempts`` failures: exponential, capped, with jitter in [0.5, 1]."""
+def retry_delay(attempts: int, *, base: float, cap: float, jitter: float, retry_after: float | None = None) -> float:
+    """Seconds before the next try after ``attempts`` failures: exponential, capped, with jitter in [0.5, 1].
+
+    A receiver's ``Retry-After`` (429, 503) is honoured when it asks for longer, up to ``cap``, as the
+    completion backends' is: trying again sooner only meets the same refusal.
+    """
     exponent = min(attempts - 1, 30)
-    return float(min(cap, base * 2.0**exponent) * (0.5 + 0.5 * jitter))
+    delay = float(min(cap, base * 2.0**exponent) * (0.5 + 0.5 * jitter))
+    if retry_after is not None:
+        delay = max(delay, min(cap, retry_after))
+    return delay
+
+
+def retry_after_seconds(header: str | None, now: datetime) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), None when absent or unreadable."""
+    if not header:
+        return None
+    text = header.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None
+    seconds = (when - now).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None

@@ -3,6 +3,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,14 +34,15 @@ class DeliveryNotFoundError(NotFoundError):
 
 
 def delivery_body(
-    event_id: str, event_type: str, subject: str, actor: str, data: dict[str, object]
+    event_id: str, event_type: str, subject: str, actor: str, data: dict[str, object], created_at: datetime
 ) -> dict[str, object]:
+    """What a receiver gets; ``created_at`` is when the event happened, the same for every webhook it goes to."""
     return {
         "id": event_id,
         "type": event_type,
         "subject": subject,
         "actor": actor,
-        "created_at": utcnow().isoformat(),
+        "created_at": created_at.isoformat(),
         "data": data,
     }
 
@@ -135,7 +137,9 @@ class WebhookService:
                     "webhook_id": webhook_id,
                     "event_id": event_id,
                     "event_type": "ping",
-                    "body": delivery_body(event_id, "ping", "webhook", actor.name, {"webhook_id": webhook_id}),
+                    "body": delivery_body(
+                        event_id, "ping", "webhook", actor.name, {"webhook_id": webhook_id}, utcnow()
+                    ),
                 }
             ]
         )
