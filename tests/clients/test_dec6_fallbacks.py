@@ -1,11 +1,13 @@
-"""A key over its rate limit: the registry refuses for the rest of its minute, and the fallback serves."""
+"""The fallback serves whenever the registry cannot: a key over its rate limit, a URL that answers as something else."""
 
 from __future__ import annotations
 
-import pytest
-from prompt_registry_client import CachePolicy, RateLimited, RegistryClient, RetryPolicy
+from typing import Any
 
-from tests.clients.conftest import Live, text
+import pytest
+from prompt_registry_client import CachePolicy, RateLimited, RegistryClient, RetryPolicy, ServiceUnavailable
+
+from tests.clients.conftest import Live, ThreadedServer, text
 
 
 def test_a_rate_limited_prompt_fetch_serves_the_fallback_instead_of_raising(live: Live) -> None:
@@ -19,4 +21,23 @@ def test_a_rate_limited_prompt_fetch_serves_the_fallback_instead_of_raising(live
         served = registry.render("dec6-limited-b", {"name": "Ada"}, fallback="Hi {{ name }}")
         with pytest.raises(RateLimited):
             registry.get_prompt("dec6-limited-b")  # without a fallback the refusal is the caller's to see
+    assert (served.text, served.fallback) == ("Hi Ada", True)
+
+
+async def html_page(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """What a URL that is not the registry's may answer to anything (a web app's page, a proxy's): 200, HTML."""
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/html")]})
+    await send({"type": "http.response.body", "body": b"<html><body>Welcome</body></html>"})
+
+
+def test_an_answer_that_is_not_the_registrys_serves_the_fallback_instead_of_raising() -> None:
+    server = ThreadedServer(html_page, lifespan="off")
+    url = server.start()
+    try:
+        with RegistryClient(url, "prk_test", cache=CachePolicy(watch_changes=False)) as registry:
+            served = registry.render("dec6-html", {"name": "Ada"}, unit="user-1", fallback="Hi {{ name }}")
+            with pytest.raises(ServiceUnavailable):
+                registry.get_prompt("dec6-html")
+    finally:
+        server.stop()
     assert (served.text, served.fallback) == ("Hi Ada", True)

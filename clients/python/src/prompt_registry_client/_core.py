@@ -425,7 +425,7 @@ class Core:
             if isinstance(error, NotFound):
                 self.prompts.discard(key)
             raise error
-        prompt = prompt_from_json(response.json())
+        prompt = self._parsed(response, prompt_from_json)
         self.prompts.store(key, prompt, etag=response.headers.get("ETag"), token=token)
         self._found_reachable()
         self.on_cached()
@@ -468,9 +468,9 @@ class Core:
         cursor: str | None = None
         while True:
             params = {"prompt": name, "limit": 200, **({"cursor": cursor} if cursor else {})}
-            page = (yield from self.call("GET", "/v1/experiments", params=params)).json()
-            found += [experiment_from_json(item) for item in page["items"]]
-            cursor = page.get("next_cursor")
+            page = self._parsed((yield from self.call("GET", "/v1/experiments", params=params)), _experiments_page)
+            found += page[0]
+            cursor = page[1]
             if not cursor:
                 break
         # As the service: only a running experiment routes renders (a draft's QA units get production too).
@@ -478,6 +478,13 @@ class Core:
         self.experiments.store(name, ordered, etag=None, token=token)
         self.on_cached()
         return ordered
+
+    def _parsed(self, response: httpx.Response, parse: Callable[[Any], V]) -> V:
+        """``parse`` of the answer's JSON; an answer that is not the registry's (a proxy's page) is an outage."""
+        try:
+            return parse(response.json())
+        except (ValueError, LookupError, TypeError, AttributeError) as exc:
+            raise ServiceUnavailable(f"{response.url} did not answer as the registry does: {exc!r}") from exc
 
     def get_experiment(self, key: str) -> Flow[Experiment]:
         response = yield from self.call("GET", f"/v1/experiments/{encode_name(key)}")
@@ -751,6 +758,10 @@ class FeedReconnects:
 
 def _since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
+
+
+def _experiments_page(page: Any) -> tuple[list[Experiment], str | None]:
+    return [experiment_from_json(item) for item in page["items"]], page.get("next_cursor")
 
 
 def _encodable(item: Mapping[str, Any]) -> bool:
