@@ -32,7 +32,7 @@ from registry.webhooks.service import delivery_body
 
 logger = structlog.get_logger("registry.webhooks")
 
-LEASE = timedelta(seconds=60)
+LEASE = timedelta(seconds=60)  # at least; longer than the delivery timeout, see ``WebhookDispatcher.lease``
 BATCH = 50
 ANSWER_HEAD = 200  # bytes of a receiver's answer kept in the delivery log; the rest is never read
 
@@ -77,6 +77,12 @@ class WebhookDispatcher:
         )
 
     @property
+    def lease(self) -> timedelta:
+        """How long a claimed delivery stays this replica's: past its attempt's timeout, so another replica
+        never sends a delivery that is still being sent (a timeout over the lease sent it twice)."""
+        return max(LEASE, timedelta(seconds=self._policy.timeout_seconds + 30))
+
+    @property
     def guard(self) -> AddressGuard:
         """The address rules webhooks are created and delivered under."""
         return self._http.guard
@@ -119,7 +125,7 @@ class WebhookDispatcher:
         now = self._clock()
         async with self._sessionmaker() as session, session.begin():
             repository = WebhookRepository(session)
-            due = await repository.claim_due(now, now + LEASE, BATCH)
+            due = await repository.claim_due(now, now + self.lease, BATCH)
             webhooks = await repository.webhooks_by_id({d.webhook_id for d in due}) if due else {}
         outcomes = await asyncio.gather(
             *(self._attempt(d, webhooks[d.webhook_id]) for d in due if d.webhook_id in webhooks)
