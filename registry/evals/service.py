@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.audit import AuditLog
 from registry.auth.principal import Actor
+from registry.configs.schemas import ConfigRef
 from registry.configs.service import ConfigService
 from registry.db.base import utcnow
 from registry.evals.errors import (
@@ -33,8 +36,10 @@ from registry.evals.schemas import (
 )
 from registry.evals.scorers import Judge, parse_pass_rule, parse_scorers
 from registry.evals.statistics import compare_paired, summarize
-from registry.lib.errors import FieldError, InvalidInputError
+from registry.lib.errors import FieldError, InvalidInputError, NotFoundError
 from registry.lib.pagination import PageRequest
+from registry.lib.versioned import LabelNotSetError
+from registry.lib.versioned_schemas import Label
 from registry.prompts.models import PromptVersion
 from registry.prompts.service import PromptLimits, PromptService
 
@@ -181,9 +186,12 @@ class RunService:
         rule = parse_pass_rule(data.pass_rule, specs)
         prompt_version = await self.prompts.get_version(data.prompt, data.version)
         config, config_version, own = await self._run_config(data, prompt_version)
-        for index, spec in enumerate(specs):
-            if isinstance(spec, Judge):
-                await self._check_judge(spec, index)
+        specs = tuple(
+            [
+                await self._pin_judge(spec, index) if isinstance(spec, Judge) else spec
+                for index, spec in enumerate(specs)
+            ]
+        )
         dataset, version = await self.datasets.resolve(data.dataset)
         run = EvalRun(
             prompt=data.prompt,
@@ -248,16 +256,29 @@ class RunService:
         chosen = await workflow.require_version(await workflow.require(own.config.name), data.config_version)
         return own.config.name, chosen.number, chosen.id == own.id
 
-    async def _check_judge(self, spec: Judge, index: int) -> None:
-        field = f"scorers[{index}].prompt"
-        try:
-            judge = await self.prompts.workflow.require(spec.prompt)
-        except Exception as exc:
+    async def _pin_judge(self, spec: Judge, index: int) -> Judge:
+        """The judge with its prompt version and its config's version pinned now, as the run's own config is:
+        resolved item by item, a promotion of the judge prompt (or a new version of its config) during the run,
+        or when a resumed run reads its plan again, had items of one run graded by different judges."""
+        if spec.label is not None and spec.label not in get_args(Label):
+            detail = f"must be one of {', '.join(get_args(Label))}, not '{spec.label}'"
             raise InvalidInputError(
-                f"no judge prompt is named '{spec.prompt}'", errors=[FieldError(field, "not found")]
-            ) from exc
-        if spec.version is not None:
-            await self.prompts.workflow.require_version(judge, spec.version)
+                f"the judge's label {detail}", errors=[FieldError(f"scorers[{index}].label", detail)]
+            )
+        try:
+            _, version = await self.prompts.workflow.resolve(spec.prompt, version=spec.version, label=spec.label)
+        except NotFoundError as exc:
+            field = (
+                "version" if spec.version is not None else "label" if isinstance(exc, LabelNotSetError) else "prompt"
+            )
+            raise InvalidInputError(exc.detail, errors=[FieldError(f"scorers[{index}].{field}", exc.detail)]) from exc
+        config_version = spec.config_version
+        if spec.config is not None:
+            ref = ConfigRef(
+                name=spec.config, version=spec.config_version, label=None if spec.config_version else "latest"
+            )
+            config_version = (await self.configs.resolve_ref(ref, field=f"scorers[{index}].config")).number
+        return dataclasses.replace(spec, version=version.number, label=None, config_version=config_version)
 
     async def require(self, run_id: int) -> EvalRun:
         run = await self.repository.get_run(run_id)
