@@ -427,11 +427,13 @@ class ConsoleController(Controller):
         viewer: NamedDependency[Viewer],
     ) -> Response[Any]:
         number = int(data.version)
-        conflict = await console.rollback(
+        outcome = await console.rollback(
             resource_name, number, expected=data.expected(), reason=data.reason.strip(), actor=viewer.actor
         )
-        if conflict is not None:
-            return render(request, "conflict.html", status_code=409, conflict=conflict, section="prompts")
+        if isinstance(outcome, PromotionPlan):  # the form was refused: the dialog again, saying why
+            return render(request, "change.html", status_code=400, plan=outcome, section="prompts")
+        if outcome is not None:
+            return render(request, "conflict.html", status_code=409, conflict=outcome, section="prompts")
         return see_other(f"{prompt_path(resource_name)}?{urlencode({'changed': number, 'to': 'production'})}")
 
     @get("/audit", opt={SCOPE_OPT: Scope.ADMIN}, operation_id="consoleAudit", include_in_schema=False)

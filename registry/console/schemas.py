@@ -183,6 +183,7 @@ class PromotionPlan:
     gate_refused: bool = False  # the promotion was just refused by that gate
     reason: str = ""  # what was typed when the gate refused it, shown again in the form
     override_gate: str = ""
+    form_error: str | None = None  # what was wrong with the form just sent, shown above it
 
 
 @dataclass(frozen=True, slots=True)

@@ -300,7 +300,12 @@ class ConsoleService:
 
     async def rollback(
         self, name: str, number: int, *, expected: int | None, reason: str, actor: Actor
-    ) -> Conflict | None:
+    ) -> Conflict | PromotionPlan | None:
+        """Roll back as the API does; the dialog again, saying so, when the reason is blank (the API refuses an empty
+        one, and a form of spaces passes a browser's ``required``)."""
+        if not reason:
+            plan = await self.plan_rollback(name, number)
+            return replace(plan, form_error="Give the reason production goes back: the history keeps it.")
         request = RollbackRequest(reason=reason, version=number, expected_current=expected)
         try:
             await self.prompts.workflow.rollback(name, request, actor)

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpx
 
 from tests.console.conftest import LiveRegistry
-from tests.console.seed import create_prompt, create_version, states, unique
+from tests.console.seed import create_prompt, create_version, promote, prompt_with_versions, states, unique
 from tests.console.test_experiment_stop_refusal import StopForm, experiment_with_an_unpromotable_variant
 from tests.evals.conftest import answers, dataset, ok
 
@@ -85,3 +85,24 @@ async def test_a_refused_stop_keeps_the_reason_typed(live: LiveRegistry) -> None
     # The refused winner is not offered, so no winner is checked rather than a variant the stop refuses.
     shown = StopForm(refused.text)
     assert [value for value, attrs in shown.radios.items() if "checked" in attrs] == [""]
+
+
+async def test_a_rollback_with_a_blank_reason_is_refused_on_its_dialog(live: LiveRegistry) -> None:
+    """A reason of spaces passed the browser's ``required`` and the rollback was recorded with an empty reason, which
+    the API itself refuses; now the dialog comes back saying a reason is needed, and nothing moves."""
+    async with live.api() as api:
+        prompt = await prompt_with_versions(api, "blank-reason/greeting", 2)
+        await promote(api, prompt, 2, "production", 1)
+    base = f"/console/prompts/{quote(prompt, safe='')}"
+    async with live.http() as client:
+        await sign_in(client, live.keys["alice"])
+        dialog = await client.get(f"{base}/rollback")
+        refused = await client.post(
+            f"{base}/rollback",
+            data={"csrf": csrf_of(dialog.text), "version": "1", "expected_current": "2", "reason": " \n "},
+        )
+    assert refused.status_code == 400
+    assert "Give the reason production goes back" in refused.text
+    assert 'aria-describedby="form-error"' in refused.text
+    async with live.api() as api:
+        assert await states(api, prompt) == {1: "archived", 2: "production"}
