@@ -7,6 +7,12 @@ CSV (with a header row): ``expected`` (optional text), ``tags`` (a JSON array, o
 ``metadata`` (a JSON object). Variables come from ``var.NAME`` columns (text) and ``json.NAME`` columns
 (a JSON value, for numbers, booleans, lists and objects; an empty cell: no such variable); when there are
 neither, every other column is a text variable. An empty ``expected`` cell means no expected output.
+
+A spreadsheet runs a cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return as a
+formula, so the CSV export writes such a text (``expected``; variables are JSON, which starts with a quote,
+a bracket or a digit) with a leading ``'``, as spreadsheets themselves write text that is not a formula,
+and reading a CSV takes that ``'`` off again: a text cell that is one or more ``'`` then one of those
+characters loses its first ``'`` (``csv_text`` and ``text_of_cell``), so an export reads back as it was.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from registry.evals.schemas import DatasetItemIn, DatasetItemOut
 from registry.lib.errors import FieldError, InvalidInputError
 
 _RESERVED = ("expected", "tags", "metadata")
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _MAX_PROBLEMS = 20
 
 
@@ -64,6 +71,17 @@ def _tags(cell: str) -> list[str]:
     return [tag.strip() for tag in cell.split(",") if tag.strip()]
 
 
+def csv_text(text: str) -> str:
+    """``text`` as a CSV cell a spreadsheet shows rather than runs: a leading ``'`` where it would start a formula
+    (or where it is already ``'`` then such a start, so that ``text_of_cell`` gives it back unchanged)."""
+    return f"'{text}" if text.lstrip("'").startswith(_FORMULA_STARTS) else text
+
+
+def text_of_cell(cell: str) -> str:
+    """The text a CSV cell holds: ``csv_text`` undone (and ``'=...`` read as a spreadsheet reads it, ``=...``)."""
+    return cell[1:] if cell.startswith("'") and cell.lstrip("'").startswith(_FORMULA_STARTS) else cell
+
+
 def _csv_item(row: dict[str, str], variable_columns: list[tuple[str, str, bool]]) -> DatasetItemIn:
     variables: dict[str, Any] = {}
     for column, name, is_json in variable_columns:
@@ -72,15 +90,27 @@ def _csv_item(row: dict[str, str], variable_columns: list[tuple[str, str, bool]]
             if cell:  # an empty JSON cell: the item has no such variable
                 variables[name] = json.loads(cell)
         else:
-            variables[name] = cell
+            variables[name] = text_of_cell(cell)
     metadata_cell = (row.get("metadata") or "").strip()
     fields = {
         "variables": variables,
-        "expected": row.get("expected") or None,
+        "expected": text_of_cell(row.get("expected") or "") or None,
         "tags": _tags(row.get("tags") or ""),
         "metadata": json.loads(metadata_cell) if metadata_cell else {},
     }
     return msgspec.convert(fields, DatasetItemIn)
+
+
+def _rows(reader: csv.DictReader[str], problems: list[FieldError]) -> Iterator[dict[str, str]]:
+    """The reader's rows until the CSV cannot be read on (a cell longer than the csv module's field limit),
+    which is a problem named by its row rather than an error of the server."""
+    read = 0
+    try:
+        for row in reader:
+            read += 1
+            yield row
+    except csv.Error as exc:
+        problems.append(FieldError(f"row {read + 2}", f"cannot be read: {exc}"))  # the header is row 1
 
 
 def parse_csv(raw: bytes) -> list[DatasetItemIn]:
@@ -98,7 +128,7 @@ def parse_csv(raw: bytes) -> list[DatasetItemIn]:
     variable_columns = prefixed or [(c, c, False) for c in columns if c not in _RESERVED]
     items: list[DatasetItemIn] = []
     problems: list[FieldError] = []
-    for number, row in enumerate(reader, start=2):
+    for number, row in enumerate(_rows(reader, problems), start=2):
         if None in row:
             problems.append(FieldError(f"row {number}", "has more cells than the header has columns"))
             continue
@@ -139,7 +169,7 @@ def to_csv(items: Iterable[DatasetItemOut], variable_names: list[str]) -> Iterat
                     json.dumps(item.variables[name], ensure_ascii=False) if name in item.variables else ""
                     for name in variable_names
                 ),
-                item.expected if item.expected is not None else "",
+                csv_text(item.expected) if item.expected is not None else "",
                 json.dumps(item.tags, ensure_ascii=False),
                 json.dumps(item.metadata, ensure_ascii=False),
             ]
