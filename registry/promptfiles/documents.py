@@ -53,6 +53,12 @@ KEYS = ("name", "description", "tags", "kind", "template", "messages", "input_sc
 LABELS = ("production", "staging", "latest")
 _NAME = re.compile(NAME_PATTERN)
 _BLOCK_SCALAR = re.compile(r"(^|[:-]\s)[|>][-+0-9]*$")
+# A prompt file is a reviewed text, never a data dump: what the service takes in one request
+# (``max_body_bytes``, 1 MiB by default) bounds it, and aliases may not multiply it past a bound
+# (a "billion laughs" file of a few lines expands to 10^9 values when it is digested).
+MAX_FILE_BYTES = 1 << 20
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
 
 
 class DocumentError(ValueError):
@@ -333,12 +339,30 @@ def path_of(name: str, root: Path) -> Path:
     return root / f"{name}.yaml"
 
 
+def is_name(name: str) -> bool:
+    """Whether ``name`` is a resource name, so its file lies below the folder (no '..', no leading '/')."""
+    return len(name) <= 128 and _NAME.match(name) is not None
+
+
+def inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, links followed, lies below ``root``: a link in the folder may not lead a sync
+    to read, or an export to write, a file elsewhere (a key, a shell profile)."""
+    return path.resolve().is_relative_to(root.resolve())
+
+
 def parse_document(text: str, *, name: str, source: str) -> PromptDocument:
     """Read and check one file; every problem is reported at once (``DocumentError``)."""
+    if len(text) > MAX_FILE_BYTES:
+        raise DocumentError(source, [f"larger than {MAX_FILE_BYTES} characters; a prompt file holds one prompt"])
     try:
         raw = YAML(typ="safe", pure=True).load(text)
     except YAMLError as exc:
         raise DocumentError(source, [f"not valid YAML: {exc}"]) from exc
+    except RecursionError as exc:
+        raise DocumentError(source, [f"nested deeper than {MAX_DEPTH} levels"]) from exc
+    too_large = _size_problem(raw)
+    if too_large:
+        raise DocumentError(source, [too_large])
     if not isinstance(raw, dict):
         raise DocumentError(source, ["must be a mapping of fields (description, kind, template or messages, ...)"])
     problems = [f"unknown field '{key}' (known: {', '.join(KEYS)})" for key in raw if key not in KEYS]
@@ -382,6 +406,24 @@ def parse_document(text: str, *, name: str, source: str) -> PromptDocument:
     )
     _check_templates(document, source)
     return document
+
+
+def _size_problem(raw: Any) -> str | None:
+    """Why ``raw`` is too large or too deep to digest, counting a value once per alias to it; None when it is not."""
+    pending: list[tuple[Any, int]] = [(raw, 1)]
+    count = 0
+    while pending:
+        value, depth = pending.pop()
+        count += 1
+        if count > MAX_VALUES:
+            return f"holds more than {MAX_VALUES} values once its aliases (*name) are expanded"
+        if depth > MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH} levels"
+        if isinstance(value, dict):
+            pending += [(item, depth + 1) for pair in value.items() for item in pair]
+        elif isinstance(value, list):
+            pending += [(item, depth + 1) for item in value]
+    return None
 
 
 def _content_problems(kind: str, template: Any, messages: Any) -> list[str]:
@@ -441,6 +483,12 @@ def load_folder(root: Path) -> tuple[list[tuple[Path, PromptDocument]], list[str
         return [], [f"{root}: not a folder"]
     paths = sorted(p for p in root.rglob("*") if p.suffix in SUFFIXES and p.is_file())
     for path in paths:
+        if not inside(path, root):
+            problems.append(f"{path}: a link to a file outside {root}, not read")
+            continue
+        if path.stat().st_size > MAX_FILE_BYTES:
+            problems.append(f"{path}: larger than {MAX_FILE_BYTES} bytes; a prompt file holds one prompt")
+            continue
         try:
             found.append((path, parse_document(path.read_text(), name=name_of(path, root), source=str(path))))
         except DocumentError as exc:
