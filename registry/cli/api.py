@@ -6,6 +6,7 @@ and the server's modules never are, so these commands start quickly.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -24,6 +25,11 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 NO_API_KEY = (
     "no API key: set REGISTRY_API_KEY (or pass --api-key); "
     "an admin creates one with 'registry keys create --name NAME --scopes read'"
+)
+
+NOT_JSON = (
+    "{url} answered something that is not JSON (an HTML page?): is it the registry's API, "
+    "and not a proxy's or a sign-in page? (the URL comes from --url or REGISTRY_URL)"
 )
 
 
@@ -47,7 +53,10 @@ def report(exc: RegistryError) -> None:
     """Print an error answer readably (one line, then one line per field) and exit with its code."""
     if exc.status is None:
         fail(f"{exc.detail} (the URL comes from --url or REGISTRY_URL)", ExitCode.UNAVAILABLE)
-    click.echo(f"error: {exc.detail}", err=True)
+    detail = exc.detail
+    if detail.lstrip().startswith("<"):  # a proxy's or a load balancer's error page, not the service's problem
+        detail = f"HTTP {exc.status}, answered with an HTML page (a proxy's?), not the registry's problem+json"
+    click.echo(f"error: {detail}", err=True)
     for error in exc.errors:
         click.echo(f"  {error.get('field')}: {error.get('message')}", err=True)
     if exc.type == "gate_failed":
@@ -83,6 +92,8 @@ def api_command(func: Callable[..., None]) -> Callable[..., None]:
                 func(client, as_json, **kwargs)
             except RegistryError as exc:
                 report(exc)
+            except json.JSONDecodeError:  # every file and option the commands read is checked where it is read
+                fail(NOT_JSON.format(url=url), ExitCode.UNAVAILABLE)
 
     return wrapper
 

@@ -797,10 +797,15 @@ def export_prompts(client: RegistryClient, as_json: bool, folder: Path, prefix: 
 
     A file already in FOLDER changes only where it differs: comments, layout and config labels stay.
     Each dataset's latest version goes to FOLDER/datasets/NAME.jsonl (left as it is when it holds the same items).
+    Exits 1 when the service named a prompt or dataset whose file would lie outside FOLDER (not written).
     """
     from registry.promptfiles.sync import run_export
 
-    run_export(client, folder, prefix=prefix, echo=click.echo, label=label, as_json=as_json)
+    echo_error = lambda line: click.echo(line, err=True)  # noqa: E731
+    if not run_export(
+        client, folder, prefix=prefix, echo=click.echo, label=label, as_json=as_json, echo_error=echo_error
+    ):
+        sys.exit(1)
 
 
 COMMANDS: list[click.Command] = [

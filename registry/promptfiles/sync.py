@@ -31,7 +31,7 @@ from prompt_registry_client import NotFound, RegistryClient, RegistryError, enco
 
 from registry.cli.output import gate_evidence
 from registry.promptfiles.datasets import dataset_path, load_datasets, same_items
-from registry.promptfiles.documents import PromptDocument, document_of, load_folder, path_of
+from registry.promptfiles.documents import PromptDocument, document_of, inside, is_name, load_folder, path_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +205,7 @@ def apply(client: RegistryClient, change: Change, *, message: str, promote_to: s
     return done
 
 
-Outcome = Literal["written", "unchanged", "skipped"]
+Outcome = Literal["written", "unchanged", "skipped", "refused"]
 
 
 def export(
@@ -221,6 +221,9 @@ def export(
     existing = {document.name: (path, document) for path, document in reversed(files)}
     for item in client.list_resources("prompts", prefix=prefix):
         name = item["name"]
+        if not _writable(name, path_of(name, root), root):
+            yield name, None, "refused"
+            continue
         remote = remote_of(client, name, label)
         if remote.document is None:
             yield name, None, "skipped"
@@ -239,6 +242,13 @@ def export(
             continue
         path.write_text(rewritten)
         yield name, path, "written"
+
+
+def _writable(name: Any, path: Path, root: Path) -> bool:
+    """Whether an export may write ``name``'s file: the service's names never leave the folder, but the
+    answer may come from elsewhere (a proxy, another service at that URL), and a link in the folder may
+    lead out of it."""
+    return isinstance(name, str) and is_name(name) and inside(path, root)
 
 
 def _keeping_label(client: RegistryClient, local: PromptDocument, exported: PromptDocument) -> PromptDocument:
@@ -390,6 +400,9 @@ def export_datasets(
     items is left as it is (byte for byte), a dataset without versions is skipped."""
     for dataset in client.list_datasets(prefix=prefix):
         name = dataset["name"]
+        if not _writable(name, dataset_path(name, root), root):
+            yield name, None, "refused"
+            continue
         if not dataset.get("latest_version"):
             yield name, None, "skipped"
             continue
@@ -412,16 +425,18 @@ def run_export(
     echo: Echo,
     label: str = "production",
     as_json: bool = False,
-) -> None:
+    echo_error: Echo | None = None,
+) -> bool:
     """Export and say what happened to each prompt; a prompt with nothing at ``label`` is named, not an error.
 
     Prompts still in development have no production version, so skipping them is what an export
-    of production should do; the summary counts them.
+    of production should do; the summary counts them. False when a name was refused (on ``echo_error``):
+    one that is not a name, or whose file would lie outside ``folder``.
     """
-    counts = {"written": 0, "unchanged": 0, "skipped": 0}
+    counts = {"written": 0, "unchanged": 0, "skipped": 0, "refused": 0}
     for name, path, outcome in export(client, folder, label=label, prefix=prefix):
         counts[outcome] += 1
-        _say(echo, "prompt", name, path, outcome, as_json, missing=f"no version in {label}")
+        _say(echo, "prompt", name, path, outcome, as_json, missing=f"no version in {label}", echo_error=echo_error)
     if not as_json:
         exported = counts["written"] + counts["unchanged"]
         echo(
@@ -429,14 +444,27 @@ def run_export(
             f"{counts['unchanged']} unchanged, {counts['skipped']} prompt(s) with no version in {label}"
         )
     for name, path, outcome in export_datasets(client, folder, prefix=prefix):
-        _say(echo, "dataset", name, path, outcome, as_json, missing="no version")
+        counts[outcome] += 1
+        _say(echo, "dataset", name, path, outcome, as_json, missing="no version", echo_error=echo_error)
+    return counts["refused"] == 0
 
 
-def _say(echo: Echo, kind: str, name: str, path: Path | None, outcome: Outcome, as_json: bool, missing: str) -> None:
+def _say(
+    echo: Echo,
+    kind: str,
+    name: str,
+    path: Path | None,
+    outcome: Outcome,
+    as_json: bool,
+    missing: str,
+    echo_error: Echo | None = None,
+) -> None:
     """One exported prompt or dataset: a JSON object, or a line (datasets named as such)."""
     shown = name if kind == "prompt" else f"{kind} {name}"
     if as_json:
         echo(json.dumps({kind: name, "file": str(path) if path else None, "outcome": outcome}))
+    elif outcome == "refused":
+        (echo_error or echo)(f"error: {kind} {name!r}: not a {kind} name, or its file would lie outside the folder")
     elif path is None:
         echo(f"- {shown}: {missing}, not exported")
     elif outcome == "unchanged":

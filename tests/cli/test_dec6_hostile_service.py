@@ -1,0 +1,103 @@
+"""``registry`` against something at REGISTRY_URL that is not the registry: a sign-in page, a proxy's
+error page, or a service that names prompts and datasets whose files would lie outside the folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from registry.cli import main
+
+Answer = Callable[[str], tuple[int, str, bytes]]  # path -> status, content type, body
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Answer], str]]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(answer: Answer) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, media, body = answer(self.path)
+                self.send_response(status)
+                self.send_header("Content-Type", media)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _run(url: str, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), env={"REGISTRY_URL": url, "REGISTRY_API_KEY": "k"})
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_an_html_page_is_a_clear_error_with_the_unavailable_code_not_a_traceback(
+    serve: Callable[[Answer], str],
+) -> None:
+    page = b"<html><body><h1>Sign in</h1>" + b"x" * 2000 + b"</body></html>"
+    signin = serve(lambda path: (200, "text/html", page))
+    proxy = serve(lambda path: (502, "text/html", page))
+    for args in (["prompts", "list"], ["datasets", "list"], ["experiments", "list"]):
+        code, out, err = _run(signin, *args)
+        assert (code, out) == (7, ""), args
+        assert "answered something that is not JSON" in err
+        assert signin in err
+    code, out, err = _run(proxy, "prompts", "show", "a")
+    assert (code, out) == (7, "")
+    assert err.startswith("error: HTTP 502, answered with an HTML page")
+    assert "Sign in" not in err
+
+
+def test_export_writes_no_file_outside_its_folder_whatever_names_the_service_gives(
+    serve: Callable[[Answer], str], tmp_path: Path
+) -> None:
+    folder, outside = tmp_path / "prompts", tmp_path / "outside"
+    (folder / "datasets").mkdir(parents=True)
+    outside.mkdir()
+    os.symlink(outside, folder / "linked")
+    os.symlink(outside, folder / "datasets" / "linked")
+    prompts = ["../escape", "a/../../b", "/abs/olute", "linked/x"]
+    datasets = ["../../ds", "linked/ds"]
+
+    def answer(path: str) -> tuple[int, str, bytes]:
+        if path.startswith("/v1/prompts?"):
+            items = [{"name": name, "latest_version": 1} for name in prompts]
+        elif path.startswith("/v1/evals/datasets?"):
+            items = [{"name": name, "latest_version": 1} for name in datasets]
+        else:  # nothing else may be asked for: a refused name is not resolved
+            return 500, "application/problem+json", json.dumps({"detail": f"asked for {path}"}).encode()
+        return 200, "application/json", json.dumps({"items": items, "next_cursor": None}).encode()
+
+    code, out, err = _run(serve(answer), "export", str(folder))
+    assert code == 1
+    assert [p.relative_to(tmp_path).as_posix() for p in sorted(tmp_path.rglob("*"))] == [
+        "outside",
+        "prompts",
+        "prompts/datasets",
+        "prompts/datasets/linked",
+        "prompts/linked",
+    ]
+    for name in prompts + datasets:
+        assert f"{name!r}: not a" in err
+    assert "0 file(s) written" in out
