@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 
+import httpx
 import pytest
 from prompt_registry_client import BatchPolicy, CachePolicy, RegistryClient, RetryPolicy
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -75,3 +76,48 @@ def test_events_dropped_by_a_full_outbox_are_logged_sparsely(live: Live, caplog:
         warnings = [r for r in caplog.records if r.getMessage().startswith("dropped ")]
     assert dropped == 100
     assert len(warnings) == 7, "the 1st, 2nd, 4th ... 64th drop are logged, not each of a long outage's"
+
+
+class RecordedPauses(threading.Event):
+    """The sender's wake-up, recording each pause it is asked for; from the second on it waits to be released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses: list[float] = []
+        self.released = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.pauses.append(timeout or 0.0)
+        if len(self.pauses) >= 2:
+            self.released.wait()
+        return True
+
+
+def test_a_batch_refused_for_the_keys_rate_limit_waits_as_long_as_retry_after_says(live: Live) -> None:
+    live.prompt("dec6-limited-events", text("v1"))
+    body = {"name": "dec6-limited-events", "scopes": ["read", "write"], "rate_limit_per_minute": 1}
+    created = live.ok(live.admin.post("/v1/keys", json=body))
+    refusals: list[float] = []
+
+    class SeeingRetryAfter(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = super().handle_request(request)
+            if response.status_code == 429:
+                refusals.append(float(response.headers["Retry-After"]))
+            return response
+
+    batches = BatchPolicy(flush_interval=0.01, close_timeout=0.1)
+    retries = RetryPolicy(attempts=1)
+    registry = RegistryClient(
+        live.url, created["key"], transport=SeeingRetryAfter(), cache=NO_FEED, batches=batches, retries=retries
+    )
+    pauses = registry._send_now = RecordedPauses()
+    try:
+        registry.get_prompt("dec6-limited-events")  # the key's one request of this minute
+        registry.track("user-1", "dec6-limited-events", 1.0)
+        eventually(lambda: len(pauses.pauses) >= 2, "the sender pausing after the refusal")
+    finally:
+        pauses.released.set()
+        registry.close()
+    assert refusals, "the batch was refused for the rate limit"
+    assert pauses.pauses[1] >= refusals[0], "the pause after a 429 is at least its Retry-After"

@@ -347,6 +347,8 @@ class AsyncRegistryClient(BaseClient):
         policy = self._options.batches
         while True:
             wait = backoff(policy.flush_interval, failures, 30.0)
+            if failures and self._core.send_again_in is not None:  # the registry said when (a rate limit's minute)
+                wait = max(wait, self._core.send_again_in)
             if self._closing.is_set():
                 wait = min(wait, 0.2)
             with contextlib.suppress(TimeoutError):

@@ -265,6 +265,7 @@ class Core:
         self.outbox = Outbox(batches)
         self.unreachable_until = 0.0  # clock time until which calls with a fallback do not wait for the service
         self.registry_down = False  # the last request for a prompt or experiments found the registry unreachable
+        self.send_again_in: float | None = None  # the Retry-After of the last batch refused (429, 503)
 
     def _now(self) -> float:
         return self.clock()
@@ -614,6 +615,7 @@ class Core:
 
     def send_batches(self) -> Flow[bool]:
         """Send what is queued; False when some of it must wait (it stays queued, to be sent again later)."""
+        self.send_again_in = None
         for kind in KINDS:
             while batch := self.outbox.take(kind):
                 body = [{k: v for k, v in item.items() if not k.startswith("_")} for item in batch]
@@ -635,6 +637,7 @@ class Core:
                     raise
                 if response.status_code >= 500 or response.status_code == 429:
                     self.outbox.give_back(kind, batch)
+                    self.send_again_in = parse_retry_after(response.headers.get("Retry-After"))
                     return False
                 if not self._settle(kind, batch, response):
                     return False
