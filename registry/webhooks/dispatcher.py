@@ -182,6 +182,12 @@ class WebhookDispatcher:
             return delivery.id, self._refused(delivery, webhook, exc.reason)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             error = without_nul(f"{type(exc).__name__}: {exc}"[:500])
+        except Exception as exc:
+            # One webhook's URL that cannot be sent to (yarl refuses it, the resolver cannot encode its name) is
+            # that delivery's failure: raised, it failed the round, so no outcome of the round was recorded and
+            # every delivery in it was sent again once its lease ended, and again.
+            logger.exception("webhook delivery could not be sent", webhook=webhook.id, delivery=delivery.id)
+            error = without_nul(f"{type(exc).__name__}: {exc}"[:500])
         attempts = delivery.attempts + 1
         # 410 Gone: the receiver says the endpoint is gone for good, so retrying only knocks on a closed door.
         dead = attempts >= self._policy.max_attempts or status_code == 410

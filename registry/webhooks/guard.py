@@ -84,6 +84,8 @@ class AddressGuard:
             await self.addresses(host, parts.port or (443 if parts.scheme == "https" else 80))
         except AddressRefusedError as exc:
             return exc.reason
+        except UnicodeError:  # a label empty or over 63 characters: the resolver cannot even ask for it
+            return f"{host} is not a valid host name"
         except (OSError, TimeoutError):
             return None
         return None
