@@ -31,6 +31,10 @@ from registry.lib.errors import FieldError, InvalidInputError
 _RESERVED = ("expected", "tags", "metadata")
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _MAX_PROBLEMS = 20
+# The longest CSV cell read: as long as an upload may be (the csv module's own limit, 131072 characters, refused
+# the export of an item whose expected output or a variable is longer, though it was stored from JSON).
+CSV_CELL_LIMIT = 256 * 1024 * 1024
+csv.field_size_limit(max(csv.field_size_limit(), CSV_CELL_LIMIT))
 
 
 class DatasetFormatError(InvalidInputError):
@@ -102,8 +106,8 @@ def _csv_item(row: dict[str, str], variable_columns: list[tuple[str, str, bool]]
 
 
 def _rows(reader: csv.DictReader[str], problems: list[FieldError]) -> Iterator[dict[str, str]]:
-    """The reader's rows until the CSV cannot be read on (a cell longer than the csv module's field limit),
-    which is a problem named by its row rather than an error of the server."""
+    """The reader's rows until the CSV cannot be read on (a quote left open, text after a closing quote, a cell
+    past ``CSV_CELL_LIMIT``), which is a problem named by its row rather than an error of the server."""
     read = 0
     try:
         for row in reader:
@@ -118,7 +122,8 @@ def parse_csv(raw: bytes) -> list[DatasetItemIn]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DatasetFormatError("the CSV is not UTF-8") from exc
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # Strict: a quote left open would otherwise take the rest of the file into one cell, silently.
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     columns = reader.fieldnames or []
     if not columns:
         raise DatasetFormatError("the CSV has no header row")

@@ -1,16 +1,27 @@
-"""A CSV the csv module cannot read on (a cell past its field limit) is a dataset problem naming the row, not a 500."""
+"""Dataset CSVs: what the csv module cannot read is a problem naming the row, not a 500 or a silent merge of rows,
+and an item with a long text (stored from JSON) exports as a CSV that reads back."""
 
 from __future__ import annotations
 
 import pytest
 
-from registry.evals.formats import DatasetFormatError, parse_csv
+from registry.evals.formats import DatasetFormatError, parse_csv, to_csv
+from registry.evals.schemas import DatasetItemOut
 
 
-def test_a_csv_cell_past_the_field_limit_is_refused_naming_its_row() -> None:
-    raw = b"question,expected\nfine,yes\n" + b"x" * 200_000 + b",no\n"
+def test_a_csv_that_cannot_be_read_is_refused_naming_its_row() -> None:
+    # A quote left open took every later row into its cell: one item instead of three, or a 500 past 131072 chars.
+    raw = b'question,expected\nfine,yes\n"open,no\nlater,yes\n' + b"x" * 200_000 + b",no\n"
     with pytest.raises(DatasetFormatError) as refused:
         parse_csv(raw)
     (problem,) = refused.value.errors
     assert problem.field == "row 3"
-    assert "field limit" in problem.message
+    assert "cannot be read" in problem.message
+
+
+def test_an_item_with_a_long_expected_output_reads_back_from_its_csv_export() -> None:
+    long = "y" * 300_000
+    item = DatasetItemOut(position=1, variables={"question": "q"}, expected=long, tags=[], metadata={})
+    (back,) = parse_csv(b"".join(to_csv([item], ["question"])))
+    assert back.expected == long
+    assert back.variables == {"question": "q"}
