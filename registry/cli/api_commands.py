@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 import click
 
 from registry.cli.api import Resource, api_command, config_flag, resource_of
-from registry.cli.output import ExitCode, echo_lines, emit, fail, table
+from registry.cli.output import ExitCode, echo_lines, emit, fail, size_problem, table
 
 if TYPE_CHECKING:
     from prompt_registry_client import RegistryClient
@@ -204,17 +204,56 @@ def versions_show(client: RegistryClient, as_json: bool, name: str, version: int
     emit(as_json, result, lambda: _print_version(result))
 
 
-def read_document(file: Path) -> Any:
-    """What a JSON or YAML file (by its suffix; '-' is stdin, read as JSON) holds."""
-    text = sys.stdin.read() if str(file) == "-" else file.read_text()
-    try:
-        if file.suffix in (".yaml", ".yml"):
-            import yaml
+MAX_DOCUMENT_VALUES = 100_000
+MAX_DOCUMENT_DEPTH = 64
 
-            return yaml.safe_load(text)
-        return json.loads(text)
-    except (ValueError, ImportError) as exc:
-        fail(f"{file} is not valid {'YAML' if file.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}", ExitCode.USAGE)
+
+def read_document(file: Path) -> Any:
+    """What a JSON or YAML file (by its suffix; '-' is stdin, read as JSON) holds.
+
+    A key given twice is refused (JSON and YAML readers keep the last one silently, so a second
+    ``template:`` would replace the first unseen), and so is a file whose aliases expand past a bound.
+    """
+    text = sys.stdin.read() if str(file) == "-" else file.read_text()
+    import yaml
+
+    what = "YAML" if file.suffix in (".yaml", ".yml") else "JSON"
+    try:
+        loaded = _load_yaml(text) if what == "YAML" else json.loads(text, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        fail(f"{file} is nested deeper than {MAX_DOCUMENT_DEPTH} levels", ExitCode.USAGE)
+    except (ValueError, yaml.YAMLError) as exc:
+        fail(f"{file} is not valid {what}: {exc}", ExitCode.USAGE)
+    problem = size_problem(loaded, max_values=MAX_DOCUMENT_VALUES, max_depth=MAX_DOCUMENT_DEPTH)
+    if problem:
+        fail(f"{file} {problem}", ExitCode.USAGE)
+    return loaded
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ValueError(f"the key {', '.join(repr(k) for k in twice)} is given twice")
+    return dict(pairs)
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load``, refusing a mapping that gives a key twice."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            own = [key for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"]  # '<<: *base' may repeat
+            keys = [self.construct_object(key, deep=deep) for key in own]
+            twice = sorted({str(key) for key in keys if keys.count(key) > 1})
+            if twice:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {', '.join(repr(k) for k in twice)} is given twice", node.start_mark
+                )
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(text, Loader=Loader)  # noqa: S506  # a SafeLoader
 
 
 def read_mapping(file: Path) -> dict[str, Any]:

@@ -57,6 +57,25 @@ def fail(message: str, code: ExitCode) -> NoReturn:
     raise SystemExit(int(code))
 
 
+def size_problem(value: Any, *, max_values: int, max_depth: int) -> str | None:
+    """Why ``value`` (as a YAML file loaded) is too large or too deep to send, counting a value once per alias
+    to it, or None. A "billion laughs" file of a few lines is 10^9 values once encoded as JSON."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    count = 0
+    while pending:
+        item, depth = pending.pop()
+        count += 1
+        if count > max_values:
+            return f"holds more than {max_values} values once its aliases (*name) are expanded"
+        if depth > max_depth:
+            return f"nested deeper than {max_depth} levels"
+        if isinstance(item, dict):
+            pending += [(part, depth + 1) for pair in item.items() for part in pair]
+        elif isinstance(item, list):
+            pending += [(part, depth + 1) for part in item]
+    return None
+
+
 def cell(value: Any) -> str:
     """A value as table text: lists comma-separated, mappings as JSON, None empty."""
     if value is None:

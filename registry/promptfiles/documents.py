@@ -45,6 +45,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import LiteralScalarString, ScalarString
 
+from registry.cli.output import size_problem
 from registry.lib.hashing import content_sha256
 from registry.lib.schema import NAME_PATTERN
 
@@ -360,7 +361,7 @@ def parse_document(text: str, *, name: str, source: str) -> PromptDocument:
         raise DocumentError(source, [f"not valid YAML: {exc}"]) from exc
     except RecursionError as exc:
         raise DocumentError(source, [f"nested deeper than {MAX_DEPTH} levels"]) from exc
-    too_large = _size_problem(raw)
+    too_large = size_problem(raw, max_values=MAX_VALUES, max_depth=MAX_DEPTH)
     if too_large:
         raise DocumentError(source, [too_large])
     if not isinstance(raw, dict):
@@ -406,24 +407,6 @@ def parse_document(text: str, *, name: str, source: str) -> PromptDocument:
     )
     _check_templates(document, source)
     return document
-
-
-def _size_problem(raw: Any) -> str | None:
-    """Why ``raw`` is too large or too deep to digest, counting a value once per alias to it; None when it is not."""
-    pending: list[tuple[Any, int]] = [(raw, 1)]
-    count = 0
-    while pending:
-        value, depth = pending.pop()
-        count += 1
-        if count > MAX_VALUES:
-            return f"holds more than {MAX_VALUES} values once its aliases (*name) are expanded"
-        if depth > MAX_DEPTH:
-            return f"nested deeper than {MAX_DEPTH} levels"
-        if isinstance(value, dict):
-            pending += [(item, depth + 1) for pair in value.items() for item in pair]
-        elif isinstance(value, list):
-            pending += [(item, depth + 1) for item in value]
-    return None
 
 
 def _content_problems(kind: str, template: Any, messages: Any) -> list[str]:
