@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from registry.evals.schemas import DatasetItemIn, DatasetItemOut
+from registry.evals.schemas import MAX_ITEMS, DatasetItemIn, DatasetItemOut
 from registry.lib.errors import FieldError, InvalidInputError
 
 _RESERVED = ("expected", "tags", "metadata")
@@ -49,12 +49,23 @@ def _raise(problems: list[FieldError], what: str) -> None:
         raise DatasetFormatError(f"the {what} has {len(problems)} problem(s)", errors=problems[:_MAX_PROBLEMS])
 
 
+def _too_many(where: str) -> DatasetFormatError:
+    """Past ``MAX_ITEMS`` the file is refused where it is: 256 MiB of tiny items held every one in memory (tens of
+    millions of them) before the version's own limit refused them all."""
+    return DatasetFormatError(
+        f"a dataset version holds at most {MAX_ITEMS} items",
+        errors=[FieldError(where, f"item {MAX_ITEMS + 1}: over the limit of {MAX_ITEMS} items")],
+    )
+
+
 def parse_jsonl(raw: bytes) -> list[DatasetItemIn]:
     items: list[DatasetItemIn] = []
     problems: list[FieldError] = []
     for number, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
             continue
+        if len(items) + len(problems) >= MAX_ITEMS:
+            raise _too_many(f"line {number}")
         try:
             items.append(msgspec.json.decode(line, type=DatasetItemIn))
         except msgspec.DecodeError as exc:
@@ -134,6 +145,8 @@ def parse_csv(raw: bytes) -> list[DatasetItemIn]:
     items: list[DatasetItemIn] = []
     problems: list[FieldError] = []
     for number, row in enumerate(_rows(reader, problems), start=2):
+        if number - 1 > MAX_ITEMS:
+            raise _too_many(f"row {number}")
         if None in row:
             problems.append(FieldError(f"row {number}", "has more cells than the header has columns"))
             continue

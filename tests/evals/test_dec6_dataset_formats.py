@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from registry.evals.formats import DatasetFormatError, parse_csv, to_csv
-from registry.evals.schemas import DatasetItemOut
+from registry.evals.formats import DatasetFormatError, parse_csv, parse_jsonl, to_csv
+from registry.evals.schemas import MAX_ITEMS, DatasetItemOut
 
 
 def test_a_csv_that_cannot_be_read_is_refused_naming_its_row() -> None:
@@ -25,3 +25,13 @@ def test_an_item_with_a_long_expected_output_reads_back_from_its_csv_export() ->
     (back,) = parse_csv(b"".join(to_csv([item], ["question"])))
     assert back.expected == long
     assert back.variables == {"question": "q"}
+
+
+def test_a_file_of_more_items_than_a_version_holds_is_refused_where_the_limit_is_passed() -> None:
+    for parse, raw, where in (
+        (parse_jsonl, b'{"variables": {}}\n\n' * (MAX_ITEMS + 3), f"line {2 * MAX_ITEMS + 1}"),
+        (parse_csv, b"question\n" + b"q\n" * (MAX_ITEMS + 3), f"row {MAX_ITEMS + 2}"),
+    ):
+        with pytest.raises(DatasetFormatError) as refused:
+            parse(raw)
+        assert [problem.field for problem in refused.value.errors] == [where]
