@@ -85,7 +85,8 @@ class WebhookController(Controller):
         opt={"scope": Scope.ADMIN},
         operation_id="redeliverWebhookDelivery",
         summary="Send a delivery again",
-        description="The delivery starts over from its first attempt, with the same event id and body.",
+        description="The delivery starts over from its first attempt, with the same event id and body; "
+        "409 while an attempt of it is being sent.",
         status_code=200,
     )
     async def redeliver(

@@ -63,8 +63,10 @@ class WebhookRepository:
         )
         return (await self.session.scalars(query)).all()
 
-    async def get_delivery(self, webhook_id: int, delivery_id: int) -> WebhookDelivery | None:
-        delivery = await self.session.get(WebhookDelivery, delivery_id)
+    async def get_delivery(
+        self, webhook_id: int, delivery_id: int, *, for_update: bool = False
+    ) -> WebhookDelivery | None:
+        delivery = await self.session.get(WebhookDelivery, delivery_id, with_for_update=for_update)
         return delivery if delivery is not None and delivery.webhook_id == webhook_id else None
 
     async def add_deliveries(self, rows: list[dict[str, object]]) -> None:

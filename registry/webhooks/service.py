@@ -12,11 +12,11 @@ from yarl import URL
 from registry.auth.audit import AuditLog
 from registry.auth.principal import Actor
 from registry.db.base import utcnow
-from registry.lib.errors import FieldError, InvalidInputError, NotFoundError
+from registry.lib.errors import ConflictError, FieldError, InvalidInputError, NotFoundError
 from registry.lib.pagination import PageRequest
 from registry.webhooks.guard import AddressGuard
 from registry.webhooks.models import Webhook, WebhookDelivery
-from registry.webhooks.repository import WebhookRepository
+from registry.webhooks.repository import DUE_STATUSES, WebhookRepository
 from registry.webhooks.rules import pattern_problem
 
 
@@ -25,6 +25,13 @@ class WebhookNotFoundError(NotFoundError):
 
     type = "webhook_not_found"
     title = "Webhook not found"
+
+
+class DeliveryInFlightError(ConflictError):
+    """The delivery is being sent now: redelivering it would send it twice at once."""
+
+    type = "webhook_delivery_in_flight"
+    title = "Webhook delivery is being sent"
 
 
 class DeliveryNotFoundError(NotFoundError):
@@ -114,13 +121,19 @@ class WebhookService:
     async def redeliver(self, webhook_id: int, delivery_id: int, actor: Actor) -> WebhookDelivery:
         """Send a delivery again from its first attempt, with the same event id (receivers deduplicate on it)."""
         await self.require(webhook_id)
-        delivery = await self.repository.get_delivery(webhook_id, delivery_id)
+        delivery = await self.repository.get_delivery(webhook_id, delivery_id, for_update=True)
         if delivery is None:
             raise DeliveryNotFoundError(f"webhook {webhook_id} has no delivery {delivery_id}")
+        now = utcnow()
+        if delivery.status in DUE_STATUSES and delivery.locked_until is not None and delivery.locked_until > now:
+            # Its lease let a second replica send it alongside, and the first one's outcome then overwrote this.
+            raise DeliveryInFlightError(
+                f"delivery {delivery_id} is being sent now; redeliver it once its attempt is recorded"
+            )
         before = {"status": delivery.status, "attempts": delivery.attempts}
         delivery.status = "pending"
         delivery.attempts = 0
-        delivery.next_attempt_at = utcnow()
+        delivery.next_attempt_at = now
         delivery.locked_until = None
         await self.repository.session.flush()
         await self.audit.record(
