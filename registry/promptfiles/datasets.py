@@ -48,6 +48,10 @@ def items_of(raw: bytes, source: str = "") -> tuple[list[dict[str, Any]], list[s
         if unknown:
             problems.append(f"{source}: line {number} has {', '.join(unknown)}; an item has {', '.join(ITEM_KEYS)}")
             continue
+        wrong = _type_problems(item)
+        if wrong:
+            problems.append(f"{source}: line {number}: {'; '.join(wrong)}")
+            continue
         items.append(
             {
                 "variables": item.get("variables") or {},
@@ -57,6 +61,20 @@ def items_of(raw: bytes, source: str = "") -> tuple[list[dict[str, Any]], list[s
             }
         )
     return items, problems
+
+
+def _type_problems(item: dict[str, Any]) -> list[str]:
+    """What the service's upload would refuse in an item's fields (checked here so that ``--dry-run`` does too)."""
+    problems = []
+    for key in ("variables", "metadata"):
+        if key in item and not isinstance(item[key], dict):
+            problems.append(f"{key} must be an object")
+    if item.get("expected") is not None and not isinstance(item["expected"], str):
+        problems.append("expected must be text or null")
+    tags = item.get("tags", [])
+    if not (isinstance(tags, list) and all(isinstance(tag, str) for tag in tags)):
+        problems.append("tags must be a list of text")
+    return problems
 
 
 def same_items(local: bytes, remote: bytes) -> bool:
