@@ -346,7 +346,7 @@ class AsyncRegistryClient(BaseClient):
         failures = 0
         policy = self._options.batches
         while True:
-            wait = backoff(policy.flush_interval, failures, 30.0)
+            wait = policy.flush_interval if failures == 0 else backoff(policy.flush_interval, failures, 30.0)
             if failures and self._core.send_again_in is not None:  # the registry said when (a rate limit's minute)
                 wait = max(wait, self._core.send_again_in)
             if self._closing.is_set():
