@@ -124,6 +124,11 @@ class ConcurrencyLimiter:
         self._queue_gauge = metrics.queue_depth.labels(backend)
         self._in_flight = metrics.in_flight.labels(backend)
 
+    @property
+    def full(self) -> bool:
+        """Whether every slot is taken: ``acquire`` would wait (or refuse, with the queue full)."""
+        return self._semaphore.locked()
+
     async def acquire(self) -> bool:
         """Take a slot; True when the request had to wait for one."""
         waited = False
@@ -495,9 +500,12 @@ class UpstreamClient:
         A request still waiting at its deadline never reached the backend: it fails with a timeout that
         says nothing about the backend's health, so the breaker does not count it.
         """
+        limiter = backend.limiter
+        if not limiter.full:  # taken at once, without suspending: no timer for the common case
+            return await limiter.acquire()
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                return await backend.limiter.acquire()
+                return await limiter.acquire()
         except TimeoutError:
             error = UpstreamTimeoutError(
                 f"backend '{backend.name}': no free slot within the timeout ({backend.settings.total_timeout:g} s); "
