@@ -230,6 +230,8 @@ def eval_run(
     Exits 1 when the run fails or is cancelled, or its pass rate is below --min-pass-rate;
     Ctrl-C stops following (the run goes on; 'registry eval cancel RUN' stops it).
     """
+    if no_wait and min_pass_rate is not None:  # the pass rate is known only at the end, which is not waited for
+        fail("--min-pass-rate needs the run followed to its end: leave out --no-wait", ExitCode.USAGE)
     name, dataset_version = dataset_ref(dataset)
     run_config = config_ref(config) if config is not None else None
     chosen = [json_value(s, "--scorer") for s in scorers]
