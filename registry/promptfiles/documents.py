@@ -43,7 +43,7 @@ from prompt_registry_client.templating import CHAT_ROLES, TemplateProblemError, 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
-from ruamel.yaml.scalarstring import LiteralScalarString, ScalarString
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString, LiteralScalarString, ScalarString
 
 from registry.cli.output import size_problem
 from registry.lib.hashing import content_sha256
@@ -54,6 +54,9 @@ KEYS = ("name", "description", "tags", "kind", "template", "messages", "input_sc
 LABELS = ("production", "staging", "latest")
 _NAME = re.compile(NAME_PATTERN)
 _BLOCK_SCALAR = re.compile(r"(^|[:-]\s)[|>][-+0-9]*$")
+# What a block or plain scalar cannot hold as it is: a reader turns CR and CRLF into LF (so every sync
+# would see a change), and NEL, LS and PS break the line, leaving a file that is not YAML at all.
+_BLOCK_UNSAFE = re.compile("[\r\x85\u2028\u2029]|[^\t\n\x20-\x7e\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 # A prompt file is a reviewed text, never a data dump: what the service takes in one request
 # (``max_body_bytes``, 1 MiB by default) bounds it, and aliases may not multiply it past a bound
 # (a "billion laughs" file of a few lines expands to 10^9 values when it is digested).
@@ -222,6 +225,8 @@ def _dump(document: Any, layout: Layout) -> str:
 
 def _text(value: str, like: Any = None) -> str:
     """``value`` written as ``like`` was (literal, folded, quoted); multi-line text otherwise as a ``|`` block."""
+    if _BLOCK_UNSAFE.search(value):
+        return DoubleQuotedScalarString(value)  # escaped, so the file reads back as this text
     if isinstance(like, ScalarString):
         styled: str = type(like)(value)
         return styled
