@@ -20,7 +20,8 @@ Threshold = Annotated[
 ]
 ResolveThreshold = Annotated[
     float,
-    msgspec.Meta(ge=0, le=1e12, description="Resolves when the value falls below it (hysteresis; default: threshold)."),
+    # Above 0: no value falls below 0, so a firing series of a rule resolving below 0 never cleared while it had data.
+    msgspec.Meta(gt=0, le=1e12, description="Resolves when the value falls below it (hysteresis; default: threshold)."),
 ]
 WindowSeconds = Annotated[int, msgspec.Meta(ge=10, le=7 * 86400, description="The window the value is measured over.")]
 ForSeconds = Annotated[int, msgspec.Meta(ge=0, le=86400, description="How long the value must hold before firing.")]
