@@ -226,7 +226,8 @@ def _dump(document: Any, layout: Layout) -> str:
 def _text(value: str, like: Any = None) -> str:
     """``value`` written as ``like`` was (literal, folded, quoted); multi-line text otherwise as a ``|`` block."""
     if _BLOCK_UNSAFE.search(value):
-        return DoubleQuotedScalarString(value)  # escaped, so the file reads back as this text
+        escaped: str = DoubleQuotedScalarString(value)  # so the file reads back as this text
+        return escaped
     if isinstance(like, ScalarString):
         styled: str = type(like)(value)
         return styled
