@@ -215,13 +215,16 @@ def export(
 
     A prompt already in the folder (as ``root/<name>.yaml`` or a file whose ``name:`` says so) keeps
     its file, changed only where it differs; a config label in it stays a label while it names the
-    version this one pins. A prompt with no version at ``label`` is skipped (no file).
+    version this one pins. A prompt with no version at ``label`` is skipped (no file). A name whose file
+    would lie outside ``root``, or is a file whose ``name:`` holds another prompt, is refused (no file).
     """
     files, _ = load_folder(root)  # a bad file is written over as a new one
     existing = {document.name: (path, document) for path, document in reversed(files)}
+    held = {path: document.name for path, document in files}  # a file whose name: is another prompt's
     for item in client.list_resources("prompts", prefix=prefix):
         name = item["name"]
-        if not _writable(name, path_of(name, root), root):
+        claimed = name not in existing and held.get(path_of(name, root), name) != name
+        if claimed or not _writable(name, path_of(name, root), root):
             yield name, None, "refused"
             continue
         remote = remote_of(client, name, label)
@@ -464,7 +467,10 @@ def _say(
     if as_json:
         echo(json.dumps({kind: name, "file": str(path) if path else None, "outcome": outcome}))
     elif outcome == "refused":
-        (echo_error or echo)(f"error: {kind} {name!r}: not a {kind} name, or its file would lie outside the folder")
+        (echo_error or echo)(
+            f"error: {kind} {name!r}: not exported: not a {kind} name, its file would lie outside the folder, "
+            "or that file holds another prompt (its name: field says so)"
+        )
     elif path is None:
         echo(f"- {shown}: {missing}, not exported")
     elif outcome == "unchanged":

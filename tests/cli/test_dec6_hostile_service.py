@@ -99,5 +99,5 @@ def test_export_writes_no_file_outside_its_folder_whatever_names_the_service_giv
         "prompts/linked",
     ]
     for name in prompts + datasets:
-        assert f"{name!r}: not a" in err
+        assert f"{name!r}: not exported" in err
     assert "0 file(s) written" in out
