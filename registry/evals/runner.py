@@ -817,15 +817,19 @@ class EvalWorker:
             # What the failed completion spent (a blocked answer's tokens) is the stored outcome's cost.
             row.update(input_tokens=attempt.input_tokens, output_tokens=attempt.output_tokens, cost=attempt.cost)
             return row
+        # A cached answer's latency is the cache's and its cost nothing: latency and cost scorers would pass on
+        # what no model did, so they are not given them (the cached answer's tokens are the model's).
+        measured = not out.cached
         inp = ScoreInput(
             output=out.text,
             expected=item.expected,
             variables=item.variables,
-            latency_ms=out.latency_ms,
-            ttft_ms=out.ttft_ms,
+            latency_ms=out.latency_ms if measured else None,
+            ttft_ms=out.ttft_ms if measured else None,
             input_tokens=out.usage.input_tokens,
             output_tokens=out.usage.output_tokens,
-            cost=out.cost,
+            cost=out.cost if measured else None,
+            cached=not measured,
         )
         scores: list[dict[str, Any]] = []
         results: list[Score] = []

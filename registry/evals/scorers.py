@@ -56,6 +56,7 @@ class ScoreInput:
     output_tokens: int | None = None
     cost: float | None = None
     error: str | None = None
+    cached: bool = False  # answered from the exact cache: no latency or cost of the model was measured
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,7 +444,11 @@ class _Maximum(_Spec):
     def score(self, inp: ScoreInput) -> Score:
         what, value = self.fact(inp)
         if value is None:
-            return _fail(f"no {what} recorded")
+            return _fail(
+                f"no {what} of the model measured: the answer came from the cache"
+                if inp.cached
+                else f"no {what} recorded"
+            )
         shown = f"{what} {_number(value)}{self.unit}"
         if value <= self.max:
             return _pass(f"{shown}, within {_number(self.max)}{self.unit}")
