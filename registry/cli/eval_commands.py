@@ -325,6 +325,8 @@ def eval_compare(client: RegistryClient, as_json: bool, base: int, candidate: in
     def show() -> None:
         c = result["comparison"]
         click.echo(f"run {candidate} against run {base}: {result['paired_items']} paired items")
+        for run_id in c.get("incomplete_runs") or []:
+            click.echo(f"run {run_id} did not complete: only the items it stored are compared")
         click.echo(f"pass rate: {percent(c.get('base_pass_rate'))} -> {percent(c.get('candidate_pass_rate'))}")
         click.echo(
             f"pass -> fail: {c['pass_to_fail']}, fail -> pass: {c['fail_to_pass']} "
@@ -435,11 +437,15 @@ def datasets_pull(
                 sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
             return
+        # Written beside the target and moved into place at the end, so a broken stream leaves no half file.
         partial = output.with_name(output.name + ".partial")
-        with partial.open("wb") as file:
-            for chunk in chunks:
-                file.write(chunk)
-        partial.replace(output)
+        try:
+            with partial.open("wb") as file:
+                for chunk in chunks:
+                    file.write(chunk)
+            partial.replace(output)
+        finally:
+            partial.unlink(missing_ok=True)
     click.echo(f"{name} -> {output}", err=True)
 
 

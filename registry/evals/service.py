@@ -335,7 +335,11 @@ class RunService:
             )
         base_outcomes = await self.repository.outcomes(base.id)
         candidate_outcomes = await self.repository.outcomes(candidate.id)
-        return paired_comparison(base_outcomes, candidate_outcomes)
+        paired, comparison = paired_comparison(base_outcomes, candidate_outcomes)
+        # A run not completed (still going, failed, cancelled) is compared on the items it stored, the first ones
+        # done: the comparison says so rather than reading as one of the whole dataset version.
+        comparison["incomplete_runs"] = [run.id for run in (base, candidate) if run.status != "completed"]
+        return paired, comparison
 
 
 def paired_comparison(base: Sequence[Outcome], candidate: Sequence[Outcome]) -> tuple[int, dict[str, object]]:
