@@ -85,6 +85,7 @@ def api_command(func: Callable[..., None]) -> Callable[..., None]:
         if not api_key:
             fail(NO_API_KEY, ExitCode.UNAUTHORIZED)
         client = open_client(url, api_key)
+        import httpx
         from prompt_registry_client import RegistryError
 
         with client:
@@ -94,6 +95,8 @@ def api_command(func: Callable[..., None]) -> Callable[..., None]:
                 report(exc)
             except json.JSONDecodeError:  # every file and option the commands read is checked where it is read
                 fail(NOT_JSON.format(url=url), ExitCode.UNAVAILABLE)
+            except httpx.TransportError as exc:  # a streamed export broken halfway (the client maps the rest)
+                fail(f"the connection to {url} broke: {exc}", ExitCode.UNAVAILABLE)
 
     return wrapper
 

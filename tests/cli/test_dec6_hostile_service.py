@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from registry.cli import main
 
 Answer = Callable[[str], tuple[int, str, bytes]]  # path -> status, content type, body
+TRUNCATED = "application/x-ndjson; truncated"  # a content type that announces more bytes than are sent
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def serve() -> Iterator[Callable[[Answer], str]]:
                 status, media, body = answer(self.path)
                 self.send_response(status)
                 self.send_header("Content-Type", media)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(body) * (2 if media == TRUNCATED else 1)))
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -101,3 +102,17 @@ def test_export_writes_no_file_outside_its_folder_whatever_names_the_service_giv
     for name in prompts + datasets:
         assert f"{name!r}: not exported" in err
     assert "0 file(s) written" in out
+
+
+def test_a_pull_whose_stream_breaks_leaves_neither_the_file_nor_a_partial_one(
+    serve: Callable[[Answer], str], tmp_path: Path
+) -> None:
+    url = serve(lambda path: (200, TRUNCATED, b'{"variables": {"q": "a"}}\n' * 100))
+    target = tmp_path / "cases.jsonl"
+    code, _out, err = _run(url, "datasets", "pull", "cases", "--output", str(target))
+    assert code == 7
+    assert err.startswith(f"error: the connection to {url} broke: ")
+    code, _out, err = _run(url, "experiments", "export", "test", "--output", str(tmp_path / "units.csv"))
+    assert code == 7
+    assert err.startswith(f"error: the connection to {url} broke: ")
+    assert list(tmp_path.iterdir()) == []
