@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from litestar import Litestar
+from typing import Any
+
+from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
 from litestar.routes import HTTPRoute
@@ -16,7 +18,7 @@ from registry.completions.controller import BudgetController, CompletionControll
 from registry.completions.fast_path import CompletionFastPath
 from registry.completions.semantic_controller import SemanticCacheController
 from registry.configs.controller import ConfigController
-from registry.console.controller import CONSOLE_PREFIX, console_template_config
+from registry.console.controller import CONSOLE_PREFIX, console_error, console_template_config
 from registry.console.routes import console_routers
 from registry.deps import COMMON_DEPENDENCIES
 from registry.evals.controller import DatasetController, GateController, RunController
@@ -28,7 +30,7 @@ from registry.experiments.controller import (
     UnitController,
 )
 from registry.feed.controller import ChangeFeedController
-from registry.lib.errors import ErrorShape, RegistryError, exception_handler
+from registry.lib.errors import ErrorShape, ExceptionHandler, RegistryError, exception_handler
 from registry.lib.http import RegistryRequest, RequestContextMiddleware, RequestLimits
 from registry.lib.logging import configure_logging
 from registry.lib.openapi import api_openapi_config, declare_problem_responses, document_operations
@@ -83,6 +85,20 @@ def openai_error(error: RegistryError, instance: str, request_id: str | None) ->
     return error_answer(error, instance=instance, request_id=request_id)
 
 
+def app_exception_handler(shape: ErrorShape) -> ExceptionHandler:
+    """Errors no route handled (no route matches, a method it does not serve): the console's error page under its
+    prefix, for a person in a browser (its own routes answer so already); problem+json, or ``shape``'s, elsewhere."""
+    api_errors = exception_handler(shape)
+
+    def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        path = request.url.path
+        if path == CONSOLE_PREFIX or path.startswith(f"{CONSOLE_PREFIX}/"):
+            return console_error(request, exc)
+        return api_errors(request, exc)
+
+    return exception_to_response
+
+
 def create_app(settings: Settings | None = None, *, tracing: Tracing | None = None) -> Litestar:
     """``tracing`` defaults to what the ``OTEL_*`` variables configure (off unless an exporter is set)."""
     settings = settings or get_settings()
@@ -96,7 +112,7 @@ def create_app(settings: Settings | None = None, *, tracing: Tracing | None = No
         route_handlers=[SystemController, api, *console_routers()],
         template_config=console_template_config(),
         dependencies=COMMON_DEPENDENCIES,
-        exception_handlers={Exception: exception_handler(openai_shape)},
+        exception_handlers={Exception: app_exception_handler(openai_shape)},
         state=State({"runtime": runtime}),
         on_startup=[runtime.start],
         on_shutdown=[runtime.stop, tracing.shutdown],
