@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
-from registry.cli.output import ExitCode, exit_code_for_status, fail, gate_evidence
+from registry.cli.output import ExitCode, error_detail, exit_code_for_status, fail, gate_evidence
 
 if TYPE_CHECKING:
     from prompt_registry_client import RegistryClient, RegistryError
@@ -53,10 +53,7 @@ def report(exc: RegistryError) -> None:
     """Print an error answer readably (one line, then one line per field) and exit with its code."""
     if exc.status is None:
         fail(f"{exc.detail} (the URL comes from --url or REGISTRY_URL)", ExitCode.UNAVAILABLE)
-    detail = exc.detail
-    if detail.lstrip().startswith("<"):  # a proxy's or a load balancer's error page, not the service's problem
-        detail = f"HTTP {exc.status}, answered with an HTML page (a proxy's?), not the registry's problem+json"
-    click.echo(f"error: {detail}", err=True)
+    click.echo(f"error: {error_detail(exc.status, exc.detail)}", err=True)
     for error in exc.errors:
         click.echo(f"  {error.get('field')}: {error.get('message')}", err=True)
     if exc.type == "gate_failed":

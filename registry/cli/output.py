@@ -51,6 +51,13 @@ def exit_code_for_status(status: int | None) -> ExitCode:
     }.get(status, ExitCode.ERROR)
 
 
+def error_detail(status: int | None, detail: str) -> str:
+    """An error answer's detail; a proxy's or a load balancer's HTML page is named, not printed whole."""
+    if detail.lstrip().startswith("<"):
+        return f"HTTP {status}, answered with an HTML page (a proxy's?), not the registry's problem+json"
+    return detail
+
+
 def fail(message: str, code: ExitCode) -> NoReturn:
     """Print one line (``error: ...``) to stderr and exit with ``code``."""
     click.echo(f"error: {message}", err=True)

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from prompt_registry_client import NotFound, RegistryClient, RegistryError, encode_name
 
-from registry.cli.output import gate_evidence
+from registry.cli.output import error_detail, gate_evidence
 from registry.promptfiles.datasets import dataset_path, load_datasets, same_items
 from registry.promptfiles.documents import PromptDocument, document_of, inside, is_name, load_folder, path_of
 
@@ -480,7 +480,7 @@ def _say(
 
 
 def _report(echo_error: Echo, where: str, error: RegistryError) -> None:
-    echo_error(f"error: {where}: {error.detail}")
+    echo_error(f"error: {where}: {error_detail(error.status, error.detail)}")
     for problem in error.errors:
         echo_error(f"  {problem.get('field')}: {problem.get('message')}")
     if error.type == "gate_failed":

@@ -54,7 +54,7 @@ def _run(url: str, *args: str) -> tuple[int, str, str]:
 
 
 def test_an_html_page_is_a_clear_error_with_the_unavailable_code_not_a_traceback(
-    serve: Callable[[Answer], str],
+    serve: Callable[[Answer], str], tmp_path: Path
 ) -> None:
     page = b"<html><body><h1>Sign in</h1>" + b"x" * 2000 + b"</body></html>"
     signin = serve(lambda path: (200, "text/html", page))
@@ -68,6 +68,10 @@ def test_an_html_page_is_a_clear_error_with_the_unavailable_code_not_a_traceback
     assert (code, out) == (7, "")
     assert err.startswith("error: HTTP 502, answered with an HTML page")
     assert "Sign in" not in err
+    (tmp_path / "greet.yaml").write_text("template: Hello\n")
+    code, out, err = _run(proxy, "sync", "--dry-run", str(tmp_path))
+    assert (code, out) == (1, "")
+    assert err == "error: greet: HTTP 502, answered with an HTML page (a proxy's?), not the registry's problem+json\n"
 
 
 def test_export_writes_no_file_outside_its_folder_whatever_names_the_service_gives(
