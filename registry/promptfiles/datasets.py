@@ -90,6 +90,9 @@ def load_datasets(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
     found: list[tuple[str, Path]] = []
     problems: list[str] = []
     for path in sorted(p for p in folder.rglob(f"*{SUFFIX}") if p.is_file()):
+        if not path.resolve().is_relative_to(root.resolve()):  # a link may not make a sync push a file elsewhere
+            problems.append(f"{path}: a link to a file outside {root}, not read")
+            continue
         name = path.relative_to(folder).as_posix()[: -len(SUFFIX)]
         if not _NAME.fullmatch(name):
             problems.append(f"{path}: '{name}' is not a dataset name ({NAME_PATTERN})")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from registry.promptfiles.datasets import load_datasets
 from registry.promptfiles.documents import MAX_FILE_BYTES, DocumentError, load_folder, parse_document
 
 
@@ -53,6 +54,12 @@ def test_a_link_to_a_file_outside_the_folder_is_not_read(tmp_path: Path) -> None
     os.symlink(outside / "key.yaml", folder / "leak.yaml")
     os.symlink(outside, folder / "support" / "elsewhere")
     (folder / "alias.yaml").symlink_to(folder / "greet.yaml")  # a link inside the folder is an ordinary file
+    (folder / "datasets").mkdir()
+    (outside / "keys.jsonl").write_text('{"variables": {"key": "hunter2"}}\n')
+    os.symlink(outside / "keys.jsonl", folder / "datasets" / "leak.jsonl")
+    datasets, problems = load_datasets(folder)
+    assert datasets == []
+    assert [p.split(": ", 1)[1] for p in problems] == [f"a link to a file outside {folder}, not read"]
     found, problems = load_folder(folder)
     assert sorted(document.name for _, document in found) == ["alias", "greet"]
     assert any("leak.yaml: a link to a file outside" in p for p in problems)
