@@ -41,3 +41,30 @@ def test_an_answer_that_is_not_the_registrys_serves_the_fallback_instead_of_rais
     finally:
         server.stop()
     assert (served.text, served.fallback) == ("Hi Ada", True)
+
+
+ASKED: list[str] = []  # the paths ``not_configured`` was asked
+
+
+async def not_configured(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The registry's answer to a completion whose config names a backend this deployment lacks: 503, no
+    Retry-After (no later try can succeed)."""
+    ASKED.append(scope["path"])
+    headers = [(b"content-type", b"application/problem+json")]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    body = b'{"type": "/problems/backend_not_configured", "title": "Backend not configured", "status": 503}'
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_a_completion_refused_with_a_503_that_names_no_retry_after_is_asked_once() -> None:
+    server = ThreadedServer(not_configured, lifespan="off")
+    url = server.start()
+    try:
+        with (
+            RegistryClient(url, "prk_test", cache=CachePolicy(watch_changes=False)) as registry,
+            pytest.raises(ServiceUnavailable),
+        ):
+            registry.complete("dec6-unconfigured")
+    finally:
+        server.stop()
+    assert ASKED == ["/v1/prompts/dec6-unconfigured/complete"]  # not three times, as a 503 with Retry-After is

@@ -13,7 +13,8 @@ import httpx
 DEFAULT_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # A completion that failed with 502 or 504 may have run for a while upstream (the service already retried
-# it); only answers that say nothing ran are worth another try.
+# it); only answers that say nothing ran are worth another try, and a 503 only when it says when to try again
+# (Retry-After): without one (backend_not_configured) no later try can succeed.
 COMPLETION_RETRY_STATUSES = frozenset({429, 503})
 
 

@@ -279,12 +279,14 @@ class Core:
         idempotent: bool = True,
         retry_statuses: frozenset[int] = RETRY_STATUSES,
         stream: bool = False,
+        retry_only_when_told: bool = False,
     ) -> Flow[httpx.Response]:
         """Send with retries; the last response is returned whatever its status.
 
         Connection errors that happened before the request left are always retried;
         others only for idempotent requests. A Retry-After longer than the policy allows
-        ends the retries at once.
+        ends the retries at once; with ``retry_only_when_told``, so does its absence (a 503
+        ``backend_not_configured`` says no later try can succeed).
         """
         attempt = 0
         while True:
@@ -299,6 +301,8 @@ class Core:
                 if response.status_code not in retry_statuses:
                     return response
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                if retry_after is None and retry_only_when_told:
+                    return response
                 delay = self.retries.delay(attempt, retry_after=retry_after)
                 if delay is None:
                     return response
@@ -508,7 +512,11 @@ class Core:
             "POST", f"/v1/prompts/{encode_name(name)}/complete", json=body, timeout=self.completion_timeout
         )
         response = yield from self.send(
-            request, idempotent=False, retry_statuses=COMPLETION_RETRY_STATUSES, stream=stream
+            request,
+            idempotent=False,
+            retry_statuses=COMPLETION_RETRY_STATUSES,
+            retry_only_when_told=True,
+            stream=stream,
         )
         if response.status_code >= 400:
             if stream:
