@@ -344,7 +344,7 @@ def parse_judgement(text: str) -> tuple[float, str] | None:
     """The judge's structured answer, ``{"score": number, "reason": text}``; None when it is not that."""
     try:
         answer = msgspec.json.decode(text.strip())
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # nested too deep: msgspec raises RecursionError
         return None
     if not isinstance(answer, dict):
         return None

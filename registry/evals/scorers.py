@@ -225,7 +225,10 @@ def _load_json(text: str) -> Any:
     def refuse(constant: str) -> Any:
         raise ValueError(f"{constant} is not JSON")
 
-    return json.loads(text, parse_constant=refuse)
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except RecursionError:  # a model's output of a few thousand "[": the item fails, not the run
+        raise ValueError("nested too deep to read") from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -364,7 +367,7 @@ class JsonSchema(_Spec):
         except regex.error as exc:
             return _fail(f"a pattern of the schema is not supported: {exc}")
         except RecursionError:
-            return _fail("the schema refers to itself without end ($ref)")
+            return _fail("the output nests too deep to check, or the schema refers to itself without end ($ref)")
         except referencing.exceptions.Unresolvable as exc:
             return _fail(f"the schema has a $ref that cannot be resolved: {exc}")
         if error is None:
@@ -708,6 +711,8 @@ def _read_json_schema(r: _Reader) -> dict[str, Any]:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         r.problem("schema", f"not a valid JSON Schema: {exc.message}")
+    except RecursionError:
+        r.problem("schema", "nests too deep to check")
     if _has_keys(schema, {"unevaluatedProperties", "patternProperties"}) == {
         "unevaluatedProperties",
         "patternProperties",

@@ -41,7 +41,7 @@ def parse_verdict(text: str) -> Verdict | None:
     """The classifier's ``{"flagged": bool, "category": str, "reason": str}``; None when it is not that."""
     try:
         answer = msgspec.json.decode(text.strip())
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # nested too deep: msgspec raises RecursionError
         return None
     if not isinstance(answer, dict) or not isinstance(answer.get("flagged"), bool):
         return None
