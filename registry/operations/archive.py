@@ -68,7 +68,11 @@ class ArchiveWriter:
     def pack(self, target: Path, manifest: dict[str, Any]) -> None:
         partial = target.with_name(target.name + ".partial")
         try:
-            with tarfile.open(partial, "w:gz") as tar:
+            # Readable by its owner only: the archive holds webhook secrets and key hashes, and a umask
+            # of 022 would make it readable by every user of the host.
+            partial.unlink(missing_ok=True)  # a crashed backup's file keeps its mode when opened again
+            descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(descriptor, "wb") as sink, tarfile.open(fileobj=sink, mode="w:gz") as tar:
                 data = json.dumps(manifest, indent=2, sort_keys=True).encode()
                 info = tarfile.TarInfo(MANIFEST)
                 info.size = len(data)
