@@ -23,6 +23,7 @@ FOLDER = "datasets"
 SUFFIX = ".jsonl"
 ITEM_KEYS = ("variables", "expected", "tags", "metadata")
 _NAME = re.compile(NAME_PATTERN)
+MAX_NAME = 128  # as the service's names
 
 
 def dataset_path(name: str, root: Path) -> Path:
@@ -94,8 +95,8 @@ def load_datasets(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
             problems.append(f"{path}: a link to a file outside {root}, not read")
             continue
         name = path.relative_to(folder).as_posix()[: -len(SUFFIX)]
-        if not _NAME.fullmatch(name):
-            problems.append(f"{path}: '{name}' is not a dataset name ({NAME_PATTERN})")
+        if not _NAME.fullmatch(name) or len(name) > MAX_NAME:
+            problems.append(f"{path}: '{name}' is not a dataset name ({NAME_PATTERN}, at most {MAX_NAME})")
             continue
         items, bad = items_of(path.read_bytes(), str(path))
         problems += bad

@@ -33,3 +33,13 @@ def test_items_of_a_wrong_type_are_problems_before_anything_is_sent(tmp_path: Pa
         "line 4: tags must be a list of text",
         "line 5: metadata must be an object",
     ]
+
+
+def test_a_dataset_name_longer_than_the_service_takes_is_a_problem(tmp_path: Path) -> None:
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / f"{'x' * 129}.jsonl").write_text('{"variables": {}}\n')
+    (tmp_path / "datasets" / f"{'y' * 128}.jsonl").write_text('{"variables": {}}\n')
+    found, problems = load_datasets(tmp_path)
+    assert [name for name, _ in found] == ["y" * 128]
+    assert len(problems) == 1
+    assert f"'{'x' * 129}' is not a dataset name" in problems[0]
