@@ -34,6 +34,8 @@ logger = structlog.get_logger("registry.webhooks")
 
 LEASE = timedelta(seconds=60)  # at least; longer than the delivery timeout, see ``WebhookDispatcher.lease``
 BATCH = 50
+KEPT = timedelta(days=30)  # how long the delivery log keeps a finished delivery, and the outbox a sent event
+PURGE_BATCH = 1000
 ANSWER_HEAD = 200  # bytes of a receiver's answer kept in the delivery log; the rest is never read
 
 
@@ -93,6 +95,12 @@ class WebhookDispatcher:
     async def run_once(self) -> None:
         await self.fan_out()
         await self.deliver_due()
+        await self.purge()
+
+    async def purge(self) -> int:
+        """Forget sent events and finished deliveries after ``KEPT``: both tables grew by every event forever."""
+        async with self._sessionmaker() as session, session.begin():
+            return await WebhookRepository(session).purge_finished(self._clock() - KEPT, PURGE_BATCH)
 
     async def fan_out(self) -> int:
         """Turn new outbox events into one pending delivery per subscribed webhook."""

@@ -11,6 +11,7 @@ from registry.outbox.models import OutboxEvent
 from registry.webhooks.models import Webhook, WebhookDelivery
 
 DUE_STATUSES = ("pending", "retrying")
+FINISHED_STATUSES = ("succeeded", "dead")
 
 
 class WebhookRepository:
@@ -96,6 +97,22 @@ class WebhookRepository:
             delivery.locked_until = lease_until
         await self.session.flush()
         return due
+
+    async def purge_finished(self, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` sent events and finished deliveries older than ``before``; how many rows went.
+
+        Finished deliveries are found through the due index (a finished one's ``next_attempt_at`` is its last
+        try's), sent events through the pending one, so a round that finds nothing costs two index probes.
+        """
+        old_deliveries = (
+            select(WebhookDelivery.id)
+            .where(WebhookDelivery.status.in_(FINISHED_STATUSES), WebhookDelivery.next_attempt_at < before)
+            .limit(limit)
+        )
+        old_events = select(OutboxEvent.id).where(OutboxEvent.dispatched_at < before).limit(limit)
+        deliveries = await self.session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(old_deliveries)))
+        events = await self.session.execute(delete(OutboxEvent).where(OutboxEvent.id.in_(old_events)))
+        return int(getattr(deliveries, "rowcount", 0) or 0) + int(getattr(events, "rowcount", 0) or 0)
 
     async def webhooks_by_id(self, ids: set[int]) -> dict[int, Webhook]:
         rows = (await self.session.scalars(select(Webhook).where(Webhook.id.in_(ids)))).all()
