@@ -38,6 +38,7 @@ from registry.evals.schemas import (
 )
 from registry.evals.service import DatasetService, RunService
 from registry.lib.errors import FieldError, InvalidInputError, UnsupportedMediaTypeError
+from registry.lib.http import json_error_detail
 from registry.lib.pagination import PageRequest, encode_cursor
 from registry.lib.schema import paginate
 from registry.runtime import Runtime
@@ -73,6 +74,8 @@ def decode_body(raw: bytes, content_type: str, commit_message: str) -> CreateDat
             return msgspec.json.decode(raw, type=CreateDatasetVersion)
         except msgspec.DecodeError as exc:
             raise InvalidInputError(f"the body is not a dataset version: {exc}") from exc
+        except (RecursionError, UnicodeDecodeError) as exc:  # msgspec's, outside its DecodeError
+            raise InvalidInputError(json_error_detail(exc)) from exc
     if media in ("application/x-ndjson", "application/jsonl", "application/jsonlines"):
         items = parse_jsonl(raw)
     elif media == "text/csv":

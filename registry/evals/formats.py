@@ -70,6 +70,10 @@ def parse_jsonl(raw: bytes) -> list[DatasetItemIn]:
             items.append(msgspec.json.decode(line, type=DatasetItemIn))
         except msgspec.DecodeError as exc:
             problems.append(FieldError(f"line {number}", str(exc)))
+        except RecursionError:  # msgspec's, past about 1,000 levels
+            problems.append(FieldError(f"line {number}", "nested too deep"))
+        except UnicodeDecodeError:
+            problems.append(FieldError(f"line {number}", "not UTF-8"))
     _raise(problems, "JSONL")
     return items
 
@@ -154,6 +158,8 @@ def parse_csv(raw: bytes) -> list[DatasetItemIn]:
             items.append(_csv_item(row, variable_columns))
         except (ValueError, msgspec.ValidationError) as exc:
             problems.append(FieldError(f"row {number}", str(exc)))
+        except RecursionError:  # a json.NAME or metadata cell nested thousands of levels deep
+            problems.append(FieldError(f"row {number}", "a JSON cell is nested too deep"))
     _raise(problems, "CSV")
     return items
 

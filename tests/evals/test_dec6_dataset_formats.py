@@ -3,10 +3,13 @@ and an item with a long text (stored from JSON) exports as a CSV that reads back
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from registry.evals.formats import DatasetFormatError, parse_csv, parse_jsonl, to_csv
 from registry.evals.schemas import MAX_ITEMS, DatasetItemOut
+from tests.conftest import AppClient
 
 
 def test_a_csv_that_cannot_be_read_is_refused_naming_its_row() -> None:
@@ -35,3 +38,25 @@ def test_a_file_of_more_items_than_a_version_holds_is_refused_where_the_limit_is
         with pytest.raises(DatasetFormatError) as refused:
             parse(raw)
         assert [problem.field for problem in refused.value.errors] == [where]
+
+
+async def test_json_nested_too_deep_or_not_utf8_is_a_problem_naming_its_line_row_or_body(
+    evals: AppClient, admin: dict[str, str]
+) -> None:
+    deep = "[" * 5_000 + "]" * 5_000
+    lines = f'{{"variables": {{"a": 1}}}}\n{{"variables": {{"a": {deep}}}}}\n{{"variables": {{"a": "\xff"}}}}\n'
+    with pytest.raises(DatasetFormatError) as jsonl:
+        parse_jsonl(lines.encode("latin-1"))
+    problems = [(p.field, p.message) for p in jsonl.value.errors]
+    assert problems == [("line 2", "nested too deep"), ("line 3", "not UTF-8")]
+    with pytest.raises(DatasetFormatError) as csv_file:
+        parse_csv(f"json.a\n1\n{deep}\n".encode())
+    assert [p.field for p in csv_file.value.errors] == ["row 3"]
+    name = f"deep-{uuid.uuid4().hex[:6]}"
+    await evals.post("/v1/evals/datasets", json={"name": name}, headers=admin)
+    body = '{"items": [{"variables": {"a": ' + deep + "}}]}"
+    response = await evals.post(
+        f"/v1/evals/datasets/{name}/versions", content=body, headers={**admin, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert "nested too deeply" in response.json()["detail"]
