@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from prompt_registry_client import CachePolicy, RateLimited, RegistryClient, RetryPolicy, ServiceUnavailable
+from prompt_registry_client import (
+    BatchPolicy,
+    CachePolicy,
+    RateLimited,
+    RegistryClient,
+    RetryPolicy,
+    ServiceUnavailable,
+)
 
 from tests.clients.conftest import Live, ThreadedServer, text
 
@@ -68,3 +75,19 @@ def test_a_completion_refused_with_a_503_that_names_no_retry_after_is_asked_once
     finally:
         server.stop()
     assert ASKED == ["/v1/prompts/dec6-unconfigured/complete"]  # not three times, as a 503 with Retry-After is
+
+
+def test_events_answered_by_something_else_than_the_registry_wait_to_be_sent_again() -> None:
+    """A 200 HTML page for the events (a proxy's, a misrouted URL) took nothing in: the batch was lost uncounted
+    and ``flush`` raised on its JSON."""
+    server = ThreadedServer(html_page, lifespan="off")
+    url = server.start()
+    batches = BatchPolicy(flush_interval=3600, close_timeout=0)
+    try:
+        registry = RegistryClient(url, "prk_test", cache=CachePolicy(watch_changes=False), batches=batches)
+        registry.track("user-1", "dec6-score", 1.0)
+        assert registry.flush() is False
+        assert registry.pending_events == 1
+        registry.close()
+    finally:
+        server.stop()

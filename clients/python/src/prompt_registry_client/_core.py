@@ -647,6 +647,11 @@ class Core:
                     self.outbox.give_back(kind, batch)
                     self.send_again_in = parse_retry_after(response.headers.get("Retry-After"))
                     return False
+                if response.status_code < 300 and not isinstance(_json_or_none(response), dict):
+                    # Not the registry's answer (a proxy's page, a misrouted URL): nothing was taken in.
+                    logger.warning("%s did not answer as the registry does; the %s wait", response.url, kind)
+                    self.outbox.give_back(kind, batch)
+                    return False
                 if not self._settle(kind, batch, response):
                     return False
         return True
@@ -773,6 +778,14 @@ def _since(started: float) -> float:
 
 def _experiments_page(page: Any) -> tuple[list[Experiment], str | None]:
     return [experiment_from_json(item) for item in page["items"]], page.get("next_cursor")
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    """The answer's JSON, or None when it is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
 
 
 def _encodable(item: Mapping[str, Any]) -> bool:
