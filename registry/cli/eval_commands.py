@@ -59,6 +59,8 @@ def json_value(text: str, option: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint=option) from exc
+    except RecursionError as exc:
+        raise click.BadParameter("not JSON: nested too deep", param_hint=option) from exc
 
 
 def read_scorers(file: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:

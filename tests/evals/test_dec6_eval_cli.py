@@ -14,3 +14,11 @@ def test_no_wait_with_a_minimum_pass_rate_is_a_usage_error_before_any_run_starts
     result = CliRunner().invoke(evals, [*args, "--url", "http://127.0.0.1:9", "--api-key", "k"])
     assert result.exit_code == 2, result.output
     assert "--no-wait" in result.output
+
+
+def test_a_scorer_nested_too_deep_is_a_usage_error_not_a_traceback() -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    args = ["run", "p", "--version", "1", "--dataset", "d", "--scorer", deep]
+    result = CliRunner().invoke(evals, [*args, "--url", "http://127.0.0.1:9", "--api-key", "k"])
+    assert result.exit_code == 2, result.output
+    assert "nested too deep" in result.output
