@@ -479,7 +479,12 @@ def load_folder(root: Path) -> tuple[list[tuple[Path, PromptDocument]], list[str
             problems.append(f"{path}: larger than {MAX_FILE_BYTES} bytes; a prompt file holds one prompt")
             continue
         try:
-            found.append((path, parse_document(path.read_text(), name=name_of(path, root), source=str(path))))
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{path}: cannot be read as UTF-8 text ({exc})")
+            continue
+        try:
+            found.append((path, parse_document(text, name=name_of(path, root), source=str(path))))
         except DocumentError as exc:
             problems += [f"{exc.source}: {p}" for p in exc.problems]
     seen: dict[str, Path] = {}

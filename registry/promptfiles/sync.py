@@ -234,16 +234,16 @@ def export(
         if name not in existing:
             path = path_of(name, root)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(remote.document.to_yaml())
+            path.write_text(remote.document.to_yaml(), encoding="utf-8")
             yield name, path, "written"
             continue
         path, local = existing[name]
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         rewritten = _keeping_label(client, local, remote.document).rewrite(text)
         if rewritten == text:
             yield name, path, "unchanged"
             continue
-        path.write_text(rewritten)
+        path.write_text(rewritten, encoding="utf-8")
         yield name, path, "written"
 
 

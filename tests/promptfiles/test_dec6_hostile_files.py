@@ -65,3 +65,12 @@ def test_a_link_to_a_file_outside_the_folder_is_not_read(tmp_path: Path) -> None
     assert any("leak.yaml: a link to a file outside" in p for p in problems)
     assert not any("hunter2" in p for p in problems)
     assert not any(document.template and "hunter2" in document.template for _, document in found)
+
+
+def test_a_file_that_is_not_utf8_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "latin.yaml").write_bytes(b"template: caf\xe9\n")
+    (tmp_path / "ok.yaml").write_text("template: caf\u00e9\n", encoding="utf-8")
+    found, problems = load_folder(tmp_path)
+    assert [document.template for _, document in found] == ["caf\u00e9"]
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{tmp_path / 'latin.yaml'}: cannot be read as UTF-8 text")
