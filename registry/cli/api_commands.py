@@ -204,6 +204,16 @@ def versions_show(client: RegistryClient, as_json: bool, name: str, version: int
     emit(as_json, result, lambda: _print_version(result))
 
 
+def read_text(file: Path) -> str:
+    """A file's text ('-': stdin), as UTF-8; one that cannot be read is a usage error naming it, not a traceback."""
+    if str(file) == "-":
+        return sys.stdin.read()
+    try:
+        return file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {file} as UTF-8 text: {exc}", ExitCode.USAGE)
+
+
 MAX_DOCUMENT_VALUES = 100_000
 MAX_DOCUMENT_DEPTH = 64
 
@@ -214,7 +224,7 @@ def read_document(file: Path) -> Any:
     A key given twice is refused (JSON and YAML readers keep the last one silently, so a second
     ``template:`` would replace the first unseen), and so is a file whose aliases expand past a bound.
     """
-    text = sys.stdin.read() if str(file) == "-" else file.read_text()
+    text = read_text(file)
     import yaml
 
     what = "YAML" if file.suffix in (".yaml", ".yml") else "JSON"
@@ -271,7 +281,7 @@ def version_body(file: Path, *, config: bool, link: str | None, message: str | N
         if not config:
             body.setdefault("kind", "chat" if "messages" in body else "text")
     else:
-        body = {"kind": "text", "template": sys.stdin.read() if str(file) == "-" else file.read_text()}
+        body = {"kind": "text", "template": read_text(file)}
     if link:
         name, _, which = link.rpartition(":")
         if not name or not which:
@@ -628,7 +638,7 @@ def events() -> None:
 
 def read_events(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line, event) from a CSV file (a header row: unit,metric,timestamp,value,...) or JSON Lines."""
-    text = sys.stdin.read() if str(file) == "-" else file.read_text()
+    text = read_text(file)
     if file.suffix == ".csv":
         for number, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
             yield number, {k.strip(): v for k, v in row.items() if k and v not in (None, "")}

@@ -43,3 +43,19 @@ def test_duplicate_keys_alias_bombs_and_deep_nesting_are_usage_errors(tmp_path: 
         f"error: {tmp_path / 'bomb.yaml'} holds more than 100000 values once its aliases (*name) are expanded\n",
     )
     assert _create(tmp_path / "deep.json") == (2, f"error: {tmp_path / 'deep.json'} is nested deeper than 64 levels\n")
+
+
+def test_a_file_that_is_not_utf8_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    env = {"REGISTRY_URL": "http://127.0.0.1:9", "REGISTRY_API_KEY": "k"}
+    template, body = tmp_path / "latin.txt", tmp_path / "latin.json"
+    template.write_bytes(b"caf\xe9 {{ x }}\n")
+    body.write_bytes(b'{"template": "caf\xe9"}')
+    for file, args in (
+        (template, ["versions", "create", "dec6-body", "--file", str(template)]),
+        (body, ["versions", "create", "dec6-body", "--file", str(body)]),
+        (template, ["events", "send", str(template)]),
+    ):
+        result = CliRunner().invoke(main, args, env=env)
+        assert isinstance(result.exception, SystemExit), repr(result.exception)
+        assert result.exit_code == 2
+        assert result.stderr.startswith(f"error: cannot read {file} as UTF-8 text: ")
