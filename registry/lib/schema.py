@@ -28,7 +28,9 @@ ResourceName = Annotated[
 ]
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*(?!\n)$")]
 Tags = Annotated[list[Tag], msgspec.Meta(max_length=32)]
-Description = Annotated[str, msgspec.Meta(max_length=2000)]
+# May be empty; no NUL (a NUL failed at the database as a 422 naming no field).
+TEXT_PATTERN = r"^[^\x00]*$"
+Description = Annotated[str, msgspec.Meta(max_length=2000, pattern=TEXT_PATTERN)]
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
 
 

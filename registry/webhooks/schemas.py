@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from registry.lib.schema import Input, Output
+from registry.lib.schema import TEXT_PATTERN, Input, Output
 from registry.webhooks.models import Webhook, WebhookDelivery
 
 EventPattern = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -14,7 +14,7 @@ EventPattern = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 class CreateWebhook(Input):
     url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
     events: Annotated[list[EventPattern], msgspec.Meta(min_length=1, max_length=32)]
-    description: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    description: Annotated[str, msgspec.Meta(max_length=500, pattern=TEXT_PATTERN)] = ""
 
 
 class WebhookOut(Output):
