@@ -94,6 +94,10 @@ def api_command(func: Callable[..., None]) -> Callable[..., None]:
                 fail(NOT_JSON.format(url=url), ExitCode.UNAVAILABLE)
             except httpx.TransportError as exc:  # a streamed export broken halfway (the client maps the rest)
                 fail(f"the connection to {url} broke: {exc}", ExitCode.UNAVAILABLE)
+            except BrokenPipeError:
+                raise
+            except OSError as exc:  # a file to read or write: a missing folder, no permission, a full disk
+                fail(f"cannot read or write {exc.filename or 'a file'}: {exc.strerror or exc}", ExitCode.ERROR)
 
     return wrapper
 

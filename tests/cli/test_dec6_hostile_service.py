@@ -120,3 +120,7 @@ def test_a_pull_whose_stream_breaks_leaves_neither_the_file_nor_a_partial_one(
     assert code == 7
     assert err.startswith(f"error: the connection to {url} broke: ")
     assert list(tmp_path.iterdir()) == []
+    whole = serve(lambda path: (200, "application/x-ndjson", b'{"variables": {"q": "a"}}\n'))
+    code, _out, err = _run(whole, "datasets", "pull", "cases", "--output", str(tmp_path / "no" / "cases.jsonl"))
+    assert code == 1
+    assert err == f"error: cannot read or write {tmp_path / 'no' / 'cases.jsonl.partial'}: No such file or directory\n"
