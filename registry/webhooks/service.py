@@ -97,6 +97,13 @@ class WebhookService:
             parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             return [FieldError("url", "must be an absolute http:// or https:// URL")]
+        if parts.username is not None or parts.password is not None:
+            # A password in the URL would be shown in every listing and kept in the audit log, unlike the secret.
+            return [
+                FieldError(
+                    "url", "must not hold a user name or password; receivers authenticate deliveries by signature"
+                )
+            ]
         refusal = await self.guard.url_refusal(url)
         return [] if refusal is None else [FieldError("url", refusal)]
 

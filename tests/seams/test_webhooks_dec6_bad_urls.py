@@ -24,6 +24,7 @@ REFUSED = [
     "http://127.0.0.1\\@example.com/",
     "http://ex ample.com/",
     "http://ex\tample.com/",
+    "http://user:password@example.com/",  # a password listed to every admin and kept in the audit log
 ]
 
 
