@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 STATES = click.Choice(["staging", "production"])
 DEFAULT_SCORERS = [{"kind": "exact_match"}]
 BAR_WIDTH = 30
+FINISHED = ("completed", "failed", "cancelled")
 RECONNECTS = 5  # how often a dropped event stream is followed again before giving up
 
 
@@ -156,8 +157,13 @@ def follow(client: RegistryClient, run_id: int, progress: Progress) -> dict[str,
                 drops += 1
                 if drops > RECONNECTS:
                     raise
-            else:
-                return client.get_eval_run(run_id)  # the stream ended without its done event
+            else:  # the stream ended without its done event (a registry that stopped, a proxy's limit)
+                run = client.get_eval_run(run_id)
+                if run["status"] in FINISHED:
+                    return run
+                drops += 1  # still going: followed again, as a dropped stream is
+                if drops > RECONNECTS:
+                    return run
     finally:
         progress.end()
 
