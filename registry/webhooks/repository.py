@@ -104,13 +104,13 @@ class WebhookRepository:
         Finished deliveries are found through the due index (a finished one's ``next_attempt_at`` is its last
         try's), sent events through the pending one, so a round that finds nothing costs two index probes.
         """
-        old_deliveries = (
-            select(WebhookDelivery.id)
-            .where(WebhookDelivery.status.in_(FINISHED_STATUSES), WebhookDelivery.next_attempt_at < before)
-            .limit(limit)
-        )
+        finished = (WebhookDelivery.status.in_(FINISHED_STATUSES), WebhookDelivery.next_attempt_at < before)
+        old_deliveries = select(WebhookDelivery.id).where(*finished).limit(limit)
         old_events = select(OutboxEvent.id).where(OutboxEvent.dispatched_at < before).limit(limit)
-        deliveries = await self.session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(old_deliveries)))
+        # The conditions again outside: PostgreSQL checks them anew on a row redelivered meanwhile, which stays.
+        deliveries = await self.session.execute(
+            delete(WebhookDelivery).where(WebhookDelivery.id.in_(old_deliveries), *finished)
+        )
         events = await self.session.execute(delete(OutboxEvent).where(OutboxEvent.id.in_(old_events)))
         return int(getattr(deliveries, "rowcount", 0) or 0) + int(getattr(events, "rowcount", 0) or 0)
 
