@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from prompt_registry_client import NotFound, RegistryClient, RegistryError, encode_name
+from prompt_registry_client import Conflict, NotFound, RegistryClient, RegistryError, encode_name
 
 from registry.cli.output import error_detail, gate_evidence
 from registry.promptfiles.datasets import dataset_path, load_datasets, same_items
@@ -200,7 +200,14 @@ def apply(client: RegistryClient, change: Change, *, message: str, promote_to: s
     if promote_to == "staging" and held.state == "production":
         done.append(f"version {held.version} is in production, not moved back to staging")
     else:
-        client.promote(name, held.version, promote_to, reason=message)
+        try:
+            client.promote(name, held.version, promote_to, reason=message)
+        except Conflict:
+            # Another sync of the same folder (two merges at once) moved it first: what this one wanted is done.
+            if remote_of(client, name, promote_to).version != held.version:
+                raise
+            done.append(f"version {held.version} already in {promote_to}")
+            return done
         done.append(f"version {held.version} promoted to {promote_to}")
     return done
 
