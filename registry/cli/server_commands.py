@@ -343,7 +343,7 @@ def run_server(settings: Settings, target: str = "registry.app:create_app") -> N
 
         Granian(
             # Its workers start with the server's signal handlers: the app's own factory would lose a stop.
-            "registry.lib.shutdown:create_app_in_worker" if target == "registry.app:create_app" else target,
+            "registry.granian_worker:create_app" if target == "registry.app:create_app" else target,
             factory=True,
             address=settings.host,
             port=settings.port,

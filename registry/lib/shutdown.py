@@ -91,18 +91,3 @@ class StopSignalHook:
         elif previous == signal.SIG_DFL:
             self.remove()
             os.kill(os.getpid(), number)
-
-
-def create_app_in_worker() -> Any:
-    """``registry.app.create_app`` for granian's worker processes: a stop while it runs ends the worker.
-
-    A worker is forked with its server process's signal handlers, which only flag a stop in the server's state:
-    a SIGTERM that reached a worker while it built the app (seconds: most of it is imports) was lost, and the
-    server then waited for that worker forever. With the default action it ends; granian installs the worker's
-    own handlers once the app is built.
-    """
-    for number in STOP_SIGNALS:
-        signal.signal(number, signal.SIG_DFL)
-    from registry.app import create_app
-
-    return create_app()

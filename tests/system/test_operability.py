@@ -140,8 +140,8 @@ STOPPED_WHILE_STARTING = """
 import os, signal, sys, types
 signal.signal(signal.SIGTERM, lambda *_: None)
 sys.modules["registry.app"] = types.SimpleNamespace(create_app=lambda: os.kill(os.getpid(), signal.SIGTERM))
-from registry.lib.shutdown import create_app_in_worker
-create_app_in_worker()
+from registry.granian_worker import create_app
+create_app()
 sys.exit(0)
 """
 
@@ -153,7 +153,7 @@ def test_a_granian_worker_stopped_while_it_builds_the_app_ends_instead_of_servin
     assert finished.returncode == -signal.SIGTERM, finished.stderr.decode()
     with patch("granian.Granian") as granian:
         run_server(embedded_settings(tmp_path))
-    assert granian.call_args.args[0] == "registry.lib.shutdown:create_app_in_worker"
+    assert granian.call_args.args[0] == "registry.granian_worker:create_app"
     # Its own lines follow REGISTRY_LOG_LEVEL too (embedded_settings: WARNING), as JSON (the test below).
     assert granian.call_args.kwargs["log_level"] == "warning"
 
