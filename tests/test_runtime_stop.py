@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import threading
 import uuid
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -282,3 +284,20 @@ async def input_tokens_recorded(settings: Settings, prompt: str) -> list[int]:
             return list((await connection.execute(query, {"prompt": prompt})).scalars())
     finally:
         await engine.dispose()
+
+
+async def test_a_runtime_started_and_stopped_is_collected(tmp_path: Path) -> None:
+    """``start`` freezes what is alive for the collector's sake (``gc.freeze``); ``stop`` hands it back. Frozen,
+    every app and runtime a process had started was kept: the test process grew by about 3 MB a test."""
+    settings = embedded_settings(tmp_path)
+    engine = create_engine(settings)
+    await migrate.upgrade(engine)
+    await engine.dispose()
+    runtime = Runtime.build(settings)
+    await runtime.start()
+    await runtime.stop()
+    stopped = weakref.ref(runtime)
+    del runtime
+    gc.collect()
+
+    assert stopped() is None
