@@ -96,6 +96,10 @@ class Live:
     def url(self) -> str:
         return self.server.url
 
+    def hold_the_minute(self) -> None:
+        """Hold the rate limiter's calendar clock inside one minute: a per-minute limit never resets mid-test."""
+        self.server.app.state.runtime.rate_limiter.clock = lambda: 1_800_000_030.0
+
     def stop(self) -> None:
         self.server.stop()
 

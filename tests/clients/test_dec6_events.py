@@ -97,6 +97,7 @@ def test_a_batch_refused_for_the_keys_rate_limit_waits_as_long_as_retry_after_sa
     live.prompt("dec6-limited-events", text("v1"))
     body = {"name": "dec6-limited-events", "scopes": ["read", "write"], "rate_limit_per_minute": 1}
     created = live.ok(live.admin.post("/v1/keys", json=body))
+    live.hold_the_minute()
     refusals: list[float] = []
 
     class SeeingRetryAfter(httpx.HTTPTransport):

@@ -22,6 +22,7 @@ def test_a_rate_limited_prompt_fetch_serves_the_fallback_instead_of_raising(live
     live.prompt("dec6-limited-b", text("b {{ name }}"))
     body = {"name": "dec6-limited", "scopes": ["read"], "rate_limit_per_minute": 1}
     created = live.ok(live.admin.post("/v1/keys", json=body))
+    live.hold_the_minute()
     no_feed, once = CachePolicy(watch_changes=False), RetryPolicy(attempts=1)
     with RegistryClient(live.url, created["key"], cache=no_feed, retries=once) as registry:
         assert registry.get_prompt("dec6-limited-a").version == 1  # the key's one request of this minute
