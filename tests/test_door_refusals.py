@@ -35,7 +35,7 @@ def refused(status: int, settings: Settings, door: bool) -> Request:
             ("GET", "/v1/prompts", {"headers": many_headers}),
         ),
         405: (("GET", "/v1/chat/completions", {}), ("PUT", "/v1/prompts", {})),
-        400: (
+        422: (
             ("GET", "/v1/models", {"params": {"after": "a\x00"}}),
             ("GET", "/v1/prompts", {"params": {"prefix": "\x00"}}),
         ),
@@ -44,7 +44,7 @@ def refused(status: int, settings: Settings, door: bool) -> Request:
 
 
 @pytest.mark.parametrize("door", [True, False], ids=["door path", "other path"])
-@pytest.mark.parametrize("status", [415, 414, 431, 405, 400])
+@pytest.mark.parametrize("status", [415, 414, 431, 405, 422])
 async def test_a_refusal_has_the_shape_of_its_paths_errors(
     client: AppClient, admin: dict[str, str], settings: Settings, status: int, door: bool
 ) -> None:
@@ -72,7 +72,7 @@ async def test_a_nul_in_the_path_or_a_query_parameter_is_refused_naming_where(
     for method, path, where in requests:
         response = await client.request(method, path, headers=admin, json={} if method == "POST" else None)
 
-        assert response.status_code == 400, (path, response.text)
+        assert response.status_code == 422, (path, response.text)
         assert [error["field"] for error in problem(response)["errors"]] == [where]
 
 

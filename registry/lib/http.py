@@ -32,10 +32,10 @@ from litestar.types import (
 )
 
 from registry.lib.errors import (
-    BadRequestError,
     ErrorShape,
     FieldError,
     HeadersTooLargeError,
+    InvalidInputError,
     MalformedJsonError,
     RegistryError,
     RequestTimeoutError,
@@ -244,7 +244,7 @@ class RequestContextMiddleware:
         if holding_nul:
             # No name, key, cursor or value the API takes may hold one, and the database could not store it: a
             # route would answer a 422 naming no parameter, or a 404 for a name no one can create.
-            return BadRequestError(
+            return InvalidInputError(
                 "the request's path or query holds a NUL character (%00)",
                 errors=[FieldError(name, "holds a NUL character (%00)") for name in holding_nul],
             )
