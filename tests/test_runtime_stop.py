@@ -286,18 +286,21 @@ async def input_tokens_recorded(settings: Settings, prompt: str) -> list[int]:
         await engine.dispose()
 
 
-async def test_a_runtime_started_and_stopped_is_collected(tmp_path: Path) -> None:
-    """``start`` freezes what is alive for the collector's sake (``gc.freeze``); ``stop`` hands it back. Frozen,
-    every app and runtime a process had started was kept: the test process grew by about 3 MB a test."""
+async def test_runtimes_started_one_after_another_are_collected(tmp_path: Path) -> None:
+    """``start`` freezes what is alive for the collector's sake (``gc.freeze``), once per process: frozen at each
+    start, every app and runtime a process had started was kept, about 3 MB a test."""
     settings = embedded_settings(tmp_path)
     engine = create_engine(settings)
     await migrate.upgrade(engine)
     await engine.dispose()
-    runtime = Runtime.build(settings)
-    await runtime.start()
-    await runtime.stop()
-    stopped = weakref.ref(runtime)
-    del runtime
-    gc.collect()
+    collected = []
+    for _ in range(2):  # the first may be the process's first start, whose runtime is frozen for good
+        runtime = Runtime.build(settings)
+        await runtime.start()
+        await runtime.stop()
+        stopped = weakref.ref(runtime)
+        del runtime
+        gc.collect()
+        collected.append(stopped() is None)
 
-    assert stopped() is None
+    assert collected[-1]
