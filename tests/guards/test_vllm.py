@@ -52,7 +52,7 @@ async def test_a_model_guard_on_vllm_reads_a_structured_verdict_and_records_it(
             assert outcome["error"] == "guard_classifier_answer", outcome
             # The detail quotes the answer's start (repr, cut to the detail's length): white space and its escapes out.
             raw = outcome["detail"].split(": ", 1)[1]
-            compact = re.sub(r"\s|\\[ntr]", "", raw).lstrip("'")
+            compact = re.sub(r"\s|\\[ntr]", "", raw).strip("'")  # the closing quote too, when the answer was short
             assert compact.startswith('{"flagged"') or '{"flagged"'.startswith(compact), raw
         else:
             assert outcome["outcome"] in ("passed", "flagged"), outcome
