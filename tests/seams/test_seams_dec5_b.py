@@ -17,21 +17,10 @@ from registry.lib.changes import Change
 from registry.settings import Settings
 from tests.conftest import AppClient, count_rows, openai_problem, problem, serve_in_process
 from tests.experiments.conftest import make_experiment, make_metric, make_prompt, runtime_of, settle
+from tests.rollouts.conftest import settings as settings  # no background flushes or checks
 from tests.seams.conftest import eventually, ok, rows
 
 Headers = dict[str, str]
-
-
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    """No background checks or flushes: a rollout moves only when a test moves it."""
-    return settings.model_copy(
-        update={
-            "experiment_exposure_flush_seconds": 3600.0,
-            "experiment_statistics_seconds": 3600.0,
-            "rollout_check_seconds": 3600.0,
-        }
-    )
 
 
 async def events_after(engine: AsyncEngine, mark: int) -> list[dict[str, Any]]:

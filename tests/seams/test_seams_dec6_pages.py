@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
-
-from registry.settings import Settings
 from tests.conftest import AppClient
 from tests.experiments.conftest import make_metric, make_prompt, settle
+from tests.rollouts.conftest import settings as settings  # no background flushes or checks
 from tests.seams.conftest import ok
 
 Headers = dict[str, str]
-
-
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={
-            "experiment_exposure_flush_seconds": 3600.0,
-            "experiment_statistics_seconds": 3600.0,
-            "rollout_check_seconds": 3600.0,
-        }
-    )
 
 
 async def rollout_then_abort(client: AppClient, admin: Headers) -> int:
