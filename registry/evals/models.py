@@ -142,5 +142,9 @@ class EvalGate(IdMixin, Base):
     min_pass_rate: Mapped[float | None] = mapped_column(Float)
     no_regression: Mapped[bool] = mapped_column(Boolean, default=False)
     alpha: Mapped[float] = mapped_column(Float, default=0.05)
+    # The scoring a run must have used to count (normalised scorer specs and pass rule); None: any scoring,
+    # the meaning of every gate set before gates named their scoring.
+    scorers: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONValue)
+    pass_rule: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
     updated_by: Mapped[str] = mapped_column(String(128))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
