@@ -29,6 +29,7 @@ from prompt_registry_client._core import (
     backoff,
     encode_name,
     error_from_response,
+    parsed,
     run_async,
     run_sync,
 )
@@ -233,7 +234,7 @@ class AsyncRegistryClient(BaseClient):
         response = await self._run(flow)
         if stream:
             return AsyncCompletionStream(response)
-        return completion_from_json(response.json())
+        return parsed(response, completion_from_json)
 
     # -- experiments
 
@@ -245,7 +246,7 @@ class AsyncRegistryClient(BaseClient):
         """Results per metric and variant (the key needs the ``analyze`` scope); ``.to_pandas()`` for a table."""
         params = {"phase": phase} if phase is not None else {}
         flow = self._core.call("GET", f"/v1/experiments/{encode_name(key)}/results", params=params)
-        return results_from_json((await self._run(flow)).json())
+        return parsed(await self._run(flow), results_from_json)
 
     # -- background work
 
@@ -308,8 +309,10 @@ class AsyncRegistryClient(BaseClient):
         if isinstance(need, Send):
             return await self._http.send(need.request, stream=need.stream)
         if isinstance(need, Read):
-            await need.response.aread()
-            await need.response.aclose()
+            try:
+                await need.response.aread()
+            finally:
+                await need.response.aclose()
             return need.response
         if isinstance(need, Sleep):
             await asyncio.sleep(need.seconds)

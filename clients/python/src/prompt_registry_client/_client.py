@@ -31,9 +31,11 @@ from prompt_registry_client._core import (
     backoff,
     encode_name,
     error_from_response,
+    guarded,
+    parsed,
     run_sync,
 )
-from prompt_registry_client._errors import NotFound
+from prompt_registry_client._errors import NotFound, ServiceUnavailable
 from prompt_registry_client._models import (
     Completion,
     CompletionFallback,
@@ -60,8 +62,10 @@ def satisfy_sync(http: httpx.Client, need: Need) -> Any:
     if isinstance(need, Send):
         return http.send(need.request, stream=need.stream)
     if isinstance(need, Read):
-        need.response.read()
-        need.response.close()
+        try:
+            need.response.read()
+        finally:
+            need.response.close()
         return need.response
     if isinstance(need, Sleep):
         time.sleep(need.seconds)
@@ -73,6 +77,12 @@ def satisfy_sync(http: httpx.Client, need: Need) -> Any:
         return result
     need.flow.close()  # no background here: skip it
     return None
+
+
+def _json_object(answer: Any) -> dict[str, Any]:
+    if not isinstance(answer, dict):
+        raise TypeError(f"a JSON object was expected, not {type(answer).__name__}")
+    return answer
 
 
 def _interrupt(response: httpx.Response) -> None:
@@ -287,7 +297,7 @@ class RegistryClient(BaseClient):
         response = self._run(flow)
         if stream:
             return CompletionStream(response)
-        return completion_from_json(response.json())
+        return parsed(response, completion_from_json)
 
     # -- experiments
 
@@ -299,7 +309,7 @@ class RegistryClient(BaseClient):
         """Results per metric and variant (the key needs the ``analyze`` scope); ``.to_pandas()`` for a table."""
         params = {"phase": phase} if phase is not None else {}
         response = self._run(self._core.call("GET", f"/v1/experiments/{encode_name(key)}/results", params=params))
-        return results_from_json(response.json())
+        return parsed(response, results_from_json)
 
     # -- background work
 
@@ -467,8 +477,7 @@ class RegistryClient(BaseClient):
         return self._run(self._core.call(method, path, **kwargs))
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        result: dict[str, Any] = self.request(method, path, **kwargs).json()
-        return result
+        return parsed(self.request(method, path, **kwargs), _json_object)
 
     def _pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         cursor: str | None = None
@@ -647,7 +656,7 @@ class RegistryClient(BaseClient):
         path = f"/v1/experiments/{encode_name(key)}/export"
         response = self._run(self._core.call("GET", path, params=params, stream=True))
         try:
-            yield response.iter_bytes()
+            yield guarded(response.url, response.iter_bytes())
         finally:
             response.close()
 
@@ -699,7 +708,7 @@ class RegistryClient(BaseClient):
                 raise
             self.create_dataset(name)
             response = self.request("POST", path, **send)
-        return response.json(), response.status_code == 201
+        return parsed(response, _json_object), response.status_code == 201
 
     @contextlib.contextmanager
     def export_dataset(
@@ -709,7 +718,7 @@ class RegistryClient(BaseClient):
         path = f"/v1/evals/datasets/{encode_name(name)}/versions/{version or 'latest'}/export"
         response = self._run(self._core.call("GET", path, params={"format": format}, stream=True))
         try:
-            yield response.iter_bytes()
+            yield guarded(response.url, response.iter_bytes())
         finally:
             response.close()
 
@@ -771,11 +780,15 @@ class RegistryClient(BaseClient):
         response = self._run(self._core.call("GET", f"/v1/evals/runs/{run_id}/events", stream=True, timeout=timeout))
         try:
             parser = SSEParser()
-            for line in response.iter_lines():
+            for line in guarded(response.url, response.iter_lines()):
                 event = parser.feed(line)
                 if event is None:
                     continue
-                yield event.event, json.loads(event.data)
+                try:
+                    data = json.loads(event.data)
+                except ValueError as exc:
+                    raise ServiceUnavailable(f"{response.url} sent an event that is not JSON: {exc!r}") from exc
+                yield event.event, data
                 if event.event == "done":
                     return
         finally:

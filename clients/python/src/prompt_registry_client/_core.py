@@ -9,13 +9,14 @@ are the same code in both.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Hashable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypeVar, cast
@@ -183,6 +184,27 @@ def error_from_response(response: httpx.Response) -> RegistryError:
     return error_from_problem(response.status_code, body if isinstance(body, dict) else {}, retry_after=retry_after)
 
 
+def parsed(response: httpx.Response, parse: Callable[[Any], V]) -> V:
+    """``parse`` of the answer's JSON; an answer that is not the registry's (a proxy's page) is an outage."""
+    try:
+        return parse(response.json())
+    except (ValueError, LookupError, TypeError, AttributeError) as exc:
+        raise ServiceUnavailable(f"{response.url} did not answer as the registry does: {exc!r}") from exc
+
+
+def unreadable(url: httpx.URL, exc: httpx.HTTPError) -> ServiceUnavailable:
+    """An answer that broke off or could not be decoded: as good as no answer."""
+    return ServiceUnavailable(f"the answer from {url} broke off or could not be read: {exc!r}")
+
+
+def guarded(url: httpx.URL, parts: Iterator[T]) -> Iterator[T]:
+    """``parts`` of a streamed answer (bytes, lines), raising ``ServiceUnavailable`` if the stream breaks off."""
+    try:
+        yield from parts
+    except httpx.HTTPError as exc:
+        raise unreadable(url, exc) from exc
+
+
 def stream_event(event: ServerSentEvent) -> CompletionEvent | None:
     """One event of a completion stream; an ``error`` event raises its typed error."""
     data = json.loads(event.data)
@@ -297,6 +319,8 @@ class Core:
                 delay = self.retries.delay(attempt) if retryable else None
                 if delay is None:
                     raise ServiceUnavailable(f"cannot reach the registry at {self.base_url}: {exc!r}") from exc
+            except httpx.HTTPError as exc:  # an answer httpx could not read (a body that does not decode)
+                raise unreadable(request.url, exc) from exc
             else:
                 if response.status_code not in retry_statuses:
                     return response
@@ -307,7 +331,8 @@ class Core:
                 if delay is None:
                     return response
                 if stream:
-                    yield Read(response)
+                    with contextlib.suppress(httpx.HTTPError):  # the answer is not used: the request goes again
+                        yield Read(response)
             attempt += 1
             yield Sleep(delay)
 
@@ -319,10 +344,20 @@ class Core:
         retry_safe = method in ("GET", "HEAD", "PUT", "DELETE") if idempotent is None else idempotent
         response = yield from self.send(request, idempotent=retry_safe, stream=stream)
         if response.status_code >= 400:
-            if stream:
-                yield Read(response)
-            raise error_from_response(response)
+            raise (yield from self._error_of(response, stream=stream))
         return response
+
+    @staticmethod
+    def _error_of(response: httpx.Response, *, stream: bool) -> Flow[RegistryError]:
+        """The typed error of an error answer, its streamed body read first; one that breaks off keeps its status."""
+        if stream:
+            try:
+                yield Read(response)
+            except httpx.HTTPError as exc:
+                detail = f"HTTP {response.status_code}, and its body broke off: {exc!r}"
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                return error_from_problem(response.status_code, {"detail": detail}, retry_after=retry_after)
+        return error_from_response(response)
 
     # -- prompts
 
@@ -484,16 +519,13 @@ class Core:
         self.on_cached()
         return ordered
 
-    def _parsed(self, response: httpx.Response, parse: Callable[[Any], V]) -> V:
-        """``parse`` of the answer's JSON; an answer that is not the registry's (a proxy's page) is an outage."""
-        try:
-            return parse(response.json())
-        except (ValueError, LookupError, TypeError, AttributeError) as exc:
-            raise ServiceUnavailable(f"{response.url} did not answer as the registry does: {exc!r}") from exc
+    @staticmethod
+    def _parsed(response: httpx.Response, parse: Callable[[Any], V]) -> V:
+        return parsed(response, parse)
 
     def get_experiment(self, key: str) -> Flow[Experiment]:
         response = yield from self.call("GET", f"/v1/experiments/{encode_name(key)}")
-        return experiment_from_json(response.json())
+        return parsed(response, experiment_from_json)
 
     # -- completions
 
@@ -519,9 +551,7 @@ class Core:
             stream=stream,
         )
         if response.status_code >= 400:
-            if stream:
-                yield Read(response)
-            raise error_from_response(response)
+            raise (yield from self._error_of(response, stream=stream))
         return response
 
     def complete_or_fallback(
@@ -547,7 +577,7 @@ class Core:
         else:
             try:
                 flow = self.complete(name, variables, stream=False, unit=unit, label=label, version=version, **fields)
-                return completion_from_json((yield from flow).json())
+                return parsed((yield from flow), completion_from_json)
             except RegistryError as exc:
                 if not is_outage(exc):
                     raise
@@ -573,15 +603,9 @@ class Core:
         response = yield from self.send(request, idempotent=False, retry_statuses=COMPLETION_RETRY_STATUSES)
         if response.status_code >= 400:
             raise error_from_response(response)
-        answer = response.json()
-        choice, usage = answer["choices"][0], answer.get("usage") or {}
+        content, finish_reason, usage = parsed(response, _chat_answer)
         return fallback_completion(
-            name,
-            choice["message"].get("content") or "",
-            rendered=rendered,
-            finish_reason=choice.get("finish_reason"),
-            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), usage.get("total_tokens", 0)),
-            latency_ms=_since(started),
+            name, content, rendered=rendered, finish_reason=finish_reason, usage=usage, latency_ms=_since(started)
         )
 
     # -- events and exposures
@@ -774,6 +798,13 @@ class FeedReconnects:
 
 def _since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
+
+
+def _chat_answer(answer: Any) -> tuple[str, str | None, Usage]:
+    """The text, finish reason and usage of an OpenAI-style chat completion."""
+    choice, usage = answer["choices"][0], answer.get("usage") or {}
+    tokens = Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), usage.get("total_tokens", 0))
+    return str(choice["message"].get("content") or ""), choice.get("finish_reason"), tokens
 
 
 def _experiments_page(page: Any) -> tuple[list[Experiment], str | None]:

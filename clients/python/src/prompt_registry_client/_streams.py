@@ -42,7 +42,7 @@ class _StreamState:
         return "".join(self._parts)
 
 
-def _broken(exc: httpx.TransportError) -> ServiceUnavailable:
+def _broken(exc: httpx.HTTPError) -> ServiceUnavailable:
     return ServiceUnavailable(f"the completion stream broke off: {exc!r}")
 
 
@@ -101,7 +101,7 @@ class CompletionStream(_Stream):
             last = self._state.on_end()
             if last is not None:
                 yield last
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:  # broke off, or could not be decoded
             raise _broken(exc) from exc
         finally:
             self._response.close()
@@ -141,7 +141,7 @@ class AsyncCompletionStream(_Stream):
             last = self._state.on_end()
             if last is not None:
                 yield last
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:  # broke off, or could not be decoded
             raise _broken(exc) from exc
         finally:
             await self._response.aclose()
