@@ -9,6 +9,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Hashable, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
@@ -57,7 +58,9 @@ class AsyncRegistryClient(BaseClient):
     """``RegistryClient`` for asyncio: the same cache, fallbacks, local rendering and assignment.
 
     Background work (revalidation, the change feed, sending events) runs as tasks on the
-    loop that uses the client; ``aclose()`` (or leaving ``async with``) sends what is
+    client's loop: the one running where it was made, else the first one it is used on.
+    ``track()`` may also be called from other threads (a sync framework's workers): the
+    event is handed to that loop. ``aclose()`` (or leaving ``async with``) sends what is
     queued. Events still queued at interpreter exit are sent then, without the loop.
 
     Example::
@@ -110,7 +113,34 @@ class AsyncRegistryClient(BaseClient):
         self._send_lock = asyncio.Lock()
         self._close_deadline = 0.0
         self._watcher: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = _running_loop()  # where the background tasks run
         self._at_exit = register_at_exit(self, AsyncRegistryClient._flush_at_exit)
+
+    def track(
+        self,
+        unit: str,
+        metric: str,
+        value: float = 1.0,
+        *,
+        experiment: str | None = None,
+        timestamp: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """As ``RegistryClient.track``; callable from any thread, the event is sent by the client's loop.
+
+        From a thread without a running loop, the client must have a loop of its own (made on
+        one, or used there once) that is still open: otherwise nothing would ever send the
+        event, and a ``RuntimeError`` says so at once instead of queuing it.
+        """
+        if _running_loop() is None and (self._loop is None or self._loop.is_closed()):
+            raise RuntimeError(
+                "AsyncRegistryClient.track() was called from a thread without a running event loop, and the "
+                "client has no open loop of its own to send the event from: make the client on the loop that "
+                "serves your app, or use RegistryClient in threaded code"
+            )
+        return super().track(
+            unit, metric, value, experiment=experiment, timestamp=timestamp, idempotency_key=idempotency_key
+        )
 
     # -- prompts
 
@@ -303,7 +333,14 @@ class AsyncRegistryClient(BaseClient):
                 logger.error("could not send %d events at exit: %r", self._core.outbox.pending, exc)
 
     async def _run(self, flow: Flow[T]) -> T:
+        self._on_loop(asyncio.get_running_loop())
         return await run_async(flow, self._satisfy)
+
+    def _on_loop(self, running: asyncio.AbstractEventLoop) -> bool:
+        """Take ``running`` as the client's loop if it has none open; whether ``running`` is the client's."""
+        if self._loop is None or self._loop.is_closed():
+            self._loop = running
+        return running is self._loop
 
     async def _satisfy(self, need: Need) -> Any:
         if isinstance(need, Send):
@@ -339,9 +376,18 @@ class AsyncRegistryClient(BaseClient):
             self._background.pop(need.key, None)
 
     def _queued(self) -> None:
+        """Something was queued: start or wake the sender, on the client's loop whatever thread this runs in."""
+        running = _running_loop()
+        if running is not None and self._on_loop(running):
+            self._start_sending()
+        elif self._loop is not None:
+            # Another thread (or loop): asyncio's tasks and events are the loop's own, so the loop does it.
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: aclose() or exit sends the event
+                self._loop.call_soon_threadsafe(self._start_sending)
+
+    def _start_sending(self) -> None:
         if self._sender is None and not self._closed:
-            with contextlib.suppress(RuntimeError):  # no running loop: aclose() or exit sends them
-                self._sender = asyncio.get_running_loop().create_task(self._send_loop())
+            self._sender = asyncio.get_running_loop().create_task(self._send_loop())
         if self._core.outbox.full_batch_waiting():
             self._send_now.set()
 
@@ -413,3 +459,10 @@ class AsyncRegistryClient(BaseClient):
                 yield event.event == "hello"
         finally:
             await response.aclose()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
