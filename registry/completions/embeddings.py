@@ -14,9 +14,10 @@ import msgspec
 
 from registry.completions.errors import CircuitOpenError
 from registry.completions.upstream import Backend
-from registry.lib.http_client import HttpClient
+from registry.lib.http_client import ERROR_HEAD_BYTES, HttpClient, read_at_most
 
 _json = msgspec.json.Encoder()
+ANSWER_BYTES = 8 * 1024 * 1024  # one vector: 16,384 dimensions of 25 characters each take 400 KB
 
 
 class EmbeddingUnavailableError(Exception):
@@ -49,7 +50,8 @@ class EmbeddingClient:
             async with self.http.session.post(
                 settings.url + "/v1/embeddings", data=body, headers=self.backend.headers(), timeout=timeout
             ) as response:
-                status, content = response.status, await response.read()
+                status = response.status
+                content, more = await read_at_most(response, ERROR_HEAD_BYTES if status >= 300 else ANSWER_BYTES)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self.backend.breaker.record(failed=True)
             raise EmbeddingUnavailableError(f"embedding backend '{self.backend.name}': {type(exc).__name__}") from exc
@@ -57,6 +59,10 @@ class EmbeddingClient:
             self.backend.breaker.release()
             raise
         self.backend.breaker.record(failed=status >= 500)
+        if status < 300 and more:
+            raise EmbeddingUnavailableError(
+                f"embedding backend '{self.backend.name}' sent an answer of over {ANSWER_BYTES} bytes"
+            )
         if status >= 300:
             raise EmbeddingUnavailableError(
                 f"embedding backend '{self.backend.name}' answered {status}: {content[:200].decode(errors='replace')}"

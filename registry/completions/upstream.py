@@ -43,7 +43,7 @@ from registry.completions.policy import (
     classify_status,
 )
 from registry.completions.sse import ChunkReader, MalformedStreamError
-from registry.lib.http_client import HttpClient
+from registry.lib.http_client import ERROR_HEAD_BYTES, HttpClient, read_at_most
 from registry.lib.tracing import (
     Tracing,
     end_span,
@@ -538,8 +538,12 @@ class UpstreamClient:
                     settings.url + path, data=body, headers=headers, timeout=timeout
                 )
                 if response.status >= 300:
-                    text = await response.text(errors="replace")
-                    response.release()
+                    head, more = await read_at_most(response, ERROR_HEAD_BYTES)
+                    if more:
+                        response.close()  # the rest is never read: the connection cannot be reused
+                    else:
+                        response.release()
+                    text = head.decode(errors="replace")
                     raise _status_error(response.status, text, backend.name, response.headers.get("retry-after"))
                 if accepted is not None:
                     accepted()
@@ -586,15 +590,22 @@ class UpstreamClient:
             request["prompt"] = payload["prompt"]
         settings = backend.settings
         timeout = aiohttp.ClientTimeout(total=settings.first_token_timeout, sock_connect=settings.connect_timeout)
+        body = _json.encode(request)
+        # The answer lists the prompt's token ids, a few bytes each and at most one per byte of the prompt (plus a
+        # chat template's): one much longer than the request is not a count, and is not read whole.
+        limit = 16 * len(body) + ERROR_HEAD_BYTES
         try:
             async with self.http.session.post(
-                settings.url + "/tokenize", data=_json.encode(request), headers=backend.headers(), timeout=timeout
+                settings.url + "/tokenize", data=body, headers=backend.headers(), timeout=timeout
             ) as response:
-                status, content = response.status, await response.read()
+                status = response.status
+                content, more = await read_at_most(response, ERROR_HEAD_BYTES if status >= 300 else limit)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise translate_transport_error(exc, backend.name, before_first_token=True) from exc
         if status >= 300:
             raise _status_error(status, content.decode(errors="replace"), backend.name)
+        if more:
+            raise UpstreamUnavailableError(f"backend '{backend.name}' sent a token count of over {limit} bytes")
         try:
             counted = msgspec.json.decode(content, type=_TokenCount)
         except msgspec.DecodeError as exc:

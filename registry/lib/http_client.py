@@ -11,6 +11,23 @@ from __future__ import annotations
 
 import aiohttp
 
+ERROR_HEAD_BYTES = 64 * 1024  # of an error answer: its message is near the start, and is cut to 500 characters
+
+
+async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The first ``limit`` bytes of ``response``'s body, and whether it went on past them (unread).
+
+    ``response.read()`` holds a whole body in memory however long it is: a backend answering gigabytes, or a
+    body that never ends before the timeout, would hold the process's memory.
+    """
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = await response.content.read(limit + 1 - len(body))
+        if not chunk:
+            return bytes(body), False
+        body += chunk
+    return bytes(body[:limit]), True
+
 
 class HttpClient:
     def __init__(self, *, max_connections: int, keepalive_seconds: float) -> None:
