@@ -55,7 +55,8 @@ class ExperimentStateError(ConflictError):
 
 
 class ExperimentConflictError(ConflictError):
-    """Another running experiment holds the same prompt, or an overlapping range of the same namespace."""
+    """Another running experiment holds the same prompt, or an overlapping range of the same namespace; or a version
+    entering production would give a running experiment's variant callers it cannot serve."""
 
     type = "experiment_conflict"
     title = "Conflicts with a running experiment"

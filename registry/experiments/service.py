@@ -80,6 +80,7 @@ from registry.lib.versioned_schemas import PromoteRequest, RollbackRequest
 from registry.outbox.events import emit_event
 from registry.prompts.catalog import PromptCatalog
 from registry.prompts.models import Prompt, PromptVersion
+from registry.prompts.repository import PromptRepository
 from registry.prompts.schemas import ConfigUsed, CreatePromptVersion, MessageIn, RenderOut
 from registry.prompts.service import PromptLimits, PromptService, compile_version
 
@@ -955,6 +956,32 @@ class ExperimentService:
 def version_inputs(version: PromptVersion) -> VersionInputs:
     """What ``version`` takes from its callers, for ``production_refusals``."""
     return VersionInputs(version.number, version.kind, compile_version(version).input_schema)
+
+
+async def running_variant_refusal(session: AsyncSession, production: PromptVersion) -> str | None:
+    """Why ``production`` may not enter production now, or None: a variant of the experiment running on its prompt
+    could not render what its callers will send (``production_refusals``, as ``start`` judges the variants against
+    the production of then). Promoted anyway, every unit routed to that variant would be refused (422), after its
+    exposure and before a completion is recorded, unseen by the results."""
+    experiments = ExperimentRepository(session)
+    key = await experiments.running_on_prompt(production.prompt_id, other_than=0)
+    experiment = None if key is None else await experiments.get(key)
+    if experiment is None:
+        return None
+    served = version_inputs(production)
+    versions = PromptRepository(session)
+    for variant in experiment.variants:
+        if variant.prompt_version == production.number:
+            continue
+        version = await versions.get_version(production.prompt_id, variant.prompt_version)
+        refusals = [] if version is None else production_refusals(served, version_inputs(version))
+        if refusals:
+            return (
+                f"experiment '{key}' is running on prompt '{experiment.prompt.name}', and its variant "
+                f"'{variant.key}' (version {variant.prompt_version}) {'; '.join(refusals)}; stop the experiment "
+                "first, or promote a version its variants can serve"
+            )
+    return None
 
 
 def _variant_kind_problems(

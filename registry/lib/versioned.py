@@ -289,19 +289,21 @@ PROMOTION_GATE = "promotion_gate"
 
 class PromotionLock(Protocol):
     """Something that holds a resource's production label for a while (a rollout, see the rollouts domain):
-    ``check`` raises to refuse a promotion or rollback that would move it."""
+    ``check`` raises to refuse a promotion or rollback that would move it. ``entering`` is the version that would
+    enter production, once known: something that serves production's callers elsewhere (a running experiment's
+    variants) refuses a version whose callers it could not serve."""
 
-    async def check(self, session: AsyncSession, resource_type: str, name: str) -> None: ...
+    async def check(self, session: AsyncSession, resource_type: str, name: str, entering: Any = None) -> None: ...
 
 
 # The key of ``Session.info`` under which the app puts its ``PromotionLock`` (wired like PROMOTION_GATE).
 PROMOTION_LOCK = "promotion_lock"
 
 
-async def _check_lock(session: AsyncSession, resource_type: str, name: str) -> None:
+async def _check_lock(session: AsyncSession, resource_type: str, name: str, entering: Any = None) -> None:
     lock: PromotionLock | None = session.info.get(PROMOTION_LOCK)
     if lock is not None:
-        await lock.check(session, resource_type, name)
+        await lock.check(session, resource_type, name, entering)
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,7 +460,7 @@ class VersionWorkflow(Generic[R, V, T]):
             check_expected=check_expected,
         )
         if any(State.PRODUCTION in (c.from_state, c.to_state) for c in changes):
-            await _check_lock(self.session, self.resource_type, name)
+            await _check_lock(self.session, self.resource_type, name, target if to == State.PRODUCTION else None)
         reason = request.reason
         gate: PromotionGate | None = self.session.info.get(PROMOTION_GATE)
         if gate is not None and changes:
@@ -496,6 +498,8 @@ class VersionWorkflow(Generic[R, V, T]):
             check_expected=check_expected,
             was_in_production=number in earlier,
         )
+        if changes:
+            await _check_lock(self.session, self.resource_type, name, target)  # now that it is known
         await self._apply(resource, changes, [target, *holders.values()], request.reason, actor)
         return Promotion(target, changes)
 

@@ -25,10 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from registry.auth.audit import AuditLog
 from registry.auth.principal import Actor
 from registry.db.base import utcnow
+from registry.experiments.errors import ExperimentConflictError
 from registry.experiments.models import Experiment
 from registry.experiments.results import variant_arm
 from registry.experiments.schemas import CreateExperiment, StopExperiment, VariantIn
-from registry.experiments.service import ExperimentService, version_inputs
+from registry.experiments.service import ExperimentService, running_variant_refusal, version_inputs
 from registry.experiments.variables import production_refusals
 from registry.lib.changes import Change, record_change, savepoint
 from registry.lib.errors import ConflictError, FieldError, InvalidInputError, NotFoundError, RegistryError
@@ -86,9 +87,11 @@ def steps_of(rollout: Rollout) -> list[Step]:
 
 
 class RolloutLock:
-    """The ``PromotionLock`` of rollouts: while one runs, the prompt's production label is the rollout's."""
+    """The ``PromotionLock`` of rollouts: while one runs, the prompt's production label is the rollout's. While a
+    plain experiment runs, a version may enter production only if each variant can serve its callers
+    (``running_variant_refusal``)."""
 
-    async def check(self, session: AsyncSession, resource_type: str, name: str) -> None:
+    async def check(self, session: AsyncSession, resource_type: str, name: str, entering: Any = None) -> None:
         if resource_type != "prompt":
             return
         active = await RolloutRepository(session).active_for_prompt(name)
@@ -97,6 +100,10 @@ class RolloutLock:
                 f"prompt '{name}' has rollout {active.id} {active.status} (candidate version "
                 f"{active.candidate_version}): abort it, or let it finish, before promoting or rolling back"
             )
+        if isinstance(entering, PromptVersion):
+            refusal = await running_variant_refusal(session, entering)
+            if refusal is not None:
+                raise ExperimentConflictError(f"version {entering.number} cannot enter production: {refusal}")
 
 
 class RolloutService:
