@@ -587,13 +587,36 @@ class OperationsController(Controller):
         access: NamedDependency[ConsoleAccess],
         page: NamedDependency[PageRequest],
         viewer: NamedDependency[Viewer],
-    ) -> Template:
+    ) -> Response[Any]:
         try:
             wanted = new_key_request(data)
         except FormProblemError as problem:
             return await self._keys(request, access, page, error=str(problem), form=data)
-        key, secret = await access.create_key(wanted, viewer.actor)
-        # The secret is in this response only: not in a URL, a redirect, a log or the database.
+        key, shown_id = await access.create_key(wanted, viewer.actor, session_token=request.cookies[SESSION_COOKIE])
+        # Post/Redirect/Get: the secret waits, sealed, for the next page, which shows it once; a reload or a
+        # back/forward re-reads that page (no second key), and the URL names the secret's row, never the secret.
+        query = urlencode({"shown": shown_id})
+        return see_other(f"{CONSOLE_PREFIX}/keys/{quote(key.id, safe='')}/created?{query}")
+
+    @get(
+        "/keys/{key_id:str}/created",
+        opt={SCOPE_OPT: Scope.ADMIN},
+        operation_id="consoleKeyCreated",
+        include_in_schema=False,
+    )
+    async def key_created(
+        self,
+        request: Request[Any, Any, Any],
+        key_id: FromPath[str],
+        access: NamedDependency[ConsoleAccess],
+        shown: Annotated[str, QueryParameter(max_length=64)] = "",
+    ) -> Template:
+        key = await access.key(key_id)
+        secret = (
+            await access.take_new_secret(key_id, session_token=request.cookies[SESSION_COOKIE], shown_id=shown)
+            if shown
+            else None
+        )
         return render(request, "key-created.html", key=key, secret=secret, section="keys")
 
     @get("/keys/{key_id:str}", opt={SCOPE_OPT: Scope.ADMIN}, operation_id="consoleKey", include_in_schema=False)

@@ -15,6 +15,9 @@ class ConsoleSession(Base):
 
     The row is found by a digest of the cookie's token, and the API key is sealed under the token
     itself, so the table alone (a backup, a read-only leak) neither names a live cookie nor reveals a key.
+    A new key's secret, waiting a few minutes for the page that shows it once, is a row of the same
+    shape: found and sealed under other labels of its session's token (``tokens.shown_once_digest``),
+    so no cookie opens it as a sign-in, and removed as it is shown.
     """
 
     __tablename__ = "console_sessions"

@@ -23,6 +23,14 @@ class ConsoleSessionRepository:
         row: ConsoleSession | None = (await self.session.execute(query)).scalar_one_or_none()
         return row
 
+    async def take_live(self, token_digest: str, now: datetime) -> ConsoleSession | None:
+        """The live row, removed: of two requests taking it at once, only the one whose delete removed it gets it."""
+        row = await self.get_live(token_digest, now)
+        if row is None:
+            return None
+        removed = await self.session.execute(delete(ConsoleSession).where(ConsoleSession.token_digest == token_digest))
+        return row if getattr(removed, "rowcount", 0) == 1 else None
+
     async def remove(self, token_digest: str) -> None:
         await self.session.execute(delete(ConsoleSession).where(ConsoleSession.token_digest == token_digest))
 

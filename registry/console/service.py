@@ -23,8 +23,11 @@ from registry.auth.service import ApiKeyNotFoundError, ApiKeyService
 from registry.completions.components import Completions
 from registry.completions.schemas import BudgetOut, SetBudget, UsageRow
 from registry.completions.service import BudgetService, UsageService
+from registry.console import tokens
 from registry.console.diff import content_lines, side_by_side
 from registry.console.evals import gate_verdict, prompt_gates, refused_verdict
+from registry.console.models import ConsoleSession
+from registry.console.repository import ConsoleSessionRepository
 from registry.console.schemas import (
     AuditList,
     AuditRow,
@@ -49,6 +52,7 @@ from registry.console.schemas import (
 )
 from registry.console.schemas import DiffPage as DiffView
 from registry.console.usage import UsageBy, shown_groups, usage_figures
+from registry.db.base import utcnow
 from registry.evals.errors import GateFailedError
 from registry.experiments.schemas import ExperimentDefinition
 from registry.experiments.service import ExperimentService
@@ -347,6 +351,7 @@ class ConsoleExperiments:
 USAGE_ROWS = 10_000  # as GET /v1/usage: a window with more (day, group) rows says so
 GUARDED_ROWS = 20_000  # guarded completions counted per guard on the usage page (the newest of the period)
 KEYS_SHOWN = 500
+SECRET_WAITS = timedelta(minutes=5)  # a new key's secret waits this long for the page that shows it once
 
 
 def _budget_row(budget: BudgetOut, name: str) -> BudgetRow:
@@ -369,6 +374,7 @@ class ConsoleAccess:
         self.budgets = BudgetService(session, completions.budgets)
         self.keys = ApiKeyService(session)
         self.guard_outcomes = GuardOutcomeRepository(session)
+        self.shown_once = ConsoleSessionRepository(session)
 
     async def usage_page(self, *, by: UsageBy, days: int, last: date, show_keys: bool) -> UsagePage:
         """Tokens and cost per day of the ``days`` ending ``last``; key names and budgets for admins only."""
@@ -425,12 +431,37 @@ class ConsoleAccess:
         budget = _budget_row(await self.budgets.get(public_id), key.name) if key.revoked_at is None else None
         return KeyRow.with_budget(key, budget)
 
-    async def create_key(self, data: CreateApiKey, actor: Actor) -> tuple[KeyRow, str]:
-        """The new key and its secret, which the page shows once and nothing stores."""
+    async def create_key(
+        self, data: CreateApiKey, actor: Actor, *, session_token: str, now: datetime | None = None
+    ) -> tuple[KeyRow, str]:
+        """The new key and the id of its secret, kept sealed for a few minutes for the session's next page to show
+        once (``take_new_secret``): the form's answer redirects there, so a reload shows no secret and makes no
+        second key."""
         key, secret = await self.keys.create_key(
             data.name, data.scopes, actor, rate_limit_per_minute=data.rate_limit_per_minute
         )
-        return KeyRow.with_budget(key, None), secret
+        now = now or utcnow()
+        shown_id = tokens.new_token()
+        await self.shown_once.add(
+            ConsoleSession(
+                token_digest=tokens.shown_once_digest(session_token, shown_id),
+                sealed_key=tokens.seal(tokens.shown_once_seal_key(session_token, shown_id), secret),
+                key_public_id=key.public_id,
+                created_at=now,
+                expires_at=now + SECRET_WAITS,
+            )
+        )
+        return KeyRow.with_budget(key, None), shown_id
+
+    async def take_new_secret(
+        self, public_id: str, *, session_token: str, shown_id: str, now: datetime | None = None
+    ) -> str | None:
+        """The secret of the key ``create_key`` made in this session, once; None after that, or from another
+        session, or once it waited too long."""
+        row = await self.shown_once.take_live(tokens.shown_once_digest(session_token, shown_id), now or utcnow())
+        if row is None or row.key_public_id != public_id:
+            return None
+        return tokens.unseal(tokens.shown_once_seal_key(session_token, shown_id), row.sealed_key)
 
     async def revoke_key(self, public_id: str, actor: Actor) -> None:
         await self.keys.revoke_key(public_id, actor)

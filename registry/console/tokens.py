@@ -3,7 +3,8 @@
 The cookie carries a random token (256 bits). Everything else is derived from it with
 HMAC-SHA256 under distinct labels: the row id the server stores, the keystream that seals the
 API key at rest (each token seals exactly one key, once, so the keystream is never reused), and
-the CSRF token every form of that session carries.
+the CSRF token every form of that session carries, and the row id and seal of a new API key's
+secret the session is shown once (after the form's redirect, never in a URL).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ _ROW_LABEL = b"registry-console/session-row"
 _SEAL_LABEL = b"registry-console/seal/"
 _CSRF_LABEL = b"registry-console/csrf"
 _LOGIN_CSRF_LABEL = b"registry-console/login-csrf"
+_SHOWN_ONCE_ROW_LABEL = b"registry-console/shown-once-row/"
+_SHOWN_ONCE_SEAL_LABEL = b"registry-console/shown-once-seal/"
 
 
 def new_token() -> str:
@@ -29,6 +32,16 @@ def _mac(token: str, label: bytes) -> bytes:
 def token_digest(token: str) -> str:
     """The id under which the server stores a session; the token itself is never stored."""
     return _mac(token, _ROW_LABEL).hex()
+
+
+def shown_once_digest(token: str, shown_id: str) -> str:
+    """The id under which a secret to show once is stored for a session: a cookie's own row id never equals it."""
+    return _mac(token, _SHOWN_ONCE_ROW_LABEL + shown_id.encode()).hex()
+
+
+def shown_once_seal_key(token: str, shown_id: str) -> str:
+    """What seals a secret to show once (with ``seal``): each ``shown_id`` is new, so no keystream is used twice."""
+    return _mac(token, _SHOWN_ONCE_SEAL_LABEL + shown_id.encode()).hex()
 
 
 def _keystream(token: str, length: int) -> bytes:

@@ -28,8 +28,9 @@ async def test_create_a_key_see_its_secret_once_set_limits_and_revoke_it(console
     async with page.expect_response(lambda r: r.url.endswith("/console/keys") and r.request.method == "POST") as info:
         await page.get_by_role("button", name="Create key").click()
     answered = await info.value
-    assert answered.status == 200  # the page itself, not a redirect to a URL that would carry or re-show it
+    assert answered.status == 303  # to a page that shows the secret once; the URL names no secret
     assert answered.headers["cache-control"] == "no-store"
+    await page.wait_for_url("**/created?**")
 
     secret = await page.get_by_label("API key").input_value()
     assert secret.startswith("prk_")
