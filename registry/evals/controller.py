@@ -382,10 +382,14 @@ class GateController(Controller):
         summary="Gate a state on evaluation evidence",
         description="From now on a version enters `target_state` (`staging` or `production`) only if a completed "
         "run of exactly that version and its config (any config for a version that links none) on `dataset` (a "
-        "version, or its latest when the promotion is checked) has at least `min_pass_rate` and, with "
-        "`no_regression`, no significant regression (one-sided McNemar and paired t at `alpha`) against the run of "
-        "the version holding that state on the same dataset version (with the same config version when either "
-        "links no config). Otherwise the promotion is refused with 422 `gate_failed`, naming the evidence; an "
+        "version, or its latest when the promotion is checked), scored with exactly `scorers` (in any order, "
+        "with `pass_rule`, every scorer passing by default; a judge named without a version matches any of its "
+        "versions, one named by label is pinned now; without `scorers`, a run scored any way counts), has at "
+        "least `min_pass_rate` and, with `no_regression`, no significant regression (one-sided McNemar and "
+        "paired t at `alpha`) against the run of the version holding that state on the same dataset version, "
+        "scored exactly as the candidate's run was (with the same config version when either links no config). "
+        "A bad scorer is a 422 naming `scorers[i].FIELD`. Otherwise the promotion is refused with 422 "
+        "`gate_failed`, naming the evidence (and, when a run was scored otherwise, how it was scored); an "
         "admin may promote anyway with `override_gate` (a reason), kept in the history and the audit log.",
     )
     async def set_gate(

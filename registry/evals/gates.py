@@ -7,8 +7,9 @@ prompts-as-code (which promotes through the API) all pass the same gate.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,18 +18,24 @@ from registry.auth.audit import AuditLog
 from registry.auth.keys import Scope, grants
 from registry.auth.models import ApiKey
 from registry.auth.principal import Actor
+from registry.configs.schemas import ConfigRef
+from registry.configs.service import ConfigService
 from registry.db.base import utcnow
 from registry.evals.errors import GateFailedError, GateNotFoundError, GateOverrideForbiddenError
 from registry.evals.models import EvalGate, EvalRun
 from registry.evals.repository import EvalRepository
-from registry.evals.schemas import SetGate
+from registry.evals.schemas import ANY_SCORING, SetGate, gate_scoring
+from registry.evals.scorers import Judge, parse_scorers
+from registry.evals.scoring import Scoring, describe, matches, normalise, of_run
 from registry.evals.service import DatasetService, by_position
 from registry.evals.statistics import Gate, PairedComparison, compare_paired, evaluate_gate, summarize
-from registry.lib.errors import InvalidInputError, NotFoundError
+from registry.lib.errors import FieldError, InvalidInputError, NotFoundError
 from registry.lib.promotion import HELD_STATES
-from registry.lib.versioned import GateCheck
+from registry.lib.versioned import GateCheck, LabelNotSetError, VersionWorkflow
+from registry.lib.versioned_schemas import Label
 from registry.prompts.errors import PROMPT_ERRORS
 from registry.prompts.models import Prompt, PromptVersion
+from registry.prompts.repository import PromptRepository
 
 GATED_STATES = tuple(s.value for s in HELD_STATES)
 
@@ -59,6 +66,7 @@ class GateService:
 
     async def put(self, name: str, state: str, data: SetGate, actor: Actor) -> EvalGate:
         prompt = await self._prompt(name)
+        scoring = await self._scoring(data)
         await DatasetService(self.session).resolve(data.dataset)  # the dataset (and version) must exist now
         gate = await self.repository.get_gate(prompt.id, self._state(state))
         before = None if gate is None else _gate_summary(gate)
@@ -70,6 +78,8 @@ class GateService:
         gate.min_pass_rate = data.min_pass_rate
         gate.no_regression = data.no_regression
         gate.alpha = data.alpha
+        gate.scorers = None if scoring is None else list(scoring.scorers)
+        gate.pass_rule = None if scoring is None else scoring.pass_rule
         gate.updated_by = actor.name
         gate.updated_at = utcnow()
         await self.session.flush()
@@ -77,6 +87,51 @@ class GateService:
             actor, "prompt.gate.set", "prompt", name, before=before, after={"state": state, **_gate_summary(gate)}
         )
         return gate
+
+    async def _scoring(self, data: SetGate) -> Scoring | None:
+        """The scoring the gate names, normalised as a run stores its own, with each judge named by label pinned
+        to the version the label points at now (as a run pins it when it starts); None without scorers."""
+        if data.scorers is None:
+            if data.pass_rule is not None:
+                detail = "a pass rule needs the scorers it combines"
+                raise InvalidInputError(f"pass_rule: {detail}", errors=[FieldError("scorers", f"required: {detail}")])
+            return None
+        scoring = normalise(data.scorers, data.pass_rule)
+        specs = parse_scorers(list(scoring.scorers))
+        pinned = [
+            await self._pin_judge(spec, index) if isinstance(spec, Judge) else spec for index, spec in enumerate(specs)
+        ]
+        return Scoring(tuple(spec.as_dict() for spec in pinned), scoring.pass_rule)
+
+    async def _pin_judge(self, spec: Judge, index: int) -> Judge:
+        """The judge as the gate asks for it: its prompt (and config) must exist, a version must exist, and a label
+        is pinned to its version now. Without a version or label, a run's judge of any version counts (a run's
+        judge without one is the judge prompt's production version when the run starts)."""
+        if spec.label is not None and spec.label not in get_args(Label):
+            detail = f"must be one of {', '.join(get_args(Label))}, not '{spec.label}'"
+            raise InvalidInputError(
+                f"the judge's label {detail}", errors=[FieldError(f"scorers[{index}].label", detail)]
+            )
+        workflow = VersionWorkflow(
+            self.session, PromptRepository(self.session), change_kind="prompt", errors=PROMPT_ERRORS
+        )
+        try:
+            if spec.version is None and spec.label is None:
+                await workflow.require(spec.prompt)
+            else:
+                _, version = await workflow.resolve(spec.prompt, version=spec.version, label=spec.label)
+                spec = dataclasses.replace(spec, version=version.number, label=None)
+        except NotFoundError as exc:
+            field = (
+                "version" if spec.version is not None else "label" if isinstance(exc, LabelNotSetError) else "prompt"
+            )
+            raise InvalidInputError(exc.detail, errors=[FieldError(f"scorers[{index}].{field}", exc.detail)]) from exc
+        if spec.config is not None:
+            ref = ConfigRef(
+                name=spec.config, version=spec.config_version, label=None if spec.config_version else "latest"
+            )
+            await ConfigService(self.session).resolve_ref(ref, field=f"scorers[{index}].config")
+        return spec
 
     async def delete(self, name: str, state: str, actor: Actor) -> None:
         gate = await self.get(name, state)
@@ -94,6 +149,8 @@ def _gate_summary(gate: EvalGate) -> dict[str, Any]:
         "min_pass_rate": gate.min_pass_rate,
         "no_regression": gate.no_regression,
         "alpha": gate.alpha,
+        "scorers": gate.scorers,
+        "pass_rule": gate.pass_rule,
     }
 
 
@@ -123,6 +180,14 @@ async def _twins(repository: EvalRepository, version: PromptVersion) -> list[int
     return [other.number for other in await repository.versions_alike(version) if renders_alike(version, other)]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Evidence:
+    """The run a gate takes (None: none is scored as asked) and the newest run scored otherwise, if newer."""
+
+    run: EvalRun | None
+    unlike: tuple[int, Scoring] | None = None
+
+
 async def _evidence_run(
     repository: EvalRepository,
     prompt: str,
@@ -130,22 +195,32 @@ async def _evidence_run(
     twins: Sequence[int],
     config: tuple[str | None, int | None],
     dataset_version_id: int,
-) -> EvalRun | None:
+    scoring: Scoring | None,
+) -> _Evidence:
     """The latest completed run, on the dataset version and with ``config`` (any config when it is None),
-    of ``version`` or one of its ``twins``: a run is of a rendering and a config, and a twin renders the same.
+    of ``version`` or one of its ``twins``, scored as ``scoring`` asks (any way when it is None): a run is of a
+    rendering and a config, and a twin renders the same.
 
     For the evidence a gate takes, ``config`` is the version's own config version: what promotion puts into
     the state (a run with another config is evidence for comparisons, not for a gate). A version that links
     no config is rendered by the registry and run by the app on a model of its own, so a run with any config
     counts.
     """
-    return await repository.latest_completed_run(
+    runs = await repository.completed_run_scorings(
         prompt=prompt,
         versions=[version.number, *twins],
         config=config[0],
         config_version=config[1],
         dataset_version_id=dataset_version_id,
     )
+    unlike: tuple[int, Scoring] | None = None
+    for run_id, scorers, pass_rule in runs:
+        scored = of_run(scorers, pass_rule)
+        if scoring is None or matches(scoring, scored):
+            return _Evidence(await repository.get_run(run_id), unlike)
+        if unlike is None:
+            unlike = (run_id, scored)
+    return _Evidence(None, unlike)
 
 
 def _run_label(run: EvalRun, version: PromptVersion) -> str:
@@ -172,7 +247,9 @@ class EvalGateCheck:
     """The ``PromotionGate`` of evaluations: a completed run of the version on the gate's dataset version
     (with exactly its own config version, or any config for a version that links none) must meet the gate,
     unless an admin overrides it with a reason. A run of a version with the same content (a twin) counts as
-    the version's own, with the same config condition."""
+    the version's own, with the same config condition. A gate that names scorers (and a pass rule) takes only a
+    run scored exactly so (``registry.evals.scoring``); one that names none, any run. Under ``no_regression``
+    the holder's run it is paired with must be scored exactly as the candidate's run was."""
 
     async def check(self, session: AsyncSession, check: GateCheck) -> str | None:
         if check.resource_type != "prompt" or check.to.value not in GATED_STATES:
@@ -217,6 +294,7 @@ class EvalGateCheck:
     ) -> tuple[list[str], dict[str, Any]]:
         version: PromptVersion = check.version
         config, config_version = _config_of(version)
+        scoring = gate_scoring(gate)
         try:
             dataset = await DatasetService(session).require(gate.dataset)
             dataset_version = await DatasetService(session).require_version(dataset, gate.dataset_version)
@@ -224,34 +302,59 @@ class EvalGateCheck:
             return [exc.detail], {"dataset": gate.dataset, "dataset_version": gate.dataset_version}
         where = f"{gate.dataset}@{dataset_version.number}"
         evidence: dict[str, Any] = {"gate": {"state": check.to.value, **_gate_summary(gate)}, "dataset": where}
+        evidence["scoring"] = ANY_SCORING if scoring is None else describe(scoring)
         twins = await _twins(repository, version)
-        run = await _evidence_run(repository, check.name, version, twins, (config, config_version), dataset_version.id)
+        found = await _evidence_run(
+            repository, check.name, version, twins, (config, config_version), dataset_version.id, scoring
+        )
+        run = found.run
         if run is None:
             needed = "any config" if config is None else f"config {config}@{config_version}"
             of = f"version {version.number}"
             if twins:
                 of += f" or of same-content {_versions(twins)}"
             failure = f"no completed evaluation run of {of} with {needed} on dataset {where}"
+            if scoring is not None:
+                failure += " scored as the gate asks"
             if config is None:
                 failure += " (it links no model config, so a run with any config counts)"
+            if found.unlike is not None and scoring is not None:
+                unlike_id, unlike_scoring = found.unlike
+                failure += (
+                    f": run {unlike_id} was scored with {describe(unlike_scoring)}, "
+                    f"the gate asks for {describe(scoring)}"
+                )
+                evidence["unlike_run_id"] = unlike_id
             return [failure], evidence
+        run_scoring = of_run(run.scorers, run.pass_rule)
+        evidence["run_scoring"] = describe(run_scoring)
         outcomes = await repository.outcomes(run.id)
         summary = summarize([ok for _, ok, _, _ in outcomes], [score or 0.0 for _, _, score, _ in outcomes])
         comparison: PairedComparison[Any] | None = None
         baseline_label = f"the {check.to.value} version"
+        missing = ""
         current: PromptVersion | None = check.current
         if gate.no_regression and current is not None:
             paired, paired_version, holders_own = _baseline_config(version, current, run)
             holder_twins = await _twins(repository, current)
-            baseline = await _evidence_run(
-                repository, check.name, current, holder_twins, (paired, paired_version), dataset_version.id
+            # Paired item by item, the two runs must be scored alike: the baseline exactly as the candidate's run
+            # was (which is as the gate asks), judge versions included.
+            baseline_found = await _evidence_run(
+                repository, check.name, current, holder_twins, (paired, paired_version), dataset_version.id, run_scoring
             )
+            baseline = baseline_found.run
             baseline_label = f"{check.to.value} version {current.number}"
             if not holders_own:
                 baseline_label += f" on config {paired}@{paired_version}"
             if baseline is not None:
                 baseline_label += f" ({_run_label(baseline, current)})"
                 comparison = compare_paired(by_position(await repository.outcomes(baseline.id)), by_position(outcomes))
+            elif baseline_found.unlike is not None:
+                unlike_id, unlike_scoring = baseline_found.unlike
+                missing = (
+                    f" scored alike: run {unlike_id} was scored with {describe(unlike_scoring)}, "
+                    f"{_run_label(run, version)} with {describe(run_scoring)}"
+                )
         verdict = evaluate_gate(
             Gate(min_pass_rate=gate.min_pass_rate, no_regression=gate.no_regression, alpha=gate.alpha),
             summary,
@@ -259,6 +362,7 @@ class EvalGateCheck:
             run_label=_run_label(run, version),
             baseline_label=baseline_label,
             baseline_exists=current is not None,
+            baseline_missing=missing,
         )
         evidence["config"] = f"{run.config}@{run.config_version}"
         return list(verdict.failures), {

@@ -303,7 +303,7 @@ class EvalRepository:
         )
         return [(p, bool(ok), s, st) for p, ok, s, st in (await self.session.execute(query)).all()]
 
-    async def latest_completed_run(
+    async def completed_run_scorings(
         self,
         *,
         prompt: str,
@@ -311,9 +311,10 @@ class EvalRepository:
         config: str | None,
         config_version: int | None,
         dataset_version_id: int,
-    ) -> EvalRun | None:
-        """The newest completed run of any of ``versions`` on the dataset version (with exactly that config
-        version, or any config when ``config`` is None)."""
+    ) -> list[tuple[int, list[dict[str, Any]], dict[str, Any] | None]]:
+        """Every completed run of any of ``versions`` on the dataset version (with exactly that config version,
+        or any config when ``config`` is None), newest first, as (id, scorers, pass rule): a gate takes the
+        newest one scored as it asks."""
         conditions = [
             EvalRun.prompt == prompt,
             EvalRun.prompt_version.in_(versions),
@@ -322,8 +323,10 @@ class EvalRepository:
         ]
         if config is not None:
             conditions += [EvalRun.config == config, EvalRun.config_version == config_version]
-        query = select(EvalRun).where(and_(*conditions)).order_by(EvalRun.id.desc()).limit(1)
-        return (await self.session.execute(query)).scalar_one_or_none()
+        query = (
+            select(EvalRun.id, EvalRun.scorers, EvalRun.pass_rule).where(and_(*conditions)).order_by(EvalRun.id.desc())
+        )
+        return [(run_id, list(scorers), rule) for run_id, scorers, rule in (await self.session.execute(query)).all()]
 
     async def versions_alike(self, version: PromptVersion) -> list[PromptVersion]:
         """The prompt's other versions of the same kind and template: those whose messages and input schema

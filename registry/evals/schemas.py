@@ -11,6 +11,7 @@ from registry.configs.schemas import ConfigRef
 from registry.db.text import nul_location
 from registry.evals.models import EvalDataset, EvalDatasetItem, EvalDatasetVersion, EvalGate, EvalRun, EvalRunItem
 from registry.evals.scorers import MAX_SCORERS
+from registry.evals.scoring import Scoring, describe
 from registry.lib.schema import Description, Input, Output, Reason, ResourceName, Tags
 
 MAX_ITEMS = 100_000
@@ -309,10 +310,30 @@ class ComparisonOut(Output):
 
 
 class SetGate(Input):
+    """``scorers`` (and ``pass_rule``, every scorer passing by default) name the scoring a run must have used to
+    count as evidence; without them a run scored any way counts."""
+
     dataset: DatasetRef
     min_pass_rate: Probability | None = None
     no_regression: bool = False
     alpha: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.05
+    scorers: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1, max_length=MAX_SCORERS)] | None = None
+    pass_rule: dict[str, Any] | None = None
+
+
+ANY_SCORING = "any scoring (the gate names no scorers)"
+
+
+def gate_scoring(gate: EvalGate) -> Scoring | None:
+    """The scoring the gate's evidence must have, None for any (a gate set without scorers)."""
+    if gate.scorers is None:
+        return None
+    return Scoring(tuple(gate.scorers), gate.pass_rule or {"all": True})
+
+
+def gate_scoring_text(gate: EvalGate) -> str:
+    scoring = gate_scoring(gate)
+    return ANY_SCORING if scoring is None else describe(scoring)
 
 
 class GateOut(Output):
@@ -323,6 +344,9 @@ class GateOut(Output):
     min_pass_rate: float | None
     no_regression: bool
     alpha: float
+    scorers: list[dict[str, Any]] | None  # None: a run scored any way counts
+    pass_rule: dict[str, Any] | None
+    scoring: str  # the scoring the evidence must have, readably
     updated_by: str
     updated_at: datetime
 
@@ -336,6 +360,9 @@ class GateOut(Output):
             min_pass_rate=gate.min_pass_rate,
             no_regression=gate.no_regression,
             alpha=gate.alpha,
+            scorers=gate.scorers,
+            pass_rule=gate.pass_rule,
+            scoring=gate_scoring_text(gate),
             updated_by=gate.updated_by,
             updated_at=gate.updated_at,
         )

@@ -222,13 +222,15 @@ def evaluate_gate(
     run_label: str = "the run",
     baseline_label: str = "the baseline",
     baseline_exists: bool = True,
+    baseline_missing: str = "",
 ) -> GateVerdict:
     """Judge a run against a gate.
 
     ``run_label`` and ``baseline_label`` name the runs in the failures ("run 14", "production version 3
     (run 9)"). With ``no_regression``, ``comparison`` is the candidate run against the baseline's run;
     None fails the gate for want of evidence, unless ``baseline_exists`` is False (no version holds
-    production yet, so there is nothing to regress from).
+    production yet, so there is nothing to regress from). ``baseline_missing`` says why the baseline has
+    no run to compare with when it has runs (" scored alike: ...").
     """
     failures: list[str] = []
     evidence: dict[str, Any] = {"run": run_label, **summary.as_dict()}
@@ -246,7 +248,9 @@ def evaluate_gate(
         evidence["no_regression"] = {"baseline": baseline_label, "alpha": gate.alpha}
         if comparison is None:
             if baseline_exists:
-                failures.append(f"{baseline_label} has no completed run on this dataset version to compare with")
+                failures.append(
+                    f"{baseline_label} has no completed run on this dataset version to compare with{baseline_missing}"
+                )
             else:
                 evidence["no_regression"]["baseline"] = None
         else:
