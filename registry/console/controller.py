@@ -98,7 +98,14 @@ def console_template_config() -> TemplateConfig[JinjaTemplateEngine]:
     environment.filters["signed_percent"] = formatting.signed_percent
     environment.filters["pretty_json"] = formatting.pretty_json
     environment.globals["prompt_path"] = prompt_path
+    environment.globals["page_link"] = page_link
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
+
+
+def page_link(path: str, **query: str | None) -> str:
+    """``path`` with the query's non-empty values: a page with two pagers keeps the other's place in each link."""
+    kept = urlencode({name: value for name, value in query.items() if value})
+    return f"{path}?{kept}" if kept else path
 
 
 def render(request: Request[Any, Any, Any], template: str, *, status_code: int = 200, **context: Any) -> Template:
@@ -332,10 +339,19 @@ class ConsoleController(Controller):
         changed: Annotated[int | None, QueryParameter(ge=1)] = None,
         to: Annotated[Literal["staging", "production", "archived"] | None, QueryParameter()] = None,
         versions_after: Annotated[str | None, QueryParameter(name="cursor", max_length=200)] = None,
+        history_after: Annotated[str | None, QueryParameter(name="history", max_length=200)] = None,
     ) -> Template:
-        view = await console.prompt_page(resource_name, versions_after)
+        view = await console.prompt_page(resource_name, versions_after, history_after)
         notice = f"Version {changed} is now {to}." if changed and to and view.holds(changed, to) else None
-        return render(request, "prompt.html", prompt=view, notice=notice, section="prompts")
+        return render(
+            request,
+            "prompt.html",
+            prompt=view,
+            notice=notice,
+            versions_at=versions_after or "",
+            history_at=history_after or "",
+            section="prompts",
+        )
 
     @get("/prompts/{name:str}/diff", opt={SCOPE_OPT: Scope.READ}, operation_id="consoleDiff", include_in_schema=False)
     async def diff(

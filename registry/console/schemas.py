@@ -118,6 +118,8 @@ class PromptPage:
     rollouts: list[RolloutOut] = field(default_factory=list)  # the newest first
     next_versions: str | None = None  # the cursor of the older versions past this page, if any
     older_versions: bool = False  # this page starts past the newest versions
+    next_history: str | None = None  # the cursor of the older changes past this page's history, if any
+    older_history: bool = False  # this page's history starts past the newest changes
 
     def holds(self, number: int, state: str) -> bool:
         """Whether version ``number`` is in ``state`` as this page reads it (an archived version past this page's

@@ -131,17 +131,23 @@ class ConsoleService:
             )
         return PromptList(rows=rows, next_cursor=cursor, prefix=prefix, tag=tag)
 
-    async def prompt_page(self, name: str, versions_after: str | None = None) -> PromptPage:
-        """The prompt with a page of its versions, newest first: past the first hundred, ``versions_after`` (the
-        page's ``next_versions``) turns to the older ones, which are otherwise out of reach (their promote, archive
-        and compare among them)."""
+    async def prompt_page(
+        self, name: str, versions_after: str | None = None, history_after: str | None = None
+    ) -> PromptPage:
+        """The prompt with a page of its versions and a page of its history, newest first: past the first hundred
+        versions, ``versions_after`` (the page's ``next_versions``) turns to the older ones, which are otherwise out
+        of reach (their promote, archive and compare among them); past the fifty newest changes, ``history_after``
+        (``next_history``) turns to the older changes, as the API's history pages."""
         workflow = self.prompts.workflow
         prompt = await workflow.require(name)
         shown = PageRequest(limit=VERSIONS_SHOWN, after=decode_cursor(versions_after, 1))
         versions, next_versions = paginate(
             await workflow.list_versions(name, shown, state=None), VERSIONS_SHOWN, lambda v: encode_cursor(v.number)
         )
-        history = await workflow.history(name, PageRequest(limit=HISTORY_SHOWN, after=None))
+        history_shown = PageRequest(limit=HISTORY_SHOWN, after=decode_cursor(history_after, 1))
+        history, next_history = paginate(
+            await workflow.history(name, history_shown), HISTORY_SHOWN, lambda t: encode_cursor(t.id)
+        )
         holders = await self._holders(prompt)
         return PromptPage(
             name=prompt.name,
@@ -157,8 +163,10 @@ class ConsoleService:
             older_versions=shown.after is not None,
             history=[
                 HistoryRow(t.version_number, t.action, t.from_state, t.to_state, t.reason, t.actor, t.created_at)
-                for t in history[:HISTORY_SHOWN]
+                for t in history
             ],
+            next_history=next_history,
+            older_history=history_shown.after is not None,
             rollback_candidates=await self._rollback_candidates(prompt, holders),
             gates=await prompt_gates(self.session, prompt.name, prompt.id),
             rollouts=[
