@@ -12,6 +12,7 @@ import contextlib
 import gc
 import sqlite3
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -173,6 +174,8 @@ class Runtime:
                     max_attempts=settings.webhook_max_attempts,
                     retry_base_seconds=settings.webhook_retry_base_seconds,
                     retry_max_seconds=settings.webhook_retry_max_seconds,
+                    disable_after_failures=settings.webhook_disable_after_failures,
+                    disable_after=timedelta(days=settings.webhook_disable_after_days),
                 ),
                 metrics_registry,
             ),

@@ -265,6 +265,18 @@ class Settings(BaseSettings):
     )
     webhook_retry_max_seconds: float = Field(3600.0, gt=0, description="Longest delay between two attempts.")
     webhook_dispatch_interval_seconds: float = Field(1.0, gt=0, description="How often pending deliveries are sent.")
+    webhook_disable_after_failures: int = Field(
+        20,
+        ge=1,
+        description="A webhook is disabled once this many attempts in a row have failed, over at least "
+        "`webhook_disable_after_days`; its owner enables it again (PATCH `enabled`).",
+    )
+    webhook_disable_after_days: float = Field(
+        5.0,
+        ge=0,
+        description="How long every attempt to a webhook must have been failing before it is disabled "
+        "(with `webhook_disable_after_failures` failures in a row at least).",
+    )
     webhook_allowed_networks: list[IPvAnyNetwork] = Field(
         default_factory=list,
         description='Non-public networks webhooks may reach, as a JSON list of CIDRs, e.g. ["10.20.0.0/16"]. '

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from litestar import Controller, delete, get, post
+from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,7 +12,15 @@ from registry.auth.principal import Actor
 from registry.lib.pagination import PageRequest, encode_cursor
 from registry.lib.schema import paginate
 from registry.runtime import Runtime
-from registry.webhooks.schemas import CreatedWebhook, CreateWebhook, DeliveryOut, DeliveryPage, WebhookOut, WebhookPage
+from registry.webhooks.schemas import (
+    CreatedWebhook,
+    CreateWebhook,
+    DeliveryOut,
+    DeliveryPage,
+    UpdateWebhook,
+    WebhookOut,
+    WebhookPage,
+)
 from registry.webhooks.service import WebhookService
 
 DeliveryStatus = Literal["pending", "retrying", "succeeded", "dead"]
@@ -47,15 +55,38 @@ class WebhookController(Controller):
 
     @get("/", opt={"scope": Scope.ADMIN}, operation_id="listWebhooks", summary="List webhooks")
     async def list_webhooks(
-        self, service: NamedDependency[WebhookService], page: NamedDependency[PageRequest]
+        self,
+        service: NamedDependency[WebhookService],
+        page: NamedDependency[PageRequest],
+        enabled: Annotated[
+            bool | None, QueryParameter(description="Only enabled (true) or disabled (false) ones.")
+        ] = None,
     ) -> WebhookPage:
-        rows = await service.list(page)
+        rows = await service.list(page, enabled=enabled)
         items, cursor = paginate(rows, page.limit, lambda w: encode_cursor(w.id))
         return WebhookPage(items=[WebhookOut.of(w) for w in items], next_cursor=cursor)
 
     @get("/{webhook_id:int}", opt={"scope": Scope.ADMIN}, operation_id="getWebhook", summary="Get a webhook")
     async def get_webhook(self, webhook_id: FromPath[int], service: NamedDependency[WebhookService]) -> WebhookOut:
         return WebhookOut.of(await service.require(webhook_id))
+
+    @patch(
+        "/{webhook_id:int}",
+        opt={"scope": Scope.ADMIN},
+        operation_id="updateWebhook",
+        summary="Enable or disable a webhook",
+        description="A webhook whose every attempt failed for long enough, or whose receiver answered 410 Gone, "
+        "is disabled by the dispatcher (`disabled_reason` says why). Enabling it delivers the events from then on; "
+        "deliveries that died meanwhile stay dead (redeliver them). Disabling it marks its waiting deliveries dead.",
+    )
+    async def update_webhook(
+        self,
+        webhook_id: FromPath[int],
+        data: JSONBody[UpdateWebhook],
+        service: NamedDependency[WebhookService],
+        current_actor: NamedDependency[Actor],
+    ) -> WebhookOut:
+        return WebhookOut.of(await service.set_enabled(webhook_id, data.enabled, current_actor))
 
     @delete("/{webhook_id:int}", opt={"scope": Scope.ADMIN}, operation_id="deleteWebhook", summary="Delete a webhook")
     async def delete_webhook(
@@ -86,7 +117,7 @@ class WebhookController(Controller):
         operation_id="redeliverWebhookDelivery",
         summary="Send a delivery again",
         description="The delivery starts over from its first attempt, with the same event id and body; "
-        "409 while an attempt of it is being sent.",
+        "409 while an attempt of it is being sent, or while the webhook is disabled.",
         status_code=200,
     )
     async def redeliver(
@@ -103,6 +134,7 @@ class WebhookController(Controller):
         opt={"scope": Scope.ADMIN},
         operation_id="pingWebhook",
         summary="Queue a signed test delivery",
+        description="409 while the webhook is disabled.",
         status_code=202,
     )
     async def ping(

@@ -22,13 +22,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from yarl import URL
 
 from registry import __version__
+from registry.auth.audit import AuditLog
+from registry.auth.principal import Actor
 from registry.db.base import utcnow
 from registry.db.text import without_nul
 from registry.webhooks.guard import AddressGuard, AddressRefusedError, WebhookHttp
 from registry.webhooks.models import Webhook, WebhookDelivery
 from registry.webhooks.repository import WebhookRepository
-from registry.webhooks.rules import retry_after_seconds, retry_delay, subscribes
-from registry.webhooks.service import delivery_body
+from registry.webhooks.rules import failing_too_long, retry_after_seconds, retry_delay, subscribes
+from registry.webhooks.service import abandoned_note, delivery_body
 
 logger = structlog.get_logger("registry.webhooks")
 
@@ -37,6 +39,8 @@ BATCH = 50
 KEPT = timedelta(days=30)  # how long the delivery log keeps a finished delivery, and the outbox a sent event
 PURGE_BATCH = 1000
 ANSWER_HEAD = 200  # bytes of a receiver's answer kept in the delivery log; the rest is never read
+DISPATCHER = Actor("webhook-dispatcher")  # who disables a failing webhook, in the audit log
+GONE_REASON = "the receiver answered 410 Gone"
 
 
 async def _answer_head(response: aiohttp.ClientResponse) -> bytes:
@@ -56,6 +60,20 @@ class DeliveryPolicy:
     max_attempts: int
     retry_base_seconds: float
     retry_max_seconds: float
+    # A webhook is disabled once this many attempts in a row failed, the first of them ``disable_after`` ago.
+    disable_after_failures: int = 20
+    disable_after: timedelta = timedelta(days=5)
+
+
+@dataclass(slots=True)
+class _Round:
+    """One webhook's attempts in one round of ``deliver_due``."""
+
+    delivered: bool = False
+    failures: int = 0
+    first_failure_at: datetime | None = None
+    gone: bool = False
+    last_error: str = ""
 
 
 class WebhookDispatcher:
@@ -76,6 +94,13 @@ class WebhookDispatcher:
         self._jitter = jitter
         self._outcomes = Counter(
             "registry_webhook_deliveries_total", "Webhook delivery attempts by outcome.", ["outcome"], registry=registry
+        )
+        self._disabled = Counter(
+            "registry_webhook_disabled_total",
+            "Webhooks disabled by the dispatcher, by reason (failing: every attempt failed for long enough; "
+            "gone: the receiver answered 410 Gone).",
+            ["reason"],
+            registry=registry,
         )
 
     @property
@@ -109,7 +134,7 @@ class WebhookDispatcher:
             events = await repository.claim_undispatched_events(200)
             if not events:
                 return 0
-            webhooks = await repository.all()
+            webhooks = await repository.enabled()
             now = self._clock()
             rows: list[dict[str, object]] = [
                 {
@@ -135,14 +160,82 @@ class WebhookDispatcher:
             repository = WebhookRepository(session)
             due = await repository.claim_due(now, now + self.lease, BATCH)
             webhooks = await repository.webhooks_by_id({d.webhook_id for d in due}) if due else {}
-        outcomes = await asyncio.gather(
-            *(self._attempt(d, webhooks[d.webhook_id]) for d in due if d.webhook_id in webhooks)
-        )
+        sent = [d for d in due if d.webhook_id in webhooks]
+        outcomes = await asyncio.gather(*(self._attempt(d, webhooks[d.webhook_id]) for d in sent))
+        rounds: dict[int, _Round] = {}
+        for delivery, (_, values) in zip(sent, outcomes, strict=True):
+            round_ = rounds.setdefault(delivery.webhook_id, _Round())
+            if values["status"] == "succeeded":
+                round_.delivered = True
+            else:
+                round_.failures += 1
+                round_.gone = round_.gone or values["last_status_code"] == 410
+                round_.last_error = str(values["last_error"] or "")
+        disabled: list[tuple[str, dict[str, object]]] = []
         async with self._sessionmaker() as session, session.begin():
             repository = WebhookRepository(session)
             for delivery_id, values in outcomes:
                 await repository.record_attempt(delivery_id, values)
+            # In the order of their ids, so two replicas recording the same webhooks never wait on each other.
+            for webhook_id in sorted(rounds):
+                disabling = await self._record_round(repository, webhook_id, rounds[webhook_id], now)
+                if disabling is not None:
+                    disabled.append(disabling)
+        for kind, fields in disabled:
+            self._disabled.labels(kind).inc()
+            logger.warning("webhook disabled", **fields)
         return len(outcomes)
+
+    async def _record_round(
+        self, repository: WebhookRepository, webhook_id: int, round_: _Round, sent_at: datetime
+    ) -> tuple[str, dict[str, object]] | None:
+        """Carry the webhook's run of failed attempts on, or end it; disable the webhook when it has failed long
+        enough, or at once on a 410 Gone. The metric's reason and what to log, if this round disabled it.
+
+        A delivered attempt ends the run, even among failed ones of the same round: the receiver is alive.
+        """
+        if round_.delivered:
+            await repository.end_failure_streak(webhook_id)
+            return None
+        failures, failing_since = await repository.add_failures(webhook_id, round_.failures, sent_at)
+        now = self._clock()
+        if round_.gone:
+            kind, reason = "gone", GONE_REASON
+        elif failing_too_long(
+            failures,
+            failing_since,
+            now,
+            min_failures=self._policy.disable_after_failures,
+            min_duration=self._policy.disable_after,
+        ):
+            since = failing_since.isoformat() if failing_since else "?"
+            kind, reason = (
+                "failing",
+                f"{failures} attempts in a row failed since {since}; the last: {round_.last_error}",
+            )
+        else:
+            return None
+        reason = reason[:500]
+        if not await repository.disable(webhook_id, now, reason):
+            return None
+        abandoned = await repository.abandon_due_deliveries(webhook_id, now, abandoned_note(reason))
+        after = {
+            "enabled": False,
+            "disabled_at": now.isoformat(),
+            "reason": reason,
+            "consecutive_failures": failures,
+            "failing_since": failing_since.isoformat() if failing_since else None,
+            "deliveries_abandoned": abandoned,
+        }
+        await AuditLog(repository.session).record(
+            DISPATCHER,
+            "webhook.disable",
+            "webhook",
+            str(webhook_id),
+            before={"enabled": True, "disabled_at": None, "reason": None},
+            after=after,
+        )
+        return kind, {"webhook": webhook_id, **after}
 
     async def _attempt(self, delivery: WebhookDelivery, webhook: Webhook) -> tuple[int, dict[str, object]]:
         body = json.dumps(delivery.body, separators=(",", ":")).encode()

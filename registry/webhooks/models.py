@@ -20,6 +20,12 @@ class Webhook(IdMixin, Base):
     description: Mapped[str] = mapped_column(String(500), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128))
+    # The current run of failed attempts, ended by any delivered one; long enough, it disables the webhook.
+    consecutive_failures: Mapped[int] = mapped_column(default=0, server_default="0")
+    failing_since: Mapped[datetime | None]
+    # Set, nothing is sent to the webhook and no delivery is made for it, until its owner enables it again.
+    disabled_at: Mapped[datetime | None]
+    disabled_reason: Mapped[str | None] = mapped_column(String(500))
 
 
 class WebhookDelivery(IdMixin, Base):

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.lib.pagination import PageRequest
@@ -26,14 +26,20 @@ class WebhookRepository:
     async def get(self, webhook_id: int) -> Webhook | None:
         return await self.session.get(Webhook, webhook_id)
 
-    async def list_page(self, page: PageRequest) -> Sequence[Webhook]:
+    async def get_for_update(self, webhook_id: int) -> Webhook | None:
+        return await self.session.get(Webhook, webhook_id, with_for_update=True)
+
+    async def list_page(self, page: PageRequest, *, enabled: bool | None = None) -> Sequence[Webhook]:
         query = select(Webhook).order_by(Webhook.id).limit(page.limit + 1)
         if page.after is not None:
             query = query.where(Webhook.id > page.after_number)
+        if enabled is not None:
+            query = query.where(Webhook.disabled_at.is_(None) if enabled else Webhook.disabled_at.is_not(None))
         return (await self.session.scalars(query)).all()
 
-    async def all(self) -> Sequence[Webhook]:
-        return (await self.session.scalars(select(Webhook))).all()
+    async def enabled(self) -> Sequence[Webhook]:
+        """The webhooks events are delivered to: a disabled one gets no delivery until it is enabled again."""
+        return (await self.session.scalars(select(Webhook).where(Webhook.disabled_at.is_(None)))).all()
 
     async def remove(self, webhook: Webhook) -> None:
         await self.session.execute(delete(Webhook).where(Webhook.id == webhook.id))
@@ -83,14 +89,17 @@ class WebhookRepository:
     async def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> Sequence[WebhookDelivery]:
         query = (
             select(WebhookDelivery)
+            .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
             .where(
                 WebhookDelivery.status.in_(DUE_STATUSES),
                 WebhookDelivery.next_attempt_at <= now,
                 or_(WebhookDelivery.locked_until.is_(None), WebhookDelivery.locked_until < now),
+                Webhook.disabled_at.is_(None),
             )
             .order_by(WebhookDelivery.next_attempt_at)
             .limit(limit)
-            .with_for_update(skip_locked=True)
+            # The deliveries only: locking their webhooks too would make replicas skip each other's webhooks.
+            .with_for_update(skip_locked=True, of=WebhookDelivery)
         )
         due = (await self.session.scalars(query)).all()
         for delivery in due:
@@ -120,3 +129,54 @@ class WebhookRepository:
 
     async def record_attempt(self, delivery_id: int, values: dict[str, object]) -> None:
         await self.session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(**values))
+
+    # -- a failing receiver's streak, and disabling
+
+    async def end_failure_streak(self, webhook_id: int) -> None:
+        await self.session.execute(
+            update(Webhook)
+            .where(Webhook.id == webhook_id, Webhook.consecutive_failures != 0)
+            .values(consecutive_failures=0, failing_since=None)
+            .execution_options(synchronize_session=False)
+        )
+
+    async def add_failures(self, webhook_id: int, count: int, first_at: datetime) -> tuple[int, datetime | None]:
+        """Lengthen the webhook's run of failed attempts; its length and start now (the row stays locked)."""
+        row = (
+            await self.session.execute(
+                update(Webhook)
+                .where(Webhook.id == webhook_id)
+                .values(
+                    consecutive_failures=Webhook.consecutive_failures + count,
+                    failing_since=func.coalesce(Webhook.failing_since, first_at),
+                )
+                .returning(Webhook.consecutive_failures, Webhook.failing_since)
+                .execution_options(synchronize_session=False)
+            )
+        ).one_or_none()
+        return (0, None) if row is None else (row[0], row[1])
+
+    async def disable(self, webhook_id: int, at: datetime, reason: str) -> bool:
+        """Disable the webhook unless it already is; whether this call did (one replica of several does)."""
+        disabled = await self.session.execute(
+            update(Webhook)
+            .where(Webhook.id == webhook_id, Webhook.disabled_at.is_(None))
+            .values(disabled_at=at, disabled_reason=reason[:500])
+            .returning(Webhook.id)
+            .execution_options(synchronize_session=False)
+        )
+        return disabled.one_or_none() is not None
+
+    async def abandon_due_deliveries(self, webhook_id: int, now: datetime, note: str) -> int:
+        """Mark the webhook's waiting deliveries dead (``note`` as their error); one being sent keeps its outcome."""
+        result = await self.session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.webhook_id == webhook_id,
+                WebhookDelivery.status.in_(DUE_STATUSES),
+                or_(WebhookDelivery.locked_until.is_(None), WebhookDelivery.locked_until < now),
+            )
+            .values(status="dead", last_error=note[:500], locked_until=None)
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)

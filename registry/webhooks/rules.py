@@ -1,10 +1,10 @@
-"""Pure rules of webhook delivery: which webhooks want an event, and when to retry."""
+"""Pure rules of webhook delivery: which webhooks want an event, when to retry, and when to give up on one."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 from registry.outbox.events import EVENT_TYPES
@@ -56,3 +56,14 @@ def retry_after_seconds(header: str | None, now: datetime) -> float | None:
         return None
     seconds = (when - now).total_seconds()
     return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def failing_too_long(
+    failures: int, failing_since: datetime | None, now: datetime, *, min_failures: int, min_duration: timedelta
+) -> bool:
+    """Whether a webhook whose last ``failures`` attempts all failed, since ``failing_since``, is to be disabled.
+
+    Both must hold: a count alone would disable a receiver down for an hour during a burst of events, a
+    duration alone one that failed twice a week apart.
+    """
+    return failing_since is not None and failures >= min_failures and now - failing_since >= min_duration

@@ -17,6 +17,12 @@ class CreateWebhook(Input):
     description: Annotated[str, msgspec.Meta(max_length=500, pattern=TEXT_PATTERN)] = ""
 
 
+class UpdateWebhook(Input):
+    """Enable a disabled webhook (deliveries resume from then on) or disable one (nothing is sent to it)."""
+
+    enabled: bool
+
+
 class WebhookOut(Output):
     id: int
     url: str
@@ -24,6 +30,11 @@ class WebhookOut(Output):
     description: str
     created_at: datetime
     created_by: str
+    enabled: bool
+    disabled_at: datetime | None
+    disabled_reason: str | None
+    consecutive_failures: int
+    failing_since: datetime | None
 
     @classmethod
     def of(cls, webhook: Webhook) -> WebhookOut:
@@ -34,6 +45,11 @@ class WebhookOut(Output):
             description=webhook.description,
             created_at=webhook.created_at,
             created_by=webhook.created_by,
+            enabled=webhook.disabled_at is None,
+            disabled_at=webhook.disabled_at,
+            disabled_reason=webhook.disabled_reason,
+            consecutive_failures=webhook.consecutive_failures,
+            failing_since=webhook.failing_since,
         )
 
 

@@ -41,6 +41,18 @@ class DeliveryNotFoundError(NotFoundError):
     title = "Webhook delivery not found"
 
 
+class WebhookDisabledError(ConflictError):
+    """The webhook is disabled: nothing is sent to it until it is enabled again."""
+
+    type = "webhook_disabled"
+    title = "Webhook is disabled"
+
+
+def abandoned_note(reason: str) -> str:
+    """The error a waiting delivery is left with when its webhook is disabled; it can be redelivered once enabled."""
+    return f"not attempted again: the webhook was disabled ({reason})"[:500]
+
+
 def delivery_body(
     event_id: str, event_type: str, subject: str, actor: str, data: dict[str, object], created_at: datetime
 ) -> dict[str, object]:
@@ -52,6 +64,15 @@ def delivery_body(
         "actor": actor,
         "created_at": created_at.isoformat(),
         "data": data,
+    }
+
+
+def state_of(webhook: Webhook) -> dict[str, object]:
+    """A webhook's enabled state, as the audit log keeps it."""
+    return {
+        "enabled": webhook.disabled_at is None,
+        "disabled_at": webhook.disabled_at.isoformat() if webhook.disabled_at else None,
+        "reason": webhook.disabled_reason,
     }
 
 
@@ -113,8 +134,51 @@ class WebhookService:
             raise WebhookNotFoundError(f"no webhook has id {webhook_id}")
         return webhook
 
-    async def list(self, page: PageRequest) -> Sequence[Webhook]:
-        return await self.repository.list_page(page)
+    async def list(self, page: PageRequest, *, enabled: bool | None = None) -> Sequence[Webhook]:
+        return await self.repository.list_page(page, enabled=enabled)
+
+    async def set_enabled(self, webhook_id: int, enabled: bool, actor: Actor) -> Webhook:
+        """Enable or disable a webhook; the same state again changes nothing and is not audited.
+
+        Enabling starts a new run of failures and delivers the events from then on; deliveries that died
+        while it was disabled stay dead (redeliver them). Disabling marks its waiting deliveries dead, as the
+        dispatcher does, and fans no event out to it.
+        """
+        webhook = await self.repository.get_for_update(webhook_id)
+        if webhook is None:
+            raise WebhookNotFoundError(f"no webhook has id {webhook_id}")
+        if enabled == (webhook.disabled_at is None):
+            return webhook
+        before = state_of(webhook)
+        now = utcnow()
+        if enabled:
+            webhook.disabled_at = None
+            webhook.disabled_reason = None
+            webhook.consecutive_failures = 0
+            webhook.failing_since = None
+            await self.repository.session.flush()
+        else:
+            webhook.disabled_at = now
+            webhook.disabled_reason = f"disabled by {actor.name}"[:500]
+            await self.repository.session.flush()
+            await self.repository.abandon_due_deliveries(webhook_id, now, abandoned_note(webhook.disabled_reason))
+        await self.audit.record(
+            actor,
+            "webhook.enable" if enabled else "webhook.disable",
+            "webhook",
+            str(webhook_id),
+            before=before,
+            after=state_of(webhook),
+        )
+        return webhook
+
+    async def _require_enabled(self, webhook_id: int) -> None:
+        webhook = await self.require(webhook_id)
+        if webhook.disabled_at is not None:
+            raise WebhookDisabledError(
+                f"webhook {webhook_id} is disabled ({webhook.disabled_reason}); enable it first "
+                '(PATCH {"enabled": true})'
+            )
 
     async def delete(self, webhook_id: int, actor: Actor) -> None:
         webhook = await self.require(webhook_id)
@@ -127,7 +191,7 @@ class WebhookService:
 
     async def redeliver(self, webhook_id: int, delivery_id: int, actor: Actor) -> WebhookDelivery:
         """Send a delivery again from its first attempt, with the same event id (receivers deduplicate on it)."""
-        await self.require(webhook_id)
+        await self._require_enabled(webhook_id)
         delivery = await self.repository.get_delivery(webhook_id, delivery_id, for_update=True)
         if delivery is None:
             raise DeliveryNotFoundError(f"webhook {webhook_id} has no delivery {delivery_id}")
@@ -155,7 +219,7 @@ class WebhookService:
 
     async def ping(self, webhook_id: int, actor: Actor) -> None:
         """Queue a ``ping`` delivery, to check the receiver and its signature check."""
-        await self.require(webhook_id)
+        await self._require_enabled(webhook_id)
         event_id = str(uuid.uuid4())
         await self.repository.add_deliveries(
             [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -54,7 +54,11 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 def replace_dispatcher(
-    app: Litestar, *, guard: AddressGuard | None = None, clock: Callable[[], datetime] = utcnow
+    app: Litestar,
+    *,
+    guard: AddressGuard | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    registry: CollectorRegistry | None = None,
 ) -> WebhookDispatcher:
     """Give the app a dispatcher built as the runtime builds it, with a stand-in resolver or clock.
 
@@ -71,8 +75,10 @@ def replace_dispatcher(
             max_attempts=settings.webhook_max_attempts,
             retry_base_seconds=settings.webhook_retry_base_seconds,
             retry_max_seconds=settings.webhook_retry_max_seconds,
+            disable_after_failures=settings.webhook_disable_after_failures,
+            disable_after=timedelta(days=settings.webhook_disable_after_days),
         ),
-        CollectorRegistry(),
+        registry or CollectorRegistry(),
         clock=clock,
     )
     return runtime.webhooks

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from prompt_registry_client.webhooks import sign, signature_header, verify_signature
 
-from registry.webhooks.rules import pattern_problem, retry_delay, subscribes
+from registry.webhooks.rules import failing_too_long, pattern_problem, retry_delay, subscribes
 
 CASES = json.loads((Path(__file__).parents[1] / "cases" / "webhook_rules.json").read_text())
 
@@ -49,3 +50,23 @@ def test_signatures_verify_and_expire() -> None:
     assert not verify_signature("whsec_x", header, body + b" ", now=1_700_000_100)
     assert not verify_signature("whsec_x", header, body, now=1_700_001_000)
     assert not verify_signature("whsec_x", "garbage", body)
+
+
+@pytest.mark.parametrize(
+    ("failures", "since_hour", "now_hour", "min_failures", "min_hours", "disabled"),
+    [c[1:] for c in CASES["disabling"]],
+    ids=[c[0] for c in CASES["disabling"]],
+)
+def test_when_a_failing_webhook_is_disabled(
+    failures: int, since_hour: float | None, now_hour: float, min_failures: int, min_hours: float, disabled: bool
+) -> None:
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    since = None if since_hour is None else start + timedelta(hours=since_hour)
+    found = failing_too_long(
+        failures,
+        since,
+        start + timedelta(hours=now_hour),
+        min_failures=min_failures,
+        min_duration=timedelta(hours=min_hours),
+    )
+    assert found is disabled
