@@ -42,6 +42,7 @@ from registry.console.schemas import (
     RollbackForm,
     SignInForm,
     SignOutForm,
+    WebhookEnabledForm,
 )
 from registry.console.service import ConsoleAccess, ConsoleExperiments, ConsoleService, ConsoleWebhooks, prompt_path
 from registry.console.sessions import ConsoleSessions, Viewer
@@ -776,9 +777,14 @@ class OperationsController(Controller):
         page: NamedDependency[PageRequest],
         status: Annotated[Literal["pending", "retrying", "succeeded", "dead", ""], QueryParameter()] = "",
         redelivered: Annotated[int | None, QueryParameter(ge=1)] = None,
+        switched: Annotated[Literal["enabled", "disabled"] | None, QueryParameter()] = None,
     ) -> Template:
         view = await webhooks.webhook_page(webhook_id, page, status=status)
         notice = f"Delivery {redelivered} will be sent again shortly." if redelivered else None
+        if switched == "enabled":
+            notice = "The webhook is enabled: events from now on are delivered."
+        elif switched == "disabled":
+            notice = "The webhook is disabled: nothing is sent to it until it is enabled."
         return render(request, "webhook.html", view=view, notice=notice, section="webhooks")
 
     @post(
@@ -797,3 +803,21 @@ class OperationsController(Controller):
     ) -> Redirect:
         await webhooks.redeliver(webhook_id, delivery_id, viewer.actor)
         return see_other(f"{CONSOLE_PREFIX}/webhooks/{webhook_id}?{urlencode({'redelivered': delivery_id})}")
+
+    @post(
+        "/webhooks/{webhook_id:int}/enabled",
+        opt={SCOPE_OPT: Scope.ADMIN},
+        operation_id="consoleSetWebhookEnabled",
+        include_in_schema=False,
+    )
+    async def set_webhook_enabled(
+        self,
+        webhook_id: FromPath[int],
+        data: Annotated[WebhookEnabledForm, Form],
+        webhooks: NamedDependency[ConsoleWebhooks],
+        viewer: NamedDependency[Viewer],
+    ) -> Redirect:
+        enabled = data.enabled == "true"
+        await webhooks.set_enabled(webhook_id, enabled, viewer.actor)
+        switched = "enabled" if enabled else "disabled"
+        return see_other(f"{CONSOLE_PREFIX}/webhooks/{webhook_id}?{urlencode({'switched': switched})}")

@@ -270,6 +270,11 @@ class RedeliverForm(msgspec.Struct, kw_only=True):
     csrf: str = ""
 
 
+class WebhookEnabledForm(msgspec.Struct, kw_only=True):
+    csrf: str = ""
+    enabled: Literal["true", "false"]
+
+
 @dataclass(frozen=True, slots=True)
 class BudgetRow:
     """A key's monthly budget and the share of it used this month."""
@@ -337,6 +342,10 @@ class WebhookRow:
     description: str
     created_at: datetime
     created_by: str
+    enabled: bool = True
+    disabled_at: datetime | None = None
+    disabled_reason: str | None = None
+    consecutive_failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -490,6 +490,10 @@ def _webhook_row(webhook: Webhook) -> WebhookRow:
         description=webhook.description,
         created_at=webhook.created_at,
         created_by=webhook.created_by,
+        enabled=webhook.disabled_at is None,
+        disabled_at=webhook.disabled_at,
+        disabled_reason=webhook.disabled_reason,
+        consecutive_failures=webhook.consecutive_failures,
     )
 
 
@@ -511,3 +515,6 @@ class ConsoleWebhooks:
 
     async def redeliver(self, webhook_id: int, delivery_id: int, actor: Actor) -> None:
         await self.webhooks.redeliver(webhook_id, delivery_id, actor)
+
+    async def set_enabled(self, webhook_id: int, enabled: bool, actor: Actor) -> None:
+        await self.webhooks.set_enabled(webhook_id, enabled, actor)

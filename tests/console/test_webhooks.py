@@ -59,3 +59,32 @@ async def test_a_key_without_admin_cannot_see_webhooks_or_redeliver(console: Con
     async with live.api() as api:
         audit = (await api.get("/v1/audit", params={"resource_name": str(webhook_id)})).json()["items"]
     assert "webhook.redeliver" not in [e["action"] for e in audit]
+
+
+async def test_disable_and_enable_a_webhook_from_its_page(console: Console, live: LiveRegistry) -> None:
+    webhook_id, url, delivery = await webhook_with_a_delivery(live, "")
+    page = await console.signed_in("admin")
+    await page.goto(f"/console/webhooks/{webhook_id}")
+    await page.get_by_role("button", name="Disable webhook").click()
+    assert await page.get_by_role("status").inner_text() == (
+        "The webhook is disabled: nothing is sent to it until it is enabled."
+    )
+    assert "disabled by admin" in await page.get_by_role("region", name="Disabled").inner_text()
+    assert await page.get_by_role("button", name=f"Redeliver delivery {delivery['id']}").count() == 0
+    await check_page(page, "webhook-disabled")
+    async with live.api() as api:
+        disabled = (await api.get(f"/v1/webhooks/{webhook_id}")).json()
+    await page.goto("/console/webhooks")
+    assert "disabled" in await page.get_by_role("row").filter(has_text=url).inner_text()
+
+    await page.goto(f"/console/webhooks/{webhook_id}")
+    await page.get_by_role("button", name="Enable webhook").click()
+    assert await page.get_by_role("status").inner_text() == (
+        "The webhook is enabled: events from now on are delivered."
+    )
+    async with live.api() as api:
+        enabled = (await api.get(f"/v1/webhooks/{webhook_id}")).json()
+        audit = (await api.get("/v1/audit", params={"resource_name": str(webhook_id)})).json()["items"]
+    assert (disabled["enabled"], disabled["disabled_reason"]) == (False, "disabled by admin")
+    assert (enabled["enabled"], enabled["disabled_at"]) == (True, None)
+    assert [(e["action"], e["actor"]) for e in audit[:2]] == [("webhook.enable", "admin"), ("webhook.disable", "admin")]
