@@ -53,6 +53,44 @@ class EventLimits:
         )
 
 
+# The most a batch's ``sent_at`` may differ from the service's clock. A clock a few minutes or hours off (a time
+# zone taken for UTC) is corrected; one further off is broken, and events moved by it would be guesses.
+MAX_CLOCK_CORRECTION = timedelta(days=1)
+
+
+def clock_correction(sent_at: datetime | None, received_at: datetime) -> timedelta:
+    """What to add to the timestamps of a batch sent at ``sent_at`` by the sender's clock, received at
+    ``received_at`` by the service's: the difference of the two clocks (plus the batch's short time in transit).
+
+    Events are stamped with the sender's clock, so one running minutes behind would file its outcomes before the
+    exposures the service stamped, in the wrong analysis window. Without ``sent_at`` (older clients) nothing moves.
+    """
+    if sent_at is None:
+        return timedelta(0)
+    correction = received_at - sent_at
+    if abs(correction) > MAX_CLOCK_CORRECTION:
+        ahead_or_behind = "behind" if correction > timedelta(0) else "ahead of"
+        raise InvalidInputError(
+            "the sender's clock is too far off to correct the events' timestamps",
+            errors=[
+                FieldError(
+                    "sent_at",
+                    f"is {abs(correction)} {ahead_or_behind} the service's clock; at most "
+                    f"{MAX_CLOCK_CORRECTION} is corrected",
+                )
+            ],
+        )
+    return correction
+
+
+def _corrected(event: EventIn, correction: timedelta) -> EventIn:
+    """``event`` moved by ``correction``; one at the end of the calendar stays as it is (and is refused as such)."""
+    try:
+        return msgspec.structs.replace(event, timestamp=event.timestamp + correction)
+    except OverflowError:
+        return event
+
+
 def _decoding_error(exc: msgspec.ValidationError) -> ItemErrorOut:
     error = field_error(exc, whole="event")
     return ItemErrorOut(field=error.field, message=error.message)
@@ -89,13 +127,18 @@ class EventService:
 
     async def record(self, batch: EventBatch) -> EventBatchOut:
         now = utcnow()
+        correction = clock_correction(batch.sent_at, now)
         results: dict[int, EventResultOut] = {}
         events: dict[int, EventIn] = {}
         for index, raw in enumerate(batch.events):
             try:
-                events[index] = msgspec.convert(raw, EventIn)
+                event = msgspec.convert(raw, EventIn)
             except msgspec.ValidationError as exc:
                 results[index] = EventResultOut(index=index, status="rejected", errors=[_decoding_error(exc)])
+                continue
+            if correction:  # before any check: an event is as old or as far ahead as the service's clock says
+                event = _corrected(event, correction)
+            events[index] = event
         try:
             results |= await self.store(events, now)
         except (SQLAlchemyError, OSError) as exc:

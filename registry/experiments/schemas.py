@@ -478,6 +478,18 @@ class EventIn(Input):
 class EventBatch(Input):
     # Items are checked one by one, so one bad event is reported without failing the others.
     events: Annotated[list[Any], msgspec.Meta(min_length=1, max_length=MAX_EVENTS)]
+    sent_at: (
+        Annotated[
+            datetime,
+            msgspec.Meta(
+                tz=True,
+                description="The sender's clock when it sent the batch. When given, each event's timestamp is moved "
+                "by the difference between the service's clock on receipt and this, so that an app whose clock is "
+                "off still files its events at the right time (within a day; further off is refused).",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ItemErrorOut(Output):

@@ -278,6 +278,10 @@ class Core:
         self.on_cached = on_cached
         self.on_queued = on_queued
         self.clock: Callable[[], float] = time.monotonic  # a seam: tests move time instead of waiting
+        # The app's clock: it stamps events, and each batch's ``sent_at`` lets the registry correct them for
+        # this host's clock being off (a seam: tests set a clock minutes off).
+        self.wall_clock: Callable[[], datetime] = _utc_now
+        self.sends_clock = True  # False once a registry refused ``sent_at`` as unknown (a version before it)
         self.prompts: TtlCache[CacheKey, Prompt] = TtlCache(
             ttl=cache.ttl, max_entries=cache.max_entries, group=lambda key: key.name, clock=self._now
         )
@@ -302,16 +306,20 @@ class Core:
         retry_statuses: frozenset[int] = RETRY_STATUSES,
         stream: bool = False,
         retry_only_when_told: bool = False,
+        rebuild: Callable[[], httpx.Request] | None = None,
     ) -> Flow[httpx.Response]:
         """Send with retries; the last response is returned whatever its status.
 
         Connection errors that happened before the request left are always retried;
         others only for idempotent requests. A Retry-After longer than the policy allows
         ends the retries at once; with ``retry_only_when_told``, so does its absence (a 503
-        ``backend_not_configured`` says no later try can succeed).
+        ``backend_not_configured`` says no later try can succeed). ``rebuild`` makes the
+        request of each later try (one that says when it is sent).
         """
         attempt = 0
         while True:
+            if attempt and rebuild is not None:
+                request = rebuild()
             try:
                 response: httpx.Response = yield Send(request, stream)
             except httpx.TransportError as exc:
@@ -622,7 +630,7 @@ class Core:
     ) -> str:
         if not unit or not metric:
             raise ValueError("unit and metric must not be empty")
-        when = timestamp or datetime.now(UTC)
+        when = timestamp or self.wall_clock()
         if when.tzinfo is None:
             raise ValueError("timestamp needs a time zone")
         key = idempotency_key or uuid.uuid4().hex
@@ -651,8 +659,9 @@ class Core:
         for kind in KINDS:
             while batch := self.outbox.take(kind):
                 body = [{k: v for k, v in item.items() if not k.startswith("_")} for item in batch]
+                build = self._batch_request(kind, body)
                 try:
-                    request = self.build("POST", f"/v1/{kind}", json={kind: body})
+                    request = build()
                 except ValueError:  # a NaN or a lone surrogate: those items are dropped, not the whole batch
                     kept = [item for item, sent in zip(batch, body, strict=True) if _encodable(sent)]
                     self.outbox.rejected += len(batch) - len(kept)
@@ -660,7 +669,9 @@ class Core:
                     self.outbox.give_back(kind, kept)
                     continue
                 try:
-                    response = yield from self.send(request)  # idempotent: events by key, exposures by unit
+                    response = yield from self.send(
+                        request, rebuild=build
+                    )  # idempotent: events by key, exposures by unit
                 except ServiceUnavailable:
                     self.outbox.give_back(kind, batch)
                     return False
@@ -676,9 +687,25 @@ class Core:
                     logger.warning("%s did not answer as the registry does; the %s wait", response.url, kind)
                     self.outbox.give_back(kind, batch)
                     return False
+                if kind == "events" and self.sends_clock and _refuses_sent_at(response):
+                    logger.warning("the registry does not take sent_at (an older version): events go without it")
+                    self.sends_clock = False
+                    self.outbox.give_back(kind, batch)
+                    continue
                 if not self._settle(kind, batch, response):
                     return False
         return True
+
+    def _batch_request(self, kind: BatchKind, body: list[dict[str, Any]]) -> Callable[[], httpx.Request]:
+        """The request of a batch; events say when they are sent by this host's clock, at each try."""
+
+        def build() -> httpx.Request:
+            content: dict[str, Any] = {kind: body}
+            if kind == "events" and self.sends_clock:
+                content["sent_at"] = self.wall_clock().isoformat()
+            return self.build("POST", f"/v1/{kind}", json=content)
+
+        return build
 
     def _settle(self, kind: BatchKind, batch: list[dict[str, Any]], response: httpx.Response) -> bool:
         """Account for a batch the service answered; False when part of it waits to be sent again later."""
@@ -794,6 +821,22 @@ class FeedReconnects:
         if isinstance(error, RegistryError) and error.retry_after is not None:  # too many feeds on the key: 429
             return max(pause, error.retry_after)
         return pause
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _refuses_sent_at(response: httpx.Response) -> bool:
+    """Whether a registry that predates ``sent_at`` refused the batch for it (an unknown field)."""
+    if response.status_code not in (400, 422):
+        return False
+    answer = _json_or_none(response)
+    errors = answer.get("errors") if isinstance(answer, dict) else None
+    return any(
+        isinstance(e, dict) and e.get("field") == "sent_at" and "unknown field" in str(e.get("message"))
+        for e in errors or []
+    )
 
 
 def _since(started: float) -> float:
