@@ -13,6 +13,7 @@ import json
 import os
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ from registry.operations.errors import ArchiveNotFoundError, InvalidArchiveError
 from registry.operations.tables import FORMAT_VERSION
 
 FORMAT_NAME = "prompt-registry-backup"
+# What reading a cut or altered gzip/tar stream raises (gzip's EOFError on a file that breaks off: click would
+# report it as "Aborted!"), so each becomes the archive's own error.
+UNREADABLE = (EOFError, zlib.error, tarfile.TarError, OSError)
 MANIFEST = "manifest.json"
 
 
@@ -99,15 +103,18 @@ class ArchiveReader:
     def rows(self, table: str) -> Iterator[dict[str, Any]]:
         """The table's rows; raises at the end when the member does not match the manifest."""
         entry = self.manifest["tables"][table]
-        handle = self.tar.extractfile(entry["member"]) if entry["member"] in self.tar.getnames() else None
-        if handle is None:
-            raise InvalidArchiveError(f"the archive lacks {entry['member']}, which its manifest lists")
-        digest = hashlib.sha256()
-        count = 0
-        for line in handle:
-            digest.update(line)
-            count += 1
-            yield json.loads(line)
+        try:
+            handle = self.tar.extractfile(entry["member"]) if entry["member"] in self.tar.getnames() else None
+            if handle is None:
+                raise InvalidArchiveError(f"the archive lacks {entry['member']}, which its manifest lists")
+            digest = hashlib.sha256()
+            count = 0
+            for line in handle:
+                digest.update(line)
+                count += 1
+                yield json.loads(line)
+        except UNREADABLE as exc:
+            raise InvalidArchiveError(f"the archive breaks off or is corrupt in {entry['member']} ({exc})") from exc
         if count != entry["rows"] or digest.hexdigest() != entry["sha256"]:
             raise InvalidArchiveError(
                 f"{entry['member']} does not match the manifest ({count} rows read, {entry['rows']} listed, "
@@ -127,7 +134,9 @@ def reading(path: Path) -> Iterator[ArchiveReader]:
         try:
             handle = tar.extractfile(MANIFEST)
             manifest = json.load(handle) if handle is not None else None
-        except (KeyError, ValueError, tarfile.TarError, OSError) as exc:
+        except UNREADABLE as exc:
+            raise InvalidArchiveError(f"{path} cannot be read to its end: the archive is cut short or damaged") from exc
+        except (KeyError, ValueError) as exc:
             raise InvalidArchiveError(f"{path} is not a registry backup (no readable {MANIFEST})") from exc
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
             raise InvalidArchiveError(f"{path} is not a registry backup (its manifest names no {FORMAT_NAME})")

@@ -100,6 +100,10 @@ async def restore(engine: AsyncEngine, source: Path) -> BackupSummary:
         revision = manifest.get("alembic_revision")
         groups = manifest.get("groups") or ["core"]
         listed = manifest.get("tables") or {}
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise InvalidArchiveError(f"{source}: the manifest's groups are not a list of names")
+        if not isinstance(listed, dict) or not all(isinstance(e, dict) for e in listed.values()):
+            raise InvalidArchiveError(f"{source}: the manifest's tables are not an object of table entries")
         try:
             tables = archived_tables(Base.metadata, groups_for(g for g in groups if g not in ("core", "statistics")))
         except ValueError as exc:
