@@ -200,9 +200,10 @@ class EvalRepository:
         """Store outcomes not stored yet and add them to the run's counters, while ``lease`` is the run's.
 
         The primary key (run, position) drops an outcome already stored, so an item is counted
-        once however often a resumed run reaches it; what a dropped outcome's completions cost is
-        still added to the run's cost, since it was spent. Raises ``LeaseLostError`` (the caller
-        rolls back, so the outcomes are not stored either) when the run was claimed anew or cancelled.
+        once however often a resumed run reaches it. The run's cost and tokens are not added to here: each
+        completion's were as it ended (``charge``), so what a worker killed before the outcome's write spent is
+        in them. Raises ``LeaseLostError`` (the caller rolls back, so the outcomes are not stored either) when
+        the run was claimed anew or cancelled.
 
         An outcome's text holds the model's answer and what scorers and judges said of it, which cannot be refused:
         a NUL in it is stored as U+FFFD (``registry.db.text``), else the run would fail on it.
@@ -226,19 +227,16 @@ class EvalRepository:
                 items_passed=EvalRun.items_passed + sum(1 for r in new if r["passed"]),
                 items_invalid=EvalRun.items_invalid + sum(1 for r in new if r["status"] == "invalid"),
                 items_errored=EvalRun.items_errored + sum(1 for r in new if r["status"] == "error"),
-                cost=EvalRun.cost + sum(r["cost"] for r in rows),
-                input_tokens=EvalRun.input_tokens + sum(r["input_tokens"] for r in rows),
-                output_tokens=EvalRun.output_tokens + sum(r["output_tokens"] for r in rows),
             )
         )
         if not result.rowcount:  # type: ignore[attr-defined]
             raise LeaseLostError(f"run {run_id} is no longer held by lease {lease}, or was cancelled")
         return len(new)
 
-    async def charge_discarded(self, run_id: int, *, cost: float, input_tokens: int, output_tokens: int) -> None:
-        """Add what an attempt whose outcome was not stored spent to the run's cost, whoever holds the lease.
+    async def charge(self, run_id: int, *, cost: float, input_tokens: int, output_tokens: int) -> None:
+        """Add what a completion of the run spent to the run's cost as it ends, whoever holds the lease.
 
-        Not fenced: the completions were made and charged to the key, whatever became of the outcome,
+        Not fenced: the completion was made and charged to the key, whatever becomes of its item's outcome,
         so the run's cost says what the run spent, not only what its stored items cost.
         """
         await self.session.execute(

@@ -11,18 +11,22 @@ scored exactly once.
 A stalled worker cannot know whether it was taken over until it asks, so before each completion it
 checks its lease (renewing it when it may have run out): once taken over it asks the backend nothing
 more. A completion already under way when the lease is lost still finishes, and the new owner makes
-it again; both were charged to the key, so what an attempt whose outcome is not stored spent is added
-to the run's cost and tokens: the run's cost is what the run spent, its items' costs what the stored
-outcomes cost. A completion that ends without an answer (cancelled when the worker stops, failed
-mid-answer) spent what its usage record says (the tokens the backend reported before it ended), and
-that counts too, as do the completions a model guard's classifier makes inside the run's (charged to
-the same key): the run's cost is what its completions' usage records charged the key.
+it again; both were charged to the key, so the run's cost and tokens are what the run spent, its items'
+costs what the stored outcomes cost. A completion that ends without an answer (cancelled when the worker
+stops, failed mid-answer) spent what its usage record says (the tokens the backend reported before it
+ended), and that counts too, as do the completions a model guard's classifier makes inside the run's
+(charged to the same key): the run's cost is what its completions' usage records charged the key.
+
+So each completion's spend is added to the run's cost as the completion ends (``EvalWorker._charge``), not
+with its item's outcome: a worker killed between an item's completions and its outcome's write (SIGKILL, a
+crash, judges still to ask) has charged the run for what its completions spent, and the worker that takes the
+run over and asks the item again adds its own. Storing an outcome adds nothing to the run's cost.
 
 A worker that stops cancels the completions it is waiting for, but not a transaction in hand: each
 run ends the item it is recording, starts no more, and gives its lease up itself (``EvalWorker.stop``).
 A run still working when the stop has waited long enough is cancelled; its transactions end even then,
 rolled back, and their connections go back to the pool (``in_transaction``), so its lease is released
-at once, on SQLite too. What its discarded attempts spent is still charged to it: the stop waits for those
+at once, on SQLite too. What its completions spent is still charged to it: the stop waits for those
 charges.
 
 Completions go through ``CompletionService``, the path ``/complete`` takes (budget check, breaker,
@@ -125,7 +129,8 @@ class RunCompletions(CompletionService):
     completion adds what its record charged to the attempt it was made for (``EvalWorker._complete``) as
     it is recorded, answered or not (cancelled, failed, blocked): no ``CompletionOut`` says what those
     spent, and a cancellation that comes after the record cannot lose it. Completions made inside it on
-    other services (a model guard's classifier) add theirs as they are recorded (``charge_attempt``).
+    other services (a model guard's classifier) add theirs as they are recorded (``charge_attempt``). The run is
+    charged what the attempt's completion spent as it ends (``EvalWorker._charge``).
     """
 
     semantic_cache = False
@@ -204,9 +209,27 @@ class Lease:
     lost: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """What some completions charged the key: added to the run's cost as each completion ends."""
+
+    cost: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.cost or self.input_tokens or self.output_tokens)
+
+    def __add__(self, other: Spent) -> Spent:
+        return Spent(
+            self.cost + other.cost, self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens
+        )
+
+
 @dataclass(slots=True)
 class Attempt:
-    """What one try at an item has spent so far: stored with its outcome, or charged to the run as discarded.
+    """What one try at an item has spent so far (stored with its outcome), and what of it the run was not
+    charged yet (``unbilled``, taken as each completion ends: ``EvalWorker._charge``).
 
     ``waiting``: its completion waits on a backend now, where a stop may cancel it; ``stopping``: the worker
     stops, so its completion asks no backend any more (``backend_wait``).
@@ -216,6 +239,7 @@ class Attempt:
     cost: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
+    unbilled: Spent = Spent()
     waiting: bool = False
     stopping: bool = False
 
@@ -224,6 +248,12 @@ class Attempt:
         self.cost += cost
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
+        self.unbilled += Spent(cost, input_tokens, output_tokens)
+
+    def take_unbilled(self) -> Spent:
+        """What the run has not been charged yet, now counted as charged."""
+        spend, self.unbilled = self.unbilled, Spent()
+        return spend
 
 
 # The attempt whose completion is under way in this task (set around ``CompletionService.complete``).
@@ -393,7 +423,7 @@ class EvalWorker:
         self.stop_wait_seconds = STOP_WAIT_SECONDS
         self._stopping = False
         self._asking: dict[asyncio.Task[Any], Attempt] = {}  # items' tasks in a completion (``_complete``)
-        self._charges: set[asyncio.Task[None]] = set()  # discarded attempts' charges under way (``_charge_discarded``)
+        self._charges: set[asyncio.Task[None]] = set()  # completions' charges to their runs under way (``_charge``)
 
     def jobs(self) -> list[PeriodicJob]:
         return [PeriodicJob("eval-runs", self.poll_seconds, self.poll, shared=True, run_at_shutdown=False)]
@@ -434,8 +464,8 @@ class EvalWorker:
         in hand (an item being recorded, a lease renewed) ends. Each run then starts nothing more and releases
         its lease itself (``WorkerStoppingError``); one still running after ``stop_wait_seconds`` is
         cancelled, its transaction in hand rolled back (``in_transaction``), and its lease released here (or
-        left to expire, if the database refuses). The charges of discarded attempts are waited for, those of
-        a cancelled run too (``_charged``).
+        left to expire, if the database refuses). The charges of completions to their runs are waited for, those
+        of a cancelled run too (``_charged``).
         """
         self._stopping = True
         try:
@@ -671,25 +701,21 @@ class EvalWorker:
             lease.lost = True
             raise
 
-    async def _charge_discarded(self, run_id: int, attempt: Attempt) -> None:
-        """What an attempt whose outcome is not stored spent, added to the run's cost (see the module's text).
+    async def _charge(self, run_id: int, attempt: Attempt) -> None:
+        """What the attempt's completions spent since the run was last charged for it, added to the run's cost
+        as each completion ends, whoever holds the lease then (see the module's text).
 
         The charge is a task of its own, which the stop waits for (``_charged``): it may wait for the database
-        (SQLite's one connection, or the run's row, which the item in hand holds) while the stop cancels its run,
-        and a cancelled charge would be lost, its transaction rolled back.
+        (SQLite's one connection, or the run's row, which an item being stored holds) while the stop cancels its
+        run, and a cancelled charge would be lost, its transaction rolled back.
         """
-        if not attempt.completions:
+        spend = attempt.take_unbilled()
+        if not spend:
             return
-        logger.warning(
-            "an evaluation item's attempt was discarded; its cost is added to the run's",
-            run=run_id,
-            completions=attempt.completions,
-            cost=attempt.cost,
-        )
         charge = asyncio.create_task(
             self._transaction(
-                lambda session: EvalRepository(session).charge_discarded(
-                    run_id, cost=attempt.cost, input_tokens=attempt.input_tokens, output_tokens=attempt.output_tokens
+                lambda session: EvalRepository(session).charge(
+                    run_id, cost=spend.cost, input_tokens=spend.input_tokens, output_tokens=spend.output_tokens
                 )
             ),
             name=f"eval-run-{run_id}-charge",
@@ -699,20 +725,18 @@ class EvalWorker:
         await asyncio.shield(charge)
 
     async def _charged(self) -> None:
-        """Wait for the charges of discarded attempts still under way, whose runs may have been cancelled."""
+        """Wait for the charges of completions to their runs still under way, whose runs may have been cancelled."""
         charges = list(self._charges)
         for charge, outcome in zip(charges, await asyncio.gather(*charges, return_exceptions=True), strict=True):
             if isinstance(outcome, Exception):
-                logger.error(
-                    "could not charge a discarded attempt to its run", charge=charge.get_name(), exc_info=outcome
-                )
+                logger.error("could not charge a completion to its run", charge=charge.get_name(), exc_info=outcome)
 
     async def _score_pending(self, plan: RunPlan, lease: Lease) -> None:
         run_slots = asyncio.Semaphore(plan.concurrency)
         # What stops the run (an outage, the budget, a lost lease or the worker stopping): items already
         # asked still finish (and are recorded while the lease holds), since their completions were made
-        # and charged; no more are started. An attempt stopped after some of its completions, or whose
-        # outcome is refused, is charged to the run as discarded.
+        # and charged; no more are started. What an attempt stopped after some of its completions, or whose
+        # outcome is refused, spent was charged to the run as its completions ended (``_complete``).
         stopped: list[Exception] = []
 
         async def one(item: EvalDatasetItem) -> None:
@@ -727,12 +751,13 @@ class EvalWorker:
                     await self._record(lease, [row])
                 except (BackendOutageError, RunFailedError, LeaseLostError, WorkerStoppingError) as exc:
                     stopped.append(exc)
-                    await self._charge_discarded(plan.run_id, attempt)
-                except asyncio.CancelledError:
-                    # The worker is stopping: the completion it waited for was cancelled and recorded with
-                    # what it had spent, and the item is asked again when the run resumes.
-                    await self._charge_discarded(plan.run_id, attempt)
-                    raise
+                    if attempt.completions:
+                        logger.warning(
+                            "an evaluation item's attempt was discarded; its cost is in the run's",
+                            run=plan.run_id,
+                            completions=attempt.completions,
+                            cost=attempt.cost,
+                        )
 
         after = 0
         while True:
@@ -762,7 +787,8 @@ class EvalWorker:
         attempt: Attempt,
     ) -> CompletionOut:
         """One completion, only while the lease holds and the worker is not stopping; what it spent goes to
-        ``attempt`` (``RunCompletions``). A stop cancels it while it waits on the backend (``backend_wait``).
+        ``attempt`` (``RunCompletions``) and to the run's cost as it ends, answered or not (``_charge``). A stop
+        cancels it while it waits on the backend (``backend_wait``).
 
         Backend failures the run waits out are told apart from an item's own problem.
         """
@@ -787,6 +813,7 @@ class EvalWorker:
         finally:
             _attempt.reset(spending)
             del self._asking[task]
+            await self._charge(lease.run_id, attempt)
         return out
 
     @staticmethod

@@ -1,7 +1,7 @@
 """A worker that stops while one item is being stored and another waits on the backend (``EvalWorker.stop``).
 
 The item being stored ends its transaction and is counted; the completion that waits is cancelled and charged
-to the run as discarded; the run gives its lease up, so another worker takes it over at once. The item's
+to the run; the run gives its lease up, so another worker takes it over at once. The item's
 transaction is held (on SQLite inside a statement that runs until an event is set) until the stop has cancelled
 the waiting completion: no timing. A run the stop cancels, its item still storing, gives its lease up too: the
 transaction ends, rolled back, although on SQLite a statement is under way (a connection SQLAlchemy closes there
@@ -89,8 +89,9 @@ class HeldWorker(EvalWorker):
 
     It stores only once the other item's completion waits on the backend (SQLite has one connection, which the
     held transaction keeps); the transaction is held after its writes, on SQLite inside a statement that runs
-    until then (as a slow one would). ``release`` is set when the stop has cancelled the waiting completion (its
-    attempt is charged as discarded), unless ``released_by_the_stop`` is False.
+    until then (as a slow one would). ``release`` is set when the stop has cancelled the waiting completion (it is
+    charged to the run), unless ``released_by_the_stop`` is False. ``charging`` is set when a completion that ended
+    while the item is held is charged to the run.
     """
 
     def __init__(self, *args: Any, server: StandIn, released_by_the_stop: bool = True, **kwargs: Any) -> None:
@@ -100,7 +101,8 @@ class HeldWorker(EvalWorker):
         self.inside = asyncio.Event()
         self.release = threading.Event()
         self.held_stored = False
-        self.charges_cancelled = 0  # discarded attempts' charges whose item was cancelled while they were made
+        self.charging = asyncio.Event()
+        self.charges_cancelled = 0  # completions' charges whose item was cancelled while they were made
 
     async def _record(self, lease: Lease, rows: Sequence[dict[str, Any]]) -> None:
         if self.inside.is_set() or not rows:  # validation records no rows: every item's variables are valid
@@ -141,11 +143,13 @@ class HeldWorker(EvalWorker):
     async def _held_item_asked(self) -> bool:
         return self.server.asked(HELD) == 1
 
-    async def _charge_discarded(self, run_id: int, attempt: Attempt) -> None:
-        if self.released_by_the_stop:
-            self.release.set()
+    async def _charge(self, run_id: int, attempt: Attempt) -> None:
+        if self.inside.is_set():  # a completion ended while the item is held: the stop cancelled it, or it answered
+            if self.released_by_the_stop:
+                self.release.set()
+            self.charging.set()
         try:
-            await super()._charge_discarded(run_id, attempt)
+            await super()._charge(run_id, attempt)
         except asyncio.CancelledError:
             self.charges_cancelled += 1
             raise
@@ -258,9 +262,9 @@ async def test_a_run_that_reaches_no_safe_point_within_the_stop_wait_is_cancelle
     await second.stop()
 
 
-# The charge of a discarded attempt waits for the item in hand to end (on SQLite for the one connection it holds, on
+# The charge of a completion waits for the item in hand to end (on SQLite for the one connection it holds, on
 # PostgreSQL for the run's row it updated); the stop cancels the run meanwhile, and the charge is still made.
-async def test_a_discarded_attempts_charge_waiting_for_the_database_survives_the_cancellation_of_its_run(
+async def test_a_completions_charge_waiting_for_the_database_survives_the_cancellation_of_its_run(
     served: Served,
 ) -> None:
     client, admin = served.client, served.admin
@@ -283,16 +287,19 @@ async def test_a_discarded_attempts_charge_waiting_for_the_database_survives_the
 
     assert await first.poll() == [run["id"]]
     await asyncio.wait_for(first.inside.wait(), WAIT)  # item "a" is being stored; "b"'s judge waits on the backend
+    served.server.released.set()  # "b"'s judge answers; its charge waits for the item in hand
+    await asyncio.wait_for(first.charging.wait(), WAIT)
     with captured_logs() as logs:
         await first.stop()
     first.release.set()
 
     assert [e["run"] for e in logs if e["event"] == "evaluation run still working at stop; cancelled"] == [run["id"]]
-    assert first.charges_cancelled == 1  # "b"'s charge was under way when the stop cancelled the run
+    assert first.charges_cancelled == 1  # "b"'s judge's charge was under way when the stop cancelled the run
     assert errors_logged(logs) == []
     assert await stored_items(served.engine, run["id"]) == 0  # the item in hand was rolled back, and charged
     records = await usage_records(served)
-    assert sorted(status for status, _ in records) == ["cancelled", "ok", "ok", "ok"]
+    assert sorted(status for status, _ in records) == ["ok", "ok", "ok", "ok"]
     stopped = (await client.get(f"/v1/evals/runs/{run['id']}", headers=admin)).json()
     assert stopped["cost"] == pytest.approx(sum(cost for _, cost in records))
-    assert stopped["cost"] == pytest.approx(3 * (5 * 0.1 + 1))  # three answers of a word; the held judge's none
+    # Three answers of a word, and the judge's of two ("hold b").
+    assert stopped["cost"] == pytest.approx(3 * (5 * 0.1 + 1) + (5 * 0.1 + 2))
