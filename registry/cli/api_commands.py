@@ -206,12 +206,10 @@ def versions_show(client: RegistryClient, as_json: bool, name: str, version: int
 
 def read_text(file: Path) -> str:
     """A file's text ('-': stdin), as UTF-8; one that cannot be read is a usage error naming it, not a traceback."""
-    if str(file) == "-":
-        return sys.stdin.read()
     try:
-        return file.read_text(encoding="utf-8")
+        return sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read {file} as UTF-8 text: {exc}", ExitCode.USAGE)
+        fail(f"cannot read {'stdin' if str(file) == '-' else file} as UTF-8 text: {exc}", ExitCode.USAGE)
 
 
 MAX_DOCUMENT_VALUES = 100_000
@@ -438,6 +436,8 @@ def parse_variables(pairs: tuple[str, ...], as_json: str | None) -> dict[str, An
             loaded = json.loads(as_json)
         except ValueError as exc:
             raise click.BadParameter(f"not JSON: {exc}", param_hint="--vars") from exc
+        except RecursionError as exc:
+            raise click.BadParameter("not JSON: nested too deep", param_hint="--vars") from exc
         if not isinstance(loaded, dict):
             raise click.BadParameter("must be a JSON object", param_hint="--vars")
         variables.update(loaded)
@@ -637,11 +637,14 @@ def events() -> None:
 
 
 def read_events(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line, event) from a CSV file (a header row: unit,metric,timestamp,value,...) or JSON Lines."""
+    """(line, event) from a CSV file (a header row: unit,metric,timestamp,value,...) or JSON Lines.
+
+    A row that cannot be read (a CSV cell longer than the csv module's limit, a line nested too deep for JSON) is a
+    one-line error naming the file and the row, as a line that is not JSON is, not a traceback.
+    """
     text = read_text(file)
     if file.suffix == ".csv":
-        for number, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
-            yield number, {k.strip(): v for k, v in row.items() if k and v not in (None, "")}
+        yield from _csv_events(file, text)
         return
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -650,9 +653,25 @@ def read_events(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             event = json.loads(line)
         except ValueError as exc:
             fail(f"{file} line {number} is not JSON: {exc}", ExitCode.VALIDATION)
+        except RecursionError:
+            fail(f"{file} line {number} is not JSON: nested too deep", ExitCode.VALIDATION)
         if not isinstance(event, dict):
             fail(f"{file} line {number} is not a JSON object", ExitCode.VALIDATION)
         yield number, event
+
+
+def _csv_events(file: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row, event) from CSV text; the header is row 1."""
+    reader = csv.DictReader(io.StringIO(text))
+    number = 0  # the last row read
+    try:
+        if reader.fieldnames is None:  # an empty file
+            return
+        number = 1
+        for number, row in enumerate(reader, start=2):  # a row that fails is the one after the last read
+            yield number, {k.strip(): v for k, v in row.items() if k and v not in (None, "")}
+    except csv.Error as exc:
+        fail(f"{file} row {number + 1} is not valid CSV: {exc}", ExitCode.VALIDATION)
 
 
 def prepared(event: dict[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,9 @@ def items_of(raw: bytes, source: str = "") -> tuple[list[dict[str, Any]], list[s
         except ValueError as exc:
             problems.append(f"{source}: line {number} is not JSON: {exc}")
             continue
+        except RecursionError:  # json's answer to nesting past the interpreter's limit
+            problems.append(f"{source}: line {number} is not JSON: nested too deep")
+            continue
         if not isinstance(item, dict):
             problems.append(f"{source}: line {number} is not a JSON object")
             continue
