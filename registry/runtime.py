@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from registry.alerts.evaluator import AlertEvaluator
+from registry.auth.lookups import UnknownKeyLookups
 from registry.auth.rate_limit import RateLimiter
 from registry.auth.verifier import ApiKeyVerifier
 from registry.completions.components import Completions
@@ -157,6 +158,11 @@ class Runtime:
                 bus,
                 cache_seconds=settings.api_key_cache_seconds,
                 stale_seconds=settings.api_key_stale_seconds,
+                unknown_lookups=UnknownKeyLookups(
+                    per_second=settings.api_key_unknown_lookups_per_second,
+                    concurrency=settings.api_key_unknown_lookups_concurrency,
+                    registry=metrics_registry,
+                ),
             ),
             rate_limiter=RateLimiter(
                 redis, settings.redis_key_prefix, default_per_minute=settings.rate_limit_per_minute

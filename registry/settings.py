@@ -193,6 +193,19 @@ class Settings(BaseSettings):
         description="While the database is unreachable, a key this process verified within this long keeps "
         "working (revocations still apply through Redis); a key never seen before gets 503.",
     )
+    api_key_unknown_lookups_per_second: float = Field(
+        200.0,
+        ge=0,
+        description="Database reads per second and process for API keys whose id this process has not verified "
+        "before (a well-formed key with a made-up id costs one); past it such keys get 503 with Retry-After. "
+        "Keys verified before are not counted. 0 is unlimited.",
+    )
+    api_key_unknown_lookups_concurrency: int = Field(
+        4,
+        ge=0,
+        description="Of those reads, how many may run at once per process (each holds a database connection); "
+        "past it, 503 at once rather than a wait. 0 is unlimited.",
+    )
     rate_limit_per_minute: int = Field(
         0,
         ge=0,

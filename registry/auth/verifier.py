@@ -9,6 +9,10 @@ verified within ``api_key_stale_seconds`` keeps working, so cached renders go
 on through a database outage. That holds only while revocations still arrive
 (the change bus is connected): a revoked key is dropped at once and then needs
 the database, as does a key never seen before (503).
+
+Reads of key ids the database has not confirmed to this process pass through
+``UnknownKeyLookups`` (registry.auth.lookups), which bounds how many a client making
+up keys can cause; ids confirmed before are read again without that bound.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.auth.keys import KEY_PREFIX, generate_key, parse_key, secret_matches
+from registry.auth.lookups import UnknownKeyLookups
 from registry.auth.principal import Principal
 from registry.auth.repository import ApiKeyRepository
 from registry.db.base import utcnow
@@ -111,6 +116,7 @@ class ApiKeyVerifier:
         cache_seconds: float,
         stale_seconds: float = 3600.0,
         max_entries: int = 10_000,
+        unknown_lookups: UnknownKeyLookups | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessionmaker = sessionmaker
@@ -127,6 +133,10 @@ class ApiKeyVerifier:
         self._verified: dict[str, _VerifiedHeader] = {}
         self._max_entries = max_entries
         self._trusting_stale = False
+        self._unknown_lookups = unknown_lookups
+        # Public ids the database said exist: read again without ``unknown_lookups``' bound. Only the
+        # database adds to it, so made-up keys cannot crowd a valid key out of it.
+        self._known_ids: dict[str, None] = {}
         bus.subscribe(self._on_change)
 
     def _on_change(self, change: Change) -> None:
@@ -190,7 +200,7 @@ class ApiKeyVerifier:
         generation = self._generation
         cached = self._cache.get(public_id)
         if cached is None:
-            cached = await self._loading.load(public_id, lambda: self._load(public_id))
+            cached = await self._loading.load(public_id, lambda: self._load_bounded(public_id))
         if not secret_matches(secret, cached.secret_hash):
             raise UnauthorizedError(_UNKNOWN_KEY, headers=_CHALLENGE)
         if cached.revoked:
@@ -216,6 +226,16 @@ class ApiKeyVerifier:
             )
         return cached.principal
 
+    async def _load_bounded(self, public_id: str) -> _CachedKey:
+        lookups = self._unknown_lookups
+        if lookups is None or public_id in self._known_ids:
+            return await self._load(public_id)
+        lookups.enter()
+        try:
+            return await self._load(public_id)
+        finally:
+            lookups.leave()
+
     async def _load(self, public_id: str) -> _CachedKey:
         generation = self._generation
         try:
@@ -227,6 +247,7 @@ class ApiKeyVerifier:
         self._trusting_stale = False
         keep = generation == self._generation  # else a change (a revocation) overlapped the read
         if key is None:
+            self._known_ids.pop(public_id, None)
             if keep:
                 self._cache.set(public_id, _UNKNOWN, _NEGATIVE_TTL)
             return _UNKNOWN
@@ -237,6 +258,9 @@ class ApiKeyVerifier:
             revoked=key.revoked_at is not None,
             loaded_at=self._clock(),
         )
+        if public_id not in self._known_ids and len(self._known_ids) >= self._max_entries:
+            del self._known_ids[next(iter(self._known_ids))]
+        self._known_ids[public_id] = None
         if self._cache_seconds > 0 and keep:
             self._cache.set(public_id, entry, self._cache_seconds)
         return entry
