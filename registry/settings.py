@@ -164,6 +164,12 @@ class Settings(BaseSettings):
     # -- limits
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body; larger ones get 413.")
     max_page_size: int = Field(200, ge=1, description="Largest `limit` accepted by list endpoints.")
+    openai_models_page_size: int = Field(
+        1000,
+        ge=1,
+        description="Most models one `GET /v1/models` answer lists, and its largest `limit`: OpenAI's SDK asks "
+        "for no page, so it gets this many; past them the answer has `has_more` and `last_id` (`?after=` reads on).",
+    )
     render_max_output_chars: int = Field(
         200_000, ge=1, description="Largest rendered prompt; larger renders fail with 422."
     )

@@ -7,13 +7,13 @@ of the API gives the same problem, so the SDKs raise their matching exceptions.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.keys import Scope
@@ -25,6 +25,7 @@ from registry.lib.front import SSE_MEDIA_TYPE, Streamed
 from registry.lib.http import decode_name
 from registry.lib.streaming import PrimedStream
 from registry.openai_compat.fast_path import config_resolver, openai_answer
+from registry.openai_compat.model_list import ModelPages
 from registry.openai_compat.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -35,7 +36,7 @@ from registry.openai_compat.schemas import (
     TextCompletionRequest,
 )
 from registry.openai_compat.service import ModelListing, error_answer
-from registry.runtime import runtime_of
+from registry.runtime import Runtime, runtime_of
 
 # What this door answers, all as OpenAI's error object: its handler's failures, and the requests refused before
 # routing (414, 415, 431) or at it (405), shaped by the app's ErrorShape for the door's paths (registry.app).
@@ -58,6 +59,10 @@ def openai_error_response(request: Request[Any, Any, Any], exc: Exception) -> Re
 
 def provide_model_listing(read_session: NamedDependency[AsyncSession]) -> ModelListing:
     return ModelListing(read_session)
+
+
+def provide_model_pages(read_session: NamedDependency[AsyncSession], runtime: NamedDependency[Runtime]) -> ModelPages:
+    return ModelPages(read_session, max_limit=runtime.settings.openai_models_page_size)
 
 
 class OpenAIController(Controller):
@@ -96,11 +101,23 @@ class OpenAIController(Controller):
         opt={"scope": Scope.READ},
         operation_id="listModels",
         summary="The prompt: and config: models there are to call",
-        dependencies={"listing": Provide(provide_model_listing, sync_to_thread=False)},
+        description="Prompts, then configs, by name. Without `limit` the answer holds up to the registry's "
+        "`openai_models_page_size` (1,000 unless set); `has_more` says there are more, read on with "
+        "`?after=<last_id>`.",
+        dependencies={"pages": Provide(provide_model_pages, sync_to_thread=False)},
         responses=_ERRORS,
     )
-    async def models(self, listing: NamedDependency[ModelListing]) -> ModelList:
-        return await listing.models()
+    async def models(
+        self,
+        pages: NamedDependency[ModelPages],
+        limit: Annotated[
+            int | None, QueryParameter(description="Models in this answer; at most, and by default, the page size.")
+        ] = None,
+        after: Annotated[
+            str | None, QueryParameter(description="The `last_id` of the previous answer: the list goes on after it.")
+        ] = None,
+    ) -> ModelList:
+        return await pages.page(limit=limit, after=after)
 
     @get(
         "/models/{model:str}",

@@ -188,8 +188,13 @@ class ModelOut(Output, kw_only=True):
 
 
 class ModelList(Output, kw_only=True):
+    """OpenAI's model list, with the fields of its paged lists: ``?after=<last_id>`` reads on while ``has_more``."""
+
     object: Literal["list"] = "list"
     data: list[ModelOut]
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
 
 
 class ErrorDetail(Output):
