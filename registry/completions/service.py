@@ -264,6 +264,20 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
+def _payload(config: LinkedConfig, out: RenderOut, overrides: Overrides) -> dict[str, Any]:
+    """The upstream request of ``out`` on ``config``; a config's lower max_tokens caps the caller's."""
+    configured = config.params.get("max_tokens")
+    if overrides.max_tokens is not None and configured is not None and overrides.max_tokens > configured:
+        overrides = Overrides(configured, overrides.seed, overrides.user)  # a fallback's lower limit wins
+    return build_payload(
+        model=config.model,
+        text=out.text,
+        messages=[{"role": m.role, "content": m.content} for m in out.messages] if out.messages else None,
+        params=config.params,
+        overrides=overrides,
+    )
+
+
 def _prompt_text(out: RenderOut) -> str:
     if out.messages is not None:
         return "\n".join(f"{m.role}: {m.content}" for m in out.messages)
@@ -351,16 +365,7 @@ class CompletionService:
         )
 
     def _plan(self, config: LinkedConfig, out: RenderOut, overrides: Overrides) -> Plan:
-        configured = config.params.get("max_tokens")
-        if overrides.max_tokens is not None and configured is not None and overrides.max_tokens > configured:
-            overrides = Overrides(configured, overrides.seed, overrides.user)  # a fallback's lower limit wins
-        payload = build_payload(
-            model=config.model,
-            text=out.text,
-            messages=[{"role": m.role, "content": m.content} for m in out.messages] if out.messages else None,
-            params=config.params,
-            overrides=overrides,
-        )
+        payload = _payload(config, out, overrides)
         return Plan(config, self.upstream.backend(config.backend), payload, upstream_path(payload))
 
     async def _check_context(self, plan: Plan) -> None:
@@ -386,25 +391,37 @@ class CompletionService:
         if problem is not None:
             raise ContextLengthExceededError(problem, prompt_tokens=count, max_context_tokens=limit)
 
-    async def _reserve(self, run: Run) -> None:
+    async def _reserve(self, run: Run, overrides: Overrides) -> None:
         """Hold the most the run may spend against its key's budget until it is recorded (``BudgetGuard.reserve``):
         its prompt's upper bound plus its max_tokens, at its config's prices. A config without max_tokens holds
         its prompt only: what the context leaves (a hundred thousand tokens, say) held for every request would
-        refuse a key's parallel requests long before its budget is near."""
+        refuse a key's parallel requests long before its budget is near.
+
+        A config with a fallback holds the fallback's most as well, at its prices and limits: the run may be charged
+        both (an answer that failed midway is charged, then run again on the fallback), and a hold at the first
+        config's prices alone let a burst of requests failing over to a dearer fallback each spend past the budget."""
         if run.caller.key is None or self.classifying:  # a classifier's run is bounded by the request it guards
             return
         plan = run.plan
 
-        def most() -> tuple[int, float]:
-            prompt = token_upper_bound(plan.payload)
-            output = plan.payload.get("max_tokens") or 0
+        def most_of(config: LinkedConfig, payload: dict[str, Any]) -> tuple[int, float]:
+            prompt = token_upper_bound(payload)
+            output = payload.get("max_tokens") or 0
             cost = completion_cost(
                 prompt,
                 output,
-                input_price_per_mtok=plan.config.input_price_per_mtok,
-                output_price_per_mtok=plan.config.output_price_per_mtok,
+                input_price_per_mtok=config.input_price_per_mtok,
+                output_price_per_mtok=config.output_price_per_mtok,
             )
             return prompt + output, cost
+
+        def most() -> tuple[int, float]:
+            tokens, cost = most_of(plan.config, plan.payload)
+            fallback = plan.config.fallback
+            if fallback is not None:
+                more_tokens, more_cost = most_of(fallback, _payload(fallback, run.rendering.out, overrides))
+                tokens, cost = tokens + more_tokens, cost + more_cost
+            return tokens, cost
 
         run.reservation = await self.completions.budgets.reserve(run.caller.key, most)
 
@@ -584,7 +601,7 @@ class CompletionService:
             await self._guard_output(run)  # a cached answer passes the output guards as the model's does
             self._record(run)
             return self._result(run)
-        await self._reserve(run)
+        await self._reserve(run, overrides)
         try:
             upstream = await self._open(run, overrides)
             try:
@@ -630,7 +647,7 @@ class CompletionService:
         if await self._from_caches(run, key, data):
             await self._guard_output(run)  # whole, before the replay: a block is a problem, not an error event
             return CompletionStream(self._meta(run), functools.partial(self._replay, run))
-        await self._reserve(run)
+        await self._reserve(run, overrides)
         try:
             upstream = await self._open(run, overrides)
         except RECORDED_ERRORS as exc:
