@@ -79,7 +79,8 @@ class RolloutController(Controller):
         operation_id="moveRollout",
         summary="Pause, resume, abort or advance a rollout by hand (recorded with the reason)",
         description="`action` is `pause`, `resume`, `abort` or `advance` (to the next step at once; after the "
-        "last, the promotion). 409 when the rollout's status does not allow it.",
+        "last, the promotion). 409 when the rollout's status does not allow it, or when `expected_step` is given "
+        "and the rollout is at another step.",
         status_code=200,
     )
     async def move_rollout(
@@ -90,4 +91,7 @@ class RolloutController(Controller):
         current_actor: NamedDependency[Actor],
         data: JSONBody[RolloutAction | None] = None,
     ) -> RolloutOut:
-        return RolloutOut.of(await service.move(rollout_id, action, data.reason if data else None, current_actor))
+        data = data or RolloutAction()
+        return RolloutOut.of(
+            await service.move(rollout_id, action, data.reason, current_actor, expected_step=data.expected_step)
+        )

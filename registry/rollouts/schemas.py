@@ -42,6 +42,9 @@ class CreateRollout(Input):
 
 class RolloutAction(Input):
     reason: Reason | None = None
+    # The step the caller saw: the move is refused (409) when the rollout is at another, so an advance sent
+    # twice (a double click, a retry after a lost answer) moves one step instead of skipping the next.
+    expected_step: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class RolloutEventOut(Output):

@@ -230,11 +230,22 @@ class RolloutService:
 
     # -- by hand
 
-    async def move(self, rollout_id: int, action: str, reason: str | None, actor: Actor) -> Rollout:
+    async def move(
+        self, rollout_id: int, action: str, reason: str | None, actor: Actor, *, expected_step: int | None = None
+    ) -> Rollout:
+        """``expected_step``: the step the caller saw; the move is refused when the rollout is at another."""
         moves = {"pause": self.pause, "resume": self.resume, "abort": self.abort, "advance": self.advance}
         move = moves.get(action)
         if move is None:
             raise RolloutActionNotFoundError(f"a rollout has no action '{action}'; use one of {', '.join(moves)}")
+        if expected_step is not None:
+            rollout = await self.require(rollout_id, for_update=True)  # held until the move below commits
+            if rollout.step != expected_step:
+                raise RolloutStateError(
+                    f"rollout {rollout_id} is at step {rollout.step}, not {expected_step}: read it again before "
+                    f"you {action} it",
+                    errors=[FieldError("expected_step", f"the rollout is at step {rollout.step}")],
+                )
         return await move(rollout_id, reason, actor)
 
     async def pause(self, rollout_id: int, reason: str | None, actor: Actor) -> Rollout:
