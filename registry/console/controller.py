@@ -341,8 +341,9 @@ class ConsoleController(Controller):
         to: Annotated[Literal["staging", "production", "archived"] | None, QueryParameter()] = None,
         versions_after: Annotated[str | None, QueryParameter(name="cursor", max_length=200)] = None,
         history_after: Annotated[str | None, QueryParameter(name="history", max_length=200)] = None,
+        rollouts_after: Annotated[str | None, QueryParameter(name="rollouts", max_length=200)] = None,
     ) -> Template:
-        view = await console.prompt_page(resource_name, versions_after, history_after)
+        view = await console.prompt_page(resource_name, versions_after, history_after, rollouts_after)
         notice = f"Version {changed} is now {to}." if changed and to and view.holds(changed, to) else None
         return render(
             request,
@@ -351,6 +352,7 @@ class ConsoleController(Controller):
             notice=notice,
             versions_at=versions_after or "",
             history_at=history_after or "",
+            rollouts_at=rollouts_after or "",
             section="prompts",
         )
 

@@ -120,6 +120,9 @@ class PromptPage:
     older_versions: bool = False  # this page starts past the newest versions
     next_history: str | None = None  # the cursor of the older changes past this page's history, if any
     older_history: bool = False  # this page's history starts past the newest changes
+    next_rollouts: str | None = None  # the cursor of the older rollouts past this page's, if any
+    older_rollouts: bool = False  # this page's rollouts start past the newest
+    newest_rollout: RolloutOut | None = None  # the prompt's newest rollout, on every page (it may hold production)
 
     def holds(self, number: int, state: str) -> bool:
         """Whether version ``number`` is in ``state`` as this page reads it (an archived version past this page's

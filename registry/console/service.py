@@ -132,12 +132,17 @@ class ConsoleService:
         return PromptList(rows=rows, next_cursor=cursor, prefix=prefix, tag=tag)
 
     async def prompt_page(
-        self, name: str, versions_after: str | None = None, history_after: str | None = None
+        self,
+        name: str,
+        versions_after: str | None = None,
+        history_after: str | None = None,
+        rollouts_after: str | None = None,
     ) -> PromptPage:
         """The prompt with a page of its versions and a page of its history, newest first: past the first hundred
         versions, ``versions_after`` (the page's ``next_versions``) turns to the older ones, which are otherwise out
         of reach (their promote, archive and compare among them); past the fifty newest changes, ``history_after``
-        (``next_history``) turns to the older changes, as the API's history pages."""
+        (``next_history``) turns to the older changes, as the API's history pages; past the five newest rollouts,
+        ``rollouts_after`` (``next_rollouts``) turns to older ones."""
         workflow = self.prompts.workflow
         prompt = await workflow.require(name)
         shown = PageRequest(limit=VERSIONS_SHOWN, after=decode_cursor(versions_after, 1))
@@ -148,6 +153,14 @@ class ConsoleService:
         history, next_history = paginate(
             await workflow.history(name, history_shown), HISTORY_SHOWN, lambda t: encode_cursor(t.id)
         )
+        rollouts_shown = PageRequest(limit=ROLLOUTS_SHOWN, after=decode_cursor(rollouts_after, 1))
+        rollout_rows = RolloutRepository(self.session)
+        rollouts, next_rollouts = paginate(
+            await rollout_rows.for_prompt(prompt.id, ROLLOUTS_SHOWN + 1, before=rollouts_shown.after_number),
+            ROLLOUTS_SHOWN,
+            lambda r: encode_cursor(r.id),
+        )
+        newest_rollout = rollouts[:1] if rollouts_shown.after is None else await rollout_rows.for_prompt(prompt.id, 1)
         holders = await self._holders(prompt)
         return PromptPage(
             name=prompt.name,
@@ -169,9 +182,10 @@ class ConsoleService:
             older_history=history_shown.after is not None,
             rollback_candidates=await self._rollback_candidates(prompt, holders),
             gates=await prompt_gates(self.session, prompt.name, prompt.id),
-            rollouts=[
-                RolloutOut.of(r) for r in await RolloutRepository(self.session).for_prompt(prompt.id, ROLLOUTS_SHOWN)
-            ],
+            rollouts=[RolloutOut.of(r) for r in rollouts],
+            next_rollouts=next_rollouts,
+            older_rollouts=rollouts_shown.after is not None,
+            newest_rollout=RolloutOut.of(newest_rollout[0]) if newest_rollout else None,
         )
 
     async def _rollback_candidates(self, prompt: Prompt, holders: dict[State, int]) -> list[int]:
