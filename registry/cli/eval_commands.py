@@ -473,6 +473,8 @@ def print_gate(gate: dict[str, Any]) -> None:
     if gate.get("no_regression"):
         needs.append(f"no significant regression (alpha {gate['alpha']:g})")
     click.echo(f"{gate['prompt']} {gate['state']}: {', '.join(needs)}")
+    if gate.get("scoring"):
+        click.echo(f"scored with {gate['scoring']}")
     click.echo(f"set by {gate['updated_by']}, {gate['updated_at']}")
 
 
@@ -493,6 +495,19 @@ def gates_get(client: RegistryClient, as_json: bool, prompt: str, state: str) ->
 @click.option("--min-pass-rate", type=click.FloatRange(0, 1), help="The least pass rate (0 to 1).")
 @click.option("--no-regression", is_flag=True, help="No significant regression against the version holding STATE.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True)
+@click.option(
+    "--scorer",
+    "scorers",
+    multiple=True,
+    help="A scorer the evidence must have been scored with, as JSON (repeatable; without any, a run scored any "
+    "way counts).",
+)
+@click.option(
+    "--scorers-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A JSON or YAML file: a list of scorers, or {scorers: [...], pass_rule: {...}}.",
+)
+@click.option("--pass-rule", help='The evidence\'s pass rule, as JSON: {"all": true} (default), {"min_score": X}...')
 @api_command
 def gates_set(
     client: RegistryClient,
@@ -503,9 +518,18 @@ def gates_set(
     min_pass_rate: float | None,
     no_regression: bool,
     alpha: float,
+    scorers: tuple[str, ...],
+    scorers_file: Path | None,
+    pass_rule: str | None,
 ) -> None:
     """Gate STATE of PROMPT on evaluation evidence (admin scope)."""
     name, version = dataset_ref(dataset)
+    chosen = [json_value(s, "--scorer") for s in scorers]
+    rule = json_value(pass_rule, "--pass-rule") if pass_rule else None
+    if scorers_file is not None:
+        from_file, file_rule = read_scorers(scorers_file)
+        chosen += from_file
+        rule = rule if rule is not None else file_rule
     gate = client.set_gate(
         prompt,
         state,
@@ -514,6 +538,8 @@ def gates_set(
         min_pass_rate=min_pass_rate,
         no_regression=no_regression,
         alpha=alpha,
+        scorers=chosen or None,
+        pass_rule=rule,
     )
     emit(as_json, gate, lambda: print_gate(gate))
 

@@ -129,6 +129,8 @@ def gate_evidence(problem: dict[str, Any]) -> list[str]:
             wanted.append(f"min pass rate {gate['min_pass_rate']:g}")
         if gate.get("no_regression"):
             wanted.append(f"no regression at alpha {gate.get('alpha', 0.05):g}")
+        if gate.get("scorers") and evidence.get("scoring"):
+            wanted.append(f"scored with {evidence['scoring']}")
         lines.append(f"gate on {gate.get('state')}: {', '.join(wanted)}")
     shown = {k: v for k, v in evidence.items() if k not in ("gate", "dataset")}
     if shown:

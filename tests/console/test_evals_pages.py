@@ -364,7 +364,7 @@ async def test_the_promote_dialog_shows_the_gate_and_its_evidence_and_an_admin_m
     async with live_evals.api() as api:
         seed = await seeded(api)
         prompt, name = seed["prompt"], seed["dataset"]
-        gate = {"dataset": {"name": name}, "min_pass_rate": 0.8}
+        gate = {"dataset": {"name": name}, "min_pass_rate": 0.8, "scorers": [{"kind": "exact_match"}]}
         await ok(await api.put(f"/v1/prompts/{quote(prompt, safe='')}/gates/production", json=gate))
         low = {"dataset": {"name": name, "version": seed["dataset_version"]}, "min_pass_rate": 0.3}
         await ok(await api.put(f"/v1/prompts/{quote(prompt, safe='')}/gates/staging", json=low))
@@ -374,8 +374,8 @@ async def test_the_promote_dialog_shows_the_gate_and_its_evidence_and_an_admin_m
     page = await evals_console.signed_in("alice")
     await page.goto(prompt_url)
     assert await page.locator("#gates tbody tr").all_inner_texts() == [
-        f"staging\t{name}@{seed['dataset_version']}\t30.00%\tnot required",
-        f"production\t{name}@latest\t80.00%\tnot required",
+        f"staging\t{name}@{seed['dataset_version']}\t30.00%\tnot required\tany scoring",
+        f"production\t{name}@latest\t80.00%\tnot required\texact_match",
     ]
     await check_page(page, "prompt-gates")
     # v1 passed 40% of the items: enough for staging, whose dialog says so, and the promotion goes through.
@@ -385,6 +385,7 @@ async def test_the_promote_dialog_shows_the_gate_and_its_evidence_and_an_admin_m
     await page.get_by_role("button", name="Promote to staging").click()
     await page.wait_for_url("**?changed=1&to=staging")
     await page.get_by_role("link", name="Promote v1 to production").click()
+    assert " scored with exact_match with a pass rate of at least 80" in await page.locator("#gate-rule").inner_text()
     verdict = page.locator("#gate-verdict")
     assert "v1 does not meet the gate yet." in await verdict.inner_text()
     assert f"run {base_run}" in await verdict.inner_text()

@@ -815,14 +815,23 @@ class RegistryClient(BaseClient):
         min_pass_rate: float | None = None,
         no_regression: bool = False,
         alpha: float = 0.05,
+        scorers: list[dict[str, Any]] | None = None,
+        pass_rule: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Gate ``state``: a version enters it only on a completed run that meets the gate (admin scope)."""
-        body = {
+        """Gate ``state``: a version enters it only on a completed run that meets the gate (admin scope).
+
+        ``scorers`` (and ``pass_rule``) name the scoring a run must have used to count; without them, any.
+        """
+        body: dict[str, Any] = {
             "dataset": {"name": dataset, "version": dataset_version},
             "min_pass_rate": min_pass_rate,
             "no_regression": no_regression,
             "alpha": alpha,
         }
+        if scorers is not None:
+            body["scorers"] = scorers
+        if pass_rule is not None:
+            body["pass_rule"] = pass_rule
         return self._json("PUT", f"/v1/prompts/{encode_name(name)}/gates/{state}", json=body)
 
     def delete_gate(self, name: str, state: str) -> None:
