@@ -189,6 +189,9 @@ async def test_made_up_keys_past_the_bound_get_a_503_problem_with_retry_after(
         reads = Reads(monkeypatch)
         refused = await client.get("/v1/prompts", headers={"Authorization": made_up_key()})
         door = await client.get("/v1/models", headers={"Authorization": made_up_key()})
+        fast = await client.post(
+            "/v1/prompts/greet/render", json={"variables": {}}, headers={"Authorization": made_up_key()}
+        )
         allowed = await client.get("/v1/prompts", headers=header)
         metrics = (await client.get("/metrics")).text
 
@@ -197,8 +200,11 @@ async def test_made_up_keys_past_the_bound_get_a_503_problem_with_retry_after(
     assert body["type"] == "/problems/api_key_lookups_busy"
     assert "unknown ids" in body["detail"]
     assert refused.headers["Retry-After"] == "1000"
+    assert fast.status_code == 503
+    assert problem(fast)["type"] == "/problems/api_key_lookups_busy"
+    assert fast.headers["Retry-After"] == "1000"
     assert door.status_code == 503
     assert openai_problem(door)["type"] == "/problems/api_key_lookups_busy"
     assert allowed.status_code == 200
     assert reads.ids == []
-    assert 'registry_api_key_lookups_refused_total{bound="rate"} 2.0' in metrics
+    assert 'registry_api_key_lookups_refused_total{bound="rate"} 3.0' in metrics
