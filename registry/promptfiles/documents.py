@@ -351,6 +351,13 @@ def is_name(name: str) -> bool:
     return len(name) <= 128 and _NAME.match(name) is not None
 
 
+def hidden(path: Path, root: Path) -> bool:
+    """Whether a file or a folder above it (below ``root``) is hidden: ``.github/workflows/ci.yml``, macOS's
+    ``._greet.yaml`` beside each file copied to another disk or archived. No prompt name starts with '.', so such
+    a file is never a prompt file, and reading it would refuse the whole sync."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def inside(path: Path, root: Path) -> bool:
     """Whether ``path``, links followed, lies below ``root``: a link in the folder may not lead a sync
     to read, or an export to write, a file elsewhere (a key, a shell profile)."""
@@ -465,12 +472,13 @@ def _check_templates(document: PromptDocument, source: str) -> None:
 
 
 def load_folder(root: Path) -> tuple[list[tuple[Path, PromptDocument]], list[str]]:
-    """Every prompt file under ``root``, and every problem found in them (empty when all is well)."""
+    """Every prompt file under ``root`` (hidden ones left out), and every problem found in them (empty when all is
+    well)."""
     found: list[tuple[Path, PromptDocument]] = []
     problems: list[str] = []
     if not root.is_dir():
         return [], [f"{root}: not a folder"]
-    paths = sorted(p for p in root.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+    paths = sorted(p for p in root.rglob("*") if p.suffix in SUFFIXES and p.is_file() and not hidden(p, root))
     for path in paths:
         if not inside(path, root):
             problems.append(f"{path}: a link to a file outside {root}, not read")
