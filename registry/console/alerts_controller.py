@@ -38,9 +38,17 @@ class AlertPagesController(Controller):
         alerts: NamedDependency[ConsoleAlerts],
         page: NamedDependency[PageRequest],
         status: Annotated[Literal["", "firing", "resolved"], QueryParameter()] = "",
+        rules_after: Annotated[str | None, QueryParameter(name="rules", max_length=200)] = None,
     ) -> Template:
-        view = await alerts.page(page, status=status)
-        return render(request, "alerts.html", view=view, section="alerts")
+        view = await alerts.page(page, status=status, rules_after=rules_after)
+        return render(
+            request,
+            "alerts.html",
+            view=view,
+            incidents_at=request.query_params.get("cursor") or "",
+            rules_at=rules_after or "",
+            section="alerts",
+        )
 
 
 __all__ = ["AlertPagesController"]
