@@ -39,14 +39,28 @@ class Listener:
     def __init__(self, key: str = "") -> None:
         self.key = key  # the API key's public id
         self.queue: asyncio.Queue[FeedItem] = asyncio.Queue(QUEUE_SIZE)
+        self.closing = False
 
     def offer(self, item: FeedItem) -> None:
+        """Queue the item; a full queue becomes one ``reset``. The close goes first, alone, and stays last: a
+        listener behind on its changes (whose close would otherwise wait behind them, or be dropped for a
+        ``reset`` when its queue was full) must not hold a draining process open."""
+        if self.closing:
+            return
+        if item.change is None and not item.reset:
+            self.closing = True
+            self._clear()
+            self.queue.put_nowait(item)
+            return
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
-            while not self.queue.empty():
-                self.queue.get_nowait()
+            self._clear()
             self.queue.put_nowait(FeedItem(change=None, reset=True))
+
+    def _clear(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
 
 
 class FeedHub:
