@@ -198,6 +198,8 @@ async def test_a_gate_set_without_scorers_takes_a_run_scored_any_way_as_gates_di
         ({"scorers": [{"kind": "judge", "prompt": "bad-input", "label": "canary"}]}, "scorers[0].label"),
         ({"scorers": EXACT, "pass_rule": {"min_passed": 2}}, "pass_rule.min_passed"),
         ({"pass_rule": {"all": True}}, "scorers"),
+        ({"scorers": ["exact_match"]}, "scorers[0]"),
+        ({"scorers": []}, "scorers"),
     ],
     ids=[
         "unknown-kind",
@@ -209,6 +211,8 @@ async def test_a_gate_set_without_scorers_takes_a_run_scored_any_way_as_gates_di
         "unknown-label",
         "pass-rule-beyond-scorers",
         "pass-rule-without-scorers",
+        "scorer-not-an-object",
+        "no-scorers",
     ],
 )
 async def test_a_bad_scorer_is_a_422_naming_it_and_sets_no_gate(
