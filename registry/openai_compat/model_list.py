@@ -9,16 +9,13 @@ costs at most two queries of at most ``limit + 1`` rows.
 
 from __future__ import annotations
 
-import calendar
-from datetime import datetime
-
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.configs.repository import ConfigRepository
 from registry.lib.errors import FieldError, InvalidInputError
 from registry.openai_compat.repository import CallableModelRepository
 from registry.openai_compat.schemas import ModelList, ModelOut
-from registry.openai_compat.service import OWNER
+from registry.openai_compat.service import OWNER, epoch_seconds
 from registry.prompts.repository import PromptRepository
 
 _KINDS = (("prompt", PromptRepository), ("config", ConfigRepository))
@@ -43,10 +40,6 @@ def list_position(after: str | None) -> tuple[int, str | None]:
     )
 
 
-def _seconds(moment: datetime) -> int:
-    return calendar.timegm(moment.utctimetuple())
-
-
 class ModelPages:
     def __init__(self, session: AsyncSession, *, max_limit: int) -> None:
         self.models = CallableModelRepository(session)
@@ -66,7 +59,7 @@ class ModelPages:
             rows = await self.models.in_production(repository, after=name, limit=limit - len(data) + 1)
             name = None
             data += [
-                ModelOut(id=f"{kind}:{row_name}", created=_seconds(created_at), owned_by=OWNER)
+                ModelOut(id=f"{kind}:{row_name}", created=epoch_seconds(created_at), owned_by=OWNER)
                 for row_name, created_at in rows
             ]
             if len(data) > limit:

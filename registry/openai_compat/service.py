@@ -43,10 +43,9 @@ from registry.lib.errors import (
     problem_body,
     translate_and_log,
 )
-from registry.lib.pagination import PageRequest
 from registry.lib.promotion import State
 from registry.lib.single_flight import SingleFlight
-from registry.lib.versioned import VersionedRepository, VersionWorkflow
+from registry.lib.versioned import VersionWorkflow
 from registry.lib.versioned_schemas import Label
 from registry.openai_compat.errors import ModelNotFoundError, PromptKindMismatchError
 from registry.openai_compat.schemas import (
@@ -57,7 +56,6 @@ from registry.openai_compat.schemas import (
     ChatCompletionRequest,
     ErrorDetail,
     ErrorOut,
-    ModelList,
     ModelOut,
     OpenAIRequest,
     RegistryFacts,
@@ -74,7 +72,6 @@ from registry.prompts.schemas import Labels, LinkedConfig, Message, RenderOut
 
 OWNER = "prompt-registry"
 _MODEL = re.compile(r"^(prompt|config):([^@\s]+)(?:@(production|staging|latest|[1-9][0-9]{0,9}))?$")
-_LIST_PAGE = 500
 
 
 # --------------------------------------------------------------------------- the model a request names
@@ -491,12 +488,12 @@ class OpenAIChunks:
 # --------------------------------------------------------------------------- the models a key may call
 
 
-def _seconds(moment: datetime) -> int:
+def epoch_seconds(moment: datetime) -> int:
     return calendar.timegm(moment.utctimetuple())
 
 
 class ModelListing:
-    """Every prompt and config with a production version, as OpenAI's model list, and one model of them."""
+    """One model a key may call, as ``models.retrieve`` reads it (the list is ``model_list.ModelPages``'s)."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.prompts = PromptRepository(session)
@@ -515,29 +512,4 @@ class ModelListing:
             )
         except NotFoundError as exc:
             raise ModelNotFoundError(f"the model '{model}' does not exist: {exc.detail}") from exc
-        return ModelOut(id=model, created=_seconds(resource.created_at), owned_by=OWNER)
-
-    async def models(self) -> ModelList:
-        data = [
-            *await self._callable("prompt", self.prompts),
-            *await self._callable("config", self.configs),
-        ]
-        return ModelList(data=data)
-
-    @staticmethod
-    async def _callable(kind: str, repository: VersionedRepository[Any, Any, Any]) -> list[ModelOut]:
-        found: list[ModelOut] = []
-        page = PageRequest(limit=_LIST_PAGE, after=None)
-        while True:
-            rows = list(await repository.list_resources(page, prefix=None, tag=None))
-            more = len(rows) > _LIST_PAGE
-            rows = rows[:_LIST_PAGE]
-            held = await repository.holder_numbers([row.id for row in rows])
-            found += [
-                ModelOut(id=f"{kind}:{row.name}", created=_seconds(row.created_at), owned_by=OWNER)
-                for row in rows
-                if State.PRODUCTION in held[row.id]
-            ]
-            if not more:
-                return found
-            page = PageRequest(limit=_LIST_PAGE, after=(rows[-1].name,))
+        return ModelOut(id=model, created=epoch_seconds(resource.created_at), owned_by=OWNER)
