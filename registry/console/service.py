@@ -372,7 +372,7 @@ class ConsoleExperiments:
 
 USAGE_ROWS = 10_000  # as GET /v1/usage: a window with more (day, group) rows says so
 GUARDED_ROWS = 20_000  # guarded completions counted per guard on the usage page (the newest of the period)
-KEYS_SHOWN = 500
+KEYS_PAGE = 500  # keys read a page at a time for the usage page's labels and budgets
 SECRET_WAITS = timedelta(minutes=5)  # a new key's secret waits this long for the page that shows it once
 
 
@@ -432,8 +432,15 @@ class ConsoleAccess:
         return UsagePage(by, days, first, last, figures, truncated, budgets, guards)
 
     async def _all_keys(self, *, include_revoked: bool) -> list[ApiKey]:
-        found = await self.keys.list_keys(PageRequest(limit=KEYS_SHOWN, after=None), include_revoked=include_revoked)
-        return list(found[:KEYS_SHOWN])
+        """Every key, a page at a time: the usage page names each key and lists each budget, past the first 500 too."""
+        keys: list[ApiKey] = []
+        page = PageRequest(limit=KEYS_PAGE, after=None)
+        while True:
+            found = await self.keys.list_keys(page, include_revoked=include_revoked)
+            keys.extend(found[:KEYS_PAGE])
+            if len(found) <= KEYS_PAGE:
+                return keys
+            page = PageRequest(limit=KEYS_PAGE, after=(keys[-1].id,))
 
     async def _budgets(self, keys: list[ApiKey]) -> dict[str, BudgetRow]:
         """Budgeted keys only: one query for the budgets, then each budgeted key's spend."""
