@@ -26,6 +26,7 @@ from registry.auth.audit import AuditLog
 from registry.auth.principal import Actor
 from registry.db.base import utcnow
 from registry.db.text import without_nul
+from registry.lib.http_client import read_at_most
 from registry.webhooks.guard import AddressGuard, AddressRefusedError, WebhookHttp
 from registry.webhooks.models import Webhook, WebhookDelivery
 from registry.webhooks.repository import WebhookRepository
@@ -41,17 +42,6 @@ PURGE_BATCH = 1000
 ANSWER_HEAD = 200  # bytes of a receiver's answer kept in the delivery log; the rest is never read
 DISPATCHER = Actor("webhook-dispatcher")  # who disables a failing webhook, in the audit log
 GONE_REASON = "the receiver answered 410 Gone"
-
-
-async def _answer_head(response: aiohttp.ClientResponse) -> bytes:
-    """The first ``ANSWER_HEAD`` bytes of a failure's answer: one of gigabytes is not read whole into memory."""
-    head = b""
-    while len(head) < ANSWER_HEAD:
-        chunk = await response.content.read(ANSWER_HEAD - len(head))
-        if not chunk:
-            break
-        head += chunk
-    return head
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +253,7 @@ class WebhookDispatcher:
                 status_code = response.status
                 # A 2xx answer's body means nothing: its status is the receipt, however long the body trickles.
                 succeeded = 200 <= status_code < 300
-                answer = "" if succeeded else (await _answer_head(response)).decode(errors="replace")
+                answer = "" if succeeded else (await read_at_most(response, ANSWER_HEAD))[0].decode(errors="replace")
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"), sent_at)
             if succeeded:
                 self._outcomes.labels("succeeded").inc()
