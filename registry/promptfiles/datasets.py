@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.lib.schema import NAME_PATTERN
+from registry.promptfiles.documents import hidden
 
 FOLDER = "datasets"
 SUFFIX = ".jsonl"
@@ -87,13 +88,14 @@ def same_items(local: bytes, remote: bytes) -> bool:
 
 
 def load_datasets(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
-    """Every dataset file under ``root/datasets`` as (name, file), and every problem found in them."""
+    """Every dataset file under ``root/datasets`` as (name, file), hidden ones left out (see ``hidden``), and every
+    problem found in them."""
     folder = root / FOLDER
     if not folder.is_dir():
         return [], []
     found: list[tuple[str, Path]] = []
     problems: list[str] = []
-    for path in sorted(p for p in folder.rglob(f"*{SUFFIX}") if p.is_file()):
+    for path in sorted(p for p in folder.rglob(f"*{SUFFIX}") if p.is_file() and not hidden(p, folder)):
         if not path.resolve().is_relative_to(root.resolve()):  # a link may not make a sync push a file elsewhere
             problems.append(f"{path}: a link to a file outside {root}, not read")
             continue

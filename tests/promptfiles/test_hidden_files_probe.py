@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from registry.promptfiles.datasets import load_datasets
 from registry.promptfiles.documents import load_folder
 
 APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x02"  # the header of a ._ file
@@ -33,3 +34,13 @@ def test_a_folder_that_is_itself_hidden_is_read(tmp_path: Path) -> None:
     (folder / "greet.yaml").write_text("template: Hello\n")
     found, problems = load_folder(folder)
     assert (problems, [document.name for _, document in found]) == ([], ["greet"])
+
+
+def test_hidden_dataset_files_are_left_out(tmp_path: Path) -> None:
+    folder = tmp_path / "prompts"
+    (folder / "datasets" / ".cache").mkdir(parents=True)
+    (folder / "datasets" / "cases.jsonl").write_text('{"variables": {"name": "Ada"}}\n')
+    (folder / "datasets" / "._cases.jsonl").write_bytes(APPLE_DOUBLE)
+    (folder / "datasets" / ".cache" / "old.jsonl").write_text("not json\n")
+    datasets, problems = load_datasets(folder)
+    assert (problems, [name for name, _ in datasets]) == ([], ["cases"])
