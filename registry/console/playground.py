@@ -162,7 +162,8 @@ class Playground:
     async def view(self, name: str, selection: Selection) -> PlaygroundView:
         """The pickers' choices and the versions they chose; the version defaults to production, else the latest."""
         async with self.sessionmaker() as session:
-            workflow = PromptService(session, self.limits).workflow
+            prompts = PromptService(session, self.limits)
+            workflow = prompts.workflow
             prompt = await workflow.require(name)
             listed = list(
                 (await workflow.list_versions(name, PageRequest(limit=VERSIONS_LISTED, after=None), state=None))[
@@ -171,7 +172,9 @@ class Playground:
             )
             configs = await PlaygroundRepository(session).config_versions(CONFIG_VERSIONS_LISTED)
             by_number = {version.number: version for version in listed}
-            production = next((v.number for v in listed if v.state == State.PRODUCTION.value), None)
+            # From the holders, not the versions listed: production may be older than the newest hundred.
+            held = (await prompts.repository.holders(prompt.id)).get(State.PRODUCTION)
+            production = held.number if held is not None else None
             first = selection.version or production or (prompt.latest_version or None)
             if first is None:
                 raise InvalidInputError(f"prompt '{name}' has no versions yet; create one to try it here")
