@@ -143,6 +143,12 @@ class RolloutService:
         metrics = [g.metric for g in data.guardrails]
         if len(set(metrics)) != len(metrics):
             problems.append(FieldError("guardrails", "each metric may be a guardrail once"))
+        known = await self.experiments.metrics.by_keys(metrics)
+        problems += [
+            FieldError(f"guardrails[{i}].metric", f"no metric is named '{metric}'")
+            for i, metric in enumerate(metrics)
+            if metric not in known
+        ]
         production = (await workflow.repository.holders(prompt.id)).get(State.PRODUCTION)
         if production is None:
             problems.append(FieldError("candidate_version", f"prompt '{name}' has no production version to compare"))
