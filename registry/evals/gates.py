@@ -333,6 +333,7 @@ class EvalGateCheck:
         comparison: PairedComparison[Any] | None = None
         baseline_label = f"the {check.to.value} version"
         missing = ""
+        baseline: EvalRun | None = None
         current: PromptVersion | None = check.current
         if gate.no_regression and current is not None:
             paired, paired_version, holders_own = _baseline_config(version, current, run)
@@ -355,6 +356,8 @@ class EvalGateCheck:
                     f" scored alike: run {unlike_id} was scored with {describe(unlike_scoring)}, "
                     f"{_run_label(run, version)} with {describe(run_scoring)}"
                 )
+        compared = [(baseline, current)] if baseline is not None and current is not None else []
+        fallbacks = await _fallback_answers(repository, run, version, compared)
         verdict = evaluate_gate(
             Gate(min_pass_rate=gate.min_pass_rate, no_regression=gate.no_regression, alpha=gate.alpha),
             summary,
@@ -365,12 +368,42 @@ class EvalGateCheck:
             baseline_missing=missing,
         )
         evidence["config"] = f"{run.config}@{run.config_version}"
-        return list(verdict.failures), {
+        if fallbacks:
+            evidence["fallback_answers"] = {label: count for label, count, _ in fallbacks}
+        return [*verdict.failures, *(failure for _, _, failure in fallbacks)], {
             **evidence,
             **verdict.evidence,
             "run_id": run.id,
             "run_prompt_version": run.prompt_version,
         }
+
+
+async def _fallback_answers(
+    repository: EvalRepository,
+    run: EvalRun,
+    version: PromptVersion,
+    baselines: Sequence[tuple[EvalRun, PromptVersion]],
+) -> list[tuple[str, int, str]]:
+    """(run label, items, failure) for each run of the verdict some of whose items the fallback answered.
+
+    A fallback config is another model: its answers are no evidence of the config the run names, whose
+    backend failed on those items, and a pass rate or a paired comparison that holds them measures a mix.
+    """
+    found = []
+    for each, of in [(run, version), *baselines]:
+        count = await repository.fallback_answers(each.id)
+        if count:
+            label = _run_label(each, of)
+            found.append(
+                (
+                    label,
+                    count,
+                    f"{label}: {count} of {each.total_items} items were answered by the fallback of config "
+                    f"{each.config}@{each.config_version}, which is no evidence of that config; "
+                    "run it again once its backend answers",
+                )
+            )
+    return found
 
 
 def _versions(numbers: Sequence[int]) -> str:

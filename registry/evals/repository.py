@@ -301,6 +301,11 @@ class EvalRepository:
         )
         return [(p, bool(ok), s, st) for p, ok, s, st in (await self.session.execute(query)).all()]
 
+    async def fallback_answers(self, run_id: int) -> int:
+        """How many of the run's items its config's fallback answered."""
+        query = select(func.count()).where(EvalRunItem.run_id == run_id, EvalRunItem.fallback_used.is_(True))
+        return int((await self.session.execute(query)).scalar_one())
+
     async def completed_run_scorings(
         self,
         *,
