@@ -58,7 +58,8 @@ class AlertRuleController(Controller):
         opt={"scope": Scope.ADMIN},
         operation_id="updateAlertRule",
         summary="Change an alert rule",
-        description="Disabling a rule resolves its firing incidents (resolution `rule_disabled`).",
+        description="Disabling a rule resolves its firing incidents (resolution `rule_disabled`); so does a new "
+        "scope or grouping (resolution `rule_changed`): its series are others from then on.",
     )
     async def update_rule(
         self,

@@ -95,7 +95,7 @@ class AlertIncident(IdMixin, Base):
     threshold: Mapped[float] = mapped_column(Double)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     resolved_at: Mapped[datetime | None]
-    resolution: Mapped[str | None] = mapped_column(String(64))  # cleared, rule_disabled, rule_deleted
+    resolution: Mapped[str | None] = mapped_column(String(64))  # cleared, rule_disabled, rule_deleted, rule_changed
 
 
 # Rollbacks in a window are read by time; ``rollout_events`` had an index on its rollout only.

@@ -135,7 +135,7 @@ class IncidentOut(Output):
     threshold: float
     started_at: datetime
     resolved_at: datetime | None
-    resolution: str | None  # cleared, rule_disabled, rule_deleted
+    resolution: str | None  # cleared, rule_disabled, rule_deleted, rule_changed
 
     @classmethod
     def of(cls, incident: AlertIncident) -> IncidentOut:

@@ -158,6 +158,13 @@ class AlertService:
     async def update(self, rule_id: int, data: UpdateRule, actor: Actor) -> AlertRule:
         rule = await self.require(rule_id, for_update=True)
         before = self._snapshot(rule)
+        regrouped = (data.scope is not UNSET and _scope_values(data.scope) != before["scope"]) or (
+            data.group_by is not UNSET and data.group_by != rule.group_by
+        )
+        if regrouped:
+            # Its firing incidents are of series the rule no longer has (another prompt, another grouping): resolved
+            # now, described as they fired, rather than merged into the new series or resolved later as cleared.
+            await self._close_all(rule, "rule_changed", actor)
         for field in ("threshold", "window_seconds", "for_seconds", "resolve_threshold", "min_count", "description"):
             value = getattr(data, field)
             if value is not UNSET:
@@ -172,8 +179,8 @@ class AlertService:
             rule.enabled = data.enabled
             if not rule.enabled:
                 await self._close_all(rule, "rule_disabled", actor)
-        if before["scope"] != self._snapshot(rule)["scope"] or before["group_by"] != rule.group_by:
-            rule.pending = {}  # other series now: waits start again (firing ones resolve when they clear)
+        if regrouped:
+            rule.pending = {}  # other series now: waits start again
         rule.updated_at = utcnow()
         rule.updated_by = actor.name
         await self.session.flush()
