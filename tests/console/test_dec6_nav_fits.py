@@ -35,6 +35,7 @@ LAYOUT = """() => {
     nav: box(document.querySelector('.mainnav')),
     brand: box(document.querySelector('.brand')),
     who: box(document.querySelector('.who')),
+    nameCut: (() => { const n = document.querySelector('.who-name'); return n.scrollWidth > n.clientWidth; })(),
     overflow: bar.scrollWidth - bar.clientWidth,
   };
 }"""
@@ -57,6 +58,7 @@ async def test_an_admins_sections_fit_on_one_line_at_1280_pixels_beside_a_long_k
     found = await layout(page)
     assert found["brand"]["right"] <= found["nav"]["left"]
     assert found["links"][-1]["right"] <= found["who"]["left"]
+    assert not found["nameCut"]  # "admin" is shown whole beside them
     # The bar's single row: the brand, every section and the sign-out share one line.
     assert abs(found["brand"]["top"] - found["links"][0]["top"]) < 10
     await check_page(page, "console_nav_1280")
