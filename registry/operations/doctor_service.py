@@ -85,12 +85,21 @@ class DoctorService:
 
     @staticmethod
     async def _probe(client: httpx.AsyncClient, backend: BackendSettings) -> str | None:
-        """A cheap request: the backend's model list (vLLM and other OpenAI-compatible servers serve it)."""
+        """A cheap request: the backend's model list (vLLM and other OpenAI-compatible servers serve it).
+
+        Only its status is read, within ``PROBE_TIMEOUT_SECONDS`` in all: the client's timeout bounds each read,
+        so a body sent slowly, or without end, would otherwise hold the report (and the process's memory) open."""
         headers = {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
         try:
-            response = await client.get(f"{backend.url.rstrip('/')}/v1/models", headers=headers)
+            async with (
+                asyncio.timeout(PROBE_TIMEOUT_SECONDS),
+                client.stream("GET", f"{backend.url.rstrip('/')}/v1/models", headers=headers) as response,
+            ):
+                status = response.status_code
+        except TimeoutError:
+            return f"GET /v1/models gave no answer within {PROBE_TIMEOUT_SECONDS:g} s"
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if response.status_code >= 400:
-            return f"GET /v1/models answered {response.status_code}"
+        if status >= 400:
+            return f"GET /v1/models answered {status}"
         return None
