@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -246,11 +246,14 @@ class CompletionStream:
     """A started completion: its metadata, and its events made with any encoder, once.
 
     Until ``encoded`` (or ``events``) is called and its generator started, nothing reads the upstream
-    stream; a started generator that is dropped is closed by asyncio, which closes the upstream.
+    stream; a started generator that is dropped is closed by asyncio, which closes the upstream. One
+    that is never started holds the backend's slot and the key's budget hold until ``discard``, which a
+    holder of streams that may never be read (the playground's sides) calls however it ends.
     """
 
     meta: CompletionMeta
     source: Callable[[StreamEncoder[Any]], AsyncGenerator[Any, None]]
+    discard: Callable[[], Awaitable[None]]
 
     def encoded(self, encoder: StreamEncoder[Part]) -> AsyncGenerator[Part, None]:
         return self.source(encoder)
@@ -646,7 +649,9 @@ class CompletionService:
         key = self._cache_key(run)
         if await self._from_caches(run, key, data):
             await self._guard_output(run)  # whole, before the replay: a block is a problem, not an error event
-            return CompletionStream(self._meta(run), functools.partial(self._replay, run))
+            return CompletionStream(
+                self._meta(run), functools.partial(self._replay, run), functools.partial(self._discard, run, None)
+            )
         await self._reserve(run, overrides)
         try:
             upstream = await self._open(run, overrides)
@@ -662,7 +667,21 @@ class CompletionService:
         except Exception as exc:
             self._fail_unexpectedly(run, exc)
             raise
-        return CompletionStream(self._meta(run), functools.partial(self._relay, run, upstream, key))
+        return CompletionStream(
+            self._meta(run),
+            functools.partial(self._relay, run, upstream, key),
+            functools.partial(self._discard, run, upstream),
+        )
+
+    async def _discard(self, run: Run, upstream: UpstreamStream | None) -> None:
+        """End a run whose events may never have been read: recorded as cancelled, its upstream closed.
+        Nothing more once they were read to the end (recorded, closed) or closed."""
+        if not run.recorded:
+            if upstream is not None:
+                run.absorb(upstream)
+            self._record(run)
+        if upstream is not None:
+            await upstream.close()
 
     async def _replay(self, run: Run, encoder: StreamEncoder[Part]) -> AsyncGenerator[Part, None]:
         self._record(run)

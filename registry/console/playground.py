@@ -253,7 +253,17 @@ class Playground:
             except RegistryError as exc:
                 return OpenedRun(side, None, exc)
 
-        return list(await asyncio.gather(*(open_one(side) for side in view.sides)))
+        opening = [asyncio.create_task(open_one(side)) for side in view.sides]
+        try:
+            return [await task for task in opening]
+        except BaseException:
+            # The page was left (or a side failed unexpectedly): the sides that opened are never read.
+            for task in opening:
+                task.cancel()
+            for outcome in await asyncio.gather(*opening, return_exceptions=True):
+                if isinstance(outcome, OpenedRun) and outcome.stream is not None:
+                    await outcome.stream.discard()
+            raise
 
 
 # --------------------------------------------------------------------------- side by side
@@ -280,6 +290,7 @@ class Interleaved:
     def __init__(self, runs: Sequence[OpenedRun], on_failure: Callable[[Exception], RegistryError]) -> None:
         self._queue: asyncio.Queue[SideEvent] = asyncio.Queue()
         self._on_failure = on_failure
+        self._streams = [run.stream for run in runs if run.stream is not None]
         self._tasks = [
             asyncio.create_task(self._read(run.side.key, run.stream)) for run in runs if run.stream is not None
         ]
@@ -307,3 +318,5 @@ class Interleaved:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for stream in self._streams:  # a task cancelled before its first step never started its stream
+            await stream.discard()

@@ -211,16 +211,23 @@ class PlaygroundController(Controller):
             return self._page(
                 request, view, viewer, values=values, max_tokens=max_tokens_text, runs=runs, status_code=_status(runs)
             )
-        marker = f"<!--stream-{secrets.token_hex(16)}-->"
-        page = self._page(request, view, viewer, values=values, max_tokens=max_tokens_text, runs=runs, marker=marker)
-        environment = _environment(request)
-        head, tail = environment.get_template(page.template_name or "").render(**page.context).split(marker)
-        parts = environment.get_template("playground-parts.html").module
         path = request.url.path
+        # The runs start reading now, so each is read to its end and recorded whether or not the page is sent.
+        interleaved = Interleaved(runs, lambda exc: translate_and_log(exc, path))
+        try:
+            marker = f"<!--stream-{secrets.token_hex(16)}-->"
+            page = self._page(
+                request, view, viewer, values=values, max_tokens=max_tokens_text, runs=runs, marker=marker
+            )
+            environment = _environment(request)
+            head, tail = environment.get_template(page.template_name or "").render(**page.context).split(marker)
+            parts = environment.get_template("playground-parts.html").module
+        except BaseException:
+            await interleaved.close()
+            raise
 
         async def written() -> AsyncIterator[bytes]:
             """The page as the runs go: head, each side's deltas and outcome as they come, tail."""
-            interleaved = Interleaved(runs, lambda exc: translate_and_log(exc, path))  # the runs start reading now
             try:
                 yield head.encode()
                 async for event in interleaved.events():
