@@ -291,6 +291,7 @@ class AsyncRegistryClient(BaseClient):
             return
         self._closed = True
         self._close_deadline = time.monotonic() + self._options.batches.close_timeout
+        self._core.outbox.close()
         self._closing.set()
         if self._watcher is not None:
             self._watcher.cancel()

@@ -84,7 +84,8 @@ class BaseClient:
         ``BatchPolicy.flush_interval``, retried when the service is away, and flushed on
         ``close()``, on leaving a ``with`` block and at interpreter exit. Each event gets an
         idempotency key (returned; pass your own to deduplicate across processes), so an
-        event sent twice is counted once.
+        event sent twice is counted once. Once the client is closed nothing would send it: the
+        event is dropped, counted in ``dropped_events``, with a warning the first time.
 
         Example::
 
@@ -106,7 +107,7 @@ class BaseClient:
 
     @property
     def dropped_events(self) -> int:
-        """Events and exposures not sent: the queue was full, or the service refused them as invalid."""
+        """Events and exposures not sent: the queue was full, the client was closed, or the service refused them."""
         return self._core.outbox.dropped + self._core.outbox.rejected
 
 

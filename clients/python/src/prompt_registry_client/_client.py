@@ -325,6 +325,7 @@ class RegistryClient(BaseClient):
                 return
             self._closed = True
             self._close_deadline = time.monotonic() + self._options.batches.close_timeout
+        self._core.outbox.close()
         self._closing.set()
         if self._feed is not None:
             _interrupt(self._feed)

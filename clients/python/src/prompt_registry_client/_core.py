@@ -289,6 +289,7 @@ class Core:
             ttl=cache.ttl, max_entries=cache.max_entries, group=lambda name: name, clock=self._now
         )
         self.outbox = Outbox(batches)
+        self._warned_closed = False
         self.unreachable_until = 0.0  # clock time until which calls with a fallback do not wait for the service
         self.registry_down = False  # the last request for a prompt or experiments found the registry unreachable
         self.send_again_in: float | None = None  # the Retry-After of the last batch refused (429, 503)
@@ -400,6 +401,16 @@ class Core:
     def _expose(self, assignment: ExperimentAssignment, unit: str, variant: Variant) -> None:
         if self.outbox.add_exposure(assignment.key, assignment.phase, unit, variant.key):
             self.on_queued()
+        elif self.outbox.closed:
+            self._dropped_after_close()
+
+    def _dropped_after_close(self) -> None:
+        """Say once that the client is closed: what is tracked now is dropped, not queued for no one to send."""
+        if not self._warned_closed:
+            self._warned_closed = True
+            logger.warning(
+                "the client is closed: events and exposures recorded from now on are dropped (see dropped_events)"
+            )
 
     def _prompt(self, key: CacheKey, fallback: FallbackTemplate | None) -> Flow[Prompt]:
         freshness, entry = self.prompts.lookup(key)
@@ -645,6 +656,8 @@ class Core:
             event["experiment"] = experiment
         if self.outbox.add("events", event):
             self.on_queued()
+        elif self.outbox.closed:
+            self._dropped_after_close()
         elif (dropped := self.outbox.dropped) & (dropped - 1) == 0:  # the 1st, 2nd, 4th...: an outage is no log flood
             logger.warning(
                 "dropped %d events and exposures so far: %d are waiting to be sent",

@@ -1,7 +1,8 @@
 """Tracked events and exposures waiting to be sent, in batches, by a background worker.
 
 Adding never blocks and never raises: when ``max_pending`` are waiting, new items are
-dropped and counted. Each event carries its idempotency key from the moment it is
+dropped and counted; so are those added once the client is closed (nothing would send
+them). Each event carries its idempotency key from the moment it is
 tracked, so a batch sent again after a lost answer is counted once by the service.
 """
 
@@ -27,10 +28,16 @@ class Outbox:
         self.dropped = 0  # not queued: the outbox was full
         self.rejected = 0  # refused by the service (invalid), not retried
         self.sent = 0
+        self.closed = False  # the client closed: nothing sends what is added now
+
+    def close(self) -> None:
+        """Refuse what is added from now on (dropped and counted): the client that sends it has closed."""
+        with self._lock:
+            self.closed = True
 
     def add(self, kind: BatchKind, item: dict[str, Any]) -> bool:
         with self._lock:
-            if self._pending() >= self.policy.max_pending:
+            if self.closed or self._pending() >= self.policy.max_pending:
                 self.dropped += 1
                 return False
             self._queues[kind].append(item)
@@ -42,7 +49,7 @@ class Outbox:
         with self._lock:
             if seen in self._exposed:
                 return False
-            if self._pending() >= self.policy.max_pending:
+            if self.closed or self._pending() >= self.policy.max_pending:
                 self.dropped += 1  # not remembered: the unit's next exposure is queued once there is room
                 return False
             self._exposed[seen] = None
