@@ -88,6 +88,25 @@ class ArchiveWriter:
             partial.unlink(missing_ok=True)
 
 
+def is_backup(path: Path) -> bool:
+    """Whether ``path`` is a registry backup archive, read only as far as its first member (its manifest)."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            first = tar.next()
+            handle = tar.extractfile(first) if first is not None and first.name == MANIFEST else None
+            manifest = json.load(handle) if handle is not None else None
+    except (ValueError, *UNREADABLE):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME
+
+
+def may_write_over(path: Path) -> bool:
+    """Whether a backup may be written to ``path``: nothing there yet, an empty file, or an earlier backup."""
+    if not path.exists():
+        return True
+    return path.is_file() and (path.stat().st_size == 0 or is_backup(path))
+
+
 @contextmanager
 def writing(target: Path) -> Iterator[ArchiveWriter]:
     """A writer whose staging folder sits beside the target (same disk), removed afterwards."""

@@ -20,7 +20,12 @@ from registry.db.base import Base, utcnow
 from registry.db.migrate import alembic_config
 from registry.db.models import __all__ as _every_model  # noqa: F401 (the metadata must hold every table)
 from registry.operations import archive
-from registry.operations.errors import DatabaseNotEmptyError, InvalidArchiveError, SchemaMismatchError
+from registry.operations.errors import (
+    BackupTargetError,
+    DatabaseNotEmptyError,
+    InvalidArchiveError,
+    SchemaMismatchError,
+)
 from registry.operations.repository import TableRepository
 from registry.operations.tables import FORMAT_VERSION, archived_tables, codecs, decode_row, encode_row, groups_for
 
@@ -46,7 +51,14 @@ def revision_order() -> list[str]:
 
 
 async def backup(engine: AsyncEngine, target: Path, *, include: frozenset[str]) -> BackupSummary:
-    """Write the archive; ``include`` names the optional groups (exposures, events, usage)."""
+    """Write the archive; ``include`` names the optional groups (exposures, events, usage).
+
+    An existing file is written over only when it is empty or an earlier backup: ``registry backup registry.db``
+    (read as "back up registry.db") replaced the SQLite database itself with its archive."""
+    if not archive.may_write_over(target):
+        raise BackupTargetError(
+            f"{target} exists and is not a registry backup (the database itself?): name a new file for the archive"
+        )
     groups = groups_for(include)
     tables = archived_tables(Base.metadata, groups)
     async with engine.connect() as connection:

@@ -29,3 +29,10 @@ class DatabaseNotEmptyError(ConflictError):
 
     type = "database_not_empty"
     title = "Database not empty"
+
+
+class BackupTargetError(ConflictError):
+    """A backup writes over an earlier backup archive only: the file named holds something else (the database)."""
+
+    type = "backup_target_taken"
+    title = "Backup target holds something else"
