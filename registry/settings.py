@@ -210,7 +210,7 @@ class Settings(BaseSettings):
         4,
         ge=0,
         description="Of those reads, how many may run at once per process (each holds a database connection); "
-        "past it, 503 at once rather than a wait. 0 is unlimited.",
+        "16 times as many wait their turn, past which they get 503 at once. 0 is unlimited.",
     )
     rate_limit_per_minute: int = Field(
         0,

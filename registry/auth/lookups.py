@@ -4,8 +4,10 @@ A well-formed key with a made-up id misses every cache, so without a bound a cli
 sending thousands of distinct made-up keys a second made as many database reads (the
 5-second negative cache is per id and never hit by random ids). Reads of such ids are
 admitted at most ``per_second`` a second (a token bucket holding one second's worth)
-and ``concurrency`` at a time; past either, the request gets 503 with ``Retry-After``
-at once rather than queueing for a database connection.
+and ``concurrency`` at a time, with a short queue behind those (``max_waiting``): past
+the rate or the queue, the request gets 503 with ``Retry-After`` at once rather than
+waiting for a database connection. The queue is what a process starting cold needs:
+the first uses of many valid keys at once wait their turn instead of being refused.
 
 Ids the database has confirmed (keys verified before) never pass through here, so a
 valid key is not refused because of other clients' bad keys: only a key's first use in
@@ -14,6 +16,7 @@ a process competes with the flood, and that is answered 503, to retry, not 401.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -21,6 +24,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter
 
 from registry.lib.errors import ServiceUnavailableError
+
+WAITING_PER_SLOT = 16  # reads of unknown ids queued for each of ``concurrency``'s places before refusals
 
 
 class KeyLookupsBusyError(ServiceUnavailableError):
@@ -41,6 +46,7 @@ class UnknownKeyLookups:
         *,
         per_second: float,
         concurrency: int,
+        max_waiting: int | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -50,7 +56,10 @@ class UnknownKeyLookups:
         self._clock = clock
         self._filled_at = clock()
         self._concurrency = concurrency
+        self._slots = asyncio.Semaphore(max(1, concurrency))
+        self._max_waiting = WAITING_PER_SLOT * concurrency if max_waiting is None else max_waiting
         self.in_flight = 0
+        self.waiting = 0
         self._refused = Counter(
             "registry_api_key_lookups_refused",
             "Requests answered 503 because the database reads of unknown API key ids were at their bound, "
@@ -59,12 +68,15 @@ class UnknownKeyLookups:
             registry=registry,
         )
 
-    def enter(self) -> None:
-        """Take one read's place, or raise ``KeyLookupsBusyError``; pair with ``leave`` once the read ended."""
-        if self._concurrency > 0 and self.in_flight >= self._concurrency:
+    async def enter(self) -> None:
+        """Take one read's place, waiting in the queue for it if need be, or raise ``KeyLookupsBusyError``;
+        pair with ``leave`` once the read ended."""
+        bounded = self._concurrency > 0
+        if bounded and self.in_flight >= self._concurrency and self.waiting >= self._max_waiting:
             self._refused.labels("concurrency").inc()
             raise KeyLookupsBusyError(
-                f"more than {self._concurrency} API keys of unknown ids are being checked at once; retry shortly",
+                f"more than {self._concurrency + self._max_waiting} API keys of unknown ids are being checked at "
+                "once; retry shortly",
                 headers={"Retry-After": "1"},
             )
         if self._per_second > 0:
@@ -79,7 +91,15 @@ class UnknownKeyLookups:
                     headers={"Retry-After": str(max(1, wait))},
                 )
             self._tokens -= 1.0
+        if bounded:
+            self.waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self.waiting -= 1
         self.in_flight += 1
 
     def leave(self) -> None:
         self.in_flight -= 1
+        if self._concurrency > 0:
+            self._slots.release()

@@ -230,7 +230,7 @@ class ApiKeyVerifier:
         lookups = self._unknown_lookups
         if lookups is None or public_id in self._known_ids:
             return await self._load(public_id)
-        lookups.enter()
+        await lookups.enter()
         try:
             return await self._load(public_id)
         finally:

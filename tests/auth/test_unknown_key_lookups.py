@@ -114,7 +114,7 @@ async def test_a_verified_key_passes_while_made_up_keys_are_at_both_bounds(
     sessionmaker: async_sessionmaker[AsyncSession], make_key: KeyFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock, metrics = FakeClock(), CollectorRegistry()
-    lookups = UnknownKeyLookups(per_second=3, concurrency=2, registry=metrics, clock=clock)
+    lookups = UnknownKeyLookups(per_second=4, concurrency=2, max_waiting=1, registry=metrics, clock=clock)
     verifier = ApiKeyVerifier(
         sessionmaker, ChangeBus(None, "changes"), cache_seconds=CACHE_SECONDS, unknown_lookups=lookups, clock=clock
     )
@@ -129,8 +129,13 @@ async def test_a_verified_key_passes_while_made_up_keys_are_at_both_bounds(
         third = asyncio.create_task(verifier.authenticate(made_up_key()))
         flood.append(third)
         await settled(third)
-        assert third.done()  # refused at once, not queued behind the reads in flight
-        assert isinstance(third.exception(), KeyLookupsBusyError)
+        assert not third.done()  # queued behind the reads in flight
+        assert lookups.waiting == 1
+        fourth = asyncio.create_task(verifier.authenticate(made_up_key()))
+        flood.append(fourth)
+        await settled(fourth)
+        assert fourth.done()  # past the queue: refused at once
+        assert isinstance(fourth.exception(), KeyLookupsBusyError)
         assert metrics.get_sample_value(REFUSED, {"bound": "concurrency"}) == 1
 
         assert await verifier.authenticate(header) == principal  # cached
@@ -140,7 +145,7 @@ async def test_a_verified_key_passes_while_made_up_keys_are_at_both_bounds(
     finally:
         reads.release.set()
         outcomes = await asyncio.gather(*flood, return_exceptions=True)
-    assert all(isinstance(o, UnauthorizedError) for o in outcomes[:2])
+    assert all(isinstance(o, UnauthorizedError) for o in outcomes[:3])
     # The rate bound spent by made-up keys, one after another, once the verified key's cache expired again.
     clock.advance(CACHE_SECONDS + 1)
     made_up_reads = len(reads.ids)
@@ -150,11 +155,28 @@ async def test_a_verified_key_passes_while_made_up_keys_are_at_both_bounds(
             await verifier.authenticate(made_up_key())
         except (UnauthorizedError, KeyLookupsBusyError) as exc:
             outcomes.append(type(exc))
-    assert outcomes == [UnauthorizedError] * 3 + [KeyLookupsBusyError] * 2  # one second's worth, however long idle
-    assert len(reads.ids) - made_up_reads == 3
-    assert metrics.get_sample_value(REFUSED, {"bound": "rate"}) == 2
+    assert outcomes == [UnauthorizedError] * 4 + [KeyLookupsBusyError]  # one second's worth, however long idle
+    assert len(reads.ids) - made_up_reads == 4
+    assert metrics.get_sample_value(REFUSED, {"bound": "rate"}) == 1
     assert await verifier.authenticate(header) == principal
     assert reads.ids.count(valid_id) == 2
+
+
+async def test_a_cold_process_serves_the_first_uses_of_more_keys_than_its_reads_at_once(
+    sessionmaker: async_sessionmaker[AsyncSession], make_key: KeyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty valid keys used for the first time at once, on a bound of two reads at a time: they queue."""
+    lookups = UnknownKeyLookups(per_second=200, concurrency=2, clock=FakeClock())
+    verifier = ApiKeyVerifier(
+        sessionmaker, ChangeBus(None, "changes"), cache_seconds=CACHE_SECONDS, unknown_lookups=lookups
+    )
+    headers = [(await make_key(name=f"tenant-{index}"))["Authorization"] for index in range(20)]
+    reads = Reads(monkeypatch)
+
+    principals = await asyncio.gather(*(verifier.authenticate(header) for header in headers))
+
+    assert sorted(principal.name for principal in principals) == sorted(f"tenant-{index}" for index in range(20))
+    assert len(reads.ids) == 20
 
 
 async def test_one_made_up_key_repeated_takes_one_read_of_the_bound(
