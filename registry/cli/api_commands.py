@@ -780,12 +780,63 @@ def audit(
 
 @click.group()
 def webhooks() -> None:
-    """Webhooks: list them, their deliveries, and send a delivery again (admin scope)."""
+    """Webhooks: list, show, enable or disable them, their deliveries, and send a delivery again (admin scope)."""
 
 
-add_list_command(
-    webhooks, "webhooks", lambda client: client.list_webhooks(), ["id", "url", "events", "description", "created_at"]
+WEBHOOK_COLUMNS = ["id", "url", "events", "enabled", "consecutive_failures", "disabled_reason", "created_at"]
+
+
+@webhooks.command("list")
+@click.option(
+    "--enabled/--disabled",
+    "enabled",
+    default=None,
+    help="Only enabled webhooks, or only disabled ones (by an admin, or by the dispatcher after failing).",
 )
+@api_command
+def webhooks_list(client: RegistryClient, as_json: bool, enabled: bool | None) -> None:
+    """List webhooks, with whether each is enabled and how many deliveries failed in a row."""
+    rows = list(client.list_webhooks(enabled=enabled))
+    emit(as_json, rows, lambda: table(rows, WEBHOOK_COLUMNS))
+
+
+def _show_webhook(as_json: bool, webhook: dict[str, Any]) -> None:
+    def show() -> None:
+        state = "enabled" if webhook["enabled"] else f"disabled since {webhook['disabled_at']}"
+        click.echo(f"webhook {webhook['id']} {webhook['url']}: {state}")
+        if webhook.get("description"):
+            click.echo(f"  description: {webhook['description']}")
+        if not webhook["enabled"] and webhook.get("disabled_reason"):
+            click.echo(f"  reason: {webhook['disabled_reason']}")
+        click.echo(f"  events: {', '.join(webhook['events'])}")
+        if webhook["consecutive_failures"]:
+            click.echo(f"  failing since {webhook['failing_since']}: {webhook['consecutive_failures']} in a row")
+
+    emit(as_json, webhook, show)
+
+
+@webhooks.command("show")
+@click.argument("webhook_id", type=int)
+@api_command
+def webhooks_show(client: RegistryClient, as_json: bool, webhook_id: int) -> None:
+    """Webhook WEBHOOK_ID: whether it is enabled (if not, since when and why) and its failures in a row."""
+    _show_webhook(as_json, client.get_webhook(webhook_id))
+
+
+@webhooks.command("enable")
+@click.argument("webhook_id", type=int)
+@api_command
+def webhooks_enable(client: RegistryClient, as_json: bool, webhook_id: int) -> None:
+    """Deliver events to webhook WEBHOOK_ID again from now on (deliveries that died meanwhile stay dead)."""
+    _show_webhook(as_json, client.enable_webhook(webhook_id))
+
+
+@webhooks.command("disable")
+@click.argument("webhook_id", type=int)
+@api_command
+def webhooks_disable(client: RegistryClient, as_json: bool, webhook_id: int) -> None:
+    """Send webhook WEBHOOK_ID nothing more; its waiting deliveries are marked dead."""
+    _show_webhook(as_json, client.disable_webhook(webhook_id))
 
 
 @webhooks.command("deliveries")

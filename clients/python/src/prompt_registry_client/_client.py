@@ -624,8 +624,25 @@ class RegistryClient(BaseClient):
         params = {"actor": actor, "resource_type": resource_type, "resource_name": resource_name, "limit": 200}
         return self._pages("/v1/audit", params)
 
-    def list_webhooks(self) -> Iterator[dict[str, Any]]:
-        return self._pages("/v1/webhooks", {"limit": 200})
+    def list_webhooks(self, *, enabled: bool | None = None) -> Iterator[dict[str, Any]]:
+        """Webhooks (admin scope); ``enabled``: only enabled (True) or disabled (False) ones.
+
+        Each says whether it is ``enabled``, and if not since when and why (``disabled_at``,
+        ``disabled_reason``), and how it has fared lately (``consecutive_failures``, ``failing_since``).
+        """
+        params = {"enabled": None if enabled is None else str(enabled).lower(), "limit": 200}
+        return self._pages("/v1/webhooks", params)
+
+    def get_webhook(self, webhook_id: int) -> dict[str, Any]:
+        return self._json("GET", f"/v1/webhooks/{webhook_id}")
+
+    def enable_webhook(self, webhook_id: int) -> dict[str, Any]:
+        """Deliver events to the webhook again from now on; deliveries that died while it was disabled stay dead."""
+        return self._json("PATCH", f"/v1/webhooks/{webhook_id}", json={"enabled": True})
+
+    def disable_webhook(self, webhook_id: int) -> dict[str, Any]:
+        """Send the webhook nothing more; its waiting deliveries are marked dead (redeliver them later)."""
+        return self._json("PATCH", f"/v1/webhooks/{webhook_id}", json={"enabled": False})
 
     def webhook_deliveries(self, webhook_id: int, *, status: str | None = None) -> Iterator[dict[str, Any]]:
         """A webhook's delivery log, newest first."""
