@@ -65,6 +65,11 @@ class UnitDataService:
         self.exposures = exposures  # this process's buffer of first exposures not yet written
 
     async def describe(self, unit: str, *, pending_exposures: int) -> UnitDataOut:
+        """What is held on the unit, its completion records still buffered in this process included: they are
+        written first (before the session holds a connection: the flush takes one of its own), as ``GET
+        /v1/usage`` does, so a request just made is shown, and counted as its erasure counts it."""
+        if self.usage is not None:
+            await self.usage.flush()
         exposures = await self.repository.exposures(unit)
         events = await self.repository.events(unit)
         standings = await self.repository.standings(unit)
