@@ -18,6 +18,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -26,8 +27,12 @@ from registry.completions.components import Completions
 from registry.completions.schemas import CompleteRequest
 from registry.completions.service import Caller, CompletionService, CompletionStream
 from registry.configs.service import ConfigService
+from registry.console import tokens
+from registry.console.models import ConsoleSession
 from registry.console.playground_form import VariableField, merged_fields, variables_for
 from registry.console.playground_repository import PlaygroundRepository
+from registry.console.repository import ConsoleSessionRepository
+from registry.db.base import utcnow
 from registry.lib.errors import FieldError, InvalidInputError, RegistryError
 from registry.lib.pagination import PageRequest
 from registry.lib.promotion import State
@@ -153,11 +158,35 @@ class Playground:
         catalog: PromptCatalog,
         completions: Completions,
         limits: PromptLimits,
+        *,
+        run_forms_last: timedelta,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.catalog = catalog
         self.completions = completions
         self.limits = limits
+        self.run_forms_last = run_forms_last  # a sign-in's lifetime: no form of the session is sent after it
+
+    async def claim_run(self, session_token: str, run_id: str, *, key: str, now: datetime | None = None) -> bool:
+        """Whether the run form ``run_id`` of this session runs: once; False when it ran already (a resubmission).
+
+        The session's row of record is a ``console_sessions`` row, found under a label of its own (so no
+        cookie opens it) and so shared by every worker; it is kept as long as a sign-in lasts, the longest
+        the session's form can still be sent, and removed with the other expired rows after that.
+        """
+        now = now or utcnow()
+        async with self.sessionmaker() as session, session.begin():
+            repository = ConsoleSessionRepository(session)
+            await repository.remove_expired(now)
+            return await repository.add_first(
+                ConsoleSession(
+                    token_digest=tokens.run_made_digest(session_token, run_id),
+                    sealed_key=b"",
+                    key_public_id=key,
+                    created_at=now,
+                    expires_at=now + self.run_forms_last,
+                )
+            )
 
     async def view(self, name: str, selection: Selection) -> PlaygroundView:
         """The pickers' choices and the versions they chose; the version defaults to production, else the latest."""

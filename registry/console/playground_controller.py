@@ -5,9 +5,13 @@ page that the server writes as the completion runs. The page up to the output is
 then each token delta, escaped, as it arrives; then the usage and cost; then the rest of the page
 (the form again, filled in). Browsers parse and paint a page as it arrives, so this streams with
 no JavaScript at all, under the console's CSP, and a run is one request: its key, variables and
-lifetime stay in that request (nothing to store between requests, no run token in a URL, works
-with any number of workers), and leaving the page disconnects it, which the completion service
-records as a cancelled run.
+lifetime stay in that request (no run token in a URL, works with any number of workers), and
+leaving the page disconnects it, which the completion service records as a cancelled run.
+
+A reload of that page (or a back/forward to it) sends the form again, which would run and bill the
+completions again: each page's form carries a run id of its own (``run``), and a run records it as
+made in the console's session rows, shared by all workers (``Playground.claim_run``); the same id sent
+again runs nothing and answers the page, filled in, saying so (409), with a new id for Run.
 
 Two versions side by side are two completions in that one response, their deltas interleaved as
 they come (``playground.Interleaved``). Each delta is a ``<span slot="a">`` (or ``"b"``) child of
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Mapping
+from datetime import timedelta
 from typing import Annotated, Any
 
 from jinja2 import Environment
@@ -38,9 +43,11 @@ from registry.completions.controller import CompletionController
 from registry.completions.fast_path import started
 from registry.completions.schemas import DeltaEvent, DoneEvent
 from registry.completions.service import Caller
+from registry.console import tokens
 from registry.console.controller import (
     CONSOLE_PREFIX,
     SECURITY_HEADERS,
+    SESSION_COOKIE,
     provide_console_service,
     provide_viewer,
     render,
@@ -70,6 +77,8 @@ VARIABLE_PREFIX = "var."
 MAX_TOKENS_LIMIT = 1_000_000  # as CompleteRequest.max_tokens
 STREAM_HEADERS = {**SECURITY_HEADERS, "X-Accel-Buffering": "no"}
 HTML = "text/html; charset=utf-8"
+RUN_FIELD = "run"  # the form's run id: a run made with it is not made again
+ALREADY_RUN = "This run was already made, so sending its form again ran nothing; press Run to run it again."
 
 
 def may_run(viewer: Viewer) -> bool:
@@ -78,7 +87,13 @@ def may_run(viewer: Viewer) -> bool:
 
 
 def provide_playground(runtime: NamedDependency[Runtime]) -> Playground:
-    return Playground(runtime.sessionmaker, runtime.prompts, runtime.completions, runtime.prompt_limits)
+    return Playground(
+        runtime.sessionmaker,
+        runtime.prompts,
+        runtime.completions,
+        runtime.prompt_limits,
+        run_forms_last=timedelta(minutes=runtime.settings.console_session_minutes),
+    )
 
 
 def _number(values: Mapping[str, Any], name: str, *, maximum: int) -> int | None:
@@ -198,9 +213,16 @@ class PlaygroundController(Controller):
             max_tokens = _number(form, "max_tokens", maximum=MAX_TOKENS_LIMIT)
         except InvalidInputError as exc:
             problems += exc.errors
+        run_id = str(form.get(RUN_FIELD) or "").strip()
+        if not 0 < len(run_id) <= 64:
+            problems.append(FieldError(RUN_FIELD, "is missing: press Run on the playground page"))
         if problems:
             return self._page(
                 request, view, viewer, values=values, max_tokens=max_tokens_text, problems=problems, status_code=400
+            )
+        if not await playground.claim_run(request.cookies[SESSION_COOKIE], run_id, key=viewer.principal.public_id):
+            return self._page(
+                request, view, viewer, values=values, max_tokens=max_tokens_text, notice=ALREADY_RUN, status_code=409
             )
         caller = Caller(key=viewer.principal.public_id, request_id=viewer.request_id)
         # The body is read: whatever receive gives now is the disconnect, which cancels the runs as it would the API's.
@@ -251,6 +273,7 @@ class PlaygroundController(Controller):
         renders: list[RenderResult] | None = None,
         runs: list[OpenedRun] | None = None,
         marker: str | None = None,
+        notice: str | None = None,
         status_code: int = 200,
     ) -> Template:
         return render(
@@ -265,6 +288,8 @@ class PlaygroundController(Controller):
             runs=runs,
             marker=Markup(marker) if marker else None,  # noqa: S704 - our own comment, random, no outside text
             can_run=may_run(viewer),
+            run_id=tokens.new_token(),
+            notice=notice,
             section="playground",
         )
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.console.models import ConsoleSession
@@ -15,6 +16,16 @@ class ConsoleSessionRepository:
     async def add(self, row: ConsoleSession) -> None:
         self.session.add(row)
         await self.session.flush()
+
+    async def add_first(self, row: ConsoleSession) -> bool:
+        """Add the row unless one with its id is there: of two requests adding it at once, only one adds it."""
+        try:
+            async with self.session.begin_nested():
+                self.session.add(row)
+                await self.session.flush()
+        except IntegrityError:
+            return False
+        return True
 
     async def get_live(self, token_digest: str, now: datetime) -> ConsoleSession | None:
         query = select(ConsoleSession).where(

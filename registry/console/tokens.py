@@ -4,7 +4,8 @@ The cookie carries a random token (256 bits). Everything else is derived from it
 HMAC-SHA256 under distinct labels: the row id the server stores, the keystream that seals the
 API key at rest (each token seals exactly one key, once, so the keystream is never reused), and
 the CSRF token every form of that session carries, and the row id and seal of a new API key's
-secret the session is shown once (after the form's redirect, never in a URL).
+secret the session is shown once (after the form's redirect, never in a URL), and the row id that
+records a playground run form as used (so a resubmitted form runs nothing).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _CSRF_LABEL = b"registry-console/csrf"
 _LOGIN_CSRF_LABEL = b"registry-console/login-csrf"
 _SHOWN_ONCE_ROW_LABEL = b"registry-console/shown-once-row/"
 _SHOWN_ONCE_SEAL_LABEL = b"registry-console/shown-once-seal/"
+_RUN_MADE_ROW_LABEL = b"registry-console/run-made-row/"
 
 
 def new_token() -> str:
@@ -37,6 +39,11 @@ def token_digest(token: str) -> str:
 def shown_once_digest(token: str, shown_id: str) -> str:
     """The id under which a secret to show once is stored for a session: a cookie's own row id never equals it."""
     return _mac(token, _SHOWN_ONCE_ROW_LABEL + shown_id.encode()).hex()
+
+
+def run_made_digest(token: str, run_id: str) -> str:
+    """The id under which a session records that the playground form ``run_id`` ran: no other row's id equals it."""
+    return _mac(token, _RUN_MADE_ROW_LABEL + run_id.encode()).hex()
 
 
 def shown_once_seal_key(token: str, shown_id: str) -> str:

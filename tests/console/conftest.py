@@ -51,6 +51,7 @@ class LiveRegistry:
     url: str
     keys: dict[str, str]  # role -> full API key
     fault_url: str  # the completion backend named "fault"
+    fault: FaultServer = field(default_factory=FaultServer, repr=False)  # what that backend was sent
 
     def http(self) -> httpx.AsyncClient:
         """A client without a key, as a browser that never signed in (or a forger) would send."""
@@ -101,7 +102,8 @@ def serve(app: Any, *, lifespan: Literal["on", "off"], name: str) -> tuple[uvico
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRegistry]:
     directory = tmp_path_factory.mktemp("console")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    fault, fault_thread, fault_url = serve(FaultServer(), lifespan="off", name="console-fault-backend")
+    backend = FaultServer()
+    fault, fault_thread, fault_url = serve(backend, lifespan="off", name="console-fault-backend")
     settings = Settings(
         database_url=f"sqlite+aiosqlite:///{directory / 'registry.db'}",
         redis_url=None,
@@ -135,7 +137,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRegistry]:
     )
     server, thread, url = serve(create_app(settings), lifespan="on", name="console-live-server")
     try:
-        yield LiveRegistry(url=url, keys=keys, fault_url=fault_url)
+        yield LiveRegistry(url=url, keys=keys, fault_url=fault_url, fault=backend)
     finally:
         server.should_exit = True
         thread.join(30)

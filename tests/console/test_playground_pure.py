@@ -90,6 +90,8 @@ def test_run_is_offered_only_to_keys_the_completion_api_would_serve(scopes: tupl
         runs=None,
         marker=None,
         can_run=may_run(viewer(*scopes)),
+        run_id="r",
+        notice=None,
         section="playground",
     )
     assert ("/playground/run" in page) is offered
