@@ -195,8 +195,15 @@ class FormPage:
 
     form: ExperimentForm
     errors: dict[str, str]
-    metrics: Sequence[str]
+    metrics: Sequence[str]  # offered as choices; any other metric's key may be typed
     experiment: ExperimentDefinition | None = None  # None: a new experiment
+    more_metrics: bool = False  # more metrics exist than are offered
+
+    @property
+    def guardrail_choices(self) -> list[str]:
+        """The metrics offered, and after them any the form chose that are not offered (they stay chosen)."""
+        offered = set(self.metrics)
+        return [*self.metrics, *(m for m in dict.fromkeys(self.form.guardrail_metrics) if m not in offered)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +238,10 @@ class ExperimentPages:
             production = current.number if current is not None else None
         return ChangePage(ExperimentDefinition.of(experiment), cannot_win, production)
 
-    async def metric_keys(self) -> list[str]:
+    async def metric_keys(self) -> tuple[list[str], bool]:
+        """The first metrics by key to offer, and whether there are more (the form takes their keys typed)."""
         found = await self.experiments.metrics.list_metrics(PageRequest(limit=METRICS_OFFERED, after=None))
-        return [m.key for m in found[:METRICS_OFFERED]]
+        return [m.key for m in found[:METRICS_OFFERED]], len(found) > METRICS_OFFERED
 
     async def results(self, key: str, phase: int | None) -> ResultsPage:
         experiment = await self.definition(key)
@@ -249,13 +257,15 @@ class ExperimentPages:
         return ResultsPage(experiment, results, effects, time_figures(series))
 
     async def new_form(self, form: ExperimentForm, errors: dict[str, str] | None = None) -> FormPage:
-        return FormPage(form, errors or {}, await self.metric_keys())
+        metrics, more = await self.metric_keys()
+        return FormPage(form, errors or {}, metrics, more_metrics=more)
 
     async def edit_form(
         self, key: str, form: ExperimentForm | None = None, errors: dict[str, str] | None = None
     ) -> FormPage:
         experiment = await self.definition(key)
-        return FormPage(form or ExperimentForm.of(experiment), errors or {}, await self.metric_keys(), experiment)
+        metrics, more = await self.metric_keys()
+        return FormPage(form or ExperimentForm.of(experiment), errors or {}, metrics, experiment, more_metrics=more)
 
     async def create(self, form: ExperimentForm, actor: Actor) -> FormPage | None:
         """Create the draft; the form again with its problems when it is refused (nothing kept)."""

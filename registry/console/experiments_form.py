@@ -46,6 +46,12 @@ class FormData(Protocol):
     def __contains__(self, key: object) -> bool: ...
 
 
+def guardrails_sent(ticked: list[str], typed: str) -> list[str]:
+    """The guardrail metrics chosen: those ticked, then the keys typed (for metrics not offered), each once."""
+    keys = [*ticked, *typed.replace(",", " ").split()]
+    return list(dict.fromkeys(key.strip() for key in keys if key.strip()))
+
+
 @dataclass(slots=True)
 class VariantRow:
     key: str = ""
@@ -148,9 +154,12 @@ class ExperimentForm:
             description=text("description"),
             variants=variants,
             primary_metric=text("primary_metric"),
-            guardrail_metrics=[g for g in form.getall("guardrail_metrics") if isinstance(g, str)]
-            if "guardrail_metrics" in form
-            else [],
+            guardrail_metrics=guardrails_sent(
+                [g for g in form.getall("guardrail_metrics") if isinstance(g, str)]
+                if "guardrail_metrics" in form
+                else [],
+                text("more_guardrail_metrics"),
+            ),
             coverage=text("coverage", "100"),
             hash_attribute=text("hash_attribute", "id"),
             hash_seed=text("hash_seed"),

@@ -63,7 +63,7 @@ async def test_create_a_draft_edit_it_start_it_and_stop_it_with_a_winner(console
 
     await page.get_by_label("Variant 2 prompt version").fill("2")
     await page.get_by_label("Description").fill("Does a friendlier greeting get more replies?")
-    await page.get_by_label("Primary metric").select_option(metric)
+    await page.get_by_label("Primary metric").fill(metric)
     await page.get_by_label("Variant 2 config").fill("")
     await page.get_by_label("Forced variants").fill("qa-user = treatment")
     await check_page(page, "experiment-new")
