@@ -130,3 +130,20 @@ def test_a_prompt_renders_itself() -> None:
 
 def test_the_package_is_typed() -> None:
     assert Path(prompt_registry_client.__file__).with_name("py.typed").exists()
+
+
+def test_the_async_client_has_every_method_of_the_sync_client_with_the_same_parameters() -> None:
+    """``close`` is ``aclose``; a listing is an async iterator; every other call is awaited."""
+    public = {name for name in dir(RegistryClient) if not name.startswith("_")}
+    plain = {name for name in public if inspect.isfunction(getattr(RegistryClient, name))} - {"close", "track"}
+    for name in sorted(plain):
+        assert hasattr(AsyncRegistryClient, name), f"AsyncRegistryClient has no {name}"
+        sync, asynchronous = (
+            inspect.signature(getattr(client, name)) for client in (RegistryClient, AsyncRegistryClient)
+        )
+        assert asynchronous.parameters == sync.parameters, name
+        returns = str(sync.return_annotation).replace("Iterator[", "AsyncIterator[")
+        assert asynchronous.return_annotation == returns.replace("CompletionStream", "AsyncCompletionStream"), name
+    assert {name for name in dir(AsyncRegistryClient) if not name.startswith("_")} == public - {"close"} | {"aclose"}
+    assert inspect.iscoroutinefunction(AsyncRegistryClient.set_gate)
+    assert inspect.isasyncgenfunction(AsyncRegistryClient.eval_run_events)

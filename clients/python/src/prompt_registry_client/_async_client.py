@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import contextlib
 import inspect
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Hashable, Mapping
@@ -16,7 +17,7 @@ from typing import Any, Literal, TypeVar, overload
 import httpx
 
 from prompt_registry_client._base import BaseClient, ClientOptions, register_at_exit
-from prompt_registry_client._client import satisfy_sync
+from prompt_registry_client._client import Resource, satisfy_sync
 from prompt_registry_client._config import DEFAULT_TIMEOUT, BatchPolicy, CachePolicy, RetryPolicy
 from prompt_registry_client._core import (
     Call,
@@ -33,7 +34,10 @@ from prompt_registry_client._core import (
     parsed,
     run_async,
     run_sync,
+    unreadable,
 )
+from prompt_registry_client._errors import NotFound, ServiceUnavailable
+from prompt_registry_client._management import UNSET, enabled_param, eval_run_body, gate_body, json_object, promote_body
 from prompt_registry_client._models import (
     Completion,
     CompletionFallback,
@@ -62,6 +66,7 @@ class AsyncRegistryClient(BaseClient):
     ``track()`` may also be called from other threads (a sync framework's workers): the
     event is handed to that loop. ``aclose()`` (or leaving ``async with``) sends what is
     queued. Events still queued at interpreter exit are sent then, without the loop.
+    The management calls are ``RegistryClient``'s, awaited; their listings are async iterators.
 
     Example::
 
@@ -461,9 +466,337 @@ class AsyncRegistryClient(BaseClient):
         finally:
             await response.aclose()
 
+    # -- management (the API's JSON, as ``RegistryClient``'s methods of the same names; listings are async iterators)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send one request (retried as the policy says); error answers raise the matching ``RegistryError``."""
+        return await self._run(self._core.call(method, path, **kwargs))
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        return parsed(await self.request(method, path, **kwargs), json_object)
+
+    async def _pages(self, path: str, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        cursor: str | None = None
+        while True:
+            query = {k: v for k, v in {**params, "cursor": cursor}.items() if v is not None}
+            page = await self._json("GET", path, params=query)
+            for item in page["items"]:
+                yield item
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def list_resources(
+        self, resource: Resource = "prompts", *, prefix: str | None = None, tag: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        return self._pages(f"/v1/{resource}", {"prefix": prefix, "tag": tag, "limit": 200})
+
+    def list_versions(
+        self, name: str, resource: Resource = "prompts", *, state: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        return self._pages(f"/v1/{resource}/{encode_name(name)}/versions", {"state": state, "limit": 200})
+
+    async def current_version(self, name: str, state: str, resource: Resource = "prompts") -> int | None:
+        """The version holding ``state`` (staging or production), or None."""
+        async for version in self.list_versions(name, resource, state=state):
+            return int(version["version"])
+        return None
+
+    async def promote(
+        self,
+        name: str,
+        version: int,
+        to: str,
+        resource: Resource = "prompts",
+        *,
+        expected_current: int | None = UNSET,
+        reason: str | None = None,
+        override_gate: str | None = None,
+    ) -> dict[str, Any]:
+        """As ``RegistryClient.promote``: without ``expected_current``, the holder is read first."""
+        if expected_current is UNSET and to in ("staging", "production"):
+            expected_current = await self.current_version(name, to, resource)
+        body = promote_body(to, expected_current, reason, override_gate)
+        return await self._json("POST", f"/v1/{resource}/{encode_name(name)}/versions/{version}/promote", json=body)
+
+    async def rollback(
+        self, name: str, reason: str, version: int | None = None, resource: Resource = "prompts"
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"reason": reason, "version": version}
+        return await self._json("POST", f"/v1/{resource}/{encode_name(name)}/rollback", json=body)
+
+    def history(self, name: str, resource: Resource = "prompts") -> AsyncIterator[dict[str, Any]]:
+        return self._pages(f"/v1/{resource}/{encode_name(name)}/history", {"limit": 200})
+
+    async def diff(
+        self, name: str, from_version: int, to_version: int, resource: Resource = "prompts"
+    ) -> dict[str, Any]:
+        params = {"from": from_version, "to": to_version}
+        return await self._json("GET", f"/v1/{resource}/{encode_name(name)}/diff", params=params)
+
+    async def create_experiment(self, definition: dict[str, Any]) -> dict[str, Any]:
+        return await self._json("POST", "/v1/experiments", json=definition)
+
+    def list_experiments(
+        self, *, status: str | None = None, prompt: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        return self._pages("/v1/experiments", {"status": status, "prompt": prompt, "limit": 200})
+
+    async def update_experiment(self, key: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return await self._json("PATCH", f"/v1/experiments/{encode_name(key)}", json=changes)
+
+    async def start_experiment(self, key: str) -> dict[str, Any]:
+        return await self._json("POST", f"/v1/experiments/{encode_name(key)}/start")
+
+    async def stop_experiment(
+        self, key: str, *, winner: str | None = None, reason: str | None = None
+    ) -> dict[str, Any]:
+        body = {k: v for k, v in {"winner": winner, "reason": reason}.items() if v is not None}
+        return await self._json("POST", f"/v1/experiments/{encode_name(key)}/stop", json=body)
+
+    async def get_experiment_definition(self, key: str) -> dict[str, Any]:
+        return await self._json("GET", f"/v1/experiments/{encode_name(key)}")
+
+    async def record_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        """Record outcome events now (up to 1000); each item of the answer says accepted, duplicate or rejected."""
+        return await self._json("POST", "/v1/events", json={"events": events})
+
+    async def resolve(
+        self, name: str, resource: Resource = "prompts", *, label: str | None = None, version: int | None = None
+    ) -> dict[str, Any]:
+        params = {k: v for k, v in {"label": label, "version": version}.items() if v is not None}
+        return await self._json("GET", f"/v1/{resource}/{encode_name(name)}", params=params)
+
+    async def create_resource(
+        self, name: str, resource: Resource = "prompts", *, description: str = "", tags: list[str] | None = None
+    ) -> dict[str, Any]:
+        body = {"name": name, "description": description, "tags": tags or []}
+        return await self._json("POST", f"/v1/{resource}", json=body)
+
+    async def get_version(self, name: str, version: int, resource: Resource = "prompts") -> dict[str, Any]:
+        return await self._json("GET", f"/v1/{resource}/{encode_name(name)}/versions/{version}")
+
+    async def create_version(
+        self, name: str, body: Mapping[str, Any], resource: Resource = "prompts"
+    ) -> dict[str, Any]:
+        return await self._json("POST", f"/v1/{resource}/{encode_name(name)}/versions", json=dict(body))
+
+    async def render_on_service(
+        self,
+        name: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        label: str | None = None,
+        version: int | None = None,
+        unit: str | None = None,
+    ) -> dict[str, Any]:
+        body = {"variables": dict(variables or {}), "label": label, "version": version, "unit": unit}
+        return await self._json("POST", f"/v1/prompts/{encode_name(name)}/render", json=body)
+
+    def list_metrics(self) -> AsyncIterator[dict[str, Any]]:
+        return self._pages("/v1/metrics", {"limit": 200})
+
+    async def create_metric(self, definition: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._json("POST", "/v1/metrics", json=dict(definition))
+
+    async def usage(self, **params: Any) -> dict[str, Any]:
+        query = {k: v for k, v in params.items() if v is not None}
+        return await self._json("GET", "/v1/usage", params=query)
+
+    def audit(
+        self, *, actor: str | None = None, resource_type: str | None = None, resource_name: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        params = {"actor": actor, "resource_type": resource_type, "resource_name": resource_name, "limit": 200}
+        return self._pages("/v1/audit", params)
+
+    def list_webhooks(self, *, enabled: bool | None = None) -> AsyncIterator[dict[str, Any]]:
+        return self._pages("/v1/webhooks", {"enabled": enabled_param(enabled), "limit": 200})
+
+    async def get_webhook(self, webhook_id: int) -> dict[str, Any]:
+        return await self._json("GET", f"/v1/webhooks/{webhook_id}")
+
+    async def enable_webhook(self, webhook_id: int) -> dict[str, Any]:
+        return await self._json("PATCH", f"/v1/webhooks/{webhook_id}", json={"enabled": True})
+
+    async def disable_webhook(self, webhook_id: int) -> dict[str, Any]:
+        return await self._json("PATCH", f"/v1/webhooks/{webhook_id}", json={"enabled": False})
+
+    def webhook_deliveries(self, webhook_id: int, *, status: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        return self._pages(f"/v1/webhooks/{webhook_id}/deliveries", {"status": status, "limit": 200})
+
+    async def redeliver(self, webhook_id: int, delivery_id: int) -> dict[str, Any]:
+        return await self._json("POST", f"/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver")
+
+    @contextlib.asynccontextmanager
+    async def export_experiment(
+        self, key: str, *, format: Literal["csv", "parquet"] = "csv", phase: int | None = None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """As ``RegistryClient.export_experiment``: the per-unit rows of a phase, streamed (``analyze`` scope).
+
+        Example::
+
+            async with registry.export_experiment("greet-test") as chunks:
+                async for chunk in chunks:
+                    out.write(chunk)
+        """
+        params: dict[str, Any] = {"format": format}
+        if phase is not None:
+            params["phase"] = phase
+        path = f"/v1/experiments/{encode_name(key)}/export"
+        response = await self._run(self._core.call("GET", path, params=params, stream=True))
+        try:
+            yield _guarded(response.url, response.aiter_bytes())
+        finally:
+            await response.aclose()
+
+    @contextlib.asynccontextmanager
+    async def export_dataset(
+        self, name: str, version: int | None = None, *, format: Literal["jsonl", "csv"] = "jsonl"
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """A dataset version (``None``: the latest) as JSONL or CSV bytes, streamed."""
+        path = f"/v1/evals/datasets/{encode_name(name)}/versions/{version or 'latest'}/export"
+        response = await self._run(self._core.call("GET", path, params={"format": format}, stream=True))
+        try:
+            yield _guarded(response.url, response.aiter_bytes())
+        finally:
+            await response.aclose()
+
+    async def eval_run_events(self, run_id: int) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """As ``RegistryClient.eval_run_events``: (event, data) as the run advances, ending after ``done``.
+
+        Example::
+
+            async for event, data in registry.eval_run_events(run["id"]):
+                print(event, data["items_done"], "of", data["total_items"])
+        """
+        timeout = httpx.Timeout(self._options.timeout.connect, read=None)
+        flow = self._core.call("GET", f"/v1/evals/runs/{run_id}/events", stream=True, timeout=timeout)
+        response = await self._run(flow)
+        try:
+            parser = SSEParser()
+            async for line in _guarded(response.url, response.aiter_lines()):
+                event = parser.feed(line)
+                if event is None:
+                    continue
+                try:
+                    data = json.loads(event.data)
+                except ValueError as exc:
+                    raise ServiceUnavailable(f"{response.url} sent an event that is not JSON: {exc!r}") from exc
+                yield event.event, data
+                if event.event == "done":
+                    return
+        finally:
+            await response.aclose()
+
+    # -- evaluations: datasets, runs, gates
+
+    def list_datasets(self, *, prefix: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        return self._pages("/v1/evals/datasets", {"prefix": prefix, "limit": 200})
+
+    async def get_dataset(self, name: str) -> dict[str, Any]:
+        return await self._json("GET", f"/v1/evals/datasets/{encode_name(name)}")
+
+    async def create_dataset(self, name: str, *, description: str = "") -> dict[str, Any]:
+        return await self._json("POST", "/v1/evals/datasets", json={"name": name, "description": description})
+
+    def list_dataset_versions(self, name: str) -> AsyncIterator[dict[str, Any]]:
+        return self._pages(f"/v1/evals/datasets/{encode_name(name)}/versions", {"limit": 200})
+
+    async def get_dataset_version(self, name: str, version: int | None = None) -> dict[str, Any]:
+        return await self._json("GET", f"/v1/evals/datasets/{encode_name(name)}/versions/{version or 'latest'}")
+
+    async def push_dataset(
+        self,
+        name: str,
+        content: bytes,
+        *,
+        format: Literal["jsonl", "csv"] = "jsonl",
+        commit_message: str = "",
+        create: bool = True,
+    ) -> tuple[dict[str, Any], bool]:
+        """As ``RegistryClient.push_dataset``: (the version, whether it is new); the same items create nothing."""
+        path = f"/v1/evals/datasets/{encode_name(name)}/versions"
+        media = "text/csv" if format == "csv" else "application/x-ndjson"
+        send = {"content": content, "headers": {"Content-Type": media}, "params": {"commit_message": commit_message}}
+        try:
+            response = await self.request("POST", path, **send)
+        except NotFound as exc:
+            if not create or exc.type != "dataset_not_found":
+                raise
+            await self.create_dataset(name)
+            response = await self.request("POST", path, **send)
+        return parsed(response, json_object), response.status_code == 201
+
+    async def start_eval_run(
+        self,
+        prompt: str,
+        version: int,
+        dataset: str,
+        scorers: list[dict[str, Any]],
+        *,
+        dataset_version: int | None = None,
+        config_version: int | None = None,
+        config: Mapping[str, Any] | None = None,
+        pass_rule: Mapping[str, Any] | None = None,
+        concurrency: int | None = None,
+    ) -> dict[str, Any]:
+        """As ``RegistryClient.start_eval_run``: the run is queued and a worker of the service runs it."""
+        body = eval_run_body(
+            prompt, version, dataset, scorers, dataset_version, config_version, config, pass_rule, concurrency
+        )
+        return await self._json("POST", "/v1/evals/runs", json=body)
+
+    async def get_eval_run(self, run_id: int) -> dict[str, Any]:
+        return await self._json("GET", f"/v1/evals/runs/{run_id}")
+
+    def list_eval_runs(self, *, prompt: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        return self._pages("/v1/evals/runs", {"prompt": prompt, "limit": 200})
+
+    def eval_run_items(self, run_id: int, *, failed: bool = False) -> AsyncIterator[dict[str, Any]]:
+        return self._pages(f"/v1/evals/runs/{run_id}/items", {"failed": "true" if failed else None, "limit": 200})
+
+    async def cancel_eval_run(self, run_id: int) -> dict[str, Any]:
+        return await self._json("POST", f"/v1/evals/runs/{run_id}/cancel")
+
+    async def compare_eval_runs(self, base: int, candidate: int) -> dict[str, Any]:
+        return await self._json("GET", "/v1/evals/compare", params={"base": base, "candidate": candidate})
+
+    async def get_gate(self, name: str, state: str) -> dict[str, Any]:
+        """The gate on ``state`` of prompt ``name``; ``NotFound`` (``gate_not_found``) when there is none."""
+        return await self._json("GET", f"/v1/prompts/{encode_name(name)}/gates/{state}")
+
+    async def set_gate(
+        self,
+        name: str,
+        state: str,
+        *,
+        dataset: str,
+        dataset_version: int | None = None,
+        min_pass_rate: float | None = None,
+        no_regression: bool = False,
+        alpha: float = 0.05,
+        scorers: list[dict[str, Any]] | None = None,
+        pass_rule: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """As ``RegistryClient.set_gate``: ``scorers`` (and ``pass_rule``) name the scoring a run must have used."""
+        body = gate_body(dataset, dataset_version, min_pass_rate, no_regression, alpha, scorers, pass_rule)
+        return await self._json("PUT", f"/v1/prompts/{encode_name(name)}/gates/{state}", json=body)
+
+    async def delete_gate(self, name: str, state: str) -> None:
+        await self.request("DELETE", f"/v1/prompts/{encode_name(name)}/gates/{state}")
+
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+async def _guarded(url: httpx.URL, parts: AsyncIterator[T]) -> AsyncIterator[T]:
+    """``parts`` of a streamed answer, raising ``ServiceUnavailable`` if the stream breaks off."""
+    try:
+        async for part in parts:
+            yield part
+    except httpx.HTTPError as exc:
+        raise unreadable(url, exc) from exc

@@ -36,6 +36,7 @@ from prompt_registry_client._core import (
     run_sync,
 )
 from prompt_registry_client._errors import NotFound, ServiceUnavailable
+from prompt_registry_client._management import UNSET, enabled_param, eval_run_body, gate_body, json_object, promote_body
 from prompt_registry_client._models import (
     Completion,
     CompletionFallback,
@@ -53,7 +54,6 @@ from prompt_registry_client.templating import RenderLimits
 
 T = TypeVar("T")
 Resource = Literal["prompts", "configs"]
-_UNSET: Any = object()
 logger = logging.getLogger("prompt_registry_client")
 
 
@@ -77,12 +77,6 @@ def satisfy_sync(http: httpx.Client, need: Need) -> Any:
         return result
     need.flow.close()  # no background here: skip it
     return None
-
-
-def _json_object(answer: Any) -> dict[str, Any]:
-    if not isinstance(answer, dict):
-        raise TypeError(f"a JSON object was expected, not {type(answer).__name__}")
-    return answer
 
 
 def _interrupt(response: httpx.Response) -> None:
@@ -478,7 +472,7 @@ class RegistryClient(BaseClient):
         return self._run(self._core.call(method, path, **kwargs))
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        return parsed(self.request(method, path, **kwargs), _json_object)
+        return parsed(self.request(method, path, **kwargs), json_object)
 
     def _pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         cursor: str | None = None
@@ -513,7 +507,7 @@ class RegistryClient(BaseClient):
         to: str,
         resource: Resource = "prompts",
         *,
-        expected_current: int | None = _UNSET,
+        expected_current: int | None = UNSET,
         reason: str | None = None,
         override_gate: str | None = None,
     ) -> dict[str, Any]:
@@ -523,13 +517,9 @@ class RegistryClient(BaseClient):
         ``gate_failed``, its ``body`` holding ``failures`` and ``evidence``); an admin may pass
         ``override_gate``, a reason kept in the history and the audit log.
         """
-        if expected_current is _UNSET and to in ("staging", "production"):
+        if expected_current is UNSET and to in ("staging", "production"):
             expected_current = self.current_version(name, to, resource)
-        body: dict[str, Any] = {"to": to, "reason": reason}
-        if override_gate is not None:
-            body["override_gate"] = override_gate
-        if expected_current is not _UNSET:
-            body["expected_current"] = expected_current
+        body = promote_body(to, expected_current, reason, override_gate)
         return self._json("POST", f"/v1/{resource}/{encode_name(name)}/versions/{version}/promote", json=body)
 
     def rollback(
@@ -630,7 +620,7 @@ class RegistryClient(BaseClient):
         Each says whether it is ``enabled``, and if not since when and why (``disabled_at``,
         ``disabled_reason``), and how it has fared lately (``consecutive_failures``, ``failing_since``).
         """
-        params = {"enabled": None if enabled is None else str(enabled).lower(), "limit": 200}
+        params = {"enabled": enabled_param(enabled), "limit": 200}
         return self._pages("/v1/webhooks", params)
 
     def get_webhook(self, webhook_id: int) -> dict[str, Any]:
@@ -726,7 +716,7 @@ class RegistryClient(BaseClient):
                 raise
             self.create_dataset(name)
             response = self.request("POST", path, **send)
-        return parsed(response, _json_object), response.status_code == 201
+        return parsed(response, json_object), response.status_code == 201
 
     @contextlib.contextmanager
     def export_dataset(
@@ -758,18 +748,9 @@ class RegistryClient(BaseClient):
 
         It runs with the version's own config version, or ``config_version`` of that config, or ``config``: any
         config as ``{"name": ..., "version": N}`` or ``{"name": ..., "label": "production"}``."""
-        body: dict[str, Any] = {
-            "prompt": prompt,
-            "version": version,
-            "dataset": {"name": dataset, "version": dataset_version},
-            "scorers": scorers,
-            "config_version": config_version,
-            "pass_rule": dict(pass_rule) if pass_rule is not None else None,
-        }
-        if config is not None:
-            body["config"] = dict(config)
-        if concurrency is not None:
-            body["concurrency"] = concurrency
+        body = eval_run_body(
+            prompt, version, dataset, scorers, dataset_version, config_version, config, pass_rule, concurrency
+        )
         return self._json("POST", "/v1/evals/runs", json=body)
 
     def get_eval_run(self, run_id: int) -> dict[str, Any]:
@@ -840,16 +821,7 @@ class RegistryClient(BaseClient):
 
         ``scorers`` (and ``pass_rule``) name the scoring a run must have used to count; without them, any.
         """
-        body: dict[str, Any] = {
-            "dataset": {"name": dataset, "version": dataset_version},
-            "min_pass_rate": min_pass_rate,
-            "no_regression": no_regression,
-            "alpha": alpha,
-        }
-        if scorers is not None:
-            body["scorers"] = scorers
-        if pass_rule is not None:
-            body["pass_rule"] = pass_rule
+        body = gate_body(dataset, dataset_version, min_pass_rate, no_regression, alpha, scorers, pass_rule)
         return self._json("PUT", f"/v1/prompts/{encode_name(name)}/gates/{state}", json=body)
 
     def delete_gate(self, name: str, state: str) -> None:
