@@ -121,6 +121,7 @@ class PlaygroundView:
     configs: list[ConfigChoice]
     sides: list[Side]
     fields: list[VariableField]
+    more_configs: bool = False  # more config versions exist than ``configs`` suggests; any may be typed
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +200,7 @@ class Playground:
                     :VERSIONS_LISTED
                 ]
             )
-            configs = await PlaygroundRepository(session).config_versions(CONFIG_VERSIONS_LISTED)
+            configs = await PlaygroundRepository(session).config_versions(CONFIG_VERSIONS_LISTED + 1)
             by_number = {version.number: version for version in listed}
             # From the holders, not the versions listed: production may be older than the newest hundred.
             held = (await prompts.repository.holders(prompt.id)).get(State.PRODUCTION)
@@ -226,10 +227,11 @@ class Playground:
             ],
             configs=[
                 ConfigChoice(f"{config}@{v.number}", config, v.number, v.state, v.backend, v.model)
-                for config, v in configs
+                for config, v in configs[:CONFIG_VERSIONS_LISTED]
             ],
             sides=sides,
             fields=merged_fields(side.schema for side in sides),
+            more_configs=len(configs) > CONFIG_VERSIONS_LISTED,
         )
 
     async def _side(self, session: AsyncSession, key: str, version: PromptVersion, config: str) -> Side:
