@@ -316,9 +316,14 @@ class CompletionService:
         if problems:
             raise InvalidInputError("the overrides are not allowed by the model config", errors=problems)
         plan = self._plan(config, rendering.out, overrides)
-        run = Run(rendering=rendering, caller=caller, stream=data.stream, plan=plan, unit=data.unit)
+        run = Run(rendering=rendering, caller=caller, stream=data.stream, plan=plan, unit=self._unit_of(data))
         await self._guard_input(run, data, overrides)
         return run, overrides
+
+    def _unit_of(self, data: CompleteRequest) -> str | None:
+        """The unit whose data the run's record and cached answers are (listed and erased with it): the one it
+        is routed by (``_render``)."""
+        return data.unit
 
     classifying = False  # a model guard's classifier (ClassifierCompletions): model guards on its config are refused
 
@@ -336,7 +341,8 @@ class CompletionService:
         guards = compile_guards(config.guards)
         if not guards and (config.fallback is None or not config.fallback.guards):
             return
-        complete = functools.partial(ClassifierCompletions(self.completions, self.catalog).complete, caller=run.caller)
+        classifier = ClassifierCompletions(self.completions, self.catalog, unit=run.unit)
+        complete = functools.partial(classifier.complete, caller=run.caller)
         run.guarding = Guarding(
             guards,
             functools.partial(classify, self.catalog, complete),
@@ -823,9 +829,21 @@ class CompletionService:
 
 
 class ClassifierCompletions(CompletionService):
-    """A model guard's classifier prompt on the completion path, answering in the verdict's JSON schema."""
+    """A model guard's classifier prompt on the completion path, answering in the verdict's JSON schema.
+
+    What it reads is the guarded request's text (or its answer), so its record and cached answers are the
+    guarded request's unit's data: they carry ``unit``, and are listed and erased with it. The classifier
+    prompt is not routed by that unit (its request names none): no experiment or rollout assigns or exposes it.
+    """
 
     classifying = True
+
+    def __init__(self, completions: Completions, catalog: PromptCatalog, *, unit: str | None = None) -> None:
+        super().__init__(completions, catalog)
+        self.unit = unit
+
+    def _unit_of(self, data: CompleteRequest) -> str | None:
+        return self.unit
 
     def _plan(self, config: LinkedConfig, out: RenderOut, overrides: Overrides) -> Plan:
         plan = super()._plan(config, out, overrides)

@@ -4,6 +4,8 @@ The classifier is a prompt in the registry with its own config; it runs on the r
 completion path (budget, breaker, retries, usage, cost) with ``VERDICT_FORMAT`` as its
 ``response_format``, so vLLM's structured output makes its answer this JSON object. Its template
 may use ``text`` (what is checked) and ``stage`` (``input`` or ``output``); it is given those it uses.
+Its request names no unit, so no experiment or rollout routes it; its record and cached answer still belong
+to the guarded request's unit (``ClassifierCompletions``), since what it read is that unit's text.
 """
 
 from __future__ import annotations
