@@ -122,6 +122,8 @@ class PlaygroundView:
     sides: list[Side]
     fields: list[VariableField]
     more_configs: bool = False  # more config versions exist than ``configs`` suggests; any may be typed
+    more_versions: bool = False  # the prompt has versions older than the ``listed_versions`` newest
+    listed_versions: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,12 +197,10 @@ class Playground:
             prompts = PromptService(session, self.limits)
             workflow = prompts.workflow
             prompt = await workflow.require(name)
-            listed = list(
-                (await workflow.list_versions(name, PageRequest(limit=VERSIONS_LISTED, after=None), state=None))[
-                    :VERSIONS_LISTED
-                ]
-            )
+            fetched = await workflow.list_versions(name, PageRequest(limit=VERSIONS_LISTED, after=None), state=None)
+            listed = list(fetched[:VERSIONS_LISTED])
             configs = await PlaygroundRepository(session).config_versions(CONFIG_VERSIONS_LISTED + 1)
+            newest = list(listed)
             by_number = {version.number: version for version in listed}
             # From the holders, not the versions listed: production may be older than the newest hundred.
             held = (await prompts.repository.holders(prompt.id)).get(State.PRODUCTION)
@@ -232,6 +232,8 @@ class Playground:
             sides=sides,
             fields=merged_fields(side.schema for side in sides),
             more_configs=len(configs) > CONFIG_VERSIONS_LISTED,
+            more_versions=len(fetched) > VERSIONS_LISTED,
+            listed_versions=len(newest),
         )
 
     async def _side(self, session: AsyncSession, key: str, version: PromptVersion, config: str) -> Side:

@@ -52,3 +52,35 @@ async def test_a_config_version_past_the_suggested_ones_can_be_chosen_and_stays_
     await page.get_by_role("button", name="Run").click()
     await page.locator("[slot='a-foot'] [data-usage='cost']").wait_for()
     assert [seen.path for seen in live.fault.seen(f"ok/{late}") if seen.path != "/tokenize"] == ["/v1/completions"]
+
+
+async def test_a_version_older_than_the_suggested_ones_can_be_chosen_in_the_picker(
+    console: Console, live: LiveRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = unique("playground/old-version")
+    async with live.api() as api:
+        await create_prompt(api, name)
+        for text in ("First {{ who }}.", "Second {{ who }}.", "Third {{ who }}."):
+            await create_version(api, name, text)
+    monkeypatch.setattr(playground, "VERSIONS_LISTED", 1)
+
+    page = await console.signed_in("reader")
+    await page.goto(playground_url(name))
+    suggested = await page.locator("#prompt-versions option").evaluate_all("os => os.map(o => o.value)")
+    assert suggested == ["3"]
+    assert "the newest 1; type any other" in await page.locator("#pick-version-hint").inner_text()
+    await page.get_by_label("Version", exact=True).fill("1")
+    await page.get_by_label("Side by side with").fill("2")
+    await page.get_by_role("button", name="Use these versions").click()
+    assert await page.get_by_label("Version", exact=True).input_value() == "1"
+    assert await page.get_by_label("Side by side with").input_value() == "2"
+    await page.get_by_label("who").fill("Ada")
+    await page.get_by_role("button", name="Render").click()
+    assert await page.get_by_role("region", name="Rendered v1 (1 of 2)").locator(".output").inner_text() == (
+        "First Ada."
+    )
+    assert await page.get_by_role("region", name="Rendered v2 (2 of 2)").locator(".output").inner_text() == (
+        "Second Ada."
+    )
+    await check_page(page, "console2_playground_version_picker")
+    shot("console2_playground_version_picker")

@@ -23,7 +23,6 @@ async def test_the_playground_opens_on_an_old_production_version(live: LiveRegis
         await sign_in(client, live.keys["alice"])
         page = await client.get(f"/console/prompts/{quote(name, safe='')}/playground")
     assert page.status_code == 200, page.text
-    picker = re.search(r'<select[^>]* name="version"[^>]*>(.*?)</select>', page.text, re.S)
+    picker = re.search(r'<input[^>]* name="version"[^>]*>', page.text)
     assert picker is not None
-    chosen = re.findall(r'<option value="(\d+)" selected>', picker.group(1))
-    assert chosen == ["1"]
+    assert 'value="1"' in picker.group(0)
