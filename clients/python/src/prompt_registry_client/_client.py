@@ -496,9 +496,9 @@ class RegistryClient(BaseClient):
 
     def current_version(self, name: str, state: str, resource: Resource = "prompts") -> int | None:
         """The version holding ``state`` (staging or production), or None."""
-        for version in self.list_versions(name, resource, state=state):
-            return int(version["version"])
-        return None
+        path = f"/v1/{resource}/{encode_name(name)}/versions"
+        page = self._json("GET", path, params={"state": state, "limit": 1})  # one page, not a generator left open
+        return int(page["items"][0]["version"]) if page["items"] else None
 
     def promote(
         self,
