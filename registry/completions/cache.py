@@ -186,6 +186,36 @@ class ResponseCache:
                 "erased, try again"
             ) from exc
 
+    async def entries_of_unit(self, unit: str) -> list[tuple[CachedCompletion, float]]:
+        """The entries stored from the unit's requests (what ``erase_unit`` deletes), each with the seconds it has
+        left, for the unit's access request.
+
+        Raises ``CacheUnavailableError`` when Redis cannot be reached, so the unit's data is not shown without them.
+        """
+        digest = unit_digest(unit)
+        if self._redis is None:
+            kept = self._local.fresh_where(lambda entry: entry[2] == digest)
+            return [(_decoder.decode(entry[0]), left) for entry, left in kept]
+        try:
+            members = await self._redis.smembers(self._units + digest)
+            keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in members)
+            if not keys:
+                return []
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(self._prefix + key)
+                    pipe.pttl(self._prefix + key)
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise CacheUnavailableError(
+                "the completion cache could not be reached to read the unit's cached answers; try again"
+            ) from exc
+        found: list[tuple[CachedCompletion, float]] = []
+        for raw, left in zip(replies[::2], replies[1::2], strict=True):
+            if raw:  # an index outlives the entries it names by up to a TTL
+                found.append((_decoder.decode(raw.encode() if isinstance(raw, str) else raw), max(0, left) / 1000))
+        return found
+
     def on_unit_erased(self, digest: str) -> None:
         """A unit, of ``unit_digest`` ``digest``, was erased: drop what this replica keeps in-process (Redis was
         cleared by the erasure)."""

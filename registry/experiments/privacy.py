@@ -28,6 +28,7 @@ from registry.experiments.repository import ERASURE_ACTION, StatisticsRepository
 from registry.experiments.router import UNIT_ERASED
 from registry.experiments.schemas import (
     UnitCachedAnswerOut,
+    UnitCachedCompletionOut,
     UnitCompletionsOut,
     UnitDataOut,
     UnitErasedOut,
@@ -76,7 +77,9 @@ class UnitDataService:
         cached = await self.semantic_cache.entries_of_unit(unit_digest(unit))
         completions = await self.completions.of_unit(unit)
         forced = await self.repository.forced_in(unit)
-        if not (exposures or events or standings or pending_exposures or cached or completions or forced):
+        exact = [] if self.cache is None else await self.cache.entries_of_unit(unit)
+        now = utcnow()
+        if not (exposures or events or standings or pending_exposures or cached or completions or forced or exact):
             raise UnitNotFoundError("the service holds no data on this unit")
         values: dict[tuple[int, int], list[UnitMetricOut]] = {}
         for experiment_id, phase, metric, value, pre in await self.repository.metric_values(unit):
@@ -122,6 +125,12 @@ class UnitDataService:
                     expires_at=entry.expires_at,
                 )
                 for entry in cached
+            ],
+            cached_completions=[
+                UnitCachedCompletionOut(
+                    text=entry.text, finish_reason=entry.finish_reason, expires_at=now + timedelta(seconds=left)
+                )
+                for entry, left in exact
             ],
             completions=UnitCompletionsOut(
                 count=len(completions),

@@ -572,6 +572,15 @@ class UnitCachedAnswerOut(Output):
     expires_at: datetime
 
 
+class UnitCachedCompletionOut(Output):
+    """An exact cache answer stored from one of the unit's requests (until it expires or is erased); it may answer
+    other units' identical requests meanwhile. The entry is keyed by a hash of the request, so it names no prompt."""
+
+    text: str
+    finish_reason: str | None
+    expires_at: datetime
+
+
 class UnitStoredTextOut(Output):
     """The redacted texts one of the unit's completions keeps (its prompt has ``store_io``, within retention)."""
 
@@ -607,6 +616,7 @@ class UnitDataOut(Output):
     experiments: list[UnitStandingOut]
     pending_exposures: int  # first exposures still buffered in this process
     cached_answers: list[UnitCachedAnswerOut] = msgspec.field(default_factory=list)
+    cached_completions: list[UnitCachedCompletionOut] = msgspec.field(default_factory=list)  # the exact cache's
     completions: UnitCompletionsOut = msgspec.field(default_factory=UnitCompletionsOut)
     forced_variants: list[UnitForcedOut] = msgspec.field(default_factory=list)
 

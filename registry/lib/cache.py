@@ -64,6 +64,15 @@ class TTLCache(Generic[K, V]):
             fresh += self._entries.pop(key)[0] >= now
         return fresh
 
+    def fresh_where(self, predicate: Callable[[V], bool]) -> list[tuple[V, float]]:
+        """The fresh values that match, each with the seconds it has left; none counts as used."""
+        now = self._clock()
+        return [
+            (value, expires_at - now)
+            for expires_at, value in self._entries.values()
+            if expires_at >= now and predicate(value)
+        ]
+
     def clear(self) -> None:
         self._entries.clear()
 
