@@ -266,23 +266,33 @@ class OpenAICompletions(CompletionService):
         if self.target.kind == "config":
             config = await self.resolve_config(self.target)
             return direct_rendering(config, messages=self.messages, text=self.text)
+        if data.unit is not None and data.version is None:
+            # Routing the unit records its exposure: a request of the other kind (which an experiment's variants
+            # share with production) is refused before it, unrouted, as it reaches no variant.
+            unrouted = await self.catalog.resolve(name, label=data.label)
+            self._check_kind(name, chat=unrouted.version.kind == "chat")
         rendering = await super()._render(name, data)
         out = rendering.out
+        self._check_kind(name, chat=out.messages is not None)
         if self.messages is not None:
-            if out.messages is None:
-                raise PromptKindMismatchError(
-                    f"prompt '{name}' is a text prompt; run it with POST /v1/completions",
-                    errors=[FieldError("model", "names a text prompt")],
-                )
+            assert out.messages is not None
             out = msgspec.structs.replace(out, messages=[*out.messages, *self.messages])
         else:
-            if out.text is None:
-                raise PromptKindMismatchError(
-                    f"prompt '{name}' is a chat prompt; run it with POST /v1/chat/completions",
-                    errors=[FieldError("model", "names a chat prompt")],
-                )
-            out = msgspec.structs.replace(out, text=out.text + (self.text or ""))
+            out = msgspec.structs.replace(out, text=(out.text or "") + (self.text or ""))
         return Rendering(out, rendering.resolution)
+
+    def _check_kind(self, name: str, *, chat: bool) -> None:
+        """Refuse a chat prompt on ``/v1/completions`` and a text prompt on ``/v1/chat/completions``."""
+        if self.messages is not None and not chat:
+            raise PromptKindMismatchError(
+                f"prompt '{name}' is a text prompt; run it with POST /v1/completions",
+                errors=[FieldError("model", "names a text prompt")],
+            )
+        if self.messages is None and chat:
+            raise PromptKindMismatchError(
+                f"prompt '{name}' is a chat prompt; run it with POST /v1/chat/completions",
+                errors=[FieldError("model", "names a chat prompt")],
+            )
 
 
 @dataclass(frozen=True, slots=True)
