@@ -58,6 +58,10 @@ class CompletionRecord(IdMixin, Base):
     guard_outcomes: Mapped[list[dict[str, Any]] | None] = mapped_column(GUARD_OUTCOMES)
     guard_blocked: Mapped[str | None] = mapped_column(String(64))
     guard_flagged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Made by a model guard's classifier checking another completion (registry.guards.classifier): it carries that
+    # completion's unit, so it is the unit's data and counts in usage and spend, but it is no completion of the unit
+    # in experiments' and rollouts' completion metrics (the guarded completion's latency already includes it).
+    guard_check: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # A semantic cache hit: how similar its request was to the one answered (registry.completions.semantic_cache).
     cache_similarity: Mapped[float | None] = mapped_column(Double)
     # Only for prompts with store_io, redacted, and cleared after the retention period.

@@ -17,7 +17,9 @@ A metric names what it reads of each of a unit's completions with ``source_field
 So ``error`` with aggregation ``any`` is "the unit saw an error", ``latency_ms`` as a quantile
 metric is the p95 of the units' latencies, and ``error`` over ``completions`` as a ratio is the
 error rate per completion. A completion that names an experiment counts for that experiment
-only, like an event posted with one. The usage recorder queues the units of the completions it
+only, like an event posted with one. A model guard's classifier's completions carry the unit of the
+completion they checked, yet give no observation (``guard_check``): that completion, whose latency includes
+the check, is the unit's one. The usage recorder queues the units of the completions it
 writes in the same transaction (``UsageRecorder.flush``), so the aggregator folds them in.
 """
 

@@ -322,7 +322,8 @@ class CompletionRepository:
         """The units' completions: unit, time, experiment id (when it names one that exists) and ``columns``.
 
         Read by the experiments' aggregator through ``registry.completions.observations``; the
-        ``(unit, created_at)`` index finds them.
+        ``(unit, created_at)`` index finds them. A model guard's classifier's completions (``guard_check``) carry
+        the unit they checked but are left out: the checked completion's latency, errors and count are the unit's.
         """
         rows: list[Row[Any]] = []
         selected = [C.unit, C.created_at, Experiment.id, *(C.__table__.c[name] for name in columns)]
@@ -330,7 +331,7 @@ class CompletionRepository:
             query = (
                 select(*selected)
                 .outerjoin(Experiment, Experiment.key == C.experiment_key)
-                .where(C.unit.in_(units[start : start + _UNIT_CHUNK]))
+                .where(C.unit.in_(units[start : start + _UNIT_CHUNK]), C.guard_check.is_(False))
             )
             rows += (await self.session.execute(query)).all()
         return rows

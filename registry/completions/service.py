@@ -790,6 +790,7 @@ class CompletionService:
                 "ttft_ms": _ms(run.ttft),
                 "fallback_used": run.fallback_used,
                 "cached": run.cached,
+                "guard_check": self.classifying,  # a model guard's: no completion of the unit in experiment metrics
                 "cache_similarity": run.similarity,
                 "prompt_text": redact(_prompt_text(out)) if store else None,
                 "completion_text": redact(run.text) if store and run.parts else None,
