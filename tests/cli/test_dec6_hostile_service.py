@@ -115,10 +115,12 @@ def test_a_pull_whose_stream_breaks_leaves_neither_the_file_nor_a_partial_one(
     target = tmp_path / "cases.jsonl"
     code, _out, err = _run(url, "datasets", "pull", "cases", "--output", str(target))
     assert code == 7
-    assert err.startswith(f"error: the connection to {url} broke: ")
+    assert err.startswith(f"error: the answer from {url}/v1/evals/datasets/cases/versions/latest/export")
+    assert "broke off" in err
     code, _out, err = _run(url, "experiments", "export", "test", "--output", str(tmp_path / "units.csv"))
     assert code == 7
-    assert err.startswith(f"error: the connection to {url} broke: ")
+    assert err.startswith(f"error: the answer from {url}/v1/experiments/test/export")
+    assert "broke off" in err
     assert list(tmp_path.iterdir()) == []
     whole = serve(lambda path: (200, "application/x-ndjson", b'{"variables": {"q": "a"}}\n'))
     code, _out, err = _run(whole, "datasets", "pull", "cases", "--output", str(tmp_path / "no" / "cases.jsonl"))

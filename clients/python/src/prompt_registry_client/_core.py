@@ -187,7 +187,14 @@ def error_from_response(response: httpx.Response) -> RegistryError:
 def parsed(response: httpx.Response, parse: Callable[[Any], V]) -> V:
     """``parse`` of the answer's JSON; an answer that is not the registry's (a proxy's page) is an outage."""
     try:
-        return parse(response.json())
+        answer = response.json()
+    except ValueError as exc:
+        raise ServiceUnavailable(
+            f"{response.url} answered something that is not JSON (an HTML page?): is it the registry's API, "
+            "and not a proxy's or a sign-in page?"
+        ) from exc
+    try:
+        return parse(answer)
     except (ValueError, LookupError, TypeError, AttributeError) as exc:
         raise ServiceUnavailable(f"{response.url} did not answer as the registry does: {exc!r}") from exc
 
