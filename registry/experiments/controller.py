@@ -391,8 +391,9 @@ class UnitController(Controller):
         service: NamedDependency[UnitDataService],
         runtime: NamedDependency[Runtime],
     ) -> UnitDataOut:
-        pending = runtime.experiments.exposures.pending_for_unit(unit_id)
-        return await service.describe(unit_id, pending_exposures=pending)
+        exposures = runtime.experiments.exposures
+        async with exposures.writes_held():
+            return await service.describe(unit_id, pending_exposures=exposures.pending_for_unit(unit_id))
 
     @delete(
         "/{unit:str}",

@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
@@ -244,6 +245,13 @@ class ExposureBuffer:
         change reaches this process's handlers (``forget_unit``) before the erasure is answered."""
         async with self._lock:
             return
+
+    @contextlib.asynccontextmanager
+    async def writes_held(self) -> AsyncIterator[None]:
+        """No batch is written while this is held: what is pending and what the database holds are read as one
+        (a flush between the two reads would show an exposure in both, or, under way, in neither)."""
+        async with self._lock:
+            yield
 
     def pending_for_unit(self, unit: str) -> int:
         """The unit's pending exposures the next flush writes (not those of requests in flight at its erasure)."""
