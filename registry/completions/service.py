@@ -722,10 +722,7 @@ class CompletionService:
             yield encoder.error(RegistryError("an unexpected error occurred; the request id identifies it in the logs"))
         finally:
             # A client that went away lands here (cancelled): record, then close the upstream connection.
-            if not run.recorded:
-                run.absorb(upstream)
-                self._record(run)
-            await upstream.close()
+            await self._discard(run, upstream)
 
     # -- recording
 

@@ -323,10 +323,9 @@ class Interleaved:
     def __init__(self, runs: Sequence[OpenedRun], on_failure: Callable[[Exception], RegistryError]) -> None:
         self._queue: asyncio.Queue[SideEvent] = asyncio.Queue()
         self._on_failure = on_failure
-        self._streams = [run.stream for run in runs if run.stream is not None]
-        self._tasks = [
-            asyncio.create_task(self._read(run.side.key, run.stream)) for run in runs if run.stream is not None
-        ]
+        started = [(run.side.key, run.stream) for run in runs if run.stream is not None]
+        self._streams = [stream for _, stream in started]
+        self._tasks = [asyncio.create_task(self._read(key, stream)) for key, stream in started]
 
     async def _read(self, key: str, stream: CompletionStream) -> None:
         try:

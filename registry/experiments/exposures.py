@@ -243,7 +243,7 @@ class ExposureBuffer:
 
         Nothing is dropped or remembered here: the erasure may still fail and roll back. Once it commits, its
         change reaches this process's handlers (``forget_unit``) before the erasure is answered."""
-        async with self._lock:
+        async with self.writes_held():
             return
 
     @contextlib.asynccontextmanager
