@@ -780,7 +780,8 @@ def audit(
 
 @click.group()
 def webhooks() -> None:
-    """Webhooks: list, show, enable or disable them, their deliveries, and send a delivery again (admin scope)."""
+    """Webhooks: create, list, show, enable, disable, ping or delete them, their deliveries, and send a delivery
+    again (admin scope)."""
 
 
 WEBHOOK_COLUMNS = ["id", "url", "events", "enabled", "consecutive_failures", "disabled_reason", "created_at"]
@@ -815,6 +816,36 @@ def _show_webhook(as_json: bool, webhook: dict[str, Any]) -> None:
     emit(as_json, webhook, show)
 
 
+@webhooks.command("create")
+@click.argument("webhook_url", metavar="WEBHOOK_URL")
+@click.option(
+    "--event",
+    "events",
+    multiple=True,
+    required=True,
+    help="An event type to deliver: exact (prompt.promoted), a family (prompt.*) or * (repeatable).",
+)
+@click.option("--description", default="", help="What the webhook is for.")
+@api_command
+def webhooks_create(
+    client: RegistryClient, as_json: bool, webhook_url: str, events: tuple[str, ...], description: str
+) -> None:
+    """Subscribe WEBHOOK_URL to events; prints the signing secret, which is shown this once only.
+
+    (--url is the registry's own URL, as for every command.)
+    """
+    created = client.create_webhook(webhook_url, list(events), description=description)
+
+    def show() -> None:
+        webhook = created["webhook"]
+        click.echo(f"webhook {webhook['id']} {webhook['url']}: created")
+        click.echo(f"  events: {', '.join(webhook['events'])}")
+        click.echo(f"  secret: {created['secret']}")
+        click.echo("  (the secret is shown only now: keep it; receivers check deliveries' signatures with it)")
+
+    emit(as_json, created, show)
+
+
 @webhooks.command("show")
 @click.argument("webhook_id", type=int)
 @api_command
@@ -837,6 +868,29 @@ def webhooks_enable(client: RegistryClient, as_json: bool, webhook_id: int) -> N
 def webhooks_disable(client: RegistryClient, as_json: bool, webhook_id: int) -> None:
     """Send webhook WEBHOOK_ID nothing more; its waiting deliveries are marked dead."""
     _show_webhook(as_json, client.disable_webhook(webhook_id))
+
+
+@webhooks.command("ping")
+@click.argument("webhook_id", type=int)
+@api_command
+def webhooks_ping(client: RegistryClient, as_json: bool, webhook_id: int) -> None:
+    """Queue a signed test delivery (type ping) to webhook WEBHOOK_ID; exits 4 while it is disabled."""
+    client.ping_webhook(webhook_id)
+    result = {"webhook": webhook_id, "queued": "ping"}
+    emit(
+        as_json,
+        result,
+        lambda: click.echo(f"webhook {webhook_id}: ping queued (see 'registry webhooks deliveries {webhook_id}')"),
+    )
+
+
+@webhooks.command("delete")
+@click.argument("webhook_id", type=int)
+@api_command
+def webhooks_delete(client: RegistryClient, as_json: bool, webhook_id: int) -> None:
+    """Delete webhook WEBHOOK_ID and its delivery log: nothing more is sent to it."""
+    client.delete_webhook(webhook_id)
+    emit(as_json, {"webhook": webhook_id, "deleted": True}, lambda: click.echo(f"webhook {webhook_id}: deleted"))
 
 
 @webhooks.command("deliveries")

@@ -37,7 +37,15 @@ from prompt_registry_client._core import (
     unreadable,
 )
 from prompt_registry_client._errors import NotFound, ServiceUnavailable
-from prompt_registry_client._management import UNSET, enabled_param, eval_run_body, gate_body, json_object, promote_body
+from prompt_registry_client._management import (
+    UNSET,
+    enabled_param,
+    eval_run_body,
+    gate_body,
+    json_object,
+    promote_body,
+    webhook_body,
+)
 from prompt_registry_client._models import (
     Completion,
     CompletionFallback,
@@ -612,8 +620,17 @@ class AsyncRegistryClient(BaseClient):
     def list_webhooks(self, *, enabled: bool | None = None) -> AsyncIterator[dict[str, Any]]:
         return self._pages("/v1/webhooks", {"enabled": enabled_param(enabled), "limit": 200})
 
+    async def create_webhook(self, url: str, events: list[str], *, description: str = "") -> dict[str, Any]:
+        return await self._json("POST", "/v1/webhooks", json=webhook_body(url, events, description))
+
     async def get_webhook(self, webhook_id: int) -> dict[str, Any]:
         return await self._json("GET", f"/v1/webhooks/{webhook_id}")
+
+    async def delete_webhook(self, webhook_id: int) -> None:
+        await self.request("DELETE", f"/v1/webhooks/{webhook_id}")
+
+    async def ping_webhook(self, webhook_id: int) -> None:
+        await self.request("POST", f"/v1/webhooks/{webhook_id}/ping")
 
     async def enable_webhook(self, webhook_id: int) -> dict[str, Any]:
         return await self._json("PATCH", f"/v1/webhooks/{webhook_id}", json={"enabled": True})

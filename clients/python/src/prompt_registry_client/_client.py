@@ -36,7 +36,15 @@ from prompt_registry_client._core import (
     run_sync,
 )
 from prompt_registry_client._errors import NotFound, ServiceUnavailable
-from prompt_registry_client._management import UNSET, enabled_param, eval_run_body, gate_body, json_object, promote_body
+from prompt_registry_client._management import (
+    UNSET,
+    enabled_param,
+    eval_run_body,
+    gate_body,
+    json_object,
+    promote_body,
+    webhook_body,
+)
 from prompt_registry_client._models import (
     Completion,
     CompletionFallback,
@@ -623,8 +631,29 @@ class RegistryClient(BaseClient):
         params = {"enabled": enabled_param(enabled), "limit": 200}
         return self._pages("/v1/webhooks", params)
 
+    def create_webhook(self, url: str, events: list[str], *, description: str = "") -> dict[str, Any]:
+        """Subscribe ``url`` to ``events`` (exact types, ``prompt.*`` or ``*``); admin scope.
+
+        The answer is ``{"secret": "whsec_...", "webhook": {...}}``: the signing secret is in it only, never
+        shown again, so keep it now (receivers check deliveries with it). A URL or event pattern the service
+        refuses raises ``ValidationFailed``, its ``errors`` naming the field. Not retried: a retry after a lost
+        answer would subscribe the URL twice.
+        """
+        return self._json("POST", "/v1/webhooks", json=webhook_body(url, events, description))
+
     def get_webhook(self, webhook_id: int) -> dict[str, Any]:
         return self._json("GET", f"/v1/webhooks/{webhook_id}")
+
+    def delete_webhook(self, webhook_id: int) -> None:
+        """Delete the webhook and its delivery log; ``NotFound`` when no webhook has this id."""
+        self.request("DELETE", f"/v1/webhooks/{webhook_id}")
+
+    def ping_webhook(self, webhook_id: int) -> None:
+        """Queue a signed ``ping`` delivery to the webhook, to check the receiver and its signature check.
+
+        ``Conflict`` (type ``webhook_disabled``) while the webhook is disabled: nothing is queued.
+        """
+        self.request("POST", f"/v1/webhooks/{webhook_id}/ping")
 
     def enable_webhook(self, webhook_id: int) -> dict[str, Any]:
         """Deliver events to the webhook again from now on; deliveries that died while it was disabled stay dead."""

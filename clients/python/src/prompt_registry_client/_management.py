@@ -75,3 +75,7 @@ def eval_run_body(
 
 def enabled_param(enabled: bool | None) -> str | None:
     return None if enabled is None else str(enabled).lower()
+
+
+def webhook_body(url: str, events: list[str], description: str) -> dict[str, Any]:
+    return {"url": url, "events": list(events), "description": description}
