@@ -46,7 +46,7 @@ from registry.lib.errors import (
 from registry.lib.promotion import State
 from registry.lib.single_flight import SingleFlight
 from registry.lib.versioned import VersionWorkflow
-from registry.lib.versioned_schemas import Label
+from registry.lib.versioned_schemas import Label, VersionNumber
 from registry.openai_compat.errors import ModelNotFoundError, PromptKindMismatchError
 from registry.openai_compat.schemas import (
     CONFIG_FIELDS,
@@ -99,7 +99,14 @@ def parse_model(model: str) -> ModelTarget:
     if ref is None:
         return ModelTarget(kind, name)
     if ref.isdigit():
-        return ModelTarget(kind, name, version=int(ref))
+        try:
+            version = msgspec.convert(int(ref), VersionNumber)
+        except msgspec.ValidationError:
+            # No version is numbered so (the column is a 32-bit integer): not sent to the database, which refuses it.
+            raise ModelNotFoundError(
+                f"the model '{model}' does not exist: versions are numbered from 1 to 2147483647"
+            ) from None
+        return ModelTarget(kind, name, version=version)
     return ModelTarget(kind, name, label=cast(Label, ref))
 
 
