@@ -29,6 +29,12 @@ class WebhookRepository:
     async def get_for_update(self, webhook_id: int) -> Webhook | None:
         return await self.session.get(Webhook, webhook_id, with_for_update=True)
 
+    async def get_for_share(self, webhook_id: int) -> Webhook | None:
+        """The webhook, read under a share lock held to the end of the transaction: a change to its state
+        (``get_for_update``) waits for this transaction, and this read waits for one under way, then reads
+        what it committed. Several such readers do not wait for each other."""
+        return await self.session.get(Webhook, webhook_id, with_for_update={"read": True}, populate_existing=True)
+
     async def list_page(self, page: PageRequest, *, enabled: bool | None = None) -> Sequence[Webhook]:
         query = select(Webhook).order_by(Webhook.id).limit(page.limit + 1)
         if page.after is not None:

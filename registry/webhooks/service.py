@@ -172,8 +172,12 @@ class WebhookService:
         )
         return webhook
 
-    async def _require_enabled(self, webhook_id: int) -> None:
-        webhook = await self.require(webhook_id)
+    async def _require_enabled(self, webhook_id: int, *, hold: bool = False) -> None:
+        """Refuse a disabled webhook; with ``hold``, the webhook stays share-locked until the caller's transaction
+        ends, so it cannot be disabled between this check and what the caller then queues for it."""
+        webhook = await (self.repository.get_for_share(webhook_id) if hold else self.repository.get(webhook_id))
+        if webhook is None:
+            raise WebhookNotFoundError(f"no webhook has id {webhook_id}")
         if webhook.disabled_at is not None:
             raise WebhookDisabledError(
                 f"webhook {webhook_id} is disabled ({webhook.disabled_reason}); enable it first "
@@ -218,8 +222,14 @@ class WebhookService:
         return delivery
 
     async def ping(self, webhook_id: int, actor: Actor) -> None:
-        """Queue a ``ping`` delivery, to check the receiver and its signature check."""
-        await self._require_enabled(webhook_id)
+        """Queue a ``ping`` delivery, to check the receiver and its signature check.
+
+        The webhook is checked under a lock held until the ping is committed, so no disabling slips in between
+        the check and the insert (the ping would wait, pending, and be sent once the webhook was enabled again):
+        a disabling under way makes the ping wait, then refuses it; one that comes after waits for the ping,
+        then marks it dead with the webhook's other waiting deliveries.
+        """
+        await self._require_enabled(webhook_id, hold=True)
         event_id = str(uuid.uuid4())
         await self.repository.add_deliveries(
             [
