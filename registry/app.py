@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
 from litestar.routes import HTTPRoute
+from litestar.types import ASGIApp
 
 from registry import __version__
 from registry.alerts.controller import AlertIncidentController, AlertRuleController
@@ -79,10 +81,15 @@ API_CONTROLLERS = [
 # The OpenAI-compatible door's paths (and those below them): every error there, refusals before routing
 # included, is OpenAI's error object.
 OPENAI_PATHS = tuple(f"{API_PREFIX}{path}" for path in ("/chat/completions", "/completions", "/models"))
+RUNTIME_STATE = "runtime"
+TRACING_STATE = "tracing"
 
 
 def openai_error(error: RegistryError, instance: str, request_id: str | None) -> ErrorOut:
     return error_answer(error, instance=instance, request_id=request_id)
+
+
+OPENAI_SHAPE = ErrorShape(OPENAI_PATHS, openai_error)
 
 
 def app_exception_handler(shape: ErrorShape) -> ExceptionHandler:
@@ -99,24 +106,37 @@ def app_exception_handler(shape: ErrorShape) -> ExceptionHandler:
     return exception_to_response
 
 
+@dataclass(frozen=True)
+class RoutedApp:
+    """The Litestar app with its routes and documents, before a runtime serves it: ``handler`` is Litestar's own
+    ASGI handler, which ``serve_with`` puts the fast paths and the request-context middleware in front of."""
+
+    litestar: Litestar
+    handler: ASGIApp
+
+
 def create_app(settings: Settings | None = None, *, tracing: Tracing | None = None) -> Litestar:
     """``tracing`` defaults to what the ``OTEL_*`` variables configure (off unless an exporter is set)."""
     settings = settings or get_settings()
-    configure_logging(settings)
-    runtime = Runtime.build(settings)
-    tracing = tracing or Tracing.from_environ()
-    runtime.completions.upstream.tracing = tracing
-    openai_shape = ErrorShape(OPENAI_PATHS, openai_error)
+    return serve_with(route_app(settings.max_body_bytes), settings, tracing=tracing)
+
+
+def route_app(max_body_bytes: int) -> RoutedApp:
+    """The routes, handlers and documents, which no setting but the body limit changes.
+
+    Parsing some three hundred handlers' signatures is most of what making an app costs; it is done here once,
+    and an app served by one runtime after another (the tests') is routed only once.
+    """
     api = ApiRouter(path=API_PREFIX, route_handlers=API_CONTROLLERS, before_request=authorize_request)
     app = Litestar(
         route_handlers=[SystemController, api, *console_routers()],
         template_config=console_template_config(),
         dependencies=COMMON_DEPENDENCIES,
-        exception_handlers={Exception: app_exception_handler(openai_shape)},
-        state=State({"runtime": runtime}),
-        on_startup=[runtime.start],
-        on_shutdown=[runtime.stop, tracing.shutdown],
-        request_max_body_size=settings.max_body_bytes,
+        exception_handlers={Exception: app_exception_handler(OPENAI_SHAPE)},
+        state=State(),
+        on_startup=[start_runtime],
+        on_shutdown=[stop_runtime, shutdown_tracing],
+        request_max_body_size=max_body_bytes,
         request_class=RegistryRequest,
         openapi_config=api_openapi_config(__version__),
         logging_config=None,
@@ -124,7 +144,21 @@ def create_app(settings: Settings | None = None, *, tracing: Tracing | None = No
     ensure_scopes_declared(app)
     declare_problem_responses(app, API_PREFIX)
     document_operations(app, API_PREFIX, declared_scope)
-    handler = app.asgi_handler
+    return RoutedApp(app, app.asgi_handler)
+
+
+def serve_with(routed: RoutedApp, settings: Settings, *, tracing: Tracing | None = None) -> Litestar:
+    """The routed app, served by a new runtime of ``settings``: its state, fast paths and middleware replace any
+    an earlier runtime left (so one routed app serves one runtime at a time)."""
+    if settings.max_body_bytes != routed.litestar.request_max_body_size:
+        raise ValueError("the app was routed for another body limit")
+    configure_logging(settings)
+    runtime = Runtime.build(settings)
+    tracing = tracing or Tracing.from_environ()
+    runtime.completions.upstream.tracing = tracing
+    app = routed.litestar
+    app.state = State({RUNTIME_STATE: runtime, TRACING_STATE: tracing})
+    handler = routed.handler
     if settings.fast_path:  # the routes apps call on every request, served in front of Litestar
         handler = OpenAIFastPath.in_front_of(app, handler, runtime, API_PREFIX)
         handler = CompletionFastPath.in_front_of(app, handler, runtime, API_PREFIX)
@@ -133,7 +167,7 @@ def create_app(settings: Settings | None = None, *, tracing: Tracing | None = No
         handler,
         metrics=runtime.http_metrics,
         access_log=settings.access_log,
-        state={"runtime": runtime},
+        state={RUNTIME_STATE: runtime},
         limits=RequestLimits(
             max_url_bytes=settings.max_url_bytes,
             max_headers=settings.max_request_headers,
@@ -142,10 +176,22 @@ def create_app(settings: Settings | None = None, *, tracing: Tracing | None = No
             form_path_prefixes=(f"{CONSOLE_PREFIX}/",),
             upload_path_prefixes=(f"{API_PREFIX}/evals/datasets/",),
         ),
-        error_shape=openai_shape,
+        error_shape=OPENAI_SHAPE,
     )
     app.asgi_handler = tracing.wrap(app.asgi_handler)  # the request span, outside all else; nothing when off
     return app
+
+
+async def start_runtime(app: Litestar) -> None:
+    await app.state[RUNTIME_STATE].start()
+
+
+async def stop_runtime(app: Litestar) -> None:
+    await app.state[RUNTIME_STATE].stop()
+
+
+async def shutdown_tracing(app: Litestar) -> None:
+    await app.state[TRACING_STATE].shutdown()
 
 
 def declared_scope(handler: BaseRouteHandler) -> str | None:

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from registry.app import create_app
+from registry.app import RoutedApp, route_app, serve_with
 from registry.auth.keys import Scope
 from registry.auth.principal import Actor
 from registry.auth.service import ApiKeyService
@@ -169,9 +169,26 @@ def settings(database_url: str, redis_prefix: str) -> Settings:
     )
 
 
+# Routed apps no test is using, by body limit: routing is most of what making an app costs, and the same routes
+# serve each test's new runtime (``serve_with``), as ``create_app`` would build them.
+_IDLE_ROUTED_APPS: dict[int, list[RoutedApp]] = {}
+
+
+@contextmanager
+def fresh_app(settings: Settings) -> Iterator[Litestar]:
+    """``create_app(settings)``, on routes an earlier test used and gave back."""
+    idle = _IDLE_ROUTED_APPS.setdefault(settings.max_body_bytes, [])
+    routed = idle.pop() if idle else route_app(settings.max_body_bytes)
+    try:
+        yield serve_with(routed, settings)
+    finally:
+        idle.append(routed)
+
+
 @pytest.fixture
-def app(settings: Settings, clean_database: AsyncEngine) -> Litestar:
-    return create_app(settings)
+def app(settings: Settings, clean_database: AsyncEngine) -> Iterator[Litestar]:
+    with fresh_app(settings) as app:
+        yield app
 
 
 class AppClient(httpx.AsyncClient):
