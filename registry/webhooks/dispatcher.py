@@ -164,9 +164,12 @@ class WebhookDispatcher:
         disabled: list[tuple[str, dict[str, object]]] = []
         async with self._sessionmaker() as session, session.begin():
             repository = WebhookRepository(session)
+            # The webhooks before their deliveries, as a disabling, a ping and a redelivery take them: recording
+            # a delivery first, this waited for a redelivery of it that held its webhook and waited for it.
+            # In the order of their ids, so two replicas recording the same webhooks never wait on each other.
+            await repository.lock_webhooks(sorted(rounds))
             for delivery_id, values in outcomes:
                 await repository.record_attempt(delivery_id, values)
-            # In the order of their ids, so two replicas recording the same webhooks never wait on each other.
             for webhook_id in sorted(rounds):
                 disabling = await self._record_round(repository, webhook_id, rounds[webhook_id], now)
                 if disabling is not None:

@@ -133,6 +133,12 @@ class WebhookRepository:
         rows = (await self.session.scalars(select(Webhook).where(Webhook.id.in_(ids)))).all()
         return {w.id: w for w in rows}
 
+    async def lock_webhooks(self, ids: list[int]) -> None:
+        """Lock these webhooks' rows for an update, in the order of their ids."""
+        if ids:
+            query = select(Webhook.id).where(Webhook.id.in_(ids)).order_by(Webhook.id).with_for_update(key_share=True)
+            await self.session.execute(query)
+
     async def record_attempt(self, delivery_id: int, values: dict[str, object]) -> None:
         await self.session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(**values))
 

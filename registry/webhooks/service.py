@@ -194,8 +194,12 @@ class WebhookService:
         return await self.repository.deliveries(webhook_id, page, status=status)
 
     async def redeliver(self, webhook_id: int, delivery_id: int, actor: Actor) -> WebhookDelivery:
-        """Send a delivery again from its first attempt, with the same event id (receivers deduplicate on it)."""
-        await self._require_enabled(webhook_id)
+        """Send a delivery again from its first attempt, with the same event id (receivers deduplicate on it).
+
+        The webhook stays share-locked until the redelivery is committed, as for a ping: a disabling under way
+        makes it wait, then refuses it, rather than the delivery it abandoned being made pending again behind it.
+        """
+        await self._require_enabled(webhook_id, hold=True)
         delivery = await self.repository.get_delivery(webhook_id, delivery_id, for_update=True)
         if delivery is None:
             raise DeliveryNotFoundError(f"webhook {webhook_id} has no delivery {delivery_id}")
