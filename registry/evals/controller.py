@@ -37,7 +37,7 @@ from registry.evals.schemas import (
     SetGate,
 )
 from registry.evals.service import DatasetService, RunService
-from registry.lib.errors import FieldError, InvalidInputError, UnsupportedMediaTypeError
+from registry.lib.errors import FieldError, InvalidInputError, UnsupportedMediaTypeError, field_error
 from registry.lib.http import json_error_detail
 from registry.lib.pagination import PageRequest, encode_cursor
 from registry.lib.schema import paginate
@@ -46,6 +46,7 @@ from registry.runtime import Runtime
 # A dataset version of 100,000 items is larger than the API's usual body limit.
 DATASET_MAX_BODY_BYTES = 256 * 1024 * 1024
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+MAX_VERSION_NUMBER = 2_147_483_647  # the versions' INTEGER column
 
 
 def provide_dataset_service(db_session: NamedDependency[AsyncSession]) -> DatasetService:
@@ -57,12 +58,15 @@ def provide_run_service(db_session: NamedDependency[AsyncSession], runtime: Name
 
 
 def version_number(ref: str) -> int | None:
-    """``latest`` is None; otherwise a positive version number."""
+    """``latest`` is None; otherwise a positive version number (one the database can hold)."""
     if ref == "latest":
         return None
-    if not ref.isdigit() or int(ref) < 1:
+    # ASCII digits only ("²" is a digit to str.isdigit, not to int), and few enough for int() to read at all.
+    digits = ref.isascii() and ref.isdigit() and len(ref) <= len(str(MAX_VERSION_NUMBER))
+    if not digits or not 1 <= int(ref) <= MAX_VERSION_NUMBER:
         raise InvalidInputError(
-            f"'{ref}' is not a version: give a number or latest", errors=[FieldError("version", "not a version")]
+            f"'{ref[:40]}' is not a version: give a number from 1 to {MAX_VERSION_NUMBER} or latest",
+            errors=[FieldError("version", "not a version")],
         )
     return int(ref)
 
@@ -72,6 +76,10 @@ def decode_body(raw: bytes, content_type: str, commit_message: str) -> CreateDat
     if media in ("application/json", ""):
         try:
             return msgspec.json.decode(raw, type=CreateDatasetVersion)
+        except msgspec.ValidationError as exc:  # a field of the version or of an item: named, as any body's are
+            raise InvalidInputError(
+                f"the body is not a dataset version: {exc}", errors=[field_error(exc, whole="body")]
+            ) from exc
         except msgspec.DecodeError as exc:
             raise InvalidInputError(f"the body is not a dataset version: {exc}") from exc
         except (RecursionError, UnicodeDecodeError) as exc:  # msgspec's, outside its DecodeError
@@ -87,7 +95,7 @@ def decode_body(raw: bytes, content_type: str, commit_message: str) -> CreateDat
     try:
         return msgspec.convert({"items": items, "commit_message": commit_message}, CreateDatasetVersion)
     except msgspec.ValidationError as exc:
-        raise InvalidInputError(f"the dataset is invalid: {exc}") from exc
+        raise InvalidInputError(f"the dataset is invalid: {exc}", errors=[field_error(exc, whole="items")]) from exc
 
 
 class DatasetController(Controller):

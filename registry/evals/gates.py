@@ -55,7 +55,10 @@ class GateService:
     @staticmethod
     def _state(state: str) -> str:
         if state not in GATED_STATES:
-            raise InvalidInputError(f"only {' and '.join(GATED_STATES)} can be gated, not '{state}'")
+            detail = f"only {' and '.join(GATED_STATES)} can be gated, not '{state[:64]}'"
+            raise InvalidInputError(
+                detail, errors=[FieldError("target_state", f"must be one of {', '.join(GATED_STATES)}")]
+            )
         return state
 
     async def get(self, name: str, state: str) -> EvalGate:

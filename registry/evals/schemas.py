@@ -12,7 +12,7 @@ from registry.db.text import nul_location
 from registry.evals.models import EvalDataset, EvalDatasetItem, EvalDatasetVersion, EvalGate, EvalRun, EvalRunItem
 from registry.evals.scorers import MAX_SCORERS
 from registry.evals.scoring import Scoring, describe
-from registry.lib.schema import Description, Input, Output, Reason, ResourceName, Tags
+from registry.lib.schema import TEXT_PATTERN, Description, Input, Output, Reason, ResourceName, Tags
 
 MAX_ITEMS = 100_000
 VersionNumber = Annotated[int, msgspec.Meta(ge=1, le=2_147_483_647)]
@@ -46,7 +46,7 @@ class DatasetItemIn(Input):
 
 class CreateDatasetVersion(Input):
     items: Annotated[list[DatasetItemIn], msgspec.Meta(min_length=1, max_length=MAX_ITEMS)]
-    commit_message: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+    commit_message: Annotated[str, msgspec.Meta(max_length=1000, pattern=TEXT_PATTERN)] = ""
 
 
 class DatasetOut(Output):

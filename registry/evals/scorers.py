@@ -23,6 +23,7 @@ import referencing.exceptions
 import regex
 from jsonschema.exceptions import ValidationError, best_match
 
+from registry.db.text import nul_location
 from registry.lib.errors import FieldError, InvalidInputError
 
 MAX_SCORERS = 20
@@ -828,6 +829,11 @@ def parse_scorers(raw: Any) -> tuple[ScorerSpec, ...]:
         problems.append(FieldError("scorers", f"has {len(raw)} scorers, over the limit of {MAX_SCORERS}"))
     else:
         for i, item in enumerate(raw):
+            # Stored with the run (or the gate) as JSON, which PostgreSQL cannot hold a NUL in: refused by name.
+            where = nul_location(item, f"scorers[{i}]")
+            if where is not None:
+                problems.append(FieldError(where, "holds a NUL (U+0000), which cannot be stored"))
+                continue
             spec = _parse_one(item, f"scorers[{i}]", problems)
             if spec is not None:
                 specs.append(spec)
