@@ -77,7 +77,7 @@ class OpenAIRequest(Input):
     variables: Variables = msgspec.field(default_factory=dict)
     unit: UnitId | None = None
     user: EndUser | None = None
-    stream: bool = False
+    stream: bool | None = False  # null is false, as OpenAI's API (and its SDKs' types) have it
     stream_options: StreamOptions | None = None
     max_tokens: MaxTokens | None = None
     max_completion_tokens: MaxTokens | None = None

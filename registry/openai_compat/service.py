@@ -137,7 +137,7 @@ def complete_request(target: ModelTarget, data: OpenAIRequest) -> CompleteReques
         label=target.label,
         version=target.version,
         unit=data.unit or data.user,
-        stream=data.stream,
+        stream=bool(data.stream),
         max_tokens=data.max_tokens or data.max_completion_tokens,
         seed=data.seed,
         user=data.user,

@@ -45,3 +45,23 @@ async def test_retrieving_a_version_past_the_largest_there_can_be_is_a_model_not
     assert answer.status_code == 404
     assert openai_problem(answer)["type"] == "/problems/model_not_found"
     assert answer.json()["error"]["message"] == f"the model '{model}' {NO_SUCH_VERSION}"
+
+
+# OpenAI's API (and its SDKs' types) let ``stream`` be null, its default: false. It was a 422 naming ``stream``.
+STREAM_NULL: list[Case] = [
+    ("reader", CHAT, chat("prompt:greet", stream=None), 200, True),
+    ("reader", TEXT, text("prompt:essay", stream=None), 200, True),
+    ("reader", CHAT, {"model": "config:cfg", "messages": HI, "stream": None}, 200, True),
+    ("reader", CHAT, chat("prompt:greet", stream=None, stream_options={"include_usage": True}), 422, True),
+]
+
+
+async def test_stream_null_is_not_streamed_and_alike_on_both_paths(
+    client: AppClient, slow: AppClient, door: dict[str, dict[str, str]]
+) -> None:
+    answers = await answered_alike(client, slow, door, OpenAIFastPath, STREAM_NULL, joined_chunks)
+
+    assert [answer.headers["content-type"] for answer in answers[:3]] == ["application/json"] * 3
+    objects = [answer.json()["object"] for answer in answers[:3]]
+    assert objects == ["chat.completion", "text_completion", "chat.completion"]
+    assert answers[3].json()["error"]["param"] == "stream_options"
