@@ -44,8 +44,14 @@ class WebhookRepository:
         return (await self.session.scalars(query)).all()
 
     async def enabled(self) -> Sequence[Webhook]:
-        """The webhooks events are delivered to: a disabled one gets no delivery until it is enabled again."""
-        return (await self.session.scalars(select(Webhook).where(Webhook.disabled_at.is_(None)))).all()
+        """The webhooks events are delivered to: a disabled one gets no delivery until it is enabled again.
+
+        Share-locked until the transaction ends, so none is disabled between this read and the deliveries
+        queued for it: a disabling under way is waited for (and the webhook it disabled left out), one that
+        comes after waits and then marks the new deliveries dead with the webhook's other waiting ones.
+        """
+        query = select(Webhook).where(Webhook.disabled_at.is_(None)).order_by(Webhook.id).with_for_update(read=True)
+        return (await self.session.scalars(query)).all()
 
     async def remove(self, webhook: Webhook) -> None:
         await self.session.execute(delete(Webhook).where(Webhook.id == webhook.id))

@@ -1,5 +1,6 @@
-"""A ping or a redelivery sent in the instant its webhook is disabled is refused, or dies with the other waiting
-deliveries: it never waits, pending, to be sent once the webhook is enabled again.
+"""A ping, a redelivery or an event fanned out in the instant its webhook is disabled is refused (or not fanned
+out to it), or dies with the other waiting deliveries: it never waits, pending, to be sent once the webhook is
+enabled again.
 
 The two transactions are interleaved by hand: one holds the other at a row lock, which the test sees in
 ``pg_locks``, so the order is the same at every run.
@@ -19,7 +20,7 @@ from registry.auth.principal import Actor
 from registry.runtime import Runtime
 from registry.webhooks.repository import WebhookRepository
 from registry.webhooks.service import WebhookDisabledError, WebhookService
-from tests.api import Client, Headers
+from tests.api import Client, Headers, create_prompt, create_version
 from tests.webhooks.conftest import Receiver, replace_dispatcher
 from tests.webhooks.test_disable import FakeClock
 
@@ -150,3 +151,23 @@ async def test_a_redelivery_holding_its_webhook_does_not_deadlock_with_the_dispa
     assert await dispatch == 1
     assert await statuses(runtime, webhook_id) == ["retrying"]
     assert [body["type"] for body in receiver.bodies()] == ["ping"]
+
+
+async def test_an_event_fanned_out_while_the_webhook_is_being_disabled_is_not_delivered_to_it(
+    app: Litestar, client: Client, admin: Headers
+) -> None:
+    runtime: Runtime = app.state.runtime
+    webhook_id = await subscribe(client, admin)
+    await create_prompt(client, admin, "greeting")
+    await create_version(client, admin, "greeting")  # an event in the outbox, not fanned out yet
+    async with runtime.sessionmaker() as disabling, disabling.begin():
+        await WebhookService(disabling, runtime.webhooks.guard).set_enabled(webhook_id, False, ADMIN)
+        pid = await backend_pid(disabling)
+        fan_out = asyncio.create_task(runtime.webhooks.fan_out())
+        waited = await held_back(runtime, fan_out, blocker=pid)
+    assert await fan_out == 0
+    assert waited, "the fan-out waited for the disabling to end"
+    assert await statuses(runtime, webhook_id) == [], "nothing was queued for the disabled webhook"
+    enabled = await client.patch(f"/v1/webhooks/{webhook_id}", json={"enabled": True}, headers=admin)
+    assert enabled.status_code == 200, enabled.text
+    assert await statuses(runtime, webhook_id) == []
