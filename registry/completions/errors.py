@@ -18,6 +18,10 @@ class UpstreamError(RegistryError):
     counts_against_breaker = True  # says the backend is unhealthy (not a refusal or overload)
     retry_after: float | None = None  # what the backend asked for (429/503 Retry-After)
     about_backend = True  # False: the request's own deadline ran out first; the breaker learns nothing from it
+    # What the backend reported spending before it failed (a chunk's usage before the first token: the prompt it
+    # read); charged to the request as any attempt's tokens are.
+    input_tokens = 0
+    output_tokens = 0
 
 
 class UpstreamTimeoutError(UpstreamError):

@@ -53,6 +53,15 @@ class CompletionRecord(IdMixin, Base):
     latency_ms: Mapped[float | None] = mapped_column(Double)
     ttft_ms: Mapped[float | None] = mapped_column(Double)
     fallback_used: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A request that failed over to its config's fallback after the first config's backend had spent tokens (an
+    # answer broken off midway): that config, and what its backend spent, at its prices. ``input_tokens``,
+    # ``output_tokens`` and ``cost`` are the whole request's (its key was charged both backends); usage by config
+    # counts this part under the first config and the rest under ``config``. NULL and zeros otherwise.
+    first_config: Mapped[str | None] = mapped_column(String(128))
+    first_config_version: Mapped[int | None]
+    first_input_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
+    first_output_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
+    first_cost: Mapped[float] = mapped_column(Double, default=0.0, server_default="0")
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
     # What the config's guards found (registry.guards): outcomes per guard, the guard that blocked, any flag.
     guard_outcomes: Mapped[list[dict[str, Any]] | None] = mapped_column(GUARD_OUTCOMES)

@@ -11,10 +11,12 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Date,
+    Double,
     Integer,
     Row,
     Select,
     String,
+    Subquery,
     TextClause,
     case,
     cast,
@@ -22,8 +24,10 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
+    null,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql
@@ -70,36 +74,37 @@ RollupKey = tuple[date, str, int, str, int, str, str, str]
 
 
 def rollup_deltas(records: Sequence[Mapping[str, Any]]) -> dict[RollupKey, list[float]]:
-    """What ``records`` add to each row of the daily rollup (``ROLLUP_SUMS`` in order), by UTC day and group."""
+    """What ``records`` add to each row of the daily rollup (``ROLLUP_SUMS`` in order), by UTC day and group.
+
+    A completion that failed over after its first config's backend spent tokens (``first_config``) adds that part
+    to its first config's row (tokens and cost, no request) and the rest to its own, as ``_completion_parts`` does.
+    """
     deltas: dict[RollupKey, list[float]] = {}
-    for record in records:
-        key: RollupKey = (
-            record["created_at"].astimezone(UTC).date(),
-            record["prompt"],
-            record.get("prompt_version") or 0,
-            record.get("config") or "",
-            record.get("config_version") or 0,
-            record.get("api_key_id") or "",
-            record.get("experiment_key") or "",
-            record.get("variant") or "",
-        )
-        latency, ttft = record.get("latency_ms"), record.get("ttft_ms")
-        added = (
-            1,
-            record.get("status") != "ok",
-            bool(record.get("cached")),
-            bool(record.get("fallback_used")),
-            record.get("input_tokens") or 0,
-            record.get("output_tokens") or 0,
-            record.get("cost") or 0.0,
-            latency or 0.0,
-            latency is not None,
-            ttft or 0.0,
-            ttft is not None,
-        )
+
+    def add(key: RollupKey, added: Sequence[float]) -> None:
         row = deltas.setdefault(key, [0] * len(ROLLUP_SUMS))
         for i, value in enumerate(added):
             row[i] += value
+
+    for record in records:
+        day = record["created_at"].astimezone(UTC).date()
+        prompt, version = record["prompt"], record.get("prompt_version") or 0
+        rest = (record.get("api_key_id") or "", record.get("experiment_key") or "", record.get("variant") or "")
+        spent = (record.get("input_tokens") or 0, record.get("output_tokens") or 0, record.get("cost") or 0.0)
+        first_config = record.get("first_config")
+        if first_config is not None:
+            first = (
+                record.get("first_input_tokens") or 0,
+                record.get("first_output_tokens") or 0,
+                record.get("first_cost") or 0.0,
+            )
+            spent = (spent[0] - first[0], spent[1] - first[1], spent[2] - first[2])
+            first_key: RollupKey = (day, prompt, version, first_config, record.get("first_config_version") or 0, *rest)
+            add(first_key, (0, 0, 0, 0, *first, 0.0, 0, 0.0, 0))
+        latency, ttft = record.get("latency_ms"), record.get("ttft_ms")
+        key: RollupKey = (day, prompt, version, record.get("config") or "", record.get("config_version") or 0, *rest)
+        flags = (1, record.get("status") != "ok", bool(record.get("cached")), bool(record.get("fallback_used")))
+        add(key, (*flags, *spent, latency or 0.0, latency is not None, ttft or 0.0, ttft is not None))
     return deltas
 
 
@@ -198,24 +203,25 @@ class CompletionRepository:
     async def rebuild_rollup(self) -> None:
         """Recompute the daily rollup from every completion (bulk loads; the migration does the same once)."""
         await self.session.execute(delete(DailyUsage))
-        day = self._day().label("day")
-        keys = [func.coalesce(column, none).label(name) for name, (column, none) in ROLLUP_KEYS.items()]
+        parts = _completion_parts()
+        day = self._day(parts.c.created_at).label("day")
+        keys = [func.coalesce(parts.c[name], none).label(name) for name, (_, none) in ROLLUP_KEYS.items()]
         summed = select(
             day,
             *keys,
-            *self._measures(),
-            func.coalesce(func.sum(C.latency_ms), 0.0),
-            func.count(C.latency_ms),
-            func.coalesce(func.sum(C.ttft_ms), 0.0),
-            func.count(C.ttft_ms),
+            *_part_measures(parts),
+            func.coalesce(func.sum(parts.c.latency_ms), 0.0),
+            func.count(parts.c.latency_ms),
+            func.coalesce(func.sum(parts.c.ttft_ms), 0.0),
+            func.count(parts.c.ttft_ms),
         ).group_by(day, *keys)
         await self.session.execute(insert(DailyUsage).from_select(["day", *ROLLUP_KEYS, *ROLLUP_SUMS], summed))
 
-    def _day(self) -> ColumnElement[Any]:
+    def _day(self, created_at: Any = C.created_at) -> ColumnElement[Any]:
         """The UTC day of a record, typed as a date: SQLite's ``date()`` returns text that ``Date`` parses."""
         if self.session.get_bind().dialect.name == "postgresql":
-            return func.date(func.timezone("UTC", C.created_at), type_=Date)
-        return func.date(C.created_at, type_=Date)
+            return func.date(func.timezone("UTC", created_at), type_=Date)
+        return func.date(created_at, type_=Date)
 
     async def aggregate(
         self,
@@ -241,7 +247,7 @@ class CompletionRepository:
         columns: dict[str, Any]
         stored: dict[str, Any]
         if from_completions or not (_is_midnight(since) and _is_midnight(until)):
-            query, columns = self._from_completions(group_by, since, until), {"prompt": C.prompt, "key": C.api_key_id}
+            query, columns = self._from_completions(group_by, since, until)
             stored = {name: func.coalesce(column, _NO_NAME) for name, column in columns.items()}
         else:
             query, columns = self._from_rollup(group_by, since, until), {"prompt": D.prompt, "key": D.api_key_id}
@@ -278,7 +284,33 @@ class CompletionRepository:
             (func.sum(D.ttft_ms_sum) / func.nullif(func.sum(D.ttft_count), 0)).label("mean_ttft_ms"),
         ).where(D.day >= since.astimezone(UTC).date(), D.day < until.astimezone(UTC).date())
 
-    def _from_completions(self, group_by: Sequence[str], since: datetime, until: datetime) -> Select[Any]:
+    def _from_completions(
+        self, group_by: Sequence[str], since: datetime, until: datetime
+    ) -> tuple[Select[Any], dict[str, Any]]:
+        """The report's query on the completions, and its prompt and key columns (to narrow it by).
+
+        Grouped by config, a completion that failed over counts its first config's part under that config
+        (``_completion_parts``); otherwise each completion is read whole, which gives the same sums.
+        """
+        if "config" in group_by or "config_version" in group_by:
+            parts = _completion_parts(C.created_at >= since, C.created_at < until)
+            by_part: dict[str, Any] = {
+                "prompt": parts.c.prompt,
+                "version": parts.c.prompt_version,
+                "config": parts.c.config,
+                "config_version": parts.c.config_version,
+                "key": parts.c.api_key_id,
+                "day": self._day(parts.c.created_at),
+                "experiment": parts.c.experiment_key,
+                "variant": parts.c.variant,
+            }
+            query = select(
+                *(by_part[name].label(name) for name in group_by),
+                *_part_measures(parts),
+                func.avg(parts.c.latency_ms).label("mean_latency_ms"),
+                func.avg(parts.c.ttft_ms).label("mean_ttft_ms"),
+            )
+            return query, {"prompt": parts.c.prompt, "key": parts.c.api_key_id}
         dimensions: dict[str, Any] = {
             "prompt": C.prompt,
             "version": C.prompt_version,
@@ -289,12 +321,13 @@ class CompletionRepository:
             "experiment": C.experiment_key,
             "variant": C.variant,
         }
-        return select(
+        query = select(
             *(dimensions[name].label(name) for name in group_by),
             *self._measures(),
             func.avg(C.latency_ms).label("mean_latency_ms"),
             func.avg(C.ttft_ms).label("mean_ttft_ms"),
         ).where(C.created_at >= since, C.created_at < until)
+        return query, {"prompt": C.prompt, "key": C.api_key_id}
 
     @staticmethod
     def _measures() -> list[ColumnElement[Any]]:
@@ -424,3 +457,60 @@ def _total(column: Any) -> ColumnElement[Any]:
 
 def _count_where(condition: ColumnElement[bool]) -> ColumnElement[Any]:
     return func.sum(cast(case((condition, 1), else_=0), Integer))
+
+
+def _flag(condition: ColumnElement[bool]) -> ColumnElement[Any]:
+    return cast(case((condition, 1), else_=0), Integer)
+
+
+_ONE: ColumnElement[int] = literal_column("1")
+
+
+def _completion_parts(*where: ColumnElement[bool]) -> Subquery:
+    """The completions in ``where`` as parts per config: each under its own config, less what its first config's
+    backend spent before it failed over (``first_config``), and that part under the first config, as tokens and
+    cost without a request, errors, cache hits, fallbacks or latencies. The rollup splits them so
+    (``rollup_deltas``); summed over configs, the parts are the completions' totals."""
+    shared = (C.created_at, C.prompt, C.prompt_version, C.api_key_id, C.experiment_key, C.variant)
+    own = select(
+        *shared,
+        C.config,
+        C.config_version,
+        _ONE.label("requests"),
+        _flag(C.status != "ok").label("errors"),
+        _flag(C.cached.is_(True)).label("cached"),
+        _flag(C.fallback_used.is_(True)).label("fallbacks"),
+        (C.input_tokens - C.first_input_tokens).label("input_tokens"),
+        (C.output_tokens - C.first_output_tokens).label("output_tokens"),
+        (C.cost - C.first_cost).label("cost"),
+        C.latency_ms,
+        C.ttft_ms,
+    ).where(*where)
+    first = select(
+        *shared,
+        C.first_config,
+        C.first_config_version,
+        _NO_NUMBER,
+        _NO_NUMBER,
+        _NO_NUMBER,
+        _NO_NUMBER,
+        C.first_input_tokens,
+        C.first_output_tokens,
+        C.first_cost,
+        cast(null(), Double),
+        cast(null(), Double),
+    ).where(*where, C.first_config.is_not(None))
+    return union_all(own, first).subquery("parts")
+
+
+def _part_measures(parts: Subquery) -> list[ColumnElement[Any]]:
+    """``CompletionRepository._measures`` over ``_completion_parts``."""
+    return [
+        func.coalesce(func.sum(parts.c.requests), 0).label("requests"),
+        func.sum(parts.c.errors).label("errors"),
+        func.sum(parts.c.cached).label("cached"),
+        func.sum(parts.c.fallbacks).label("fallbacks"),
+        func.coalesce(func.sum(parts.c.input_tokens), 0).label("input_tokens"),
+        func.coalesce(func.sum(parts.c.output_tokens), 0).label("output_tokens"),
+        func.coalesce(func.sum(parts.c.cost), 0.0).label("cost"),
+    ]

@@ -153,8 +153,10 @@ class Run:
     parts: list[str] = field(default_factory=list)
     sent: bool = False  # a backend took the request: one left before any usage came is charged its prompt
     recorded: bool = False
-    # What an attempt given up mid-answer generated (its fallback answered instead): spent all the same.
+    # What an attempt given up mid-answer generated (its fallback answered instead): spent all the same, at the
+    # prices of its config (``set_aside_config``), under which usage by config counts it.
     set_aside: Spend = field(default_factory=Spend)
+    set_aside_config: LinkedConfig | None = None
     reservation: Reservation | None = None  # held against the key's budget until the run is recorded
 
     @property
@@ -183,10 +185,15 @@ class Run:
     def set_aside_attempt(self) -> None:
         """Start the answer again on another config: the text goes, what it cost stays charged."""
         self.set_aside = self.spend()
+        self.set_aside_config = self.plan.config
         self.input_tokens = self.output_tokens = 0
         self.sent = False  # the next backend has not taken it yet
         self.finish_reason = None
         self.parts.clear()
+
+    def absorb_failure(self, error: UpstreamError) -> None:
+        """The attempt failed before its first token: what its backend reported spending (a prefill) is charged."""
+        self.input_tokens, self.output_tokens = error.input_tokens, error.output_tokens
 
     def absorb(self, upstream: UpstreamStream) -> None:
         self.finish_reason = upstream.finish_reason
@@ -442,11 +449,34 @@ class CompletionService:
         except FALLBACK_ERRORS as exc:
             if not await self._use_fallback(run, overrides, exc):
                 raise
-            return await self._start(run)
+            return await self._start_fallback(run, exc)
 
     async def _start(self, run: Run) -> UpstreamStream:
         plan = run.plan
-        return await self.upstream.open_stream(plan.backend, plan.path, plan.payload, accepted=run.accepted)
+        try:
+            return await self.upstream.open_stream(plan.backend, plan.path, plan.payload, accepted=run.accepted)
+        except UpstreamError as exc:
+            run.absorb_failure(exc)
+            raise
+
+    async def _start_fallback(self, run: Run, error: RegistryError) -> UpstreamStream:
+        """Start the run on the fallback it moved to after ``error``.
+
+        A fallback whose backend finds the request too long for its context (which its check let through: the
+        count came out under its limit, or could not be made) is one that cannot hold it, as in ``_use_fallback``:
+        the caller gets the first backend's failure, not a 422, and the run is recorded as failed with it, so
+        what the first backend spent (an answer broken off midway) is charged (an input error is not recorded).
+        """
+        try:
+            return await self._start(run)
+        except ContextLengthExceededError as exc:
+            logger.warning(
+                "the fallback's backend cannot hold the prompt; the first backend's failure is reported",
+                fallback_backend=run.plan.backend.name,
+                error=error.type,
+                problem=exc.detail,
+            )
+            raise error from exc
 
     async def _use_fallback(self, run: Run, overrides: Overrides, error: RegistryError) -> bool:
         """Move the run to its config's fallback, once; False when there is none to move to.
@@ -620,7 +650,7 @@ class CompletionService:
                 # completion can still run on the fallback.
                 if not await self._use_fallback(run, overrides, exc):
                     raise
-                await self._collect(run, await self._start(run))
+                await self._collect(run, await self._start_fallback(run, exc))
             await self._guard_output(run)
             run.status = "ok"
         except RECORDED_ERRORS as exc:
@@ -761,6 +791,11 @@ class CompletionService:
         store = run.rendering.resolution.entry.store_io
         spend = Spend() if run.cached else run.spend()  # a cache hit used no backend
         cost = run.cost_of(spend)
+        # The part of it the first config's backend spent before the run failed over (``Run.set_aside``).
+        first, first_config = run.set_aside, run.set_aside_config
+        if run.cached or first_config is None or not (first.input_tokens or first.output_tokens or first.cost):
+            first, first_config = Spend(), None
+        first_cost = run.cost_of(first)
         self.completions.recorder.add(
             {
                 "created_at": utcnow(),
@@ -786,6 +821,11 @@ class CompletionService:
                 "latency_ms": _ms(run.latency),
                 "ttft_ms": _ms(run.ttft),
                 "fallback_used": run.fallback_used,
+                "first_config": first_config.name if first_config else None,
+                "first_config_version": first_config.version if first_config else None,
+                "first_input_tokens": first.input_tokens,
+                "first_output_tokens": first.output_tokens,
+                "first_cost": first_cost,
                 "cached": run.cached,
                 "guard_check": self.classifying,  # a model guard's: no completion of the unit in experiment metrics
                 "cache_similarity": run.similarity,
@@ -800,8 +840,10 @@ class CompletionService:
         metrics.completions.labels(run.status, str(run.cached).lower(), str(run.fallback_used).lower()).inc()
         if run.error_type:
             metrics.errors.labels(run.error_type).inc()
-        if cost:
-            metrics.cost.labels(config.backend).inc(cost)
+        if first_config is not None and first_cost:
+            metrics.cost.labels(first_config.backend).inc(first_cost)  # each backend's part under its name
+        if cost - first_cost > 0:
+            metrics.cost.labels(config.backend).inc(cost - first_cost)
         if self.tracer is not None:
             self._annotate(run, spend, cost)
 

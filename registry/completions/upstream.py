@@ -532,6 +532,7 @@ class UpstreamClient:
         # and a read timeout would reset a timer on every packet.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout)
         response: aiohttp.ClientResponse | None = None
+        stream: UpstreamStream | None = None
         try:
             async with asyncio.timeout(max(0.0, min(deadline, started + settings.first_token_timeout) - started)):
                 response = await self.http.session.post(
@@ -553,6 +554,8 @@ class UpstreamClient:
             if response is not None:
                 response.close()
             error = translate_transport_error(exc, backend.name, before_first_token=True)
+            if stream is not None:  # the backend took the request: what its chunks reported spending so far
+                error.input_tokens, error.output_tokens = stream.input_tokens, stream.output_tokens
             cut_short = started + settings.first_token_timeout > deadline
             if queued and cut_short and not isinstance(exc, aiohttp.ClientError):
                 # The request's deadline cut the first token's time short, and the wait for a slot had spent

@@ -5,6 +5,7 @@ wants it to, so this one does. The request's model name picks the behaviour:
 
     ok                      three tokens, usage, [DONE]
     status:CODE:N           answer CODE to the first N requests (N may be "all"), then ok
+    context                 answer 400 with vLLM's message for a prompt longer than the model's context
     slow-headers:S          wait S seconds before answering at all
     slow-headers:S:STEP     the same, plus STEP seconds times the request's number modulo 20 (a spread of
                             delays that does not depend on how busy the machine is)
@@ -105,7 +106,7 @@ class FaultServer:
             count = 3 + sum(len(m["content"].split()) for m in payload["messages"])
         else:
             count = len(str(payload.get("prompt", "")).split())
-        await _json(send, 200, {"count": count, "max_model_len": 4096, "tokens": []})
+        await _json(send, 200, {"count": count, "max_model_len": CONTEXT, "tokens": []})
 
     async def _complete(self, reply: _Reply, receive: Any, seen: SeenRequest, name: str, arg: str, number: int) -> None:
         send = reply.send
@@ -116,6 +117,10 @@ class FaultServer:
                 headers = [(b"retry-after", b"0")] if code in ("429", "503") else []
                 await _json(send, int(code), {"error": {"message": f"injected {code}"}}, headers)
                 return
+        if name == "context":
+            message = f"This model's maximum context length is {CONTEXT} tokens. However, you requested more."
+            await _json(send, 400, {"error": {"message": message}})
+            return
         if name in SPREAD:
             failed, delay = spread(seen.model, f"{name}:{arg}", number)
             await asyncio.sleep(delay)
@@ -211,6 +216,7 @@ def spread(model: str, behaviour: str, number: int) -> tuple[bool, float]:
 
 
 PROMPT_TOKENS = 7
+CONTEXT = 4096  # the model's context that /tokenize and the context-length answer report
 SAY_CHUNK = 3
 
 
