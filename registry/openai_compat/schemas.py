@@ -112,13 +112,16 @@ class ChatCompletionRequest(OpenAIRequest):
 class TextCompletionRequest(OpenAIRequest):
     """``POST /v1/completions``: the request's prompt follows the rendered text (or is all, for a config)."""
 
-    prompt: str | Annotated[list[str], msgspec.Meta(min_length=1, max_length=1)] = ""
+    # null is no text, as OpenAI's API (and its SDKs' types) have it
+    prompt: str | Annotated[list[str], msgspec.Meta(min_length=1, max_length=1)] | None = ""
     best_of: Any = None
     echo: Any = None
     suffix: Any = None
 
     @property
     def text(self) -> str:
+        if self.prompt is None:
+            return ""
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 

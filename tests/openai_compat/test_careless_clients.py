@@ -10,6 +10,8 @@ import pytest
 
 from registry.openai_compat.fast_path import OpenAIFastPath
 from tests.completions import test_fast_path as shared
+from tests.completions.conftest import publish, unique
+from tests.completions.fault_server import FaultServer
 from tests.completions.test_fast_path import Case, answered_alike
 from tests.conftest import AppClient, openai_problem
 from tests.openai_compat.test_fast_path import CHAT, HI, TEXT, chat, door, joined_chunks, text
@@ -65,3 +67,24 @@ async def test_stream_null_is_not_streamed_and_alike_on_both_paths(
     objects = [answer.json()["object"] for answer in answers[:3]]
     assert objects == ["chat.completion", "text_completion", "chat.completion"]
     assert answers[3].json()["error"]["param"] == "stream_options"
+
+
+# And ``prompt``: null is no text of the caller's, as an absent prompt is. It was a 422 naming ``prompt``.
+PROMPT_NULL: list[Case] = [
+    ("reader", TEXT, text("prompt:essay", prompt=None), 200, True),
+    ("reader", TEXT, text("prompt:essay", prompt=None, stream=True), 200, True),
+    ("reader", TEXT, {"model": "config:text", "prompt": None}, 200, True),
+]
+
+
+async def test_prompt_null_runs_the_rendered_text_alone_alike_on_both_paths(
+    client: AppClient, slow: AppClient, door: dict[str, dict[str, str]], fault: FaultServer
+) -> None:
+    model = unique("ok")
+    await publish(client, door["admin"], backend="fault", model=model, prompt="story", config="story", kind="text")
+    cases = [*PROMPT_NULL, ("reader", TEXT, text("prompt:story", prompt=None), 200, True)]
+
+    answers = await answered_alike(client, slow, door, OpenAIFastPath, cases, joined_chunks)
+
+    assert [answer.status_code for answer in answers] == [200] * 4
+    assert [seen.payload["prompt"] for seen in fault.seen(model, TEXT)] == ["Say hello to Ada."] * 2  # fast, slow

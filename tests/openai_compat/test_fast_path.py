@@ -265,7 +265,6 @@ CARELESS_CASES: list[Case] = [
         True,
     ),
     ("reader", CHAT, encoded(chat("prompt:greet")) + b" trailing", 400, False),
-    ("reader", TEXT, text("prompt:essay", prompt=None), 422, False),
     ("reader", TEXT, text("prompt:essay", prompt=[]), 422, False),
 ]
 

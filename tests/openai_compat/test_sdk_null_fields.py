@@ -44,3 +44,16 @@ async def test_stream_null_on_the_completions_endpoint_is_a_completion_not_strea
     assert completion.object == "text_completion"
     assert completion.choices[0].text == "Hello from the"
     assert [seen.payload["prompt"] for seen in fault.seen(model, "/v1/completions")] == ["Once upon a Ada, there was"]
+
+
+async def test_prompt_null_runs_the_rendered_text_alone(
+    client: httpx.AsyncClient, admin: dict[str, str], fault: FaultServer, sdk: SyncFactory
+) -> None:
+    """``prompt`` is ``Union[str, ..., None]`` in the SDK: ``prompt=None`` sends ``"prompt": null`` (it was a 422)."""
+    model = unique("ok")
+    await publish(client, admin, backend="fault", model=model, kind="text", template="Once upon a {{ name }}")
+
+    completion = sdk(client, admin).completions.create(model="prompt:greet", prompt=None, extra_body=VARIABLES)
+
+    assert completion.choices[0].text == "Hello from the"
+    assert [seen.payload["prompt"] for seen in fault.seen(model, "/v1/completions")] == ["Once upon a Ada"]
