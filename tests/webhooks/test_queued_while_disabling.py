@@ -3,7 +3,7 @@ out to it), or dies with the other waiting deliveries: it never waits, pending, 
 enabled again.
 
 The two transactions are interleaved by hand: one holds the other at a row lock, which the test sees in
-``pg_locks``, so the order is the same at every run.
+``pg_blocking_pids``, so the order is the same at every run.
 """
 
 from __future__ import annotations
