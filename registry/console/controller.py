@@ -450,7 +450,7 @@ class ConsoleController(Controller):
             resource_name, number, expected=data.expected(), reason=data.reason.strip(), actor=viewer.actor
         )
         if isinstance(outcome, PromotionPlan):  # the form was refused: the dialog again, saying why
-            return render(request, "change.html", status_code=400, plan=outcome, section="prompts")
+            return render(request, "change.html", status_code=422, plan=outcome, section="prompts")
         if outcome is not None:
             return render(request, "conflict.html", status_code=409, conflict=outcome, section="prompts")
         return see_other(f"{prompt_path(resource_name)}?{urlencode({'changed': number, 'to': 'production'})}")

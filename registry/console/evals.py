@@ -17,8 +17,9 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.principal import Actor
+from registry.configs.service import ConfigNotFoundError, ConfigVersionNotFoundError
 from registry.console.formatting import pretty_json
-from registry.evals.errors import GateFailedError
+from registry.evals.errors import DatasetNotFoundError, DatasetVersionNotFoundError, GateFailedError
 from registry.evals.gates import GATED_STATES, EvalGateCheck
 from registry.evals.models import EvalRun
 from registry.evals.repository import EvalRepository
@@ -33,11 +34,12 @@ from registry.evals.schemas import (
     RunOut,
 )
 from registry.evals.service import DatasetService, RunService
-from registry.lib.errors import FieldError, RegistryError
+from registry.lib.errors import FieldError, NotFoundError, RegistryError
 from registry.lib.pagination import PageRequest, encode_cursor
 from registry.lib.promotion import State
 from registry.lib.schema import paginate
 from registry.lib.versioned import GateCheck
+from registry.prompts.errors import PromptNotFoundError, PromptVersionNotFoundError
 from registry.prompts.models import PromptVersion
 from registry.prompts.service import PromptLimits
 from registry.stats import wilson_interval
@@ -166,7 +168,7 @@ class RunForm:
     rule: Literal["all", "min_score", "min_passed"] = "all"
     pass_value: str = ""
     concurrency: str = "4"
-    problems: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # by field; ``form``: the form as a whole
 
     @classmethod
     def sent(cls, data: Mapping[str, Any], common: Sequence[str]) -> RunForm:
@@ -191,70 +193,138 @@ class RunForm:
 
 
 class RunFormError(ValueError):
-    """What the form lacks before the service is asked, in words for the page."""
+    """What the form lacks before the service is asked, in words for the page, by field (``form``: the whole)."""
+
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        super().__init__("; ".join(errors.values()))
+        self.errors = dict(errors)
 
 
-def _whole(value: str, label: str, *, required: bool) -> int | None:
-    if not value:
-        if required:
-            raise RunFormError(f"{label} is required")
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise RunFormError(f"{label} must be a whole number from 1")
-    return int(value)
+# The form's fields by the API's (``CreateRun``) top-level field names, for the service's field errors.
+_FORM_FIELDS = {
+    "prompt": "prompt",
+    "version": "version",
+    "config": "config",
+    "config_version": "config_version",
+    "dataset": "dataset",
+    "scorers": "scorers_json",
+    "pass_rule": "pass_value",
+    "concurrency": "concurrency",
+}
+# A service's "not found" for the run's parts, by the field that named it.
+_NOT_FOUND_FIELDS: tuple[tuple[type[NotFoundError], str], ...] = (
+    (PromptNotFoundError, "prompt"),
+    (PromptVersionNotFoundError, "version"),
+    (ConfigVersionNotFoundError, "config_version"),
+    (ConfigNotFoundError, "config"),
+    (DatasetVersionNotFoundError, "dataset_version"),
+    (DatasetNotFoundError, "dataset"),
+)
 
 
-def run_config(form: RunForm) -> dict[str, Any]:
+class _Problems:
+    """Every problem of the form at once, the first for each field."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, str] = {}
+
+    def add(self, form_field: str, message: str) -> None:
+        self.errors.setdefault(form_field, message)
+
+    def whole(self, form_field: str, value: str, label: str, *, required: bool) -> int | None:
+        if not value:
+            if required:
+                self.add(form_field, f"{label} is required")
+            return None
+        if not value.isdigit() or int(value) < 1:
+            self.add(form_field, f"{label} must be a whole number from 1")
+            return None
+        return int(value)
+
+
+def run_config(form: RunForm, problems: _Problems | None = None) -> dict[str, Any]:
     """The run's config fields: ``config`` (a number or a label picks its version; empty: its production
     version), else ``config_version`` of the prompt version's own config."""
+    problems = problems if problems is not None else _Problems()
     if not form.config:
-        return {"config_version": _whole(form.config_version, "Config version", required=False)}
+        return {
+            "config_version": problems.whole("config_version", form.config_version, "Config version", required=False)
+        }
     which = form.config_version
     if which in CONFIG_LABELS:
         return {"config": {"name": form.config, "label": which}}
-    version = _whole(which, "Config version (a number or a label: production, staging, latest)", required=False)
+    label = "Config version (a number or a label: production, staging, latest)"
+    version = problems.whole("config_version", which, label, required=False)
     return {"config": {"name": form.config, "version": version}}
 
 
 def run_request(form: RunForm) -> CreateRun:
     """The API's own request body, so the service checks the rest exactly as ``createEvalRun`` does."""
+    problems = _Problems()
     scorers: list[Any] = [COMMON_SCORERS[c] for c in form.common]
     if form.scorers_json:
         try:
             extra = json.loads(form.scorers_json)
         except json.JSONDecodeError as exc:
-            raise RunFormError(f"More scorers is not JSON: {exc.msg} at character {exc.pos}") from exc
-        scorers.extend(extra if isinstance(extra, list) else [extra])
-    if not scorers:
-        raise RunFormError("Choose at least one scorer, or give one in JSON")
+            problems.add("scorers_json", f"More scorers is not JSON: {exc.msg} at character {exc.pos}")
+        else:
+            scorers.extend(extra if isinstance(extra, list) else [extra])
+    if not scorers and "scorers_json" not in problems.errors:
+        problems.add("scorers_json", "Choose at least one scorer, or give one in JSON")
     pass_rule: dict[str, Any] | None = None
     if form.rule == "min_score":
         try:
             pass_rule = {"min_score": float(form.pass_value)}
-        except ValueError as exc:
-            raise RunFormError("Minimum score must be a number from 0 to 1") from exc
+        except ValueError:
+            problems.add("pass_value", "Minimum score must be a number from 0 to 1")
     elif form.rule == "min_passed":
-        pass_rule = {"min_passed": _whole(form.pass_value, "Scorers to pass", required=True)}
+        pass_rule = {"min_passed": problems.whole("pass_value", form.pass_value, "Scorers to pass", required=True)}
+    if not form.prompt:
+        problems.add("prompt", "Prompt is required")
+    if not form.dataset:
+        problems.add("dataset", "Dataset is required")
     body = {
         "prompt": form.prompt,
-        "version": _whole(form.version, "Prompt version", required=True),
-        **run_config(form),
-        "dataset": {"name": form.dataset, "version": _whole(form.dataset_version, "Dataset version", required=False)},
+        "version": problems.whole("version", form.version, "Prompt version", required=True),
+        **run_config(form, problems),
+        "dataset": {
+            "name": form.dataset,
+            "version": problems.whole("dataset_version", form.dataset_version, "Dataset version", required=False),
+        },
         "scorers": scorers,
         "pass_rule": pass_rule,
-        "concurrency": _whole(form.concurrency, "Concurrency", required=True),
+        "concurrency": problems.whole("concurrency", form.concurrency, "Concurrency", required=True),
     }
+    if problems.errors:
+        raise RunFormError(problems.errors)
     try:
         return msgspec.convert(body, CreateRun)
     except msgspec.ValidationError as exc:
-        raise RunFormError(f"The form is not a run: {exc}") from exc
+        path = str(exc).rpartition("$.")[2].rstrip("`").split(".")[0].split("[")[0]
+        raise RunFormError({_FORM_FIELDS.get(path, "form"): f"The form is not a run: {exc}"}) from exc
 
 
-def problems_of(error: RegistryError) -> list[str]:
-    """A service's refusal as lines for the page: its field errors, or its detail."""
-    if error.errors:
-        return [f"{e.field}: {e.message}" if isinstance(e, FieldError) else str(e) for e in error.errors]
-    return [error.detail]
+def problems_of(error: RegistryError) -> dict[str, str]:
+    """A service's refusal by the form's field: its field errors, or its detail at the field whose name or number
+    named nothing (an unknown prompt, version, config or dataset), else for the form as a whole."""
+    found: dict[str, str] = {}
+    for e in error.errors:
+        if isinstance(e, FieldError):
+            name = _FORM_FIELDS.get(e.field.split(".")[0].split("[")[0], "form")
+            # A part of a field (``scorers[1].kind``: the second scorer, counting the ticked ones) is named.
+            message = e.message if e.field in _FORM_FIELDS else f"{e.field}: {e.message}"
+            cause = error.__cause__
+            if name == "config" and isinstance(cause, ConfigVersionNotFoundError):  # the config's version
+                name = "config_version"
+            found[name] = f"{found[name]}; {message}" if name in found else message
+        else:
+            found.setdefault("form", str(e))
+    if found:
+        return found
+    for kind, name in _NOT_FOUND_FIELDS:
+        if isinstance(error, kind):
+            return {name: error.detail}
+    return {"form": error.detail}
 
 
 def listed(run: EvalRun) -> RunOut:
@@ -310,13 +380,13 @@ class EvalPages:
         try:
             run = await self.runs.create_run(run_request(form), actor)
         except RunFormError as problem:
-            form.problems = [str(problem)]
+            form.errors = problem.errors
             return form
         except RegistryError as error:
             if error.status_code >= 500:
                 raise
             await self.session.rollback()
-            form.problems = problems_of(error)
+            form.errors = problems_of(error)
             return form
         return run.id
 

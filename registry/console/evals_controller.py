@@ -141,7 +141,7 @@ class EvalPagesController(Controller):
         return render(
             request,
             "eval-new.html",
-            status_code=400 if form.problems else 200,
+            status_code=422 if form.errors else 200,
             form=form,
             scorer_choices=[(key, SCORER_LABELS[key]) for key in COMMON_SCORERS],
             section="evals",

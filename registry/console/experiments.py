@@ -8,7 +8,7 @@ before the form is shown again, so nothing of it is kept.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from markupsafe import Markup
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +20,7 @@ from registry.console.experiments_form import (
     ExperimentForm,
     ExperimentFormError,
     create_request,
+    metric_matches,
     service_errors,
     update_request,
     without_unchanged,
@@ -198,12 +199,32 @@ class FormPage:
     metrics: Sequence[str]  # offered as choices; any other metric's key may be typed
     experiment: ExperimentDefinition | None = None  # None: a new experiment
     more_metrics: bool = False  # more metrics exist than are offered
+    status_code: int = 422  # the status a refused form is answered with (409 when the experiment's state refused it)
 
     @property
     def guardrail_choices(self) -> list[str]:
         """The metrics offered, and after them any the form chose that are not offered (they stay chosen)."""
         offered = set(self.metrics)
         return [*self.metrics, *(m for m in dict.fromkeys(self.form.guardrail_metrics) if m not in offered)]
+
+    @property
+    def guardrail_rows(self) -> list[GuardrailRow]:
+        """Every guardrail choice, each shown when it matches the filter or is chosen (a chosen one never hides)."""
+        chosen = set(self.form.guardrail_metrics)
+        wanted = self.form.guardrail_filter
+        return [
+            GuardrailRow(m, m in chosen, m in chosen or not wanted or metric_matches(m, wanted))
+            for m in self.guardrail_choices
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class GuardrailRow:
+    """One guardrail checkbox: the metric, whether it is ticked, whether the filter shows it."""
+
+    metric: str
+    chosen: bool
+    shown: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +301,8 @@ class ExperimentPages:
             if exc.status_code != 422:
                 raise
             await self.session.rollback()
-            return await self.new_form(form, service_errors(exc.errors) or {"form": exc.detail})
+            errors = service_errors(exc.errors, form.guardrail_metrics)
+            return await self.new_form(form, errors or {"form": exc.detail})
         return None
 
     async def update(
@@ -297,7 +319,9 @@ class ExperimentPages:
             if exc.status_code not in (409, 422):
                 raise
             await self.session.rollback()
-            return await self.edit_form(key, form, service_errors(exc.errors) or {"form": exc.detail})
+            errors = service_errors(exc.errors, form.guardrail_metrics)
+            page = await self.edit_form(key, form, errors or {"form": exc.detail})
+            return replace(page, status_code=exc.status_code)  # 409: the experiment's state refuses it
         return None
 
     async def start(self, key: str, actor: Actor) -> str | None:

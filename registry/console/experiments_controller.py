@@ -132,7 +132,7 @@ class ExperimentPagesController(Controller):
         return render(
             request,
             "experiment-form.html",
-            status_code=400 if page.errors else 200,
+            status_code=page.status_code if page.errors else 200,
             page=page,
             corrections=CORRECTIONS,
             max_variants=MAX_VARIANTS,
@@ -157,8 +157,9 @@ class ExperimentPagesController(Controller):
         viewer: NamedDependency[Viewer],
     ) -> Response[Any]:
         form = ExperimentForm.sent(await request.form())
-        if request.query_params.get("more"):
-            more_rows(form)
+        if request.query_params.get("more") or request.query_params.get("filter"):
+            if request.query_params.get("more"):
+                more_rows(form)
             return self._form(request, await pages.new_form(form))
         refused = await pages.create(form, viewer.actor)
         if refused is not None:
@@ -187,8 +188,9 @@ class ExperimentPagesController(Controller):
     ) -> Response[Any]:
         sent = await request.form()
         form = ExperimentForm.sent(sent)
-        if request.query_params.get("more"):
-            more_rows(form)
+        if request.query_params.get("more") or request.query_params.get("filter"):
+            if request.query_params.get("more"):
+                more_rows(form)
             return self._form(request, await pages.edit_form(experiment_key, form))
         refused = await pages.update(
             experiment_key, form, sent, viewer.actor, may_change_routing=viewer.can(Scope.PROMOTE)

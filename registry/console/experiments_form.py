@@ -46,6 +46,12 @@ class FormData(Protocol):
     def __contains__(self, key: object) -> bool: ...
 
 
+def metric_matches(key: str, wanted: str) -> bool:
+    """Whether a metric's key matches the guardrail filter: every word typed is in it, whatever the case."""
+    lowered = key.lower()
+    return all(word in lowered for word in wanted.lower().split())
+
+
 def guardrails_sent(ticked: list[str], typed: str) -> list[str]:
     """The guardrail metrics chosen: those ticked, then the keys typed (for metrics not offered), each once."""
     keys = [*ticked, *typed.replace(",", " ").split()]
@@ -76,6 +82,7 @@ class ExperimentForm:
     )
     primary_metric: str = ""
     guardrail_metrics: list[str] = field(default_factory=list)
+    guardrail_filter: str = ""  # what the guardrail list is narrowed to (the page's own, never sent to the API)
     coverage: str = "100"
     hash_attribute: str = "id"
     hash_seed: str = ""
@@ -160,6 +167,7 @@ class ExperimentForm:
                 else [],
                 text("more_guardrail_metrics"),
             ),
+            guardrail_filter=text("guardrail_filter").strip()[:128],
             coverage=text("coverage", "100"),
             hash_attribute=text("hash_attribute", "id"),
             hash_seed=text("hash_seed"),
@@ -424,10 +432,27 @@ def _sent(routing_field: str, sent: FormData) -> bool:
     return inputs.get(routing_field, routing_field) in sent
 
 
-def service_errors(errors: Sequence[FieldError]) -> dict[str, str]:
-    """The service's field errors (``variants[1].prompt_version``, ``forced_variants.qa``…) by form field."""
+_UNKNOWN_METRIC = re.compile(r"^no metric is named '(.*)'$", re.S)
+
+
+def _metric_field(message: str, guardrails: Sequence[str]) -> str:
+    """Where the service's unknown metric was typed: a guardrail's key, or else the primary metric."""
+    unknown = _UNKNOWN_METRIC.match(message)
+    return "guardrail_metrics" if unknown and unknown.group(1) in guardrails else "primary_metric"
+
+
+def service_errors(errors: Sequence[FieldError], guardrails: Sequence[str] = ()) -> dict[str, str]:
+    """The service's field errors (``variants[1].prompt_version``, ``forced_variants.qa``…) by form field.
+
+    The service names every unknown metric under ``metrics``: one that the form chose as a guardrail is put
+    next to the guardrails, where it was typed, not next to the primary metric. Several at one field read as one.
+    """
     found: dict[str, str] = {}
     for error in errors:
+        if error.field == "metrics":
+            name = _metric_field(error.message, guardrails)
+            found[name] = f"{found[name]}; {error.message}" if name in found else error.message
+            continue
         match = _SERVICE_FIELD.match(error.field)
         if match:
             index, name = match.groups()
@@ -437,7 +462,7 @@ def service_errors(errors: Sequence[FieldError]) -> dict[str, str]:
             found.setdefault(f"variant_{column}_{index}", error.message)
             continue
         name = error.field.split(".")[0].split("[")[0]
-        name = {"metrics": "primary_metric", "weights": "variants", "namespace": "namespace_name"}.get(name, name)
+        name = {"weights": "variants", "namespace": "namespace_name"}.get(name, name)
         known = name in ExperimentForm.__dataclass_fields__
         found.setdefault(name if known else "form", error.message if known else f"{error.field}: {error.message}")
     return found
@@ -450,6 +475,7 @@ __all__ = [
     "ExperimentFormError",
     "VariantRow",
     "create_request",
+    "metric_matches",
     "service_errors",
     "update_request",
 ]

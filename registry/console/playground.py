@@ -33,7 +33,7 @@ from registry.console.playground_form import VariableField, merged_fields, varia
 from registry.console.playground_repository import PlaygroundRepository
 from registry.console.repository import ConsoleSessionRepository
 from registry.db.base import utcnow
-from registry.lib.errors import FieldError, InvalidInputError, RegistryError
+from registry.lib.errors import FieldError, InvalidInputError, NotFoundError, RegistryError
 from registry.lib.pagination import PageRequest
 from registry.lib.promotion import State
 from registry.lib.schema import Output
@@ -85,6 +85,17 @@ class Selection:
             "compare_config": self.compare_config,
         }
         return {name: value for name, value in values.items() if value}
+
+
+def without_picker(selection: Selection, picker: str) -> Selection:
+    """The selection without one picker's choice; without the second version, its config goes too."""
+    if picker == "version":
+        return replace(selection, version=None)
+    if picker == "compare_version":
+        return replace(selection, compare_version=None, compare_config="")
+    if picker == "compare_config":
+        return replace(selection, compare_config="")
+    return replace(selection, config="")
 
 
 def config_label(config: LinkedConfig | None) -> str | None:
@@ -145,12 +156,22 @@ class OpenedRun:
 # --------------------------------------------------------------------------- the service
 
 
-def _split_config(value: str) -> tuple[str, int]:
+# Each side's pickers: the field of its version, the field of its config.
+PICKER_FIELDS = {SIDE_KEYS[0]: ("version", "config"), SIDE_KEYS[1]: ("compare_version", "compare_config")}
+
+
+class PickerError(InvalidInputError):
+    """A picker's choice that names nothing to try: the message for its field (``version``, ``compare_config``…)."""
+
+    def __init__(self, picker: str, message: str) -> None:
+        super().__init__(message, errors=[FieldError(picker, message)])
+        self.picker = picker
+
+
+def _split_config(value: str, picker: str = "config") -> tuple[str, int]:
     name, _, number = value.rpartition("@")
     if not name or not number.isdigit() or not 0 < int(number) < 2**31:
-        raise InvalidInputError(
-            f"'{value}' is not a config version", errors=[FieldError("config", "must read name@version")]
-        )
+        raise PickerError(picker, f"'{value}' is not a config version: write it as name@version, such as fast@2")
     return name, int(number)
 
 
@@ -213,11 +234,15 @@ class Playground:
                 wanted.append((SIDE_KEYS[1], selection.compare_version, selection.compare_config))
             sides = []
             for key, number, config in wanted:
-                version = by_number.get(number) or await workflow.require_version(prompt, number)
+                version_picker, config_picker = PICKER_FIELDS[key]
+                try:
+                    version = by_number.get(number) or await workflow.require_version(prompt, number)
+                except NotFoundError as exc:
+                    raise PickerError(version_picker, f"{prompt.name} has no version {number}") from exc
                 if number not in by_number:  # older than the versions listed: listed as well, so the picker shows it
                     by_number[number] = version
                     listed.append(version)
-                sides.append(await self._side(session, key, version, config))
+                sides.append(await self._side(session, key, version, config, config_picker))
         chosen = replace(selection, version=first)
         return PlaygroundView(
             name=prompt.name,
@@ -236,11 +261,29 @@ class Playground:
             listed_versions=len(newest),
         )
 
-    async def _side(self, session: AsyncSession, key: str, version: PromptVersion, config: str) -> Side:
+    async def view_picked(self, name: str, selection: Selection) -> tuple[PlaygroundView, dict[str, str]]:
+        """The view of what the pickers chose, leaving out each choice that names nothing (a mistyped version or
+        config): the page shows what remains, and the problem of each picker left out, by its field."""
+        problems: dict[str, str] = {}
+        while True:
+            try:
+                return await self.view(name, selection), problems
+            except PickerError as exc:
+                if exc.picker in problems:  # pragma: no cover - a picker left out cannot fail again
+                    raise
+                problems[exc.picker] = exc.detail
+                selection = without_picker(selection, exc.picker)
+
+    async def _side(
+        self, session: AsyncSession, key: str, version: PromptVersion, config: str, picker: str = "config"
+    ) -> Side:
         chosen = None
         if config:
-            config_name, number = _split_config(config)
-            _, found = await ConfigService(session).workflow.resolve(config_name, version=number, label=None)
+            config_name, number = _split_config(config, picker)
+            try:
+                _, found = await ConfigService(session).workflow.resolve(config_name, version=number, label=None)
+            except NotFoundError as exc:
+                raise PickerError(picker, exc.detail) from exc
             chosen = LinkedConfig.of(found)
         return Side(
             key=key,

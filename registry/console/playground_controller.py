@@ -77,6 +77,7 @@ VARIABLE_PREFIX = "var."
 MAX_TOKENS_LIMIT = 1_000_000  # as CompleteRequest.max_tokens
 STREAM_HEADERS = {**SECURITY_HEADERS, "X-Accel-Buffering": "no"}
 HTML = "text/html; charset=utf-8"
+PICKERS = ("version", "config", "compare_version", "compare_config")
 RUN_FIELD = "run"  # the form's run id: a run made with it is not made again
 ALREADY_RUN = "This run was already made, so sending its form again ran nothing; press Run to run it again."
 
@@ -116,6 +117,29 @@ def selection_of(values: Mapping[str, Any]) -> Selection:
         compare_version=_number(values, "compare_version", maximum=2_147_483_647),
         compare_config=str(values.get("compare_config") or "").strip()[:300],
     )
+
+
+def picked(values: Mapping[str, Any]) -> tuple[Selection, dict[str, str], dict[str, str]]:
+    """The pickers' choices from the query string, each picker's text as typed, and the problem of each number that
+    is not one (left out of the choices, so the page opens on what remains and says so at that picker)."""
+    typed = {name: str(values.get(name) or "").strip()[:300] for name in PICKERS}
+    problems: dict[str, str] = {}
+    numbers: dict[str, int | None] = {}
+    for name in ("version", "compare_version"):
+        try:
+            numbers[name] = _number(values, name, maximum=2_147_483_647)
+        except InvalidInputError as exc:
+            numbers[name] = None
+            problems[name] = f"'{typed[name]}' is not a version: {exc.errors[0].message}"
+    selection = Selection(
+        version=numbers["version"],
+        config=typed["config"],
+        compare_version=numbers["compare_version"],
+        compare_config=typed["compare_config"] if numbers["compare_version"] else "",
+    )
+    if typed["compare_config"] and not selection.compare_version and "compare_version" not in problems:
+        problems["compare_config"] = "Choose the second version for this config, or leave it empty"
+    return selection, problems, typed
 
 
 def submitted_values(form: Mapping[str, Any], view: PlaygroundView) -> dict[str, str]:
@@ -165,8 +189,14 @@ class PlaygroundController(Controller):
         playground: NamedDependency[Playground],
         viewer: NamedDependency[Viewer],
     ) -> Template:
-        view = await playground.view(resource_name, selection_of(request.query_params))
+        selection, problems, typed = picked(request.query_params)
+        view, refused = await playground.view_picked(resource_name, selection)
+        problems |= refused
         values = {field.name: field.initial for field in view.fields}
+        if problems:  # the page of what could be chosen, each mistyped picker as typed and saying why
+            return self._page(
+                request, view, viewer, values=values, picker_problems=problems, typed=typed, status_code=422
+            )
         return self._page(request, view, viewer, values=values)
 
     @post(
@@ -274,6 +304,8 @@ class PlaygroundController(Controller):
         runs: list[OpenedRun] | None = None,
         marker: str | None = None,
         notice: str | None = None,
+        picker_problems: dict[str, str] | None = None,
+        typed: dict[str, str] | None = None,
         status_code: int = 200,
     ) -> Template:
         return render(
@@ -284,6 +316,8 @@ class PlaygroundController(Controller):
             values=values,
             max_tokens=max_tokens,
             problems={problem.field: problem.message for problem in problems or []},
+            picker_problems=picker_problems or {},
+            typed=typed or {},
             renders=renders,
             runs=runs,
             marker=Markup(marker) if marker else None,  # noqa: S704 - our own comment, random, no outside text

@@ -101,7 +101,7 @@ async def test_a_rollback_with_a_blank_reason_is_refused_on_its_dialog(live: Liv
             f"{base}/rollback",
             data={"csrf": csrf_of(dialog.text), "version": "1", "expected_current": "2", "reason": " \n "},
         )
-    assert refused.status_code == 400
+    assert refused.status_code == 422
     assert "Give the reason production goes back" in refused.text
     assert 'aria-describedby="form-error"' in refused.text
     async with live.api() as api:
