@@ -96,6 +96,12 @@ class EvalRun(IdMixin, Base):
     cost: Mapped[float] = mapped_column(Float, default=0.0)
     input_tokens: Mapped[int] = mapped_column(default=0)
     output_tokens: Mapped[int] = mapped_column(default=0)
+    # Of ``cost`` and the tokens: what the attempts of the lease's owner still under way have spent (their items
+    # neither stored nor given up yet); 0 while nobody holds the lease. A run's discarded spend is the rest of what
+    # its stored outcomes do not account for (``EvalRepository.spend``).
+    pending_cost: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    pending_input_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
+    pending_output_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
     api_key_id: Mapped[str | None] = mapped_column(String(16))
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import and_, exists, func, or_, select, text, update
+from sqlalchemy import and_, case, exists, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,6 +28,8 @@ _INSERT_ITEMS_POSTGRESQL = text(
 ITEM_CHUNK = 10_000
 PENDING_STATUSES = ("queued", "running")
 Outcome = tuple[int, bool, float | None, str]  # an item's position, passed, score and status
+# A lease taken, given up or ended: no attempt of its owner is under way any more (see ``EvalRun.pending_cost``).
+_NOTHING_PENDING: dict[str, Any] = {"pending_cost": 0.0, "pending_input_tokens": 0, "pending_output_tokens": 0}
 
 
 class LeaseLostError(Exception):
@@ -153,6 +155,7 @@ class EvalRepository:
 
         ``lease`` is a token new to this claim (the worker's name and a random part): every later write
         of the run is conditional on it, so a worker whose lease was taken over, even by itself, writes nothing.
+        What the previous owner's attempts spent is no longer pending: their outcomes would be refused now.
         """
         result = await self.session.execute(
             update(EvalRun)
@@ -161,7 +164,7 @@ class EvalRepository:
                 EvalRun.status.in_(PENDING_STATUSES),
                 or_(EvalRun.lease_expires_at.is_(None), EvalRun.lease_expires_at < now),
             )
-            .values(lease_owner=lease, lease_expires_at=expires)
+            .values(lease_owner=lease, lease_expires_at=expires, **_NOTHING_PENDING)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -177,11 +180,11 @@ class EvalRepository:
 
     async def release(self, run_id: int, lease: str, *, not_before: datetime | None, **values: Any) -> bool:
         """Give the lease up; ``not_before`` keeps other workers off the run until then (a backend outage).
-        ``values`` are written as ``renew`` writes them."""
+        ``values`` are written as ``renew`` writes them. The owner has no attempt under way any more."""
         result = await self.session.execute(
             update(EvalRun)
             .where(EvalRun.id == run_id, EvalRun.lease_owner == lease)
-            .values(lease_owner=None, lease_expires_at=not_before, **without_nul(values))
+            .values(lease_owner=None, lease_expires_at=not_before, **_NOTHING_PENDING, **without_nul(values))
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -205,6 +208,9 @@ class EvalRepository:
         in them. Raises ``LeaseLostError`` (the caller rolls back, so the outcomes are not stored either) when
         the run was claimed anew or cancelled.
 
+        Each row's attempt is no longer under way: what it spent (the row's cost and tokens) leaves the run's
+        pending spend, stored with the outcome, or discarded when the item was stored already.
+
         An outcome's text holds the model's answer and what scorers and judges said of it, which cannot be refused:
         a NUL in it is stored as U+FFFD (``registry.db.text``), else the run would fail on it.
         """
@@ -227,18 +233,28 @@ class EvalRepository:
                 items_passed=EvalRun.items_passed + sum(1 for r in new if r["passed"]),
                 items_invalid=EvalRun.items_invalid + sum(1 for r in new if r["status"] == "invalid"),
                 items_errored=EvalRun.items_errored + sum(1 for r in new if r["status"] == "error"),
+                pending_cost=EvalRun.pending_cost - sum(r.get("cost", 0.0) for r in rows),
+                pending_input_tokens=EvalRun.pending_input_tokens - sum(r.get("input_tokens", 0) for r in rows),
+                pending_output_tokens=EvalRun.pending_output_tokens - sum(r.get("output_tokens", 0) for r in rows),
             )
         )
         if not result.rowcount:  # type: ignore[attr-defined]
             raise LeaseLostError(f"run {run_id} is no longer held by lease {lease}, or was cancelled")
         return len(new)
 
-    async def charge(self, run_id: int, *, cost: float, input_tokens: int, output_tokens: int) -> None:
+    async def charge(self, run_id: int, lease: str, *, cost: float, input_tokens: int, output_tokens: int) -> None:
         """Add what a completion of the run spent to the run's cost as it ends, whoever holds the lease.
 
         Not fenced: the completion was made and charged to the key, whatever becomes of its item's outcome,
-        so the run's cost says what the run spent, not only what its stored items cost.
+        so the run's cost says what the run spent, not only what its stored items cost. While ``lease`` still
+        holds the run, its attempt is under way, so it is pending too (until ``record_items`` or ``settle``);
+        a completion of a lease taken over or ended is discarded at once.
         """
+        held = and_(EvalRun.lease_owner == lease, EvalRun.status.in_(PENDING_STATUSES))
+
+        def pending(amount: float) -> Any:
+            return case((held, amount), else_=0)
+
         await self.session.execute(
             update(EvalRun)
             .where(EvalRun.id == run_id)
@@ -246,6 +262,22 @@ class EvalRepository:
                 cost=EvalRun.cost + cost,
                 input_tokens=EvalRun.input_tokens + input_tokens,
                 output_tokens=EvalRun.output_tokens + output_tokens,
+                pending_cost=EvalRun.pending_cost + pending(cost),
+                pending_input_tokens=EvalRun.pending_input_tokens + pending(input_tokens),
+                pending_output_tokens=EvalRun.pending_output_tokens + pending(output_tokens),
+            )
+        )
+
+    async def settle(self, run_id: int, lease: str, *, cost: float, input_tokens: int, output_tokens: int) -> None:
+        """An attempt of ``lease`` given up without an outcome: what it spent is no longer pending (it is discarded).
+        Nothing when the lease no longer holds the run: its attempts stopped being pending when it ended."""
+        await self.session.execute(
+            update(EvalRun)
+            .where(EvalRun.id == run_id, EvalRun.lease_owner == lease)
+            .values(
+                pending_cost=EvalRun.pending_cost - cost,
+                pending_input_tokens=EvalRun.pending_input_tokens - input_tokens,
+                pending_output_tokens=EvalRun.pending_output_tokens - output_tokens,
             )
         )
 
@@ -254,7 +286,7 @@ class EvalRepository:
         result = await self.session.execute(
             update(EvalRun)
             .where(EvalRun.id == run_id, EvalRun.status.in_(PENDING_STATUSES))
-            .values(status="cancelled", finished_at=now, lease_owner=None, lease_expires_at=None)
+            .values(status="cancelled", finished_at=now, lease_owner=None, lease_expires_at=None, **_NOTHING_PENDING)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -277,15 +309,41 @@ class EvalRepository:
         )
         return (await self.session.scalars(query)).all()
 
-    async def stored_spend(self, run_id: int) -> tuple[float, int, int]:
-        """What the run's stored outcomes cost: (cost, input tokens, output tokens)."""
-        query = select(
-            func.coalesce(func.sum(EvalRunItem.cost), 0.0),
-            func.coalesce(func.sum(EvalRunItem.input_tokens), 0),
-            func.coalesce(func.sum(EvalRunItem.output_tokens), 0),
-        ).where(EvalRunItem.run_id == run_id)
-        cost, input_tokens, output_tokens = (await self.session.execute(query)).one()
-        return float(cost), int(input_tokens), int(output_tokens)
+    async def run_and_discarded(self, run_id: int) -> tuple[EvalRun, tuple[float, int, int]] | None:
+        """The run, and what its attempts given up spent: (cost, input tokens, output tokens).
+
+        That is the run's cost less what its stored outcomes cost and what its owner's attempts still under way
+        spent (pending). One statement, so the run's figures and its stored outcomes are read at one moment: read
+        apart, an outcome stored in between was counted as stored but still pending, or the other way round.
+        """
+
+        def stored(column: Any) -> Any:
+            return (
+                select(func.coalesce(func.sum(column), 0))
+                .where(EvalRunItem.run_id == EvalRun.id)
+                .correlate(EvalRun)
+                .scalar_subquery()
+            )
+
+        query = (
+            select(
+                EvalRun,
+                stored(EvalRunItem.cost),
+                stored(EvalRunItem.input_tokens),
+                stored(EvalRunItem.output_tokens),
+            )
+            .where(EvalRun.id == run_id)
+            .execution_options(populate_existing=True)
+        )
+        row = (await self.session.execute(query)).one_or_none()
+        if row is None:
+            return None
+        run, cost, input_tokens, output_tokens = row
+        return run, (
+            float(run.cost) - float(cost) - float(run.pending_cost),
+            int(run.input_tokens) - int(input_tokens) - int(run.pending_input_tokens),
+            int(run.output_tokens) - int(output_tokens) - int(run.pending_output_tokens),
+        )
 
     async def item_scores(self, run_id: int) -> list[list[dict[str, Any]]]:
         """Every item's scores (each scorer's name, kind, value, passed), without outputs: per-scorer rates."""

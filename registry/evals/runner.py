@@ -701,9 +701,10 @@ class EvalWorker:
             lease.lost = True
             raise
 
-    async def _charge(self, run_id: int, attempt: Attempt) -> None:
+    async def _charge(self, lease: Lease, attempt: Attempt) -> None:
         """What the attempt's completions spent since the run was last charged for it, added to the run's cost
-        as each completion ends, whoever holds the lease then (see the module's text).
+        as each completion ends, whoever holds the lease then (see the module's text), and to its pending spend
+        while ``lease`` holds the run (until the item's outcome is stored or the attempt given up: ``_settle``).
 
         The charge is a task of its own, which the stop waits for (``_charged``): it may wait for the database
         (SQLite's one connection, or the run's row, which an item being stored holds) while the stop cancels its
@@ -712,10 +713,15 @@ class EvalWorker:
         spend = attempt.take_unbilled()
         if not spend:
             return
+        run_id = lease.run_id
         charge = asyncio.create_task(
             self._transaction(
                 lambda session: EvalRepository(session).charge(
-                    run_id, cost=spend.cost, input_tokens=spend.input_tokens, output_tokens=spend.output_tokens
+                    run_id,
+                    lease.token,
+                    cost=spend.cost,
+                    input_tokens=spend.input_tokens,
+                    output_tokens=spend.output_tokens,
                 )
             ),
             name=f"eval-run-{run_id}-charge",
@@ -723,6 +729,21 @@ class EvalWorker:
         self._charges.add(charge)
         charge.add_done_callback(self._charges.discard)
         await asyncio.shield(charge)
+
+    async def _settle(self, lease: Lease, attempt: Attempt) -> None:
+        """The attempt is given up without an outcome: what it spent (charged already) is no longer pending but
+        discarded. Nothing when the lease is lost: the new owner's claim, or the cancellation, ended that."""
+        if lease.lost:
+            return
+        await self._transaction(
+            lambda session: EvalRepository(session).settle(
+                lease.run_id,
+                lease.token,
+                cost=attempt.cost,
+                input_tokens=attempt.input_tokens,
+                output_tokens=attempt.output_tokens,
+            )
+        )
 
     async def _charged(self) -> None:
         """Wait for the charges of completions to their runs still under way, whose runs may have been cancelled."""
@@ -758,6 +779,7 @@ class EvalWorker:
                             completions=attempt.completions,
                             cost=attempt.cost,
                         )
+                        await self._settle(lease, attempt)
 
         after = 0
         while True:
@@ -813,7 +835,7 @@ class EvalWorker:
         finally:
             _attempt.reset(spending)
             del self._asking[task]
-            await self._charge(lease.run_id, attempt)
+            await self._charge(lease, attempt)
         return out
 
     @staticmethod

@@ -288,18 +288,20 @@ class RunService:
 
     async def results(self, run_id: int) -> RunResults:
         """The run with its aggregates so far: pass rate and mean score, each with a 95% interval, and what
-        attempts whose outcomes were not stored spent (the run's cost less its stored outcomes')."""
-        run = await self.require(run_id)
+        attempts given up without an outcome spent (not those of items still under way: ``run_and_discarded``)."""
+        found = await self.repository.run_and_discarded(run_id)
+        if found is None:
+            raise RunNotFoundError(f"no evaluation run has id {run_id}")
+        run, (discarded_cost, discarded_input, discarded_output) = found
         outcomes = await self.repository.outcomes(run.id)
         passed = [ok for _, ok, _, _ in outcomes]
         scores = [score if score is not None else 0.0 for _, _, score, _ in outcomes]
-        stored_cost, stored_input, stored_output = await self.repository.stored_spend(run.id)
         out = msgspec.structs.replace(
             RunOut.of(run),
             discarded=DiscardedSpend(
-                cost=max(0.0, round(run.cost - stored_cost, 9)),
-                input_tokens=run.input_tokens - stored_input,
-                output_tokens=run.output_tokens - stored_output,
+                cost=max(0.0, round(discarded_cost, 9)),
+                input_tokens=discarded_input,
+                output_tokens=discarded_output,
             ),
         )
         if outcomes:
