@@ -19,7 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from registry.auth.principal import Actor
 from registry.configs.service import ConfigNotFoundError, ConfigVersionNotFoundError
 from registry.console.formatting import pretty_json
-from registry.evals.errors import DatasetNotFoundError, DatasetVersionNotFoundError, GateFailedError
+from registry.evals.errors import (
+    DatasetNotFoundError,
+    DatasetVersionNotFoundError,
+    GateFailedError,
+    RunNotFoundError,
+    RunsNotComparableError,
+)
 from registry.evals.gates import GATED_STATES, EvalGateCheck
 from registry.evals.models import EvalRun
 from registry.evals.repository import EvalRepository
@@ -190,6 +196,15 @@ class RunForm:
             pass_value=text("pass_value"),
             concurrency=text("concurrency", "4") or "4",
         )
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedCompare:
+    """A run page whose "Compare with run" named no run to compare with: the page, what was typed, and why."""
+
+    run: RunView
+    typed: str
+    problem: str
 
 
 class RunFormError(ValueError):
@@ -392,6 +407,18 @@ class EvalPages:
 
     async def cancel(self, run_id: int, actor: Actor) -> None:
         await self.runs.cancel(run_id, actor)
+
+    async def compare_typed(self, typed: str, candidate_id: int, page: PageRequest) -> CompareView | RefusedCompare:
+        """The comparison with the run typed in a run page's "Compare with run"; when that names no run, or one not
+        comparable, the candidate's page again with the problem (a candidate that is gone: its 404)."""
+        text = typed.strip()
+        number = text.removeprefix("#")
+        try:
+            if not number.isdigit() or not 0 < int(number) < 2**31:
+                raise RunsNotComparableError(f"'{text}' is not a run's number")
+            return await self.compare(int(number), candidate_id)
+        except (RunNotFoundError, RunsNotComparableError) as exc:
+            return RefusedCompare(await self.run_page(candidate_id, page, failed=False), text, exc.detail)
 
     async def compare(self, base_id: int, candidate_id: int) -> CompareView:
         _, found = await self.runs.compare(base_id, candidate_id)

@@ -25,6 +25,7 @@ from registry.console.evals import (
     RUN_REFRESH_MS,
     RUN_STATUSES,
     SCORER_LABELS,
+    CompareView,
     EvalPages,
     RunForm,
     RunStatus,
@@ -186,10 +187,26 @@ class EvalPagesController(Controller):
         self,
         request: Request[Any, Any, Any],
         reader: NamedDependency[EvalPages],
-        base: Annotated[int, QueryParameter(ge=1, le=2_147_483_647)],
+        page: NamedDependency[PageRequest],
+        base: Annotated[str, QueryParameter(max_length=64)],
         candidate: Annotated[int, QueryParameter(ge=1, le=2_147_483_647)],
     ) -> Template:
-        return render(request, "eval-compare.html", view=await reader.compare(base, candidate), section="evals")
+        """The comparison; a run to compare with that is no run, or none comparable, is said at the candidate's
+        "Compare with run" field, on its page, as typed (422)."""
+        compared = await reader.compare_typed(base, candidate, page)
+        if isinstance(compared, CompareView):
+            return render(request, "eval-compare.html", view=compared, section="evals")
+        return render(
+            request,
+            "eval-run.html",
+            status_code=422,
+            view=compared.run,
+            notice=None,
+            refresh_ms=RUN_REFRESH_MS,
+            compare_base=compared.typed,
+            compare_error=compared.problem,
+            section="evals",
+        )
 
     # -- datasets
 

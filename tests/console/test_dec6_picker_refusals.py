@@ -25,7 +25,7 @@ from registry.prompts.errors import PromptNotFoundError, PromptVersionNotFoundEr
 from tests.console.conftest import SCREENSHOTS, Console, LiveRegistry, check_page, sign_in
 from tests.console.seed import create_prompt, create_version, promote, unique
 from tests.console.test_playground import fault_config, playground_url
-from tests.evals.conftest import answers, dataset
+from tests.evals.conftest import answers, dataset, start_run
 
 SHOTS = Path("/tmp/console-shots")
 
@@ -314,3 +314,32 @@ def test_a_config_named_with_a_version_it_lacks_is_said_at_the_config_version() 
     refused = InvalidInputError("config 'c' has no version 9", errors=[FieldError("config", "has no version 9")])
     refused.__cause__ = ConfigVersionNotFoundError("config 'c' has no version 9")  # as resolve_ref raises it
     assert problems_of(refused) == {"config_version": "has no version 9"}
+
+
+async def test_a_run_to_compare_with_that_names_none_is_said_on_the_run_page(
+    console: Console, live: LiveRegistry
+) -> None:
+    prompt, data, other = unique("pickers/compare"), unique("compare-data"), unique("other-data")
+    async with live.api() as api:
+        config = await fault_config(api, "ok", max_tokens=3, prices=(1.0, 1.0))
+        await create_prompt(api, prompt)
+        await create_version(api, prompt, "Answer {{ answer }}", config={"name": config, "version": 1})
+        await dataset(api, {}, data, answers(("a", "a")))
+        await dataset(api, {}, other, answers(("b", "b")))
+        run = await start_run(api, {}, prompt=prompt, version=1, dataset={"name": data})
+        elsewhere = await start_run(api, {}, prompt=prompt, version=1, dataset={"name": other})
+    page = await console.signed_in("reader")
+    await page.goto(f"/console/evals/runs/{run['id']}")
+    missing = elsewhere["id"] + 100_000
+    await page.get_by_label("Compare with run").fill(str(missing))
+    assert await submitted(page, "Compare") == 422
+    assert str(missing) in await page.locator("#error-base").inner_text()
+    assert await page.get_by_label("Compare with run").input_value() == str(missing)
+    assert await page.get_by_label("Compare with run").get_attribute("aria-invalid") == "true"
+    assert await page.locator("#items").count() == 1  # the run's own page, not an error page
+
+    await page.get_by_label("Compare with run").fill(str(elsewhere["id"]))
+    assert await submitted(page, "Compare") == 422
+    assert "needs the same dataset version" in await page.locator("#error-base").inner_text()
+    await check_page(page, "picker_eval_compare_refused")
+    shot("picker_eval_compare_refused")
