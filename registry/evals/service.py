@@ -44,6 +44,7 @@ from registry.prompts.models import PromptVersion
 from registry.prompts.service import PromptLimits, PromptService
 
 DATASET = "dataset"
+MAX_RUN_ID = 2**63 - 1  # the runs' BIGINT id column
 
 
 def items_digest(items: Sequence[DatasetItemIn]) -> str:
@@ -272,6 +273,13 @@ class RunService:
                 "version" if spec.version is not None else "label" if isinstance(exc, LabelNotSetError) else "prompt"
             )
             raise InvalidInputError(exc.detail, errors=[FieldError(f"scorers[{index}].{field}", exc.detail)]) from exc
+        if spec.config is None and version.config_version_id is None:
+            # Else every item's judge would fail on it, and the run complete as if every output had failed.
+            detail = (
+                f"judge prompt '{spec.prompt}' version {version.number} links no model config: name the config to "
+                "judge with in config"
+            )
+            raise InvalidInputError(detail, errors=[FieldError(f"scorers[{index}].config", f"required: {detail}")])
         config_version = spec.config_version
         if spec.config is not None:
             ref = ConfigRef(
@@ -281,7 +289,8 @@ class RunService:
         return dataclasses.replace(spec, version=version.number, label=None, config_version=config_version)
 
     async def require(self, run_id: int) -> EvalRun:
-        run = await self.repository.get_run(run_id)
+        # An id past the id column's range names no run: asked for, the database would refuse the query itself.
+        run = await self.repository.get_run(run_id) if 0 < run_id <= MAX_RUN_ID else None
         if run is None:
             raise RunNotFoundError(f"no evaluation run has id {run_id}")
         return run
@@ -289,7 +298,7 @@ class RunService:
     async def results(self, run_id: int) -> RunResults:
         """The run with its aggregates so far: pass rate and mean score, each with a 95% interval, and what
         attempts given up without an outcome spent (not those of items still under way: ``run_and_discarded``)."""
-        found = await self.repository.run_and_discarded(run_id)
+        found = await self.repository.run_and_discarded(run_id) if 0 < run_id <= MAX_RUN_ID else None
         if found is None:
             raise RunNotFoundError(f"no evaluation run has id {run_id}")
         run, (discarded_cost, discarded_input, discarded_output) = found

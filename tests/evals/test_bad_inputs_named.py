@@ -105,3 +105,22 @@ async def test_a_state_that_cannot_be_gated_is_a_problem_naming_target_state(
         method, "/v1/prompts/named/gates/archived", headers=admin, **({"json": body} if body else {})
     )
     assert_problem_names(response, 422, "target_state")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/evals/runs/{id}"),
+        ("GET", "/v1/evals/runs/{id}/items"),
+        ("GET", "/v1/evals/runs/{id}/events"),
+        ("POST", "/v1/evals/runs/{id}/cancel"),
+        ("GET", "/v1/evals/compare?base={id}&candidate=1"),
+    ],
+    ids=["run", "items", "events", "cancel", "compare"],
+)
+async def test_a_run_id_past_the_id_column_is_a_run_not_found(
+    evals: AppClient, admin: dict[str, str], method: str, path: str
+) -> None:
+    response = await evals.request(method, path.format(id=2**63), headers=admin)
+    assert response.status_code == 404, response.text
+    assert response.json()["type"] == "/problems/eval_run_not_found"
