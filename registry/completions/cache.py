@@ -57,15 +57,20 @@ IN_FLIGHT_SECONDS = ERASURE_IN_FLIGHT_SECONDS
 
 # KEYS: the entry, then (index, tombstone) for the prompt and for the unit where the write has them.
 # ARGV: the entry, its TTL in ms, its key, and how many (index, tombstone) pairs follow the entry in KEYS.
+# An index's expiry is only ever pushed out: a replica with a shorter TTL (lowered, rolled out one replica at a time)
+# must not cut short an index that names another's longer-lived entry, which the erasure would then miss.
 _WRITE = """
 local pairs = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[2])
 for i = 1, pairs do
     if redis.call('EXISTS', KEYS[2 * i + 1]) == 1 then return 0 end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 for i = 1, pairs do
     redis.call('SADD', KEYS[2 * i], ARGV[3])
-    redis.call('PEXPIRE', KEYS[2 * i], ARGV[2])
+    if redis.call('PTTL', KEYS[2 * i]) < ttl then
+        redis.call('PEXPIRE', KEYS[2 * i], ttl)
+    end
 end
 return 1
 """
@@ -87,6 +92,19 @@ class CacheUnavailableError(ServiceUnavailableError):
 
 _decoder = msgspec.msgpack.Decoder(CachedCompletion)
 _encoder = msgspec.msgpack.Encoder()
+
+
+def _decoded(key: str, raw: bytes | str | None) -> CachedCompletion | None:
+    """The entry kept under ``key``; None for none, or for one this code cannot read (another release's format, or
+    anything else written under the key), which is a miss as an unreachable Redis is, not a failed completion. The
+    unit's erasure still deletes it (by its index), and the model's answer overwrites it."""
+    if not raw:
+        return None
+    try:
+        return _decoder.decode(raw.encode() if isinstance(raw, str) else raw)
+    except msgspec.DecodeError as exc:  # ValidationError is one
+        logger.warning("response cache entry unreadable; treated as a miss", key=key, error=error_text(exc))
+        return None
 
 
 def record_storage_policy(session: AsyncSession, prompt: str, *, store_io: bool) -> None:
@@ -123,9 +141,7 @@ class ResponseCache:
         except (RedisError, OSError) as exc:
             logger.warning("response cache unavailable", error=error_text(exc))
             return None
-        if not raw:
-            return None
-        return _decoder.decode(raw.encode() if isinstance(raw, str) else raw)
+        return _decoded(key, raw)
 
     async def set(
         self, key: str, value: CachedCompletion, *, unit: str | None = None, prompt: str | None = None
@@ -211,9 +227,10 @@ class ResponseCache:
                 "the completion cache could not be reached to read the unit's cached answers; try again"
             ) from exc
         found: list[tuple[CachedCompletion, float]] = []
-        for raw, left in zip(replies[::2], replies[1::2], strict=True):
-            if raw:  # an index outlives the entries it names by up to a TTL
-                found.append((_decoder.decode(raw.encode() if isinstance(raw, str) else raw), max(0, left) / 1000))
+        for key, raw, left in zip(keys, replies[::2], replies[1::2], strict=True):
+            entry = _decoded(key, raw)  # none: an index outlives the entries it names by up to a TTL
+            if entry is not None:
+                found.append((entry, max(0, left) / 1000))
         return found
 
     def on_unit_erased(self, digest: str) -> None:
