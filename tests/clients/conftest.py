@@ -7,9 +7,9 @@ running client.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +24,7 @@ from registry.app import create_app
 from registry.settings import Settings
 from tests.api import path
 from tests.completions.fault_server import FaultServer
+from tests.waiting import PATIENCE_SECONDS, eventually
 
 
 class ThreadedServer:
@@ -42,40 +43,47 @@ class ThreadedServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> str:
+        """Serve, once the app has started; a start that fails leaves no thread or socket behind."""
         # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and without
         # it every answer written in two parts waits ~40 ms for the client's delayed ACK.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            lifespan=self.lifespan,
-            log_level="critical",
-            ws="none",
-            loop="asyncio",
-            timeout_graceful_shutdown=0.5,
-            access_log=False,
-        )
         self._socket = sock
-        self._server = server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "the server did not start in time"
-            assert self._thread.is_alive(), "the server stopped while starting"
-            time.sleep(0.01)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", self.port))
+            self.port = sock.getsockname()[1]
+            config = uvicorn.Config(
+                self.app,
+                lifespan=self.lifespan,
+                log_level="critical",
+                ws="none",
+                loop="asyncio",
+                timeout_graceful_shutdown=0.5,
+                access_log=False,
+            )
+            self._server = server = uvicorn.Server(config)
+            self._thread = thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+            thread.start()
+            # How long a start takes is the machine's business (seconds on a busy one): wait for it to happen.
+            eventually(lambda: server.started or not thread.is_alive(), "the server starting")
+            assert server.started, "the server stopped while starting"
+        except BaseException:
+            self.stop()
+            raise
         return self.url
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(10)
-            assert not self._thread.is_alive(), "the server did not stop"
-            if self._socket is not None:
-                self._socket.close()
-            self._server = self._thread = None
+        """Stop serving and free the port; the socket is closed even when the server does not stop."""
+        server, thread, sock = self._server, self._thread, self._socket
+        self._server = self._thread = self._socket = None
+        try:
+            if server is not None and thread is not None:
+                server.should_exit = True
+                thread.join(PATIENCE_SECONDS)  # a hang guard only: a stop takes well under a second
+                assert not thread.is_alive(), "the server did not stop"
+        finally:
+            if sock is not None:
+                sock.close()
 
 
 @dataclass
@@ -90,7 +98,9 @@ class Live:
     def __post_init__(self) -> None:
         self.server = ThreadedServer(create_app(self.settings))
         self.server.start()
-        self.admin = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"})
+        headers = {"Authorization": f"Bearer {self.key}"}
+        # A hang guard only: setting up content may take seconds on a busy machine (httpx's default is 5).
+        self.admin = httpx.Client(base_url=self.url, headers=headers, timeout=PATIENCE_SECONDS)
 
     @property
     def url(self) -> str:
@@ -142,17 +152,17 @@ LiveFactory = Callable[..., Live]
 @pytest.fixture
 def live_registry(settings: Settings, clean_database: AsyncEngine, admin: dict[str, str]) -> Iterator[LiveFactory]:
     """Start the registry (with settings overrides) on a free port; stopped after the test."""
-    started: list[Live] = []
+    # Every registry is stopped even when stopping another fails: one left serving (its jobs, its database
+    # connections) would break the tests that come after this one.
+    with contextlib.ExitStack() as stopping:
 
-    def start(**overrides: Any) -> Live:
-        live = Live(admin["Authorization"].removeprefix("Bearer "), settings.model_copy(update=overrides))
-        started.append(live)
-        return live
+        def start(**overrides: Any) -> Live:
+            live = Live(admin["Authorization"].removeprefix("Bearer "), settings.model_copy(update=overrides))
+            stopping.callback(live.stop)
+            stopping.callback(live.admin.close)
+            return live
 
-    yield start
-    for live in reversed(started):
-        live.admin.close()
-        live.stop()
+        yield start
 
 
 @pytest.fixture

@@ -124,10 +124,14 @@ def test_a_change_missed_while_disconnected_is_caught_when_the_feed_reconnects(
     recorder = Recorder()
     with client_for(live, recorder, cache=CachePolicy(ttl=600)) as registry:
         assert registry.get_prompt("greet").version == 1
-        eventually(lambda: recorder.count("GET /v1/changes") == 1, "the change feed connecting")
+        # The feed's first connect revalidates the copy too: stopping the replica while that is under way would
+        # leave the copy unverified, and then no reconnect would be needed to catch the change.
+        eventually(lambda: recorder.statuses["GET /v1/prompts/greet 304"] >= 1, "the feed's first revalidation")
         live.stop()
         other_replica.promote("greet", 2)  # the client's replica is down: no change event reaches it
-        time.sleep(0.2)
+        eventually(lambda: recorder.tries("GET /v1/changes") >= 2, "the feed trying to reconnect")
         assert registry.get_prompt("greet").version == 1, "the last copy serves meanwhile"
         live.restart()
+        # The copy lives 600 s: only the reconnected feed's resync can make the client ask again.
         eventually(lambda: registry.get_prompt("greet").version == 2, "the change caught after the reconnect")
+    assert recorder.statuses["GET /v1/changes 200"] == 2, "connected, then reconnected once"
