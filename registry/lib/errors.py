@@ -292,8 +292,15 @@ def field_error(exc: msgspec.ValidationError, *, whole: str) -> FieldError:
     return FieldError(field or whole, text)
 
 
+# Litestar's refusal of a request without a parameter its handler requires (its detail; no field list).
+_MISSING_PARAMETER = re.compile(r"Missing required (\w+) parameter '([^']*)'")
+
+
 def _from_query(exc: ValidationException) -> bool:
     """Whether Litestar refused a query parameter (else the body)."""
+    missing = _MISSING_PARAMETER.match(str(exc.detail))
+    if missing:
+        return missing[1] == "query"
     return any(item.get("source") == "query" for item in (exc.extra or []) if isinstance(item, dict))
 
 
@@ -302,6 +309,9 @@ def _validation_errors(exc: ValidationException) -> list[FieldError]:
     cause = exc.__cause__
     if isinstance(cause, msgspec.ValidationError):
         return [field_error(cause, whole="body")]
+    missing = _MISSING_PARAMETER.match(str(exc.detail))
+    if missing:  # named by the parameter, not the request, and without the path Litestar's detail repeats
+        return [FieldError(missing[2], f"required: the {missing[1]} parameter is missing")]
     extra = exc.extra if isinstance(exc.extra, list) else []
     return [
         FieldError(str(item.get("key") or item.get("source") or "request"), str(item.get("message", "")))
