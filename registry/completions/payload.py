@@ -82,7 +82,11 @@ def token_upper_bound(payload: Mapping[str, Any]) -> int:
     fits without asking the backend to count.
     """
     if "messages" in payload:
-        return _TOKENS_PER_PROMPT + sum(_TOKENS_PER_MESSAGE + len(m["content"].encode()) for m in payload["messages"])
+        # A message's participant name (the OpenAI door passes it on) is read by the model too.
+        return _TOKENS_PER_PROMPT + sum(
+            _TOKENS_PER_MESSAGE + len(m["content"].encode()) + len(m.get("name", "").encode())
+            for m in payload["messages"]
+        )
     return _TOKENS_PER_PROMPT + len(str(payload.get("prompt", "")).encode())
 
 

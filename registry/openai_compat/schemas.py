@@ -57,9 +57,23 @@ class TextPart(Input):
     text: str
 
 
+# OpenAI's name of a message's participant, passed on with the message (vLLM's chat messages take it too). No NUL,
+# as for ``user``: the backend's chat template would get it, and no answer to it can be recorded as it was.
+ParticipantName = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=256,
+        pattern=NO_NUL_PATTERN,
+        description="The participant's name, told apart from others of the same role; passed to the model.",
+    ),
+]
+
+
 class ChatMessage(Input):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | Annotated[list[TextPart], msgspec.Meta(max_length=100)]
+    name: ParticipantName | None = None  # null is no name, as OpenAI's SDKs' types have it
 
     @property
     def text(self) -> str:

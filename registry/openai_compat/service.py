@@ -27,8 +27,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.completions.components import Completions
+from registry.completions.payload import Overrides
 from registry.completions.schemas import CompleteRequest, CompletionMeta, CompletionOut, DoneEvent
-from registry.completions.service import CompletionService
+from registry.completions.service import CompletionService, Plan
 from registry.configs.repository import ConfigRepository
 from registry.configs.service import CONFIG_ERRORS, ConfigService
 from registry.db.engine import READ_ONLY
@@ -256,18 +257,32 @@ class OpenAICompletions(CompletionService):
         target: ModelTarget,
         resolve_config: ConfigResolver,
         messages: list[Message] | None = None,
+        names: list[str | None] | None = None,
         text: str | None = None,
     ) -> None:
         super().__init__(completions, catalog)
         self.target = target
         self.resolve_config = resolve_config
         self.messages = messages  # a chat request's turns
+        self.names = names or []  # their participants' names (None: none), one per turn when any is named
         self.text = text  # a text request's prompt
 
     def _caller_texts(self, data: CompleteRequest) -> list[str]:
-        """The caller's own messages (or prompt text) are its input too, for the injection and delimiter guards."""
+        """The caller's own messages (or prompt text) are its input too, for the injection and delimiter guards;
+        so are their names, which the model reads with them."""
         own = [m.content for m in self.messages] if self.messages is not None else [self.text or ""]
-        return [*super()._caller_texts(data), *own]
+        return [*super()._caller_texts(data), *own, *(name for name in self.names if name is not None)]
+
+    def _plan(self, config: LinkedConfig, out: RenderOut, overrides: Overrides) -> Plan:
+        """The caller's turns are the last of the upstream request's messages (after the prompt's), and each takes
+        its participant's name along, as vLLM's chat messages take it. A guard's redaction keeps the turns."""
+        plan = super()._plan(config, out, overrides)
+        sent = plan.payload.get("messages")
+        if sent is not None and any(name is not None for name in self.names):
+            for message, name in zip(sent[len(sent) - len(self.names) :], self.names, strict=True):
+                if name is not None:
+                    message["name"] = name
+        return plan
 
     async def _render(self, name: str, data: CompleteRequest) -> Rendering:
         if self.target.kind == "config":
@@ -326,14 +341,16 @@ def prepare_call(
 ) -> OpenAICall:
     target = parse_model(data.model)
     request = complete_request(target, data)
-    messages, text = None, None
+    messages, names, text = None, None, None
     if isinstance(data, ChatCompletionRequest):
         messages = [Message(role=m.role, content=m.text) for m in data.messages]
+        if any(m.name is not None for m in data.messages):
+            names = [m.name for m in data.messages]
     else:
         text = data.text
     chat = messages is not None
     service = OpenAICompletions(
-        completions, catalog, target=target, resolve_config=resolve_config, messages=messages, text=text
+        completions, catalog, target=target, resolve_config=resolve_config, messages=messages, names=names, text=text
     )
     prefix = "chatcmpl-" if chat else "cmpl-"
     return OpenAICall(
