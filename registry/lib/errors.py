@@ -296,12 +296,13 @@ def field_error(exc: msgspec.ValidationError, *, whole: str) -> FieldError:
 _MISSING_PARAMETER = re.compile(r"Missing required (\w+) parameter '([^']*)'")
 
 
-def _from_query(exc: ValidationException) -> bool:
-    """Whether Litestar refused a query parameter (else the body)."""
+def _refused_part(exc: ValidationException) -> str:
+    """Which part of the request Litestar refused: the body, or the kind of parameter (query, header, path...)."""
     missing = _MISSING_PARAMETER.match(str(exc.detail))
     if missing:
-        return missing[1] == "query"
-    return any(item.get("source") == "query" for item in (exc.extra or []) if isinstance(item, dict))
+        return missing[1]
+    refused_query = any(item.get("source") == "query" for item in (exc.extra or []) if isinstance(item, dict))
+    return "query" if refused_query else "body"
 
 
 def _validation_errors(exc: ValidationException) -> list[FieldError]:
@@ -385,7 +386,7 @@ def translate_exception(exc: Exception) -> RegistryError:
         return exc
     if isinstance(exc, ValidationException):
         errors = _validation_errors(exc)
-        return InvalidInputError(f"the request {'query' if _from_query(exc) else 'body'} is invalid", errors=errors)
+        return InvalidInputError(f"the request {_refused_part(exc)} is invalid", errors=errors)
     if isinstance(exc, NotAuthorizedException):
         return UnauthorizedError(exc.detail or "authentication required", headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, PermissionDeniedException):
@@ -454,7 +455,7 @@ def exception_handler(shape: ErrorShape | None = None) -> ExceptionHandler:
         if isinstance(exc, NotFoundException) and exc.detail == "Not Found":
             return problem_response(_route_not_found(request), request, shape)
         error = translate_and_log(exc, request.url.path)
-        if isinstance(exc, ValidationException) and _from_query(exc):
+        if isinstance(exc, ValidationException) and _refused_part(exc) == "query":
             error = _named_as_sent(request, error)
         return problem_response(error, request, shape)
 
