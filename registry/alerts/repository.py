@@ -21,6 +21,7 @@ from registry.alerts.models import AlertIncident, AlertRule
 from registry.auth.models import ApiKey
 from registry.completions.models import ApiKeyBudget, CompletionRecord
 from registry.completions.pricing import month_start
+from registry.completions.repository import completion_parts
 from registry.lib.pagination import PageRequest
 from registry.prompts.models import Prompt
 from registry.rollouts.models import Rollout, RolloutEvent
@@ -62,11 +63,13 @@ def completion_query(selection: Selection, since: datetime, until: datetime, *, 
     where: list[ColumnElement[bool]] = [C.created_at > since, C.created_at <= until]
     if selection.prompt is not None:
         where.append(C.prompt == selection.prompt)
-    if selection.backend is not None:
-        where.append(C.backend == selection.backend)
     if selection.api_key is not None:
         where.append(C.api_key_id == selection.api_key)
     kind = selection.kind
+    if kind == "cost_per_hour" and (selection.backend is not None or selection.group_by == "backend"):
+        return backend_cost_query(selection, where)
+    if selection.backend is not None:
+        where.append(C.backend == selection.backend)
     if kind == "error_rate":
         ended = func.coalesce(func.sum(case((C.status.in_(("ok", "error")), 1), else_=0)), 0)
         failed = func.coalesce(func.sum(case((C.status == "error", 1), else_=0)), 0)
@@ -86,6 +89,23 @@ def completion_query(selection: Selection, since: datetime, until: datetime, *, 
         raise ValueError(f"{kind} is not read from completions")
     query = select(group, *columns).where(*where)
     return query.group_by(GROUP_COLUMNS[selection.group_by]) if selection.group_by else query
+
+
+def backend_cost_query(selection: Selection, where: Sequence[ColumnElement[bool]]) -> Select[Any]:
+    """Cost per series of a rule on backends: a completion that failed over after its first config's backend spent
+    tokens counts that part under the first backend and the rest under the backend that served it, as usage by
+    config counts it (``completion_parts``). ``where`` narrows the completions (window, prompt, key), the rule's
+    backend the parts."""
+    parts = completion_parts(*where, with_backend=True)
+    columns = {"prompt": parts.c.prompt, "backend": parts.c.backend, "key": parts.c.api_key_id}
+    group = columns[selection.group_by] if selection.group_by else None
+    query = select(
+        group.label("subject") if group is not None else literal("").label("subject"),
+        func.coalesce(func.sum(parts.c.cost), 0.0),
+    )
+    if selection.backend is not None:
+        query = query.where(parts.c.backend == selection.backend)
+    return query.group_by(group) if group is not None else query
 
 
 def rollback_query(selection: Selection, since: datetime, until: datetime) -> Select[Any]:

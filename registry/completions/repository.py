@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.models import ApiKey
 from registry.completions.models import ApiKeyBudget, CompletionRecord, DailyUsage
+from registry.configs.models import ModelConfig, ModelConfigVersion
 from registry.db.base import utcnow
 from registry.experiments.models import Experiment
 
@@ -77,7 +78,7 @@ def rollup_deltas(records: Sequence[Mapping[str, Any]]) -> dict[RollupKey, list[
     """What ``records`` add to each row of the daily rollup (``ROLLUP_SUMS`` in order), by UTC day and group.
 
     A completion that failed over after its first config's backend spent tokens (``first_config``) adds that part
-    to its first config's row (tokens and cost, no request) and the rest to its own, as ``_completion_parts`` does.
+    to its first config's row (tokens and cost, no request) and the rest to its own, as ``completion_parts`` does.
     """
     deltas: dict[RollupKey, list[float]] = {}
 
@@ -203,7 +204,7 @@ class CompletionRepository:
     async def rebuild_rollup(self) -> None:
         """Recompute the daily rollup from every completion (bulk loads; the migration does the same once)."""
         await self.session.execute(delete(DailyUsage))
-        parts = _completion_parts()
+        parts = completion_parts()
         day = self._day(parts.c.created_at).label("day")
         keys = [func.coalesce(parts.c[name], none).label(name) for name, (_, none) in ROLLUP_KEYS.items()]
         summed = select(
@@ -290,10 +291,10 @@ class CompletionRepository:
         """The report's query on the completions, and its prompt and key columns (to narrow it by).
 
         Grouped by config, a completion that failed over counts its first config's part under that config
-        (``_completion_parts``); otherwise each completion is read whole, which gives the same sums.
+        (``completion_parts``); otherwise each completion is read whole, which gives the same sums.
         """
         if "config" in group_by or "config_version" in group_by:
-            parts = _completion_parts(C.created_at >= since, C.created_at < until)
+            parts = completion_parts(C.created_at >= since, C.created_at < until)
             by_part: dict[str, Any] = {
                 "prompt": parts.c.prompt,
                 "version": parts.c.prompt_version,
@@ -466,16 +467,23 @@ def _flag(condition: ColumnElement[bool]) -> ColumnElement[Any]:
 _ONE: ColumnElement[int] = literal_column("1")
 
 
-def _completion_parts(*where: ColumnElement[bool]) -> Subquery:
+def completion_parts(*where: ColumnElement[bool], with_backend: bool = False) -> Subquery:
     """The completions in ``where`` as parts per config: each under its own config, less what its first config's
     backend spent before it failed over (``first_config``), and that part under the first config, as tokens and
     cost without a request, errors, cache hits, fallbacks or latencies. The rollup splits them so
-    (``rollup_deltas``); summed over configs, the parts are the completions' totals."""
+    (``rollup_deltas``); summed over configs, the parts are the completions' totals.
+
+    ``with_backend`` adds each part's ``backend``: the completion's own, and for the first config's part the backend
+    its config version names (versions are immutable, so it is the one that spent it), for spend per backend.
+    """
     shared = (C.created_at, C.prompt, C.prompt_version, C.api_key_id, C.experiment_key, C.variant)
+    own_backend: list[Any] = [C.backend] if with_backend else []
+    first_backend: list[Any] = [_first_backend().label("backend")] if with_backend else []
     own = select(
         *shared,
         C.config,
         C.config_version,
+        *own_backend,
         _ONE.label("requests"),
         _flag(C.status != "ok").label("errors"),
         _flag(C.cached.is_(True)).label("cached"),
@@ -490,6 +498,7 @@ def _completion_parts(*where: ColumnElement[bool]) -> Subquery:
         *shared,
         C.first_config,
         C.first_config_version,
+        *first_backend,
         _NO_NUMBER,
         _NO_NUMBER,
         _NO_NUMBER,
@@ -503,8 +512,18 @@ def _completion_parts(*where: ColumnElement[bool]) -> Subquery:
     return union_all(own, first).subquery("parts")
 
 
+def _first_backend() -> ColumnElement[Any]:
+    """The backend of a completion's first config version (``first_config``, ``first_config_version``)."""
+    return (
+        select(ModelConfigVersion.backend)
+        .join(ModelConfig, ModelConfig.id == ModelConfigVersion.config_id)
+        .where(ModelConfig.name == C.first_config, ModelConfigVersion.number == C.first_config_version)
+        .scalar_subquery()
+    )
+
+
 def _part_measures(parts: Subquery) -> list[ColumnElement[Any]]:
-    """``CompletionRepository._measures`` over ``_completion_parts``."""
+    """``CompletionRepository._measures`` over ``completion_parts``."""
     return [
         func.coalesce(func.sum(parts.c.requests), 0).label("requests"),
         func.sum(parts.c.errors).label("errors"),
