@@ -270,6 +270,10 @@ class UpstreamStream:
         self.span: Span | None = None  # the upstream call's span, ended with the stream
         self._deadline_timer: asyncio.TimerHandle | None = None
         self.expired = False  # the deadline passed while the rest of the stream was read
+        # What the request's earlier attempts on this backend reported spending (a prefill) before they failed
+        # without a token and were retried (``UpstreamClient._open_stream``): spent all the same.
+        self.retried_input_tokens = 0
+        self.retried_output_tokens = 0
 
     @property
     def finish_reason(self) -> str | None:
@@ -277,12 +281,13 @@ class UpstreamStream:
 
     @property
     def input_tokens(self) -> int:
-        return self.reader.input_tokens
+        """The prompt's tokens as the backend reported them, over every attempt of the request."""
+        return self.retried_input_tokens + self.reader.input_tokens
 
     @property
     def output_tokens(self) -> int:
         """Tokens generated so far (``ChunkReader.output_tokens``): exact for a completion cut short."""
-        return self.reader.output_tokens
+        return self.retried_output_tokens + self.reader.output_tokens
 
     async def _read(self) -> str:
         """The text of the next read from the socket (see ``ChunkReader.read``); at the body's end, its last."""
@@ -456,14 +461,21 @@ class UpstreamClient:
     ) -> UpstreamStream:
         settings = backend.settings
         queued = await self._acquire(backend, deadline)
+        # What the attempts that failed reported spending before their first token (a prefill): the request is
+        # charged it whether a retry then answers (the stream's tokens) or the last attempt fails too (the error's).
+        spent_input = spent_output = 0
         try:
             for attempt in range(settings.max_retries + 1):
                 backend.breaker.admit(backend.name)
                 try:
                     stream = await self._attempt(backend, path, body, headers, deadline, accepted, queued=queued)
                     backend.breaker.answered()
+                    stream.retried_input_tokens, stream.retried_output_tokens = spent_input, spent_output
                     return stream
                 except UpstreamError as exc:
+                    spent_input += exc.input_tokens
+                    spent_output += exc.output_tokens
+                    exc.input_tokens, exc.output_tokens = spent_input, spent_output
                     if exc.about_backend:
                         backend.breaker.record(failed=exc.counts_against_breaker)
                     else:
@@ -555,7 +567,10 @@ class UpstreamClient:
                 response.close()
             error = translate_transport_error(exc, backend.name, before_first_token=True)
             if stream is not None:  # the backend took the request: what its chunks reported spending so far
-                error.input_tokens, error.output_tokens = stream.input_tokens, stream.output_tokens
+                error.input_tokens, error.output_tokens = stream.reader.input_tokens, stream.reader.output_tokens
+                # Counted here: a stream that fails before its first token is never closed (``finished``).
+                backend.metrics.input_tokens.inc(error.input_tokens)
+                backend.metrics.output_tokens.inc(error.output_tokens)
             cut_short = started + settings.first_token_timeout > deadline
             if queued and cut_short and not isinstance(exc, aiohttp.ClientError):
                 # The request's deadline cut the first token's time short, and the wait for a slot had spent
@@ -573,9 +588,10 @@ class UpstreamClient:
     def finished(self, stream: UpstreamStream, outcome: StreamOutcome) -> None:
         backend = stream.backend
         backend.limiter.release()
-        # Tokens a backend generated count whether or not the completion finished.
-        backend.metrics.input_tokens.inc(stream.input_tokens)
-        backend.metrics.output_tokens.inc(stream.output_tokens)
+        # Tokens a backend generated count whether or not the completion finished (this attempt's: those of the
+        # attempts before it were counted as they failed).
+        backend.metrics.input_tokens.inc(stream.reader.input_tokens)
+        backend.metrics.output_tokens.inc(stream.reader.output_tokens)
         if outcome == "ok":
             backend.breaker.record(failed=False)
             backend.metrics.latency.observe(time.monotonic() - stream.started)
