@@ -245,19 +245,29 @@ class ResponseCache:
             return self._forget_locally(f"prompt:{prompt}", 1, prompt)
         return await self._delete_indexed(self._prompts + prompt, f"prompt:{prompt}")
 
-    async def keep_prompt(self, prompt: str) -> None:
-        """The prompt's ``store_io`` is on again: its answers may be stored again."""
-        if self._redis is None:
+    async def keep_prompt(self, prompt: str) -> int:
+        """The prompt's ``store_io`` is on again: its answers may be stored again. Returns how many entries were left.
+
+        In Redis, whatever the index still names was stored before ``store_io`` went off (none is stored while it
+        is off): entries that deletion missed (Redis unreachable then) or one in flight that it did not refuse (no
+        tombstone was left). They are deleted before the tombstone is lifted, or they would be served again for
+        the rest of their TTL. A replica that follows the change later deletes the first new answers too, which
+        costs only those.
+        """
+        if self._redis is None:  # the deletion dropped them at once, and cannot have failed
             self._local_erased.pop(f"prompt:{prompt}")
-        else:
-            await self._redis.delete(self._erased + f"prompt:{prompt}")
+            return 0
+        left = await self._delete_indexed(self._prompts + prompt, f"prompt:{prompt}")
+        await self._redis.delete(self._erased + f"prompt:{prompt}")
+        return left
 
     def on_change(self, change: Change) -> None:
         """A prompt's storage policy changed (committed, here or on another replica): follow it.
 
         In-process at once; in Redis in a task of its own (change handlers do not wait), which every replica runs
         alike (deleting twice deletes nothing more). A Redis failure leaves the entries to their TTL: they are not
-        read meanwhile, since the completion path reads no entry of a prompt whose ``store_io`` is off.
+        read meanwhile, since the completion path reads no entry of a prompt whose ``store_io`` is off, and turning
+        it on again deletes them first (``keep_prompt``).
         """
         if change.kind != "prompt" or change.action not in (STORE_IO_OFF, STORE_IO_ON):
             return
@@ -277,7 +287,11 @@ class ResponseCache:
                 deleted = await self.forget_prompt(change.name)
                 logger.info("deleted a prompt's cached completions", prompt=change.name, entries=deleted)
             else:
-                await self.keep_prompt(change.name)
+                left = await self.keep_prompt(change.name)
+                if left:
+                    logger.info(
+                        "deleted a prompt's cached completions left from before", prompt=change.name, entries=left
+                    )
         except (RedisError, OSError) as exc:
             logger.warning("could not follow a prompt's storage policy in the cache", error=error_text(exc))
 

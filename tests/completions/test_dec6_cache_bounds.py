@@ -19,8 +19,9 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from registry.completions.cache import CachedCompletion, ResponseCache
+from registry.completions.cache import STORE_IO_OFF, STORE_IO_ON, CachedCompletion, ResponseCache
 from registry.experiments.privacy_digest import unit_digest
+from registry.lib.changes import Change
 from registry.settings import Settings
 from tests.completions.cached_registry import CachedRegistry, serve_cached_registry
 from tests.completions.conftest import backend, publish, unique
@@ -122,3 +123,30 @@ async def test_a_completion_whose_cached_entry_does_not_decode_is_answered_by_th
     assert len(fault.seen(model, CHAT)) == 2  # the model answered it
     assert listed.status_code == 200, listed.text  # before: 500
     assert listed.json()["cached_completions"] == []
+
+
+async def test_answers_left_by_a_deletion_that_failed_are_not_served_once_store_io_is_on_again(
+    redis: tuple[Redis, str], closed_port_url: str
+) -> None:
+    client, prefix = redis
+    cache = ResponseCache(client, prefix, ttl=LONG_TTL)
+    # The same replica's Redis, unreachable while store_io goes off: the deletion fails (logged), as documented.
+    unreachable = Redis.from_url(closed_port_url.replace("http://", "redis://"))
+    away = ResponseCache(unreachable, prefix, ttl=LONG_TTL)
+    try:
+        await cache.set("k", ANSWER, unit="ada", prompt="greet")
+        await cache.set("k-other", ANSWER, prompt="other")
+        away.on_change(Change("prompt", "greet", STORE_IO_OFF))
+        await away.settled()
+        assert await cache.get("k") == ANSWER  # left to its TTL: not read while store_io is off
+
+        cache.on_change(Change("prompt", "greet", STORE_IO_ON))
+        await cache.settled()
+    finally:
+        await unreachable.aclose()
+
+    # Before, the answer kept from before store_io went off was served again for the rest of its hour.
+    assert await cache.get("k") is None
+    assert await cache.get("k-other") == ANSWER
+    await cache.set("k", ANSWER, unit="ada", prompt="greet")  # and the prompt's answers are kept again
+    assert await cache.get("k") == ANSWER
