@@ -48,7 +48,7 @@ from registry.lib.promotion import State
 from registry.lib.single_flight import SingleFlight
 from registry.lib.versioned import VersionWorkflow
 from registry.lib.versioned_schemas import Label, VersionNumber
-from registry.openai_compat.errors import ModelNotFoundError, PromptKindMismatchError
+from registry.openai_compat.errors import ModelNotFoundError, PromptKindMismatchError, echoed
 from registry.openai_compat.schemas import (
     CONFIG_FIELDS,
     AssistantMessage,
@@ -92,8 +92,8 @@ def parse_model(model: str) -> ModelTarget:
     match = _MODEL.fullmatch(model)  # not match: its "$" also matches before a final newline
     if match is None:
         raise ModelNotFoundError(
-            f"the model '{model}' is not one this service runs: name 'prompt:NAME' or 'config:NAME', optionally "
-            "with '@production', '@staging', '@latest' or '@VERSION'; GET /v1/models lists them"
+            f"the model '{echoed(model)}' is not one this service runs: name 'prompt:NAME' or 'config:NAME', "
+            "optionally with '@production', '@staging', '@latest' or '@VERSION'; GET /v1/models lists them"
         )
     kind: Literal["prompt", "config"] = "prompt" if match[1] == "prompt" else "config"
     name, ref = match[2], match[3]
@@ -105,7 +105,7 @@ def parse_model(model: str) -> ModelTarget:
         except msgspec.ValidationError:
             # No version is numbered so (the column is a 32-bit integer): not sent to the database, which refuses it.
             raise ModelNotFoundError(
-                f"the model '{model}' does not exist: versions are numbered from 1 to 2147483647"
+                f"the model '{echoed(model)}' does not exist: versions are numbered from 1 to 2147483647"
             ) from None
         return ModelTarget(kind, name, version=version)
     return ModelTarget(kind, name, label=cast(Label, ref))
@@ -436,7 +436,8 @@ def error_answer(error: RegistryError, *, instance: str | None, request_id: str 
             type=error.type,
             param=error.errors[0].field if error.errors else None,
             code=error.type,
-            problem=problem_body(error, instance=instance, request_id=request_id),
+            # The path may name the model (GET /v1/models/{model}): no more of it than of the name in the message.
+            problem=problem_body(error, instance=instance and echoed(instance), request_id=request_id),
         )
     )
 
@@ -545,5 +546,6 @@ class ModelListing:
                 target.name, version=target.version, label=target.label
             )
         except NotFoundError as exc:
-            raise ModelNotFoundError(f"the model '{model}' does not exist: {exc.detail}") from exc
+            cause = exc.detail.replace(target.name, echoed(target.name))  # the name again ("no prompt is named...")
+            raise ModelNotFoundError(f"the model '{echoed(model)}' does not exist: {cause}") from exc
         return ModelOut(id=model, created=epoch_seconds(resource.created_at), owned_by=OWNER)
