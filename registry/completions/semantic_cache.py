@@ -197,13 +197,18 @@ class SemanticCache:
             scored = best_match(embedding, rows, 0.0)
             if scored is not None:
                 self._metrics.semantic_similarity.observe(scored[1])
-            if scored is None or scored[1] < threshold:
+            if scored is None:
+                return None
+            # Compared as reported: float32 unit vectors are not exactly of length 1, so a request's similarity with
+            # itself may come out at 0.99999996, which must not miss a threshold of 1.
+            similarity = min(1.0, round(scored[1], 6))
+            if similarity < threshold:
                 return None
             entry = await repository.get_entry(scored[0])
             if entry is None:  # purged in between
                 return None
             completion = CachedCompletion(entry.text, entry.finish_reason, entry.input_tokens, entry.output_tokens)
-            return SemanticHit(entry.id, min(1.0, round(scored[1], 6)), completion)
+            return SemanticHit(entry.id, similarity, completion)
 
     async def store(self, probe: SemanticProbe | None, completion: CachedCompletion) -> None:
         """Keep a miss's answer for the requests like it that follow."""
