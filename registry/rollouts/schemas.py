@@ -10,6 +10,7 @@ import msgspec
 from registry.configs.schemas import ConfigRef
 from registry.experiments.schemas import Alpha, MetricKey
 from registry.lib.schema import Input, Output, Reason
+from registry.lib.versioned_schemas import VersionNumber
 from registry.rollouts.models import Rollout, RolloutEvent
 
 Share = Annotated[float, msgspec.Meta(gt=0, le=1, description="The candidate's share of production traffic.")]
@@ -25,13 +26,15 @@ class GuardrailIn(Input):
     """A metric the candidate must not make worse than production by more than ``tolerance``."""
 
     metric: MetricKey
-    direction: Literal["lower", "higher"] = "lower"  # which values are better: errors, latency, cost are lower
+    # Which values are better (errors, latency, cost: lower); by default the metric's own direction, and one that
+    # contradicts it is refused: it would roll back a candidate the metric calls better and keep one it calls worse.
+    direction: Literal["lower", "higher"] | None = None
     tolerance: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     relative: bool = True  # the tolerance as a fraction of production's value (else in the metric's units)
 
 
 class CreateRollout(Input):
-    candidate_version: Annotated[int, msgspec.Meta(ge=1)]
+    candidate_version: VersionNumber
     steps: Annotated[list[StepIn], msgspec.Meta(min_length=1, max_length=20)]
     guardrails: Annotated[list[GuardrailIn], msgspec.Meta(min_length=1, max_length=10)]
     config: ConfigRef | None = None  # the candidate's model config version (default: the version's own)

@@ -42,7 +42,7 @@ from registry.prompts.service import PromptLimits
 from registry.rollouts.models import Rollout, RolloutEvent
 from registry.rollouts.plan import Action, Step, next_action, step_problems
 from registry.rollouts.repository import RolloutLeaseLostError, RolloutRepository
-from registry.rollouts.schemas import CreateRollout
+from registry.rollouts.schemas import CreateRollout, GuardrailIn
 from registry.stats.guardrails import Guardrail, GuardrailDecision, decide, rollout_levels
 
 CHECKER = Actor("rollout-check")
@@ -144,16 +144,39 @@ class RolloutService:
         if len(set(metrics)) != len(metrics):
             problems.append(FieldError("guardrails", "each metric may be a guardrail once"))
         known = await self.experiments.metrics.by_keys(metrics)
-        problems += [
-            FieldError(f"guardrails[{i}].metric", f"no metric is named '{metric}'")
-            for i, metric in enumerate(metrics)
-            if metric not in known
-        ]
+        guardrails: list[GuardrailIn] = []
+        for i, guardrail in enumerate(data.guardrails):
+            metric = known.get(guardrail.metric)
+            if metric is None:
+                problems.append(FieldError(f"guardrails[{i}].metric", f"no metric is named '{guardrail.metric}'"))
+            elif guardrail.direction not in (None, metric.direction):
+                problems.append(
+                    FieldError(
+                        f"guardrails[{i}].direction",
+                        f"metric '{metric.key}' says {metric.direction} values are better; leave it out to use that",
+                    )
+                )
+            else:
+                guardrails.append(msgspec.structs.replace(guardrail, direction=metric.direction))
+        config_id: int | None = None
+        if data.config is not None:
+            try:
+                config_id = (await self.experiments.prompts.configs.resolve_ref(data.config)).id
+            except InvalidInputError as refused:  # named as the rollout's field, not the backing experiment's
+                problems.append(FieldError("config", refused.detail))
         production = (await workflow.repository.holders(prompt.id)).get(State.PRODUCTION)
         if production is None:
             problems.append(FieldError("candidate_version", f"prompt '{name}' has no production version to compare"))
         elif production.number == data.candidate_version and data.config is None:
             problems.append(FieldError("candidate_version", "is the production version already"))
+        elif (
+            production.number == data.candidate_version
+            and config_id is not None  # None: its config was refused above
+            and config_id == production.config_version_id
+        ):
+            problems.append(
+                FieldError("config", "is the production version's own config already: nothing would change")
+            )
         else:
             candidate = await workflow.repository.get_version(prompt.id, data.candidate_version)
             if candidate is None:
@@ -205,7 +228,7 @@ class RolloutService:
             config=config.name if config else None,
             config_version=config.version if config else None,
             steps=[asdict(s) for s in steps],
-            guardrails=[msgspec.to_builtins(g) for g in data.guardrails],
+            guardrails=[msgspec.to_builtins(g) for g in guardrails],
             alpha=data.alpha,
             status="running",
             step=0,
