@@ -877,6 +877,8 @@ class ClassifierCompletions(CompletionService):
     """
 
     classifying = True
+    # A verdict is on one text: a similar text's (a semantic hit) would pass or block the request on another's.
+    semantic_cache = False
 
     def __init__(self, completions: Completions, catalog: PromptCatalog, *, unit: str | None = None) -> None:
         super().__init__(completions, catalog)
