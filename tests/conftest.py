@@ -35,6 +35,7 @@ from registry.auth.service import ApiKeyService
 from registry.db import migrate
 from registry.db.base import Base
 from registry.db.engine import create_engine, create_sessionmaker
+from registry.openai_compat.errors import openai_code
 from registry.runtime import Runtime
 from registry.settings import Settings
 
@@ -304,7 +305,7 @@ def openai_problem(response: Any) -> dict[str, Any]:
     """Assert OpenAI's error object holding the registry's problem, and return the problem."""
     assert response.headers["content-type"].startswith("application/json"), response.text
     error = response.json()["error"]
-    assert error["code"] == error["problem"]["type"].removeprefix("/problems/"), response.text
+    assert error["code"] == openai_code(error["problem"]["type"].removeprefix("/problems/")), response.text
     assert error["problem"]["status"] == response.status_code
     return dict(error["problem"])
 

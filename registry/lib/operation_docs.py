@@ -119,7 +119,8 @@ OPERATION_DESCRIPTIONS: Final[dict[str, str]] = {
     "set; other sampling fields are refused (422) as the config sets them. The answer's `registry` field and "
     "`X-Registry-*` headers say which versions ran and the cost; a stream (`stream_options.include_usage` for "
     "usage) carries the cost in the chunk with the `finish_reason`, before the usage chunk. Errors are OpenAI's "
-    "error object; its `type` and `code` are the problem type, with the status the rest of the API answers it with.",
+    "error object; its `type` is the problem type, and so is its `code` but for a model there is no version of "
+    "(`model_not_found`, as OpenAI answers it), with the status the rest of the API answers it with.",
     "createCompletion": "OpenAI's text completion, as `createChatCompletion` for text prompts: the request's "
     "`prompt` follows the rendered text (or, for a `config:` model, is all of it).",
     "listModels": "The `prompt:` and `config:` models with a production version, in OpenAI's list shape.",

@@ -43,7 +43,11 @@ from registry.runtime import Runtime, runtime_of
 ERROR_STATUSES = (400, 401, 403, 404, 405, 408, 413, 414, 415, 422, 429, 431, 502, 503, 504)
 _ANSWER = "The completion, with the registry's facts."
 _ERRORS = {
-    status: ResponseSpec(ErrorOut, description="OpenAI's error object; `type` and `code` are the problem type.")
+    status: ResponseSpec(
+        ErrorOut,
+        description="OpenAI's error object; `type` is the problem type, and so is `code` but for a model there is "
+        "no version of: `model_not_found`, as OpenAI answers it.",
+    )
     for status in ERROR_STATUSES
 }
 

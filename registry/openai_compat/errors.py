@@ -17,6 +17,21 @@ def echoed(text: str) -> str:
     return text if len(text) <= ECHOED_CHARS else text[:ECHOED_CHARS] + "\u2026"
 
 
+# Problems saying that the model a request names has no version to run. OpenAI's API answers an unknown model with
+# the code ``model_not_found``, as ``GET /v1/models/{model}`` answers these here, so a completion refused by one of
+# them carries that code as well: a caller catching it sees the same for a model whichever endpoint it called. The
+# error's ``type`` and its problem keep the registry's cause (``prompt_not_found``...).
+MODEL_NOT_FOUND_CAUSES = frozenset(
+    {"prompt_not_found", "prompt_version_not_found", "config_not_found", "config_version_not_found", "label_not_set"}
+)
+
+
+def openai_code(problem_type: str) -> str:
+    """The ``code`` of OpenAI's error object for a problem of ``problem_type``: the type itself, or
+    ``model_not_found`` for one of ``MODEL_NOT_FOUND_CAUSES``."""
+    return ModelNotFoundError.type if problem_type in MODEL_NOT_FOUND_CAUSES else problem_type
+
+
 class ModelNotFoundError(NotFoundError):
     """``model`` is not ``prompt:NAME`` or ``config:NAME``, optionally with ``@LABEL`` or ``@N``."""
 

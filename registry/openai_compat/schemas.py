@@ -218,7 +218,7 @@ class ErrorDetail(Output):
     message: str
     type: str  # the registry's problem type (``prompt_not_found``, ``over_budget``...)
     param: str | None
-    code: str
+    code: str  # the problem type too, but model_not_found for a model there is no version of (errors.openai_code)
     problem: dict[str, Any]  # the RFC 9457 document the rest of the API answers with
 
 

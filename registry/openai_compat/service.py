@@ -48,7 +48,7 @@ from registry.lib.promotion import State
 from registry.lib.single_flight import SingleFlight
 from registry.lib.versioned import VersionWorkflow
 from registry.lib.versioned_schemas import Label, VersionNumber
-from registry.openai_compat.errors import ModelNotFoundError, PromptKindMismatchError, echoed
+from registry.openai_compat.errors import ModelNotFoundError, PromptKindMismatchError, echoed, openai_code
 from registry.openai_compat.schemas import (
     CONFIG_FIELDS,
     AssistantMessage,
@@ -429,13 +429,14 @@ def completion_answer(call: OpenAICall, out: CompletionOut) -> ChatCompletion | 
 
 
 def error_answer(error: RegistryError, *, instance: str | None, request_id: str | None) -> ErrorOut:
-    """OpenAI's error object for a registry problem: ``type`` and ``code`` are the problem's type."""
+    """OpenAI's error object for a registry problem: ``type`` is the problem's type, and so is ``code`` but for a
+    model there is no version of (``openai_code``)."""
     return ErrorOut(
         error=ErrorDetail(
             message=error.detail,
             type=error.type,
             param=error.errors[0].field if error.errors else None,
-            code=error.type,
+            code=openai_code(error.type),
             # The path may name the model (GET /v1/models/{model}): no more of it than of the name in the message.
             problem=problem_body(error, instance=instance and echoed(instance), request_id=request_id),
         )

@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from registry.auth.keys import Scope
+from registry.openai_compat.errors import openai_code
 from tests.completions.conftest import publish, unique
 from tests.completions.fault_server import FaultServer
 from tests.conftest import KeyFactory
@@ -29,7 +30,7 @@ def openai_error(response: httpx.Response) -> dict[str, Any]:
     assert response.headers["content-type"].startswith("application/json"), response.text
     error: dict[str, Any] = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code", "problem"}
-    assert error["code"] == error["type"]
+    assert error["code"] == openai_code(error["type"])
     assert error["problem"]["type"] == f"/problems/{error['type']}"
     assert error["problem"]["status"] == response.status_code
     assert error["problem"]["detail"] == error["message"]
@@ -41,13 +42,14 @@ def openai_error(response: httpx.Response) -> dict[str, Any]:
     [
         ({"model": "gpt-4o", "messages": []}, 404, "model_not_found", None, openai.NotFoundError),
         ({"model": "prompt:greet@canary", "messages": []}, 404, "model_not_found", None, openai.NotFoundError),
-        ({"model": "prompt:nope", "messages": []}, 404, "prompt_not_found", None, openai.NotFoundError),
-        ({"model": "prompt:greet@7", "messages": []}, 404, "prompt_version_not_found", None, openai.NotFoundError),
-        ({"model": "prompt:greet@staging", "messages": []}, 404, "label_not_set", None, openai.NotFoundError),
+        # The cause is the problem's type (prompt_not_found...): test_model_not_found_code.py
+        ({"model": "prompt:nope", "messages": []}, 404, "model_not_found", None, openai.NotFoundError),
+        ({"model": "prompt:greet@7", "messages": []}, 404, "model_not_found", None, openai.NotFoundError),
+        ({"model": "prompt:greet@staging", "messages": []}, 404, "model_not_found", None, openai.NotFoundError),
         (
             {"model": "config:nope", "messages": [{"role": "user", "content": "Hi"}]},
             404,
-            "config_not_found",
+            "model_not_found",
             None,
             openai.NotFoundError,
         ),

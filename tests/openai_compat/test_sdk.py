@@ -251,8 +251,8 @@ async def test_config_model_by_label_and_version(
         openai_client.completions.create(model="config:cfg@2", prompt="Once")
 
     assert by_version.choices[0].text == "Hello from the"
-    assert no_staging.value.code == "label_not_set"
-    assert no_version.value.code == "config_version_not_found"
+    assert (no_staging.value.code, no_staging.value.type) == ("model_not_found", "label_not_set")
+    assert (no_version.value.code, no_version.value.type) == ("model_not_found", "config_version_not_found")
     assert [seen.payload["prompt"] for seen in fault.seen(model, "/v1/completions")] == ["Once"]
 
 
