@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.lib.jobs import Role
@@ -26,11 +26,28 @@ NOT_SETTINGS = frozenset(
 )
 NOT_SETTINGS_PREFIXES = ("REGISTRY_TEST_", "REGISTRY_BENCH_")
 
+# The longest duration a setting may name, by the unit its name ends with (else seconds): a century. Longer is a
+# mistake, and overflows what it is added to (a datetime, a timedelta) long after the start.
+_CENTURY = {"_days": 36_500.0, "_hours": 876_000.0, "_minutes": 52_560_000.0}
+_DURATION_SUFFIXES = ("_seconds", "_days", "_hours", "_minutes", "_timeout", "_delay", "_cooldown")
+
+
+def bounded_duration(value: object, info: ValidationInfo) -> object:
+    """A duration setting's value, refused past a century (``inf`` and ``nan`` are refused by the model)."""
+    name = info.field_name or ""
+    if isinstance(value, int | float) and name.endswith(_DURATION_SUFFIXES):
+        unit = next((suffix for suffix in _CENTURY if name.endswith(suffix)), "_seconds")
+        longest = _CENTURY.get(unit, 3_153_600_000.0)
+        if value > longest:
+            raise ValueError(f"at most {longest:,.0f} {unit[1:]} (a century)")
+    return value
+
 
 class BackendSettings(BaseModel):
     """One OpenAI-compatible completion backend (a vLLM server), named in ``REGISTRY_BACKENDS``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    _durations = field_validator("*")(bounded_duration)
 
     url: str = Field(description="Base URL of the server, without /v1, e.g. http://vllm:8000.")
     api_key: str | None = Field(None, description="Sent as a bearer token when set (vLLM --api-key).")
@@ -57,7 +74,8 @@ class BackendSettings(BaseModel):
 class Settings(BaseSettings):
     """Service settings. Each field is the variable ``REGISTRY_<FIELD NAME IN CAPITALS>``."""
 
-    model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore", frozen=True, allow_inf_nan=False)
+    _durations = field_validator("*")(bounded_duration)
 
     # -- storage
     database_url: str = Field(

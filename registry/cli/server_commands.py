@@ -157,7 +157,8 @@ def load_settings(*, warn_unknown: bool = True) -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(_setting_problem(e["loc"], e["msg"]) for e in exc.errors())
+        # A validator's own message, without pydantic's "Value error, " before it.
+        problems = "; ".join(_setting_problem(e["loc"], e["msg"].removeprefix("Value error, ")) for e in exc.errors())
         fail(f"invalid settings: {problems}", ExitCode.USAGE)
     except SettingsError as exc:  # a JSON setting (REGISTRY_BACKENDS...) that is not JSON
         field = re.search(r'field "(\w+)"', str(exc))

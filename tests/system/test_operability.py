@@ -53,8 +53,8 @@ def test_a_misspelt_variable_is_warned_about_and_bad_urls_stop_the_start_naming_
     )
     assert "REGISTRY_URL " not in result.stderr
     assert lines[-1] == (
-        "error: invalid settings: REGISTRY_REDIS_URL: Value error, redis_url must start with redis://, rediss:// "
-        "or unix://; REGISTRY_BACKENDS (local.url): Value error, url must be http:// or https:// and a host, "
+        "error: invalid settings: REGISTRY_REDIS_URL: redis_url must start with redis://, rediss:// "
+        "or unix://; REGISTRY_BACKENDS (local.url): url must be http:// or https:// and a host, "
         "e.g. http://vllm:8000"
     )
     assert not (tmp_path / "registry.db").exists()
@@ -66,6 +66,27 @@ def test_a_misspelt_variable_is_warned_about_and_bad_urls_stop_the_start_naming_
     assert result.stderr.splitlines()[-1] == (
         "error: invalid settings: REGISTRY_WEBHOOK_ALLOWED_NETWORKS: not JSON (Extra data: line 1 column 5 (char 4))"
     )
+
+
+def test_durations_that_are_infinite_or_past_a_century_stop_the_start_naming_their_variable(tmp_path: Path) -> None:
+    """Accepted, they overflowed later: an infinite cache TTL failed each completion after it was charged, a
+    retention of a billion days failed the doctor and the purge."""
+    env = {
+        "REGISTRY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
+        "REGISTRY_COMPLETION_CACHE_TTL_SECONDS": "inf",
+        "REGISTRY_COMPLETION_IO_RETENTION_DAYS": "1e9",
+        "REGISTRY_CONSOLE_SESSION_MINUTES": "30",
+        "REGISTRY_BACKENDS": '{"local": {"url": "http://vllm:8000", "total_timeout": 1e300}}',
+    }
+    result = CliRunner().invoke(main, ["migrate"], env=env, catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[-1] == (
+        "error: invalid settings: REGISTRY_BACKENDS (local.total_timeout): at most 3,153,600,000 seconds (a century); "
+        "REGISTRY_COMPLETION_CACHE_TTL_SECONDS: Input should be a finite number; "
+        "REGISTRY_COMPLETION_IO_RETENTION_DAYS: at most 36,500 days (a century)"
+    )
+    assert not (tmp_path / "registry.db").exists()
+    assert Settings(completion_io_retention_days=36_500, semantic_cache_ttl_seconds=3_153_600_000).is_sqlite
 
 
 def test_every_variable_the_compose_file_sets_is_a_setting_and_its_readiness_probe_outwaits_the_checks() -> None:
