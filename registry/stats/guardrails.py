@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from scipy.special import gammaln
 
 from registry.stats.effects import Estimate, NotEnoughDataError, compare
-from registry.stats.moments import Arm
+from registry.stats.moments import Arm, Moments
 
 
 def one_sided_rho(alpha: float, tuning: float) -> float:
@@ -130,7 +130,7 @@ class GuardrailCheck:
     estimate: float | None  # candidate minus production (relative or absolute, as the guardrail says)
     worst_bound: float | None  # the always-valid bound on the side of "worse" (None: not tested yet)
     failed: bool
-    note: str | None = None  # why it was not tested
+    note: str | None = None  # why it was not tested (or, tested, how: one side all equal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,18 +157,72 @@ def check_guardrail(
     try:
         comparison = compare(production, candidate, alpha=alpha, lower_is_better=guardrail.lower_is_better)
     except NotEnoughDataError as exc:
-        return GuardrailCheck(guardrail.metric, None, None, False, str(exc))
+        constant = _one_arm_constant(guardrail, production, candidate)
+        if constant is None:
+            return GuardrailCheck(guardrail.metric, None, None, False, str(exc))
+        return _judged(guardrail, *constant, production.n + candidate.n, alpha, tuning)
     effect: Estimate | None = comparison.relative if guardrail.relative else comparison.absolute
     if effect is None:
         return GuardrailCheck(guardrail.metric, None, None, False, "production's value is 0: no relative effect")
-    halfwidth = one_sided_halfwidth(effect.std_error, production.n + candidate.n, alpha, tuning)
+    return _judged(
+        guardrail,
+        effect.estimate,
+        effect.std_error,
+        guardrail.tolerance,
+        None,
+        production.n + candidate.n,
+        alpha,
+        tuning,
+    )
+
+
+def _judged(
+    guardrail: Guardrail,
+    estimate: float,
+    std_error: float,
+    tolerance: float,
+    note: str | None,
+    n: int,
+    alpha: float,
+    tuning: float,
+) -> GuardrailCheck:
+    halfwidth = one_sided_halfwidth(std_error, n, alpha, tuning)
     if guardrail.lower_is_better:  # worse is higher: the lower bound must stay within the tolerance
-        bound = effect.estimate - halfwidth
-        failed = bound > guardrail.tolerance
+        bound = estimate - halfwidth
+        failed = bound > tolerance
     else:
-        bound = effect.estimate + halfwidth
-        failed = bound < -guardrail.tolerance
-    return GuardrailCheck(guardrail.metric, effect.estimate, bound, failed)
+        bound = estimate + halfwidth
+        failed = bound < -tolerance
+    return GuardrailCheck(guardrail.metric, estimate, bound, failed, note)
+
+
+def _one_arm_constant(guardrail: Guardrail, production: Arm, candidate: Arm) -> tuple[float, float, float, str] | None:
+    """(effect, standard error, tolerance, note) when one side's values are all equal and the other's are not.
+
+    The usual comparison needs variance on both sides, so a production that never failed (every unit 0) left every
+    candidate untested, however often it failed. The other side's variance stands for both (as if equal, as an equal
+    candidate's would be); a relative tolerance of production's 0 is no change at all, so it is tested absolutely.
+    """
+    a, b = production.post, candidate.post
+    if not (isinstance(a, Moments) and isinstance(b, Moments)) or a.n < 2 or b.n < 2:
+        return None
+    variances = (a.variance, b.variance)
+    if not all(math.isfinite(x) for x in (a.mean, b.mean, *variances)) or (variances[0] > 0) == (variances[1] > 0):
+        return None
+    std_error = math.sqrt(max(variances) * (1 / a.n + 1 / b.n))
+    difference = b.mean - a.mean
+    side = "production" if variances[0] == 0 else "the candidate"
+    if not guardrail.relative:
+        return difference, std_error, guardrail.tolerance, f"{side}'s values are all equal: the other's variance used"
+    if a.mean == 0:
+        return difference, std_error, 0.0, f"{side}'s values are all 0: any increase tested, as a difference"
+    scale = abs(a.mean)
+    return (
+        difference / scale,
+        std_error / scale,
+        guardrail.tolerance,
+        f"{side}'s values are all equal: the other's variance used",
+    )
 
 
 def decide(
