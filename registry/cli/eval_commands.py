@@ -85,6 +85,8 @@ def progress_line(progress: dict[str, Any], *, bar: bool) -> str:
     """Items done of the total, the pass rate and the cost so far; with ``bar``, drawn as a bar first."""
     done, total = int(progress.get("items_done") or 0), int(progress.get("total_items") or 0)
     text = f"{done}/{total} items, pass rate {percent(progress.get('pass_rate'))}, cost {progress.get('cost') or 0:g}"
+    if progress.get("items_scorer_errors"):
+        text += f", {progress['items_scorer_errors']} scorer errors"
     if not bar:
         return f"run {progress['id']}: {progress['status']}, {text}"
     filled = BAR_WIDTH * done // total if total else 0
@@ -129,8 +131,10 @@ def print_run(run: dict[str, Any]) -> None:
     click.echo(
         f"items: {run['items_done']} of {run['total_items']} done, {run['items_passed']} passed, "
         f"{run['items_invalid']} invalid, {run['items_errored']} errored"
+        + (f", {scorer_errors} scorer errors (no verdict)" if (scorer_errors := run.get("items_scorer_errors")) else "")
     )
-    click.echo(f"pass rate: {percent(run.get('pass_rate'))}{interval(run.get('pass_rate_interval'), percent)}")
+    of = " of the items with a verdict" if scorer_errors else ""
+    click.echo(f"pass rate{of}: {percent(run.get('pass_rate'))}{interval(run.get('pass_rate_interval'), percent)}")
     mean = run.get("mean_score_interval") or {}
     if mean.get("estimate") is not None:
         click.echo(f"mean score: {mean['estimate']:.3f}{interval(mean, lambda v: f'{v:.3f}')}")
@@ -173,6 +177,12 @@ def verdict(run: dict[str, Any], min_pass_rate: float | None) -> str | None:
     if run["status"] != "completed":
         return f"run {run['id']} {run['status']}" + (f": {run['error']}" if run.get("error") else "")
     rate = run.get("pass_rate")
+    scorer_errors = run.get("items_scorer_errors") or 0
+    if min_pass_rate is not None and scorer_errors:  # those items have no verdict: the rate is not the whole run's
+        return (
+            f"run {run['id']}: a scorer failed on {scorer_errors} of {run['total_items']} items, which have no "
+            f"verdict, so --min-pass-rate {percent(min_pass_rate)} cannot be met"
+        )
     if min_pass_rate is not None and (rate is None or rate < min_pass_rate):
         return f"run {run['id']} passed {percent(rate)} of its items, below --min-pass-rate {percent(min_pass_rate)}"
     return None
@@ -287,7 +297,10 @@ def eval_list(client: RegistryClient, as_json: bool, prompt: str | None, limit: 
     import itertools
 
     rows = list(itertools.islice(client.list_eval_runs(prompt=prompt), limit))
-    columns = ["id", "status", "prompt", "version", "dataset", "dataset_version", "items_done", "pass_rate", "cost"]
+    columns = [
+        *("id", "status", "prompt", "version", "dataset", "dataset_version", "items_done", "items_scorer_errors"),
+        *("pass_rate", "cost"),
+    ]
     emit(as_json, rows, lambda: table(rows, columns))
 
 

@@ -345,10 +345,11 @@ def problems_of(error: RegistryError) -> dict[str, str]:
 def listed(run: EvalRun) -> RunOut:
     """A run for the list: its pass rate's Wilson interval (as the run's results give it) from its counters,
     without reading its items."""
-    if not run.items_done:
+    judged = run.items_done - run.items_scorer_errors  # an item a scorer failed on has no verdict
+    if judged <= 0:
         return RunOut.of(run)
-    rate = run.items_passed / run.items_done
-    low, high = wilson_interval(rate, run.items_done)
+    rate = run.items_passed / judged
+    low, high = wilson_interval(rate, judged)
     return RunOut.of(run, pass_rate=Interval(estimate=rate, low=low, high=high))
 
 
@@ -362,6 +363,8 @@ def scorer_rates(
         for score in item:
             tally = counts.setdefault(str(score.get("name")), [0, 0])
             kinds.setdefault(str(score.get("name")), str(score.get("kind", "")))
+            if score.get("error"):  # the scorer failed on this item: no verdict to count
+                continue
             tally[1] += 1
             tally[0] += bool(score.get("passed"))
     return [ScorerRate(name, kinds[name], passed, scored) for name, (passed, scored) in counts.items()]

@@ -27,7 +27,7 @@ from registry.evals.repository import EvalRepository
 from registry.evals.schemas import ANY_SCORING, SetGate, gate_scoring
 from registry.evals.scorers import Judge, parse_scorers
 from registry.evals.scoring import Scoring, describe, matches, normalise, of_run
-from registry.evals.service import DatasetService, by_position
+from registry.evals.service import DatasetService, by_position, judged
 from registry.evals.statistics import Gate, PairedComparison, compare_paired, evaluate_gate, summarize
 from registry.lib.errors import FieldError, InvalidInputError, NotFoundError
 from registry.lib.promotion import HELD_STATES
@@ -331,7 +331,8 @@ class EvalGateCheck:
             return [failure], evidence
         run_scoring = of_run(run.scorers, run.pass_rule)
         evidence["run_scoring"] = describe(run_scoring)
-        outcomes = await repository.outcomes(run.id)
+        # An item a scorer failed on is no verdict on its output: left out here, and named below (``_scorer_errors``).
+        outcomes = judged(await repository.outcomes(run.id))
         summary = summarize([ok for _, ok, _, _ in outcomes], [score or 0.0 for _, _, score, _ in outcomes])
         comparison: PairedComparison[Any] | None = None
         baseline_label = f"the {check.to.value} version"
@@ -352,7 +353,9 @@ class EvalGateCheck:
                 baseline_label += f" on config {paired}@{paired_version}"
             if baseline is not None:
                 baseline_label += f" ({_run_label(baseline, current)})"
-                comparison = compare_paired(by_position(await repository.outcomes(baseline.id)), by_position(outcomes))
+                comparison = compare_paired(
+                    by_position(judged(await repository.outcomes(baseline.id))), by_position(outcomes)
+                )
             elif baseline_found.unlike is not None:
                 unlike_id, unlike_scoring = baseline_found.unlike
                 missing = (
@@ -361,6 +364,7 @@ class EvalGateCheck:
                 )
         compared = [(baseline, current)] if baseline is not None and current is not None else []
         fallbacks = await _fallback_answers(repository, run, version, compared)
+        scorer_errors = _scorer_errors(run, version, compared)
         verdict = evaluate_gate(
             Gate(min_pass_rate=gate.min_pass_rate, no_regression=gate.no_regression, alpha=gate.alpha),
             summary,
@@ -373,7 +377,10 @@ class EvalGateCheck:
         evidence["config"] = f"{run.config}@{run.config_version}"
         if fallbacks:
             evidence["fallback_answers"] = {label: count for label, count, _ in fallbacks}
-        return [*verdict.failures, *(failure for _, _, failure in fallbacks)], {
+        if scorer_errors:
+            evidence["scorer_errors"] = {label: count for label, count, _ in scorer_errors}
+        failures = [*verdict.failures, *(failure for _, _, failure in fallbacks)]
+        return [*failures, *(failure for _, _, failure in scorer_errors)], {
             **evidence,
             **verdict.evidence,
             "run_id": run.id,
@@ -404,6 +411,30 @@ async def _fallback_answers(
                     f"{label}: {count} of {each.total_items} items were answered by the fallback of config "
                     f"{each.config}@{each.config_version}, which is no evidence of that config; "
                     "run it again once its backend answers",
+                )
+            )
+    return found
+
+
+def _scorer_errors(
+    run: EvalRun, version: PromptVersion, baselines: Sequence[tuple[EvalRun, PromptVersion]]
+) -> list[tuple[str, int, str]]:
+    """(run label, items, failure) for each run of the verdict a scorer (a judge) failed on some items of.
+
+    Those items have no verdict, so the run does not show what the gate asks of all of its items: a gate met
+    without them would be met on a judge's breakage, not on the outputs.
+    """
+    found = []
+    for each, of in [(run, version), *baselines]:
+        count = each.items_scorer_errors
+        if count:
+            label = _run_label(each, of)
+            found.append(
+                (
+                    label,
+                    count,
+                    f"{label}: a scorer failed on {count} of {each.total_items} items (status scorer_error), "
+                    "so they have no verdict; fix the scorer and run it again",
                 )
             )
     return found

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from registry.db.base import Base, BigIntId, IdMixin, JSONValue, utcnow
 
 RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
-ITEM_STATUSES = ("scored", "invalid", "error")
+# scorer_error: a scorer (a judge) failed for its own reasons, which says nothing of the output: neither pass nor fail.
+ITEM_STATUSES = ("scored", "invalid", "error", "scorer_error")
 
 
 class EvalDataset(IdMixin, Base):
@@ -93,6 +94,8 @@ class EvalRun(IdMixin, Base):
     items_passed: Mapped[int] = mapped_column(default=0)
     items_invalid: Mapped[int] = mapped_column(default=0)
     items_errored: Mapped[int] = mapped_column(default=0)
+    # Items whose scorer failed (status ``scorer_error``): out of the pass rate, and a gate's evidence names them.
+    items_scorer_errors: Mapped[int] = mapped_column(default=0, server_default="0")
     cost: Mapped[float] = mapped_column(Float, default=0.0)
     input_tokens: Mapped[int] = mapped_column(default=0)
     output_tokens: Mapped[int] = mapped_column(default=0)

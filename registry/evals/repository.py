@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from sqlalchemy import and_, case, exists, func, or_, select, text, update
@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from registry.auth.models import ApiKey
 from registry.db.text import without_nul
 from registry.evals.models import EvalDataset, EvalDatasetItem, EvalDatasetVersion, EvalGate, EvalRun, EvalRunItem
 from registry.lib.pagination import PageRequest
@@ -30,6 +31,12 @@ PENDING_STATUSES = ("queued", "running")
 Outcome = tuple[int, bool, float | None, str]  # an item's position, passed, score and status
 # A lease taken, given up or ended: no attempt of its owner is under way any more (see ``EvalRun.pending_cost``).
 _NOTHING_PENDING: dict[str, Any] = {"pending_cost": 0.0, "pending_input_tokens": 0, "pending_output_tokens": 0}
+
+
+class RunStanding(NamedTuple):
+    status: str
+    lease_owner: str | None
+    key_revoked: bool
 
 
 class LeaseLostError(Exception):
@@ -233,6 +240,7 @@ class EvalRepository:
                 items_passed=EvalRun.items_passed + sum(1 for r in new if r["passed"]),
                 items_invalid=EvalRun.items_invalid + sum(1 for r in new if r["status"] == "invalid"),
                 items_errored=EvalRun.items_errored + sum(1 for r in new if r["status"] == "error"),
+                items_scorer_errors=EvalRun.items_scorer_errors + sum(1 for r in new if r["status"] == "scorer_error"),
                 pending_cost=EvalRun.pending_cost - sum(r.get("cost", 0.0) for r in rows),
                 pending_input_tokens=EvalRun.pending_input_tokens - sum(r.get("input_tokens", 0) for r in rows),
                 pending_output_tokens=EvalRun.pending_output_tokens - sum(r.get("output_tokens", 0) for r in rows),
@@ -281,12 +289,29 @@ class EvalRepository:
             )
         )
 
-    async def cancel(self, run_id: int, now: datetime) -> bool:
-        """End a run that has not finished; its owner stops at its next write or lease renewal."""
+    async def standing(self, run_id: int) -> RunStanding | None:
+        """Whether the run may go on: its status, its lease's owner, and whether the key that started it (and is
+        charged for it) was revoked since. None when the run is gone."""
+        revoked = exists().where(ApiKey.public_id == EvalRun.api_key_id, ApiKey.revoked_at.is_not(None))
+        query = select(EvalRun.status, EvalRun.lease_owner, revoked).where(EvalRun.id == run_id)
+        row = (await self.session.execute(query)).one_or_none()
+        return None if row is None else RunStanding(row[0], row[1], bool(row[2]))
+
+    async def cancel(self, run_id: int, now: datetime, *, error: str | None = None) -> bool:
+        """End a run that has not finished (``error``: why, when it was not asked for); its owner stops before its
+        next completion (``EvalWorker._check_run``) or at its next write."""
+        values: dict[str, Any] = {"error": error} if error is not None else {}
         result = await self.session.execute(
             update(EvalRun)
             .where(EvalRun.id == run_id, EvalRun.status.in_(PENDING_STATUSES))
-            .values(status="cancelled", finished_at=now, lease_owner=None, lease_expires_at=None, **_NOTHING_PENDING)
+            .values(
+                status="cancelled",
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                **_NOTHING_PENDING,
+                **values,
+            )
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 

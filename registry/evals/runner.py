@@ -9,13 +9,14 @@ UPDATE of the run is conditional on the token: a worker that stalled past its le
 scored exactly once.
 
 A stalled worker cannot know whether it was taken over until it asks, so before each completion it
-checks its lease (renewing it when it may have run out): once taken over it asks the backend nothing
-more. A completion already under way when the lease is lost still finishes, and the new owner makes
-it again; both were charged to the key, so the run's cost and tokens are what the run spent, its items'
-costs what the stored outcomes cost. A completion that ends without an answer (cancelled when the worker
-stops, failed mid-answer) spent what its usage record says (the tokens the backend reported before it
-ended), and that counts too, as do the completions a model guard's classifier makes inside the run's
-(charged to the same key): the run's cost is what its completions' usage records charged the key.
+checks its lease (renewing it when it may have run out) and reads the run (``EvalWorker._check_run``): once
+taken over, or once the run was cancelled, it asks the backend nothing more, for the items under way too; a run
+whose key was revoked is cancelled there, saying so, and never resumed. A completion already under way when the
+lease is lost still finishes, and the new owner makes it again; both were charged to the key, so the run's cost
+and tokens are what the run spent, its items' costs what the stored outcomes cost. A completion that ends without
+an answer (cancelled when the worker stops, failed mid-answer) spent what its usage record says (the tokens the
+backend reported before it ended), and that counts too, as do the completions a model guard's classifier makes
+inside the run's (charged to the same key): the run's cost is what its completions' usage records charged the key.
 
 So each completion's spend is added to the run's cost as the completion ends (``EvalWorker._charge``), not
 with its item's outcome: a worker killed between an item's completions and its outcome's write (SIGKILL, a
@@ -42,6 +43,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import math
 import os
 import socket
 import uuid
@@ -55,7 +57,12 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.completions.components import Completions
-from registry.completions.errors import BackendNotConfiguredError, BudgetHeldError, UpstreamBadRequestError
+from registry.completions.errors import (
+    BackendNotConfiguredError,
+    BudgetHeldError,
+    UpstreamBadRequestError,
+    UpstreamError,
+)
 from registry.completions.payload import Overrides
 from registry.completions.schemas import CompleteRequest, CompletionOut
 from registry.completions.service import RECORDED_ERRORS, Caller, CompletionService, Plan, Run
@@ -63,7 +70,7 @@ from registry.completions.upstream import UpstreamStream
 from registry.configs.repository import ConfigRepository
 from registry.db.base import utcnow
 from registry.evals.models import EvalDatasetItem, EvalRun
-from registry.evals.repository import EvalRepository, LeaseLostError
+from registry.evals.repository import PENDING_STATUSES, EvalRepository, LeaseLostError
 from registry.evals.scorers import (
     Judge,
     PassRule,
@@ -88,6 +95,8 @@ T = TypeVar("T")
 
 BATCH = 200
 OUTAGE_BACKOFF_SECONDS = 5.0
+# The longest a backend's Retry-After keeps a run waiting: past it the run asks again (and waits again if told to).
+MAX_OUTAGE_BACKOFF_SECONDS = 300.0
 # How long a stop waits for runs to reach a safe point (the item being recorded stored); then they are cancelled.
 STOP_WAIT_SECONDS = 10.0
 JUDGE_RESPONSE_FORMAT: dict[str, Any] = {
@@ -109,7 +118,17 @@ JUDGE_RESPONSE_FORMAT: dict[str, Any] = {
 
 
 class BackendOutageError(Exception):
-    """The backend failed after its retries (and the fallback): the run waits and resumes, scoring nothing."""
+    """The backend failed after its retries (and the fallback): the run waits and resumes, scoring nothing.
+
+    ``retry_after``: how long the backend asked to be left alone (its Retry-After), when it said so cleanly."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RunEndedError(LeaseLostError):
+    """The run was cancelled (or its key revoked) while it worked: it asks nothing more and writes nothing."""
 
 
 class RunFailedError(Exception):
@@ -357,7 +376,9 @@ def _error_row(position: int, status: str, message: str, specs: Sequence[ScorerS
     }
 
 
-def _score_out(spec: ScorerSpec, result: Score, judge: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def _score_out(
+    spec: ScorerSpec, result: Score, judge: Mapping[str, Any] | None = None, *, error: str | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": spec.name or spec.kind,
         "kind": spec.kind,
@@ -365,6 +386,8 @@ def _score_out(spec: ScorerSpec, result: Score, judge: Mapping[str, Any] | None 
         "passed": result.passed,
         "reason": result.reason,
     }
+    if error is not None:  # the scorer failed: its value and passed are no verdict
+        out["error"] = error
     if judge is not None:
         out["judge"] = dict(judge)
     return out
@@ -382,6 +405,19 @@ def parse_judgement(text: str) -> tuple[float, str] | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not isinstance(reason, str):
         return None
     return float(value), reason
+
+
+def retry_after(exc: RegistryError) -> float | None:
+    """What a failed backend asked a run to wait (its ``Retry-After`` in seconds), bounded by
+    ``MAX_OUTAGE_BACKOFF_SECONDS``; None when it asked nothing or something that is no number of seconds."""
+    value: Any = exc.retry_after if isinstance(exc, UpstreamError) else exc.headers.get("Retry-After")
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_OUTAGE_BACKOFF_SECONDS)
 
 
 def _decisive(failures: ExceptionGroup) -> Exception:
@@ -551,6 +587,28 @@ class EvalWorker:
         if lease.lost:
             raise LeaseLostError(f"run {lease.run_id} is no longer held by lease {lease.token}")
 
+    async def _check_run(self, lease: Lease) -> None:
+        """Before a completion (and before a run starts): raise ``RunEndedError`` if the run was cancelled or claimed
+        anew since, so a cancel stops the completions of items under way too, not only at their next write.
+
+        A run whose key was revoked is cancelled here, saying why: the key pays for its completions, and a revoked
+        key spends nothing more. Another worker that takes it over is stopped here too, before asking anything.
+        """
+        run_id = lease.run_id
+        standing = await self._transaction(lambda session: EvalRepository(session).standing(run_id))
+        if standing is not None and standing.key_revoked and standing.status in PENDING_STATUSES:
+            reason = "cancelled: the API key that started the run was revoked"
+            await self._transaction(lambda session: EvalRepository(session).cancel(run_id, self.clock(), error=reason))
+            logger.warning("the key of an evaluation run was revoked; the run is cancelled", run=run_id)
+            lease.lost = True
+            raise RunEndedError(f"run {run_id}: {reason}")
+        if standing is None or standing.status not in PENDING_STATUSES:
+            lease.lost = True
+            raise RunEndedError(f"run {run_id} was cancelled or is gone")
+        if standing.lease_owner != lease.token:
+            lease.lost = True
+            raise LeaseLostError(f"run {run_id} is no longer held by lease {lease.token}")
+
     async def _release(self, lease: Lease, *, not_before: datetime | None, **values: Any) -> None:
         await self._transaction(
             lambda session: EvalRepository(session).release(lease.run_id, lease.token, not_before=not_before, **values)
@@ -559,6 +617,7 @@ class EvalWorker:
     async def _execute(self, lease: Lease) -> None:
         run_id = lease.run_id
         try:
+            await self._check_run(lease)
             plan, status = await self._plan(run_id)
             if status == "queued":  # a worker that died validating left it queued: validating again is harmless
                 await self._validate(plan, lease)
@@ -566,14 +625,18 @@ class EvalWorker:
                 await self._started(lease)
             await self._score_pending(plan, lease)
             await self._finish(lease, "completed", None)
+        except RunEndedError as exc:
+            logger.info("the evaluation run ended while it worked", run=run_id, reason=str(exc))
         except LeaseLostError:
             lease.lost = True
             logger.warning("another worker owns the evaluation run now", run=run_id)
         except BackendOutageError as exc:
+            # A backend that asked for longer (a 429's Retry-After) is left alone that long, within bounds.
+            backoff = max(self.outage_backoff, timedelta(seconds=exc.retry_after or 0.0))
             logger.warning("backend failing; the evaluation run waits", run=run_id, error=error_text(exc))
             await self._release(
                 lease,
-                not_before=self.clock() + self.outage_backoff,
+                not_before=self.clock() + backoff,
                 error=f"waiting for the backend: {exc}",
             )
         except RunFailedError as exc:
@@ -816,6 +879,7 @@ class EvalWorker:
         """
         await self._hold(lease)
         self._check_stopping(lease.run_id)
+        await self._check_run(lease)
         task = asyncio.current_task()
         assert task is not None
         self._asking[task] = attempt
@@ -827,7 +891,7 @@ class EvalWorker:
         except BackendNotConfiguredError as exc:
             raise RunFailedError(exc.detail) from exc
         except RECORDED_ERRORS as exc:
-            raise BackendOutageError(exc.detail) from exc
+            raise BackendOutageError(exc.detail, retry_after=retry_after(exc)) from exc
         except RegistryError as exc:
             if exc.type == "over_budget":
                 raise RunFailedError(f"the key that started the run is over its budget: {exc.detail}") from exc
@@ -882,24 +946,28 @@ class EvalWorker:
         )
         scores: list[dict[str, Any]] = []
         results: list[Score] = []
+        scorer_errors: list[str] = []
         for index, spec in enumerate(plan.specs):
             setup = plan.judges.get(index)
             if setup is None:
                 result = score(spec, inp)
                 scores.append(_score_out(spec, result))
             else:
-                result, judge = await self._judge(setup, plan, lease, item, out, attempt)
-                scores.append(_score_out(spec, result, judge))
+                result, judge, failure = await self._judge(setup, plan, lease, item, out, attempt)
+                scores.append(_score_out(spec, result, judge, error=failure))
+                if failure is not None:
+                    scorer_errors.append(f"{spec.name or spec.kind}: {failure}")
             results.append(result)
         verdict = combine(plan.specs, results, plan.rule)
+        # A scorer that failed for its own reasons says nothing of the output: the item is neither passed nor failed.
         return {
             "position": item.position,
-            "status": "scored",
+            "status": "scorer_error" if scorer_errors else "scored",
             "output": out.text,
             "scores": scores,
-            "score": verdict.score,
-            "passed": verdict.passed,
-            "error": None,
+            "score": None if scorer_errors else verdict.score,
+            "passed": verdict.passed and not scorer_errors,
+            "error": "; ".join(scorer_errors) if scorer_errors else None,
             "latency_ms": out.latency_ms,
             "input_tokens": attempt.input_tokens,
             "output_tokens": attempt.output_tokens,
@@ -917,8 +985,12 @@ class EvalWorker:
         item: EvalDatasetItem,
         out: CompletionOut,
         attempt: Attempt,
-    ) -> tuple[Score, dict[str, Any]]:
-        """Ask the judge prompt for ``{"score", "reason"}`` about the output; the score records which judge."""
+    ) -> tuple[Score, dict[str, Any], str | None]:
+        """Ask the judge prompt for ``{"score", "reason"}`` about the output; the score records which judge.
+
+        The third part is the judge's own failure, if it failed (its request refused, an answer that is no verdict):
+        that is no verdict on the output, and the item's outcome says so (``scorer_error``). A backend outage is
+        not: the run waits for it (``BackendOutageError``)."""
         spec = setup.spec
         label = None if spec.version is not None else (spec.label or "production")
         offered = {"output": out.text, "expected": item.expected, "variables": item.variables}
@@ -937,7 +1009,8 @@ class EvalWorker:
         except (BackendOutageError, RunFailedError):
             raise
         except RegistryError as exc:
-            return Score(0.0, False, f"the judge failed: {exc.type}: {exc.detail}"), {"prompt": spec.prompt}
+            failure = f"the judge failed: {exc.type}: {exc.detail}"
+            return Score(0.0, False, failure), {"prompt": spec.prompt}, failure
         judge = {
             "prompt": answer.prompt,
             "version": answer.version,
@@ -946,5 +1019,6 @@ class EvalWorker:
         }
         judgement = parse_judgement(answer.text)
         if judgement is None:
-            return Score(0.0, False, f"the judge's answer is not a score and reason: {answer.text[:200]!r}"), judge
-        return judge_score(spec, *judgement), judge
+            failure = f"the judge's answer is not a score and reason: {answer.text[:200]!r}"
+            return Score(0.0, False, failure), judge, failure
+        return judge_score(spec, *judgement), judge, None

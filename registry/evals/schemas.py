@@ -185,7 +185,7 @@ class RunOut(Output):
     items_passed: int
     items_invalid: int
     items_errored: int
-    pass_rate: float | None  # of the items done so far
+    pass_rate: float | None  # of the items done so far whose scorers all answered
     cost: float
     input_tokens: int
     output_tokens: int
@@ -197,6 +197,8 @@ class RunOut(Output):
     pass_rate_interval: Interval | None = None
     mean_score_interval: Interval | None = None
     discarded: DiscardedSpend | None = None  # on a single run's read
+    # Items a scorer (a judge) failed on: neither passed nor failed, left out of ``pass_rate``.
+    items_scorer_errors: int = 0
 
     @classmethod
     def of(cls, run: EvalRun, *, pass_rate: Interval | None = None, mean_score: Interval | None = None) -> RunOut:
@@ -217,7 +219,7 @@ class RunOut(Output):
             items_passed=run.items_passed,
             items_invalid=run.items_invalid,
             items_errored=run.items_errored,
-            pass_rate=round(run.items_passed / run.items_done, 6) if run.items_done else None,
+            pass_rate=pass_rate_of(run),
             cost=round(run.cost, 9),
             input_tokens=run.input_tokens,
             output_tokens=run.output_tokens,
@@ -228,7 +230,15 @@ class RunOut(Output):
             error=run.error,
             pass_rate_interval=pass_rate,
             mean_score_interval=mean_score,
+            items_scorer_errors=run.items_scorer_errors,
         )
+
+
+def pass_rate_of(run: EvalRun) -> float | None:
+    """The share of the items done that passed, of those whose scorers all answered (a scorer's own failure
+    says nothing of the output); None before any such item."""
+    judged = run.items_done - run.items_scorer_errors
+    return round(run.items_passed / judged, 6) if judged > 0 else None
 
 
 class RunPage(Output):
@@ -285,6 +295,7 @@ class ProgressEvent(Output):
     items_passed: int
     pass_rate: float | None
     cost: float
+    items_scorer_errors: int = 0
 
     @classmethod
     def of(cls, run: RunOut) -> ProgressEvent:
@@ -296,6 +307,7 @@ class ProgressEvent(Output):
             items_passed=run.items_passed,
             pass_rate=run.pass_rate,
             cost=run.cost,
+            items_scorer_errors=run.items_scorer_errors,
         )
 
 

@@ -302,7 +302,8 @@ class RunService:
         if found is None:
             raise RunNotFoundError(f"no evaluation run has id {run_id}")
         run, (discarded_cost, discarded_input, discarded_output) = found
-        outcomes = await self.repository.outcomes(run.id)
+        # An item a scorer failed on has no verdict: out of the pass rate and mean score (``items_scorer_errors``).
+        outcomes = judged(await self.repository.outcomes(run.id))
         passed = [ok for _, ok, _, _ in outcomes]
         scores = [score if score is not None else 0.0 for _, _, score, _ in outcomes]
         out = msgspec.structs.replace(
@@ -344,9 +345,11 @@ class RunService:
                 f"run {base_id} used {base.dataset}@{base.dataset_version} and run {candidate_id} "
                 f"{candidate.dataset}@{candidate.dataset_version}: item by item needs the same dataset version"
             )
-        base_outcomes = await self.repository.outcomes(base.id)
-        candidate_outcomes = await self.repository.outcomes(candidate.id)
+        base_outcomes = judged(await self.repository.outcomes(base.id))
+        candidate_outcomes = judged(await self.repository.outcomes(candidate.id))
         paired, comparison = paired_comparison(base_outcomes, candidate_outcomes)
+        # Items a scorer failed on in either run are not paired: they have no verdict.
+        comparison["scorer_errors"] = {str(run.id): run.items_scorer_errors for run in (base, candidate)}
         # A run not completed (still going, failed, cancelled) is compared on the items it stored, the first ones
         # done: the comparison says so rather than reading as one of the whole dataset version.
         comparison["incomplete_runs"] = [run.id for run in (base, candidate) if run.status != "completed"]
@@ -357,6 +360,11 @@ def paired_comparison(base: Sequence[Outcome], candidate: Sequence[Outcome]) -> 
     """Pair two runs' items by dataset position and compare them; the items that changed are listed."""
     result = compare_paired(by_position(base), by_position(candidate))
     return result.matched, {**result.as_dict(), "regressed": list(result.regressed), "improved": list(result.improved)}
+
+
+def judged(outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """The outcomes whose scorers all answered: an item a scorer (a judge) failed on is neither passed nor failed."""
+    return [outcome for outcome in outcomes if outcome[3] != "scorer_error"]
 
 
 def by_position(outcomes: Sequence[Outcome]) -> dict[int, tuple[bool, float]]:

@@ -113,7 +113,7 @@ def test_a_listed_runs_interval_is_the_one_its_results_give() -> None:
         "dataset": "d", "dataset_version": 1, "scorers": [], "pass_rule": None, "concurrency": 4, "total_items": 7,
         "items_done": 7, "items_passed": 5, "items_invalid": 0, "items_errored": 0, "cost": 0.0, "input_tokens": 0,
         "output_tokens": 0, "created_by": "a", "created_at": None, "started_at": None, "finished_at": None,
-        "error": None,
+        "error": None, "items_scorer_errors": 0,
     }  # fmt: skip
     row = listed(cast(EvalRun, SimpleNamespace(**fields)))
     summary = summarize([True] * 5 + [False] * 2, [1.0] * 5 + [0.0] * 2)

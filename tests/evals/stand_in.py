@@ -7,6 +7,8 @@ picks the behaviour:
     echo            answer at once; an answer starting with "hold" waits until the test sets ``released``
     down            503 to every request
     down-then-echo  503 until ``up`` is set, then echo
+    unstructured    400 to a request asking for ``response_format`` (a backend without structured output), else echo
+    throttled       429 with ``Retry-After: 120`` to every request
 
 Usage: 5 prompt tokens, 1 completion token per word of the answer.
 """
@@ -50,6 +52,12 @@ class StandIn:
         model = str(payload.get("model", ""))
         if model == "down" or (model == "down-then-echo" and not self.up.is_set()):
             await _json(send, 503, {"error": {"message": "down"}}, [(b"retry-after", b"0")])
+            return
+        if model == "unstructured" and "response_format" in payload:
+            await _json(send, 400, {"error": {"message": "response_format is not supported by this model"}})
+            return
+        if model == "throttled":
+            await _json(send, 429, {"error": {"message": "slow down"}}, [(b"retry-after", b"120")])
             return
         answer = payload["messages"][-1]["content"] if "messages" in payload else str(payload.get("prompt", ""))
         if answer.startswith("hold"):

@@ -65,7 +65,7 @@ class HeldWorker(EvalWorker):
         item: EvalDatasetItem,
         out: CompletionOut,
         attempt: Attempt,
-    ) -> tuple[Score, dict[str, Any]]:
+    ) -> tuple[Score, dict[str, Any], str | None]:
         await self._hold_once("judge", item.position)
         return await super()._judge(setup, plan, lease, item, out, attempt)
 

@@ -55,7 +55,7 @@ async def test_a_judge_prompt_scores_each_output_with_structured_output_and_is_r
     assert done["input_tokens"] == 4 * 5
 
 
-async def test_a_judge_that_does_not_answer_a_score_fails_the_item_and_says_why(
+async def test_a_judge_that_does_not_answer_a_score_leaves_the_item_without_a_verdict_and_says_why(
     evals: AppClient, admin: dict[str, str]
 ) -> None:
     await publish(evals, admin, "rambler", template="I think {{ output }} is fine")
@@ -74,6 +74,8 @@ async def test_a_judge_that_does_not_answer_a_score_fails_the_item_and_says_why(
         dataset={"name": "rambled-cases"},
         scorers=[{"kind": "judge", "prompt": "rambler"}],
     )
-    assert (await finished(evals, admin, run["id"]))["items_passed"] == 0
+    done = await finished(evals, admin, run["id"])
+    assert (done["items_passed"], done["items_scorer_errors"], done["pass_rate"]) == (0, 1, None)
     item = (await evals.get(f"/v1/evals/runs/{run['id']}/items", headers=admin)).json()["items"][0]
+    assert (item["status"], item["passed"]) == ("scorer_error", False)
     assert "not a score and reason" in item["scores"][0]["reason"]
