@@ -21,7 +21,9 @@ async def test_the_prompt_page_shows_each_rollout_with_its_steps_and_reason(
     async with live.api() as api:
         name = await prompt_with_versions(api, "support/rollout", 2)
         metric = unique("errors")
-        assert (await api.post("/v1/metrics", json={"key": metric, "kind": "binomial"})).status_code == 201
+        assert (
+            await api.post("/v1/metrics", json={"key": metric, "kind": "binomial", "direction": "lower"})
+        ).status_code == 201
         body = {
             "candidate_version": 2,
             # The live registry's worker checks rollouts: steps it can never call done keep the page still.
@@ -68,7 +70,9 @@ async def test_the_rollout_page_shows_its_steps_guardrails_and_history(console: 
     async with live.api() as api, live.api("hostile") as hostile:
         name = await prompt_with_versions(api, "support/rollout-page", 2)
         metric = unique("errors")
-        assert (await api.post("/v1/metrics", json={"key": metric, "kind": "binomial"})).status_code == 201
+        assert (
+            await api.post("/v1/metrics", json={"key": metric, "kind": "binomial", "direction": "lower"})
+        ).status_code == 201
         body = {
             "candidate_version": 2,
             "steps": [{"share": 0.1, "min_units": 200}, {"share": 0.5, "min_units": HELD}, {"share": 1.0}],
