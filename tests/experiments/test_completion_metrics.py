@@ -8,6 +8,7 @@ between variants, never latencies with fixed bounds.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
@@ -118,9 +119,15 @@ async def run_guarded(client: Client, headers: dict[str, str]) -> dict[str, Any]
     await created(await client.post("/v1/experiments", json=experiment, headers=headers))
     await created(await client.post("/v1/experiments/guard/start", headers=headers))
     await settle(client)
-    for unit in UNITS:
-        await client.post(
-            "/v1/prompts/greet/complete", json={"variables": {"name": "Ada"}, "unit": unit}, headers=headers
+    # Ten at a time: a third of them wait 0.2 s or more on the slow backend, which one at a time took 8 s.
+    for start in range(0, len(UNITS), 10):
+        await asyncio.gather(
+            *(
+                client.post(
+                    "/v1/prompts/greet/complete", json={"variables": {"name": "Ada"}, "unit": unit}, headers=headers
+                )
+                for unit in UNITS[start : start + 10]
+            )
         )
     await fold_in(client)
     results = await created(await client.get("/v1/experiments/guard/results", headers=headers))
