@@ -137,6 +137,15 @@ class Settings(BaseSettings):
         description="Seconds a client has to send a whole request body once its headers arrived; a slower "
         "body gets 408 and the connection is closed.",
     )
+    stream_send_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="Seconds one part of a streamed response (a completion's tokens, the change feed, the "
+        "playground) may wait for a client that stopped reading; past it the stream ends as if the client had "
+        "left: the backend request is closed, its slot and budget hold freed, and the completion recorded as "
+        "cancelled.",
+    )
     max_connections_per_worker: int = Field(
         1000,
         ge=8,

@@ -8,12 +8,13 @@ from typing import Any
 from litestar import Controller, Request, get
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import ServerSentEventMessage
 
 from registry.auth.access import authorization_of
 from registry.auth.keys import Scope
 from registry.auth.principal import Principal
 from registry.db.base import utcnow
+from registry.lib.streaming import BoundedServerSentEvent
 from registry.runtime import Runtime
 
 
@@ -69,7 +70,8 @@ class ChangeFeedController(Controller):
     )
     async def changes(
         self, request: Request[Principal, Any, Any], runtime: NamedDependency[Runtime]
-    ) -> ServerSentEvent:
+    ) -> BoundedServerSentEvent:
         runtime.feed.admit(request.user.public_id)
         messages = feed_messages(runtime, authorization_of(request.scope["headers"]), request.user.public_id)
-        return ServerSentEvent(messages, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        # A subscriber that stops reading ends its feed after ``stream_send_timeout_seconds`` (its listener freed).
+        return BoundedServerSentEvent(messages, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

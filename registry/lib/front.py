@@ -27,6 +27,7 @@ from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receiv
 from registry.lib.disconnect import DisconnectWatch
 from registry.lib.errors import PROBLEM_MEDIA_TYPE, RequestTimeoutError, problem_body, translate_and_log
 from registry.lib.http import JsonResponse
+from registry.lib.streaming import DEFAULT_SEND_TIMEOUT, ClientStalledError, bounded_send, send_timeout
 
 _PROBLEM_MEDIA_TYPE = PROBLEM_MEDIA_TYPE.encode()
 SSE_MEDIA_TYPE = "text/event-stream"
@@ -196,7 +197,7 @@ async def serve(
     else:
         if isinstance(answer, Streamed):
             headers = [_SSE_CONTENT_TYPE, *encode_headers(answer.headers)]
-            await send_stream(send, watch, headers, answer.first, answer.rest)
+            await send_stream(send, watch, headers, answer.first, answer.rest, send_timeout=send_timeout(scope))
             return
     finally:
         watch.stop()
@@ -209,11 +210,14 @@ async def send_stream(
     headers: Iterable[tuple[bytes, bytes]],
     first: bytes,
     rest: AsyncIterator[bytes],
+    *,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT,
 ) -> None:
     """A 200 stream: the headers and ``first`` at once, then each part of ``rest`` as it comes.
 
     As ``registry.lib.streaming.PrimedStream`` under Litestar: a client that goes away
-    (``watch`` cancels this task) ends the stream quietly, and ``rest`` is closed
+    (``watch`` cancels this task), or that stops reading so that one send waits ``send_timeout``
+    seconds (``registry.lib.streaming.bounded_send``), ends the stream quietly, and ``rest`` is closed
     however the stream ends, which closes the upstream connection it reads from.
 
     The parts of ``rest`` and the body's end are sent from a task of their own, which this one awaits (a
@@ -224,6 +228,7 @@ async def send_stream(
     ends, a turn that, under load, every other stream's token shares.
     """
     start: HTTPResponseStartEvent = {"type": "http.response.start", "status": 200, "headers": list(headers)}
+    send = bounded_send(send, send_timeout)
     try:
         if watch.disconnected:
             return  # gone before the first token was sent: nobody to stream to
@@ -233,6 +238,8 @@ async def send_stream(
     except asyncio.CancelledError:
         if not watch.left():
             raise
+    except ClientStalledError:
+        pass  # nobody reads the stream any more: it ends as for a client that left
     finally:
         watch.stop()
         await rest.aclose()  # type: ignore[attr-defined]

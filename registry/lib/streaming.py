@@ -6,18 +6,28 @@ benchmark machine), and a server may write the headers and that part separately.
 A completion's first part is its first token, taken before the response begins (so
 that a failure before it still gets its own status), so nothing is gained by that
 wait: this response sends it from the task that sent the headers.
+
+A client that stops reading without disconnecting would otherwise hold a stream for ever:
+the server's ``send`` waits on the full socket, and nothing else wakes the stream, so what
+it holds (a backend's slot and connection, the key's budget hold, a feed listener) stays
+held. Each part's send is bounded (``bounded_send``, ``stream_send_timeout_seconds``), and a
+send past it ends the stream as a client that left.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from litestar.enums import MediaType
-from litestar.response import Stream
+from litestar.response import ServerSentEvent, Stream
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.utils.helpers import get_enum_string_value
+
+from registry.settings import Settings
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -25,26 +35,87 @@ if TYPE_CHECKING:
     from litestar.connection import Request
     from litestar.datastructures import Cookie
     from litestar.response.base import ASGIResponse
-    from litestar.types import Receive, Send, TypeEncodersMap
+    from litestar.types import Message, Receive, Scope, Send, TypeEncodersMap
+
+logger = logging.getLogger(__name__)
+DEFAULT_SEND_TIMEOUT: float = Settings.model_fields["stream_send_timeout_seconds"].default
 
 
-class _FirstPartFirst(ASGIStreamingResponse):
+class ClientStalledError(Exception):
+    """One part of a stream waited longer than its bound to be sent: the client stopped reading."""
+
+
+def send_timeout(scope: Scope) -> float:
+    """``stream_send_timeout_seconds`` of the runtime serving the request (the request-context middleware puts
+    it in the scope's state)."""
+    runtime = scope["state"].get("runtime")
+    return DEFAULT_SEND_TIMEOUT if runtime is None else float(runtime.settings.stream_send_timeout_seconds)
+
+
+def bounded_send(send: Send, seconds: float) -> Send:
+    """``send``, each message of which raises ``ClientStalledError`` once it has waited ``seconds``.
+
+    A server's ``send`` waits while the socket's buffers are full, that is for as long as the client
+    does not read; a client that stops reading without disconnecting would hold the stream for ever.
+    """
+
+    async def send_within(message: Message) -> None:
+        try:
+            async with asyncio.timeout(seconds) as bound:
+                await send(message)
+        except TimeoutError:
+            if not bound.expired():
+                raise
+            logger.warning("a client read nothing of its stream for %g s: the stream ends as if it had left", seconds)
+            raise ClientStalledError(f"the client read nothing of the stream for {seconds:g} s") from None
+
+    return send_within
+
+
+class _BoundedStreamResponse(ASGIStreamingResponse):
+    """Litestar's streaming response whose every send is bounded (``bounded_send``); a client that stops reading
+    ends it as one that left: quietly, and the parts' generator closed."""
+
+    __slots__ = ("send_timeout",)
+
+    def __init__(self, *, send_timeout: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.send_timeout = send_timeout
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        try:
+            await self.send_parts(bounded_send(send, self.send_timeout), receive)
+        except* ClientStalledError:
+            pass  # nobody reads the stream any more: as for a disconnect, nothing more is sent
+        finally:
+            # A disconnect that cancels the response while it waits on a write, or a client that stopped
+            # reading, leaves the parts' generator suspended, holding what it streams from, until it is garbage
+            # collected.
+            await _close(self.iterator)
+
+    async def send_parts(self, send: Send, receive: Receive) -> None:
+        await super().send_body(send, receive)
+
+
+async def _close(iterator: object) -> None:
+    """Close a response's parts: a generator, or Litestar's wrapper of one (a ``ServerSentEvent``'s wraps the
+    generator of events, which closing the wrapper leaves suspended)."""
+    for parts in (iterator, getattr(iterator, "generator", None), getattr(iterator, "content_async_iterator", None)):
+        close = getattr(parts, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class _FirstPartFirst(_BoundedStreamResponse):
     __slots__ = ("first",)
 
     def __init__(self, first: bytes, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.first = first
 
-    async def send_body(self, send: Send, receive: Receive) -> None:
-        try:
-            await send({"type": "http.response.body", "body": self.first, "more_body": True})
-            await super().send_body(send, receive)
-        finally:
-            # A disconnect that cancels the response while it waits on a write leaves the parts'
-            # generator suspended, holding what it streams from, until it is garbage collected.
-            close = getattr(self.iterator, "aclose", None)
-            if close is not None:
-                await close()
+    async def send_parts(self, send: Send, receive: Receive) -> None:
+        await send({"type": "http.response.body", "body": self.first, "more_body": True})
+        await super().send_parts(send, receive)
 
 
 class PrimedStream(Stream):
@@ -74,6 +145,41 @@ class PrimedStream(Stream):
         # As Stream.to_asgi_response, with the first part handed over.
         return _FirstPartFirst(
             self.first,
+            send_timeout=send_timeout(request.scope),
+            background=self.background or background,
+            content_length=0,
+            cookies=self.cookies if cookies is None else itertools.chain(self.cookies, cookies),
+            encoded_headers=encoded_headers,
+            encoding=self.encoding,
+            headers={**headers, **self.headers} if headers is not None else self.headers,
+            is_head_response=is_head_response,
+            iterator=self.iterator,
+            media_type=get_enum_string_value(media_type or self.media_type or MediaType.JSON),
+            status_code=self.status_code or status_code,
+        )
+
+
+class BoundedServerSentEvent(ServerSentEvent):
+    """Litestar's ``ServerSentEvent``, each of whose sends is bounded as a ``PrimedStream``'s are: an endless
+    stream (the change feed) whose client stopped reading ends instead of holding its listener for ever."""
+
+    def to_asgi_response(
+        self,
+        app: Litestar | None,
+        request: Request[Any, Any, Any],
+        *,
+        background: BackgroundTask | BackgroundTasks | None = None,
+        cookies: Iterable[Cookie] | None = None,
+        encoded_headers: Iterable[tuple[bytes, bytes]] | None = None,
+        headers: dict[str, str] | None = None,
+        is_head_response: bool = False,
+        media_type: MediaType | str | None = None,
+        status_code: int | None = None,
+        type_encoders: TypeEncodersMap | None = None,
+    ) -> ASGIResponse:
+        # As Stream.to_asgi_response.
+        return _BoundedStreamResponse(
+            send_timeout=send_timeout(request.scope),
             background=self.background or background,
             content_length=0,
             cookies=self.cookies if cookies is None else itertools.chain(self.cookies, cookies),
