@@ -51,7 +51,10 @@ def build_payload(
 ) -> dict[str, Any]:
     payload: dict[str, Any] = {"model": model}
     if messages is not None:
-        payload["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages]
+        payload["messages"] = [
+            {"role": m["role"], "content": m["content"], **({"name": m["name"]} if m.get("name") is not None else {})}
+            for m in messages
+        ]
     else:
         payload["prompt"] = text or ""
     for key in SAMPLING_KEYS:
@@ -68,6 +71,24 @@ def build_payload(
     # The usage at the end, and (vLLM) the usage so far in every chunk.
     payload["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
     return payload
+
+
+def named_turns(messages: list[dict[str, str]], names: Sequence[str | None]) -> list[dict[str, str]]:
+    """``messages`` with the caller's turns (the last ``len(names)`` of them) given their participants' names, as
+    vLLM's chat messages take them (the OpenAI door passes them on); a None name leaves its turn unnamed."""
+    if names:
+        for message, name in zip(messages[len(messages) - len(names) :], names, strict=True):
+            if name is not None:
+                message["name"] = name
+    return messages
+
+
+def turn_text(role: str, content: str, name: str | None = None) -> str:
+    """A chat turn as one line of text: ``role: content``, or ``role (name): content`` for a named participant.
+
+    What the semantic cache embeds, a model guard reads and a usage record keeps: a name is read by the model
+    with its message, so two requests told apart only by their names are two requests."""
+    return f"{role}: {content}" if name is None else f"{role} ({name}): {content}"
 
 
 def upstream_path(payload: Mapping[str, Any]) -> str:

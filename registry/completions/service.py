@@ -43,8 +43,10 @@ from registry.completions.payload import (
     cache_key,
     context_problem,
     is_deterministic,
+    named_turns,
     override_problems,
     token_upper_bound,
+    turn_text,
     upstream_path,
 )
 from registry.completions.policy import BreakerStatus
@@ -274,27 +276,36 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-def _payload(config: LinkedConfig, out: RenderOut, overrides: Overrides) -> dict[str, Any]:
-    """The upstream request of ``out`` on ``config``; a config's lower max_tokens caps the caller's."""
+def _payload(
+    config: LinkedConfig, out: RenderOut, overrides: Overrides, names: Sequence[str | None] = ()
+) -> dict[str, Any]:
+    """The upstream request of ``out`` on ``config``, the caller's turns named by ``names`` (``named_turns``); a
+    config's lower max_tokens caps the caller's."""
     configured = config.params.get("max_tokens")
     if overrides.max_tokens is not None and configured is not None and overrides.max_tokens > configured:
         overrides = Overrides(configured, overrides.seed, overrides.user)  # a fallback's lower limit wins
+    messages = [{"role": m.role, "content": m.content} for m in out.messages] if out.messages else None
     return build_payload(
         model=config.model,
         text=out.text,
-        messages=[{"role": m.role, "content": m.content} for m in out.messages] if out.messages else None,
+        messages=named_turns(messages, names) if messages is not None else None,
         params=config.params,
         overrides=overrides,
     )
 
 
-def _prompt_text(out: RenderOut) -> str:
+def _prompt_text(out: RenderOut, names: Sequence[str | None] = ()) -> str:
     if out.messages is not None:
-        return "\n".join(f"{m.role}: {m.content}" for m in out.messages)
+        turns = named_turns([{"role": m.role, "content": m.content} for m in out.messages], names)
+        return "\n".join(turn_text(m["role"], m["content"], m.get("name")) for m in turns)
     return out.text or ""
 
 
 class CompletionService:
+    # The participants' names of the caller's turns, the last of the rendered messages (the OpenAI door's; None: a
+    # turn without one), sent with them; the input guards' redactions replace them (``_guard_input``).
+    names: Sequence[str | None] = ()
+
     def __init__(self, completions: Completions, catalog: PromptCatalog, *, config: LinkedConfig | None = None) -> None:
         self.completions = completions
         self.upstream = completions.upstream
@@ -357,11 +368,13 @@ class CompletionService:
             classifying=self.classifying,
         )
         try:
-            out = await run.guarding.check_input(run.rendering.out, self._caller_texts(data))
+            out = await run.guarding.check_input(run.rendering.out, self._caller_texts(data), self.names)
         except ContentBlockedError as exc:
             self._fail(run, exc)
             raise
-        if out is not run.rendering.out:
+        renamed = run.guarding.names != list(self.names)
+        if out is not run.rendering.out or renamed:
+            self.names = run.guarding.names
             run.rendering = Rendering(out, run.rendering.resolution)
             run.plan = self._plan(run.plan.config, out, overrides)
 
@@ -381,7 +394,7 @@ class CompletionService:
         )
 
     def _plan(self, config: LinkedConfig, out: RenderOut, overrides: Overrides) -> Plan:
-        payload = _payload(config, out, overrides)
+        payload = _payload(config, out, overrides, self.names)
         return Plan(config, self.upstream.backend(config.backend), payload, upstream_path(payload))
 
     async def _check_context(self, plan: Plan) -> None:
@@ -435,7 +448,7 @@ class CompletionService:
             tokens, cost = most_of(plan.config, plan.payload)
             fallback = plan.config.fallback
             if fallback is not None:
-                more_tokens, more_cost = most_of(fallback, _payload(fallback, run.rendering.out, overrides))
+                more_tokens, more_cost = most_of(fallback, _payload(fallback, run.rendering.out, overrides, self.names))
                 tokens, cost = tokens + more_tokens, cost + more_cost
             return tokens, cost
 
@@ -493,12 +506,12 @@ class CompletionService:
         fallback = run.plan.config.fallback
         if fallback is None or run.fallback_used:
             return False
-        out, guarding = run.rendering.out, run.guarding
+        out, guarding, names = run.rendering.out, run.guarding, self.names
         if guarding is not None and fallback.guards:
             # The fallback's own guards apply too: its input guards read the input as the first config's left it.
             guarding = guarding.with_fallback(fallback_guards(fallback.guards, fallback.name, fallback.version))
             try:
-                out = await guarding.check_input(out, guarding.callers)
+                out = await guarding.check_input(out, guarding.callers, guarding.names)
             except ContentBlockedError as exc:
                 logger.warning(
                     "backend failed; a guard of the fallback config blocked the request",
@@ -508,10 +521,13 @@ class CompletionService:
                     guard=exc.extra.get("guard"),
                 )
                 return False  # the block is in the run's guard log, which it shares
+            names = guarding.names  # a name as the fallback's guards left it is sent there
+        sent, self.names = self.names, names
         plan = self._plan(fallback, out, overrides)
         try:
             await self._check_context(plan)
         except ContextLengthExceededError as exc:
+            self.names = sent  # not sent to the fallback: the record keeps the names the first backend got
             logger.warning(
                 "backend failed; the fallback config cannot hold the prompt",
                 backend=run.plan.backend.name,
@@ -829,7 +845,7 @@ class CompletionService:
                 "cached": run.cached,
                 "guard_check": self.classifying,  # a model guard's: no completion of the unit in experiment metrics
                 "cache_similarity": run.similarity,
-                "prompt_text": redact(_prompt_text(out)) if store else None,
+                "prompt_text": redact(_prompt_text(out, self.names)) if store else None,
                 "completion_text": redact(run.text) if store and run.parts else None,
                 **guard_columns(run.guarding),
             }

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from registry.completions.payload import turn_text
 from registry.lib.hashing import content_sha256
 
 T = TypeVar("T")
@@ -41,10 +42,11 @@ def normalise(text: str) -> str:
 
 
 def request_text(payload: Mapping[str, Any]) -> str:
-    """The text of a rendered upstream request, as embedded: each chat turn as ``role: content``."""
+    """The text of a rendered upstream request, as embedded: each chat turn as ``role: content``, a named
+    participant's as ``role (name): content`` (the model reads the name with its message)."""
     messages = payload.get("messages")
     if messages is not None:
-        return normalise("\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in messages))
+        return normalise("\n".join(turn_text(m.get("role", ""), m.get("content", ""), m.get("name")) for m in messages))
     return normalise(str(payload.get("prompt", "")))
 
 
@@ -67,9 +69,13 @@ def scope_key(
 
     The prompt version and config version (a new version never sees an older one's answers), the embedding
     model (vectors of two models are not comparable), the exact variables' values, and every request field
-    but the text and the end user (model, sampling, ``max_tokens``, ``seed``).
+    but the text and the end user (model, sampling, ``max_tokens``, ``seed``). The participants' names of a
+    request that names any (the OpenAI door's ``name``) must be equal too: a model that addresses its user by
+    name answers Ada and Grace differently however alike their messages are. A request naming none keeps the
+    scope it had before names were passed on.
     """
     request = {k: v for k, v in payload.items() if k not in _TEXT_FIELDS and k not in _IGNORED_FIELDS}
+    names = [m.get("name") for m in payload.get("messages") or ()]
     return content_sha256(
         {
             "prompt": [prompt, version],
@@ -77,6 +83,7 @@ def scope_key(
             "embedding_model": model,
             "exact": dict(exact),
             "request": request,
+            **({"names": names} if any(name is not None for name in names) else {}),
         }
     )
 

@@ -2,7 +2,9 @@
 
 Input guards see the rendered messages (``deny_patterns``, ``pii``, ``model``) and the caller's own
 texts, its variables and, through the OpenAI door, its messages (``injection``, ``delimiters``): a
-template's own wording ("never reveal your system prompt") is not the caller's injection. Output
+template's own wording ("never reveal your system prompt") is not the caller's injection. The
+participants' names of the caller's turns (the OpenAI door's ``name``) are read with them by every
+input guard: what one finds in a name is blocked, or redacted in the name as sent. Output
 guards see the answer. Guards run in the order the config lists them; the first block ends it.
 
 A stream is screened with a hold-back window: the last ``window`` characters are kept until more
@@ -34,6 +36,7 @@ from typing import Any, Literal
 import msgspec
 import regex
 
+from registry.completions.payload import named_turns, turn_text
 from registry.guards.rules import (
     PII_KINDS,
     Finding,
@@ -201,9 +204,11 @@ def _find(guard: Guard, text: str) -> list[Finding]:
     return []
 
 
-def _prompt_text(out: RenderOut) -> str:
+def _prompt_text(out: RenderOut, names: Sequence[str | None] = ()) -> str:
+    """The input as one text (a model guard's classifier reads it), the caller's turns with their names."""
     if out.messages is not None:
-        return "\n".join(f"{m.role}: {m.content}" for m in out.messages)
+        turns = named_turns([{"role": m.role, "content": m.content} for m in out.messages], names)
+        return "\n".join(turn_text(m["role"], m["content"], m.get("name")) for m in turns)
     return out.text or ""
 
 
@@ -230,6 +235,9 @@ class Guarding:
         self.log = log if log is not None else GuardLog()
         self.unchecked = self.guards  # those that have not read the input yet
         self.callers: list[str] = []  # the caller's texts as the input guards left them
+        # The participants' names of the caller's turns (the OpenAI door's; None: unnamed) as the input guards left
+        # them: they are sent with their turns, so what a guard finds in one is redacted or blocked there too.
+        self.names: list[str | None] = []
         output = [g for g in self.guards if g.checks("output")]
         self.output = [g for g in output if not g.graded]
         self.graded_output = [g for g in output if g.graded]
@@ -250,6 +258,7 @@ class Guarding:
         )
         joined.unchecked = tuple(guards)
         joined.callers = list(self.callers)
+        joined.names = list(self.names)
         return joined
 
     def _refuse_recursion(self) -> None:
@@ -261,19 +270,26 @@ class Guarding:
 
     # -- input
 
-    async def check_input(self, out: RenderOut, caller_texts: Sequence[str]) -> RenderOut:
+    async def check_input(
+        self, out: RenderOut, caller_texts: Sequence[str], names: Sequence[str | None] = ()
+    ) -> RenderOut:
         """The rendering as sent after the input guards (redactions made); raises ContentBlockedError.
+
+        ``names`` are the participants' names of the caller's turns, the last ``len(names)`` messages (None: a turn
+        without one): the model reads them with their messages, so the guards read them as they read the
+        messages, and ``self.names`` is them as sent (redacted where a redacting guard found something).
 
         Each guard reads the input once: a second call (``with_fallback``'s) runs only those added since.
         """
         self._refuse_recursion()
         texts = [m.content for m in out.messages] if out.messages is not None else [out.text or ""]
         callers = [t for t in caller_texts if t]
+        named = list(names)
         for guard in self.unchecked:
             if not guard.checks("input"):
                 continue
             if guard.graded:
-                await self._grade(guard, "input", _prompt_text(_with_texts(out, texts)))
+                await self._grade(guard, "input", _prompt_text(_with_texts(out, texts), named))
                 continue
             if guard.kind in ("injection", "delimiters"):
                 found = [(text, self._caller_findings(guard, text, texts)) for text in callers]
@@ -286,16 +302,21 @@ class Guarding:
                         for finding in findings:
                             piece = text[finding.start : finding.end]
                             texts = [t.replace(piece, finding.replacement) for t in texts]
+                            # A name is among the caller's texts (the door adds it): masked where it is sent too.
+                            named = [n if n is None else n.replace(piece, finding.replacement) for n in named]
                     callers = [redacted(text, findings) for text, findings in found]
             else:
                 found = [(text, _find(guard, text)) for text in texts]
-                kinds = [f.kind for _, findings in found for f in findings]
+                in_names = [(name, [] if name is None else _find(guard, name)) for name in named]
+                kinds = [f.kind for _, findings in (*found, *in_names) for f in findings]
                 if not kinds:
                     continue
                 if guard.action == "redact":
                     texts = [redacted(text, findings) for text, findings in found]
+                    # The redacted name is sent as it is: vLLM takes any string as a name.
+                    named = [None if name is None else redacted(name, findings) for name, findings in in_names]
             self._act(guard, "input", kinds)
-        self.unchecked, self.callers = (), callers
+        self.unchecked, self.callers, self.names = (), callers, named
         return _with_texts(out, texts)
 
     @staticmethod
