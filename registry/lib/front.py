@@ -27,7 +27,7 @@ from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receiv
 from registry.lib.disconnect import DisconnectWatch
 from registry.lib.errors import PROBLEM_MEDIA_TYPE, RequestTimeoutError, problem_body, translate_and_log
 from registry.lib.http import JsonResponse
-from registry.lib.streaming import DEFAULT_SEND_TIMEOUT, ClientStalledError, bounded_send, send_timeout
+from registry.lib.streaming import DEFAULT_SEND_TIMEOUT, StallWatch, send_timeout
 
 _PROBLEM_MEDIA_TYPE = PROBLEM_MEDIA_TYPE.encode()
 SSE_MEDIA_TYPE = "text/event-stream"
@@ -217,7 +217,7 @@ async def send_stream(
 
     As ``registry.lib.streaming.PrimedStream`` under Litestar: a client that goes away
     (``watch`` cancels this task), or that stops reading so that one send waits ``send_timeout``
-    seconds (``registry.lib.streaming.bounded_send``), ends the stream quietly, and ``rest`` is closed
+    seconds (``registry.lib.streaming.StallWatch`` cancels it), ends the stream quietly, and ``rest`` is closed
     however the stream ends, which closes the upstream connection it reads from.
 
     The parts of ``rest`` and the body's end are sent from a task of their own, which this one awaits (a
@@ -228,27 +228,30 @@ async def send_stream(
     ends, a turn that, under load, every other stream's token shares.
     """
     start: HTTPResponseStartEvent = {"type": "http.response.start", "status": 200, "headers": list(headers)}
-    send = bounded_send(send, send_timeout)
+    stall = StallWatch(send_timeout)
     try:
         if watch.disconnected:
             return  # gone before the first token was sent: nobody to stream to
-        await send(start)
-        await send({"type": "http.response.body", "body": first, "more_body": True})
-        await asyncio.create_task(_send_rest(send, watch, rest))
+        await stall.send(send, start)
+        await stall.send(send, {"type": "http.response.body", "body": first, "more_body": True})
+        await asyncio.create_task(_send_rest(send, watch, stall, rest))
     except asyncio.CancelledError:
-        if not watch.left():
+        # The client left, or stopped reading (a send waited past the bound): either ends the stream quietly.
+        if not (watch.left() or stall.took()):
             raise
-    except ClientStalledError:
-        pass  # nobody reads the stream any more: it ends as for a client that left
     finally:
+        stall.stop()
         watch.stop()
         await rest.aclose()  # type: ignore[attr-defined]
 
 
-async def _send_rest(send: Send, watch: DisconnectWatch, rest: AsyncIterator[bytes]) -> None:
-    """The parts of ``rest`` as they come, then the body's end."""
+async def _send_rest(send: Send, watch: DisconnectWatch, stall: StallWatch, rest: AsyncIterator[bytes]) -> None:
+    """The parts of ``rest`` as they come, then the body's end; each send counted for ``stall`` (inline: this
+    loop runs once per token)."""
     async for part in rest:
         body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": part, "more_body": True}
+        stall.sends += 1
         await send(body)
+        stall.sends += 1
     watch.stop()  # the response is whole: a disconnect from here on cancels nothing
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await stall.send(send, {"type": "http.response.body", "body": b"", "more_body": False})

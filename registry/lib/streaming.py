@@ -10,7 +10,7 @@ wait: this response sends it from the task that sent the headers.
 A client that stops reading without disconnecting would otherwise hold a stream for ever:
 the server's ``send`` waits on the full socket, and nothing else wakes the stream, so what
 it holds (a backend's slot and connection, the key's budget hold, a feed listener) stays
-held. Each part's send is bounded (``bounded_send``, ``stream_send_timeout_seconds``), and a
+held. Each part's send is bounded (``StallWatch``, ``stream_send_timeout_seconds``), and a
 send past it ends the stream as a client that left.
 """
 
@@ -41,10 +41,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_SEND_TIMEOUT: float = Settings.model_fields["stream_send_timeout_seconds"].default
 
 
-class ClientStalledError(Exception):
-    """One part of a stream waited longer than its bound to be sent: the client stopped reading."""
-
-
 def send_timeout(scope: Scope) -> float:
     """``stream_send_timeout_seconds`` of the runtime serving the request (the request-context middleware puts
     it in the scope's state)."""
@@ -52,28 +48,71 @@ def send_timeout(scope: Scope) -> float:
     return DEFAULT_SEND_TIMEOUT if runtime is None else float(runtime.settings.stream_send_timeout_seconds)
 
 
-def bounded_send(send: Send, seconds: float) -> Send:
-    """``send``, each message of which raises ``ClientStalledError`` once it has waited ``seconds``.
+_LOOKS = 5  # looks in a row a send must be seen under way at, a quarter of the bound apart
 
-    A server's ``send`` waits while the socket's buffers are full, that is for as long as the client
-    does not read; a client that stops reading without disconnecting would hold the stream for ever.
+
+class StallWatch:
+    """Cancels a stream's task once one of its sends has waited ``seconds``: its client stopped reading.
+
+    A server's ``send`` waits while the socket's buffers are full, that is for as long as the client does not
+    read. A timeout around each send (a timer set and cancelled per token) cost more than the rest of a
+    token's relaying; here a send costs two increments (``sends`` is odd while one is under way), and one timer
+    per stream looks every quarter of the bound: a send seen under way at five looks in a row, with no other
+    sent between, has waited at least ``seconds`` (and at most a quarter more).
     """
 
-    async def send_within(message: Message) -> None:
-        try:
-            async with asyncio.timeout(seconds) as bound:
-                await send(message)
-        except TimeoutError:
-            if not bound.expired():
-                raise
-            logger.warning("a client read nothing of its stream for %g s: the stream ends as if it had left", seconds)
-            raise ClientStalledError(f"the client read nothing of the stream for {seconds:g} s") from None
+    __slots__ = ("_handle", "_last", "_loop", "_period", "_seconds", "_still", "_task", "sends", "stalled")
 
-    return send_within
+    def __init__(self, seconds: float) -> None:
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - always made in a request's task
+            raise RuntimeError("a stall watch belongs to a stream's task")
+        self._task = task
+        self._loop = asyncio.get_running_loop()
+        self._seconds = seconds
+        self._period = seconds / (_LOOKS - 1)
+        self._last = self._still = 0
+        self.sends = 0  # incremented as each send starts and as it ends
+        self.stalled = False
+        self._handle = self._loop.call_later(self._period, self._look)
+
+    def _look(self) -> None:
+        sends = self.sends
+        self._still = self._still + 1 if sends & 1 and sends == self._last else 1 if sends & 1 else 0
+        self._last = sends
+        if self._still < _LOOKS:
+            self._handle = self._loop.call_later(self._period, self._look)
+            return
+        self.stalled = True
+        logger.warning("a client read nothing of its stream for %g s: the stream ends as if it had left", self._seconds)
+        self._task.cancel()
+
+    async def send(self, send: Send, message: Message) -> None:
+        self.sends += 1
+        await send(message)
+        self.sends += 1
+
+    def watched(self, send: Send) -> Send:
+        """``send``, each message counted (for a sender that does not count its own)."""
+
+        async def send_watched(message: Message) -> None:
+            self.sends += 1
+            await send(message)
+            self.sends += 1
+
+        return send_watched
+
+    def took(self) -> bool:
+        """Called on a ``CancelledError``: whether it was this watch's (the client stopped reading), which is then
+        taken back."""
+        return self.stalled and self._task.uncancel() == 0
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
 class _BoundedStreamResponse(ASGIStreamingResponse):
-    """Litestar's streaming response whose every send is bounded (``bounded_send``); a client that stops reading
+    """Litestar's streaming response whose every send is bounded (``StallWatch``); a client that stops reading
     ends it as one that left: quietly, and the parts' generator closed."""
 
     __slots__ = ("send_timeout",)
@@ -83,11 +122,14 @@ class _BoundedStreamResponse(ASGIStreamingResponse):
         self.send_timeout = send_timeout
 
     async def send_body(self, send: Send, receive: Receive) -> None:
+        stall = StallWatch(self.send_timeout)
         try:
-            await self.send_parts(bounded_send(send, self.send_timeout), receive)
-        except* ClientStalledError:
-            pass  # nobody reads the stream any more: as for a disconnect, nothing more is sent
+            await self.send_parts(stall.watched(send), receive)
+        except asyncio.CancelledError:
+            if not stall.took():
+                raise  # nobody reads the stream any more when it was the watch's: nothing more is sent
         finally:
+            stall.stop()
             # A disconnect that cancels the response while it waits on a write, or a client that stopped
             # reading, leaves the parts' generator suspended, holding what it streams from, until it is garbage
             # collected.
