@@ -359,7 +359,8 @@ class CompletionService:
         guards = compile_guards(config.guards)
         if not guards and (config.fallback is None or not config.fallback.guards):
             return
-        classifier = ClassifierCompletions(self.completions, self.catalog, unit=run.unit)
+        stores = functools.partial(self._stores, run)  # the classifier keeps text only if this run may too
+        classifier = ClassifierCompletions(self.completions, self.catalog, unit=run.unit, guarded_stores=stores)
         complete = functools.partial(classifier.complete, caller=run.caller)
         run.guarding = Guarding(
             guards,
@@ -550,10 +551,14 @@ class CompletionService:
         run.fallback_used = True
         return True
 
+    def _stores(self, run: Run) -> bool:
+        """Whether the run may keep its texts: in its record, the exact cache and the semantic cache."""
+        return run.rendering.resolution.entry.store_io
+
     def _cache_key(self, run: Run) -> str | None:
         if not self.completions.cache.enabled or not is_deterministic(run.plan.payload):
             return None
-        if not run.rendering.resolution.entry.store_io:  # keeps no inputs and outputs (a config run: none either)
+        if not self._stores(run):  # keeps no inputs and outputs (a config run: none either)
             return None
         out = run.rendering.out
         config = run.plan.config
@@ -581,7 +586,7 @@ class CompletionService:
     semantic_cache = True
 
     async def _from_semantic_cache(self, run: Run, data: CompleteRequest) -> bool:
-        if not self.semantic_cache:
+        if not self.semantic_cache or not self._stores(run):
             return False
         plan = run.plan
         run.semantic = await self.completions.semantic.probe(
@@ -804,7 +809,7 @@ class CompletionService:
             run.input_tokens = input_tokens
         out, config, metrics = run.rendering.out, run.plan.config, self.completions.metrics
         experiment = out.experiment
-        store = run.rendering.resolution.entry.store_io
+        store = self._stores(run)
         spend = Spend() if run.cached else run.spend()  # a cache hit used no backend
         cost = run.cost_of(spend)
         # The part of it the first config's backend spent before the run failed over (``Run.set_aside``).
@@ -896,12 +901,24 @@ class ClassifierCompletions(CompletionService):
     # A verdict is on one text: a similar text's (a semantic hit) would pass or block the request on another's.
     semantic_cache = False
 
-    def __init__(self, completions: Completions, catalog: PromptCatalog, *, unit: str | None = None) -> None:
+    def __init__(
+        self,
+        completions: Completions,
+        catalog: PromptCatalog,
+        *,
+        unit: str | None,
+        guarded_stores: Callable[[], bool],
+    ) -> None:
         super().__init__(completions, catalog)
         self.unit = unit
+        self.guarded_stores = guarded_stores  # whether the guarded request may keep its texts (its prompt's store_io)
 
     def _unit_of(self, data: CompleteRequest) -> str | None:
         return self.unit
+
+    def _stores(self, run: Run) -> bool:
+        """The stricter of the classifier prompt's store_io and the guarded request's: what it read is that text."""
+        return super()._stores(run) and self.guarded_stores()
 
     def _plan(self, config: LinkedConfig, out: RenderOut, overrides: Overrides) -> Plan:
         plan = super()._plan(config, out, overrides)

@@ -5,7 +5,8 @@ completion path (budget, breaker, retries, usage, cost) with ``VERDICT_FORMAT`` 
 ``response_format``, so vLLM's structured output makes its answer this JSON object. Its template
 may use ``text`` (what is checked) and ``stage`` (``input`` or ``output``); it is given those it uses.
 Its request names no unit, so no experiment or rollout routes it; its record and cached answer still belong
-to the guarded request's unit (``ClassifierCompletions``), since what it read is that unit's text.
+to the guarded request's unit (``ClassifierCompletions``), since what it read is that unit's text, and it keeps
+text (record, caches) only where the guarded request's prompt does too (the stricter ``store_io`` of the two).
 """
 
 from __future__ import annotations
