@@ -27,7 +27,7 @@ from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receiv
 from registry.lib.disconnect import DisconnectWatch
 from registry.lib.errors import PROBLEM_MEDIA_TYPE, RequestTimeoutError, problem_body, translate_and_log
 from registry.lib.http import JsonResponse
-from registry.lib.streaming import DEFAULT_SEND_TIMEOUT, StallWatch, send_timeout
+from registry.lib.streaming import DEFAULT_SEND_TIMEOUT, StallWatch, connection_abort, send_timeout
 
 _PROBLEM_MEDIA_TYPE = PROBLEM_MEDIA_TYPE.encode()
 SSE_MEDIA_TYPE = "text/event-stream"
@@ -197,7 +197,15 @@ async def serve(
     else:
         if isinstance(answer, Streamed):
             headers = [_SSE_CONTENT_TYPE, *encode_headers(answer.headers)]
-            await send_stream(send, watch, headers, answer.first, answer.rest, send_timeout=send_timeout(scope))
+            await send_stream(
+                send,
+                watch,
+                headers,
+                answer.first,
+                answer.rest,
+                send_timeout=send_timeout(scope),
+                abort=connection_abort(scope),
+            )
             return
     finally:
         watch.stop()
@@ -212,13 +220,15 @@ async def send_stream(
     rest: AsyncIterator[bytes],
     *,
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    abort: Callable[[], None] | None = None,
 ) -> None:
     """A 200 stream: the headers and ``first`` at once, then each part of ``rest`` as it comes.
 
     As ``registry.lib.streaming.PrimedStream`` under Litestar: a client that goes away
     (``watch`` cancels this task), or that stops reading so that one send waits ``send_timeout``
-    seconds (``registry.lib.streaming.StallWatch`` cancels it), ends the stream quietly, and ``rest`` is closed
-    however the stream ends, which closes the upstream connection it reads from.
+    seconds (``registry.lib.streaming.StallWatch`` cancels it, and drops the connection with ``abort``), ends the
+    stream quietly, and ``rest`` is closed however the stream ends, which closes the upstream connection it reads
+    from.
 
     The parts of ``rest`` and the body's end are sent from a task of their own, which this one awaits (a
     cancellation of this task reaches it). Each wake-up of a stream (an upstream read, once per token) resumes
@@ -228,7 +238,7 @@ async def send_stream(
     ends, a turn that, under load, every other stream's token shares.
     """
     start: HTTPResponseStartEvent = {"type": "http.response.start", "status": 200, "headers": list(headers)}
-    stall = StallWatch(send_timeout)
+    stall = StallWatch(send_timeout, abort)
     try:
         if watch.disconnected:
             return  # gone before the first token was sent: nobody to stream to

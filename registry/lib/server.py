@@ -10,6 +10,9 @@ nothing kept a worker's connections under its open-file limit (1,024 by default)
   ``header_read_timeout_seconds``: granian runs HTTP/1 only, where hyper's header timer starts
   when the connection opens; uvicorn runs ``GuardedHttpToolsProtocol`` below.
 - Slow bodies get 408 after ``body_read_timeout_seconds`` (``RequestContextMiddleware``, both servers).
+- A stream whose client stopped reading (``registry.lib.streaming.StallWatch``) aborts its connection under
+  uvicorn (the scope's ``registry.abort`` extension): closing it would wait for ever to flush what the client
+  never reads, keeping the socket and its place under the cap below.
 - Each worker keeps at most ``connection_limit`` connections, at most half the open-file limit
   (raised to its hard limit at start). Past it, uvicorn refuses new ones at once with a 503;
   granian takes no new one until one closes (they wait in the listen backlog), so those it
@@ -36,6 +39,7 @@ from registry.lib.errors import (
     ServiceUnavailableError,
     problem_body,
 )
+from registry.lib.streaming import ABORT_EXTENSION
 from registry.settings import get_settings
 
 # Descriptors a worker needs besides its clients' connections: database and Redis pools, backends, files.
@@ -123,11 +127,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._headers_arrived()
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # a request the app will be called for
+            self.scope.setdefault("extensions", {})[ABORT_EXTENSION] = {"abort": functools.partial(self._abort, cycle)}
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
             self._await_headers()  # the keep-alive wait for the next request
+
+    def _abort(self, cycle: Any) -> None:
+        """Drop the connection at once, unsent data and all, while ``cycle``'s response is under way: its client
+        stopped reading. uvicorn would close it once the app returns, after logging an unfinished response as an
+        error, and a close waits to flush what the client never reads: the connection would stay, and count,
+        until the client went away."""
+        if cycle is not self.cycle or cycle.response_complete or self.transport.is_closing():
+            return
+        cycle.disconnected = True  # the app's return is then no unfinished response; connection_lost follows
+        self.transport.abort()
 
     def send_400_response(self, msg: str) -> None:
         self.transport.write(_UNPARSABLE)

@@ -11,7 +11,9 @@ A client that stops reading without disconnecting would otherwise hold a stream 
 the server's ``send`` waits on the full socket, and nothing else wakes the stream, so what
 it holds (a backend's slot and connection, the key's budget hold, a feed listener) stays
 held. Each part's send is bounded (``StallWatch``, ``stream_send_timeout_seconds``), and a
-send past it ends the stream as a client that left.
+send past it ends the stream as a client that left, and its connection is dropped where the server lets the
+app do so (the scope's ``registry.abort`` extension, ``registry.lib.server``): closed, it would stay open, and
+count against the worker's connections, until the client went away, its unread data waiting to be flushed.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 from litestar.enums import MediaType
 from litestar.response import ServerSentEvent, Stream
@@ -48,6 +50,16 @@ def send_timeout(scope: Scope) -> float:
     return DEFAULT_SEND_TIMEOUT if runtime is None else float(runtime.settings.stream_send_timeout_seconds)
 
 
+ABORT_EXTENSION = "registry.abort"
+
+
+def connection_abort(scope: Scope) -> Callable[[], None] | None:
+    """What drops the request's connection at once, unsent data and all, where its server offers it (the
+    ``registry.abort`` extension, whose ``abort`` it is)."""
+    extension = (scope.get("extensions") or {}).get(ABORT_EXTENSION)
+    return None if extension is None else cast("Callable[[], None]", extension["abort"])
+
+
 _LOOKS = 5  # looks in a row a send must be seen under way at, a quarter of the bound apart
 
 
@@ -58,18 +70,20 @@ class StallWatch:
     read. A timeout around each send (a timer set and cancelled per token) cost more than the rest of a
     token's relaying; here a send costs two increments (``sends`` is odd while one is under way), and one timer
     per stream looks every quarter of the bound: a send seen under way at five looks in a row, with no other
-    sent between, has waited at least ``seconds`` (and at most a quarter more).
+    sent between, has waited at least ``seconds`` (and at most a quarter more). ``abort``, where the server
+    offers one (``connection_abort``), then drops the connection, which the client would otherwise keep.
     """
 
-    __slots__ = ("_handle", "_last", "_loop", "_period", "_seconds", "_still", "_task", "sends", "stalled")
+    __slots__ = ("_abort", "_handle", "_last", "_loop", "_period", "_seconds", "_still", "_task", "sends", "stalled")
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, abort: Callable[[], None] | None = None) -> None:
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - always made in a request's task
             raise RuntimeError("a stall watch belongs to a stream's task")
         self._task = task
         self._loop = asyncio.get_running_loop()
         self._seconds = seconds
+        self._abort = abort
         self._period = seconds / (_LOOKS - 1)
         self._last = self._still = 0
         self.sends = 0  # incremented as each send starts and as it ends
@@ -85,6 +99,8 @@ class StallWatch:
             return
         self.stalled = True
         logger.warning("a client read nothing of its stream for %g s: the stream ends as if it had left", self._seconds)
+        if self._abort is not None:
+            self._abort()
         self._task.cancel()
 
     async def send(self, send: Send, message: Message) -> None:
@@ -115,14 +131,15 @@ class _BoundedStreamResponse(ASGIStreamingResponse):
     """Litestar's streaming response whose every send is bounded (``StallWatch``); a client that stops reading
     ends it as one that left: quietly, and the parts' generator closed."""
 
-    __slots__ = ("send_timeout",)
+    __slots__ = ("abort", "send_timeout")
 
-    def __init__(self, *, send_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, *, send_timeout: float, abort: Callable[[], None] | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.send_timeout = send_timeout
+        self.abort = abort
 
     async def send_body(self, send: Send, receive: Receive) -> None:
-        stall = StallWatch(self.send_timeout)
+        stall = StallWatch(self.send_timeout, self.abort)
         try:
             await self.send_parts(stall.watched(send), receive)
         except asyncio.CancelledError:
@@ -188,6 +205,7 @@ class PrimedStream(Stream):
         return _FirstPartFirst(
             self.first,
             send_timeout=send_timeout(request.scope),
+            abort=connection_abort(request.scope),
             background=self.background or background,
             content_length=0,
             cookies=self.cookies if cookies is None else itertools.chain(self.cookies, cookies),
@@ -222,6 +240,7 @@ class BoundedServerSentEvent(ServerSentEvent):
         # As Stream.to_asgi_response.
         return _BoundedStreamResponse(
             send_timeout=send_timeout(request.scope),
+            abort=connection_abort(request.scope),
             background=self.background or background,
             content_length=0,
             cookies=self.cookies if cookies is None else itertools.chain(self.cookies, cookies),

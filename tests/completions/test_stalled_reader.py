@@ -13,7 +13,9 @@ last test does it over a real socket whose client never reads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -238,3 +240,94 @@ async def test_over_a_socket_a_client_that_stops_reading_frees_the_slot_and_the_
             await assert_freed(client, key)
         finally:
             reader.close()
+
+
+# -- the connection of a client that stopped reading
+
+
+@asynccontextmanager
+async def serve_guarded(app: Any) -> AsyncIterator[tuple[uvicorn.Server, int]]:
+    """``serve_with_small_send_buffers``, with the protocol ``registry serve --server uvicorn`` runs, and uvicorn's
+    loggers left to propagate (no logging configuration of its own), so that ``caplog`` sees what it logs."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    listener.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        app, http="registry.lib.server:GuardedHttpToolsProtocol", log_config=None, log_level="info", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[listener]))
+    await eventually_async(lambda: started(server, task), "the server to start")
+    try:
+        yield server, listener.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast path", "litestar"])
+async def test_the_connection_of_a_client_that_stops_reading_is_dropped_without_an_error(
+    settings: Settings,
+    clean_database: AsyncEngine,
+    fault: FaultServer,
+    admin: dict[str, str],
+    make_key: KeyFactory,
+    caplog: pytest.LogCaptureFixture,
+    fast_path: bool,
+) -> None:
+    """uvicorn closed it once the stream ended, after logging "ASGI callable returned without completing
+    response." as an error, and a close waits to flush what the client never reads: the connection stayed, and
+    counted against the worker's cap, for as long as the client kept it. It is aborted now, and only the stall's
+    warning is logged."""
+    app = create_app(one_slot_settings(settings, fault, fast_path=fast_path))
+    model = unique(f"stall-after:{FLOOD_TOKENS}")
+    caplog.set_level(logging.INFO)
+    uvicorn_log = logging.getLogger("uvicorn")
+    uvicorn_log.addHandler(caplog.handler)  # whatever propagation an earlier configuration left it
+    loop = asyncio.get_running_loop()
+    try:
+        async with serve_in_process(app), serve_guarded(app) as (server, port):
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=PATIENCE_SECONDS) as client:
+                await publish_both(client, admin, model)
+                key, _ = await budgeted_key(client, admin, make_key, FLOOD_BUDGET_TOKENS)
+            # Closed before the server stops: its shutdown waits for its connections to close.
+            with socket.socket() as reader:
+                reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # small too, and never read
+                reader.setblocking(False)
+                await loop.sock_connect(reader, ("127.0.0.1", port))
+                mine = reader.getsockname()
+
+                def held() -> bool:
+                    return any(connection.client == mine for connection in server.server_state.connections)
+
+                async def counted() -> bool:
+                    return held()
+
+                async def dropped() -> bool:
+                    return not held()
+
+                await eventually_async(counted, "the server to count the connection")
+                await loop.sock_sendall(reader, request_bytes(PROMPT.path, PROMPT.body, key, port))
+
+                await eventually_async(dropped, "the server to drop the connection of a client that reads nothing")
+
+                async def backend_closed() -> bool:
+                    seen = fault.seen(model, CHAT)
+                    return len(seen) == 1 and seen[0].finished
+
+                await eventually_async(backend_closed, "the registry to close its backend request")
+                assert fault.seen(model, CHAT)[0].disconnected  # the stream ended as for a client that left
+
+                # What the client reads ends with the connection's end: a reset (unsent data was discarded), or its end.
+                async def read_to_the_end() -> None:
+                    while await loop.sock_recv(reader, 65536):
+                        pass
+
+                with contextlib.suppress(ConnectionResetError):
+                    await asyncio.wait_for(read_to_the_end(), PATIENCE_SECONDS)
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
+    stalls = [record for record in caplog.records if record.name == "registry.lib.streaming"]
+    assert [record.levelno for record in stalls] == [logging.WARNING]  # the stall's own warning, once
