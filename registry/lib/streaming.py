@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -60,7 +62,39 @@ def connection_abort(scope: Scope) -> Callable[[], None] | None:
     return None if extension is None else cast("Callable[[], None]", extension["abort"])
 
 
-_LOOKS = 5  # looks in a row a send must be seen under way at, a quarter of the bound apart
+class _Sweep:
+    """One timer per event loop that looks at each stream being sent (``StallWatch``), a quarter of the shortest
+    bound apart: a stream costs an insert and a delete here, where a timer of its own was set and cancelled."""
+
+    __slots__ = ("handle", "loop", "period", "watches")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.watches: dict[StallWatch, None] = {}
+        self.handle: asyncio.TimerHandle | None = None
+        self.period = math.inf
+
+    def add(self, watch: StallWatch) -> None:
+        self.watches[watch] = None
+        period = watch.seconds / 4
+        if period < self.period:  # the first stream, or one of a shorter bound (another app's, in tests)
+            if self.handle is not None:
+                self.handle.cancel()
+            self.period = period
+            self.handle = self.loop.call_later(period, self.look)
+
+    def look(self) -> None:
+        now = self.loop.time()
+        for watch in [watch for watch in self.watches if watch.stalled_at(now)]:
+            del self.watches[watch]
+            watch.stall()
+        if self.watches:
+            self.handle = self.loop.call_later(self.period, self.look)
+        else:
+            self.handle, self.period = None, math.inf
+
+
+_SWEEPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweep] = weakref.WeakKeyDictionary()
 
 
 class StallWatch:
@@ -68,37 +102,44 @@ class StallWatch:
 
     A server's ``send`` waits while the socket's buffers are full, that is for as long as the client does not
     read. A timeout around each send (a timer set and cancelled per token) cost more than the rest of a
-    token's relaying; here a send costs two increments (``sends`` is odd while one is under way), and one timer
-    per stream looks every quarter of the bound: a send seen under way at five looks in a row, with no other
-    sent between, has waited at least ``seconds`` (and at most a quarter more). ``abort``, where the server
-    offers one (``connection_abort``), then drops the connection, which the client would otherwise keep.
+    token's relaying; here a send costs two increments (``sends`` is odd while one is under way), and the
+    event loop's one sweep (``_Sweep``) looks at every stream a quarter of the bound apart: a send seen under
+    way, with no other sent since, for ``seconds`` has waited at least that (and at most half as long again).
+    ``abort``, where the server offers one (``connection_abort``), then drops the connection, which the
+    client would otherwise keep.
     """
 
-    __slots__ = ("_abort", "_handle", "_last", "_loop", "_period", "_seconds", "_still", "_task", "sends", "stalled")
+    __slots__ = ("_abort", "_last", "_since", "_sweep", "_task", "seconds", "sends", "stalled")
 
     def __init__(self, seconds: float, abort: Callable[[], None] | None = None) -> None:
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - always made in a request's task
             raise RuntimeError("a stall watch belongs to a stream's task")
         self._task = task
-        self._loop = asyncio.get_running_loop()
-        self._seconds = seconds
+        self.seconds = seconds
         self._abort = abort
-        self._period = seconds / (_LOOKS - 1)
-        self._last = self._still = 0
+        self._last = 0
+        self._since = 0.0
         self.sends = 0  # incremented as each send starts and as it ends
         self.stalled = False
-        self._handle = self._loop.call_later(self._period, self._look)
+        loop = asyncio.get_running_loop()
+        sweep = _SWEEPS.get(loop)
+        if sweep is None:
+            sweep = _SWEEPS[loop] = _Sweep(loop)
+        self._sweep = sweep
+        sweep.add(self)
 
-    def _look(self) -> None:
+    def stalled_at(self, now: float) -> bool:
+        """Whether, at ``now``, one send has been under way for ``seconds`` (since the first look that saw it)."""
         sends = self.sends
-        self._still = self._still + 1 if sends & 1 and sends == self._last else 1 if sends & 1 else 0
-        self._last = sends
-        if self._still < _LOOKS:
-            self._handle = self._loop.call_later(self._period, self._look)
-            return
+        if not sends & 1 or sends != self._last:
+            self._last, self._since = sends, now
+            return False
+        return now - self._since >= self.seconds
+
+    def stall(self) -> None:
         self.stalled = True
-        logger.warning("a client read nothing of its stream for %g s: the stream ends as if it had left", self._seconds)
+        logger.warning("a client read nothing of its stream for %g s: the stream ends as if it had left", self.seconds)
         if self._abort is not None:
             self._abort()
         self._task.cancel()
@@ -124,7 +165,7 @@ class StallWatch:
         return self.stalled and self._task.uncancel() == 0
 
     def stop(self) -> None:
-        self._handle.cancel()
+        self._sweep.watches.pop(self, None)
 
 
 class _BoundedStreamResponse(ASGIStreamingResponse):
