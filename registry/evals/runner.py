@@ -878,8 +878,10 @@ class EvalWorker:
         Backend failures the run waits out are told apart from an item's own problem.
         """
         await self._hold(lease)
-        self._check_stopping(lease.run_id)
         await self._check_run(lease)
+        # Nothing awaited from here to the registration below: a stop that came while the run was read (above)
+        # is seen here, and one that comes after finds the completion to cancel.
+        self._check_stopping(lease.run_id)
         task = asyncio.current_task()
         assert task is not None
         self._asking[task] = attempt

@@ -7,6 +7,7 @@ must not be asked of the backend again.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -157,3 +158,42 @@ async def test_a_cancelled_run_keeps_what_was_scored_and_its_worker_stops(
     assert (body["status"], body["items_done"]) == ("cancelled", 3)
     assert stand_in[0].asked("hold-e") == 0
     assert await first.poll() == []
+
+
+async def test_a_stop_while_a_completion_reads_its_run_cancels_that_completion_before_it_is_asked(
+    app: Litestar,
+    client: AppClient,
+    admin: dict[str, str],
+    stand_in: tuple[StandIn, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stop that came while an item's completion read its run (a database read before each completion) was not
+    seen: the completion was asked after it, uncancelled, and waited for its first token (a backend outage for
+    the run, which then waited out its backoff instead of being given up to the other worker at once)."""
+    first, second = worker(app, "first"), worker(app, "second")
+    reading, read = asyncio.Event(), asyncio.Event()
+    check_run = EvalWorker._check_run
+
+    async def held_check(self: EvalWorker, lease: Any) -> None:
+        await check_run(self, lease)
+        if self is first and stand_in[0].asked("c") == 1 and not reading.is_set():  # the fourth item's read
+            reading.set()
+            await read.wait()
+
+    monkeypatch.setattr(EvalWorker, "_check_run", held_check)
+    run = await run_with_three_done(client, admin, first)
+    await reading.wait()
+    stopping = asyncio.create_task(first.stop())
+    await eventually_async(lambda: _true(first._stopping), "the first worker stopping")
+    read.set()
+    await stopping
+    assert stand_in[0].asked("hold-d") == 0  # never asked of the backend by the stopping worker
+    stand_in[0].released.set()
+    assert await second.poll() == [run["id"]]
+    done = await finished(client, admin, run["id"])
+    assert (done["items_done"], done["items_passed"]) == (6, 6)
+    await second.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value
