@@ -245,17 +245,7 @@ class PrimedStream(Stream):
         # As Stream.to_asgi_response, with the first part handed over.
         return _FirstPartFirst(
             self.first,
-            send_timeout=send_timeout(request.scope),
-            abort=connection_abort(request.scope),
-            background=self.background or background,
-            content_length=0,
-            cookies=self.cookies if cookies is None else itertools.chain(self.cookies, cookies),
-            encoded_headers=encoded_headers,
-            encoding=self.encoding,
-            headers={**headers, **self.headers} if headers is not None else self.headers,
-            is_head_response=is_head_response,
-            iterator=self.iterator,
-            media_type=get_enum_string_value(media_type or self.media_type or MediaType.JSON),
+            **_bounded(self, request, background, cookies, encoded_headers, headers, is_head_response, media_type),
             status_code=self.status_code or status_code,
         )
 
@@ -280,16 +270,32 @@ class BoundedServerSentEvent(ServerSentEvent):
     ) -> ASGIResponse:
         # As Stream.to_asgi_response.
         return _BoundedStreamResponse(
-            send_timeout=send_timeout(request.scope),
-            abort=connection_abort(request.scope),
-            background=self.background or background,
-            content_length=0,
-            cookies=self.cookies if cookies is None else itertools.chain(self.cookies, cookies),
-            encoded_headers=encoded_headers,
-            encoding=self.encoding,
-            headers={**headers, **self.headers} if headers is not None else self.headers,
-            is_head_response=is_head_response,
-            iterator=self.iterator,
-            media_type=get_enum_string_value(media_type or self.media_type or MediaType.JSON),
+            **_bounded(self, request, background, cookies, encoded_headers, headers, is_head_response, media_type),
             status_code=self.status_code or status_code,
         )
+
+
+def _bounded(
+    stream: Stream,
+    request: Request[Any, Any, Any],
+    background: BackgroundTask | BackgroundTasks | None,
+    cookies: Iterable[Cookie] | None,
+    encoded_headers: Iterable[tuple[bytes, bytes]] | None,
+    headers: dict[str, str] | None,
+    is_head_response: bool,
+    media_type: MediaType | str | None,
+) -> dict[str, Any]:
+    """What ``Stream.to_asgi_response`` gives its response, and the request's send bound and connection abort."""
+    return {
+        "send_timeout": send_timeout(request.scope),
+        "abort": connection_abort(request.scope),
+        "background": stream.background or background,
+        "content_length": 0,
+        "cookies": stream.cookies if cookies is None else itertools.chain(stream.cookies, cookies),
+        "encoded_headers": encoded_headers,
+        "encoding": stream.encoding,
+        "headers": {**headers, **stream.headers} if headers is not None else stream.headers,
+        "is_head_response": is_head_response,
+        "iterator": stream.iterator,
+        "media_type": get_enum_string_value(media_type or stream.media_type or MediaType.JSON),
+    }
