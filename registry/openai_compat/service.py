@@ -27,9 +27,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from registry.completions.components import Completions
-from registry.completions.payload import Overrides
 from registry.completions.schemas import CompleteRequest, CompletionMeta, CompletionOut, DoneEvent
-from registry.completions.service import CompletionService, Plan
+from registry.completions.service import CompletionService
 from registry.configs.repository import ConfigRepository
 from registry.configs.service import CONFIG_ERRORS, ConfigService
 from registry.db.engine import READ_ONLY
@@ -272,17 +271,6 @@ class OpenAICompletions(CompletionService):
         so are their names, which the model reads with them."""
         own = [m.content for m in self.messages] if self.messages is not None else [self.text or ""]
         return [*super()._caller_texts(data), *own, *(name for name in self.names if name is not None)]
-
-    def _plan(self, config: LinkedConfig, out: RenderOut, overrides: Overrides) -> Plan:
-        """The caller's turns are the last of the upstream request's messages (after the prompt's), and each takes
-        its participant's name along, as vLLM's chat messages take it. A guard's redaction keeps the turns."""
-        plan = super()._plan(config, out, overrides)
-        sent = plan.payload.get("messages")
-        if sent is not None and any(name is not None for name in self.names):
-            for message, name in zip(sent[len(sent) - len(self.names) :], self.names, strict=True):
-                if name is not None:
-                    message["name"] = name
-        return plan
 
     async def _render(self, name: str, data: CompleteRequest) -> Rendering:
         if self.target.kind == "config":
