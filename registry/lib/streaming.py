@@ -218,41 +218,11 @@ class _FirstPartFirst(_BoundedStreamResponse):
         await super().send_parts(send, receive)
 
 
-class PrimedStream(Stream):
-    """``first``, then the parts of ``rest``; for a client that goes away, Litestar's disconnect handling as usual,
-    and ``rest`` is closed when the response ends, however it ends."""
+class _BoundedStream(Stream):
+    """A ``Stream`` whose response bounds each send (``_BoundedStreamResponse``): ``_response`` makes it from what
+    ``Stream.to_asgi_response`` gives its response, with the request's send bound and connection abort."""
 
-    __slots__ = ("first",)
-
-    def __init__(self, first: bytes, rest: AsyncIterator[bytes], **kwargs: Any) -> None:
-        super().__init__(rest, **kwargs)
-        self.first = first
-
-    def to_asgi_response(
-        self,
-        app: Litestar | None,
-        request: Request[Any, Any, Any],
-        *,
-        background: BackgroundTask | BackgroundTasks | None = None,
-        cookies: Iterable[Cookie] | None = None,
-        encoded_headers: Iterable[tuple[bytes, bytes]] | None = None,
-        headers: dict[str, str] | None = None,
-        is_head_response: bool = False,
-        media_type: MediaType | str | None = None,
-        status_code: int | None = None,
-        type_encoders: TypeEncodersMap | None = None,
-    ) -> ASGIResponse:
-        # As Stream.to_asgi_response, with the first part handed over.
-        return _FirstPartFirst(
-            self.first,
-            **_bounded(self, request, background, cookies, encoded_headers, headers, is_head_response, media_type),
-            status_code=self.status_code or status_code,
-        )
-
-
-class BoundedServerSentEvent(ServerSentEvent):
-    """Litestar's ``ServerSentEvent``, each of whose sends is bounded as a ``PrimedStream``'s are: an endless
-    stream (the change feed) whose client stopped reading ends instead of holding its listener for ever."""
+    __slots__ = ()
 
     def to_asgi_response(
         self,
@@ -269,33 +239,39 @@ class BoundedServerSentEvent(ServerSentEvent):
         type_encoders: TypeEncodersMap | None = None,
     ) -> ASGIResponse:
         # As Stream.to_asgi_response.
-        return _BoundedStreamResponse(
-            **_bounded(self, request, background, cookies, encoded_headers, headers, is_head_response, media_type),
+        return self._response(
+            send_timeout=send_timeout(request.scope),
+            abort=connection_abort(request.scope),
+            background=self.background or background,
+            content_length=0,
+            cookies=self.cookies if cookies is None else itertools.chain(self.cookies, cookies),
+            encoded_headers=encoded_headers,
+            encoding=self.encoding,
+            headers={**headers, **self.headers} if headers is not None else self.headers,
+            is_head_response=is_head_response,
+            iterator=self.iterator,
+            media_type=get_enum_string_value(media_type or self.media_type or MediaType.JSON),
             status_code=self.status_code or status_code,
         )
 
+    def _response(self, **kwargs: Any) -> ASGIResponse:
+        return _BoundedStreamResponse(**kwargs)
 
-def _bounded(
-    stream: Stream,
-    request: Request[Any, Any, Any],
-    background: BackgroundTask | BackgroundTasks | None,
-    cookies: Iterable[Cookie] | None,
-    encoded_headers: Iterable[tuple[bytes, bytes]] | None,
-    headers: dict[str, str] | None,
-    is_head_response: bool,
-    media_type: MediaType | str | None,
-) -> dict[str, Any]:
-    """What ``Stream.to_asgi_response`` gives its response, and the request's send bound and connection abort."""
-    return {
-        "send_timeout": send_timeout(request.scope),
-        "abort": connection_abort(request.scope),
-        "background": stream.background or background,
-        "content_length": 0,
-        "cookies": stream.cookies if cookies is None else itertools.chain(stream.cookies, cookies),
-        "encoded_headers": encoded_headers,
-        "encoding": stream.encoding,
-        "headers": {**headers, **stream.headers} if headers is not None else stream.headers,
-        "is_head_response": is_head_response,
-        "iterator": stream.iterator,
-        "media_type": get_enum_string_value(media_type or stream.media_type or MediaType.JSON),
-    }
+
+class PrimedStream(_BoundedStream):
+    """``first``, then the parts of ``rest``; for a client that goes away, Litestar's disconnect handling as usual,
+    and ``rest`` is closed when the response ends, however it ends."""
+
+    __slots__ = ("first",)
+
+    def __init__(self, first: bytes, rest: AsyncIterator[bytes], **kwargs: Any) -> None:
+        super().__init__(rest, **kwargs)
+        self.first = first
+
+    def _response(self, **kwargs: Any) -> ASGIResponse:
+        return _FirstPartFirst(self.first, **kwargs)  # the first part handed over
+
+
+class BoundedServerSentEvent(_BoundedStream, ServerSentEvent):
+    """Litestar's ``ServerSentEvent``, each of whose sends is bounded as a ``PrimedStream``'s are: an endless
+    stream (the change feed) whose client stopped reading ends instead of holding its listener for ever."""
