@@ -198,7 +198,10 @@ async def test_a_fallbacks_budget_hold_counts_the_names_bytes(
         "POST", "/v1/chat/completions", json={**named("Hi", name), "stream": True}, headers=app
     ) as held:
         assert held.status_code == 200
-        async for line in held.aiter_lines():
+        # Kept referenced: a line iterator left behind is finalized at once, and its finalizer closes the
+        # connection, so the registry would see the caller leave (and free its hold) as the second request came.
+        lines = held.aiter_lines()
+        async for line in lines:
             if line.startswith("data: ") and '"content"' in line:
                 break  # the first token is in: the request is in flight, its hold on
         second = await client.post("/v1/chat/completions", json=named("Hi", "b"), headers=app)
