@@ -36,7 +36,23 @@ _NOTHING_PENDING: dict[str, Any] = {"pending_cost": 0.0, "pending_input_tokens":
 class RunStanding(NamedTuple):
     status: str
     lease_owner: str | None
-    key_revoked: bool
+    api_key_id: str | None  # the key that started the run and pays for it; None: started without one
+    key_exists: bool
+    key_revoked_at: datetime | None
+    key_expires_at: datetime | None
+
+    def key_ended(self, now: datetime) -> str | None:
+        """Why the run's key may spend nothing more at ``now`` (it was revoked, expired or deleted: what the
+        key verifier refuses a request for), or None while it may."""
+        if self.api_key_id is None:
+            return None
+        if not self.key_exists:
+            return "was deleted"
+        if self.key_revoked_at is not None:
+            return "was revoked"
+        if self.key_expires_at is not None and self.key_expires_at <= now:
+            return f"expired at {self.key_expires_at.isoformat()}"
+        return None
 
 
 class LeaseLostError(Exception):
@@ -290,12 +306,26 @@ class EvalRepository:
         )
 
     async def standing(self, run_id: int) -> RunStanding | None:
-        """Whether the run may go on: its status, its lease's owner, and whether the key that started it (and is
-        charged for it) was revoked since. None when the run is gone."""
-        revoked = exists().where(ApiKey.public_id == EvalRun.api_key_id, ApiKey.revoked_at.is_not(None))
-        query = select(EvalRun.status, EvalRun.lease_owner, revoked).where(EvalRun.id == run_id)
+        """Whether the run may go on: its status, its lease's owner, and the key that started it (and is charged
+        for it) as it is now: revoked, expiring or deleted since (``RunStanding.key_ended``). None when the run is
+        gone."""
+        query = (
+            select(
+                EvalRun.status,
+                EvalRun.lease_owner,
+                EvalRun.api_key_id,
+                ApiKey.id.is_not(None),
+                ApiKey.revoked_at,
+                ApiKey.expires_at,
+            )
+            .outerjoin(ApiKey, ApiKey.public_id == EvalRun.api_key_id)
+            .where(EvalRun.id == run_id)
+        )
         row = (await self.session.execute(query)).one_or_none()
-        return None if row is None else RunStanding(row[0], row[1], bool(row[2]))
+        if row is None:
+            return None
+        status, lease_owner, api_key_id, key_exists, revoked_at, expires_at = row
+        return RunStanding(status, lease_owner, api_key_id, bool(key_exists), revoked_at, expires_at)
 
     async def cancel(self, run_id: int, now: datetime, *, error: str | None = None) -> bool:
         """End a run that has not finished (``error``: why, when it was not asked for); its owner stops before its

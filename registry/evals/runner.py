@@ -11,12 +11,13 @@ scored exactly once.
 A stalled worker cannot know whether it was taken over until it asks, so before each completion it
 checks its lease (renewing it when it may have run out) and reads the run (``EvalWorker._check_run``): once
 taken over, or once the run was cancelled, it asks the backend nothing more, for the items under way too; a run
-whose key was revoked is cancelled there, saying so, and never resumed. A completion already under way when the
-lease is lost still finishes, and the new owner makes it again; both were charged to the key, so the run's cost
-and tokens are what the run spent, its items' costs what the stored outcomes cost. A completion that ends without
-an answer (cancelled when the worker stops, failed mid-answer) spent what its usage record says (the tokens the
-backend reported before it ended), and that counts too, as do the completions a model guard's classifier makes
-inside the run's (charged to the same key): the run's cost is what its completions' usage records charged the key.
+whose key was revoked, has expired or was deleted is cancelled there, saying which, and never resumed. A
+completion already under way when the lease is lost still finishes, and the new owner makes it again; both were
+charged to the key, so the run's cost and tokens are what the run spent, its items' costs what the stored
+outcomes cost. A completion that ends without an answer (cancelled when the worker stops, failed mid-answer)
+spent what its usage record says (the tokens the backend reported before it ended), and that counts too, as do
+the completions a model guard's classifier makes inside the run's (charged to the same key): the run's cost is
+what its completions' usage records charged the key.
 
 So each completion's spend is added to the run's cost as the completion ends (``EvalWorker._charge``), not
 with its item's outcome: a worker killed between an item's completions and its outcome's write (SIGKILL, a
@@ -128,7 +129,8 @@ class BackendOutageError(Exception):
 
 
 class RunEndedError(LeaseLostError):
-    """The run was cancelled (or its key revoked) while it worked: it asks nothing more and writes nothing."""
+    """The run was cancelled (or its key revoked, expired or deleted) while it worked: it asks nothing more and
+    writes nothing."""
 
 
 class RunFailedError(Exception):
@@ -591,15 +593,19 @@ class EvalWorker:
         """Before a completion (and before a run starts): raise ``RunEndedError`` if the run was cancelled or claimed
         anew since, so a cancel stops the completions of items under way too, not only at their next write.
 
-        A run whose key was revoked is cancelled here, saying why: the key pays for its completions, and a revoked
-        key spends nothing more. Another worker that takes it over is stopped here too, before asking anything.
+        A run whose key was revoked, has expired (by the worker's clock) or was deleted is cancelled here, saying
+        which: the key pays for its completions, and a key the registry no longer lets in spends nothing more.
+        Another worker that takes it over is stopped here too, before asking anything.
         """
         run_id = lease.run_id
         standing = await self._transaction(lambda session: EvalRepository(session).standing(run_id))
-        if standing is not None and standing.key_revoked and standing.status in PENDING_STATUSES:
-            reason = "cancelled: the API key that started the run was revoked"
+        ended = standing.key_ended(self.clock()) if standing is not None else None
+        if standing is not None and ended is not None and standing.status in PENDING_STATUSES:
+            reason = f"cancelled: the API key that started the run {ended}"
             await self._transaction(lambda session: EvalRepository(session).cancel(run_id, self.clock(), error=reason))
-            logger.warning("the key of an evaluation run was revoked; the run is cancelled", run=run_id)
+            logger.warning(
+                "the key of an evaluation run is no longer usable; the run is cancelled", run=run_id, key=ended
+            )
             lease.lost = True
             raise RunEndedError(f"run {run_id}: {reason}")
         if standing is None or standing.status not in PENDING_STATUSES:
