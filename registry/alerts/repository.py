@@ -21,7 +21,7 @@ from registry.alerts.models import AlertIncident, AlertRule
 from registry.auth.models import ApiKey
 from registry.completions.models import ApiKeyBudget, CompletionRecord
 from registry.completions.pricing import month_start
-from registry.completions.repository import completion_parts
+from registry.completions.repository import backend_attempts, completion_parts
 from registry.lib.pagination import PageRequest
 from registry.prompts.models import Prompt
 from registry.rollouts.models import Rollout, RolloutEvent
@@ -66,8 +66,11 @@ def completion_query(selection: Selection, since: datetime, until: datetime, *, 
     if selection.api_key is not None:
         where.append(C.api_key_id == selection.api_key)
     kind = selection.kind
-    if kind == "cost_per_hour" and (selection.backend is not None or selection.group_by == "backend"):
+    by_backend = selection.backend is not None or selection.group_by == "backend"
+    if kind == "cost_per_hour" and by_backend:
         return backend_cost_query(selection, where)
+    if kind in ("error_rate", *QUANTILE_COLUMNS) and by_backend:
+        return backend_attempt_query(selection, where, quantile_in_sql=quantile_in_sql)
     if selection.backend is not None:
         where.append(C.backend == selection.backend)
     if kind == "error_rate":
@@ -105,6 +108,38 @@ def backend_cost_query(selection: Selection, where: Sequence[ColumnElement[bool]
     )
     if selection.backend is not None:
         query = query.where(parts.c.backend == selection.backend)
+    return query.group_by(group) if group is not None else query
+
+
+def backend_attempt_query(
+    selection: Selection, where: Sequence[ColumnElement[bool]], *, quantile_in_sql: bool
+) -> Select[Any]:
+    """Error rate or a latency quantile per series of a rule on backends, over attempts (``backend_attempts``): a
+    completion that failed over is a failed request of the backend it tried first as well as a request of the one
+    that served it, and a latency sample of neither (its record holds the whole request's time, the failed
+    attempt's included). ``where`` narrows the completions (window, prompt, key), the rule's backend the attempts.
+
+    Breaker rules stay on completions: the record keeps only the last failure, so a first backend's refusal by its
+    open breaker behind a working fallback is not told apart from its other failures.
+    """
+    attempts = backend_attempts(*where)
+    columns = {"prompt": attempts.c.prompt, "backend": attempts.c.backend, "key": attempts.c.api_key_id}
+    group = columns[selection.group_by] if selection.group_by else None
+    subject = group.label("subject") if group is not None else literal("").label("subject")
+    narrowed: list[ColumnElement[bool]] = []
+    if selection.backend is not None:
+        narrowed.append(attempts.c.backend == selection.backend)
+    if selection.kind == "error_rate":
+        ended = func.coalesce(func.sum(case((attempts.c.status.in_(("ok", "error")), 1), else_=0)), 0)
+        failed = func.coalesce(func.sum(case((attempts.c.status == "error", 1), else_=0)), 0)
+        query = select(subject, ended, failed).where(*narrowed)
+    else:
+        measured = attempts.c[QUANTILE_COLUMNS[selection.kind].key]
+        narrowed += [attempts.c.status == "ok", measured.is_not(None)]
+        if not quantile_in_sql:  # SQLite has no percentile_cont: every value, folded in Python
+            return select(subject, measured).where(*narrowed)
+        sampled = [func.count(measured), func.percentile_cont(QUANTILE).within_group(measured)]
+        query = select(subject, *sampled).where(*narrowed)
     return query.group_by(group) if group is not None else query
 
 

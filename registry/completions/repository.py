@@ -34,12 +34,14 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from registry.auth.models import ApiKey
 from registry.completions.models import ApiKeyBudget, CompletionRecord, DailyUsage
 from registry.configs.models import ModelConfig, ModelConfigVersion
 from registry.db.base import utcnow
-from registry.experiments.models import Experiment
+from registry.experiments.models import Experiment, ExperimentVariant
+from registry.prompts.models import Prompt, PromptVersion
 
 C = CompletionRecord
 _UNIT_CHUNK = 1000  # units per query: bound parameters stay far below SQLite's limit
@@ -520,6 +522,80 @@ def _first_backend() -> ColumnElement[Any]:
         .where(ModelConfig.name == C.first_config, ModelConfigVersion.number == C.first_config_version)
         .scalar_subquery()
     )
+
+
+def failed_over_backend() -> ColumnElement[Any]:
+    """The backend a failed-over completion (``fallback_used``) tried first, and that failed; NULL when the record
+    does not tell (and for a completion that did not fail over).
+
+    The record names its first config only when that config's backend spent tokens (``first_config``). Otherwise
+    the first config is the one whose version's fallback is the version that served (a fallback is one hop): the
+    experiment variant's config that routed the unit, else its prompt version's, else the backend every version
+    falling back to the served one shares (a run on a config of the caller's choosing, as evaluation runs are).
+    """
+    tried, served, served_config = aliased(ModelConfigVersion), aliased(ModelConfigVersion), aliased(ModelConfig)
+
+    def falling_back_to_served(query: Select[Any]) -> Select[Any]:
+        return (
+            query.join(served, served.id == tried.fallback_version_id)
+            .join(served_config, served_config.id == served.config_id)
+            .where(served_config.name == C.config, served.number == C.config_version)
+        )
+
+    variant = falling_back_to_served(
+        select(tried.backend)
+        .select_from(ExperimentVariant)
+        .join(Experiment, Experiment.id == ExperimentVariant.experiment_id)
+        .join(tried, tried.id == ExperimentVariant.config_version_id)
+        .where(Experiment.key == C.experiment_key, ExperimentVariant.key == C.variant)
+    )
+    prompt_version = falling_back_to_served(
+        select(tried.backend)
+        .select_from(PromptVersion)
+        .join(Prompt, Prompt.id == PromptVersion.prompt_id)
+        .join(tried, tried.id == PromptVersion.config_version_id)
+        .where(Prompt.name == C.prompt, PromptVersion.number == C.prompt_version)
+    )
+    only = falling_back_to_served(
+        select(case((func.count(tried.backend.distinct()) == 1, func.min(tried.backend)))).select_from(tried)
+    )
+    inferred = func.coalesce(variant.scalar_subquery(), prompt_version.scalar_subquery(), only.scalar_subquery())
+    return case(
+        (C.fallback_used.is_not(True), null()),
+        (C.first_config.is_not(None), _first_backend()),
+        else_=inferred,
+    )
+
+
+def backend_attempts(*where: ColumnElement[bool]) -> Subquery:
+    """The completions in ``where`` as attempts per backend, for signals by backend: each under the backend that
+    served it, and a failed-over one also as a failed attempt under the backend it tried first
+    (``failed_over_backend``; left out where the record does not tell), so that backend's failures hidden behind a
+    working fallback count against it.
+
+    Latencies are the served attempts' only, and a failed-over completion has none: its record holds the whole
+    request's time, the failed first attempt's included, which no backend took alone.
+    """
+    served = select(
+        C.prompt,
+        C.api_key_id,
+        C.backend,
+        C.status,
+        case((C.fallback_used.is_(True), null()), else_=C.latency_ms).label("latency_ms"),
+        case((C.fallback_used.is_(True), null()), else_=C.ttft_ms).label("ttft_ms"),
+    ).where(*where)
+    first = (
+        select(C.prompt, C.api_key_id, failed_over_backend().label("backend")).where(*where, C.fallback_used.is_(True))
+    ).subquery("first_attempts")
+    failed = select(
+        first.c.prompt,
+        first.c.api_key_id,
+        first.c.backend,
+        literal_column("'error'").label("status"),
+        cast(null(), Double).label("latency_ms"),
+        cast(null(), Double).label("ttft_ms"),
+    ).where(first.c.backend.is_not(None))
+    return union_all(served, failed).subquery("attempts")
 
 
 def _part_measures(parts: Subquery) -> list[ColumnElement[Any]]:
