@@ -477,7 +477,11 @@ class AsyncRegistryClient(BaseClient):
     # -- management (the API's JSON, as ``RegistryClient``'s methods of the same names; listings are async iterators)
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send one request (retried as the policy says); error answers raise the matching ``RegistryError``."""
+        """Send one request (retried as the policy says); error answers raise the matching ``RegistryError``.
+
+        A DELETE whose retry finds nothing to delete, after a try whose answer was lost, is done: its answer is
+        that 404. Requests other than GET, HEAD, PUT and DELETE are not sent again once they may have arrived.
+        """
         return await self._run(self._core.call(method, path, **kwargs))
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -627,6 +631,10 @@ class AsyncRegistryClient(BaseClient):
         return await self._json("GET", f"/v1/webhooks/{webhook_id}")
 
     async def delete_webhook(self, webhook_id: int) -> None:
+        """Delete the webhook and its delivery log; ``NotFound`` when no webhook has this id.
+
+        Retried like every delete: a retry that finds it gone after a try whose answer was lost is done.
+        """
         await self.request("DELETE", f"/v1/webhooks/{webhook_id}")
 
     async def ping_webhook(self, webhook_id: int) -> None:
@@ -800,6 +808,10 @@ class AsyncRegistryClient(BaseClient):
         return await self._json("PUT", f"/v1/prompts/{encode_name(name)}/gates/{state}", json=body)
 
     async def delete_gate(self, name: str, state: str) -> None:
+        """Remove the gate on ``state`` of prompt ``name``; ``NotFound`` (``gate_not_found``) when there is none.
+
+        Retried like every delete: a retry that finds it gone after a try whose answer was lost is done.
+        """
         await self.request("DELETE", f"/v1/prompts/{encode_name(name)}/gates/{state}")
 
 

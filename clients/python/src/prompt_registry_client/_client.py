@@ -87,13 +87,17 @@ def satisfy_sync(http: httpx.Client, need: Need) -> Any:
     return None
 
 
-def _interrupt(response: httpx.Response) -> None:
-    """Wake the thread blocked reading ``response``: closing a socket does not, shutting it down does."""
-    stream = response.extensions.get("network_stream")
-    sock = stream.get_extra_info("socket") if stream is not None else None
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+def _wake(sock: socket.socket) -> None:
+    """Wake the thread blocked on ``sock`` (waiting for an answer, reading one): closing a socket does not,
+    shutting it down does; one already closed is left as it is."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _socket_of(stream: Any) -> socket.socket | None:
+    """The socket under an httpcore network stream, if it has one (an app's own transport may not)."""
+    sock = stream.get_extra_info("socket") if hasattr(stream, "get_extra_info") else None
+    return sock if isinstance(sock, socket.socket) else None
 
 
 class RegistryClient(BaseClient):
@@ -148,6 +152,12 @@ class RegistryClient(BaseClient):
         self._http = httpx.Client(
             base_url=options.base_url, headers=options.headers, timeout=options.timeout, transport=transport
         )
+        # The change feed gets connections of its own, never a pooled one: close() learns each one's socket
+        # as it is made (httpcore's connect trace), so it can wake the feed even before the registry answers.
+        # An app's own transport is the feed's too (it is the app's seam); its socket is known once it answers.
+        self._feed_http = self._http
+        if transport is None:
+            self._feed_http = httpx.Client(timeout=options.timeout, limits=httpx.Limits(max_keepalive_connections=0))
         self._core = options.core(self._http.build_request, on_cached=self._watch, on_queued=self._queued)
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -160,7 +170,7 @@ class RegistryClient(BaseClient):
         self._send_lock = threading.Lock()
         self._close_deadline = 0.0
         self._watcher: threading.Thread | None = None
-        self._feed: httpx.Response | None = None
+        self._feed_socket: socket.socket | None = None  # the feed's connection, to wake its thread at close
         self._at_exit = register_at_exit(self, RegistryClient.close)
 
     # -- prompts
@@ -329,8 +339,10 @@ class RegistryClient(BaseClient):
             self._close_deadline = time.monotonic() + self._options.batches.close_timeout
         self._core.outbox.close()
         self._closing.set()
-        if self._feed is not None:
-            _interrupt(self._feed)
+        with self._lock:
+            feed_socket = self._feed_socket
+        if feed_socket is not None:
+            _wake(feed_socket)
         sender = self._sender
         if sender is not None:
             self._send_now.set()
@@ -348,7 +360,11 @@ class RegistryClient(BaseClient):
                 running = list(self._refreshes)
             wait(running, timeout=max(self._close_deadline - time.monotonic(), 0.0))
         if self._watcher is not None:
-            self._watcher.join(1.0)
+            # Woken above wherever it waits (a pause, the registry's answer, the open feed): not a timeout's wait,
+            # and never a thread left running on a closed client.
+            self._watcher.join()
+        if self._feed_http is not self._http:
+            self._feed_http.close()
         self._http.close()
         atexit.unregister(self._at_exit)
 
@@ -452,31 +468,58 @@ class RegistryClient(BaseClient):
         """Wait before reconnecting the feed; True when the client closes meanwhile (a seam for tests)."""
         return self._closing.wait(seconds)
 
+    def _hold_feed(self, stream: Any) -> None:
+        """Keep the feed's socket for close() to wake; shut it at once if close() came first."""
+        sock = _socket_of(stream)
+        if sock is None:
+            return
+        with self._lock:
+            self._feed_socket = sock
+            closing = self._closing.is_set()
+        if closing:  # close() looked for the socket before it was here
+            _wake(sock)
+
+    def _feed_trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace of the feed's request: its connection, as soon as it is made (or made TLS)."""
+        if event.endswith(".complete"):
+            self._hold_feed(info.get("return_value"))
+
     def _follow_changes(self) -> Iterator[bool]:
-        response = self._http.send(self._core.feed_request(), stream=True)
-        self._feed = response
+        if self._closing.is_set():
+            return
+        request = self._core.feed_request()
+        request.extensions["trace"] = self._feed_trace
         try:
-            if self._closing.is_set():  # close() may have looked for the feed before it was set
-                return
-            if response.status_code != 200:
-                response.read()
-                raise error_from_response(response)
-            parser = SSEParser()
-            for line in response.iter_lines():
-                event = parser.feed(line)
-                if event is None:
-                    continue
-                for spawn in self._core.on_change(event):
-                    self._spawn(spawn)
-                yield event.event == "hello"
+            response = self._feed_http.send(request, stream=True)
+            try:
+                self._hold_feed(response.extensions.get("network_stream"))  # a pooled connection: known only now
+                if self._closing.is_set():
+                    return
+                if response.status_code != 200:
+                    response.read()
+                    raise error_from_response(response)
+                parser = SSEParser()
+                for line in response.iter_lines():
+                    event = parser.feed(line)
+                    if event is None:
+                        continue
+                    for spawn in self._core.on_change(event):
+                        self._spawn(spawn)
+                    yield event.event == "hello"
+            finally:
+                response.close()
         finally:
-            self._feed = None
-            response.close()
+            with self._lock:
+                self._feed_socket = None
 
     # -- management (the API's JSON, for tools such as the ``registry`` command)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send one request (retried as the policy says); error answers raise the matching ``RegistryError``."""
+        """Send one request (retried as the policy says); error answers raise the matching ``RegistryError``.
+
+        A DELETE whose retry finds nothing to delete, after a try whose answer was lost, is done: its answer is
+        that 404. Requests other than GET, HEAD, PUT and DELETE are not sent again once they may have arrived.
+        """
         return self._run(self._core.call(method, path, **kwargs))
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -645,7 +688,10 @@ class RegistryClient(BaseClient):
         return self._json("GET", f"/v1/webhooks/{webhook_id}")
 
     def delete_webhook(self, webhook_id: int) -> None:
-        """Delete the webhook and its delivery log; ``NotFound`` when no webhook has this id."""
+        """Delete the webhook and its delivery log; ``NotFound`` when no webhook has this id.
+
+        Retried like every delete: a retry that finds it gone after a try whose answer was lost is done.
+        """
         self.request("DELETE", f"/v1/webhooks/{webhook_id}")
 
     def ping_webhook(self, webhook_id: int) -> None:
@@ -854,4 +900,8 @@ class RegistryClient(BaseClient):
         return self._json("PUT", f"/v1/prompts/{encode_name(name)}/gates/{state}", json=body)
 
     def delete_gate(self, name: str, state: str) -> None:
+        """Remove the gate on ``state`` of prompt ``name``; ``NotFound`` (``gate_not_found``) when there is none.
+
+        Retried like every delete: a retry that finds it gone after a try whose answer was lost is done.
+        """
         self.request("DELETE", f"/v1/prompts/{encode_name(name)}/gates/{state}")

@@ -24,7 +24,9 @@ class RetryPolicy:
 
     Connection errors, 429, 502, 503 and 504 are retried with exponential backoff and
     jitter; a ``Retry-After`` from the service is honoured when it is at most
-    ``max_backoff`` (a longer one, such as a monthly budget, raises at once).
+    ``max_backoff`` (a longer one, such as a monthly budget, raises at once). A request
+    that must not run twice (a POST) is retried only when it cannot have run: a
+    connection that failed before it left, 429, 503; a lost answer, 502 and 504 raise.
 
     Example::
 

@@ -74,6 +74,8 @@ V = TypeVar("V")
 DEFAULT_URL = "http://127.0.0.1:8000"
 Label = Literal["production", "staging", "latest"]
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# A proxy's answer that it got none from the service in time (502, 504): the request may have reached it and run.
+_MAY_HAVE_RUN = frozenset({502, 504})
 _EXPOSURE_ATTEMPTS = 3  # sends of an exposure refused because its experiment is not running (yet) there
 _MAX_DOUBLINGS = 64  # a backoff doubles at most this often: far past any ceiling, far below a float's range
 
@@ -138,6 +140,15 @@ class Call:
 
 
 Need = Send | Read | Sleep | Spawn | Call
+
+
+@dataclass(slots=True)
+class Tries:
+    """How a request's tries went: whether one whose answer was lost (or a proxy's 502, 504) may have done it."""
+
+    may_have_taken_effect: bool = False
+
+
 Flow = Generator[Need, Any, T]
 
 
@@ -315,15 +326,21 @@ class Core:
         stream: bool = False,
         retry_only_when_told: bool = False,
         rebuild: Callable[[], httpx.Request] | None = None,
+        tries: Tries | None = None,
     ) -> Flow[httpx.Response]:
         """Send with retries; the last response is returned whatever its status.
 
         Connection errors that happened before the request left are always retried;
-        others only for idempotent requests. A Retry-After longer than the policy allows
-        ends the retries at once; with ``retry_only_when_told``, so does its absence (a 503
-        ``backend_not_configured`` says no later try can succeed). ``rebuild`` makes the
-        request of each later try (one that says when it is sent).
+        others only for idempotent requests, and so are 502 and 504 (a proxy that gave
+        up waiting: the service may have done it). A Retry-After longer than the policy
+        allows ends the retries at once; with ``retry_only_when_told``, so does its absence
+        (a 503 ``backend_not_configured`` says no later try can succeed). ``rebuild`` makes
+        the request of each later try (one that says when it is sent); ``tries`` learns
+        whether a try before the last may have taken effect.
         """
+        if not idempotent:
+            retry_statuses = retry_statuses - _MAY_HAVE_RUN
+        tries = tries if tries is not None else Tries()
         attempt = 0
         while True:
             if attempt and rebuild is not None:
@@ -335,11 +352,15 @@ class Core:
                 delay = self.retries.delay(attempt) if retryable else None
                 if delay is None:
                     raise ServiceUnavailable(f"cannot reach the registry at {self.base_url}: {exc!r}") from exc
+                if not isinstance(exc, _NOT_SENT):
+                    tries.may_have_taken_effect = True  # it left; its answer was lost
             except httpx.HTTPError as exc:  # an answer httpx could not read (a body that does not decode)
                 raise unreadable(request.url, exc) from exc
             else:
                 if response.status_code not in retry_statuses:
                     return response
+                if response.status_code in _MAY_HAVE_RUN:
+                    tries.may_have_taken_effect = True
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 if retry_after is None and retry_only_when_told:
                     return response
@@ -355,10 +376,17 @@ class Core:
     def call(
         self, method: str, path: str, *, idempotent: bool | None = None, stream: bool = False, **options: Any
     ) -> Flow[httpx.Response]:
-        """Send and raise the typed error of an error answer."""
+        """Send and raise the typed error of an error answer.
+
+        A DELETE retried after a try that may have deleted it (its answer lost) is done when the
+        retry finds nothing to delete: the 404 is its answer, not an error.
+        """
         request = self.build(method, path, **options)
         retry_safe = method in ("GET", "HEAD", "PUT", "DELETE") if idempotent is None else idempotent
-        response = yield from self.send(request, idempotent=retry_safe, stream=stream)
+        tries = Tries()
+        response = yield from self.send(request, idempotent=retry_safe, stream=stream, tries=tries)
+        if response.status_code == 404 and method == "DELETE" and tries.may_have_taken_effect:
+            return response
         if response.status_code >= 400:
             raise (yield from self._error_of(response, stream=stream))
         return response

@@ -1,0 +1,214 @@
+"""Closing a client wakes its change feed wherever it waits; deletes and POSTs retried after a lost answer."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prompt_registry_client import (
+    AsyncRegistryClient,
+    CachePolicy,
+    NotFound,
+    RegistryClient,
+    RetryPolicy,
+    ServiceUnavailable,
+)
+
+from registry.app import create_app
+from tests.clients.conftest import Live, Recorder, RecordingTransport, ThreadedServer, text
+from tests.waiting import PATIENCE_SECONDS, eventually
+
+NO_FEED = CachePolicy(watch_changes=False)
+QUICK = RetryPolicy(attempts=3, backoff=0.001, max_backoff=0.01)
+# A feed that would wait this long for its answer: a close that returned meanwhile woke it (no timeout did).
+PATIENT_FEED = CachePolicy(feed_read_timeout=3600.0)
+
+
+class HeldFeed:
+    """The registry, except that the change feed is never answered: it waits until its client hangs up."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.asked = 0
+        self.hung_up = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/changes":
+            self.asked += 1
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.hung_up += 1
+            return
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture
+def held_feed(live: Live) -> Iterator[tuple[str, HeldFeed]]:
+    """A second instance of the live registry whose change feed never answers; yields its URL."""
+    held = HeldFeed(create_app(live.settings))
+    server = ThreadedServer(held)
+    try:
+        yield server.start(), held
+    finally:
+        server.stop()
+
+
+def closed_in_a_thread(close: Callable[[], None]) -> bool:
+    """Whether ``close()`` returned (the patience only keeps a close that waits for the feed's answer from hanging)."""
+    closer = threading.Thread(target=close, daemon=True)
+    closer.start()
+    closer.join(PATIENCE_SECONDS)
+    return not closer.is_alive()
+
+
+def test_close_wakes_a_feed_still_waiting_for_its_answer_and_leaves_no_thread_running(
+    live: Live, held_feed: tuple[str, HeldFeed]
+) -> None:
+    url, held = held_feed
+    live.prompt("dec7-held", text("v1"))
+    registry = RegistryClient(url, live.key, cache=PATIENT_FEED)
+    assert registry.get_prompt("dec7-held").version == 1  # cached: the feed connects, and is never answered
+    eventually(lambda: held.asked == 1, "the feed asking")
+    watcher = registry._watcher
+    assert watcher is not None
+    assert closed_in_a_thread(registry.close), "close waited for an answer the feed would never get"
+    assert not watcher.is_alive(), "the feed's thread outlived the client's close"
+    eventually(lambda: held.hung_up == 1, "the feed's connection closed")
+    assert held.asked == 1, "the feed did not reconnect once closed"
+
+
+def test_close_wakes_a_feed_that_is_reading_its_events(live: Live) -> None:
+    live.prompt("dec7-open", text("v1"))
+    recorder = Recorder()
+    registry = RegistryClient(live.url, live.key, transport=RecordingTransport(recorder), cache=PATIENT_FEED)
+    registry.get_prompt("dec7-open")
+    eventually(lambda: recorder.statuses["GET /v1/changes 200"] == 1, "the feed connecting")
+    watcher = registry._watcher
+    assert watcher is not None
+    assert closed_in_a_thread(registry.close), "close waited for the feed's next event"
+    assert not watcher.is_alive(), "the feed's thread outlived the client's close"
+    assert recorder.tries("GET /v1/changes") == 1, "the feed did not reconnect once closed"
+
+
+# --------------------------------------------------------------------------- deletes whose first answer was lost
+
+
+def first_answer_lost(method: str) -> Callable[[httpx.Request], bool]:
+    """Drops the answer to the first ``method`` request only (the service did it; the client never hears)."""
+    lost: list[httpx.Request] = []
+
+    def lose(request: httpx.Request) -> bool:
+        if request.method != method or lost:
+            return False
+        lost.append(request)
+        return True
+
+    return lose
+
+
+def test_a_delete_webhook_whose_answer_was_lost_succeeds_on_its_retry(live: Live) -> None:
+    recorder = Recorder()
+    transport = RecordingTransport(recorder, lose_answer=first_answer_lost("DELETE"))
+    with RegistryClient(live.url, live.key, transport=transport, cache=NO_FEED, retries=QUICK) as registry:
+        webhook_id = registry.create_webhook("http://127.0.0.1:9/dec7", ["*"])["webhook"]["id"]
+        assert registry.delete_webhook(webhook_id) is None
+        assert list(registry.list_webhooks()) == []
+    path = f"DELETE /v1/webhooks/{webhook_id}"
+    assert (recorder.statuses[f"{path} 204"], recorder.statuses[f"{path} 404"]) == (1, 1), "deleted, then found gone"
+
+
+def test_a_delete_gate_whose_answer_was_lost_succeeds_on_its_retry(live: Live) -> None:
+    live.prompt("dec7-gated", text("{{ answer }}"))
+    recorder = Recorder()
+    transport = RecordingTransport(recorder, lose_answer=first_answer_lost("DELETE"))
+    with RegistryClient(live.url, live.key, transport=transport, cache=NO_FEED, retries=QUICK) as registry:
+        registry.push_dataset("dec7-cases", b'{"variables": {"answer": "y"}, "expected": "y"}\n')
+        registry.set_gate("dec7-gated", "production", dataset="dec7-cases", min_pass_rate=0.5)
+        assert registry.delete_gate("dec7-gated", "production") is None
+        with pytest.raises(NotFound):
+            registry.get_gate("dec7-gated", "production")
+    assert recorder.count("DELETE /v1/prompts/dec7-gated/gates/production") == 2
+
+
+def test_deleting_what_never_existed_still_raises_not_found_after_a_refusal_that_did_nothing(live: Live) -> None:
+    """A 503 says the first try did nothing: the 404 of the retry is the truth, not a lost success."""
+    tries: list[int] = []
+
+    def busy_first(request: httpx.Request) -> httpx.Response:
+        tries.append(1)
+        if len(tries) == 1:
+            return httpx.Response(503, json={"status": 503, "detail": "busy"}, headers={"Retry-After": "0"})
+        with httpx.Client(base_url=live.url, headers=dict(request.headers)) as http:
+            answer = http.request(request.method, request.url.path)
+        return httpx.Response(answer.status_code, content=answer.content, headers=answer.headers)
+
+    transport = httpx.MockTransport(busy_first)
+    registry = RegistryClient(live.url, live.key, transport=transport, cache=NO_FEED, retries=QUICK)
+    with registry, pytest.raises(NotFound) as missing:
+        registry.delete_webhook(999_999)
+    assert missing.value.type == "webhook_not_found"
+    assert len(tries) == 2
+
+
+class AsyncLosingTransport(httpx.AsyncHTTPTransport):
+    """The real transport, dropping the answer of the first DELETE after the service has done it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deletes: list[int] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        if request.method == "DELETE":
+            self.deletes.append(response.status_code)
+            if len(self.deletes) == 1:
+                await response.aclose()
+                raise httpx.ReadError("the answer was lost on the way back", request=request)
+        return response
+
+
+async def test_the_async_client_s_delete_whose_answer_was_lost_also_succeeds_on_its_retry(live: Live) -> None:
+    transport = AsyncLosingTransport()
+    async with AsyncRegistryClient(live.url, live.key, transport=transport, cache=NO_FEED, retries=QUICK) as r:
+        webhook_id = (await r.create_webhook("http://127.0.0.1:9/dec7-async", ["*"]))["webhook"]["id"]
+        assert await r.delete_webhook(webhook_id) is None
+        assert [w async for w in r.list_webhooks()] == []
+    assert transport.deletes == [204, 404]
+
+
+# --------------------------------------------------------------------------- POSTs are not sent twice
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_post_a_proxy_gave_up_on_is_not_sent_again(status: int) -> None:
+    """A 502 or 504 from a proxy may come after the service created the webhook: a retry would create a second."""
+    posts: list[httpx.Request] = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        posts.append(request)
+        return httpx.Response(status, text="upstream timed out")
+
+    transport = httpx.MockTransport(gateway)
+    with RegistryClient("http://registry.test", "prk_test", transport=transport, cache=NO_FEED, retries=QUICK) as r:
+        with pytest.raises(ServiceUnavailable):
+            r.create_webhook("http://127.0.0.1:9/once", ["*"])
+        with pytest.raises(ServiceUnavailable):
+            r.ping_webhook(7)
+    assert [request.method for request in posts] == ["POST", "POST"], "each sent once"
+
+
+def test_a_delete_a_proxy_gave_up_on_is_retried_and_done_when_the_retry_finds_it_gone() -> None:
+    answers = [httpx.Response(504, text="upstream timed out"), httpx.Response(404, json={"status": 404})]
+    sent: list[httpx.Request] = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return answers[len(sent) - 1]
+
+    transport = httpx.MockTransport(gateway)
+    with RegistryClient("http://registry.test", "prk_test", transport=transport, cache=NO_FEED, retries=QUICK) as r:
+        assert r.delete_webhook(7) is None
+    assert [request.method for request in sent] == ["DELETE", "DELETE"]
