@@ -271,7 +271,9 @@ class EvalPagesController(Controller):
         names = await datasets.variable_names(row) if export_format == "csv" else []
         filename = f"{resource_name.replace('/', '_')}-v{row.number}.{export_format}"
         return Stream(
-            stream_export(runtime.read_sessionmaker, row.id, export_format, names),
+            stream_export(
+                runtime.read_sessionmaker, runtime.sessionmaker, row.id, row.item_count, export_format, names
+            ),
             media_type="text/csv" if export_format == "csv" else "application/x-ndjson",
             headers={**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{filename}"'},
         )
