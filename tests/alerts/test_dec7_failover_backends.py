@@ -17,10 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.settings import Settings
-from tests.alerts.conftest import FakeClock, complete, create_rule, evaluate, ok
+from tests.alerts.conftest import PROMPT, FakeClock, complete, create_rule, evaluate, ok
 from tests.completions.conftest import backend, publish, unique
 from tests.embedded import embedded_settings, serve_embedded
-from tests.experiments.conftest import Client
+from tests.evals.conftest import dataset, finished, start_run
+from tests.experiments.conftest import Client, make_experiment, make_metric
 
 RATE = {"window_seconds": 300}
 
@@ -93,6 +94,55 @@ async def test_error_rate_rules_by_backend_count_a_failover_as_a_failed_request_
 ) -> None:
     await publish_failing_over(client, admin, first="status:500:2", spare="status:500:1")
     await check_error_rates(client, admin)
+
+
+async def test_a_failover_of_an_experiment_variants_config_is_a_failed_request_of_that_configs_backend(
+    client: Client, admin: dict[str, str], clean_database: AsyncEngine
+) -> None:
+    """The variant's config ran first, not the prompt version's (both fall back to ``spare``)."""
+    await publish(client, admin, backend="steady", model=unique("ok"), config="spare", prompt=None)
+    await publish(client, admin, backend="steady", model=unique("ok"), fallback={"name": "spare"})
+    variant = {"config": "variant", "prompt": None, "fallback": {"name": "spare"}}
+    await publish(client, admin, backend="fragile", model=unique("status:500:all"), **variant)
+    await make_metric(client, admin, "converted")
+    await make_experiment(
+        client,
+        admin,
+        "tone",
+        PROMPT,
+        variants=[
+            {"key": "c", "prompt_version": 1},
+            {"key": "t", "prompt_version": 1, "config": {"name": "variant", "version": 1}},
+        ],
+        forced_variants={"unit-t": "t"},
+    )
+    rule = await create_rule(client, admin, "by-backend", "error_rate", threshold=0.5, min_count=1, group_by="backend")
+    body = {"variables": {"name": "Ada"}, "unit": "unit-t"}
+    response = await client.post(f"/v1/prompts/{PROMPT}/complete", json=body, headers=admin)
+    assert response.status_code == 200, response.text
+    assert response.json()["fallback_used"] is True
+
+    assert fired(await evaluate(client, FakeClock()), {"by-backend": rule}) == {"by-backend": ["fragile"]}
+    assert await incident_values(client, admin) == {("by-backend", "fragile"): 1.0}
+
+
+async def test_a_failover_of_an_eval_runs_config_is_a_failed_request_of_that_configs_backend(
+    client: Client, admin: dict[str, str], clean_database: AsyncEngine
+) -> None:
+    """A run's config is neither the prompt version's nor a variant's: the one backend falling back to ``spare``."""
+    await publish(client, admin, backend="steady", model=unique("ok"), config="spare", prompt=None)
+    await publish(client, admin, backend="steady", model=unique("ok"))
+    chosen = {"config": "chosen", "prompt": None, "fallback": {"name": "spare"}}
+    await publish(client, admin, backend="fragile", model=unique("status:500:all"), **chosen)
+    rule = await create_rule(client, admin, "by-backend", "error_rate", threshold=0.5, min_count=1, group_by="backend")
+    await dataset(client, admin, "cases", [{"variables": {"name": "Ada"}, "expected": "x"}])
+    run = await start_run(
+        client, admin, prompt=PROMPT, version=1, config={"name": "chosen", "version": 1}, dataset={"name": "cases"}
+    )
+    assert (await finished(client, admin, run["id"]))["status"] == "completed"
+
+    assert fired(await evaluate(client, FakeClock()), {"by-backend": rule}) == {"by-backend": ["fragile"]}
+    assert await incident_values(client, admin) == {("by-backend", "fragile"): 1.0}
 
 
 async def test_a_failover_after_the_first_backend_spent_tokens_is_a_failed_request_of_it(
