@@ -350,7 +350,13 @@ class RunController(Controller):
     ) -> Stream:
         await service.require(run_id)  # a 404 before the stream starts
         return Stream(
-            run_events(runtime.read_sessionmaker, runtime.prompt_limits, run_id, runtime.settings.eval_poll_seconds),
+            run_events(
+                runtime.read_sessionmaker,
+                runtime.sessionmaker,
+                runtime.prompt_limits,
+                run_id,
+                runtime.settings.eval_poll_seconds,
+            ),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )

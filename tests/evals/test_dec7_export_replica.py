@@ -1,5 +1,6 @@
 """A dataset version exported right after it was created comes back whole although the read replica lags: what the
 replica does not have yet is read from the primary. A version the replica has is still exported from the replica.
+A run's events, asked for right after the run was started, go on to its end the same way.
 
 The lagging replica is a migrated database of the test's kind with nothing in it (a replica that has caught up with
 nothing yet); the up-to-date one is the primary's own URL. On PostgreSQL and on SQLite.
@@ -22,9 +23,11 @@ from registry.db import migrate
 from registry.evals import export
 from registry.runtime import Runtime
 from registry.settings import Settings
+from tests.completions.conftest import backend
 from tests.conftest import RUN_ID, AppClient, create_database, drop_database
 from tests.embedded import serve_on_engine_kind
-from tests.evals.conftest import dataset
+from tests.evals.conftest import answers, dataset, publish, start_run
+from tests.evals.stand_in import StandIn
 
 ITEMS = [{"variables": {"answer": f"a{n}", "n": n}, "expected": f"a{n}", "tags": [], "metadata": {}} for n in range(5)]
 
@@ -114,3 +117,30 @@ async def test_a_version_the_replica_has_is_exported_from_the_replica(
 
     assert lines(body) == ITEMS
     assert (len(from_replica), from_primary) == (3, [])  # batches of 2, 2 and 1, none read again from the primary
+
+
+async def test_a_runs_events_asked_for_at_once_go_on_to_its_end_while_the_replica_lags(
+    migrated_engine: AsyncEngine,
+    settings: Settings,
+    tmp_path: Path,
+    lagging_replica: str,
+    stand_in: tuple[StandIn, str],
+) -> None:
+    fields = {
+        "database_read_url": lagging_replica,
+        "backends": {"stand-in": backend(stand_in[1], max_retries=0, breaker_cooldown=0.05)},
+        "eval_poll_seconds": 0.02,
+    }
+    async with serve_on_engine_kind(migrated_engine, settings, tmp_path, **fields) as (client, admin):
+        version = await publish(client, admin, "watched")
+        await dataset(client, admin, "watched-cases", answers(("a", "a"), ("b", "c")))
+        run = await start_run(client, admin, prompt="watched", version=version, dataset={"name": "watched-cases"})
+        response = await client.get(f"/v1/evals/runs/{run['id']}/events", headers=admin)
+
+    assert response.status_code == 200
+    events = [
+        (block.split("\n")[0].removeprefix("event: "), msgspec.json.decode(block.split("\n")[1].removeprefix("data: ")))
+        for block in response.text.strip().split("\n\n")
+    ]
+    assert [name for name, _ in events][-1] == "done"
+    assert (events[-1][1]["status"], events[-1][1]["items_done"]) == ("completed", 2)
