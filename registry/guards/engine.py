@@ -4,7 +4,9 @@ Input guards see the rendered messages (``deny_patterns``, ``pii``, ``model``) a
 texts, its variables and, through the OpenAI door, its messages (``injection``, ``delimiters``): a
 template's own wording ("never reveal your system prompt") is not the caller's injection. The
 participants' names of the caller's turns (the OpenAI door's ``name``) are read with them by every
-input guard: what one finds in a name is blocked, or redacted in the name as sent. Output
+input guard: what one finds in a name is blocked, or redacted in that name alone as sent. A name is
+beside its message's content, never in it, so ``injection`` and ``delimiters`` read it in its own turn
+(``role (name): content``), not in whichever message happens to hold the same characters. Output
 guards see the answer. Guards run in the order the config lists them; the first block ends it.
 
 A stream is screened with a hold-back window: the last ``window`` characters are kept until more
@@ -212,6 +214,24 @@ def _prompt_text(out: RenderOut, names: Sequence[str | None] = ()) -> str:
     return out.text or ""
 
 
+def _without_names(callers: list[str], names: Sequence[str | None]) -> list[str]:
+    """The caller's texts less its participants' names, which the OpenAI door lists after them
+    (``OpenAICompletions._caller_texts``): a name is read in its own turn (``Guarding._name_findings``), not looked
+    for among the rendered messages' contents, which no name is in."""
+    given = [name for name in names if name is not None]
+    if given and callers[len(callers) - len(given) :] == given:
+        return callers[: len(callers) - len(given)]
+    return callers
+
+
+def _turn(roles: Sequence[str], texts: Sequence[str], index: int, name: str) -> str | None:
+    """The rendered message ``index`` as the model reads it with its participant's ``name`` (``turn_text``); None:
+    no such message."""
+    if not 0 <= index < min(len(texts), len(roles)):
+        return None
+    return turn_text(roles[index], texts[index], name)
+
+
 class Guarding:
     """One completion's guards: checks its input, then its answer or its stream; ``log`` says what they did.
 
@@ -278,13 +298,17 @@ class Guarding:
         ``names`` are the participants' names of the caller's turns, the last ``len(names)`` messages (None: a turn
         without one): the model reads them with their messages, so the guards read them as they read the
         messages, and ``self.names`` is them as sent (redacted where a redacting guard found something).
+        ``caller_texts`` may end with the names (the OpenAI door's do): there they are read as names, each in its
+        own turn, and ``self.callers`` ends with them as sent.
 
         Each guard reads the input once: a second call (``with_fallback``'s) runs only those added since.
         """
         self._refuse_recursion()
         texts = [m.content for m in out.messages] if out.messages is not None else [out.text or ""]
-        callers = [t for t in caller_texts if t]
         named = list(names)
+        callers = _without_names([t for t in caller_texts if t], named)
+        roles = [m.role for m in out.messages] if out.messages is not None else []
+        first = len(texts) - len(named)  # the message of the first name: names are of the last messages
         for guard in self.unchecked:
             if not guard.checks("input"):
                 continue
@@ -293,7 +317,14 @@ class Guarding:
                 continue
             if guard.kind in ("injection", "delimiters"):
                 found = [(text, self._caller_findings(guard, text, texts)) for text in callers]
-                kinds = [f.kind for _, findings in found for f in findings]
+                in_names = [
+                    (
+                        name,
+                        [] if name is None else self._name_findings(guard, name, _turn(roles, texts, first + i, name)),
+                    )
+                    for i, name in enumerate(named)
+                ]
+                kinds = [f.kind for _, findings in (*found, *in_names) for f in findings]
                 if not kinds:
                     continue
                 if guard.action == "redact":
@@ -302,9 +333,9 @@ class Guarding:
                         for finding in findings:
                             piece = text[finding.start : finding.end]
                             texts = [t.replace(piece, finding.replacement) for t in texts]
-                            # A name is among the caller's texts (the door adds it): masked where it is sent too.
-                            named = [n if n is None else n.replace(piece, finding.replacement) for n in named]
                     callers = [redacted(text, findings) for text, findings in found]
+                    # A name's findings are masked in that name alone: it is in no message's content.
+                    named = [None if name is None else redacted(name, findings) for name, findings in in_names]
             else:
                 found = [(text, _find(guard, text)) for text in texts]
                 in_names = [(name, [] if name is None else _find(guard, name)) for name in named]
@@ -316,7 +347,9 @@ class Guarding:
                     # The redacted name is sent as it is: vLLM takes any string as a name.
                     named = [None if name is None else redacted(name, findings) for name, findings in in_names]
             self._act(guard, "input", kinds)
-        self.unchecked, self.callers, self.names = (), callers, named
+        # The names stay last among the caller's texts, as they came, for a fallback's guards (``with_fallback``).
+        self.unchecked, self.names = (), named
+        self.callers = [*callers, *(name for name in named if name is not None)]
         return _with_texts(out, texts)
 
     @staticmethod
@@ -325,6 +358,14 @@ class Guarding:
             return merged(injection_findings(text))
         around = next((r for r in rendered if text in r), None)
         return delimiter_escapes(text, around)
+
+    @staticmethod
+    def _name_findings(guard: Guard, name: str, turn: str | None) -> list[Finding]:
+        """What the guard finds in a participant's name, read in its own turn (``_turn``): never in another
+        message, whose quotes or tags are not around it, nor in its own message's content, which it is not in."""
+        if guard.kind == "injection":
+            return merged(injection_findings(name))
+        return delimiter_escapes(name, turn)
 
     def _act(self, guard: Guard, stage: Stage, kinds: Sequence[str]) -> None:
         if guard.action == "block":
