@@ -10,13 +10,15 @@ Each entry remembers its prompt and the ``unit_digest`` of the unit whose reques
 
 - turning the prompt's ``store_io`` off deletes the prompt's entries (``forget_prompt``, on the prompt's
   ``store_io_off`` change, which every replica hears once the change commits), and
+- the same for the entries of a prompt that read another's text: a model guard's classifier caches its verdicts
+  on the guarded prompt's text, so they are that prompt's entries too (``covering_prompts``) and go with them, and
 - erasing the unit (``erase_unit``, called by ``registry.experiments.privacy``) deletes the unit's.
 
 In Redis, an index per prompt and one per digest (sets of the keys stored) are written in the same script as the
 entry, their expiry pushed to the cache's TTL on each write, so they outlive every entry they name; this holds while
 Redis does not evict keys before they expire (``maxmemory-policy noeviction``, or memory enough): an eviction policy
 may drop an index before its entries, which then live on until their TTL. In-process, the entry itself carries its
-prompt and digest, and each replica drops its own entries when it hears of the change (``on_change``).
+prompts and digest, and each replica drops its own entries when it hears of the change (``on_change``).
 
 A completion may be in flight when its prompt's ``store_io`` goes off or its unit is erased, and try to store its
 answer after the deletion. So a deletion first leaves a tombstone (Redis key, or in-process) that refuses every
@@ -32,6 +34,8 @@ request asks the model again), and an identical request of another unit stores i
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from contextvars import ContextVar
 
 import msgspec
 import structlog
@@ -54,6 +58,11 @@ STORE_IO_ON = "store_io_on"
 # How long a deletion's tombstone refuses writes: longer than any completion runs (each attempt ends within its
 # backend's total_timeout, 120 s by default, and a completion makes at most a few, with its fallback's).
 IN_FLIGHT_SECONDS = ERASURE_IN_FLIGHT_SECONDS
+
+# The prompts whose storage policy covers what is cached meanwhile, beside the prompt that asks: set by a model guard
+# while its classifier runs (``registry.guards.engine``), since a verdict is on the guarded prompt's text. Its
+# entries are indexed under those prompts as well, so that prompt's ``store_io`` going off deletes them too.
+covering_prompts: ContextVar[tuple[str, ...]] = ContextVar("covering_prompts", default=())
 
 # KEYS: the entry, then (index, tombstone) for the prompt and for the unit where the write has them.
 # ARGV: the entry, its TTL in ms, its key, and how many (index, tombstone) pairs follow the entry in KEYS.
@@ -121,8 +130,8 @@ class ResponseCache:
         self._prompts = f"{prefix}completion-prompt:"  # + prompt name: the keys its requests stored
         self._erased = f"{prefix}completion-erased:"  # + "unit:" digest or "prompt:" name: a deletion's tombstone
         self.ttl = ttl
-        # key -> (entry, prompt, digest of the unit whose request stored it)
-        self._local: TTLCache[str, tuple[bytes, str | None, str | None]] = TTLCache(max_local)
+        # key -> (entry, the prompts whose storage policy covers it, digest of the unit whose request stored it)
+        self._local: TTLCache[str, tuple[bytes, tuple[str, ...], str | None]] = TTLCache(max_local)
         self._local_erased: TTLCache[str, bool] = TTLCache(max_local)  # in-process tombstones, named as in Redis
         self._write = None if redis is None else redis.register_script(_WRITE)
         self._purges: set[asyncio.Task[None]] = set()
@@ -146,17 +155,18 @@ class ResponseCache:
     async def set(
         self, key: str, value: CachedCompletion, *, unit: str | None = None, prompt: str | None = None
     ) -> None:
-        """Keep the answer, unless the prompt's entries or the unit's were deleted since it was asked for."""
+        """Keep the answer, unless the entries of its prompts (``prompt`` and the ``covering_prompts``) or its unit's
+        were deleted since it was asked for."""
         raw = _encoder.encode(value)
         digest = None if unit is None else unit_digest(unit)
-        indexed: list[tuple[str, str]] = []  # (index, tombstone mark) of the prompt and of the unit
-        if prompt is not None:
-            indexed.append((self._prompts + prompt, f"prompt:{prompt}"))
+        prompts = tuple(dict.fromkeys(p for p in (prompt, *covering_prompts.get()) if p))
+        indexed: list[tuple[str, str]] = []  # (index, tombstone mark) of each prompt and of the unit
+        indexed += [(self._prompts + name, f"prompt:{name}") for name in prompts]
         if digest is not None:
             indexed.append((self._units + digest, f"unit:{digest}"))
         if self._redis is None or self._write is None:
             if not any(self._local_erased.get(mark) for _, mark in indexed):
-                self._local.set(key, (raw, prompt, digest), self.ttl)
+                self._local.set(key, (raw, prompts, digest), self.ttl)
             return
         keys = [self._prefix + key]
         for index, mark in indexed:
@@ -181,9 +191,15 @@ class ResponseCache:
         await self._redis.delete(index)
         return deleted
 
-    def _forget_locally(self, mark: str, position: int, name: str) -> int:
+    def _forget_locally(self, mark: str, covers: Callable[[tuple[bytes, tuple[str, ...], str | None]], bool]) -> int:
         self._local_erased.set(mark, True, IN_FLIGHT_SECONDS)
-        return self._local.pop_values_where(lambda kept: kept[position] == name)
+        return self._local.pop_values_where(covers)
+
+    def _forget_prompt_locally(self, prompt: str) -> int:
+        return self._forget_locally(f"prompt:{prompt}", lambda kept: prompt in kept[1])
+
+    def _forget_unit_locally(self, digest: str) -> int:
+        return self._forget_locally(f"unit:{digest}", lambda kept: kept[2] == digest)
 
     async def erase_unit(self, unit: str) -> int:
         """Delete the entries stored from the unit's requests; returns how many were still there.
@@ -193,7 +209,7 @@ class ResponseCache:
         """
         digest = unit_digest(unit)
         if self._redis is None:
-            return self._forget_locally(f"unit:{digest}", 2, digest)
+            return self._forget_unit_locally(digest)
         try:
             return await self._delete_indexed(self._units + digest, f"unit:{digest}")
         except (RedisError, OSError) as exc:
@@ -237,12 +253,12 @@ class ResponseCache:
         """A unit, of ``unit_digest`` ``digest``, was erased: drop what this replica keeps in-process (Redis was
         cleared by the erasure)."""
         if self._redis is None:
-            self._forget_locally(f"unit:{digest}", 2, digest)
+            self._forget_unit_locally(digest)
 
     async def forget_prompt(self, prompt: str) -> int:
         """Delete the prompt's entries (its ``store_io`` went off); returns how many were there."""
         if self._redis is None:
-            return self._forget_locally(f"prompt:{prompt}", 1, prompt)
+            return self._forget_prompt_locally(prompt)
         return await self._delete_indexed(self._prompts + prompt, f"prompt:{prompt}")
 
     async def keep_prompt(self, prompt: str) -> int:
@@ -273,7 +289,7 @@ class ResponseCache:
             return
         if self._redis is None:
             if change.action == STORE_IO_OFF:
-                self._forget_locally(f"prompt:{change.name}", 1, change.name)
+                self._forget_prompt_locally(change.name)
             else:
                 self._local_erased.pop(f"prompt:{change.name}")
             return
