@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -10,6 +11,7 @@ import httpx
 import pytest
 from prompt_registry_client import (
     AsyncRegistryClient,
+    BatchPolicy,
     CachePolicy,
     NotFound,
     RegistryClient,
@@ -27,33 +29,68 @@ QUICK = RetryPolicy(attempts=3, backoff=0.001, max_backoff=0.01)
 PATIENT_FEED = CachePolicy(feed_read_timeout=3600.0)
 
 
-class HeldFeed:
-    """The registry, except that the change feed is never answered: it waits until its client hangs up."""
+class Holding:
+    """The registry, except that requests for ``path`` after the first ``answered`` are never answered: each
+    waits until its client hangs up."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, path: str, answered: int) -> None:
         self.app = app
+        self.path = path
+        self.answered = answered
         self.asked = 0
         self.hung_up = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/v1/changes":
+        if scope["type"] == "http" and scope["path"] == self.path:
             self.asked += 1
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            self.hung_up += 1
-            return
+            if self.asked > self.answered:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                self.hung_up += 1
+                return
         await self.app(scope, receive, send)
 
 
+HoldingFactory = Callable[..., tuple[str, Holding]]
+
+
 @pytest.fixture
-def held_feed(live: Live) -> Iterator[tuple[str, HeldFeed]]:
-    """A second instance of the live registry whose change feed never answers; yields its URL."""
-    held = HeldFeed(create_app(live.settings))
-    server = ThreadedServer(held)
+def holding(live: Live) -> Iterator[HoldingFactory]:
+    """Serve another instance of the live registry that holds ``path`` (after ``answered`` answers); its URL."""
+    servers: list[ThreadedServer] = []
+
+    def start(path: str, answered: int = 0) -> tuple[str, Holding]:
+        held = Holding(create_app(live.settings), path, answered)
+        servers.append(server := ThreadedServer(held))
+        return server.start(), held
+
     try:
-        yield server.start(), held
+        yield start
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+def silent_registry() -> Iterator[tuple[str, list[socket.socket]]]:
+    """A port that accepts every connection and never answers; yields its URL and the connections so far."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+    listener.close()
+    for connection in accepted:
+        connection.close()
 
 
 def closed_in_a_thread(close: Callable[[], None]) -> bool:
@@ -64,11 +101,15 @@ def closed_in_a_thread(close: Callable[[], None]) -> bool:
     return not closer.is_alive()
 
 
+def running(ident: int) -> bool:
+    return any(thread.ident == ident for thread in threading.enumerate())
+
+
 def test_close_wakes_a_feed_still_waiting_for_its_answer_and_leaves_no_thread_running(
-    live: Live, held_feed: tuple[str, HeldFeed]
+    live: Live, holding: HoldingFactory
 ) -> None:
-    url, held = held_feed
     live.prompt("dec7-held", text("v1"))
+    url, held = holding("/v1/changes")
     registry = RegistryClient(url, live.key, cache=PATIENT_FEED)
     assert registry.get_prompt("dec7-held").version == 1  # cached: the feed connects, and is never answered
     eventually(lambda: held.asked == 1, "the feed asking")
@@ -78,6 +119,23 @@ def test_close_wakes_a_feed_still_waiting_for_its_answer_and_leaves_no_thread_ru
     assert not watcher.is_alive(), "the feed's thread outlived the client's close"
     eventually(lambda: held.hung_up == 1, "the feed's connection closed")
     assert held.asked == 1, "the feed did not reconnect once closed"
+
+
+def test_close_wakes_a_feed_waiting_for_its_answer_on_a_connection_of_the_app_s_transport(
+    live: Live, holding: HoldingFactory
+) -> None:
+    """The app's transport pools the feed with the other requests: its connection may be one made before."""
+    live.prompt("dec7-pooled", text("v1"))
+    url, held = holding("/v1/changes")
+    recorder = Recorder()
+    registry = RegistryClient(url, live.key, transport=RecordingTransport(recorder), cache=PATIENT_FEED)
+    registry.get_prompt("dec7-pooled")
+    eventually(lambda: held.asked == 1, "the feed asking")
+    watcher = registry._watcher
+    assert watcher is not None
+    assert closed_in_a_thread(registry.close), "close waited for an answer the feed would never get"
+    assert not watcher.is_alive(), "the feed's thread outlived the client's close"
+    eventually(lambda: held.hung_up == 1, "the feed's connection closed")
 
 
 def test_close_wakes_a_feed_that_is_reading_its_events(live: Live) -> None:
@@ -91,6 +149,51 @@ def test_close_wakes_a_feed_that_is_reading_its_events(live: Live) -> None:
     assert closed_in_a_thread(registry.close), "close waited for the feed's next event"
     assert not watcher.is_alive(), "the feed's thread outlived the client's close"
     assert recorder.tries("GET /v1/changes") == 1, "the feed did not reconnect once closed"
+
+
+def test_close_cuts_off_a_batch_stuck_past_the_close_timeout_and_leaves_no_sender_running(
+    silent_registry: tuple[str, list[socket.socket]],
+) -> None:
+    url, accepted = silent_registry
+    registry = RegistryClient(
+        url,
+        "prk_test",
+        timeout=httpx.Timeout(3600.0),  # the batch would wait this long for its answer
+        retries=RetryPolicy(attempts=3, backoff=0.001),
+        batches=BatchPolicy(flush_interval=0.01, close_timeout=0.05),
+        cache=NO_FEED,
+    )
+    registry.track("user-1", "score", 1.0)
+    eventually(lambda: bool(accepted), "the batch on its way")
+    sender = registry._sender
+    assert sender is not None
+    assert closed_in_a_thread(registry.close), "close waited out the batch's answer"
+    assert not sender.is_alive(), "the sender outlived the client's close"
+    assert len(accepted) == 1, "the batch was not tried again once cut off"
+    assert registry.pending_events == 1, "the batch cut off is counted as not sent"
+
+
+def test_close_cuts_off_a_background_refresh_the_registry_never_answers(live: Live, holding: HoldingFactory) -> None:
+    live.prompt("dec7-refresh", text("v1"))
+    url, held = holding("/v1/prompts/dec7-refresh", answered=1)
+    recorder = Recorder()
+    registry = RegistryClient(
+        url,
+        live.key,
+        transport=RecordingTransport(recorder),
+        timeout=httpx.Timeout(3600.0),
+        retries=RetryPolicy(attempts=2, backoff=0.001),
+        batches=BatchPolicy(close_timeout=0.05),
+        cache=CachePolicy(ttl=0.0, watch_changes=False),  # every get after the first refreshes in the background
+    )
+    registry.get_prompt("dec7-refresh")
+    assert registry.get_prompt("dec7-refresh").version == 1  # served at once; its refresh is never answered
+    eventually(lambda: held.asked == 2, "the background refresh asking")
+    refresher = [ident for key, ident in recorder.attempts if key == "GET /v1/prompts/dec7-refresh"][-1]
+    assert closed_in_a_thread(registry.close), "close waited out the refresh's answer"
+    assert not running(refresher), "the refresh's thread outlived the client's close"
+    eventually(lambda: held.hung_up == 1, "the refresh's connection closed")
+    assert recorder.tries("GET /v1/prompts/dec7-refresh") == 2, "the refresh was not tried again once cut off"
 
 
 # --------------------------------------------------------------------------- deletes whose first answer was lost

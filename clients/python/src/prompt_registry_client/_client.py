@@ -10,6 +10,7 @@ import logging
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Hashable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from types import TracebackType
@@ -152,13 +153,7 @@ class RegistryClient(BaseClient):
         self._http = httpx.Client(
             base_url=options.base_url, headers=options.headers, timeout=options.timeout, transport=transport
         )
-        # The change feed gets connections of its own, never a pooled one: close() learns each one's socket
-        # as it is made (httpcore's connect trace), so it can wake the feed even before the registry answers.
-        # An app's own transport is the feed's too (it is the app's seam); its socket is known once it answers.
-        self._feed_http = self._http
-        if transport is None:
-            self._feed_http = httpx.Client(timeout=options.timeout, limits=httpx.Limits(max_keepalive_connections=0))
-        self._core = options.core(self._http.build_request, on_cached=self._watch, on_queued=self._queued)
+        self._core = options.core(self._build, on_cached=self._watch, on_queued=self._queued)
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._closed = False
@@ -171,6 +166,10 @@ class RegistryClient(BaseClient):
         self._close_deadline = 0.0
         self._watcher: threading.Thread | None = None
         self._feed_socket: socket.socket | None = None  # the feed's connection, to wake its thread at close
+        # Every connection the client made (httpcore's connect trace), and whether close() cut them off: a thread
+        # waiting on the registry is woken by its socket being shut, not by a timeout, so none outlives close().
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._cut_off = threading.Event()
         self._at_exit = register_at_exit(self, RegistryClient.close)
 
     # -- prompts
@@ -331,7 +330,11 @@ class RegistryClient(BaseClient):
             return self._run(self._core.send_batches()) and self._core.outbox.pending == 0
 
     def close(self) -> None:
-        """Send what is queued (for up to ``BatchPolicy.close_timeout``), stop the background work, disconnect."""
+        """Send what is queued (for up to ``BatchPolicy.close_timeout``), stop the background work, disconnect.
+
+        What still waits on the registry then (a batch or a refresh it does not answer, the change feed) is
+        woken at once, not waited out, and no thread of the client's is left running when this returns.
+        """
         with self._lock:
             if self._closed:
                 return
@@ -346,7 +349,10 @@ class RegistryClient(BaseClient):
         sender = self._sender
         if sender is not None:
             self._send_now.set()
-            sender.join(self._options.batches.close_timeout + 1)
+            sender.join(self._until_close_deadline())
+            if sender.is_alive():  # a batch in flight to a registry that does not answer: not waited out
+                self._cut_off_background()
+                sender.join()
         elif self._core.outbox.pending:
             try:
                 self.flush()
@@ -354,17 +360,19 @@ class RegistryClient(BaseClient):
                 logger.error("could not send %d events before closing: %s", self._core.outbox.pending, exc)
         if self._executor is not None:
             # A refresh waiting on a registry that does not answer is not waited out (its tries' timeouts):
-            # the client is closed once the close timeout has passed, and the refresh ends at its next read.
+            # once the close timeout has passed it is cut off, and ends at once.
             self._executor.shutdown(wait=False, cancel_futures=True)
             with self._lock:
                 running = list(self._refreshes)
-            wait(running, timeout=max(self._close_deadline - time.monotonic(), 0.0))
+            wait(running, timeout=self._until_close_deadline())
+        # Whatever still waits on the registry is cut off now: the feed's answer on a pooled connection (its
+        # socket unknown to it until the answer comes), a refresh past the close timeout. The threads are then
+        # joined: none is left running on a closed client.
+        self._cut_off_background()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         if self._watcher is not None:
-            # Woken above wherever it waits (a pause, the registry's answer, the open feed): not a timeout's wait,
-            # and never a thread left running on a closed client.
             self._watcher.join()
-        if self._feed_http is not self._http:
-            self._feed_http.close()
         self._http.close()
         atexit.unregister(self._at_exit)
 
@@ -383,7 +391,43 @@ class RegistryClient(BaseClient):
         if isinstance(need, Spawn):
             self._spawn(need)
             return None
+        if isinstance(need, Sleep):  # a retry's pause ends when close() cuts off the work waiting on it
+            self._cut_off.wait(need.seconds)
+            return None
+        if isinstance(need, Send) and self._cut_off.is_set() and not self._http.is_closed:
+            raise httpx.ConnectError("the client is closing: the request was not sent", request=need.request)
         return satisfy_sync(self._http, need)
+
+    def _build(self, method: str, url: str, **options: Any) -> httpx.Request:
+        """A request whose connection, if it makes one, is known to close() (see ``_trace``)."""
+        request = self._http.build_request(method, url, **options)
+        request.extensions["trace"] = self._trace
+        return request
+
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace of a request: the socket of each connection, as soon as it is made (or made TLS)."""
+        if not event.endswith(".complete"):
+            return
+        sock = _socket_of(info.get("return_value"))
+        if sock is None:
+            return
+        with self._lock:
+            self._sockets.add(sock)
+            cut_off = self._cut_off.is_set()
+        if cut_off:  # made after close() cut the others off
+            _wake(sock)
+
+    def _until_close_deadline(self) -> float:
+        return max(self._close_deadline - time.monotonic(), 0.0)
+
+    def _cut_off_background(self) -> None:
+        """Wake every thread waiting on the registry: shut the client's connections, end the retries' pauses."""
+        with self._lock:
+            self._cut_off.set()
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _wake(sock)
+        self._send_now.set()  # the sender's pause before its next try
 
     def _spawn(self, need: Spawn) -> None:
         with self._lock:
@@ -432,7 +476,7 @@ class RegistryClient(BaseClient):
                 logger.warning("could not send events: %r", exc)
                 sent = False
             failures = 0 if sent else failures + 1
-            if closing and (sent or time.monotonic() > self._close_deadline):
+            if closing and (sent or self._cut_off.is_set() or time.monotonic() > self._close_deadline):
                 if not sent:
                     logger.error("closing with %d events not sent", self._core.outbox.pending)
                 return
@@ -480,7 +524,8 @@ class RegistryClient(BaseClient):
             _wake(sock)
 
     def _feed_trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpcore's trace of the feed's request: its connection, as soon as it is made (or made TLS)."""
+        """The feed's connection, as soon as it is made: close() wakes the feed at once, before its answer."""
+        self._trace(event, info)
         if event.endswith(".complete"):
             self._hold_feed(info.get("return_value"))
 
@@ -490,7 +535,7 @@ class RegistryClient(BaseClient):
         request = self._core.feed_request()
         request.extensions["trace"] = self._feed_trace
         try:
-            response = self._feed_http.send(request, stream=True)
+            response = self._http.send(request, stream=True)
             try:
                 self._hold_feed(response.extensions.get("network_stream"))  # a pooled connection: known only now
                 if self._closing.is_set():

@@ -103,7 +103,8 @@ class BatchPolicy:
 
     A batch leaves every ``flush_interval`` seconds, or at once when ``max_batch`` are
     waiting. At most ``max_pending`` wait (more are dropped and counted: the app never
-    blocks); ``close()`` and interpreter exit send what is left, for up to ``close_timeout``.
+    blocks); ``close()`` and interpreter exit send what is left, for up to ``close_timeout``
+    (a batch still waiting for its answer then is given up, and counted as not sent).
     """
 
     flush_interval: float = 1.0
