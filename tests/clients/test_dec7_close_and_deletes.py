@@ -315,3 +315,63 @@ def test_a_delete_a_proxy_gave_up_on_is_retried_and_done_when_the_retry_finds_it
     with RegistryClient("http://registry.test", "prk_test", transport=transport, cache=NO_FEED, retries=QUICK) as r:
         assert r.delete_webhook(7) is None
     assert [request.method for request in sent] == ["DELETE", "DELETE"]
+
+
+# --------------------------------------------------------------------------- idempotent calls whose answer was lost
+
+
+def test_disabling_a_webhook_whose_answer_was_lost_is_retried_and_done(live: Live) -> None:
+    """Disabling (or enabling) again changes nothing: a lost answer is retried instead of raised."""
+    recorder = Recorder()
+    transport = RecordingTransport(recorder, lose_answer=first_answer_lost("PATCH"))
+    with RegistryClient(live.url, live.key, transport=transport, cache=NO_FEED, retries=QUICK) as registry:
+        webhook_id = registry.create_webhook("http://127.0.0.1:9/dec7-disabled", ["*"])["webhook"]["id"]
+        disabled = registry.disable_webhook(webhook_id)
+        assert disabled["enabled"] is False
+        assert [w["id"] for w in registry.list_webhooks(enabled=False)] == [webhook_id]
+    assert recorder.statuses[f"PATCH /v1/webhooks/{webhook_id} 200"] == 2, "done, then found done"
+
+
+@pytest.mark.parametrize(
+    ("call", "method", "answer"),
+    [
+        (lambda r: r.enable_webhook(7), "PATCH", {"id": 7, "enabled": True}),
+        (lambda r: r.disable_webhook(7), "PATCH", {"id": 7, "enabled": False}),
+        (lambda r: r.cancel_eval_run(3), "POST", {"id": 3, "status": "cancelled"}),
+        (
+            lambda r: r.record_events([{"unit": "u", "metric": "m", "value": 1.0, "idempotency_key": "k1"}]),
+            "POST",
+            {"items": [{"status": "duplicate"}]},
+        ),
+    ],
+    ids=["enable webhook", "disable webhook", "cancel eval run", "record events by key"],
+)
+def test_a_call_that_is_safe_to_repeat_is_retried_after_a_lost_answer(
+    call: Callable[[RegistryClient], Any], method: str, answer: dict[str, Any]
+) -> None:
+    sent: list[httpx.Request] = []
+
+    def lossy(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if len(sent) == 1:
+            raise httpx.ReadError("the answer was lost on the way back", request=request)
+        return httpx.Response(200, json=answer)
+
+    transport = httpx.MockTransport(lossy)
+    with RegistryClient("http://registry.test", "prk_test", transport=transport, cache=NO_FEED, retries=QUICK) as r:
+        assert call(r) == answer
+    assert [request.method for request in sent] == [method, method]
+
+
+def test_a_post_that_is_not_safe_to_repeat_raises_after_a_lost_answer_and_is_sent_once() -> None:
+    sent: list[httpx.Request] = []
+
+    def lossy(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        raise httpx.ReadError("the answer was lost on the way back", request=request)
+
+    transport = httpx.MockTransport(lossy)
+    registry = RegistryClient("http://registry.test", "prk_test", transport=transport, cache=NO_FEED, retries=QUICK)
+    with registry, pytest.raises(ServiceUnavailable):
+        registry.redeliver(7, 42)
+    assert len(sent) == 1, "a redelivery sends the event again: a retry would send it twice"

@@ -570,8 +570,12 @@ class AsyncRegistryClient(BaseClient):
         return await self._json("GET", f"/v1/experiments/{encode_name(key)}")
 
     async def record_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
-        """Record outcome events now (up to 1000); each item of the answer says accepted, duplicate or rejected."""
-        return await self._json("POST", "/v1/events", json={"events": events})
+        """Record outcome events now (up to 1000); each item of the answer says accepted, duplicate or rejected.
+
+        Retried after a lost answer: each event's ``idempotency_key`` keeps it from counting twice (the
+        answer then says duplicate for those the lost try recorded).
+        """
+        return await self._json("POST", "/v1/events", json={"events": events}, idempotent=True)
 
     async def resolve(
         self, name: str, resource: Resource = "prompts", *, label: str | None = None, version: int | None = None
@@ -641,10 +645,10 @@ class AsyncRegistryClient(BaseClient):
         await self.request("POST", f"/v1/webhooks/{webhook_id}/ping")
 
     async def enable_webhook(self, webhook_id: int) -> dict[str, Any]:
-        return await self._json("PATCH", f"/v1/webhooks/{webhook_id}", json={"enabled": True})
+        return await self._json("PATCH", f"/v1/webhooks/{webhook_id}", json={"enabled": True}, idempotent=True)
 
     async def disable_webhook(self, webhook_id: int) -> dict[str, Any]:
-        return await self._json("PATCH", f"/v1/webhooks/{webhook_id}", json={"enabled": False})
+        return await self._json("PATCH", f"/v1/webhooks/{webhook_id}", json={"enabled": False}, idempotent=True)
 
     def webhook_deliveries(self, webhook_id: int, *, status: str | None = None) -> AsyncIterator[dict[str, Any]]:
         return self._pages(f"/v1/webhooks/{webhook_id}/deliveries", {"status": status, "limit": 200})
@@ -781,7 +785,8 @@ class AsyncRegistryClient(BaseClient):
         return self._pages(f"/v1/evals/runs/{run_id}/items", {"failed": "true" if failed else None, "limit": 200})
 
     async def cancel_eval_run(self, run_id: int) -> dict[str, Any]:
-        return await self._json("POST", f"/v1/evals/runs/{run_id}/cancel")
+        """Cancel a queued or running run; retried after a lost answer (a run already ended is returned as it is)."""
+        return await self._json("POST", f"/v1/evals/runs/{run_id}/cancel", idempotent=True)
 
     async def compare_eval_runs(self, base: int, candidate: int) -> dict[str, Any]:
         return await self._json("GET", "/v1/evals/compare", params={"base": base, "candidate": candidate})

@@ -650,8 +650,12 @@ class RegistryClient(BaseClient):
         return self._json("POST", f"/v1/experiments/{encode_name(key)}/stop", json=body)
 
     def record_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
-        """Record outcome events now (up to 1000); each item of the answer says accepted, duplicate or rejected."""
-        return self._json("POST", "/v1/events", json={"events": events})
+        """Record outcome events now (up to 1000); each item of the answer says accepted, duplicate or rejected.
+
+        Retried after a lost answer: each event's ``idempotency_key`` keeps it from counting twice (the
+        answer then says duplicate for those the lost try recorded).
+        """
+        return self._json("POST", "/v1/events", json={"events": events}, idempotent=True)
 
     # -- more management: what the ``registry`` command offers product people and analysts
 
@@ -747,12 +751,18 @@ class RegistryClient(BaseClient):
         self.request("POST", f"/v1/webhooks/{webhook_id}/ping")
 
     def enable_webhook(self, webhook_id: int) -> dict[str, Any]:
-        """Deliver events to the webhook again from now on; deliveries that died while it was disabled stay dead."""
-        return self._json("PATCH", f"/v1/webhooks/{webhook_id}", json={"enabled": True})
+        """Deliver events to the webhook again from now on; deliveries that died while it was disabled stay dead.
+
+        Retried after a lost answer: the same state again changes nothing.
+        """
+        return self._json("PATCH", f"/v1/webhooks/{webhook_id}", json={"enabled": True}, idempotent=True)
 
     def disable_webhook(self, webhook_id: int) -> dict[str, Any]:
-        """Send the webhook nothing more; its waiting deliveries are marked dead (redeliver them later)."""
-        return self._json("PATCH", f"/v1/webhooks/{webhook_id}", json={"enabled": False})
+        """Send the webhook nothing more; its waiting deliveries are marked dead (redeliver them later).
+
+        Retried after a lost answer: the same state again changes nothing.
+        """
+        return self._json("PATCH", f"/v1/webhooks/{webhook_id}", json={"enabled": False}, idempotent=True)
 
     def webhook_deliveries(self, webhook_id: int, *, status: str | None = None) -> Iterator[dict[str, Any]]:
         """A webhook's delivery log, newest first."""
@@ -914,7 +924,8 @@ class RegistryClient(BaseClient):
             response.close()
 
     def cancel_eval_run(self, run_id: int) -> dict[str, Any]:
-        return self._json("POST", f"/v1/evals/runs/{run_id}/cancel")
+        """Cancel a queued or running run; retried after a lost answer (a run already ended is returned as it is)."""
+        return self._json("POST", f"/v1/evals/runs/{run_id}/cancel", idempotent=True)
 
     def compare_eval_runs(self, base: int, candidate: int) -> dict[str, Any]:
         """Two runs on the same dataset version item by item: McNemar, paired t, and the items that changed."""
