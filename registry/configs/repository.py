@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.orm import joinedload
 
 from registry.configs.models import ModelConfig, ModelConfigTransition, ModelConfigVersion
@@ -19,3 +20,17 @@ class ConfigRepository(VersionedRepository[ModelConfig, ModelConfigVersion, Mode
     transition_model = ModelConfigTransition
     parent_column = "config_id"
     version_options = CONFIG_VERSION_LOADS
+
+    async def archiving_action(self, version: ModelConfigVersion) -> str | None:
+        """How the version last entered ``archived``: ``promote`` (retired by someone) or ``displace`` (a newer
+        version took the state it held); None when no transition says so."""
+        model = ModelConfigTransition
+        query = (
+            select(model.action)
+            .where(model.config_id == version.config_id, model.version_number == version.number)
+            .where(model.to_state == "archived")
+            .order_by(model.id.desc())
+            .limit(1)
+        )
+        action: str | None = await self.session.scalar(query)
+        return action

@@ -12,7 +12,7 @@ from registry.configs.models import ModelConfig, ModelConfigTransition, ModelCon
 from registry.configs.repository import ConfigRepository
 from registry.configs.schemas import RESERVED_EXTRA_KEYS, ConfigRef, CreateConfigVersion, FieldChange
 from registry.guards.specs import guard_problems, guards_content
-from registry.lib.errors import FieldError, InvalidInputError, NotFoundError
+from registry.lib.errors import ConflictError, FieldError, InvalidInputError, NotFoundError
 from registry.lib.hashing import content_sha256
 from registry.lib.promotion import State
 from registry.lib.versioned import ResourceErrors, VersionedResourceService
@@ -34,6 +34,13 @@ class ConfigVersionNotFoundError(NotFoundError):
 
 
 CONFIG_ERRORS = ResourceErrors(ConfigNotFoundError, ConfigVersionNotFoundError, "config")
+
+
+class ConfigVersionArchivedError(ConflictError):
+    """The config version was retired (promoted to ``archived``): no traffic may be sent to it any more."""
+
+    type = "config_version_archived"
+    title = "Model config version archived"
 
 
 def config_content(data: CreateConfigVersion, fallback: ModelConfigVersion | None = None) -> dict[str, Any]:
@@ -121,7 +128,8 @@ def stored_content(version: ModelConfigVersion) -> dict[str, Any]:
 class ConfigService(VersionedResourceService[ModelConfig, ModelConfigVersion, ModelConfigTransition]):
     def __init__(self, session: AsyncSession, *, backends: Collection[str] = ()) -> None:
         """``backends``: the configured backend names new versions may use (none configured: any name)."""
-        super().__init__(session, ConfigRepository(session), change_kind="config", errors=CONFIG_ERRORS)
+        self.versions = ConfigRepository(session)
+        super().__init__(session, self.versions, change_kind="config", errors=CONFIG_ERRORS)
         self.backends = backends
 
     async def create_version(
@@ -193,6 +201,26 @@ class ConfigService(VersionedResourceService[ModelConfig, ModelConfigVersion, Mo
         except NotFoundError as exc:
             raise InvalidInputError(exc.detail, errors=[FieldError(field, exc.detail)]) from exc
         return version
+
+    async def refuse_archived(self, version: ModelConfigVersion | None, *, use: str, field: str = "config") -> None:
+        """Raise ``ConfigVersionArchivedError`` when ``version`` was retired: the one check of rollouts, experiments
+        and prompt promotions, so no new traffic goes to a config version someone took out of use.
+
+        Retired is archived by a promotion to ``archived``. A version archived because a newer one took the state it
+        held (``displace``) is superseded, not retired: the prompt versions pinned to it stay promotable, as the
+        config itself may be rolled back to it. ``use`` says what would run it; ``field`` names the request's field.
+        """
+        if version is None or version.state != State.ARCHIVED:
+            return
+        if await self.versions.archiving_action(version) == "displace":
+            return
+        name, number = version.config.name, version.number
+        raise ConfigVersionArchivedError(
+            f"config '{name}' version {number} is archived: {use} may not run it; name a version that is not archived",
+            errors=[FieldError(field, f"config '{name}' version {number} is archived")],
+            config=name,
+            config_version=number,
+        )
 
     async def diff(self, name: str, from_number: int, to_number: int) -> list[FieldChange]:
         config = await self.workflow.require(name)

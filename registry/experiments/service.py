@@ -331,13 +331,15 @@ class ExperimentService:
         prompt = await self.prompts.repository.get_resource(data.prompt)
         if prompt is None:
             problems.append(FieldError("prompt", f"no prompt is named '{data.prompt}'"))
-        variants = await self._variants(prompt, data.variants, problems)
+        configs: dict[int, ModelConfigVersion] = {}
+        variants = await self._variants(prompt, data.variants, problems, configs)
         problems += _namespace_problems(data.namespace)
         problems += _forced_problems(data.forced_variants, [v.key for v in data.variants])
         links = await self._metric_links(data.primary_metric, data.guardrail_metrics, problems)
         if problems:
             raise ExperimentInvalidError("the experiment is invalid", errors=problems)
         assert prompt is not None
+        await self._refuse_archived_configs(data.key, configs)
         if await self.repository.exists(data.key):
             raise ExperimentExistsError(f"an experiment named '{data.key}' already exists")
         experiment = Experiment(
@@ -371,8 +373,14 @@ class ExperimentService:
         return experiment
 
     async def _variants(
-        self, prompt: Prompt | None, specs: Sequence[VariantIn], problems: list[FieldError]
+        self,
+        prompt: Prompt | None,
+        specs: Sequence[VariantIn],
+        problems: list[FieldError],
+        configs: dict[int, ModelConfigVersion],
     ) -> list[ExperimentVariant]:
+        """The variants of ``specs``; each problem added to ``problems``, each named config to ``configs`` (by
+        the variant's index), for the caller to refuse an archived one once the input is valid."""
         keys = [v.key for v in specs]
         if len(set(keys)) != len(keys):
             problems.append(FieldError("variants", "variant keys must be unique"))
@@ -390,7 +398,7 @@ class ExperimentService:
                     versions.append((index, spec.key, version))
             if spec.config is not None:
                 try:
-                    config = await self.prompts.configs.resolve_ref(spec.config)
+                    config = configs[index] = await self.prompts.configs.resolve_ref(spec.config)
                 except InvalidInputError as exc:
                     problems.append(FieldError(f"variants[{index}].config", exc.detail))
             variants.append(
@@ -406,6 +414,13 @@ class ExperimentService:
             production = (await self.prompts.workflow.repository.holders(prompt.id)).get(State.PRODUCTION)
             problems += _variant_kind_problems(versions, production)
         return variants
+
+    async def _refuse_archived_configs(self, key: str, configs: Mapping[int, ModelConfigVersion | None]) -> None:
+        """Refuse (409) a variant whose config version was retired: its units would run a config taken out of use."""
+        for index, config in sorted(configs.items()):
+            await self.prompts.configs.refuse_archived(
+                config, field=f"variants[{index}].config", use=f"experiment '{key}'"
+            )
 
     async def _metric_links(
         self, primary: str | None, guardrails: Sequence[str], problems: list[FieldError]
@@ -492,8 +507,9 @@ class ExperimentService:
         problems: list[FieldError] = []
         variant_keys = [v.key for v in experiment.variants]
         variants = None
+        configs: dict[int, ModelConfigVersion] = {}
         if data.variants is not UNSET:
-            variants = await self._variants(experiment.prompt, data.variants, problems)
+            variants = await self._variants(experiment.prompt, data.variants, problems, configs)
             variant_keys = [v.key for v in data.variants]
         if data.weights is not UNSET and set(data.weights) != set(variant_keys):
             problems.append(FieldError("weights", f"give a weight for each variant: {', '.join(variant_keys)}"))
@@ -512,6 +528,7 @@ class ExperimentService:
             )
         if problems:
             raise ExperimentInvalidError("the update is invalid", errors=problems)
+        await self._refuse_archived_configs(experiment.key, configs)
         return _UpdatePlan(variants=variants, metrics=metrics)
 
     def _apply_traffic(self, experiment: Experiment, data: UpdateExperiment) -> _TrafficChange:
@@ -611,6 +628,8 @@ class ExperimentService:
             )
         await self._check_namespace(experiment)
         await self._check_variables(experiment)
+        # A config archived since the draft was saved: starting would send units to it.
+        await self._refuse_archived_configs(key, {i: v.config_version for i, v in enumerate(experiment.variants)})
         before = _snapshot(experiment)
         experiment.status = "running"
         experiment.started_at = experiment.updated_at = utcnow()

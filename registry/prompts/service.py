@@ -15,7 +15,9 @@ from registry.configs.models import ModelConfigVersion
 from registry.configs.service import ConfigService, diff_fields, stored_content
 from registry.lib.errors import FieldError, InvalidInputError
 from registry.lib.hashing import content_sha256
-from registry.lib.versioned import VersionedResourceService
+from registry.lib.promotion import HELD_STATES, State
+from registry.lib.versioned import Promotion, VersionedResourceService, VersionWorkflow
+from registry.lib.versioned_schemas import PromoteRequest
 from registry.prompts.errors import PROMPT_ERRORS, TemplateInvalidError
 from registry.prompts.models import Prompt, PromptTransition, PromptVersion
 from registry.prompts.repository import PromptRepository
@@ -67,11 +69,31 @@ def _config_used(version: ModelConfigVersion | None) -> ConfigUsed | None:
     return ConfigUsed(name=version.config.name, version=version.number, model=version.model)
 
 
+class PromptWorkflow(VersionWorkflow[Prompt, PromptVersion, PromptTransition]):
+    """The shared workflow, refusing to put a version whose config version was retired into staging or production:
+    every promotion (the API, the console, an experiment's winner, a rollout's end) comes through here."""
+
+    def __init__(self, session: AsyncSession, repository: PromptRepository, configs: ConfigService) -> None:
+        super().__init__(session, repository, change_kind="prompt", errors=PROMPT_ERRORS)
+        self.configs = configs
+
+    async def promote(self, name: str, number: int, request: PromoteRequest, actor: Actor) -> Promotion[PromptVersion]:
+        to = State(request.to)
+        if to in HELD_STATES:
+            version = await self.require_version(await self.require(name), number)
+            if version.state != to:  # already there: nothing moves, nothing new runs it
+                await self.configs.refuse_archived(
+                    version.config_version, use=f"prompt '{name}' version {number} in {to.value}"
+                )
+        return await super().promote(name, number, request, actor)
+
+
 class PromptService(VersionedResourceService[Prompt, PromptVersion, PromptTransition]):
     def __init__(self, session: AsyncSession, limits: PromptLimits) -> None:
         super().__init__(session, PromptRepository(session), change_kind="prompt", errors=PROMPT_ERRORS)
         self.limits = limits
         self.configs = ConfigService(session)
+        self.workflow = PromptWorkflow(session, PromptRepository(session), self.configs)
 
     async def update_prompt(
         self, name: str, actor: Actor, *, description: str | None, tags: list[str] | None, store_io: bool | None

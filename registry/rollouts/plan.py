@@ -7,11 +7,15 @@
 - ``next_action`` is what a check does, given the guardrails' decision: roll back at once when it says
   so; otherwise move on once the step has lasted its minimum duration and reached its minimum units
   (to the next step, or after the last one to the promotion), and hold until then.
+- ``lacking_data`` is the evidence a step needs besides its minimums: every guardrail observed in at least
+  one unit of each arm it compares (``MIN_OBSERVED``). A guardrail with no data cannot fail, so without this
+  a rollout whose metrics never arrived (a broken source, a metric nobody sends) would pass every step on
+  no evidence at all; it holds instead, saying which guardrail lacks data in which arm.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -79,6 +83,33 @@ def step_problems(steps: Sequence[Step]) -> list[tuple[str, str]]:
     return problems
 
 
+# Units of an arm with a value of a guardrail's metric (as its test counts them: every exposed unit for a metric that
+# counts a unit without events as 0, the units with a value otherwise) before the step may move on.
+MIN_OBSERVED = 1
+ARMS = ("production", "candidate")
+
+
+def lacking_data(observed: Mapping[str, Mapping[str, int]], arms: Sequence[str] = ARMS) -> dict[str, list[str]]:
+    """The guardrails (metric -> arms) with fewer than ``MIN_OBSERVED`` units in one of ``arms``.
+
+    ``observed`` maps each guardrail's metric to its units per arm in the current step; ``arms`` are the ones the
+    step compares (both, except at full share, where production has no traffic and the candidate alone is seen).
+    """
+    found: dict[str, list[str]] = {}
+    for metric, units in observed.items():
+        lacking = [arm for arm in arms if units.get(arm, 0) < MIN_OBSERVED]
+        if lacking:
+            found[metric] = lacking
+    return found
+
+
+def lacking_reasons(lacking: Mapping[str, Sequence[str]]) -> list[str]:
+    return [
+        f"guardrail '{metric}' has no data yet in the {' and the '.join(arms)} arm{'s' if len(arms) > 1 else ''}"
+        for metric, arms in lacking.items()
+    ]
+
+
 ActionKind = Literal["rollback", "hold", "advance", "promote"]
 
 
@@ -97,8 +128,10 @@ def next_action(
     now: datetime,
     units: int,
     decision: GuardrailDecision,
+    lacking: Mapping[str, Sequence[str]] | None = None,
 ) -> Action:
-    """What a check does at step ``current`` (started at ``started_at``, ``units`` seen in it so far)."""
+    """What a check does at step ``current`` (started at ``started_at``, ``units`` seen in it so far); ``lacking``:
+    the guardrails without data (``lacking_data``), which hold the step whatever its minimums."""
     if decision.rollback:
         return Action("rollback", current, decision.reasons)
     step = steps[current]
@@ -108,6 +141,7 @@ def next_action(
         waiting.append(f"{step.min_seconds - elapsed:.0f} s of the step's minimum duration left")
     if units < step.min_units:
         waiting.append(f"{step.min_units - units} of the step's minimum units to go")
+    waiting += lacking_reasons(lacking or {})
     if waiting:
         return Action("hold", current, waiting)
     if current == len(steps) - 1:

@@ -62,6 +62,22 @@ class RolloutEventOut(Output):
         return cls(at=event.at, action=event.action, step=event.step, actor=event.actor, detail=event.detail)
 
 
+class LackingDataOut(Output):
+    """A guardrail with no data yet in an arm at the current step: the rollout holds there until it has some."""
+
+    metric: str
+    arms: list[str]  # "production", "candidate"
+
+
+def lacking_data_of(rollout: Rollout) -> list[LackingDataOut]:
+    """What the latest check found lacking, while it speaks of the rollout's current step (a step moved by hand
+    has not been checked yet) and the rollout may still move."""
+    evidence = rollout.evidence or {}
+    if not rollout.active or evidence.get("step") != rollout.step:
+        return []
+    return [LackingDataOut(metric=item["metric"], arms=list(item["arms"])) for item in evidence.get("lacking_data", [])]
+
+
 class RolloutOut(Output):
     id: int
     prompt: str
@@ -84,6 +100,8 @@ class RolloutOut(Output):
     updated_at: datetime
     ended_at: datetime | None
     events: list[RolloutEventOut] | None = None
+    # The guardrails holding the current step for want of data (from the latest check; empty when none do).
+    lacking_data: list[LackingDataOut] = msgspec.field(default_factory=list)
 
     @classmethod
     def of(cls, rollout: Rollout, events: list[RolloutEvent] | None = None) -> RolloutOut:
@@ -104,6 +122,7 @@ class RolloutOut(Output):
             step_started_at=rollout.step_started_at,
             reason=rollout.reason,
             evidence=rollout.evidence,
+            lacking_data=lacking_data_of(rollout),
             created_at=rollout.created_at,
             created_by=rollout.created_by,
             updated_at=rollout.updated_at,

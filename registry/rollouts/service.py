@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.auth.audit import AuditLog
 from registry.auth.principal import Actor
+from registry.configs.models import ModelConfigVersion
 from registry.db.base import utcnow
 from registry.experiments.errors import ExperimentConflictError
 from registry.experiments.models import Experiment
@@ -40,7 +41,7 @@ from registry.prompts.models import PromptVersion
 from registry.prompts.schemas import LinkedConfig
 from registry.prompts.service import PromptLimits
 from registry.rollouts.models import Rollout, RolloutEvent
-from registry.rollouts.plan import Action, Step, next_action, step_problems
+from registry.rollouts.plan import ARMS, Action, Step, lacking_data, next_action, step_problems
 from registry.rollouts.repository import RolloutLeaseLostError, RolloutRepository
 from registry.rollouts.schemas import CreateRollout, GuardrailIn
 from registry.stats.guardrails import Guardrail, GuardrailDecision, decide, rollout_levels
@@ -158,12 +159,14 @@ class RolloutService:
                 )
             else:
                 guardrails.append(msgspec.structs.replace(guardrail, direction=metric.direction))
-        config_id: int | None = None
+        config_version: ModelConfigVersion | None = None
         if data.config is not None:
             try:
-                config_id = (await self.experiments.prompts.configs.resolve_ref(data.config)).id
+                config_version = await self.experiments.prompts.configs.resolve_ref(data.config)
             except InvalidInputError as refused:  # named as the rollout's field, not the backing experiment's
                 problems.append(FieldError("config", refused.detail))
+        config_id = config_version.id if config_version is not None else None
+        candidate: PromptVersion | None = None
         production = (await workflow.repository.holders(prompt.id)).get(State.PRODUCTION)
         if production is None:
             problems.append(FieldError("candidate_version", f"prompt '{name}' has no production version to compare"))
@@ -194,6 +197,15 @@ class RolloutService:
         if problems:
             raise InvalidInputError("the rollout is invalid", errors=problems)
         assert production is not None
+        # The config the candidate runs with (the one named, else its version's own) is the one the rollout's end
+        # promotes to production: a retired one is refused now, not after it has taken production's traffic.
+        configs = self.experiments.prompts.configs
+        if config_version is not None:
+            await configs.refuse_archived(config_version, use=f"a rollout of prompt '{name}'")
+        elif candidate is not None:
+            await configs.refuse_archived(
+                candidate.config_version, field="candidate_version", use=f"a rollout of prompt '{name}'"
+            )
         key = f"rollout-{secrets.token_hex(6)}"
         experiment = await self.experiments.create(
             CreateExperiment(
@@ -330,12 +342,20 @@ class RolloutService:
             await self._end(rollout, "rolled_back", unpromotable, CHECKER)
             return Action("rollback", rollout.step, [unpromotable])
         experiment = await self.experiments.require(rollout.experiment.key)
-        decision, units, totals = await self._decide(rollout, experiment)
+        decision, units, totals, observed = await self._decide(rollout, experiment)
+        # At full share production takes no traffic: the candidate alone must have been seen.
+        lacking = lacking_data(observed, ARMS if rollout.steps[rollout.step]["share"] < 1 else ("candidate",))
         steps = steps_of(rollout)
         action = next_action(
-            steps, rollout.step, started_at=rollout.step_started_at, now=now, units=sum(units), decision=decision
+            steps,
+            rollout.step,
+            started_at=rollout.step_started_at,
+            now=now,
+            units=sum(units),
+            decision=decision,
+            lacking=lacking,
         )
-        evidence = _evidence(rollout, decision, units, totals, action, now)
+        evidence = _evidence(rollout, decision, units, totals, action, now, observed, lacking)
         rollout.evidence = evidence
         if action.kind == "rollback":
             await self._end(rollout, "rolled_back", "; ".join(action.reasons), CHECKER, {"evidence": evidence})
@@ -347,17 +367,24 @@ class RolloutService:
             await self.session.flush()
         return action
 
-    async def _decide(self, rollout: Rollout, experiment: Experiment) -> tuple[GuardrailDecision, Units, Units]:
-        """The decision, the units of the current step, and the units of all steps together (per variant)."""
+    async def _decide(
+        self, rollout: Rollout, experiment: Experiment
+    ) -> tuple[GuardrailDecision, Units, Units, dict[str, dict[str, int]]]:
+        """The decision, the units of the current step, the units of all steps together (per variant), and each
+        guardrail's units per arm in the current step as its test counts them (the evidence a step needs)."""
         data = await self.experiments.phase_data(experiment, None)
         units = (data.units.get("production", 0), data.units.get("candidate", 0))
         earlier = await self._earlier_splits(experiment, data.phase)
         totals = (units[0] + sum(u[0] for u, _ in earlier), units[1] + sum(u[1] for u, _ in earlier))
         share = rollout.steps[rollout.step]["share"]
         previous = _previous_srm_p_value(rollout)
-        if share >= 1:  # no production arm left to compare with: the last step only waits out its minimums
-            return GuardrailDecision(False, [], previous, False), units, totals
         by_key = {m.key: m for m in data.metrics}
+        observed = {
+            g["metric"]: {arm: variant_arm(data, by_key[g["metric"]], arm, False).n for arm in ARMS}
+            for g in rollout.guardrails
+        }
+        if share >= 1:  # no production arm left to compare with: the step waits out its minimums and the data
+            return GuardrailDecision(False, [], previous, False), units, totals, observed
         arms = [
             (
                 Guardrail(g["metric"], g["direction"] == "lower", g["tolerance"], g["relative"]),
@@ -378,7 +405,7 @@ class RolloutService:
             earlier_splits=[(u, w) for u, w in earlier if min(w) > 10 * MIN_WEIGHT],
             previous_srm_p_value=previous,
         )
-        return decision, units, totals
+        return decision, units, totals, observed
 
     async def _earlier_splits(self, experiment: Experiment, current: int) -> list[tuple[Units, tuple[float, float]]]:
         """Each earlier step's units (production, candidate) and weights, as its phase of the experiment recorded them.
@@ -509,7 +536,14 @@ def _previous_srm_p_value(rollout: Rollout) -> float:
 
 
 def _evidence(
-    rollout: Rollout, decision: GuardrailDecision, units: Units, totals: Units, action: Action, now: datetime
+    rollout: Rollout,
+    decision: GuardrailDecision,
+    units: Units,
+    totals: Units,
+    action: Action,
+    now: datetime,
+    observed: dict[str, dict[str, int]],
+    lacking: dict[str, list[str]],
 ) -> dict[str, Any]:
     return {
         "checked_at": now.isoformat(),
@@ -531,6 +565,9 @@ def _evidence(
             }
             for c in decision.checks
         ],
+        # Each guardrail's units with a value per arm in the current step, and those without data that hold it.
+        "observed": observed,
+        "lacking_data": [{"metric": metric, "arms": arms} for metric, arms in lacking.items()],
         "action": action.kind,
         "reasons": action.reasons,
     }

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
 
 from registry.rollouts.plan import Action
 from registry.settings import Settings
-from tests.experiments.conftest import Client, in_app, runtime_of, settle
+from tests.experiments.conftest import Client, flush_and_aggregate, in_app, runtime_of, settle
 from tests.experiments.conftest import fault as fault  # the stand-in backend, for the simulations
 from tests.experiments.test_completion_metrics import fold_in as fold_in  # exposures, then completions
 from tests.rollouts.simulation import FakeClock, ok
@@ -33,6 +34,23 @@ async def start_rollout(client: Client, headers: dict[str, str], prompt: str = "
     rollout = await ok(await client.post(f"/v1/prompts/{prompt}/rollouts", json=body, headers=headers), 201)
     await settle(client)
     return rollout
+
+
+async def data_in_arms(
+    client: Client, headers: dict[str, str], arms: tuple[str, ...] = ("production", "candidate"), prompt: str = "greet"
+) -> None:
+    """New units rendered until the current step has one in each of ``arms``, folded into the statistics: the
+    evidence a step needs to move on (a zero-filled guardrail, as ``converted`` is, counts every exposed unit).
+    At full share production has no traffic: pass ``("candidate",)``."""
+    seen: set[str] = set()
+    for _ in range(5000):
+        body = {"variables": {"x": "hi"}, "unit": f"unit-{uuid.uuid4().hex}"}
+        rendered = await ok(await client.post(f"/v1/prompts/{prompt}/render", json=body, headers=headers))
+        seen.add(rendered["experiment"]["variant"])
+        if seen >= set(arms):
+            break
+    assert seen >= set(arms)
+    await flush_and_aggregate(client)
 
 
 async def check(client: Client, rollout_id: int, clock: FakeClock) -> Action | None:

@@ -24,7 +24,7 @@ from tests.experiments.conftest import (
     settle,
     until_running_here,
 )
-from tests.rollouts.conftest import STEPS, FakeClock, ok, start_rollout
+from tests.rollouts.conftest import STEPS, FakeClock, data_in_arms, ok, start_rollout
 
 UNITS = [f"user-{i}" for i in range(120)]
 
@@ -138,6 +138,7 @@ async def test_every_unit_sees_one_version_on_both_replicas_at_every_step_and_ac
         for replica in (first, second):
             await until_running_here(replica, key)
         await same_on_both(first, second, 0)
+        await data_in_arms(first, setup)  # the guardrail's data in each arm: the step then waits out its minimum
         clock.advance(61)
         assert await worker_check(worker, rollout["id"], clock) == "advance"
         before_restart = await same_on_both(first, second, 1)
@@ -148,12 +149,15 @@ async def test_every_unit_sees_one_version_on_both_replicas_at_every_step_and_ac
             assert await versions(replica, setup) == before_restart
         # The old worker's lease runs out; the new one takes the rollout over where it was.
         clock.advance(runtime_of(worker.app).rollouts.lease.total_seconds() + 1)
+        await data_in_arms(first, setup)
         assert await worker_check(worker, rollout["id"], clock) == "advance"
         await same_on_both(first, second, 2)
+        await data_in_arms(first, setup)
         clock.advance(61)
         assert await worker_check(worker, rollout["id"], clock) == "advance"
         at_full = await same_on_both(first, second, 3)
         assert {version for version, _ in at_full.values()} == {2}
+        await data_in_arms(first, setup, ("candidate",))  # at full share the candidate alone takes traffic
         clock.advance(61)
         assert await worker_check(worker, rollout["id"], clock) == "promote"
         for replica in (first, second):  # promoted: version 2 is production, for every unit, outside any experiment

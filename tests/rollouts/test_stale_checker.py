@@ -4,9 +4,9 @@ Two checkers share a fake clock, so a lease runs out when the test moves the clo
 waits. The first takes the lease and stops before its check's transaction (an ``asyncio.Event``); the
 second, of another name or of the first's own (a restarted process keeping its hostname), is refused while
 that lease is live, takes the rollout over once it has run out and advances it; then the first goes on.
-The plan's steps have no minimums, so every check that acts advances: a stalled checker that acted (at the
-time it goes on, the second's) would advance the rollout a second time, with a second event in its history
-and in the webhooks' outbox. On PostgreSQL and on SQLite.
+The plan's steps have no minimums and each step is given its guardrail's data, so every check that acts
+advances: a stalled checker that acted (at the time it goes on, the second's) would advance the rollout a
+second time, with a second event in its history and in the webhooks' outbox. On PostgreSQL and on SQLite.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from registry.settings import Settings
 from tests.conftest import count_rows
 from tests.embedded import serve_on_engine_kind
 from tests.experiments.conftest import Client, make_metric, make_prompt, runtime_of
-from tests.rollouts.conftest import start_rollout
+from tests.rollouts.conftest import data_in_arms, start_rollout
 from tests.rollouts.simulation import FakeClock, ok
 
 INTERVAL = 1000.0  # the checkers' lease is three intervals: it runs out only when the test moves the clock
@@ -80,6 +80,7 @@ async def test_a_stalled_checker_that_was_taken_over_changes_nothing(
     await make_prompt(client, admin, "greet")
     await make_metric(client, admin, "converted")
     rollout = await start_rollout(client, admin)  # four steps, none with a minimum
+    await data_in_arms(client, admin)  # the guardrail's data in each arm: only the lease holds the step
     runtime = runtime_of(client.app)
     clock = FakeClock()
     parts = (runtime.sessionmaker, runtime.bus, runtime.prompt_limits)
@@ -108,6 +109,7 @@ async def test_a_stalled_checker_that_was_taken_over_changes_nothing(
 
     # The second holds the lease and goes on; the first (of its name or not) cannot take it while it is live.
     assert await first.check(rollout["id"]) is None
+    await data_in_arms(client, admin)
     assert (await second.check(rollout["id"])) == Action("advance", 2)
     assert await column(migrated_engine, "SELECT step FROM rollouts") == [2]
     assert await rollout_outbox(migrated_engine) == ["rollout.started", "rollout.advanced", "rollout.advanced"]
