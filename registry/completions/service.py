@@ -93,7 +93,8 @@ from registry.prompts.traced import rendered_attributes, traced_render
 
 logger = structlog.get_logger("registry.completions")
 
-# Failures of the backend side: recorded as errored completions. Input errors are not recorded.
+# Failures of the backend side: recorded as errored completions. Input errors are not recorded, unless the run's
+# earlier attempts spent tokens first (``CompletionService._refused``).
 RECORDED_ERRORS = (UpstreamError, CircuitOpenError, BackendBusyError, BackendNotConfiguredError)
 # Failures after which the config's fallback is tried (nothing was streamed yet).
 FALLBACK_ERRORS = (CircuitOpenError, UpstreamTimeoutError, UpstreamUnavailableError)
@@ -153,12 +154,19 @@ class Run:
     ttft: float | None = None
     latency: float | None = None
     parts: list[str] = field(default_factory=list)
-    sent: bool = False  # a backend took the request: one left before any usage came is charged its prompt
+    sent: bool = False  # a backend took the attempt under way: it reads the prompt from then on
+    # Input tokens the failed attempts on the run's config reported (``attempt_failed``), and how many of them a
+    # backend took without reporting any: each read the prompt all the same, counted once the run ends (``unread``).
+    reported_input: int = 0
+    unreported: int = 0
+    streamed: bool = False  # the attempt under way or last sent its first token (``absorb``)
     recorded: bool = False
     # What an attempt given up mid-answer generated (its fallback answered instead): spent all the same, at the
     # prices of its config (``set_aside_config``), under which usage by config counts it.
     set_aside: Spend = field(default_factory=Spend)
     set_aside_config: LinkedConfig | None = None
+    set_aside_plan: Plan | None = None
+    set_aside_unreported: int = 0  # its attempts a backend took without reporting usage (``unread``)
     reservation: Reservation | None = None  # held against the key's budget until the run is recorded
 
     @property
@@ -184,20 +192,70 @@ class Run:
         """A backend took the request (``UpstreamClient.open_stream``): it reads the prompt from here on."""
         self.sent = True
 
+    def attempt_failed(self, input_tokens: int, output_tokens: int) -> None:
+        """An attempt failed before its first token (``UpstreamClient.open_stream``); ``input_tokens`` and
+        ``output_tokens`` are what the run's attempts on this config reported so far. Kept as they come, not only
+        from the error that ends the run: a caller who leaves during the retry, or a retry refused as too long
+        (``ContextLengthExceededError``, which carries none), is charged them all the same. An attempt the backend
+        took without reporting its prompt read it anyway: its prompt is counted when the run ends (``unread``)."""
+        if self.sent and input_tokens == self.reported_input:
+            self.unreported += 1
+        self.sent = False  # the retry has not been taken yet
+        self.input_tokens = self.reported_input = input_tokens
+        self.output_tokens = output_tokens
+
+    def unreported_attempts(self, *, left: bool = False) -> int:
+        """The attempts on the run's config a backend took and reported no usage for: the failed ones, and the one
+        under way or last if it ended before its first token (timed out, say) or was ``left`` by the caller. One
+        that broke off after its first token with no usage (a backend that reports it only at the end) is charged
+        what it reported."""
+        unread = self.sent and self.input_tokens == self.reported_input and (left or not self.streamed)
+        return self.unreported + unread
+
+    def unread(self) -> list[tuple[Plan, int]]:
+        """The plans whose prompts a backend read without reporting them, and how many times each: charged once
+        counted (``registry.completions.prefill``). The config set aside (``set_aside_attempt``) comes first."""
+        now = self.unreported_attempts(left=self.status == "cancelled")
+        plans = [(self.set_aside_plan, self.set_aside_unreported), (self.plan, now)]
+        return [(plan, times) for plan, times in plans if plan is not None and times]
+
+    def charge_unread(self, unread: Sequence[tuple[Plan, int]], counts: Sequence[int]) -> None:
+        """Charge each of ``unread``'s prompts (``count`` tokens) as often as a backend read it, at its config's
+        prices; the set-aside config's part stays in ``set_aside``."""
+        for (plan, times), count in zip(unread, counts, strict=True):
+            if plan is self.plan:
+                self.input_tokens += times * count
+                continue
+            config, tokens = plan.config, times * count
+            cost = completion_cost(
+                tokens,
+                0,
+                input_price_per_mtok=config.input_price_per_mtok,
+                output_price_per_mtok=config.output_price_per_mtok,
+            )
+            self.set_aside += Spend(tokens, 0, cost)
+
     def set_aside_attempt(self) -> None:
         """Start the answer again on another config: the text goes, what it cost stays charged."""
         self.set_aside = self.spend()
         self.set_aside_config = self.plan.config
-        self.input_tokens = self.output_tokens = 0
-        self.sent = False  # the next backend has not taken it yet
+        self.set_aside_plan, self.set_aside_unreported = self.plan, self.unreported_attempts()
+        self.input_tokens = self.output_tokens = self.reported_input = self.unreported = 0
+        self.sent = self.streamed = False  # the next backend has not taken it yet
         self.finish_reason = None
         self.parts.clear()
+
+    def spent_any(self) -> bool:
+        """Whether any attempt so far spent tokens: reported, or a prompt a backend took (``unread``)."""
+        spend = self.spend()
+        return bool(spend.input_tokens or spend.output_tokens or self.unread())
 
     def absorb_failure(self, error: UpstreamError) -> None:
         """The attempt failed before its first token: what its backend reported spending (a prefill) is charged."""
         self.input_tokens, self.output_tokens = error.input_tokens, error.output_tokens
 
     def absorb(self, upstream: UpstreamStream) -> None:
+        self.streamed = True
         self.finish_reason = upstream.finish_reason
         self.input_tokens = upstream.input_tokens
         self.output_tokens = upstream.output_tokens
@@ -468,7 +526,9 @@ class CompletionService:
     async def _start(self, run: Run) -> UpstreamStream:
         plan = run.plan
         try:
-            return await self.upstream.open_stream(plan.backend, plan.path, plan.payload, accepted=run.accepted)
+            return await self.upstream.open_stream(
+                plan.backend, plan.path, plan.payload, accepted=run.accepted, attempt_failed=run.attempt_failed
+            )
         except UpstreamError as exc:
             run.absorb_failure(exc)
             raise
@@ -677,9 +737,9 @@ class CompletionService:
         except RECORDED_ERRORS as exc:
             self._fail(run, exc)
             raise
-        except ContextLengthExceededError:
-            self.completions.budgets.release(run.reservation)
-            raise  # the backend found the input too long: an input error, not recorded (as on a stream)
+        except ContextLengthExceededError as exc:
+            self._refused(run, exc)  # the backend found the input too long (as on a stream)
+            raise
         except Exception as exc:
             self._fail_unexpectedly(run, exc)
             raise
@@ -718,9 +778,9 @@ class CompletionService:
         except asyncio.CancelledError:
             self._record(run)  # the caller went away before the first token
             raise
-        except ContextLengthExceededError:
-            self.completions.budgets.release(run.reservation)
-            raise  # an input error: not recorded
+        except ContextLengthExceededError as exc:
+            self._refused(run, exc)
+            raise
         except Exception as exc:
             self._fail_unexpectedly(run, exc)
             raise
@@ -782,6 +842,18 @@ class CompletionService:
         run.error_type = error.type
         self._record(run)
 
+    def _refused(self, run: Run, error: ContextLengthExceededError) -> None:
+        """The backend found the input too long: an input error, not recorded, and the key's hold is released.
+
+        Unless an earlier attempt of the run spent tokens (it failed after the backend reported the prompt, and its
+        retry was refused): those are charged, so the run is recorded as failed with the refusal's type, and they
+        reach the key's budget and usage by config as any failed run's do.
+        """
+        if run.spent_any():
+            self._fail(run, error)
+        else:
+            self.completions.budgets.release(run.reservation)
+
     def _fail_unexpectedly(self, run: Run, error: Exception) -> None:
         """Any other failure (a defect of ours, say) is an error too, not a cancellation: error rates, and the
         rollout guardrails that read them, see it."""
@@ -797,16 +869,25 @@ class CompletionService:
         if run.latency is None:
             run.latency = time.monotonic() - run.started
         prefill = self.completions.prefill
-        if prefill is not None and run.status == "cancelled" and run.sent and not run.input_tokens and not run.cached:
-            # Left during the prefill: no usage came, but the backend read the prompt (registry.completions.prefill).
-            prefill.count_then(run.plan.backend, run.plan.payload, functools.partial(self._add, run))
+        unread = [] if prefill is None or run.cached else run.unread()
+        if prefill is not None and unread:
+            # An attempt a backend took reported no usage (left or timed out during the prefill, or retried), but
+            # the backend read the prompt: counted, then charged and recorded (registry.completions.prefill).
+            prompts = [(plan.backend, plan.payload) for plan, _ in unread]
+            prefill.count_each_then(prompts, functools.partial(self._add_counted, run, unread))
             return
         self._add(run)
 
-    def _add(self, run: Run, input_tokens: int | None = None) -> None:
-        """Add the run's usage record (with ``input_tokens`` counted after it ended, if given) and its metrics."""
-        if input_tokens is not None:
-            run.input_tokens = input_tokens
+    def _add_counted(self, run: Run, unread: Sequence[tuple[Plan, int]], counts: Sequence[int]) -> None:
+        """Add the run's record once the prompts its backends read unreported are counted: charged, and in each
+        backend's tokens as the ones it reported are (``UpstreamClient.finished``)."""
+        run.charge_unread(unread, counts)
+        for (plan, times), count in zip(unread, counts, strict=True):
+            plan.backend.metrics.input_tokens.inc(times * count)
+        self._add(run)
+
+    def _add(self, run: Run) -> None:
+        """Add the run's usage record and its metrics."""
         out, config, metrics = run.rendering.out, run.plan.config, self.completions.metrics
         experiment = out.experiment
         store = self._stores(run)

@@ -411,6 +411,7 @@ class UpstreamClient:
         payload: Mapping[str, Any],
         *,
         accepted: Callable[[], object] | None = None,
+        attempt_failed: Callable[[int, int], object] | None = None,
     ) -> UpstreamStream:
         """Send a streaming completion request and wait for its first token.
 
@@ -418,7 +419,10 @@ class UpstreamClient:
         has arrived; the breaker is asked before every attempt. The returned
         stream holds a concurrency slot until it is closed. ``accepted`` is called
         when the backend has taken the request (answered 200): from then on it reads
-        the prompt, whether or not a token follows.
+        the prompt, whether or not a token follows. ``attempt_failed`` is called when
+        an attempt fails before its first token, with the input and output tokens the
+        request's attempts reported so far: they are spent even if the caller leaves
+        during the retry, or the retry is refused with an input error, which carry none.
         """
         settings = backend.settings
         deadline = time.monotonic() + settings.total_timeout
@@ -426,7 +430,7 @@ class UpstreamClient:
         headers = backend.headers()
         span = self._start_span(backend, path, payload, headers)
         try:
-            stream = await self._open_stream(backend, path, body, headers, deadline, span, accepted)
+            stream = await self._open_stream(backend, path, body, headers, deadline, span, accepted, attempt_failed)
         except BaseException as exc:
             if span is not None:
                 end_span(span, {}, error_type=getattr(exc, "type", None) or type(exc).__name__)
@@ -458,6 +462,7 @@ class UpstreamClient:
         deadline: float,
         span: Span | None,
         accepted: Callable[[], object] | None,
+        attempt_failed: Callable[[int, int], object] | None,
     ) -> UpstreamStream:
         settings = backend.settings
         queued = await self._acquire(backend, deadline)
@@ -476,6 +481,8 @@ class UpstreamClient:
                     spent_input += exc.input_tokens
                     spent_output += exc.output_tokens
                     exc.input_tokens, exc.output_tokens = spent_input, spent_output
+                    if attempt_failed is not None:
+                        attempt_failed(spent_input, spent_output)
                     if exc.about_backend:
                         backend.breaker.record(failed=exc.counts_against_breaker)
                     else:
