@@ -11,7 +11,7 @@ Each entry remembers its prompt and the ``unit_digest`` of the unit whose reques
 - turning the prompt's ``store_io`` off deletes the prompt's entries (``forget_prompt``, on the prompt's
   ``store_io_off`` change, which every replica hears once the change commits), and
 - the same for the entries of a prompt that read another's text: a model guard's classifier caches its verdicts
-  on the guarded prompt's text, so they are that prompt's entries too (``covering_prompts``) and go with them, and
+  on the guarded prompt's text, so they are that prompt's entries too (``set``'s ``covering``) and go with them, and
 - erasing the unit (``erase_unit``, called by ``registry.experiments.privacy``) deletes the unit's.
 
 In Redis, an index per prompt and one per digest (sets of the keys stored) are written in the same script as the
@@ -34,8 +34,7 @@ request asks the model again), and an identical request of another unit stores i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from contextvars import ContextVar
+from collections.abc import Callable, Sequence
 
 import msgspec
 import structlog
@@ -58,11 +57,6 @@ STORE_IO_ON = "store_io_on"
 # How long a deletion's tombstone refuses writes: longer than any completion runs (each attempt ends within its
 # backend's total_timeout, 120 s by default, and a completion makes at most a few, with its fallback's).
 IN_FLIGHT_SECONDS = ERASURE_IN_FLIGHT_SECONDS
-
-# The prompts whose storage policy covers what is cached meanwhile, beside the prompt that asks: set by a model guard
-# while its classifier runs (``registry.guards.engine``), since a verdict is on the guarded prompt's text. Its
-# entries are indexed under those prompts as well, so that prompt's ``store_io`` going off deletes them too.
-covering_prompts: ContextVar[tuple[str, ...]] = ContextVar("covering_prompts", default=())
 
 # KEYS: the entry, then (index, tombstone) for the prompt and for the unit where the write has them.
 # ARGV: the entry, its TTL in ms, its key, and how many (index, tombstone) pairs follow the entry in KEYS.
@@ -153,13 +147,22 @@ class ResponseCache:
         return _decoded(key, raw)
 
     async def set(
-        self, key: str, value: CachedCompletion, *, unit: str | None = None, prompt: str | None = None
+        self,
+        key: str,
+        value: CachedCompletion,
+        *,
+        unit: str | None = None,
+        prompt: str | None = None,
+        covering: Sequence[str] = (),
     ) -> None:
-        """Keep the answer, unless the entries of its prompts (``prompt`` and the ``covering_prompts``) or its unit's
-        were deleted since it was asked for."""
+        """Keep the answer, unless the entries of its prompts or its unit's were deleted since it was asked for.
+
+        ``covering`` names other prompts whose storage policy covers the answer too (a model guard's verdict is on
+        its guarded prompt's text): it is indexed under them as well, and goes when their ``store_io`` goes off.
+        """
         raw = _encoder.encode(value)
         digest = None if unit is None else unit_digest(unit)
-        prompts = tuple(dict.fromkeys(p for p in (prompt, *covering_prompts.get()) if p))
+        prompts = tuple(dict.fromkeys(p for p in (prompt, *covering) if p))
         indexed: list[tuple[str, str]] = []  # (index, tombstone mark) of each prompt and of the unit
         indexed += [(self._prompts + name, f"prompt:{name}") for name in prompts]
         if digest is not None:

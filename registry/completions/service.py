@@ -418,7 +418,13 @@ class CompletionService:
         if not guards and (config.fallback is None or not config.fallback.guards):
             return
         stores = functools.partial(self._stores, run)  # the classifier keeps text only if this run may too
-        classifier = ClassifierCompletions(self.completions, self.catalog, unit=run.unit, guarded_stores=stores)
+        classifier = ClassifierCompletions(
+            self.completions,
+            self.catalog,
+            unit=run.unit,
+            guarded_prompt=run.rendering.out.prompt,
+            guarded_stores=stores,
+        )
         complete = functools.partial(classifier.complete, caller=run.caller)
         run.guarding = Guarding(
             guards,
@@ -644,6 +650,8 @@ class CompletionService:
 
     # Whether a prompt's semantic cache may answer; an evaluation run measures the model's own answers.
     semantic_cache = True
+    # Other prompts whose storage policy covers the answers this service caches (a classifier's: its guarded one).
+    covering: tuple[str, ...] = ()
 
     async def _from_semantic_cache(self, run: Run, data: CompleteRequest) -> bool:
         if not self.semantic_cache or not self._stores(run):
@@ -676,7 +684,8 @@ class CompletionService:
             return
         completion = CachedCompletion(run.text, run.finish_reason, run.input_tokens, run.output_tokens)
         if key is not None:
-            await self.completions.cache.set(key, completion, unit=run.unit, prompt=run.rendering.out.prompt)
+            cache = self.completions.cache
+            await cache.set(key, completion, unit=run.unit, prompt=run.rendering.out.prompt, covering=self.covering)
         await self.completions.semantic.store(run.semantic, completion)
 
     def _meta(self, run: Run) -> CompletionMeta:
@@ -988,11 +997,14 @@ class ClassifierCompletions(CompletionService):
         catalog: PromptCatalog,
         *,
         unit: str | None,
+        guarded_prompt: str,
         guarded_stores: Callable[[], bool],
     ) -> None:
         super().__init__(completions, catalog)
         self.unit = unit
         self.guarded_stores = guarded_stores  # whether the guarded request may keep its texts (its prompt's store_io)
+        # A verdict is on the guarded prompt's text: it goes with that prompt's entries when its store_io goes off.
+        self.covering = (guarded_prompt,) if guarded_prompt else ()
 
     def _unit_of(self, data: CompleteRequest) -> str | None:
         return self.unit

@@ -38,7 +38,6 @@ from typing import Any, Literal
 import msgspec
 import regex
 
-from registry.completions.cache import covering_prompts
 from registry.completions.payload import named_turns, turn_text
 from registry.guards.rules import (
     PII_KINDS,
@@ -259,7 +258,6 @@ class Guarding:
         # The participants' names of the caller's turns (the OpenAI door's; None: unnamed) as the input guards left
         # them: they are sent with their turns, so what a guard finds in one is redacted or blocked there too.
         self.names: list[str | None] = []
-        self.prompt = ""  # the guarded prompt (``check_input``'s); "": none (a ``config:`` model)
         output = [g for g in self.guards if g.checks("output")]
         self.output = [g for g in output if not g.graded]
         self.graded_output = [g for g in output if g.graded]
@@ -281,7 +279,6 @@ class Guarding:
         joined.unchecked = tuple(guards)
         joined.callers = list(self.callers)
         joined.names = list(self.names)
-        joined.prompt = self.prompt
         return joined
 
     def _refuse_recursion(self) -> None:
@@ -304,12 +301,9 @@ class Guarding:
         ``caller_texts`` may end with the names (the OpenAI door's do): there they are read as names, each in its
         own turn, and ``self.callers`` ends with them as sent.
 
-        A model guard's classifier runs for the guarded prompt (``out.prompt``): see ``_classified``.
-
         Each guard reads the input once: a second call (``with_fallback``'s) runs only those added since.
         """
         self._refuse_recursion()
-        self.prompt = out.prompt
         texts = [m.content for m in out.messages] if out.messages is not None else [out.text or ""]
         named = list(names)
         callers = _without_names([t for t in caller_texts if t], named)
@@ -383,7 +377,7 @@ class Guarding:
             self._refuse_recursion()
             return
         try:
-            verdict = await self._classified(self.classify, guard, text, stage)
+            verdict = await self.classify(guard, text, stage)
         except RegistryError as exc:
             if guard.on_error == "block":
                 raise self.log.block(guard, stage, ["classifier_error"], error=exc.type) from exc
@@ -396,17 +390,6 @@ class Guarding:
             raise self.log.block(guard, stage, [verdict.category or "flagged"], **detail)
         else:
             self.log.add(guard, stage, "flagged", [verdict.category or "flagged"], **detail)
-
-    async def _classified(self, classify: Classify, guard: Guard, text: str, stage: Stage) -> Verdict:
-        """The classifier's verdict on ``text``. It is on the guarded prompt's text, so what the classifier caches
-        meanwhile is that prompt's too (``covering_prompts``): it goes when the prompt's ``store_io`` goes off."""
-        if not self.prompt:  # a ``config:`` model: no prompt, no storage policy, nothing of it kept
-            return await classify(guard, text, stage)
-        token = covering_prompts.set((*covering_prompts.get(), self.prompt))
-        try:
-            return await classify(guard, text, stage)
-        finally:
-            covering_prompts.reset(token)
 
     # -- output
 

@@ -18,7 +18,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from registry.completions.cache import STORE_IO_OFF, CachedCompletion, ResponseCache, covering_prompts
+from registry.completions.cache import STORE_IO_OFF, CachedCompletion, ResponseCache
 from registry.lib.changes import Change
 from registry.settings import Settings
 from tests.completions.cached_registry import SHAPES, CachedRegistry, serve_cached_registry
@@ -89,11 +89,8 @@ async def test_turning_store_io_off_deletes_the_classifiers_cached_verdicts_on_t
 async def test_every_replica_drops_the_verdicts_it_keeps_on_a_prompt_whose_store_io_goes_off() -> None:
     here, there = ResponseCache(None, "p:", ttl=60), ResponseCache(None, "p:", ttl=60)
     for cache in (here, there):
-        token = covering_prompts.set(("ask",))  # as a model guard of prompt ask sets it while its classifier runs
-        try:
-            await cache.set("verdict", VERDICT, prompt="moderator", unit="ada")
-        finally:
-            covering_prompts.reset(token)
+        # A verdict of a model guard of prompt ask: its classifier caches it as covered by ask.
+        await cache.set("verdict", VERDICT, prompt="moderator", unit="ada", covering=("ask",))
         await cache.set("own", VERDICT, prompt="moderator")  # the classifier prompt's own request, guarding none
         cache.on_change(Change("prompt", "ask", STORE_IO_OFF))  # as the change bus (or change log) tells each
 
@@ -107,14 +104,10 @@ async def test_a_verdict_in_flight_when_the_guarded_prompts_store_io_goes_off_is
     prefix = f"test-{unique('verdicts').replace('/', '-')}:"
     cache = ResponseCache(redis, prefix, ttl=60)
     try:
-        token = covering_prompts.set(("ask",))
-        try:
-            await cache.set("before", VERDICT, prompt="moderator", unit="ada")
-            cache.on_change(Change("prompt", "ask", STORE_IO_OFF))  # heard while the classifier answered
-            await cache.settled()
-            await cache.set("in-flight", VERDICT, prompt="moderator", unit="ada")
-        finally:
-            covering_prompts.reset(token)
+        await cache.set("before", VERDICT, prompt="moderator", unit="ada", covering=("ask",))
+        cache.on_change(Change("prompt", "ask", STORE_IO_OFF))  # heard while the classifier answered
+        await cache.settled()
+        await cache.set("in-flight", VERDICT, prompt="moderator", unit="ada", covering=("ask",))
         await cache.set("unguarded", VERDICT, prompt="moderator", unit="ada")
 
         assert [await cache.get(key) for key in ("before", "in-flight", "unguarded")] == [None, None, VERDICT]
