@@ -337,12 +337,13 @@ def run_server(settings: Settings, target: str = "registry.app:create_app") -> N
 
     max_connections = connection_limit(settings.max_connections_per_worker, raise_open_file_limit())
     if settings.server == "granian":
-        from granian import Granian
         from granian.constants import HTTPModes, Interfaces
         from granian.http import HTTP1Settings
         from granian.log import LogLevels
 
-        Granian(
+        from registry.granian_master import RegistryGranian
+
+        RegistryGranian(
             # Its workers start with the server's signal handlers: the app's own factory would lose a stop.
             "registry.granian_worker:create_app" if target == "registry.app:create_app" else target,
             factory=True,
