@@ -1023,6 +1023,7 @@ class UsageService:
     def __init__(self, session: AsyncSession, completions: Completions) -> None:
         self.repository = CompletionRepository(session)
         self.recorder = completions.recorder
+        self.prefill = completions.prefill
 
     async def report(
         self,
@@ -1039,11 +1040,17 @@ class UsageService:
     ) -> tuple[list[UsageRow], bool]:
         """Aggregates over the window; this process's buffered records are written first.
 
+        A completion that ended with a prompt its backend took but reported no usage for is recorded once the prompt
+        is counted (``PrefillCounter``, each count bounded by its backend's first-token timeout): the counts under
+        way are waited for, so a report includes every completion this process has ended.
+
         ``among`` and ``excluding`` narrow it to some prompts or keys, or to all others (``aggregate``).
         ``flush=False`` for the further reports of one request: the flush takes a connection of its own,
         so it must come before the request's session holds one.
         """
         if flush:
+            if self.prefill is not None:
+                await self.prefill.settled()
             await self.recorder.flush()
         rows = await self.repository.aggregate(
             group_by,
