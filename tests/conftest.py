@@ -35,6 +35,7 @@ from registry.auth.service import ApiKeyService
 from registry.db import migrate
 from registry.db.base import Base
 from registry.db.engine import create_engine, create_sessionmaker
+from registry.lib.tracing import Tracing
 from registry.openai_compat.errors import openai_code
 from registry.runtime import Runtime
 from registry.settings import Settings
@@ -176,12 +177,15 @@ _IDLE_ROUTED_APPS: dict[int, list[RoutedApp]] = {}
 
 
 @contextmanager
-def fresh_app(settings: Settings) -> Iterator[Litestar]:
-    """``create_app(settings)``, on routes an earlier test used and gave back."""
+def fresh_app(settings: Settings, *, tracing: Tracing | None = None) -> Iterator[Litestar]:
+    """``create_app(settings)``, on routes an earlier test used and gave back (about 0.45 s less to make).
+
+    The app goes back when the block ends: serve it only inside (a server serving it is stopped before).
+    """
     idle = _IDLE_ROUTED_APPS.setdefault(settings.max_body_bytes, [])
     routed = idle.pop() if idle else route_app(settings.max_body_bytes)
     try:
-        yield serve_with(routed, settings)
+        yield serve_with(routed, settings, tracing=tracing)
     finally:
         idle.append(routed)
 

@@ -13,12 +13,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from registry.app import create_app
 from registry.auth.keys import Scope
 from registry.db import migrate
 from registry.db.engine import create_engine
 from registry.settings import Settings
-from tests.conftest import AppClient, create_key, serve_in_process
+from tests.conftest import AppClient, create_key, fresh_app, serve_in_process
 
 
 def embedded_settings(tmp_path: Path, **fields: Any) -> Settings:
@@ -44,8 +43,9 @@ async def serve_embedded(settings: Settings) -> AsyncIterator[tuple[AppClient, d
         admin = await create_key(engine, (Scope.ADMIN,), "admin")
     finally:
         await engine.dispose()
-    async with serve_in_process(create_app(settings)) as client:
-        yield client, admin
+    with fresh_app(settings) as app:
+        async with serve_in_process(app) as client:
+            yield client, admin
 
 
 @asynccontextmanager

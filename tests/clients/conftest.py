@@ -20,10 +20,10 @@ import pytest
 import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from registry.app import create_app
 from registry.settings import Settings
 from tests.api import path
 from tests.completions.fault_server import FaultServer
+from tests.conftest import fresh_app
 from tests.waiting import PATIENCE_SECONDS, eventually
 
 
@@ -94,9 +94,11 @@ class Live:
     settings: Settings
     admin: httpx.Client = field(init=False)
     server: ThreadedServer = field(init=False)
+    # The app served now; its routes go back to the tests' pool once its server has stopped.
+    _app: contextlib.ExitStack = field(init=False, default_factory=contextlib.ExitStack)
 
     def __post_init__(self) -> None:
-        self.server = ThreadedServer(create_app(self.settings))
+        self.server = ThreadedServer(self._app.enter_context(fresh_app(self.settings)))
         self.server.start()
         headers = {"Authorization": f"Bearer {self.key}"}
         # A hang guard only: setting up content may take seconds on a busy machine (httpx's default is 5).
@@ -112,12 +114,13 @@ class Live:
 
     def stop(self) -> None:
         self.server.stop()
+        self._app.close()
 
     def restart(self) -> None:
         """Stop, then serve a new instance of the registry on the same port."""
         port = self.server.port
         self.stop()
-        self.server = ThreadedServer(create_app(self.settings))
+        self.server = ThreadedServer(self._app.enter_context(fresh_app(self.settings)))
         self.server.port = port
         self.server.start()
 

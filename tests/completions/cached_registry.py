@@ -15,11 +15,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from registry.app import create_app
 from registry.completions.cache import ResponseCache
 from registry.db.engine import create_engine
 from registry.settings import Settings
-from tests.conftest import AppClient, make_key_on, serve_in_process
+from tests.conftest import AppClient, fresh_app, make_key_on, serve_in_process
 from tests.embedded import embedded_settings, serve_embedded
 
 SHAPES = ["postgresql+redis", "embedded"]
@@ -57,7 +56,8 @@ async def serve_cached_registry(
     admin = await make_key_on(chosen)
     engine = create_engine(chosen)
     try:
-        async with serve_in_process(create_app(chosen)) as client:
-            yield CachedRegistry(client, admin, chosen, engine)
+        with fresh_app(chosen) as app:
+            async with serve_in_process(app) as client:
+                yield CachedRegistry(client, admin, chosen, engine)
     finally:
         await engine.dispose()

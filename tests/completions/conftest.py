@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
 import httpx
@@ -23,12 +23,11 @@ import uvicorn
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from registry.app import create_app
 from registry.completions.upstream import UpstreamClient
 from registry.prompts.catalog import VariantRouter
 from registry.settings import BackendSettings, Settings
 from tests.completions.fault_server import CHAT, FaultServer, SeenRequest
-from tests.conftest import free_port
+from tests.conftest import free_port, fresh_app
 
 
 @contextmanager
@@ -115,6 +114,7 @@ RegistryFactory = Callable[..., Awaitable[httpx.AsyncClient]]
 async def registry(settings: Settings, clean_database: AsyncEngine) -> AsyncIterator[RegistryFactory]:
     """Start the registry with the given backends (and settings); returns a client bound to it."""
     stack: list[Any] = []
+    apps = ExitStack()  # each app's routes go back to the tests' pool once its server has stopped
 
     async def factory(
         backends: dict[str, BackendSettings],
@@ -123,7 +123,7 @@ async def registry(settings: Settings, clean_database: AsyncEngine) -> AsyncIter
         clock: Callable[[], float] | None = None,
         **overrides: Any,
     ) -> httpx.AsyncClient:
-        app = create_app(settings.model_copy(update={"backends": backends, **overrides}))
+        app = apps.enter_context(fresh_app(settings.model_copy(update={"backends": backends, **overrides})))
         app.state.runtime.prompts.router = router
         if clock is not None:
             # The backends' breakers read this clock instead of the machine's, so a test moves time itself.
@@ -141,6 +141,7 @@ async def registry(settings: Settings, clean_database: AsyncEngine) -> AsyncIter
     for served, client in reversed(stack):
         await client.aclose()
         served.__exit__(None, None, None)
+    apps.close()
 
 
 def unique(behaviour: str) -> str:

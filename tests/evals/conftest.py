@@ -10,10 +10,9 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from registry.app import create_app
 from registry.settings import BackendSettings, Settings
 from tests.completions.conftest import backend, serve_in_thread
-from tests.conftest import AppClient, serve_in_process
+from tests.conftest import AppClient, fresh_app, serve_in_process
 from tests.evals.stand_in import StandIn
 from tests.waiting import eventually_async
 
@@ -43,9 +42,9 @@ async def evals(
 @contextlib.asynccontextmanager
 async def registry_on(settings: Settings, backends: dict[str, BackendSettings]) -> AsyncIterator[AppClient]:
     """The registry served with ``backends``; its in-process worker polls often."""
-    app = create_app(settings.model_copy(update={"backends": backends, "eval_poll_seconds": 0.02}))
-    async with serve_in_process(app) as client:
-        yield client
+    with fresh_app(settings.model_copy(update={"backends": backends, "eval_poll_seconds": 0.02})) as app:
+        async with serve_in_process(app) as client:
+            yield client
 
 
 async def ok(response: httpx.Response) -> dict[str, Any]:

@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from registry.app import create_app
 from registry.settings import Settings
 from tests.completions.conftest import backend, fault, serve_in_thread  # noqa: F401 - the stand-in, shared
 from tests.completions.fault_server import FaultServer
+from tests.conftest import fresh_app
 
 Served = Callable[..., Awaitable[httpx.AsyncClient]]
 
@@ -33,7 +33,7 @@ async def served(settings: Settings, clean_database: AsyncEngine, fault: FaultSe
     async def factory(**overrides: Any) -> httpx.AsyncClient:
         url = fault.url  # type: ignore[attr-defined]
         backends = {"fault": backend(url), "flaky": backend(url, max_retries=0)}
-        app = create_app(settings.model_copy(update={"backends": backends, **overrides}))
+        app = stack.enter_context(fresh_app(settings.model_copy(update={"backends": backends, **overrides})))
         base = stack.enter_context(serve_in_thread(app))
         clients.append(httpx.AsyncClient(base_url=base, timeout=30))
         return clients[-1]

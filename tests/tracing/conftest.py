@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -10,11 +11,11 @@ import pytest
 from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from registry.app import create_app
 from registry.lib.tracing import Tracing
 from registry.settings import Settings
 from tests.completions.conftest import backend, fault, serve_in_thread
 from tests.completions.fault_server import FaultServer
+from tests.conftest import fresh_app
 
 __all__ = ["TracedRegistry", "fault", "traced_registry"]
 
@@ -27,10 +28,12 @@ class TracedRegistry:
         self._fault = fault
         self.apps: list[Litestar] = []
         self._running: list[tuple[Any, httpx.AsyncClient]] = []
+        self._routes = ExitStack()  # each app's routes go back to the tests' pool once its server has stopped
 
     async def __call__(self, tracing: Tracing, **overrides: Any) -> httpx.AsyncClient:
         backends = {"fault": backend(self._fault.url)}  # type: ignore[attr-defined]
-        app = create_app(self._settings.model_copy(update={"backends": backends, **overrides}), tracing=tracing)
+        chosen = self._settings.model_copy(update={"backends": backends, **overrides})
+        app = self._routes.enter_context(fresh_app(chosen, tracing=tracing))
         served = serve_in_thread(app)
         client = httpx.AsyncClient(base_url=served.__enter__(), timeout=30)
         self.apps.append(app)
@@ -41,6 +44,7 @@ class TracedRegistry:
         for served, client in reversed(self._running):
             await client.aclose()
             served.__exit__(None, None, None)
+        self._routes.close()
 
 
 @pytest.fixture
