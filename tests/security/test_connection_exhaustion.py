@@ -40,6 +40,7 @@ SERVER_SETTINGS = {
     "REGISTRY_ACCESS_LOG": "false",
 }
 RENDER = {"variables": {"x": "hi"}}
+OVER_CAPACITY_DETAIL = "the server has as many connections open as it keeps; retry shortly"
 
 
 def tree_rss_bytes(root: int) -> int:
@@ -58,6 +59,15 @@ def tree_rss_bytes(root: int) -> int:
         with contextlib.suppress(OSError):
             total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * resource.getpagesize()
     return total
+
+
+def refused_by_the_server(response: httpx.Response) -> bool:
+    """A 503 of the server's, not the app's: uvicorn's concurrency limit (plain text), or the connection cap's
+    problem document, which a new connection gets when the renders' keep-alive connection was closed (idle past the
+    header deadline on a busy machine) and reopened while the flood held every place."""
+    if "json" not in response.headers.get("content-type", ""):
+        return True
+    return bool(response.json().get("detail") == OVER_CAPACITY_DETAIL)
 
 
 @dataclass
@@ -82,7 +92,7 @@ class Renders:
                 try:
                     response = http.post("/v1/prompts/greeting/render", json=RENDER)
                     status = response.status_code
-                    if status == 503 and "json" not in response.headers.get("content-type", ""):
+                    if status == 503 and refused_by_the_server(response):
                         self.server_refusals += 1
                 except httpx.TransportError:
                     status = 0
