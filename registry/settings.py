@@ -164,7 +164,7 @@ class Settings(BaseSettings):
         ge=0,
         le=300,
         description="On SIGTERM, how long /ready answers 503 while the server keeps serving, before it stops "
-        "accepting connections, so load balancers stop sending first (SIGINT, or a second SIGTERM, stops at once).",
+        "accepting connections, so load balancers stop sending first (SIGINT stops at once).",
     )
     worker_port: int = Field(
         8001, ge=1, le=65535, description="Port of the worker's /health, /ready and /metrics (`registry worker`)."
