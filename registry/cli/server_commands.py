@@ -12,10 +12,9 @@ import re
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -362,11 +361,8 @@ def run_server(settings: Settings, target: str = "registry.app:create_app") -> N
         ).serve()
     else:
         import uvicorn
-        from uvicorn.config import STARTUP_FAILURE
 
-        from registry.uvicorn_master import RegistryMultiprocess
-
-        config = uvicorn.Config(
+        uvicorn.run(
             target,
             factory=True,
             host=settings.host,
@@ -377,15 +373,6 @@ def run_server(settings: Settings, target: str = "registry.app:create_app") -> N
             http="registry.lib.server:GuardedHttpToolsProtocol",
             timeout_keep_alive=max(1, round(settings.header_read_timeout_seconds)),
         )
-        # As uvicorn.run serves it, with a supervisor of several workers that hands a second stop signal on.
-        if config.workers > 1:
-            RegistryMultiprocess(config, sockets=[config.bind_socket()]).run()
-            return
-        server = uvicorn.Server(config)
-        with suppress(KeyboardInterrupt):  # a SIGINT, raised again once the server has stopped
-            server.run()
-        if not server.started:
-            sys.exit(STARTUP_FAILURE)
 
 
 @click.command()
