@@ -172,7 +172,7 @@ def test_a_granian_worker_stopped_while_it_builds_the_app_ends_instead_of_servin
     finished = subprocess.run([sys.executable, "-c", STOPPED_WHILE_STARTING], capture_output=True, timeout=120)
 
     assert finished.returncode == -signal.SIGTERM, finished.stderr.decode()
-    with patch("granian.Granian") as granian:
+    with patch("registry.granian_master.RegistryGranian") as granian:
         run_server(embedded_settings(tmp_path))
     assert granian.call_args.args[0] == "registry.granian_worker:create_app"
     # Its own lines follow REGISTRY_LOG_LEVEL too (embedded_settings: WARNING), as JSON (the test below).
