@@ -214,16 +214,6 @@ def _prompt_text(out: RenderOut, names: Sequence[str | None] = ()) -> str:
     return out.text or ""
 
 
-def _without_names(callers: list[str], names: Sequence[str | None]) -> list[str]:
-    """The caller's texts less its participants' names, which the OpenAI door lists after them
-    (``OpenAICompletions._caller_texts``): a name is read in its own turn (``Guarding._name_findings``), not looked
-    for among the rendered messages' contents, which no name is in."""
-    given = [name for name in names if name is not None]
-    if given and callers[len(callers) - len(given) :] == given:
-        return callers[: len(callers) - len(given)]
-    return callers
-
-
 def _turn(roles: Sequence[str], texts: Sequence[str], index: int, name: str) -> str | None:
     """The rendered message ``index`` as the model reads it with its participant's ``name`` (``turn_text``); None:
     no such message."""
@@ -298,15 +288,13 @@ class Guarding:
         ``names`` are the participants' names of the caller's turns, the last ``len(names)`` messages (None: a turn
         without one): the model reads them with their messages, so the guards read them as they read the
         messages, and ``self.names`` is them as sent (redacted where a redacting guard found something).
-        ``caller_texts`` may end with the names (the OpenAI door's do): there they are read as names, each in its
-        own turn, and ``self.callers`` ends with them as sent.
 
         Each guard reads the input once: a second call (``with_fallback``'s) runs only those added since.
         """
         self._refuse_recursion()
         texts = [m.content for m in out.messages] if out.messages is not None else [out.text or ""]
         named = list(names)
-        callers = _without_names([t for t in caller_texts if t], named)
+        callers = [t for t in caller_texts if t]
         roles = [m.role for m in out.messages] if out.messages is not None else []
         first = len(texts) - len(named)  # the message of the first name: names are of the last messages
         for guard in self.unchecked:
@@ -347,9 +335,7 @@ class Guarding:
                     # The redacted name is sent as it is: vLLM takes any string as a name.
                     named = [None if name is None else redacted(name, findings) for name, findings in in_names]
             self._act(guard, "input", kinds)
-        # The names stay last among the caller's texts, as they came, for a fallback's guards (``with_fallback``).
-        self.unchecked, self.names = (), named
-        self.callers = [*callers, *(name for name in named if name is not None)]
+        self.unchecked, self.callers, self.names = (), callers, named
         return _with_texts(out, texts)
 
     @staticmethod

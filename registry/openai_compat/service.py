@@ -267,10 +267,10 @@ class OpenAICompletions(CompletionService):
         self.text = text  # a text request's prompt
 
     def _caller_texts(self, data: CompleteRequest) -> list[str]:
-        """The caller's own messages (or prompt text) are its input too, for the injection and delimiter guards;
-        so are their names, which the model reads with them."""
+        """The caller's own messages (or prompt text) are its input too, for the injection and delimiter guards
+        (their names go to the guards beside them, each read in its own turn)."""
         own = [m.content for m in self.messages] if self.messages is not None else [self.text or ""]
-        return [*super()._caller_texts(data), *own, *(name for name in self.names if name is not None)]
+        return [*super()._caller_texts(data), *own]
 
     async def _render(self, name: str, data: CompleteRequest) -> Rendering:
         if self.target.kind == "config":
