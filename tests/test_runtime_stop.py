@@ -264,10 +264,10 @@ async def test_a_left_completion_whose_prompt_is_counted_during_the_stop_is_writ
         prompt = f"left-{uuid.uuid4().hex[:8]}"
         payload = {"model": "m", "messages": [{"role": "user", "content": "one two three"}]}
 
-        def record(count: int) -> None:
-            runtime.completions.recorder.add({"prompt": prompt, "status": "cancelled", "input_tokens": count})
+        def record(counts: list[int]) -> None:
+            runtime.completions.recorder.add({"prompt": prompt, "status": "cancelled", "input_tokens": counts[0]})
 
-        prefill.count_then(runtime.completions.upstream.backend("held"), payload, record)
+        prefill.count_each_then([(runtime.completions.upstream.backend("held"), payload)], record)
         assert await asyncio.to_thread(counter.asked.wait, WAIT)
         with captured_logs() as logs:
             await runtime.stop()

@@ -34,12 +34,9 @@ class PrefillCounter:
         self._upstream = upstream
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def count_then(self, backend: Backend, payload: Mapping[str, Any], then: Callable[[int], None]) -> None:
-        """Count ``payload``'s prompt on ``backend``, then call ``then`` with the count (0 where none came)."""
-        self.count_each_then([(backend, payload)], lambda counts: then(counts[0]))
-
     def count_each_then(self, prompts: Sequence[Prompt], then: Callable[[list[int]], None]) -> None:
-        """Count each of ``prompts`` (a config's, and its fallback's), then call ``then`` with the counts in order."""
+        """Count each of ``prompts`` (a config's, and its fallback's), then call ``then`` with the counts in order
+        (0 where none came)."""
         task = asyncio.create_task(self._count_then(prompts, then), name="prefill-count")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
