@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import event
-
 from registry.console.service import ConsoleService
 from registry.lib.pagination import PageRequest
 from registry.runtime import Runtime
 from tests.conftest import AppClient
+from tests.statements import statements_of_this_block
 
 
 async def publish(client: AppClient, admin: dict[str, str], name: str, versions: int) -> None:
@@ -26,19 +23,11 @@ async def publish(client: AppClient, admin: dict[str, str], name: str, versions:
 
 
 async def list_counting_statements(runtime: Runtime) -> tuple[list[tuple[str, int | None, int | None]], int]:
-    statements: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    event.listen(runtime.engine.sync_engine, "before_cursor_execute", count)
-    try:
+    with statements_of_this_block(runtime) as statements:
         async with runtime.sessionmaker() as session:
             listing = await ConsoleService(session, runtime.prompt_limits).list_prompts(
                 PageRequest(limit=50, after=None), prefix="", tag=""
             )
-    finally:
-        event.remove(runtime.engine.sync_engine, "before_cursor_execute", count)
     return [(row.name, row.production, row.staging) for row in listing.rows], len(statements)
 
 

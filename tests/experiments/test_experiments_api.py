@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.app import create_app
@@ -24,6 +23,7 @@ from tests.experiments.conftest import (
     settle,
     until_running_here,
 )
+from tests.statements import statements_of_this_block
 
 
 async def render(client: Client, headers: dict[str, str], unit: str | None, prompt: str = "greet", **extra: Any) -> Any:
@@ -458,17 +458,8 @@ async def test_routing_reads_nothing_from_the_database(client: Client, setup: di
     await make_experiment(client, setup, "greet-test", "greet")
     for i in range(10):  # warm: the prompt, both variants' versions and the API key are cached now
         await render(client, setup, f"warm-{i}")
-    statements: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    engine = runtime_of(client.app).engine.sync_engine
-    event.listen(engine, "before_cursor_execute", count)
-    try:
+    with statements_of_this_block(runtime_of(client.app)) as statements:
         variants = {(await render(client, setup, f"user-{i}"))["experiment"]["variant"] for i in range(50)}
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
     assert variants == {"control", "treatment"}
     assert statements == []
 

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from litestar import Litestar
 from prompt_registry_client.templating import unsafe_constructs
-from sqlalchemy import event
 
 from registry.app import create_app
 from registry.auth.keys import Scope
@@ -18,6 +17,7 @@ from registry.lib.changes import Change
 from registry.settings import Settings
 from tests.api import Client, Headers, create_config, create_prompt, create_version, promote
 from tests.conftest import KeyFactory, problem, serve_in_process
+from tests.statements import statements_of_this_block
 from tests.waiting import eventually_async
 
 SANDBOX_CASES = json.loads((Path(__file__).parents[2] / "clients/python/tests/cases/sandbox.json").read_text())
@@ -247,22 +247,14 @@ async def test_read_scope_resolves_and_renders_but_cannot_write(
 async def test_a_cache_miss_costs_one_query_and_a_hit_none(client: Client, admin: Headers, app: Litestar) -> None:
     await published(client, admin)
     await client.get("/v1/keys", headers=admin)  # the key is verified and cached: its lookup is not counted below
-    statements: list[str] = []
-
-    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        statements.append(statement)
-
-    engine = app.state.runtime.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        app.state.runtime.prompts._on_change(Change("prompt", "greeting", "updated"))  # expire the cached copy
+    runtime = app.state.runtime
+    with statements_of_this_block(runtime) as statements:
+        runtime.prompts._on_change(Change("prompt", "greeting", "updated"))  # expire the cached copy
         await client.post("/v1/prompts/greeting/render", json={"variables": {"name": "A"}}, headers=admin)
         miss = list(statements)
         statements.clear()
         for _ in range(5):
             await client.post("/v1/prompts/greeting/render", json={"variables": {"name": "A"}}, headers=admin)
             await client.get("/v1/prompts/greeting", headers=admin)
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
     assert len(miss) == 1, miss
     assert statements == []
