@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -39,8 +40,24 @@ WAYS = [(door, stream) for door in DOORS for stream in (False, True)]
 WAY_IDS = [f"{door}-{'streamed' if stream else 'whole'}" for door, stream in WAYS]
 
 
+BACKEND_OF = {"cfg": "flaky", "spare": "spare"}  # each config's backend (``start``)
+
+
 def cost(input_tokens: int, output_tokens: int, prices: tuple[float, float] = PRICES) -> float:
     return (input_tokens * prices[0] + output_tokens * prices[1]) / 1e6
+
+
+@dataclass(frozen=True)
+class Spend:
+    """What one config's backend processed, and its cost at that config's prices."""
+
+    input_tokens: int
+    output_tokens: int
+    prices: tuple[float, float] = PRICES
+
+    @property
+    def cost(self) -> float:
+        return cost(self.input_tokens, self.output_tokens, self.prices)
 
 
 class RetrySpendServer(FaultServer):
@@ -158,6 +175,22 @@ async def usage_by_config(client: httpx.AsyncClient, admin: dict[str, str]) -> d
     return {row["config"]: (row["input_tokens"], row["output_tokens"], row["cost"]) for row in report["items"]}
 
 
+async def assert_charged(client: httpx.AsyncClient, admin: dict[str, str], spends: dict[str, Spend]) -> None:
+    """``spends`` (by config) is charged everywhere spend shows: the key's budget holds their sum, usage by config
+    reports each, and each config's backend's token and cost metrics say it processed that config's part."""
+    tokens = sum(spend.input_tokens + spend.output_tokens for spend in spends.values())
+    assert await key_spend(client, admin) == (tokens, pytest.approx(sum(spend.cost for spend in spends.values())))
+    assert await usage_by_config(client, admin) == {
+        config: (spend.input_tokens, spend.output_tokens, pytest.approx(spend.cost)) for config, spend in spends.items()
+    }
+    for config, spend in spends.items():
+        assert await backend_metrics(client, BACKEND_OF[config]) == (
+            spend.input_tokens,
+            spend.output_tokens,
+            pytest.approx(spend.cost),
+        )
+
+
 # -- 1: the caller leaves while a retry is under way
 
 
@@ -206,9 +239,7 @@ async def test_a_caller_leaving_during_a_retry_is_charged_what_the_earlier_attem
     )
     assert row["cost"] == pytest.approx(cost(charged, 0))
     assert len(spend_server.seen(model, "/tokenize")) == counted  # the reported prompts are not counted again
-    assert await key_spend(client, admin) == (charged, pytest.approx(cost(charged, 0)))
-    assert await usage_by_config(client, admin) == {"cfg": (charged, 0, pytest.approx(cost(charged, 0)))}
-    assert await backend_metrics(client, "flaky") == (charged, 0, pytest.approx(cost(charged, 0)))
+    await assert_charged(client, admin, {"cfg": Spend(charged, 0)})
 
 
 # -- 2: a retry is refused as too long for the context
@@ -237,9 +268,7 @@ async def test_a_retry_refused_as_too_long_records_the_earlier_attempts_spend_as
     assert (row["status"], row["error_type"]) == ("error", "context_length_exceeded")
     assert (row["input_tokens"], row["output_tokens"]) == (PROMPT_TOKENS, 0)
     assert row["cost"] == pytest.approx(cost(PROMPT_TOKENS, 0))
-    assert await key_spend(client, admin) == (PROMPT_TOKENS, pytest.approx(cost(PROMPT_TOKENS, 0)))
-    assert await usage_by_config(client, admin) == {"cfg": (PROMPT_TOKENS, 0, pytest.approx(cost(PROMPT_TOKENS, 0)))}
-    assert await backend_metrics(client, "flaky") == (PROMPT_TOKENS, 0, pytest.approx(cost(PROMPT_TOKENS, 0)))
+    await assert_charged(client, admin, {"cfg": Spend(PROMPT_TOKENS, 0)})
 
 
 async def test_a_first_attempt_refused_as_too_long_is_still_an_input_error_and_not_recorded(
@@ -253,7 +282,7 @@ async def test_a_first_attempt_refused_as_too_long_is_still_an_input_error_and_n
 
     assert response.status_code == 422, response.text
     assert await usage_rows(client, admin, admin_engine) == []
-    assert await key_spend(client, admin) == (0, 0)
+    await assert_charged(client, admin, {})
 
 
 # -- 3: no first token within the timeout, and no usage reported
@@ -282,8 +311,7 @@ async def test_a_first_token_timeout_before_any_usage_is_charged_the_prompt_the_
     assert (row["input_tokens"], row["output_tokens"]) == (COUNTED, 0)
     assert row["cost"] == pytest.approx(cost(COUNTED, 0))
     assert len(spend_server.seen(model, "/tokenize")) == 1
-    assert await key_spend(client, admin) == (COUNTED, pytest.approx(cost(COUNTED, 0)))
-    assert await backend_metrics(client, "flaky") == (COUNTED, 0, pytest.approx(cost(COUNTED, 0)))
+    await assert_charged(client, admin, {"cfg": Spend(COUNTED, 0)})
 
 
 @pytest.mark.parametrize(("door", "stream"), WAYS, ids=WAY_IDS)
@@ -310,17 +338,7 @@ async def test_a_first_token_timeout_before_any_usage_is_charged_to_the_first_co
     assert row["cost"] == pytest.approx(charged)
     assert len(spend_server.seen(model, "/tokenize")) == 1
     assert spend_server.seen(spare, "/tokenize") == []  # the fallback reported its prompt
-    assert await key_spend(client, admin) == (COUNTED + PROMPT_TOKENS + 3, pytest.approx(charged))
-    assert await usage_by_config(client, admin) == {
-        "cfg": (COUNTED, 0, pytest.approx(cost(COUNTED, 0))),
-        "spare": (PROMPT_TOKENS, 3, pytest.approx(cost(PROMPT_TOKENS, 3, SPARE_PRICES))),
-    }
-    assert await backend_metrics(client, "flaky") == (COUNTED, 0, pytest.approx(cost(COUNTED, 0)))
-    assert await backend_metrics(client, "spare") == (
-        PROMPT_TOKENS,
-        3,
-        pytest.approx(cost(PROMPT_TOKENS, 3, SPARE_PRICES)),
-    )
+    await assert_charged(client, admin, {"cfg": Spend(COUNTED, 0), "spare": Spend(PROMPT_TOKENS, 3, SPARE_PRICES)})
 
 
 # -- and a retried attempt that a backend took without reporting anything
@@ -349,5 +367,4 @@ async def test_a_retried_attempt_taken_without_any_usage_is_charged_its_prompt_b
     assert (row["status"], row["input_tokens"], row["output_tokens"]) == ("ok", charged, 3)
     assert row["cost"] == pytest.approx(cost(charged, 3))
     assert len(spend_server.seen(model, "/tokenize")) == 1
-    assert await key_spend(client, admin) == (charged + 3, pytest.approx(cost(charged, 3)))
-    assert await backend_metrics(client, "flaky") == (charged, 3, pytest.approx(cost(charged, 3)))
+    await assert_charged(client, admin, {"cfg": Spend(charged, 3)})
