@@ -34,7 +34,8 @@ class AlertRuleController(Controller):
         operation_id="createAlertRule",
         summary="Create an alert rule over the registry's own signals",
         description="`kind` is `error_rate` (a fraction), `latency_p95` or `ttft_p95` (milliseconds), "
-        "`cost_per_hour`, `breaker_open` (completions refused by an open breaker), `budget` (a fraction of a "
+        "`cost_per_hour`, `breaker_open` (requests refused by an open breaker, a backend's refusals behind a fallback "
+        "that answered included), `budget` (a fraction of a "
         "key's monthly budget) or `rollout_rolled_back` (rollouts rolled back). The worker evaluates it every "
         "`REGISTRY_ALERT_EVALUATE_SECONDS`; a firing and a resolution are webhook events (`alert.firing`, "
         "`alert.resolved`) and audit entries.",

@@ -27,7 +27,7 @@ UNITS = {
     "latency_p95": "milliseconds (95th percentile of successful completions)",
     "ttft_p95": "milliseconds to the first token (95th percentile)",
     "cost_per_hour": "cost per hour, at the configs' prices",
-    "breaker_open": "completions refused by an open circuit breaker",
+    "breaker_open": "requests refused by an open circuit breaker (those failed over to a fallback included)",
     "budget": "fraction of the key's monthly budget used",
     "rollout_rolled_back": "rollouts rolled back",
 }

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, delete, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, Select, case, delete, func, literal, or_, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.alerts.evaluation import Window, quantile, signal_value
@@ -71,6 +71,8 @@ def completion_query(selection: Selection, since: datetime, until: datetime, *, 
         return backend_cost_query(selection, where)
     if kind in ("error_rate", *QUANTILE_COLUMNS) and by_backend:
         return backend_attempt_query(selection, where, quantile_in_sql=quantile_in_sql)
+    if kind == "breaker_open":
+        return breaker_refusal_query(selection, where)
     if selection.backend is not None:
         where.append(C.backend == selection.backend)
     if kind == "error_rate":
@@ -85,9 +87,6 @@ def completion_query(selection: Selection, since: datetime, until: datetime, *, 
         columns = [func.count(measured), func.percentile_cont(QUANTILE).within_group(measured)]
     elif kind == "cost_per_hour":
         columns = [func.coalesce(func.sum(C.cost), 0.0)]
-    elif kind == "breaker_open":
-        columns = [func.count()]
-        where.append(C.error_type == "circuit_open")
     else:
         raise ValueError(f"{kind} is not read from completions")
     query = select(group, *columns).where(*where)
@@ -118,9 +117,6 @@ def backend_attempt_query(
     completion that failed over is a failed request of the backend it tried first as well as a request of the one
     that served it, and a latency sample of neither (its record holds the whole request's time, the failed
     attempt's included). ``where`` narrows the completions (window, prompt, key), the rule's backend the attempts.
-
-    Breaker rules stay on completions: the record keeps only the last failure, so a first backend's refusal by its
-    open breaker behind a working fallback is not told apart from its other failures.
     """
     attempts = backend_attempts(*where)
     columns = {"prompt": attempts.c.prompt, "backend": attempts.c.backend, "key": attempts.c.api_key_id}
@@ -140,6 +136,27 @@ def backend_attempt_query(
             return select(subject, measured).where(*narrowed)
         sampled = [func.count(measured), func.percentile_cont(QUANTILE).within_group(measured)]
         query = select(subject, *sampled).where(*narrowed)
+    return query.group_by(group) if group is not None else query
+
+
+def breaker_refusal_query(selection: Selection, where: Sequence[ColumnElement[bool]]) -> Select[Any]:
+    """Refusals by an open breaker per series, one per refused attempt: a completion's own (``error_type``, under
+    the backend it ended on) and, for one that failed over, its first backend's (``first_error_type``, under
+    ``first_backend``), which a working fallback hides from the completion's outcome. So an open breaker on a
+    backend counts for it while its requests fail over and answer. Rules per prompt or on everything count attempts
+    too, not completions: a request that two open breakers refused in turn is two refusals, and the series of a rule
+    per prompt add up to the ones per backend. Completions recorded before migration 0021 count their last
+    failure only. ``where`` narrows the completions (window, prompt), the rule's backend the refusals.
+    """
+    own = select(C.prompt, C.api_key_id, C.backend).where(*where, C.error_type == "circuit_open")
+    first = select(C.prompt, C.api_key_id, C.first_backend).where(*where, C.first_error_type == "circuit_open")
+    refusals = union_all(own, first).subquery("refusals")
+    columns = {"prompt": refusals.c.prompt, "backend": refusals.c.backend, "key": refusals.c.api_key_id}
+    group = columns[selection.group_by] if selection.group_by else None
+    subject = group.label("subject") if group is not None else literal("").label("subject")
+    query = select(subject, func.count()).select_from(refusals)
+    if selection.backend is not None:
+        query = query.where(refusals.c.backend == selection.backend)
     return query.group_by(group) if group is not None else query
 
 

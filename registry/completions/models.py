@@ -62,6 +62,12 @@ class CompletionRecord(IdMixin, Base):
     first_input_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
     first_output_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
     first_cost: Mapped[float] = mapped_column(Double, default=0.0, server_default="0")
+    # Every request that failed over (``fallback_used``), whether or not the first backend spent tokens: the backend
+    # it tried first and the type of the failure that made it fail over (``circuit_open``: refused by that backend's
+    # open breaker), which ``error_type`` (the last failure's) does not keep. NULL otherwise, and on records written
+    # before migration 0021.
+    first_backend: Mapped[str | None] = mapped_column(String(64))
+    first_error_type: Mapped[str | None] = mapped_column(String(64))
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
     # What the config's guards found (registry.guards): outcomes per guard, the guard that blocked, any flag.
     guard_outcomes: Mapped[list[dict[str, Any]] | None] = mapped_column(GUARD_OUTCOMES)

@@ -528,10 +528,11 @@ def failed_over_backend() -> ColumnElement[Any]:
     """The backend a failed-over completion (``fallback_used``) tried first, and that failed; NULL when the record
     does not tell (and for a completion that did not fail over).
 
-    The record names its first config only when that config's backend spent tokens (``first_config``). Otherwise
-    the first config is the one whose version's fallback is the version that served (a fallback is one hop): the
-    experiment variant's config that routed the unit, else its prompt version's, else the backend every version
-    falling back to the served one shares (a run on a config of the caller's choosing, as evaluation runs are).
+    The record names it (``first_backend``) since migration 0021. Records written before name their first config
+    only when that config's backend spent tokens (``first_config``); otherwise the first config is worked out as the
+    one whose version's fallback is the version that served (a fallback is one hop): the experiment variant's config
+    that routed the unit, else its prompt version's, else the backend every version falling back to the served one
+    shares (a run on a config of the caller's choosing, as evaluation runs are).
     """
     tried, served, served_config = aliased(ModelConfigVersion), aliased(ModelConfigVersion), aliased(ModelConfig)
 
@@ -562,6 +563,7 @@ def failed_over_backend() -> ColumnElement[Any]:
     inferred = func.coalesce(variant.scalar_subquery(), prompt_version.scalar_subquery(), only.scalar_subquery())
     return case(
         (C.fallback_used.is_not(True), null()),
+        (C.first_backend.is_not(None), C.first_backend),
         (C.first_config.is_not(None), _first_backend()),
         else_=inferred,
     )

@@ -167,6 +167,9 @@ class Run:
     set_aside_config: LinkedConfig | None = None
     set_aside_plan: Plan | None = None
     set_aside_unreported: int = 0  # its attempts a backend took without reporting usage (``unread``)
+    # The type of the failure that made the run fail over (``circuit_open``: the first backend's open breaker refused
+    # it): its record keeps it beside the backend that failed, for rules by backend (``error_type`` is the last one).
+    first_error_type: str | None = None
     reservation: Reservation | None = None  # held against the key's budget until the run is recorded
 
     @property
@@ -610,6 +613,7 @@ class CompletionService:
             fallback=f"{fallback.name}@{fallback.version}",
         )
         run.set_aside_attempt()
+        run.first_error_type = error.type
         run.plan = plan
         run.guarding = guarding
         if out is not run.rendering.out:
@@ -907,6 +911,8 @@ class CompletionService:
         if run.cached or first_config is None or not (first.input_tokens or first.output_tokens or first.cost):
             first, first_config = Spend(), None
         first_cost = run.cost_of(first)
+        # The backend tried first, on every run that failed over (``first_config`` only names one that spent tokens).
+        tried = run.set_aside_config if run.fallback_used else None
         self.completions.recorder.add(
             {
                 "created_at": utcnow(),
@@ -937,6 +943,8 @@ class CompletionService:
                 "first_input_tokens": first.input_tokens,
                 "first_output_tokens": first.output_tokens,
                 "first_cost": first_cost,
+                "first_backend": tried.backend if tried else None,
+                "first_error_type": run.first_error_type if tried else None,
                 "cached": run.cached,
                 "guard_check": self.classifying,  # a model guard's: no completion of the unit in experiment metrics
                 "cache_similarity": run.similarity,
