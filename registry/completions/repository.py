@@ -515,13 +515,15 @@ def completion_parts(*where: ColumnElement[bool], with_backend: bool = False) ->
 
 
 def _first_backend() -> ColumnElement[Any]:
-    """The backend of a completion's first config version (``first_config``, ``first_config_version``)."""
-    return (
+    """The backend of a completion's first config version (``first_config``, ``first_config_version``): the record's
+    ``first_backend``, or for records written before migration 0021, the backend that config version names."""
+    named = (
         select(ModelConfigVersion.backend)
         .join(ModelConfig, ModelConfig.id == ModelConfigVersion.config_id)
         .where(ModelConfig.name == C.first_config, ModelConfigVersion.number == C.first_config_version)
         .scalar_subquery()
     )
+    return func.coalesce(C.first_backend, named)
 
 
 def failed_over_backend() -> ColumnElement[Any]:
