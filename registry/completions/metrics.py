@@ -73,6 +73,13 @@ class CompletionMetrics:
         self.queue_depth = Gauge(
             "registry_backend_queue_depth", "Requests waiting for a backend slot.", ["backend"], registry=registry
         )
+        self.awaiting_first_token = Gauge(
+            "registry_backend_awaiting_first_token",
+            "Requests each backend took (answered 200) and has sent no token for yet: in its own queue, or reading "
+            "the prompt. Each is charged its prompt even if it ends now.",
+            ["backend"],
+            registry=registry,
+        )
 
         self.usage_unstored = Counter(
             "registry_usage_records_unstored_total",

@@ -164,6 +164,7 @@ class BackendMetrics:
         self.latency = metrics.upstream_latency.labels(backend)
         self.input_tokens = metrics.tokens.labels(backend, "input")
         self.output_tokens = metrics.tokens.labels(backend, "output")
+        self.awaiting_first_token = metrics.awaiting_first_token.labels(backend)
 
 
 @dataclass
@@ -568,7 +569,11 @@ class UpstreamClient:
                 if accepted is not None:
                     accepted()
                 stream = UpstreamStream(self, backend, response, started=started, deadline=deadline)
-                await stream.read_head()
+                backend.metrics.awaiting_first_token.inc()
+                try:
+                    await stream.read_head()
+                finally:
+                    backend.metrics.awaiting_first_token.dec()
         except (aiohttp.ClientError, OSError, MalformedStreamError, TimeoutError) as exc:
             if response is not None:
                 response.close()

@@ -256,6 +256,21 @@ async def until(condition: Callable[[], Awaitable[bool]], what: str, seconds: fl
         await asyncio.sleep(0.02)
 
 
+async def until_taken(client: httpx.AsyncClient, backend: str = "fault", requests: int = 1) -> None:
+    """Wait until the registry has seen ``backend`` take ``requests`` requests (answer 200) that have no token yet.
+
+    A backend that got a request has not taken it until the registry reads its 200: a caller leaving before then
+    leaves a request never taken (not charged), one leaving after leaves a prompt the backend read (charged). So a
+    test that leaves during the prefill waits for this, not for the request to reach the backend.
+    """
+    series = f'registry_backend_awaiting_first_token{{backend="{backend}"}} {float(requests)}'
+
+    async def taken() -> bool:
+        return series in (await client.get("/metrics")).text
+
+    await until(taken, f"{backend} to take {requests} request(s)")
+
+
 async def finished(fault: FaultServer, model: str) -> SeenRequest:
     """The one completion request the fault server saw for ``model``, once its handler has returned."""
 

@@ -435,6 +435,7 @@ async def test_metrics_expose_upstream_latency_ttft_tokens_cost_and_queue(
         'registry_completion_tokens_total{backend="fault",direction="output"} 3.0',
         'registry_completion_cost_total{backend="fault"}',
         'registry_backend_queue_depth{backend="fault"} 0.0',
+        'registry_backend_awaiting_first_token{backend="fault"} 0.0',
         'registry_backend_breaker_state{backend="fault"} 0.0',
         'registry_completions_total{cached="false",fallback="false",status="ok"} 1.0',
     ):

@@ -15,7 +15,17 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.auth.keys import Scope
-from tests.completions.conftest import RegistryFactory, backend, finished, parse_sse, publish, unique, until, usage_rows
+from tests.completions.conftest import (
+    RegistryFactory,
+    backend,
+    finished,
+    parse_sse,
+    publish,
+    unique,
+    until,
+    until_taken,
+    usage_rows,
+)
 from tests.completions.fault_server import CHAT, PROMPT_TOKENS, FaultServer
 from tests.conftest import KeyFactory, problem
 
@@ -145,6 +155,7 @@ async def test_a_caller_leaving_during_the_fallbacks_prefill_is_charged_both_att
         return len(fault.seen(spare, CHAT)) == 1
 
     await until(on_the_fallback, "the fallback to get the request")
+    await until_taken(client)
     request.cancel()
     await finished(fault, spare)
 
@@ -268,6 +279,7 @@ async def test_a_caller_leaving_before_the_first_token_aborts_the_backend_and_is
         return len(fault.seen(model, CHAT)) == 1
 
     await until(requested, "the registry to call the backend")
+    await until_taken(client)
     request.cancel()
     seen = await finished(fault, model)
 
@@ -289,6 +301,7 @@ async def test_a_caller_leaving_before_the_first_token_aborts_the_backend_and_is
     assert len(fault.seen(model, "/tokenize")) == 1  # counted after the caller left, not before sending
     metrics = (await client.get("/metrics")).text
     assert 'registry_backend_in_flight{backend="fault"} 0.0' in metrics
+    assert 'registry_backend_awaiting_first_token{backend="fault"} 0.0' in metrics
     assert 'registry_completions_total{cached="false",fallback="false",status="cancelled"} 1.0' in metrics
 
 
@@ -317,6 +330,7 @@ async def test_a_client_leaving_every_request_before_its_first_token_still_reach
             return len(fault.seen(model, CHAT)) == number
 
         await until(requested, "the registry to call the backend")
+        await until_taken(client)
         request.cancel()
 
         async def ended(number: int = number) -> bool:
@@ -363,6 +377,7 @@ async def test_a_caller_leaving_while_queued_for_the_backend_is_not_charged_a_pr
         return len(fault.seen(held, CHAT)) == 1
 
     await until(holding, "the first request to reach the backend")
+    await until_taken(client)
     second = asyncio.create_task(client.post("/v1/prompts/queued/complete", json=REQUEST, headers=admin))
 
     async def waiting() -> bool:

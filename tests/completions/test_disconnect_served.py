@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.completions.conftest import finished, publish, unique, until, usage_rows
+from tests.completions.conftest import finished, publish, unique, until, until_taken, usage_rows
 from tests.completions.fault_server import CHAT, PROMPT_TOKENS, FaultServer
 from tests.faults.processes import RegistryProcess, registry_env
 
@@ -62,6 +62,7 @@ async def test_under_the_default_server_a_caller_leaving_aborts_the_backend_in_b
         body = {**REQUEST, "stream": True}
         stream = asyncio.create_task(client.post("/v1/prompts/streamed/complete", json=body, headers=admin))
         await until(requested, "the registry to call the backend")
+        await until_taken(client)
         stream.cancel()
         streamed_seen = await finished(fault, streamed)
 
