@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from registry.openai_compat.fast_path import OpenAIFastPath
 from registry.settings import Settings
 from tests.completions import test_fast_path as shared
-from tests.completions.conftest import WAIT, finished, publish, unique, until, usage_rows
+from tests.completions.conftest import WAIT, finished, publish, unique, until, until_taken, usage_rows
 from tests.completions.fault_server import FaultServer
 from tests.completions.test_fast_path import ErrorLog, comparable, layer_of
 from tests.conftest import AppClient, http_scope, openai_problem, serve_over_http
@@ -121,6 +121,7 @@ async def test_a_stream_left_before_its_first_token_is_recorded_once_as_cancelle
                     return len(fault.seen(model, CHAT)) == 1  # the door and the backend share the path
 
                 await until(arrived, "the backend to get the request")
+                await until_taken(app_client)
                 request.cancel()  # the caller leaves: its connection closes
                 with pytest.raises(asyncio.CancelledError):
                     await request
