@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from registry.alerts.evaluation import Transition
 from registry.settings import Settings
 from tests.completions.conftest import backend
+from tests.embedded import embedded_settings, serve_embedded
 from tests.experiments.conftest import Client, runtime_of
 from tests.experiments.conftest import fault as fault  # the stand-in backend's URL
 from tests.rollouts.conftest import FakeClock as FakeClock
@@ -19,20 +22,29 @@ from tests.rollouts.conftest import ok as ok
 PROMPT = "greet"
 
 
-@pytest.fixture
-def settings(settings: Settings, fault: str) -> Settings:
+def stand_ins(fault: str) -> dict[str, Any]:
     """'steady' never opens its breaker; 'fragile' opens after 3 failures and stays open. No retries, and
     completions and evaluations written only when a test asks."""
-    return settings.model_copy(
-        update={
-            "backends": {
-                "steady": backend(fault, max_retries=0, breaker_failures=1000),
-                "fragile": backend(fault, max_retries=0, breaker_failures=3, breaker_cooldown=3600.0),
-            },
-            "completion_usage_flush_seconds": 3600.0,
-            "alert_evaluate_seconds": 3600.0,
-        }
-    )
+    return {
+        "backends": {
+            "steady": backend(fault, max_retries=0, breaker_failures=1000),
+            "fragile": backend(fault, max_retries=0, breaker_failures=3, breaker_cooldown=3600.0),
+        },
+        "completion_usage_flush_seconds": 3600.0,
+        "alert_evaluate_seconds": 3600.0,
+    }
+
+
+@pytest.fixture
+def settings(settings: Settings, fault: str) -> Settings:
+    return settings.model_copy(update=stand_ins(fault))
+
+
+@pytest.fixture
+async def sqlite_client(tmp_path: Path, fault: str) -> AsyncIterator[tuple[Client, dict[str, str]]]:
+    """The registry on the embedded default (a SQLite file) with the same stand-ins, and an admin's headers."""
+    async with serve_embedded(embedded_settings(tmp_path, **stand_ins(fault))) as (client, admin):
+        yield client, admin
 
 
 async def create_rule(client: Client, headers: dict[str, str], name: str, kind: str, **fields: Any) -> dict[str, Any]:

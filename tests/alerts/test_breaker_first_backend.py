@@ -9,18 +9,14 @@ the record names the backend tried first (``first_backend``) and how it failed t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from registry.settings import Settings
 from tests.alerts.conftest import FakeClock, complete, create_rule, evaluate, ok, rows
-from tests.completions.conftest import backend, publish, unique
-from tests.embedded import embedded_settings, serve_embedded
+from tests.completions.conftest import publish, unique
 from tests.evals.conftest import dataset, finished, start_run
 from tests.experiments.conftest import Client, runtime_of
 
@@ -194,24 +190,9 @@ async def test_error_rate_by_backend_still_works_out_the_first_backend_of_a_reco
     assert await evaluate(client, FakeClock()) == {rule["id"]: [("fragile", "fire")]}
 
 
-@pytest.fixture
-async def sqlite_client(tmp_path: Path, fault: str) -> AsyncIterator[tuple[Client, dict[str, str], Settings]]:
-    settings = embedded_settings(
-        tmp_path,
-        backends={
-            "steady": backend(fault, max_retries=0, breaker_failures=1000),
-            "fragile": backend(fault, max_retries=0, breaker_failures=3, breaker_cooldown=3600.0),
-        },
-        completion_usage_flush_seconds=3600.0,
-        alert_evaluate_seconds=3600.0,
-    )
-    async with serve_embedded(settings) as (client, admin):
-        yield client, admin, settings
-
-
 async def test_breaker_rules_count_a_first_backends_refusals_on_sqlite(
-    sqlite_client: tuple[Client, dict[str, str], Settings],
+    sqlite_client: tuple[Client, dict[str, str]],
 ) -> None:
-    client, admin, _ = sqlite_client
+    client, admin = sqlite_client
     await publish_fragile_with_fallback(client, admin)
     await check_breaker_rules(client, admin)

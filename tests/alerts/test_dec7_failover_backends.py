@@ -8,18 +8,13 @@ record holds the whole request's time, the failed attempt's included). Rules not
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from registry.settings import Settings
 from tests.alerts.conftest import PROMPT, FakeClock, complete, create_rule, evaluate, ok
-from tests.completions.conftest import backend, publish, unique
-from tests.embedded import embedded_settings, serve_embedded
+from tests.completions.conftest import publish, unique
 from tests.evals.conftest import dataset, finished, start_run
 from tests.experiments.conftest import Client, make_experiment, make_metric
 
@@ -207,25 +202,10 @@ async def test_the_exported_upstream_errors_count_the_first_backends_failure_beh
     assert errors == {"fragile": 2.0}
 
 
-@pytest.fixture
-async def sqlite_client(tmp_path: Path, fault: str) -> AsyncIterator[tuple[Client, dict[str, str], Settings]]:
-    settings = embedded_settings(
-        tmp_path,
-        backends={
-            "steady": backend(fault, max_retries=0, breaker_failures=1000),
-            "fragile": backend(fault, max_retries=0, breaker_failures=3, breaker_cooldown=3600.0),
-        },
-        completion_usage_flush_seconds=3600.0,
-        alert_evaluate_seconds=3600.0,
-    )
-    async with serve_embedded(settings) as (client, admin):
-        yield client, admin, settings
-
-
 async def test_rules_by_backend_count_failovers_on_sqlite(
-    sqlite_client: tuple[Client, dict[str, str], Settings],
+    sqlite_client: tuple[Client, dict[str, str]],
 ) -> None:
-    client, admin, _ = sqlite_client
+    client, admin = sqlite_client
     await publish_failing_over(client, admin, first="status:500:2", spare="status:500:1")
     await check_error_rates(client, admin)
     rule = await create_rule(client, admin, "latency", "latency_p95", threshold=0.001, min_count=1, group_by="backend")
