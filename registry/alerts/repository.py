@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, delete, func, literal, or_, select, union_all, update
+from sqlalchemy import ColumnElement, Select, Subquery, case, delete, func, literal, or_, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.alerts.evaluation import Window, quantile, signal_value
@@ -93,18 +93,22 @@ def completion_query(selection: Selection, since: datetime, until: datetime, *, 
     return query.group_by(GROUP_COLUMNS[selection.group_by]) if selection.group_by else query
 
 
+def _series(selection: Selection, rows: Subquery) -> tuple[ColumnElement[Any] | None, ColumnElement[Any]]:
+    """The column of ``rows`` (with a prompt, a backend and a key each) that splits them into the rule's series,
+    None for one series, and the ``subject`` each series is named by."""
+    columns = {"prompt": rows.c.prompt, "backend": rows.c.backend, "key": rows.c.api_key_id}
+    group = columns[selection.group_by] if selection.group_by else None
+    return group, group.label("subject") if group is not None else literal("").label("subject")
+
+
 def backend_cost_query(selection: Selection, where: Sequence[ColumnElement[bool]]) -> Select[Any]:
     """Cost per series of a rule on backends: a completion that failed over after its first config's backend spent
     tokens counts that part under the first backend and the rest under the backend that served it, as usage by
     config counts it (``completion_parts``). ``where`` narrows the completions (window, prompt, key), the rule's
     backend the parts."""
     parts = completion_parts(*where, with_backend=True)
-    columns = {"prompt": parts.c.prompt, "backend": parts.c.backend, "key": parts.c.api_key_id}
-    group = columns[selection.group_by] if selection.group_by else None
-    query = select(
-        group.label("subject") if group is not None else literal("").label("subject"),
-        func.coalesce(func.sum(parts.c.cost), 0.0),
-    )
+    group, subject = _series(selection, parts)
+    query = select(subject, func.coalesce(func.sum(parts.c.cost), 0.0))
     if selection.backend is not None:
         query = query.where(parts.c.backend == selection.backend)
     return query.group_by(group) if group is not None else query
@@ -119,9 +123,7 @@ def backend_attempt_query(
     attempt's included). ``where`` narrows the completions (window, prompt, key), the rule's backend the attempts.
     """
     attempts = backend_attempts(*where)
-    columns = {"prompt": attempts.c.prompt, "backend": attempts.c.backend, "key": attempts.c.api_key_id}
-    group = columns[selection.group_by] if selection.group_by else None
-    subject = group.label("subject") if group is not None else literal("").label("subject")
+    group, subject = _series(selection, attempts)
     narrowed: list[ColumnElement[bool]] = []
     if selection.backend is not None:
         narrowed.append(attempts.c.backend == selection.backend)
@@ -151,9 +153,7 @@ def breaker_refusal_query(selection: Selection, where: Sequence[ColumnElement[bo
     own = select(C.prompt, C.api_key_id, C.backend).where(*where, C.error_type == "circuit_open")
     first = select(C.prompt, C.api_key_id, C.first_backend).where(*where, C.first_error_type == "circuit_open")
     refusals = union_all(own, first).subquery("refusals")
-    columns = {"prompt": refusals.c.prompt, "backend": refusals.c.backend, "key": refusals.c.api_key_id}
-    group = columns[selection.group_by] if selection.group_by else None
-    subject = group.label("subject") if group is not None else literal("").label("subject")
+    group, subject = _series(selection, refusals)
     query = select(subject, func.count()).select_from(refusals)
     if selection.backend is not None:
         query = query.where(refusals.c.backend == selection.backend)
