@@ -480,7 +480,10 @@ def completion_parts(*where: ColumnElement[bool], with_backend: bool = False) ->
     """
     shared = (C.created_at, C.prompt, C.prompt_version, C.api_key_id, C.experiment_key, C.variant)
     own_backend: list[Any] = [C.backend] if with_backend else []
-    first_backend: list[Any] = [_first_backend().label("backend")] if with_backend else []
+    # The record's first backend; for records written before migration 0021, the one its first config version names.
+    first_backend: list[Any] = (
+        [func.coalesce(C.first_backend, _first_config_backend()).label("backend")] if with_backend else []
+    )
     own = select(
         *shared,
         C.config,
@@ -514,16 +517,14 @@ def completion_parts(*where: ColumnElement[bool], with_backend: bool = False) ->
     return union_all(own, first).subquery("parts")
 
 
-def _first_backend() -> ColumnElement[Any]:
-    """The backend of a completion's first config version (``first_config``, ``first_config_version``): the record's
-    ``first_backend``, or for records written before migration 0021, the backend that config version names."""
-    named = (
+def _first_config_backend() -> ColumnElement[Any]:
+    """The backend a completion's first config version (``first_config``, ``first_config_version``) names."""
+    return (
         select(ModelConfigVersion.backend)
         .join(ModelConfig, ModelConfig.id == ModelConfigVersion.config_id)
         .where(ModelConfig.name == C.first_config, ModelConfigVersion.number == C.first_config_version)
         .scalar_subquery()
     )
-    return func.coalesce(C.first_backend, named)
 
 
 def failed_over_backend() -> ColumnElement[Any]:
@@ -566,7 +567,7 @@ def failed_over_backend() -> ColumnElement[Any]:
     return case(
         (C.fallback_used.is_not(True), null()),
         (C.first_backend.is_not(None), C.first_backend),
-        (C.first_config.is_not(None), _first_backend()),
+        (C.first_config.is_not(None), _first_config_backend()),
         else_=inferred,
     )
 
