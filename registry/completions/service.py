@@ -238,8 +238,10 @@ class Run:
             )
             self.set_aside += Spend(tokens, 0, cost)
 
-    def set_aside_attempt(self) -> None:
-        """Start the answer again on another config: the text goes, what it cost stays charged."""
+    def set_aside_attempt(self, error_type: str) -> None:
+        """Start the answer again on another config, after a failure of ``error_type``: the text goes, what it cost
+        stays charged."""
+        self.first_error_type = error_type
         self.set_aside = self.spend()
         self.set_aside_config = self.plan.config
         self.set_aside_plan, self.set_aside_unreported = self.plan, self.unreported_attempts()
@@ -612,8 +614,7 @@ class CompletionService:
             error=error.type,
             fallback=f"{fallback.name}@{fallback.version}",
         )
-        run.set_aside_attempt()
-        run.first_error_type = error.type
+        run.set_aside_attempt(error.type)
         run.plan = plan
         run.guarding = guarding
         if out is not run.rendering.out:
@@ -912,7 +913,7 @@ class CompletionService:
             first, first_config = Spend(), None
         first_cost = run.cost_of(first)
         # The backend tried first, on every run that failed over (``first_config`` only names one that spent tokens).
-        tried = run.set_aside_config if run.fallback_used else None
+        tried = run.set_aside_config
         self.completions.recorder.add(
             {
                 "created_at": utcnow(),
@@ -944,7 +945,7 @@ class CompletionService:
                 "first_output_tokens": first.output_tokens,
                 "first_cost": first_cost,
                 "first_backend": tried.backend if tried else None,
-                "first_error_type": run.first_error_type if tried else None,
+                "first_error_type": run.first_error_type,
                 "cached": run.cached,
                 "guard_check": self.classifying,  # a model guard's: no completion of the unit in experiment metrics
                 "cache_similarity": run.similarity,
